@@ -1,0 +1,367 @@
+//! A deliberately tiny XMPP client over a plain `std::net::TcpStream`: enough for readiness
+//! probes (`<stream:features>`), SASL PLAIN checks and in-band registration (XEP-0077).
+//!
+//! It is not an XML parser: it scans the received text for the elements it waits for. That is
+//! fine against Prosody and ejabberd, which answer these few requests with small, flat stanzas.
+
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// An open c2s stream that has received its (first) `<stream:features>`.
+pub struct RawXmpp {
+    stream: TcpStream,
+    /// Received, not yet consumed text.
+    buf: String,
+    pending: Vec<u8>,
+    deadline: Instant,
+    features: String,
+}
+
+impl RawXmpp {
+    /// Connects, opens a client stream to `domain` and reads the stream features. `timeout`
+    /// bounds the connect and every later exchange on this stream.
+    pub fn connect(addr: SocketAddr, domain: &str, timeout: Duration) -> anyhow::Result<RawXmpp> {
+        let deadline = Instant::now() + timeout;
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connect to {addr}"))?;
+        stream.set_nodelay(true).ok();
+        let mut conn = RawXmpp {
+            stream,
+            buf: String::new(),
+            pending: Vec::new(),
+            deadline,
+            features: String::new(),
+        };
+        conn.open_stream(domain)?;
+        Ok(conn)
+    }
+
+    fn open_stream(&mut self, domain: &str) -> anyhow::Result<()> {
+        self.send(&format!(
+            "<?xml version='1.0'?><stream:stream to='{}' version='1.0' xml:lang='en' \
+             xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+            escape(domain)
+        ))?;
+        let features = self.read_element("stream:features", |_| true)?;
+        self.features = features;
+        Ok(())
+    }
+
+    /// The `<stream:features>…</stream:features>` element received last.
+    pub fn features(&self) -> &str {
+        &self.features
+    }
+
+    /// Moves the deadline for the exchanges that follow.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.deadline = Instant::now() + timeout;
+    }
+
+    /// Sends raw text.
+    pub fn send(&mut self, text: &str) -> anyhow::Result<()> {
+        self.stream.set_write_timeout(Some(self.remaining()?)).ok();
+        self.stream
+            .write_all(text.as_bytes())
+            .context("send to the XMPP server")?;
+        Ok(())
+    }
+
+    fn remaining(&self) -> anyhow::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("XMPP exchange timed out; received so far: {}", self.buf);
+        }
+        Ok(left)
+    }
+
+    /// Reads more bytes into the buffer; errors on EOF, timeout or a stream error.
+    fn fill(&mut self) -> anyhow::Result<()> {
+        let left = self.remaining()?;
+        self.stream.set_read_timeout(Some(left)).ok();
+        let mut chunk = [0u8; 8192];
+        let n = match self.stream.read(&mut chunk) {
+            Ok(0) => bail!("XMPP server closed the connection; received: {}", self.buf),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                bail!("XMPP exchange timed out; received so far: {}", self.buf)
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e).context("read from the XMPP server"),
+        };
+        self.pending.extend_from_slice(&chunk[..n]);
+        // keep an incomplete UTF-8 sequence for the next read
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                self.buf.push_str(s);
+                self.pending.clear();
+            }
+            Err(e) if e.error_len().is_none() => {
+                let valid = e.valid_up_to();
+                self.buf
+                    .push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+                self.pending.drain(..valid);
+            }
+            Err(_) => {
+                self.buf.push_str(&String::from_utf8_lossy(&self.pending));
+                self.pending.clear();
+            }
+        }
+        if self.buf.contains("<stream:error") {
+            bail!("XMPP stream error: {}", self.buf);
+        }
+        Ok(())
+    }
+
+    /// Waits for the first complete element named `name` whose start tag satisfies `pick`,
+    /// returns it, and drops everything received up to its end.
+    pub fn read_element(
+        &mut self,
+        name: &str,
+        pick: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        loop {
+            if let Some((start, end)) = find_element(&self.buf, name, &pick) {
+                let element = self.buf[start..end].to_string();
+                self.buf.drain(..end);
+                return Ok(element);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Waits for the first complete element among `names`, returning (name, element).
+    pub fn read_one_of(&mut self, names: &[&str]) -> anyhow::Result<(String, String)> {
+        loop {
+            let found = names
+                .iter()
+                .filter_map(|n| find_element(&self.buf, n, |_| true).map(|r| (*n, r)))
+                .min_by_key(|(_, (start, _))| *start);
+            if let Some((name, (start, end))) = found {
+                let element = self.buf[start..end].to_string();
+                self.buf.drain(..end);
+                return Ok((name.to_string(), element));
+            }
+            self.fill()?;
+        }
+    }
+
+    /// SASL PLAIN (RFC 4616) with `user` (localpart) and `password`. `Ok(true)` on
+    /// `<success/>`, `Ok(false)` on `<failure/>`; on success the stream is restarted and the new
+    /// features are read.
+    pub fn sasl_plain(&mut self, domain: &str, user: &str, password: &str) -> anyhow::Result<bool> {
+        if !self.features.contains(">PLAIN<") {
+            bail!(
+                "the server does not offer SASL PLAIN here; features: {}",
+                self.features
+            );
+        }
+        let token = base64(format!("\0{user}\0{password}").as_bytes());
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+        ))?;
+        let (name, _) = self.read_one_of(&["success", "failure"])?;
+        if name == "failure" {
+            return Ok(false);
+        }
+        self.open_stream(domain)?;
+        Ok(true)
+    }
+
+    /// Sends `<iq>` with the given type and payload, waits for the answer with the same id.
+    /// Returns the whole answer; errors on `type='error'`.
+    pub fn iq(&mut self, kind: &str, to: Option<&str>, payload: &str) -> anyhow::Result<String> {
+        let id = next_id();
+        let to = to
+            .map(|t| format!(" to='{}'", escape(t)))
+            .unwrap_or_default();
+        self.send(&format!("<iq type='{kind}' id='{id}'{to}>{payload}</iq>"))?;
+        let answer = self.read_element("iq", |tag| has_attr(tag, "id", &id))?;
+        let start_tag = &answer[..answer.find('>').unwrap_or(answer.len())];
+        if has_attr(start_tag, "type", "error") {
+            bail!("iq {kind} failed: {answer}");
+        }
+        Ok(answer)
+    }
+
+    /// In-band registration (XEP-0077) of `user`@server with `password`, on a fresh stream.
+    pub fn register(&mut self, user: &str, password: &str) -> anyhow::Result<()> {
+        self.iq(
+            "set",
+            None,
+            &format!(
+                "<query xmlns='jabber:iq:register'><username>{}</username>\
+                 <password>{}</password></query>",
+                escape(user),
+                escape(password)
+            ),
+        )
+        .with_context(|| format!("in-band registration of {user}"))?;
+        Ok(())
+    }
+
+    /// Closes the stream (best effort).
+    pub fn close(mut self) {
+        let _ = self.send("</stream:stream>");
+    }
+}
+
+/// Connects to `addr` and returns the `<stream:features>` element the server sends for `domain`.
+pub fn stream_features(
+    addr: SocketAddr,
+    domain: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let conn = RawXmpp::connect(addr, domain, timeout)?;
+    let features = conn.features().to_string();
+    conn.close();
+    Ok(features)
+}
+
+/// Logs in with SASL PLAIN over plaintext: `Ok(true)` if the server accepts the credentials,
+/// `Ok(false)` if it answers `<failure/>`.
+pub fn sasl_plain_login(
+    addr: SocketAddr,
+    domain: &str,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let mut conn = RawXmpp::connect(addr, domain, timeout)?;
+    let ok = conn.sasl_plain(domain, user, password)?;
+    conn.close();
+    Ok(ok)
+}
+
+/// Registers `user`@`domain` in-band (XEP-0077).
+pub fn register_user(
+    addr: SocketAddr,
+    domain: &str,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut conn = RawXmpp::connect(addr, domain, timeout)?;
+    conn.register(user, password)?;
+    conn.close();
+    Ok(())
+}
+
+fn next_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!("raw{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Does the start tag contain `name='value'` (either quote)?
+fn has_attr(tag: &str, name: &str, value: &str) -> bool {
+    tag.contains(&format!(" {name}='{value}'")) || tag.contains(&format!(" {name}=\"{value}\""))
+}
+
+/// Byte range of the first complete element `<name …>…</name>` or `<name …/>` whose start tag
+/// satisfies `pick`. Nested elements of the same name are not supported (not needed here).
+fn find_element(buf: &str, name: &str, pick: impl Fn(&str) -> bool) -> Option<(usize, usize)> {
+    let open = format!("<{name}");
+    let close = format!("</{name}>");
+    let mut from = 0;
+    while let Some(rel) = buf[from..].find(&open) {
+        let start = from + rel;
+        let after = start + open.len();
+        // the name must end here: '<iq ' and not '<iqx'
+        match buf[after..].chars().next() {
+            None => return None,
+            Some(c) if c == '>' || c == '/' || c.is_whitespace() => {}
+            Some(_) => {
+                from = after;
+                continue;
+            }
+        }
+        let tag_end = after + buf[after..].find('>')? + 1;
+        let tag = &buf[start..tag_end];
+        if !pick(tag) {
+            from = tag_end;
+            continue;
+        }
+        if tag.ends_with("/>") {
+            return Some((start, tag_end));
+        }
+        let end = tag_end + buf[tag_end..].find(&close)? + close.len();
+        return Some((start, end));
+    }
+    None
+}
+
+/// XML-escapes text for attributes and character data.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Standard base64 with padding.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
+        }
+        assert_eq!(base64(b"\0gw-a\0secret"), "AGd3LWEAc2VjcmV0");
+    }
+
+    #[test]
+    fn find_element_handles_self_closing_names_and_picks() {
+        let buf = "<iqx/><iq type='result' id='a'/><iq type='error' id=\"b\"><error/></iq>";
+        let (s, e) = find_element(buf, "iq", |t| has_attr(t, "id", "a")).expect("a");
+        assert_eq!(&buf[s..e], "<iq type='result' id='a'/>");
+        let (s, e) = find_element(buf, "iq", |t| has_attr(t, "id", "b")).expect("b");
+        assert_eq!(&buf[s..e], "<iq type='error' id=\"b\"><error/></iq>");
+        assert!(find_element("<iq id='c'><query>", "iq", |_| true).is_none());
+        assert!(
+            find_element("<stream:features><mechanisms", "stream:features", |_| true).is_none()
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! Configuration files. Only the binary reads files and the environment; libraries get typed
+//! values. Every error names the file, the line and what is wrong.
+
+use anyhow::{anyhow, Result};
+use serde::Deserialize;
+use statebus::wire::{AccessModel, NodeLayout};
+use statebus::{Eid, TlsMode, XmppBusConfig};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity of this process in the fabric.
+    pub node: NodeSection,
+    /// The state fabric.
+    #[serde(default)]
+    pub statebus: StatebusSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node name, unique in the fabric (also the seed of the default EID).
+    pub name: String,
+    /// Site this node belongs to.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// Role shown in heartbeats.
+    #[serde(default = "default_role")]
+    pub role: String,
+    /// Explicit EID; by default derived from the host name and the node name (stable per node).
+    pub eid: Option<Eid>,
+    /// SIP address announced in heartbeats (gateways).
+    pub sip_address: Option<String>,
+}
+
+fn default_site() -> String {
+    "default".into()
+}
+fn default_role() -> String {
+    "node".into()
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In-process bus (one site, no XMPP server).
+    #[default]
+    Local,
+    /// XMPP PubSub.
+    Xmpp,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StatebusSection {
+    #[serde(default)]
+    pub backend: Backend,
+    pub jid: Option<String>,
+    pub password: Option<String>,
+    pub server: Option<String>,
+    pub pubsub_service: Option<String>,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM file of extra CA certificates for STARTTLS (exported as SSL_CERT_FILE).
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub layout: NodeLayout,
+    #[serde(default)]
+    pub access_model: AccessModel,
+    #[serde(default)]
+    pub fabric_jids: Vec<String>,
+    pub max_items: Option<u32>,
+    pub heartbeat_interval_secs: Option<f64>,
+    pub liveness_ttl_secs: Option<f64>,
+    pub iq_timeout_secs: Option<f64>,
+    pub keepalive_secs: Option<f64>,
+}
+
+/// A loaded file: the parsed config plus what is needed to point at its lines.
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    text: String,
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Loaded {
+    pub fn read(path: &Path) -> Result<Loaded> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("{}: cannot read config file: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| line_of_offset(&text, s.start))
+                .unwrap_or(0);
+            anyhow!("{}:{line}: {}", path.display(), e.message())
+        })?;
+        Ok(Loaded {
+            config,
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    /// `file:line` of `key` inside `[section]` (line 0 when absent).
+    fn at(&self, section: &str, key: &str) -> String {
+        let mut in_section = false;
+        for (i, l) in self.text.lines().enumerate() {
+            let t = l.trim();
+            if t.starts_with('[') {
+                in_section = t.trim_matches(|c| c == '[' || c == ']').trim() == section;
+                continue;
+            }
+            if in_section && t.split('=').next().map(str::trim) == Some(key) {
+                return format!("{}:{}", self.path.display(), i + 1);
+            }
+        }
+        format!("{}: [{section}] {key}", self.path.display())
+    }
+
+    pub fn eid(&self) -> Eid {
+        let n = &self.config.node;
+        n.eid.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "localhost".into());
+            Eid::derive(&format!("{host}/{}", n.name))
+        })
+    }
+
+    /// The XMPP bus configuration, validated, with errors pointing at lines.
+    pub fn xmpp_bus(&self) -> Result<XmppBusConfig> {
+        let s = &self.config.statebus;
+        let need = |v: &Option<String>, key: &str| -> Result<String> {
+            v.clone().ok_or_else(|| {
+                anyhow!(
+                    "{}: [statebus] {key} is required when backend = \"xmpp\"",
+                    self.path.display()
+                )
+            })
+        };
+        let jid = need(&s.jid, "jid")?;
+        let password = need(&s.password, "password")?;
+        let service = need(&s.pubsub_service, "pubsub_service")?;
+        let mut c = XmppBusConfig::new(&jid, &password, &service, self.eid());
+        c.server = s.server.clone();
+        c.tls = s.tls;
+        c.layout = s.layout;
+        c.access_model = s.access_model;
+        c.fabric_jids = s.fabric_jids.clone();
+        c.site = self.config.node.site.clone();
+        c.role = self.config.node.role.clone();
+        c.sip_address = self.config.node.sip_address.clone();
+        if let Some(m) = s.max_items {
+            if m == 0 {
+                return Err(anyhow!(
+                    "{}: max_items must be at least 1",
+                    self.at("statebus", "max_items")
+                ));
+            }
+            c.max_items = m;
+        }
+        let secs = |v: Option<f64>, key: &str, default: Duration| -> Result<Duration> {
+            match v {
+                None => Ok(default),
+                Some(x) if x.is_finite() && x > 0.0 && x < 86_400.0 => {
+                    Ok(Duration::from_secs_f64(x))
+                }
+                Some(x) => Err(anyhow!(
+                    "{}: {key} = {x} is not a duration between 0 and 86400 seconds",
+                    self.at("statebus", key)
+                )),
+            }
+        };
+        c.heartbeat_interval = secs(
+            s.heartbeat_interval_secs,
+            "heartbeat_interval_secs",
+            c.heartbeat_interval,
+        )?;
+        c.liveness_ttl = secs(s.liveness_ttl_secs, "liveness_ttl_secs", c.liveness_ttl)?;
+        c.iq_timeout = secs(s.iq_timeout_secs, "iq_timeout_secs", c.iq_timeout)?;
+        c.keepalive = secs(s.keepalive_secs, "keepalive_secs", c.keepalive)?;
+        if let Some(ca) = &s.ca_file {
+            let ca = if ca.is_relative() {
+                self.path.parent().unwrap_or(Path::new(".")).join(ca)
+            } else {
+                ca.clone()
+            };
+            if !ca.is_file() {
+                return Err(anyhow!(
+                    "{}: ca_file {} does not exist",
+                    self.at("statebus", "ca_file"),
+                    ca.display()
+                ));
+            }
+            // rustls-native-certs (used by tokio-xmpp) reads SSL_CERT_FILE. Set before any
+            // thread of the runtime reads the environment.
+            std::env::set_var("SSL_CERT_FILE", &ca);
+        }
+        Ok(c)
+    }
+
+    /// Map a statebus start error to the line that caused it.
+    pub fn explain(&self, e: &statebus::XmppBusError) -> anyhow::Error {
+        use statebus::XmppBusError as E;
+        let key = match e {
+            E::Jid(..) => "jid",
+            E::PlaintextNotLoopback(_) | E::PlaintextNeedsServer => "tls",
+            E::TtlTooShort { .. } => "liveness_ttl_secs",
+        };
+        anyhow!("{}: {e}", self.at("statebus", key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Loaded> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("site-a.toml");
+        std::fs::write(&p, text)?;
+        Loaded::read(&p)
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_file_and_line() {
+        let e = load("[node]\nname = \"a\"\n\n[statebus]\nbackend = \"carrier-pigeon\"\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("site-a.toml:5:"), "{e}");
+        assert!(e.contains("carrier-pigeon") || e.contains("variant"), "{e}");
+        let e = load("[node]\nname = \"a\"\nbogus = 1\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("site-a.toml:3:") && e.contains("bogus"), "{e}");
+        let e = load("[node]\nname = \"a\"\neid = \"zz\"\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("site-a.toml:3:") && e.contains("invalid EID"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_line() {
+        let l = load("[node]\nname = \"a\"\n[statebus]\nbackend = \"xmpp\"\njid = \"a@b\"\npassword = \"x\"\npubsub_service = \"pubsub.b\"\nliveness_ttl_secs = -3\n").unwrap();
+        let e = l.xmpp_bus().err().unwrap().to_string();
+        assert!(
+            e.contains("site-a.toml:8") && e.contains("liveness_ttl_secs"),
+            "{e}"
+        );
+        let l = load("[node]\nname = \"a\"\n[statebus]\nbackend = \"xmpp\"\njid = \"a@b\"\npubsub_service = \"pubsub.b\"\n").unwrap();
+        let e = l.xmpp_bus().err().unwrap().to_string();
+        assert!(e.contains("password is required"), "{e}");
+    }
+
+    #[test]
+    fn eid_is_stable_by_default_and_explicit_when_set() {
+        let a = load("[node]\nname = \"gw-a\"\n").unwrap();
+        let b = load("[node]\nname = \"gw-a\"\n").unwrap();
+        let c = load("[node]\nname = \"gw-b\"\n").unwrap();
+        assert_eq!(a.eid(), b.eid());
+        assert_ne!(a.eid(), c.eid());
+        let d = load("[node]\nname = \"x\"\neid = \"00:11:22:33:44:55\"\n").unwrap();
+        assert_eq!(d.eid().to_string(), "00:11:22:33:44:55");
+    }
+}

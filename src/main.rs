@@ -1,0 +1,255 @@
+//! `callfabric`: the one command-line binary of the call-center fabric.
+
+mod config;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+use config::{Backend, Loaded};
+use statebus::{Bus, BusEvent, Change, DeviceState, LocalBus, Mwi, XmppBus};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "callfabric", version, about = "Multi-site call-center fabric")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The state fabric (device state and MWI over XMPP PubSub).
+    Statebus {
+        #[command(subcommand)]
+        cmd: StatebusCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum StatebusCmd {
+    /// Print live device and MWI state (a snapshot, then every change).
+    Watch {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// Publish device states / MWI as this node, then exit (or keep them alive with --hold).
+    Publish {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// KEY=STATE, e.g. PJSIP/1000=INUSE (repeatable).
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// MAILBOX@CONTEXT=NEW/OLD, e.g. 1000@default=2/5 (repeatable).
+        #[arg(long = "mwi")]
+        mwi: Vec<String>,
+        /// Stay connected (heartbeating) until interrupted.
+        #[arg(long)]
+        hold: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CALLFABRIC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // Config is read (and SSL_CERT_FILE possibly set) before the runtime starts any thread.
+    let loaded = match &cli.cmd {
+        Cmd::Statebus {
+            cmd: StatebusCmd::Watch { config, .. } | StatebusCmd::Publish { config, .. },
+        } => Loaded::read(config)?,
+    };
+    let xmpp_cfg = match loaded.config.statebus.backend {
+        Backend::Xmpp => Some(loaded.xmpp_bus()?),
+        Backend::Local => None,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let (bus, xmpp): (Arc<dyn Bus>, Option<XmppBus>) = match xmpp_cfg {
+            Some(c) => {
+                let b = XmppBus::start(c).map_err(|e| loaded.explain(&e))?;
+                (Arc::new(b.clone()), Some(b))
+            }
+            None => (Arc::new(LocalBus::new(loaded.eid())), None),
+        };
+        eprintln!(
+            "callfabric node {} eid {}",
+            loaded.config.node.name,
+            bus.eid()
+        );
+        match cli.cmd {
+            Cmd::Statebus {
+                cmd: StatebusCmd::Watch { json, duration, .. },
+            } => watch(bus, xmpp, json, duration).await,
+            Cmd::Statebus {
+                cmd:
+                    StatebusCmd::Publish {
+                        devices, mwi, hold, ..
+                    },
+            } => publish(bus, xmpp, &devices, &mwi, hold).await,
+        }
+    })
+}
+
+fn line(ev: &BusEvent, json: bool) -> Option<String> {
+    let (kind, text, js) = match ev {
+        BusEvent::Changed(Change::Device { key, state }) => (
+            "DEVICE",
+            format!("{key} {state}"),
+            serde_json::json!({"type": "device", "key": key, "state": state.as_wire()}),
+        ),
+        BusEvent::Changed(Change::Mwi(m)) => (
+            "MWI",
+            format!("{} new={} old={}", m.key(), m.new, m.old),
+            serde_json::json!({"type": "mwi", "key": m.key(), "new": m.new, "old": m.old}),
+        ),
+        BusEvent::Changed(Change::PeerUp(hb)) => (
+            "PEER",
+            format!("{} up site={} role={}", hb.eid, hb.site, hb.role),
+            serde_json::json!({"type": "peer", "eid": hb.eid.to_string(), "alive": true, "site": hb.site, "role": hb.role}),
+        ),
+        BusEvent::Changed(Change::PeerExpired(eid)) => (
+            "PEER",
+            format!("{eid} expired"),
+            serde_json::json!({"type": "peer", "eid": eid.to_string(), "alive": false}),
+        ),
+        BusEvent::Status(s) => {
+            let s = format!("{s:?}").to_lowercase();
+            (
+                "STATUS",
+                s.clone(),
+                serde_json::json!({"type": "status", "status": s}),
+            )
+        }
+        BusEvent::Lagged(n) => (
+            "LAGGED",
+            format!("{n} events lost"),
+            serde_json::json!({"type": "lagged", "lost": n}),
+        ),
+    };
+    Some(if json {
+        js.to_string()
+    } else {
+        format!("{kind} {text}")
+    })
+}
+
+async fn watch(
+    bus: Arc<dyn Bus>,
+    xmpp: Option<XmppBus>,
+    json: bool,
+    duration: Option<f64>,
+) -> Result<()> {
+    let mut rx = bus.subscribe();
+    let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    let run = async {
+        while let Some(ev) = statebus::recv(&mut rx).await {
+            if let BusEvent::Lagged(_) = ev {
+                // Resynchronise: print the whole snapshot again.
+                for (k, s) in bus.snapshot().devices {
+                    if let Some(l) = line(
+                        &BusEvent::Changed(Change::Device { key: k, state: s }),
+                        json,
+                    ) {
+                        println!("{l}");
+                    }
+                }
+            }
+            if let Some(l) = line(&ev, json) {
+                println!("{l}");
+            }
+        }
+    };
+    tokio::select! {
+        _ = run => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
+    }
+    if let Some(x) = xmpp {
+        x.shutdown().await;
+    }
+    Ok(())
+}
+
+fn parse_device(s: &str) -> Result<(String, DeviceState)> {
+    let (k, v) = s
+        .rsplit_once('=')
+        .ok_or_else(|| anyhow!("--device {s:?}: expected KEY=STATE"))?;
+    let st = DeviceState::from_wire(v);
+    if st == DeviceState::Unknown && !v.eq_ignore_ascii_case("UNKNOWN") {
+        return Err(anyhow!(
+            "--device {s:?}: {v:?} is not a device state (NOT_INUSE, INUSE, BUSY, ...)"
+        ));
+    }
+    Ok((k.to_string(), st))
+}
+
+fn parse_mwi(s: &str) -> Result<Mwi> {
+    let bad = || anyhow!("--mwi {s:?}: expected MAILBOX@CONTEXT=NEW/OLD");
+    let (k, v) = s.rsplit_once('=').ok_or_else(bad)?;
+    let (n, o) = v.split_once('/').ok_or_else(bad)?;
+    let (m, c) = Mwi::split_key(k);
+    Ok(Mwi::new(
+        m,
+        c,
+        n.trim().parse().map_err(|_| bad())?,
+        o.trim().parse().map_err(|_| bad())?,
+    ))
+}
+
+async fn publish(
+    bus: Arc<dyn Bus>,
+    xmpp: Option<XmppBus>,
+    devices: &[String],
+    mwi: &[String],
+    hold: bool,
+) -> Result<()> {
+    let devices: Vec<_> = devices
+        .iter()
+        .map(|d| parse_device(d))
+        .collect::<Result<_>>()?;
+    let mwi: Vec<_> = mwi.iter().map(|m| parse_mwi(m)).collect::<Result<_>>()?;
+    for (k, s) in &devices {
+        bus.publish_device_state(k, *s);
+    }
+    for m in &mwi {
+        bus.publish_mwi(m.clone());
+    }
+    if let Some(x) = &xmpp {
+        if !x.wait_online(Duration::from_secs(30)).await {
+            return Err(anyhow!("could not reach the XMPP server within 30 s"));
+        }
+        let want = (devices.len() + mwi.len()) as u64;
+        let t0 = tokio::time::Instant::now();
+        while x.stats().publish_acked < want {
+            if t0.elapsed() > Duration::from_secs(30) {
+                return Err(anyhow!(
+                    "the pubsub service confirmed {} of {want} publishes",
+                    x.stats().publish_acked
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!("published {want}");
+    }
+    if hold {
+        tokio::signal::ctrl_c().await?;
+    }
+    if let Some(x) = xmpp {
+        x.shutdown().await;
+    }
+    Ok(())
+}

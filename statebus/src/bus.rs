@@ -1,0 +1,99 @@
+//! The [`Bus`] trait: what gateways and ACD nodes see of the state fabric.
+
+use crate::{Change, DeviceState, Eid, Mwi, Snapshot, StateCache};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::broadcast;
+
+/// What a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// An aggregate changed (or a peer came up or expired).
+    Changed(Change),
+    /// The connection to the fabric went up or down. After `Online`, a snapshot is consistent
+    /// with the server again.
+    Status(BusStatus),
+    /// This subscriber fell behind and lost events; it should resynchronise from
+    /// [`Bus::snapshot`]. (Produced by [`recv`], not sent by buses.)
+    Lagged(u64),
+}
+
+/// Connection status of a bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusStatus {
+    /// Connected; nodes ensured, subscriptions renewed, local state republished.
+    Online,
+    /// Not connected; local publishes are kept and sent on reconnect.
+    Offline,
+}
+
+/// The state fabric, as its users see it. All methods are non-blocking: a publish updates the
+/// local cache at once and is carried to the fabric in the background, coalesced per key (last
+/// state wins; nothing older is ever sent after something newer).
+pub trait Bus: Send + Sync {
+    /// This node's EID.
+    fn eid(&self) -> Eid;
+    /// Publish a cachable device state for a local device.
+    fn publish_device_state(&self, key: &str, state: DeviceState) {
+        self.publish_device_state_full(key, state, true)
+    }
+    /// Publish a device state; non-cachable states are sent once and not republished.
+    fn publish_device_state_full(&self, key: &str, state: DeviceState, cachable: bool);
+    /// Publish a local mailbox's counts.
+    fn publish_mwi(&self, mwi: Mwi);
+    /// Receive aggregate changes from now on.
+    fn subscribe(&self) -> broadcast::Receiver<BusEvent>;
+    /// Everything known now (aggregates).
+    fn snapshot(&self) -> Snapshot;
+    /// The aggregate state of one device.
+    fn device_state(&self, key: &str) -> Option<DeviceState>;
+}
+
+/// Receive the next event, turning a lag into [`BusEvent::Lagged`]; `None` when the bus is gone.
+pub async fn recv(rx: &mut broadcast::Receiver<BusEvent>) -> Option<BusEvent> {
+    match rx.recv().await {
+        Ok(ev) => Some(ev),
+        Err(broadcast::error::RecvError::Lagged(n)) => Some(BusEvent::Lagged(n)),
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
+}
+
+/// State shared by both bus backends: the cache and the event fan-out.
+#[derive(Debug)]
+pub(crate) struct Core {
+    cache: Mutex<StateCache>,
+    events: broadcast::Sender<BusEvent>,
+}
+
+impl Core {
+    pub(crate) fn new(cache: StateCache) -> Arc<Core> {
+        let (events, _) = broadcast::channel(4096);
+        Arc::new(Core {
+            cache: Mutex::new(cache),
+            events,
+        })
+    }
+
+    pub(crate) fn cache(&self) -> MutexGuard<'_, StateCache> {
+        // A poisoned lock means a panic elsewhere while holding it; the cache itself is still
+        // consistent (every mutation is a single insert), so keep serving.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn emit(&self, change: Change) {
+        let _ = self.events.send(BusEvent::Changed(change));
+    }
+
+    pub(crate) fn emit_all(&self, changes: impl IntoIterator<Item = Change>) {
+        for c in changes {
+            self.emit(c);
+        }
+    }
+
+    pub(crate) fn status(&self, s: BusStatus) {
+        let _ = self.events.send(BusEvent::Status(s));
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,22 @@
+//! callfabric's state fabric: Asterisk's device-state and MWI model, the res_xmpp wire format,
+//! and the [`Bus`] that carries them between sites (in-process or over XMPP PubSub).
+//!
+//! Only this crate knows XMPP. Everything above it sees [`DeviceState`], [`Mwi`], [`Change`]
+//! and the [`Bus`] trait.
+
+mod bus;
+mod cache;
+mod eid;
+mod local;
+mod mwi;
+mod state;
+pub mod wire;
+pub mod xmpp;
+
+pub use bus::{recv, Bus, BusEvent, BusStatus};
+pub use cache::{Change, Heartbeat, Snapshot, StateCache};
+pub use eid::{Eid, EidParseError};
+pub use local::LocalBus;
+pub use mwi::Mwi;
+pub use state::{Aggregate, DeviceState};
+pub use xmpp::{TlsMode, XmppBus, XmppBusConfig, XmppBusError, XmppBusStats};

@@ -1,0 +1,95 @@
+//! In-process bus for a single site with no XMPP server.
+
+use crate::bus::Core;
+use crate::{Bus, BusEvent, Change, DeviceState, Eid, Mwi, Snapshot, StateCache};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// A bus whose only member is this process: the aggregate is the local state.
+#[derive(Debug, Clone)]
+pub struct LocalBus {
+    eid: Eid,
+    core: Arc<Core>,
+}
+
+impl LocalBus {
+    /// A new, empty bus for the node `eid`.
+    pub fn new(eid: Eid) -> Self {
+        LocalBus {
+            eid,
+            core: Core::new(StateCache::new(eid, Duration::MAX)),
+        }
+    }
+}
+
+impl Bus for LocalBus {
+    fn eid(&self) -> Eid {
+        self.eid
+    }
+
+    fn publish_device_state_full(&self, key: &str, state: DeviceState, cachable: bool) {
+        let change = if cachable {
+            self.core.cache().set_local_device(key, state)
+        } else {
+            Some(Change::Device {
+                key: key.to_string(),
+                state,
+            })
+        };
+        if let Some(c) = change {
+            self.core.emit(c);
+        }
+    }
+
+    fn publish_mwi(&self, mwi: Mwi) {
+        let change = self.core.cache().set_local_mwi(mwi);
+        if let Some(c) = change {
+            self.core.emit(c);
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
+        self.core.subscribe()
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.core.cache().snapshot()
+    }
+
+    fn device_state(&self, key: &str) -> Option<DeviceState> {
+        self.core.cache().device(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publishes_reach_subscribers_only_on_change() {
+        let bus = LocalBus::new(Eid([2, 0, 0, 0, 0, 1]));
+        let mut rx = bus.subscribe();
+        bus.publish_device_state("PJSIP/1000", DeviceState::InUse);
+        bus.publish_device_state("PJSIP/1000", DeviceState::InUse);
+        bus.publish_device_state("PJSIP/1000", DeviceState::NotInUse);
+        bus.publish_mwi(Mwi::new("1000", "default", 1, 0));
+        let want = [
+            BusEvent::Changed(Change::Device {
+                key: "PJSIP/1000".into(),
+                state: DeviceState::InUse,
+            }),
+            BusEvent::Changed(Change::Device {
+                key: "PJSIP/1000".into(),
+                state: DeviceState::NotInUse,
+            }),
+            BusEvent::Changed(Change::Mwi(Mwi::new("1000", "default", 1, 0))),
+        ];
+        for w in want {
+            assert_eq!(rx.recv().await.unwrap(), w);
+        }
+        assert!(rx.try_recv().is_err());
+        assert_eq!(bus.device_state("PJSIP/1000"), Some(DeviceState::NotInUse));
+        assert_eq!(bus.snapshot().mwi["1000@default"].new, 1);
+    }
+}

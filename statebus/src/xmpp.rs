@@ -1,0 +1,954 @@
+//! [`XmppBus`]: the state fabric over XMPP PubSub (XEP-0060), on tokio-xmpp.
+//!
+//! One background task owns the XMPP client. Publishes from any thread update the shared cache
+//! and mark the key dirty; the task sends the latest value of every dirty key (so bursts
+//! coalesce and nothing older is ever sent after something newer). On every (re)connect the task
+//! ensures the nodes exist with an explicit configuration, renews the subscriptions, fetches the
+//! nodes' items to rebuild the remote cache, and republishes all local cachable state.
+
+use crate::bus::Core;
+use crate::wire::{self, AccessModel, NodeKind, NodeLayout, WireItem};
+use crate::{
+    Bus, BusEvent, BusStatus, Change, DeviceState, Eid, Heartbeat, Mwi, Snapshot, StateCache,
+};
+use futures::stream::{FuturesUnordered, StreamExt};
+use minidom::Element;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, oneshot, watch, Notify};
+use tokio_xmpp::connect::{DnsConfig, StartTlsServerConnector, TcpServerConnector};
+use tokio_xmpp::jid::{BareJid, Jid};
+use tokio_xmpp::parsers::iq::Iq;
+use tokio_xmpp::parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+use tokio_xmpp::xmlstream::Timeouts;
+use tokio_xmpp::{Client, Event, IqFailure, IqRequest, IqResponse, Stanza};
+use tracing::{debug, info, trace, warn};
+
+/// How the client secures its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS, certificate verified against the system roots (plus `SSL_CERT_FILE`).
+    #[default]
+    StartTls,
+    /// No TLS. Only allowed when the server address is a loopback address.
+    Plaintext,
+}
+
+/// Everything the XMPP bus needs; built by the binary from its config file.
+#[derive(Debug, Clone)]
+pub struct XmppBusConfig {
+    /// Account JID, e.g. `gw-a@fabric.test` (a resource may be given).
+    pub jid: String,
+    /// Account password.
+    pub password: String,
+    /// Server address `host:port`; when `None`, the JID's domain is resolved (SRV, then 5222).
+    pub server: Option<String>,
+    /// JID of the PubSub service (Asterisk's `pubsub_node`), e.g. `pubsub.fabric.test`.
+    pub pubsub_service: String,
+    /// STARTTLS or plaintext (loopback only).
+    pub tls: TlsMode,
+    /// Flat (default) or XEP-0248 collections.
+    pub layout: NodeLayout,
+    /// Access model of the nodes this bus creates.
+    pub access_model: AccessModel,
+    /// Bare JIDs of the other fabric members (made publishers of our nodes under `whitelist`).
+    pub fabric_jids: Vec<String>,
+    /// `pubsub#max_items` for the flat nodes (one item per device must fit).
+    pub max_items: u32,
+    /// This node's EID.
+    pub eid: Eid,
+    /// This node's site name (heartbeat).
+    pub site: String,
+    /// This node's role (heartbeat).
+    pub role: String,
+    /// SIP address other nodes should use to reach this one (heartbeat), if any.
+    pub sip_address: Option<String>,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// A member silent for this long is expired (its devices read UNAVAILABLE).
+    pub liveness_ttl: Duration,
+    /// How long to wait for any IQ response.
+    pub iq_timeout: Duration,
+    /// Silence on the stream after which the client probes the server (dead-peer detection).
+    pub keepalive: Duration,
+}
+
+impl XmppBusConfig {
+    /// A config with the documented defaults for everything but identity and addresses.
+    pub fn new(jid: &str, password: &str, pubsub_service: &str, eid: Eid) -> Self {
+        XmppBusConfig {
+            jid: jid.into(),
+            password: password.into(),
+            server: None,
+            pubsub_service: pubsub_service.into(),
+            tls: TlsMode::StartTls,
+            layout: NodeLayout::Flat,
+            access_model: AccessModel::Open,
+            fabric_jids: Vec::new(),
+            max_items: 1000,
+            eid,
+            site: "default".into(),
+            role: "node".into(),
+            sip_address: None,
+            heartbeat_interval: Duration::from_secs(5),
+            liveness_ttl: Duration::from_secs(15),
+            iq_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why an [`XmppBus`] could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum XmppBusError {
+    /// The JID does not parse.
+    #[error("invalid JID {0:?}: {1}")]
+    Jid(String, String),
+    /// Plaintext requested towards a non-loopback server.
+    #[error(
+        "plaintext XMPP is only allowed to a loopback server, not {0:?}; use tls = \"starttls\""
+    )]
+    PlaintextNotLoopback(String),
+    /// Plaintext requested without an explicit server address.
+    #[error(
+        "plaintext XMPP needs an explicit loopback server address (server = \"127.0.0.1:5222\")"
+    )]
+    PlaintextNeedsServer,
+    /// TTL not longer than the heartbeat interval.
+    #[error("liveness TTL ({ttl:?}) must be longer than the heartbeat interval ({interval:?})")]
+    TtlTooShort {
+        /// configured TTL
+        ttl: Duration,
+        /// configured interval
+        interval: Duration,
+    },
+}
+
+fn is_loopback_server(server: &str) -> bool {
+    if let Ok(sa) = server.parse::<SocketAddr>() {
+        return sa.ip().is_loopback();
+    }
+    let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .map(|i| i.is_loopback())
+            .unwrap_or(false)
+}
+
+/// Counters, for operators and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XmppBusStats {
+    /// Connections established (the first one included).
+    pub connects: u64,
+    /// Publish IQs sent.
+    pub published: u64,
+    /// Publish IQs the server confirmed.
+    pub publish_acked: u64,
+    /// Publish IQs answered with an error or timed out.
+    pub publish_errors: u64,
+    /// Items received (notifications and fetched).
+    pub items_received: u64,
+}
+
+#[derive(Debug, Default)]
+struct Dirty {
+    devices: HashSet<String>,
+    mwi: HashSet<String>,
+    /// Non-cachable states: not in the cache, last value per key.
+    volatile: HashMap<String, DeviceState>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    core: Arc<Core>,
+    dirty: Mutex<Dirty>,
+    wake: Notify,
+    stats: Mutex<XmppBusStats>,
+}
+
+impl Shared {
+    fn dirty(&self) -> std::sync::MutexGuard<'_, Dirty> {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn stats(&self) -> std::sync::MutexGuard<'_, XmppBusStats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The state fabric over XMPP PubSub. Cheap to clone; the connection lives until
+/// [`XmppBus::shutdown`] or until every clone is dropped.
+#[derive(Debug, Clone)]
+pub struct XmppBus {
+    eid: Eid,
+    shared: Arc<Shared>,
+    online: watch::Receiver<bool>,
+    stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl XmppBus {
+    /// Validate the config and start connecting in the background (needs a tokio runtime).
+    pub fn start(cfg: XmppBusConfig) -> Result<XmppBus, XmppBusError> {
+        let jid: Jid = cfg.jid.parse().map_err(|e: tokio_xmpp::jid::Error| {
+            XmppBusError::Jid(cfg.jid.clone(), e.to_string())
+        })?;
+        let service: Jid = cfg
+            .pubsub_service
+            .parse()
+            .map_err(|e: tokio_xmpp::jid::Error| {
+                XmppBusError::Jid(cfg.pubsub_service.clone(), e.to_string())
+            })?;
+        for j in &cfg.fabric_jids {
+            j.parse::<Jid>()
+                .map_err(|e| XmppBusError::Jid(j.clone(), e.to_string()))?;
+        }
+        if cfg.liveness_ttl <= cfg.heartbeat_interval {
+            return Err(XmppBusError::TtlTooShort {
+                ttl: cfg.liveness_ttl,
+                interval: cfg.heartbeat_interval,
+            });
+        }
+        if cfg.tls == TlsMode::Plaintext {
+            match &cfg.server {
+                None => return Err(XmppBusError::PlaintextNeedsServer),
+                Some(s) if !is_loopback_server(s) => {
+                    return Err(XmppBusError::PlaintextNotLoopback(s.clone()))
+                }
+                _ => {}
+            }
+        }
+        let dns = match &cfg.server {
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(_) => DnsConfig::addr(s),
+                Err(_) => {
+                    let (h, p) = s.rsplit_once(':').unwrap_or((s.as_str(), "5222"));
+                    DnsConfig::no_srv(h, p.parse().unwrap_or(5222))
+                }
+            },
+            None => DnsConfig::srv_default_client(jid.domain().as_str()),
+        };
+        let timeouts = Timeouts {
+            read_timeout: cfg.keepalive,
+            response_timeout: cfg.iq_timeout,
+        };
+        let client = match cfg.tls {
+            TlsMode::StartTls => Client::new_with_connector(
+                jid.clone(),
+                cfg.password.clone(),
+                StartTlsServerConnector::from(dns),
+                timeouts,
+            ),
+            TlsMode::Plaintext => Client::new_with_connector(
+                jid.clone(),
+                cfg.password.clone(),
+                TcpServerConnector::from(dns),
+                timeouts,
+            ),
+        };
+        let shared = Arc::new(Shared {
+            core: Core::new(StateCache::new(cfg.eid, cfg.liveness_ttl)),
+            dirty: Mutex::new(Dirty::default()),
+            wake: Notify::new(),
+            stats: Mutex::new(XmppBusStats::default()),
+        });
+        let (online_tx, online) = watch::channel(false);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let eid = cfg.eid;
+        let worker = Worker {
+            bare: jid.to_bare(),
+            service,
+            cfg,
+            shared: shared.clone(),
+            online_tx,
+            online: false,
+            generation: 0,
+            inflight: FuturesUnordered::new(),
+            leaves: HashSet::new(),
+            retry_at: None,
+        };
+        let task = tokio::spawn(worker.run(client, stop_rx));
+        Ok(XmppBus {
+            eid,
+            shared,
+            online,
+            stop: Arc::new(Mutex::new(Some(stop_tx))),
+            task: Arc::new(Mutex::new(Some(task))),
+        })
+    }
+
+    /// Wait until the bus is online (nodes ensured, subscribed, items fetched requested).
+    pub async fn wait_online(&self, timeout: Duration) -> bool {
+        let mut rx = self.online.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|o| *o))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Whether the bus is online now.
+    pub fn is_online(&self) -> bool {
+        *self.online.borrow()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> XmppBusStats {
+        *self.shared.stats()
+    }
+
+    /// Per-EID entries of one device (debugging, `statebus watch`).
+    pub fn device_detail(&self, key: &str) -> Vec<(Eid, DeviceState)> {
+        self.shared.core.cache().device_detail(key)
+    }
+
+    /// Close the stream cleanly and stop the background task.
+    pub async fn shutdown(&self) {
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(s) = stop {
+            let _ = s.send(());
+        }
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+
+    fn mark(&self, f: impl FnOnce(&mut Dirty)) {
+        f(&mut self.shared.dirty());
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Bus for XmppBus {
+    fn eid(&self) -> Eid {
+        self.eid
+    }
+
+    fn publish_device_state_full(&self, key: &str, state: DeviceState, cachable: bool) {
+        if cachable {
+            let change = self.shared.core.cache().set_local_device(key, state);
+            if let Some(c) = change {
+                self.shared.core.emit(c);
+            }
+            self.mark(|d| {
+                d.devices.insert(key.to_string());
+            });
+        } else {
+            self.shared.core.emit(Change::Device {
+                key: key.to_string(),
+                state,
+            });
+            self.mark(|d| {
+                d.volatile.insert(key.to_string(), state);
+            });
+        }
+    }
+
+    fn publish_mwi(&self, mwi: Mwi) {
+        let key = mwi.key();
+        let change = self.shared.core.cache().set_local_mwi(mwi);
+        if let Some(c) = change {
+            self.shared.core.emit(c);
+        }
+        self.mark(|d| {
+            d.mwi.insert(key);
+        });
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
+        self.shared.core.subscribe()
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.shared.core.cache().snapshot()
+    }
+
+    fn device_state(&self, key: &str) -> Option<DeviceState> {
+        self.shared.core.cache().device(key)
+    }
+}
+
+/// What an IQ in flight was for.
+#[derive(Debug, Clone)]
+enum Tag {
+    Setup(&'static str, #[allow(dead_code)] String),
+    Publish(Republish),
+    Heartbeat,
+    FetchHeartbeats,
+    Fetch(#[allow(dead_code)] &'static str),
+    DiscoLeaves(#[allow(dead_code)] &'static str),
+    Ping,
+}
+
+/// What to mark dirty again when a publish times out.
+#[derive(Debug, Clone)]
+enum Republish {
+    Device(String),
+    Mwi(String),
+    Volatile,
+}
+
+type IqOutcome = Result<Result<IqResponse, IqFailure>, tokio::time::error::Elapsed>;
+type InFlight = Pin<Box<dyn Future<Output = (Tag, u64, IqOutcome)> + Send>>;
+
+struct Worker {
+    bare: BareJid,
+    service: Jid,
+    cfg: XmppBusConfig,
+    shared: Arc<Shared>,
+    online_tx: watch::Sender<bool>,
+    online: bool,
+    generation: u64,
+    inflight: FuturesUnordered<InFlight>,
+    leaves: HashSet<String>,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Worker {
+    async fn run(mut self, mut client: Client, mut stop: oneshot::Receiver<()>) {
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.shared.clone();
+        loop {
+            let next_expiry = shared.core.cache().next_expiry();
+            let expiry_sleep = async {
+                match next_expiry {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let retry_sleep = async {
+                match self.retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                ev = client.next() => match ev {
+                    None => break,
+                    Some(ev) => self.on_event(&mut client, ev).await,
+                },
+                Some((tag, generation, outcome)) = self.inflight.next() => {
+                    self.on_response(&mut client, tag, generation, outcome).await;
+                }
+                _ = shared.wake.notified(), if self.online => self.flush(&mut client).await,
+                _ = heartbeat.tick(), if self.online => self.send_heartbeat(&mut client).await,
+                _ = expiry_sleep => {
+                    let changes = shared.core.cache().expire(Instant::now());
+                    for c in &changes {
+                        if let Change::PeerExpired(eid) = c {
+                            warn!(%eid, "fabric member silent past the TTL: its devices now read UNAVAILABLE");
+                        }
+                    }
+                    shared.core.emit_all(changes);
+                }
+                _ = retry_sleep => {
+                    self.retry_at = None;
+                    if self.online {
+                        self.flush(&mut client).await;
+                    } else {
+                        // Offline after a send stalled: probe the server; a reply brings us back.
+                        self.iq(&mut client, Tag::Ping, IqRequest::Get(Element::builder("ping", "urn:xmpp:ping").build())).await;
+                        self.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        self.set_online(false);
+        let _ = tokio::time::timeout(Duration::from_secs(3), client.send_end()).await;
+    }
+
+    fn set_online(&mut self, online: bool) {
+        if self.online != online {
+            self.online = online;
+            let _ = self.online_tx.send(online);
+            self.shared.core.status(if online {
+                BusStatus::Online
+            } else {
+                BusStatus::Offline
+            });
+        }
+    }
+
+    async fn on_event(&mut self, client: &mut Client, ev: Event) {
+        match ev {
+            Event::Online {
+                bound_jid, resumed, ..
+            } => {
+                info!(jid = %bound_jid, resumed, "connected to the XMPP server");
+                if resumed && self.online {
+                    return;
+                }
+                self.shared.stats().connects += 1;
+                self.resync(client).await;
+            }
+            Event::Disconnected(e) => {
+                warn!(error = %e, "disconnected from the XMPP server; reconnecting");
+                self.set_online(false);
+            }
+            Event::Stanza(Stanza::Message(m)) => {
+                let from_service = m
+                    .from
+                    .as_ref()
+                    .map(|f| f.to_string() == self.cfg.pubsub_service)
+                    .unwrap_or(false);
+                if !from_service {
+                    trace!(from = ?m.from, "ignoring message not from the pubsub service");
+                    return;
+                }
+                for p in &m.payloads {
+                    let items = wire::decode_event(p);
+                    trace!(?items, "pubsub event");
+                    self.apply(items, None);
+                }
+            }
+            Event::Stanza(Stanza::Iq(iq)) => self.answer_iq(client, iq).await,
+            Event::Stanza(_) => {}
+        }
+    }
+
+    /// Answer requests addressed to us: XEP-0199 pings get a result, anything else an error.
+    async fn answer_iq(&mut self, client: &mut Client, iq: Iq) {
+        let reply = match iq {
+            Iq::Get {
+                from, id, payload, ..
+            } if payload.is("ping", "urn:xmpp:ping") => Iq::Result {
+                from: None,
+                to: from,
+                id,
+                payload: None,
+            },
+            Iq::Get { from, id, .. } | Iq::Set { from, id, .. } => {
+                let err = StanzaError::new(
+                    ErrorType::Cancel,
+                    DefinedCondition::ServiceUnavailable,
+                    "en",
+                    "not supported",
+                );
+                let mut r = Iq::from_error(id, err);
+                *r.to_mut() = from;
+                r
+            }
+            _ => return,
+        };
+        let _ =
+            tokio::time::timeout(self.cfg.iq_timeout, client.send_stanza(Stanza::Iq(reply))).await;
+    }
+
+    /// Full resynchronisation after (re)connecting.
+    async fn resync(&mut self, client: &mut Client) {
+        self.generation += 1;
+        // Notifications go to the bare JID, which servers deliver only to *available*
+        // resources: announce availability first (priority 0).
+        let presence = tokio_xmpp::parsers::presence::Presence::available();
+        if tokio::time::timeout(
+            self.cfg.iq_timeout,
+            client.send_stanza(Stanza::Presence(presence)),
+        )
+        .await
+        .is_err()
+        {
+            warn!("could not send initial presence");
+        }
+        self.leaves.clear();
+        let bare = self.bare.to_string();
+        let max = self.cfg.max_items;
+        let access = self.cfg.access_model;
+        let coll = self.cfg.layout == NodeLayout::Collections;
+        let (dev_kind, setup_nodes): (NodeKind, [&'static str; 2]) = if coll {
+            (
+                NodeKind::Collection,
+                [wire::NODE_DEVICE_STATE, wire::NODE_MWI],
+            )
+        } else {
+            (NodeKind::Flat, [wire::NODE_DEVICE_STATE, wire::NODE_MWI])
+        };
+        for node in [wire::NODE_HEARTBEAT].into_iter().chain(setup_nodes) {
+            let kind = if node == wire::NODE_HEARTBEAT {
+                NodeKind::Flat
+            } else {
+                dev_kind
+            };
+            if let Ok(el) = wire::create_node(node, kind, access, max) {
+                self.iq(
+                    client,
+                    Tag::Setup("create", node.into()),
+                    IqRequest::Set(el),
+                )
+                .await;
+            }
+            // The creator owns the node; every member grants the others publisher rights
+            // (only the owner's grant succeeds), as Asterisk makes its buddies owners.
+            let others: Vec<String> = self
+                .cfg
+                .fabric_jids
+                .iter()
+                .filter(|j| **j != bare)
+                .cloned()
+                .collect();
+            if !others.is_empty() {
+                if let Ok(el) = wire::affiliations(node, &others, "publisher") {
+                    self.iq(
+                        client,
+                        Tag::Setup("affiliations", node.into()),
+                        IqRequest::Set(el),
+                    )
+                    .await;
+                }
+            }
+            if let Ok(el) = wire::unsubscribe(node, &bare) {
+                self.iq(
+                    client,
+                    Tag::Setup("unsubscribe", node.into()),
+                    IqRequest::Set(el),
+                )
+                .await;
+            }
+            let as_collection = coll && node != wire::NODE_HEARTBEAT;
+            if let Ok(el) = wire::subscribe(node, &bare, as_collection) {
+                self.iq(
+                    client,
+                    Tag::Setup("subscribe", node.into()),
+                    IqRequest::Set(el),
+                )
+                .await;
+            }
+        }
+        // Heartbeats first, so that items of dead members are read as UNAVAILABLE.
+        if let Ok(el) = wire::items_request(wire::NODE_HEARTBEAT) {
+            self.iq(client, Tag::FetchHeartbeats, IqRequest::Get(el))
+                .await;
+        }
+        // Republish everything local, then beat.
+        {
+            let cache = self.shared.core.cache();
+            let mut d = self.shared.dirty();
+            d.devices
+                .extend(cache.local_devices().into_iter().map(|(k, _)| k));
+            d.mwi.extend(cache.local_mwi().into_iter().map(|m| m.key()));
+        }
+        self.set_online(true);
+        self.flush(client).await;
+        self.send_heartbeat(client).await;
+    }
+
+    async fn iq(&mut self, client: &mut Client, tag: Tag, req: IqRequest) -> bool {
+        let timeout = self.cfg.iq_timeout;
+        let sent =
+            tokio::time::timeout(timeout, client.send_iq(Some(self.service.clone()), req)).await;
+        match sent {
+            Ok(token) => {
+                let generation = self.generation;
+                self.inflight.push(Box::pin(async move {
+                    let r = tokio::time::timeout(timeout, token).await;
+                    (tag, generation, r)
+                }));
+                true
+            }
+            Err(_) => {
+                warn!("sending to the XMPP server stalled for {timeout:?}; treating the fabric as offline");
+                self.requeue(&tag);
+                self.set_online(false);
+                self.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                false
+            }
+        }
+    }
+
+    fn requeue(&self, tag: &Tag) {
+        let mut d = self.shared.dirty();
+        match tag {
+            Tag::Publish(Republish::Device(k)) => {
+                d.devices.insert(k.clone());
+            }
+            Tag::Publish(Republish::Mwi(k)) => {
+                d.mwi.insert(k.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Send the latest value of every dirty key.
+    async fn flush(&mut self, client: &mut Client) {
+        let dirty = std::mem::take(&mut *self.shared.dirty());
+        let layout = self.cfg.layout;
+        let eid = self.cfg.eid;
+        for key in dirty.devices {
+            let Some(state) = self.shared.core.cache().local_device(&key) else {
+                continue;
+            };
+            self.ensure_leaf(client, wire::NODE_DEVICE_STATE, &key)
+                .await;
+            match wire::publish_device_state(layout, eid, &key, state, true) {
+                Ok(el) => self.publish(client, Republish::Device(key), el).await,
+                Err(e) => warn!(%e, "cannot encode device state"),
+            }
+            if !self.online {
+                return;
+            }
+        }
+        for (key, state) in dirty.volatile {
+            self.ensure_leaf(client, wire::NODE_DEVICE_STATE, &key)
+                .await;
+            if let Ok(el) = wire::publish_device_state(layout, eid, &key, state, false) {
+                self.publish(client, Republish::Volatile, el).await;
+            }
+        }
+        for key in dirty.mwi {
+            let Some(mwi) = self.shared.core.cache().local_mwi_of(&key) else {
+                continue;
+            };
+            self.ensure_leaf(client, wire::NODE_MWI, &key).await;
+            match wire::publish_mwi(layout, eid, &mwi) {
+                Ok(el) => self.publish(client, Republish::Mwi(key), el).await,
+                Err(e) => warn!(%e, "cannot encode MWI"),
+            }
+        }
+    }
+
+    /// In collections mode, create the key's leaf under its collection once per connection.
+    async fn ensure_leaf(&mut self, client: &mut Client, collection: &'static str, key: &str) {
+        if self.cfg.layout != NodeLayout::Collections || self.leaves.contains(key) {
+            return;
+        }
+        self.leaves.insert(key.to_string());
+        let kind = NodeKind::LeafIn(collection);
+        if let Ok(el) = wire::create_node(key, kind, self.cfg.access_model, self.cfg.max_items) {
+            self.iq(
+                client,
+                Tag::Setup("create leaf", key.into()),
+                IqRequest::Set(el),
+            )
+            .await;
+        }
+    }
+
+    async fn publish(&mut self, client: &mut Client, what: Republish, el: Element) {
+        if self
+            .iq(client, Tag::Publish(what), IqRequest::Set(el))
+            .await
+        {
+            self.shared.stats().published += 1;
+        }
+    }
+
+    async fn send_heartbeat(&mut self, client: &mut Client) {
+        let hb = Heartbeat {
+            eid: self.cfg.eid,
+            site: self.cfg.site.clone(),
+            role: self.cfg.role.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            time: unix_now(),
+            sip: self.cfg.sip_address.clone(),
+        };
+        if let Ok(el) = wire::publish_heartbeat(&hb) {
+            self.iq(client, Tag::Heartbeat, IqRequest::Set(el)).await;
+        }
+    }
+
+    async fn on_response(
+        &mut self,
+        client: &mut Client,
+        tag: Tag,
+        generation: u64,
+        outcome: IqOutcome,
+    ) {
+        let stale = generation != self.generation;
+        match outcome {
+            Err(_) => {
+                warn!(?tag, "IQ timed out");
+                if matches!(tag, Tag::Publish(_) | Tag::Heartbeat) {
+                    self.shared.stats().publish_errors += 1;
+                    self.requeue(&tag);
+                    self.retry_at
+                        .get_or_insert(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+            }
+            Ok(Err(e)) => {
+                debug!(?tag, error = %e, "IQ lost with the connection");
+                self.requeue(&tag);
+            }
+            Ok(Ok(IqResponse::Error(err))) => {
+                let cond = format!("{:?}", err.defined_condition);
+                match &tag {
+                    // Exists already: conflict, or forbidden when another member owns it.
+                    Tag::Setup("create" | "create leaf", _)
+                        if matches!(
+                            err.defined_condition,
+                            DefinedCondition::Conflict | DefinedCondition::Forbidden
+                        ) => {}
+                    // Only the owner may grant; the others' grants fail by design.
+                    Tag::Setup("affiliations", _)
+                        if err.defined_condition == DefinedCondition::Forbidden => {}
+                    Tag::Setup("unsubscribe", _) => {}
+                    Tag::Ping => {}
+                    Tag::Publish(_) | Tag::Heartbeat => {
+                        self.shared.stats().publish_errors += 1;
+                        warn!(?tag, condition = %cond, "publish refused by the pubsub service");
+                    }
+                    _ => {
+                        warn!(?tag, condition = %cond, text = ?err.texts.values().next(), "pubsub request failed")
+                    }
+                }
+            }
+            Ok(Ok(IqResponse::Result(payload))) => match tag {
+                _ if {
+                    trace!(?tag, "IQ result");
+                    false
+                } => {}
+                Tag::Publish(_) => self.shared.stats().publish_acked += 1,
+                Tag::Ping if !self.online => {
+                    info!("the XMPP server answers again: resynchronising");
+                    self.resync(client).await;
+                }
+                Tag::FetchHeartbeats if !stale => {
+                    if let Some(p) = payload {
+                        self.apply(wire::decode_items_result(&p), Some(unix_now()));
+                    }
+                    self.fetch_state(client).await;
+                }
+                Tag::Fetch(_) if !stale => {
+                    if let Some(p) = payload {
+                        self.apply(wire::decode_items_result(&p), Some(unix_now()));
+                    }
+                }
+                Tag::DiscoLeaves(_) if !stale => {
+                    let Some(p) = payload else { return };
+                    let leaves: Vec<String> = p
+                        .children()
+                        .filter(|c| c.name() == "item")
+                        .filter_map(|c| c.attr("node").map(str::to_string))
+                        .collect();
+                    for leaf in leaves {
+                        if let Ok(el) = wire::items_request(&leaf) {
+                            self.iq(client, Tag::Fetch("leaf"), IqRequest::Get(el))
+                                .await;
+                        }
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+
+    /// After heartbeats are known: fetch the state nodes' items (collections: each leaf).
+    async fn fetch_state(&mut self, client: &mut Client) {
+        for node in [wire::NODE_DEVICE_STATE, wire::NODE_MWI] {
+            if self.cfg.layout == NodeLayout::Collections {
+                let el = Element::builder("query", "http://jabber.org/protocol/disco#items")
+                    .attr(minidom::rxml::xml_ncname!("node").into(), node);
+                self.iq(client, Tag::DiscoLeaves(node), IqRequest::Get(el.build()))
+                    .await;
+            } else if let Ok(el) = wire::items_request(node) {
+                self.iq(client, Tag::Fetch(node), IqRequest::Get(el)).await;
+            }
+        }
+    }
+
+    /// Apply decoded items: live notifications (`fetched_at == None`) or fetched items.
+    fn apply(&self, items: Vec<WireItem>, fetched_at: Option<u64>) {
+        let now = Instant::now();
+        let mut changes = Vec::new();
+        let n = items.len() as u64;
+        {
+            let mut cache = self.shared.core.cache();
+            for item in items {
+                match item {
+                    WireItem::Device {
+                        key,
+                        eid,
+                        state,
+                        cachable,
+                    } => {
+                        let c = match fetched_at {
+                            None => cache.set_remote_device(eid, &key, state, cachable, now),
+                            Some(_) if cachable => cache.set_fetched_device(eid, &key, state),
+                            Some(_) => None,
+                        };
+                        changes.extend(c);
+                    }
+                    WireItem::Mwi { eid, mwi } => {
+                        let c = match fetched_at {
+                            None => cache.set_remote_mwi(eid, mwi, now),
+                            Some(_) => cache.set_fetched_mwi(eid, mwi),
+                        };
+                        changes.extend(c);
+                    }
+                    WireItem::Heartbeat(hb) => {
+                        let age = match fetched_at {
+                            None => Duration::ZERO,
+                            Some(t) => Duration::from_secs(t.saturating_sub(hb.time)),
+                        };
+                        changes.extend(cache.heartbeat(hb, age, now));
+                    }
+                    WireItem::Ignored(why) => trace!(%why, "ignored pubsub item"),
+                }
+            }
+        }
+        self.shared.stats().items_received += n;
+        self.shared.core.emit_all(changes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for s in [
+            "127.0.0.1:5222",
+            "[::1]:5222",
+            "localhost:5222",
+            "127.3.4.5:1",
+        ] {
+            assert!(is_loopback_server(s), "{s}");
+        }
+        for s in [
+            "10.0.0.1:5222",
+            "xmpp.example.com:5222",
+            "[2001:db8::1]:5222",
+        ] {
+            assert!(!is_loopback_server(s), "{s}");
+        }
+    }
+
+    #[tokio::test]
+    async fn config_is_validated() {
+        let eid = Eid::derive("t");
+        let mut c = XmppBusConfig::new("gw@fabric.test", "x", "pubsub.fabric.test", eid);
+        c.tls = TlsMode::Plaintext;
+        assert!(matches!(
+            XmppBus::start(c.clone()),
+            Err(XmppBusError::PlaintextNeedsServer)
+        ));
+        c.server = Some("192.0.2.1:5222".into());
+        assert!(matches!(
+            XmppBus::start(c.clone()),
+            Err(XmppBusError::PlaintextNotLoopback(_))
+        ));
+        c.server = Some("127.0.0.1:1".into());
+        c.liveness_ttl = Duration::from_secs(1);
+        assert!(matches!(
+            XmppBus::start(c.clone()),
+            Err(XmppBusError::TtlTooShort { .. })
+        ));
+        c.liveness_ttl = Duration::from_secs(30);
+        c.jid = "@@".into();
+        assert!(matches!(XmppBus::start(c), Err(XmppBusError::Jid(..))));
+    }
+}
