@@ -454,6 +454,7 @@ async fn watch_over_starttls(kind: ServerKind) {
         "starttls",
         true,
     );
+    let errlog = dir.path().join("watch.stderr");
     let mut child = callfabric()
         .args([
             "statebus",
@@ -465,7 +466,7 @@ async fn watch_over_starttls(kind: ServerKind) {
         ])
         .arg(&cfg)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&errlog).expect("stderr file"))
         .spawn()
         .expect("spawn watch");
     let stdout = child.stdout.take().expect("stdout");
@@ -481,7 +482,10 @@ async fn watch_over_starttls(kind: ServerKind) {
             .await
             .ok()
             .flatten()
-            .unwrap_or_else(|| panic!("watch output ended; got {lines:?}"));
+            .unwrap_or_else(|| {
+                let err = std::fs::read_to_string(&errlog).unwrap_or_default();
+                panic!("watch output ended; got {lines:?}; stderr:\n{err}")
+            });
         lines.push(l.clone());
         l
     };
@@ -503,10 +507,6 @@ async fn watch_over_starttls(kind: ServerKind) {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
+    let err = std::fs::read_to_string(&errlog).unwrap_or_default();
     assert!(!err.contains("TLS error"), "{err}");
 }

@@ -291,6 +291,15 @@ pub fn unsubscribe(node: &str, bare_jid: &str) -> Result<Element, BuildError> {
     ))
 }
 
+/// Retract one item (an owner may retract anyone's item).
+pub fn retract(node: &str, item_id: &str) -> Result<Element, BuildError> {
+    parse(&format!(
+        "<pubsub xmlns='{NS_PUBSUB}'><retract node='{}'><item id='{}'/></retract></pubsub>",
+        escape(node),
+        escape(item_id)
+    ))
+}
+
 /// Fetch all items of a node.
 pub fn items_request(node: &str) -> Result<Element, BuildError> {
     parse(&format!(

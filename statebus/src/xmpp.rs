@@ -11,21 +11,23 @@ use crate::wire::{self, AccessModel, NodeKind, NodeLayout, WireItem};
 use crate::{
     Bus, BusEvent, BusStatus, Change, DeviceState, Eid, Heartbeat, Mwi, Snapshot, StateCache,
 };
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::StreamExt;
 use minidom::Element;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, oneshot, watch, Notify};
-use tokio_xmpp::connect::{DnsConfig, StartTlsServerConnector, TcpServerConnector};
+use tokio_xmpp::connect::{
+    DnsConfig, ServerConnector, StartTlsServerConnector, TcpServerConnector,
+};
 use tokio_xmpp::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
-use tokio_xmpp::xmlstream::Timeouts;
-use tokio_xmpp::{Client, Event, IqFailure, IqRequest, IqResponse, Stanza};
+use tokio_xmpp::stanzastream::{Event as StreamEv, StanzaStream, StreamEvent};
+use tokio_xmpp::xmlstream::{PendingFeaturesRecv, Timeouts};
+use tokio_xmpp::Stanza;
 use tracing::{debug, info, trace, warn};
 
 /// How the client secures its connection.
@@ -142,6 +144,39 @@ fn is_loopback_server(server: &str) -> bool {
             .unwrap_or(false)
 }
 
+/// STARTTLS without SASL channel binding.
+///
+/// tokio-xmpp 6 implements SCRAM but not SCRAM-*-PLUS; when it holds TLS channel-binding data
+/// it sends the GS2 flag `y` ("I could bind, I think you can't"). A server that does offer
+/// -PLUS (ejabberd over TLS 1.3, measured) must then refuse the login as a downgrade. Handing
+/// the client no binding data makes it send `n`, which every server accepts; the session is
+/// still encrypted and the server certificate verified.
+#[derive(Debug, Clone)]
+struct NoChannelBinding<C>(C);
+
+impl<C: ServerConnector> ServerConnector for NoChannelBinding<C> {
+    type Stream = C::Stream;
+
+    fn connect(
+        &self,
+        jid: &Jid,
+        ns: &'static str,
+        timeouts: Timeouts,
+    ) -> impl Future<
+        Output = Result<
+            (PendingFeaturesRecv<C::Stream>, sasl::common::ChannelBinding),
+            tokio_xmpp::Error,
+        >,
+    > + Send {
+        let inner = self.0.clone();
+        let jid = jid.clone();
+        async move {
+            let (stream, _) = inner.connect(&jid, ns, timeouts).await?;
+            Ok((stream, sasl::common::ChannelBinding::None))
+        }
+    }
+}
+
 /// Counters, for operators and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XmppBusStats {
@@ -238,18 +273,25 @@ impl XmppBus {
             read_timeout: cfg.keepalive,
             response_timeout: cfg.iq_timeout,
         };
-        let client = match cfg.tls {
-            TlsMode::StartTls => Client::new_with_connector(
+        // The stanza stream itself, not tokio-xmpp's `Client`: the client shares one mutex
+        // between its sending and receiving halves and its receiver returns Pending without a
+        // waker when that mutex is busy, which stalls reception for good under a burst of
+        // publishes (measured). Owning the stream in one task, with our own IQ tracking, has
+        // no such hazard.
+        let stream = match cfg.tls {
+            TlsMode::StartTls => StanzaStream::new_c2s(
+                NoChannelBinding(StartTlsServerConnector::from(dns)),
                 jid.clone(),
                 cfg.password.clone(),
-                StartTlsServerConnector::from(dns),
                 timeouts,
+                QUEUE_DEPTH,
             ),
-            TlsMode::Plaintext => Client::new_with_connector(
+            TlsMode::Plaintext => StanzaStream::new_c2s(
+                TcpServerConnector::from(dns),
                 jid.clone(),
                 cfg.password.clone(),
-                TcpServerConnector::from(dns),
                 timeouts,
+                QUEUE_DEPTH,
             ),
         };
         let shared = Arc::new(Shared {
@@ -269,11 +311,19 @@ impl XmppBus {
             online_tx,
             online: false,
             generation: 0,
-            inflight: FuturesUnordered::new(),
+            pending: HashMap::new(),
+            deadlines: VecDeque::new(),
+            next_id: 0,
+            fetches: 0,
             leaves: HashSet::new(),
+            takeover: HashMap::new(),
             retry_at: None,
         };
-        let task = tokio::spawn(worker.run(client, stop_rx));
+        let span = tracing::info_span!("xmppbus", jid = %jid.to_bare());
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            worker.run(stream, stop_rx),
+            span,
+        ));
         Ok(XmppBus {
             eid,
             shared,
@@ -394,8 +444,32 @@ enum Republish {
     Volatile,
 }
 
-type IqOutcome = Result<Result<IqResponse, IqFailure>, tokio::time::error::Elapsed>;
-type InFlight = Pin<Box<dyn Future<Output = (Tag, u64, IqOutcome)> + Send>>;
+/// Dirty keys sent per pass of the event loop.
+const FLUSH_BATCH: usize = 16;
+/// IQs awaiting an answer before the flusher waits.
+const MAX_IN_FLIGHT: usize = 256;
+/// Depth of the stanza stream's queues.
+const QUEUE_DEPTH: usize = 256;
+
+/// An IQ request.
+enum Req {
+    Get(Element),
+    Set(Element),
+}
+
+/// How an IQ ended.
+enum Outcome {
+    Result(Option<Element>),
+    Error(StanzaError),
+    TimedOut,
+    /// The stream was reset before the answer came.
+    Lost,
+}
+
+struct Pending {
+    tag: Tag,
+    generation: u64,
+}
 
 struct Worker {
     bare: BareJid,
@@ -405,9 +479,25 @@ struct Worker {
     online_tx: watch::Sender<bool>,
     online: bool,
     generation: u64,
-    inflight: FuturesUnordered<InFlight>,
+    /// IQs sent and not yet answered, by id.
+    pending: HashMap<String, Pending>,
+    /// (deadline, id) in sending order; deadlines are monotonic since the timeout is fixed.
+    deadlines: VecDeque<(tokio::time::Instant, String)>,
+    next_id: u64,
+    /// Initial-fetch IQs of this generation still unanswered.
+    fetches: usize,
     leaves: HashSet<String>,
+    /// Takeover attempts per key (see the Forbidden publish case).
+    takeover: HashMap<String, u8>,
     retry_at: Option<tokio::time::Instant>,
+}
+
+/// Sleep until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn unix_now() -> u64 {
@@ -418,35 +508,26 @@ fn unix_now() -> u64 {
 }
 
 impl Worker {
-    async fn run(mut self, mut client: Client, mut stop: oneshot::Receiver<()>) {
+    async fn run(mut self, mut stream: StanzaStream, mut stop: oneshot::Receiver<()>) {
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shared = self.shared.clone();
         loop {
             let next_expiry = shared.core.cache().next_expiry();
-            let expiry_sleep = async {
-                match next_expiry {
-                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let retry_sleep = async {
-                match self.retry_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let expiry_sleep = sleep_until_opt(next_expiry.map(tokio::time::Instant::from_std));
+            let retry_sleep = sleep_until_opt(self.retry_at);
+            let iq_deadline = sleep_until_opt(self.deadlines.front().map(|d| d.0));
+            // Biased: read what the server sent before sending more.
             tokio::select! {
+                biased;
                 _ = &mut stop => break,
-                ev = client.next() => match ev {
+                ev = stream.next() => match ev {
                     None => break,
-                    Some(ev) => self.on_event(&mut client, ev).await,
+                    Some(ev) => self.on_event(&stream, ev).await,
                 },
-                Some((tag, generation, outcome)) = self.inflight.next() => {
-                    self.on_response(&mut client, tag, generation, outcome).await;
-                }
-                _ = shared.wake.notified(), if self.online => self.flush(&mut client).await,
-                _ = heartbeat.tick(), if self.online => self.send_heartbeat(&mut client).await,
+                _ = iq_deadline => self.expire_iqs(&stream).await,
+                _ = shared.wake.notified(), if self.online => self.flush(&stream).await,
+                _ = heartbeat.tick(), if self.online => self.send_heartbeat(&stream).await,
                 _ = expiry_sleep => {
                     let changes = shared.core.cache().expire(Instant::now());
                     for c in &changes {
@@ -459,48 +540,81 @@ impl Worker {
                 _ = retry_sleep => {
                     self.retry_at = None;
                     if self.online {
-                        self.flush(&mut client).await;
+                        self.flush(&stream).await;
                     } else {
                         // Offline after a send stalled: probe the server; a reply brings us back.
-                        self.iq(&mut client, Tag::Ping, IqRequest::Get(Element::builder("ping", "urn:xmpp:ping").build())).await;
+                        let ping = Element::builder("ping", "urn:xmpp:ping").build();
+                        self.iq(&stream, Tag::Ping, Req::Get(ping)).await;
                         self.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                     }
                 }
             }
         }
         self.set_online(false);
-        let _ = tokio::time::timeout(Duration::from_secs(3), client.send_end()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), stream.close()).await;
     }
 
-    fn set_online(&mut self, online: bool) {
-        if self.online != online {
-            self.online = online;
-            let _ = self.online_tx.send(online);
-            self.shared.core.status(if online {
-                BusStatus::Online
-            } else {
-                BusStatus::Offline
-            });
+    /// Time out IQs whose deadline passed.
+    async fn expire_iqs(&mut self, stream: &StanzaStream) {
+        let now = tokio::time::Instant::now();
+        while let Some((deadline, _)) = self.deadlines.front() {
+            if *deadline > now {
+                break;
+            }
+            let Some((_, id)) = self.deadlines.pop_front() else {
+                break;
+            };
+            if let Some(p) = self.pending.remove(&id) {
+                self.on_response(stream, p.tag, p.generation, Outcome::TimedOut)
+                    .await;
+            }
         }
     }
 
-    async fn on_event(&mut self, client: &mut Client, ev: Event) {
+    /// `online` means "may send". Subscribers and `wait_online` hear `Online` only once the
+    /// initial fetch is complete (see [`Worker::synced`]), so a snapshot taken then is whole.
+    fn set_online(&mut self, online: bool) {
+        self.online = online;
+        if !online && *self.online_tx.borrow() {
+            let _ = self.online_tx.send(false);
+            self.shared.core.status(BusStatus::Offline);
+        }
+    }
+
+    /// Subscribed and the nodes' items fetched: the cache matches the server.
+    fn synced(&mut self) {
+        if self.online && !*self.online_tx.borrow() {
+            let _ = self.online_tx.send(true);
+            self.shared.core.status(BusStatus::Online);
+        }
+    }
+
+    async fn on_event(&mut self, stream: &StanzaStream, ev: StreamEv) {
         match ev {
-            Event::Online {
-                bound_jid, resumed, ..
-            } => {
-                info!(jid = %bound_jid, resumed, "connected to the XMPP server");
-                if resumed && self.online {
-                    return;
-                }
+            StreamEv::Stream(StreamEvent::Reset { bound_jid, .. }) => {
+                info!(jid = %bound_jid, "connected to the XMPP server");
                 self.shared.stats().connects += 1;
-                self.resync(client).await;
+                self.set_online(false);
+                // Answers to IQs of the previous stream will never come.
+                self.deadlines.clear();
+                for (_, p) in std::mem::take(&mut self.pending) {
+                    self.on_response(stream, p.tag, p.generation, Outcome::Lost)
+                        .await;
+                }
+                self.resync(stream).await;
             }
-            Event::Disconnected(e) => {
-                warn!(error = %e, "disconnected from the XMPP server; reconnecting");
+            StreamEv::Stream(StreamEvent::Suspended) => {
+                warn!("connection to the XMPP server lost; resuming or reconnecting");
                 self.set_online(false);
             }
-            Event::Stanza(Stanza::Message(m)) => {
+            StreamEv::Stream(StreamEvent::Resumed) => {
+                info!("stream resumed without loss");
+                self.set_online(true);
+                self.synced();
+                self.flush(stream).await;
+            }
+            StreamEv::Stanza(Stanza::Iq(iq)) => self.on_iq(stream, iq).await,
+            StreamEv::Stanza(Stanza::Message(m)) => {
                 let from_service = m
                     .from
                     .as_ref()
@@ -512,18 +626,35 @@ impl Worker {
                 }
                 for p in &m.payloads {
                     let items = wire::decode_event(p);
-                    trace!(?items, "pubsub event");
+                    trace!(id = ?m.id, payload = p.name(), ?items, "pubsub event");
                     self.apply(items, None);
                 }
             }
-            Event::Stanza(Stanza::Iq(iq)) => self.answer_iq(client, iq).await,
-            Event::Stanza(_) => {}
+            StreamEv::Stanza(_) => {}
         }
     }
 
-    /// Answer requests addressed to us: XEP-0199 pings get a result, anything else an error.
-    async fn answer_iq(&mut self, client: &mut Client, iq: Iq) {
+    /// Match answers to our IQs; answer requests addressed to us (XEP-0199 pings get a
+    /// result, anything else an error).
+    async fn on_iq(&mut self, stream: &StanzaStream, iq: Iq) {
         let reply = match iq {
+            Iq::Result { id, payload, .. } => {
+                if self.pending.len() == MAX_IN_FLIGHT / 2 {
+                    self.shared.wake.notify_one(); // the flusher may have paused at the cap
+                }
+                if let Some(p) = self.pending.remove(&id) {
+                    self.on_response(stream, p.tag, p.generation, Outcome::Result(payload))
+                        .await;
+                }
+                return;
+            }
+            Iq::Error { id, error, .. } => {
+                if let Some(p) = self.pending.remove(&id) {
+                    self.on_response(stream, p.tag, p.generation, Outcome::Error(error))
+                        .await;
+                }
+                return;
+            }
             Iq::Get {
                 from, id, payload, ..
             } if payload.is("ping", "urn:xmpp:ping") => Iq::Result {
@@ -539,25 +670,32 @@ impl Worker {
                     "en",
                     "not supported",
                 );
-                let mut r = Iq::from_error(id, err);
-                *r.to_mut() = from;
-                r
+                Iq::Error {
+                    from: None,
+                    to: from,
+                    id,
+                    error: err,
+                    payload: None,
+                }
             }
-            _ => return,
         };
-        let _ =
-            tokio::time::timeout(self.cfg.iq_timeout, client.send_stanza(Stanza::Iq(reply))).await;
+        let _ = tokio::time::timeout(
+            self.cfg.iq_timeout,
+            stream.send(Box::new(Stanza::Iq(reply))),
+        )
+        .await;
     }
 
     /// Full resynchronisation after (re)connecting.
-    async fn resync(&mut self, client: &mut Client) {
+    async fn resync(&mut self, stream: &StanzaStream) {
         self.generation += 1;
+        self.fetches = 0;
         // Notifications go to the bare JID, which servers deliver only to *available*
         // resources: announce availability first (priority 0).
         let presence = tokio_xmpp::parsers::presence::Presence::available();
         if tokio::time::timeout(
             self.cfg.iq_timeout,
-            client.send_stanza(Stanza::Presence(presence)),
+            stream.send(Box::new(Stanza::Presence(presence))),
         )
         .await
         .is_err()
@@ -584,15 +722,11 @@ impl Worker {
                 dev_kind
             };
             if let Ok(el) = wire::create_node(node, kind, access, max) {
-                self.iq(
-                    client,
-                    Tag::Setup("create", node.into()),
-                    IqRequest::Set(el),
-                )
-                .await;
+                self.iq(stream, Tag::Setup("create", node.into()), Req::Set(el))
+                    .await;
             }
-            // The creator owns the node; every member grants the others publisher rights
-            // (only the owner's grant succeeds), as Asterisk makes its buddies owners.
+            // The creator owns the node; every member makes the others owners too (only an
+            // owner's grant succeeds), as Asterisk does with its buddies.
             let others: Vec<String> = self
                 .cfg
                 .fabric_jids
@@ -601,37 +735,28 @@ impl Worker {
                 .cloned()
                 .collect();
             if !others.is_empty() {
-                if let Ok(el) = wire::affiliations(node, &others, "publisher") {
+                if let Ok(el) = wire::affiliations(node, &others, "owner") {
                     self.iq(
-                        client,
+                        stream,
                         Tag::Setup("affiliations", node.into()),
-                        IqRequest::Set(el),
+                        Req::Set(el),
                     )
                     .await;
                 }
             }
             if let Ok(el) = wire::unsubscribe(node, &bare) {
-                self.iq(
-                    client,
-                    Tag::Setup("unsubscribe", node.into()),
-                    IqRequest::Set(el),
-                )
-                .await;
+                self.iq(stream, Tag::Setup("unsubscribe", node.into()), Req::Set(el))
+                    .await;
             }
             let as_collection = coll && node != wire::NODE_HEARTBEAT;
             if let Ok(el) = wire::subscribe(node, &bare, as_collection) {
-                self.iq(
-                    client,
-                    Tag::Setup("subscribe", node.into()),
-                    IqRequest::Set(el),
-                )
-                .await;
+                self.iq(stream, Tag::Setup("subscribe", node.into()), Req::Set(el))
+                    .await;
             }
         }
         // Heartbeats first, so that items of dead members are read as UNAVAILABLE.
         if let Ok(el) = wire::items_request(wire::NODE_HEARTBEAT) {
-            self.iq(client, Tag::FetchHeartbeats, IqRequest::Get(el))
-                .await;
+            self.iq(stream, Tag::FetchHeartbeats, Req::Get(el)).await;
         }
         // Republish everything local, then beat.
         {
@@ -642,21 +767,46 @@ impl Worker {
             d.mwi.extend(cache.local_mwi().into_iter().map(|m| m.key()));
         }
         self.set_online(true);
-        self.flush(client).await;
-        self.send_heartbeat(client).await;
+        self.flush(stream).await;
+        self.send_heartbeat(stream).await;
     }
 
-    async fn iq(&mut self, client: &mut Client, tag: Tag, req: IqRequest) -> bool {
+    async fn iq(&mut self, stream: &StanzaStream, tag: Tag, req: Req) -> bool {
         let timeout = self.cfg.iq_timeout;
-        let sent =
-            tokio::time::timeout(timeout, client.send_iq(Some(self.service.clone()), req)).await;
-        match sent {
-            Ok(token) => {
-                let generation = self.generation;
-                self.inflight.push(Box::pin(async move {
-                    let r = tokio::time::timeout(timeout, token).await;
-                    (tag, generation, r)
-                }));
+        self.next_id += 1;
+        let id = format!("cf{}", self.next_id);
+        let to = Some(self.service.clone());
+        let iq = match req {
+            Req::Get(payload) => Iq::Get {
+                from: None,
+                to,
+                id: id.clone(),
+                payload,
+            },
+            Req::Set(payload) => Iq::Set {
+                from: None,
+                to,
+                id: id.clone(),
+                payload,
+            },
+        };
+        match tokio::time::timeout(timeout, stream.send(Box::new(Stanza::Iq(iq)))).await {
+            Ok(_token) => {
+                if matches!(
+                    tag,
+                    Tag::FetchHeartbeats | Tag::Fetch(_) | Tag::DiscoLeaves(_)
+                ) {
+                    self.fetches += 1;
+                }
+                self.pending.insert(
+                    id.clone(),
+                    Pending {
+                        tag,
+                        generation: self.generation,
+                    },
+                );
+                self.deadlines
+                    .push_back((tokio::time::Instant::now() + timeout, id));
                 true
             }
             Err(_) => {
@@ -682,71 +832,91 @@ impl Worker {
         }
     }
 
-    /// Send the latest value of every dirty key.
-    async fn flush(&mut self, client: &mut Client) {
-        let dirty = std::mem::take(&mut *self.shared.dirty());
+    /// Send the latest value of up to [`FLUSH_BATCH`] dirty keys, then return to the event
+    /// loop (which calls again while keys remain). Never sending more than a batch without
+    /// reading keeps the client's bounded queues from filling in both directions at once,
+    /// and [`MAX_IN_FLIGHT`] bounds the IQs awaiting an answer.
+    async fn flush(&mut self, stream: &StanzaStream) {
+        trace!(pending = self.pending.len(), "flush");
+        if self.pending.len() >= MAX_IN_FLIGHT {
+            return; // resumed when answers come in
+        }
+        let (devices, volatile, mwi, more) = {
+            let mut d = self.shared.dirty();
+            let mut budget = FLUSH_BATCH;
+            let take = |set: &mut HashSet<String>, budget: &mut usize| -> Vec<String> {
+                let keys: Vec<String> = set.iter().take(*budget).cloned().collect();
+                for k in &keys {
+                    set.remove(k);
+                }
+                *budget -= keys.len();
+                keys
+            };
+            let devices = take(&mut d.devices, &mut budget);
+            let mwi = take(&mut d.mwi, &mut budget);
+            let vkeys: Vec<String> = d.volatile.keys().take(budget).cloned().collect();
+            let volatile: Vec<(String, DeviceState)> = vkeys
+                .into_iter()
+                .filter_map(|k| d.volatile.remove_entry(&k))
+                .collect();
+            let more = !d.devices.is_empty() || !d.mwi.is_empty() || !d.volatile.is_empty();
+            (devices, volatile, mwi, more)
+        };
         let layout = self.cfg.layout;
         let eid = self.cfg.eid;
-        for key in dirty.devices {
+        for key in devices {
             let Some(state) = self.shared.core.cache().local_device(&key) else {
                 continue;
             };
-            self.ensure_leaf(client, wire::NODE_DEVICE_STATE, &key)
+            self.ensure_leaf(stream, wire::NODE_DEVICE_STATE, &key)
                 .await;
             match wire::publish_device_state(layout, eid, &key, state, true) {
-                Ok(el) => self.publish(client, Republish::Device(key), el).await,
+                Ok(el) => self.publish(stream, Republish::Device(key), el).await,
                 Err(e) => warn!(%e, "cannot encode device state"),
             }
-            if !self.online {
-                return;
-            }
         }
-        for (key, state) in dirty.volatile {
-            self.ensure_leaf(client, wire::NODE_DEVICE_STATE, &key)
+        for (key, state) in volatile {
+            self.ensure_leaf(stream, wire::NODE_DEVICE_STATE, &key)
                 .await;
             if let Ok(el) = wire::publish_device_state(layout, eid, &key, state, false) {
-                self.publish(client, Republish::Volatile, el).await;
+                self.publish(stream, Republish::Volatile, el).await;
             }
         }
-        for key in dirty.mwi {
+        for key in mwi {
             let Some(mwi) = self.shared.core.cache().local_mwi_of(&key) else {
                 continue;
             };
-            self.ensure_leaf(client, wire::NODE_MWI, &key).await;
+            self.ensure_leaf(stream, wire::NODE_MWI, &key).await;
             match wire::publish_mwi(layout, eid, &mwi) {
-                Ok(el) => self.publish(client, Republish::Mwi(key), el).await,
+                Ok(el) => self.publish(stream, Republish::Mwi(key), el).await,
                 Err(e) => warn!(%e, "cannot encode MWI"),
             }
+        }
+        if more {
+            self.shared.wake.notify_one();
         }
     }
 
     /// In collections mode, create the key's leaf under its collection once per connection.
-    async fn ensure_leaf(&mut self, client: &mut Client, collection: &'static str, key: &str) {
+    async fn ensure_leaf(&mut self, stream: &StanzaStream, collection: &'static str, key: &str) {
         if self.cfg.layout != NodeLayout::Collections || self.leaves.contains(key) {
             return;
         }
         self.leaves.insert(key.to_string());
         let kind = NodeKind::LeafIn(collection);
         if let Ok(el) = wire::create_node(key, kind, self.cfg.access_model, self.cfg.max_items) {
-            self.iq(
-                client,
-                Tag::Setup("create leaf", key.into()),
-                IqRequest::Set(el),
-            )
-            .await;
+            self.iq(stream, Tag::Setup("create leaf", key.into()), Req::Set(el))
+                .await;
         }
     }
 
-    async fn publish(&mut self, client: &mut Client, what: Republish, el: Element) {
-        if self
-            .iq(client, Tag::Publish(what), IqRequest::Set(el))
-            .await
-        {
+    async fn publish(&mut self, stream: &StanzaStream, what: Republish, el: Element) {
+        if self.iq(stream, Tag::Publish(what), Req::Set(el)).await {
             self.shared.stats().published += 1;
         }
     }
 
-    async fn send_heartbeat(&mut self, client: &mut Client) {
+    async fn send_heartbeat(&mut self, stream: &StanzaStream) {
         let hb = Heartbeat {
             eid: self.cfg.eid,
             site: self.cfg.site.clone(),
@@ -756,20 +926,48 @@ impl Worker {
             sip: self.cfg.sip_address.clone(),
         };
         if let Ok(el) = wire::publish_heartbeat(&hb) {
-            self.iq(client, Tag::Heartbeat, IqRequest::Set(el)).await;
+            self.iq(stream, Tag::Heartbeat, Req::Set(el)).await;
         }
     }
 
     async fn on_response(
         &mut self,
-        client: &mut Client,
+        stream: &StanzaStream,
         tag: Tag,
         generation: u64,
-        outcome: IqOutcome,
+        outcome: Outcome,
+    ) {
+        let fetch = generation == self.generation
+            && matches!(
+                tag,
+                Tag::FetchHeartbeats | Tag::Fetch(_) | Tag::DiscoLeaves(_)
+            );
+        let failed_heartbeat_fetch =
+            fetch && matches!(tag, Tag::FetchHeartbeats) && !matches!(outcome, Outcome::Result(_));
+        self.on_response_inner(stream, tag, generation, outcome)
+            .await;
+        if failed_heartbeat_fetch {
+            // No heartbeats to read (or a server that errs on an empty node): fetch state anyway.
+            self.fetch_state(stream).await;
+        }
+        if fetch {
+            self.fetches = self.fetches.saturating_sub(1);
+            if self.fetches == 0 {
+                self.synced();
+            }
+        }
+    }
+
+    async fn on_response_inner(
+        &mut self,
+        stream: &StanzaStream,
+        tag: Tag,
+        generation: u64,
+        outcome: Outcome,
     ) {
         let stale = generation != self.generation;
         match outcome {
-            Err(_) => {
+            Outcome::TimedOut => {
                 warn!(?tag, "IQ timed out");
                 if matches!(tag, Tag::Publish(_) | Tag::Heartbeat) {
                     self.shared.stats().publish_errors += 1;
@@ -778,11 +976,11 @@ impl Worker {
                         .get_or_insert(tokio::time::Instant::now() + Duration::from_secs(1));
                 }
             }
-            Ok(Err(e)) => {
-                debug!(?tag, error = %e, "IQ lost with the connection");
+            Outcome::Lost => {
+                debug!(?tag, "IQ lost with the connection");
                 self.requeue(&tag);
             }
-            Ok(Ok(IqResponse::Error(err))) => {
+            Outcome::Error(err) => {
                 let cond = format!("{:?}", err.defined_condition);
                 match &tag {
                     // Exists already: conflict, or forbidden when another member owns it.
@@ -793,7 +991,33 @@ impl Worker {
                         ) => {}
                     // Only the owner may grant; the others' grants fail by design.
                     Tag::Setup("affiliations", _)
-                        if err.defined_condition == DefinedCondition::Forbidden => {}
+                        if err.defined_condition == DefinedCondition::Forbidden =>
+                    {
+                        debug!(?tag, "not the node's owner: affiliations left to the owner")
+                    }
+                    // ejabberd lets only an item's creator overwrite it, owners included. A key
+                    // shared by several publishers (Asterisk's Custom:x on two servers) is taken
+                    // over: as an owner we retract the other publisher's item and publish ours.
+                    Tag::Publish(Republish::Device(key) | Republish::Mwi(key))
+                        if err.defined_condition == DefinedCondition::Forbidden
+                            && self.takeover.get(key).copied().unwrap_or(0) < 3 =>
+                    {
+                        *self.takeover.entry(key.clone()).or_default() += 1;
+                        let node = match &tag {
+                            Tag::Publish(Republish::Device(_)) => {
+                                wire::device_node(self.cfg.layout, key)
+                            }
+                            _ => wire::mwi_node(self.cfg.layout, key),
+                        }
+                        .to_string();
+                        debug!(%key, "item belongs to another publisher: retracting it to take it over");
+                        if let Ok(el) = wire::retract(&node, key) {
+                            self.iq(stream, Tag::Setup("retract", key.clone()), Req::Set(el))
+                                .await;
+                        }
+                        self.requeue(&tag);
+                        self.flush(stream).await;
+                    }
                     Tag::Setup("unsubscribe", _) => {}
                     Tag::Ping => {}
                     Tag::Publish(_) | Tag::Heartbeat => {
@@ -805,21 +1029,26 @@ impl Worker {
                     }
                 }
             }
-            Ok(Ok(IqResponse::Result(payload))) => match tag {
+            Outcome::Result(payload) => match tag {
                 _ if {
                     trace!(?tag, "IQ result");
                     false
                 } => {}
-                Tag::Publish(_) => self.shared.stats().publish_acked += 1,
+                Tag::Publish(what) => {
+                    self.shared.stats().publish_acked += 1;
+                    if let Republish::Device(k) | Republish::Mwi(k) = what {
+                        self.takeover.remove(&k);
+                    }
+                }
                 Tag::Ping if !self.online => {
                     info!("the XMPP server answers again: resynchronising");
-                    self.resync(client).await;
+                    self.resync(stream).await;
                 }
                 Tag::FetchHeartbeats if !stale => {
                     if let Some(p) = payload {
                         self.apply(wire::decode_items_result(&p), Some(unix_now()));
                     }
-                    self.fetch_state(client).await;
+                    self.fetch_state(stream).await;
                 }
                 Tag::Fetch(_) if !stale => {
                     if let Some(p) = payload {
@@ -835,8 +1064,7 @@ impl Worker {
                         .collect();
                     for leaf in leaves {
                         if let Ok(el) = wire::items_request(&leaf) {
-                            self.iq(client, Tag::Fetch("leaf"), IqRequest::Get(el))
-                                .await;
+                            self.iq(stream, Tag::Fetch("leaf"), Req::Get(el)).await;
                         }
                     }
                 }
@@ -846,15 +1074,15 @@ impl Worker {
     }
 
     /// After heartbeats are known: fetch the state nodes' items (collections: each leaf).
-    async fn fetch_state(&mut self, client: &mut Client) {
+    async fn fetch_state(&mut self, stream: &StanzaStream) {
         for node in [wire::NODE_DEVICE_STATE, wire::NODE_MWI] {
             if self.cfg.layout == NodeLayout::Collections {
                 let el = Element::builder("query", "http://jabber.org/protocol/disco#items")
                     .attr(minidom::rxml::xml_ncname!("node").into(), node);
-                self.iq(client, Tag::DiscoLeaves(node), IqRequest::Get(el.build()))
+                self.iq(stream, Tag::DiscoLeaves(node), Req::Get(el.build()))
                     .await;
             } else if let Ok(el) = wire::items_request(node) {
-                self.iq(client, Tag::Fetch(node), IqRequest::Get(el)).await;
+                self.iq(stream, Tag::Fetch(node), Req::Get(el)).await;
             }
         }
     }
