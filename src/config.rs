@@ -77,6 +77,8 @@ pub struct StatebusSection {
     pub liveness_ttl_secs: Option<f64>,
     pub iq_timeout_secs: Option<f64>,
     pub keepalive_secs: Option<f64>,
+    pub reconnect_initial_secs: Option<f64>,
+    pub reconnect_max_secs: Option<f64>,
 }
 
 /// A loaded file: the parsed config plus what is needed to point at its lines.
@@ -189,6 +191,12 @@ impl Loaded {
         c.liveness_ttl = secs(s.liveness_ttl_secs, "liveness_ttl_secs", c.liveness_ttl)?;
         c.iq_timeout = secs(s.iq_timeout_secs, "iq_timeout_secs", c.iq_timeout)?;
         c.keepalive = secs(s.keepalive_secs, "keepalive_secs", c.keepalive)?;
+        c.reconnect_initial = secs(
+            s.reconnect_initial_secs,
+            "reconnect_initial_secs",
+            c.reconnect_initial,
+        )?;
+        c.reconnect_max = secs(s.reconnect_max_secs, "reconnect_max_secs", c.reconnect_max)?;
         if let Some(ca) = &s.ca_file {
             let ca = if ca.is_relative() {
                 self.path.parent().unwrap_or(Path::new(".")).join(ca)

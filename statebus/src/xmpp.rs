@@ -25,8 +25,8 @@ use tokio_xmpp::connect::{
 use tokio_xmpp::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
-use tokio_xmpp::stanzastream::{Event as StreamEv, StanzaStream, StreamEvent};
-use tokio_xmpp::xmlstream::{PendingFeaturesRecv, Timeouts};
+use tokio_xmpp::stanzastream::{Connection, Event as StreamEv, StanzaStream, StreamEvent};
+use tokio_xmpp::xmlstream::{PendingFeaturesRecv, StreamHeader, Timeouts};
 use tokio_xmpp::Stanza;
 use tracing::{debug, info, trace, warn};
 
@@ -78,6 +78,10 @@ pub struct XmppBusConfig {
     pub iq_timeout: Duration,
     /// Silence on the stream after which the client probes the server (dead-peer detection).
     pub keepalive: Duration,
+    /// First reconnect delay; doubles per failure.
+    pub reconnect_initial: Duration,
+    /// Cap of the reconnect delay.
+    pub reconnect_max: Duration,
 }
 
 impl XmppBusConfig {
@@ -101,6 +105,8 @@ impl XmppBusConfig {
             liveness_ttl: Duration::from_secs(15),
             iq_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(30),
+            reconnect_initial: Duration::from_millis(250),
+            reconnect_max: Duration::from_secs(15),
         }
     }
 }
@@ -175,6 +181,87 @@ impl<C: ServerConnector> ServerConnector for NoChannelBinding<C> {
             Ok((stream, sasl::common::ChannelBinding::None))
         }
     }
+}
+
+/// Reconnect delays: `initial`, doubling up to `max`, with ±20 % jitter so that a fleet of
+/// nodes does not reconnect in lock-step after a server restart.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+}
+
+/// Log in on a fresh connection: connect (TLS as configured), SASL, restart the stream.
+/// Mirrors tokio-xmpp's own c2s login, with the public pieces, so that we own the retry policy.
+async fn login<C: ServerConnector>(
+    server: C,
+    jid: &Jid,
+    password: &str,
+    timeouts: Timeouts,
+) -> Result<Connection, tokio_xmpp::Error> {
+    let username = jid
+        .node()
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default();
+    let (stream, binding) = server
+        .connect(jid, tokio_xmpp::parsers::ns::JABBER_CLIENT, timeouts)
+        .await?;
+    let (features, stream) = stream.recv_features().await?;
+    let creds = sasl::common::Credentials::default()
+        .with_username(username)
+        .with_password(password)
+        .with_channel_binding(binding);
+    let stream = tokio_xmpp::client_login(stream, features.sasl_mechanisms, creds).await?;
+    let stream = stream
+        .send_header(StreamHeader {
+            to: Some(std::borrow::Cow::Borrowed(jid.domain().as_str())),
+            from: None,
+            id: None,
+        })
+        .await?;
+    let (features, stream) = stream.recv_features().await?;
+    Ok(Connection {
+        stream: stream.box_stream(),
+        features,
+        identity: jid.clone(),
+    })
+}
+
+type Reconnector = Box<dyn FnMut(Option<String>, oneshot::Sender<Connection>) + Send + 'static>;
+
+/// The stanza stream calls this whenever it needs a new connection.
+fn reconnector<C: ServerConnector>(
+    server: C,
+    jid: Jid,
+    password: String,
+    timeouts: Timeouts,
+    backoff: Backoff,
+) -> Reconnector {
+    Box::new(move |_location, slot: oneshot::Sender<Connection>| {
+        let (server, jid, password) = (server.clone(), jid.clone(), password.clone());
+        tokio::spawn(async move {
+            let mut delay = backoff.initial;
+            loop {
+                match login(server.clone(), &jid, &password, timeouts).await {
+                    Ok(conn) => {
+                        // If the stream is gone, the connection is simply dropped.
+                        let _ = slot.send(conn);
+                        return;
+                    }
+                    Err(e) => {
+                        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+                        let wait = delay.mul_f64(jitter);
+                        warn!(%jid, error = %e, "cannot connect to the XMPP server; retrying in {wait:?}");
+                        if slot.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(wait).await;
+                        delay = (delay * 2).min(backoff.max);
+                    }
+                }
+            }
+        });
+    })
 }
 
 /// Counters, for operators and tests.
@@ -278,19 +365,29 @@ impl XmppBus {
         // waker when that mutex is busy, which stalls reception for good under a burst of
         // publishes (measured). Owning the stream in one task, with our own IQ tracking, has
         // no such hazard.
+        let backoff = Backoff {
+            initial: cfg.reconnect_initial,
+            max: cfg.reconnect_max,
+        };
         let stream = match cfg.tls {
-            TlsMode::StartTls => StanzaStream::new_c2s(
-                NoChannelBinding(StartTlsServerConnector::from(dns)),
-                jid.clone(),
-                cfg.password.clone(),
-                timeouts,
+            TlsMode::StartTls => StanzaStream::new(
+                reconnector(
+                    NoChannelBinding(StartTlsServerConnector::from(dns)),
+                    jid.clone(),
+                    cfg.password.clone(),
+                    timeouts,
+                    backoff,
+                ),
                 QUEUE_DEPTH,
             ),
-            TlsMode::Plaintext => StanzaStream::new_c2s(
-                TcpServerConnector::from(dns),
-                jid.clone(),
-                cfg.password.clone(),
-                timeouts,
+            TlsMode::Plaintext => StanzaStream::new(
+                reconnector(
+                    TcpServerConnector::from(dns),
+                    jid.clone(),
+                    cfg.password.clone(),
+                    timeouts,
+                    backoff,
+                ),
                 QUEUE_DEPTH,
             ),
         };
