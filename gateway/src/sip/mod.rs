@@ -1,0 +1,4 @@
+//! SIP: the message model (on rsip) and the RFC 3261 §17 transaction layer.
+
+pub mod message;
+pub mod transaction;
