@@ -1,1 +1,1944 @@
-//! placeholder: being written
+//! SIP messages on rsip: strict parsing, faithful serialising, the UAS checks of RFC 3261 §8.2 and
+//! building responses (§8.2.6).
+//!
+//! The message model is rsip's ([`SipMessage`], [`Request`], [`Response`], untyped [`Header`]s).
+//! rsip 0.4's own parser is too lenient for the wire and too lossy for a proxy-grade stack, so
+//! [`parse`] wraps it:
+//!
+//! * **We split and check, rsip holds.** We split the start line, the header block and the body,
+//!   unfold continuation lines, expand compact header names (`i:` → `Call-ID`), trim whitespace
+//!   around the colon, and hand the normalised header block to rsip's header tokenizer
+//!   (`rsip::Response::try_from` on a synthetic status line); the resulting rsip headers are
+//!   stored untouched. On its own, rsip 0.4 rejects 6 of RFC 4475's 13 valid messages (folded
+//!   lines, `Name : value`, extension methods), accepts 11 of its 19 invalid ones and cannot
+//!   read §3.3.2's Request-URI.
+//! * **Start line and Request-URI are ours.** rsip's URI tokenizer cannot read a user part
+//!   containing `.` or `;` (it takes the whole `user@host` as the host), fails on an opaque URI
+//!   (`nobodyKnowsThisScheme:totallyopaquecontent`), and silently drops URI headers. We parse the
+//!   Request-URI with the RFC 3261 §25 grammar and fill rsip's [`rsip::Uri`] fields ourselves;
+//!   an absolute URI of another scheme is kept as `Scheme::Other(scheme)` with everything after
+//!   the colon as an opaque `Host::Domain`.
+//! * **Checks rsip does not make**: one SP between start-line elements and none trailing, the
+//!   SIP version (→ 505), status codes 100–699, Request-URI syntax and no URI headers in it,
+//!   Via/To/From/Contact/Route/Record-Route/Reply-To, Call-ID, CSeq (≤ 2³²−1, method equal to
+//!   the request's), Max-Forwards (≤ 255), Content-Length (a number, not more than the body),
+//!   Date (`GMT`), Content-Type, Accept and option-tag lists; control characters outside
+//!   quoted-pairs. A datagram's bytes past Content-Length are dropped (§18.3).
+//! * **Unknown methods**: `rsip::Method` is a closed enum, so a request with an extension method
+//!   cannot be represented. [`parse`] answers it with [`ParseErrorKind::UnknownMethod`] carrying a
+//!   ready `501 Not Implemented` ([`ParseError::reply`]), which is what this B2BUA must answer to
+//!   any method it does not implement (§8.2.1).
+//! * **Errors that can be answered**: when a *request* is rejected but its Via, From, To, Call-ID
+//!   and CSeq are sound, the error carries the response to send (400 with a `Warning: 399`
+//!   explaining why, 505, 501 or 513). Broken responses are never answered, only dropped.
+//!
+//! [`serialize`] writes what rsip holds, byte-exact for the body (rsip's `Display` converts the
+//! body with `from_utf8_lossy`, corrupting binary bodies such as RFC 4475 §3.1.1.11), with the
+//! opaque URIs above and with RFC 3261 reason phrases (rsip's `Display` writes `400 BadRequest`).
+//! Always send what [`serialize`] returns, never `to_string()`.
+//!
+//! Known simplifications: rsip keeps no reason phrase for status codes it names, so a received
+//! `200 Whatever` is re-serialised as `200 OK`; URI parameters known to rsip (`transport`,
+//! `method`, …) are normalised in case.
+//!
+//! rsip does not panic on any input we have found (corpus mutations and random bytes), so no
+//! `catch_unwind` is needed; the fuzz test in `tests/rfc4475.rs` keeps checking it through
+//! [`parse`].
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use rsip::headers::UntypedHeader;
+pub use rsip::{Header, Headers, Method, Request, Response, SipMessage, StatusCode};
+
+/// The largest message [`parse`] accepts, in bytes (a UDP datagram cannot be larger anyway).
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
+
+/// The most header fields [`parse`] accepts in one message (real messages carry a few dozen;
+/// the cap bounds the work a single datagram can cause).
+pub const MAX_HEADER_FIELDS: usize = 512;
+
+/// Request-URI schemes this UAS serves; any other is answered with 416.
+pub const SUPPORTED_URI_SCHEMES: &[&str] = &["sip", "sips"];
+
+/// Option tags this UAS supports in `Require`; any other is answered with 420.
+pub const SUPPORTED_EXTENSIONS: &[&str] = &[];
+
+/// Body types this UAS understands; any other is answered with 415.
+pub const SUPPORTED_CONTENT_TYPES: &[&str] = &["application/sdp"];
+
+/// The warn-agent (a pseudonym, RFC 3261 §20.43) of the `Warning: 399` added to rejections.
+pub const WARN_AGENT: &str = "callfabric";
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Why [`parse`] rejected a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseErrorKind {
+    /// Longer than [`MAX_MESSAGE_SIZE`].
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_SIZE} bytes")]
+    TooLarge(usize),
+    /// Nothing but CRLFs (a keep-alive).
+    #[error("empty message")]
+    Empty,
+    /// Malformed request or status line.
+    #[error("bad start line: {0}")]
+    StartLine(String),
+    /// A SIP version other than 2.0 (answered with 505).
+    #[error("unsupported SIP version {0:?}")]
+    Version(String),
+    /// Malformed Request-URI.
+    #[error("bad Request-URI: {0}")]
+    RequestUri(String),
+    /// Status code not three digits from 100 to 699.
+    #[error("bad status code {0:?}")]
+    StatusCode(String),
+    /// A header line that is not `name: value`, not UTF-8, or the header block is unterminated.
+    #[error("bad header line: {0}")]
+    HeaderLine(String),
+    /// A header field whose value breaks its RFC 3261 grammar.
+    #[error("bad {name} header field: {detail}")]
+    Header {
+        /// Header name (compact forms expanded).
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The CSeq method differs from the request method (§8.1.1.5).
+    #[error("CSeq method {cseq:?} does not match the request method {method:?}")]
+    CSeqMismatch {
+        /// Method in the request line.
+        method: String,
+        /// Method in CSeq.
+        cseq: String,
+    },
+    /// Content-Length larger than the bytes that follow the header block (§18.3).
+    #[error("Content-Length is {declared} but only {available} body bytes follow")]
+    ContentLength {
+        /// Declared length.
+        declared: u32,
+        /// Bytes present.
+        available: usize,
+    },
+    /// A well-formed request with a method rsip cannot represent (answered with 501).
+    #[error("method {0:?} is not implemented")]
+    UnknownMethod(String),
+    /// rsip refused the normalised header block (not seen in practice).
+    #[error("rsip rejected the header block: {0}")]
+    Rsip(String),
+}
+
+/// A rejected message, with the response to send when it was a request that can be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}")]
+pub struct ParseError {
+    kind: ParseErrorKind,
+    reply: Option<Box<Response>>,
+}
+
+impl ParseError {
+    /// What was wrong.
+    pub fn kind(&self) -> &ParseErrorKind {
+        &self.kind
+    }
+
+    /// The response a UAS sends (400, 501, 505 or 513), or `None` when the message must simply
+    /// be dropped: it was a response, or the request's Via/From/To/Call-ID/CSeq are unusable.
+    pub fn reply(&self) -> Option<&Response> {
+        self.reply.as_deref()
+    }
+}
+
+/// A request a UAS must refuse, with the status to answer (from [`validate_request`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code} {detail}")]
+pub struct Rejection {
+    /// Status code (400, 406, 415, 416, 420 …).
+    pub code: u16,
+    /// Why, for humans; sent as `Warning: 399 callfabric "…"`.
+    pub detail: String,
+    /// Headers the response must carry (`Unsupported` for 420, `Accept` for 415/406 …).
+    pub headers: Vec<Header>,
+}
+
+impl Rejection {
+    fn new(code: u16, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with(mut self, header: Header) -> Self {
+        self.headers.push(header);
+        self
+    }
+
+    /// The response to send for `req` (§8.2.6: Via, From, To with a tag, Call-ID, CSeq copied).
+    pub fn response(&self, req: &Request) -> Response {
+        build_reply(
+            &req.headers,
+            self.code,
+            "",
+            &self.detail,
+            &self.headers,
+            None,
+        )
+    }
+}
+
+/// A response a UAC must discard (from [`validate_response`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("response discarded: {0}")]
+pub struct Discard(pub String);
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------------------------
+
+/// Parses one SIP message (a datagram, or one message already framed by the stream transport).
+///
+/// Never panics. Leading CRLFs are skipped (§7.5); bytes past Content-Length are dropped
+/// (§18.3); without Content-Length everything after the header block is the body. Missing
+/// mandatory headers are not a parse error (RFC 4475 §3.3.1): see [`validate_request`].
+pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
+    if bytes.len() > MAX_MESSAGE_SIZE {
+        // Answer 513 if the head alone is within the limit and sound.
+        let kind = ParseErrorKind::TooLarge(bytes.len());
+        let reply = bytes
+            .get(..MAX_MESSAGE_SIZE)
+            .and_then(|b| split_message(b).ok())
+            .and_then(|(start, head, _)| Head::analyse(start, head).reply_headers())
+            .map(|h| Box::new(build_reply(&h, 513, "", "message too large", &[], None)));
+        return Err(ParseError { kind, reply });
+    }
+    let (start, head, body) =
+        split_message(bytes).map_err(|kind| ParseError { kind, reply: None })?;
+    let head = Head::analyse(start, head);
+    let fail = |kind: ParseErrorKind| {
+        let reply = head.reply_headers().map(|h| {
+            let (code, detail) = match &kind {
+                ParseErrorKind::Version(v) => (505, format!("SIP version {v} is not supported")),
+                ParseErrorKind::UnknownMethod(m) => (501, format!("method {m} is not implemented")),
+                other => (400, other.to_string()),
+            };
+            Box::new(build_reply(&h, code, "", &detail, &[], None))
+        });
+        ParseError { kind, reply }
+    };
+
+    let start_line = match &head.start {
+        Ok(s) => s,
+        Err(e) => return Err(fail(e.clone())),
+    };
+    let fields = match &head.fields {
+        Ok(f) => f,
+        Err(e) => return Err(fail(e.clone())),
+    };
+    for f in fields {
+        if let Err(detail) = grammar::check_field(&f.lname, &f.value) {
+            return Err(fail(ParseErrorKind::Header {
+                name: f.name.clone(),
+                detail,
+            }));
+        }
+    }
+    if let StartLine::Request { method, .. } = start_line {
+        for f in fields.iter().filter(|f| f.lname == "cseq") {
+            if let Ok((_, cseq_method)) = grammar::cseq(&f.value) {
+                if cseq_method != method {
+                    return Err(fail(ParseErrorKind::CSeqMismatch {
+                        method: method.clone(),
+                        cseq: cseq_method.to_owned(),
+                    }));
+                }
+            }
+        }
+    }
+
+    // Framing (§18.3): one Content-Length value frames the body; conflicting values leave the
+    // body untouched for validate_request to refuse (RFC 4475 §3.3.9).
+    let mut lengths: Vec<u32> = fields
+        .iter()
+        .filter(|f| f.lname == "content-length")
+        .filter_map(|f| grammar::number(&f.value, u32::MAX).ok())
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut body = body;
+    if let [declared] = lengths[..] {
+        match body.get(..declared as usize) {
+            Some(framed) => body = framed,
+            None => {
+                return Err(fail(ParseErrorKind::ContentLength {
+                    declared,
+                    available: body.len(),
+                }))
+            }
+        }
+    }
+
+    let headers = match &head.headers {
+        Ok(h) => h.clone(),
+        Err(e) => return Err(fail(e.clone())),
+    };
+    match start_line {
+        StartLine::Request { method, uri, .. } => {
+            let Some(method) = known_method(method) else {
+                return Err(fail(ParseErrorKind::UnknownMethod(method.clone())));
+            };
+            Ok(SipMessage::Request(Request {
+                method,
+                uri: uri.clone(),
+                version: rsip::Version::V2,
+                headers,
+                body: body.to_vec(),
+            }))
+        }
+        StartLine::Response { code, reason } => Ok(SipMessage::Response(Response {
+            version: rsip::Version::V2,
+            status_code: status_code(*code, reason),
+            headers,
+            body: body.to_vec(),
+        })),
+    }
+}
+
+/// Start line, header block (without its final CRLF CRLF) and body.
+type Parts<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// Splits a message into its [`Parts`].
+fn split_message(bytes: &[u8]) -> Result<Parts<'_>, ParseErrorKind> {
+    let mut bytes = bytes;
+    while let Some(rest) = bytes.strip_prefix(b"\r\n") {
+        bytes = rest;
+    }
+    if bytes.is_empty() {
+        return Err(ParseErrorKind::Empty);
+    }
+    let Some(eol) = find(bytes, b"\r\n") else {
+        return Err(ParseErrorKind::StartLine(
+            "no CRLF after the start line".into(),
+        ));
+    };
+    let (start, rest) = (&bytes[..eol], &bytes[eol + 2..]);
+    if let Some(body) = rest.strip_prefix(b"\r\n") {
+        return Ok((start, &[], body));
+    }
+    match find(rest, b"\r\n\r\n") {
+        Some(end) => Ok((start, &rest[..end], &rest[end + 4..])),
+        None => Err(ParseErrorKind::HeaderLine(
+            "header block not terminated by an empty line".into(),
+        )),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[derive(Debug, Clone)]
+enum StartLine {
+    Request { method: String, uri: rsip::Uri },
+    Response { code: u16, reason: String },
+}
+
+/// One header field after unfolding, name with compact forms expanded.
+#[derive(Debug, Clone)]
+struct Field {
+    name: String,
+    lname: String,
+    value: String,
+}
+
+/// Everything known about a message's head, each part with its own error.
+struct Head {
+    is_request: bool,
+    start: Result<StartLine, ParseErrorKind>,
+    fields: Result<Vec<Field>, ParseErrorKind>,
+    headers: Result<Headers, ParseErrorKind>,
+}
+
+impl Head {
+    fn analyse(start: &[u8], head: &[u8]) -> Self {
+        let is_request = !start
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"));
+        let start = parse_start_line(start, is_request);
+        let fields = header_fields(head);
+        let headers = match &fields {
+            Ok(f) => rsip_headers(f),
+            Err(e) => Err(e.clone()),
+        };
+        Self {
+            is_request,
+            start,
+            fields,
+            headers,
+        }
+    }
+
+    /// The headers to answer from: only for requests whose Via, From, To, Call-ID and CSeq are
+    /// present and well-formed (a response to anything else would carry fields we invented).
+    fn reply_headers(&self) -> Option<Headers> {
+        if !self.is_request {
+            return None;
+        }
+        let fields = self.fields.as_ref().ok()?;
+        for essential in ["via", "from", "to", "call-id", "cseq"] {
+            let mut present = false;
+            for f in fields.iter().filter(|f| f.lname == essential) {
+                present = true;
+                let sound = match essential {
+                    // Syntax only: a Via naming another SIP version can still be answered.
+                    "via" => grammar::via(&f.value).is_ok(),
+                    _ => grammar::check_field(essential, &f.value).is_ok(),
+                };
+                if !sound {
+                    return None;
+                }
+            }
+            if !present {
+                return None;
+            }
+        }
+        self.headers.as_ref().ok().cloned()
+    }
+}
+
+fn parse_start_line(line: &[u8], is_request: bool) -> Result<StartLine, ParseErrorKind> {
+    let bad = |m: &str| ParseErrorKind::StartLine(m.into());
+    let line = std::str::from_utf8(line).map_err(|_| bad("not UTF-8"))?;
+    if let Some(c) = line
+        .bytes()
+        .find(|&c| c != b'\t' && (c < 0x20 || c == 0x7f))
+    {
+        return Err(bad(&format!("control character {c:#04x}")));
+    }
+    if is_request {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [method, uri, version] = parts[..] else {
+            return Err(bad(
+                "a request line is Method SP Request-URI SP SIP-Version, single spaces",
+            ));
+        };
+        if method.is_empty() || !method.bytes().all(grammar::is_token) {
+            return Err(bad("method is not a token"));
+        }
+        check_version(version)?;
+        let uri = grammar::request_uri(uri).map_err(ParseErrorKind::RequestUri)?;
+        Ok(StartLine::Request {
+            method: method.to_owned(),
+            uri,
+        })
+    } else {
+        let mut parts = line.splitn(3, ' ');
+        let version = parts.next().unwrap_or("");
+        let (Some(code), Some(reason)) = (parts.next(), parts.next()) else {
+            return Err(bad(
+                "a status line is SIP-Version SP Status-Code SP Reason-Phrase",
+            ));
+        };
+        check_version(version)?;
+        let valid = code.len() == 3 && code.bytes().all(|c| c.is_ascii_digit());
+        let code = match code.parse::<u16>() {
+            Ok(n) if valid && (100..=699).contains(&n) => n,
+            _ => return Err(ParseErrorKind::StatusCode(code.to_owned())),
+        };
+        Ok(StartLine::Response {
+            code,
+            reason: reason.to_owned(),
+        })
+    }
+}
+
+fn check_version(version: &str) -> Result<(), ParseErrorKind> {
+    let rest = version
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("SIP/"))
+        .and_then(|_| version.get(4..));
+    let well_formed = rest.and_then(|r| r.split_once('.')).is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
+    });
+    if !well_formed {
+        return Err(ParseErrorKind::StartLine(format!(
+            "{version:?} is not a SIP version"
+        )));
+    }
+    if rest != Some("2.0") {
+        return Err(ParseErrorKind::Version(version.to_owned()));
+    }
+    Ok(())
+}
+
+/// Splits the header block into fields: unfolds continuation lines (§7.3.1, CRLF + WSP → SP),
+/// trims the value, allows whitespace before the colon, expands compact names.
+fn header_fields(head: &[u8]) -> Result<Vec<Field>, ParseErrorKind> {
+    let bad = |m: String| ParseErrorKind::HeaderLine(m);
+    let mut fields: Vec<Field> = Vec::new();
+    if head.is_empty() {
+        return Ok(fields);
+    }
+    for (n, raw) in split_crlf(head).into_iter().enumerate() {
+        let line =
+            std::str::from_utf8(raw).map_err(|_| bad(format!("line {} is not UTF-8", n + 1)))?;
+        if line.contains(['\r', '\n']) {
+            return Err(bad(format!("bare CR or LF in line {}", n + 1)));
+        }
+        if line.starts_with([' ', '\t']) {
+            let Some(last) = fields.last_mut() else {
+                return Err(bad("continuation line before the first header".into()));
+            };
+            let cont = line.trim_matches([' ', '\t']);
+            if !cont.is_empty() {
+                if !last.value.is_empty() {
+                    last.value.push(' ');
+                }
+                last.value.push_str(cont);
+            }
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(bad(format!("line {} has no colon", n + 1)));
+        };
+        let name = name.trim_end_matches([' ', '\t']);
+        if name.is_empty() || !name.bytes().all(grammar::is_token) {
+            return Err(bad(format!("{name:?} is not a header name")));
+        }
+        if fields.len() == MAX_HEADER_FIELDS {
+            return Err(bad(format!("more than {MAX_HEADER_FIELDS} header fields")));
+        }
+        let name = expand_compact(name).unwrap_or(name).to_owned();
+        fields.push(Field {
+            lname: name.to_ascii_lowercase(),
+            name,
+            value: value.trim_matches([' ', '\t']).to_owned(),
+        });
+    }
+    Ok(fields)
+}
+
+/// The lines of a header block.
+fn split_crlf(mut rest: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while let Some(i) = find(rest, b"\r\n") {
+        out.push(&rest[..i]);
+        rest = &rest[i + 2..];
+    }
+    out.push(rest);
+    out
+}
+
+/// Compact header names (RFC 3261 §7.3.3 and the IANA SIP header registry).
+fn expand_compact(name: &str) -> Option<&'static str> {
+    let [c] = name.as_bytes() else { return None };
+    Some(match c.to_ascii_lowercase() {
+        b'a' => "Accept-Contact",
+        b'b' => "Referred-By",
+        b'c' => "Content-Type",
+        b'd' => "Request-Disposition",
+        b'e' => "Content-Encoding",
+        b'f' => "From",
+        b'i' => "Call-ID",
+        b'j' => "Reject-Contact",
+        b'k' => "Supported",
+        b'l' => "Content-Length",
+        b'm' => "Contact",
+        b'n' => "Identity-Info",
+        b'o' => "Event",
+        b'r' => "Refer-To",
+        b's' => "Subject",
+        b't' => "To",
+        b'u' => "Allow-Events",
+        b'v' => "Via",
+        b'x' => "Session-Expires",
+        b'y' => "Identity",
+        _ => return None,
+    })
+}
+
+/// rsip's header tokenizer on the normalised block, behind a synthetic status line.
+fn rsip_headers(fields: &[Field]) -> Result<Headers, ParseErrorKind> {
+    let mut text = String::from("SIP/2.0 200 OK\r\n");
+    for f in fields {
+        let _ = write!(text, "{}: {}\r\n", f.name, f.value);
+    }
+    text.push_str("\r\n");
+    let resp =
+        Response::try_from(text.as_bytes()).map_err(|e| ParseErrorKind::Rsip(e.to_string()))?;
+    if resp.headers.iter().count() != fields.len() {
+        return Err(ParseErrorKind::Rsip(format!(
+            "rsip read {} header fields, we split {}",
+            resp.headers.iter().count(),
+            fields.len()
+        )));
+    }
+    Ok(resp.headers)
+}
+
+/// rsip's method for a request-line method, compared case-sensitively (§7.1: `invite` is an
+/// extension method, not INVITE).
+fn known_method(token: &str) -> Option<Method> {
+    Method::all().into_iter().find(|m| m.to_string() == token)
+}
+
+/// rsip's status code: named where rsip names it (dropping the phrase, as rsip's parser does),
+/// `Other(code, reason)` otherwise.
+fn status_code(code: u16, reason: &str) -> StatusCode {
+    match StatusCode::from(code) {
+        StatusCode::Other(code, _) => {
+            let reason = sanitize_reason(reason);
+            StatusCode::Other(
+                code,
+                if reason.is_empty() {
+                    "Unknown".into()
+                } else {
+                    reason
+                },
+            )
+        }
+        named => named,
+    }
+}
+
+fn sanitize_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serialising
+// ---------------------------------------------------------------------------------------------
+
+/// The message as bytes for the wire: start line, headers, CRLF, body (byte-exact).
+///
+/// Headers are written as held (Content-Length is not recomputed); a CR or LF inside a header
+/// value set by code is replaced by a space so it cannot split the message.
+pub fn serialize(msg: &SipMessage) -> Vec<u8> {
+    match msg {
+        SipMessage::Request(r) => serialize_request(r),
+        SipMessage::Response(r) => serialize_response(r),
+    }
+}
+
+/// [`serialize`] for a request.
+pub fn serialize_request(req: &Request) -> Vec<u8> {
+    let start = format!("{} {} {}", req.method, uri_text(&req.uri), req.version);
+    assemble(&start, &req.headers, &req.body)
+}
+
+/// [`serialize`] for a response.
+pub fn serialize_response(resp: &Response) -> Vec<u8> {
+    let code = resp.status_code.code();
+    let reason = match &resp.status_code {
+        StatusCode::Other(_, reason) => sanitize_reason(reason),
+        _ => reason_phrase(code).unwrap_or("").to_owned(),
+    };
+    let start = format!("{} {code} {reason}", resp.version);
+    assemble(&start, &resp.headers, &resp.body)
+}
+
+fn assemble(start: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
+    let mut out = String::with_capacity(256);
+    out.push_str(start);
+    out.push_str("\r\n");
+    for h in headers.iter() {
+        let line = h.to_string();
+        if line.contains(['\r', '\n']) {
+            out.push_str(&line.replace(['\r', '\n'], " "));
+        } else {
+            out.push_str(&line);
+        }
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A Request-URI as text. rsip's `Display` writes `scheme://` for every non-SIP scheme and
+/// IPv6 hosts without brackets; this writes what [`parse`] read.
+fn uri_text(uri: &rsip::Uri) -> String {
+    let mut s = String::new();
+    match &uri.scheme {
+        Some(rsip::Scheme::Sip) => s.push_str("sip:"),
+        Some(rsip::Scheme::Sips) => s.push_str("sips:"),
+        Some(rsip::Scheme::Other(scheme)) => {
+            s.push_str(scheme);
+            s.push(':');
+        }
+        None => {}
+    }
+    if let Some(auth) = &uri.auth {
+        s.push_str(&auth.user);
+        if let Some(pw) = &auth.password {
+            s.push(':');
+            s.push_str(pw);
+        }
+        s.push('@');
+    }
+    match &uri.host_with_port.host {
+        rsip::Host::Domain(d) => s.push_str(&d.to_string()),
+        rsip::Host::IpAddr(IpAddr::V4(ip)) => s.push_str(&ip.to_string()),
+        rsip::Host::IpAddr(IpAddr::V6(ip)) => {
+            let _ = write!(s, "[{ip}]");
+        }
+    }
+    if let Some(port) = &uri.host_with_port.port {
+        let _ = write!(s, ":{port}");
+    }
+    for p in &uri.params {
+        s.push_str(&p.to_string());
+    }
+    s.replace(|c: char| c.is_whitespace() || c.is_control(), "")
+}
+
+/// The RFC 3261 / IANA reason phrase of a status code.
+pub fn reason_phrase(code: u16) -> Option<&'static str> {
+    Some(match code {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        199 => "Early Dialog Terminated",
+        200 => "OK",
+        // rsip 0.4 names 201 `Accepted`; RFC 3265's Accepted is 202 (which rsip leaves `Other`).
+        201 | 202 => "Accepted",
+        204 => "No Notification",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        305 => "Use Proxy",
+        380 => "Alternative Service",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Conditional Request Failed",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        417 => "Unknown Resource-Priority",
+        420 => "Bad Extension",
+        421 => "Extension Required",
+        422 => "Session Interval Too Small",
+        423 => "Interval Too Brief",
+        424 => "Bad Location Information",
+        428 => "Use Identity Header",
+        429 => "Provide Referrer Identity",
+        433 => "Anonymity Disallowed",
+        436 => "Bad Identity-Info",
+        437 => "Unsupported Certificate",
+        438 => "Invalid Identity Header",
+        439 => "First Hop Lacks Outbound Support",
+        440 => "Max-Breadth Exceeded",
+        469 => "Bad Info Package",
+        470 => "Consent Needed",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        485 => "Ambiguous",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        489 => "Bad Event",
+        491 => "Request Pending",
+        493 => "Undecipherable",
+        494 => "Security Agreement Required",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        580 => "Precondition Failure",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        607 => "Unwanted",
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// UAS / UAC checks and responses
+// ---------------------------------------------------------------------------------------------
+
+type IsHeader = fn(&Header) -> bool;
+
+/// The header fields a request or response may carry only once (§7.3.1, §20).
+const SINGLE: &[(&str, IsHeader)] = &[
+    ("To", |h| matches!(h, Header::To(_))),
+    ("From", |h| matches!(h, Header::From(_))),
+    ("Call-ID", |h| matches!(h, Header::CallId(_))),
+    ("CSeq", |h| matches!(h, Header::CSeq(_))),
+    ("Max-Forwards", |h| matches!(h, Header::MaxForwards(_))),
+    ("Content-Length", |h| matches!(h, Header::ContentLength(_))),
+    ("Content-Type", |h| matches!(h, Header::ContentType(_))),
+];
+
+/// The header fields every request and response must carry (§8.1.1; Max-Forwards is left out
+/// so that RFC 2543 requests, RFC 4475 §3.4.1, are served).
+const MANDATORY: &[(&str, IsHeader)] = &[
+    ("Via", |h| matches!(h, Header::Via(_))),
+    ("From", |h| matches!(h, Header::From(_))),
+    ("To", |h| matches!(h, Header::To(_))),
+    ("Call-ID", |h| matches!(h, Header::CallId(_))),
+    ("CSeq", |h| matches!(h, Header::CSeq(_))),
+];
+
+/// The checks a UAS makes before acting on a request (RFC 3261 §8.2.1–8.2.3, RFC 4475 §3.3),
+/// in the RFC's order: header sanity (400), Request-URI scheme (416), REGISTER's To (400),
+/// `Require` (420), body encoding and type (415), `Accept` of an INVITE (406).
+///
+/// Not checked, by design: Max-Forwards 0 (an endpoint processes the request, RFC 4475
+/// §3.3.11; a proxy would answer 483), `Authorization` with an unknown scheme (the registrar
+/// ignores it or challenges, §3.3.7), methods (unknown ones never parse, see [`parse`]).
+/// For ACK only the header checks apply, and a rejection means: drop it (ACK is never answered).
+pub fn validate_request(req: &Request) -> Result<(), Rejection> {
+    let headers = &req.headers;
+    for (name, is) in SINGLE {
+        if headers.iter().filter(|h| is(h)).count() > 1 {
+            return Err(Rejection::new(
+                400,
+                format!("multiple {name} header fields"),
+            ));
+        }
+    }
+    for (name, is) in MANDATORY {
+        if !headers.iter().any(is) {
+            return Err(Rejection::new(400, format!("missing {name} header field")));
+        }
+    }
+    for h in headers.iter() {
+        if let Some((name, value)) = checked_value(h) {
+            if let Err(e) = grammar::check_field(&name.to_ascii_lowercase(), value) {
+                return Err(Rejection::new(400, format!("bad {name} header field: {e}")));
+            }
+        }
+    }
+    if req.method == Method::Ack {
+        return Ok(());
+    }
+
+    let scheme = match &req.uri.scheme {
+        Some(rsip::Scheme::Sip) => "sip".to_owned(),
+        Some(rsip::Scheme::Sips) => "sips".to_owned(),
+        Some(rsip::Scheme::Other(s)) => s.to_ascii_lowercase(),
+        None => String::new(),
+    };
+    if !SUPPORTED_URI_SCHEMES.contains(&scheme.as_str()) {
+        return Err(Rejection::new(
+            416,
+            format!("Request-URI scheme {scheme:?} is not supported"),
+        ));
+    }
+
+    if req.method == Method::Register {
+        // RFC 3261 §10.3 / RFC 4475 §3.3.4: the address-of-record is a SIP or SIPS URI.
+        let to = first_value(headers, |h| match h {
+            Header::To(v) => Some(v.value()),
+            _ => None,
+        });
+        let aor_ok = to
+            .and_then(|v| grammar::name_addrs(v, false, false).ok())
+            .and_then(|list| list.into_iter().next())
+            .is_some_and(|na| na.is_sip());
+        if !aor_ok {
+            return Err(Rejection::new(
+                400,
+                "the To header field of a REGISTER must hold a SIP or SIPS URI",
+            ));
+        }
+    }
+
+    if req.method != Method::Cancel {
+        let mut unsupported: Vec<&str> = Vec::new();
+        for h in headers.iter() {
+            if let Header::Require(v) = h {
+                for tag in grammar::token_list(v.value(), true).unwrap_or_default() {
+                    let known = SUPPORTED_EXTENSIONS
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(tag));
+                    if !known && !unsupported.contains(&tag) {
+                        unsupported.push(tag);
+                    }
+                }
+            }
+        }
+        if !unsupported.is_empty() {
+            let list = unsupported.join(", ");
+            return Err(
+                Rejection::new(420, format!("unsupported extensions: {list}"))
+                    .with(Header::Unsupported(rsip::headers::Unsupported::new(list))),
+            );
+        }
+    }
+
+    for h in headers.iter() {
+        if let Header::ContentEncoding(v) = h {
+            for coding in grammar::token_list(v.value(), false).unwrap_or_default() {
+                if !coding.eq_ignore_ascii_case("identity") {
+                    return Err(Rejection::new(
+                        415,
+                        format!("content coding {coding:?} is not supported"),
+                    )
+                    .with(Header::AcceptEncoding(
+                        rsip::headers::AcceptEncoding::new("identity"),
+                    )));
+                }
+            }
+        }
+    }
+    if !req.body.is_empty() {
+        let content_type = first_value(headers, |h| match h {
+            Header::ContentType(v) => Some(v.value()),
+            _ => None,
+        });
+        let Some(content_type) = content_type else {
+            return Err(Rejection::new(
+                400,
+                "a body without a Content-Type header field",
+            ));
+        };
+        let media = grammar::media_type(content_type)
+            .map(|(t, s)| format!("{t}/{s}").to_ascii_lowercase())
+            .unwrap_or_default();
+        // A body marked handling=optional may be ignored instead (§20.11).
+        let optional = headers.iter().any(|h| {
+            matches!(h, Header::ContentDisposition(v) if grammar::disposition_optional(v.value()))
+        });
+        if !optional && !SUPPORTED_CONTENT_TYPES.contains(&media.as_str()) {
+            return Err(
+                Rejection::new(415, format!("body type {media:?} is not supported")).with(
+                    Header::Accept(rsip::headers::Accept::new(
+                        SUPPORTED_CONTENT_TYPES.join(", "),
+                    )),
+                ),
+            );
+        }
+    }
+
+    if req.method == Method::Invite {
+        // The answer to an INVITE carries SDP; an Accept without it rules that out (§3.3.15).
+        let mut any_accept = false;
+        let mut sdp_ok = false;
+        for h in headers.iter() {
+            if let Header::Accept(v) = h {
+                any_accept = true;
+                for (t, s) in grammar::accept(v.value()).unwrap_or_default() {
+                    let t_ok = t == "*" || t.eq_ignore_ascii_case("application");
+                    let s_ok = s == "*" || s.eq_ignore_ascii_case("sdp");
+                    sdp_ok |= t_ok && s_ok;
+                }
+            }
+        }
+        if any_accept && !sdp_ok {
+            return Err(Rejection::new(
+                406,
+                "Accept rules out application/sdp, the only answer an INVITE can get",
+            )
+            .with(Header::Accept(rsip::headers::Accept::new(
+                SUPPORTED_CONTENT_TYPES.join(", "),
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// The checks a UAC makes on a received response (§8.1.3.3): exactly one Via value, the
+/// mandatory header fields once each. A response failing them is discarded (RFC 4475 §3.3.10).
+pub fn validate_response(resp: &Response) -> Result<(), Discard> {
+    let headers = &resp.headers;
+    let mut count = 0;
+    for h in headers.iter() {
+        if let Header::Via(v) = h {
+            count += grammar::via(v.value())
+                .map_err(|e| Discard(format!("bad Via header field: {e}")))?
+                .len();
+        }
+    }
+    if count != 1 {
+        return Err(Discard(format!(
+            "{count} Via values; a response reaching its UAC has exactly one"
+        )));
+    }
+    for (name, is) in SINGLE {
+        if headers.iter().filter(|h| is(h)).count() > 1 {
+            return Err(Discard(format!("multiple {name} header fields")));
+        }
+    }
+    for (name, is) in MANDATORY {
+        if !headers.iter().any(is) {
+            return Err(Discard(format!("missing {name} header field")));
+        }
+    }
+    Ok(())
+}
+
+/// A response to `req` (§8.2.6): the Via values in order, From, To, Call-ID and CSeq copied,
+/// `Content-Length: 0`, no body.
+///
+/// Unless `code` is 100 and when the request's To has no tag, a tag derived from the request is
+/// added; the same request always gets the same tag, as a stateless UAS must (§8.2.7).
+/// Dialog-creating responses need a random tag (§19.3): use [`response_with_tag`].
+///
+/// `reason` is used only for codes rsip has no name for (rsip keeps no phrase for the others,
+/// and [`serialize`] writes the RFC phrase). A `code` outside 100–699 becomes 500.
+pub fn response_for(req: &Request, code: u16, reason: &str) -> Response {
+    build_reply(&req.headers, code, reason, "", &[], None)
+}
+
+/// [`response_for`] with the To tag to add when the request's To has none.
+pub fn response_with_tag(req: &Request, code: u16, reason: &str, to_tag: &str) -> Response {
+    build_reply(&req.headers, code, reason, "", &[], Some(to_tag))
+}
+
+fn build_reply(
+    headers: &Headers,
+    code: u16,
+    reason: &str,
+    detail: &str,
+    extra: &[Header],
+    to_tag: Option<&str>,
+) -> Response {
+    let code = if (100..=699).contains(&code) {
+        code
+    } else {
+        500
+    };
+    let mut out: Vec<Header> = headers
+        .iter()
+        .filter(|h| matches!(h, Header::Via(_)))
+        .cloned()
+        .collect();
+    let first = |is: IsHeader| headers.iter().find(|h| is(h)).cloned();
+    if let Some(from) = first(|h| matches!(h, Header::From(_))) {
+        out.push(from);
+    }
+    if let Some(Header::To(to)) = first(|h| matches!(h, Header::To(_))) {
+        let value = to.value();
+        let has_tag = grammar::name_addrs(value, false, false)
+            .ok()
+            .and_then(|l| l.into_iter().next())
+            .map(|na| na.params.iter().any(|(n, _)| n.eq_ignore_ascii_case("tag")));
+        let value = match (has_tag, code) {
+            (Some(false), 101..) => {
+                let tag = match to_tag {
+                    Some(t) if !t.is_empty() && t.bytes().all(grammar::is_token) => t.to_owned(),
+                    _ => derived_tag(headers),
+                };
+                format!("{value};tag={tag}")
+            }
+            _ => value.to_owned(),
+        };
+        out.push(Header::To(rsip::headers::To::new(value)));
+    }
+    for is in [
+        (|h: &Header| matches!(h, Header::CallId(_))) as IsHeader,
+        |h| matches!(h, Header::CSeq(_)),
+    ] {
+        if let Some(h) = first(is) {
+            out.push(h);
+        }
+    }
+    out.extend(extra.iter().cloned());
+    if !detail.is_empty() {
+        let text: String = detail
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        out.push(Header::Warning(rsip::headers::Warning::new(format!(
+            "399 {WARN_AGENT} \"{text}\""
+        ))));
+    }
+    out.push(Header::ContentLength(rsip::headers::ContentLength::new(
+        "0",
+    )));
+    Response {
+        version: rsip::Version::V2,
+        status_code: status_code(code, reason),
+        headers: out.into(),
+        body: Vec::new(),
+    }
+}
+
+/// FNV-1a over the fields that identify a request: stable for retransmissions.
+fn derived_tag(headers: &Headers) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for h in headers.iter().filter(|h| {
+        matches!(
+            h,
+            Header::CallId(_) | Header::From(_) | Header::CSeq(_) | Header::Via(_)
+        )
+    }) {
+        for b in h.to_string().bytes().chain([0]) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("cf{hash:016x}")
+}
+
+fn first_value<'a>(
+    headers: &'a Headers,
+    pick: fn(&'a Header) -> Option<&'a str>,
+) -> Option<&'a str> {
+    headers.iter().find_map(pick)
+}
+
+/// Name and value of the headers [`grammar::check_field`] knows, for re-checking messages that
+/// were built by code rather than parsed.
+fn checked_value(h: &Header) -> Option<(&'static str, &str)> {
+    Some(match h {
+        Header::Via(v) => ("Via", v.value()),
+        Header::To(v) => ("To", v.value()),
+        Header::From(v) => ("From", v.value()),
+        Header::CallId(v) => ("Call-ID", v.value()),
+        Header::CSeq(v) => ("CSeq", v.value()),
+        Header::MaxForwards(v) => ("Max-Forwards", v.value()),
+        Header::ContentLength(v) => ("Content-Length", v.value()),
+        Header::ContentType(v) => ("Content-Type", v.value()),
+        Header::Contact(v) => ("Contact", v.value()),
+        Header::Require(v) => ("Require", v.value()),
+        Header::ProxyRequire(v) => ("Proxy-Require", v.value()),
+        Header::Accept(v) => ("Accept", v.value()),
+        Header::ContentEncoding(v) => ("Content-Encoding", v.value()),
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 3261 §25 grammar, for the parts rsip does not check
+// ---------------------------------------------------------------------------------------------
+
+mod grammar {
+    use std::net::{IpAddr, Ipv6Addr};
+
+    pub(super) type GResult<T> = Result<T, String>;
+
+    pub(super) fn is_token(c: u8) -> bool {
+        c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    }
+
+    fn is_unreserved(c: u8) -> bool {
+        c.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&c)
+    }
+
+    fn is_wsp(c: u8) -> bool {
+        c == b' ' || c == b'\t'
+    }
+
+    /// `%` must start `%HH`.
+    fn escapes_ok(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.iter().enumerate().all(|(i, &c)| {
+            c != b'%'
+                || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        })
+    }
+
+    /// A cursor over a header value (no CR/LF: values are unfolded).
+    pub(super) struct Cur<'a> {
+        s: &'a str,
+        i: usize,
+    }
+
+    impl<'a> Cur<'a> {
+        pub(super) fn new(s: &'a str) -> Self {
+            Self { s, i: 0 }
+        }
+
+        fn peek(&self) -> Option<u8> {
+            self.s.as_bytes().get(self.i).copied()
+        }
+
+        fn peek_at(&self, k: usize) -> Option<u8> {
+            self.s.as_bytes().get(self.i + k).copied()
+        }
+
+        fn eof(&self) -> bool {
+            self.i >= self.s.len()
+        }
+
+        fn rest(&self) -> &'a str {
+            self.s.get(self.i..).unwrap_or("")
+        }
+
+        fn eat(&mut self, c: u8) -> bool {
+            if self.peek() == Some(c) {
+                self.i += 1;
+                true
+            } else {
+                false
+            }
+        }
+
+        fn ws(&mut self) -> usize {
+            let start = self.i;
+            while self.peek().is_some_and(is_wsp) {
+                self.i += 1;
+            }
+            self.i - start
+        }
+
+        /// `SWS c SWS`; restores the position when `c` is not there.
+        fn sep(&mut self, c: u8) -> bool {
+            let save = self.i;
+            self.ws();
+            if self.eat(c) {
+                self.ws();
+                true
+            } else {
+                self.i = save;
+                false
+            }
+        }
+
+        /// Only ASCII predicates, so the slice ends on a char boundary.
+        fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a str {
+            let start = self.i;
+            while self.peek().is_some_and(|c| c.is_ascii() && f(c)) {
+                self.i += 1;
+            }
+            self.s.get(start..self.i).unwrap_or("")
+        }
+
+        fn token(&mut self) -> Option<&'a str> {
+            Some(self.take_while(is_token)).filter(|t| !t.is_empty())
+        }
+
+        fn expect_token(&mut self, what: &str) -> GResult<&'a str> {
+            self.token()
+                .ok_or_else(|| format!("expected {what} at {:?}", self.rest()))
+        }
+
+        /// A quoted-string, returned with its quotes.
+        fn quoted_string(&mut self) -> GResult<&'a str> {
+            let start = self.i;
+            if !self.eat(b'"') {
+                return Err("expected a quoted string".into());
+            }
+            loop {
+                match self.peek() {
+                    None => return Err("unterminated quoted string".into()),
+                    Some(b'"') => {
+                        self.i += 1;
+                        return Ok(self.s.get(start..self.i).unwrap_or(""));
+                    }
+                    Some(b'\\') => match self.peek_at(1) {
+                        Some(c) if c <= 0x7f && c != b'\r' && c != b'\n' => self.i += 2,
+                        _ => return Err("bad quoted-pair".into()),
+                    },
+                    Some(c) if is_wsp(c) || (c >= 0x21 && c != 0x7f) => self.i += 1,
+                    Some(c) => return Err(format!("control character {c:#04x} in quoted string")),
+                }
+            }
+        }
+
+        fn done(&self, what: &str) -> GResult<()> {
+            if self.eof() {
+                Ok(())
+            } else {
+                Err(format!("unexpected {:?} after {what}", self.rest()))
+            }
+        }
+    }
+
+    // --- hosts and URIs ----------------------------------------------------------------------
+
+    fn host<'a>(c: &mut Cur<'a>) -> GResult<&'a str> {
+        if c.peek() == Some(b'[') {
+            let start = c.i;
+            c.i += 1;
+            c.take_while(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            if !c.eat(b']') {
+                return Err("unterminated IPv6 reference".into());
+            }
+            let text = c.s.get(start..c.i).unwrap_or("");
+            let inner = text.get(1..text.len().saturating_sub(1)).unwrap_or("");
+            inner
+                .parse::<Ipv6Addr>()
+                .map_err(|_| format!("{text:?} is not an IPv6 reference"))?;
+            return Ok(text);
+        }
+        let h = c.take_while(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if valid_hostname(h) {
+            Ok(h)
+        } else {
+            Err(format!("{h:?} is not a host"))
+        }
+    }
+
+    fn valid_hostname(h: &str) -> bool {
+        if h.is_empty() {
+            return false;
+        }
+        if h.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            let parts: Vec<&str> = h.split('.').collect();
+            return parts.len() == 4 && parts.iter().all(|p| (1..=3).contains(&p.len()));
+        }
+        let h = h.strip_suffix('.').unwrap_or(h);
+        let labels: Vec<&str> = h.split('.').collect();
+        let label_ok = |l: &&str| {
+            let b = l.as_bytes();
+            b.first().is_some_and(u8::is_ascii_alphanumeric)
+                && b.last().is_some_and(u8::is_ascii_alphanumeric)
+        };
+        labels.iter().all(label_ok)
+            && labels
+                .last()
+                .and_then(|l| l.as_bytes().first())
+                .is_some_and(u8::is_ascii_alphabetic)
+    }
+
+    fn port(c: &mut Cur<'_>) -> GResult<u16> {
+        let digits = c.take_while(|b| b.is_ascii_digit());
+        digits
+            .parse::<u16>()
+            .map_err(|_| format!("{digits:?} is not a port"))
+    }
+
+    #[derive(Debug)]
+    pub(super) struct SipUri<'a> {
+        pub(super) secure: bool,
+        pub(super) user: Option<&'a str>,
+        pub(super) password: Option<&'a str>,
+        pub(super) host: &'a str,
+        pub(super) port: Option<u16>,
+        pub(super) params: Vec<(&'a str, Option<&'a str>)>,
+        pub(super) has_headers: bool,
+    }
+
+    #[derive(Debug)]
+    pub(super) enum Uri<'a> {
+        Sip(SipUri<'a>),
+        Absolute { scheme: &'a str, rest: &'a str },
+    }
+
+    fn valid_scheme(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.first().is_some_and(u8::is_ascii_alphabetic)
+            && b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+    }
+
+    pub(super) fn uri(s: &str, allow_headers: bool) -> GResult<Uri<'_>> {
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} has no scheme"))?;
+        if !valid_scheme(scheme) {
+            return Err(format!("{scheme:?} is not a URI scheme"));
+        }
+        let secure = scheme.eq_ignore_ascii_case("sips");
+        if secure || scheme.eq_ignore_ascii_case("sip") {
+            return sip_uri(secure, rest, allow_headers).map(Uri::Sip);
+        }
+        let uric = |c: u8| is_unreserved(c) || b";/?:@&=+$,%[]".contains(&c);
+        if rest.is_empty() || !rest.bytes().all(uric) || !escapes_ok(rest) {
+            return Err(format!("{s:?} is not an absolute URI"));
+        }
+        Ok(Uri::Absolute { scheme, rest })
+    }
+
+    fn sip_uri(secure: bool, rest: &str, allow_headers: bool) -> GResult<SipUri<'_>> {
+        let (userinfo, hostpart) = match rest.split_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        let (mut user, mut password) = (None, None);
+        if let Some(ui) = userinfo {
+            let (u, p) = match ui.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (ui, None),
+            };
+            let user_ok = |c: u8| is_unreserved(c) || b"%&=+$,;?/".contains(&c);
+            if u.is_empty() || !u.bytes().all(user_ok) || !escapes_ok(u) {
+                return Err(format!("{u:?} is not a SIP URI user"));
+            }
+            let pw_ok = |c: u8| is_unreserved(c) || b"%&=+$,".contains(&c);
+            if let Some(p) = p {
+                if !p.bytes().all(pw_ok) || !escapes_ok(p) {
+                    return Err("bad SIP URI password".into());
+                }
+            }
+            user = Some(u);
+            password = p;
+        }
+        let mut c = Cur::new(hostpart);
+        let host = host(&mut c)?;
+        let port = if c.eat(b':') {
+            Some(port(&mut c)?)
+        } else {
+            None
+        };
+        let paramchar = |b: u8| is_unreserved(b) || b"[]/:&+$%".contains(&b);
+        let mut params = Vec::new();
+        while c.eat(b';') {
+            let name = c.take_while(paramchar);
+            if name.is_empty() || !escapes_ok(name) {
+                return Err(format!("bad URI parameter at {:?}", c.rest()));
+            }
+            let value = if c.eat(b'=') {
+                let v = c.take_while(paramchar);
+                if v.is_empty() || !escapes_ok(v) {
+                    return Err(format!("bad value of URI parameter {name:?}"));
+                }
+                Some(v)
+            } else {
+                None
+            };
+            params.push((name, value));
+        }
+        let mut has_headers = false;
+        if c.eat(b'?') {
+            if !allow_headers {
+                return Err("URI headers (?…) are not allowed here".into());
+            }
+            let hchar = |b: u8| is_unreserved(b) || b"[]/?:+$%".contains(&b);
+            loop {
+                let name = c.take_while(hchar);
+                if name.is_empty() || !escapes_ok(name) || !c.eat(b'=') {
+                    return Err("bad URI header".into());
+                }
+                let value = c.take_while(hchar);
+                if !escapes_ok(value) {
+                    return Err("bad URI header value".into());
+                }
+                if !c.eat(b'&') {
+                    break;
+                }
+            }
+            has_headers = true;
+        }
+        c.done("the SIP URI")?;
+        Ok(SipUri {
+            secure,
+            user,
+            password,
+            host,
+            port,
+            params,
+            has_headers,
+        })
+    }
+
+    /// The Request-URI as rsip's `Uri` (§19.1.1: no URI headers in a Request-URI).
+    pub(super) fn request_uri(s: &str) -> GResult<rsip::Uri> {
+        match uri(s, true)? {
+            Uri::Sip(u) if u.has_headers => {
+                Err("a Request-URI must not carry URI headers (?…)".into())
+            }
+            Uri::Sip(u) => {
+                let host = if u.host.starts_with('[') {
+                    rsip::Host::Domain(u.host.into())
+                } else {
+                    match u.host.parse::<IpAddr>() {
+                        Ok(ip @ IpAddr::V4(_)) => rsip::Host::IpAddr(ip),
+                        _ => rsip::Host::Domain(u.host.into()),
+                    }
+                };
+                Ok(rsip::Uri {
+                    scheme: Some(if u.secure {
+                        rsip::Scheme::Sips
+                    } else {
+                        rsip::Scheme::Sip
+                    }),
+                    auth: u.user.map(|user| rsip::Auth {
+                        user: user.into(),
+                        password: u.password.map(Into::into),
+                    }),
+                    host_with_port: rsip::HostWithPort {
+                        host,
+                        port: u.port.map(Into::into),
+                    },
+                    params: u
+                        .params
+                        .iter()
+                        .map(|&(n, v)| {
+                            rsip::Param::try_from((n, v))
+                                .unwrap_or_else(|_| rsip::Param::Other(n.into(), v.map(Into::into)))
+                        })
+                        .collect(),
+                    headers: Vec::new(),
+                })
+            }
+            Uri::Absolute { scheme, rest } => Ok(rsip::Uri {
+                scheme: Some(rsip::Scheme::Other(scheme.into())),
+                auth: None,
+                host_with_port: rsip::HostWithPort {
+                    host: rsip::Host::Domain(rest.into()),
+                    port: None,
+                },
+                params: Vec::new(),
+                headers: Vec::new(),
+            }),
+        }
+    }
+
+    // --- header values -----------------------------------------------------------------------
+
+    /// The syntax check of one header field by (lower-case) name; unknown names pass.
+    /// Every value is also checked for control characters outside quoted-pairs.
+    pub(super) fn check_field(lname: &str, value: &str) -> GResult<()> {
+        no_controls(value)?;
+        match lname {
+            "via" => {
+                for parm in via(value)? {
+                    if !parm.protocol.eq_ignore_ascii_case("SIP") || parm.version != "2.0" {
+                        return Err(format!(
+                            "sent-protocol {}/{} is not SIP/2.0",
+                            parm.protocol, parm.version
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            "to" | "from" | "reply-to" => name_addrs(value, false, false).map(drop),
+            "contact" => name_addrs(value, true, true).map(drop),
+            "route" | "record-route" => {
+                if name_addrs(value, true, false)?
+                    .iter()
+                    .all(|na| na.bracketed)
+                {
+                    Ok(())
+                } else {
+                    Err("route entries are name-addr (<…>)".into())
+                }
+            }
+            "call-id" => call_id(value),
+            "cseq" => cseq(value).map(drop),
+            "max-forwards" => number(value, 255).map(drop),
+            "content-length" => number(value, u32::MAX).map(drop),
+            "date" => date(value),
+            "require" | "proxy-require" | "content-encoding" => token_list(value, false).map(drop),
+            "supported" | "unsupported" => token_list(value, true).map(drop),
+            "content-type" => media_type(value).map(drop),
+            "accept" => accept(value).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Control characters may appear only escaped in a quoted-pair (intmeth's To).
+    fn no_controls(value: &str) -> GResult<()> {
+        let b = value.as_bytes();
+        let (mut in_quotes, mut i) = (false, 0);
+        while let Some(&c) = b.get(i) {
+            match c {
+                b'"' => in_quotes = !in_quotes,
+                b'\\' if in_quotes => i += 1,
+                b'\t' => {}
+                c if c < 0x20 || c == 0x7f => {
+                    return Err(format!("control character {c:#04x}"));
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// `1*DIGIT` no larger than `max` (leading zeros allowed, RFC 4475 §3.1.1.1).
+    pub(super) fn number(value: &str, max: u32) -> GResult<u32> {
+        if value.is_empty() || !value.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(format!("{value:?} is not a number"));
+        }
+        match value.parse::<u64>() {
+            Ok(n) if n <= u64::from(max) => Ok(n as u32),
+            _ => Err(format!("{value} is larger than {max}")),
+        }
+    }
+
+    /// `CSeq: 1*DIGIT LWS Method`, the number at most 2³²−1 (RFC 4475 §3.1.2.4).
+    pub(super) fn cseq(value: &str) -> GResult<(u32, &str)> {
+        let mut c = Cur::new(value);
+        let digits = c.take_while(|b| b.is_ascii_digit());
+        let n = number(digits, u32::MAX)?;
+        if c.ws() == 0 {
+            return Err("no space between sequence number and method".into());
+        }
+        let method = c.expect_token("a method")?;
+        c.done("the method")?;
+        Ok((n, method))
+    }
+
+    /// `Call-ID: word ["@" word]`.
+    fn call_id(value: &str) -> GResult<()> {
+        let word = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-.!%*_+`'~()<>:\\\"/[]?{}".contains(&c))
+        };
+        let ok = match value.split_once('@') {
+            Some((a, b)) => word(a) && word(b),
+            None => word(value),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{value:?} is not word[@word]"))
+        }
+    }
+
+    /// `Date: rfc1123-date`, which is always GMT (RFC 4475 §3.1.2.12).
+    fn date(value: &str) -> GResult<()> {
+        const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|c| c.is_ascii_digit());
+        let parts: Vec<&str> = value.split(' ').collect();
+        let ok = match parts[..] {
+            [wkday, day, month, year, time, zone] => {
+                wkday.strip_suffix(',').is_some_and(|d| DAYS.contains(&d))
+                    && digits(day, 2)
+                    && MONTHS.contains(&month)
+                    && digits(year, 4)
+                    && zone == "GMT"
+                    && time.split(':').count() == 3
+                    && time.split(':').all(|t| digits(t, 2))
+            }
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{value:?} is not an RFC 1123 date in GMT"))
+        }
+    }
+
+    /// `token *(COMMA token)`; `empty_ok` for fields whose list may be empty.
+    pub(super) fn token_list(value: &str, empty_ok: bool) -> GResult<Vec<&str>> {
+        let mut c = Cur::new(value);
+        let mut out = Vec::new();
+        c.ws();
+        if c.eof() {
+            return if empty_ok {
+                Ok(out)
+            } else {
+                Err("empty list".into())
+            };
+        }
+        loop {
+            out.push(c.expect_token("an option tag")?);
+            if !c.sep(b',') {
+                break;
+            }
+        }
+        c.ws();
+        c.done("the list")?;
+        Ok(out)
+    }
+
+    /// `SEMI token [EQUAL (token / host / quoted-string)]`, repeated.
+    fn generic_params<'a>(c: &mut Cur<'a>) -> GResult<Vec<(&'a str, Option<&'a str>)>> {
+        let mut out = Vec::new();
+        while c.sep(b';') {
+            let name = c.expect_token("a parameter name")?;
+            let value = if c.sep(b'=') {
+                Some(match c.peek() {
+                    Some(b'"') => c.quoted_string()?,
+                    Some(b'[') => host(c)?,
+                    _ => c.expect_token("a parameter value")?,
+                })
+            } else {
+                None
+            };
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+
+    /// `type "/" subtype *(SEMI m-parameter)`.
+    pub(super) fn media_type(value: &str) -> GResult<(&str, &str)> {
+        let mut c = Cur::new(value);
+        let r = media_range(&mut c)?;
+        c.ws();
+        c.done("the media type")?;
+        Ok(r)
+    }
+
+    fn media_range<'a>(c: &mut Cur<'a>) -> GResult<(&'a str, &'a str)> {
+        c.ws();
+        let t = c.expect_token("a media type")?;
+        if !c.sep(b'/') {
+            return Err(format!("media type {t:?} without a subtype"));
+        }
+        let s = c.expect_token("a media subtype")?;
+        generic_params(c)?;
+        Ok((t, s))
+    }
+
+    /// `Content-Disposition: disp-type *(SEMI disp-param)` with `handling=optional`.
+    pub(super) fn disposition_optional(value: &str) -> bool {
+        let mut c = Cur::new(value);
+        c.ws();
+        c.token().is_some()
+            && generic_params(&mut c).is_ok_and(|params| {
+                params.iter().any(|(n, v)| {
+                    n.eq_ignore_ascii_case("handling")
+                        && v.is_some_and(|v| v.eq_ignore_ascii_case("optional"))
+                })
+            })
+    }
+
+    /// `Accept: [media-range *(COMMA media-range)]` as (type, subtype) pairs.
+    pub(super) fn accept(value: &str) -> GResult<Vec<(&str, &str)>> {
+        let mut c = Cur::new(value);
+        let mut out = Vec::new();
+        c.ws();
+        if c.eof() {
+            return Ok(out);
+        }
+        loop {
+            out.push(media_range(&mut c)?);
+            if !c.sep(b',') {
+                break;
+            }
+        }
+        c.ws();
+        c.done("the media ranges")?;
+        Ok(out)
+    }
+
+    #[derive(Debug)]
+    pub(super) struct ViaParm<'a> {
+        pub(super) protocol: &'a str,
+        pub(super) version: &'a str,
+    }
+
+    /// `Via: via-parm *(COMMA via-parm)`,
+    /// `via-parm = sent-protocol LWS sent-by *(SEMI via-params)`.
+    pub(super) fn via(value: &str) -> GResult<Vec<ViaParm<'_>>> {
+        let mut c = Cur::new(value);
+        let mut out = Vec::new();
+        c.ws();
+        loop {
+            let protocol = c.expect_token("a protocol name")?;
+            if !c.sep(b'/') {
+                return Err("expected / after the protocol name".into());
+            }
+            let version = c.expect_token("a protocol version")?;
+            if !c.sep(b'/') {
+                return Err("expected / after the protocol version".into());
+            }
+            c.expect_token("a transport")?;
+            if c.ws() == 0 {
+                return Err("no space before sent-by".into());
+            }
+            host(&mut c)?;
+            if c.sep(b':') {
+                port(&mut c)?;
+            }
+            generic_params(&mut c)?;
+            out.push(ViaParm { protocol, version });
+            if !c.sep(b',') {
+                break;
+            }
+        }
+        c.ws();
+        c.done("the Via value")?;
+        Ok(out)
+    }
+
+    #[derive(Debug)]
+    pub(super) struct NameAddr<'a> {
+        pub(super) uri: &'a str,
+        pub(super) bracketed: bool,
+        pub(super) params: Vec<(&'a str, Option<&'a str>)>,
+    }
+
+    impl NameAddr<'_> {
+        pub(super) fn is_sip(&self) -> bool {
+            matches!(uri(self.uri, true), Ok(Uri::Sip(_)))
+        }
+    }
+
+    /// `(name-addr / addr-spec) *(SEMI param)`, comma-separated when `multi`, `*` when `star`.
+    ///
+    /// `name-addr = [display-name] "<" addr-spec ">"` with nothing but the URI between the
+    /// brackets (RFC 4475 §3.1.2.14); a display name is a quoted-string or tokens (§3.1.2.15);
+    /// an unbracketed URI must not contain `?`, `;` or `,` (§3.1.2.13).
+    pub(super) fn name_addrs(value: &str, multi: bool, star: bool) -> GResult<Vec<NameAddr<'_>>> {
+        if star && value.trim_matches([' ', '\t']) == "*" {
+            return Ok(Vec::new());
+        }
+        let mut c = Cur::new(value);
+        let mut out = Vec::new();
+        loop {
+            c.ws();
+            out.push(name_addr(&mut c)?);
+            if !(multi && c.sep(b',')) {
+                break;
+            }
+        }
+        c.ws();
+        c.done("the address")?;
+        Ok(out)
+    }
+
+    fn name_addr<'a>(c: &mut Cur<'a>) -> GResult<NameAddr<'a>> {
+        let bracketed = match c.peek() {
+            Some(b'"') => {
+                c.quoted_string()?;
+                c.ws();
+                if c.peek() != Some(b'<') {
+                    return Err("display name without <URI>".into());
+                }
+                true
+            }
+            Some(b'<') => true,
+            _ => {
+                // Tokens followed by '<' are a display name; otherwise an addr-spec.
+                let save = c.i;
+                while c.token().is_some() {
+                    c.ws();
+                }
+                if c.peek() == Some(b'<') {
+                    true
+                } else {
+                    c.i = save;
+                    false
+                }
+            }
+        };
+        let uri_text = if bracketed {
+            c.eat(b'<');
+            let u = c.take_while(|b| b != b'>' && !is_wsp(b));
+            if !c.eat(b'>') {
+                return Err("whitespace or an unterminated <URI>".into());
+            }
+            uri(u, true)?;
+            u
+        } else {
+            let start = c.i;
+            while c
+                .peek()
+                .is_some_and(|b| !matches!(b, b';' | b',' | b' ' | b'\t'))
+            {
+                c.i += 1;
+            }
+            let u = c.s.get(start..c.i).unwrap_or("");
+            if u.contains('?') {
+                return Err("a URI containing ? must be enclosed in <>".into());
+            }
+            uri(u, false)?;
+            u
+        };
+        let params = generic_params(c)?;
+        Ok(NameAddr {
+            uri: uri_text,
+            bracketed,
+            params,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:u@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\nTo: <sip:u@example.com>\r\n\
+From: <sip:c@example.com>;tag=1\r\nCall-ID: a@b\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn binary_body_survives() {
+        let mut msg = OPTIONS.to_vec();
+        let at = msg.len();
+        msg.truncate(at - 21);
+        msg.extend_from_slice(
+            b"Content-Type: application/octet-stream\r\nContent-Length: 3\r\n\r\n\xff\x00\x80",
+        );
+        let SipMessage::Request(req) = parse(&msg).expect("parses") else {
+            panic!("not a request")
+        };
+        assert_eq!(req.body, b"\xff\x00\x80");
+        assert_eq!(serialize_request(&req), msg);
+    }
+
+    #[test]
+    fn response_tag_is_stable_and_added_once() {
+        let Ok(SipMessage::Request(req)) = parse(OPTIONS) else {
+            panic!("parses")
+        };
+        let a = serialize_response(&response_for(&req, 486, ""));
+        let b = serialize_response(&response_for(&req, 486, ""));
+        assert_eq!(a, b);
+        let text = String::from_utf8(a).expect("utf-8");
+        assert!(text.starts_with("SIP/2.0 486 Busy Here\r\n"), "{text}");
+        assert_eq!(text.matches(";tag=cf").count(), 1, "{text}");
+        let trying = serialize_response(&response_for(&req, 100, ""));
+        assert!(!String::from_utf8_lossy(&trying).contains(";tag=cf"));
+        let tagged = serialize_response(&response_with_tag(&req, 200, "", "xyz"));
+        assert!(String::from_utf8_lossy(&tagged).contains("To: <sip:u@example.com>;tag=xyz\r\n"));
+    }
+
+    #[test]
+    fn oversize_gets_513() {
+        let mut msg = OPTIONS.to_vec();
+        msg.extend(std::iter::repeat_n(b'x', MAX_MESSAGE_SIZE));
+        let err = parse(&msg).expect_err("too large");
+        assert_eq!(err.kind(), &ParseErrorKind::TooLarge(msg.len()));
+        assert_eq!(err.reply().map(|r| r.status_code.code()), Some(513));
+    }
+
+    #[test]
+    fn unknown_method_gets_501_and_invalid_headers_get_400() {
+        let msg = String::from_utf8_lossy(OPTIONS).replace("OPTIONS", "FROB");
+        let err = parse(msg.as_bytes()).expect_err("unknown method");
+        assert_eq!(err.kind(), &ParseErrorKind::UnknownMethod("FROB".into()));
+        assert_eq!(err.reply().map(|r| r.status_code.code()), Some(501));
+
+        let msg = String::from_utf8_lossy(OPTIONS).replace("Max-Forwards: 70", "Max-Forwards: 256");
+        let err = parse(msg.as_bytes()).expect_err("bad Max-Forwards");
+        assert_eq!(err.reply().map(|r| r.status_code.code()), Some(400));
+        let warning = serialize_response(err.reply().expect("reply"));
+        assert!(String::from_utf8_lossy(&warning)
+            .contains("Warning: 399 callfabric \"bad Max-Forwards"));
+    }
+
+    #[test]
+    fn header_count_is_capped() {
+        let text = String::from_utf8_lossy(OPTIONS);
+        let many = "X: y\r\n".repeat(MAX_HEADER_FIELDS);
+        let msg = text.replacen("Content-Length", &format!("{many}Content-Length"), 1);
+        let err = parse(msg.as_bytes()).expect_err("too many header fields");
+        assert!(matches!(err.kind(), ParseErrorKind::HeaderLine(_)), "{err}");
+    }
+
+    #[test]
+    fn keepalive_is_empty() {
+        assert_eq!(
+            parse(b"\r\n\r\n").map_err(|e| e.kind().clone()),
+            Err(ParseErrorKind::Empty)
+        );
+    }
+}

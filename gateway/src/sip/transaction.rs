@@ -1,1 +1,1116 @@
-//! placeholder: being written
+//! The SIP transaction layer (RFC 3261 §17), sans-IO.
+//!
+//! [`TransactionLayer`] owns every client and server transaction of one SIP element: INVITE and
+//! non-INVITE, with timers A–K (and L, M of RFC 6026), retransmissions over unreliable
+//! transports, the ACK for non-2xx final responses, and CANCEL matching. It owns no socket, no
+//! task and no clock:
+//!
+//! * **Input**: [`send_request`](TransactionLayer::send_request) /
+//!   [`send_response`](TransactionLayer::send_response) from the transaction user (TU),
+//!   [`on_message`](TransactionLayer::on_message) for every parsed message from the network,
+//!   [`transport_error`](TransactionLayer::transport_error) when a send failed,
+//!   [`handle_timeout`](TransactionLayer::handle_timeout) when the clock reaches
+//!   [`poll_timeout`](TransactionLayer::poll_timeout).
+//! * **Output**: [`poll_transmit`](TransactionLayer::poll_transmit) (messages to put on the
+//!   wire, with their destination) and [`poll_event`](TransactionLayer::poll_event) (what the TU
+//!   must see). Drain both after every input.
+//!
+//! **Time.** Every input that can arm a timer takes `now: std::time::Instant`, supplied by the
+//! caller; the layer never reads the clock. `poll_timeout` returns the earliest armed deadline;
+//! `handle_timeout(now)` fires every timer whose deadline is `<= now`, in deadline order (calling
+//! it early is harmless, calling it late fires the overdue timers once, and a retransmission
+//! timer then re-arms from that `now`). Tests drive it in virtual time: one `Instant` taken at
+//! the start plus hand-advanced offsets.
+//!
+//! **Transports.** The layer only knows whether a transport is [`Transport::Unreliable`]
+//! (UDP: timers A, E, G retransmit; D, I, J, K wait) or [`Transport::Reliable`] (TCP, TLS, WS:
+//! no retransmission; D, I, J, K are zero, so the transaction ends at once). Destinations are an
+//! opaque `D` (a `SocketAddr` by default): requests and the ACK go to the `dest` given to
+//! `send_request`; a server transaction answers the `source` its request came from (symmetric
+//! response routing; a transport that honours `received`/`rport`/`maddr` (RFC 3261 §18.2.2) may
+//! re-route using the message's Via).
+//!
+//! **Matching.** See [`TransactionKey`]: branch (magic cookie `z9hG4bK`) + method, plus sent-by
+//! for server transactions, with the RFC 2543 fallback for requests without the cookie. A
+//! CANCEL creates its own non-INVITE server transaction and is reported as [`Event::Cancel`]
+//! together with the key of the INVITE server transaction it matches (§9.2); the TU answers
+//! the CANCEL (200) and decides whether to answer the INVITE with 487.
+//!
+//! **2xx to INVITE** (RFC 6026, on by default, see [`Config::accepted_state`]): the client
+//! transaction moves to *Accepted* and passes every further 2xx (retransmissions, forks) to the
+//! TU until Timer M; the server transaction moves to *Accepted*, absorbs INVITE retransmissions,
+//! lets the TU send 2xx retransmissions through it and passes an ACK matched to it to the TU,
+//! until Timer L. The TU (dialog layer) retransmits the 2xx and sends the ACK for 2xx itself
+//! (the latter with [`send_stateless`](TransactionLayer::send_stateless)).
+//!
+//! **Errors.** Nothing from the wire panics: a message without a usable Via or CSeq (or, for an
+//! RFC 2543 request, Call-ID/From/To) is rejected with an [`Error`]; a response matching no
+//! transaction is handed to the TU as [`Event::StrayResponse`] (§18.1.2), an ACK matching none
+//! as [`Event::Ack`].
+
+mod build;
+mod key;
+mod parse;
+
+pub use key::{Role, TransactionKey};
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rsip::{Method, Request, Response, SipMessage};
+use tracing::{debug, trace};
+
+use key::{LegacyAckId, ServerIds};
+
+/// Timer values (RFC 3261 §17, Table 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// RTT estimate; A, E and G start at T1, B, F, H, J (and L, M) are 64·T1. Default 500 ms.
+    /// Raised to 1 ms if smaller.
+    pub t1: Duration,
+    /// Cap of the non-INVITE request and INVITE response retransmit interval. Default 4 s.
+    /// Raised to 1 ms if smaller.
+    pub t2: Duration,
+    /// Maximum time a message stays in the network: timers I and K. Default 5 s.
+    pub t4: Duration,
+    /// Timer D, how long a client INVITE transaction absorbs retransmitted non-2xx responses
+    /// over an unreliable transport (RFC 3261: at least 32 s). Default 32 s.
+    pub timer_d: Duration,
+    /// A server INVITE transaction sends 100 (Trying) itself if the TU has not sent any
+    /// response this long after the INVITE arrived (§17.2.1 "200 ms"). `Some(ZERO)` sends it at
+    /// once, `None` never. Default 200 ms.
+    pub trying_delay: Option<Duration>,
+    /// RFC 6026 *Accepted* state for INVITE transactions after a 2xx (see the module docs).
+    /// `false` gives plain RFC 3261: both sides terminate on a 2xx, and later 2xx
+    /// retransmissions reach the TU as [`Event::StrayResponse`]. Default `true`.
+    pub accepted_state: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+            timer_d: Duration::from_secs(32),
+            trying_delay: Some(Duration::from_millis(200)),
+            accepted_state: true,
+        }
+    }
+}
+
+impl Config {
+    /// 64·T1: timers B, F, H, J, L, M.
+    pub fn t1_x64(&self) -> Duration {
+        self.t1.saturating_mul(64)
+    }
+
+    fn sanitized(mut self) -> Self {
+        let min = Duration::from_millis(1);
+        self.t1 = self.t1.max(min);
+        self.t2 = self.t2.max(min);
+        self
+    }
+}
+
+/// Reliability of the transport a transaction runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP: the transaction layer retransmits.
+    Unreliable,
+    /// TCP, TLS, SCTP, WebSocket: no retransmissions, no lingering.
+    Reliable,
+}
+
+impl Transport {
+    /// Reliable transports carry no transaction-layer retransmissions.
+    pub fn is_reliable(self) -> bool {
+        self == Transport::Reliable
+    }
+}
+
+/// The kind of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// INVITE client transaction (§17.1.1).
+    InviteClient,
+    /// Non-INVITE client transaction (§17.1.2).
+    NonInviteClient,
+    /// INVITE server transaction (§17.2.1).
+    InviteServer,
+    /// Non-INVITE server transaction (§17.2.2).
+    NonInviteServer,
+}
+
+/// The state of a live transaction. *Terminated* transactions are gone (the TU got
+/// [`Event::Terminated`]), so [`TransactionLayer::state`] returns `None` for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// INVITE client: request sent, no response yet.
+    Calling,
+    /// Non-INVITE client: request sent, no response yet; non-INVITE server: request received,
+    /// no response sent yet.
+    Trying,
+    /// A provisional response was received (client) or sent (server); a server INVITE
+    /// transaction starts here.
+    Proceeding,
+    /// A final (non-2xx for INVITE) response was received or sent; absorbing retransmissions.
+    Completed,
+    /// INVITE server: the ACK for the non-2xx final response arrived (Timer I running).
+    Confirmed,
+    /// INVITE client or server after a 2xx (RFC 6026; Timer M / Timer L running).
+    Accepted,
+}
+
+/// A message to put on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit<D = SocketAddr> {
+    /// The transaction that sends it (`None` for [`TransactionLayer::send_stateless`]); pass
+    /// it to [`TransactionLayer::transport_error`] if sending fails.
+    pub key: Option<TransactionKey>,
+    /// Where to send it.
+    pub dest: D,
+    /// Over which kind of transport (as given when the transaction was created).
+    pub transport: Transport,
+    /// The message; serialise with `to_string()`.
+    pub message: SipMessage,
+    /// True when this repeats something already sent (timer-driven retransmission, a response
+    /// or ACK re-sent because the peer retransmitted).
+    pub retransmission: bool,
+}
+
+/// What the transaction user must see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<D = SocketAddr> {
+    /// A new request created server transaction `key`; answer with
+    /// [`TransactionLayer::send_response`]. Retransmissions are absorbed and never reported.
+    /// A CANCEL that matches no INVITE server transaction also arrives here (answer 481).
+    Request {
+        key: TransactionKey,
+        request: Request,
+        source: D,
+        transport: Transport,
+    },
+    /// A CANCEL (server transaction `key`, answer it 200) matching the INVITE server
+    /// transaction `invite` (§9.2). If that one is still Proceeding, the TU should answer it
+    /// 487.
+    Cancel {
+        key: TransactionKey,
+        invite: TransactionKey,
+        request: Request,
+        source: D,
+        transport: Transport,
+    },
+    /// An ACK that no transaction absorbed: the ACK for a 2xx (`invite` is `None`, or the key
+    /// of the INVITE server transaction in the Accepted state it matched).
+    Ack {
+        invite: Option<TransactionKey>,
+        request: Request,
+        source: D,
+        transport: Transport,
+    },
+    /// A response for client transaction `key`: each provisional, the final response once,
+    /// and in the Accepted state every further 2xx.
+    Response {
+        key: TransactionKey,
+        response: Response,
+    },
+    /// A response that matches no client transaction (e.g. a 2xx retransmission after the
+    /// INVITE transaction ended); §18.1.2 hands it to the core.
+    StrayResponse {
+        response: Response,
+        source: D,
+        transport: Transport,
+    },
+    /// Timer B or F (no final response) or H (no ACK for our non-2xx final response) fired.
+    /// [`Event::Terminated`] follows.
+    Timeout { key: TransactionKey },
+    /// [`TransactionLayer::transport_error`] was reported for the transaction.
+    /// [`Event::Terminated`] follows.
+    TransportError { key: TransactionKey },
+    /// The transaction is gone (every transaction ends with exactly one of these).
+    Terminated { key: TransactionKey },
+}
+
+/// Why an input was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    #[error("malformed {0} header")]
+    MalformedHeader(&'static str),
+    #[error("the top Via has no RFC 3261 branch (z9hG4bK...)")]
+    NoRfc3261Branch,
+    #[error("CSeq method {cseq} does not match request method {method}")]
+    CSeqMethodMismatch { method: Method, cseq: Method },
+    #[error("ACK is not a transaction; send it with send_stateless")]
+    AckNotATransaction,
+    #[error("transaction {0} already exists")]
+    DuplicateTransaction(TransactionKey),
+    #[error("no transaction {0}")]
+    UnknownTransaction(TransactionKey),
+    #[error("{0} is not a server transaction")]
+    NotServerTransaction(TransactionKey),
+    #[error("status code {0} outside 100..=699")]
+    InvalidStatus(u16),
+    #[error("a transaction in state {state:?} cannot send a {status} response")]
+    InvalidState { state: State, status: u16 },
+    #[error("{0} is not a pending client INVITE transaction")]
+    NotCancellable(TransactionKey),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Slot {
+    /// A (INVITE client), E (non-INVITE client), G (INVITE server).
+    Retransmit = 0,
+    /// B, F, H.
+    Timeout = 1,
+    /// D, I, J, K, L, M: end of the transaction.
+    Linger = 2,
+    /// Automatic 100 (Trying) of an INVITE server transaction.
+    Trying = 3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Terminate,
+}
+
+type TimerHeap = BinaryHeap<Reverse<(Instant, u64, Slot)>>;
+
+/// The queues a transaction writes to while the layer holds a borrow of it.
+struct Io<'a, D> {
+    cfg: &'a Config,
+    heap: &'a mut TimerHeap,
+    transmits: &'a mut VecDeque<Transmit<D>>,
+    events: &'a mut VecDeque<Event<D>>,
+}
+
+struct Tx<D> {
+    id: u64,
+    key: TransactionKey,
+    kind: Kind,
+    state: State,
+    transport: Transport,
+    peer: D,
+    /// The request that created the transaction.
+    request: Request,
+    /// Its top Via value and CSeq number (for ACK and CANCEL).
+    top_via: String,
+    seq: u32,
+    /// Server: the last response sent (re-sent on request retransmissions).
+    last_response: Option<Response>,
+    /// Client INVITE: the ACK generated for the non-2xx final response.
+    ack: Option<Request>,
+    /// Current retransmission interval (A, E, G).
+    interval: Duration,
+    timers: [Option<Instant>; 4],
+    /// Server INVITE of an RFC 2543 peer: its entry in the ACK index, and the To tag of the
+    /// final response it sent (the ACK must carry it).
+    legacy_ack: Option<LegacyAckId>,
+    response_to_tag: Option<String>,
+}
+
+impl<D: Clone> Tx<D> {
+    fn transmit(&self, io: &mut Io<'_, D>, message: SipMessage, retransmission: bool) {
+        io.transmits.push_back(Transmit {
+            key: Some(self.key.clone()),
+            dest: self.peer.clone(),
+            transport: self.transport,
+            message,
+            retransmission,
+        });
+    }
+
+    fn arm(&mut self, io: &mut Io<'_, D>, slot: Slot, now: Instant, after: Duration) {
+        // An overflowing deadline is "never".
+        let at = now.checked_add(after);
+        self.timers[slot as usize] = at;
+        if let Some(at) = at {
+            io.heap.push(Reverse((at, self.id, slot)));
+        }
+    }
+
+    fn disarm(&mut self, slot: Slot) {
+        self.timers[slot as usize] = None;
+    }
+
+    /// Enter a state that ends after `after` (D, I, J, K, L, M); zero ends it now.
+    fn linger(&mut self, io: &mut Io<'_, D>, now: Instant, after: Duration) -> Flow {
+        self.disarm(Slot::Retransmit);
+        self.disarm(Slot::Timeout);
+        self.disarm(Slot::Trying);
+        if after.is_zero() {
+            return Flow::Terminate;
+        }
+        self.arm(io, Slot::Linger, now, after);
+        Flow::Continue
+    }
+
+    /// D/I/J/K: T on unreliable transports, zero on reliable ones.
+    fn unreliable_only(&self, d: Duration) -> Duration {
+        if self.transport.is_reliable() {
+            Duration::ZERO
+        } else {
+            d
+        }
+    }
+
+    fn set_state(&mut self, state: State) {
+        if self.state != state {
+            debug!(key = %self.key, from = ?self.state, to = ?state, "sip transaction state");
+            self.state = state;
+        }
+    }
+
+    fn report(&self, io: &mut Io<'_, D>, response: Response) {
+        io.events.push_back(Event::Response {
+            key: self.key.clone(),
+            response,
+        });
+    }
+
+    /// A response matched this client transaction.
+    fn on_response(&mut self, io: &mut Io<'_, D>, response: Response, now: Instant) -> Flow {
+        let code = response.status_code.code();
+        let provisional = code < 200;
+        match (self.kind, self.state) {
+            (Kind::NonInviteClient, State::Trying | State::Proceeding) => {
+                if provisional {
+                    self.set_state(State::Proceeding);
+                    self.report(io, response);
+                    return Flow::Continue;
+                }
+                self.set_state(State::Completed);
+                self.report(io, response);
+                let k = self.unreliable_only(io.cfg.t4);
+                self.linger(io, now, k)
+            }
+            (Kind::InviteClient, State::Calling | State::Proceeding) => {
+                self.disarm(Slot::Retransmit);
+                self.disarm(Slot::Timeout);
+                if provisional {
+                    self.set_state(State::Proceeding);
+                    self.report(io, response);
+                    return Flow::Continue;
+                }
+                if code < 300 {
+                    self.report(io, response);
+                    if !io.cfg.accepted_state {
+                        return Flow::Terminate;
+                    }
+                    self.set_state(State::Accepted);
+                    let m = io.cfg.t1_x64();
+                    return self.linger(io, now, m);
+                }
+                let ack = build::ack(&self.request, &response, &self.top_via, self.seq);
+                self.transmit(io, ack.clone().into(), false);
+                self.ack = Some(ack);
+                self.set_state(State::Completed);
+                self.report(io, response);
+                let d = self.unreliable_only(io.cfg.timer_d);
+                self.linger(io, now, d)
+            }
+            (Kind::InviteClient, State::Accepted) if (200..300).contains(&code) => {
+                self.report(io, response);
+                Flow::Continue
+            }
+            (Kind::InviteClient, State::Completed) if code >= 300 => {
+                if let Some(ack) = &self.ack {
+                    self.transmit(io, ack.clone().into(), true);
+                }
+                Flow::Continue
+            }
+            _ => {
+                trace!(key = %self.key, code, state = ?self.state, "response absorbed");
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The request that created this server transaction arrived again.
+    fn on_retransmission(&mut self, io: &mut Io<'_, D>) {
+        // Non-INVITE: Proceeding and Completed re-send (§17.2.2); INVITE: Proceeding re-sends
+        // the last provisional, Completed the final response (§17.2.1). Trying (nothing sent
+        // yet), Confirmed and Accepted absorb.
+        let resend = matches!(self.state, State::Proceeding | State::Completed);
+        match &self.last_response {
+            Some(r) if resend => self.transmit(io, r.clone().into(), true),
+            _ => trace!(key = %self.key, state = ?self.state, "request retransmission absorbed"),
+        }
+    }
+
+    /// An ACK matched this INVITE server transaction.
+    fn on_ack(
+        &mut self,
+        io: &mut Io<'_, D>,
+        request: Request,
+        source: D,
+        transport: Transport,
+        now: Instant,
+    ) -> Flow {
+        match self.state {
+            State::Completed => {
+                self.set_state(State::Confirmed);
+                let i = self.unreliable_only(io.cfg.t4);
+                self.linger(io, now, i)
+            }
+            State::Accepted => {
+                io.events.push_back(Event::Ack {
+                    invite: Some(self.key.clone()),
+                    request,
+                    source,
+                    transport,
+                });
+                Flow::Continue
+            }
+            _ => {
+                trace!(key = %self.key, state = ?self.state, "ACK absorbed");
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The TU sends a response through this server transaction.
+    fn send_response(
+        &mut self,
+        io: &mut Io<'_, D>,
+        response: Response,
+        now: Instant,
+    ) -> Result<Flow, Error> {
+        let code = response.status_code.code();
+        let invalid = Error::InvalidState {
+            state: self.state,
+            status: code,
+        };
+        let provisional = code < 200;
+        match (self.kind, self.state) {
+            (Kind::NonInviteServer, State::Trying | State::Proceeding) => {
+                self.transmit(io, response.clone().into(), false);
+                self.last_response = Some(response);
+                if provisional {
+                    self.set_state(State::Proceeding);
+                    return Ok(Flow::Continue);
+                }
+                self.set_state(State::Completed);
+                let j = self.unreliable_only(io.cfg.t1_x64());
+                Ok(self.linger(io, now, j))
+            }
+            (Kind::InviteServer, State::Proceeding) => {
+                self.disarm(Slot::Trying);
+                self.transmit(io, response.clone().into(), false);
+                if !provisional {
+                    self.response_to_tag = parse::field_tag(&response.headers, parse::Field::To)
+                        .ok()
+                        .flatten();
+                }
+                self.last_response = Some(response);
+                if provisional {
+                    return Ok(Flow::Continue);
+                }
+                if code < 300 {
+                    if !io.cfg.accepted_state {
+                        return Ok(Flow::Terminate);
+                    }
+                    self.set_state(State::Accepted);
+                    let l = io.cfg.t1_x64();
+                    return Ok(self.linger(io, now, l));
+                }
+                self.set_state(State::Completed);
+                if !self.transport.is_reliable() {
+                    self.interval = io.cfg.t1;
+                    self.arm(io, Slot::Retransmit, now, io.cfg.t1);
+                }
+                self.arm(io, Slot::Timeout, now, io.cfg.t1_x64());
+                Ok(Flow::Continue)
+            }
+            (Kind::InviteServer, State::Accepted) if (200..300).contains(&code) => {
+                let again = self.last_response.as_ref() == Some(&response);
+                self.transmit(io, response.clone().into(), again);
+                self.last_response = Some(response);
+                Ok(Flow::Continue)
+            }
+            _ => Err(invalid),
+        }
+    }
+
+    fn on_timer(&mut self, io: &mut Io<'_, D>, slot: Slot, now: Instant) -> Flow {
+        match slot {
+            Slot::Retransmit => {
+                let message: SipMessage = match (self.kind, self.state) {
+                    (Kind::NonInviteClient, State::Trying) => {
+                        self.interval = self.interval.saturating_mul(2).min(io.cfg.t2);
+                        self.request.clone().into()
+                    }
+                    (Kind::NonInviteClient, State::Proceeding) => {
+                        self.interval = io.cfg.t2;
+                        self.request.clone().into()
+                    }
+                    (Kind::InviteClient, State::Calling) => {
+                        self.interval = self.interval.saturating_mul(2);
+                        self.request.clone().into()
+                    }
+                    (Kind::InviteServer, State::Completed) => match &self.last_response {
+                        Some(r) => {
+                            self.interval = self.interval.saturating_mul(2).min(io.cfg.t2);
+                            r.clone().into()
+                        }
+                        None => return Flow::Continue,
+                    },
+                    _ => return Flow::Continue,
+                };
+                trace!(key = %self.key, next = ?self.interval, "retransmission");
+                self.transmit(io, message, true);
+                let interval = self.interval;
+                self.arm(io, Slot::Retransmit, now, interval);
+                Flow::Continue
+            }
+            Slot::Timeout => match (self.kind, self.state) {
+                (Kind::NonInviteClient, State::Trying | State::Proceeding)
+                | (Kind::InviteClient, State::Calling)
+                | (Kind::InviteServer, State::Completed) => {
+                    debug!(key = %self.key, state = ?self.state, "sip transaction timeout");
+                    io.events.push_back(Event::Timeout {
+                        key: self.key.clone(),
+                    });
+                    Flow::Terminate
+                }
+                _ => Flow::Continue,
+            },
+            Slot::Linger => Flow::Terminate,
+            Slot::Trying => {
+                if self.kind == Kind::InviteServer
+                    && self.state == State::Proceeding
+                    && self.last_response.is_none()
+                {
+                    self.send_trying(io);
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    fn send_trying(&mut self, io: &mut Io<'_, D>) {
+        let trying = build::trying(&self.request);
+        self.transmit(io, trying.clone().into(), false);
+        self.last_response = Some(trying);
+    }
+}
+
+/// All transactions of one SIP element. `D` identifies a peer (see the module docs).
+pub struct TransactionLayer<D = SocketAddr> {
+    cfg: Config,
+    next_id: u64,
+    txs: HashMap<u64, Tx<D>>,
+    index: HashMap<TransactionKey, u64>,
+    /// RFC 2543 INVITE server transactions by the fields their ACK is matched on.
+    legacy_acks: HashMap<LegacyAckId, Vec<TransactionKey>>,
+    heap: TimerHeap,
+    transmits: VecDeque<Transmit<D>>,
+    events: VecDeque<Event<D>>,
+}
+
+impl<D: Clone> Default for TransactionLayer<D> {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
+impl<D: Clone> TransactionLayer<D> {
+    /// A layer with the given timer values.
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg: cfg.sanitized(),
+            next_id: 0,
+            txs: HashMap::new(),
+            index: HashMap::new(),
+            legacy_acks: HashMap::new(),
+            heap: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The timer values in use.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Number of live transactions.
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// True when no transaction is live.
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    /// The state of a live transaction.
+    pub fn state(&self, key: &TransactionKey) -> Option<State> {
+        self.tx(key).map(|t| t.state)
+    }
+
+    /// The kind of a live transaction.
+    pub fn kind(&self, key: &TransactionKey) -> Option<Kind> {
+        self.tx(key).map(|t| t.kind)
+    }
+
+    /// The request that created a live transaction.
+    pub fn request(&self, key: &TransactionKey) -> Option<&Request> {
+        self.tx(key).map(|t| &t.request)
+    }
+
+    fn tx(&self, key: &TransactionKey) -> Option<&Tx<D>> {
+        self.index.get(key).and_then(|id| self.txs.get(id))
+    }
+
+    /// Starts a client transaction for `request` (anything but ACK), sent to `dest`.
+    ///
+    /// The request must carry its final top Via with an RFC 3261 branch (`z9hG4bK…`, e.g.
+    /// `rsip::param::Branch::default()`) and a CSeq whose method is the request's. The request
+    /// is queued for transmission at once; over an unreliable transport Timer A/E is armed,
+    /// and Timer B/F in any case.
+    pub fn send_request(
+        &mut self,
+        request: Request,
+        transport: Transport,
+        dest: D,
+        now: Instant,
+    ) -> Result<TransactionKey, Error> {
+        if request.method == Method::Ack {
+            return Err(Error::AckNotATransaction);
+        }
+        let via = parse::top_via(&request.headers)?;
+        let cseq = parse::cseq(&request.headers)?;
+        check_cseq_method(&request, &cseq)?;
+        let branch = via.rfc3261_branch().ok_or(Error::NoRfc3261Branch)?;
+        let key = TransactionKey::client(branch, request.method);
+        if self.index.contains_key(&key) {
+            return Err(Error::DuplicateTransaction(key));
+        }
+        let invite = request.method == Method::Invite;
+        let (kind, state) = if invite {
+            (Kind::InviteClient, State::Calling)
+        } else {
+            (Kind::NonInviteClient, State::Trying)
+        };
+        let id = self.alloc_id();
+        let mut tx = Tx {
+            id,
+            key: key.clone(),
+            kind,
+            state,
+            transport,
+            peer: dest,
+            request,
+            top_via: via.raw,
+            seq: cseq.seq,
+            last_response: None,
+            ack: None,
+            interval: self.cfg.t1,
+            timers: [None; 4],
+            legacy_ack: None,
+            response_to_tag: None,
+        };
+        let mut io = Io {
+            cfg: &self.cfg,
+            heap: &mut self.heap,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+        };
+        tx.transmit(&mut io, tx.request.clone().into(), false);
+        let (t1, t1_x64) = (io.cfg.t1, io.cfg.t1_x64());
+        if !transport.is_reliable() {
+            tx.arm(&mut io, Slot::Retransmit, now, t1);
+        }
+        tx.arm(&mut io, Slot::Timeout, now, t1_x64);
+        debug!(key = %key, ?state, "sip client transaction");
+        self.index.insert(key.clone(), id);
+        self.txs.insert(id, tx);
+        Ok(key)
+    }
+
+    /// Sends `response` through server transaction `key`.
+    ///
+    /// Non-INVITE: any number of 1xx, then one final response (Timer J). INVITE: any number of
+    /// 1xx; then a 2xx (Accepted, Timer L; further 2xx allowed until it ends) or a 3xx–6xx
+    /// (Completed: Timer G retransmits it over unreliable transports until the ACK; Timer H).
+    /// Anything else is [`Error::InvalidState`] and nothing is sent.
+    pub fn send_response(
+        &mut self,
+        key: &TransactionKey,
+        response: Response,
+        now: Instant,
+    ) -> Result<(), Error> {
+        if !key.is_server() {
+            return Err(Error::NotServerTransaction(key.clone()));
+        }
+        let code = response.status_code.code();
+        if !(100..=699).contains(&code) {
+            return Err(Error::InvalidStatus(code));
+        }
+        let id = *self
+            .index
+            .get(key)
+            .ok_or_else(|| Error::UnknownTransaction(key.clone()))?;
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return Err(Error::UnknownTransaction(key.clone()));
+        };
+        let mut io = Io {
+            cfg: &self.cfg,
+            heap: &mut self.heap,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+        };
+        if tx.send_response(&mut io, response, now)? == Flow::Terminate {
+            self.terminate_id(id);
+        }
+        Ok(())
+    }
+
+    /// Builds the CANCEL for the pending client INVITE transaction `key` (§9.1). Send it with
+    /// [`send_request`](Self::send_request) (it gets its own non-INVITE client transaction)
+    /// and, per §9.1, only once a provisional response has arrived
+    /// ([`State::Proceeding`]).
+    pub fn build_cancel(&self, key: &TransactionKey) -> Result<Request, Error> {
+        match self.tx(key) {
+            Some(tx)
+                if tx.kind == Kind::InviteClient
+                    && matches!(tx.state, State::Calling | State::Proceeding) =>
+            {
+                Ok(build::cancel(&tx.request, &tx.top_via, tx.seq))
+            }
+            _ => Err(Error::NotCancellable(key.clone())),
+        }
+    }
+
+    /// Queues a message outside any transaction (the ACK for a 2xx, a stateless response).
+    pub fn send_stateless(&mut self, message: SipMessage, dest: D, transport: Transport) {
+        self.transmits.push_back(Transmit {
+            key: None,
+            dest,
+            transport,
+            message,
+            retransmission: false,
+        });
+    }
+
+    /// Feeds a message received from `source` over `transport`.
+    ///
+    /// A request creates a server transaction ([`Event::Request`] / [`Event::Cancel`]) or is
+    /// absorbed by the one it retransmits (which re-sends its last response if it has one); an
+    /// ACK completes the INVITE server transaction it matches or is passed up
+    /// ([`Event::Ack`]). A response goes to its client transaction or up as
+    /// [`Event::StrayResponse`]. A message without a usable Via or CSeq is an error and
+    /// changes nothing.
+    pub fn on_message(
+        &mut self,
+        message: SipMessage,
+        source: D,
+        transport: Transport,
+        now: Instant,
+    ) -> Result<(), Error> {
+        match message {
+            SipMessage::Request(r) => self.on_request(r, source, transport, now),
+            SipMessage::Response(r) => self.on_response(r, source, transport, now),
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        response: Response,
+        source: D,
+        transport: Transport,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let code = response.status_code.code();
+        if !(100..=699).contains(&code) {
+            return Err(Error::InvalidStatus(code));
+        }
+        let via = parse::top_via(&response.headers)?;
+        let cseq = parse::cseq(&response.headers)?;
+        let id = via
+            .branch
+            .as_deref()
+            .map(|b| TransactionKey::client(b, cseq.method))
+            .and_then(|k| self.index.get(&k).copied());
+        let Some(tx) = id.and_then(|id| self.txs.get_mut(&id)) else {
+            trace!(code, "stray response");
+            self.events.push_back(Event::StrayResponse {
+                response,
+                source,
+                transport,
+            });
+            return Ok(());
+        };
+        let id = tx.id;
+        let mut io = Io {
+            cfg: &self.cfg,
+            heap: &mut self.heap,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+        };
+        if tx.on_response(&mut io, response, now) == Flow::Terminate {
+            self.terminate_id(id);
+        }
+        Ok(())
+    }
+
+    fn on_request(
+        &mut self,
+        request: Request,
+        source: D,
+        transport: Transport,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let via = parse::top_via(&request.headers)?;
+        let cseq = parse::cseq(&request.headers)?;
+        check_cseq_method(&request, &cseq)?;
+        let ids = ServerIds::of(&request, &via, &cseq)?;
+        let mut io = Io {
+            cfg: &self.cfg,
+            heap: &mut self.heap,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+        };
+
+        if request.method == Method::Ack {
+            let id = match ids.legacy_ack() {
+                None => self.index.get(&ids.key(Method::Invite)).copied(),
+                // Several RFC 2543 INVITEs can share these fields (differing To tags): the
+                // ACK belongs to the one whose final response carried the ACK's To tag.
+                Some((ack_id, ack_to_tag)) => self
+                    .legacy_acks
+                    .get(&ack_id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| self.index.get(k).copied())
+                    .find(|id| {
+                        self.txs.get(id).is_some_and(|t| {
+                            t.last_response.is_some() && t.response_to_tag.as_deref() == ack_to_tag
+                        })
+                    }),
+            };
+            match id.and_then(|id| self.txs.get_mut(&id)) {
+                Some(tx) if tx.kind == Kind::InviteServer => {
+                    let id = tx.id;
+                    if tx.on_ack(&mut io, request, source, transport, now) == Flow::Terminate {
+                        self.terminate_id(id);
+                    }
+                }
+                _ => io.events.push_back(Event::Ack {
+                    invite: None,
+                    request,
+                    source,
+                    transport,
+                }),
+            }
+            return Ok(());
+        }
+
+        let key = ids.key(request.method);
+        if let Some(tx) = self
+            .index
+            .get(&key)
+            .copied()
+            .and_then(|id| self.txs.get_mut(&id))
+        {
+            tx.on_retransmission(&mut io);
+            return Ok(());
+        }
+
+        let invite = request.method == Method::Invite;
+        let (kind, state) = if invite {
+            (Kind::InviteServer, State::Proceeding)
+        } else {
+            (Kind::NonInviteServer, State::Trying)
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut tx = Tx {
+            id,
+            key: key.clone(),
+            kind,
+            state,
+            transport,
+            peer: source.clone(),
+            request: request.clone(),
+            top_via: via.raw,
+            seq: cseq.seq,
+            last_response: None,
+            ack: None,
+            interval: io.cfg.t1,
+            timers: [None; 4],
+            legacy_ack: None,
+            response_to_tag: None,
+        };
+        if invite {
+            if let Some((ack_id, _)) = ids.legacy_ack() {
+                self.legacy_acks
+                    .entry(ack_id.clone())
+                    .or_default()
+                    .push(key.clone());
+                tx.legacy_ack = Some(ack_id);
+            }
+        }
+        debug!(key = %key, ?state, "sip server transaction");
+        let event = match request.method {
+            Method::Cancel => {
+                let invite = ids.key(Method::Invite);
+                match self.index.get(&invite).and_then(|id| self.txs.get(id)) {
+                    Some(t) if t.kind == Kind::InviteServer => Event::Cancel {
+                        key: key.clone(),
+                        invite,
+                        request,
+                        source,
+                        transport,
+                    },
+                    _ => Event::Request {
+                        key: key.clone(),
+                        request,
+                        source,
+                        transport,
+                    },
+                }
+            }
+            _ => Event::Request {
+                key: key.clone(),
+                request,
+                source,
+                transport,
+            },
+        };
+        io.events.push_back(event);
+        if invite {
+            match io.cfg.trying_delay {
+                Some(d) if d.is_zero() => tx.send_trying(&mut io),
+                Some(d) => tx.arm(&mut io, Slot::Trying, now, d),
+                None => {}
+            }
+        }
+        self.index.insert(key, id);
+        self.txs.insert(id, tx);
+        Ok(())
+    }
+
+    /// Reports that sending a [`Transmit`] of transaction `key` failed (§17.1.4, §17.2.4):
+    /// the transaction ends with [`Event::TransportError`] then [`Event::Terminated`].
+    /// Returns false if the transaction no longer exists.
+    pub fn transport_error(&mut self, key: &TransactionKey) -> bool {
+        let Some(id) = self.index.get(key).copied() else {
+            return false;
+        };
+        debug!(key = %key, "sip transaction transport error");
+        self.events
+            .push_back(Event::TransportError { key: key.clone() });
+        self.terminate_id(id);
+        true
+    }
+
+    /// Destroys transaction `key` at once ([`Event::Terminated`] follows), e.g. an INVITE
+    /// client transaction whose CANCEL got no final response within 64·T1 (§9.1), or on
+    /// shutdown. Returns false if it no longer exists.
+    pub fn terminate(&mut self, key: &TransactionKey) -> bool {
+        let Some(id) = self.index.get(key).copied() else {
+            return false;
+        };
+        self.terminate_id(id);
+        true
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<D>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the transaction user.
+    pub fn poll_event(&mut self) -> Option<Event<D>> {
+        self.events.pop_front()
+    }
+
+    /// The earliest armed timer deadline, if any; call [`handle_timeout`](Self::handle_timeout)
+    /// when the clock reaches it (and again after any input, as inputs arm timers).
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, id, slot))) = self.heap.peek() {
+            if self.is_live(at, id, slot) {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    fn is_live(&self, at: Instant, id: u64, slot: Slot) -> bool {
+        self.txs
+            .get(&id)
+            .is_some_and(|t| t.timers[slot as usize] == Some(at))
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, id, slot))) = self.heap.peek() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            due.push((at, id, slot));
+        }
+        for (at, id, slot) in due {
+            if !self.is_live(at, id, slot) {
+                continue;
+            }
+            let Some(tx) = self.txs.get_mut(&id) else {
+                continue;
+            };
+            tx.disarm(slot);
+            let mut io = Io {
+                cfg: &self.cfg,
+                heap: &mut self.heap,
+                transmits: &mut self.transmits,
+                events: &mut self.events,
+            };
+            if tx.on_timer(&mut io, slot, now) == Flow::Terminate {
+                self.terminate_id(id);
+            }
+        }
+    }
+
+    fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn terminate_id(&mut self, id: u64) {
+        let Some(tx) = self.txs.remove(&id) else {
+            return;
+        };
+        self.index.remove(&tx.key);
+        if let Some(ack_id) = &tx.legacy_ack {
+            if let Some(keys) = self.legacy_acks.get_mut(ack_id) {
+                keys.retain(|k| *k != tx.key);
+                if keys.is_empty() {
+                    self.legacy_acks.remove(ack_id);
+                }
+            }
+        }
+        debug!(key = %tx.key, state = ?tx.state, "sip transaction terminated");
+        self.events.push_back(Event::Terminated { key: tx.key });
+    }
+}
+
+fn check_cseq_method(request: &Request, cseq: &parse::CSeq) -> Result<(), Error> {
+    if cseq.method == request.method {
+        Ok(())
+    } else {
+        Err(Error::CSeqMethodMismatch {
+            method: request.method,
+            cseq: cseq.method,
+        })
+    }
+}
