@@ -202,6 +202,12 @@ impl RawXmpp {
         Ok(())
     }
 
+    /// Gives up the parsing: the socket and the text received but not consumed yet (for
+    /// benchmarks that only count bytes).
+    pub fn into_parts(self) -> (TcpStream, String) {
+        (self.stream, self.buf)
+    }
+
     /// Closes the stream (best effort).
     pub fn close(mut self) {
         let _ = self.send("</stream:stream>");

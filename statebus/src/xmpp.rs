@@ -19,9 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, oneshot, watch, Notify};
-use tokio_xmpp::connect::{
-    DnsConfig, ServerConnector, StartTlsServerConnector, TcpServerConnector,
-};
+use tokio_xmpp::connect::{DnsConfig, ServerConnector};
 use tokio_xmpp::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
@@ -150,18 +148,42 @@ fn is_loopback_server(server: &str) -> bool {
             .unwrap_or(false)
 }
 
-/// STARTTLS without SASL channel binding.
+/// Our connectors: plain TCP (loopback only) and STARTTLS, both with `TCP_NODELAY` and without
+/// SASL channel binding.
 ///
-/// tokio-xmpp 6 implements SCRAM but not SCRAM-*-PLUS; when it holds TLS channel-binding data
-/// it sends the GS2 flag `y` ("I could bind, I think you can't"). A server that does offer
-/// -PLUS (ejabberd over TLS 1.3, measured) must then refuse the login as a downgrade. Handing
-/// the client no binding data makes it send `n`, which every server accepts; the session is
-/// still encrypted and the server certificate verified.
+/// - `TCP_NODELAY`: tokio-xmpp leaves Nagle's algorithm on, which holds a small publish back
+///   until the previous segment is acknowledged (delayed ACK): measured 11.8 ms p50 / 96 ms p99
+///   publish→notify on loopback ejabberd against 0.7 ms for a raw client.
+/// - No channel binding: tokio-xmpp 6 implements SCRAM but not SCRAM-*-PLUS; holding TLS
+///   binding data it sends the GS2 flag `y`, which a server that offers -PLUS (ejabberd over
+///   TLS 1.3, measured) must refuse as a downgrade. Without binding data it sends `n`, which
+///   every server accepts; the session is still encrypted and the certificate verified.
 #[derive(Debug, Clone)]
-struct NoChannelBinding<C>(C);
+struct FabricConnector {
+    dns: DnsConfig,
+}
 
-impl<C: ServerConnector> ServerConnector for NoChannelBinding<C> {
-    type Stream = C::Stream;
+impl FabricConnector {
+    async fn tcp(&self) -> Result<tokio::net::TcpStream, tokio_xmpp::Error> {
+        let tcp = self.dns.resolve().await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+}
+
+fn header(jid: &Jid) -> StreamHeader<'_> {
+    StreamHeader {
+        to: Some(std::borrow::Cow::Borrowed(jid.domain().as_str())),
+        from: None,
+        id: None,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PlainConnector(FabricConnector);
+
+impl ServerConnector for PlainConnector {
+    type Stream = tokio::io::BufStream<tokio::net::TcpStream>;
 
     fn connect(
         &self,
@@ -170,15 +192,66 @@ impl<C: ServerConnector> ServerConnector for NoChannelBinding<C> {
         timeouts: Timeouts,
     ) -> impl Future<
         Output = Result<
-            (PendingFeaturesRecv<C::Stream>, sasl::common::ChannelBinding),
+            (
+                PendingFeaturesRecv<Self::Stream>,
+                sasl::common::ChannelBinding,
+            ),
             tokio_xmpp::Error,
         >,
     > + Send {
-        let inner = self.0.clone();
-        let jid = jid.clone();
+        let (c, jid) = (self.0.clone(), jid.clone());
         async move {
-            let (stream, _) = inner.connect(&jid, ns, timeouts).await?;
-            Ok((stream, sasl::common::ChannelBinding::None))
+            let tcp = tokio::io::BufStream::new(c.tcp().await?);
+            let pending =
+                tokio_xmpp::xmlstream::initiate_stream(tcp, ns, header(&jid), timeouts).await?;
+            Ok((pending, sasl::common::ChannelBinding::None))
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StartTlsConnector(FabricConnector);
+
+type TlsTcp = tokio_xmpp::connect::tls_common::TlsStream<tokio::net::TcpStream>;
+
+impl ServerConnector for StartTlsConnector {
+    type Stream = tokio::io::BufStream<TlsTcp>;
+
+    fn connect(
+        &self,
+        jid: &Jid,
+        ns: &'static str,
+        timeouts: Timeouts,
+    ) -> impl Future<
+        Output = Result<
+            (
+                PendingFeaturesRecv<Self::Stream>,
+                sasl::common::ChannelBinding,
+            ),
+            tokio_xmpp::Error,
+        >,
+    > + Send {
+        let (c, jid) = (self.0.clone(), jid.clone());
+        async move {
+            let tcp = tokio::io::BufStream::new(c.tcp().await?);
+            let pending =
+                tokio_xmpp::xmlstream::initiate_stream(tcp, ns, header(&jid), timeouts).await?;
+            let (features, stream) = pending.recv_features().await?;
+            if !features.can_starttls() {
+                return Err(tokio_xmpp::Error::Protocol(
+                    tokio_xmpp::error::ProtocolError::NoTls,
+                ));
+            }
+            let (tls, _binding) =
+                tokio_xmpp::connect::starttls::starttls(stream, jid.domain().as_str()).await?;
+            let pending = tokio_xmpp::xmlstream::initiate_stream(
+                tokio::io::BufStream::new(tls),
+                ns,
+                header(&jid),
+                timeouts,
+            )
+            .await?;
+            Ok((pending, sasl::common::ChannelBinding::None))
         }
     }
 }
@@ -372,7 +445,7 @@ impl XmppBus {
         let stream = match cfg.tls {
             TlsMode::StartTls => StanzaStream::new(
                 reconnector(
-                    NoChannelBinding(StartTlsServerConnector::from(dns)),
+                    StartTlsConnector(FabricConnector { dns }),
                     jid.clone(),
                     cfg.password.clone(),
                     timeouts,
@@ -382,7 +455,7 @@ impl XmppBus {
             ),
             TlsMode::Plaintext => StanzaStream::new(
                 reconnector(
-                    TcpServerConnector::from(dns),
+                    PlainConnector(FabricConnector { dns }),
                     jid.clone(),
                     cfg.password.clone(),
                     timeouts,
