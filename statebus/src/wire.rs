@@ -68,6 +68,12 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '\'' => out.push_str("&apos;"),
             '"' => out.push_str("&quot;"),
+            // Whitespace controls as character references: attribute-value normalisation would
+            // turn raw ones into spaces, and rxml mis-reads a raw CR before a multi-byte
+            // character (found by tests/wire_fuzz.rs).
+            '\r' => out.push_str("&#13;"),
+            '\n' => out.push_str("&#10;"),
+            '\t' => out.push_str("&#9;"),
             // Characters XML 1.0 cannot carry at all, even escaped.
             c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('\u{FFFD}'),
             '\u{FFFE}' | '\u{FFFF}' => out.push('\u{FFFD}'),
