@@ -299,21 +299,8 @@ fn find_element(buf: &str, name: &str, pick: impl Fn(&str) -> bool) -> Option<(u
     None
 }
 
-/// XML-escapes text for attributes and character data.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// XML-escapes text for attributes and character data (the fabric's own escaping).
+pub use statebus::wire::escape;
 
 /// Standard base64 with padding.
 pub fn base64(data: &[u8]) -> String {

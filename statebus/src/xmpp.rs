@@ -164,10 +164,18 @@ struct FabricConnector {
 }
 
 impl FabricConnector {
-    async fn tcp(&self) -> Result<tokio::net::TcpStream, tokio_xmpp::Error> {
+    /// TCP with `TCP_NODELAY`, and the opening stream header.
+    async fn open(
+        &self,
+        jid: &Jid,
+        ns: &'static str,
+        timeouts: Timeouts,
+    ) -> Result<PendingFeaturesRecv<tokio::io::BufStream<tokio::net::TcpStream>>, tokio_xmpp::Error>
+    {
         let tcp = self.dns.resolve().await?;
         tcp.set_nodelay(true)?;
-        Ok(tcp)
+        let tcp = tokio::io::BufStream::new(tcp);
+        Ok(tokio_xmpp::xmlstream::initiate_stream(tcp, ns, header(jid), timeouts).await?)
     }
 }
 
@@ -201,9 +209,7 @@ impl ServerConnector for PlainConnector {
     > + Send {
         let (c, jid) = (self.0.clone(), jid.clone());
         async move {
-            let tcp = tokio::io::BufStream::new(c.tcp().await?);
-            let pending =
-                tokio_xmpp::xmlstream::initiate_stream(tcp, ns, header(&jid), timeouts).await?;
+            let pending = c.open(&jid, ns, timeouts).await?;
             Ok((pending, sasl::common::ChannelBinding::None))
         }
     }
@@ -233,9 +239,7 @@ impl ServerConnector for StartTlsConnector {
     > + Send {
         let (c, jid) = (self.0.clone(), jid.clone());
         async move {
-            let tcp = tokio::io::BufStream::new(c.tcp().await?);
-            let pending =
-                tokio_xmpp::xmlstream::initiate_stream(tcp, ns, header(&jid), timeouts).await?;
+            let pending = c.open(&jid, ns, timeouts).await?;
             let (features, stream) = pending.recv_features().await?;
             if !features.can_starttls() {
                 return Err(tokio_xmpp::Error::Protocol(
