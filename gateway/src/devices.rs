@@ -1,0 +1,329 @@
+//! Devices in SQL (sqlx): SQLite by default (a file, created and migrated on first start),
+//! PostgreSQL by URL for multi-site. The gateway serves from an in-memory [`DeviceCache`] that a
+//! reloader refreshes periodically, so edits in the database take effect within one reload
+//! interval, and an unreachable database costs nothing but freshness: the last loaded cache keeps
+//! serving and the outage is logged loudly and exposed.
+
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tracing::{error, info};
+
+/// One device row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Digest username (also the AOR user part).
+    pub username: String,
+    /// Digest realm.
+    pub realm: String,
+    /// `MD5(username:realm:password)`, lowercase hex.
+    pub ha1_md5: String,
+    /// `SHA-256(username:realm:password)`, lowercase hex.
+    pub ha1_sha256: String,
+    /// Display name.
+    pub display_name: String,
+    /// Site the device belongs to.
+    pub site: String,
+    /// Extension number routed to this device, if any.
+    pub extension: Option<String>,
+    /// Simultaneous calls before the device reads BUSY.
+    pub call_limit: i64,
+}
+
+impl DeviceRecord {
+    /// A record with credentials derived from a clear-text password (stored as HA1 only).
+    pub fn with_password(username: &str, realm: &str, password: &str) -> Self {
+        DeviceRecord {
+            username: username.into(),
+            realm: realm.into(),
+            ha1_md5: ha1_md5(username, realm, password),
+            ha1_sha256: ha1_sha256(username, realm, password),
+            display_name: String::new(),
+            site: String::new(),
+            extension: None,
+            call_limit: 2,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `MD5(user:realm:password)` as lowercase hex.
+pub fn ha1_md5(user: &str, realm: &str, password: &str) -> String {
+    hex(&md5::compute(format!("{user}:{realm}:{password}")).0)
+}
+
+/// `SHA-256(user:realm:password)` as lowercase hex.
+pub fn ha1_sha256(user: &str, realm: &str, password: &str) -> String {
+    hex(&Sha256::digest(
+        format!("{user}:{realm}:{password}").as_bytes(),
+    ))
+}
+
+/// Database errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL is not `sqlite:` or `postgres:`.
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    Url(String),
+    /// Connecting, migrating or querying failed.
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The device table, behind a connection pool.
+#[derive(Debug, Clone)]
+pub struct DeviceStore {
+    pool: AnyPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl DeviceStore {
+    /// Connect (`sqlite://path/to/file.db` creates the file; `postgres://…`) and migrate.
+    pub async fn open(url: &str) -> Result<DeviceStore, DbError> {
+        sqlx::any::install_default_drivers();
+        let url = if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.contains('?') {
+                url.to_string()
+            } else {
+                format!("sqlite://{path}?mode=rwc")
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.to_string()
+        } else {
+            return Err(DbError::Url(url.to_string()));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(DeviceStore { pool })
+    }
+
+    /// Every device.
+    pub async fn load_all(&self) -> Result<Vec<DeviceRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit \
+             FROM devices ORDER BY username",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeviceRecord {
+                    username: r.try_get("username")?,
+                    realm: r.try_get("realm")?,
+                    ha1_md5: r.try_get("ha1_md5")?,
+                    ha1_sha256: r.try_get("ha1_sha256")?,
+                    display_name: r.try_get("display_name")?,
+                    site: r.try_get("site")?,
+                    extension: r.try_get("extension")?,
+                    call_limit: r.try_get("call_limit")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Insert or replace one device.
+    pub async fn upsert(&self, d: &DeviceRecord) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO devices (username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (username) DO UPDATE SET realm = excluded.realm, ha1_md5 = excluded.ha1_md5, \
+             ha1_sha256 = excluded.ha1_sha256, display_name = excluded.display_name, site = excluded.site, \
+             extension = excluded.extension, call_limit = excluded.call_limit",
+        )
+        .bind(&d.username)
+        .bind(&d.realm)
+        .bind(&d.ha1_md5)
+        .bind(&d.ha1_sha256)
+        .bind(&d.display_name)
+        .bind(&d.site)
+        .bind(&d.extension)
+        .bind(d.call_limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Close the pool (further queries fail).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    devices: HashMap<String, DeviceRecord>,
+    healthy: bool,
+    loaded_at: Option<SystemTime>,
+    last_error: Option<String>,
+}
+
+/// What the gateway serves from. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceCache {
+    inner: Arc<RwLock<CacheState>>,
+}
+
+/// The outcome of one reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// Loaded; how many devices were added, changed, removed.
+    Loaded {
+        /// new usernames
+        added: usize,
+        /// changed rows
+        changed: usize,
+        /// usernames gone
+        removed: usize,
+    },
+    /// The database failed; the previous cache is kept.
+    Failed(String),
+}
+
+impl DeviceCache {
+    /// An empty cache (unhealthy until the first successful load).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CacheState> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The device with this username.
+    pub fn get(&self, username: &str) -> Option<DeviceRecord> {
+        self.read().devices.get(username).cloned()
+    }
+
+    /// The device an extension routes to.
+    pub fn by_extension(&self, ext: &str) -> Option<DeviceRecord> {
+        self.read()
+            .devices
+            .values()
+            .find(|d| d.extension.as_deref() == Some(ext))
+            .cloned()
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.read().devices.len()
+    }
+
+    /// Whether no device is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the last reload reached the database.
+    pub fn healthy(&self) -> bool {
+        self.read().healthy
+    }
+
+    /// The last database error, while unhealthy.
+    pub fn last_error(&self) -> Option<String> {
+        self.read().last_error.clone()
+    }
+
+    /// When the cache was last loaded successfully.
+    pub fn loaded_at(&self) -> Option<SystemTime> {
+        self.read().loaded_at
+    }
+
+    /// Load everything from `store`; on failure keep serving the previous contents.
+    pub async fn reload(&self, store: &DeviceStore) -> Reload {
+        match store.load_all().await {
+            Ok(rows) => {
+                let fresh: HashMap<String, DeviceRecord> =
+                    rows.into_iter().map(|d| (d.username.clone(), d)).collect();
+                let mut st = self.inner.write().unwrap_or_else(|p| p.into_inner());
+                let added = fresh
+                    .keys()
+                    .filter(|k| !st.devices.contains_key(*k))
+                    .count();
+                let removed = st
+                    .devices
+                    .keys()
+                    .filter(|k| !fresh.contains_key(*k))
+                    .count();
+                let changed = fresh
+                    .iter()
+                    .filter(|(k, v)| st.devices.get(*k).is_some_and(|old| old != *v))
+                    .count();
+                if !st.healthy && st.loaded_at.is_some() {
+                    info!("device database reachable again");
+                }
+                st.devices = fresh;
+                st.healthy = true;
+                st.loaded_at = Some(SystemTime::now());
+                st.last_error = None;
+                Reload::Loaded {
+                    added,
+                    changed,
+                    removed,
+                }
+            }
+            Err(e) => {
+                let mut st = self.inner.write().unwrap_or_else(|p| p.into_inner());
+                if st.healthy || st.loaded_at.is_none() {
+                    error!(
+                        error = %e,
+                        devices = st.devices.len(),
+                        "DEVICE DATABASE UNREACHABLE: serving the last loaded cache until it comes back"
+                    );
+                }
+                st.healthy = false;
+                st.last_error = Some(e.to_string());
+                Reload::Failed(e.to_string())
+            }
+        }
+    }
+
+    /// Reload every `interval` until the returned handle is aborted (needs a tokio runtime).
+    pub fn spawn_reloader(
+        &self,
+        store: DeviceStore,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                cache.reload(&store).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7616 §3.9.1's credentials; expected values from coreutils md5sum/sha256sum.
+    #[test]
+    fn ha1_known_answers() {
+        assert_eq!(
+            ha1_md5("Mufasa", "http-auth@example.org", "Circle of Life"),
+            "3d78807defe7de2157e2b0b6573a855f"
+        );
+        assert_eq!(
+            ha1_sha256("Mufasa", "http-auth@example.org", "Circle of Life"),
+            "7987c64c30e25f1b74be53f966b49b90f2808aa92faf9a00262392d7b4794232"
+        );
+    }
+}
