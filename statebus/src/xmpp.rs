@@ -489,6 +489,7 @@ impl XmppBus {
             deadlines: VecDeque::new(),
             next_id: 0,
             fetches: 0,
+            last_beat: None,
             leaves: HashSet::new(),
             takeover: HashMap::new(),
             retry_at: None,
@@ -660,6 +661,8 @@ struct Worker {
     next_id: u64,
     /// Initial-fetch IQs of this generation still unanswered.
     fetches: usize,
+    /// When the last heartbeat was sent.
+    last_beat: Option<tokio::time::Instant>,
     leaves: HashSet<String>,
     /// Takeover attempts per key (see the Forbidden publish case).
     takeover: HashMap<String, u8>,
@@ -701,7 +704,13 @@ impl Worker {
                 },
                 _ = iq_deadline => self.expire_iqs(&stream).await,
                 _ = shared.wake.notified(), if self.online => self.flush(&stream).await,
-                _ = heartbeat.tick(), if self.online => self.send_heartbeat(&stream).await,
+                _ = heartbeat.tick(), if self.online => {
+                    // resync() beats on connect; don't beat twice in a row.
+                    let recent = self.last_beat.is_some_and(|t| t.elapsed() < self.cfg.heartbeat_interval / 2);
+                    if !recent {
+                        self.send_heartbeat(&stream).await;
+                    }
+                }
                 _ = expiry_sleep => {
                     let changes = shared.core.cache().expire(Instant::now());
                     for c in &changes {
@@ -1091,6 +1100,7 @@ impl Worker {
     }
 
     async fn send_heartbeat(&mut self, stream: &StanzaStream) {
+        self.last_beat = Some(tokio::time::Instant::now());
         let hb = Heartbeat {
             eid: self.cfg.eid,
             site: self.cfg.site.clone(),
