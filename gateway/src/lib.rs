@@ -3,4 +3,5 @@
 //! Protocol cores here are sans-IO: no sockets, no tokio, time passed in as `now`.
 
 pub mod devices;
+pub mod registrar;
 pub mod sip;

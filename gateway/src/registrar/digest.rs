@@ -1,0 +1,459 @@
+//! HTTP/SIP Digest arithmetic (RFC 3261 §22.4, RFC 7616, RFC 8760), the `Authorization` header
+//! parser, self-validating nonces and nonce-count replay tracking.
+//!
+//! Everything here is pure and never panics on any input.
+
+use std::collections::HashMap;
+
+use sha2::{Digest as _, Sha256};
+
+/// A digest algorithm this registrar offers (RFC 8760 tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// `SHA-256` (RFC 7616, RFC 8760). Offered first.
+    Sha256,
+    /// `MD5` (RFC 2617, RFC 3261). Offered second, for older phones.
+    Md5,
+}
+
+impl Algorithm {
+    /// The wire token: `SHA-256` or `MD5`.
+    pub fn token(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "SHA-256",
+            Algorithm::Md5 => "MD5",
+        }
+    }
+
+    /// Parses a wire token (case-insensitive). `-sess` variants are not supported.
+    pub fn from_token(token: &str) -> Option<Self> {
+        if token.eq_ignore_ascii_case("SHA-256") {
+            Some(Algorithm::Sha256)
+        } else if token.eq_ignore_ascii_case("MD5") {
+            Some(Algorithm::Md5)
+        } else {
+            None
+        }
+    }
+
+    /// Length in hex digits of a hash of this algorithm.
+    pub fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Md5 => 32,
+        }
+    }
+
+    /// `H(data)` as lowercase hex.
+    pub fn hash_hex(self, data: &[u8]) -> String {
+        match self {
+            Algorithm::Sha256 => to_hex(&Sha256::digest(data)),
+            Algorithm::Md5 => to_hex(&md5::compute(data).0),
+        }
+    }
+}
+
+/// `H(username ":" realm ":" password)`: what a credential store keeps instead of the password.
+pub fn ha1(alg: Algorithm, username: &str, realm: &str, password: &str) -> String {
+    alg.hash_hex(format!("{username}:{realm}:{password}").as_bytes())
+}
+
+/// `H(method ":" digest-uri)` for `qop=auth`.
+pub fn ha2(alg: Algorithm, method: &str, uri: &str) -> String {
+    alg.hash_hex(format!("{method}:{uri}").as_bytes())
+}
+
+/// The request-digest for `qop=auth`:
+/// `KD(HA1, nonce ":" nc ":" cnonce ":" qop ":" HA2)` with `KD(s, d) = H(s ":" d)`.
+pub fn response(
+    alg: Algorithm,
+    ha1: &str,
+    nonce: &str,
+    nc: &str,
+    cnonce: &str,
+    qop: &str,
+    ha2: &str,
+) -> String {
+    alg.hash_hex(format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}").as_bytes())
+}
+
+/// Constant-time equality (time depends only on the lengths).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    let n = a.len().max(b.len());
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// HMAC-SHA-256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let inner = inner.finalize();
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner);
+    outer.finalize().into()
+}
+
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(digit(*p.first()?)? << 4 | digit(*p.get(1)?)?))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authorization header
+// ---------------------------------------------------------------------------------------------
+
+/// The Digest credentials of one `Authorization` header field (RFC 3261 §25 `dig-resp`).
+/// Fields absent from the header are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DigestCredentials {
+    /// `username`.
+    pub username: Option<String>,
+    /// `realm`.
+    pub realm: Option<String>,
+    /// `nonce`.
+    pub nonce: Option<String>,
+    /// `uri` (digest-uri).
+    pub uri: Option<String>,
+    /// `response` (request-digest).
+    pub response: Option<String>,
+    /// `algorithm` (absent means MD5).
+    pub algorithm: Option<String>,
+    /// `cnonce`.
+    pub cnonce: Option<String>,
+    /// `opaque`.
+    pub opaque: Option<String>,
+    /// `qop` (message-qop).
+    pub qop: Option<String>,
+    /// `nc` (nonce-count, 8 hex digits).
+    pub nc: Option<String>,
+}
+
+/// Why an `Authorization` header field could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthHeaderError {
+    /// The scheme is not `Digest` (the field is not for us).
+    #[error("not a Digest authorization")]
+    NotDigest,
+    /// Syntax error.
+    #[error("malformed Digest authorization: {0}")]
+    Malformed(&'static str),
+    /// A parameter appears twice.
+    #[error("duplicate Digest parameter {0:?}")]
+    Duplicate(String),
+}
+
+/// The most parameters one header may carry (bounds the work per header).
+const MAX_AUTH_PARAMS: usize = 64;
+
+/// Parses an `Authorization` (or `Proxy-Authorization`) value: `Digest` then comma-separated
+/// `name=value` pairs in any order, names case-insensitive, values tokens or quoted strings with
+/// `\` escapes. Unknown parameters are ignored. Never panics.
+pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthHeaderError> {
+    let b = value.as_bytes();
+    let mut i = skip_lws(b, 0);
+    let start = i;
+    while i < b.len() && is_token(b[i]) {
+        i += 1;
+    }
+    let scheme = value.get(start..i).unwrap_or("");
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return Err(AuthHeaderError::NotDigest);
+    }
+    if i < b.len() && !is_lws(b[i]) {
+        return Err(AuthHeaderError::Malformed("no space after scheme"));
+    }
+    let mut creds = DigestCredentials::default();
+    let mut count = 0usize;
+    let mut first = true;
+    loop {
+        i = skip_lws(b, i);
+        if i >= b.len() {
+            break;
+        }
+        if !first {
+            if b[i] != b',' {
+                return Err(AuthHeaderError::Malformed("expected comma"));
+            }
+            i = skip_lws(b, i + 1);
+        }
+        first = false;
+        count += 1;
+        if count > MAX_AUTH_PARAMS {
+            return Err(AuthHeaderError::Malformed("too many parameters"));
+        }
+        let ns = i;
+        while i < b.len() && is_token(b[i]) {
+            i += 1;
+        }
+        if ns == i {
+            return Err(AuthHeaderError::Malformed("expected parameter name"));
+        }
+        let name = value.get(ns..i).unwrap_or("").to_ascii_lowercase();
+        i = skip_lws(b, i);
+        if b.get(i) != Some(&b'=') {
+            return Err(AuthHeaderError::Malformed("expected '='"));
+        }
+        i = skip_lws(b, i + 1);
+        let val = if b.get(i) == Some(&b'"') {
+            i += 1;
+            let mut out = Vec::new();
+            loop {
+                match b.get(i) {
+                    None => return Err(AuthHeaderError::Malformed("unterminated quoted string")),
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') => match b.get(i + 1) {
+                        Some(&c) => {
+                            out.push(c);
+                            i += 2;
+                        }
+                        None => return Err(AuthHeaderError::Malformed("dangling escape")),
+                    },
+                    Some(&c) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        } else {
+            let vs = i;
+            while i < b.len() && is_token(b[i]) {
+                i += 1;
+            }
+            if vs == i {
+                return Err(AuthHeaderError::Malformed("expected parameter value"));
+            }
+            value.get(vs..i).unwrap_or("").to_owned()
+        };
+        let slot = match name.as_str() {
+            "username" => &mut creds.username,
+            "realm" => &mut creds.realm,
+            "nonce" => &mut creds.nonce,
+            "uri" => &mut creds.uri,
+            "response" => &mut creds.response,
+            "algorithm" => &mut creds.algorithm,
+            "cnonce" => &mut creds.cnonce,
+            "opaque" => &mut creds.opaque,
+            "qop" => &mut creds.qop,
+            "nc" => &mut creds.nc,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(AuthHeaderError::Duplicate(name));
+        }
+        *slot = Some(val);
+    }
+    Ok(creds)
+}
+
+/// Quotes `s` as an RFC 3261 quoted-string.
+pub(crate) fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        if !c.is_control() {
+            out.push(c);
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn is_lws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn skip_lws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_lws(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+pub(crate) fn is_token(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nonces
+// ---------------------------------------------------------------------------------------------
+
+/// What [`check_nonce`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceStatus {
+    /// Ours and within its lifetime; issued at this unix second.
+    Fresh(u64),
+    /// Ours but older than its lifetime; issued at this unix second.
+    Expired(u64),
+    /// Not a nonce we issued (or forged).
+    Invalid,
+}
+
+const NONCE_MAC_LEN: usize = 16;
+
+/// A nonce: hex of `issued (8 bytes BE) || counter (8 bytes BE) || HMAC-SHA-256(secret, both)[..16]`.
+/// Valid without any per-nonce state.
+pub fn make_nonce(secret: &[u8], issued_unix: u64, counter: u64) -> String {
+    let mut body = [0u8; 16];
+    body[..8].copy_from_slice(&issued_unix.to_be_bytes());
+    body[8..].copy_from_slice(&counter.to_be_bytes());
+    let mac = hmac_sha256(secret, &body);
+    let mut all = body.to_vec();
+    all.extend_from_slice(&mac[..NONCE_MAC_LEN]);
+    to_hex(&all)
+}
+
+/// Checks a nonce made by [`make_nonce`] with the same secret.
+pub fn check_nonce(secret: &[u8], nonce: &str, now_unix: u64, lifetime_secs: u64) -> NonceStatus {
+    let Some(raw) = from_hex(nonce) else {
+        return NonceStatus::Invalid;
+    };
+    if raw.len() != 16 + NONCE_MAC_LEN {
+        return NonceStatus::Invalid;
+    }
+    let (body, mac) = raw.split_at(16);
+    let expect = hmac_sha256(secret, body);
+    if !ct_eq(mac, &expect[..NONCE_MAC_LEN]) {
+        return NonceStatus::Invalid;
+    }
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&body[..8]);
+    let issued = u64::from_be_bytes(ts);
+    if now_unix > issued.saturating_add(lifetime_secs) {
+        NonceStatus::Expired(issued)
+    } else {
+        NonceStatus::Fresh(issued)
+    }
+}
+
+/// The `opaque` value that goes with a nonce (so it need not be stored either).
+pub fn opaque_for(secret: &[u8], nonce: &str) -> String {
+    let mut msg = b"opaque:".to_vec();
+    msg.extend_from_slice(nonce.as_bytes());
+    to_hex(&hmac_sha256(secret, &msg)[..12])
+}
+
+/// Why [`NonceCounts::record`] refused a nonce-count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NcError {
+    /// Not higher than the highest count seen for this nonce: a replay.
+    Replay,
+    /// The nonce is older than what the bounded table still remembers; the client must get a
+    /// new one (answer `stale=true`).
+    Forgotten,
+}
+
+/// Highest nonce-count seen per nonce, in a bounded table.
+///
+/// When the table is full, the entry with the oldest nonce is dropped and every nonce issued
+/// no later than it is from then on treated as stale ([`NcError::Forgotten`]): forgetting a
+/// nonce never re-opens it to replays.
+#[derive(Debug, Clone)]
+pub struct NonceCounts {
+    map: HashMap<String, (u64, u32)>,
+    cap: usize,
+    floor: u64,
+}
+
+impl NonceCounts {
+    /// A table holding at most `cap` nonces (at least 1).
+    pub fn new(cap: usize) -> Self {
+        NonceCounts {
+            map: HashMap::new(),
+            cap: cap.max(1),
+            floor: 0,
+        }
+    }
+
+    /// Number of nonces tracked.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no nonce is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Accepts `nc` for `nonce` (issued at `issued`) if it is higher than any seen before.
+    pub fn record(&mut self, nonce: &str, issued: u64, nc: u32) -> Result<(), NcError> {
+        if issued < self.floor {
+            return Err(NcError::Forgotten);
+        }
+        if let Some(entry) = self.map.get_mut(nonce) {
+            if nc <= entry.1 {
+                return Err(NcError::Replay);
+            }
+            entry.1 = nc;
+            return Ok(());
+        }
+        if self.map.len() >= self.cap {
+            let oldest = self
+                .map
+                .iter()
+                .min_by_key(|(_, (ts, _))| *ts)
+                .map(|(k, (ts, _))| (k.clone(), *ts));
+            if let Some((key, ts)) = oldest {
+                self.map.remove(&key);
+                self.floor = self.floor.max(ts.saturating_add(1));
+            }
+            if issued < self.floor {
+                return Err(NcError::Forgotten);
+            }
+        }
+        self.map.insert(nonce.to_owned(), (issued, nc));
+        Ok(())
+    }
+
+    /// Treats every nonce issued before `unix_secs` as forgotten (stale) from now on.
+    pub fn forget_before(&mut self, unix_secs: u64) {
+        self.floor = self.floor.max(unix_secs);
+        let floor = self.floor;
+        self.map.retain(|_, (ts, _)| *ts >= floor);
+    }
+
+    /// Drops nonces issued before `before` (they are expired anyway).
+    pub fn prune(&mut self, before: u64) {
+        self.map.retain(|_, (ts, _)| *ts >= before);
+    }
+}

@@ -1,0 +1,415 @@
+//! The location service (RFC 3261 §10.3): bindings per address-of-record, and the small
+//! grammar pieces REGISTER processing needs (name-addr / addr-spec, Contact lists, AOR
+//! canonical form). Never panics on any input.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+/// One contact binding of an address-of-record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding<S> {
+    /// The contact URI as the phone sent it (without `<>`).
+    pub uri: String,
+    /// Contact parameters other than `expires`, as sent (`;q=0.5;+sip.instance="…"`), echoed in
+    /// the 200 OK.
+    pub params: String,
+    /// When the binding lapses.
+    pub expires_at: SystemTime,
+    /// Call-ID of the REGISTER that last refreshed it.
+    pub call_id: String,
+    /// CSeq number of the REGISTER that last refreshed it.
+    pub cseq: u32,
+    /// Where that REGISTER came from (source address and transport): where to reach the phone
+    /// behind a NAT.
+    pub source: S,
+    pub(crate) key: String,
+}
+
+impl<S> Binding<S> {
+    /// Seconds left at `now` (0 once lapsed), rounded up.
+    pub fn remaining(&self, now: SystemTime) -> u32 {
+        match self.expires_at.duration_since(now) {
+            Ok(d) => {
+                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                u32::try_from(secs).unwrap_or(u32::MAX)
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// The value of a `Contact` header field listing this binding at `now`.
+    pub fn contact_value(&self, now: SystemTime) -> String {
+        format!(
+            "<{}>{};expires={}",
+            self.uri,
+            self.params,
+            self.remaining(now)
+        )
+    }
+}
+
+/// All bindings, by canonical address-of-record.
+#[derive(Debug, Clone)]
+pub struct Location<S> {
+    aors: HashMap<String, Vec<Binding<S>>>,
+}
+
+impl<S> Default for Location<S> {
+    fn default() -> Self {
+        Location {
+            aors: HashMap::new(),
+        }
+    }
+}
+
+impl<S> Location<S> {
+    /// Bindings of a canonical AOR (empty if none).
+    pub fn get(&self, aor: &str) -> &[Binding<S>] {
+        self.aors.get(aor).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Replaces the bindings of `aor`; an empty list removes the AOR.
+    pub fn set(&mut self, aor: &str, bindings: Vec<Binding<S>>) {
+        if bindings.is_empty() {
+            self.aors.remove(aor);
+        } else {
+            self.aors.insert(aor.to_owned(), bindings);
+        }
+    }
+
+    /// Removes lapsed bindings of one AOR; true if that removed its last binding.
+    pub fn expire_aor(&mut self, aor: &str, now: SystemTime) -> bool {
+        let Some(list) = self.aors.get_mut(aor) else {
+            return false;
+        };
+        list.retain(|b| b.expires_at > now);
+        if list.is_empty() {
+            self.aors.remove(aor);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Removes all lapsed bindings; returns the AORs (sorted) that lost their last binding.
+    pub fn expire(&mut self, now: SystemTime) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.aors.retain(|aor, list| {
+            list.retain(|b| b.expires_at > now);
+            if list.is_empty() {
+                gone.push(aor.clone());
+                false
+            } else {
+                true
+            }
+        });
+        gone.sort();
+        gone
+    }
+
+    /// The earliest binding expiry, for the caller's timer.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        self.aors.values().flatten().map(|b| b.expires_at).min()
+    }
+
+    /// Registered AORs (canonical form), unsorted.
+    pub fn aors(&self) -> impl Iterator<Item = &str> {
+        self.aors.keys().map(String::as_str)
+    }
+}
+
+/// A contact of a REGISTER request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ContactSpec {
+    /// `*`.
+    Star,
+    /// A URI with its parameters.
+    Uri {
+        uri: String,
+        /// Parameters other than expires, raw (each starting with `;`).
+        params: String,
+        /// The `expires` parameter.
+        expires: Option<u32>,
+    },
+}
+
+/// Splits a header value at top-level commas (outside quotes and `<…>`).
+pub(crate) fn split_list(value: &str) -> Result<Vec<&str>, &'static str> {
+    let mut out = Vec::new();
+    let (mut in_quote, mut in_angle, mut escaped) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        if in_quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quote = false;
+            }
+            continue;
+        }
+        match c {
+            '"' if !in_angle => in_quote = true,
+            '<' if !in_angle => in_angle = true,
+            '>' if in_angle => in_angle = false,
+            ',' if !in_angle => {
+                out.push(value.get(start..i).unwrap_or("").trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if in_quote || in_angle {
+        return Err("unbalanced quotes or angle brackets");
+    }
+    out.push(value.get(start..).unwrap_or("").trim());
+    Ok(out)
+}
+
+/// Splits one name-addr / addr-spec (with parameters) into the URI and the parameter string.
+pub(crate) fn split_name_addr(value: &str) -> Result<(&str, &str), &'static str> {
+    let v = value.trim();
+    let mut in_quote = false;
+    let mut escaped = false;
+    let mut lt = None;
+    for (i, c) in v.char_indices() {
+        if in_quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quote = false;
+            }
+            continue;
+        }
+        if c == '"' {
+            in_quote = true;
+        } else if c == '<' {
+            lt = Some(i);
+            break;
+        }
+    }
+    let (uri, rest) = match lt {
+        Some(lt) => {
+            let after = v.get(lt + 1..).unwrap_or("");
+            let gt = after.find('>').ok_or("missing '>'")?;
+            (
+                after.get(..gt).unwrap_or("").trim(),
+                after.get(gt + 1..).unwrap_or("").trim(),
+            )
+        }
+        None => {
+            if in_quote || v.starts_with('"') {
+                return Err("display name without <URI>");
+            }
+            match v.find(';') {
+                Some(p) => (
+                    v.get(..p).unwrap_or("").trim(),
+                    v.get(p..).unwrap_or("").trim(),
+                ),
+                None => (v, ""),
+            }
+        }
+    };
+    let scheme_ok = uri
+        .split_once(':')
+        .is_some_and(|(s, r)| !s.is_empty() && !r.is_empty() && s.bytes().all(is_scheme));
+    if !scheme_ok || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("bad URI");
+    }
+    if !rest.is_empty() && !rest.starts_with(';') {
+        return Err("junk after URI");
+    }
+    Ok((uri, rest))
+}
+
+fn is_scheme(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')
+}
+
+/// Parses a parameter list `;a=b;c;d="x"` into (name, value) pairs, values unquoted.
+fn params(rest: &str) -> Result<Vec<(&str, Option<&str>)>, &'static str> {
+    let mut out = Vec::new();
+    let b = rest.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b';' {
+            return Err("expected ';'");
+        }
+        i += 1;
+        let start = i;
+        let mut in_quote = false;
+        let mut escaped = false;
+        while i < b.len() {
+            let c = b[i];
+            if in_quote {
+                if escaped {
+                    escaped = false;
+                } else if c == b'\\' {
+                    escaped = true;
+                } else if c == b'"' {
+                    in_quote = false;
+                }
+            } else if c == b'"' {
+                in_quote = true;
+            } else if c == b';' {
+                break;
+            }
+            i += 1;
+        }
+        if in_quote {
+            return Err("unterminated quoted parameter");
+        }
+        let p = rest.get(start..i).unwrap_or("").trim();
+        let (name, value) = match p.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (p, None),
+        };
+        if name.is_empty() {
+            return Err("empty parameter name");
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// delta-seconds: digits, saturating at `u32::MAX` (RFC 3261 §10.2.1 allows huge values).
+pub(crate) fn delta_seconds(s: &str) -> Option<u32> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let mut v: u32 = 0;
+    for c in s.bytes() {
+        v = v.saturating_mul(10).saturating_add(u32::from(c - b'0'));
+    }
+    Some(v)
+}
+
+/// Parses the Contact header values of a request.
+pub(crate) fn parse_contacts<'a>(
+    values: impl Iterator<Item = &'a str>,
+) -> Result<Vec<ContactSpec>, &'static str> {
+    let mut out = Vec::new();
+    for value in values {
+        for item in split_list(value)? {
+            if item == "*" {
+                out.push(ContactSpec::Star);
+                continue;
+            }
+            if item.is_empty() {
+                return Err("empty contact");
+            }
+            let (uri, rest) = split_name_addr(item)?;
+            let mut kept = String::new();
+            let mut expires = None;
+            for (name, value) in params(rest)? {
+                if name.eq_ignore_ascii_case("expires") {
+                    if expires.is_some() {
+                        return Err("duplicate expires parameter");
+                    }
+                    expires = Some(
+                        value
+                            .and_then(delta_seconds)
+                            .ok_or("bad expires parameter")?,
+                    );
+                } else {
+                    kept.push(';');
+                    kept.push_str(name);
+                    if let Some(v) = value {
+                        kept.push('=');
+                        if v.bytes().all(crate::registrar::digest::is_token) {
+                            kept.push_str(v);
+                        } else {
+                            kept.push_str(&crate::registrar::digest::quote(v));
+                        }
+                    }
+                }
+            }
+            out.push(ContactSpec::Uri {
+                uri: uri.to_owned(),
+                params: kept,
+                expires,
+            });
+            if out.len() > 256 {
+                return Err("too many contacts");
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The canonical form of an address-of-record (RFC 3261 §10.3 step 5): scheme and host in lower
+/// case, the user part unescaped, password, URI parameters and headers removed; the port kept.
+/// Accepts a bare URI or a name-addr.
+pub fn canonical_aor(value: &str) -> Option<String> {
+    let (uri, _) = split_name_addr(value).ok()?;
+    let (scheme, rest) = uri.split_once(':')?;
+    let rest = rest.split([';', '?']).next().unwrap_or("");
+    let (user, hostport) = match rest.rsplit_once('@') {
+        Some((userinfo, hp)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            (Some(unescape(user)), hp)
+        }
+        None => (None, rest),
+    };
+    if hostport.is_empty() {
+        return None;
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let hostport = hostport.to_ascii_lowercase();
+    Some(match user {
+        Some(u) if !u.is_empty() => format!("{scheme}:{u}@{hostport}"),
+        _ => format!("{scheme}:{hostport}"),
+    })
+}
+
+/// The comparison key of a contact URI (a simplification of RFC 3261 §19.1.4): scheme, host,
+/// port and parameters compared case-insensitively, the user part unescaped and case-sensitive.
+pub(crate) fn contact_key(uri: &str) -> String {
+    match uri.split_once(':') {
+        Some((scheme, rest)) => {
+            let (user, host) = match rest.rsplit_once('@') {
+                Some((u, h)) => (format!("{}@", unescape(u)), h),
+                None => (String::new(), rest),
+            };
+            format!(
+                "{}:{}{}",
+                scheme.to_ascii_lowercase(),
+                user,
+                unescape(host).to_ascii_lowercase()
+            )
+        }
+        None => uri.to_ascii_lowercase(),
+    }
+}
+
+/// `now + secs`, saturating instead of overflowing.
+pub(crate) fn add_secs(now: SystemTime, secs: u32) -> SystemTime {
+    now.checked_add(Duration::from_secs(u64::from(secs)))
+        .unwrap_or(now)
+}

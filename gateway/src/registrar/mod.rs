@@ -1,0 +1,500 @@
+//! Sans-IO registrar (RFC 3261 §10.3) with Digest authentication (RFC 3261 §22, RFC 7616,
+//! RFC 8760).
+//!
+//! The caller hands every REGISTER (already parsed and checked by
+//! [`crate::sip::message::validate_request`]) to [`Registrar::handle_request`] together with
+//! where it came from and the current time, and sends the returned response through the
+//! transaction layer. It calls [`Registrar::expire`] when [`Registrar::next_expiry`] is due and
+//! drains [`Registrar::poll_event`] to publish device state. No sockets, no clock, no panics.
+//!
+//! **Authentication.** A request without usable credentials gets a 401 with two
+//! `WWW-Authenticate` fields, `algorithm=SHA-256` first and `algorithm=MD5` second, both
+//! `qop="auth"`, sharing one nonce. The nonce is `issued‖counter‖HMAC-SHA-256(secret, …)`, so its
+//! validity needs no state; `opaque` is an HMAC of the nonce. The credential store keeps HA1 per
+//! algorithm ([`UserRecord`]). An unknown user costs the same work as a known one (a dummy HA1
+//! is always computed) and gets exactly the answer a wrong password gets: 401 with a fresh
+//! challenge. `stale=true` is sent only when the digest is right but the nonce has expired (or
+//! was forgotten by the bounded nonce-count table). A nonce-count not higher than the last one
+//! accepted for that nonce is a replay: 401 with a fresh challenge. Malformed credentials for
+//! our realm (syntax, missing `username`/`nonce`/`uri`/`response`/`cnonce`/`nc`, `qop` other than
+//! `auth`, an algorithm we did not offer) get 400 (RFC 2617 §3.2.2). The authenticated user may
+//! register only its own AOR (else 403).
+//!
+//! **Simplifications.** The digest-uri is not compared with the Request-URI (it is covered by
+//! the response hash); contact URIs are compared by a normalised string, not the full §19.1.4
+//! rules; `-sess` algorithms, `auth-int` and `userhash` are not offered.
+
+pub mod credentials;
+pub mod digest;
+pub mod location;
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rsip::headers::UntypedHeader;
+
+use crate::sip::message::{response_for, Header, Method, Request, Response};
+
+pub use credentials::{Credentials, MemoryCredentials, UserRecord};
+pub use digest::Algorithm;
+pub use location::{canonical_aor, Binding, Location};
+
+use digest::{DigestCredentials, NcError, NonceCounts, NonceStatus};
+use location::ContactSpec;
+
+/// Registrar settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Digest realm (usually the SIP domain).
+    pub realm: String,
+    /// The server secret nonces and opaques are keyed with (at least 16 random bytes; the
+    /// same on every node that must accept the others' nonces).
+    pub secret: Vec<u8>,
+    /// How long a nonce stays fresh.
+    pub nonce_lifetime: Duration,
+    /// Expiry granted when the request names none, in seconds.
+    pub default_expires: u32,
+    /// Shortest expiry accepted (shorter non-zero requests get 423), in seconds.
+    pub min_expires: u32,
+    /// Longest expiry granted (longer requests are cut down), in seconds.
+    pub max_expires: u32,
+    /// Most bindings per AOR (more are refused with 403).
+    pub max_bindings_per_aor: usize,
+    /// Most nonces whose nonce-count is tracked.
+    pub max_tracked_nonces: usize,
+}
+
+impl Config {
+    /// Defaults: nonce lifetime 300 s, expiry 3600 s (min 60, max 7200), 10 bindings per AOR,
+    /// 4096 tracked nonces.
+    pub fn new(realm: &str, secret: &[u8]) -> Self {
+        Config {
+            realm: realm.to_owned(),
+            secret: secret.to_vec(),
+            nonce_lifetime: Duration::from_secs(300),
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 7200,
+            max_bindings_per_aor: 10,
+            max_tracked_nonces: 4096,
+        }
+    }
+}
+
+/// Device-state news for the gateway to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrarEvent {
+    /// The AOR got its first binding.
+    Registered {
+        /// Canonical AOR.
+        aor: String,
+    },
+    /// The AOR lost its last binding (unregistered or expired).
+    Unregistered {
+        /// Canonical AOR.
+        aor: String,
+    },
+}
+
+/// The registrar: authentication, location service, events. `C` is the credential store, `S`
+/// what the caller records as a binding's source (e.g. `(SocketAddr, Transport)`).
+#[derive(Debug)]
+pub struct Registrar<C, S> {
+    config: Config,
+    credentials: C,
+    location: Location<S>,
+    nonce_counts: NonceCounts,
+    nonce_counter: u64,
+    events: VecDeque<RegistrarEvent>,
+}
+
+/// Outcome of authenticating a request.
+enum Auth {
+    Ok(UserRecord),
+    Reply(Response),
+}
+
+impl<C: Credentials, S: Clone> Registrar<C, S> {
+    /// A registrar with no bindings.
+    pub fn new(config: Config, credentials: C) -> Self {
+        let nonce_counts = NonceCounts::new(config.max_tracked_nonces);
+        Registrar {
+            config,
+            credentials,
+            location: Location::default(),
+            nonce_counts,
+            nonce_counter: 0,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Refuses (with `stale=true`) every nonce issued before `now`. Call it once at start-up:
+    /// nonce-counts live in memory only, so nonces issued before a restart (with the same
+    /// secret) could otherwise be replayed until they expire.
+    pub fn reject_nonces_issued_before(&mut self, now: SystemTime) {
+        self.nonce_counts.forget_before(unix(now));
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The credential store.
+    pub fn credentials(&self) -> &C {
+        &self.credentials
+    }
+
+    /// The credential store, to provision users.
+    pub fn credentials_mut(&mut self) -> &mut C {
+        &mut self.credentials
+    }
+
+    /// The location service (read-only).
+    pub fn location(&self) -> &Location<S> {
+        &self.location
+    }
+
+    /// Whether `aor` (any form [`canonical_aor`] accepts) has a binding.
+    pub fn is_registered(&self, aor: &str) -> bool {
+        !self.contacts(aor).is_empty()
+    }
+
+    /// The bindings of `aor` (any form [`canonical_aor`] accepts). Bindings that lapsed since
+    /// the last [`Registrar::expire`] are still listed; check [`Binding::expires_at`].
+    pub fn contacts(&self, aor: &str) -> &[Binding<S>] {
+        match canonical_aor(aor) {
+            Some(aor) => self.location.get(&aor),
+            None => &[],
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<RegistrarEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Registrar::expire`] should next be called.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        self.location.next_expiry()
+    }
+
+    /// Removes bindings lapsed at `now` and forgets expired nonces; returns the AORs whose last
+    /// binding went away (each also queued as [`RegistrarEvent::Unregistered`]).
+    pub fn expire(&mut self, now: SystemTime) -> Vec<String> {
+        let gone = self.location.expire(now);
+        for aor in &gone {
+            self.events
+                .push_back(RegistrarEvent::Unregistered { aor: aor.clone() });
+        }
+        let before = unix(now).saturating_sub(self.config.nonce_lifetime.as_secs());
+        self.nonce_counts.prune(before);
+        gone
+    }
+
+    /// Handles one request (a REGISTER; anything else gets 405) from `source` at `now` and
+    /// returns the final response to send.
+    pub fn handle_request(&mut self, req: &Request, source: S, now: SystemTime) -> Response {
+        if req.method != Method::Register {
+            return with_headers(
+                response_for(req, 405, "Method Not Allowed"),
+                vec![Header::Allow(rsip::headers::Allow::new("REGISTER"))],
+            );
+        }
+        let (Some(call_id), Some(cseq), Some(to)) = (
+            first_value(req, |h| match h {
+                Header::CallId(v) => Some(v.value()),
+                _ => None,
+            }),
+            first_value(req, |h| match h {
+                Header::CSeq(v) => Some(v.value()),
+                _ => None,
+            })
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok()),
+            first_value(req, |h| match h {
+                Header::To(v) => Some(v.value()),
+                _ => None,
+            }),
+        ) else {
+            return response_for(req, 400, "Bad Request");
+        };
+        let call_id = call_id.trim().to_owned();
+        let Some(aor) = canonical_aor(to) else {
+            return response_for(req, 400, "Bad Request");
+        };
+        let user = match self.authenticate(req, now) {
+            Auth::Ok(user) => user,
+            Auth::Reply(r) => return r,
+        };
+        if canonical_aor(&user.aor).as_deref() != Some(aor.as_str()) {
+            return response_for(req, 403, "Forbidden");
+        }
+        self.register(req, &aor, &call_id, cseq, source, now)
+    }
+
+    /// A 401 with a fresh challenge for `req` (SHA-256 then MD5).
+    pub fn challenge(&mut self, req: &Request, now: SystemTime, stale: bool) -> Response {
+        self.nonce_counter = self.nonce_counter.wrapping_add(1);
+        let nonce = digest::make_nonce(&self.config.secret, unix(now), self.nonce_counter);
+        let opaque = digest::opaque_for(&self.config.secret, &nonce);
+        let realm = digest::quote(&self.config.realm);
+        let stale = if stale { ", stale=true" } else { "" };
+        let headers = [Algorithm::Sha256, Algorithm::Md5]
+            .into_iter()
+            .map(|alg| {
+                Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(format!(
+                    "Digest realm={realm}, qop=\"auth\", algorithm={}, nonce=\"{nonce}\", \
+                     opaque=\"{opaque}\"{stale}",
+                    alg.token()
+                )))
+            })
+            .collect();
+        with_headers(response_for(req, 401, "Unauthorized"), headers)
+    }
+
+    fn authenticate(&mut self, req: &Request, now: SystemTime) -> Auth {
+        // The Authorization field for our realm, if any.
+        let mut malformed = false;
+        let mut ours: Option<DigestCredentials> = None;
+        for h in req.headers.iter() {
+            let Header::Authorization(a) = h else {
+                continue;
+            };
+            match digest::parse_authorization(a.value()) {
+                Ok(c) => {
+                    if c.realm.as_deref() == Some(self.config.realm.as_str()) {
+                        if ours.is_some() {
+                            malformed = true;
+                        }
+                        ours = Some(c);
+                    } else if c.realm.is_none() {
+                        malformed = true;
+                    }
+                }
+                Err(digest::AuthHeaderError::NotDigest) => {}
+                Err(_) => malformed = true,
+            }
+        }
+        if malformed {
+            return Auth::Reply(response_for(req, 400, "Bad Request"));
+        }
+        let Some(c) = ours else {
+            return Auth::Reply(self.challenge(req, now, false));
+        };
+        let (Some(username), Some(nonce), Some(uri), Some(resp), Some(cnonce), Some(nc), Some(qop)) = (
+            c.username.as_deref(),
+            c.nonce.as_deref(),
+            c.uri.as_deref(),
+            c.response.as_deref(),
+            c.cnonce.as_deref(),
+            c.nc.as_deref(),
+            c.qop.as_deref(),
+        ) else {
+            return Auth::Reply(response_for(req, 400, "Bad Request"));
+        };
+        let alg = match c.algorithm.as_deref() {
+            None => Some(Algorithm::Md5),
+            Some(t) => Algorithm::from_token(t),
+        };
+        let nc_value = (nc.len() == 8 && nc.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u32::from_str_radix(nc, 16).ok())
+            .flatten();
+        let (Some(alg), Some(nc_value), true) = (alg, nc_value, qop.eq_ignore_ascii_case("auth"))
+        else {
+            return Auth::Reply(response_for(req, 400, "Bad Request"));
+        };
+
+        let secret = &self.config.secret;
+        let lifetime = self.config.nonce_lifetime.as_secs();
+        let status = digest::check_nonce(secret, nonce, unix(now), lifetime);
+        let issued = match status {
+            NonceStatus::Invalid => return Auth::Reply(self.challenge(req, now, false)),
+            NonceStatus::Fresh(t) | NonceStatus::Expired(t) => t,
+        };
+
+        // Same work whether or not the user exists: a dummy HA1 is always computed.
+        let record = self.credentials.lookup(username, &self.config.realm);
+        let dummy = digest::ha1(alg, username, &self.config.realm, "");
+        let (known, ha1) = match &record {
+            Some(r) if r.ha1(alg).len() == alg.hex_len() => (true, r.ha1(alg).to_ascii_lowercase()),
+            _ => (false, dummy),
+        };
+        let ha2 = digest::ha2(alg, req.method.to_string().as_str(), uri);
+        let expected = digest::response(alg, &ha1, nonce, nc, cnonce, qop, &ha2);
+        let digest_ok = digest::ct_eq(expected.as_bytes(), resp.to_ascii_lowercase().as_bytes());
+        let opaque_ok = match c.opaque.as_deref() {
+            None => true,
+            Some(o) => digest::ct_eq(o.as_bytes(), digest::opaque_for(secret, nonce).as_bytes()),
+        };
+        let record = match record {
+            Some(r) if digest_ok & opaque_ok & known => r,
+            _ => return Auth::Reply(self.challenge(req, now, false)),
+        };
+        if matches!(status, NonceStatus::Expired(_)) {
+            return Auth::Reply(self.challenge(req, now, true));
+        }
+        match self.nonce_counts.record(nonce, issued, nc_value) {
+            Ok(()) => Auth::Ok(record),
+            Err(NcError::Forgotten) => Auth::Reply(self.challenge(req, now, true)),
+            Err(NcError::Replay) => Auth::Reply(self.challenge(req, now, false)),
+        }
+    }
+
+    fn register(
+        &mut self,
+        req: &Request,
+        aor: &str,
+        call_id: &str,
+        cseq: u32,
+        source: S,
+        now: SystemTime,
+    ) -> Response {
+        let expires_header = match first_value(req, |h| match h {
+            Header::Expires(v) => Some(v.value()),
+            _ => None,
+        }) {
+            None => None,
+            Some(v) => match location::delta_seconds(v) {
+                Some(n) => Some(n),
+                None => return response_for(req, 400, "Bad Request"),
+            },
+        };
+        let contact_values = req.headers.iter().filter_map(|h| match h {
+            Header::Contact(c) => Some(c.value()),
+            _ => None,
+        });
+        let Ok(contacts) = location::parse_contacts(contact_values) else {
+            return response_for(req, 400, "Bad Request");
+        };
+
+        // Bindings that lapsed before this request are gone first.
+        if self.location.expire_aor(aor, now) {
+            self.events.push_back(RegistrarEvent::Unregistered {
+                aor: aor.to_owned(),
+            });
+        }
+        let had_bindings = !self.location.get(aor).is_empty();
+        let mut bindings: Vec<Binding<S>> = self.location.get(aor).to_vec();
+
+        if contacts.contains(&ContactSpec::Star) {
+            if contacts.len() != 1 || expires_header != Some(0) {
+                return response_for(req, 400, "Bad Request");
+            }
+            // §10.3 step 6: an equal Call-ID with a CSeq not higher aborts the whole request.
+            if bindings
+                .iter()
+                .any(|b| b.call_id == call_id && cseq <= b.cseq)
+            {
+                return response_for(req, 500, "Server Internal Error");
+            }
+            bindings.clear();
+        } else {
+            // Requested expiries, checked before anything changes (all or nothing).
+            let mut wanted = Vec::with_capacity(contacts.len());
+            for c in contacts {
+                let ContactSpec::Uri {
+                    uri,
+                    params,
+                    expires,
+                } = c
+                else {
+                    continue;
+                };
+                let e = expires
+                    .or(expires_header)
+                    .unwrap_or(self.config.default_expires);
+                if e > 0 && e < self.config.min_expires {
+                    return with_headers(
+                        response_for(req, 423, "Interval Too Brief"),
+                        vec![Header::MinExpires(rsip::headers::MinExpires::new(
+                            self.config.min_expires.to_string(),
+                        ))],
+                    );
+                }
+                wanted.push((uri, params, e.min(self.config.max_expires)));
+            }
+            for (uri, params, e) in wanted {
+                let key = location::contact_key(&uri);
+                match bindings.iter().position(|b| b.key == key) {
+                    Some(i) => {
+                        let Some(b) = bindings.get_mut(i) else {
+                            continue;
+                        };
+                        if b.call_id == call_id && cseq <= b.cseq {
+                            return response_for(req, 500, "Server Internal Error");
+                        }
+                        if e == 0 {
+                            bindings.remove(i);
+                        } else {
+                            b.uri = uri;
+                            b.params = params;
+                            b.expires_at = location::add_secs(now, e);
+                            b.call_id = call_id.to_owned();
+                            b.cseq = cseq;
+                            b.source = source.clone();
+                        }
+                    }
+                    None if e == 0 => {}
+                    None => {
+                        if bindings.len() >= self.config.max_bindings_per_aor {
+                            return response_for(req, 403, "Forbidden");
+                        }
+                        bindings.push(Binding {
+                            uri,
+                            params,
+                            expires_at: location::add_secs(now, e),
+                            call_id: call_id.to_owned(),
+                            cseq,
+                            source: source.clone(),
+                            key,
+                        });
+                    }
+                }
+            }
+        }
+
+        let has_bindings = !bindings.is_empty();
+        let listed: Vec<Header> = bindings
+            .iter()
+            .map(|b| Header::Contact(rsip::headers::Contact::new(b.contact_value(now))))
+            .collect();
+        self.location.set(aor, bindings);
+        match (had_bindings, has_bindings) {
+            (false, true) => self.events.push_back(RegistrarEvent::Registered {
+                aor: aor.to_owned(),
+            }),
+            (true, false) => self.events.push_back(RegistrarEvent::Unregistered {
+                aor: aor.to_owned(),
+            }),
+            _ => {}
+        }
+        with_headers(response_for(req, 200, "OK"), listed)
+    }
+}
+
+fn unix(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn first_value<'a>(
+    req: &'a Request,
+    pick: impl Fn(&'a Header) -> Option<&'a str>,
+) -> Option<&'a str> {
+    req.headers.iter().find_map(pick)
+}
+
+/// Inserts `extra` before the final `Content-Length` of a response built by `response_for`.
+fn with_headers(mut resp: Response, extra: Vec<Header>) -> Response {
+    let mut headers: Vec<Header> = resp.headers.iter().cloned().collect();
+    let tail = match headers.last() {
+        Some(Header::ContentLength(_)) => headers.pop(),
+        _ => None,
+    };
+    headers.extend(extra);
+    headers.extend(tail);
+    resp.headers = headers.into();
+    resp
+}
