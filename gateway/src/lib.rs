@@ -1,7 +1,10 @@
 //! The site gateway: SIP to phones, trunks and other sites.
 //!
-//! Protocol cores here are sans-IO: no sockets, no tokio, time passed in as `now`.
+//! Protocol cores here are sans-IO: no sockets, no tokio, time passed in as `now`
+//! (`sip::message`, `sip::transaction`, `registrar`, `transport::framing`, `transport::via`).
+//! The I/O lives at the edges: `transport` (tokio UDP/TCP listeners) and `devices` (sqlx).
 
 pub mod devices;
 pub mod registrar;
 pub mod sip;
+pub mod transport;

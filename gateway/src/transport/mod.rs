@@ -1,0 +1,505 @@
+//! SIP transports: UDP and TCP listeners on tokio (RFC 3261 §18), on top of the sans-IO
+//! [`framing`] (stream decoder, keep-alive) and [`via`] (`received`/`rport`, response routing).
+//!
+//! [`Transports::bind`] opens every configured listener and returns one handle plus one
+//! [`mpsc::Receiver`] of [`TransportEvent`]s for all of them:
+//!
+//! * a parsed message ([`Incoming`]); requests already carry `received`/`rport` in their top
+//!   Via ([`via::stamp_received`]);
+//! * a message that did not parse or frame ([`BadMessage`]), with the ready-made `400`/`501`/
+//!   `505`/`513` when it was an answerable request; answering is the caller's decision.
+//!
+//! A parse error costs one datagram (UDP) or one message (TCP; the stream resynchronises, see
+//! [`framing`], so a connection is never closed for bad input). UDP datagrams over the size
+//! limit are dropped and counted ([`Stats`]). TCP connections, accepted or opened by
+//! [`Transports::send`], are kept in a table by peer address so that responses and requests to
+//! a phone behind NAT reuse the connection it opened; a connection idle (nothing read or
+//! written) for [`TransportConfig::tcp_idle_timeout`] is closed. Dropping the last
+//! [`Transports`] handle stops every task and closes every socket.
+
+pub mod framing;
+mod tcp;
+mod udp;
+pub mod via;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::sip::message::{self, response_for, ParseError, Response, SipMessage, MAX_MESSAGE_SIZE};
+use framing::FramingError;
+
+/// Identifies one TCP connection for the lifetime of a [`Transports`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tcp#{}", self.0)
+    }
+}
+
+/// The transport a message came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A UDP datagram.
+    Udp,
+    /// A TCP connection.
+    Tcp(ConnectionId),
+}
+
+impl Transport {
+    /// Whether the transport is reliable (§18.2.2: respond on the same connection).
+    pub fn is_reliable(&self) -> bool {
+        matches!(self, Transport::Tcp(_))
+    }
+}
+
+/// A parsed message from the network.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The message (a request's top Via stamped with `received`/`rport`).
+    pub message: SipMessage,
+    /// Who sent it.
+    pub source: SocketAddr,
+    /// How it came.
+    pub transport: Transport,
+    /// The local address it arrived at.
+    pub local: SocketAddr,
+}
+
+/// Why a message was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadMessageError {
+    /// [`message::parse`] refused it.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The stream framing dropped it.
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+}
+
+/// A message that could not be delivered.
+#[derive(Debug, Clone)]
+pub struct BadMessage {
+    /// Who sent it.
+    pub source: SocketAddr,
+    /// How it came.
+    pub transport: Transport,
+    /// The local address it arrived at.
+    pub local: SocketAddr,
+    /// What was wrong.
+    pub error: BadMessageError,
+    /// The response to send when it was an answerable request (its Via already stamped).
+    pub reply: Option<Response>,
+}
+
+/// What the transports deliver.
+#[derive(Debug, Clone)]
+pub enum TransportEvent {
+    /// A message.
+    Message(Incoming),
+    /// A rejected message.
+    BadMessage(BadMessage),
+}
+
+/// Where [`Transports::send`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A datagram to `peer`, from the UDP listener bound to `local` if given and known,
+    /// otherwise from the first UDP listener.
+    Udp {
+        /// Destination.
+        peer: SocketAddr,
+        /// The listener to send from (the one a request came in on, for symmetric NATs).
+        local: Option<SocketAddr>,
+    },
+    /// Over TCP to `peer`: the existing connection with that peer, or a new one.
+    Tcp(SocketAddr),
+    /// Over this TCP connection; if it is gone, a new connection to `fallback` if given.
+    Connection {
+        /// The connection.
+        id: ConnectionId,
+        /// Where to connect if it is closed.
+        fallback: Option<SocketAddr>,
+    },
+}
+
+/// Configuration of [`Transports::bind`].
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// UDP listeners (port 0: ephemeral).
+    pub udp: Vec<SocketAddr>,
+    /// TCP listeners.
+    pub tcp: Vec<SocketAddr>,
+    /// A TCP connection with no traffic for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// The largest message accepted (datagram or framed message); at most
+    /// [`MAX_MESSAGE_SIZE`], which [`message::parse`] enforces anyway.
+    pub max_message_size: usize,
+    /// Capacity of the event channel (back-pressure: a full channel stalls the readers).
+    pub channel_capacity: usize,
+    /// Timeout for opening an outgoing TCP connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            tcp_idle_timeout: Duration::from_secs(300),
+            max_message_size: MAX_MESSAGE_SIZE,
+            channel_capacity: 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters (monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// UDP datagrams dropped for size.
+    pub udp_too_large: u64,
+    /// UDP datagrams that did not parse.
+    pub udp_bad: u64,
+    /// TCP messages that did not frame or parse.
+    pub tcp_bad: u64,
+    /// Garbage bytes skipped on TCP streams.
+    pub tcp_garbage_bytes: u64,
+    /// CRLF CRLF keep-alives answered.
+    pub pings: u64,
+    /// TCP connections accepted.
+    pub tcp_accepted: u64,
+    /// TCP connections opened by us.
+    pub tcp_connected: u64,
+    /// TCP connections closed for idleness.
+    pub tcp_idle_closed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    udp_too_large: AtomicU64,
+    udp_bad: AtomicU64,
+    tcp_bad: AtomicU64,
+    tcp_garbage_bytes: AtomicU64,
+    pings: AtomicU64,
+    tcp_accepted: AtomicU64,
+    tcp_connected: AtomicU64,
+    tcp_idle_closed: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Bytes to write, and where to report the result (none for pongs).
+type WriteRequest = (Vec<u8>, Option<oneshot::Sender<io::Result<()>>>);
+
+#[derive(Debug, Clone)]
+struct ConnHandle {
+    peer: SocketAddr,
+    tx: mpsc::Sender<WriteRequest>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_id: HashMap<ConnectionId, ConnHandle>,
+    by_peer: HashMap<SocketAddr, ConnectionId>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: TransportConfig,
+    events: mpsc::Sender<TransportEvent>,
+    counters: Counters,
+    conns: Mutex<Table>,
+    next_id: AtomicU64,
+    shutdown: watch::Receiver<()>,
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave the table inconsistent (plain inserts).
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, peer: SocketAddr, tx: mpsc::Sender<WriteRequest>) -> ConnectionId {
+        let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut t = self.table();
+        t.by_id.insert(id, ConnHandle { peer, tx });
+        t.by_peer.insert(peer, id);
+        id
+    }
+
+    fn unregister(&self, id: ConnectionId) {
+        let mut t = self.table();
+        if let Some(h) = t.by_id.remove(&id) {
+            if t.by_peer.get(&h.peer) == Some(&id) {
+                t.by_peer.remove(&h.peer);
+            }
+        }
+    }
+}
+
+/// The reply for a rejected message, its Via stamped like a received request's.
+fn stamped_reply(reply: Option<&Response>, source: SocketAddr) -> Option<Response> {
+    let mut reply = reply?.clone();
+    via::stamp_received(&mut reply.headers, source);
+    Some(reply)
+}
+
+/// Parses one framed message or datagram into an event.
+fn decode(
+    bytes: &[u8],
+    source: SocketAddr,
+    transport: Transport,
+    local: SocketAddr,
+) -> TransportEvent {
+    match message::parse(bytes) {
+        Ok(mut msg) => {
+            if let SipMessage::Request(req) = &mut msg {
+                via::stamp_received(&mut req.headers, source);
+            }
+            TransportEvent::Message(Incoming {
+                message: msg,
+                source,
+                transport,
+                local,
+            })
+        }
+        Err(e) => TransportEvent::BadMessage(BadMessage {
+            source,
+            transport,
+            local,
+            reply: stamped_reply(e.reply(), source),
+            error: BadMessageError::Parse(e),
+        }),
+    }
+}
+
+/// The reply for a request the framing dropped: 513 for oversize, 400 otherwise, when the
+/// header block parses as a request.
+fn framing_reply(
+    error: &FramingError,
+    head: Option<&[u8]>,
+    source: SocketAddr,
+) -> Option<Response> {
+    let head = framing::head_without_content_length(head?);
+    let (code, reason) = match error {
+        FramingError::TooLarge { .. } => (513, "Message Too Large"),
+        FramingError::MissingContentLength => (400, "Missing Content-Length"),
+        FramingError::BadContentLength(_) => (400, "Bad Content-Length"),
+    };
+    match message::parse(&head) {
+        Ok(SipMessage::Request(req)) => {
+            let mut r = response_for(&req, code, reason);
+            via::stamp_received(&mut r.headers, source);
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+/// The local addresses actually bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalAddrs {
+    /// UDP listeners, in configuration order.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listeners, in configuration order.
+    pub tcp: Vec<SocketAddr>,
+}
+
+/// The handle on all listeners and connections. Cheap to clone; the last clone dropped stops
+/// everything.
+#[derive(Debug, Clone)]
+pub struct Transports {
+    shared: Arc<Shared>,
+    udp: Arc<Vec<Arc<tokio::net::UdpSocket>>>,
+    local: Arc<LocalAddrs>,
+    _stop: Arc<watch::Sender<()>>,
+}
+
+impl Transports {
+    /// Binds every listener in `config` and starts their tasks (needs a tokio runtime).
+    pub async fn bind(
+        config: TransportConfig,
+    ) -> io::Result<(Transports, mpsc::Receiver<TransportEvent>)> {
+        let mut config = config;
+        config.max_message_size = config.max_message_size.clamp(64, MAX_MESSAGE_SIZE);
+        let (events, rx) = mpsc::channel(config.channel_capacity.max(1));
+        let (stop, shutdown) = watch::channel(());
+        let mut udp_sockets = Vec::new();
+        let mut local = LocalAddrs::default();
+        for addr in &config.udp {
+            let s = Arc::new(tokio::net::UdpSocket::bind(addr).await?);
+            local.udp.push(s.local_addr()?);
+            udp_sockets.push(s);
+        }
+        let mut tcp_listeners = Vec::new();
+        for addr in &config.tcp {
+            let l = tokio::net::TcpListener::bind(addr).await?;
+            local.tcp.push(l.local_addr()?);
+            tcp_listeners.push(l);
+        }
+        let shared = Arc::new(Shared {
+            config,
+            events,
+            counters: Counters::default(),
+            conns: Mutex::new(Table::default()),
+            next_id: AtomicU64::new(1),
+            shutdown,
+        });
+        for s in &udp_sockets {
+            tokio::spawn(udp::run(shared.clone(), s.clone()));
+        }
+        for l in tcp_listeners {
+            tokio::spawn(tcp::accept_loop(shared.clone(), l));
+        }
+        Ok((
+            Transports {
+                shared,
+                udp: Arc::new(udp_sockets),
+                local: Arc::new(local),
+                _stop: Arc::new(stop),
+            },
+            rx,
+        ))
+    }
+
+    /// The bound addresses (ephemeral ports resolved).
+    pub fn local_addrs(&self) -> &LocalAddrs {
+        &self.local
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            udp_too_large: g(&c.udp_too_large),
+            udp_bad: g(&c.udp_bad),
+            tcp_bad: g(&c.tcp_bad),
+            tcp_garbage_bytes: g(&c.tcp_garbage_bytes),
+            pings: g(&c.pings),
+            tcp_accepted: g(&c.tcp_accepted),
+            tcp_connected: g(&c.tcp_connected),
+            tcp_idle_closed: g(&c.tcp_idle_closed),
+        }
+    }
+
+    /// The open TCP connection with `peer`, if any.
+    pub fn connection_to(&self, peer: SocketAddr) -> Option<ConnectionId> {
+        self.shared.table().by_peer.get(&peer).copied()
+    }
+
+    /// Number of open TCP connections.
+    pub fn connection_count(&self) -> usize {
+        self.shared.table().by_id.len()
+    }
+
+    /// Sends `bytes` (a serialised message, or a keep-alive) to `target`. For TCP the bytes are
+    /// written by the connection's task; this returns when they were written. Returns the
+    /// connection used, for TCP.
+    pub async fn send(&self, target: Target, bytes: &[u8]) -> io::Result<Option<ConnectionId>> {
+        match target {
+            Target::Udp { peer, local } => {
+                let sock = local
+                    .and_then(|l| {
+                        self.local
+                            .udp
+                            .iter()
+                            .position(|a| *a == l)
+                            .and_then(|i| self.udp.get(i))
+                    })
+                    .or_else(|| self.udp.first())
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotConnected, "no UDP listener")
+                    })?;
+                if bytes.len() > self.shared.config.max_message_size {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "message larger than the limit",
+                    ));
+                }
+                sock.send_to(bytes, peer).await?;
+                Ok(None)
+            }
+            Target::Tcp(peer) => {
+                let existing = self.connection_to(peer);
+                if let Some(id) = existing {
+                    if self.write_to(id, bytes).await.is_ok() {
+                        return Ok(Some(id));
+                    }
+                }
+                let id = tcp::connect(self.shared.clone(), peer).await?;
+                self.write_to(id, bytes).await?;
+                Ok(Some(id))
+            }
+            Target::Connection { id, fallback } => match self.write_to(id, bytes).await {
+                Ok(()) => Ok(Some(id)),
+                Err(e) => match fallback {
+                    Some(peer) => Box::pin(self.send(Target::Tcp(peer), bytes)).await,
+                    None => Err(e),
+                },
+            },
+        }
+    }
+
+    /// Sends a response to a request that came as `incoming`'s metadata, routed by its top Via
+    /// ([`via::response_route`]): the same connection for TCP, `rport`/`received` for UDP,
+    /// sent from the listener the request arrived on. A Via naming a host that would need DNS
+    /// is refused (`Unsupported`) unless the connection is still open.
+    pub async fn send_response(
+        &self,
+        response: &Response,
+        transport: Transport,
+        local: SocketAddr,
+    ) -> io::Result<Option<ConnectionId>> {
+        let Some(top) = via::top_via(&response.headers) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no usable Via"));
+        };
+        let route = via::response_route(&top, transport.is_reliable());
+        let addr = match route.destination {
+            via::Destination::Addr(a) => Some(a),
+            via::Destination::Host(..) => None,
+        };
+        let bytes = message::serialize_response(response);
+        let target = match (transport, addr) {
+            (Transport::Tcp(id), fallback) => Target::Connection { id, fallback },
+            (Transport::Udp, Some(peer)) => Target::Udp {
+                peer,
+                local: Some(local),
+            },
+            (Transport::Udp, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "Via sent-by needs DNS resolution",
+                ));
+            }
+        };
+        self.send(target, &bytes).await
+    }
+
+    async fn write_to(&self, id: ConnectionId, bytes: &[u8]) -> io::Result<()> {
+        let tx = self
+            .shared
+            .table()
+            .by_id
+            .get(&id)
+            .map(|h| h.tx.clone())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))?;
+        let (done, wait) = oneshot::channel();
+        tx.send((bytes.to_vec(), Some(done)))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))?;
+        wait.await
+            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))?
+    }
+}

@@ -1,0 +1,266 @@
+//! Pure Via handling at the transport: `received`/`rport` on receipt (RFC 3261 §18.2.1,
+//! RFC 3581 §4) and where a response goes (RFC 3261 §18.2.2, RFC 3581 §4).
+
+use std::net::{IpAddr, SocketAddr};
+
+use rsip::headers::UntypedHeader;
+
+use crate::sip::message::{Header, Headers};
+
+/// The top via-parm of a message, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopVia {
+    /// `UDP`, `TCP`, `TLS`, … (as written, upper-cased).
+    pub transport: String,
+    /// The sent-by host (IPv6 without brackets).
+    pub host: String,
+    /// The sent-by port, if any.
+    pub port: Option<u16>,
+    /// Parameters in order, names as written.
+    pub params: Vec<(String, Option<String>)>,
+}
+
+impl TopVia {
+    /// A parameter's value: `None` if absent, `Some(None)` if present without a value.
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_deref())
+    }
+
+    /// The default port of the transport: 5061 for TLS, 5060 otherwise (§18.2.2, §19.1.2).
+    pub fn default_port(&self) -> u16 {
+        if self.transport.eq_ignore_ascii_case("TLS") {
+            5061
+        } else {
+            5060
+        }
+    }
+
+    fn render(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let mut s = format!("SIP/2.0/{} {host}", self.transport);
+        if let Some(p) = self.port {
+            s.push_str(&format!(":{p}"));
+        }
+        for (n, v) in &self.params {
+            s.push(';');
+            s.push_str(n);
+            if let Some(v) = v {
+                s.push('=');
+                s.push_str(v);
+            }
+        }
+        s
+    }
+}
+
+/// The top Via of these headers, or `None` when there is none or it does not parse.
+pub fn top_via(headers: &Headers) -> Option<TopVia> {
+    let value = headers.iter().find_map(|h| match h {
+        Header::Via(v) => Some(v.value()),
+        _ => None,
+    })?;
+    parse_via_parm(first_value(value).0)
+}
+
+/// Splits a Via field value at its first top-level comma: (first via-parm, rest after the comma).
+fn first_value(value: &str) -> (&str, Option<&str>) {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => return (value[..i].trim(), Some(value[i + 1..].trim())),
+            _ => {}
+        }
+    }
+    (value.trim(), None)
+}
+
+fn parse_via_parm(s: &str) -> Option<TopVia> {
+    // sent-protocol: SIP / 2.0 / transport (LWS allowed around the slashes)
+    let mut parts = s.splitn(3, '/');
+    let name = parts.next()?.trim();
+    let version = parts.next()?.trim();
+    let rest = parts.next()?.trim_start();
+    if !name.eq_ignore_ascii_case("SIP") || version.is_empty() {
+        return None;
+    }
+    let t_end = rest.find(|c: char| c.is_whitespace())?;
+    let transport = rest[..t_end].to_ascii_uppercase();
+    let rest = rest[t_end..].trim_start();
+    let (sent_by, params) = match rest.find(';') {
+        Some(p) => (rest[..p].trim(), &rest[p + 1..]),
+        None => (rest.trim(), ""),
+    };
+    let (host, port) = if let Some(v6) = sent_by.strip_prefix('[') {
+        let end = v6.find(']')?;
+        let after = v6[end + 1..].trim();
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.trim().parse().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        (v6[..end].to_owned(), port)
+    } else {
+        match sent_by.split_once(':') {
+            Some((h, p)) => (h.trim().to_owned(), Some(p.trim().parse().ok()?)),
+            None => (sent_by.to_owned(), None),
+        }
+    };
+    if host.is_empty() || transport.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    if !params.trim().is_empty() {
+        for p in params.split(';') {
+            let p = p.trim();
+            if p.is_empty() {
+                return None;
+            }
+            match p.split_once('=') {
+                Some((n, v)) => out.push((n.trim().to_owned(), Some(v.trim().to_owned()))),
+                None => out.push((p.to_owned(), None)),
+            }
+        }
+    }
+    Some(TopVia {
+        transport,
+        host,
+        port,
+        params: out,
+    })
+}
+
+fn host_ip(host: &str) -> Option<IpAddr> {
+    host.parse().ok()
+}
+
+/// On receipt of a request from `source` (§18.2.1, RFC 3581 §4): adds `received=<source ip>`
+/// when the top Via's sent-by host is not that IP (a domain name always differs), and fills an
+/// empty `rport` with the source port (adding `received` then too, as RFC 3581 requires).
+/// Returns whether the Via was changed; a message without a readable top Via is left alone.
+///
+/// Also used on the ready-made replies of rejected requests, whose Via is a copy.
+pub fn stamp_received(headers: &mut Headers, source: SocketAddr) -> bool {
+    let Some(idx) = headers.iter().position(|h| matches!(h, Header::Via(_))) else {
+        return false;
+    };
+    let Some(Header::Via(via)) = headers.iter_mut().nth(idx) else {
+        return false;
+    };
+    let value = via.value().to_owned();
+    let (first, rest) = first_value(&value);
+    let Some(mut top) = parse_via_parm(first) else {
+        return false;
+    };
+    let ip = source.ip().to_canonical();
+    let mut changed = false;
+    let empty_rport = top.param("rport") == Some(None);
+    if empty_rport {
+        for (n, v) in top.params.iter_mut() {
+            if n.eq_ignore_ascii_case("rport") && v.is_none() {
+                *v = Some(source.port().to_string());
+                break;
+            }
+        }
+        changed = true;
+    }
+    let differs = host_ip(&top.host).map(|h| h.to_canonical()) != Some(ip);
+    if differs || empty_rport {
+        let ip_text = ip.to_string();
+        match top
+            .params
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case("received"))
+        {
+            Some((_, v)) => *v = Some(ip_text),
+            None => top.params.push(("received".to_owned(), Some(ip_text))),
+        }
+        changed = true;
+    }
+    if changed {
+        let mut new = top.render();
+        if let Some(rest) = rest {
+            new.push_str(", ");
+            new.push_str(rest);
+        }
+        via.replace(new);
+    }
+    changed
+}
+
+/// A destination: an address, or a host name still to be resolved (RFC 3263 §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// A host name and port.
+    Host(String, u16),
+}
+
+/// Where a response goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseRoute {
+    /// Reliable transport: send over the connection the request arrived on; `destination` is
+    /// where to open a new connection if that one is gone (§18.2.2).
+    pub same_connection: bool,
+    /// Where to send (or, with `same_connection`, the fallback).
+    pub destination: Destination,
+}
+
+/// RFC 3261 §18.2.2 with RFC 3581 §4, from the response's top Via (as stamped on receipt by
+/// [`stamp_received`]): reliable transport → the same connection (falling back to `received`
+/// or the sent-by host, at the sent-by port); `maddr` → that address; `rport` with a value →
+/// the `received` IP at that port; `received` → that IP at the sent-by port; else the sent-by
+/// host and port. The port defaults to 5060 (5061 for TLS).
+pub fn response_route(via: &TopVia, reliable: bool) -> ResponseRoute {
+    let port = via.port.unwrap_or_else(|| via.default_port());
+    let received = via.param("received").flatten().and_then(|r| {
+        r.trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+            .ok()
+    });
+    let to_host = |host: &str, port: u16| match host_ip(host) {
+        Some(ip) => Destination::Addr(SocketAddr::new(ip, port)),
+        None => Destination::Host(host.to_owned(), port),
+    };
+    let default = match received {
+        Some(ip) => Destination::Addr(SocketAddr::new(ip, port)),
+        None => to_host(&via.host, port),
+    };
+    if reliable {
+        return ResponseRoute {
+            same_connection: true,
+            destination: default,
+        };
+    }
+    let destination = if let Some(maddr) = via.param("maddr").flatten() {
+        to_host(maddr, port)
+    } else if let Some(Some(rport)) = via
+        .param("rport")
+        .map(|v| v.and_then(|p| p.parse::<u16>().ok()))
+    {
+        match received {
+            Some(ip) => Destination::Addr(SocketAddr::new(ip, rport)),
+            None => to_host(&via.host, rport),
+        }
+    } else {
+        default
+    };
+    ResponseRoute {
+        same_connection: false,
+        destination,
+    }
+}
