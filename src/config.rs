@@ -17,6 +17,29 @@ pub struct Config {
     /// The state fabric.
     #[serde(default)]
     pub statebus: StatebusSection,
+    /// The SIP gateway (`callfabric gateway`, `callfabric devices`).
+    pub gateway: Option<GatewaySection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    #[serde(default)]
+    pub udp: Vec<String>,
+    #[serde(default)]
+    pub tcp: Vec<String>,
+    pub realm: String,
+    /// `sqlite://file.db` (relative to the config file) or `postgres://…`.
+    pub database: String,
+    pub nonce_secret: Option<String>,
+    pub min_expires: Option<u32>,
+    pub default_expires: Option<u32>,
+    pub max_expires: Option<u32>,
+    pub digest_algorithms: Option<Vec<String>>,
+    pub db_reload_secs: Option<f64>,
+    pub qualify_interval_secs: Option<f64>,
+    pub t1_ms: Option<u64>,
+    pub device_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +240,118 @@ impl Loaded {
         Ok(c)
     }
 
+    /// The database URL, with a relative SQLite path resolved against the config file.
+    pub fn database_url(&self) -> Result<String> {
+        let g = self.gateway_section()?;
+        Ok(match g.database.strip_prefix("sqlite://") {
+            Some(p) if !p.starts_with('/') => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                format!("sqlite://{}", dir.join(p).display())
+            }
+            _ => g.database.clone(),
+        })
+    }
+
+    fn gateway_section(&self) -> Result<&GatewaySection> {
+        self.config.gateway.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: a [gateway] section is required for this command",
+                self.path.display()
+            )
+        })
+    }
+
+    /// The gateway configuration, validated.
+    pub fn gateway(&self) -> Result<gateway::server::GatewayConfig> {
+        use gateway::registrar::digest::Algorithm;
+        let g = self.gateway_section()?;
+        let addrs = |list: &[String], key: &str| -> Result<Vec<std::net::SocketAddr>> {
+            list.iter()
+                .map(|a| {
+                    a.parse().map_err(|_| {
+                        anyhow!(
+                            "{}: {a:?} is not an address like 127.0.0.1:5060",
+                            self.at("gateway", key)
+                        )
+                    })
+                })
+                .collect()
+        };
+        let udp = addrs(&g.udp, "udp")?;
+        let tcp = addrs(&g.tcp, "tcp")?;
+        if udp.is_empty() && tcp.is_empty() {
+            return Err(anyhow!(
+                "{}: [gateway] needs at least one udp or tcp listener",
+                self.path.display()
+            ));
+        }
+        let algorithms = match &g.digest_algorithms {
+            None => vec![Algorithm::Sha256, Algorithm::Md5],
+            Some(list) => list
+                .iter()
+                .map(|t| {
+                    Algorithm::from_token(t).ok_or_else(|| {
+                        anyhow!(
+                            "{}: unknown digest algorithm {t:?} (SHA-256, MD5)",
+                            self.at("gateway", "digest_algorithms")
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        if algorithms.is_empty() {
+            return Err(anyhow!(
+                "{}: digest_algorithms is empty",
+                self.at("gateway", "digest_algorithms")
+            ));
+        }
+        let (min, def, max) = (
+            g.min_expires.unwrap_or(60),
+            g.default_expires.unwrap_or(3600),
+            g.max_expires.unwrap_or(7200),
+        );
+        if !(min <= def && def <= max) {
+            return Err(anyhow!(
+                "{}: need min_expires <= default_expires <= max_expires",
+                self.at("gateway", "min_expires")
+            ));
+        }
+        let secs = |v: Option<f64>, key: &str, d: f64| -> Result<Duration> {
+            let x = v.unwrap_or(d);
+            if x.is_finite() && x > 0.0 && x < 86_400.0 {
+                Ok(Duration::from_secs_f64(x))
+            } else {
+                Err(anyhow!(
+                    "{}: {key} = {x} is not a duration between 0 and 86400 seconds",
+                    self.at("gateway", key)
+                ))
+            }
+        };
+        let secret = match &g.nonce_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => {
+                let mut b = [0u8; 32];
+                getrandom(&mut b);
+                b.to_vec()
+            }
+        };
+        Ok(gateway::server::GatewayConfig {
+            udp,
+            tcp,
+            realm: g.realm.clone(),
+            database: self.database_url()?,
+            secret,
+            min_expires: min,
+            default_expires: def,
+            max_expires: max,
+            algorithms,
+            db_reload: secs(g.db_reload_secs, "db_reload_secs", 5.0)?,
+            qualify_interval: secs(g.qualify_interval_secs, "qualify_interval_secs", 30.0)?,
+            t1: Duration::from_millis(g.t1_ms.unwrap_or(500).max(1)),
+            device_prefix: g.device_prefix.clone().unwrap_or_else(|| "PJSIP/".into()),
+        })
+    }
+
     /// Map a statebus start error to the line that caused it.
     pub fn explain(&self, e: &statebus::XmppBusError) -> anyhow::Error {
         use statebus::XmppBusError as E;
@@ -226,6 +361,21 @@ impl Loaded {
             E::TtlTooShort { .. } => "liveness_ttl_secs",
         };
         anyhow!("{}: {e}", self.at("statebus", key))
+    }
+}
+
+/// Random bytes for a per-start nonce secret (from the OS; falls back to time and PID).
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .is_ok()
+    {
+        return;
+    }
+    let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = seed.as_bytes()[i % seed.len()] ^ (i as u8);
     }
 }
 

@@ -24,6 +24,45 @@ enum Cmd {
         #[command(subcommand)]
         cmd: StatebusCmd,
     },
+    /// Run the site gateway: SIP registrar on the configured listeners, device state on the bus.
+    Gateway {
+        /// Config file (TOML) with a [gateway] section.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The device table (SQL).
+    Devices {
+        #[command(subcommand)]
+        cmd: DevicesCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCmd {
+    /// Add a device or replace its password (credentials are stored as HA1 only).
+    Add {
+        /// Config file (TOML) with a [gateway] section naming the database.
+        #[arg(long)]
+        config: PathBuf,
+        /// Username (also the extension's AOR user part).
+        #[arg(long)]
+        user: String,
+        /// Password.
+        #[arg(long)]
+        password: String,
+        /// Extension routed to this device.
+        #[arg(long)]
+        extension: Option<String>,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List the devices.
+    List {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,8 +109,22 @@ fn main() -> Result<()> {
     let loaded = match &cli.cmd {
         Cmd::Statebus {
             cmd: StatebusCmd::Watch { config, .. } | StatebusCmd::Publish { config, .. },
+        }
+        | Cmd::Gateway { config }
+        | Cmd::Devices {
+            cmd: DevicesCmd::Add { config, .. } | DevicesCmd::List { config },
         } => Loaded::read(config)?,
     };
+    let gateway_cfg = match &cli.cmd {
+        Cmd::Gateway { .. } => Some(loaded.gateway()?),
+        _ => None,
+    };
+    if let Cmd::Devices { cmd } = &cli.cmd {
+        let url = loaded.database_url()?;
+        let realm = loaded.gateway()?.realm;
+        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        return rt.block_on(devices(cmd, &url, &realm));
+    }
     let xmpp_cfg = match loaded.config.statebus.backend {
         Backend::Xmpp => Some(loaded.xmpp_bus()?),
         Backend::Local => None,
@@ -100,6 +153,11 @@ fn main() -> Result<()> {
                         devices, mwi, hold, ..
                     },
             } => publish(bus, xmpp, &devices, &mwi, hold).await,
+            Cmd::Gateway { .. } => {
+                let cfg = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
+                run_gateway(cfg, bus, xmpp).await
+            }
+            Cmd::Devices { .. } => Ok(()),
         }
     })
 }
@@ -178,6 +236,78 @@ async fn watch(
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
     }
+    if let Some(x) = xmpp {
+        x.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
+    use gateway::devices::{DeviceRecord, DeviceStore};
+    let store = DeviceStore::open(url)
+        .await
+        .with_context(|| format!("opening {url}"))?;
+    match cmd {
+        DevicesCmd::Add {
+            user,
+            password,
+            extension,
+            name,
+            ..
+        } => {
+            let mut d = DeviceRecord::with_password(user, realm, password);
+            d.extension = extension.clone();
+            d.display_name = name.clone();
+            store.upsert(&d).await?;
+            println!("device {user} saved");
+        }
+        DevicesCmd::List { .. } => {
+            for d in store.load_all().await? {
+                println!(
+                    "{} realm={} extension={} name={:?}",
+                    d.username,
+                    d.realm,
+                    d.extension.as_deref().unwrap_or("-"),
+                    d.display_name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_gateway(
+    cfg: gateway::server::GatewayConfig,
+    bus: Arc<dyn Bus>,
+    xmpp: Option<XmppBus>,
+) -> Result<()> {
+    let mut rx = bus.subscribe();
+    let gw = gateway::server::Gateway::start(cfg, bus.clone())
+        .await
+        .context("starting the gateway")?;
+    let fmt = |v: &[std::net::SocketAddr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    println!(
+        "gateway ready udp={} tcp={}",
+        fmt(&gw.local.udp),
+        fmt(&gw.local.tcp)
+    );
+    let print = async {
+        while let Some(ev) = statebus::recv(&mut rx).await {
+            if let BusEvent::Changed(Change::Device { key, state }) = ev {
+                println!("DEVICE {key} {state}");
+            }
+        }
+    };
+    tokio::select! {
+        _ = print => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    gw.stop();
     if let Some(x) = xmpp {
         x.shutdown().await;
     }

@@ -6,5 +6,6 @@
 
 pub mod devices;
 pub mod registrar;
+pub mod server;
 pub mod sip;
 pub mod transport;

@@ -62,6 +62,10 @@ pub struct Config {
     pub max_bindings_per_aor: usize,
     /// Most nonces whose nonce-count is tracked.
     pub max_tracked_nonces: usize,
+    /// Digest algorithms offered, one challenge each, in order of preference (RFC 8760:
+    /// `SHA-256` first, then `MD5` for legacy phones). Credentials using an algorithm not
+    /// offered are refused.
+    pub algorithms: Vec<Algorithm>,
 }
 
 impl Config {
@@ -77,6 +81,7 @@ impl Config {
             max_expires: 7200,
             max_bindings_per_aor: 10,
             max_tracked_nonces: 4096,
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
         }
     }
 }
@@ -227,10 +232,20 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             Auth::Ok(user) => user,
             Auth::Reply(r) => return r,
         };
-        if canonical_aor(&user.aor).as_deref() != Some(aor.as_str()) {
-            return response_for(req, 403, "Forbidden");
+        // A phone addresses the registrar by whatever host it was given (IP, port, domain):
+        // ownership is decided by the user part, and bindings are kept under the user's own
+        // canonical AOR.
+        let own = canonical_aor(&user.aor);
+        let user_of = |a: &str| {
+            a.split_once(':')
+                .map(|(_, r)| r.split('@').next().unwrap_or("").to_owned())
+        };
+        match own {
+            Some(own) if user_of(&own) == user_of(&aor) => {
+                self.register(req, &own, &call_id, cseq, source, now)
+            }
+            _ => response_for(req, 403, "Forbidden"),
         }
-        self.register(req, &aor, &call_id, cseq, source, now)
     }
 
     /// A 401 with a fresh challenge for `req` (SHA-256 then MD5).
@@ -240,7 +255,10 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         let opaque = digest::opaque_for(&self.config.secret, &nonce);
         let realm = digest::quote(&self.config.realm);
         let stale = if stale { ", stale=true" } else { "" };
-        let headers = [Algorithm::Sha256, Algorithm::Md5]
+        let headers = self
+            .config
+            .algorithms
+            .clone()
             .into_iter()
             .map(|alg| {
                 Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(format!(
@@ -296,7 +314,8 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         let alg = match c.algorithm.as_deref() {
             None => Some(Algorithm::Md5),
             Some(t) => Algorithm::from_token(t),
-        };
+        }
+        .filter(|a| self.config.algorithms.contains(a));
         let nc_value = (nc.len() == 8 && nc.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| u32::from_str_radix(nc, 16).ok())
             .flatten();
