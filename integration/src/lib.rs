@@ -12,7 +12,9 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod baresip;
 pub mod raw_xmpp;
+pub mod sipp;
 pub mod xmpp_server;
 
 use std::collections::HashSet;
