@@ -18,7 +18,7 @@ VENV=${CALLFABRIC_VENV:-$REPO/target/peers-venv}
 export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(prosody lua-unbound ejabberd sip-tester baresip-core iproute2 iputils-ping
-              openssl python3-venv)
+              openssl python3-venv postgresql)
 
 say() { printf 'install-peers: %s\n' "$*"; }
 
@@ -57,6 +57,7 @@ need baresip
 need ip
 need ping
 need openssl
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 need python3
 dpkg-query -W -f='${Status}' lua-unbound 2>/dev/null | grep -q 'ok installed' || missing+=(lua-unbound)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
