@@ -41,8 +41,23 @@ fn sipp(target: SocketAddr, rate: u32, secs: u32, dir: &Path) -> Result<Step> {
         .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
         .args(["-p", &port.to_string(), "-cp", &cport.to_string()])
         .args(["-s", "1000", "-au", "1000", "-ap", PASSWORD])
-        .args(["-r", &rate.to_string(), "-m", &calls.to_string(), "-l", "5000"])
-        .args(["-buff_size", "4194304", "-recv_timeout", "5000", "-timeout", "120", "-nostdin"])
+        .args([
+            "-r",
+            &rate.to_string(),
+            "-m",
+            &calls.to_string(),
+            "-l",
+            "5000",
+        ])
+        .args([
+            "-buff_size",
+            "4194304",
+            "-recv_timeout",
+            "5000",
+            "-timeout",
+            "120",
+            "-nostdin",
+        ])
         .args(["-trace_stat", "-fd", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -71,10 +86,21 @@ fn sipp(target: SocketAddr, rate: u32, secs: u32, dir: &Path) -> Result<Step> {
     let ok = col("SuccessfulCall(C)");
     let failed = col("FailedCall(C)") + (calls as u64).saturating_sub(ok + col("FailedCall(C)"));
     let _ = out;
-    Ok(Step { rate, ok, failed, achieved: ok as f64 / elapsed })
+    Ok(Step {
+        rate,
+        ok,
+        failed,
+        achieved: ok as f64 / elapsed,
+    })
 }
 
-fn ramp(name: &str, target: SocketAddr, rates: &[u32], secs: u32, dir: &Path) -> Result<Option<Step>> {
+fn ramp(
+    name: &str,
+    target: SocketAddr,
+    rates: &[u32],
+    secs: u32,
+    dir: &Path,
+) -> Result<Option<Step>> {
     let mut best = None;
     for &rate in rates {
         let s = sipp(target, rate, secs, dir)?;
@@ -139,7 +165,10 @@ fn main() -> Result<()> {
     let users: u32 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let secs: u32 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let rates: Vec<u32> = if args.len() > 3 {
-        args[3..].iter().map(|s| s.parse()).collect::<Result<_, _>>()?
+        args[3..]
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?
     } else {
         vec![250, 500, 1000, 1500, 2000, 3000, 4000, 6000]
     };
@@ -155,7 +184,13 @@ fn main() -> Result<()> {
     let gw = rt.block_on(async {
         let store = DeviceStore::open(&db).await?;
         for u in 0..users {
-            store.upsert(&DeviceRecord::with_password(&(1000 + u).to_string(), "bench", PASSWORD)).await?;
+            store
+                .upsert(&DeviceRecord::with_password(
+                    &(1000 + u).to_string(),
+                    "bench",
+                    PASSWORD,
+                ))
+                .await?;
         }
         let cfg = GatewayConfig {
             udp: vec![gw_target],
@@ -198,7 +233,10 @@ fn main() -> Result<()> {
     while std::net::UdpSocket::bind(k_target).is_ok() {
         if t0.elapsed() > Duration::from_secs(10) {
             let _ = kam.kill();
-            bail!("kamailio did not start: {}", std::fs::read_to_string(dir.path().join("kamailio.log")).unwrap_or_default());
+            bail!(
+                "kamailio did not start: {}",
+                std::fs::read_to_string(dir.path().join("kamailio.log")).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
