@@ -133,6 +133,25 @@ impl Loaded {
         })
     }
 
+    /// A `*_secs` value: absent → `default`; otherwise a positive number below one day, or an
+    /// error naming the file and line.
+    fn duration(
+        &self,
+        section: &str,
+        key: &str,
+        v: Option<f64>,
+        default: Duration,
+    ) -> Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(x) if x.is_finite() && x > 0.0 && x < 86_400.0 => Ok(Duration::from_secs_f64(x)),
+            Some(x) => Err(anyhow!(
+                "{}: {key} = {x} is not a duration between 0 and 86400 seconds",
+                self.at(section, key)
+            )),
+        }
+    }
+
     /// `file:line` of `key` inside `[section]` (line 0 when absent).
     fn at(&self, section: &str, key: &str) -> String {
         let mut in_section = false;
@@ -194,17 +213,8 @@ impl Loaded {
             }
             c.max_items = m;
         }
-        let secs = |v: Option<f64>, key: &str, default: Duration| -> Result<Duration> {
-            match v {
-                None => Ok(default),
-                Some(x) if x.is_finite() && x > 0.0 && x < 86_400.0 => {
-                    Ok(Duration::from_secs_f64(x))
-                }
-                Some(x) => Err(anyhow!(
-                    "{}: {key} = {x} is not a duration between 0 and 86400 seconds",
-                    self.at("statebus", key)
-                )),
-            }
+        let secs = |v: Option<f64>, key: &str, default: Duration| {
+            self.duration("statebus", key, v, default)
         };
         c.heartbeat_interval = secs(
             s.heartbeat_interval_secs,
@@ -316,16 +326,8 @@ impl Loaded {
                 self.at("gateway", "min_expires")
             ));
         }
-        let secs = |v: Option<f64>, key: &str, d: f64| -> Result<Duration> {
-            let x = v.unwrap_or(d);
-            if x.is_finite() && x > 0.0 && x < 86_400.0 {
-                Ok(Duration::from_secs_f64(x))
-            } else {
-                Err(anyhow!(
-                    "{}: {key} = {x} is not a duration between 0 and 86400 seconds",
-                    self.at("gateway", key)
-                ))
-            }
+        let secs = |v: Option<f64>, key: &str, d: f64| {
+            self.duration("gateway", key, v, Duration::from_secs_f64(d))
         };
         let secret = match &g.nonce_secret {
             Some(s) => s.as_bytes().to_vec(),
