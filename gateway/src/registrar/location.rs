@@ -133,24 +133,44 @@ pub(crate) enum ContactSpec {
     },
 }
 
+/// Tracks whether a scan is inside a quoted string (with backslash escapes), so that the
+/// list and name-addr splitters below share one definition of "quoted".
+#[derive(Default)]
+struct QuoteState {
+    in_quote: bool,
+    escaped: bool,
+}
+
+impl QuoteState {
+    /// Feed one character; true when it is quoted text (or the closing quote) and must be
+    /// skipped by the caller. An opening quote is reported to the caller as unquoted.
+    fn skip(&mut self, c: char) -> bool {
+        if !self.in_quote {
+            return false;
+        }
+        if self.escaped {
+            self.escaped = false;
+        } else if c == '\\' {
+            self.escaped = true;
+        } else if c == '"' {
+            self.in_quote = false;
+        }
+        true
+    }
+}
+
 /// Splits a header value at top-level commas (outside quotes and `<…>`).
 pub(crate) fn split_list(value: &str) -> Result<Vec<&str>, &'static str> {
     let mut out = Vec::new();
-    let (mut in_quote, mut in_angle, mut escaped) = (false, false, false);
+    let mut q = QuoteState::default();
+    let mut in_angle = false;
     let mut start = 0;
     for (i, c) in value.char_indices() {
-        if in_quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quote = false;
-            }
+        if q.skip(c) {
             continue;
         }
         match c {
-            '"' if !in_angle => in_quote = true,
+            '"' if !in_angle => q.in_quote = true,
             '<' if !in_angle => in_angle = true,
             '>' if in_angle => in_angle = false,
             ',' if !in_angle => {
@@ -160,7 +180,7 @@ pub(crate) fn split_list(value: &str) -> Result<Vec<&str>, &'static str> {
             _ => {}
         }
     }
-    if in_quote || in_angle {
+    if q.in_quote || in_angle {
         return Err("unbalanced quotes or angle brackets");
     }
     out.push(value.get(start..).unwrap_or("").trim());
@@ -170,27 +190,20 @@ pub(crate) fn split_list(value: &str) -> Result<Vec<&str>, &'static str> {
 /// Splits one name-addr / addr-spec (with parameters) into the URI and the parameter string.
 pub(crate) fn split_name_addr(value: &str) -> Result<(&str, &str), &'static str> {
     let v = value.trim();
-    let mut in_quote = false;
-    let mut escaped = false;
+    let mut q = QuoteState::default();
     let mut lt = None;
     for (i, c) in v.char_indices() {
-        if in_quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quote = false;
-            }
+        if q.skip(c) {
             continue;
         }
         if c == '"' {
-            in_quote = true;
+            q.in_quote = true;
         } else if c == '<' {
             lt = Some(i);
             break;
         }
     }
+    let in_quote = q.in_quote;
     let (uri, rest) = match lt {
         Some(lt) => {
             let after = v.get(lt + 1..).unwrap_or("");
