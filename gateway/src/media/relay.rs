@@ -1,0 +1,823 @@
+//! The relay on tokio: [`MediaRelay`] hands out [`Leg`]s; [`bridge`] connects two of them.
+//!
+//! ## Per-packet path
+//!
+//! Each leg has one task that owns its receive buffers (allocated once, inside the task) and
+//! its sans-IO state: the RTP and RTCP [`Latch`]es and the [`RtpStats`]. A packet received on
+//! leg A is parsed in place, latched, counted (atomics only) and, when A is bridged to B, sent
+//! out of B's socket to B's destination straight from A's task. Nothing is allocated and no
+//! lock is taken per packet in the steady state:
+//!
+//! * configuration shared with the handles (the SDP address, the bridge peer, the peer's
+//!   destination) sits behind mutexes, each paired with a generation counter; the task keeps
+//!   a copy and only locks when the counter moved (a `set_remote`, `bridge`, a re-latch);
+//! * the bridge peer is held as a [`Weak`] (one atomic upgrade per packet), so a dropped leg
+//!   frees its sockets and ports at once even while its peer is idle, and two bridged legs
+//!   never keep each other alive;
+//! * statistics are published to atomics after each packet, so [`Leg::stats`] is a read;
+//! * recorders ([`Leg::subscribe`]) cost one atomic load per packet when there are none; with
+//!   subscribers each gets a copy (`Vec<u8>`) through a bounded channel, dropped and counted
+//!   when the subscriber is behind (the relay never waits for a recorder).
+//!
+//! Handle operations (`set_remote`, `bridge`, `subscribe`, `close`) take effect for every
+//! packet received after they return.
+//!
+//! ## What is relayed
+//!
+//! RTP (version 2, parsed with `rtp-rs`) from the RTP port and RTCP (version 2, packet type
+//! 192–223) from the RTCP port, unchanged; RTCP multiplexed on the RTP port (RFC 5761, the
+//! same packet-type test) is relayed on the RTP path. Anything else is dropped and counted as
+//! invalid. The relay neither rewrites nor generates RTCP.
+//!
+//! ## Lifetime
+//!
+//! A leg closes when [`Leg::close`] is called (it stops relaying and injecting at once) or
+//! when its last handle is dropped. Its port pair goes back to the range when the last handle
+//! is dropped and its task has ended (the sockets are closed before the pair is released).
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use rtp_rs::RtpReader;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::watch;
+
+use super::latch::{Latch, LatchVerdict, DEFAULT_RELATCH_SILENCE};
+use super::ports::PortAllocator;
+use super::stats::{RtpStats, DEFAULT_CLOCK_RATE};
+use super::MediaError;
+
+/// The largest datagram relayed; larger ones are dropped and counted as invalid.
+pub const MAX_PACKET_SIZE: usize = 2048;
+
+/// Packets buffered per [`Leg::subscribe`] receiver before packets are dropped for it.
+pub const SUBSCRIBER_CAPACITY: usize = 256;
+
+/// Configuration of a [`MediaRelay`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// The local address the legs' sockets bind to.
+    pub bind_ip: IpAddr,
+    /// The address put in SDP ([`Leg::local_rtp`]); differs from `bind_ip` behind 1:1 NAT.
+    pub advertised_ip: IpAddr,
+    /// Lowest port of the RTP/RTCP range.
+    pub port_min: u16,
+    /// Highest port of the range.
+    pub port_max: u16,
+    /// Latch only onto sources with the SDP address's IP (see [`super::latch`]).
+    pub strict_latching: bool,
+    /// How long the latched source must be silent before another source may re-latch.
+    pub relatch_silence: Duration,
+}
+
+impl RelayConfig {
+    /// A configuration with non-strict latching and the default re-latch silence (2 s).
+    pub fn new(bind_ip: IpAddr, advertised_ip: IpAddr, port_min: u16, port_max: u16) -> Self {
+        RelayConfig {
+            bind_ip,
+            advertised_ip,
+            port_min,
+            port_max,
+            strict_latching: false,
+            relatch_silence: DEFAULT_RELATCH_SILENCE,
+        }
+    }
+}
+
+/// Statistics of one leg, as seen at the time of [`Leg::stats`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LegStats {
+    /// Valid RTP packets accepted on this leg (relayed or not).
+    pub rtp_packets_in: u64,
+    /// Their bytes (whole datagrams).
+    pub rtp_bytes_in: u64,
+    /// RTP packets sent out of this leg (relayed from the peer, or injected).
+    pub rtp_packets_out: u64,
+    /// Their bytes.
+    pub rtp_bytes_out: u64,
+    /// RTCP packets accepted (on the RTCP port, or multiplexed on the RTP port).
+    pub rtcp_packets_in: u64,
+    /// Their bytes.
+    pub rtcp_bytes_in: u64,
+    /// RTCP packets sent out of this leg.
+    pub rtcp_packets_out: u64,
+    /// Their bytes.
+    pub rtcp_bytes_out: u64,
+    /// Datagrams dropped for not being RTP (or RTCP on the RTCP port), or too large.
+    pub invalid_packets: u64,
+    /// Packets dropped because they came from a source other than the latched one while it was
+    /// active (or, with strict latching, from another IP than SDP's).
+    pub rejected_packets: u64,
+    /// Copies not delivered to a subscriber that was behind.
+    pub subscriber_drops: u64,
+    /// RFC 3550 A.3 packets expected (from sequence numbers, with wrap).
+    pub expected: u64,
+    /// RFC 3550 A.3 cumulative packets lost (negative with duplicates).
+    pub lost: i64,
+    /// RFC 3550 A.8 interarrival jitter, in timestamp units.
+    pub jitter: f64,
+    /// The same jitter in milliseconds.
+    pub jitter_ms: f64,
+    /// The clock rate the jitter is computed with ([`Leg::set_clock_rate`]).
+    pub clock_rate: u32,
+    /// When the last accepted RTP packet arrived.
+    pub last_packet_at: Option<Instant>,
+    /// The latched RTP source.
+    pub latched_source: Option<SocketAddr>,
+    /// The latched RTCP source.
+    pub latched_rtcp_source: Option<SocketAddr>,
+    /// RTP payload types seen, ascending.
+    pub payload_types_seen: Vec<u8>,
+}
+
+/// The RTP relay: hands out legs from a port range. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MediaRelay {
+    inner: Arc<RelayInner>,
+}
+
+#[derive(Debug)]
+struct RelayInner {
+    config: RelayConfig,
+    ports: Arc<Mutex<PortAllocator>>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a few plain assignments: a panic cannot leave them half done.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl MediaRelay {
+    /// A relay for `config`; errors when the port range holds no pair.
+    pub fn new(config: RelayConfig) -> Result<Self, MediaError> {
+        let ports = PortAllocator::new(config.port_min, config.port_max)?;
+        Ok(MediaRelay {
+            inner: Arc::new(RelayInner {
+                config,
+                ports: Arc::new(Mutex::new(ports)),
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.inner.config
+    }
+
+    /// Port pairs held by open legs.
+    pub fn ports_in_use(&self) -> usize {
+        lock(&self.inner.ports).in_use()
+    }
+
+    /// Opens a leg: binds an RTP/RTCP socket pair from the range (skipping pairs another
+    /// process holds) and starts its task.
+    ///
+    /// Errors with [`MediaError::PortsExhausted`] when no pair can be bound.
+    pub async fn leg(&self) -> Result<Leg, MediaError> {
+        self.leg_now()
+    }
+
+    /// [`MediaRelay::leg`] for synchronous callers (binding does not wait); it must run where
+    /// a tokio runtime is current, else it fails with [`MediaError::NoRuntime`].
+    pub fn leg_now(&self) -> Result<Leg, MediaError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| MediaError::NoRuntime)?;
+        let _entered = runtime.enter();
+        let cfg = &self.inner.config;
+        let ip = cfg.bind_ip;
+        let (port, (rtp, rtcp)) = lock(&self.inner.ports).allocate(|p| bind_pair(ip, p))?;
+        let lease = PortLease {
+            ports: self.inner.ports.clone(),
+            port,
+        };
+        let sockets = Sockets {
+            rtp_nowait: rtp.try_clone()?,
+            rtp: UdpSocket::from_std(rtp)?,
+            rtcp: UdpSocket::from_std(rtcp)?,
+            _lease: lease,
+        };
+        let shared = Arc::new(LegShared {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            local_rtp: SocketAddr::new(cfg.advertised_ip, port),
+            local_rtcp: SocketAddr::new(cfg.advertised_ip, port.saturating_add(1)),
+            sockets,
+            strict: cfg.strict_latching,
+            silence: cfg.relatch_silence,
+            epoch: Instant::now(),
+            remote: Mutex::new(Remote::default()),
+            sdp_gen: AtomicU64::new(0),
+            dest_gen: AtomicU64::new(0),
+            peer: Mutex::new(Weak::new()),
+            peer_gen: AtomicU64::new(0),
+            subscribers: Mutex::new(Vec::new()),
+            has_subscribers: AtomicBool::new(false),
+            clock_rate: AtomicU32::new(DEFAULT_CLOCK_RATE),
+            closed: AtomicBool::new(false),
+            c: Counters::default(),
+        });
+        let (close_tx, close_rx) = watch::channel(false);
+        runtime.spawn(run(shared.clone(), close_rx));
+        tracing::debug!(leg = shared.id, port, "media leg opened");
+        Ok(Leg {
+            inner: Arc::new(LegHandle {
+                shared,
+                close: close_tx,
+            }),
+        })
+    }
+}
+
+/// Binds RTP on `port` and RTCP on `port + 1` (`port` is even, so this cannot overflow).
+fn bind_pair(ip: IpAddr, port: u16) -> io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+    let rtcp_port = port
+        .checked_add(1)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no RTCP port"))?;
+    let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+    let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, rtcp_port))?;
+    rtp.set_nonblocking(true)?;
+    rtcp.set_nonblocking(true)?;
+    Ok((rtp, rtcp))
+}
+
+/// Gives the pair back to the allocator when dropped.
+#[derive(Debug)]
+struct PortLease {
+    ports: Arc<Mutex<PortAllocator>>,
+    port: u16,
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        lock(&self.ports).release(self.port);
+    }
+}
+
+/// A leg's sockets; fields drop in order, so the ports are closed before the pair is released.
+#[derive(Debug)]
+struct Sockets {
+    /// The RTP socket again (same file description), non-blocking, for
+    /// [`Leg::try_send_rtp`]: tokio's `try_send_to` reports `WouldBlock` until the reactor has
+    /// seen the socket writable once, which would drop the first packets of a prompt.
+    rtp_nowait: std::net::UdpSocket,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    _lease: PortLease,
+}
+
+/// Where a leg sends, and what the peer's SDP said.
+#[derive(Debug, Default, Clone, Copy)]
+struct Remote {
+    rtp_sdp: Option<SocketAddr>,
+    rtcp_sdp: Option<SocketAddr>,
+    rtp_dest: Option<SocketAddr>,
+    rtcp_dest: Option<SocketAddr>,
+    rtp_latched: Option<SocketAddr>,
+    rtcp_latched: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    rtp_packets_in: AtomicU64,
+    rtp_bytes_in: AtomicU64,
+    rtp_packets_out: AtomicU64,
+    rtp_bytes_out: AtomicU64,
+    rtcp_packets_in: AtomicU64,
+    rtcp_bytes_in: AtomicU64,
+    rtcp_packets_out: AtomicU64,
+    rtcp_bytes_out: AtomicU64,
+    invalid_packets: AtomicU64,
+    rejected_packets: AtomicU64,
+    subscriber_drops: AtomicU64,
+    expected: AtomicU64,
+    lost: AtomicI64,
+    jitter_bits: AtomicU64,
+    jitter_ms_bits: AtomicU64,
+    stats_clock_rate: AtomicU32,
+    /// Nanoseconds since the leg's epoch + 1 of the last accepted RTP packet; 0: none yet.
+    last_rtp: AtomicU64,
+    payload_types: [AtomicU64; 2],
+}
+
+/// State shared by a leg's handles, its task and its bridge peer's task.
+#[derive(Debug)]
+struct LegShared {
+    id: u64,
+    local_rtp: SocketAddr,
+    local_rtcp: SocketAddr,
+    sockets: Sockets,
+    strict: bool,
+    silence: Duration,
+    epoch: Instant,
+    remote: Mutex<Remote>,
+    /// Bumped (under `remote`) when the SDP address changes.
+    sdp_gen: AtomicU64,
+    /// Bumped (under `remote`) when a destination changes.
+    dest_gen: AtomicU64,
+    peer: Mutex<Weak<LegShared>>,
+    /// Bumped (under `peer`) when the peer changes.
+    peer_gen: AtomicU64,
+    subscribers: Mutex<Vec<mpsc::Sender<Vec<u8>>>>,
+    has_subscribers: AtomicBool,
+    clock_rate: AtomicU32,
+    closed: AtomicBool,
+    c: Counters,
+}
+
+impl LegShared {
+    fn set_peer(&self, peer: Weak<LegShared>) {
+        let mut p = lock(&self.peer);
+        *p = peer;
+        self.peer_gen.fetch_add(1, Ordering::Release);
+    }
+
+    /// Dissolves this leg's bridge on both sides (the peer only if it still points here).
+    fn unbridge(self: &Arc<Self>) {
+        let old = {
+            let mut p = lock(&self.peer);
+            self.peer_gen.fetch_add(1, Ordering::Release);
+            std::mem::take(&mut *p)
+        };
+        if let Some(peer) = old.upgrade() {
+            let mut pp = lock(&peer.peer);
+            if std::ptr::eq(pp.as_ptr(), Arc::as_ptr(self)) {
+                *pp = Weak::new();
+                peer.peer_gen.fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// A handle on one call leg's media. Cheap to clone; the leg closes when the last handle is
+/// dropped or [`Leg::close`] is called.
+#[derive(Clone)]
+pub struct Leg {
+    inner: Arc<LegHandle>,
+}
+
+#[derive(Debug)]
+struct LegHandle {
+    shared: Arc<LegShared>,
+    /// Dropping it (last handle gone) or sending `true` stops the task.
+    close: watch::Sender<bool>,
+}
+
+impl fmt::Debug for Leg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Leg")
+            .field("id", &self.inner.shared.id)
+            .field("local_rtp", &self.inner.shared.local_rtp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Leg {
+    fn shared(&self) -> &Arc<LegShared> {
+        &self.inner.shared
+    }
+
+    /// A process-unique id (for logs).
+    pub fn id(&self) -> u64 {
+        self.shared().id
+    }
+
+    /// The RTP address to put in SDP: the advertised IP and the leg's RTP port.
+    pub fn local_rtp(&self) -> SocketAddr {
+        self.shared().local_rtp
+    }
+
+    /// The RTCP address (advertised IP, RTP port + 1).
+    pub fn local_rtcp(&self) -> SocketAddr {
+        self.shared().local_rtcp
+    }
+
+    /// Sets the peer's addresses from its SDP; `rtcp` defaults to the RTP port + 1. Forgets
+    /// what was latched (a re-INVITE's new address latches afresh).
+    pub fn set_remote(&self, rtp: SocketAddr, rtcp: Option<SocketAddr>) {
+        let s = self.shared();
+        let rtcp = rtcp.or_else(|| {
+            rtp.port()
+                .checked_add(1)
+                .map(|p| SocketAddr::new(rtp.ip(), p))
+        });
+        let mut r = lock(&s.remote);
+        *r = Remote {
+            rtp_sdp: Some(rtp),
+            rtcp_sdp: rtcp,
+            rtp_dest: Some(rtp),
+            rtcp_dest: rtcp,
+            rtp_latched: None,
+            rtcp_latched: None,
+        };
+        s.sdp_gen.fetch_add(1, Ordering::Release);
+        s.dest_gen.fetch_add(1, Ordering::Release);
+    }
+
+    /// Where RTP and RTCP are sent now: the latched sources, else the SDP addresses.
+    pub fn destination(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let r = *lock(&self.shared().remote);
+        (r.rtp_dest, r.rtcp_dest)
+    }
+
+    /// Sets the RTP clock rate used for jitter (default 8000 Hz; 0 is taken as 1).
+    pub fn set_clock_rate(&self, clock_rate: u32) {
+        self.shared()
+            .clock_rate
+            .store(clock_rate.max(1), Ordering::Relaxed);
+    }
+
+    /// Sends a raw RTP packet (e.g. a prompt or music on hold) out of this leg to its
+    /// destination. The packet is not checked; it counts in `rtp_packets_out`.
+    pub async fn send_rtp(&self, packet: &[u8]) -> Result<usize, MediaError> {
+        let s = self.shared();
+        if s.closed.load(Ordering::Acquire) {
+            return Err(MediaError::Closed);
+        }
+        let dest = lock(&s.remote).rtp_dest.ok_or(MediaError::NoRemote)?;
+        let n = s.sockets.rtp.send_to(packet, dest).await?;
+        bump(&s.c.rtp_packets_out, 1);
+        bump(&s.c.rtp_bytes_out, n as u64);
+        Ok(n)
+    }
+
+    /// [`Leg::send_rtp`] without waiting, for pacing tasks (music on hold): when the socket
+    /// buffer is full the packet is not sent and `Io(WouldBlock)` returned (drop it).
+    pub fn try_send_rtp(&self, packet: &[u8]) -> Result<usize, MediaError> {
+        let s = self.shared();
+        if s.closed.load(Ordering::Acquire) {
+            return Err(MediaError::Closed);
+        }
+        let dest = lock(&s.remote).rtp_dest.ok_or(MediaError::NoRemote)?;
+        let n = s.sockets.rtp_nowait.send_to(packet, dest)?;
+        bump(&s.c.rtp_packets_out, 1);
+        bump(&s.c.rtp_bytes_out, n as u64);
+        Ok(n)
+    }
+
+    /// A copy of every RTP packet accepted on this leg from now on (whole datagrams, header
+    /// included), bridged or not. Packets are dropped for a receiver that falls more than
+    /// [`SUBSCRIBER_CAPACITY`] behind (`subscriber_drops`); drop the receiver to unsubscribe.
+    /// The channel closes when the leg does.
+    pub fn subscribe(&self) -> mpsc::Receiver<Vec<u8>> {
+        let s = self.shared();
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
+        let mut subs = lock(&s.subscribers);
+        subs.push(tx);
+        s.has_subscribers.store(true, Ordering::Release);
+        rx
+    }
+
+    /// The leg's statistics now.
+    pub fn stats(&self) -> LegStats {
+        let s = self.shared();
+        let c = &s.c;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let r = *lock(&s.remote);
+        let mut payload_types_seen = Vec::new();
+        for (w, word) in c.payload_types.iter().enumerate() {
+            let bits = get(word);
+            for b in 0..64u8 {
+                if bits & (1u64 << b) != 0 {
+                    payload_types_seen.push((w as u8) * 64 + b);
+                }
+            }
+        }
+        LegStats {
+            rtp_packets_in: get(&c.rtp_packets_in),
+            rtp_bytes_in: get(&c.rtp_bytes_in),
+            rtp_packets_out: get(&c.rtp_packets_out),
+            rtp_bytes_out: get(&c.rtp_bytes_out),
+            rtcp_packets_in: get(&c.rtcp_packets_in),
+            rtcp_bytes_in: get(&c.rtcp_bytes_in),
+            rtcp_packets_out: get(&c.rtcp_packets_out),
+            rtcp_bytes_out: get(&c.rtcp_bytes_out),
+            invalid_packets: get(&c.invalid_packets),
+            rejected_packets: get(&c.rejected_packets),
+            subscriber_drops: get(&c.subscriber_drops),
+            expected: get(&c.expected),
+            lost: c.lost.load(Ordering::Relaxed),
+            jitter: f64::from_bits(get(&c.jitter_bits)),
+            jitter_ms: f64::from_bits(get(&c.jitter_ms_bits)),
+            clock_rate: match c.stats_clock_rate.load(Ordering::Relaxed) {
+                0 => s.clock_rate.load(Ordering::Relaxed),
+                rate => rate,
+            },
+            last_packet_at: self.last_packet_at(),
+            latched_source: r.rtp_latched,
+            latched_rtcp_source: r.rtcp_latched,
+            payload_types_seen,
+        }
+    }
+
+    /// When the last accepted RTP packet arrived.
+    pub fn last_packet_at(&self) -> Option<Instant> {
+        let s = self.shared();
+        match s.c.last_rtp.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(s.epoch + Duration::from_nanos(n - 1)),
+        }
+    }
+
+    /// How long no RTP has been accepted at `now`: since the last packet, or since the leg
+    /// was opened if none came yet (for media timeouts: hang up after N s of silence).
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        let since = self.last_packet_at().unwrap_or(self.shared().epoch);
+        now.saturating_duration_since(since)
+    }
+
+    /// Closes the leg: it is unbridged, stops relaying, and refuses [`Leg::send_rtp`]. The
+    /// ports are released once every handle is dropped.
+    pub fn close(&self) {
+        let s = self.shared();
+        s.closed.store(true, Ordering::Release);
+        s.unbridge();
+        self.inner.close.send_replace(true);
+    }
+
+    /// Whether [`Leg::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared().closed.load(Ordering::Acquire)
+    }
+}
+
+/// Bridges `a` and `b`: RTP/RTCP accepted on one is sent out of the other to its destination.
+/// Any previous bridge of either leg is dissolved first. Calls on the same legs should be
+/// serialised by the caller (the call's task); concurrent ones may leave a one-way bridge.
+pub fn bridge(a: &Leg, b: &Leg) -> Result<(), MediaError> {
+    if Arc::ptr_eq(a.shared(), b.shared()) {
+        return Err(MediaError::SelfBridge);
+    }
+    if a.is_closed() || b.is_closed() {
+        return Err(MediaError::Closed);
+    }
+    a.shared().unbridge();
+    b.shared().unbridge();
+    a.shared().set_peer(Arc::downgrade(b.shared()));
+    b.shared().set_peer(Arc::downgrade(a.shared()));
+    Ok(())
+}
+
+/// Dissolves `leg`'s bridge, on both sides; from then on both legs drop what they receive
+/// (still counting it, latching and feeding subscribers).
+pub fn unbridge(leg: &Leg) {
+    leg.shared().unbridge();
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Rtp,
+    Rtcp,
+}
+
+/// The task's copy of the bridge peer and its destinations.
+#[derive(Debug, Default)]
+struct PeerCache {
+    leg: Weak<LegShared>,
+    dest_seen: Option<u64>,
+    rtp: Option<SocketAddr>,
+    rtcp: Option<SocketAddr>,
+}
+
+/// A leg task's private state.
+#[derive(Debug)]
+struct Task {
+    rtp_latch: Latch,
+    rtcp_latch: Latch,
+    sdp_seen: u64,
+    stats: RtpStats,
+    peer_seen: u64,
+    peer: PeerCache,
+}
+
+/// Whether a datagram looks like RTCP (RFC 5761 §4: version 2, packet type 192–223).
+fn is_rtcp(pkt: &[u8]) -> bool {
+    pkt.len() >= 8 && pkt[0] >> 6 == 2 && (192..=223).contains(&pkt[1])
+}
+
+async fn run(shared: Arc<LegShared>, mut close: watch::Receiver<bool>) {
+    let mut task = Task {
+        rtp_latch: Latch::new(shared.strict, shared.silence),
+        rtcp_latch: Latch::new(shared.strict, shared.silence),
+        sdp_seen: 0,
+        stats: RtpStats::new(shared.clock_rate.load(Ordering::Relaxed)),
+        peer_seen: 0,
+        peer: PeerCache::default(),
+    };
+    // One byte over the limit, so that an oversize datagram is seen (it is truncated).
+    let mut rtp_buf = [0u8; MAX_PACKET_SIZE + 1];
+    let mut rtcp_buf = [0u8; MAX_PACKET_SIZE + 1];
+    loop {
+        tokio::select! {
+            _ = close.changed() => break,
+            r = shared.sockets.rtp.recv_from(&mut rtp_buf) => match r {
+                Ok((n, src)) => task.on_rtp_port(&shared, &rtp_buf[..n], src).await,
+                Err(e) => tracing::debug!(leg = shared.id, error = %e, "RTP receive error"),
+            },
+            r = shared.sockets.rtcp.recv_from(&mut rtcp_buf) => match r {
+                Ok((n, src)) => task.on_rtcp_port(&shared, &rtcp_buf[..n], src).await,
+                Err(e) => tracing::debug!(leg = shared.id, error = %e, "RTCP receive error"),
+            },
+        }
+    }
+    // Recorders see the end of the stream.
+    lock(&shared.subscribers).clear();
+    shared.has_subscribers.store(false, Ordering::Release);
+    tracing::debug!(leg = shared.id, "media leg closed");
+}
+
+impl Task {
+    async fn on_rtp_port(&mut self, shared: &LegShared, pkt: &[u8], src: SocketAddr) {
+        let c = &shared.c;
+        if pkt.len() > MAX_PACKET_SIZE {
+            bump(&c.invalid_packets, 1);
+            return;
+        }
+        let now = Instant::now();
+        if is_rtcp(pkt) {
+            // RTCP multiplexed on the RTP port (RFC 5761): relayed on the RTP path.
+            if self.accept(shared, Stream::Rtp, src, now) {
+                bump(&c.rtcp_packets_in, 1);
+                bump(&c.rtcp_bytes_in, pkt.len() as u64);
+                self.forward(shared, pkt, Stream::Rtp, true).await;
+            }
+            return;
+        }
+        let (seq, ts, pt) = match RtpReader::new(pkt) {
+            Ok(r) => (
+                u16::from(r.sequence_number()),
+                r.timestamp(),
+                r.payload_type(),
+            ),
+            Err(_) => {
+                bump(&c.invalid_packets, 1);
+                return;
+            }
+        };
+        if !self.accept(shared, Stream::Rtp, src, now) {
+            return;
+        }
+        bump(&c.rtp_packets_in, 1);
+        bump(&c.rtp_bytes_in, pkt.len() as u64);
+        let nanos = now.saturating_duration_since(shared.epoch).as_nanos();
+        c.last_rtp.store(
+            u64::try_from(nanos)
+                .unwrap_or(u64::MAX - 1)
+                .saturating_add(1),
+            Ordering::Relaxed,
+        );
+        let word = &c.payload_types[usize::from(pt >> 6) & 1];
+        let bit = 1u64 << (pt & 63);
+        if word.load(Ordering::Relaxed) & bit == 0 {
+            word.fetch_or(bit, Ordering::Relaxed);
+        }
+        let rate = shared.clock_rate.load(Ordering::Relaxed);
+        if rate != self.stats.clock_rate() {
+            self.stats.set_clock_rate(rate);
+        }
+        self.stats.on_packet(seq, ts, now);
+        c.expected.store(self.stats.expected(), Ordering::Relaxed);
+        c.lost.store(self.stats.lost(), Ordering::Relaxed);
+        c.jitter_bits
+            .store(self.stats.jitter().to_bits(), Ordering::Relaxed);
+        c.jitter_ms_bits
+            .store(self.stats.jitter_ms().to_bits(), Ordering::Relaxed);
+        c.stats_clock_rate
+            .store(self.stats.clock_rate(), Ordering::Relaxed);
+        if shared.has_subscribers.load(Ordering::Acquire) {
+            let mut subs = lock(&shared.subscribers);
+            subs.retain(|tx| match tx.try_send(pkt.to_vec()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    bump(&c.subscriber_drops, 1);
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            });
+            if subs.is_empty() {
+                shared.has_subscribers.store(false, Ordering::Release);
+            }
+        }
+        self.forward(shared, pkt, Stream::Rtp, false).await;
+    }
+
+    async fn on_rtcp_port(&mut self, shared: &LegShared, pkt: &[u8], src: SocketAddr) {
+        let c = &shared.c;
+        if pkt.len() > MAX_PACKET_SIZE || !is_rtcp(pkt) {
+            bump(&c.invalid_packets, 1);
+            return;
+        }
+        if self.accept(shared, Stream::Rtcp, src, Instant::now()) {
+            bump(&c.rtcp_packets_in, 1);
+            bump(&c.rtcp_bytes_in, pkt.len() as u64);
+            self.forward(shared, pkt, Stream::Rtcp, true).await;
+        }
+    }
+
+    /// Picks up a new SDP address if `set_remote` was called.
+    fn refresh_sdp(&mut self, shared: &LegShared) {
+        if shared.sdp_gen.load(Ordering::Acquire) != self.sdp_seen {
+            let r = lock(&shared.remote);
+            self.rtp_latch.set_expected(r.rtp_sdp);
+            self.rtcp_latch.set_expected(r.rtcp_sdp);
+            self.sdp_seen = shared.sdp_gen.load(Ordering::Acquire);
+        }
+    }
+
+    /// Runs the latch; publishes a new latched source; counts a rejection.
+    fn accept(
+        &mut self,
+        shared: &LegShared,
+        stream: Stream,
+        src: SocketAddr,
+        now: Instant,
+    ) -> bool {
+        self.refresh_sdp(shared);
+        let latch = match stream {
+            Stream::Rtp => &mut self.rtp_latch,
+            Stream::Rtcp => &mut self.rtcp_latch,
+        };
+        match latch.on_packet(src, now) {
+            LatchVerdict::Accepted => true,
+            LatchVerdict::Rejected => {
+                bump(&shared.c.rejected_packets, 1);
+                false
+            }
+            LatchVerdict::Latched => {
+                let mut r = lock(&shared.remote);
+                // A set_remote since refresh_sdp wins: the next packet latches afresh.
+                if shared.sdp_gen.load(Ordering::Acquire) == self.sdp_seen {
+                    match stream {
+                        Stream::Rtp => {
+                            r.rtp_dest = latch.destination();
+                            r.rtp_latched = latch.latched();
+                        }
+                        Stream::Rtcp => {
+                            r.rtcp_dest = latch.destination();
+                            r.rtcp_latched = latch.latched();
+                        }
+                    }
+                    shared.dest_gen.fetch_add(1, Ordering::Release);
+                }
+                drop(r);
+                tracing::debug!(leg = shared.id, ?stream, %src, "latched media source");
+                true
+            }
+        }
+    }
+
+    /// Sends `pkt` out of the bridge peer's socket to the peer's destination, if bridged.
+    async fn forward(&mut self, shared: &LegShared, pkt: &[u8], stream: Stream, rtcp: bool) {
+        let gen = shared.peer_gen.load(Ordering::Acquire);
+        if gen != self.peer_seen {
+            let p = lock(&shared.peer);
+            self.peer = PeerCache {
+                leg: p.clone(),
+                ..PeerCache::default()
+            };
+            self.peer_seen = shared.peer_gen.load(Ordering::Acquire);
+        }
+        let Some(peer) = self.peer.leg.upgrade() else {
+            return;
+        };
+        if peer.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let dest_gen = peer.dest_gen.load(Ordering::Acquire);
+        if self.peer.dest_seen != Some(dest_gen) {
+            let r = lock(&peer.remote);
+            self.peer.rtp = r.rtp_dest;
+            self.peer.rtcp = r.rtcp_dest;
+            self.peer.dest_seen = Some(peer.dest_gen.load(Ordering::Acquire));
+        }
+        let (socket, dest) = match stream {
+            Stream::Rtp => (&peer.sockets.rtp, self.peer.rtp),
+            Stream::Rtcp => (&peer.sockets.rtcp, self.peer.rtcp),
+        };
+        let Some(dest) = dest else {
+            return;
+        };
+        match socket.send_to(pkt, dest).await {
+            Ok(n) => {
+                let (packets, bytes) = if rtcp {
+                    (&peer.c.rtcp_packets_out, &peer.c.rtcp_bytes_out)
+                } else {
+                    (&peer.c.rtp_packets_out, &peer.c.rtp_bytes_out)
+                };
+                bump(packets, 1);
+                bump(bytes, n as u64);
+            }
+            Err(e) => {
+                tracing::debug!(leg = shared.id, peer = peer.id, %dest, error = %e, "relay send failed");
+            }
+        }
+    }
+}
