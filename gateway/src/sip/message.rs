@@ -1012,6 +1012,49 @@ pub fn response_for(req: &Request, code: u16, reason: &str) -> Response {
     build_reply(&req.headers, code, reason, "", &[], None)
 }
 
+/// One `name-addr` / `addr-spec` of a From, To, Contact, Route or Record-Route value: the URI
+/// (without `<>`) and the header parameters after it (`tag`, `expires`, `lr`, …), as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// The URI text.
+    pub uri: String,
+    /// The header parameters, in order; names as sent.
+    pub params: Vec<(String, Option<String>)>,
+}
+
+impl Address {
+    /// The value of parameter `name` (case-insensitive); `Some(None)` for a flag.
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_deref())
+    }
+}
+
+/// Parses a header value holding one address (`multi == false`) or a comma-separated list of
+/// them (Contact, Route, Record-Route) with the RFC 3261 grammar. `None` if it does not parse.
+pub fn parse_addresses(value: &str, multi: bool) -> Option<Vec<Address>> {
+    grammar::name_addrs(value, multi, false).ok().map(|list| {
+        list.into_iter()
+            .map(|na| Address {
+                uri: na.uri.to_owned(),
+                params: na
+                    .params
+                    .into_iter()
+                    .map(|(n, v)| (n.to_owned(), v.map(str::to_owned)))
+                    .collect(),
+            })
+            .collect()
+    })
+}
+
+/// A URI (`sip:`/`sips:` or another scheme, kept opaque) as rsip's [`rsip::Uri`], checked with
+/// the Request-URI grammar: for building requests to a Contact or a configured peer.
+pub fn parse_uri(s: &str) -> Option<rsip::Uri> {
+    grammar::request_uri(s.trim()).ok()
+}
+
 /// [`response_for`] with the To tag to add when the request's To has none.
 pub fn response_with_tag(req: &Request, code: u16, reason: &str, to_tag: &str) -> Response {
     build_reply(&req.headers, code, reason, "", &[], Some(to_tag))

@@ -50,7 +50,7 @@
 
 mod build;
 mod key;
-mod parse;
+pub(crate) mod parse;
 
 pub use key::{Role, TransactionKey};
 
