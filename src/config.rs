@@ -40,6 +40,35 @@ pub struct GatewaySection {
     pub qualify_interval_secs: Option<f64>,
     pub t1_ms: Option<u64>,
     pub device_prefix: Option<String>,
+    /// Address the RTP relay binds and announces in SDP (default: the first listener's IP).
+    pub rtp_ip: Option<String>,
+    /// RTP port range, `"20000-29999"`.
+    pub rtp_ports: Option<String>,
+    /// Hang up a call after this long without RTP (0: never).
+    pub media_timeout_secs: Option<f64>,
+    /// Extra dialled numbers → device user, e.g. `"100" = "1001"`.
+    #[serde(default)]
+    pub extensions: std::collections::BTreeMap<String, String>,
+    /// Static SIP peers: other sites' gateways, a legacy PBX, an ITSP.
+    #[serde(default)]
+    pub trunk: Vec<TrunkSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkSection {
+    pub name: String,
+    /// `ip:port` of the peer (UDP).
+    pub address: String,
+    /// Dialled-number prefixes routed to this trunk (longest prefix wins).
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// Strip this many leading digits before sending.
+    #[serde(default)]
+    pub strip: usize,
+    /// Source IPs trusted as this trunk for inbound calls (default: the address's IP).
+    #[serde(default)]
+    pub inbound_from: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,6 +366,77 @@ impl Loaded {
                 b.to_vec()
             }
         };
+        let rtp_ip: std::net::IpAddr = match &g.rtp_ip {
+            Some(ip) => ip.parse().map_err(|_| {
+                anyhow!(
+                    "{}: {ip:?} is not an IP address",
+                    self.at("gateway", "rtp_ip")
+                )
+            })?,
+            None => {
+                let ip = udp.iter().chain(tcp.iter()).map(|a| a.ip()).next();
+                match ip {
+                    Some(ip) if !ip.is_unspecified() => ip,
+                    _ => {
+                        return Err(anyhow!(
+                            "{}: listeners bind a wildcard address: set rtp_ip to the address phones reach",
+                            self.path.display()
+                        ))
+                    }
+                }
+            }
+        };
+        let rtp_ports = match &g.rtp_ports {
+            None => (20000, 29999),
+            Some(r) => {
+                let parsed = r
+                    .split_once('-')
+                    .and_then(|(a, b)| {
+                        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                    })
+                    .filter(|(a, b)| a < b && *a >= 1024);
+                parsed.ok_or_else(|| {
+                    anyhow!(
+                        "{}: {r:?} is not a port range like \"20000-29999\" (from >= 1024, from < to)",
+                        self.at("gateway", "rtp_ports")
+                    )
+                })?
+            }
+        };
+        let mut trunks = Vec::new();
+        for t in &g.trunk {
+            let address: std::net::SocketAddr = t.address.parse().map_err(|_| {
+                anyhow!(
+                    "{}: trunk {:?}: {:?} is not an address like 192.0.2.7:5060",
+                    self.at("gateway.trunk", "address"),
+                    t.name,
+                    t.address
+                )
+            })?;
+            let inbound_from = if t.inbound_from.is_empty() {
+                vec![address.ip()]
+            } else {
+                t.inbound_from
+                    .iter()
+                    .map(|ip| {
+                        ip.parse().map_err(|_| {
+                            anyhow!(
+                                "{}: trunk {:?}: {ip:?} is not an IP address",
+                                self.at("gateway.trunk", "inbound_from"),
+                                t.name
+                            )
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            };
+            trunks.push(gateway::server::TrunkConfig {
+                name: t.name.clone(),
+                address,
+                prefixes: t.prefixes.clone(),
+                strip: t.strip,
+                inbound_from,
+            });
+        }
         Ok(gateway::server::GatewayConfig {
             udp,
             tcp,
@@ -351,6 +451,14 @@ impl Loaded {
             qualify_interval: secs(g.qualify_interval_secs, "qualify_interval_secs", 30.0)?,
             t1: Duration::from_millis(g.t1_ms.unwrap_or(500).max(1)),
             device_prefix: g.device_prefix.clone().unwrap_or_else(|| "PJSIP/".into()),
+            rtp_ip,
+            rtp_ports,
+            media_timeout: match g.media_timeout_secs {
+                Some(0.0) => None,
+                v => Some(secs(v, "media_timeout_secs", 30.0)?),
+            },
+            extensions: g.extensions.clone().into_iter().collect(),
+            trunks,
         })
     }
 

@@ -303,8 +303,21 @@ async fn run_gateway(
             }
         }
     };
+    let mut calls = gw.events.subscribe();
+    let print_calls = async {
+        loop {
+            match calls.recv().await {
+                Ok(ev) => println!("{}", call_line(&ev)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "call events dropped")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    };
     tokio::select! {
         _ = print => {}
+        _ = print_calls => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     gw.stop();
@@ -312,6 +325,35 @@ async fn run_gateway(
         x.shutdown().await;
     }
     Ok(())
+}
+
+/// `CALL <n> ENDED <reason> a_in=… a_out=… …`: one line per ended call with the relay's
+/// figures (packets and bytes each way, RFC 3550 loss and jitter, the latched source).
+fn call_line(ev: &gateway::server::GatewayEvent) -> String {
+    use std::fmt::Write as _;
+    let gateway::server::GatewayEvent::CallEnded { call, reason, a, b } = ev;
+    let mut line = format!("CALL {call} ENDED {reason}");
+    for (side, st) in [("a", a), ("b", b)] {
+        if let Some(st) = st {
+            let _ = write!(
+                line,
+                " {side}_in={} {side}_in_bytes={} {side}_out={} {side}_out_bytes={} \
+                 {side}_rtcp_in={} {side}_rtcp_out={} {side}_lost={} {side}_jitter_ms={:.2} {side}_latched={}",
+                st.rtp_packets_in,
+                st.rtp_bytes_in,
+                st.rtp_packets_out,
+                st.rtp_bytes_out,
+                st.rtcp_packets_in,
+                st.rtcp_packets_out,
+                st.lost,
+                st.jitter_ms,
+                st.latched_source
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+    line
 }
 
 fn parse_device(s: &str) -> Result<(String, DeviceState)> {

@@ -9,17 +9,11 @@
 //! "createAuthHeader: authentication must use MD5 or AKAv1-MD5". The SIPp tests therefore run the
 //! gateway with `digest_algorithms = ["MD5"]`; `default_challenge_order` checks the default order.
 
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use integration::gateway::{GatewayProcess, GatewaySpec};
 use integration::sipp::{run_scenario, SippOpts, SippOutcome, SippProcess, SippTransport};
-use integration::{free_tcp_port, free_udp_port, tail_file};
-
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn scenario(name: &str) -> PathBuf {
@@ -29,152 +23,29 @@ fn scenario(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn callfabric() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_callfabric"))
+/// A running `callfabric gateway` (the shared harness) with users 1000 and 1001, password
+/// "secret", and the SIPp helpers of these tests.
+struct Gateway(GatewayProcess);
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewayProcess;
+    fn deref(&self) -> &GatewayProcess {
+        &self.0
+    }
 }
 
-/// A running `callfabric gateway`, killed on drop.
-struct Gateway {
-    child: Child,
-    lines: Receiver<String>,
-    history: Vec<String>,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    udp: SocketAddr,
-    tcp: SocketAddr,
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut GatewayProcess {
+        &mut self.0
+    }
 }
 
 impl Gateway {
-    /// Writes the config, seeds users 1000 and 1001 (password "secret"), starts the gateway and
-    /// waits for its ready line.
     fn start(digest_algorithms: &[&str]) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-        let tcp = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-        let algorithms = digest_algorithms
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let config = dir.path().join("gw-a.toml");
-        let text = format!(
-            r#"[node]
-name = "gw-a"
-site = "a"
-role = "gateway"
-
-[statebus]
-backend = "local"
-
-[gateway]
-udp = ["{udp}"]
-tcp = ["{tcp}"]
-realm = "site-a"
-database = "sqlite://{db}"
-min_expires = 2
-default_expires = 3600
-max_expires = 7200
-digest_algorithms = [{algorithms}]
-db_reload_secs = 0.2
-qualify_interval_secs = 1
-t1_ms = 100
-"#,
-            db = dir.path().join("gw-a.db").display(),
-        );
-        std::fs::write(&config, text).expect("write config");
-        devices_add(&config, "1000", "secret");
-        devices_add(&config, "1001", "secret");
-
-        let stderr = std::fs::File::create(dir.path().join("gateway.stderr")).expect("stderr file");
-        let mut child = callfabric()
-            .arg("gateway")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start callfabric gateway");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut gw = Gateway {
-            child,
-            lines,
-            history: Vec::new(),
-            dir,
-            config,
-            udp,
-            tcp,
-        };
-        let ready = gw.wait_for(START_TIMEOUT, "the ready line", |l| {
-            l.starts_with("gateway ready")
-        });
-        assert!(
-            ready.contains(&udp.to_string()) && ready.contains(&tcp.to_string()),
-            "ready line {ready:?} does not name udp={udp} tcp={tcp}"
-        );
-        gw
-    }
-
-    /// Consumes stdout lines until one satisfies `pred`; panics (with the stdout history and
-    /// the stderr tail) on timeout or when the gateway exits.
-    fn wait_for(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.history.push(line.clone());
-                    if pred(line.trim()) {
-                        return line.trim().to_owned();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "timed out after {timeout:?} waiting for {what}\n{}",
-                        self.diag()
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.try_wait();
-                    panic!(
-                        "gateway closed stdout ({status:?}) while waiting for {what}\n{}",
-                        self.diag()
-                    )
-                }
-            }
-        }
-    }
-
-    /// Waits for `DEVICE PJSIP/<user> <state>`; returns when it was seen.
-    fn device(&mut self, user: &str, state: &str, timeout: Duration) -> Instant {
-        let want = format!("DEVICE PJSIP/{user} {state}");
-        self.wait_for(timeout, &format!("`{want}`"), |l| l == want);
-        Instant::now()
-    }
-
-    /// Lines already printed (and not yet consumed) without waiting.
-    fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.history.push(line);
-        }
-    }
-
-    fn diag(&self) -> String {
-        format!(
-            "--- gateway stdout ---\n{}\n--- gateway stderr (tail) ---\n{}",
-            self.history.join("\n"),
-            tail_file(&self.dir.path().join("gateway.stderr"), 40)
-        )
+        let mut spec = GatewaySpec::new("gw-a", &["1000", "1001"]);
+        spec.realm = "site-a".into();
+        spec.digest_algorithms = digest_algorithms.iter().map(|a| (*a).to_owned()).collect();
+        Gateway(GatewayProcess::start(&binary(), spec))
     }
 
     fn sipp(&self, name: &str, transport: SippTransport, opts: SippOpts) -> SippOutcome {
@@ -196,28 +67,12 @@ t1_ms = 100
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_callfabric"))
 }
 
 fn devices_add(config: &Path, user: &str, password: &str) {
-    let out = callfabric()
-        .args(["devices", "add", "--config"])
-        .arg(config)
-        .args(["--user", user, "--password", password])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run callfabric devices add");
-    assert!(
-        out.status.success(),
-        "callfabric devices add --user {user} failed: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    integration::gateway::devices_add(&binary(), config, user, password);
 }
 
 /// Status line and header names of every 401 SIPp received (from its `-trace_msg` log).

@@ -4,8 +4,12 @@
 //! (`sip::message`, `sip::transaction`, `registrar`, `transport::framing`, `transport::via`).
 //! The I/O lives at the edges: `transport` (tokio UDP/TCP listeners) and `devices` (sqlx).
 
+pub mod audio;
+pub mod b2bua;
 pub mod devices;
+pub mod media;
 pub mod registrar;
+pub mod sdp;
 pub mod server;
 pub mod sip;
 pub mod transport;

@@ -2,7 +2,9 @@
 //! cache (SQL) + the state bus. Registrations drive device state: NOT_INUSE while a contact is
 //! registered and answers OPTIONS qualify, UNAVAILABLE when none is.
 
+use crate::b2bua::{self, B2bua, Caller, MediaControl};
 use crate::devices::{DeviceCache, DeviceStore};
+use crate::media::{self as relay, Leg, LegStats, MediaRelay, RelayConfig};
 use crate::registrar::digest::Algorithm;
 use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord};
 use crate::sip::message::{self, Method, Request, SipMessage};
@@ -44,6 +46,31 @@ pub struct GatewayConfig {
     pub t1: Duration,
     /// Device-state key prefix, e.g. `PJSIP/`.
     pub device_prefix: String,
+    /// Address the RTP relay binds and puts in SDP.
+    pub rtp_ip: std::net::IpAddr,
+    /// RTP port range (inclusive).
+    pub rtp_ports: (u16, u16),
+    /// Hang up calls after this long without RTP.
+    pub media_timeout: Option<Duration>,
+    /// Dialled number → device user.
+    pub extensions: HashMap<String, String>,
+    /// Static SIP peers.
+    pub trunks: Vec<TrunkConfig>,
+}
+
+/// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkConfig {
+    /// Name (logs).
+    pub name: String,
+    /// Where its calls go (UDP).
+    pub address: SocketAddr,
+    /// Dialled prefixes routed to it (longest wins).
+    pub prefixes: Vec<String>,
+    /// Leading digits stripped before sending.
+    pub strip: usize,
+    /// Source IPs accepted as this trunk for inbound calls (no digest).
+    pub inbound_from: Vec<std::net::IpAddr>,
 }
 
 /// Errors starting the gateway.
@@ -55,6 +82,9 @@ pub enum GatewayError {
     /// A listener could not be bound.
     #[error("binding SIP listeners: {0}")]
     Bind(#[from] std::io::Error),
+    /// The RTP relay could not be set up.
+    #[error("RTP relay: {0}")]
+    Media(String),
 }
 
 /// Where a message came from / goes to.
@@ -89,10 +119,112 @@ fn user_of(aor: &str) -> &str {
         .unwrap_or(aor)
 }
 
+/// Something the gateway reports to its owner (the binary prints these).
+#[derive(Debug, Clone)]
+pub enum GatewayEvent {
+    /// A call ended, with the relay's figures for both legs.
+    CallEnded {
+        /// Gateway-local call number.
+        call: u64,
+        /// Why it ended (`bye-a`, `bye-b`, `cancel`, `486`, `media-timeout`, `no-ack`, …).
+        reason: String,
+        /// Caller-side leg.
+        a: Option<LegStats>,
+        /// Callee-side leg.
+        b: Option<LegStats>,
+    },
+}
+
+/// The relay legs of the calls in progress, shared with the [`Gateway`] handle for queries.
+type CallLegs = Arc<std::sync::Mutex<HashMap<b2bua::CallId, (Leg, Leg)>>>;
+
+/// [`MediaControl`] on the RTP relay.
+struct RelayMedia {
+    relay: MediaRelay,
+    legs: CallLegs,
+    /// Final figures of calls closed but not yet reported.
+    closed: HashMap<b2bua::CallId, (LegStats, LegStats)>,
+}
+
+impl RelayMedia {
+    fn with<R>(&self, call: b2bua::CallId, f: impl FnOnce(&Leg, &Leg) -> R) -> Option<R> {
+        let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
+        legs.get(&call).map(|(a, b)| f(a, b))
+    }
+}
+
+impl MediaControl for RelayMedia {
+    fn open(&mut self, call: b2bua::CallId) -> Option<b2bua::MediaPorts> {
+        let a = match self.relay.leg_now() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "no RTP ports for a call");
+                return None;
+            }
+        };
+        let b = match self.relay.leg_now() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "no RTP ports for a call");
+                return None;
+            }
+        };
+        let ports = b2bua::MediaPorts {
+            a: a.local_rtp(),
+            b: b.local_rtp(),
+        };
+        self.legs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(call, (a, b));
+        Some(ports)
+    }
+
+    fn set_remote(
+        &mut self,
+        call: b2bua::CallId,
+        side: b2bua::Side,
+        rtp: SocketAddr,
+        rtcp: Option<SocketAddr>,
+    ) {
+        self.with(call, |a, b| match side {
+            b2bua::Side::A => a.set_remote(rtp, rtcp),
+            b2bua::Side::B => b.set_remote(rtp, rtcp),
+        });
+    }
+
+    fn bridge(&mut self, call: b2bua::CallId) {
+        if let Some(Err(e)) = self.with(call, relay::bridge) {
+            warn!(error = %e, "cannot bridge call media");
+        }
+    }
+
+    fn close(&mut self, call: b2bua::CallId) {
+        let legs = self
+            .legs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&call);
+        if let Some((a, b)) = legs {
+            a.close();
+            b.close();
+            self.closed.insert(call, (a.stats(), b.stats()));
+        }
+    }
+
+    fn idle(&self, call: b2bua::CallId, now: Instant) -> Option<Duration> {
+        // Either phone falling silent ends the call (Asterisk's rtptimeout is per channel).
+        self.with(call, |a, b| a.idle_for(now).max(b.idle_for(now)))
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     /// The bound listeners.
     pub local: transport::LocalAddrs,
+    /// Call events.
+    pub events: tokio::sync::broadcast::Sender<GatewayEvent>,
+    legs: CallLegs,
     task: tokio::task::JoinHandle<()>,
     reloader: tokio::task::JoinHandle<()>,
 }
@@ -117,27 +249,65 @@ impl Gateway {
         rcfg.default_expires = cfg.default_expires;
         rcfg.max_expires = cfg.max_expires;
         rcfg.algorithms = cfg.algorithms.clone();
+        let cache_handle = cache.clone();
         let mut registrar = Registrar::new(rcfg, DeviceCredentials(cache));
         registrar.reject_nonces_issued_before(SystemTime::now());
         let tcfg = tx::Config {
             t1: cfg.t1,
             ..tx::Config::default()
         };
+        let relay = MediaRelay::new(RelayConfig::new(
+            cfg.rtp_ip,
+            cfg.rtp_ip,
+            cfg.rtp_ports.0,
+            cfg.rtp_ports.1,
+        ))
+        .map_err(|e| GatewayError::Media(e.to_string()))?;
+        let legs: CallLegs = Arc::default();
+        let (gw_events, _) = tokio::sync::broadcast::channel(1024);
+        let b2bua = B2bua::new(b2bua::Config {
+            t1: cfg.t1,
+            t2: tcfg.t2,
+            media_timeout: cfg.media_timeout,
+            realm: cfg.realm.clone(),
+        });
         let core = Core {
             cfg,
             bus,
             transports,
             tl: TransactionLayer::new(tcfg),
             registrar,
+            devices: cache_handle,
             qualifying: HashMap::new(),
             reachable: HashMap::new(),
+            b2bua,
+            media: RelayMedia {
+                relay,
+                legs: legs.clone(),
+                closed: HashMap::new(),
+            },
+            published: HashMap::new(),
+            events: gw_events.clone(),
         };
         let task = tokio::spawn(core.run(events));
         Ok(Gateway {
             local,
+            events: gw_events,
+            legs,
             task,
             reloader,
         })
+    }
+
+    /// RTP figures of the calls in progress: (call, caller leg, callee leg).
+    pub fn call_stats(&self) -> Vec<(u64, LegStats, LegStats)> {
+        let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = legs
+            .iter()
+            .map(|(id, (a, b))| (id.0, a.stats(), b.stats()))
+            .collect();
+        v.sort_by_key(|(id, _, _)| *id);
+        v
     }
 
     /// Stop serving.
@@ -163,6 +333,12 @@ struct Core {
     qualifying: HashMap<TransactionKey, String>,
     /// AOR → whether its last qualify was answered (absent: not qualified yet).
     reachable: HashMap<String, bool>,
+    devices: DeviceCache,
+    b2bua: B2bua,
+    media: RelayMedia,
+    /// Device key → state last published.
+    published: HashMap<String, DeviceState>,
+    events: tokio::sync::broadcast::Sender<GatewayEvent>,
 }
 
 impl Core {
@@ -171,7 +347,10 @@ impl Core {
         let mut qualify = tokio::time::interval(self.cfg.qualify_interval);
         qualify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let timer = self.tl.poll_timeout();
+            let timer = match (self.tl.poll_timeout(), self.b2bua.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
                 match timer {
                     Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
@@ -195,7 +374,11 @@ impl Core {
                         }
                     }
                 },
-                _ = sleep => self.tl.handle_timeout(Instant::now()),
+                _ = sleep => {
+                    let now = Instant::now();
+                    self.tl.handle_timeout(now);
+                    self.b2bua.handle_timeout(&mut self.media, now);
+                }
                 _ = housekeeping.tick() => {
                     self.registrar.expire(SystemTime::now());
                 }
@@ -216,15 +399,16 @@ impl Core {
             while let Some(ev) = self.registrar.poll_event() {
                 progressed = true;
                 match ev {
-                    RegistrarEvent::Registered { aor } => {
+                    RegistrarEvent::Registered { aor } | RegistrarEvent::Unregistered { aor } => {
                         self.reachable.remove(&aor);
-                        self.publish(&aor, DeviceState::NotInUse);
-                    }
-                    RegistrarEvent::Unregistered { aor } => {
-                        self.reachable.remove(&aor);
-                        self.publish(&aor, DeviceState::Unavailable);
+                        let key = self.device_key(&aor);
+                        self.refresh_device(&key);
                     }
                 }
+            }
+            while let Some(a) = self.b2bua.poll_action() {
+                progressed = true;
+                self.on_b2bua_action(a);
             }
             while let Some(t) = self.tl.poll_transmit() {
                 progressed = true;
@@ -236,10 +420,85 @@ impl Core {
         }
     }
 
-    fn publish(&self, aor: &str, state: DeviceState) {
-        let key = format!("{}{}", self.cfg.device_prefix, user_of(aor));
+    fn device_key(&self, aor: &str) -> String {
+        format!("{}{}", self.cfg.device_prefix, user_of(aor))
+    }
+
+    /// Publishes a device's state if it changed: UNAVAILABLE without a live, reachable
+    /// contact, otherwise what its calls make it (NOT_INUSE with none).
+    fn refresh_device(&mut self, key: &str) {
+        let Some(user) = key.strip_prefix(self.cfg.device_prefix.as_str()) else {
+            return;
+        };
+        let aor = format!("sip:{user}@{}", self.cfg.realm);
+        let registered = self.registrar.is_registered(&aor);
+        let state = if !registered || self.reachable.get(&aor) == Some(&false) {
+            DeviceState::Unavailable
+        } else {
+            self.b2bua.device_state(key)
+        };
+        if self.published.get(key) == Some(&state) {
+            return;
+        }
+        if !registered && !self.published.contains_key(key) {
+            return; // never announced: nothing to withdraw
+        }
+        self.published.insert(key.to_owned(), state);
         info!(%key, %state, "device state");
-        self.bus.publish_device_state(&key, state);
+        self.bus.publish_device_state(key, state);
+    }
+
+    fn on_b2bua_action(&mut self, a: b2bua::Action) {
+        let now = Instant::now();
+        let kind = |p: &Peer| {
+            if p.transport.is_reliable() {
+                tx::Transport::Reliable
+            } else {
+                tx::Transport::Unreliable
+            }
+        };
+        match a {
+            b2bua::Action::Request { key, request, dest } => {
+                let k = kind(&dest);
+                match self.tl.send_request(request, k, dest, now) {
+                    Ok(got) if got == key => {}
+                    Ok(got) => warn!(%got, %key, "transaction key mismatch"),
+                    Err(e) => {
+                        warn!(error = %e, "cannot send a call request");
+                        self.b2bua.on_timeout(&key, &mut self.media, now);
+                    }
+                }
+            }
+            b2bua::Action::Respond { key, response } => {
+                if let Err(e) = self.tl.send_response(&key, response, now) {
+                    debug!(error = %e, "call response not sent");
+                }
+            }
+            b2bua::Action::Stateless { message, dest } => {
+                let k = kind(&dest);
+                self.tl.send_stateless(message, dest, k);
+            }
+            b2bua::Action::Cancel { key, dest } => match self.tl.build_cancel(&key) {
+                Ok(cancel) => {
+                    let k = kind(&dest);
+                    if let Err(e) = self.tl.send_request(cancel, k, dest, now) {
+                        debug!(error = %e, "CANCEL not sent");
+                    }
+                }
+                Err(e) => debug!(error = %e, "nothing to cancel"),
+            },
+            b2bua::Action::DeviceChanged(key) => self.refresh_device(&key),
+            b2bua::Action::CallEnded { call, reason } => {
+                let legs = self.media.closed.remove(&call);
+                info!(call = call.0, %reason, "call ended");
+                let _ = self.events.send(GatewayEvent::CallEnded {
+                    call: call.0,
+                    reason,
+                    a: legs.as_ref().map(|l| l.0.clone()),
+                    b: legs.map(|l| l.1),
+                });
+            }
+        }
     }
 
     fn on_tx_event(&mut self, ev: tx::Event<Peer>) {
@@ -251,30 +510,166 @@ impl Core {
                 source,
                 ..
             } => {
+                if let Err(rej) = message::validate_request(&request) {
+                    let _ = self.tl.send_response(&key, rej.response(&request), now);
+                    return;
+                }
+                let in_dialog = tx_tag(&request).is_some();
+                if in_dialog && request.method != Method::Register {
+                    if !self
+                        .b2bua
+                        .on_in_dialog(&key, request.clone(), &mut self.media, now)
+                    {
+                        let code = if request.method == Method::Options {
+                            200
+                        } else {
+                            481
+                        };
+                        let r = message::response_for(&request, code, "");
+                        let _ = self.tl.send_response(&key, r, now);
+                    }
+                    return;
+                }
+                if request.method == Method::Invite {
+                    self.on_invite(key, request, source, now);
+                    return;
+                }
                 let resp = self.handle_request(&request, source);
                 if let Err(e) = self.tl.send_response(&key, resp, now) {
                     debug!(error = %e, "response not sent");
                 }
             }
-            tx::Event::Cancel { key, .. } => {
-                let _ = key; // no INVITE handling yet: the CANCEL's own 200 is enough
+            tx::Event::Cancel {
+                key,
+                invite,
+                request,
+                ..
+            } => {
+                self.b2bua
+                    .on_cancel(&key, &request, &invite, &mut self.media);
             }
             tx::Event::Response { key, response } => {
                 if response.status_code.code() >= 200 {
                     if let Some(aor) = self.qualifying.remove(&key) {
                         self.qualified(&aor, true);
+                        return;
                     }
                 }
+                self.b2bua.on_response(&key, response, &mut self.media, now);
+            }
+            tx::Event::StrayResponse { response, .. } => {
+                // A 2xx retransmission after the INVITE transaction ended: the dialog re-ACKs.
+                let _ = response;
             }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
                 if let Some(aor) = self.qualifying.remove(&key) {
                     self.qualified(&aor, false);
+                    return;
+                }
+                self.b2bua.on_timeout(&key, &mut self.media, now);
+            }
+            tx::Event::Ack { request, .. } => self.b2bua.on_ack(&request, &mut self.media, now),
+            tx::Event::Terminated { key } => self.b2bua.on_terminated(&key),
+        }
+    }
+
+    /// A new INVITE: who calls (a trunk by source address, or a device by digest), and where
+    /// to (dial plan: extension → device, device name, trunk prefix).
+    fn on_invite(&mut self, key: TransactionKey, req: Request, source: Peer, now: Instant) {
+        let caller = if let Some(t) = self
+            .cfg
+            .trunks
+            .iter()
+            .find(|t| t.inbound_from.contains(&source.addr.ip()))
+        {
+            debug!(trunk = %t.name, "call from a trunk");
+            Caller::default()
+        } else {
+            match self.registrar.authorize(&req, SystemTime::now()) {
+                Ok(user) => {
+                    let key = self.device_key(&user.aor);
+                    let limit = self
+                        .devices
+                        .get(user_of(&user.aor))
+                        .map_or(0, |d| usize::try_from(d.call_limit.max(0)).unwrap_or(0));
+                    Caller {
+                        device: Some(key),
+                        limit,
+                    }
+                }
+                Err(challenge) => {
+                    let _ = self.tl.send_response(&key, challenge, now);
+                    return;
                 }
             }
-            tx::Event::Ack { .. }
-            | tx::Event::StrayResponse { .. }
-            | tx::Event::Terminated { .. } => {}
+        };
+        let target = self.route(&req, &source);
+        self.b2bua.on_invite(
+            key,
+            req,
+            source,
+            b2bua::Routed { caller, target },
+            &mut self.media,
+            now,
+        );
+    }
+
+    fn route(&self, req: &Request, source: &Peer) -> b2bua::Target {
+        let dialled = req
+            .uri
+            .auth
+            .as_ref()
+            .map(|a| a.user.clone())
+            .unwrap_or_default();
+        if dialled.is_empty() {
+            return b2bua::Target::Reject(404);
         }
+        let device = self
+            .cfg
+            .extensions
+            .get(&dialled)
+            .and_then(|u| self.devices.get(u))
+            .or_else(|| self.devices.get(&dialled))
+            .or_else(|| self.devices.by_extension(&dialled));
+        if let Some(d) = device {
+            let aor = format!("sip:{}@{}", d.username, self.cfg.realm);
+            let Some(b) = self.registrar.contacts(&aor).last() else {
+                return b2bua::Target::Reject(480);
+            };
+            return b2bua::Target::Device {
+                device: self.device_key(&aor),
+                contact: b.uri.clone(),
+                dest: contact_dest(&b.uri, &b.source),
+                limit: usize::try_from(d.call_limit.max(0)).unwrap_or(0),
+            };
+        }
+        let trunk = self
+            .cfg
+            .trunks
+            .iter()
+            .flat_map(|t| t.prefixes.iter().map(move |p| (t, p)))
+            .filter(|(_, p)| dialled.starts_with(p.as_str()))
+            .max_by_key(|(_, p)| p.len())
+            .map(|(t, _)| t);
+        if let Some(t) = trunk {
+            let number = dialled.get(t.strip.min(dialled.len())..).unwrap_or("");
+            let local = self
+                .transports
+                .local_addrs()
+                .udp
+                .first()
+                .copied()
+                .unwrap_or(source.local);
+            return b2bua::Target::Peer {
+                uri: format!("sip:{number}@{}", t.address),
+                dest: Peer {
+                    addr: t.address,
+                    transport: transport::Transport::Udp,
+                    local,
+                },
+            };
+        }
+        b2bua::Target::Reject(404)
     }
 
     fn handle_request(&mut self, req: &Request, source: Peer) -> message::Response {
@@ -305,7 +700,8 @@ impl Core {
             let Some(b) = self.registrar.contacts(&aor).last().cloned() else {
                 continue;
             };
-            let Some(req) = self.options_request(&aor, &b.uri, &b.source) else {
+            let dest = contact_dest(&b.uri, &b.source);
+            let Some(req) = self.options_request(&aor, &b.uri, &dest) else {
                 continue;
             };
             let kind = if b.source.transport.is_reliable() {
@@ -313,10 +709,7 @@ impl Core {
             } else {
                 tx::Transport::Unreliable
             };
-            match self
-                .tl
-                .send_request(req, kind, b.source.clone(), Instant::now())
-            {
+            match self.tl.send_request(req, kind, dest, Instant::now()) {
                 Ok(key) => {
                     self.qualifying.insert(key, aor);
                 }
@@ -354,14 +747,11 @@ impl Core {
         }
         let before = self.reachable.insert(aor.to_string(), ok);
         if before != Some(ok) {
-            if ok {
-                if before == Some(false) {
-                    self.publish(aor, DeviceState::NotInUse);
-                }
-            } else {
+            if !ok {
                 warn!(%aor, "contact does not answer OPTIONS: device unavailable");
-                self.publish(aor, DeviceState::Unavailable);
             }
+            let key = self.device_key(aor);
+            self.refresh_device(&key);
         }
     }
 
@@ -394,6 +784,44 @@ impl Core {
             }
         }
     }
+}
+
+/// Where to send a request for a registered contact. Over TCP: the phone's connection. Over
+/// UDP: the address in the Contact when it is the very IP the REGISTER came from (the phone
+/// is not behind a NAT and said where it listens), otherwise the REGISTER's source (a NAT'd
+/// phone is reachable only through the pinhole its REGISTER opened; RFC 3581 symmetry).
+fn contact_dest(contact: &str, source: &Peer) -> Peer {
+    if source.transport.is_reliable() {
+        return source.clone();
+    }
+    let Some(uri) = message::parse_uri(contact) else {
+        return source.clone();
+    };
+    let ip = match &uri.host_with_port.host {
+        rsip::Host::IpAddr(ip) => *ip,
+        rsip::Host::Domain(d) => match d.to_string().parse::<std::net::IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => return source.clone(),
+        },
+    };
+    if ip != source.addr.ip() {
+        return source.clone();
+    }
+    let port = uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060);
+    Peer {
+        addr: SocketAddr::new(ip, port),
+        ..source.clone()
+    }
+}
+
+/// The To tag of a request, if any.
+fn tx_tag(req: &Request) -> Option<String> {
+    crate::sip::transaction::parse::field_tag(
+        &req.headers,
+        crate::sip::transaction::parse::Field::To,
+    )
+    .ok()
+    .flatten()
 }
 
 fn rand_u64() -> u64 {

@@ -248,8 +248,21 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         }
     }
 
-    /// A 401 with a fresh challenge for `req` (SHA-256 then MD5).
+    /// Digest authentication of a request other than REGISTER (an INVITE from a phone):
+    /// `Proxy-Authorization` checked like REGISTER's `Authorization`, challenged with 407 and
+    /// `Proxy-Authenticate` (RFC 3261 §22.3). Same nonces, replay protection and answers for
+    /// unknown users and wrong passwords.
+    pub fn authorize(&mut self, req: &Request, now: SystemTime) -> Result<UserRecord, Response> {
+        match self.authenticate(req, now) {
+            Auth::Ok(user) => Ok(user),
+            Auth::Reply(r) => Err(r),
+        }
+    }
+
+    /// A 401 (REGISTER) or 407 (other methods) with a fresh challenge for `req`, one per
+    /// configured algorithm.
     pub fn challenge(&mut self, req: &Request, now: SystemTime, stale: bool) -> Response {
+        let proxy = req.method != Method::Register;
         self.nonce_counter = self.nonce_counter.wrapping_add(1);
         let nonce = digest::make_nonce(&self.config.secret, unix(now), self.nonce_counter);
         let opaque = digest::opaque_for(&self.config.secret, &nonce);
@@ -261,25 +274,40 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             .clone()
             .into_iter()
             .map(|alg| {
-                Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(format!(
+                let value = format!(
                     "Digest realm={realm}, qop=\"auth\", algorithm={}, nonce=\"{nonce}\", \
                      opaque=\"{opaque}\"{stale}",
                     alg.token()
-                )))
+                );
+                if proxy {
+                    Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(value))
+                } else {
+                    Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(value))
+                }
             })
             .collect();
-        with_headers(response_for(req, 401, "Unauthorized"), headers)
+        if proxy {
+            with_headers(
+                response_for(req, 407, "Proxy Authentication Required"),
+                headers,
+            )
+        } else {
+            with_headers(response_for(req, 401, "Unauthorized"), headers)
+        }
     }
 
     fn authenticate(&mut self, req: &Request, now: SystemTime) -> Auth {
         // The Authorization field for our realm, if any.
         let mut malformed = false;
         let mut ours: Option<DigestCredentials> = None;
+        let proxy = req.method != Method::Register;
         for h in req.headers.iter() {
-            let Header::Authorization(a) = h else {
-                continue;
+            let value = match h {
+                Header::Authorization(a) if !proxy => a.value(),
+                Header::ProxyAuthorization(a) if proxy => a.value(),
+                _ => continue,
             };
-            match digest::parse_authorization(a.value()) {
+            match digest::parse_authorization(value) {
                 Ok(c) => {
                     if c.realm.as_deref() == Some(self.config.realm.as_str()) {
                         if ours.is_some() {

@@ -206,6 +206,11 @@ fn main() -> Result<()> {
             qualify_interval: Duration::from_secs(3600),
             t1: Duration::from_millis(500),
             device_prefix: "PJSIP/".into(),
+            rtp_ip: gw_target.ip(),
+            rtp_ports: (20000, 20999),
+            media_timeout: None,
+            extensions: Default::default(),
+            trunks: Vec::new(),
         };
         anyhow::Ok(Gateway::start(cfg, Arc::new(LocalBus::new(Eid([2, 0, 0, 0, 0, 9])))).await?)
     })?;

@@ -1,0 +1,1262 @@
+//! The back-to-back user agent, sans-IO: every call is two dialogs — leg A with the caller
+//! (we are its UAS) and leg B with the callee (we are its UAC) — with the media anchored on
+//! the relay in between.
+//!
+//! The gateway's core feeds it what the transaction layer reports (new INVITEs with their
+//! resolved [`Target`], responses, CANCEL, ACK, in-dialog requests, timeouts) and the time;
+//! it answers with [`Action`]s (send a request in a new client transaction, respond through a
+//! server transaction, send an ACK, cancel, device changed) and asks the [`MediaControl`] it is
+//! given for relay ports. No sockets, no tokio, no clock: its timers (2xx retransmission until
+//! the ACK, the ACK deadline, the media-timeout sweep) are tested in virtual time.
+//!
+//! What it does (RFC 3261 §13–15, RFC 3264, RFC 3311): 100/180/183/200/ACK relayed with each
+//! side's own tags, Call-ID and CSeq; early media (183 with SDP); CANCEL before the answer
+//! (487 to the caller, CANCEL to the callee once it sent a provisional response); BYE from
+//! either side; callee failures mapped to the caller (486, 480, 404, 487, 408 on no answer);
+//! re-INVITE and UPDATE relayed with the SDP anchored, hold/unhold (sendonly, inactive,
+//! `c=0.0.0.0`) turning the holding device ONHOLD; 491 on glare; a call whose ACK never comes
+//! is torn down after 64·T1; a call with no RTP for the media timeout is hung up on both
+//! sides; a per-device call limit (486 when reached, the device reads BUSY).
+//!
+//! Not yet: offerless INVITEs (488), forking to several contacts of one device (the most
+//! recent contact is called), PRACK/100rel, session timers, redirects (3xx become 480).
+
+pub mod devstate;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rsip::headers::{Allow, Contact, UntypedHeader};
+use rsip::{Header, Method, Request, Response};
+
+use crate::sdp::SessionDescription;
+use crate::server::Peer;
+use crate::sip::dialog::{self, Dialog, DialogState};
+use crate::sip::message::{self, response_with_tag, SipMessage};
+use crate::sip::transaction::parse::{self as tparse, Field};
+use crate::sip::transaction::TransactionKey;
+use devstate::{Channel, DeviceCalls};
+
+/// A call's number, unique in this gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub u64);
+
+/// Leg A (the caller's side) or leg B (the callee's side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The caller's leg: we are its UAS.
+    A,
+    /// The callee's leg: we are its UAC.
+    B,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
+
+/// The relay ports of a call: what each side is told to send its RTP to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaPorts {
+    /// The address in the SDP we send to leg A.
+    pub a: SocketAddr,
+    /// The address in the SDP we send to leg B.
+    pub b: SocketAddr,
+}
+
+/// The media relay as the B2BUA sees it (implemented on `media::MediaRelay` by the gateway and
+/// by a fake in tests).
+pub trait MediaControl {
+    /// Opens the relay legs of a new call; `None` when no ports are left.
+    fn open(&mut self, call: CallId) -> Option<MediaPorts>;
+    /// Where side `side`'s phone said (in its SDP) it receives RTP and RTCP.
+    fn set_remote(&mut self, call: CallId, side: Side, rtp: SocketAddr, rtcp: Option<SocketAddr>);
+    /// Starts relaying between the legs (after the first SDP answer).
+    fn bridge(&mut self, call: CallId);
+    /// Closes the legs.
+    fn close(&mut self, call: CallId);
+    /// Time since the last RTP packet from either side (since `open` if none came).
+    fn idle(&self, call: CallId, now: Instant) -> Option<Duration>;
+}
+
+/// Where an INVITE goes, as resolved by the gateway (dial plan, registrar, trunks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A registered device.
+    Device {
+        /// Device-state key of the callee (`PJSIP/1001`).
+        device: String,
+        /// Request-URI for leg B (the contact) and where to send it (its flow).
+        contact: String,
+        /// The flow to the phone.
+        dest: Peer,
+        /// Call limit of the callee (0: none).
+        limit: usize,
+    },
+    /// A peer reached by URI (a trunk): `uri` sent to `dest`.
+    Peer {
+        /// Request-URI for leg B.
+        uri: String,
+        /// Where to send it.
+        dest: Peer,
+    },
+    /// Refuse with this status.
+    Reject(u16),
+}
+
+/// The caller, as identified by the gateway (a device that authenticated, or a trunk).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Caller {
+    /// Device-state key of the calling device, if it is one of ours.
+    pub device: Option<String>,
+    /// Call limit of the calling device (0: none).
+    pub limit: usize,
+}
+
+/// Who calls and where the call goes, as the gateway resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// The caller.
+    pub caller: Caller,
+    /// The destination.
+    pub target: Target,
+}
+
+/// What the gateway must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start a client transaction for `request` to `dest` (its key is `key`).
+    Request {
+        /// The transaction key the request's branch gives.
+        key: TransactionKey,
+        /// The request.
+        request: Request,
+        /// Where to.
+        dest: Peer,
+    },
+    /// Respond through server transaction `key`.
+    Respond {
+        /// The server transaction.
+        key: TransactionKey,
+        /// The response.
+        response: Response,
+    },
+    /// Send outside any transaction (the ACK for a 2xx).
+    Stateless {
+        /// The message.
+        message: SipMessage,
+        /// Where to.
+        dest: Peer,
+    },
+    /// Cancel the pending client INVITE transaction `key` (build the CANCEL from it).
+    Cancel {
+        /// The INVITE client transaction.
+        key: TransactionKey,
+        /// Where it went.
+        dest: Peer,
+    },
+    /// A device's call-derived state may have changed; read it with
+    /// [`B2bua::device_state`].
+    DeviceChanged(String),
+    /// A call ended (for logs / CDRs).
+    CallEnded {
+        /// The call.
+        call: CallId,
+        /// Why, e.g. `bye-a`, `cancel`, `486`, `media-timeout`, `no-ack`.
+        reason: String,
+    },
+}
+
+/// B2BUA settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SIP T1 (2xx retransmission starts at T1; the ACK deadline is 64·T1).
+    pub t1: Duration,
+    /// SIP T2 (cap of the 2xx retransmission interval).
+    pub t2: Duration,
+    /// Hang up a confirmed, not-held call after this long without RTP (None: never).
+    pub media_timeout: Option<Duration>,
+    /// Our SIP domain (for From of calls we originate).
+    pub realm: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            media_timeout: Some(Duration::from_secs(30)),
+            realm: "callfabric.invalid".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// INVITE sent to B, no answer yet.
+    Calling,
+    /// 200 sent to A, waiting for its ACK.
+    Answered,
+    /// Both sides confirmed.
+    Confirmed,
+    /// Over (waiting for nothing; removed at once).
+    Ended,
+}
+
+#[derive(Debug)]
+struct Leg {
+    peer: Peer,
+    dialog: Option<Dialog>,
+    device: Option<String>,
+    /// Our SDP origin towards this side: session id and last version.
+    origin: (u64, u64),
+    /// The SDP we last sent to this side.
+    last_sdp: Option<SessionDescription>,
+    /// This side has put the call on hold.
+    holding: bool,
+}
+
+/// A 2xx we retransmit until its ACK arrives (§13.3.1.4).
+#[derive(Debug)]
+struct OkRetransmit {
+    side: Side,
+    key: TransactionKey,
+    response: Response,
+    next: Instant,
+    interval: Duration,
+    deadline: Instant,
+}
+
+/// A re-INVITE or UPDATE being relayed from `from` to the other side.
+#[derive(Debug)]
+struct Pending {
+    from: Side,
+    method: Method,
+    server_key: TransactionKey,
+    client_key: TransactionKey,
+    offer_holds: bool,
+    request: Request,
+}
+
+#[derive(Debug)]
+struct Call {
+    id: CallId,
+    phase: Phase,
+    a: Leg,
+    b: Leg,
+    a_invite_key: TransactionKey,
+    a_invite: Request,
+    a_tag: String,
+    b_invite_key: TransactionKey,
+    b_invite: Request,
+    b_provisional: bool,
+    cancel_pending: bool,
+    ok: Option<OkRetransmit>,
+    pending: Option<Pending>,
+    ports: MediaPorts,
+    bridged: bool,
+}
+
+impl Call {
+    fn leg(&self, side: Side) -> &Leg {
+        match side {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        }
+    }
+
+    fn leg_mut(&mut self, side: Side) -> &mut Leg {
+        match side {
+            Side::A => &mut self.a,
+            Side::B => &mut self.b,
+        }
+    }
+
+    fn port(&self, side: Side) -> SocketAddr {
+        match side {
+            Side::A => self.ports.a,
+            Side::B => self.ports.b,
+        }
+    }
+}
+
+/// The B2BUA.
+pub struct B2bua {
+    cfg: Config,
+    calls: HashMap<CallId, Call>,
+    /// Client transactions (INVITE to B, re-INVITE/UPDATE/BYE/CANCEL) → call.
+    by_client: HashMap<TransactionKey, (CallId, Side)>,
+    /// Server INVITE transactions of leg A → call.
+    by_server: HashMap<TransactionKey, CallId>,
+    /// (Call-ID, our tag) → call and side.
+    by_dialog: HashMap<(String, String), (CallId, Side)>,
+    devices: DeviceCalls,
+    /// Call limits per device (from the calls that set them).
+    limits: HashMap<String, usize>,
+    actions: VecDeque<Action>,
+    next_id: u64,
+    seed: u64,
+    next_media_check: Option<Instant>,
+}
+
+impl std::fmt::Debug for B2bua {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("B2bua")
+            .field("calls", &self.calls.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+
+fn transport_name(p: &Peer) -> &'static str {
+    if p.transport.is_reliable() {
+        "TCP"
+    } else {
+        "UDP"
+    }
+}
+
+fn our_contact(p: &Peer) -> String {
+    if p.transport.is_reliable() {
+        format!("<sip:callfabric@{};transport=tcp>", p.local)
+    } else {
+        format!("<sip:callfabric@{}>", p.local)
+    }
+}
+
+fn strip_tag(value: &str) -> String {
+    match tparse::tag(value) {
+        Some(tag) => {
+            let lower = value.to_ascii_lowercase();
+            let needle = format!(";tag={}", tag.to_ascii_lowercase());
+            match lower.rfind(&needle) {
+                Some(i) => {
+                    let mut s = value.get(..i).unwrap_or(value).to_owned();
+                    s.push_str(value.get(i + needle.len()..).unwrap_or(""));
+                    s
+                }
+                None => value.to_owned(),
+            }
+        }
+        None => value.to_owned(),
+    }
+}
+
+fn sdp_of(headers: &rsip::Headers, body: &[u8]) -> Option<SessionDescription> {
+    if body.is_empty() || dialog::content_type(headers).as_deref() != Some("application/sdp") {
+        return None;
+    }
+    SessionDescription::parse_bytes(body).ok()
+}
+
+fn has_body(body: &[u8]) -> bool {
+    !body.is_empty()
+}
+
+impl B2bua {
+    /// A B2BUA with no calls.
+    pub fn new(cfg: Config) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15)
+            | 1;
+        B2bua {
+            cfg,
+            calls: HashMap::new(),
+            by_client: HashMap::new(),
+            by_server: HashMap::new(),
+            by_dialog: HashMap::new(),
+            devices: DeviceCalls::default(),
+            limits: HashMap::new(),
+            actions: VecDeque::new(),
+            next_id: 1,
+            seed,
+            next_media_check: None,
+        }
+    }
+
+    /// Calls in progress.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// True with no call.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Calls `device` takes part in.
+    pub fn calls_of(&self, device: &str) -> usize {
+        self.devices.count(device)
+    }
+
+    /// The device's state from its calls (NOT_INUSE with none).
+    pub fn device_state(&self, device: &str) -> statebus::DeviceState {
+        let limit = self.limits.get(device).copied().unwrap_or(0);
+        self.devices.state(device, limit)
+    }
+
+    /// Next action for the gateway.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn rand(&mut self) -> u64 {
+        // xorshift64*: tags, branches and Call-IDs need to be unique, not secret.
+        let mut x = self.seed;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.seed = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn respond(&mut self, key: &TransactionKey, response: Response) {
+        self.actions.push_back(Action::Respond {
+            key: key.clone(),
+            response,
+        });
+    }
+
+    fn reply(&mut self, key: &TransactionKey, req: &Request, code: u16) {
+        let r = message::response_for(req, code, "");
+        self.respond(key, r);
+    }
+
+    fn set_channel(&mut self, device: &Option<String>, call: CallId, ch: Channel) {
+        if let Some(d) = device {
+            if self.devices.set(d, call, ch) {
+                self.actions.push_back(Action::DeviceChanged(d.clone()));
+            }
+        }
+    }
+
+    /// A new INVITE (no To tag) arrived from `source` in server transaction `key`; `routed`
+    /// is who calls and where to, as the gateway resolved it.
+    pub fn on_invite(
+        &mut self,
+        key: TransactionKey,
+        req: Request,
+        source: Peer,
+        routed: Routed,
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) {
+        let Routed { caller, target } = routed;
+        let (callee, contact, dest, limit) = match target {
+            Target::Reject(code) => return self.reply(&key, &req, code),
+            Target::Device {
+                device,
+                contact,
+                dest,
+                limit,
+            } => (Some(device), contact, dest, limit),
+            Target::Peer { uri, dest } => (None, uri, dest, 0),
+        };
+        let Some(offer) = sdp_of(&req.headers, &req.body) else {
+            // Offerless INVITEs (late offer) are not supported yet.
+            return self.reply(&key, &req, 488);
+        };
+        if let Some(dev) = &callee {
+            if limit > 0 && self.devices.count(dev) >= limit {
+                return self.reply(&key, &req, 486);
+            }
+        }
+        if let Some(dev) = &caller.device {
+            if caller.limit > 0 && self.devices.count(dev) >= caller.limit {
+                return self.reply(&key, &req, 486);
+            }
+        }
+        let max_forwards = req
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                Header::MaxForwards(m) => m.value().trim().parse::<u32>().ok(),
+                _ => None,
+            })
+            .unwrap_or(70);
+        if max_forwards == 0 {
+            return self.reply(&key, &req, 483);
+        }
+        let (Ok(from), Ok(to)) = (
+            tparse::value(&req.headers, Field::From),
+            tparse::value(&req.headers, Field::To),
+        ) else {
+            return self.reply(&key, &req, 400);
+        };
+        let (from, to) = (from.to_owned(), to.to_owned());
+        let id = CallId(self.next_id);
+        self.next_id += 1;
+        let Some(ports) = media.open(id) else {
+            return self.reply(&key, &req, 503);
+        };
+        if let (Some(rtp), rtcp) = (offer.rtp_endpoint(0), offer.rtcp_endpoint(0)) {
+            media.set_remote(id, Side::A, rtp, rtcp);
+        }
+        let b_session = self.rand() >> 1;
+        let a_session = self.rand() >> 1;
+        let b_sdp = anchored(&offer, ports.b, (b_session, 1));
+        let (via, branch) = via_for(&dest, &mut self.seed);
+        let b_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
+        let a_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
+        let call_id = format!("cf{:016x}@{}", self.rand(), dest.local.ip());
+        let text = format!(
+            "INVITE {contact} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: {mf}\r\n\
+             From: {from};tag={b_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+             Contact: {our}\r\nAllow: {ALLOW}\r\nContent-Length: 0\r\n\r\n",
+            mf = max_forwards - 1,
+            from = strip_tag(&from),
+            to = strip_tag(&to),
+            our = our_contact(&dest),
+        );
+        let b_invite = match message::parse(text.as_bytes()) {
+            Ok(SipMessage::Request(r)) => {
+                dialog::with_body(r, b_sdp.to_string().into_bytes(), "application/sdp")
+            }
+            _ => {
+                media.close(id);
+                return self.reply(&key, &req, 500);
+            }
+        };
+        let b_key = TransactionKey::client(&branch, Method::Invite);
+        let call = Call {
+            id,
+            phase: Phase::Calling,
+            a: Leg {
+                peer: source,
+                dialog: None,
+                device: caller.device.clone(),
+                origin: (a_session, 0),
+                last_sdp: None,
+                holding: false,
+            },
+            b: Leg {
+                peer: dest.clone(),
+                dialog: None,
+                device: callee.clone(),
+                origin: (b_session, 1),
+                last_sdp: Some(b_sdp),
+                holding: false,
+            },
+            a_invite_key: key.clone(),
+            a_invite: req,
+            a_tag,
+            b_invite_key: b_key.clone(),
+            b_invite: b_invite.clone(),
+            b_provisional: false,
+            cancel_pending: false,
+            ok: None,
+            pending: None,
+            ports,
+            bridged: false,
+        };
+        if let Some(d) = &caller.device {
+            self.limits.insert(d.clone(), caller.limit);
+        }
+        if let Some(d) = &callee {
+            self.limits.insert(d.clone(), limit);
+        }
+        self.set_channel(&caller.device, id, Channel::InUse);
+        self.set_channel(&callee, id, Channel::Ringing);
+        self.by_client.insert(b_key.clone(), (id, Side::B));
+        self.by_server.insert(key, id);
+        self.calls.insert(id, call);
+        self.actions.push_back(Action::Request {
+            key: b_key,
+            request: b_invite,
+            dest,
+        });
+        let _ = now;
+    }
+
+    /// A response for client transaction `key`.
+    pub fn on_response(
+        &mut self,
+        key: &TransactionKey,
+        resp: Response,
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) {
+        let Some(&(id, side)) = self.by_client.get(key) else {
+            return;
+        };
+        let code = resp.status_code.code();
+        if key.method() == Method::Invite
+            && self.calls.get(&id).is_some_and(|c| c.b_invite_key == *key)
+        {
+            self.on_b_invite_response(id, resp, media, now);
+        } else if self
+            .calls
+            .get(&id)
+            .and_then(|c| c.pending.as_ref())
+            .is_some_and(|p| p.client_key == *key)
+        {
+            self.on_pending_response(id, resp, media, now);
+        }
+        if code >= 200 && key.method() != Method::Invite {
+            self.by_client.remove(key);
+        }
+        let _ = side;
+    }
+
+    fn on_b_invite_response(
+        &mut self,
+        id: CallId,
+        resp: Response,
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) {
+        let code = resp.status_code.code();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if code == 100 {
+            return;
+        }
+        // Dialog with B (early on a tagged 1xx, confirmed on 2xx).
+        if code < 300
+            && tparse::field_tag(&resp.headers, Field::To)
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            match &mut call.b.dialog {
+                Some(d) => d.on_response(Method::Invite, &resp),
+                None => {
+                    if let Ok(d) = Dialog::uac(&call.b_invite, &resp) {
+                        self.by_dialog
+                            .insert((d.call_id.clone(), d.local_tag.clone()), (id, Side::B));
+                        call.b.dialog = Some(d);
+                    }
+                }
+            }
+        }
+        if code < 200 {
+            let first = !call.b_provisional;
+            call.b_provisional = true;
+            if call.cancel_pending {
+                if first {
+                    let (key, dest) = (call.b_invite_key.clone(), call.b.peer.clone());
+                    self.actions.push_back(Action::Cancel { key, dest });
+                }
+                return;
+            }
+            if call.phase != Phase::Calling {
+                return;
+            }
+            let a_sdp = sdp_of(&resp.headers, &resp.body).map(|answer| {
+                if let Some(rtp) = answer.rtp_endpoint(0) {
+                    media.set_remote(id, Side::B, rtp, answer.rtcp_endpoint(0));
+                }
+                call.a.origin.1 += 1;
+                anchored(&answer, call.ports.a, call.a.origin)
+            });
+            if a_sdp.is_some() && !call.bridged {
+                call.bridged = true;
+                media.bridge(id);
+            }
+            let mut r = response_with_tag(&call.a_invite, code, "", &call.a_tag);
+            r.headers
+                .push(Header::Contact(Contact::new(our_contact(&call.a.peer))));
+            if let Some(sdp) = a_sdp {
+                r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
+                call.a.last_sdp = Some(sdp);
+            }
+            let key = call.a_invite_key.clone();
+            self.respond(&key, r);
+            return;
+        }
+        if code < 300 {
+            // Answered: ACK B at once (we are its UAC).
+            let ack = call.b.dialog.as_ref().map(|d| {
+                let (via, _) = via_for(&call.b.peer, &mut self.seed);
+                d.ack(1, &via)
+            });
+            if let Some(ack) = ack {
+                self.actions.push_back(Action::Stateless {
+                    message: ack.into(),
+                    dest: call.b.peer.clone(),
+                });
+            }
+            if call.phase != Phase::Calling {
+                return; // a 2xx retransmission: the ACK above is all it needs
+            }
+            if call.cancel_pending {
+                // The caller cancelled and B answered anyway: hang B up.
+                self.bye(id, Side::B);
+                self.end(id, "cancel", media);
+                return;
+            }
+            let Some(call) = self.calls.get_mut(&id) else {
+                return;
+            };
+            let answer = sdp_of(&resp.headers, &resp.body);
+            if let Some(answer) = &answer {
+                if let Some(rtp) = answer.rtp_endpoint(0) {
+                    media.set_remote(id, Side::B, rtp, answer.rtcp_endpoint(0));
+                }
+            }
+            if !call.bridged {
+                call.bridged = true;
+                media.bridge(id);
+            }
+            let a_sdp = match (&answer, &call.a.last_sdp) {
+                (Some(answer), _) => {
+                    call.a.origin.1 += 1;
+                    Some(anchored(answer, call.ports.a, call.a.origin))
+                }
+                (None, Some(early)) => Some(early.clone()),
+                (None, None) => None,
+            };
+            let mut r = response_with_tag(&call.a_invite, 200, "", &call.a_tag);
+            r.headers
+                .push(Header::Contact(Contact::new(our_contact(&call.a.peer))));
+            r.headers.push(Header::Allow(Allow::new(ALLOW)));
+            if let Some(sdp) = a_sdp {
+                r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
+                call.a.last_sdp = Some(sdp);
+            }
+            if call.a.dialog.is_none() {
+                if let Ok(d) = Dialog::uas(&call.a_invite, &call.a_tag, &our_contact(&call.a.peer))
+                {
+                    self.by_dialog
+                        .insert((d.call_id.clone(), d.local_tag.clone()), (id, Side::A));
+                    call.a.dialog = Some(d);
+                }
+            }
+            if let Some(d) = &mut call.a.dialog {
+                d.state = DialogState::Confirmed;
+            }
+            call.phase = Phase::Answered;
+            let key = call.a_invite_key.clone();
+            call.ok = Some(OkRetransmit {
+                side: Side::A,
+                key: key.clone(),
+                response: r.clone(),
+                next: now + self.cfg.t1,
+                interval: self.cfg.t1,
+                deadline: now + self.cfg.t1 * 64,
+            });
+            let (adev, bdev) = (call.a.device.clone(), call.b.device.clone());
+            self.respond(&key, r);
+            self.set_channel(&adev, id, Channel::InUse);
+            self.set_channel(&bdev, id, Channel::InUse);
+            self.arm_media_check(now);
+            return;
+        }
+        // Final failure from B.
+        if call.phase == Phase::Calling && !call.cancel_pending {
+            let mapped = match code {
+                300..=399 => 480,
+                401 | 407 => 403,
+                408 => 408,
+                _ => code,
+            };
+            let r = response_with_tag(&call.a_invite, mapped, "", &call.a_tag);
+            let key = call.a_invite_key.clone();
+            self.respond(&key, r);
+        }
+        self.end(id, &code.to_string(), media);
+    }
+
+    /// A transaction ended: forget its mapping.
+    pub fn on_terminated(&mut self, key: &TransactionKey) {
+        self.by_client.remove(key);
+        self.by_server.remove(key);
+    }
+
+    /// Client transaction `key` timed out or hit a transport error.
+    pub fn on_timeout(&mut self, key: &TransactionKey, media: &mut dyn MediaControl, now: Instant) {
+        let Some(&(id, _)) = self.by_client.get(key) else {
+            return;
+        };
+        let Some(call) = self.calls.get(&id) else {
+            self.by_client.remove(key);
+            return;
+        };
+        if call.b_invite_key == *key && call.phase == Phase::Calling {
+            if !call.cancel_pending {
+                let r = response_with_tag(&call.a_invite, 408, "", &call.a_tag);
+                let k = call.a_invite_key.clone();
+                self.respond(&k, r);
+            }
+            self.end(id, "no-answer", media);
+        } else if call.pending.as_ref().is_some_and(|p| p.client_key == *key) {
+            // The other side never answered the re-INVITE/UPDATE: tell the offerer and end
+            // the call (§14.1: a UAC whose re-INVITE times out hangs up).
+            if let Some(p) = self.calls.get_mut(&id).and_then(|c| c.pending.take()) {
+                let r = message::response_for(&p.request, 408, "");
+                self.respond(&p.server_key, r);
+            }
+            self.hangup(id, "reinvite-timeout", media);
+        }
+        self.by_client.remove(key);
+        let _ = now;
+    }
+
+    /// A CANCEL (answered 200 by us here) for INVITE server transaction `invite`.
+    pub fn on_cancel(
+        &mut self,
+        key: &TransactionKey,
+        cancel: &Request,
+        invite: &TransactionKey,
+        media: &mut dyn MediaControl,
+    ) {
+        self.reply(key, cancel, 200);
+        let Some(&id) = self.by_server.get(invite) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.phase != Phase::Calling || call.cancel_pending {
+            return;
+        }
+        call.cancel_pending = true;
+        let r = response_with_tag(&call.a_invite, 487, "", &call.a_tag);
+        let a_key = call.a_invite_key.clone();
+        let (b_key, dest, provisional) = (
+            call.b_invite_key.clone(),
+            call.b.peer.clone(),
+            call.b_provisional,
+        );
+        let devs: Vec<Option<String>> = vec![call.a.device.clone(), call.b.device.clone()];
+        self.respond(&a_key, r);
+        if provisional {
+            self.actions.push_back(Action::Cancel { key: b_key, dest });
+        }
+        // Device states: the callee stops ringing at once.
+        for d in devs.into_iter().flatten() {
+            if self.devices.remove(&d, id) {
+                self.actions.push_back(Action::DeviceChanged(d));
+            }
+        }
+        let _ = media;
+    }
+
+    /// An ACK outside a transaction (for a 2xx).
+    pub fn on_ack(&mut self, req: &Request, media: &mut dyn MediaControl, now: Instant) {
+        let Some((id, side)) = self.dialog_of(req) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.ok.as_ref().is_some_and(|o| o.side == side) {
+            call.ok = None;
+        }
+        if call.phase == Phase::Answered && side == Side::A {
+            call.phase = Phase::Confirmed;
+        }
+        let _ = (media, now);
+    }
+
+    fn dialog_of(&self, req: &Request) -> Option<(CallId, Side)> {
+        let call_id = tparse::value(&req.headers, Field::CallId).ok()?;
+        let to_tag = tparse::field_tag(&req.headers, Field::To).ok()??;
+        let found = self.by_dialog.get(&(call_id.to_owned(), to_tag)).copied()?;
+        let call = self.calls.get(&found.0)?;
+        call.leg(found.1)
+            .dialog
+            .as_ref()
+            .is_some_and(|d| d.matches(req))
+            .then_some(found)
+    }
+
+    /// Whether `req` (with a To tag) belongs to one of our dialogs.
+    pub fn owns(&self, req: &Request) -> bool {
+        self.dialog_of(req).is_some()
+    }
+
+    /// A request inside a dialog (To tag set), in server transaction `key`. Returns false if
+    /// it matches no dialog (answer 481).
+    pub fn on_in_dialog(
+        &mut self,
+        key: &TransactionKey,
+        req: Request,
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) -> bool {
+        let Some((id, side)) = self.dialog_of(&req) else {
+            return false;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if let Some(d) = call.leg_mut(side).dialog.as_mut() {
+            if d.on_request(&req).is_err() {
+                self.reply(key, &req, 500);
+                return true;
+            }
+        }
+        match req.method {
+            Method::Bye => {
+                self.reply(key, &req, 200);
+                let other = side.other();
+                let call = self.calls.get(&id);
+                let other_confirmed = call
+                    .and_then(|c| c.leg(other).dialog.as_ref())
+                    .is_some_and(|d| d.state == DialogState::Confirmed);
+                if other_confirmed {
+                    self.bye(id, other);
+                } else if let Some(c) = call {
+                    if other == Side::B && c.b_provisional {
+                        let (k, dest) = (c.b_invite_key.clone(), c.b.peer.clone());
+                        self.actions.push_back(Action::Cancel { key: k, dest });
+                    }
+                }
+                let reason = match side {
+                    Side::A => "bye-a",
+                    Side::B => "bye-b",
+                };
+                self.end(id, reason, media);
+            }
+            Method::Invite | Method::Update => self.relay_offer(id, side, key, req, media, now),
+            Method::Options | Method::Info => self.reply(key, &req, 200),
+            _ => self.reply(key, &req, 501),
+        }
+        true
+    }
+
+    fn relay_offer(
+        &mut self,
+        id: CallId,
+        side: Side,
+        key: &TransactionKey,
+        req: Request,
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.pending.is_some() || (req.method == Method::Invite && call.ok.is_some()) {
+            let r = message::response_for(&req, 491, "");
+            self.respond(key, r);
+            return;
+        }
+        let other = side.other();
+        let offer = sdp_of(&req.headers, &req.body);
+        let Some(offer) = offer else {
+            if has_body(&req.body) {
+                self.reply(key, &req, 488);
+                return;
+            }
+            // An offerless re-INVITE or a refresh: answer with the SDP this side already has.
+            let mut r = message::response_for(&req, 200, "");
+            r.headers.push(Header::Contact(Contact::new(our_contact(
+                &call.leg(side).peer,
+            ))));
+            if let Some(sdp) = call.leg(side).last_sdp.clone() {
+                r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
+            }
+            if req.method == Method::Invite {
+                call.ok = Some(OkRetransmit {
+                    side,
+                    key: key.clone(),
+                    response: r.clone(),
+                    next: now + self.cfg.t1,
+                    interval: self.cfg.t1,
+                    deadline: now + self.cfg.t1 * 64,
+                });
+            }
+            self.respond(key, r);
+            return;
+        };
+        if let Some(rtp) = offer.rtp_endpoint(0) {
+            media.set_remote(id, side, rtp, offer.rtcp_endpoint(0));
+        }
+        let holds = offer.is_hold();
+        let port = call.port(other);
+        let leg = call.leg_mut(other);
+        leg.origin.1 += 1;
+        let sdp = anchored(&offer, port, leg.origin);
+        let peer = leg.peer.clone();
+        let (via, branch) = via_for(&peer, &mut self.seed);
+        let Some(d) = leg.dialog.as_mut() else {
+            self.reply(key, &req, 500);
+            return;
+        };
+        let fwd = dialog::with_body(
+            d.request(req.method, &via),
+            sdp.to_string().into_bytes(),
+            "application/sdp",
+        );
+        leg.last_sdp = Some(sdp);
+        let client_key = TransactionKey::client(&branch, req.method);
+        call.pending = Some(Pending {
+            from: side,
+            method: req.method,
+            server_key: key.clone(),
+            client_key: client_key.clone(),
+            offer_holds: holds,
+            request: req,
+        });
+        self.by_client.insert(client_key.clone(), (id, other));
+        self.actions.push_back(Action::Request {
+            key: client_key,
+            request: fwd,
+            dest: peer,
+        });
+    }
+
+    fn on_pending_response(
+        &mut self,
+        id: CallId,
+        resp: Response,
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) {
+        let code = resp.status_code.code();
+        if code < 200 {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(p) = call.pending.take() else {
+            return;
+        };
+        let orig = p.request;
+        let other = p.from.other();
+        if code >= 300 {
+            let r = message::response_for(&orig, if code == 491 { 491 } else { code }, "");
+            self.respond(&p.server_key, r);
+            return;
+        }
+        if p.method == Method::Invite {
+            if let Some(d) = call.leg_mut(other).dialog.as_mut() {
+                d.on_response(Method::Invite, &resp);
+                let peer = call.leg(other).peer.clone();
+                let (via, _) = via_for(&peer, &mut self.seed);
+                if let Some(d) = call.leg(other).dialog.as_ref() {
+                    let seq = d.local_seq;
+                    self.actions.push_back(Action::Stateless {
+                        message: d.ack(seq, &via).into(),
+                        dest: peer,
+                    });
+                }
+            }
+        }
+        let answer = sdp_of(&resp.headers, &resp.body);
+        if let Some(answer) = &answer {
+            if let Some(rtp) = answer.rtp_endpoint(0) {
+                media.set_remote(id, other, rtp, answer.rtcp_endpoint(0));
+            }
+        }
+        let port = call.port(p.from);
+        let leg = call.leg_mut(p.from);
+        let mut r = message::response_for(&orig, 200, "");
+        r.headers
+            .push(Header::Contact(Contact::new(our_contact(&leg.peer))));
+        if let Some(answer) = &answer {
+            leg.origin.1 += 1;
+            let sdp = anchored(answer, port, leg.origin);
+            r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
+            leg.last_sdp = Some(sdp);
+        }
+        let was = leg.holding;
+        leg.holding = p.offer_holds;
+        let device = leg.device.clone();
+        if p.method == Method::Invite {
+            call.ok = Some(OkRetransmit {
+                side: p.from,
+                key: p.server_key.clone(),
+                response: r.clone(),
+                next: now + self.cfg.t1,
+                interval: self.cfg.t1,
+                deadline: now + self.cfg.t1 * 64,
+            });
+        }
+        self.respond(&p.server_key, r);
+        if was != p.offer_holds {
+            let ch = if p.offer_holds {
+                Channel::OnHold
+            } else {
+                Channel::InUse
+            };
+            self.set_channel(&device, id, ch);
+        }
+    }
+
+    /// Sends BYE to `side` of call `id`.
+    fn bye(&mut self, id: CallId, side: Side) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let peer = call.leg(side).peer.clone();
+        let (via, branch) = via_for(&peer, &mut self.seed);
+        let Some(d) = call.leg_mut(side).dialog.as_mut() else {
+            return;
+        };
+        let bye = d.request(Method::Bye, &via);
+        let key = TransactionKey::client(&branch, Method::Bye);
+        self.by_client.insert(key.clone(), (id, side));
+        self.actions.push_back(Action::Request {
+            key,
+            request: bye,
+            dest: peer,
+        });
+    }
+
+    /// Hangs up both sides of a call (BYE to each confirmed side).
+    pub fn hangup(&mut self, id: CallId, reason: &str, media: &mut dyn MediaControl) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let sides: Vec<Side> = [Side::A, Side::B]
+            .into_iter()
+            .filter(|s| {
+                call.leg(*s)
+                    .dialog
+                    .as_ref()
+                    .is_some_and(|d| d.state == DialogState::Confirmed)
+            })
+            .collect();
+        for s in sides {
+            self.bye(id, s);
+        }
+        self.end(id, reason, media);
+    }
+
+    fn end(&mut self, id: CallId, reason: &str, media: &mut dyn MediaControl) {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        call.phase = Phase::Ended;
+        media.close(id);
+        self.by_server.remove(&call.a_invite_key);
+        // Client keys stay mapped until their transactions end (late responses are absorbed).
+        for leg in [&call.a, &call.b] {
+            if let Some(d) = &leg.dialog {
+                self.by_dialog
+                    .remove(&(d.call_id.clone(), d.local_tag.clone()));
+            }
+            if let Some(dev) = &leg.device {
+                if self.devices.remove(dev, id) {
+                    self.actions.push_back(Action::DeviceChanged(dev.clone()));
+                }
+            }
+        }
+        if let Some(p) = call.pending.take() {
+            let r = message::response_for(&p.request, 487, "");
+            self.respond(&p.server_key, r);
+        }
+        self.actions.push_back(Action::CallEnded {
+            call: id,
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn arm_media_check(&mut self, now: Instant) {
+        if self.cfg.media_timeout.is_some() && self.next_media_check.is_none() {
+            self.next_media_check = Some(now + Duration::from_secs(1));
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ok = self
+            .calls
+            .values()
+            .filter_map(|c| c.ok.as_ref().map(|o| o.next.min(o.deadline)))
+            .min();
+        match (ok, self.next_media_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, media: &mut dyn MediaControl, now: Instant) {
+        let mut dead = Vec::new();
+        let mut resend = Vec::new();
+        for call in self.calls.values_mut() {
+            let Some(ok) = call.ok.as_mut() else {
+                continue;
+            };
+            if now >= ok.deadline {
+                dead.push(call.id);
+                call.ok = None;
+            } else if now >= ok.next {
+                resend.push((ok.key.clone(), ok.response.clone()));
+                ok.interval = (ok.interval * 2).min(self.cfg.t2);
+                ok.next = now + ok.interval;
+            }
+        }
+        for (key, r) in resend {
+            self.respond(&key, r);
+        }
+        for id in dead {
+            self.hangup(id, "no-ack", media);
+        }
+        if let (Some(t), Some(limit)) = (self.next_media_check, self.cfg.media_timeout) {
+            if now >= t {
+                let idle: Vec<CallId> = self
+                    .calls
+                    .values()
+                    .filter(|c| c.phase == Phase::Confirmed && !c.a.holding && !c.b.holding)
+                    .filter(|c| media.idle(c.id, now).is_some_and(|d| d >= limit))
+                    .map(|c| c.id)
+                    .collect();
+                for id in idle {
+                    self.hangup(id, "media-timeout", media);
+                }
+                self.next_media_check = if self.calls.is_empty() {
+                    None
+                } else {
+                    Some(now + Duration::from_secs(1))
+                };
+            }
+        }
+    }
+}
+
+fn via_for(p: &Peer, seed: &mut u64) -> (String, String) {
+    let mut x = *seed;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *seed = x;
+    let branch = format!("z9hG4bKcf{:016x}", x.wrapping_mul(0x2545_f491_4f6c_dd1d));
+    (
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport_name(p),
+            p.local
+        ),
+        branch,
+    )
+}
+
+/// `sdp` with its first audio stream anchored on `relay` (other streams rejected: the relay
+/// carries one stream per call) and our own origin.
+fn anchored(sdp: &SessionDescription, relay: SocketAddr, origin: (u64, u64)) -> SessionDescription {
+    let mut out = sdp.clone();
+    let mut audio_done = false;
+    let ports: Vec<u16> = out
+        .media()
+        .iter()
+        .map(|m| {
+            if !audio_done && m.kind.eq_ignore_ascii_case("audio") && m.port != 0 {
+                audio_done = true;
+                relay.port()
+            } else {
+                0
+            }
+        })
+        .collect();
+    out.anchor(relay.ip(), &ports);
+    out.set_origin("callfabric", origin.0, origin.1, relay.ip());
+    out
+}
+
+#[cfg(test)]
+mod tests;

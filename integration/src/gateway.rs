@@ -1,0 +1,314 @@
+//! Runs the real `callfabric gateway` binary for end-to-end tests: a private directory with its
+//! config and SQLite file, free loopback ports, seeded devices, and its stdout read line by line
+//! (`gateway ready udp=… tcp=…`, `DEVICE <key> <STATE>`, `CALL <n> ENDED <reason> …`).
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::{free_tcp_port, free_udp_port, tail_file};
+
+/// How to start a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewaySpec {
+    /// Node name (also the config file name).
+    pub name: String,
+    /// Digest realm.
+    pub realm: String,
+    /// `digest_algorithms` (SIPp and baresip answer only the first challenge, MD5 only).
+    pub digest_algorithms: Vec<String>,
+    /// Devices to add before starting: (user, password).
+    pub devices: Vec<(String, String)>,
+    /// `qualify_interval_secs` (1 s by default, to see unreachable phones quickly; a SIPp UAS
+    /// cannot answer OPTIONS outside its scenario, so call tests make it long).
+    pub qualify_interval_secs: f64,
+    /// Extra lines for the `[gateway]` section (and sections after it, e.g. `[[gateway.trunk]]`).
+    pub extra: String,
+}
+
+impl GatewaySpec {
+    /// A site gateway named `name` with MD5 digest, fast timers (T1 100 ms, qualify 1 s) and
+    /// `devices` with password `secret`.
+    pub fn new(name: &str, devices: &[&str]) -> Self {
+        GatewaySpec {
+            name: name.to_owned(),
+            realm: format!("{name}.example"),
+            digest_algorithms: vec!["MD5".into()],
+            devices: devices
+                .iter()
+                .map(|d| ((*d).to_owned(), "secret".to_owned()))
+                .collect(),
+            qualify_interval_secs: 1.0,
+            extra: String::new(),
+        }
+    }
+}
+
+/// One `CALL <n> ENDED <reason> key=value…` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEnded {
+    /// The line as printed.
+    pub line: String,
+    /// Why the call ended.
+    pub reason: String,
+}
+
+impl CallEnded {
+    /// The value of `key=` on the line.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    }
+
+    /// A numeric value (0 when absent).
+    pub fn num(&self, key: &str) -> u64 {
+        self.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// A running gateway, killed on drop.
+pub struct GatewayProcess {
+    child: Child,
+    lines: Receiver<String>,
+    /// Every stdout line read so far.
+    pub history: Vec<String>,
+    dir: tempfile::TempDir,
+    /// Its config file.
+    pub config: PathBuf,
+    /// UDP listener.
+    pub udp: SocketAddr,
+    /// TCP listener.
+    pub tcp: SocketAddr,
+    /// The spec it was started with.
+    pub spec: GatewaySpec,
+}
+
+/// The `callfabric` binary next to the test executables (`target/<profile>/callfabric`).
+pub fn callfabric_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("CARGO_BIN_EXE_callfabric") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("callfabric")
+}
+
+impl GatewayProcess {
+    /// Writes the config, adds the devices, starts `callfabric gateway` and waits for its
+    /// ready line. `binary` is the callfabric executable (`env!("CARGO_BIN_EXE_callfabric")`).
+    pub fn start(binary: &Path, spec: GatewaySpec) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let tcp = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let algorithms = spec
+            .digest_algorithms
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = dir.path().join(format!("{}.toml", spec.name));
+        let text = format!(
+            r#"[node]
+name = "{name}"
+site = "{name}"
+role = "gateway"
+
+[statebus]
+backend = "local"
+
+[gateway]
+udp = ["{udp}"]
+tcp = ["{tcp}"]
+realm = "{realm}"
+database = "sqlite://{db}"
+min_expires = 2
+default_expires = 3600
+max_expires = 7200
+digest_algorithms = [{algorithms}]
+db_reload_secs = 0.2
+qualify_interval_secs = {qualify}
+t1_ms = 100
+{extra}
+"#,
+            name = spec.name,
+            realm = spec.realm,
+            db = dir.path().join(format!("{}.db", spec.name)).display(),
+            extra = spec.extra,
+            qualify = spec.qualify_interval_secs,
+        );
+        std::fs::write(&config, text).expect("write config");
+        for (user, password) in &spec.devices {
+            devices_add(binary, &config, user, password);
+        }
+        let stderr = std::fs::File::create(dir.path().join("gateway.stderr")).expect("stderr file");
+        let mut child = Command::new(binary)
+            .arg("gateway")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start callfabric gateway");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut gw = GatewayProcess {
+            child,
+            lines,
+            history: Vec::new(),
+            dir,
+            config,
+            udp,
+            tcp,
+            spec,
+        };
+        let ready = gw.wait_for(Duration::from_secs(30), "the ready line", |l| {
+            l.starts_with("gateway ready")
+        });
+        assert!(
+            ready.contains(&udp.to_string()) && ready.contains(&tcp.to_string()),
+            "ready line {ready:?} does not name udp={udp} tcp={tcp}"
+        );
+        gw
+    }
+
+    /// The private directory (config, database, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Consumes stdout lines until one satisfies `pred`; panics (with the stdout history and
+    /// the stderr tail) on timeout or when the gateway exits.
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.history.push(line.clone());
+                    if pred(line.trim()) {
+                        return line.trim().to_owned();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "timed out after {timeout:?} waiting for {what}\n{}",
+                        self.diag()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.try_wait();
+                    panic!(
+                        "gateway closed stdout ({status:?}) while waiting for {what}\n{}",
+                        self.diag()
+                    )
+                }
+            }
+        }
+    }
+
+    /// A mark in the stdout history, for [`seen_since`](Self::seen_since).
+    pub fn mark(&mut self) -> usize {
+        self.drain();
+        self.history.len()
+    }
+
+    /// Waits until a line equal to `want` has been printed since `mark` (already read or not):
+    /// for lines printed by different tasks whose order is not fixed.
+    pub fn seen_since(&mut self, mark: usize, want: &str, timeout: Duration) {
+        self.drain();
+        if self.history.iter().skip(mark).any(|l| l.trim() == want) {
+            return;
+        }
+        self.wait_for(timeout, &format!("`{want}`"), |l| l == want);
+    }
+
+    /// Waits for `DEVICE PJSIP/<user> <state>`.
+    pub fn device(&mut self, user: &str, state: &str, timeout: Duration) -> Instant {
+        let want = format!("DEVICE PJSIP/{user} {state}");
+        self.wait_for(timeout, &format!("`{want}`"), |l| l == want);
+        Instant::now()
+    }
+
+    /// Waits for the next `CALL … ENDED …` line.
+    pub fn call_ended(&mut self, timeout: Duration) -> CallEnded {
+        let line = self.wait_for(timeout, "a CALL … ENDED line", |l| {
+            l.starts_with("CALL ") && l.contains(" ENDED ")
+        });
+        let reason = line
+            .split_whitespace()
+            .nth(3)
+            .unwrap_or_default()
+            .to_owned();
+        CallEnded { line, reason }
+    }
+
+    /// Reads lines already printed without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.history.push(line);
+        }
+    }
+
+    /// Stdout history and the stderr tail, for failure messages.
+    pub fn diag(&self) -> String {
+        format!(
+            "--- {} stdout ---\n{}\n--- {} stderr (tail) ---\n{}",
+            self.spec.name,
+            self.history.join("\n"),
+            self.spec.name,
+            tail_file(&self.dir.path().join("gateway.stderr"), 60)
+        )
+    }
+
+    /// Kills the process (also done on drop).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `callfabric devices add --config … --user … --password …`.
+pub fn devices_add(binary: &Path, config: &Path, user: &str, password: &str) {
+    let out = Command::new(binary)
+        .args(["devices", "add", "--config"])
+        .arg(config)
+        .args(["--user", user, "--password", password])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run callfabric devices add");
+    assert!(
+        out.status.success(),
+        "callfabric devices add --user {user} failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,255 @@
+//! End to end: calls through the real `callfabric gateway` (B2BUA + RTP relay), with SIPp as
+//! the calling phone (digest-authenticated INVITE, streams G.711 A-law with `rtp_stream`) and SIPp as the called
+//! phone (registered by a second SIPp, answers, echoes RTP with `-rtp_echo`).
+//!
+//! Media is checked on the relay's own figures, printed by the gateway when the call ends
+//! (`CALL <n> ENDED <reason> a_in=… b_out=…`): every packet of the stream arrives on leg A and
+//! leaves on leg B, and the echo comes back the other way, byte for byte in volume.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use integration::free_udp_port;
+use integration::gateway::{GatewayProcess, GatewaySpec};
+use integration::sipp::{run_scenario, SippOpts, SippOutcome, SippProcess};
+
+const STATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("sipp")
+        .join(name)
+}
+
+/// A gateway with devices 1001 and 1002; qualify is slow because a SIPp UAS cannot answer
+/// OPTIONS outside its scenario.
+fn spec(name: &str) -> GatewaySpec {
+    let mut s = GatewaySpec::new(name, &["1001", "1002"]);
+    s.qualify_interval_secs = 300.0;
+    s
+}
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_callfabric"))
+}
+
+/// Packets in the caller's stream: 4 s of a 440 Hz tone, 20 ms (160 A-law bytes) a packet.
+const STREAM_PACKETS: u64 = 200;
+
+/// `call_uac.xml` with its RTP file: a raw G.711 A-law tone written into the gateway's
+/// directory (SIPp's `rtp_stream` sends it from the caller's media port, 160 bytes a packet).
+fn uac_scenario(gw: &GatewayProcess) -> PathBuf {
+    let pcm = gateway::audio::prompts::tone(&[440.0], 4000, 0.3);
+    let alaw = gateway::audio::Codec::Pcma.encode(&pcm);
+    assert_eq!(alaw.len() as u64, STREAM_PACKETS * 160);
+    let audio = gw.dir().join("caller.alaw");
+    std::fs::write(&audio, alaw).expect("write the caller's audio");
+    let text = std::fs::read_to_string(scenario("call_uac.xml")).expect("read scenario");
+    let path = gw.dir().join("call_uac.xml");
+    std::fs::write(
+        &path,
+        text.replace("@RTP_FILE@", &audio.display().to_string()),
+    )
+    .expect("write scenario");
+    path
+}
+
+/// `call_rejected.xml` expecting final response `code` (SIPp cannot take a response code
+/// from a variable), written into the gateway's directory.
+fn rejected_scenario(gw: &GatewayProcess, code: &str) -> PathBuf {
+    let text = std::fs::read_to_string(scenario("call_rejected.xml")).expect("read scenario");
+    let path = gw.dir().join(format!("call_rejected_{code}.xml"));
+    std::fs::write(&path, text.replace("@CODE@", code)).expect("write scenario");
+    path
+}
+
+#[track_caller]
+fn assert_passes(gw: &GatewayProcess, out: &SippOutcome, what: &str) {
+    assert!(
+        out.passed(),
+        "{what}: SIPp scenario failed\n{}\n{}",
+        out.describe(),
+        gw.diag()
+    );
+}
+
+/// Starts the callee: a SIPp UAS (answers, echoes RTP) registered as `user` by a second SIPp.
+fn callee(gw: &mut GatewayProcess, user: &str) -> (SippProcess, u16) {
+    let sip_port = free_udp_port();
+    let media_port = free_udp_port();
+    let uas = SippProcess::spawn(
+        &scenario("call_uas.xml"),
+        None,
+        &SippOpts {
+            local_port: Some(sip_port),
+            timeout: Duration::from_secs(40),
+            extra_args: vec!["-rtp_echo".into(), "-mp".into(), media_port.to_string()],
+            ..SippOpts::default()
+        },
+    )
+    .expect("start the callee SIPp");
+    let reg = run_scenario(
+        &scenario("register_contact.xml"),
+        gw.udp,
+        SippOpts {
+            keys: vec![("contact_port".into(), sip_port.to_string())],
+            ..SippOpts::user(user, "secret")
+        },
+    )
+    .expect("run sipp");
+    assert_passes(gw, &reg, "callee registration");
+    gw.device(user, "NOT_INUSE", STATE_TIMEOUT);
+    (uas, media_port)
+}
+
+fn caller_opts(user: &str, callee: &str, sdp_port: u16, media_port: u16) -> SippOpts {
+    SippOpts {
+        keys: vec![
+            ("callee".into(), callee.into()),
+            ("sdp_port".into(), sdp_port.to_string()),
+        ],
+        timeout: Duration::from_secs(40),
+        extra_args: vec!["-mp".into(), media_port.to_string()],
+        ..SippOpts::user(user, "secret")
+    }
+}
+
+#[test]
+fn sipp_call_relays_media_both_ways_and_tracks_device_state() {
+    let expected = STREAM_PACKETS;
+    let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
+    let (mut uas, _) = callee(&mut gw, "1002");
+
+    let media_port = free_udp_port();
+    let uac = SippProcess::spawn(
+        &uac_scenario(&gw),
+        Some(gw.udp),
+        &caller_opts("1001", "1002", media_port, media_port),
+    );
+    let mut uac = uac.expect("start the caller SIPp");
+    gw.device("1002", "RINGING", STATE_TIMEOUT);
+    gw.device("1002", "INUSE", STATE_TIMEOUT);
+    let mark = gw.mark();
+    let out = uac.wait().expect("caller outcome");
+    assert_passes(&gw, &out, "caller");
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    gw.seen_since(mark, "DEVICE PJSIP/1002 NOT_INUSE", STATE_TIMEOUT);
+    let out = uas.wait().expect("callee outcome");
+    assert_passes(&gw, &out, "callee");
+
+    assert_eq!(ended.reason, "bye-a", "{}", ended.line);
+    // Leg A: the caller's stream in, the echo out; leg B: the stream out, the echo in.
+    assert_eq!(
+        ended.num("a_in"),
+        expected,
+        "every packet of the stream reached the relay: {}",
+        ended.line
+    );
+    assert_eq!(
+        ended.num("b_out"),
+        expected,
+        "and was relayed to the callee: {}",
+        ended.line
+    );
+    assert_eq!(
+        ended.num("a_in_bytes"),
+        ended.num("b_out_bytes"),
+        "{}",
+        ended.line
+    );
+    let echoed = ended.num("b_in");
+    assert!(
+        echoed * 100 >= expected * 95,
+        "the callee's echo came back: {}",
+        ended.line
+    );
+    assert_eq!(
+        ended.num("a_out"),
+        echoed,
+        "and was relayed to the caller: {}",
+        ended.line
+    );
+    assert_eq!(
+        ended.num("b_in_bytes"),
+        ended.num("a_out_bytes"),
+        "{}",
+        ended.line
+    );
+    assert_eq!(ended.num("a_lost"), 0, "{}", ended.line);
+    let latched: SocketAddr = ended
+        .get("a_latched")
+        .and_then(|a| a.parse().ok())
+        .expect("a_latched");
+    assert_eq!(latched.port(), media_port, "{}", ended.line);
+}
+
+#[test]
+fn caller_sending_from_another_port_than_its_sdp_still_gets_audio() {
+    let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
+    let (mut uas, _) = callee(&mut gw, "1002");
+    let media_port = free_udp_port();
+    // The SDP names a port nothing listens on; RTP really comes from (and goes back to) media_port.
+    let wrong = free_udp_port();
+    let out = run_scenario(
+        &uac_scenario(&gw),
+        gw.udp,
+        caller_opts("1001", "1002", wrong, media_port),
+    )
+    .expect("run sipp");
+    assert_passes(&gw, &out, "caller");
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    let _ = uas.wait();
+    let latched: SocketAddr = ended
+        .get("a_latched")
+        .and_then(|a| a.parse().ok())
+        .expect("a_latched");
+    assert_eq!(
+        latched.port(),
+        media_port,
+        "latched on the real source: {}",
+        ended.line
+    );
+    assert!(
+        ended.num("a_out") > 50,
+        "the echo was sent to the real source: {}",
+        ended.line
+    );
+    assert_eq!(ended.num("a_out"), ended.num("b_in"), "{}", ended.line);
+}
+
+#[test]
+fn unknown_number_404_unregistered_480_and_wrong_password_challenged_again() {
+    let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
+    // 1002 exists but is not registered → 480; 7777 does not exist → 404.
+    for (callee, code) in [("1002", "480"), ("7777", "404")] {
+        let out = run_scenario(
+            &rejected_scenario(&gw, code),
+            gw.udp,
+            SippOpts {
+                keys: vec![("callee".into(), callee.into())],
+                ..SippOpts::user("1001", "secret")
+            },
+        )
+        .expect("run sipp");
+        assert_passes(&gw, &out, &format!("call to {callee} → {code}"));
+    }
+    // A wrong password gets a fresh 407, never a call.
+    let out = run_scenario(
+        &rejected_scenario(&gw, "407"),
+        gw.udp,
+        SippOpts {
+            keys: vec![("callee".into(), "1002".into())],
+            ..SippOpts::user("1001", "wrong")
+        },
+    )
+    .expect("run sipp");
+    assert_passes(&gw, &out, "wrong password");
+    gw.drain();
+    assert!(
+        !gw.history.iter().any(|l| l.starts_with("CALL ")),
+        "no call was set up: {}",
+        gw.diag()
+    );
+}
