@@ -66,7 +66,8 @@ pub struct TrunkSection {
     /// Strip this many leading digits before sending.
     #[serde(default)]
     pub strip: usize,
-    /// Source IPs trusted as this trunk for inbound calls (default: the address's IP).
+    /// Further source IPs trusted as this trunk for inbound calls (requests from exactly
+    /// `address` always are).
     #[serde(default)]
     pub inbound_from: Vec<String>,
 }
@@ -413,9 +414,7 @@ impl Loaded {
                     t.address
                 )
             })?;
-            let inbound_from = if t.inbound_from.is_empty() {
-                vec![address.ip()]
-            } else {
+            let inbound_from = {
                 t.inbound_from
                     .iter()
                     .map(|ip| {

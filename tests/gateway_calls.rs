@@ -77,10 +77,15 @@ fn assert_passes(gw: &GatewayProcess, out: &SippOutcome, what: &str) {
 
 /// Starts the callee: a SIPp UAS (answers, echoes RTP) registered as `user` by a second SIPp.
 fn callee(gw: &mut GatewayProcess, user: &str) -> (SippProcess, u16) {
+    callee_with(gw, user, "call_uas.xml")
+}
+
+/// [`callee`] running another UAS scenario.
+fn callee_with(gw: &mut GatewayProcess, user: &str, uas_scenario: &str) -> (SippProcess, u16) {
     let sip_port = free_udp_port();
     let media_port = free_udp_port();
     let uas = SippProcess::spawn(
-        &scenario("call_uas.xml"),
+        &scenario(uas_scenario),
         None,
         &SippOpts {
             local_port: Some(sip_port),
@@ -252,4 +257,87 @@ fn unknown_number_404_unregistered_480_and_wrong_password_challenged_again() {
         "no call was set up: {}",
         gw.diag()
     );
+}
+
+#[test]
+fn hold_and_resume_show_onhold_then_inuse() {
+    let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
+    let (mut uas, _) = callee_with(&mut gw, "1002", "call_uas_hold.xml");
+    let media_port = free_udp_port();
+    let out = run_scenario(
+        &scenario("call_uac_hold.xml"),
+        gw.udp,
+        caller_opts("1001", "1002", media_port, media_port),
+    )
+    .expect("run sipp");
+    assert_passes(&gw, &out, "caller holds and resumes");
+    let out = uas.wait().expect("callee outcome");
+    assert_passes(&gw, &out, "callee");
+    // The calling device (1001, in a call though not registered) goes INUSE, ONHOLD while it
+    // holds, INUSE again on resume, and UNAVAILABLE (no registration) after the call.
+    let want = [
+        "DEVICE PJSIP/1001 INUSE",
+        "DEVICE PJSIP/1001 ONHOLD",
+        "DEVICE PJSIP/1001 INUSE",
+        "DEVICE PJSIP/1001 UNAVAILABLE",
+    ];
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    assert_eq!(ended.reason, "bye-a", "{}", ended.line);
+    gw.seen_since(0, "DEVICE PJSIP/1001 UNAVAILABLE", STATE_TIMEOUT);
+    let seen: Vec<&str> = gw
+        .history
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("DEVICE PJSIP/1001 "))
+        .collect();
+    assert_eq!(seen, want, "{}", gw.diag());
+}
+
+#[test]
+fn cancel_while_ringing_gives_487_and_frees_the_callee() {
+    let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
+    let (mut uas, _) = callee_with(&mut gw, "1002", "call_uas_cancel.xml");
+    let media_port = free_udp_port();
+    let out = run_scenario(
+        &scenario("call_uac_cancel.xml"),
+        gw.udp,
+        caller_opts("1001", "1002", media_port, media_port),
+    )
+    .expect("run sipp");
+    assert_passes(
+        &gw,
+        &out,
+        "caller cancels: 200 for the CANCEL, 487 for the INVITE",
+    );
+    let out = uas.wait().expect("callee outcome");
+    assert_passes(&gw, &out, "callee sees CANCEL, answers 487, gets the ACK");
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    assert_eq!(ended.reason, "cancel", "{}", ended.line);
+    gw.seen_since(0, "DEVICE PJSIP/1002 RINGING", STATE_TIMEOUT);
+    let mark = gw
+        .history
+        .iter()
+        .position(|l| l.trim() == "DEVICE PJSIP/1002 RINGING")
+        .unwrap_or(0);
+    gw.seen_since(mark, "DEVICE PJSIP/1002 NOT_INUSE", STATE_TIMEOUT);
+}
+
+#[test]
+fn busy_callee_gives_486_to_the_caller() {
+    let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
+    let (mut uas, _) = callee_with(&mut gw, "1002", "call_uas_busy.xml");
+    let out = run_scenario(
+        &rejected_scenario(&gw, "486"),
+        gw.udp,
+        SippOpts {
+            keys: vec![("callee".into(), "1002".into())],
+            ..SippOpts::user("1001", "secret")
+        },
+    )
+    .expect("run sipp");
+    assert_passes(&gw, &out, "caller gets 486");
+    let out = uas.wait().expect("callee outcome");
+    assert_passes(&gw, &out, "callee said 486 and got its ACK");
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    assert_eq!(ended.reason, "486", "{}", ended.line);
 }

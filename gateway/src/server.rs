@@ -69,7 +69,8 @@ pub struct TrunkConfig {
     pub prefixes: Vec<String>,
     /// Leading digits stripped before sending.
     pub strip: usize,
-    /// Source IPs accepted as this trunk for inbound calls (no digest).
+    /// Further source IPs accepted as this trunk for inbound calls (no digest); a request
+    /// from exactly `address` (IP and port) always is.
     pub inbound_from: Vec<std::net::IpAddr>,
 }
 
@@ -424,23 +425,27 @@ impl Core {
         format!("{}{}", self.cfg.device_prefix, user_of(aor))
     }
 
-    /// Publishes a device's state if it changed: UNAVAILABLE without a live, reachable
-    /// contact, otherwise what its calls make it (NOT_INUSE with none).
+    /// Publishes a device's state if it changed: what its calls make it while it is in a call
+    /// (a phone can call without being registered); otherwise NOT_INUSE with a live, reachable
+    /// contact and UNAVAILABLE without.
     fn refresh_device(&mut self, key: &str) {
         let Some(user) = key.strip_prefix(self.cfg.device_prefix.as_str()) else {
             return;
         };
         let aor = format!("sip:{user}@{}", self.cfg.realm);
         let registered = self.registrar.is_registered(&aor);
-        let state = if !registered || self.reachable.get(&aor) == Some(&false) {
+        let in_call = self.b2bua.calls_of(key) > 0;
+        let state = if in_call {
+            self.b2bua.device_state(key)
+        } else if !registered || self.reachable.get(&aor) == Some(&false) {
             DeviceState::Unavailable
         } else {
-            self.b2bua.device_state(key)
+            DeviceState::NotInUse
         };
         if self.published.get(key) == Some(&state) {
             return;
         }
-        if !registered && !self.published.contains_key(key) {
+        if state == DeviceState::Unavailable && !self.published.contains_key(key) {
             return; // never announced: nothing to withdraw
         }
         self.published.insert(key.to_owned(), state);
@@ -580,7 +585,7 @@ impl Core {
             .cfg
             .trunks
             .iter()
-            .find(|t| t.inbound_from.contains(&source.addr.ip()))
+            .find(|t| t.address == source.addr || t.inbound_from.contains(&source.addr.ip()))
         {
             debug!(trunk = %t.name, "call from a trunk");
             Caller::default()

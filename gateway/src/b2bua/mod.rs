@@ -752,6 +752,7 @@ impl B2bua {
             return;
         }
         // Final failure from B.
+        let cancelled = call.cancel_pending;
         if call.phase == Phase::Calling && !call.cancel_pending {
             let mapped = match code {
                 300..=399 => 480,
@@ -763,7 +764,12 @@ impl B2bua {
             let key = call.a_invite_key.clone();
             self.respond(&key, r);
         }
-        self.end(id, &code.to_string(), media);
+        let reason = if cancelled {
+            "cancel".to_owned()
+        } else {
+            code.to_string()
+        };
+        self.end(id, &reason, media);
     }
 
     /// A transaction ended: forget its mapping.

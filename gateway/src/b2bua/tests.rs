@@ -363,6 +363,9 @@ CSeq: 1 CANCEL
     );
     let acts = rig.actions();
     assert!(Rig::responses_to_a(&acts).is_empty());
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::CallEnded { reason, .. } if reason == "cancel")));
     assert!(rig.b2b.is_empty());
     assert_eq!(rig.media.closed, vec![CallId(1)]);
 }
