@@ -341,3 +341,59 @@ fn busy_callee_gives_486_to_the_caller() {
     let ended = gw.call_ended(STATE_TIMEOUT);
     assert_eq!(ended.reason, "486", "{}", ended.line);
 }
+
+/// Site A's phone dials a DID of site B: gateway A routes the number by prefix over a trunk
+/// to gateway B (which knows A's address as a trunk: no digest), B maps the DID to its
+/// extension 2002 and rings the registered phone. Both gateways anchor the media; the echo comes back across both relays.
+#[test]
+fn call_across_two_gateways_over_a_trunk() {
+    let (port_a, port_b) = (free_udp_port(), free_udp_port());
+    let mut a_spec = spec("gw-a");
+    a_spec.udp_port = Some(port_a);
+    a_spec.extra = format!(
+        "\n[[gateway.trunk]]\nname = \"site-b\"\naddress = \"127.0.0.1:{port_b}\"\nprefixes = [\"2\", \"555\"]\n"
+    );
+    let mut b_spec = GatewaySpec::new("gw-b", &["2002"]);
+    b_spec.qualify_interval_secs = 300.0;
+    b_spec.udp_port = Some(port_b);
+    b_spec.extra = format!(
+        "\n[[gateway.trunk]]\nname = \"site-a\"\naddress = \"127.0.0.1:{port_a}\"\nprefixes = [\"1\"]\n\n[gateway.extensions]\n\"5551234\" = \"2002\"\n"
+    );
+    let mut gw_a = GatewayProcess::start(binary(), a_spec);
+    let mut gw_b = GatewayProcess::start(binary(), b_spec);
+    let (mut uas, _) = callee(&mut gw_b, "2002");
+
+    let media_port = free_udp_port();
+    let out = run_scenario(
+        &uac_scenario(&gw_a),
+        gw_a.udp,
+        caller_opts("1001", "5551234", media_port, media_port),
+    )
+    .expect("run sipp");
+    assert_passes(&gw_a, &out, "caller at site A dials site B's DID 5551234");
+    let out = uas.wait().expect("callee outcome");
+    assert_passes(&gw_b, &out, "callee at site B");
+    let a = gw_a.call_ended(STATE_TIMEOUT);
+    let b = gw_b.call_ended(STATE_TIMEOUT);
+    assert_eq!(a.reason, "bye-a", "{}", a.line);
+    assert_eq!(
+        b.reason, "bye-a",
+        "site B sees the BYE from the trunk: {}",
+        b.line
+    );
+    // The stream crosses both relays, and the echo comes back across both.
+    assert_eq!(a.num("a_in"), STREAM_PACKETS, "{}", a.line);
+    assert_eq!(a.num("b_out"), STREAM_PACKETS, "{}", a.line);
+    assert_eq!(b.num("a_in"), STREAM_PACKETS, "{}", b.line);
+    assert_eq!(b.num("b_out"), STREAM_PACKETS, "{}", b.line);
+    assert!(b.num("b_in") * 100 >= STREAM_PACKETS * 95, "{}", b.line);
+    assert_eq!(
+        a.num("a_out"),
+        b.num("b_in"),
+        "echo relayed back to the caller: {} / {}",
+        a.line,
+        b.line
+    );
+    gw_b.seen_since(0, "DEVICE PJSIP/2002 RINGING", STATE_TIMEOUT);
+    gw_b.seen_since(0, "DEVICE PJSIP/2002 INUSE", STATE_TIMEOUT);
+}

@@ -25,6 +25,9 @@ pub struct GatewaySpec {
     /// `qualify_interval_secs` (1 s by default, to see unreachable phones quickly; a SIPp UAS
     /// cannot answer OPTIONS outside its scenario, so call tests make it long).
     pub qualify_interval_secs: f64,
+    /// UDP listener port (a free one when `None`): set it when other gateways' trunks must
+    /// know it before this one starts.
+    pub udp_port: Option<u16>,
     /// Extra lines for the `[gateway]` section (and sections after it, e.g. `[[gateway.trunk]]`).
     pub extra: String,
 }
@@ -42,6 +45,7 @@ impl GatewaySpec {
                 .map(|d| ((*d).to_owned(), "secret".to_owned()))
                 .collect(),
             qualify_interval_secs: 1.0,
+            udp_port: None,
             extra: String::new(),
         }
     }
@@ -105,7 +109,7 @@ impl GatewayProcess {
     /// ready line. `binary` is the callfabric executable (`env!("CARGO_BIN_EXE_callfabric")`).
     pub fn start(binary: &Path, spec: GatewaySpec) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let udp = SocketAddr::from(([127, 0, 0, 1], spec.udp_port.unwrap_or_else(free_udp_port)));
         let tcp = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let algorithms = spec
             .digest_algorithms
