@@ -70,6 +70,17 @@ pub struct TrunkSection {
     /// `address` always are).
     #[serde(default)]
     pub inbound_from: Vec<String>,
+    /// Our account at the peer (an ITSP): digest user name and password, used to answer
+    /// challenges to our INVITEs and to register.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Keep a registration at the peer (needs username and password).
+    #[serde(default)]
+    pub register: bool,
+    /// Registration expiry asked for (default 600 s).
+    pub register_expires: Option<u32>,
+    /// Domain of the registered AOR (default: the peer's address).
+    pub domain: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,12 +439,41 @@ impl Loaded {
                     })
                     .collect::<Result<_>>()?
             };
+            let credentials = match (&t.username, &t.password) {
+                (Some(u), Some(p)) => Some(gateway::registrar::client::ClientCredentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(anyhow!(
+                        "{}: trunk {:?}: username and password go together",
+                        self.at("gateway.trunk", "username"),
+                        t.name
+                    ))
+                }
+            };
+            if t.register && credentials.is_none() {
+                return Err(anyhow!(
+                    "{}: trunk {:?}: register = true needs username and password",
+                    self.at("gateway.trunk", "register"),
+                    t.name
+                ));
+            }
+            let register = t.register.then(|| {
+                (
+                    t.domain.clone().unwrap_or_else(|| address.to_string()),
+                    t.register_expires.unwrap_or(600),
+                )
+            });
             trunks.push(gateway::server::TrunkConfig {
                 name: t.name.clone(),
                 address,
                 prefixes: t.prefixes.clone(),
                 strip: t.strip,
                 inbound_from,
+                credentials,
+                register,
             });
         }
         Ok(gateway::server::GatewayConfig {

@@ -397,3 +397,77 @@ fn call_across_two_gateways_over_a_trunk() {
     gw_b.seen_since(0, "DEVICE PJSIP/2002 RINGING", STATE_TIMEOUT);
     gw_b.seen_since(0, "DEVICE PJSIP/2002 INUSE", STATE_TIMEOUT);
 }
+
+/// An ITSP trunk: gateway A keeps a registration at the "ITSP" (gateway B, where A's account
+/// is device 2999) with digest auth; A's outbound call is challenged by the ITSP (407) and A
+/// answers with its account; the ITSP's inbound call to A's number arrives through the
+/// registration and A's dial plan maps the DID to extension 1001.
+#[test]
+fn itsp_trunk_registers_answers_challenges_and_delivers_dids() {
+    let (port_a, port_b) = (free_udp_port(), free_udp_port());
+    let mut a_spec = spec("gw-a");
+    a_spec.udp_port = Some(port_a);
+    a_spec.extra = format!(
+        "\n[[gateway.trunk]]\nname = \"itsp\"\naddress = \"127.0.0.1:{port_b}\"\nprefixes = [\"2\"]\n\
+         username = \"2999\"\npassword = \"secret\"\nregister = true\nregister_expires = 60\n\
+         domain = \"gw-b.example\"\n\n[gateway.extensions]\n\"2999\" = \"1001\"\n"
+    );
+    let mut b_spec = GatewaySpec::new("gw-b", &["2002", "2999"]);
+    b_spec.qualify_interval_secs = 300.0;
+    b_spec.udp_port = Some(port_b);
+    let mut gw_a = GatewayProcess::start(binary(), a_spec);
+    let mut gw_b = GatewayProcess::start(binary(), b_spec);
+    // A registers at the ITSP: its account shows up there.
+    gw_b.device("2999", "NOT_INUSE", Duration::from_secs(15));
+
+    // Outbound: 1001 at A dials 2002 at the ITSP; the ITSP challenges A, A authenticates.
+    let (mut uas_b, _) = callee(&mut gw_b, "2002");
+    let media_port = free_udp_port();
+    let out = run_scenario(
+        &uac_scenario(&gw_a),
+        gw_a.udp,
+        caller_opts("1001", "2002", media_port, media_port),
+    )
+    .expect("run sipp");
+    assert_passes(&gw_a, &out, "outbound call through the ITSP");
+    assert_passes(
+        &gw_b,
+        &uas_b.wait().expect("callee outcome"),
+        "ITSP-side callee",
+    );
+    let a = gw_a.call_ended(STATE_TIMEOUT);
+    let b = gw_b.call_ended(STATE_TIMEOUT);
+    assert_eq!(
+        b.num("a_in"),
+        STREAM_PACKETS,
+        "media reached the ITSP: {}",
+        b.line
+    );
+    assert_eq!(a.num("a_in"), STREAM_PACKETS, "{}", a.line);
+    // The ITSP saw the call as coming from A's account.
+    gw_b.seen_since(0, "DEVICE PJSIP/2999 INUSE", STATE_TIMEOUT);
+
+    // Inbound: 2002 at the ITSP dials A's number 2999; it reaches A through the registration,
+    // and A's DID map rings extension 1001 (a SIPp UAS registered at A).
+    let (mut uas_a, _) = callee(&mut gw_a, "1001");
+    let media_port = free_udp_port();
+    let out = run_scenario(
+        &uac_scenario(&gw_b),
+        gw_b.udp,
+        caller_opts("2002", "2999", media_port, media_port),
+    )
+    .expect("run sipp");
+    assert_passes(&gw_b, &out, "inbound DID call from the ITSP");
+    assert_passes(
+        &gw_a,
+        &uas_a.wait().expect("callee outcome"),
+        "site-A callee 1001",
+    );
+    let a = gw_a.call_ended(STATE_TIMEOUT);
+    assert_eq!(
+        a.num("b_out"),
+        STREAM_PACKETS,
+        "media reached extension 1001: {}",
+        a.line
+    );
+}

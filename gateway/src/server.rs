@@ -5,6 +5,7 @@
 use crate::b2bua::{self, B2bua, Caller, MediaControl};
 use crate::devices::{DeviceCache, DeviceStore};
 use crate::media::{self as relay, Leg, LegStats, MediaRelay, RelayConfig};
+use crate::registrar::client::{ClientCredentials, OutboundRegistration, OutboundState};
 use crate::registrar::digest::Algorithm;
 use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord};
 use crate::sip::message::{self, Method, Request, SipMessage};
@@ -72,6 +73,10 @@ pub struct TrunkConfig {
     /// Further source IPs accepted as this trunk for inbound calls (no digest); a request
     /// from exactly `address` (IP and port) always is.
     pub inbound_from: Vec<std::net::IpAddr>,
+    /// Our account at the peer (an ITSP): challenges to our INVITEs are answered with it.
+    pub credentials: Option<ClientCredentials>,
+    /// Keep a registration at the peer with these credentials: (domain of the AOR, expires).
+    pub register: Option<(String, u32)>,
 }
 
 /// Errors starting the gateway.
@@ -272,6 +277,28 @@ impl Gateway {
             media_timeout: cfg.media_timeout,
             realm: cfg.realm.clone(),
         });
+        let outbound = {
+            let local = local.udp.first().copied();
+            cfg.trunks
+                .iter()
+                .filter_map(|t| {
+                    let (domain, expires) = t.register.clone()?;
+                    let creds = t.credentials.clone()?;
+                    Some((
+                        t.name.clone(),
+                        OutboundRegistration::new(
+                            &format!("sip:{}", t.address),
+                            &domain,
+                            creds,
+                            local?,
+                            expires,
+                            Duration::from_secs(30).min(cfg.qualify_interval * 30),
+                            Instant::now(),
+                        ),
+                    ))
+                })
+                .collect()
+        };
         let core = Core {
             cfg,
             bus,
@@ -289,6 +316,8 @@ impl Gateway {
             },
             published: HashMap::new(),
             events: gw_events.clone(),
+            outbound,
+            registering: HashMap::new(),
         };
         let task = tokio::spawn(core.run(events));
         Ok(Gateway {
@@ -340,6 +369,10 @@ struct Core {
     /// Device key → state last published.
     published: HashMap<String, DeviceState>,
     events: tokio::sync::broadcast::Sender<GatewayEvent>,
+    /// Our registrations at ITSPs: (trunk name, state machine).
+    outbound: Vec<(String, OutboundRegistration)>,
+    /// REGISTERs in flight → index in `outbound`.
+    registering: HashMap<TransactionKey, usize>,
 }
 
 impl Core {
@@ -382,6 +415,7 @@ impl Core {
                 }
                 _ = housekeeping.tick() => {
                     self.registrar.expire(SystemTime::now());
+                    self.register_outbound(None);
                 }
                 _ = qualify.tick() => self.qualify_all(),
             }
@@ -559,6 +593,10 @@ impl Core {
                         self.qualified(&aor, true);
                         return;
                     }
+                    if let Some(i) = self.registering.remove(&key) {
+                        self.register_outbound(Some((i, Some(response))));
+                        return;
+                    }
                 }
                 self.b2bua.on_response(&key, response, &mut self.media, now);
             }
@@ -569,6 +607,10 @@ impl Core {
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
                 if let Some(aor) = self.qualifying.remove(&key) {
                     self.qualified(&aor, false);
+                    return;
+                }
+                if let Some(i) = self.registering.remove(&key) {
+                    self.register_outbound(Some((i, None)));
                     return;
                 }
                 self.b2bua.on_timeout(&key, &mut self.media, now);
@@ -666,6 +708,7 @@ impl Core {
                 .copied()
                 .unwrap_or(source.local);
             return b2bua::Target::Peer {
+                credentials: t.credentials.clone(),
                 uri: format!("sip:{number}@{}", t.address),
                 dest: Peer {
                     addr: t.address,
@@ -687,6 +730,75 @@ impl Core {
                 .handle_request(req, source, SystemTime::now()),
             Method::Options => message::response_for(req, 200, "OK"),
             _ => message::response_for(req, 501, "Not Implemented"),
+        }
+    }
+
+    /// Drives the outbound registrations: `done` is the final response (or `None`: no answer)
+    /// of registration `i`'s REGISTER; then every due REGISTER is sent.
+    fn register_outbound(&mut self, done: Option<(usize, Option<message::Response>)>) {
+        let now = Instant::now();
+        let mut to_send = Vec::new();
+        if let Some((i, resp)) = done {
+            if let Some((name, reg)) = self.outbound.get_mut(i) {
+                let retry = match &resp {
+                    Some(r) => reg.on_response(r, now),
+                    None => {
+                        reg.on_timeout(now);
+                        None
+                    }
+                };
+                match reg.state() {
+                    OutboundState::Registered(_) => info!(trunk = %name, "registered at the trunk"),
+                    OutboundState::Unregistered => warn!(
+                        trunk = %name,
+                        why = reg.last_failure().unwrap_or("?"),
+                        "registration at the trunk failed; retrying later"
+                    ),
+                    OutboundState::Pending => {}
+                }
+                if let Some(r) = retry {
+                    to_send.push((i, r));
+                }
+            }
+        }
+        for (i, (_, reg)) in self.outbound.iter_mut().enumerate() {
+            if let Some(r) = reg.poll_request(now) {
+                to_send.push((i, r));
+            }
+        }
+        for (i, req) in to_send {
+            let Some(t) = self
+                .outbound
+                .get(i)
+                .and_then(|(name, _)| self.cfg.trunks.iter().find(|t| &t.name == name))
+            else {
+                continue;
+            };
+            let dest = Peer {
+                addr: t.address,
+                transport: transport::Transport::Udp,
+                local: self
+                    .transports
+                    .local_addrs()
+                    .udp
+                    .first()
+                    .copied()
+                    .unwrap_or(t.address),
+            };
+            match self
+                .tl
+                .send_request(req, tx::Transport::Unreliable, dest, now)
+            {
+                Ok(key) => {
+                    self.registering.insert(key, i);
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot send REGISTER to the trunk");
+                    if let Some((_, reg)) = self.outbound.get_mut(i) {
+                        reg.on_timeout(now);
+                    }
+                }
+            }
         }
     }
 

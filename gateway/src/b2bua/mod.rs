@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use rsip::headers::{Allow, Contact, UntypedHeader};
 use rsip::{Header, Method, Request, Response};
 
+use crate::registrar::client::{self, ClientCredentials};
 use crate::sdp::SessionDescription;
 use crate::server::Peer;
 use crate::sip::dialog::{self, Dialog, DialogState};
@@ -104,6 +105,8 @@ pub enum Target {
         uri: String,
         /// Where to send it.
         dest: Peer,
+        /// Our account there: a 401/407 to the INVITE is answered once with these.
+        credentials: Option<ClientCredentials>,
     },
     /// Refuse with this status.
     Reject(u16),
@@ -255,6 +258,9 @@ struct Call {
     b_invite_key: TransactionKey,
     b_invite: Request,
     b_provisional: bool,
+    /// Our account at B (a trunk) and whether its challenge was answered already.
+    b_credentials: Option<ClientCredentials>,
+    b_auth_tried: bool,
     cancel_pending: bool,
     ok: Option<OkRetransmit>,
     pending: Option<Pending>,
@@ -450,6 +456,7 @@ impl B2bua {
         now: Instant,
     ) {
         let Routed { caller, target } = routed;
+        let mut b_credentials = None;
         let (callee, contact, dest, limit) = match target {
             Target::Reject(code) => return self.reply(&key, &req, code),
             Target::Device {
@@ -458,7 +465,14 @@ impl B2bua {
                 dest,
                 limit,
             } => (Some(device), contact, dest, limit),
-            Target::Peer { uri, dest } => (None, uri, dest, 0),
+            Target::Peer {
+                uri,
+                dest,
+                credentials,
+            } => {
+                b_credentials = credentials;
+                (None, uri, dest, 0)
+            }
         };
         let Some(offer) = sdp_of(&req.headers, &req.body) else {
             // Offerless INVITEs (late offer) are not supported yet.
@@ -551,6 +565,8 @@ impl B2bua {
             b_invite_key: b_key.clone(),
             b_invite: b_invite.clone(),
             b_provisional: false,
+            b_credentials,
+            b_auth_tried: false,
             cancel_pending: false,
             ok: None,
             pending: None,
@@ -677,7 +693,8 @@ impl B2bua {
             // Answered: ACK B at once (we are its UAC).
             let ack = call.b.dialog.as_ref().map(|d| {
                 let (via, _) = via_for(&call.b.peer, &mut self.seed);
-                d.ack(1, &via)
+                let seq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq);
+                d.ack(seq, &via)
             });
             if let Some(ack) = ack {
                 self.actions.push_back(Action::Stateless {
@@ -751,6 +768,57 @@ impl B2bua {
             self.arm_media_check(now);
             return;
         }
+        // A challenge from a trunk we have an account at: answer it once.
+        if matches!(code, 401 | 407)
+            && call.phase == Phase::Calling
+            && !call.cancel_pending
+            && !call.b_auth_tried
+        {
+            if let Some(creds) = call.b_credentials.clone() {
+                call.b_auth_tried = true;
+                let uri = call.b_invite.uri.to_string();
+                let cnonce = format!("{:016x}", self.seed.rotate_left(17));
+                if let Some(auth) =
+                    client::answer_challenge(&resp, "INVITE", &uri, &creds, &cnonce, 1)
+                {
+                    let peer = call.b.peer.clone();
+                    let (via, branch) = via_for(&peer, &mut self.seed);
+                    let Some(call) = self.calls.get_mut(&id) else {
+                        return;
+                    };
+                    let seq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq) + 1;
+                    let mut headers: Vec<Header> = Vec::new();
+                    for h in call.b_invite.headers.iter() {
+                        match h {
+                            Header::Via(_) => {
+                                headers.push(Header::Via(rsip::headers::Via::new(via.clone())))
+                            }
+                            Header::CSeq(_) => headers.push(Header::CSeq(
+                                rsip::headers::CSeq::new(format!("{seq} INVITE")),
+                            )),
+                            Header::Authorization(_) | Header::ProxyAuthorization(_) => {}
+                            other => headers.push(other.clone()),
+                        }
+                    }
+                    headers.push(auth);
+                    let mut retry = call.b_invite.clone();
+                    retry.headers = headers.into();
+                    let key = TransactionKey::client(&branch, Method::Invite);
+                    call.b_invite = retry.clone();
+                    call.b_invite_key = key.clone();
+                    self.by_client.insert(key.clone(), (id, Side::B));
+                    self.actions.push_back(Action::Request {
+                        key,
+                        request: retry,
+                        dest: peer,
+                    });
+                    return;
+                }
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         // Final failure from B.
         let cancelled = call.cancel_pending;
         if call.phase == Phase::Calling && !call.cancel_pending {

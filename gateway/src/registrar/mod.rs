@@ -24,6 +24,7 @@
 //! the response hash); contact URIs are compared by a normalised string, not the full §19.1.4
 //! rules; `-sess` algorithms, `auth-int` and `userhash` are not offered.
 
+pub mod client;
 pub mod credentials;
 pub mod digest;
 pub mod location;
