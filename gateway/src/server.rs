@@ -650,7 +650,24 @@ impl Core {
                 }
             }
         };
-        let target = self.route(&req, &source);
+        let mut target = self.route(&req, &source);
+        // The arbiter against double offering: an ACD's offer (X-CF-Offer) with ringinuse=no
+        // is refused while the agent's device is in any call, so two ACD nodes (or queues)
+        // racing for one agent get one call through and one 486 ("try the next").
+        if let b2bua::Target::Device { device, .. } = &target {
+            let offer = req.headers.iter().find_map(|h| match h {
+                rsip::Header::Other(n, v) if n.trim().eq_ignore_ascii_case("X-CF-Offer") => {
+                    Some(v.to_ascii_lowercase())
+                }
+                _ => None,
+            });
+            if let Some(offer) = offer {
+                if offer.contains("ringinuse=no") && self.b2bua.calls_of(device) > 0 {
+                    info!(%device, "offer refused: the agent is already in a call");
+                    target = b2bua::Target::Reject(486);
+                }
+            }
+        }
         self.b2bua.on_invite(
             key,
             req,

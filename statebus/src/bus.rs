@@ -46,6 +46,9 @@ pub trait Bus: Send + Sync {
     fn snapshot(&self) -> Snapshot;
     /// The aggregate state of one device.
     fn device_state(&self, key: &str) -> Option<DeviceState>;
+    /// The per-EID states of one device: which members publish it (an ACD finds the gateway
+    /// that holds an agent's registration through this and the members' heartbeats).
+    fn device_detail(&self, key: &str) -> Vec<(Eid, DeviceState)>;
 }
 
 /// Receive the next event, turning a lag into [`BusEvent::Lagged`]; `None` when the bus is gone.

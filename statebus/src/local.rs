@@ -60,6 +60,10 @@ impl Bus for LocalBus {
     fn device_state(&self, key: &str) -> Option<DeviceState> {
         self.core.cache().device(key)
     }
+
+    fn device_detail(&self, key: &str) -> Vec<(Eid, DeviceState)> {
+        self.core.cache().device_detail(key)
+    }
 }
 
 #[cfg(test)]

@@ -597,6 +597,10 @@ impl Bus for XmppBus {
     fn device_state(&self, key: &str) -> Option<DeviceState> {
         self.shared.core.cache().device(key)
     }
+
+    fn device_detail(&self, key: &str) -> Vec<(Eid, DeviceState)> {
+        self.shared.core.cache().device_detail(key)
+    }
 }
 
 /// What an IQ in flight was for.

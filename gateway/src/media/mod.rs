@@ -65,3 +65,11 @@ pub enum MediaError {
     #[error(transparent)]
     Io(#[from] io::Error),
 }
+
+/// A relay leg is a sink for the media engine's player (prompts, music on hold): packets are
+/// sent to the leg's remote without waiting; a full socket buffer drops the packet.
+impl crate::audio::RtpSink for Leg {
+    fn send_rtp(&self, packet: &[u8]) {
+        let _ = self.try_send_rtp(packet);
+    }
+}

@@ -192,6 +192,11 @@ impl Dialog {
         })
     }
 
+    /// The peer's From/To value (with its tag) as we write it in requests we send.
+    pub fn remote_header(&self) -> &str {
+        &self.remote_header
+    }
+
     /// Whether `req` belongs to this dialog (Call-ID, To tag = ours, From tag = theirs).
     pub fn matches(&self, req: &Request) -> bool {
         let (Ok(call_id), Ok(from), Ok(to)) = (
