@@ -19,6 +19,45 @@ pub struct Config {
     pub statebus: StatebusSection,
     /// The SIP gateway (`callfabric gateway`, `callfabric devices`).
     pub gateway: Option<GatewaySection>,
+    /// The ACD node (`callfabric acd`; with `[gateway]`, `callfabric site`).
+    pub acd: Option<AcdSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcdSection {
+    /// SIP listener (UDP) the gateways send callers to.
+    pub udp: String,
+    /// Address of the ACD's media endpoint (default: the listener's IP).
+    pub media_ip: Option<String>,
+    /// RTP port range, `"30000-30999"`.
+    pub rtp_ports: Option<String>,
+    pub t1_ms: Option<u64>,
+    /// queue_log file (relative to the config file).
+    pub queue_log: Option<String>,
+    /// Music on hold: an 8 kHz mono WAV (PCM, µ-law or A-law); default: generated.
+    pub music_on_hold: Option<String>,
+    /// Dialled number → queue name.
+    #[serde(default)]
+    pub numbers: std::collections::BTreeMap<String, String>,
+    /// Gateways callers come from and offers go to (in `site` mode: the local gateway).
+    #[serde(default)]
+    pub gateway: Vec<AcdGatewaySection>,
+    /// Queues (app_queue semantics).
+    #[serde(default)]
+    pub queue: Vec<acd::QueueConfig>,
+    /// Penalty rules: name → `seconds,max[,min[,raise]]` lines.
+    #[serde(default)]
+    pub rules: std::collections::HashMap<String, Vec<String>>,
+    #[serde(default)]
+    pub shared_lastcall: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcdGatewaySection {
+    pub name: String,
+    pub address: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,20 +439,7 @@ impl Loaded {
         };
         let rtp_ports = match &g.rtp_ports {
             None => (20000, 29999),
-            Some(r) => {
-                let parsed = r
-                    .split_once('-')
-                    .and_then(|(a, b)| {
-                        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
-                    })
-                    .filter(|(a, b)| a < b && *a >= 1024);
-                parsed.ok_or_else(|| {
-                    anyhow!(
-                        "{}: {r:?} is not a port range like \"20000-29999\" (from >= 1024, from < to)",
-                        self.at("gateway", "rtp_ports")
-                    )
-                })?
-            }
+            Some(r) => self.port_range("gateway", "rtp_ports", r)?,
         };
         let mut trunks = Vec::new();
         for t in &g.trunk {
@@ -499,6 +525,116 @@ impl Loaded {
             extensions: g.extensions.clone().into_iter().collect(),
             trunks,
         })
+    }
+
+    /// The ACD node configuration, validated; `site_gateway` is the local gateway's address
+    /// in `site` mode (used when no `[[acd.gateway]]` is listed).
+    pub fn acd(&self, site_gateway: Option<std::net::SocketAddr>) -> Result<acd::node::NodeConfig> {
+        let a = self.config.acd.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: an [acd] section is required for this command",
+                self.path.display()
+            )
+        })?;
+        let udp: std::net::SocketAddr = a.udp.parse().map_err(|_| {
+            anyhow!(
+                "{}: {:?} is not an address like 127.0.0.1:5070",
+                self.at("acd", "udp"),
+                a.udp
+            )
+        })?;
+        let media_ip = match &a.media_ip {
+            Some(ip) => ip.parse().map_err(|_| {
+                anyhow!(
+                    "{}: {ip:?} is not an IP address",
+                    self.at("acd", "media_ip")
+                )
+            })?,
+            None if !udp.ip().is_unspecified() => udp.ip(),
+            None => {
+                return Err(anyhow!(
+                    "{}: udp binds a wildcard address: set media_ip",
+                    self.at("acd", "udp")
+                ))
+            }
+        };
+        let rtp_ports = match &a.rtp_ports {
+            None => (30000, 39999),
+            Some(r) => self.port_range("acd", "rtp_ports", r)?,
+        };
+        let mut gateways = Vec::new();
+        for g in &a.gateway {
+            let address = g.address.parse().map_err(|_| {
+                anyhow!(
+                    "{}: gateway {:?}: {:?} is not an address like 127.0.0.1:5060",
+                    self.at("acd.gateway", "address"),
+                    g.name,
+                    g.address
+                )
+            })?;
+            gateways.push(acd::node::GatewayRoute {
+                name: g.name.clone(),
+                address,
+            });
+        }
+        if gateways.is_empty() {
+            match site_gateway {
+                Some(address) => gateways.push(acd::node::GatewayRoute {
+                    name: "local".into(),
+                    address,
+                }),
+                None => {
+                    return Err(anyhow!(
+                        "{}: [acd] needs at least one [[acd.gateway]]",
+                        self.path.display()
+                    ))
+                }
+            }
+        }
+        for (number, queue) in &a.numbers {
+            if !a.queue.iter().any(|q| &q.name == queue) {
+                return Err(anyhow!(
+                    "{}: number {number:?} routes to unknown queue {queue:?}",
+                    self.at("acd.numbers", &format!("\"{number}\""))
+                ));
+            }
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let music = match &a.music_on_hold {
+            None => gateway::audio::prompts::music_on_hold(),
+            Some(p) => gateway::audio::wav::read_wav(&dir.join(p))
+                .map_err(|e| anyhow!("{}: {e}", self.at("acd", "music_on_hold")))?,
+        };
+        let engine = acd::EngineConfig {
+            queues: a.queue.clone(),
+            rules: a.rules.clone(),
+            shared_lastcall: a.shared_lastcall,
+            seed: 0,
+        };
+        acd::Engine::new(&engine).map_err(|e| anyhow!("{}: {e}", self.at("acd", "queue")))?;
+        Ok(acd::node::NodeConfig {
+            udp,
+            media_ip,
+            rtp_ports,
+            t1: Duration::from_millis(a.t1_ms.unwrap_or(500).max(1)),
+            engine,
+            numbers: a.numbers.clone().into_iter().collect(),
+            gateways,
+            queue_log: a.queue_log.as_ref().map(|p| dir.join(p)),
+            music,
+        })
+    }
+
+    fn port_range(&self, section: &str, key: &str, r: &str) -> Result<(u16, u16)> {
+        r.split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+            .filter(|(a, b)| a < b && *a >= 1024)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: {r:?} is not a port range like \"20000-29999\" (from >= 1024, from < to)",
+                    self.at(section, key)
+                )
+            })
     }
 
     /// Map a statebus start error to the line that caused it.

@@ -30,6 +30,19 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run an ACD node: answers callers on queue numbers, offers them to agents at any site.
+    Acd {
+        /// Config file (TOML) with an [acd] section.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a whole site in one process: the gateway and the ACD on the in-process bus (or
+    /// the configured one), wired to each other.
+    Site {
+        /// Config file (TOML) with [gateway] and [acd] sections.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// The device table (SQL).
     Devices {
         #[command(subcommand)]
@@ -111,12 +124,30 @@ fn main() -> Result<()> {
             cmd: StatebusCmd::Watch { config, .. } | StatebusCmd::Publish { config, .. },
         }
         | Cmd::Gateway { config }
+        | Cmd::Acd { config }
+        | Cmd::Site { config }
         | Cmd::Devices {
             cmd: DevicesCmd::Add { config, .. } | DevicesCmd::List { config },
         } => Loaded::read(config)?,
     };
     let gateway_cfg = match &cli.cmd {
-        Cmd::Gateway { .. } => Some(loaded.gateway()?),
+        Cmd::Gateway { .. } | Cmd::Site { .. } => Some(loaded.gateway()?),
+        _ => None,
+    };
+    let acd_cfg = match &cli.cmd {
+        Cmd::Acd { .. } => Some(loaded.acd(None)?),
+        Cmd::Site { .. } => {
+            let gw = gateway_cfg
+                .as_ref()
+                .and_then(|g| g.udp.first().copied())
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: site mode needs a UDP listener in [gateway]",
+                        config_path(&cli.cmd).display()
+                    )
+                })?;
+            Some(loaded.acd(Some(gw))?)
+        }
         _ => None,
     };
     if let Cmd::Devices { cmd } = &cli.cmd {
@@ -155,11 +186,44 @@ fn main() -> Result<()> {
             } => publish(bus, xmpp, &devices, &mwi, hold).await,
             Cmd::Gateway { .. } => {
                 let cfg = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
-                run_gateway(cfg, bus, xmpp).await
+                run_gateway(cfg, None, bus, xmpp).await
+            }
+            Cmd::Acd { .. } => {
+                let cfg = acd_cfg.ok_or_else(|| anyhow!("no acd configuration"))?;
+                run_gateway_or_acd(None, Some(cfg), bus, xmpp).await
+            }
+            Cmd::Site { .. } => {
+                let mut gw = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
+                let acd = acd_cfg.ok_or_else(|| anyhow!("no acd configuration"))?;
+                // The gateway sends the queue numbers to the ACD and trusts it as a trunk.
+                gw.trunks.push(gateway::server::TrunkConfig {
+                    name: "acd".into(),
+                    address: acd.udp,
+                    prefixes: acd.numbers.keys().cloned().collect(),
+                    strip: 0,
+                    inbound_from: Vec::new(),
+                    credentials: None,
+                    register: None,
+                });
+                run_gateway(gw, Some(acd), bus, xmpp).await
             }
             Cmd::Devices { .. } => Ok(()),
         }
     })
+}
+
+fn config_path(cmd: &Cmd) -> &std::path::Path {
+    match cmd {
+        Cmd::Statebus {
+            cmd: StatebusCmd::Watch { config, .. } | StatebusCmd::Publish { config, .. },
+        }
+        | Cmd::Gateway { config }
+        | Cmd::Acd { config }
+        | Cmd::Site { config }
+        | Cmd::Devices {
+            cmd: DevicesCmd::Add { config, .. } | DevicesCmd::List { config },
+        } => config,
+    }
 }
 
 fn line(ev: &BusEvent, json: bool) -> Option<String> {
@@ -278,24 +342,70 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
 
 async fn run_gateway(
     cfg: gateway::server::GatewayConfig,
+    acd: Option<acd::node::NodeConfig>,
+    bus: Arc<dyn Bus>,
+    xmpp: Option<XmppBus>,
+) -> Result<()> {
+    run_gateway_or_acd(Some(cfg), acd, bus, xmpp).await
+}
+
+/// Runs a gateway, an ACD node or both (site mode), printing one line per event on stdout:
+/// `gateway ready …`, `acd ready …`, `DEVICE <key> <STATE>`, `CALL <n> ENDED …`,
+/// `QUEUELOG <queue_log line>`.
+async fn run_gateway_or_acd(
+    cfg: Option<gateway::server::GatewayConfig>,
+    acd_cfg: Option<acd::node::NodeConfig>,
     bus: Arc<dyn Bus>,
     xmpp: Option<XmppBus>,
 ) -> Result<()> {
     let mut rx = bus.subscribe();
-    let gw = gateway::server::Gateway::start(cfg, bus.clone())
-        .await
-        .context("starting the gateway")?;
+    let gw = match cfg {
+        Some(cfg) => Some(
+            gateway::server::Gateway::start(cfg, bus.clone())
+                .await
+                .context("starting the gateway")?,
+        ),
+        None => None,
+    };
     let fmt = |v: &[std::net::SocketAddr]| {
         v.iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(",")
     };
-    println!(
-        "gateway ready udp={} tcp={}",
-        fmt(&gw.local.udp),
-        fmt(&gw.local.tcp)
-    );
+    if let Some(gw) = &gw {
+        println!(
+            "gateway ready udp={} tcp={}",
+            fmt(&gw.local.udp),
+            fmt(&gw.local.tcp)
+        );
+    }
+    let node = match acd_cfg {
+        Some(c) => Some(
+            acd::node::AcdNode::start(c, bus.clone())
+                .await
+                .context("starting the ACD node")?,
+        ),
+        None => None,
+    };
+    if let Some(n) = &node {
+        println!("acd ready udp={}", n.local);
+    }
+    let mut queue_log = node.as_ref().map(|n| n.events.subscribe());
+    let print_queue_log = async {
+        let Some(rx) = queue_log.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            match rx.recv().await {
+                Ok(acd::node::NodeEvent::QueueLog(l)) => println!("QUEUELOG {l}"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "queue_log events dropped")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    };
     let print = async {
         while let Some(ev) = statebus::recv(&mut rx).await {
             if let BusEvent::Changed(Change::Device { key, state }) = ev {
@@ -303,8 +413,11 @@ async fn run_gateway(
             }
         }
     };
-    let mut calls = gw.events.subscribe();
+    let mut calls = gw.as_ref().map(|g| g.events.subscribe());
     let print_calls = async {
+        let Some(calls) = calls.as_mut() else {
+            return std::future::pending().await;
+        };
         loop {
             match calls.recv().await {
                 Ok(ev) => println!("{}", call_line(&ev)),
@@ -318,9 +431,15 @@ async fn run_gateway(
     tokio::select! {
         _ = print => {}
         _ = print_calls => {}
+        _ = print_queue_log => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    gw.stop();
+    if let Some(gw) = gw {
+        gw.stop();
+    }
+    if let Some(n) = node {
+        n.stop();
+    }
     if let Some(x) = xmpp {
         x.shutdown().await;
     }

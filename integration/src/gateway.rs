@@ -25,6 +25,9 @@ pub struct GatewaySpec {
     /// `qualify_interval_secs` (1 s by default, to see unreachable phones quickly; a SIPp UAS
     /// cannot answer OPTIONS outside its scenario, so call tests make it long).
     pub qualify_interval_secs: f64,
+    /// The subcommand: `gateway` (default), `site` (gateway and ACD in one process) or `acd`
+    /// (an ACD node alone; it waits for `acd ready`). The `[acd]` section goes into `extra`.
+    pub command: String,
     /// UDP listener port (a free one when `None`): set it when other gateways' trunks must
     /// know it before this one starts.
     pub udp_port: Option<u16>,
@@ -46,6 +49,7 @@ impl GatewaySpec {
                 .collect(),
             qualify_interval_secs: 1.0,
             udp_port: None,
+            command: "gateway".into(),
             extra: String::new(),
         }
     }
@@ -89,6 +93,8 @@ pub struct GatewayProcess {
     pub tcp: SocketAddr,
     /// The spec it was started with.
     pub spec: GatewaySpec,
+    /// History index after the last CALL line [`call_ended`](Self::call_ended) returned.
+    call_cursor: usize,
 }
 
 /// The `callfabric` binary next to the test executables (`target/<profile>/callfabric`).
@@ -153,7 +159,7 @@ t1_ms = 100
         }
         let stderr = std::fs::File::create(dir.path().join("gateway.stderr")).expect("stderr file");
         let mut child = Command::new(binary)
-            .arg("gateway")
+            .arg(&spec.command)
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -181,7 +187,14 @@ t1_ms = 100
             udp,
             tcp,
             spec,
+            call_cursor: 0,
         };
+        if gw.spec.command == "acd" {
+            gw.wait_for(Duration::from_secs(30), "the acd ready line", |l| {
+                l.starts_with("acd ready")
+            });
+            return gw;
+        }
         let ready = gw.wait_for(Duration::from_secs(30), "the ready line", |l| {
             l.starts_with("gateway ready")
         });
@@ -255,11 +268,29 @@ t1_ms = 100
         Instant::now()
     }
 
-    /// Waits for the next `CALL … ENDED …` line.
+    /// The next `CALL … ENDED …` line not returned before (already read while waiting for
+    /// something else, or waited for).
     pub fn call_ended(&mut self, timeout: Duration) -> CallEnded {
-        let line = self.wait_for(timeout, "a CALL … ENDED line", |l| {
-            l.starts_with("CALL ") && l.contains(" ENDED ")
-        });
+        let is_call = |l: &str| l.starts_with("CALL ") && l.contains(" ENDED ");
+        self.drain();
+        let seen = self
+            .history
+            .iter()
+            .enumerate()
+            .skip(self.call_cursor)
+            .find(|(_, l)| is_call(l.trim()))
+            .map(|(i, l)| (i, l.trim().to_owned()));
+        let line = match seen {
+            Some((i, l)) => {
+                self.call_cursor = i + 1;
+                l
+            }
+            None => {
+                let l = self.wait_for(timeout, "a CALL … ENDED line", is_call);
+                self.call_cursor = self.history.len();
+                l
+            }
+        };
         let reason = line
             .split_whitespace()
             .nth(3)

@@ -1,0 +1,1056 @@
+//! The ACD node: a SIP user agent that answers callers routed to queue numbers, plays them
+//! music on hold, and calls agents through the gateway that holds each agent's registration;
+//! the queue engine ([`crate::engine`]) makes every decision.
+//!
+//! * **Callers** arrive from a configured gateway (a trunk: identified by its exact source
+//!   address) with a queue number as Request-URI user. The node answers with its own media
+//!   endpoint (a relay leg), plays music on hold into it and joins the caller to the queue.
+//! * **Offers**: for each engine `Offer` the node sends an INVITE for the member's device
+//!   (`PJSIP/2001` → `sip:2001@<gateway>`) to its gateway: the member of the fabric that
+//!   publishes the device's state (its EID) and announces a SIP address in its heartbeat, else
+//!   the first configured gateway. The INVITE carries `X-CF-Offer: ringinuse=no|yes`: the
+//!   gateway is the arbiter and refuses (486) an agent whose device is already in a call when
+//!   ringinuse is off, so two ACD nodes can never both get one agent; a refusal is "busy" to
+//!   the engine, which tries the next member.
+//! * **Connect**: the agent's 200 is ACKed, music stops and the caller's and the agent's legs
+//!   are bridged on the relay. A hang-up on either side ends both; the engine logs
+//!   COMPLETECALLER/COMPLETEAGENT and starts wrap-up. A caller hanging up while waiting is
+//!   ABANDON. Agent no-answer is a CANCEL by the engine's ring timeout → RINGNOANSWER.
+//! * **queue_log** lines in Asterisk's format go to a file and to [`NodeEvent::QueueLog`].
+//!
+//! Not yet: position/hold-time announcements (only music on hold), transfers, several media
+//! streams, TCP towards gateways.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use gateway::audio::{self, Codec, PlayerConfig, RtpPlayer};
+use gateway::media::{self, Leg, MediaRelay, RelayConfig};
+use gateway::sdp::{self, SessionDescription};
+use gateway::server::Peer;
+use gateway::sip::dialog::{self, Dialog};
+use gateway::sip::message::{self, Method, Request, Response, SipMessage};
+use gateway::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
+use gateway::transport::{self, Target, TransportConfig, TransportEvent, Transports};
+use rsip::headers::UntypedHeader;
+use rsip::Header;
+use statebus::{Bus, BusEvent, Change, DeviceState};
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, info, warn};
+
+use crate::engine::{
+    Action, CompletedBy, Engine, EngineConfig, EngineError, Join, OfferId, OfferOutcome, Time,
+};
+
+/// A gateway the node takes callers from and sends offers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRoute {
+    /// Name (logs).
+    pub name: String,
+    /// Its SIP address (UDP).
+    pub address: SocketAddr,
+}
+
+/// Everything the node needs; built by the binary from its config file.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// SIP listener (UDP).
+    pub udp: SocketAddr,
+    /// Address of the media endpoint (bound and put in SDP).
+    pub media_ip: IpAddr,
+    /// RTP port range.
+    pub rtp_ports: (u16, u16),
+    /// SIP T1.
+    pub t1: Duration,
+    /// Queues, members, rules.
+    pub engine: EngineConfig,
+    /// Dialled number → queue name.
+    pub numbers: HashMap<String, String>,
+    /// Gateways, in order of preference for agents no heartbeat places.
+    pub gateways: Vec<GatewayRoute>,
+    /// queue_log file (appended).
+    pub queue_log: Option<PathBuf>,
+    /// Music on hold (8 kHz PCM, looped).
+    pub music: Vec<i16>,
+}
+
+/// What the node reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A queue_log line.
+    QueueLog(String),
+}
+
+/// Errors starting the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad queue configuration.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Listener or relay.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The RTP relay.
+    #[error("RTP relay: {0}")]
+    Media(String),
+}
+
+/// A running node.
+pub struct AcdNode {
+    /// The SIP listener.
+    pub local: SocketAddr,
+    /// queue_log lines and other events.
+    pub events: broadcast::Sender<NodeEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AcdNode {
+    /// Binds the listener, loads the queues, feeds the engine the bus's current device states
+    /// and starts serving.
+    pub async fn start(cfg: NodeConfig, bus: Arc<dyn Bus>) -> Result<AcdNode, NodeError> {
+        let mut engine = Engine::new(&cfg.engine)?;
+        let (transports, events) = Transports::bind(TransportConfig {
+            udp: vec![cfg.udp],
+            tcp: Vec::new(),
+            ..TransportConfig::default()
+        })
+        .await?;
+        let local = transports
+            .local_addrs()
+            .udp
+            .first()
+            .copied()
+            .unwrap_or(cfg.udp);
+        let relay = MediaRelay::new(RelayConfig::new(
+            cfg.media_ip,
+            cfg.media_ip,
+            cfg.rtp_ports.0,
+            cfg.rtp_ports.1,
+        ))
+        .map_err(|e| NodeError::Media(e.to_string()))?;
+        let bus_rx = bus.subscribe();
+        let now = engine_now();
+        for (key, state) in bus.snapshot().devices {
+            engine.device_state(now, &key, state);
+        }
+        let (node_events, _) = broadcast::channel(1024);
+        let log = match &cfg.queue_log {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+            None => None,
+        };
+        let core = Core {
+            tl: TransactionLayer::new(tx::Config {
+                t1: cfg.t1,
+                ..tx::Config::default()
+            }),
+            cfg,
+            bus,
+            transports,
+            engine,
+            relay,
+            local,
+            callers: HashMap::new(),
+            agents: HashMap::new(),
+            by_client: HashMap::new(),
+            by_dialog: HashMap::new(),
+            next_id: 1,
+            seed: seed(),
+            log,
+            events: node_events.clone(),
+        };
+        let task = tokio::spawn(core.run(events, bus_rx));
+        Ok(AcdNode {
+            local,
+            events: node_events,
+            task,
+        })
+    }
+
+    /// Stops serving.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for AcdNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Engine time: since the UNIX epoch, so queue_log lines carry real epoch seconds.
+fn engine_now() -> Time {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+fn seed() -> u64 {
+    engine_now().as_nanos() as u64 ^ u64::from(std::process::id()) << 32 | 1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Party {
+    Caller(u64),
+    Agent(OfferId),
+}
+
+/// A 2xx we retransmit until its ACK (§13.3.1.4).
+struct OkRetx {
+    key: TransactionKey,
+    response: Response,
+    next: Instant,
+    interval: Duration,
+    deadline: Instant,
+}
+
+struct CallerCall {
+    id: String,
+    invite_key: TransactionKey,
+    peer: Peer,
+    dialog: Dialog,
+    leg: Leg,
+    sdp: SessionDescription,
+    moh_stop: Option<watch::Sender<bool>>,
+    ok: Option<OkRetx>,
+    /// The agent's offer once connected.
+    connected: Option<OfferId>,
+}
+
+struct AgentCall {
+    caller: u64,
+    interface: String,
+    invite: Request,
+    key: TransactionKey,
+    peer: Peer,
+    dialog: Option<Dialog>,
+    leg: Leg,
+    provisional: bool,
+    cancelled: bool,
+    answered: bool,
+}
+
+struct Core {
+    cfg: NodeConfig,
+    bus: Arc<dyn Bus>,
+    transports: Transports,
+    tl: TransactionLayer<Peer>,
+    engine: Engine,
+    relay: MediaRelay,
+    local: SocketAddr,
+    callers: HashMap<u64, CallerCall>,
+    agents: HashMap<OfferId, AgentCall>,
+    by_client: HashMap<TransactionKey, OfferId>,
+    by_dialog: HashMap<(String, String), Party>,
+    next_id: u64,
+    seed: u64,
+    log: Option<std::fs::File>,
+    events: broadcast::Sender<NodeEvent>,
+}
+
+impl Core {
+    async fn run(
+        mut self,
+        mut events: tokio::sync::mpsc::Receiver<TransportEvent>,
+        mut bus_rx: broadcast::Receiver<BusEvent>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            let timer = self.tl.poll_timeout();
+            let engine_at = self.engine.poll_timeout().map(|t| {
+                let now = engine_now();
+                Instant::now() + t.saturating_sub(now)
+            });
+            let next = match (timer, engine_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    None => break,
+                    Some(TransportEvent::Message(m)) => {
+                        let peer = Peer { addr: m.source, transport: m.transport, local: m.local };
+                        let kind = if m.transport.is_reliable() { tx::Transport::Reliable } else { tx::Transport::Unreliable };
+                        if let Err(e) = self.tl.on_message(m.message, peer, kind, Instant::now()) {
+                            debug!(error = %e, "message refused by the transaction layer");
+                        }
+                    }
+                    Some(TransportEvent::BadMessage(b)) => {
+                        if let Some(reply) = b.reply {
+                            let _ = self.transports.send_response(&reply, b.transport, b.local).await;
+                        }
+                    }
+                },
+                ev = statebus::recv(&mut bus_rx) => match ev {
+                    None => break,
+                    Some(BusEvent::Changed(Change::Device { key, state })) => {
+                        self.engine.device_state(engine_now(), &key, state);
+                    }
+                    Some(BusEvent::Lagged(_)) => {
+                        let now = engine_now();
+                        for (key, state) in self.bus.snapshot().devices {
+                            self.engine.device_state(now, &key, state);
+                        }
+                    }
+                    Some(_) => {}
+                },
+                _ = sleep => {
+                    self.tl.handle_timeout(Instant::now());
+                    self.engine.handle_timeout(engine_now());
+                }
+                _ = tick.tick() => self.retransmit_oks(),
+            }
+            self.drain().await;
+        }
+    }
+
+    async fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.tl.poll_event() {
+                progressed = true;
+                self.on_tx_event(ev);
+            }
+            while let Some(a) = self.engine.poll_action() {
+                progressed = true;
+                self.on_action(a);
+            }
+            while let Some(t) = self.tl.poll_transmit() {
+                progressed = true;
+                self.transmit(t).await;
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn rand(&mut self) -> u64 {
+        let mut x = self.seed;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.seed = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn respond(&mut self, key: &TransactionKey, r: Response) {
+        if let Err(e) = self.tl.send_response(key, r, Instant::now()) {
+            debug!(error = %e, "response not sent");
+        }
+    }
+
+    fn reply(&mut self, key: &TransactionKey, req: &Request, code: u16) {
+        let r = message::response_for(req, code, "");
+        self.respond(key, r);
+    }
+
+    fn contact(&self) -> String {
+        format!("<sip:acd@{}>", self.local)
+    }
+
+    fn on_tx_event(&mut self, ev: tx::Event<Peer>) {
+        let now = Instant::now();
+        match ev {
+            tx::Event::Request {
+                key,
+                request,
+                source,
+                ..
+            } => {
+                if let Err(rej) = message::validate_request(&request) {
+                    let r = rej.response(&request);
+                    self.respond(&key, r);
+                    return;
+                }
+                let tagged = to_tag(&request).is_some();
+                match (request.method, tagged) {
+                    (Method::Invite, false) => self.on_caller(key, request, source, now),
+                    (_, true) => self.on_in_dialog(key, request),
+                    (Method::Options, false) => self.reply(&key, &request, 200),
+                    _ => self.reply(&key, &request, 501),
+                }
+            }
+            tx::Event::Cancel {
+                key,
+                invite,
+                request,
+                ..
+            } => {
+                self.reply(&key, &request, 200);
+                let id = self
+                    .callers
+                    .iter()
+                    .find(|(_, c)| c.invite_key == invite)
+                    .map(|(id, _)| *id);
+                if let Some(id) = id {
+                    // Only before our 200: the caller gets 487 and leaves (ABANDON).
+                    if self.callers.get(&id).is_some_and(|c| c.ok.is_none()) {
+                        self.caller_gone(id, true);
+                    }
+                }
+            }
+            tx::Event::Ack { request, .. } => {
+                if let Some(Party::Caller(id)) = self.party_of(&request) {
+                    if let Some(c) = self.callers.get_mut(&id) {
+                        c.ok = None;
+                    }
+                }
+            }
+            tx::Event::Response { key, response } => self.on_agent_response(&key, response),
+            tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
+                if let Some(offer) = self.by_client.remove(&key) {
+                    self.agent_failed(offer);
+                }
+            }
+            tx::Event::StrayResponse { .. } => {}
+            tx::Event::Terminated { key } => {
+                // Keep the INVITE mapping for late 2xx retransmissions until the offer ends.
+                if key.method() != Method::Invite {
+                    self.by_client.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn party_of(&self, req: &Request) -> Option<Party> {
+        let call_id = header(req, |h| match h {
+            Header::CallId(c) => Some(c.value().trim().to_owned()),
+            _ => None,
+        })?;
+        let tag = to_tag(req)?;
+        self.by_dialog.get(&(call_id, tag)).copied()
+    }
+
+    fn on_caller(&mut self, key: TransactionKey, req: Request, source: Peer, now: Instant) {
+        if !self.cfg.gateways.iter().any(|g| g.address == source.addr) {
+            warn!(source = %source.addr, "INVITE from an unknown peer refused");
+            return self.reply(&key, &req, 403);
+        }
+        let number = req
+            .uri
+            .auth
+            .as_ref()
+            .map(|a| a.user.clone())
+            .unwrap_or_default();
+        let Some(queue) = self.cfg.numbers.get(&number).cloned() else {
+            return self.reply(&key, &req, 404);
+        };
+        let offer = (dialog::content_type(&req.headers).as_deref() == Some("application/sdp"))
+            .then(|| SessionDescription::parse_bytes(&req.body).ok())
+            .flatten();
+        let Some(offer) = offer else {
+            return self.reply(&key, &req, 488);
+        };
+        let leg = match self.relay.leg_now() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "no media port for a caller");
+                return self.reply(&key, &req, 503);
+            }
+        };
+        let session = self.rand() >> 1;
+        let Some(answer) = sdp::answer(
+            &offer,
+            leg.local_rtp().ip(),
+            &[leg.local_rtp().port()],
+            &["PCMA", "PCMU", "telephone-event"],
+            ("callfabric-acd", session, 1),
+        ) else {
+            return self.reply(&key, &req, 488);
+        };
+        if let Some(rtp) = offer.rtp_endpoint(0) {
+            leg.set_remote(rtp, offer.rtcp_endpoint(0));
+        }
+        let n = self.next_id;
+        self.next_id += 1;
+        let caller_id = format!("acd-{}-{n}", std::process::id());
+        let from_user = header(&req, |h| match h {
+            Header::From(f) => message::parse_addresses(f.value(), false)
+                .and_then(|l| l.into_iter().next())
+                .and_then(|a| message::parse_uri(&a.uri))
+                .and_then(|u| u.auth.map(|a| a.user)),
+            _ => None,
+        })
+        .unwrap_or_default();
+        let mut join = Join::new(caller_id.clone(), queue.clone());
+        join.caller_number = from_user;
+        if let Err(e) = self.engine.join(engine_now(), join) {
+            info!(%queue, error = %e, "caller not queued");
+            let code = match e {
+                EngineError::QueueFull(_) => 486,
+                _ => 480,
+            };
+            return self.reply(&key, &req, code);
+        }
+        let tag = format!("acd{:012x}", self.rand() & 0xffff_ffff_ffff);
+        let Ok(d) = Dialog::uas(&req, &tag, &self.contact()) else {
+            return self.reply(&key, &req, 400);
+        };
+        let mut ok = message::response_with_tag(&req, 200, "", &tag);
+        ok.headers
+            .push(Header::Contact(rsip::headers::Contact::new(self.contact())));
+        let ok = dialog::response_with_body(ok, answer.to_string().into_bytes(), "application/sdp");
+        self.by_dialog
+            .insert((d.call_id.clone(), d.local_tag.clone()), Party::Caller(n));
+        // Music on hold, in the codec we answered with.
+        let codec = answer
+            .media()
+            .first()
+            .and_then(|m| m.codecs().into_iter().next())
+            .and_then(|c| Codec::from_payload_type(c.payload_type))
+            .unwrap_or(Codec::Pcmu);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let player = RtpPlayer::new(
+            PlayerConfig {
+                codec,
+                ssrc: self.rand() as u32,
+                initial_seq: self.rand() as u16,
+                initial_timestamp: self.rand() as u32,
+                looping: true,
+            },
+            self.cfg.music.clone(),
+            Instant::now(),
+        );
+        tokio::spawn(audio::play(Arc::new(leg.clone()), player, stop_rx));
+        info!(caller = %caller_id, %queue, "caller queued");
+        self.respond(&key, ok.clone());
+        self.callers.insert(
+            n,
+            CallerCall {
+                id: caller_id,
+                invite_key: key.clone(),
+                peer: source,
+                dialog: d,
+                leg,
+                sdp: answer,
+                moh_stop: Some(stop_tx),
+                ok: Some(OkRetx {
+                    key,
+                    response: ok,
+                    next: now + self.cfg.t1,
+                    interval: self.cfg.t1,
+                    deadline: now + self.cfg.t1 * 64,
+                }),
+                connected: None,
+            },
+        );
+    }
+
+    fn retransmit_oks(&mut self) {
+        let now = Instant::now();
+        let mut resend = Vec::new();
+        let mut dead = Vec::new();
+        for (id, c) in &mut self.callers {
+            let Some(ok) = c.ok.as_mut() else { continue };
+            if now >= ok.deadline {
+                dead.push(*id);
+            } else if now >= ok.next {
+                resend.push((ok.key.clone(), ok.response.clone()));
+                ok.interval = (ok.interval * 2).min(Duration::from_secs(4));
+                ok.next = now + ok.interval;
+            }
+        }
+        for (k, r) in resend {
+            self.respond(&k, r);
+        }
+        for id in dead {
+            warn!("caller never ACKed our 200: hanging up");
+            self.caller_gone(id, false);
+        }
+    }
+
+    /// The caller left (BYE, CANCEL or no ACK): tell the engine, end its agent call if any.
+    fn caller_gone(&mut self, id: u64, cancelled: bool) {
+        let Some(mut c) = self.callers.remove(&id) else {
+            return;
+        };
+        if let Some(stop) = c.moh_stop.take() {
+            let _ = stop.send(true);
+        }
+        if cancelled {
+            let req = self.tl.request(&c.invite_key).cloned();
+            if let Some(req) = req {
+                let r = message::response_with_tag(&req, 487, "", &c.dialog.local_tag);
+                self.respond(&c.invite_key, r);
+            }
+        }
+        c.leg.close();
+        self.by_dialog
+            .remove(&(c.dialog.call_id.clone(), c.dialog.local_tag.clone()));
+        let now = engine_now();
+        match c.connected {
+            Some(offer) => {
+                let _ = self.engine.call_completed(now, &c.id, CompletedBy::Caller);
+                self.hangup_agent(offer);
+            }
+            None => {
+                let _ = self.engine.leave(now, &c.id);
+            }
+        }
+    }
+
+    fn on_in_dialog(&mut self, key: TransactionKey, req: Request) {
+        let Some(party) = self.party_of(&req) else {
+            let code = if req.method == Method::Ack {
+                return;
+            } else {
+                481
+            };
+            return self.reply(&key, &req, code);
+        };
+        match (req.method, party) {
+            (Method::Bye, Party::Caller(id)) => {
+                self.reply(&key, &req, 200);
+                self.caller_gone(id, false);
+            }
+            (Method::Bye, Party::Agent(offer)) => {
+                self.reply(&key, &req, 200);
+                self.agent_hung_up(offer);
+            }
+            (Method::Invite | Method::Update, Party::Caller(id)) => {
+                // A re-INVITE / refresh: we stay where we are.
+                let sdp = self.callers.get(&id).map(|c| c.sdp.to_string());
+                let mut r = message::response_for(&req, 200, "");
+                r.headers
+                    .push(Header::Contact(rsip::headers::Contact::new(self.contact())));
+                if let Some(sdp) = sdp {
+                    r = dialog::response_with_body(r, sdp.into_bytes(), "application/sdp");
+                }
+                self.respond(&key, r);
+            }
+            _ => self.reply(&key, &req, 200),
+        }
+    }
+
+    fn on_action(&mut self, a: Action) {
+        match a {
+            Action::Offer {
+                id,
+                caller,
+                queue,
+                interface,
+                ..
+            } => self.offer(id, &caller, &queue, &interface),
+            Action::CancelOffer { id, .. } => self.cancel_offer(id),
+            Action::Connect {
+                caller, interface, ..
+            } => self.connect(&caller, &interface),
+            Action::CallerRemoved { caller, reason, .. } => {
+                info!(%caller, ?reason, "caller removed from the queue");
+                if let Some(id) = self.caller_number(&caller) {
+                    self.bye_caller(id);
+                    if let Some(mut c) = self.callers.remove(&id) {
+                        if let Some(stop) = c.moh_stop.take() {
+                            let _ = stop.send(true);
+                        }
+                        c.leg.close();
+                    }
+                }
+            }
+            Action::QueueLog(ev) => {
+                let line = ev.line();
+                if let Some(f) = self.log.as_mut() {
+                    if let Err(e) = writeln!(f, "{line}") {
+                        warn!(error = %e, "cannot write queue_log");
+                    }
+                }
+                info!(queue_log = %line);
+                let _ = self.events.send(NodeEvent::QueueLog(line));
+            }
+        }
+    }
+
+    fn caller_number(&self, caller: &str) -> Option<u64> {
+        self.callers
+            .iter()
+            .find(|(_, c)| c.id == caller)
+            .map(|(id, _)| *id)
+    }
+
+    /// The gateway for a member device: the fabric member publishing its state (and
+    /// announcing a SIP address), else the first configured gateway.
+    fn gateway_for(&self, interface: &str) -> Option<SocketAddr> {
+        let peers = self.bus.snapshot().peers;
+        for (eid, state) in self.bus.device_detail(interface) {
+            if matches!(state, DeviceState::Unavailable | DeviceState::Invalid) {
+                continue;
+            }
+            if let Some((hb, true)) = peers.get(&eid) {
+                if let Some(addr) = hb.sip.as_deref().and_then(|s| s.parse::<SocketAddr>().ok()) {
+                    return Some(addr);
+                }
+            }
+        }
+        self.cfg.gateways.first().map(|g| g.address)
+    }
+
+    fn ringinuse(&self, queue: &str, interface: &str) -> bool {
+        let Some(q) = self.cfg.engine.queues.iter().find(|q| q.name == queue) else {
+            return true;
+        };
+        q.members
+            .iter()
+            .find(|m| m.interface.eq_ignore_ascii_case(interface))
+            .and_then(|m| m.ringinuse)
+            .unwrap_or(q.ringinuse)
+    }
+
+    fn offer(&mut self, id: OfferId, caller: &str, queue: &str, interface: &str) {
+        let now = engine_now();
+        let Some(n) = self.caller_number(caller) else {
+            let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+            return;
+        };
+        let Some(gw) = self.gateway_for(interface) else {
+            warn!(%interface, "no gateway for the member");
+            let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+            return;
+        };
+        let user = interface.rsplit('/').next().unwrap_or(interface).to_owned();
+        let leg = match self.relay.leg_now() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "no media port for an agent");
+                let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+                return;
+            }
+        };
+        let session = self.rand() >> 1;
+        let offer = sdp::offer(
+            leg.local_rtp().ip(),
+            leg.local_rtp().port(),
+            &["PCMA", "PCMU", "telephone-event"],
+            ("callfabric-acd", session, 1),
+        );
+        let from = self
+            .callers
+            .get(&n)
+            .and_then(|c| message::parse_addresses(&caller_from(c), false))
+            .and_then(|l| l.into_iter().next())
+            .map(|a| format!("<{}>", a.uri))
+            .unwrap_or_else(|| format!("<sip:acd@{}>", self.local));
+        let branch = format!("z9hG4bKacd{:016x}", self.rand());
+        let tag = format!("acd{:012x}", self.rand() & 0xffff_ffff_ffff);
+        let ringinuse = if self.ringinuse(queue, interface) {
+            "yes"
+        } else {
+            "no"
+        };
+        let cid = self.rand();
+        let text = format!(
+            "INVITE sip:{user}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from};tag={tag}\r\nTo: <sip:{user}@{gw}>\r\n\
+             Call-ID: acd{cid:016x}@{ip}\r\nCSeq: 1 INVITE\r\nContact: {contact}\r\n\
+             X-CF-Offer: queue={queue};ringinuse={ringinuse}\r\nContent-Length: 0\r\n\r\n",
+            local = self.local,
+            ip = self.local.ip(),
+            contact = self.contact(),
+        );
+        let Ok(SipMessage::Request(req)) = message::parse(text.as_bytes()) else {
+            warn!(%interface, "cannot build the offer INVITE");
+            let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+            return;
+        };
+        let req = dialog::with_body(req, offer.to_string().into_bytes(), "application/sdp");
+        let peer = Peer {
+            addr: gw,
+            transport: transport::Transport::Udp,
+            local: self.local,
+        };
+        match self.tl.send_request(
+            req.clone(),
+            tx::Transport::Unreliable,
+            peer.clone(),
+            Instant::now(),
+        ) {
+            Ok(key) => {
+                info!(%interface, gateway = %gw, %queue, "offering a caller");
+                self.by_client.insert(key.clone(), id);
+                self.agents.insert(
+                    id,
+                    AgentCall {
+                        caller: n,
+                        interface: interface.to_owned(),
+                        invite: req,
+                        key,
+                        peer,
+                        dialog: None,
+                        leg,
+                        provisional: false,
+                        cancelled: false,
+                        answered: false,
+                    },
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "offer INVITE not sent");
+                let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+            }
+        }
+    }
+
+    fn cancel_offer(&mut self, id: OfferId) {
+        let Some(a) = self.agents.get_mut(&id) else {
+            return;
+        };
+        if a.answered {
+            self.hangup_agent(id);
+            return;
+        }
+        a.cancelled = true;
+        if a.provisional {
+            let (key, peer) = (a.key.clone(), a.peer.clone());
+            self.send_cancel(&key, peer);
+        }
+    }
+
+    fn send_cancel(&mut self, key: &TransactionKey, peer: Peer) {
+        match self.tl.build_cancel(key) {
+            Ok(c) => {
+                let _ = self
+                    .tl
+                    .send_request(c, tx::Transport::Unreliable, peer, Instant::now());
+            }
+            Err(e) => debug!(error = %e, "nothing to cancel"),
+        }
+    }
+
+    fn on_agent_response(&mut self, key: &TransactionKey, resp: Response) {
+        let Some(&id) = self.by_client.get(key) else {
+            return;
+        };
+        let code = resp.status_code.code();
+        let Some(a) = self.agents.get_mut(&id) else {
+            return;
+        };
+        if *key != a.key {
+            return;
+        }
+        if code < 200 {
+            if code > 100 && !a.provisional {
+                a.provisional = true;
+                if a.cancelled {
+                    let (k, p) = (a.key.clone(), a.peer.clone());
+                    self.send_cancel(&k, p);
+                }
+            }
+            return;
+        }
+        if code < 300 {
+            // ACK every 2xx (a retransmission too).
+            if a.dialog.is_none() {
+                if let Ok(d) = Dialog::uac(&a.invite, &resp) {
+                    a.dialog = Some(d);
+                }
+            }
+            let branch = format!("z9hG4bKacd{:016x}", self.seed.rotate_left(7));
+            let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.local);
+            let Some(a) = self.agents.get_mut(&id) else {
+                return;
+            };
+            if let Some(d) = &a.dialog {
+                let ack = d.ack(1, &via);
+                let peer = a.peer.clone();
+                self.tl
+                    .send_stateless(ack.into(), peer, tx::Transport::Unreliable);
+            }
+            let Some(a) = self.agents.get_mut(&id) else {
+                return;
+            };
+            if a.answered {
+                return;
+            }
+            a.answered = true;
+            if let Some(d) = &a.dialog {
+                self.by_dialog
+                    .insert((d.call_id.clone(), d.local_tag.clone()), Party::Agent(id));
+            }
+            if a.cancelled {
+                self.hangup_agent(id);
+                return;
+            }
+            if let Ok(answer) = SessionDescription::parse_bytes(&resp.body) {
+                if let Some(rtp) = answer.rtp_endpoint(0) {
+                    a.leg.set_remote(rtp, answer.rtcp_endpoint(0));
+                }
+            }
+            if let Err(e) = self
+                .engine
+                .offer_outcome(engine_now(), id, OfferOutcome::Answered)
+            {
+                warn!(error = %e, "the engine no longer wants this agent");
+                self.hangup_agent(id);
+            }
+            return;
+        }
+        // Refused (486 from the arbiter, 480, 404 …) or 487 after our CANCEL.
+        let cancelled = a.cancelled;
+        self.by_client.remove(key);
+        if let Some(a) = self.agents.remove(&id) {
+            a.leg.close();
+        }
+        if !cancelled {
+            info!(code, "agent refused the offer");
+            let _ = self
+                .engine
+                .offer_outcome(engine_now(), id, OfferOutcome::Busy);
+        }
+    }
+
+    fn agent_failed(&mut self, id: OfferId) {
+        if let Some(a) = self.agents.remove(&id) {
+            a.leg.close();
+            if !a.cancelled && !a.answered {
+                let _ = self
+                    .engine
+                    .offer_outcome(engine_now(), id, OfferOutcome::Busy);
+            }
+        }
+    }
+
+    fn connect(&mut self, caller: &str, interface: &str) {
+        let Some(n) = self.caller_number(caller) else {
+            return;
+        };
+        let offer = self
+            .agents
+            .iter()
+            .find(|(_, a)| {
+                a.caller == n && a.answered && a.interface.eq_ignore_ascii_case(interface)
+            })
+            .map(|(id, _)| *id);
+        let (Some(offer), Some(c)) = (offer, self.callers.get_mut(&n)) else {
+            return;
+        };
+        if let Some(stop) = c.moh_stop.take() {
+            let _ = stop.send(true);
+        }
+        c.connected = Some(offer);
+        if let Some(a) = self.agents.get(&offer) {
+            if let Err(e) = media::bridge(&c.leg, &a.leg) {
+                warn!(error = %e, "cannot bridge caller and agent");
+            }
+        }
+        info!(%caller, %interface, "caller connected to agent");
+    }
+
+    /// BYE to the agent of offer `id` and forget it.
+    fn hangup_agent(&mut self, id: OfferId) {
+        let Some(a) = self.agents.remove(&id) else {
+            return;
+        };
+        a.leg.close();
+        if let Some(mut d) = a.dialog {
+            let branch = format!("z9hG4bKacd{:016x}", self.rand());
+            let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.local);
+            let bye = d.request(Method::Bye, &via);
+            self.by_dialog
+                .remove(&(d.call_id.clone(), d.local_tag.clone()));
+            let _ = self
+                .tl
+                .send_request(bye, tx::Transport::Unreliable, a.peer, Instant::now());
+        }
+    }
+
+    fn agent_hung_up(&mut self, id: OfferId) {
+        let Some(a) = self.agents.remove(&id) else {
+            return;
+        };
+        a.leg.close();
+        if let Some(d) = &a.dialog {
+            self.by_dialog
+                .remove(&(d.call_id.clone(), d.local_tag.clone()));
+        }
+        let caller = a.caller;
+        if let Some(c) = self.callers.get(&caller) {
+            let cid = c.id.clone();
+            let _ = self
+                .engine
+                .call_completed(engine_now(), &cid, CompletedBy::Agent);
+        }
+        self.bye_caller(caller);
+        if let Some(mut c) = self.callers.remove(&caller) {
+            if let Some(stop) = c.moh_stop.take() {
+                let _ = stop.send(true);
+            }
+            c.leg.close();
+            self.by_dialog
+                .remove(&(c.dialog.call_id.clone(), c.dialog.local_tag.clone()));
+        }
+    }
+
+    fn bye_caller(&mut self, n: u64) {
+        let branch = format!("z9hG4bKacd{:016x}", self.rand());
+        let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.local);
+        let Some(c) = self.callers.get_mut(&n) else {
+            return;
+        };
+        let bye = c.dialog.request(Method::Bye, &via);
+        let peer = c.peer.clone();
+        let _ = self
+            .tl
+            .send_request(bye, tx::Transport::Unreliable, peer, Instant::now());
+    }
+
+    async fn transmit(&mut self, t: tx::Transmit<Peer>) {
+        let result = match &t.message {
+            SipMessage::Response(r) => {
+                self.transports
+                    .send_response(r, t.dest.transport, t.dest.local)
+                    .await
+            }
+            SipMessage::Request(_) => {
+                let bytes = message::serialize(&t.message);
+                self.transports
+                    .send(
+                        Target::Udp {
+                            peer: t.dest.addr,
+                            local: Some(t.dest.local),
+                        },
+                        &bytes,
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            debug!(error = %e, dest = %t.dest.addr, "send failed");
+            if let Some(key) = t.key {
+                self.tl.transport_error(&key);
+            }
+        }
+    }
+}
+
+fn caller_from(c: &CallerCall) -> String {
+    // The caller's own address, as it reached us (our dialog's remote party).
+    c.dialog.remote_header().to_owned()
+}
+
+fn header<T>(req: &Request, f: impl Fn(&Header) -> Option<T>) -> Option<T> {
+    req.headers.iter().find_map(f)
+}
+
+fn to_tag(req: &Request) -> Option<String> {
+    header(req, |h| match h {
+        Header::To(t) => message::parse_addresses(t.value(), false)
+            .and_then(|l| l.into_iter().next())
+            .and_then(|a| a.param("tag").flatten().map(str::to_owned)),
+        _ => None,
+    })
+}

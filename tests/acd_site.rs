@@ -1,0 +1,234 @@
+//! End to end: `callfabric site` (gateway + ACD in one process, in-process bus, SQLite) with
+//! SIPp as the caller and as the agents' phones. Queue 800 "support" with agents 2001 and
+//! 2002; the caller authenticates, the gateway routes 800 to the ACD, which answers with music
+//! on hold and offers the call to an agent through the gateway; media is bridged.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use integration::free_udp_port;
+use integration::gateway::{GatewayProcess, GatewaySpec};
+use integration::sipp::{run_scenario, SippOpts, SippOutcome, SippProcess};
+
+const WAIT: Duration = Duration::from_secs(15);
+const STREAM_PACKETS: u64 = 200;
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("sipp")
+        .join(name)
+}
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_callfabric"))
+}
+
+#[track_caller]
+fn assert_passes(gw: &GatewayProcess, out: &SippOutcome, what: &str) {
+    assert!(
+        out.passed(),
+        "{what}: SIPp scenario failed\n{}\n{}",
+        out.describe(),
+        gw.diag()
+    );
+}
+
+/// A site with devices 1001 (caller), 2001 and 2002 (agents) and queue 800.
+fn site(strategy: &str) -> GatewayProcess {
+    let acd_port = free_udp_port();
+    let mut spec = GatewaySpec::new("site-a", &["1001", "2001", "2002"]);
+    spec.command = "site".into();
+    spec.qualify_interval_secs = 300.0;
+    spec.extra = format!(
+        r#"
+[acd]
+udp = "127.0.0.1:{acd_port}"
+rtp_ports = "40000-40999"
+t1_ms = 100
+queue_log = "queue_log"
+
+[acd.numbers]
+"800" = "support"
+
+[[acd.queue]]
+name = "support"
+strategy = "{strategy}"
+timeout = 5
+retry = 1
+ringinuse = false
+members = ["PJSIP/2001", "PJSIP/2002"]
+"#
+    );
+    let mut gw = GatewayProcess::start(binary(), spec);
+    gw.wait_for(WAIT, "the acd ready line", |l| l.starts_with("acd ready"));
+    gw
+}
+
+/// `call_uac.xml` with its RTP file (4 s of A-law tone, 200 packets).
+fn uac_scenario(gw: &GatewayProcess) -> PathBuf {
+    let pcm = gateway::audio::prompts::tone(&[440.0], 4000, 0.3);
+    let alaw = gateway::audio::Codec::Pcma.encode(&pcm);
+    let audio = gw.dir().join("caller.alaw");
+    std::fs::write(&audio, alaw).expect("write the caller's audio");
+    let text = std::fs::read_to_string(scenario("call_uac.xml")).expect("read scenario");
+    let path = gw.dir().join("call_uac.xml");
+    std::fs::write(
+        &path,
+        text.replace("@RTP_FILE@", &audio.display().to_string()),
+    )
+    .expect("write scenario");
+    path
+}
+
+/// An agent phone: a SIPp UAS (answers, echoes RTP) registered as `user`.
+fn agent(gw: &mut GatewayProcess, user: &str) -> SippProcess {
+    let sip_port = free_udp_port();
+    let media_port = free_udp_port();
+    let uas = SippProcess::spawn(
+        &scenario("call_uas.xml"),
+        None,
+        &SippOpts {
+            local_port: Some(sip_port),
+            timeout: Duration::from_secs(40),
+            extra_args: vec!["-rtp_echo".into(), "-mp".into(), media_port.to_string()],
+            ..SippOpts::default()
+        },
+    )
+    .expect("start the agent's SIPp");
+    let reg = run_scenario(
+        &scenario("register_contact.xml"),
+        gw.udp,
+        SippOpts {
+            keys: vec![("contact_port".into(), sip_port.to_string())],
+            ..SippOpts::user(user, "secret")
+        },
+    )
+    .expect("run sipp");
+    assert_passes(gw, &reg, "agent registration");
+    gw.device(user, "NOT_INUSE", WAIT);
+    uas
+}
+
+fn caller_opts(dial: &str) -> SippOpts {
+    let media_port = free_udp_port();
+    SippOpts {
+        keys: vec![
+            ("callee".into(), dial.into()),
+            ("sdp_port".into(), media_port.to_string()),
+        ],
+        timeout: Duration::from_secs(40),
+        extra_args: vec!["-mp".into(), media_port.to_string()],
+        ..SippOpts::user("1001", "secret")
+    }
+}
+
+fn queue_log(gw: &mut GatewayProcess, event: &str) -> String {
+    gw.wait_for(WAIT, &format!("QUEUELOG …|{event}"), |l| {
+        l.starts_with("QUEUELOG ") && l.split('|').nth(4) == Some(event)
+    })
+}
+
+#[test]
+fn caller_is_queued_connected_to_an_agent_and_media_flows() {
+    let mut gw = site("ringall");
+    let mut agent_2001 = agent(&mut gw, "2001");
+    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    assert_passes(&gw, &out, "caller through the queue");
+    let enter = queue_log(&mut gw, "ENTERQUEUE");
+    assert!(
+        enter.contains("|support|NONE|ENTERQUEUE||1001|1"),
+        "{enter}"
+    );
+    let connect = queue_log(&mut gw, "CONNECT");
+    assert!(
+        connect.contains("|support|PJSIP/2001|CONNECT|"),
+        "{connect}"
+    );
+    let complete = queue_log(&mut gw, "COMPLETECALLER");
+    assert!(
+        complete.contains("|support|PJSIP/2001|COMPLETECALLER|"),
+        "{complete}"
+    );
+    assert_passes(
+        &gw,
+        &agent_2001.wait().expect("agent outcome"),
+        "agent 2001 answered",
+    );
+    // Two gateway calls: caller → ACD and ACD → agent. The agent's leg carried the caller's
+    // stream (after the connect) and its echo came back.
+    let first = gw.call_ended(WAIT);
+    let second = gw.call_ended(WAIT);
+    let (to_acd, to_agent) = if first.num("a_in") >= STREAM_PACKETS {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(to_acd.num("a_in"), STREAM_PACKETS, "{}", to_acd.line);
+    assert!(
+        to_agent.num("b_out") > 50,
+        "the caller's audio reached the agent: {}",
+        to_agent.line
+    );
+    assert!(
+        to_agent.num("b_in") > 50,
+        "the agent's audio came back: {}",
+        to_agent.line
+    );
+    assert!(
+        to_acd.num("a_out") > to_agent.num("b_in"),
+        "music on hold, then the agent: {}",
+        to_acd.line
+    );
+    let log = std::fs::read_to_string(gw.dir().join("queue_log")).expect("queue_log file");
+    assert!(
+        log.lines().any(|l| l.ends_with("ENTERQUEUE||1001|1")),
+        "{log}"
+    );
+}
+
+#[test]
+fn agent_busy_on_another_call_is_skipped() {
+    let mut gw = site("linear");
+    // 2001 is first in linear order but busy: the gateway refuses the offer (ringinuse=no),
+    // and the call goes to 2002.
+    let mut agent_2002 = agent(&mut gw, "2002");
+    let mut busy_2001 = agent(&mut gw, "2001");
+    let mut side_call = SippProcess::spawn(&uac_scenario(&gw), Some(gw.udp), &caller_opts("2001"))
+        .expect("side call");
+    gw.device("2001", "INUSE", WAIT);
+    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    assert_passes(&gw, &out, "queued caller");
+    let connect = queue_log(&mut gw, "CONNECT");
+    assert!(
+        connect.contains("|support|PJSIP/2002|CONNECT|"),
+        "the busy agent was skipped: {connect}\n{}",
+        gw.diag()
+    );
+    assert_passes(&gw, &side_call.wait().expect("side call"), "side call");
+    assert_passes(&gw, &busy_2001.wait().expect("2001"), "2001");
+    assert_passes(&gw, &agent_2002.wait().expect("2002"), "2002");
+}
+
+#[test]
+fn caller_hanging_up_while_waiting_is_abandon() {
+    let mut gw = site("ringall");
+    // No agent registered: the caller waits (music on hold) and hangs up after 5.5 s.
+    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    assert_passes(&gw, &out, "caller waits and hangs up");
+    let abandon = queue_log(&mut gw, "ABANDON");
+    // ABANDON|position|original position|waittime
+    let fields: Vec<&str> = abandon.split('|').collect();
+    assert_eq!(fields.get(5..7), Some(&["1", "1"][..]), "{abandon}");
+    let wait: u64 = fields
+        .get(7)
+        .and_then(|w| w.parse().ok())
+        .expect("waittime");
+    assert!((4..=8).contains(&wait), "{abandon}");
+    let ended = gw.call_ended(WAIT);
+    assert!(
+        ended.num("a_out") > 150,
+        "the caller heard music on hold: {}",
+        ended.line
+    );
+}
