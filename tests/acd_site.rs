@@ -232,3 +232,134 @@ fn caller_hanging_up_while_waiting_is_abandon() {
         ended.line
     );
 }
+
+/// The claim race: two ACD nodes (separate processes, each with its own caller in its own
+/// queue) offer the same single agent at the same moment. The owning gateway is the arbiter:
+/// it lets one offer ring and refuses the other (486), so the agent never has two calls; the
+/// refused node logs RINGNOANSWER and gets the agent once the first call is over.
+#[test]
+fn two_acd_nodes_never_both_get_one_agent() {
+    let (acd1, acd2, gw_port) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let mut spec = GatewaySpec::new("gw-a", &["1001", "1002", "2001"]);
+    spec.qualify_interval_secs = 300.0;
+    spec.udp_port = Some(gw_port);
+    spec.extra = format!(
+        "\n[[gateway.trunk]]\nname = \"acd1\"\naddress = \"127.0.0.1:{acd1}\"\nprefixes = [\"800\"]\n\
+         \n[[gateway.trunk]]\nname = \"acd2\"\naddress = \"127.0.0.1:{acd2}\"\nprefixes = [\"801\"]\n"
+    );
+    let mut gw = GatewayProcess::start(binary(), spec);
+    let node = |name: &str, port: u16, number: &str, rtp: &str| {
+        let mut s = GatewaySpec::new(name, &[]);
+        s.command = "acd".into();
+        s.extra = format!(
+            r#"
+[acd]
+udp = "127.0.0.1:{port}"
+rtp_ports = "{rtp}"
+t1_ms = 100
+
+[acd.numbers]
+"{number}" = "support"
+
+[[acd.gateway]]
+name = "gw-a"
+address = "127.0.0.1:{gw_port}"
+
+[[acd.queue]]
+name = "support"
+strategy = "ringall"
+timeout = 10
+retry = 1
+ringinuse = false
+members = ["PJSIP/2001"]
+"#
+        );
+        GatewayProcess::start(binary(), s)
+    };
+    let mut n1 = node("acd-1", acd1, "800", "41000-41499");
+    let mut n2 = node("acd-2", acd2, "801", "41500-41999");
+
+    // The agent's phone answers whichever offer gets through (and a later one).
+    let sip_port = free_udp_port();
+    let media_port = free_udp_port();
+    let phone = SippProcess::spawn(
+        &scenario("call_uas.xml"),
+        None,
+        &SippOpts {
+            local_port: Some(sip_port),
+            calls: 2,
+            timeout: Duration::from_secs(60),
+            extra_args: vec!["-rtp_echo".into(), "-mp".into(), media_port.to_string()],
+            ..SippOpts::default()
+        },
+    )
+    .expect("agent phone");
+    let reg = run_scenario(
+        &scenario("register_contact.xml"),
+        gw.udp,
+        SippOpts {
+            keys: vec![("contact_port".into(), sip_port.to_string())],
+            ..SippOpts::user("2001", "secret")
+        },
+    )
+    .expect("register");
+    assert_passes(&gw, &reg, "agent registration");
+
+    // Both callers at once.
+    let uac = uac_scenario(&gw);
+    let mut c1 = SippProcess::spawn(&uac, Some(gw.udp), &caller_opts("800")).expect("caller 1");
+    let mut c2 = SippProcess::spawn(
+        &uac,
+        Some(gw.udp),
+        &SippOpts {
+            service: Some("1002".into()),
+            auth_user: Some("1002".into()),
+            ..caller_opts("801")
+        },
+    )
+    .expect("caller 2");
+    let out1 = c1.wait().expect("caller 1");
+    let out2 = c2.wait().expect("caller 2");
+    assert_passes(&gw, &out1, "caller 1");
+    assert_passes(&gw, &out2, "caller 2");
+    drop(phone); // its scenario outcome is not the point: the gateway's view below is
+
+    gw.drain();
+    let refused = std::fs::read_to_string(gw.dir().join("gateway.stderr")).unwrap_or_default();
+    assert!(
+        refused.contains("offer refused: the agent is already in a call"),
+        "the two offers did not race at the gateway\n{}",
+        gw.diag()
+    );
+    // Never two calls at the agent's device.
+    assert!(
+        !gw.history
+            .iter()
+            .any(|l| l.contains("PJSIP/2001 RINGINUSE") || l.contains("PJSIP/2001 BUSY")),
+        "the agent got two calls at once\n{}",
+        gw.diag()
+    );
+    // Exactly one node connected first; the other was refused (RINGNOANSWER) at least once.
+    let connects = [&mut n1, &mut n2].map(|n| {
+        n.drain();
+        n.history.iter().filter(|l| l.contains("|CONNECT|")).count()
+    });
+    let refusals = [&n1, &n2].map(|n| {
+        n.history
+            .iter()
+            .filter(|l| l.contains("|RINGNOANSWER|"))
+            .count()
+    });
+    assert!(
+        connects.iter().sum::<usize>() >= 1,
+        "nobody connected: {}\n{}",
+        n1.diag(),
+        n2.diag()
+    );
+    assert!(
+        refusals.iter().sum::<usize>() >= 1,
+        "nobody was refused: {}\n{}",
+        n1.diag(),
+        n2.diag()
+    );
+}
