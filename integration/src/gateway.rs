@@ -25,6 +25,10 @@ pub struct GatewaySpec {
     /// `qualify_interval_secs` (1 s by default, to see unreachable phones quickly; a SIPp UAS
     /// cannot answer OPTIONS outside its scenario, so call tests make it long).
     pub qualify_interval_secs: f64,
+    /// Body of the `[statebus]` section (default `backend = "local"`).
+    pub statebus: String,
+    /// Extra lines for the `[node]` section (e.g. `sip_address = "…"` for heartbeats).
+    pub node_extra: String,
     /// The subcommand: `gateway` (default), `site` (gateway and ACD in one process) or `acd`
     /// (an ACD node alone; it waits for `acd ready`). The `[acd]` section goes into `extra`.
     pub command: String,
@@ -50,6 +54,8 @@ impl GatewaySpec {
             qualify_interval_secs: 1.0,
             udp_port: None,
             command: "gateway".into(),
+            statebus: "backend = \"local\"".into(),
+            node_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -129,9 +135,10 @@ impl GatewayProcess {
 name = "{name}"
 site = "{name}"
 role = "gateway"
+{node_extra}
 
 [statebus]
-backend = "local"
+{statebus}
 
 [gateway]
 udp = ["{udp}"]
@@ -152,6 +159,8 @@ t1_ms = 100
             db = dir.path().join(format!("{}.db", spec.name)).display(),
             extra = spec.extra,
             qualify = spec.qualify_interval_secs,
+            node_extra = spec.node_extra,
+            statebus = spec.statebus,
         );
         std::fs::write(&config, text).expect("write config");
         for (user, password) in &spec.devices {
