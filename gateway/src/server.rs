@@ -738,7 +738,8 @@ impl Core {
     }
 
     fn handle_request(&mut self, req: &Request, source: Peer) -> message::Response {
-        if let Err(rej) = message::validate_request(req) {
+        // The request comes straight from the parser: its header grammar is checked already.
+        if let Err(rej) = message::validate_parsed_request(req) {
             return rej.response(req);
         }
         match req.method {
@@ -890,14 +891,15 @@ impl Core {
     }
 
     async fn transmit(&mut self, t: tx::Transmit<Peer>) {
-        let bytes = message::serialize(&t.message);
         let result = match &t.message {
+            // send_response serialises the response itself.
             SipMessage::Response(r) => {
                 self.transports
                     .send_response(r, t.dest.transport, t.dest.local)
                     .await
             }
-            SipMessage::Request(_) => {
+            SipMessage::Request(req) => {
+                let bytes = message::serialize_request(req);
                 let target = match t.dest.transport {
                     transport::Transport::Udp => Target::Udp {
                         peer: t.dest.addr,

@@ -3,8 +3,10 @@
 //!
 //! Everything here is pure and never panics on any input.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac as _};
 use sha2::{Digest as _, Sha256};
 
 /// A digest algorithm this registrar offers (RFC 8760 tokens).
@@ -117,21 +119,6 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(digit(*p.first()?)? << 4 | digit(*p.get(1)?)?))
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Authorization header
 // ---------------------------------------------------------------------------------------------
@@ -222,7 +209,7 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthHeaderE
         if ns == i {
             return Err(AuthHeaderError::Malformed("expected parameter name"));
         }
-        let name = value.get(ns..i).unwrap_or("").to_ascii_lowercase();
+        let name = value.get(ns..i).unwrap_or("");
         i = skip_lws(b, i);
         if b.get(i) != Some(&b'=') {
             return Err(AuthHeaderError::Malformed("expected '='"));
@@ -230,28 +217,38 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthHeaderE
         i = skip_lws(b, i + 1);
         let val = if b.get(i) == Some(&b'"') {
             i += 1;
-            let mut out = Vec::new();
-            loop {
-                match b.get(i) {
-                    None => return Err(AuthHeaderError::Malformed("unterminated quoted string")),
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(b'\\') => match b.get(i + 1) {
+            // Fast path: no escapes, the value is the text up to the closing quote.
+            let end = b[i..].iter().position(|&c| c == b'"' || c == b'\\');
+            if let Some(n) = end.filter(|&n| b.get(i + n) == Some(&b'"')) {
+                let v = value.get(i..i + n).unwrap_or("").to_owned();
+                i += n + 1;
+                v
+            } else {
+                let mut out = Vec::new();
+                loop {
+                    match b.get(i) {
+                        None => {
+                            return Err(AuthHeaderError::Malformed("unterminated quoted string"))
+                        }
+                        Some(b'"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(b'\\') => match b.get(i + 1) {
+                            Some(&c) => {
+                                out.push(c);
+                                i += 2;
+                            }
+                            None => return Err(AuthHeaderError::Malformed("dangling escape")),
+                        },
                         Some(&c) => {
                             out.push(c);
-                            i += 2;
+                            i += 1;
                         }
-                        None => return Err(AuthHeaderError::Malformed("dangling escape")),
-                    },
-                    Some(&c) => {
-                        out.push(c);
-                        i += 1;
                     }
                 }
+                String::from_utf8_lossy(&out).into_owned()
             }
-            String::from_utf8_lossy(&out).into_owned()
         } else {
             let vs = i;
             while i < b.len() && is_token(b[i]) {
@@ -262,21 +259,32 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthHeaderE
             }
             value.get(vs..i).unwrap_or("").to_owned()
         };
-        let slot = match name.as_str() {
-            "username" => &mut creds.username,
-            "realm" => &mut creds.realm,
-            "nonce" => &mut creds.nonce,
-            "uri" => &mut creds.uri,
-            "response" => &mut creds.response,
-            "algorithm" => &mut creds.algorithm,
-            "cnonce" => &mut creds.cnonce,
-            "opaque" => &mut creds.opaque,
-            "qop" => &mut creds.qop,
-            "nc" => &mut creds.nc,
-            _ => continue,
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        let slot = if is("username") {
+            &mut creds.username
+        } else if is("realm") {
+            &mut creds.realm
+        } else if is("nonce") {
+            &mut creds.nonce
+        } else if is("uri") {
+            &mut creds.uri
+        } else if is("response") {
+            &mut creds.response
+        } else if is("algorithm") {
+            &mut creds.algorithm
+        } else if is("cnonce") {
+            &mut creds.cnonce
+        } else if is("opaque") {
+            &mut creds.opaque
+        } else if is("qop") {
+            &mut creds.qop
+        } else if is("nc") {
+            &mut creds.nc
+        } else {
+            continue;
         };
         if slot.is_some() {
-            return Err(AuthHeaderError::Duplicate(name));
+            return Err(AuthHeaderError::Duplicate(name.to_ascii_lowercase()));
         }
         *slot = Some(val);
     }
@@ -330,47 +338,107 @@ pub enum NonceStatus {
 }
 
 const NONCE_MAC_LEN: usize = 16;
+const OPAQUE_LEN: usize = 12;
 
-/// A nonce: hex of `issued (8 bytes BE) || counter (8 bytes BE) || HMAC-SHA-256(secret, both)[..16]`.
-/// Valid without any per-nonce state.
+/// The server secret as an HMAC-SHA-256 key, keyed once: the key's padded blocks are hashed
+/// at start-up, so each nonce costs two SHA-256 blocks instead of four.
+///
+/// A nonce is the hex of `issued (8 bytes BE) || counter (8 bytes BE) || MAC[..16]` with
+/// `MAC = HMAC-SHA-256(secret, issued || counter)`, valid without any per-nonce state; its
+/// `opaque` is the hex of `MAC[16..28]`, so one HMAC yields (and checks) both.
+#[derive(Clone)]
+pub struct NonceKey(Hmac<Sha256>);
+
+impl std::fmt::Debug for NonceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NonceKey(..)")
+    }
+}
+
+impl NonceKey {
+    /// Keys HMAC-SHA-256 with `secret`.
+    pub fn new(secret: &[u8]) -> Self {
+        // HMAC takes keys of any length (RFC 2104 §2): this never falls back.
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
+        NonceKey(mac)
+    }
+
+    fn mac(&self, body: &[u8]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(body);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// A fresh nonce and its opaque.
+    pub fn issue(&self, issued_unix: u64, counter: u64) -> (String, String) {
+        let mut raw = [0u8; 16 + NONCE_MAC_LEN];
+        raw[..8].copy_from_slice(&issued_unix.to_be_bytes());
+        raw[8..16].copy_from_slice(&counter.to_be_bytes());
+        let mac = self.mac(&raw[..16]);
+        raw[16..].copy_from_slice(&mac[..NONCE_MAC_LEN]);
+        let opaque = to_hex(&mac[NONCE_MAC_LEN..NONCE_MAC_LEN + OPAQUE_LEN]);
+        (to_hex(&raw), opaque)
+    }
+
+    /// Checks a nonce this key issued; for one of ours, also the opaque that goes with it.
+    pub fn check(
+        &self,
+        nonce: &str,
+        now_unix: u64,
+        lifetime_secs: u64,
+    ) -> (NonceStatus, Option<String>) {
+        let mut raw = [0u8; 16 + NONCE_MAC_LEN];
+        if !from_hex_into(nonce, &mut raw) {
+            return (NonceStatus::Invalid, None);
+        }
+        let (body, tag) = raw.split_at(16);
+        let mac = self.mac(body);
+        if !ct_eq(tag, &mac[..NONCE_MAC_LEN]) {
+            return (NonceStatus::Invalid, None);
+        }
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&body[..8]);
+        let issued = u64::from_be_bytes(ts);
+        let status = if now_unix > issued.saturating_add(lifetime_secs) {
+            NonceStatus::Expired(issued)
+        } else {
+            NonceStatus::Fresh(issued)
+        };
+        let opaque = to_hex(&mac[NONCE_MAC_LEN..NONCE_MAC_LEN + OPAQUE_LEN]);
+        (status, Some(opaque))
+    }
+}
+
+/// [`NonceKey::issue`]'s nonce, keyed with `secret`.
 pub fn make_nonce(secret: &[u8], issued_unix: u64, counter: u64) -> String {
-    let mut body = [0u8; 16];
-    body[..8].copy_from_slice(&issued_unix.to_be_bytes());
-    body[8..].copy_from_slice(&counter.to_be_bytes());
-    let mac = hmac_sha256(secret, &body);
-    let mut all = body.to_vec();
-    all.extend_from_slice(&mac[..NONCE_MAC_LEN]);
-    to_hex(&all)
+    NonceKey::new(secret).issue(issued_unix, counter).0
 }
 
-/// Checks a nonce made by [`make_nonce`] with the same secret.
+/// [`NonceKey::check`]'s status, keyed with `secret`.
 pub fn check_nonce(secret: &[u8], nonce: &str, now_unix: u64, lifetime_secs: u64) -> NonceStatus {
-    let Some(raw) = from_hex(nonce) else {
-        return NonceStatus::Invalid;
-    };
-    if raw.len() != 16 + NONCE_MAC_LEN {
-        return NonceStatus::Invalid;
-    }
-    let (body, mac) = raw.split_at(16);
-    let expect = hmac_sha256(secret, body);
-    if !ct_eq(mac, &expect[..NONCE_MAC_LEN]) {
-        return NonceStatus::Invalid;
-    }
-    let mut ts = [0u8; 8];
-    ts.copy_from_slice(&body[..8]);
-    let issued = u64::from_be_bytes(ts);
-    if now_unix > issued.saturating_add(lifetime_secs) {
-        NonceStatus::Expired(issued)
-    } else {
-        NonceStatus::Fresh(issued)
-    }
+    NonceKey::new(secret)
+        .check(nonce, now_unix, lifetime_secs)
+        .0
 }
 
-/// The `opaque` value that goes with a nonce (so it need not be stored either).
-pub fn opaque_for(secret: &[u8], nonce: &str) -> String {
-    let mut msg = b"opaque:".to_vec();
-    msg.extend_from_slice(nonce.as_bytes());
-    to_hex(&hmac_sha256(secret, &msg)[..12])
+/// Decodes lowercase hex into exactly `out.len()` bytes.
+fn from_hex_into(s: &str, out: &mut [u8]) -> bool {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    if s.len() != out.len() * 2 {
+        return false;
+    }
+    for (o, p) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        match (digit(p[0]), digit(p[1])) {
+            (Some(h), Some(l)) => *o = h << 4 | l,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Why [`NonceCounts::record`] refused a nonce-count.
@@ -387,10 +455,12 @@ pub enum NcError {
 ///
 /// When the table is full, the entry with the oldest nonce is dropped and every nonce issued
 /// no later than it is from then on treated as stale ([`NcError::Forgotten`]): forgetting a
-/// nonce never re-opens it to replays.
+/// nonce never re-opens it to replays. Entries are also kept ordered by issue time, so finding
+/// the oldest costs O(log n), not a scan of the table on every new nonce.
 #[derive(Debug, Clone)]
 pub struct NonceCounts {
     map: HashMap<String, (u64, u32)>,
+    by_issued: BTreeSet<(u64, String)>,
     cap: usize,
     floor: u64,
 }
@@ -400,6 +470,7 @@ impl NonceCounts {
     pub fn new(cap: usize) -> Self {
         NonceCounts {
             map: HashMap::new(),
+            by_issued: BTreeSet::new(),
             cap: cap.max(1),
             floor: 0,
         }
@@ -428,12 +499,7 @@ impl NonceCounts {
             return Ok(());
         }
         if self.map.len() >= self.cap {
-            let oldest = self
-                .map
-                .iter()
-                .min_by_key(|(_, (ts, _))| *ts)
-                .map(|(k, (ts, _))| (k.clone(), *ts));
-            if let Some((key, ts)) = oldest {
+            if let Some((ts, key)) = self.by_issued.pop_first() {
                 self.map.remove(&key);
                 self.floor = self.floor.max(ts.saturating_add(1));
             }
@@ -442,18 +508,81 @@ impl NonceCounts {
             }
         }
         self.map.insert(nonce.to_owned(), (issued, nc));
+        self.by_issued.insert((issued, nonce.to_owned()));
         Ok(())
     }
 
     /// Treats every nonce issued before `unix_secs` as forgotten (stale) from now on.
     pub fn forget_before(&mut self, unix_secs: u64) {
         self.floor = self.floor.max(unix_secs);
-        let floor = self.floor;
-        self.map.retain(|_, (ts, _)| *ts >= floor);
+        self.prune(self.floor);
     }
 
     /// Drops nonces issued before `before` (they are expired anyway).
     pub fn prune(&mut self, before: u64) {
-        self.map.retain(|_, (ts, _)| *ts >= before);
+        let kept = self.by_issued.split_off(&(before, String::new()));
+        for (_, key) in std::mem::replace(&mut self.by_issued, kept) {
+            self.map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonce_and_opaque_come_from_one_hmac() {
+        let key = NonceKey::new(b"0123456789abcdef");
+        let (nonce, opaque) = key.issue(1000, 7);
+        assert_eq!(nonce.len(), 64);
+        assert_eq!(opaque.len(), 24);
+        assert_eq!(
+            key.check(&nonce, 1000, 300),
+            (NonceStatus::Fresh(1000), Some(opaque.clone()))
+        );
+        assert_eq!(key.check(&nonce, 1301, 300).0, NonceStatus::Expired(1000));
+        let other = NonceKey::new(b"another secret!!");
+        assert_eq!(other.check(&nonce, 1000, 300), (NonceStatus::Invalid, None));
+        let mut forged = nonce.into_bytes();
+        forged[63] = if forged[63] == b'0' { b'1' } else { b'0' };
+        let forged = String::from_utf8(forged).unwrap_or_default();
+        assert_eq!(key.check(&forged, 1000, 300).0, NonceStatus::Invalid);
+        assert_eq!(key.check("zz", 1000, 300).0, NonceStatus::Invalid);
+        assert_eq!(
+            key.check(&"A".repeat(64), 1000, 300).0,
+            NonceStatus::Invalid
+        );
+    }
+
+    #[test]
+    fn eviction_drops_the_oldest_and_makes_its_second_stale() {
+        let mut t = NonceCounts::new(2);
+        assert_eq!(t.record("b", 20, 1), Ok(()));
+        assert_eq!(t.record("a", 10, 1), Ok(()));
+        assert_eq!(t.record("c", 30, 1), Ok(()));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.record("a", 10, 2), Err(NcError::Forgotten));
+        assert_eq!(t.record("b", 20, 1), Err(NcError::Replay));
+        assert_eq!(t.record("b", 20, 2), Ok(()));
+        t.prune(25);
+        assert_eq!(t.len(), 1);
+        t.forget_before(31);
+        assert!(t.is_empty());
+        assert_eq!(t.record("c", 30, 2), Err(NcError::Forgotten));
+    }
+
+    #[test]
+    fn quoted_values_with_and_without_escapes() {
+        let c = parse_authorization(
+            r#"Digest username="al\"ice", realm="r", NONCE="n", uri="sip:x", response="ab""#,
+        );
+        let c = c.unwrap_or_default();
+        assert_eq!(c.username.as_deref(), Some(r#"al"ice"#));
+        assert_eq!(c.nonce.as_deref(), Some("n"));
+        assert_eq!(
+            parse_authorization(r#"Digest nonce="a", Nonce="b""#),
+            Err(AuthHeaderError::Duplicate("nonce".into()))
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! grammar pieces REGISTER processing needs (name-addr / addr-spec, Contact lists, AOR
 //! canonical form). Never panics on any input.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
@@ -354,7 +355,10 @@ pub(crate) fn parse_contacts<'a>(
     Ok(out)
 }
 
-fn unescape(s: &str) -> String {
+fn unescape(s: &str) -> Cow<'_, str> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s);
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -373,7 +377,7 @@ fn unescape(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The canonical form of an address-of-record (RFC 3261 §10.3 step 5): scheme and host in lower
@@ -393,12 +397,16 @@ pub fn canonical_aor(value: &str) -> Option<String> {
     if hostport.is_empty() {
         return None;
     }
-    let scheme = scheme.to_ascii_lowercase();
-    let hostport = hostport.to_ascii_lowercase();
-    Some(match user {
-        Some(u) if !u.is_empty() => format!("{scheme}:{u}@{hostport}"),
-        _ => format!("{scheme}:{hostport}"),
-    })
+    // One allocation: this runs several times per REGISTER.
+    let mut out = String::with_capacity(uri.len());
+    out.extend(scheme.chars().map(|c| c.to_ascii_lowercase()));
+    out.push(':');
+    if let Some(u) = user.filter(|u| !u.is_empty()) {
+        out.push_str(&u);
+        out.push('@');
+    }
+    out.extend(hostport.chars().map(|c| c.to_ascii_lowercase()));
+    Some(out)
 }
 
 /// The comparison key of a contact URI (a simplification of RFC 3261 §19.1.4): scheme, host,

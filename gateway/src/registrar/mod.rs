@@ -34,13 +34,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rsip::headers::UntypedHeader;
 
-use crate::sip::message::{response_for, Header, Method, Request, Response};
+use crate::sip::message::{method_name, response_for, Header, Method, Request, Response};
 
 pub use credentials::{Credentials, MemoryCredentials, UserRecord};
 pub use digest::Algorithm;
 pub use location::{canonical_aor, Binding, Location};
 
-use digest::{DigestCredentials, NcError, NonceCounts, NonceStatus};
+use digest::{DigestCredentials, NcError, NonceCounts, NonceKey, NonceStatus};
 use location::ContactSpec;
 
 /// Registrar settings.
@@ -71,7 +71,8 @@ pub struct Config {
 
 impl Config {
     /// Defaults: nonce lifetime 300 s, expiry 3600 s (min 60, max 7200), 10 bindings per AOR,
-    /// 4096 tracked nonces.
+    /// 65536 tracked nonces (at 10000 challenges/s that is 6.5 s of nonces: an evicted nonce
+    /// makes its whole issue second stale, which must not hit nonces still being answered).
     pub fn new(realm: &str, secret: &[u8]) -> Self {
         Config {
             realm: realm.to_owned(),
@@ -81,7 +82,7 @@ impl Config {
             min_expires: 60,
             max_expires: 7200,
             max_bindings_per_aor: 10,
-            max_tracked_nonces: 4096,
+            max_tracked_nonces: 65536,
             algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
         }
     }
@@ -109,6 +110,7 @@ pub struct Registrar<C, S> {
     config: Config,
     credentials: C,
     location: Location<S>,
+    nonce_key: NonceKey,
     nonce_counts: NonceCounts,
     nonce_counter: u64,
     events: VecDeque<RegistrarEvent>,
@@ -125,6 +127,7 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
     pub fn new(config: Config, credentials: C) -> Self {
         let nonce_counts = NonceCounts::new(config.max_tracked_nonces);
         Registrar {
+            nonce_key: NonceKey::new(&config.secret),
             config,
             credentials,
             location: Location::default(),
@@ -265,8 +268,7 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
     pub fn challenge(&mut self, req: &Request, now: SystemTime, stale: bool) -> Response {
         let proxy = req.method != Method::Register;
         self.nonce_counter = self.nonce_counter.wrapping_add(1);
-        let nonce = digest::make_nonce(&self.config.secret, unix(now), self.nonce_counter);
-        let opaque = digest::opaque_for(&self.config.secret, &nonce);
+        let (nonce, opaque) = self.nonce_key.issue(unix(now), self.nonce_counter);
         let realm = digest::quote(&self.config.realm);
         let stale = if stale { ", stale=true" } else { "" };
         let headers = self
@@ -353,12 +355,11 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             return Auth::Reply(response_for(req, 400, "Bad Request"));
         };
 
-        let secret = &self.config.secret;
         let lifetime = self.config.nonce_lifetime.as_secs();
-        let status = digest::check_nonce(secret, nonce, unix(now), lifetime);
-        let issued = match status {
-            NonceStatus::Invalid => return Auth::Reply(self.challenge(req, now, false)),
-            NonceStatus::Fresh(t) | NonceStatus::Expired(t) => t,
+        let (status, our_opaque) = self.nonce_key.check(nonce, unix(now), lifetime);
+        let (issued, our_opaque) = match (status, our_opaque) {
+            (NonceStatus::Fresh(t) | NonceStatus::Expired(t), Some(o)) => (t, o),
+            _ => return Auth::Reply(self.challenge(req, now, false)),
         };
 
         // Same work whether or not the user exists: a dummy HA1 is always computed.
@@ -368,12 +369,12 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             Some(r) if r.ha1(alg).len() == alg.hex_len() => (true, r.ha1(alg).to_ascii_lowercase()),
             _ => (false, dummy),
         };
-        let ha2 = digest::ha2(alg, req.method.to_string().as_str(), uri);
+        let ha2 = digest::ha2(alg, method_name(&req.method), uri);
         let expected = digest::response(alg, &ha1, nonce, nc, cnonce, qop, &ha2);
         let digest_ok = digest::ct_eq(expected.as_bytes(), resp.to_ascii_lowercase().as_bytes());
         let opaque_ok = match c.opaque.as_deref() {
             None => true,
-            Some(o) => digest::ct_eq(o.as_bytes(), digest::opaque_for(secret, nonce).as_bytes()),
+            Some(o) => digest::ct_eq(o.as_bytes(), our_opaque.as_bytes()),
         };
         let record = match record {
             Some(r) if digest_ok & opaque_ok & known => r,
@@ -536,7 +537,7 @@ fn first_value<'a>(
 
 /// Inserts `extra` before the final `Content-Length` of a response built by `response_for`.
 fn with_headers(mut resp: Response, extra: Vec<Header>) -> Response {
-    let mut headers: Vec<Header> = resp.headers.iter().cloned().collect();
+    let mut headers: Vec<Header> = std::mem::take(&mut resp.headers).into();
     let tail = match headers.last() {
         Some(Header::ContentLength(_)) => headers.pop(),
         _ => None,

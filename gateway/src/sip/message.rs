@@ -45,6 +45,7 @@
 //! `catch_unwind` is needed; the fuzz test in `tests/rfc4475.rs` keeps checking it through
 //! [`parse`].
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -239,9 +240,9 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
         Err(e) => return Err(fail(e.clone())),
     };
     for f in fields {
-        if let Err(detail) = grammar::check_field(&f.lname, &f.value) {
+        if let Err(detail) = grammar::check_field(f.lname, &f.value) {
             return Err(fail(ParseErrorKind::Header {
-                name: f.name.clone(),
+                name: f.name.to_owned(),
                 detail,
             }));
         }
@@ -281,29 +282,41 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
         }
     }
 
-    let headers = match &head.headers {
-        Ok(h) => h.clone(),
-        Err(e) => return Err(fail(e.clone())),
+    if let Err(e) = &head.headers {
+        return Err(fail(e.clone()));
+    }
+    let method = match start_line {
+        StartLine::Request { method, .. } => match known_method(method) {
+            Some(m) => Some(m),
+            None => return Err(fail(ParseErrorKind::UnknownMethod(method.clone()))),
+        },
+        StartLine::Response { .. } => None,
     };
-    match start_line {
-        StartLine::Request { method, uri, .. } => {
-            let Some(method) = known_method(method) else {
-                return Err(fail(ParseErrorKind::UnknownMethod(method.clone())));
-            };
-            Ok(SipMessage::Request(Request {
-                method,
-                uri: uri.clone(),
-                version: rsip::Version::V2,
-                headers,
-                body: body.to_vec(),
-            }))
-        }
-        StartLine::Response { code, reason } => Ok(SipMessage::Response(Response {
+    // Everything is checked: move the start line and headers out instead of cloning them.
+    let (Ok(start_line), Ok(headers)) = (head.start, head.headers) else {
+        return Err(ParseError {
+            kind: ParseErrorKind::Empty,
+            reply: None,
+        });
+    };
+    match (start_line, method) {
+        (StartLine::Request { uri, .. }, Some(method)) => Ok(SipMessage::Request(Request {
+            method,
+            uri,
             version: rsip::Version::V2,
-            status_code: status_code(*code, reason),
             headers,
             body: body.to_vec(),
         })),
+        (StartLine::Response { code, reason }, _) => Ok(SipMessage::Response(Response {
+            version: rsip::Version::V2,
+            status_code: status_code(code, &reason),
+            headers,
+            body: body.to_vec(),
+        })),
+        (StartLine::Request { .. }, None) => Err(ParseError {
+            kind: ParseErrorKind::Empty,
+            reply: None,
+        }),
     }
 }
 
@@ -337,7 +350,10 @@ fn split_message(bytes: &[u8]) -> Result<Parts<'_>, ParseErrorKind> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    // Every needle here starts with CR: memchr to each CR (a one-shot memmem::find builds a
+    // searcher per call, which costs more than the search on a SIP-sized message).
+    let (&first, _) = needle.split_first()?;
+    memchr::memchr_iter(first, hay).find(|&i| hay.get(i..i + needle.len()) == Some(needle))
 }
 
 #[derive(Debug, Clone)]
@@ -346,24 +362,61 @@ enum StartLine {
     Response { code: u16, reason: String },
 }
 
-/// One header field after unfolding, name with compact forms expanded.
+/// One header field after unfolding, name with compact forms expanded. Borrowed from the
+/// message unless continuation lines were folded into the value.
 #[derive(Debug, Clone)]
-struct Field {
-    name: String,
-    lname: String,
-    value: String,
+struct Field<'a> {
+    name: &'a str,
+    /// The lower-case name if it is one of [`KNOWN_FIELDS`], else "".
+    lname: &'static str,
+    value: Cow<'a, str>,
+}
+
+/// The names [`Field::lname`] can take: the fields [`grammar::check_field`] or the framing
+/// look at, and the other fields every REGISTER carries.
+const KNOWN_FIELDS: &[&str] = &[
+    "via",
+    "to",
+    "from",
+    "reply-to",
+    "contact",
+    "route",
+    "record-route",
+    "call-id",
+    "cseq",
+    "max-forwards",
+    "content-length",
+    "date",
+    "require",
+    "proxy-require",
+    "content-encoding",
+    "supported",
+    "unsupported",
+    "content-type",
+    "accept",
+    // Not checked by grammar::check_field; known for rsip_headers.
+    "expires",
+    "authorization",
+];
+
+fn known_lname(name: &str) -> &'static str {
+    KNOWN_FIELDS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or("")
 }
 
 /// Everything known about a message's head, each part with its own error.
-struct Head {
+struct Head<'a> {
     is_request: bool,
     start: Result<StartLine, ParseErrorKind>,
-    fields: Result<Vec<Field>, ParseErrorKind>,
+    fields: Result<Vec<Field<'a>>, ParseErrorKind>,
     headers: Result<Headers, ParseErrorKind>,
 }
 
-impl Head {
-    fn analyse(start: &[u8], head: &[u8]) -> Self {
+impl<'a> Head<'a> {
+    fn analyse(start: &[u8], head: &'a [u8]) -> Self {
         let is_request = !start
             .get(..4)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"));
@@ -479,34 +532,39 @@ fn check_version(version: &str) -> Result<(), ParseErrorKind> {
 
 /// Splits the header block into fields: unfolds continuation lines (§7.3.1, CRLF + WSP → SP),
 /// trims the value, allows whitespace before the colon, expands compact names.
-fn header_fields(head: &[u8]) -> Result<Vec<Field>, ParseErrorKind> {
+fn header_fields(head: &[u8]) -> Result<Vec<Field<'_>>, ParseErrorKind> {
     let bad = |m: String| ParseErrorKind::HeaderLine(m);
-    let mut fields: Vec<Field> = Vec::new();
+    let mut fields: Vec<Field<'_>> = Vec::with_capacity(16);
     if head.is_empty() {
         return Ok(fields);
     }
     for (n, raw) in split_crlf(head).into_iter().enumerate() {
         let line =
             std::str::from_utf8(raw).map_err(|_| bad(format!("line {} is not UTF-8", n + 1)))?;
-        if line.contains(['\r', '\n']) {
+        if raw.iter().any(|&b| b == b'\r' || b == b'\n') {
             return Err(bad(format!("bare CR or LF in line {}", n + 1)));
         }
         if line.starts_with([' ', '\t']) {
             let Some(last) = fields.last_mut() else {
                 return Err(bad("continuation line before the first header".into()));
             };
-            let cont = line.trim_matches([' ', '\t']);
+            let cont = trim_wsp(line);
             if !cont.is_empty() {
-                if !last.value.is_empty() {
-                    last.value.push(' ');
+                let value = last.value.to_mut();
+                if !value.is_empty() {
+                    value.push(' ');
                 }
-                last.value.push_str(cont);
+                value.push_str(cont);
             }
             continue;
         }
-        let Some((name, value)) = line.split_once(':') else {
+        let Some(colon) = raw.iter().position(|&b| b == b':') else {
             return Err(bad(format!("line {} has no colon", n + 1)));
         };
+        let (name, value) = (
+            line.get(..colon).unwrap_or(""),
+            line.get(colon + 1..).unwrap_or(""),
+        );
         let name = name.trim_end_matches([' ', '\t']);
         if name.is_empty() || !name.bytes().all(grammar::is_token) {
             return Err(bad(format!("{name:?} is not a header name")));
@@ -514,14 +572,24 @@ fn header_fields(head: &[u8]) -> Result<Vec<Field>, ParseErrorKind> {
         if fields.len() == MAX_HEADER_FIELDS {
             return Err(bad(format!("more than {MAX_HEADER_FIELDS} header fields")));
         }
-        let name = expand_compact(name).unwrap_or(name).to_owned();
+        let name = expand_compact(name).unwrap_or(name);
         fields.push(Field {
-            lname: name.to_ascii_lowercase(),
+            lname: known_lname(name),
             name,
-            value: value.trim_matches([' ', '\t']).to_owned(),
+            value: Cow::Borrowed(trim_wsp(value)),
         });
     }
     Ok(fields)
+}
+
+/// `s` without leading and trailing SP and HTAB (a byte scan: `trim_matches` with a char set
+/// is slow).
+fn trim_wsp(s: &str) -> &str {
+    let b = s.as_bytes();
+    let wsp = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = b.iter().position(|c| !wsp(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !wsp(c)).map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or("")
 }
 
 /// The lines of a header block.
@@ -563,29 +631,76 @@ fn expand_compact(name: &str) -> Option<&'static str> {
     })
 }
 
-/// rsip's header tokenizer on the normalised block, behind a synthetic status line.
-fn rsip_headers(fields: &[Field]) -> Result<Headers, ParseErrorKind> {
-    let mut text = String::from("SIP/2.0 200 OK\r\n");
+/// rsip's headers for the normalised fields: each field goes through rsip's own per-header
+/// conversion (the one its message parser applies to every `name: value` line), without
+/// writing the block out as text and tokenizing it again.
+fn rsip_headers(fields: &[Field<'_>]) -> Result<Headers, ParseErrorKind> {
+    use rsip::headers::header::Tokenizer;
+    let mut headers = Vec::with_capacity(fields.len());
     for f in fields {
-        let _ = write!(text, "{}: {}\r\n", f.name, f.value);
+        // The fields every request carries are built directly, as the same variant rsip's
+        // tokenizer picks (its name match is a chain of ~50 case-insensitive compares).
+        let value = || f.value.clone().into_owned();
+        let direct = match f.lname {
+            "via" => Some(Header::Via(rsip::headers::Via::new(value()))),
+            "to" => Some(Header::To(rsip::headers::To::new(value()))),
+            "from" => Some(Header::From(rsip::headers::From::new(value()))),
+            "call-id" => Some(Header::CallId(rsip::headers::CallId::new(value()))),
+            "cseq" => Some(Header::CSeq(rsip::headers::CSeq::new(value()))),
+            "contact" => Some(Header::Contact(rsip::headers::Contact::new(value()))),
+            "max-forwards" => Some(Header::MaxForwards(
+                rsip::headers::MaxForwards::new(value()),
+            )),
+            "content-length" => Some(Header::ContentLength(rsip::headers::ContentLength::new(
+                value(),
+            ))),
+            "expires" => Some(Header::Expires(rsip::headers::Expires::new(value()))),
+            "authorization" => Some(Header::Authorization(rsip::headers::Authorization::new(
+                value(),
+            ))),
+            _ => None,
+        };
+        if let Some(header) = direct {
+            headers.push(header);
+            continue;
+        }
+        let tokenizer = Tokenizer {
+            name: f.name.as_bytes(),
+            value: f.value.as_bytes(),
+        };
+        let header: Header = tokenizer
+            .try_into()
+            .map_err(|e: rsip::Error| ParseErrorKind::Rsip(e.to_string()))?;
+        headers.push(header);
     }
-    text.push_str("\r\n");
-    let resp =
-        Response::try_from(text.as_bytes()).map_err(|e| ParseErrorKind::Rsip(e.to_string()))?;
-    if resp.headers.iter().count() != fields.len() {
-        return Err(ParseErrorKind::Rsip(format!(
-            "rsip read {} header fields, we split {}",
-            resp.headers.iter().count(),
-            fields.len()
-        )));
+    Ok(headers.into())
+}
+
+/// The wire name of an rsip method (rsip's `Display` upper-cases the variant name into a new
+/// `String` on every call).
+pub fn method_name(method: &Method) -> &'static str {
+    match method {
+        Method::Ack => "ACK",
+        Method::Bye => "BYE",
+        Method::Cancel => "CANCEL",
+        Method::Info => "INFO",
+        Method::Invite => "INVITE",
+        Method::Message => "MESSAGE",
+        Method::Notify => "NOTIFY",
+        Method::Options => "OPTIONS",
+        Method::PRack => "PRACK",
+        Method::Publish => "PUBLISH",
+        Method::Refer => "REFER",
+        Method::Register => "REGISTER",
+        Method::Subscribe => "SUBSCRIBE",
+        Method::Update => "UPDATE",
     }
-    Ok(resp.headers)
 }
 
 /// rsip's method for a request-line method, compared case-sensitively (§7.1: `invite` is an
 /// extension method, not INVITE).
 fn known_method(token: &str) -> Option<Method> {
-    Method::all().into_iter().find(|m| m.to_string() == token)
+    Method::all().into_iter().find(|m| method_name(m) == token)
 }
 
 /// rsip's status code: named where rsip names it (dropping the phrase, as rsip's parser does),
@@ -631,38 +746,53 @@ pub fn serialize(msg: &SipMessage) -> Vec<u8> {
 
 /// [`serialize`] for a request.
 pub fn serialize_request(req: &Request) -> Vec<u8> {
-    let start = format!("{} {} {}", req.method, uri_text(&req.uri), req.version);
+    let start = format!(
+        "{} {} {}",
+        method_name(&req.method),
+        uri_text(&req.uri),
+        req.version
+    );
     assemble(&start, &req.headers, &req.body)
 }
 
 /// [`serialize`] for a response.
 pub fn serialize_response(resp: &Response) -> Vec<u8> {
+    use std::io::Write as _;
     let code = resp.status_code.code();
-    let reason = match &resp.status_code {
-        StatusCode::Other(_, reason) => sanitize_reason(reason),
-        _ => reason_phrase(code).unwrap_or("").to_owned(),
-    };
-    let start = format!("{} {code} {reason}", resp.version);
-    assemble(&start, &resp.headers, &resp.body)
+    let mut out = Vec::with_capacity(512);
+    // rsip::Version's Display is "SIP/2.0" for V2.
+    let _ = write!(out, "{} {code} ", resp.version);
+    match &resp.status_code {
+        StatusCode::Other(_, reason) => out.extend_from_slice(sanitize_reason(reason).as_bytes()),
+        _ => out.extend_from_slice(reason_phrase(code).unwrap_or("").as_bytes()),
+    }
+    assemble_into(out, &resp.headers, &resp.body)
 }
 
 fn assemble(start: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
-    let mut out = String::with_capacity(256);
-    out.push_str(start);
-    out.push_str("\r\n");
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(start.as_bytes());
+    assemble_into(out, headers, body)
+}
+
+/// Appends the header fields (each written straight into `out`), the empty line and the body.
+fn assemble_into(mut out: Vec<u8>, headers: &Headers, body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    out.extend_from_slice(b"\r\n");
     for h in headers.iter() {
-        let line = h.to_string();
-        if line.contains(['\r', '\n']) {
-            out.push_str(&line.replace(['\r', '\n'], " "));
-        } else {
-            out.push_str(&line);
+        let start = out.len();
+        let _ = write!(out, "{h}");
+        // A CR or LF set by code must not split the message.
+        for b in &mut out[start..] {
+            if *b == b'\r' || *b == b'\n' {
+                *b = b' ';
+            }
         }
-        out.push_str("\r\n");
+        out.extend_from_slice(b"\r\n");
     }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
 /// A Request-URI as text. rsip's `Display` writes `scheme://` for every non-SIP scheme and
@@ -819,6 +949,18 @@ const MANDATORY: &[(&str, IsHeader)] = &[
 /// ignores it or challenges, §3.3.7), methods (unknown ones never parse, see [`parse`]).
 /// For ACK only the header checks apply, and a rejection means: drop it (ACK is never answered).
 pub fn validate_request(req: &Request) -> Result<(), Rejection> {
+    validate(req, true)
+}
+
+/// [`validate_request`] for a request straight from [`parse`] (its top Via possibly stamped by
+/// [`crate::transport::via::stamp_received`], which writes only valid `received`/`rport`
+/// values): the header grammar [`parse`] already enforced on every field is not checked a
+/// second time; every other check is the same.
+pub fn validate_parsed_request(req: &Request) -> Result<(), Rejection> {
+    validate(req, false)
+}
+
+fn validate(req: &Request, check_grammar: bool) -> Result<(), Rejection> {
     let headers = &req.headers;
     for (name, is) in SINGLE {
         if headers.iter().filter(|h| is(h)).count() > 1 {
@@ -833,7 +975,7 @@ pub fn validate_request(req: &Request) -> Result<(), Rejection> {
             return Err(Rejection::new(400, format!("missing {name} header field")));
         }
     }
-    for h in headers.iter() {
+    for h in headers.iter().filter(|_| check_grammar) {
         if let Some((name, value)) = checked_value(h) {
             if let Err(e) = grammar::check_field(&name.to_ascii_lowercase(), value) {
                 return Err(Rejection::new(400, format!("bad {name} header field: {e}")));
@@ -1140,12 +1282,30 @@ fn derived_tag(headers: &Headers) -> String {
             Header::CallId(_) | Header::From(_) | Header::CSeq(_) | Header::Via(_)
         )
     }) {
-        for b in h.to_string().bytes().chain([0]) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        // The field's text hashed as it is written, without building it as a String.
+        let mut fnv = Fnv(hash);
+        let _ = write!(fnv, "{h}");
+        fnv.feed(0);
+        hash = fnv.0;
     }
     format!("cf{hash:016x}")
+}
+
+/// FNV-1a as a `fmt::Write` sink.
+struct Fnv(u64);
+
+impl Fnv {
+    fn feed(&mut self, b: u8) {
+        self.0 ^= u64::from(b);
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        s.bytes().for_each(|b| self.feed(b));
+        Ok(())
+    }
 }
 
 fn first_value<'a>(
@@ -1339,26 +1499,42 @@ mod grammar {
         }
     }
 
-    fn valid_hostname(h: &str) -> bool {
+    /// An IPv4address (four groups of 1–3 digits) or a hostname (labels starting and ending
+    /// alphanumeric, the top label starting with a letter, one trailing dot allowed). One pass
+    /// over the bytes: this runs for every URI and Via.
+    pub(super) fn valid_hostname(h: &str) -> bool {
         if h.is_empty() {
             return false;
         }
         if h.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            let parts: Vec<&str> = h.split('.').collect();
-            return parts.len() == 4 && parts.iter().all(|p| (1..=3).contains(&p.len()));
+            let (mut groups, mut len) = (1, 0);
+            for b in h.bytes() {
+                if b == b'.' {
+                    if !(1..=3).contains(&len) {
+                        return false;
+                    }
+                    groups += 1;
+                    len = 0;
+                } else {
+                    len += 1;
+                }
+            }
+            return groups == 4 && (1..=3).contains(&len);
         }
-        let h = h.strip_suffix('.').unwrap_or(h);
-        let labels: Vec<&str> = h.split('.').collect();
-        let label_ok = |l: &&str| {
-            let b = l.as_bytes();
-            b.first().is_some_and(u8::is_ascii_alphanumeric)
-                && b.last().is_some_and(u8::is_ascii_alphanumeric)
-        };
-        labels.iter().all(label_ok)
-            && labels
-                .last()
-                .and_then(|l| l.as_bytes().first())
-                .is_some_and(u8::is_ascii_alphabetic)
+        let h = h.strip_suffix('.').unwrap_or(h).as_bytes();
+        // Every label: non-empty, alphanumeric at both ends.
+        let mut prev = b'.';
+        for &b in h {
+            if b == b'.' && !prev.is_ascii_alphanumeric() {
+                return false;
+            }
+            if prev == b'.' && !b.is_ascii_alphanumeric() {
+                return false;
+            }
+            prev = b;
+        }
+        let top = h.iter().rposition(|&b| b == b'.').map_or(0, |i| i + 1);
+        prev.is_ascii_alphanumeric() && h.get(top).is_some_and(u8::is_ascii_alphabetic)
     }
 
     fn port(c: &mut Cur<'_>) -> GResult<u16> {
@@ -1975,6 +2151,58 @@ Content-Length: 0\r\n\r\n";
         let msg = text.replacen("Content-Length", &format!("{many}Content-Length"), 1);
         let err = parse(msg.as_bytes()).expect_err("too many header fields");
         assert!(matches!(err.kind(), ParseErrorKind::HeaderLine(_)), "{err}");
+    }
+
+    #[test]
+    fn direct_headers_are_rsips() {
+        let text = "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nTO: <sip:a@b>\r\nfrom: <sip:c@d>;tag=1\r\n\
+                    call-id: x@y\r\nCSEQ: 1 OPTIONS\r\nContact: <sip:c@e>\r\nMax-Forwards: 70\r\n\
+                    Content-Length: 0\r\nExpires: 60\r\nauthorization: Digest a=b\r\nX-Other: z\r\n";
+        let fields = header_fields(text.trim_end().as_bytes()).expect("fields");
+        let ours = rsip_headers(&fields).expect("headers");
+        let theirs = Response::try_from(format!("SIP/2.0 200 OK\r\n{text}\r\n").as_bytes())
+            .expect("rsip parses")
+            .headers;
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn method_names_are_rsips() {
+        for m in Method::all() {
+            assert_eq!(method_name(&m), m.to_string());
+            assert_eq!(known_method(&m.to_string()), Some(m));
+        }
+        assert_eq!(known_method("invite"), None);
+    }
+
+    #[test]
+    fn hostnames() {
+        for ok in [
+            "a",
+            "example.com",
+            "example.com.",
+            "a-b.c1.org",
+            "127.0.0.1",
+            "x.y2z",
+        ] {
+            assert!(grammar::valid_hostname(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "-a.com",
+            "a-.com",
+            "a..com",
+            ".a.com",
+            "a.1com",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1234.1.1.1",
+            "1..2.3",
+            "example.com..",
+        ] {
+            assert!(!grammar::valid_hostname(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -73,15 +73,16 @@ pub fn top_via(headers: &Headers) -> Option<TopVia> {
 fn first_value(value: &str) -> (&str, Option<&str>) {
     let mut quoted = false;
     let mut escaped = false;
-    for (i, c) in value.char_indices() {
+    // Bytes, not chars: the delimiters are ASCII, which never occurs inside a UTF-8 sequence.
+    for (i, c) in value.bytes().enumerate() {
         if escaped {
             escaped = false;
             continue;
         }
         match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => return (value[..i].trim(), Some(value[i + 1..].trim())),
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => return (value[..i].trim(), Some(value[i + 1..].trim())),
             _ => {}
         }
     }

@@ -5,6 +5,11 @@
 //! ```text
 //! cargo run --release -p integration --bin register_bench -- [USERS] [SECONDS_PER_STEP] [RATES…]
 //! ```
+//!
+//! `register_bench --profile CALLS RATE` drives only the gateway (one account, one SIPp run of
+//! CALLS calls at RATE/s) and exits: run it under `valgrind --tool=callgrind` twice with
+//! different CALLS; the difference of the instruction counts divided by the difference of
+//! CALLS is the gateway's cost per REGISTER pair, without start-up costs.
 
 use anyhow::{bail, Context, Result};
 use gateway::devices::{DeviceRecord, DeviceStore};
@@ -26,10 +31,9 @@ struct Step {
     achieved: f64,
 }
 
-/// One SIPp run at `rate` calls/s for `secs` seconds; success/failure counts from its stats.
-fn sipp(target: SocketAddr, rate: u32, secs: u32, dir: &Path) -> Result<Step> {
+/// One SIPp run of `calls` calls at `rate` calls/s; success/failure counts from its stats.
+fn sipp(target: SocketAddr, rate: u32, calls: u32, dir: &Path) -> Result<Step> {
     let scenario = integration::repo_root().join("integration/sipp/register_load.xml");
-    let calls = rate * secs;
     let port = integration::free_udp_port();
     let cport = integration::free_udp_port();
     let t0 = Instant::now();
@@ -103,7 +107,7 @@ fn ramp(
 ) -> Result<Option<Step>> {
     let mut best = None;
     for &rate in rates {
-        let s = sipp(target, rate, secs, dir)?;
+        let s = sipp(target, rate, rate * secs, dir)?;
         let fail_pct = 100.0 * s.failed as f64 / (s.ok + s.failed).max(1) as f64;
         println!(
             "  {name:<12} {:>6} req/s offered: {:>7} ok {:>6} failed ({fail_pct:.3} %), {:>7.0} registrations/s achieved",
@@ -160,8 +164,64 @@ request_route {{
     )
 }
 
+/// The gateway in-process on SQLite with `users` accounts from 1000 up (MD5 offered: SIPp 3.6
+/// only answers the first challenge and only computes MD5).
+async fn start_gateway(users: u32, dir: &Path) -> Result<(Gateway, SocketAddr)> {
+    let gw_port = integration::free_udp_port();
+    let gw_target = SocketAddr::from(([127, 0, 0, 1], gw_port));
+    let db = format!("sqlite://{}", dir.join("bench.db").display());
+    let store = DeviceStore::open(&db).await?;
+    for u in 0..users {
+        store
+            .upsert(&DeviceRecord::with_password(
+                &(1000 + u).to_string(),
+                "bench",
+                PASSWORD,
+            ))
+            .await?;
+    }
+    let cfg = GatewayConfig {
+        udp: vec![gw_target],
+        tcp: vec![],
+        realm: "bench".into(),
+        database: db.clone(),
+        secret: b"bench-secret".to_vec(),
+        min_expires: 60,
+        default_expires: 3600,
+        max_expires: 7200,
+        algorithms: vec![Algorithm::Md5],
+        db_reload: Duration::from_secs(60),
+        qualify_interval: Duration::from_secs(3600),
+        t1: Duration::from_millis(500),
+        device_prefix: "PJSIP/".into(),
+        rtp_ip: gw_target.ip(),
+        rtp_ports: (20000, 20999),
+        media_timeout: None,
+        extensions: Default::default(),
+        trunks: Vec::new(),
+    };
+    let gw = Gateway::start(cfg, Arc::new(LocalBus::new(Eid([2, 0, 0, 0, 0, 9])))).await?;
+    Ok((gw, gw_target))
+}
+
+/// `--profile CALLS RATE`: one SIPp run against the gateway only (see the module docs).
+fn profile(calls: u32, rate: u32) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (gw, target) = rt.block_on(start_gateway(1, dir.path()))?;
+    let step = sipp(target, rate, calls, dir.path())?;
+    println!("{} ok, {} failed", step.ok, step.failed);
+    gw.stop();
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--profile") {
+        let calls: u32 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(2000);
+        let rate: u32 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(100);
+        return profile(calls, rate);
+    }
     let users: u32 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let secs: u32 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let rates: Vec<u32> = if args.len() > 3 {
@@ -178,42 +238,7 @@ fn main() -> Result<()> {
     // callfabric: the gateway in-process on SQLite with the same accounts (MD5 offered:
     // SIPp 3.6 only answers the first challenge and only computes MD5).
     let rt = tokio::runtime::Runtime::new()?;
-    let gw_port = integration::free_udp_port();
-    let gw_target = SocketAddr::from(([127, 0, 0, 1], gw_port));
-    let db = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let gw = rt.block_on(async {
-        let store = DeviceStore::open(&db).await?;
-        for u in 0..users {
-            store
-                .upsert(&DeviceRecord::with_password(
-                    &(1000 + u).to_string(),
-                    "bench",
-                    PASSWORD,
-                ))
-                .await?;
-        }
-        let cfg = GatewayConfig {
-            udp: vec![gw_target],
-            tcp: vec![],
-            realm: "bench".into(),
-            database: db.clone(),
-            secret: b"bench-secret".to_vec(),
-            min_expires: 60,
-            default_expires: 3600,
-            max_expires: 7200,
-            algorithms: vec![Algorithm::Md5],
-            db_reload: Duration::from_secs(60),
-            qualify_interval: Duration::from_secs(3600),
-            t1: Duration::from_millis(500),
-            device_prefix: "PJSIP/".into(),
-            rtp_ip: gw_target.ip(),
-            rtp_ports: (20000, 20999),
-            media_timeout: None,
-            extensions: Default::default(),
-            trunks: Vec::new(),
-        };
-        anyhow::Ok(Gateway::start(cfg, Arc::new(LocalBus::new(Eid([2, 0, 0, 0, 0, 9])))).await?)
-    })?;
+    let (gw, gw_target) = rt.block_on(start_gateway(users, dir.path()))?;
     println!("callfabric gateway on {gw_target}");
     let ours = ramp("callfabric", gw_target, &rates, secs, dir.path())?;
     gw.stop();

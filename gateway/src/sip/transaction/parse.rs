@@ -86,22 +86,24 @@ fn split_top_level(s: &str, delim: char) -> (&str, Option<&str>) {
     let mut in_quotes = false;
     let mut escaped = false;
     let mut angle = false;
-    for (i, c) in s.char_indices() {
+    // Bytes, not chars: the delimiters are ASCII, which never occurs inside a UTF-8 sequence.
+    let delim = u8::try_from(delim).ok().filter(u8::is_ascii);
+    for (i, c) in s.bytes().enumerate() {
         if in_quotes {
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if c == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if c == b'"' {
                 in_quotes = false;
             }
             continue;
         }
         match c {
-            '"' => in_quotes = true,
-            '<' => angle = true,
-            '>' => angle = false,
-            c if c == delim && !angle => {
+            b'"' => in_quotes = true,
+            b'<' => angle = true,
+            b'>' => angle = false,
+            c if Some(c) == delim && !angle => {
                 // `delim` is ASCII, so `i + 1` is a char boundary.
                 return (&s[..i], Some(&s[i + 1..]));
             }
