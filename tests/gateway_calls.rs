@@ -471,3 +471,23 @@ fn itsp_trunk_registers_answers_challenges_and_delivers_dids() {
         a.line
     );
 }
+
+/// SHA-256 digest end to end (SIPp and baresip only do MD5): a gateway registers at a
+/// registrar that offers SHA-256 only, as its ITSP client does, and the account reads
+/// NOT_INUSE there.
+#[test]
+fn registration_with_sha256_digest() {
+    let (port_a, port_b) = (free_udp_port(), free_udp_port());
+    let mut a_spec = spec("gw-a");
+    a_spec.udp_port = Some(port_a);
+    a_spec.extra = format!(
+        "\n[[gateway.trunk]]\nname = \"itsp\"\naddress = \"127.0.0.1:{port_b}\"\n\
+         username = \"2999\"\npassword = \"secret\"\nregister = true\nregister_expires = 60\n"
+    );
+    let mut b_spec = GatewaySpec::new("gw-b", &["2999"]);
+    b_spec.digest_algorithms = vec!["SHA-256".into()];
+    b_spec.udp_port = Some(port_b);
+    let _gw_a = GatewayProcess::start(binary(), a_spec);
+    let mut gw_b = GatewayProcess::start(binary(), b_spec);
+    gw_b.device("2999", "NOT_INUSE", Duration::from_secs(15));
+}
