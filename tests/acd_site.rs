@@ -363,3 +363,57 @@ members = ["PJSIP/2001"]
         n2.diag()
     );
 }
+
+/// The README's main command works as shipped: `callfabric site --config examples/site.toml`
+/// (copied into a private directory so its SQLite file lands there) starts the gateway and the
+/// ACD.
+#[test]
+fn example_site_config_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("site.toml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join("site.toml"),
+        &config,
+    )
+    .expect("copy the example");
+    let mut child = std::process::Command::new(binary())
+        .args(["site", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start callfabric site");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !(seen.iter().any(|l: &String| l.starts_with("gateway ready"))
+        && seen.iter().any(|l: &String| l.starts_with("acd ready")))
+    {
+        match rx.recv_timeout(WAIT) {
+            Ok(l) => seen.push(l),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no ready lines ({e}): {seen:?}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        dir.path().join("site-a.db").exists(),
+        "the SQLite file was created beside the config"
+    );
+}
