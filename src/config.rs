@@ -35,6 +35,9 @@ pub struct AcdSection {
     pub t1_ms: Option<u64>,
     /// queue_log file (relative to the config file).
     pub queue_log: Option<String>,
+    /// Database for the queue_log table (`sqlite://…` relative to the config file, or
+    /// `postgres://…`); in site mode the gateway's database by default.
+    pub database: Option<String>,
     /// Music on hold: an 8 kHz mono WAV (PCM, µ-law or A-law); default: generated.
     pub music_on_hold: Option<String>,
     /// Dialled number → queue name.
@@ -333,13 +336,18 @@ impl Loaded {
     /// The database URL, with a relative SQLite path resolved against the config file.
     pub fn database_url(&self) -> Result<String> {
         let g = self.gateway_section()?;
-        Ok(match g.database.strip_prefix("sqlite://") {
+        Ok(self.resolve_sqlite(&g.database))
+    }
+
+    /// A `sqlite://` path relative to the config file made absolute; other URLs unchanged.
+    fn resolve_sqlite(&self, url: &str) -> String {
+        match url.strip_prefix("sqlite://") {
             Some(p) if !p.starts_with('/') => {
                 let dir = self.path.parent().unwrap_or(Path::new("."));
                 format!("sqlite://{}", dir.join(p).display())
             }
-            _ => g.database.clone(),
-        })
+            _ => url.to_owned(),
+        }
     }
 
     fn gateway_section(&self) -> Result<&GatewaySection> {
@@ -516,6 +524,7 @@ impl Loaded {
             qualify_interval: secs(g.qualify_interval_secs, "qualify_interval_secs", 30.0)?,
             t1: Duration::from_millis(g.t1_ms.unwrap_or(500).max(1)),
             device_prefix: g.device_prefix.clone().unwrap_or_else(|| "PJSIP/".into()),
+            node: self.config.node.name.clone(),
             rtp_ip,
             rtp_ports,
             media_timeout: match g.media_timeout_secs {
@@ -621,6 +630,11 @@ impl Loaded {
             numbers: a.numbers.clone().into_iter().collect(),
             gateways,
             queue_log: a.queue_log.as_ref().map(|p| dir.join(p)),
+            database: match &a.database {
+                Some(url) => Some(self.resolve_sqlite(url)),
+                None if site_gateway.is_some() => self.database_url().ok(),
+                None => None,
+            },
             music,
         })
     }

@@ -185,6 +185,60 @@ fn caller_is_queued_connected_to_an_agent_and_media_flows() {
         log.lines().any(|l| l.ends_with("ENTERQUEUE||1001|1")),
         "{log}"
     );
+
+    // The same queue_log in the database table, and one CDR per gateway call.
+    let url = format!("sqlite://{}", gw.dir().join("site-a.db").display());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (rows, cdrs) = rt.block_on(async {
+        let store = gateway::devices::DeviceStore::open(&url)
+            .await
+            .expect("open the site database");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let rows = store.queue_log().await.expect("queue_log table");
+            let cdrs = store.cdrs().await.expect("cdr table");
+            let done = rows.iter().any(|r| r.event == "COMPLETECALLER") && cdrs.len() >= 2;
+            if done || std::time::Instant::now() > deadline {
+                break (rows, cdrs);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // ringall also rang 2002, which is not registered (480 → RINGNOANSWER).
+    let events: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.event != "RINGNOANSWER")
+        .map(|r| r.event.as_str())
+        .collect();
+    assert_eq!(
+        events,
+        ["ENTERQUEUE", "CONNECT", "COMPLETECALLER"],
+        "{rows:?}"
+    );
+    assert!(rows
+        .iter()
+        .filter(|r| r.event == "RINGNOANSWER")
+        .all(|r| r.agent == "PJSIP/2002"));
+    assert!(
+        rows.iter()
+            .any(|r| r.event == "CONNECT" && r.agent == "PJSIP/2001"),
+        "{rows:?}"
+    );
+    assert_eq!(cdrs.len(), 2, "{cdrs:?}");
+    let to_queue = cdrs
+        .iter()
+        .find(|c| c.dst == "800")
+        .expect("CDR of the call to 800");
+    assert_eq!(to_queue.src, "1001");
+    assert_eq!(to_queue.disposition, "ANSWERED");
+    assert_eq!(to_queue.rtp_in_a, STREAM_PACKETS as i64, "{to_queue:?}");
+    assert!(to_queue.billsec >= 4, "{to_queue:?}");
+    let to_agent = cdrs
+        .iter()
+        .find(|c| c.dst == "2001")
+        .expect("CDR of the offer to 2001");
+    assert_eq!(to_agent.dst_device.as_deref(), Some("PJSIP/2001"));
+    assert_eq!(to_agent.disposition, "ANSWERED");
 }
 
 #[test]

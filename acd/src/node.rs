@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub gateways: Vec<GatewayRoute>,
     /// queue_log file (appended).
     pub queue_log: Option<PathBuf>,
+    /// Database URL for the queue_log table (the gateway's device database in site mode).
+    pub database: Option<String>,
     /// Music on hold (8 kHz PCM, looped).
     pub music: Vec<i16>,
 }
@@ -94,6 +96,9 @@ pub enum NodeError {
     /// Listener or relay.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The queue_log database.
+    #[error(transparent)]
+    Db(#[from] gateway::devices::DbError),
     /// The RTP relay.
     #[error("RTP relay: {0}")]
     Media(String),
@@ -147,7 +152,12 @@ impl AcdNode {
             ),
             None => None,
         };
+        let records = match &cfg.database {
+            Some(url) => Some(gateway::devices::DeviceStore::open(url).await?),
+            None => None,
+        };
         let core = Core {
+            records,
             tl: TransactionLayer::new(tx::Config {
                 t1: cfg.t1,
                 ..tx::Config::default()
@@ -254,6 +264,7 @@ struct Core {
     next_id: u64,
     seed: u64,
     log: Option<std::fs::File>,
+    records: Option<gateway::devices::DeviceStore>,
     events: broadcast::Sender<NodeEvent>,
 }
 
@@ -671,6 +682,21 @@ impl Core {
                     }
                 }
                 info!(queue_log = %line);
+                if let Some(store) = self.records.clone() {
+                    let row = gateway::records::QueueLogRow {
+                        time: i64::try_from(ev.time.as_secs()).unwrap_or(i64::MAX),
+                        callid: ev.callid.clone(),
+                        queuename: ev.queue.clone(),
+                        agent: ev.agent.clone(),
+                        event: ev.event.to_owned(),
+                        data: ev.data.clone(),
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = store.insert_queue_log(&row).await {
+                            warn!(error = %e, "queue_log row not written");
+                        }
+                    });
+                }
                 let _ = self.events.send(NodeEvent::QueueLog(line));
             }
         }

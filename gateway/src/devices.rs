@@ -158,6 +158,10 @@ impl DeviceStore {
         Ok(())
     }
 
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Close the pool (further queries fail).
     pub async fn close(&self) {
         self.pool.close().await;

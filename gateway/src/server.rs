@@ -47,6 +47,8 @@ pub struct GatewayConfig {
     pub t1: Duration,
     /// Device-state key prefix, e.g. `PJSIP/`.
     pub device_prefix: String,
+    /// Node name (in CDR unique ids).
+    pub node: String,
     /// Address the RTP relay binds and puts in SDP.
     pub rtp_ip: std::net::IpAddr,
     /// RTP port range (inclusive).
@@ -242,6 +244,7 @@ impl Gateway {
         let cache = DeviceCache::new();
         cache.reload(&store).await;
         info!(devices = cache.len(), "device table loaded");
+        let records = store.clone();
         let reloader = cache.spawn_reloader(store, cfg.db_reload);
         let (transports, events) = Transports::bind(TransportConfig {
             udp: cfg.udp.clone(),
@@ -318,6 +321,7 @@ impl Gateway {
             events: gw_events.clone(),
             outbound,
             registering: HashMap::new(),
+            records,
         };
         let task = tokio::spawn(core.run(events));
         Ok(Gateway {
@@ -373,6 +377,8 @@ struct Core {
     outbound: Vec<(String, OutboundRegistration)>,
     /// REGISTERs in flight → index in `outbound`.
     registering: HashMap<TransactionKey, usize>,
+    /// The database, for CDRs.
+    records: DeviceStore,
 }
 
 impl Core {
@@ -455,6 +461,51 @@ impl Core {
         }
     }
 
+    fn cdr(
+        &self,
+        call: b2bua::CallId,
+        reason: &str,
+        r: &b2bua::CallRecord,
+        legs: Option<&(LegStats, LegStats)>,
+    ) -> crate::records::Cdr {
+        let end = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let disposition = match (r.billsec, reason) {
+            (Some(_), _) => "ANSWERED",
+            (None, "486" | "600") => "BUSY",
+            (None, "cancel" | "no-answer" | "408" | "480" | "487" | "603") => "NO ANSWER",
+            (None, _) => "FAILED",
+        };
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let (a, b) = match legs {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
+        crate::records::Cdr {
+            uniqueid: format!("{}-{}-{}", self.cfg.node, std::process::id(), call.0),
+            node: self.cfg.node.clone(),
+            start_time: secs(end.saturating_sub(r.duration)),
+            answer_time: r.billsec.map(|b| secs(end.saturating_sub(b))),
+            end_time: secs(end),
+            src: r.caller.clone(),
+            dst: r.dialled.clone(),
+            src_device: r.caller_device.clone(),
+            dst_device: r.callee_device.clone(),
+            disposition: disposition.into(),
+            reason: reason.into(),
+            duration: secs(r.duration),
+            billsec: r.billsec.map_or(0, secs),
+            rtp_in_a: a.map_or(0, |s| n(s.rtp_packets_in)),
+            rtp_in_b: b.map_or(0, |s| n(s.rtp_packets_in)),
+            lost_a: a.map_or(0, |s| s.lost),
+            lost_b: b.map_or(0, |s| s.lost),
+            jitter_a_us: a.map_or(0, |s| (s.jitter_ms * 1000.0) as i64),
+            jitter_b_us: b.map_or(0, |s| (s.jitter_ms * 1000.0) as i64),
+        }
+    }
+
     fn device_key(&self, aor: &str) -> String {
         format!("{}{}", self.cfg.device_prefix, user_of(aor))
     }
@@ -527,9 +578,20 @@ impl Core {
                 Err(e) => debug!(error = %e, "nothing to cancel"),
             },
             b2bua::Action::DeviceChanged(key) => self.refresh_device(&key),
-            b2bua::Action::CallEnded { call, reason } => {
+            b2bua::Action::CallEnded {
+                call,
+                reason,
+                record,
+            } => {
                 let legs = self.media.closed.remove(&call);
                 info!(call = call.0, %reason, "call ended");
+                let cdr = self.cdr(call, &reason, &record, legs.as_ref());
+                let store = self.records.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.insert_cdr(&cdr).await {
+                        warn!(error = %e, "CDR not written");
+                    }
+                });
                 let _ = self.events.send(GatewayEvent::CallEnded {
                     call: call.0,
                     reason,

@@ -172,7 +172,26 @@ pub enum Action {
         call: CallId,
         /// Why, e.g. `bye-a`, `cancel`, `486`, `media-timeout`, `no-ack`.
         reason: String,
+        /// Who called whom, and for how long.
+        record: CallRecord,
     },
+}
+
+/// What a CDR needs to know about a call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CallRecord {
+    /// The caller's user part (From).
+    pub caller: String,
+    /// The number dialled (Request-URI user of the INVITE).
+    pub dialled: String,
+    /// Calling device, if one of ours.
+    pub caller_device: Option<String>,
+    /// Called device, if one of ours.
+    pub callee_device: Option<String>,
+    /// From the INVITE to the end.
+    pub duration: Duration,
+    /// From the answer to the end (None: never answered).
+    pub billsec: Option<Duration>,
 }
 
 /// B2BUA settings.
@@ -266,6 +285,8 @@ struct Call {
     pending: Option<Pending>,
     ports: MediaPorts,
     bridged: bool,
+    created: Instant,
+    answered_at: Option<Instant>,
 }
 
 impl Call {
@@ -572,6 +593,8 @@ impl B2bua {
             pending: None,
             ports,
             bridged: false,
+            created: now,
+            answered_at: None,
         };
         if let Some(d) = &caller.device {
             self.limits.insert(d.clone(), caller.limit);
@@ -589,7 +612,6 @@ impl B2bua {
             request: b_invite,
             dest,
         });
-        let _ = now;
     }
 
     /// A response for client transaction `key`.
@@ -708,7 +730,7 @@ impl B2bua {
             if call.cancel_pending {
                 // The caller cancelled and B answered anyway: hang B up.
                 self.bye(id, Side::B);
-                self.end(id, "cancel", media);
+                self.end(id, "cancel", media, now);
                 return;
             }
             let Some(call) = self.calls.get_mut(&id) else {
@@ -752,6 +774,7 @@ impl B2bua {
                 d.state = DialogState::Confirmed;
             }
             call.phase = Phase::Answered;
+            call.answered_at = Some(now);
             let key = call.a_invite_key.clone();
             call.ok = Some(OkRetransmit {
                 side: Side::A,
@@ -837,7 +860,7 @@ impl B2bua {
         } else {
             code.to_string()
         };
-        self.end(id, &reason, media);
+        self.end(id, &reason, media, now);
     }
 
     /// A transaction ended: forget its mapping.
@@ -861,7 +884,7 @@ impl B2bua {
                 let k = call.a_invite_key.clone();
                 self.respond(&k, r);
             }
-            self.end(id, "no-answer", media);
+            self.end(id, "no-answer", media, now);
         } else if call.pending.as_ref().is_some_and(|p| p.client_key == *key) {
             // The other side never answered the re-INVITE/UPDATE: tell the offerer and end
             // the call (§14.1: a UAC whose re-INVITE times out hangs up).
@@ -869,7 +892,7 @@ impl B2bua {
                 let r = message::response_for(&p.request, 408, "");
                 self.respond(&p.server_key, r);
             }
-            self.hangup(id, "reinvite-timeout", media);
+            self.hangup(id, "reinvite-timeout", media, now);
         }
         self.by_client.remove(key);
         let _ = now;
@@ -990,7 +1013,7 @@ impl B2bua {
                     Side::A => "bye-a",
                     Side::B => "bye-b",
                 };
-                self.end(id, reason, media);
+                self.end(id, reason, media, now);
             }
             Method::Invite | Method::Update => self.relay_offer(id, side, key, req, media, now),
             Method::Options | Method::Info => self.reply(key, &req, 200),
@@ -1181,7 +1204,7 @@ impl B2bua {
     }
 
     /// Hangs up both sides of a call (BYE to each confirmed side).
-    pub fn hangup(&mut self, id: CallId, reason: &str, media: &mut dyn MediaControl) {
+    pub fn hangup(&mut self, id: CallId, reason: &str, media: &mut dyn MediaControl, now: Instant) {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
@@ -1197,10 +1220,10 @@ impl B2bua {
         for s in sides {
             self.bye(id, s);
         }
-        self.end(id, reason, media);
+        self.end(id, reason, media, now);
     }
 
-    fn end(&mut self, id: CallId, reason: &str, media: &mut dyn MediaControl) {
+    fn end(&mut self, id: CallId, reason: &str, media: &mut dyn MediaControl, now: Instant) {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
@@ -1223,9 +1246,33 @@ impl B2bua {
             let r = message::response_for(&p.request, 487, "");
             self.respond(&p.server_key, r);
         }
+        let user_of = |v: &str| {
+            message::parse_addresses(v, false)
+                .and_then(|l| l.into_iter().next())
+                .and_then(|a| message::parse_uri(&a.uri))
+                .and_then(|u| u.auth.map(|a| a.user))
+                .unwrap_or_default()
+        };
+        let record = CallRecord {
+            caller: tparse::value(&call.a_invite.headers, Field::From)
+                .map(user_of)
+                .unwrap_or_default(),
+            dialled: call
+                .a_invite
+                .uri
+                .auth
+                .as_ref()
+                .map(|a| a.user.clone())
+                .unwrap_or_default(),
+            caller_device: call.a.device.clone(),
+            callee_device: call.b.device.clone(),
+            duration: now.saturating_duration_since(call.created),
+            billsec: call.answered_at.map(|t| now.saturating_duration_since(t)),
+        };
         self.actions.push_back(Action::CallEnded {
             call: id,
             reason: reason.to_owned(),
+            record,
         });
     }
 
@@ -1269,7 +1316,7 @@ impl B2bua {
             self.respond(&key, r);
         }
         for id in dead {
-            self.hangup(id, "no-ack", media);
+            self.hangup(id, "no-ack", media, now);
         }
         if let (Some(t), Some(limit)) = (self.next_media_check, self.cfg.media_timeout) {
             if now >= t {
@@ -1281,7 +1328,7 @@ impl B2bua {
                     .map(|c| c.id)
                     .collect();
                 for id in idle {
-                    self.hangup(id, "media-timeout", media);
+                    self.hangup(id, "media-timeout", media, now);
                 }
                 self.next_media_check = if self.calls.is_empty() {
                     None

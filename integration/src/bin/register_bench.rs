@@ -194,6 +194,7 @@ async fn start_gateway(users: u32, dir: &Path) -> Result<(Gateway, SocketAddr)> 
         qualify_interval: Duration::from_secs(3600),
         t1: Duration::from_millis(500),
         device_prefix: "PJSIP/".into(),
+        node: "bench".into(),
         rtp_ip: gw_target.ip(),
         rtp_ports: (20000, 20999),
         media_timeout: None,

@@ -1,0 +1,235 @@
+//! Call detail records and the queue_log table, in the device database (SQLite or
+//! PostgreSQL, same migrations). Written off the call path: a failed write is logged and the
+//! call is not affected.
+
+use sqlx::Row as _;
+
+use crate::devices::{DbError, DeviceStore};
+
+/// One call detail record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cdr {
+    /// Unique id (node, process, call number).
+    pub uniqueid: String,
+    /// Node that handled the call.
+    pub node: String,
+    /// UNIX seconds of the INVITE.
+    pub start_time: i64,
+    /// UNIX seconds of the answer.
+    pub answer_time: Option<i64>,
+    /// UNIX seconds of the end.
+    pub end_time: i64,
+    /// Caller (user part).
+    pub src: String,
+    /// Number dialled.
+    pub dst: String,
+    /// Calling device.
+    pub src_device: Option<String>,
+    /// Called device.
+    pub dst_device: Option<String>,
+    /// `ANSWERED`, `NO ANSWER`, `BUSY`, `FAILED` (Asterisk's dispositions).
+    pub disposition: String,
+    /// Why it ended (`bye-a`, `486`, `media-timeout`, …).
+    pub reason: String,
+    /// Seconds from INVITE to end.
+    pub duration: i64,
+    /// Seconds from answer to end.
+    pub billsec: i64,
+    /// RTP packets received from the caller / the callee.
+    pub rtp_in_a: i64,
+    /// RTP packets received from the callee.
+    pub rtp_in_b: i64,
+    /// RFC 3550 packets lost, caller side / callee side.
+    pub lost_a: i64,
+    /// Lost on the callee side.
+    pub lost_b: i64,
+    /// RFC 3550 jitter, microseconds, caller side / callee side.
+    pub jitter_a_us: i64,
+    /// Jitter on the callee side.
+    pub jitter_b_us: i64,
+}
+
+/// One queue_log line, split as Asterisk's realtime table stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueLogRow {
+    /// UNIX seconds.
+    pub time: i64,
+    /// Call id.
+    pub callid: String,
+    /// Queue.
+    pub queuename: String,
+    /// Agent (member name) or `NONE`.
+    pub agent: String,
+    /// Event name.
+    pub event: String,
+    /// Up to five data fields.
+    pub data: Vec<String>,
+}
+
+impl DeviceStore {
+    /// Stores one CDR.
+    pub async fn insert_cdr(&self, c: &Cdr) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO cdr (uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, \
+             dst_device, disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, \
+             jitter_a_us, jitter_b_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16, $17, $18, $19)",
+        )
+        .bind(&c.uniqueid)
+        .bind(&c.node)
+        .bind(c.start_time)
+        .bind(c.answer_time)
+        .bind(c.end_time)
+        .bind(&c.src)
+        .bind(&c.dst)
+        .bind(&c.src_device)
+        .bind(&c.dst_device)
+        .bind(&c.disposition)
+        .bind(&c.reason)
+        .bind(c.duration)
+        .bind(c.billsec)
+        .bind(c.rtp_in_a)
+        .bind(c.rtp_in_b)
+        .bind(c.lost_a)
+        .bind(c.lost_b)
+        .bind(c.jitter_a_us)
+        .bind(c.jitter_b_us)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// CDRs, oldest first.
+    pub async fn cdrs(&self) -> Result<Vec<Cdr>, DbError> {
+        let rows = sqlx::query(
+            "SELECT uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, dst_device, \
+             disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, jitter_a_us, \
+             jitter_b_us FROM cdr ORDER BY end_time, uniqueid",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Cdr {
+                    uniqueid: r.try_get("uniqueid")?,
+                    node: r.try_get("node")?,
+                    start_time: r.try_get("start_time")?,
+                    answer_time: r.try_get("answer_time")?,
+                    end_time: r.try_get("end_time")?,
+                    src: r.try_get("src")?,
+                    dst: r.try_get("dst")?,
+                    src_device: r.try_get("src_device")?,
+                    dst_device: r.try_get("dst_device")?,
+                    disposition: r.try_get("disposition")?,
+                    reason: r.try_get("reason")?,
+                    duration: r.try_get("duration")?,
+                    billsec: r.try_get("billsec")?,
+                    rtp_in_a: r.try_get("rtp_in_a")?,
+                    rtp_in_b: r.try_get("rtp_in_b")?,
+                    lost_a: r.try_get("lost_a")?,
+                    lost_b: r.try_get("lost_b")?,
+                    jitter_a_us: r.try_get("jitter_a_us")?,
+                    jitter_b_us: r.try_get("jitter_b_us")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Stores one queue_log line.
+    pub async fn insert_queue_log(&self, q: &QueueLogRow) -> Result<(), DbError> {
+        let d = |i: usize| q.data.get(i).cloned().unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO queue_log (time, callid, queuename, agent, event, data1, data2, data3, data4, data5) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(q.time)
+        .bind(&q.callid)
+        .bind(&q.queuename)
+        .bind(&q.agent)
+        .bind(&q.event)
+        .bind(d(0))
+        .bind(d(1))
+        .bind(d(2))
+        .bind(d(3))
+        .bind(d(4))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// queue_log rows, oldest first.
+    pub async fn queue_log(&self) -> Result<Vec<QueueLogRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT time, callid, queuename, agent, event, data1, data2, data3, data4, data5 \
+             FROM queue_log ORDER BY time",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let mut data = Vec::new();
+                for c in ["data1", "data2", "data3", "data4", "data5"] {
+                    data.push(r.try_get::<String, _>(c)?);
+                }
+                while data.last().is_some_and(String::is_empty) {
+                    data.pop();
+                }
+                Ok(QueueLogRow {
+                    time: r.try_get("time")?,
+                    callid: r.try_get("callid")?,
+                    queuename: r.try_get("queuename")?,
+                    agent: r.try_get("agent")?,
+                    event: r.try_get("event")?,
+                    data,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cdr_and_queue_log_round_trip_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
+        let store = DeviceStore::open(&url).await.expect("open");
+        let cdr = Cdr {
+            uniqueid: "gw-a-1-7".into(),
+            node: "gw-a".into(),
+            start_time: 100,
+            answer_time: Some(103),
+            end_time: 160,
+            src: "1001".into(),
+            dst: "800".into(),
+            src_device: Some("PJSIP/1001".into()),
+            dst_device: None,
+            disposition: "ANSWERED".into(),
+            reason: "bye-a".into(),
+            duration: 60,
+            billsec: 57,
+            rtp_in_a: 2850,
+            rtp_in_b: 2849,
+            lost_a: 1,
+            lost_b: 0,
+            jitter_a_us: 1500,
+            jitter_b_us: 900,
+        };
+        store.insert_cdr(&cdr).await.expect("insert cdr");
+        assert_eq!(store.cdrs().await.expect("read"), vec![cdr]);
+        let q = QueueLogRow {
+            time: 100,
+            callid: "acd-1".into(),
+            queuename: "support".into(),
+            agent: "NONE".into(),
+            event: "ENTERQUEUE".into(),
+            data: vec!["".into(), "1001".into(), "1".into()],
+        };
+        store.insert_queue_log(&q).await.expect("insert");
+        assert_eq!(store.queue_log().await.expect("read"), vec![q]);
+    }
+}
