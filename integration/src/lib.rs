@@ -13,6 +13,7 @@
 //! ```
 
 pub mod baresip;
+pub mod bench;
 pub mod gateway;
 pub mod postgres;
 pub mod raw_xmpp;

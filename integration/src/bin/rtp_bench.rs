@@ -1,0 +1,1062 @@
+//! Benchmark (b) of issue 4: the RTP relay under N concurrent streams at 50 packets/s, CPU per
+//! relayed packet and added one-way latency (p50/p99), side by side with rtpengine (Debian
+//! package, userspace forwarding, driven over its ng control protocol) and a direct-socket floor,
+//! all in the same run.
+//!
+//! ```text
+//! apt-get install -y rtpengine-daemon
+//! cargo build --release -p integration --bin rtp_bench
+//! ./target/release/rtp_bench [--secs S] [--warmup W] [--rounds R] [--no-rtpengine] N [N…]
+//! ```
+//!
+//! Each stream is one direction: a sender socket sends 172-byte RTP (12-byte header, 160-byte
+//! PCMU payload, seq +1 and timestamp +160 per packet) every 20 ms to the system under test,
+//! which relays it to a receiver socket. Streams are phased evenly over the 20 ms period. The
+//! payload carries the send time (monotonic ns since the bench's epoch), the stream index and a
+//! "measured" flag (cleared during the warm-up); the receiver takes the receive time as soon as
+//! `recv_from` returns. Senders run on one thread, receivers on a one-thread tokio runtime; the
+//! same code drives every system:
+//!
+//! * **floor**: sender → receiver directly;
+//! * **callfabric**: sender → leg A ⇄ leg B (`gateway::media::bridge`) → receiver, in a child
+//!   process (this binary with `--serve-relay`, a default multi-thread tokio runtime) so that its
+//!   CPU is read from `/proc/<pid>/stat` exactly like rtpengine's;
+//! * **rtpengine**: sender → rtpengine (offer/answer over ng) → receiver.
+//!
+//! CPU per packet = Δ(utime+stime) of the relay process over the measured window / packets
+//! received in it. "Added" latency = the system's percentile − the floor's percentile.
+
+use anyhow::{anyhow, bail, Context, Result};
+use gateway::media::{bridge, Leg, MediaRelay, RelayConfig};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// 12-byte RTP header + 160 bytes of PCMU (20 ms at 8 kHz).
+const PACKET_LEN: usize = 172;
+const PTIME: Duration = Duration::from_millis(20);
+/// Port ranges, below the kernel's ephemeral range (where the phones' sockets are bound).
+const OURS_PORTS: (u16, u16) = (10000, 19999);
+const RTPENGINE_PORTS: (u16, u16) = (20000, 32759);
+/// How long after the last send the relay CPU is sampled, and how long receivers then drain.
+const CPU_TAIL: Duration = Duration::from_millis(50);
+const DRAIN: Duration = Duration::from_millis(400);
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// Kills (and reaps) the child when dropped, whatever happened.
+struct ProcGuard {
+    name: &'static str,
+    child: Child,
+}
+
+impl ProcGuard {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        eprintln!("# stopped {} (pid {})", self.name, self.child.id());
+    }
+}
+
+/// Clock ticks of user + system time of process `pid` (all its threads, dead ones included).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5); `rest` starts at field 3.
+    let utime: u64 = f.get(11).context("no utime")?.parse()?;
+    let stime: u64 = f.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// Nanoseconds on CPU of the live threads of `pid` (schedstat; finer than clock ticks).
+fn cpu_ns_sched(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = entry?.path().join("schedstat");
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+#[derive(Clone, Copy)]
+struct CpuSample {
+    ticks: u64,
+    sched_ns: u64,
+}
+
+fn cpu_sample(pid: u32) -> Result<CpuSample> {
+    Ok(CpuSample {
+        ticks: cpu_ticks(pid)?,
+        sched_ns: cpu_ns_sched(pid)?,
+    })
+}
+
+/// CPU µs per second that `pid` burns with its streams set up but no traffic (timers, pollers).
+fn idle_cpu_us_per_s(pid: u32) -> Result<f64> {
+    const IDLE: Duration = Duration::from_secs(1);
+    let a = cpu_ns_sched(pid)?;
+    std::thread::sleep(IDLE);
+    let b = cpu_ns_sched(pid)?;
+    Ok(b.saturating_sub(a) as f64 / 1000.0 / IDLE.as_secs_f64())
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// callfabric's relay in a child process
+
+/// `rtp_bench --serve-relay PORT_MIN PORT_MAX`: a `MediaRelay` on 127.0.0.1 driven by lines on
+/// stdin: `pair SENDER RECEIVER` → `ok A_PORT B_PORT` (leg A's SDP address is the sender, leg
+/// B's the receiver, A and B bridged); `stats` → `stats RTP_IN RTP_OUT`; `clear` → `ok`;
+/// `quit` or EOF ends it.
+fn serve_relay(args: &[String]) -> Result<()> {
+    let min: u16 = args.first().context("PORT_MIN")?.parse()?;
+    let max: u16 = args.get(1).context("PORT_MAX")?.parse()?;
+    // Default: tokio's multi-thread runtime with one worker per core (as `#[tokio::main]`);
+    // RTP_BENCH_RELAY_WORKERS=K overrides the worker count (an experiment knob).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Ok(k) = std::env::var("RTP_BENCH_RELAY_WORKERS") {
+        builder.worker_threads(k.parse().context("RTP_BENCH_RELAY_WORKERS")?);
+    }
+    let rt = builder.enable_all().build()?;
+    let _entered = rt.enter();
+    let relay = MediaRelay::new(RelayConfig::new(LOOPBACK, LOOPBACK, min, max))?;
+    let mut legs: Vec<(Leg, Leg)> = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["pair", sender, receiver] => {
+                let sender: SocketAddr = sender.parse()?;
+                let receiver: SocketAddr = receiver.parse()?;
+                let a = relay.leg_now()?;
+                let b = relay.leg_now()?;
+                a.set_remote(sender, None);
+                b.set_remote(receiver, None);
+                bridge(&a, &b)?;
+                writeln!(out, "ok {} {}", a.local_rtp().port(), b.local_rtp().port())?;
+                legs.push((a, b));
+            }
+            ["stats"] => {
+                let rtp_in: u64 = legs.iter().map(|(a, _)| a.stats().rtp_packets_in).sum();
+                let rtp_out: u64 = legs.iter().map(|(_, b)| b.stats().rtp_packets_out).sum();
+                writeln!(out, "stats {rtp_in} {rtp_out}")?;
+            }
+            ["clear"] => {
+                for (a, b) in legs.drain(..) {
+                    a.close();
+                    b.close();
+                }
+                writeln!(out, "ok")?;
+            }
+            ["quit"] => break,
+            other => writeln!(out, "error unknown command {other:?}")?,
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// The parent's side of `--serve-relay`.
+struct OursRelay {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    proc: ProcGuard,
+}
+
+impl OursRelay {
+    fn start() -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("--serve-relay")
+            .arg(OURS_PORTS.0.to_string())
+            .arg(OURS_PORTS.1.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning --serve-relay")?;
+        let stdin = child.stdin.take().context("child stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("child stdout")?);
+        Ok(OursRelay {
+            stdin,
+            stdout,
+            proc: ProcGuard {
+                name: "callfabric relay",
+                child,
+            },
+        })
+    }
+
+    fn cmd(&mut self, line: &str) -> Result<String> {
+        writeln!(self.stdin, "{line}")?;
+        self.stdin.flush()?;
+        let mut reply = String::new();
+        if self.stdout.read_line(&mut reply)? == 0 {
+            bail!("relay helper exited");
+        }
+        let reply = reply.trim().to_string();
+        if reply.starts_with("error") {
+            bail!("relay helper: {reply}");
+        }
+        Ok(reply)
+    }
+
+    /// Opens a bridged pair; returns the address the sender must send to.
+    fn pair(&mut self, sender: SocketAddr, receiver: SocketAddr) -> Result<SocketAddr> {
+        let reply = self.cmd(&format!("pair {sender} {receiver}"))?;
+        let port: u16 = reply
+            .split_whitespace()
+            .nth(1)
+            .context("bad pair reply")?
+            .parse()?;
+        Ok(SocketAddr::new(LOOPBACK, port))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rtpengine over the ng protocol (bencode over UDP)
+
+#[derive(Debug, Clone)]
+enum Bencode {
+    Int(i64),
+    Str(Vec<u8>),
+    List(Vec<Bencode>),
+    Dict(Vec<(Vec<u8>, Bencode)>),
+}
+
+impl Bencode {
+    fn s(v: &str) -> Self {
+        Bencode::Str(v.as_bytes().to_vec())
+    }
+
+    fn dict(pairs: &[(&str, Bencode)]) -> Self {
+        let mut d: Vec<(Vec<u8>, Bencode)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
+            .collect();
+        d.sort_by(|a, b| a.0.cmp(&b.0));
+        Bencode::Dict(d)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Bencode::Int(i) => out.extend_from_slice(format!("i{i}e").as_bytes()),
+            Bencode::Str(s) => {
+                out.extend_from_slice(format!("{}:", s.len()).as_bytes());
+                out.extend_from_slice(s);
+            }
+            Bencode::List(l) => {
+                out.push(b'l');
+                for v in l {
+                    v.encode(out);
+                }
+                out.push(b'e');
+            }
+            Bencode::Dict(d) => {
+                out.push(b'd');
+                for (k, v) in d {
+                    Bencode::Str(k.clone()).encode(out);
+                    v.encode(out);
+                }
+                out.push(b'e');
+            }
+        }
+    }
+
+    fn decode(input: &[u8], pos: &mut usize) -> Result<Bencode> {
+        let byte = |p: usize| input.get(p).copied().ok_or_else(|| anyhow!("truncated"));
+        match byte(*pos)? {
+            b'i' => {
+                let end = input[*pos..]
+                    .iter()
+                    .position(|&c| c == b'e')
+                    .context("unterminated int")?
+                    + *pos;
+                let v = std::str::from_utf8(&input[*pos + 1..end])?.parse()?;
+                *pos = end + 1;
+                Ok(Bencode::Int(v))
+            }
+            b'l' => {
+                *pos += 1;
+                let mut l = Vec::new();
+                while byte(*pos)? != b'e' {
+                    l.push(Bencode::decode(input, pos)?);
+                }
+                *pos += 1;
+                Ok(Bencode::List(l))
+            }
+            b'd' => {
+                *pos += 1;
+                let mut d = Vec::new();
+                while byte(*pos)? != b'e' {
+                    let Bencode::Str(k) = Bencode::decode(input, pos)? else {
+                        bail!("dict key is not a string");
+                    };
+                    let v = Bencode::decode(input, pos)?;
+                    d.push((k, v));
+                }
+                *pos += 1;
+                Ok(Bencode::Dict(d))
+            }
+            b'0'..=b'9' => {
+                let colon = input[*pos..]
+                    .iter()
+                    .position(|&c| c == b':')
+                    .context("bad string length")?
+                    + *pos;
+                let len: usize = std::str::from_utf8(&input[*pos..colon])?.parse()?;
+                let start = colon + 1;
+                let end = start.checked_add(len).context("string length")?;
+                let s = input.get(start..end).context("truncated string")?.to_vec();
+                *pos = end;
+                Ok(Bencode::Str(s))
+            }
+            c => bail!("unexpected bencode byte {c:#x}"),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Bencode> {
+        match self {
+            Bencode::Dict(d) => d.iter().find(|(k, _)| k == key.as_bytes()).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            Bencode::Str(s) => Some(String::from_utf8_lossy(s).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+struct Rtpengine {
+    ng: UdpSocket,
+    ng_addr: SocketAddr,
+    cookie: u64,
+    calls: Vec<(String, String)>,
+    proc: ProcGuard,
+    dir: tempfile::TempDir,
+}
+
+impl Rtpengine {
+    fn start() -> Result<Self> {
+        let bin = integration::find_binary("rtpengine")
+            .context("rtpengine not found: apt-get install -y rtpengine-daemon")?;
+        let dir = tempfile::tempdir()?;
+        let ng_port = integration::free_udp_port();
+        let ng_addr = SocketAddr::new(LOOPBACK, ng_port);
+        let log = std::fs::File::create(dir.path().join("rtpengine.log"))?;
+        let child = Command::new(bin)
+            .arg("--config-file=none")
+            .arg("--foreground")
+            .arg("--log-stderr")
+            .arg("--log-level=4")
+            .arg("--table=-1")
+            .arg("--interface=127.0.0.1")
+            .arg(format!("--listen-ng={ng_addr}"))
+            .arg(format!("--port-min={}", RTPENGINE_PORTS.0))
+            .arg(format!("--port-max={}", RTPENGINE_PORTS.1))
+            .arg("--delete-delay=0")
+            .arg(format!(
+                "--pidfile={}",
+                dir.path().join("rtpengine.pid").display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning rtpengine")?;
+        let ng = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        ng.set_read_timeout(Some(Duration::from_millis(300)))?;
+        let mut me = Rtpengine {
+            ng,
+            ng_addr,
+            cookie: 0,
+            calls: Vec::new(),
+            proc: ProcGuard {
+                name: "rtpengine",
+                child,
+            },
+            dir,
+        };
+        let start = Instant::now();
+        loop {
+            match me.request(&[("command", Bencode::s("ping"))], 1) {
+                Ok(r) if r.text("result").as_deref() == Some("pong") => break,
+                _ if start.elapsed() > Duration::from_secs(10) => {
+                    let log = integration::tail_file(&me.dir.path().join("rtpengine.log"), 20);
+                    bail!("rtpengine did not answer ng ping; log:\n{log}");
+                }
+                _ => {
+                    if let Ok(Some(status)) = me.proc.child.try_wait() {
+                        let log = integration::tail_file(&me.dir.path().join("rtpengine.log"), 20);
+                        bail!("rtpengine exited ({status}); log:\n{log}");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    fn request(&mut self, pairs: &[(&str, Bencode)], tries: u32) -> Result<Bencode> {
+        self.cookie += 1;
+        let cookie = format!("b{}", self.cookie);
+        let mut msg = format!("{cookie} ").into_bytes();
+        Bencode::dict(pairs).encode(&mut msg);
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..tries {
+            self.ng.send_to(&msg, self.ng_addr)?;
+            loop {
+                match self.ng.recv_from(&mut buf) {
+                    Ok((n, _)) => {
+                        let reply = &buf[..n];
+                        let Some(sp) = reply.iter().position(|&c| c == b' ') else {
+                            continue;
+                        };
+                        if &reply[..sp] != cookie.as_bytes() {
+                            continue; // a late reply to an earlier try
+                        }
+                        let mut pos = sp + 1;
+                        return Bencode::decode(reply, &mut pos);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        bail!("no ng reply after {tries} tries")
+    }
+
+    fn sdp(session: u64, port: u16) -> String {
+        format!(
+            "v=0\r\no=- {session} 1 IN IP4 127.0.0.1\r\ns=rtp_bench\r\nc=IN IP4 127.0.0.1\r\n\
+             t=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        )
+    }
+
+    /// The media address in an SDP body (session- or media-level `c=` and the `m=audio` port).
+    fn sdp_addr(sdp: &str) -> Result<SocketAddr> {
+        let mut ip: Option<IpAddr> = None;
+        let mut port: Option<u16> = None;
+        for line in sdp.lines() {
+            if let Some(c) = line.strip_prefix("c=IN IP4 ") {
+                ip = Some(c.trim().parse()?);
+            } else if let Some(m) = line.strip_prefix("m=audio ") {
+                port = Some(m.split_whitespace().next().context("m= port")?.parse()?);
+            }
+        }
+        Ok(SocketAddr::new(
+            ip.context("no c= in SDP")?,
+            port.context("no m=audio in SDP")?,
+        ))
+    }
+
+    /// Offer (caller = sender) and answer (callee = receiver); returns where the sender sends.
+    fn call(&mut self, i: usize, sender: SocketAddr, receiver: SocketAddr) -> Result<SocketAddr> {
+        let call_id = format!("rtp-bench-{}-{i}", self.cookie);
+        let from_tag = format!("from-{i}");
+        let to_tag = format!("to-{i}");
+        let sdp_a = Self::sdp(2 * i as u64 + 1, sender.port());
+        let offer = self.request(
+            &[
+                ("command", Bencode::s("offer")),
+                ("call-id", Bencode::s(&call_id)),
+                ("from-tag", Bencode::s(&from_tag)),
+                ("sdp", Bencode::s(&sdp_a)),
+            ],
+            3,
+        )?;
+        if offer.text("result").as_deref() != Some("ok") {
+            bail!("rtpengine offer failed: {offer:?}");
+        }
+        self.calls.push((call_id.clone(), from_tag.clone()));
+        let sdp_b = Self::sdp(2 * i as u64 + 2, receiver.port());
+        let answer = self.request(
+            &[
+                ("command", Bencode::s("answer")),
+                ("call-id", Bencode::s(&call_id)),
+                ("from-tag", Bencode::s(&from_tag)),
+                ("to-tag", Bencode::s(&to_tag)),
+                ("sdp", Bencode::s(&sdp_b)),
+            ],
+            3,
+        )?;
+        if answer.text("result").as_deref() != Some("ok") {
+            bail!("rtpengine answer failed: {answer:?}");
+        }
+        Self::sdp_addr(&answer.text("sdp").context("answer without sdp")?)
+    }
+
+    fn delete_all(&mut self) -> Result<()> {
+        for (call_id, from_tag) in std::mem::take(&mut self.calls) {
+            let r = self.request(
+                &[
+                    ("command", Bencode::s("delete")),
+                    ("call-id", Bencode::s(&call_id)),
+                    ("from-tag", Bencode::s(&from_tag)),
+                ],
+                3,
+            )?;
+            if r.text("result").as_deref() != Some("ok") {
+                eprintln!("# rtpengine delete {call_id}: {r:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generation and measurement
+
+struct Phone {
+    tx: UdpSocket,
+    rx: UdpSocket,
+    target: SocketAddr,
+}
+
+fn phones(n: usize) -> Result<Vec<(UdpSocket, UdpSocket)>> {
+    (0..n)
+        .map(|_| {
+            Ok((
+                UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?,
+                UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?,
+            ))
+        })
+        .collect()
+}
+
+struct RunResult {
+    sent_measured: u64,
+    recv_measured: u64,
+    recv_total: u64,
+    wrong_stream: u64,
+    window: Duration,
+    /// One-way latencies of measured packets, ns, sorted.
+    lat_ns: Vec<u64>,
+    /// Δ clock ticks and Δ schedstat ns of the relay over the measured window.
+    cpu: Option<(u64, u64)>,
+}
+
+impl RunResult {
+    /// Pools another round of the same system and N into this one.
+    fn merge(&mut self, other: RunResult) {
+        self.sent_measured += other.sent_measured;
+        self.recv_measured += other.recv_measured;
+        self.recv_total += other.recv_total;
+        self.wrong_stream += other.wrong_stream;
+        self.window += other.window;
+        self.lat_ns.extend(other.lat_ns);
+        self.lat_ns.sort_unstable();
+        self.cpu = match (self.cpu, other.cpu) {
+            (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
+            _ => None,
+        };
+    }
+}
+
+struct RxResult {
+    total: u64,
+    measured: u64,
+    wrong: u64,
+    lat: Vec<u64>,
+}
+
+async fn receive(
+    sock: tokio::net::UdpSocket,
+    idx: u32,
+    epoch: Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> RxResult {
+    let mut r = RxResult {
+        total: 0,
+        measured: 0,
+        wrong: 0,
+        lat: Vec::new(),
+    };
+    let mut buf = [0u8; 2048];
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            got = sock.recv_from(&mut buf) => {
+                let now = epoch.elapsed().as_nanos() as u64;
+                let Ok((n, _)) = got else { continue };
+                if n != PACKET_LEN {
+                    r.wrong += 1;
+                    continue;
+                }
+                let mut b8 = [0u8; 8];
+                b8.copy_from_slice(&buf[12..20]);
+                let sent = u64::from_be_bytes(b8);
+                let mut b4 = [0u8; 4];
+                b4.copy_from_slice(&buf[20..24]);
+                if u32::from_be_bytes(b4) != idx {
+                    r.wrong += 1;
+                    continue;
+                }
+                r.total += 1;
+                if buf[24] == 1 {
+                    r.measured += 1;
+                    r.lat.push(now.saturating_sub(sent));
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Sends every stream at 50 pps for `warmup + secs`; samples `pid`'s CPU over the measured part.
+fn run_load(phones: Vec<Phone>, secs: u32, warmup: u32, pid: Option<u32>) -> Result<RunResult> {
+    let n = phones.len();
+    let epoch = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut senders = Vec::with_capacity(n);
+    let mut rx_socks = Vec::with_capacity(n);
+    for p in phones {
+        senders.push((p.tx, p.target));
+        p.rx.set_nonblocking(true)?;
+        rx_socks.push(p.rx);
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let receivers = std::thread::spawn(move || -> Result<Vec<RxResult>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let mut tasks = Vec::with_capacity(rx_socks.len());
+            for (i, s) in rx_socks.into_iter().enumerate() {
+                let s = tokio::net::UdpSocket::from_std(s)?;
+                tasks.push(tokio::spawn(receive(s, i as u32, epoch, stop_rx.clone())));
+            }
+            let _ = ready_tx.send(());
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await?);
+            }
+            Ok(out)
+        })
+    });
+    if ready_rx.recv().is_err() {
+        // The thread ended before it was ready: return its error.
+        receivers
+            .join()
+            .map_err(|_| anyhow!("receiver thread panicked"))??;
+        bail!("receiver thread ended early");
+    }
+
+    let frames = (warmup + secs) * 1000 / PTIME.as_millis() as u32;
+    let warm_frames = warmup * 1000 / PTIME.as_millis() as u32;
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut pkt = [0u8; PACKET_LEN];
+    pkt[0] = 0x80; // V=2, no padding, extension or CSRC
+    pkt[1] = 0; // PT 0 (PCMU), no marker
+    pkt[25..].fill(0xff); // PCMU silence
+    let mut cpu0 = None;
+    let mut t_measure = start;
+    let mut sent_measured = 0u64;
+    let mut send_errors = 0u64;
+    for k in 0..frames {
+        let measured = k >= warm_frames;
+        for (i, (sock, target)) in senders.iter().enumerate() {
+            let due = start + PTIME * k + PTIME * i as u32 / n as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if k == warm_frames && i == 0 {
+                if let Some(pid) = pid {
+                    cpu0 = Some(cpu_sample(pid)?);
+                }
+                t_measure = Instant::now();
+            }
+            pkt[2..4].copy_from_slice(&(k as u16).to_be_bytes());
+            pkt[4..8].copy_from_slice(&k.wrapping_mul(160).to_be_bytes());
+            pkt[8..12].copy_from_slice(&(0x5eed_0000u32 ^ i as u32).to_be_bytes());
+            pkt[20..24].copy_from_slice(&(i as u32).to_be_bytes());
+            pkt[24] = u8::from(measured);
+            let ts = epoch.elapsed().as_nanos() as u64;
+            pkt[12..20].copy_from_slice(&ts.to_be_bytes());
+            match sock.send_to(&pkt, target) {
+                Ok(_) if measured => sent_measured += 1,
+                Ok(_) => {}
+                Err(_) => send_errors += 1,
+            }
+        }
+    }
+    let window = t_measure.elapsed();
+    std::thread::sleep(CPU_TAIL);
+    let cpu = match (pid, cpu0) {
+        (Some(pid), Some(c0)) => {
+            let c1 = cpu_sample(pid)?;
+            Some((
+                c1.ticks.saturating_sub(c0.ticks),
+                c1.sched_ns.saturating_sub(c0.sched_ns),
+            ))
+        }
+        _ => None,
+    };
+    std::thread::sleep(DRAIN);
+    stop_tx.send_replace(true);
+    let rx = receivers
+        .join()
+        .map_err(|_| anyhow!("receiver thread panicked"))??;
+    if send_errors > 0 {
+        eprintln!("# {send_errors} send errors");
+    }
+    let mut lat_ns = Vec::with_capacity(sent_measured as usize);
+    let (mut recv_measured, mut recv_total, mut wrong_stream) = (0, 0, 0);
+    for r in rx {
+        recv_measured += r.measured;
+        recv_total += r.total;
+        wrong_stream += r.wrong;
+        lat_ns.extend(r.lat);
+    }
+    lat_ns.sort_unstable();
+    Ok(RunResult {
+        sent_measured,
+        recv_measured,
+        recv_total,
+        wrong_stream,
+        window,
+        lat_ns,
+        cpu,
+    })
+}
+
+fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted.get(idx).map(|&v| v as f64 / 1000.0)
+}
+
+struct Row {
+    system: &'static str,
+    n: usize,
+    pps: f64,
+    loss_pct: f64,
+    cpu_us: Option<f64>,
+    cpu_sched_us: Option<f64>,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    idle_us_per_s: Option<f64>,
+    load: String,
+}
+
+fn row(system: &'static str, n: usize, r: &RunResult, tck: u64, idle: Option<f64>) -> Row {
+    let pps = r.recv_measured as f64 / r.window.as_secs_f64();
+    let loss_pct = if r.sent_measured == 0 {
+        0.0
+    } else {
+        100.0 * r.sent_measured.saturating_sub(r.recv_measured) as f64 / r.sent_measured as f64
+    };
+    let per_packet = |v: f64| {
+        if r.recv_measured == 0 {
+            None
+        } else {
+            Some(v / r.recv_measured as f64)
+        }
+    };
+    let (cpu_us, cpu_sched_us) = match r.cpu {
+        Some((ticks, ns)) => (
+            per_packet(ticks as f64 * 1e6 / tck as f64),
+            per_packet(ns as f64 / 1000.0),
+        ),
+        None => (None, None),
+    };
+    if r.wrong_stream > 0 {
+        eprintln!(
+            "# {system} N={n}: {} packets on the wrong receiver",
+            r.wrong_stream
+        );
+    }
+    eprintln!(
+        "# {system} N={n}: sent(measured) {} received(measured) {} received(all) {} window {:.2}s",
+        r.sent_measured,
+        r.recv_measured,
+        r.recv_total,
+        r.window.as_secs_f64()
+    );
+    Row {
+        system,
+        n,
+        pps,
+        loss_pct,
+        cpu_us,
+        cpu_sched_us,
+        p50: percentile(&r.lat_ns, 50.0),
+        p99: percentile(&r.lat_ns, 99.0),
+        idle_us_per_s: idle,
+        load: loadavg(),
+    }
+}
+
+fn fmt(v: Option<f64>, prec: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"))
+}
+
+fn sub(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? - b?)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Args {
+    secs: u32,
+    rounds: u32,
+    warmup: u32,
+    rtpengine: bool,
+    ns: Vec<usize>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    let mut a = Args {
+        secs: 10,
+        rounds: 1,
+        warmup: 1,
+        rtpengine: true,
+        ns: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--secs" => a.secs = it.next().context("--secs S")?.parse()?,
+            "--warmup" => a.warmup = it.next().context("--warmup W")?.parse()?,
+            "--rounds" => a.rounds = it.next().context("--rounds R")?.parse()?,
+            "--no-rtpengine" => a.rtpengine = false,
+            n => {
+                a.ns.push(n.parse().with_context(|| format!("stream count {n}"))?)
+            }
+        }
+    }
+    if a.ns.is_empty() {
+        a.ns = vec![50, 200];
+    }
+    if a.secs == 0 || a.rounds == 0 {
+        bail!("--secs and --rounds must be > 0");
+    }
+    Ok(a)
+}
+
+/// Floor: sender → receiver directly.
+fn run_floor(n: usize, args: &Args) -> Result<(RunResult, f64)> {
+    let floor: Vec<Phone> = phones(n)?
+        .into_iter()
+        .map(|(tx, rx)| -> Result<Phone> {
+            let target = rx.local_addr()?;
+            Ok(Phone { tx, rx, target })
+        })
+        .collect::<Result<_>>()?;
+    Ok((run_load(floor, args.secs, args.warmup, None)?, 0.0))
+}
+
+/// callfabric's relay (child process): sender → leg A ⇄ leg B → receiver.
+fn run_ours(n: usize, args: &Args, ours: &mut OursRelay) -> Result<(RunResult, f64)> {
+    let mut ps = Vec::with_capacity(n);
+    for (tx, rx) in phones(n)? {
+        let target = ours.pair(tx.local_addr()?, rx.local_addr()?)?;
+        ps.push(Phone { tx, rx, target });
+    }
+    let idle = idle_cpu_us_per_s(ours.proc.pid())?;
+    let r = run_load(ps, args.secs, args.warmup, Some(ours.proc.pid()))?;
+    let stats = ours.cmd("stats")?;
+    eprintln!("# callfabric relay {stats}");
+    ours.cmd("clear")?;
+    Ok((r, idle))
+}
+
+/// rtpengine: one call per stream (offer from the sender, answer from the receiver).
+fn run_rtpengine(n: usize, args: &Args, rtpe: &mut Rtpengine) -> Result<(RunResult, f64)> {
+    let mut ps = Vec::with_capacity(n);
+    for (i, (tx, rx)) in phones(n)?.into_iter().enumerate() {
+        let target = rtpe.call(i, tx.local_addr()?, rx.local_addr()?)?;
+        ps.push(Phone { tx, rx, target });
+    }
+    let idle = idle_cpu_us_per_s(rtpe.proc.pid())?;
+    let r = run_load(ps, args.secs, args.warmup, Some(rtpe.proc.pid()))?;
+    rtpe.delete_all()?;
+    Ok((r, idle))
+}
+
+fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--serve-relay") {
+        return serve_relay(&argv[1..]);
+    }
+    let args = parse_args(&argv)?;
+    let tck = clock_ticks_per_sec();
+    eprintln!(
+        "# rtp_bench: {} round(s) of {} s (+{} s warm-up) per system, N = {:?}, load {}",
+        args.rounds,
+        args.secs,
+        args.warmup,
+        args.ns,
+        loadavg()
+    );
+    let mut ours = OursRelay::start()?;
+    let mut rtpe = if args.rtpengine {
+        Some(Rtpengine::start()?)
+    } else {
+        None
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    for &n in &args.ns {
+        // Pooled over rounds; the order of the systems rotates each round so that a change of
+        // background load does not always fall on the same system.
+        let mut acc: [Option<(RunResult, f64)>; 3] = [None, None, None];
+        let systems = if rtpe.is_some() { 3 } else { 2 };
+        for round in 0..args.rounds {
+            for k in 0..systems {
+                let sys = (k + round as usize) % systems;
+                let (r, idle) = match sys {
+                    0 => run_floor(n, &args)?,
+                    1 => run_ours(n, &args, &mut ours)?,
+                    _ => match rtpe.as_mut() {
+                        Some(rtpe) => run_rtpengine(n, &args, rtpe)?,
+                        None => continue,
+                    },
+                };
+                acc[sys] = Some(match acc[sys].take() {
+                    Some((mut a, idle_sum)) => {
+                        a.merge(r);
+                        (a, idle_sum + idle)
+                    }
+                    None => (r, idle),
+                });
+            }
+        }
+        let rounds = f64::from(args.rounds);
+        for (sys, name) in ["floor", "callfabric", "rtpengine"].into_iter().enumerate() {
+            if let Some((r, idle_sum)) = &acc[sys] {
+                let idle = (sys > 0).then_some(idle_sum / rounds);
+                rows.push(row(name, n, r, tck, idle));
+            }
+        }
+    }
+    let _ = ours.cmd("quit");
+    drop(ours);
+    drop(rtpe);
+    print_table(&rows, &args);
+    Ok(())
+}
+
+fn print_table(rows: &[Row], args: &Args) {
+    println!(
+        "\nRTP relay, one direction per stream, 172-byte RTP at 50 pps, {} round(s) × {} s measured (+{} s warm-up)\n",
+        args.rounds, args.secs, args.warmup
+    );
+    println!(
+        "| system | N | pps | loss % | CPU µs/pkt | (schedstat) | p50 µs | p99 µs | added p50 µs | added p99 µs | idle CPU µs/s | load |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for r in rows {
+        let floor = rows
+            .iter()
+            .find(|f| f.n == r.n && f.system == "floor")
+            .filter(|_| r.system != "floor");
+        let (a50, a99) = match floor {
+            Some(f) => (sub(r.p50, f.p50), sub(r.p99, f.p99)),
+            None => (None, None),
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.system,
+            r.n,
+            r.pps,
+            r.loss_pct,
+            fmt(r.cpu_us, 2),
+            fmt(r.cpu_sched_us, 2),
+            fmt(r.p50, 1),
+            fmt(r.p99, 1),
+            fmt(a50, 1),
+            fmt(a99, 1),
+            fmt(r.idle_us_per_s, 0),
+            r.load
+        );
+    }
+    println!();
+    let mut ns: Vec<usize> = rows.iter().map(|r| r.n).collect();
+    ns.dedup();
+    for n in ns {
+        let get = |s: &str| rows.iter().find(|r| r.n == n && r.system == s);
+        let (Some(floor), Some(ours)) = (get("floor"), get("callfabric")) else {
+            continue;
+        };
+        let added99 = sub(ours.p99, floor.p99);
+        let check = match added99 {
+            Some(v) if v < 200.0 => "PASS",
+            Some(_) => "FAIL",
+            None => "n/a",
+        };
+        let mut line = format!(
+            "N={n}: callfabric added p99 {} µs (target < 200: {check})",
+            fmt(added99, 1)
+        );
+        if let Some(rtpe) = get("rtpengine") {
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            let r = ratio(ours.cpu_us, rtpe.cpu_us);
+            let rs = ratio(ours.cpu_sched_us, rtpe.cpu_sched_us);
+            let check = match r {
+                Some(v) if v <= 1.0 => "PASS",
+                Some(_) => "FAIL",
+                None => "n/a",
+            };
+            line.push_str(&format!(
+                "; CPU/packet callfabric/rtpengine {}× (schedstat {}×) (target ≤ 1.0: {check}); rtpengine added p99 {} µs",
+                fmt(r, 2),
+                fmt(rs, 2),
+                fmt(sub(rtpe.p99, floor.p99), 1)
+            ));
+        }
+        println!("{line}");
+    }
+}
