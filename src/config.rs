@@ -21,6 +21,15 @@ pub struct Config {
     pub gateway: Option<GatewaySection>,
     /// The ACD node (`callfabric acd`; with `[gateway]`, `callfabric site`).
     pub acd: Option<AcdSection>,
+    /// The status API (JSON over HTTP) of a gateway, ACD or site.
+    pub http: Option<HttpSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// `ip:port` to listen on (port 0: any free port, printed as `http ready <addr>`).
+    pub listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +49,17 @@ pub struct AcdSection {
     pub database: Option<String>,
     /// Music on hold: an 8 kHz mono WAV (PCM, µ-law or A-law); default: generated.
     pub music_on_hold: Option<String>,
+    /// Directory of voice prompts (8 kHz mono WAVs named as Asterisk's sounds; the project
+    /// ships `acd/prompts/en`), relative to the config file.
+    pub prompts: Option<String>,
+    /// Announce position (and hold time) to waiting callers every this many seconds.
+    pub announce_frequency_secs: Option<f64>,
+    /// Include the estimated hold time in announcements (default yes).
+    pub announce_holdtime: Option<bool>,
+    /// Hot-desking: dial `<login_code><queue number>` to log in (default `*45`)…
+    pub login_code: Option<String>,
+    /// …and `<logout_code><queue number>` to log out (default `*46`).
+    pub logout_code: Option<String>,
     /// Dialled number → queue name.
     #[serde(default)]
     pub numbers: std::collections::BTreeMap<String, String>,
@@ -614,6 +634,27 @@ impl Loaded {
             Some(p) => gateway::audio::wav::read_wav(&dir.join(p))
                 .map_err(|e| anyhow!("{}: {e}", self.at("acd", "music_on_hold")))?,
         };
+        let prompts = match &a.prompts {
+            None => gateway::audio::PromptSet::new(),
+            Some(p) => {
+                let set = gateway::audio::load_prompt_dir(&dir.join(p))
+                    .map_err(|e| anyhow!("{}: {e}", self.at("acd", "prompts")))?;
+                for (file, why) in set.rejected() {
+                    eprintln!(
+                        "{}: prompt {} skipped: {why}",
+                        self.at("acd", "prompts"),
+                        file.display()
+                    );
+                }
+                set
+            }
+        };
+        let announce_frequency = match a.announce_frequency_secs {
+            None | Some(0.0) => None,
+            Some(v) => {
+                Some(self.duration("acd", "announce_frequency_secs", Some(v), Duration::ZERO)?)
+            }
+        };
         let engine = acd::EngineConfig {
             queues: a.queue.clone(),
             rules: a.rules.clone(),
@@ -636,6 +677,11 @@ impl Loaded {
                 None => None,
             },
             music,
+            prompts,
+            announce_frequency,
+            announce_holdtime: a.announce_holdtime.unwrap_or(true),
+            login_code: a.login_code.clone().unwrap_or_else(|| "*45".into()),
+            logout_code: a.logout_code.clone().unwrap_or_else(|| "*46".into()),
         })
     }
 
@@ -649,6 +695,20 @@ impl Loaded {
                     self.at(section, key)
                 )
             })
+    }
+
+    /// The status API's listen address, if configured.
+    pub fn http(&self) -> Result<Option<std::net::SocketAddr>> {
+        match &self.config.http {
+            None => Ok(None),
+            Some(h) => h.listen.parse().map(Some).map_err(|_| {
+                anyhow!(
+                    "{}: {:?} is not an address like 127.0.0.1:8088",
+                    self.at("http", "listen"),
+                    h.listen
+                )
+            }),
+        }
     }
 
     /// Map a statebus start error to the line that caused it.

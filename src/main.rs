@@ -1,6 +1,7 @@
 //! `callfabric`: the one command-line binary of the call-center fabric.
 
 mod config;
+mod http;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -156,6 +157,7 @@ fn main() -> Result<()> {
         let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         return rt.block_on(devices(cmd, &url, &realm));
     }
+    let http_listen = loaded.http()?;
     let xmpp_cfg = match loaded.config.statebus.backend {
         Backend::Xmpp => Some(loaded.xmpp_bus()?),
         Backend::Local => None,
@@ -186,11 +188,11 @@ fn main() -> Result<()> {
             } => publish(bus, xmpp, &devices, &mwi, hold).await,
             Cmd::Gateway { .. } => {
                 let cfg = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
-                run_gateway(cfg, None, bus, xmpp).await
+                run_gateway(cfg, None, bus, xmpp, http_listen).await
             }
             Cmd::Acd { .. } => {
                 let cfg = acd_cfg.ok_or_else(|| anyhow!("no acd configuration"))?;
-                run_gateway_or_acd(None, Some(cfg), bus, xmpp).await
+                run_gateway_or_acd(None, Some(cfg), bus, xmpp, http_listen).await
             }
             Cmd::Site { .. } => {
                 let mut gw = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
@@ -199,13 +201,19 @@ fn main() -> Result<()> {
                 gw.trunks.push(gateway::server::TrunkConfig {
                     name: "acd".into(),
                     address: acd.udp,
-                    prefixes: acd.numbers.keys().cloned().collect(),
+                    prefixes: acd
+                        .numbers
+                        .keys()
+                        .cloned()
+                        .chain([acd.login_code.clone(), acd.logout_code.clone()])
+                        .filter(|p| !p.is_empty())
+                        .collect(),
                     strip: 0,
                     inbound_from: Vec::new(),
                     credentials: None,
                     register: None,
                 });
-                run_gateway(gw, Some(acd), bus, xmpp).await
+                run_gateway(gw, Some(acd), bus, xmpp, http_listen).await
             }
             Cmd::Devices { .. } => Ok(()),
         }
@@ -345,8 +353,9 @@ async fn run_gateway(
     acd: Option<acd::node::NodeConfig>,
     bus: Arc<dyn Bus>,
     xmpp: Option<XmppBus>,
+    http_listen: Option<std::net::SocketAddr>,
 ) -> Result<()> {
-    run_gateway_or_acd(Some(cfg), acd, bus, xmpp).await
+    run_gateway_or_acd(Some(cfg), acd, bus, xmpp, http_listen).await
 }
 
 /// Runs a gateway, an ACD node or both (site mode), printing one line per event on stdout:
@@ -357,14 +366,15 @@ async fn run_gateway_or_acd(
     acd_cfg: Option<acd::node::NodeConfig>,
     bus: Arc<dyn Bus>,
     xmpp: Option<XmppBus>,
+    http_listen: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     let mut rx = bus.subscribe();
     let gw = match cfg {
-        Some(cfg) => Some(
+        Some(cfg) => Some(Arc::new(
             gateway::server::Gateway::start(cfg, bus.clone())
                 .await
                 .context("starting the gateway")?,
-        ),
+        )),
         None => None,
     };
     let fmt = |v: &[std::net::SocketAddr]| {
@@ -381,16 +391,31 @@ async fn run_gateway_or_acd(
         );
     }
     let node = match acd_cfg {
-        Some(c) => Some(
+        Some(c) => Some(Arc::new(
             acd::node::AcdNode::start(c, bus.clone())
                 .await
                 .context("starting the ACD node")?,
-        ),
+        )),
         None => None,
     };
     if let Some(n) = &node {
         println!("acd ready udp={}", n.local);
     }
+    let api = async {
+        match http_listen {
+            Some(listen) => {
+                let sources = http::Sources {
+                    bus: bus.clone(),
+                    gateway: gw.clone(),
+                    acd: node.clone(),
+                };
+                if let Err(e) = http::serve(listen, sources).await {
+                    eprintln!("status API on {listen}: {e:#}");
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
     let mut queue_log = node.as_ref().map(|n| n.events.subscribe());
     let print_queue_log = async {
         let Some(rx) = queue_log.as_mut() else {
@@ -399,6 +424,9 @@ async fn run_gateway_or_acd(
         loop {
             match rx.recv().await {
                 Ok(acd::node::NodeEvent::QueueLog(l)) => println!("QUEUELOG {l}"),
+                Ok(acd::node::NodeEvent::Announced { caller, prompts }) => {
+                    println!("ANNOUNCE {caller} {}", prompts.join(","))
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "queue_log events dropped")
                 }
@@ -432,6 +460,7 @@ async fn run_gateway_or_acd(
         _ = print => {}
         _ = print_calls => {}
         _ = print_queue_log => {}
+        _ = api => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     if let Some(gw) = gw {

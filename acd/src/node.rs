@@ -78,6 +78,34 @@ pub struct NodeConfig {
     pub database: Option<String>,
     /// Music on hold (8 kHz PCM, looped).
     pub music: Vec<i16>,
+    /// Voice prompts (Asterisk names: `queue-thereare`, `digits/5`, `agent-loginok`, …).
+    pub prompts: audio::PromptSet,
+    /// Announce position (and hold time) to waiting callers this often (None: never).
+    pub announce_frequency: Option<Duration>,
+    /// Include the estimated hold time in announcements.
+    pub announce_holdtime: bool,
+    /// Feature-code prefix for hot-desking: dial `<login_code><queue number>` to log the
+    /// calling device in as a dynamic member.
+    pub login_code: String,
+    /// Dial `<logout_code><queue number>` to log out.
+    pub logout_code: String,
+}
+
+/// One queue's figures, for supervisors and reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueReport {
+    /// Queue name.
+    pub queue: String,
+    /// Callers waiting now.
+    pub waiting: usize,
+    /// Counters (answered, abandoned, hold and talk times, service level).
+    pub stats: crate::engine::QueueStats,
+    /// Members: interface, figures, and whether it could take a call now.
+    pub members: Vec<(String, crate::engine::MemberStats, bool)>,
+}
+
+enum Command {
+    Stats(tokio::sync::oneshot::Sender<Vec<QueueReport>>),
 }
 
 /// What the node reports.
@@ -85,6 +113,13 @@ pub struct NodeConfig {
 pub enum NodeEvent {
     /// A queue_log line.
     QueueLog(String),
+    /// A position/hold-time announcement started for a caller (the prompt names).
+    Announced {
+        /// Caller id.
+        caller: String,
+        /// Prompts, in order.
+        prompts: Vec<String>,
+    },
 }
 
 /// Errors starting the node.
@@ -110,6 +145,7 @@ pub struct AcdNode {
     pub local: SocketAddr,
     /// queue_log lines and other events.
     pub events: broadcast::Sender<NodeEvent>,
+    commands: tokio::sync::mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -177,12 +213,21 @@ impl AcdNode {
             log,
             events: node_events.clone(),
         };
-        let task = tokio::spawn(core.run(events, bus_rx));
+        let (commands, cmd_rx) = tokio::sync::mpsc::channel(16);
+        let task = tokio::spawn(core.run(events, bus_rx, cmd_rx));
         Ok(AcdNode {
             local,
             events: node_events,
+            commands,
             task,
         })
+    }
+
+    /// Per-queue and per-member statistics, now (`None` if the node stopped).
+    pub async fn stats(&self) -> Option<Vec<QueueReport>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands.send(Command::Stats(tx)).await.ok()?;
+        rx.await.ok()
     }
 
     /// Stops serving.
@@ -230,7 +275,13 @@ struct CallerCall {
     dialog: Dialog,
     leg: Leg,
     sdp: SessionDescription,
-    moh_stop: Option<watch::Sender<bool>>,
+    /// The caller's media script (music on hold, announcements); dropped to stop it.
+    media: Option<tokio::sync::mpsc::Sender<MediaCmd>>,
+    /// When the next position announcement is due.
+    next_announce: Option<Instant>,
+    /// A feature-code call: hang up at this instant (after the confirmation prompt).
+    hangup_at: Option<Instant>,
+    queue: String,
     ok: Option<OkRetx>,
     /// The agent's offer once connected.
     connected: Option<OfferId>,
@@ -273,6 +324,7 @@ impl Core {
         mut self,
         mut events: tokio::sync::mpsc::Receiver<TransportEvent>,
         mut bus_rx: broadcast::Receiver<BusEvent>,
+        mut commands: tokio::sync::mpsc::Receiver<Command>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -324,7 +376,15 @@ impl Core {
                     self.tl.handle_timeout(Instant::now());
                     self.engine.handle_timeout(engine_now());
                 }
-                _ = tick.tick() => self.retransmit_oks(),
+                _ = tick.tick() => {
+                    self.retransmit_oks();
+                    self.announce_due();
+                }
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::Stats(reply) => {
+                        let _ = reply.send(self.report());
+                    }
+                },
             }
             self.drain().await;
         }
@@ -459,8 +519,25 @@ impl Core {
             .as_ref()
             .map(|a| a.user.clone())
             .unwrap_or_default();
-        let Some(queue) = self.cfg.numbers.get(&number).cloned() else {
-            return self.reply(&key, &req, 404);
+        let from_user = header(&req, |h| match h {
+            Header::From(f) => message::parse_addresses(f.value(), false)
+                .and_then(|l| l.into_iter().next())
+                .and_then(|a| message::parse_uri(&a.uri))
+                .and_then(|u| u.auth.map(|a| a.user)),
+            _ => None,
+        })
+        .unwrap_or_default();
+        let feature = self.feature_code(&key, &req, &number, &from_user);
+        if matches!(feature, Some((false, _))) {
+            return; // refused, answered already
+        }
+        let confirm = feature.map(|(_, prompt)| prompt);
+        let queue = match &confirm {
+            Some(_) => String::new(),
+            None => match self.cfg.numbers.get(&number).cloned() {
+                Some(q) => q,
+                None => return self.reply(&key, &req, 404),
+            },
         };
         let offer = (dialog::content_type(&req.headers).as_deref() == Some("application/sdp"))
             .then(|| SessionDescription::parse_bytes(&req.body).ok())
@@ -491,17 +568,11 @@ impl Core {
         let n = self.next_id;
         self.next_id += 1;
         let caller_id = format!("acd-{}-{n}", std::process::id());
-        let from_user = header(&req, |h| match h {
-            Header::From(f) => message::parse_addresses(f.value(), false)
-                .and_then(|l| l.into_iter().next())
-                .and_then(|a| message::parse_uri(&a.uri))
-                .and_then(|u| u.auth.map(|a| a.user)),
-            _ => None,
-        })
-        .unwrap_or_default();
         let mut join = Join::new(caller_id.clone(), queue.clone());
         join.caller_number = from_user;
-        if let Err(e) = self.engine.join(engine_now(), join) {
+        if confirm.is_some() {
+            // A feature code: no queue; the confirmation plays below.
+        } else if let Err(e) = self.engine.join(engine_now(), join) {
             info!(%queue, error = %e, "caller not queued");
             let code = match e {
                 EngineError::QueueFull(_) => 486,
@@ -526,7 +597,6 @@ impl Core {
             .and_then(|m| m.codecs().into_iter().next())
             .and_then(|c| Codec::from_payload_type(c.payload_type))
             .unwrap_or(Codec::Pcmu);
-        let (stop_tx, stop_rx) = watch::channel(false);
         let player = RtpPlayer::new(
             PlayerConfig {
                 codec,
@@ -538,8 +608,19 @@ impl Core {
             self.cfg.music.clone(),
             Instant::now(),
         );
-        tokio::spawn(audio::play(Arc::new(leg.clone()), player, stop_rx));
-        info!(caller = %caller_id, %queue, "caller queued");
+        let media = spawn_media(leg.clone(), player, self.cfg.music.clone());
+        let mut hangup_at = None;
+        if let Some(prompt) = &confirm {
+            let list: Vec<Vec<i16>> = [prompt.as_str(), "beep"]
+                .iter()
+                .filter_map(|n| self.cfg.prompts.get(n).map(<[i16]>::to_vec))
+                .collect();
+            let secs = list.iter().map(Vec::len).sum::<usize>() as f64 / 8000.0;
+            let _ = media.try_send(MediaCmd::Announce(list));
+            hangup_at = Some(now + Duration::from_secs_f64(secs + 0.5));
+        } else {
+            info!(caller = %caller_id, %queue, "caller queued");
+        }
         self.respond(&key, ok.clone());
         self.callers.insert(
             n,
@@ -550,7 +631,14 @@ impl Core {
                 dialog: d,
                 leg,
                 sdp: answer,
-                moh_stop: Some(stop_tx),
+                media: Some(media),
+                next_announce: self
+                    .cfg
+                    .announce_frequency
+                    .filter(|_| confirm.is_none())
+                    .map(|f| now + f),
+                hangup_at,
+                queue: queue.clone(),
                 ok: Some(OkRetx {
                     key,
                     response: ok,
@@ -561,6 +649,176 @@ impl Core {
                 connected: None,
             },
         );
+    }
+
+    /// Position (and hold-time) announcements for waiting callers whose turn it is; and the
+    /// hang-up of feature-code calls once their confirmation played.
+    fn announce_due(&mut self) {
+        let now = Instant::now();
+        let due_hangups: Vec<u64> = self
+            .callers
+            .iter()
+            .filter(|(_, c)| c.hangup_at.is_some_and(|t| now >= t))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due_hangups {
+            self.bye_caller(id);
+            if let Some(c) = self.callers.remove(&id) {
+                c.leg.close();
+                self.by_dialog
+                    .remove(&(c.dialog.call_id.clone(), c.dialog.local_tag.clone()));
+            }
+        }
+        let Some(every) = self.cfg.announce_frequency else {
+            return;
+        };
+        let due: Vec<u64> = self
+            .callers
+            .iter()
+            .filter(|(_, c)| c.connected.is_none() && c.next_announce.is_some_and(|t| now >= t))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(c) = self.callers.get(&id) else {
+                continue;
+            };
+            let waiting = self.engine.waiting_callers(&c.queue);
+            let Some(pos) = waiting.iter().position(|w| *w == c.id).map(|p| p + 1) else {
+                continue;
+            };
+            let mut names: Vec<String> = if pos == 1 {
+                vec!["queue-youarenext".into()]
+            } else {
+                let mut v = vec!["queue-thereare".to_string()];
+                v.extend(audio::say_number(u32::try_from(pos).unwrap_or(u32::MAX)));
+                v.push("queue-callswaiting".into());
+                v
+            };
+            if self.cfg.announce_holdtime {
+                let secs = self
+                    .engine
+                    .queue_stats(&c.queue)
+                    .map_or(0, |s| s.holdtime_weighted_secs);
+                if secs > 0 {
+                    names.push("queue-holdtime".into());
+                    let minutes = secs.div_ceil(60);
+                    if minutes <= 1 {
+                        names.push("queue-lessthan".into());
+                        names.extend(audio::say_number(2));
+                    } else {
+                        names.extend(audio::say_number(
+                            u32::try_from(minutes).unwrap_or(u32::MAX),
+                        ));
+                    }
+                    names.push("queue-minutes".into());
+                }
+            }
+            names.push("queue-thankyou".into());
+            // Missing prompts are skipped (the rest still makes sense).
+            let list: Vec<Vec<i16>> = names
+                .iter()
+                .filter_map(|n| self.cfg.prompts.get(n).map(<[i16]>::to_vec))
+                .collect();
+            debug!(caller = %c.id, pos, "announcing position");
+            let _ = self.events.send(NodeEvent::Announced {
+                caller: c.id.clone(),
+                prompts: names,
+            });
+            if let Some(m) = &c.media {
+                let _ = m.try_send(MediaCmd::Announce(list));
+            }
+            if let Some(c) = self.callers.get_mut(&id) {
+                c.next_announce = Some(now + every);
+            }
+        }
+    }
+
+    fn report(&self) -> Vec<QueueReport> {
+        let mut out: Vec<QueueReport> = self
+            .engine
+            .queue_names()
+            .map(|q| {
+                let members = self
+                    .engine
+                    .member_interfaces(q)
+                    .into_iter()
+                    .filter_map(|i| {
+                        let st = self.engine.member_stats(q, &i)?;
+                        let avail = self.engine.is_member_available(q, &i).unwrap_or(false);
+                        Some((i, st, avail))
+                    })
+                    .collect();
+                QueueReport {
+                    queue: q.to_owned(),
+                    waiting: self.engine.waiting_callers(q).len(),
+                    stats: self.engine.queue_stats(q).cloned().unwrap_or_default(),
+                    members,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.queue.cmp(&b.queue));
+        out
+    }
+
+    /// `<login_code|logout_code><queue number>` from a phone: add or remove the calling device
+    /// as a dynamic member (hot-desking). `None`: not a feature code; `Some((true, prompt))`:
+    /// done, confirm with `prompt`; `Some((false, _))`: refused and answered.
+    fn feature_code(
+        &mut self,
+        key: &TransactionKey,
+        req: &Request,
+        number: &str,
+        from_user: &str,
+    ) -> Option<(bool, String)> {
+        let login_code = self.cfg.login_code.clone();
+        let logout_code = self.cfg.logout_code.clone();
+        let (login, rest) = match (
+            number
+                .strip_prefix(login_code.as_str())
+                .filter(|_| !login_code.is_empty()),
+            number
+                .strip_prefix(logout_code.as_str())
+                .filter(|_| !logout_code.is_empty()),
+        ) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => return None,
+        };
+        let Some(queue) = self.cfg.numbers.get(rest).cloned() else {
+            self.reply(key, req, 404);
+            return Some((false, String::new()));
+        };
+        if from_user.is_empty() {
+            self.reply(key, req, 403);
+            return Some((false, String::new()));
+        }
+        let iface = format!("PJSIP/{from_user}");
+        let now = engine_now();
+        let result = if login {
+            match self.engine.add_member(
+                now,
+                &queue,
+                crate::engine::MemberConfig::new(iface.clone()),
+            ) {
+                Ok(()) | Err(EngineError::AlreadyMember { .. }) => Ok("agent-loginok"),
+                Err(e) => Err(e),
+            }
+        } else {
+            self.engine
+                .remove_member(now, &queue, &iface)
+                .map(|()| "agent-loggedoff")
+        };
+        match result {
+            Ok(prompt) => {
+                info!(%iface, %queue, login, "hot-desking");
+                Some((true, prompt.to_owned()))
+            }
+            Err(e) => {
+                info!(%iface, %queue, error = %e, "feature code refused");
+                self.reply(key, req, 403);
+                Some((false, String::new()))
+            }
+        }
     }
 
     fn retransmit_oks(&mut self) {
@@ -591,9 +849,7 @@ impl Core {
         let Some(mut c) = self.callers.remove(&id) else {
             return;
         };
-        if let Some(stop) = c.moh_stop.take() {
-            let _ = stop.send(true);
-        }
+        c.media = None;
         if cancelled {
             let req = self.tl.request(&c.invite_key).cloned();
             if let Some(req) = req {
@@ -667,9 +923,7 @@ impl Core {
                 if let Some(id) = self.caller_number(&caller) {
                     self.bye_caller(id);
                     if let Some(mut c) = self.callers.remove(&id) {
-                        if let Some(stop) = c.moh_stop.take() {
-                            let _ = stop.send(true);
-                        }
+                        c.media = None;
                         c.leg.close();
                     }
                 }
@@ -964,9 +1218,7 @@ impl Core {
         let (Some(offer), Some(c)) = (offer, self.callers.get_mut(&n)) else {
             return;
         };
-        if let Some(stop) = c.moh_stop.take() {
-            let _ = stop.send(true);
-        }
+        c.media = None;
         c.connected = Some(offer);
         if let Some(a) = self.agents.get(&offer) {
             if let Err(e) = media::bridge(&c.leg, &a.leg) {
@@ -1012,9 +1264,7 @@ impl Core {
         }
         self.bye_caller(caller);
         if let Some(mut c) = self.callers.remove(&caller) {
-            if let Some(stop) = c.moh_stop.take() {
-                let _ = stop.send(true);
-            }
+            c.media = None;
             c.leg.close();
             self.by_dialog
                 .remove(&(c.dialog.call_id.clone(), c.dialog.local_tag.clone()));
@@ -1061,6 +1311,54 @@ impl Core {
             }
         }
     }
+}
+
+/// What a caller's media script is told.
+enum MediaCmd {
+    /// Play these prompts once, then go back to music on hold.
+    Announce(Vec<Vec<i16>>),
+}
+
+/// The media script of one caller: music on hold in a loop, interrupted by announcements,
+/// with seq/timestamps continuous across switches. Ends when its sender is dropped.
+fn spawn_media(
+    leg: Leg,
+    mut player: RtpPlayer,
+    music: Vec<i16>,
+) -> tokio::sync::mpsc::Sender<MediaCmd> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<MediaCmd>(4);
+    tokio::spawn(async move {
+        let sink: Arc<dyn audio::RtpSink> = Arc::new(leg);
+        loop {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let play = audio::play(sink.clone(), player, stop_rx);
+            tokio::pin!(play);
+            let cmd = tokio::select! {
+                (p, _) = &mut play => {
+                    // An announcement finished: back to the music.
+                    player = p;
+                    player.replace_source(music.clone());
+                    player.set_looping(true);
+                    player.rebase(Instant::now());
+                    continue;
+                }
+                cmd = rx.recv() => cmd,
+            };
+            let _ = stop_tx.send(true);
+            let (p, _) = play.await;
+            player = p;
+            match cmd {
+                Some(MediaCmd::Announce(list)) if !list.is_empty() => {
+                    player.replace_playlist(list);
+                    player.set_looping(false);
+                    player.rebase(Instant::now());
+                }
+                Some(MediaCmd::Announce(_)) => player.rebase(Instant::now()),
+                None => return,
+            }
+        }
+    });
+    tx
 }
 
 fn caller_from(c: &CallerCall) -> String {

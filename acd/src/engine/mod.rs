@@ -232,6 +232,18 @@ impl Engine {
         self.qid(queue).ok().map(|q| &self.queues[q].stats)
     }
 
+    /// The member interfaces of a queue, in member order (config order, then dynamic ones).
+    pub fn member_interfaces(&self, queue: &str) -> Vec<String> {
+        let Ok(q) = self.qid(queue) else {
+            return Vec::new();
+        };
+        self.queues[q]
+            .members
+            .iter()
+            .map(|m| self.agents[m.agent].interface.clone())
+            .collect()
+    }
+
     /// Statistics and status of one member of a queue.
     pub fn member_stats(&self, queue: &str, interface: &str) -> Option<MemberStats> {
         let q = self.qid(queue).ok()?;

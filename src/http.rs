@@ -1,0 +1,119 @@
+//! The status API for supervisors, wallboards and reports (axum, JSON, read-only):
+//!
+//! * `GET /devices`: every device's aggregate state on the fabric;
+//! * `GET /calls`: calls in progress on this gateway, with the relay's RTP figures for both legs
+//!   (packets, bytes, RFC 3550 loss and jitter, the latched source);
+//! * `GET /queues`: per-queue and per-member statistics of this ACD node (answered, abandoned,
+//!   average wait, service level, members' calls and availability).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use statebus::Bus;
+
+/// What the API reads from.
+#[derive(Clone)]
+pub struct Sources {
+    pub bus: Arc<dyn Bus>,
+    pub gateway: Option<Arc<gateway::server::Gateway>>,
+    pub acd: Option<Arc<acd::node::AcdNode>>,
+}
+
+/// Serves the API on `listen` until the task is dropped.
+pub async fn serve(listen: SocketAddr, sources: Sources) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/devices", get(devices))
+        .route("/calls", get(calls))
+        .route("/queues", get(queues))
+        .with_state(sources);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("http ready {}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn devices(State(s): State<Sources>) -> Json<Value> {
+    let snap = s.bus.snapshot();
+    Json(json!(snap
+        .devices
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v.as_wire())))
+        .collect::<serde_json::Map<_, _>>()))
+}
+
+fn leg(st: &gateway::media::LegStats) -> Value {
+    json!({
+        "rtp_packets_in": st.rtp_packets_in,
+        "rtp_bytes_in": st.rtp_bytes_in,
+        "rtp_packets_out": st.rtp_packets_out,
+        "rtp_bytes_out": st.rtp_bytes_out,
+        "rtcp_packets_in": st.rtcp_packets_in,
+        "rtcp_packets_out": st.rtcp_packets_out,
+        "expected": st.expected,
+        "lost": st.lost,
+        "jitter_ms": st.jitter_ms,
+        "latched_source": st.latched_source.map(|a| a.to_string()),
+        "payload_types": st.payload_types_seen,
+    })
+}
+
+async fn calls(State(s): State<Sources>) -> Json<Value> {
+    let Some(gw) = &s.gateway else {
+        return Json(json!([]));
+    };
+    Json(json!(gw
+        .call_stats()
+        .iter()
+        .map(|(id, a, b)| json!({"call": id, "a": leg(a), "b": leg(b)}))
+        .collect::<Vec<_>>()))
+}
+
+async fn queues(State(s): State<Sources>) -> Json<Value> {
+    let Some(node) = &s.acd else {
+        return Json(json!([]));
+    };
+    let reports = node.stats().await.unwrap_or_default();
+    Json(json!(reports
+        .iter()
+        .map(|r| {
+            let st = &r.stats;
+            let avg_wait = if st.answered > 0 {
+                st.total_holdtime.as_secs_f64() / st.answered as f64
+            } else {
+                0.0
+            };
+            let service_level = if st.answered > 0 {
+                100.0 * st.answered_within_sl as f64 / st.answered as f64
+            } else {
+                0.0
+            };
+            json!({
+                "queue": r.queue,
+                "waiting": r.waiting,
+                "joined": st.joined,
+                "answered": st.answered,
+                "abandoned": st.abandoned,
+                "timed_out": st.timed_out,
+                "completed": st.completed,
+                "average_wait_secs": avg_wait,
+                "service_level_pct": service_level,
+                "holdtime_weighted_secs": st.holdtime_weighted_secs,
+                "members": r.members.iter().map(|(iface, m, available)| json!({
+                    "interface": iface,
+                    "name": m.name,
+                    "penalty": m.penalty,
+                    "paused": m.paused,
+                    "dynamic": m.dynamic,
+                    "answered": m.answered,
+                    "calls": m.calls,
+                    "talk_time_secs": m.talk_time.as_secs_f64(),
+                    "available": available,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect::<Vec<_>>()))
+}
