@@ -38,6 +38,9 @@ fn config(s: &XmppServer, user: &str, eid: Eid) -> XmppBusConfig {
     c.liveness_ttl = Duration::from_secs(3);
     c.iq_timeout = Duration::from_secs(5);
     c.keepalive = Duration::from_secs(10);
+    // Backoff capped low: the restart test measures convergence, not the backoff (at the
+    // default 15 s cap a loaded machine can miss the 20 s window).
+    c.reconnect_max = Duration::from_secs(2);
     c.site = user.into();
     c.fabric_jids = fabric_jids(s);
     c
