@@ -36,6 +36,16 @@ fn assert_passes(gw: &GatewayProcess, out: &SippOutcome, what: &str) {
 
 /// A site with devices 1001 (caller), 2001 and 2002 (agents) and queue 800.
 fn site(strategy: &str) -> GatewayProcess {
+    site_with(strategy, &["PJSIP/2001", "PJSIP/2002"], "")
+}
+
+/// [`site`] with other members and extra `[acd]` lines.
+fn site_with(strategy: &str, members: &[&str], acd_extra: &str) -> GatewayProcess {
+    let members = members
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let acd_port = free_udp_port();
     let mut spec = GatewaySpec::new("site-a", &["1001", "2001", "2002"]);
     spec.command = "site".into();
@@ -47,7 +57,7 @@ udp = "127.0.0.1:{acd_port}"
 rtp_ports = "40000-40999"
 t1_ms = 100
 queue_log = "queue_log"
-
+{acd_extra}
 [acd.numbers]
 "800" = "support"
 
@@ -57,12 +67,46 @@ strategy = "{strategy}"
 timeout = 5
 retry = 1
 ringinuse = false
-members = ["PJSIP/2001", "PJSIP/2002"]
+servicelevel = 20
+members = [{members}]
+
+[http]
+listen = "127.0.0.1:0"
 "#
     );
     let mut gw = GatewayProcess::start(binary(), spec);
     gw.wait_for(WAIT, "the acd ready line", |l| l.starts_with("acd ready"));
     gw
+}
+
+/// `GET path` on the site's status API (address from its `http ready` line), as JSON.
+fn api(gw: &mut GatewayProcess, path: &str) -> serde_json::Value {
+    use std::io::{Read as _, Write as _};
+    gw.drain();
+    let addr = match gw
+        .history
+        .iter()
+        .find_map(|l| l.strip_prefix("http ready "))
+    {
+        Some(a) => a.trim().to_owned(),
+        None => gw
+            .wait_for(WAIT, "the http ready line", |l| {
+                l.starts_with("http ready ")
+            })
+            .trim_start_matches("http ready ")
+            .to_owned(),
+    };
+    let mut conn = std::net::TcpStream::connect(addr.as_str()).expect("connect to the status API");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// `call_uac.xml` with its RTP file (4 s of A-law tone, 200 packets).
@@ -239,6 +283,24 @@ fn caller_is_queued_connected_to_an_agent_and_media_flows() {
         .expect("CDR of the offer to 2001");
     assert_eq!(to_agent.dst_device.as_deref(), Some("PJSIP/2001"));
     assert_eq!(to_agent.disposition, "ANSWERED");
+
+    // Per-queue and per-agent statistics on the status API.
+    let queues = api(&mut gw, "/queues");
+    let q = &queues[0];
+    assert_eq!(q["queue"], "support", "{queues}");
+    assert_eq!(q["joined"], 1, "{queues}");
+    assert_eq!(q["answered"], 1, "{queues}");
+    assert_eq!(q["abandoned"], 0, "{queues}");
+    assert_eq!(q["completed"], 1, "{queues}");
+    assert_eq!(q["service_level_pct"], 100.0, "{queues}");
+    let m2001 = q["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["interface"] == "PJSIP/2001"))
+        .expect("member 2001");
+    assert_eq!(m2001["answered"], 1, "{queues}");
+    assert_eq!(m2001["calls"], 1, "{queues}");
+    let devices = api(&mut gw, "/devices");
+    assert_eq!(devices["PJSIP/2001"], "NOT_INUSE", "{devices}");
 }
 
 #[test]
@@ -469,5 +531,92 @@ fn example_site_config_starts() {
     assert!(
         dir.path().join("site-a.db").exists(),
         "the SQLite file was created beside the config"
+    );
+}
+
+/// Hot-desking from any phone: 2002 dials *45800 and becomes a dynamic member of the queue
+/// (ADDMEMBER; the ACD confirms and hangs up); the next caller is offered to it; *46800 logs
+/// it out again (REMOVEMEMBER).
+#[test]
+fn hot_desking_by_feature_code() {
+    let mut gw = site_with("ringall", &["PJSIP/2001"], "");
+    let mut agent_2002 = agent(&mut gw, "2002");
+    let login = |gw: &GatewayProcess, code: &str| {
+        run_scenario(
+            &scenario("call_uac_feature.xml"),
+            gw.udp,
+            SippOpts {
+                keys: vec![
+                    ("callee".into(), code.into()),
+                    ("sdp_port".into(), free_udp_port().to_string()),
+                ],
+                timeout: Duration::from_secs(20),
+                ..SippOpts::user("2002", "secret")
+            },
+        )
+        .expect("run sipp")
+    };
+    let out = login(&gw, "*45800");
+    assert_passes(
+        &gw,
+        &out,
+        "log in with *45800 (answered, confirmed, hung up)",
+    );
+    let add = queue_log(&mut gw, "ADDMEMBER");
+    assert!(add.contains("|support|PJSIP/2002|ADDMEMBER"), "{add}");
+    // The next caller reaches the dynamic member (2001 is not registered: 480, skipped).
+    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    assert_passes(&gw, &out, "caller");
+    let connect = queue_log(&mut gw, "CONNECT");
+    assert!(connect.contains("|PJSIP/2002|CONNECT|"), "{connect}");
+    assert_passes(
+        &gw,
+        &agent_2002.wait().expect("2002"),
+        "dynamic member answered",
+    );
+    let out = login(&gw, "*46800");
+    assert_passes(&gw, &out, "log out with *46800");
+    let remove = queue_log(&mut gw, "REMOVEMEMBER");
+    assert!(
+        remove.contains("|support|PJSIP/2002|REMOVEMEMBER"),
+        "{remove}"
+    );
+}
+
+/// Waiting callers hear their position: with announce_frequency_secs = 1 and the shipped
+/// prompts, a lone caller is told "you are now first in line" every second.
+#[test]
+fn waiting_caller_hears_position_announcements() {
+    let prompts = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("acd")
+        .join("prompts")
+        .join("en");
+    let mut gw = site_with(
+        "ringall",
+        &["PJSIP/2001"],
+        &format!(
+            "prompts = {:?}\nannounce_frequency_secs = 1\n",
+            prompts.display().to_string()
+        ),
+    );
+    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    assert_passes(&gw, &out, "caller waits 5.5 s and hangs up");
+    gw.drain();
+    let announced: Vec<&String> = gw
+        .history
+        .iter()
+        .filter(|l| l.starts_with("ANNOUNCE "))
+        .collect();
+    assert!(announced.len() >= 3, "{}", gw.diag());
+    assert!(
+        announced
+            .iter()
+            .all(|l| l.ends_with(" queue-youarenext,queue-thankyou")),
+        "{announced:?}"
+    );
+    let stderr = std::fs::read_to_string(gw.dir().join("gateway.stderr")).unwrap_or_default();
+    assert!(
+        !stderr.contains(" skipped: "),
+        "a shipped prompt was rejected:\n{stderr}"
     );
 }
