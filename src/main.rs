@@ -70,6 +70,10 @@ enum DevicesCmd {
         /// Display name.
         #[arg(long, default_value = "")]
         name: String,
+        /// Digest algorithms to challenge this device with, comma-separated (e.g. `MD5` for
+        /// phones that read only the first challenge); default: the gateway's.
+        #[arg(long, default_value = "")]
+        digest: String,
     },
     /// List the devices.
     List {
@@ -325,11 +329,18 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
             password,
             extension,
             name,
+            digest,
             ..
         } => {
+            for t in digest.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if gateway::registrar::digest::Algorithm::from_token(t).is_none() {
+                    return Err(anyhow!("--digest: unknown algorithm {t:?} (SHA-256, MD5)"));
+                }
+            }
             let mut d = DeviceRecord::with_password(user, realm, password);
             d.extension = extension.clone();
             d.display_name = name.clone();
+            d.digest_algorithms = digest.clone();
             store.upsert(&d).await?;
             println!("device {user} saved");
         }

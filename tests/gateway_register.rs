@@ -346,3 +346,66 @@ fn qualify_unanswered() {
         gone - registered
     );
 }
+
+/// Per-device challenge: on a gateway that offers SHA-256 first, a device provisioned with
+/// `--digest MD5` (a legacy phone that reads only the first challenge) is challenged with MD5
+/// only and registers, while the other devices still get SHA-256 first.
+#[test]
+fn per_device_md5_on_a_sha256_first_gateway() {
+    let mut gw = Gateway::start(&["SHA-256", "MD5"]);
+    let out = std::process::Command::new(binary())
+        .args(["devices", "add", "--config"])
+        .arg(&gw.config)
+        .args(["--user", "1000", "--password", "secret", "--digest", "MD5"])
+        .output()
+        .expect("devices add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The device table is re-read every 0.2 s: retry until the MD5-only challenge applies.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = gw.sipp(
+            "register_ok.xml",
+            SippTransport::Udp,
+            SippOpts::user("1000", "secret"),
+        );
+        if out.passed() {
+            let shapes = received_401_shapes(&out.messages);
+            assert_eq!(
+                shapes.first().map(|s| s
+                    .iter()
+                    .filter(|h| h.starts_with("www-authenticate"))
+                    .count()),
+                Some(1),
+                "one MD5 challenge: {shapes:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "1000 never registered\n{}\n{}",
+            out.describe(),
+            gw.diag()
+        );
+    }
+    gw.device("1000", "NOT_INUSE", STATE_TIMEOUT);
+    // 1001 keeps the gateway's default: SHA-256 first, which SIPp cannot answer.
+    let out = gw.sipp(
+        "register_ok.xml",
+        SippTransport::Udp,
+        SippOpts::user("1001", "secret"),
+    );
+    let shapes = received_401_shapes(&out.messages);
+    let first: Vec<&String> = shapes
+        .first()
+        .map(|s| {
+            s.iter()
+                .filter(|h| h.starts_with("www-authenticate"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(first, ["www-authenticate SHA-256", "www-authenticate MD5"]);
+}

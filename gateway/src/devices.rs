@@ -31,6 +31,9 @@ pub struct DeviceRecord {
     pub extension: Option<String>,
     /// Simultaneous calls before the device reads BUSY.
     pub call_limit: i64,
+    /// Digest algorithms to challenge this device with, comma-separated (`MD5`); empty: the
+    /// gateway's default.
+    pub digest_algorithms: String,
 }
 
 impl DeviceRecord {
@@ -45,6 +48,7 @@ impl DeviceRecord {
             site: String::new(),
             extension: None,
             call_limit: 2,
+            digest_algorithms: String::new(),
         }
     }
 }
@@ -114,8 +118,8 @@ impl DeviceStore {
     /// Every device.
     pub async fn load_all(&self) -> Result<Vec<DeviceRecord>, DbError> {
         let rows = sqlx::query(
-            "SELECT username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit \
-             FROM devices ORDER BY username",
+            "SELECT username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, \
+             digest_algorithms FROM devices ORDER BY username",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -130,6 +134,7 @@ impl DeviceStore {
                     site: r.try_get("site")?,
                     extension: r.try_get("extension")?,
                     call_limit: r.try_get("call_limit")?,
+                    digest_algorithms: r.try_get("digest_algorithms")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -139,11 +144,12 @@ impl DeviceStore {
     /// Insert or replace one device.
     pub async fn upsert(&self, d: &DeviceRecord) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT INTO devices (username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            "INSERT INTO devices (username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, digest_algorithms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (username) DO UPDATE SET realm = excluded.realm, ha1_md5 = excluded.ha1_md5, \
              ha1_sha256 = excluded.ha1_sha256, display_name = excluded.display_name, site = excluded.site, \
-             extension = excluded.extension, call_limit = excluded.call_limit",
+             extension = excluded.extension, call_limit = excluded.call_limit, \
+             digest_algorithms = excluded.digest_algorithms",
         )
         .bind(&d.username)
         .bind(&d.realm)
@@ -153,6 +159,7 @@ impl DeviceStore {
         .bind(&d.site)
         .bind(&d.extension)
         .bind(d.call_limit)
+        .bind(&d.digest_algorithms)
         .execute(&self.pool)
         .await?;
         Ok(())

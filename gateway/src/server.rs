@@ -117,6 +117,11 @@ impl Credentials for DeviceCredentials {
             ha1_md5: d.ha1_md5,
             ha1_sha256: d.ha1_sha256,
             aor: format!("sip:{user}@{realm}"),
+            algorithms: d
+                .digest_algorithms
+                .split(',')
+                .filter_map(|t| Algorithm::from_token(t.trim()))
+                .collect(),
         })
     }
 }

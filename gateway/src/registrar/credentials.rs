@@ -14,6 +14,9 @@ pub struct UserRecord {
     pub ha1_sha256: String,
     /// The address-of-record this user may register, e.g. `sip:1000@example.com`.
     pub aor: String,
+    /// Digest algorithms this user is challenged with, in order (empty: the registrar's
+    /// default). For phones that read only the first challenge and only do MD5.
+    pub algorithms: Vec<Algorithm>,
 }
 
 impl UserRecord {
@@ -23,6 +26,7 @@ impl UserRecord {
             ha1_md5: ha1(Algorithm::Md5, username, realm, password),
             ha1_sha256: ha1(Algorithm::Sha256, username, realm, password),
             aor: aor.to_owned(),
+            algorithms: Vec::new(),
         }
     }
 

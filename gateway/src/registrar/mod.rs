@@ -271,10 +271,29 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         let (nonce, opaque) = self.nonce_key.issue(unix(now), self.nonce_counter);
         let realm = digest::quote(&self.config.realm);
         let stale = if stale { ", stale=true" } else { "" };
-        let headers = self
-            .config
-            .algorithms
-            .clone()
+        // The claimed user's own list (a legacy phone that reads only the first challenge),
+        // else the default. (An unknown user gets the default, like a user without a list.)
+        let claimed = match req.method {
+            Method::Register => first_value(req, |h| match h {
+                Header::To(v) => Some(v.value()),
+                _ => None,
+            }),
+            _ => first_value(req, |h| match h {
+                Header::From(v) => Some(v.value()),
+                _ => None,
+            }),
+        }
+        .and_then(location::canonical_aor)
+        .and_then(|aor| {
+            aor.split_once(':')
+                .map(|(_, r)| r.split('@').next().unwrap_or("").to_owned())
+        });
+        let algorithms = claimed
+            .and_then(|u| self.credentials.lookup(&u, &self.config.realm))
+            .map(|r| r.algorithms)
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| self.config.algorithms.clone());
+        let headers = algorithms
             .into_iter()
             .map(|alg| {
                 let value = format!(
@@ -345,8 +364,7 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         let alg = match c.algorithm.as_deref() {
             None => Some(Algorithm::Md5),
             Some(t) => Algorithm::from_token(t),
-        }
-        .filter(|a| self.config.algorithms.contains(a));
+        };
         let nc_value = (nc.len() == 8 && nc.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| u32::from_str_radix(nc, 16).ok())
             .flatten();
@@ -365,8 +383,19 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         // Same work whether or not the user exists: a dummy HA1 is always computed.
         let record = self.credentials.lookup(username, &self.config.realm);
         let dummy = digest::ha1(alg, username, &self.config.realm, "");
+        // The algorithm must be one this user is challenged with; otherwise it fails like a
+        // wrong password (same work, same answer).
+        let allowed = |r: &UserRecord| {
+            if r.algorithms.is_empty() {
+                self.config.algorithms.contains(&alg)
+            } else {
+                r.algorithms.contains(&alg)
+            }
+        };
         let (known, ha1) = match &record {
-            Some(r) if r.ha1(alg).len() == alg.hex_len() => (true, r.ha1(alg).to_ascii_lowercase()),
+            Some(r) if r.ha1(alg).len() == alg.hex_len() && allowed(r) => {
+                (true, r.ha1(alg).to_ascii_lowercase())
+            }
             _ => (false, dummy),
         };
         let ha2 = digest::ha2(alg, method_name(&req.method), uri);
