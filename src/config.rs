@@ -114,6 +114,8 @@ pub struct GatewaySection {
     /// Static SIP peers: other sites' gateways, a legacy PBX, an ITSP.
     #[serde(default)]
     pub trunk: Vec<TrunkSection>,
+    /// Record every call's legs to WAV files in this directory (relative to the config file).
+    pub record_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -553,6 +555,20 @@ impl Loaded {
             },
             extensions: g.extensions.clone().into_iter().collect(),
             trunks,
+            record_dir: match &g.record_dir {
+                None => None,
+                Some(d) => {
+                    let dir = self.path.parent().unwrap_or(Path::new(".")).join(d);
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        anyhow!(
+                            "{}: cannot create {}: {e}",
+                            self.at("gateway", "record_dir"),
+                            dir.display()
+                        )
+                    })?;
+                    Some(dir)
+                }
+            },
         })
     }
 

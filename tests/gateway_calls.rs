@@ -124,7 +124,9 @@ fn caller_opts(user: &str, callee: &str, sdp_port: u16, media_port: u16) -> Sipp
 #[test]
 fn sipp_call_relays_media_both_ways_and_tracks_device_state() {
     let expected = STREAM_PACKETS;
-    let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
+    let mut with_recording = spec("gw-a");
+    with_recording.extra = "record_dir = \"rec\"\n".into();
+    let mut gw = GatewayProcess::start(binary(), with_recording);
     let (mut uas, _) = callee(&mut gw, "1002");
 
     let media_port = free_udp_port();
@@ -188,6 +190,35 @@ fn sipp_call_relays_media_both_ways_and_tracks_device_state() {
         .and_then(|a| a.parse().ok())
         .expect("a_latched");
     assert_eq!(latched.port(), media_port, "{}", ended.line);
+
+    // The call was recorded: the caller's leg holds its 4 s of 440 Hz tone.
+    let path = gw.dir().join("rec").join("call-1-caller.wav");
+    let deadline = std::time::Instant::now() + STATE_TIMEOUT;
+    let pcm = loop {
+        match gateway::audio::wav::read_wav(&path) {
+            Ok(p) if !p.is_empty() => break p,
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => panic!("no recording at {}: {other:?}", path.display()),
+        }
+    };
+    let secs = pcm.len() as f64 / 8000.0;
+    assert!((3.9..=4.1).contains(&secs), "{secs} s recorded");
+    let at = |f: f64| goertzel(&pcm[8000..16000], f);
+    assert!(at(440.0) > 20.0 * at(1000.0), "the recorded tone is 440 Hz");
+}
+
+/// Power of `freq` (Hz) in 8 kHz samples.
+fn goertzel(x: &[i16], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &v in x {
+        let s0 = f64::from(v) + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2
 }
 
 #[test]

@@ -59,6 +59,9 @@ pub struct GatewayConfig {
     pub extensions: HashMap<String, String>,
     /// Static SIP peers.
     pub trunks: Vec<TrunkConfig>,
+    /// Record every call's two legs to WAV files here (`call-<n>-caller.wav`,
+    /// `call-<n>-callee.wav`: what each side sent), if set.
+    pub record_dir: Option<std::path::PathBuf>,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -155,6 +158,7 @@ type CallLegs = Arc<std::sync::Mutex<HashMap<b2bua::CallId, (Leg, Leg)>>>;
 struct RelayMedia {
     relay: MediaRelay,
     legs: CallLegs,
+    record_dir: Option<std::path::PathBuf>,
     /// Final figures of calls closed but not yet reported.
     closed: HashMap<b2bua::CallId, (LegStats, LegStats)>,
 }
@@ -186,6 +190,11 @@ impl MediaControl for RelayMedia {
             a: a.local_rtp(),
             b: b.local_rtp(),
         };
+        if let Some(dir) = &self.record_dir {
+            for (leg, side) in [(&a, "caller"), (&b, "callee")] {
+                record(leg, dir.join(format!("call-{}-{side}.wav", call.0)));
+            }
+        }
         self.legs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -229,6 +238,29 @@ impl MediaControl for RelayMedia {
         // Either phone falling silent ends the call (Asterisk's rtptimeout is per channel).
         self.with(call, |a, b| a.idle_for(now).max(b.idle_for(now)))
     }
+}
+
+/// Records what arrives on `leg` (decoded G.711, reordered, gaps filled) and writes it to
+/// `path` as 16-bit PCM WAV when the leg closes.
+fn record(leg: &Leg, path: std::path::PathBuf) {
+    let mut rx = leg.subscribe();
+    tokio::spawn(async move {
+        let mut rec = crate::audio::RtpRecorder::default();
+        while let Some(pkt) = rx.recv().await {
+            rec.push(&pkt);
+        }
+        let write = tokio::task::spawn_blocking(move || {
+            rec.finish_to_path(&path, crate::audio::WavEncoding::Pcm16)
+                .map_err(|e| (path, e))
+        });
+        match write.await {
+            Ok(Ok(())) => {}
+            Ok(Err((path, e))) => {
+                warn!(path = %path.display(), error = %e, "recording not written")
+            }
+            Err(e) => warn!(error = %e, "recording task failed"),
+        }
+    });
 }
 
 /// A running gateway.
@@ -307,6 +339,7 @@ impl Gateway {
                 })
                 .collect()
         };
+        let record_dir = cfg.record_dir.clone();
         let core = Core {
             cfg,
             bus,
@@ -321,6 +354,7 @@ impl Gateway {
                 relay,
                 legs: legs.clone(),
                 closed: HashMap::new(),
+                record_dir,
             },
             published: HashMap::new(),
             events: gw_events.clone(),

@@ -657,3 +657,53 @@ fn stale_cseq_gets_500_and_unknown_dialog_is_refused() {
     assert!(!rig.b2b.on_in_dialog(&k, stranger, &mut rig.media, rig.now));
     assert_eq!(rig.b2b.len(), 1);
 }
+
+#[test]
+fn early_media_183_is_relayed_with_the_relay_address_and_bridged() {
+    let mut rig = Rig::new();
+    let (b_inv, b_key) = rig.call(0);
+    let p183 = b_response(&b_inv, 183, "btag", &sdp("10.0.0.2", 6000, "sendrecv"));
+    rig.b2b.on_response(&b_key, p183, &mut rig.media, rig.now);
+    let acts = rig.actions();
+    let r = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Respond { response, .. } if response.status_code.code() == 183 => {
+                Some(response.clone())
+            }
+            _ => None,
+        })
+        .expect("183 to A");
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        body.contains("m=audio 20000 "),
+        "A gets the relay's A side: {body}"
+    );
+    assert!(
+        !body.contains("10.0.0.2"),
+        "never the callee's own address: {body}"
+    );
+    assert!(
+        rig.media.bridged.contains(&CallId(1)),
+        "early media flows before the answer"
+    );
+    assert!(rig
+        .media
+        .remotes
+        .iter()
+        .any(|(_, s, a)| *s == Side::B && a.port() == 6000));
+    // The 200 without SDP reuses the early answer.
+    let ok = b_response(&b_inv, 200, "btag", "");
+    rig.b2b.on_response(&b_key, ok, &mut rig.media, rig.now);
+    let acts = rig.actions();
+    let r = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Respond { response, .. } if response.status_code.code() == 200 => {
+                Some(response.clone())
+            }
+            _ => None,
+        })
+        .expect("200 to A");
+    assert!(String::from_utf8_lossy(&r.body).contains("m=audio 20000 "));
+}

@@ -201,6 +201,7 @@ fn main() -> Result<()> {
                     credentials: None,
                     register: None,
                 }],
+                record_dir: None,
             };
             anyhow::Ok(
                 Gateway::start(cfg, Arc::new(LocalBus::new(Eid([2, 0, 0, 0, 0, 10])))).await?,

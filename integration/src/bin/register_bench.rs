@@ -200,6 +200,7 @@ async fn start_gateway(users: u32, dir: &Path) -> Result<(Gateway, SocketAddr)> 
         media_timeout: None,
         extensions: Default::default(),
         trunks: Vec::new(),
+        record_dir: None,
     };
     let gw = Gateway::start(cfg, Arc::new(LocalBus::new(Eid([2, 0, 0, 0, 0, 9])))).await?;
     Ok((gw, gw_target))
