@@ -4,35 +4,19 @@
 //! through the fabric (the publisher of the device's state and its heartbeat's SIP address):
 //! its config names only site A's gateway.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use integration::free_udp_port;
 use integration::gateway::{GatewayProcess, GatewaySpec};
-use integration::sipp::{run_scenario, SippOpts, SippOutcome, SippProcess};
+use integration::phones::{answering_phone, assert_passes, caller, uac_scenario};
+use integration::sipp::run_scenario;
 use integration::xmpp_server::{ServerKind, XmppServer};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("sipp")
-        .join(name)
-}
-
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
-}
-
-#[track_caller]
-fn assert_passes(gw: &GatewayProcess, out: &SippOutcome, what: &str) {
-    assert!(
-        out.passed(),
-        "{what}: SIPp scenario failed\n{}\n{}",
-        out.describe(),
-        gw.diag()
-    );
 }
 
 fn statebus(s: &XmppServer, user: &str) -> String {
@@ -46,63 +30,6 @@ fn statebus(s: &XmppServer, user: &str) -> String {
         pubsub = s.pubsub_service(),
         ca = s.ca_cert().display().to_string(),
     )
-}
-
-fn uac_scenario(gw: &GatewayProcess) -> PathBuf {
-    let pcm = gateway::audio::prompts::tone(&[440.0], 4000, 0.3);
-    let alaw = gateway::audio::Codec::Pcma.encode(&pcm);
-    let audio = gw.dir().join("caller.alaw");
-    std::fs::write(&audio, alaw).expect("write the caller's audio");
-    let text = std::fs::read_to_string(scenario("call_uac.xml")).expect("read scenario");
-    let path = gw.dir().join("call_uac.xml");
-    std::fs::write(
-        &path,
-        text.replace("@RTP_FILE@", &audio.display().to_string()),
-    )
-    .expect("write scenario");
-    path
-}
-
-/// An agent phone (SIPp UAS answering `calls` calls, echoing RTP) registered as `user`.
-fn agent(gw: &mut GatewayProcess, user: &str, calls: u32) -> SippProcess {
-    let sip_port = free_udp_port();
-    let media_port = free_udp_port();
-    let uas = SippProcess::spawn(
-        &scenario("call_uas.xml"),
-        None,
-        &SippOpts {
-            local_port: Some(sip_port),
-            calls,
-            timeout: Duration::from_secs(60),
-            extra_args: vec!["-rtp_echo".into(), "-mp".into(), media_port.to_string()],
-            ..SippOpts::default()
-        },
-    )
-    .expect("start the agent's SIPp");
-    let reg = run_scenario(
-        &scenario("register_contact.xml"),
-        gw.udp,
-        SippOpts {
-            keys: vec![("contact_port".into(), sip_port.to_string())],
-            ..SippOpts::user(user, "secret")
-        },
-    )
-    .expect("run sipp");
-    assert_passes(gw, &reg, "agent registration");
-    uas
-}
-
-fn caller_opts(dial: &str) -> SippOpts {
-    let media_port = free_udp_port();
-    SippOpts {
-        keys: vec![
-            ("callee".into(), dial.into()),
-            ("sdp_port".into(), media_port.to_string()),
-        ],
-        timeout: Duration::from_secs(40),
-        extra_args: vec!["-mp".into(), media_port.to_string()],
-        ..SippOpts::user("1001", "secret")
-    }
 }
 
 #[test]
@@ -158,14 +85,15 @@ members = ["PJSIP/2001", "PJSIP/1002"]
     let mut node = GatewayProcess::start(binary(), acd);
 
     // Agents: 2001 at site B, 1002 at site A; both visible to the ACD through Prosody.
-    let mut agent_b = agent(&mut gw_b, "2001", 1);
-    let mut agent_a = agent(&mut gw_a, "1002", 1);
+    let mut agent_b = answering_phone(&mut gw_b, "2001", "call_uas.xml", 1);
+    let mut agent_a = answering_phone(&mut gw_a, "1002", "call_uas.xml", 1);
     gw_b.device("2001", "NOT_INUSE", WAIT);
     gw_a.device("1002", "NOT_INUSE", WAIT);
 
     // First call: neither agent has taken a call; leastrecent takes the first in order (2001,
     // at site B: reached through gw-b, which only the fabric tells the ACD about).
-    let out = run_scenario(&uac_scenario(&gw_a), gw_a.udp, caller_opts("800")).expect("run sipp");
+    let out =
+        run_scenario(&uac_scenario(gw_a.dir()), gw_a.udp, caller("1001", "800")).expect("run sipp");
     assert_passes(&gw_a, &out, "first caller");
     let first = node.wait_for(WAIT, "the first CONNECT", |l| l.contains("|CONNECT|"));
     assert!(
@@ -188,7 +116,8 @@ members = ["PJSIP/2001", "PJSIP/1002"]
     );
 
     // Second call: 2001 just took a call, 1002 never did → leastrecent picks 1002 at site A.
-    let out = run_scenario(&uac_scenario(&gw_a), gw_a.udp, caller_opts("800")).expect("run sipp");
+    let out =
+        run_scenario(&uac_scenario(gw_a.dir()), gw_a.udp, caller("1001", "800")).expect("run sipp");
     assert_passes(&gw_a, &out, "second caller");
     let second = node.wait_for(WAIT, "the second CONNECT", |l| l.contains("|CONNECT|"));
     assert!(

@@ -3,35 +3,20 @@
 //! 2002; the caller authenticates, the gateway routes 800 to the ACD, which answers with music
 //! on hold and offers the call to an agent through the gateway; media is bridged.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use integration::free_udp_port;
 use integration::gateway::{GatewayProcess, GatewaySpec};
-use integration::sipp::{run_scenario, SippOpts, SippOutcome, SippProcess};
+use integration::phones::{
+    answering_phone, assert_passes, caller, scenario, uac_scenario, STREAM_PACKETS,
+};
+use integration::sipp::{run_scenario, SippOpts, SippProcess};
 
 const WAIT: Duration = Duration::from_secs(15);
-const STREAM_PACKETS: u64 = 200;
-
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("sipp")
-        .join(name)
-}
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
-}
-
-#[track_caller]
-fn assert_passes(gw: &GatewayProcess, out: &SippOutcome, what: &str) {
-    assert!(
-        out.passed(),
-        "{what}: SIPp scenario failed\n{}\n{}",
-        out.describe(),
-        gw.diag()
-    );
 }
 
 /// A site with devices 1001 (caller), 2001 and 2002 (agents) and queue 800.
@@ -109,62 +94,12 @@ fn api(gw: &mut GatewayProcess, path: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-/// `call_uac.xml` with its RTP file (4 s of A-law tone, 200 packets).
-fn uac_scenario(gw: &GatewayProcess) -> PathBuf {
-    let pcm = gateway::audio::prompts::tone(&[440.0], 4000, 0.3);
-    let alaw = gateway::audio::Codec::Pcma.encode(&pcm);
-    let audio = gw.dir().join("caller.alaw");
-    std::fs::write(&audio, alaw).expect("write the caller's audio");
-    let text = std::fs::read_to_string(scenario("call_uac.xml")).expect("read scenario");
-    let path = gw.dir().join("call_uac.xml");
-    std::fs::write(
-        &path,
-        text.replace("@RTP_FILE@", &audio.display().to_string()),
-    )
-    .expect("write scenario");
-    path
-}
-
-/// An agent phone: a SIPp UAS (answers, echoes RTP) registered as `user`.
-fn agent(gw: &mut GatewayProcess, user: &str) -> SippProcess {
-    let sip_port = free_udp_port();
-    let media_port = free_udp_port();
-    let uas = SippProcess::spawn(
-        &scenario("call_uas.xml"),
-        None,
-        &SippOpts {
-            local_port: Some(sip_port),
-            timeout: Duration::from_secs(40),
-            extra_args: vec!["-rtp_echo".into(), "-mp".into(), media_port.to_string()],
-            ..SippOpts::default()
-        },
-    )
-    .expect("start the agent's SIPp");
-    let reg = run_scenario(
-        &scenario("register_contact.xml"),
-        gw.udp,
-        SippOpts {
-            keys: vec![("contact_port".into(), sip_port.to_string())],
-            ..SippOpts::user(user, "secret")
-        },
-    )
-    .expect("run sipp");
-    assert_passes(gw, &reg, "agent registration");
+/// An agent phone (answers one call, echoes RTP) registered as `user`; waits until it reads
+/// NOT_INUSE.
+fn answered_by(gw: &mut GatewayProcess, user: &str) -> SippProcess {
+    let phone = answering_phone(gw, user, "call_uas.xml", 1);
     gw.device(user, "NOT_INUSE", WAIT);
-    uas
-}
-
-fn caller_opts(dial: &str) -> SippOpts {
-    let media_port = free_udp_port();
-    SippOpts {
-        keys: vec![
-            ("callee".into(), dial.into()),
-            ("sdp_port".into(), media_port.to_string()),
-        ],
-        timeout: Duration::from_secs(40),
-        extra_args: vec!["-mp".into(), media_port.to_string()],
-        ..SippOpts::user("1001", "secret")
-    }
+    phone
 }
 
 fn queue_log(gw: &mut GatewayProcess, event: &str) -> String {
@@ -176,8 +111,9 @@ fn queue_log(gw: &mut GatewayProcess, event: &str) -> String {
 #[test]
 fn caller_is_queued_connected_to_an_agent_and_media_flows() {
     let mut gw = site("ringall");
-    let mut agent_2001 = agent(&mut gw, "2001");
-    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    let mut agent_2001 = answered_by(&mut gw, "2001");
+    let out =
+        run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "800")).expect("run sipp");
     assert_passes(&gw, &out, "caller through the queue");
     let enter = queue_log(&mut gw, "ENTERQUEUE");
     assert!(
@@ -308,12 +244,17 @@ fn agent_busy_on_another_call_is_skipped() {
     let mut gw = site("linear");
     // 2001 is first in linear order but busy: the gateway refuses the offer (ringinuse=no),
     // and the call goes to 2002.
-    let mut agent_2002 = agent(&mut gw, "2002");
-    let mut busy_2001 = agent(&mut gw, "2001");
-    let mut side_call = SippProcess::spawn(&uac_scenario(&gw), Some(gw.udp), &caller_opts("2001"))
-        .expect("side call");
+    let mut agent_2002 = answered_by(&mut gw, "2002");
+    let mut busy_2001 = answered_by(&mut gw, "2001");
+    let mut side_call = SippProcess::spawn(
+        &uac_scenario(gw.dir()),
+        Some(gw.udp),
+        &caller("1001", "2001"),
+    )
+    .expect("side call");
     gw.device("2001", "INUSE", WAIT);
-    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    let out =
+        run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "800")).expect("run sipp");
     assert_passes(&gw, &out, "queued caller");
     let connect = queue_log(&mut gw, "CONNECT");
     assert!(
@@ -330,7 +271,8 @@ fn agent_busy_on_another_call_is_skipped() {
 fn caller_hanging_up_while_waiting_is_abandon() {
     let mut gw = site("ringall");
     // No agent registered: the caller waits (music on hold) and hangs up after 5.5 s.
-    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    let out =
+        run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "800")).expect("run sipp");
     assert_passes(&gw, &out, "caller waits and hangs up");
     let abandon = queue_log(&mut gw, "ABANDON");
     // ABANDON|position|original position|waittime
@@ -422,15 +364,15 @@ members = ["PJSIP/2001"]
     assert_passes(&gw, &reg, "agent registration");
 
     // Both callers at once.
-    let uac = uac_scenario(&gw);
-    let mut c1 = SippProcess::spawn(&uac, Some(gw.udp), &caller_opts("800")).expect("caller 1");
+    let uac = uac_scenario(gw.dir());
+    let mut c1 = SippProcess::spawn(&uac, Some(gw.udp), &caller("1001", "800")).expect("caller 1");
     let mut c2 = SippProcess::spawn(
         &uac,
         Some(gw.udp),
         &SippOpts {
             service: Some("1002".into()),
             auth_user: Some("1002".into()),
-            ..caller_opts("801")
+            ..caller("1001", "801")
         },
     )
     .expect("caller 2");
@@ -545,7 +487,7 @@ fn example_site_config_starts() {
 #[test]
 fn hot_desking_by_feature_code() {
     let mut gw = site_with("ringall", &["PJSIP/2001"], "");
-    let mut agent_2002 = agent(&mut gw, "2002");
+    let mut agent_2002 = answered_by(&mut gw, "2002");
     let login = |gw: &GatewayProcess, code: &str| {
         run_scenario(
             &scenario("call_uac_feature.xml"),
@@ -570,7 +512,8 @@ fn hot_desking_by_feature_code() {
     let add = queue_log(&mut gw, "ADDMEMBER");
     assert!(add.contains("|support|PJSIP/2002|ADDMEMBER"), "{add}");
     // The next caller reaches the dynamic member (2001 is not registered: 480, skipped).
-    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    let out =
+        run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "800")).expect("run sipp");
     assert_passes(&gw, &out, "caller");
     let connect = queue_log(&mut gw, "CONNECT");
     assert!(connect.contains("|PJSIP/2002|CONNECT|"), "{connect}");
@@ -604,7 +547,8 @@ fn waiting_caller_hears_position_announcements() {
             prompts.display().to_string()
         ),
     );
-    let out = run_scenario(&uac_scenario(&gw), gw.udp, caller_opts("800")).expect("run sipp");
+    let out =
+        run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "800")).expect("run sipp");
     assert_passes(&gw, &out, "caller waits 5.5 s and hangs up");
     gw.drain();
     let announced: Vec<&String> = gw

@@ -12,16 +12,12 @@ use std::time::Duration;
 
 use integration::free_udp_port;
 use integration::gateway::{GatewayProcess, GatewaySpec};
-use integration::sipp::{run_scenario, SippOpts, SippOutcome, SippProcess};
+use integration::phones::{
+    answering_phone, assert_passes, caller_ports, scenario, uac_scenario, STREAM_PACKETS,
+};
+use integration::sipp::{run_scenario, SippOpts, SippProcess};
 
 const STATE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("sipp")
-        .join(name)
-}
 
 /// A gateway with devices 1001 and 1002; qualify is slow because a SIPp UAS cannot answer
 /// OPTIONS outside its scenario.
@@ -35,25 +31,12 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
 }
 
-/// Packets in the caller's stream: 4 s of a 440 Hz tone, 20 ms (160 A-law bytes) a packet.
-const STREAM_PACKETS: u64 = 200;
-
-/// `call_uac.xml` with its RTP file: a raw G.711 A-law tone written into the gateway's
-/// directory (SIPp's `rtp_stream` sends it from the caller's media port, 160 bytes a packet).
-fn uac_scenario(gw: &GatewayProcess) -> PathBuf {
-    let pcm = gateway::audio::prompts::tone(&[440.0], 4000, 0.3);
-    let alaw = gateway::audio::Codec::Pcma.encode(&pcm);
-    assert_eq!(alaw.len() as u64, STREAM_PACKETS * 160);
-    let audio = gw.dir().join("caller.alaw");
-    std::fs::write(&audio, alaw).expect("write the caller's audio");
-    let text = std::fs::read_to_string(scenario("call_uac.xml")).expect("read scenario");
-    let path = gw.dir().join("call_uac.xml");
-    std::fs::write(
-        &path,
-        text.replace("@RTP_FILE@", &audio.display().to_string()),
-    )
-    .expect("write scenario");
-    path
+/// A callee phone (SIPp UAS running `uas`) registered as `user`; waits until it reads
+/// NOT_INUSE.
+fn callee(gw: &mut GatewayProcess, user: &str, uas: &str) -> SippProcess {
+    let phone = answering_phone(gw, user, uas, 1);
+    gw.device(user, "NOT_INUSE", STATE_TIMEOUT);
+    phone
 }
 
 /// `call_rejected.xml` expecting final response `code` (SIPp cannot take a response code
@@ -65,75 +48,19 @@ fn rejected_scenario(gw: &GatewayProcess, code: &str) -> PathBuf {
     path
 }
 
-#[track_caller]
-fn assert_passes(gw: &GatewayProcess, out: &SippOutcome, what: &str) {
-    assert!(
-        out.passed(),
-        "{what}: SIPp scenario failed\n{}\n{}",
-        out.describe(),
-        gw.diag()
-    );
-}
-
-/// Starts the callee: a SIPp UAS (answers, echoes RTP) registered as `user` by a second SIPp.
-fn callee(gw: &mut GatewayProcess, user: &str) -> (SippProcess, u16) {
-    callee_with(gw, user, "call_uas.xml")
-}
-
-/// [`callee`] running another UAS scenario.
-fn callee_with(gw: &mut GatewayProcess, user: &str, uas_scenario: &str) -> (SippProcess, u16) {
-    let sip_port = free_udp_port();
-    let media_port = free_udp_port();
-    let uas = SippProcess::spawn(
-        &scenario(uas_scenario),
-        None,
-        &SippOpts {
-            local_port: Some(sip_port),
-            timeout: Duration::from_secs(40),
-            extra_args: vec!["-rtp_echo".into(), "-mp".into(), media_port.to_string()],
-            ..SippOpts::default()
-        },
-    )
-    .expect("start the callee SIPp");
-    let reg = run_scenario(
-        &scenario("register_contact.xml"),
-        gw.udp,
-        SippOpts {
-            keys: vec![("contact_port".into(), sip_port.to_string())],
-            ..SippOpts::user(user, "secret")
-        },
-    )
-    .expect("run sipp");
-    assert_passes(gw, &reg, "callee registration");
-    gw.device(user, "NOT_INUSE", STATE_TIMEOUT);
-    (uas, media_port)
-}
-
-fn caller_opts(user: &str, callee: &str, sdp_port: u16, media_port: u16) -> SippOpts {
-    SippOpts {
-        keys: vec![
-            ("callee".into(), callee.into()),
-            ("sdp_port".into(), sdp_port.to_string()),
-        ],
-        timeout: Duration::from_secs(40),
-        extra_args: vec!["-mp".into(), media_port.to_string()],
-        ..SippOpts::user(user, "secret")
-    }
-}
-
 #[test]
 fn sipp_call_relays_media_both_ways_and_tracks_device_state() {
     let expected = STREAM_PACKETS;
     let mut with_recording = spec("gw-a");
     with_recording.extra = "record_dir = \"rec\"\n".into();
     let mut gw = GatewayProcess::start(binary(), with_recording);
-    let (mut uas, _) = callee(&mut gw, "1002");
+    let mut uas = callee(&mut gw, "1002", "call_uas.xml");
 
     let media_port = free_udp_port();
     let uac = SippProcess::spawn(
-        &uac_scenario(&gw),
+        &uac_scenario(gw.dir()),
         Some(gw.udp),
-        &caller_opts("1001", "1002", media_port, media_port),
+        &caller_ports("1001", "1002", media_port, media_port),
     );
     let mut uac = uac.expect("start the caller SIPp");
     gw.device("1002", "RINGING", STATE_TIMEOUT);
@@ -224,14 +151,14 @@ fn goertzel(x: &[i16], freq: f64) -> f64 {
 #[test]
 fn caller_sending_from_another_port_than_its_sdp_still_gets_audio() {
     let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
-    let (mut uas, _) = callee(&mut gw, "1002");
+    let mut uas = callee(&mut gw, "1002", "call_uas.xml");
     let media_port = free_udp_port();
     // The SDP names a port nothing listens on; RTP really comes from (and goes back to) media_port.
     let wrong = free_udp_port();
     let out = run_scenario(
-        &uac_scenario(&gw),
+        &uac_scenario(gw.dir()),
         gw.udp,
-        caller_opts("1001", "1002", wrong, media_port),
+        caller_ports("1001", "1002", wrong, media_port),
     )
     .expect("run sipp");
     assert_passes(&gw, &out, "caller");
@@ -293,12 +220,12 @@ fn unknown_number_404_unregistered_480_and_wrong_password_challenged_again() {
 #[test]
 fn hold_and_resume_show_onhold_then_inuse() {
     let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
-    let (mut uas, _) = callee_with(&mut gw, "1002", "call_uas_hold.xml");
+    let mut uas = callee(&mut gw, "1002", "call_uas_hold.xml");
     let media_port = free_udp_port();
     let out = run_scenario(
         &scenario("call_uac_hold.xml"),
         gw.udp,
-        caller_opts("1001", "1002", media_port, media_port),
+        caller_ports("1001", "1002", media_port, media_port),
     )
     .expect("run sipp");
     assert_passes(&gw, &out, "caller holds and resumes");
@@ -327,12 +254,12 @@ fn hold_and_resume_show_onhold_then_inuse() {
 #[test]
 fn cancel_while_ringing_gives_487_and_frees_the_callee() {
     let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
-    let (mut uas, _) = callee_with(&mut gw, "1002", "call_uas_cancel.xml");
+    let mut uas = callee(&mut gw, "1002", "call_uas_cancel.xml");
     let media_port = free_udp_port();
     let out = run_scenario(
         &scenario("call_uac_cancel.xml"),
         gw.udp,
-        caller_opts("1001", "1002", media_port, media_port),
+        caller_ports("1001", "1002", media_port, media_port),
     )
     .expect("run sipp");
     assert_passes(
@@ -356,7 +283,7 @@ fn cancel_while_ringing_gives_487_and_frees_the_callee() {
 #[test]
 fn busy_callee_gives_486_to_the_caller() {
     let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
-    let (mut uas, _) = callee_with(&mut gw, "1002", "call_uas_busy.xml");
+    let mut uas = callee(&mut gw, "1002", "call_uas_busy.xml");
     let out = run_scenario(
         &rejected_scenario(&gw, "486"),
         gw.udp,
@@ -392,13 +319,13 @@ fn call_across_two_gateways_over_a_trunk() {
     );
     let mut gw_a = GatewayProcess::start(binary(), a_spec);
     let mut gw_b = GatewayProcess::start(binary(), b_spec);
-    let (mut uas, _) = callee(&mut gw_b, "2002");
+    let mut uas = callee(&mut gw_b, "2002", "call_uas.xml");
 
     let media_port = free_udp_port();
     let out = run_scenario(
-        &uac_scenario(&gw_a),
+        &uac_scenario(gw_a.dir()),
         gw_a.udp,
-        caller_opts("1001", "5551234", media_port, media_port),
+        caller_ports("1001", "5551234", media_port, media_port),
     )
     .expect("run sipp");
     assert_passes(&gw_a, &out, "caller at site A dials site B's DID 5551234");
@@ -452,12 +379,12 @@ fn itsp_trunk_registers_answers_challenges_and_delivers_dids() {
     gw_b.device("2999", "NOT_INUSE", Duration::from_secs(15));
 
     // Outbound: 1001 at A dials 2002 at the ITSP; the ITSP challenges A, A authenticates.
-    let (mut uas_b, _) = callee(&mut gw_b, "2002");
+    let mut uas_b = callee(&mut gw_b, "2002", "call_uas.xml");
     let media_port = free_udp_port();
     let out = run_scenario(
-        &uac_scenario(&gw_a),
+        &uac_scenario(gw_a.dir()),
         gw_a.udp,
-        caller_opts("1001", "2002", media_port, media_port),
+        caller_ports("1001", "2002", media_port, media_port),
     )
     .expect("run sipp");
     assert_passes(&gw_a, &out, "outbound call through the ITSP");
@@ -480,12 +407,12 @@ fn itsp_trunk_registers_answers_challenges_and_delivers_dids() {
 
     // Inbound: 2002 at the ITSP dials A's number 2999; it reaches A through the registration,
     // and A's DID map rings extension 1001 (a SIPp UAS registered at A).
-    let (mut uas_a, _) = callee(&mut gw_a, "1001");
+    let mut uas_a = callee(&mut gw_a, "1001", "call_uas.xml");
     let media_port = free_udp_port();
     let out = run_scenario(
-        &uac_scenario(&gw_b),
+        &uac_scenario(gw_b.dir()),
         gw_b.udp,
-        caller_opts("2002", "2999", media_port, media_port),
+        caller_ports("2002", "2999", media_port, media_port),
     )
     .expect("run sipp");
     assert_passes(&gw_b, &out, "inbound DID call from the ITSP");

@@ -15,6 +15,7 @@
 pub mod baresip;
 pub mod bench;
 pub mod gateway;
+pub mod phones;
 pub mod postgres;
 pub mod raw_xmpp;
 pub mod sipp;
