@@ -422,3 +422,33 @@ mod tests {
         assert!(super::cpu_secs(std::process::id(), true) >= 0.0);
     }
 }
+
+/// The gateway configuration the benchmarks start in-process: UDP on `udp`, realm `bench`,
+/// MD5 digest (what SIPp answers), no qualify, no media timeout, no trunks.
+pub fn gateway_config(
+    udp: std::net::SocketAddr,
+    database: String,
+) -> gateway::server::GatewayConfig {
+    gateway::server::GatewayConfig {
+        udp: vec![udp],
+        tcp: vec![],
+        realm: "bench".into(),
+        database,
+        secret: b"bench-secret".to_vec(),
+        min_expires: 60,
+        default_expires: 3600,
+        max_expires: 7200,
+        algorithms: vec![gateway::registrar::digest::Algorithm::Md5],
+        db_reload: std::time::Duration::from_secs(60),
+        qualify_interval: std::time::Duration::from_secs(3600),
+        t1: std::time::Duration::from_millis(500),
+        device_prefix: "PJSIP/".into(),
+        node: "bench".into(),
+        rtp_ip: udp.ip(),
+        rtp_ports: (20000, 20999),
+        media_timeout: None,
+        extensions: Default::default(),
+        trunks: Vec::new(),
+        record_dir: None,
+    }
+}

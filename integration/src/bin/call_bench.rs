@@ -11,7 +11,6 @@
 //! call. `CALL_BENCH_TRACE=1` adds SIPp's `-trace_err` and keeps the working directory.
 
 use anyhow::Result;
-use gateway::registrar::digest::Algorithm;
 use gateway::server::{Gateway, GatewayConfig, TrunkConfig};
 use integration::bench::{self, Kamailio, SippServer, SippStep, Step};
 use statebus::{Eid, LocalBus};
@@ -174,24 +173,7 @@ fn main() -> Result<()> {
         let db = format!("sqlite://{}", dir.path().join("bench.db").display());
         let gw = rt.block_on(async {
             let cfg = GatewayConfig {
-                udp: vec![gw_target],
-                tcp: vec![],
-                realm: "bench".into(),
-                database: db.clone(),
-                secret: b"bench-secret".to_vec(),
-                min_expires: 60,
-                default_expires: 3600,
-                max_expires: 7200,
-                algorithms: vec![Algorithm::Md5],
-                db_reload: Duration::from_secs(60),
-                qualify_interval: Duration::from_secs(3600),
-                t1: Duration::from_millis(500),
-                device_prefix: "PJSIP/".into(),
-                node: "bench".into(),
-                rtp_ip: gw_target.ip(),
                 rtp_ports: (20000, 39999),
-                media_timeout: None,
-                extensions: Default::default(),
                 trunks: vec![TrunkConfig {
                     name: "sipp-uas".into(),
                     address: callee.addr(),
@@ -201,7 +183,7 @@ fn main() -> Result<()> {
                     credentials: None,
                     register: None,
                 }],
-                record_dir: None,
+                ..integration::bench::gateway_config(gw_target, db.clone())
             };
             anyhow::Ok(
                 Gateway::start(cfg, Arc::new(LocalBus::new(Eid([2, 0, 0, 0, 0, 10])))).await?,

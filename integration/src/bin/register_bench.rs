@@ -13,8 +13,7 @@
 
 use anyhow::{bail, Context, Result};
 use gateway::devices::{DeviceRecord, DeviceStore};
-use gateway::registrar::digest::Algorithm;
-use gateway::server::{Gateway, GatewayConfig};
+use gateway::server::Gateway;
 use statebus::{Eid, LocalBus};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -180,28 +179,7 @@ async fn start_gateway(users: u32, dir: &Path) -> Result<(Gateway, SocketAddr)> 
             ))
             .await?;
     }
-    let cfg = GatewayConfig {
-        udp: vec![gw_target],
-        tcp: vec![],
-        realm: "bench".into(),
-        database: db.clone(),
-        secret: b"bench-secret".to_vec(),
-        min_expires: 60,
-        default_expires: 3600,
-        max_expires: 7200,
-        algorithms: vec![Algorithm::Md5],
-        db_reload: Duration::from_secs(60),
-        qualify_interval: Duration::from_secs(3600),
-        t1: Duration::from_millis(500),
-        device_prefix: "PJSIP/".into(),
-        node: "bench".into(),
-        rtp_ip: gw_target.ip(),
-        rtp_ports: (20000, 20999),
-        media_timeout: None,
-        extensions: Default::default(),
-        trunks: Vec::new(),
-        record_dir: None,
-    };
+    let cfg = integration::bench::gateway_config(gw_target, db.clone());
     let gw = Gateway::start(cfg, Arc::new(LocalBus::new(Eid([2, 0, 0, 0, 0, 9])))).await?;
     Ok((gw, gw_target))
 }
