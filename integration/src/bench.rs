@@ -397,32 +397,6 @@ impl Drop for Kamailio {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{stat_counts, Step};
-    use std::time::Duration;
-
-    #[test]
-    fn counts_and_cleanliness() {
-        let csv = "StartTime;SuccessfulCall(C);FailedCall(C);\nx;0;0;\ny;998;1;\n";
-        assert_eq!(stat_counts(csv), (998, 1));
-        let s = Step {
-            rate: 100,
-            calls: 1000,
-            ok: 998,
-            failed: 1 + 1,
-            busy_secs: Duration::from_secs(10).as_secs_f64(),
-            wall_secs: 11.0,
-            sut_cpu: Some(5.5),
-        };
-        assert!((s.fail_pct() - 0.2).abs() < 1e-9);
-        assert!(!s.clean());
-        assert!((s.achieved() - 99.8).abs() < 1e-9);
-        assert_eq!(s.cores(), Some(0.5));
-        assert!(super::cpu_secs(std::process::id(), true) >= 0.0);
-    }
-}
-
 /// The gateway configuration the benchmarks start in-process: UDP on `udp`, realm `bench`,
 /// MD5 digest (what SIPp answers), no qualify, no media timeout, no trunks.
 pub fn gateway_config(
@@ -450,5 +424,31 @@ pub fn gateway_config(
         extensions: Default::default(),
         trunks: Vec::new(),
         record_dir: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{stat_counts, Step};
+    use std::time::Duration;
+
+    #[test]
+    fn counts_and_cleanliness() {
+        let csv = "StartTime;SuccessfulCall(C);FailedCall(C);\nx;0;0;\ny;998;1;\n";
+        assert_eq!(stat_counts(csv), (998, 1));
+        let s = Step {
+            rate: 100,
+            calls: 1000,
+            ok: 998,
+            failed: 1 + 1,
+            busy_secs: Duration::from_secs(10).as_secs_f64(),
+            wall_secs: 11.0,
+            sut_cpu: Some(5.5),
+        };
+        assert!((s.fail_pct() - 0.2).abs() < 1e-9);
+        assert!(!s.clean());
+        assert!((s.achieved() - 99.8).abs() < 1e-9);
+        assert_eq!(s.cores(), Some(0.5));
+        assert!(super::cpu_secs(std::process::id(), true) >= 0.0);
     }
 }
