@@ -35,7 +35,7 @@ use gateway::server::Peer;
 use gateway::sip::dialog::{self, Dialog};
 use gateway::sip::message::{self, Method, Request, Response, SipMessage};
 use gateway::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
-use gateway::transport::{self, Target, TransportConfig, TransportEvent, Transports};
+use gateway::transport::{self, TransportConfig, TransportEvent, Transports};
 use rsip::headers::UntypedHeader;
 use rsip::Header;
 use statebus::{Bus, BusEvent, Change, DeviceState};
@@ -1285,31 +1285,7 @@ impl Core {
     }
 
     async fn transmit(&mut self, t: tx::Transmit<Peer>) {
-        let result = match &t.message {
-            SipMessage::Response(r) => {
-                self.transports
-                    .send_response(r, t.dest.transport, t.dest.local)
-                    .await
-            }
-            SipMessage::Request(_) => {
-                let bytes = message::serialize(&t.message);
-                self.transports
-                    .send(
-                        Target::Udp {
-                            peer: t.dest.addr,
-                            local: Some(t.dest.local),
-                        },
-                        &bytes,
-                    )
-                    .await
-            }
-        };
-        if let Err(e) = result {
-            debug!(error = %e, dest = %t.dest.addr, "send failed");
-            if let Some(key) = t.key {
-                self.tl.transport_error(&key);
-            }
-        }
+        gateway::server::transmit(&self.transports, &mut self.tl, t).await;
     }
 }
 

@@ -992,33 +992,45 @@ impl Core {
     }
 
     async fn transmit(&mut self, t: tx::Transmit<Peer>) {
-        let result = match &t.message {
-            // send_response serialises the response itself.
-            SipMessage::Response(r) => {
-                self.transports
-                    .send_response(r, t.dest.transport, t.dest.local)
-                    .await
-            }
-            SipMessage::Request(req) => {
-                let bytes = message::serialize_request(req);
-                let target = match t.dest.transport {
-                    transport::Transport::Udp => Target::Udp {
-                        peer: t.dest.addr,
-                        local: Some(t.dest.local),
-                    },
-                    transport::Transport::Tcp(id) => Target::Connection {
-                        id,
-                        fallback: Some(t.dest.addr),
-                    },
-                };
-                self.transports.send(target, &bytes).await
-            }
-        };
-        if let Err(e) = result {
-            debug!(error = %e, dest = %t.dest.addr, "send failed");
-            if let Some(key) = t.key {
-                self.tl.transport_error(&key);
-            }
+        transmit(&self.transports, &mut self.tl, t).await;
+    }
+}
+
+/// Puts what the transaction layer produced on the wire: a response back the way its request
+/// came (§18.2.2, RFC 3581), a request to its peer (UDP from the listener it belongs to, or
+/// the peer's TCP connection); a failure is reported to the transaction. Shared by every SIP
+/// user agent of the process (the gateway, the ACD node).
+pub async fn transmit(
+    transports: &Transports,
+    tl: &mut TransactionLayer<Peer>,
+    t: tx::Transmit<Peer>,
+) {
+    let result = match &t.message {
+        // send_response serialises the response itself.
+        SipMessage::Response(r) => {
+            transports
+                .send_response(r, t.dest.transport, t.dest.local)
+                .await
+        }
+        SipMessage::Request(req) => {
+            let bytes = message::serialize_request(req);
+            let target = match t.dest.transport {
+                transport::Transport::Udp => Target::Udp {
+                    peer: t.dest.addr,
+                    local: Some(t.dest.local),
+                },
+                transport::Transport::Tcp(id) => Target::Connection {
+                    id,
+                    fallback: Some(t.dest.addr),
+                },
+            };
+            transports.send(target, &bytes).await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, dest = %t.dest.addr, "send failed");
+        if let Some(key) = t.key {
+            tl.transport_error(&key);
         }
     }
 }
