@@ -449,3 +449,35 @@ fn registration_with_sha256_digest() {
     let mut gw_b = GatewayProcess::start(binary(), b_spec);
     gw_b.device("2999", "NOT_INUSE", Duration::from_secs(15));
 }
+
+/// Media timeout: a call in which nobody sends RTP is hung up on both sides after
+/// `media_timeout_secs` (each phone gets a BYE).
+#[test]
+fn silent_call_is_hung_up_on_both_sides_after_the_media_timeout() {
+    let mut s = spec("gw-a");
+    s.extra = "media_timeout_secs = 2\n".into();
+    let mut gw = GatewayProcess::start(binary(), s);
+    // The callee answers and waits for a BYE; the caller (call_uac_feature.xml) answers the
+    // gateway's BYE too. Neither sends RTP.
+    let mut uas = callee(&mut gw, "1002", "call_uas.xml");
+    let started = std::time::Instant::now();
+    let out = run_scenario(
+        &scenario("call_uac_feature.xml"),
+        gw.udp,
+        caller_ports("1001", "1002", free_udp_port(), free_udp_port()),
+    )
+    .expect("run sipp");
+    assert_passes(&gw, &out, "caller gets the gateway's BYE");
+    assert_passes(
+        &gw,
+        &uas.wait().expect("callee"),
+        "callee gets the gateway's BYE",
+    );
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    assert_eq!(ended.reason, "media-timeout", "{}", ended.line);
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_secs(8),
+        "hung up after {after:?}"
+    );
+}
