@@ -21,11 +21,16 @@ fn binary() -> &'static Path {
 
 /// A site with devices 1001 (caller), 2001 and 2002 (agents) and queue 800.
 fn site(strategy: &str) -> GatewayProcess {
-    site_with(strategy, &["PJSIP/2001", "PJSIP/2002"], "")
+    site_with(strategy, &["PJSIP/2001", "PJSIP/2002"], "", "")
 }
 
 /// [`site`] with other members and extra `[acd]` lines.
-fn site_with(strategy: &str, members: &[&str], acd_extra: &str) -> GatewayProcess {
+fn site_with(
+    strategy: &str,
+    members: &[&str],
+    acd_extra: &str,
+    queue_extra: &str,
+) -> GatewayProcess {
     let members = members
         .iter()
         .map(|m| format!("{m:?}"))
@@ -54,6 +59,7 @@ retry = 1
 ringinuse = false
 servicelevel = 20
 members = [{members}]
+{queue_extra}
 
 [http]
 listen = "127.0.0.1:0"
@@ -486,7 +492,7 @@ fn example_site_config_starts() {
 /// it out again (REMOVEMEMBER).
 #[test]
 fn hot_desking_by_feature_code() {
-    let mut gw = site_with("ringall", &["PJSIP/2001"], "");
+    let mut gw = site_with("ringall", &["PJSIP/2001"], "", "");
     let mut agent_2002 = answered_by(&mut gw, "2002");
     let login = |gw: &GatewayProcess, code: &str| {
         run_scenario(
@@ -531,8 +537,9 @@ fn hot_desking_by_feature_code() {
     );
 }
 
-/// Waiting callers hear their position: with announce_frequency_secs = 1 and the shipped
-/// prompts, a lone caller is told "you are now first in line" every second.
+/// Waiting callers hear their position: with the queue's announce_frequency = 1 (overriding
+/// the node's 60 s) and the shipped prompts, a lone caller is told "you are now first in
+/// line" every second.
 #[test]
 fn waiting_caller_hears_position_announcements() {
     let prompts = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -543,9 +550,10 @@ fn waiting_caller_hears_position_announcements() {
         "ringall",
         &["PJSIP/2001"],
         &format!(
-            "prompts = {:?}\nannounce_frequency_secs = 1\n",
+            "prompts = {:?}\nannounce_frequency_secs = 60\n",
             prompts.display().to_string()
         ),
+        "announce_frequency = 1",
     );
     let out =
         run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "800")).expect("run sipp");

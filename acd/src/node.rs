@@ -633,8 +633,7 @@ impl Core {
                 sdp: answer,
                 media: Some(media),
                 next_announce: self
-                    .cfg
-                    .announce_frequency
+                    .announce_every(&queue)
                     .filter(|_| confirm.is_none())
                     .map(|f| now + f),
                 hangup_at,
@@ -669,9 +668,6 @@ impl Core {
                     .remove(&(c.dialog.call_id.clone(), c.dialog.local_tag.clone()));
             }
         }
-        let Some(every) = self.cfg.announce_frequency else {
-            return;
-        };
         let due: Vec<u64> = self
             .callers
             .iter()
@@ -694,7 +690,11 @@ impl Core {
                 v.push("queue-callswaiting".into());
                 v
             };
-            if self.cfg.announce_holdtime {
+            let holdtime = self
+                .queue_cfg(&c.queue)
+                .and_then(|q| q.announce_holdtime)
+                .unwrap_or(self.cfg.announce_holdtime);
+            if holdtime {
                 let secs = self
                     .engine
                     .queue_stats(&c.queue)
@@ -727,9 +727,24 @@ impl Core {
             if let Some(m) = &c.media {
                 let _ = m.try_send(MediaCmd::Announce(list));
             }
+            let every = self.announce_every(&c.queue);
             if let Some(c) = self.callers.get_mut(&id) {
-                c.next_announce = Some(now + every);
+                c.next_announce = every.map(|e| now + e);
             }
+        }
+    }
+
+    fn queue_cfg(&self, queue: &str) -> Option<&crate::engine::QueueConfig> {
+        self.cfg.engine.queues.iter().find(|q| q.name == queue)
+    }
+
+    /// How often callers of `queue` hear their position: the queue's `announce_frequency`
+    /// (0: never), else the node's default.
+    fn announce_every(&self, queue: &str) -> Option<Duration> {
+        match self.queue_cfg(queue).and_then(|q| q.announce_frequency) {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => self.cfg.announce_frequency,
         }
     }
 

@@ -373,6 +373,13 @@ pub struct QueueConfig {
     /// Default penalty rule name.
     #[serde(default)]
     pub defaultrule: Option<String>,
+    /// `announce-frequency`: seconds between position/hold-time announcements to a waiting
+    /// caller (None: the ACD node's default; 0: never). Played by the node, not the engine.
+    #[serde(default)]
+    pub announce_frequency: Option<u64>,
+    /// `announce-holdtime`: include the estimated hold time (None: the node's default).
+    #[serde(default)]
+    pub announce_holdtime: Option<bool>,
     /// Static members.
     #[serde(default)]
     pub members: Vec<MemberConfig>,
@@ -396,6 +403,8 @@ impl QueueConfig {
             penaltymemberslimit: 0,
             servicelevel: 0,
             defaultrule: None,
+            announce_frequency: None,
+            announce_holdtime: None,
             members: Vec::new(),
         }
     }
