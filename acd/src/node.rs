@@ -1027,10 +1027,22 @@ impl Core {
             }
         };
         let session = self.rand() >> 1;
+        // The relay does not transcode: offer the agent only the codec the caller's leg uses.
+        let codec = self
+            .callers
+            .get(&n)
+            .and_then(|c| {
+                c.sdp
+                    .media()
+                    .first()
+                    .and_then(|m| m.codecs().into_iter().next())
+            })
+            .map(|c| c.name.to_ascii_uppercase())
+            .unwrap_or_else(|| "PCMU".into());
         let offer = sdp::offer(
             leg.local_rtp().ip(),
             leg.local_rtp().port(),
-            &["PCMA", "PCMU", "telephone-event"],
+            &[codec.as_str(), "telephone-event"],
             ("callfabric-acd", session, 1),
         );
         let from = self
