@@ -166,7 +166,7 @@ impl AcdNode {
             .first()
             .copied()
             .unwrap_or(cfg.udp);
-        let relay = MediaRelay::new(RelayConfig::new(
+        let relay = MediaRelay::with_own_thread(RelayConfig::new(
             cfg.media_ip,
             cfg.media_ip,
             cfg.rtp_ports.0,

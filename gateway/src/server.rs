@@ -302,7 +302,7 @@ impl Gateway {
             t1: cfg.t1,
             ..tx::Config::default()
         };
-        let relay = MediaRelay::new(RelayConfig::new(
+        let relay = MediaRelay::with_own_thread(RelayConfig::new(
             cfg.rtp_ip,
             cfg.rtp_ip,
             cfg.rtp_ports.0,

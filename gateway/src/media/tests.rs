@@ -464,6 +464,34 @@ fn leg_outside_a_runtime_is_an_error_not_a_panic() {
     assert_eq!(r.ports_in_use(), 0);
 }
 
+/// A relay with its own thread relays without the caller's runtime (and from a plain
+/// thread): two phones exchange a packet through a bridge.
+#[test]
+fn relay_on_its_own_thread() {
+    let cfg = RelayConfig::new(
+        "127.0.0.1".parse().expect("ip"),
+        "127.0.0.1".parse().expect("ip"),
+        22400,
+        22499,
+    );
+    let r = MediaRelay::with_own_thread(cfg).expect("relay");
+    let (a, b) = (r.leg_now().expect("leg a"), r.leg_now().expect("leg b"));
+    let pa = std::net::UdpSocket::bind("127.0.0.1:0").expect("phone a");
+    let pb = std::net::UdpSocket::bind("127.0.0.1:0").expect("phone b");
+    pb.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    a.set_remote(pa.local_addr().expect("addr"), None);
+    b.set_remote(pb.local_addr().expect("addr"), None);
+    bridge(&a, &b).expect("bridge");
+    let mut pkt = vec![0x80u8, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7];
+    pkt.extend(std::iter::repeat_n(0xd5, 160));
+    pa.send_to(&pkt, a.local_rtp()).expect("send");
+    let mut buf = [0u8; 2048];
+    let (n, from) = pb.recv_from(&mut buf).expect("relayed packet");
+    assert_eq!(&buf[..n], &pkt[..]);
+    assert_eq!(from, b.local_rtp());
+}
+
 #[tokio::test]
 async fn leg_now_works_inside_the_runtime() {
     let r = relay(22300, 22399);
