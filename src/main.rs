@@ -420,9 +420,9 @@ async fn run_gateway_or_acd(
                     gateway: gw.clone(),
                     acd: node.clone(),
                 };
-                if let Err(e) = http::serve(listen, sources).await {
-                    eprintln!("status API on {listen}: {e:#}");
-                }
+                http::serve(listen, sources)
+                    .await
+                    .with_context(|| format!("status API on {listen}"))
             }
             None => std::future::pending().await,
         }
@@ -467,11 +467,14 @@ async fn run_gateway_or_acd(
             }
         }
     };
+    // A status API that cannot listen is a fatal configuration error, reported after the
+    // services are stopped.
+    let mut result = Ok(());
     tokio::select! {
         _ = print => {}
         _ = print_calls => {}
         _ = print_queue_log => {}
-        _ = api => {}
+        r = api => result = r,
         _ = tokio::signal::ctrl_c() => {}
     }
     if let Some(gw) = gw {
@@ -483,7 +486,7 @@ async fn run_gateway_or_acd(
     if let Some(x) = xmpp {
         x.shutdown().await;
     }
-    Ok(())
+    result
 }
 
 /// `CALL <n> ENDED <reason> a_in=… a_out=… …`: one line per ended call with the relay's

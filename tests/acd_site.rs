@@ -577,3 +577,48 @@ fn waiting_caller_hears_position_announcements() {
         "a shipped prompt was rejected:\n{stderr}"
     );
 }
+
+/// A status API that cannot listen (port taken) stops the process with an error naming it,
+/// instead of running on without it.
+#[test]
+fn status_api_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"gw\"\n\n[gateway]\nudp = [\"127.0.0.1:{}\"]\nrealm = \"r\"\n\
+             database = \"sqlite://gw.db\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+            free_udp_port()
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(binary())
+        .args(["gateway", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gateway kept running without its status API");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read");
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&format!("status API on 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
