@@ -328,36 +328,18 @@ impl Core {
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
-            let timer = self.tl.poll_timeout();
             let engine_at = self.engine.poll_timeout().map(|t| {
                 let now = engine_now();
                 Instant::now() + t.saturating_sub(now)
             });
-            let next = match (timer, engine_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let sleep = async {
-                match next {
-                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = gateway::server::sleep_until(gateway::server::earliest(
+                self.tl.poll_timeout(),
+                engine_at,
+            ));
             tokio::select! {
                 ev = events.recv() => match ev {
                     None => break,
-                    Some(TransportEvent::Message(m)) => {
-                        let peer = Peer { addr: m.source, transport: m.transport, local: m.local };
-                        let kind = if m.transport.is_reliable() { tx::Transport::Reliable } else { tx::Transport::Unreliable };
-                        if let Err(e) = self.tl.on_message(m.message, peer, kind, Instant::now()) {
-                            debug!(error = %e, "message refused by the transaction layer");
-                        }
-                    }
-                    Some(TransportEvent::BadMessage(b)) => {
-                        if let Some(reply) = b.reply {
-                            let _ = self.transports.send_response(&reply, b.transport, b.local).await;
-                        }
-                    }
+                    Some(ev) => gateway::server::receive(&self.transports, &mut self.tl, ev).await,
                 },
                 ev = statebus::recv(&mut bus_rx) => match ev {
                     None => break,

@@ -109,6 +109,17 @@ pub struct Peer {
     pub local: SocketAddr,
 }
 
+impl Peer {
+    /// The transaction layer's view of the transport: reliable over TCP.
+    pub fn tx_transport(&self) -> tx::Transport {
+        if self.transport.is_reliable() {
+            tx::Transport::Reliable
+        } else {
+            tx::Transport::Unreliable
+        }
+    }
+}
+
 /// The device table as the registrar's credential store.
 #[derive(Debug, Clone)]
 struct DeviceCredentials(DeviceCache);
@@ -426,32 +437,11 @@ impl Core {
         let mut qualify = tokio::time::interval(self.cfg.qualify_interval);
         qualify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let timer = match (self.tl.poll_timeout(), self.b2bua.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let sleep = async {
-                match timer {
-                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = sleep_until(earliest(self.tl.poll_timeout(), self.b2bua.poll_timeout()));
             tokio::select! {
                 ev = events.recv() => match ev {
                     None => break,
-                    Some(TransportEvent::Message(m)) => {
-                        let peer = Peer { addr: m.source, transport: m.transport, local: m.local };
-                        let kind = if m.transport.is_reliable() { tx::Transport::Reliable } else { tx::Transport::Unreliable };
-                        if let Err(e) = self.tl.on_message(m.message, peer, kind, Instant::now()) {
-                            debug!(error = %e, source = %m.source, "message refused by the transaction layer");
-                        }
-                    }
-                    Some(TransportEvent::BadMessage(b)) => {
-                        warn!(source = %b.source, error = %b.error, "bad SIP message");
-                        if let Some(reply) = b.reply {
-                            let _ = self.transports.send_response(&reply, b.transport, b.local).await;
-                        }
-                    }
+                    Some(ev) => receive(&self.transports, &mut self.tl, ev).await,
                 },
                 _ = sleep => {
                     let now = Instant::now();
@@ -579,16 +569,9 @@ impl Core {
 
     fn on_b2bua_action(&mut self, a: b2bua::Action) {
         let now = Instant::now();
-        let kind = |p: &Peer| {
-            if p.transport.is_reliable() {
-                tx::Transport::Reliable
-            } else {
-                tx::Transport::Unreliable
-            }
-        };
         match a {
             b2bua::Action::Request { key, request, dest } => {
-                let k = kind(&dest);
+                let k = dest.tx_transport();
                 match self.tl.send_request(request, k, dest, now) {
                     Ok(got) if got == key => {}
                     Ok(got) => warn!(%got, %key, "transaction key mismatch"),
@@ -604,12 +587,12 @@ impl Core {
                 }
             }
             b2bua::Action::Stateless { message, dest } => {
-                let k = kind(&dest);
+                let k = dest.tx_transport();
                 self.tl.send_stateless(message, dest, k);
             }
             b2bua::Action::Cancel { key, dest } => match self.tl.build_cancel(&key) {
                 Ok(cancel) => {
-                    let k = kind(&dest);
+                    let k = dest.tx_transport();
                     if let Err(e) = self.tl.send_request(cancel, k, dest, now) {
                         debug!(error = %e, "CANCEL not sent");
                     }
@@ -940,11 +923,7 @@ impl Core {
             let Some(req) = self.options_request(&aor, &b.uri, &dest) else {
                 continue;
             };
-            let kind = if b.source.transport.is_reliable() {
-                tx::Transport::Reliable
-            } else {
-                tx::Transport::Unreliable
-            };
+            let kind = dest.tx_transport();
             match self.tl.send_request(req, kind, dest, Instant::now()) {
                 Ok(key) => {
                     self.qualifying.insert(key, aor);
@@ -993,6 +972,47 @@ impl Core {
 
     async fn transmit(&mut self, t: tx::Transmit<Peer>) {
         transmit(&self.transports, &mut self.tl, t).await;
+    }
+}
+
+/// Feeds one transport event to the transaction layer; a message the transports refused is
+/// logged and gets its ready reply (400, 505, 513 …). Shared by every SIP user agent of the
+/// process (the gateway, the ACD node).
+pub async fn receive(transports: &Transports, tl: &mut TransactionLayer<Peer>, ev: TransportEvent) {
+    match ev {
+        TransportEvent::Message(m) => {
+            let peer = Peer {
+                addr: m.source,
+                transport: m.transport,
+                local: m.local,
+            };
+            let kind = peer.tx_transport();
+            if let Err(e) = tl.on_message(m.message, peer, kind, Instant::now()) {
+                debug!(error = %e, source = %m.source, "message refused by the transaction layer");
+            }
+        }
+        TransportEvent::BadMessage(b) => {
+            warn!(source = %b.source, error = %b.error, "bad SIP message");
+            if let Some(reply) = b.reply {
+                let _ = transports.send_response(&reply, b.transport, b.local).await;
+            }
+        }
+    }
+}
+
+/// The earlier of two optional deadlines.
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleeps until `at`; forever without a deadline.
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
     }
 }
 
