@@ -124,17 +124,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     // Config is read (and SSL_CERT_FILE possibly set) before the runtime starts any thread.
-    let loaded = match &cli.cmd {
-        Cmd::Statebus {
-            cmd: StatebusCmd::Watch { config, .. } | StatebusCmd::Publish { config, .. },
-        }
-        | Cmd::Gateway { config }
-        | Cmd::Acd { config }
-        | Cmd::Site { config }
-        | Cmd::Devices {
-            cmd: DevicesCmd::Add { config, .. } | DevicesCmd::List { config },
-        } => Loaded::read(config)?,
-    };
+    let loaded = Loaded::read(config_path(&cli.cmd))?;
     let gateway_cfg = match &cli.cmd {
         Cmd::Gateway { .. } | Cmd::Site { .. } => Some(loaded.gateway()?),
         _ => None,

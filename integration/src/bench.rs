@@ -92,25 +92,6 @@ pub fn cpu_secs(pid: u32, children: bool) -> f64 {
     (own + children) as f64 / 100.0
 }
 
-/// `(SuccessfulCall(C), FailedCall(C))` of the last data line of a `-trace_stat` CSV.
-pub fn stat_counts(csv: &str) -> (u64, u64) {
-    let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
-    let (Some(header), Some(last)) = (lines.next(), lines.next_back()) else {
-        return (0, 0);
-    };
-    let names: Vec<&str> = header.split(';').collect();
-    let values: Vec<&str> = last.split(';').collect();
-    let get = |name: &str| {
-        names
-            .iter()
-            .position(|n| n.trim() == name)
-            .and_then(|i| values.get(i))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
-}
-
 /// An even UDP port on 127.0.0.1 with the three ports above it free too (SIPp binds RTP, RTCP
 /// and the video pair from `-mp`).
 pub fn free_media_port() -> u16 {
@@ -262,7 +243,7 @@ pub fn run_sipp_step(step: &SippStep<'_>, label: &str, dir: &Path) -> anyhow::Re
     let elapsed = t0.elapsed();
     drop(child);
     let csv = std::fs::read_to_string(dir.join(&stat)).unwrap_or_default();
-    let (ok, failed) = stat_counts(&csv);
+    let (ok, failed) = crate::sipp::parse_stat(&csv);
     Ok(Step {
         rate: step.rate,
         calls,
@@ -429,7 +410,8 @@ pub fn gateway_config(
 
 #[cfg(test)]
 mod tests {
-    use super::{stat_counts, Step};
+    use super::Step;
+    use crate::sipp::parse_stat as stat_counts;
     use std::time::Duration;
 
     #[test]

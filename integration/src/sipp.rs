@@ -350,7 +350,7 @@ impl Drop for SippProcess {
 
 /// `(SuccessfulCall(C), FailedCall(C))` of the last data line of a `-trace_stat` CSV
 /// (`;`-separated, header line first).
-fn parse_stat(csv: &str) -> (u64, u64) {
+pub fn parse_stat(csv: &str) -> (u64, u64) {
     let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
     let Some(header) = lines.next() else {
         return (0, 0);
