@@ -176,19 +176,29 @@ impl Rig {
         let ok = b_response(&b_inv, 200, "btag", &sdp("10.0.0.2", 6000, "sendrecv"));
         self.b2b.on_response(&b_key, ok, &mut self.media, self.now);
         let acts = self.actions();
-        let a_ok = acts
-            .iter()
-            .find_map(|a| match a {
-                Action::Respond { response, .. } if response.status_code.code() == 200 => {
-                    Some(response.clone())
-                }
-                _ => None,
-            })
-            .expect("200 to A");
+        let a_ok = response(&acts, 200).expect("200 to A");
         let ack = a_ack(&a_ok);
         self.b2b.on_ack(&ack, &mut self.media, self.now);
         (b_inv, a_ok)
     }
+}
+
+/// The first response with status `code` among `acts`.
+fn response(acts: &[Action], code: u16) -> Option<Response> {
+    acts.iter().find_map(|a| match a {
+        Action::Respond { response, .. } if response.status_code.code() == code => {
+            Some(response.clone())
+        }
+        _ => None,
+    })
+}
+
+/// The first request the B2BUA sends (with its client transaction key).
+fn forwarded(acts: &[Action]) -> Option<(TransactionKey, Request)> {
+    acts.iter().find_map(|a| match a {
+        Action::Request { key, request, .. } => Some((key.clone(), request.clone())),
+        _ => None,
+    })
 }
 
 fn to_tag(r: &Response) -> String {
@@ -269,13 +279,7 @@ fn basic_call_anchors_media_and_tracks_device_state() {
     let ok = b_response(&b_inv, 200, "btag", &sdp("10.0.0.2", 6000, "sendrecv"));
     rig.b2b.on_response(&b_key, ok, &mut rig.media, rig.now);
     let acts = rig.actions();
-    let a_ok = acts
-        .iter()
-        .find_map(|a| match a {
-            Action::Respond { response, .. } => Some(response.clone()),
-            _ => None,
-        })
-        .expect("200 to A");
+    let a_ok = response(&acts, 200).expect("200 to A");
     let body = String::from_utf8_lossy(&a_ok.body).into_owned();
     assert!(body.contains("m=audio 20000 "), "{body}");
     assert!(body.contains("c=IN IP4 192.0.2.1"), "{body}");
@@ -487,13 +491,7 @@ fn hold_by_reinvite_shows_onhold_and_unhold_restores() {
         let key = TransactionKey::client(&format!("z9hG4bKind{seq}"), Method::Invite);
         assert!(rig.b2b.on_in_dialog(&key, re, &mut rig.media, rig.now));
         let acts = rig.actions();
-        let (fwd_key, fwd) = acts
-            .iter()
-            .find_map(|a| match a {
-                Action::Request { key, request, .. } => Some((key.clone(), request.clone())),
-                _ => None,
-            })
-            .expect("re-INVITE to B");
+        let (fwd_key, fwd) = forwarded(&acts).expect("re-INVITE to B");
         let t = text(&fwd);
         assert!(t.contains(&format!("a={dir}")), "{t}");
         assert!(t.contains("m=audio 20002 "), "{t}");
@@ -589,14 +587,7 @@ fn media_timeout_hangs_up_both_sides_but_not_while_on_hold() {
     let re = in_dialog_from_a("UPDATE", 2, &tag, &sdp("10.0.0.1", 4000, "inactive"));
     let k = TransactionKey::client("z9hG4bKind2", Method::Update);
     rig.b2b.on_in_dialog(&k, re, &mut rig.media, rig.now);
-    let fwd = rig
-        .actions()
-        .into_iter()
-        .find_map(|a| match a {
-            Action::Request { key, request, .. } => Some((key, request)),
-            _ => None,
-        })
-        .expect("UPDATE to B");
+    let fwd = forwarded(&rig.actions()).expect("UPDATE to B");
     rig.b2b.on_response(
         &fwd.0,
         b_response(&fwd.1, 200, "btag", &sdp("10.0.0.2", 6000, "inactive")),
@@ -611,14 +602,7 @@ fn media_timeout_hangs_up_both_sides_but_not_while_on_hold() {
     let re = in_dialog_from_a("UPDATE", 3, &tag, &sdp("10.0.0.1", 4000, "sendrecv"));
     let k = TransactionKey::client("z9hG4bKind3", Method::Update);
     rig.b2b.on_in_dialog(&k, re, &mut rig.media, rig.now);
-    let fwd = rig
-        .actions()
-        .into_iter()
-        .find_map(|a| match a {
-            Action::Request { key, request, .. } => Some((key, request)),
-            _ => None,
-        })
-        .expect("UPDATE to B");
+    let fwd = forwarded(&rig.actions()).expect("UPDATE to B");
     rig.b2b.on_response(
         &fwd.0,
         b_response(&fwd.1, 200, "btag", &sdp("10.0.0.2", 6000, "sendrecv")),
@@ -665,15 +649,7 @@ fn early_media_183_is_relayed_with_the_relay_address_and_bridged() {
     let p183 = b_response(&b_inv, 183, "btag", &sdp("10.0.0.2", 6000, "sendrecv"));
     rig.b2b.on_response(&b_key, p183, &mut rig.media, rig.now);
     let acts = rig.actions();
-    let r = acts
-        .iter()
-        .find_map(|a| match a {
-            Action::Respond { response, .. } if response.status_code.code() == 183 => {
-                Some(response.clone())
-            }
-            _ => None,
-        })
-        .expect("183 to A");
+    let r = response(&acts, 183).expect("183 to A");
     let body = String::from_utf8_lossy(&r.body).into_owned();
     assert!(
         body.contains("m=audio 20000 "),
@@ -696,14 +672,6 @@ fn early_media_183_is_relayed_with_the_relay_address_and_bridged() {
     let ok = b_response(&b_inv, 200, "btag", "");
     rig.b2b.on_response(&b_key, ok, &mut rig.media, rig.now);
     let acts = rig.actions();
-    let r = acts
-        .iter()
-        .find_map(|a| match a {
-            Action::Respond { response, .. } if response.status_code.code() == 200 => {
-                Some(response.clone())
-            }
-            _ => None,
-        })
-        .expect("200 to A");
+    let r = response(&acts, 200).expect("200 to A");
     assert!(String::from_utf8_lossy(&r.body).contains("m=audio 20000 "));
 }
