@@ -209,7 +209,6 @@ impl AcdNode {
             by_client: HashMap::new(),
             by_dialog: HashMap::new(),
             next_id: 1,
-            seed: seed(),
             log,
             events: node_events.clone(),
         };
@@ -247,10 +246,6 @@ fn engine_now() -> Time {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
-}
-
-fn seed() -> u64 {
-    engine_now().as_nanos() as u64 ^ u64::from(std::process::id()) << 32 | 1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,7 +308,6 @@ struct Core {
     by_client: HashMap<TransactionKey, OfferId>,
     by_dialog: HashMap<(String, String), Party>,
     next_id: u64,
-    seed: u64,
     log: Option<std::fs::File>,
     records: Option<gateway::devices::DeviceStore>,
     events: broadcast::Sender<NodeEvent>,
@@ -394,12 +388,8 @@ impl Core {
     }
 
     fn rand(&mut self) -> u64 {
-        let mut x = self.seed;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.seed = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        // Tags, branches, Call-IDs, SSRCs: unique and hard to guess.
+        rand::random()
     }
 
     fn respond(&mut self, key: &TransactionKey, r: Response) {
@@ -1148,7 +1138,7 @@ impl Core {
                     a.dialog = Some(d);
                 }
             }
-            let branch = format!("z9hG4bKacd{:016x}", self.seed.rotate_left(7));
+            let branch = format!("z9hG4bKacd{:016x}", rand::random::<u64>());
             let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.local);
             let Some(a) = self.agents.get_mut(&id) else {
                 return;

@@ -327,7 +327,6 @@ pub struct B2bua {
     limits: HashMap<String, usize>,
     actions: VecDeque<Action>,
     next_id: u64,
-    seed: u64,
     next_media_check: Option<Instant>,
 }
 
@@ -389,11 +388,6 @@ fn has_body(body: &[u8]) -> bool {
 impl B2bua {
     /// A B2BUA with no calls.
     pub fn new(cfg: Config) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9e37_79b9_7f4a_7c15)
-            | 1;
         B2bua {
             cfg,
             calls: HashMap::new(),
@@ -404,7 +398,6 @@ impl B2bua {
             limits: HashMap::new(),
             actions: VecDeque::new(),
             next_id: 1,
-            seed,
             next_media_check: None,
         }
     }
@@ -436,13 +429,8 @@ impl B2bua {
     }
 
     fn rand(&mut self) -> u64 {
-        // xorshift64*: tags, branches and Call-IDs need to be unique, not secret.
-        let mut x = self.seed;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.seed = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        // Tags, branches and Call-IDs must be unique and hard to guess.
+        rand::random()
     }
 
     fn respond(&mut self, key: &TransactionKey, response: Response) {
@@ -538,7 +526,7 @@ impl B2bua {
         let b_session = self.rand() >> 1;
         let a_session = self.rand() >> 1;
         let b_sdp = anchored(&offer, ports.b, (b_session, 1));
-        let (via, branch) = via_for(&dest, &mut self.seed);
+        let (via, branch) = via_for(&dest);
         let b_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
         let a_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
         let call_id = format!("cf{:016x}@{}", self.rand(), dest.local.ip());
@@ -714,7 +702,7 @@ impl B2bua {
         if code < 300 {
             // Answered: ACK B at once (we are its UAC).
             let ack = call.b.dialog.as_ref().map(|d| {
-                let (via, _) = via_for(&call.b.peer, &mut self.seed);
+                let (via, _) = via_for(&call.b.peer);
                 let seq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq);
                 d.ack(seq, &via)
             });
@@ -800,12 +788,12 @@ impl B2bua {
             if let Some(creds) = call.b_credentials.clone() {
                 call.b_auth_tried = true;
                 let uri = call.b_invite.uri.to_string();
-                let cnonce = format!("{:016x}", self.seed.rotate_left(17));
+                let cnonce = format!("{:016x}", rand::random::<u64>());
                 if let Some(auth) =
                     client::answer_challenge(&resp, "INVITE", &uri, &creds, &cnonce, 1)
                 {
                     let peer = call.b.peer.clone();
-                    let (via, branch) = via_for(&peer, &mut self.seed);
+                    let (via, branch) = via_for(&peer);
                     let Some(call) = self.calls.get_mut(&id) else {
                         return;
                     };
@@ -1076,7 +1064,7 @@ impl B2bua {
         leg.origin.1 += 1;
         let sdp = anchored(&offer, port, leg.origin);
         let peer = leg.peer.clone();
-        let (via, branch) = via_for(&peer, &mut self.seed);
+        let (via, branch) = via_for(&peer);
         let Some(d) = leg.dialog.as_mut() else {
             self.reply(key, &req, 500);
             return;
@@ -1132,7 +1120,7 @@ impl B2bua {
             if let Some(d) = call.leg_mut(other).dialog.as_mut() {
                 d.on_response(Method::Invite, &resp);
                 let peer = call.leg(other).peer.clone();
-                let (via, _) = via_for(&peer, &mut self.seed);
+                let (via, _) = via_for(&peer);
                 if let Some(d) = call.leg(other).dialog.as_ref() {
                     let seq = d.local_seq;
                     self.actions.push_back(Action::Stateless {
@@ -1189,7 +1177,7 @@ impl B2bua {
             return;
         };
         let peer = call.leg(side).peer.clone();
-        let (via, branch) = via_for(&peer, &mut self.seed);
+        let (via, branch) = via_for(&peer);
         let Some(d) = call.leg_mut(side).dialog.as_mut() else {
             return;
         };
@@ -1340,13 +1328,8 @@ impl B2bua {
     }
 }
 
-fn via_for(p: &Peer, seed: &mut u64) -> (String, String) {
-    let mut x = *seed;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *seed = x;
-    let branch = format!("z9hG4bKcf{:016x}", x.wrapping_mul(0x2545_f491_4f6c_dd1d));
+fn via_for(p: &Peer) -> (String, String) {
+    let branch = format!("z9hG4bKcf{:016x}", rand::random::<u64>());
     (
         format!(
             "SIP/2.0/{} {};branch={branch};rport",

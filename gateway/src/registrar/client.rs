@@ -132,7 +132,6 @@ pub struct OutboundRegistration {
     /// Challenges answered since the last success (a second one in a row is a refusal).
     auth_tries: u32,
     nc: u32,
-    seed: u64,
     last_failure: Option<String>,
 }
 
@@ -149,10 +148,6 @@ impl OutboundRegistration {
         retry: Duration,
         now: Instant,
     ) -> Self {
-        let seed = now.elapsed().as_nanos() as u64
-            ^ (local.port() as u64) << 32
-            ^ std::process::id() as u64
-            ^ 0x9e37_79b9_7f4a_7c15;
         let mut r = OutboundRegistration {
             registrar: registrar.to_owned(),
             aor: format!("sip:{}@{domain}", creds.username),
@@ -168,7 +163,6 @@ impl OutboundRegistration {
             next_at: now,
             auth_tries: 0,
             nc: 0,
-            seed: seed | 1,
             last_failure: None,
         };
         r.call_id = format!("cfreg{:016x}@{}", r.rand(), local.ip());
@@ -177,12 +171,7 @@ impl OutboundRegistration {
     }
 
     fn rand(&mut self) -> u64 {
-        let mut x = self.seed;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.seed = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        rand::random()
     }
 
     /// Current state.
