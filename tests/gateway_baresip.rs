@@ -8,6 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// Timer F with `t1_ms = 100`: 64·T1, the qualify (OPTIONS) timeout.
+const TIMER_F: Duration = Duration::from_millis(6400);
+/// `qualify_interval_secs = 1`.
+const QUALIFY_INTERVAL: Duration = Duration::from_secs(1);
+/// Slack for an OPTIONS already on its way at the kill, and for reading stdout late.
+const EDGE: Duration = Duration::from_millis(300);
+
 struct Gateway {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -107,15 +114,27 @@ fn baresip_registers_and_goes_unavailable_when_killed() {
         "registration",
         Duration::from_secs(20),
     );
-    // The phone answers OPTIONS while alive: still NOT_INUSE after several qualify rounds.
-    std::thread::sleep(Duration::from_secs(3));
-    while let Ok(l) = gw.lines.try_recv() {
-        assert_ne!(
-            l,
-            "DEVICE PJSIP/1000 UNAVAILABLE",
-            "a live phone was marked unavailable: {}",
-            phone.log()
-        );
+    let registered = Instant::now();
+    // The phone answers OPTIONS while alive: still NOT_INUSE after a qualify interval plus Timer
+    // F, by which time a gateway that ignored the answers would have timed an OPTIONS out.
+    let alive_until = registered + QUALIFY_INTERVAL + TIMER_F + Duration::from_secs(1);
+    loop {
+        let left = alive_until.saturating_duration_since(Instant::now());
+        match gw.lines.recv_timeout(left) {
+            Ok(l) => {
+                assert!(
+                    !l.starts_with("DEVICE PJSIP/1000 "),
+                    "`{l}` {:?} after registering, while the phone was alive: {}",
+                    registered.elapsed(),
+                    phone.log()
+                );
+                gw.seen.push(l);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the gateway exited; it printed {:?}", gw.seen)
+            }
+        }
     }
     let killed = Instant::now();
     phone.kill();
@@ -124,10 +143,13 @@ fn baresip_registers_and_goes_unavailable_when_killed() {
         "qualify failure",
         Duration::from_secs(20),
     );
-    // Timer F is 64·T1 = 6.4 s; the qualify interval adds up to 1 s.
+    let after = killed.elapsed();
+    eprintln!("baresip killed: UNAVAILABLE {after:?} later");
+    // Its last answer came before the kill, so Timer F (64·T1) runs out no earlier than that
+    // (minus an OPTIONS that was on its way); the qualify interval adds up to 1 s.
     assert!(
-        killed.elapsed() < Duration::from_secs(12),
-        "took {:?}",
-        killed.elapsed()
+        after >= TIMER_F - EDGE,
+        "UNAVAILABLE {after:?} after the kill: Timer F ({TIMER_F:?}) cannot have run out"
     );
+    assert!(after < Duration::from_secs(12), "took {after:?}");
 }

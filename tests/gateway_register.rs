@@ -286,41 +286,99 @@ fn default_challenge_order() {
     );
 }
 
+/// Timer F with the harness's `t1_ms = 100`: 64·T1, the qualify (OPTIONS) timeout.
+const TIMER_F: Duration = Duration::from_millis(6400);
+/// The harness's `qualify_interval_secs = 1`.
+const QUALIFY_INTERVAL: Duration = Duration::from_secs(1);
+/// Slack for an OPTIONS already on its way when the phone stopped, and for reading stdout late.
+const EDGE: Duration = Duration::from_millis(300);
+
+/// 200 OKs to the gateway's OPTIONS that SIPp sent (from its `-trace_msg` log).
+fn options_answered(messages: &str) -> usize {
+    messages
+        .split("-----------------------------------------------")
+        .filter(|b| {
+            b.contains("message sent")
+                && b.contains("SIP/2.0 200 OK")
+                && b.lines().any(|l| l.trim() == "CSeq: 1 OPTIONS")
+        })
+        .count()
+}
+
 /// Qualify: a phone that answers the gateway's OPTIONS (SIPp with `-oocsf options_answer.xml`)
-/// stays NOT_INUSE; once it goes away, the device becomes UNAVAILABLE.
+/// stays NOT_INUSE for longer than a qualify interval plus Timer F (a gateway that ignored the
+/// answers would have timed one out by then); once it goes away, the device becomes
+/// UNAVAILABLE, and not before Timer F has run from its last answer.
 #[test]
 fn qualify_answered_then_gone() {
     let mut gw = Gateway::start(&["MD5"]);
+    let online = QUALIFY_INTERVAL + TIMER_F + Duration::from_secs(2);
     let mut opts = SippOpts::user("1000", "secret");
     opts.extra_args = vec![
         "-oocsf".into(),
         scenario("options_answer.xml").display().to_string(),
         "-d".into(),
-        "4000".into(),
+        online.as_millis().to_string(),
     ];
+    opts.timeout = Duration::from_secs(30);
     let mut sipp =
         SippProcess::spawn(&scenario("register_ok.xml"), Some(gw.udp), &opts).expect("start sipp");
     let registered = gw.device("1000", "NOT_INUSE", STATE_TIMEOUT);
+    let mark = gw.mark();
+    // While SIPp answers, the device's state never changes. `last_alive` is the last moment SIPp
+    // was seen running: its last answer can be no earlier than an OPTIONS in flight then.
+    let mut last_alive = registered;
+    loop {
+        let now = Instant::now();
+        let running = sipp.is_running();
+        gw.drain();
+        if let Some(l) = gw.history[mark..]
+            .iter()
+            .find(|l| l.starts_with("DEVICE PJSIP/1000 "))
+        {
+            panic!(
+                "`{l}` {:?} after registering, while SIPp still answered OPTIONS\n{}",
+                now - registered,
+                gw.diag()
+            );
+        }
+        if !running {
+            break;
+        }
+        last_alive = now;
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = sipp.wait().expect("sipp");
-    gw.assert_passes(&out, "REGISTER, then answer OPTIONS for 4 s");
-    let gone = gw.device("1000", "UNAVAILABLE", Duration::from_secs(15));
-    let after = gone - registered;
-    eprintln!("answering phone: UNAVAILABLE {after:?} after registering (SIPp online 4 s)");
+    gw.assert_passes(&out, "REGISTER, then answer OPTIONS");
     assert!(
-        after >= Duration::from_millis(3500),
-        "UNAVAILABLE after {after:?} although SIPp answered OPTIONS for 4 s\n{}\n{}",
-        out.describe(),
-        gw.diag()
+        last_alive - registered >= QUALIFY_INTERVAL + TIMER_F,
+        "SIPp answered for only {:?}: too short to tell answers from timeouts\n{}",
+        last_alive - registered,
+        out.describe()
+    );
+    let answered = options_answered(&out.messages);
+    assert!(
+        answered >= 5,
+        "SIPp answered {answered} OPTIONS in {online:?} (qualify_interval_secs = 1)\n{}",
+        out.describe()
+    );
+
+    let gone = gw.device("1000", "UNAVAILABLE", Duration::from_secs(15));
+    let after = gone - last_alive;
+    eprintln!(
+        "answering phone: {answered} OPTIONS answered; UNAVAILABLE {after:?} after it stopped"
     );
     assert!(
-        out.messages.contains("OPTIONS sip:"),
-        "the gateway sent no OPTIONS in 4 s (qualify_interval_secs = 1)\n{}",
-        out.describe()
+        after >= TIMER_F - EDGE,
+        "UNAVAILABLE {after:?} after the phone stopped answering: Timer F (64·T1 = {TIMER_F:?}) \
+         cannot have run out on an OPTIONS sent after its last answer\n{}",
+        gw.diag()
     );
 }
 
 /// Qualify: a registered phone that never answers OPTIONS (`-oocsf options_silent.xml`) becomes
-/// UNAVAILABLE while its registration is still valid.
+/// UNAVAILABLE while its registration is still valid, once Timer F (64·T1) has run out on the
+/// first OPTIONS (sent after the registration).
 #[test]
 fn qualify_unanswered() {
     let mut gw = Gateway::start(&["MD5"]);
@@ -341,9 +399,14 @@ fn qualify_unanswered() {
         "SIPp exited before the device became UNAVAILABLE: not a qualify timeout\n{}",
         sipp.wait().map(|o| o.describe()).unwrap_or_default()
     );
-    eprintln!(
-        "silent phone: UNAVAILABLE {:?} after registering",
-        gone - registered
+    let after = gone - registered;
+    eprintln!("silent phone: UNAVAILABLE {after:?} after registering");
+    drop(sipp);
+    assert!(
+        after >= TIMER_F - EDGE,
+        "UNAVAILABLE {after:?} after registering: Timer F (64·T1 = {TIMER_F:?}) cannot have run \
+         out on an OPTIONS sent after the registration\n{}",
+        gw.diag()
     );
 }
 
