@@ -300,7 +300,8 @@ fn caller_hanging_up_while_waiting_is_abandon() {
 /// The claim race: two ACD nodes (separate processes, each with its own caller in its own
 /// queue) offer the same single agent at the same moment. The owning gateway is the arbiter:
 /// it lets one offer ring and refuses the other (486), so the agent never has two calls; the
-/// refused node logs RINGNOANSWER and gets the agent once the first call is over.
+/// refused node logs RINGNOANSWER and gets the agent once the first call is over. The agent's
+/// phone hangs up each call after 1.5 s, so the refused node's caller is still waiting then.
 #[test]
 fn two_acd_nodes_never_both_get_one_agent() {
     let (acd1, acd2, gw_port) = (free_udp_port(), free_udp_port(), free_udp_port());
@@ -343,11 +344,12 @@ members = ["PJSIP/2001"]
     let mut n1 = node("acd-1", acd1, "800", "41000-41499");
     let mut n2 = node("acd-2", acd2, "801", "41500-41999");
 
-    // The agent's phone answers whichever offer gets through (and a later one).
+    // The agent's phone answers one call at a time and hangs each up after 1.5 s: the offer
+    // that got through, then the refused node's later one.
     let sip_port = free_udp_port();
     let media_port = free_udp_port();
-    let phone = SippProcess::spawn(
-        &scenario("call_uas.xml"),
+    let mut phone = SippProcess::spawn(
+        &scenario("call_uas_hangup.xml"),
         None,
         &SippOpts {
             local_port: Some(sip_port),
@@ -369,11 +371,13 @@ members = ["PJSIP/2001"]
     .expect("register");
     assert_passes(&gw, &reg, "agent registration");
 
-    // Both callers at once.
-    let uac = uac_scenario(gw.dir());
-    let mut c1 = SippProcess::spawn(&uac, Some(gw.udp), &caller("1001", "800")).expect("caller 1");
+    // Both callers at once; each waits (silent) until its ACD hangs up on it, which happens
+    // when the agent hangs up, so both pass only if both got the agent.
+    let feature = scenario("call_uac_feature.xml");
+    let mut c1 =
+        SippProcess::spawn(&feature, Some(gw.udp), &caller("1001", "800")).expect("caller 1");
     let mut c2 = SippProcess::spawn(
-        &uac,
+        &feature,
         Some(gw.udp),
         &SippOpts {
             service: Some("1002".into()),
@@ -384,47 +388,107 @@ members = ["PJSIP/2001"]
     .expect("caller 2");
     let out1 = c1.wait().expect("caller 1");
     let out2 = c2.wait().expect("caller 2");
-    assert_passes(&gw, &out1, "caller 1");
-    assert_passes(&gw, &out2, "caller 2");
-    drop(phone); // its scenario outcome is not the point: the gateway's view below is
+    assert_passes(
+        &gw,
+        &out1,
+        "caller 1: queued, then hung up after its agent call",
+    );
+    assert_passes(
+        &gw,
+        &out2,
+        "caller 2: queued, then hung up after its agent call",
+    );
+    let agent = phone.wait().expect("agent phone");
+    assert_passes(
+        &gw,
+        &agent,
+        "the agent's phone: two calls, each hung up by it",
+    );
+    assert_eq!(
+        agent.successful,
+        2,
+        "the agent's phone took one call per node\n{}",
+        agent.describe()
+    );
 
-    gw.drain();
-    let refused = std::fs::read_to_string(gw.dir().join("gateway.stderr")).unwrap_or_default();
-    assert!(
-        refused.contains("offer refused: the agent is already in a call"),
-        "the two offers did not race at the gateway\n{}",
-        gw.diag()
-    );
-    // Never two calls at the agent's device.
-    assert!(
-        !gw.history
-            .iter()
-            .any(|l| l.contains("PJSIP/2001 RINGINUSE") || l.contains("PJSIP/2001 BUSY")),
-        "the agent got two calls at once\n{}",
-        gw.diag()
-    );
-    // Exactly one node connected first; the other was refused (RINGNOANSWER) at least once.
-    let connects = [&mut n1, &mut n2].map(|n| {
+    // Each node's queue_log outcomes, in order, once its agent call is complete.
+    let outcomes = |n: &mut GatewayProcess| -> Vec<String> {
         n.drain();
-        n.history.iter().filter(|l| l.contains("|CONNECT|")).count()
-    });
-    let refusals = [&n1, &n2].map(|n| {
+        if !n.history.iter().any(|l| l.contains("|COMPLETEAGENT|")) {
+            n.wait_for(WAIT, "COMPLETEAGENT", |l| l.contains("|COMPLETEAGENT|"));
+        }
         n.history
             .iter()
-            .filter(|l| l.contains("|RINGNOANSWER|"))
-            .count()
+            .filter_map(|l| l.strip_prefix("QUEUELOG ")?.split('|').nth(4))
+            .filter(|e| {
+                [
+                    "RINGNOANSWER",
+                    "RINGCANCELED",
+                    "CONNECT",
+                    "COMPLETEAGENT",
+                    "COMPLETECALLER",
+                    "ABANDON",
+                ]
+                .contains(e)
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let (o1, o2) = (outcomes(&mut n1), outcomes(&mut n2));
+    let won = ["CONNECT", "COMPLETEAGENT"];
+    // The refused node: refused (RINGNOANSWER) until the agent is free, then connected.
+    let refused_then_won = |o: &[String]| -> Option<usize> {
+        let k = o.iter().take_while(|e| *e == "RINGNOANSWER").count();
+        (k >= 1 && o[k..] == won).then_some(k)
+    };
+    let refusals = match (o1 == won, o2 == won) {
+        (true, false) => refused_then_won(&o2),
+        (false, true) => refused_then_won(&o1),
+        _ => None,
+    }
+    .unwrap_or_else(|| {
+        panic!(
+            "expected one node to connect at once ({won:?}) and the other to be refused, then \
+             connected: acd-1 {o1:?}, acd-2 {o2:?}\n{}\n{}",
+            n1.diag(),
+            n2.diag()
+        )
     });
-    assert!(
-        connects.iter().sum::<usize>() >= 1,
-        "nobody connected: {}\n{}",
-        n1.diag(),
-        n2.diag()
+    // Every refusal was the gateway's arbiter (486), not a ring timeout.
+    gw.drain();
+    let log = std::fs::read_to_string(gw.dir().join("gateway.stderr")).unwrap_or_default();
+    let refused = log
+        .matches("offer refused: the agent is already in a call")
+        .count();
+    assert_eq!(
+        refused,
+        refusals,
+        "the gateway refused {refused} offers; the losing node logged {refusals} RINGNOANSWER\n{}",
+        gw.diag()
     );
-    assert!(
-        refusals.iter().sum::<usize>() >= 1,
-        "nobody was refused: {}\n{}",
-        n1.diag(),
-        n2.diag()
+    // The agent's device: two calls, one after the other, never two at once (RINGINUSE/BUSY).
+    let want = ["NOT_INUSE", "INUSE", "NOT_INUSE", "INUSE", "NOT_INUSE"];
+    let deadline = std::time::Instant::now() + WAIT;
+    let states = loop {
+        gw.drain();
+        let mut states: Vec<String> = gw
+            .history
+            .iter()
+            .filter_map(|l| l.strip_prefix("DEVICE PJSIP/2001 "))
+            .map(|s| s.trim().to_owned())
+            .filter(|s| s != "RINGING")
+            .collect();
+        states.dedup();
+        if states == want || std::time::Instant::now() >= deadline {
+            break states;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        states,
+        want,
+        "the agent's device states (RINGING left out)\n{}",
+        gw.diag()
     );
 }
 
