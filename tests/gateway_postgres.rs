@@ -3,7 +3,7 @@
 //! changed in the database once the server is back.
 
 use integration::postgres::Postgres;
-use integration::sipp::{run_scenario, SippOpts};
+use integration::sipp::{run_scenario, SippOpts, SippOutcome};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,9 +33,12 @@ fn devices_add(cfg: &Path, user: &str, password: &str) {
     );
 }
 
-fn register(target: SocketAddr, password: &str) -> bool {
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/register_ok.xml");
-    let out = run_scenario(
+/// Runs a REGISTER scenario of `tests/sipp/` as 1000 with `password`.
+fn sipp_register(target: SocketAddr, scenario: &str, password: &str) -> SippOutcome {
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sipp")
+        .join(scenario);
+    run_scenario(
         &scenario,
         target,
         SippOpts {
@@ -43,8 +46,18 @@ fn register(target: SocketAddr, password: &str) -> bool {
             ..SippOpts::user("1000", password)
         },
     )
-    .expect("sipp");
-    out.passed()
+    .expect("sipp")
+}
+
+/// REGISTER → 401 → REGISTER with the digest of `password` → 200.
+fn register(target: SocketAddr, password: &str) -> SippOutcome {
+    sipp_register(target, "register_ok.xml", password)
+}
+
+/// REGISTER → 401 → REGISTER with the digest of `password` → 401 again: the refusal itself, so
+/// a gateway that does not answer (or answers anything else) fails it.
+fn refused(target: SocketAddr, password: &str) -> SippOutcome {
+    sipp_register(target, "register_wrong_password.xml", password)
 }
 
 #[test]
@@ -86,7 +99,12 @@ fn postgres_outage_is_survived_and_edits_apply_when_it_returns() {
         .expect("ready line");
     assert!(ready.starts_with("gateway ready"), "{ready}");
 
-    assert!(register(target, "secret"), "register with the database up");
+    let out = register(target, "secret");
+    assert!(
+        out.passed(),
+        "register with the database up\n{}",
+        out.describe()
+    );
 
     // The database goes down: the gateway says so loudly and keeps serving from its cache.
     pg.stop().expect("stop postgres");
@@ -101,28 +119,34 @@ fn postgres_outage_is_survived_and_edits_apply_when_it_returns() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let out = register(target, "secret");
     assert!(
-        register(target, "secret"),
-        "register while the database is down (cache)"
+        out.passed(),
+        "register while the database is down (cache)\n{}",
+        out.describe()
     );
+    let out = refused(target, "wrong");
     assert!(
-        !register(target, "wrong"),
-        "a wrong password is still refused while the database is down"
+        out.passed(),
+        "a wrong password is still refused (401, 401) while the database is down\n{}",
+        out.describe()
     );
 
     // It comes back; a password changed there is live within the reload interval.
     pg.start_again().expect("restart postgres");
     devices_add(&cfg, "1000", "changed");
     let t0 = Instant::now();
-    while !register(target, "changed") {
+    while !register(target, "changed").passed() {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "new password never accepted: {}",
             pg.log()
         );
     }
+    let out = refused(target, "secret");
     assert!(
-        !register(target, "secret"),
-        "the old password is refused after the change"
+        out.passed(),
+        "the old password is refused (401, 401) after the change\n{}",
+        out.describe()
     );
 }
