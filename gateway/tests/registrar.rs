@@ -615,16 +615,43 @@ fn a_user_may_register_only_its_own_aor() {
     assert!(!reg.is_registered("sip:1001@example.com"));
 }
 
+/// Whether a request carrying these Authorization values holds valid credentials: exactly one
+/// Digest value for our realm (a malformed value or one without a realm makes the request
+/// malformed; other realms and schemes are ignored), and its fields are the valid answer's
+/// (hex and tokens compared without case, as the registrar does; `opaque` may be left out).
+fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials) -> bool {
+    let mut ours = Vec::new();
+    for v in values {
+        match digest::parse_authorization(v) {
+            Ok(c) if c.realm.as_deref() == Some(REALM) => ours.push(c),
+            Ok(c) if c.realm.is_some() => {}
+            Err(digest::AuthHeaderError::NotDigest) => {}
+            _ => return false,
+        }
+    }
+    let [c] = ours.as_slice() else { return false };
+    let same_ci = |a: &Option<String>, b: &Option<String>| match (a, b) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        (a, b) => a == b,
+    };
+    c.username == good.username
+        && c.nonce == good.nonce
+        && c.uri == good.uri
+        && c.cnonce == good.cnonce
+        && c.nc == good.nc
+        && same_ci(&c.qop, &good.qop)
+        && same_ci(&c.algorithm, &good.algorithm)
+        && same_ci(&c.response, &good.response)
+        && (c.opaque.is_none() || c.opaque == good.opaque)
+}
+
 /// Mutations of a valid Authorization value (byte flips, deletions, insertions of delimiters,
-/// truncations), hundreds of them: the registrar answers each with 400 or 401 (or 200 for a
-/// harmless change) and never panics.
+/// truncations), hundreds of them, each answering a fresh challenge: the registrar answers 200
+/// exactly when the mutation leaves the credentials valid (an unknown parameter, a case change
+/// in a hex digest), else 400 or 401 (403 for another user's AOR), and never panics.
 #[test]
 fn fuzzed_authorization_headers_never_panic() {
     let mut reg = registrar();
-    let first = reg.handle_request(&register("c1", 1, ""), phone(), t0());
-    let ch = challenges(&first)[0].to_owned();
-    let good = answer(&ch, "1000", "secret1000", 1, "abc");
-    let base = register("c1", 2, "Contact: <sip:1000@10.0.0.7>\r\n");
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         state ^= state << 13;
@@ -633,7 +660,14 @@ fn fuzzed_authorization_headers_never_panic() {
         state
     };
     const SPICE: &[u8] = b"\",\\= \t;:\x00\xff\x7fazAZ09<>";
+    let (mut valid, mut accepted) = (0, 0);
     for i in 0..800u32 {
+        // A fresh nonce each time, time moving on, CSeq rising (an accepted REGISTER binds).
+        let now = t0() + secs(u64::from(i));
+        let first = reg.handle_request(&register("c1", 1 + 2 * i, ""), phone(), now);
+        let ch = challenges(&first)[0].to_owned();
+        let good = answer(&ch, "1000", "secret1000", 1, "abc");
+        let good_creds = digest::parse_authorization(&good).expect("the valid answer parses");
         let mut bytes = good.as_bytes().to_vec();
         for _ in 0..=(next() % 4) {
             let len = bytes.len().max(1);
@@ -652,26 +686,38 @@ fn fuzzed_authorization_headers_never_panic() {
         }
         let value = String::from_utf8_lossy(&bytes).into_owned();
         let _ = digest::parse_authorization(&value);
-        let mut req = base.clone();
-        let mut headers: Vec<Header> = req.headers.iter().cloned().collect();
-        headers.insert(
-            1,
-            Header::Authorization(rsip::headers::Authorization::new(value.clone())),
-        );
+        let mut values = vec![value.clone()];
         if i % 3 == 0 {
+            values.insert(0, good.clone());
+        }
+        let mut req = register("c1", 2 + 2 * i, "Contact: <sip:1000@10.0.0.7>\r\n");
+        let mut headers: Vec<Header> = req.headers.iter().cloned().collect();
+        for v in values.iter().rev() {
             headers.insert(
                 1,
-                Header::Authorization(rsip::headers::Authorization::new(good.clone())),
+                Header::Authorization(rsip::headers::Authorization::new(v.clone())),
             );
         }
         req.headers = headers.into();
-        let resp = reg.handle_request(&req, phone(), t0() + secs(u64::from(i % 700)));
-        assert!(
-            [200, 400, 401, 403].contains(&code(&resp)),
-            "{value:?} → {}",
-            code(&resp)
-        );
+        let resp = reg.handle_request(&req, phone(), now);
+        let ok = credentials_still_valid(&values, &good_creds);
+        valid += usize::from(ok);
+        accepted += usize::from(code(&resp) == 200);
+        if ok {
+            assert_eq!(code(&resp), 200, "valid credentials refused: {values:?}");
+        } else {
+            assert!(
+                [400, 401, 403].contains(&code(&resp)),
+                "{values:?} → {}",
+                code(&resp)
+            );
+        }
     }
+    // Both kinds were exercised: valid variants accepted, broken ones refused.
+    assert!(
+        valid >= 10 && accepted == valid && valid <= 400,
+        "{valid} of 800 mutants valid, {accepted} accepted"
+    );
     // Garbage of every shape straight into the parser.
     for len in 0..300usize {
         let junk: Vec<u8> = (0..len)
