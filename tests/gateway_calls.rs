@@ -158,7 +158,8 @@ fn caller_sending_from_another_port_than_its_sdp_still_gets_audio() {
     .expect("run sipp");
     assert_passes(&gw, &out, "caller");
     let ended = gw.call_ended(STATE_TIMEOUT);
-    let _ = uas.wait();
+    let callee_out = uas.wait().expect("callee");
+    assert_passes(&gw, &callee_out, "callee: answered, echoed, got the BYE");
     let latched: SocketAddr = ended
         .get("a_latched")
         .and_then(|a| a.parse().ok())

@@ -2,7 +2,7 @@
 //! harness in `integration` on free loopback ports. Every wait is on a condition, with a timeout.
 
 use integration::{python, repo_root, ServerKind, XmppServer};
-use statebus::wire::{self, NodeLayout};
+use statebus::wire;
 use statebus::{Bus, BusEvent, Change, DeviceState, Eid, Mwi, TlsMode, XmppBus, XmppBusConfig};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -354,7 +354,6 @@ async fn killed_publisher_expires_after_ttl(kind: ServerKind) {
     }
     assert!(saw_expiry, "no PeerExpired event");
     // A late joiner reads the dead member's device as UNAVAILABLE too (stale heartbeat item).
-    tokio::time::sleep(Duration::from_millis(10)).await;
     let late = bus(&s, "acd-1", eid(9)).await;
     until_state(&late, "PJSIP/900", DeviceState::Unavailable).await;
 }
@@ -438,7 +437,23 @@ async fn asterisk_items_both_ways(kind: ServerKind) {
             .parse::<minidom::Element>()
             .expect("xml")
     );
-    let _ = NodeLayout::Flat;
+    // Flat layout: one item per key, item id = key, in the two shared nodes, and nothing else
+    // there (no item per EID, no leftover from the urgent count).
+    let ids = |node: &str| -> Vec<&str> {
+        let prefix = format!("ITEM {node} ");
+        let mut ids: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix)?.split(' ').next())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(ids("device_state"), ["PJSIP/1000", "PJSIP/2000"], "{out}");
+    assert_eq!(
+        ids("message_waiting"),
+        ["1000@default", "2000@default"],
+        "{out}"
+    );
 }
 
 async fn watch_over_starttls(kind: ServerKind) {

@@ -156,28 +156,71 @@ fn mutated_stanzas_never_panic_and_round_trip() {
     );
 }
 
+/// What XML 1.0 can carry of `s`: the encoder replaces every other character with U+FFFD.
+fn xml_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' => c,
+            c if c >= '\u{10000}' => c,
+            _ => '\u{FFFD}',
+        })
+        .collect()
+}
+
 #[test]
-fn random_keys_and_values_encode_without_panic() {
+fn random_keys_and_values_round_trip() {
     let mut rng = XorShift(42);
     for _ in 0..5_000 {
+        // Half ASCII (markup, quotes, controls), half anything up to the first astral planes.
         let key: String = (0..rng.below(40))
-            .map(|_| char::from_u32(rng.below(0x11000) as u32).unwrap_or('?'))
+            .map(|_| {
+                let c = if rng.below(2) == 0 {
+                    rng.below(0x80)
+                } else {
+                    rng.below(0x11000)
+                };
+                char::from_u32(c as u32).unwrap_or('?')
+            })
             .collect();
         let eid = Eid([rng.next() as u8, 0, 0, 0, 0, rng.next() as u8]);
         let st = DeviceState::ALL[rng.below(9)];
-        let el =
-            wire::publish_device_state(wire::NodeLayout::Flat, eid, &key, st, rng.below(2) == 0)
-                .expect("encode");
+        let cachable = rng.below(2) == 0;
+        let el = wire::publish_device_state(wire::NodeLayout::Flat, eid, &key, st, cachable)
+            .expect("encode");
         let item = el
             .children()
             .next()
             .and_then(|p| p.children().next())
             .expect("item");
-        match wire::decode_item(item) {
-            WireItem::Device { eid: e, state, .. } => assert_eq!((e, state), (eid, st)),
-            other => panic!("{key:?} decoded as {other:?}"),
-        }
-        let mwi = Mwi::new(&key, "ctx", rng.next() as u32, rng.next() as u32);
-        wire::publish_mwi(wire::NodeLayout::Collections, eid, &mwi).expect("encode mwi");
+        assert_eq!(
+            wire::decode_item(item),
+            WireItem::Device {
+                key: xml_safe(&key),
+                eid,
+                state: st,
+                cachable
+            },
+            "{key:?}"
+        );
+        // MWI: the item id is mailbox@context, split at the first '@' on the way back.
+        let mailbox = key.replace('@', "?");
+        let (new, old) = (rng.next() as u32, rng.next() as u32);
+        let mwi = Mwi::new(&mailbox, "ctx", new, old);
+        let el = wire::publish_mwi(wire::NodeLayout::Collections, eid, &mwi).expect("encode mwi");
+        let publish = el.children().next().expect("publish");
+        assert_eq!(
+            publish.attr("node"),
+            Some(format!("{}@ctx", xml_safe(&mailbox)).as_str()),
+            "collections: the node is the mailbox key"
+        );
+        let item = publish.children().next().expect("item");
+        assert_eq!(
+            wire::decode_item(item),
+            WireItem::Mwi {
+                eid,
+                mwi: Mwi::new(&xml_safe(&mailbox), "ctx", new, old)
+            },
+            "{mailbox:?}"
+        );
     }
 }
