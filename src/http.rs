@@ -1,8 +1,9 @@
 //! The status API for supervisors, wallboards and reports (axum, JSON, read-only):
 //!
 //! * `GET /devices`: every device's aggregate state on the fabric;
-//! * `GET /calls`: calls in progress on this gateway, with the relay's RTP figures for both legs
-//!   (packets, bytes, RFC 3550 loss and jitter, the latched source);
+//! * `GET /calls`: calls in progress on this gateway: caller, number dialled, the devices on
+//!   both sides, and the relay's RTP figures for both legs (packets, bytes, RFC 3550 loss and
+//!   jitter, the latched source);
 //! * `GET /queues`: per-queue and per-member statistics of this ACD node (answered, abandoned,
 //!   average wait, service level, members' calls and availability).
 
@@ -66,9 +67,17 @@ async fn calls(State(s): State<Sources>) -> Json<Value> {
         return Json(json!([]));
     };
     Json(json!(gw
-        .call_stats()
+        .calls()
         .iter()
-        .map(|(id, a, b)| json!({"call": id, "a": leg(a), "b": leg(b)}))
+        .map(|c| json!({
+            "call": c.call,
+            "caller": c.parties.caller,
+            "dialled": c.parties.dialled,
+            "caller_device": c.parties.caller_device,
+            "callee_device": c.parties.callee_device,
+            "a": leg(&c.a),
+            "b": leg(&c.b),
+        }))
         .collect::<Vec<_>>()))
 }
 

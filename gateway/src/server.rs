@@ -165,10 +165,43 @@ pub enum GatewayEvent {
 /// The relay legs of the calls in progress, shared with the [`Gateway`] handle for queries.
 type CallLegs = Arc<std::sync::Mutex<HashMap<b2bua::CallId, (Leg, Leg)>>>;
 
+/// Who is in each call in progress, shared with the [`Gateway`] handle for queries.
+type CallParties = Arc<std::sync::Mutex<HashMap<b2bua::CallId, Parties>>>;
+
+/// Who is in a call, as the gateway routed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parties {
+    /// The caller's user part (From).
+    pub caller: String,
+    /// The number dialled (Request-URI user).
+    pub dialled: String,
+    /// Calling device, if one of ours.
+    pub caller_device: Option<String>,
+    /// Called device, if one of ours.
+    pub callee_device: Option<String>,
+}
+
+/// A call in progress: who is in it and the relay's figures for both legs.
+#[derive(Debug, Clone)]
+pub struct LiveCall {
+    /// Gateway-local call number.
+    pub call: u64,
+    /// Caller, number dialled, devices.
+    pub parties: Parties,
+    /// Caller-side leg.
+    pub a: LegStats,
+    /// Callee-side leg.
+    pub b: LegStats,
+}
+
 /// [`MediaControl`] on the RTP relay.
 struct RelayMedia {
     relay: MediaRelay,
     legs: CallLegs,
+    parties: CallParties,
+    /// Parties of the INVITE being handed to the B2BUA: stored under its call number when
+    /// the B2BUA opens media for it.
+    incoming: Option<Parties>,
     record_dir: Option<std::path::PathBuf>,
     /// Final figures of calls closed but not yet reported.
     closed: HashMap<b2bua::CallId, (LegStats, LegStats)>,
@@ -210,6 +243,12 @@ impl MediaControl for RelayMedia {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(call, (a, b));
+        if let Some(p) = self.incoming.take() {
+            self.parties
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(call, p);
+        }
         Some(ports)
     }
 
@@ -235,6 +274,10 @@ impl MediaControl for RelayMedia {
     fn close(&mut self, call: b2bua::CallId) {
         let legs = self
             .legs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&call);
+        self.parties
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&call);
@@ -281,6 +324,7 @@ pub struct Gateway {
     /// Call events.
     pub events: tokio::sync::broadcast::Sender<GatewayEvent>,
     legs: CallLegs,
+    parties: CallParties,
     task: tokio::task::JoinHandle<()>,
     reloader: tokio::task::JoinHandle<()>,
 }
@@ -321,6 +365,7 @@ impl Gateway {
         ))
         .map_err(|e| GatewayError::Media(e.to_string()))?;
         let legs: CallLegs = Arc::default();
+        let parties: CallParties = Arc::default();
         let (gw_events, _) = tokio::sync::broadcast::channel(1024);
         let b2bua = B2bua::new(b2bua::Config {
             t1: cfg.t1,
@@ -364,6 +409,8 @@ impl Gateway {
             media: RelayMedia {
                 relay,
                 legs: legs.clone(),
+                parties: parties.clone(),
+                incoming: None,
                 closed: HashMap::new(),
                 record_dir,
             },
@@ -372,25 +419,33 @@ impl Gateway {
             outbound,
             registering: HashMap::new(),
             records,
+            refused: 0,
         };
         let task = tokio::spawn(core.run(events));
         Ok(Gateway {
             local,
             events: gw_events,
             legs,
+            parties,
             task,
             reloader,
         })
     }
 
-    /// RTP figures of the calls in progress: (call, caller leg, callee leg).
-    pub fn call_stats(&self) -> Vec<(u64, LegStats, LegStats)> {
+    /// The calls in progress, in call order: parties and the relay's figures.
+    pub fn calls(&self) -> Vec<LiveCall> {
         let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
+        let parties = self.parties.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = legs
             .iter()
-            .map(|(id, (a, b))| (id.0, a.stats(), b.stats()))
+            .map(|(id, (a, b))| LiveCall {
+                call: id.0,
+                parties: parties.get(id).cloned().unwrap_or_default(),
+                a: a.stats(),
+                b: b.stats(),
+            })
             .collect();
-        v.sort_by_key(|(id, _, _)| *id);
+        v.sort_by_key(|c| c.call);
         v
     }
 
@@ -429,6 +484,8 @@ struct Core {
     registering: HashMap<TransactionKey, usize>,
     /// The database, for CDRs.
     records: DeviceStore,
+    /// INVITEs refused before a call was set up (numbers their CDRs).
+    refused: u64,
 }
 
 impl Core {
@@ -492,7 +549,7 @@ impl Core {
 
     fn cdr(
         &self,
-        call: b2bua::CallId,
+        call: &str,
         reason: &str,
         r: &b2bua::CallRecord,
         legs: Option<&(LegStats, LegStats)>,
@@ -513,7 +570,7 @@ impl Core {
             None => (None, None),
         };
         crate::records::Cdr {
-            uniqueid: format!("{}-{}-{}", self.cfg.node, std::process::id(), call.0),
+            uniqueid: format!("{}-{}-{call}", self.cfg.node, std::process::id()),
             node: self.cfg.node.clone(),
             start_time: secs(end.saturating_sub(r.duration)),
             answer_time: r.billsec.map(|b| secs(end.saturating_sub(b))),
@@ -607,13 +664,8 @@ impl Core {
             } => {
                 let legs = self.media.closed.remove(&call);
                 info!(call = call.0, %reason, "call ended");
-                let cdr = self.cdr(call, &reason, &record, legs.as_ref());
-                let store = self.records.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store.insert_cdr(&cdr).await {
-                        warn!(error = %e, "CDR not written");
-                    }
-                });
+                let cdr = self.cdr(&call.0.to_string(), &reason, &record, legs.as_ref());
+                self.write_cdr(cdr);
                 let _ = self.events.send(GatewayEvent::CallEnded {
                     call: call.0,
                     reason,
@@ -621,7 +673,28 @@ impl Core {
                     b: legs.map(|l| l.1),
                 });
             }
+            b2bua::Action::CallRefused { code, record } => {
+                self.refused += 1;
+                info!(%code, caller = %record.caller, dialled = %record.dialled, "call refused");
+                let cdr = self.cdr(
+                    &format!("r{}", self.refused),
+                    &code.to_string(),
+                    &record,
+                    None,
+                );
+                self.write_cdr(cdr);
+            }
         }
+    }
+
+    /// Stores a CDR off the call path (a failed write is logged).
+    fn write_cdr(&self, cdr: crate::records::Cdr) {
+        let store = self.records.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.insert_cdr(&cdr).await {
+                warn!(error = %e, "CDR not written");
+            }
+        });
     }
 
     fn on_tx_event(&mut self, ev: tx::Event<Peer>) {
@@ -752,6 +825,15 @@ impl Core {
                 }
             }
         }
+        self.media.incoming = Some(Parties {
+            caller: b2bua::caller_user(&req),
+            dialled: b2bua::dialled_user(&req),
+            caller_device: caller.device.clone(),
+            callee_device: match &target {
+                b2bua::Target::Device { device, .. } => Some(device.clone()),
+                _ => None,
+            },
+        });
         self.b2bua.on_invite(
             key,
             req,
@@ -760,6 +842,7 @@ impl Core {
             &mut self.media,
             now,
         );
+        self.media.incoming = None;
     }
 
     fn route(&self, req: &Request, source: &Peer) -> b2bua::Target {

@@ -37,6 +37,9 @@ pub struct GatewaySpec {
     pub udp_port: Option<u16>,
     /// Extra lines for the `[gateway]` section (and sections after it, e.g. `[[gateway.trunk]]`).
     pub extra: String,
+    /// Device database URL (`postgres://…`, `sqlite://…`); `None`: a SQLite file in the
+    /// private directory.
+    pub database: Option<String>,
 }
 
 impl GatewaySpec {
@@ -57,6 +60,7 @@ impl GatewaySpec {
             statebus: "backend = \"local\"".into(),
             node_extra: String::new(),
             extra: String::new(),
+            database: None,
         }
     }
 }
@@ -144,7 +148,7 @@ role = "gateway"
 udp = ["{udp}"]
 tcp = ["{tcp}"]
 realm = "{realm}"
-database = "sqlite://{db}"
+database = "{db}"
 min_expires = 2
 default_expires = 3600
 max_expires = 7200
@@ -156,7 +160,10 @@ t1_ms = 100
 "#,
             name = spec.name,
             realm = spec.realm,
-            db = dir.path().join(format!("{}.db", spec.name)).display(),
+            db = spec.database.clone().unwrap_or_else(|| format!(
+                "sqlite://{}",
+                dir.path().join(format!("{}.db", spec.name)).display()
+            )),
             extra = spec.extra,
             qualify = spec.qualify_interval_secs,
             node_extra = spec.node_extra,

@@ -175,6 +175,14 @@ pub enum Action {
         /// Who called whom, and for how long.
         record: CallRecord,
     },
+    /// An INVITE was refused before any call was set up (unknown number, callee unreachable,
+    /// a device at its call limit, …): no call number, but a CDR all the same.
+    CallRefused {
+        /// The final response sent, e.g. 404, 480, 486.
+        code: u16,
+        /// Who called whom (zero duration, never answered).
+        record: CallRecord,
+    },
 }
 
 /// What a CDR needs to know about a call.
@@ -192,6 +200,26 @@ pub struct CallRecord {
     pub duration: Duration,
     /// From the answer to the end (None: never answered).
     pub billsec: Option<Duration>,
+}
+
+/// The caller's user part: the user of the request's From URI ("" when it has none).
+pub fn caller_user(req: &Request) -> String {
+    tparse::value(&req.headers, Field::From)
+        .ok()
+        .and_then(|v| message::parse_addresses(v, false))
+        .and_then(|l| l.into_iter().next())
+        .and_then(|a| message::parse_uri(&a.uri))
+        .and_then(|u| u.auth.map(|a| a.user))
+        .unwrap_or_default()
+}
+
+/// The number dialled: the user of the Request-URI ("" when it has none).
+pub fn dialled_user(req: &Request) -> String {
+    req.uri
+        .auth
+        .as_ref()
+        .map(|a| a.user.clone())
+        .unwrap_or_default()
 }
 
 /// B2BUA settings.
@@ -445,6 +473,29 @@ impl B2bua {
         self.respond(key, r);
     }
 
+    /// Refuses a new INVITE with `code` before any call exists, and reports it for the CDR.
+    fn refuse(
+        &mut self,
+        key: &TransactionKey,
+        req: &Request,
+        code: u16,
+        caller: &Caller,
+        callee: Option<String>,
+    ) {
+        self.reply(key, req, code);
+        self.actions.push_back(Action::CallRefused {
+            code,
+            record: CallRecord {
+                caller: caller_user(req),
+                dialled: dialled_user(req),
+                caller_device: caller.device.clone(),
+                callee_device: callee,
+                duration: Duration::ZERO,
+                billsec: None,
+            },
+        });
+    }
+
     fn set_channel(&mut self, device: &Option<String>, call: CallId, ch: Channel) {
         if let Some(d) = device {
             if self.devices.set(d, call, ch) {
@@ -467,7 +518,7 @@ impl B2bua {
         let Routed { caller, target } = routed;
         let mut b_credentials = None;
         let (callee, contact, dest, limit) = match target {
-            Target::Reject(code) => return self.reply(&key, &req, code),
+            Target::Reject(code) => return self.refuse(&key, &req, code, &caller, None),
             Target::Device {
                 device,
                 contact,
@@ -489,12 +540,12 @@ impl B2bua {
         };
         if let Some(dev) = &callee {
             if limit > 0 && self.devices.count(dev) >= limit {
-                return self.reply(&key, &req, 486);
+                return self.refuse(&key, &req, 486, &caller, callee.clone());
             }
         }
         if let Some(dev) = &caller.device {
             if caller.limit > 0 && self.devices.count(dev) >= caller.limit {
-                return self.reply(&key, &req, 486);
+                return self.refuse(&key, &req, 486, &caller, callee.clone());
             }
         }
         let max_forwards = req
@@ -1234,24 +1285,9 @@ impl B2bua {
             let r = message::response_for(&p.request, 487, "");
             self.respond(&p.server_key, r);
         }
-        let user_of = |v: &str| {
-            message::parse_addresses(v, false)
-                .and_then(|l| l.into_iter().next())
-                .and_then(|a| message::parse_uri(&a.uri))
-                .and_then(|u| u.auth.map(|a| a.user))
-                .unwrap_or_default()
-        };
         let record = CallRecord {
-            caller: tparse::value(&call.a_invite.headers, Field::From)
-                .map(user_of)
-                .unwrap_or_default(),
-            dialled: call
-                .a_invite
-                .uri
-                .auth
-                .as_ref()
-                .map(|a| a.user.clone())
-                .unwrap_or_default(),
+            caller: caller_user(&call.a_invite),
+            dialled: dialled_user(&call.a_invite),
             caller_device: call.a.device.clone(),
             callee_device: call.b.device.clone(),
             duration: now.saturating_duration_since(call.created),

@@ -422,7 +422,17 @@ fn call_limit_gives_486_and_busy_state() {
         &mut rig.media,
         rig.now,
     );
-    assert_eq!(Rig::responses_to_a(&rig.actions()), vec![486]);
+    let actions = rig.actions();
+    assert_eq!(Rig::responses_to_a(&actions), vec![486]);
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::CallRefused { code: 486, record }
+                if record.callee_device.as_deref() == Some("PJSIP/1002")
+                    && record.billsec.is_none()
+        )),
+        "the refusal is reported for the CDR: {actions:?}"
+    );
     assert_eq!(rig.b2b.len(), 1);
 }
 
