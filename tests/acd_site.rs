@@ -182,7 +182,14 @@ fn caller_is_queued_connected_to_an_agent_and_media_flows() {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             let rows = store.queue_log().await.expect("queue_log table");
-            let cdrs = store.cdrs().await.expect("cdr table");
+            // ringall's offer to 2002 (not registered) is refused with 480: a CDR of its own.
+            let cdrs: Vec<_> = store
+                .cdrs()
+                .await
+                .expect("cdr table")
+                .into_iter()
+                .filter(|c| !(c.dst == "2002" && c.reason == "480"))
+                .collect();
             let done = rows.iter().any(|r| r.event == "COMPLETECALLER") && cdrs.len() >= 2;
             if done || std::time::Instant::now() > deadline {
                 break (rows, cdrs);

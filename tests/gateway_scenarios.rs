@@ -178,8 +178,10 @@ fn call_over_tcp_relays_media_both_ways() {
         "the callee's audio reached the relay: {}",
         ended.line
     );
+    // baresip talks until the BYE: what leg B takes in after leg A closed (the legs close one
+    // after the other, slower on a loaded machine) is counted in but not relayed (measured: 3).
     assert!(
-        back.abs_diff(ended.num("a_out")) <= 2,
+        back.abs_diff(ended.num("a_out")) <= 5,
         "and was relayed to the caller: {}",
         ended.line
     );
