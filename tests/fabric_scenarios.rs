@@ -1,5 +1,5 @@
 //! The state fabric's failure handling end to end, through `callfabric` processes and a real
-//! Prosody: a site gateway killed with SIGKILL while another site and an ACD watch (its
+//! XMPP server (each scenario on Prosody and on ejabberd): a site gateway killed with SIGKILL while another site and an ACD watch (its
 //! devices expire after the liveness TTL and the ACD stops offering them), and the XMPP server
 //! frozen with SIGSTOP under a running member (it reports the fabric offline, and resyncs once
 //! the server runs again).
@@ -24,6 +24,26 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
 }
 
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn prosody() {
+                super::$name(integration::xmpp_server::ServerKind::Prosody)
+            }
+            #[test]
+            fn ejabberd() {
+                super::$name(integration::xmpp_server::ServerKind::Ejabberd)
+            }
+        }
+    )*};
+}
+
+on_both_servers!(
+    killed_gateway_expires_after_the_ttl_and_the_acd_stops_offering_its_agents,
+    frozen_server_is_detected_offline_and_resynced_after,
+);
+
 fn statebus(s: &XmppServer, user: &str, extra: &str) -> String {
     format!(
         "backend = \"xmpp\"\njid = \"{user}@{domain}\"\npassword = \"secret\"\nserver = \"{server}\"\n\
@@ -42,14 +62,9 @@ fn statebus(s: &XmppServer, user: &str, extra: &str) -> String {
 /// killed (SIGKILL): the ACD and site A read 2001 UNAVAILABLE once the TTL has passed since
 /// its last heartbeat (not before), and the next caller is offered to 1002 without an offer to
 /// the dead site (no RINGNOANSWER for 2001).
-#[test]
-fn killed_gateway_expires_after_the_ttl_and_the_acd_stops_offering_its_agents() {
-    let xmpp = XmppServer::start(
-        ServerKind::Prosody,
-        &["gw-a", "gw-b", "acd-1", "watcher"],
-        "secret",
-    )
-    .expect("start Prosody");
+fn killed_gateway_expires_after_the_ttl_and_the_acd_stops_offering_its_agents(kind: ServerKind) {
+    let xmpp = XmppServer::start(kind, &["gw-a", "gw-b", "acd-1", "watcher"], "secret")
+        .unwrap_or_else(|e| panic!("start {kind}: {e:#}"));
     let (port_a, port_b, port_acd) = (free_udp_port(), free_udp_port(), free_udp_port());
     let trunk_to_acd = |prefixes: &str| {
         format!(
@@ -216,13 +231,14 @@ fn wait_json(
 }
 
 /// The server stops answering (SIGSTOP) under a running member (`callfabric statebus watch`,
-/// keepalive 2 s, IQ timeout 2 s): the member reports the fabric offline; a state published
-/// by another member while the server is frozen reaches it after SIGCONT, with the member
-/// back online.
-#[test]
-fn frozen_server_is_detected_offline_and_resynced_after() {
-    let mut xmpp = XmppServer::start(ServerKind::Prosody, &["gw-a", "gw-b", "watcher"], "secret")
-        .expect("start Prosody");
+/// keepalive 2 s, IQ timeout 2 s): the member reports the fabric offline and, once the TTL
+/// has passed, reads the other members' devices UNAVAILABLE. After SIGCONT it is back online
+/// and resynced: the device of a member that stayed up reads INUSE again, and a state
+/// published by another member while the server was frozen arrives. (Prosody reconnects;
+/// ejabberd resumes the stream, XEP-0198.)
+fn frozen_server_is_detected_offline_and_resynced_after(kind: ServerKind) {
+    let mut xmpp = XmppServer::start(kind, &["gw-a", "gw-b", "watcher"], "secret")
+        .unwrap_or_else(|e| panic!("start {kind}: {e:#}"));
     let dir = tempfile::tempdir().expect("tempdir");
     let fast = "keepalive_secs = 2\niq_timeout_secs = 2\nreconnect_max_secs = 2\n";
     let watcher = write_config(
@@ -290,6 +306,9 @@ fn frozen_server_is_detected_offline_and_resynced_after() {
     seen.clear();
     let offline_at = wait_json(&rx, &mut seen, &status("offline"), WAIT);
     let detect = offline_at - stopped;
+    // Kept frozen until the member has expired gw-a (no heartbeat for the TTL): its device
+    // reads UNAVAILABLE, and only a resync can bring it back.
+    wait_json(&rx, &mut seen, &device("PJSIP/500", "UNAVAILABLE"), WAIT);
     // Another member publishes while the server is frozen (held until it answers again).
     let mut b = publisher(&gw_b, "PJSIP/501=BUSY", false);
     drop(frozen);
@@ -299,11 +318,23 @@ fn frozen_server_is_detected_offline_and_resynced_after() {
     let back = resumed.elapsed();
     let published = b.0.wait().expect("publisher");
     assert!(published.success(), "the publisher failed: {published}");
-    // gw-a never stopped publishing: if its device expired at the watcher during the outage
-    // (no heartbeat for the TTL), the resync brings it back.
-    let inuse = device("PJSIP/500", "INUSE");
-    if seen.contains(&device("PJSIP/500", "UNAVAILABLE")) {
-        wait_json(&rx, &mut seen, &inuse, WAIT);
+    // gw-a never stopped publishing: the resync reads its device (and its heartbeat) again.
+    wait_json(&rx, &mut seen, &device("PJSIP/500", "INUSE"), WAIT);
+    // How the member noticed, for the test log (`--nocapture`).
+    let log = std::fs::read_to_string(&err).unwrap_or_default();
+    for l in log.lines().filter(|l| {
+        [
+            "stalled",
+            "lost",
+            "timed out",
+            "answers again",
+            "connected to",
+            "resumed",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    }) {
+        eprintln!("watcher: {l}");
     }
     eprintln!("offline {detect:?} after SIGSTOP; resynced {back:?} after SIGCONT");
     assert!(xmpp.is_running());
