@@ -14,6 +14,10 @@ use integration::phones::{assert_passes, caller, scenario, uac_scenario};
 use integration::sipp::{run_scenario, SippOpts, SippOutcome, SippProcess};
 
 const WAIT: Duration = Duration::from_secs(20);
+/// How long a served caller stays after the ACD answers (it is connected to an agent well
+/// within this, even on a loaded machine; a caller that hangs up first is an ABANDON and
+/// fails the test).
+const HOLD_MS: u32 = 3000;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
@@ -215,7 +219,7 @@ fn serial(strategy: &str, agents: usize, answers: &[u32], calls: usize) -> Vec<S
         .map(|(u, n)| agent(&mut gw, u, *n, within))
         .collect();
     let order: Vec<String> = (0..calls)
-        .map(|_| queue_call(&mut gw, "1001", 2000))
+        .map(|_| queue_call(&mut gw, "1001", HOLD_MS))
         .collect();
     // Nobody was offered a call and failed to answer it: each offer went to a free agent.
     assert!(
@@ -271,7 +275,9 @@ fn random_and_wrandom_use_both_agents() {
             .iter()
             .map(|u| agent(&mut gw, u, 6, Duration::from_secs(120)))
             .collect();
-        let order: Vec<String> = (0..6).map(|_| queue_call(&mut gw, "1001", 2000)).collect();
+        let order: Vec<String> = (0..6)
+            .map(|_| queue_call(&mut gw, "1001", HOLD_MS))
+            .collect();
         for u in users {
             assert!(
                 order.iter().any(|a| a == &format!("PJSIP/{u}")),
@@ -309,7 +315,7 @@ fn lower_penalty_first_higher_tier_when_busy() {
     assert_eq!(c1[3], "PJSIP/2002", "{c1:?}\n{}", gw.diag());
     // While 2002 is in that call, the next caller goes to the penalty-5 tier: 2001.
     let out = run_scenario(
-        &caller_scenario(gw.dir(), 2000),
+        &caller_scenario(gw.dir(), HOLD_MS),
         gw.udp,
         caller("1002", "800"),
     )
@@ -333,7 +339,7 @@ fn agent_in_wrapup_is_not_offered_again() {
     );
     let mut a2001 = agent(&mut gw, "2001", 2, Duration::from_secs(120));
     let mut a2002 = agent(&mut gw, "2002", 1, Duration::from_secs(120));
-    assert_eq!(queue_call(&mut gw, "1001", 2000), "PJSIP/2001");
+    assert_eq!(queue_call(&mut gw, "1001", HOLD_MS), "PJSIP/2001");
     gw.drain();
     let first_end = gw
         .history
@@ -343,7 +349,7 @@ fn agent_in_wrapup_is_not_offered_again() {
         .map(|l| fields(l))
         .expect("2001's COMPLETE line");
     // 2001 is in wrap-up: linear order notwithstanding, 2002 takes the next caller.
-    assert_eq!(queue_call(&mut gw, "1001", 2000), "PJSIP/2002");
+    assert_eq!(queue_call(&mut gw, "1001", HOLD_MS), "PJSIP/2002");
     // Both in wrap-up now: this caller (staying 12 s after the ACD answers) waits for 2001's
     // wrap-up to end.
     let mark = gw.mark();
@@ -444,7 +450,7 @@ fn joinempty_refuses_callers_while_no_member_is_available() {
     assert_passes(&gw, &refused, "caller refused: queue empty (480)");
     assert!(queue_log_all(&mut gw, "ENTERQUEUE").is_empty());
     let mut a2001 = agent(&mut gw, "2001", 1, Duration::from_secs(60));
-    assert_eq!(queue_call(&mut gw, "1001", 2000), "PJSIP/2001");
+    assert_eq!(queue_call(&mut gw, "1001", HOLD_MS), "PJSIP/2001");
     assert_agent_done(&gw, &mut a2001, "2001");
 }
 
@@ -499,7 +505,7 @@ fn queue_log_rows_on_postgresql() {
         &format!("database = {:?}\n", pg.url()),
     );
     let mut a2001 = agent(&mut gw, "2001", 1, Duration::from_secs(60));
-    assert_eq!(queue_call(&mut gw, "1001", 2000), "PJSIP/2001");
+    assert_eq!(queue_call(&mut gw, "1001", HOLD_MS), "PJSIP/2001");
     assert_agent_done(&gw, &mut a2001, "2001");
     gw.drain();
     let mut printed: Vec<Vec<String>> = gw

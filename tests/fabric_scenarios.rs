@@ -205,9 +205,10 @@ fn write_config(dir: &Path, name: &str, eid: &str, statebus: &str) -> std::path:
     p
 }
 
-/// Waits for a JSON line of `callfabric statebus watch --json` equal to `want`.
+/// Waits for a JSON line of `callfabric statebus watch --json` equal to `want`; on timeout,
+/// fails with what came and the tail of the watcher's log `err`.
 fn wait_json(
-    rx: &mpsc::Receiver<String>,
+    (rx, err): (&mpsc::Receiver<String>, &Path),
     seen: &mut Vec<serde_json::Value>,
     want: &serde_json::Value,
     timeout: Duration,
@@ -218,9 +219,12 @@ fn wait_json(
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("no {want} from the watcher ({e}); got {seen:?}"));
+        let line = rx.recv_timeout(left).unwrap_or_else(|e| {
+            panic!(
+                "no {want} from the watcher ({e}); got {seen:?}\n{}",
+                integration::tail_file(err, 40)
+            )
+        });
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
         seen.push(v.clone());
@@ -296,30 +300,44 @@ fn frozen_server_is_detected_offline_and_resynced_after(kind: ServerKind) {
     let device =
         |key: &str, state: &str| serde_json::json!({"type": "device", "key": key, "state": state});
     let status = |s: &str| serde_json::json!({"type": "status", "status": s});
-    wait_json(&rx, &mut seen, &device("PJSIP/500", "INUSE"), WAIT);
-    wait_json(&rx, &mut seen, &status("online"), WAIT);
+    wait_json((&rx, &err), &mut seen, &device("PJSIP/500", "INUSE"), WAIT);
+    wait_json((&rx, &err), &mut seen, &status("online"), WAIT);
+    // gw-a's heartbeat too: only members that heartbeat are subject to liveness.
+    let gw_a_up = serde_json::json!({"type": "peer", "eid": "02:00:00:00:00:0a", "alive": true,
+        "site": "default", "role": "node"});
+    wait_json((&rx, &err), &mut seen, &gw_a_up, WAIT);
     assert!(!seen.contains(&status("offline")), "{seen:?}");
 
     let pid = xmpp.pid().expect("server pid");
     let frozen = Frozen::freeze(pid);
     let stopped = Instant::now();
     seen.clear();
-    let offline_at = wait_json(&rx, &mut seen, &status("offline"), WAIT);
+    let offline_at = wait_json((&rx, &err), &mut seen, &status("offline"), WAIT);
     let detect = offline_at - stopped;
     // Kept frozen until the member has expired gw-a (no heartbeat for the TTL): its device
     // reads UNAVAILABLE, and only a resync can bring it back.
-    wait_json(&rx, &mut seen, &device("PJSIP/500", "UNAVAILABLE"), WAIT);
+    wait_json(
+        (&rx, &err),
+        &mut seen,
+        &device("PJSIP/500", "UNAVAILABLE"),
+        WAIT,
+    );
     // Another member publishes while the server is frozen (held until it answers again).
     let mut b = publisher(&gw_b, "PJSIP/501=BUSY", false);
     drop(frozen);
     let resumed = Instant::now();
-    wait_json(&rx, &mut seen, &status("online"), Duration::from_secs(40));
-    wait_json(&rx, &mut seen, &device("PJSIP/501", "BUSY"), WAIT);
+    wait_json(
+        (&rx, &err),
+        &mut seen,
+        &status("online"),
+        Duration::from_secs(40),
+    );
+    wait_json((&rx, &err), &mut seen, &device("PJSIP/501", "BUSY"), WAIT);
     let back = resumed.elapsed();
     let published = b.0.wait().expect("publisher");
     assert!(published.success(), "the publisher failed: {published}");
     // gw-a never stopped publishing: the resync reads its device (and its heartbeat) again.
-    wait_json(&rx, &mut seen, &device("PJSIP/500", "INUSE"), WAIT);
+    wait_json((&rx, &err), &mut seen, &device("PJSIP/500", "INUSE"), WAIT);
     // How the member noticed, for the test log (`--nocapture`).
     let log = std::fs::read_to_string(&err).unwrap_or_default();
     for l in log.lines().filter(|l| {
