@@ -137,6 +137,7 @@ members = ["PJSIP/2001", "PJSIP/1002"]
         "expired only after {took:?}"
     );
     gw_a.seen_since(mark_a, "DEVICE PJSIP/2001 UNAVAILABLE", WAIT);
+    eprintln!("2001 read UNAVAILABLE at the ACD {took:?} after SIGKILL (TTL {TTL:?})");
 
     let out =
         run_scenario(&uac_scenario(gw_a.dir()), gw_a.udp, caller("1001", "800")).expect("run sipp");
