@@ -795,10 +795,12 @@ impl Worker {
                 self.set_online(false);
             }
             StreamEv::Stream(StreamEvent::Resumed) => {
-                info!("stream resumed without loss");
-                self.set_online(true);
-                self.synced();
-                self.flush(stream).await;
+                // Nothing was lost on the stream, but while it was suspended remote members
+                // may have expired here (their devices read UNAVAILABLE until they publish
+                // again), and ejabberd does not queue pubsub notifications for a detached
+                // session: fetch everything again, as on a new connection.
+                info!("stream resumed: resynchronising");
+                self.resync(stream).await;
             }
             StreamEv::Stanza(Stanza::Iq(iq)) => self.on_iq(stream, iq).await,
             StreamEv::Stanza(Stanza::Message(m)) => {
