@@ -147,6 +147,8 @@ fn user_of(aor: &str) -> &str {
 }
 
 /// Something the gateway reports to its owner (the binary prints these).
+// A few events per call: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum GatewayEvent {
     /// A call ended, with the relay's figures for both legs.
