@@ -123,7 +123,13 @@ fn one_delay(delay_ms: u64, loss: f64, rounds: usize, partition: Duration) -> Re
         ),
     )?;
     let env = [("RUST_LOG", "warn")];
-    let mut gw = lab.spawn(Site::B, "gw-b", bin, &["gateway", "--config", &gw_cfg], &env)?;
+    let mut gw = lab.spawn(
+        Site::B,
+        "gw-b",
+        bin,
+        &["gateway", "--config", &gw_cfg],
+        &env,
+    )?;
     gw.wait_since(0, WAIT, "gateway ready", |l| l.starts_with("gateway ready"))?;
     let mut acd = lab.spawn(Site::A, "acd-1", bin, &["acd", "--config", &acd_cfg], &env)?;
     acd.wait_since(0, WAIT, "acd ready", |l| l.starts_with("acd ready"))?;
@@ -193,8 +199,13 @@ fn main() -> Result<()> {
         bail!("{why}");
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rounds: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(5).max(1);
-    let partition = Duration::from_secs_f64(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5.0));
+    let rounds: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let partition =
+        Duration::from_secs_f64(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5.0));
     let loss: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0.0);
     let mut delays: Vec<u64> = args.iter().skip(3).filter_map(|a| a.parse().ok()).collect();
     if delays.is_empty() {
