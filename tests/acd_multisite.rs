@@ -89,6 +89,10 @@ members = ["PJSIP/2001", "PJSIP/1002"]
     let mut agent_a = answering_phone(&mut gw_a, "1002", "call_uas.xml", 1);
     gw_b.device("2001", "NOT_INUSE", WAIT);
     gw_a.device("1002", "NOT_INUSE", WAIT);
+    // …and at the ACD (through Prosody): before that, 2001 has no publisher and would be
+    // offered through the configured gateway A.
+    node.seen_since(0, "DEVICE PJSIP/2001 NOT_INUSE", WAIT);
+    node.seen_since(0, "DEVICE PJSIP/1002 NOT_INUSE", WAIT);
 
     // First call: neither agent has taken a call; leastrecent takes the first in order (2001,
     // at site B: reached through gw-b, which only the fabric tells the ACD about).
