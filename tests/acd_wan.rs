@@ -6,6 +6,9 @@
 //! learns that B is unreachable only from its own SIP keep-alives and offers.
 //!
 //! Queue `support` is linear over 2001 (B) then 1002 (A): every caller tries 2001 first.
+//!
+//! The last test runs across the WAN lab instead (network namespaces, 150 ms one way, 3 %
+//! loss, the partition drops the link's packets).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -351,3 +354,175 @@ fn an_abandoned_offer_never_rings_the_agent_after_the_heal() {
     );
     drop(lab.agent_a);
 }
+
+/// The same across the WAN lab (network namespaces joined by a wire with 150 ms one way and
+/// 3 % loss; the partition drops every packet): site A runs the ACD and a waiting caller,
+/// site B a gateway through which the queue's agent is reached (it refuses each offer, so the
+/// caller is offered again about every round trip while B is reachable). During a 30 s
+/// partition the agent is never offered after the detection; after the heal it is offered
+/// again within 2 s. Skipped (with the reason) where the lab cannot run (not root, no TUN).
+#[test]
+fn wan_lab_partition_at_150_ms_one_way() {
+    use integration::wanlab::{unavailable, Site, WanLab, WanSpec};
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let lab = WanLab::start(WanSpec::new(150, 0.03)).expect("start the WAN lab");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = binary().to_str().expect("binary path");
+    let a = lab.addr(Site::A);
+    let b = lab.socket_addr(Site::B, 5060);
+    let write = |name: &str, body: String| {
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!("[node]\nname = \"{name}\"\nsite = \"{name}\"\n\n[statebus]\nbackend = \"local\"\n\n{body}"),
+        )
+        .expect("write config");
+        p.display().to_string()
+    };
+    let gw_cfg = write(
+        "gw-b",
+        format!(
+            "[gateway]\nudp = [\"{b}\"]\ntcp = [\"{tcp}\"]\nrealm = \"b.example\"\n\
+             database = \"sqlite://{db}\"\nt1_ms = 100\n\n[[gateway.trunk]]\nname = \"acd\"\n\
+             address = \"{a}:5070\"\nprefixes = []\n",
+            tcp = lab.socket_addr(Site::B, 5061),
+            db = dir.path().join("gw-b.db").display(),
+        ),
+    );
+    let acd_cfg = write(
+        "acd-1",
+        format!(
+            "[acd]\nudp = \"{a}:5070\"\nrtp_ports = \"40000-40999\"\nt1_ms = 100\n\n\
+             [acd.numbers]\n\"800\" = \"support\"\n\n\
+             [[acd.gateway]]\nname = \"gw-b\"\naddress = \"{b}\"\n\n\
+             [[acd.gateway]]\nname = \"caller\"\naddress = \"{a}:5090\"\n\n\
+             [[acd.queue]]\nname = \"support\"\nstrategy = \"linear\"\ntimeout = 10\nretry = 0\n\
+             members = [\"PJSIP/2001\"]\n"
+        ),
+    );
+    let env = [("RUST_LOG", "info")];
+    let mut gw = lab
+        .spawn(
+            Site::B,
+            "gw-b",
+            bin,
+            &["gateway", "--config", &gw_cfg],
+            &env,
+        )
+        .expect("gateway B");
+    gw.wait_since(0, WAIT, "gateway ready", |l| l.starts_with("gateway ready"))
+        .expect("gateway B ready");
+    let mut acd = lab
+        .spawn(Site::A, "acd-1", bin, &["acd", "--config", &acd_cfg], &env)
+        .expect("ACD");
+    acd.wait_since(0, WAIT, "acd ready", |l| l.starts_with("acd ready"))
+        .expect("ACD ready");
+    // A caller who answers OPTIONS (-aa) and waits in the queue for an hour.
+    let scenario = dir.path().join("uac.xml");
+    std::fs::write(&scenario, WAITING_CALLER).expect("write scenario");
+    let sipp = integration::require_binary("sipp").expect("sipp");
+    let (target, ip) = (format!("{a}:5070"), a.to_string());
+    let scenario = scenario.display().to_string();
+    let _caller = lab
+        .spawn(
+            Site::A,
+            "caller",
+            &sipp,
+            &[
+                "-sf", &scenario, &target, "-i", &ip, "-p", "5090", "-m", "1", "-aa", "-nostdin",
+            ],
+            &[],
+        )
+        .expect("caller");
+    let is_offer = |l: &str| l.starts_with("OFFER acd-") && l.contains(" PJSIP/2001 ");
+    acd.wait_since(0, WAIT, "the first offer", is_offer)
+        .expect("offered while B is reachable");
+
+    let (down, up) = (format!("REACH {b} down"), format!("REACH {b} up"));
+    let mark = acd.mark();
+    lab.partition();
+    let cut = Instant::now();
+    let (at, _) = acd
+        .wait_since(mark, WAIT, "B unreachable", |l| l == down)
+        .expect("B declared unreachable");
+    let detection = at.saturating_duration_since(cut);
+    println!("150 ms one way: unreachable {detection:?} after the cut");
+    assert!(detection < Duration::from_secs(2), "{}", acd.diag());
+    let after_detection = acd.mark();
+    while cut.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        let late: Vec<String> = acd
+            .lines_since(after_detection)
+            .into_iter()
+            .filter(|l| is_offer(l))
+            .collect();
+        assert!(
+            late.is_empty(),
+            "offered behind the cut link after the detection: {late:?}"
+        );
+    }
+    let mark = acd.mark();
+    lab.heal();
+    let heal = Instant::now();
+    let (at_offer, _) = acd
+        .wait_since(mark, WAIT, "an offer after the heal", is_offer)
+        .expect("offered again after the heal");
+    let back = at_offer.saturating_duration_since(heal);
+    println!("150 ms one way: offered again {back:?} after the heal");
+    assert!(
+        acd.lines_since(mark).iter().any(|l| *l == up),
+        "{}",
+        acd.diag()
+    );
+    assert!(back < Duration::from_secs(2), "{}", acd.diag());
+    assert!(gw.is_running(), "{}", gw.diag());
+}
+
+const WAITING_CALLER: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="a caller who waits in the queue">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:800@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:800@[remote_ip]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:1001@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200"/>
+  <send>
+    <![CDATA[
+      ACK sip:800@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:800@[remote_ip]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="3600000"/>
+</scenario>
+"#;
