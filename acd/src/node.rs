@@ -11,7 +11,12 @@
 //!   the first configured gateway. The INVITE carries `X-CF-Offer: ringinuse=no|yes`: the
 //!   gateway is the arbiter and refuses (486) an agent whose device is already in a call when
 //!   ringinuse is off, so two ACD nodes can never both get one agent; a refusal is "busy" to
-//!   the engine, which tries the next member.
+//!   the engine, which tries the next member. The header also carries `deadline=<unix ms>`:
+//!   an offer without a provisional response by then is given up (its INVITE abandoned, never
+//!   retransmitted) and the next member tried; the gateway refuses one arriving later.
+//! * **Reachability** ([`crate::reach`]): SIP OPTIONS keep-alives to every gateway the node may
+//!   offer through; members behind an unreachable one are unavailable to the engine
+//!   ([`Engine::set_reachable`]) until it answers again, whatever the fabric says.
 //! * **Connect**: the agent's 200 is ACKed, music stops and the caller's and the agent's legs
 //!   are bridged on the relay. A hang-up on either side ends both; the engine logs
 //!   COMPLETECALLER/COMPLETEAGENT and starts wrap-up. A caller hanging up while waiting is
