@@ -42,6 +42,15 @@ pub struct AcdSection {
     /// RTP port range, `"30000-30999"`.
     pub rtp_ports: Option<String>,
     pub t1_ms: Option<u64>,
+    /// SIP OPTIONS keep-alives to each gateway: every this many ms (default 500)…
+    pub keepalive_interval_ms: Option<u64>,
+    /// …a probe unanswered after this many ms is a miss (default 400)…
+    pub keepalive_timeout_ms: Option<u64>,
+    /// …and this many misses in a row make the gateway unreachable (default 2).
+    pub keepalive_misses: Option<u32>,
+    /// An offer without a provisional response after this many ms is given up and the next
+    /// member tried; also the offer's deadline at the gateway (default 800).
+    pub offer_provisional_timeout_ms: Option<u64>,
     /// queue_log file (relative to the config file).
     pub queue_log: Option<String>,
     /// Database for the queue_log table (`sqlite://…` relative to the config file, or
@@ -671,6 +680,35 @@ impl Loaded {
                 Some(self.duration("acd", "announce_frequency_secs", Some(v), Duration::ZERO)?)
             }
         };
+        let ms = |key: &str, v: Option<u64>, default: u64| -> Result<Duration> {
+            match v {
+                None => Ok(Duration::from_millis(default)),
+                Some(x) if (1..=60_000).contains(&x) => Ok(Duration::from_millis(x)),
+                Some(x) => Err(anyhow!(
+                    "{}: {key} = {x} is not between 1 and 60000 milliseconds",
+                    self.at("acd", key)
+                )),
+            }
+        };
+        let reach = acd::reach::ReachConfig {
+            interval: ms("keepalive_interval_ms", a.keepalive_interval_ms, 500)?,
+            timeout: ms("keepalive_timeout_ms", a.keepalive_timeout_ms, 400)?,
+            misses: match a.keepalive_misses {
+                None => 2,
+                Some(n) if (1..=100).contains(&n) => n,
+                Some(n) => {
+                    return Err(anyhow!(
+                        "{}: keepalive_misses = {n} is not between 1 and 100",
+                        self.at("acd", "keepalive_misses")
+                    ))
+                }
+            },
+        };
+        let offer_provisional_timeout = ms(
+            "offer_provisional_timeout_ms",
+            a.offer_provisional_timeout_ms,
+            800,
+        )?;
         let engine = acd::EngineConfig {
             queues: a.queue.clone(),
             rules: a.rules.clone(),
@@ -698,6 +736,8 @@ impl Loaded {
             announce_holdtime: a.announce_holdtime.unwrap_or(true),
             login_code: a.login_code.clone().unwrap_or_else(|| "*45".into()),
             logout_code: a.logout_code.clone().unwrap_or_else(|| "*46".into()),
+            reach,
+            offer_provisional_timeout,
         })
     }
 

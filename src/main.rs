@@ -428,6 +428,17 @@ async fn run_gateway_or_acd(
                 Ok(acd::node::NodeEvent::Announced { caller, prompts }) => {
                     println!("ANNOUNCE {caller} {}", prompts.join(","))
                 }
+                Ok(acd::node::NodeEvent::Offered {
+                    caller,
+                    interface,
+                    gateway,
+                }) => println!("OFFER {caller} {interface} {gateway}"),
+                Ok(acd::node::NodeEvent::OfferUnanswered { interface, gateway }) => {
+                    println!("OFFER UNANSWERED {interface} {gateway}")
+                }
+                Ok(acd::node::NodeEvent::Reach { gateway, reachable }) => {
+                    println!("REACH {gateway} {}", if reachable { "up" } else { "down" })
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "queue_log events dropped")
                 }
@@ -483,7 +494,14 @@ async fn run_gateway_or_acd(
 /// figures (packets and bytes each way, RFC 3550 loss and jitter, the latched source).
 fn call_line(ev: &gateway::server::GatewayEvent) -> String {
     use std::fmt::Write as _;
-    let gateway::server::GatewayEvent::CallEnded { call, reason, a, b } = ev;
+    let (call, reason, a, b) = match ev {
+        gateway::server::GatewayEvent::CallEnded { call, reason, a, b } => (call, reason, a, b),
+        gateway::server::GatewayEvent::OfferRefused {
+            device,
+            reason,
+            late_ms,
+        } => return format!("OFFER REFUSED {device} {reason} late_ms={late_ms}"),
+    };
     let mut line = format!("CALL {call} ENDED {reason}");
     for (side, st) in [("a", a), ("b", b)] {
         if let Some(st) = st {

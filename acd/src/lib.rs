@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod node;
+pub mod reach;
 
 pub use engine::{
     Action, CompletedBy, EmptyConditions, Engine, EngineConfig, EngineError, ExitReason, Join,

@@ -11,7 +11,12 @@
 //!   the first configured gateway. The INVITE carries `X-CF-Offer: ringinuse=no|yes`: the
 //!   gateway is the arbiter and refuses (486) an agent whose device is already in a call when
 //!   ringinuse is off, so two ACD nodes can never both get one agent; a refusal is "busy" to
-//!   the engine, which tries the next member.
+//!   the engine, which tries the next member. The header also carries `deadline=<unix ms>`:
+//!   an offer without a provisional response by then is given up (its INVITE abandoned, never
+//!   retransmitted) and the next member tried; the gateway refuses one arriving later.
+//! * **Reachability** ([`crate::reach`]): SIP OPTIONS keep-alives to every gateway the node may
+//!   offer through; members behind an unreachable one are unavailable to the engine
+//!   ([`Engine::set_reachable`]) until it answers again, whatever the fabric says.
 //! * **Connect**: the agent's 200 is ACKed, music stops and the caller's and the agent's legs
 //!   are bridged on the relay. A hang-up on either side ends both; the engine logs
 //!   COMPLETECALLER/COMPLETEAGENT and starts wrap-up. A caller hanging up while waiting is
@@ -41,6 +46,8 @@ use rsip::Header;
 use statebus::{Bus, BusEvent, Change, DeviceState};
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
+
+use crate::reach::{ReachConfig, ReachEvent, Reachability};
 
 use crate::engine::{
     Action, CompletedBy, Engine, EngineConfig, EngineError, Join, OfferId, OfferOutcome, Time,
@@ -89,6 +96,12 @@ pub struct NodeConfig {
     pub login_code: String,
     /// Dial `<logout_code><queue number>` to log out.
     pub logout_code: String,
+    /// SIP OPTIONS keep-alives to every gateway the node may offer through.
+    pub reach: ReachConfig,
+    /// An offer INVITE without a provisional response after this is given up (never
+    /// retransmitted again), the gateway counts as unreachable for it and the next member is
+    /// tried; it is also the offer's deadline (`X-CF-Offer: deadline=`).
+    pub offer_provisional_timeout: Duration,
 }
 
 /// One queue's figures, for supervisors and reports.
@@ -119,6 +132,29 @@ pub enum NodeEvent {
         caller: String,
         /// Prompts, in order.
         prompts: Vec<String>,
+    },
+    /// An offer INVITE went out.
+    Offered {
+        /// Caller id.
+        caller: String,
+        /// Member interface.
+        interface: String,
+        /// The gateway it went to.
+        gateway: SocketAddr,
+    },
+    /// A gateway became unreachable or reachable again (OPTIONS keep-alives).
+    Reach {
+        /// The gateway.
+        gateway: SocketAddr,
+        /// Its new reachability.
+        reachable: bool,
+    },
+    /// An offer got no provisional response in time: given up, the next member is tried.
+    OfferUnanswered {
+        /// Member interface.
+        interface: String,
+        /// The gateway it went to.
+        gateway: SocketAddr,
     },
 }
 
@@ -193,6 +229,9 @@ impl AcdNode {
             None => None,
         };
         let core = Core {
+            reach: Reachability::new(cfg.reach),
+            probes: HashMap::new(),
+            next_targets: Instant::now(),
             records,
             tl: TransactionLayer::new(tx::Config {
                 t1: cfg.t1,
@@ -290,9 +329,13 @@ struct AgentCall {
     peer: Peer,
     dialog: Option<Dialog>,
     leg: Leg,
+    /// Any provisional response (100 included): the gateway has the offer.
+    heard: bool,
+    /// A provisional response above 100 (a CANCEL is possible).
     provisional: bool,
     cancelled: bool,
     answered: bool,
+    sent: Instant,
 }
 
 struct Core {
@@ -311,6 +354,12 @@ struct Core {
     log: Option<std::fs::File>,
     records: Option<gateway::devices::DeviceStore>,
     events: broadcast::Sender<NodeEvent>,
+    /// Gateways' reachability (OPTIONS keep-alives).
+    reach: Reachability,
+    /// Outstanding keep-alive transactions → probe id.
+    probes: HashMap<TransactionKey, u64>,
+    /// When the set of gateways to watch is refreshed next.
+    next_targets: Instant,
 }
 
 impl Core {
@@ -327,8 +376,8 @@ impl Core {
                 Instant::now() + t.saturating_sub(now)
             });
             let sleep = gateway::server::sleep_until(gateway::server::earliest(
-                self.tl.poll_timeout(),
-                engine_at,
+                gateway::server::earliest(self.tl.poll_timeout(), engine_at),
+                self.reach.poll_timeout(),
             ));
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -338,10 +387,13 @@ impl Core {
                 ev = statebus::recv(&mut bus_rx) => match ev {
                     None => break,
                     Some(BusEvent::Changed(Change::Device { key, state })) => {
+                        // Which gateway holds the device may have changed: reachability first.
+                        self.sync_reachability(Some(&key));
                         self.engine.device_state(engine_now(), &key, state);
                     }
                     Some(BusEvent::Lagged(_)) => {
                         let now = engine_now();
+                        self.sync_reachability(None);
                         for (key, state) in self.bus.snapshot().devices {
                             self.engine.device_state(now, &key, state);
                         }
@@ -351,10 +403,15 @@ impl Core {
                 _ = sleep => {
                     self.tl.handle_timeout(Instant::now());
                     self.engine.handle_timeout(engine_now());
+                    self.reach.handle_timeout(Instant::now());
                 }
                 _ = tick.tick() => {
                     self.retransmit_oks();
                     self.announce_due();
+                    self.offers_unanswered();
+                    if Instant::now() >= self.next_targets {
+                        self.refresh_targets();
+                    }
                 }
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Stats(reply) => {
@@ -372,6 +429,10 @@ impl Core {
             while let Some(ev) = self.tl.poll_event() {
                 progressed = true;
                 self.on_tx_event(ev);
+            }
+            while let Some(ev) = self.reach.poll_event() {
+                progressed = true;
+                self.on_reach_event(ev);
             }
             while let Some(a) = self.engine.poll_action() {
                 progressed = true;
@@ -455,14 +516,24 @@ impl Core {
                     }
                 }
             }
-            tx::Event::Response { key, response } => self.on_agent_response(&key, response),
+            tx::Event::Response { key, response } => {
+                if let Some(id) = self.probes.remove(&key) {
+                    self.reach.answered(now, id);
+                    return;
+                }
+                self.on_agent_response(&key, response)
+            }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
+                if self.probes.remove(&key).is_some() {
+                    return;
+                }
                 if let Some(offer) = self.by_client.remove(&key) {
                     self.agent_failed(offer);
                 }
             }
             tx::Event::StrayResponse { .. } => {}
             tx::Event::Terminated { key } => {
+                self.probes.remove(&key);
                 // Keep the INVITE mapping for late 2xx retransmissions until the offer ends.
                 if key.method() != Method::Invite {
                     self.by_client.remove(&key);
@@ -953,7 +1024,14 @@ impl Core {
     /// The gateway for a member device: the fabric member publishing its state (and
     /// announcing a SIP address), else the first configured gateway.
     fn gateway_for(&self, interface: &str) -> Option<SocketAddr> {
-        let peers = self.bus.snapshot().peers;
+        self.gateway_with(&self.bus.snapshot().peers, interface)
+    }
+
+    fn gateway_with(
+        &self,
+        peers: &std::collections::BTreeMap<statebus::Eid, (statebus::Heartbeat, bool)>,
+        interface: &str,
+    ) -> Option<SocketAddr> {
         for (eid, state) in self.bus.device_detail(interface) {
             if matches!(state, DeviceState::Unavailable | DeviceState::Invalid) {
                 continue;
@@ -965,6 +1043,134 @@ impl Core {
             }
         }
         self.cfg.gateways.first().map(|g| g.address)
+    }
+
+    /// The gateways to keep alive: the configured ones and every fabric member announcing a
+    /// SIP address.
+    fn refresh_targets(&mut self) {
+        let now = Instant::now();
+        self.next_targets = now + Duration::from_secs(1);
+        let mut targets: Vec<SocketAddr> = self.cfg.gateways.iter().map(|g| g.address).collect();
+        for (hb, _) in self.bus.snapshot().peers.values() {
+            if let Some(a) = hb.sip.as_deref().and_then(|s| s.parse::<SocketAddr>().ok()) {
+                if a != self.local {
+                    targets.push(a);
+                }
+            }
+        }
+        self.reach.set_targets(now, targets);
+        self.sync_reachability(None);
+    }
+
+    /// Tells the engine which members sit behind an unreachable gateway: all members, or
+    /// those whose interface is `key`.
+    fn sync_reachability(&mut self, key: Option<&str>) {
+        let peers = self.bus.snapshot().peers;
+        let mut members: Vec<String> = self
+            .engine
+            .queue_names()
+            .flat_map(|q| self.engine.member_interfaces(q))
+            .filter(|i| key.is_none_or(|k| i.eq_ignore_ascii_case(k)))
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        let now = engine_now();
+        for iface in members {
+            let reachable = self
+                .gateway_with(&peers, &iface)
+                .is_none_or(|gw| self.reach.is_reachable(gw));
+            self.engine.set_reachable(now, &iface, reachable);
+        }
+    }
+
+    fn on_reach_event(&mut self, ev: ReachEvent) {
+        match ev {
+            ReachEvent::Probe { id, to } => self.send_probe(id, to),
+            ReachEvent::Expired { id } => {
+                let key = self
+                    .probes
+                    .iter()
+                    .find(|(_, p)| **p == id)
+                    .map(|(k, _)| k.clone());
+                if let Some(key) = key {
+                    self.probes.remove(&key);
+                    self.tl.terminate(&key);
+                }
+            }
+            ReachEvent::Changed { addr, reachable } => {
+                if reachable {
+                    info!(gateway = %addr, "gateway reachable again");
+                } else {
+                    warn!(gateway = %addr, "gateway unreachable: its agents are skipped");
+                }
+                let _ = self.events.send(NodeEvent::Reach {
+                    gateway: addr,
+                    reachable,
+                });
+                self.sync_reachability(None);
+            }
+        }
+    }
+
+    fn send_probe(&mut self, id: u64, to: SocketAddr) {
+        let (b, t, c) = (self.rand(), self.rand() & 0xffff_ffff_ffff, self.rand());
+        let text = format!(
+            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKacdp{b:016x};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:acd@{local}>;tag=acdp{t:012x}\r\nTo: <sip:{to}>\r\n\
+             Call-ID: acdp{c:016x}@{ip}\r\nCSeq: 1 OPTIONS\r\nContact: {contact}\r\n\
+             Content-Length: 0\r\n\r\n",
+            local = self.local,
+            ip = self.local.ip(),
+            contact = self.contact(),
+        );
+        let Ok(SipMessage::Request(req)) = message::parse(text.as_bytes()) else {
+            warn!(gateway = %to, "cannot build the keep-alive OPTIONS");
+            return;
+        };
+        let peer = Peer {
+            addr: to,
+            transport: transport::Transport::Udp,
+            local: self.local,
+        };
+        match self
+            .tl
+            .send_request(req, tx::Transport::Unreliable, peer, Instant::now())
+        {
+            Ok(key) => {
+                self.probes.insert(key, id);
+            }
+            Err(e) => debug!(error = %e, "keep-alive not sent"),
+        }
+    }
+
+    /// Offers without any provisional response within the bound: given up (never
+    /// retransmitted again), the gateway probed at once, the next member tried.
+    fn offers_unanswered(&mut self) {
+        let now = Instant::now();
+        let bound = self.cfg.offer_provisional_timeout;
+        let late: Vec<OfferId> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.heard && !a.cancelled && !a.answered && now >= a.sent + bound)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            let Some(a) = self.agents.get_mut(&id) else {
+                continue;
+            };
+            a.cancelled = true;
+            let (key, gw, interface) = (a.key.clone(), a.peer.addr, a.interface.clone());
+            self.tl.abandon(&key);
+            warn!(%interface, gateway = %gw, "no provisional response to the offer: next member");
+            let _ = self.events.send(NodeEvent::OfferUnanswered {
+                interface,
+                gateway: gw,
+            });
+            self.reach.suspect(now, gw);
+            let _ = self
+                .engine
+                .offer_outcome(engine_now(), id, OfferOutcome::Busy);
+        }
     }
 
     fn ringinuse(&self, queue: &str, interface: &str) -> bool {
@@ -979,6 +1185,13 @@ impl Core {
     }
 
     fn offer(&mut self, id: OfferId, caller: &str, queue: &str, interface: &str) {
+        if !self.engine.is_reachable(interface) {
+            // The engine never offers an unreachable member; a race with a change in flight.
+            let _ = self
+                .engine
+                .offer_outcome(engine_now(), id, OfferOutcome::Busy);
+            return;
+        }
         let now = engine_now();
         let Some(n) = self.caller_number(caller) else {
             let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
@@ -1026,17 +1239,23 @@ impl Core {
             .unwrap_or_else(|| format!("<sip:acd@{}>", self.local));
         let branch = format!("z9hG4bKacd{:016x}", self.rand());
         let tag = format!("acd{:012x}", self.rand() & 0xffff_ffff_ffff);
-        let ringinuse = if self.ringinuse(queue, interface) {
-            "yes"
-        } else {
-            "no"
+        let sent = Instant::now();
+        let deadline = SystemTime::now() + self.cfg.offer_provisional_timeout;
+        let x_offer = gateway::offer::Offer {
+            queue: Some(queue.to_owned()),
+            ringinuse: self.ringinuse(queue, interface),
+            deadline_ms: deadline
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| u64::try_from(d.as_millis()).ok()),
         };
         let cid = self.rand();
         let text = format!(
             "INVITE sip:{user}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\nFrom: {from};tag={tag}\r\nTo: <sip:{user}@{gw}>\r\n\
              Call-ID: acd{cid:016x}@{ip}\r\nCSeq: 1 INVITE\r\nContact: {contact}\r\n\
-             X-CF-Offer: queue={queue};ringinuse={ringinuse}\r\nContent-Length: 0\r\n\r\n",
+             {header}: {x_offer}\r\nContent-Length: 0\r\n\r\n",
+            header = gateway::offer::HEADER,
             local = self.local,
             ip = self.local.ip(),
             contact = self.contact(),
@@ -1052,14 +1271,17 @@ impl Core {
             transport: transport::Transport::Udp,
             local: self.local,
         };
-        match self.tl.send_request(
-            req.clone(),
-            tx::Transport::Unreliable,
-            peer.clone(),
-            Instant::now(),
-        ) {
+        match self
+            .tl
+            .send_request(req.clone(), tx::Transport::Unreliable, peer.clone(), sent)
+        {
             Ok(key) => {
                 info!(%interface, gateway = %gw, %queue, "offering a caller");
+                let _ = self.events.send(NodeEvent::Offered {
+                    caller: caller.to_owned(),
+                    interface: interface.to_owned(),
+                    gateway: gw,
+                });
                 self.by_client.insert(key.clone(), id);
                 self.agents.insert(
                     id,
@@ -1071,9 +1293,11 @@ impl Core {
                         peer,
                         dialog: None,
                         leg,
+                        heard: false,
                         provisional: false,
                         cancelled: false,
                         answered: false,
+                        sent,
                     },
                 );
             }
@@ -1096,6 +1320,11 @@ impl Core {
         if a.provisional {
             let (key, peer) = (a.key.clone(), a.peer.clone());
             self.send_cancel(&key, peer);
+        } else {
+            // §9.1: no CANCEL before a provisional response. Stop retransmitting so the offer
+            // cannot reach the agent later; a late 1xx is CANCELled, a late 2xx ACKed + BYE.
+            let key = a.key.clone();
+            self.tl.abandon(&key);
         }
     }
 
@@ -1121,6 +1350,12 @@ impl Core {
         if *key != a.key {
             return;
         }
+        a.heard = true;
+        let gw = a.peer.addr;
+        self.reach.heard(Instant::now(), gw);
+        let Some(a) = self.agents.get_mut(&id) else {
+            return;
+        };
         if code < 200 {
             if code > 100 && !a.provisional {
                 a.provisional = true;

@@ -543,6 +543,58 @@ fn busy_or_refused_tries_next_member_at_once() {
 }
 
 #[test]
+fn unreachable_member_is_skipped_its_offer_cancelled_and_back_when_reachable() {
+    let mut e = engine(vec![queue("q", Strategy::Linear, &["PJSIP/a", "PJSIP/b"])]);
+    e.join(t(0), Join::new("c1", "q")).expect("join");
+    assert_eq!(offers(&drain(&mut e))[0].1, "PJSIP/a");
+    // a's gateway stops answering while a rings: that offer is cancelled, b is tried at once.
+    e.set_reachable(ms(800), "PJSIP/A", false);
+    let acts = drain(&mut e);
+    assert_eq!(cancels(&acts), ["PJSIP/a"]);
+    assert_eq!(logs(&acts, "RINGCANCELED").len(), 1);
+    assert_eq!(offers(&acts), [("c1".to_string(), "PJSIP/b".to_string())]);
+    assert!(!e.is_reachable("pjsip/a"));
+    assert_eq!(e.is_member_available("q", "PJSIP/a"), Some(false));
+    // Saying it again changes nothing; an unknown interface is ignored.
+    e.set_reachable(ms(900), "PJSIP/a", false);
+    e.set_reachable(ms(900), "PJSIP/zz", false);
+    assert!(drain(&mut e).is_empty());
+    // b refuses. a's device reports NOT_INUSE again (fabric state is independent of
+    // reachability): still never offered; the caller waits for its retry.
+    e.offer_outcome(
+        t(1),
+        e.offer_of("PJSIP/b").expect("offer"),
+        OfferOutcome::Busy,
+    )
+    .expect("busy");
+    e.device_state(t(1), "PJSIP/a", DeviceState::InUse);
+    e.device_state(t(1), "PJSIP/a", DeviceState::NotInUse);
+    assert!(offers(&drain(&mut e)).is_empty());
+    // The gateway answers again before the retry ends: offered at the retry (linear: top).
+    e.set_reachable(t(2), "PJSIP/a", true);
+    assert!(offers(&drain(&mut e)).is_empty(), "retry still running");
+    assert!(e.is_reachable("PJSIP/a"));
+    e.handle_timeout(t(6));
+    assert_eq!(
+        offers(&drain(&mut e)),
+        [("c1".to_string(), "PJSIP/a".to_string())]
+    );
+}
+
+#[test]
+fn member_reachable_again_is_offered_to_a_waiting_caller_at_once() {
+    let mut e = engine(vec![queue("q", Strategy::Linear, &["PJSIP/a"])]);
+    e.set_reachable(t(0), "PJSIP/a", false);
+    e.join(t(1), Join::new("c1", "q")).expect("join");
+    assert!(offers(&drain(&mut e)).is_empty(), "nobody reachable");
+    e.set_reachable(t(3), "PJSIP/a", true);
+    assert_eq!(
+        offers(&drain(&mut e)),
+        [("c1".to_string(), "PJSIP/a".to_string())]
+    );
+}
+
+#[test]
 fn joinempty_and_leavewhenempty() {
     let mut c = queue("q", Strategy::Linear, &["PJSIP/a", "PJSIP/b,,,,,,yes"]);
     c.joinempty = EmptyConditions::parse("strict", true).expect("strict");

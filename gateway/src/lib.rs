@@ -8,6 +8,7 @@ pub mod audio;
 pub mod b2bua;
 pub mod devices;
 pub mod media;
+pub mod offer;
 pub mod records;
 pub mod registrar;
 pub mod sdp;

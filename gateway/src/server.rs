@@ -147,6 +147,8 @@ fn user_of(aor: &str) -> &str {
 }
 
 /// Something the gateway reports to its owner (the binary prints these).
+// A few events per call: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum GatewayEvent {
     /// A call ended, with the relay's figures for both legs.
@@ -159,6 +161,15 @@ pub enum GatewayEvent {
         a: Option<LegStats>,
         /// Callee-side leg.
         b: Option<LegStats>,
+    },
+    /// An ACD's offer (`X-CF-Offer`) refused before ringing anyone.
+    OfferRefused {
+        /// The agent's device.
+        device: String,
+        /// `deadline` (arrived after its deadline), `in-use` (ringinuse=no), `bad-offer`.
+        reason: &'static str,
+        /// For `deadline`: how late it arrived (ms).
+        late_ms: u64,
     },
 }
 
@@ -808,22 +819,72 @@ impl Core {
             }
         };
         let mut target = self.route(&req, &source);
-        // The arbiter against double offering: an ACD's offer (X-CF-Offer) with ringinuse=no
-        // is refused while the agent's device is in any call, so two ACD nodes (or queues)
-        // racing for one agent get one call through and one 486 ("try the next").
-        if let b2bua::Target::Device { device, .. } = &target {
-            let offer = req.headers.iter().find_map(|h| match h {
-                rsip::Header::Other(n, v) if n.trim().eq_ignore_ascii_case("X-CF-Offer") => {
-                    Some(v.to_ascii_lowercase())
-                }
-                _ => None,
-            });
-            if let Some(offer) = offer {
-                if offer.contains("ringinuse=no") && self.b2bua.calls_of(device) > 0 {
-                    info!(%device, "offer refused: the agent is already in a call");
-                    target = b2bua::Target::Reject(486);
+        // The arbiter against double offering and ghost calls: an ACD's offer (X-CF-Offer)
+        // that arrives after its deadline is refused (480 + Reason: the ACD gave up, nobody
+        // may ring for it); with ringinuse=no it is refused (486, "try the next") while the
+        // agent's device is in any call, so two ACD nodes racing for one agent get one call.
+        let offer = req.headers.iter().find_map(|h| match h {
+            rsip::Header::Other(n, v) if n.trim().eq_ignore_ascii_case(crate::offer::HEADER) => {
+                Some(crate::offer::Offer::parse(v))
+            }
+            _ => None,
+        });
+        let device = match &target {
+            b2bua::Target::Device { device, .. } => device.clone(),
+            _ => String::new(),
+        };
+        let refused = match offer {
+            None => None,
+            Some(Err(e)) => {
+                info!(%device, error = %e, "offer refused");
+                Some((400, "bad-offer", 0, e.to_string()))
+            }
+            Some(Ok(o)) => {
+                let now_ms = u64::try_from(
+                    SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis(),
+                )
+                .unwrap_or(u64::MAX);
+                match o.deadline_ms {
+                    Some(d) if o.expired(now_ms) => {
+                        let late = now_ms - d;
+                        info!(%device, late_ms = late, "offer refused: it arrived after its deadline");
+                        Some((480, "deadline", late, "offer deadline passed".to_owned()))
+                    }
+                    _ if !o.ringinuse && !device.is_empty() && self.b2bua.calls_of(&device) > 0 => {
+                        info!(%device, "offer refused: the agent is already in a call");
+                        target = b2bua::Target::Reject(486);
+                        let _ = self.events.send(GatewayEvent::OfferRefused {
+                            device: device.clone(),
+                            reason: "in-use",
+                            late_ms: 0,
+                        });
+                        None
+                    }
+                    _ => None,
                 }
             }
+        };
+        if let Some((code, reason, late_ms, text)) = refused {
+            let mut r = message::response_for(&req, code, "");
+            r.headers.push(rsip::Header::Other(
+                "Reason".into(),
+                format!(
+                    "SIP;cause={code};text=\"{}\"",
+                    text.replace(['"', '\\'], "'")
+                ),
+            ));
+            if let Err(e) = self.tl.send_response(&key, r, now) {
+                debug!(error = %e, "response not sent");
+            }
+            let _ = self.events.send(GatewayEvent::OfferRefused {
+                device,
+                reason,
+                late_ms,
+            });
+            return;
         }
         self.media.incoming = Some(Parties {
             caller: b2bua::caller_user(&req),

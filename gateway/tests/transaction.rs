@@ -346,6 +346,64 @@ fn timer_a_stops_on_provisional_and_timer_b_no_longer_applies() {
 }
 
 #[test]
+fn abandoned_invite_is_never_retransmitted_but_a_late_1xx_can_still_be_cancelled() {
+    let t0 = Instant::now();
+    let mut l = Layer::default();
+    let req = request("INVITE", "z9hG4bKabandon");
+    let key = l.send_request(req.clone(), UDP, uas(), t0).unwrap();
+    assert_eq!(transmits(&mut l).len(), 1);
+    let (tx, _) = run(&mut l, t0, t0 + ms(600));
+    assert_eq!(offsets(&tx), [500], "Timer A before the TU gives up");
+    assert!(l.abandon(&key));
+    // No retransmission ever again; Timer B still ends it if nothing arrives.
+    let (tx, _) = run(&mut l, t0, t0 + ms(20_000));
+    assert!(tx.is_empty(), "retransmitted after abandon: {tx:?}");
+    assert_eq!(l.state(&key), Some(State::Calling));
+    assert!(matches!(
+        l.build_cancel(&key),
+        Ok(c) if c.method == Method::Cancel
+    ));
+    // A late 180: reported, so the TU may now CANCEL (§9.1).
+    let ringing = response_to(&req, 180, Some("late"));
+    l.on_message(ringing.clone().into(), uas(), UDP, t0 + ms(20_000))
+        .unwrap();
+    assert_eq!(
+        events(&mut l),
+        [Event::Response {
+            key: key.clone(),
+            response: ringing
+        }]
+    );
+    assert_eq!(l.state(&key), Some(State::Proceeding));
+    // Only a Calling INVITE client transaction can be abandoned.
+    assert!(!l.abandon(&key));
+    let other = l
+        .send_request(request("OPTIONS", "z9hG4bKopt"), UDP, uas(), t0)
+        .unwrap();
+    assert!(!l.abandon(&other));
+}
+
+#[test]
+fn abandoned_invite_without_answer_times_out_at_timer_b() {
+    let t0 = Instant::now();
+    let mut l = Layer::default();
+    let key = l
+        .send_request(request("INVITE", "z9hG4bKab2"), UDP, uas(), t0)
+        .unwrap();
+    transmits(&mut l);
+    assert!(l.abandon(&key));
+    let (tx, ev) = run(&mut l, t0, t0 + ms(100_000));
+    assert!(tx.is_empty());
+    assert_eq!(
+        ev,
+        [
+            (ms(32_000), Event::Timeout { key: key.clone() }),
+            (ms(32_000), Event::Terminated { key })
+        ]
+    );
+}
+
+#[test]
 fn client_invite_486_generates_ack_and_absorbs_retransmissions_until_timer_d() {
     let t0 = Instant::now();
     let mut l = Layer::default();

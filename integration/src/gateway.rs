@@ -315,6 +315,29 @@ t1_ms = 100
         CallEnded { line, reason }
     }
 
+    /// The process id (to stop and continue it: a gateway that stops answering).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every stdout line printed until `deadline` (read meanwhile; also kept in the history).
+    pub fn lines_until(&mut self, deadline: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.history.push(line.clone());
+                    out.push(line.trim().to_owned());
+                }
+                Err(_) => return out,
+            }
+        }
+    }
+
     /// Reads lines already printed without waiting.
     pub fn drain(&mut self) {
         while let Ok(line) = self.lines.try_recv() {

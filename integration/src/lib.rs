@@ -19,6 +19,7 @@ pub mod phones;
 pub mod postgres;
 pub mod raw_xmpp;
 pub mod sipp;
+pub mod wanlab;
 pub mod xmpp_server;
 
 use std::collections::HashSet;

@@ -92,11 +92,21 @@ impl Ports {
     }
 }
 
+/// How to start a server (beyond kind and users).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Listen on every interface instead of 127.0.0.1 only. Only for a server started inside a
+    /// private network namespace (the WAN lab, [`crate::wanlab`]), where "every interface" is
+    /// that namespace's loopback and wire.
+    pub all_interfaces: bool,
+}
+
 /// A running (or stopped) private XMPP server. Dropping it stops the server and deletes its
 /// directory.
 pub struct XmppServer {
     kind: ServerKind,
     ports: Ports,
+    options: StartOptions,
     secret: String,
     /// ejabberd node name (unique per instance), "" for Prosody.
     node: String,
@@ -124,10 +134,20 @@ impl XmppServer {
     /// `password`), and waits until its c2s port answers with `<stream:features>` and every
     /// user is registered.
     pub fn start(kind: ServerKind, users: &[&str], password: &str) -> anyhow::Result<XmppServer> {
+        XmppServer::start_with(kind, users, password, StartOptions::default())
+    }
+
+    /// [`XmppServer::start`] with options.
+    pub fn start_with(
+        kind: ServerKind,
+        users: &[&str],
+        password: &str,
+        options: StartOptions,
+    ) -> anyhow::Result<XmppServer> {
         check_installed(kind)?;
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            let mut server = XmppServer::prepare(kind)?;
+            let mut server = XmppServer::prepare(kind, options)?;
             match server.spawn_and_wait() {
                 Ok(()) => {
                     if let Err(e) = server.register_users(users, password) {
@@ -356,7 +376,7 @@ impl XmppServer {
     // ---- internals ----
 
     /// Makes the instance directory, certificate and configuration; does not start anything.
-    fn prepare(kind: ServerKind) -> anyhow::Result<XmppServer> {
+    fn prepare(kind: ServerKind, options: StartOptions) -> anyhow::Result<XmppServer> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("callfabric-{}-", kind.name()))
             .tempdir()
@@ -367,6 +387,7 @@ impl XmppServer {
         let mut server = XmppServer {
             kind,
             ports: Ports::allocate(kind),
+            options,
             secret: format!("compsecret-{token}"),
             node: String::new(),
             cookie: String::new(),
@@ -408,7 +429,24 @@ impl XmppServer {
             ("@DIST_PORT@", self.ports.dist.to_string()),
             ("@SECRET@", self.secret.clone()),
             ("@COOKIE@", self.cookie.clone()),
-            ("@INTERFACES@", "\"127.0.0.1\"".to_string()),
+            (
+                "@INTERFACES@",
+                if self.options.all_interfaces {
+                    "\"*\""
+                } else {
+                    "\"127.0.0.1\""
+                }
+                .to_string(),
+            ),
+            (
+                "@LISTEN_IP@",
+                if self.options.all_interfaces {
+                    "0.0.0.0"
+                } else {
+                    "127.0.0.1"
+                }
+                .to_string(),
+            ),
             ("@AUTOCREATE@", "false".to_string()),
             (
                 "@PLUGIN_DIR@",

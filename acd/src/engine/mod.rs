@@ -61,6 +61,9 @@ struct Agent {
     queues: Vec<QueueId>,
     offering: Option<CallerKey>,
     in_calls: u32,
+    /// The driver cannot reach the agent's gateway (SIP keep-alives): UNAVAILABLE whatever
+    /// the device state says.
+    unreachable: bool,
 }
 
 #[derive(Debug)]
@@ -478,6 +481,42 @@ impl Engine {
         }
     }
 
+    /// Whether the driver can reach the member `interface` (e.g. the SIP keep-alives to the
+    /// gateway holding its registration answer). An unreachable member counts as UNAVAILABLE
+    /// whatever its device state, independently of the state fabric; an offer in progress to it
+    /// is cancelled ([`Action::CancelOffer`], RINGCANCELED) and its caller tries the next member.
+    /// Reachable again: the member is offered callers as its device state allows. Unknown
+    /// interfaces are ignored.
+    pub fn set_reachable(&mut self, now: Time, interface: &str, reachable: bool) {
+        self.advance(now);
+        let Some(a) = self.agent_by_key.get(&normalize_key(interface)).copied() else {
+            return;
+        };
+        if self.agents[a].unreachable != reachable {
+            return;
+        }
+        self.agents[a].unreachable = !reachable;
+        if reachable {
+            self.dispatch_agent(a);
+            return;
+        }
+        if let Some(ck) = self.agents[a].offering {
+            self.end_offer(ck, a, true, false);
+            self.continue_after_busy(ck);
+        }
+        let qs = self.agents[a].queues.clone();
+        for q in qs {
+            self.check_leave_empty(q);
+        }
+    }
+
+    /// Whether `interface` is reachable as far as the engine knows ([`Engine::set_reachable`]).
+    pub fn is_reachable(&self, interface: &str) -> bool {
+        self.agent_by_key
+            .get(&normalize_key(interface))
+            .is_none_or(|a| !self.agents[*a].unreachable)
+    }
+
     /// A caller enters a queue. Returns its position (1-based). Logs ENTERQUEUE.
     pub fn join(&mut self, now: Time, j: Join) -> Result<usize, EngineError> {
         self.advance(now);
@@ -752,6 +791,7 @@ impl Engine {
             queues: Vec::new(),
             offering: None,
             in_calls: 0,
+            unreachable: false,
         });
         self.devices[d].agents.push(a);
         self.agent_by_key.insert(key, a);
@@ -837,6 +877,9 @@ impl Engine {
 
     fn effective_state(&self, a: AgentId) -> DeviceState {
         let ag = &self.agents[a];
+        if ag.unreachable {
+            return DeviceState::Unavailable;
+        }
         let st = self.devices[ag.device].state;
         if ag.in_calls > 0 && matches!(st, DeviceState::NotInUse | DeviceState::Unknown) {
             DeviceState::InUse

@@ -788,6 +788,26 @@ impl<D: Clone> TransactionLayer<D> {
         }
     }
 
+    /// Gives up the INVITE client transaction `key` while it is still Calling (no provisional
+    /// response yet): the request is never retransmitted again. §9.1 forbids a CANCEL before a
+    /// provisional response, so the transaction stays until Timer B to report a late response:
+    /// a 1xx lets the TU CANCEL ([`build_cancel`](Self::build_cancel)), a 2xx lets it ACK and
+    /// BYE, a 3xx–6xx is ACKed here as usual. Returns false (and changes nothing) if `key` is
+    /// not a Calling INVITE client transaction.
+    pub fn abandon(&mut self, key: &TransactionKey) -> bool {
+        let Some(id) = self.index.get(key).copied() else {
+            return false;
+        };
+        match self.txs.get_mut(&id) {
+            Some(tx) if tx.kind == Kind::InviteClient && tx.state == State::Calling => {
+                tx.disarm(Slot::Retransmit);
+                debug!(key = %key, "sip client INVITE abandoned: no more retransmissions");
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Queues a message outside any transaction (the ACK for a 2xx, a stateless response).
     pub fn send_stateless(&mut self, message: SipMessage, dest: D, transport: Transport) {
         self.transmits.push_back(Transmit {
