@@ -7,6 +7,7 @@
 //! nodes' items to rebuild the remote cache, and republishes all local cachable state.
 
 use crate::bus::Core;
+use crate::guard::{Dropped, Guard};
 use crate::wire::{self, AccessModel, NodeKind, NodeLayout, WireItem};
 use crate::{
     Bus, BusEvent, BusStatus, Change, DeviceState, Eid, Heartbeat, Mwi, Snapshot, StateCache,
@@ -16,8 +17,12 @@ use minidom::Element;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{broadcast, oneshot, watch, Notify};
 use tokio_xmpp::connect::{DnsConfig, ServerConnector};
 use tokio_xmpp::jid::{BareJid, Jid};
@@ -161,6 +166,7 @@ fn is_loopback_server(server: &str) -> bool {
 #[derive(Debug, Clone)]
 struct FabricConnector {
     dns: DnsConfig,
+    drops: Arc<DropLog>,
 }
 
 impl FabricConnector {
@@ -170,11 +176,15 @@ impl FabricConnector {
         jid: &Jid,
         ns: &'static str,
         timeouts: Timeouts,
-    ) -> Result<PendingFeaturesRecv<tokio::io::BufStream<tokio::net::TcpStream>>, tokio_xmpp::Error>
-    {
+        guarded: bool,
+    ) -> Result<
+        PendingFeaturesRecv<tokio::io::BufStream<Guarded<tokio::net::TcpStream>>>,
+        tokio_xmpp::Error,
+    > {
         let tcp = self.dns.resolve().await?;
         tcp.set_nodelay(true)?;
-        let tcp = tokio::io::BufStream::new(tcp);
+        let drops = guarded.then(|| self.drops.clone());
+        let tcp = tokio::io::BufStream::new(Guarded::new(tcp, drops));
         Ok(tokio_xmpp::xmlstream::initiate_stream(tcp, ns, header(jid), timeouts).await?)
     }
 }
@@ -191,7 +201,7 @@ fn header(jid: &Jid) -> StreamHeader<'_> {
 struct PlainConnector(FabricConnector);
 
 impl ServerConnector for PlainConnector {
-    type Stream = tokio::io::BufStream<tokio::net::TcpStream>;
+    type Stream = tokio::io::BufStream<Guarded<tokio::net::TcpStream>>;
 
     fn connect(
         &self,
@@ -209,7 +219,7 @@ impl ServerConnector for PlainConnector {
     > + Send {
         let (c, jid) = (self.0.clone(), jid.clone());
         async move {
-            let pending = c.open(&jid, ns, timeouts).await?;
+            let pending = c.open(&jid, ns, timeouts, true).await?;
             Ok((pending, sasl::common::ChannelBinding::None))
         }
     }
@@ -218,10 +228,11 @@ impl ServerConnector for PlainConnector {
 #[derive(Debug, Clone)]
 struct StartTlsConnector(FabricConnector);
 
-type TlsTcp = tokio_xmpp::connect::tls_common::TlsStream<tokio::net::TcpStream>;
+/// TLS over TCP; the TCP stream's guard is off (it carries TLS records, not XML).
+type TlsTcp = tokio_xmpp::connect::tls_common::TlsStream<Guarded<tokio::net::TcpStream>>;
 
 impl ServerConnector for StartTlsConnector {
-    type Stream = tokio::io::BufStream<TlsTcp>;
+    type Stream = tokio::io::BufStream<Guarded<TlsTcp>>;
 
     fn connect(
         &self,
@@ -239,7 +250,7 @@ impl ServerConnector for StartTlsConnector {
     > + Send {
         let (c, jid) = (self.0.clone(), jid.clone());
         async move {
-            let pending = c.open(&jid, ns, timeouts).await?;
+            let pending = c.open(&jid, ns, timeouts, false).await?;
             let (features, stream) = pending.recv_features().await?;
             if !features.can_starttls() {
                 return Err(tokio_xmpp::Error::Protocol(
@@ -248,8 +259,9 @@ impl ServerConnector for StartTlsConnector {
             }
             let (tls, _binding) =
                 tokio_xmpp::connect::starttls::starttls(stream, jid.domain().as_str()).await?;
+            // The guard reads the XML inside TLS.
             let pending = tokio_xmpp::xmlstream::initiate_stream(
-                tokio::io::BufStream::new(tls),
+                tokio::io::BufStream::new(Guarded::new(tls, Some(c.drops.clone()))),
                 ns,
                 header(&jid),
                 timeouts,
@@ -257,6 +269,138 @@ impl ServerConnector for StartTlsConnector {
             .await?;
             Ok((pending, sasl::common::ChannelBinding::None))
         }
+    }
+}
+
+/// Counts and logs what the [`Guard`] drops: one log line per publisher per minute.
+#[derive(Debug, Default)]
+struct DropLog {
+    items: AtomicU64,
+    stanzas: AtomicU64,
+    last_logged: Mutex<HashMap<String, Instant>>,
+}
+
+/// Publishers remembered for log rate-limiting (the map is cleared when full).
+const DROP_LOG_PUBLISHERS: usize = 1024;
+const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl DropLog {
+    fn record(&self, d: Dropped) {
+        if d.stanza {
+            self.stanzas.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.items.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if last.len() >= DROP_LOG_PUBLISHERS {
+            last.clear();
+        }
+        let due = last
+            .get(&d.publisher)
+            .is_none_or(|t| now.duration_since(*t) >= DROP_LOG_EVERY);
+        if due {
+            last.insert(d.publisher.clone(), now);
+            let total = self.items.load(Ordering::Relaxed) + self.stanzas.load(Ordering::Relaxed);
+            warn!(
+                publisher = %d.publisher,
+                item = %d.item_id,
+                why = ?d.why,
+                whole_stanza = d.stanza,
+                total_dropped = total,
+                "dropped a pubsub item over the stanza guard's limits (logged once a minute per publisher)"
+            );
+        }
+    }
+}
+
+/// A byte stream whose reading side goes through a [`Guard`] (or passes untouched when
+/// `drops` is `None`: the TCP under TLS). Writing passes untouched.
+struct Guarded<T> {
+    inner: T,
+    guard: Option<(Guard, Arc<DropLog>)>,
+    out: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+impl<T> Guarded<T> {
+    fn new(inner: T, drops: Option<Arc<DropLog>>) -> Self {
+        Guarded {
+            inner,
+            guard: drops.map(|d| (Guard::default(), d)),
+            out: Vec::new(),
+            pos: 0,
+            eof: false,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Some((guard, drops)) = &mut this.guard else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        loop {
+            if this.pos < this.out.len() {
+                let n = buf.remaining().min(this.out.len() - this.pos);
+                buf.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    if rb.filled().is_empty() {
+                        this.eof = true;
+                    } else {
+                        guard.feed(rb.filled());
+                        this.out = guard.take_output();
+                        this.pos = 0;
+                        for d in guard.take_dropped() {
+                            drops.record(d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -354,6 +498,10 @@ pub struct XmppBusStats {
     pub publish_errors: u64,
     /// Items received (notifications and fetched).
     pub items_received: u64,
+    /// Items dropped by the stanza guard (over a depth, size, count or token limit).
+    pub items_dropped: u64,
+    /// Whole stanzas the guard replaced (a limit broken outside any item).
+    pub stanzas_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -370,6 +518,7 @@ struct Shared {
     dirty: Mutex<Dirty>,
     wake: Notify,
     stats: Mutex<XmppBusStats>,
+    drops: Arc<DropLog>,
 }
 
 impl Shared {
@@ -446,10 +595,14 @@ impl XmppBus {
             initial: cfg.reconnect_initial,
             max: cfg.reconnect_max,
         };
+        let drops = Arc::new(DropLog::default());
         let stream = match cfg.tls {
             TlsMode::StartTls => StanzaStream::new(
                 reconnector(
-                    StartTlsConnector(FabricConnector { dns }),
+                    StartTlsConnector(FabricConnector {
+                        dns,
+                        drops: drops.clone(),
+                    }),
                     jid.clone(),
                     cfg.password.clone(),
                     timeouts,
@@ -459,7 +612,10 @@ impl XmppBus {
             ),
             TlsMode::Plaintext => StanzaStream::new(
                 reconnector(
-                    PlainConnector(FabricConnector { dns }),
+                    PlainConnector(FabricConnector {
+                        dns,
+                        drops: drops.clone(),
+                    }),
                     jid.clone(),
                     cfg.password.clone(),
                     timeouts,
@@ -473,6 +629,7 @@ impl XmppBus {
             dirty: Mutex::new(Dirty::default()),
             wake: Notify::new(),
             stats: Mutex::new(XmppBusStats::default()),
+            drops,
         });
         let (online_tx, online) = watch::channel(false);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -524,7 +681,10 @@ impl XmppBus {
 
     /// Counters.
     pub fn stats(&self) -> XmppBusStats {
-        *self.shared.stats()
+        let mut s = *self.shared.stats();
+        s.items_dropped = self.shared.drops.items.load(Ordering::Relaxed);
+        s.stanzas_dropped = self.shared.drops.stanzas.load(Ordering::Relaxed);
+        s
     }
 
     /// Per-EID entries of one device (debugging, `statebus watch`).
