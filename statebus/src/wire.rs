@@ -420,8 +420,34 @@ pub fn decode_item(item: &Element) -> WireItem {
     }
 }
 
-/// Decode every `<item>` of a pubsub `<event>` (Asterisk reads only the first; we read all).
-/// Retracts and purges yield `Ignored`. Returns an empty list for a non-event element.
+/// A payload is judged by the node it came from: a heartbeat only from `fabric_heartbeat`;
+/// nothing else from it; in the flat layout a device state only from `device_state` and
+/// mailbox counts only from `message_waiting` (any other node is a XEP-0248 leaf, named by
+/// its key, and carries either). Anything else is `Ignored` (a forged heartbeat published on
+/// `device_state` would otherwise expire a member's devices).
+pub fn judge_by_node(node: Option<&str>, item: WireItem) -> WireItem {
+    let Some(node) = node else {
+        return match item {
+            WireItem::Ignored(_) => item,
+            _ => WireItem::Ignored("items without a node".into()),
+        };
+    };
+    let ok = match &item {
+        WireItem::Ignored(_) => true,
+        WireItem::Heartbeat(_) => node == NODE_HEARTBEAT,
+        WireItem::Device { .. } => node != NODE_HEARTBEAT && node != NODE_MWI,
+        WireItem::Mwi { .. } => node != NODE_HEARTBEAT && node != NODE_DEVICE_STATE,
+    };
+    if ok {
+        item
+    } else {
+        WireItem::Ignored(format!("payload not of node {node:?}: {item:?}"))
+    }
+}
+
+/// Decode every `<item>` of a pubsub `<event>` (Asterisk reads only the first; we read all),
+/// each judged by the event's node ([`judge_by_node`]). Retracts and purges yield `Ignored`.
+/// Returns an empty list for a non-event element.
 pub fn decode_event(event: &Element) -> Vec<WireItem> {
     if !event.is("event", NS_PUBSUB_EVENT) {
         return Vec::new();
@@ -430,9 +456,10 @@ pub fn decode_event(event: &Element) -> Vec<WireItem> {
     for child in event.children() {
         match child.name() {
             "items" => {
+                let node = child.attr("node");
                 for it in child.children() {
                     match it.name() {
-                        "item" => out.push(decode_item(it)),
+                        "item" => out.push(judge_by_node(node, decode_item(it))),
                         other => out.push(WireItem::Ignored(format!("{other} in items"))),
                     }
                 }
@@ -449,10 +476,11 @@ pub fn decode_items_result(pubsub: &Element) -> Vec<WireItem> {
         .children()
         .filter(|c| c.name() == "items")
         .flat_map(|items| {
+            let node = items.attr("node");
             items
                 .children()
                 .filter(|i| i.name() == "item")
-                .map(decode_item)
+                .map(move |i| judge_by_node(node, decode_item(i)))
         })
         .collect()
 }
@@ -460,6 +488,42 @@ pub fn decode_items_result(pubsub: &Element) -> Vec<WireItem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_are_judged_by_their_node() {
+        let hb = format!(
+            "<heartbeat xmlns='{NS_FABRIC}' eid='00:11:22:33:44:55' site='s' role='r' version='1' time='5'/>"
+        );
+        let st = device_state_xml(eid(), DeviceState::InUse, true);
+        let mb = mwi_xml(eid(), &Mwi::new("1", "d", 1, 0));
+        let ev = |node: &str, payload: &str| -> Vec<WireItem> {
+            let x = format!(
+                "<event xmlns='{NS_PUBSUB_EVENT}'><items node='{node}'><item id='k@d'>{payload}</item></items></event>"
+            );
+            let res = format!(
+                "<pubsub xmlns='{NS_PUBSUB}'><items node='{node}'><item id='k@d'>{payload}</item></items></pubsub>"
+            );
+            let mut v = decode_event(&x.parse().unwrap());
+            v.extend(decode_items_result(&res.parse().unwrap()));
+            v
+        };
+        let accepted = |v: Vec<WireItem>| v.iter().all(|i| !matches!(i, WireItem::Ignored(_)));
+        let refused = |v: Vec<WireItem>| v.iter().all(|i| matches!(i, WireItem::Ignored(_)));
+        assert!(accepted(ev(NODE_HEARTBEAT, &hb)));
+        assert!(
+            refused(ev(NODE_DEVICE_STATE, &hb)),
+            "forged heartbeat on device_state"
+        );
+        assert!(refused(ev(NODE_MWI, &hb)));
+        assert!(refused(ev("PJSIP/1", &hb)));
+        assert!(accepted(ev(NODE_DEVICE_STATE, &st)));
+        assert!(refused(ev(NODE_HEARTBEAT, &st)));
+        assert!(refused(ev(NODE_MWI, &st)));
+        assert!(accepted(ev("PJSIP/1", &st)), "a XEP-0248 leaf");
+        assert!(accepted(ev(NODE_MWI, &mb)));
+        assert!(refused(ev(NODE_DEVICE_STATE, &mb)));
+        assert!(refused(ev(NODE_HEARTBEAT, &mb)));
+    }
 
     fn eid() -> Eid {
         "00:11:22:33:44:55".parse().unwrap()
