@@ -142,6 +142,9 @@ pub struct Guard {
     entity: Vec<u8>,
     tag_attrs: Vec<(Vec<u8>, Vec<u8>)>,
     stanza_from: String,
+    /// Offset in `cur` where ` h='0'` goes: an XEP-0198 `<failed/>` without `h` (see
+    /// [`Guard::open_tag`]).
+    sm_failed_without_h: Option<usize>,
     dropped: Vec<Dropped>,
 }
 
@@ -221,6 +224,7 @@ impl Guard {
             entity: Vec::new(),
             tag_attrs: Vec::new(),
             stanza_from: String::new(),
+            sm_failed_without_h: None,
             dropped: Vec::new(),
         }
     }
@@ -590,6 +594,15 @@ impl Guard {
         self.depth += 1;
         if self.depth == 2 {
             self.stanza_from = self.attr(b"from").map(truncated).unwrap_or_default();
+            // XEP-0198 lets a server omit `h` on `<failed/>` (ejabberd does when it refuses a
+            // resumption: "Previous session not found"); xmpp-parsers 0.23 requires it, so the
+            // refusal read as a broken stream and tokio-xmpp retried the resumption forever.
+            // With `h='0'` it parses, tokio-xmpp drops its stream-management state and binds a
+            // fresh session (an `h` that does not match is ignored).
+            self.sm_failed_without_h = (self.name == b"failed"
+                && self.attr(b"xmlns") == Some(b"urn:xmpp:sm:3")
+                && self.attr(b"h").is_none())
+            .then_some(self.tag_start + 1 + self.name.len());
         }
         if self.depth.saturating_sub(1) > self.limits.max_stanza_depth {
             self.violation(Violation::Depth);
@@ -675,6 +688,11 @@ impl Guard {
                 item_id: String::new(),
                 publisher: self.stanza_from.clone(),
             });
+        }
+        if let Some(at) = self.sm_failed_without_h.take() {
+            if !self.stanza_discard && at <= self.cur.len() {
+                self.cur.splice(at..at, *b" h='0'");
+            }
         }
         self.stanza_discard = false;
         self.stanza_bad = None;

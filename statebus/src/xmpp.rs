@@ -458,13 +458,40 @@ fn reconnector<C: ServerConnector>(
     timeouts: Timeouts,
     backoff: Backoff,
 ) -> Reconnector {
+    // Pacing across calls: a connection that dies within `STABLE` of being made (a refused
+    // resumption, a stream the server ends at once) makes the next call wait, doubling up to
+    // the cap, so no failure mode can turn into a reconnect storm.
+    const STABLE: Duration = Duration::from_secs(10);
+    let pace: Arc<Mutex<(Option<Instant>, Duration)>> =
+        Arc::new(Mutex::new((None, backoff.initial)));
     Box::new(move |_location, slot: oneshot::Sender<Connection>| {
         let (server, jid, password) = (server.clone(), jid.clone(), password.clone());
+        let pace = pace.clone();
         tokio::spawn(async move {
+            let first_wait = {
+                let mut p = pace.lock().unwrap_or_else(|e| e.into_inner());
+                match p.0 {
+                    Some(t) if t.elapsed() < STABLE => {
+                        let wait = p.1;
+                        p.1 = (p.1 * 2).min(backoff.max);
+                        Some(wait)
+                    }
+                    _ => {
+                        p.1 = backoff.initial;
+                        None
+                    }
+                }
+            };
+            if let Some(wait) = first_wait {
+                let wait = wait.mul_f64(0.8 + rand::random::<f64>() * 0.4);
+                warn!(%jid, "the last connection did not last; reconnecting in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
             let mut delay = backoff.initial;
             loop {
                 match login(server.clone(), &jid, &password, timeouts).await {
                     Ok(conn) => {
+                        pace.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(Instant::now());
                         // If the stream is gone, the connection is simply dropped.
                         let _ = slot.send(conn);
                         return;

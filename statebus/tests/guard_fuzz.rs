@@ -344,3 +344,19 @@ fn fuzz_mutated_bytes_never_panic() {
         let _ = parse_and_decode(out);
     }
 }
+
+/// ejabberd refuses a resumption with `<failed/>` without `h` (allowed by XEP-0198); the
+/// guard adds `h='0'` so that tokio-xmpp's parser accepts it and binds a fresh session.
+#[test]
+fn sm_failed_without_h_gets_one() {
+    let failed = "<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xml:lang='en' xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>Previous session not found</text></failed>";
+    let with_h = "<failed xmlns='urn:xmpp:sm:3' h='5'/>";
+    let stream = format!("{HEADER}{failed}{with_h}");
+    let (out, dropped) = run(stream.as_bytes(), &mut XorShift(9));
+    assert!(dropped.is_empty());
+    let want = format!(
+        "{HEADER}{}{with_h}",
+        failed.replacen("<failed", "<failed h='0'", 1)
+    );
+    assert_eq!(String::from_utf8_lossy(&out), want);
+}
