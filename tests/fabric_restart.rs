@@ -23,7 +23,11 @@ macro_rules! on_both_servers {
     )*};
 }
 
-on_both_servers!(server_crash_converges);
+on_both_servers!(
+    server_crash_converges,
+    restart_shows_present_state,
+    five_thousand_keys_reach_a_late_joiner
+);
 
 /// Fault 3: `kill -9` of the server and a restart on the same data. ejabberd refuses the
 /// stream resumption ("Previous session not found"); the members must log in afresh, resync,
@@ -32,6 +36,9 @@ async fn server_crash_converges(kind: ServerKind) {
     let mut s = server(kind);
     let dir = tempfile::tempdir().expect("tempdir");
     let a = bus(&s, "gw-a", eid(1)).await;
+    // Every account logs in before the crash (a kill -9 may lose what the server had not
+    // written yet; that is not what this test is about).
+    let w = bus(&s, "watcher", eid(3)).await;
     let cfg = write_config(&s, dir.path(), "gw-b", "02:00:00:00:00:0b", "");
     let mut b = Member::publish(&cfg, &["PJSIP/b1=INUSE"]);
     until_state(&a, "PJSIP/b1", DeviceState::InUse).await;
@@ -48,7 +55,6 @@ async fn server_crash_converges(kind: ServerKind) {
     )
     .await;
     // The fabric works again both ways, and the binary member came back by itself.
-    let w = bus(&s, "watcher", eid(3)).await;
     until_state(&w, "PJSIP/a1", DeviceState::OnHold).await;
     until_state(&w, "PJSIP/b1", DeviceState::InUse).await;
     a.publish_device_state("PJSIP/a1", DeviceState::NotInUse);
@@ -63,4 +69,73 @@ async fn server_crash_converges(kind: ServerKind) {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(a.stats().connects, c0, "A keeps reconnecting");
     assert!(b.alive(), "the callfabric member died: {}", b.stderr());
+}
+
+/// Fault 5: a member killed and restarted within a second, holding less than before. What it
+/// no longer holds is withdrawn before it reports Online; the fabric shows exactly its present
+/// state within seconds, and so does a late joiner.
+async fn restart_shows_present_state(kind: ServerKind) {
+    let s = server(kind);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = bus(&s, "watcher", eid(3)).await;
+    let cfg = write_config(&s, dir.path(), "gw-b", "02:00:00:00:00:0b", "");
+    let mut b = Member::publish(
+        &cfg,
+        &["PJSIP/r1=INUSE", "PJSIP/r2=RINGING", "PJSIP/r3=ONHOLD"],
+    );
+    until_state(&w, "PJSIP/r3", DeviceState::OnHold).await;
+    until_state(&w, "PJSIP/r2", DeviceState::Ringing).await;
+    b.kill();
+    let restarted = tokio::time::Instant::now();
+    let mut b = Member::publish(&cfg, &["PJSIP/r1=NOT_INUSE"]);
+    until_state(&w, "PJSIP/r1", DeviceState::NotInUse).await;
+    until_state(&w, "PJSIP/r2", DeviceState::Invalid).await;
+    until_state(&w, "PJSIP/r3", DeviceState::Invalid).await;
+    let took = restarted.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "converged only after {took:?}"
+    );
+    let late = bus(&s, "acd-1", eid(9)).await;
+    assert_eq!(late.device_state("PJSIP/r1"), Some(DeviceState::NotInUse));
+    for k in ["PJSIP/r2", "PJSIP/r3"] {
+        assert!(
+            matches!(late.device_state(k), None | Some(DeviceState::Invalid)),
+            "{k} came back as {:?}",
+            late.device_state(k)
+        );
+    }
+    assert!(b.alive(), "{}", b.stderr());
+}
+
+/// Fault 6: more keys than the old 1,000-item default. With the default `max_items` (10,000)
+/// a late joiner sees all 5,000 keys, the first ones included.
+async fn five_thousand_keys_reach_a_late_joiner(kind: ServerKind) {
+    let s = server(kind);
+    // 5,000 publishes queue behind each other on a loaded machine: IQ timeouts and the TTL
+    // (heartbeats wait in the same queue) sized for it; this test is about node size.
+    let slow = |c: &mut statebus::XmppBusConfig| {
+        c.iq_timeout = std::time::Duration::from_secs(120);
+        c.liveness_ttl = std::time::Duration::from_secs(300);
+    };
+    let a = bus_with(&s, "gw-a", eid(1), slow).await;
+    for i in 0..5000 {
+        a.publish_device_state(&format!("PJSIP/{i}"), DeviceState::NotInUse);
+    }
+    let t0 = tokio::time::Instant::now();
+    while a.stats().publish_acked < 5000 {
+        // A loaded machine runs 5,000 publish round trips slowly: a generous bound.
+        let waited = t0.elapsed();
+        assert!(
+            waited < std::time::Duration::from_secs(240),
+            "5000 acks: {:?}",
+            a.stats()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let late = bus_with(&s, "acd-1", eid(9), slow).await;
+    let n = late.snapshot().devices.len();
+    assert_eq!(n, 5000, "the late joiner saw {n} keys");
+    assert_eq!(late.device_state("PJSIP/0"), Some(DeviceState::NotInUse));
+    assert_eq!(late.device_state("PJSIP/4999"), Some(DeviceState::NotInUse));
 }

@@ -63,7 +63,10 @@ pub struct XmppBusConfig {
     pub access_model: AccessModel,
     /// Bare JIDs of the other fabric members (made publishers of our nodes under `whitelist`).
     pub fabric_jids: Vec<String>,
-    /// `pubsub#max_items` for the flat nodes (one item per device must fit).
+    /// `pubsub#max_items` for the flat nodes (one item per device and mailbox, per publisher
+    /// of a shared key, must fit: a server evicts the oldest items beyond it). Default 10,000;
+    /// the server's own cap must allow it (Prosody `pubsub_max_items`, ejabberd
+    /// `max_items_node`). A warning is logged when a fetch finds the node 90 % full.
     pub max_items: u32,
     /// This node's EID.
     pub eid: Eid,
@@ -99,7 +102,7 @@ impl XmppBusConfig {
             layout: NodeLayout::Flat,
             access_model: AccessModel::Open,
             fabric_jids: Vec::new(),
-            max_items: 1000,
+            max_items: 10_000,
             eid,
             site: "default".into(),
             role: "node".into(),
@@ -675,7 +678,8 @@ impl XmppBus {
             fetches: 0,
             last_beat: None,
             leaves: HashSet::new(),
-            takeover: HashMap::new(),
+            per_eid: HashSet::new(),
+            plain_published: HashSet::new(),
             retry_at: None,
         };
         let span = tracing::info_span!("xmppbus", jid = %jid.to_bare());
@@ -855,8 +859,12 @@ struct Worker {
     /// When the last heartbeat was sent.
     last_beat: Option<tokio::time::Instant>,
     leaves: HashSet<String>,
-    /// Takeover attempts per key (see the Forbidden publish case).
-    takeover: HashMap<String, u8>,
+    /// Keys we publish under our per-EID item id (`wire::per_eid_item_id`): another
+    /// publisher holds the plain id. Sticky for the process's life.
+    per_eid: HashSet<String>,
+    /// Keys published under the plain id at least once (no switch after that: our plain
+    /// item would be left stale).
+    plain_published: HashSet<String>,
     retry_at: Option<tokio::time::Instant>,
 }
 
@@ -957,6 +965,7 @@ impl Worker {
 
     /// Subscribed and the nodes' items fetched: the cache matches the server.
     fn synced(&mut self) {
+        self.shared.wake.notify_one(); // publishing waited for the fetch
         if self.online && !*self.online_tx.borrow() {
             let _ = self.online_tx.send(true);
             self.shared.core.status(BusStatus::Online);
@@ -1215,6 +1224,11 @@ impl Worker {
         if self.pending.len() >= MAX_IN_FLIGHT {
             return; // resumed when answers come in
         }
+        if self.fetches > 0 {
+            // Nothing is published before the initial fetch is read: our choice of item id
+            // depends on who else holds a key, and stale items of ours must be withdrawn first.
+            return; // resumed by synced()
+        }
         let (devices, volatile, mwi, more) = {
             let mut d = self.shared.dirty();
             let mut budget = FLUSH_BATCH;
@@ -1244,7 +1258,22 @@ impl Worker {
             };
             self.ensure_leaf(stream, wire::NODE_DEVICE_STATE, &key)
                 .await;
-            match wire::publish_device_state(layout, eid, &key, state, true) {
+            // Another EID already holds this key (an Asterisk box's item fetched at start):
+            // take our own item id rather than overwrite theirs.
+            if !self.plain_published.contains(&key)
+                && !self.per_eid.contains(&key)
+                && self
+                    .shared
+                    .core
+                    .cache()
+                    .device_detail(&key)
+                    .iter()
+                    .any(|(e, _)| *e != eid)
+            {
+                self.per_eid.insert(key.clone());
+            }
+            let id = self.item_id(&key);
+            match wire::publish_device_state_as(layout, eid, &key, &id, state, true) {
                 Ok(el) => self.publish(stream, Republish::Device(key), el).await,
                 Err(e) => warn!(%e, "cannot encode device state"),
             }
@@ -1261,13 +1290,23 @@ impl Worker {
                 continue;
             };
             self.ensure_leaf(stream, wire::NODE_MWI, &key).await;
-            match wire::publish_mwi(layout, eid, &mwi) {
+            let id = self.item_id(&key);
+            match wire::publish_mwi_as(layout, eid, &mwi, &id) {
                 Ok(el) => self.publish(stream, Republish::Mwi(key), el).await,
                 Err(e) => warn!(%e, "cannot encode MWI"),
             }
         }
         if more {
             self.shared.wake.notify_one();
+        }
+    }
+
+    /// The item id we publish `key` under: the key, or our per-EID id (see `per_eid`).
+    fn item_id(&self, key: &str) -> String {
+        if self.per_eid.contains(key) {
+            wire::per_eid_item_id(key, self.cfg.eid)
+        } else {
+            key.to_string()
         }
     }
 
@@ -1370,26 +1409,16 @@ impl Worker {
                     {
                         debug!(?tag, "not the node's owner: affiliations left to the owner")
                     }
-                    // ejabberd lets only an item's creator overwrite it, owners included. A key
-                    // shared by several publishers (Asterisk's Custom:x on two servers) is taken
-                    // over: as an owner we retract the other publisher's item and publish ours.
+                    // ejabberd lets only an item's creator overwrite it, owners included: the
+                    // key's plain item id belongs to another publisher (an Asterisk box, another
+                    // member). We never retract or overwrite it: from now on we publish this key
+                    // under our per-EID item id.
                     Tag::Publish(Republish::Device(key) | Republish::Mwi(key))
                         if err.defined_condition == DefinedCondition::Forbidden
-                            && self.takeover.get(key).copied().unwrap_or(0) < 3 =>
+                            && !self.per_eid.contains(key) =>
                     {
-                        *self.takeover.entry(key.clone()).or_default() += 1;
-                        let node = match &tag {
-                            Tag::Publish(Republish::Device(_)) => {
-                                wire::device_node(self.cfg.layout, key)
-                            }
-                            _ => wire::mwi_node(self.cfg.layout, key),
-                        }
-                        .to_string();
-                        debug!(%key, "item belongs to another publisher: retracting it to take it over");
-                        if let Ok(el) = wire::retract(&node, key) {
-                            self.iq(stream, Tag::Setup("retract", key.clone()), Req::Set(el))
-                                .await;
-                        }
+                        info!(%key, "the key's item belongs to another publisher: publishing it under our per-EID item id");
+                        self.per_eid.insert(key.clone());
                         self.requeue(&tag);
                         self.flush(stream).await;
                     }
@@ -1412,7 +1441,9 @@ impl Worker {
                 Tag::Publish(what) => {
                     self.shared.stats().publish_acked += 1;
                     if let Republish::Device(k) | Republish::Mwi(k) = what {
-                        self.takeover.remove(&k);
+                        if !self.per_eid.contains(&k) {
+                            self.plain_published.insert(k);
+                        }
                     }
                 }
                 Tag::Ping if !self.online => {
@@ -1427,6 +1458,16 @@ impl Worker {
                 }
                 Tag::Fetch(_) if !stale => {
                     if let Some(p) = payload {
+                        let n: usize = p
+                            .children()
+                            .filter(|c| c.name() == "items")
+                            .map(|i| i.children().count())
+                            .sum();
+                        if n as u64 * 10 >= u64::from(self.cfg.max_items) * 9 {
+                            warn!(node = ?tag, items = n, max_items = self.cfg.max_items,
+                                "the node is nearly full: beyond max_items the server evicts the oldest items (raise max_items here and on the server)");
+                        }
+                        self.withdraw_stale_own_items(stream, &p).await;
                         self.apply(wire::decode_items_result(&p), Some(unix_now()));
                     }
                 }
@@ -1445,6 +1486,50 @@ impl Worker {
                 }
                 _ => {}
             },
+        }
+    }
+
+    /// Restart truth: items our EID left on the server (an earlier run, before a crash) for
+    /// keys we no longer hold are overwritten, under the same item id, with a withdrawal
+    /// (device INVALID, the state that adds nothing to an aggregate; mailbox 0/0) before we
+    /// report Online. Items we still hold are republished by the resync anyway.
+    async fn withdraw_stale_own_items(&mut self, stream: &StanzaStream, pubsub: &Element) {
+        let eid = self.cfg.eid;
+        for own in wire::items_of_eid(pubsub, eid) {
+            if own.item_id != own.key {
+                self.per_eid.insert(own.key.clone());
+            } else {
+                self.plain_published.insert(own.key.clone());
+            }
+            let held = {
+                let cache = self.shared.core.cache();
+                if own.mwi {
+                    cache.local_mwi_of(&own.key).is_some()
+                } else {
+                    cache.local_device(&own.key).is_some()
+                }
+            };
+            if held {
+                continue;
+            }
+            info!(key = %own.key, item = %own.item_id, "withdrawing what an earlier run of this member left on the server");
+            let el = if own.mwi {
+                let (m, c) = Mwi::split_key(&own.key);
+                wire::publish_mwi_as(self.cfg.layout, eid, &Mwi::new(m, c, 0, 0), &own.item_id)
+            } else {
+                wire::publish_device_state_as(
+                    self.cfg.layout,
+                    eid,
+                    &own.key,
+                    &own.item_id,
+                    DeviceState::Invalid,
+                    true,
+                )
+            };
+            if let Ok(el) = el {
+                self.iq(stream, Tag::Setup("withdraw", own.key), Req::Set(el))
+                    .await;
+            }
         }
     }
 

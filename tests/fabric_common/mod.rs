@@ -44,7 +44,9 @@ pub fn config(s: &XmppServer, user: &str, eid: Eid) -> XmppBusConfig {
     c.tls = TlsMode::Plaintext;
     c.heartbeat_interval = Duration::from_millis(500);
     c.liveness_ttl = Duration::from_secs(3);
-    c.iq_timeout = Duration::from_secs(5);
+    // Generous: under load a fetch of thousands of items takes seconds, and a timed-out fetch
+    // leaves the bus online with a partial cache.
+    c.iq_timeout = Duration::from_secs(20);
     c.keepalive = Duration::from_secs(10);
     c.reconnect_max = Duration::from_secs(2);
     c.site = user.into();
@@ -53,7 +55,19 @@ pub fn config(s: &XmppServer, user: &str, eid: Eid) -> XmppBusConfig {
 }
 
 pub async fn bus(s: &XmppServer, user: &str, eid: Eid) -> XmppBus {
-    let b = XmppBus::start(config(s, user, eid)).expect("bus config");
+    bus_with(s, user, eid, |_| {}).await
+}
+
+/// [`bus`] with a config tweak.
+pub async fn bus_with(
+    s: &XmppServer,
+    user: &str,
+    eid: Eid,
+    tweak: impl FnOnce(&mut XmppBusConfig),
+) -> XmppBus {
+    let mut c = config(s, user, eid);
+    tweak(&mut c);
+    let b = XmppBus::start(c).expect("bus config");
     assert!(
         b.wait_online(T).await,
         "{user} never came online on {:?}:\n{}",
@@ -106,7 +120,7 @@ pub fn callfabric() -> Command {
 }
 
 /// `callfabric statebus publish --hold` with the given devices; killed on drop.
-pub struct Member(pub Child);
+pub struct Member(pub Child, pub PathBuf);
 
 impl Member {
     pub fn publish(cfg: &Path, devices: &[&str]) -> Member {
@@ -115,8 +129,10 @@ impl Member {
         for d in devices {
             c.args(["--device", d]);
         }
-        c.arg("--hold").stdout(Stdio::null()).stderr(Stdio::piped());
-        Member(c.spawn().expect("spawn callfabric"))
+        let log = cfg.with_extension("log");
+        let err = std::fs::File::create(&log).expect("member log");
+        c.arg("--hold").stdout(Stdio::null()).stderr(err);
+        Member(c.spawn().expect("spawn callfabric"), log)
     }
 
     /// Still running (a stack overflow or panic would have ended it).
@@ -129,13 +145,9 @@ impl Member {
         let _ = self.0.wait();
     }
 
+    /// The member's log (stderr) so far.
     pub fn stderr(&mut self) -> String {
-        use std::io::Read;
-        let mut s = String::new();
-        if let Some(e) = self.0.stderr.as_mut() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
+        std::fs::read_to_string(&self.1).unwrap_or_default()
     }
 }
 
@@ -172,4 +184,36 @@ pub fn asterisk_peer(s: &XmppServer, action: &str, args: &[&str]) -> String {
 
 pub fn kinds() -> [ServerKind; 2] {
     [ServerKind::Prosody, ServerKind::Ejabberd]
+}
+
+/// Publish device states as an Asterisk box (`tests/peers/asterisk_publish.py`, slixmpp):
+/// `Ok` when every publish was accepted, `Err(output)` when one was refused.
+pub fn asterisk_publish(s: &XmppServer, pairs: &[&str]) -> Result<(), String> {
+    let py = python().expect("python with slixmpp (run scripts/install-peers.sh)");
+    let out = Command::new(py)
+        .arg(repo_root().join("tests/peers/asterisk_publish.py"))
+        .args([
+            "127.0.0.1".to_string(),
+            s.c2s_addr().port().to_string(),
+            format!("asterisk@{}/astvoip1", s.domain()),
+            PASSWORD.to_string(),
+            s.pubsub_service().to_string(),
+        ])
+        .args(pairs)
+        .output()
+        .expect("run slixmpp publisher");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The Asterisk stand-in's EID.
+pub fn asterisk_eid() -> Eid {
+    "00:11:22:33:44:55".parse().expect("eid")
 }
