@@ -231,9 +231,11 @@ fn hold_and_resume_show_onhold_then_inuse() {
     assert_passes(&gw, &out, "caller holds and resumes");
     let out = uas.wait().expect("callee outcome");
     assert_passes(&gw, &out, "callee");
-    // The calling device (1001, in a call though not registered) goes INUSE, ONHOLD while it
-    // holds, INUSE again on resume, and UNAVAILABLE (no registration) after the call.
+    // The calling device (1001, in a call though not registered) reads UNAVAILABLE from the
+    // gateway's start (no contact yet), goes INUSE, ONHOLD while it holds, INUSE again on
+    // resume, and UNAVAILABLE (no registration) after the call.
     let want = [
+        "DEVICE PJSIP/1001 UNAVAILABLE",
         "DEVICE PJSIP/1001 INUSE",
         "DEVICE PJSIP/1001 ONHOLD",
         "DEVICE PJSIP/1001 INUSE",

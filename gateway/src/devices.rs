@@ -229,6 +229,11 @@ impl DeviceCache {
             .cloned()
     }
 
+    /// The usernames of every device.
+    pub fn usernames(&self) -> Vec<String> {
+        self.read().devices.keys().cloned().collect()
+    }
+
     /// Number of devices.
     pub fn len(&self) -> usize {
         self.read().devices.len()

@@ -501,6 +501,14 @@ struct Core {
 
 impl Core {
     async fn run(mut self, mut events: tokio::sync::mpsc::Receiver<TransportEvent>) {
+        // Restart truth: until a device has a reachable contact it reads UNAVAILABLE, whatever
+        // an earlier run of this gateway announced before it crashed.
+        for user in self.devices.usernames() {
+            let key = format!("{}{user}", self.cfg.device_prefix);
+            self.published.insert(key.clone(), DeviceState::Unavailable);
+            self.bus
+                .publish_device_state(&key, DeviceState::Unavailable);
+        }
         let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
         let mut qualify = tokio::time::interval(self.cfg.qualify_interval);
         qualify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

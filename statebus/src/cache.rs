@@ -212,6 +212,11 @@ impl StateCache {
 
     /// A heartbeat from a member, `age` old (zero for a live notification; for an item fetched
     /// on reconnect, how long ago it was sent). Own heartbeats are ignored.
+    /// Whether `eid` is a known member that expired (silent past the TTL).
+    pub fn is_expired(&self, eid: Eid) -> bool {
+        self.peers.get(&eid).is_some_and(|p| p.expired)
+    }
+
     pub fn heartbeat(&mut self, hb: Heartbeat, age: Duration, now: Instant) -> Vec<Change> {
         if hb.eid == self.own {
             return Vec::new();

@@ -7,6 +7,7 @@
 mod bus;
 mod cache;
 mod eid;
+pub mod guard;
 mod local;
 mod mwi;
 mod state;

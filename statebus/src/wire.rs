@@ -158,6 +158,17 @@ pub fn mwi_node(layout: NodeLayout, key: &str) -> &str {
     }
 }
 
+/// Separator of a per-EID item id: `KEY;eid=EID`.
+pub const PER_EID_SEP: &str = ";eid=";
+
+/// The item id a member uses for a key another publisher already holds under its plain id
+/// (ejabberd lets only an item's creator overwrite it, and we never take over anyone's
+/// item): `KEY;eid=EID`. Our decoder reads it back as `KEY` when `EID` is the payload's; an
+/// Asterisk box reads it as a device (or mailbox context) of that literal name.
+pub fn per_eid_item_id(key: &str, eid: Eid) -> String {
+    format!("{key}{PER_EID_SEP}{eid}")
+}
+
 /// Publish a device state (flat: node `device_state`; collections: the device's leaf).
 pub fn publish_device_state(
     layout: NodeLayout,
@@ -166,19 +177,41 @@ pub fn publish_device_state(
     state: DeviceState,
     cachable: bool,
 ) -> Result<Element, BuildError> {
+    publish_device_state_as(layout, eid, key, key, state, cachable)
+}
+
+/// [`publish_device_state`] under an explicit item id (see [`per_eid_item_id`]).
+pub fn publish_device_state_as(
+    layout: NodeLayout,
+    eid: Eid,
+    key: &str,
+    item_id: &str,
+    state: DeviceState,
+    cachable: bool,
+) -> Result<Element, BuildError> {
     parse(&publish_xml(
         device_node(layout, key),
-        key,
+        item_id,
         &device_state_xml(eid, state, cachable),
     ))
 }
 
 /// Publish MWI counts (always cachable, never with publish-options).
 pub fn publish_mwi(layout: NodeLayout, eid: Eid, mwi: &Mwi) -> Result<Element, BuildError> {
+    publish_mwi_as(layout, eid, mwi, &mwi.key())
+}
+
+/// [`publish_mwi`] under an explicit item id (see [`per_eid_item_id`]).
+pub fn publish_mwi_as(
+    layout: NodeLayout,
+    eid: Eid,
+    mwi: &Mwi,
+    item_id: &str,
+) -> Result<Element, BuildError> {
     let key = mwi.key();
     parse(&publish_xml(
         mwi_node(layout, &key),
-        &key,
+        item_id,
         &mwi_xml(eid, mwi),
     ))
 }
@@ -347,11 +380,16 @@ fn first_child(item: &Element) -> Option<&Element> {
 
 /// Decode one `<item>` (from an event or from an items result).
 pub fn decode_item(item: &Element) -> WireItem {
-    let Some(id) = item.attr("id") else {
+    let Some(raw_id) = item.attr("id") else {
         return WireItem::Ignored("item without id".into());
     };
     let Some(payload) = first_child(item) else {
-        return WireItem::Ignored(format!("item {id:?} without payload"));
+        return WireItem::Ignored(format!("item {raw_id:?} without payload"));
+    };
+    // A per-EID item id (`KEY;eid=EID`) names KEY when EID is the payload's publisher.
+    let id = match (raw_id.rsplit_once(PER_EID_SEP), payload.attr("eid")) {
+        (Some((key, suffix)), Some(eid)) if suffix == eid && !key.is_empty() => key,
+        _ => raw_id,
     };
     let eid = || -> Result<Eid, WireItem> {
         let raw = payload
@@ -420,8 +458,34 @@ pub fn decode_item(item: &Element) -> WireItem {
     }
 }
 
-/// Decode every `<item>` of a pubsub `<event>` (Asterisk reads only the first; we read all).
-/// Retracts and purges yield `Ignored`. Returns an empty list for a non-event element.
+/// A payload is judged by the node it came from: a heartbeat only from `fabric_heartbeat`;
+/// nothing else from it; in the flat layout a device state only from `device_state` and
+/// mailbox counts only from `message_waiting` (any other node is a XEP-0248 leaf, named by
+/// its key, and carries either). Anything else is `Ignored` (a forged heartbeat published on
+/// `device_state` would otherwise expire a member's devices).
+pub fn judge_by_node(node: Option<&str>, item: WireItem) -> WireItem {
+    let Some(node) = node else {
+        return match item {
+            WireItem::Ignored(_) => item,
+            _ => WireItem::Ignored("items without a node".into()),
+        };
+    };
+    let ok = match &item {
+        WireItem::Ignored(_) => true,
+        WireItem::Heartbeat(_) => node == NODE_HEARTBEAT,
+        WireItem::Device { .. } => node != NODE_HEARTBEAT && node != NODE_MWI,
+        WireItem::Mwi { .. } => node != NODE_HEARTBEAT && node != NODE_DEVICE_STATE,
+    };
+    if ok {
+        item
+    } else {
+        WireItem::Ignored(format!("payload not of node {node:?}: {item:?}"))
+    }
+}
+
+/// Decode every `<item>` of a pubsub `<event>` (Asterisk reads only the first; we read all),
+/// each judged by the event's node ([`judge_by_node`]). Retracts and purges yield `Ignored`.
+/// Returns an empty list for a non-event element.
 pub fn decode_event(event: &Element) -> Vec<WireItem> {
     if !event.is("event", NS_PUBSUB_EVENT) {
         return Vec::new();
@@ -430,14 +494,62 @@ pub fn decode_event(event: &Element) -> Vec<WireItem> {
     for child in event.children() {
         match child.name() {
             "items" => {
+                let node = child.attr("node");
                 for it in child.children() {
                     match it.name() {
-                        "item" => out.push(decode_item(it)),
+                        "item" => out.push(judge_by_node(node, decode_item(it))),
                         other => out.push(WireItem::Ignored(format!("{other} in items"))),
                     }
                 }
             }
             other => out.push(WireItem::Ignored(format!("event {other}"))),
+        }
+    }
+    out
+}
+
+/// An item a given EID left on the server, as found in an items result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnItem {
+    /// The node it is on.
+    pub node: String,
+    /// Its item id as stored (plain key or per-EID id).
+    pub item_id: String,
+    /// The key it names.
+    pub key: String,
+    /// A mailbox (true) or a device state (false).
+    pub mwi: bool,
+}
+
+/// The device-state and mailbox items of an items result whose payload carries `eid`: what a
+/// member left on the server before a restart.
+pub fn items_of_eid(pubsub: &Element, eid: Eid) -> Vec<OwnItem> {
+    let eid = eid.to_string();
+    let mut out = Vec::new();
+    for items in pubsub.children().filter(|c| c.name() == "items") {
+        let node = items.attr("node").unwrap_or_default();
+        for item in items.children().filter(|i| i.name() == "item") {
+            let (Some(id), Some(payload)) = (item.attr("id"), first_child(item)) else {
+                continue;
+            };
+            if payload.attr("eid") != Some(eid.as_str()) || payload.ns() != NS_ASTERISK {
+                continue;
+            }
+            let mwi = match payload.name() {
+                "state" => false,
+                "mailbox" => true,
+                _ => continue,
+            };
+            let key = match id.rsplit_once(PER_EID_SEP) {
+                Some((k, suffix)) if suffix == eid && !k.is_empty() => k,
+                _ => id,
+            };
+            out.push(OwnItem {
+                node: node.to_string(),
+                item_id: id.to_string(),
+                key: key.to_string(),
+                mwi,
+            });
         }
     }
     out
@@ -449,10 +561,11 @@ pub fn decode_items_result(pubsub: &Element) -> Vec<WireItem> {
         .children()
         .filter(|c| c.name() == "items")
         .flat_map(|items| {
+            let node = items.attr("node");
             items
                 .children()
                 .filter(|i| i.name() == "item")
-                .map(decode_item)
+                .map(move |i| judge_by_node(node, decode_item(i)))
         })
         .collect()
 }
@@ -460,6 +573,81 @@ pub fn decode_items_result(pubsub: &Element) -> Vec<WireItem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_eid_item_ids_name_the_key() {
+        let other: Eid = "02:00:00:00:00:09".parse().unwrap();
+        let id = per_eid_item_id("Custom:shared", eid());
+        assert_eq!(id, "Custom:shared;eid=00:11:22:33:44:55");
+        let el = publish_device_state_as(
+            NodeLayout::Flat,
+            eid(),
+            "Custom:shared",
+            &id,
+            DeviceState::InUse,
+            true,
+        )
+        .unwrap();
+        let item = el.children().next().unwrap().children().next().unwrap();
+        assert!(
+            matches!(decode_item(item), WireItem::Device { key, .. } if key == "Custom:shared")
+        );
+        // Someone else's EID in the suffix: the id is taken literally.
+        let forged = format!(
+            "<item xmlns='{NS_PUBSUB}' id='{}'>{}</item>",
+            per_eid_item_id("Custom:shared", other),
+            device_state_xml(eid(), DeviceState::InUse, true)
+        );
+        assert!(
+            matches!(decode_item(&forged.parse().unwrap()), WireItem::Device { key, .. } if key == "Custom:shared;eid=02:00:00:00:00:09")
+        );
+        let mwi = Mwi::new("1000", "default", 1, 2);
+        let el = publish_mwi_as(
+            NodeLayout::Flat,
+            eid(),
+            &mwi,
+            &per_eid_item_id(&mwi.key(), eid()),
+        )
+        .unwrap();
+        let item = el.children().next().unwrap().children().next().unwrap();
+        assert_eq!(decode_item(item), WireItem::Mwi { eid: eid(), mwi });
+    }
+
+    #[test]
+    fn payloads_are_judged_by_their_node() {
+        let hb = format!(
+            "<heartbeat xmlns='{NS_FABRIC}' eid='00:11:22:33:44:55' site='s' role='r' version='1' time='5'/>"
+        );
+        let st = device_state_xml(eid(), DeviceState::InUse, true);
+        let mb = mwi_xml(eid(), &Mwi::new("1", "d", 1, 0));
+        let ev = |node: &str, payload: &str| -> Vec<WireItem> {
+            let x = format!(
+                "<event xmlns='{NS_PUBSUB_EVENT}'><items node='{node}'><item id='k@d'>{payload}</item></items></event>"
+            );
+            let res = format!(
+                "<pubsub xmlns='{NS_PUBSUB}'><items node='{node}'><item id='k@d'>{payload}</item></items></pubsub>"
+            );
+            let mut v = decode_event(&x.parse().unwrap());
+            v.extend(decode_items_result(&res.parse().unwrap()));
+            v
+        };
+        let accepted = |v: Vec<WireItem>| v.iter().all(|i| !matches!(i, WireItem::Ignored(_)));
+        let refused = |v: Vec<WireItem>| v.iter().all(|i| matches!(i, WireItem::Ignored(_)));
+        assert!(accepted(ev(NODE_HEARTBEAT, &hb)));
+        assert!(
+            refused(ev(NODE_DEVICE_STATE, &hb)),
+            "forged heartbeat on device_state"
+        );
+        assert!(refused(ev(NODE_MWI, &hb)));
+        assert!(refused(ev("PJSIP/1", &hb)));
+        assert!(accepted(ev(NODE_DEVICE_STATE, &st)));
+        assert!(refused(ev(NODE_HEARTBEAT, &st)));
+        assert!(refused(ev(NODE_MWI, &st)));
+        assert!(accepted(ev("PJSIP/1", &st)), "a XEP-0248 leaf");
+        assert!(accepted(ev(NODE_MWI, &mb)));
+        assert!(refused(ev(NODE_DEVICE_STATE, &mb)));
+        assert!(refused(ev(NODE_HEARTBEAT, &mb)));
+    }
 
     fn eid() -> Eid {
         "00:11:22:33:44:55".parse().unwrap()

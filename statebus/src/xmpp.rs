@@ -7,6 +7,7 @@
 //! nodes' items to rebuild the remote cache, and republishes all local cachable state.
 
 use crate::bus::Core;
+use crate::guard::{Dropped, Guard};
 use crate::wire::{self, AccessModel, NodeKind, NodeLayout, WireItem};
 use crate::{
     Bus, BusEvent, BusStatus, Change, DeviceState, Eid, Heartbeat, Mwi, Snapshot, StateCache,
@@ -16,8 +17,12 @@ use minidom::Element;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{broadcast, oneshot, watch, Notify};
 use tokio_xmpp::connect::{DnsConfig, ServerConnector};
 use tokio_xmpp::jid::{BareJid, Jid};
@@ -58,7 +63,10 @@ pub struct XmppBusConfig {
     pub access_model: AccessModel,
     /// Bare JIDs of the other fabric members (made publishers of our nodes under `whitelist`).
     pub fabric_jids: Vec<String>,
-    /// `pubsub#max_items` for the flat nodes (one item per device must fit).
+    /// `pubsub#max_items` for the flat nodes (one item per device and mailbox, per publisher
+    /// of a shared key, must fit: a server evicts the oldest items beyond it). Default 10,000;
+    /// the server's own cap must allow it (Prosody `pubsub_max_items`, ejabberd
+    /// `max_items_node`). A warning is logged when a fetch finds the node 90 % full.
     pub max_items: u32,
     /// This node's EID.
     pub eid: Eid,
@@ -94,7 +102,7 @@ impl XmppBusConfig {
             layout: NodeLayout::Flat,
             access_model: AccessModel::Open,
             fabric_jids: Vec::new(),
-            max_items: 1000,
+            max_items: 10_000,
             eid,
             site: "default".into(),
             role: "node".into(),
@@ -161,6 +169,7 @@ fn is_loopback_server(server: &str) -> bool {
 #[derive(Debug, Clone)]
 struct FabricConnector {
     dns: DnsConfig,
+    drops: Arc<DropLog>,
 }
 
 impl FabricConnector {
@@ -170,11 +179,15 @@ impl FabricConnector {
         jid: &Jid,
         ns: &'static str,
         timeouts: Timeouts,
-    ) -> Result<PendingFeaturesRecv<tokio::io::BufStream<tokio::net::TcpStream>>, tokio_xmpp::Error>
-    {
+        guarded: bool,
+    ) -> Result<
+        PendingFeaturesRecv<tokio::io::BufStream<Guarded<tokio::net::TcpStream>>>,
+        tokio_xmpp::Error,
+    > {
         let tcp = self.dns.resolve().await?;
         tcp.set_nodelay(true)?;
-        let tcp = tokio::io::BufStream::new(tcp);
+        let drops = guarded.then(|| self.drops.clone());
+        let tcp = tokio::io::BufStream::new(Guarded::new(tcp, drops));
         Ok(tokio_xmpp::xmlstream::initiate_stream(tcp, ns, header(jid), timeouts).await?)
     }
 }
@@ -191,7 +204,7 @@ fn header(jid: &Jid) -> StreamHeader<'_> {
 struct PlainConnector(FabricConnector);
 
 impl ServerConnector for PlainConnector {
-    type Stream = tokio::io::BufStream<tokio::net::TcpStream>;
+    type Stream = tokio::io::BufStream<Guarded<tokio::net::TcpStream>>;
 
     fn connect(
         &self,
@@ -209,7 +222,7 @@ impl ServerConnector for PlainConnector {
     > + Send {
         let (c, jid) = (self.0.clone(), jid.clone());
         async move {
-            let pending = c.open(&jid, ns, timeouts).await?;
+            let pending = c.open(&jid, ns, timeouts, true).await?;
             Ok((pending, sasl::common::ChannelBinding::None))
         }
     }
@@ -218,10 +231,11 @@ impl ServerConnector for PlainConnector {
 #[derive(Debug, Clone)]
 struct StartTlsConnector(FabricConnector);
 
-type TlsTcp = tokio_xmpp::connect::tls_common::TlsStream<tokio::net::TcpStream>;
+/// TLS over TCP; the TCP stream's guard is off (it carries TLS records, not XML).
+type TlsTcp = tokio_xmpp::connect::tls_common::TlsStream<Guarded<tokio::net::TcpStream>>;
 
 impl ServerConnector for StartTlsConnector {
-    type Stream = tokio::io::BufStream<TlsTcp>;
+    type Stream = tokio::io::BufStream<Guarded<TlsTcp>>;
 
     fn connect(
         &self,
@@ -239,7 +253,7 @@ impl ServerConnector for StartTlsConnector {
     > + Send {
         let (c, jid) = (self.0.clone(), jid.clone());
         async move {
-            let pending = c.open(&jid, ns, timeouts).await?;
+            let pending = c.open(&jid, ns, timeouts, false).await?;
             let (features, stream) = pending.recv_features().await?;
             if !features.can_starttls() {
                 return Err(tokio_xmpp::Error::Protocol(
@@ -248,8 +262,9 @@ impl ServerConnector for StartTlsConnector {
             }
             let (tls, _binding) =
                 tokio_xmpp::connect::starttls::starttls(stream, jid.domain().as_str()).await?;
+            // The guard reads the XML inside TLS.
             let pending = tokio_xmpp::xmlstream::initiate_stream(
-                tokio::io::BufStream::new(tls),
+                tokio::io::BufStream::new(Guarded::new(tls, Some(c.drops.clone()))),
                 ns,
                 header(&jid),
                 timeouts,
@@ -257,6 +272,138 @@ impl ServerConnector for StartTlsConnector {
             .await?;
             Ok((pending, sasl::common::ChannelBinding::None))
         }
+    }
+}
+
+/// Counts and logs what the [`Guard`] drops: one log line per publisher per minute.
+#[derive(Debug, Default)]
+struct DropLog {
+    items: AtomicU64,
+    stanzas: AtomicU64,
+    last_logged: Mutex<HashMap<String, Instant>>,
+}
+
+/// Publishers remembered for log rate-limiting (the map is cleared when full).
+const DROP_LOG_PUBLISHERS: usize = 1024;
+const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl DropLog {
+    fn record(&self, d: Dropped) {
+        if d.stanza {
+            self.stanzas.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.items.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if last.len() >= DROP_LOG_PUBLISHERS {
+            last.clear();
+        }
+        let due = last
+            .get(&d.publisher)
+            .is_none_or(|t| now.duration_since(*t) >= DROP_LOG_EVERY);
+        if due {
+            last.insert(d.publisher.clone(), now);
+            let total = self.items.load(Ordering::Relaxed) + self.stanzas.load(Ordering::Relaxed);
+            warn!(
+                publisher = %d.publisher,
+                item = %d.item_id,
+                why = ?d.why,
+                whole_stanza = d.stanza,
+                total_dropped = total,
+                "dropped a pubsub item over the stanza guard's limits (logged once a minute per publisher)"
+            );
+        }
+    }
+}
+
+/// A byte stream whose reading side goes through a [`Guard`] (or passes untouched when
+/// `drops` is `None`: the TCP under TLS). Writing passes untouched.
+struct Guarded<T> {
+    inner: T,
+    guard: Option<(Guard, Arc<DropLog>)>,
+    out: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+impl<T> Guarded<T> {
+    fn new(inner: T, drops: Option<Arc<DropLog>>) -> Self {
+        Guarded {
+            inner,
+            guard: drops.map(|d| (Guard::default(), d)),
+            out: Vec::new(),
+            pos: 0,
+            eof: false,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Some((guard, drops)) = &mut this.guard else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        loop {
+            if this.pos < this.out.len() {
+                let n = buf.remaining().min(this.out.len() - this.pos);
+                buf.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    if rb.filled().is_empty() {
+                        this.eof = true;
+                    } else {
+                        guard.feed(rb.filled());
+                        this.out = guard.take_output();
+                        this.pos = 0;
+                        for d in guard.take_dropped() {
+                            drops.record(d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -314,13 +461,40 @@ fn reconnector<C: ServerConnector>(
     timeouts: Timeouts,
     backoff: Backoff,
 ) -> Reconnector {
+    // Pacing across calls: a connection that dies within `STABLE` of being made (a refused
+    // resumption, a stream the server ends at once) makes the next call wait, doubling up to
+    // the cap, so no failure mode can turn into a reconnect storm.
+    const STABLE: Duration = Duration::from_secs(10);
+    let pace: Arc<Mutex<(Option<Instant>, Duration)>> =
+        Arc::new(Mutex::new((None, backoff.initial)));
     Box::new(move |_location, slot: oneshot::Sender<Connection>| {
         let (server, jid, password) = (server.clone(), jid.clone(), password.clone());
+        let pace = pace.clone();
         tokio::spawn(async move {
+            let first_wait = {
+                let mut p = pace.lock().unwrap_or_else(|e| e.into_inner());
+                match p.0 {
+                    Some(t) if t.elapsed() < STABLE => {
+                        let wait = p.1;
+                        p.1 = (p.1 * 2).min(backoff.max);
+                        Some(wait)
+                    }
+                    _ => {
+                        p.1 = backoff.initial;
+                        None
+                    }
+                }
+            };
+            if let Some(wait) = first_wait {
+                let wait = wait.mul_f64(0.8 + rand::random::<f64>() * 0.4);
+                warn!(%jid, "the last connection did not last; reconnecting in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
             let mut delay = backoff.initial;
             loop {
                 match login(server.clone(), &jid, &password, timeouts).await {
                     Ok(conn) => {
+                        pace.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(Instant::now());
                         // If the stream is gone, the connection is simply dropped.
                         let _ = slot.send(conn);
                         return;
@@ -354,6 +528,10 @@ pub struct XmppBusStats {
     pub publish_errors: u64,
     /// Items received (notifications and fetched).
     pub items_received: u64,
+    /// Items dropped by the stanza guard (over a depth, size, count or token limit).
+    pub items_dropped: u64,
+    /// Whole stanzas the guard replaced (a limit broken outside any item).
+    pub stanzas_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -370,6 +548,7 @@ struct Shared {
     dirty: Mutex<Dirty>,
     wake: Notify,
     stats: Mutex<XmppBusStats>,
+    drops: Arc<DropLog>,
 }
 
 impl Shared {
@@ -446,10 +625,14 @@ impl XmppBus {
             initial: cfg.reconnect_initial,
             max: cfg.reconnect_max,
         };
+        let drops = Arc::new(DropLog::default());
         let stream = match cfg.tls {
             TlsMode::StartTls => StanzaStream::new(
                 reconnector(
-                    StartTlsConnector(FabricConnector { dns }),
+                    StartTlsConnector(FabricConnector {
+                        dns,
+                        drops: drops.clone(),
+                    }),
                     jid.clone(),
                     cfg.password.clone(),
                     timeouts,
@@ -459,7 +642,10 @@ impl XmppBus {
             ),
             TlsMode::Plaintext => StanzaStream::new(
                 reconnector(
-                    PlainConnector(FabricConnector { dns }),
+                    PlainConnector(FabricConnector {
+                        dns,
+                        drops: drops.clone(),
+                    }),
                     jid.clone(),
                     cfg.password.clone(),
                     timeouts,
@@ -473,6 +659,7 @@ impl XmppBus {
             dirty: Mutex::new(Dirty::default()),
             wake: Notify::new(),
             stats: Mutex::new(XmppBusStats::default()),
+            drops,
         });
         let (online_tx, online) = watch::channel(false);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -491,7 +678,8 @@ impl XmppBus {
             fetches: 0,
             last_beat: None,
             leaves: HashSet::new(),
-            takeover: HashMap::new(),
+            per_eid: HashSet::new(),
+            plain_published: HashSet::new(),
             retry_at: None,
         };
         let span = tracing::info_span!("xmppbus", jid = %jid.to_bare());
@@ -524,7 +712,10 @@ impl XmppBus {
 
     /// Counters.
     pub fn stats(&self) -> XmppBusStats {
-        *self.shared.stats()
+        let mut s = *self.shared.stats();
+        s.items_dropped = self.shared.drops.items.load(Ordering::Relaxed);
+        s.stanzas_dropped = self.shared.drops.stanzas.load(Ordering::Relaxed);
+        s
     }
 
     /// Per-EID entries of one device (debugging, `statebus watch`).
@@ -668,8 +859,12 @@ struct Worker {
     /// When the last heartbeat was sent.
     last_beat: Option<tokio::time::Instant>,
     leaves: HashSet<String>,
-    /// Takeover attempts per key (see the Forbidden publish case).
-    takeover: HashMap<String, u8>,
+    /// Keys we publish under our per-EID item id (`wire::per_eid_item_id`): another
+    /// publisher holds the plain id. Sticky for the process's life.
+    per_eid: HashSet<String>,
+    /// Keys published under the plain id at least once (no switch after that: our plain
+    /// item would be left stale).
+    plain_published: HashSet<String>,
     retry_at: Option<tokio::time::Instant>,
 }
 
@@ -770,6 +965,7 @@ impl Worker {
 
     /// Subscribed and the nodes' items fetched: the cache matches the server.
     fn synced(&mut self) {
+        self.shared.wake.notify_one(); // publishing waited for the fetch
         if self.online && !*self.online_tx.borrow() {
             let _ = self.online_tx.send(true);
             self.shared.core.status(BusStatus::Online);
@@ -813,10 +1009,17 @@ impl Worker {
                     trace!(from = ?m.from, "ignoring message not from the pubsub service");
                     return;
                 }
+                let mut healed = false;
                 for p in &m.payloads {
                     let items = wire::decode_event(p);
                     trace!(id = ?m.id, payload = p.name(), ?items, "pubsub event");
-                    self.apply(items, None);
+                    healed |= self.apply(items, None);
+                }
+                if healed && self.online {
+                    // An expired member is heard again (a partition healed): its devices read
+                    // UNAVAILABLE until they change; fetch its items now instead.
+                    info!("an expired fabric member is back: fetching its items");
+                    self.fetch_state(stream).await;
                 }
             }
             StreamEv::Stanza(_) => {}
@@ -1030,6 +1233,11 @@ impl Worker {
         if self.pending.len() >= MAX_IN_FLIGHT {
             return; // resumed when answers come in
         }
+        if self.fetches > 0 {
+            // Nothing is published before the initial fetch is read: our choice of item id
+            // depends on who else holds a key, and stale items of ours must be withdrawn first.
+            return; // resumed by synced()
+        }
         let (devices, volatile, mwi, more) = {
             let mut d = self.shared.dirty();
             let mut budget = FLUSH_BATCH;
@@ -1059,7 +1267,22 @@ impl Worker {
             };
             self.ensure_leaf(stream, wire::NODE_DEVICE_STATE, &key)
                 .await;
-            match wire::publish_device_state(layout, eid, &key, state, true) {
+            // Another EID already holds this key (an Asterisk box's item fetched at start):
+            // take our own item id rather than overwrite theirs.
+            if !self.plain_published.contains(&key)
+                && !self.per_eid.contains(&key)
+                && self
+                    .shared
+                    .core
+                    .cache()
+                    .device_detail(&key)
+                    .iter()
+                    .any(|(e, _)| *e != eid)
+            {
+                self.per_eid.insert(key.clone());
+            }
+            let id = self.item_id(&key);
+            match wire::publish_device_state_as(layout, eid, &key, &id, state, true) {
                 Ok(el) => self.publish(stream, Republish::Device(key), el).await,
                 Err(e) => warn!(%e, "cannot encode device state"),
             }
@@ -1076,13 +1299,23 @@ impl Worker {
                 continue;
             };
             self.ensure_leaf(stream, wire::NODE_MWI, &key).await;
-            match wire::publish_mwi(layout, eid, &mwi) {
+            let id = self.item_id(&key);
+            match wire::publish_mwi_as(layout, eid, &mwi, &id) {
                 Ok(el) => self.publish(stream, Republish::Mwi(key), el).await,
                 Err(e) => warn!(%e, "cannot encode MWI"),
             }
         }
         if more {
             self.shared.wake.notify_one();
+        }
+    }
+
+    /// The item id we publish `key` under: the key, or our per-EID id (see `per_eid`).
+    fn item_id(&self, key: &str) -> String {
+        if self.per_eid.contains(key) {
+            wire::per_eid_item_id(key, self.cfg.eid)
+        } else {
+            key.to_string()
         }
     }
 
@@ -1185,26 +1418,16 @@ impl Worker {
                     {
                         debug!(?tag, "not the node's owner: affiliations left to the owner")
                     }
-                    // ejabberd lets only an item's creator overwrite it, owners included. A key
-                    // shared by several publishers (Asterisk's Custom:x on two servers) is taken
-                    // over: as an owner we retract the other publisher's item and publish ours.
+                    // ejabberd lets only an item's creator overwrite it, owners included: the
+                    // key's plain item id belongs to another publisher (an Asterisk box, another
+                    // member). We never retract or overwrite it: from now on we publish this key
+                    // under our per-EID item id.
                     Tag::Publish(Republish::Device(key) | Republish::Mwi(key))
                         if err.defined_condition == DefinedCondition::Forbidden
-                            && self.takeover.get(key).copied().unwrap_or(0) < 3 =>
+                            && !self.per_eid.contains(key) =>
                     {
-                        *self.takeover.entry(key.clone()).or_default() += 1;
-                        let node = match &tag {
-                            Tag::Publish(Republish::Device(_)) => {
-                                wire::device_node(self.cfg.layout, key)
-                            }
-                            _ => wire::mwi_node(self.cfg.layout, key),
-                        }
-                        .to_string();
-                        debug!(%key, "item belongs to another publisher: retracting it to take it over");
-                        if let Ok(el) = wire::retract(&node, key) {
-                            self.iq(stream, Tag::Setup("retract", key.clone()), Req::Set(el))
-                                .await;
-                        }
+                        info!(%key, "the key's item belongs to another publisher: publishing it under our per-EID item id");
+                        self.per_eid.insert(key.clone());
                         self.requeue(&tag);
                         self.flush(stream).await;
                     }
@@ -1227,7 +1450,9 @@ impl Worker {
                 Tag::Publish(what) => {
                     self.shared.stats().publish_acked += 1;
                     if let Republish::Device(k) | Republish::Mwi(k) = what {
-                        self.takeover.remove(&k);
+                        if !self.per_eid.contains(&k) {
+                            self.plain_published.insert(k);
+                        }
                     }
                 }
                 Tag::Ping if !self.online => {
@@ -1242,6 +1467,16 @@ impl Worker {
                 }
                 Tag::Fetch(_) if !stale => {
                     if let Some(p) = payload {
+                        let n: usize = p
+                            .children()
+                            .filter(|c| c.name() == "items")
+                            .map(|i| i.children().count())
+                            .sum();
+                        if n as u64 * 10 >= u64::from(self.cfg.max_items) * 9 {
+                            warn!(node = ?tag, items = n, max_items = self.cfg.max_items,
+                                "the node is nearly full: beyond max_items the server evicts the oldest items (raise max_items here and on the server)");
+                        }
+                        self.withdraw_stale_own_items(stream, &p).await;
                         self.apply(wire::decode_items_result(&p), Some(unix_now()));
                     }
                 }
@@ -1263,6 +1498,50 @@ impl Worker {
         }
     }
 
+    /// Restart truth: items our EID left on the server (an earlier run, before a crash) for
+    /// keys we no longer hold are overwritten, under the same item id, with a withdrawal
+    /// (device INVALID, the state that adds nothing to an aggregate; mailbox 0/0) before we
+    /// report Online. Items we still hold are republished by the resync anyway.
+    async fn withdraw_stale_own_items(&mut self, stream: &StanzaStream, pubsub: &Element) {
+        let eid = self.cfg.eid;
+        for own in wire::items_of_eid(pubsub, eid) {
+            if own.item_id != own.key {
+                self.per_eid.insert(own.key.clone());
+            } else {
+                self.plain_published.insert(own.key.clone());
+            }
+            let held = {
+                let cache = self.shared.core.cache();
+                if own.mwi {
+                    cache.local_mwi_of(&own.key).is_some()
+                } else {
+                    cache.local_device(&own.key).is_some()
+                }
+            };
+            if held {
+                continue;
+            }
+            info!(key = %own.key, item = %own.item_id, "withdrawing what an earlier run of this member left on the server");
+            let el = if own.mwi {
+                let (m, c) = Mwi::split_key(&own.key);
+                wire::publish_mwi_as(self.cfg.layout, eid, &Mwi::new(m, c, 0, 0), &own.item_id)
+            } else {
+                wire::publish_device_state_as(
+                    self.cfg.layout,
+                    eid,
+                    &own.key,
+                    &own.item_id,
+                    DeviceState::Invalid,
+                    true,
+                )
+            };
+            if let Ok(el) = el {
+                self.iq(stream, Tag::Setup("withdraw", own.key), Req::Set(el))
+                    .await;
+            }
+        }
+    }
+
     /// After heartbeats are known: fetch the state nodes' items (collections: each leaf).
     async fn fetch_state(&mut self, stream: &StanzaStream) {
         for node in [wire::NODE_DEVICE_STATE, wire::NODE_MWI] {
@@ -1278,7 +1557,9 @@ impl Worker {
     }
 
     /// Apply decoded items: live notifications (`fetched_at == None`) or fetched items.
-    fn apply(&self, items: Vec<WireItem>, fetched_at: Option<u64>) {
+    /// Returns whether a live heartbeat revived an expired member.
+    fn apply(&self, items: Vec<WireItem>, fetched_at: Option<u64>) -> bool {
+        let mut healed = false;
         let now = Instant::now();
         let mut changes = Vec::new();
         let n = items.len() as u64;
@@ -1311,6 +1592,7 @@ impl Worker {
                             None => Duration::ZERO,
                             Some(t) => Duration::from_secs(t.saturating_sub(hb.time)),
                         };
+                        healed |= fetched_at.is_none() && cache.is_expired(hb.eid);
                         changes.extend(cache.heartbeat(hb, age, now));
                     }
                     WireItem::Ignored(why) => trace!(%why, "ignored pubsub item"),
@@ -1319,6 +1601,7 @@ impl Worker {
         }
         self.shared.stats().items_received += n;
         self.shared.core.emit_all(changes);
+        healed
     }
 }
 
