@@ -681,6 +681,8 @@ impl XmppBus {
             per_eid: HashSet::new(),
             plain_published: HashSet::new(),
             retry_at: None,
+            resync_at: None,
+            resync_failures: 0,
         };
         let span = tracing::info_span!("xmppbus", jid = %jid.to_bare());
         let task = tokio::spawn(tracing::Instrument::instrument(
@@ -866,6 +868,12 @@ struct Worker {
     /// item would be left stale).
     plain_published: HashSet<String>,
     retry_at: Option<tokio::time::Instant>,
+    /// A set-up or fetch IQ of the current generation failed (ejabberd answers a create racing
+    /// another member's with `internal-server-error`, and the subscribe that follows with
+    /// `item-not-found`; a fetch can time out under load): the whole resync runs again then.
+    resync_at: Option<tokio::time::Instant>,
+    /// Failed resyncs in a row: the delay doubles from 1 s up to 30 s.
+    resync_failures: u32,
 }
 
 /// Sleep until `at`, or forever when there is nothing to wait for.
@@ -892,6 +900,7 @@ impl Worker {
             let next_expiry = shared.core.cache().next_expiry();
             let expiry_sleep = sleep_until_opt(next_expiry.map(tokio::time::Instant::from_std));
             let retry_sleep = sleep_until_opt(self.retry_at);
+            let resync_sleep = sleep_until_opt(self.resync_at);
             let iq_deadline = sleep_until_opt(self.deadlines.front().map(|d| d.0));
             // Biased: read what the server sent before sending more.
             tokio::select! {
@@ -918,6 +927,11 @@ impl Worker {
                         }
                     }
                     shared.core.emit_all(changes);
+                }
+                _ = resync_sleep, if self.online => {
+                    self.resync_at = None;
+                    info!(attempt = self.resync_failures, "a set-up or fetch request failed: resynchronising");
+                    self.resync(&stream).await;
                 }
                 _ = retry_sleep => {
                     self.retry_at = None;
@@ -963,8 +977,29 @@ impl Worker {
         }
     }
 
+    /// Run the whole resync again after a paced delay (a set-up or fetch IQ of the current
+    /// generation failed, so the subscription or the remote cache may be incomplete).
+    fn schedule_resync(&mut self, tag: &Tag, why: &str) {
+        if self.resync_at.is_some() {
+            return;
+        }
+        let delay =
+            Duration::from_secs(1u64 << self.resync_failures.min(5)).min(Duration::from_secs(30));
+        self.resync_failures = self.resync_failures.saturating_add(1);
+        warn!(
+            ?tag,
+            why,
+            ?delay,
+            "set-up or fetch failed: resync scheduled"
+        );
+        self.resync_at = Some(tokio::time::Instant::now() + delay);
+    }
+
     /// Subscribed and the nodes' items fetched: the cache matches the server.
     fn synced(&mut self) {
+        if self.resync_at.is_none() {
+            self.resync_failures = 0;
+        }
         self.shared.wake.notify_one(); // publishing waited for the fetch
         if self.online && !*self.online_tx.borrow() {
             let _ = self.online_tx.send(true);
@@ -1392,6 +1427,17 @@ impl Worker {
         match outcome {
             Outcome::TimedOut => {
                 warn!(?tag, "IQ timed out");
+                if !stale
+                    && matches!(
+                        tag,
+                        Tag::Setup("create" | "subscribe", _)
+                            | Tag::FetchHeartbeats
+                            | Tag::Fetch(_)
+                            | Tag::DiscoLeaves(_)
+                    )
+                {
+                    self.schedule_resync(&tag, "timed out");
+                }
                 if matches!(tag, Tag::Publish(_) | Tag::Heartbeat) {
                     self.shared.stats().publish_errors += 1;
                     self.requeue(&tag);
@@ -1405,6 +1451,19 @@ impl Worker {
             }
             Outcome::Error(err) => {
                 let cond = format!("{:?}", err.defined_condition);
+                let expected_create = matches!(
+                    err.defined_condition,
+                    DefinedCondition::Conflict | DefinedCondition::Forbidden
+                );
+                let resync = !stale
+                    && match &tag {
+                        Tag::Setup("create" | "create leaf", _) => !expected_create,
+                        Tag::Setup("subscribe", _) | Tag::Fetch(_) => true,
+                        _ => false,
+                    };
+                if resync {
+                    self.schedule_resync(&tag, &cond);
+                }
                 match &tag {
                     // Exists already: conflict, or forbidden when another member owns it.
                     Tag::Setup("create" | "create leaf", _)
