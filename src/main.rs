@@ -96,6 +96,10 @@ enum StatebusCmd {
         /// Exit after this many seconds (default: run until interrupted).
         #[arg(long)]
         duration: Option<f64>,
+        /// Also publish as this node what stdin says, one command a line: `device KEY=STATE`
+        /// or `mwi MAILBOX@CONTEXT=NEW/OLD` (a member whose state a script drives).
+        #[arg(long)]
+        stdin: bool,
     },
     /// Publish device states / MWI as this node, then exit (or keep them alive with --hold).
     Publish {
@@ -172,8 +176,14 @@ fn main() -> Result<()> {
         );
         match cli.cmd {
             Cmd::Statebus {
-                cmd: StatebusCmd::Watch { json, duration, .. },
-            } => watch(bus, xmpp, json, duration).await,
+                cmd:
+                    StatebusCmd::Watch {
+                        json,
+                        duration,
+                        stdin,
+                        ..
+                    },
+            } => watch(bus, xmpp, json, duration, stdin).await,
             Cmd::Statebus {
                 cmd:
                     StatebusCmd::Publish {
@@ -276,8 +286,34 @@ async fn watch(
     xmpp: Option<XmppBus>,
     json: bool,
     duration: Option<f64>,
+    stdin: bool,
 ) -> Result<()> {
     let mut rx = bus.subscribe();
+    let commands = async {
+        if !stdin {
+            return std::future::pending().await;
+        }
+        use tokio::io::AsyncBufReadExt as _;
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            let l = l.trim();
+            let done = match l.split_once(' ') {
+                Some(("device", arg)) => {
+                    parse_device(arg.trim()).map(|(k, st)| bus.publish_device_state(&k, st))
+                }
+                Some(("mwi", arg)) => parse_mwi(arg.trim()).map(|m| bus.publish_mwi(m)),
+                _ if l.is_empty() => Ok(()),
+                _ => Err(anyhow!(
+                    "stdin: {l:?}: expected `device KEY=STATE` or `mwi MAILBOX@CONTEXT=NEW/OLD`"
+                )),
+            };
+            if let Err(e) = done {
+                eprintln!("{e}");
+            }
+        }
+        // stdin closed: keep watching
+        std::future::pending::<()>().await
+    };
     let deadline = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
     let run = async {
         while let Some(ev) = statebus::recv(&mut rx).await {
@@ -299,6 +335,7 @@ async fn watch(
     };
     tokio::select! {
         _ = run => {}
+        _ = commands => {}
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
     }
