@@ -259,18 +259,36 @@ impl Loaded {
 
     /// `file:line` of `key` inside `[section]` (line 0 when absent).
     fn at(&self, section: &str, key: &str) -> String {
+        self.at_nth(section, 0, key)
+    }
+
+    /// `file:line` of `key` inside the `nth` (from 0) `[[section]]` table of an array; the
+    /// table's header line when the key is absent from it.
+    fn at_nth(&self, section: &str, nth: usize, key: &str) -> String {
         let mut in_section = false;
+        let mut seen = 0;
+        let mut header = None;
         for (i, l) in self.text.lines().enumerate() {
             let t = l.trim();
             if t.starts_with('[') {
-                in_section = t.trim_matches(|c| c == '[' || c == ']').trim() == section;
+                in_section = false;
+                if t.trim_matches(|c| c == '[' || c == ']').trim() == section {
+                    in_section = seen == nth;
+                    if in_section {
+                        header = Some(i + 1);
+                    }
+                    seen += 1;
+                }
                 continue;
             }
             if in_section && t.split('=').next().map(str::trim) == Some(key) {
                 return format!("{}:{}", self.path.display(), i + 1);
             }
         }
-        format!("{}: [{section}] {key}", self.path.display())
+        match header {
+            Some(line) => format!("{}:{line}: [{section}] {key}", self.path.display()),
+            None => format!("{}: [{section}] {key}", self.path.display()),
+        }
     }
 
     pub fn eid(&self) -> Eid {
@@ -472,11 +490,11 @@ impl Loaded {
             Some(r) => self.port_range("gateway", "rtp_ports", r)?,
         };
         let mut trunks = Vec::new();
-        for t in &g.trunk {
+        for (n, t) in g.trunk.iter().enumerate() {
             let address: std::net::SocketAddr = t.address.parse().map_err(|_| {
                 anyhow!(
                     "{}: trunk {:?}: {:?} is not an address like 192.0.2.7:5060",
-                    self.at("gateway.trunk", "address"),
+                    self.at_nth("gateway.trunk", n, "address"),
                     t.name,
                     t.address
                 )
@@ -488,7 +506,7 @@ impl Loaded {
                         ip.parse().map_err(|_| {
                             anyhow!(
                                 "{}: trunk {:?}: {ip:?} is not an IP address",
-                                self.at("gateway.trunk", "inbound_from"),
+                                self.at_nth("gateway.trunk", n, "inbound_from"),
                                 t.name
                             )
                         })
@@ -504,7 +522,7 @@ impl Loaded {
                 _ => {
                     return Err(anyhow!(
                         "{}: trunk {:?}: username and password go together",
-                        self.at("gateway.trunk", "username"),
+                        self.at_nth("gateway.trunk", n, "username"),
                         t.name
                     ))
                 }
@@ -512,7 +530,7 @@ impl Loaded {
             if t.register && credentials.is_none() {
                 return Err(anyhow!(
                     "{}: trunk {:?}: register = true needs username and password",
-                    self.at("gateway.trunk", "register"),
+                    self.at_nth("gateway.trunk", n, "register"),
                     t.name
                 ));
             }
@@ -608,11 +626,11 @@ impl Loaded {
             Some(r) => self.port_range("acd", "rtp_ports", r)?,
         };
         let mut gateways = Vec::new();
-        for g in &a.gateway {
+        for (n, g) in a.gateway.iter().enumerate() {
             let address = g.address.parse().map_err(|_| {
                 anyhow!(
                     "{}: gateway {:?}: {:?} is not an address like 127.0.0.1:5060",
-                    self.at("acd.gateway", "address"),
+                    self.at_nth("acd.gateway", n, "address"),
                     g.name,
                     g.address
                 )
@@ -799,6 +817,41 @@ mod tests {
         let l = load("[node]\nname = \"a\"\n[statebus]\nbackend = \"xmpp\"\njid = \"a@b\"\npubsub_service = \"pubsub.b\"\n").unwrap();
         let e = l.xmpp_bus().err().unwrap().to_string();
         assert!(e.contains("password is required"), "{e}");
+    }
+
+    const GATEWAY: &str = "[node]\nname = \"a\"\n[gateway]\nudp = [\"127.0.0.1:5060\"]\nrealm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
+
+    #[test]
+    fn trunk_errors_name_that_trunks_line() {
+        // Lines 7-9: a good trunk; 10-12: a bad address; then 10-13: a bad inbound_from.
+        let text = format!(
+            "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\n\
+             [[gateway.trunk]]\nname = \"bad\"\naddress = \"nowhere\"\n"
+        );
+        let e = load(&text).unwrap().gateway().err().unwrap().to_string();
+        assert!(
+            e.contains("site-a.toml:12:") && e.contains("\"bad\""),
+            "{e}"
+        );
+        let text = format!(
+            "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\n\
+             [[gateway.trunk]]\nname = \"b\"\naddress = \"192.0.2.2:5060\"\ninbound_from = [\"x\"]\n"
+        );
+        let e = load(&text).unwrap().gateway().err().unwrap().to_string();
+        assert!(
+            e.contains("site-a.toml:13:") && e.contains("trunk \"b\""),
+            "{e}"
+        );
+        // A key absent from the trunk: its header line.
+        let text = format!(
+            "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\nusername = \"u\"\npassword = \"p\"\n\
+             [[gateway.trunk]]\nname = \"c\"\naddress = \"192.0.2.2:5060\"\npassword = \"p\"\n"
+        );
+        let e = load(&text).unwrap().gateway().err().unwrap().to_string();
+        assert!(
+            e.contains("site-a.toml:12:") && e.contains("go together"),
+            "{e}"
+        );
     }
 
     #[test]
