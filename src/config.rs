@@ -238,8 +238,9 @@ impl Loaded {
         })
     }
 
-    /// A `*_secs` value: absent → `default`; otherwise a positive number below one day, or an
-    /// error naming the file and line.
+    /// A `*_secs` value: absent → `default`; otherwise at least one millisecond (a timer of
+    /// zero panics in `tokio::time::interval`) and below one day, or an error naming the file
+    /// and line.
     fn duration(
         &self,
         section: &str,
@@ -249,10 +250,25 @@ impl Loaded {
     ) -> Result<Duration> {
         match v {
             None => Ok(default),
-            Some(x) if x.is_finite() && x > 0.0 && x < 86_400.0 => Ok(Duration::from_secs_f64(x)),
+            Some(x) if x.is_finite() && (0.001..86_400.0).contains(&x) => {
+                Ok(Duration::from_secs_f64(x))
+            }
             Some(x) => Err(anyhow!(
-                "{}: {key} = {x} is not a duration between 0 and 86400 seconds",
+                "{}: {key} = {x} is not a duration between 0.001 and 86400 seconds",
                 self.at(section, key)
+            )),
+        }
+    }
+
+    /// SIP timer T1 in `t1_ms`: absent → 500 ms; otherwise 1 to 10000 ms (64·T1 and the
+    /// retransmission doublings must stay small), or an error naming the file and line.
+    fn t1(&self, section: &str, v: Option<u64>) -> Result<Duration> {
+        match v {
+            None => Ok(Duration::from_millis(500)),
+            Some(ms) if (1..=10_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            Some(ms) => Err(anyhow!(
+                "{}: t1_ms = {ms} is not between 1 and 10000 milliseconds",
+                self.at(section, "t1_ms")
             )),
         }
     }
@@ -562,7 +578,7 @@ impl Loaded {
             algorithms,
             db_reload: secs(g.db_reload_secs, "db_reload_secs", 5.0)?,
             qualify_interval: secs(g.qualify_interval_secs, "qualify_interval_secs", 30.0)?,
-            t1: Duration::from_millis(g.t1_ms.unwrap_or(500).max(1)),
+            t1: self.t1("gateway", g.t1_ms)?,
             device_prefix: g.device_prefix.clone().unwrap_or_else(|| "PJSIP/".into()),
             node: self.config.node.name.clone(),
             rtp_ip,
@@ -700,7 +716,7 @@ impl Loaded {
             udp,
             media_ip,
             rtp_ports,
-            t1: Duration::from_millis(a.t1_ms.unwrap_or(500).max(1)),
+            t1: self.t1("acd", a.t1_ms)?,
             engine,
             numbers: a.numbers.clone().into_iter().collect(),
             gateways,
@@ -850,6 +866,44 @@ mod tests {
         let e = load(&text).unwrap().gateway().err().unwrap().to_string();
         assert!(
             e.contains("site-a.toml:12:") && e.contains("go together"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_too_small_to_be_timers_are_refused_with_their_line() {
+        let base = format!("{GATEWAY}min_expires = 60\n");
+        let g = load(&format!("{base}db_reload_secs = 0.001\n"))
+            .unwrap()
+            .gateway()
+            .unwrap();
+        assert_eq!(g.db_reload, Duration::from_millis(1));
+        // Each rounds to a zero Duration (tokio::time::interval panics) or overflows a timer.
+        for (line, msg) in [
+            (
+                "qualify_interval_secs = 1e-12",
+                "qualify_interval_secs = 0.000000000001",
+            ),
+            ("db_reload_secs = 0.0000001", "db_reload_secs"),
+            ("media_timeout_secs = 1e-10", "media_timeout_secs"),
+            ("t1_ms = 0", "t1_ms = 0"),
+            ("t1_ms = 9223372036854775807", "t1_ms"),
+        ] {
+            let e = load(&format!("{base}{line}\n"))
+                .unwrap()
+                .gateway()
+                .err()
+                .unwrap_or_else(|| panic!("{line} accepted"))
+                .to_string();
+            assert!(
+                e.contains("site-a.toml:8:") && e.contains(msg),
+                "{line}: {e}"
+            );
+        }
+        let l = load("[node]\nname = \"a\"\n[statebus]\nbackend = \"xmpp\"\njid = \"a@b\"\npassword = \"x\"\npubsub_service = \"pubsub.b\"\nkeepalive_secs = 1e-300\n").unwrap();
+        let e = l.xmpp_bus().err().unwrap().to_string();
+        assert!(
+            e.contains("site-a.toml:8") && e.contains("keepalive_secs"),
             "{e}"
         );
     }
