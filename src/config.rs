@@ -60,6 +60,8 @@ pub struct AcdSection {
     pub login_code: Option<String>,
     /// …and `<logout_code><queue number>` to log out (default `*46`).
     pub logout_code: Option<String>,
+    /// Device name prefix of the gateways' users (default: `[gateway]`'s, else `PJSIP/`).
+    pub device_prefix: Option<String>,
     /// Dialled number → queue name.
     #[serde(default)]
     pub numbers: std::collections::BTreeMap<String, String>,
@@ -732,6 +734,9 @@ impl Loaded {
             announce_holdtime: a.announce_holdtime.unwrap_or(true),
             login_code: a.login_code.clone().unwrap_or_else(|| "*45".into()),
             logout_code: a.logout_code.clone().unwrap_or_else(|| "*46".into()),
+            device_prefix: (a.device_prefix.clone())
+                .or_else(|| self.config.gateway.as_ref()?.device_prefix.clone())
+                .unwrap_or_else(|| "PJSIP/".into()),
         })
     }
 

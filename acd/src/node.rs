@@ -89,6 +89,8 @@ pub struct NodeConfig {
     pub login_code: String,
     /// Dial `<logout_code><queue number>` to log out.
     pub logout_code: String,
+    /// Device (interface) name of a user: `<device_prefix><user>` (Asterisk: `PJSIP/`).
+    pub device_prefix: String,
 }
 
 /// One queue's figures, for supervisors and reports.
@@ -779,7 +781,7 @@ impl Core {
             self.reply(key, req, 403);
             return Some((false, String::new()));
         }
-        let iface = format!("PJSIP/{from_user}");
+        let iface = format!("{}{from_user}", self.cfg.device_prefix);
         let now = engine_now();
         let result = if login {
             match self.engine.add_member(
@@ -989,7 +991,10 @@ impl Core {
             let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
             return;
         };
-        let user = interface.rsplit('/').next().unwrap_or(interface).to_owned();
+        let user = (interface.strip_prefix(self.cfg.device_prefix.as_str()))
+            .or_else(|| interface.rsplit('/').next())
+            .unwrap_or(interface)
+            .to_owned();
         let leg = match self.relay.leg_now() {
             Ok(l) => l,
             Err(e) => {
