@@ -16,10 +16,11 @@
 //!   are bridged on the relay. A hang-up on either side ends both; the engine logs
 //!   COMPLETECALLER/COMPLETEAGENT and starts wrap-up. A caller hanging up while waiting is
 //!   ABANDON. Agent no-answer is a CANCEL by the engine's ring timeout → RINGNOANSWER.
+//! * **Announcements**: waiting callers hear their position (and the estimated hold time) every
+//!   `announce_frequency`, between stretches of music on hold.
 //! * **queue_log** lines in Asterisk's format go to a file and to [`NodeEvent::QueueLog`].
 //!
-//! Not yet: position/hold-time announcements (only music on hold), transfers, several media
-//! streams, TCP towards gateways.
+//! Not yet: transfers, several media streams, TCP towards gateways.
 
 use std::collections::HashMap;
 use std::io::Write as _;
