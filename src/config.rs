@@ -69,6 +69,8 @@ pub struct AcdSection {
     pub login_code: Option<String>,
     /// …and `<logout_code><queue number>` to log out (default `*46`).
     pub logout_code: Option<String>,
+    /// Device name prefix of the gateways' users (default: `[gateway]`'s, else `PJSIP/`).
+    pub device_prefix: Option<String>,
     /// Dialled number → queue name.
     #[serde(default)]
     pub numbers: std::collections::BTreeMap<String, String>,
@@ -247,8 +249,9 @@ impl Loaded {
         })
     }
 
-    /// A `*_secs` value: absent → `default`; otherwise a positive number below one day, or an
-    /// error naming the file and line.
+    /// A `*_secs` value: absent → `default`; otherwise at least one millisecond (a timer of
+    /// zero panics in `tokio::time::interval`) and below one day, or an error naming the file
+    /// and line.
     fn duration(
         &self,
         section: &str,
@@ -258,28 +261,61 @@ impl Loaded {
     ) -> Result<Duration> {
         match v {
             None => Ok(default),
-            Some(x) if x.is_finite() && x > 0.0 && x < 86_400.0 => Ok(Duration::from_secs_f64(x)),
+            Some(x) if x.is_finite() && (0.001..86_400.0).contains(&x) => {
+                Ok(Duration::from_secs_f64(x))
+            }
             Some(x) => Err(anyhow!(
-                "{}: {key} = {x} is not a duration between 0 and 86400 seconds",
+                "{}: {key} = {x} is not a duration between 0.001 and 86400 seconds",
                 self.at(section, key)
+            )),
+        }
+    }
+
+    /// SIP timer T1 in `t1_ms`: absent → 500 ms; otherwise 1 to 10000 ms (64·T1 and the
+    /// retransmission doublings must stay small), or an error naming the file and line.
+    fn t1(&self, section: &str, v: Option<u64>) -> Result<Duration> {
+        match v {
+            None => Ok(Duration::from_millis(500)),
+            Some(ms) if (1..=10_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            Some(ms) => Err(anyhow!(
+                "{}: t1_ms = {ms} is not between 1 and 10000 milliseconds",
+                self.at(section, "t1_ms")
             )),
         }
     }
 
     /// `file:line` of `key` inside `[section]` (line 0 when absent).
     fn at(&self, section: &str, key: &str) -> String {
+        self.at_nth(section, 0, key)
+    }
+
+    /// `file:line` of `key` inside the `nth` (from 0) `[[section]]` table of an array; the
+    /// table's header line when the key is absent from it.
+    fn at_nth(&self, section: &str, nth: usize, key: &str) -> String {
         let mut in_section = false;
+        let mut seen = 0;
+        let mut header = None;
         for (i, l) in self.text.lines().enumerate() {
             let t = l.trim();
             if t.starts_with('[') {
-                in_section = t.trim_matches(|c| c == '[' || c == ']').trim() == section;
+                in_section = false;
+                if t.trim_matches(|c| c == '[' || c == ']').trim() == section {
+                    in_section = seen == nth;
+                    if in_section {
+                        header = Some(i + 1);
+                    }
+                    seen += 1;
+                }
                 continue;
             }
             if in_section && t.split('=').next().map(str::trim) == Some(key) {
                 return format!("{}:{}", self.path.display(), i + 1);
             }
         }
-        format!("{}: [{section}] {key}", self.path.display())
+        match header {
+            Some(line) => format!("{}:{line}: [{section}] {key}", self.path.display()),
+            None => format!("{}: [{section}] {key}", self.path.display()),
+        }
     }
 
     pub fn eid(&self) -> Eid {
@@ -481,11 +517,11 @@ impl Loaded {
             Some(r) => self.port_range("gateway", "rtp_ports", r)?,
         };
         let mut trunks = Vec::new();
-        for t in &g.trunk {
+        for (n, t) in g.trunk.iter().enumerate() {
             let address: std::net::SocketAddr = t.address.parse().map_err(|_| {
                 anyhow!(
                     "{}: trunk {:?}: {:?} is not an address like 192.0.2.7:5060",
-                    self.at("gateway.trunk", "address"),
+                    self.at_nth("gateway.trunk", n, "address"),
                     t.name,
                     t.address
                 )
@@ -497,7 +533,7 @@ impl Loaded {
                         ip.parse().map_err(|_| {
                             anyhow!(
                                 "{}: trunk {:?}: {ip:?} is not an IP address",
-                                self.at("gateway.trunk", "inbound_from"),
+                                self.at_nth("gateway.trunk", n, "inbound_from"),
                                 t.name
                             )
                         })
@@ -513,7 +549,7 @@ impl Loaded {
                 _ => {
                     return Err(anyhow!(
                         "{}: trunk {:?}: username and password go together",
-                        self.at("gateway.trunk", "username"),
+                        self.at_nth("gateway.trunk", n, "username"),
                         t.name
                     ))
                 }
@@ -521,7 +557,7 @@ impl Loaded {
             if t.register && credentials.is_none() {
                 return Err(anyhow!(
                     "{}: trunk {:?}: register = true needs username and password",
-                    self.at("gateway.trunk", "register"),
+                    self.at_nth("gateway.trunk", n, "register"),
                     t.name
                 ));
             }
@@ -553,7 +589,7 @@ impl Loaded {
             algorithms,
             db_reload: secs(g.db_reload_secs, "db_reload_secs", 5.0)?,
             qualify_interval: secs(g.qualify_interval_secs, "qualify_interval_secs", 30.0)?,
-            t1: Duration::from_millis(g.t1_ms.unwrap_or(500).max(1)),
+            t1: self.t1("gateway", g.t1_ms)?,
             device_prefix: g.device_prefix.clone().unwrap_or_else(|| "PJSIP/".into()),
             node: self.config.node.name.clone(),
             rtp_ip,
@@ -617,11 +653,11 @@ impl Loaded {
             Some(r) => self.port_range("acd", "rtp_ports", r)?,
         };
         let mut gateways = Vec::new();
-        for g in &a.gateway {
+        for (n, g) in a.gateway.iter().enumerate() {
             let address = g.address.parse().map_err(|_| {
                 anyhow!(
                     "{}: gateway {:?}: {:?} is not an address like 127.0.0.1:5060",
-                    self.at("acd.gateway", "address"),
+                    self.at_nth("acd.gateway", n, "address"),
                     g.name,
                     g.address
                 )
@@ -720,7 +756,7 @@ impl Loaded {
             udp,
             media_ip,
             rtp_ports,
-            t1: Duration::from_millis(a.t1_ms.unwrap_or(500).max(1)),
+            t1: self.t1("acd", a.t1_ms)?,
             engine,
             numbers: a.numbers.clone().into_iter().collect(),
             gateways,
@@ -738,6 +774,9 @@ impl Loaded {
             logout_code: a.logout_code.clone().unwrap_or_else(|| "*46".into()),
             reach,
             offer_provisional_timeout,
+            device_prefix: (a.device_prefix.clone())
+                .or_else(|| self.config.gateway.as_ref()?.device_prefix.clone())
+                .unwrap_or_else(|| "PJSIP/".into()),
         })
     }
 
@@ -839,6 +878,79 @@ mod tests {
         let l = load("[node]\nname = \"a\"\n[statebus]\nbackend = \"xmpp\"\njid = \"a@b\"\npubsub_service = \"pubsub.b\"\n").unwrap();
         let e = l.xmpp_bus().err().unwrap().to_string();
         assert!(e.contains("password is required"), "{e}");
+    }
+
+    const GATEWAY: &str = "[node]\nname = \"a\"\n[gateway]\nudp = [\"127.0.0.1:5060\"]\nrealm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
+
+    #[test]
+    fn trunk_errors_name_that_trunks_line() {
+        // Lines 7-9: a good trunk; 10-12: a bad address; then 10-13: a bad inbound_from.
+        let text = format!(
+            "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\n\
+             [[gateway.trunk]]\nname = \"bad\"\naddress = \"nowhere\"\n"
+        );
+        let e = load(&text).unwrap().gateway().err().unwrap().to_string();
+        assert!(
+            e.contains("site-a.toml:12:") && e.contains("\"bad\""),
+            "{e}"
+        );
+        let text = format!(
+            "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\n\
+             [[gateway.trunk]]\nname = \"b\"\naddress = \"192.0.2.2:5060\"\ninbound_from = [\"x\"]\n"
+        );
+        let e = load(&text).unwrap().gateway().err().unwrap().to_string();
+        assert!(
+            e.contains("site-a.toml:13:") && e.contains("trunk \"b\""),
+            "{e}"
+        );
+        // A key absent from the trunk: its header line.
+        let text = format!(
+            "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\nusername = \"u\"\npassword = \"p\"\n\
+             [[gateway.trunk]]\nname = \"c\"\naddress = \"192.0.2.2:5060\"\npassword = \"p\"\n"
+        );
+        let e = load(&text).unwrap().gateway().err().unwrap().to_string();
+        assert!(
+            e.contains("site-a.toml:12:") && e.contains("go together"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_too_small_to_be_timers_are_refused_with_their_line() {
+        let base = format!("{GATEWAY}min_expires = 60\n");
+        let g = load(&format!("{base}db_reload_secs = 0.001\n"))
+            .unwrap()
+            .gateway()
+            .unwrap();
+        assert_eq!(g.db_reload, Duration::from_millis(1));
+        // Each rounds to a zero Duration (tokio::time::interval panics) or overflows a timer.
+        for (line, msg) in [
+            (
+                "qualify_interval_secs = 1e-12",
+                "qualify_interval_secs = 0.000000000001",
+            ),
+            ("db_reload_secs = 0.0000001", "db_reload_secs"),
+            ("media_timeout_secs = 1e-10", "media_timeout_secs"),
+            ("t1_ms = 0", "t1_ms = 0"),
+            ("t1_ms = 9223372036854775807", "t1_ms"),
+        ] {
+            let e = load(&format!("{base}{line}\n"))
+                .unwrap()
+                .gateway()
+                .err()
+                .unwrap_or_else(|| panic!("{line} accepted"))
+                .to_string();
+            assert!(
+                e.contains("site-a.toml:8:") && e.contains(msg),
+                "{line}: {e}"
+            );
+        }
+        let l = load("[node]\nname = \"a\"\n[statebus]\nbackend = \"xmpp\"\njid = \"a@b\"\npassword = \"x\"\npubsub_service = \"pubsub.b\"\nkeepalive_secs = 1e-300\n").unwrap();
+        let e = l.xmpp_bus().err().unwrap().to_string();
+        assert!(
+            e.contains("site-a.toml:8") && e.contains("keepalive_secs"),
+            "{e}"
+        );
     }
 
     #[test]

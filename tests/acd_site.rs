@@ -608,6 +608,29 @@ fn hot_desking_by_feature_code() {
     );
 }
 
+/// Hot-desking names the member with the configured `device_prefix`, not a hard-coded
+/// `PJSIP/`.
+#[test]
+fn hot_desking_uses_the_configured_device_prefix() {
+    let mut gw = site_with("ringall", &["SIP/2001"], "device_prefix = \"SIP/\"", "");
+    let out = run_scenario(
+        &scenario("call_uac_feature.xml"),
+        gw.udp,
+        SippOpts {
+            keys: vec![
+                ("callee".into(), "*45800".into()),
+                ("sdp_port".into(), free_udp_port().to_string()),
+            ],
+            timeout: Duration::from_secs(20),
+            ..SippOpts::user("2002", "secret")
+        },
+    )
+    .expect("run sipp");
+    assert_passes(&gw, &out, "log in with *45800");
+    let add = queue_log(&mut gw, "ADDMEMBER");
+    assert!(add.contains("|support|SIP/2002|ADDMEMBER"), "{add}");
+}
+
 /// Waiting callers hear their position: with the queue's announce_frequency = 1 (overriding
 /// the node's 60 s) and the shipped prompts, a lone caller is told "you are now first in
 /// line" every second.

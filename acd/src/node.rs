@@ -21,10 +21,11 @@
 //!   are bridged on the relay. A hang-up on either side ends both; the engine logs
 //!   COMPLETECALLER/COMPLETEAGENT and starts wrap-up. A caller hanging up while waiting is
 //!   ABANDON. Agent no-answer is a CANCEL by the engine's ring timeout → RINGNOANSWER.
+//! * **Announcements**: waiting callers hear their position (and the estimated hold time) every
+//!   `announce_frequency`, between stretches of music on hold.
 //! * **queue_log** lines in Asterisk's format go to a file and to [`NodeEvent::QueueLog`].
 //!
-//! Not yet: position/hold-time announcements (only music on hold), transfers, several media
-//! streams, TCP towards gateways.
+//! Not yet: transfers, several media streams, TCP towards gateways.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -102,6 +103,8 @@ pub struct NodeConfig {
     /// retransmitted again), the gateway counts as unreachable for it and the next member is
     /// tried; it is also the offer's deadline (`X-CF-Offer: deadline=`).
     pub offer_provisional_timeout: Duration,
+    /// Device (interface) name of a user: `<device_prefix><user>` (Asterisk: `PJSIP/`).
+    pub device_prefix: String,
 }
 
 /// One queue's figures, for supervisors and reports.
@@ -850,7 +853,7 @@ impl Core {
             self.reply(key, req, 403);
             return Some((false, String::new()));
         }
-        let iface = format!("PJSIP/{from_user}");
+        let iface = format!("{}{from_user}", self.cfg.device_prefix);
         let now = engine_now();
         let result = if login {
             match self.engine.add_member(
@@ -1202,7 +1205,10 @@ impl Core {
             let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
             return;
         };
-        let user = interface.rsplit('/').next().unwrap_or(interface).to_owned();
+        let user = (interface.strip_prefix(self.cfg.device_prefix.as_str()))
+            .or_else(|| interface.rsplit('/').next())
+            .unwrap_or(interface)
+            .to_owned();
         let leg = match self.relay.leg_now() {
             Ok(l) => l,
             Err(e) => {

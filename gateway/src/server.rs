@@ -95,7 +95,7 @@ pub enum GatewayError {
     Bind(#[from] std::io::Error),
     /// The RTP relay could not be set up.
     #[error("RTP relay: {0}")]
-    Media(String),
+    Media(#[from] crate::media::MediaError),
 }
 
 /// Where a message came from / goes to.
@@ -373,8 +373,7 @@ impl Gateway {
             cfg.rtp_ip,
             cfg.rtp_ports.0,
             cfg.rtp_ports.1,
-        ))
-        .map_err(|e| GatewayError::Media(e.to_string()))?;
+        ))?;
         let legs: CallLegs = Arc::default();
         let parties: CallParties = Arc::default();
         let (gw_events, _) = tokio::sync::broadcast::channel(1024);

@@ -615,21 +615,36 @@ fn a_user_may_register_only_its_own_aor() {
     assert!(!reg.is_registered("sip:1001@example.com"));
 }
 
-/// Whether a request carrying these Authorization values holds valid credentials: exactly one
-/// Digest value for our realm (a malformed value or one without a realm makes the request
-/// malformed; other realms and schemes are ignored), and its fields are the valid answer's
-/// (hex and tokens compared without case, as the registrar does; `opaque` may be left out).
+/// Whether a request carrying these Authorization values holds valid credentials: of the
+/// Digest values for our realm, the first with the strongest algorithm we offer (SHA-256, then
+/// MD5, absent meaning MD5) is the one checked; a value we cannot use, or a malformed value or
+/// one without a realm, makes the request malformed only when no usable value is there (other
+/// realms and schemes are ignored); the checked value's fields are the valid answer's (hex and
+/// tokens compared without case, as the registrar does; `opaque` may be left out).
 fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials) -> bool {
     let mut ours = Vec::new();
     for v in values {
         match digest::parse_authorization(v) {
             Ok(c) if c.realm.as_deref() == Some(REALM) => ours.push(c),
-            Ok(c) if c.realm.is_some() => {}
-            Err(digest::AuthHeaderError::NotDigest) => {}
-            _ => return false,
+            _ => {}
         }
     }
-    let [c] = ours.as_slice() else { return false };
+    let strength = |c: &digest::DigestCredentials| match c.algorithm.as_deref() {
+        None => 1,
+        Some(a) if a.eq_ignore_ascii_case("SHA-256") => 2,
+        Some(a) if a.eq_ignore_ascii_case("MD5") => 1,
+        Some(_) => 0,
+    };
+    let Some(top) = ours.iter().map(strength).max() else {
+        return false;
+    };
+    if top == 0 {
+        // Nothing usable: the lone value is checked (and refused for its algorithm).
+        return false;
+    }
+    let Some(c) = ours.iter().find(|c| strength(c) == top) else {
+        return false;
+    };
     let same_ci = |a: &Option<String>, b: &Option<String>| match (a, b) {
         (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
         (a, b) => a == b,
@@ -1050,4 +1065,142 @@ fn nonces_from_before_a_restart_are_stale() {
     let resp = after.handle_request(&req, phone(), t0() + secs(2));
     assert_eq!(code(&resp), 401);
     assert!(challenges(&resp).iter().all(|c| c.contains("stale=true")));
+}
+
+/// RFC 3261 §22 allows several Authorization fields (a phone answering both challenges): the
+/// strongest algorithm we offer is verified (SHA-256 before MD5), whatever the order, and the
+/// others are ignored.
+#[test]
+fn two_authorization_fields_verify_the_strongest() {
+    let mut reg = registrar();
+    let first = reg.handle_request(&register("c1", 1, ""), phone(), t0());
+    let (sha, md5) = (
+        challenges(&first)[0].to_owned(),
+        challenges(&first)[1].to_owned(),
+    );
+    let both = |sha_pw: &str, md5_pw: &str, nc: u32| {
+        format!(
+            "Contact: <sip:1000@10.0.0.7>\r\nAuthorization: {}\r\nAuthorization: {}\r\n",
+            answer(&md5, "1000", md5_pw, nc, "m"),
+            answer(&sha, "1000", sha_pw, nc, "s"),
+        )
+    };
+    // Both right: 200.
+    let resp = reg.handle_request(
+        &register("c1", 2, &both("secret1000", "secret1000", 1)),
+        phone(),
+        t0(),
+    );
+    assert_eq!(code(&resp), 200, "{resp}");
+    // The SHA-256 one is the one verified: a wrong MD5 beside it does not matter…
+    let resp = reg.handle_request(
+        &register("c1", 3, &both("secret1000", "wrong", 2)),
+        phone(),
+        t0(),
+    );
+    assert_eq!(code(&resp), 200, "{resp}");
+    // …and a right MD5 does not rescue a wrong SHA-256.
+    let resp = reg.handle_request(
+        &register("c1", 4, &both("wrong", "secret1000", 3)),
+        phone(),
+        t0(),
+    );
+    assert_eq!(code(&resp), 401, "{resp}");
+    // A field with an algorithm we do not support beside a good one is ignored.
+    let odd = answer(&sha, "1000", "secret1000", 4, "o").replace("SHA-256", "SHA-512-256");
+    let good = answer(&md5, "1000", "secret1000", 4, "m");
+    let extra = format!(
+        "Contact: <sip:1000@10.0.0.7>\r\nAuthorization: {odd}\r\nAuthorization: {good}\r\n"
+    );
+    let resp = reg.handle_request(&register("c1", 5, &extra), phone(), t0());
+    assert_eq!(code(&resp), 200, "{resp}");
+    // Two fields neither of which we support: still 400.
+    let extra = format!("Authorization: {odd}\r\nAuthorization: {odd}\r\n");
+    let resp = reg.handle_request(&register("c1", 6, &extra), phone(), t0());
+    assert_eq!(code(&resp), 400, "{resp}");
+}
+
+/// With only MD5 offered, a SHA-256 field beside the MD5 one is ignored.
+#[test]
+fn a_field_for_an_algorithm_not_offered_is_ignored_beside_one_offered() {
+    let mut reg = registrar();
+    let first = reg.handle_request(&register("c1", 1, ""), phone(), t0());
+    let (sha, md5) = (
+        challenges(&first)[0].to_owned(),
+        challenges(&first)[1].to_owned(),
+    );
+    let mut config = Config::new(REALM, b"0123456789abcdef0123456789abcdef");
+    config.algorithms = vec![Algorithm::Md5];
+    let mut creds = MemoryCredentials::new();
+    creds.add_user("1000", REALM, "secret1000", AOR);
+    let mut md5_only: Reg = Registrar::new(config, creds);
+    let extra = format!(
+        "Contact: <sip:1000@10.0.0.7>\r\nAuthorization: {}\r\nAuthorization: {}\r\n",
+        answer(&sha, "1000", "wrong", 1, "s"),
+        answer(&md5, "1000", "secret1000", 1, "m"),
+    );
+    let resp = md5_only.handle_request(&register("c1", 2, &extra), phone(), t0());
+    assert_eq!(code(&resp), 200, "{resp}");
+}
+
+/// An INVITE's two Proxy-Authorization fields: the SHA-256 one is verified.
+#[test]
+fn invite_with_two_proxy_authorization_fields_is_authorized() {
+    let mut reg = registrar();
+    let invite = |extra: &str| -> Request {
+        let text = format!(
+            "INVITE sip:1001@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bK-i1\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{AOR}>;tag=ph1\r\n\
+             To: <sip:1001@example.com>\r\n\
+             Call-ID: i1\r\n\
+             CSeq: 1 INVITE\r\n\
+             {extra}\
+             Content-Length: 0\r\n\r\n"
+        );
+        match parse(text.as_bytes()) {
+            Ok(SipMessage::Request(r)) => r,
+            other => panic!("test INVITE does not parse: {other:?}"),
+        }
+    };
+    let challenge = match reg.authorize(&invite(""), t0()) {
+        Err(r) => r,
+        Ok(_) => panic!("an INVITE without credentials is authorized"),
+    };
+    assert_eq!(code(&challenge), 407);
+    let offered: Vec<String> = challenge
+        .headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::ProxyAuthenticate(p) => Some(p.value().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offered.len(), 2, "{challenge}");
+    let creds = |ch: &str, password: &str| {
+        let alg = Algorithm::from_token(&param(ch, "algorithm")).expect("algorithm");
+        let (nonce, opaque, uri) = (
+            param(ch, "nonce"),
+            param(ch, "opaque"),
+            "sip:1001@example.com",
+        );
+        let ha1 = digest::ha1(alg, "1000", REALM, password);
+        let ha2 = digest::ha2(alg, "INVITE", uri);
+        let response = digest::response(alg, &ha1, &nonce, "00000001", "c", "auth", &ha2);
+        format!(
+            "Proxy-Authorization: Digest username=\"1000\", realm=\"{REALM}\", nonce=\"{nonce}\", \
+             uri=\"{uri}\", response=\"{response}\", algorithm={}, cnonce=\"c\", \
+             opaque=\"{opaque}\", qop=auth, nc=00000001\r\n",
+            alg.token()
+        )
+    };
+    // MD5 (wrong) first, SHA-256 (right) second: authorized by the SHA-256 one.
+    let extra = format!(
+        "{}{}",
+        creds(&offered[1], "wrong"),
+        creds(&offered[0], "secret1000")
+    );
+    let user = reg.authorize(&invite(&extra), t0()).expect("authorized");
+    assert_eq!(user.aor, AOR);
 }

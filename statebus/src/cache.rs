@@ -229,13 +229,13 @@ impl StateCache {
                 if at > p.last_heard {
                     p.last_heard = at;
                 }
-                if p.expired && at + self.ttl > now {
+                if p.expired && deadline(at, self.ttl).is_none_or(|d| d > now) {
                     p.expired = false;
                     out.push(Change::PeerUp(hb));
                 }
             }
             None => {
-                let expired = at + self.ttl <= now;
+                let expired = deadline(at, self.ttl).is_some_and(|d| d <= now);
                 self.peers.insert(
                     hb.eid,
                     Peer {
@@ -259,7 +259,7 @@ impl StateCache {
     pub fn expire(&mut self, now: Instant) -> Vec<Change> {
         let mut dead = Vec::new();
         for (eid, p) in self.peers.iter_mut() {
-            if !p.expired && p.last_heard + self.ttl <= now {
+            if !p.expired && deadline(p.last_heard, self.ttl).is_some_and(|d| d <= now) {
                 p.expired = true;
                 dead.push(*eid);
             }
@@ -287,7 +287,7 @@ impl StateCache {
         self.peers
             .values()
             .filter(|p| !p.expired)
-            .map(|p| p.last_heard + self.ttl)
+            .filter_map(|p| deadline(p.last_heard, self.ttl))
             .min()
     }
 
@@ -364,6 +364,12 @@ impl StateCache {
                 .collect(),
         }
     }
+}
+
+/// When a member last heard at `at` expires; `None` (never) when the TTL reaches past what an
+/// `Instant` can hold (`LocalBus` uses `Duration::MAX`).
+fn deadline(at: Instant, ttl: Duration) -> Option<Instant> {
+    at.checked_add(ttl)
 }
 
 #[cfg(test)]
@@ -478,6 +484,21 @@ mod tests {
             c.set_remote_device(B, "PJSIP/200", NotInUse, true, t0 + Duration::from_secs(30)),
             dev("PJSIP/200", NotInUse)
         );
+    }
+
+    #[test]
+    fn ttl_past_the_end_of_time_never_expires_and_never_overflows() {
+        let t0 = Instant::now();
+        let mut c = StateCache::new(A, Duration::MAX);
+        let up = c.heartbeat(hb(B), Duration::ZERO, t0);
+        assert_eq!(up, vec![Change::PeerUp(hb(B))]);
+        assert_eq!(c.next_expiry(), None);
+        assert!(c.expire(t0 + Duration::from_secs(1_000_000_000)).is_empty());
+        assert_eq!(c.peer_alive(B), Some(true));
+        // A heartbeat fetched a long time after it was sent is still alive.
+        let up = c.heartbeat(hb(C), Duration::from_secs(1_000_000), t0);
+        assert_eq!(up, vec![Change::PeerUp(hb(C))]);
+        assert_eq!(c.peer_alive(C), Some(true));
     }
 
     #[test]

@@ -17,12 +17,17 @@
 //! was forgotten by the bounded nonce-count table). A nonce-count not higher than the last one
 //! accepted for that nonce is a replay: 401 with a fresh challenge. Malformed credentials for
 //! our realm (syntax, missing `username`/`nonce`/`uri`/`response`/`cnonce`/`nc`, `qop` other than
-//! `auth`, an algorithm we did not offer) get 400 (RFC 2617 §3.2.2). The authenticated user may
-//! register only its own AOR (else 403).
+//! `auth`, an algorithm we did not offer) get 400 (RFC 2617 §3.2.2). Several fields for our realm
+//! (RFC 3261 §22: a phone answering both challenges) are allowed: the one with the strongest
+//! algorithm we offer is verified (SHA-256 before MD5), the others and unparsable fields beside
+//! it are ignored. The authenticated user may register only its own AOR (else 403).
 //!
 //! **Simplifications.** The digest-uri is not compared with the Request-URI (it is covered by
 //! the response hash); contact URIs are compared by a normalised string, not the full §19.1.4
 //! rules; `-sess` algorithms, `auth-int` and `userhash` are not offered.
+
+/// Authorization fields for our realm considered in one request; more are ignored.
+const MAX_CREDENTIALS: usize = 8;
 
 pub mod client;
 pub mod credentials;
@@ -319,9 +324,10 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
     }
 
     fn authenticate(&mut self, req: &Request, now: SystemTime) -> Auth {
-        // The Authorization field for our realm, if any.
+        // The Authorization fields for our realm. RFC 3261 §22 allows several: the strongest
+        // algorithm we offer wins (SHA-256 before MD5), the others are ignored.
         let mut malformed = false;
-        let mut ours: Option<DigestCredentials> = None;
+        let mut ours: Vec<DigestCredentials> = Vec::new();
         let proxy = req.method != Method::Register;
         for h in req.headers.iter() {
             let value = match h {
@@ -332,10 +338,9 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             match digest::parse_authorization(value) {
                 Ok(c) => {
                     if c.realm.as_deref() == Some(self.config.realm.as_str()) {
-                        if ours.is_some() {
-                            malformed = true;
+                        if ours.len() < MAX_CREDENTIALS {
+                            ours.push(c);
                         }
-                        ours = Some(c);
                     } else if c.realm.is_none() {
                         malformed = true;
                     }
@@ -344,11 +349,32 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
                 Err(_) => malformed = true,
             }
         }
-        if malformed {
-            return Auth::Reply(response_for(req, 400, "Bad Request"));
-        }
-        let Some(c) = ours else {
-            return Auth::Reply(self.challenge(req, now, false));
+        let strength = |c: &DigestCredentials| {
+            let alg = match c.algorithm.as_deref() {
+                None => Some(Algorithm::Md5),
+                Some(t) => Algorithm::from_token(t),
+            };
+            match alg {
+                Some(a) if self.config.algorithms.contains(&a) => match a {
+                    Algorithm::Sha256 => 2,
+                    Algorithm::Md5 => 1,
+                },
+                _ => 0,
+            }
+        };
+        // The first of the strongest; one we cannot use is checked (and refused) only alone.
+        let best = ours
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (strength(c), std::cmp::Reverse(*i)))
+            .map(|(i, _)| i);
+        let c = match best {
+            Some(i) if strength(&ours[i]) > 0 || (ours.len() == 1 && !malformed) => {
+                ours.swap_remove(i)
+            }
+            Some(_) => return Auth::Reply(response_for(req, 400, "Bad Request")),
+            None if malformed => return Auth::Reply(response_for(req, 400, "Bad Request")),
+            None => return Auth::Reply(self.challenge(req, now, false)),
         };
         let (Some(username), Some(nonce), Some(uri), Some(resp), Some(cnonce), Some(nc), Some(qop)) = (
             c.username.as_deref(),
