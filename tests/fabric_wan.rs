@@ -115,18 +115,17 @@ macro_rules! on_both_servers {
 
 on_both_servers!(state_and_mwi_cross_a_lossy_link);
 
-// Ignored until statebus bounds each (re)connect attempt (issue 9, helper h4a's reconnect work):
-// today a member that lost its stream during the partition waits in one TCP connect through the
-// kernel's SYN back-off (1, 2, 4, 8, 16, 32 s), so after a 30 s partition it converges 10-18 s
-// after the heal instead of 5. Run with `--ignored`; remove the attribute when it passes.
+// Needs three statebus behaviours: each TCP connect attempt bounded (an unbounded one waited
+// through the kernel's SYN back-off and converged 10-18 s after the heal); the first heartbeat
+// after a reconnect sent only after the republished state; an expired member revived only by a
+// fresh heartbeat, not by live items XEP-0198 resends from while it was cut off (ejabberd
+// showed the pre-partition INUSE again).
 mod partition_expires_then_heal_converges {
     #[test]
-    #[ignore = "needs bounded connect attempts in statebus (issue 9): converges 10-18 s after the heal"]
     fn prosody() {
         super::partition_expires_then_heal_converges(integration::ServerKind::Prosody)
     }
     #[test]
-    #[ignore = "needs bounded connect attempts in statebus (issue 9): converges 10-18 s after the heal"]
     fn ejabberd() {
         super::partition_expires_then_heal_converges(integration::ServerKind::Ejabberd)
     }

@@ -129,13 +129,18 @@ impl StateCache {
         if eid == self.own {
             return None;
         }
-        self.heard(eid, now);
+        let expired = self.heard(eid, now);
         if !cachable {
-            return Some(Change::Device {
+            return (!expired).then(|| Change::Device {
                 key: key.to_string(),
                 state,
             });
         }
+        let state = if expired {
+            DeviceState::Unavailable
+        } else {
+            state
+        };
         self.set_device(eid, key, state)
     }
 
@@ -186,7 +191,8 @@ impl StateCache {
         if eid == self.own {
             return None;
         }
-        self.heard(eid, now);
+        // An expired member's counts are kept as they are: MWI has no UNAVAILABLE.
+        let _expired = self.heard(eid, now);
         self.set_mwi(eid, mwi)
     }
 
@@ -201,13 +207,21 @@ impl StateCache {
     }
 
     /// Any live item from a tracked member proves it alive.
-    fn heard(&mut self, eid: Eid, now: Instant) {
+    /// A live item from `eid`: it counts as a sign of life for a member that has not expired.
+    /// Returns whether `eid` is an expired member: only a fresh heartbeat revives one (after
+    /// a partition, XEP-0198 resends what the member queued while cut off, stale states
+    /// included; reviving on those showed an old INUSE, measured on ejabberd), so its live
+    /// items are stored as UNAVAILABLE until then.
+    fn heard(&mut self, eid: Eid, now: Instant) -> bool {
         if let Some(p) = self.peers.get_mut(&eid) {
+            if p.expired {
+                return true;
+            }
             if now > p.last_heard {
                 p.last_heard = now;
             }
-            p.expired = false;
         }
+        false
     }
 
     /// A heartbeat from a member, `age` old (zero for a live notification; for an item fetched
@@ -476,6 +490,18 @@ mod tests {
             Some(InUse),
             "non-heartbeating EIDs never expire"
         );
+        assert_eq!(c.peer_alive(B), Some(false));
+        // A live item alone (a stream-management resend of what B queued while cut off) does
+        // not revive it: stored as UNAVAILABLE, no change.
+        assert_eq!(
+            c.set_remote_device(B, "PJSIP/200", InUse, true, t0 + Duration::from_secs(29)),
+            None
+        );
+        assert_eq!(c.device("PJSIP/200"), Some(Unavailable));
+        assert_eq!(c.peer_alive(B), Some(false));
+        // A stale heartbeat (older than the TTL) does not either.
+        let stale = c.heartbeat(hb(B), Duration::from_secs(16), t0 + Duration::from_secs(29));
+        assert!(!stale.contains(&Change::PeerUp(hb(B))));
         assert_eq!(c.peer_alive(B), Some(false));
         // It comes back: a heartbeat revives it and its fresh state counts again.
         let back = c.heartbeat(hb(B), Duration::ZERO, t0 + Duration::from_secs(30));

@@ -184,13 +184,26 @@ impl FabricConnector {
         PendingFeaturesRecv<tokio::io::BufStream<Guarded<tokio::net::TcpStream>>>,
         tokio_xmpp::Error,
     > {
-        let tcp = self.dns.resolve().await?;
+        // Bounded: an unbounded connect waits through the kernel's SYN back-off (1, 2, 4, 8,
+        // 16, 32 s), so a member cut off by a partition came back up to 17 s after the heal
+        // (measured in the WAN lab); a fresh attempt every CONNECT_TIMEOUT + back-off does not.
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.dns.resolve())
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("TCP connect not done within {CONNECT_TIMEOUT:?}"),
+                )
+            })??;
         tcp.set_nodelay(true)?;
         let drops = guarded.then(|| self.drops.clone());
         let tcp = tokio::io::BufStream::new(Guarded::new(tcp, drops));
         Ok(tokio_xmpp::xmlstream::initiate_stream(tcp, ns, header(jid), timeouts).await?)
     }
 }
+
+/// Bound on one TCP connect to the XMPP server (TLS and login are not included).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn header(jid: &Jid) -> StreamHeader<'_> {
     StreamHeader {
@@ -683,6 +696,7 @@ impl XmppBus {
             retry_at: None,
             resync_at: None,
             resync_failures: 0,
+            beat_pending: false,
         };
         let span = tracing::info_span!("xmppbus", jid = %jid.to_bare());
         let task = tokio::spawn(tracing::Instrument::instrument(
@@ -874,6 +888,11 @@ struct Worker {
     resync_at: Option<tokio::time::Instant>,
     /// Failed resyncs in a row: the delay doubles from 1 s up to 30 s.
     resync_failures: u32,
+    /// After a (re)connect the first heartbeat waits until the republished state has been
+    /// sent: a member that expired elsewhere is fetched there as soon as its heartbeat returns,
+    /// and a heartbeat ahead of the republish let that fetch read our stale items (an INUSE
+    /// from before a partition flashed back at the other site, measured on ejabberd).
+    beat_pending: bool,
 }
 
 /// Sleep until `at`, or forever when there is nothing to wait for.
@@ -912,7 +931,7 @@ impl Worker {
                 },
                 _ = iq_deadline => self.expire_iqs(&stream).await,
                 _ = shared.wake.notified(), if self.online => self.flush(&stream).await,
-                _ = heartbeat.tick(), if self.online => {
+                _ = heartbeat.tick(), if self.online && !self.beat_pending => {
                     // resync() beats on connect; don't beat twice in a row.
                     let recent = self.last_beat.is_some_and(|t| t.elapsed() < self.cfg.heartbeat_interval / 2);
                     if !recent {
@@ -1194,8 +1213,9 @@ impl Worker {
             d.mwi.extend(cache.local_mwi().into_iter().map(|m| m.key()));
         }
         self.set_online(true);
+        // The heartbeat goes after the republished state (see `beat_pending`).
+        self.beat_pending = true;
         self.flush(stream).await;
-        self.send_heartbeat(stream).await;
     }
 
     async fn iq(&mut self, stream: &StanzaStream, tag: Tag, req: Req) -> bool {
@@ -1342,6 +1362,10 @@ impl Worker {
         }
         if more {
             self.shared.wake.notify_one();
+        } else if self.beat_pending {
+            // Everything dirty is on the stream, ahead of this heartbeat.
+            self.beat_pending = false;
+            self.send_heartbeat(stream).await;
         }
     }
 
@@ -1647,12 +1671,26 @@ impl Worker {
                         changes.extend(c);
                     }
                     WireItem::Heartbeat(hb) => {
+                        let was_expired = cache.is_expired(hb.eid);
                         let age = match fetched_at {
-                            None => Duration::ZERO,
                             Some(t) => Duration::from_secs(t.saturating_sub(hb.time)),
+                            // A live heartbeat of an expired member revives it only if it is
+                            // fresh: after a partition, XEP-0198 resends the heartbeats the
+                            // member queued while cut off, ahead of its republished state, and
+                            // reviving on those read its stale items back (measured on
+                            // ejabberd). Only this case depends on NTP-level clocks.
+                            None if was_expired => {
+                                Duration::from_secs(unix_now().saturating_sub(hb.time))
+                            }
+                            None => Duration::ZERO,
                         };
-                        healed |= fetched_at.is_none() && cache.is_expired(hb.eid);
+                        let eid = hb.eid;
                         changes.extend(cache.heartbeat(hb, age, now));
+                        let revived = was_expired && !cache.is_expired(eid);
+                        if fetched_at.is_none() && was_expired && !revived {
+                            debug!(%eid, ?age, "stale heartbeat of an expired member (a resend, or its clock lags): not revived");
+                        }
+                        healed |= fetched_at.is_none() && revived;
                     }
                     WireItem::Ignored(why) => trace!(%why, "ignored pubsub item"),
                 }
