@@ -908,7 +908,7 @@ mod tests {
 
     #[test]
     fn counts_and_cleanliness() {
-        let mut s = step(100, 1);
+        let mut s = step(100, 0);
         assert!(s.clean());
         s.failed = 2;
         assert!((s.fail_pct() - 0.2).abs() < 1e-9);
