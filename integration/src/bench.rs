@@ -228,6 +228,22 @@ pub fn cpu_secs(pid: u32, children: bool) -> f64 {
         .sum();
     (own + children) as f64 / 100.0
 }
+/// Waits (at most 15 s) until process `pid` (with its children when `children`) has used
+/// under 2 % of a core over a 250 ms window: the previous step's calls and retransmissions
+/// have drained, so they neither land in the next step's CPU nor reach its fresh SIPps as
+/// unexpected messages. Returns false when it never settled.
+pub fn settle(pid: u32, children: bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        let c0 = cpu_secs(pid, children);
+        std::thread::sleep(Duration::from_millis(250));
+        if cpu_secs(pid, children) - c0 < 0.005 {
+            return true;
+        }
+    }
+    false
+}
+
 /// An even UDP port on 127.0.0.1 with the three ports above it free too (SIPp binds RTP, RTCP
 /// and the video pair from `-mp`).
 pub fn free_media_port() -> u16 {

@@ -70,6 +70,9 @@ fn step(
             format!("{name}-{rate}-uas-errors.log"),
         ]);
     }
+    if !bench::settle(pid, children) {
+        println!("  ({name} still busy 15 s after its previous step)");
+    }
     let cpu0 = bench::cpu_secs(pid, children);
     let mut s = bench::run_sipp_step(
         &SippStep {

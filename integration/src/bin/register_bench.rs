@@ -68,6 +68,9 @@ fn step(
     dir: &Path,
 ) -> Result<Step> {
     let scenario = integration::repo_root().join("integration/sipp/register_load.xml");
+    if !bench::settle(pid, children) {
+        println!("  ({name} still busy 15 s after its previous step)");
+    }
     let cpu0 = bench::cpu_secs(pid, children);
     let mut s = bench::run_sipp_step(
         &SippStep {
