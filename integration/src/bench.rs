@@ -574,15 +574,20 @@ pub fn print_step(round: u32, name: &str, unit: &str, s: &Step) {
 /// one step per system whose ramp has not stopped yet, with the order of the systems rotated
 /// at every step and every round (so that none always runs first, and a system's step sits
 /// next to the others' in time, on the same machine state). A system's ramp stops, for the
-/// round, after its first unclean step. Returns the steps as `[round][system]`.
+/// round, after its first unclean step; its next step then waits until `quarantine` has
+/// passed since that one ended (the server may still retransmit to the fixed callee port, up to
+/// 64 × T1 = 32 s, and a fresh callee would take those for calls of its own). Returns the steps
+/// as `[round][system]`.
 pub fn interleaved_ramps(
     names: &[&str],
     unit: &str,
     rounds: u32,
     rates: &[u32],
+    quarantine: Duration,
     mut step: impl FnMut(usize, u32) -> anyhow::Result<Step>,
 ) -> anyhow::Result<Vec<Vec<Vec<Step>>>> {
     let n = names.len();
+    let mut unclean_at: Vec<Option<Instant>> = vec![None; n];
     let mut out = Vec::new();
     for round in 0..rounds {
         let mut steps: Vec<Vec<Step>> = vec![Vec::new(); n];
@@ -593,9 +598,23 @@ pub fn interleaved_ramps(
                 if stopped[sys] {
                     continue;
                 }
+                if let Some(t) = unclean_at[sys].take() {
+                    let wait = quarantine.saturating_sub(t.elapsed());
+                    if !wait.is_zero() {
+                        println!(
+                            "  ({} waits {:.0} s for its last unclean step's transactions to end)",
+                            names[sys],
+                            wait.as_secs_f64()
+                        );
+                        std::thread::sleep(wait);
+                    }
+                }
                 let s = step(sys, rate)?;
                 print_step(round + 1, names[sys], unit, &s);
                 stopped[sys] = !s.clean();
+                if stopped[sys] {
+                    unclean_at[sys] = Some(Instant::now());
+                }
                 steps[sys].push(s);
             }
             if stopped.iter().all(|s| *s) {

@@ -222,34 +222,42 @@ fn main() -> Result<()> {
         kam.addr()
     );
     let names = ["callfabric", "kamailio"];
-    let runs = bench::interleaved_ramps(&names, "calls", rounds, &rates, |sys, rate| {
-        if sys == 0 {
-            // In-process: this process (its children are the SIPps).
-            step(
-                "callfabric",
-                gw_target,
-                ours_uas,
-                (std::process::id(), false),
-                rate,
-                secs,
-                hold,
-                trace,
-                dir.path(),
-            )
-        } else {
-            step(
-                "kamailio",
-                kam.addr(),
-                theirs_uas,
-                (k_pid, true),
-                rate,
-                secs,
-                hold,
-                trace,
-                dir.path(),
-            )
-        }
-    });
+    let runs = bench::interleaved_ramps(
+        &names,
+        "calls",
+        rounds,
+        &rates,
+        // Timer B/F (64 × T1 = 32 s) and a margin.
+        Duration::from_secs(40),
+        |sys, rate| {
+            if sys == 0 {
+                // In-process: this process (its children are the SIPps).
+                step(
+                    "callfabric",
+                    gw_target,
+                    ours_uas,
+                    (std::process::id(), false),
+                    rate,
+                    secs,
+                    hold,
+                    trace,
+                    dir.path(),
+                )
+            } else {
+                step(
+                    "kamailio",
+                    kam.addr(),
+                    theirs_uas,
+                    (k_pid, true),
+                    rate,
+                    secs,
+                    hold,
+                    trace,
+                    dir.path(),
+                )
+            }
+        },
+    );
     let mem_ours = bench::pss_kb(std::process::id(), false);
     let mem_theirs = bench::pss_kb(k_pid, true);
     gw.stop();

@@ -278,29 +278,37 @@ fn main() -> Result<()> {
         bench::cores()
     );
     let names = ["callfabric", "kamailio"];
-    let runs = bench::interleaved_ramps(&names, "REGISTERs", a.rounds, &a.rates, |sys, rate| {
-        if sys == 0 {
-            step(
-                "callfabric",
-                gw_target,
-                (std::process::id(), false),
-                rate,
-                a.secs,
-                &inf,
-                dir.path(),
-            )
-        } else {
-            step(
-                "kamailio",
-                kam.addr(),
-                (k_pid, true),
-                rate,
-                a.secs,
-                &inf,
-                dir.path(),
-            )
-        }
-    })?;
+    let runs = bench::interleaved_ramps(
+        &names,
+        "REGISTERs",
+        a.rounds,
+        &a.rates,
+        // Every step has fresh callers on fresh ports: nothing to wait for.
+        Duration::ZERO,
+        |sys, rate| {
+            if sys == 0 {
+                step(
+                    "callfabric",
+                    gw_target,
+                    (std::process::id(), false),
+                    rate,
+                    a.secs,
+                    &inf,
+                    dir.path(),
+                )
+            } else {
+                step(
+                    "kamailio",
+                    kam.addr(),
+                    (k_pid, true),
+                    rate,
+                    a.secs,
+                    &inf,
+                    dir.path(),
+                )
+            }
+        },
+    )?;
     let mem_ours = bench::pss_kb(std::process::id(), false);
     let mem_theirs = bench::pss_kb(k_pid, true);
     gw.stop();
