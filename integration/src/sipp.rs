@@ -351,16 +351,53 @@ impl Drop for SippProcess {
 /// `(SuccessfulCall(C), FailedCall(C))` of the last data line of a `-trace_stat` CSV
 /// (`;`-separated, header line first).
 pub fn parse_stat(csv: &str) -> (u64, u64) {
+    let s = parse_stats(csv);
+    (s.successful, s.failed)
+}
+
+/// The cumulative counters of the last data line of a `-trace_stat` CSV that say whether a
+/// run was clean (all 0 when the file has no data line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SippStats {
+    /// `SuccessfulCall(C)`.
+    pub successful: u64,
+    /// `FailedCall(C)` (includes `FailedUnexpectedMessage(C)` and the other `Failed…` causes).
+    pub failed: u64,
+    /// `Retransmissions(C)`: messages SIPp had to send again (a late or lost answer).
+    pub retransmissions: u64,
+    /// `FailedUnexpectedMessage(C)`: calls aborted by a message the scenario did not expect.
+    pub unexpected: u64,
+    /// `OutOfCallMsgs(C)` + `DeadCallMsgs(C)`: messages that matched no live call.
+    pub stray: u64,
+    /// `IncomingCall(C)` + `OutgoingCall(C)`: calls created.
+    pub created: u64,
+}
+
+impl SippStats {
+    /// Field-wise sum (several SIPp processes of one step).
+    pub fn add(&mut self, o: &SippStats) {
+        self.successful += o.successful;
+        self.failed += o.failed;
+        self.retransmissions += o.retransmissions;
+        self.unexpected += o.unexpected;
+        self.stray += o.stray;
+        self.created += o.created;
+    }
+}
+
+/// [`SippStats`] of the last data line of a `-trace_stat` CSV (`;`-separated, header line
+/// first).
+pub fn parse_stats(csv: &str) -> SippStats {
     let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
     let Some(header) = lines.next() else {
-        return (0, 0);
+        return SippStats::default();
     };
     let Some(last) = lines.next_back() else {
-        return (0, 0);
+        return SippStats::default();
     };
     let names: Vec<&str> = header.split(';').collect();
     let values: Vec<&str> = last.split(';').collect();
-    let get = |name: &str| {
+    let get = |name: &str| -> u64 {
         names
             .iter()
             .position(|n| n.trim() == name)
@@ -368,7 +405,14 @@ pub fn parse_stat(csv: &str) -> (u64, u64) {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
-    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
+    SippStats {
+        successful: get("SuccessfulCall(C)"),
+        failed: get("FailedCall(C)"),
+        retransmissions: get("Retransmissions(C)"),
+        unexpected: get("FailedUnexpectedMessage(C)"),
+        stray: get("OutOfCallMsgs(C)") + get("DeadCallMsgs(C)"),
+        created: get("IncomingCall(C)") + get("OutgoingCall(C)"),
+    }
 }
 
 #[cfg(test)]
@@ -382,5 +426,25 @@ mod tests {
                    y;1;3;0;2;\n";
         assert_eq!(parse_stat(csv), (3, 2));
         assert_eq!(parse_stat(""), (0, 0));
+    }
+
+    #[test]
+    fn parses_the_counters_that_make_a_run_unclean() {
+        let csv = "StartTime;OutgoingCall(C);SuccessfulCall(C);FailedCall(C);\
+                   FailedUnexpectedMessage(C);OutOfCallMsgs(C);DeadCallMsgs(C);Retransmissions(C);\n\
+                   x;1;0;0;0;0;0;0;\n\
+                   y;10;7;3;2;4;1;5;\n";
+        let s = super::parse_stats(csv);
+        assert_eq!(
+            s,
+            super::SippStats {
+                successful: 7,
+                failed: 3,
+                retransmissions: 5,
+                unexpected: 2,
+                stray: 5,
+                created: 10,
+            }
+        );
     }
 }

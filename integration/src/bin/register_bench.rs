@@ -1,134 +1,112 @@
-//! Benchmark: digest-authenticated REGISTERs per second at < 0.1 % failure, SIPp against
-//! callfabric's gateway and against Kamailio (registrar + usrloc + auth, same accounts) in the
-//! same run; prints the ratio.
+//! Benchmark: digest-authenticated REGISTERs per second, SIPp against callfabric's gateway and
+//! against Kamailio (registrar + usrloc + auth, the same accounts) in the same run, the two
+//! systems' steps interleaved and repeated in rounds; prints CPU per REGISTER (the headline:
+//! it does not depend on the load generator's ceiling), the highest clean rates, whether each
+//! is the server's limit or the load generator's, the ratios, and both systems' memory.
 //!
 //! ```text
-//! cargo run --release -p integration --bin register_bench -- [USERS] [SECONDS_PER_STEP] [RATES…]
+//! cargo run --release -p integration --bin register_bench -- \
+//!     [--users 1000] [--secs 5] [--sipp 2] [--rounds 3] [RATES…]
 //! ```
 //!
-//! `register_bench --profile CALLS RATE` drives only the gateway (one account, one SIPp run of
-//! CALLS calls at RATE/s) and exits: run it under `valgrind --tool=callgrind` twice with
+//! Each call registers the next account of an injection file (`-inf`, "user;password", each
+//! account its own password): the `--users` accounts are dealt round-robin over the `--sipp`
+//! SIPp processes, which share the offered rate. A step is unclean at ≥ 0.1 % failed calls,
+//! retransmissions or unexpected messages, or when a SIPp exits other than 0/1.
+//!
+//! `register_bench --profile CALLS RATE` drives only the gateway (the same accounts, one SIPp
+//! run of CALLS calls at RATE/s) and exits: run it under `valgrind --tool=callgrind` twice with
 //! different CALLS; the difference of the instruction counts divided by the difference of
 //! CALLS is the gateway's cost per REGISTER pair, without start-up costs.
 
 use anyhow::{bail, Context, Result};
 use gateway::devices::{DeviceRecord, DeviceStore};
 use gateway::server::Gateway;
+use integration::bench::{self, Kamailio, SippStep, Step};
 use statebus::{Eid, LocalBus};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const PASSWORD: &str = "secret";
+/// Accounts are 1000, 1001, …
+const FIRST_USER: u32 = 1000;
 
-struct Step {
-    rate: u32,
-    ok: u64,
-    failed: u64,
-    achieved: f64,
+/// Each account's own password.
+fn password(user: u32) -> String {
+    format!("pw{user}")
 }
 
-/// One SIPp run of `calls` calls at `rate` calls/s; success/failure counts from its stats.
-fn sipp(target: SocketAddr, rate: u32, calls: u32, dir: &Path) -> Result<Step> {
-    let scenario = integration::repo_root().join("integration/sipp/register_load.xml");
-    let port = integration::free_udp_port();
-    let cport = integration::free_udp_port();
-    let t0 = Instant::now();
-    let out = Command::new("sipp")
-        .current_dir(dir)
-        .arg("-sf")
-        .arg(&scenario)
-        .arg(target.to_string())
-        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
-        .args(["-p", &port.to_string(), "-cp", &cport.to_string()])
-        .args(["-s", "1000", "-au", "1000", "-ap", PASSWORD])
-        .args([
-            "-r",
-            &rate.to_string(),
-            "-m",
-            &calls.to_string(),
-            "-l",
-            "5000",
-        ])
-        .args([
-            "-buff_size",
-            "4194304",
-            "-recv_timeout",
-            "5000",
-            "-timeout",
-            "120",
-            "-nostdin",
-        ])
-        .args(["-trace_stat", "-fd", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("running sipp")?;
-    let elapsed = t0.elapsed().as_secs_f64();
-    // The last line of the stats CSV has the cumulative counters.
-    let stat = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".csv"))
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .context("no SIPp stats file")?;
-    let text = std::fs::read_to_string(&stat)?;
-    std::fs::remove_file(&stat)?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
-    let last: Vec<&str> = text.lines().last().unwrap_or("").split(';').collect();
-    let col = |name: &str| -> u64 {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .and_then(|i| last.get(i))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let ok = col("SuccessfulCall(C)");
-    let failed = col("FailedCall(C)") + (calls as u64).saturating_sub(ok + col("FailedCall(C)"));
-    let _ = out;
-    Ok(Step {
-        rate,
-        ok,
-        failed,
-        achieved: ok as f64 / elapsed,
-    })
+/// Writes `procs` injection files dealing accounts `FIRST_USER..FIRST_USER+users` round-robin;
+/// returns their paths.
+fn injection_files(users: u32, procs: u32, dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = vec![String::from("SEQUENTIAL\n"); procs as usize];
+    for u in 0..users {
+        let user = FIRST_USER + u;
+        files[(u % procs) as usize].push_str(&format!("{user};{}\n", password(user)));
+    }
+    files
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let p = dir.join(format!("users{i}.csv"));
+            std::fs::write(&p, text)?;
+            Ok(p)
+        })
+        .collect()
 }
 
-fn ramp(
+/// One step against `target` with one SIPp per injection file; `pid` is the system under
+/// test (with its children when `children`), whose CPU is measured over the step.
+fn step(
     name: &str,
     target: SocketAddr,
-    rates: &[u32],
+    (pid, children): (u32, bool),
+    rate: u32,
     secs: u32,
+    inf: &[PathBuf],
     dir: &Path,
-) -> Result<Option<Step>> {
-    let mut best = None;
-    for &rate in rates {
-        let s = sipp(target, rate, rate * secs, dir)?;
-        let fail_pct = 100.0 * s.failed as f64 / (s.ok + s.failed).max(1) as f64;
-        println!(
-            "  {name:<12} {:>6} req/s offered: {:>7} ok {:>6} failed ({fail_pct:.3} %), {:>7.0} registrations/s achieved",
-            s.rate, s.ok, s.failed, s.achieved
-        );
-        if fail_pct >= 0.1 {
-            break;
-        }
-        best = Some(s);
+) -> Result<Step> {
+    let scenario = integration::repo_root().join("integration/sipp/register_load.xml");
+    if !bench::settle(pid, children) {
+        println!("  ({name} still busy 15 s after its previous step)");
     }
-    Ok(best)
+    let cpu0 = bench::cpu_secs(pid, children);
+    let mut s = bench::run_sipp_step(
+        &SippStep {
+            scenario: &scenario,
+            target,
+            rate,
+            secs,
+            hold: Duration::ZERO,
+            extra: vec!["-l".into(), "5000".into()],
+            callers: inf
+                .iter()
+                .map(|f| vec!["-inf".into(), f.display().to_string()])
+                .collect(),
+            callee: None,
+        },
+        name,
+        dir,
+    )?;
+    s.sut_cpu = Some(bench::cpu_secs(pid, children) - cpu0);
+    Ok(s)
 }
 
-fn kamailio_cfg(port: u16) -> String {
+fn kamailio_cfg(port: u16, users: u32) -> String {
+    let children = bench::cores();
+    let last = FIRST_USER + users;
     format!(
         r#"#!KAMAILIO
 debug=0
 log_stderror=yes
 fork=yes
-children=2
+children={children}
+disable_tcp=yes
 auto_aliases=no
-max_while_loops=20000
+dns=no
+rev_dns=no
+max_while_loops=100000
 listen=udp:127.0.0.1:{port}
 mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 loadmodule "kex.so"
@@ -145,9 +123,9 @@ modparam("usrloc", "db_mode", 0)
 modparam("htable", "htable", "users=>size=12;")
 modparam("auth", "secret", "benchsecret")
 event_route[htable:mod-init] {{
-    $var(i) = 0;
-    while ($var(i) < 10000) {{
-        $sht(users=>$(var(i){{s.int}})) = "{PASSWORD}";
+    $var(i) = {FIRST_USER};
+    while ($var(i) < {last}) {{
+        $sht(users=>$(var(i){{s.int}})) = "pw" + $(var(i){{s.int}});
         $var(i) = $var(i) + 1;
     }}
 }}
@@ -163,19 +141,20 @@ request_route {{
     )
 }
 
-/// The gateway in-process on SQLite with `users` accounts from 1000 up (MD5 offered: SIPp 3.6
-/// only answers the first challenge and only computes MD5).
+/// The gateway in-process on SQLite with `users` accounts from 1000 up, each with its own
+/// password (MD5 offered: SIPp 3.6 only answers the first challenge and only computes MD5).
 async fn start_gateway(users: u32, dir: &Path) -> Result<(Gateway, SocketAddr)> {
     let gw_port = integration::free_udp_port();
     let gw_target = SocketAddr::from(([127, 0, 0, 1], gw_port));
     let db = format!("sqlite://{}", dir.join("bench.db").display());
     let store = DeviceStore::open(&db).await?;
     for u in 0..users {
+        let user = FIRST_USER + u;
         store
             .upsert(&DeviceRecord::with_password(
-                &(1000 + u).to_string(),
+                &user.to_string(),
                 "bench",
-                PASSWORD,
+                &password(user),
             ))
             .await?;
     }
@@ -184,87 +163,165 @@ async fn start_gateway(users: u32, dir: &Path) -> Result<(Gateway, SocketAddr)> 
     Ok((gw, gw_target))
 }
 
+struct Args {
+    users: u32,
+    secs: u32,
+    sipp: u32,
+    rounds: u32,
+    rates: Vec<u32>,
+    profile: Option<(u32, u32)>,
+}
+
+fn parse_args(argv: &[String]) -> Result<Args> {
+    let mut a = Args {
+        users: 1000,
+        secs: 5,
+        sipp: 2,
+        rounds: 3,
+        rates: Vec::new(),
+        profile: None,
+    };
+    let mut it = argv.iter();
+    let num = |it: &mut std::slice::Iter<'_, String>, what: &str| -> Result<u32> {
+        it.next()
+            .with_context(|| format!("{what} needs a number"))?
+            .parse()
+            .with_context(|| format!("{what} needs a number"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--users" => a.users = num(&mut it, "--users")?,
+            "--secs" => a.secs = num(&mut it, "--secs")?,
+            "--sipp" => a.sipp = num(&mut it, "--sipp")?,
+            "--rounds" => a.rounds = num(&mut it, "--rounds")?,
+            "--profile" => {
+                let calls = num(&mut it, "--profile CALLS RATE")?;
+                let rate = num(&mut it, "--profile CALLS RATE")?;
+                a.profile = Some((calls, rate));
+            }
+            r => a.rates.push(
+                r.parse()
+                    .with_context(|| format!("rate {r} is not a number"))?,
+            ),
+        }
+    }
+    if a.users == 0 || a.secs == 0 || a.sipp == 0 || a.rounds == 0 {
+        bail!("--users, --secs, --sipp and --rounds must be > 0");
+    }
+    if a.rates.is_empty() {
+        a.rates = vec![2000, 4000, 6000, 8000, 10000, 12000, 14000];
+    }
+    Ok(a)
+}
+
 /// `--profile CALLS RATE`: one SIPp run against the gateway only (see the module docs).
-fn profile(calls: u32, rate: u32) -> Result<()> {
+fn profile(a: &Args, calls: u32, rate: u32) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
-    let (gw, target) = rt.block_on(start_gateway(1, dir.path()))?;
-    let step = sipp(target, rate, calls, dir.path())?;
-    println!("{} ok, {} failed", step.ok, step.failed);
+    let (gw, target) = rt.block_on(start_gateway(a.users, dir.path()))?;
+    let inf = injection_files(a.users, 1, dir.path())?;
+    // `secs` such that rate × secs = CALLS (CALLS a multiple of RATE).
+    let secs = (calls / rate.max(1)).max(1);
+    let s = step(
+        "profile",
+        target,
+        (std::process::id(), false),
+        rate,
+        secs,
+        &inf,
+        dir.path(),
+    )?;
+    bench::print_step(1, "callfabric", "REGISTERs", &s);
     gw.stop();
+    if !s.clean() {
+        bail!("the profiled run was not clean: {}", s.flags());
+    }
     Ok(())
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--profile") {
-        let calls: u32 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(2000);
-        let rate: u32 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(100);
-        return profile(calls, rate);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let a = parse_args(&argv)?;
+    if let Some((calls, rate)) = a.profile {
+        return profile(&a, calls, rate);
     }
-    let users: u32 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
-    let secs: u32 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
-    let rates: Vec<u32> = if args.len() > 3 {
-        args[3..]
-            .iter()
-            .map(|s| s.parse())
-            .collect::<Result<_, _>>()?
-    } else {
-        vec![250, 500, 1000, 1500, 2000, 3000, 4000, 6000]
-    };
-    let dir = tempfile::tempdir()?;
-    println!("{users} accounts provisioned; SIPp registers account 1000 with a new Call-ID per call; {secs} s per step, UDP, REGISTER → 401 → REGISTER (MD5, qop=auth) → 200");
+    let dir = tempfile::Builder::new()
+        .prefix("register_bench-")
+        .tempdir()?;
+    let inf = injection_files(a.users, a.sipp, dir.path())?;
+    println!(
+        "register_bench: {} accounts (each its own password) dealt over {} SIPp processes sharing the offered rate; \
+         {} s per step, {} rounds, systems interleaved step by step, the order rotated; UDP, \
+         REGISTER -> 401 -> REGISTER (MD5, qop=auth) -> 200, a new Call-ID per call; {} cores, load {}",
+        a.users,
+        a.sipp,
+        a.secs,
+        a.rounds,
+        bench::cores(),
+        bench::loadavg()
+    );
 
-    // callfabric: the gateway in-process on SQLite with the same accounts (MD5 offered:
-    // SIPp 3.6 only answers the first challenge and only computes MD5).
+    // callfabric: the gateway in-process on SQLite.
     let rt = tokio::runtime::Runtime::new()?;
-    let (gw, gw_target) = rt.block_on(start_gateway(users, dir.path()))?;
-    println!("callfabric gateway on {gw_target}");
-    let ours = ramp("callfabric", gw_target, &rates, secs, dir.path())?;
+    let (gw, gw_target) = rt.block_on(start_gateway(a.users, dir.path()))?;
+    // Kamailio 5.6, the same accounts, one worker per core.
+    let k_target = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
+    let kam = Kamailio::start(
+        &kamailio_cfg(k_target.port(), a.users),
+        k_target,
+        dir.path(),
+    )?;
+    let k_pid = kam.pid().context("kamailio has no pid")?;
+    println!(
+        "callfabric gateway on {gw_target} (in this process); kamailio on {} (children={})",
+        kam.addr(),
+        bench::cores()
+    );
+    let names = ["callfabric", "kamailio"];
+    let runs = bench::interleaved_ramps(
+        &names,
+        "REGISTERs",
+        a.rounds,
+        &a.rates,
+        // Every step has fresh callers on fresh ports: nothing to wait for.
+        Duration::ZERO,
+        |sys, rate| {
+            if sys == 0 {
+                step(
+                    "callfabric",
+                    gw_target,
+                    (std::process::id(), false),
+                    rate,
+                    a.secs,
+                    &inf,
+                    dir.path(),
+                )
+            } else {
+                step(
+                    "kamailio",
+                    kam.addr(),
+                    (k_pid, true),
+                    rate,
+                    a.secs,
+                    &inf,
+                    dir.path(),
+                )
+            }
+        },
+    )?;
+    let mem_ours = bench::pss_kb(std::process::id(), false);
+    let mem_theirs = bench::pss_kb(k_pid, true);
     gw.stop();
     drop(gw);
     drop(rt);
-
-    // Kamailio 5.6, the same accounts, in the same run.
-    let k_port = integration::free_udp_port();
-    let k_target = SocketAddr::from(([127, 0, 0, 1], k_port));
-    let cfg = dir.path().join("kamailio.cfg");
-    std::fs::write(&cfg, kamailio_cfg(k_port))?;
-    let mut kam = Command::new("kamailio")
-        .args(["-DD", "-E", "-f"])
-        .arg(&cfg)
-        .args(["-P", &dir.path().join("kamailio.pid").display().to_string()])
-        .args(["-Y", &dir.path().display().to_string(), "-m", "256"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("kamailio.log"))?)
-        .spawn()
-        .context("starting kamailio (apt-get install kamailio)")?;
-    let t0 = Instant::now();
-    while std::net::UdpSocket::bind(k_target).is_ok() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            let _ = kam.kill();
-            bail!(
-                "kamailio did not start: {}",
-                std::fs::read_to_string(dir.path().join("kamailio.log")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    println!("kamailio on {k_target}");
-    let theirs = ramp("kamailio", k_target, &rates, secs, dir.path());
-    let _ = Command::new("kill").arg(kam.id().to_string()).status();
-    let _ = kam.wait();
-    let theirs = theirs?;
-    match (ours, theirs) {
-        (Some(o), Some(k)) => println!(
-            "highest step under 0.1 % failure: callfabric {} offered ({:.0}/s achieved), kamailio {} offered ({:.0}/s achieved); ratio {:.2}x (target >= 1.0x)",
-            o.rate,
-            o.achieved,
-            k.rate,
-            k.achieved,
-            o.achieved / k.achieved
-        ),
-        (o, k) => println!("no clean step: callfabric {:?}, kamailio {:?}", o.map(|s| s.rate), k.map(|s| s.rate)),
-    }
+    drop(kam);
+    bench::summarize(&names, "REGISTER", &a.rates, &runs);
+    println!(
+        "memory after the run (PSS): callfabric {:.1} MB (the whole bench process: gateway, SQLite, tokio), kamailio {:.1} MB (main + workers, shared memory counted once); ratio {:.2}x",
+        mem_ours as f64 / 1024.0,
+        mem_theirs as f64 / 1024.0,
+        mem_ours as f64 / mem_theirs.max(1) as f64
+    );
+    println!("load at the end: {}", bench::loadavg());
     Ok(())
 }

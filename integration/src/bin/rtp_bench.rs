@@ -17,14 +17,18 @@
 //! `recv_from` returns. Senders run on one thread, receivers on a one-thread tokio runtime; the
 //! same code drives every system:
 //!
-//! * **floor**: sender → receiver directly;
+//! * **floor**: sender → receiver directly, a twin of every system stream sent right after it
+//!   in the same run (so the floor and the system see the same machine state: each system's
+//!   added latency is taken against its own paired floor);
 //! * **callfabric**: sender → leg A ⇄ leg B (`gateway::media::bridge`) → receiver, in a child
 //!   process (this binary with `--serve-relay`, a default multi-thread tokio runtime) so that its
 //!   CPU is read from `/proc/<pid>/stat` exactly like rtpengine's;
 //! * **rtpengine**: sender → rtpengine (offer/answer over ng) → receiver.
 //!
 //! CPU per packet = Δ(utime+stime) of the relay process over the measured window / packets
-//! received in it. "Added" latency = the system's percentile − the floor's percentile.
+//! received in it. "Added" latency = the system's percentile − its paired floor's percentile;
+//! a negative one means the floor had the worse tail (a stall hit the floor, not the system):
+//! the sample is INVALID, never a pass. Memory: the relay process's PSS with the streams set up.
 
 use anyhow::{anyhow, bail, Context, Result};
 use gateway::media::{bridge, Leg, MediaRelay, RelayConfig};
@@ -579,6 +583,14 @@ struct RunResult {
     window: Duration,
     /// One-way latencies of measured packets, ns, sorted.
     lat_ns: Vec<u64>,
+    /// The same for the floor twins sent beside the streams.
+    floor_lat_ns: Vec<u64>,
+    floor_sent: u64,
+    floor_recv: u64,
+    /// Added p99 (µs) of each round pooled here: system p99 − floor p99 of the same run.
+    round_added_p99: Vec<f64>,
+    /// PSS of the relay process (kB) with the streams set up.
+    mem_kb: u64,
     /// Δ clock ticks and Δ schedstat ns of the relay over the measured window.
     cpu: Option<(u64, u64)>,
 }
@@ -593,6 +605,12 @@ impl RunResult {
         self.window += other.window;
         self.lat_ns.extend(other.lat_ns);
         self.lat_ns.sort_unstable();
+        self.floor_lat_ns.extend(other.floor_lat_ns);
+        self.floor_lat_ns.sort_unstable();
+        self.floor_sent += other.floor_sent;
+        self.floor_recv += other.floor_recv;
+        self.round_added_p99.extend(other.round_added_p99);
+        self.mem_kb = self.mem_kb.max(other.mem_kb);
         self.cpu = match (self.cpu, other.cpu) {
             (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
             _ => None,
@@ -650,17 +668,25 @@ async fn receive(
     r
 }
 
-/// Sends every stream at 50 pps for `warmup + secs`; samples `pid`'s CPU over the measured part.
+/// Sends every stream at 50 pps for `warmup + secs`, each packet followed at once by a twin
+/// sent straight to a floor receiver (no relay); samples `pid`'s CPU over the measured part.
 fn run_load(phones: Vec<Phone>, secs: u32, warmup: u32, pid: Option<u32>) -> Result<RunResult> {
     let n = phones.len();
     let epoch = Instant::now();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut senders = Vec::with_capacity(n);
-    let mut rx_socks = Vec::with_capacity(n);
+    let mut rx_socks = Vec::with_capacity(2 * n);
+    let mut twins = Vec::with_capacity(n);
     for p in phones {
         senders.push((p.tx, p.target));
         p.rx.set_nonblocking(true)?;
         rx_socks.push(p.rx);
+    }
+    // Receivers n..2n are the floor twins of streams 0..n.
+    for (tx, rx) in self::phones(n)? {
+        twins.push((tx, rx.local_addr()?));
+        rx.set_nonblocking(true)?;
+        rx_socks.push(rx);
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let receivers = std::thread::spawn(move || -> Result<Vec<RxResult>> {
@@ -699,6 +725,7 @@ fn run_load(phones: Vec<Phone>, secs: u32, warmup: u32, pid: Option<u32>) -> Res
     let mut cpu0 = None;
     let mut t_measure = start;
     let mut sent_measured = 0u64;
+    let mut floor_sent = 0u64;
     let mut send_errors = 0u64;
     for k in 0..frames {
         let measured = k >= warm_frames;
@@ -716,15 +743,22 @@ fn run_load(phones: Vec<Phone>, secs: u32, warmup: u32, pid: Option<u32>) -> Res
             }
             pkt[2..4].copy_from_slice(&(k as u16).to_be_bytes());
             pkt[4..8].copy_from_slice(&k.wrapping_mul(160).to_be_bytes());
-            pkt[8..12].copy_from_slice(&(0x5eed_0000u32 ^ i as u32).to_be_bytes());
-            pkt[20..24].copy_from_slice(&(i as u32).to_be_bytes());
             pkt[24] = u8::from(measured);
-            let ts = epoch.elapsed().as_nanos() as u64;
-            pkt[12..20].copy_from_slice(&ts.to_be_bytes());
-            match sock.send_to(&pkt, target) {
-                Ok(_) if measured => sent_measured += 1,
-                Ok(_) => {}
-                Err(_) => send_errors += 1,
+            // The stream's packet, then its floor twin.
+            for (twin, (sock, target)) in
+                [(false, (sock, *target)), (true, (&twins[i].0, twins[i].1))]
+            {
+                let idx = if twin { n + i } else { i } as u32;
+                pkt[8..12].copy_from_slice(&(0x5eed_0000u32 ^ idx).to_be_bytes());
+                pkt[20..24].copy_from_slice(&idx.to_be_bytes());
+                let ts = epoch.elapsed().as_nanos() as u64;
+                pkt[12..20].copy_from_slice(&ts.to_be_bytes());
+                match sock.send_to(&pkt, target) {
+                    Ok(_) if measured && twin => floor_sent += 1,
+                    Ok(_) if measured => sent_measured += 1,
+                    Ok(_) => {}
+                    Err(_) => send_errors += 1,
+                }
             }
         }
     }
@@ -740,6 +774,7 @@ fn run_load(phones: Vec<Phone>, secs: u32, warmup: u32, pid: Option<u32>) -> Res
         }
         _ => None,
     };
+    let mem_kb = pid.map_or(0, |p| integration::bench::pss_kb(p, false));
     std::thread::sleep(DRAIN);
     stop_tx.send_replace(true);
     let rx = receivers
@@ -749,14 +784,25 @@ fn run_load(phones: Vec<Phone>, secs: u32, warmup: u32, pid: Option<u32>) -> Res
         eprintln!("# {send_errors} send errors");
     }
     let mut lat_ns = Vec::with_capacity(sent_measured as usize);
-    let (mut recv_measured, mut recv_total, mut wrong_stream) = (0, 0, 0);
-    for r in rx {
-        recv_measured += r.measured;
-        recv_total += r.total;
+    let mut floor_lat_ns = Vec::with_capacity(floor_sent as usize);
+    let (mut recv_measured, mut recv_total, mut wrong_stream, mut floor_recv) = (0, 0, 0, 0);
+    for (i, r) in rx.into_iter().enumerate() {
         wrong_stream += r.wrong;
-        lat_ns.extend(r.lat);
+        if i < n {
+            recv_measured += r.measured;
+            recv_total += r.total;
+            lat_ns.extend(r.lat);
+        } else {
+            floor_recv += r.measured;
+            floor_lat_ns.extend(r.lat);
+        }
     }
     lat_ns.sort_unstable();
+    floor_lat_ns.sort_unstable();
+    let round_added_p99 = match (percentile(&lat_ns, 99.0), percentile(&floor_lat_ns, 99.0)) {
+        (Some(a), Some(b)) => vec![a - b],
+        _ => Vec::new(),
+    };
     Ok(RunResult {
         sent_measured,
         recv_measured,
@@ -764,6 +810,11 @@ fn run_load(phones: Vec<Phone>, secs: u32, warmup: u32, pid: Option<u32>) -> Res
         wrong_stream,
         window,
         lat_ns,
+        floor_lat_ns,
+        floor_sent,
+        floor_recv,
+        round_added_p99,
+        mem_kb,
         cpu,
     })
 }
@@ -785,16 +836,24 @@ struct Row {
     cpu_sched_us: Option<f64>,
     p50: Option<f64>,
     p99: Option<f64>,
+    /// The paired floor's (twins sent beside this system's streams, same runs).
+    floor_p50: Option<f64>,
+    floor_p99: Option<f64>,
+    floor_loss_pct: f64,
+    round_added_p99: Vec<f64>,
     idle_us_per_s: Option<f64>,
+    mem_kb: u64,
     load: String,
 }
 
 fn row(system: &'static str, n: usize, r: &RunResult, tck: u64, idle: Option<f64>) -> Row {
     let pps = r.recv_measured as f64 / r.window.as_secs_f64();
-    let loss_pct = if r.sent_measured == 0 {
-        0.0
-    } else {
-        100.0 * r.sent_measured.saturating_sub(r.recv_measured) as f64 / r.sent_measured as f64
+    let loss = |sent: u64, recv: u64| {
+        if sent == 0 {
+            0.0
+        } else {
+            100.0 * sent.saturating_sub(recv) as f64 / sent as f64
+        }
     };
     let per_packet = |v: f64| {
         if r.recv_measured == 0 {
@@ -817,22 +876,29 @@ fn row(system: &'static str, n: usize, r: &RunResult, tck: u64, idle: Option<f64
         );
     }
     eprintln!(
-        "# {system} N={n}: sent(measured) {} received(measured) {} received(all) {} window {:.2}s",
+        "# {system} N={n}: sent(measured) {} received(measured) {} received(all) {} window {:.2}s; paired floor sent {} received {}",
         r.sent_measured,
         r.recv_measured,
         r.recv_total,
-        r.window.as_secs_f64()
+        r.window.as_secs_f64(),
+        r.floor_sent,
+        r.floor_recv
     );
     Row {
         system,
         n,
         pps,
-        loss_pct,
+        loss_pct: loss(r.sent_measured, r.recv_measured),
         cpu_us,
         cpu_sched_us,
         p50: percentile(&r.lat_ns, 50.0),
         p99: percentile(&r.lat_ns, 99.0),
+        floor_p50: percentile(&r.floor_lat_ns, 50.0),
+        floor_p99: percentile(&r.floor_lat_ns, 99.0),
+        floor_loss_pct: loss(r.floor_sent, r.floor_recv),
+        round_added_p99: r.round_added_p99.clone(),
         idle_us_per_s: idle,
+        mem_kb: r.mem_kb,
         load: loadavg(),
     }
 }
@@ -843,6 +909,17 @@ fn fmt(v: Option<f64>, prec: usize) -> String {
 
 fn sub(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? - b?)
+}
+
+/// The verdict on an added p99 (µs) against the < 200 µs target: a negative one is INVALID
+/// (the paired floor had the worse tail), never a pass.
+fn verdict(added_p99: Option<f64>) -> &'static str {
+    match added_p99 {
+        Some(v) if v < 0.0 => "INVALID (negative: the floor's tail was worse)",
+        Some(v) if v < 200.0 => "PASS",
+        Some(_) => "FAIL",
+        None => "n/a",
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -882,18 +959,6 @@ fn parse_args(args: &[String]) -> Result<Args> {
         bail!("--secs and --rounds must be > 0");
     }
     Ok(a)
-}
-
-/// Floor: sender → receiver directly.
-fn run_floor(n: usize, args: &Args) -> Result<(RunResult, f64)> {
-    let floor: Vec<Phone> = phones(n)?
-        .into_iter()
-        .map(|(tx, rx)| -> Result<Phone> {
-            let target = rx.local_addr()?;
-            Ok(Phone { tx, rx, target })
-        })
-        .collect::<Result<_>>()?;
-    Ok((run_load(floor, args.secs, args.warmup, None)?, 0.0))
 }
 
 /// callfabric's relay (child process): sender → leg A ⇄ leg B → receiver.
@@ -948,15 +1013,15 @@ fn main() -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     for &n in &args.ns {
         // Pooled over rounds; the order of the systems rotates each round so that a change of
-        // background load does not always fall on the same system.
-        let mut acc: [Option<(RunResult, f64)>; 3] = [None, None, None];
-        let systems = if rtpe.is_some() { 3 } else { 2 };
+        // background load does not always fall on the same system. Each run carries its own
+        // floor twins.
+        let mut acc: [Option<(RunResult, f64)>; 2] = [None, None];
+        let systems = if rtpe.is_some() { 2 } else { 1 };
         for round in 0..args.rounds {
             for k in 0..systems {
                 let sys = (k + round as usize) % systems;
                 let (r, idle) = match sys {
-                    0 => run_floor(n, &args)?,
-                    1 => run_ours(n, &args, &mut ours)?,
+                    0 => run_ours(n, &args, &mut ours)?,
                     _ => match rtpe.as_mut() {
                         Some(rtpe) => run_rtpengine(n, &args, rtpe)?,
                         None => continue,
@@ -972,10 +1037,9 @@ fn main() -> Result<()> {
             }
         }
         let rounds = f64::from(args.rounds);
-        for (sys, name) in ["floor", "callfabric", "rtpengine"].into_iter().enumerate() {
+        for (sys, name) in ["callfabric", "rtpengine"].into_iter().enumerate() {
             if let Some((r, idle_sum)) = &acc[sys] {
-                let idle = (sys > 0).then_some(idle_sum / rounds);
-                rows.push(row(name, n, r, tck, idle));
+                rows.push(row(name, n, r, tck, Some(idle_sum / rounds)));
             }
         }
     }
@@ -988,24 +1052,22 @@ fn main() -> Result<()> {
 
 fn print_table(rows: &[Row], args: &Args) {
     println!(
-        "\nRTP relay, one direction per stream, 172-byte RTP at 50 pps, {} round(s) × {} s measured (+{} s warm-up)\n",
+        "\nRTP relay, one direction per stream, 172-byte RTP at 50 pps, {} round(s) × {} s measured (+{} s warm-up); \
+         each system's floor is the twin of every packet sent straight to a receiver in the same run\n",
         args.rounds, args.secs, args.warmup
     );
     println!(
-        "| system | N | pps | loss % | CPU µs/pkt | (schedstat) | p50 µs | p99 µs | added p50 µs | added p99 µs | idle CPU µs/s | load |"
+        "| system | N | pps | loss % | CPU µs/pkt | (schedstat) | p50 µs | p99 µs | paired floor p50 / p99 µs | added p50 µs | added p99 µs | added p99 per round µs | idle CPU µs/s | PSS MB | load |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |");
     for r in rows {
-        let floor = rows
+        let rounds: Vec<String> = r
+            .round_added_p99
             .iter()
-            .find(|f| f.n == r.n && f.system == "floor")
-            .filter(|_| r.system != "floor");
-        let (a50, a99) = match floor {
-            Some(f) => (sub(r.p50, f.p50), sub(r.p99, f.p99)),
-            None => (None, None),
-        };
+            .map(|v| format!("{v:.0}"))
+            .collect();
         println!(
-            "| {} | {} | {:.0} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.3} | {} | {} | {} | {} | {} / {} (loss {:.3} %) | {} | {} | {} | {} | {:.1} | {} |",
             r.system,
             r.n,
             r.pps,
@@ -1014,9 +1076,14 @@ fn print_table(rows: &[Row], args: &Args) {
             fmt(r.cpu_sched_us, 2),
             fmt(r.p50, 1),
             fmt(r.p99, 1),
-            fmt(a50, 1),
-            fmt(a99, 1),
+            fmt(r.floor_p50, 1),
+            fmt(r.floor_p99, 1),
+            r.floor_loss_pct,
+            fmt(sub(r.p50, r.floor_p50), 1),
+            fmt(sub(r.p99, r.floor_p99), 1),
+            rounds.join(", "),
             fmt(r.idle_us_per_s, 0),
+            r.mem_kb as f64 / 1024.0,
             r.load
         );
     }
@@ -1025,18 +1092,23 @@ fn print_table(rows: &[Row], args: &Args) {
     ns.dedup();
     for n in ns {
         let get = |s: &str| rows.iter().find(|r| r.n == n && r.system == s);
-        let (Some(floor), Some(ours)) = (get("floor"), get("callfabric")) else {
+        let Some(ours) = get("callfabric") else {
             continue;
         };
-        let added99 = sub(ours.p99, floor.p99);
-        let check = match added99 {
-            Some(v) if v < 200.0 => "PASS",
-            Some(_) => "FAIL",
-            None => "n/a",
-        };
+        let added99 = sub(ours.p99, ours.floor_p99);
+        let negative = ours.round_added_p99.iter().filter(|v| **v < 0.0).count();
         let mut line = format!(
-            "N={n}: callfabric added p99 {} µs (target < 200: {check})",
-            fmt(added99, 1)
+            "N={n}: callfabric added p99 {} µs (target < 200: {}{})",
+            fmt(added99, 1),
+            verdict(added99),
+            if negative > 0 {
+                format!(
+                    "; {negative} of {} rounds negative: INVALID rounds",
+                    ours.round_added_p99.len()
+                )
+            } else {
+                String::new()
+            }
         );
         if let Some(rtpe) = get("rtpengine") {
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -1050,13 +1122,29 @@ fn print_table(rows: &[Row], args: &Args) {
                 Some(_) => "FAIL",
                 None => "n/a",
             };
+            let added_rtpe = sub(rtpe.p99, rtpe.floor_p99);
             line.push_str(&format!(
-                "; CPU/packet callfabric/rtpengine {}× (schedstat {}×) (target ≤ 1.0: {check}); rtpengine added p99 {} µs",
+                "; CPU/packet callfabric/rtpengine {}× (schedstat {}×) (target ≤ 1.0: {check}); rtpengine added p99 {} µs ({}); memory (PSS) {:.1} vs {:.1} MB = {}×",
                 fmt(r, 2),
                 fmt(rs, 2),
-                fmt(sub(rtpe.p99, floor.p99), 1)
+                fmt(added_rtpe, 1),
+                verdict(added_rtpe),
+                ours.mem_kb as f64 / 1024.0,
+                rtpe.mem_kb as f64 / 1024.0,
+                fmt(ratio(Some(ours.mem_kb as f64), Some(rtpe.mem_kb as f64)), 2)
             ));
         }
         println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_negative_added_p99_is_invalid_not_a_pass() {
+        assert!(super::verdict(Some(-3.0)).starts_with("INVALID"));
+        assert_eq!(super::verdict(Some(0.0)), "PASS");
+        assert_eq!(super::verdict(Some(199.0)), "PASS");
+        assert_eq!(super::verdict(Some(200.0)), "FAIL");
     }
 }
