@@ -473,8 +473,16 @@ members = ["PJSIP/2001"]
         "the gateway refused {refused} offers; the losing node logged {refusals} RINGNOANSWER\n{}",
         gw.diag()
     );
-    // The agent's device: two calls, one after the other, never two at once (RINGINUSE/BUSY).
-    let want = ["NOT_INUSE", "INUSE", "NOT_INUSE", "INUSE", "NOT_INUSE"];
+    // The agent's device: UNAVAILABLE from the gateway's start until it registers, then two
+    // calls, one after the other, never two at once (RINGINUSE/BUSY).
+    let want = [
+        "UNAVAILABLE",
+        "NOT_INUSE",
+        "INUSE",
+        "NOT_INUSE",
+        "INUSE",
+        "NOT_INUSE",
+    ];
     let deadline = std::time::Instant::now() + WAIT;
     let states = loop {
         gw.drain();
