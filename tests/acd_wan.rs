@@ -421,8 +421,7 @@ fn wan_lab_partition_at_150_ms_one_way() {
     acd.wait_since(0, WAIT, "acd ready", |l| l.starts_with("acd ready"))
         .expect("ACD ready");
     // A caller who answers OPTIONS (-aa) and waits in the queue for an hour.
-    let scenario = dir.path().join("uac.xml");
-    std::fs::write(&scenario, WAITING_CALLER).expect("write scenario");
+    let scenario = integration::phones::scenario("call_uac_queue_wait.xml");
     let sipp = integration::require_binary("sipp").expect("sipp");
     let (target, ip) = (format!("{a}:5070"), a.to_string());
     let scenario = scenario.display().to_string();
@@ -476,49 +475,3 @@ fn wan_lab_partition_at_150_ms_one_way() {
     assert!(back < Duration::from_secs(2), "{}", acd.diag());
     assert!(gw.is_running(), "{}", gw.diag());
 }
-
-const WAITING_CALLER: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="a caller who waits in the queue">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:800@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:800@[remote_ip]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:1001@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200"/>
-  <send>
-    <![CDATA[
-      ACK sip:800@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:800@[remote_ip]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="3600000"/>
-</scenario>
-"#;

@@ -31,52 +31,6 @@ const ACD_PORT: u16 = 5070;
 const GW_PORT: u16 = 5060;
 const WAIT: Duration = Duration::from_secs(30);
 
-const UAC: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="a caller who waits in the queue">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:800@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:800@[remote_ip]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:1001@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200"/>
-  <send>
-    <![CDATA[
-      ACK sip:800@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:800@[remote_ip]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="3600000"/>
-</scenario>
-"#;
-
 fn config(dir: &Path, name: &str, body: &str) -> Result<String> {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -133,8 +87,8 @@ fn one_delay(delay_ms: u64, loss: f64, rounds: usize, partition: Duration) -> Re
     gw.wait_since(0, WAIT, "gateway ready", |l| l.starts_with("gateway ready"))?;
     let mut acd = lab.spawn(Site::A, "acd-1", bin, &["acd", "--config", &acd_cfg], &env)?;
     acd.wait_since(0, WAIT, "acd ready", |l| l.starts_with("acd ready"))?;
-    let scenario = dir.path().join("uac.xml");
-    std::fs::write(&scenario, UAC)?;
+    // The same waiting caller as tests/acd_wan.rs.
+    let scenario = integration::phones::scenario("call_uac_queue_wait.xml");
     let sipp = require_binary("sipp")?;
     let target = format!("{a}:{ACD_PORT}");
     let scenario = scenario.display().to_string();
