@@ -43,13 +43,27 @@ pub enum Change {
 
 #[derive(Debug, Default)]
 struct DeviceEntry {
+    /// The latest state each EID published, kept as published even while the EID is expired
+    /// (it counts as UNAVAILABLE then), so a revived member reads its latest state at once.
     per_eid: BTreeMap<Eid, DeviceState>,
     aggregate: Option<DeviceState>,
 }
 
+/// What one EID's entry counts as: UNAVAILABLE while the member is expired.
+fn effective(peers: &HashMap<Eid, Peer>, eid: Eid, state: DeviceState) -> DeviceState {
+    match peers.get(&eid) {
+        Some(p) if p.expired => DeviceState::Unavailable,
+        _ => state,
+    }
+}
+
 impl DeviceEntry {
-    fn recompute(&mut self) -> Option<DeviceState> {
-        let agg = Aggregate::of(self.per_eid.values().copied());
+    fn recompute(&mut self, peers: &HashMap<Eid, Peer>) -> Option<DeviceState> {
+        let agg = Aggregate::of(
+            self.per_eid
+                .iter()
+                .map(|(eid, st)| effective(peers, *eid, *st)),
+        );
         if self.aggregate != Some(agg) {
             self.aggregate = Some(agg);
             Some(agg)
@@ -136,17 +150,14 @@ impl StateCache {
                 state,
             });
         }
-        let state = if expired {
-            DeviceState::Unavailable
-        } else {
-            state
-        };
+        // Stored as published; it counts as UNAVAILABLE until a fresh heartbeat revives the
+        // member (see `heard`).
         self.set_device(eid, key, state)
     }
 
     /// Record a device state read back from the server's items on (re)connect. It proves
     /// nothing about the publisher's liveness: if the publisher is an expired member, the
-    /// entry is stored as UNAVAILABLE.
+    /// entry counts as UNAVAILABLE until a fresh heartbeat revives it.
     pub fn set_fetched_device(
         &mut self,
         eid: Eid,
@@ -156,10 +167,6 @@ impl StateCache {
         if eid == self.own {
             return None;
         }
-        let state = match self.peers.get(&eid) {
-            Some(p) if p.expired => DeviceState::Unavailable,
-            _ => state,
-        };
         self.set_device(eid, key, state)
     }
 
@@ -174,7 +181,7 @@ impl StateCache {
     fn set_device(&mut self, eid: Eid, key: &str, state: DeviceState) -> Option<Change> {
         let entry = self.devices.entry(key.to_string()).or_default();
         entry.per_eid.insert(eid, state);
-        entry.recompute().map(|state| Change::Device {
+        entry.recompute(&self.peers).map(|state| Change::Device {
             key: key.to_string(),
             state,
         })
@@ -211,7 +218,8 @@ impl StateCache {
     /// Returns whether `eid` is an expired member: only a fresh heartbeat revives one (after
     /// a partition, XEP-0198 resends what the member queued while cut off, stale states
     /// included; reviving on those showed an old INUSE, measured on ejabberd), so its live
-    /// items are stored as UNAVAILABLE until then.
+    /// items count as UNAVAILABLE until then. A member republishes its whole state before its
+    /// first heartbeat on a new stream, so at revival its entries hold its present state.
     fn heard(&mut self, eid: Eid, now: Instant) -> bool {
         if let Some(p) = self.peers.get_mut(&eid) {
             if p.expired {
@@ -245,7 +253,8 @@ impl StateCache {
                 }
                 if p.expired && deadline(at, self.ttl).is_none_or(|d| d > now) {
                     p.expired = false;
-                    out.push(Change::PeerUp(hb));
+                    out.push(Change::PeerUp(hb.clone()));
+                    out.extend(self.recompute_of(hb.eid));
                 }
             }
             None => {
@@ -281,15 +290,22 @@ impl StateCache {
         let mut out = Vec::new();
         for eid in dead {
             out.push(Change::PeerExpired(eid));
-            for (key, entry) in self.devices.iter_mut() {
-                if let Some(st) = entry.per_eid.get_mut(&eid) {
-                    *st = DeviceState::Unavailable;
-                    if let Some(state) = entry.recompute() {
-                        out.push(Change::Device {
-                            key: key.clone(),
-                            state,
-                        });
-                    }
+            out.extend(self.recompute_of(eid));
+        }
+        out
+    }
+
+    /// Recompute every device `eid` has an entry for (it expired or was revived).
+    fn recompute_of(&mut self, eid: Eid) -> Vec<Change> {
+        let peers = &self.peers;
+        let mut out = Vec::new();
+        for (key, entry) in self.devices.iter_mut() {
+            if entry.per_eid.contains_key(&eid) {
+                if let Some(state) = entry.recompute(peers) {
+                    out.push(Change::Device {
+                        key: key.clone(),
+                        state,
+                    });
                 }
             }
         }
@@ -315,11 +331,17 @@ impl StateCache {
         self.devices.get(key).and_then(|e| e.aggregate)
     }
 
-    /// The per-EID entries of one device (what `core show hints` debugging shows in Asterisk).
+    /// The per-EID entries of one device as they count (UNAVAILABLE for an expired member),
+    /// what `core show hints` debugging shows in Asterisk.
     pub fn device_detail(&self, key: &str) -> Vec<(Eid, DeviceState)> {
         self.devices
             .get(key)
-            .map(|e| e.per_eid.iter().map(|(k, v)| (*k, *v)).collect())
+            .map(|e| {
+                e.per_eid
+                    .iter()
+                    .map(|(k, v)| (*k, effective(&self.peers, *k, *v)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -503,12 +525,21 @@ mod tests {
         let stale = c.heartbeat(hb(B), Duration::from_secs(16), t0 + Duration::from_secs(29));
         assert!(!stale.contains(&Change::PeerUp(hb(B))));
         assert_eq!(c.peer_alive(B), Some(false));
-        // It comes back: a heartbeat revives it and its fresh state counts again.
-        let back = c.heartbeat(hb(B), Duration::ZERO, t0 + Duration::from_secs(30));
-        assert_eq!(back, vec![Change::PeerUp(hb(B))]);
+        // On its new stream it republishes its present state (still counted UNAVAILABLE),
+        // then a fresh heartbeat revives it: the latest published state counts at once.
         assert_eq!(
             c.set_remote_device(B, "PJSIP/200", NotInUse, true, t0 + Duration::from_secs(30)),
-            dev("PJSIP/200", NotInUse)
+            None
+        );
+        assert_eq!(c.device_detail("PJSIP/200"), vec![(B, Unavailable)]);
+        let back = c.heartbeat(hb(B), Duration::ZERO, t0 + Duration::from_secs(30));
+        assert_eq!(
+            back,
+            vec![Change::PeerUp(hb(B)), dev("PJSIP/200", NotInUse).unwrap()]
+        );
+        assert_eq!(
+            c.set_remote_device(B, "PJSIP/200", Ringing, true, t0 + Duration::from_secs(31)),
+            dev("PJSIP/200", Ringing)
         );
     }
 
