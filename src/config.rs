@@ -691,14 +691,14 @@ impl Loaded {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let music = match &a.music_on_hold {
-            None => gateway::audio::prompts::music_on_hold(),
-            Some(p) => gateway::audio::wav::read_wav(&dir.join(p))
+            None => media::audio::prompts::music_on_hold(),
+            Some(p) => media::audio::wav::read_wav(&dir.join(p))
                 .map_err(|e| anyhow!("{}: {e}", self.at("acd", "music_on_hold")))?,
         };
         let prompts = match &a.prompts {
-            None => gateway::audio::PromptSet::new(),
+            None => media::audio::PromptSet::new(),
             Some(p) => {
-                let set = gateway::audio::load_prompt_dir(&dir.join(p))
+                let set = media::audio::load_prompt_dir(&dir.join(p))
                     .map_err(|e| anyhow!("{}: {e}", self.at("acd", "prompts")))?;
                 for (file, why) in set.rejected() {
                     eprintln!(

@@ -34,14 +34,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use gateway::audio::{self, Codec, PlayerConfig, RtpPlayer};
-use gateway::media::{self, Leg, MediaRelay, RelayConfig};
-use gateway::sdp::{self, SessionDescription};
+use media::audio::{self, Codec, PlayerConfig, RtpPlayer};
+use media::{self, Leg, MediaRelay, RelayConfig};
+use sdp::{self, SessionDescription};
 use gateway::server::Peer;
-use gateway::sip::dialog::{self, Dialog};
-use gateway::sip::message::{self, Method, Request, Response, SipMessage};
-use gateway::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
-use gateway::transport::{self, TransportConfig, TransportEvent, Transports};
+use sip_core::dialog::{self, Dialog};
+use sip_core::message::{self, Method, Request, Response, SipMessage};
+use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
+use sipnet::{self as transport, TransportConfig, TransportEvent, Transports};
 use rsip::headers::UntypedHeader;
 use rsip::Header;
 use statebus::{Bus, BusEvent, Change, DeviceState};
@@ -1247,7 +1247,7 @@ impl Core {
         let tag = format!("acd{:012x}", self.rand() & 0xffff_ffff_ffff);
         let sent = Instant::now();
         let deadline = SystemTime::now() + self.cfg.offer_provisional_timeout;
-        let x_offer = gateway::offer::Offer {
+        let x_offer = sip_core::offer::Offer {
             queue: Some(queue.to_owned()),
             ringinuse: self.ringinuse(queue, interface),
             deadline_ms: deadline
@@ -1261,7 +1261,7 @@ impl Core {
              Max-Forwards: 70\r\nFrom: {from};tag={tag}\r\nTo: <sip:{user}@{gw}>\r\n\
              Call-ID: acd{cid:016x}@{ip}\r\nCSeq: 1 INVITE\r\nContact: {contact}\r\n\
              {header}: {x_offer}\r\nContent-Length: 0\r\n\r\n",
-            header = gateway::offer::HEADER,
+            header = sip_core::offer::HEADER,
             local = self.local,
             ip = self.local.ip(),
             contact = self.contact(),

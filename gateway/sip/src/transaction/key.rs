@@ -71,7 +71,7 @@ impl Hash for TransactionKey {
 }
 
 impl TransactionKey {
-    pub(crate) fn client(branch: &str, method: rsip::Method) -> Self {
+    pub fn client(branch: &str, method: rsip::Method) -> Self {
         Self {
             role: Role::Client,
             method,
