@@ -6,6 +6,7 @@
 
 mod bus;
 mod cache;
+mod cscan;
 mod eid;
 pub mod guard;
 mod local;
