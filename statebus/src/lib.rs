@@ -8,6 +8,7 @@ mod bus;
 mod cache;
 mod cscan;
 mod eid;
+pub mod fill;
 pub mod guard;
 mod local;
 mod mwi;
