@@ -395,6 +395,11 @@ impl Core {
                         self.sync_reachability(Some(&key));
                         self.engine.device_state(engine_now(), &key, state);
                     }
+                    Some(BusEvent::Changed(Change::PeerUp(_))) => {
+                        // A member that may announce a SIP address: keep it alive from now on,
+                        // not from the next periodic refresh.
+                        self.refresh_targets();
+                    }
                     Some(BusEvent::Lagged(_)) => {
                         let now = engine_now();
                         self.sync_reachability(None);
@@ -1090,7 +1095,9 @@ impl Core {
                 if reachable {
                     info!(gateway = %addr, "gateway reachable again");
                 } else {
-                    warn!(gateway = %addr, "gateway unreachable: its agents are skipped");
+                    warn!(gateway = %addr, srtt = ?self.reach.srtt(addr),
+                        silence = ?self.reach.silence_bound(addr),
+                        "gateway unreachable: its agents are skipped");
                 }
                 let _ = self.events.send(NodeEvent::Reach {
                     gateway: addr,

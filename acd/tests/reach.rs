@@ -92,7 +92,9 @@ fn run(
                 let rtt = link.rtt + j;
                 let delivered = !rng.random_bool(link.loss)
                     && !rng.random_bool(link.loss)
-                    && ![now, now + rtt / 2, now + rtt].iter().any(|t| (link.cut)(*t));
+                    && ![now, now + rtt / 2, now + rtt]
+                        .iter()
+                        .any(|t| (link.cut)(*t));
                 if delivered {
                     pending.push(Reverse((now + rtt, id, to)));
                 }
@@ -133,7 +135,14 @@ fn pipelined_probes_every_interval_whatever_is_outstanding() {
     // Silent for 700 ms (no round trip known yet): unreachable; the first answer (at 1 s)
     // brings it back, and then a 1 s round trip is no reason to flap.
     assert_eq!(changes(&ev), [(ms(700), false)]);
-    let ev = run(&mut r, t0, (ms(990), ms(60_000)), &link, &mut rng, &mut pending);
+    let ev = run(
+        &mut r,
+        t0,
+        (ms(990), ms(60_000)),
+        &link,
+        &mut rng,
+        &mut pending,
+    );
     assert_eq!(changes(&ev), [(ms(1000), true)], "a slow link is reachable");
     let srtt = r.srtt(gw()).unwrap();
     assert!(srtt >= ms(990) && srtt <= ms(1010), "{srtt:?}");
@@ -164,7 +173,11 @@ fn cuts_detected(rtt: u64, loss: f64, seed: u64, within: Duration, not_before: D
     let end = cut_at(cuts) + ms(1000);
     let ev = run(&mut r, t0, (ms(0), end), &link, &mut rng, &mut pending);
     let ch = changes(&ev);
-    assert_eq!(ch.len() as u64, 2 * cuts, "one down and one up per cut: {ch:?}");
+    assert_eq!(
+        ch.len() as u64,
+        2 * cuts,
+        "one down and one up per cut: {ch:?}"
+    );
     for (k, pair) in ch.chunks(2).enumerate() {
         let (cut, heal) = (cut_at(k as u64), cut_at(k as u64) + cut_len);
         let ((down, d), (up, u)) = (pair[0], pair[1]);
@@ -215,7 +228,11 @@ fn rtt_300_ms_with_3_percent_loss_never_flaps_in_three_simulated_hours() {
             .filter(|(_, e)| matches!(e, ReachEvent::Probe { .. }))
             .count();
         assert_eq!(probes, 36_001, "one probe every 100 ms");
-        assert_eq!(changes(&ev), [], "rtt {rtt} ms, 3 % loss, seed {seed}: flapped");
+        assert_eq!(
+            changes(&ev),
+            [],
+            "rtt {rtt} ms, 3 % loss, seed {seed}: flapped"
+        );
         assert!(r.is_reachable(gw()));
     }
 }
@@ -241,7 +258,11 @@ fn any_response_counts_and_forgotten_probes_still_do() {
         !ev.iter().any(|e| matches!(e, ReachEvent::Changed { .. })),
         "{ev:?}"
     );
-    assert_eq!(r.srtt(a), None, "an offer's response is no round-trip sample");
+    assert_eq!(
+        r.srtt(a),
+        None,
+        "an offer's response is no round-trip sample"
+    );
     // Both go silent: a 700 ms after it was heard, b's bound is 700 ms too (100 + 50 + 4·25
     // ms is less): unreachable, one change each, b first.
     let mut downs = Vec::new();
@@ -261,7 +282,11 @@ fn any_response_counts_and_forgotten_probes_still_do() {
     let mut sent = Vec::new();
     for t in (1400..=20_000).step_by(100) {
         r.handle_timeout(t0 + ms(t));
-        sent.extend(probes(&drain(&mut r)).into_iter().filter(|(_, to)| *to == a));
+        sent.extend(
+            probes(&drain(&mut r))
+                .into_iter()
+                .filter(|(_, to)| *to == a),
+        );
     }
     assert!(sent.len() > MAX_OUTSTANDING + 10);
     r.answered(t0 + ms(20_010), sent[0].0, a);
