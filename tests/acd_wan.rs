@@ -484,6 +484,231 @@ fn wan_lab_partition_at_150_ms_one_way() {
     assert!(gw.is_running(), "{}", gw.diag());
 }
 
+/// Site A: the ACD (offers given up after 1.5 s without a provisional response, T1 100 ms, so
+/// Timer B ends an abandoned INVITE after 6.4 s) and, once `call` is called, a caller waiting
+/// in queue 800 (linear over `phones`, retry 60 s); site B: a gateway (T1 `gw_t1_ms`) and one
+/// SIPp phone per `(user, scenario)`, registered there. The link: 1 s one way, no loss.
+struct LateLab {
+    lab: integration::wanlab::WanLab,
+    _dir: tempfile::TempDir,
+    gw: integration::wanlab::SiteProcess,
+    acd: integration::wanlab::SiteProcess,
+    phones: Vec<SippProcess>,
+    caller: Option<integration::wanlab::SiteProcess>,
+}
+
+impl LateLab {
+    fn start(phones: &[(&str, &str)], gw_t1_ms: u64) -> Option<LateLab> {
+        use integration::sipp::run_scenario;
+        use integration::wanlab::{unavailable, Site, WanLab, WanSpec};
+        if let Some(why) = unavailable() {
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        let lab = WanLab::start(WanSpec::new(1000, 0.0)).expect("start the WAN lab");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = binary().to_str().expect("binary path");
+        let a = lab.addr(Site::A);
+        let b = lab.socket_addr(Site::B, 5060);
+        let write = |name: &str, body: String| {
+            let p = dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &p,
+                format!("[node]\nname = \"{name}\"\nsite = \"{name}\"\n\n[statebus]\nbackend = \"local\"\n\n{body}"),
+            )
+            .expect("write config");
+            p.display().to_string()
+        };
+        let gw_cfg = write(
+            "gw-b",
+            format!(
+                "[gateway]\nudp = [\"{b}\"]\ntcp = [\"{tcp}\"]\nrealm = \"b.example\"\n\
+                 database = \"sqlite://{db}\"\nt1_ms = {gw_t1_ms}\ndigest_algorithms = [\"MD5\"]\n\
+                 qualify_interval_secs = 300\n\n[[gateway.trunk]]\nname = \"acd\"\n\
+                 address = \"{a}:5070\"\nprefixes = []\n",
+                tcp = lab.socket_addr(Site::B, 5061),
+                db = dir.path().join("gw-b.db").display(),
+            ),
+        );
+        for (user, _) in phones {
+            integration::gateway::devices_add(binary(), Path::new(&gw_cfg), user, "secret");
+        }
+        let members: Vec<String> = phones
+            .iter()
+            .map(|(u, _)| format!("\"PJSIP/{u}\""))
+            .collect();
+        let acd_cfg = write(
+            "acd-1",
+            format!(
+                "[acd]\nudp = \"{a}:5070\"\nrtp_ports = \"40000-40999\"\nt1_ms = 100\n\
+                 offer_provisional_timeout_ms = 1500\n\n\
+                 [acd.numbers]\n\"800\" = \"support\"\n\n\
+                 [[acd.gateway]]\nname = \"gw-b\"\naddress = \"{b}\"\n\n\
+                 [[acd.gateway]]\nname = \"caller\"\naddress = \"{a}:5090\"\n\n\
+                 [[acd.queue]]\nname = \"support\"\nstrategy = \"linear\"\ntimeout = 10\nretry = 60\n\
+                 members = [{}]\n",
+                members.join(", ")
+            ),
+        );
+        let env = [("RUST_LOG", "info")];
+        let mut gw = lab
+            .spawn(
+                Site::B,
+                "gw-b",
+                bin,
+                &["gateway", "--config", &gw_cfg],
+                &env,
+            )
+            .expect("gateway B");
+        gw.wait_since(0, WAIT, "gateway ready", |l| l.starts_with("gateway ready"))
+            .expect("gateway B ready");
+        // The phones, inside site B (SIPp on its loopback), registered at B.
+        let phone = |user: &str, uas: &str| -> SippProcess {
+            let (sip_port, media_port) = (free_udp_port(), free_udp_port());
+            let uas = SippProcess::spawn(
+                &integration::phones::scenario(uas),
+                None,
+                &SippOpts {
+                    local_port: Some(sip_port),
+                    calls: 1,
+                    timeout: Duration::from_secs(90),
+                    extra_args: vec!["-mp".into(), media_port.to_string()],
+                    ..SippOpts::default()
+                },
+            )
+            .expect("start a phone");
+            let reg = run_scenario(
+                &integration::phones::scenario("register_contact.xml"),
+                b,
+                SippOpts {
+                    keys: vec![("contact_port".into(), sip_port.to_string())],
+                    ..SippOpts::user(user, "secret")
+                },
+            )
+            .expect("run sipp");
+            assert!(reg.passed(), "registration of {user}\n{}", reg.describe());
+            uas
+        };
+        let phones = lab
+            .run_in(Site::B, || {
+                phones
+                    .iter()
+                    .map(|(u, sc)| phone(u, sc))
+                    .collect::<Vec<_>>()
+            })
+            .expect("phones at B");
+        let mut acd = lab
+            .spawn(Site::A, "acd-1", bin, &["acd", "--config", &acd_cfg], &env)
+            .expect("ACD");
+        acd.wait_since(0, WAIT, "acd ready", |l| l.starts_with("acd ready"))
+            .expect("ACD ready");
+        // B answers its first keep-alive after 2 s (it was declared unreachable at 0.7 s):
+        // from then on the 2 s round trip is known, and B stays reachable.
+        let up = format!("REACH {b} up");
+        acd.wait_since(0, WAIT, "B reachable", |l| l == up)
+            .expect("B reachable over the slow link");
+        Some(LateLab {
+            lab,
+            _dir: dir,
+            gw,
+            acd,
+            phones,
+            caller: None,
+        })
+    }
+
+    /// The caller dials the queue (and waits in it for an hour).
+    fn call(&mut self) {
+        use integration::wanlab::Site;
+        let a = self.lab.addr(Site::A);
+        let scenario = integration::phones::scenario("call_uac_queue_wait.xml");
+        let sipp = integration::require_binary("sipp").expect("sipp");
+        let (target, ip) = (format!("{a}:5070"), a.to_string());
+        let scenario = scenario.display().to_string();
+        self.caller = Some(
+            self.lab
+                .spawn(
+                    Site::A,
+                    "caller",
+                    &sipp,
+                    &[
+                        "-sf", &scenario, &target, "-i", &ip, "-p", "5090", "-m", "1", "-aa",
+                        "-nostdin",
+                    ],
+                    &[],
+                )
+                .expect("caller"),
+        );
+    }
+
+    /// Waits for the offer to `user` and for the ACD giving it up; returns when it was sent.
+    fn offered_and_given_up(&mut self, user: &str) -> Instant {
+        let iface = format!(" PJSIP/{user} ");
+        let (at, _) = self
+            .acd
+            .wait_since(0, WAIT, "the offer", |l| {
+                l.starts_with("OFFER acd-") && l.contains(&iface)
+            })
+            .expect("offered");
+        let unanswered = format!("OFFER UNANSWERED PJSIP/{user} ");
+        self.acd
+            .wait_since(0, WAIT, "the offer given up", |l| {
+                l.starts_with(&unanswered)
+            })
+            .expect("given up without a provisional response");
+        at
+    }
+
+    /// Phone `i`'s SIPp scenario passed.
+    fn phone_passes(&mut self, i: usize, what: &str) {
+        let out = self.phones[i].wait().expect("phone");
+        assert!(
+            out.passed(),
+            "{what}\n{}\n{}\n{}",
+            out.describe(),
+            self.gw.diag(),
+            self.acd.diag()
+        );
+    }
+
+    /// The `n`th (0-based) `CALL … ENDED …` line of gateway B and when it was read.
+    fn call_ended(&mut self, n: usize) -> (Instant, String) {
+        let is_end = |l: &str| l.starts_with("CALL ") && l.contains(" ENDED ");
+        let mut mark = 0;
+        for _ in 0..n {
+            self.gw
+                .wait_since(mark, WAIT, "a call's end", is_end)
+                .expect("B's call ended");
+            mark = self
+                .gw
+                .history
+                .iter()
+                .enumerate()
+                .skip(mark)
+                .find(|(_, (_, l))| is_end(l.trim()))
+                .map_or(mark, |(i, _)| i + 1);
+        }
+        let (at, line) = self
+            .gw
+            .wait_since(mark, Duration::from_secs(60), "a call's end", is_end)
+            .expect("B's call ended");
+        println!("{line}");
+        (at, line)
+    }
+
+    fn never_connected(&mut self) {
+        assert!(
+            !self
+                .acd
+                .lines_since(0)
+                .iter()
+                .any(|l| l.contains("|CONNECT|")),
+            "the caller was connected to an abandoned offer\n{}",
+            self.acd.diag()
+        );
+    }
+}
+
 /// Late answers to offers the ACD gave up, produced for real: across the WAN lab at 1 s one
 /// way, an offer reaches gateway B before its deadline (1.5 s after it was sent) but B's
 /// answers come back 2 s after it was sent, after the ACD gave it up (no provisional response
@@ -495,190 +720,91 @@ fn wan_lab_partition_at_150_ms_one_way() {
 /// no one. Skipped (with the reason) where the lab cannot run (not root, no TUN).
 #[test]
 fn wan_lab_late_answers_to_abandoned_offers_are_cancelled_or_hung_up() {
-    use integration::sipp::run_scenario;
-    use integration::wanlab::{unavailable, Site, WanLab, WanSpec};
-    if let Some(why) = unavailable() {
-        eprintln!("skipped: {why}");
+    let Some(mut l) = LateLab::start(
+        &[
+            ("2001", "call_uas_cancel.xml"),
+            ("2002", "call_uas_answer_now.xml"),
+        ],
+        100,
+    ) else {
         return;
-    }
-    let lab = WanLab::start(WanSpec::new(1000, 0.0)).expect("start the WAN lab");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bin = binary().to_str().expect("binary path");
-    let a = lab.addr(Site::A);
-    let b = lab.socket_addr(Site::B, 5060);
-    let write = |name: &str, body: String| {
-        let p = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &p,
-            format!("[node]\nname = \"{name}\"\nsite = \"{name}\"\n\n[statebus]\nbackend = \"local\"\n\n{body}"),
-        )
-        .expect("write config");
-        p.display().to_string()
     };
-    let gw_cfg = write(
-        "gw-b",
-        format!(
-            "[gateway]\nudp = [\"{b}\"]\ntcp = [\"{tcp}\"]\nrealm = \"b.example\"\n\
-             database = \"sqlite://{db}\"\nt1_ms = 100\ndigest_algorithms = [\"MD5\"]\n\
-             qualify_interval_secs = 300\n\n[[gateway.trunk]]\nname = \"acd\"\n\
-             address = \"{a}:5070\"\nprefixes = []\n",
-            tcp = lab.socket_addr(Site::B, 5061),
-            db = dir.path().join("gw-b.db").display(),
-        ),
-    );
-    for user in ["2001", "2002"] {
-        integration::gateway::devices_add(binary(), Path::new(&gw_cfg), user, "secret");
-    }
-    let acd_cfg = write(
-        "acd-1",
-        format!(
-            "[acd]\nudp = \"{a}:5070\"\nrtp_ports = \"40000-40999\"\nt1_ms = 100\n\
-             offer_provisional_timeout_ms = 1500\n\n\
-             [acd.numbers]\n\"800\" = \"support\"\n\n\
-             [[acd.gateway]]\nname = \"gw-b\"\naddress = \"{b}\"\n\n\
-             [[acd.gateway]]\nname = \"caller\"\naddress = \"{a}:5090\"\n\n\
-             [[acd.queue]]\nname = \"support\"\nstrategy = \"linear\"\ntimeout = 10\nretry = 60\n\
-             members = [\"PJSIP/2001\", \"PJSIP/2002\"]\n"
-        ),
-    );
-    let env = [("RUST_LOG", "info")];
-    let mut gw = lab
-        .spawn(
-            Site::B,
-            "gw-b",
-            bin,
-            &["gateway", "--config", &gw_cfg],
-            &env,
-        )
-        .expect("gateway B");
-    gw.wait_since(0, WAIT, "gateway ready", |l| l.starts_with("gateway ready"))
-        .expect("gateway B ready");
-    // The phones, inside site B (SIPp on its loopback), registered at B.
-    let phone = |user: &str, uas: &str| -> SippProcess {
-        let (sip_port, media_port) = (free_udp_port(), free_udp_port());
-        let uas = SippProcess::spawn(
-            &integration::phones::scenario(uas),
-            None,
-            &SippOpts {
-                local_port: Some(sip_port),
-                calls: 1,
-                timeout: Duration::from_secs(90),
-                extra_args: vec!["-mp".into(), media_port.to_string()],
-                ..SippOpts::default()
-            },
-        )
-        .expect("start a phone");
-        let reg = run_scenario(
-            &integration::phones::scenario("register_contact.xml"),
-            b,
-            SippOpts {
-                keys: vec![("contact_port".into(), sip_port.to_string())],
-                ..SippOpts::user(user, "secret")
-            },
-        )
-        .expect("run sipp");
-        assert!(reg.passed(), "registration of {user}\n{}", reg.describe());
-        uas
-    };
-    let (mut ringing, mut answering) = lab
-        .run_in(Site::B, || {
-            (
-                phone("2001", "call_uas_cancel.xml"),
-                phone("2002", "call_uas_answer_now.xml"),
-            )
-        })
-        .expect("phones at B");
-    let mut acd = lab
-        .spawn(Site::A, "acd-1", bin, &["acd", "--config", &acd_cfg], &env)
-        .expect("ACD");
-    acd.wait_since(0, WAIT, "acd ready", |l| l.starts_with("acd ready"))
-        .expect("ACD ready");
-    // B answers its first keep-alive after 2 s (it was declared unreachable at 0.7 s): from
-    // then on the 2 s round trip is known, and B stays reachable.
-    let up = format!("REACH {b} up");
-    acd.wait_since(0, WAIT, "B reachable", |l| l == up)
-        .expect("B reachable over the slow link");
-    let scenario = integration::phones::scenario("call_uac_queue_wait.xml");
-    let sipp = integration::require_binary("sipp").expect("sipp");
-    let (target, ip) = (format!("{a}:5070"), a.to_string());
-    let scenario = scenario.display().to_string();
-    let _caller = lab
-        .spawn(
-            Site::A,
-            "caller",
-            &sipp,
-            &[
-                "-sf", &scenario, &target, "-i", &ip, "-p", "5090", "-m", "1", "-aa", "-nostdin",
-            ],
-            &[],
-        )
-        .expect("caller");
-    let mut offered = Vec::new();
-    for user in ["2001", "2002"] {
-        let iface = format!(" PJSIP/{user} ");
-        let (at, _) = acd
-            .wait_since(0, WAIT, "the offer", |l| {
-                l.starts_with("OFFER acd-") && l.contains(&iface)
-            })
-            .expect("offered");
-        let unanswered = format!("OFFER UNANSWERED PJSIP/{user} ");
-        acd.wait_since(0, WAIT, "the offer given up", |l| {
-            l.starts_with(&unanswered)
-        })
-        .expect("given up without a provisional response");
-        offered.push(at);
-    }
+    l.call();
+    let offered = [
+        l.offered_and_given_up("2001"),
+        l.offered_and_given_up("2002"),
+    ];
     // The late 180 from 2001 got a CANCEL (its phone saw CANCEL, answered 487), the late 200
     // from 2002 an ACK and a BYE.
-    let out = ringing.wait().expect("phone 2001");
-    assert!(
-        out.passed(),
-        "the ringing phone was not cancelled\n{}\n{}\n{}",
-        out.describe(),
-        gw.diag(),
-        acd.diag()
-    );
-    let out = answering.wait().expect("phone 2002");
-    assert!(
-        out.passed(),
-        "the answering phone got no ACK and BYE\n{}\n{}\n{}",
-        out.describe(),
-        gw.diag(),
-        acd.diag()
-    );
-    let is_end = |l: &str| l.starts_with("CALL ") && l.contains(" ENDED ");
-    let (first_end, line) = gw
-        .wait_since(0, WAIT, "the first call's end", is_end)
-        .expect("B's first call ended");
-    println!("2001: {line}");
-    assert!(line.contains(" ENDED cancel "), "{line}");
-    let mark = gw
-        .history
-        .iter()
-        .position(|(_, l)| is_end(l.trim()))
-        .map_or(0, |i| i + 1);
-    let (second_end, line) = gw
-        .wait_since(mark, WAIT, "the second call's end", is_end)
-        .expect("B's second call ended");
-    println!("2002: {line}");
+    l.phone_passes(0, "the ringing phone was not cancelled");
+    l.phone_passes(1, "the answering phone got no ACK and BYE");
+    let ends = [l.call_ended(0), l.call_ended(1)];
+    assert!(ends[0].1.contains(" ENDED cancel "), "{}", ends[0].1);
     // Hung up by the ACD (side a), not given up by gateway B.
-    assert!(line.contains(" ENDED bye-a "), "{line}");
-    for (user, (offer, end)) in ["2001", "2002"]
-        .iter()
-        .zip(offered.iter().zip([first_end, second_end]))
-    {
+    assert!(ends[1].1.contains(" ENDED bye-a "), "{}", ends[1].1);
+    for (user, (offer, (end, _))) in ["2001", "2002"].iter().zip(offered.iter().zip(&ends)) {
         let took = end.saturating_duration_since(*offer);
         println!("{user}: B's call ended {took:?} after the offer");
         assert!(
             took < Duration::from_secs(5),
             "{user}'s call at B ended {took:?} after the offer\n{}\n{}",
-            gw.diag(),
-            acd.diag()
+            l.gw.diag(),
+            l.acd.diag()
         );
     }
+    l.never_connected();
+}
+
+/// A 200 after the heal: the phone at B answers an offer the moment it arrives, then the link
+/// is cut (B's 100, 180 and 200 are lost). The ACD gives the offer up (1.5 s) and its INVITE
+/// transaction ends (Timer B, 6.4 s). Gateway B (T1 500 ms) retransmits its 200 for 32 s. After
+/// the heal (8 s after the offer) the next retransmission reaches the ACD, which matches no
+/// transaction: the ACD still ACKs it and sends a BYE, so the phone's call ends within 7 s of
+/// the heal, long before gateway B would give up the unacknowledged 200 (32 s after the answer).
+#[test]
+fn wan_lab_a_200_after_the_heal_is_acked_and_hung_up() {
+    let Some(mut l) = LateLab::start(&[("2001", "call_uas_answer_now.xml")], 500) else {
+        return;
+    };
+    l.call();
+    let (offer, _) = l
+        .acd
+        .wait_since(0, WAIT, "the offer", |s| {
+            s.starts_with("OFFER acd-") && s.contains(" PJSIP/2001 ")
+        })
+        .expect("offered");
+    // The phone answered (B publishes INUSE) about 1 s after the offer: B's answers are still
+    // on the wire for one more second, and the cut drops them.
+    l.gw.wait_since(0, WAIT, "the phone answered", |s| {
+        s == "DEVICE PJSIP/2001 INUSE"
+    })
+    .expect("answered at B");
+    l.lab.partition();
     assert!(
-        !acd.lines_since(0).iter().any(|l| l.contains("|CONNECT|")),
-        "the caller was connected to an abandoned offer\n{}",
-        acd.diag()
+        offer.elapsed() < Duration::from_millis(1900),
+        "the cut came too late to drop B's answers"
     );
+    l.acd
+        .wait_since(0, WAIT, "the offer given up", |s| {
+            s.starts_with("OFFER UNANSWERED PJSIP/2001 ")
+        })
+        .expect("given up without a provisional response");
+    // Past the ACD's Timer B (6.4 s after the offer), inside B's 32 s of 200 retransmissions.
+    while offer.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    l.lab.heal();
+    let heal = Instant::now();
+    l.phone_passes(0, "the answering phone got no ACK and BYE");
+    let (end, line) = l.call_ended(0);
+    assert!(line.contains(" ENDED bye-a "), "{line}");
+    let took = end.saturating_duration_since(heal);
+    println!("B's call ended {took:?} after the heal");
+    assert!(
+        took < Duration::from_secs(7),
+        "the call at B ended {took:?} after the heal\n{}\n{}",
+        l.gw.diag(),
+        l.acd.diag()
+    );
+    l.never_connected();
 }

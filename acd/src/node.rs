@@ -50,6 +50,8 @@ use tracing::{debug, info, warn};
 
 use crate::reach::{ReachConfig, ReachEvent, Reachability};
 
+mod late;
+
 use crate::engine::{
     Action, CompletedBy, Engine, EngineConfig, EngineError, Join, OfferId, OfferOutcome, Time,
 };
@@ -234,6 +236,7 @@ impl AcdNode {
         let core = Core {
             reach: Reachability::new(cfg.reach),
             probe_salt: rand::random::<u64>() & 0xffff_ffff,
+            abandoned: late::Abandoned::default(),
             next_targets: Instant::now(),
             records,
             tl: TransactionLayer::new(tx::Config {
@@ -362,6 +365,8 @@ struct Core {
     /// Secret part of the keep-alives' branches (`z9hG4bKacdp<id>.<salt>`): an answer is
     /// matched to its probe by the branch alone (probes are sent without a transaction).
     probe_salt: u64,
+    /// Offers given up whose INVITE transaction ended: a later 2xx is still ACKed and BYEd.
+    abandoned: late::Abandoned,
     /// When the set of gateways to watch is refreshed next.
     next_targets: Instant,
 }
@@ -536,6 +541,8 @@ impl Core {
             } => {
                 if let Some(id) = self.probe_of(&response) {
                     self.reach.answered(now, id, source.addr);
+                } else {
+                    self.late_answer(&response);
                 }
             }
             tx::Event::Terminated { key } => {
@@ -1438,6 +1445,10 @@ impl Core {
     fn agent_failed(&mut self, id: OfferId) {
         if let Some(a) = self.agents.remove(&id) {
             a.leg.close();
+            if a.cancelled && !a.answered {
+                self.abandoned
+                    .remember(Instant::now(), a.invite.clone(), a.peer.clone());
+            }
             if !a.cancelled && !a.answered {
                 let _ = self
                     .engine

@@ -172,7 +172,7 @@ impl Reachability {
                 t.rtt = Some(match t.rtt {
                     None => (r, r / 2),
                     Some((srtt, var)) => {
-                        let diff = if srtt > r { srtt - r } else { r - srtt };
+                        let diff = srtt.abs_diff(r);
                         ((srtt * 7 + r) / 8, (var * 3 + diff) / 4)
                     }
                 });

@@ -37,7 +37,7 @@ fn changes(ev: &[(Duration, ReachEvent)]) -> Vec<(Duration, bool)> {
 }
 
 fn gw() -> SocketAddr {
-    "192.0.2.1:5060".parse().unwrap()
+    "192.0.2.1:5060".parse().expect("address")
 }
 
 /// A link to every target: round trip `rtt` (± `jitter`, order kept per direction is not
@@ -144,9 +144,9 @@ fn pipelined_probes_every_interval_whatever_is_outstanding() {
         &mut pending,
     );
     assert_eq!(changes(&ev), [(ms(1000), true)], "a slow link is reachable");
-    let srtt = r.srtt(gw()).unwrap();
+    let srtt = r.srtt(gw()).expect("known");
     assert!(srtt >= ms(990) && srtt <= ms(1010), "{srtt:?}");
-    let bound = r.silence_bound(gw()).unwrap();
+    let bound = r.silence_bound(gw()).expect("known");
     assert!(bound >= ms(1100) && bound < ms(1200), "{bound:?}");
 }
 
@@ -241,8 +241,8 @@ fn rtt_300_ms_with_3_percent_loss_never_flaps_in_three_simulated_hours() {
 fn any_response_counts_and_forgotten_probes_still_do() {
     let t0 = Instant::now();
     let (a, b): (SocketAddr, SocketAddr) = (
-        "192.0.2.1:5060".parse().unwrap(),
-        "192.0.2.2:5060".parse().unwrap(),
+        "192.0.2.1:5060".parse().expect("address"),
+        "192.0.2.2:5060".parse().expect("address"),
     );
     let mut r = Reachability::new(ReachConfig::default());
     r.set_targets(t0, [a, b]);
@@ -299,11 +299,15 @@ fn any_response_counts_and_forgotten_probes_still_do() {
     );
     assert_eq!(r.srtt(a), None);
     // A remembered one gives a sample.
-    let last = sent.last().unwrap().0;
+    let last = sent.last().expect("probes").0;
     r.answered(t0 + ms(20_050), last, a);
     assert!(r.srtt(a).is_some());
     // An answer from an address that is no target changes nothing.
-    r.answered(t0 + ms(20_060), 999_999, "192.0.2.9:5060".parse().unwrap());
+    r.answered(
+        t0 + ms(20_060),
+        999_999,
+        "192.0.2.9:5060".parse().expect("address"),
+    );
     assert!(drain(&mut r).is_empty());
     // Forgotten targets are no longer probed and count as reachable.
     r.set_targets(t0 + ms(20_100), [a]);
