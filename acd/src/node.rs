@@ -50,6 +50,8 @@ use tracing::{debug, info, warn};
 
 use crate::reach::{ReachConfig, ReachEvent, Reachability};
 
+mod late;
+
 use crate::engine::{
     Action, CompletedBy, Engine, EngineConfig, EngineError, Join, OfferId, OfferOutcome, Time,
 };
@@ -233,7 +235,8 @@ impl AcdNode {
         };
         let core = Core {
             reach: Reachability::new(cfg.reach),
-            probes: HashMap::new(),
+            probe_salt: rand::random::<u64>() & 0xffff_ffff,
+            abandoned: late::Abandoned::default(),
             next_targets: Instant::now(),
             records,
             tl: TransactionLayer::new(tx::Config {
@@ -359,8 +362,11 @@ struct Core {
     events: broadcast::Sender<NodeEvent>,
     /// Gateways' reachability (OPTIONS keep-alives).
     reach: Reachability,
-    /// Outstanding keep-alive transactions → probe id.
-    probes: HashMap<TransactionKey, u64>,
+    /// Secret part of the keep-alives' branches (`z9hG4bKacdp<id>.<salt>`): an answer is
+    /// matched to its probe by the branch alone (probes are sent without a transaction).
+    probe_salt: u64,
+    /// Offers given up whose INVITE transaction ended: a later 2xx is still ACKed and BYEd.
+    abandoned: late::Abandoned,
     /// When the set of gateways to watch is refreshed next.
     next_targets: Instant,
 }
@@ -393,6 +399,11 @@ impl Core {
                         // Which gateway holds the device may have changed: reachability first.
                         self.sync_reachability(Some(&key));
                         self.engine.device_state(engine_now(), &key, state);
+                    }
+                    Some(BusEvent::Changed(Change::PeerUp(_))) => {
+                        // A member that may announce a SIP address: keep it alive from now on,
+                        // not from the next periodic refresh.
+                        self.refresh_targets();
                     }
                     Some(BusEvent::Lagged(_)) => {
                         let now = engine_now();
@@ -519,24 +530,22 @@ impl Core {
                     }
                 }
             }
-            tx::Event::Response { key, response } => {
-                if let Some(id) = self.probes.remove(&key) {
-                    self.reach.answered(now, id);
-                    return;
-                }
-                self.on_agent_response(&key, response)
-            }
+            tx::Event::Response { key, response } => self.on_agent_response(&key, response),
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
-                if self.probes.remove(&key).is_some() {
-                    return;
-                }
                 if let Some(offer) = self.by_client.remove(&key) {
                     self.agent_failed(offer);
                 }
             }
-            tx::Event::StrayResponse { .. } => {}
+            tx::Event::StrayResponse {
+                response, source, ..
+            } => {
+                if let Some(id) = self.probe_of(&response) {
+                    self.reach.answered(now, id, source.addr);
+                } else {
+                    self.late_answer(&response);
+                }
+            }
             tx::Event::Terminated { key } => {
-                self.probes.remove(&key);
                 // Keep the INVITE mapping for late 2xx retransmissions until the offer ends.
                 if key.method() != Method::Invite {
                     self.by_client.remove(&key);
@@ -1089,22 +1098,13 @@ impl Core {
     fn on_reach_event(&mut self, ev: ReachEvent) {
         match ev {
             ReachEvent::Probe { id, to } => self.send_probe(id, to),
-            ReachEvent::Expired { id } => {
-                let key = self
-                    .probes
-                    .iter()
-                    .find(|(_, p)| **p == id)
-                    .map(|(k, _)| k.clone());
-                if let Some(key) = key {
-                    self.probes.remove(&key);
-                    self.tl.terminate(&key);
-                }
-            }
             ReachEvent::Changed { addr, reachable } => {
                 if reachable {
                     info!(gateway = %addr, "gateway reachable again");
                 } else {
-                    warn!(gateway = %addr, "gateway unreachable: its agents are skipped");
+                    warn!(gateway = %addr, srtt = ?self.reach.srtt(addr),
+                        silence = ?self.reach.silence_bound(addr),
+                        "gateway unreachable: its agents are skipped");
                 }
                 let _ = self.events.send(NodeEvent::Reach {
                     gateway: addr,
@@ -1115,10 +1115,27 @@ impl Core {
         }
     }
 
+    /// The keep-alive a response answers (its branch names the probe, with our salt).
+    fn probe_of(&self, response: &Response) -> Option<u64> {
+        let branch = response.headers.iter().find_map(|h| match h {
+            Header::Via(v) => v
+                .value()
+                .split(';')
+                .find_map(|p| p.trim().strip_prefix("branch=").map(str::to_owned)),
+            _ => None,
+        })?;
+        let (id, salt) = branch.strip_prefix("z9hG4bKacdp")?.split_once('.')?;
+        (u64::from_str_radix(salt, 16).ok()? == self.probe_salt)
+            .then(|| u64::from_str_radix(id, 16).ok())
+            .flatten()
+    }
+
+    /// One keep-alive, sent once without a transaction (the next probe is its retransmission);
+    /// its answer comes back as a stray response.
     fn send_probe(&mut self, id: u64, to: SocketAddr) {
-        let (b, t, c) = (self.rand(), self.rand() & 0xffff_ffff_ffff, self.rand());
+        let (salt, t, c) = (self.probe_salt, self.rand() & 0xffff_ffff_ffff, self.rand());
         let text = format!(
-            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKacdp{b:016x};rport\r\n\
+            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKacdp{id:x}.{salt:x};rport\r\n\
              Max-Forwards: 70\r\nFrom: <sip:acd@{local}>;tag=acdp{t:012x}\r\nTo: <sip:{to}>\r\n\
              Call-ID: acdp{c:016x}@{ip}\r\nCSeq: 1 OPTIONS\r\nContact: {contact}\r\n\
              Content-Length: 0\r\n\r\n",
@@ -1135,19 +1152,12 @@ impl Core {
             transport: transport::Transport::Udp,
             local: self.local,
         };
-        match self
-            .tl
-            .send_request(req, tx::Transport::Unreliable, peer, Instant::now())
-        {
-            Ok(key) => {
-                self.probes.insert(key, id);
-            }
-            Err(e) => debug!(error = %e, "keep-alive not sent"),
-        }
+        self.tl
+            .send_stateless(req.into(), peer, tx::Transport::Unreliable);
     }
 
     /// Offers without any provisional response within the bound: given up (never
-    /// retransmitted again), the gateway probed at once, the next member tried.
+    /// retransmitted again), the next member tried.
     fn offers_unanswered(&mut self) {
         let now = Instant::now();
         let bound = self.cfg.offer_provisional_timeout;
@@ -1169,7 +1179,6 @@ impl Core {
                 interface,
                 gateway: gw,
             });
-            self.reach.suspect(now, gw);
             let _ = self
                 .engine
                 .offer_outcome(engine_now(), id, OfferOutcome::Busy);
@@ -1436,6 +1445,10 @@ impl Core {
     fn agent_failed(&mut self, id: OfferId) {
         if let Some(a) = self.agents.remove(&id) {
             a.leg.close();
+            if a.cancelled && !a.answered {
+                self.abandoned
+                    .remember(Instant::now(), a.invite.clone(), a.peer.clone());
+            }
             if !a.cancelled && !a.answered {
                 let _ = self
                     .engine

@@ -1,0 +1,116 @@
+//! Offers the node gave up on (no provisional response in time) whose INVITE transaction has
+//! ended (Timer B): remembered for a while so that a 2xx arriving even later, e.g. a gateway's
+//! 200 retransmission after a partition heals, is still ACKed and BYEd and the agent's phone
+//! does not stay in a call for nobody. Bounded in count and age; what is over is dropped.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use gateway::server::Peer;
+use gateway::sip::dialog::Dialog;
+use gateway::sip::message::{Method, Request, Response};
+use gateway::sip::transaction as tx;
+use rsip::headers::UntypedHeader;
+use rsip::Header;
+use tracing::warn;
+
+/// Most abandoned offers remembered (the oldest is forgotten first).
+pub(super) const MAX_ABANDONED: usize = 256;
+/// How long one is remembered after its transaction ended (a gateway retransmits a 2xx for
+/// 64·T1, 32 s with the default T1, from the agent's answer).
+pub(super) const KEEP: Duration = Duration::from_secs(64);
+
+struct Entry {
+    until: Instant,
+    call_id: String,
+    invite: Request,
+    peer: Peer,
+    /// The BYE went out (later 2xx retransmissions are only ACKed).
+    bye_sent: bool,
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub(super) struct Abandoned {
+    entries: VecDeque<Entry>,
+}
+
+fn call_id(headers: &rsip::Headers) -> Option<String> {
+    headers.iter().find_map(|h| match h {
+        Header::CallId(c) => Some(c.value().trim().to_owned()),
+        _ => None,
+    })
+}
+
+fn is_invite_response(r: &Response) -> bool {
+    r.headers.iter().any(|h| match h {
+        Header::CSeq(c) => c
+            .value()
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|m| m.eq_ignore_ascii_case("INVITE")),
+        _ => false,
+    })
+}
+
+impl Abandoned {
+    /// Remembers an abandoned offer's INVITE (sent to `peer`) from `now`.
+    pub(super) fn remember(&mut self, now: Instant, invite: Request, peer: Peer) {
+        let Some(call_id) = call_id(&invite.headers) else {
+            return;
+        };
+        self.expire(now);
+        if self.entries.len() >= MAX_ABANDONED {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(Entry {
+            until: now + KEEP,
+            call_id,
+            invite,
+            peer,
+            bye_sent: false,
+        });
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self.entries.front().is_some_and(|e| e.until <= now) {
+            self.entries.pop_front();
+        }
+    }
+}
+
+impl super::Core {
+    /// A response matching no transaction: a 2xx to a remembered abandoned offer is ACKed (each
+    /// retransmission) and the dialog it created is ended with a BYE (once).
+    pub(super) fn late_answer(&mut self, response: &Response) {
+        let code = response.status_code.code();
+        if !(200..300).contains(&code) || !is_invite_response(response) {
+            return;
+        }
+        let now = Instant::now();
+        self.abandoned.expire(now);
+        let Some(cid) = call_id(&response.headers) else {
+            return;
+        };
+        let Some(e) = self.abandoned.entries.iter_mut().find(|e| e.call_id == cid) else {
+            return;
+        };
+        let Ok(mut d) = Dialog::uac(&e.invite, response) else {
+            return;
+        };
+        let first = !e.bye_sent;
+        e.bye_sent = true;
+        let peer = e.peer.clone();
+        let via = |n: u64| format!("SIP/2.0/UDP {};branch=z9hG4bKacd{n:016x};rport", self.local);
+        let ack = d.ack(1, &via(rand::random()));
+        self.tl
+            .send_stateless(ack.into(), peer.clone(), tx::Transport::Unreliable);
+        if first {
+            warn!(gateway = %peer.addr, call_id = %cid, "a 2xx to an offer given up: ACK and BYE");
+            let bye = d.request(Method::Bye, &via(rand::random()));
+            let _ = self
+                .tl
+                .send_request(bye, tx::Transport::Unreliable, peer, now);
+        }
+    }
+}
