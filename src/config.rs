@@ -127,6 +127,15 @@ pub struct GatewaySection {
     pub trunk: Vec<TrunkSection>,
     /// Record every call's legs to WAV files in this directory (relative to the config file).
     pub record_dir: Option<String>,
+    /// Music on hold for a held party: an 8 kHz mono WAV (PCM, µ-law or A-law) relative to the
+    /// config file; default: generated.
+    pub music_on_hold: Option<String>,
+    /// Music on hold by holding device (user name → WAV).
+    #[serde(default)]
+    pub music_on_hold_devices: std::collections::BTreeMap<String, String>,
+    /// Music on hold by queue (for calls an ACD offers with `X-CF-Offer: queue=…`).
+    #[serde(default)]
+    pub music_on_hold_queues: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -599,6 +608,7 @@ impl Loaded {
                 v => Some(secs(v, "media_timeout_secs", 30.0)?),
             },
             extensions: g.extensions.clone().into_iter().collect(),
+            moh: std::sync::Arc::new(self.gateway_moh(g)?),
             trunks,
             record_dir: match &g.record_dir {
                 None => None,
@@ -615,6 +625,47 @@ impl Loaded {
                 }
             },
         })
+    }
+
+    /// The gateway's music on hold: every WAV read now, an unreadable or empty one an error
+    /// naming the file and line.
+    fn gateway_moh(&self, g: &GatewaySection) -> Result<gateway::media::moh::MohSources> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let read = |file: &str, at: String| -> Result<std::sync::Arc<Vec<i16>>> {
+            let pcm = gateway::audio::wav::read_wav(&dir.join(file))
+                .map_err(|e| anyhow!("{at}: music on hold {file:?}: {e}"))?;
+            if pcm.is_empty() {
+                return Err(anyhow!("{at}: music on hold {file:?} holds no audio"));
+            }
+            Ok(std::sync::Arc::new(pcm))
+        };
+        let mut moh = gateway::media::moh::MohSources::default();
+        if let Some(f) = &g.music_on_hold {
+            moh.default = read(f, self.at("gateway", "music_on_hold"))?;
+        }
+        for (table, map, out) in [
+            (
+                "gateway.music_on_hold_devices",
+                &g.music_on_hold_devices,
+                &mut moh.devices,
+            ),
+            (
+                "gateway.music_on_hold_queues",
+                &g.music_on_hold_queues,
+                &mut moh.queues,
+            ),
+        ] {
+            for (key, file) in map {
+                let quoted = self.at(table, &format!("\"{key}\""));
+                let at = if quoted.contains(&format!("[{table}]")) {
+                    self.at(table, key)
+                } else {
+                    quoted
+                };
+                out.insert(key.clone(), read(file, at)?);
+            }
+        }
+        Ok(moh)
     }
 
     /// The ACD node configuration, validated; `site_gateway` is the local gateway's address
@@ -842,6 +893,43 @@ mod tests {
         let p = dir.path().join("site-a.toml");
         std::fs::write(&p, text)?;
         Loaded::read(&p)
+    }
+
+    #[test]
+    fn music_on_hold_errors_name_file_and_line() {
+        let base = "[node]\nname = \"a\"\n\n[gateway]\nudp = [\"127.0.0.1:5060\"]\n\
+                    realm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
+        let e = load(&format!("{base}music_on_hold = \"nope.wav\"\n"))
+            .and_then(|l| l.gateway())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("site-a.toml:8:") && e.contains("nope.wav"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{base}\n[gateway.music_on_hold_devices]\n\"2001\" = \"gone.wav\"\n"
+        ))
+        .and_then(|l| l.gateway())
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("site-a.toml:10:") && e.contains("gone.wav"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{base}\n[gateway.music_on_hold_queues]\nsales = \"gone.wav\"\n"
+        ))
+        .and_then(|l| l.gateway())
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("site-a.toml:10:") && e.contains("gone.wav"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct GatewayConfig {
     /// Record every call's two legs to WAV files here (`call-<n>-caller.wav`,
     /// `call-<n>-callee.wav`: what each side sent), if set.
     pub record_dir: Option<std::path::PathBuf>,
+    /// Music on hold for the held party (per queue, per holding device, default).
+    pub moh: Arc<crate::media::moh::MohSources>,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -161,6 +163,8 @@ pub enum GatewayEvent {
         a: Option<LegStats>,
         /// Callee-side leg.
         b: Option<LegStats>,
+        /// Music-on-hold packets the gateway sent to the caller's and the callee's leg.
+        moh: [u64; 2],
     },
     /// An ACD's offer (`X-CF-Offer`) refused before ringing anyone.
     OfferRefused {
@@ -216,6 +220,15 @@ struct RelayMedia {
     record_dir: Option<std::path::PathBuf>,
     /// Final figures of calls closed but not yet reported.
     closed: HashMap<b2bua::CallId, (LegStats, LegStats)>,
+    /// Music on hold: the sources, the queue of the INVITE being handed to the B2BUA (its
+    /// `X-CF-Offer`), the device-key prefix (stripped to find a device's music), each call's
+    /// hold state and players.
+    moh_sources: Arc<crate::media::moh::MohSources>,
+    incoming_queue: Option<String>,
+    device_prefix: String,
+    moh: HashMap<b2bua::CallId, crate::media::moh::CallMoh>,
+    /// Music-on-hold packets of calls closed but not yet reported.
+    moh_closed: HashMap<b2bua::CallId, [u64; 2]>,
 }
 
 impl RelayMedia {
@@ -254,12 +267,21 @@ impl MediaControl for RelayMedia {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(call, (a, b));
+        let mut moh = crate::media::moh::CallMoh::default();
+        moh.queue = self.incoming_queue.take();
         if let Some(p) = self.incoming.take() {
+            let user = |d: &Option<String>| {
+                d.as_deref()
+                    .map(|d| d.strip_prefix(self.device_prefix.as_str()).unwrap_or(d))
+                    .map(str::to_owned)
+            };
+            moh.devices = [user(&p.caller_device), user(&p.callee_device)];
             self.parties
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(call, p);
         }
+        self.moh.insert(call, moh);
         Some(ports)
     }
 
@@ -283,6 +305,10 @@ impl MediaControl for RelayMedia {
     }
 
     fn close(&mut self, call: b2bua::CallId) {
+        if let Some(mut moh) = self.moh.remove(&call) {
+            moh.stop();
+            self.moh_closed.insert(call, moh.packets());
+        }
         let legs = self
             .legs
             .lock()
@@ -302,6 +328,28 @@ impl MediaControl for RelayMedia {
     fn idle(&self, call: b2bua::CallId, now: Instant) -> Option<Duration> {
         // Either phone falling silent ends the call (Asterisk's rtptimeout is per channel).
         self.with(call, |a, b| a.idle_for(now).max(b.idle_for(now)))
+    }
+
+    fn hold(&mut self, call: b2bua::CallId, holder: b2bua::Side, holding: bool) {
+        let Some(moh) = self.moh.get_mut(&call) else {
+            return;
+        };
+        let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((a, b)) = legs.get(&call) else {
+            return;
+        };
+        let p = match holder {
+            b2bua::Side::A => 0,
+            b2bua::Side::B => 1,
+        };
+        moh.set_hold(p, holding, [a, b], &self.moh_sources, Instant::now());
+        info!(
+            call = call.0,
+            holding,
+            music_to_caller = moh.playing(0),
+            music_to_callee = moh.playing(1),
+            "hold"
+        );
     }
 }
 
@@ -406,6 +454,8 @@ impl Gateway {
                 .collect()
         };
         let record_dir = cfg.record_dir.clone();
+        let moh_sources = cfg.moh.clone();
+        let device_prefix = cfg.device_prefix.clone();
         let core = Core {
             cfg,
             bus,
@@ -423,6 +473,11 @@ impl Gateway {
                 incoming: None,
                 closed: HashMap::new(),
                 record_dir,
+                moh_sources,
+                incoming_queue: None,
+                device_prefix,
+                moh: HashMap::new(),
+                moh_closed: HashMap::new(),
             },
             published: HashMap::new(),
             events: gw_events.clone(),
@@ -681,6 +736,7 @@ impl Core {
                 record,
             } => {
                 let legs = self.media.closed.remove(&call);
+                let moh = self.media.moh_closed.remove(&call).unwrap_or_default();
                 info!(call = call.0, %reason, "call ended");
                 let cdr = self.cdr(&call.0.to_string(), &reason, &record, legs.as_ref());
                 self.write_cdr(cdr);
@@ -689,6 +745,7 @@ impl Core {
                     reason,
                     a: legs.as_ref().map(|l| l.0.clone()),
                     b: legs.map(|l| l.1),
+                    moh,
                 });
             }
             b2bua::Action::CallRefused { code, record } => {
@@ -840,6 +897,10 @@ impl Core {
             b2bua::Target::Device { device, .. } => device.clone(),
             _ => String::new(),
         };
+        let queue = offer
+            .as_ref()
+            .and_then(|o| o.as_ref().ok())
+            .and_then(|o| o.queue.clone());
         let refused = match offer {
             None => None,
             Some(Err(e)) => {
@@ -893,6 +954,7 @@ impl Core {
             });
             return;
         }
+        self.media.incoming_queue = queue;
         self.media.incoming = Some(Parties {
             caller: b2bua::caller_user(&req),
             dialled: b2bua::dialled_user(&req),
@@ -911,6 +973,7 @@ impl Core {
             now,
         );
         self.media.incoming = None;
+        self.media.incoming_queue = None;
     }
 
     fn route(&self, req: &Request, source: &Peer) -> b2bua::Target {

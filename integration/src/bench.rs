@@ -919,6 +919,7 @@ pub fn gateway_config(
         extensions: Default::default(),
         trunks: Vec::new(),
         record_dir: None,
+        moh: Default::default(),
     }
 }
 

@@ -22,6 +22,7 @@
 //! recent contact is called), PRACK/100rel, session timers, redirects (3xx become 480).
 
 pub mod devstate;
+pub mod hold;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -83,6 +84,11 @@ pub trait MediaControl {
     fn close(&mut self, call: CallId);
     /// Time since the last RTP packet from either side (since `open` if none came).
     fn idle(&self, call: CallId, now: Instant) -> Option<Duration>;
+    /// Side `holder` has put the call on hold (`true`) or resumed it (the other side hears
+    /// music on hold meanwhile). Default: nothing.
+    fn hold(&mut self, call: CallId, holder: Side, holding: bool) {
+        let _ = (call, holder, holding);
+    }
 }
 
 /// Where an INVITE goes, as resolved by the gateway (dial plan, registrar, trunks).
@@ -1113,7 +1119,10 @@ impl B2bua {
         let port = call.port(other);
         let leg = call.leg_mut(other);
         leg.origin.1 += 1;
-        let sdp = anchored(&offer, port, leg.origin);
+        let mut sdp = anchored(&offer, port, leg.origin);
+        if holds {
+            hold::offer_to_held(&mut sdp);
+        }
         let peer = leg.peer.clone();
         let (via, branch) = via_for(&peer);
         let Some(d) = leg.dialog.as_mut() else {
@@ -1194,7 +1203,10 @@ impl B2bua {
             .push(Header::Contact(Contact::new(our_contact(&leg.peer))));
         if let Some(answer) = &answer {
             leg.origin.1 += 1;
-            let sdp = anchored(answer, port, leg.origin);
+            let mut sdp = anchored(answer, port, leg.origin);
+            if let Some(offer) = sdp_of(&orig.headers, &orig.body).filter(|_| p.offer_holds) {
+                hold::answer_to_holder(&offer, &mut sdp);
+            }
             r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
             leg.last_sdp = Some(sdp);
         }
@@ -1219,6 +1231,7 @@ impl B2bua {
                 Channel::InUse
             };
             self.set_channel(&device, id, ch);
+            media.hold(id, p.from, p.offer_holds);
         }
     }
 
