@@ -136,13 +136,17 @@ pub struct GatewaySection {
     /// Music on hold by queue (for calls an ACD offers with `X-CF-Offer: queue=…`).
     #[serde(default)]
     pub music_on_hold_queues: std::collections::BTreeMap<String, String>,
+    /// Name servers (`ip:port`) for trunks named by a domain; default: the system's.
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrunkSection {
     pub name: String,
-    /// `ip:port` of the peer (UDP).
+    /// `ip:port` of the peer (UDP), or a domain (`itsp.example`: NAPTR/SRV/A, RFC 3263;
+    /// `itsp.example:5080`: A/AAAA only).
     pub address: String,
     /// Dialled-number prefixes routed to this trunk (longest prefix wins).
     #[serde(default)]
@@ -234,6 +238,26 @@ pub struct Loaded {
     pub config: Config,
     pub path: PathBuf,
     text: String,
+}
+
+/// `host` or `host:port` where `host` is a domain name (letters, digits, `-`, dots between
+/// non-empty labels, not all digits) and `port` is not 0.
+fn parse_domain(s: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)),
+        None => (s, None),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let labels_ok = host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    let numeric = host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    (labels_ok && !numeric).then(|| (host.to_ascii_lowercase(), port))
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
@@ -527,14 +551,21 @@ impl Loaded {
         };
         let mut trunks = Vec::new();
         for (n, t) in g.trunk.iter().enumerate() {
-            let address: std::net::SocketAddr = t.address.parse().map_err(|_| {
-                anyhow!(
-                    "{}: trunk {:?}: {:?} is not an address like 192.0.2.7:5060",
-                    self.at_nth("gateway.trunk", n, "address"),
-                    t.name,
-                    t.address
-                )
-            })?;
+            let (address, domain) = match t.address.parse::<std::net::SocketAddr>() {
+                Ok(a) => (a, None),
+                Err(_) => match parse_domain(&t.address) {
+                    Some(d) => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), Some(d)),
+                    None => {
+                        return Err(anyhow!(
+                            "{}: trunk {:?}: {:?} is neither an address like 192.0.2.7:5060 \
+                             nor a domain like itsp.example or itsp.example:5060",
+                            self.at_nth("gateway.trunk", n, "address"),
+                            t.name,
+                            t.address
+                        ))
+                    }
+                },
+            };
             let inbound_from = {
                 t.inbound_from
                     .iter()
@@ -572,7 +603,11 @@ impl Loaded {
             }
             let register = t.register.then(|| {
                 (
-                    t.domain.clone().unwrap_or_else(|| address.to_string()),
+                    t.domain.clone().unwrap_or_else(|| {
+                        domain
+                            .as_ref()
+                            .map_or_else(|| address.to_string(), |(d, _)| d.clone())
+                    }),
                     t.register_expires.unwrap_or(600),
                 )
             });
@@ -584,6 +619,7 @@ impl Loaded {
                 inbound_from,
                 credentials,
                 register,
+                domain,
             });
         }
         Ok(gateway::server::GatewayConfig {
@@ -609,6 +645,7 @@ impl Loaded {
             },
             extensions: g.extensions.clone().into_iter().collect(),
             moh: std::sync::Arc::new(self.gateway_moh(g)?),
+            dns_servers: addrs(&g.dns_servers, "dns_servers")?,
             trunks,
             record_dir: match &g.record_dir {
                 None => None,
@@ -896,6 +933,50 @@ mod tests {
     }
 
     #[test]
+    fn trunk_domains_and_dns_servers_are_validated() {
+        assert_eq!(parse_domain("itsp.test"), Some(("itsp.test".into(), None)));
+        assert_eq!(
+            parse_domain("SIP.Itsp.test.:5080"),
+            Some(("sip.itsp.test".into(), Some(5080)))
+        );
+        for bad in [
+            "", "a..b", "-a.b", "a.b:0", "a.b:x", "10.0.0.1", "a_b.c", "a b",
+        ] {
+            assert_eq!(parse_domain(bad), None, "{bad:?}");
+        }
+        let base = "[node]\nname = \"a\"\n\n[gateway]\nudp = [\"127.0.0.1:5060\"]\n\
+                    realm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
+        let e = load(&format!("{base}dns_servers = [\"localhost\"]\n"))
+            .and_then(|l| l.gateway())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("site-a.toml:8:") && e.contains("localhost"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{base}\n[[gateway.trunk]]\nname = \"t\"\naddress = \"bad host\"\n"
+        ))
+        .and_then(|l| l.gateway())
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("site-a.toml:11:") && e.contains("bad host"),
+            "{e}"
+        );
+        let l = load(&format!(
+            "{base}dns_servers = [\"127.0.0.1:5353\"]\n\n[[gateway.trunk]]\nname = \"t\"\n\
+             address = \"itsp.test\"\n"
+        ))
+        .unwrap();
+        let g = l.gateway().unwrap();
+        assert_eq!(g.dns_servers, ["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(g.trunks[0].domain, Some(("itsp.test".into(), None)));
+    }
+
+    #[test]
     fn music_on_hold_errors_name_file_and_line() {
         let base = "[node]\nname = \"a\"\n\n[gateway]\nudp = [\"127.0.0.1:5060\"]\n\
                     realm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
@@ -975,7 +1056,7 @@ mod tests {
         // Lines 7-9: a good trunk; 10-12: a bad address; then 10-13: a bad inbound_from.
         let text = format!(
             "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\n\
-             [[gateway.trunk]]\nname = \"bad\"\naddress = \"nowhere\"\n"
+             [[gateway.trunk]]\nname = \"bad\"\naddress = \"no where\"\n"
         );
         let e = load(&text).unwrap().gateway().err().unwrap().to_string();
         assert!(

@@ -216,6 +216,7 @@ fn main() -> Result<()> {
                     inbound_from: Vec::new(),
                     credentials: None,
                     register: None,
+                    domain: None,
                 });
                 run_gateway(gw, Some(acd), bus, xmpp, http_listen).await
             }

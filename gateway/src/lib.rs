@@ -7,6 +7,7 @@
 pub mod audio;
 pub mod b2bua;
 pub mod devices;
+pub mod dns;
 pub mod media;
 pub mod offer;
 pub mod records;

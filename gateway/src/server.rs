@@ -64,6 +64,8 @@ pub struct GatewayConfig {
     pub record_dir: Option<std::path::PathBuf>,
     /// Music on hold for the held party (per queue, per holding device, default).
     pub moh: Arc<crate::media::moh::MohSources>,
+    /// Name servers for trunks named by a domain (empty: the system's).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -84,6 +86,55 @@ pub struct TrunkConfig {
     pub credentials: Option<ClientCredentials>,
     /// Keep a registration at the peer with these credentials: (domain of the AOR, expires).
     pub register: Option<(String, u32)>,
+    /// The peer named by a domain (and a port, if given): located by RFC 3263 (NAPTR, SRV,
+    /// A/AAAA; [`crate::dns`]) instead of `address`, which is then unused.
+    pub domain: Option<(String, Option<u16>)>,
+}
+
+impl TrunkConfig {
+    /// The peer's host as in its URIs: the domain (with its port, if given), else `address`.
+    pub fn host(&self) -> String {
+        match &self.domain {
+            Some((name, Some(port))) => format!("{name}:{port}"),
+            Some((name, None)) => name.clone(),
+            None => self.address.to_string(),
+        }
+    }
+}
+
+/// Resolved targets of the trunks named by a domain, by trunk name.
+type TrunkDns = Arc<std::sync::Mutex<HashMap<String, crate::dns::TrunkTargets>>>;
+
+/// Resolves trunk `name`'s `host` now and again when its TTL runs out (or, after a failure,
+/// with back-off), into `dns`.
+fn spawn_trunk_dns(
+    resolver: crate::dns::TrunkResolver,
+    name: String,
+    (host, port): (String, Option<u16>),
+    dns: TrunkDns,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let result = resolver.resolve(&host, port).await;
+            let now = Instant::now();
+            let next = {
+                let mut map = dns.lock().unwrap_or_else(|p| p.into_inner());
+                let t = map.entry(name.clone()).or_default();
+                match result {
+                    Ok((targets, ttl)) => {
+                        info!(trunk = %name, %host, ?targets, ttl_s = ttl.as_secs(), "trunk resolved");
+                        t.resolved(targets, ttl, now);
+                    }
+                    Err(e) => {
+                        warn!(trunk = %name, error = %e, "trunk not resolved; retrying");
+                        t.failed(now);
+                    }
+                }
+                t.next_resolution().unwrap_or(now + crate::dns::MIN_TTL)
+            };
+            tokio::time::sleep_until(next.into()).await;
+        }
+    })
 }
 
 /// Errors starting the gateway.
@@ -98,6 +149,9 @@ pub enum GatewayError {
     /// The RTP relay could not be set up.
     #[error("RTP relay: {0}")]
     Media(#[from] crate::media::MediaError),
+    /// The DNS resolver for trunks could not be set up.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
 }
 
 /// Where a message came from / goes to.
@@ -386,6 +440,8 @@ pub struct Gateway {
     parties: CallParties,
     task: tokio::task::JoinHandle<()>,
     reloader: tokio::task::JoinHandle<()>,
+    /// Resolvers of trunks named by a domain.
+    dns_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -441,7 +497,7 @@ impl Gateway {
                     Some((
                         t.name.clone(),
                         OutboundRegistration::new(
-                            &format!("sip:{}", t.address),
+                            &format!("sip:{}", t.host()),
                             &domain,
                             creds,
                             local?,
@@ -454,6 +510,21 @@ impl Gateway {
                 .collect()
         };
         let record_dir = cfg.record_dir.clone();
+        let dns: TrunkDns = Arc::default();
+        let mut dns_tasks = Vec::new();
+        if cfg.trunks.iter().any(|t| t.domain.is_some()) {
+            let resolver = crate::dns::TrunkResolver::new(&cfg.dns_servers, cfg.t1 * 4)?;
+            for t in &cfg.trunks {
+                if let Some(d) = &t.domain {
+                    dns_tasks.push(spawn_trunk_dns(
+                        resolver.clone(),
+                        t.name.clone(),
+                        d.clone(),
+                        dns.clone(),
+                    ));
+                }
+            }
+        }
         let moh_sources = cfg.moh.clone();
         let device_prefix = cfg.device_prefix.clone();
         let core = Core {
@@ -483,6 +554,8 @@ impl Gateway {
             events: gw_events.clone(),
             outbound,
             registering: HashMap::new(),
+            register_dest: HashMap::new(),
+            dns,
             records,
             refused: 0,
         };
@@ -494,6 +567,7 @@ impl Gateway {
             parties,
             task,
             reloader,
+            dns_tasks,
         })
     }
 
@@ -518,6 +592,9 @@ impl Gateway {
     pub fn stop(&self) {
         self.task.abort();
         self.reloader.abort();
+        for t in &self.dns_tasks {
+            t.abort();
+        }
     }
 }
 
@@ -547,6 +624,10 @@ struct Core {
     outbound: Vec<(String, OutboundRegistration)>,
     /// REGISTERs in flight → index in `outbound`.
     registering: HashMap<TransactionKey, usize>,
+    /// Where each outbound registration's last REGISTER went (a domain trunk's target).
+    register_dest: HashMap<usize, SocketAddr>,
+    /// Resolved targets of trunks named by a domain.
+    dns: TrunkDns,
     /// The database, for CDRs.
     records: DeviceStore,
     /// INVITEs refused before a call was set up (numbers their CDRs).
@@ -855,12 +936,11 @@ impl Core {
     /// A new INVITE: who calls (a trunk by source address, or a device by digest), and where
     /// to (dial plan: extension → device, device name, trunk prefix).
     fn on_invite(&mut self, key: TransactionKey, req: Request, source: Peer, now: Instant) {
-        let caller = if let Some(t) = self
-            .cfg
-            .trunks
-            .iter()
-            .find(|t| t.address == source.addr || t.inbound_from.contains(&source.addr.ip()))
-        {
+        let caller = if let Some(t) = self.cfg.trunks.iter().find(|t| {
+            (t.domain.is_none() && t.address == source.addr)
+                || t.inbound_from.contains(&source.addr.ip())
+                || (t.domain.is_some() && self.trunk_addrs(t).contains(&source.addr))
+        }) {
             debug!(trunk = %t.name, "call from a trunk");
             Caller::default()
         } else {
@@ -976,6 +1056,18 @@ impl Core {
         self.media.incoming_queue = None;
     }
 
+    /// Where trunk `t` is now: its address, or a domain trunk's resolved targets in RFC 3263
+    /// order (failed ones last; none before the first resolution).
+    fn trunk_addrs(&self, t: &TrunkConfig) -> Vec<SocketAddr> {
+        if t.domain.is_none() {
+            return vec![t.address];
+        }
+        let map = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&t.name)
+            .map(|d| d.ordered(Instant::now()))
+            .unwrap_or_default()
+    }
+
     fn route(&self, req: &Request, source: &Peer) -> b2bua::Target {
         let dialled = req
             .uri
@@ -1022,14 +1114,20 @@ impl Core {
                 .first()
                 .copied()
                 .unwrap_or(source.local);
+            let mut dests = self.trunk_addrs(t).into_iter().map(|addr| Peer {
+                addr,
+                transport: transport::Transport::Udp,
+                local,
+            });
+            let Some(dest) = dests.next() else {
+                info!(trunk = %t.name, "trunk not resolved (yet): 503");
+                return b2bua::Target::Reject(503);
+            };
             return b2bua::Target::Peer {
                 credentials: t.credentials.clone(),
-                uri: format!("sip:{number}@{}", t.address),
-                dest: Peer {
-                    addr: t.address,
-                    transport: transport::Transport::Udp,
-                    local,
-                },
+                uri: format!("sip:{number}@{}", t.host()),
+                dest,
+                fallbacks: dests.collect(),
             };
         }
         b2bua::Target::Reject(404)
@@ -1055,6 +1153,19 @@ impl Core {
         let now = Instant::now();
         let mut to_send = Vec::new();
         if let Some((i, resp)) = done {
+            // RFC 3263 §4.3: a domain trunk's target that timed out or answered 503 is tried
+            // last from now on (for a while).
+            if resp.as_ref().is_none_or(|r| r.status_code.code() == 503) {
+                if let (Some(addr), Some((name, _))) =
+                    (self.register_dest.get(&i), self.outbound.get(i))
+                {
+                    let mut map = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(t) = map.get_mut(name) {
+                        warn!(trunk = %name, %addr, "trunk target failed; trying the next");
+                        t.mark_down(*addr, now);
+                    }
+                }
+            }
             if let Some((name, reg)) = self.outbound.get_mut(i) {
                 let retry = match &resp {
                     Some(r) => reg.on_response(r, now),
@@ -1090,8 +1201,16 @@ impl Core {
             else {
                 continue;
             };
+            let Some(addr) = self.trunk_addrs(t).first().copied() else {
+                debug!(trunk = %t.name, "trunk not resolved yet: REGISTER postponed");
+                if let Some((_, reg)) = self.outbound.get_mut(i) {
+                    reg.on_timeout(now);
+                }
+                continue;
+            };
+            self.register_dest.insert(i, addr);
             let dest = Peer {
-                addr: t.address,
+                addr,
                 transport: transport::Transport::Udp,
                 local: self
                     .transports
@@ -1099,7 +1218,7 @@ impl Core {
                     .udp
                     .first()
                     .copied()
-                    .unwrap_or(t.address),
+                    .unwrap_or(addr),
             };
             match self
                 .tl

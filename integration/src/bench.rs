@@ -920,6 +920,7 @@ pub fn gateway_config(
         trunks: Vec::new(),
         record_dir: None,
         moh: Default::default(),
+        dns_servers: Vec::new(),
     }
 }
 

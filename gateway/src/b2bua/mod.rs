@@ -113,6 +113,9 @@ pub enum Target {
         dest: Peer,
         /// Our account there: a 401/407 to the INVITE is answered once with these.
         credentials: Option<ClientCredentials>,
+        /// Further targets of the same trunk (RFC 3263 order): the INVITE goes to the next
+        /// one when the current one times out or answers 503 before any provisional.
+        fallbacks: Vec<Peer>,
     },
     /// Refuse with this status.
     Reject(u16),
@@ -314,6 +317,8 @@ struct Call {
     /// Our account at B (a trunk) and whether its challenge was answered already.
     b_credentials: Option<ClientCredentials>,
     b_auth_tried: bool,
+    /// Targets still to try for leg B (RFC 3263 failover), next first.
+    b_fallbacks: VecDeque<Peer>,
     cancel_pending: bool,
     ok: Option<OkRetransmit>,
     pending: Option<Pending>,
@@ -523,6 +528,7 @@ impl B2bua {
     ) {
         let Routed { caller, target } = routed;
         let mut b_credentials = None;
+        let mut b_fallbacks = VecDeque::new();
         let (callee, contact, dest, limit) = match target {
             Target::Reject(code) => return self.refuse(&key, &req, code, &caller, None),
             Target::Device {
@@ -535,8 +541,10 @@ impl B2bua {
                 uri,
                 dest,
                 credentials,
+                fallbacks,
             } => {
                 b_credentials = credentials;
+                b_fallbacks = fallbacks.into();
                 (None, uri, dest, 0)
             }
         };
@@ -633,6 +641,7 @@ impl B2bua {
             b_provisional: false,
             b_credentials,
             b_auth_tried: false,
+            b_fallbacks,
             cancel_pending: false,
             ok: None,
             pending: None,
@@ -884,6 +893,9 @@ impl B2bua {
                 }
             }
         }
+        if code == 503 && self.next_target(id) {
+            return;
+        }
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -923,6 +935,13 @@ impl B2bua {
             self.by_client.remove(key);
             return;
         };
+        if call.b_invite_key == *key && call.phase == Phase::Calling && self.next_target(id) {
+            self.by_client.remove(key);
+            return;
+        }
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
         if call.b_invite_key == *key && call.phase == Phase::Calling {
             if !call.cancel_pending {
                 let r = response_with_tag(&call.a_invite, 408, "", &call.a_tag);
@@ -941,6 +960,43 @@ impl B2bua {
         }
         self.by_client.remove(key);
         let _ = now;
+    }
+
+    /// RFC 3263 §4.3 failover: leg B's INVITE failed (timeout, 503) before any provisional
+    /// response and the trunk has another target: the same request with a new branch goes
+    /// there. Returns whether it was sent.
+    fn next_target(&mut self, id: CallId) -> bool {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if call.phase != Phase::Calling || call.cancel_pending || call.b_provisional {
+            return false;
+        }
+        let Some(peer) = call.b_fallbacks.pop_front() else {
+            return false;
+        };
+        let (via, branch) = via_for(&peer);
+        let mut retry = call.b_invite.clone();
+        retry.headers = retry
+            .headers
+            .iter()
+            .map(|h| match h {
+                Header::Via(_) => Header::Via(rsip::headers::Via::new(via.clone())),
+                other => other.clone(),
+            })
+            .collect::<Vec<_>>()
+            .into();
+        let key = TransactionKey::client(&branch, Method::Invite);
+        call.b.peer = peer.clone();
+        call.b_invite = retry.clone();
+        call.b_invite_key = key.clone();
+        self.by_client.insert(key.clone(), (id, Side::B));
+        self.actions.push_back(Action::Request {
+            key,
+            request: retry,
+            dest: peer,
+        });
+        true
     }
 
     /// A CANCEL (answered 200 by us here) for INVITE server transaction `invite`.
