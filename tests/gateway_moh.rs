@@ -7,7 +7,8 @@
 //! the caller's packets, byte for byte, before the hold; then, while held, the music on hold
 //! configured for the holding device (each packet's payload the A-law encoding of the WAV's
 //! samples, in order, looping) and none of the caller's packets; then the caller's packets
-//! again after the resume, and no more music.
+//! again after the resume, and no more music. A second call carries `X-CF-Offer: queue=sales`
+//! (as an ACD's offer does): the queue's music wins over the holding device's.
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -113,28 +114,15 @@ fn held_phone(gw: &mut GatewayProcess, user: &str, rtp_port: u16) -> SippProcess
     uas
 }
 
-#[test]
-fn held_party_hears_the_holding_devices_music_then_the_caller_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let device_music = music([
-        [523.0, 659.0],
-        [587.0, 740.0],
-        [659.0, 831.0],
-        [698.0, 880.0],
-    ]);
-    let default_music = music([[300.0, 900.0]; 4]);
+/// Device 1001 calls 1002, streams, holds 2.5 s and resumes (a SIPp caller; the callee's
+/// media goes to a socket of the test). `extra`: the gateway's config lines; `offer`: an
+/// `X-CF-Offer` value on the caller's INVITEs (as an ACD sends). Returns every RTP packet
+/// the held party received, and the caller's A-law stream.
+fn hold_call(dir: &Path, extra: String, offer: Option<&str>) -> (Vec<Packet>, Vec<u8>) {
     let mut spec = GatewaySpec::new("gw-moh", &["1001", "1002"]);
     // A SIPp UAS cannot answer OPTIONS outside its scenario.
     spec.qualify_interval_secs = 300.0;
-    spec.extra = format!(
-        "music_on_hold = {:?}\n\n[gateway.music_on_hold_devices]\n\"1001\" = {:?}\n",
-        wav(dir.path().join("default.wav"), &default_music)
-            .display()
-            .to_string(),
-        wav(dir.path().join("moh-1001.wav"), &device_music)
-            .display()
-            .to_string(),
-    );
+    spec.extra = extra;
     let mut gw = GatewayProcess::start(binary(), spec);
 
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind the callee's RTP socket");
@@ -145,15 +133,18 @@ fn held_party_hears_the_holding_devices_music_then_the_caller_again() {
 
     // The caller streams 10 s of 440 Hz A-law (longer than the call).
     let caller_audio = Codec::Pcma.encode(&tone(&[440.0], 10_000, 0.3));
-    let audio_path = dir.path().join("caller.alaw");
+    let audio_path = dir.join("caller.alaw");
     std::fs::write(&audio_path, &caller_audio).expect("write the caller's audio");
     let text = std::fs::read_to_string(scenario("call_uac_hold_moh.xml")).expect("scenario");
-    let uac_path = dir.path().join("call_uac_hold_moh.xml");
-    std::fs::write(
-        &uac_path,
-        text.replace("@RTP_FILE@", &audio_path.display().to_string()),
-    )
-    .expect("write scenario");
+    let uac_path = dir.join("call_uac_hold_moh.xml");
+    let mut text = text.replace("@RTP_FILE@", &audio_path.display().to_string());
+    if let Some(offer) = offer {
+        text = text.replace(
+            "      Max-Forwards: 70\n",
+            &format!("      Max-Forwards: 70\n      X-CF-Offer: {offer}\n"),
+        );
+    }
+    std::fs::write(&uac_path, text).expect("write scenario");
     let media_port = free_udp_port();
     let out = run_scenario(
         &uac_path,
@@ -170,10 +161,15 @@ fn held_party_hears_the_holding_devices_music_then_the_caller_again() {
     stop.store(true, Ordering::Relaxed);
     let got = rec.join().expect("recorder");
 
+    (got, caller_audio)
+}
+
+/// Checks what the held party heard: the caller's packets byte for byte, then only `music`
+/// (every packet the A-law of its samples at its offset, looping; none of `not_music`), then
+/// the caller again.
+fn check_held_party(got: &[Packet], caller_audio: &[u8], music: &[i16], not_music: &[i16]) {
     // Split the stream by source: the caller's SSRC is the first one heard (before the hold).
-    let first = got
-        .first()
-        .unwrap_or_else(|| panic!("no RTP at all\n{}", gw.diag()));
+    let first = got.first().unwrap_or_else(|| panic!("no RTP at all"));
     let caller_ssrc = first.ssrc;
     let first_music = got
         .iter()
@@ -205,31 +201,31 @@ fn held_party_hears_the_holding_devices_music_then_the_caller_again() {
         from_caller <= 2,
         "{from_caller} caller packets relayed during the hold"
     );
-    let music: Vec<&Packet> = held.iter().filter(|p| p.ssrc != caller_ssrc).collect();
+    let packets: Vec<&Packet> = held.iter().filter(|p| p.ssrc != caller_ssrc).collect();
     assert!(
-        music.iter().all(|p| p.ssrc == music_ssrc && p.pt == 8),
+        packets.iter().all(|p| p.ssrc == music_ssrc && p.pt == 8),
         "one A-law music stream"
     );
-    let want = Codec::Pcma.encode(&device_music);
-    let matching = music
+    let want = Codec::Pcma.encode(music);
+    let matching = packets
         .iter()
         .filter(|p| {
-            let k = usize::from(p.seq.wrapping_sub(music[0].seq)) * 160 % want.len();
+            let k = usize::from(p.seq.wrapping_sub(packets[0].seq)) * 160 % want.len();
             want.get(k..k + 160) == Some(&p.payload[..])
         })
         .count();
     // 2.5 s of hold is 125 packets; allow for signalling time on a loaded machine.
     assert!(
-        music.len() >= 75 && matching == music.len(),
-        "music on hold: {matching} of {} packets are the holding device's source",
-        music.len()
+        packets.len() >= 75 && matching == packets.len(),
+        "music on hold: {matching} of {} packets are the expected source",
+        packets.len()
     );
-    let default_alaw = Codec::Pcma.encode(&default_music);
+    let default_alaw = Codec::Pcma.encode(not_music);
     assert!(
-        !music
+        !packets
             .iter()
             .any(|p| default_alaw.chunks(160).any(|w| w == &p.payload[..])),
-        "the default music was played instead of the device's"
+        "the wrong music was played"
     );
 
     // After the resume: the caller again, relayed unchanged, no more music.
@@ -238,4 +234,58 @@ fn held_party_hears_the_holding_devices_music_then_the_caller_again() {
         "after the resume: {} packets, all the caller's own",
         after.len()
     );
+}
+
+fn device_and_queue_music() -> (Vec<i16>, Vec<i16>, Vec<i16>) {
+    let device = music([
+        [523.0, 659.0],
+        [587.0, 740.0],
+        [659.0, 831.0],
+        [698.0, 880.0],
+    ]);
+    let queue = music([
+        [392.0, 494.0],
+        [440.0, 554.0],
+        [349.0, 440.0],
+        [392.0, 494.0],
+    ]);
+    let default = music([[300.0, 900.0]; 4]);
+    (device, queue, default)
+}
+
+#[test]
+fn held_party_hears_the_holding_devices_music_then_the_caller_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (device, _, default) = device_and_queue_music();
+    let extra = format!(
+        "music_on_hold = {:?}\n\n[gateway.music_on_hold_devices]\n\"1001\" = {:?}\n",
+        wav(dir.path().join("default.wav"), &default)
+            .display()
+            .to_string(),
+        wav(dir.path().join("moh-1001.wav"), &device)
+            .display()
+            .to_string(),
+    );
+    let (got, caller_audio) = hold_call(dir.path(), extra, None);
+    check_held_party(&got, &caller_audio, &device, &default);
+}
+
+/// A call an ACD offered for queue `sales` (`X-CF-Offer: queue=sales`): the queue's music
+/// wins over the holding device's.
+#[test]
+fn held_party_of_a_queue_call_hears_the_queues_music() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (device, queue, _) = device_and_queue_music();
+    let extra = format!(
+        "[gateway.music_on_hold_devices]\n\"1001\" = {:?}\n\n\
+         [gateway.music_on_hold_queues]\nsales = {:?}\n",
+        wav(dir.path().join("moh-1001.wav"), &device)
+            .display()
+            .to_string(),
+        wav(dir.path().join("moh-sales.wav"), &queue)
+            .display()
+            .to_string(),
+    );
+    let (got, caller_audio) = hold_call(dir.path(), extra, Some("queue=sales"));
+    check_held_party(&got, &caller_audio, &queue, &device);
 }
