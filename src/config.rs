@@ -260,6 +260,22 @@ fn parse_domain(s: &str) -> Option<(String, Option<u16>)> {
     (labels_ok && !numeric).then(|| (host.to_ascii_lowercase(), port))
 }
 
+/// The system's name servers (`nameserver` lines of `/etc/resolv.conf`, port 53).
+fn system_name_servers() -> Result<Vec<std::net::SocketAddr>> {
+    let text = std::fs::read_to_string("/etc/resolv.conf")
+        .map_err(|e| anyhow!("cannot read /etc/resolv.conf: {e}"))?;
+    let v: Vec<std::net::SocketAddr> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .collect();
+    if v.is_empty() {
+        return Err(anyhow!("/etc/resolv.conf lists no nameserver"));
+    }
+    Ok(v)
+}
+
 fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -645,7 +661,17 @@ impl Loaded {
             },
             extensions: g.extensions.clone().into_iter().collect(),
             moh: std::sync::Arc::new(self.gateway_moh(g)?),
-            dns_servers: addrs(&g.dns_servers, "dns_servers")?,
+            dns_servers: match addrs(&g.dns_servers, "dns_servers")? {
+                v if v.is_empty() && g.trunk.iter().any(|t| parse_domain(&t.address).is_some()) => {
+                    system_name_servers().map_err(|e| {
+                        anyhow!(
+                            "{}: a trunk is named by a domain and no dns_servers are set: {e}",
+                            self.at("gateway", "dns_servers")
+                        )
+                    })?
+                }
+                v => v,
+            },
             trunks,
             record_dir: match &g.record_dir {
                 None => None,

@@ -6,8 +6,9 @@
 //! * [`TrunkTargets`] (sans-IO): a trunk's resolved targets, their expiry (the smallest TTL
 //!   of the records used), when to resolve again, and targets marked down after a timeout
 //!   or a 503 (tried last until they expire).
-//! * [`TrunkResolver`] (tokio): the lookups with `hickory-resolver`, against the configured
-//!   name servers or the system's. Its answer cache respects TTLs too.
+//! * [`TrunkResolver`] (tokio): the lookups with `hickory-resolver`, against the given name
+//!   servers (`[gateway] dns_servers`, else the system's, read by the binary). Its answer cache
+//!   respects TTLs too.
 //!
 //! A trunk given with a port (`pbx.example:5080`) is looked up with A/AAAA only (RFC 3263
 //! §4.2); without one, NAPTR first, then `_sip._udp.<domain>` SRV when no NAPTR record offers
@@ -203,24 +204,27 @@ impl std::fmt::Debug for TrunkResolver {
 }
 
 impl TrunkResolver {
-    /// A resolver asking `servers` (UDP, then TCP for truncated answers), or the system's
-    /// name servers (`/etc/resolv.conf`) when `servers` is empty. Each query times out after
-    /// `timeout`, tried twice.
+    /// A resolver asking `servers` (UDP, then TCP for truncated answers; the library reads
+    /// no system file: the binary passes the system's servers when the config names none).
+    /// Each query times out after `timeout`, tried twice.
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
+        if servers.is_empty() {
+            return Err(DnsError::Setup("no name servers".into()));
+        }
         let provider = TokioRuntimeProvider::default();
-        let mut builder = if servers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| DnsError::Setup(e.to_string()))?
-        } else {
-            let mut config = ResolverConfig::default();
-            for s in servers {
-                let mut ns = NameServerConfig::udp_and_tcp(s.ip());
-                for c in &mut ns.connections {
-                    c.port = s.port();
-                }
-                config.add_name_server(ns);
-            }
-            TokioResolver::builder_with_config(config, provider)
-        };
+        let config = ResolverConfig::from_name_servers(
+            servers
+                .iter()
+                .map(|s| {
+                    let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                    for c in &mut ns.connections {
+                        c.port = s.port();
+                    }
+                    ns
+                })
+                .collect(),
+        );
+        let mut builder = TokioResolver::builder_with_config(config, provider);
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.timeout = timeout;
         opts.attempts = 2;

@@ -64,7 +64,8 @@ pub struct GatewayConfig {
     pub record_dir: Option<std::path::PathBuf>,
     /// Music on hold for the held party (per queue, per holding device, default).
     pub moh: Arc<crate::media::moh::MohSources>,
-    /// Name servers for trunks named by a domain (empty: the system's).
+    /// Name servers for trunks named by a domain (the binary reads the system's when the
+    /// config names none).
     pub dns_servers: Vec<SocketAddr>,
 }
 
