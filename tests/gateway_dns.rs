@@ -5,7 +5,8 @@
 //!   first target nobody answers on and a second one (a SIPp registrar): the gateway's
 //!   REGISTER times out at the first and then registers at the second.
 //! * A trunk `pstn.test` with SRV only: the first target answers the INVITE 503, the gateway
-//!   sends it on to the second, which answers; the call completes with media both ways.
+//!   sends it on to the second, which answers; the call completes with media both ways. The
+//!   next call goes straight to the second target.
 
 use std::path::Path;
 use std::time::Duration;
@@ -89,12 +90,13 @@ fn call_goes_to_the_next_srv_target_after_a_503() {
         30,
     )
     .expect("start dnsmasq");
-    let uas = |port: u16, scenario_name: &str| {
+    let uas = |port: u16, scenario_name: &str, calls: u32| {
         SippProcess::spawn(
             &scenario(scenario_name),
             None,
             &SippOpts {
                 local_port: Some(port),
+                calls,
                 timeout: Duration::from_secs(60),
                 extra_args: vec![
                     "-rtp_echo".into(),
@@ -106,8 +108,8 @@ fn call_goes_to_the_next_srv_target_after_a_503() {
         )
         .expect("start a SIPp trunk target")
     };
-    let mut overloaded = uas(first, "call_uas_503.xml");
-    let mut answering = uas(second, "call_uas.xml");
+    let mut overloaded = uas(first, "call_uas_503.xml", 1);
+    let mut answering = uas(second, "call_uas.xml", 2);
     let mut s = GatewaySpec::new("gw-dns", &["1001"]);
     s.qualify_interval_secs = 300.0;
     s.extra = format!(
@@ -122,14 +124,17 @@ fn call_goes_to_the_next_srv_target_after_a_503() {
         std::fs::read_to_string(&stderr).is_ok_and(|t| t.contains("trunk resolved"))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", gw.diag(), dns.diag()));
-    let media_port = free_udp_port();
-    let out = run_scenario(
-        &uac_scenario(gw.dir()),
-        gw.udp,
-        caller_ports("1001", "9123", media_port, media_port),
-    )
-    .expect("run sipp");
-    assert_passes(&gw, &out, "caller dials 9123 through the pstn.test trunk");
+    let call = |gw: &GatewayProcess| {
+        let media_port = free_udp_port();
+        let out = run_scenario(
+            &uac_scenario(gw.dir()),
+            gw.udp,
+            caller_ports("1001", "9123", media_port, media_port),
+        )
+        .expect("run sipp");
+        assert_passes(gw, &out, "caller dials 9123 through the pstn.test trunk");
+    };
+    call(&gw);
     let o = overloaded.wait().expect("first target outcome");
     assert!(
         o.passed(),
@@ -137,15 +142,26 @@ fn call_goes_to_the_next_srv_target_after_a_503() {
         o.describe(),
         dns.diag()
     );
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    assert_eq!(ended.reason, "bye-a", "{}", ended.line);
+    assert_eq!(ended.num("a_in"), STREAM_PACKETS, "{}", ended.line);
+    assert_eq!(ended.num("b_out"), STREAM_PACKETS, "{}", ended.line);
+
+    // The target that answered 503 is tried last for a while: the next call goes straight to
+    // the second one, and nothing reaches the first target's port.
+    let watch = std::net::UdpSocket::bind(("127.0.0.1", first)).expect("bind the first port");
+    watch.set_nonblocking(true).expect("nonblocking");
+    call(&gw);
+    let mut buf = [0u8; 2048];
+    let stray = watch.recv_from(&mut buf).ok().map(|(n, _)| n);
+    assert_eq!(stray, None, "a request reached the target that had failed");
     let o = answering.wait().expect("second target outcome");
     assert!(
         o.passed(),
-        "the second SRV target did not take the call\n{}\n{}",
+        "the second SRV target did not take both calls\n{}\n{}",
         o.describe(),
         gw.diag()
     );
     let ended = gw.call_ended(STATE_TIMEOUT);
     assert_eq!(ended.reason, "bye-a", "{}", ended.line);
-    assert_eq!(ended.num("a_in"), STREAM_PACKETS, "{}", ended.line);
-    assert_eq!(ended.num("b_out"), STREAM_PACKETS, "{}", ended.line);
 }

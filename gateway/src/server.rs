@@ -812,6 +812,13 @@ impl Core {
                 Err(e) => debug!(error = %e, "nothing to cancel"),
             },
             b2bua::Action::DeviceChanged(key) => self.refresh_device(&key),
+            b2bua::Action::TargetFailed(addr) => {
+                let mut map = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+                for (name, t) in map.iter_mut().filter(|(_, t)| t.contains(&addr)) {
+                    warn!(trunk = %name, %addr, "trunk target failed an INVITE; tried last for now");
+                    t.mark_down(addr, now);
+                }
+            }
             b2bua::Action::CallEnded {
                 call,
                 reason,

@@ -184,6 +184,9 @@ pub enum Action {
         /// Who called whom, and for how long.
         record: CallRecord,
     },
+    /// A trunk target failed an INVITE (timeout or 503 before any provisional): the gateway
+    /// tries it last for a while (RFC 3263 §4.3).
+    TargetFailed(SocketAddr),
     /// An INVITE was refused before any call was set up (unknown number, callee unreachable,
     /// a device at its call limit, …): no call number, but a CDR all the same.
     CallRefused {
@@ -971,6 +974,10 @@ impl B2bua {
         };
         if call.phase != Phase::Calling || call.cancel_pending || call.b_provisional {
             return false;
+        }
+        if call.b.device.is_none() {
+            self.actions
+                .push_back(Action::TargetFailed(call.b.peer.addr));
         }
         let Some(peer) = call.b_fallbacks.pop_front() else {
             return false;

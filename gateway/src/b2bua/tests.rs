@@ -600,6 +600,7 @@ fn trunk_invite_fails_over_on_503_and_timeout() {
         .on_response(&k1, b_response(&r1, 503, "x1", ""), &mut rig.media, rig.now);
     let acts = rig.actions();
     assert!(Rig::responses_to_a(&acts).is_empty(), "no 503 to A");
+    assert!(acts.contains(&Action::TargetFailed("10.0.0.5:5060".parse().unwrap())));
     let (k2, r2, d2) = sent(&acts);
     assert_eq!(d2, "10.0.0.6:5060".parse().unwrap());
     assert_ne!(k1, k2, "a new branch");
@@ -618,6 +619,16 @@ fn trunk_invite_fails_over_on_503_and_timeout() {
     assert!(Rig::responses_to_a(&acts).is_empty(), "no 408 to A");
     let (k3, r3, d3) = sent(&acts);
     assert_eq!(d3, "10.0.0.7:5060".parse().unwrap());
+    // Both failed targets were reported, for the gateway to try them last next time.
+    let failed = |acts: &[Action]| {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::TargetFailed(addr) => Some(*addr),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(failed(&acts), ["10.0.0.6:5060".parse().unwrap()]);
     let ok = b_response(&r3, 200, "btag", &sdp("10.0.0.7", 6000, "sendrecv"));
     rig.b2b.on_response(&k3, ok, &mut rig.media, rig.now);
     assert_eq!(Rig::responses_to_a(&rig.actions()), vec![200]);
