@@ -31,8 +31,11 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
 /// How long a target that timed out or answered 503 is tried last.
 pub const DOWN_FOR: Duration = Duration::from_secs(30);
-/// Most SRV targets used per trunk (what is over is dropped).
+/// Most addresses used per trunk (what is over is dropped).
 pub const MAX_TARGETS: usize = 16;
+/// Most SRV records looked at per trunk (each costs an A/AAAA lookup); what is over is
+/// dropped and logged with its count.
+pub const MAX_SRV: usize = 32;
 
 /// Errors resolving a trunk's host.
 #[derive(Debug, thiserror::Error)]
@@ -298,7 +301,16 @@ impl TrunkResolver {
         }
         let mut targets = Vec::new();
         let mut last_error = String::new();
-        for s in order_srv(srv, |n| rand::random_range(0..n.max(1))) {
+        let mut ordered = order_srv(srv, |n| rand::random_range(0..n.max(1)));
+        if ordered.len() > MAX_SRV {
+            tracing::warn!(
+                %host,
+                dropped = ordered.len() - MAX_SRV,
+                "too many SRV records; the lowest-ranked dropped"
+            );
+            ordered.truncate(MAX_SRV);
+        }
+        for s in ordered {
             if targets.len() >= MAX_TARGETS {
                 break;
             }

@@ -514,7 +514,9 @@ impl Gateway {
         let dns: TrunkDns = Arc::default();
         let mut dns_tasks = Vec::new();
         if cfg.trunks.iter().any(|t| t.domain.is_some()) {
-            let resolver = crate::dns::TrunkResolver::new(&cfg.dns_servers, cfg.t1 * 4)?;
+            // A query unanswered after 4·T1 (at least 1 s) is retried once.
+            let timeout = (cfg.t1 * 4).max(Duration::from_secs(1));
+            let resolver = crate::dns::TrunkResolver::new(&cfg.dns_servers, timeout)?;
             for t in &cfg.trunks {
                 if let Some(d) = &t.domain {
                     dns_tasks.push(spawn_trunk_dns(
