@@ -5,7 +5,8 @@
 # prints one line per step it actually ran.
 #
 #   apt:  prosody lua-unbound lua-dbi-sqlite3 ejabberd sip-tester baresip-core iproute2 iputils-ping openssl
-#         python3-venv   (--no-install-recommends)
+#         python3-venv dnsmasq-base   (--no-install-recommends; dnsmasq-base is the binary
+#         alone, no service: the DNS tests start their own on a loopback port)
 #   venv: ${CALLFABRIC_VENV:-<repo>/target/peers-venv} with slixmpp
 #
 # Distro services are kept from starting on install: /usr/sbin/policy-rc.d (`exit 101`) is
@@ -18,7 +19,7 @@ VENV=${CALLFABRIC_VENV:-$REPO/target/peers-venv}
 export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(prosody lua-unbound lua-dbi-sqlite3 ejabberd sip-tester baresip-core iproute2 iputils-ping
-              openssl python3-venv postgresql)
+              openssl python3-venv postgresql dnsmasq-base)
 
 say() { printf 'install-peers: %s\n' "$*"; }
 
@@ -54,6 +55,7 @@ need /usr/sbin/ejabberdctl
 need erl
 need sipp
 need baresip
+need /usr/sbin/dnsmasq
 need ip
 need ping
 need openssl

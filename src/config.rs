@@ -127,13 +127,26 @@ pub struct GatewaySection {
     pub trunk: Vec<TrunkSection>,
     /// Record every call's legs to WAV files in this directory (relative to the config file).
     pub record_dir: Option<String>,
+    /// Music on hold for a held party: an 8 kHz mono WAV (PCM, µ-law or A-law) relative to the
+    /// config file; default: generated.
+    pub music_on_hold: Option<String>,
+    /// Music on hold by holding device (user name → WAV).
+    #[serde(default)]
+    pub music_on_hold_devices: std::collections::BTreeMap<String, String>,
+    /// Music on hold by queue (for calls an ACD offers with `X-CF-Offer: queue=…`).
+    #[serde(default)]
+    pub music_on_hold_queues: std::collections::BTreeMap<String, String>,
+    /// Name servers (`ip:port`) for trunks named by a domain; default: the system's.
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrunkSection {
     pub name: String,
-    /// `ip:port` of the peer (UDP).
+    /// `ip:port` of the peer (UDP), or a domain (`itsp.example`: NAPTR/SRV/A, RFC 3263;
+    /// `itsp.example:5080`: A/AAAA only).
     pub address: String,
     /// Dialled-number prefixes routed to this trunk (longest prefix wins).
     #[serde(default)]
@@ -225,6 +238,42 @@ pub struct Loaded {
     pub config: Config,
     pub path: PathBuf,
     text: String,
+}
+
+/// `host` or `host:port` where `host` is a domain name (letters, digits, `-`, dots between
+/// non-empty labels, not all digits) and `port` is not 0.
+fn parse_domain(s: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)),
+        None => (s, None),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let labels_ok = host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    let numeric = host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    (labels_ok && !numeric).then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// The system's name servers (`nameserver` lines of `/etc/resolv.conf`, port 53).
+fn system_name_servers() -> Result<Vec<std::net::SocketAddr>> {
+    let text = std::fs::read_to_string("/etc/resolv.conf")
+        .map_err(|e| anyhow!("cannot read /etc/resolv.conf: {e}"))?;
+    let v: Vec<std::net::SocketAddr> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .collect();
+    if v.is_empty() {
+        return Err(anyhow!("/etc/resolv.conf lists no nameserver"));
+    }
+    Ok(v)
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
@@ -518,14 +567,21 @@ impl Loaded {
         };
         let mut trunks = Vec::new();
         for (n, t) in g.trunk.iter().enumerate() {
-            let address: std::net::SocketAddr = t.address.parse().map_err(|_| {
-                anyhow!(
-                    "{}: trunk {:?}: {:?} is not an address like 192.0.2.7:5060",
-                    self.at_nth("gateway.trunk", n, "address"),
-                    t.name,
-                    t.address
-                )
-            })?;
+            let (address, domain) = match t.address.parse::<std::net::SocketAddr>() {
+                Ok(a) => (a, None),
+                Err(_) => match parse_domain(&t.address) {
+                    Some(d) => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), Some(d)),
+                    None => {
+                        return Err(anyhow!(
+                            "{}: trunk {:?}: {:?} is neither an address like 192.0.2.7:5060 \
+                             nor a domain like itsp.example or itsp.example:5060",
+                            self.at_nth("gateway.trunk", n, "address"),
+                            t.name,
+                            t.address
+                        ))
+                    }
+                },
+            };
             let inbound_from = {
                 t.inbound_from
                     .iter()
@@ -563,7 +619,11 @@ impl Loaded {
             }
             let register = t.register.then(|| {
                 (
-                    t.domain.clone().unwrap_or_else(|| address.to_string()),
+                    t.domain.clone().unwrap_or_else(|| {
+                        domain
+                            .as_ref()
+                            .map_or_else(|| address.to_string(), |(d, _)| d.clone())
+                    }),
                     t.register_expires.unwrap_or(600),
                 )
             });
@@ -575,6 +635,7 @@ impl Loaded {
                 inbound_from,
                 credentials,
                 register,
+                domain,
             });
         }
         Ok(gateway::server::GatewayConfig {
@@ -599,6 +660,18 @@ impl Loaded {
                 v => Some(secs(v, "media_timeout_secs", 30.0)?),
             },
             extensions: g.extensions.clone().into_iter().collect(),
+            moh: std::sync::Arc::new(self.gateway_moh(g)?),
+            dns_servers: match addrs(&g.dns_servers, "dns_servers")? {
+                v if v.is_empty() && g.trunk.iter().any(|t| parse_domain(&t.address).is_some()) => {
+                    system_name_servers().map_err(|e| {
+                        anyhow!(
+                            "{}: a trunk is named by a domain and no dns_servers are set: {e}",
+                            self.at("gateway", "dns_servers")
+                        )
+                    })?
+                }
+                v => v,
+            },
             trunks,
             record_dir: match &g.record_dir {
                 None => None,
@@ -615,6 +688,47 @@ impl Loaded {
                 }
             },
         })
+    }
+
+    /// The gateway's music on hold: every WAV read now, an unreadable or empty one an error
+    /// naming the file and line.
+    fn gateway_moh(&self, g: &GatewaySection) -> Result<media::moh::MohSources> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let read = |file: &str, at: String| -> Result<std::sync::Arc<Vec<i16>>> {
+            let pcm = media::audio::wav::read_wav(&dir.join(file))
+                .map_err(|e| anyhow!("{at}: music on hold {file:?}: {e}"))?;
+            if pcm.is_empty() {
+                return Err(anyhow!("{at}: music on hold {file:?} holds no audio"));
+            }
+            Ok(std::sync::Arc::new(pcm))
+        };
+        let mut moh = media::moh::MohSources::default();
+        if let Some(f) = &g.music_on_hold {
+            moh.default = read(f, self.at("gateway", "music_on_hold"))?;
+        }
+        for (table, map, out) in [
+            (
+                "gateway.music_on_hold_devices",
+                &g.music_on_hold_devices,
+                &mut moh.devices,
+            ),
+            (
+                "gateway.music_on_hold_queues",
+                &g.music_on_hold_queues,
+                &mut moh.queues,
+            ),
+        ] {
+            for (key, file) in map {
+                let quoted = self.at(table, &format!("\"{key}\""));
+                let at = if quoted.contains(&format!("[{table}]")) {
+                    self.at(table, key)
+                } else {
+                    quoted
+                };
+                out.insert(key.clone(), read(file, at)?);
+            }
+        }
+        Ok(moh)
     }
 
     /// The ACD node configuration, validated; `site_gateway` is the local gateway's address
@@ -835,6 +949,87 @@ mod tests {
     }
 
     #[test]
+    fn trunk_domains_and_dns_servers_are_validated() {
+        assert_eq!(parse_domain("itsp.test"), Some(("itsp.test".into(), None)));
+        assert_eq!(
+            parse_domain("SIP.Itsp.test.:5080"),
+            Some(("sip.itsp.test".into(), Some(5080)))
+        );
+        for bad in [
+            "", "a..b", "-a.b", "a.b:0", "a.b:x", "10.0.0.1", "a_b.c", "a b",
+        ] {
+            assert_eq!(parse_domain(bad), None, "{bad:?}");
+        }
+        let base = "[node]\nname = \"a\"\n\n[gateway]\nudp = [\"127.0.0.1:5060\"]\n\
+                    realm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
+        let e = load(&format!("{base}dns_servers = [\"localhost\"]\n"))
+            .and_then(|l| l.gateway())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("site-a.toml:8:") && e.contains("localhost"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{base}\n[[gateway.trunk]]\nname = \"t\"\naddress = \"bad host\"\n"
+        ))
+        .and_then(|l| l.gateway())
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("site-a.toml:11:") && e.contains("bad host"),
+            "{e}"
+        );
+        let l = load(&format!(
+            "{base}dns_servers = [\"127.0.0.1:5353\"]\n\n[[gateway.trunk]]\nname = \"t\"\n\
+             address = \"itsp.test\"\n"
+        ))
+        .unwrap();
+        let g = l.gateway().unwrap();
+        assert_eq!(g.dns_servers, ["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(g.trunks[0].domain, Some(("itsp.test".into(), None)));
+    }
+
+    #[test]
+    fn music_on_hold_errors_name_file_and_line() {
+        let base = "[node]\nname = \"a\"\n\n[gateway]\nudp = [\"127.0.0.1:5060\"]\n\
+                    realm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
+        let e = load(&format!("{base}music_on_hold = \"nope.wav\"\n"))
+            .and_then(|l| l.gateway())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("site-a.toml:8:") && e.contains("nope.wav"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{base}\n[gateway.music_on_hold_devices]\n\"2001\" = \"gone.wav\"\n"
+        ))
+        .and_then(|l| l.gateway())
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("site-a.toml:10:") && e.contains("gone.wav"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{base}\n[gateway.music_on_hold_queues]\nsales = \"gone.wav\"\n"
+        ))
+        .and_then(|l| l.gateway())
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("site-a.toml:10:") && e.contains("gone.wav"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn syntax_and_type_errors_name_file_and_line() {
         let e = load("[node]\nname = \"a\"\n\n[statebus]\nbackend = \"carrier-pigeon\"\n")
             .err()
@@ -877,7 +1072,7 @@ mod tests {
         // Lines 7-9: a good trunk; 10-12: a bad address; then 10-13: a bad inbound_from.
         let text = format!(
             "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\n\
-             [[gateway.trunk]]\nname = \"bad\"\naddress = \"nowhere\"\n"
+             [[gateway.trunk]]\nname = \"bad\"\naddress = \"no where\"\n"
         );
         let e = load(&text).unwrap().gateway().err().unwrap().to_string();
         assert!(

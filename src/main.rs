@@ -216,6 +216,7 @@ fn main() -> Result<()> {
                     inbound_from: Vec::new(),
                     credentials: None,
                     register: None,
+                    domain: None,
                 });
                 run_gateway(gw, Some(acd), bus, xmpp, http_listen).await
             }
@@ -531,8 +532,14 @@ async fn run_gateway_or_acd(
 /// figures (packets and bytes each way, RFC 3550 loss and jitter, the latched source).
 fn call_line(ev: &gateway::server::GatewayEvent) -> String {
     use std::fmt::Write as _;
-    let (call, reason, a, b) = match ev {
-        gateway::server::GatewayEvent::CallEnded { call, reason, a, b } => (call, reason, a, b),
+    let (call, reason, a, b, moh) = match ev {
+        gateway::server::GatewayEvent::CallEnded {
+            call,
+            reason,
+            a,
+            b,
+            moh,
+        } => (call, reason, a, b, moh),
         gateway::server::GatewayEvent::OfferRefused {
             device,
             reason,
@@ -540,8 +547,10 @@ fn call_line(ev: &gateway::server::GatewayEvent) -> String {
         } => return format!("OFFER REFUSED {device} {reason} late_ms={late_ms}"),
     };
     let mut line = format!("CALL {call} ENDED {reason}");
-    for (side, st) in [("a", a), ("b", b)] {
+    for (side, st, moh) in [("a", a, moh[0]), ("b", b, moh[1])] {
         if let Some(st) = st {
+            // Music on hold the gateway sent to this side (counted in `_out`).
+            let _ = write!(line, " {side}_moh={moh}");
             let _ = write!(
                 line,
                 " {side}_in={} {side}_in_bytes={} {side}_out={} {side}_out_bytes={} \

@@ -7,6 +7,7 @@
 
 pub mod b2bua;
 pub mod devices;
+pub mod dns;
 pub mod records;
 pub mod registrar;
 pub mod server;

@@ -62,6 +62,11 @@ pub struct GatewayConfig {
     /// Record every call's two legs to WAV files here (`call-<n>-caller.wav`,
     /// `call-<n>-callee.wav`: what each side sent), if set.
     pub record_dir: Option<std::path::PathBuf>,
+    /// Music on hold for the held party (per queue, per holding device, default).
+    pub moh: Arc<crate::media::moh::MohSources>,
+    /// Name servers for trunks named by a domain (the binary reads the system's when the
+    /// config names none).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -82,6 +87,55 @@ pub struct TrunkConfig {
     pub credentials: Option<ClientCredentials>,
     /// Keep a registration at the peer with these credentials: (domain of the AOR, expires).
     pub register: Option<(String, u32)>,
+    /// The peer named by a domain (and a port, if given): located by RFC 3263 (NAPTR, SRV,
+    /// A/AAAA; [`crate::dns`]) instead of `address`, which is then unused.
+    pub domain: Option<(String, Option<u16>)>,
+}
+
+impl TrunkConfig {
+    /// The peer's host as in its URIs: the domain (with its port, if given), else `address`.
+    pub fn host(&self) -> String {
+        match &self.domain {
+            Some((name, Some(port))) => format!("{name}:{port}"),
+            Some((name, None)) => name.clone(),
+            None => self.address.to_string(),
+        }
+    }
+}
+
+/// Resolved targets of the trunks named by a domain, by trunk name.
+type TrunkDns = Arc<std::sync::Mutex<HashMap<String, crate::dns::TrunkTargets>>>;
+
+/// Resolves trunk `name`'s `host` now and again when its TTL runs out (or, after a failure,
+/// with back-off), into `dns`.
+fn spawn_trunk_dns(
+    resolver: crate::dns::TrunkResolver,
+    name: String,
+    (host, port): (String, Option<u16>),
+    dns: TrunkDns,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let result = resolver.resolve(&host, port).await;
+            let now = Instant::now();
+            let next = {
+                let mut map = dns.lock().unwrap_or_else(|p| p.into_inner());
+                let t = map.entry(name.clone()).or_default();
+                match result {
+                    Ok((targets, ttl)) => {
+                        info!(trunk = %name, %host, ?targets, ttl_s = ttl.as_secs(), "trunk resolved");
+                        t.resolved(targets, ttl, now);
+                    }
+                    Err(e) => {
+                        warn!(trunk = %name, error = %e, "trunk not resolved; retrying");
+                        t.failed(now);
+                    }
+                }
+                t.next_resolution().unwrap_or(now + crate::dns::MIN_TTL)
+            };
+            tokio::time::sleep_until(next.into()).await;
+        }
+    })
 }
 
 /// Errors starting the gateway.
@@ -96,6 +150,9 @@ pub enum GatewayError {
     /// The RTP relay could not be set up.
     #[error("RTP relay: {0}")]
     Media(#[from] crate::media::MediaError),
+    /// The DNS resolver for trunks could not be set up.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
 }
 
 /// Where a message came from / goes to.
@@ -161,6 +218,8 @@ pub enum GatewayEvent {
         a: Option<LegStats>,
         /// Callee-side leg.
         b: Option<LegStats>,
+        /// Music-on-hold packets the gateway sent to the caller's and the callee's leg.
+        moh: [u64; 2],
     },
     /// An ACD's offer (`X-CF-Offer`) refused before ringing anyone.
     OfferRefused {
@@ -216,6 +275,15 @@ struct RelayMedia {
     record_dir: Option<std::path::PathBuf>,
     /// Final figures of calls closed but not yet reported.
     closed: HashMap<b2bua::CallId, (LegStats, LegStats)>,
+    /// Music on hold: the sources, the queue of the INVITE being handed to the B2BUA (its
+    /// `X-CF-Offer`), the device-key prefix (stripped to find a device's music), each call's
+    /// hold state and players.
+    moh_sources: Arc<crate::media::moh::MohSources>,
+    incoming_queue: Option<String>,
+    device_prefix: String,
+    moh: HashMap<b2bua::CallId, crate::media::moh::CallMoh>,
+    /// Music-on-hold packets of calls closed but not yet reported.
+    moh_closed: HashMap<b2bua::CallId, [u64; 2]>,
 }
 
 impl RelayMedia {
@@ -254,12 +322,21 @@ impl MediaControl for RelayMedia {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(call, (a, b));
+        let mut moh = crate::media::moh::CallMoh::default();
+        moh.queue = self.incoming_queue.take();
         if let Some(p) = self.incoming.take() {
+            let user = |d: &Option<String>| {
+                d.as_deref()
+                    .map(|d| d.strip_prefix(self.device_prefix.as_str()).unwrap_or(d))
+                    .map(str::to_owned)
+            };
+            moh.devices = [user(&p.caller_device), user(&p.callee_device)];
             self.parties
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(call, p);
         }
+        self.moh.insert(call, moh);
         Some(ports)
     }
 
@@ -283,6 +360,10 @@ impl MediaControl for RelayMedia {
     }
 
     fn close(&mut self, call: b2bua::CallId) {
+        if let Some(mut moh) = self.moh.remove(&call) {
+            moh.stop();
+            self.moh_closed.insert(call, moh.packets());
+        }
         let legs = self
             .legs
             .lock()
@@ -302,6 +383,28 @@ impl MediaControl for RelayMedia {
     fn idle(&self, call: b2bua::CallId, now: Instant) -> Option<Duration> {
         // Either phone falling silent ends the call (Asterisk's rtptimeout is per channel).
         self.with(call, |a, b| a.idle_for(now).max(b.idle_for(now)))
+    }
+
+    fn hold(&mut self, call: b2bua::CallId, holder: b2bua::Side, holding: bool) {
+        let Some(moh) = self.moh.get_mut(&call) else {
+            return;
+        };
+        let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((a, b)) = legs.get(&call) else {
+            return;
+        };
+        let p = match holder {
+            b2bua::Side::A => 0,
+            b2bua::Side::B => 1,
+        };
+        moh.set_hold(p, holding, [a, b], &self.moh_sources, Instant::now());
+        info!(
+            call = call.0,
+            holding,
+            music_to_caller = moh.playing(0),
+            music_to_callee = moh.playing(1),
+            "hold"
+        );
     }
 }
 
@@ -338,6 +441,8 @@ pub struct Gateway {
     parties: CallParties,
     task: tokio::task::JoinHandle<()>,
     reloader: tokio::task::JoinHandle<()>,
+    /// Resolvers of trunks named by a domain.
+    dns_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -393,7 +498,7 @@ impl Gateway {
                     Some((
                         t.name.clone(),
                         OutboundRegistration::new(
-                            &format!("sip:{}", t.address),
+                            &format!("sip:{}", t.host()),
                             &domain,
                             creds,
                             local?,
@@ -406,6 +511,25 @@ impl Gateway {
                 .collect()
         };
         let record_dir = cfg.record_dir.clone();
+        let dns: TrunkDns = Arc::default();
+        let mut dns_tasks = Vec::new();
+        if cfg.trunks.iter().any(|t| t.domain.is_some()) {
+            // A query unanswered after 4·T1 (at least 1 s) is retried once.
+            let timeout = (cfg.t1 * 4).max(Duration::from_secs(1));
+            let resolver = crate::dns::TrunkResolver::new(&cfg.dns_servers, timeout)?;
+            for t in &cfg.trunks {
+                if let Some(d) = &t.domain {
+                    dns_tasks.push(spawn_trunk_dns(
+                        resolver.clone(),
+                        t.name.clone(),
+                        d.clone(),
+                        dns.clone(),
+                    ));
+                }
+            }
+        }
+        let moh_sources = cfg.moh.clone();
+        let device_prefix = cfg.device_prefix.clone();
         let core = Core {
             cfg,
             bus,
@@ -423,11 +547,18 @@ impl Gateway {
                 incoming: None,
                 closed: HashMap::new(),
                 record_dir,
+                moh_sources,
+                incoming_queue: None,
+                device_prefix,
+                moh: HashMap::new(),
+                moh_closed: HashMap::new(),
             },
             published: HashMap::new(),
             events: gw_events.clone(),
             outbound,
             registering: HashMap::new(),
+            register_dest: HashMap::new(),
+            dns,
             records,
             refused: 0,
         };
@@ -439,6 +570,7 @@ impl Gateway {
             parties,
             task,
             reloader,
+            dns_tasks,
         })
     }
 
@@ -463,6 +595,9 @@ impl Gateway {
     pub fn stop(&self) {
         self.task.abort();
         self.reloader.abort();
+        for t in &self.dns_tasks {
+            t.abort();
+        }
     }
 }
 
@@ -492,6 +627,10 @@ struct Core {
     outbound: Vec<(String, OutboundRegistration)>,
     /// REGISTERs in flight → index in `outbound`.
     registering: HashMap<TransactionKey, usize>,
+    /// Where each outbound registration's last REGISTER went (a domain trunk's target).
+    register_dest: HashMap<usize, SocketAddr>,
+    /// Resolved targets of trunks named by a domain.
+    dns: TrunkDns,
     /// The database, for CDRs.
     records: DeviceStore,
     /// INVITEs refused before a call was set up (numbers their CDRs).
@@ -675,12 +814,20 @@ impl Core {
                 Err(e) => debug!(error = %e, "nothing to cancel"),
             },
             b2bua::Action::DeviceChanged(key) => self.refresh_device(&key),
+            b2bua::Action::TargetFailed(addr) => {
+                let mut map = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+                for (name, t) in map.iter_mut().filter(|(_, t)| t.contains(&addr)) {
+                    warn!(trunk = %name, %addr, "trunk target failed an INVITE; tried last for now");
+                    t.mark_down(addr, now);
+                }
+            }
             b2bua::Action::CallEnded {
                 call,
                 reason,
                 record,
             } => {
                 let legs = self.media.closed.remove(&call);
+                let moh = self.media.moh_closed.remove(&call).unwrap_or_default();
                 info!(call = call.0, %reason, "call ended");
                 let cdr = self.cdr(&call.0.to_string(), &reason, &record, legs.as_ref());
                 self.write_cdr(cdr);
@@ -689,6 +836,7 @@ impl Core {
                     reason,
                     a: legs.as_ref().map(|l| l.0.clone()),
                     b: legs.map(|l| l.1),
+                    moh,
                 });
             }
             b2bua::Action::CallRefused { code, record } => {
@@ -798,12 +946,11 @@ impl Core {
     /// A new INVITE: who calls (a trunk by source address, or a device by digest), and where
     /// to (dial plan: extension → device, device name, trunk prefix).
     fn on_invite(&mut self, key: TransactionKey, req: Request, source: Peer, now: Instant) {
-        let caller = if let Some(t) = self
-            .cfg
-            .trunks
-            .iter()
-            .find(|t| t.address == source.addr || t.inbound_from.contains(&source.addr.ip()))
-        {
+        let caller = if let Some(t) = self.cfg.trunks.iter().find(|t| {
+            (t.domain.is_none() && t.address == source.addr)
+                || t.inbound_from.contains(&source.addr.ip())
+                || (t.domain.is_some() && self.trunk_addrs(t).contains(&source.addr))
+        }) {
             debug!(trunk = %t.name, "call from a trunk");
             Caller::default()
         } else {
@@ -840,6 +987,10 @@ impl Core {
             b2bua::Target::Device { device, .. } => device.clone(),
             _ => String::new(),
         };
+        let queue = offer
+            .as_ref()
+            .and_then(|o| o.as_ref().ok())
+            .and_then(|o| o.queue.clone());
         let refused = match offer {
             None => None,
             Some(Err(e)) => {
@@ -893,6 +1044,7 @@ impl Core {
             });
             return;
         }
+        self.media.incoming_queue = queue;
         self.media.incoming = Some(Parties {
             caller: b2bua::caller_user(&req),
             dialled: b2bua::dialled_user(&req),
@@ -911,6 +1063,19 @@ impl Core {
             now,
         );
         self.media.incoming = None;
+        self.media.incoming_queue = None;
+    }
+
+    /// Where trunk `t` is now: its address, or a domain trunk's resolved targets in RFC 3263
+    /// order (failed ones last; none before the first resolution).
+    fn trunk_addrs(&self, t: &TrunkConfig) -> Vec<SocketAddr> {
+        if t.domain.is_none() {
+            return vec![t.address];
+        }
+        let map = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&t.name)
+            .map(|d| d.ordered(Instant::now()))
+            .unwrap_or_default()
     }
 
     fn route(&self, req: &Request, source: &Peer) -> b2bua::Target {
@@ -959,14 +1124,20 @@ impl Core {
                 .first()
                 .copied()
                 .unwrap_or(source.local);
+            let mut dests = self.trunk_addrs(t).into_iter().map(|addr| Peer {
+                addr,
+                transport: transport::Transport::Udp,
+                local,
+            });
+            let Some(dest) = dests.next() else {
+                info!(trunk = %t.name, "trunk not resolved (yet): 503");
+                return b2bua::Target::Reject(503);
+            };
             return b2bua::Target::Peer {
                 credentials: t.credentials.clone(),
-                uri: format!("sip:{number}@{}", t.address),
-                dest: Peer {
-                    addr: t.address,
-                    transport: transport::Transport::Udp,
-                    local,
-                },
+                uri: format!("sip:{number}@{}", t.host()),
+                dest,
+                fallbacks: dests.collect(),
             };
         }
         b2bua::Target::Reject(404)
@@ -992,6 +1163,19 @@ impl Core {
         let now = Instant::now();
         let mut to_send = Vec::new();
         if let Some((i, resp)) = done {
+            // RFC 3263 §4.3: a domain trunk's target that timed out or answered 503 is tried
+            // last from now on (for a while).
+            if resp.as_ref().is_none_or(|r| r.status_code.code() == 503) {
+                if let (Some(addr), Some((name, _))) =
+                    (self.register_dest.get(&i), self.outbound.get(i))
+                {
+                    let mut map = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(t) = map.get_mut(name) {
+                        warn!(trunk = %name, %addr, "trunk target failed; trying the next");
+                        t.mark_down(*addr, now);
+                    }
+                }
+            }
             if let Some((name, reg)) = self.outbound.get_mut(i) {
                 let retry = match &resp {
                     Some(r) => reg.on_response(r, now),
@@ -1027,8 +1211,16 @@ impl Core {
             else {
                 continue;
             };
+            let Some(addr) = self.trunk_addrs(t).first().copied() else {
+                debug!(trunk = %t.name, "trunk not resolved yet: REGISTER postponed");
+                if let Some((_, reg)) = self.outbound.get_mut(i) {
+                    reg.on_timeout(now);
+                }
+                continue;
+            };
+            self.register_dest.insert(i, addr);
             let dest = Peer {
-                addr: t.address,
+                addr,
                 transport: transport::Transport::Udp,
                 local: self
                     .transports
@@ -1036,7 +1228,7 @@ impl Core {
                     .udp
                     .first()
                     .copied()
-                    .unwrap_or(t.address),
+                    .unwrap_or(addr),
             };
             match self
                 .tl

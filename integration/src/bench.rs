@@ -919,6 +919,8 @@ pub fn gateway_config(
         extensions: Default::default(),
         trunks: Vec::new(),
         record_dir: None,
+        moh: Default::default(),
+        dns_servers: Vec::new(),
     }
 }
 

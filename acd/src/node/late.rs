@@ -7,9 +7,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use gateway::server::Peer;
-use gateway::sip::dialog::Dialog;
-use gateway::sip::message::{Method, Request, Response};
-use gateway::sip::transaction as tx;
+use sip_core::dialog::Dialog;
+use sip_core::message::{Method, Request, Response};
+use sip_core::transaction as tx;
 use rsip::headers::UntypedHeader;
 use rsip::Header;
 use tracing::warn;

@@ -5,6 +5,7 @@
 //! * [`stats`] (sans-IO): RFC 3550 A.1/A.3/A.8 sequence, loss and jitter.
 //! * [`latch`] (sans-IO): symmetric RTP latching for NAT'd phones, with the re-latch policy
 //!   that protects a running call from hijacking (see the module doc).
+//! * [`moh`]: music on hold for the held party (sans-IO hold plan + players on relay legs).
 //! * [`relay`] (tokio): [`MediaRelay`] hands out [`Leg`]s (one UDP socket pair and one task
 //!   each); [`bridge`] connects two legs so that what one hears the other sends; a leg also
 //!   takes injected packets ([`Leg::send_rtp`], prompts and music on hold) and feeds recorders
@@ -16,6 +17,7 @@
 
 pub mod audio;
 pub mod latch;
+pub mod moh;
 pub mod ports;
 pub mod relay;
 pub mod stats;

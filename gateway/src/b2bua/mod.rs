@@ -22,6 +22,7 @@
 //! recent contact is called), PRACK/100rel, session timers, redirects (3xx become 480).
 
 pub mod devstate;
+pub mod hold;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -83,6 +84,11 @@ pub trait MediaControl {
     fn close(&mut self, call: CallId);
     /// Time since the last RTP packet from either side (since `open` if none came).
     fn idle(&self, call: CallId, now: Instant) -> Option<Duration>;
+    /// Side `holder` has put the call on hold (`true`) or resumed it (the other side hears
+    /// music on hold meanwhile). Default: nothing.
+    fn hold(&mut self, call: CallId, holder: Side, holding: bool) {
+        let _ = (call, holder, holding);
+    }
 }
 
 /// Where an INVITE goes, as resolved by the gateway (dial plan, registrar, trunks).
@@ -107,6 +113,9 @@ pub enum Target {
         dest: Peer,
         /// Our account there: a 401/407 to the INVITE is answered once with these.
         credentials: Option<ClientCredentials>,
+        /// Further targets of the same trunk (RFC 3263 order): the INVITE goes to the next
+        /// one when the current one times out or answers 503 before any provisional.
+        fallbacks: Vec<Peer>,
     },
     /// Refuse with this status.
     Reject(u16),
@@ -175,6 +184,9 @@ pub enum Action {
         /// Who called whom, and for how long.
         record: CallRecord,
     },
+    /// A trunk target failed an INVITE (timeout or 503 before any provisional): the gateway
+    /// tries it last for a while (RFC 3263 §4.3).
+    TargetFailed(SocketAddr),
     /// An INVITE was refused before any call was set up (unknown number, callee unreachable,
     /// a device at its call limit, …): no call number, but a CDR all the same.
     CallRefused {
@@ -308,6 +320,8 @@ struct Call {
     /// Our account at B (a trunk) and whether its challenge was answered already.
     b_credentials: Option<ClientCredentials>,
     b_auth_tried: bool,
+    /// Targets still to try for leg B (RFC 3263 failover), next first.
+    b_fallbacks: VecDeque<Peer>,
     cancel_pending: bool,
     ok: Option<OkRetransmit>,
     pending: Option<Pending>,
@@ -517,6 +531,7 @@ impl B2bua {
     ) {
         let Routed { caller, target } = routed;
         let mut b_credentials = None;
+        let mut b_fallbacks = VecDeque::new();
         let (callee, contact, dest, limit) = match target {
             Target::Reject(code) => return self.refuse(&key, &req, code, &caller, None),
             Target::Device {
@@ -529,8 +544,10 @@ impl B2bua {
                 uri,
                 dest,
                 credentials,
+                fallbacks,
             } => {
                 b_credentials = credentials;
+                b_fallbacks = fallbacks.into();
                 (None, uri, dest, 0)
             }
         };
@@ -627,6 +644,7 @@ impl B2bua {
             b_provisional: false,
             b_credentials,
             b_auth_tried: false,
+            b_fallbacks,
             cancel_pending: false,
             ok: None,
             pending: None,
@@ -878,6 +896,9 @@ impl B2bua {
                 }
             }
         }
+        if code == 503 && self.next_target(id) {
+            return;
+        }
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -917,6 +938,13 @@ impl B2bua {
             self.by_client.remove(key);
             return;
         };
+        if call.b_invite_key == *key && call.phase == Phase::Calling && self.next_target(id) {
+            self.by_client.remove(key);
+            return;
+        }
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
         if call.b_invite_key == *key && call.phase == Phase::Calling {
             if !call.cancel_pending {
                 let r = response_with_tag(&call.a_invite, 408, "", &call.a_tag);
@@ -935,6 +963,47 @@ impl B2bua {
         }
         self.by_client.remove(key);
         let _ = now;
+    }
+
+    /// RFC 3263 §4.3 failover: leg B's INVITE failed (timeout, 503) before any provisional
+    /// response and the trunk has another target: the same request with a new branch goes
+    /// there. Returns whether it was sent.
+    fn next_target(&mut self, id: CallId) -> bool {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if call.phase != Phase::Calling || call.cancel_pending || call.b_provisional {
+            return false;
+        }
+        if call.b.device.is_none() {
+            self.actions
+                .push_back(Action::TargetFailed(call.b.peer.addr));
+        }
+        let Some(peer) = call.b_fallbacks.pop_front() else {
+            return false;
+        };
+        let (via, branch) = via_for(&peer);
+        let mut retry = call.b_invite.clone();
+        retry.headers = retry
+            .headers
+            .iter()
+            .map(|h| match h {
+                Header::Via(_) => Header::Via(rsip::headers::Via::new(via.clone())),
+                other => other.clone(),
+            })
+            .collect::<Vec<_>>()
+            .into();
+        let key = TransactionKey::client(&branch, Method::Invite);
+        call.b.peer = peer.clone();
+        call.b_invite = retry.clone();
+        call.b_invite_key = key.clone();
+        self.by_client.insert(key.clone(), (id, Side::B));
+        self.actions.push_back(Action::Request {
+            key,
+            request: retry,
+            dest: peer,
+        });
+        true
     }
 
     /// A CANCEL (answered 200 by us here) for INVITE server transaction `invite`.
@@ -1113,7 +1182,10 @@ impl B2bua {
         let port = call.port(other);
         let leg = call.leg_mut(other);
         leg.origin.1 += 1;
-        let sdp = anchored(&offer, port, leg.origin);
+        let mut sdp = anchored(&offer, port, leg.origin);
+        if holds {
+            hold::offer_to_held(&mut sdp);
+        }
         let peer = leg.peer.clone();
         let (via, branch) = via_for(&peer);
         let Some(d) = leg.dialog.as_mut() else {
@@ -1194,7 +1266,10 @@ impl B2bua {
             .push(Header::Contact(Contact::new(our_contact(&leg.peer))));
         if let Some(answer) = &answer {
             leg.origin.1 += 1;
-            let sdp = anchored(answer, port, leg.origin);
+            let mut sdp = anchored(answer, port, leg.origin);
+            if let Some(offer) = sdp_of(&orig.headers, &orig.body).filter(|_| p.offer_holds) {
+                hold::answer_to_holder(&offer, &mut sdp);
+            }
             r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
             leg.last_sdp = Some(sdp);
         }
@@ -1219,6 +1294,7 @@ impl B2bua {
                 Channel::InUse
             };
             self.set_channel(&device, id, ch);
+            media.hold(id, p.from, p.offer_holds);
         }
     }
 

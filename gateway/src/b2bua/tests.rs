@@ -14,6 +14,7 @@ struct FakeMedia {
     bridged: Vec<CallId>,
     idle: Duration,
     exhausted: bool,
+    holds: Vec<(CallId, Side, bool)>,
 }
 
 impl MediaControl for FakeMedia {
@@ -38,6 +39,9 @@ impl MediaControl for FakeMedia {
     }
     fn idle(&self, _: CallId, _: Instant) -> Option<Duration> {
         Some(self.idle)
+    }
+    fn hold(&mut self, call: CallId, holder: Side, holding: bool) {
+        self.holds.push((call, holder, holding));
     }
 }
 
@@ -524,6 +528,141 @@ fn hold_by_reinvite_shows_onhold_and_unhold_restores() {
         let ack = in_dialog_from_a("ACK", seq, &tag, "");
         rig.b2b.on_ack(&ack, &mut rig.media, rig.now);
     }
+    // The relay was told: A held (B hears music on hold), then A resumed.
+    let id = rig.media.open[0];
+    assert_eq!(rig.media.holds, [(id, Side::A, true), (id, Side::A, false)]);
+}
+
+#[test]
+fn inactive_hold_reaches_b_as_sendonly_and_a_gets_inactive() {
+    let mut rig = Rig::new();
+    let (_b_inv, a_ok) = rig.answered();
+    let tag = to_tag(&a_ok);
+    let _ = rig.actions();
+    let re = in_dialog_from_a("INVITE", 2, &tag, &sdp("10.0.0.1", 4000, "inactive"));
+    let key = TransactionKey::client("z9hG4bKind2", Method::Invite);
+    assert!(rig.b2b.on_in_dialog(&key, re, &mut rig.media, rig.now));
+    let acts = rig.actions();
+    let (fwd_key, fwd) = forwarded(&acts).expect("re-INVITE to B");
+    let t = text(&fwd);
+    // B hears music on hold from the gateway: it is offered sendonly, not inactive.
+    assert!(t.contains("a=sendonly") && !t.contains("inactive"), "{t}");
+    let ok = b_response(&fwd, 200, "btag", &sdp("10.0.0.2", 6000, "recvonly"));
+    rig.b2b.on_response(&fwd_key, ok, &mut rig.media, rig.now);
+    let a_ok = response(&rig.actions(), 200).expect("200 to A");
+    let body = String::from_utf8_lossy(&a_ok.body).into_owned();
+    // A offered inactive: its answer must be inactive (RFC 3264 §6.1).
+    assert!(
+        body.contains("a=inactive") && !body.contains("recvonly"),
+        "{body}"
+    );
+    assert_eq!(rig.media.holds, [(rig.media.open[0], Side::A, true)]);
+}
+
+/// A call to a trunk with three targets (RFC 3263 order): the first answers 503, the second
+/// never answers, the third takes the call. Each retry is the same request with a new branch.
+#[test]
+fn trunk_invite_fails_over_on_503_and_timeout() {
+    let mut rig = Rig::new();
+    let caller = Caller {
+        device: Some("PJSIP/1001".into()),
+        limit: 0,
+    };
+    rig.b2b.on_invite(
+        rig.a_key.clone(),
+        invite_from_a(),
+        peer("10.0.0.1:5060"),
+        Routed {
+            caller,
+            target: Target::Peer {
+                uri: "sip:123@pstn.test".into(),
+                dest: peer("10.0.0.5:5060"),
+                credentials: None,
+                fallbacks: vec![peer("10.0.0.6:5060"), peer("10.0.0.7:5060")],
+            },
+        },
+        &mut rig.media,
+        rig.now,
+    );
+    let sent = |acts: &[Action]| {
+        acts.iter()
+            .find_map(|a| match a {
+                Action::Request { key, request, dest } => {
+                    Some((key.clone(), request.clone(), dest.addr))
+                }
+                _ => None,
+            })
+            .expect("an INVITE")
+    };
+    let (k1, r1, d1) = sent(&rig.actions());
+    assert_eq!(d1, "10.0.0.5:5060".parse().unwrap());
+    rig.b2b
+        .on_response(&k1, b_response(&r1, 503, "x1", ""), &mut rig.media, rig.now);
+    let acts = rig.actions();
+    assert!(Rig::responses_to_a(&acts).is_empty(), "no 503 to A");
+    assert!(acts.contains(&Action::TargetFailed("10.0.0.5:5060".parse().unwrap())));
+    let (k2, r2, d2) = sent(&acts);
+    assert_eq!(d2, "10.0.0.6:5060".parse().unwrap());
+    assert_ne!(k1, k2, "a new branch");
+    assert_eq!(r2.uri.to_string(), "sip:123@pstn.test");
+    for h in ["Call-ID", "CSeq", "From"] {
+        let get = |r: &Request| {
+            text(r)
+                .lines()
+                .find(|l| l.starts_with(&format!("{h}:")))
+                .map(str::to_owned)
+        };
+        assert_eq!(get(&r1), get(&r2), "{h}");
+    }
+    rig.b2b.on_timeout(&k2, &mut rig.media, rig.now);
+    let acts = rig.actions();
+    assert!(Rig::responses_to_a(&acts).is_empty(), "no 408 to A");
+    let (k3, r3, d3) = sent(&acts);
+    assert_eq!(d3, "10.0.0.7:5060".parse().unwrap());
+    // Both failed targets were reported, for the gateway to try them last next time.
+    let failed = |acts: &[Action]| {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::TargetFailed(addr) => Some(*addr),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(failed(&acts), ["10.0.0.6:5060".parse().unwrap()]);
+    let ok = b_response(&r3, 200, "btag", &sdp("10.0.0.7", 6000, "sendrecv"));
+    rig.b2b.on_response(&k3, ok, &mut rig.media, rig.now);
+    assert_eq!(Rig::responses_to_a(&rig.actions()), vec![200]);
+}
+
+/// After a provisional response the target is committed: its 503 goes to the caller.
+#[test]
+fn no_failover_after_a_provisional() {
+    let mut rig = Rig::new();
+    rig.b2b.on_invite(
+        rig.a_key.clone(),
+        invite_from_a(),
+        peer("10.0.0.1:5060"),
+        Routed {
+            caller: Caller::default(),
+            target: Target::Peer {
+                uri: "sip:123@pstn.test".into(),
+                dest: peer("10.0.0.5:5060"),
+                credentials: None,
+                fallbacks: vec![peer("10.0.0.6:5060")],
+            },
+        },
+        &mut rig.media,
+        rig.now,
+    );
+    let (k1, r1) = forwarded(&rig.actions()).expect("an INVITE");
+    rig.b2b
+        .on_response(&k1, b_response(&r1, 180, "x1", ""), &mut rig.media, rig.now);
+    let _ = rig.actions();
+    rig.b2b
+        .on_response(&k1, b_response(&r1, 503, "x1", ""), &mut rig.media, rig.now);
+    let acts = rig.actions();
+    assert_eq!(Rig::responses_to_a(&acts), vec![503]);
+    assert!(forwarded(&acts).is_none(), "no retry");
 }
 
 #[test]

@@ -194,6 +194,7 @@ fn main() -> Result<()> {
                 inbound_from: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
                 credentials: None,
                 register: None,
+                domain: None,
             }],
             ..integration::bench::gateway_config(gw_target, db.clone())
         };
