@@ -179,9 +179,12 @@ fn caller_is_queued_connected_to_an_agent_and_media_flows() {
         let store = gateway::devices::DeviceStore::open(&url)
             .await
             .expect("open the site database");
+        let queue_log = acd::queue_log::QueueLogStore::open(&url)
+            .await
+            .expect("open the site database's queue_log");
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            let rows = store.queue_log().await.expect("queue_log table");
+            let rows = queue_log.rows().await.expect("queue_log table");
             // ringall's offer to 2002 (not registered) is refused with 480: a CDR of its own.
             let cdrs: Vec<_> = store
                 .cdrs()

@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use media::audio::prompts::tone;
-use media::audio::wav::{read_wav, write_wav, WavEncoding};
 use integration::baresip::{AudioSource, Baresip, BaresipOptions, Ctrl};
 use integration::gateway::{GatewayProcess, GatewaySpec};
+use media::audio::prompts::tone;
+use media::audio::wav::{read_wav, write_wav, WavEncoding};
 
 const STATE_TIMEOUT: Duration = Duration::from_secs(10);
 const RATE: u32 = 8000;

@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod node;
+pub mod queue_log;
 pub mod reach;
 
 pub use engine::{

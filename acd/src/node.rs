@@ -36,14 +36,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use media::audio::{self, Codec, PlayerConfig, RtpPlayer};
 use media::{self, Leg, MediaRelay, RelayConfig};
+use rsip::headers::UntypedHeader;
+use rsip::Header;
 use sdp::{self, SessionDescription};
-use gateway::server::Peer;
 use sip_core::dialog::{self, Dialog};
 use sip_core::message::{self, Method, Request, Response, SipMessage};
 use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
-use sipnet::{self as transport, TransportConfig, TransportEvent, Transports};
-use rsip::headers::UntypedHeader;
-use rsip::Header;
+use sipnet::{self as transport, Peer, TransportConfig, TransportEvent, Transports};
 use statebus::{Bus, BusEvent, Change, DeviceState};
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
@@ -174,7 +173,7 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     /// The queue_log database.
     #[error(transparent)]
-    Db(#[from] gateway::devices::DbError),
+    Db(#[from] crate::queue_log::QueueLogError),
     /// The RTP relay.
     #[error("RTP relay: {0}")]
     Media(String),
@@ -230,7 +229,7 @@ impl AcdNode {
             None => None,
         };
         let records = match &cfg.database {
-            Some(url) => Some(gateway::devices::DeviceStore::open(url).await?),
+            Some(url) => Some(crate::queue_log::QueueLogStore::open(url).await?),
             None => None,
         };
         let core = Core {
@@ -358,7 +357,7 @@ struct Core {
     by_dialog: HashMap<(String, String), Party>,
     next_id: u64,
     log: Option<std::fs::File>,
-    records: Option<gateway::devices::DeviceStore>,
+    records: Option<crate::queue_log::QueueLogStore>,
     events: broadcast::Sender<NodeEvent>,
     /// Gateways' reachability (OPTIONS keep-alives).
     reach: Reachability,
@@ -384,14 +383,14 @@ impl Core {
                 let now = engine_now();
                 Instant::now() + t.saturating_sub(now)
             });
-            let sleep = gateway::server::sleep_until(gateway::server::earliest(
-                gateway::server::earliest(self.tl.poll_timeout(), engine_at),
+            let sleep = transport::sleep_until(transport::earliest(
+                transport::earliest(self.tl.poll_timeout(), engine_at),
                 self.reach.poll_timeout(),
             ));
             tokio::select! {
                 ev = events.recv() => match ev {
                     None => break,
-                    Some(ev) => gateway::server::receive(&self.transports, &mut self.tl, ev).await,
+                    Some(ev) => transport::receive(&self.transports, &mut self.tl, ev).await,
                 },
                 ev = statebus::recv(&mut bus_rx) => match ev {
                     None => break,
@@ -1007,7 +1006,7 @@ impl Core {
                 }
                 info!(queue_log = %line);
                 if let Some(store) = self.records.clone() {
-                    let row = gateway::records::QueueLogRow {
+                    let row = crate::queue_log::QueueLogRow {
                         time: i64::try_from(ev.time.as_secs()).unwrap_or(i64::MAX),
                         callid: ev.callid.clone(),
                         queuename: ev.queue.clone(),
@@ -1016,7 +1015,7 @@ impl Core {
                         data: ev.data.clone(),
                     };
                     tokio::spawn(async move {
-                        if let Err(e) = store.insert_queue_log(&row).await {
+                        if let Err(e) = store.insert(&row).await {
                             warn!(error = %e, "queue_log row not written");
                         }
                     });
@@ -1538,7 +1537,7 @@ impl Core {
     }
 
     async fn transmit(&mut self, t: tx::Transmit<Peer>) {
-        gateway::server::transmit(&self.transports, &mut self.tl, t).await;
+        transport::transmit(&self.transports, &mut self.tl, t).await;
     }
 }
 

@@ -13,9 +13,9 @@ pub mod registrar;
 pub mod server;
 
 // The stack crates under the module names the application's code uses.
+use ::media;
+use ::sdp;
 use media::audio;
 use sip_core as sip;
 use sip_core::offer;
 use sipnet as transport;
-use ::media;
-use ::sdp;

@@ -1,6 +1,6 @@
-//! Call detail records and the queue_log table, in the device database (SQLite or
-//! PostgreSQL, same migrations). Written off the call path: a failed write is logged and the
-//! call is not affected.
+//! Call detail records, in the device database (SQLite or PostgreSQL, same migrations). Written
+//! off the call path: a failed write is logged and the call is not affected. (The queue_log
+//! table is the ACD's: `acd::queue_log`.)
 
 use sqlx::Row as _;
 
@@ -47,23 +47,6 @@ pub struct Cdr {
     pub jitter_a_us: i64,
     /// Jitter on the callee side.
     pub jitter_b_us: i64,
-}
-
-/// One queue_log line, split as Asterisk's realtime table stores it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct QueueLogRow {
-    /// UNIX seconds.
-    pub time: i64,
-    /// Call id.
-    pub callid: String,
-    /// Queue.
-    pub queuename: String,
-    /// Agent (member name) or `NONE`.
-    pub agent: String,
-    /// Event name.
-    pub event: String,
-    /// Up to five data fields.
-    pub data: Vec<String>,
 }
 
 impl DeviceStore {
@@ -135,58 +118,6 @@ impl DeviceStore {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(DbError::from)
     }
-
-    /// Stores one queue_log line.
-    pub async fn insert_queue_log(&self, q: &QueueLogRow) -> Result<(), DbError> {
-        let d = |i: usize| q.data.get(i).cloned().unwrap_or_default();
-        sqlx::query(
-            "INSERT INTO queue_log (time, callid, queuename, agent, event, data1, data2, data3, data4, data5) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(q.time)
-        .bind(&q.callid)
-        .bind(&q.queuename)
-        .bind(&q.agent)
-        .bind(&q.event)
-        .bind(d(0))
-        .bind(d(1))
-        .bind(d(2))
-        .bind(d(3))
-        .bind(d(4))
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// queue_log rows, oldest first.
-    pub async fn queue_log(&self) -> Result<Vec<QueueLogRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT time, callid, queuename, agent, event, data1, data2, data3, data4, data5 \
-             FROM queue_log ORDER BY time",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let mut data = Vec::new();
-                for c in ["data1", "data2", "data3", "data4", "data5"] {
-                    data.push(r.try_get::<String, _>(c)?);
-                }
-                while data.last().is_some_and(String::is_empty) {
-                    data.pop();
-                }
-                Ok(QueueLogRow {
-                    time: r.try_get("time")?,
-                    callid: r.try_get("callid")?,
-                    queuename: r.try_get("queuename")?,
-                    agent: r.try_get("agent")?,
-                    event: r.try_get("event")?,
-                    data,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
-    }
 }
 
 #[cfg(test)]
@@ -194,7 +125,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn cdr_and_queue_log_round_trip_on_sqlite() {
+    async fn cdr_round_trip_on_sqlite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("r.db").display());
         let store = DeviceStore::open(&url).await.expect("open");
@@ -221,15 +152,5 @@ mod tests {
         };
         store.insert_cdr(&cdr).await.expect("insert cdr");
         assert_eq!(store.cdrs().await.expect("read"), vec![cdr]);
-        let q = QueueLogRow {
-            time: 100,
-            callid: "acd-1".into(),
-            queuename: "support".into(),
-            agent: "NONE".into(),
-            event: "ENTERQUEUE".into(),
-            data: vec!["".into(), "1001".into(), "1".into()],
-        };
-        store.insert_queue_log(&q).await.expect("insert");
-        assert_eq!(store.queue_log().await.expect("read"), vec![q]);
     }
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gateway::registrar::digest::{self, Algorithm};
 use gateway::registrar::{Config, MemoryCredentials, Registrar, RegistrarEvent, UserRecord};
-use sip_core::message::{parse, serialize_response, Header, Request, Response, SipMessage};
 use rsip::headers::UntypedHeader;
+use sip_core::message::{parse, serialize_response, Header, Request, Response, SipMessage};
 
 const REALM: &str = "example.com";
 const AOR: &str = "sip:1000@example.com";

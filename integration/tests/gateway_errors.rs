@@ -3,8 +3,8 @@
 use std::error::Error as _;
 use std::sync::Arc;
 
-use media::MediaError;
 use gateway::server::{Gateway, GatewayError};
+use media::MediaError;
 use statebus::{Eid, LocalBus};
 
 /// An RTP port range without an even/odd pair fails the start with the relay's own error

@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rsip::prelude::*;
+use rsip::{Header, Method, Request, Response, SipMessage};
 use sip_core::transaction::{
     Config, Error, Event, Kind, State, TransactionKey, TransactionLayer, Transmit, Transport,
 };
-use rsip::prelude::*;
-use rsip::{Header, Method, Request, Response, SipMessage};
 
 type Layer = TransactionLayer<SocketAddr>;
 

@@ -17,10 +17,11 @@
 //! written) for [`TransportConfig::tcp_idle_timeout`] is closed. Dropping the last
 //! [`Transports`] handle stops every task and closes every socket.
 
-use sip_core::framing;
+mod driver;
 mod tcp;
 mod udp;
-use sip_core::via;
+
+pub use driver::{earliest, receive, sleep_until, transmit, Peer};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,8 +33,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use sip_core::message::{self, response_for, ParseError, Response, SipMessage, MAX_MESSAGE_SIZE};
 use framing::FramingError;
+use sip_core::message::{self, response_for, ParseError, Response, SipMessage, MAX_MESSAGE_SIZE};
+use sip_core::{framing, via};
 
 /// Identifies one TCP connection for the lifetime of a [`Transports`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

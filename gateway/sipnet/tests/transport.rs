@@ -4,15 +4,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sip_core::message::{parse, response_for, serialize, Header, Request, SipMessage};
+use rsip::headers::UntypedHeader;
 use sip_core::framing::{Frame, FramingError, StreamDecoder, PONG};
-use sip_core::via::{
-    response_route, stamp_received, top_via, Destination, ResponseRoute,
-};
+use sip_core::message::{parse, response_for, serialize, Header, Request, SipMessage};
+use sip_core::via::{response_route, stamp_received, top_via, Destination, ResponseRoute};
 use sipnet::{
     BadMessageError, Incoming, Target, Transport, TransportConfig, TransportEvent, Transports,
 };
-use rsip::headers::UntypedHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;

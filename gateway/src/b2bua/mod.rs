@@ -33,11 +33,11 @@ use rsip::{Header, Method, Request, Response};
 
 use crate::registrar::client::{self, ClientCredentials};
 use crate::sdp::SessionDescription;
-use crate::server::Peer;
 use crate::sip::dialog::{self, Dialog, DialogState};
 use crate::sip::message::{self, response_with_tag, SipMessage};
 use crate::sip::transaction::parse::{self as tparse, Field};
 use crate::sip::transaction::TransactionKey;
+use crate::transport::Peer;
 use devstate::{Channel, DeviceCalls};
 
 /// A call's number, unique in this gateway.

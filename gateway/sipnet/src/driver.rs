@@ -1,0 +1,115 @@
+//! The glue every SIP user agent of a process runs on (the gateway, the ACD node): where a
+//! message came from or goes to ([`Peer`]), transport events into the sans-IO transaction
+//! layer ([`receive`]), what it produces onto the wire ([`transmit`]), and the deadline helpers
+//! of an event loop ([`earliest`], [`sleep_until`]).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use sip_core::message::{self, SipMessage};
+use sip_core::transaction::{self as tx, TransactionLayer};
+use tracing::{debug, warn};
+
+use crate::{Target, Transport, TransportEvent, Transports};
+
+/// Where a message came from / goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// UDP, or the TCP connection.
+    pub transport: Transport,
+    /// Our listener it arrived at.
+    pub local: SocketAddr,
+}
+
+impl Peer {
+    /// The transaction layer's view of the transport: reliable over TCP.
+    pub fn tx_transport(&self) -> tx::Transport {
+        if self.transport.is_reliable() {
+            tx::Transport::Reliable
+        } else {
+            tx::Transport::Unreliable
+        }
+    }
+}
+
+/// Feeds one transport event to the transaction layer; a message the transports refused is
+/// logged and gets its ready reply (400, 505, 513 …). Shared by every SIP user agent of the
+/// process (the gateway, the ACD node).
+pub async fn receive(transports: &Transports, tl: &mut TransactionLayer<Peer>, ev: TransportEvent) {
+    match ev {
+        TransportEvent::Message(m) => {
+            let peer = Peer {
+                addr: m.source,
+                transport: m.transport,
+                local: m.local,
+            };
+            let kind = peer.tx_transport();
+            if let Err(e) = tl.on_message(m.message, peer, kind, Instant::now()) {
+                debug!(error = %e, source = %m.source, "message refused by the transaction layer");
+            }
+        }
+        TransportEvent::BadMessage(b) => {
+            warn!(source = %b.source, error = %b.error, "bad SIP message");
+            if let Some(reply) = b.reply {
+                let _ = transports.send_response(&reply, b.transport, b.local).await;
+            }
+        }
+    }
+}
+
+/// The earlier of two optional deadlines.
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleeps until `at`; forever without a deadline.
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Puts what the transaction layer produced on the wire: a response back the way its request
+/// came (§18.2.2, RFC 3581), a request to its peer (UDP from the listener it belongs to, or
+/// the peer's TCP connection); a failure is reported to the transaction. Shared by every SIP
+/// user agent of the process (the gateway, the ACD node).
+pub async fn transmit(
+    transports: &Transports,
+    tl: &mut TransactionLayer<Peer>,
+    t: tx::Transmit<Peer>,
+) {
+    let result = match &t.message {
+        // send_response serialises the response itself.
+        SipMessage::Response(r) => {
+            transports
+                .send_response(r, t.dest.transport, t.dest.local)
+                .await
+        }
+        SipMessage::Request(req) => {
+            let bytes = message::serialize_request(req);
+            let target = match t.dest.transport {
+                Transport::Udp => Target::Udp {
+                    peer: t.dest.addr,
+                    local: Some(t.dest.local),
+                },
+                Transport::Tcp(id) => Target::Connection {
+                    id,
+                    fallback: Some(t.dest.addr),
+                },
+            };
+            transports.send(target, &bytes).await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, dest = %t.dest.addr, "send failed");
+        if let Some(key) = t.key {
+            tl.transport_error(&key);
+        }
+    }
+}
