@@ -2,4 +2,5 @@
 
 pub mod dialog;
 pub mod message;
+pub mod prack;
 pub mod transaction;
