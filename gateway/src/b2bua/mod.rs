@@ -18,8 +18,11 @@
 //! is torn down after 64·T1; a call with no RTP for the media timeout is hung up on both
 //! sides; a per-device call limit (486 when reached, the device reads BUSY).
 //!
-//! Not yet: offerless INVITEs (488), forking to several contacts of one device (the most
-//! recent contact is called), PRACK/100rel, session timers, redirects (3xx become 480).
+//! Late offer (an INVITE without SDP), 100rel/PRACK (`reliable.rs`) and session timers
+//! (`timers.rs`) on both legs: see those files.
+//!
+//! Not yet: forking to several contacts of one device (the most recent contact is called),
+//! redirects (3xx become 480).
 
 pub mod devstate;
 mod reliable;

@@ -56,10 +56,13 @@ impl Rig {
     /// Runs the timers up to `until`, returning every action on the way.
     fn run_until(&mut self, until: Instant) -> Vec<(Instant, Action)> {
         let mut out = Vec::new();
+        let mut steps = 0;
         while let Some(t) = self.b2b.poll_timeout() {
             if t > until {
                 break;
             }
+            steps += 1;
+            assert!(steps < 10_000, "a timer that never clears: due at {t:?}");
             self.now = t;
             self.b2b.handle_timeout(&mut self.media, t);
             out.extend(self.actions().into_iter().map(|a| (t, a)));
