@@ -1,11 +1,12 @@
 //! End to end through the real `callfabric gateway` binary, the SIP extensions trunks and PBXes
-//! use (issue 11, item 7): a late-offer call (the caller's INVITE has no SDP: the gateway
-//! offers in its 200 and takes the answer from the ACK), a 100rel call (reliable 183 with SDP
-//! from the callee, PRACKed on both legs), and session timers (RFC 4028): refreshes keep a call
-//! up past its interval, and a missing refresh ends it with BYE on both legs.
+//! use (issue 11, item 7): late-offer calls from a phone and from a trunk (the caller's INVITE
+//! has no SDP: the gateway offers in its 200 and takes the answer from the ACK), a 100rel call
+//! (reliable 183 with SDP from the callee, PRACKed on both legs), and session timers (RFC 4028):
+//! refreshes keep a call up past its interval, and a missing refresh ends it with BYE on both
+//! legs.
 //!
-//! SIPp plays both phones (`tests/sipp/call_uac_*.xml`, `call_uas_*.xml`); media is checked on
-//! the relay's own figures (`CALL <n> ENDED <reason> a_in=… b_out=…`).
+//! SIPp plays both phones and the trunk (`tests/sipp/call_uac_*.xml`, `call_uas_*.xml`,
+//! `call_trunk_late_offer.xml`); media is checked on the relay's own figures (`CALL <n> ENDED <reason> a_in=… b_out=…`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -122,6 +123,44 @@ fn late_offer_call_completes_with_media_both_ways() {
     let mut gw = GatewayProcess::start(binary(), spec(""));
     let phone = callee(&mut gw, "call_uas.xml", &[]);
     let ended = call(&mut gw, phone, "call_uac_late_offer.xml", &[]);
+    assert_eq!(ended.reason, "bye-a", "{}", ended.line);
+    media_both_ways(&ended);
+}
+
+#[test]
+fn late_offer_from_a_trunk_reaches_a_phone_with_media_both_ways() {
+    // The trunk is a SIPp UAC on a known port, identified by its address (no digest); it
+    // dials the DID 5551234, which the dial plan maps to 1002.
+    let trunk_port = free_udp_port();
+    let mut gw = GatewayProcess::start(
+        binary(),
+        spec(&format!(
+            "\n[[gateway.trunk]]\nname = \"pbx\"\naddress = \"127.0.0.1:{trunk_port}\"\n\
+             prefixes = [\"9\"]\n\n[gateway.extensions]\n\"5551234\" = \"1002\"\n"
+        )),
+    );
+    let mut phone = callee(&mut gw, "call_uas.xml", &[]);
+    let media = free_udp_port();
+    let opts = SippOpts {
+        local_port: Some(trunk_port),
+        keys: vec![
+            ("callee".into(), "5551234".into()),
+            ("sdp_port".into(), media.to_string()),
+        ],
+        timeout: Duration::from_secs(40),
+        extra_args: vec!["-mp".into(), media.to_string()],
+        ..SippOpts::default()
+    };
+    let out = run_scenario(
+        &caller_scenario(&gw, "call_trunk_late_offer.xml"),
+        gw.udp,
+        opts,
+    )
+    .expect("run sipp");
+    assert_passes(&gw, &out, "trunk");
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    let out = phone.wait().expect("callee outcome");
+    assert_passes(&gw, &out, "callee");
     assert_eq!(ended.reason, "bye-a", "{}", ended.line);
     media_both_ways(&ended);
 }
