@@ -119,6 +119,11 @@ pub struct GatewaySection {
     pub rtp_ports: Option<String>,
     /// Hang up a call after this long without RTP (0: never).
     pub media_timeout_secs: Option<f64>,
+    /// Session timers (RFC 4028): Session-Expires asked of callees and granted to callers
+    /// (0: no session timers; default 1800).
+    pub session_expires_secs: Option<f64>,
+    /// Session timers: our Min-SE (default 90, RFC 4028's floor; less only for tests).
+    pub session_min_se_secs: Option<f64>,
     /// Extra dialled numbers → device user, e.g. `"100" = "1001"`.
     #[serde(default)]
     pub extensions: std::collections::BTreeMap<String, String>,
@@ -658,6 +663,22 @@ impl Loaded {
             media_timeout: match g.media_timeout_secs {
                 Some(0.0) => None,
                 v => Some(secs(v, "media_timeout_secs", 30.0)?),
+            },
+            session_expires: match g.session_expires_secs {
+                Some(0.0) => None,
+                v => Some(secs(v, "session_expires_secs", 1800.0)?),
+            },
+            session_min_se: {
+                let min = secs(g.session_min_se_secs, "session_min_se_secs", 90.0)?;
+                let se = g.session_expires_secs.unwrap_or(1800.0);
+                if se != 0.0 && min.as_secs_f64() > se {
+                    return Err(anyhow!(
+                        "{}: session_min_se_secs ({}) must not exceed session_expires_secs ({se})",
+                        self.at("gateway", "session_min_se_secs"),
+                        min.as_secs_f64()
+                    ));
+                }
+                min
             },
             extensions: g.extensions.clone().into_iter().collect(),
             moh: std::sync::Arc::new(self.gateway_moh(g)?),

@@ -56,6 +56,10 @@ pub struct GatewayConfig {
     pub rtp_ports: (u16, u16),
     /// Hang up calls after this long without RTP.
     pub media_timeout: Option<Duration>,
+    /// Session timers (RFC 4028): the Session-Expires we ask for and grant (None: off).
+    pub session_expires: Option<Duration>,
+    /// Session timers: our Min-SE (a smaller Session-Expires gets 422).
+    pub session_min_se: Duration,
     /// Dialled number → device user.
     pub extensions: HashMap<String, String>,
     /// Static SIP peers.
@@ -466,6 +470,9 @@ impl Gateway {
             t2: tcfg.t2,
             media_timeout: cfg.media_timeout,
             realm: cfg.realm.clone(),
+            session_expires: cfg.session_expires,
+            min_se: cfg.session_min_se,
+            ..b2bua::Config::default()
         });
         let outbound = {
             let local = local.udp.first().copied();
@@ -851,7 +858,7 @@ impl Core {
                 source,
                 ..
             } => {
-                if let Err(rej) = message::validate_request(&request) {
+                if let Err(rej) = message::validate_request_with(&request, b2bua::EXTENSIONS) {
                     let _ = self.tl.send_response(&key, rej.response(&request), now);
                     return;
                 }

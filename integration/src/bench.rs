@@ -916,6 +916,8 @@ pub fn gateway_config(
         rtp_ip: udp.ip(),
         rtp_ports: (20000, 20999),
         media_timeout: None,
+        session_expires: None,
+        session_min_se: std::time::Duration::from_secs(90),
         extensions: Default::default(),
         trunks: Vec::new(),
         record_dir: None,

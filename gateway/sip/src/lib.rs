@@ -6,5 +6,6 @@ pub mod digest;
 pub mod framing;
 pub mod message;
 pub mod offer;
+pub mod prack;
 pub mod transaction;
 pub mod via;

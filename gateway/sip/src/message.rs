@@ -949,7 +949,13 @@ const MANDATORY: &[(&str, IsHeader)] = &[
 /// ignores it or challenges, §3.3.7), methods (unknown ones never parse, see [`parse`]).
 /// For ACK only the header checks apply, and a rejection means: drop it (ACK is never answered).
 pub fn validate_request(req: &Request) -> Result<(), Rejection> {
-    validate(req, true)
+    validate(req, true, SUPPORTED_EXTENSIONS)
+}
+
+/// [`validate_request`] for a UAS that also supports the option tags `extensions` in
+/// `Require` (the gateway's B2BUA: `100rel`, `timer`).
+pub fn validate_request_with(req: &Request, extensions: &[&str]) -> Result<(), Rejection> {
+    validate(req, true, extensions)
 }
 
 /// [`validate_request`] for a request straight from [`parse`] (its top Via possibly stamped by
@@ -957,10 +963,10 @@ pub fn validate_request(req: &Request) -> Result<(), Rejection> {
 /// values): the header grammar [`parse`] already enforced on every field is not checked a
 /// second time; every other check is the same.
 pub fn validate_parsed_request(req: &Request) -> Result<(), Rejection> {
-    validate(req, false)
+    validate(req, false, SUPPORTED_EXTENSIONS)
 }
 
-fn validate(req: &Request, check_grammar: bool) -> Result<(), Rejection> {
+fn validate(req: &Request, check_grammar: bool, extensions: &[&str]) -> Result<(), Rejection> {
     let headers = &req.headers;
     for (name, is) in SINGLE {
         if headers.iter().filter(|h| is(h)).count() > 1 {
@@ -1022,9 +1028,7 @@ fn validate(req: &Request, check_grammar: bool) -> Result<(), Rejection> {
         for h in headers.iter() {
             if let Header::Require(v) = h {
                 for tag in grammar::token_list(v.value(), true).unwrap_or_default() {
-                    let known = SUPPORTED_EXTENSIONS
-                        .iter()
-                        .any(|s| s.eq_ignore_ascii_case(tag));
+                    let known = extensions.iter().any(|s| s.eq_ignore_ascii_case(tag));
                     if !known && !unsupported.contains(&tag) {
                         unsupported.push(tag);
                     }

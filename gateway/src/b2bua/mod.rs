@@ -18,11 +18,16 @@
 //! is torn down after 64·T1; a call with no RTP for the media timeout is hung up on both
 //! sides; a per-device call limit (486 when reached, the device reads BUSY).
 //!
-//! Not yet: offerless INVITEs (488), forking to several contacts of one device (the most
-//! recent contact is called), PRACK/100rel, session timers, redirects (3xx become 480).
+//! Late offer (an INVITE without SDP), 100rel/PRACK (`reliable.rs`) and session timers
+//! (`timers.rs`) on both legs: see those files.
+//!
+//! Not yet: forking to several contacts of one device (the most recent contact is called),
+//! redirects (3xx become 480).
 
 pub mod devstate;
 pub mod hold;
+mod reliable;
+pub mod timers;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -245,6 +250,15 @@ pub struct Config {
     pub media_timeout: Option<Duration>,
     /// Our SIP domain (for From of calls we originate).
     pub realm: String,
+    /// Session-Expires we ask of callees and grant callers that support timers (RFC 4028);
+    /// None: no session timers.
+    pub session_expires: Option<Duration>,
+    /// Our Min-SE: a caller's smaller Session-Expires gets 422 (RFC 4028 says at least 90 s;
+    /// tests use less).
+    pub min_se: Duration,
+    /// Codecs of the offer we make to the callee when the caller's INVITE has no SDP (late
+    /// offer), in preference order (names known to `sdp::offer`).
+    pub late_offer_codecs: Vec<String>,
 }
 
 impl Default for Config {
@@ -254,6 +268,11 @@ impl Default for Config {
             t2: Duration::from_secs(4),
             media_timeout: Some(Duration::from_secs(30)),
             realm: "callfabric.invalid".into(),
+            session_expires: Some(Duration::from_secs(1800)),
+            min_se: Duration::from_secs(90),
+            late_offer_codecs: ["PCMU", "PCMA", "G722", "telephone-event"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -281,6 +300,15 @@ struct Leg {
     last_sdp: Option<SessionDescription>,
     /// This side has put the call on hold.
     holding: bool,
+    /// Our 2xx to this side's INVITE carried an offer: its answer comes in the ACK.
+    ack_answer: bool,
+    /// The origin version of the SDP this side last sent (an offer with the same version
+    /// changes nothing: a session refresh).
+    remote_version: Option<u64>,
+    /// This side accepts UPDATE (its Allow).
+    allows_update: bool,
+    /// The session timer of this leg (RFC 4028).
+    timer: Option<timers::SessionTimer>,
 }
 
 /// A 2xx we retransmit until its ACK arrives (§13.3.1.4).
@@ -327,6 +355,18 @@ struct Call {
     pending: Option<Pending>,
     ports: MediaPorts,
     bridged: bool,
+    /// The caller sent no SDP: our 2xx carries the offer (the callee's answer to our offer).
+    late_offer: bool,
+    /// Reliable provisional responses to the caller (it supports 100rel).
+    a_rel: Option<crate::sip::prack::ReliableSender>,
+    /// The last RSeq of the callee's reliable provisional responses.
+    b_rseq: Option<u32>,
+    /// The session timer granted to the caller (set in our 2xx).
+    a_timer: Option<timers::Granted>,
+    /// A 422 from the callee was answered already.
+    b_422_tried: bool,
+    /// Our 2xx to the caller waits for the PRACK of a reliable 1xx with SDP.
+    held_ok: bool,
     created: Instant,
     answered_at: Option<Instant>,
 }
@@ -380,7 +420,10 @@ impl std::fmt::Debug for B2bua {
     }
 }
 
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK";
+
+/// Option tags the B2BUA supports in `Require` (RFC 3262 `100rel`, RFC 4028 `timer`).
+pub const EXTENSIONS: &[&str] = &["100rel", "timer"];
 
 fn transport_name(p: &Peer) -> &'static str {
     if p.transport.is_reliable() {
@@ -551,9 +594,20 @@ impl B2bua {
                 (None, uri, dest, 0)
             }
         };
-        let Some(offer) = sdp_of(&req.headers, &req.body) else {
-            // Offerless INVITEs (late offer) are not supported yet.
+        // An INVITE without a body is a late offer (RFC 3261 §13.2.1): we offer to the callee
+        // ourselves and our 2xx offers the caller the callee's answer; a body we cannot read
+        // as SDP is refused.
+        let offer = sdp_of(&req.headers, &req.body);
+        if offer.is_none() && has_body(&req.body) {
             return self.reply(&key, &req, 488);
+        }
+        let a_timer = match timers::negotiate_uas(&req, &self.cfg) {
+            Ok(t) => t,
+            Err(min_se) => {
+                let mut r = message::response_for(&req, 422, "");
+                r.headers.push(timers::min_se_header(min_se));
+                return self.respond(&key, r);
+            }
         };
         if let Some(dev) = &callee {
             if limit > 0 && self.devices.count(dev) >= limit {
@@ -588,12 +642,30 @@ impl B2bua {
         let Some(ports) = media.open(id) else {
             return self.reply(&key, &req, 503);
         };
-        if let (Some(rtp), rtcp) = (offer.rtp_endpoint(0), offer.rtcp_endpoint(0)) {
-            media.set_remote(id, Side::A, rtp, rtcp);
+        if let Some(offer) = &offer {
+            if let (Some(rtp), rtcp) = (offer.rtp_endpoint(0), offer.rtcp_endpoint(0)) {
+                media.set_remote(id, Side::A, rtp, rtcp);
+            }
         }
         let b_session = self.rand() >> 1;
         let a_session = self.rand() >> 1;
-        let b_sdp = anchored(&offer, ports.b, (b_session, 1));
+        let b_sdp = match &offer {
+            Some(offer) => anchored(offer, ports.b, (b_session, 1)),
+            None => {
+                let codecs: Vec<&str> = self
+                    .cfg
+                    .late_offer_codecs
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect();
+                crate::sdp::offer(
+                    ports.b.ip(),
+                    ports.b.port(),
+                    &codecs,
+                    ("callfabric", b_session, 1),
+                )
+            }
+        };
         let (via, branch) = via_for(&dest);
         let b_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
         let a_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
@@ -601,7 +673,9 @@ impl B2bua {
         let text = format!(
             "INVITE {contact} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: {mf}\r\n\
              From: {from};tag={b_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
-             Contact: {our}\r\nAllow: {ALLOW}\r\nContent-Length: 0\r\n\r\n",
+             Contact: {our}\r\nAllow: {ALLOW}\r\nSupported: 100rel, timer\r\n{timer}\
+             Content-Length: 0\r\n\r\n",
+            timer = timers::request_headers(&self.cfg),
             mf = max_forwards - 1,
             from = strip_tag(&from),
             to = strip_tag(&to),
@@ -627,6 +701,10 @@ impl B2bua {
                 origin: (a_session, 0),
                 last_sdp: None,
                 holding: false,
+                ack_answer: false,
+                remote_version: offer.as_ref().map(|o| o.origin_version()),
+                allows_update: timers::allows_update(&req.headers),
+                timer: None,
             },
             b: Leg {
                 peer: dest.clone(),
@@ -635,9 +713,13 @@ impl B2bua {
                 origin: (b_session, 1),
                 last_sdp: Some(b_sdp),
                 holding: false,
+                ack_answer: false,
+                remote_version: None,
+                allows_update: false,
+                timer: None,
             },
             a_invite_key: key.clone(),
-            a_invite: req,
+            a_invite: req.clone(),
             a_tag,
             b_invite_key: b_key.clone(),
             b_invite: b_invite.clone(),
@@ -650,6 +732,12 @@ impl B2bua {
             pending: None,
             ports,
             bridged: false,
+            late_offer: offer.is_none(),
+            a_rel: reliable::sender_for(&req, self.cfg.t1),
+            b_rseq: None,
+            a_timer,
+            b_422_tried: false,
+            held_ok: false,
             created: now,
             answered_at: None,
         };
@@ -683,7 +771,9 @@ impl B2bua {
             return;
         };
         let code = resp.status_code.code();
-        if key.method() == Method::Invite
+        if self.on_refresh_response(id, side, key, &resp, media, now) {
+            // one of our own session refreshes
+        } else if key.method() == Method::Invite
             && self.calls.get(&id).is_some_and(|c| c.b_invite_key == *key)
         {
             self.on_b_invite_response(id, resp, media, now);
@@ -698,7 +788,6 @@ impl B2bua {
         if code >= 200 && key.method() != Method::Invite {
             self.by_client.remove(key);
         }
-        let _ = side;
     }
 
     fn on_b_invite_response(
@@ -733,6 +822,12 @@ impl B2bua {
                 }
             }
         }
+        if code < 200 && !self.b_reliable_provisional(id, &resp) {
+            return; // a retransmitted or out-of-order reliable provisional response
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         if code < 200 {
             let first = !call.b_provisional;
             call.b_provisional = true;
@@ -750,6 +845,7 @@ impl B2bua {
                 if let Some(rtp) = answer.rtp_endpoint(0) {
                     media.set_remote(id, Side::B, rtp, answer.rtcp_endpoint(0));
                 }
+                call.b.remote_version = Some(answer.origin_version());
                 call.a.origin.1 += 1;
                 anchored(&answer, call.ports.a, call.a.origin)
             });
@@ -761,11 +857,26 @@ impl B2bua {
             r.headers
                 .push(Header::Contact(Contact::new(our_contact(&call.a.peer))));
             if let Some(sdp) = a_sdp {
-                r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
+                // Late offer: the caller gets our offer in the 2xx (never in an unreliable
+                // 1xx); early media flows all the same.
+                if !call.late_offer {
+                    r = dialog::response_with_body(
+                        r,
+                        sdp.to_string().into_bytes(),
+                        "application/sdp",
+                    );
+                }
                 call.a.last_sdp = Some(sdp);
             }
             let key = call.a_invite_key.clone();
-            self.respond(&key, r);
+            match call.a_rel.as_mut() {
+                Some(rel) => {
+                    if let Some(r) = rel.send(r, now) {
+                        self.respond(&key, r);
+                    }
+                }
+                None => self.respond(&key, r),
+            }
             return;
         }
         if code < 300 {
@@ -798,7 +909,10 @@ impl B2bua {
                 if let Some(rtp) = answer.rtp_endpoint(0) {
                     media.set_remote(id, Side::B, rtp, answer.rtcp_endpoint(0));
                 }
+                call.b.remote_version = Some(answer.origin_version());
             }
+            call.b.allows_update = timers::allows_update(&resp.headers);
+            call.b.timer = timers::SessionTimer::from_uac_2xx(&resp, now);
             if !call.bridged {
                 call.bridged = true;
                 media.bridge(id);
@@ -815,9 +929,15 @@ impl B2bua {
             r.headers
                 .push(Header::Contact(Contact::new(our_contact(&call.a.peer))));
             r.headers.push(Header::Allow(Allow::new(ALLOW)));
+            if let Some(granted) = call.a_timer {
+                granted.stamp(&mut r.headers);
+                call.a.timer = Some(granted.start(now));
+            }
             if let Some(sdp) = a_sdp {
                 r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
                 call.a.last_sdp = Some(sdp);
+                // Late offer: that was our offer; the caller answers in its ACK.
+                call.a.ack_answer = call.late_offer;
             }
             if call.a.dialog.is_none() {
                 if let Ok(d) = Dialog::uas(&call.a_invite, &call.a_tag, &our_contact(&call.a.peer))
@@ -833,21 +953,49 @@ impl B2bua {
             call.phase = Phase::Answered;
             call.answered_at = Some(now);
             let key = call.a_invite_key.clone();
+            // RFC 3262 §3: no 2xx while a reliable 1xx with SDP waits for its PRACK (it goes
+            // with that PRACK); otherwise reliable provisionals stop here.
+            call.held_ok = call
+                .a_rel
+                .as_ref()
+                .is_some_and(|r| r.unacknowledged_with_body());
+            if !call.held_ok {
+                if let Some(rel) = call.a_rel.as_mut() {
+                    rel.stop();
+                }
+            }
+            let deadline = now + self.cfg.t1 * 64;
             call.ok = Some(OkRetransmit {
                 side: Side::A,
                 key: key.clone(),
                 response: r.clone(),
-                next: now + self.cfg.t1,
+                next: if call.held_ok {
+                    deadline
+                } else {
+                    now + self.cfg.t1
+                },
                 interval: self.cfg.t1,
-                deadline: now + self.cfg.t1 * 64,
+                deadline,
             });
             let (adev, bdev) = (call.a.device.clone(), call.b.device.clone());
-            self.respond(&key, r);
+            if !call.held_ok {
+                self.respond(&key, r);
+            }
             self.set_channel(&adev, id, Channel::InUse);
             self.set_channel(&bdev, id, Channel::InUse);
             self.arm_media_check(now);
             return;
         }
+        if code == 422 && call.phase == Phase::Calling && !call.cancel_pending && !call.b_422_tried
+        {
+            call.b_422_tried = true;
+            if self.retry_b_after_422(id, &resp) {
+                return;
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         // A challenge from a trunk we have an account at: answer it once.
         if matches!(code, 401 | 407)
             && call.phase == Phase::Calling
@@ -931,9 +1079,14 @@ impl B2bua {
 
     /// Client transaction `key` timed out or hit a transport error.
     pub fn on_timeout(&mut self, key: &TransactionKey, media: &mut dyn MediaControl, now: Instant) {
-        let Some(&(id, _)) = self.by_client.get(key) else {
+        let Some(&(id, side)) = self.by_client.get(key) else {
             return;
         };
+        if self.refresh_in_flight(id, side, key) {
+            // RFC 4028 §10: a refresh that gets no answer ends the session.
+            self.by_client.remove(key);
+            return self.hangup(id, "session-refresh-failed", media, now);
+        }
         let Some(call) = self.calls.get(&id) else {
             self.by_client.remove(key);
             return;
@@ -1025,6 +1178,9 @@ impl B2bua {
             return;
         }
         call.cancel_pending = true;
+        if let Some(rel) = call.a_rel.as_mut() {
+            rel.stop();
+        }
         let r = response_with_tag(&call.a_invite, 487, "", &call.a_tag);
         let a_key = call.a_invite_key.clone();
         let (b_key, dest, provisional) = (
@@ -1060,7 +1216,19 @@ impl B2bua {
         if call.phase == Phase::Answered && side == Side::A {
             call.phase = Phase::Confirmed;
         }
-        let _ = (media, now);
+        if std::mem::take(&mut call.leg_mut(side).ack_answer) {
+            // Our 2xx offered: the answer is in this ACK (RFC 3264 §4, RFC 3261 §13.2.1).
+            match sdp_of(&req.headers, &req.body) {
+                Some(answer) => {
+                    if let Some(rtp) = answer.rtp_endpoint(0) {
+                        media.set_remote(id, side, rtp, answer.rtcp_endpoint(0));
+                    }
+                    call.leg_mut(side).remote_version = Some(answer.origin_version());
+                }
+                // No usable answer: the session cannot be set up (§13.2.1: the UAS ends it).
+                None => self.hangup(id, "no-answer-in-ack", media, now),
+            }
+        }
     }
 
     fn dialog_of(&self, req: &Request) -> Option<(CallId, Side)> {
@@ -1089,6 +1257,9 @@ impl B2bua {
         media: &mut dyn MediaControl,
         now: Instant,
     ) -> bool {
+        if req.method == Method::PRack {
+            return self.on_prack(key, &req, media, now);
+        }
         let Some((id, side)) = self.dialog_of(&req) else {
             return false;
         };
@@ -1149,18 +1320,31 @@ impl B2bua {
         }
         let other = side.other();
         let offer = sdp_of(&req.headers, &req.body);
-        let Some(offer) = offer else {
-            if has_body(&req.body) {
+        let unchanged = offer
+            .as_ref()
+            .is_some_and(|o| call.leg(side).remote_version == Some(o.origin_version()));
+        if offer.is_none() || unchanged {
+            if offer.is_none() && has_body(&req.body) {
                 self.reply(key, &req, 488);
                 return;
             }
-            // An offerless re-INVITE or a refresh: answer with the SDP this side already has.
+            // An offerless re-INVITE, an UPDATE without offer, or an offer that changes
+            // nothing (same origin version, RFC 3264 §8): a session refresh of this leg,
+            // answered here. An offerless re-INVITE gets our current SDP as an offer and its
+            // answer comes in the ACK; an unchanged offer gets our current SDP as the answer.
             let mut r = message::response_for(&req, 200, "");
             r.headers.push(Header::Contact(Contact::new(our_contact(
                 &call.leg(side).peer,
             ))));
-            if let Some(sdp) = call.leg(side).last_sdp.clone() {
+            let leg = call.leg_mut(side);
+            if let Some(t) = leg.timer.as_mut() {
+                t.on_refresh_request(&req.headers, now);
+                t.stamp_response(&mut r.headers);
+            }
+            let sdp = leg.last_sdp.clone();
+            if let Some(sdp) = sdp.filter(|_| req.method == Method::Invite || unchanged) {
                 r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
+                leg.ack_answer = req.method == Method::Invite && offer.is_none();
             }
             if req.method == Method::Invite {
                 call.ok = Some(OkRetransmit {
@@ -1174,10 +1358,14 @@ impl B2bua {
             }
             self.respond(key, r);
             return;
+        }
+        let Some(offer) = offer else {
+            return;
         };
         if let Some(rtp) = offer.rtp_endpoint(0) {
             media.set_remote(id, side, rtp, offer.rtcp_endpoint(0));
         }
+        call.leg_mut(side).remote_version = Some(offer.origin_version());
         let holds = offer.is_hold();
         let port = call.port(other);
         let leg = call.leg_mut(other);
@@ -1192,11 +1380,14 @@ impl B2bua {
             self.reply(key, &req, 500);
             return;
         };
-        let fwd = dialog::with_body(
+        let mut fwd = dialog::with_body(
             d.request(req.method, &via),
             sdp.to_string().into_bytes(),
             "application/sdp",
         );
+        if let Some(t) = &leg.timer {
+            t.stamp_request(&mut fwd.headers);
+        }
         leg.last_sdp = Some(sdp);
         let client_key = TransactionKey::client(&branch, req.method);
         call.pending = Some(Pending {
@@ -1258,12 +1449,21 @@ impl B2bua {
             if let Some(rtp) = answer.rtp_endpoint(0) {
                 media.set_remote(id, other, rtp, answer.rtcp_endpoint(0));
             }
+            call.leg_mut(other).remote_version = Some(answer.origin_version());
+        }
+        // A re-INVITE/UPDATE that succeeded on both legs refreshes both sessions.
+        if let Some(t) = call.leg_mut(other).timer.as_mut() {
+            t.refreshed(now);
         }
         let port = call.port(p.from);
         let leg = call.leg_mut(p.from);
         let mut r = message::response_for(&orig, 200, "");
         r.headers
             .push(Header::Contact(Contact::new(our_contact(&leg.peer))));
+        if let Some(t) = leg.timer.as_mut() {
+            t.on_refresh_request(&orig.headers, now);
+            t.stamp_response(&mut r.headers);
+        }
         if let Some(answer) = &answer {
             leg.origin.1 += 1;
             let mut sdp = anchored(answer, port, leg.origin);
@@ -1389,14 +1589,15 @@ impl B2bua {
             .values()
             .filter_map(|c| c.ok.as_ref().map(|o| o.next.min(o.deadline)))
             .min();
-        match (ok, self.next_media_check) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [ok, self.next_media_check, self.session_timers_due()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, media: &mut dyn MediaControl, now: Instant) {
+        self.run_session_timers(media, now);
         let mut dead = Vec::new();
         let mut resend = Vec::new();
         for call in self.calls.values_mut() {

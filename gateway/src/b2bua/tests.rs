@@ -53,9 +53,13 @@ fn peer(addr: &str) -> Peer {
     }
 }
 
+/// An SDP with a fresh origin version each time (RFC 3264 §8: a changed offer has a higher
+/// version; an unchanged version is a session refresh).
 fn sdp(ip: &str, port: u16, dir: &str) -> String {
+    static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let v = VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!(
-        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+        "v=0\r\no=- 1 {v} IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
          a={dir}\r\n"
     )
@@ -108,6 +112,8 @@ struct Rig {
     media: FakeMedia,
     now: Instant,
     a_key: TransactionKey,
+    /// The actions of the last `call_with`/`pending_request`.
+    last: Vec<Action>,
 }
 
 impl Rig {
@@ -121,6 +127,7 @@ impl Rig {
             media: FakeMedia::default(),
             now: Instant::now(),
             a_key: TransactionKey::client("z9hG4bKa1", Method::Invite),
+            last: Vec::new(),
         }
     }
 
@@ -441,7 +448,7 @@ fn call_limit_gives_486_and_busy_state() {
 }
 
 #[test]
-fn unanswered_b_gives_408_and_no_ports_give_503_and_no_offer_gives_488() {
+fn unanswered_b_gives_408_and_no_ports_give_503_and_an_unreadable_offer_gives_488() {
     let mut rig = Rig::new();
     let (_, b_key) = rig.call(0);
     rig.b2b.on_timeout(&b_key, &mut rig.media, rig.now);
@@ -464,7 +471,7 @@ fn unanswered_b_gives_408_and_no_ports_give_503_and_no_offer_gives_488() {
 
     rig.media.exhausted = false;
     let mut no_sdp = invite_from_a();
-    no_sdp.body.clear();
+    no_sdp.body = b"not an SDP".to_vec();
     rig.b2b.on_invite(
         rig.a_key.clone(),
         no_sdp,
@@ -824,3 +831,5 @@ fn early_media_183_is_relayed_with_the_relay_address_and_bridged() {
     let r = response(&acts, 200).expect("200 to A");
     assert!(String::from_utf8_lossy(&r.body).contains("m=audio 20000 "));
 }
+
+mod rfc;
