@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     pub default_expires: u32,
     /// Maximum expiry.
     pub max_expires: u32,
+    /// Most registered contacts per user (more are refused: 403 with a `Warning`).
+    pub max_contacts: usize,
     /// Digest algorithms offered, in order.
     pub algorithms: Vec<Algorithm>,
     /// How often the device table is re-read.
@@ -360,6 +362,7 @@ impl Gateway {
         rcfg.min_expires = cfg.min_expires;
         rcfg.default_expires = cfg.default_expires;
         rcfg.max_expires = cfg.max_expires;
+        rcfg.max_bindings_per_aor = cfg.max_contacts;
         rcfg.algorithms = cfg.algorithms.clone();
         let cache_handle = cache.clone();
         let mut registrar = Registrar::new(rcfg, DeviceCredentials(cache));
@@ -479,9 +482,9 @@ struct Core {
     tl: TransactionLayer<Peer>,
     registrar: Registrar<DeviceCredentials, Peer>,
     /// OPTIONS in flight: transaction → AOR.
-    qualifying: HashMap<TransactionKey, String>,
-    /// AOR → whether its last qualify was answered (absent: not qualified yet).
-    reachable: HashMap<String, bool>,
+    qualifying: HashMap<TransactionKey, (String, String)>,
+    /// AOR → contact → whether its last qualify was answered (absent: not qualified yet).
+    reachable: HashMap<String, HashMap<String, bool>>,
     devices: DeviceCache,
     b2bua: B2bua,
     media: RelayMedia,
@@ -626,7 +629,7 @@ impl Core {
         let in_call = self.b2bua.calls_of(key) > 0;
         let state = if in_call {
             self.b2bua.device_state(key)
-        } else if !registered || self.reachable.get(&aor) == Some(&false) {
+        } else if !registered || self.reachable_contacts(&aor).is_empty() {
             DeviceState::Unavailable
         } else {
             DeviceState::NotInUse
@@ -764,8 +767,8 @@ impl Core {
             }
             tx::Event::Response { key, response } => {
                 if response.status_code.code() >= 200 {
-                    if let Some(aor) = self.qualifying.remove(&key) {
-                        self.qualified(&aor, true);
+                    if let Some((aor, contact)) = self.qualifying.remove(&key) {
+                        self.qualified(&aor, &contact, true);
                         return;
                     }
                     if let Some(i) = self.registering.remove(&key) {
@@ -780,8 +783,8 @@ impl Core {
                 let _ = response;
             }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
-                if let Some(aor) = self.qualifying.remove(&key) {
-                    self.qualified(&aor, false);
+                if let Some((aor, contact)) = self.qualifying.remove(&key) {
+                    self.qualified(&aor, &contact, false);
                     return;
                 }
                 if let Some(i) = self.registering.remove(&key) {
@@ -931,15 +934,24 @@ impl Core {
             .or_else(|| self.devices.get(&dialled))
             .or_else(|| self.devices.by_extension(&dialled));
         if let Some(d) = device {
+            // Forking: every contact that did not fail its qualify, the newest first.
             let aor = format!("sip:{}@{}", d.username, self.cfg.realm);
-            let Some(b) = self.registrar.contacts(&aor).last() else {
+            let mut contacts =
+                self.reachable_contacts(&aor)
+                    .into_iter()
+                    .map(|b| b2bua::ForkTarget {
+                        contact: b.uri.clone(),
+                        dest: contact_dest(&b.uri, &b.source),
+                    });
+            let Some(first) = contacts.next() else {
                 return b2bua::Target::Reject(480);
             };
             return b2bua::Target::Device {
                 device: self.device_key(&aor),
-                contact: b.uri.clone(),
-                dest: contact_dest(&b.uri, &b.source),
+                contact: first.contact,
+                dest: first.dest,
                 limit: usize::try_from(d.call_limit.max(0)).unwrap_or(0),
+                forks: contacts.collect(),
             };
         }
         let trunk = self
@@ -1055,29 +1067,36 @@ impl Core {
         }
     }
 
-    /// OPTIONS to the most recent binding of every registered AOR.
+    /// The bindings of `aor` that did not fail their last qualify, the newest first.
+    fn reachable_contacts(&self, aor: &str) -> Vec<&crate::registrar::Binding<Peer>> {
+        let marks = self.reachable.get(aor);
+        self.registrar
+            .contacts(aor)
+            .iter()
+            .rev()
+            .filter(|b| marks.and_then(|m| m.get(&b.key)) != Some(&false))
+            .collect()
+    }
+
+    /// OPTIONS to every binding of every registered AOR.
     fn qualify_all(&mut self) {
-        let aors: Vec<String> = self
-            .registrar
-            .location()
-            .aors()
-            .map(str::to_owned)
-            .collect();
-        for aor in aors {
-            if self.qualifying.values().any(|a| *a == aor) {
-                continue;
+        let mut todo = Vec::new();
+        for aor in self.registrar.location().aors() {
+            for b in self.registrar.contacts(aor) {
+                let pending = (aor.to_owned(), b.key.clone());
+                if !self.qualifying.values().any(|q| *q == pending) {
+                    todo.push((pending, b.uri.clone(), contact_dest(&b.uri, &b.source)));
+                }
             }
-            let Some(b) = self.registrar.contacts(&aor).last().cloned() else {
-                continue;
-            };
-            let dest = contact_dest(&b.uri, &b.source);
-            let Some(req) = self.options_request(&aor, &b.uri, &dest) else {
+        }
+        for ((aor, contact), uri, dest) in todo {
+            let Some(req) = self.options_request(&aor, &uri, &dest) else {
                 continue;
             };
             let kind = dest.tx_transport();
             match self.tl.send_request(req, kind, dest, Instant::now()) {
                 Ok(key) => {
-                    self.qualifying.insert(key, aor);
+                    self.qualifying.insert(key, (aor, contact));
                 }
                 Err(e) => debug!(error = %e, "cannot qualify"),
             }
@@ -1107,14 +1126,26 @@ impl Core {
         }
     }
 
-    fn qualified(&mut self, aor: &str, ok: bool) {
+    /// The qualify of binding `contact` (its key) of `aor` was answered (`ok`) or not.
+    fn qualified(&mut self, aor: &str, contact: &str, ok: bool) {
         if !self.registrar.is_registered(aor) {
             return;
         }
-        let before = self.reachable.insert(aor.to_string(), ok);
+        let marks = self.reachable.entry(aor.to_owned()).or_default();
+        let before = marks.insert(contact.to_owned(), ok);
+        // Forget bindings that are gone.
+        let live: Vec<String> = self
+            .registrar
+            .contacts(aor)
+            .iter()
+            .map(|b| b.key.clone())
+            .collect();
+        marks.retain(|k, _| live.contains(k));
         if before != Some(ok) {
-            if !ok {
-                warn!(%aor, "contact does not answer OPTIONS: device unavailable");
+            if ok && before == Some(false) {
+                info!(%aor, %contact, "contact answers OPTIONS again");
+            } else if !ok {
+                warn!(%aor, %contact, "contact does not answer OPTIONS: not rung until it does");
             }
             let key = self.device_key(aor);
             self.refresh_device(&key);

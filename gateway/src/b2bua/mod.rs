@@ -18,10 +18,14 @@
 //! is torn down after 64·T1; a call with no RTP for the media timeout is hung up on both
 //! sides; a per-device call limit (486 when reached, the device reads BUSY).
 //!
-//! Not yet: offerless INVITEs (488), forking to several contacts of one device (the most
-//! recent contact is called), PRACK/100rel, session timers, redirects (3xx become 480).
+//! A call to a device rings all its reachable contacts in parallel ([`fork`]).
+//!
+//! Not yet: offerless INVITEs (488), PRACK/100rel, session timers, redirects (3xx become 480).
 
 pub mod devstate;
+pub mod fork;
+
+pub use fork::ForkTarget;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -98,6 +102,8 @@ pub enum Target {
         dest: Peer,
         /// Call limit of the callee (0: none).
         limit: usize,
+        /// The device's further reachable contacts, rung in parallel (forking).
+        forks: Vec<ForkTarget>,
     },
     /// A peer reached by URI (a trunk): `uri` sent to `dest`.
     Peer {
@@ -350,6 +356,8 @@ pub struct B2bua {
     by_server: HashMap<TransactionKey, CallId>,
     /// (Call-ID, our tag) → call and side.
     by_dialog: HashMap<(String, String), (CallId, Side)>,
+    /// Branches of forked INVITEs to B (every branch, the primary included) → their state.
+    forks: HashMap<TransactionKey, fork::Branch>,
     devices: DeviceCalls,
     /// Call limits per device (from the calls that set them).
     limits: HashMap<String, usize>,
@@ -422,6 +430,7 @@ impl B2bua {
             by_client: HashMap::new(),
             by_server: HashMap::new(),
             by_dialog: HashMap::new(),
+            forks: HashMap::new(),
             devices: DeviceCalls::default(),
             limits: HashMap::new(),
             actions: VecDeque::new(),
@@ -517,6 +526,7 @@ impl B2bua {
     ) {
         let Routed { caller, target } = routed;
         let mut b_credentials = None;
+        let mut forks = Vec::new();
         let (callee, contact, dest, limit) = match target {
             Target::Reject(code) => return self.refuse(&key, &req, code, &caller, None),
             Target::Device {
@@ -524,7 +534,11 @@ impl B2bua {
                 contact,
                 dest,
                 limit,
-            } => (Some(device), contact, dest, limit),
+                forks: more,
+            } => {
+                forks = more;
+                (Some(device), contact, dest, limit)
+            }
             Target::Peer {
                 uri,
                 dest,
@@ -651,6 +665,7 @@ impl B2bua {
             request: b_invite,
             dest,
         });
+        self.fork_start(id, forks);
     }
 
     /// A response for client transaction `key`.
@@ -661,6 +676,10 @@ impl B2bua {
         media: &mut dyn MediaControl,
         now: Instant,
     ) {
+        let mut resp = resp;
+        if self.fork_response(key, &mut resp) {
+            return;
+        }
         let Some(&(id, side)) = self.by_client.get(key) else {
             return;
         };
@@ -904,12 +923,16 @@ impl B2bua {
 
     /// A transaction ended: forget its mapping.
     pub fn on_terminated(&mut self, key: &TransactionKey) {
+        self.fork_terminated(key);
         self.by_client.remove(key);
         self.by_server.remove(key);
     }
 
     /// Client transaction `key` timed out or hit a transport error.
     pub fn on_timeout(&mut self, key: &TransactionKey, media: &mut dyn MediaControl, now: Instant) {
+        if self.fork_timeout(key, media, now) {
+            return;
+        }
         let Some(&(id, _)) = self.by_client.get(key) else {
             return;
         };
@@ -965,6 +988,7 @@ impl B2bua {
         );
         let devs: Vec<Option<String>> = vec![call.a.device.clone(), call.b.device.clone()];
         self.respond(&a_key, r);
+        self.fork_cancel(id, Some(&b_key));
         if provisional {
             self.actions.push_back(Action::Cancel { key: b_key, dest });
         }
@@ -1267,6 +1291,7 @@ impl B2bua {
             return;
         };
         call.phase = Phase::Ended;
+        self.fork_cancel(id, Some(&call.b_invite_key));
         media.close(id);
         self.by_server.remove(&call.a_invite_key);
         // Client keys stay mapped until their transactions end (late responses are absorbed).
@@ -1400,3 +1425,6 @@ fn anchored(sdp: &SessionDescription, relay: SocketAddr, origin: (u64, u64)) -> 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fork_tests;
