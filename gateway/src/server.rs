@@ -385,6 +385,7 @@ impl Gateway {
             t2: tcfg.t2,
             media_timeout: cfg.media_timeout,
             realm: cfg.realm.clone(),
+            uniqueid_prefix: format!("{}-{}-", cfg.node, std::process::id()),
         });
         let outbound = {
             let local = local.udp.first().copied();
@@ -418,6 +419,7 @@ impl Gateway {
             devices: cache_handle,
             qualifying: HashMap::new(),
             reachable: HashMap::new(),
+            linked_agents: LinkedAgents::default(),
             b2bua,
             media: RelayMedia {
                 relay,
@@ -499,6 +501,37 @@ struct Core {
     records: DeviceStore,
     /// INVITEs refused before a call was set up (numbers their CDRs).
     refused: u64,
+    /// Linked id → the agent device whose answered call with that linked id has ended.
+    linked_agents: LinkedAgents,
+}
+
+/// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
+/// (the caller's call may be at another gateway and never claim its entry).
+#[derive(Default)]
+struct LinkedAgents {
+    map: HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl LinkedAgents {
+    const MAX: usize = 4096;
+
+    fn insert(&mut self, linkedid: String, device: String) {
+        if self.map.insert(linkedid.clone(), device).is_none() {
+            self.order.push_back(linkedid);
+        }
+        while self.order.len() > Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, linkedid: &str) -> Option<String> {
+        let d = self.map.remove(linkedid)?;
+        self.order.retain(|l| l != linkedid);
+        Some(d)
+    }
 }
 
 impl Core {
@@ -574,6 +607,7 @@ impl Core {
         reason: &str,
         r: &b2bua::CallRecord,
         legs: Option<&(LegStats, LegStats)>,
+        agent: Option<String>,
     ) -> crate::records::Cdr {
         let end = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -590,8 +624,19 @@ impl Core {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
+        let uniqueid = if r.uniqueid.is_empty() {
+            format!("{}-{}-{call}", self.cfg.node, std::process::id())
+        } else {
+            r.uniqueid.clone()
+        };
         crate::records::Cdr {
-            uniqueid: format!("{}-{}-{call}", self.cfg.node, std::process::id()),
+            linkedid: if r.linkedid.is_empty() {
+                uniqueid.clone()
+            } else {
+                r.linkedid.clone()
+            },
+            agent,
+            uniqueid,
             node: self.cfg.node.clone(),
             start_time: secs(end.saturating_sub(r.duration)),
             answer_time: r.billsec.map(|b| secs(end.saturating_sub(b))),
@@ -685,7 +730,20 @@ impl Core {
             } => {
                 let legs = self.media.closed.remove(&call);
                 info!(call = call.0, %reason, "call ended");
-                let cdr = self.cdr(&call.0.to_string(), &reason, &record, legs.as_ref());
+                // The agent who answered a caller through an ACD: its call is linked to the
+                // caller's (the offer's linkedid) and may end before or after it.
+                let agent = if record.linkedid == record.uniqueid {
+                    self.linked_agents
+                        .remove(&record.uniqueid)
+                        .or_else(|| self.b2bua.answered_device_linked_to(&record.uniqueid))
+                } else {
+                    if let (Some(_), Some(d)) = (record.billsec, &record.callee_device) {
+                        self.linked_agents
+                            .insert(record.linkedid.clone(), d.clone());
+                    }
+                    None
+                };
+                let cdr = self.cdr(&call.0.to_string(), &reason, &record, legs.as_ref(), agent);
                 self.write_cdr(cdr);
                 let _ = self.events.send(GatewayEvent::CallEnded {
                     call: call.0,
@@ -701,6 +759,7 @@ impl Core {
                     &format!("r{}", self.refused),
                     &code.to_string(),
                     &record,
+                    None,
                     None,
                 );
                 self.write_cdr(cdr);
@@ -885,6 +944,10 @@ impl Core {
                     "SIP;cause={code};text=\"{}\"",
                     text.replace(['"', '\\'], "'")
                 ),
+            ));
+            r.headers.push(rsip::Header::Other(
+                crate::offer::REFUSED_HEADER.into(),
+                reason.into(),
             ));
             if let Err(e) = self.tl.send_response(&key, r, now) {
                 debug!(error = %e, "response not sent");

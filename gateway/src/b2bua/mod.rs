@@ -24,6 +24,9 @@
 
 pub mod devstate;
 pub mod fork;
+mod linked;
+
+use linked::{linked_of, offer_of};
 
 pub use fork::ForkTarget;
 
@@ -194,6 +197,11 @@ pub enum Action {
 /// What a CDR needs to know about a call.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CallRecord {
+    /// The call's uniqueid (`Config::uniqueid_prefix` + call number; empty when refused).
+    pub uniqueid: String,
+    /// Its linked id (Asterisk's `linkedid`): the one the INVITE brought (an ACD's offer, a
+    /// gateway's `X-CF-Linkedid`), else its own uniqueid.
+    pub linkedid: String,
     /// The caller's user part (From).
     pub caller: String,
     /// The number dialled (Request-URI user of the INVITE).
@@ -239,6 +247,8 @@ pub struct Config {
     pub media_timeout: Option<Duration>,
     /// Our SIP domain (for From of calls we originate).
     pub realm: String,
+    /// A call's uniqueid is this followed by its number (e.g. `gw-a-4711-`).
+    pub uniqueid_prefix: String,
 }
 
 impl Default for Config {
@@ -248,6 +258,7 @@ impl Default for Config {
             t2: Duration::from_secs(4),
             media_timeout: Some(Duration::from_secs(30)),
             realm: "callfabric.invalid".into(),
+            uniqueid_prefix: String::new(),
         }
     }
 }
@@ -321,6 +332,11 @@ struct Call {
     bridged: bool,
     created: Instant,
     answered_at: Option<Instant>,
+    /// Uniqueid and linked id (see [`CallRecord`]).
+    uniqueid: String,
+    linkedid: String,
+    /// The INVITE was an ACD's offer (`X-CF-Offer`).
+    offer: bool,
 }
 
 impl Call {
@@ -478,7 +494,14 @@ impl B2bua {
     }
 
     fn reply(&mut self, key: &TransactionKey, req: &Request, code: u16) {
-        let r = message::response_for(req, code, "");
+        let mut r = message::response_for(req, code, "");
+        if code >= 300 && req.method == Method::Invite && offer_of(req).is_some() {
+            // The gateway's own refusal of an ACD's offer: the agent's phone never rang.
+            r.headers.push(Header::Other(
+                crate::offer::REFUSED_HEADER.into(),
+                code.to_string(),
+            ));
+        }
         self.respond(key, r);
     }
 
@@ -492,9 +515,12 @@ impl B2bua {
         callee: Option<String>,
     ) {
         self.reply(key, req, code);
+        let linkedid = linked_of(req).unwrap_or_default();
         self.actions.push_back(Action::CallRefused {
             code,
             record: CallRecord {
+                uniqueid: String::new(),
+                linkedid,
                 caller: caller_user(req),
                 dialled: dialled_user(req),
                 caller_device: caller.device.clone(),
@@ -595,10 +621,19 @@ impl B2bua {
         let b_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
         let a_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
         let call_id = format!("cf{:016x}@{}", self.rand(), dest.local.ip());
+        let uniqueid = format!("{}{}", self.cfg.uniqueid_prefix, id.0);
+        let linkedid = linked_of(&req).unwrap_or_else(|| uniqueid.clone());
+        let is_offer = offer_of(&req).is_some();
+        // A trunk (an ACD node, another site) learns the linked id; phones do not need it.
+        let linked_header = if callee.is_none() {
+            format!("{}: {linkedid}\r\n", crate::offer::LINKED_HEADER)
+        } else {
+            String::new()
+        };
         let text = format!(
             "INVITE {contact} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: {mf}\r\n\
              From: {from};tag={b_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
-             Contact: {our}\r\nAllow: {ALLOW}\r\nContent-Length: 0\r\n\r\n",
+             Contact: {our}\r\nAllow: {ALLOW}\r\n{linked_header}Content-Length: 0\r\n\r\n",
             mf = max_forwards - 1,
             from = strip_tag(&from),
             to = strip_tag(&to),
@@ -648,6 +683,9 @@ impl B2bua {
             bridged: false,
             created: now,
             answered_at: None,
+            offer: is_offer,
+            uniqueid,
+            linkedid,
         };
         if let Some(d) = &caller.device {
             self.limits.insert(d.clone(), caller.limit);
@@ -816,6 +854,13 @@ impl B2bua {
             r.headers
                 .push(Header::Contact(Contact::new(our_contact(&call.a.peer))));
             r.headers.push(Header::Allow(Allow::new(ALLOW)));
+            if call.offer {
+                // The ACD's CONNECT names the agent's call by this (its CDR's uniqueid).
+                r.headers.push(Header::Other(
+                    crate::offer::UNIQUEID_HEADER.into(),
+                    call.uniqueid.clone(),
+                ));
+            }
             if let Some(sdp) = a_sdp {
                 r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
                 call.a.last_sdp = Some(sdp);
@@ -1311,6 +1356,8 @@ impl B2bua {
             self.respond(&p.server_key, r);
         }
         let record = CallRecord {
+            uniqueid: call.uniqueid.clone(),
+            linkedid: call.linkedid.clone(),
             caller: caller_user(&call.a_invite),
             dialled: dialled_user(&call.a_invite),
             caller_device: call.a.device.clone(),
