@@ -197,8 +197,8 @@ fn caller_is_queued_connected_to_an_agent_and_media_flows() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    // ringall also offered 2002, which is not registered: the gateway refuses (480, the phone
-    // never rang), which app_queue would not log; no RINGNOANSWER either way.
+    // 2002 is not registered (UNAVAILABLE): no RINGNOANSWER for it (an offer the gateway
+    // refused before ringing would not be one either: two_acd_nodes_never_both_get_one_agent).
     let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
     assert_eq!(
         events,
