@@ -526,6 +526,39 @@ members = ["PJSIP/2001"]
         "the agent's device states (RINGING left out)\n{}",
         gw.diag()
     );
+    // The agent hung up first each time (its call ended before the caller's): the callers'
+    // CDRs still name it, and each agent call is linked to its caller's.
+    let url = format!("sqlite://{}", gw.dir().join("gw-a.db").display());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cdrs = rt.block_on(async {
+        let store = gateway::devices::DeviceStore::open(&url)
+            .await
+            .expect("open the gateway database");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let cdrs = store.cdrs().await.expect("cdr table");
+            let answered = cdrs.iter().filter(|c| c.disposition == "ANSWERED").count();
+            if answered >= 4 || std::time::Instant::now() > deadline {
+                break cdrs;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let callers: Vec<_> = cdrs
+        .iter()
+        .filter(|c| c.dst == "800" || c.dst == "801")
+        .collect();
+    assert_eq!(callers.len(), 2, "{cdrs:?}");
+    for c in callers {
+        assert_eq!(c.agent.as_deref(), Some("PJSIP/2001"), "{c:?}");
+        assert!(
+            cdrs.iter().any(|a| a.dst == "2001"
+                && a.disposition == "ANSWERED"
+                && a.linkedid == c.uniqueid),
+            "no answered agent call linked to {}: {cdrs:?}",
+            c.uniqueid
+        );
+    }
 }
 
 /// The README's main command works as shipped: `callfabric site --config examples/site.toml`
