@@ -1475,3 +1475,6 @@ mod tests;
 
 #[cfg(test)]
 mod fork_tests;
+
+#[cfg(test)]
+mod linked_tests;
