@@ -108,6 +108,9 @@ pub struct GatewaySection {
     pub min_expires: Option<u32>,
     pub default_expires: Option<u32>,
     pub max_expires: Option<u32>,
+    /// Most registered contacts per user (Asterisk's `max_contacts`; default 10). All of a
+    /// device's reachable contacts ring in parallel.
+    pub max_contacts: Option<usize>,
     pub digest_algorithms: Option<Vec<String>>,
     pub db_reload_secs: Option<f64>,
     pub qualify_interval_secs: Option<f64>,
@@ -535,6 +538,14 @@ impl Loaded {
                 self.at("gateway", "min_expires")
             ));
         }
+        let max_contacts = g.max_contacts.unwrap_or(10);
+        if !(1..=gateway::b2bua::fork::MAX_BRANCHES).contains(&max_contacts) {
+            return Err(anyhow!(
+                "{}: max_contacts = {max_contacts}: must be 1 to {} (every contact rings at once)",
+                self.at("gateway", "max_contacts"),
+                gateway::b2bua::fork::MAX_BRANCHES
+            ));
+        }
         let secs = |v: Option<f64>, key: &str, d: f64| {
             self.duration("gateway", key, v, Duration::from_secs_f64(d))
         };
@@ -652,6 +663,7 @@ impl Loaded {
             min_expires: min,
             default_expires: def,
             max_expires: max,
+            max_contacts,
             algorithms,
             db_reload: secs(g.db_reload_secs, "db_reload_secs", 5.0)?,
             qualify_interval: secs(g.qualify_interval_secs, "qualify_interval_secs", 30.0)?,
@@ -1157,6 +1169,29 @@ mod tests {
             e.contains("site-a.toml:8") && e.contains("keepalive_secs"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn max_contacts_is_configurable_and_bounded() {
+        let base = format!("{GATEWAY}min_expires = 60\n");
+        assert_eq!(load(&base).unwrap().gateway().unwrap().max_contacts, 10);
+        let g = load(&format!("{base}max_contacts = 3\n"))
+            .unwrap()
+            .gateway()
+            .unwrap();
+        assert_eq!(g.max_contacts, 3);
+        for bad in ["max_contacts = 0", "max_contacts = 17"] {
+            let e = load(&format!("{base}{bad}\n"))
+                .unwrap()
+                .gateway()
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"))
+                .to_string();
+            assert!(
+                e.contains("site-a.toml:8:") && e.contains("max_contacts"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -200,21 +200,14 @@ fn caller_is_queued_connected_to_an_agent_and_media_flows() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    // ringall also rang 2002, which is not registered (480 → RINGNOANSWER).
-    let events: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.event != "RINGNOANSWER")
-        .map(|r| r.event.as_str())
-        .collect();
+    // 2002 is not registered (UNAVAILABLE): no RINGNOANSWER for it (an offer the gateway
+    // refused before ringing would not be one either: two_acd_nodes_never_both_get_one_agent).
+    let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
     assert_eq!(
         events,
         ["ENTERQUEUE", "CONNECT", "COMPLETECALLER"],
         "{rows:?}"
     );
-    assert!(rows
-        .iter()
-        .filter(|r| r.event == "RINGNOANSWER")
-        .all(|r| r.agent == "PJSIP/2002"));
     assert!(
         rows.iter()
             .any(|r| r.event == "CONNECT" && r.agent == "PJSIP/2001"),
@@ -235,6 +228,29 @@ fn caller_is_queued_connected_to_an_agent_and_media_flows() {
         .expect("CDR of the offer to 2001");
     assert_eq!(to_agent.dst_device.as_deref(), Some("PJSIP/2001"));
     assert_eq!(to_agent.disposition, "ANSWERED");
+    // Reporting as a supervisor expects (Asterisk's uniqueid/linkedid): the caller's call is
+    // the first of the chain; the agent's call and every queue_log line carry its uniqueid;
+    // the caller's row names the agent; CONNECT names the agent's call (its CDR's uniqueid).
+    assert_eq!(to_queue.linkedid, to_queue.uniqueid, "{to_queue:?}");
+    assert_eq!(to_agent.linkedid, to_queue.uniqueid, "{to_agent:?}");
+    assert_ne!(to_agent.uniqueid, to_queue.uniqueid);
+    assert_eq!(
+        to_queue.agent.as_deref(),
+        Some("PJSIP/2001"),
+        "{to_queue:?}"
+    );
+    assert_eq!(to_agent.agent, None, "{to_agent:?}");
+    assert!(
+        rows.iter().all(|r| r.callid == to_queue.uniqueid),
+        "queue_log callid = the caller's linked id {}: {rows:?}",
+        to_queue.uniqueid
+    );
+    let connect = rows.iter().find(|r| r.event == "CONNECT").expect("CONNECT");
+    assert_eq!(
+        connect.data.get(1),
+        Some(&to_agent.uniqueid),
+        "CONNECT's bridged channel: {connect:?}"
+    );
 
     // Per-queue and per-agent statistics on the status API.
     let queues = api(&mut gw, "/queues");
@@ -309,8 +325,9 @@ fn caller_hanging_up_while_waiting_is_abandon() {
 
 /// The claim race: two ACD nodes (separate processes, each with its own caller in its own
 /// queue) offer the same single agent at the same moment. The owning gateway is the arbiter:
-/// it lets one offer ring and refuses the other (486), so the agent never has two calls; the
-/// refused node logs RINGNOANSWER and gets the agent once the first call is over. The agent's
+/// it lets one offer ring and refuses the other (486 + X-CF-Refused), so the agent never has two
+/// calls; the refused node logs no RINGNOANSWER for it (the phone never rang: app_queue logs
+/// nothing for a member it could not ring) and gets the agent once the first call is over. The agent's
 /// phone hangs up each call after 1.5 s, so the refused node's caller is still waiting then.
 #[test]
 fn two_acd_nodes_never_both_get_one_agent() {
@@ -446,34 +463,38 @@ members = ["PJSIP/2001"]
     };
     let (o1, o2) = (outcomes(&mut n1), outcomes(&mut n2));
     let won = ["CONNECT", "COMPLETEAGENT"];
-    // The refused node: refused (RINGNOANSWER) until the agent is free, then connected.
-    let refused_then_won = |o: &[String]| -> Option<usize> {
-        let k = o.iter().take_while(|e| *e == "RINGNOANSWER").count();
-        (k >= 1 && o[k..] == won).then_some(k)
-    };
-    let refusals = match (o1 == won, o2 == won) {
-        (true, false) => refused_then_won(&o2),
-        (false, true) => refused_then_won(&o1),
-        _ => None,
-    }
-    .unwrap_or_else(|| {
-        panic!(
-            "expected one node to connect at once ({won:?}) and the other to be refused, then \
-             connected: acd-1 {o1:?}, acd-2 {o2:?}\n{}\n{}",
-            n1.diag(),
-            n2.diag()
-        )
-    });
-    // Every refusal was the gateway's arbiter (486), not a ring timeout.
+    // Both nodes: connected, one after the other; the arbiter's refusals are no RINGNOANSWER.
+    assert!(
+        o1 == won && o2 == won,
+        "expected both nodes to connect ({won:?}) without RINGNOANSWER for the refusals: \
+         acd-1 {o1:?}, acd-2 {o2:?}\n{}\n{}",
+        n1.diag(),
+        n2.diag()
+    );
+    // Every refusal was the gateway's arbiter (486), seen by a node as "never rang".
     gw.drain();
     let log = std::fs::read_to_string(gw.dir().join("gateway.stderr")).unwrap_or_default();
     let refused = log
         .matches("offer refused: the agent is already in a call")
         .count();
+    let refusals: usize = [&n1, &n2]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(n.dir().join("gateway.stderr"))
+                .unwrap_or_default()
+                .matches("offer refused before ringing the agent")
+                .count()
+        })
+        .sum();
+    assert!(
+        refused >= 1,
+        "the claim race refused no offer\n{}",
+        gw.diag()
+    );
     assert_eq!(
         refused,
         refusals,
-        "the gateway refused {refused} offers; the losing node logged {refusals} RINGNOANSWER\n{}",
+        "the gateway refused {refused} offers; the nodes saw {refusals} refusals before ringing\n{}",
         gw.diag()
     );
     // The agent's device: UNAVAILABLE from the gateway's start until it registers, then two
@@ -508,6 +529,39 @@ members = ["PJSIP/2001"]
         "the agent's device states (RINGING left out)\n{}",
         gw.diag()
     );
+    // The agent hung up first each time (its call ended before the caller's): the callers'
+    // CDRs still name it, and each agent call is linked to its caller's.
+    let url = format!("sqlite://{}", gw.dir().join("gw-a.db").display());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cdrs = rt.block_on(async {
+        let store = gateway::devices::DeviceStore::open(&url)
+            .await
+            .expect("open the gateway database");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let cdrs = store.cdrs().await.expect("cdr table");
+            let answered = cdrs.iter().filter(|c| c.disposition == "ANSWERED").count();
+            if answered >= 4 || std::time::Instant::now() > deadline {
+                break cdrs;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let callers: Vec<_> = cdrs
+        .iter()
+        .filter(|c| c.dst == "800" || c.dst == "801")
+        .collect();
+    assert_eq!(callers.len(), 2, "{cdrs:?}");
+    for c in callers {
+        assert_eq!(c.agent.as_deref(), Some("PJSIP/2001"), "{c:?}");
+        assert!(
+            cdrs.iter().any(|a| a.dst == "2001"
+                && a.disposition == "ANSWERED"
+                && a.linkedid == c.uniqueid),
+            "no answered agent call linked to {}: {cdrs:?}",
+            c.uniqueid
+        );
+    }
 }
 
 /// The README's main command works as shipped: `callfabric site --config examples/site.toml`

@@ -202,7 +202,7 @@ fn partition_skips_the_cut_agent_answers_with_a_reachable_one_and_returns_after_
         .node
         .history
         .iter()
-        .any(|l| l.trim().starts_with("OFFER acd-") && l.contains(" PJSIP/2001 "));
+        .any(|l| integration::gateway::is_offer_line(l, "PJSIP/2001"));
 
     // During the partition a second caller waits (1002 talks to caller 1, 2001 is
     // unreachable): never offered to 2001, although the fabric still says NOT_INUSE.
@@ -212,7 +212,7 @@ fn partition_skips_the_cut_agent_answers_with_a_reachable_one_and_returns_after_
     let offers_to_b: Vec<String> = lab.node.history[detected..]
         .iter()
         .map(|l| l.trim().to_owned())
-        .filter(|l| l.starts_with("OFFER acd-") && l.contains(" PJSIP/2001 "))
+        .filter(|l| integration::gateway::is_offer_line(l, "PJSIP/2001"))
         .collect();
     assert!(
         offers_to_b.is_empty(),
@@ -231,7 +231,7 @@ fn partition_skips_the_cut_agent_answers_with_a_reachable_one_and_returns_after_
     let offer = lab
         .node
         .wait_for(WAIT, "an offer to 2001 after the heal", |l| {
-            l.starts_with("OFFER acd-") && l.contains(" PJSIP/2001 ")
+            integration::gateway::is_offer_line(l, "PJSIP/2001")
         });
     let back = heal.elapsed();
     println!("heal to the remote agent's first offer: {back:?}");
@@ -294,7 +294,7 @@ fn an_abandoned_offer_never_rings_the_agent_after_the_heal() {
     signal(&lab.gw_b, "-STOP");
     let mut caller1 = spawn_caller(&lab.gw_a, Duration::from_secs(6));
     let offer = lab.node.wait_for(WAIT, "the offer to 2001", |l| {
-        l.starts_with("OFFER acd-") && l.contains(" PJSIP/2001 ")
+        integration::gateway::is_offer_line(l, "PJSIP/2001")
     });
     let sent = Instant::now();
     lab.node.wait_for(WAIT, "no provisional response", |l| {
@@ -441,7 +441,7 @@ fn wan_lab_partition_at_150_ms_one_way() {
             &[],
         )
         .expect("caller");
-    let is_offer = |l: &str| l.starts_with("OFFER acd-") && l.contains(" PJSIP/2001 ");
+    let is_offer = |l: &str| integration::gateway::is_offer_line(l, "PJSIP/2001");
     acd.wait_since(0, WAIT, "the first offer", is_offer)
         .expect("offered while B is reachable");
 

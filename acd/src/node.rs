@@ -621,7 +621,11 @@ impl Core {
         }
         let n = self.next_id;
         self.next_id += 1;
-        let caller_id = format!("acd-{}-{n}", std::process::id());
+        // The caller's id in the queue (queue_log's callid) is the call's linked id when its
+        // gateway sent one (X-CF-Linkedid), so its queue_log lines and CDRs join.
+        let caller_id = sip_core::offer::id_header(&req.headers, sip_core::offer::LINKED_HEADER)
+            .filter(|l| !self.callers.values().any(|c| c.id == *l))
+            .unwrap_or_else(|| format!("acd-{}-{n}", std::process::id()));
         let mut join = Join::new(caller_id.clone(), queue.clone());
         join.caller_number = from_user;
         if confirm.is_some() {
@@ -1200,17 +1204,17 @@ impl Core {
             // The engine never offers an unreachable member; a race with a change in flight.
             let _ = self
                 .engine
-                .offer_outcome(engine_now(), id, OfferOutcome::Busy);
+                .offer_outcome(engine_now(), id, OfferOutcome::Refused);
             return;
         }
         let now = engine_now();
         let Some(n) = self.caller_number(caller) else {
-            let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+            let _ = self.engine.offer_outcome(now, id, OfferOutcome::Refused);
             return;
         };
         let Some(gw) = self.gateway_for(interface) else {
             warn!(%interface, "no gateway for the member");
-            let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+            let _ = self.engine.offer_outcome(now, id, OfferOutcome::Refused);
             return;
         };
         let user = (interface.strip_prefix(self.cfg.device_prefix.as_str()))
@@ -1221,7 +1225,7 @@ impl Core {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "no media port for an agent");
-                let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+                let _ = self.engine.offer_outcome(now, id, OfferOutcome::Refused);
                 return;
             }
         };
@@ -1262,6 +1266,7 @@ impl Core {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .ok()
                 .and_then(|d| u64::try_from(d.as_millis()).ok()),
+            linkedid: sip_core::offer::valid_id(caller).then(|| caller.to_owned()),
         };
         let cid = self.rand();
         let text = format!(
@@ -1276,7 +1281,7 @@ impl Core {
         );
         let Ok(SipMessage::Request(req)) = message::parse(text.as_bytes()) else {
             warn!(%interface, "cannot build the offer INVITE");
-            let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+            let _ = self.engine.offer_outcome(now, id, OfferOutcome::Refused);
             return;
         };
         let req = dialog::with_body(req, offer.to_string().into_bytes(), "application/sdp");
@@ -1317,7 +1322,7 @@ impl Core {
             }
             Err(e) => {
                 warn!(error = %e, "offer INVITE not sent");
-                let _ = self.engine.offer_outcome(now, id, OfferOutcome::Busy);
+                let _ = self.engine.offer_outcome(now, id, OfferOutcome::Refused);
             }
         }
     }
@@ -1418,6 +1423,11 @@ impl Core {
                     a.leg.set_remote(rtp, answer.rtcp_endpoint(0));
                 }
             }
+            if let Some(channel) =
+                sip_core::offer::id_header(&resp.headers, sip_core::offer::UNIQUEID_HEADER)
+            {
+                self.engine.set_bridged_channel(id, &channel);
+            }
             if let Err(e) = self
                 .engine
                 .offer_outcome(engine_now(), id, OfferOutcome::Answered)
@@ -1434,10 +1444,25 @@ impl Core {
             a.leg.close();
         }
         if !cancelled {
-            info!(code, "agent refused the offer");
-            let _ = self
-                .engine
-                .offer_outcome(engine_now(), id, OfferOutcome::Busy);
+            // Refused by the gateway itself (the phone never rang) or challenged (we are no
+            // trunk there): nothing to log, as app_queue when ast_request/ast_call fail. A phone
+            // that refused or a call that failed after ringing: RINGNOANSWER, as app_queue's rna().
+            let not_rung = matches!(code, 401 | 407)
+                || resp.headers.iter().any(|h| {
+                    matches!(h, Header::Other(n, _)
+                        if n.trim().eq_ignore_ascii_case(sip_core::offer::REFUSED_HEADER))
+                });
+            if not_rung {
+                info!(code, "offer refused before ringing the agent");
+            } else {
+                info!(code, "agent refused the offer");
+            }
+            let outcome = if not_rung {
+                OfferOutcome::Refused
+            } else {
+                OfferOutcome::Busy
+            };
+            let _ = self.engine.offer_outcome(engine_now(), id, outcome);
         }
     }
 

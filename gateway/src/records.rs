@@ -11,6 +11,11 @@ use crate::devices::{DbError, DeviceStore};
 pub struct Cdr {
     /// Unique id (node, process, call number).
     pub uniqueid: String,
+    /// Linked id (Asterisk's `linkedid`): the uniqueid of the first call of the chain (the
+    /// caller's call into a queue; the agent's call has the same), else its own uniqueid.
+    pub linkedid: String,
+    /// On a caller's row: the agent device that answered the call through an ACD.
+    pub agent: Option<String>,
     /// Node that handled the call.
     pub node: String,
     /// UNIX seconds of the INVITE.
@@ -55,8 +60,8 @@ impl DeviceStore {
         sqlx::query(
             "INSERT INTO cdr (uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, \
              dst_device, disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, \
-             jitter_a_us, jitter_b_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19)",
+             jitter_a_us, jitter_b_us, linkedid, agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
         )
         .bind(&c.uniqueid)
         .bind(&c.node)
@@ -77,6 +82,8 @@ impl DeviceStore {
         .bind(c.lost_b)
         .bind(c.jitter_a_us)
         .bind(c.jitter_b_us)
+        .bind(&c.linkedid)
+        .bind(&c.agent)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -87,7 +94,7 @@ impl DeviceStore {
         let rows = sqlx::query(
             "SELECT uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, dst_device, \
              disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, jitter_a_us, \
-             jitter_b_us FROM cdr ORDER BY end_time, uniqueid",
+             jitter_b_us, linkedid, agent FROM cdr ORDER BY end_time, uniqueid",
         )
         .fetch_all(self.pool())
         .await?;
@@ -95,6 +102,8 @@ impl DeviceStore {
             .map(|r| {
                 Ok(Cdr {
                     uniqueid: r.try_get("uniqueid")?,
+                    linkedid: r.try_get("linkedid")?,
+                    agent: r.try_get("agent")?,
                     node: r.try_get("node")?,
                     start_time: r.try_get("start_time")?,
                     answer_time: r.try_get("answer_time")?,
@@ -131,6 +140,8 @@ mod tests {
         let store = DeviceStore::open(&url).await.expect("open");
         let cdr = Cdr {
             uniqueid: "gw-a-1-7".into(),
+            linkedid: "gw-a-1-5".into(),
+            agent: Some("PJSIP/2001".into()),
             node: "gw-a".into(),
             start_time: 100,
             answer_time: Some(103),

@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     pub default_expires: u32,
     /// Maximum expiry.
     pub max_expires: u32,
+    /// Most registered contacts per user (more are refused: 403 with a `Warning`).
+    pub max_contacts: usize,
     /// Digest algorithms offered, in order.
     pub algorithms: Vec<Algorithm>,
     /// How often the device table is re-read.
@@ -448,6 +450,7 @@ impl Gateway {
         rcfg.min_expires = cfg.min_expires;
         rcfg.default_expires = cfg.default_expires;
         rcfg.max_expires = cfg.max_expires;
+        rcfg.max_bindings_per_aor = cfg.max_contacts;
         rcfg.algorithms = cfg.algorithms.clone();
         let cache_handle = cache.clone();
         let mut registrar = Registrar::new(rcfg, DeviceCredentials(cache));
@@ -470,6 +473,7 @@ impl Gateway {
             t2: tcfg.t2,
             media_timeout: cfg.media_timeout,
             realm: cfg.realm.clone(),
+            uniqueid_prefix: format!("{}-{}-", cfg.node, std::process::id()),
             session_expires: cfg.session_expires,
             min_se: cfg.session_min_se,
             ..b2bua::Config::default()
@@ -525,6 +529,7 @@ impl Gateway {
             devices: cache_handle,
             qualifying: HashMap::new(),
             reachable: HashMap::new(),
+            linked_agents: LinkedAgents::default(),
             b2bua,
             media: RelayMedia {
                 relay,
@@ -600,9 +605,9 @@ struct Core {
     tl: TransactionLayer<Peer>,
     registrar: Registrar<DeviceCredentials, Peer>,
     /// OPTIONS in flight: transaction → AOR.
-    qualifying: HashMap<TransactionKey, String>,
-    /// AOR → whether its last qualify was answered (absent: not qualified yet).
-    reachable: HashMap<String, bool>,
+    qualifying: HashMap<TransactionKey, (String, String)>,
+    /// AOR → contact → whether its last qualify was answered (absent: not qualified yet).
+    reachable: HashMap<String, HashMap<String, bool>>,
     devices: DeviceCache,
     b2bua: B2bua,
     media: RelayMedia,
@@ -621,6 +626,37 @@ struct Core {
     records: DeviceStore,
     /// INVITEs refused before a call was set up (numbers their CDRs).
     refused: u64,
+    /// Linked id → the agent device whose answered call with that linked id has ended.
+    linked_agents: LinkedAgents,
+}
+
+/// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
+/// (the caller's call may be at another gateway and never claim its entry).
+#[derive(Default)]
+struct LinkedAgents {
+    map: HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl LinkedAgents {
+    const MAX: usize = 4096;
+
+    fn insert(&mut self, linkedid: String, device: String) {
+        if self.map.insert(linkedid.clone(), device).is_none() {
+            self.order.push_back(linkedid);
+        }
+        while self.order.len() > Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, linkedid: &str) -> Option<String> {
+        let d = self.map.remove(linkedid)?;
+        self.order.retain(|l| l != linkedid);
+        Some(d)
+    }
 }
 
 impl Core {
@@ -696,6 +732,7 @@ impl Core {
         reason: &str,
         r: &b2bua::CallRecord,
         legs: Option<&(LegStats, LegStats)>,
+        agent: Option<String>,
     ) -> crate::records::Cdr {
         let end = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -712,8 +749,19 @@ impl Core {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
+        let uniqueid = if r.uniqueid.is_empty() {
+            format!("{}-{}-{call}", self.cfg.node, std::process::id())
+        } else {
+            r.uniqueid.clone()
+        };
         crate::records::Cdr {
-            uniqueid: format!("{}-{}-{call}", self.cfg.node, std::process::id()),
+            linkedid: if r.linkedid.is_empty() {
+                uniqueid.clone()
+            } else {
+                r.linkedid.clone()
+            },
+            agent,
+            uniqueid,
             node: self.cfg.node.clone(),
             start_time: secs(end.saturating_sub(r.duration)),
             answer_time: r.billsec.map(|b| secs(end.saturating_sub(b))),
@@ -751,7 +799,7 @@ impl Core {
         let in_call = self.b2bua.calls_of(key) > 0;
         let state = if in_call {
             self.b2bua.device_state(key)
-        } else if !registered || self.reachable.get(&aor) == Some(&false) {
+        } else if !registered || self.reachable_contacts(&aor).is_empty() {
             DeviceState::Unavailable
         } else {
             DeviceState::NotInUse
@@ -815,7 +863,20 @@ impl Core {
                 let legs = self.media.closed.remove(&call);
                 let moh = self.media.moh_closed.remove(&call).unwrap_or_default();
                 info!(call = call.0, %reason, "call ended");
-                let cdr = self.cdr(&call.0.to_string(), &reason, &record, legs.as_ref());
+                // The agent who answered a caller through an ACD: its call is linked to the
+                // caller's (the offer's linkedid) and may end before or after it.
+                let agent = if record.linkedid == record.uniqueid {
+                    self.linked_agents
+                        .remove(&record.uniqueid)
+                        .or_else(|| self.b2bua.answered_device_linked_to(&record.uniqueid))
+                } else {
+                    if let (Some(_), Some(d)) = (record.billsec, &record.callee_device) {
+                        self.linked_agents
+                            .insert(record.linkedid.clone(), d.clone());
+                    }
+                    None
+                };
+                let cdr = self.cdr(&call.0.to_string(), &reason, &record, legs.as_ref(), agent);
                 self.write_cdr(cdr);
                 let _ = self.events.send(GatewayEvent::CallEnded {
                     call: call.0,
@@ -832,6 +893,7 @@ impl Core {
                     &format!("r{}", self.refused),
                     &code.to_string(),
                     &record,
+                    None,
                     None,
                 );
                 self.write_cdr(cdr);
@@ -898,8 +960,8 @@ impl Core {
             }
             tx::Event::Response { key, response } => {
                 if response.status_code.code() >= 200 {
-                    if let Some(aor) = self.qualifying.remove(&key) {
-                        self.qualified(&aor, true);
+                    if let Some((aor, contact)) = self.qualifying.remove(&key) {
+                        self.qualified(&aor, &contact, true);
                         return;
                     }
                     if let Some(i) = self.registering.remove(&key) {
@@ -914,8 +976,8 @@ impl Core {
                 let _ = response;
             }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
-                if let Some(aor) = self.qualifying.remove(&key) {
-                    self.qualified(&aor, false);
+                if let Some((aor, contact)) = self.qualifying.remove(&key) {
+                    self.qualified(&aor, &contact, false);
                     return;
                 }
                 if let Some(i) = self.registering.remove(&key) {
@@ -1020,6 +1082,10 @@ impl Core {
                     text.replace(['"', '\\'], "'")
                 ),
             ));
+            r.headers.push(rsip::Header::Other(
+                crate::offer::REFUSED_HEADER.into(),
+                reason.into(),
+            ));
             if let Err(e) = self.tl.send_response(&key, r, now) {
                 debug!(error = %e, "response not sent");
             }
@@ -1082,15 +1148,24 @@ impl Core {
             .or_else(|| self.devices.get(&dialled))
             .or_else(|| self.devices.by_extension(&dialled));
         if let Some(d) = device {
+            // Forking: every contact that did not fail its qualify, the newest first.
             let aor = format!("sip:{}@{}", d.username, self.cfg.realm);
-            let Some(b) = self.registrar.contacts(&aor).last() else {
+            let mut contacts =
+                self.reachable_contacts(&aor)
+                    .into_iter()
+                    .map(|b| b2bua::ForkTarget {
+                        contact: b.uri.clone(),
+                        dest: contact_dest(&b.uri, &b.source),
+                    });
+            let Some(first) = contacts.next() else {
                 return b2bua::Target::Reject(480);
             };
             return b2bua::Target::Device {
                 device: self.device_key(&aor),
-                contact: b.uri.clone(),
-                dest: contact_dest(&b.uri, &b.source),
+                contact: first.contact,
+                dest: first.dest,
                 limit: usize::try_from(d.call_limit.max(0)).unwrap_or(0),
+                forks: contacts.collect(),
             };
         }
         let trunk = self
@@ -1233,29 +1308,36 @@ impl Core {
         }
     }
 
-    /// OPTIONS to the most recent binding of every registered AOR.
+    /// The bindings of `aor` that did not fail their last qualify, the newest first.
+    fn reachable_contacts(&self, aor: &str) -> Vec<&crate::registrar::Binding<Peer>> {
+        let marks = self.reachable.get(aor);
+        self.registrar
+            .contacts(aor)
+            .iter()
+            .rev()
+            .filter(|b| marks.and_then(|m| m.get(&b.key)) != Some(&false))
+            .collect()
+    }
+
+    /// OPTIONS to every binding of every registered AOR.
     fn qualify_all(&mut self) {
-        let aors: Vec<String> = self
-            .registrar
-            .location()
-            .aors()
-            .map(str::to_owned)
-            .collect();
-        for aor in aors {
-            if self.qualifying.values().any(|a| *a == aor) {
-                continue;
+        let mut todo = Vec::new();
+        for aor in self.registrar.location().aors() {
+            for b in self.registrar.contacts(aor) {
+                let pending = (aor.to_owned(), b.key.clone());
+                if !self.qualifying.values().any(|q| *q == pending) {
+                    todo.push((pending, b.uri.clone(), contact_dest(&b.uri, &b.source)));
+                }
             }
-            let Some(b) = self.registrar.contacts(&aor).last().cloned() else {
-                continue;
-            };
-            let dest = contact_dest(&b.uri, &b.source);
-            let Some(req) = self.options_request(&aor, &b.uri, &dest) else {
+        }
+        for ((aor, contact), uri, dest) in todo {
+            let Some(req) = self.options_request(&aor, &uri, &dest) else {
                 continue;
             };
             let kind = dest.tx_transport();
             match self.tl.send_request(req, kind, dest, Instant::now()) {
                 Ok(key) => {
-                    self.qualifying.insert(key, aor);
+                    self.qualifying.insert(key, (aor, contact));
                 }
                 Err(e) => debug!(error = %e, "cannot qualify"),
             }
@@ -1285,14 +1367,26 @@ impl Core {
         }
     }
 
-    fn qualified(&mut self, aor: &str, ok: bool) {
+    /// The qualify of binding `contact` (its key) of `aor` was answered (`ok`) or not.
+    fn qualified(&mut self, aor: &str, contact: &str, ok: bool) {
         if !self.registrar.is_registered(aor) {
             return;
         }
-        let before = self.reachable.insert(aor.to_string(), ok);
+        let marks = self.reachable.entry(aor.to_owned()).or_default();
+        let before = marks.insert(contact.to_owned(), ok);
+        // Forget bindings that are gone.
+        let live: Vec<String> = self
+            .registrar
+            .contacts(aor)
+            .iter()
+            .map(|b| b.key.clone())
+            .collect();
+        marks.retain(|k, _| live.contains(k));
         if before != Some(ok) {
-            if !ok {
-                warn!(%aor, "contact does not answer OPTIONS: device unavailable");
+            if ok && before == Some(false) {
+                info!(%aor, %contact, "contact answers OPTIONS again");
+            } else if !ok {
+                warn!(%aor, %contact, "contact does not answer OPTIONS: not rung until it does");
             }
             let key = self.device_key(aor);
             self.refresh_device(&key);

@@ -1031,6 +1031,14 @@ fn bad_requests_are_refused_without_panicking() {
     let many: Vec<String> = (0..11).map(|i| format!("<sip:1000@10.0.1.{i}>")).collect();
     let r = p.send(&mut reg, &format!("Contact: {}\r\n", many.join(", ")), t0());
     assert_eq!(code(&r), 403);
+    let text = String::from_utf8_lossy(&serialize_response(&r)).into_owned();
+    assert!(
+        text.starts_with("SIP/2.0 403 Too Many Registered Contacts\r\n")
+            && text.contains(
+                "\r\nWarning: 399 example.com \"at most 10 contacts per user (max_contacts)\"\r\n"
+            ),
+        "{text}"
+    );
     assert!(!reg.is_registered(AOR));
     // Not a REGISTER.
     let text = "OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7;branch=z9hG4bKo\r\n\

@@ -907,6 +907,7 @@ pub fn gateway_config(
         min_expires: 60,
         default_expires: 3600,
         max_expires: 7200,
+        max_contacts: 10,
         algorithms: vec![gateway::registrar::digest::Algorithm::Md5],
         db_reload: std::time::Duration::from_secs(60),
         qualify_interval: std::time::Duration::from_secs(3600),

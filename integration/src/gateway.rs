@@ -386,3 +386,14 @@ pub fn devices_add(binary: &Path, config: &Path, user: &str, password: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Whether `line` is an ACD node's `OFFER <caller> <interface> <gateway>` line for `interface`
+/// (not `OFFER UNANSWERED …` nor a gateway's `OFFER REFUSED …`). The caller is the call's
+/// linked id when its gateway sent one, else the node's own `acd-…` id.
+pub fn is_offer_line(line: &str, interface: &str) -> bool {
+    let p: Vec<&str> = line.split_whitespace().collect();
+    p.len() == 4
+        && p[0] == "OFFER"
+        && !matches!(p[1], "UNANSWERED" | "REFUSED")
+        && p[2] == interface
+}

@@ -161,6 +161,8 @@ pub struct Engine {
     weights_differ: bool,
     next_offer: u64,
     offers: HashMap<OfferId, (CallerKey, AgentId)>,
+    /// Offer → the uniqueid of the agent's call, for CONNECT ([`Engine::set_bridged_channel`]).
+    bridged: HashMap<OfferId, String>,
 }
 
 fn secs(s: u64) -> Duration {
@@ -192,6 +194,7 @@ impl Engine {
             weights_differ: false,
             next_offer: 1,
             offers: HashMap::new(),
+            bridged: HashMap::new(),
         };
         for q in &cfg.queues {
             e.add_queue(Duration::ZERO, q.clone())?;
@@ -630,8 +633,22 @@ impl Engine {
                 self.continue_after_busy(ck);
                 self.dispatch_agent(a);
             }
+            OfferOutcome::Refused => {
+                self.end_offer_as(ck, a, false, None);
+                self.continue_after_busy(ck);
+                self.dispatch_agent(a);
+            }
         }
         Ok(())
+    }
+
+    /// The uniqueid of the agent's call answering `offer` (the gateway's, from its 2xx): the
+    /// bridged channel CONNECT logs (app_queue's `ast_channel_uniqueid(peer)`). Call it before
+    /// [`OfferOutcome::Answered`]; ignored for an offer that is not outstanding.
+    pub fn set_bridged_channel(&mut self, offer: OfferId, channel: &str) {
+        if self.offers.contains_key(&offer) {
+            self.bridged.insert(offer, channel.to_owned());
+        }
     }
 
     /// A connected call ended. Logs COMPLETECALLER/COMPLETEAGENT; the member's last call is now
@@ -1105,6 +1122,18 @@ impl Engine {
     /// Stop one outstanding offer: frees the agent, logs RINGNOANSWER (`rna`) or RINGCANCELED,
     /// and emits CancelOffer when `cancel` (the engine, not the gateway, ends it).
     fn end_offer(&mut self, ck: CallerKey, a: AgentId, cancel: bool, rna: bool) {
+        let event = if rna { "RINGNOANSWER" } else { "RINGCANCELED" };
+        self.end_offer_as(ck, a, cancel, Some(event));
+    }
+
+    /// [`Self::end_offer`] logging `event` (nothing with `None`).
+    fn end_offer_as(
+        &mut self,
+        ck: CallerKey,
+        a: AgentId,
+        cancel: bool,
+        event: Option<&'static str>,
+    ) {
         let now = self.now;
         let Some(c) = self.callers.get_mut(&ck) else {
             return;
@@ -1117,6 +1146,7 @@ impl Engine {
         };
         let (_, start, oid) = offered.remove(i);
         self.offers.remove(&oid);
+        self.bridged.remove(&oid);
         let id = c.id.clone();
         let q = c.queue;
         if self.agents[a].offering == Some(ck) {
@@ -1125,13 +1155,9 @@ impl Engine {
         let qname = self.queues[q].cfg.name.clone();
         let name = self.member_name(q, a);
         let ms = now.saturating_sub(start).as_millis().to_string();
-        self.log(
-            &id,
-            &qname,
-            &name,
-            if rna { "RINGNOANSWER" } else { "RINGCANCELED" },
-            vec![ms],
-        );
+        if let Some(event) = event {
+            self.log(&id, &qname, &name, event, vec![ms]);
+        }
         if cancel {
             self.actions.push_back(Action::CancelOffer {
                 id: oid,
@@ -1198,10 +1224,14 @@ impl Engine {
                 .unwrap_or(self.now),
             _ => self.now,
         };
+        let mut channel = String::new();
         if let Phase::Ringing { offered, .. } = &c.phase {
             for (_, _, oid) in offered {
                 if self.offers.get(oid).is_some_and(|(_, x)| *x == a) {
                     self.offers.remove(oid);
+                    if let Some(ch) = self.bridged.remove(oid) {
+                        channel = ch;
+                    }
                 }
             }
         }
@@ -1242,7 +1272,7 @@ impl Engine {
             "CONNECT",
             vec![
                 hold.as_secs().to_string(),
-                String::new(),
+                channel,
                 ring.as_secs().to_string(),
             ],
         );

@@ -121,9 +121,15 @@ pub enum OfferOutcome {
     /// The agent did not answer: RINGNOANSWER, and the caller waits `retry` before the next
     /// attempt (once no other offer for it is outstanding).
     NoAnswer,
-    /// Busy, refused or failed: RINGNOANSWER and the next member is tried at once (in the same
-    /// ring window, as app_queue does on BUSY/CONGESTION).
+    /// The phone refused (busy, declined) or the call failed after it was placed: RINGNOANSWER
+    /// and the next member is tried at once (in the same ring window), as app_queue does on
+    /// BUSY/CONGESTION and on an outgoing channel that hangs up (`rna()` in all three).
     Busy,
+    /// The member could not be rung at all: its gateway refused the offer before ringing the
+    /// phone (no reachable contact, already in a call with ringinuse off, deadline passed) or
+    /// the call could not be placed. app_queue logs nothing when `ast_request`/`ast_call` fail
+    /// (`ring_entry`), so neither does the engine; the next member is tried at once.
+    Refused,
 }
 
 /// Who ended a connected call.

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use gateway::server::Peer;
+use sipnet::Peer;
 use sip_core::dialog::Dialog;
 use sip_core::message::{Method, Request, Response};
 use sip_core::transaction as tx;

@@ -6,7 +6,20 @@
 //! * `queue=<name>`: the queue (logs);
 //! * `ringinuse=yes|no`: `no` makes the gateway refuse (486) an agent already in a call;
 //! * `deadline=<unix ms>`: the ACD gives the offer up at this time; the gateway refuses an
-//!   offer that arrives later (it would ring an agent for a caller who is gone).
+//!   offer that arrives later (it would ring an agent for a caller who is gone);
+//! * `linkedid=<id>`: the caller's linked id (Asterisk's `linkedid`: the uniqueid of the first
+//!   channel of the call, here the caller's call at its gateway), stamped on the agent leg's CDR.
+//!
+//! Reporting headers between gateways and ACD nodes (values are [ids](valid_id)):
+//!
+//! * [`LINKED_HEADER`] on an INVITE a gateway sends to a trunk (an ACD node, another site): the
+//!   call's linked id, so the next hop's records join it;
+//! * [`UNIQUEID_HEADER`] on the gateway's 2xx to an offer: the uniqueid of the agent's call (its
+//!   CDR row), the bridged channel of queue_log's CONNECT;
+//! * [`REFUSED_HEADER`] on the gateway's own refusal of an offer (no reachable contact, agent in
+//!   use, deadline passed, no media port…): the agent's phone was never rung, which Asterisk's
+//!   app_queue logs as nothing (a failed `ast_request`/`ast_call`), unlike a phone that refuses
+//!   or does not answer (RINGNOANSWER).
 //!
 //! Sans-IO: time is passed in.
 
@@ -21,6 +34,39 @@ pub const MAX_LEN: usize = 512;
 /// Most parameters accepted.
 pub const MAX_PARAMS: usize = 16;
 
+/// The linked id of the call an INVITE belongs to.
+pub const LINKED_HEADER: &str = "X-CF-Linkedid";
+
+/// The uniqueid of the gateway's call answering an offer.
+pub const UNIQUEID_HEADER: &str = "X-CF-Uniqueid";
+
+/// On the gateway's own refusal of an offer: why (a token), the phone never rang.
+pub const REFUSED_HEADER: &str = "X-CF-Refused";
+
+/// Longest id accepted (bytes).
+pub const MAX_ID_LEN: usize = 64;
+
+/// Whether `id` is a valid uniqueid / linked id: 1 to [`MAX_ID_LEN`] characters of
+/// `[A-Za-z0-9._-]`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The value of header `name` (case-insensitive) among `headers` when it is a valid id.
+pub fn id_header(headers: &rsip::Headers, name: &str) -> Option<String> {
+    headers.iter().find_map(|h| match h {
+        rsip::Header::Other(n, v) if n.trim().eq_ignore_ascii_case(name) => {
+            let v = v.trim();
+            valid_id(v).then(|| v.to_owned())
+        }
+        _ => None,
+    })
+}
+
 /// A parsed `X-CF-Offer` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offer {
@@ -30,6 +76,8 @@ pub struct Offer {
     pub ringinuse: bool,
     /// `deadline=`, milliseconds since the UNIX epoch.
     pub deadline_ms: Option<u64>,
+    /// `linkedid=`: the caller's linked id.
+    pub linkedid: Option<String>,
 }
 
 impl Default for Offer {
@@ -38,6 +86,7 @@ impl Default for Offer {
             queue: None,
             ringinuse: true,
             deadline_ms: None,
+            linkedid: None,
         }
     }
 }
@@ -79,7 +128,7 @@ impl Offer {
             return Err(OfferError::TooLong);
         }
         let mut o = Offer::default();
-        let (mut seen_q, mut seen_r, mut seen_d) = (false, false, false);
+        let (mut seen_q, mut seen_r, mut seen_d, mut seen_l) = (false, false, false, false);
         let mut n = 0;
         for part in value.split(';') {
             let part = part.trim();
@@ -133,6 +182,12 @@ impl Offer {
                     v.parse()
                         .map_err(|_| bad("deadline", "milliseconds since the UNIX epoch"))?,
                 );
+            } else if name.eq_ignore_ascii_case("linkedid") {
+                once(&mut seen_l, "linkedid")?;
+                if !valid_id(v) {
+                    return Err(bad("linkedid", "an id of up to 64 [A-Za-z0-9._-]"));
+                }
+                o.linkedid = Some(v.to_owned());
             }
             // Unknown parameters: ignored (newer ACD nodes may add some).
         }
@@ -161,6 +216,9 @@ impl fmt::Display for Offer {
         if let Some(d) = self.deadline_ms {
             write!(f, ";deadline={d}")?;
         }
+        if let Some(l) = self.linkedid.as_deref().filter(|l| valid_id(l)) {
+            write!(f, ";linkedid={l}")?;
+        }
         Ok(())
     }
 }
@@ -171,13 +229,15 @@ mod tests {
 
     #[test]
     fn parses_and_round_trips() {
-        let o = Offer::parse("queue=support;ringinuse=no;deadline=1765000000123").unwrap();
+        let o = Offer::parse("queue=support;ringinuse=no;deadline=1765000000123;linkedid=gw-a-7-3")
+            .unwrap();
         assert_eq!(
             o,
             Offer {
                 queue: Some("support".into()),
                 ringinuse: false,
                 deadline_ms: Some(1_765_000_000_123),
+                linkedid: Some("gw-a-7-3".into()),
             }
         );
         assert_eq!(Offer::parse(&o.to_string()).unwrap(), o);
@@ -222,6 +282,10 @@ mod tests {
         assert!(matches!(Offer::parse("=x"), Err(OfferError::Malformed(_))));
         assert_eq!(Offer::parse(&"a=b;".repeat(200)), Err(OfferError::TooLong));
         assert_eq!(Offer::parse(&"a=b;".repeat(17)), Err(OfferError::TooLong));
+        assert!(Offer::parse("linkedid=a b").is_err());
+        assert!(Offer::parse("linkedid=a\"b").is_err());
+        assert!(Offer::parse(&format!("linkedid={}", "x".repeat(65))).is_err());
+        assert!(!valid_id("") && !valid_id("a;b") && valid_id("site-a-12.7_x"));
         let e = Offer::parse("deadline=x").unwrap_err().to_string();
         assert!(e.contains("deadline") && e.contains("\"x\""), "{e}");
     }

@@ -19,15 +19,21 @@
 //! sides; a per-device call limit (486 when reached, the device reads BUSY).
 //!
 //! Late offer (an INVITE without SDP), 100rel/PRACK (`reliable.rs`) and session timers
-//! (`timers.rs`) on both legs: see those files.
+//! (`timers.rs`) on both legs: see those files. A call to a device rings all its reachable
+//! contacts in parallel ([`fork`]).
 //!
-//! Not yet: forking to several contacts of one device (the most recent contact is called),
-//! redirects (3xx become 480).
+//! Not yet: redirects (3xx become 480).
 
 pub mod devstate;
+pub mod fork;
 pub mod hold;
+mod linked;
 mod reliable;
 pub mod timers;
+
+use linked::{linked_of, offer_of};
+
+pub use fork::ForkTarget;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -109,6 +115,8 @@ pub enum Target {
         dest: Peer,
         /// Call limit of the callee (0: none).
         limit: usize,
+        /// The device's further reachable contacts, rung in parallel (forking).
+        forks: Vec<ForkTarget>,
     },
     /// A peer reached by URI (a trunk): `uri` sent to `dest`.
     Peer {
@@ -205,6 +213,11 @@ pub enum Action {
 /// What a CDR needs to know about a call.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CallRecord {
+    /// The call's uniqueid (`Config::uniqueid_prefix` + call number; empty when refused).
+    pub uniqueid: String,
+    /// Its linked id (Asterisk's `linkedid`): the one the INVITE brought (an ACD's offer, a
+    /// gateway's `X-CF-Linkedid`), else its own uniqueid.
+    pub linkedid: String,
     /// The caller's user part (From).
     pub caller: String,
     /// The number dialled (Request-URI user of the INVITE).
@@ -259,6 +272,8 @@ pub struct Config {
     /// Codecs of the offer we make to the callee when the caller's INVITE has no SDP (late
     /// offer), in preference order (names known to `sdp::offer`).
     pub late_offer_codecs: Vec<String>,
+    /// A call's uniqueid is this followed by its number (e.g. `gw-a-4711-`).
+    pub uniqueid_prefix: String,
 }
 
 impl Default for Config {
@@ -273,6 +288,7 @@ impl Default for Config {
             late_offer_codecs: ["PCMU", "PCMA", "G722", "telephone-event"]
                 .map(String::from)
                 .to_vec(),
+            uniqueid_prefix: String::new(),
         }
     }
 }
@@ -369,6 +385,11 @@ struct Call {
     held_ok: bool,
     created: Instant,
     answered_at: Option<Instant>,
+    /// Uniqueid and linked id (see [`CallRecord`]).
+    uniqueid: String,
+    linkedid: String,
+    /// The INVITE was an ACD's offer (`X-CF-Offer`).
+    offer: bool,
 }
 
 impl Call {
@@ -404,6 +425,8 @@ pub struct B2bua {
     by_server: HashMap<TransactionKey, CallId>,
     /// (Call-ID, our tag) → call and side.
     by_dialog: HashMap<(String, String), (CallId, Side)>,
+    /// Branches of forked INVITEs to B (every branch, the primary included) → their state.
+    forks: HashMap<TransactionKey, fork::Branch>,
     devices: DeviceCalls,
     /// Call limits per device (from the calls that set them).
     limits: HashMap<String, usize>,
@@ -479,6 +502,7 @@ impl B2bua {
             by_client: HashMap::new(),
             by_server: HashMap::new(),
             by_dialog: HashMap::new(),
+            forks: HashMap::new(),
             devices: DeviceCalls::default(),
             limits: HashMap::new(),
             actions: VecDeque::new(),
@@ -526,7 +550,14 @@ impl B2bua {
     }
 
     fn reply(&mut self, key: &TransactionKey, req: &Request, code: u16) {
-        let r = message::response_for(req, code, "");
+        let mut r = message::response_for(req, code, "");
+        if code >= 300 && req.method == Method::Invite && offer_of(req).is_some() {
+            // The gateway's own refusal of an ACD's offer: the agent's phone never rang.
+            r.headers.push(Header::Other(
+                crate::offer::REFUSED_HEADER.into(),
+                code.to_string(),
+            ));
+        }
         self.respond(key, r);
     }
 
@@ -540,9 +571,12 @@ impl B2bua {
         callee: Option<String>,
     ) {
         self.reply(key, req, code);
+        let linkedid = linked_of(req).unwrap_or_default();
         self.actions.push_back(Action::CallRefused {
             code,
             record: CallRecord {
+                uniqueid: String::new(),
+                linkedid,
                 caller: caller_user(req),
                 dialled: dialled_user(req),
                 caller_device: caller.device.clone(),
@@ -575,6 +609,7 @@ impl B2bua {
         let Routed { caller, target } = routed;
         let mut b_credentials = None;
         let mut b_fallbacks = VecDeque::new();
+        let mut forks = Vec::new();
         let (callee, contact, dest, limit) = match target {
             Target::Reject(code) => return self.refuse(&key, &req, code, &caller, None),
             Target::Device {
@@ -582,7 +617,11 @@ impl B2bua {
                 contact,
                 dest,
                 limit,
-            } => (Some(device), contact, dest, limit),
+                forks: more,
+            } => {
+                forks = more;
+                (Some(device), contact, dest, limit)
+            }
             Target::Peer {
                 uri,
                 dest,
@@ -670,11 +709,20 @@ impl B2bua {
         let b_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
         let a_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
         let call_id = format!("cf{:016x}@{}", self.rand(), dest.local.ip());
+        let uniqueid = format!("{}{}", self.cfg.uniqueid_prefix, id.0);
+        let linkedid = linked_of(&req).unwrap_or_else(|| uniqueid.clone());
+        let is_offer = offer_of(&req).is_some();
+        // A trunk (an ACD node, another site) learns the linked id; phones do not need it.
+        let linked_header = if callee.is_none() {
+            format!("{}: {linkedid}\r\n", crate::offer::LINKED_HEADER)
+        } else {
+            String::new()
+        };
         let text = format!(
             "INVITE {contact} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: {mf}\r\n\
              From: {from};tag={b_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
              Contact: {our}\r\nAllow: {ALLOW}\r\nSupported: 100rel, timer\r\n{timer}\
-             Content-Length: 0\r\n\r\n",
+             {linked_header}Content-Length: 0\r\n\r\n",
             timer = timers::request_headers(&self.cfg),
             mf = max_forwards - 1,
             from = strip_tag(&from),
@@ -740,6 +788,9 @@ impl B2bua {
             held_ok: false,
             created: now,
             answered_at: None,
+            offer: is_offer,
+            uniqueid,
+            linkedid,
         };
         if let Some(d) = &caller.device {
             self.limits.insert(d.clone(), caller.limit);
@@ -757,6 +808,7 @@ impl B2bua {
             request: b_invite,
             dest,
         });
+        self.fork_start(id, forks);
     }
 
     /// A response for client transaction `key`.
@@ -767,6 +819,10 @@ impl B2bua {
         media: &mut dyn MediaControl,
         now: Instant,
     ) {
+        let mut resp = resp;
+        if self.fork_response(key, &mut resp) {
+            return;
+        }
         let Some(&(id, side)) = self.by_client.get(key) else {
             return;
         };
@@ -933,6 +989,13 @@ impl B2bua {
                 granted.stamp(&mut r.headers);
                 call.a.timer = Some(granted.start(now));
             }
+            if call.offer {
+                // The ACD's CONNECT names the agent's call by this (its CDR's uniqueid).
+                r.headers.push(Header::Other(
+                    crate::offer::UNIQUEID_HEADER.into(),
+                    call.uniqueid.clone(),
+                ));
+            }
             if let Some(sdp) = a_sdp {
                 r = dialog::response_with_body(r, sdp.to_string().into_bytes(), "application/sdp");
                 call.a.last_sdp = Some(sdp);
@@ -1073,12 +1136,16 @@ impl B2bua {
 
     /// A transaction ended: forget its mapping.
     pub fn on_terminated(&mut self, key: &TransactionKey) {
+        self.fork_terminated(key);
         self.by_client.remove(key);
         self.by_server.remove(key);
     }
 
     /// Client transaction `key` timed out or hit a transport error.
     pub fn on_timeout(&mut self, key: &TransactionKey, media: &mut dyn MediaControl, now: Instant) {
+        if self.fork_timeout(key, media, now) {
+            return;
+        }
         let Some(&(id, side)) = self.by_client.get(key) else {
             return;
         };
@@ -1190,6 +1257,7 @@ impl B2bua {
         );
         let devs: Vec<Option<String>> = vec![call.a.device.clone(), call.b.device.clone()];
         self.respond(&a_key, r);
+        self.fork_cancel(id, Some(&b_key));
         if provisional {
             self.actions.push_back(Action::Cancel { key: b_key, dest });
         }
@@ -1543,6 +1611,7 @@ impl B2bua {
             return;
         };
         call.phase = Phase::Ended;
+        self.fork_cancel(id, Some(&call.b_invite_key));
         media.close(id);
         self.by_server.remove(&call.a_invite_key);
         // Client keys stay mapped until their transactions end (late responses are absorbed).
@@ -1562,6 +1631,8 @@ impl B2bua {
             self.respond(&p.server_key, r);
         }
         let record = CallRecord {
+            uniqueid: call.uniqueid.clone(),
+            linkedid: call.linkedid.clone(),
             caller: caller_user(&call.a_invite),
             dialled: dialled_user(&call.a_invite),
             caller_device: call.a.device.clone(),
@@ -1677,3 +1748,9 @@ fn anchored(sdp: &SessionDescription, relay: SocketAddr, origin: (u64, u64)) -> 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fork_tests;
+
+#[cfg(test)]
+mod linked_tests;

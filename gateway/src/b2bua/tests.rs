@@ -7,9 +7,9 @@ use crate::transport::Transport as Tp;
 use statebus::DeviceState;
 
 #[derive(Default)]
-struct FakeMedia {
+pub(super) struct FakeMedia {
     open: Vec<CallId>,
-    closed: Vec<CallId>,
+    pub(super) closed: Vec<CallId>,
     remotes: Vec<(CallId, Side, SocketAddr)>,
     bridged: Vec<CallId>,
     idle: Duration,
@@ -45,7 +45,7 @@ impl MediaControl for FakeMedia {
     }
 }
 
-fn peer(addr: &str) -> Peer {
+pub(super) fn peer(addr: &str) -> Peer {
     Peer {
         addr: addr.parse().expect("addr"),
         transport: Tp::Udp,
@@ -55,7 +55,7 @@ fn peer(addr: &str) -> Peer {
 
 /// An SDP with a fresh origin version each time (RFC 3264 §8: a changed offer has a higher
 /// version; an unchanged version is a session refresh).
-fn sdp(ip: &str, port: u16, dir: &str) -> String {
+pub(super) fn sdp(ip: &str, port: u16, dir: &str) -> String {
     static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let v = VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!(
@@ -65,7 +65,7 @@ fn sdp(ip: &str, port: u16, dir: &str) -> String {
     )
 }
 
-fn request(text: &str, body: &str) -> Request {
+pub(super) fn request(text: &str, body: &str) -> Request {
     let text = text.replace('\n', "\r\n");
     let full = if body.is_empty() {
         format!("{text}Content-Length: 0\r\n\r\n")
@@ -81,7 +81,7 @@ fn request(text: &str, body: &str) -> Request {
     }
 }
 
-fn invite_from_a() -> Request {
+pub(super) fn invite_from_a() -> Request {
     request(
         "INVITE sip:1002@gw SIP/2.0
 Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa1
@@ -97,7 +97,7 @@ Contact: <sip:1001@10.0.0.1:5060>
 }
 
 /// A response from B to the request B received (tags and headers mirrored).
-fn b_response(req: &Request, code: u16, tag: &str, body: &str) -> Response {
+pub(super) fn b_response(req: &Request, code: u16, tag: &str, body: &str) -> Response {
     let mut r = message::response_with_tag(req, code, "", tag);
     r.headers
         .push(Header::Contact(Contact::new("<sip:1002@10.0.0.2:5070>")));
@@ -141,6 +141,7 @@ impl Rig {
             contact: "sip:1002@10.0.0.2:5070".into(),
             dest: peer("10.0.0.2:5070"),
             limit,
+            forks: Vec::new(),
         }
     }
 
@@ -195,7 +196,7 @@ impl Rig {
 }
 
 /// The first response with status `code` among `acts`.
-fn response(acts: &[Action], code: u16) -> Option<Response> {
+pub(super) fn response(acts: &[Action], code: u16) -> Option<Response> {
     acts.iter().find_map(|a| match a {
         Action::Respond { response, .. } if response.status_code.code() == code => {
             Some(response.clone())
@@ -212,14 +213,14 @@ fn forwarded(acts: &[Action]) -> Option<(TransactionKey, Request)> {
     })
 }
 
-fn to_tag(r: &Response) -> String {
+pub(super) fn to_tag(r: &Response) -> String {
     tparse::field_tag(&r.headers, Field::To)
         .ok()
         .flatten()
         .expect("to tag")
 }
 
-fn a_ack(a_ok: &Response) -> Request {
+pub(super) fn a_ack(a_ok: &Response) -> Request {
     request(
         &format!(
             "ACK sip:callfabric@192.0.2.1:5060 SIP/2.0

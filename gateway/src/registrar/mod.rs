@@ -64,7 +64,8 @@ pub struct Config {
     pub min_expires: u32,
     /// Longest expiry granted (longer requests are cut down), in seconds.
     pub max_expires: u32,
-    /// Most bindings per AOR (more are refused with 403).
+    /// Most bindings per AOR (Asterisk's `max_contacts`): a REGISTER that would add more is
+    /// refused with `403 Too Many Registered Contacts` and a `Warning` naming the limit.
     pub max_bindings_per_aor: usize,
     /// Most nonces whose nonce-count is tracked.
     pub max_tracked_nonces: usize,
@@ -542,7 +543,7 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
                     None if e == 0 => {}
                     None => {
                         if bindings.len() >= self.config.max_bindings_per_aor {
-                            return response_for(req, 403, "Forbidden");
+                            return too_many_contacts(req, &self.config);
                         }
                         bindings.push(Binding {
                             uri,
@@ -575,6 +576,24 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         }
         with_headers(response_for(req, 200, "OK"), listed)
     }
+}
+
+/// The refusal of a REGISTER over the per-user binding limit: 403 as Asterisk answers (its
+/// `max_contacts`), with a reason phrase like Kamailio's and a `Warning` (RFC 3261 §20.43,
+/// code 399) that says which limit, so the phone's user or its admin can tell why.
+fn too_many_contacts(req: &Request, config: &Config) -> Response {
+    let n = config.max_bindings_per_aor;
+    let text = format!("at most {n} contacts per user (max_contacts)");
+    let mut resp = response_for(req, 403, "");
+    // rsip names 403 "Forbidden"; `Other` carries our own reason phrase to the wire.
+    resp.status_code = rsip::StatusCode::Other(403, "Too Many Registered Contacts".into());
+    with_headers(
+        resp,
+        vec![Header::Other(
+            "Warning".into(),
+            format!("399 {} \"{text}\"", config.realm.replace(['"', ' '], "")),
+        )],
+    )
 }
 
 fn unix(now: SystemTime) -> u64 {

@@ -105,7 +105,7 @@ fn one_delay(delay_ms: u64, loss: f64, rounds: usize, partition: Duration) -> Re
         ],
         &[],
     )?;
-    let is_offer = |l: &str| l.starts_with("OFFER acd-") && l.contains(" PJSIP/2001 ");
+    let is_offer = |l: &str| integration::gateway::is_offer_line(l, "PJSIP/2001");
     acd.wait_since(0, WAIT, "the first offer", is_offer)?;
     let (down, up) = (format!("REACH {b} down"), format!("REACH {b} up"));
     let mut out = Vec::new();

@@ -1,0 +1,353 @@
+//! Forking (issue 11): a call to a device rings every reachable contact in parallel.
+//!
+//! Leg B becomes a fork set: one INVITE per contact, the same Call-ID and From tag, each in its
+//! own client transaction (RFC 3261 §16.6 as done by a UAC that forks its own request). The call
+//! keeps one *primary* branch in its `b_invite`/`b_invite_key`, on which the ordinary leg-B code
+//! runs; this module decides which branch that is:
+//!
+//! * the first branch with a provisional response (180/183) becomes the primary if the primary
+//!   has none yet, so the caller hears the ringing and early media of a live phone;
+//! * the first 2xx wins: its branch becomes the primary and every other branch is cancelled
+//!   (a CANCEL to those that sent a provisional response; one that has not is cancelled as soon
+//!   as its first 1xx arrives, §9.1); a 2xx from another branch after that is ACKed and BYEd
+//!   (§13.2.2.4);
+//! * a branch that fails (final ≥ 300 or a timeout) is dropped; while another is still ringing
+//!   the caller hears nothing of it. When every branch has failed, the caller gets the best
+//!   final response as a proxy would choose it (§16.7 step 6): a 6xx, else the lowest class,
+//!   preferring within 4xx the responses that tell the caller something (401, 407, 415, 420,
+//!   484) and a response actually received over a timeout.
+//!
+//! A caller's CANCEL cancels every branch. At most [`MAX_BRANCHES`] contacts are rung.
+
+use super::*;
+
+/// Most contacts one call rings in parallel (the registrar's per-user binding limit is
+/// configurable; this bounds the work one INVITE can cause whatever it is).
+pub const MAX_BRANCHES: usize = 16;
+
+/// A further contact of the callee, rung in parallel with [`Target::Device`]'s own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkTarget {
+    /// Request-URI for this branch (the contact).
+    pub contact: String,
+    /// Where to send it (the contact's flow).
+    pub dest: Peer,
+}
+
+/// One branch of a forked leg B.
+#[derive(Debug)]
+pub(super) struct Branch {
+    call: CallId,
+    invite: Request,
+    peer: Peer,
+    /// A provisional response (101–199) came.
+    provisional: bool,
+    /// We want this branch gone (CANCEL sent, or to be sent at its first 1xx).
+    cancelled: bool,
+    /// This branch's 2xx won the call.
+    answered: bool,
+    /// Its final outcome: the status received, or 408 for a timeout (`received` false).
+    done: Option<(u16, Option<Response>)>,
+    /// To tags of stray 2xx already BYEd.
+    byed: Vec<String>,
+}
+
+impl Branch {
+    fn new(call: CallId, invite: Request, peer: Peer) -> Self {
+        Branch {
+            call,
+            invite,
+            peer,
+            provisional: false,
+            cancelled: false,
+            answered: false,
+            done: None,
+            byed: Vec::new(),
+        }
+    }
+}
+
+/// §16.7 step 6: the index of the best final response among `finals` (status, received);
+/// `None` when `finals` is empty. A 6xx wins; else the lowest class; within 4xx, 401, 407, 415,
+/// 420 and 484 first (they tell the caller how to succeed); then a response received beats a
+/// timeout; then the first.
+pub fn best_final(finals: &[(u16, bool)]) -> Option<usize> {
+    let rank = |&(code, received): &(u16, bool)| {
+        let class = code / 100;
+        let class_rank = if class == 6 { 0 } else { class };
+        let informative = matches!(code, 401 | 407 | 415 | 420 | 484);
+        (class_rank, !informative, !received)
+    };
+    finals
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, f)| (rank(f), *i))
+        .map(|(i, _)| i)
+}
+
+impl B2bua {
+    /// Sends the INVITEs of the further branches of call `id`, whose primary INVITE
+    /// (`b_invite`) was just sent.
+    pub(super) fn fork_start(&mut self, id: CallId, extra: Vec<ForkTarget>) {
+        if extra.is_empty() {
+            return;
+        }
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let (base, pkey, ppeer) = (
+            call.b_invite.clone(),
+            call.b_invite_key.clone(),
+            call.b.peer.clone(),
+        );
+        let mut out = Vec::new();
+        for t in extra.into_iter().take(MAX_BRANCHES - 1) {
+            let Some(uri) = message::parse_uri(&t.contact) else {
+                continue;
+            };
+            let (via, branch) = via_for(&t.dest);
+            let mut invite = base.clone();
+            invite.uri = uri;
+            let headers: Vec<Header> = base
+                .headers
+                .iter()
+                .map(|h| match h {
+                    Header::Via(_) => Header::Via(rsip::headers::Via::new(via.clone())),
+                    Header::Contact(_) => Header::Contact(Contact::new(our_contact(&t.dest))),
+                    other => other.clone(),
+                })
+                .collect();
+            invite.headers = headers.into();
+            out.push((
+                TransactionKey::client(&branch, Method::Invite),
+                invite,
+                t.dest,
+            ));
+        }
+        if out.is_empty() {
+            return;
+        }
+        self.forks.insert(pkey, Branch::new(id, base, ppeer));
+        for (key, invite, dest) in out {
+            self.by_client.insert(key.clone(), (id, Side::B));
+            self.forks
+                .insert(key.clone(), Branch::new(id, invite.clone(), dest.clone()));
+            self.actions.push_back(Action::Request {
+                key,
+                request: invite,
+                dest,
+            });
+        }
+    }
+
+    /// Makes branch `key` the primary of call `id`.
+    fn promote(&mut self, id: CallId, key: &TransactionKey) {
+        let (Some(call), Some(br)) = (self.calls.get_mut(&id), self.forks.get(key)) else {
+            return;
+        };
+        if call.b_invite_key == *key {
+            return;
+        }
+        call.b_invite = br.invite.clone();
+        call.b_invite_key = key.clone();
+        call.b.peer = br.peer.clone();
+        call.b_provisional = br.provisional;
+        call.b.dialog = None;
+    }
+
+    /// Cancels every branch of call `id` but `except` that is still going.
+    pub(super) fn fork_cancel(&mut self, id: CallId, except: Option<&TransactionKey>) {
+        for (key, br) in self.forks.iter_mut() {
+            if br.call != id
+                || Some(key) == except
+                || br.done.is_some()
+                || br.answered
+                || br.cancelled
+            {
+                continue;
+            }
+            br.cancelled = true;
+            if br.provisional {
+                self.actions.push_back(Action::Cancel {
+                    key: key.clone(),
+                    dest: br.peer.clone(),
+                });
+            }
+        }
+    }
+
+    /// The best final outcome of call `id`'s branches (all done): its status, and the
+    /// response when it was received (`None`: a timeout).
+    fn best_of(&self, id: CallId) -> Option<(u16, Option<Response>)> {
+        let finals: Vec<&(u16, Option<Response>)> = self
+            .forks
+            .values()
+            .filter(|b| b.call == id)
+            .filter_map(|b| b.done.as_ref())
+            .collect();
+        let codes: Vec<(u16, bool)> = finals.iter().map(|(c, r)| (*c, r.is_some())).collect();
+        best_final(&codes).and_then(|i| finals.get(i).map(|(c, r)| (*c, r.clone())))
+    }
+
+    /// Whether call `id` is ringing (no answer, not cancelled).
+    fn fork_live(&self, id: CallId) -> bool {
+        self.calls
+            .get(&id)
+            .is_some_and(|c| c.phase == Phase::Calling && !c.cancel_pending)
+    }
+
+    /// A branch still going of call `id`, preferring one that rings.
+    fn alive_branch(&self, id: CallId) -> Option<TransactionKey> {
+        self.forks
+            .iter()
+            .filter(|(_, b)| b.call == id && b.done.is_none() && !b.cancelled)
+            .max_by_key(|(_, b)| b.provisional)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// A response to a forked INVITE. Returns true when handled here; false when the ordinary
+    /// leg-B code must run with `resp` (the primary's, or the best final response once every
+    /// branch failed).
+    pub(super) fn fork_response(&mut self, key: &TransactionKey, resp: &mut Response) -> bool {
+        let code = resp.status_code.code();
+        let Some(br) = self.forks.get(key) else {
+            return false;
+        };
+        let id = br.call;
+        let primary = self.calls.get(&id).is_some_and(|c| c.b_invite_key == *key);
+        if !self.fork_live(id) {
+            if primary {
+                return false; // the ordinary code ACKs, CANCELs, BYEs the primary
+            }
+            self.stray(key, resp);
+            return true;
+        }
+        let Some(br) = self.forks.get_mut(key) else {
+            return false;
+        };
+        match code {
+            100 => !primary,
+            101..=199 => {
+                br.provisional = true;
+                if primary {
+                    return false;
+                }
+                if self.calls.get(&id).is_some_and(|c| !c.b_provisional) {
+                    self.promote(id, key);
+                    return false;
+                }
+                true
+            }
+            200..=299 => {
+                br.answered = true;
+                self.promote(id, key);
+                self.fork_cancel(id, Some(key));
+                false
+            }
+            _ => {
+                br.done = Some((code, Some(resp.clone())));
+                if !primary {
+                    return true;
+                }
+                if let Some(next) = self.alive_branch(id) {
+                    self.promote(id, &next);
+                    return true;
+                }
+                match self.best_of(id) {
+                    Some((_, Some(best))) => *resp = best,
+                    Some((c, None)) => resp.status_code = c.into(),
+                    None => {}
+                }
+                false
+            }
+        }
+    }
+
+    /// A response for a branch of a call that was answered by another branch, cancelled or
+    /// ended: CANCEL it at its first 1xx, ACK and BYE a 2xx (§13.2.2.4).
+    fn stray(&mut self, key: &TransactionKey, resp: &Response) {
+        let code = resp.status_code.code();
+        let Some(br) = self.forks.get_mut(key) else {
+            return;
+        };
+        match code {
+            100 => {}
+            101..=199 => {
+                if !br.provisional {
+                    br.provisional = true;
+                    br.cancelled = true;
+                    self.actions.push_back(Action::Cancel {
+                        key: key.clone(),
+                        dest: br.peer.clone(),
+                    });
+                }
+            }
+            200..=299 => {
+                br.done = Some((code, None));
+                let Ok(mut d) = Dialog::uac(&br.invite, resp) else {
+                    return;
+                };
+                let (via, _) = via_for(&br.peer);
+                let seq = tparse::cseq(&br.invite.headers).map_or(1, |c| c.seq);
+                self.actions.push_back(Action::Stateless {
+                    message: d.ack(seq, &via).into(),
+                    dest: br.peer.clone(),
+                });
+                if br.byed.contains(&d.remote_tag) {
+                    return;
+                }
+                br.byed.push(d.remote_tag.clone());
+                let (via, branch) = via_for(&br.peer);
+                self.actions.push_back(Action::Request {
+                    key: TransactionKey::client(&branch, Method::Bye),
+                    request: d.request(Method::Bye, &via),
+                    dest: br.peer.clone(),
+                });
+            }
+            _ => br.done = Some((code, Some(resp.clone()))),
+        }
+    }
+
+    /// Client transaction `key` of a forked INVITE timed out. Returns true when handled here;
+    /// false when the ordinary timeout code must run (the primary failed last, on a timeout).
+    pub(super) fn fork_timeout(
+        &mut self,
+        key: &TransactionKey,
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) -> bool {
+        let Some(br) = self.forks.get_mut(key) else {
+            return false;
+        };
+        if br.done.is_none() {
+            br.done = Some((408, None));
+        }
+        let id = br.call;
+        let primary = self.calls.get(&id).is_some_and(|c| c.b_invite_key == *key);
+        if !primary {
+            self.by_client.remove(key);
+            return true;
+        }
+        if !self.fork_live(id) {
+            return false;
+        }
+        if let Some(next) = self.alive_branch(id) {
+            self.promote(id, &next);
+            self.by_client.remove(key);
+            return true;
+        }
+        match self.best_of(id) {
+            Some((_, Some(best))) => {
+                self.on_b_invite_response(id, best, media, now);
+                self.by_client.remove(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A transaction ended: forget its branch.
+    pub(super) fn fork_terminated(&mut self, key: &TransactionKey) {
+        self.forks.remove(key);
+    }
+}
