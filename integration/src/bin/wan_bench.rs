@@ -8,7 +8,8 @@
 //! through gateway B, which refuses the offers (no such device): the caller is offered again at
 //! once, so an offer goes out about every round trip while B is reachable. Per round: cut the
 //! link, time until `REACH <B> down` (detection); after PARTITION_SECS heal it, time until
-//! `REACH <B> up` and until the first `OFFER … PJSIP/2001` (the agent offered again).
+//! `REACH <B> up` and until the first `OFFER … PJSIP/2001` (the agent offered again). Flaps:
+//! `REACH <B> down` lines beyond one per cut (B declared unreachable while the link was up).
 //!
 //! ```text
 //! cargo build -p callfabric && \
@@ -48,7 +49,13 @@ struct Round {
     offer: Duration,
 }
 
-fn one_delay(delay_ms: u64, loss: f64, rounds: usize, partition: Duration) -> Result<Vec<Round>> {
+/// The rounds, and how many times B was declared unreachable while the link was up (flaps).
+fn one_delay(
+    delay_ms: u64,
+    loss: f64,
+    rounds: usize,
+    partition: Duration,
+) -> Result<(Vec<Round>, usize)> {
     let lab = WanLab::start(WanSpec::new(delay_ms, loss))?;
     let dir = tempfile::tempdir()?;
     let bin = callfabric_binary();
@@ -132,7 +139,8 @@ fn one_delay(delay_ms: u64, loss: f64, rounds: usize, partition: Duration) -> Re
     if !gw.is_running() {
         bail!("gateway B exited\n{}", gw.diag());
     }
-    Ok(out)
+    let downs = acd.lines_since(0).iter().filter(|l| **l == down).count();
+    Ok((out, downs.saturating_sub(rounds)))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -172,16 +180,16 @@ fn main() -> Result<()> {
         loss * 100.0
     );
     println!(
-        "{:>9} | {:>23} | {:>23} | {:>23}",
+        "{:>9} | {:>23} | {:>23} | {:>23} | flaps",
         "one way", "cut -> REACH down", "heal -> REACH up", "heal -> first offer"
     );
     for d in delays {
-        let mut r = one_delay(d, loss, rounds, partition)?;
+        let (mut r, flaps) = one_delay(d, loss, rounds, partition)?;
         let mut det: Vec<f64> = r.iter().map(|x| ms(x.detection)).collect();
         let mut up: Vec<f64> = r.iter().map(|x| ms(x.up)).collect();
         let mut off: Vec<f64> = r.iter_mut().map(|x| ms(x.offer)).collect();
         println!(
-            "{:>6} ms | {} | {} | {}",
+            "{:>6} ms | {} | {} | {} | {flaps}",
             d,
             summary(&mut det),
             summary(&mut up),
