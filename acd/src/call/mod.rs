@@ -411,6 +411,11 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         &self.media
     }
 
+    /// The media relay, to drive its media scripts.
+    pub fn media_mut(&mut self) -> &mut M {
+        &mut self.media
+    }
+
     /// The fabric view (tests change what it says).
     pub fn fabric_mut(&mut self) -> &mut F {
         &mut self.fabric
