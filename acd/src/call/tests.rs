@@ -314,6 +314,7 @@ impl Rig {
     /// Moves virtual time forward by `d`, firing every timer on the way.
     fn advance(&mut self, d: Duration) {
         let target = self.now + d;
+        let mut stuck = 0;
         loop {
             let next = match (self.tl.poll_timeout(), self.core.poll_timeout()) {
                 (Some(a), Some(b)) => a.min(b),
@@ -325,6 +326,12 @@ impl Rig {
             if next > target {
                 break;
             }
+            // A timer that stays due after being handled would spin a real event loop.
+            stuck = if next <= self.now { stuck + 1 } else { 0 };
+            assert!(
+                stuck < 100,
+                "a timer due at {next:?} stays due once handled"
+            );
             self.set_now(next.max(self.now));
             self.tl.handle_timeout(self.now);
             self.core.handle_timeout(self.now);
@@ -1194,20 +1201,35 @@ fn ring_timeouts_run_on_monotonic_time_whatever_the_wall_clock_does() {
 
 #[test]
 fn timers_are_data_poll_timeout_names_the_next_one() {
-    let mut rig = Rig::support();
+    let mut cfg = config(vec![queue("support", &["PJSIP/2001", "PJSIP/2002"])]);
+    cfg.reach.interval = Duration::from_secs(7);
+    let mut rig = Rig::new(cfg);
+    rig.state("PJSIP/2001", DeviceState::NotInUse);
     rig.secs(0.0);
+    let t0 = rig.now;
     let due = rig.core.poll_timeout().expect("timeout");
-    assert!(
-        due > rig.now && due <= rig.now + Duration::from_millis(500),
-        "the next keep-alive, not a polling tick"
+    assert_eq!(
+        due,
+        t0 + TARGETS_EVERY,
+        "the next target refresh, not a polling tick"
     );
+    rig.secs(0.35);
     let _c = rig.caller("500", "1001");
     let (_, inv) = rig.offer_to("2001").expect("offer");
     rig.agent_answers(&inv, 180, GW);
-    // Ringing: the engine's ring timeout is a timer the core reports once it is the earliest.
-    rig.secs(14.8);
-    let due = rig.core.poll_timeout().expect("timeout");
-    assert!(due > rig.now, "nothing overdue");
-    rig.secs(0.3);
-    assert_eq!(rig.sent(Method::Cancel).len(), 1);
+    rig.secs(14.75);
+    // Ringing since 0.35 s: the engine's ring timeout (15.35 s) is the next timer, before the
+    // target refresh at 16 s and the keep-alive at 21 s.
+    assert_eq!(
+        rig.core.poll_timeout(),
+        Some(t0 + Duration::from_millis(15_350))
+    );
+    rig.advance(Duration::from_millis(249));
+    assert!(rig.sent(Method::Cancel).is_empty());
+    rig.advance(Duration::from_millis(2));
+    assert_eq!(
+        rig.sent(Method::Cancel).len(),
+        1,
+        "CANCEL at 15.35 s exactly"
+    );
 }
