@@ -342,6 +342,9 @@ struct AgentCall {
     answered: bool,
     /// Give up if nothing is heard by then.
     give_up: Instant,
+    /// Cancelled (or abandoned) and unanswered: forget it by then whatever comes (§9.1: a
+    /// CANCEL without a final response to the INVITE within 64·T1).
+    forget_at: Option<Instant>,
 }
 
 /// The ACD's call control. See the module documentation.
@@ -464,6 +467,9 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             if !a.heard && !a.cancelled && !a.answered {
                 min(Some(a.give_up));
             }
+            if !a.answered {
+                min(a.forget_at);
+            }
         }
         at
     }
@@ -476,6 +482,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         self.hangups_due(now);
         self.announce_due(now);
         self.offers_unanswered(now);
+        self.forget_cancelled(now);
         if now >= self.next_targets {
             self.refresh_targets(now);
         }
@@ -1016,7 +1023,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 interface,
                 ..
             } => self.offer(id, &caller, &queue, &interface, now),
-            Action::CancelOffer { id, .. } => self.cancel_offer(id),
+            Action::CancelOffer { id, .. } => self.cancel_offer(id, now),
             Action::Connect {
                 caller, interface, ..
             } => self.connect(&caller, &interface),
@@ -1134,11 +1141,12 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 cancelled: false,
                 answered: false,
                 give_up: now + self.cfg.offer_provisional_timeout,
+                forget_at: None,
             },
         );
     }
 
-    fn cancel_offer(&mut self, id: OfferId) {
+    fn cancel_offer(&mut self, id: OfferId, now: Instant) {
         let Some(a) = self.agents.get_mut(&id) else {
             return;
         };
@@ -1146,6 +1154,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             return self.hangup_agent(id);
         }
         a.cancelled = true;
+        a.forget_at = Some(now + self.cfg.t1 * 64);
         let key = a.key.clone();
         if a.provisional {
             let dest = a.peer.clone();
@@ -1353,6 +1362,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 continue;
             };
             a.cancelled = true;
+            a.forget_at = Some(now + self.cfg.t1 * 64);
             let (key, gw, interface) = (a.key.clone(), a.peer.addr, a.interface.clone());
             self.emit(Output::Abandon { key });
             warn!(%interface, gateway = %gw, "no provisional response to the offer: next member");
@@ -1362,6 +1372,25 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             }));
             self.reach.suspect(now, gw);
             self.busy(id, now);
+        }
+    }
+
+    /// Cancelled offers whose INVITE never got a final response: their transaction and leg
+    /// are dropped (a gateway that never answers cannot make us keep them).
+    fn forget_cancelled(&mut self, now: Instant) {
+        let stale: Vec<OfferId> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.answered && a.forget_at.is_some_and(|t| now >= t))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(a) = self.agents.remove(&id) {
+                debug!(interface = %a.interface, "cancelled offer never ended: forgotten");
+                self.by_client.remove(&a.key);
+                self.media.close(a.leg);
+                self.emit(Output::Terminate { key: a.key });
+            }
         }
     }
 

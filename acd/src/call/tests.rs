@@ -1233,3 +1233,43 @@ fn timers_are_data_poll_timeout_names_the_next_one() {
         "CANCEL at 15.35 s exactly"
     );
 }
+
+#[test]
+fn a_cancelled_offer_whose_final_response_never_comes_is_forgotten_after_64_t1() {
+    let mut rig = Rig::support();
+    let mut c = rig.caller("500", "1001");
+    let (_, inv) = rig.offer_to("2001").expect("offer");
+    rig.agent_answers(&inv, 180, GW);
+    rig.secs(3.0);
+    rig.hang_up_caller(&mut c);
+    assert_eq!(rig.sent(Method::Cancel).len(), 1);
+    // The gateway answers neither the CANCEL nor the INVITE.
+    rig.secs(31.9);
+    assert_eq!(rig.core.agent_calls(), 1, "still waiting for the 487");
+    let leg = rig.core.media().open[1];
+    assert!(!rig.core.media().closed.contains(&leg));
+    rig.secs(0.2);
+    assert_eq!(rig.core.agent_calls(), 0, "forgotten at 64·T1 = 32 s");
+    assert!(
+        rig.core.media().closed.contains(&leg),
+        "its relay leg closed"
+    );
+    assert!(
+        rig.tl.is_empty()
+            || rig
+                .tl
+                .state(&TransactionKey::client(
+                    &hval(&inv.headers, |h| match h {
+                        Header::Via(v) => v.value().split("branch=").nth(1).map(|b| b
+                            .split(';')
+                            .next()
+                            .unwrap_or(b)
+                            .to_owned()),
+                        _ => None,
+                    }),
+                    Method::Invite,
+                ))
+                .is_none(),
+        "its INVITE transaction is gone"
+    );
+}
