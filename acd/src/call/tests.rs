@@ -1273,3 +1273,43 @@ fn a_cancelled_offer_whose_final_response_never_comes_is_forgotten_after_64_t1()
         "its INVITE transaction is gone"
     );
 }
+
+#[test]
+fn a_caller_reinvite_keeps_our_media_and_unknown_dialogs_get_481() {
+    let mut rig = Rig::support();
+    rig.state("PJSIP/2001", DeviceState::InUse);
+    rig.state("PJSIP/2002", DeviceState::InUse);
+    let c = rig.caller("500", "1001");
+    let mut reinvite = rig.in_dialog_from_caller(&c, Method::Invite, 2);
+    reinvite = dialog::with_body(
+        reinvite,
+        sdp("10.0.0.1", 4100).into_bytes(),
+        "application/sdp",
+    );
+    rig.recv(reinvite.clone(), GW);
+    let ok = rig.final_to(&reinvite).expect("re-INVITE answered");
+    assert_eq!(ok.status_code.code(), 200);
+    assert_eq!(ok.body, c.ok.body, "the same SDP: we stay where we are");
+    assert_eq!(rig.core.engine().waiting_callers("support"), ["acd-test-1"]);
+    // A BYE for a dialog we do not know.
+    let stray = request(
+        &format!(
+            "BYE sip:acd@{LOCAL} SIP/2.0
+Via: SIP/2.0/UDP {GW};branch=z9hG4bKstray
+Max-Forwards: 70
+From: <sip:9@{GW}>;tag=x
+To: <sip:acd@{LOCAL}>;tag=nosuch
+Call-ID: nosuch@{GW}
+CSeq: 5 BYE
+"
+        ),
+        "",
+    );
+    rig.recv(stray.clone(), GW);
+    assert_eq!(
+        rig.final_to(&stray).map(|r| r.status_code.code()),
+        Some(481)
+    );
+    assert_eq!(rig.core.callers(), 1);
+    assert!(rig.log("ABANDON").is_empty());
+}
