@@ -4,7 +4,7 @@
 # Idempotent, for Debian 12 as root. Quiet when everything is already there; otherwise it
 # prints one line per step it actually ran.
 #
-#   apt:  prosody lua-unbound ejabberd sip-tester baresip-core iproute2 iputils-ping openssl
+#   apt:  prosody lua-unbound lua-dbi-sqlite3 ejabberd sip-tester baresip-core iproute2 iputils-ping openssl
 #         python3-venv   (--no-install-recommends)
 #   venv: ${CALLFABRIC_VENV:-<repo>/target/peers-venv} with slixmpp
 #
@@ -17,7 +17,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${CALLFABRIC_VENV:-$REPO/target/peers-venv}
 export DEBIAN_FRONTEND=noninteractive
 
-APT_PACKAGES=(prosody lua-unbound ejabberd sip-tester baresip-core iproute2 iputils-ping
+APT_PACKAGES=(prosody lua-unbound lua-dbi-sqlite3 ejabberd sip-tester baresip-core iproute2 iputils-ping
               openssl python3-venv postgresql)
 
 say() { printf 'install-peers: %s\n' "$*"; }
@@ -45,7 +45,7 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
     say "created /usr/sbin/policy-rc.d (exit 101): distro services will not start"
 fi
 
-# 2. apt packages, only when a binary (or the lua-unbound module) is missing
+# 2. apt packages, only when a binary (or a Lua module of Prosody's) is missing
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "$1" ] || missing+=("$1"); }
 need prosody
@@ -59,7 +59,9 @@ need ping
 need openssl
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 need python3
-dpkg-query -W -f='${Status}' lua-unbound 2>/dev/null | grep -q 'ok installed' || missing+=(lua-unbound)
+for pkg in lua-unbound lua-dbi-sqlite3; do  # Prosody's modules (SQL storage: SQLite3 driver)
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+done
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -42,12 +42,12 @@ pub struct AcdSection {
     /// RTP port range, `"30000-30999"`.
     pub rtp_ports: Option<String>,
     pub t1_ms: Option<u64>,
-    /// SIP OPTIONS keep-alives to each gateway: every this many ms (default 500)…
+    /// SIP OPTIONS keep-alives to each gateway: one every this many ms, pipelined (default
+    /// 100)…
     pub keepalive_interval_ms: Option<u64>,
-    /// …a probe unanswered after this many ms is a miss (default 400)…
+    /// …and the gateway is unreachable once nothing was heard from it for this many ms, or for
+    /// interval + SRTT + 4·RTTVAR of the keep-alives if longer (default 700).
     pub keepalive_timeout_ms: Option<u64>,
-    /// …and this many misses in a row make the gateway unreachable (default 2).
-    pub keepalive_misses: Option<u32>,
     /// An offer without a provisional response after this many ms is given up and the next
     /// member tried; also the offer's deadline at the gateway (default 800).
     pub offer_provisional_timeout_ms: Option<u64>,
@@ -691,14 +691,14 @@ impl Loaded {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let music = match &a.music_on_hold {
-            None => gateway::audio::prompts::music_on_hold(),
-            Some(p) => gateway::audio::wav::read_wav(&dir.join(p))
+            None => media::audio::prompts::music_on_hold(),
+            Some(p) => media::audio::wav::read_wav(&dir.join(p))
                 .map_err(|e| anyhow!("{}: {e}", self.at("acd", "music_on_hold")))?,
         };
         let prompts = match &a.prompts {
-            None => gateway::audio::PromptSet::new(),
+            None => media::audio::PromptSet::new(),
             Some(p) => {
-                let set = gateway::audio::load_prompt_dir(&dir.join(p))
+                let set = media::audio::load_prompt_dir(&dir.join(p))
                     .map_err(|e| anyhow!("{}: {e}", self.at("acd", "prompts")))?;
                 for (file, why) in set.rejected() {
                     eprintln!(
@@ -727,18 +727,8 @@ impl Loaded {
             }
         };
         let reach = acd::reach::ReachConfig {
-            interval: ms("keepalive_interval_ms", a.keepalive_interval_ms, 500)?,
-            timeout: ms("keepalive_timeout_ms", a.keepalive_timeout_ms, 400)?,
-            misses: match a.keepalive_misses {
-                None => 2,
-                Some(n) if (1..=100).contains(&n) => n,
-                Some(n) => {
-                    return Err(anyhow!(
-                        "{}: keepalive_misses = {n} is not between 1 and 100",
-                        self.at("acd", "keepalive_misses")
-                    ))
-                }
-            },
+            interval: ms("keepalive_interval_ms", a.keepalive_interval_ms, 100)?,
+            timeout: ms("keepalive_timeout_ms", a.keepalive_timeout_ms, 700)?,
         };
         let offer_provisional_timeout = ms(
             "offer_provisional_timeout_ms",

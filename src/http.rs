@@ -46,7 +46,7 @@ async fn devices(State(s): State<Sources>) -> Json<Value> {
         .collect::<serde_json::Map<_, _>>()))
 }
 
-fn leg(st: &gateway::media::LegStats) -> Value {
+fn leg(st: &media::LegStats) -> Value {
     json!({
         "rtp_packets_in": st.rtp_packets_in,
         "rtp_bytes_in": st.rtp_bytes_in,

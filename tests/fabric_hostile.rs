@@ -116,12 +116,15 @@ async fn hostile_corpus_leaves_members_online_and_correct(kind: ServerKind) {
         accepted,
         "the server refused every hostile item: nothing tested"
     );
-    // Odd namespaces and shapes (ignored by the decoder, harmless to the guard).
+    // Odd namespaces and shapes, harmless to the guard. The payload's namespace is not looked
+    // at (as in res_xmpp: PJSIP/odd is a device state); a state without leading text is
+    // ignored (res_xmpp would pass NULL to strcasecmp).
     publish_hostile(
         &s,
         "PJSIP/odd",
-        &format!("<state xmlns='http://asterisk.org/evil' eid='{AST}'>INUSE</state>"),
+        &format!("<state xmlns='http://asterisk.org/evil' eid='{AST}'>ONHOLD</state>"),
     );
+    publish_hostile(&s, "PJSIP/notext", &state(AST, "<x/>INUSE"));
     publish_hostile(&s, "PJSIP/many", &state(AST, &"<x/>".repeat(500)));
     // 7. Forgery: a heartbeat for the Asterisk EID, published on device_state, 10 minutes old.
     let old = std::time::SystemTime::now()
@@ -177,7 +180,8 @@ async fn hostile_corpus_leaves_members_online_and_correct(kind: ServerKind) {
     assert!(w.is_online());
     assert_eq!(w.device_state("PJSIP/deep"), None);
     assert_eq!(w.device_state("PJSIP/bigattr"), None);
-    assert_eq!(w.device_state("PJSIP/odd"), None);
+    assert_eq!(w.device_state("PJSIP/odd"), Some(DeviceState::OnHold));
+    assert_eq!(w.device_state("PJSIP/notext"), None);
     assert_eq!(w.device_state("PJSIP/many"), None);
     assert!(b.alive(), "the callfabric member died: {}", b.stderr());
     // The forged heartbeat did not make the Asterisk EID expirable: two TTLs later its device

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gateway::audio::prompts::tone;
-use gateway::audio::wav::{read_wav, write_wav, WavEncoding};
+use media::audio::prompts::tone;
+use media::audio::wav::{read_wav, write_wav, WavEncoding};
 use integration::baresip::{AudioSource, Baresip, BaresipOptions, Ctrl};
 use integration::gateway::{GatewayProcess, GatewaySpec};
 

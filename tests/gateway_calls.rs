@@ -117,7 +117,7 @@ fn sipp_call_relays_media_both_ways_and_tracks_device_state() {
     let path = gw.dir().join("rec").join("call-1-caller.wav");
     let deadline = std::time::Instant::now() + STATE_TIMEOUT;
     let pcm = loop {
-        match gateway::audio::wav::read_wav(&path) {
+        match media::audio::wav::read_wav(&path) {
             Ok(p) if !p.is_empty() => break p,
             _ if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50))

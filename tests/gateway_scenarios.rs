@@ -197,7 +197,7 @@ fn call_over_tcp_relays_media_both_ways() {
         let pcm = phone
             .dumps("dec")
             .first()
-            .and_then(|p| gateway::audio::wav::read_wav(p).ok())
+            .and_then(|p| media::audio::wav::read_wav(p).ok())
             .unwrap_or_default();
         if pcm.len() >= 24_000 {
             break pcm;

@@ -18,11 +18,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use gateway::audio;
-use gateway::media::{MediaRelay, RelayConfig};
+use ::media::audio;
+use ::media::{MediaRelay, RelayConfig};
 use gateway::server::Peer;
-use gateway::sip::transaction::{self as tx, TransactionLayer};
-use gateway::transport::{TransportConfig, TransportEvent, Transports};
+use sip_core::transaction::{self as tx, TransactionLayer};
+use sipnet::{TransportConfig, TransportEvent, Transports};
 use rand::SeedableRng;
 use statebus::{Bus, BusEvent, Change};
 use tokio::sync::{broadcast, mpsc};
@@ -105,7 +105,7 @@ pub enum NodeError {
     Db(#[from] gateway::devices::DbError),
     /// The RTP relay.
     #[error("RTP relay: {0}")]
-    Media(#[from] gateway::media::MediaError),
+    Media(#[from] ::media::MediaError),
 }
 
 /// A running node.

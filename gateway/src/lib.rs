@@ -1,17 +1,20 @@
 //! The site gateway: SIP to phones, trunks and other sites.
 //!
-//! Protocol cores here are sans-IO: no sockets, no tokio, time passed in as `now`
-//! (`sip::message`, `sip::transaction`, `registrar`, `transport::framing`, `transport::via`).
-//! The I/O lives at the edges: `transport` (tokio UDP/TCP listeners) and `devices` (sqlx).
+//! The application on top of the stack crates `sip-core` (sans-IO SIP), `sipnet` (tokio
+//! transports), `sdp` and `media` (relay and audio engine): the registrar, the B2BUA, devices,
+//! CDRs and the gateway process. Sans-IO here: `registrar`, `b2bua`; the I/O lives in `server`
+//! and `devices` (sqlx).
 
-pub mod audio;
 pub mod b2bua;
 pub mod devices;
-pub mod media;
-pub mod offer;
 pub mod records;
 pub mod registrar;
-pub mod sdp;
 pub mod server;
-pub mod sip;
-pub mod transport;
+
+// The stack crates under the module names the application's code uses.
+use media::audio;
+use sip_core as sip;
+use sip_core::offer;
+use sipnet as transport;
+use ::media;
+use ::sdp;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gateway::registrar::digest::{self, Algorithm};
 use gateway::registrar::{Config, MemoryCredentials, Registrar, RegistrarEvent, UserRecord};
-use gateway::sip::message::{parse, serialize_response, Header, Request, Response, SipMessage};
+use sip_core::message::{parse, serialize_response, Header, Request, Response, SipMessage};
 use rsip::headers::UntypedHeader;
 
 const REALM: &str = "example.com";

@@ -20,8 +20,8 @@ pub fn scenario(name: &str) -> PathBuf {
 /// `call_uac.xml` with its RTP file (4 s of a 440 Hz tone, raw A-law, written into `dir`:
 /// SIPp's `rtp_stream` sends it from the caller's media port).
 pub fn uac_scenario(dir: &Path) -> PathBuf {
-    let pcm = gateway::audio::prompts::tone(&[440.0], 4000, 0.3);
-    let alaw = gateway::audio::Codec::Pcma.encode(&pcm);
+    let pcm = media::audio::prompts::tone(&[440.0], 4000, 0.3);
+    let alaw = media::audio::Codec::Pcma.encode(&pcm);
     assert_eq!(alaw.len() as u64, STREAM_PACKETS * 160);
     let audio = dir.join("caller.alaw");
     std::fs::write(&audio, alaw).expect("write the caller's audio");

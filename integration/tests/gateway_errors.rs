@@ -3,7 +3,7 @@
 use std::error::Error as _;
 use std::sync::Arc;
 
-use gateway::media::MediaError;
+use media::MediaError;
 use gateway::server::{Gateway, GatewayError};
 use statebus::{Eid, LocalBus};
 

@@ -105,6 +105,9 @@ pub struct StateCache {
     devices: HashMap<String, DeviceEntry>,
     mwi: HashMap<String, MwiEntry>,
     peers: HashMap<Eid, Peer>,
+    /// (key, EID) pairs held: about one server item each ([`StateCache::item_counts`]).
+    device_items: usize,
+    mwi_items: usize,
 }
 
 impl StateCache {
@@ -116,6 +119,8 @@ impl StateCache {
             devices: HashMap::new(),
             mwi: HashMap::new(),
             peers: HashMap::new(),
+            device_items: 0,
+            mwi_items: 0,
         }
     }
 
@@ -180,7 +185,9 @@ impl StateCache {
 
     fn set_device(&mut self, eid: Eid, key: &str, state: DeviceState) -> Option<Change> {
         let entry = self.devices.entry(key.to_string()).or_default();
-        entry.per_eid.insert(eid, state);
+        if entry.per_eid.insert(eid, state).is_none() {
+            self.device_items += 1;
+        }
         entry.recompute(&self.peers).map(|state| Change::Device {
             key: key.to_string(),
             state,
@@ -205,7 +212,9 @@ impl StateCache {
 
     fn set_mwi(&mut self, eid: Eid, mwi: Mwi) -> Option<Change> {
         let entry = self.mwi.entry(mwi.key()).or_default();
-        entry.per_eid.insert(eid, mwi.clone());
+        if entry.per_eid.insert(eid, mwi.clone()).is_none() {
+            self.mwi_items += 1;
+        }
         if entry.latest.as_ref() == Some(&mwi) {
             return None;
         }
@@ -234,6 +243,12 @@ impl StateCache {
 
     /// A heartbeat from a member, `age` old (zero for a live notification; for an item fetched
     /// on reconnect, how long ago it was sent). Own heartbeats are ignored.
+    /// (device, mailbox) (key, EID) pairs held, own included: what the flat nodes hold, about
+    /// (one item per pair; two publishers of a plain id on Prosody share one item).
+    pub fn item_counts(&self) -> (usize, usize) {
+        (self.device_items, self.mwi_items)
+    }
+
     /// Whether `eid` is a known member that expired (silent past the TTL).
     pub fn is_expired(&self, eid: Eid) -> bool {
         self.peers.get(&eid).is_some_and(|p| p.expired)

@@ -6,7 +6,9 @@
 
 mod bus;
 mod cache;
+mod cscan;
 mod eid;
+pub mod fill;
 pub mod guard;
 mod local;
 mod mwi;

@@ -56,10 +56,17 @@ impl DeviceState {
         }
     }
 
-    /// Parse a wire string as `ast_devstate_val` does: case-insensitive, surrounding whitespace
-    /// ignored, anything unrecognised is `UNKNOWN`.
+    /// Parse a state typed by a person (command line, configuration): case-insensitive,
+    /// surrounding whitespace ignored, anything unrecognised is `UNKNOWN`. What arrives from the
+    /// wire is read by [`DeviceState::from_devstate_val`] instead.
     pub fn from_wire(s: &str) -> DeviceState {
-        let s = s.trim();
+        DeviceState::from_devstate_val(s.trim())
+    }
+
+    /// `ast_devstate_val` exactly, as res_xmpp applies it to a received `<state>`: the whole
+    /// text compared case-insensitively (ASCII, `strcasecmp`) with the eight names it knows,
+    /// no trimming; anything else (`UNKNOWN`, ` INUSE`, `in use`) is `UNKNOWN`.
+    pub fn from_devstate_val(s: &str) -> DeviceState {
         DeviceState::ALL
             .into_iter()
             .find(|st| st.as_wire().eq_ignore_ascii_case(s))
@@ -153,6 +160,10 @@ mod tests {
         assert_eq!(DeviceState::from_wire("garbage"), Unknown);
         assert_eq!(DeviceState::from_wire(""), Unknown);
         assert_eq!(DeviceState::from_wire(" INUSE\n"), InUse);
+        // ast_devstate_val: no trimming
+        assert_eq!(DeviceState::from_devstate_val(" INUSE\n"), Unknown);
+        assert_eq!(DeviceState::from_devstate_val("ringInUse"), RingInUse);
+        assert_eq!(DeviceState::from_devstate_val("INUSE\u{0}"), Unknown);
         assert_eq!(InUse as u8, 2);
         assert_eq!(OnHold as u8, 8);
     }

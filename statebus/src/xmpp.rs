@@ -7,6 +7,7 @@
 //! nodes' items to rebuild the remote cache, and republishes all local cachable state.
 
 use crate::bus::Core;
+use crate::fill::FillWatch;
 use crate::guard::{Dropped, Guard};
 use crate::wire::{self, AccessModel, NodeKind, NodeLayout, WireItem};
 use crate::{
@@ -545,6 +546,8 @@ pub struct XmppBusStats {
     pub items_dropped: u64,
     /// Whole stanzas the guard replaced (a limit broken outside any item).
     pub stanzas_dropped: u64,
+    /// Warnings that a state node nears `max_items` (90 %; see [`crate::fill`]).
+    pub nodes_nearly_full: u64,
 }
 
 #[derive(Debug, Default)]
@@ -677,6 +680,7 @@ impl XmppBus {
         let (online_tx, online) = watch::channel(false);
         let (stop_tx, stop_rx) = oneshot::channel();
         let eid = cfg.eid;
+        let max_items = cfg.max_items;
         let worker = Worker {
             bare: jid.to_bare(),
             service,
@@ -693,6 +697,7 @@ impl XmppBus {
             leaves: HashSet::new(),
             per_eid: HashSet::new(),
             plain_published: HashSet::new(),
+            fill: [FillWatch::new(max_items), FillWatch::new(max_items)],
             retry_at: None,
             resync_at: None,
             resync_failures: 0,
@@ -817,7 +822,7 @@ enum Tag {
     Publish(Republish),
     Heartbeat,
     FetchHeartbeats,
-    Fetch(#[allow(dead_code)] &'static str),
+    Fetch(&'static str),
     DiscoLeaves(#[allow(dead_code)] &'static str),
     Ping,
 }
@@ -881,6 +886,8 @@ struct Worker {
     /// Keys published under the plain id at least once (no switch after that: our plain
     /// item would be left stale).
     plain_published: HashSet<String>,
+    /// How full `device_state` and `message_waiting` are (flat layout).
+    fill: [FillWatch; 2],
     retry_at: Option<tokio::time::Instant>,
     /// A set-up or fetch IQ of the current generation failed (ejabberd answers a create racing
     /// another member's with `internal-server-error`, and the subscribe that follows with
@@ -1069,6 +1076,7 @@ impl Worker {
                     trace!(id = ?m.id, payload = p.name(), ?items, "pubsub event");
                     healed |= self.apply(items, None);
                 }
+                self.check_fill([0, 0]);
                 if healed && self.online {
                     // An expired member is heard again (a partition healed): its devices read
                     // UNAVAILABLE until they change; fetch its items now instead.
@@ -1532,6 +1540,7 @@ impl Worker {
                 } => {}
                 Tag::Publish(what) => {
                     self.shared.stats().publish_acked += 1;
+                    self.check_fill([0, 0]);
                     if let Republish::Device(k) | Republish::Mwi(k) = what {
                         if !self.per_eid.contains(&k) {
                             self.plain_published.insert(k);
@@ -1548,19 +1557,21 @@ impl Worker {
                     }
                     self.fetch_state(stream).await;
                 }
-                Tag::Fetch(_) if !stale => {
+                Tag::Fetch(node) if !stale => {
                     if let Some(p) = payload {
                         let n: usize = p
                             .children()
                             .filter(|c| c.name() == "items")
                             .map(|i| i.children().count())
                             .sum();
-                        if n as u64 * 10 >= u64::from(self.cfg.max_items) * 9 {
-                            warn!(node = ?tag, items = n, max_items = self.cfg.max_items,
-                                "the node is nearly full: beyond max_items the server evicts the oldest items (raise max_items here and on the server)");
-                        }
+                        let fetched = match node {
+                            wire::NODE_DEVICE_STATE => [n, 0],
+                            wire::NODE_MWI => [0, n],
+                            _ => [0, 0],
+                        };
                         self.withdraw_stale_own_items(stream, &p).await;
                         self.apply(wire::decode_items_result(&p), Some(unix_now()));
+                        self.check_fill(fetched);
                     }
                 }
                 Tag::DiscoLeaves(_) if !stale => {
@@ -1635,6 +1646,25 @@ impl Worker {
                     .await;
             } else if let Ok(el) = wire::items_request(node) {
                 self.iq(stream, Tag::Fetch(node), Req::Get(el)).await;
+            }
+        }
+    }
+
+    /// Warn once as a flat state node nears `max_items` (see [`crate::fill`]): its item count
+    /// is what a fetch just found (`fetched`, per node), or else what the cache holds (one
+    /// item per (key, EID): own keys, published or about to be, and every one heard).
+    fn check_fill(&mut self, fetched: [usize; 2]) {
+        if self.cfg.layout != NodeLayout::Flat {
+            return; // one leaf per key
+        }
+        let (devices, mwi) = self.shared.core.cache().item_counts();
+        let nodes = [wire::NODE_DEVICE_STATE, wire::NODE_MWI];
+        for (i, held) in [devices, mwi].into_iter().enumerate() {
+            let items = held.max(fetched[i]);
+            if self.fill[i].observe(items) {
+                self.shared.stats().nodes_nearly_full += 1;
+                warn!(node = nodes[i], items, max_items = self.cfg.max_items,
+                    "the node is nearly full: beyond max_items the server evicts the oldest items (raise max_items here and on the server)");
             }
         }
     }

@@ -1,7 +1,7 @@
 //! What a waiting caller hears: the prompt names of a position (and hold-time)
 //! announcement, as app_queue says them.
 
-use gateway::audio;
+use media::audio;
 
 /// Prompts for a caller at `position` (1 = next); `holdtime` is the estimated hold time in
 /// seconds when the queue announces it (nothing is said for 0).

@@ -23,9 +23,10 @@
 //!   "busy" to the engine (RINGNOANSWER, as app_queue's `rna` on BUSY) and the next member is
 //!   tried at once. An offer without a provisional response within
 //!   `offer_provisional_timeout` is abandoned (never retransmitted; a late 1xx is CANCELled, a
-//!   late 2xx ACKed and BYEd), the gateway probed at once and the next member tried.
-//! * **Reachability** ([`crate::reach`]): OPTIONS keep-alives to every gateway; members behind
-//!   an unreachable one are unreachable to the engine.
+//!   late 2xx ACKed and BYEd) and the next member tried.
+//! * **Reachability** ([`crate::reach`]): pipelined OPTIONS keep-alives to every gateway, sent
+//!   without a transaction and matched back by a salted branch; members behind an unreachable
+//!   one are unreachable to the engine.
 //! * **Connect**: the agent's 200 is ACKed, the music stops and the legs are bridged. A
 //!   hang-up on either side ends both (COMPLETECALLER / COMPLETEAGENT). A caller leaving while
 //!   waiting is ABANDON. The engine's ring timeout CANCELs the offer (RINGNOANSWER).
@@ -42,13 +43,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use gateway::audio::Codec;
-use gateway::sdp::{self, SessionDescription};
+use media::audio::Codec;
+use sdp::{self, SessionDescription};
 use gateway::server::Peer;
-use gateway::sip::dialog::{self, Dialog};
-use gateway::sip::message::{self, Method, Request, Response, SipMessage};
-use gateway::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
-use gateway::transport;
+use sip_core::dialog::{self, Dialog};
+use sip_core::message::{self, Method, Request, Response, SipMessage};
+use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
+use sipnet as transport;
 use rand::rngs::StdRng;
 use rand::RngCore;
 use rsip::headers::UntypedHeader;
@@ -363,7 +364,9 @@ pub struct CallControl<M, F> {
     by_client: HashMap<TransactionKey, OfferId>,
     by_dialog: HashMap<(String, String), Party>,
     by_leg: HashMap<LegId, u64>,
-    probes: HashMap<TransactionKey, u64>,
+    /// Secret part of the keep-alives' branches (`z9hG4bKacdp<id>.<salt>`): an answer is
+    /// matched to its probe by the branch alone (probes are sent without a transaction).
+    probe_salt: u64,
     next_targets: Instant,
     next_id: u64,
     next_leg: u64,
@@ -382,6 +385,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         now: Instant,
     ) -> Result<Self, EngineError> {
         let engine = Engine::new(&cfg.engine)?;
+        let mut rng = rng;
+        let probe_salt = rng.next_u64() & 0xffff_ffff;
         Ok(CallControl {
             reach: Reachability::new(cfg.reach),
             cfg,
@@ -396,7 +401,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             by_client: HashMap::new(),
             by_dialog: HashMap::new(),
             by_leg: HashMap::new(),
-            probes: HashMap::new(),
+            probe_salt,
             next_targets: now,
             next_id: 1,
             next_leg: 1,
@@ -708,24 +713,20 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     }
                 }
             }
-            tx::Event::Response { key, response } => {
-                if let Some(id) = self.probes.remove(&key) {
-                    self.reach.answered(now, id);
-                    return;
-                }
-                self.on_agent_response(&key, response, now)
-            }
+            tx::Event::Response { key, response } => self.on_agent_response(&key, response, now),
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
-                if self.probes.remove(&key).is_some() {
-                    return;
-                }
                 if let Some(offer) = self.by_client.remove(&key) {
                     self.agent_failed(offer, now);
                 }
             }
-            tx::Event::StrayResponse { .. } => {}
+            tx::Event::StrayResponse {
+                response, source, ..
+            } => {
+                if let Some(id) = probe_of(&response, self.probe_salt) {
+                    self.reach.answered(now, id, source.addr);
+                }
+            }
             tx::Event::Terminated { key } => {
-                self.probes.remove(&key);
                 // Keep the INVITE mapping for late 2xx retransmissions until the offer ends.
                 if key.method() != Method::Invite {
                     self.by_client.remove(&key);
@@ -1093,7 +1094,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             ("callfabric-acd", session, 1),
         );
         let deadline = (self.wall)() + self.cfg.offer_provisional_timeout;
-        let x_offer = gateway::offer::Offer {
+        let x_offer = sip_core::offer::Offer {
             queue: Some(queue.to_owned()),
             ringinuse: self.ringinuse(queue, interface),
             deadline_ms: deadline
@@ -1103,7 +1104,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         };
         let branch = self.new_branch();
         let uri = format!("sip:{user}@{gw}");
-        let extra = format!("{}: {x_offer}\r\n", gateway::offer::HEADER);
+        let extra = format!("{}: {x_offer}\r\n", sip_core::offer::HEADER);
         let Some(req) = self.out_of_dialog(
             Method::Invite,
             &uri,
@@ -1349,7 +1350,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
     }
 
     /// Offers without any provisional response within the bound: given up (never
-    /// retransmitted again), the gateway probed at once, the next member tried.
+    /// retransmitted again), the next member tried.
     fn offers_unanswered(&mut self, now: Instant) {
         let late: Vec<OfferId> = self
             .agents
@@ -1370,7 +1371,6 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 interface,
                 gateway: gw,
             }));
-            self.reach.suspect(now, gw);
             self.busy(id, now);
         }
     }
@@ -1528,7 +1528,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
     fn on_reach_event(&mut self, ev: ReachEvent, now: Instant) {
         match ev {
             ReachEvent::Probe { id, to } => {
-                let branch = format!("z9hG4bKacdp{:016x}", self.rand());
+                let branch = format!("z9hG4bKacdp{id:x}.{:x}", self.probe_salt);
                 let from = format!("<sip:acd@{}>", self.cfg.local);
                 let uri = format!("sip:{to}");
                 let Some(req) = self.out_of_dialog(
@@ -1542,25 +1542,21 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     warn!(gateway = %to, "cannot build the keep-alive OPTIONS");
                     return;
                 };
-                let key = self.send(req, &branch, self.peer(to));
-                self.probes.insert(key, id);
-            }
-            ReachEvent::Expired { id } => {
-                let key = self
-                    .probes
-                    .iter()
-                    .find(|(_, p)| **p == id)
-                    .map(|(k, _)| k.clone());
-                if let Some(key) = key {
-                    self.probes.remove(&key);
-                    self.emit(Output::Terminate { key });
-                }
+                // Sent once without a transaction (the next probe is its retransmission);
+                // its answer comes back as a stray response.
+                let dest = self.peer(to);
+                self.emit(Output::Stateless {
+                    message: req.into(),
+                    dest,
+                });
             }
             ReachEvent::Changed { addr, reachable } => {
                 if reachable {
                     info!(gateway = %addr, "gateway reachable again");
                 } else {
-                    warn!(gateway = %addr, "gateway unreachable: its agents are skipped");
+                    warn!(gateway = %addr, srtt = ?self.reach.srtt(addr),
+                        silence = ?self.reach.silence_bound(addr),
+                        "gateway unreachable: its agents are skipped");
                 }
                 self.emit(Output::Event(NodeEvent::Reach {
                     gateway: addr,
@@ -1570,6 +1566,21 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             }
         }
     }
+}
+
+/// The keep-alive probe id a response answers, if its branch carries our `salt`.
+fn probe_of(response: &Response, salt: u64) -> Option<u64> {
+    let branch = response.headers.iter().find_map(|h| match h {
+        Header::Via(v) => v
+            .value()
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("branch=").map(str::to_owned)),
+        _ => None,
+    })?;
+    let (id, s) = branch.strip_prefix("z9hG4bKacdp")?.split_once('.')?;
+    (u64::from_str_radix(s, 16).ok()? == salt)
+        .then(|| u64::from_str_radix(id, 16).ok())
+        .flatten()
 }
 
 enum Feature {

@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use gateway::sip::message::parse;
-use gateway::sip::transaction::{Config as TxConfig, Transport as TxTransport};
+use sip_core::message::parse;
+use sip_core::transaction::{Config as TxConfig, Transport as TxTransport};
 use rand::SeedableRng;
 use rsip::headers::{Contact, UntypedHeader};
 
@@ -121,12 +121,12 @@ fn cseq_method(h: &rsip::Headers) -> String {
     })
 }
 
-fn x_offer(req: &Request) -> gateway::offer::Offer {
+fn x_offer(req: &Request) -> sip_core::offer::Offer {
     let v = hval(&req.headers, |h| match h {
-        Header::Other(n, v) if n.eq_ignore_ascii_case(gateway::offer::HEADER) => Some(v.clone()),
+        Header::Other(n, v) if n.eq_ignore_ascii_case(sip_core::offer::HEADER) => Some(v.clone()),
         _ => None,
     });
-    gateway::offer::Offer::parse(&v).expect("X-CF-Offer")
+    sip_core::offer::Offer::parse(&v).expect("X-CF-Offer")
 }
 
 fn user_of(req: &Request) -> String {
@@ -1029,7 +1029,6 @@ fn offer_without_a_provisional_response_is_abandoned_and_the_next_member_tried()
     assert_eq!(rig.offers_to("2002"), 0);
     let sent_before = rig.sent_in(Method::Invite, &cid).len();
     assert_eq!(sent_before, 3, "retransmitted at 0.5 and 1.5 s (timer A)");
-    let probes = rig.probes;
     rig.secs(0.2);
     assert!(rig
         .outs
@@ -1037,7 +1036,6 @@ fn offer_without_a_provisional_response_is_abandoned_and_the_next_member_tried()
             interface: "PJSIP/2001".into(),
             gateway: addr(GW),
         })));
-    assert!(rig.probes > probes, "the gateway is probed at once");
     assert_eq!(rig.log("RINGNOANSWER").len(), 1);
     assert_eq!(rig.offers_to("2002"), 1, "next member at once");
     let (_, next) = rig.offer_to("2002").expect("offer 2002");
@@ -1203,6 +1201,8 @@ fn ring_timeouts_run_on_monotonic_time_whatever_the_wall_clock_does() {
 fn timers_are_data_poll_timeout_names_the_next_one() {
     let mut cfg = config(vec![queue("support", &["PJSIP/2001", "PJSIP/2002"])]);
     cfg.reach.interval = Duration::from_secs(7);
+    // Judged by silence: with a zero-delay link the bound must exceed the interval.
+    cfg.reach.timeout = Duration::from_secs(8);
     let mut rig = Rig::new(cfg);
     rig.state("PJSIP/2001", DeviceState::NotInUse);
     rig.secs(0.0);

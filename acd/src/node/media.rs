@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use gateway::audio::{self, Codec, PlayerConfig, RtpPlayer};
-use gateway::media::{self, Leg, MediaRelay};
+use media::audio::{self, Codec, PlayerConfig, RtpPlayer};
+use media::{self, Leg, MediaRelay};
 use statebus::{Bus, DeviceState, Eid};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;

@@ -31,7 +31,7 @@ const MAX_CREDENTIALS: usize = 8;
 
 pub mod client;
 pub mod credentials;
-pub mod digest;
+pub use sip_core::digest;
 pub mod location;
 
 use std::collections::VecDeque;

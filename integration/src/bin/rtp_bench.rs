@@ -20,7 +20,7 @@
 //! * **floor**: sender → receiver directly, a twin of every system stream sent right after it
 //!   in the same run (so the floor and the system see the same machine state: each system's
 //!   added latency is taken against its own paired floor);
-//! * **callfabric**: sender → leg A ⇄ leg B (`gateway::media::bridge`) → receiver, in a child
+//! * **callfabric**: sender → leg A ⇄ leg B (`media::bridge`) → receiver, in a child
 //!   process (this binary with `--serve-relay`, a default multi-thread tokio runtime) so that its
 //!   CPU is read from `/proc/<pid>/stat` exactly like rtpengine's;
 //! * **rtpengine**: sender → rtpengine (offer/answer over ng) → receiver.
@@ -31,7 +31,7 @@
 //! the sample is INVALID, never a pass. Memory: the relay process's PSS with the streams set up.
 
 use anyhow::{anyhow, bail, Context, Result};
-use gateway::media::{bridge, Leg, MediaRelay, RelayConfig};
+use media::{bridge, Leg, MediaRelay, RelayConfig};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};

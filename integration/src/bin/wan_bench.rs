@@ -15,8 +15,10 @@
 //! cargo run -p integration --bin wan_bench -- [ROUNDS] [PARTITION_SECS] [LOSS] [DELAYS_MS…]
 //! ```
 //! (defaults: 5 rounds, 5 s, loss 0, delays 40 150). Needs root (namespaces, TUN). Keep-alive
-//! settings are the ACD's defaults (OPTIONS every 500 ms, 400 ms timeout, 2 misses; offers
-//! given up after 800 ms without a provisional response).
+//! settings are the ACD's defaults (pipelined OPTIONS every 100 ms, unreachable after 700 ms
+//! of silence or interval + SRTT + 4·RTTVAR if longer; offers given up after 800 ms without a
+//! provisional response). `CARGO_BIN_EXE_callfabric` names the callfabric binary to run
+//! (default: the one next to this benchmark).
 
 use std::path::Path;
 use std::time::{Duration, Instant};

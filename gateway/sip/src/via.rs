@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use rsip::headers::UntypedHeader;
 
-use crate::sip::message::{Header, Headers};
+use crate::message::{Header, Headers};
 
 /// The top via-parm of a message, split.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! Media anchoring: an RTP/RTCP relay between call legs (B2BUA media path).
+//! Media: the RTP/RTCP relay between call legs (B2BUA media path) and the [`audio`] engine
+//! (prompts, music on hold, recording).
 //!
 //! * [`ports`] (sans-IO): even/odd RTP/RTCP port pairs from a configured range.
 //! * [`stats`] (sans-IO): RFC 3550 A.1/A.3/A.8 sequence, loss and jitter.
@@ -13,6 +14,7 @@
 //! checked [`rtp_rs::RtpReader`]; anything that is not RTP version 2 (or RTCP on the RTCP port)
 //! is dropped and counted ([`LegStats::invalid_packets`]).
 
+pub mod audio;
 pub mod latch;
 pub mod ports;
 pub mod relay;

@@ -4,12 +4,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway::sip::message::{parse, response_for, serialize, Header, Request, SipMessage};
-use gateway::transport::framing::{Frame, FramingError, StreamDecoder, PONG};
-use gateway::transport::via::{
+use sip_core::message::{parse, response_for, serialize, Header, Request, SipMessage};
+use sip_core::framing::{Frame, FramingError, StreamDecoder, PONG};
+use sip_core::via::{
     response_route, stamp_received, top_via, Destination, ResponseRoute,
 };
-use gateway::transport::{
+use sipnet::{
     BadMessageError, Incoming, Target, Transport, TransportConfig, TransportEvent, Transports,
 };
 use rsip::headers::UntypedHeader;

@@ -7,7 +7,7 @@
 //!
 //! * **Messages** are framed by the end of the header block (CRLF CRLF) plus `Content-Length`
 //!   (or compact `l`), which is mandatory on streams. The frame holds the raw bytes, to be read
-//!   with [`crate::sip::message::parse`].
+//!   with [`crate::message::parse`].
 //! * **Keep-alive** (RFC 5626 §3.5.1): a CRLF CRLF "ping" between messages yields
 //!   [`Frame::Ping`]; the caller answers with [`PONG`] (a single CRLF). A lone CRLF between
 //!   messages (a pong to our own ping, or §7.5 leading CRLFs) is skipped silently.
@@ -32,7 +32,7 @@
 
 use std::collections::VecDeque;
 
-use crate::sip::message::MAX_MESSAGE_SIZE;
+use crate::message::MAX_MESSAGE_SIZE;
 
 /// The RFC 5626 pong: the answer to a [`Frame::Ping`].
 pub const PONG: &[u8] = b"\r\n";

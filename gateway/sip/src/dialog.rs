@@ -370,7 +370,7 @@ pub fn content_type(headers: &Headers) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse, serialize_request, SipMessage};
+    use crate::message::{parse, serialize_request, SipMessage};
 
     fn req(text: &str) -> Request {
         match parse(text.replace('\n', "\r\n").as_bytes()) {

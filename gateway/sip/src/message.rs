@@ -953,7 +953,7 @@ pub fn validate_request(req: &Request) -> Result<(), Rejection> {
 }
 
 /// [`validate_request`] for a request straight from [`parse`] (its top Via possibly stamped by
-/// [`crate::transport::via::stamp_received`], which writes only valid `received`/`rport`
+/// [`crate::via::stamp_received`], which writes only valid `received`/`rport`
 /// values): the header grammar [`parse`] already enforced on every field is not checked a
 /// second time; every other check is the same.
 pub fn validate_parsed_request(req: &Request) -> Result<(), Rejection> {

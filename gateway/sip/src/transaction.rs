@@ -50,7 +50,7 @@
 
 mod build;
 mod key;
-pub(crate) mod parse;
+pub mod parse;
 
 pub use key::{Role, TransactionKey};
 

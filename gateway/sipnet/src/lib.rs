@@ -17,10 +17,10 @@
 //! written) for [`TransportConfig::tcp_idle_timeout`] is closed. Dropping the last
 //! [`Transports`] handle stops every task and closes every socket.
 
-pub mod framing;
+use sip_core::framing;
 mod tcp;
 mod udp;
-pub mod via;
+use sip_core::via;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::sip::message::{self, response_for, ParseError, Response, SipMessage, MAX_MESSAGE_SIZE};
+use sip_core::message::{self, response_for, ParseError, Response, SipMessage, MAX_MESSAGE_SIZE};
 use framing::FramingError;
 
 /// Identifies one TCP connection for the lifetime of a [`Transports`].

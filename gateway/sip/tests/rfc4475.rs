@@ -1,4 +1,4 @@
-//! RFC 4475 torture messages through `gateway::sip::message`, one test per corpus file, and a
+//! RFC 4475 torture messages through `sip_core::message`, one test per corpus file, and a
 //! deterministic mutation fuzz test.
 //!
 //! The corpus lives outside the repository, at `<repo>/../shared/corpora/rfc4475/` or
@@ -22,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gateway::sip::message::{
+use sip_core::message::{
     parse, serialize, serialize_response, validate_request, validate_response, ParseErrorKind,
     Response, SipMessage,
 };
@@ -557,7 +557,7 @@ fn exercise(input: &[u8]) -> Result<(), String> {
                 if let Err(rejection) = validate_request(&req) {
                     reply_round_trip(&rejection.response(&req))?;
                 }
-                reply_round_trip(&gateway::sip::message::response_for(&req, 486, ""))
+                reply_round_trip(&sip_core::message::response_for(&req, 486, ""))
             }
             SipMessage::Response(resp) => {
                 let _ = validate_response(&resp);

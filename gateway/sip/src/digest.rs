@@ -292,7 +292,7 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthHeaderE
 }
 
 /// Quotes `s` as an RFC 3261 quoted-string.
-pub(crate) fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -318,7 +318,7 @@ fn skip_lws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-pub(crate) fn is_token(c: u8) -> bool {
+pub fn is_token(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
 }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use gateway::sip::transaction::{
+use sip_core::transaction::{
     Config, Error, Event, Kind, State, TransactionKey, TransactionLayer, Transmit, Transport,
 };
 use rsip::prelude::*;

@@ -1,0 +1,10 @@
+//! SIP, sans-IO: the message model (on rsip), the RFC 3261 §17 transaction layer, dialogs,
+//! stream framing, Via routing, digest authentication and the `X-CF-Offer` header.
+
+pub mod dialog;
+pub mod digest;
+pub mod framing;
+pub mod message;
+pub mod offer;
+pub mod transaction;
+pub mod via;
