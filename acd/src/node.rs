@@ -21,9 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 use ::media::audio;
 use ::media::{MediaRelay, RelayConfig};
 use gateway::server::Peer;
+use rand::SeedableRng;
 use sip_core::transaction::{self as tx, TransactionLayer};
 use sipnet::{TransportConfig, TransportEvent, Transports};
-use rand::SeedableRng;
 use statebus::{Bus, BusEvent, Change};
 use tokio::sync::{broadcast, mpsc};
 use tracing::warn;
@@ -253,6 +253,10 @@ impl Node {
                     None => break,
                     Some(BusEvent::Changed(Change::Device { key, state })) => {
                         self.core.device_state(&key, state, Instant::now());
+                    }
+                    Some(BusEvent::Changed(Change::PeerUp(_))) => {
+                        // A member that may announce a SIP address: keep it alive from now on.
+                        self.core.peer_up(Instant::now());
                     }
                     Some(BusEvent::Lagged(_)) => {
                         self.core.resync(self.bus.snapshot().devices, Instant::now());

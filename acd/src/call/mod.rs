@@ -36,6 +36,8 @@
 //!   remove the calling device as a dynamic member; a confirmation plays, then we hang up.
 
 mod announce;
+mod late;
+pub use late::MAX_ABANDONED;
 #[cfg(test)]
 mod tests;
 
@@ -43,17 +45,17 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use media::audio::Codec;
-use sdp::{self, SessionDescription};
 use gateway::server::Peer;
-use sip_core::dialog::{self, Dialog};
-use sip_core::message::{self, Method, Request, Response, SipMessage};
-use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
-use sipnet as transport;
+use media::audio::Codec;
 use rand::rngs::StdRng;
 use rand::RngCore;
 use rsip::headers::UntypedHeader;
 use rsip::Header;
+use sdp::{self, SessionDescription};
+use sip_core::dialog::{self, Dialog};
+use sip_core::message::{self, Method, Request, Response, SipMessage};
+use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
+use sipnet as transport;
 use statebus::{DeviceState, Eid};
 use tracing::{debug, info, warn};
 
@@ -367,6 +369,8 @@ pub struct CallControl<M, F> {
     /// Secret part of the keep-alives' branches (`z9hG4bKacdp<id>.<salt>`): an answer is
     /// matched to its probe by the branch alone (probes are sent without a transaction).
     probe_salt: u64,
+    /// Offers given up whose INVITE transaction ended: a later 2xx is still ACKed and BYEd.
+    abandoned: late::Abandoned,
     next_targets: Instant,
     next_id: u64,
     next_leg: u64,
@@ -402,6 +406,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             by_dialog: HashMap::new(),
             by_leg: HashMap::new(),
             probe_salt,
+            abandoned: late::Abandoned::default(),
             next_targets: now,
             next_id: 1,
             next_leg: 1,
@@ -514,6 +519,19 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             self.engine.device_state(t, &key, state);
         }
         self.pump(now);
+    }
+
+    /// A fabric member came up (its first heartbeat): one that announces a SIP address is
+    /// kept alive from now on, not from the next periodic refresh of the targets.
+    pub fn peer_up(&mut self, now: Instant) {
+        self.refresh_targets(now);
+        self.pump(now);
+    }
+
+    /// Abandoned offers remembered for a late 2xx now, and how many were forgotten early
+    /// because [`MAX_ABANDONED`] were remembered.
+    pub fn abandoned_offers(&self) -> (usize, u64) {
+        (self.abandoned.len(), self.abandoned.dropped())
     }
 
     /// The media script of `leg` finished an announcement.
@@ -724,6 +742,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             } => {
                 if let Some(id) = probe_of(&response, self.probe_salt) {
                     self.reach.answered(now, id, source.addr);
+                } else {
+                    self.late_answer(&response, now);
                 }
             }
             tx::Event::Terminated { key } => {
@@ -1005,7 +1025,9 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 self.by_dialog
                     .remove(&(d.call_id.clone(), d.local_tag.clone()));
             }
-            if !a.cancelled && !a.answered {
+            if a.cancelled && !a.answered {
+                self.abandoned.remember(now, a.invite, a.peer);
+            } else if !a.answered {
                 let _ = self
                     .engine
                     .offer_outcome(self.t(now), id, OfferOutcome::Busy);
@@ -1390,6 +1412,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 self.by_client.remove(&a.key);
                 self.media.close(a.leg);
                 self.emit(Output::Terminate { key: a.key });
+                self.abandoned.remember(now, a.invite, a.peer);
             }
         }
     }

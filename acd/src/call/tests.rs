@@ -5,10 +5,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use sip_core::message::parse;
-use sip_core::transaction::{Config as TxConfig, Transport as TxTransport};
 use rand::SeedableRng;
 use rsip::headers::{Contact, UntypedHeader};
+use sip_core::message::parse;
+use sip_core::transaction::{Config as TxConfig, Transport as TxTransport};
 
 use super::*;
 use crate::engine::{MemberConfig, QueueConfig, Strategy};
@@ -159,6 +159,8 @@ struct Rig {
     alive: Vec<SocketAddr>,
     /// Keep-alives sent.
     probes: usize,
+    /// Keep-alives sent: when, to whom.
+    probed: Vec<(Instant, SocketAddr)>,
     seq: u64,
 }
 
@@ -225,6 +227,7 @@ impl Rig {
             outs: Vec::new(),
             alive: vec![addr(GW), addr(GW2)],
             probes: 0,
+            probed: Vec::new(),
             seq: 0,
         };
         rig.pump();
@@ -270,6 +273,7 @@ impl Rig {
                 match t.message {
                     SipMessage::Request(r) if r.method == Method::Options => {
                         self.probes += 1;
+                        self.probed.push((self.now, to));
                         if self.alive.contains(&to) && !t.retransmission {
                             let ok = message::response_for(&r, 200, "");
                             self.deliver(ok.into(), to);
@@ -1312,4 +1316,230 @@ CSeq: 5 BYE
     );
     assert_eq!(rig.core.callers(), 1);
     assert!(rig.log("ABANDON").is_empty());
+}
+
+/// The latest offer INVITE's Call-ID and the offer, after `rig` gave it up (no provisional
+/// response within `offer_provisional_timeout`, 2 s here).
+fn abandoned_offer(rig: &mut Rig) -> (String, Request) {
+    let (_, inv) = rig.offer_to("2001").expect("offer");
+    rig.secs(2.1);
+    assert!(rig
+        .outs
+        .contains(&Output::Event(NodeEvent::OfferUnanswered {
+            interface: "PJSIP/2001".into(),
+            gateway: addr(GW),
+        })));
+    (call_id(&inv.headers), inv)
+}
+
+/// One offer (to 2001, 2002 busy) given up, then its caller hung up: nothing else runs.
+fn lone_abandoned_offer() -> (Rig, String, Request) {
+    let mut rig = Rig::support();
+    rig.state("PJSIP/2002", DeviceState::InUse);
+    let mut c = rig.caller("500", "1001");
+    let (cid, inv) = abandoned_offer(&mut rig);
+    rig.hang_up_caller(&mut c);
+    assert_eq!(rig.offers_to("2001"), 1);
+    (rig, cid, inv)
+}
+
+#[test]
+fn a_late_2xx_after_the_abandoned_invite_transaction_ended_is_acked_and_byed_once() {
+    let (mut rig, cid, inv) = lone_abandoned_offer();
+    assert_eq!(
+        rig.core.abandoned_offers(),
+        (0, 0),
+        "its transaction still runs"
+    );
+    // Timer B (64·T1 = 32 s from the INVITE) ends the transaction: the offer is remembered.
+    rig.secs(31.0);
+    assert_eq!(rig.core.agent_calls(), 0, "the offer is gone");
+    assert_eq!(rig.core.abandoned_offers(), (1, 0), "but remembered");
+    // After a partition heals, the gateway's 200 arrives (a stray response now).
+    rig.agent_answers(&inv, 200, GW);
+    let acks = rig.sent_in(Method::Ack, &cid);
+    assert_eq!(acks.len(), 1, "the late 2xx is ACKed");
+    assert_eq!(to_of(&acks[0].headers).contains("tag=agenttag"), true);
+    let byes = rig.sent_in(Method::Bye, &cid);
+    assert_eq!(byes.len(), 1, "and its dialog ended");
+    assert!(to_of(&byes[0].headers).contains("tag=agenttag"));
+    assert_eq!(rig.sent(Method::Bye)[0].0, addr(GW), "towards the gateway");
+    // Its retransmission is ACKed again, never BYEd twice.
+    rig.secs(1.0);
+    rig.agent_answers(&inv, 200, GW);
+    assert_eq!(rig.sent_in(Method::Ack, &cid).len(), 2);
+    assert_eq!(rig.sent_in(Method::Bye, &cid).len(), 1);
+    assert!(
+        rig.log("CONNECT").is_empty(),
+        "the caller is connected to no one"
+    );
+}
+
+#[test]
+fn a_late_2xx_after_the_memory_expired_or_to_an_unknown_call_is_ignored() {
+    let (mut rig, cid, inv) = lone_abandoned_offer();
+    rig.secs(31.0);
+    assert_eq!(rig.core.abandoned_offers(), (1, 0));
+    // A 2xx for some other call: not ours to end.
+    let mut other = inv.clone();
+    other.headers.retain(|h| !matches!(h, Header::CallId(_)));
+    other
+        .headers
+        .push(Header::CallId("someone-else@192.0.2.10".into()));
+    rig.agent_answers(&other, 200, GW);
+    assert!(rig.sent(Method::Ack).is_empty());
+    // Remembered for 64 s after the transaction ended, then forgotten.
+    rig.secs(63.0);
+    assert_eq!(rig.core.abandoned_offers(), (1, 0));
+    rig.secs(1.5);
+    rig.agent_answers(&inv, 200, GW);
+    assert!(
+        rig.sent_in(Method::Ack, &cid).is_empty(),
+        "forgotten after 64 s"
+    );
+    assert!(rig.sent_in(Method::Bye, &cid).is_empty());
+}
+
+#[test]
+fn the_abandoned_offer_memory_is_bounded_and_counts_what_it_drops() {
+    let mut mem = late::Abandoned::default();
+    let inv = request(
+        &format!(
+            "INVITE sip:2001@{GW} SIP/2.0
+Via: SIP/2.0/UDP {LOCAL};branch=z9hG4bKx
+Max-Forwards: 70
+From: <sip:acd@{LOCAL}>;tag=a
+To: <sip:2001@{GW}>
+Call-ID: c@x
+CSeq: 1 INVITE
+"
+        ),
+        "",
+    );
+    let peer = Peer {
+        addr: addr(GW),
+        transport: transport::Transport::Udp,
+        local: addr(LOCAL),
+    };
+    let t0 = Instant::now();
+    for i in 0..(MAX_ABANDONED + 44) {
+        mem.remember(
+            t0 + Duration::from_millis(i as u64),
+            inv.clone(),
+            peer.clone(),
+        );
+    }
+    assert_eq!((mem.len(), mem.dropped()), (MAX_ABANDONED, 44));
+    // All expire KEEP after they were remembered.
+    mem.remember(t0 + late::KEEP + Duration::from_secs(1), inv, peer);
+    assert_eq!(mem.len(), 1);
+}
+
+#[test]
+fn a_late_180_to_an_abandoned_offer_is_cancelled_and_its_487_ends_it() {
+    let mut rig = Rig::support();
+    let _c = rig.caller("500", "1001");
+    let (cid, inv) = abandoned_offer(&mut rig);
+    assert!(
+        rig.sent(Method::Cancel).is_empty(),
+        "no CANCEL before a 1xx (§9.1)"
+    );
+    assert_eq!(
+        rig.offers_to("2002"),
+        1,
+        "the next member is offered at once"
+    );
+    // The offer did reach the phone: it rings after the ACD gave it up.
+    rig.agent_answers(&inv, 180, GW);
+    let cancels = rig.sent(Method::Cancel);
+    assert_eq!(cancels.len(), 1, "the late 1xx is CANCELled at once");
+    assert_eq!(cancels[0].0, addr(GW));
+    assert_eq!(call_id(&cancels[0].1.headers), cid);
+    // A second 180 does not CANCEL again.
+    rig.agent_answers(&inv, 180, GW);
+    assert_eq!(rig.sent(Method::Cancel).len(), 1);
+    // The phone stops ringing: 487 to the INVITE (ACKed by the transaction layer).
+    rig.agent_answers(&inv, 487, GW);
+    assert_eq!(rig.sent_in(Method::Ack, &cid).len(), 1);
+    assert_eq!(rig.core.agent_calls(), 1, "only the offer to 2002 is left");
+    assert!(rig.sent_in(Method::Bye, &cid).is_empty());
+    assert_eq!(
+        rig.log("RINGNOANSWER").len(),
+        1,
+        "the abandon was the only outcome"
+    );
+}
+
+#[test]
+fn members_behind_an_unreachable_gateway_are_skipped_until_it_answers_again() {
+    let mut rig = Rig::support();
+    let eid: Eid = "02:00:00:00:00:20".parse().expect("eid");
+    rig.core
+        .fabric_mut()
+        .publishers
+        .insert("PJSIP/2001".into(), vec![(eid, DeviceState::NotInUse)]);
+    rig.core.fabric_mut().members.push((eid, addr(GW2), true));
+    rig.secs(1.0); // targets refreshed: GW2 watched
+    rig.alive.retain(|a| *a != addr(GW2));
+    let cut = rig.now;
+    rig.secs(0.65);
+    assert!(
+        rig.core.engine().is_reachable("PJSIP/2001"),
+        "not before 700 ms of silence"
+    );
+    rig.secs(0.1);
+    assert!(
+        !rig.core.engine().is_reachable("PJSIP/2001"),
+        "700 ms of silence"
+    );
+    assert!(rig.core.engine().is_reachable("PJSIP/2002"));
+    // Callers arriving now are offered to 2002 only, however often 2001 would be next.
+    for n in 0..3 {
+        let mut c = rig.caller("500", &format!("100{n}"));
+        rig.secs(0.5);
+        hang_up(&mut rig, &mut c);
+    }
+    assert_eq!(
+        rig.offers_to("2001"),
+        0,
+        "never offered through the silent gateway"
+    );
+    assert_eq!(rig.offers_to("2002"), 3);
+    assert!(
+        rig.probed
+            .iter()
+            .any(|(t, a)| *t > cut + Duration::from_secs(2) && *a == addr(GW2)),
+        "still probed"
+    );
+    // It answers again: reachable at the first answer.
+    rig.alive.push(addr(GW2));
+    rig.secs(0.15);
+    assert!(rig.core.engine().is_reachable("PJSIP/2001"));
+    let _c = rig.caller("500", "1009");
+    rig.secs(0.1);
+    assert_eq!(rig.offer_to("2001").map(|(to, _)| to), Some(addr(GW2)));
+}
+
+/// The caller hangs up (whatever the offer's state).
+fn hang_up(rig: &mut Rig, c: &mut CallerLeg) {
+    rig.hang_up_caller(c);
+}
+
+#[test]
+fn a_member_that_comes_up_is_probed_at_once_not_at_the_next_refresh() {
+    let mut rig = Rig::support();
+    rig.secs(0.3); // just after a target refresh (at 0 s; the next at 1 s)
+    let eid: Eid = "02:00:00:00:00:20".parse().expect("eid");
+    rig.core.fabric_mut().members.push((eid, addr(GW2), true));
+    let at = rig.now;
+    rig.core.peer_up(at);
+    rig.pump();
+    assert_eq!(
+        rig.probed
+            .iter()
+            .find(|(_, a)| *a == addr(GW2))
+            .map(|(t, _)| *t),
+        Some(at),
+        "the first keep-alive goes out with the member's first heartbeat"
+    );
 }
