@@ -1359,7 +1359,7 @@ fn a_late_2xx_after_the_abandoned_invite_transaction_ended_is_acked_and_byed_onc
     rig.agent_answers(&inv, 200, GW);
     let acks = rig.sent_in(Method::Ack, &cid);
     assert_eq!(acks.len(), 1, "the late 2xx is ACKed");
-    assert_eq!(to_of(&acks[0].headers).contains("tag=agenttag"), true);
+    assert!(to_of(&acks[0].headers).contains("tag=agenttag"));
     let byes = rig.sent_in(Method::Bye, &cid);
     assert_eq!(byes.len(), 1, "and its dialog ended");
     assert!(to_of(&byes[0].headers).contains("tag=agenttag"));
