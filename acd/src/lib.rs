@@ -4,6 +4,7 @@
 //! driver feeds it device states (statebus aggregates), callers, offer outcomes and member
 //! changes, each with the current time, and polls [`Action`]s and the next timeout.
 
+pub mod call;
 pub mod engine;
 pub mod node;
 pub mod queue_log;

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-/// Engine time: a duration since an epoch chosen by the driver (use the UNIX epoch so that
-/// queue_log lines carry real epoch seconds). Tests use virtual time from zero.
+/// Engine time: a duration since an epoch chosen by the driver, monotonic (the ACD's call
+/// control passes the time since it started, so a wall-clock step never moves a ring timeout,
+/// and stamps queue_log lines with the wall clock itself). Tests use virtual time from zero.
 pub type Time = Duration;
 
 /// Errors returned by engine inputs. None of them changes engine state.
@@ -153,7 +154,8 @@ pub enum ExitReason {
 /// One queue_log line: `epoch|callid|queuename|agent|event|data1|data2|…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueLogEvent {
-    /// Engine time of the event.
+    /// Engine time of the event (the ACD's call control replaces it with the wall clock,
+    /// unix time, before writing the line).
     pub time: Time,
     /// Caller id, or `NONE` / `MANAGER`.
     pub callid: String,

@@ -71,6 +71,9 @@ impl Hash for TransactionKey {
 }
 
 impl TransactionKey {
+    /// The key [`send_request`](super::TransactionLayer::send_request) gives a request whose
+    /// top Via carries `branch`: a user agent outside this crate knows its transaction before
+    /// the request is sent.
     pub fn client(branch: &str, method: rsip::Method) -> Self {
         Self {
             role: Role::Client,

@@ -1,24 +1,26 @@
-//! Offers the node gave up on (no provisional response in time) whose INVITE transaction has
-//! ended (Timer B): remembered for a while so that a 2xx arriving even later, e.g. a gateway's
-//! 200 retransmission after a partition heals, is still ACKed and BYEd and the agent's phone
-//! does not stay in a call for nobody. Bounded in count and age; what is over is dropped.
+//! Offers given up (no provisional response in time, or cancelled before one) whose INVITE
+//! transaction has ended (Timer B, or forgotten after 64·T1): remembered for a while so that a
+//! 2xx arriving even later, e.g. a gateway's 200 retransmission after a partition heals, is
+//! still ACKed and BYEd and the agent's phone does not stay in a call for nobody. Sans-IO (time
+//! passed in); bounded in count and age, what is over is dropped (the oldest first).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use sipnet::Peer;
-use sip_core::dialog::Dialog;
-use sip_core::message::{Method, Request, Response};
-use sip_core::transaction as tx;
 use rsip::headers::UntypedHeader;
 use rsip::Header;
+use sip_core::dialog::Dialog;
+use sip_core::message::{Method, Request, Response};
 use tracing::warn;
 
+use super::{CallControl, Fabric, Media, Output};
+
 /// Most abandoned offers remembered (the oldest is forgotten first).
-pub(super) const MAX_ABANDONED: usize = 256;
+pub const MAX_ABANDONED: usize = 256;
 /// How long one is remembered after its transaction ended (a gateway retransmits a 2xx for
 /// 64·T1, 32 s with the default T1, from the agent's answer).
-pub(super) const KEEP: Duration = Duration::from_secs(64);
+pub const KEEP: Duration = Duration::from_secs(64);
 
 struct Entry {
     until: Instant,
@@ -33,6 +35,8 @@ struct Entry {
 #[derive(Default)]
 pub(super) struct Abandoned {
     entries: VecDeque<Entry>,
+    /// Entries forgotten because [`MAX_ABANDONED`] were remembered.
+    dropped: u64,
 }
 
 fn call_id(headers: &rsip::Headers) -> Option<String> {
@@ -62,6 +66,7 @@ impl Abandoned {
         self.expire(now);
         if self.entries.len() >= MAX_ABANDONED {
             self.entries.pop_front();
+            self.dropped += 1;
         }
         self.entries.push_back(Entry {
             until: now + KEEP,
@@ -77,17 +82,26 @@ impl Abandoned {
             self.entries.pop_front();
         }
     }
+
+    /// How many are remembered now.
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Forgotten early because the memory was full.
+    pub(super) fn dropped(&self) -> u64 {
+        self.dropped
+    }
 }
 
-impl super::Core {
+impl<M: Media, F: Fabric> CallControl<M, F> {
     /// A response matching no transaction: a 2xx to a remembered abandoned offer is ACKed (each
     /// retransmission) and the dialog it created is ended with a BYE (once).
-    pub(super) fn late_answer(&mut self, response: &Response) {
+    pub(super) fn late_answer(&mut self, response: &Response, now: Instant) {
         let code = response.status_code.code();
         if !(200..300).contains(&code) || !is_invite_response(response) {
             return;
         }
-        let now = Instant::now();
         self.abandoned.expire(now);
         let Some(cid) = call_id(&response.headers) else {
             return;
@@ -101,16 +115,17 @@ impl super::Core {
         let first = !e.bye_sent;
         e.bye_sent = true;
         let peer = e.peer.clone();
-        let via = |n: u64| format!("SIP/2.0/UDP {};branch=z9hG4bKacd{n:016x};rport", self.local);
-        let ack = d.ack(1, &via(rand::random()));
-        self.tl
-            .send_stateless(ack.into(), peer.clone(), tx::Transport::Unreliable);
+        let branch = self.new_branch();
+        let ack = d.ack(1, &self.via(&branch));
+        self.emit(Output::Stateless {
+            message: ack.into(),
+            dest: peer.clone(),
+        });
         if first {
             warn!(gateway = %peer.addr, call_id = %cid, "a 2xx to an offer given up: ACK and BYE");
-            let bye = d.request(Method::Bye, &via(rand::random()));
-            let _ = self
-                .tl
-                .send_request(bye, tx::Transport::Unreliable, peer, now);
+            let branch = self.new_branch();
+            let bye = d.request(Method::Bye, &self.via(&branch));
+            self.send(bye, &branch, peer);
         }
     }
 }
