@@ -50,6 +50,9 @@ use tracing::{debug, info, warn};
 
 use crate::reach::{ReachConfig, ReachEvent, Reachability};
 
+mod shutdown;
+pub use shutdown::FinishReport;
+
 use crate::engine::{
     Action, CompletedBy, Engine, EngineConfig, EngineError, Join, OfferId, OfferOutcome, Time,
 };
@@ -122,6 +125,10 @@ pub struct QueueReport {
 
 enum Command {
     Stats(tokio::sync::oneshot::Sender<Vec<QueueReport>>),
+    /// Graceful shutdown: refuse new callers (503, this Retry-After).
+    Drain(u32),
+    /// Graceful shutdown: hang up everyone, write the queue_log, stop.
+    Finish(tokio::sync::oneshot::Sender<FinishReport>),
 }
 
 /// What the node reports.
@@ -186,6 +193,8 @@ pub struct AcdNode {
     pub events: broadcast::Sender<NodeEvent>,
     commands: tokio::sync::mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
+    /// Callers in the node (for the shutdown's drain).
+    active: watch::Receiver<usize>,
 }
 
 impl AcdNode {
@@ -214,8 +223,21 @@ impl AcdNode {
         .map_err(|e| NodeError::Media(e.to_string()))?;
         let bus_rx = bus.subscribe();
         let now = engine_now();
-        for (key, state) in bus.snapshot().devices {
-            engine.device_state(now, &key, state);
+        let snapshot = bus.snapshot().devices;
+        for (key, state) in &snapshot {
+            engine.device_state(now, key, *state);
+        }
+        // A member whose device state was never heard of reads UNAVAILABLE (app_queue would
+        // take UNKNOWN as available): a configured agent is not offered callers before its
+        // gateway says its phone is reachable.
+        let heard: std::collections::HashSet<String> = snapshot
+            .keys()
+            .map(|k| crate::engine::normalize_key(k))
+            .collect();
+        for key in engine.unheard_devices() {
+            if !heard.contains(&key) {
+                engine.device_state(now, &key, DeviceState::Unavailable);
+            }
         }
         let (node_events, _) = broadcast::channel(1024);
         let log = match &cfg.queue_log {
@@ -231,7 +253,10 @@ impl AcdNode {
             Some(url) => Some(gateway::devices::DeviceStore::open(url).await?),
             None => None,
         };
+        let (active_tx, active) = watch::channel(0);
         let core = Core {
+            shutdown: shutdown::ShutdownState::default(),
+            active: active_tx,
             reach: Reachability::new(cfg.reach),
             probes: HashMap::new(),
             next_targets: Instant::now(),
@@ -261,6 +286,7 @@ impl AcdNode {
             events: node_events,
             commands,
             task,
+            active,
         })
     }
 
@@ -363,6 +389,10 @@ struct Core {
     probes: HashMap<TransactionKey, u64>,
     /// When the set of gateways to watch is refreshed next.
     next_targets: Instant,
+    /// Graceful shutdown (`node/shutdown.rs`).
+    shutdown: shutdown::ShutdownState,
+    /// Callers in the node, for the handle.
+    active: watch::Sender<usize>,
 }
 
 impl Core {
@@ -420,9 +450,15 @@ impl Core {
                     Command::Stats(reply) => {
                         let _ = reply.send(self.report());
                     }
+                    Command::Drain(retry_after) => self.start_drain(retry_after),
+                    Command::Finish(done) => self.start_finish(done),
                 },
             }
             self.drain().await;
+            if self.shutdown_step().await {
+                info!("shutdown: ACD node stopped");
+                break;
+            }
         }
     }
 
@@ -558,6 +594,9 @@ impl Core {
         if !self.cfg.gateways.iter().any(|g| g.address == source.addr) {
             warn!(source = %source.addr, "INVITE from an unknown peer refused");
             return self.reply(&key, &req, 403);
+        }
+        if self.refused_while_draining(&key, &req) {
+            return;
         }
         let number = req
             .uri
@@ -1006,11 +1045,11 @@ impl Core {
                         event: ev.event.to_owned(),
                         data: ev.data.clone(),
                     };
-                    tokio::spawn(async move {
+                    self.shutdown.writes.push(tokio::spawn(async move {
                         if let Err(e) = store.insert_queue_log(&row).await {
                             warn!(error = %e, "queue_log row not written");
                         }
-                    });
+                    }));
                 }
                 let _ = self.events.send(NodeEvent::QueueLog(line));
             }

@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
+mod durable;
+mod shutdown;
+pub use shutdown::FinishReport;
+
 /// Everything the gateway needs; built by the binary from its config file.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -338,6 +342,8 @@ pub struct Gateway {
     parties: CallParties,
     task: tokio::task::JoinHandle<()>,
     reloader: tokio::task::JoinHandle<()>,
+    control: tokio::sync::mpsc::UnboundedSender<shutdown::Control>,
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Gateway {
@@ -406,7 +412,12 @@ impl Gateway {
                 .collect()
         };
         let record_dir = cfg.record_dir.clone();
+        let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let core = Core {
+            durable: durable::Durable::start(records.clone(), cfg.node.clone()),
+            shutdown: shutdown::ShutdownState::default(),
+            active: active.clone(),
             cfg,
             bus,
             transports,
@@ -431,7 +442,7 @@ impl Gateway {
             records,
             refused: 0,
         };
-        let task = tokio::spawn(core.run(events));
+        let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             local,
             events: gw_events,
@@ -439,6 +450,8 @@ impl Gateway {
             parties,
             task,
             reloader,
+            control,
+            active,
         })
     }
 
@@ -496,10 +509,21 @@ struct Core {
     records: DeviceStore,
     /// INVITEs refused before a call was set up (numbers their CDRs).
     refused: u64,
+    /// Durable registrations (`server/durable.rs`).
+    durable: durable::Durable,
+    /// Graceful shutdown (`server/shutdown.rs`).
+    shutdown: shutdown::ShutdownState,
+    /// Calls in progress, for the handle.
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Core {
-    async fn run(mut self, mut events: tokio::sync::mpsc::Receiver<TransportEvent>) {
+    async fn run(
+        mut self,
+        mut events: tokio::sync::mpsc::Receiver<TransportEvent>,
+        mut control: tokio::sync::mpsc::UnboundedReceiver<shutdown::Control>,
+    ) {
+        self.restore_bindings().await;
         // Restart truth: until a device has a reachable contact it reads UNAVAILABLE, whatever
         // an earlier run of this gateway announced before it crashed.
         for user in self.devices.usernames() {
@@ -524,12 +548,20 @@ impl Core {
                     self.b2bua.handle_timeout(&mut self.media, now);
                 }
                 _ = housekeeping.tick() => {
-                    self.registrar.expire(SystemTime::now());
+                    for aor in self.registrar.expire(SystemTime::now()) {
+                        self.persist(&aor);
+                    }
                     self.register_outbound(None);
                 }
                 _ = qualify.tick() => self.qualify_all(),
+                Some(seq) = self.durable.committed.recv() => self.committed(seq),
+                Some(c) = control.recv() => self.on_control(c),
             }
             self.drain().await;
+            if self.shutdown_step().await {
+                info!("shutdown: gateway stopped");
+                break;
+            }
         }
     }
 
@@ -706,13 +738,13 @@ impl Core {
     }
 
     /// Stores a CDR off the call path (a failed write is logged).
-    fn write_cdr(&self, cdr: crate::records::Cdr) {
+    fn write_cdr(&mut self, cdr: crate::records::Cdr) {
         let store = self.records.clone();
-        tokio::spawn(async move {
+        self.shutdown.writes.push(tokio::spawn(async move {
             if let Err(e) = store.insert_cdr(&cdr).await {
                 warn!(error = %e, "CDR not written");
             }
-        });
+        }));
     }
 
     fn on_tx_event(&mut self, ev: tx::Event<Peer>) {
@@ -749,7 +781,9 @@ impl Core {
                     return;
                 }
                 let resp = self.handle_request(&request, source);
-                if let Err(e) = self.tl.send_response(&key, resp, now) {
+                if request.method == Method::Register {
+                    self.respond_register(key, &request, resp);
+                } else if let Err(e) = self.tl.send_response(&key, resp, now) {
                     debug!(error = %e, "response not sent");
                 }
             }
@@ -798,6 +832,9 @@ impl Core {
     /// A new INVITE: who calls (a trunk by source address, or a device by digest), and where
     /// to (dial plan: extension → device, device name, trunk prefix).
     fn on_invite(&mut self, key: TransactionKey, req: Request, source: Peer, now: Instant) {
+        if self.refused_while_draining(&key, &req, now) {
+            return;
+        }
         let caller = if let Some(t) = self
             .cfg
             .trunks

@@ -22,6 +22,7 @@
 //! recent contact is called), PRACK/100rel, session timers, redirects (3xx become 480).
 
 pub mod devstate;
+mod shutdown;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
