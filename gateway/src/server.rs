@@ -832,9 +832,6 @@ impl Core {
     /// A new INVITE: who calls (a trunk by source address, or a device by digest), and where
     /// to (dial plan: extension → device, device name, trunk prefix).
     fn on_invite(&mut self, key: TransactionKey, req: Request, source: Peer, now: Instant) {
-        if self.refused_while_draining(&key, &req, now) {
-            return;
-        }
         let caller = if let Some(t) = self
             .cfg
             .trunks
@@ -862,6 +859,9 @@ impl Core {
                 }
             }
         };
+        if self.refused_while_draining(&key, &req, now) {
+            return;
+        }
         let mut target = self.route(&req, &source);
         // The arbiter against double offering and ghost calls: an ACD's offer (X-CF-Offer)
         // that arrives after its deadline is refused (480 + Reason: the ACD gave up, nobody
