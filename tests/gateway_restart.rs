@@ -120,7 +120,7 @@ name = "support"
 strategy = "linear"
 timeout = 10
 retry = 1
-members = ["PJSIP/2003", "PJSIP/2001"]
+members = ["PJSIP/2003", "PJSIP/2001", "PJSIP/2999"]
 
 [http]
 listen = "127.0.0.1:0"
@@ -131,6 +131,8 @@ listen = "127.0.0.1:0"
     // First start, no phone yet: configured members are not available.
     assert!(!available(&mut gw, "PJSIP/2001"), "{}", gw.diag());
     assert!(!available(&mut gw, "PJSIP/2003"), "{}", gw.diag());
+    // A member no gateway ever published a state for (not provisioned here) neither.
+    assert!(!available(&mut gw, "PJSIP/2999"), "{}", gw.diag());
 
     let mark0 = gw.mark();
     let p2001 = phone(&gw, "2001");
@@ -140,8 +142,16 @@ listen = "127.0.0.1:0"
         gw.seen_since(mark0, &format!("DEVICE PJSIP/{user} NOT_INUSE"), WAIT);
     }
     p2003.kill();
-    // The 200 OKs were sent once the bindings were committed: all three are stored.
-    let before = stored(&gw);
+    // The 200 OKs were sent once the bindings were committed (device states are published
+    // before the commit, so poll): all three are stored.
+    let deadline = std::time::Instant::now() + WAIT;
+    let before = loop {
+        let rows = stored(&gw);
+        if rows.len() >= 3 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let aors: Vec<&str> = before.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(
         aors,
