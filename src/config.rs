@@ -831,9 +831,7 @@ impl Loaded {
         let s = &self.config.shutdown;
         let drain = match s.drain_secs {
             None => Duration::from_secs(30),
-            Some(x) if x.is_finite() && (0.0..=86_400.0).contains(&x) => {
-                Duration::from_secs_f64(x)
-            }
+            Some(x) if x.is_finite() && (0.0..=86_400.0).contains(&x) => Duration::from_secs_f64(x),
             Some(x) => {
                 return Err(anyhow!(
                     "{}: drain_secs = {x} is not a duration between 0 and 86400 seconds",
@@ -1022,7 +1020,10 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("{line} accepted"))
                 .to_string();
-            assert!(e.contains("site-a.toml:4:") && e.contains(msg), "{line}: {e}");
+            assert!(
+                e.contains("site-a.toml:4:") && e.contains(msg),
+                "{line}: {e}"
+            );
         }
         let e = load("[node]\nname = \"a\"\n[shutdown]\ndrain = 3\n")
             .err()

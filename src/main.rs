@@ -591,7 +591,12 @@ async fn graceful_shutdown(
         active(),
         cfg.drain.as_secs_f64()
     );
-    tracing::info!(signal = sig, calls = active(), drain_secs = cfg.drain.as_secs_f64(), "shutdown requested");
+    tracing::info!(
+        signal = sig,
+        calls = active(),
+        drain_secs = cfg.drain.as_secs_f64(),
+        "shutdown requested"
+    );
     if let Some(g) = gw {
         g.drain(until, cfg.retry_after);
     }

@@ -34,7 +34,9 @@ fn api(gw: &mut GatewayProcess, path: &str) -> serde_json::Value {
     {
         Some(a) => a.trim().to_owned(),
         None => gw
-            .wait_for(WAIT, "the http ready line", |l| l.starts_with("http ready "))
+            .wait_for(WAIT, "the http ready line", |l| {
+                l.starts_with("http ready ")
+            })
             .trim_start_matches("http ready ")
             .to_owned(),
     };
@@ -83,18 +85,19 @@ fn stored(gw: &GatewayProcess) -> Vec<(String, String, u32, i64)> {
     use gateway::registrar::store::unix_ms;
     let url = format!("sqlite://{}", gw.dir().join("site-r.db").display());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut rows: Vec<_> = rt.block_on(async {
-        let store = gateway::devices::DeviceStore::open(&url)
-            .await
-            .expect("open the site database");
-        store
-            .load_bindings("site-r", std::time::SystemTime::now())
-            .await
-            .expect("registrations table")
-    })
-    .into_iter()
-    .map(|b| (b.aor, b.call_id, b.cseq, unix_ms(b.expires_at)))
-    .collect();
+    let mut rows: Vec<_> = rt
+        .block_on(async {
+            let store = gateway::devices::DeviceStore::open(&url)
+                .await
+                .expect("open the site database");
+            store
+                .load_bindings("site-r", std::time::SystemTime::now())
+                .await
+                .expect("registrations table")
+        })
+        .into_iter()
+        .map(|b| (b.aor, b.call_id, b.cseq, unix_ms(b.expires_at)))
+        .collect();
     rows.sort();
     rows
 }
@@ -155,7 +158,11 @@ listen = "127.0.0.1:0"
     let aors: Vec<&str> = before.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(
         aors,
-        ["sip:2001@site-r.example", "sip:2002@site-r.example", "sip:2003@site-r.example"],
+        [
+            "sip:2001@site-r.example",
+            "sip:2002@site-r.example",
+            "sip:2003@site-r.example"
+        ],
         "{before:?}"
     );
 
@@ -198,8 +205,10 @@ listen = "127.0.0.1:0"
         gw.diag()
     );
     assert!(
-        !after.iter().any(|l| l.contains("PJSIP/2003")
-            && (l.starts_with("OFFER") || l.starts_with("QUEUELOG"))),
+        !after
+            .iter()
+            .any(|l| l.contains("PJSIP/2003")
+                && (l.starts_with("OFFER") || l.starts_with("QUEUELOG"))),
         "the dead phone was offered a caller\n{}",
         gw.diag()
     );

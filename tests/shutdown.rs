@@ -127,14 +127,16 @@ fn sigterm_during_two_calls(database: Option<String>) {
         assert!(h.contains(want), "`{want}` missing\n{}", gw.diag());
     }
     assert!(
-        h.lines().any(|l| l.starts_with("QUEUELOG ")
-            && l.contains("|support|PJSIP/2001|COMPLETECALLER|")),
+        h.lines().any(
+            |l| l.starts_with("QUEUELOG ") && l.contains("|support|PJSIP/2001|COMPLETECALLER|")
+        ),
         "{}",
         gw.diag()
     );
 
     // The records are in the database after the exit.
-    let url = database.unwrap_or_else(|| format!("sqlite://{}", gw.dir().join("site-s.db").display()));
+    let url =
+        database.unwrap_or_else(|| format!("sqlite://{}", gw.dir().join("site-s.db").display()));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (cdrs, rows) = rt.block_on(async {
         let store = gateway::devices::DeviceStore::open(&url)
@@ -146,9 +148,9 @@ fn sigterm_during_two_calls(database: Option<String>) {
         )
     });
     for (src, dst) in [("1002", "2002"), ("1001", "800"), ("800", "2001")] {
-        let found = cdrs.iter().any(|c| {
-            (c.src == src || src == "800") && c.dst == dst && c.disposition == "ANSWERED"
-        });
+        let found = cdrs
+            .iter()
+            .any(|c| (c.src == src || src == "800") && c.dst == dst && c.disposition == "ANSWERED");
         assert!(found, "an ANSWERED CDR {src} → {dst}: {cdrs:#?}");
     }
     let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();

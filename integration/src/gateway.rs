@@ -247,7 +247,12 @@ t1_ms = 100
         self.drain();
         self.history.push("--- restart ---".into());
         self.call_cursor = self.history.len();
-        let (child, lines) = spawn(&self.binary, &self.spec.command, &self.config, self.dir.path());
+        let (child, lines) = spawn(
+            &self.binary,
+            &self.spec.command,
+            &self.config,
+            self.dir.path(),
+        );
         self.child = child;
         self.lines = lines;
         self.wait_ready();

@@ -12,8 +12,8 @@ use super::{AcdNode, Command, Core};
 use crate::engine::CompletedBy;
 use gateway::sip::dialog::Dialog;
 use gateway::sip::message::{self, Method, Request};
-use rsip::headers::UntypedHeader as _;
 use gateway::sip::transaction::{self as tx, State, TransactionKey};
+use rsip::headers::UntypedHeader as _;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -87,14 +87,19 @@ impl Core {
         };
         info!("shutdown: new caller refused (503)");
         let mut r = message::response_for(req, 503, "Service Unavailable");
-        r.headers.push(rsip::Header::RetryAfter(
-            rsip::headers::RetryAfter::new(retry_after.to_string()),
-        ));
+        r.headers
+            .push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::new(
+                retry_after.to_string(),
+            )));
         self.respond(key, r);
         true
     }
 
-    fn send_bye(&mut self, dialog: &mut Dialog, peer: gateway::server::Peer) -> Option<TransactionKey> {
+    fn send_bye(
+        &mut self,
+        dialog: &mut Dialog,
+        peer: gateway::server::Peer,
+    ) -> Option<TransactionKey> {
         let branch = format!("z9hG4bKacd{:016x}", self.rand());
         let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.local);
         let bye = dialog.request(Method::Bye, &via);

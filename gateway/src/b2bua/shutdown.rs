@@ -28,9 +28,10 @@ impl B2bua {
             };
             if call.phase == Phase::Calling {
                 let mut r = response_with_tag(&call.a_invite, 503, "", &call.a_tag);
-                r.headers.push(Header::RetryAfter(rsip::headers::RetryAfter::new(
-                    retry_after.to_string(),
-                )));
+                r.headers
+                    .push(Header::RetryAfter(rsip::headers::RetryAfter::new(
+                        retry_after.to_string(),
+                    )));
                 let a_key = call.a_invite_key.clone();
                 let cancel = (!call.cancel_pending && call.b_provisional)
                     .then(|| (call.b_invite_key.clone(), call.b.peer.clone()));

@@ -112,7 +112,9 @@ impl Durable {
     fn save(&mut self, aor: &str, rows: Vec<StoredBinding>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let _ = self.to_writer.send(WriteCmd::Save(seq, aor.to_owned(), rows));
+        let _ = self
+            .to_writer
+            .send(WriteCmd::Save(seq, aor.to_owned(), rows));
         seq
     }
 
@@ -195,9 +197,17 @@ impl Core {
                 skipped += 1;
                 continue;
             };
-            by_aor.entry(r.aor.clone()).or_default().push(Binding::restored(
-                r.uri, r.params, r.expires_at, r.call_id, r.cseq, peer,
-            ));
+            by_aor
+                .entry(r.aor.clone())
+                .or_default()
+                .push(Binding::restored(
+                    r.uri,
+                    r.params,
+                    r.expires_at,
+                    r.call_id,
+                    r.cseq,
+                    peer,
+                ));
         }
         let (aors, contacts) = (by_aor.len(), by_aor.values().map(Vec::len).sum::<usize>());
         for (aor, list) in by_aor {

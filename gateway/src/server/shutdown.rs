@@ -14,8 +14,8 @@
 
 use super::{Core, Gateway};
 use crate::sip::message::{self, Method, Request};
-use rsip::headers::UntypedHeader as _;
 use crate::sip::transaction::{State, TransactionKey};
+use rsip::headers::UntypedHeader as _;
 use statebus::DeviceState;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -29,10 +29,7 @@ const BYE_WAIT_CAP: Duration = Duration::from_secs(5);
 /// A request to the core from the [`Gateway`] handle.
 pub(super) enum Control {
     /// Refuse new calls (503) from now on; the drain ends at `until` at the latest.
-    Drain {
-        until: Instant,
-        retry_after: u32,
-    },
+    Drain { until: Instant, retry_after: u32 },
     /// End every call, write every record, stop.
     Finish(oneshot::Sender<FinishReport>),
 }
@@ -148,9 +145,10 @@ impl Core {
         };
         info!(caller = %crate::b2bua::caller_user(req), "shutdown: new call refused (503)");
         let mut r = message::response_for(req, 503, "Service Unavailable");
-        r.headers.push(rsip::Header::RetryAfter(
-            rsip::headers::RetryAfter::new(retry_after.to_string()),
-        ));
+        r.headers
+            .push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::new(
+                retry_after.to_string(),
+            )));
         let _ = self.tl.send_response(key, r, now);
         true
     }
