@@ -797,6 +797,8 @@ impl Loaded {
             device_prefix: (a.device_prefix.clone())
                 .or_else(|| self.config.gateway.as_ref()?.device_prefix.clone())
                 .unwrap_or_else(|| "PJSIP/".into()),
+            unheard_unavailable: site_gateway.is_some()
+                || self.config.statebus.backend == Backend::Xmpp,
         })
     }
 

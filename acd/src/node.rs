@@ -108,6 +108,10 @@ pub struct NodeConfig {
     pub offer_provisional_timeout: Duration,
     /// Device (interface) name of a user: `<device_prefix><user>` (Asterisk: `PJSIP/`).
     pub device_prefix: String,
+    /// A member whose device state was never heard of reads UNAVAILABLE. True whenever the
+    /// node has a source of device state (a gateway in the process, or the XMPP fabric);
+    /// false for a lone node on the in-process bus, which keeps app_queue's UNKNOWN = available.
+    pub unheard_unavailable: bool,
 }
 
 /// One queue's figures, for supervisors and reports.
@@ -235,7 +239,7 @@ impl AcdNode {
             .map(|k| crate::engine::normalize_key(k))
             .collect();
         for key in engine.unheard_devices() {
-            if !heard.contains(&key) {
+            if cfg.unheard_unavailable && !heard.contains(&key) {
                 engine.device_state(now, &key, DeviceState::Unavailable);
             }
         }
