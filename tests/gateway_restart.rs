@@ -12,7 +12,7 @@ use std::time::Duration;
 use integration::baresip::{AudioSource, Baresip, BaresipOptions};
 use integration::free_udp_port;
 use integration::gateway::{GatewayProcess, GatewaySpec};
-use integration::phones::{assert_passes, caller, uac_scenario};
+use integration::phones::{assert_passes, caller, scenario, uac_scenario};
 use integration::sipp::run_scenario;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -178,6 +178,52 @@ listen = "127.0.0.1:0"
         "{}",
         gw.diag()
     );
+    // A call to the dead phone, given up by the caller before anything rings: the device's
+    // state is re-derived when the call ends, and must not read NOT_INUSE (its restored contact
+    // has not answered a qualify).
+    let text = std::fs::read_to_string(scenario("call_uac_cancel.xml")).expect("read scenario");
+    let early = "  <recv response=\"100\" optional=\"true\"/>\n  <recv response=\"180\"/>";
+    assert!(
+        text.contains(early) && text.contains("branch=[branch-4]"),
+        "call_uac_cancel.xml changed"
+    );
+    let cancel = gw.dir().join("call_uac_cancel_early.xml");
+    // One recv fewer before the CANCEL: its branch (the INVITE's) is one message less back.
+    let text = text
+        .replace(early, "  <recv response=\"100\"/>")
+        .replace("branch=[branch-4]", "branch=[branch-3]");
+    std::fs::write(&cancel, text).expect("write scenario");
+    let out = run_scenario(&cancel, gw.udp, caller("1001", "2003")).expect("run sipp");
+    assert_passes(&gw, &out, "call to the dead phone, cancelled");
+    gw.seen_since(mark, "DEVICE PJSIP/2003 RINGING", WAIT);
+    gw.drain();
+    let ringing = gw
+        .history
+        .iter()
+        .skip(mark)
+        .position(|l| l.trim() == "DEVICE PJSIP/2003 RINGING")
+        .map(|i| i + mark)
+        .expect("the RINGING line");
+    let next = match gw
+        .history
+        .iter()
+        .skip(ringing + 1)
+        .find(|l| l.starts_with("DEVICE PJSIP/2003 "))
+    {
+        Some(l) => l.trim().to_owned(),
+        None => gw.wait_for(WAIT, "2003's state after the call", |l| {
+            l.starts_with("DEVICE PJSIP/2003 ")
+        }),
+    };
+    assert_eq!(next, "DEVICE PJSIP/2003 UNAVAILABLE", "{}", gw.diag());
+    assert!(
+        gw.history
+            .iter()
+            .skip(mark)
+            .all(|l| l.trim() != "DEVICE PJSIP/2003 NOT_INUSE"),
+        "{}",
+        gw.diag()
+    );
     let devices = api(&mut gw, "/devices");
     assert_eq!(devices["PJSIP/2003"], "UNAVAILABLE", "{devices}");
     assert!(available(&mut gw, "PJSIP/2001"), "{}", gw.diag());
@@ -187,7 +233,13 @@ listen = "127.0.0.1:0"
     let out =
         run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "2002")).expect("run sipp");
     assert_passes(&gw, &out, "call to 2002 after the restart");
-    let ended = gw.call_ended(WAIT);
+    // (The cancelled call to 2003 ends when its INVITE to the dead contact times out.)
+    let ended = loop {
+        let e = gw.call_ended(WAIT);
+        if e.reason != "no-answer" {
+            break e;
+        }
+    };
     assert!(ended.num("b_in") > 50, "2002's audio: {}", ended.line);
 
     // A queue call: 2003 comes first in linear order but is UNAVAILABLE: never offered.
