@@ -268,3 +268,52 @@ listen = "127.0.0.1:0"
     assert_eq!(stored(&gw), before);
     drop((p2001, p2002));
 }
+
+/// A phone registered over TCP: its connection dies with the gateway. After the restart the
+/// gateway reaches the restored contact over a new TCP connection to the Contact address
+/// (baresip listens there): qualified back to NOT_INUSE and a call reaches it.
+#[test]
+fn tcp_phone_is_reached_over_a_new_connection_after_a_restart() {
+    let mut spec = GatewaySpec::new("site-r", &["1001", "2001"]);
+    spec.qualify_interval_secs = 1.0;
+    let mut gw = GatewayProcess::start(binary(), spec);
+    let mark0 = gw.mark();
+    let p2001 = Baresip::start_with(
+        "2001",
+        "secret",
+        &gw.tcp.to_string(),
+        3600,
+        "tcp",
+        &BaresipOptions {
+            audio_source: AudioSource::Sine(600),
+            dump_audio: false,
+            sip_trace: true,
+        },
+    )
+    .expect("start baresip");
+    gw.seen_since(mark0, "DEVICE PJSIP/2001 NOT_INUSE", WAIT);
+    let deadline = std::time::Instant::now() + WAIT;
+    let before = loop {
+        let rows = stored(&gw);
+        if !rows.is_empty() || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    gw.restart();
+    let mark = gw.mark();
+    gw.seen_since(mark, "DEVICE PJSIP/2001 NOT_INUSE", WAIT);
+    let out =
+        run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "2001")).expect("run sipp");
+    assert_passes(&gw, &out, "call to the TCP phone after the restart");
+    let ended = gw.call_ended(WAIT);
+    assert!(ended.num("b_in") > 50, "2001's audio: {}", ended.line);
+    assert_eq!(
+        stored(&gw),
+        before,
+        "the phone did not register again\n{}",
+        p2001.log()
+    );
+}
