@@ -629,7 +629,7 @@ async fn graceful_shutdown(
     if let Some(n) = node {
         match n.finish().await {
             Some(r) => println!(
-                "SHUTDOWN acd finished callers={} byes_unanswered={} queue_log_rows={}",
+                "SHUTDOWN acd finished callers={} byes_unanswered={} queue_log_writes_awaited={}",
                 r.callers_ended, r.byes_unanswered, r.rows_written
             ),
             None => println!("SHUTDOWN acd had stopped"),
@@ -638,7 +638,7 @@ async fn graceful_shutdown(
     if let Some(g) = gw {
         match g.finish().await {
             Some(r) => println!(
-                "SHUTDOWN gateway finished calls={} byes_unanswered={} cdrs={}",
+                "SHUTDOWN gateway finished calls={} byes_unanswered={} cdr_writes_awaited={}",
                 r.calls_ended, r.byes_unanswered, r.cdrs_written
             ),
             None => println!("SHUTDOWN gateway had stopped"),

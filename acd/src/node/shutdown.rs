@@ -1,7 +1,8 @@
 //! Graceful shutdown of an ACD node, driven by the binary (see `src/main.rs`):
 //!
 //! 1. **Drain** ([`AcdNode::drain`]): new callers are refused with `503` and `Retry-After`;
-//!    waiting callers stay queued and are still offered to agents; connected calls go on.
+//!    waiting callers stay queued (a draining gateway refuses the offers, as it refuses every
+//!    new INVITE, so in `site` mode they wait); connected calls go on.
 //! 2. **Finish** ([`AcdNode::finish`]): every caller left is hung up (BYE). A connected one
 //!    ends as a caller hang-up does (COMPLETECALLER, the agent gets a BYE too); a waiting one
 //!    leaves the queue (ABANDON; ringing offers cancelled). The BYEs are given until they are

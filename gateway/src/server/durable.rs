@@ -253,8 +253,7 @@ impl Core {
             let dev = self.device_key(&aor);
             self.refresh_device(&dev);
         }
-        self.persist(&aor);
-        let seq = self.durable.next_seq - 1;
+        let seq = self.persist(&aor);
         self.durable.held.push((seq, key, resp));
     }
 

@@ -192,6 +192,13 @@ impl Core {
         }
         info!(pending = f.report.cdrs_written, "shutdown: CDRs written");
         self.durable.flush().await;
+        // REGISTERs whose 200 OK waited for that commit get it now.
+        while let Ok(seq) = self.durable.committed.try_recv() {
+            self.committed(seq);
+        }
+        while let Some(t) = self.tl.poll_transmit() {
+            self.transmit(t).await;
+        }
         info!("shutdown: registrations stored");
         let keys: Vec<String> = self
             .published
