@@ -18,7 +18,7 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
 }
 
-fn site(database: Option<String>) -> GatewayProcess {
+fn site(database: Option<String>, drain_secs: u32) -> GatewayProcess {
     let acd_port = free_udp_port();
     let mut spec = GatewaySpec::new("site-s", &["1001", "1002", "2001", "2002"]);
     spec.command = "site".into();
@@ -43,7 +43,7 @@ retry = 1
 members = ["PJSIP/2001"]
 
 [shutdown]
-drain_secs = 3
+drain_secs = {drain_secs}
 retry_after_secs = 7
 "#
     );
@@ -75,8 +75,9 @@ fn waiting_caller(gw: &GatewayProcess, user: &str, dial: &str) -> SippProcess {
     .expect("start the calling SIPp")
 }
 
-fn sigterm_during_two_calls(database: Option<String>) {
-    let mut gw = site(database.clone());
+/// `second_signal`: the drain is long (120 s) and a SIGINT after the SIGTERM ends it at once.
+fn sigterm_during_two_calls(database: Option<String>, second_signal: bool) {
+    let mut gw = site(database.clone(), if second_signal { 120 } else { 3 });
     let mut agent = answering_phone(&mut gw, "2001", "call_uas.xml", 1);
     gw.device("2001", "NOT_INUSE", WAIT);
     let mut callee = answering_phone(&mut gw, "2002", "call_uas.xml", 1);
@@ -102,7 +103,17 @@ fn sigterm_during_two_calls(database: Option<String>) {
     .expect("run sipp");
     assert_passes(&gw, &refused, "a new call during the drain gets 503");
 
-    let status = gw.wait_exit(Duration::from_secs(60));
+    let over = if second_signal {
+        gw.signal("INT");
+        gw.wait_for(WAIT, "the second SHUTDOWN line", |l| {
+            l.starts_with("SHUTDOWN SIGINT again: drain ended")
+        });
+        "SHUTDOWN SIGINT again"
+    } else {
+        "SHUTDOWN drain time over with"
+    };
+    // Well within the 120 s drain when a second signal ended it.
+    let status = gw.wait_exit(Duration::from_secs(if second_signal { 30 } else { 60 }));
     assert!(
         status.is_some_and(|s| s.success()),
         "callfabric exits 0 after the drain: {status:?}\n{}",
@@ -119,7 +130,7 @@ fn sigterm_during_two_calls(database: Option<String>) {
     }
     let h = gw.history.join("\n");
     for want in [
-        "SHUTDOWN drain time over with",
+        over,
         "SHUTDOWN acd finished callers=1 byes_unanswered=0",
         "SHUTDOWN gateway finished",
         "SHUTDOWN done",
@@ -163,11 +174,16 @@ fn sigterm_during_two_calls(database: Option<String>) {
 
 #[test]
 fn sigterm_during_two_calls_sqlite() {
-    sigterm_during_two_calls(None);
+    sigterm_during_two_calls(None, false);
+}
+
+#[test]
+fn second_signal_ends_the_drain_and_the_records_are_still_written() {
+    sigterm_during_two_calls(None, true);
 }
 
 #[test]
 fn sigterm_during_two_calls_postgresql() {
     let pg = integration::postgres::Postgres::start().expect("start PostgreSQL");
-    sigterm_during_two_calls(Some(pg.url()));
+    sigterm_during_two_calls(Some(pg.url()), false);
 }
