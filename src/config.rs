@@ -23,6 +23,26 @@ pub struct Config {
     pub acd: Option<AcdSection>,
     /// The status API (JSON over HTTP) of a gateway, ACD or site.
     pub http: Option<HttpSection>,
+    /// Graceful shutdown on SIGINT/SIGTERM (gateway, ACD, site).
+    #[serde(default)]
+    pub shutdown: ShutdownSection,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSection {
+    /// Calls in progress may go on this long after the first signal (default 30; 0: end them
+    /// at once). A second signal ends the drain at once.
+    pub drain_secs: Option<f64>,
+    /// `Retry-After` of the 503 that refuses new calls meanwhile (default 60).
+    pub retry_after_secs: Option<i64>,
+}
+
+/// The validated `[shutdown]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    pub drain: Duration,
+    pub retry_after: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -914,6 +934,8 @@ impl Loaded {
             device_prefix: (a.device_prefix.clone())
                 .or_else(|| self.config.gateway.as_ref()?.device_prefix.clone())
                 .unwrap_or_else(|| "PJSIP/".into()),
+            unheard_unavailable: site_gateway.is_some()
+                || self.config.statebus.backend == Backend::Xmpp,
         })
     }
 
@@ -941,6 +963,32 @@ impl Loaded {
                 )
             }),
         }
+    }
+
+    /// `[shutdown]`: drain 0 to 86400 s (default 30), Retry-After 1 to 86400 s (default 60).
+    pub fn shutdown(&self) -> Result<Shutdown> {
+        let s = &self.config.shutdown;
+        let drain = match s.drain_secs {
+            None => Duration::from_secs(30),
+            Some(x) if x.is_finite() && (0.0..=86_400.0).contains(&x) => Duration::from_secs_f64(x),
+            Some(x) => {
+                return Err(anyhow!(
+                    "{}: drain_secs = {x} is not a duration between 0 and 86400 seconds",
+                    self.at("shutdown", "drain_secs")
+                ))
+            }
+        };
+        let retry_after = match s.retry_after_secs {
+            None => 60,
+            Some(x) if (1..=86_400).contains(&x) => u32::try_from(x).unwrap_or(60),
+            Some(x) => {
+                return Err(anyhow!(
+                    "{}: retry_after_secs = {x} is not between 1 and 86400 seconds",
+                    self.at("shutdown", "retry_after_secs")
+                ))
+            }
+        };
+        Ok(Shutdown { drain, retry_after })
     }
 
     /// Map a statebus start error to the line that caused it.
@@ -1192,6 +1240,39 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn shutdown_section_is_validated_with_its_line() {
+        let d = load("[node]\nname = \"a\"\n").unwrap().shutdown().unwrap();
+        assert_eq!(d.drain, Duration::from_secs(30));
+        assert_eq!(d.retry_after, 60);
+        let ok = load("[node]\nname = \"a\"\n[shutdown]\ndrain_secs = 2.5\nretry_after_secs = 5\n")
+            .unwrap()
+            .shutdown()
+            .unwrap();
+        assert_eq!(ok.drain, Duration::from_millis(2500));
+        assert_eq!(ok.retry_after, 5);
+        for (line, msg) in [
+            ("drain_secs = -1", "drain_secs = -1"),
+            ("retry_after_secs = 0", "retry_after_secs = 0"),
+        ] {
+            let e = load(&format!("[node]\nname = \"a\"\n[shutdown]\n{line}\n"))
+                .unwrap()
+                .shutdown()
+                .err()
+                .unwrap_or_else(|| panic!("{line} accepted"))
+                .to_string();
+            assert!(
+                e.contains("site-a.toml:4:") && e.contains(msg),
+                "{line}: {e}"
+            );
+        }
+        let e = load("[node]\nname = \"a\"\n[shutdown]\ndrain = 3\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("site-a.toml:4:"), "{e}");
     }
 
     #[test]

@@ -156,6 +156,7 @@ fn main() -> Result<()> {
         return rt.block_on(devices(cmd, &url, &realm));
     }
     let http_listen = loaded.http()?;
+    let shutdown = loaded.shutdown()?;
     let xmpp_cfg = match loaded.config.statebus.backend {
         Backend::Xmpp => Some(loaded.xmpp_bus()?),
         Backend::Local => None,
@@ -192,11 +193,11 @@ fn main() -> Result<()> {
             } => publish(bus, xmpp, &devices, &mwi, hold).await,
             Cmd::Gateway { .. } => {
                 let cfg = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
-                run_gateway(cfg, None, bus, xmpp, http_listen).await
+                run_gateway(cfg, None, bus, xmpp, http_listen, shutdown).await
             }
             Cmd::Acd { .. } => {
                 let cfg = acd_cfg.ok_or_else(|| anyhow!("no acd configuration"))?;
-                run_gateway_or_acd(None, Some(cfg), bus, xmpp, http_listen).await
+                run_gateway_or_acd(None, Some(cfg), bus, xmpp, http_listen, shutdown).await
             }
             Cmd::Site { .. } => {
                 let mut gw = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
@@ -218,7 +219,7 @@ fn main() -> Result<()> {
                     register: None,
                     domain: None,
                 });
-                run_gateway(gw, Some(acd), bus, xmpp, http_listen).await
+                run_gateway(gw, Some(acd), bus, xmpp, http_listen, shutdown).await
             }
             Cmd::Devices { .. } => Ok(()),
         }
@@ -393,8 +394,9 @@ async fn run_gateway(
     bus: Arc<dyn Bus>,
     xmpp: Option<XmppBus>,
     http_listen: Option<std::net::SocketAddr>,
+    shutdown: config::Shutdown,
 ) -> Result<()> {
-    run_gateway_or_acd(Some(cfg), acd, bus, xmpp, http_listen).await
+    run_gateway_or_acd(Some(cfg), acd, bus, xmpp, http_listen, shutdown).await
 }
 
 /// Runs a gateway, an ACD node or both (site mode), printing one line per event on stdout:
@@ -406,7 +408,10 @@ async fn run_gateway_or_acd(
     bus: Arc<dyn Bus>,
     xmpp: Option<XmppBus>,
     http_listen: Option<std::net::SocketAddr>,
+    shutdown: config::Shutdown,
 ) -> Result<()> {
+    // SIGINT and SIGTERM are ours from here on: they start a graceful shutdown.
+    let mut signals = Signals::new()?;
     let mut rx = bus.subscribe();
     let gw = match cfg {
         Some(cfg) => Some(Arc::new(
@@ -509,12 +514,29 @@ async fn run_gateway_or_acd(
     // A status API that cannot listen is a fatal configuration error, reported after the
     // services are stopped.
     let mut result = Ok(());
+    let stop = async {
+        let sig = signals.next().await;
+        graceful_shutdown(sig, &mut signals, gw.as_deref(), node.as_deref(), shutdown).await
+    };
     tokio::select! {
         _ = print => {}
         _ = print_calls => {}
         _ = print_queue_log => {}
         r = api => result = r,
-        _ = tokio::signal::ctrl_c() => {}
+        _ = stop => {}
+    }
+    // Lines produced by the shutdown itself and not printed yet.
+    if let Some(rx) = queue_log.as_mut() {
+        while let Ok(ev) = rx.try_recv() {
+            if let acd::node::NodeEvent::QueueLog(l) = ev {
+                println!("QUEUELOG {l}");
+            }
+        }
+    }
+    if let Some(calls) = calls.as_mut() {
+        while let Ok(ev) = calls.try_recv() {
+            println!("{}", call_line(&ev));
+        }
     }
     if let Some(gw) = gw {
         gw.stop();
@@ -526,6 +548,104 @@ async fn run_gateway_or_acd(
         x.shutdown().await;
     }
     result
+}
+
+/// SIGINT and SIGTERM.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// The graceful shutdown (first signal): new calls refused (503 + Retry-After), the calls in
+/// progress given up to the drain time (a second signal ends it at once), then the ACD hangs
+/// up its callers (COMPLETECALLER / ABANDON written) and the gateway the calls left (BYE to
+/// both legs, CDRs written, registrations stored, device states withdrawn). A line on stdout
+/// (`SHUTDOWN …`) and in the log at each step.
+async fn graceful_shutdown(
+    sig: &str,
+    signals: &mut Signals,
+    gw: Option<&gateway::server::Gateway>,
+    node: Option<&acd::node::AcdNode>,
+    cfg: config::Shutdown,
+) {
+    let active = || gw.map_or(0, |g| g.active_calls()) + node.map_or(0, |n| n.active_calls());
+    let until = std::time::Instant::now() + cfg.drain;
+    println!(
+        "SHUTDOWN {sig}: draining {} calls, up to {:.1} s; new calls get 503",
+        active(),
+        cfg.drain.as_secs_f64()
+    );
+    tracing::info!(
+        signal = sig,
+        calls = active(),
+        drain_secs = cfg.drain.as_secs_f64(),
+        "shutdown requested"
+    );
+    if let Some(g) = gw {
+        g.drain(until, cfg.retry_after);
+    }
+    if let Some(n) = node {
+        n.drain(cfg.retry_after);
+    }
+    loop {
+        if active() == 0 {
+            println!("SHUTDOWN no call left");
+            break;
+        }
+        if std::time::Instant::now() >= until {
+            println!("SHUTDOWN drain time over with {} calls", active());
+            break;
+        }
+        tokio::select! {
+            s = signals.next() => {
+                println!("SHUTDOWN {s} again: drain ended, hanging up {} calls", active());
+                tracing::info!(signal = s, "shutdown: second signal, drain shortened");
+                if let Some(g) = gw {
+                    g.drain(std::time::Instant::now(), cfg.retry_after);
+                }
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    // The ACD first: its BYEs reach the phones through the gateway, which ends those calls
+    // as hang-ups; then the gateway ends whatever is left.
+    if let Some(n) = node {
+        match n.finish().await {
+            Some(r) => println!(
+                "SHUTDOWN acd finished callers={} byes_unanswered={} queue_log_writes_awaited={}",
+                r.callers_ended, r.byes_unanswered, r.rows_written
+            ),
+            None => println!("SHUTDOWN acd had stopped"),
+        }
+    }
+    if let Some(g) = gw {
+        match g.finish().await {
+            Some(r) => println!(
+                "SHUTDOWN gateway finished calls={} byes_unanswered={} cdr_writes_awaited={}",
+                r.calls_ended, r.byes_unanswered, r.cdrs_written
+            ),
+            None => println!("SHUTDOWN gateway had stopped"),
+        }
+    }
+    println!("SHUTDOWN done");
 }
 
 /// `CALL <n> ENDED <reason> a_in=… a_out=… …`: one line per ended call with the relay's

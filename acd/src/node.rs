@@ -10,6 +10,7 @@
 //! Not yet: transfers, several media streams, TCP towards gateways.
 
 mod media;
+mod shutdown;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -33,6 +34,7 @@ pub use crate::call::{NodeEvent, QueueReport};
 use crate::engine::{EngineConfig, EngineError, QueueLogEvent};
 use crate::reach::ReachConfig;
 use media::{BusFabric, RelayMedia};
+pub use shutdown::FinishReport;
 
 /// A gateway the node takes callers from and sends offers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,10 +87,18 @@ pub struct NodeConfig {
     pub offer_provisional_timeout: Duration,
     /// Device (interface) name of a user: `<device_prefix><user>` (Asterisk: `PJSIP/`).
     pub device_prefix: String,
+    /// A member whose device state was never heard of reads UNAVAILABLE. True whenever the
+    /// node has a source of device state (a gateway in the process, or the XMPP fabric);
+    /// false for a lone node on the in-process bus, which keeps app_queue's UNKNOWN = available.
+    pub unheard_unavailable: bool,
 }
 
 enum Command {
     Stats(tokio::sync::oneshot::Sender<Vec<QueueReport>>),
+    /// Graceful shutdown: refuse new callers (503, this Retry-After).
+    Drain(u32),
+    /// Graceful shutdown: hang up everyone, write the queue_log, stop.
+    Finish(tokio::sync::oneshot::Sender<FinishReport>),
 }
 
 /// Errors starting the node.
@@ -116,6 +126,8 @@ pub struct AcdNode {
     pub events: broadcast::Sender<NodeEvent>,
     commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
+    /// Callers in the node (for the shutdown's drain).
+    active: tokio::sync::watch::Receiver<usize>,
 }
 
 impl AcdNode {
@@ -180,8 +192,22 @@ impl AcdNode {
             now,
         )?;
         let bus_rx = bus.subscribe();
-        core.resync(bus.snapshot().devices, now);
+        let snapshot = bus.snapshot().devices;
+        let heard: std::collections::HashSet<String> =
+            snapshot.keys().map(|k| crate::engine::normalize_key(k)).collect();
+        core.resync(snapshot, now);
+        if cfg.unheard_unavailable {
+            // A member whose device state was never heard of reads UNAVAILABLE (app_queue
+            // would take UNKNOWN as available): not offered before its gateway says its phone
+            // is reachable.
+            for key in core.engine().unheard_devices() {
+                if !heard.contains(&key) {
+                    core.device_state(&key, statebus::DeviceState::Unavailable, now);
+                }
+            }
+        }
         let (node_events, _) = broadcast::channel(1024);
+        let (active_tx, active) = tokio::sync::watch::channel(0);
         let node = Node {
             tl: TransactionLayer::new(tx::Config {
                 t1: cfg.t1,
@@ -193,6 +219,9 @@ impl AcdNode {
             log,
             records,
             events: node_events.clone(),
+            active: active_tx,
+            writes: Vec::new(),
+            finish_reply: None,
         };
         let (commands, cmd_rx) = mpsc::channel(16);
         let task = tokio::spawn(node.run(events, bus_rx, cmd_rx, done_rx));
@@ -201,6 +230,7 @@ impl AcdNode {
             events: node_events,
             commands,
             task,
+            active,
         })
     }
 
@@ -232,6 +262,12 @@ struct Node {
     log: Option<std::fs::File>,
     records: Option<crate::queue_log::QueueLogStore>,
     events: broadcast::Sender<NodeEvent>,
+    /// Callers now, for the handle.
+    active: tokio::sync::watch::Sender<usize>,
+    /// queue_log row writes in flight (awaited by the shutdown's finish).
+    writes: Vec<tokio::task::JoinHandle<()>>,
+    /// The finish's reply, once asked for.
+    finish_reply: Option<tokio::sync::oneshot::Sender<FinishReport>>,
 }
 
 impl Node {
@@ -273,9 +309,17 @@ impl Node {
                     Command::Stats(reply) => {
                         let _ = reply.send(self.core.report());
                     }
+                    Command::Drain(retry_after) => self.core.drain(retry_after),
+                    Command::Finish(done) => {
+                        self.finish_reply = Some(done);
+                        self.core.finish(Instant::now());
+                    }
                 },
             }
             self.drain().await;
+            if self.shutdown_step().await {
+                break;
+            }
         }
     }
 
@@ -333,11 +377,11 @@ impl Node {
                 event: ev.event.to_owned(),
                 data: ev.data.clone(),
             };
-            tokio::spawn(async move {
+            self.writes.push(tokio::spawn(async move {
                 if let Err(e) = store.insert(&row).await {
                     warn!(error = %e, "queue_log row not written");
                 }
-            });
+            }));
         }
         let _ = self.events.send(NodeEvent::QueueLog(line));
     }

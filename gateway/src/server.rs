@@ -19,6 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
+mod durable;
+mod shutdown;
+pub use shutdown::FinishReport;
+
 /// Everything the gateway needs; built by the binary from its config file.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -428,6 +432,8 @@ pub struct Gateway {
     reloader: tokio::task::JoinHandle<()>,
     /// Resolvers of trunks named by a domain.
     dns_tasks: Vec<tokio::task::JoinHandle<()>>,
+    control: tokio::sync::mpsc::UnboundedSender<shutdown::Control>,
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Gateway {
@@ -520,7 +526,12 @@ impl Gateway {
         }
         let moh_sources = cfg.moh.clone();
         let device_prefix = cfg.device_prefix.clone();
+        let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let core = Core {
+            durable: durable::Durable::start(records.clone(), cfg.node.clone()),
+            shutdown: shutdown::ShutdownState::default(),
+            active: active.clone(),
             cfg,
             bus,
             transports,
@@ -553,7 +564,7 @@ impl Gateway {
             records,
             refused: 0,
         };
-        let task = tokio::spawn(core.run(events));
+        let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             local,
             events: gw_events,
@@ -562,6 +573,8 @@ impl Gateway {
             task,
             reloader,
             dns_tasks,
+            control,
+            active,
         })
     }
 
@@ -628,6 +641,12 @@ struct Core {
     refused: u64,
     /// Linked id → the agent device whose answered call with that linked id has ended.
     linked_agents: LinkedAgents,
+    /// Durable registrations (`server/durable.rs`).
+    durable: durable::Durable,
+    /// Graceful shutdown (`server/shutdown.rs`).
+    shutdown: shutdown::ShutdownState,
+    /// Calls in progress, for the handle.
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
@@ -660,7 +679,12 @@ impl LinkedAgents {
 }
 
 impl Core {
-    async fn run(mut self, mut events: tokio::sync::mpsc::Receiver<TransportEvent>) {
+    async fn run(
+        mut self,
+        mut events: tokio::sync::mpsc::Receiver<TransportEvent>,
+        mut control: tokio::sync::mpsc::UnboundedReceiver<shutdown::Control>,
+    ) {
+        self.restore_bindings().await;
         // Restart truth: until a device has a reachable contact it reads UNAVAILABLE, whatever
         // an earlier run of this gateway announced before it crashed.
         for user in self.devices.usernames() {
@@ -685,12 +709,20 @@ impl Core {
                     self.b2bua.handle_timeout(&mut self.media, now);
                 }
                 _ = housekeeping.tick() => {
-                    self.registrar.expire(SystemTime::now());
+                    for aor in self.registrar.expire(SystemTime::now()) {
+                        self.persist(&aor);
+                    }
                     self.register_outbound(None);
                 }
                 _ = qualify.tick() => self.qualify_all(),
+                Some(seq) = self.durable.committed.recv() => self.committed(seq),
+                Some(c) = control.recv() => self.on_control(c),
             }
             self.drain().await;
+            if self.shutdown_step().await {
+                info!("shutdown: gateway stopped");
+                break;
+            }
         }
     }
 
@@ -902,13 +934,13 @@ impl Core {
     }
 
     /// Stores a CDR off the call path (a failed write is logged).
-    fn write_cdr(&self, cdr: crate::records::Cdr) {
+    fn write_cdr(&mut self, cdr: crate::records::Cdr) {
         let store = self.records.clone();
-        tokio::spawn(async move {
+        self.shutdown.writes.push(tokio::spawn(async move {
             if let Err(e) = store.insert_cdr(&cdr).await {
                 warn!(error = %e, "CDR not written");
             }
-        });
+        }));
     }
 
     fn on_tx_event(&mut self, ev: tx::Event<Peer>) {
@@ -945,7 +977,9 @@ impl Core {
                     return;
                 }
                 let resp = self.handle_request(&request, source);
-                if let Err(e) = self.tl.send_response(&key, resp, now) {
+                if request.method == Method::Register {
+                    self.respond_register(key, &request, resp);
+                } else if let Err(e) = self.tl.send_response(&key, resp, now) {
                     debug!(error = %e, "response not sent");
                 }
             }
@@ -1020,6 +1054,9 @@ impl Core {
                 }
             }
         };
+        if self.refused_while_draining(&key, &req, now) {
+            return;
+        }
         let mut target = self.route(&req, &source);
         // The arbiter against double offering and ghost calls: an ACD's offer (X-CF-Offer)
         // that arrives after its deadline is refused (480 + Reason: the ACD gave up, nobody
@@ -1371,6 +1408,9 @@ impl Core {
     fn qualified(&mut self, aor: &str, contact: &str, ok: bool) {
         if !self.registrar.is_registered(aor) {
             return;
+        }
+        if ok {
+            self.durable.verified(aor, contact);
         }
         let marks = self.reachable.entry(aor.to_owned()).or_default();
         let before = marks.insert(contact.to_owned(), ok);

@@ -105,6 +105,37 @@ pub struct GatewayProcess {
     pub spec: GatewaySpec,
     /// History index after the last CALL line [`call_ended`](Self::call_ended) returned.
     call_cursor: usize,
+    binary: PathBuf,
+}
+
+/// Starts `callfabric <command> --config <config>` with stdout read line by line.
+fn spawn(binary: &Path, command: &str, config: &Path, dir: &Path) -> (Child, Receiver<String>) {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.stderr"))
+        .expect("stderr file");
+    let mut child = Command::new(binary)
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start callfabric gateway");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
 }
 
 /// The `callfabric` binary next to the test executables (`target/<profile>/callfabric`).
@@ -173,27 +204,7 @@ t1_ms = 100
         for (user, password) in &spec.devices {
             devices_add(binary, &config, user, password);
         }
-        let stderr = std::fs::File::create(dir.path().join("gateway.stderr")).expect("stderr file");
-        let mut child = Command::new(binary)
-            .arg(&spec.command)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start callfabric gateway");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = spawn(binary, &spec.command, &config, dir.path());
         let mut gw = GatewayProcess {
             child,
             lines,
@@ -204,12 +215,20 @@ t1_ms = 100
             tcp,
             spec,
             call_cursor: 0,
+            binary: binary.to_path_buf(),
         };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let (udp, tcp) = (self.udp, self.tcp);
+        let gw = self;
         if gw.spec.command == "acd" {
             gw.wait_for(Duration::from_secs(30), "the acd ready line", |l| {
                 l.starts_with("acd ready")
             });
-            return gw;
+            return;
         }
         let ready = gw.wait_for(Duration::from_secs(30), "the ready line", |l| {
             l.starts_with("gateway ready")
@@ -218,7 +237,54 @@ t1_ms = 100
             ready.contains(&udp.to_string()) && ready.contains(&tcp.to_string()),
             "ready line {ready:?} does not name udp={udp} tcp={tcp}"
         );
-        gw
+    }
+
+    /// Kills the process (SIGKILL: no shutdown of any kind) and starts it again on the same
+    /// config, database and ports; waits for its ready line. The stdout history goes on (a
+    /// `--- restart ---` line marks the point).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.drain();
+        self.history.push("--- restart ---".into());
+        self.call_cursor = self.history.len();
+        let (child, lines) = spawn(
+            &self.binary,
+            &self.spec.command,
+            &self.config,
+            self.dir.path(),
+        );
+        self.child = child;
+        self.lines = lines;
+        self.wait_ready();
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{signal} {} failed", self.child.id());
+    }
+
+    /// Waits for the process to exit by itself (reading its stdout meanwhile); its status, or
+    /// `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            if let Ok(Some(st)) = self.child.try_wait() {
+                // The reader thread may still hold lines printed just before the exit.
+                let _ = self.lines_until(Instant::now() + Duration::from_millis(300));
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The private directory (config, database, logs).

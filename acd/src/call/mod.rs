@@ -37,7 +37,9 @@
 
 mod announce;
 mod late;
+mod shutdown;
 pub use late::MAX_ABANDONED;
+pub use shutdown::{FinishReport, BYE_WAIT_CAP};
 #[cfg(test)]
 mod tests;
 
@@ -375,6 +377,8 @@ pub struct CallControl<M, F> {
     next_id: u64,
     next_leg: u64,
     out: VecDeque<Output>,
+    /// Graceful shutdown (`shutdown.rs`).
+    shutdown: shutdown::Shutdown,
 }
 
 impl<M: Media, F: Fabric> CallControl<M, F> {
@@ -411,6 +415,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             next_id: 1,
             next_leg: 1,
             out: VecDeque::new(),
+            shutdown: shutdown::Shutdown::default(),
         })
     }
 
@@ -466,6 +471,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             .poll_timeout()
             .and_then(|t| self.epoch.checked_add(t)));
         min(self.reach.poll_timeout());
+        min(self.shutdown_timeout());
         for c in self.callers.values() {
             min(c.ok.as_ref().map(|o| o.next.min(o.deadline)));
             min(c.hangup_at);
@@ -493,6 +499,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         self.announce_due(now);
         self.offers_unanswered(now);
         self.forget_cancelled(now);
+        self.shutdown_timer(now);
         if now >= self.next_targets {
             self.refresh_targets(now);
         }
@@ -698,6 +705,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
     // ------------------------------------------------------------------ SIP events
 
     fn on_tx_event(&mut self, ev: tx::Event<Peer>, now: Instant) {
+        self.shutdown_tx_event(&ev);
         match ev {
             tx::Event::Request {
                 key,
@@ -768,6 +776,9 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         if !self.cfg.gateways.contains(&source.addr) {
             warn!(source = %source.addr, "INVITE from an unknown peer refused");
             return self.reply(&key, &req, 403);
+        }
+        if self.refused_while_draining(&key, &req) {
+            return;
         }
         let number = req
             .uri

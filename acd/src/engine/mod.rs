@@ -308,6 +308,21 @@ impl Engine {
         Some(self.member_available(q, mi))
     }
 
+    /// Members' device keys (normalised) whose state was never reported: still UNKNOWN.
+    pub fn unheard_devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .device_by_key
+            .iter()
+            .filter(|(_, d)| {
+                self.devices[**d].state == DeviceState::Unknown
+                    && !self.devices[**d].agents.is_empty()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Names of all queues.
     pub fn queue_names(&self) -> impl Iterator<Item = &str> {
         self.queues.iter().map(|q| q.cfg.name.as_str())

@@ -29,6 +29,7 @@ pub mod fork;
 pub mod hold;
 mod linked;
 mod reliable;
+mod shutdown;
 pub mod timers;
 
 use linked::{linked_of, offer_of};

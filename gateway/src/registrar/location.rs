@@ -27,6 +27,27 @@ pub struct Binding<S> {
 }
 
 impl<S> Binding<S> {
+    /// A binding as stored earlier (durable registrations): its comparison key is derived
+    /// from `uri`.
+    pub fn restored(
+        uri: String,
+        params: String,
+        expires_at: SystemTime,
+        call_id: String,
+        cseq: u32,
+        source: S,
+    ) -> Self {
+        Binding {
+            key: contact_key(&uri),
+            uri,
+            params,
+            expires_at,
+            call_id,
+            cseq,
+            source,
+        }
+    }
+
     /// Seconds left at `now` (0 once lapsed), rounded up.
     pub fn remaining(&self, now: SystemTime) -> u32 {
         match self.expires_at.duration_since(now) {

@@ -33,6 +33,7 @@ pub mod client;
 pub mod credentials;
 pub use sip_core::digest;
 pub mod location;
+pub mod store;
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -182,6 +183,15 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             Some(aor) => self.location.get(&aor),
             None => &[],
         }
+    }
+
+    /// Puts back the bindings of `aor` (canonical) read from durable storage after a restart,
+    /// replacing any it has; those lapsed at `now` are dropped. No event is queued: the caller
+    /// decides what a restored binding means for device state (it is not qualified yet).
+    pub fn restore(&mut self, aor: &str, mut bindings: Vec<Binding<S>>, now: SystemTime) {
+        bindings.retain(|b| b.expires_at > now);
+        bindings.truncate(self.config.max_bindings_per_aor.max(1));
+        self.location.set(aor, bindings);
     }
 
     /// The next event, if any.

@@ -1,0 +1,338 @@
+//! Durable registrations, the gateway side: restore on start, group-committed writes.
+//!
+//! **The bound.** A REGISTER that changes an AOR's bindings gets its 200 OK only once the new
+//! binding set is committed to the device database, so a gateway killed (even `kill -9`) right
+//! after a phone saw its 200 OK still has the binding when it starts again. The writes do not
+//! serialise the REGISTER path: the core hands the AOR's rows to a writer task and goes on;
+//! the writer commits everything that queued up meanwhile in one transaction (one fsync on
+//! SQLite however many REGISTERs it covers) and tells the core how far it got; the held 200s
+//! go out then. The cost per REGISTER is the commit latency (SQLite: one fsync, shared), not
+//! throughput. If the database fails, the 200 is sent anyway (the binding lives in memory; a
+//! restart loses it) and the failure is logged and counted: phones keep working through a
+//! database outage, as the device cache does.
+//!
+//! **On start** the gateway's own rows (by node name) still valid are put back with their
+//! absolute expiry; expired ones are deleted. A restored contact is not trusted until it
+//! answers an OPTIONS qualify (sent at once): until then its device reads UNAVAILABLE, so a
+//! phone that never came back is never offered a call. Calls dialled to it are still routed to
+//! the contact. A phone that re-registers is trusted at once.
+//!
+//! **TCP contacts.** The connection a TCP phone registered over is gone after a restart. The
+//! restored binding is reached over a *new* TCP connection to the address in its Contact URI
+//! (host:port, default 5060); a phone listening there answers the qualify and is back, one
+//! that only accepts its own outbound connection (behind a NAT) stays UNAVAILABLE until it
+//! re-registers, which it does when its connection drops (RFC 5626 phones at once, others at
+//! their next refresh).
+
+use super::{Core, Peer};
+use crate::registrar::store::{BindingBatch, StoredBinding};
+use crate::registrar::Binding;
+use crate::sip::message::{self, Request, Response};
+use crate::sip::transaction::TransactionKey;
+use crate::transport::{self, ConnectionId};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+/// A TCP connection id no live connection has: sends fall back to a new connection.
+const GONE: ConnectionId = ConnectionId(u64::MAX);
+
+/// Most binding sets written in one transaction.
+const MAX_BATCH: usize = 512;
+
+pub(super) enum WriteCmd {
+    /// The binding set of an AOR changed; `seq` numbers the write.
+    Save(u64, String, Vec<StoredBinding>),
+    /// Answer once everything sent before is committed (shutdown).
+    Flush(oneshot::Sender<()>),
+}
+
+/// The core's half: sequence numbers, held 200 OKs, the channels.
+pub(super) struct Durable {
+    pub(super) to_writer: mpsc::UnboundedSender<WriteCmd>,
+    pub(super) committed: mpsc::UnboundedReceiver<u64>,
+    next_seq: u64,
+    held: Vec<(u64, TransactionKey, Response)>,
+    /// Restored AORs whose contact has not answered a qualify nor re-registered yet.
+    pub(super) restored: HashMap<String, std::collections::HashSet<String>>,
+}
+
+impl Durable {
+    /// A restored contact answered a qualify: trusted from now on.
+    pub(super) fn verified(&mut self, aor: &str, contact: &str) {
+        if let Some(p) = self.restored.get_mut(aor) {
+            p.remove(contact);
+            if p.is_empty() {
+                self.restored.remove(aor);
+            }
+        }
+    }
+
+    /// Starts the writer task for `node` on `store`.
+    pub(super) fn start(store: crate::devices::DeviceStore, node: String) -> Durable {
+        let (to_writer, mut rx) = mpsc::unbounded_channel::<WriteCmd>();
+        let (done, committed) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut failures = 0u64;
+            while let Some(first) = rx.recv().await {
+                let mut pending: HashMap<String, Vec<StoredBinding>> = HashMap::new();
+                let mut flushes = Vec::new();
+                let mut last = 0;
+                let mut next = Some(first);
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        WriteCmd::Save(seq, aor, rows) => {
+                            last = last.max(seq);
+                            pending.insert(aor, rows);
+                        }
+                        WriteCmd::Flush(tx) => flushes.push(tx),
+                    }
+                    if pending.len() < MAX_BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if !pending.is_empty() {
+                    let batch: BindingBatch = pending.into_iter().collect();
+                    if let Err(e) = store.save_bindings(&node, &batch).await {
+                        failures += 1;
+                        warn!(error = %e, aors = batch.len(), failures,
+                            "registrations not stored: they are lost if the gateway restarts");
+                    }
+                }
+                if last > 0 && done.send(last).is_err() {
+                    break;
+                }
+                for f in flushes {
+                    let _ = f.send(());
+                }
+            }
+        });
+        Durable {
+            to_writer,
+            committed,
+            next_seq: 1,
+            held: Vec::new(),
+            restored: Default::default(),
+        }
+    }
+
+    /// Queues the binding set of `aor`; returns its sequence number.
+    fn save(&mut self, aor: &str, rows: Vec<StoredBinding>) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let _ = self
+            .to_writer
+            .send(WriteCmd::Save(seq, aor.to_owned(), rows));
+        seq
+    }
+
+    /// Everything queued so far is committed.
+    pub(super) async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.to_writer.send(WriteCmd::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn stored(aor: &str, b: &Binding<Peer>) -> StoredBinding {
+    StoredBinding {
+        aor: aor.to_owned(),
+        uri: b.uri.clone(),
+        params: b.params.clone(),
+        expires_at: b.expires_at,
+        call_id: b.call_id.clone(),
+        cseq: b.cseq,
+        transport: if b.source.transport.is_reliable() {
+            "tcp"
+        } else {
+            "udp"
+        }
+        .into(),
+        source: b.source.addr.to_string(),
+        local: b.source.local.to_string(),
+    }
+}
+
+/// The peer to reach a restored binding through (see the module notes for TCP).
+fn restored_peer(b: &StoredBinding, locals: &transport::LocalAddrs) -> Option<Peer> {
+    let source: SocketAddr = b.source.parse().ok()?;
+    let tcp = b.transport == "tcp";
+    let listeners = if tcp { &locals.tcp } else { &locals.udp };
+    let local = b
+        .local
+        .parse()
+        .ok()
+        .filter(|l| listeners.contains(l))
+        .or_else(|| listeners.first().copied())?;
+    if !tcp {
+        return Some(Peer {
+            addr: source,
+            transport: transport::Transport::Udp,
+            local,
+        });
+    }
+    let uri = message::parse_uri(&b.uri)?;
+    let ip = match &uri.host_with_port.host {
+        rsip::Host::IpAddr(ip) => *ip,
+        rsip::Host::Domain(d) => d.to_string().parse().ok()?,
+    };
+    let port = uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060);
+    Some(Peer {
+        addr: SocketAddr::new(ip, port),
+        transport: transport::Transport::Tcp(GONE),
+        local,
+    })
+}
+
+impl Core {
+    /// Puts back this node's stored bindings (start-up). Their devices stay UNAVAILABLE until
+    /// the contact answers a qualify.
+    pub(super) async fn restore_bindings(&mut self) {
+        let now = SystemTime::now();
+        let rows = match self.records.load_bindings(&self.cfg.node, now).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "stored registrations not read: phones must register again");
+                return;
+            }
+        };
+        let locals = self.transports.local_addrs().clone();
+        let mut by_aor: HashMap<String, Vec<Binding<Peer>>> = HashMap::new();
+        let mut skipped = 0;
+        for r in rows {
+            let Some(peer) = restored_peer(&r, &locals) else {
+                skipped += 1;
+                continue;
+            };
+            by_aor
+                .entry(r.aor.clone())
+                .or_default()
+                .push(Binding::restored(
+                    r.uri,
+                    r.params,
+                    r.expires_at,
+                    r.call_id,
+                    r.cseq,
+                    peer,
+                ));
+        }
+        let (aors, contacts) = (by_aor.len(), by_aor.values().map(Vec::len).sum::<usize>());
+        for (aor, list) in by_aor {
+            self.registrar.restore(&aor, list, now);
+            if self.registrar.is_registered(&aor) {
+                // Each contact is not trusted until it answers a qualify (or registers again):
+                // marked failed meanwhile, so the device reads UNAVAILABLE and is not rung.
+                let keys: std::collections::HashSet<String> = (self.registrar.contacts(&aor))
+                    .iter()
+                    .map(|b| b.key.clone())
+                    .collect();
+                let marks = self.reachable.entry(aor.clone()).or_default();
+                for k in &keys {
+                    marks.insert(k.clone(), false);
+                }
+                self.durable.restored.insert(aor, keys);
+            }
+        }
+        info!(
+            aors,
+            contacts, skipped, "registrations restored; qualifying their contacts"
+        );
+    }
+
+    /// A REGISTER was answered `resp`: when it succeeded, its AOR's bindings are stored and the
+    /// 200 OK waits for the commit; anything else goes out at once.
+    pub(super) fn respond_register(&mut self, key: TransactionKey, req: &Request, resp: Response) {
+        let ok = resp.status_code.code() == 200;
+        let aor = ok
+            .then(|| {
+                req.headers.iter().find_map(|h| match h {
+                    rsip::Header::To(v) => Some(rsip::headers::UntypedHeader::value(v)),
+                    _ => None,
+                })
+            })
+            .flatten()
+            .and_then(crate::registrar::canonical_aor)
+            .map(|to| super::user_of(&to).to_owned())
+            .and_then(|user| {
+                crate::registrar::canonical_aor(&format!("sip:{user}@{}", self.cfg.realm))
+            });
+        let Some(aor) = aor else {
+            if let Err(e) = self.tl.send_response(&key, resp, Instant::now()) {
+                tracing::debug!(error = %e, "response not sent");
+            }
+            return;
+        };
+        self.registered_again(&aor, req);
+        let seq = self.persist(&aor);
+        self.durable.held.push((seq, key, resp));
+    }
+
+    /// The restored contacts of `aor` that this REGISTER just refreshed are back by
+    /// themselves: trusted as any fresh registration (the others still wait for a qualify).
+    fn registered_again(&mut self, aor: &str, req: &Request) {
+        let Some(pending) = self.durable.restored.get_mut(aor) else {
+            return;
+        };
+        let call_id = req.headers.iter().find_map(|h| match h {
+            rsip::Header::CallId(c) => Some(rsip::headers::UntypedHeader::value(c).trim()),
+            _ => None,
+        });
+        let cseq = req.headers.iter().find_map(|h| match h {
+            rsip::Header::CSeq(c) => rsip::headers::UntypedHeader::value(c)
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u32>().ok()),
+            _ => None,
+        });
+        let refreshed: Vec<String> = (self.registrar.contacts(aor))
+            .iter()
+            .filter(|b| Some(b.call_id.as_str()) == call_id && Some(b.cseq) == cseq)
+            .filter(|b| pending.remove(&b.key))
+            .map(|b| b.key.clone())
+            .collect();
+        if pending.is_empty() {
+            self.durable.restored.remove(aor);
+        }
+        if refreshed.is_empty() {
+            return;
+        }
+        if let Some(marks) = self.reachable.get_mut(aor) {
+            for k in &refreshed {
+                if marks.get(k) == Some(&false) {
+                    marks.remove(k);
+                }
+            }
+        }
+        let dev = self.device_key(aor);
+        self.refresh_device(&dev);
+    }
+
+    /// Queues the current binding set of `aor` for storage.
+    pub(super) fn persist(&mut self, aor: &str) -> u64 {
+        let rows = self
+            .registrar
+            .location()
+            .get(aor)
+            .iter()
+            .map(|b| stored(aor, b))
+            .collect();
+        self.durable.save(aor, rows)
+    }
+
+    /// The writer committed everything up to `seq`: the held 200 OKs go out.
+    pub(super) fn committed(&mut self, seq: u64) {
+        let now = Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.durable.held)
+            .into_iter()
+            .partition(|(s, _, _)| *s <= seq);
+        self.durable.held = keep;
+        for (_, key, resp) in due {
+            if let Err(e) = self.tl.send_response(&key, resp, now) {
+                tracing::debug!(error = %e, "REGISTER response not sent");
+            }
+        }
+    }
+}
