@@ -21,9 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ::media::audio;
 use ::media::{MediaRelay, RelayConfig};
-use sipnet::Peer;
 use rand::SeedableRng;
 use sip_core::transaction::{self as tx, TransactionLayer};
+use sipnet::Peer;
 use sipnet::{TransportConfig, TransportEvent, Transports};
 use statebus::{Bus, BusEvent, Change};
 use tokio::sync::{broadcast, mpsc};
@@ -193,8 +193,10 @@ impl AcdNode {
         )?;
         let bus_rx = bus.subscribe();
         let snapshot = bus.snapshot().devices;
-        let heard: std::collections::HashSet<String> =
-            snapshot.keys().map(|k| crate::engine::normalize_key(k)).collect();
+        let heard: std::collections::HashSet<String> = snapshot
+            .keys()
+            .map(|k| crate::engine::normalize_key(k))
+            .collect();
         core.resync(snapshot, now);
         if cfg.unheard_unavailable {
             // A member whose device state was never heard of reads UNAVAILABLE (app_queue

@@ -162,6 +162,8 @@ struct Rig {
     /// Keep-alives sent: when, to whom.
     probed: Vec<(Instant, SocketAddr)>,
     seq: u64,
+    /// The gateway no longer answers our BYEs.
+    byes_unanswered: bool,
 }
 
 fn queue(name: &str, members: &[&str]) -> QueueConfig {
@@ -229,6 +231,7 @@ impl Rig {
             probes: 0,
             probed: Vec::new(),
             seq: 0,
+            byes_unanswered: false,
         };
         rig.pump();
         rig
@@ -280,8 +283,8 @@ impl Rig {
                         }
                     }
                     SipMessage::Request(r) if r.method == Method::Bye => {
-                        // The gateway accepts our BYEs.
-                        if !t.retransmission {
+                        // The gateway accepts our BYEs (unless the test made it deaf).
+                        if !t.retransmission && !self.byes_unanswered {
                             let ok = message::response_for(&r, 200, "");
                             self.deliver(ok.into(), to);
                         }
@@ -1543,3 +1546,5 @@ fn a_member_that_comes_up_is_probed_at_once_not_at_the_next_refresh() {
         "the first keep-alive goes out with the member's first heartbeat"
     );
 }
+
+mod shutdown;
