@@ -303,3 +303,24 @@ fn best_final_follows_rfc_3261_16_7() {
     assert_eq!(best_final(&[(408, false), (480, true)]), Some(1));
     assert_eq!(best_final(&[(486, true), (480, true)]), Some(0));
 }
+
+#[test]
+fn shutdown_ends_a_forked_call_with_503_and_cancels_every_ringing_branch() {
+    let mut f = Fork::call(&[LIVE, DEAD, THIRD]);
+    f.respond(LIVE, 180, "a");
+    f.respond(DEAD, 180, "b");
+    let now = f.now;
+    assert_eq!(f.b2b.end_all("shutdown", 30, &mut f.media, now), 1);
+    let acts = f.actions();
+    assert_eq!(to_a(&acts), vec![503], "the caller gets 503");
+    let mut got = cancels(&acts);
+    got.sort_by_key(|k| k.to_string());
+    let mut want = vec![f.branch(LIVE).1, f.branch(DEAD).1];
+    want.sort_by_key(|k| k.to_string());
+    assert_eq!(got, want, "both ringing branches cancelled");
+    // The silent one rings only now: cancelled at once.
+    assert_eq!(
+        cancels(&f.respond(THIRD, 180, "c")),
+        vec![f.branch(THIRD).1]
+    );
+}
