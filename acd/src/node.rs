@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ::media::audio;
 use ::media::{MediaRelay, RelayConfig};
-use sipnet::Peer;
 use rand::SeedableRng;
 use sip_core::transaction::{self as tx, TransactionLayer};
+use sipnet::Peer;
 use sipnet::{TransportConfig, TransportEvent, Transports};
 use statebus::{Bus, BusEvent, Change};
 use tokio::sync::{broadcast, mpsc};
