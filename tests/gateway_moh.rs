@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use media::audio::prompts::tone;
-use media::audio::wav::{write_wav, WavEncoding};
-use media::audio::Codec;
 use integration::free_udp_port;
 use integration::gateway::{GatewayProcess, GatewaySpec};
 use integration::phones::{assert_passes, caller_ports, scenario};
 use integration::sipp::{run_scenario, SippOpts, SippProcess};
+use media::audio::prompts::tone;
+use media::audio::wav::{write_wav, WavEncoding};
+use media::audio::Codec;
 
 const STATE_TIMEOUT: Duration = Duration::from_secs(10);
 

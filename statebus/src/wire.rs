@@ -109,11 +109,20 @@ pub fn device_state_xml(eid: Eid, state: DeviceState, cachable: bool) -> String 
 }
 
 /// `<mailbox xmlns='http://asterisk.org' eid='…'><NEWMSGS>n</NEWMSGS><OLDMSGS>n</OLDMSGS></mailbox>`
+///
+/// Counts are clamped to `i32::MAX`: Asterisk reads them with `sscanf("%d")` into an `int`, and a
+/// larger count would read back negative (and be ignored, by Asterisk and by us).
 pub fn mwi_xml(eid: Eid, mwi: &Mwi) -> String {
     format!(
         "<mailbox xmlns='{NS_ASTERISK}' eid='{eid}'><NEWMSGS>{}</NEWMSGS><OLDMSGS>{}</OLDMSGS></mailbox>",
-        mwi.new, mwi.old
+        wire_count(mwi.new),
+        wire_count(mwi.old)
     )
+}
+
+/// A message count as Asterisk can read it back (an `int`).
+pub fn wire_count(n: u32) -> u32 {
+    n.min(i32::MAX as u32)
 }
 
 /// Our heartbeat payload (own namespace; Asterisk never sees it).

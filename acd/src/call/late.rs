@@ -7,11 +7,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use sipnet::Peer;
 use rsip::headers::UntypedHeader;
 use rsip::Header;
 use sip_core::dialog::Dialog;
 use sip_core::message::{Method, Request, Response};
+use sipnet::Peer;
 use tracing::warn;
 
 use super::{CallControl, Fabric, Media, Output};

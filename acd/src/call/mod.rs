@@ -47,7 +47,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use sipnet::Peer;
 use media::audio::Codec;
 use rand::rngs::StdRng;
 use rand::RngCore;
@@ -58,6 +57,7 @@ use sip_core::dialog::{self, Dialog};
 use sip_core::message::{self, Method, Request, Response, SipMessage};
 use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
 use sipnet as transport;
+use sipnet::Peer;
 use statebus::{DeviceState, Eid};
 use tracing::{debug, info, warn};
 
@@ -835,10 +835,9 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         self.next_id += 1;
         // The caller's id in the queue (queue_log's callid) is the call's linked id when its
         // gateway sent one (X-CF-Linkedid), so its queue_log lines and CDRs join.
-        let caller_id =
-            sip_core::offer::id_header(&req.headers, sip_core::offer::LINKED_HEADER)
-                .filter(|l| !self.callers.values().any(|c| c.id == *l))
-                .unwrap_or_else(|| format!("{}-{n}", self.cfg.caller_prefix));
+        let caller_id = sip_core::offer::id_header(&req.headers, sip_core::offer::LINKED_HEADER)
+            .filter(|l| !self.callers.values().any(|c| c.id == *l))
+            .unwrap_or_else(|| format!("{}-{n}", self.cfg.caller_prefix));
         if confirm.is_none() {
             let mut join = Join::new(caller_id.clone(), queue.clone());
             join.caller_number = from_user;

@@ -37,7 +37,9 @@ fn corpus_path() -> PathBuf {
     if let Some(dir) = std::env::var_os("CALLFABRIC_CORPORA") {
         return PathBuf::from(dir).join("rfc4475");
     }
+    // CARGO_MANIFEST_DIR is <repo>/gateway/sip.
     Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
         .join("..")
         .join("..")
         .join("shared")
