@@ -57,7 +57,7 @@ ringinuse = false
 /// registered as `user` by a second SIPp; waits until the device reads NOT_INUSE.
 fn agent(gw: &mut GatewayProcess, user: &str, calls: u32, within: Duration) -> SippProcess {
     let sip_port = free_udp_port();
-    let media_port = free_udp_port();
+    let media_port = integration::free_media_port_beside(sip_port);
     let uas = SippProcess::spawn(
         &scenario("call_uas.xml"),
         None,

@@ -85,6 +85,17 @@ pub fn free_udp_port() -> u16 {
     }
 }
 
+/// A free UDP port for a SIPp `-mp` whose media range (the port and the next three: audio and
+/// video, RTP and RTCP) stays clear of `sip_port`.
+pub fn free_media_port_beside(sip_port: u16) -> u16 {
+    loop {
+        let p = free_udp_port();
+        if !(p..p.saturating_add(4)).contains(&sip_port) && p <= 65530 {
+            return p;
+        }
+    }
+}
+
 /// Polls `f` every 10 ms until it returns true; errors after `timeout`, naming `what`.
 pub fn wait_until(
     timeout: Duration,

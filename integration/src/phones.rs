@@ -55,7 +55,7 @@ pub fn answering_phone(
     calls: u32,
 ) -> SippProcess {
     let sip_port = free_udp_port();
-    let media_port = free_udp_port();
+    let media_port = crate::free_media_port_beside(sip_port);
     let uas = SippProcess::spawn(
         &scenario(uas_scenario),
         None,

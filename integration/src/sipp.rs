@@ -190,11 +190,30 @@ impl SippProcess {
             .tempdir()
             .context("cannot create a temporary directory for SIPp")?;
         // A port free for the transport in use.
-        let local_port = opts.local_port.unwrap_or_else(|| match opts.transport {
-            SippTransport::Udp => free_udp_port(),
-            SippTransport::Tcp => crate::free_tcp_port(),
+        // SIPp binds its media on -mp .. -mp+3 (audio and video, RTP and RTCP): a SIP or
+        // control port picked (and released) before the media range was chosen may fall in it
+        // ("Unable to bind video RTP socket", seen in CI), so the picks avoid it.
+        let media = opts
+            .extra_args
+            .windows(2)
+            .find(|w| w[0] == "-mp")
+            .and_then(|w| w[1].parse::<u16>().ok());
+        let clashes = |p: u16| media.is_some_and(|m| (m..m.saturating_add(4)).contains(&p));
+        let local_port = opts.local_port.unwrap_or_else(|| loop {
+            let p = match opts.transport {
+                SippTransport::Udp => free_udp_port(),
+                SippTransport::Tcp => crate::free_tcp_port(),
+            };
+            if !clashes(p) {
+                break p;
+            }
         });
-        let ctrl_port = free_udp_port();
+        let ctrl_port = loop {
+            let p = free_udp_port();
+            if !clashes(p) && p != local_port {
+                break p;
+            }
+        };
         let timeout_secs = opts.timeout.as_secs().max(1);
 
         let mut args: Vec<String> = vec!["-sf".into(), scenario.display().to_string()];
