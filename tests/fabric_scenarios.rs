@@ -125,10 +125,13 @@ members = ["PJSIP/2001", "PJSIP/1002"]
     gw_b.kill();
     node.seen_since(mark_node, "DEVICE PJSIP/2001 UNAVAILABLE", WAIT);
     let took = killed.elapsed();
-    // The last heartbeat left at most one interval (0.5 s) before the kill; allow as much
-    // again for a loaded machine.
+    // The last heartbeat left about one interval (0.5 s) before the kill, but on a loaded machine
+    // a starved gateway's heartbeats come late (in a fresh-clone run under load the last one was
+    // heard 1.2 s before the kill). Half the TTL still tells expiry by the TTL from the ways a
+    // member could be expired early: the ACD's reachability probe (0.7 s) or the server's
+    // unavailable presence (at once).
     assert!(
-        took >= TTL - Duration::from_secs(1),
+        took >= TTL / 2,
         "2001 expired {took:?} after the kill, before the {TTL:?} TTL\n{}",
         node.diag()
     );
