@@ -95,9 +95,12 @@ fn killed_gateway_expires_after_the_ttl_and_returns_when_restarted(kind: ServerK
         "2001 expired {took:?} after the kill, before the {TTL:?} TTL\n{}",
         node.diag()
     );
+    // The expiry timer fires at the TTL after the member was last heard (measured 4.9-5.0 s
+    // under load): 3 s of slack, not a silent member read as alive much longer.
     assert!(
-        took < TTL + Duration::from_secs(10),
-        "expired only after {took:?}"
+        took < TTL + Duration::from_secs(3),
+        "expired only after {took:?}\n{}",
+        node.diag()
     );
     gw_a.seen_since(mark_a, "DEVICE PJSIP/2001 UNAVAILABLE", WAIT);
     eprintln!("2001 read UNAVAILABLE at the ACD {took:?} after SIGKILL (TTL {TTL:?})");
