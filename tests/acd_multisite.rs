@@ -8,29 +8,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use integration::free_udp_port;
-use integration::gateway::{GatewayProcess, GatewaySpec};
 use integration::phones::{answering_phone, assert_passes, caller, uac_scenario};
 use integration::sipp::run_scenario;
+use integration::site::{Bus, TwoSites};
 use integration::xmpp_server::{ServerKind, XmppServer};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
-}
-
-fn statebus(s: &XmppServer, user: &str) -> String {
-    format!(
-        "backend = \"xmpp\"\njid = \"{user}@{domain}\"\npassword = \"secret\"\nserver = \"{server}\"\n\
-         pubsub_service = \"{pubsub}\"\ntls = \"starttls\"\nca_file = {ca:?}\n\
-         heartbeat_interval_secs = 0.5\nliveness_ttl_secs = 5\n\
-         fabric_jids = [\"gw-a@{domain}\", \"gw-b@{domain}\", \"acd-1@{domain}\"]\n",
-        domain = s.domain(),
-        server = s.c2s_addr(),
-        pubsub = s.pubsub_service(),
-        ca = s.ca_cert().display().to_string(),
-    )
 }
 
 #[test]
@@ -46,53 +32,15 @@ fn caller_at_site_a_reaches_agents_at_both_sites_in_leastrecent_order_on_ejabber
 fn leastrecent_across_sites(kind: ServerKind) {
     let xmpp = XmppServer::start(kind, &["gw-a", "gw-b", "acd-1"], "secret")
         .unwrap_or_else(|e| panic!("start {kind}: {e:#}"));
-    let (port_a, port_b, port_acd) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let trunk_to_acd = |prefixes: &str| {
-        format!(
-            "\n[[gateway.trunk]]\nname = \"acd\"\naddress = \"127.0.0.1:{port_acd}\"\nprefixes = [{prefixes}]\n"
-        )
-    };
-    let mut a = GatewaySpec::new("gw-a", &["1001", "1002"]);
-    a.qualify_interval_secs = 300.0;
-    a.udp_port = Some(port_a);
-    a.statebus = statebus(&xmpp, "gw-a");
-    a.node_extra = format!("sip_address = \"127.0.0.1:{port_a}\"");
-    a.extra = trunk_to_acd("\"800\"");
-    let mut b = GatewaySpec::new("gw-b", &["2001"]);
-    b.qualify_interval_secs = 300.0;
-    b.udp_port = Some(port_b);
-    b.statebus = statebus(&xmpp, "gw-b");
-    b.node_extra = format!("sip_address = \"127.0.0.1:{port_b}\"");
-    b.extra = trunk_to_acd("");
-    let mut acd = GatewaySpec::new("acd-1", &[]);
-    acd.command = "acd".into();
-    acd.statebus = statebus(&xmpp, "acd-1");
-    acd.extra = format!(
-        r#"
-[acd]
-udp = "127.0.0.1:{port_acd}"
-rtp_ports = "42000-42999"
-t1_ms = 100
-
-[acd.numbers]
-"800" = "support"
-
-[[acd.gateway]]
-name = "gw-a"
-address = "127.0.0.1:{port_a}"
-
-[[acd.queue]]
-name = "support"
-strategy = "leastrecent"
-timeout = 10
-retry = 1
-ringinuse = false
-members = ["PJSIP/2001", "PJSIP/1002"]
-"#
+    let sites = TwoSites::new(
+        &xmpp,
+        &Bus::new(5.0, &["gw-a", "gw-b", "acd-1"]),
+        "42000-42999",
+        "",
+        "strategy = \"leastrecent\"\ntimeout = 10\nretry = 1\nringinuse = false\n\
+         members = [\"PJSIP/2001\", \"PJSIP/1002\"]",
     );
-    let mut gw_a = GatewayProcess::start(binary(), a);
-    let mut gw_b = GatewayProcess::start(binary(), b);
-    let mut node = GatewayProcess::start(binary(), acd);
+    let (mut gw_a, mut gw_b, mut node) = sites.start(binary());
 
     // Agents: 2001 at site B, 1002 at site A; both visible to the ACD through Prosody.
     let mut agent_b = answering_phone(&mut gw_b, "2001", "call_uas.xml", 1);

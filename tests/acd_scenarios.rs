@@ -1,7 +1,7 @@
 //! Queue behaviour end to end through `callfabric site` with real phones: SIPp callers dial
 //! queue 800, SIPp UAS agents (registered at the site's gateway) answer. Each test checks who
 //! was offered what, in which order and when, from the `QUEUELOG` lines the binary prints (and
-//! the SIP outcome every phone saw): strategies (fewestcalls, rrmemory, random, wrandom),
+//! the SIP outcome every phone saw): strategies (fewestcalls, rrmemory, rrordered, random, wrandom),
 //! penalties, wrap-up time, maxlen, joinempty and leavewhenempty, and the queue_log table on a
 //! real PostgreSQL.
 
@@ -254,6 +254,13 @@ fn fewestcalls_offers_the_agent_with_fewest_calls() {
 #[test]
 fn rrmemory_goes_round_the_members() {
     let order = serial("rrmemory", 3, &[2, 1, 1], 4);
+    assert_eq!(order, names(&["2001", "2002", "2003", "2001"]));
+}
+
+/// rrordered: the same round robin as rrmemory, over the members in their config order.
+#[test]
+fn rrordered_goes_round_the_members_in_config_order() {
+    let order = serial("rrordered", 3, &[2, 1, 1], 4);
     assert_eq!(order, names(&["2001", "2002", "2003", "2001"]));
 }
 

@@ -16,28 +16,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration::free_udp_port;
-use integration::gateway::{GatewayProcess, GatewaySpec};
+use integration::gateway::GatewayProcess;
 use integration::phones::{answering_phone, assert_passes, caller, uac_scenario};
 use integration::sipp::{SippOpts, SippProcess};
+use integration::site::{Bus, TwoSites};
 use integration::xmpp_server::{ServerKind, XmppServer};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
-}
-
-fn statebus(s: &XmppServer, user: &str) -> String {
-    format!(
-        "backend = \"xmpp\"\njid = \"{user}@{domain}\"\npassword = \"secret\"\nserver = \"{server}\"\n\
-         pubsub_service = \"{pubsub}\"\ntls = \"starttls\"\nca_file = {ca:?}\n\
-         heartbeat_interval_secs = 0.5\nliveness_ttl_secs = 90\n\
-         fabric_jids = [\"gw-a@{domain}\", \"gw-b@{domain}\", \"acd-1@{domain}\"]\n",
-        domain = s.domain(),
-        server = s.c2s_addr(),
-        pubsub = s.pubsub_service(),
-        ca = s.ca_cert().display().to_string(),
-    )
 }
 
 struct Lab {
@@ -53,55 +41,17 @@ struct Lab {
 fn lab(acd_extra: &str, agent_a_calls: u32) -> Lab {
     let xmpp = XmppServer::start(ServerKind::Prosody, &["gw-a", "gw-b", "acd-1"], "secret")
         .expect("start Prosody");
-    let (port_a, port_b, port_acd) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let trunk_to_acd = |prefixes: &str| {
-        format!(
-            "\n[[gateway.trunk]]\nname = \"acd\"\naddress = \"127.0.0.1:{port_acd}\"\nprefixes = [{prefixes}]\n"
-        )
-    };
-    let mut a = GatewaySpec::new("gw-a", &["1001", "1002"]);
-    a.qualify_interval_secs = 300.0;
-    a.udp_port = Some(port_a);
-    a.statebus = statebus(&xmpp, "gw-a");
-    a.node_extra = format!("sip_address = \"127.0.0.1:{port_a}\"");
-    // The callers stream 4 s of audio then stay silent while they wait and talk.
-    a.extra = format!("media_timeout_secs = 120\n{}", trunk_to_acd("\"800\""));
-    let mut b = GatewaySpec::new("gw-b", &["2001"]);
-    b.qualify_interval_secs = 300.0;
-    b.udp_port = Some(port_b);
-    b.statebus = statebus(&xmpp, "gw-b");
-    b.node_extra = format!("sip_address = \"127.0.0.1:{port_b}\"");
-    b.extra = trunk_to_acd("");
-    let mut acd = GatewaySpec::new("acd-1", &[]);
-    acd.command = "acd".into();
-    acd.statebus = statebus(&xmpp, "acd-1");
-    acd.extra = format!(
-        r#"
-[acd]
-udp = "127.0.0.1:{port_acd}"
-rtp_ports = "43000-43999"
-t1_ms = 100
-{acd_extra}
-
-[acd.numbers]
-"800" = "support"
-
-[[acd.gateway]]
-name = "gw-a"
-address = "127.0.0.1:{port_a}"
-
-[[acd.queue]]
-name = "support"
-strategy = "linear"
-timeout = 10
-retry = 1
-ringinuse = false
-members = ["PJSIP/2001", "PJSIP/1002"]
-"#
+    let mut sites = TwoSites::new(
+        &xmpp,
+        &Bus::new(90.0, &["gw-a", "gw-b", "acd-1"]),
+        "43000-43999",
+        acd_extra,
+        "strategy = \"linear\"\ntimeout = 10\nretry = 1\nringinuse = false\n\
+         members = [\"PJSIP/2001\", \"PJSIP/1002\"]",
     );
-    let mut gw_a = GatewayProcess::start(binary(), a);
-    let mut gw_b = GatewayProcess::start(binary(), b);
-    let mut node = GatewayProcess::start(binary(), acd);
+    // The callers stream 4 s of audio then stay silent while they wait and talk.
+    sites.gw_a.extra = format!("media_timeout_secs = 120\n{}", sites.gw_a.extra);
+    let (mut gw_a, mut gw_b, mut node) = sites.start(binary());
     let agent_b = answering_phone(&mut gw_b, "2001", "call_uas.xml", 1);
     let agent_a = answering_phone(&mut gw_a, "1002", "call_uas.xml", agent_a_calls);
     node.seen_since(0, "DEVICE PJSIP/2001 NOT_INUSE", WAIT);

@@ -3,7 +3,7 @@
 //! callee registered over TCP), `GET /calls` on the status API during and after a call, the
 //! outbound (ITSP) registration's 423 / refresh / retry timing against a SIPp registrar, CDR
 //! rows on PostgreSQL, the per-device call limit (BUSY, 486) and a re-INVITE glare (491, RFC
-//! 3261 §14.1).
+//! 3261 §14.1), and a phone back on a new address after a restart (available at once).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,13 +51,16 @@ fn rejected_scenario(gw: &GatewayProcess, code: &str) -> PathBuf {
     path
 }
 
-/// `GET path` on the gateway's status API (address from its `http ready` line), as JSON.
+/// `GET path` on the gateway's status API (address from its `http ready` line since the last
+/// restart), as JSON.
 fn api(gw: &mut GatewayProcess, path: &str) -> serde_json::Value {
     use std::io::{Read as _, Write as _};
     gw.drain();
     let addr = match gw
         .history
         .iter()
+        .rev()
+        .take_while(|l| *l != "--- restart ---")
         .find_map(|l| l.trim().strip_prefix("http ready "))
     {
         Some(a) => a.trim().to_owned(),
@@ -597,4 +600,26 @@ fn reinvite_glare_gets_491_on_both_sides_and_the_retries_go_through() {
     let a_retry = sent_invite(&a, "4 INVITE") - got_491(&a);
     assert!((0.0..=2.0).contains(&b_retry), "{b_retry:.2} s");
     assert!((2.1..=4.0).contains(&a_retry), "{a_retry:.2} s");
+}
+
+/// A phone back on a new address after the gateway was killed and started again: its restored
+/// binding (the old address, where nothing answers now) waits for a qualify, and the REGISTER
+/// from the new address makes the device NOT_INUSE at once although the AOR was registered
+/// already (no registrar event); a call then reaches the phone at its new address.
+#[test]
+fn phone_registering_from_a_new_address_after_a_restart_is_available_at_once() {
+    let mut gw = GatewayProcess::start(binary(), spec(&["1001", "1002"]));
+    let old_phone = callee(&mut gw, "1002", "call_uas.xml");
+    drop(old_phone);
+    gw.restart();
+    let mark = gw.mark();
+    let mut uas = answering_phone(&mut gw, "1002", "call_uas.xml", 1);
+    gw.seen_since(mark, "DEVICE PJSIP/1002 NOT_INUSE", STATE_TIMEOUT);
+    assert_eq!(api(&mut gw, "/devices")["PJSIP/1002"], "NOT_INUSE");
+    let out =
+        run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "1002")).expect("run sipp");
+    assert_passes(&gw, &out, "call to the phone at its new address");
+    assert_passes(&gw, &uas.wait().expect("callee outcome"), "callee");
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    assert_eq!(ended.reason, "bye-a", "{}", ended.line);
 }

@@ -696,6 +696,12 @@ impl Core {
         let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
         let mut qualify = tokio::time::interval(self.cfg.qualify_interval);
         qualify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is now: qualify the restored contacts (nothing else is registered yet)
+        // before any REGISTER is read. Left to the loop, the tick raced the first REGISTERs
+        // after a slow start (PostgreSQL): a phone that had just registered got an OPTIONS at
+        // once or an interval later, by chance.
+        qualify.tick().await;
+        self.qualify_all();
         loop {
             let sleep = sleep_until(earliest(self.tl.poll_timeout(), self.b2bua.poll_timeout()));
             tokio::select! {

@@ -20,6 +20,7 @@ pub mod phones;
 pub mod postgres;
 pub mod raw_xmpp;
 pub mod sipp;
+pub mod site;
 pub mod wanlab;
 pub mod xmpp_server;
 

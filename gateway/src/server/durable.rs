@@ -266,6 +266,11 @@ impl Core {
             return;
         };
         self.registered_again(&aor, req);
+        // A binding added to an AOR that is registered already raises no registrar event, yet
+        // it may be the AOR's only reachable contact (the others restored and unverified, or
+        // failing their qualify: a phone back on a new address after a restart).
+        let dev = self.device_key(&aor);
+        self.refresh_device(&dev);
         let seq = self.persist(&aor);
         self.durable.held.push((seq, key, resp));
     }
