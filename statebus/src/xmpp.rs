@@ -1948,4 +1948,41 @@ mod tests {
         c.jid = "@@".into();
         assert!(matches!(XmppBus::start(c), Err(XmppBusError::Jid(..))));
     }
+
+    #[tokio::test]
+    async fn server_lists_are_validated() {
+        let eid = Eid::derive("t");
+        let mut c = XmppBusConfig::new("gw@fabric.test", "x", "pubsub.fabric.test", eid);
+        c.server = Some("xmpp1.example".into());
+        c.servers = vec!["xmpp2.example:5223".into(), "xmpp1.example:5222".into()];
+        // a bare host gets 5222; duplicates are tried once
+        assert_eq!(
+            server_list(&c).unwrap(),
+            ["xmpp1.example:5222", "xmpp2.example:5223"]
+        );
+        c.servers.push("xmpp3.example:0".into());
+        assert!(matches!(
+            XmppBus::start(c.clone()),
+            Err(XmppBusError::BadServer(_))
+        ));
+        // plaintext: every listed server must be on loopback
+        c.tls = TlsMode::Plaintext;
+        c.server = Some("127.0.0.1:5222".into());
+        c.servers = vec!["192.0.2.7:5222".into()];
+        assert!(matches!(
+            XmppBus::start(c.clone()),
+            Err(XmppBusError::PlaintextNotLoopback(s)) if s == "192.0.2.7:5222"
+        ));
+        c.servers = (0..=MAX_SERVERS)
+            .map(|i| format!("127.0.0.1:{}", 1000 + i))
+            .collect();
+        assert!(matches!(
+            XmppBus::start(c.clone()),
+            Err(XmppBusError::BadServer(_))
+        ));
+        c.servers = vec!["127.0.0.1:5223".into()];
+        let bus = XmppBus::start(c).expect("valid");
+        assert_eq!(bus.server(), None, "not logged in anywhere yet");
+        bus.shutdown().await;
+    }
 }
