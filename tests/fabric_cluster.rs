@@ -354,6 +354,7 @@ members = ["PJSIP/2001"]
     node.wait_for(T, "COMPLETECALLER", |l| l.contains("|COMPLETECALLER|"));
 
     // Node 0 dies; a caller enters the queue at once.
+    let crash = node.mark();
     c.kill(0).expect("kill -9 node 0");
     let out =
         run_scenario(&uac_scenario(gw_a.dir()), gw_a.udp, caller("1001", "800")).expect("sipp");
@@ -373,6 +374,9 @@ members = ["PJSIP/2001"]
     );
     until_logged_in(&gw_a, n1);
     until_logged_in(&node, n1);
+    // The ACD hears the fabric through node 1: the agent's state during that call reached it
+    // after the crash (not from its cache).
+    node.seen_since(crash, "DEVICE PJSIP/2001 INUSE", T);
 
     // Node 0 rejoins.
     c.restart(0).expect("restart node 0");
