@@ -11,10 +11,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fabric_common::{eid, until, until_state, Member, PASSWORD, T, USERS};
+use fabric_common::{eid, until, until_state, Member, PASSWORD, T};
 use integration::dns::DnsServer;
 use integration::ejabberd_cluster::EjabberdCluster;
 use statebus::{Bus, DeviceState, Mwi, TlsMode, XmppBus, XmppBusConfig};
+
+/// The accounts (all fabric members).
+const USERS: &[&str] = &["gw-a", "gw-b", "gw-c", "acd-1", "watcher", "asterisk"];
 
 fn cluster() -> EjabberdCluster {
     let _ = tracing_subscriber::fmt()
@@ -25,11 +28,7 @@ fn cluster() -> EjabberdCluster {
 }
 
 fn fabric_jids() -> Vec<String> {
-    USERS
-        .iter()
-        .filter(|u| **u != "mallory")
-        .map(|u| format!("{u}@fabric.test"))
-        .collect()
+    USERS.iter().map(|u| format!("{u}@fabric.test")).collect()
 }
 
 /// An in-process member that knows the cluster nodes `servers`, in that order.
@@ -70,63 +69,14 @@ fn write_config(dir: &Path, user: &str, eid: &str, servers: &str) -> std::path::
     p
 }
 
-/// Members on different nodes see each other's device states and MWI, both ways, including a
-/// `callfabric` process configured with the single-address form and one with a `servers` list.
+/// Members on different nodes see each other's device states and MWI, both ways (in-process
+/// buses, a `callfabric` process with the single-address `server = …` form, one that finds the
+/// cluster by DNS SRV through a private dnsmasq, over STARTTLS). Then `kill -9` of the node site
+/// A's members use: they move to the other node (A: a `servers` list; the SRV member: the next
+/// SRV target), state reconverges both ways; the killed node comes back, rejoins the cluster,
+/// and a member that logs in on it sees the whole fabric.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_on_different_nodes_share_state_and_mwi() {
-    let c = cluster();
-    let (n0, n1) = (c.c2s_addr(0), c.c2s_addr(1));
-    let a = member("gw-a", 1, &[n0]).await;
-    let b = member("gw-b", 2, &[n1]).await;
-    assert_eq!(a.server(), Some(n0.to_string()));
-    assert_eq!(b.server(), Some(n1.to_string()));
-
-    a.publish_device_state("PJSIP/a1", DeviceState::InUse);
-    b.publish_device_state("PJSIP/b1", DeviceState::Ringing);
-    a.publish_mwi(Mwi::new("1000", "default", 2, 5));
-    b.publish_mwi(Mwi::new("2000", "default", 1, 0));
-    until_state(&b, "PJSIP/a1", DeviceState::InUse).await;
-    until_state(&a, "PJSIP/b1", DeviceState::Ringing).await;
-    until("A's MWI at B (node 1)", || {
-        b.snapshot().mwi.get("1000@default").map(|m| (m.new, m.old)) == Some((2, 5))
-    })
-    .await;
-    until("B's MWI at A (node 0)", || {
-        a.snapshot().mwi.get("2000@default").map(|m| (m.new, m.old)) == Some((1, 0))
-    })
-    .await;
-    // Changes keep flowing (live notifications across the cluster, not only the fetch).
-    a.publish_device_state("PJSIP/a1", DeviceState::NotInUse);
-    until_state(&b, "PJSIP/a1", DeviceState::NotInUse).await;
-
-    // The binary: `server = …` (old form) on node 1, `servers = [...]` starting at node 0.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let single = write_config(
-        dir.path(),
-        "acd-1",
-        "02:00:00:00:00:0c",
-        &format!("server = \"{n1}\"\ntls = \"plaintext\""),
-    );
-    let listed = write_config(
-        dir.path(),
-        "watcher",
-        "02:00:00:00:00:0d",
-        &format!("servers = [\"{n0}\", \"{n1}\"]\ntls = \"plaintext\""),
-    );
-    let mut m1 = Member::publish(&single, &["PJSIP/c1=BUSY"]);
-    let mut m2 = Member::publish(&listed, &["PJSIP/d1=ONHOLD"]);
-    until_state(&a, "PJSIP/c1", DeviceState::Busy).await;
-    until_state(&b, "PJSIP/d1", DeviceState::OnHold).await;
-    assert!(m1.alive(), "{}", m1.stderr());
-    assert!(m2.alive(), "{}", m2.stderr());
-}
-
-/// `kill -9` of the node site A's members use: they move to the other node (A: a `servers`
-/// list; the `callfabric` member: DNS SRV through a private dnsmasq, STARTTLS), state
-/// reconverges both ways; the killed node comes back, rejoins the cluster, and a member that
-/// logs in on it sees the whole fabric.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_death_moves_members_and_the_node_rejoins() {
+async fn cross_node_state_node_death_and_rejoin() {
     let mut c = cluster();
     let (n0, n1) = (c.c2s_addr(0), c.c2s_addr(1));
     // Site A prefers node 0; site B lives on node 1.
@@ -169,6 +119,30 @@ async fn node_death_moves_members_and_the_node_rejoins() {
     until_state(&w, "PJSIP/s1", DeviceState::InUse).await;
     until_state(&a, "PJSIP/b1", DeviceState::Ringing).await;
     assert_eq!(a.server(), Some(n0.to_string()), "A starts on node 0");
+    assert_eq!(b.server(), Some(n1.to_string()));
+    // MWI across the nodes, both ways, and live changes (not only the fetch).
+    a.publish_mwi(Mwi::new("1000", "default", 2, 5));
+    b.publish_mwi(Mwi::new("2000", "default", 1, 0));
+    until("A's MWI at B (node 1)", || {
+        b.snapshot().mwi.get("1000@default").map(|m| (m.new, m.old)) == Some((2, 5))
+    })
+    .await;
+    until("B's MWI at A (node 0)", || {
+        a.snapshot().mwi.get("2000@default").map(|m| (m.new, m.old)) == Some((1, 0))
+    })
+    .await;
+    a.publish_device_state("PJSIP/a2", DeviceState::Busy);
+    until_state(&b, "PJSIP/a2", DeviceState::Busy).await;
+    // The binary with the single-address form, on node 1, seen by A on node 0.
+    let single = write_config(
+        dir.path(),
+        "gw-c",
+        "02:00:00:00:00:0d",
+        &format!("server = \"{n1}\"\ntls = \"plaintext\""),
+    );
+    let mut single_member = Member::publish(&single, &["PJSIP/c1=BUSY"]);
+    until_state(&a, "PJSIP/c1", DeviceState::Busy).await;
+    assert!(single_member.alive(), "{}", single_member.stderr());
     // The SRV member logged in on node 0 (priority 10), by name.
     let logged_in = |m: &mut Member, host: &str| {
         m.stderr()
