@@ -240,7 +240,15 @@ pub struct StatebusSection {
     pub backend: Backend,
     pub jid: Option<String>,
     pub password: Option<String>,
+    /// One server `host:port` (the single-address form).
     pub server: Option<String>,
+    /// Several nodes of a clustered XMPP service, tried in order when one cannot be reached.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Name servers (`ip:port`) for the SRV lookup of the JID's domain when neither `server`
+    /// nor `servers` is set; default: the system's.
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
     pub pubsub_service: Option<String>,
     #[serde(default)]
     pub tls: TlsMode,
@@ -423,7 +431,47 @@ impl Loaded {
         let password = need(&s.password, "password")?;
         let service = need(&s.pubsub_service, "pubsub_service")?;
         let mut c = XmppBusConfig::new(&jid, &password, &service, self.eid());
+        if s.server.is_some() && !s.servers.is_empty() {
+            return Err(anyhow!(
+                "{}: set either server or servers, not both",
+                self.at("statebus", "servers")
+            ));
+        }
+        for a in s.server.iter().chain(s.servers.iter()) {
+            let ok = a.parse::<std::net::SocketAddr>().is_ok()
+                || parse_domain(a).is_some()
+                || a.parse::<std::net::IpAddr>().is_ok();
+            if !ok {
+                let key = if s.servers.is_empty() {
+                    "server"
+                } else {
+                    "servers"
+                };
+                return Err(anyhow!(
+                    "{}: {a:?} is not a server address like xmpp1.example.com:5222 or 127.0.0.1:5222",
+                    self.at("statebus", key)
+                ));
+            }
+        }
         c.server = s.server.clone();
+        c.servers = s.servers.clone();
+        c.dns_servers = s
+            .dns_servers
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    anyhow!(
+                        "{}: {a:?} is not an address like 127.0.0.1:53",
+                        self.at("statebus", "dns_servers")
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        if c.server.is_none() && c.servers.is_empty() && c.dns_servers.is_empty() {
+            // SRV lookup of the JID's domain through the system's name servers; if they cannot
+            // be read, tokio-xmpp's own lookup of the system configuration.
+            c.dns_servers = system_name_servers().unwrap_or_default();
+        }
         c.tls = s.tls;
         c.layout = s.layout;
         c.access_model = s.access_model;
@@ -997,6 +1045,9 @@ impl Loaded {
         let key = match e {
             E::Jid(..) => "jid",
             E::PlaintextNotLoopback(_) | E::PlaintextNeedsServer => "tls",
+            E::BadServer(_) if self.config.statebus.server.is_some() => "server",
+            E::BadServer(_) => "servers",
+            E::Resolver(_) => "dns_servers",
             E::TtlTooShort { .. } => "liveness_ttl_secs",
         };
         anyhow!("{}: {e}", self.at("statebus", key))
@@ -1284,5 +1335,68 @@ mod tests {
         assert_ne!(a.eid(), c.eid());
         let d = load("[node]\nname = \"x\"\neid = \"00:11:22:33:44:55\"\n").unwrap();
         assert_eq!(d.eid().to_string(), "00:11:22:33:44:55");
+    }
+
+    #[test]
+    fn xmpp_server_list_and_srv() {
+        let base = "[node]\nname = \"a\"\n[statebus]\nbackend = \"xmpp\"\njid = \"a@fabric.test\"\npassword = \"x\"\npubsub_service = \"pubsub.fabric.test\"\n";
+        // the single-address form stays valid
+        let c = load(&format!("{base}server = \"127.0.0.1:5222\"\n"))
+            .unwrap()
+            .xmpp_bus()
+            .unwrap();
+        assert_eq!(c.server.as_deref(), Some("127.0.0.1:5222"));
+        assert!(c.servers.is_empty());
+        // a cluster: several addresses, in order
+        let c = load(&format!(
+            "{base}servers = [\"xmpp1.fabric.test:5222\", \"127.0.0.1:6222\"]\n"
+        ))
+        .unwrap()
+        .xmpp_bus()
+        .unwrap();
+        assert_eq!(c.server, None);
+        assert_eq!(c.servers, ["xmpp1.fabric.test:5222", "127.0.0.1:6222"]);
+        // both forms at once, a bad address, a bad name server: errors naming the line
+        let e = load(&format!(
+            "{base}server = \"127.0.0.1:1\"\nservers = [\"127.0.0.1:2\"]\n"
+        ))
+        .unwrap()
+        .xmpp_bus()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("site-a.toml:9:") && e.contains("not both"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{base}servers = [\"127.0.0.1:2\", \"no such:x\"]\n"
+        ))
+        .unwrap()
+        .xmpp_bus()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("site-a.toml:8:") && e.contains("no such:x"),
+            "{e}"
+        );
+        let e = load(&format!("{base}dns_servers = [\"dns.example\"]\n"))
+            .unwrap()
+            .xmpp_bus()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("site-a.toml:8:") && e.contains("dns.example"),
+            "{e}"
+        );
+        // SRV through the given name servers
+        let c = load(&format!("{base}dns_servers = [\"127.0.0.1:5353\"]\n"))
+            .unwrap()
+            .xmpp_bus()
+            .unwrap();
+        assert_eq!(c.dns_servers, ["127.0.0.1:5353".parse().unwrap()]);
+        assert!(c.server.is_none() && c.servers.is_empty());
     }
 }

@@ -15,6 +15,7 @@
 pub mod baresip;
 pub mod bench;
 pub mod dns;
+pub mod ejabberd_cluster;
 pub mod gateway;
 pub mod phones;
 pub mod postgres;

@@ -111,6 +111,9 @@ pub struct XmppServer {
     /// ejabberd node name (unique per instance), "" for Prosody.
     node: String,
     cookie: String,
+    /// ejabberd cluster member: the private epmd's port (see [`crate::ejabberd_cluster`]);
+    /// `None`: a single node without epmd.
+    epmd_port: Option<u16>,
     ca_cert: PathBuf,
     child: Option<Child>,
     // last: removed after the child is stopped (see Drop)
@@ -172,6 +175,87 @@ impl XmppServer {
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow!("{kind} did not start")))
+    }
+
+    /// Starts an ejabberd node for a cluster ([`crate::ejabberd_cluster`]): Erlang node
+    /// `node_name`@localhost with `cookie`, found by its peers through the epmd on
+    /// 127.0.0.1:`epmd_port`, and serving the certificates of `certs_of` (so that one CA
+    /// verifies every node) when given. Registers `users` like [`XmppServer::start`].
+    /// [`XmppServer::ejabberdctl`] does not reach such a node (it uses the epmd-less settings).
+    pub(crate) fn start_cluster_member(
+        users: &[&str],
+        password: &str,
+        node_name: &str,
+        cookie: &str,
+        epmd_port: u16,
+        certs_of: Option<&XmppServer>,
+    ) -> anyhow::Result<XmppServer> {
+        let kind = ServerKind::Ejabberd;
+        check_installed(kind)?;
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let mut server = XmppServer::prepare(kind, StartOptions::default())?;
+            server.node = format!("{node_name}@localhost");
+            server.cookie = cookie.to_owned();
+            server.epmd_port = Some(epmd_port);
+            if let Some(first) = certs_of {
+                let (from, to) = (first.dir().join("certs"), server.dir().join("certs"));
+                for f in [
+                    "ca.crt",
+                    "fabric.test.crt",
+                    "fabric.test.key",
+                    "fabric.test.pem",
+                ] {
+                    fs::copy(from.join(f), to.join(f)).with_context(|| format!("copy {f}"))?;
+                }
+            }
+            server.render_ejabberd()?;
+            match server.spawn_and_wait() {
+                Ok(()) => {
+                    if let Err(e) = server.register_users(users, password) {
+                        let tail = server.log_tail();
+                        return Err(e.context(format!("{kind}: log tail:\n{tail}")));
+                    }
+                    return Ok(server);
+                }
+                Err(e) => {
+                    let port_taken = server.port_conflict();
+                    let _ = server.kill();
+                    let e = e.context(format!(
+                        "{kind} cluster member did not start in {}; log tail:\n{}",
+                        server.dir.path().display(),
+                        server.log_tail()
+                    ));
+                    if !port_taken {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("{kind} did not start")))
+    }
+
+    /// The cookie of an ejabberd node ("" for Prosody).
+    pub fn erlang_cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    /// Waits until the c2s port answers with stream features again (after a cluster join,
+    /// which restarts ejabberd's application inside the node).
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let addr = self.c2s_addr();
+        let deadline = Instant::now() + self.kind.ready_timeout();
+        loop {
+            match raw_xmpp::stream_features(addr, DOMAIN, Duration::from_secs(2)) {
+                Ok(features) if features.contains("mechanisms") => return Ok(()),
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(f) => bail!("{addr}: features without SASL mechanisms: {f}"),
+                Err(e) => return Err(e.context(format!("{addr} not ready again"))),
+            }
+        }
     }
 
     /// Which server this is.
@@ -400,6 +484,7 @@ impl XmppServer {
             secret: format!("compsecret-{token}"),
             node: String::new(),
             cookie: String::new(),
+            epmd_port: None,
             ca_cert,
             child: None,
             dir,
@@ -543,19 +628,25 @@ impl XmppServer {
                     .env("HOME", dir)
                     .args(["-sname", &self.node, "-setcookie", &self.cookie, "-noinput"])
                     .args(["+K", "true", "+P", "250000"])
-                    .args(["-kernel", "inet_dist_use_interface", "{127,0,0,1}"])
-                    .args([
+                    .args(["-kernel", "inet_dist_use_interface", "{127,0,0,1}"]);
+                match self.epmd_port {
+                    // a cluster member finds its peers through the cluster's private epmd
+                    Some(port) => cmd
+                        .env("ERL_EPMD_PORT", port.to_string())
+                        .args(["-start_epmd", "false"]),
+                    None => cmd.args([
                         "-erl_epmd_port",
                         &self.ports.dist.to_string(),
                         "-start_epmd",
                         "false",
-                    ])
-                    .args([
-                        "-mnesia",
-                        "dir",
-                        &format!("\"{}\"", dir.join("db").display()),
-                    ])
-                    .args(["-s", "ejabberd"]);
+                    ]),
+                };
+                cmd.args([
+                    "-mnesia",
+                    "dir",
+                    &format!("\"{}\"", dir.join("db").display()),
+                ])
+                .args(["-s", "ejabberd"]);
                 cmd
             }
         };
@@ -797,7 +888,7 @@ fn generate_certs(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// `2 * bytes` hex digits from /dev/urandom (falls back to time and PID).
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     let ok = fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))

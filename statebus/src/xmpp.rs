@@ -9,6 +9,7 @@
 use crate::bus::Core;
 use crate::fill::FillWatch;
 use crate::guard::{Dropped, Guard};
+use crate::servers::{split_host_port, Rotation, SrvResolver, MAX_SERVERS};
 use crate::wire::{self, AccessModel, NodeKind, NodeLayout, WireItem};
 use crate::{
     Bus, BusEvent, BusStatus, Change, DeviceState, Eid, Heartbeat, Mwi, Snapshot, StateCache,
@@ -52,8 +53,15 @@ pub struct XmppBusConfig {
     pub jid: String,
     /// Account password.
     pub password: String,
-    /// Server address `host:port`; when `None`, the JID's domain is resolved (SRV, then 5222).
+    /// Server address `host:port`; when `None` and `servers` is empty, the JID's domain is
+    /// resolved (SRV `_xmpp-client._tcp`, then the domain on 5222).
     pub server: Option<String>,
+    /// More addresses (`host:port`) of the same clustered XMPP service, tried after `server`
+    /// in order when it cannot be reached (see [`crate::servers::Rotation`]).
+    pub servers: Vec<String>,
+    /// Name servers for the SRV lookup (when no address is configured). Empty: tokio-xmpp's
+    /// own lookup of the system's configuration (one address, no failover between targets).
+    pub dns_servers: Vec<SocketAddr>,
     /// JID of the PubSub service (Asterisk's `pubsub_node`), e.g. `pubsub.fabric.test`.
     pub pubsub_service: String,
     /// STARTTLS or plaintext (loopback only).
@@ -98,6 +106,8 @@ impl XmppBusConfig {
             jid: jid.into(),
             password: password.into(),
             server: None,
+            servers: Vec::new(),
+            dns_servers: Vec::new(),
             pubsub_service: pubsub_service.into(),
             tls: TlsMode::StartTls,
             layout: NodeLayout::Flat,
@@ -134,6 +144,12 @@ pub enum XmppBusError {
         "plaintext XMPP needs an explicit loopback server address (server = \"127.0.0.1:5222\")"
     )]
     PlaintextNeedsServer,
+    /// A server address that is not `host:port`.
+    #[error("bad XMPP server address: {0}")]
+    BadServer(String),
+    /// The SRV resolver could not be set up.
+    #[error("{0}")]
+    Resolver(String),
     /// TTL not longer than the heartbeat interval.
     #[error("liveness TTL ({ttl:?}) must be longer than the heartbeat interval ({interval:?})")]
     TtlTooShort {
@@ -169,8 +185,125 @@ fn is_loopback_server(server: &str) -> bool {
 ///   every server accepts; the session is still encrypted and the certificate verified.
 #[derive(Debug, Clone)]
 struct FabricConnector {
-    dns: DnsConfig,
+    servers: Arc<Servers>,
     drops: Arc<DropLog>,
+}
+
+/// Where the connector finds the servers.
+#[derive(Debug)]
+enum Source {
+    /// Configured `host:port` addresses (`server` then `servers`).
+    List(Vec<String>),
+    /// `_xmpp-client._tcp.<domain>` through our resolver.
+    Srv {
+        domain: String,
+        resolver: SrvResolver,
+    },
+    /// No name servers given: tokio-xmpp's own SRV lookup (system configuration).
+    System(DnsConfig),
+}
+
+/// The servers of the (possibly clustered) XMPP service and which one to try first.
+#[derive(Debug)]
+struct Servers {
+    source: Source,
+    rotation: Mutex<Rotation>,
+    /// The server the connection being logged in was made to.
+    attempt: Mutex<Option<String>>,
+}
+
+impl Servers {
+    fn rotation(&self) -> std::sync::MutexGuard<'_, Rotation> {
+        self.rotation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attempt(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.attempt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A TCP connection to the first server that accepts one, in the rotation's order.
+    async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        *self.attempt() = None;
+        let candidates = match &self.source {
+            Source::System(dns) => {
+                return match tokio::time::timeout(CONNECT_TIMEOUT, dns.resolve()).await {
+                    Ok(Ok(tcp)) => Ok(tcp),
+                    Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("TCP connect not done within {CONNECT_TIMEOUT:?}"),
+                    )),
+                };
+            }
+            Source::List(v) => v.clone(),
+            Source::Srv { domain, resolver } => resolver.servers(domain).await,
+        };
+        let order = self.rotation().order(&candidates, Instant::now());
+        let mut last = None;
+        for server in order {
+            match self.connect_one(&server).await {
+                Ok(tcp) => {
+                    debug!(%server, "TCP connected to the XMPP server");
+                    *self.attempt() = Some(server);
+                    return Ok(tcp);
+                }
+                Err(e) => {
+                    warn!(%server, error = %e, "cannot reach this XMPP server; trying the next");
+                    self.rotation().failed(&server, Instant::now());
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no XMPP server address")))
+    }
+
+    /// Each address of `server` in turn, each connect bounded by [`CONNECT_TIMEOUT`].
+    async fn connect_one(&self, server: &str) -> std::io::Result<tokio::net::TcpStream> {
+        // Bounded: an unbounded connect waits through the kernel's SYN back-off (1, 2, 4, 8,
+        // 16, 32 s), so a member cut off by a partition came back up to 17 s after the heal
+        // (measured in the WAN lab); a fresh attempt every CONNECT_TIMEOUT + back-off does not.
+        let addrs: Vec<SocketAddr> = match (&self.source, server.parse::<SocketAddr>()) {
+            (_, Ok(sa)) => vec![sa],
+            (Source::Srv { resolver, .. }, Err(_)) => resolver
+                .addresses(server)
+                .await
+                .map_err(std::io::Error::other)?,
+            (_, Err(_)) => tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(server))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "name lookup"))??
+                .collect(),
+        };
+        let mut last = None;
+        for addr in addrs {
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+            {
+                Ok(Ok(tcp)) => return Ok(tcp),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("TCP connect to {addr} not done within {CONNECT_TIMEOUT:?}"),
+                    ))
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other(format!("no address for {server}"))))
+    }
+
+    /// The login on the last connection succeeded: that server is now the current one.
+    fn logged_in(&self) {
+        if let Some(s) = self.attempt().take() {
+            info!(server = %s, "logged in to the XMPP server");
+            self.rotation().connected(&s);
+        }
+    }
+
+    /// The login on the last connection failed: its server goes last for a while.
+    fn login_failed(&self) {
+        if let Some(s) = self.attempt().take() {
+            self.rotation().failed(&s, Instant::now());
+        }
+    }
 }
 
 impl FabricConnector {
@@ -185,17 +318,7 @@ impl FabricConnector {
         PendingFeaturesRecv<tokio::io::BufStream<Guarded<tokio::net::TcpStream>>>,
         tokio_xmpp::Error,
     > {
-        // Bounded: an unbounded connect waits through the kernel's SYN back-off (1, 2, 4, 8,
-        // 16, 32 s), so a member cut off by a partition came back up to 17 s after the heal
-        // (measured in the WAN lab); a fresh attempt every CONNECT_TIMEOUT + back-off does not.
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.dns.resolve())
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("TCP connect not done within {CONNECT_TIMEOUT:?}"),
-                )
-            })??;
+        let tcp = self.servers.connect().await?;
         tcp.set_nodelay(true)?;
         let drops = guarded.then(|| self.drops.clone());
         let tcp = tokio::io::BufStream::new(Guarded::new(tcp, drops));
@@ -205,6 +328,33 @@ impl FabricConnector {
 
 /// Bound on one TCP connect to the XMPP server (TLS and login are not included).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one DNS query (SRV, A/AAAA) when looking up the servers.
+const SRV_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `server` then `servers`, each `host:port` (a bare host gets 5222), duplicates removed.
+fn server_list(cfg: &XmppBusConfig) -> Result<Vec<String>, XmppBusError> {
+    let mut out: Vec<String> = Vec::new();
+    for s in cfg.server.iter().chain(cfg.servers.iter()) {
+        let s = s.trim();
+        let full = if s.parse::<SocketAddr>().is_ok() {
+            s.to_owned()
+        } else if !s.contains(':') && !s.is_empty() {
+            format!("{s}:{}", crate::servers::XMPP_CLIENT_PORT)
+        } else {
+            split_host_port(s).map_err(XmppBusError::BadServer)?;
+            s.to_owned()
+        };
+        if out.len() >= MAX_SERVERS {
+            return Err(XmppBusError::BadServer(format!(
+                "more than {MAX_SERVERS} servers"
+            )));
+        }
+        if !out.contains(&full) {
+            out.push(full);
+        }
+    }
+    Ok(out)
+}
 
 fn header(jid: &Jid) -> StreamHeader<'_> {
     StreamHeader {
@@ -470,6 +620,7 @@ type Reconnector = Box<dyn FnMut(Option<String>, oneshot::Sender<Connection>) + 
 /// The stanza stream calls this whenever it needs a new connection.
 fn reconnector<C: ServerConnector>(
     server: C,
+    servers: Arc<Servers>,
     jid: Jid,
     password: String,
     timeouts: Timeouts,
@@ -483,7 +634,7 @@ fn reconnector<C: ServerConnector>(
         Arc::new(Mutex::new((None, backoff.initial)));
     Box::new(move |_location, slot: oneshot::Sender<Connection>| {
         let (server, jid, password) = (server.clone(), jid.clone(), password.clone());
-        let pace = pace.clone();
+        let (pace, servers) = (pace.clone(), servers.clone());
         tokio::spawn(async move {
             let first_wait = {
                 let mut p = pace.lock().unwrap_or_else(|e| e.into_inner());
@@ -508,12 +659,14 @@ fn reconnector<C: ServerConnector>(
             loop {
                 match login(server.clone(), &jid, &password, timeouts).await {
                     Ok(conn) => {
+                        servers.logged_in();
                         pace.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(Instant::now());
                         // If the stream is gone, the connection is simply dropped.
                         let _ = slot.send(conn);
                         return;
                     }
                     Err(e) => {
+                        servers.login_failed();
                         let jitter = 0.8 + rand::random::<f64>() * 0.4;
                         let wait = delay.mul_f64(jitter);
                         warn!(%jid, error = %e, "cannot connect to the XMPP server; retrying in {wait:?}");
@@ -581,6 +734,7 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct XmppBus {
     eid: Eid,
+    servers: Arc<Servers>,
     shared: Arc<Shared>,
     online: watch::Receiver<bool>,
     stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
@@ -609,25 +763,31 @@ impl XmppBus {
                 interval: cfg.heartbeat_interval,
             });
         }
+        let list = server_list(&cfg)?;
         if cfg.tls == TlsMode::Plaintext {
-            match &cfg.server {
-                None => return Err(XmppBusError::PlaintextNeedsServer),
-                Some(s) if !is_loopback_server(s) => {
-                    return Err(XmppBusError::PlaintextNotLoopback(s.clone()))
-                }
-                _ => {}
+            if list.is_empty() {
+                return Err(XmppBusError::PlaintextNeedsServer);
+            }
+            if let Some(s) = list.iter().find(|s| !is_loopback_server(s)) {
+                return Err(XmppBusError::PlaintextNotLoopback(s.clone()));
             }
         }
-        let dns = match &cfg.server {
-            Some(s) => match s.parse::<SocketAddr>() {
-                Ok(_) => DnsConfig::addr(s),
-                Err(_) => {
-                    let (h, p) = s.rsplit_once(':').unwrap_or((s.as_str(), "5222"));
-                    DnsConfig::no_srv(h, p.parse().unwrap_or(5222))
-                }
-            },
-            None => DnsConfig::srv_default_client(jid.domain().as_str()),
+        let source = if !list.is_empty() {
+            Source::List(list)
+        } else if !cfg.dns_servers.is_empty() {
+            Source::Srv {
+                domain: jid.domain().as_str().to_owned(),
+                resolver: SrvResolver::new(&cfg.dns_servers, cfg.iq_timeout.min(SRV_TIMEOUT))
+                    .map_err(|e| XmppBusError::Resolver(e.to_string()))?,
+            }
+        } else {
+            Source::System(DnsConfig::srv_default_client(jid.domain().as_str()))
         };
+        let servers = Arc::new(Servers {
+            source,
+            rotation: Mutex::new(Rotation::new()),
+            attempt: Mutex::new(None),
+        });
         let timeouts = Timeouts {
             read_timeout: cfg.keepalive,
             response_timeout: cfg.iq_timeout,
@@ -646,9 +806,10 @@ impl XmppBus {
             TlsMode::StartTls => StanzaStream::new(
                 reconnector(
                     StartTlsConnector(FabricConnector {
-                        dns,
+                        servers: servers.clone(),
                         drops: drops.clone(),
                     }),
+                    servers.clone(),
                     jid.clone(),
                     cfg.password.clone(),
                     timeouts,
@@ -659,9 +820,10 @@ impl XmppBus {
             TlsMode::Plaintext => StanzaStream::new(
                 reconnector(
                     PlainConnector(FabricConnector {
-                        dns,
+                        servers: servers.clone(),
                         drops: drops.clone(),
                     }),
+                    servers.clone(),
                     jid.clone(),
                     cfg.password.clone(),
                     timeouts,
@@ -710,6 +872,7 @@ impl XmppBus {
         ));
         Ok(XmppBus {
             eid,
+            servers,
             shared,
             online,
             stop: Arc::new(Mutex::new(Some(stop_tx))),
@@ -729,6 +892,12 @@ impl XmppBus {
     /// Whether the bus is online now.
     pub fn is_online(&self) -> bool {
         *self.online.borrow()
+    }
+
+    /// The server (`host:port`, as configured or found by SRV) of the last successful login;
+    /// `None` before the first one, or after that server failed.
+    pub fn server(&self) -> Option<String> {
+        self.servers.rotation().current().map(str::to_owned)
     }
 
     /// Counters.
@@ -1778,5 +1947,42 @@ mod tests {
         c.liveness_ttl = Duration::from_secs(30);
         c.jid = "@@".into();
         assert!(matches!(XmppBus::start(c), Err(XmppBusError::Jid(..))));
+    }
+
+    #[tokio::test]
+    async fn server_lists_are_validated() {
+        let eid = Eid::derive("t");
+        let mut c = XmppBusConfig::new("gw@fabric.test", "x", "pubsub.fabric.test", eid);
+        c.server = Some("xmpp1.example".into());
+        c.servers = vec!["xmpp2.example:5223".into(), "xmpp1.example:5222".into()];
+        // a bare host gets 5222; duplicates are tried once
+        assert_eq!(
+            server_list(&c).unwrap(),
+            ["xmpp1.example:5222", "xmpp2.example:5223"]
+        );
+        c.servers.push("xmpp3.example:0".into());
+        assert!(matches!(
+            XmppBus::start(c.clone()),
+            Err(XmppBusError::BadServer(_))
+        ));
+        // plaintext: every listed server must be on loopback
+        c.tls = TlsMode::Plaintext;
+        c.server = Some("127.0.0.1:5222".into());
+        c.servers = vec!["192.0.2.7:5222".into()];
+        assert!(matches!(
+            XmppBus::start(c.clone()),
+            Err(XmppBusError::PlaintextNotLoopback(s)) if s == "192.0.2.7:5222"
+        ));
+        c.servers = (0..=MAX_SERVERS)
+            .map(|i| format!("127.0.0.1:{}", 1000 + i))
+            .collect();
+        assert!(matches!(
+            XmppBus::start(c.clone()),
+            Err(XmppBusError::BadServer(_))
+        ));
+        c.servers = vec!["127.0.0.1:5223".into()];
+        let bus = XmppBus::start(c).expect("valid");
+        assert_eq!(bus.server(), None, "not logged in anywhere yet");
+        bus.shutdown().await;
     }
 }
