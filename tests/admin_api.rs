@@ -476,3 +476,92 @@ fn metrics_parse_and_move_with_activity() {
         .iter()
         .any(|s| s.metric == "callfabric_rtp_jitter_ms_count"));
 }
+
+/// Devices through the API: created, listed (without credentials), a CSV import checked whole
+/// before anything is written (a bad line is named, nothing stored), then imported; deleted.
+/// Queue reload: a member added to the config file is a member after `queue reload`
+/// (CONFIGRELOAD), without a restart.
+#[test]
+fn devices_and_queue_reload() {
+    let mut gw = site(&["PJSIP/2001"], "");
+    admin(
+        &mut gw,
+        "POST",
+        "/admin/devices",
+        Some(json!({"user": "3001", "password": "pw3001", "extension": "3001", "name": "Desk"})),
+    );
+    let users = |gw: &mut GatewayProcess| -> Vec<String> {
+        admin(gw, "GET", "/admin/devices", None)
+            .as_array()
+            .expect("devices")
+            .iter()
+            .filter_map(|d| d["user"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(users(&mut gw).contains(&"3001".to_owned()));
+    let list = admin(&mut gw, "GET", "/admin/devices", None);
+    assert!(!list.to_string().contains("ha1"), "{list}");
+    let bad = "user,password,extension\n3002,pw,3002\n3003,,3003\n";
+    let (status, body) = http(
+        &mut gw,
+        "POST",
+        "/admin/devices/import",
+        Some(TOKEN),
+        Some(bad),
+        "text/csv",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("CSV line 3"), "{body}");
+    assert!(
+        !users(&mut gw).contains(&"3002".to_owned()),
+        "nothing written"
+    );
+    let good = "user,password,extension\n3002,pw,3002\n3003,pw,3003\n";
+    let (status, body) = http(
+        &mut gw,
+        "POST",
+        "/admin/devices/import",
+        Some(TOKEN),
+        Some(good),
+        "text/csv",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"imported\":2"), "{body}");
+    let u = users(&mut gw);
+    assert!(
+        u.contains(&"3002".to_owned()) && u.contains(&"3003".to_owned()),
+        "{u:?}"
+    );
+    admin(&mut gw, "DELETE", "/admin/devices/3001", None);
+    assert!(!users(&mut gw).contains(&"3001".to_owned()));
+    let (status, _) = http(
+        &mut gw,
+        "DELETE",
+        "/admin/devices/3001",
+        Some(TOKEN),
+        None,
+        "text/plain",
+    );
+    assert_eq!(status, 404);
+
+    let cfg = gw.dir().join("site-a.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let changed = text.replace(
+        r#"members = ["PJSIP/2001"]"#,
+        r#"members = ["PJSIP/2001", "PJSIP/2002"]"#,
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&cfg, changed).expect("write config");
+    let out = cli(&mut gw, &["queue", "reload"]);
+    assert!(out.contains("updated [\"support\"]"), "{out}");
+    let r = queue_log(&mut gw, "|CONFIGRELOAD|");
+    assert_eq!(fields(&r), "NONE|NONE|NONE|CONFIGRELOAD|");
+    let floor = admin(&mut gw, "GET", "/admin/queues", None);
+    let members: Vec<&str> = floor["queues"][0]["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["interface"].as_str())
+        .collect();
+    assert_eq!(members, ["PJSIP/2001", "PJSIP/2002"]);
+}
