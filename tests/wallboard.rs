@@ -120,6 +120,22 @@ token = "{TOKEN}"
             v == "unavailable"
         })
         .expect("the wallboard shows the unregistered agent");
+    // The open stream is counted (streams are bounded).
+    {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(addr.as_str()).expect("connect");
+        write!(
+            c,
+            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .expect("req");
+        let mut r = String::new();
+        c.read_to_string(&mut r).expect("metrics");
+        assert!(
+            r.lines().any(|l| l == "callfabric_wallboard_streams 1"),
+            "{r}"
+        );
+    }
     let figures = chrome
         .eval(
             &page,

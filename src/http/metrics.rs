@@ -26,6 +26,9 @@ pub struct Totals {
     /// Jitter of ended legs, in ms (histogram observations, kept as a bounded sample).
     jitter: Mutex<Vec<f64>>,
     offers_refused: AtomicU64,
+    /// Wallboard event streams open now, and those refused at the bound.
+    pub(super) wallboard_streams: AtomicU64,
+    pub(super) wallboard_refused: AtomicU64,
 }
 
 /// Most jitter observations kept between scrapes.
@@ -221,6 +224,17 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
         .inc_by(t.offers_refused.load(Ordering::Relaxed));
         reg!(jitter_histogram(t)?);
     }
+    let t = &s.metrics;
+    reg!(IntGauge::new(
+        "callfabric_wallboard_streams",
+        "Wallboard event streams open now"
+    )?)
+    .set(i64::try_from(t.wallboard_streams.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    reg!(IntCounter::new(
+        "callfabric_wallboard_streams_refused_total",
+        "Wallboard event streams refused (over the bound)"
+    )?)
+    .inc_by(t.wallboard_refused.load(Ordering::Relaxed));
     // The ACD.
     if let Some(f) = floor {
         let waiting = reg!(IntGaugeVec::new(

@@ -21,6 +21,19 @@ const PAGE: &str = include_str!("wallboard.html");
 const MIN_GAP: Duration = Duration::from_millis(50);
 /// Pushes at least this often.
 const MAX_GAP: Duration = Duration::from_secs(1);
+/// Event streams open at once; more are refused (503) and counted.
+const MAX_STREAMS: u64 = 64;
+
+/// One open stream, counted while it lives.
+struct Open(std::sync::Arc<super::metrics::Totals>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0
+            .wallboard_streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 pub(super) async fn page() -> Html<&'static str> {
     Html(PAGE)
@@ -55,9 +68,22 @@ pub(super) async fn events(State(s): State<Sources>) -> Response {
         )
             .into_response();
     };
+    use std::sync::atomic::Ordering;
+    let t = s.metrics.clone();
+    if t.wallboard_streams.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
+        t.wallboard_streams.fetch_sub(1, Ordering::Relaxed);
+        t.wallboard_refused.fetch_add(1, Ordering::Relaxed);
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many wallboards open",
+        )
+            .into_response();
+    }
+    let open = Open(t);
     let changes = node.changes();
-    let stream =
-        futures::stream::unfold((s, changes, true), |(s, mut changes, first)| async move {
+    let stream = futures::stream::unfold(
+        (s, changes, true, open),
+        |(s, mut changes, first, open)| async move {
             if !first {
                 // At most one push per MIN_GAP (a change meanwhile is kept by the watch), then
                 // the next change or the periodic tick.
@@ -67,8 +93,9 @@ pub(super) async fn events(State(s): State<Sources>) -> Response {
             }
             let data = snapshot(&s).await?;
             let ev: Result<Event, Infallible> = Ok(Event::default().event("floor").data(data));
-            Some((ev, (s, changes, false)))
-        });
+            Some((ev, (s, changes, false, open)))
+        },
+    );
     sse(stream)
 }
 
