@@ -24,6 +24,11 @@ fn binary() -> &'static Path {
 /// A site with devices 1001, 1002 (callers), 2001 and 2002 (agents), queue 800 "support"
 /// (linear) with `members`, and the admin API on a free loopback port with [`TOKEN`].
 fn site(members: &[&str], acd_extra: &str) -> GatewayProcess {
+    site_with(members, acd_extra, "")
+}
+
+/// [`site`] with extra lines in the queue's section.
+fn site_with(members: &[&str], acd_extra: &str, queue_extra: &str) -> GatewayProcess {
     let members = members
         .iter()
         .map(|m| format!("{m:?}"))
@@ -52,6 +57,7 @@ retry = 1
 ringinuse = false
 servicelevel = 20
 members = [{members}]
+{queue_extra}
 
 [http]
 listen = "127.0.0.1:0"
@@ -564,4 +570,35 @@ fn devices_and_queue_reload() {
         .filter_map(|a| a["interface"].as_str())
         .collect();
     assert_eq!(members, ["PJSIP/2001", "PJSIP/2002"]);
+}
+
+/// Autopause through the binary: with `autopause = "yes"` and `autopausebusy`, the agent whose
+/// phone refuses the offer (486) is paused with app_queue's reason `Auto-Pause`, and the
+/// caller goes on to the next agent.
+#[test]
+fn agent_refusing_an_offer_is_autopaused() {
+    let mut gw = site_with(
+        &["PJSIP/2001", "PJSIP/2002"],
+        "",
+        "autopause = \"yes\"\nautopausebusy = true",
+    );
+    let _busy = answering_phone(&mut gw, "2001", "call_uas_busy.xml", 1);
+    gw.device("2001", "NOT_INUSE", WAIT);
+    let mut p2002 = answered_by(&mut gw, "2002");
+    call_queue(&mut gw, "1001");
+    let p = queue_log(&mut gw, "|PAUSE|");
+    assert_eq!(fields(&p), "NONE|support|PJSIP/2001|PAUSE|Auto-Pause");
+    let c = queue_log(&mut gw, "|CONNECT|");
+    assert!(
+        c.contains("|support|PJSIP/2002|CONNECT|"),
+        "{c}\n{}",
+        gw.diag()
+    );
+    assert_passes(&gw, &p2002.wait().expect("2002"), "2002 answered");
+    let floor = admin(&mut gw, "GET", "/admin/queues", None);
+    assert_eq!(
+        floor["queues"][0]["agents"][0]["pause_reason"],
+        json!("Auto-Pause"),
+        "{floor}"
+    );
 }
