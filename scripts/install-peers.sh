@@ -19,7 +19,7 @@ VENV=${CALLFABRIC_VENV:-$REPO/target/peers-venv}
 export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(prosody lua-unbound lua-dbi-sqlite3 ejabberd sip-tester baresip-core iproute2 iputils-ping
-              openssl python3-venv postgresql dnsmasq-base)
+              openssl python3-venv postgresql dnsmasq-base chromium)
 
 say() { printf 'install-peers: %s\n' "$*"; }
 
@@ -59,6 +59,7 @@ need /usr/sbin/dnsmasq
 need ip
 need ping
 need openssl
+need chromium   # the wallboard test (headless, DevTools protocol over a pipe)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 need python3
 for pkg in lua-unbound lua-dbi-sqlite3; do  # Prosody's modules (SQL storage: SQLite3 driver)

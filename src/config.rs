@@ -48,8 +48,21 @@ pub struct Shutdown {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
-    /// `ip:port` to listen on (port 0: any free port, printed as `http ready <addr>`).
-    pub listen: String,
+    /// `ip:port` to listen on (port 0: any free port, printed as `http ready <addr>`; default
+    /// `127.0.0.1:8088`, loopback).
+    pub listen: Option<String>,
+    /// Bearer token of the admin API (`/admin/…`): `Authorization: Bearer <token>`. Without a
+    /// token (here or in `token_file`) the admin API answers 403.
+    pub token: Option<String>,
+    /// A file holding the token (first line; relative to the config file).
+    pub token_file: Option<String>,
+}
+
+/// The validated `[http]` section.
+#[derive(Debug, Clone)]
+pub struct Http {
+    pub listen: std::net::SocketAddr,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +102,14 @@ pub struct AcdSection {
     pub login_code: Option<String>,
     /// …and `<logout_code><queue number>` to log out (default `*46`).
     pub logout_code: Option<String>,
+    /// Agent self-service: dial `<pause_code><reason code>` to pause in all queues (default
+    /// `*47`; `*47` alone: no reason)…
+    pub pause_code: Option<String>,
+    /// …and `<unpause_code>` to unpause (default `*48`).
+    pub unpause_code: Option<String>,
+    /// Reason code → pause reason (`"1" = "Lunch"`), written to queue_log PAUSE.
+    #[serde(default)]
+    pub pause_reasons: std::collections::BTreeMap<String, String>,
     /// Device name prefix of the gateways' users (default: `[gateway]`'s, else `PJSIP/`).
     pub device_prefix: Option<String>,
     /// Dialled number → queue name.
@@ -977,6 +998,11 @@ impl Loaded {
             announce_holdtime: a.announce_holdtime.unwrap_or(true),
             login_code: a.login_code.clone().unwrap_or_else(|| "*45".into()),
             logout_code: a.logout_code.clone().unwrap_or_else(|| "*46".into()),
+            pause_codes: acd::call::PauseCodes {
+                pause: a.pause_code.clone().unwrap_or_else(|| "*47".into()),
+                unpause: a.unpause_code.clone().unwrap_or_else(|| "*48".into()),
+                reasons: a.pause_reasons.clone().into_iter().collect(),
+            },
             reach,
             offer_provisional_timeout,
             device_prefix: (a.device_prefix.clone())
@@ -999,18 +1025,91 @@ impl Loaded {
             })
     }
 
-    /// The status API's listen address, if configured.
-    pub fn http(&self) -> Result<Option<std::net::SocketAddr>> {
-        match &self.config.http {
-            None => Ok(None),
-            Some(h) => h.listen.parse().map(Some).map_err(|_| {
+    /// The HTTP API (status, admin, wallboard, metrics), if configured: listen address
+    /// (loopback by default) and the admin token. A listener that is not on loopback needs a
+    /// token.
+    pub fn http(&self) -> Result<Option<Http>> {
+        let Some(h) = &self.config.http else {
+            return Ok(None);
+        };
+        let listen: std::net::SocketAddr = match &h.listen {
+            None => ([127, 0, 0, 1], 8088).into(),
+            Some(l) => l.parse().map_err(|_| {
                 anyhow!(
-                    "{}: {:?} is not an address like 127.0.0.1:8088",
-                    self.at("http", "listen"),
-                    h.listen
+                    "{}: {l:?} is not an address like 127.0.0.1:8088",
+                    self.at("http", "listen")
                 )
-            }),
+            })?,
+        };
+        let token = match (&h.token, &h.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(anyhow!(
+                    "{}: give token or token_file, not both",
+                    self.at("http", "token_file")
+                ))
+            }
+            (Some(t), None) => Some(t.trim().to_owned()),
+            (None, Some(f)) => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                let text = std::fs::read_to_string(dir.join(f)).map_err(|e| {
+                    anyhow!(
+                        "{}: cannot read token file {f:?}: {e}",
+                        self.at("http", "token_file")
+                    )
+                })?;
+                Some(text.lines().next().unwrap_or("").trim().to_owned())
+            }
+            (None, None) => None,
+        };
+        if let Some(t) = &token {
+            if t.len() < 16 {
+                return Err(anyhow!(
+                    "{}: the admin token must be at least 16 characters",
+                    self.at(
+                        "http",
+                        if h.token.is_some() {
+                            "token"
+                        } else {
+                            "token_file"
+                        }
+                    )
+                ));
+            }
         }
+        if !listen.ip().is_loopback() && token.is_none() {
+            return Err(anyhow!(
+                "{}: {listen} is not a loopback address: set token (or token_file) first",
+                self.at("http", "listen")
+            ));
+        }
+        Ok(Some(Http { listen, token }))
+    }
+
+    /// The queues and number plan of `[acd]` as they are in the file now (for a reload).
+    pub fn acd_queues(
+        &self,
+    ) -> Result<(acd::EngineConfig, std::collections::HashMap<String, String>)> {
+        let a = self
+            .config
+            .acd
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: no [acd] section", self.path.display()))?;
+        for (number, queue) in &a.numbers {
+            if !a.queue.iter().any(|q| &q.name == queue) {
+                return Err(anyhow!(
+                    "{}: number {number:?} routes to unknown queue {queue:?}",
+                    self.at("acd.numbers", &format!("\"{number}\""))
+                ));
+            }
+        }
+        let engine = acd::EngineConfig {
+            queues: a.queue.clone(),
+            rules: a.rules.clone(),
+            shared_lastcall: a.shared_lastcall,
+            seed: 0,
+        };
+        acd::Engine::new(&engine).map_err(|e| anyhow!("{}: {e}", self.at("acd", "queue")))?;
+        Ok((engine, a.numbers.clone().into_iter().collect()))
     }
 
     /// `[shutdown]`: drain 0 to 86400 s (default 30), Retry-After 1 to 86400 s (default 60).
@@ -1289,6 +1388,39 @@ mod tests {
             assert!(
                 e.contains("site-a.toml:8:") && e.contains("max_contacts"),
                 "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_section_defaults_to_loopback_and_guards_the_token() {
+        let h = load("[node]\nname = \"a\"\n[http]\n")
+            .unwrap()
+            .http()
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.listen.to_string(), "127.0.0.1:8088");
+        assert_eq!(h.token, None);
+        let h = load("[node]\nname = \"a\"\n[http]\ntoken = \"0123456789abcdef\"\n")
+            .unwrap()
+            .http()
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.token.as_deref(), Some("0123456789abcdef"));
+        for (line, msg) in [
+            ("listen = \"0.0.0.0:8088\"", "not a loopback address"),
+            ("token = \"short\"", "at least 16 characters"),
+            ("token_file = \"missing.token\"", "cannot read token file"),
+        ] {
+            let e = load(&format!("[node]\nname = \"a\"\n[http]\n{line}\n"))
+                .unwrap()
+                .http()
+                .err()
+                .unwrap_or_else(|| panic!("{line} accepted"))
+                .to_string();
+            assert!(
+                e.contains("site-a.toml:4:") && e.contains(msg),
+                "{line}: {e}"
             );
         }
     }

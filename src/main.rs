@@ -1,5 +1,6 @@
 //! `callfabric`: the one command-line binary of the call-center fabric.
 
+mod cli;
 mod config;
 mod http;
 
@@ -48,6 +49,26 @@ enum Cmd {
     Devices {
         #[command(subcommand)]
         cmd: DevicesCmd,
+    },
+    /// Queues of a running node (admin API).
+    Queue {
+        #[command(subcommand)]
+        cmd: cli::QueueCmd,
+    },
+    /// Agents of a running node: pause, unpause, log in and out (admin API).
+    Agent {
+        #[command(subcommand)]
+        cmd: cli::AgentCmd,
+    },
+    /// Queue members of a running node: add, remove, penalty (admin API).
+    Member {
+        #[command(subcommand)]
+        cmd: cli::MemberCmd,
+    },
+    /// Live calls of a running node (admin API).
+    Calls {
+        #[command(flatten)]
+        api: cli::Api,
     },
 }
 
@@ -127,6 +148,14 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The operator commands are clients of a running node's admin API.
+    let cli = match cli.cmd {
+        Cmd::Queue { cmd } => return cli::queue(cmd),
+        Cmd::Agent { cmd } => return cli::agent(cmd),
+        Cmd::Member { cmd } => return cli::member(cmd),
+        Cmd::Calls { api } => return cli::calls(api),
+        cmd => Cli { cmd },
+    };
     // Config is read (and SSL_CERT_FILE possibly set) before the runtime starts any thread.
     let loaded = Loaded::read(config_path(&cli.cmd))?;
     let gateway_cfg = match &cli.cmd {
@@ -156,6 +185,17 @@ fn main() -> Result<()> {
         return rt.block_on(devices(cmd, &url, &realm));
     }
     let http_listen = loaded.http()?;
+    let api = ApiExtras {
+        reload: {
+            let path = loaded.path.clone();
+            let f: http::Reloader = Arc::new(move || config::Loaded::read(&path)?.acd_queues());
+            Some(f)
+        },
+        devices: match (loaded.database_url(), &loaded.config.gateway) {
+            (Ok(url), Some(g)) => Some((url, g.realm.clone())),
+            _ => None,
+        },
+    };
     let shutdown = loaded.shutdown()?;
     let xmpp_cfg = match loaded.config.statebus.backend {
         Backend::Xmpp => Some(loaded.xmpp_bus()?),
@@ -193,11 +233,11 @@ fn main() -> Result<()> {
             } => publish(bus, xmpp, &devices, &mwi, hold).await,
             Cmd::Gateway { .. } => {
                 let cfg = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
-                run_gateway(cfg, None, bus, xmpp, http_listen, shutdown).await
+                run_gateway(cfg, None, bus, xmpp, (http_listen, api), shutdown).await
             }
             Cmd::Acd { .. } => {
                 let cfg = acd_cfg.ok_or_else(|| anyhow!("no acd configuration"))?;
-                run_gateway_or_acd(None, Some(cfg), bus, xmpp, http_listen, shutdown).await
+                run_gateway_or_acd(None, Some(cfg), bus, xmpp, (http_listen, api), shutdown).await
             }
             Cmd::Site { .. } => {
                 let mut gw = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
@@ -210,7 +250,12 @@ fn main() -> Result<()> {
                         .numbers
                         .keys()
                         .cloned()
-                        .chain([acd.login_code.clone(), acd.logout_code.clone()])
+                        .chain([
+                            acd.login_code.clone(),
+                            acd.logout_code.clone(),
+                            acd.pause_codes.pause.clone(),
+                            acd.pause_codes.unpause.clone(),
+                        ])
                         .filter(|p| !p.is_empty())
                         .collect(),
                     strip: 0,
@@ -219,9 +264,13 @@ fn main() -> Result<()> {
                     register: None,
                     domain: None,
                 });
-                run_gateway(gw, Some(acd), bus, xmpp, http_listen, shutdown).await
+                run_gateway(gw, Some(acd), bus, xmpp, (http_listen, api), shutdown).await
             }
-            Cmd::Devices { .. } => Ok(()),
+            Cmd::Devices { .. }
+            | Cmd::Queue { .. }
+            | Cmd::Agent { .. }
+            | Cmd::Member { .. }
+            | Cmd::Calls { .. } => Ok(()),
         }
     })
 }
@@ -237,6 +286,9 @@ fn config_path(cmd: &Cmd) -> &std::path::Path {
         | Cmd::Devices {
             cmd: DevicesCmd::Add { config, .. } | DevicesCmd::List { config },
         } => config,
+        Cmd::Queue { .. } | Cmd::Agent { .. } | Cmd::Member { .. } | Cmd::Calls { .. } => {
+            std::path::Path::new("")
+        }
     }
 }
 
@@ -393,11 +445,19 @@ async fn run_gateway(
     acd: Option<acd::node::NodeConfig>,
     bus: Arc<dyn Bus>,
     xmpp: Option<XmppBus>,
-    http_listen: Option<std::net::SocketAddr>,
+    http_listen: HttpSetup,
     shutdown: config::Shutdown,
 ) -> Result<()> {
     run_gateway_or_acd(Some(cfg), acd, bus, xmpp, http_listen, shutdown).await
 }
+
+/// What the HTTP API needs from the config besides its section.
+struct ApiExtras {
+    reload: Option<http::Reloader>,
+    devices: Option<(String, String)>,
+}
+
+type HttpSetup = (Option<config::Http>, ApiExtras);
 
 /// Runs a gateway, an ACD node or both (site mode), printing one line per event on stdout:
 /// `gateway ready …`, `acd ready …`, `DEVICE <key> <STATE>`, `CALL <n> ENDED …`,
@@ -407,7 +467,7 @@ async fn run_gateway_or_acd(
     acd_cfg: Option<acd::node::NodeConfig>,
     bus: Arc<dyn Bus>,
     xmpp: Option<XmppBus>,
-    http_listen: Option<std::net::SocketAddr>,
+    (http_cfg, extras): HttpSetup,
     shutdown: config::Shutdown,
 ) -> Result<()> {
     // SIGINT and SIGTERM are ours from here on: they start a graceful shutdown.
@@ -446,13 +506,14 @@ async fn run_gateway_or_acd(
         println!("acd ready udp={}", n.local);
     }
     let api = async {
-        match http_listen {
-            Some(listen) => {
-                let sources = http::Sources {
-                    bus: bus.clone(),
-                    gateway: gw.clone(),
-                    acd: node.clone(),
-                };
+        match http_cfg {
+            Some(h) => {
+                let listen = h.listen;
+                let mut sources = http::Sources::new(bus.clone(), gw.clone(), node.clone());
+                sources.xmpp = xmpp.clone();
+                sources.token = h.token.map(Arc::from);
+                sources.reload = node.as_ref().and(extras.reload);
+                sources.devices = extras.devices;
                 http::serve(listen, sources)
                     .await
                     .with_context(|| format!("status API on {listen}"))

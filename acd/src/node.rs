@@ -9,6 +9,7 @@
 //!
 //! Not yet: transfers, several media streams, TCP towards gateways.
 
+mod admin;
 mod media;
 mod shutdown;
 
@@ -33,6 +34,7 @@ use crate::call::{self, CallConfig, CallControl, LegId, Output};
 pub use crate::call::{NodeEvent, QueueReport};
 use crate::engine::{EngineConfig, EngineError, QueueLogEvent};
 use crate::reach::ReachConfig;
+pub use admin::{AdminOp, AdminReply, Floor, QueueFloor};
 use media::{BusFabric, RelayMedia};
 pub use shutdown::FinishReport;
 
@@ -87,6 +89,8 @@ pub struct NodeConfig {
     pub offer_provisional_timeout: Duration,
     /// Device (interface) name of a user: `<device_prefix><user>` (Asterisk: `PJSIP/`).
     pub device_prefix: String,
+    /// Agent self-service: pause with a reason code, unpause.
+    pub pause_codes: crate::call::PauseCodes,
     /// A member whose device state was never heard of reads UNAVAILABLE. True whenever the
     /// node has a source of device state (a gateway in the process, or the XMPP fabric);
     /// false for a lone node on the in-process bus, which keeps app_queue's UNKNOWN = available.
@@ -99,6 +103,13 @@ enum Command {
     Drain(u32),
     /// Graceful shutdown: hang up everyone, write the queue_log, stop.
     Finish(tokio::sync::oneshot::Sender<FinishReport>),
+    /// An operator command (`admin.rs`).
+    Admin(
+        AdminOp,
+        tokio::sync::oneshot::Sender<Result<AdminReply, EngineError>>,
+    ),
+    /// The floor view.
+    Floor(tokio::sync::oneshot::Sender<Floor>),
 }
 
 /// Errors starting the node.
@@ -128,6 +139,8 @@ pub struct AcdNode {
     task: tokio::task::JoinHandle<()>,
     /// Callers in the node (for the shutdown's drain).
     active: tokio::sync::watch::Receiver<usize>,
+    /// Ticks when the floor may have changed.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl AcdNode {
@@ -182,6 +195,7 @@ impl AcdNode {
             offer_provisional_timeout: cfg.offer_provisional_timeout,
             device_prefix: cfg.device_prefix,
             caller_prefix: format!("acd-{}", std::process::id()),
+            pause_codes: cfg.pause_codes,
         };
         let mut core = CallControl::new(
             call_cfg,
@@ -210,6 +224,7 @@ impl AcdNode {
         }
         let (node_events, _) = broadcast::channel(1024);
         let (active_tx, active) = tokio::sync::watch::channel(0);
+        let (changes, _) = tokio::sync::watch::channel(0u64);
         let node = Node {
             tl: TransactionLayer::new(tx::Config {
                 t1: cfg.t1,
@@ -224,6 +239,7 @@ impl AcdNode {
             active: active_tx,
             writes: Vec::new(),
             finish_reply: None,
+            changes: changes.clone(),
         };
         let (commands, cmd_rx) = mpsc::channel(16);
         let task = tokio::spawn(node.run(events, bus_rx, cmd_rx, done_rx));
@@ -233,6 +249,7 @@ impl AcdNode {
             commands,
             task,
             active,
+            changes,
         })
     }
 
@@ -270,6 +287,8 @@ struct Node {
     writes: Vec<tokio::task::JoinHandle<()>>,
     /// The finish's reply, once asked for.
     finish_reply: Option<tokio::sync::oneshot::Sender<FinishReport>>,
+    /// Ticks when the floor may have changed (`admin.rs`).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Node {
@@ -291,6 +310,7 @@ impl Node {
                     None => break,
                     Some(BusEvent::Changed(Change::Device { key, state })) => {
                         self.core.device_state(&key, state, Instant::now());
+                        self.changed();
                     }
                     Some(BusEvent::Changed(Change::PeerUp(_))) => {
                         // A member that may announce a SIP address: keep it alive from now on.
@@ -315,6 +335,13 @@ impl Node {
                     Command::Finish(done) => {
                         self.finish_reply = Some(done);
                         self.core.finish(Instant::now());
+                    }
+                    Command::Admin(op, reply) => {
+                        let _ = reply.send(self.admin(op));
+                        self.changed();
+                    }
+                    Command::Floor(reply) => {
+                        let _ = reply.send(self.floor());
                     }
                 },
             }
@@ -358,6 +385,7 @@ impl Node {
             Output::QueueLog(ev) => self.queue_log(&ev),
             Output::Event(ev) => {
                 let _ = self.events.send(ev);
+                self.changed();
             }
             other => warn!(?other, "unexpected output"),
         }
@@ -386,5 +414,6 @@ impl Node {
             }));
         }
         let _ = self.events.send(NodeEvent::QueueLog(line));
+        self.changed();
     }
 }

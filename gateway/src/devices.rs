@@ -167,6 +167,15 @@ impl DeviceStore {
         Ok(())
     }
 
+    /// Delete one device; false if there was none.
+    pub async fn delete(&self, username: &str) -> Result<bool, DbError> {
+        let r = sqlx::query("DELETE FROM devices WHERE username = $1")
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }

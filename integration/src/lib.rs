@@ -14,6 +14,7 @@
 
 pub mod baresip;
 pub mod bench;
+pub mod chromium;
 pub mod dns;
 pub mod ejabberd_cluster;
 pub mod gateway;

@@ -35,9 +35,11 @@
 //! * **Hot-desking**: `<login_code><queue number>` / `<logout_code><queue number>` add or
 //!   remove the calling device as a dynamic member; a confirmation plays, then we hang up.
 
+mod admin;
 mod announce;
 mod late;
 mod shutdown;
+pub use admin::{CallState, LiveCall, PauseCodes};
 pub use late::MAX_ABANDONED;
 pub use shutdown::{FinishReport, BYE_WAIT_CAP};
 #[cfg(test)]
@@ -105,6 +107,8 @@ pub struct CallConfig {
     pub device_prefix: String,
     /// Caller ids are `<caller_prefix>-<n>`.
     pub caller_prefix: String,
+    /// Agent self-service: pause with a reason code and unpause from the phone.
+    pub pause_codes: PauseCodes,
 }
 
 /// A relay leg of a caller or an agent, numbered by call control.
@@ -329,6 +333,10 @@ struct CallerCall {
     queue: String,
     ok: Option<OkRetx>,
     connected: Option<OfferId>,
+    /// The caller's number (From user).
+    from: String,
+    /// Answered by us.
+    since: Instant,
 }
 
 struct AgentCall {
@@ -794,6 +802,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             _ => None,
         })
         .unwrap_or_default();
+        let from_user_kept = from_user.clone();
         let confirm = match self.feature_code(&number, &from_user, now) {
             Feature::None => None,
             Feature::Refused(code) => return self.reply(&key, &req, code),
@@ -912,6 +921,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     deadline: now + t1 * 64,
                 }),
                 connected: None,
+                from: from_user_kept,
+                since: now,
             },
         );
     }
@@ -1493,7 +1504,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let (login, rest) = match (strip(&self.cfg.login_code), strip(&self.cfg.logout_code)) {
             (Some(rest), _) => (true, rest),
             (None, Some(rest)) => (false, rest),
-            (None, None) => return Feature::None,
+            (None, None) => return self.pause_code(number, from_user, now),
         };
         let Some(queue) = self.cfg.numbers.get(&rest).cloned() else {
             return Feature::Refused(404);

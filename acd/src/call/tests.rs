@@ -197,6 +197,7 @@ fn config(queues: Vec<QueueConfig>) -> CallConfig {
         offer_provisional_timeout: Duration::from_secs(2),
         device_prefix: "PJSIP/".into(),
         caller_prefix: "acd-test".into(),
+        pause_codes: crate::call::PauseCodes::default(),
     }
 }
 

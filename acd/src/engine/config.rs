@@ -380,9 +380,37 @@ pub struct QueueConfig {
     /// `announce-holdtime`: include the estimated hold time (None: the node's default).
     #[serde(default)]
     pub announce_holdtime: Option<bool>,
+    /// `autopause`: pause a member who misses offers (`no`, `yes`: in this queue, `all`: in
+    /// all its queues; reason `Auto-Pause`, as app_queue).
+    #[serde(default)]
+    pub autopause: AutoPause,
+    /// Missed offers in a row that trigger `autopause` (default 1, app_queue's behaviour;
+    /// FreeSWITCH's `max-no-answer`). An answered offer resets the count.
+    #[serde(default = "default_autopause_after")]
+    pub autopause_after: u32,
+    /// `autopausebusy`: a member whose phone refuses the offer (busy) counts as missed too.
+    #[serde(default)]
+    pub autopausebusy: bool,
     /// Static members.
     #[serde(default)]
     pub members: Vec<MemberConfig>,
+}
+
+fn default_autopause_after() -> u32 {
+    1
+}
+
+/// `autopause=` in queues.conf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoPause {
+    /// Never (default).
+    #[default]
+    No,
+    /// Pause the member in the queue whose offer it missed.
+    Yes,
+    /// Pause the member in all its queues (PAUSEALL).
+    All,
 }
 
 impl QueueConfig {
@@ -405,6 +433,9 @@ impl QueueConfig {
             defaultrule: None,
             announce_frequency: None,
             announce_holdtime: None,
+            autopause: AutoPause::No,
+            autopause_after: default_autopause_after(),
+            autopausebusy: false,
             members: Vec::new(),
         }
     }

@@ -8,14 +8,16 @@
 //! device-state change touches only that member's queues, and every decision is
 //! O(members of one queue).
 
+mod admin;
 mod availability;
 mod config;
 mod rules;
 mod strategy;
 mod types;
 
+pub use admin::{AgentView, ReloadReport, WaitingCaller, AUTO_PAUSE_REASON};
 pub use availability::{counts_as_present, penalty_in_range, state_available};
-pub use config::{EmptyConditions, EngineConfig, MemberConfig, QueueConfig, Strategy};
+pub use config::{AutoPause, EmptyConditions, EngineConfig, MemberConfig, QueueConfig, Strategy};
 pub use rules::{PenaltyRule, RuleValue};
 pub use strategy::Rng;
 pub use types::{
@@ -50,6 +52,8 @@ pub fn normalize_key(key: &str) -> String {
 #[derive(Debug)]
 struct Device {
     state: DeviceState,
+    /// When `state` last changed (engine time).
+    since: Time,
     agents: Vec<AgentId>,
 }
 
@@ -73,6 +77,10 @@ struct Member {
     penalty: i32,
     paused: bool,
     reason: String,
+    /// When the member was paused (engine time).
+    paused_since: Option<Time>,
+    /// Offers missed in a row (autopause).
+    missed: u32,
     ringinuse: Option<bool>,
     wrapuptime: Option<u64>,
     dynamic: bool,
@@ -260,6 +268,7 @@ impl Engine {
             penalty: m.penalty,
             paused: m.paused,
             pause_reason: m.reason.clone(),
+            paused_since: m.paused_since,
             dynamic: m.dynamic,
             answered: m.answered,
             calls: m.calls,
@@ -477,6 +486,7 @@ impl Engine {
             return;
         }
         self.devices[d].state = state;
+        self.devices[d].since = self.now;
         let never = matches!(state, DeviceState::Invalid | DeviceState::Unavailable);
         let agents = self.devices[d].agents.clone();
         for a in agents {
@@ -640,11 +650,17 @@ impl Engine {
             OfferOutcome::Answered => self.connect(ck, a),
             OfferOutcome::NoAnswer => {
                 self.end_offer(ck, a, false, true);
+                if let Some(q) = self.callers.get(&ck).map(|c| c.queue) {
+                    self.missed_offer(q, a, false);
+                }
                 self.end_round_if_idle(ck);
                 self.dispatch_agent(a);
             }
             OfferOutcome::Busy => {
                 self.end_offer(ck, a, false, true);
+                if let Some(q) = self.callers.get(&ck).map(|c| c.queue) {
+                    self.missed_offer(q, a, true);
+                }
                 self.continue_after_busy(ck);
                 self.dispatch_agent(a);
             }
@@ -797,6 +813,7 @@ impl Engine {
         let d = self.devices.len();
         self.devices.push(Device {
             state: DeviceState::Unknown,
+            since: self.now,
             agents: Vec::new(),
         });
         self.device_by_key.insert(key.to_string(), d);
@@ -853,6 +870,8 @@ impl Engine {
             penalty: mc.penalty,
             paused: mc.paused,
             reason: String::new(),
+            paused_since: mc.paused.then_some(self.now),
+            missed: 0,
             ringinuse: mc.ringinuse,
             wrapuptime: mc.wrapuptime,
             dynamic,
@@ -890,19 +909,50 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.advance(now);
         let targets = self.targets(interface, queue)?;
-        for (q, mi) in &targets {
+        self.mark_paused(interface, queue.is_none(), &targets, reason, paused);
+        for (q, _) in targets {
+            self.dispatch(q);
+        }
+        Ok(())
+    }
+
+    /// Sets the pause flag of `targets` and logs as app_queue's `set_member_paused`: first
+    /// PAUSEALL/UNPAUSEALL (callid and queue `NONE`, the interface, no data) when every queue
+    /// is meant, then PAUSE/UNPAUSE per queue with the reason (an unpause without a reason
+    /// logs an empty one). No dispatch: the caller does it.
+    fn mark_paused(
+        &mut self,
+        interface: &str,
+        all: bool,
+        targets: &[(QueueId, usize)],
+        reason: &str,
+        paused: bool,
+    ) {
+        if all {
+            let ev = if paused { "PAUSEALL" } else { "UNPAUSEALL" };
+            self.log("NONE", "NONE", interface, ev, vec![String::new()]);
+        }
+        let now = self.now;
+        for (q, mi) in targets {
             let m = &mut self.queues[*q].members[*mi];
+            if paused && (!m.paused || m.reason != reason) {
+                m.paused_since = Some(now);
+            }
+            if !paused {
+                m.paused_since = None;
+                m.missed = 0;
+            }
             m.paused = paused;
-            m.reason = reason.to_string();
+            m.reason = if paused {
+                reason.to_string()
+            } else {
+                String::new()
+            };
             let name = m.name.clone();
             let qname = self.queues[*q].cfg.name.clone();
             let ev = if paused { "PAUSE" } else { "UNPAUSE" };
             self.log("NONE", &qname, &name, ev, vec![reason.to_string()]);
         }
-        for (q, _) in targets {
-            self.dispatch(q);
-        }
-        Ok(())
     }
 
     // ------------------------------------------------------------------ internals: availability
@@ -1054,8 +1104,12 @@ impl Engine {
                     }
                     _ => Vec::new(),
                 };
+                let q = self.callers.get(&caller).map(|c| c.queue);
                 for a in &offered {
                     self.end_offer(caller, *a, true, true);
+                    if let Some(q) = q {
+                        self.missed_offer(q, *a, false);
+                    }
                 }
                 self.end_round_if_idle(caller);
                 for a in offered {
@@ -1277,6 +1331,7 @@ impl Engine {
         }
         if let Some(mi) = self.queues[q].index.get(&a).copied() {
             self.queues[q].members[mi].answered += 1;
+            self.queues[q].members[mi].missed = 0;
         }
         let qname = self.queues[q].cfg.name.clone();
         let name = self.member_name(q, a);

@@ -292,8 +292,10 @@ pub struct MemberStats {
     pub penalty: i32,
     /// Paused.
     pub paused: bool,
-    /// Last pause reason.
+    /// Pause reason while paused (empty when not paused).
     pub pause_reason: String,
+    /// Paused since (engine time).
+    pub paused_since: Option<Time>,
     /// Added at run time (not from config).
     pub dynamic: bool,
     /// Calls answered from this queue.

@@ -7,37 +7,13 @@
 //! * `GET /queues`: per-queue and per-member statistics of this ACD node (answered, abandoned,
 //!   average wait, service level, members' calls and availability).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
-use statebus::Bus;
 
-/// What the API reads from.
-#[derive(Clone)]
-pub struct Sources {
-    pub bus: Arc<dyn Bus>,
-    pub gateway: Option<Arc<gateway::server::Gateway>>,
-    pub acd: Option<Arc<acd::node::AcdNode>>,
-}
+use super::Sources;
 
-/// Serves the API on `listen` until the task is dropped.
-pub async fn serve(listen: SocketAddr, sources: Sources) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/devices", get(devices))
-        .route("/calls", get(calls))
-        .route("/queues", get(queues))
-        .with_state(sources);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    println!("http ready {}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
-    Ok(())
-}
-
-async fn devices(State(s): State<Sources>) -> Json<Value> {
+pub(super) async fn devices(State(s): State<Sources>) -> Json<Value> {
     let snap = s.bus.snapshot();
     Json(json!(snap
         .devices
@@ -46,7 +22,7 @@ async fn devices(State(s): State<Sources>) -> Json<Value> {
         .collect::<serde_json::Map<_, _>>()))
 }
 
-fn leg(st: &media::LegStats) -> Value {
+pub(super) fn leg(st: &media::LegStats) -> Value {
     json!({
         "rtp_packets_in": st.rtp_packets_in,
         "rtp_bytes_in": st.rtp_bytes_in,
@@ -62,7 +38,7 @@ fn leg(st: &media::LegStats) -> Value {
     })
 }
 
-async fn calls(State(s): State<Sources>) -> Json<Value> {
+pub(super) async fn calls(State(s): State<Sources>) -> Json<Value> {
     let Some(gw) = &s.gateway else {
         return Json(json!([]));
     };
@@ -81,7 +57,7 @@ async fn calls(State(s): State<Sources>) -> Json<Value> {
         .collect::<Vec<_>>()))
 }
 
-async fn queues(State(s): State<Sources>) -> Json<Value> {
+pub(super) async fn queues(State(s): State<Sources>) -> Json<Value> {
     let Some(node) = &s.acd else {
         return Json(json!([]));
     };

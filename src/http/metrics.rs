@@ -1,0 +1,346 @@
+//! `GET /metrics`: Prometheus text exposition (the `prometheus` crate). Each scrape builds a
+//! registry from the current figures — gateway calls and RTP loss and jitter per live leg,
+//! devices by state (registered phones read as reachable states), the ACD's queues (callers,
+//! longest wait, agents by state, counters) and the state bus's health — plus totals counted
+//! from the gateway's call events since start (calls ended, RTP packets lost, jitter).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use super::Sources;
+
+/// Totals from the gateway's events, since start.
+#[derive(Debug, Default)]
+pub struct Totals {
+    calls_ended: Mutex<std::collections::BTreeMap<String, u64>>,
+    rtp_lost: AtomicU64,
+    rtp_packets_in: AtomicU64,
+    /// Jitter of ended legs, in ms (histogram observations, kept as a bounded sample).
+    jitter: Mutex<Vec<f64>>,
+    offers_refused: AtomicU64,
+    /// Wallboard event streams open now, and those refused at the bound.
+    pub(super) wallboard_streams: AtomicU64,
+    pub(super) wallboard_refused: AtomicU64,
+}
+
+/// Most jitter observations kept between scrapes.
+const MAX_JITTER_SAMPLES: usize = 100_000;
+
+/// Counts `CallEnded` / `OfferRefused` events until the gateway stops.
+pub(super) async fn count_gateway_events(
+    mut rx: tokio::sync::broadcast::Receiver<gateway::server::GatewayEvent>,
+    totals: Arc<Totals>,
+) {
+    use gateway::server::GatewayEvent as E;
+    loop {
+        match rx.recv().await {
+            Ok(E::CallEnded { reason, a, b, .. }) => {
+                let mut m = totals.calls_ended.lock().unwrap_or_else(|p| p.into_inner());
+                let reason: String = reason.to_string().chars().take(32).collect();
+                if m.len() < 64 || m.contains_key(&reason) {
+                    *m.entry(reason).or_default() += 1;
+                } else {
+                    *m.entry("other".into()).or_default() += 1;
+                }
+                drop(m);
+                for st in [a, b].into_iter().flatten() {
+                    totals
+                        .rtp_lost
+                        .fetch_add(st.lost.max(0) as u64, Ordering::Relaxed);
+                    totals
+                        .rtp_packets_in
+                        .fetch_add(st.rtp_packets_in, Ordering::Relaxed);
+                    let mut j = totals.jitter.lock().unwrap_or_else(|p| p.into_inner());
+                    if j.len() < MAX_JITTER_SAMPLES {
+                        j.push(st.jitter_ms);
+                    }
+                }
+            }
+            Ok(E::OfferRefused { .. }) => {
+                totals.offers_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+/// A histogram of ended legs' jitter, fed once from the kept samples (then kept across
+/// scrapes).
+fn jitter_histogram(totals: &Totals) -> prometheus::Result<Histogram> {
+    static HIST: std::sync::OnceLock<Histogram> = std::sync::OnceLock::new();
+    let h = match HIST.get() {
+        Some(h) => h.clone(),
+        None => {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(
+                    "callfabric_rtp_jitter_ms",
+                    "RFC 3550 interarrival jitter of each ended call leg, ms",
+                )
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0]),
+            )?;
+            HIST.get_or_init(|| h).clone()
+        }
+    };
+    let samples = std::mem::take(&mut *totals.jitter.lock().unwrap_or_else(|p| p.into_inner()));
+    for s in samples {
+        h.observe(s);
+    }
+    Ok(h)
+}
+
+fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<String> {
+    let r = Registry::new();
+    macro_rules! reg {
+        ($m:expr) => {{
+            let m = $m;
+            r.register(Box::new(m.clone()))?;
+            m
+        }};
+    }
+    // The state bus.
+    let online = reg!(IntGauge::new(
+        "callfabric_bus_online",
+        "1 while the state bus can publish (the in-process bus always)"
+    )?);
+    online.set(s.xmpp.as_ref().map_or(1, |x| i64::from(x.is_online())));
+    if let Some(x) = &s.xmpp {
+        let st = x.stats();
+        let c = reg!(IntCounterVec::new(
+            Opts::new("callfabric_bus_events_total", "XMPP state bus counters"),
+            &["event"]
+        )?);
+        for (k, v) in [
+            ("connects", st.connects),
+            ("published", st.published),
+            ("publish_acked", st.publish_acked),
+            ("publish_errors", st.publish_errors),
+            ("items_received", st.items_received),
+            ("items_dropped", st.items_dropped),
+            ("stanzas_dropped", st.stanzas_dropped),
+        ] {
+            c.with_label_values(&[k]).inc_by(v);
+        }
+    }
+    let snap = s.bus.snapshot();
+    let devices = reg!(IntGaugeVec::new(
+        Opts::new(
+            "callfabric_devices",
+            "Devices on the fabric by aggregate state"
+        ),
+        &["state"]
+    )?);
+    let reachable = reg!(IntGauge::new(
+        "callfabric_devices_reachable",
+        "Devices in a reachable state (a registered phone: not UNAVAILABLE, INVALID or UNKNOWN)"
+    )?);
+    for st in snap.devices.values() {
+        devices.with_label_values(&[st.as_wire()]).inc();
+        if !matches!(
+            st,
+            statebus::DeviceState::Unavailable
+                | statebus::DeviceState::Invalid
+                | statebus::DeviceState::Unknown
+        ) {
+            reachable.inc();
+        }
+    }
+    // The gateway.
+    if let Some(gw) = &s.gateway {
+        let calls = gw.calls();
+        reg!(IntGauge::new(
+            "callfabric_gateway_calls_active",
+            "Calls in progress on this gateway"
+        )?)
+        .set(calls.len() as i64);
+        let lost = reg!(IntGaugeVec::new(
+            Opts::new(
+                "callfabric_rtp_leg_lost_packets",
+                "RFC 3550 cumulative packets lost on a live call leg"
+            ),
+            &["call", "leg"]
+        )?);
+        let jit = reg!(GaugeVec::new(
+            Opts::new(
+                "callfabric_rtp_leg_jitter_ms",
+                "RFC 3550 interarrival jitter of a live call leg, ms"
+            ),
+            &["call", "leg"]
+        )?);
+        let pin = reg!(IntGaugeVec::new(
+            Opts::new(
+                "callfabric_rtp_leg_packets_in",
+                "RTP packets received on a live call leg"
+            ),
+            &["call", "leg"]
+        )?);
+        for c in &calls {
+            let id = c.call.to_string();
+            for (leg, st) in [("a", &c.a), ("b", &c.b)] {
+                lost.with_label_values(&[id.as_str(), leg]).set(st.lost);
+                jit.with_label_values(&[id.as_str(), leg]).set(st.jitter_ms);
+                pin.with_label_values(&[id.as_str(), leg])
+                    .set(i64::try_from(st.rtp_packets_in).unwrap_or(i64::MAX));
+            }
+        }
+        let t = &s.metrics;
+        let ended = reg!(IntCounterVec::new(
+            Opts::new(
+                "callfabric_gateway_calls_ended_total",
+                "Calls ended on this gateway since start, by reason"
+            ),
+            &["reason"]
+        )?);
+        for (k, v) in t
+            .calls_ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            ended.with_label_values(&[k.as_str()]).inc_by(*v);
+        }
+        reg!(IntCounter::new(
+            "callfabric_rtp_lost_packets_total",
+            "RTP packets lost on ended calls' legs since start (RFC 3550)"
+        )?)
+        .inc_by(t.rtp_lost.load(Ordering::Relaxed));
+        reg!(IntCounter::new(
+            "callfabric_rtp_packets_in_total",
+            "RTP packets received on ended calls' legs since start"
+        )?)
+        .inc_by(t.rtp_packets_in.load(Ordering::Relaxed));
+        reg!(IntCounter::new(
+            "callfabric_gateway_offers_refused_total",
+            "ACD offers the gateway refused before ringing"
+        )?)
+        .inc_by(t.offers_refused.load(Ordering::Relaxed));
+        reg!(jitter_histogram(t)?);
+    }
+    let t = &s.metrics;
+    reg!(IntGauge::new(
+        "callfabric_wallboard_streams",
+        "Wallboard event streams open now"
+    )?)
+    .set(i64::try_from(t.wallboard_streams.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    reg!(IntCounter::new(
+        "callfabric_wallboard_streams_refused_total",
+        "Wallboard event streams refused (over the bound)"
+    )?)
+    .inc_by(t.wallboard_refused.load(Ordering::Relaxed));
+    // The ACD.
+    if let Some(f) = floor {
+        let waiting = reg!(IntGaugeVec::new(
+            Opts::new("callfabric_queue_callers", "Callers waiting in a queue"),
+            &["queue"]
+        )?);
+        let longest = reg!(GaugeVec::new(
+            Opts::new(
+                "callfabric_queue_longest_wait_seconds",
+                "Wait of the longest-waiting caller"
+            ),
+            &["queue"]
+        )?);
+        let sl = reg!(GaugeVec::new(
+            Opts::new(
+                "callfabric_queue_service_level_ratio",
+                "Answered within the service level, of all answered (0..1)"
+            ),
+            &["queue"]
+        )?);
+        let agents = reg!(IntGaugeVec::new(
+            Opts::new(
+                "callfabric_queue_members",
+                "Queue members by state (paused, ringing, wrapup, available, or the device state)"
+            ),
+            &["queue", "state"]
+        )?);
+        let counters = reg!(IntCounterVec::new(
+            Opts::new(
+                "callfabric_queue_callers_total",
+                "Queue counters since start"
+            ),
+            &["queue", "event"]
+        )?);
+        for q in &f.queues {
+            let n = q.name.as_str();
+            waiting.with_label_values(&[n]).set(q.waiting.len() as i64);
+            longest.with_label_values(&[n]).set(
+                q.waiting
+                    .iter()
+                    .map(|c| c.wait.as_secs_f64())
+                    .fold(0.0, f64::max),
+            );
+            sl.with_label_values(&[n])
+                .set(q.service_level_pct() / 100.0);
+            for a in &q.agents {
+                agents.with_label_values(&[n, member_state(a)]).inc();
+            }
+            for (ev, v) in [
+                ("joined", q.stats.joined),
+                ("answered", q.stats.answered),
+                ("abandoned", q.stats.abandoned),
+                ("timed_out", q.stats.timed_out),
+                ("completed", q.stats.completed),
+            ] {
+                counters.with_label_values(&[n, ev]).inc_by(v);
+            }
+        }
+        reg!(IntGauge::new(
+            "callfabric_acd_calls_active",
+            "Calls in the ACD node"
+        )?)
+        .set(f.calls.len() as i64);
+    }
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&r.gather(), &mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// One word for a member's state (wallboard and metrics).
+pub(super) fn member_state(a: &acd::engine::AgentView) -> &'static str {
+    if a.paused.is_some() {
+        "paused"
+    } else if a.ringing {
+        "ringing"
+    } else if a.wrapup {
+        "wrapup"
+    } else if a.available {
+        "available"
+    } else {
+        match a.state {
+            statebus::DeviceState::InUse
+            | statebus::DeviceState::Busy
+            | statebus::DeviceState::OnHold
+            | statebus::DeviceState::RingInUse => "in_call",
+            statebus::DeviceState::Ringing => "ringing",
+            _ => "unavailable",
+        }
+    }
+}
+
+pub(super) async fn metrics(State(s): State<Sources>) -> impl IntoResponse {
+    let floor = match &s.acd {
+        Some(n) => n.floor().await,
+        None => None,
+    };
+    match gather(&s, floor.as_ref()) {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("metrics: {e}\n"),
+        ),
+    }
+}
