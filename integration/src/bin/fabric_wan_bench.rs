@@ -230,12 +230,23 @@ fn main() -> Result<()> {
         bail!("{why}");
     }
     let lab = WanLab::start(WanSpec::new(delay_ms, loss))?;
-    let s = lab.xmpp_server(
-        Site::A,
-        kind,
-        &["raw-pub", "raw-sub", "bus-a", "bus-b"],
-        PASSWORD,
-    )?;
+    // ejabberd's start outlasts its readiness bound now and then on a loaded machine: retry.
+    let mut attempt = 1;
+    let s = loop {
+        match lab.xmpp_server(
+            Site::A,
+            kind,
+            &["raw-pub", "raw-sub", "bus-a", "bus-b"],
+            PASSWORD,
+        ) {
+            Ok(s) => break s,
+            Err(e) if attempt < 3 => {
+                eprintln!("{kind:?} did not start (attempt {attempt} of 3): {e:#}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let addr = lab.socket_addr(Site::A, s.c2s_addr().port());
     // rustls-native-certs reads SSL_CERT_FILE when a bus connects (set before any bus exists).
     std::env::set_var("SSL_CERT_FILE", s.ca_cert());
