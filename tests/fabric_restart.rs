@@ -35,11 +35,12 @@ on_both_servers!(
 
 /// Fault 3: `kill -9` of the server and a restart on the same data. ejabberd refuses the
 /// stream resumption ("Previous session not found"); the members must log in afresh, resync,
-/// and the fabric must work again — and the member processes (the real binary) too.
+/// and the fabric must work again — and the member processes (the real binary) too. A has
+/// XEP-0198 stream management on (off by default), so the refused resumption is exercised.
 async fn server_crash_converges(kind: ServerKind) {
     let mut s = server(kind);
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = bus(&s, "gw-a", eid(1)).await;
+    let a = bus_with(&s, "gw-a", eid(1), |c| c.stream_management = true).await;
     // Every account logs in before the crash (a kill -9 may lose what the server had not
     // written yet; that is not what this test is about).
     let w = bus(&s, "watcher", eid(3)).await;

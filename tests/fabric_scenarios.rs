@@ -272,7 +272,7 @@ fn wait_json(
 /// has passed, reads the other members' devices UNAVAILABLE. After SIGCONT it is back online
 /// and resynced: the device of a member that stayed up reads INUSE again, and a state
 /// published by another member while the server was frozen arrives. (Prosody reconnects;
-/// ejabberd resumes the stream, XEP-0198.)
+/// ejabberd too: the member does not enable XEP-0198 stream management.)
 fn frozen_server_is_detected_offline_and_resynced_after(kind: ServerKind) {
     let mut xmpp = XmppServer::start(kind, &["gw-a", "gw-b", "watcher"], "secret")
         .unwrap_or_else(|e| panic!("start {kind}: {e:#}"));

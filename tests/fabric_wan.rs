@@ -271,3 +271,61 @@ fn partition_expires_then_heal_converges(kind: ServerKind) {
         f.b.diag()
     );
 }
+
+on_both_servers!(a_publish_costs_one_segment_on_the_link);
+
+/// What a member puts on the link per publish: one data segment (the publish IQ), plus its
+/// heartbeats. XEP-0198 stream management, which ejabberd offers, would add an ack request and
+/// an answer per stanza each way: segments whose loss holds back the publishes behind them on
+/// a lossy link (p99 publish→notify 1.7-2.2x the raw floor at 1 % loss, `fabric_wan_bench`).
+/// Counted on the wire (`WanLab::tcp_flows`), lossless, one change at a time.
+fn a_publish_costs_one_segment_on_the_link(kind: ServerKind) {
+    let Some(mut f) = fabric(kind, WanSpec::new(5, 0.0), 10) else {
+        return;
+    };
+    // Only gw-b connects from site B.
+    let b_flow = |lab: &WanLab| {
+        let flows: Vec<_> = lab
+            .tcp_flows()
+            .into_iter()
+            .filter(|fl| fl.data[1] > 0)
+            .collect();
+        assert_eq!(flows.len(), 1, "one connection from B expected: {flows:?}");
+        flows[0]
+    };
+    let before = b_flow(&f.lab);
+    let t0 = Instant::now();
+    const N: u64 = 40;
+    for i in 0..N {
+        let st = ["INUSE", "NOT_INUSE"][i as usize % 2];
+        let mark = f.a.mark();
+        ok(f.b.send(&format!("device PJSIP/3001={st}")));
+        let want = format!("DEVICE PJSIP/3001 {st}");
+        ok(f.a.wait_since(mark, T, &want, |l| l == want));
+    }
+    let after = b_flow(&f.lab);
+    assert_eq!(
+        (after.port_a, after.port_b),
+        (before.port_a, before.port_b),
+        "B reconnected during the test"
+    );
+    let w = after.since(&before);
+    // One heartbeat per HEARTBEAT_SECS, one more for a partial interval, a little slack.
+    let beats = (t0.elapsed().as_secs_f64() / HEARTBEAT_SECS).ceil() as u64 + 1;
+    let allowed = N + beats + 3;
+    eprintln!(
+        "{kind}: {N} publishes in {:?}: B->A {} data segments (allowed {allowed}), {} pure ACKs; \
+         A->B {} data, {} pure",
+        t0.elapsed(),
+        w.data[1],
+        w.pure[1],
+        w.data[0],
+        w.pure[0]
+    );
+    assert!(
+        w.data[1] <= allowed,
+        "{kind}: B sent {} data segments for {N} publishes and about {beats} heartbeats \
+         (allowed {allowed}): per-stanza stream-management acks?",
+        w.data[1]
+    );
+}

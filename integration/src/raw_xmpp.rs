@@ -55,6 +55,11 @@ impl RawXmpp {
         &self.features
     }
 
+    /// The local address of the connection (e.g. to find it in `wanlab` flow counters).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
     /// Moves the deadline for the exchanges that follow.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.deadline = Instant::now() + timeout;

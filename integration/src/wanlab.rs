@@ -99,6 +99,68 @@ pub struct WireStats {
     pub overflow: [u64; 2],
 }
 
+/// Counters of one TCP connection across the wire (IPv4), per direction (`[A→B, B→A]`): what a
+/// benchmark needs to say how many segments each message cost and which losses could hold a
+/// message back (a lost *data* segment is retransmitted, and everything sent after it on the
+/// same connection waits for it; a lost pure ACK is not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpFlowStats {
+    /// TCP port of the end in site A.
+    pub port_a: u16,
+    /// TCP port of the end in site B.
+    pub port_b: u16,
+    /// Segments with a payload, delivered.
+    pub data: [u64; 2],
+    /// Segments without a payload (pure ACKs, SYN, FIN), delivered.
+    pub pure: [u64; 2],
+    /// Segments with a payload dropped by the configured loss.
+    pub data_lost: [u64; 2],
+    /// Segments without a payload dropped by the configured loss.
+    pub pure_lost: [u64; 2],
+}
+
+impl TcpFlowStats {
+    /// `self - earlier` for every counter (the counters of a time window).
+    pub fn since(&self, earlier: &TcpFlowStats) -> TcpFlowStats {
+        let d = |a: [u64; 2], b: [u64; 2]| [a[0] - b[0], a[1] - b[1]];
+        TcpFlowStats {
+            port_a: self.port_a,
+            port_b: self.port_b,
+            data: d(self.data, earlier.data),
+            pure: d(self.pure, earlier.pure),
+            data_lost: d(self.data_lost, earlier.data_lost),
+            pure_lost: d(self.pure_lost, earlier.pure_lost),
+        }
+    }
+}
+
+/// TCP connections counted per flow at most (more are counted in `WireStats` only).
+const FLOW_LIMIT: usize = 4096;
+
+/// `(port in A, port in B, payload bytes)` of an IPv4 TCP packet crossing the wire in `dir`;
+/// `None` for anything else or a truncated header.
+fn tcp_segment(pkt: &[u8], dir: usize) -> Option<(u16, u16, usize)> {
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 || pkt[9] != 6 {
+        return None;
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]])).min(pkt.len());
+    let tcp = pkt.get(ihl..total)?;
+    if tcp.len() < 20 {
+        return None;
+    }
+    let src = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dst = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    let payload = tcp.len().checked_sub(doff)?;
+    // dir 0 is A→B: the source is the end in A
+    Some(if dir == 0 {
+        (src, dst, payload)
+    } else {
+        (dst, src, payload)
+    })
+}
+
 #[derive(Default)]
 struct WireCtl {
     partitioned: AtomicBool,
@@ -110,6 +172,7 @@ struct WireCtl {
     lost: [AtomicU64; 2],
     cut: [AtomicU64; 2],
     overflow: [AtomicU64; 2],
+    flows: std::sync::Mutex<std::collections::HashMap<(u16, u16), TcpFlowStats>>,
 }
 
 impl WireCtl {
@@ -120,6 +183,28 @@ impl WireCtl {
             .store(spec.jitter.as_micros() as u64, Ordering::Relaxed);
         let ppb = (spec.loss.clamp(0.0, 1.0) * 1e9).round() as u32;
         self.loss_ppb.store(ppb, Ordering::Relaxed);
+    }
+
+    /// Counts a TCP segment that crossed (`lost == false`) or was lost on the wire.
+    fn count_flow(&self, pkt: &[u8], dir: usize, lost: bool) {
+        let Some((port_a, port_b, payload)) = tcp_segment(pkt, dir) else {
+            return;
+        };
+        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        if flows.len() >= FLOW_LIMIT && !flows.contains_key(&(port_a, port_b)) {
+            return;
+        }
+        let f = flows.entry((port_a, port_b)).or_insert(TcpFlowStats {
+            port_a,
+            port_b,
+            ..TcpFlowStats::default()
+        });
+        match (payload > 0, lost) {
+            (true, false) => f.data[dir] += 1,
+            (false, false) => f.pure[dir] += 1,
+            (true, true) => f.data_lost[dir] += 1,
+            (false, true) => f.pure_lost[dir] += 1,
+        }
     }
 }
 
@@ -271,6 +356,29 @@ impl WanLab {
             cut: read(&self.ctl.cut),
             overflow: read(&self.ctl.overflow),
         }
+    }
+
+    /// The counters of every TCP connection seen on the wire, by port (at most 4,096
+    /// connections are told apart).
+    pub fn tcp_flows(&self) -> Vec<TcpFlowStats> {
+        let flows = self.ctl.flows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<TcpFlowStats> = flows.values().copied().collect();
+        v.sort_by_key(|f| (f.port_a, f.port_b));
+        v
+    }
+
+    /// The counters of the TCP connection between `port_a` (in A) and `port_b` (in B), zero
+    /// if none crossed.
+    pub fn tcp_flow(&self, port_a: u16, port_b: u16) -> TcpFlowStats {
+        let flows = self.ctl.flows.lock().unwrap_or_else(|p| p.into_inner());
+        flows
+            .get(&(port_a, port_b))
+            .copied()
+            .unwrap_or(TcpFlowStats {
+                port_a,
+                port_b,
+                ..TcpFlowStats::default()
+            })
     }
 
     /// `ip netns exec <ns of site> program`: configure args, stdio and spawn it as usual. The
@@ -671,6 +779,7 @@ async fn pump(src: &tun::AsyncDevice, dst: &tun::AsyncDevice, ctl: &WireCtl, dir
             let loss = ctl.loss_ppb.load(Ordering::Relaxed);
             if loss > 0 && rng.random_range(0..1_000_000_000u32) < loss {
                 ctl.lost[dir].fetch_add(1, Ordering::Relaxed);
+                ctl.count_flow(&buf[..n], dir, true);
                 continue;
             }
             let delay = ctl.delay_us.load(Ordering::Relaxed) as i64;
@@ -696,10 +805,69 @@ async fn pump(src: &tun::AsyncDevice, dst: &tun::AsyncDevice, ctl: &WireCtl, dir
                 continue;
             }
             match dst.send(&pkt).await {
-                Ok(_) => ctl.delivered[dir].fetch_add(1, Ordering::Relaxed),
-                Err(_) => ctl.overflow[dir].fetch_add(1, Ordering::Relaxed),
-            };
+                Ok(_) => {
+                    ctl.delivered[dir].fetch_add(1, Ordering::Relaxed);
+                    ctl.count_flow(&pkt, dir, false);
+                }
+                Err(_) => {
+                    ctl.overflow[dir].fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     };
     tokio::join!(reader, writer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4/TCP packet from `src` to `dst` port with `payload` bytes (checksums left zero).
+    fn packet(src: u16, dst: u16, payload: usize) -> Vec<u8> {
+        let total = 20 + 32 + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[9] = 6;
+        p[20..22].copy_from_slice(&src.to_be_bytes());
+        p[22..24].copy_from_slice(&dst.to_be_bytes());
+        p[32] = 8 << 4; // 32-byte TCP header (timestamps)
+        p
+    }
+
+    #[test]
+    fn tcp_segments_are_keyed_by_the_ports_in_each_site() {
+        assert_eq!(
+            tcp_segment(&packet(5222, 40000, 0), 0),
+            Some((5222, 40000, 0))
+        );
+        assert_eq!(
+            tcp_segment(&packet(40000, 5222, 137), 1),
+            Some((5222, 40000, 137))
+        );
+        // UDP, IPv6 and truncated packets are not TCP segments
+        let mut udp = packet(1, 2, 10);
+        udp[9] = 17;
+        assert_eq!(tcp_segment(&udp, 0), None);
+        let mut v6 = packet(1, 2, 10);
+        v6[0] = 0x60;
+        assert_eq!(tcp_segment(&v6, 0), None);
+        assert_eq!(tcp_segment(&packet(1, 2, 10)[..30], 0), None);
+    }
+
+    #[test]
+    fn flow_counters_split_data_from_pure_acks_and_losses() {
+        let ctl = WireCtl::default();
+        ctl.count_flow(&packet(40000, 5222, 100), 1, false);
+        ctl.count_flow(&packet(40000, 5222, 100), 1, true);
+        ctl.count_flow(&packet(5222, 40000, 0), 0, false);
+        ctl.count_flow(&packet(5222, 40000, 0), 0, true);
+        let flows = ctl.flows.lock().unwrap();
+        let f = flows[&(5222, 40000)];
+        assert_eq!(f.data, [0, 1]);
+        assert_eq!(f.data_lost, [0, 1]);
+        assert_eq!(f.pure, [1, 0]);
+        assert_eq!(f.pure_lost, [1, 0]);
+        assert_eq!(f.since(&f).data, [0, 0]);
+    }
 }

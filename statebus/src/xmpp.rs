@@ -97,6 +97,12 @@ pub struct XmppBusConfig {
     pub reconnect_initial: Duration,
     /// Cap of the reconnect delay.
     pub reconnect_max: Duration,
+    /// Enable XEP-0198 stream management when the server offers it. Off by default: the bus
+    /// gains nothing from it (it resyncs in full on a resumed stream as on a new one, and
+    /// re-sends what a lost connection took from its own IQ tracking), and on ejabberd it
+    /// costs a request/ack pair per stanza, whose lost segments hold back the publishes behind
+    /// them on a lossy link (measured: `fabric_wan_bench`, docs/BENCHMARKS.md).
+    pub stream_management: bool,
 }
 
 impl XmppBusConfig {
@@ -124,6 +130,7 @@ impl XmppBusConfig {
             keepalive: Duration::from_secs(30),
             reconnect_initial: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(15),
+            stream_management: false,
         }
     }
 }
@@ -581,11 +588,14 @@ struct Backoff {
 
 /// Log in on a fresh connection: connect (TLS as configured), SASL, restart the stream.
 /// Mirrors tokio-xmpp's own c2s login, with the public pieces, so that we own the retry policy.
+/// Unless `stream_management`, the server's XEP-0198 offer is hidden from the stanza stream,
+/// which then never enables it (see [`XmppBusConfig::stream_management`]).
 async fn login<C: ServerConnector>(
     server: C,
     jid: &Jid,
     password: &str,
     timeouts: Timeouts,
+    stream_management: bool,
 ) -> Result<Connection, tokio_xmpp::Error> {
     let username = jid
         .node()
@@ -607,7 +617,10 @@ async fn login<C: ServerConnector>(
             id: None,
         })
         .await?;
-    let (features, stream) = stream.recv_features().await?;
+    let (mut features, stream) = stream.recv_features().await?;
+    if !stream_management {
+        features.stream_management = None;
+    }
     Ok(Connection {
         stream: stream.box_stream(),
         features,
@@ -625,6 +638,7 @@ fn reconnector<C: ServerConnector>(
     password: String,
     timeouts: Timeouts,
     backoff: Backoff,
+    stream_management: bool,
 ) -> Reconnector {
     // Pacing across calls: a connection that dies within `STABLE` of being made (a refused
     // resumption, a stream the server ends at once) makes the next call wait, doubling up to
@@ -657,7 +671,7 @@ fn reconnector<C: ServerConnector>(
             }
             let mut delay = backoff.initial;
             loop {
-                match login(server.clone(), &jid, &password, timeouts).await {
+                match login(server.clone(), &jid, &password, timeouts, stream_management).await {
                     Ok(conn) => {
                         servers.logged_in();
                         pace.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(Instant::now());
@@ -814,6 +828,7 @@ impl XmppBus {
                     cfg.password.clone(),
                     timeouts,
                     backoff,
+                    cfg.stream_management,
                 ),
                 QUEUE_DEPTH,
             ),
@@ -828,6 +843,7 @@ impl XmppBus {
                     cfg.password.clone(),
                     timeouts,
                     backoff,
+                    cfg.stream_management,
                 ),
                 QUEUE_DEPTH,
             ),

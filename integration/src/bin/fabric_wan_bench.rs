@@ -7,16 +7,22 @@
 //!   coalescing, plaintext) on the same link and server, samples interleaved one for one;
 //! * **recovery after a partition heals**: the link is cut for longer than the liveness TTL,
 //!   B changes a device meanwhile; measured from the heal until A sees B's current state.
+//! * **what crossed the link** during the publish→notify rounds, per round, for the raw
+//!   publisher's and bus B's TCP connections (`WanLab::tcp_flow`): data segments and pure ACKs
+//!   each way, and data segments lost B→A (each one holds back whatever B sends after it on that
+//!   connection until it is retransmitted), and how many samples took over twice the floor's p50.
 //!
 //! ```text
 //! cargo run --release -p integration --bin fabric_wan_bench -- [prosody|ejabberd] [ROUND_TRIPS] \
-//!     [DELAY_MS] [LOSS] [PARTITIONS] [PARTITION_SECS]
+//!     [DELAY_MS] [LOSS] [PARTITIONS] [PARTITION_SECS] [sm|nosm]
 //! ```
-//! Defaults: prosody 300 40 0.01 3 30. Needs root (network namespaces).
+//! Defaults: prosody 300 40 0.01 3 30 nosm. `sm` lets the buses enable XEP-0198 stream
+//! management (`XmppBusConfig::stream_management`, off by default). Needs root (network
+//! namespaces).
 
 use anyhow::{bail, Context, Result};
 use integration::raw_xmpp::RawXmpp;
-use integration::wanlab::{Site, WanLab, WanSpec};
+use integration::wanlab::{Site, TcpFlowStats, WanLab, WanSpec};
 use integration::{ServerKind, XmppServer};
 use statebus::wire::{self, AccessModel, NodeKind};
 use statebus::{Bus, BusEvent, Change, DeviceState, Eid, TlsMode, XmppBus, XmppBusConfig};
@@ -125,7 +131,7 @@ impl Raw {
     }
 }
 
-fn bus_config(addr: SocketAddr, user: &str, eid: Eid) -> XmppBusConfig {
+fn bus_config(addr: SocketAddr, user: &str, eid: Eid, sm: bool) -> XmppBusConfig {
     let mut c = XmppBusConfig::new(
         &format!("{user}@fabric.test"),
         PASSWORD,
@@ -142,6 +148,7 @@ fn bus_config(addr: SocketAddr, user: &str, eid: Eid) -> XmppBusConfig {
     c.reconnect_initial = Duration::from_millis(250);
     c.reconnect_max = Duration::from_secs(1);
     c.fabric_jids = vec!["bus-a@fabric.test".into(), "bus-b@fabric.test".into()];
+    c.stream_management = sm;
     c
 }
 
@@ -214,35 +221,53 @@ fn main() -> Result<()> {
     let loss: f64 = arg(4, "0.01").parse().context("LOSS")?;
     let partitions: usize = arg(5, "3").parse().context("PARTITIONS")?;
     let partition_secs: u64 = arg(6, "30").parse().context("PARTITION_SECS")?;
+    let sm = match arg(7, "nosm").as_str() {
+        "sm" => true,
+        "nosm" => false,
+        other => bail!("unknown stream-management setting {other}; use sm or nosm"),
+    };
     if let Some(why) = integration::wanlab::unavailable() {
         bail!("{why}");
     }
     let lab = WanLab::start(WanSpec::new(delay_ms, loss))?;
-    let s = lab.xmpp_server(
-        Site::A,
-        kind,
-        &["raw-pub", "raw-sub", "bus-a", "bus-b"],
-        PASSWORD,
-    )?;
+    // ejabberd's start outlasts its readiness bound now and then on a loaded machine: retry.
+    let mut attempt = 1;
+    let s = loop {
+        match lab.xmpp_server(
+            Site::A,
+            kind,
+            &["raw-pub", "raw-sub", "bus-a", "bus-b"],
+            PASSWORD,
+        ) {
+            Ok(s) => break s,
+            Err(e) if attempt < 3 => {
+                eprintln!("{kind:?} did not start (attempt {attempt} of 3): {e:#}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let addr = lab.socket_addr(Site::A, s.c2s_addr().port());
     // rustls-native-certs reads SSL_CERT_FILE when a bus connects (set before any bus exists).
     std::env::set_var("SSL_CERT_FILE", s.ca_cert());
     println!(
         "server: {kind:?} in site A; link {delay_ms} ms one way, loss {:.1} %; \
-         {n} interleaved round trips; {partitions} partitions of {partition_secs} s (TTL {TTL:?})",
-        loss * 100.0
+         {n} interleaved round trips; {partitions} partitions of {partition_secs} s (TTL {TTL:?}); \
+         buses' XEP-0198 stream management {}",
+        loss * 100.0,
+        if sm { "on" } else { "off" }
     );
 
     let mut raw = Raw::new(&lab, &s, addr)?;
     let a = bus_in(
         &lab,
         Site::A,
-        bus_config(addr, "bus-a", Eid([2, 0, 0, 0, 0, 1])),
+        bus_config(addr, "bus-a", Eid([2, 0, 0, 0, 0, 1]), sm),
     )?;
     let b = bus_in(
         &lab,
         Site::B,
-        bus_config(addr, "bus-b", Eid([2, 0, 0, 0, 0, 2])),
+        bus_config(addr, "bus-b", Eid([2, 0, 0, 0, 0, 2]), sm),
     )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -254,6 +279,11 @@ fn main() -> Result<()> {
         Ok(())
     })?;
     let mut rx = a.subscribe();
+    let server_port = addr.port();
+    let raw_port = raw.publisher.local_addr()?.port();
+    // Bus B's connection: the other one from B to the server (looked up after the rounds, in
+    // case it reconnected; counted from here).
+    let flows_before = lab.tcp_flows();
 
     // Publish→notify, interleaved: raw round, bus round, … (the first 20 of each are warm-up).
     let warm = 20;
@@ -276,6 +306,7 @@ fn main() -> Result<()> {
             ours.push(at - t0);
         }
     }
+    let flows_after = lab.tcp_flows();
     floor.sort();
     ours.sort();
     println!(
@@ -297,6 +328,59 @@ fn main() -> Result<()> {
         percentile(&ours, 0.5).as_secs_f64() / percentile(&floor, 0.5).as_secs_f64(),
         percentile(&ours, 0.99).as_secs_f64() / percentile(&floor, 0.99).as_secs_f64()
     );
+    let slow = 2 * percentile(&floor, 0.5);
+    println!(
+        "samples over {:.1} ms (2x the floor's p50, i.e. held back by a retransmission): \
+         raw {} / {n}, XmppBus {} / {n}",
+        ms(slow),
+        floor.iter().filter(|d| **d > slow).count(),
+        ours.iter().filter(|d| **d > slow).count(),
+    );
+    // What each connection put on the link during the rounds.
+    let window = |f: &TcpFlowStats| {
+        let before = flows_before
+            .iter()
+            .find(|b| (b.port_a, b.port_b) == (f.port_a, f.port_b))
+            .copied()
+            .unwrap_or(TcpFlowStats {
+                port_a: f.port_a,
+                port_b: f.port_b,
+                ..TcpFlowStats::default()
+            });
+        f.since(&before)
+    };
+    let raw_flow = flows_after
+        .iter()
+        .find(|f| f.port_a == server_port && f.port_b == raw_port)
+        .map(window);
+    let bus_flows: Vec<TcpFlowStats> = flows_after
+        .iter()
+        .filter(|f| f.port_a == server_port && f.port_b != raw_port)
+        .map(window)
+        .filter(|f| f.data != [0, 0])
+        .collect();
+    let rounds = (n + warm) as f64;
+    println!(
+        "per round on the link ({} rounds incl. warm-up): data segments B->A / A->B, pure ACKs \
+         B->A / A->B, data segments lost B->A / A->B",
+        n + warm
+    );
+    for (name, f) in raw_flow
+        .iter()
+        .map(|f| ("raw publisher", f))
+        .chain(bus_flows.iter().map(|f| ("XmppBus B", f)))
+    {
+        println!(
+            "  {name:<14} (B port {:>5}): data {:.2} / {:.2}, pure {:.2} / {:.2}, lost {} / {}",
+            f.port_b,
+            f.data[1] as f64 / rounds,
+            f.data[0] as f64 / rounds,
+            f.pure[1] as f64 / rounds,
+            f.pure[0] as f64 / rounds,
+            f.data_lost[1],
+            f.data_lost[0],
+        );
+    }
 
     // Recovery: B's device INUSE, cut, (A expires B after the TTL), B changes it, heal.
     let key = "PJSIP/9999";
