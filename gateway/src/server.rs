@@ -822,6 +822,7 @@ impl Core {
             dst: r.dialled.clone(),
             src_device: r.caller_device.clone(),
             dst_device: r.callee_device.clone(),
+            presented: r.presented.clone(),
             disposition: disposition.into(),
             reason: reason.into(),
             duration: secs(r.duration),
