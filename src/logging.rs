@@ -20,11 +20,13 @@ pub enum LogFormat {
 
 /// The format asked for: the command line's, else `CALLFABRIC_LOG_FORMAT`, else text.
 fn format(cli: Option<LogFormat>) -> LogFormat {
-    cli.or_else(|| match std::env::var("CALLFABRIC_LOG_FORMAT").ok()?.as_str() {
-        "json" => Some(LogFormat::Json),
-        "text" => Some(LogFormat::Text),
-        _ => None,
-    })
+    cli.or_else(
+        || match std::env::var("CALLFABRIC_LOG_FORMAT").ok()?.as_str() {
+            "json" => Some(LogFormat::Json),
+            "text" => Some(LogFormat::Text),
+            _ => None,
+        },
+    )
     .unwrap_or_default()
 }
 

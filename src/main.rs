@@ -373,7 +373,11 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
             digest,
             ..
         } => {
-            let password = password::read(password.as_deref(), password_file.as_deref(), *password_stdin)?;
+            let password = password::read(
+                password.as_deref(),
+                password_file.as_deref(),
+                *password_stdin,
+            )?;
             config::check_device_credentials(user, &password)?;
             for t in digest.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 if gateway::registrar::digest::Algorithm::from_token(t).is_none() {

@@ -421,11 +421,18 @@ fn qualify_unanswered() {
 /// registers with MD5.
 #[test]
 fn per_device_digest_restricts_without_changing_the_challenge() {
-    let mut gw = Gateway::start(&["MD5", "SHA-256"]);
+    let gw = Gateway::start(&["MD5", "SHA-256"]);
     let out = std::process::Command::new(binary())
         .args(["devices", "add", "--config"])
         .arg(&gw.config)
-        .args(["--user", "1000", "--password", "secret", "--digest", "SHA-256"])
+        .args([
+            "--user",
+            "1000",
+            "--password",
+            "secret",
+            "--digest",
+            "SHA-256",
+        ])
         .output()
         .expect("devices add");
     assert!(
@@ -449,9 +456,17 @@ fn per_device_digest_restricts_without_changing_the_challenge() {
         SippTransport::Udp,
         SippOpts::user("1001", "secret"),
     );
-    assert!(out.passed(), "1001 registers with MD5: {}\n{}", out.describe(), gw.diag());
+    assert!(
+        out.passed(),
+        "1001 registers with MD5: {}\n{}",
+        out.describe(),
+        gw.diag()
+    );
     let default = first_challenge(&out);
-    assert_eq!(default, ["www-authenticate MD5", "www-authenticate SHA-256"]);
+    assert_eq!(
+        default,
+        ["www-authenticate MD5", "www-authenticate SHA-256"]
+    );
     // The device table is re-read every 0.2 s: wait until 1000's list is loaded (its MD5
     // answer is refused from then on), then compare its challenge with everyone's.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -461,7 +476,11 @@ fn per_device_digest_restricts_without_changing_the_challenge() {
             SippTransport::Udp,
             SippOpts::user("1000", "secret"),
         );
-        assert_eq!(first_challenge(&out), default, "1000's challenge is everyone's");
+        assert_eq!(
+            first_challenge(&out),
+            default,
+            "1000's challenge is everyone's"
+        );
         if !out.passed() {
             break;
         }
@@ -476,5 +495,9 @@ fn per_device_digest_restricts_without_changing_the_challenge() {
         SippTransport::Udp,
         SippOpts::user("9999", "secret"),
     );
-    assert_eq!(first_challenge(&out), default, "an unknown user's challenge is everyone's");
+    assert_eq!(
+        first_challenge(&out),
+        default,
+        "an unknown user's challenge is everyone's"
+    );
 }

@@ -131,13 +131,26 @@ impl Ua {
     }
 
     /// A request from user `from` (digest user `user`) with `auth` (header line or "").
-    fn request(&mut self, method: &str, user: &str, from: &str, call_id: &str, auth: &str) -> String {
+    fn request(
+        &mut self,
+        method: &str,
+        user: &str,
+        from: &str,
+        call_id: &str,
+        auth: &str,
+    ) -> String {
         self.n += 1;
         let local = self.local();
         let (ruri, to) = if method == "REGISTER" {
-            (format!("sip:{}", self.realm), format!("sip:{user}@{}", self.realm))
+            (
+                format!("sip:{}", self.realm),
+                format!("sip:{user}@{}", self.realm),
+            )
         } else {
-            (format!("sip:3999@{}", self.realm), format!("sip:3999@{}", self.realm))
+            (
+                format!("sip:3999@{}", self.realm),
+                format!("sip:3999@{}", self.realm),
+            )
         };
         let body = if method == "INVITE" {
             format!(
@@ -173,7 +186,14 @@ impl Ua {
     }
 
     /// The credentials line answering `ch` for `user`/`password`.
-    fn credentials(&self, method: &str, ch: &Challenge, user: &str, password: &str, nc: u32) -> String {
+    fn credentials(
+        &self,
+        method: &str,
+        ch: &Challenge,
+        user: &str,
+        password: &str,
+        nc: u32,
+    ) -> String {
         let uri = if method == "REGISTER" {
             format!("sip:{}", self.realm)
         } else {
@@ -203,7 +223,13 @@ impl Ua {
     }
 
     /// A whole authenticated request: challenge, then credentials; the final response.
-    fn authenticated(&mut self, method: &str, user: &str, from: &str, password: &str) -> Option<String> {
+    fn authenticated(
+        &mut self,
+        method: &str,
+        user: &str,
+        from: &str,
+        password: &str,
+    ) -> Option<String> {
         let call_id = format!("{method}-{user}-{}-{}", self.local().port(), self.n);
         let ch = self.challenge(method, user, &call_id)?;
         if method == "INVITE" {
@@ -295,15 +321,19 @@ fn http_get(gw: &mut GatewayProcess, path: &str) -> String {
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("response");
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(out)
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out)
 }
 
 /// `fail2ban-regex` of the gateway's log against the shipped filter: the number of lines it
 /// matched for host `ip`.
 fn fail2ban_hits(gw: &GatewayProcess, ip: &str) -> usize {
-    let filter = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fail2ban/filter.d/callfabric.conf");
+    let filter =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fail2ban/filter.d/callfabric.conf");
     let out = Command::new(
-        integration::require_binary("fail2ban-regex").expect("fail2ban-regex (scripts/install-peers.sh)"),
+        integration::require_binary("fail2ban-regex")
+            .expect("fail2ban-regex (scripts/install-peers.sh)"),
     )
     .arg("--print-all-matched")
     .arg(gw.dir().join("gateway.stderr"))
@@ -330,13 +360,22 @@ fn assert_banned_and_phone_registers(gw: &mut GatewayProcess, reason: &str) {
         "exactly {MAX_FAILURES} failures reach the gateway before the ban: {failed:#?}"
     );
     assert!(
-        failed.iter().all(|l| l.contains("user=1000 ") && l.contains(&format!("reason={reason}"))),
+        failed
+            .iter()
+            .all(|l| l.contains("user=1000 ") && l.contains(&format!("reason={reason}"))),
         "{failed:#?}"
     );
-    assert_eq!(fail2ban_hits(gw, "127.0.0.1"), MAX_FAILURES, "fail2ban's filter");
+    assert_eq!(
+        fail2ban_hits(gw, "127.0.0.1"),
+        MAX_FAILURES,
+        "fail2ban's filter"
+    );
     let bans = http_get(gw, "/security/bans");
     assert!(bans.contains("\"source\":\"127.0.0.1\""), "{bans}");
-    assert!(!log(gw).contains('\u{1b}'), "no ANSI escape codes in a log file");
+    assert!(
+        !log(gw).contains('\u{1b}'),
+        "no ANSI escape codes in a log file"
+    );
 
     // The real phone, from another address, registers at once.
     let mut phone = Ua::new([127, 0, 0, 2], gw.udp, &gw.spec.realm);
@@ -354,7 +393,9 @@ fn scripted_guesser_is_banned_and_the_phone_registers_from_another_address() {
     let mut gw = gateway("sec-guess", &[]);
     let mut att = Ua::new([127, 0, 0, 1], gw.udp, &gw.spec.realm);
     let call_id = "guess-1";
-    let mut ch = att.challenge("REGISTER", "1000", call_id).expect("first challenge");
+    let mut ch = att
+        .challenge("REGISTER", "1000", call_id)
+        .expect("first challenge");
     let mut answered = 0;
     let mut unanswered = 0;
     for guess in 0..40 {
@@ -375,7 +416,12 @@ fn scripted_guesser_is_banned_and_the_phone_registers_from_another_address() {
             }
         }
     }
-    assert_eq!(answered, MAX_FAILURES, "answers before the ban\n{}", gw.diag());
+    assert_eq!(
+        answered,
+        MAX_FAILURES,
+        "answers before the ban\n{}",
+        gw.diag()
+    );
     assert_eq!(unanswered, 3);
     assert_banned_and_phone_registers(&mut gw, "wrong-password");
     // Still banned: even the right password from 127.0.0.1 is not answered.
@@ -435,7 +481,11 @@ fn svwar_finds_no_user_and_challenges_do_not_tell_users_apart() {
             c.wait_with_output()
         })
         .expect("devices add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let saved = Instant::now();
     let mut ua = Ua::new([127, 0, 0, 3], gw.udp, &gw.spec.realm);
     // Rounds until five device-table reloads (db_reload_secs = 0.2) have passed since 1005
@@ -465,7 +515,17 @@ fn svwar_finds_no_user_and_challenges_do_not_tell_users_apart() {
         let out = Command::new(&svwar)
             .current_dir(dir.path())
             .env("HOME", dir.path())
-            .args(["-e", "995-1010", "-m", method, "-b", "127.0.0.4", "--force", "--maximumtime", "5"])
+            .args([
+                "-e",
+                "995-1010",
+                "-m",
+                method,
+                "-b",
+                "127.0.0.4",
+                "--force",
+                "--maximumtime",
+                "5",
+            ])
             .arg(format!("udp://{}", gw.udp))
             .output()
             .expect("run svwar");
@@ -497,7 +557,9 @@ fn spoofed_from_gets_403() {
     assert_eq!(status(&r), 403, "{r}\n{}", gw.diag());
     let lines = wait_log(&gw, "reason=identity-mismatch", 1);
     assert!(
-        lines.iter().any(|l| l.contains("src=127.0.0.5 ") && l.contains("user=2002 ")),
+        lines
+            .iter()
+            .any(|l| l.contains("src=127.0.0.5 ") && l.contains("user=2002 ")),
         "{lines:#?}"
     );
     let r = phone
@@ -510,13 +572,19 @@ fn spoofed_from_gets_403() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let row = loop {
         let rows = rt.block_on(async {
-            let store = gateway::devices::DeviceStore::open(&url).await.expect("open db");
+            let store = gateway::devices::DeviceStore::open(&url)
+                .await
+                .expect("open db");
             store.cdrs().await.expect("cdrs")
         });
         if let Some(r) = rows.into_iter().find(|r| r.reason == "404") {
             break r;
         }
-        assert!(Instant::now() < deadline, "no CDR for the 404\n{}", gw.diag());
+        assert!(
+            Instant::now() < deadline,
+            "no CDR for the 404\n{}",
+            gw.diag()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(row.src_device.as_deref(), Some("PJSIP/2002"), "{row:?}");
@@ -549,7 +617,11 @@ fn device_database_is_0600() {
     use std::os::unix::fs::PermissionsExt as _;
     let gw = gateway("sec-db", &[]);
     let db = gw.dir().join("sec-db.db");
-    let mode = std::fs::metadata(&db).expect("db file").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&db)
+        .expect("db file")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "{}", db.display());
     for ext in ["db-wal", "db-shm", "db-journal"] {
         if let Ok(m) = std::fs::metadata(gw.dir().join(format!("sec-db.{ext}"))) {
@@ -573,7 +645,9 @@ fn non_utf8_request_gets_400() {
     .into_bytes();
     msg.extend_from_slice(b"Subject: \xc0\xafPROTOS\xff\r\nContent-Length: 0\r\n\r\n");
     ua.send(&msg);
-    let r = ua.response("utf8-1", Duration::from_secs(5)).expect("an answer");
+    let r = ua
+        .response("utf8-1", Duration::from_secs(5))
+        .expect("an answer");
     assert_eq!(status(&r), 400, "{r}");
 }
 

@@ -83,7 +83,9 @@ pub enum CredentialError {
     #[error("the user name is longer than 64 bytes")]
     LongUser,
     /// A character a SIP user part or a digest `username` cannot carry as is.
-    #[error("the user name contains {0:?}: use letters, digits and - _ . ! ~ * ' ( ) & = + $ , ; ? /")]
+    #[error(
+        "the user name contains {0:?}: use letters, digits and - _ . ! ~ * ' ( ) & = + $ , ; ? /"
+    )]
     UserChar(char),
     /// Empty password.
     #[error("the password is empty")]
@@ -432,10 +434,16 @@ mod tests {
         assert_eq!(check_username("10 00"), Err(CredentialError::UserChar(' ')));
         assert_eq!(check_username("a\tb"), Err(CredentialError::UserChar('\t')));
         assert_eq!(check_username("a@b"), Err(CredentialError::UserChar('@')));
-        assert_eq!(check_username(&"x".repeat(65)), Err(CredentialError::LongUser));
+        assert_eq!(
+            check_username(&"x".repeat(65)),
+            Err(CredentialError::LongUser)
+        );
         assert_eq!(check_password("s3cret with spaces"), Ok(()));
         assert_eq!(check_password(""), Err(CredentialError::EmptyPassword));
-        assert_eq!(check_password("abc\n"), Err(CredentialError::PasswordControl));
+        assert_eq!(
+            check_password("abc\n"),
+            Err(CredentialError::PasswordControl)
+        );
     }
 
     #[test]
@@ -444,7 +452,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("d.db");
         create_private(path.to_str().expect("utf-8 path")).expect("create");
-        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 

@@ -539,9 +539,8 @@ impl Gateway {
             scfg.never_ban.push(t.address.ip());
             scfg.never_ban.extend(t.inbound_from.iter().copied());
         }
-        let guard: security::SharedGuard = Arc::new(std::sync::Mutex::new(
-            crate::security::Guard::new(scfg),
-        ));
+        let guard: security::SharedGuard =
+            Arc::new(std::sync::Mutex::new(crate::security::Guard::new(scfg)));
         let core = Core {
             guard: guard.clone(),
             durable: durable::Durable::start(records.clone(), cfg.node.clone()),

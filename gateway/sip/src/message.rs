@@ -2151,7 +2151,12 @@ Content-Length: 0\r\n\r\n";
     fn non_utf8_header_lines_get_400_where_an_answer_is_possible() {
         let mut msg = OPTIONS.to_vec();
         let at = msg.len() - 21;
-        msg.splice(at..at, b"Subject: \xc3\x28 bad \xff\r\n\t folded\r\n".iter().copied());
+        msg.splice(
+            at..at,
+            b"Subject: \xc3\x28 bad \xff\r\n\t folded\r\n"
+                .iter()
+                .copied(),
+        );
         let e = parse(&msg).expect_err("not UTF-8");
         let reply = e.reply().expect("a 400 is possible");
         assert_eq!(reply.status_code.code(), 400);
@@ -2160,7 +2165,10 @@ Content-Length: 0\r\n\r\n";
         assert!(text.contains("is not UTF-8"), "{text}");
         // Not UTF-8 inside From: nothing sound to answer from.
         let bad_from = String::from_utf8_lossy(OPTIONS)
-            .replace("From: <sip:c@example.com>", "From: \"X\u{fffd}\" <sip:c@example.com>")
+            .replace(
+                "From: <sip:c@example.com>",
+                "From: \"X\u{fffd}\" <sip:c@example.com>",
+            )
             .replace('\u{fffd}', "\u{1}")
             .into_bytes();
         let bad_from: Vec<u8> = bad_from

@@ -193,7 +193,10 @@ mod tests {
 
     #[test]
     fn wire_text_is_escaped_and_cut() {
-        assert_eq!(for_log("a\x1b[31mb\r\nX: y", 100), "a\\u{1b}[31mb\\r\\nX: y");
+        assert_eq!(
+            for_log("a\x1b[31mb\r\nX: y", 100),
+            "a\\u{1b}[31mb\\r\\nX: y"
+        );
         let long = "x".repeat(70_000);
         let l = for_log(&long, 200);
         assert!(l.len() < 230, "{}", l.len());

@@ -13,9 +13,7 @@ pub fn presented(req: &Request) -> Vec<String> {
     for h in req.headers.iter() {
         let (value, multi) = match h {
             Header::From(f) => (rsip::headers::UntypedHeader::value(f), false),
-            Header::Other(name, v)
-                if name.trim().eq_ignore_ascii_case("P-Asserted-Identity") =>
-            {
+            Header::Other(name, v) if name.trim().eq_ignore_ascii_case("P-Asserted-Identity") => {
                 (v.as_str(), true)
             }
             _ => continue,
@@ -89,7 +87,10 @@ mod tests {
         let own = invite("", "\"Any Name\" <sip:2002@gw>");
         assert_eq!(foreign_identity(&own, &["2002", ""]), None);
         let spoof = invite("", "\"CEO\" <sip:1000@gw>");
-        assert_eq!(foreign_identity(&spoof, &["2002", ""]).as_deref(), Some("1000"));
+        assert_eq!(
+            foreign_identity(&spoof, &["2002", ""]).as_deref(),
+            Some("1000")
+        );
         // The extension is the device's too.
         assert_eq!(foreign_identity(&spoof, &["alice", "1000"]), None);
     }
@@ -100,7 +101,10 @@ mod tests {
             "P-Asserted-Identity: <sip:2002@gw>, <tel:+15551000>\r\n",
             "<sip:2002@gw>",
         );
-        assert_eq!(foreign_identity(&r, &["2002"]).as_deref(), Some("+15551000"));
+        assert_eq!(
+            foreign_identity(&r, &["2002"]).as_deref(),
+            Some("+15551000")
+        );
         assert_eq!(presented_number(&r), "2002");
         let r = invite("P-Asserted-Identity: <tel:+15551000>\r\n", "<sip:2002@gw>");
         assert_eq!(presented_number(&r), "+15551000");

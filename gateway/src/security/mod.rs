@@ -351,7 +351,14 @@ impl Guard {
             }
             None => false,
         };
-        let user_failures = bump(&mut self.users, user_log.clone(), now, window, max, &mut self.stats);
+        let user_failures = bump(
+            &mut self.users,
+            user_log.clone(),
+            now,
+            window,
+            max,
+            &mut self.stats,
+        );
         if !guarded
             && self.cfg.max_failures_per_user > 0
             && user_failures >= self.cfg.max_failures_per_user
@@ -392,7 +399,14 @@ impl Guard {
         events
     }
 
-    fn ban(&mut self, ip: IpAddr, failures: u32, why: &'static str, user: &str, now: Instant) -> bool {
+    fn ban(
+        &mut self,
+        ip: IpAddr,
+        failures: u32,
+        why: &'static str,
+        user: &str,
+        now: Instant,
+    ) -> bool {
         if self.bans.get(&ip).is_some_and(|b| b.until > now) {
             return false;
         }

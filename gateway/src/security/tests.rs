@@ -35,11 +35,21 @@ fn a_source_is_banned_at_the_configured_count_and_released_after_the_ban() {
     }
     let ev = fail(&mut g, ip(1), "1000", t0 + Duration::from_millis(5));
     assert!(
-        matches!(ev.last(), Some(SecurityEvent::Banned { failures: 5, why: "failures", .. })),
+        matches!(
+            ev.last(),
+            Some(SecurityEvent::Banned {
+                failures: 5,
+                why: "failures",
+                ..
+            })
+        ),
         "{ev:?}"
     );
     assert!(!g.admit(ip(1), t0 + Duration::from_secs(1)));
-    assert!(g.admit(ip(2), t0 + Duration::from_secs(1)), "another source");
+    assert!(
+        g.admit(ip(2), t0 + Duration::from_secs(1)),
+        "another source"
+    );
     assert_eq!(g.bans(t0 + Duration::from_secs(1)).len(), 1);
     assert_eq!(g.stats().dropped_banned, 1);
     assert!(g.admit(ip(1), t0 + Duration::from_secs(301)), "ban lapsed");
@@ -74,7 +84,14 @@ fn a_guarded_user_bans_each_failing_source_at_once_but_not_the_real_phone() {
     // The next failure for 1000 bans its source at its first failure.
     let ev = fail(&mut g, ip(30), "1000", t0);
     assert!(
-        matches!(ev.last(), Some(SecurityEvent::Banned { why: "guarded-user", failures: 1, .. })),
+        matches!(
+            ev.last(),
+            Some(SecurityEvent::Banned {
+                why: "guarded-user",
+                failures: 1,
+                ..
+            })
+        ),
         "{ev:?}"
     );
     assert!(!g.admit(ip(30), t0));
@@ -101,7 +118,10 @@ fn challenges_are_rate_limited_per_source() {
     let mut g = Guard::new(cfg());
     let sent = (0..100).filter(|_| g.allow_challenge(ip(1), t0)).count();
     assert_eq!(sent, 20, "the burst");
-    assert!(g.allow_challenge(ip(2), t0), "another source has its own bucket");
+    assert!(
+        g.allow_challenge(ip(2), t0),
+        "another source has its own bucket"
+    );
     // One second later: 10 more.
     let t1 = t0 + Duration::from_secs(1);
     let sent = (0..100).filter(|_| g.allow_challenge(ip(1), t1)).count();
@@ -117,7 +137,14 @@ fn tables_stay_bounded_under_a_flood_of_sources() {
     let mut g = Guard::new(c);
     for i in 0..10_000u32 {
         let a = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
-        g.failed(a, 1, &format!("u{i}"), "REGISTER", FailReason::UnknownUser, t0);
+        g.failed(
+            a,
+            1,
+            &format!("u{i}"),
+            "REGISTER",
+            FailReason::UnknownUser,
+            t0,
+        );
         g.allow_challenge(a, t0);
     }
     assert!(g.sources.len() <= 64 && g.users.len() <= 64 && g.buckets.len() <= 64);

@@ -105,7 +105,10 @@ impl Core {
             }
             return;
         }
-        if self.guard().allow_challenge(source.addr.ip(), Instant::now()) {
+        if self
+            .guard()
+            .allow_challenge(source.addr.ip(), Instant::now())
+        {
             self.tl.send_stateless(
                 SipMessage::Response(resp),
                 source.clone(),

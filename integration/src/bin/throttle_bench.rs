@@ -55,7 +55,11 @@ fn param(v: &str, name: &str) -> Option<String> {
     v.get(at..)?.split('"').next().map(str::to_owned)
 }
 
-async fn flood(security: SecurityConfig, requests: usize, dir: &std::path::Path) -> Result<Outcome> {
+async fn flood(
+    security: SecurityConfig,
+    requests: usize,
+    dir: &std::path::Path,
+) -> Result<Outcome> {
     let gw_addr = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
     let db = format!("sqlite://{}", dir.join("throttle.db").display());
     {
@@ -102,7 +106,8 @@ async fn flood(security: SecurityConfig, requests: usize, dir: &std::path::Path)
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 65_536];
             let mut answered = 0u64;
-            sock.set_read_timeout(Some(Duration::from_millis(1500))).ok();
+            sock.set_read_timeout(Some(Duration::from_millis(1500)))
+                .ok();
             while sock.recv_from(&mut buf).is_ok() {
                 answered += 1;
             }
@@ -169,7 +174,14 @@ fn guard_alone(n: u32) {
     let distinct = t0.elapsed().as_nanos() as f64 / f64::from(n);
     let banned = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     for _ in 0..10 {
-        g.failed(banned, 5060, "1000", "REGISTER", FailReason::WrongPassword, now);
+        g.failed(
+            banned,
+            5060,
+            "1000",
+            "REGISTER",
+            FailReason::WrongPassword,
+            now,
+        );
     }
     let t1 = Instant::now();
     let mut dropped = 0u32;
@@ -214,7 +226,10 @@ fn main() -> Result<()> {
             let dir = tempfile::tempdir()?;
             let o = rt.block_on(flood(security, requests, dir.path()))?;
             if o.processed * 10 < requests as u64 * 9 {
-                bail!("throttle {name}: the gateway accounted for {} of {requests} requests", o.processed);
+                bail!(
+                    "throttle {name}: the gateway accounted for {} of {requests} requests",
+                    o.processed
+                );
             }
             println!(
                 "round {round} throttle {name:>3}: processed {} (lost before the gateway {}) answered {} \
