@@ -118,3 +118,91 @@ pub fn check_device_credentials(user: &str, password: &str) -> Result<()> {
     gateway::devices::check_password(password).map_err(|e| anyhow!("password: {e}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Loaded;
+
+    const GATEWAY: &str = "[node]\nname = \"a\"\n[gateway]\nudp = [\"127.0.0.1:5060\"]\nrealm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
+
+    /// Writes `text` (and `extra` files) into a fresh directory and reads it.
+    fn load(text: &str, extra: &[(&str, &str)]) -> (tempfile::TempDir, anyhow::Result<Loaded>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in extra {
+            std::fs::write(dir.path().join(name), content).expect("write");
+        }
+        let p = dir.path().join("site.toml");
+        std::fs::write(&p, text).expect("write");
+        let l = Loaded::read(&p);
+        (dir, l)
+    }
+
+    #[test]
+    fn security_section_defaults_values_and_errors_with_lines() {
+        let (_d, l) = load(GATEWAY, &[]);
+        let s = l.expect("load").security().expect("defaults");
+        assert_eq!(s, gateway::security::SecurityConfig::default());
+        let (_d, l) = load(
+            &format!(
+                "{GATEWAY}[security]\nmax_failures_per_source = 3\nban_secs = 30\n\
+                 challenges_per_sec = 5\nnever_ban = [\"192.0.2.1\"]\n"
+            ),
+            &[],
+        );
+        let s = l.expect("load").security().expect("valid");
+        assert_eq!(s.max_failures_per_source, 3);
+        assert_eq!(s.ban_time.as_secs(), 30);
+        assert_eq!((s.challenges_per_sec, s.challenge_burst), (5, 10));
+        assert_eq!(
+            s.never_ban,
+            ["192.0.2.1".parse::<std::net::IpAddr>().expect("ip")]
+        );
+        // Line 8 holds the bad value.
+        let (_d, l) = load(
+            &format!("{GATEWAY}[security]\nnever_ban = [\"nope\"]\n"),
+            &[],
+        );
+        let e = l.expect("load").security().expect_err("bad ip").to_string();
+        assert!(e.contains("site.toml:8") && e.contains("\"nope\""), "{e}");
+        let (_d, l) = load(&format!("{GATEWAY}[security]\nban_secs = -1\n"), &[]);
+        let e = l
+            .expect("load")
+            .security()
+            .expect_err("bad secs")
+            .to_string();
+        assert!(e.contains("site.toml:8") && e.contains("ban_secs"), "{e}");
+    }
+
+    #[test]
+    fn trunk_password_from_a_file_and_conflicts_named() {
+        let trunk =
+            "[[gateway.trunk]]\nname = \"itsp\"\naddress = \"192.0.2.1:5060\"\nusername = \"u\"\n";
+        let (_d, l) = load(
+            &format!("{GATEWAY}{trunk}password_file = \"itsp.secret\"\n"),
+            &[("itsp.secret", "s3cret\n")],
+        );
+        let g = l.expect("load").gateway().expect("valid");
+        let c = g.trunks[0].credentials.as_ref().expect("credentials");
+        assert_eq!(c.password, "s3cret");
+        let (_d, l) = load(
+            &format!("{GATEWAY}{trunk}password = \"x\"\npassword_file = \"itsp.secret\"\n"),
+            &[("itsp.secret", "s3cret\n")],
+        );
+        let e = l
+            .expect("load")
+            .gateway()
+            .expect_err("two sources")
+            .to_string();
+        assert!(e.contains("give only one of password"), "{e}");
+        let (_d, l) = load(
+            &format!("{GATEWAY}{trunk}password_file = \"missing\"\n"),
+            &[],
+        );
+        let e = l
+            .expect("load")
+            .gateway()
+            .expect_err("missing file")
+            .to_string();
+        assert!(e.contains("password_file") && e.contains("missing"), "{e}");
+    }
+}
