@@ -674,3 +674,27 @@ fn devices_add_refuses_an_empty_password_and_a_user_name_with_a_space() {
         assert!(!out.status.success(), "{user:?}/{password:?} accepted");
     }
 }
+
+/// `--log-format json`: one JSON object per line, no ANSI codes; a device database readable
+/// by others is reported.
+#[test]
+fn json_logs_and_a_readable_database_reported() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let gw = gateway("sec-json", &[]);
+    let db = gw.dir().join("sec-json.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = Command::new(binary())
+        .args(["--log-format", "json", "devices", "list", "--config"])
+        .arg(&gw.config)
+        .output()
+        .expect("devices list");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("readable by others"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+    assert_eq!(v["level"], "WARN", "{line}");
+    assert!(!err.contains('\u{1b}'), "ANSI codes: {err}");
+}
