@@ -29,13 +29,23 @@ fn gateway(name: &str, devices: &[&str]) -> GatewayProcess {
 
 /// [`gateway`] offering `algorithms` (in order).
 fn gateway_with(name: &str, devices: &[&str], algorithms: &[&str]) -> GatewayProcess {
+    gateway_security(name, devices, algorithms, "")
+}
+
+/// [`gateway_with`] with `security` lines added to its `[security]` section.
+fn gateway_security(
+    name: &str,
+    devices: &[&str],
+    algorithms: &[&str],
+    security: &str,
+) -> GatewayProcess {
     let mut all = vec!["1000"];
     all.extend_from_slice(devices);
     let mut spec = GatewaySpec::new(name, &all);
     spec.digest_algorithms = algorithms.iter().map(|a| (*a).to_owned()).collect();
     spec.extra = format!(
         "\n[security]\nmax_failures_per_source = {MAX_FAILURES}\nmax_failures_per_user = 50\n\
-         window_secs = 120\nban_secs = 120\n\n[http]\nlisten = \"127.0.0.1:0\"\n"
+         window_secs = 120\nban_secs = 120\n{security}\n[http]\nlisten = \"127.0.0.1:0\"\n"
     );
     GatewayProcess::start(&binary(), spec)
 }
@@ -688,7 +698,11 @@ fn json_logs_and_a_readable_database_reported() {
         .arg(&gw.config)
         .output()
         .expect("devices list");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
         .lines()
@@ -697,4 +711,48 @@ fn json_logs_and_a_readable_database_reported() {
     let v: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
     assert_eq!(v["level"], "WARN", "{line}");
     assert!(!err.contains('\u{1b}'), "ANSI codes: {err}");
+}
+
+/// Challenges are rate-limited per source: 40 unauthenticated REGISTERs sent at once from one
+/// source draw the burst (5) and what the rate (5/s) refills meanwhile, not 40; another source
+/// is answered at once.
+#[test]
+fn challenges_are_rate_limited_per_source() {
+    let gw = gateway_security(
+        "sec-rate",
+        &[],
+        &["MD5"],
+        "challenges_per_sec = 5\nchallenge_burst = 5\n",
+    );
+    let mut flood = Ua::new([127, 0, 0, 8], gw.udp, &gw.spec.realm);
+    let t0 = Instant::now();
+    for i in 0..40 {
+        let req = flood.request("REGISTER", "1000", "1000", &format!("rate-{i}"), "");
+        flood.send(req.as_bytes());
+    }
+    let mut answers = 0;
+    while flood.recv(Duration::from_millis(500)).is_some() {
+        answers += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let most = 5 + (5.0 * secs).ceil() as usize;
+    assert!(
+        (5..=most).contains(&answers),
+        "{answers} challenges in {secs:.2} s (burst 5, 5/s: at most {most})\n{}",
+        gw.diag()
+    );
+    let mut other = Ua::new([127, 0, 0, 9], gw.udp, &gw.spec.realm);
+    assert!(other.challenge("REGISTER", "1000", "rate-other").is_some());
+    let bans = {
+        let mut gw = gw;
+        http_get(&mut gw, "/security/bans")
+    };
+    assert!(bans.contains("\"challenges_dropped\":"), "{bans}");
+    let dropped: u64 = bans
+        .split("\"challenges_dropped\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("challenges_dropped");
+    assert_eq!(dropped as usize, 40 - answers, "{bans}");
 }
