@@ -385,7 +385,11 @@ fn itsp_trunk_registers_answers_challenges_and_delivers_dids() {
         .args(["--user", "2999", "--password", "secret", "--present-any"])
         .output()
         .expect("devices add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A registers at the ITSP: its account shows up there.
     gw_b.device("2999", "NOT_INUSE", Duration::from_secs(15));
 

@@ -477,7 +477,13 @@ fn svcrack_is_banned_before_it_finds_the_password() {
 /// (MD5 only: it used to be challenged with MD5 alone, issue 12 §3).
 #[test]
 fn svwar_finds_no_user_and_challenges_do_not_tell_users_apart() {
-    let gw = gateway_with("sec-svwar", &["1005"], &["SHA-256", "MD5"]);
+    // No challenge rate limit here: the rounds below draw hundreds of challenges a second.
+    let gw = gateway_security(
+        "sec-svwar",
+        &["1005"],
+        &["SHA-256", "MD5"],
+        "challenges_per_sec = 0\n",
+    );
     // 1005 challenges as MD5 only: it must not show in its challenge.
     let out = Command::new(binary())
         .args(["devices", "add", "--config"])
