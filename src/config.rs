@@ -8,6 +8,9 @@ use statebus::{Eid, TlsMode, XmppBusConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod security;
+pub use security::check_device_credentials;
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +29,8 @@ pub struct Config {
     /// Graceful shutdown on SIGINT/SIGTERM (gateway, ACD, site).
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    /// Authentication defence of the gateway (`config/security.rs`).
+    pub security: Option<security::SecuritySection>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -211,6 +216,9 @@ pub struct TrunkSection {
     /// challenges to our INVITEs and to register.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The password in a file (relative to the config file) or an environment variable.
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
     /// Keep a registration at the peer (needs username and password).
     #[serde(default)]
     pub register: bool,
@@ -261,6 +269,9 @@ pub struct StatebusSection {
     pub backend: Backend,
     pub jid: Option<String>,
     pub password: Option<String>,
+    /// The password in a file (relative to the config file) or an environment variable.
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
     /// One server `host:port` (the single-address form).
     pub server: Option<String>,
     /// Several nodes of a clustered XMPP service, tried in order when one cannot be reached.
@@ -449,7 +460,16 @@ impl Loaded {
             })
         };
         let jid = need(&s.jid, "jid")?;
-        let password = need(&s.password, "password")?;
+        let password = need(
+            &self.secret(
+                &self.at("statebus", "password"),
+                "password",
+                s.password.as_ref(),
+                s.password_file.as_ref(),
+                s.password_env.as_ref(),
+            )?,
+            "password",
+        )?;
         let service = need(&s.pubsub_service, "pubsub_service")?;
         let mut c = XmppBusConfig::new(&jid, &password, &service, self.eid());
         if s.server.is_some() && !s.servers.is_empty() {
@@ -701,7 +721,14 @@ impl Loaded {
                     })
                     .collect::<Result<_>>()?
             };
-            let credentials = match (&t.username, &t.password) {
+            let password = self.secret(
+                &self.at_nth("gateway.trunk", n, "password"),
+                "password",
+                t.password.as_ref(),
+                t.password_file.as_ref(),
+                t.password_env.as_ref(),
+            )?;
+            let credentials = match (&t.username, &password) {
                 (Some(u), Some(p)) => Some(gateway::registrar::client::ClientCredentials {
                     username: u.clone(),
                     password: p.clone(),
@@ -795,6 +822,7 @@ impl Loaded {
                 v => v,
             },
             trunks,
+            security: self.security()?,
             record_dir: match &g.record_dir {
                 None => None,
                 Some(d) => {

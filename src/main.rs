@@ -3,6 +3,8 @@
 mod cli;
 mod config;
 mod http;
+mod logging;
+mod password;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -17,6 +19,9 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log line format on standard error (default: text; env CALLFABRIC_LOG_FORMAT).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<logging::LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -82,9 +87,19 @@ enum DevicesCmd {
         /// Username (also the extension's AOR user part).
         #[arg(long)]
         user: String,
-        /// Password.
+        /// Password (visible to `ps` and kept in shell history: prefer a prompt,
+        /// --password-file or --password-stdin). Without any of them: prompted on the terminal.
+        #[arg(long, conflicts_with_all = ["password_file", "password_stdin"])]
+        password: Option<String>,
+        /// Read the password from this file (its first line).
+        #[arg(long, conflicts_with = "password_stdin")]
+        password_file: Option<PathBuf>,
+        /// Read the password from the first line of standard input.
         #[arg(long)]
-        password: String,
+        password_stdin: bool,
+        /// The device may present identities other than its own (From, P-Asserted-Identity).
+        #[arg(long)]
+        present_any: bool,
         /// Extension routed to this device.
         #[arg(long)]
         extension: Option<String>,
@@ -140,21 +155,15 @@ enum StatebusCmd {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CALLFABRIC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     // The operator commands are clients of a running node's admin API.
     let cli = match cli.cmd {
         Cmd::Queue { cmd } => return cli::queue(cmd),
         Cmd::Agent { cmd } => return cli::agent(cmd),
         Cmd::Member { cmd } => return cli::member(cmd),
         Cmd::Calls { api } => return cli::calls(api),
-        cmd => Cli { cmd },
+        cmd => Cli { cmd, ..cli },
     };
     // Config is read (and SSL_CERT_FILE possibly set) before the runtime starts any thread.
     let loaded = Loaded::read(config_path(&cli.cmd))?;
@@ -408,17 +417,27 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
         DevicesCmd::Add {
             user,
             password,
+            password_file,
+            password_stdin,
+            present_any,
             extension,
             name,
             digest,
             ..
         } => {
+            let password = password::read(
+                password.as_deref(),
+                password_file.as_deref(),
+                *password_stdin,
+            )?;
+            config::check_device_credentials(user, &password)?;
             for t in digest.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 if gateway::registrar::digest::Algorithm::from_token(t).is_none() {
                     return Err(anyhow!("--digest: unknown algorithm {t:?} (SHA-256, MD5)"));
                 }
             }
-            let mut d = DeviceRecord::with_password(user, realm, password);
+            let mut d = DeviceRecord::with_password(user, realm, &password);
+            d.present_any = *present_any;
             d.extension = extension.clone();
             d.display_name = name.clone();
             d.digest_algorithms = digest.clone();

@@ -377,6 +377,19 @@ fn itsp_trunk_registers_answers_challenges_and_delivers_dids() {
     b_spec.udp_port = Some(port_b);
     let mut gw_a = GatewayProcess::start(binary(), a_spec);
     let mut gw_b = GatewayProcess::start(binary(), b_spec);
+    // A's account at the ITSP carries its users' numbers in From (a PBX behind a device
+    // account): it may present identities other than 2999 (issue 12: else 403).
+    let out = std::process::Command::new(binary())
+        .args(["devices", "add", "--config"])
+        .arg(&gw_b.config)
+        .args(["--user", "2999", "--password", "secret", "--present-any"])
+        .output()
+        .expect("devices add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A registers at the ITSP: its account shows up there.
     gw_b.device("2999", "NOT_INUSE", Duration::from_secs(15));
 

@@ -414,16 +414,25 @@ fn qualify_unanswered() {
     );
 }
 
-/// Per-device challenge: on a gateway that offers SHA-256 first, a device provisioned with
-/// `--digest MD5` (a legacy phone that reads only the first challenge) is challenged with MD5
-/// only and registers, while the other devices still get SHA-256 first.
+/// Per-device digest list, without enumeration (issue 12): a device provisioned with
+/// `--digest SHA-256` gets exactly the challenge every other user gets (the gateway's MD5,
+/// SHA-256), so its challenge does not tell it from an unknown user; the list only restricts
+/// what it may answer with: SIPp's MD5 answer for it is refused, while 1001 (the default)
+/// registers with MD5.
 #[test]
-fn per_device_md5_on_a_sha256_first_gateway() {
-    let mut gw = Gateway::start(&["SHA-256", "MD5"]);
+fn per_device_digest_restricts_without_changing_the_challenge() {
+    let gw = Gateway::start(&["MD5", "SHA-256"]);
     let out = std::process::Command::new(binary())
         .args(["devices", "add", "--config"])
         .arg(&gw.config)
-        .args(["--user", "1000", "--password", "secret", "--digest", "MD5"])
+        .args([
+            "--user",
+            "1000",
+            "--password",
+            "secret",
+            "--digest",
+            "SHA-256",
+        ])
         .output()
         .expect("devices add");
     assert!(
@@ -431,7 +440,35 @@ fn per_device_md5_on_a_sha256_first_gateway() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The device table is re-read every 0.2 s: retry until the MD5-only challenge applies.
+    let first_challenge = |out: &integration::sipp::SippOutcome| -> Vec<String> {
+        received_401_shapes(&out.messages)
+            .first()
+            .map(|s| {
+                s.iter()
+                    .filter(|h| h.starts_with("www-authenticate"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let out = gw.sipp(
+        "register_ok.xml",
+        SippTransport::Udp,
+        SippOpts::user("1001", "secret"),
+    );
+    assert!(
+        out.passed(),
+        "1001 registers with MD5: {}\n{}",
+        out.describe(),
+        gw.diag()
+    );
+    let default = first_challenge(&out);
+    assert_eq!(
+        default,
+        ["www-authenticate MD5", "www-authenticate SHA-256"]
+    );
+    // The device table is re-read every 0.2 s: wait until 1000's list is loaded (its MD5
+    // answer is refused from then on), then compare its challenge with everyone's.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = gw.sipp(
@@ -439,40 +476,28 @@ fn per_device_md5_on_a_sha256_first_gateway() {
             SippTransport::Udp,
             SippOpts::user("1000", "secret"),
         );
-        if out.passed() {
-            let shapes = received_401_shapes(&out.messages);
-            assert_eq!(
-                shapes.first().map(|s| s
-                    .iter()
-                    .filter(|h| h.starts_with("www-authenticate"))
-                    .count()),
-                Some(1),
-                "one MD5 challenge: {shapes:?}"
-            );
+        assert_eq!(
+            first_challenge(&out),
+            default,
+            "1000's challenge is everyone's"
+        );
+        if !out.passed() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "1000 never registered\n{}\n{}",
-            out.describe(),
+            "1000 kept registering with MD5 although it may use SHA-256 only\n{}",
             gw.diag()
         );
     }
-    gw.device("1000", "NOT_INUSE", STATE_TIMEOUT);
-    // 1001 keeps the gateway's default: SHA-256 first, which SIPp cannot answer.
     let out = gw.sipp(
         "register_ok.xml",
         SippTransport::Udp,
-        SippOpts::user("1001", "secret"),
+        SippOpts::user("9999", "secret"),
     );
-    let shapes = received_401_shapes(&out.messages);
-    let first: Vec<&String> = shapes
-        .first()
-        .map(|s| {
-            s.iter()
-                .filter(|h| h.starts_with("www-authenticate"))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert_eq!(first, ["www-authenticate SHA-256", "www-authenticate MD5"]);
+    assert_eq!(
+        first_challenge(&out),
+        default,
+        "an unknown user's challenge is everyone's"
+    );
 }

@@ -34,6 +34,9 @@ pub struct DeviceRecord {
     /// Digest algorithms to challenge this device with, comma-separated (`MD5`); empty: the
     /// gateway's default.
     pub digest_algorithms: String,
+    /// Whether the device may present identities other than its own (From,
+    /// P-Asserted-Identity); otherwise a foreign one gets 403.
+    pub present_any: bool,
 }
 
 impl DeviceRecord {
@@ -49,6 +52,7 @@ impl DeviceRecord {
             extension: None,
             call_limit: 2,
             digest_algorithms: String::new(),
+            present_any: false,
         }
     }
 }
@@ -69,6 +73,89 @@ pub fn ha1_sha256(user: &str, realm: &str, password: &str) -> String {
     ))
 }
 
+/// A user name or password that cannot be provisioned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// Empty user name.
+    #[error("the user name is empty")]
+    EmptyUser,
+    /// Over 64 bytes.
+    #[error("the user name is longer than 64 bytes")]
+    LongUser,
+    /// A character a SIP user part or a digest `username` cannot carry as is.
+    #[error(
+        "the user name contains {0:?}: use letters, digits and - _ . ! ~ * ' ( ) & = + $ , ; ? /"
+    )]
+    UserChar(char),
+    /// Empty password.
+    #[error("the password is empty")]
+    EmptyPassword,
+    /// A control character (a pasted newline, an escape sequence).
+    #[error("the password contains a control character")]
+    PasswordControl,
+}
+
+/// A user name must be 1–64 bytes of RFC 3261 `unreserved` / `user-unreserved` characters
+/// (no space, no control character, no `@`, `:` or quote: it goes into AORs, digest
+/// `username="…"` and log lines as is).
+pub fn check_username(user: &str) -> Result<(), CredentialError> {
+    if user.is_empty() {
+        return Err(CredentialError::EmptyUser);
+    }
+    if user.len() > 64 {
+        return Err(CredentialError::LongUser);
+    }
+    match user
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(*c)))
+    {
+        Some(c) => Err(CredentialError::UserChar(c)),
+        None => Ok(()),
+    }
+}
+
+/// A password must not be empty nor hold control characters.
+pub fn check_password(password: &str) -> Result<(), CredentialError> {
+    if password.is_empty() {
+        return Err(CredentialError::EmptyPassword);
+    }
+    if password.chars().any(char::is_control) {
+        return Err(CredentialError::PasswordControl);
+    }
+    Ok(())
+}
+
+/// Creates the SQLite file `path` readable by its owner only (0600: HA1 is as good as the
+/// password for digest), if it does not exist; SQLite gives its journal and WAL files the
+/// database file's mode. An existing file readable by others is reported (not changed).
+fn create_private(path: &str) -> Result<(), DbError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(m) = std::fs::metadata(path) {
+                if m.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        path,
+                        mode = format!("{:o}", m.permissions().mode() & 0o777),
+                        "the device database is readable by others: chmod 600 it"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(DbError::Create(path.to_owned(), e)),
+    }
+}
+
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -78,6 +165,9 @@ pub enum DbError {
     /// Connecting, migrating or querying failed.
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
+    /// The SQLite file could not be created.
+    #[error("creating the database file {0}: {1}")]
+    Create(String, std::io::Error),
     /// A migration failed.
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -94,6 +184,7 @@ impl DeviceStore {
     pub async fn open(url: &str) -> Result<DeviceStore, DbError> {
         sqlx::any::install_default_drivers();
         let url = if let Some(path) = url.strip_prefix("sqlite://") {
+            create_private(path.split('?').next().unwrap_or(path))?;
             if path.contains('?') {
                 url.to_string()
             } else {
@@ -121,7 +212,7 @@ impl DeviceStore {
     pub async fn load_all(&self) -> Result<Vec<DeviceRecord>, DbError> {
         let rows = sqlx::query(
             "SELECT username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, \
-             digest_algorithms FROM devices ORDER BY username",
+             digest_algorithms, present_any FROM devices ORDER BY username",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -137,6 +228,7 @@ impl DeviceStore {
                     extension: r.try_get("extension")?,
                     call_limit: r.try_get("call_limit")?,
                     digest_algorithms: r.try_get("digest_algorithms")?,
+                    present_any: r.try_get::<i64, _>("present_any")? != 0,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -146,12 +238,12 @@ impl DeviceStore {
     /// Insert or replace one device.
     pub async fn upsert(&self, d: &DeviceRecord) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT INTO devices (username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, digest_algorithms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO devices (username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, digest_algorithms, present_any) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (username) DO UPDATE SET realm = excluded.realm, ha1_md5 = excluded.ha1_md5, \
              ha1_sha256 = excluded.ha1_sha256, display_name = excluded.display_name, site = excluded.site, \
              extension = excluded.extension, call_limit = excluded.call_limit, \
-             digest_algorithms = excluded.digest_algorithms",
+             digest_algorithms = excluded.digest_algorithms, present_any = excluded.present_any",
         )
         .bind(&d.username)
         .bind(&d.realm)
@@ -162,6 +254,7 @@ impl DeviceStore {
         .bind(&d.extension)
         .bind(d.call_limit)
         .bind(&d.digest_algorithms)
+        .bind(i64::from(d.present_any))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -342,6 +435,39 @@ mod tests {
     use super::*;
 
     // RFC 7616 §3.9.1's credentials; expected values from coreutils md5sum/sha256sum.
+    #[test]
+    fn user_names_and_passwords_are_checked() {
+        assert_eq!(check_username("1000"), Ok(()));
+        assert_eq!(check_username("alice.smith-2"), Ok(()));
+        assert_eq!(check_username(""), Err(CredentialError::EmptyUser));
+        assert_eq!(check_username("10 00"), Err(CredentialError::UserChar(' ')));
+        assert_eq!(check_username("a\tb"), Err(CredentialError::UserChar('\t')));
+        assert_eq!(check_username("a@b"), Err(CredentialError::UserChar('@')));
+        assert_eq!(
+            check_username(&"x".repeat(65)),
+            Err(CredentialError::LongUser)
+        );
+        assert_eq!(check_password("s3cret with spaces"), Ok(()));
+        assert_eq!(check_password(""), Err(CredentialError::EmptyPassword));
+        assert_eq!(
+            check_password("abc\n"),
+            Err(CredentialError::PasswordControl)
+        );
+    }
+
+    #[test]
+    fn the_sqlite_file_is_created_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("d.db");
+        create_private(path.to_str().expect("utf-8 path")).expect("create");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
     #[test]
     fn ha1_known_answers() {
         assert_eq!(

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod dns;
 pub mod records;
 pub mod registrar;
+pub mod security;
 pub mod server;
 
 // The stack crates under the module names the application's code uses.

@@ -32,6 +32,9 @@ pub struct Cdr {
     pub src_device: Option<String>,
     /// Called device.
     pub dst_device: Option<String>,
+    /// The identity the caller presented (first P-Asserted-Identity, else From user); the
+    /// device it authenticated as is `src_device`.
+    pub presented: String,
     /// `ANSWERED`, `NO ANSWER`, `BUSY`, `FAILED` (Asterisk's dispositions).
     pub disposition: String,
     /// Why it ended (`bye-a`, `486`, `media-timeout`, …).
@@ -60,8 +63,8 @@ impl DeviceStore {
         sqlx::query(
             "INSERT INTO cdr (uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, \
              dst_device, disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, \
-             jitter_a_us, jitter_b_us, linkedid, agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+             jitter_a_us, jitter_b_us, linkedid, agent, presented) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
         )
         .bind(&c.uniqueid)
         .bind(&c.node)
@@ -84,6 +87,7 @@ impl DeviceStore {
         .bind(c.jitter_b_us)
         .bind(&c.linkedid)
         .bind(&c.agent)
+        .bind(&c.presented)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -94,7 +98,7 @@ impl DeviceStore {
         let rows = sqlx::query(
             "SELECT uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, dst_device, \
              disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, jitter_a_us, \
-             jitter_b_us, linkedid, agent FROM cdr ORDER BY end_time, uniqueid",
+             jitter_b_us, linkedid, agent, presented FROM cdr ORDER BY end_time, uniqueid",
         )
         .fetch_all(self.pool())
         .await?;
@@ -104,6 +108,7 @@ impl DeviceStore {
                     uniqueid: r.try_get("uniqueid")?,
                     linkedid: r.try_get("linkedid")?,
                     agent: r.try_get("agent")?,
+                    presented: r.try_get("presented")?,
                     node: r.try_get("node")?,
                     start_time: r.try_get("start_time")?,
                     answer_time: r.try_get("answer_time")?,
@@ -150,6 +155,7 @@ mod tests {
             dst: "800".into(),
             src_device: Some("PJSIP/1001".into()),
             dst_device: None,
+            presented: "+15551001".into(),
             disposition: "ANSWERED".into(),
             reason: "bye-a".into(),
             duration: 60,

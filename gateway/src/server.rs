@@ -20,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
 mod durable;
+mod security;
 mod shutdown;
+pub use security::BanEntry;
 pub use shutdown::FinishReport;
 
 /// Everything the gateway needs; built by the binary from its config file.
@@ -78,6 +80,8 @@ pub struct GatewayConfig {
     /// Name servers for trunks named by a domain (the binary reads the system's when the
     /// config names none).
     pub dns_servers: Vec<SocketAddr>,
+    /// Authentication defence: failure counts, bans, challenge rate (`[security]`).
+    pub security: crate::security::SecurityConfig,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -434,6 +438,7 @@ pub struct Gateway {
     dns_tasks: Vec<tokio::task::JoinHandle<()>>,
     control: tokio::sync::mpsc::UnboundedSender<shutdown::Control>,
     active: Arc<std::sync::atomic::AtomicUsize>,
+    guard: security::SharedGuard,
 }
 
 impl Gateway {
@@ -528,7 +533,16 @@ impl Gateway {
         let device_prefix = cfg.device_prefix.clone();
         let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Trunks are never banned (their calls are not authenticated by digest anyway).
+        let mut scfg = cfg.security.clone();
+        for t in &cfg.trunks {
+            scfg.never_ban.push(t.address.ip());
+            scfg.never_ban.extend(t.inbound_from.iter().copied());
+        }
+        let guard: security::SharedGuard =
+            Arc::new(std::sync::Mutex::new(crate::security::Guard::new(scfg)));
         let core = Core {
+            guard: guard.clone(),
             durable: durable::Durable::start(records.clone(), cfg.node.clone()),
             shutdown: shutdown::ShutdownState::default(),
             active: active.clone(),
@@ -575,6 +589,7 @@ impl Gateway {
             dns_tasks,
             control,
             active,
+            guard,
         })
     }
 
@@ -647,6 +662,8 @@ struct Core {
     shutdown: shutdown::ShutdownState,
     /// Calls in progress, for the handle.
     active: Arc<std::sync::atomic::AtomicUsize>,
+    /// Authentication defence (`server/security.rs`).
+    guard: security::SharedGuard,
 }
 
 /// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
@@ -707,7 +724,8 @@ impl Core {
             tokio::select! {
                 ev = events.recv() => match ev {
                     None => break,
-                    Some(ev) => receive(&self.transports, &mut self.tl, ev).await,
+                    Some(ev) if self.admitted(&ev) => receive(&self.transports, &mut self.tl, ev).await,
+                    Some(_) => {}
                 },
                 _ = sleep => {
                     let now = Instant::now();
@@ -719,6 +737,7 @@ impl Core {
                         self.persist(&aor);
                     }
                     self.register_outbound(None);
+                    self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
                 }
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),
@@ -808,6 +827,7 @@ impl Core {
             dst: r.dialled.clone(),
             src_device: r.caller_device.clone(),
             dst_device: r.callee_device.clone(),
+            presented: r.presented.clone(),
             disposition: disposition.into(),
             reason: reason.into(),
             duration: secs(r.duration),
@@ -982,8 +1002,13 @@ impl Core {
                     self.on_invite(key, request, source, now);
                     return;
                 }
-                let resp = self.handle_request(&request, source);
+                let resp = self.handle_request(&request, source.clone());
                 if request.method == Method::Register {
+                    self.auth_failures(&request, &source);
+                    if resp.status_code.code() == 401 {
+                        self.send_challenge(&key, resp, &source);
+                        return;
+                    }
                     self.respond_register(key, &request, resp);
                 } else if let Err(e) = self.tl.send_response(&key, resp, now) {
                     debug!(error = %e, "response not sent");
@@ -1042,8 +1067,14 @@ impl Core {
             debug!(trunk = %t.name, "call from a trunk");
             Caller::default()
         } else {
-            match self.registrar.authorize(&req, SystemTime::now()) {
+            let auth = self.registrar.authorize(&req, SystemTime::now());
+            self.auth_failures(&req, &source);
+            match auth {
                 Ok(user) => {
+                    if let Err(r) = self.check_identity(&req, &user, &source) {
+                        let _ = self.tl.send_response(&key, r, now);
+                        return;
+                    }
                     let key = self.device_key(&user.aor);
                     let limit = self
                         .devices
@@ -1055,7 +1086,7 @@ impl Core {
                     }
                 }
                 Err(challenge) => {
-                    let _ = self.tl.send_response(&key, challenge, now);
+                    self.send_challenge(&key, challenge, &source);
                     return;
                 }
             }

@@ -924,6 +924,11 @@ pub fn gateway_config(
         record_dir: None,
         moh: Default::default(),
         dns_servers: Vec::new(),
+        // The benchmarks measure throughput from one source: no challenge rate limit.
+        security: gateway::security::SecurityConfig {
+            challenges_per_sec: 0,
+            ..Default::default()
+        },
     }
 }
 

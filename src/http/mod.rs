@@ -69,6 +69,7 @@ pub fn routes() -> Vec<(
         ("get", "/devices", get(status::devices)),
         ("get", "/calls", get(status::calls)),
         ("get", "/queues", get(status::queues)),
+        ("get", "/security/bans", get(status::security_bans)),
         ("get", "/openapi.json", get(openapi)),
         ("get", "/metrics", get(metrics::metrics)),
         ("get", "/wallboard", get(wallboard::page)),

@@ -5,7 +5,9 @@
 //!   both sides, and the relay's RTP figures for both legs (packets, bytes, RFC 3550 loss and
 //!   jitter, the latched source);
 //! * `GET /queues`: per-queue and per-member statistics of this ACD node (answered, abandoned,
-//!   average wait, service level, members' calls and availability).
+//!   average wait, service level, members' calls and availability);
+//! * `GET /security/bans`: the gateway's bans in force (source, seconds left, failures, why,
+//!   last user tried, requests dropped) and the defence's counters.
 
 use axum::extract::State;
 use axum::Json;
@@ -101,4 +103,28 @@ pub(super) async fn queues(State(s): State<Sources>) -> Json<Value> {
             })
         })
         .collect::<Vec<_>>()))
+}
+
+/// `GET /security/bans`: `{"bans": [...], "stats": {...}}` (empty without a gateway).
+pub(super) async fn security_bans(State(s): State<Sources>) -> Json<Value> {
+    let Some(gw) = &s.gateway else {
+        return Json(json!({ "bans": [], "stats": null }));
+    };
+    let st = gw.security_stats();
+    Json(json!({
+        "bans": gw.bans().iter().map(|b| json!({
+            "source": b.ip.to_string(),
+            "remaining_secs": b.remaining.as_secs(),
+            "failures": b.failures,
+            "why": b.why,
+            "user": b.user,
+            "dropped": b.dropped,
+        })).collect::<Vec<_>>(),
+        "stats": {
+            "failures": st.failures,
+            "bans": st.bans,
+            "dropped_banned": st.dropped_banned,
+            "challenges_dropped": st.challenges_dropped,
+        },
+    }))
 }

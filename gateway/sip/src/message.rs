@@ -413,6 +413,8 @@ struct Head<'a> {
     start: Result<StartLine, ParseErrorKind>,
     fields: Result<Vec<Field<'a>>, ParseErrorKind>,
     headers: Result<Headers, ParseErrorKind>,
+    /// When header lines are not UTF-8: the other fields' headers, to answer 400 from.
+    salvaged: Option<Headers>,
 }
 
 impl<'a> Head<'a> {
@@ -426,11 +428,18 @@ impl<'a> Head<'a> {
             Ok(f) => rsip_headers(f),
             Err(e) => Err(e.clone()),
         };
+        let salvaged = match &fields {
+            Err(ParseErrorKind::HeaderLine(m)) if is_request && m.ends_with("is not UTF-8") => {
+                salvage_utf8(head)
+            }
+            _ => None,
+        };
         Self {
             is_request,
             start,
             fields,
             headers,
+            salvaged,
         }
     }
 
@@ -440,26 +449,70 @@ impl<'a> Head<'a> {
         if !self.is_request {
             return None;
         }
+        if self.salvaged.is_some() {
+            return self.salvaged.clone();
+        }
         let fields = self.fields.as_ref().ok()?;
-        for essential in ["via", "from", "to", "call-id", "cseq"] {
-            let mut present = false;
-            for f in fields.iter().filter(|f| f.lname == essential) {
-                present = true;
-                let sound = match essential {
-                    // Syntax only: a Via naming another SIP version can still be answered.
-                    "via" => grammar::via(&f.value).is_ok(),
-                    _ => grammar::check_field(essential, &f.value).is_ok(),
-                };
-                if !sound {
-                    return None;
-                }
-            }
-            if !present {
-                return None;
-            }
+        if !essentials_sound(fields) {
+            return None;
         }
         self.headers.as_ref().ok().cloned()
     }
+}
+
+/// Whether Via, From, To, Call-ID and CSeq are present and well-formed: a response to
+/// anything else would carry fields we invented.
+fn essentials_sound(fields: &[Field<'_>]) -> bool {
+    for essential in ["via", "from", "to", "call-id", "cseq"] {
+        let mut present = false;
+        for f in fields.iter().filter(|f| f.lname == essential) {
+            present = true;
+            let sound = match essential {
+                // Syntax only: a Via naming another SIP version can still be answered.
+                "via" => grammar::via(&f.value).is_ok(),
+                _ => grammar::check_field(essential, &f.value).is_ok(),
+            };
+            if !sound {
+                return false;
+            }
+        }
+        if !present {
+            return false;
+        }
+    }
+    true
+}
+
+/// The headers of a request whose header block has lines that are not UTF-8 (PROTOS c07
+/// cases), without those lines (and their continuation lines), if the rest is sound enough
+/// to answer 400 from: RFC 3261 wants the UTF-8 charset, and such a request is refused, not
+/// dropped in silence. `None` if an essential field is among the lines dropped.
+fn salvage_utf8(head: &[u8]) -> Option<Headers> {
+    let mut kept: Vec<u8> = Vec::with_capacity(head.len());
+    let mut skipping = false;
+    for raw in split_crlf(head) {
+        let continuation = raw.first().is_some_and(|&b| b == b' ' || b == b'\t');
+        if std::str::from_utf8(raw).is_err() {
+            if continuation {
+                return None; // part of a field already kept
+            }
+            skipping = true;
+            continue;
+        }
+        if continuation && skipping {
+            continue;
+        }
+        skipping = false;
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"\r\n");
+        }
+        kept.extend_from_slice(raw);
+    }
+    let fields = header_fields(&kept).ok()?;
+    if !essentials_sound(&fields) {
+        return None;
+    }
+    rsip_headers(&fields).ok()
 }
 
 fn parse_start_line(line: &[u8], is_request: bool) -> Result<StartLine, ParseErrorKind> {
@@ -2091,6 +2144,39 @@ mod tests {
 Via: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\nTo: <sip:u@example.com>\r\n\
 From: <sip:c@example.com>;tag=1\r\nCall-ID: a@b\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\
 Content-Length: 0\r\n\r\n";
+
+    /// PROTOS c07-like: a header line that is not UTF-8 gets 400 (answered from the other
+    /// fields), unless it is one of the fields a response is built from.
+    #[test]
+    fn non_utf8_header_lines_get_400_where_an_answer_is_possible() {
+        let mut msg = OPTIONS.to_vec();
+        let at = msg.len() - 21;
+        msg.splice(
+            at..at,
+            b"Subject: \xc3\x28 bad \xff\r\n\t folded\r\n"
+                .iter()
+                .copied(),
+        );
+        let e = parse(&msg).expect_err("not UTF-8");
+        let reply = e.reply().expect("a 400 is possible");
+        assert_eq!(reply.status_code.code(), 400);
+        let text = String::from_utf8_lossy(&serialize_response(reply)).into_owned();
+        assert!(text.contains("Call-ID: a@b\r\n"), "{text}");
+        assert!(text.contains("is not UTF-8"), "{text}");
+        // Not UTF-8 inside From: nothing sound to answer from.
+        let bad_from = String::from_utf8_lossy(OPTIONS)
+            .replace(
+                "From: <sip:c@example.com>",
+                "From: \"X\u{fffd}\" <sip:c@example.com>",
+            )
+            .replace('\u{fffd}', "\u{1}")
+            .into_bytes();
+        let bad_from: Vec<u8> = bad_from
+            .iter()
+            .map(|&b| if b == 1 { 0xff } else { b })
+            .collect();
+        assert!(parse(&bad_from).expect_err("not UTF-8").reply().is_none());
+    }
 
     #[test]
     fn binary_body_survives() {

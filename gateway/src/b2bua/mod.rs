@@ -227,6 +227,8 @@ pub struct CallRecord {
     pub caller_device: Option<String>,
     /// Called device, if one of ours.
     pub callee_device: Option<String>,
+    /// The identity the caller presented: its first P-Asserted-Identity, else its From user.
+    pub presented: String,
     /// From the INVITE to the end.
     pub duration: Duration,
     /// From the answer to the end (None: never answered).
@@ -582,6 +584,7 @@ impl B2bua {
                 dialled: dialled_user(req),
                 caller_device: caller.device.clone(),
                 callee_device: callee,
+                presented: crate::security::identity::presented_number(req),
                 duration: Duration::ZERO,
                 billsec: None,
             },
@@ -1638,6 +1641,7 @@ impl B2bua {
             dialled: dialled_user(&call.a_invite),
             caller_device: call.a.device.clone(),
             callee_device: call.b.device.clone(),
+            presented: crate::security::identity::presented_number(&call.a_invite),
             duration: now.saturating_duration_since(call.created),
             billsec: call.answered_at.map(|t| now.saturating_duration_since(t)),
         };

@@ -22,6 +22,17 @@
 //! algorithm we offer is verified (SHA-256 before MD5), the others and unparsable fields beside
 //! it are ignored. The authenticated user may register only its own AOR (else 403).
 //!
+//! **No enumeration.** Every challenge is the same whoever the request claims to be: the
+//! configured algorithms in the configured order. A device's own algorithm list
+//! ([`UserRecord::algorithms`]) only restricts what it may answer with; it no longer shapes its
+//! challenge, which told an MD5-only device from an unknown user. The cost: a legacy phone
+//! that reads only the first challenge needs the gateway's order to put its algorithm first.
+//!
+//! **Failures.** Each failed authentication (wrong password, unknown user, replay, a nonce or
+//! opaque we did not issue, malformed credentials, another user's AOR) is queued as an
+//! [`AuthFailure`] for the caller, who knows the source, to log and throttle
+//! ([`crate::security`]); drain [`Registrar::poll_auth_failure`] after each request.
+//!
 //! **Simplifications.** The digest-uri is not compared with the Request-URI (it is covered by
 //! the response hash); contact URIs are compared by a normalised string, not the full §19.1.4
 //! rules; `-sess` algorithms, `auth-int` and `userhash` are not offered.
@@ -46,6 +57,7 @@ pub use credentials::{Credentials, MemoryCredentials, UserRecord};
 pub use digest::Algorithm;
 pub use location::{canonical_aor, Binding, Location};
 
+use crate::security::FailReason;
 use digest::{DigestCredentials, NcError, NonceCounts, NonceKey, NonceStatus};
 use location::ContactSpec;
 
@@ -95,6 +107,18 @@ impl Config {
     }
 }
 
+/// A failed authentication: who the request claimed to be and why it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    /// The user name of the credentials (`""` if none could be read).
+    pub user: String,
+    /// Why.
+    pub reason: crate::security::FailReason,
+}
+
+/// Most failures queued between two drains (one request queues at most one).
+const MAX_QUEUED_FAILURES: usize = 16;
+
 /// Device-state news for the gateway to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistrarEvent {
@@ -121,6 +145,7 @@ pub struct Registrar<C, S> {
     nonce_counts: NonceCounts,
     nonce_counter: u64,
     events: VecDeque<RegistrarEvent>,
+    failures: VecDeque<AuthFailure>,
 }
 
 /// Outcome of authenticating a request.
@@ -141,7 +166,23 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             nonce_counts,
             nonce_counter: 0,
             events: VecDeque::new(),
+            failures: VecDeque::new(),
         }
+    }
+
+    /// The next failed authentication, if any (at most one per request handled).
+    pub fn poll_auth_failure(&mut self) -> Option<AuthFailure> {
+        self.failures.pop_front()
+    }
+
+    fn failed(&mut self, user: Option<&str>, reason: crate::security::FailReason) {
+        if self.failures.len() >= MAX_QUEUED_FAILURES {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(AuthFailure {
+            user: user.unwrap_or("").to_owned(),
+            reason,
+        });
     }
 
     /// Refuses (with `stale=true`) every nonce issued before `now`. Call it once at start-up:
@@ -264,7 +305,11 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             Some(own) if user_of(&own) == user_of(&aor) => {
                 self.register(req, &own, &call_id, cseq, source, now)
             }
-            _ => response_for(req, 403, "Forbidden"),
+            _ => {
+                let user = user_of(&user.aor).unwrap_or_default();
+                self.failed(Some(&user), crate::security::FailReason::WrongAor);
+                response_for(req, 403, "Forbidden")
+            }
         }
     }
 
@@ -287,28 +332,8 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         let (nonce, opaque) = self.nonce_key.issue(unix(now), self.nonce_counter);
         let realm = digest::quote(&self.config.realm);
         let stale = if stale { ", stale=true" } else { "" };
-        // The claimed user's own list (a legacy phone that reads only the first challenge),
-        // else the default. (An unknown user gets the default, like a user without a list.)
-        let claimed = match req.method {
-            Method::Register => first_value(req, |h| match h {
-                Header::To(v) => Some(v.value()),
-                _ => None,
-            }),
-            _ => first_value(req, |h| match h {
-                Header::From(v) => Some(v.value()),
-                _ => None,
-            }),
-        }
-        .and_then(location::canonical_aor)
-        .and_then(|aor| {
-            aor.split_once(':')
-                .map(|(_, r)| r.split('@').next().unwrap_or("").to_owned())
-        });
-        let algorithms = claimed
-            .and_then(|u| self.credentials.lookup(&u, &self.config.realm))
-            .map(|r| r.algorithms)
-            .filter(|a| !a.is_empty())
-            .unwrap_or_else(|| self.config.algorithms.clone());
+        // The same challenge whoever is claimed (no enumeration): the configured list.
+        let algorithms = self.config.algorithms.clone();
         let headers = algorithms
             .into_iter()
             .map(|alg| {
@@ -383,8 +408,15 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             Some(i) if strength(&ours[i]) > 0 || (ours.len() == 1 && !malformed) => {
                 ours.swap_remove(i)
             }
-            Some(_) => return Auth::Reply(response_for(req, 400, "Bad Request")),
-            None if malformed => return Auth::Reply(response_for(req, 400, "Bad Request")),
+            Some(i) => {
+                let user = ours[i].username.clone();
+                self.failed(user.as_deref(), FailReason::Malformed);
+                return Auth::Reply(response_for(req, 400, "Bad Request"));
+            }
+            None if malformed => {
+                self.failed(None, FailReason::Malformed);
+                return Auth::Reply(response_for(req, 400, "Bad Request"));
+            }
             None => return Auth::Reply(self.challenge(req, now, false)),
         };
         let (Some(username), Some(nonce), Some(uri), Some(resp), Some(cnonce), Some(nc), Some(qop)) = (
@@ -396,6 +428,7 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             c.nc.as_deref(),
             c.qop.as_deref(),
         ) else {
+            self.failed(c.username.as_deref(), FailReason::Malformed);
             return Auth::Reply(response_for(req, 400, "Bad Request"));
         };
         let alg = match c.algorithm.as_deref() {
@@ -407,6 +440,7 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             .flatten();
         let (Some(alg), Some(nc_value), true) = (alg, nc_value, qop.eq_ignore_ascii_case("auth"))
         else {
+            self.failed(Some(username), FailReason::Malformed);
             return Auth::Reply(response_for(req, 400, "Bad Request"));
         };
 
@@ -414,7 +448,10 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         let (status, our_opaque) = self.nonce_key.check(nonce, unix(now), lifetime);
         let (issued, our_opaque) = match (status, our_opaque) {
             (NonceStatus::Fresh(t) | NonceStatus::Expired(t), Some(o)) => (t, o),
-            _ => return Auth::Reply(self.challenge(req, now, false)),
+            _ => {
+                self.failed(Some(username), FailReason::BadNonce);
+                return Auth::Reply(self.challenge(req, now, false));
+            }
         };
 
         // Same work whether or not the user exists: a dummy HA1 is always computed.
@@ -444,7 +481,15 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         };
         let record = match record {
             Some(r) if digest_ok & opaque_ok & known => r,
-            _ => return Auth::Reply(self.challenge(req, now, false)),
+            other => {
+                let reason = match (other.is_some(), opaque_ok) {
+                    (false, _) => FailReason::UnknownUser,
+                    (true, false) => FailReason::BadNonce,
+                    (true, true) => FailReason::WrongPassword,
+                };
+                self.failed(Some(username), reason);
+                return Auth::Reply(self.challenge(req, now, false));
+            }
         };
         if matches!(status, NonceStatus::Expired(_)) {
             return Auth::Reply(self.challenge(req, now, true));
@@ -452,7 +497,10 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         match self.nonce_counts.record(nonce, issued, nc_value) {
             Ok(()) => Auth::Ok(record),
             Err(NcError::Forgotten) => Auth::Reply(self.challenge(req, now, true)),
-            Err(NcError::Replay) => Auth::Reply(self.challenge(req, now, false)),
+            Err(NcError::Replay) => {
+                self.failed(Some(username), FailReason::Replay);
+                Auth::Reply(self.challenge(req, now, false))
+            }
         }
     }
 

@@ -1,0 +1,154 @@
+//! The gateway's hooks into [`crate::security`]: banned sources dropped before the
+//! transaction layer, failed authentications logged and counted, challenges sent statelessly
+//! (one per request, never retransmitted) and rate-limited per source, the identity a device
+//! presents checked against the one it authenticated as.
+
+use super::{Core, Gateway};
+use crate::registrar::UserRecord;
+use crate::security::{identity, Ban, FailReason, Guard, SecurityEvent};
+use crate::sip::message::{self, Request, Response, SipMessage};
+use crate::sip::transaction::TransactionKey;
+use crate::transport::{Peer, TransportEvent};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+/// The guard, shared with the [`Gateway`] handle for the ban list.
+pub(super) type SharedGuard = Arc<Mutex<Guard>>;
+
+/// One entry of the ban list as the status API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanEntry {
+    /// The banned address.
+    pub ip: std::net::IpAddr,
+    /// Time left.
+    pub remaining: Duration,
+    /// Failures counted before the ban.
+    pub failures: u32,
+    /// `failures` or `guarded-user`.
+    pub why: &'static str,
+    /// The user of the last failure.
+    pub user: String,
+    /// Requests dropped since.
+    pub dropped: u64,
+}
+
+impl Gateway {
+    /// The bans in force, soonest to lapse first.
+    pub fn bans(&self) -> Vec<BanEntry> {
+        let now = Instant::now();
+        let g = self.guard.lock().unwrap_or_else(|p| p.into_inner());
+        g.bans(now)
+            .into_iter()
+            .map(|b: Ban| BanEntry {
+                ip: b.ip,
+                remaining: b.until.saturating_duration_since(now),
+                failures: b.failures,
+                why: b.why,
+                user: b.user,
+                dropped: b.dropped,
+            })
+            .collect()
+    }
+
+    /// The defence's counters.
+    pub fn security_stats(&self) -> crate::security::SecurityStats {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner()).stats()
+    }
+}
+
+/// Logs a security event (the documented line, target `security`).
+fn log(e: &SecurityEvent) {
+    warn!(target: "security", "{e}");
+}
+
+impl Core {
+    fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether what the transports delivered is processed: nothing from a banned source is.
+    pub(super) fn admitted(&self, ev: &TransportEvent) -> bool {
+        let source = match ev {
+            TransportEvent::Message(m) => m.source,
+            TransportEvent::BadMessage(b) => b.source,
+        };
+        self.guard().admit(source.ip(), Instant::now())
+    }
+
+    /// Logs and counts the failed authentications the registrar reported for the request
+    /// `req` from `source` has just handled.
+    pub(super) fn auth_failures(&mut self, req: &Request, source: &Peer) {
+        let method = message::method_name(&req.method).to_owned();
+        let now = Instant::now();
+        while let Some(f) = self.registrar.poll_auth_failure() {
+            let events = self.guard().failed(
+                source.addr.ip(),
+                source.addr.port(),
+                &f.user,
+                &method,
+                f.reason,
+                now,
+            );
+            events.iter().for_each(log);
+        }
+    }
+
+    /// Sends a challenge (401/407) statelessly: once, through no transaction (the server
+    /// transaction is ended, so nothing retransmits it), and only within the source's rate.
+    /// Any other response goes through the transaction as usual.
+    pub(super) fn send_challenge(&mut self, key: &TransactionKey, resp: Response, source: &Peer) {
+        let code = resp.status_code.code();
+        if code != 401 && code != 407 {
+            if let Err(e) = self.tl.send_response(key, resp, Instant::now()) {
+                tracing::debug!(error = %e, "response not sent");
+            }
+            return;
+        }
+        if self
+            .guard()
+            .allow_challenge(source.addr.ip(), Instant::now())
+        {
+            self.tl.send_stateless(
+                SipMessage::Response(resp),
+                source.clone(),
+                source.tx_transport(),
+            );
+        }
+        self.tl.terminate(key);
+    }
+
+    /// The identity check of an INVITE from authenticated `user`: `Err` with the 403 to send
+    /// when its From or P-Asserted-Identity names anyone but the device (its user name or
+    /// extension) and the device may not present others.
+    pub(super) fn check_identity(
+        &mut self,
+        req: &Request,
+        user: &UserRecord,
+        source: &Peer,
+    ) -> Result<(), Response> {
+        let name = super::user_of(&user.aor);
+        let device = self.devices.get(name);
+        if device.as_ref().is_some_and(|d| d.present_any) {
+            return Ok(());
+        }
+        let ext = device.and_then(|d| d.extension).unwrap_or_default();
+        let Some(foreign) = identity::foreign_identity(req, &[name, &ext]) else {
+            return Ok(());
+        };
+        log(&SecurityEvent::AuthFailed {
+            ip: source.addr.ip(),
+            port: source.addr.port(),
+            user: crate::security::log_user(name),
+            method: message::method_name(&req.method).to_owned(),
+            reason: FailReason::IdentityMismatch,
+        });
+        tracing::info!(device = %name, presented = %crate::security::log_user(&foreign), "identity refused: 403");
+        let mut r = message::response_for(req, 403, "");
+        r.headers.push(rsip::Header::Other(
+            "Warning".into(),
+            "399 callfabric \"From/P-Asserted-Identity is not the authenticated device\"".into(),
+        ));
+        Err(r)
+    }
+}
