@@ -924,6 +924,7 @@ pub fn gateway_config(
         record_dir: None,
         moh: Default::default(),
         dns_servers: Vec::new(),
+        streams: Default::default(),
     }
 }
 

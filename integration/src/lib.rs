@@ -14,6 +14,7 @@
 
 pub mod baresip;
 pub mod bench;
+pub mod certs;
 pub mod dns;
 pub mod gateway;
 pub mod phones;
