@@ -170,10 +170,27 @@ async fn silent_and_trickling_connections_closed_by_the_header_timeout() {
         next_event(&mut rx).await,
         TransportEvent::Message(_)
     ));
+    // Trickling after a complete first message: the next message is due as well.
+    let mut late = TcpStream::connect(gw).await.expect("connect");
+    late.write_all(&options(
+        "h0",
+        "sip:gw@example.com",
+        "SIP/2.0/TCP 127.0.0.1",
+    ))
+    .await
+    .expect("write");
+    assert!(matches!(
+        next_event(&mut rx).await,
+        TransportEvent::Message(_)
+    ));
     let msg = options("h2", "sip:gw@example.com", "SIP/2.0/TCP 127.0.0.1");
     let started = tokio::time::Instant::now();
     let trickle = async {
+        let mut late_open = true;
         for (i, b) in msg.iter().enumerate() {
+            if late_open && late.write_all(&[*b]).await.is_err() {
+                late_open = false;
+            }
             if trickler.write_all(&[*b]).await.is_err() {
                 return i;
             }
@@ -188,8 +205,9 @@ async fn silent_and_trickling_connections_closed_by_the_header_timeout() {
     assert!(sent < msg.len(), "the whole trickled message was accepted");
     assert!(closed(&mut silent).await);
     assert!(closed(&mut pinger).await);
+    assert!(closed(&mut late).await);
     assert!(started.elapsed() < Duration::from_secs(10));
-    wait_until(|| t.stats().tcp_header_timeout == 3).await;
+    wait_until(|| t.stats().tcp_header_timeout == 4).await;
     assert_eq!(t.stats().tcp_idle_closed, 0);
     // The phone's connection, which completed its message, is still open.
     assert_eq!(t.connection_count(), 1);

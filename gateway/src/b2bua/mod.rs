@@ -1767,3 +1767,6 @@ mod fork_tests;
 
 #[cfg(test)]
 mod linked_tests;
+
+#[cfg(test)]
+mod srtp_tests;
