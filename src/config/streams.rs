@@ -109,3 +109,72 @@ impl Loaded {
         Ok(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Loaded;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const BASE: &str = "[node]\nname = \"a\"\n[gateway]\nudp = [\"127.0.0.1:5060\"]\nrealm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
+
+    fn load_in(dir: &Path, text: &str) -> Loaded {
+        let p = dir.join("site.toml");
+        std::fs::write(&p, text).expect("write");
+        Loaded::read(&p).expect("parses")
+    }
+
+    fn err(dir: &Path, text: &str) -> String {
+        load_in(dir, text)
+            .gateway()
+            .err()
+            .expect("an error")
+            .to_string()
+    }
+
+    #[test]
+    fn tls_and_connection_bounds_are_read_and_errors_name_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cert.pem"), "x").expect("write");
+        std::fs::write(dir.path().join("key.pem"), "x").expect("write");
+        let ok = format!(
+            "{BASE}tls = [\"127.0.0.1\"]\nheader_timeout_secs = 2\nmax_connections_per_source = 5\n\
+             [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+        );
+        let g = load_in(dir.path(), &ok).gateway().expect("valid");
+        assert_eq!(g.streams.tls, vec!["127.0.0.1:5061".parse().expect("addr")]);
+        assert_eq!(g.streams.header_timeout, Duration::from_secs(2));
+        assert_eq!(g.streams.max_connections_per_source, 5);
+        let files = g.streams.tls_files.expect("files");
+        assert_eq!(files.cert, dir.path().join("cert.pem"));
+        assert_eq!(files.reload_interval, Duration::from_secs(5));
+        // A TLS listener without [tls]: line 7 (tls = …).
+        let e = err(dir.path(), &format!("{BASE}tls = [\"127.0.0.1:5061\"]\n"));
+        assert!(e.contains("site.toml:7:") && e.contains("[tls]"), "{e}");
+        // A missing key file: its line (11) and path.
+        let e = err(
+            dir.path(),
+            &format!(
+                "{BASE}tls = [\"127.0.0.1\"]\n[tls]\ncert = \"cert.pem\"\nkey = \"nokey.pem\"\n"
+            ),
+        );
+        assert!(
+            e.contains("site.toml:10:") && e.contains("nokey.pem"),
+            "{e}"
+        );
+        // A cap of 0, and a bad listener address.
+        let e = err(dir.path(), &format!("{BASE}max_connections = 0\n"));
+        assert!(
+            e.contains("site.toml:7:") && e.contains("max_connections"),
+            "{e}"
+        );
+        let e = err(dir.path(), &format!("{BASE}tls = [\"here\"]\n"));
+        assert!(e.contains("site.toml:7:") && e.contains("\"here\""), "{e}");
+        // A trunk transport that is neither udp nor tls.
+        let e = err(
+            dir.path(),
+            &format!("{BASE}[[gateway.trunk]]\nname = \"t\"\naddress = \"192.0.2.1:5061\"\ntransport = \"sctp\"\n"),
+        );
+        assert!(e.contains("site.toml:10:") && e.contains("sctp"), "{e}");
+    }
+}

@@ -16,6 +16,13 @@
 //! a phone behind NAT reuse the connection it opened; a connection idle (nothing read or
 //! written) for [`TransportConfig::tcp_idle_timeout`] is closed. Dropping the last
 //! [`Transports`] handle stops every task and closes every socket.
+//!
+//! TLS ([`tls`]) runs over the same connection code as TCP. Inbound stream connections are
+//! bounded: [`TransportConfig::max_connections`] in total and
+//! [`TransportConfig::max_connections_per_source`] per IP (more are closed at accept and
+//! counted), [`TransportConfig::header_timeout`] for a message (and an inbound connection's
+//! first message, and a TLS handshake) to complete. A request with a `sips:` Request-URI that
+//! did not come over TLS is a [`BadMessage`] with a ready 416 (RFC 3261 §26.2).
 
 mod driver;
 mod tcp;
