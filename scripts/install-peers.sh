@@ -5,6 +5,7 @@
 # prints one line per step it actually ran.
 #
 #   apt:  prosody lua-unbound lua-dbi-sqlite3 ejabberd sip-tester baresip-core iproute2 iputils-ping openssl
+#         kamailio kamailio-tls-modules (benchmarks: the reference registrar, over UDP and TLS)
 #         python3-venv dnsmasq-base sipvicious fail2ban   (--no-install-recommends; dnsmasq-base is the binary
 #         alone, no service: the DNS tests start their own on a loopback port)
 #   venv: ${CALLFABRIC_VENV:-<repo>/target/peers-venv} with slixmpp
@@ -19,7 +20,7 @@ VENV=${CALLFABRIC_VENV:-$REPO/target/peers-venv}
 export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(prosody lua-unbound lua-dbi-sqlite3 ejabberd sip-tester baresip-core iproute2 iputils-ping
-              openssl python3-venv postgresql dnsmasq-base chromium sipvicious fail2ban)
+              openssl python3-venv postgresql dnsmasq-base chromium sipvicious fail2ban kamailio kamailio-tls-modules)
 
 say() { printf 'install-peers: %s\n' "$*"; }
 
@@ -62,6 +63,8 @@ need svcrack   # sipvicious: the attacker in tests/gateway_security.rs
 need fail2ban-regex   # checks examples/fail2ban against real log lines (no service is started)
 need openssl
 need chromium   # the wallboard test (headless, DevTools protocol over a pipe)
+need kamailio
+ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || missing+=(kamailio-tls-modules)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 need python3
 for pkg in lua-unbound lua-dbi-sqlite3; do  # Prosody's modules (SQL storage: SQLite3 driver)

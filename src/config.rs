@@ -10,6 +10,8 @@ use std::time::Duration;
 
 mod security;
 pub use security::check_device_credentials;
+mod streams;
+pub use streams::TlsSection;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -31,6 +33,8 @@ pub struct Config {
     pub shutdown: ShutdownSection,
     /// Authentication defence of the gateway (`config/security.rs`).
     pub security: Option<security::SecuritySection>,
+    /// SIP over TLS: certificate, key, CA roots (`config/streams.rs`).
+    pub tls: Option<TlsSection>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -147,6 +151,18 @@ pub struct GatewaySection {
     pub udp: Vec<String>,
     #[serde(default)]
     pub tcp: Vec<String>,
+    /// TLS listeners (`ip:port`, or `ip` for port 5061); need `[tls]`.
+    #[serde(default)]
+    pub tls: Vec<String>,
+    /// A TCP/TLS connection without traffic for this long is closed (default 300).
+    pub idle_timeout_secs: Option<f64>,
+    /// A TCP/TLS connection whose message (or first message, or TLS handshake) is not complete
+    /// this long after it began is closed (default 10).
+    pub header_timeout_secs: Option<f64>,
+    /// Inbound TCP + TLS connections at once (default 4096); more are closed at accept.
+    pub max_connections: Option<usize>,
+    /// Inbound TCP + TLS connections at once from one IP address (default 32).
+    pub max_connections_per_source: Option<usize>,
     pub realm: String,
     /// `sqlite://file.db` (relative to the config file) or `postgres://…`.
     pub database: String,
@@ -226,6 +242,11 @@ pub struct TrunkSection {
     pub register_expires: Option<u32>,
     /// Domain of the registered AOR (default: the peer's address).
     pub domain: Option<String>,
+    /// `"udp"` (default) or `"tls"`: calls go over TLS, the peer's certificate verified
+    /// against `[tls] ca` for `tls_name` (default: its IP address).
+    pub transport: Option<String>,
+    /// The name the peer's certificate must carry (TLS).
+    pub tls_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -610,6 +631,7 @@ impl Loaded {
         };
         let udp = addrs(&g.udp, "udp")?;
         let tcp = addrs(&g.tcp, "tcp")?;
+        let streams = self.streams(g)?;
         if udp.is_empty() && tcp.is_empty() {
             return Err(anyhow!(
                 "{}: [gateway] needs at least one udp or tcp listener",
@@ -759,6 +781,18 @@ impl Loaded {
                     t.register_expires.unwrap_or(600),
                 )
             });
+            let tls = match t.transport.as_deref() {
+                None | Some("udp") => None,
+                Some("tls") if domain.is_none() => Some(t.tls_name.clone().unwrap_or_default()),
+                Some(other) => {
+                    return Err(anyhow!(
+                        "{}: trunk {:?}: transport {other:?}: \"udp\", or \"tls\" with an \
+                         address like 192.0.2.7:5061",
+                        self.at_nth("gateway.trunk", n, "transport"),
+                        t.name
+                    ))
+                }
+            };
             trunks.push(gateway::server::TrunkConfig {
                 name: t.name.clone(),
                 address,
@@ -768,6 +802,7 @@ impl Loaded {
                 credentials,
                 register,
                 domain,
+                tls,
             });
         }
         Ok(gateway::server::GatewayConfig {
@@ -823,6 +858,7 @@ impl Loaded {
             },
             trunks,
             security: self.security()?,
+            streams,
             record_dir: match &g.record_dir {
                 None => None,
                 Some(d) => {

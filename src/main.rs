@@ -272,6 +272,7 @@ fn main() -> Result<()> {
                     credentials: None,
                     register: None,
                     domain: None,
+                    tls: None,
                 });
                 run_gateway(gw, Some(acd), bus, xmpp, (http_listen, api), shutdown).await
             }
@@ -508,11 +509,13 @@ async fn run_gateway_or_acd(
     };
     if let Some(gw) = &gw {
         println!(
-            "gateway ready udp={} tcp={}",
+            "gateway ready udp={} tcp={} tls={}",
             fmt(&gw.local.udp),
-            fmt(&gw.local.tcp)
+            fmt(&gw.local.tcp),
+            fmt(&gw.local.tls)
         );
     }
+    let _hangups = reload_on_sighup(gw.as_ref().and_then(|g| g.tls_state()))?;
     let node = match acd_cfg {
         Some(c) => Some(Arc::new(
             acd::node::AcdNode::start(c, bus.clone())
@@ -628,6 +631,27 @@ async fn run_gateway_or_acd(
         x.shutdown().await;
     }
     result
+}
+
+/// On SIGHUP: the gateway's TLS certificate, key and roots reloaded from their files
+/// (`TLS RELOADED` or `TLS RELOAD FAILED <why>` on stdout).
+fn reload_on_sighup(
+    tls: Option<Arc<gateway::transport::TlsState>>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(tls) = tls else { return Ok(None) };
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    Ok(Some(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => println!("TLS RELOADED"),
+                Err(e) => {
+                    println!("TLS RELOAD FAILED {e}");
+                    tracing::warn!(error = %e, "TLS reload failed; the previous certificate stays");
+                }
+            }
+        }
+    })))
 }
 
 /// SIGINT and SIGTERM.

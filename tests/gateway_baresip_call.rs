@@ -49,6 +49,7 @@ fn phone(gw: &GatewayProcess, user: &str, wav: PathBuf) -> Baresip {
             },
             dump_audio: true,
             sip_trace: true,
+            ..BaresipOptions::default()
         },
     )
     .expect("start baresip")

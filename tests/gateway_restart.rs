@@ -74,6 +74,7 @@ fn phone(gw: &GatewayProcess, user: &str) -> Baresip {
             audio_source: AudioSource::Sine(600),
             dump_audio: false,
             sip_trace: true,
+            ..BaresipOptions::default()
         },
     )
     .expect("start baresip")
@@ -266,6 +267,7 @@ fn tcp_phone_is_reached_over_a_new_connection_after_a_restart() {
             audio_source: AudioSource::Sine(600),
             dump_audio: false,
             sip_trace: true,
+            ..BaresipOptions::default()
         },
     )
     .expect("start baresip");

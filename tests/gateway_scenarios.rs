@@ -150,6 +150,7 @@ fn call_over_tcp_relays_media_both_ways() {
             audio_source: AudioSource::Sine(600),
             dump_audio: true,
             sip_trace: true,
+            ..BaresipOptions::default()
         },
     )
     .expect("start baresip");

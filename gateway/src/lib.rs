@@ -19,4 +19,4 @@ use ::sdp;
 use media::audio;
 use sip_core as sip;
 use sip_core::offer;
-use sipnet as transport;
+pub use sipnet as transport;

@@ -82,6 +82,8 @@ pub struct GatewayConfig {
     pub dns_servers: Vec<SocketAddr>,
     /// Authentication defence: failure counts, bans, challenge rate (`[security]`).
     pub security: crate::security::SecurityConfig,
+    /// TLS listeners and files; bounds and timeouts of TCP/TLS connections.
+    pub streams: transport::StreamConfig,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -105,6 +107,9 @@ pub struct TrunkConfig {
     /// The peer named by a domain (and a port, if given): located by RFC 3263 (NAPTR, SRV,
     /// A/AAAA; [`crate::dns`]) instead of `address`, which is then unused.
     pub domain: Option<(String, Option<u16>)>,
+    /// Reach it over TLS (its certificate verified against the configured CA roots), for the
+    /// name `Some(name)`, or for its IP address when `Some("")`; `None`: UDP.
+    pub tls: Option<String>,
 }
 
 impl TrunkConfig {
@@ -439,6 +444,7 @@ pub struct Gateway {
     control: tokio::sync::mpsc::UnboundedSender<shutdown::Control>,
     active: Arc<std::sync::atomic::AtomicUsize>,
     guard: security::SharedGuard,
+    tls: Option<Arc<transport::TlsState>>,
 }
 
 impl Gateway {
@@ -450,12 +456,18 @@ impl Gateway {
         info!(devices = cache.len(), "device table loaded");
         let records = store.clone();
         let reloader = cache.spawn_reloader(store, cfg.db_reload);
-        let (transports, events) = Transports::bind(TransportConfig {
+        let mut tcfg = TransportConfig {
             udp: cfg.udp.clone(),
             tcp: cfg.tcp.clone(),
             ..TransportConfig::default()
-        })
-        .await?;
+        };
+        cfg.streams.apply(&mut tcfg);
+        let (transports, events) = Transports::bind(tcfg).await?;
+        for t in &cfg.trunks {
+            if let Some(name) = t.tls.as_deref().filter(|n| !n.is_empty()) {
+                transports.set_tls_name(t.address, name);
+            }
+        }
         let local = transports.local_addrs().clone();
         let mut rcfg = registrar::Config::new(&cfg.realm, &cfg.secret);
         rcfg.min_expires = cfg.min_expires;
@@ -578,8 +590,10 @@ impl Gateway {
             records,
             refused: 0,
         };
+        let tls = core.transports.tls_state();
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
+            tls,
             local,
             events: gw_events,
             legs,
@@ -591,6 +605,12 @@ impl Gateway {
             active,
             guard,
         })
+    }
+
+    /// The TLS configuration, to reload on SIGHUP ([`transport::TlsState::reload`]:
+    /// connections already open keep theirs; on error the previous files stay in use).
+    pub fn tls_state(&self) -> Option<Arc<transport::TlsState>> {
+        self.tls.clone()
     }
 
     /// The calls in progress, in call order: parties and the relay's figures.
@@ -1252,16 +1272,10 @@ impl Core {
             .map(|(t, _)| t);
         if let Some(t) = trunk {
             let number = dialled.get(t.strip.min(dialled.len())..).unwrap_or("");
-            let local = self
-                .transports
-                .local_addrs()
-                .udp
-                .first()
-                .copied()
-                .unwrap_or(source.local);
+            let (local, kind) = self.trunk_transport(t, source.local);
             let mut dests = self.trunk_addrs(t).into_iter().map(|addr| Peer {
                 addr,
-                transport: transport::Transport::Udp,
+                transport: kind,
                 local,
             });
             let Some(dest) = dests.next() else {
@@ -1276,6 +1290,27 @@ impl Core {
             };
         }
         b2bua::Target::Reject(404)
+    }
+
+    /// The listener and transport a trunk is reached over: UDP, or TLS over a new (or the
+    /// existing) connection when the trunk is configured `tls`.
+    fn trunk_transport(
+        &self,
+        t: &TrunkConfig,
+        fallback: SocketAddr,
+    ) -> (SocketAddr, transport::Transport) {
+        let addrs = self.transports.local_addrs();
+        if t.tls.is_some() {
+            let local = addrs.tls.first().copied().unwrap_or(fallback);
+            // A connection id never issued: the transports open (or reuse) a TLS connection.
+            (
+                local,
+                transport::Transport::Tls(transport::ConnectionId(u64::MAX)),
+            )
+        } else {
+            let local = addrs.udp.first().copied().unwrap_or(fallback);
+            (local, transport::Transport::Udp)
+        }
     }
 
     fn handle_request(&mut self, req: &Request, source: Peer) -> message::Response {
@@ -1354,6 +1389,7 @@ impl Core {
                 continue;
             };
             self.register_dest.insert(i, addr);
+            // Outbound registration goes over UDP (TLS trunks: calls only).
             let dest = Peer {
                 addr,
                 transport: transport::Transport::Udp,
@@ -1419,11 +1455,7 @@ impl Core {
     }
 
     fn options_request(&self, aor: &str, contact: &str, via: &Peer) -> Option<Request> {
-        let proto = if via.transport.is_reliable() {
-            "TCP"
-        } else {
-            "UDP"
-        };
+        let proto = via.transport.via_name();
         let branch = format!("z9hG4bK{:016x}", rand_u64());
         let tag = format!("{:08x}", rand_u64() as u32);
         let text = format!(

@@ -38,6 +38,10 @@ pub struct BaresipOptions {
     pub dump_audio: bool,
     /// `-s`: log every SIP message to its log (see [`Baresip::log`]).
     pub sip_trace: bool,
+    /// SIP over TLS: the CA file baresip trusts (`sip_cafile`); use transport `"tls"`.
+    pub tls_ca: Option<PathBuf>,
+    /// SRTP with SDES keys (`srtp.so`, account `mediaenc=srtp-mand`: `RTP/SAVP`, a=crypto).
+    pub srtp: bool,
 }
 
 impl Default for BaresipOptions {
@@ -46,6 +50,8 @@ impl Default for BaresipOptions {
             audio_source: AudioSource::Sine(440),
             dump_audio: false,
             sip_trace: false,
+            tls_ca: None,
+            srtp: false,
         }
     }
 }
@@ -121,10 +127,21 @@ impl Baresip {
                 dir.path().display()
             ));
         }
+        if let Some(ca) = &options.tls_ca {
+            config.push_str(&format!("sip_cafile\t{}\n", ca.display()));
+        }
+        if options.srtp {
+            config.push_str("module\tsrtp.so\n");
+        }
         std::fs::write(dir.path().join("config"), config)?;
+        let mediaenc = if options.srtp {
+            ";mediaenc=srtp-mand"
+        } else {
+            ""
+        };
         let account = format!(
             "<sip:{user}@{registrar};transport={transport}>;auth_pass={password};answermode=auto;\
-             regint={regint};audio_codecs=PCMU,PCMA;medianat=;mwi=no\n"
+             regint={regint};audio_codecs=PCMU,PCMA;medianat=;mwi=no{mediaenc}\n"
         );
         std::fs::write(dir.path().join("accounts"), account)?;
         std::fs::write(dir.path().join("contacts"), "")?;

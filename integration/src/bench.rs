@@ -929,6 +929,7 @@ pub fn gateway_config(
             challenges_per_sec: 0,
             ..Default::default()
         },
+        streams: Default::default(),
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod baresip;
 pub mod bench;
+pub mod certs;
 pub mod chromium;
 pub mod dns;
 pub mod ejabberd_cluster;

@@ -174,6 +174,10 @@ pub async fn transmit(
                     id,
                     fallback: Some(t.dest.addr),
                 },
+                Transport::Tls(id) => Target::TlsConnection {
+                    id,
+                    fallback: Some(t.dest.addr),
+                },
             };
             transports.send(target, &bytes).await
         }

@@ -16,17 +16,26 @@
 //! a phone behind NAT reuse the connection it opened; a connection idle (nothing read or
 //! written) for [`TransportConfig::tcp_idle_timeout`] is closed. Dropping the last
 //! [`Transports`] handle stops every task and closes every socket.
+//!
+//! TLS ([`tls`]) runs over the same connection code as TCP. Inbound stream connections are
+//! bounded: [`TransportConfig::max_connections`] in total and
+//! [`TransportConfig::max_connections_per_source`] per IP (more are closed at accept and
+//! counted), [`TransportConfig::header_timeout`] for a message (and an inbound connection's
+//! first message, and a TLS handshake) to complete. A request with a `sips:` Request-URI that
+//! did not come over TLS is a [`BadMessage`] with a ready 416 (RFC 3261 §26.2).
 
 mod driver;
 mod tcp;
+pub mod tls;
 mod udp;
 
 pub use driver::{earliest, receive, sleep_until, transmit, Peer};
+pub use tls::{TlsConfig, TlsError, TlsState};
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,12 +63,45 @@ pub enum Transport {
     Udp,
     /// A TCP connection.
     Tcp(ConnectionId),
+    /// A TLS connection (over TCP).
+    Tls(ConnectionId),
 }
 
 impl Transport {
     /// Whether the transport is reliable (§18.2.2: respond on the same connection).
     pub fn is_reliable(&self) -> bool {
-        matches!(self, Transport::Tcp(_))
+        matches!(self, Transport::Tcp(_) | Transport::Tls(_))
+    }
+
+    /// Whether the transport is TLS (RFC 3261 §26.2: what a `sips:` URI needs).
+    pub fn is_secure(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// The connection, for a stream transport.
+    pub fn connection(&self) -> Option<ConnectionId> {
+        match self {
+            Transport::Udp => None,
+            Transport::Tcp(id) | Transport::Tls(id) => Some(*id),
+        }
+    }
+
+    /// The transport's name in a Via (`UDP`, `TCP`, `TLS`).
+    pub fn via_name(&self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp(_) => "TCP",
+            Transport::Tls(_) => "TLS",
+        }
+    }
+
+    /// The `transport` URI parameter for a Contact reached over this transport (none for UDP).
+    pub fn uri_param(&self) -> Option<&'static str> {
+        match self {
+            Transport::Udp => None,
+            Transport::Tcp(_) => Some("tcp"),
+            Transport::Tls(_) => Some("tls"),
+        }
     }
 }
 
@@ -85,6 +127,9 @@ pub enum BadMessageError {
     /// The stream framing dropped it.
     #[error(transparent)]
     Framing(#[from] FramingError),
+    /// A `sips:` Request-URI over a transport that is not TLS (RFC 3261 §26.2): 416.
+    #[error("sips: Request-URI over a transport that is not TLS")]
+    InsecureSips,
 }
 
 /// A message that could not be delivered.
@@ -124,8 +169,20 @@ pub enum Target {
     },
     /// Over TCP to `peer`: the existing connection with that peer, or a new one.
     Tcp(SocketAddr),
-    /// Over this TCP connection; if it is gone, a new connection to `fallback` if given.
+    /// Over this TCP or TLS connection; if it is gone, a new TCP connection to `fallback` if
+    /// given.
     Connection {
+        /// The connection.
+        id: ConnectionId,
+        /// Where to connect if it is closed.
+        fallback: Option<SocketAddr>,
+    },
+    /// Over TLS to `peer`: the existing TLS connection with that peer, or a new one (its
+    /// certificate verified against [`TlsConfig::ca`], for the name given by
+    /// [`Transports::set_tls_name`], else for its IP address).
+    Tls(SocketAddr),
+    /// Over this TLS connection; if it is gone, a new TLS connection to `fallback` if given.
+    TlsConnection {
         /// The connection.
         id: ConnectionId,
         /// Where to connect if it is closed.
@@ -140,8 +197,20 @@ pub struct TransportConfig {
     pub udp: Vec<SocketAddr>,
     /// TCP listeners.
     pub tcp: Vec<SocketAddr>,
-    /// A TCP connection with no traffic for this long is closed.
+    /// TLS listeners (need [`TransportConfig::tls_files`]).
+    pub tls: Vec<SocketAddr>,
+    /// The TLS identity and roots (listeners, and connections we open over TLS).
+    pub tls_files: Option<TlsConfig>,
+    /// A TCP or TLS connection with no traffic for this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// A connection is closed when a message it began is not complete this long after, or
+    /// (inbound) when its first message, or its TLS handshake, is not complete this long after
+    /// it was accepted: a peer trickling bytes or holding a silent connection loses it.
+    pub header_timeout: Duration,
+    /// Inbound TCP + TLS connections open at once; more are closed at accept and counted.
+    pub max_connections: usize,
+    /// Inbound TCP + TLS connections open at once from one IP address.
+    pub max_connections_per_source: usize,
     /// The largest message accepted (datagram or framed message); at most
     /// [`MAX_MESSAGE_SIZE`], which [`message::parse`] enforces anyway.
     pub max_message_size: usize,
@@ -156,11 +225,60 @@ impl Default for TransportConfig {
         TransportConfig {
             udp: Vec::new(),
             tcp: Vec::new(),
+            tls: Vec::new(),
+            tls_files: None,
             tcp_idle_timeout: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_connections_per_source: 32,
             max_message_size: MAX_MESSAGE_SIZE,
             channel_capacity: 1024,
             connect_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// The stream side of a [`TransportConfig`] an application exposes in its configuration: TLS
+/// listeners and files, and the bounds on connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// TLS listeners.
+    pub tls: Vec<SocketAddr>,
+    /// TLS identity and roots.
+    pub tls_files: Option<TlsConfig>,
+    /// See [`TransportConfig::tcp_idle_timeout`].
+    pub idle_timeout: Duration,
+    /// See [`TransportConfig::header_timeout`].
+    pub header_timeout: Duration,
+    /// See [`TransportConfig::max_connections`].
+    pub max_connections: usize,
+    /// See [`TransportConfig::max_connections_per_source`].
+    pub max_connections_per_source: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        let t = TransportConfig::default();
+        StreamConfig {
+            tls: t.tls,
+            tls_files: t.tls_files,
+            idle_timeout: t.tcp_idle_timeout,
+            header_timeout: t.header_timeout,
+            max_connections: t.max_connections,
+            max_connections_per_source: t.max_connections_per_source,
+        }
+    }
+}
+
+impl StreamConfig {
+    /// Puts these settings into `t`.
+    pub fn apply(&self, t: &mut TransportConfig) {
+        t.tls = self.tls.clone();
+        t.tls_files = self.tls_files.clone();
+        t.tcp_idle_timeout = self.idle_timeout;
+        t.header_timeout = self.header_timeout;
+        t.max_connections = self.max_connections;
+        t.max_connections_per_source = self.max_connections_per_source;
     }
 }
 
@@ -183,6 +301,18 @@ pub struct Stats {
     pub tcp_connected: u64,
     /// TCP connections closed for idleness.
     pub tcp_idle_closed: u64,
+    /// Inbound connections closed at accept: over a connection cap.
+    pub tcp_refused: u64,
+    /// Connections closed because a message (or the TLS handshake) was not complete in time.
+    pub tcp_header_timeout: u64,
+    /// TLS handshakes completed on our listeners.
+    pub tls_accepted: u64,
+    /// TLS connections we opened.
+    pub tls_connected: u64,
+    /// TLS handshakes that failed or timed out (either side).
+    pub tls_failed: u64,
+    /// `sips:` requests refused for coming over a transport that is not TLS.
+    pub sips_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -195,6 +325,12 @@ struct Counters {
     tcp_accepted: AtomicU64,
     tcp_connected: AtomicU64,
     tcp_idle_closed: AtomicU64,
+    tcp_refused: AtomicU64,
+    tcp_header_timeout: AtomicU64,
+    tls_accepted: AtomicU64,
+    tls_connected: AtomicU64,
+    tls_failed: AtomicU64,
+    sips_refused: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -208,12 +344,20 @@ type WriteRequest = (Vec<u8>, Option<oneshot::Sender<io::Result<()>>>);
 struct ConnHandle {
     peer: SocketAddr,
     tx: mpsc::Sender<WriteRequest>,
+    secure: bool,
 }
 
 #[derive(Debug, Default)]
 struct Table {
     by_id: HashMap<ConnectionId, ConnHandle>,
     by_peer: HashMap<SocketAddr, ConnectionId>,
+}
+
+/// Inbound connections open, in total and per source address.
+#[derive(Debug, Default)]
+struct Slots {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 #[derive(Debug)]
@@ -224,6 +368,9 @@ struct Shared {
     conns: Mutex<Table>,
     next_id: AtomicU64,
     shutdown: watch::Receiver<()>,
+    slots: Mutex<Slots>,
+    tls: Option<Arc<TlsState>>,
+    tls_names: Mutex<HashMap<SocketAddr, String>>,
 }
 
 impl Shared {
@@ -232,10 +379,27 @@ impl Shared {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register(&self, peer: SocketAddr, tx: mpsc::Sender<WriteRequest>) -> ConnectionId {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tls_name(&self, peer: SocketAddr) -> Option<String> {
+        self.tls_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .cloned()
+    }
+
+    fn register(
+        &self,
+        peer: SocketAddr,
+        tx: mpsc::Sender<WriteRequest>,
+        secure: bool,
+    ) -> ConnectionId {
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let mut t = self.table();
-        t.by_id.insert(id, ConnHandle { peer, tx });
+        t.by_id.insert(id, ConnHandle { peer, tx, secure });
         t.by_peer.insert(peer, id);
         id
     }
@@ -257,6 +421,17 @@ fn stamped_reply(reply: Option<&Response>, source: SocketAddr) -> Option<Respons
     Some(reply)
 }
 
+/// Counts a refused `sips:` request.
+fn note_refusal(shared: &Shared, event: &TransportEvent) {
+    if let TransportEvent::BadMessage(BadMessage {
+        error: BadMessageError::InsecureSips,
+        ..
+    }) = event
+    {
+        bump(&shared.counters.sips_refused, 1);
+    }
+}
+
 /// Parses one framed message or datagram into an event.
 fn decode(
     bytes: &[u8],
@@ -268,6 +443,19 @@ fn decode(
         Ok(mut msg) => {
             if let SipMessage::Request(req) = &mut msg {
                 via::stamp_received(&mut req.headers, source);
+                if req.uri.scheme == Some(rsip::Scheme::Sips) && !transport.is_secure() {
+                    // RFC 3261 §26.2: a sips: request travels over TLS only. 416 (the scheme
+                    // is not served on this transport); never an answer to an ACK.
+                    let reply = (req.method != rsip::Method::Ack)
+                        .then(|| response_for(req, 416, "Unsupported URI Scheme"));
+                    return TransportEvent::BadMessage(BadMessage {
+                        source,
+                        transport,
+                        local,
+                        reply,
+                        error: BadMessageError::InsecureSips,
+                    });
+                }
             }
             TransportEvent::Message(Incoming {
                 message: msg,
@@ -316,6 +504,8 @@ pub struct LocalAddrs {
     pub udp: Vec<SocketAddr>,
     /// TCP listeners, in configuration order.
     pub tcp: Vec<SocketAddr>,
+    /// TLS listeners, in configuration order.
+    pub tls: Vec<SocketAddr>,
 }
 
 /// The handle on all listeners and connections. Cheap to clone; the last clone dropped stops
@@ -348,7 +538,24 @@ impl Transports {
         for addr in &config.tcp {
             let l = tokio::net::TcpListener::bind(addr).await?;
             local.tcp.push(l.local_addr()?);
-            tcp_listeners.push(l);
+            tcp_listeners.push((l, false));
+        }
+        let tls = match &config.tls_files {
+            Some(files) => Some(Arc::new(
+                TlsState::new(files.clone()).map_err(io::Error::other)?,
+            )),
+            None if !config.tls.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a TLS listener needs a certificate and a key",
+                ));
+            }
+            None => None,
+        };
+        for addr in &config.tls {
+            let l = tokio::net::TcpListener::bind(addr).await?;
+            local.tls.push(l.local_addr()?);
+            tcp_listeners.push((l, true));
         }
         let shared = Arc::new(Shared {
             config,
@@ -357,12 +564,20 @@ impl Transports {
             conns: Mutex::new(Table::default()),
             next_id: AtomicU64::new(1),
             shutdown,
+            slots: Mutex::new(Slots::default()),
+            tls,
+            tls_names: Mutex::new(HashMap::new()),
         });
         for s in &udp_sockets {
             tokio::spawn(udp::run(shared.clone(), s.clone()));
         }
-        for l in tcp_listeners {
-            tokio::spawn(tcp::accept_loop(shared.clone(), l));
+        for (l, secure) in tcp_listeners {
+            tokio::spawn(tcp::accept_loop(shared.clone(), l, secure));
+        }
+        if let Some(tls) = &shared.tls {
+            if !tls.reload_interval().is_zero() {
+                tokio::spawn(watch_tls_files(tls.clone(), shared.shutdown.clone()));
+            }
         }
         Ok((
             Transports {
@@ -393,12 +608,48 @@ impl Transports {
             tcp_accepted: g(&c.tcp_accepted),
             tcp_connected: g(&c.tcp_connected),
             tcp_idle_closed: g(&c.tcp_idle_closed),
+            tcp_refused: g(&c.tcp_refused),
+            tcp_header_timeout: g(&c.tcp_header_timeout),
+            tls_accepted: g(&c.tls_accepted),
+            tls_connected: g(&c.tls_connected),
+            tls_failed: g(&c.tls_failed),
+            sips_refused: g(&c.sips_refused),
         }
+    }
+
+    /// The live TLS configuration, if any (a handle that does not keep the sockets open).
+    pub fn tls_state(&self) -> Option<Arc<TlsState>> {
+        self.shared.tls.clone()
+    }
+
+    /// Reloads the TLS certificate, key and roots from their files now (e.g. on SIGHUP);
+    /// connections already open keep theirs. On error the previous configuration stays.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        match &self.shared.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// The name a TLS peer at `peer` must present a certificate for (instead of its IP).
+    pub fn set_tls_name(&self, peer: SocketAddr, name: &str) {
+        self.shared
+            .tls_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, name.to_owned());
     }
 
     /// The open TCP connection with `peer`, if any.
     pub fn connection_to(&self, peer: SocketAddr) -> Option<ConnectionId> {
         self.shared.table().by_peer.get(&peer).copied()
+    }
+
+    /// The open TLS connection with `peer`, if any.
+    pub fn secure_connection_to(&self, peer: SocketAddr) -> Option<ConnectionId> {
+        let t = self.shared.table();
+        let id = t.by_peer.get(&peer)?;
+        t.by_id.get(id).filter(|h| h.secure).map(|_| *id)
     }
 
     /// Number of open TCP connections.
@@ -440,10 +691,28 @@ impl Transports {
                         return Ok(Some(id));
                     }
                 }
-                let id = tcp::connect(self.shared.clone(), peer).await?;
+                let id = tcp::connect(self.shared.clone(), peer, false).await?;
                 self.write_to(id, bytes).await?;
                 Ok(Some(id))
             }
+            Target::Tls(peer) => {
+                let existing = self.secure_connection_to(peer);
+                if let Some(id) = existing {
+                    if self.write_to(id, bytes).await.is_ok() {
+                        return Ok(Some(id));
+                    }
+                }
+                let id = tcp::connect(self.shared.clone(), peer, true).await?;
+                self.write_to(id, bytes).await?;
+                Ok(Some(id))
+            }
+            Target::TlsConnection { id, fallback } => match self.write_to(id, bytes).await {
+                Ok(()) => Ok(Some(id)),
+                Err(e) => match fallback {
+                    Some(peer) => Box::pin(self.send(Target::Tls(peer), bytes)).await,
+                    None => Err(e),
+                },
+            },
             Target::Connection { id, fallback } => match self.write_to(id, bytes).await {
                 Ok(()) => Ok(Some(id)),
                 Err(e) => match fallback {
@@ -475,6 +744,7 @@ impl Transports {
         let bytes = message::serialize_response(response);
         let target = match (transport, addr) {
             (Transport::Tcp(id), fallback) => Target::Connection { id, fallback },
+            (Transport::Tls(id), fallback) => Target::TlsConnection { id, fallback },
             (Transport::Udp, Some(peer)) => Target::Udp {
                 peer,
                 local: Some(local),
@@ -503,5 +773,22 @@ impl Transports {
             .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))?;
         wait.await
             .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))?
+    }
+}
+
+/// Reloads the TLS files when their modification times change, until shutdown.
+async fn watch_tls_files(tls: Arc<TlsState>, mut shutdown: watch::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(tls.reload_interval()) => {}
+        }
+        match tls.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificate and key reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS reload failed; the previous certificate stays")
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 
-use super::{bump, decode, Shared, Transport, TransportEvent};
+use super::{bump, decode, note_refusal, Shared, Transport, TransportEvent};
 
 /// Receives datagrams until shutdown: one datagram, one message (§18.3); oversize ones are
 /// dropped and counted, CRLF-only keep-alives ignored, bad ones delivered as `BadMessage`.
@@ -39,6 +39,7 @@ pub(super) async fn run(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
             continue; // keep-alive
         }
         let event = decode(bytes, source, Transport::Udp, local);
+        note_refusal(&shared, &event);
         if matches!(event, TransportEvent::BadMessage(_)) {
             bump(&shared.counters.udp_bad, 1);
         }

@@ -118,6 +118,14 @@ impl B2bua {
                 })
                 .collect();
             invite.headers = headers.into();
+            // A branch that is not TLS gets no SDES keys (`srtp.rs`).
+            if !t.dest.transport.is_secure() {
+                if let Some(mut sdp) = sdp_of(&invite.headers, &invite.body) {
+                    srtp::secure_keys(&mut sdp, false);
+                    invite =
+                        dialog::with_body(invite, sdp.to_string().into_bytes(), "application/sdp");
+                }
+            }
             out.push((
                 TransactionKey::client(&branch, Method::Invite),
                 invite,

@@ -30,6 +30,7 @@ pub mod hold;
 mod linked;
 mod reliable;
 mod shutdown;
+mod srtp;
 pub mod timers;
 
 use linked::{linked_of, offer_of};
@@ -452,18 +453,13 @@ const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK";
 pub const EXTENSIONS: &[&str] = &["100rel", "timer"];
 
 fn transport_name(p: &Peer) -> &'static str {
-    if p.transport.is_reliable() {
-        "TCP"
-    } else {
-        "UDP"
-    }
+    p.transport.via_name()
 }
 
 fn our_contact(p: &Peer) -> String {
-    if p.transport.is_reliable() {
-        format!("<sip:callfabric@{};transport=tcp>", p.local)
-    } else {
-        format!("<sip:callfabric@{}>", p.local)
+    match p.transport.uri_param() {
+        Some(t) => format!("<sip:callfabric@{};transport={t}>", p.local),
+        None => format!("<sip:callfabric@{}>", p.local),
     }
 }
 
@@ -693,7 +689,12 @@ impl B2bua {
         let b_session = self.rand() >> 1;
         let a_session = self.rand() >> 1;
         let b_sdp = match &offer {
-            Some(offer) => anchored(offer, ports.b, (b_session, 1)),
+            Some(offer) => anchored(
+                offer,
+                ports.b,
+                (b_session, 1),
+                srtp::keys_may_pass(&source, &dest),
+            ),
             None => {
                 let codecs: Vec<&str> = self
                     .cfg
@@ -907,7 +908,8 @@ impl B2bua {
                 }
                 call.b.remote_version = Some(answer.origin_version());
                 call.a.origin.1 += 1;
-                anchored(&answer, call.ports.a, call.a.origin)
+                let keep = srtp::keys_may_pass(&call.a.peer, &call.b.peer);
+                anchored(&answer, call.ports.a, call.a.origin, keep)
             });
             if a_sdp.is_some() && !call.bridged {
                 call.bridged = true;
@@ -980,7 +982,8 @@ impl B2bua {
             let a_sdp = match (&answer, &call.a.last_sdp) {
                 (Some(answer), _) => {
                     call.a.origin.1 += 1;
-                    Some(anchored(answer, call.ports.a, call.a.origin))
+                    let keep = srtp::keys_may_pass(&call.a.peer, &call.b.peer);
+                    Some(anchored(answer, call.ports.a, call.a.origin, keep))
                 }
                 (None, Some(early)) => Some(early.clone()),
                 (None, None) => None,
@@ -1440,9 +1443,10 @@ impl B2bua {
         call.leg_mut(side).remote_version = Some(offer.origin_version());
         let holds = offer.is_hold();
         let port = call.port(other);
+        let keep = srtp::keys_may_pass(&call.a.peer, &call.b.peer);
         let leg = call.leg_mut(other);
         leg.origin.1 += 1;
-        let mut sdp = anchored(&offer, port, leg.origin);
+        let mut sdp = anchored(&offer, port, leg.origin, keep);
         if holds {
             hold::offer_to_held(&mut sdp);
         }
@@ -1528,6 +1532,7 @@ impl B2bua {
             t.refreshed(now);
         }
         let port = call.port(p.from);
+        let keep = srtp::keys_may_pass(&call.a.peer, &call.b.peer);
         let leg = call.leg_mut(p.from);
         let mut r = message::response_for(&orig, 200, "");
         r.headers
@@ -1538,7 +1543,7 @@ impl B2bua {
         }
         if let Some(answer) = &answer {
             leg.origin.1 += 1;
-            let mut sdp = anchored(answer, port, leg.origin);
+            let mut sdp = anchored(answer, port, leg.origin, keep);
             if let Some(offer) = sdp_of(&orig.headers, &orig.body).filter(|_| p.offer_holds) {
                 hold::answer_to_holder(&offer, &mut sdp);
             }
@@ -1730,9 +1735,16 @@ fn via_for(p: &Peer) -> (String, String) {
 }
 
 /// `sdp` with its first audio stream anchored on `relay` (other streams rejected: the relay
-/// carries one stream per call) and our own origin.
-fn anchored(sdp: &SessionDescription, relay: SocketAddr, origin: (u64, u64)) -> SessionDescription {
+/// carries one stream per call) and our own origin; its SDES keys kept only if `keep_keys`
+/// (both legs TLS, `srtp.rs`).
+fn anchored(
+    sdp: &SessionDescription,
+    relay: SocketAddr,
+    origin: (u64, u64),
+    keep_keys: bool,
+) -> SessionDescription {
     let mut out = sdp.clone();
+    srtp::secure_keys(&mut out, keep_keys);
     let mut audio_done = false;
     let ports: Vec<u16> = out
         .media()
@@ -1759,3 +1771,6 @@ mod fork_tests;
 
 #[cfg(test)]
 mod linked_tests;
+
+#[cfg(test)]
+mod srtp_tests;

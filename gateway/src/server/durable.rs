@@ -145,12 +145,7 @@ fn stored(aor: &str, b: &Binding<Peer>) -> StoredBinding {
         expires_at: b.expires_at,
         call_id: b.call_id.clone(),
         cseq: b.cseq,
-        transport: if b.source.transport.is_reliable() {
-            "tcp"
-        } else {
-            "udp"
-        }
-        .into(),
+        transport: b.source.transport.uri_param().unwrap_or("udp").into(),
         source: b.source.addr.to_string(),
         local: b.source.local.to_string(),
     }
@@ -159,8 +154,13 @@ fn stored(aor: &str, b: &Binding<Peer>) -> StoredBinding {
 /// The peer to reach a restored binding through (see the module notes for TCP).
 fn restored_peer(b: &StoredBinding, locals: &transport::LocalAddrs) -> Option<Peer> {
     let source: SocketAddr = b.source.parse().ok()?;
-    let tcp = b.transport == "tcp";
-    let listeners = if tcp { &locals.tcp } else { &locals.udp };
+    let tls = b.transport == "tls";
+    let tcp = tls || b.transport == "tcp";
+    let listeners = match (tcp, tls) {
+        (_, true) => &locals.tls,
+        (true, false) => &locals.tcp,
+        _ => &locals.udp,
+    };
     let local = b
         .local
         .parse()
@@ -182,7 +182,11 @@ fn restored_peer(b: &StoredBinding, locals: &transport::LocalAddrs) -> Option<Pe
     let port = uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060);
     Some(Peer {
         addr: SocketAddr::new(ip, port),
-        transport: transport::Transport::Tcp(GONE),
+        transport: if tls {
+            transport::Transport::Tls(GONE)
+        } else {
+            transport::Transport::Tcp(GONE)
+        },
         local,
     })
 }

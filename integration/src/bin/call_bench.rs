@@ -195,6 +195,7 @@ fn main() -> Result<()> {
                 credentials: None,
                 register: None,
                 domain: None,
+                tls: None,
             }],
             ..integration::bench::gateway_config(gw_target, db.clone())
         };
