@@ -2,6 +2,7 @@
 
 mod config;
 mod http;
+mod presence;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -161,6 +162,12 @@ fn main() -> Result<()> {
         Backend::Xmpp => Some(loaded.xmpp_bus()?),
         Backend::Local => None,
     };
+    let presence_cfg = match &cli.cmd {
+        Cmd::Statebus {
+            cmd: StatebusCmd::Publish { .. },
+        } => None,
+        _ => loaded.presence()?,
+    };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let (bus, xmpp): (Arc<dyn Bus>, Option<XmppBus>) = match xmpp_cfg {
@@ -175,7 +182,8 @@ fn main() -> Result<()> {
             loaded.config.node.name,
             bus.eid()
         );
-        match cli.cmd {
+        let presence = presence::start(&loaded, presence_cfg, bus.clone())?;
+        let result = match cli.cmd {
             Cmd::Statebus {
                 cmd:
                     StatebusCmd::Watch {
@@ -222,7 +230,11 @@ fn main() -> Result<()> {
                 run_gateway(gw, Some(acd), bus, xmpp, http_listen, shutdown).await
             }
             Cmd::Devices { .. } => Ok(()),
+        };
+        if let Some(p) = presence {
+            p.shutdown().await;
         }
+        result
     })
 }
 
