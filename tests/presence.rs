@@ -8,7 +8,8 @@
 //!   still gets presence.
 //! - `pause_reason_*`: the ACD-side input type (pause with reason, wrap-up, queue of the
 //!   call) fed to a component started from the library, shown as `dnd`/`away` with the reason,
-//!   the minutes and the queue; unsubscribe stops the presence.
+//!   the minutes and the queue; a probe is answered; stanzas over the guard's bounds (depth,
+//!   size) are dropped and counted without harm; unsubscribe stops the presence.
 
 use integration::gateway::{GatewayProcess, GatewaySpec};
 use integration::phones::{answering_phone, caller, uac_scenario};
@@ -309,6 +310,29 @@ fn pause_reason_and_wrapup(kind: ServerKind) {
     });
     bus.publish_device_state("PJSIP/2001", DeviceState::NotInUse);
     boss.presence(&agent, "available", "away", "Wrap-up · support");
+    // hostile input: a presence nested deeper than the guard's bound and one with an
+    // oversized status are dropped and counted; the component goes on
+    let deep = format!(
+        "<presence to='{agent}'>{}{}</presence>",
+        "<x xmlns='urn:x'>".repeat(40),
+        "</x>".repeat(40)
+    );
+    boss.send(&format!("raw {deep}"));
+    boss.send(&format!(
+        "raw <presence to='{agent}'><status>{}</status></presence>",
+        "z".repeat(100_000)
+    ));
+    assert!(
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + T;
+            while svc.stats().stanzas_dropped < 2 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            svc.stats().stanzas_dropped >= 2
+        }),
+        "hostile stanzas not dropped: {:?}",
+        svc.stats()
+    );
     // a probe is answered with the current presence
     boss.send(&format!("probe {agent}"));
     boss.presence(&agent, "available", "away", "Wrap-up · support");

@@ -9,7 +9,8 @@ the presence component), then prints one line per event until stdin closes:
   PRESENCE <ms since start> <bare from> <type> <show> <status>
       type: available, unavailable, subscribed, unsubscribed, ...; show: '-' when absent
 
-Commands on stdin, one a line: `subscribe JID`, `unsubscribe JID`, `probe JID`.
+Commands on stdin, one a line: `subscribe JID`, `unsubscribe JID`, `probe JID`,
+`raw XML` (sent as is).
 
 usage: presence_supervisor.py HOST PORT JID PASSWORD [CONTACT...]
 """
@@ -71,7 +72,9 @@ class Supervisor(slixmpp.ClientXMPP):
             if not line:
                 break
             words = line.split()
-            if len(words) == 2 and words[0] in ("subscribe", "unsubscribe", "probe"):
+            if len(words) > 1 and words[0] == "raw":
+                self.send_raw(line[len("raw "):].strip())
+            elif len(words) == 2 and words[0] in ("subscribe", "unsubscribe", "probe"):
                 self.send_presence(pto=words[1], ptype=words[0])
         self.disconnect()
 
