@@ -449,3 +449,161 @@ pub fn valid_node(s: &str) -> bool {
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || "\"&'/:<>@".contains(c))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn stanza(xml: &str) -> Element {
+        xml.parse().expect("test stanza")
+    }
+
+    fn presence(ty: &str, from: &str, to: &str) -> Element {
+        stanza(&format!(
+            "<presence xmlns='{NS}' type='{ty}' from='{from}' to='{to}'/>"
+        ))
+    }
+
+    fn core() -> Core {
+        Core::new("agents.test", "PJSIP/", Vec::new(), Subscriptions::new())
+    }
+
+    fn status(el: &Element) -> String {
+        el.get_child("status", NS)
+            .map(|s| s.text())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn subscribe_probe_unsubscribe_and_refusals() {
+        let t0 = Instant::now();
+        let mut c = core();
+        c.device_changed("PJSIP/1000", DeviceState::InUse, t0);
+        let out = c.handle_stanza(
+            &presence("subscribe", "boss@test/desk", "1000@agents.test"),
+            t0,
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].attr("type"), Some("subscribed"));
+        assert_eq!(out[0].attr("to"), Some("boss@test"));
+        assert_eq!(out[1].attr("from"), Some("1000@agents.test/fabric"));
+        assert_eq!(status(&out[1]), "On call");
+        assert!(c.take_store_dirty());
+        assert!(!c.take_store_dirty());
+        // a change goes to the subscriber once; an unchanged rendering is not resent
+        let out = c.device_changed("PJSIP/1000", DeviceState::NotInUse, t0);
+        assert_eq!(out.len(), 1);
+        assert!(c
+            .device_changed("PJSIP/1000", DeviceState::NotInUse, t0)
+            .is_empty());
+        assert!(c
+            .device_changed("SIP/other", DeviceState::InUse, t0)
+            .is_empty());
+        // probes: the subscriber gets presence, a stranger `unsubscribed`
+        let out = c.handle_stanza(&presence("probe", "boss@test", "1000@agents.test"), t0);
+        assert_eq!(status(&out[0]), "Available");
+        let out = c.handle_stanza(&presence("probe", "eve@test", "1000@agents.test"), t0);
+        assert_eq!(out[0].attr("type"), Some("unsubscribed"));
+        // outside `allow` (another domain), a bad node, a foreign domain: refused / ignored
+        let out = c.handle_stanza(
+            &presence("subscribe", "eve@evil.test", "1000@agents.test"),
+            t0,
+        );
+        assert_eq!(out[0].attr("type"), Some("unsubscribed"));
+        let out = c.handle_stanza(&presence("subscribe", "boss@test", "agents.test"), t0);
+        assert_eq!(out[0].attr("type"), Some("unsubscribed"));
+        assert!(c
+            .handle_stanza(&presence("subscribe", "boss@test", "1000@other.test"), t0)
+            .is_empty());
+        assert_eq!(c.stats().refused, 2);
+        assert_eq!(c.stats().subscriptions, 1);
+        // unsubscribe: `unsubscribed` + unavailable, then nothing more
+        let out = c.handle_stanza(
+            &presence("unsubscribe", "boss@test", "1000@agents.test"),
+            t0,
+        );
+        assert_eq!(out[1].attr("type"), Some("unavailable"));
+        assert!(c.take_store_dirty());
+        assert!(c
+            .device_changed("PJSIP/1000", DeviceState::Ringing, t0)
+            .is_empty());
+        assert_eq!(c.stats().subscriptions, 0);
+    }
+
+    #[test]
+    fn pause_minutes_advance_in_virtual_time() {
+        let t0 = Instant::now();
+        let mut c = core();
+        c.device_changed("PJSIP/7", DeviceState::NotInUse, t0);
+        c.handle_stanza(&presence("subscribe", "boss@test", "7@agents.test"), t0);
+        assert_eq!(c.poll_timeout(t0), None);
+        let out = c.agent(
+            AgentInput::Paused {
+                device: "PJSIP/7".into(),
+                reason: "Lunch".into(),
+                since: None,
+            },
+            t0,
+        );
+        assert_eq!(status(&out[0]), "Paused: Lunch 0m");
+        assert_eq!(
+            out[0].get_child("show", NS).map(|s| s.text()),
+            Some("dnd".into())
+        );
+        let due = c.poll_timeout(t0).expect("a minute tick");
+        assert_eq!(due, t0 + Duration::from_secs(60));
+        assert!(c.handle_timeout(t0 + Duration::from_secs(59)).is_empty());
+        let out = c.handle_timeout(due);
+        assert_eq!(status(&out[0]), "Paused: Lunch 1m");
+        let out = c.agent(
+            AgentInput::Unpaused {
+                device: "PJSIP/7".into(),
+            },
+            due,
+        );
+        assert_eq!(status(&out[0]), "Available");
+        assert_eq!(c.poll_timeout(due), None);
+    }
+
+    #[test]
+    fn iqs_get_an_answer_and_bounds_hold() {
+        let t0 = Instant::now();
+        let mut c = core();
+        let q = |body: &str| {
+            stanza(&format!(
+                "<iq xmlns='{NS}' type='get' id='q1' from='boss@test/desk' to='agents.test'>{body}</iq>"
+            ))
+        };
+        let out = c.handle_stanza(&q("<ping xmlns='urn:xmpp:ping'/>"), t0);
+        assert_eq!(out[0].attr("type"), Some("result"));
+        assert_eq!(out[0].attr("id"), Some("q1"));
+        let out = c.handle_stanza(
+            &q("<query xmlns='http://jabber.org/protocol/disco#info'/>"),
+            t0,
+        );
+        assert!(out[0]
+            .children()
+            .next()
+            .is_some_and(|q| q.children().count() >= 2));
+        let out = c.handle_stanza(&q("<vcard xmlns='vcard-temp'/>"), t0);
+        assert_eq!(out[0].attr("type"), Some("error"));
+        // results are not answered (no ping-pong)
+        let r = stanza(&format!(
+            "<iq xmlns='{NS}' type='result' id='p' from='test' to='agents.test'/>"
+        ));
+        assert!(c.handle_stanza(&r, t0).is_empty());
+        // malformed JIDs are counted, never answered
+        assert!(c
+            .handle_stanza(&presence("subscribe", "@@", "1000@agents.test"), t0)
+            .is_empty());
+        assert_eq!(c.stats().ignored, 1);
+        // the subscription bound
+        let mut full = core();
+        full.stats.subscriptions = MAX_SUBSCRIPTIONS;
+        let out = full.handle_stanza(&presence("subscribe", "boss@test", "1@agents.test"), t0);
+        assert_eq!(out[0].attr("type"), Some("unsubscribed"));
+        assert!(!valid_node(&"x".repeat(MAX_NODE + 1)));
+        assert!(!valid_node("a/b") && !valid_node("") && valid_node("1000"));
+    }
+}
