@@ -1347,6 +1347,54 @@ mod tests {
     }
 
     #[test]
+    fn presence_errors_name_file_and_line() {
+        let base = "[node]\nname = \"a\"\n\n[presence]\njid = \"agents.test\"\nsecret = \"s\"\n";
+        let l = load(&format!("{base}server = \"127.0.0.1:5347\"\n")).unwrap();
+        let c = l.presence().unwrap().expect("a [presence] section");
+        assert_eq!(c.device_prefix, "PJSIP/");
+        assert!(load("[node]\nname = \"a\"\n")
+            .unwrap()
+            .presence()
+            .unwrap()
+            .is_none());
+        let e = load(&format!("{base}server = \"nohost\"\n"))
+            .and_then(|l| l.presence())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("site-a.toml:7:") && e.contains("host:port"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{base}server = \"127.0.0.1:5347\"\nkeepalive_secs = 0\n"
+        ))
+        .and_then(|l| l.presence())
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("site-a.toml:8:"), "{e}");
+        // an unreadable subscription store: the config line and the store's own line
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("subs");
+        std::fs::write(&store, "1000 boss@test\nnot-a-line\n").unwrap();
+        let l = load(&format!(
+            "{base}server = \"127.0.0.1:5347\"\nstore = \"{}\"\n",
+            store.display()
+        ))
+        .unwrap();
+        let cfg = l.presence().unwrap().expect("section");
+        let bus: std::sync::Arc<dyn statebus::Bus> =
+            std::sync::Arc::new(statebus::LocalBus::new(l.eid()));
+        let e = statebus::presence::PresenceService::start(cfg, bus).unwrap_err();
+        let e = l.explain_presence(&e).to_string();
+        assert!(
+            e.contains("site-a.toml:8:") && e.contains(&format!("{}:2:", store.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn eid_is_stable_by_default_and_explicit_when_set() {
         let a = load("[node]\nname = \"gw-a\"\n").unwrap();
         let b = load("[node]\nname = \"gw-a\"\n").unwrap();
