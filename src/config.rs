@@ -35,6 +35,29 @@ pub struct Config {
     pub security: Option<security::SecuritySection>,
     /// SIP over TLS: certificate, key, CA roots (`config/streams.rs`).
     pub tls: Option<TlsSection>,
+    /// Agent presence for supervisors (an XEP-0114 component), in any mode with a bus.
+    pub presence: Option<PresenceSection>,
+}
+
+/// `[presence]`: agents and devices as JIDs of an external component.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSection {
+    /// The component's domain, e.g. `agents.example.com`.
+    pub jid: String,
+    /// Its shared secret on the server.
+    pub secret: String,
+    /// The server's component port, `host:port`.
+    pub server: String,
+    /// File keeping the supervisors' subscriptions across restarts.
+    pub store: Option<PathBuf>,
+    /// Device keys shown (`PJSIP/` by default): `PJSIP/1000` is `1000@<jid>`.
+    pub device_prefix: Option<String>,
+    /// Bare JIDs or domains whose users may subscribe (default: the component's parent domain).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    pub keepalive_secs: Option<f64>,
+    pub reconnect_max_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -467,6 +490,54 @@ impl Loaded {
                 .unwrap_or_else(|| "localhost".into());
             Eid::derive(&format!("{host}/{}", n.name))
         })
+    }
+
+    /// The presence component's configuration (`None` without `[presence]`).
+    pub fn presence(&self) -> Result<Option<statebus::presence::PresenceConfig>> {
+        let Some(p) = &self.config.presence else {
+            return Ok(None);
+        };
+        if p.server
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(anyhow!(
+                "{}: server = {:?} is not host:port",
+                self.at("presence", "server"),
+                p.server
+            ));
+        }
+        if p.secret.is_empty() {
+            return Err(anyhow!(
+                "{}: secret is empty",
+                self.at("presence", "secret")
+            ));
+        }
+        let mut c = statebus::presence::PresenceConfig::new(&p.jid, &p.secret, &p.server);
+        c.store = p.store.clone();
+        if let Some(pre) = &p.device_prefix {
+            c.device_prefix = pre.clone();
+        }
+        c.allow = p.allow.clone();
+        c.keepalive = self.duration("presence", "keepalive_secs", p.keepalive_secs, c.keepalive)?;
+        c.reconnect_max = self.duration(
+            "presence",
+            "reconnect_max_secs",
+            p.reconnect_max_secs,
+            c.reconnect_max,
+        )?;
+        Ok(Some(c))
+    }
+
+    /// Points a presence start-up error at its line.
+    pub fn explain_presence(&self, e: &statebus::presence::PresenceError) -> anyhow::Error {
+        use statebus::presence::PresenceError as E;
+        match e {
+            E::Jid(..) => anyhow!("{}: {e}", self.at("presence", "jid")),
+            E::Allow(..) => anyhow!("{}: {e}", self.at("presence", "allow")),
+            E::Store(_) => anyhow!("{}: {e}", self.at("presence", "store")),
+        }
     }
 
     /// The XMPP bus configuration, validated, with errors pointing at lines.
@@ -1520,6 +1591,54 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("site-a.toml:4:"), "{e}");
+    }
+
+    #[test]
+    fn presence_errors_name_file_and_line() {
+        let base = "[node]\nname = \"a\"\n\n[presence]\njid = \"agents.test\"\nsecret = \"s\"\n";
+        let l = load(&format!("{base}server = \"127.0.0.1:5347\"\n")).unwrap();
+        let c = l.presence().unwrap().expect("a [presence] section");
+        assert_eq!(c.device_prefix, "PJSIP/");
+        assert!(load("[node]\nname = \"a\"\n")
+            .unwrap()
+            .presence()
+            .unwrap()
+            .is_none());
+        let e = load(&format!("{base}server = \"nohost\"\n"))
+            .and_then(|l| l.presence())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("site-a.toml:7:") && e.contains("host:port"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{base}server = \"127.0.0.1:5347\"\nkeepalive_secs = 0\n"
+        ))
+        .and_then(|l| l.presence())
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("site-a.toml:8:"), "{e}");
+        // an unreadable subscription store: the config line and the store's own line
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("subs");
+        std::fs::write(&store, "1000 boss@test\nnot-a-line\n").unwrap();
+        let l = load(&format!(
+            "{base}server = \"127.0.0.1:5347\"\nstore = \"{}\"\n",
+            store.display()
+        ))
+        .unwrap();
+        let cfg = l.presence().unwrap().expect("section");
+        let bus: std::sync::Arc<dyn statebus::Bus> =
+            std::sync::Arc::new(statebus::LocalBus::new(l.eid()));
+        let e = statebus::presence::PresenceService::start(cfg, bus).unwrap_err();
+        let e = l.explain_presence(&e).to_string();
+        assert!(
+            e.contains("site-a.toml:8:") && e.contains(&format!("{}:2:", store.display())),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod config;
 mod http;
 mod logging;
 mod password;
+mod presence;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -210,6 +211,12 @@ fn main() -> Result<()> {
         Backend::Xmpp => Some(loaded.xmpp_bus()?),
         Backend::Local => None,
     };
+    let presence_cfg = match &cli.cmd {
+        Cmd::Statebus {
+            cmd: StatebusCmd::Publish { .. },
+        } => None,
+        _ => loaded.presence()?,
+    };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let (bus, xmpp): (Arc<dyn Bus>, Option<XmppBus>) = match xmpp_cfg {
@@ -224,7 +231,8 @@ fn main() -> Result<()> {
             loaded.config.node.name,
             bus.eid()
         );
-        match cli.cmd {
+        let presence = presence::start(&loaded, presence_cfg, bus.clone())?;
+        let result = match cli.cmd {
             Cmd::Statebus {
                 cmd:
                     StatebusCmd::Watch {
@@ -281,7 +289,11 @@ fn main() -> Result<()> {
             | Cmd::Agent { .. }
             | Cmd::Member { .. }
             | Cmd::Calls { .. } => Ok(()),
+        };
+        if let Some(p) = presence {
+            p.shutdown().await;
         }
+        result
     })
 }
 

@@ -12,6 +12,7 @@ pub mod fill;
 pub mod guard;
 mod local;
 mod mwi;
+pub mod presence;
 pub mod servers;
 mod state;
 pub mod wire;

@@ -448,9 +448,9 @@ impl ServerConnector for StartTlsConnector {
 
 /// Counts and logs what the [`Guard`] drops: one log line per publisher per minute.
 #[derive(Debug, Default)]
-struct DropLog {
-    items: AtomicU64,
-    stanzas: AtomicU64,
+pub(crate) struct DropLog {
+    pub(crate) items: AtomicU64,
+    pub(crate) stanzas: AtomicU64,
     last_logged: Mutex<HashMap<String, Instant>>,
 }
 
@@ -490,7 +490,7 @@ impl DropLog {
 
 /// A byte stream whose reading side goes through a [`Guard`] (or passes untouched when
 /// `drops` is `None`: the TCP under TLS). Writing passes untouched.
-struct Guarded<T> {
+pub(crate) struct Guarded<T> {
     inner: T,
     guard: Option<(Guard, Arc<DropLog>)>,
     out: Vec<u8>,
@@ -503,6 +503,17 @@ impl<T> Guarded<T> {
         Guarded {
             inner,
             guard: drops.map(|d| (Guard::default(), d)),
+            out: Vec::new(),
+            pos: 0,
+            eof: false,
+        }
+    }
+
+    /// A stream read through `guard` (its own limits), drops counted in `drops`.
+    pub(crate) fn with_guard(inner: T, guard: Guard, drops: Arc<DropLog>) -> Self {
+        Guarded {
+            inner,
+            guard: Some((guard, drops)),
             out: Vec::new(),
             pos: 0,
             eof: false,
