@@ -29,7 +29,7 @@
 //! received in it. "Added" latency = the system's percentile − its paired floor's percentile;
 //! a negative one means the floor had the worse tail (a stall hit the floor, not the system):
 //! the sample is INVALID, never a pass, and one such round makes the figure pooled over the
-//! rounds INVALID too. Memory: the relay process's PSS with the streams set up.
+//! rounds INVALID too; the pooled figure passes only if every round does. Memory: the relay process's PSS with the streams set up.
 
 use anyhow::{anyhow, bail, Context, Result};
 use media::{bridge, Leg, MediaRelay, RelayConfig};
@@ -925,7 +925,9 @@ fn verdict(added_p99: Option<f64>) -> &'static str {
 
 /// The verdict on a pooled added p99 given each round's: a round with a negative added p99
 /// (its floor's tail was the worse one) makes the whole figure INVALID, whatever the pooled
-/// value, since that round's floor did not act as a floor.
+/// value, since that round's floor did not act as a floor; a round at or over the target makes
+/// it FAIL even when the pooled figure is under it (one round's stall can dominate both pooled
+/// tails and cancel out).
 fn pooled_verdict(pooled: Option<f64>, rounds: &[f64]) -> String {
     let negative = rounds.iter().filter(|v| **v < 0.0).count();
     if negative > 0 {
@@ -934,7 +936,17 @@ fn pooled_verdict(pooled: Option<f64>, rounds: &[f64]) -> String {
             rounds.len()
         );
     }
-    verdict(pooled).to_owned()
+    let over = rounds
+        .iter()
+        .filter(|v| verdict(Some(**v)) == "FAIL")
+        .count();
+    match verdict(pooled) {
+        "PASS" if over > 0 => format!(
+            "FAIL ({over} of {} rounds at or over the target)",
+            rounds.len()
+        ),
+        v => v.to_owned(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1165,5 +1177,8 @@ mod tests {
         );
         assert!(super::pooled_verdict(Some(-1.0), &[]).starts_with("INVALID"));
         assert_eq!(super::pooled_verdict(Some(250.0), &[300.0]), "FAIL");
+        // A pooled figure under the target with one round over it (a stall in one round
+        // dominating both pooled tails).
+        assert!(super::pooled_verdict(Some(32.0), &[82.0, 675.0]).starts_with("FAIL (1 of 2"));
     }
 }
