@@ -28,7 +28,8 @@
 //! CPU per packet = Δ(utime+stime) of the relay process over the measured window / packets
 //! received in it. "Added" latency = the system's percentile − its paired floor's percentile;
 //! a negative one means the floor had the worse tail (a stall hit the floor, not the system):
-//! the sample is INVALID, never a pass. Memory: the relay process's PSS with the streams set up.
+//! the sample is INVALID, never a pass, and one such round makes the figure pooled over the
+//! rounds INVALID too; the pooled figure passes only if every round does. Memory: the relay process's PSS with the streams set up.
 
 use anyhow::{anyhow, bail, Context, Result};
 use media::{bridge, Leg, MediaRelay, RelayConfig};
@@ -922,6 +923,32 @@ fn verdict(added_p99: Option<f64>) -> &'static str {
     }
 }
 
+/// The verdict on a pooled added p99 given each round's: a round with a negative added p99
+/// (its floor's tail was the worse one) makes the whole figure INVALID, whatever the pooled
+/// value, since that round's floor did not act as a floor; a round at or over the target makes
+/// it FAIL even when the pooled figure is under it (one round's stall can dominate both pooled
+/// tails and cancel out).
+fn pooled_verdict(pooled: Option<f64>, rounds: &[f64]) -> String {
+    let negative = rounds.iter().filter(|v| **v < 0.0).count();
+    if negative > 0 {
+        return format!(
+            "INVALID ({negative} of {} rounds negative: the floor's tail was worse)",
+            rounds.len()
+        );
+    }
+    let over = rounds
+        .iter()
+        .filter(|v| verdict(Some(**v)) == "FAIL")
+        .count();
+    match verdict(pooled) {
+        "PASS" if over > 0 => format!(
+            "FAIL ({over} of {} rounds at or over the target)",
+            rounds.len()
+        ),
+        v => v.to_owned(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct Args {
@@ -1096,19 +1123,10 @@ fn print_table(rows: &[Row], args: &Args) {
             continue;
         };
         let added99 = sub(ours.p99, ours.floor_p99);
-        let negative = ours.round_added_p99.iter().filter(|v| **v < 0.0).count();
         let mut line = format!(
-            "N={n}: callfabric added p99 {} µs (target < 200: {}{})",
+            "N={n}: callfabric added p99 {} µs (target < 200: {})",
             fmt(added99, 1),
-            verdict(added99),
-            if negative > 0 {
-                format!(
-                    "; {negative} of {} rounds negative: INVALID rounds",
-                    ours.round_added_p99.len()
-                )
-            } else {
-                String::new()
-            }
+            pooled_verdict(added99, &ours.round_added_p99),
         );
         if let Some(rtpe) = get("rtpengine") {
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -1128,7 +1146,7 @@ fn print_table(rows: &[Row], args: &Args) {
                 fmt(r, 2),
                 fmt(rs, 2),
                 fmt(added_rtpe, 1),
-                verdict(added_rtpe),
+                pooled_verdict(added_rtpe, &rtpe.round_added_p99),
                 ours.mem_kb as f64 / 1024.0,
                 rtpe.mem_kb as f64 / 1024.0,
                 fmt(ratio(Some(ours.mem_kb as f64), Some(rtpe.mem_kb as f64)), 2)
@@ -1146,5 +1164,21 @@ mod tests {
         assert_eq!(super::verdict(Some(0.0)), "PASS");
         assert_eq!(super::verdict(Some(199.0)), "PASS");
         assert_eq!(super::verdict(Some(200.0)), "FAIL");
+    }
+
+    #[test]
+    fn one_negative_round_makes_the_pooled_figure_invalid() {
+        assert!(
+            super::pooled_verdict(Some(50.0), &[40.0, -2.0, 90.0]).starts_with("INVALID (1 of 3")
+        );
+        assert_eq!(
+            super::pooled_verdict(Some(50.0), &[40.0, 2.0, 90.0]),
+            "PASS"
+        );
+        assert!(super::pooled_verdict(Some(-1.0), &[]).starts_with("INVALID"));
+        assert_eq!(super::pooled_verdict(Some(250.0), &[300.0]), "FAIL");
+        // A pooled figure under the target with one round over it (a stall in one round
+        // dominating both pooled tails).
+        assert!(super::pooled_verdict(Some(32.0), &[82.0, 675.0]).starts_with("FAIL (1 of 2"));
     }
 }
