@@ -250,11 +250,29 @@ fn main() -> Result<()> {
             } => publish(bus, xmpp, &devices, &mwi, hold).await,
             Cmd::Gateway { .. } => {
                 let cfg = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
-                run_gateway(cfg, None, bus, xmpp, (http_listen, api), shutdown).await
+                run_gateway(
+                    cfg,
+                    None,
+                    bus,
+                    xmpp,
+                    (http_listen, api),
+                    shutdown,
+                    presence.clone(),
+                )
+                .await
             }
             Cmd::Acd { .. } => {
                 let cfg = acd_cfg.ok_or_else(|| anyhow!("no acd configuration"))?;
-                run_gateway_or_acd(None, Some(cfg), bus, xmpp, (http_listen, api), shutdown).await
+                run_gateway_or_acd(
+                    None,
+                    Some(cfg),
+                    bus,
+                    xmpp,
+                    (http_listen, api),
+                    shutdown,
+                    presence.clone(),
+                )
+                .await
             }
             Cmd::Site { .. } => {
                 let mut gw = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
@@ -282,7 +300,16 @@ fn main() -> Result<()> {
                     domain: None,
                     tls: None,
                 });
-                run_gateway(gw, Some(acd), bus, xmpp, (http_listen, api), shutdown).await
+                run_gateway(
+                    gw,
+                    Some(acd),
+                    bus,
+                    xmpp,
+                    (http_listen, api),
+                    shutdown,
+                    presence.clone(),
+                )
+                .await
             }
             Cmd::Devices { .. }
             | Cmd::Queue { .. }
@@ -479,8 +506,9 @@ async fn run_gateway(
     xmpp: Option<XmppBus>,
     http_listen: HttpSetup,
     shutdown: config::Shutdown,
+    presence: Option<statebus::presence::PresenceService>,
 ) -> Result<()> {
-    run_gateway_or_acd(Some(cfg), acd, bus, xmpp, http_listen, shutdown).await
+    run_gateway_or_acd(Some(cfg), acd, bus, xmpp, http_listen, shutdown, presence).await
 }
 
 /// What the HTTP API needs from the config besides its section.
@@ -501,6 +529,7 @@ async fn run_gateway_or_acd(
     xmpp: Option<XmppBus>,
     (http_cfg, extras): HttpSetup,
     shutdown: config::Shutdown,
+    presence: Option<statebus::presence::PresenceService>,
 ) -> Result<()> {
     // SIGINT and SIGTERM are ours from here on: they start a graceful shutdown.
     let mut signals = Signals::new()?;
@@ -539,6 +568,14 @@ async fn run_gateway_or_acd(
     if let Some(n) = &node {
         println!("acd ready udp={}", n.local);
     }
+    // Supervisors' presence shows the ACD's pause reasons, wrap-up and queues.
+    let _feed = match (&node, presence) {
+        (Some(n), Some(p)) => Some(AbortOnDrop(tokio::spawn(presence::feed_from_acd(
+            n.clone(),
+            p,
+        )))),
+        _ => None,
+    };
     let api = async {
         match http_cfg {
             Some(h) => {
@@ -876,4 +913,13 @@ async fn publish(
         x.shutdown().await;
     }
     Ok(())
+}
+
+/// Aborts a background task when dropped (the feed ends with the node it reads).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
