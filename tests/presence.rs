@@ -10,6 +10,9 @@
 //!   call) fed to a component started from the library, shown as `dnd`/`away` with the reason,
 //!   the minutes and the queue; a probe is answered; stanzas over the guard's bounds (depth,
 //!   size) are dropped and counted without harm; unsubscribe stops the presence.
+//! - `acd_pause_*`: through the real binary in site mode, an agent paused with a reason through
+//!   the admin API shows as `dnd` "Paused: Lunch 0m" on the supervisor's roster and as
+//!   available again once unpaused (the ACD node feeds the component).
 
 use integration::gateway::{GatewayProcess, GatewaySpec};
 use integration::phones::{answering_phone, caller, uac_scenario};
@@ -367,4 +370,94 @@ fn pause_reason_and_wrapup_prosody() {
 #[test]
 fn pause_reason_and_wrapup_ejabberd() {
     pause_reason_and_wrapup(ServerKind::Ejabberd);
+}
+
+/// One admin API request to the site (`POST path`, JSON body, bearer token); the status.
+fn admin_post(gw: &mut GatewayProcess, path: &str, body: &str, token: &str) -> u16 {
+    use std::io::Read as _;
+    gw.drain();
+    let known = gw
+        .history
+        .iter()
+        .find_map(|l| l.strip_prefix("http ready "))
+        .map(|a| a.trim().to_owned());
+    let addr = known.unwrap_or_else(|| {
+        gw.wait_for(T, "the http ready line", |l| l.starts_with("http ready "))
+            .trim_start_matches("http ready ")
+            .trim()
+            .to_owned()
+    });
+    let mut conn = std::net::TcpStream::connect(addr.as_str()).expect("connect to the API");
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("response");
+    text.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"))
+}
+
+fn acd_pause_shows_on_the_supervisors_roster(kind: ServerKind) {
+    const TOKEN: &str = "presence-test-token-0123456789";
+    let s = server(kind);
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let store = store_dir.path().join("presence.subs");
+    let acd_port = integration::free_udp_port();
+    let mut spec = GatewaySpec::new("site-a", &["1001", "2001"]);
+    spec.command = "site".into();
+    spec.qualify_interval_secs = 300.0; // a SIPp UAS cannot answer OPTIONS
+    spec.extra = format!(
+        r#"
+[acd]
+udp = "127.0.0.1:{acd_port}"
+rtp_ports = "41000-41999"
+t1_ms = 100
+
+[acd.numbers]
+"800" = "support"
+
+[[acd.queue]]
+name = "support"
+strategy = "linear"
+timeout = 5
+members = ["PJSIP/2001"]
+
+[http]
+listen = "127.0.0.1:0"
+token = "{TOKEN}"
+{}"#,
+        presence_section(&s, &store)
+    );
+    let mut gw = GatewayProcess::start(Path::new(env!("CARGO_BIN_EXE_callfabric")), spec);
+    gw.wait_for(T, "the acd ready line", |l| l.starts_with("acd ready"));
+    wait_component_online(&gw, 0);
+
+    let agent = format!("2001@{}", s.component_jid());
+    let mut boss = Supervisor::start(&s, "boss", &[&agent]);
+    boss.presence(&agent, "unavailable", "-", "Offline");
+    let _phone = answering_phone(&mut gw, "2001", "call_uas.xml", 1);
+    boss.presence(&agent, "available", "-", "Available");
+
+    let body = r#"{"interface":"PJSIP/2001","reason":"Lunch"}"#;
+    assert_eq!(admin_post(&mut gw, "/admin/pause", body, TOKEN), 200);
+    boss.presence(&agent, "available", "dnd", "Paused: Lunch 0m");
+    let body = r#"{"interface":"PJSIP/2001"}"#;
+    assert_eq!(admin_post(&mut gw, "/admin/unpause", body, TOKEN), 200);
+    boss.presence(&agent, "available", "-", "Available");
+}
+
+#[test]
+fn acd_pause_shows_on_the_supervisors_roster_prosody() {
+    acd_pause_shows_on_the_supervisors_roster(ServerKind::Prosody);
+}
+
+#[test]
+fn acd_pause_shows_on_the_supervisors_roster_ejabberd() {
+    acd_pause_shows_on_the_supervisors_roster(ServerKind::Ejabberd);
 }
