@@ -81,50 +81,9 @@ pub fn naptr_srv_name(records: &[Naptr]) -> Option<String> {
     v.first().map(|r| r.replacement.clone())
 }
 
-/// One SRV record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Srv {
-    /// Priority (lowest first).
-    pub priority: u16,
-    /// Weight within a priority.
-    pub weight: u16,
-    /// Port.
-    pub port: u16,
-    /// Target host.
-    pub target: String,
-}
-
-/// RFC 2782 order: by priority; within a priority, a weighted random draw (`rand(n)` returns
-/// a number in `0..n`), zero-weight records having a small chance only. A target of `.`
-/// ("no service") is dropped.
-pub fn order_srv(mut records: Vec<Srv>, mut rand: impl FnMut(u32) -> u32) -> Vec<Srv> {
-    records.retain(|r| r.target != "." && !r.target.is_empty());
-    records.sort_by_key(|r| (r.priority, r.weight != 0));
-    let mut out = Vec::with_capacity(records.len());
-    while !records.is_empty() {
-        let prio = records[0].priority;
-        let n = records.iter().take_while(|r| r.priority == prio).count();
-        let mut group: Vec<Srv> = records.drain(..n).collect();
-        while !group.is_empty() {
-            let total: u32 = group.iter().map(|r| u32::from(r.weight)).sum();
-            let pick = if total == 0 {
-                0
-            } else {
-                let x = rand(total + 1);
-                let mut sum = 0;
-                group
-                    .iter()
-                    .position(|r| {
-                        sum += u32::from(r.weight);
-                        sum >= x
-                    })
-                    .unwrap_or(0)
-            };
-            out.push(group.remove(pick));
-        }
-    }
-    out
-}
+// RFC 2782 ordering is shared with the fabric's XMPP server discovery (one implementation, in
+// the crate both depend on).
+pub use statebus::servers::{order_srv, Srv};
 
 /// A trunk's resolved targets (sans-IO).
 #[derive(Debug, Clone, Default)]
