@@ -41,8 +41,6 @@ async fn server_crash_converges(kind: ServerKind) {
     let mut s = server(kind);
     let dir = tempfile::tempdir().expect("tempdir");
     let a = bus_with(&s, "gw-a", eid(1), |c| c.stream_management = true).await;
-    // Every account logs in before the crash (a kill -9 may lose what the server had not
-    // written yet; that is not what this test is about).
     let w = bus(&s, "watcher", eid(3)).await;
     let cfg = write_config(&s, dir.path(), "gw-b", "02:00:00:00:00:0b", "");
     let mut b = Member::publish(&cfg, &["PJSIP/b1=INUSE"]);
@@ -54,6 +52,14 @@ async fn server_crash_converges(kind: ServerKind) {
     a.publish_device_state("PJSIP/a1", DeviceState::OnHold);
     s.start_again()
         .expect("restart the server on the same data");
+    // A kill -9 loses what ejabberd wrote in its last 2 s (Mnesia's disk_log write cache):
+    // the accounts too, registered a second earlier, and a member refused `not-authorized`
+    // never comes back (W then shows A's devices UNAVAILABLE: CI, c9b47ce). That is the
+    // server's durability, not this test's subject: the harness registers them again. The
+    // PubSub nodes, affiliations, subscriptions and items lost with them stay lost: the
+    // members' resync must rebuild those.
+    s.restore_accounts()
+        .expect("restore the accounts the crash lost");
     until(
         format!("A logs in afresh (connects {:?})", a.stats()),
         || a.stats().connects > connects && a.is_online(),

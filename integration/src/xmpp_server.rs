@@ -115,6 +115,9 @@ pub struct XmppServer {
     /// `None`: a single node without epmd.
     epmd_port: Option<u16>,
     ca_cert: PathBuf,
+    /// The accounts the harness registered (user names, password), for
+    /// [`XmppServer::restore_accounts`].
+    accounts: std::sync::Mutex<(Vec<String>, String)>,
     child: Option<Child>,
     // last: removed after the child is stopped (see Drop)
     dir: tempfile::TempDir,
@@ -486,6 +489,7 @@ impl XmppServer {
             cookie: String::new(),
             epmd_port: None,
             ca_cert,
+            accounts: Default::default(),
             child: None,
             dir,
         };
@@ -706,7 +710,47 @@ impl XmppServer {
         log.contains("address already in use") || log.contains("eaddrinuse")
     }
 
+    /// After a `kill` and `start_again`: registers again every account the harness registered
+    /// that the crash lost, and returns how many. ejabberd's Mnesia log is an Erlang
+    /// `disk_log`, which holds writes in the VM for up to 2 s before writing them to the file
+    /// (`?TIMEOUT` of `disk_log_1`'s write cache), so a `kill -9` that soon after the accounts
+    /// were registered loses them and the members are refused (`not-authorized`) for good.
+    /// Tests whose subject is the fabric, not the server's durability, call this.
+    pub fn restore_accounts(&self) -> anyhow::Result<usize> {
+        let (users, password) = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let addr = self.c2s_addr();
+        let mut lost = Vec::new();
+        for user in &users {
+            if !raw_xmpp::sasl_plain_login(addr, DOMAIN, user, &password, Duration::from_secs(10))
+                .with_context(|| format!("log in as {user}@{DOMAIN} on {}", self.kind))?
+            {
+                lost.push(user.as_str());
+            }
+        }
+        if !lost.is_empty() {
+            eprintln!(
+                "{}: the crash lost the accounts {lost:?}; registering them again",
+                self.kind
+            );
+            self.register_users(&lost, &password)?;
+        }
+        Ok(lost.len())
+    }
+
     fn register_users(&self, users: &[&str], password: &str) -> anyhow::Result<()> {
+        {
+            let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+            for u in users {
+                if !accounts.0.iter().any(|a| a == u) {
+                    accounts.0.push(u.to_string());
+                }
+            }
+            accounts.1 = password.to_string();
+        }
         let addr = self.c2s_addr();
         std::thread::scope(|scope| {
             let handles: Vec<_> = users
