@@ -891,6 +891,7 @@ impl Loaded {
             qualify_interval: secs(g.qualify_interval_secs, "qualify_interval_secs", 30.0)?,
             t1: self.t1("gateway", g.t1_ms)?,
             device_prefix: g.device_prefix.clone().unwrap_or_else(|| "PJSIP/".into()),
+            site: self.config.node.site.clone(),
             node: self.config.node.name.clone(),
             rtp_ip,
             rtp_ports,

@@ -107,6 +107,10 @@ enum DevicesCmd {
         /// Display name.
         #[arg(long, default_value = "")]
         name: String,
+        /// Site the device belongs to (only that site's gateway publishes its state);
+        /// default: the config's `[node] site`.
+        #[arg(long)]
+        site: Option<String>,
         /// Digest algorithms to challenge this device with, comma-separated (e.g. `MD5` for
         /// phones that read only the first challenge); default: the gateway's.
         #[arg(long, default_value = "")]
@@ -192,7 +196,8 @@ fn main() -> Result<()> {
         let url = loaded.database_url()?;
         let realm = loaded.gateway()?.realm;
         let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-        return rt.block_on(devices(cmd, &url, &realm));
+        let site = loaded.config.node.site.clone();
+        return rt.block_on(devices(cmd, &url, &realm, &site));
     }
     let http_listen = loaded.http()?;
     let api = ApiExtras {
@@ -448,7 +453,7 @@ async fn watch(
     Ok(())
 }
 
-async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
+async fn devices(cmd: &DevicesCmd, url: &str, realm: &str, node_site: &str) -> Result<()> {
     use gateway::devices::{DeviceRecord, DeviceStore};
     let store = DeviceStore::open(url)
         .await
@@ -463,6 +468,7 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
             extension,
             name,
             digest,
+            site,
             ..
         } => {
             let password = password::read(
@@ -481,15 +487,17 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
             d.extension = extension.clone();
             d.display_name = name.clone();
             d.digest_algorithms = digest.clone();
+            d.site = site.clone().unwrap_or_else(|| node_site.to_string());
             store.upsert(&d).await?;
             println!("device {user} saved");
         }
         DevicesCmd::List { .. } => {
             for d in store.load_all().await? {
                 println!(
-                    "{} realm={} extension={} name={:?}",
+                    "{} realm={} site={} extension={} name={:?}",
                     d.username,
                     d.realm,
+                    d.site,
                     d.extension.as_deref().unwrap_or("-"),
                     d.display_name
                 );

@@ -150,3 +150,56 @@ fn postgres_outage_is_survived_and_edits_apply_when_it_returns() {
         out.describe()
     );
 }
+
+/// Issue 17: sites share one device table. Each gateway publishes the state of its own site's
+/// devices only (`devices add` records the config's `[node] site`): at start a gateway used to
+/// publish every device of the table as UNAVAILABLE, the other sites' devices too.
+#[test]
+fn gateways_sharing_a_table_publish_only_their_own_sites_devices() {
+    use integration::gateway::{GatewayProcess, GatewaySpec};
+    let pg = Postgres::start().expect("postgres");
+    let binary = Path::new(env!("CARGO_BIN_EXE_callfabric"));
+    let spec = |name: &str, user: &str| {
+        let mut s = GatewaySpec::new(name, &[user]);
+        s.database = Some(pg.url());
+        s.qualify_interval_secs = 300.0; // the SIPp UAS answers no OPTIONS
+        s
+    };
+    let mut gw_a = GatewayProcess::start(binary, spec("gw-a", "1001"));
+    let mut gw_b = GatewayProcess::start(binary, spec("gw-b", "2001"));
+    // gw-b started with both devices in the table; gw-a reads it again from a fresh start.
+    gw_a.restart();
+    for (gw, own, other) in [(&mut gw_a, "1001", "2001"), (&mut gw_b, "2001", "1001")] {
+        let mark = gw.mark();
+        let _phone = integration::phones::answering_phone(gw, own, "call_uas.xml", 1);
+        // What the start published came before this (one loop, before any REGISTER is read).
+        gw.seen_since(
+            mark,
+            &format!("DEVICE PJSIP/{own} NOT_INUSE"),
+            Duration::from_secs(30),
+        );
+        let history = gw.history.join("\n");
+        assert!(
+            history.contains(&format!("DEVICE PJSIP/{own} UNAVAILABLE")),
+            "{}: its own device was not announced at start:\n{history}",
+            gw.spec.name
+        );
+        assert!(
+            !history.contains(&format!("PJSIP/{other} ")),
+            "{} published the other site's device {other}:\n{history}",
+            gw.spec.name
+        );
+    }
+    // The site is in the table, as `devices list` shows it.
+    let out = Command::new(binary)
+        .args(["devices", "list", "--config"])
+        .arg(&gw_a.config)
+        .output()
+        .expect("devices list");
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("1001 realm=gw-a.example site=gw-a")
+            && list.contains("2001 realm=gw-b.example site=gw-b"),
+        "{list}"
+    );
+}

@@ -25,7 +25,8 @@ pub struct DeviceRecord {
     pub ha1_sha256: String,
     /// Display name.
     pub display_name: String,
-    /// Site the device belongs to.
+    /// Site the device belongs to: only that site's gateway publishes its state (a table
+    /// shared by several sites). Empty: every gateway that reads it (a single-site table).
     pub site: String,
     /// Extension number routed to this device, if any.
     pub extension: Option<String>,
@@ -54,6 +55,15 @@ impl DeviceRecord {
             digest_algorithms: String::new(),
             present_any: false,
         }
+    }
+}
+
+impl DeviceRecord {
+    /// Whether the gateway of `site` publishes this device's state: it is of that site, or
+    /// of none (a row written before sites were recorded, a single-site table), or the
+    /// gateway names no site.
+    pub fn of_site(&self, site: &str) -> bool {
+        self.site.is_empty() || site.is_empty() || self.site == site
     }
 }
 
@@ -338,6 +348,17 @@ impl DeviceCache {
         self.read().devices.keys().cloned().collect()
     }
 
+    /// The usernames of the devices the gateway of `site` publishes (see
+    /// [`DeviceRecord::of_site`]).
+    pub fn usernames_of_site(&self, site: &str) -> Vec<String> {
+        self.read()
+            .devices
+            .values()
+            .filter(|d| d.of_site(site))
+            .map(|d| d.username.clone())
+            .collect()
+    }
+
     /// Number of devices.
     pub fn len(&self) -> usize {
         self.read().devices.len()
@@ -433,6 +454,25 @@ impl DeviceCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_publishes_only_its_sites_devices() {
+        let mut d = DeviceRecord::with_password("1001", "r", "p");
+        assert!(d.of_site("paris"), "a device of no site is every gateway's");
+        d.site = "paris".into();
+        assert!(d.of_site("paris"));
+        assert!(!d.of_site("lyon"));
+        assert!(d.of_site(""), "a gateway of no site publishes every device");
+        let cache = DeviceCache::new();
+        let mut lyon = DeviceRecord::with_password("2001", "r", "p");
+        lyon.site = "lyon".into();
+        cache.inner.write().unwrap().devices = [d, lyon]
+            .into_iter()
+            .map(|d| (d.username.clone(), d))
+            .collect();
+        assert_eq!(cache.usernames_of_site("paris"), vec!["1001".to_string()]);
+        assert_eq!(cache.usernames_of_site("lyon"), vec!["2001".to_string()]);
+    }
 
     // RFC 7616 §3.9.1's credentials; expected values from coreutils md5sum/sha256sum.
     #[test]

@@ -56,6 +56,9 @@ pub struct GatewayConfig {
     pub t1: Duration,
     /// Device-state key prefix, e.g. `PJSIP/`.
     pub device_prefix: String,
+    /// This gateway's site (`[node] site`): of a device table shared by several sites it
+    /// publishes the state of this site's devices only (see `DeviceRecord::of_site`).
+    pub site: String,
     /// Node name (in CDR unique ids).
     pub node: String,
     /// Address the RTP relay binds and puts in SDP.
@@ -723,8 +726,9 @@ impl Core {
     ) {
         self.restore_bindings().await;
         // Restart truth: until a device has a reachable contact it reads UNAVAILABLE, whatever
-        // an earlier run of this gateway announced before it crashed.
-        for user in self.devices.usernames() {
+        // an earlier run of this gateway announced before it crashed. Another site's
+        // devices in a shared table are that site's gateway's to announce.
+        for user in self.devices.usernames_of_site(&self.cfg.site) {
             let key = format!("{}{user}", self.cfg.device_prefix);
             self.published.insert(key.clone(), DeviceState::Unavailable);
             self.bus
