@@ -151,14 +151,24 @@ pub(super) async fn connect(
         })?;
     let name = shared.tls_name(peer);
     let name = super::tls::server_name(name.as_deref(), peer);
+    let shown = format!("{name:?}");
     let s = match timeout(limit, connector.connect(name, stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             bump(&shared.counters.tls_failed, 1);
+            // Said once per failure (we opened it: not attacker-driven, no flood), clearly:
+            // which peer, which name its certificate had to carry, what rustls objected to.
+            tracing::warn!(
+                %peer,
+                expected = %shown,
+                error = %e,
+                "TLS connection refused: the peer's certificate did not verify (or the handshake failed)"
+            );
             return Err(e);
         }
         Err(_) => {
             bump(&shared.counters.tls_failed, 1);
+            tracing::warn!(%peer, expected = %shown, "TLS connection refused: handshake timed out");
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "TLS handshake timed out",
