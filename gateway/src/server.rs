@@ -758,6 +758,8 @@ impl Core {
                     }
                     self.register_outbound(None);
                     self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
+                    // A flood that stopped still gets its "N similar suppressed" line.
+                    crate::transport::loglimit::flush();
                 }
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),
