@@ -509,3 +509,76 @@ fn calls_and_registration_cross_a_verified_tls_trunk() {
         gw_b.diag()
     );
 }
+
+/// A phone registered over TLS, then the gateway is killed and started again (issue 12).
+/// The phone's TLS connection died with the gateway, and the gateway can reach a phone over
+/// TLS only on the connection the phone opened (RFC 5626 §5.3; the phone has no certificate
+/// a new connection could verify). The binding is restored, but the gateway does not pretend:
+/// the device reads UNAVAILABLE and a call to it fails at once with 480 (Asterisk: a contact
+/// that is unreachable → `CHANUNAVAIL`, 480), not after a 32 s timeout, until the phone
+/// registers again; then the call reaches it over its new connection.
+#[test]
+fn restored_tls_registration_fails_fast_until_the_phone_registers_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certs::make(dir.path(), "restart").expect("certificates");
+    let (mut gw, tls) = tls_gateway(&certs, &["3001", "3002"], "");
+    let options = BaresipOptions {
+        audio_source: AudioSource::Sine(600),
+        sip_trace: true,
+        tls_ca: Some(certs.ca.clone()),
+        ..BaresipOptions::default()
+    };
+    let phone = Baresip::start_with("3001", "secret", &tls.to_string(), 600, "tls", &options)
+        .expect("start baresip");
+    gw.device("3001", "NOT_INUSE", STATE_TIMEOUT);
+    // The binding is committed before the 200 OK reaches the phone (durable registrations);
+    // the phone saw it once its log says so.
+    let deadline = Instant::now() + STATE_TIMEOUT;
+    while !phone.log().contains("200 OK") {
+        assert!(Instant::now() < deadline, "{}", phone.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    gw.restart();
+    let mark = gw.mark();
+    // The binding came back from the database (the log starts anew with the process).
+    wait_log(&gw, &["registrations restored", "contacts=1"], 1);
+    // The device says so: UNAVAILABLE while its only binding is a dead TLS flow.
+    gw.seen_since(mark, "DEVICE PJSIP/3001 UNAVAILABLE", STATE_TIMEOUT);
+    // A call to it fails at once with 480.
+    let started = Instant::now();
+    let out = run_scenario(
+        &rejected_scenario(&gw, "480"),
+        gw.udp,
+        caller("3002", "3001"),
+    )
+    .expect("run sipp");
+    assert_passes(&gw, &out, "call to the restored TLS binding");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    gw.drain();
+    assert!(
+        !gw.history
+            .iter()
+            .skip(mark)
+            .any(|l| l == "DEVICE PJSIP/3001 NOT_INUSE"),
+        "never NOT_INUSE before the phone registers again\n{}",
+        gw.diag()
+    );
+
+    // The phone registers again (here: it restarts, as a phone whose flow broke would
+    // re-register); the device is back and a call reaches it over its new connection.
+    drop(phone);
+    let mark = gw.mark();
+    let _phone = Baresip::start_with("3001", "secret", &tls.to_string(), 600, "tls", &options)
+        .expect("start baresip");
+    gw.seen_since(mark, "DEVICE PJSIP/3001 NOT_INUSE", STATE_TIMEOUT);
+    let out =
+        run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("3002", "3001")).expect("run sipp");
+    assert_passes(&gw, &out, "call to the phone after it registered again");
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    assert!(ended.num("b_in") > 50, "the phone's audio: {}", ended.line);
+}
