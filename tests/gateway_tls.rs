@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use integration::baresip::{AudioSource, Baresip, BaresipOptions, Ctrl};
 use integration::certs::{self, Certs};
 use integration::gateway::{GatewayProcess, GatewaySpec};
+use integration::phones::{answering_phone, assert_passes, caller, scenario, uac_scenario};
+use integration::sipp::run_scenario;
 use media::audio::prompts::tone;
 use media::audio::wav::{read_wav, write_wav, WavEncoding};
 
@@ -23,11 +25,23 @@ fn binary() -> &'static Path {
 
 /// A gateway with a TLS listener on a free port and `extra` lines in `[gateway]`.
 fn tls_gateway(certs: &Certs, users: &[&str], extra: &str) -> (GatewayProcess, SocketAddr) {
+    tls_gateway_named("gw-tls", certs, users, extra, &[])
+}
+
+/// [`tls_gateway`] named `name`, with further TLS listeners `more`.
+fn tls_gateway_named(
+    name: &str,
+    certs: &Certs,
+    users: &[&str],
+    extra: &str,
+    more: &[SocketAddr],
+) -> (GatewayProcess, SocketAddr) {
     let tls = SocketAddr::from(([127, 0, 0, 1], integration::free_tcp_port()));
-    let mut spec = GatewaySpec::new("gw-tls", users);
+    let mut spec = GatewaySpec::new(name, users);
     spec.qualify_interval_secs = 30.0;
+    let more: String = more.iter().map(|a| format!(", \"{a}\"")).collect();
     spec.extra = format!(
-        "tls = [\"{tls}\"]\n{extra}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        "tls = [\"{tls}\"{more}]\n{extra}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
         certs.cert.display(),
         certs.key.display(),
         certs.ca.display()
@@ -344,4 +358,227 @@ fn idle_and_trickling_connections_closed_or_refused_while_a_phone_works() {
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", phone.log(), gw.diag()));
     c.command("hangup", "").expect("hangup");
     drop(conns.drain(..));
+}
+
+/// Lines of the gateway's log (stderr) containing every one of `needles`.
+fn log_lines(gw: &GatewayProcess, needles: &[&str]) -> Vec<String> {
+    std::fs::read_to_string(gw.dir().join("gateway.stderr"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the log holds at least `n` lines with every one of `needles`.
+fn wait_log(gw: &GatewayProcess, needles: &[&str], n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = log_lines(gw, needles);
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} log lines with {needles:?} expected, {} seen\n{}",
+            found.len(),
+            gw.diag()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `call_rejected.xml` expecting final response `code`, written into the gateway's directory.
+fn rejected_scenario(gw: &GatewayProcess, code: &str) -> PathBuf {
+    let text = std::fs::read_to_string(scenario("call_rejected.xml")).expect("read scenario");
+    let path = gw.dir().join(format!("call_rejected_{code}.xml"));
+    std::fs::write(&path, text.replace("@CODE@", code)).expect("write scenario");
+    path
+}
+
+/// A TLS trunk between two gateways (issue 12): gateway A keeps a registration over TLS at
+/// gateway B (its "ITSP", where A's account is device 2999), the certificate of B verified
+/// for `gw.test`, refreshed every few seconds on the same TLS connection; A's call to B's 2002
+/// crosses the TLS trunk, and B's call to A's number 2999 comes back over the connection A
+/// registered on. A second trunk to the same B, whose certificate must name `wrong.test`, is
+/// refused: a clear log line names the peer and the expected name, the call gets 408 at once
+/// and that trunk never registers.
+#[test]
+fn calls_and_registration_cross_a_verified_tls_trunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certs::make(dir.path(), "trunk").expect("certificates");
+    // B listens for TLS twice: A's trunks name the peer's certificate per address.
+    let tls_b2 = SocketAddr::from(([127, 0, 0, 1], integration::free_tcp_port()));
+    let (mut gw_b, tls_b) =
+        tls_gateway_named("gw-b", &certs, &["2002", "2999", "2998"], "", &[tls_b2]);
+    for (user, extra) in [("2999", "--present-any"), ("2998", "--present-any")] {
+        let out = std::process::Command::new(binary())
+            .args(["devices", "add", "--config"])
+            .arg(&gw_b.config)
+            .args(["--user", user, "--password", "secret", extra])
+            .output()
+            .expect("devices add");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let trunks = format!(
+        "\n[[gateway.trunk]]\nname = \"itsp\"\naddress = \"{tls_b}\"\nprefixes = [\"2\"]\n\
+         transport = \"tls\"\ntls_name = \"gw.test\"\nusername = \"2999\"\npassword = \"secret\"\n\
+         register = true\nregister_expires = 3\ndomain = \"gw-b.example\"\n\
+         \n[[gateway.trunk]]\nname = \"impostor\"\naddress = \"{tls_b2}\"\nprefixes = [\"7\"]\n\
+         strip = 1\ntransport = \"tls\"\ntls_name = \"wrong.test\"\nusername = \"2998\"\n\
+         password = \"secret\"\nregister = true\nregister_expires = 3\ndomain = \"gw-b.example\"\n\
+         \n[gateway.extensions]\n\"2999\" = \"1001\"\n"
+    );
+    let (mut gw_a, _tls_a) = tls_gateway_named("gw-a", &certs, &["1001"], &trunks, &[]);
+    // A registers at B over TLS: its account shows up there, and the registration is
+    // refreshed (expiry 3 s, refresh at 80 %): three successes on A in a row.
+    wait_log(&gw_a, &["registered at the trunk", "itsp"], 1);
+    gw_b.device("2999", "NOT_INUSE", STATE_TIMEOUT);
+    wait_log(&gw_a, &["registered at the trunk", "itsp"], 3);
+    // The impostor trunk: B's certificate does not name wrong.test; refused, said clearly.
+    let refused = wait_log(&gw_a, &["TLS connection refused", "wrong.test"], 1);
+    assert!(
+        refused[0].contains(&tls_b2.to_string()) && refused[0].contains("certificate"),
+        "{refused:?}"
+    );
+    assert!(
+        log_lines(&gw_a, &["registered at the trunk", "impostor"]).is_empty(),
+        "the impostor trunk never registers\n{}",
+        gw_a.diag()
+    );
+
+    // Outbound over the TLS trunk: 1001 at A dials 2002 at B.
+    let mut uas_b = answering_phone(&mut gw_b, "2002", "call_uas.xml", 1);
+    gw_b.device("2002", "NOT_INUSE", STATE_TIMEOUT);
+    let out = run_scenario(&uac_scenario(gw_a.dir()), gw_a.udp, caller("1001", "2002"))
+        .expect("run sipp");
+    assert_passes(&gw_a, &out, "outbound call over the TLS trunk");
+    assert_passes(&gw_b, &uas_b.wait().expect("callee"), "B-side callee");
+    let ended = gw_b.call_ended(STATE_TIMEOUT);
+    assert!(ended.num("a_in") > 50, "media reached B: {}", ended.line);
+    let ended = gw_a.call_ended(STATE_TIMEOUT);
+    assert!(
+        ended.num("b_in") > 50,
+        "media came back to A: {}",
+        ended.line
+    );
+    gw_b.seen_since(0, "DEVICE PJSIP/2999 INUSE", STATE_TIMEOUT);
+
+    // Inbound: B's 2002 dials A's number; B reaches A over A's registration (TLS), A's DID
+    // map rings 1001 there.
+    let mut uas_a = answering_phone(&mut gw_a, "1001", "call_uas.xml", 1);
+    gw_a.device("1001", "NOT_INUSE", STATE_TIMEOUT);
+    let out = run_scenario(&uac_scenario(gw_b.dir()), gw_b.udp, caller("2002", "2999"))
+        .expect("run sipp");
+    assert_passes(&gw_b, &out, "inbound call over A's TLS registration");
+    assert_passes(&gw_a, &uas_a.wait().expect("callee"), "A-side callee 1001");
+    let ended = gw_a.call_ended(STATE_TIMEOUT);
+    assert!(
+        ended.num("b_out") > 50,
+        "media reached 1001: {}",
+        ended.line
+    );
+
+    // Over the impostor trunk the call fails at once: the handshake is refused.
+    let started = Instant::now();
+    let out = run_scenario(
+        &rejected_scenario(&gw_a, "408"),
+        gw_a.udp,
+        caller("1001", "72002"),
+    )
+    .expect("run sipp");
+    assert_passes(&gw_a, &out, "call over the impostor trunk refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Every connection A opened to B verified B for gw.test, and B never saw the impostor's
+    // account: its device is not registered.
+    gw_b.drain();
+    assert!(
+        !gw_b
+            .history
+            .iter()
+            .any(|l| l.starts_with("DEVICE PJSIP/2998 NOT_INUSE")),
+        "{}",
+        gw_b.diag()
+    );
+}
+
+/// A phone registered over TLS, then the gateway is killed and started again (issue 12).
+/// The phone's TLS connection died with the gateway, and the gateway can reach a phone over
+/// TLS only on the connection the phone opened (RFC 5626 §5.3; the phone has no certificate
+/// a new connection could verify). The binding is restored, but the gateway does not pretend:
+/// the device reads UNAVAILABLE and a call to it fails at once with 480 (Asterisk: a contact
+/// that is unreachable → `CHANUNAVAIL`, 480), not after a 32 s timeout, until the phone
+/// registers again; then the call reaches it over its new connection.
+#[test]
+fn restored_tls_registration_fails_fast_until_the_phone_registers_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certs::make(dir.path(), "restart").expect("certificates");
+    let (mut gw, tls) = tls_gateway(&certs, &["3001", "3002"], "");
+    let options = BaresipOptions {
+        audio_source: AudioSource::Sine(600),
+        sip_trace: true,
+        tls_ca: Some(certs.ca.clone()),
+        ..BaresipOptions::default()
+    };
+    let phone = Baresip::start_with("3001", "secret", &tls.to_string(), 600, "tls", &options)
+        .expect("start baresip");
+    gw.device("3001", "NOT_INUSE", STATE_TIMEOUT);
+    // The binding is committed before the 200 OK reaches the phone (durable registrations);
+    // the phone saw it once its log says so.
+    let deadline = Instant::now() + STATE_TIMEOUT;
+    while !phone.log().contains("200 OK") {
+        assert!(Instant::now() < deadline, "{}", phone.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    gw.restart();
+    let mark = gw.mark();
+    // The binding came back from the database (the log starts anew with the process).
+    wait_log(&gw, &["registrations restored", "contacts=1"], 1);
+    // The device says so: UNAVAILABLE while its only binding is a dead TLS flow.
+    gw.seen_since(mark, "DEVICE PJSIP/3001 UNAVAILABLE", STATE_TIMEOUT);
+    // A call to it fails at once with 480.
+    let started = Instant::now();
+    let out = run_scenario(
+        &rejected_scenario(&gw, "480"),
+        gw.udp,
+        caller("3002", "3001"),
+    )
+    .expect("run sipp");
+    assert_passes(&gw, &out, "call to the restored TLS binding");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    gw.drain();
+    assert!(
+        !gw.history
+            .iter()
+            .skip(mark)
+            .any(|l| l == "DEVICE PJSIP/3001 NOT_INUSE"),
+        "never NOT_INUSE before the phone registers again\n{}",
+        gw.diag()
+    );
+
+    // The phone registers again (here: it restarts, as a phone whose flow broke would
+    // re-register); the device is back and a call reaches it over its new connection.
+    drop(phone);
+    let mark = gw.mark();
+    let _phone = Baresip::start_with("3001", "secret", &tls.to_string(), 600, "tls", &options)
+        .expect("start baresip");
+    gw.seen_since(mark, "DEVICE PJSIP/3001 NOT_INUSE", STATE_TIMEOUT);
+    let out =
+        run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("3002", "3001")).expect("run sipp");
+    assert_passes(&gw, &out, "call to the phone after it registered again");
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    assert!(ended.num("b_in") > 50, "the phone's audio: {}", ended.line);
 }

@@ -505,24 +505,24 @@ impl Gateway {
             ..b2bua::Config::default()
         });
         let outbound = {
-            let local = local.udp.first().copied();
             cfg.trunks
                 .iter()
                 .filter_map(|t| {
                     let (domain, expires) = t.register.clone()?;
                     let creds = t.credentials.clone()?;
-                    Some((
-                        t.name.clone(),
-                        OutboundRegistration::new(
-                            &format!("sip:{}", t.host()),
-                            &domain,
-                            creds,
-                            local?,
-                            expires,
-                            Duration::from_secs(30).min(cfg.qualify_interval * 30),
-                            Instant::now(),
-                        ),
-                    ))
+                    // A TLS trunk registers over TLS, with our TLS listener in the Contact.
+                    let tls = t.tls.is_some() && !local.tls.is_empty();
+                    let from = if tls { &local.tls } else { &local.udp };
+                    let reg = OutboundRegistration::new(
+                        &format!("sip:{}", t.host()),
+                        &domain,
+                        creds,
+                        from.first().copied()?,
+                        expires,
+                        Duration::from_secs(30).min(cfg.qualify_interval * 30),
+                        Instant::now(),
+                    );
+                    Some((t.name.clone(), if tls { reg.over_tls() } else { reg }))
                 })
                 .collect()
         };
@@ -762,6 +762,8 @@ impl Core {
                     }
                     self.register_outbound(None);
                     self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
+                    // A flood that stopped still gets its "N similar suppressed" line.
+                    crate::transport::loglimit::flush();
                 }
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),
@@ -1393,22 +1395,19 @@ impl Core {
                 continue;
             };
             self.register_dest.insert(i, addr);
-            // Outbound registration goes over UDP (TLS trunks: calls only).
+            // Over the trunk's transport: UDP, or TLS (the existing connection or a new one).
+            let (local, transport) = self.trunk_transport(t, addr);
             let dest = Peer {
                 addr,
-                transport: transport::Transport::Udp,
-                local: self
-                    .transports
-                    .local_addrs()
-                    .udp
-                    .first()
-                    .copied()
-                    .unwrap_or(addr),
+                transport,
+                local,
             };
-            match self
-                .tl
-                .send_request(req, tx::Transport::Unreliable, dest, now)
-            {
+            let kind = if transport.is_reliable() {
+                tx::Transport::Reliable
+            } else {
+                tx::Transport::Unreliable
+            };
+            match self.tl.send_request(req, kind, dest, now) {
                 Ok(key) => {
                     self.registering.insert(key, i);
                 }

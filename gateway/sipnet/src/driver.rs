@@ -51,11 +51,10 @@ pub async fn receive(transports: &Transports, tl: &mut TransactionLayer<Peer>, e
             }
         }
         TransportEvent::BadMessage(b) => {
-            if let Some(suppressed) = BAD_MESSAGE_WARNINGS.admit(Instant::now()) {
+            if crate::loglimit::allow("bad-message", Some(b.source.ip())) {
                 warn!(
                     source = %b.source,
                     error = %for_log(&b.error.to_string(), LOG_TEXT_MAX),
-                    suppressed,
                     "bad SIP message"
                 );
             } else {
@@ -90,46 +89,6 @@ pub fn for_log(text: &str, max: usize) -> String {
     }
     out
 }
-
-/// A rate limit for a repeated warning: at most `per_sec` a second; the first one let through
-/// after a suppression carries how many were suppressed.
-#[derive(Debug)]
-pub struct WarnLimit {
-    per_sec: u32,
-    state: std::sync::Mutex<(Option<Instant>, u32, u64)>,
-}
-
-impl WarnLimit {
-    /// At most `per_sec` warnings a second.
-    pub const fn new(per_sec: u32) -> Self {
-        WarnLimit {
-            per_sec,
-            state: std::sync::Mutex::new((None, 0, 0)),
-        }
-    }
-
-    /// `Some(suppressed since the last one logged)` if this warning may be logged now;
-    /// `None` (counted) if it is over the rate.
-    pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (start, n, suppressed) = &mut *st;
-        if start.is_none_or(|s| now.saturating_duration_since(s).as_secs() >= 1) {
-            *start = Some(now);
-            *n = 0;
-        }
-        if *n < self.per_sec {
-            *n += 1;
-            Some(std::mem::take(suppressed))
-        } else {
-            *suppressed += 1;
-            None
-        }
-    }
-}
-
-/// The "bad SIP message" warning: 10 a second at most (a flood of garbage logged 9.45 MB for
-/// 200 datagrams before).
-static BAD_MESSAGE_WARNINGS: WarnLimit = WarnLimit::new(10);
 
 /// The earlier of two optional deadlines.
 pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -193,7 +152,6 @@ pub async fn transmit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn wire_text_is_escaped_and_cut() {
@@ -205,15 +163,5 @@ mod tests {
         let l = for_log(&long, 200);
         assert!(l.len() < 230, "{}", l.len());
         assert!(l.ends_with("…(70000 bytes)"), "{l}");
-    }
-
-    #[test]
-    fn repeated_warnings_are_limited_with_a_count() {
-        let lim = WarnLimit::new(3);
-        let t0 = Instant::now();
-        let admitted: Vec<_> = (0..10).map(|_| lim.admit(t0)).collect();
-        assert_eq!(&admitted[..3], &[Some(0), Some(0), Some(0)]);
-        assert!(admitted[3..].iter().all(Option::is_none));
-        assert_eq!(lim.admit(t0 + Duration::from_secs(1)), Some(7));
     }
 }

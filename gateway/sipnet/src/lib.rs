@@ -25,6 +25,7 @@
 //! did not come over TLS is a [`BadMessage`] with a ready 416 (RFC 3261 §26.2).
 
 mod driver;
+pub mod loglimit;
 mod tcp;
 pub mod tls;
 mod udp;

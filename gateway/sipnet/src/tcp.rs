@@ -66,7 +66,9 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, secu
                 let Some(slot) = admit(&shared, peer.ip()) else {
                     // Over a cap: closed at once (dropping the stream), counted.
                     bump(&shared.counters.tcp_refused, 1);
-                    tracing::debug!(%peer, "connection refused: over the connection cap");
+                    if crate::loglimit::allow("connection-cap", Some(peer.ip())) {
+                        tracing::warn!(%peer, "connection refused: over the connection cap");
+                    }
                     continue;
                 };
                 bump(&shared.counters.tcp_accepted, 1);
@@ -113,11 +115,15 @@ async fn handshake(
         }
         Ok(Err(e)) => {
             bump(&shared.counters.tls_failed, 1);
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            if crate::loglimit::allow("tls-handshake", Some(peer.ip())) {
+                tracing::warn!(%peer, error = %e, "inbound TLS handshake failed");
+            }
         }
         Err(_) => {
             bump(&shared.counters.tls_failed, 1);
-            tracing::debug!(%peer, "TLS handshake timed out");
+            if crate::loglimit::allow("tls-handshake", Some(peer.ip())) {
+                tracing::warn!(%peer, "inbound TLS handshake timed out");
+            }
         }
     }
 }
@@ -151,14 +157,24 @@ pub(super) async fn connect(
         })?;
     let name = shared.tls_name(peer);
     let name = super::tls::server_name(name.as_deref(), peer);
+    let shown = format!("{name:?}");
     let s = match timeout(limit, connector.connect(name, stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             bump(&shared.counters.tls_failed, 1);
+            // Said once per failure (we opened it: not attacker-driven, no flood), clearly:
+            // which peer, which name its certificate had to carry, what rustls objected to.
+            tracing::warn!(
+                %peer,
+                expected = %shown,
+                error = %e,
+                "TLS connection refused: the peer's certificate did not verify (or the handshake failed)"
+            );
             return Err(e);
         }
         Err(_) => {
             bump(&shared.counters.tls_failed, 1);
+            tracing::warn!(%peer, expected = %shown, "TLS connection refused: handshake timed out");
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "TLS handshake timed out",

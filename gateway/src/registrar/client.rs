@@ -133,6 +133,8 @@ pub struct OutboundRegistration {
     auth_tries: u32,
     nc: u32,
     last_failure: Option<String>,
+    /// The Via transport: `UDP`, or `TLS` for a registration over a TLS connection.
+    via: &'static str,
 }
 
 impl OutboundRegistration {
@@ -164,10 +166,22 @@ impl OutboundRegistration {
             auth_tries: 0,
             nc: 0,
             last_failure: None,
+            via: "UDP",
         };
         r.call_id = format!("cfreg{:016x}@{}", r.rand(), local.ip());
         r.tag = format!("cf{:012x}", r.rand() & 0xffff_ffff_ffff);
         r
+    }
+
+    /// The same registration over TLS (RFC 3261 §26.3.1; `local` is then our TLS listener):
+    /// Via `TLS`, the Request-URI and the Contact carry `transport=tls`, so the registrar
+    /// reaches us back over TLS (over the connection the REGISTER came in on).
+    #[must_use]
+    pub fn over_tls(mut self) -> Self {
+        self.via = "TLS";
+        self.registrar = format!("{};transport=tls", self.registrar);
+        self.contact = format!("<sip:{}@{};transport=tls>", self.creds.username, self.local);
+        self
     }
 
     fn rand(&mut self) -> u64 {
@@ -194,11 +208,12 @@ impl OutboundRegistration {
         self.cseq += 1;
         let branch = format!("z9hG4bKcfr{:016x}", self.rand());
         let text = format!(
-            "REGISTER {registrar} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+            "REGISTER {registrar} SIP/2.0\r\nVia: SIP/2.0/{via} {local};branch={branch};rport\r\n\
              Max-Forwards: 70\r\nFrom: <{aor}>;tag={tag}\r\nTo: <{aor}>\r\nCall-ID: {call_id}\r\n\
              CSeq: {cseq} REGISTER\r\nContact: {contact}\r\nExpires: {expires}\r\n\
              User-Agent: callfabric\r\nContent-Length: 0\r\n\r\n",
             registrar = self.registrar,
+            via = self.via,
             local = self.local,
             aor = self.aor,
             tag = self.tag,
@@ -390,6 +405,50 @@ mod tests {
             assert!(reg.poll_request(t0 + Duration::from_secs(239)).is_none());
             assert!(reg.poll_request(t0 + Duration::from_secs(240)).is_some());
         }
+    }
+
+    /// Over TLS: Via `TLS`, `transport=tls` in the Request-URI and the Contact, and the expiry
+    /// the registrar grants that Contact is the one the refresh is timed by.
+    #[test]
+    fn registers_over_tls_with_a_tls_contact() {
+        let mut users = MemoryCredentials::new();
+        users.add_user("2999", "itsp.example", "secret", "sip:2999@itsp.example");
+        let mut cfg = Config::new("itsp.example", b"k");
+        cfg.min_expires = 5;
+        let mut registrar: Registrar<MemoryCredentials, u8> = Registrar::new(cfg, users);
+        let t0 = Instant::now();
+        let mut reg = OutboundRegistration::new(
+            "sip:192.0.2.7:5061",
+            "itsp.example",
+            creds(),
+            "192.0.2.1:5061".parse().expect("addr"),
+            10,
+            Duration::from_secs(30),
+            t0,
+        )
+        .over_tls();
+        let first = reg.poll_request(t0).expect("due");
+        let text = String::from_utf8(message::serialize_request(&first)).expect("utf-8");
+        assert!(
+            text.to_ascii_lowercase()
+                .starts_with("register sip:192.0.2.7:5061;transport=tls sip/2.0\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Via: SIP/2.0/TLS 192.0.2.1:5061;"), "{text}");
+        assert!(
+            text.contains("Contact: <sip:2999@192.0.2.1:5061;transport=tls>"),
+            "{text}"
+        );
+        let challenge = registrar.handle_request(&first, 1, SystemTime::now());
+        let second = reg.on_response(&challenge, t0).expect("retry");
+        let ok = registrar.handle_request(&second, 1, SystemTime::now());
+        assert_eq!(ok.status_code.code(), 200, "{ok:?}");
+        assert!(reg.on_response(&ok, t0).is_none());
+        assert_eq!(
+            reg.state(),
+            OutboundState::Registered(t0 + Duration::from_secs(10))
+        );
+        assert_eq!(reg.poll_timeout(), Some(t0 + Duration::from_secs(8)));
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! **On start** the gateway's own rows (by node name) still valid are put back with their
 //! absolute expiry; expired ones are deleted. A restored contact is not trusted until it
 //! answers an OPTIONS qualify (sent at once): until then its device reads UNAVAILABLE, so a
-//! phone that never came back is never offered a call. Calls dialled to it are still routed to
-//! the contact. A phone that re-registers is trusted at once.
+//! phone that never came back is never offered a call: a call dialled to it gets 480 at once
+//! (the route rings only contacts that did not fail a qualify). A phone that re-registers is
+//! trusted at once.
 //!
 //! **TCP contacts.** The connection a TCP phone registered over is gone after a restart. The
 //! restored binding is reached over a *new* TCP connection to the address in its Contact URI
@@ -23,6 +24,12 @@
 //! that only accepts its own outbound connection (behind a NAT) stays UNAVAILABLE until it
 //! re-registers, which it does when its connection drops (RFC 5626 phones at once, others at
 //! their next refresh).
+//!
+//! **TLS contacts** likewise, over a new TLS connection whose certificate must verify against
+//! `[tls] ca` for the Contact's host: a gateway registered over TLS (its listener in the
+//! Contact) is back at once; a phone (no server certificate; RFC 5626 flows) refuses the
+//! handshake, so it stays UNAVAILABLE and calls to it get 480 at once until it registers again
+//! (`tests/gateway_tls.rs`).
 
 use super::{Core, Peer};
 use crate::registrar::store::{BindingBatch, StoredBinding};

@@ -57,9 +57,18 @@ impl Gateway {
     }
 }
 
-/// Logs a security event (the documented line, target `security`).
+/// Logs a security event (the documented line, target `security`), within the process-wide
+/// limit on attacker-driven lines (`sipnet::loglimit`: per kind and per source, with a
+/// "N similar suppressed" summary).
 fn log(e: &SecurityEvent) {
-    warn!(target: "security", "{e}");
+    let (kind, source) = match e {
+        SecurityEvent::AuthFailed { ip, .. } => ("auth-failed", Some(*ip)),
+        SecurityEvent::Banned { ip, .. } => ("banned", Some(*ip)),
+        SecurityEvent::UserGuarded { .. } => ("user-guarded", None),
+    };
+    if crate::transport::loglimit::allow(kind, source) {
+        warn!(target: "security", "{e}");
+    }
 }
 
 impl Core {
@@ -114,6 +123,8 @@ impl Core {
                 source.clone(),
                 source.tx_transport(),
             );
+        } else if crate::transport::loglimit::allow("challenge-limit", Some(source.addr.ip())) {
+            warn!(source = %source.addr, "challenge not sent: the source is over its challenge rate");
         }
         self.tl.terminate(key);
     }
@@ -143,7 +154,9 @@ impl Core {
             method: message::method_name(&req.method).to_owned(),
             reason: FailReason::IdentityMismatch,
         });
-        tracing::info!(device = %name, presented = %crate::security::log_user(&foreign), "identity refused: 403");
+        if crate::transport::loglimit::allow("identity", Some(source.addr.ip())) {
+            tracing::info!(device = %name, presented = %crate::security::log_user(&foreign), "identity refused: 403");
+        }
         let mut r = message::response_for(req, 403, "");
         r.headers.push(rsip::Header::Other(
             "Warning".into(),
