@@ -1794,3 +1794,6 @@ mod linked_tests;
 
 #[cfg(test)]
 mod srtp_tests;
+
+#[cfg(test)]
+mod divert_tests;
