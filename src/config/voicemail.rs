@@ -222,7 +222,7 @@ impl Loaded {
                 ));
             }
             let no_answer = match b.no_answer_secs {
-                Some(x) if x == 0.0 => None,
+                Some(0.0) => None,
                 v => Some(self.duration(
                     "voicemail.mailbox",
                     "no_answer_secs",

@@ -289,10 +289,7 @@ impl Menu {
                 _ => {}
             },
             State::Listening(i) | State::Confirming(i) => match key {
-                '1' => {
-                    self.messages.get_mut(i).map(|m| m.1 = false);
-                    self.listen(i, now);
-                }
+                '1' => self.listen(i, now),
                 '7' if i < self.messages.len() => {
                     let (id, _) = self.messages.remove(i);
                     self.out.push(Command::Delete(id));
