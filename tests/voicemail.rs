@@ -9,7 +9,8 @@
 //! the bus shows `MWI 1000@default new=1 old=0`; an e-mail with that WAV attached (byte for
 //! byte) reaches the SMTP server. Then 1000 dials `*98`, enters the PIN by RFC 4733 events,
 //! hears the message (440 Hz at the caller), deletes it (`7`), and leaves (`*`): the bus goes
-//! to `new=0 old=1` (heard) and `new=0 old=0` (deleted), and the file is gone.
+//! to `new=0 old=1` (heard) and `new=0 old=0` (deleted), and the file is gone. Last, a call
+//! to 1001, which is not registered, goes straight to its mailbox (5001).
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -346,7 +347,8 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
         "\n[voicemail]\ndir = \"vm\"\nmax_message_secs = 30\nrtp_ports = \"{lo}-{hi}\"\n\
          [voicemail.smtp]\nserver = \"127.0.0.1:{port}\"\nfrom = \"voicemail@vm.example\"\n\
          [[voicemail.mailbox]]\ndevice = \"1000\"\npin = \"4321\"\nemail = \"owner@vm.example\"\n\
-         no_answer_secs = 0\n",
+         no_answer_secs = 0\n\
+         [[voicemail.mailbox]]\ndevice = \"1001\"\nmailbox = \"5001\"\npin = \"1\"\n",
         port = smtp.port,
         lo = 31000 + (std::process::id() % 50) * 20,
         hi = 31019 + (std::process::id() % 50) * 20,
@@ -438,4 +440,23 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
     gw.seen_since(mark, &format!("VOICEMAIL DELETED 1000 {id}"), WAIT);
     gw.seen_since(mark, "MWI 1000@default new=0 old=0", WAIT);
     assert!(!wav.exists(), "the deleted message's file is gone");
+
+    // 3. 1001 is not registered: a call to it goes straight to its mailbox (5001).
+    let mark = gw.mark();
+    call(&mut gw, dir.path(), "1000", "1001", |m| {
+        m.until_after_beep();
+        m.tone(1000);
+        m.key('#');
+    });
+    let deposit = line_since(&mut gw, mark, "the deposit for 1001", |l| {
+        l.starts_with("VOICEMAIL DEPOSIT 5001 ")
+    });
+    let wav = PathBuf::from(deposit.split_whitespace().nth(4).expect("path"));
+    let pcm = media::audio::wav::read_wav(&wav).expect("the message's WAV");
+    assert!(
+        tone_frames(&pcm, 440.0) >= 40,
+        "1 s of tone in {}",
+        wav.display()
+    );
+    gw.seen_since(mark, "MWI 5001@default new=1 old=0", WAIT);
 }

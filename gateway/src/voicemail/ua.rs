@@ -214,8 +214,18 @@ enum Input {
     Digit(char),
 }
 
+/// Our 2xx, retransmitted at T1 doubling (to T2) until its ACK (RFC 3261 §13.3.1.4).
+struct Unacked {
+    key: tx::TransactionKey,
+    response: message::Response,
+    next: Instant,
+    interval: std::time::Duration,
+    deadline: Instant,
+}
+
 struct Session {
     dialog: Dialog,
+    ok: Option<Unacked>,
     peer: Peer,
     input: mpsc::UnboundedSender<Input>,
     /// Our answer, for refreshes.
@@ -244,8 +254,10 @@ impl Ua {
                     None => break,
                     Some(ev) => receive(&self.transports, &mut self.tl, ev).await,
                 },
-                _ = sleep_until(earliest(self.tl.poll_timeout(), None)) => {
-                    self.tl.handle_timeout(Instant::now());
+                _ = sleep_until(earliest(self.tl.poll_timeout(), self.ok_due())) => {
+                    let now = Instant::now();
+                    self.tl.handle_timeout(now);
+                    self.retransmit(now);
                 }
                 Some(call_id) = done.recv() => self.bye(&call_id),
             }
@@ -258,6 +270,42 @@ impl Ua {
         }
     }
 
+    fn ok_due(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter_map(|s| s.ok.as_ref().map(|o| o.next.min(o.deadline)))
+            .min()
+    }
+
+    /// Resends unacknowledged 2xx; a call whose ACK never came is hung up (BYE).
+    fn retransmit(&mut self, now: Instant) {
+        let t2 = self.tl.config().t2;
+        let mut resend = Vec::new();
+        let mut dead = Vec::new();
+        for (call_id, s) in self.sessions.iter_mut() {
+            let Some(o) = s.ok.as_mut() else {
+                continue;
+            };
+            if now >= o.deadline {
+                s.ok = None;
+                dead.push(call_id.clone());
+            } else if now >= o.next {
+                resend.push((o.key.clone(), o.response.clone()));
+                o.interval = (o.interval * 2).min(t2);
+                o.next = now + o.interval;
+            }
+        }
+        for (key, r) in resend {
+            self.respond(&key, r);
+        }
+        for call_id in dead {
+            warn!(%call_id, "voicemail: no ACK for our 2xx, hanging up");
+            if let Some(s) = self.sessions.get(&call_id) {
+                let _ = s.input.send(Input::Hangup);
+            }
+        }
+    }
+
     fn respond(&mut self, key: &tx::TransactionKey, r: message::Response) {
         if let Err(e) = self.tl.send_response(key, r, Instant::now()) {
             debug!(error = %e, "voicemail response not sent");
@@ -265,6 +313,13 @@ impl Ua {
     }
 
     fn on_event(&mut self, ev: tx::Event<Peer>) {
+        if let tx::Event::Ack { request, .. } = &ev {
+            let call_id = tparse::value(&request.headers, Field::CallId).unwrap_or_default();
+            if let Some(s) = self.sessions.get_mut(call_id) {
+                s.ok = None;
+            }
+            return;
+        }
         let tx::Event::Request {
             key,
             request,
@@ -394,7 +449,15 @@ impl Ua {
         r.headers
             .push(rsip::Header::Contact(rsip::headers::Contact::new(contact)));
         let r = dialog::response_with_body(r, sdp.clone().into_bytes(), "application/sdp");
-        self.respond(key, r);
+        self.respond(key, r.clone());
+        let (now, t1) = (Instant::now(), self.shared.cfg.t1);
+        let ok = Some(Unacked {
+            key: key.clone(),
+            response: r,
+            next: now + t1,
+            interval: t1,
+            deadline: now + t1 * 64,
+        });
         let caller = crate::b2bua::caller_user(&req);
         info!(%mailbox, retrieval, %caller, "voicemail call answered");
         let (input_tx, input_rx) = mpsc::unbounded_channel();
@@ -402,6 +465,7 @@ impl Ua {
             call_id.clone(),
             Session {
                 dialog,
+                ok,
                 peer: source,
                 input: input_tx,
                 sdp,
