@@ -90,3 +90,8 @@ if ! "$VENV/bin/python" -c 'import slixmpp' >/dev/null 2>&1; then
     run "$VENV/bin/pip" install --no-cache-dir -q slixmpp
     say "pip install slixmpp into $VENV done"
 fi
+# aiosmtpd: the SMTP server the voicemail tests start on loopback (e-mail notification)
+if ! "$VENV/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+    run "$VENV/bin/pip" install --no-cache-dir -q aiosmtpd
+    say "pip install aiosmtpd into $VENV done"
+fi

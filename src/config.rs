@@ -12,6 +12,7 @@ mod security;
 pub use security::check_device_credentials;
 mod streams;
 pub use streams::TlsSection;
+mod voicemail;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -37,6 +38,8 @@ pub struct Config {
     pub tls: Option<TlsSection>,
     /// Agent presence for supervisors (an XEP-0114 component), in any mode with a bus.
     pub presence: Option<PresenceSection>,
+    /// Voicemail (`config/voicemail.rs`).
+    pub voicemail: Option<voicemail::VoicemailSection>,
 }
 
 /// `[presence]`: agents and devices as JIDs of an external component.
@@ -931,6 +934,8 @@ impl Loaded {
             trunks,
             security: self.security()?,
             streams,
+            // Filled in by the binary once the voicemail user agent listens.
+            voicemail: None,
             record_dir: match &g.record_dir {
                 None => None,
                 Some(d) => {

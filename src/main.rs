@@ -6,6 +6,7 @@ mod http;
 mod logging;
 mod password;
 mod presence;
+mod voicemail;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -176,6 +177,10 @@ fn main() -> Result<()> {
         Cmd::Gateway { .. } | Cmd::Site { .. } => Some(loaded.gateway()?),
         _ => None,
     };
+    let vm_cfg = match &gateway_cfg {
+        Some(g) => loaded.voicemail(&g.database, g.t1)?,
+        None => None,
+    };
     let acd_cfg = match &cli.cmd {
         Cmd::Acd { .. } => Some(loaded.acd(None)?),
         Cmd::Site { .. } => {
@@ -254,7 +259,8 @@ fn main() -> Result<()> {
                     },
             } => publish(bus, xmpp, &devices, &mwi, hold).await,
             Cmd::Gateway { .. } => {
-                let cfg = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
+                let mut cfg = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
+                let _vm = voicemail::start(vm_cfg, &mut cfg, bus.clone()).await?;
                 run_gateway(
                     cfg,
                     None,
@@ -282,6 +288,7 @@ fn main() -> Result<()> {
             Cmd::Site { .. } => {
                 let mut gw = gateway_cfg.ok_or_else(|| anyhow!("no gateway configuration"))?;
                 let acd = acd_cfg.ok_or_else(|| anyhow!("no acd configuration"))?;
+                let _vm = voicemail::start(vm_cfg, &mut gw, bus.clone()).await?;
                 // The gateway sends the queue numbers to the ACD and trusts it as a trunk.
                 gw.trunks.push(gateway::server::TrunkConfig {
                     name: "acd".into(),
@@ -631,8 +638,14 @@ async fn run_gateway_or_acd(
     };
     let print = async {
         while let Some(ev) = statebus::recv(&mut rx).await {
-            if let BusEvent::Changed(Change::Device { key, state }) = ev {
-                println!("DEVICE {key} {state}");
+            match ev {
+                BusEvent::Changed(Change::Device { key, state }) => {
+                    println!("DEVICE {key} {state}")
+                }
+                BusEvent::Changed(Change::Mwi(m)) => {
+                    println!("MWI {} new={} old={}", m.key(), m.new, m.old)
+                }
+                _ => {}
             }
         }
     };

@@ -203,3 +203,42 @@ fn gateways_sharing_a_table_publish_only_their_own_sites_devices() {
         "{list}"
     );
 }
+
+/// Voicemail's store on PostgreSQL (a central voicemail server): the migrations apply, a
+/// message is counted new, then old, then gone with its file; the mailbox limit holds.
+#[test]
+fn voicemail_store_on_postgres() {
+    use gateway::voicemail::store::{MailboxStore, StoreError};
+    let pg = Postgres::start().expect("postgres");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = MailboxStore::open(&pg.url(), dir.path(), "default", 2)
+            .await
+            .expect("open the store on PostgreSQL");
+        let tone = media::audio::prompts::tone(&[440.0], 1000, 0.3);
+        let m = store.deposit("1000", "1001", &tone).await.expect("deposit");
+        assert!(m.path.is_file(), "the WAV is on disk");
+        assert_eq!(m.duration, Duration::from_secs(1));
+        assert_eq!(store.counts("1000").await.expect("counts"), (1, 0));
+        assert_eq!(store.counts("1001").await.expect("counts"), (0, 0));
+        store.mark_old("1000", &m.id).await.expect("mark old");
+        assert_eq!(store.counts("1000").await.expect("counts"), (0, 1));
+        let second = store.deposit("1000", "1002", &tone).await.expect("deposit");
+        let list = store.list("1000").await.expect("list");
+        assert_eq!(
+            list.iter()
+                .map(|m| (m.id.as_str(), m.new))
+                .collect::<Vec<_>>(),
+            vec![(second.id.as_str(), true), (m.id.as_str(), false)],
+            "new first"
+        );
+        assert!(matches!(
+            store.deposit("1000", "1003", &tone).await,
+            Err(StoreError::Full(_))
+        ));
+        store.delete("1000", &m.id).await.expect("delete");
+        assert!(!m.path.exists(), "the file is gone");
+        assert_eq!(store.counts("1000").await.expect("counts"), (1, 0));
+    });
+}

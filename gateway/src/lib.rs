@@ -12,6 +12,7 @@ pub mod records;
 pub mod registrar;
 pub mod security;
 pub mod server;
+pub mod voicemail;
 
 // The stack crates under the module names the application's code uses.
 use ::media;

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 mod durable;
 mod security;
 mod shutdown;
+mod voicemail;
 pub use security::BanEntry;
 pub use shutdown::FinishReport;
 
@@ -87,6 +88,8 @@ pub struct GatewayConfig {
     pub security: crate::security::SecurityConfig,
     /// TLS listeners and files; bounds and timeouts of TCP/TLS connections.
     pub streams: transport::StreamConfig,
+    /// Voicemail: where diverted calls and the retrieval code go (`server/voicemail.rs`).
+    pub voicemail: Option<crate::voicemail::Routes>,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -1196,6 +1199,8 @@ impl Core {
             });
             return;
         }
+        let divert = self.voicemail_route(&caller, &req, &mut target);
+        let invite_key = key.clone();
         self.media.incoming_queue = queue;
         self.media.incoming = Some(Parties {
             caller: b2bua::caller_user(&req),
@@ -1214,6 +1219,9 @@ impl Core {
             &mut self.media,
             now,
         );
+        if let Some(d) = divert {
+            self.b2bua.set_divert(&invite_key, d, now);
+        }
         self.media.incoming = None;
         self.media.incoming_queue = None;
     }

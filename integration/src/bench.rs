@@ -931,6 +931,7 @@ pub fn gateway_config(
             ..Default::default()
         },
         streams: Default::default(),
+        voicemail: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! * [`stats`] (sans-IO): RFC 3550 A.1/A.3/A.8 sequence, loss and jitter.
 //! * [`latch`] (sans-IO): symmetric RTP latching for NAT'd phones, with the re-latch policy
 //!   that protects a running call from hijacking (see the module doc).
+//! * [`dtmf`] (sans-IO): RFC 4733 telephone-event detection and SIP INFO DTMF bodies.
 //! * [`moh`]: music on hold for the held party (sans-IO hold plan + players on relay legs).
 //! * [`relay`] (tokio): [`MediaRelay`] hands out [`Leg`]s (one UDP socket pair and one task
 //!   each); [`bridge`] connects two legs so that what one hears the other sends; a leg also
@@ -16,6 +17,7 @@
 //! is dropped and counted ([`LegStats::invalid_packets`]).
 
 pub mod audio;
+pub mod dtmf;
 pub mod latch;
 pub mod moh;
 pub mod ports;

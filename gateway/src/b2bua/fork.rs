@@ -163,6 +163,11 @@ impl B2bua {
         call.b.dialog = None;
     }
 
+    /// Forgets every branch of call `id` (its leg B goes elsewhere: `divert.rs`).
+    pub(super) fn fork_forget(&mut self, id: CallId) {
+        self.forks.retain(|_, b| b.call != id);
+    }
+
     /// Cancels every branch of call `id` but `except` that is still going.
     pub(super) fn fork_cancel(&mut self, id: CallId, except: Option<&TransactionKey>) {
         for (key, br) in self.forks.iter_mut() {

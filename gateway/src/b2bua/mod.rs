@@ -25,6 +25,7 @@
 //! Not yet: redirects (3xx become 480).
 
 pub mod devstate;
+mod divert;
 pub mod fork;
 pub mod hold;
 mod linked;
@@ -35,6 +36,7 @@ pub mod timers;
 
 use linked::{linked_of, offer_of};
 
+pub use divert::Divert;
 pub use fork::ForkTarget;
 
 use std::collections::{HashMap, VecDeque};
@@ -437,6 +439,8 @@ pub struct B2bua {
     actions: VecDeque<Action>,
     next_id: u64,
     next_media_check: Option<Instant>,
+    /// Diversions armed per call (`divert.rs`).
+    diverts: HashMap<CallId, divert::Armed>,
 }
 
 impl std::fmt::Debug for B2bua {
@@ -507,6 +511,7 @@ impl B2bua {
             actions: VecDeque::new(),
             next_id: 1,
             next_media_check: None,
+            diverts: HashMap::new(),
         }
     }
 
@@ -1117,6 +1122,9 @@ impl B2bua {
         if code == 503 && self.next_target(id) {
             return;
         }
+        if self.divert(id, Some(code), now) {
+            return;
+        }
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -1167,6 +1175,12 @@ impl B2bua {
         };
         if call.b_invite_key == *key && call.phase == Phase::Calling && self.next_target(id) {
             self.by_client.remove(key);
+            return;
+        }
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if call.b_invite_key == *key && call.phase == Phase::Calling && self.divert(id, None, now) {
             return;
         }
         let Some(call) = self.calls.get(&id) else {
@@ -1670,15 +1684,21 @@ impl B2bua {
             .values()
             .filter_map(|c| c.ok.as_ref().map(|o| o.next.min(o.deadline)))
             .min();
-        [ok, self.next_media_check, self.session_timers_due()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            ok,
+            self.next_media_check,
+            self.session_timers_due(),
+            self.divert_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, media: &mut dyn MediaControl, now: Instant) {
         self.run_session_timers(media, now);
+        self.run_diverts(now);
         let mut dead = Vec::new();
         let mut resend = Vec::new();
         for call in self.calls.values_mut() {
@@ -1774,3 +1794,6 @@ mod linked_tests;
 
 #[cfg(test)]
 mod srtp_tests;
+
+#[cfg(test)]
+mod divert_tests;

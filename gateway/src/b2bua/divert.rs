@@ -1,0 +1,157 @@
+//! Call diversion (issue 14: voicemail on busy / no answer): a call to a device whose leg B
+//! fails (busy, timeout, no answer) goes on to another target instead of failing back to the
+//! caller. The gateway arms it per call with [`B2bua::set_divert`] right after
+//! [`B2bua::on_invite`]; when leg B answers 486/600 (`on_busy`), 408/480 or times out
+//! (`no_answer` set), or rings unanswered for `no_answer`, the branches still going are
+//! cancelled and the same INVITE (new Request-URI, Via, Contact) goes to the divert target.
+//! The caller keeps its dialog and media path; the callee device leaves the call (its state
+//! stops counting it).
+//!
+//! A cancelled phone's late responses are absorbed (its transaction keys are unmapped); one
+//! that answers 2xx across the CANCEL is left to its own 2xx timeout (not ACKed).
+
+use super::*;
+
+/// Where and when a call goes on when the device does not take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divert {
+    /// Request-URI for the new leg B (`sip:vm-1000@127.0.0.1:5070`).
+    pub uri: String,
+    /// Where to send it.
+    pub dest: Peer,
+    /// On busy (486, 600).
+    pub on_busy: bool,
+    /// On no answer: after this long ringing, or on 408/480/a timeout.
+    pub no_answer: Option<Duration>,
+}
+
+/// A divert armed for a call.
+#[derive(Debug)]
+pub(super) struct Armed {
+    divert: Divert,
+    deadline: Option<Instant>,
+}
+
+impl B2bua {
+    /// Arms `divert` for the call that INVITE server transaction `invite` created (no effect
+    /// when it created none: refused at once).
+    pub fn set_divert(&mut self, invite: &TransactionKey, divert: Divert, now: Instant) {
+        let Some(&id) = self.by_server.get(invite) else {
+            return;
+        };
+        let calls = &self.calls;
+        self.diverts.retain(|id, _| calls.contains_key(id));
+        let deadline = divert.no_answer.map(|d| now + d);
+        self.diverts.insert(id, Armed { divert, deadline });
+    }
+
+    /// The earliest no-answer deadline.
+    pub(super) fn divert_due(&self) -> Option<Instant> {
+        self.diverts.values().filter_map(|a| a.deadline).min()
+    }
+
+    /// Diverts the calls whose no-answer deadline passed.
+    pub(super) fn run_diverts(&mut self, now: Instant) {
+        let due: Vec<CallId> = self
+            .diverts
+            .iter()
+            .filter(|(_, a)| a.deadline.is_some_and(|d| now >= d))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if !self.divert(id, None, now) {
+                self.diverts.remove(&id);
+            }
+        }
+    }
+
+    /// Leg B of call `id` failed with `code` (`None`: timed out, or the no-answer timer):
+    /// whether the call was diverted.
+    pub(super) fn divert(&mut self, id: CallId, code: Option<u16>, now: Instant) -> bool {
+        let Some(armed) = self.diverts.get(&id) else {
+            return false;
+        };
+        let d = &armed.divert;
+        let wanted = match code {
+            Some(486 | 600) => d.on_busy,
+            Some(408 | 480) | None => d.no_answer.is_some(),
+            Some(_) => false,
+        };
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        if !wanted || call.phase != Phase::Calling || call.cancel_pending {
+            return false;
+        }
+        let Some(armed) = self.diverts.remove(&id) else {
+            return false;
+        };
+        let Some(uri) = message::parse_uri(&armed.divert.uri) else {
+            return false;
+        };
+        let dest = armed.divert.dest;
+        // The phone's branches still going are cancelled and forgotten.
+        self.fork_cancel(id, None);
+        self.fork_forget(id);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        let ringing = code.is_none() && call.b_provisional;
+        if ringing
+            && !self
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Cancel { key, .. } if *key == call.b_invite_key))
+        {
+            self.actions.push_back(Action::Cancel {
+                key: call.b_invite_key.clone(),
+                dest: call.b.peer.clone(),
+            });
+        }
+        self.by_client.retain(|k, (cid, side)| {
+            !(*cid == id && *side == Side::B && k.method() == Method::Invite)
+        });
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if let Some(dlg) = call.b.dialog.take() {
+            self.by_dialog.remove(&(dlg.call_id, dlg.local_tag));
+        }
+        let callee = call.b.device.take();
+        let (via, branch) = via_for(&dest);
+        let mut invite = call.b_invite.clone();
+        invite.uri = uri;
+        invite.headers = invite
+            .headers
+            .iter()
+            .map(|h| match h {
+                Header::Via(_) => Header::Via(rsip::headers::Via::new(via.clone())),
+                Header::Contact(_) => Header::Contact(Contact::new(our_contact(&dest))),
+                other => other.clone(),
+            })
+            .collect::<Vec<_>>()
+            .into();
+        let key = TransactionKey::client(&branch, Method::Invite);
+        call.b.peer = dest.clone();
+        call.b_invite = invite.clone();
+        call.b_invite_key = key.clone();
+        call.b_provisional = false;
+        call.b_fallbacks.clear();
+        call.b_auth_tried = false;
+        call.b_422_tried = false;
+        call.b_rseq = None;
+        self.by_client.insert(key.clone(), (id, Side::B));
+        if let Some(dev) = callee {
+            if self.devices.remove(&dev, id) {
+                self.actions.push_back(Action::DeviceChanged(dev));
+            }
+        }
+        self.actions.push_back(Action::Request {
+            key,
+            request: invite,
+            dest,
+        });
+        let _ = now;
+        true
+    }
+}

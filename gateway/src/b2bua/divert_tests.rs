@@ -1,0 +1,153 @@
+//! Diversion (voicemail on busy / no answer) in virtual time, with the fake relay.
+
+use super::tests::{b_response, invite_from_a, peer, response, sdp, FakeMedia};
+use super::*;
+
+struct Rig {
+    b2b: B2bua,
+    media: FakeMedia,
+    now: Instant,
+    a_key: TransactionKey,
+}
+
+fn vm_divert(on_busy: bool, no_answer: Option<Duration>) -> Divert {
+    Divert {
+        uri: "sip:vm-1002@127.0.0.1:5070".into(),
+        dest: peer("127.0.0.1:5070"),
+        on_busy,
+        no_answer,
+    }
+}
+
+impl Rig {
+    /// A calls device 1002 with `divert` armed; returns B's INVITE and key.
+    fn call(divert: Divert) -> (Rig, Request, TransactionKey) {
+        let mut rig = Rig {
+            b2b: B2bua::new(Config::default()),
+            media: FakeMedia::default(),
+            now: Instant::now(),
+            a_key: TransactionKey::client("z9hG4bKa1", Method::Invite),
+        };
+        rig.b2b.on_invite(
+            rig.a_key.clone(),
+            invite_from_a(),
+            peer("10.0.0.1:5060"),
+            Routed {
+                caller: Caller::default(),
+                target: Target::Device {
+                    device: "PJSIP/1002".into(),
+                    contact: "sip:1002@10.0.0.2:5070".into(),
+                    dest: peer("10.0.0.2:5070"),
+                    limit: 0,
+                    forks: Vec::new(),
+                },
+            },
+            &mut rig.media,
+            rig.now,
+        );
+        rig.b2b.set_divert(&rig.a_key, divert, rig.now);
+        let (inv, key) = rig
+            .actions()
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Request { key, request, .. } => Some((request, key)),
+                _ => None,
+            })
+            .expect("an INVITE to the phone");
+        (rig, inv, key)
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.b2b.poll_action()).collect()
+    }
+}
+
+/// The INVITE sent to voicemail among `acts`.
+fn to_voicemail(acts: &[Action]) -> Option<(TransactionKey, Request)> {
+    acts.iter().find_map(|a| match a {
+        Action::Request { key, request, dest }
+            if dest.addr == "127.0.0.1:5070".parse::<SocketAddr>().ok()? =>
+        {
+            Some((key.clone(), request.clone()))
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn busy_goes_to_voicemail_and_the_caller_is_answered_by_it() {
+    let (mut rig, inv, key) = Rig::call(vm_divert(true, None));
+    let busy = b_response(&inv, 486, "phone", "");
+    rig.b2b.on_response(&key, busy, &mut rig.media, rig.now);
+    let acts = rig.actions();
+    assert!(
+        response(&acts, 486).is_none(),
+        "no 486 to the caller: {acts:?}"
+    );
+    let (vm_key, vm_inv) = to_voicemail(&acts).expect("an INVITE to voicemail");
+    assert_eq!(vm_inv.uri.to_string(), "sip:vm-1002@127.0.0.1:5070");
+    assert!(!vm_inv.body.is_empty(), "the caller's offer goes on");
+    assert!(acts.contains(&Action::DeviceChanged("PJSIP/1002".into())));
+    assert_eq!(
+        rig.b2b.calls_of("PJSIP/1002"),
+        0,
+        "the busy phone is out of the call"
+    );
+    let ok = b_response(&vm_inv, 200, "vm", &sdp("127.0.0.1", 31000, "sendrecv"));
+    rig.b2b.on_response(&vm_key, ok, &mut rig.media, rig.now);
+    let acts = rig.actions();
+    assert!(
+        response(&acts, 200).is_some(),
+        "voicemail's answer reaches the caller"
+    );
+}
+
+#[test]
+fn no_answer_cancels_the_ringing_phone_then_diverts() {
+    let (mut rig, inv, key) = Rig::call(vm_divert(true, Some(Duration::from_secs(5))));
+    let ringing = b_response(&inv, 180, "phone", "");
+    rig.b2b.on_response(&key, ringing, &mut rig.media, rig.now);
+    rig.actions();
+    assert_eq!(
+        rig.b2b.poll_timeout(),
+        Some(rig.now + Duration::from_secs(5))
+    );
+    rig.b2b
+        .handle_timeout(&mut rig.media, rig.now + Duration::from_secs(4));
+    assert!(to_voicemail(&rig.actions()).is_none(), "not before 5 s");
+    rig.b2b
+        .handle_timeout(&mut rig.media, rig.now + Duration::from_secs(5));
+    let acts = rig.actions();
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Cancel { key: k, .. } if *k == key)),
+        "the phone's INVITE is cancelled: {acts:?}"
+    );
+    let (vm_key, vm_inv) = to_voicemail(&acts).expect("an INVITE to voicemail");
+    // The phone's 487 is absorbed; the caller hears only voicemail.
+    rig.b2b.on_response(
+        &key,
+        b_response(&inv, 487, "phone", ""),
+        &mut rig.media,
+        rig.now,
+    );
+    assert!(response(&rig.actions(), 487).is_none());
+    let ok = b_response(&vm_inv, 200, "vm", &sdp("127.0.0.1", 31000, "sendrecv"));
+    rig.b2b.on_response(&vm_key, ok, &mut rig.media, rig.now);
+    assert!(response(&rig.actions(), 200).is_some());
+    assert_eq!(rig.b2b.divert_due(), None, "diverted once");
+}
+
+#[test]
+fn busy_without_busy_diversion_fails_back_to_the_caller() {
+    let (mut rig, inv, key) = Rig::call(vm_divert(false, Some(Duration::from_secs(5))));
+    rig.b2b.on_response(
+        &key,
+        b_response(&inv, 486, "phone", ""),
+        &mut rig.media,
+        rig.now,
+    );
+    let acts = rig.actions();
+    assert!(response(&acts, 486).is_some(), "{acts:?}");
+    assert!(to_voicemail(&acts).is_none());
+}

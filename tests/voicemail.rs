@@ -1,0 +1,462 @@
+//! End to end: voicemail through the real `callfabric gateway` (issue 14).
+//!
+//! Device 1000 has a mailbox (PIN 4321, e-mail to a real SMTP server: Python `aiosmtpd` on a
+//! loopback port, writing a Maildir in a private directory). Its phone is a SIPp UAS that
+//! answers 486 Busy. A SIPp caller (device 1001) calls 1000; the call goes to the mailbox. The
+//! test owns the caller's media (its SDP names a UDP socket of the test): it waits for the
+//! greeting and the beep, sends a 5 s 440 Hz tone, presses `#` (RFC 4733), and voicemail hangs
+//! up. Then: the message's WAV holds the tone (Goertzel at 440 Hz over the file, 8 kHz mono);
+//! the bus shows `MWI 1000@default new=1 old=0`; an e-mail with that WAV attached (byte for
+//! byte) reaches the SMTP server. Then 1000 dials `*98`, enters the PIN by RFC 4733 events,
+//! hears the message (440 Hz at the caller), deletes it (`7`), and leaves (`*`): the bus goes
+//! to `new=0 old=1` (heard) and `new=0 old=0` (deleted), and the file is gone. Last, a call
+//! to 1001, which is not registered, goes straight to its mailbox (5001).
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration::free_tcp_port;
+use integration::gateway::{GatewayProcess, GatewaySpec};
+use integration::phones::{answering_phone, assert_passes, scenario};
+use integration::sipp::{SippOpts, SippProcess};
+use media::audio::Codec;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_callfabric"))
+}
+
+/// `call_uac.xml` up to the ACK of the 200, then: wait for the far end's BYE and answer it.
+fn uac_until_bye(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(scenario("call_uac.xml")).expect("read call_uac.xml");
+    let head = text
+        .split("  <nop>")
+        .next()
+        .expect("call_uac.xml has a <nop>");
+    let tail = r#"  <recv request="BYE" timeout="90000"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <Reference variables="m_line"/>
+</scenario>
+"#;
+    let path = dir.join("call_uac_until_bye.xml");
+    std::fs::write(&path, format!("{head}{tail}")).expect("write scenario");
+    path
+}
+
+/// Power of `freq` in a frame (Goertzel), normalised by the frame's energy: 1 for a pure tone.
+fn tone_share(frame: &[i16], freq: f64) -> f64 {
+    let k = 2.0 * (2.0 * std::f64::consts::PI * freq / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    let mut energy = 0.0;
+    for &x in frame {
+        let x = f64::from(x);
+        energy += x * x;
+        let s = x + k * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    if energy < 1e3 * frame.len() as f64 {
+        return 0.0; // silence
+    }
+    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+    2.0 * power / (energy * frame.len() as f64)
+}
+
+/// 20 ms frames of `pcm` that are mostly `freq`.
+fn tone_frames(pcm: &[i16], freq: f64) -> usize {
+    pcm.chunks_exact(160)
+        .filter(|f| tone_share(f, freq) > 0.6)
+        .count()
+}
+
+/// The caller's media, played by the test: a UDP socket its SDP names.
+struct Media {
+    sock: UdpSocket,
+    /// The gateway's relay leg (learned from its first packet).
+    peer: Option<SocketAddr>,
+    seq: u16,
+    ts: u32,
+    /// Decoded audio received (A-law, as the SDP offers), with arrival times.
+    heard: Vec<(Instant, Vec<i16>)>,
+}
+
+impl Media {
+    fn new() -> Media {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind media socket");
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("read timeout");
+        Media {
+            sock,
+            peer: None,
+            seq: 1,
+            ts: 8000,
+            heard: Vec::new(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.sock.local_addr().expect("local addr").port()
+    }
+
+    /// Reads what arrived until `deadline`.
+    fn pump(&mut self, deadline: Instant) {
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok((n, from)) = self.sock.recv_from(&mut buf) {
+                self.peer = Some(from);
+                let p = &buf[..n];
+                if n > 12 && p[0] >> 6 == 2 && p[1] & 0x7f == 8 {
+                    self.heard
+                        .push((Instant::now(), Codec::Pcma.decode(&p[12..])));
+                }
+            }
+        }
+    }
+
+    /// Waits until `done` holds for what was heard so far.
+    fn until(&mut self, what: &str, done: impl Fn(&[i16]) -> bool) {
+        let end = Instant::now() + WAIT;
+        while Instant::now() < end {
+            self.pump(Instant::now() + Duration::from_millis(50));
+            let all: Vec<i16> = self.heard_since(Instant::now() - Duration::from_secs(600));
+            if done(&all) {
+                return;
+            }
+        }
+        panic!("not heard within {WAIT:?}: {what}");
+    }
+
+    /// Waits for the beep (15 frames of 1 kHz) and then silence: voicemail sends nothing
+    /// while it records.
+    fn until_after_beep(&mut self) {
+        self.until("the beep", |a| tone_frames(a, 1000.0) >= 10);
+        let end = Instant::now() + WAIT;
+        while Instant::now() < end {
+            self.pump(Instant::now() + Duration::from_millis(50));
+            if self
+                .heard
+                .last()
+                .is_some_and(|(t, _)| t.elapsed() >= Duration::from_millis(300))
+            {
+                return;
+            }
+        }
+        panic!("voicemail went on sending after the beep");
+    }
+
+    fn send(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8]) {
+        let Some(peer) = self.peer else {
+            panic!("nothing heard from the gateway: no address to send to");
+        };
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&self.seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x5eed_0001u32.to_be_bytes());
+        p.extend_from_slice(payload);
+        self.sock.send_to(&p, peer).expect("send RTP");
+        self.seq = self.seq.wrapping_add(1);
+    }
+
+    /// `ms` of a 440 Hz tone, paced at 20 ms.
+    fn tone(&mut self, ms: u32) {
+        let alaw = Codec::Pcma.encode(&media::audio::prompts::tone(&[440.0], ms, 0.3));
+        let start = Instant::now();
+        for (i, chunk) in alaw.chunks(160).enumerate() {
+            let ts = self.ts;
+            self.send(8, i == 0, ts, chunk);
+            self.ts = self.ts.wrapping_add(160);
+            let due = start + Duration::from_millis(20 * (i as u64 + 1));
+            self.pump(due);
+        }
+    }
+
+    /// One key by RFC 4733: three packets growing, three end packets, one timestamp.
+    fn key(&mut self, key: char) {
+        let code = match key {
+            '0'..='9' => key as u8 - b'0',
+            '*' => 10,
+            '#' => 11,
+            _ => panic!("no such key {key}"),
+        };
+        let ts = self.ts;
+        for i in 1..=6u16 {
+            let end = i > 3;
+            let duration = 160 * i.min(4);
+            let mut ev = vec![code, if end { 0x80 | 10 } else { 10 }];
+            ev.extend_from_slice(&duration.to_be_bytes());
+            self.send(101, i == 1, ts, &ev);
+            self.pump(Instant::now() + Duration::from_millis(20));
+        }
+        self.ts = self.ts.wrapping_add(1600);
+    }
+
+    /// All the audio heard since `from`.
+    fn heard_since(&self, from: Instant) -> Vec<i16> {
+        self.heard
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect()
+    }
+}
+
+/// The test SMTP server (aiosmtpd), killed on drop.
+struct Smtp {
+    child: Child,
+    maildir: PathBuf,
+    port: u16,
+}
+
+impl Smtp {
+    fn start(dir: &Path) -> Smtp {
+        let python = integration::python().expect("the peers venv");
+        let port = free_tcp_port();
+        let maildir = dir.join("maildir");
+        let child = Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd (pip install aiosmtpd into the peers venv)");
+        let smtp = Smtp {
+            child,
+            maildir,
+            port,
+        };
+        integration::wait_until(WAIT, "aiosmtpd listening", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .expect("aiosmtpd");
+        smtp
+    }
+
+    /// Files in the Maildir's `new/`.
+    fn messages(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.maildir.join("new"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (content type, file name, bytes) of each attachment of the e-mail in `path`, read by
+/// Python's `email` package.
+fn attachments(path: &Path, out: &Path) -> Vec<(String, String, Vec<u8>)> {
+    let script = r#"
+import email, sys, os
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'))
+print('SUBJECT', m['Subject'])
+for i, part in enumerate(m.walk()):
+    name = part.get_filename()
+    if name:
+        p = os.path.join(sys.argv[2], 'att%d' % i)
+        open(p, 'wb').write(part.get_payload(decode=True))
+        print('ATT', part.get_content_type(), name, p)
+"#;
+    let python = integration::python().expect("the peers venv");
+    let o = Command::new(python)
+        .args(["-c", script])
+        .arg(path)
+        .arg(out)
+        .output()
+        .expect("run python");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("ATT ")?.split(' ');
+            let (ct, name, p) = (w.next()?, w.next()?, w.next()?);
+            Some((ct.to_owned(), name.to_owned(), std::fs::read(p).ok()?))
+        })
+        .collect()
+}
+
+/// Runs `uac_until_bye.xml` as `user` dialling `dial` with the test playing its media
+/// (`script`), then checks SIPp's outcome.
+fn call(
+    gw: &mut GatewayProcess,
+    dir: &Path,
+    user: &str,
+    dial: &str,
+    script: impl FnOnce(&mut Media),
+) -> Media {
+    let mut m = Media::new();
+    let opts = SippOpts {
+        keys: vec![
+            ("callee".into(), dial.into()),
+            ("sdp_port".into(), m.port().to_string()),
+        ],
+        timeout: Duration::from_secs(90),
+        ..SippOpts::user(user, "secret")
+    };
+    let mut sipp =
+        SippProcess::spawn(&uac_until_bye(dir), Some(gw.udp), &opts).expect("start SIPp");
+    script(&mut m);
+    let out = sipp.wait().expect("SIPp outcome");
+    assert_passes(gw, &out, &format!("{user} calling {dial}"));
+    m
+}
+
+/// The first stdout line since `mark` that satisfies `pred` (already read or not): lines of
+/// the bus and of voicemail come from different tasks, in no fixed order.
+fn line_since(
+    gw: &mut GatewayProcess,
+    mark: usize,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    gw.drain();
+    if let Some(l) = gw.history.iter().skip(mark).find(|l| pred(l.trim())) {
+        return l.trim().to_owned();
+    }
+    gw.wait_for(WAIT, what, pred)
+}
+
+#[test]
+fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = Smtp::start(dir.path());
+    let mut spec = GatewaySpec::new("vm", &["1000", "1001"]);
+    // The SIPp phones cannot answer OPTIONS outside their scenarios.
+    spec.qualify_interval_secs = 600.0;
+    spec.extra = format!(
+        "\n[voicemail]\ndir = \"vm\"\nmax_message_secs = 30\nrtp_ports = \"{lo}-{hi}\"\n\
+         [voicemail.smtp]\nserver = \"127.0.0.1:{port}\"\nfrom = \"voicemail@vm.example\"\n\
+         [[voicemail.mailbox]]\ndevice = \"1000\"\npin = \"4321\"\nemail = \"owner@vm.example\"\n\
+         no_answer_secs = 0\n\
+         [[voicemail.mailbox]]\ndevice = \"1001\"\nmailbox = \"5001\"\npin = \"1\"\n",
+        port = smtp.port,
+        lo = 31000 + (std::process::id() % 50) * 20,
+        hi = 31019 + (std::process::id() % 50) * 20,
+    );
+    let mut gw = GatewayProcess::start(binary(), spec);
+
+    // 1. A busy phone: the caller reaches the mailbox and leaves a 5 s tone.
+    let _busy = answering_phone(&mut gw, "1000", "call_uas_busy.xml", 1);
+    let mark = gw.mark();
+    let mut tone_sent = None;
+    call(&mut gw, dir.path(), "1001", "1000", |m| {
+        m.until_after_beep();
+        m.tone(5000);
+        tone_sent = Some(Instant::now());
+        m.key('#');
+    });
+    assert!(tone_sent.is_some());
+    let deposit = line_since(&mut gw, mark, "the deposit", |l| {
+        l.starts_with("VOICEMAIL DEPOSIT 1000 ")
+    });
+    let fields: Vec<&str> = deposit.split_whitespace().collect();
+    let (id, wav) = (fields[3].to_owned(), PathBuf::from(fields[4]));
+    let bytes = std::fs::read(&wav).expect("the message's WAV");
+    // RIFF/WAVE, fmt: PCM, 1 channel, 8000 Hz, 16 bits.
+    assert_eq!(&bytes[0..4], b"RIFF");
+    assert_eq!(&bytes[8..12], b"WAVE");
+    assert_eq!(u16::from_le_bytes([bytes[20], bytes[21]]), 1, "PCM");
+    assert_eq!(u16::from_le_bytes([bytes[22], bytes[23]]), 1, "mono");
+    let rate = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    assert_eq!(rate, 8000, "8 kHz");
+    let pcm = media::audio::wav::decode_wav(&bytes, "message").expect("a readable WAV");
+    let frames = tone_frames(&pcm, 440.0);
+    assert!(
+        (225..=260).contains(&frames),
+        "the message holds {frames} frames of 440 Hz, not ~250 (5 s): {}",
+        wav.display()
+    );
+    assert!(
+        tone_frames(&pcm, 1000.0) < 5,
+        "the beep is not in the message"
+    );
+    gw.seen_since(mark, "MWI 1000@default new=1 old=0", WAIT);
+    let mailed = line_since(&mut gw, mark, "the e-mail", |l| {
+        l.starts_with("VOICEMAIL MAILED 1000 ")
+    });
+    assert!(
+        mailed.ends_with(" owner@vm.example ok"),
+        "{mailed}\n{}",
+        gw.diag()
+    );
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1, "one e-mail at the SMTP server");
+    let att = attachments(&mails[0], dir.path());
+    assert_eq!(att.len(), 1, "one attachment");
+    assert_eq!(att[0].0, "audio/wav");
+    assert_eq!(att[0].1, format!("{id}.wav"));
+    assert!(att[0].2 == bytes, "the attachment is the message's WAV");
+
+    // 2. The owner dials *98, enters the PIN, hears the message, deletes it.
+    let mark = gw.mark();
+    call(&mut gw, dir.path(), "1000", "*98", |m| {
+        // Keys are taken while "password" plays; the first packet gives the relay's address.
+        m.until("the password prompt", |a| a.len() >= 1600);
+        for k in "4321#".chars() {
+            m.key(k);
+        }
+        let from = Instant::now();
+        let end = from + Duration::from_secs(40);
+        // Counts, then the message: wait until its 5 s of tone were heard and ended.
+        loop {
+            m.pump(Instant::now() + Duration::from_millis(100));
+            let heard = m.heard_since(from);
+            let frames = tone_frames(&heard, 440.0);
+            let tail = &heard[heard.len().saturating_sub(800)..];
+            if frames >= 225 && tone_frames(tail, 440.0) == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "the message was not heard: {frames} frames of 440 Hz"
+            );
+        }
+        // Delete it; then `*`: goodbye, and voicemail hangs up (SIPp waits for its BYE).
+        m.key('7');
+        m.pump(Instant::now() + Duration::from_millis(200));
+        m.key('*');
+    });
+    gw.seen_since(mark, "MWI 1000@default new=0 old=1", WAIT);
+    gw.seen_since(mark, &format!("VOICEMAIL DELETED 1000 {id}"), WAIT);
+    gw.seen_since(mark, "MWI 1000@default new=0 old=0", WAIT);
+    assert!(!wav.exists(), "the deleted message's file is gone");
+
+    // 3. 1001 is not registered: a call to it goes straight to its mailbox (5001).
+    let mark = gw.mark();
+    call(&mut gw, dir.path(), "1000", "1001", |m| {
+        m.until_after_beep();
+        m.tone(1000);
+        m.key('#');
+    });
+    let deposit = line_since(&mut gw, mark, "the deposit for 1001", |l| {
+        l.starts_with("VOICEMAIL DEPOSIT 5001 ")
+    });
+    let wav = PathBuf::from(deposit.split_whitespace().nth(4).expect("path"));
+    let pcm = media::audio::wav::read_wav(&wav).expect("the message's WAV");
+    assert!(
+        tone_frames(&pcm, 440.0) >= 40,
+        "1 s of tone in {}",
+        wav.display()
+    );
+    gw.seen_since(mark, "MWI 5001@default new=1 old=0", WAIT);
+}
