@@ -8,6 +8,7 @@ use statebus::{Eid, TlsMode, XmppBusConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod fabric;
 mod security;
 pub use security::check_device_credentials;
 mod streams;
@@ -37,6 +38,8 @@ pub struct Config {
     pub tls: Option<TlsSection>,
     /// Agent presence for supervisors (an XEP-0114 component), in any mode with a bus.
     pub presence: Option<PresenceSection>,
+    /// The secret fabric members sign their SIP to each other with (`config/fabric.rs`).
+    pub fabric: Option<fabric::FabricSection>,
 }
 
 /// `[presence]`: agents and devices as JIDs of an external component.
@@ -611,7 +614,15 @@ impl Loaded {
         c.fabric_jids = s.fabric_jids.clone();
         c.site = self.config.node.site.clone();
         c.role = self.config.node.role.clone();
-        c.sip_address = self.config.node.sip_address.clone();
+        c.sip_address = self.config.node.sip_address.clone().or_else(|| {
+            // An ACD node is reached where it listens (queue advertisements).
+            let a = self
+                .config
+                .acd
+                .as_ref()
+                .filter(|_| self.config.gateway.is_none())?;
+            Some(a.udp.clone())
+        });
         if let Some(m) = s.max_items {
             if m == 0 {
                 return Err(anyhow!(
@@ -877,6 +888,8 @@ impl Loaded {
             });
         }
         Ok(gateway::server::GatewayConfig {
+            fabric: self.fabric_key()?,
+            site: self.config.node.site.clone(),
             udp,
             tcp,
             realm: g.realm.clone(),
@@ -1114,6 +1127,7 @@ impl Loaded {
         };
         acd::Engine::new(&engine).map_err(|e| anyhow!("{}: {e}", self.at("acd", "queue")))?;
         Ok(acd::node::NodeConfig {
+            fabric: self.fabric_key()?,
             udp,
             media_ip,
             rtp_ports,

@@ -623,8 +623,20 @@ async fn run_gateway_or_acd(
     };
     let print = async {
         while let Some(ev) = statebus::recv(&mut rx).await {
-            if let BusEvent::Changed(Change::Device { key, state }) = ev {
-                println!("DEVICE {key} {state}");
+            match ev {
+                BusEvent::Changed(Change::Device { key, state }) => {
+                    println!("DEVICE {key} {state}")
+                }
+                // Fabric members as they come and go (queue advertisements, issue 15).
+                BusEvent::Changed(Change::PeerUp(hb)) => println!(
+                    "PEER {} up site={} role={} queues={}",
+                    hb.eid,
+                    hb.site,
+                    hb.role,
+                    hb.queues.join(",")
+                ),
+                BusEvent::Changed(Change::PeerExpired(eid)) => println!("PEER {eid} expired"),
+                _ => {}
             }
         }
     };

@@ -437,6 +437,9 @@ pub struct B2bua {
     actions: VecDeque<Action>,
     next_id: u64,
     next_media_check: Option<Instant>,
+    /// Sign the next leg-B INVITE for a fabric member with this key at this unix time (set
+    /// by the gateway just before [`B2bua::on_invite`], taken by it; `sip_core::trust`).
+    pub sign_next: Option<(std::sync::Arc<crate::sip::trust::FabricKey>, u64)>,
 }
 
 impl std::fmt::Debug for B2bua {
@@ -507,6 +510,7 @@ impl B2bua {
             actions: VecDeque::new(),
             next_id: 1,
             next_media_check: None,
+            sign_next: None,
         }
     }
 
@@ -734,9 +738,14 @@ impl B2bua {
             to = strip_tag(&to),
             our = our_contact(&dest),
         );
+        let signer = self.sign_next.take();
         let b_invite = match message::parse(text.as_bytes()) {
             Ok(SipMessage::Request(r)) => {
-                dialog::with_body(r, b_sdp.to_string().into_bytes(), "application/sdp")
+                let mut r = dialog::with_body(r, b_sdp.to_string().into_bytes(), "application/sdp");
+                if let Some((key, now_secs)) = signer {
+                    key.sign(&mut r, now_secs);
+                }
+                r
             }
             _ => {
                 media.close(id);
