@@ -5,10 +5,12 @@
 //! the RTP range, and the qualify interval (SIPp agents cannot answer OPTIONS).
 //!
 //! * Queue number 800 has no trunk anywhere: gw-a sends it to the live ACD node that
-//!   advertises it, of its own site first (acd-1); acd-1's offer to the agent at gw-b is taken
-//!   without a trunk entry because it is signed with the fabric secret.
-//! * `kill -9` of acd-1: gw-a sees it expire within the liveness TTL, and 800 dialled then goes
-//!   to the standby node acd-2.
+//!   advertises it, of its own site first (acd-1); three callers wait there.
+//! * `kill -9` of acd-1: gw-a sees it expire within the liveness TTL and moves the three
+//!   callers to acd-2 with their original join times (queue_log `MOVED`); 800 dialled then
+//!   goes to the standby node acd-2. The agent at gw-b, which has no trunk entry for any ACD,
+//!   takes acd-2's offers (signed) and answers all four callers in their original order; no
+//!   `ABANDON` anywhere.
 //! * Fabric trust refusals are answered and logged: an unsigned offer from a stranger is
 //!   challenged and logged, a forged signature gets 403 and is logged.
 
@@ -17,8 +19,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use integration::gateway::{GatewayProcess, GatewaySpec};
-use integration::phones::{answering_phone, assert_passes, caller, uac_scenario};
-use integration::sipp::run_scenario;
+use integration::phones::{answering_phone, assert_passes, caller};
+use integration::sipp::SippProcess;
 use integration::xmpp_server::{ServerKind, XmppServer};
 use integration::{free_udp_port, tail_file};
 
@@ -127,7 +129,7 @@ fn queue_routing(kind: ServerKind, rtp: [&str; 2]) {
     let mut gw_a = start(
         "gw-a",
         "gateway",
-        &["1001", "1002"],
+        &["1001", "1002", "1003", "1004", "1005"],
         p.gw_a,
         &example("gw-a", &xmpp, &p, &rtp),
     );
@@ -153,48 +155,43 @@ fn queue_routing(kind: ServerKind, rtp: [&str; 2]) {
         &example("acd-2", &xmpp, &p, &rtp),
     );
 
-    // gw-a hears both nodes advertise 800 (in their heartbeats).
+    // gw-a hears both nodes advertise 800 (in their heartbeats); acd-1 is of its site.
     let up_1 = seen(&mut gw_a, "acd-1's advertisement", |l| {
         l.starts_with("PEER ") && l.contains("site=a role=acd queues=800")
     });
     seen(&mut gw_a, "acd-2's advertisement", |l| {
         l.starts_with("PEER ") && l.contains("site=b role=acd queues=800")
     });
-    let eid_1 = up_1.split_whitespace().nth(1).expect("eid").to_owned();
-    // The fabric is up everywhere (registering while members still log in is slow enough
-    // on a loaded machine for SIPp to retransmit its REGISTER).
     seen(&mut gw_b, "an advertisement", |l| {
         l.contains("role=acd queues=800")
     });
+    let eid_1 = up_1.split_whitespace().nth(1).expect("eid").to_owned();
 
-    // The only agent, 2001, at site B; both nodes must see it before a caller comes.
-    let mut agent = answering_phone(&mut gw_b, "2001", "call_uas.xml", 2);
-    gw_b.device("2001", "NOT_INUSE", WAIT);
-    for node in [&mut acd_1, &mut acd_2] {
-        node.seen_since(0, "DEVICE PJSIP/2001 NOT_INUSE", WAIT);
+    // 1. Three callers dial 800 at site A, no trunk anywhere: each goes to acd-1 (the live
+    // node of gw-a's site) and waits there (the only agent, 2001, is not registered yet).
+    let scenario = wait_scenario(gw_a.dir());
+    let mut callers = Vec::new();
+    let mut order = Vec::new();
+    for i in 0..3 {
+        callers.push(waiting_caller(
+            &scenario,
+            gw_a.udp,
+            &format!("100{}", [1, 3, 4][i]),
+        ));
+        let l = acd_1.wait_for(WAIT, "a caller queued at acd-1", |l| {
+            l.contains("|ENTERQUEUE|")
+        });
+        order.push(callid(&l));
+        assert_eq!(order.len(), i + 1);
     }
-
-    // 1. 800 from site A goes to acd-1 (same site); its offer reaches the agent at site B,
-    // whose gateway has no trunk entry for any ACD: the offer is signed.
-    let out =
-        run_scenario(&uac_scenario(gw_a.dir()), gw_a.udp, caller("1001", "800")).expect("run sipp");
-    assert_passes(&gw_a, &out, "first caller");
-    let c = acd_1.wait_for(WAIT, "acd-1's CONNECT", |l| l.contains("|CONNECT|"));
-    assert!(c.contains("|PJSIP/2001|CONNECT|"), "{c}\n{}", acd_1.diag());
     assert!(
         !acd_2.history.iter().any(|l| l.contains("|ENTERQUEUE|")),
         "the standby took a caller while acd-1 was alive\n{}",
         acd_2.diag()
     );
-    let stderr_b = tail_file(&gw_b.dir().join("gateway.stderr"), 400);
-    assert!(
-        stderr_b.contains("FABRIC trusted INVITE"),
-        "gw-b did not take acd-1's offer as a signed fabric INVITE\n{}",
-        gw_b.diag()
-    );
 
-    // 2. kill -9 of acd-1: gw-a notices within the TTL (plus scheduling slack on a loaded
-    // machine), and 800 then goes to the standby, acd-2.
+    // 2. kill -9 of acd-1: gw-a sees it expire within the TTL (plus scheduling slack on a
+    // loaded machine) and moves each caller to acd-2 with their original join time.
     let killed = Instant::now();
     acd_1.kill();
     gw_a.wait_for(TTL * 3, "acd-1 expiring", |l| {
@@ -205,19 +202,94 @@ fn queue_routing(kind: ServerKind, rtp: [&str; 2]) {
         took <= TTL + Duration::from_secs(3),
         "acd-1 expired {took:?} after its death (TTL {TTL:?})"
     );
-    let out =
-        run_scenario(&uac_scenario(gw_a.dir()), gw_a.udp, caller("1001", "800")).expect("run sipp");
-    assert_passes(&gw_a, &out, "second caller");
-    let c = acd_2.wait_for(WAIT, "acd-2's CONNECT", |l| l.contains("|CONNECT|"));
-    assert!(c.contains("|PJSIP/2001|CONNECT|"), "{c}\n{}", acd_2.diag());
+    let mut moved = Vec::new();
+    while moved.len() < 3 {
+        let l = acd_2.wait_for(WAIT, "a moved caller at acd-2", |l| l.contains("|MOVED|"));
+        moved.push(callid(&l));
+    }
+    moved.sort();
+    let mut want = order.clone();
+    want.sort();
+    assert_eq!(
+        moved,
+        want,
+        "the moved callers are acd-1's callers\n{}",
+        acd_2.diag()
+    );
+
+    // 3. 800 dialled now, after acd-1 died, goes to the standby acd-2 (and queues behind the
+    // moved callers, who joined earlier).
+    callers.push(waiting_caller(&scenario, gw_a.udp, "1005"));
+    let l = acd_2.wait_for(WAIT, "the new caller at acd-2", |l| {
+        l.contains("|ENTERQUEUE|") && !order.contains(&callid(l))
+    });
+    order.push(callid(&l));
+
+    // 4. The agent at site B comes: acd-2's offers reach it through gw-b, which has no trunk
+    // entry for any ACD (they are signed), in the callers' original order.
+    let mut agent = answering_phone(&mut gw_b, "2001", "call_uas_hangup.xml", 4);
+    let mut connected = Vec::new();
+    while connected.len() < 4 {
+        let l = acd_2.wait_for(WAIT * 2, "a CONNECT at acd-2", |l| l.contains("|CONNECT|"));
+        assert!(l.contains("|PJSIP/2001|CONNECT|"), "{l}");
+        connected.push(callid(&l));
+    }
+    assert_eq!(
+        connected,
+        order,
+        "answered in the original order\n{}",
+        acd_2.diag()
+    );
+    for (i, mut c) in callers.into_iter().enumerate() {
+        assert_passes(&gw_a, &c.wait().expect("caller"), &format!("caller {i}"));
+    }
     assert_passes(
         &gw_b,
         &agent.wait().expect("agent"),
-        "the agent answered twice",
+        "the agent answered four calls",
+    );
+    for node in [&acd_1, &acd_2] {
+        let log = std::fs::read_to_string(node.dir().join("queue_log")).unwrap_or_default();
+        assert!(!log.contains("|ABANDON|"), "a caller was lost:\n{log}");
+    }
+    let log_b = tail_file(&gw_b.dir().join("gateway.stderr"), 400);
+    assert!(
+        log_b.contains("FABRIC trusted INVITE"),
+        "gw-b did not take the offers as signed fabric INVITEs\n{}",
+        gw_b.diag()
     );
 
-    // 3. Refusals are answered and logged.
+    // 5. Refusals are answered and logged.
     trust_refusals(&gw_b);
+}
+
+/// queue_log's callid field of a `QUEUELOG time|callid|…` line.
+fn callid(line: &str) -> String {
+    line.split('|').nth(1).unwrap_or_default().to_owned()
+}
+
+/// `call_uac_wait_bye.xml` with its RTP file (a tone, raw A-law, looped while waiting).
+fn wait_scenario(dir: &Path) -> std::path::PathBuf {
+    let pcm = media::audio::prompts::tone(&[440.0], 4000, 0.3);
+    let audio = dir.join("waiting.alaw");
+    std::fs::write(&audio, media::audio::Codec::Pcma.encode(&pcm)).expect("write audio");
+    let text = std::fs::read_to_string(integration::phones::scenario("call_uac_wait_bye.xml"))
+        .expect("read scenario");
+    let path = dir.join("call_uac_wait_bye.xml");
+    std::fs::write(
+        &path,
+        text.replace("@RTP_FILE@", &audio.display().to_string()),
+    )
+    .expect("write scenario");
+    path
+}
+
+/// Caller `user` dialling 800 at `gw` and waiting until the far side hangs up (one call per
+/// device: a device's call limit would refuse more).
+fn waiting_caller(scenario: &Path, gw: SocketAddr, user: &str) -> SippProcess {
+    let mut opts = caller(user, "800");
+    opts.timeout = Duration::from_secs(180);
+    SippProcess::spawn(scenario, Some(gw), &opts).expect("start a caller")
 }
 
 /// The first stdout line (so far or within [`WAIT`]) that satisfies `pred`.

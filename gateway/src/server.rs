@@ -596,6 +596,7 @@ impl Gateway {
             records,
             refused: 0,
             replay: crate::sip::trust::ReplayCache::default(),
+            fabric_calls: HashMap::new(),
         };
         let tls = core.transports.tls_state();
         let task = tokio::spawn(core.run(events, control_rx));
@@ -693,6 +694,8 @@ struct Core {
     guard: security::SharedGuard,
     /// Fabric signatures accepted and still in their window (`server/fabric.rs`).
     replay: crate::sip::trust::ReplayCache,
+    /// Calls routed to an ACD node through the fabric, to move if it dies.
+    fabric_calls: HashMap<b2bua::CallId, fabric::FabricCall>,
 }
 
 /// Unix time, seconds (fabric signatures).
@@ -775,6 +778,7 @@ impl Core {
                     }
                     self.register_outbound(None);
                     self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
+                    self.move_orphans();
                 }
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),
@@ -1142,8 +1146,12 @@ impl Core {
         let mut target = self.route(&req, &source);
         // A queue number a live ACD node advertises goes there (signed), ahead of a static
         // trunk prefix; a device of that name still wins.
+        let mut fabric_to = None;
         if !matches!(target, b2bua::Target::Device { .. }) {
             if let Some(t) = self.fabric_route(&req, &source) {
+                if let b2bua::Target::Peer { dest, .. } = &t {
+                    fabric_to = Some((b2bua::dialled_user(&req), dest.addr));
+                }
                 target = t;
                 self.b2bua.sign_next = self.cfg.fabric.clone().map(|k| (k, unix_secs()));
             }
@@ -1244,6 +1252,9 @@ impl Core {
         self.media.incoming = None;
         self.media.incoming_queue = None;
         self.b2bua.sign_next = None;
+        if let Some((number, node)) = fabric_to {
+            self.track_fabric_call(number, node);
+        }
     }
 
     /// Where trunk `t` is now: its address, or a domain trunk's resolved targets in RFC 3263

@@ -870,6 +870,9 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 };
                 return self.reply(&key, &req, code);
             }
+            if let Some(p) = place {
+                self.log_moved(&caller_id, &queue, p);
+            }
         }
         let tag = format!("acd{:012x}", self.rand() & 0xffff_ffff_ffff);
         let Ok(d) = Dialog::uas(&req, &tag, &self.contact()) else {

@@ -77,6 +77,22 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         self.t(now).saturating_sub(ago)
     }
 
+    /// queue_log: the caller `caller` of `queue` arrived moved from a dead node, with the
+    /// original join time (unix seconds) and priority: `MOVED|<joined>|<priority>`.
+    pub(super) fn log_moved(&mut self, caller: &str, queue: &str, place: JoinPlace) {
+        self.log(crate::engine::QueueLogEvent {
+            time: Duration::ZERO,
+            callid: caller.to_owned(),
+            queue: queue.to_owned(),
+            agent: "NONE".into(),
+            event: "MOVED",
+            data: vec![
+                (place.joined_ms / 1000).to_string(),
+                place.priority.to_string(),
+            ],
+        });
+    }
+
     /// Signs an INVITE for a fabric member, when the node has a fabric secret.
     pub(super) fn sign(&self, mut req: Request) -> Request {
         if let Some(key) = &self.trust.key {

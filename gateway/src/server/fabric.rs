@@ -7,7 +7,7 @@ use super::{unix_secs, Core};
 use crate::b2bua;
 use crate::sip::message::{self, Request};
 use crate::sip::transaction::TransactionKey;
-use crate::sip::trust::{self, TrustError};
+use crate::sip::trust::{self, JoinPlace, TrustError};
 use crate::transport::Peer;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -66,14 +66,12 @@ impl Core {
         }
     }
 
-    /// Where a queue number goes when a live fabric member advertises it: the members of our
-    /// own site first (the others are standby), then EID order; the rest are fallbacks (tried
-    /// on a timeout or a 503 before any provisional). `None` when nobody advertises it.
-    pub(super) fn fabric_route(&self, req: &Request, source: &Peer) -> Option<b2bua::Target> {
-        let dialled = req.uri.auth.as_ref().map(|a| a.user.clone())?;
+    /// The live fabric members that serve `number` (its SIP addresses): our own site's
+    /// first (the others are standby), then EID order.
+    fn providers(&self, number: &str) -> Vec<SocketAddr> {
         let mut providers: Vec<(bool, SocketAddr)> = self
             .bus
-            .queue_providers(&dialled)
+            .queue_providers(number)
             .into_iter()
             .filter(|p| !p.local)
             .filter_map(|p| {
@@ -82,7 +80,11 @@ impl Core {
             })
             .collect();
         providers.sort_by_key(|p| p.0);
-        let mut dests = providers.into_iter().map(|(_, addr)| Peer {
+        providers.into_iter().map(|(_, a)| a).collect()
+    }
+
+    fn member_peer(&self, addr: SocketAddr, fallback: SocketAddr) -> Peer {
+        Peer {
             addr,
             transport: crate::transport::Transport::Udp,
             local: self
@@ -91,8 +93,19 @@ impl Core {
                 .udp
                 .first()
                 .copied()
-                .unwrap_or(source.local),
-        });
+                .unwrap_or(fallback),
+        }
+    }
+
+    /// Where a queue number goes when a live fabric member advertises it ([`Self::providers`];
+    /// the rest are fallbacks, tried on a timeout or a 503 before any provisional). `None` when
+    /// nobody advertises it.
+    pub(super) fn fabric_route(&self, req: &Request, source: &Peer) -> Option<b2bua::Target> {
+        let dialled = req.uri.auth.as_ref().map(|a| a.user.clone())?;
+        let mut dests = self
+            .providers(&dialled)
+            .into_iter()
+            .map(|a| self.member_peer(a, source.local));
         let dest = dests.next()?;
         info!(number = %dialled, node = %dest.addr, "queue number routed to a live ACD node that serves it");
         Some(b2bua::Target::Peer {
@@ -102,6 +115,101 @@ impl Core {
             fallbacks: dests.collect(),
         })
     }
+
+    /// The call just set up went to a fabric member for queue `number`: remember where, and
+    /// when the caller joined, to move them if that node dies.
+    pub(super) fn track_fabric_call(&mut self, number: String, node: SocketAddr) {
+        let Some(id) = self.b2bua.newest_call() else {
+            return;
+        };
+        let joined_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        self.fabric_calls.insert(
+            id,
+            FabricCall {
+                number,
+                node,
+                place: JoinPlace {
+                    joined_ms,
+                    priority: 0,
+                },
+            },
+        );
+    }
+
+    /// No caller lost: each answered call whose ACD node no longer serves its queue number
+    /// (expired: silent past the liveness TTL) is moved to a live node that does, with its
+    /// original join time (`X-CF-Join`, signed); music on hold meanwhile.
+    pub(super) fn move_orphans(&mut self) {
+        let ids: Vec<b2bua::CallId> = self.fabric_calls.keys().copied().collect();
+        for id in ids {
+            if !self.b2bua.has_call(id) {
+                self.fabric_calls.remove(&id);
+                continue;
+            }
+            let calling = self.b2bua.is_calling(id);
+            if !calling && !self.b2bua.is_answered(id) {
+                continue;
+            }
+            let Some(fc) = self.fabric_calls.get(&id) else {
+                continue;
+            };
+            let live = self.providers(&fc.number);
+            if live.contains(&fc.node) {
+                continue;
+            }
+            let Some(&next) = live.first() else {
+                continue; // nobody serves it now: the caller stays where they are until one does
+            };
+            let (number, old, place) = (fc.number.clone(), fc.node, fc.place);
+            let fallback = self.member_peer(next, next);
+            let dest = self.member_peer(next, fallback.local);
+            if calling {
+                // Never answered by the dead node: the same INVITE goes to the next node now
+                // rather than after Timer B.
+                if self
+                    .b2bua
+                    .retarget(id, dest, Some(place), std::time::Instant::now())
+                {
+                    info!(call = id.0, %number, from = %old, to = %next,
+                        "FABRIC RETRY the caller's ACD node died before answering: INVITE sent to a live node");
+                    if let Some(fc) = self.fabric_calls.get_mut(&id) {
+                        fc.node = next;
+                    }
+                }
+                continue;
+            }
+            let extra = format!("{}: {}\r\n", trust::JOIN_HEADER, place.format());
+            let signer = self.cfg.fabric.clone().map(|k| (k, unix_secs()));
+            if self.b2bua.move_b(
+                id,
+                &format!("sip:{number}@{next}"),
+                dest,
+                &extra,
+                signer,
+                &mut self.media,
+            ) {
+                info!(call = id.0, %number, from = %old, to = %next, joined_ms = place.joined_ms,
+                    "FABRIC MOVE the caller's ACD node died: moved to a live node with their original join time");
+                if let Some(fc) = self.fabric_calls.get_mut(&id) {
+                    fc.node = next;
+                }
+            }
+        }
+    }
+}
+
+/// A call routed to a fabric member (`Core::fabric_calls`).
+#[derive(Debug, Clone)]
+pub(super) struct FabricCall {
+    number: String,
+    node: SocketAddr,
+    place: JoinPlace,
 }
 
 /// A heartbeat's SIP address: `127.0.0.1:5070`, `udp:127.0.0.1:5070` or `sip:127.0.0.1:5070`.
