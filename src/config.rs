@@ -8,6 +8,7 @@ use statebus::{Eid, TlsMode, XmppBusConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod fabric;
 mod security;
 pub use security::check_device_credentials;
 mod streams;
@@ -40,6 +41,9 @@ pub struct Config {
     pub presence: Option<PresenceSection>,
     /// Voicemail (`config/voicemail.rs`).
     pub voicemail: Option<voicemail::VoicemailSection>,
+
+    /// The secret fabric members sign their SIP to each other with (`config/fabric.rs`).
+    pub fabric: Option<fabric::FabricSection>,
 }
 
 /// `[presence]`: agents and devices as JIDs of an external component.
@@ -614,7 +618,15 @@ impl Loaded {
         c.fabric_jids = s.fabric_jids.clone();
         c.site = self.config.node.site.clone();
         c.role = self.config.node.role.clone();
-        c.sip_address = self.config.node.sip_address.clone();
+        c.sip_address = self.config.node.sip_address.clone().or_else(|| {
+            // An ACD node is reached where it listens (queue advertisements).
+            let a = self
+                .config
+                .acd
+                .as_ref()
+                .filter(|_| self.config.gateway.is_none())?;
+            Some(a.udp.clone())
+        });
         if let Some(m) = s.max_items {
             if m == 0 {
                 return Err(anyhow!(
@@ -880,6 +892,8 @@ impl Loaded {
             });
         }
         Ok(gateway::server::GatewayConfig {
+            fabric: self.fabric_key()?,
+            site: self.config.node.site.clone(),
             udp,
             tcp,
             realm: g.realm.clone(),
@@ -1120,6 +1134,7 @@ impl Loaded {
         };
         acd::Engine::new(&engine).map_err(|e| anyhow!("{}: {e}", self.at("acd", "queue")))?;
         Ok(acd::node::NodeConfig {
+            fabric: self.fabric_key()?,
             udp,
             media_ip,
             rtp_ports,

@@ -645,6 +645,16 @@ async fn run_gateway_or_acd(
                 BusEvent::Changed(Change::Mwi(m)) => {
                     println!("MWI {} new={} old={}", m.key(), m.new, m.old)
                 }
+
+                // Fabric members as they come and go (queue advertisements, issue 15).
+                BusEvent::Changed(Change::PeerUp(hb)) => println!(
+                    "PEER {} up site={} role={} queues={}",
+                    hb.eid,
+                    hb.site,
+                    hb.role,
+                    hb.queues.join(",")
+                ),
+                BusEvent::Changed(Change::PeerExpired(eid)) => println!("PEER {eid} expired"),
                 _ => {}
             }
         }

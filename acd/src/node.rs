@@ -95,6 +95,9 @@ pub struct NodeConfig {
     /// node has a source of device state (a gateway in the process, or the XMPP fabric);
     /// false for a lone node on the in-process bus, which keeps app_queue's UNKNOWN = available.
     pub unheard_unavailable: bool,
+    /// The fabric secret (`sip_core::trust`): callers' INVITEs signed with it are taken from
+    /// any member (a moved caller's `X-CF-Join` honoured), offers are signed.
+    pub fabric: Option<Arc<sip_core::trust::FabricKey>>,
 }
 
 enum Command {
@@ -181,6 +184,10 @@ impl AcdNode {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let media = RelayMedia::new(relay, cfg.music, cfg.prompts, done_tx);
         let now = Instant::now();
+        // Gateways find this node's queue numbers in its heartbeat (`statebus::services`).
+        let mut numbers: Vec<String> = cfg.numbers.keys().cloned().collect();
+        numbers.sort();
+        bus.advertise_queues(&numbers);
         let call_cfg = CallConfig {
             local,
             t1: cfg.t1,
@@ -205,6 +212,7 @@ impl AcdNode {
             Box::new(SystemTime::now),
             now,
         )?;
+        core.set_fabric_key(cfg.fabric.clone());
         let bus_rx = bus.subscribe();
         let snapshot = bus.snapshot().devices;
         let heard: std::collections::HashSet<String> = snapshot

@@ -1217,3 +1217,25 @@ fn raise_penalty_and_leavewhenempty_penalty_factor() {
         "b is out of range"
     );
 }
+
+/// Issue 15: a caller moved from a dead node joins with their original join time
+/// (`Join::joined_at`) and takes their place among callers of the same priority; a join time
+/// from the future counts as now.
+#[test]
+fn a_moved_caller_keeps_their_original_place() {
+    let mut e = engine(vec![queue("q", Strategy::Linear, &[])]);
+    e.join(t(10), Join::new("a", "q")).expect("a");
+    e.join(t(20), Join::new("b", "q")).expect("b");
+    let moved = |id: &str, at: u64, prio: i32| {
+        let mut j = Join::new(id, "q");
+        j.joined_at = Some(t(at));
+        j.priority = prio;
+        j
+    };
+    e.join(t(30), moved("c", 5, 0)).expect("c");
+    e.join(t(31), moved("d", 15, 0)).expect("d");
+    e.join(t(32), moved("e", 25, 1)).expect("e");
+    e.join(t(33), moved("f", 100, 0)).expect("f");
+    e.join(t(34), Join::new("g", "q")).expect("g");
+    assert_eq!(e.waiting_callers("q"), ["e", "c", "a", "d", "b", "f", "g"]);
+}

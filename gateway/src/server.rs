@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
 mod durable;
+mod fabric;
 mod security;
 mod shutdown;
 mod voicemail;
@@ -90,6 +91,12 @@ pub struct GatewayConfig {
     pub streams: transport::StreamConfig,
     /// Voicemail: where diverted calls and the retrieval code go (`server/voicemail.rs`).
     pub voicemail: Option<crate::voicemail::Routes>,
+
+    /// The fabric secret: INVITEs signed with it are trusted, INVITEs to fabric members
+    /// (queue numbers) are signed (`sip_core::trust`, `server/fabric.rs`).
+    pub fabric: Option<Arc<crate::sip::trust::FabricKey>>,
+    /// This node's site (queue numbers go to an ACD node of the same site first).
+    pub site: String,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -595,6 +602,8 @@ impl Gateway {
             dns,
             records,
             refused: 0,
+            replay: crate::sip::trust::ReplayCache::default(),
+            fabric_calls: HashMap::new(),
         };
         let tls = core.transports.tls_state();
         let task = tokio::spawn(core.run(events, control_rx));
@@ -690,6 +699,18 @@ struct Core {
     active: Arc<std::sync::atomic::AtomicUsize>,
     /// Authentication defence (`server/security.rs`).
     guard: security::SharedGuard,
+    /// Fabric signatures accepted and still in their window (`server/fabric.rs`).
+    replay: crate::sip::trust::ReplayCache,
+    /// Calls routed to an ACD node through the fabric, to move if it dies.
+    fabric_calls: HashMap<b2bua::CallId, fabric::FabricCall>,
+}
+
+/// Unix time, seconds (fabric signatures).
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
@@ -767,6 +788,8 @@ impl Core {
                     self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
                     // A flood that stopped still gets its "N similar suppressed" line.
                     crate::transport::loglimit::flush();
+
+                    self.move_orphans();
                 }
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),
@@ -1088,7 +1111,14 @@ impl Core {
     /// A new INVITE: who calls (a trunk by source address, or a device by digest), and where
     /// to (dial plan: extension → device, device name, trunk prefix).
     fn on_invite(&mut self, key: TransactionKey, req: Request, source: Peer, now: Instant) {
-        let caller = if let Some(t) = self.cfg.trunks.iter().find(|t| {
+        let from_member = match self.fabric_check(&key, &req, &source, now) {
+            Some(false) => return,
+            Some(true) => true,
+            None => false,
+        };
+        let caller = if from_member {
+            Caller::default()
+        } else if let Some(t) = self.cfg.trunks.iter().find(|t| {
             (t.domain.is_none() && t.address == source.addr)
                 || t.inbound_from.contains(&source.addr.ip())
                 || (t.domain.is_some() && self.trunk_addrs(t).contains(&source.addr))
@@ -1115,6 +1145,7 @@ impl Core {
                     }
                 }
                 Err(challenge) => {
+                    self.log_unsigned_offer(&req, &source);
                     self.send_challenge(&key, challenge, &source);
                     return;
                 }
@@ -1124,6 +1155,18 @@ impl Core {
             return;
         }
         let mut target = self.route(&req, &source);
+        // A queue number a live ACD node advertises goes there (signed), ahead of a static
+        // trunk prefix; a device of that name still wins.
+        let mut fabric_to = None;
+        if !matches!(target, b2bua::Target::Device { .. }) {
+            if let Some(t) = self.fabric_route(&req, &source) {
+                if let b2bua::Target::Peer { dest, .. } = &t {
+                    fabric_to = Some((b2bua::dialled_user(&req), dest.addr));
+                }
+                target = t;
+                self.b2bua.sign_next = self.cfg.fabric.clone().map(|k| (k, unix_secs()));
+            }
+        }
         // The arbiter against double offering and ghost calls: an ACD's offer (X-CF-Offer)
         // that arrives after its deadline is refused (480 + Reason: the ACD gave up, nobody
         // may ring for it); with ringinuse=no it is refused (486, "try the next") while the
@@ -1224,6 +1267,10 @@ impl Core {
         }
         self.media.incoming = None;
         self.media.incoming_queue = None;
+        self.b2bua.sign_next = None;
+        if let Some((number, node)) = fabric_to {
+            self.track_fabric_call(number, node);
+        }
     }
 
     /// Where trunk `t` is now: its address, or a domain trunk's resolved targets in RFC 3263

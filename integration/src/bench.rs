@@ -899,6 +899,8 @@ pub fn gateway_config(
     database: String,
 ) -> gateway::server::GatewayConfig {
     gateway::server::GatewayConfig {
+        fabric: None,
+        site: "bench".into(),
         udp: vec![udp],
         tcp: vec![],
         realm: "bench".into(),

@@ -221,6 +221,45 @@ t1_ms = 100
         gw
     }
 
+    /// Starts `callfabric <spec.command>` on a config the caller wrote (`text`, e.g. an example
+    /// file with its ports and paths substituted), with `files` (name, contents) beside it in
+    /// the private directory; adds `spec.devices` first. A gateway's ready line must name
+    /// `udp` and `tcp`.
+    pub fn start_config(
+        binary: &Path,
+        spec: GatewaySpec,
+        text: &str,
+        files: &[(&str, &str)],
+        udp: SocketAddr,
+        tcp: SocketAddr,
+    ) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join(format!("{}.toml", spec.name));
+        std::fs::write(&config, text).expect("write config");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents)
+                .expect("write a file beside the config");
+        }
+        for (user, password) in &spec.devices {
+            devices_add(binary, &config, user, password);
+        }
+        let (child, lines) = spawn(binary, &spec.command, &config, dir.path());
+        let mut gw = GatewayProcess {
+            child,
+            lines,
+            history: Vec::new(),
+            dir,
+            config,
+            udp,
+            tcp,
+            spec,
+            call_cursor: 0,
+            binary: binary.to_path_buf(),
+        };
+        gw.wait_ready();
+        gw
+    }
+
     fn wait_ready(&mut self) {
         let (udp, tcp) = (self.udp, self.tcp);
         let gw = self;

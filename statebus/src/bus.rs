@@ -1,6 +1,6 @@
 //! The [`Bus`] trait: what gateways and ACD nodes see of the state fabric.
 
-use crate::{Change, DeviceState, Eid, Mwi, Snapshot, StateCache};
+use crate::{Change, DeviceState, Eid, Mwi, QueueProvider, Snapshot, StateCache};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -49,6 +49,12 @@ pub trait Bus: Send + Sync {
     /// The per-EID states of one device: which members publish it (an ACD finds the gateway
     /// that holds an agent's registration through this and the members' heartbeats).
     fn device_detail(&self, key: &str) -> Vec<(Eid, DeviceState)>;
+    /// Advertise the queue numbers this member serves (replacing what it advertised before);
+    /// carried in its heartbeat, so they live as long as it does ([`crate::services`]).
+    fn advertise_queues(&self, numbers: &[String]);
+    /// The live members that serve queue `number`: this process first if it does, then the
+    /// others in EID order ([`crate::services::providers`]).
+    fn queue_providers(&self, number: &str) -> Vec<QueueProvider>;
 }
 
 /// Receive the next event, turning a lag into [`BusEvent::Lagged`]; `None` when the bus is gone.
@@ -65,6 +71,8 @@ pub async fn recv(rx: &mut broadcast::Receiver<BusEvent>) -> Option<BusEvent> {
 pub(crate) struct Core {
     cache: Mutex<StateCache>,
     events: broadcast::Sender<BusEvent>,
+    /// The queue numbers this member advertises.
+    queues: Mutex<Vec<String>>,
 }
 
 impl Core {
@@ -73,6 +81,7 @@ impl Core {
         Arc::new(Core {
             cache: Mutex::new(cache),
             events,
+            queues: Mutex::new(Vec::new()),
         })
     }
 
@@ -80,6 +89,31 @@ impl Core {
         // A poisoned lock means a panic elsewhere while holding it; the cache itself is still
         // consistent (every mutation is a single insert), so keep serving.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the advertised queue numbers (bounded: [`crate::services::sanitize`]); whether
+    /// they changed.
+    pub(crate) fn set_queues(&self, numbers: &[String]) -> bool {
+        let new = crate::services::sanitize(numbers.iter().map(String::as_str));
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = *q != new;
+        *q = new;
+        changed
+    }
+
+    /// The advertised queue numbers.
+    pub(crate) fn queues(&self) -> Vec<String> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The live providers of `number` (see [`Bus::queue_providers`]).
+    pub(crate) fn queue_providers(&self, number: &str) -> Vec<QueueProvider> {
+        let own = self.queues();
+        let cache = self.cache();
+        crate::services::providers((cache.own_eid(), &own), cache.peers(), number)
     }
 
     pub(crate) fn emit(&self, change: Change) {

@@ -21,6 +21,8 @@ pub struct Heartbeat {
     pub time: u64,
     /// Optional SIP address of this member (gateways), so ACD nodes can route to it.
     pub sip: Option<String>,
+    /// Queue numbers this member serves (ACD nodes; [`crate::services`]).
+    pub queues: Vec<String>,
 }
 
 /// Something a subscriber should hear about: only aggregate changes are reported.
@@ -336,6 +338,11 @@ impl StateCache {
             .min()
     }
 
+    /// Every member heard from: its latest heartbeat and whether it is alive.
+    pub fn peers(&self) -> impl Iterator<Item = (&Heartbeat, bool)> {
+        self.peers.values().map(|p| (&p.info, !p.expired))
+    }
+
     /// Whether `eid` is a tracked member that is currently alive (`None` if never heard).
     pub fn peer_alive(&self, eid: Eid) -> Option<bool> {
         self.peers.get(&eid).map(|p| !p.expired)
@@ -440,6 +447,7 @@ mod tests {
             version: "0".into(),
             time: 0,
             sip: None,
+            queues: Vec::new(),
         }
     }
 

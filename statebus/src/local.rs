@@ -64,6 +64,14 @@ impl Bus for LocalBus {
     fn device_detail(&self, key: &str) -> Vec<(Eid, DeviceState)> {
         self.core.cache().device_detail(key)
     }
+
+    fn advertise_queues(&self, numbers: &[String]) {
+        self.core.set_queues(numbers);
+    }
+
+    fn queue_providers(&self, number: &str) -> Vec<crate::QueueProvider> {
+        self.core.queue_providers(number)
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +103,17 @@ mod tests {
         assert!(rx.try_recv().is_err());
         assert_eq!(bus.device_state("PJSIP/1000"), Some(DeviceState::NotInUse));
         assert_eq!(bus.snapshot().mwi["1000@default"].new, 1);
+    }
+
+    #[test]
+    fn advertised_queues_make_this_process_their_provider() {
+        let bus = LocalBus::new(Eid([2, 0, 0, 0, 0, 1]));
+        assert!(bus.queue_providers("800").is_empty());
+        bus.advertise_queues(&["800".into(), "bad number".into()]);
+        let p = bus.queue_providers("800");
+        assert!(p.len() == 1 && p[0].local && p[0].eid == bus.eid(), "{p:?}");
+        assert!(bus.queue_providers("bad number").is_empty());
+        bus.advertise_queues(&[]);
+        assert!(bus.queue_providers("800").is_empty());
     }
 }

@@ -132,8 +132,11 @@ pub fn heartbeat_xml(hb: &Heartbeat) -> String {
         .as_deref()
         .map(|s| format!(" sip='{}'", escape(s)))
         .unwrap_or_default();
+    let queues = crate::services::encode(&hb.queues)
+        .map(|q| format!(" queues='{}'", escape(&q)))
+        .unwrap_or_default();
     format!(
-        "<heartbeat xmlns='{NS_FABRIC}' eid='{}' site='{}' role='{}' version='{}' time='{}'{sip}/>",
+        "<heartbeat xmlns='{NS_FABRIC}' eid='{}' site='{}' role='{}' version='{}' time='{}'{sip}{queues}/>",
         hb.eid,
         escape(&hb.site),
         escape(&hb.role),
@@ -497,6 +500,10 @@ fn decode_heartbeat(id: &str, payload: &Element) -> WireItem {
             .and_then(|t| t.parse().ok())
             .unwrap_or(0),
         sip: payload.attr("sip").map(str::to_string),
+        queues: payload
+            .attr("queues")
+            .map(crate::services::decode)
+            .unwrap_or_default(),
     })
 }
 
@@ -851,6 +858,7 @@ mod tests {
             version: "0.1.0".into(),
             time: 1_700_000_000,
             sip: Some("udp:127.0.0.1:5060".into()),
+            queues: vec!["800".into(), "*45".into()],
         };
         let el = publish_heartbeat(&hb).unwrap();
         let item = el.children().next().unwrap().children().next().unwrap();

@@ -1009,6 +1009,15 @@ impl Bus for XmppBus {
     fn device_detail(&self, key: &str) -> Vec<(Eid, DeviceState)> {
         self.shared.core.cache().device_detail(key)
     }
+
+    fn advertise_queues(&self, numbers: &[String]) {
+        // Carried by the next heartbeat (within one heartbeat interval).
+        self.shared.core.set_queues(numbers);
+    }
+
+    fn queue_providers(&self, number: &str) -> Vec<crate::QueueProvider> {
+        self.shared.core.queue_providers(number)
+    }
 }
 
 /// What an IQ in flight was for.
@@ -1610,6 +1619,7 @@ impl Worker {
             version: env!("CARGO_PKG_VERSION").into(),
             time: unix_now(),
             sip: self.cfg.sip_address.clone(),
+            queues: self.shared.core.queues(),
         };
         if let Ok(el) = wire::publish_heartbeat(&hb) {
             self.iq(stream, Tag::Heartbeat, Req::Set(el)).await;

@@ -39,6 +39,7 @@ mod admin;
 mod announce;
 mod late;
 mod shutdown;
+mod trust;
 pub use admin::{CallState, LiveCall, PauseCodes};
 pub use late::MAX_ABANDONED;
 pub use shutdown::{FinishReport, BYE_WAIT_CAP};
@@ -387,6 +388,8 @@ pub struct CallControl<M, F> {
     out: VecDeque<Output>,
     /// Graceful shutdown (`shutdown.rs`).
     shutdown: shutdown::Shutdown,
+    /// Fabric trust (`trust.rs`).
+    trust: trust::Trust,
 }
 
 impl<M: Media, F: Fabric> CallControl<M, F> {
@@ -424,6 +427,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             next_leg: 1,
             out: VecDeque::new(),
             shutdown: shutdown::Shutdown::default(),
+            trust: trust::Trust::default(),
         })
     }
 
@@ -781,10 +785,11 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
     }
 
     fn on_caller(&mut self, key: TransactionKey, req: Request, source: Peer, now: Instant) {
-        if !self.cfg.gateways.contains(&source.addr) {
-            warn!(source = %source.addr, "INVITE from an unknown peer refused");
-            return self.reply(&key, &req, 403);
-        }
+        let place = match self.admit(&req, &source) {
+            trust::Admission::Refused(code) => return self.reply(&key, &req, code),
+            trust::Admission::Gateway => None,
+            trust::Admission::Member(place) => place,
+        };
         if self.refused_while_draining(&key, &req) {
             return;
         }
@@ -850,6 +855,12 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         if confirm.is_none() {
             let mut join = Join::new(caller_id.clone(), queue.clone());
             join.caller_number = from_user;
+            // A caller moved off a dead node keeps their place (signed `X-CF-Join`).
+            if let Some(p) = place {
+                join.priority = p.priority;
+                join.joined_at = Some(self.joined_at(p, now));
+                info!(caller = %caller_id, %queue, joined_ms = p.joined_ms, priority = p.priority, "moved caller queued at their original place");
+            }
             if let Err(e) = self.engine.join(self.t(now), join) {
                 info!(%queue, error = %e, "caller not queued");
                 self.media.close(leg);
@@ -858,6 +869,9 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     _ => 480,
                 };
                 return self.reply(&key, &req, code);
+            }
+            if let Some(p) = place {
+                self.log_moved(&caller_id, &queue, p);
             }
         }
         let tag = format!("acd{:012x}", self.rand() & 0xffff_ffff_ffff);
@@ -1186,6 +1200,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             return self.not_placed(id, now);
         };
         let req = dialog::with_body(req, sdp_offer.to_string().into_bytes(), "application/sdp");
+        let req = self.sign(req);
         let peer = self.peer(gw);
         info!(%interface, gateway = %gw, %queue, "offering a caller");
         let key = self.send(req.clone(), &branch, peer.clone());

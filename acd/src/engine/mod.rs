@@ -573,11 +573,17 @@ impl Engine {
             .unwrap_or_default();
         let ck = self.next_caller;
         self.next_caller += 1;
+        // Behind every caller of higher priority, and of equal priority who joined no later.
+        let joined = j.joined_at.map_or(self.now, |t| t.min(self.now));
         let pos = {
             let qu = &self.queues[q];
             qu.callers
                 .iter()
-                .position(|k| self.callers.get(k).is_some_and(|c| c.priority < j.priority))
+                .position(|k| {
+                    self.callers.get(k).is_some_and(|c| {
+                        c.priority < j.priority || (c.priority == j.priority && c.joined > joined)
+                    })
+                })
                 .unwrap_or(qu.callers.len())
         };
         self.queues[q].callers.insert(pos, ck);
@@ -589,7 +595,7 @@ impl Engine {
                 id: j.caller.clone(),
                 queue: q,
                 priority: j.priority,
-                joined: self.now,
+                joined,
                 opos,
                 max_penalty: j.max_penalty,
                 min_penalty: j.min_penalty,

@@ -95,6 +95,9 @@ pub struct Join {
     pub raise_penalty: Option<i32>,
     /// Queue() timeout argument: maximum wait before EXITWITHTIMEOUT.
     pub max_wait: Option<Duration>,
+    /// When the caller originally joined (engine time, not after now): a caller moved from
+    /// another node keeps their place among callers of the same priority. `None`: now.
+    pub joined_at: Option<Time>,
 }
 
 impl Join {
@@ -110,6 +113,7 @@ impl Join {
             min_penalty: None,
             raise_penalty: None,
             max_wait: None,
+            joined_at: None,
         }
     }
 }

@@ -8,4 +8,5 @@ pub mod message;
 pub mod offer;
 pub mod prack;
 pub mod transaction;
+pub mod trust;
 pub mod via;

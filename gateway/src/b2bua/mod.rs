@@ -29,6 +29,7 @@ mod divert;
 pub mod fork;
 pub mod hold;
 mod linked;
+mod moved;
 mod reliable;
 mod shutdown;
 mod srtp;
@@ -367,6 +368,11 @@ struct Call {
     b_invite_key: TransactionKey,
     b_invite: Request,
     b_provisional: bool,
+    /// Leg B is being moved to another peer (`moved.rs`).
+    moving: bool,
+    /// Leg B's INVITE was signed for the fabric with this key at this unix time (renewed on
+    /// a retry to another target).
+    signer: Option<(std::sync::Arc<crate::sip::trust::FabricKey>, u64)>,
     /// Our account at B (a trunk) and whether its challenge was answered already.
     b_credentials: Option<ClientCredentials>,
     b_auth_tried: bool,
@@ -441,6 +447,10 @@ pub struct B2bua {
     next_media_check: Option<Instant>,
     /// Diversions armed per call (`divert.rs`).
     diverts: HashMap<CallId, divert::Armed>,
+
+    /// Sign the next leg-B INVITE for a fabric member with this key at this unix time (set
+    /// by the gateway just before [`B2bua::on_invite`], taken by it; `sip_core::trust`).
+    pub sign_next: Option<(std::sync::Arc<crate::sip::trust::FabricKey>, u64)>,
 }
 
 impl std::fmt::Debug for B2bua {
@@ -512,6 +522,8 @@ impl B2bua {
             next_id: 1,
             next_media_check: None,
             diverts: HashMap::new(),
+
+            sign_next: None,
         }
     }
 
@@ -739,9 +751,14 @@ impl B2bua {
             to = strip_tag(&to),
             our = our_contact(&dest),
         );
+        let signer = self.sign_next.take();
         let b_invite = match message::parse(text.as_bytes()) {
             Ok(SipMessage::Request(r)) => {
-                dialog::with_body(r, b_sdp.to_string().into_bytes(), "application/sdp")
+                let mut r = dialog::with_body(r, b_sdp.to_string().into_bytes(), "application/sdp");
+                if let Some((key, now_secs)) = &signer {
+                    key.sign(&mut r, *now_secs);
+                }
+                r
             }
             _ => {
                 media.close(id);
@@ -782,6 +799,8 @@ impl B2bua {
             b_invite_key: b_key.clone(),
             b_invite: b_invite.clone(),
             b_provisional: false,
+            moving: false,
+            signer,
             b_credentials,
             b_auth_tried: false,
             b_fallbacks,
@@ -864,6 +883,9 @@ impl B2bua {
         now: Instant,
     ) {
         let code = resp.status_code.code();
+        if code >= 300 && self.is_moving(id) {
+            return self.move_failed(id, &format!("{code}"), media, now);
+        }
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -960,6 +982,9 @@ impl B2bua {
                 });
             }
             if call.phase != Phase::Calling {
+                if call.moving {
+                    self.moved(id, &resp, media);
+                }
                 return; // a 2xx retransmission: the ACK above is all it needs
             }
             if call.cancel_pending {
@@ -1119,7 +1144,7 @@ impl B2bua {
                 }
             }
         }
-        if code == 503 && self.next_target(id) {
+        if code == 503 && self.next_target(id, now) {
             return;
         }
         if self.divert(id, Some(code), now) {
@@ -1173,7 +1198,11 @@ impl B2bua {
             self.by_client.remove(key);
             return;
         };
-        if call.b_invite_key == *key && call.phase == Phase::Calling && self.next_target(id) {
+        if call.b_invite_key == *key && call.moving {
+            self.by_client.remove(key);
+            return self.move_failed(id, "timeout", media, now);
+        }
+        if call.b_invite_key == *key && call.phase == Phase::Calling && self.next_target(id, now) {
             self.by_client.remove(key);
             return;
         }
@@ -1209,13 +1238,22 @@ impl B2bua {
     /// RFC 3263 §4.3 failover: leg B's INVITE failed (timeout, 503) before any provisional
     /// response and the trunk has another target: the same request with a new branch goes
     /// there. Returns whether it was sent.
-    fn next_target(&mut self, id: CallId) -> bool {
+    fn next_target(&mut self, id: CallId, now: Instant) -> bool {
         let Some(call) = self.calls.get_mut(&id) else {
             return false;
         };
         if call.phase != Phase::Calling || call.cancel_pending || call.b_provisional {
             return false;
         }
+        self.retry_target(id, now)
+    }
+
+    /// Sends leg B's INVITE to the next fallback target (same request, new branch; a fabric
+    /// signature renewed); whether there was one.
+    fn retry_target(&mut self, id: CallId, now: Instant) -> bool {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
         if call.b.device.is_none() {
             self.actions
                 .push_back(Action::TargetFailed(call.b.peer.addr));
@@ -1234,6 +1272,13 @@ impl B2bua {
             })
             .collect::<Vec<_>>()
             .into();
+        if let Some((k, t0)) = &call.signer {
+            // The window is short: a retry after Timer B would be refused as stale.
+            k.sign(
+                &mut retry,
+                t0 + now.saturating_duration_since(call.created).as_secs(),
+            );
+        }
         let key = TransactionKey::client(&branch, Method::Invite);
         call.b.peer = peer.clone();
         call.b_invite = retry.clone();
