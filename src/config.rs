@@ -930,6 +930,7 @@ impl Loaded {
             trunks,
             security: self.security()?,
             streams,
+            overload: Default::default(),
             record_dir: match &g.record_dir {
                 None => None,
                 Some(d) => {

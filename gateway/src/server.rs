@@ -11,7 +11,7 @@ use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord}
 use crate::sip::message::{self, Method, Request, SipMessage};
 use crate::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
 use crate::transport::{self, TransportConfig, TransportEvent, Transports};
-use crate::transport::{earliest, receive, sleep_until, transmit, Peer};
+use crate::transport::{earliest, receive_overload, sleep_until, transmit, Peer};
 use statebus::{Bus, DeviceState};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -84,6 +84,8 @@ pub struct GatewayConfig {
     pub security: crate::security::SecurityConfig,
     /// TLS listeners and files; bounds and timeouts of TCP/TLS connections.
     pub streams: transport::StreamConfig,
+    /// Overload control (issue 16): standing-queue target, Retry-After of its 503s.
+    pub overload: sip_core::overload::Config,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -553,6 +555,8 @@ impl Gateway {
         }
         let guard: security::SharedGuard =
             Arc::new(std::sync::Mutex::new(crate::security::Guard::new(scfg)));
+        let overload = sip_core::overload::Overload::new(cfg.overload.clone());
+        transports.set_overload_gate(overload.gate());
         let core = Core {
             guard: guard.clone(),
             durable: durable::Durable::start(records.clone(), cfg.node.clone()),
@@ -589,6 +593,7 @@ impl Gateway {
             dns,
             records,
             refused: 0,
+            overload,
         };
         let tls = core.transports.tls_state();
         let task = tokio::spawn(core.run(events, control_rx));
@@ -684,6 +689,8 @@ struct Core {
     active: Arc<std::sync::atomic::AtomicUsize>,
     /// Authentication defence (`server/security.rs`).
     guard: security::SharedGuard,
+    /// Overload control (issue 16): measures the queueing delay, its gate refuses at ingress.
+    overload: sip_core::overload::Overload,
 }
 
 /// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
@@ -744,7 +751,10 @@ impl Core {
             tokio::select! {
                 ev = events.recv() => match ev {
                     None => break,
-                    Some(ev) if self.admitted(&ev) => receive(&self.transports, &mut self.tl, ev).await,
+                    Some(ev) if self.admitted(&ev) => {
+                        let backlog = events.len();
+                        receive_overload(&self.transports, &mut self.tl, &mut self.overload, backlog, ev).await
+                    }
                     Some(_) => {}
                 },
                 _ = sleep => {
@@ -758,6 +768,7 @@ impl Core {
                     }
                     self.register_outbound(None);
                     self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
+                    self.overload.tick(Instant::now());
                 }
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),

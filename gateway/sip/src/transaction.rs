@@ -688,6 +688,27 @@ impl<D: Clone> TransactionLayer<D> {
         self.tx(key).map(|t| &t.request)
     }
 
+    /// True when `request` retransmits a request whose server transaction has not sent a
+    /// final response yet (Trying or Proceeding): the layer would absorb it, or re-send a
+    /// provisional, so overload control may drop it. False for anything else (new requests,
+    /// ACK, retransmissions a final response is re-sent for, unparseable ones).
+    pub fn is_pending_retransmission(&self, request: &Request) -> bool {
+        if request.method == Method::Ack {
+            return false;
+        }
+        let (Ok(via), Ok(cseq)) = (
+            parse::top_via(&request.headers),
+            parse::cseq(&request.headers),
+        ) else {
+            return false;
+        };
+        let Ok(ids) = ServerIds::of(request, &via, &cseq) else {
+            return false;
+        };
+        self.tx(&ids.key(request.method))
+            .is_some_and(|t| matches!(t.state, State::Trying | State::Proceeding))
+    }
+
     /// Completed non-INVITE server transactions held for Timer J, and the bytes they take
     /// (table slots, queue, each one's key and encoded response on the heap).
     pub fn completed_footprint(&self) -> (usize, usize) {
