@@ -484,7 +484,7 @@ impl Gateway {
             t1: cfg.t1,
             ..tx::Config::default()
         };
-        let relay = MediaRelay::with_own_thread(RelayConfig::new(
+        let relay = MediaRelay::per_core(RelayConfig::new(
             cfg.rtp_ip,
             cfg.rtp_ip,
             cfg.rtp_ports.0,
