@@ -950,6 +950,8 @@ impl Loaded {
             streams,
             // Filled in by the binary once the voicemail user agent listens.
             voicemail: None,
+
+            overload: Default::default(),
             record_dir: match &g.record_dir {
                 None => None,
                 Some(d) => {

@@ -501,3 +501,84 @@ fn per_device_digest_restricts_without_changing_the_challenge() {
         "an unknown user's challenge is everyone's"
     );
 }
+
+/// Overload control (issue 16): SIPp offers the debug build far more digest REGISTERs than it
+/// can handle (one account, from one source). The gateway's queue-delay gate refuses new
+/// REGISTERs at ingress with `503 Service Unavailable` + `Retry-After`, and a separate phone
+/// that tries again after a refusal (as phones do) still registers while the flood goes on.
+#[test]
+fn overload_refuses_new_registers_with_503_and_a_phone_still_registers() {
+    let mut spec = GatewaySpec::new("gw-overload", &["1000", "1001"]);
+    spec.realm = "site-a".into();
+    // The flood comes from one source: no challenge rate limit, no bans.
+    spec.extra = "\n[security]\nchallenges_per_sec = 0\nmax_failures_per_source = 1000000\n".into();
+    let mut gw = Gateway(GatewayProcess::start(&binary(), spec));
+    let flood = SippOpts {
+        // More calls than fit in its run: it floods until its timeout, all through the phone's
+        // attempts.
+        calls: 100_000,
+        rate: Some(400.0),
+        timeout: Duration::from_secs(35),
+        ..SippOpts::user("1000", "secret")
+    };
+    let mut flood = SippProcess::spawn(&scenario("register_ok.xml"), Some(gw.udp), &flood)
+        .expect("start the SIPp flood");
+
+    // The phone, once the flood has built a queue: REGISTER (digest), and again 2 s (the
+    // Retry-After) after each failure.
+    std::thread::sleep(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut attempts = 0;
+    let registered = loop {
+        attempts += 1;
+        let out = gw.sipp(
+            "register_ok.xml",
+            SippTransport::Udp,
+            SippOpts {
+                timeout: Duration::from_secs(5),
+                ..SippOpts::user("1001", "secret")
+            },
+        );
+        if out.passed() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let flood_running = flood.is_running();
+    let out = flood.wait().expect("the SIPp flood ends");
+    let refusals: Vec<&str> = out
+        .messages
+        .split("message received")
+        .filter(|b| b.contains("SIP/2.0 503 Service Unavailable"))
+        .collect();
+    assert!(
+        !refusals.is_empty(),
+        "no 503 under overload: {}\n{}",
+        out.describe(),
+        gw.diag()
+    );
+    assert!(
+        refusals
+            .iter()
+            .all(|b| b.lines().any(|l| l.trim() == "Retry-After: 2")),
+        "a 503 without Retry-After: {}",
+        refusals[0]
+    );
+    assert!(
+        registered,
+        "the phone did not register in {attempts} attempts\n{}",
+        gw.diag()
+    );
+    assert!(flood_running, "the flood ended before the phone registered");
+    gw.device("1001", "NOT_INUSE", STATE_TIMEOUT);
+    eprintln!(
+        "overload: {} refusals seen by SIPp ({} calls ok, {} failed); phone registered at attempt \
+         {attempts}, flood still running then: {flood_running}",
+        refusals.len(),
+        out.successful,
+        out.failed
+    );
+}

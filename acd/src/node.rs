@@ -162,7 +162,7 @@ impl AcdNode {
             .first()
             .copied()
             .unwrap_or(cfg.udp);
-        let relay = MediaRelay::with_own_thread(RelayConfig::new(
+        let relay = MediaRelay::per_core(RelayConfig::new(
             cfg.media_ip,
             cfg.media_ip,
             cfg.rtp_ports.0,

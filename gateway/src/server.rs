@@ -11,7 +11,7 @@ use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord}
 use crate::sip::message::{self, Method, Request, SipMessage};
 use crate::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
 use crate::transport::{self, TransportConfig, TransportEvent, Transports};
-use crate::transport::{earliest, receive, sleep_until, transmit, Peer};
+use crate::transport::{earliest, receive_overload, sleep_until, transmit, Peer};
 use statebus::{Bus, DeviceState};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -97,6 +97,9 @@ pub struct GatewayConfig {
     pub fabric: Option<Arc<crate::sip::trust::FabricKey>>,
     /// This node's site (queue numbers go to an ACD node of the same site first).
     pub site: String,
+
+    /// Overload control (issue 16): standing-queue target, Retry-After of its 503s.
+    pub overload: sip_core::overload::Config,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -495,7 +498,7 @@ impl Gateway {
             t1: cfg.t1,
             ..tx::Config::default()
         };
-        let relay = MediaRelay::with_own_thread(RelayConfig::new(
+        let relay = MediaRelay::per_core(RelayConfig::new(
             cfg.rtp_ip,
             cfg.rtp_ip,
             cfg.rtp_ports.0,
@@ -566,6 +569,8 @@ impl Gateway {
         }
         let guard: security::SharedGuard =
             Arc::new(std::sync::Mutex::new(crate::security::Guard::new(scfg)));
+        let overload = sip_core::overload::Overload::new(cfg.overload.clone());
+        transports.set_overload_gate(overload.gate());
         let core = Core {
             guard: guard.clone(),
             durable: durable::Durable::start(records.clone(), cfg.node.clone()),
@@ -604,6 +609,8 @@ impl Gateway {
             refused: 0,
             replay: crate::sip::trust::ReplayCache::default(),
             fabric_calls: HashMap::new(),
+
+            overload,
         };
         let tls = core.transports.tls_state();
         let task = tokio::spawn(core.run(events, control_rx));
@@ -711,6 +718,9 @@ fn unix_secs() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+
+    /// Overload control (issue 16): measures the queueing delay, its gate refuses at ingress.
+    overload: sip_core::overload::Overload,
 }
 
 /// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
@@ -772,7 +782,10 @@ impl Core {
             tokio::select! {
                 ev = events.recv() => match ev {
                     None => break,
-                    Some(ev) if self.admitted(&ev) => receive(&self.transports, &mut self.tl, ev).await,
+                    Some(ev) if self.admitted(&ev) => {
+                        let backlog = events.len();
+                        receive_overload(&self.transports, &mut self.tl, &mut self.overload, backlog, ev).await
+                    }
                     Some(_) => {}
                 },
                 _ = sleep => {
@@ -790,6 +803,8 @@ impl Core {
                     crate::transport::loglimit::flush();
 
                     self.move_orphans();
+
+                    self.overload.tick(Instant::now());
                 }
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),

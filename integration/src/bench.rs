@@ -934,6 +934,8 @@ pub fn gateway_config(
         },
         streams: Default::default(),
         voicemail: None,
+
+        overload: Default::default(),
     }
 }
 

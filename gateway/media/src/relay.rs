@@ -38,7 +38,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -146,8 +146,15 @@ struct RelayInner {
     config: RelayConfig,
     ports: Arc<Mutex<PortAllocator>>,
     next_id: AtomicU64,
-    /// The relay's own single-thread runtime, if it has one ([`MediaRelay::with_own_thread`]).
-    runtime: Option<tokio::runtime::Handle>,
+    /// The relay's own threads, each with a single-thread runtime, and the legs open on each
+    /// ([`MediaRelay::with_threads`]); empty: the caller's runtime.
+    threads: Vec<RelayThread>,
+}
+
+#[derive(Debug)]
+struct RelayThread {
+    runtime: tokio::runtime::Handle,
+    legs: Arc<AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,9 +175,57 @@ impl MediaRelay {
                 config,
                 ports: Arc::new(Mutex::new(ports)),
                 next_id: AtomicU64::new(1),
-                runtime: None,
+                threads: Vec::new(),
             }),
         })
+    }
+
+    /// [`MediaRelay::with_threads`] with one thread per core (issue 16: one thread
+    /// saturated at 1,000 streams).
+    pub fn per_core(config: RelayConfig) -> Result<Self, MediaError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_threads(config, cores)
+    }
+
+    /// A relay whose legs run on `threads` dedicated threads (at least one), each with its
+    /// own single-thread tokio runtime, instead of the caller's runtime: every packet is
+    /// handled where it is received, without waking another worker thread. A new leg goes to
+    /// the thread with the fewest open legs, so streams spread over the threads; the two legs
+    /// of a bridge may run on different threads (a leg forwards by sending on its peer's
+    /// socket, which needs no hand-over). The threads live as long as the process.
+    pub fn with_threads(config: RelayConfig, threads: usize) -> Result<Self, MediaError> {
+        let ports = PortAllocator::new(config.port_min, config.port_max)?;
+        let mut all = Vec::new();
+        for i in 0..threads.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let runtime = rt.handle().clone();
+            std::thread::Builder::new()
+                .name(format!("rtp-relay-{i}"))
+                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+            all.push(RelayThread {
+                runtime,
+                legs: Arc::new(AtomicUsize::new(0)),
+            });
+        }
+        Ok(MediaRelay {
+            inner: Arc::new(RelayInner {
+                config,
+                ports: Arc::new(Mutex::new(ports)),
+                next_id: AtomicU64::new(1),
+                threads: all,
+            }),
+        })
+    }
+
+    /// Open legs on each of the relay's own threads (empty without own threads).
+    pub fn legs_per_thread(&self) -> Vec<usize> {
+        self.inner
+            .threads
+            .iter()
+            .map(|t| t.legs.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// A relay whose legs all run on one dedicated thread with its own single-thread tokio
@@ -179,22 +234,7 @@ impl MediaRelay {
     /// about half the relay's CPU went to cross-worker wake-ups, measured with `perf`); the
     /// signalling keeps the other cores. The thread lives as long as the process.
     pub fn with_own_thread(config: RelayConfig) -> Result<Self, MediaError> {
-        let ports = PortAllocator::new(config.port_min, config.port_max)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = rt.handle().clone();
-        std::thread::Builder::new()
-            .name("rtp-relay".into())
-            .spawn(move || rt.block_on(std::future::pending::<()>()))?;
-        Ok(MediaRelay {
-            inner: Arc::new(RelayInner {
-                config,
-                ports: Arc::new(Mutex::new(ports)),
-                next_id: AtomicU64::new(1),
-                runtime: Some(handle),
-            }),
-        })
+        Self::with_threads(config, 1)
     }
 
     /// The configuration.
@@ -218,8 +258,14 @@ impl MediaRelay {
     /// [`MediaRelay::leg`] for synchronous callers (binding does not wait); it must run where
     /// a tokio runtime is current, else it fails with [`MediaError::NoRuntime`].
     pub fn leg_now(&self) -> Result<Leg, MediaError> {
-        let runtime = match &self.inner.runtime {
-            Some(h) => h.clone(),
+        // The least loaded of the relay's threads, or the caller's runtime.
+        let thread = self
+            .inner
+            .threads
+            .iter()
+            .min_by_key(|t| t.legs.load(Ordering::Relaxed));
+        let runtime = match thread {
+            Some(t) => t.runtime.clone(),
             None => tokio::runtime::Handle::try_current().map_err(|_| MediaError::NoRuntime)?,
         };
         let _entered = runtime.enter();
@@ -256,7 +302,20 @@ impl MediaRelay {
             c: Counters::default(),
         });
         let (close_tx, close_rx) = watch::channel(false);
-        runtime.spawn(run(shared.clone(), close_rx));
+        match thread {
+            Some(t) => {
+                let legs = t.legs.clone();
+                legs.fetch_add(1, Ordering::Relaxed);
+                let task = run(shared.clone(), close_rx);
+                runtime.spawn(async move {
+                    task.await;
+                    legs.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            None => {
+                runtime.spawn(run(shared.clone(), close_rx));
+            }
+        }
         tracing::debug!(leg = shared.id, port, "media leg opened");
         Ok(Leg {
             inner: Arc::new(LegHandle {

@@ -492,6 +492,70 @@ fn relay_on_its_own_thread() {
     assert_eq!(from, b.local_rtp());
 }
 
+/// A relay with a thread per core (issue 16) spreads its legs over the threads, the least
+/// loaded first, and bridges legs that run on different threads in both directions.
+#[test]
+fn relay_threads_spread_legs_and_bridge_across_them() {
+    let cfg = RelayConfig::new(
+        "127.0.0.1".parse().expect("ip"),
+        "127.0.0.1".parse().expect("ip"),
+        22600,
+        22699,
+    );
+    let r = MediaRelay::with_threads(cfg, 2).expect("relay");
+    assert_eq!(r.legs_per_thread(), [0, 0]);
+    let legs: Vec<_> = (0..4)
+        .map(|i| r.leg_now().unwrap_or_else(|e| panic!("leg {i}: {e}")))
+        .collect();
+    assert_eq!(r.legs_per_thread(), [2, 2]);
+    // Legs 0 and 1 went to different threads (each new leg to the least loaded one).
+    let (a, b) = (&legs[0], &legs[1]);
+    let pa = std::net::UdpSocket::bind("127.0.0.1:0").expect("phone a");
+    let pb = std::net::UdpSocket::bind("127.0.0.1:0").expect("phone b");
+    for p in [&pa, &pb] {
+        p.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+    }
+    a.set_remote(pa.local_addr().expect("addr"), None);
+    b.set_remote(pb.local_addr().expect("addr"), None);
+    bridge(a, b).expect("bridge");
+    let mut buf = [0u8; 2048];
+    for seq in 1..=20u8 {
+        let mut pkt = vec![0x80u8, 0, 0, seq, 0, 0, 0, 160, 0, 0, 0, 7];
+        pkt.extend(std::iter::repeat_n(0xd5, 160));
+        pa.send_to(&pkt, a.local_rtp()).expect("send a");
+        let (n, from) = pb.recv_from(&mut buf).expect("relayed a → b");
+        assert_eq!((&buf[..n], from), (&pkt[..], b.local_rtp()));
+        pkt[1] = 8;
+        pb.send_to(&pkt, b.local_rtp()).expect("send b");
+        let (n, from) = pa.recv_from(&mut buf).expect("relayed b → a");
+        assert_eq!((&buf[..n], from), (&pkt[..], a.local_rtp()));
+    }
+    assert_eq!(a.stats().rtp_packets_in, 20);
+    assert_eq!(b.stats().rtp_packets_in, 20);
+    // Closing legs 0 and 2 (one per thread... or both on one): the next leg goes where
+    // fewer legs remain.
+    let mut legs = legs;
+    drop(legs.remove(2));
+    drop(legs.remove(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.legs_per_thread().iter().sum::<usize>() != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            r.legs_per_thread()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = r.legs_per_thread();
+    let _e = r.leg_now().expect("leg e");
+    let after = r.legs_per_thread();
+    let grown = (0..2)
+        .find(|&i| after[i] == before[i] + 1)
+        .expect("one thread grew");
+    assert_eq!(before[grown], *before.iter().min().expect("two threads"));
+}
+
 #[tokio::test]
 async fn leg_now_works_inside_the_runtime() {
     let r = relay(22300, 22399);

@@ -6,6 +6,7 @@ pub mod digest;
 pub mod framing;
 pub mod message;
 pub mod offer;
+pub mod overload;
 pub mod prack;
 pub mod transaction;
 pub mod trust;

@@ -49,6 +49,7 @@
 //! as [`Event::Ack`].
 
 mod build;
+mod completed;
 mod key;
 pub mod parse;
 
@@ -62,6 +63,7 @@ use std::time::{Duration, Instant};
 use rsip::{Method, Request, Response, SipMessage};
 use tracing::{debug, trace};
 
+use completed::Completed;
 use key::{LegacyAckId, ServerIds};
 
 /// Timer values (RFC 3261 §17, Table 4).
@@ -86,6 +88,10 @@ pub struct Config {
     /// `false` gives plain RFC 3261: both sides terminate on a 2xx, and later 2xx
     /// retransmissions reach the TU as [`Event::StrayResponse`]. Default `true`.
     pub accepted_state: bool,
+    /// Completed non-INVITE server transactions (UDP, Timer J) the table holds before its
+    /// first growth; it never shrinks below this. Growth and shrinking are incremental (see
+    /// `transaction/completed.rs`). Default 1024.
+    pub completed_capacity: usize,
 }
 
 impl Default for Config {
@@ -97,6 +103,7 @@ impl Default for Config {
             timer_d: Duration::from_secs(32),
             trying_delay: Some(Duration::from_millis(200)),
             accepted_state: true,
+            completed_capacity: 1024,
         }
     }
 }
@@ -277,6 +284,9 @@ enum Slot {
 enum Flow {
     Continue,
     Terminate,
+    /// A non-INVITE server transaction sent its final response over an unreliable transport:
+    /// it becomes a compact entry that only absorbs retransmissions until Timer J.
+    Compact,
 }
 
 type TimerHeap = BinaryHeap<Reverse<(Instant, u64, Slot)>>;
@@ -497,7 +507,10 @@ impl<D: Clone> Tx<D> {
                 }
                 self.set_state(State::Completed);
                 let j = self.unreliable_only(io.cfg.t1_x64());
-                Ok(self.linger(io, now, j))
+                if j.is_zero() || j > completed::MAX_LINGER || now.checked_add(j).is_none() {
+                    return Ok(self.linger(io, now, j));
+                }
+                Ok(Flow::Compact)
             }
             (Kind::InviteServer, State::Proceeding) => {
                 self.disarm(Slot::Trying);
@@ -606,6 +619,8 @@ pub struct TransactionLayer<D = SocketAddr> {
     next_id: u64,
     txs: HashMap<u64, Tx<D>>,
     index: HashMap<TransactionKey, u64>,
+    /// Completed non-INVITE server transactions over UDP, until Timer J.
+    completed: Completed<D>,
     /// RFC 2543 INVITE server transactions by the fields their ACK is matched on.
     legacy_acks: HashMap<LegacyAckId, Vec<TransactionKey>>,
     heap: TimerHeap,
@@ -622,11 +637,13 @@ impl<D: Clone> Default for TransactionLayer<D> {
 impl<D: Clone> TransactionLayer<D> {
     /// A layer with the given timer values.
     pub fn new(cfg: Config) -> Self {
+        let completed_capacity = cfg.completed_capacity;
         Self {
             cfg: cfg.sanitized(),
             next_id: 0,
             txs: HashMap::new(),
             index: HashMap::new(),
+            completed: Completed::with_capacity(completed_capacity),
             legacy_acks: HashMap::new(),
             heap: BinaryHeap::new(),
             transmits: VecDeque::new(),
@@ -639,29 +656,71 @@ impl<D: Clone> TransactionLayer<D> {
         &self.cfg
     }
 
-    /// Number of live transactions.
+    /// Number of live transactions (including completed non-INVITE server transactions
+    /// waiting for Timer J).
     pub fn len(&self) -> usize {
-        self.txs.len()
+        self.txs.len() + self.completed.len()
     }
 
     /// True when no transaction is live.
     pub fn is_empty(&self) -> bool {
-        self.txs.is_empty()
+        self.len() == 0
     }
 
     /// The state of a live transaction.
     pub fn state(&self, key: &TransactionKey) -> Option<State> {
-        self.tx(key).map(|t| t.state)
+        self.tx(key)
+            .map(|t| t.state)
+            .or_else(|| self.completed.get(key).map(|_| State::Completed))
     }
 
     /// The kind of a live transaction.
     pub fn kind(&self, key: &TransactionKey) -> Option<Kind> {
-        self.tx(key).map(|t| t.kind)
+        self.tx(key)
+            .map(|t| t.kind)
+            .or_else(|| self.completed.get(key).map(|_| Kind::NonInviteServer))
     }
 
-    /// The request that created a live transaction.
+    /// The request that created a live transaction. A non-INVITE server transaction that
+    /// sent its final response over UDP no longer keeps it (only the encoded response, to
+    /// answer retransmissions): `None`.
     pub fn request(&self, key: &TransactionKey) -> Option<&Request> {
         self.tx(key).map(|t| &t.request)
+    }
+
+    /// True when `request` retransmits a request whose server transaction has not sent a
+    /// final response yet (Trying or Proceeding): the layer would absorb it, or re-send a
+    /// provisional, so overload control may drop it. False for anything else (new requests,
+    /// ACK, retransmissions a final response is re-sent for, unparseable ones).
+    pub fn is_pending_retransmission(&self, request: &Request) -> bool {
+        if request.method == Method::Ack {
+            return false;
+        }
+        let (Ok(via), Ok(cseq)) = (
+            parse::top_via(&request.headers),
+            parse::cseq(&request.headers),
+        ) else {
+            return false;
+        };
+        let Ok(ids) = ServerIds::of(request, &via, &cseq) else {
+            return false;
+        };
+        self.tx(&ids.key(request.method))
+            .is_some_and(|t| matches!(t.state, State::Trying | State::Proceeding))
+    }
+
+    /// Completed non-INVITE server transactions held for Timer J, and the bytes they take
+    /// (table slots, queue, each one's key and encoded response on the heap).
+    pub fn completed_footprint(&self) -> (usize, usize) {
+        (
+            self.completed.len(),
+            self.completed.footprint(TransactionKey::heap_bytes),
+        )
+    }
+
+    /// Capacity (entries) of the completed-transaction table, to show it shrinks.
+    pub fn completed_capacity(&self) -> usize {
+        self.completed.capacity()
     }
 
     fn tx(&self, key: &TransactionKey) -> Option<&Tx<D>> {
@@ -753,10 +812,15 @@ impl<D: Clone> TransactionLayer<D> {
         if !(100..=699).contains(&code) {
             return Err(Error::InvalidStatus(code));
         }
-        let id = *self
-            .index
-            .get(key)
-            .ok_or_else(|| Error::UnknownTransaction(key.clone()))?;
+        let Some(id) = self.index.get(key).copied() else {
+            if self.completed.get(key).is_some() {
+                return Err(Error::InvalidState {
+                    state: State::Completed,
+                    status: code,
+                });
+            }
+            return Err(Error::UnknownTransaction(key.clone()));
+        };
         let Some(tx) = self.txs.get_mut(&id) else {
             return Err(Error::UnknownTransaction(key.clone()));
         };
@@ -766,8 +830,10 @@ impl<D: Clone> TransactionLayer<D> {
             transmits: &mut self.transmits,
             events: &mut self.events,
         };
-        if tx.send_response(&mut io, response, now)? == Flow::Terminate {
-            self.terminate_id(id);
+        match tx.send_response(&mut io, response, now)? {
+            Flow::Terminate => self.terminate_id(id),
+            Flow::Compact => self.compact(id, now),
+            Flow::Continue => {}
         }
         Ok(())
     }
@@ -942,6 +1008,20 @@ impl<D: Clone> TransactionLayer<D> {
             tx.on_retransmission(&mut io);
             return Ok(());
         }
+        if let Some(a) = self.completed.get(&key) {
+            // §17.2.2 Completed: the final response again, re-read from its bytes.
+            match crate::message::parse(&a.response) {
+                Ok(message) => io.transmits.push_back(Transmit {
+                    key: Some(key),
+                    dest: a.peer.clone(),
+                    transport: a.transport,
+                    message,
+                    retransmission: true,
+                }),
+                Err(e) => debug!(key = %key, error = %e, "stored final response unreadable"),
+            }
+            return Ok(());
+        }
 
         let invite = request.method == Method::Invite;
         let (kind, state) = if invite {
@@ -1022,7 +1102,14 @@ impl<D: Clone> TransactionLayer<D> {
     /// Returns false if the transaction no longer exists.
     pub fn transport_error(&mut self, key: &TransactionKey) -> bool {
         let Some(id) = self.index.get(key).copied() else {
-            return false;
+            let Some(a) = self.completed.remove(key) else {
+                return false;
+            };
+            debug!(key = %key, "sip transaction transport error");
+            self.events
+                .push_back(Event::TransportError { key: key.clone() });
+            self.events.push_back(Event::Terminated { key: a.key });
+            return true;
         };
         debug!(key = %key, "sip transaction transport error");
         self.events
@@ -1036,7 +1123,11 @@ impl<D: Clone> TransactionLayer<D> {
     /// shutdown. Returns false if it no longer exists.
     pub fn terminate(&mut self, key: &TransactionKey) -> bool {
         let Some(id) = self.index.get(key).copied() else {
-            return false;
+            let Some(a) = self.completed.remove(key) else {
+                return false;
+            };
+            self.events.push_back(Event::Terminated { key: a.key });
+            return true;
         };
         self.terminate_id(id);
         true
@@ -1055,13 +1146,18 @@ impl<D: Clone> TransactionLayer<D> {
     /// The earliest armed timer deadline, if any; call [`handle_timeout`](Self::handle_timeout)
     /// when the clock reaches it (and again after any input, as inputs arm timers).
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let mut timer = None;
         while let Some(&Reverse((at, id, slot))) = self.heap.peek() {
             if self.is_live(at, id, slot) {
-                return Some(at);
+                timer = Some(at);
+                break;
             }
             self.heap.pop();
         }
-        None
+        match (timer, self.completed.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn is_live(&self, at: Instant, id: u64, slot: Slot) -> bool {
@@ -1080,7 +1176,14 @@ impl<D: Clone> TransactionLayer<D> {
             self.heap.pop();
             due.push((at, id, slot));
         }
+        let mut expired = Vec::new();
+        self.completed.expire(now, &mut expired);
+        let mut expired = expired.into_iter().peekable();
         for (at, id, slot) in due {
+            // Timer J of compact transactions, interleaved in deadline order.
+            while let Some((_, key)) = expired.next_if(|(j, _)| *j <= at) {
+                self.events.push_back(Event::Terminated { key });
+            }
             if !self.is_live(at, id, slot) {
                 continue;
             }
@@ -1097,6 +1200,51 @@ impl<D: Clone> TransactionLayer<D> {
             if tx.on_timer(&mut io, slot, now) == Flow::Terminate {
                 self.terminate_id(id);
             }
+        }
+        for (_, key) in expired {
+            self.events.push_back(Event::Terminated { key });
+        }
+        self.shrink();
+    }
+
+    /// Turns live non-INVITE server transaction `id` (Completed, final response sent over an
+    /// unreliable transport) into a compact entry that absorbs retransmissions until Timer J.
+    fn compact(&mut self, id: u64, now: Instant) {
+        let Some(tx) = self.txs.remove(&id) else {
+            return;
+        };
+        self.index.remove(&tx.key);
+        let response = tx
+            .last_response
+            .as_ref()
+            .map(crate::message::serialize_response)
+            .unwrap_or_default();
+        let deadline = now + self.cfg.t1_x64();
+        debug!(key = %tx.key, "sip server transaction completed: compact until Timer J");
+        self.completed.insert(
+            tx.key,
+            response.into_boxed_slice(),
+            tx.peer,
+            tx.transport,
+            deadline,
+        );
+    }
+
+    /// Gives memory back once the live tables are mostly empty (no ratchet after a peak).
+    fn shrink(&mut self) {
+        const MIN: usize = 256;
+        if self.txs.capacity() > MIN && self.txs.len() < self.txs.capacity() / 4 {
+            self.txs.shrink_to((self.txs.len() * 2).max(MIN));
+            self.index.shrink_to((self.index.len() * 2).max(MIN));
+        }
+        if self.heap.capacity() > MIN && self.heap.len() < self.heap.capacity() / 4 {
+            self.heap.shrink_to((self.heap.len() * 2).max(MIN));
+        }
+        if self.transmits.capacity() > MIN && self.transmits.is_empty() {
+            self.transmits.shrink_to(MIN);
+        }
+        if self.events.capacity() > MIN && self.events.is_empty() {
+            self.events.shrink_to(MIN);
         }
     }
 

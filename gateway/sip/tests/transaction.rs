@@ -1811,3 +1811,178 @@ fn total_loss_times_out_cleanly() {
         assert!(o.uac_timeout_at.is_some());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Compact completed non-INVITE server transactions (issue 16)
+// ---------------------------------------------------------------------------------------------
+
+/// A REGISTER as SIPp's register bench sends it (user `n`, its own Call-ID and branch), Via
+/// stamped with `received`/`rport` as the transport does.
+fn register(n: usize) -> Request {
+    let text = format!(
+        "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-31337-{n}-1;rport=5061;received=127.0.0.1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:user{n:06}@127.0.0.1>;tag=31337SIPpTag00{n}\r\n\
+         To: <sip:user{n:06}@127.0.0.1>\r\n\
+         Call-ID: {n}-31337@127.0.0.1\r\n\
+         CSeq: 2 REGISTER\r\n\
+         Contact: <sip:user{n:06}@127.0.0.1:5061>\r\n\
+         Expires: 3600\r\n\
+         Authorization: Digest username=\"user{n:06}\",realm=\"callfabric\",nonce=\"AAAAZ3d2FmQ3Lw1nIK0oY2sP8xT2Ww\",uri=\"sip:127.0.0.1:5060\",response=\"6629fae49393a05397450978507c4ef1\",algorithm=MD5\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    Request::try_from(text.as_str()).expect("test request parses")
+}
+
+/// The registrar's 200 to it: the request's Via/From/To(+tag)/Call-ID/CSeq and the binding.
+fn register_ok(req: &Request, n: usize) -> Response {
+    let mut ok = response_to(req, 200, Some("as1f7a9e2c"));
+    ok.headers
+        .push(Header::Contact(rsip::headers::Contact::new(format!(
+            "<sip:user{n:06}@127.0.0.1:5061>;expires=3600"
+        ))));
+    ok
+}
+
+/// Feeds REGISTERs `range` at `now` and answers each 200.
+fn register_and_answer(l: &mut Layer, range: std::ops::Range<usize>, now: Instant) {
+    for n in range {
+        let req = register(n);
+        l.on_message(req.clone().into(), uac(), UDP, now)
+            .expect("REGISTER accepted");
+        let key = the_request_key(&events(l));
+        l.send_response(&key, register_ok(&req, n), now)
+            .expect("200 sent");
+        assert_eq!(transmits(l).len(), 1);
+    }
+}
+
+#[test]
+fn completed_non_invite_server_transaction_keeps_at_most_512_bytes() {
+    let t0 = Instant::now();
+    let mut l = Layer::default();
+    const N: usize = 20_000;
+    register_and_answer(&mut l, 0..N, t0);
+    let sample = register_ok(&register(7), 7);
+    let wire = sip_core::message::serialize_response(&sample).len();
+    let (count, bytes) = l.completed_footprint();
+    assert_eq!(count, N);
+    assert_eq!(l.len(), N);
+    let per = bytes / count;
+    eprintln!("completed REGISTER transaction: {per} bytes each ({wire} of them the 200 OK)");
+    assert!(per <= 512, "{per} bytes per completed transaction");
+    // It keeps no parsed request, yet it is Completed and still answers a retransmission.
+    let req = register(7);
+    let key = {
+        let mut probe = Layer::default();
+        probe
+            .on_message(req.clone().into(), uac(), UDP, t0)
+            .unwrap();
+        the_request_key(&events(&mut probe))
+    };
+    assert_eq!(l.state(&key), Some(State::Completed));
+    assert_eq!(l.kind(&key), Some(Kind::NonInviteServer));
+    assert!(l.request(&key).is_none());
+    l.on_message(req.into(), uac(), UDP, t0 + ms(1_000))
+        .unwrap();
+    let again = transmits(&mut l);
+    assert_eq!(again.len(), 1);
+    assert!(again[0].retransmission && again[0].key.as_ref() == Some(&key));
+    assert_eq!(again[0].message, SipMessage::Response(sample));
+    assert!(events(&mut l).is_empty());
+}
+
+#[test]
+fn completed_table_grows_while_answering_retransmissions_and_shrinks_after_the_ramp() {
+    let t0 = Instant::now();
+    let mut l = Layer::default();
+    let idle = l.completed_capacity();
+    // A ramp: 64 batches of 2,000 REGISTERs 250 ms apart (8,000/s), so the table grows several
+    // times (1,024 → 131,072) while Timer J (32 s) has expired none; after every batch a
+    // retransmission of a REGISTER from each earlier batch is still answered with its own 200,
+    // wherever the incremental migration has got to.
+    const BATCH: usize = 2_000;
+    for b in 0..64usize {
+        let now = t0 + ms(250 * b as u64);
+        l.handle_timeout(now);
+        assert!(events(&mut l).is_empty(), "nothing expires before Timer J");
+        register_and_answer(&mut l, b * BATCH..(b + 1) * BATCH, now);
+        for earlier in 0..=b {
+            let n = earlier * BATCH + (b * 7919) % BATCH;
+            l.on_message(register(n).into(), uac(), UDP, now).unwrap();
+            let again = transmits(&mut l);
+            assert_eq!(again.len(), 1, "REGISTER {n} after batch {b}");
+            assert_eq!(
+                again[0].message,
+                SipMessage::Response(register_ok(&register(n), n))
+            );
+            assert!(events(&mut l).is_empty());
+        }
+    }
+    let total = 64 * BATCH;
+    assert_eq!(l.len(), total);
+    let peak = l.completed_capacity();
+    assert!(peak >= total, "{peak}");
+    // Every Timer J fires at 64·T1 after its final response, in order; then memory is back.
+    let (_, ev) = run(&mut l, t0, t0 + ms(250 * 63 + 32_000));
+    assert_eq!(ev.len(), total);
+    assert!(ev
+        .iter()
+        .all(|(_, e)| matches!(e, Event::Terminated { key } if key.method() == Method::Register)));
+    assert_eq!(ev[0].0, ms(32_000));
+    assert_eq!(ev[total - 1].0, ms(250 * 63 + 32_000));
+    assert!(l.is_empty());
+    assert_eq!(l.poll_timeout(), None);
+    let after = l.completed_capacity();
+    eprintln!("completed table capacity: idle {idle}, peak {peak}, after the ramp {after}");
+    assert!(
+        after <= 2 * idle,
+        "capacity {after} after the ramp (idle {idle})"
+    );
+    let (_, bytes) = l.completed_footprint();
+    assert!(bytes < 128 * 1024, "{bytes} bytes held after the ramp");
+}
+
+#[test]
+fn completed_transaction_ends_early_on_transport_error_or_terminate() {
+    let t0 = Instant::now();
+    let mut l = Layer::default();
+    register_and_answer(&mut l, 0..2, t0);
+    let keys: Vec<TransactionKey> = (0..2)
+        .map(|n| {
+            l.on_message(register(n).into(), uac(), UDP, t0 + ms(10))
+                .unwrap();
+            transmits(&mut l)
+                .remove(0)
+                .key
+                .expect("retransmission has its key")
+        })
+        .collect();
+    assert!(l.transport_error(&keys[0]));
+    assert_eq!(
+        events(&mut l),
+        [
+            Event::TransportError {
+                key: keys[0].clone()
+            },
+            Event::Terminated {
+                key: keys[0].clone()
+            }
+        ]
+    );
+    assert!(l.terminate(&keys[1]));
+    assert_eq!(
+        events(&mut l),
+        [Event::Terminated {
+            key: keys[1].clone()
+        }]
+    );
+    assert!(!l.terminate(&keys[1]) && !l.transport_error(&keys[0]));
+    assert!(l.is_empty());
+    assert_eq!(l.poll_timeout(), None);
+    // A new REGISTER with the same branch is a new transaction now.
+    l.on_message(register(0).into(), uac(), UDP, t0 + ms(20))
+        .unwrap();
+    assert_eq!(the_request_key(&events(&mut l)), keys[0]);
+}

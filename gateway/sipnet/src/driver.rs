@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use sip_core::message::{self, SipMessage};
+use sip_core::overload::Overload;
 use sip_core::transaction::{self as tx, TransactionLayer};
 use tracing::{debug, warn};
 
@@ -65,6 +66,38 @@ pub async fn receive(transports: &Transports, tl: &mut TransactionLayer<Peer>, e
             }
         }
     }
+}
+
+/// [`receive`] behind overload control (issue 16): notes how long a message waited between
+/// its transport and the core, and while shedding drops retransmissions of requests whose
+/// transaction has not answered yet (the transaction would only absorb them). The transports
+/// apply the rest of the policy at ingress ([`Transports::set_overload_gate`]).
+///
+/// `backlog` is how many events were still queued behind this one: a message that leaves the
+/// queue empty did not wait behind a standing queue, whatever its wait (on a loaded machine
+/// an idle core's wake-up alone can take tens of milliseconds), so it counts as no wait.
+pub async fn receive_overload(
+    transports: &Transports,
+    tl: &mut TransactionLayer<Peer>,
+    overload: &mut Overload,
+    backlog: usize,
+    ev: TransportEvent,
+) {
+    if let TransportEvent::Message(m) = &ev {
+        let now = Instant::now();
+        let waited = if backlog == 0 {
+            std::time::Duration::ZERO
+        } else {
+            now.saturating_duration_since(m.received)
+        };
+        overload.observe(now, waited);
+        if let SipMessage::Request(req) = &m.message {
+            if overload.drop_retransmission(|| tl.is_pending_retransmission(req)) {
+                return;
+            }
+        }
+    }
+    receive(transports, tl, ev).await
 }
 
 /// Most characters of wire-derived text in one log field.

@@ -30,7 +30,7 @@ mod tcp;
 pub mod tls;
 mod udp;
 
-pub use driver::{earliest, receive, sleep_until, transmit, Peer};
+pub use driver::{earliest, receive, receive_overload, sleep_until, transmit, Peer};
 pub use tls::{TlsConfig, TlsError, TlsState};
 
 use std::collections::HashMap;
@@ -117,6 +117,8 @@ pub struct Incoming {
     pub transport: Transport,
     /// The local address it arrived at.
     pub local: SocketAddr,
+    /// When the transport read it (the core's queueing delay is measured from here).
+    pub received: std::time::Instant,
 }
 
 /// Why a message was rejected.
@@ -372,6 +374,8 @@ struct Shared {
     slots: Mutex<Slots>,
     tls: Option<Arc<TlsState>>,
     tls_names: Mutex<HashMap<SocketAddr, String>>,
+    /// Overload control at ingress (issue 16): set by the core that measures.
+    gate: std::sync::OnceLock<Arc<sip_core::overload::Gate>>,
 }
 
 impl Shared {
@@ -463,6 +467,7 @@ fn decode(
                 source,
                 transport,
                 local,
+                received: std::time::Instant::now(),
             })
         }
         Err(e) => TransportEvent::BadMessage(BadMessage {
@@ -568,6 +573,7 @@ impl Transports {
             slots: Mutex::new(Slots::default()),
             tls,
             tls_names: Mutex::new(HashMap::new()),
+            gate: std::sync::OnceLock::new(),
         });
         for s in &udp_sockets {
             tokio::spawn(udp::run(shared.clone(), s.clone()));
@@ -594,6 +600,13 @@ impl Transports {
     /// The bound addresses (ephemeral ports resolved).
     pub fn local_addrs(&self) -> &LocalAddrs {
         &self.local
+    }
+
+    /// Applies `gate` (the overload control of the core reading these transports) to every
+    /// UDP request as it arrives: refused ones are answered `503` + `Retry-After` from the
+    /// listener, dropped ones never reach the core. Set once; later calls are ignored.
+    pub fn set_overload_gate(&self, gate: Arc<sip_core::overload::Gate>) {
+        let _ = self.shared.gate.set(gate);
     }
 
     /// A snapshot of the counters.

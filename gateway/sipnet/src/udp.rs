@@ -4,6 +4,10 @@ use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 
+use rsip::headers::UntypedHeader as _;
+use sip_core::message::{self, SipMessage};
+use sip_core::overload::Verdict;
+
 use super::{bump, decode, note_refusal, Shared, Transport, TransportEvent};
 
 /// Receives datagrams until shutdown: one datagram, one message (§18.3); oversize ones are
@@ -43,8 +47,31 @@ pub(super) async fn run(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
         if matches!(event, TransportEvent::BadMessage(_)) {
             bump(&shared.counters.udp_bad, 1);
         }
+        if let (TransportEvent::Message(m), Some(gate)) = (&event, shared.gate.get()) {
+            match gate.decide(&m.message, source) {
+                Verdict::Admit => {}
+                Verdict::Drop => continue,
+                Verdict::Reject { retry_after } => {
+                    if let SipMessage::Request(req) = &m.message {
+                        // Back where it came from (symmetric, as rport), never queued.
+                        let _ = sock.send_to(&overloaded(req, retry_after), source).await;
+                    }
+                    continue;
+                }
+            }
+        }
         if shared.events.send(event).await.is_err() {
             return;
         }
     }
+}
+
+/// `503 Service Unavailable` + `Retry-After` for a request refused by overload control.
+fn overloaded(req: &rsip::Request, retry_after: u32) -> Vec<u8> {
+    let mut r = message::response_for(req, 503, "Service Unavailable");
+    r.headers
+        .push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::new(
+            retry_after.to_string(),
+        )));
+    message::serialize_response(&r)
 }

@@ -14,6 +14,13 @@
 //! SIPp processes, which share the offered rate. A step is unclean at ≥ 0.1 % failed calls,
 //! retransmissions or unexpected messages, or when a SIPp exits other than 0/1.
 //!
+//! `register_bench --sustain RATE SECS` (issue 16) drives only the gateway: one SIPp step of
+//! SECS seconds at RATE REGISTER/s, the process's RSS sampled every second (before, highest
+//! during, right after, and 40 s later once Timer J has ended every transaction), the
+//! goodput (successful registrations per second), the failed ones (503s under overload), the
+//! retransmissions and the CPU per REGISTER. Offer twice the clean rate to see the overload
+//! control's goodput.
+//!
 //! `register_bench --profile CALLS RATE` drives only the gateway (the same accounts, one SIPp
 //! run of CALLS calls at RATE/s) and exits: run it under `valgrind --tool=callgrind` twice with
 //! different CALLS; the difference of the instruction counts divided by the difference of
@@ -170,6 +177,7 @@ struct Args {
     rounds: u32,
     rates: Vec<u32>,
     profile: Option<(u32, u32)>,
+    sustain: Option<(u32, u32)>,
 }
 
 fn parse_args(argv: &[String]) -> Result<Args> {
@@ -180,6 +188,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         rounds: 3,
         rates: Vec::new(),
         profile: None,
+        sustain: None,
     };
     let mut it = argv.iter();
     let num = |it: &mut std::slice::Iter<'_, String>, what: &str| -> Result<u32> {
@@ -198,6 +207,11 @@ fn parse_args(argv: &[String]) -> Result<Args> {
                 let calls = num(&mut it, "--profile CALLS RATE")?;
                 let rate = num(&mut it, "--profile CALLS RATE")?;
                 a.profile = Some((calls, rate));
+            }
+            "--sustain" => {
+                let rate = num(&mut it, "--sustain RATE SECS")?;
+                let secs = num(&mut it, "--sustain RATE SECS")?;
+                a.sustain = Some((rate, secs));
             }
             r => a.rates.push(
                 r.parse()
@@ -239,11 +253,83 @@ fn profile(a: &Args, calls: u32, rate: u32) -> Result<()> {
     Ok(())
 }
 
+/// This process's resident set (VmRSS), kB.
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `--sustain RATE SECS`: see the module docs.
+fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (gw, target) = rt.block_on(start_gateway(a.users, dir.path()))?;
+    let inf = injection_files(a.users, a.sipp, dir.path())?;
+    let before = rss_kb();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kb());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            peak
+        })
+    };
+    let s = step(
+        "callfabric",
+        target,
+        (std::process::id(), false),
+        rate,
+        secs,
+        &inf,
+        dir.path(),
+    )?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(0);
+    let after = rss_kb();
+    std::thread::sleep(Duration::from_secs(40));
+    let later = rss_kb();
+    bench::print_step(1, "callfabric", "REGISTERs", &s);
+    let cpu = s.sut_cpu.unwrap_or(0.0);
+    println!(
+        "sustain: offered {rate}/s for {secs} s ({} accounts): goodput {:.0} registrations/s ({} ok, {} failed (503s under overload), {} retransmissions); CPU {:.0} µs per successful REGISTER, {:.2} cores; load {}",
+        a.users,
+        s.ok as f64 / s.busy_secs.max(0.001),
+        s.ok,
+        s.failed,
+        s.retransmissions,
+        cpu * 1e6 / s.ok.max(1) as f64,
+        cpu / s.wall_secs.max(0.001),
+        bench::loadavg()
+    );
+    println!(
+        "RSS: {:.1} MB before, {:.1} MB highest during, {:.1} MB right after, {:.1} MB 40 s later (Timer J over)",
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        after as f64 / 1024.0,
+        later as f64 / 1024.0
+    );
+    gw.stop();
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let a = parse_args(&argv)?;
     if let Some((calls, rate)) = a.profile {
         return profile(&a, calls, rate);
+    }
+    if let Some((rate, secs)) = a.sustain {
+        return sustain(&a, rate, secs);
     }
     let dir = tempfile::Builder::new()
         .prefix("register_bench-")

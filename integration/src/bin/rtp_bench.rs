@@ -160,7 +160,8 @@ fn serve_relay(args: &[String]) -> Result<()> {
     }
     let rt = builder.enable_all().build()?;
     let _entered = rt.enter();
-    let relay = MediaRelay::with_own_thread(RelayConfig::new(LOOPBACK, LOOPBACK, min, max))?;
+    // The relay as the gateway runs it: one thread per core (issue 16).
+    let relay = MediaRelay::per_core(RelayConfig::new(LOOPBACK, LOOPBACK, min, max))?;
     let mut legs: Vec<(Leg, Leg)> = Vec::new();
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {

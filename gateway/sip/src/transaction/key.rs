@@ -35,8 +35,37 @@ pub struct TransactionKey {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum KeyId {
-    Branch { branch: String, sent_by: String },
+    /// Branch and sent-by in one allocation (`both[..at]` is the branch): keys are held for
+    /// every live and completed transaction, so they are kept small (issue 16).
+    Branch {
+        both: Box<str>,
+        at: u32,
+    },
     Rfc2543(Box<LegacyId>),
+}
+
+impl KeyId {
+    fn branch(branch: &str, sent_by: &str) -> Self {
+        let mut both = String::with_capacity(branch.len() + sent_by.len());
+        both.push_str(branch);
+        both.push_str(sent_by);
+        // A branch longer than u32::MAX bytes cannot arrive (messages are bounded).
+        let at = u32::try_from(branch.len()).unwrap_or(u32::MAX);
+        Self::Branch {
+            both: both.into_boxed_str(),
+            at,
+        }
+    }
+
+    /// (branch, sent-by) of a branch key.
+    fn parts(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Branch { both, at } => {
+                Some(both.split_at_checked(*at as usize).unwrap_or((both, "")))
+            }
+            Self::Rfc2543(_) => None,
+        }
+    }
 }
 
 /// The RFC 2543 matching fields of a request.
@@ -78,10 +107,7 @@ impl TransactionKey {
         Self {
             role: Role::Client,
             method,
-            id: KeyId::Branch {
-                branch: branch.to_ascii_lowercase(),
-                sent_by: String::new(),
-            },
+            id: KeyId::branch(&branch.to_ascii_lowercase(), ""),
         }
     }
 
@@ -109,8 +135,23 @@ impl TransactionKey {
     /// The (lower-cased) branch, unless this is an RFC 2543 server transaction.
     pub fn branch(&self) -> Option<&str> {
         match &self.id {
-            KeyId::Branch { branch, .. } => Some(branch),
+            KeyId::Branch { .. } => self.id.parts().map(|(b, _)| b),
             KeyId::Rfc2543(_) => None,
+        }
+    }
+
+    /// Bytes this key holds on the heap (for memory accounting).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match &self.id {
+            KeyId::Branch { both, .. } => both.len(),
+            KeyId::Rfc2543(l) => {
+                std::mem::size_of::<LegacyId>()
+                    + l.request_uri.capacity()
+                    + l.from_tag.as_ref().map_or(0, String::capacity)
+                    + l.to_tag.as_ref().map_or(0, String::capacity)
+                    + l.call_id.capacity()
+                    + l.top_via.capacity()
+            }
         }
     }
 
@@ -127,12 +168,13 @@ impl std::fmt::Display for TransactionKey {
             Role::Server => "server",
         };
         match &self.id {
-            KeyId::Branch { branch, sent_by } if sent_by.is_empty() => {
-                write!(f, "{role} {} {branch}", self.method)
-            }
-            KeyId::Branch { branch, sent_by } => {
-                write!(f, "{role} {} {branch}@{sent_by}", self.method)
-            }
+            KeyId::Branch { .. } => match self.id.parts() {
+                Some((branch, "")) => write!(f, "{role} {} {branch}", self.method),
+                Some((branch, sent_by)) => {
+                    write!(f, "{role} {} {branch}@{sent_by}", self.method)
+                }
+                None => Ok(()),
+            },
             KeyId::Rfc2543(l) => write!(
                 f,
                 "{role} {} rfc2543 call-id={} cseq={}",
@@ -170,10 +212,7 @@ impl ServerIds {
     /// The server key for `method` (pass INVITE for an ACK or a CANCEL looking for its INVITE).
     pub(crate) fn key(&self, method: rsip::Method) -> TransactionKey {
         let id = match self {
-            Self::Branch { branch, sent_by } => KeyId::Branch {
-                branch: branch.clone(),
-                sent_by: sent_by.clone(),
-            },
+            Self::Branch { branch, sent_by } => KeyId::branch(branch, sent_by),
             Self::Rfc2543(l) => KeyId::Rfc2543(Box::new(l.clone())),
         };
         TransactionKey {
