@@ -893,7 +893,6 @@ impl Loaded {
         }
         Ok(gateway::server::GatewayConfig {
             fabric: self.fabric_key()?,
-            site: self.config.node.site.clone(),
             udp,
             tcp,
             realm: g.realm.clone(),

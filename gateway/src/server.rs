@@ -59,7 +59,8 @@ pub struct GatewayConfig {
     /// Device-state key prefix, e.g. `PJSIP/`.
     pub device_prefix: String,
     /// This gateway's site (`[node] site`): of a device table shared by several sites it
-    /// publishes the state of this site's devices only (see `DeviceRecord::of_site`).
+    /// publishes the state of this site's devices only (see `DeviceRecord::of_site`); queue
+    /// numbers go to an ACD node of the same site first.
     pub site: String,
     /// Node name (in CDR unique ids).
     pub node: String,
@@ -95,8 +96,6 @@ pub struct GatewayConfig {
     /// The fabric secret: INVITEs signed with it are trusted, INVITEs to fabric members
     /// (queue numbers) are signed (`sip_core::trust`, `server/fabric.rs`).
     pub fabric: Option<Arc<crate::sip::trust::FabricKey>>,
-    /// This node's site (queue numbers go to an ACD node of the same site first).
-    pub site: String,
 
     /// Overload control (issue 16): standing-queue target, Retry-After of its 503s.
     pub overload: sip_core::overload::Config,
@@ -710,6 +709,8 @@ struct Core {
     replay: crate::sip::trust::ReplayCache,
     /// Calls routed to an ACD node through the fabric, to move if it dies.
     fabric_calls: HashMap<b2bua::CallId, fabric::FabricCall>,
+    /// Overload control (issue 16): measures the queueing delay, its gate refuses at ingress.
+    overload: sip_core::overload::Overload,
 }
 
 /// Unix time, seconds (fabric signatures).
@@ -718,9 +719,6 @@ fn unix_secs() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-
-    /// Overload control (issue 16): measures the queueing delay, its gate refuses at ingress.
-    overload: sip_core::overload::Overload,
 }
 
 /// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded

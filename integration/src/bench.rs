@@ -915,7 +915,6 @@ pub fn gateway_config(
         qualify_interval: std::time::Duration::from_secs(3600),
         t1: std::time::Duration::from_millis(500),
         device_prefix: "PJSIP/".into(),
-        site: String::new(),
         node: "bench".into(),
         rtp_ip: udp.ip(),
         rtp_ports: (20000, 20999),
