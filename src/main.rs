@@ -111,6 +111,14 @@ enum DevicesCmd {
         /// phones that read only the first challenge); default: the gateway's.
         #[arg(long, default_value = "")]
         digest: String,
+        /// The mailbox whose message-waiting lamp the phone shows (`1001@default`); default:
+        /// `<user>@default`.
+        #[arg(long, default_value = "")]
+        mailbox: String,
+        /// How the phone learns it: `subscribe` (it SUBSCRIBEs), `unsolicited` (NOTIFY after
+        /// every registration and on every change) or `off`.
+        #[arg(long, default_value = "subscribe")]
+        mwi: String,
     },
     /// List the devices.
     List {
@@ -463,6 +471,8 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
             extension,
             name,
             digest,
+            mailbox,
+            mwi,
             ..
         } => {
             let password = password::read(
@@ -481,6 +491,16 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
             d.extension = extension.clone();
             d.display_name = name.clone();
             d.digest_algorithms = digest.clone();
+            if gateway::devices::MwiMode::parse(mwi).is_none() {
+                return Err(anyhow!(
+                    "--mwi: {mwi:?} is not subscribe, unsolicited or off"
+                ));
+            }
+            if mailbox.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(anyhow!("--mailbox: {mailbox:?} contains white space"));
+            }
+            d.mailbox = mailbox.clone();
+            d.mwi = mwi.to_ascii_lowercase();
             store.upsert(&d).await?;
             println!("device {user} saved");
         }
@@ -818,6 +838,7 @@ fn call_line(ev: &gateway::server::GatewayEvent) -> String {
             reason,
             late_ms,
         } => return format!("OFFER REFUSED {device} {reason} late_ms={late_ms}"),
+        gateway::server::GatewayEvent::Mwi { line } => return line.clone(),
     };
     let mut line = format!("CALL {call} ENDED {reason}");
     for (side, st, moh) in [("a", a, moh[0]), ("b", b, moh[1])] {

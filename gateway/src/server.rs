@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
 mod durable;
+mod mwi;
 mod security;
 mod shutdown;
 pub use security::BanEntry;
@@ -227,6 +228,12 @@ pub enum GatewayEvent {
         reason: &'static str,
         /// For `deadline`: how late it arrived (ms).
         late_ms: u64,
+    },
+    /// Message waiting: `MWI SUBSCRIBED <device> <mailbox>`, `MWI REFUSED …` (over the cap),
+    /// `MWI ENDED <code|timeout> <device> <mailbox>` (a NOTIFY's failure ended a subscription).
+    Mwi {
+        /// The line.
+        line: String,
     },
 }
 
@@ -553,7 +560,9 @@ impl Gateway {
         }
         let guard: security::SharedGuard =
             Arc::new(std::sync::Mutex::new(crate::security::Guard::new(scfg)));
+        let mwi = mwi::MwiState::new(&cfg.realm, bus.as_ref());
         let core = Core {
+            mwi,
             guard: guard.clone(),
             durable: durable::Durable::start(records.clone(), cfg.node.clone()),
             shutdown: shutdown::ShutdownState::default(),
@@ -684,6 +693,8 @@ struct Core {
     active: Arc<std::sync::atomic::AtomicUsize>,
     /// Authentication defence (`server/security.rs`).
     guard: security::SharedGuard,
+    /// Message waiting (`server/mwi.rs`).
+    mwi: mwi::MwiState,
 }
 
 /// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
@@ -758,7 +769,9 @@ impl Core {
                     }
                     self.register_outbound(None);
                     self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
+                    self.mwi_tick();
                 }
+                Some(ev) = statebus::recv(&mut self.mwi.rx) => self.on_mwi_bus(ev),
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),
                 Some(c) = control.recv() => self.on_control(c),
@@ -1002,6 +1015,10 @@ impl Core {
                     let _ = self.tl.send_response(&key, rej.response(&request), now);
                     return;
                 }
+                if request.method == Method::Subscribe {
+                    self.on_subscribe(key, request, source, now);
+                    return;
+                }
                 let in_dialog = tx_tag(&request).is_some();
                 if in_dialog && request.method != Method::Register {
                     if !self
@@ -1045,6 +1062,9 @@ impl Core {
             }
             tx::Event::Response { key, response } => {
                 if response.status_code.code() >= 200 {
+                    if self.mwi_response(&key, Some(response.status_code.code())) {
+                        return;
+                    }
                     if let Some((aor, contact)) = self.qualifying.remove(&key) {
                         self.qualified(&aor, &contact, true);
                         return;
@@ -1061,6 +1081,9 @@ impl Core {
                 let _ = response;
             }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
+                if self.mwi_response(&key, None) {
+                    return;
+                }
                 if let Some((aor, contact)) = self.qualifying.remove(&key) {
                     self.qualified(&aor, &contact, false);
                     return;

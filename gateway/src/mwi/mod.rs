@@ -458,33 +458,39 @@ impl<D: Clone> MwiCore<D> {
     }
 
     /// The final response (`Some(code)`) or the timeout / transport failure (`None`) of a
-    /// NOTIFY from [`poll_notify`](Self::poll_notify).
-    pub fn on_response(&mut self, id: NotifyId, code: Option<u16>, now: Instant) {
-        let Some(owner) = self.in_flight.remove(&id) else {
-            return;
-        };
+    /// NOTIFY from [`poll_notify`](Self::poll_notify). Returns the device and mailbox of a
+    /// subscription this failure ended.
+    pub fn on_response(
+        &mut self,
+        id: NotifyId,
+        code: Option<u16>,
+        now: Instant,
+    ) -> Option<(String, String)> {
+        let owner = self.in_flight.remove(&id)?;
         let ok = code.is_some_and(|c| (200..300).contains(&c));
         let dialog = match owner {
             Owner::Unsolicited => {
                 if !ok {
                     self.stats.unsolicited_failed += 1;
                 }
-                return;
+                return None;
             }
             Owner::Sub(d) => d,
         };
-        let Some(sub) = self.subs.get_mut(&dialog) else {
-            return;
-        };
+        let sub = self.subs.get_mut(&dialog)?;
         sub.in_flight = None;
         if !ok {
             // RFC 6665 §4.2.2: 481, 408 or a timeout (and any other failure here) remove the
             // subscription at once; nothing more is sent on it.
-            if sub.ending.is_none() {
+            let ended = sub
+                .ending
+                .is_none()
+                .then(|| (sub.device.clone(), sub.mailbox.clone()));
+            if ended.is_some() {
                 self.stats.failed += 1;
             }
             self.remove(&dialog);
-            return;
+            return ended;
         }
         if sub.ending.is_some() {
             if sub.ended_at.is_some() {
@@ -492,11 +498,12 @@ impl<D: Clone> MwiCore<D> {
             } else {
                 self.send_final(&dialog, now);
             }
-            return;
+            return None;
         }
         if std::mem::take(&mut sub.dirty) {
             self.notify(&dialog, now);
         }
+        None
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) has something to do.

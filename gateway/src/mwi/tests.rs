@@ -198,7 +198,11 @@ fn a_481_a_408_or_a_timeout_ends_the_subscription_and_nothing_follows() {
             },
             t0,
         );
-        c.on_response(n.id, outcome, t0);
+        assert_eq!(
+            c.on_response(n.id, outcome, t0),
+            Some(("1001".to_owned(), "1001@default".to_owned())),
+            "{outcome:?} ends the subscription"
+        );
         assert!(
             c.poll_notify().is_none(),
             "{outcome:?}: nothing after the failure"
