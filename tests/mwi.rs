@@ -106,6 +106,21 @@ fn message_waiting(kind: ServerKind) {
     // ejabberd, Asterisk's first publish would otherwise create message_waiting as its own).
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let watcher = rt.block_on(fabric_common::bus(&xmpp, "watcher", fabric_common::eid(3)));
+    // A member's own MWI publish reaches its own subscribers at once, urgent count included
+    // (what the gateway's notifier subscribes to; the in-process bus: statebus's local.rs test).
+    let mut own = watcher.subscribe();
+    watcher.publish_mwi(statebus::Mwi {
+        urgent: 2,
+        ..statebus::Mwi::new("7777", "default", 3, 1)
+    });
+    let ev = rt
+        .block_on(tokio::time::timeout(T, statebus::recv(&mut own)))
+        .expect("the own publish's event");
+    assert!(
+        matches!(&ev, Some(statebus::BusEvent::Changed(statebus::Change::Mwi(m)))
+            if m.key() == "7777@default" && (m.new, m.old, m.urgent) == (3, 1, 2)),
+        "own publish: {ev:?}"
+    );
     let bus = Bus::new(5.0, &["gw-a", "gw-b", "asterisk", "watcher"]);
     let mut spec = GatewaySpec::new("gw-a", &["1001", "1002", "1003"]);
     spec.statebus = bus.section(&xmpp, "gw-a");
