@@ -105,6 +105,7 @@ fn message_waiting(kind: ServerKind) {
     // A watcher member first: it creates the nodes with every member's affiliation (on
     // ejabberd, Asterisk's first publish would otherwise create message_waiting as its own).
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let _in_runtime = rt.enter();
     let watcher = rt.block_on(fabric_common::bus(&xmpp, "watcher", fabric_common::eid(3)));
     // A member's own MWI publish reaches its own subscribers at once, urgent count included
     // (what the gateway's notifier subscribes to; the in-process bus: statebus's local.rs test).
