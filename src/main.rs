@@ -507,11 +507,13 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str) -> Result<()> {
         DevicesCmd::List { .. } => {
             for d in store.load_all().await? {
                 println!(
-                    "{} realm={} extension={} name={:?}",
+                    "{} realm={} extension={} name={:?} mailbox={} mwi={}",
                     d.username,
                     d.realm,
                     d.extension.as_deref().unwrap_or("-"),
-                    d.display_name
+                    d.display_name,
+                    d.mailbox_key(),
+                    d.mwi
                 );
             }
         }
