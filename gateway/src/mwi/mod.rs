@@ -289,6 +289,10 @@ impl<D: Clone> MwiCore<D> {
             let Some(sub) = self.subs.get_mut(&id).filter(|s| s.ending.is_none()) else {
                 return message::response_for(req, 481, "Subscription Does Not Exist");
             };
+            if sub.device != device {
+                // Another device's dialog: only its own device may refresh or end it.
+                return message::response_for(req, 403, "Forbidden");
+            }
             if let Some(c) = contact {
                 sub.contact = c;
             }

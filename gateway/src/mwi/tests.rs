@@ -256,6 +256,17 @@ fn refresh_extends_and_unsubscribe_terminates() {
     assert!(text(&n).contains("CSeq: 2 NOTIFY"));
     c.on_response(n.id, Some(200), t1);
     assert_eq!(c.poll_timeout(), Some(t1 + Duration::from_secs(600)));
+    // Another device may not refresh (or end) it.
+    let r = c.on_subscribe(
+        &subscribe("c1", Some(&tag), Some(0), ""),
+        "1002",
+        "1002@default",
+        target(),
+        t1,
+    );
+    assert_eq!(r.status_code.code(), 403);
+    assert!(c.poll_notify().is_none());
+    assert_eq!(c.stats().active, 1);
     // A refresh of a dialog we do not know: 481.
     let r = c.on_subscribe(
         &subscribe("c1", Some("nope"), Some(600), ""),
