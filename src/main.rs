@@ -116,6 +116,14 @@ enum DevicesCmd {
         /// phones that read only the first challenge); default: the gateway's.
         #[arg(long, default_value = "")]
         digest: String,
+        /// The mailbox whose message-waiting lamp the phone shows (`1001@default`); default:
+        /// `<user>@default`.
+        #[arg(long, default_value = "")]
+        mailbox: String,
+        /// How the phone learns it: `subscribe` (it SUBSCRIBEs), `unsolicited` (NOTIFY after
+        /// every registration and on every change) or `off`.
+        #[arg(long, default_value = "subscribe")]
+        mwi: String,
     },
     /// List the devices.
     List {
@@ -476,6 +484,9 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str, node_site: &str) -> R
             name,
             digest,
             site,
+
+            mailbox,
+            mwi,
             ..
         } => {
             let password = password::read(
@@ -495,18 +506,31 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str, node_site: &str) -> R
             d.display_name = name.clone();
             d.digest_algorithms = digest.clone();
             d.site = site.clone().unwrap_or_else(|| node_site.to_string());
+
+            if gateway::devices::MwiMode::parse(mwi).is_none() {
+                return Err(anyhow!(
+                    "--mwi: {mwi:?} is not subscribe, unsolicited or off"
+                ));
+            }
+            if mailbox.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(anyhow!("--mailbox: {mailbox:?} contains white space"));
+            }
+            d.mailbox = mailbox.clone();
+            d.mwi = mwi.to_ascii_lowercase();
             store.upsert(&d).await?;
             println!("device {user} saved");
         }
         DevicesCmd::List { .. } => {
             for d in store.load_all().await? {
                 println!(
-                    "{} realm={} site={} extension={} name={:?}",
+                    "{} realm={} site={} extension={} name={:?} mailbox={} mwi={}",
                     d.username,
                     d.realm,
                     d.site,
                     d.extension.as_deref().unwrap_or("-"),
-                    d.display_name
+                    d.display_name,
+                    d.mailbox_key(),
+                    d.mwi
                 );
             }
         }
@@ -849,6 +873,7 @@ fn call_line(ev: &gateway::server::GatewayEvent) -> String {
             reason,
             late_ms,
         } => return format!("OFFER REFUSED {device} {reason} late_ms={late_ms}"),
+        gateway::server::GatewayEvent::Mwi { line } => return line.clone(),
     };
     let mut line = format!("CALL {call} ENDED {reason}");
     for (side, st, moh) in [("a", a, moh[0]), ("b", b, moh[1])] {

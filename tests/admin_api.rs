@@ -507,6 +507,35 @@ fn devices_and_queue_reload() {
     assert!(users(&mut gw).contains(&"3001".to_owned()));
     let list = admin(&mut gw, "GET", "/admin/devices", None);
     assert!(!list.to_string().contains("ha1"), "{list}");
+    // Message waiting (issue 14): a device's mailbox and MWI mode, default <user>@default.
+    admin(
+        &mut gw,
+        "POST",
+        "/admin/devices",
+        Some(
+            json!({"user": "3004", "password": "pw", "mailbox": "3001@default", "mwi": "unsolicited"}),
+        ),
+    );
+    let list = admin(&mut gw, "GET", "/admin/devices", None);
+    let dev = |u: &str| {
+        list.as_array()
+            .and_then(|a| a.iter().find(|d| d["user"] == u).cloned())
+            .unwrap_or_else(|| panic!("no {u} in {list}"))
+    };
+    assert_eq!(dev("3004")["mailbox"], "3001@default", "{list}");
+    assert_eq!(dev("3004")["mwi"], "unsolicited", "{list}");
+    assert_eq!(dev("3001")["mailbox"], "3001@default", "{list}");
+    assert_eq!(dev("3001")["mwi"], "subscribe", "{list}");
+    let (status, body) = http(
+        &mut gw,
+        "POST",
+        "/admin/devices",
+        Some(TOKEN),
+        Some(r#"{"user": "3005", "password": "pw", "mwi": "sometimes"}"#),
+        "application/json",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("mwi"), "{body}");
     let bad = "user,password,extension\n3002,pw,3002\n3003,,3003\n";
     let (status, body) = http(
         &mut gw,

@@ -151,6 +151,7 @@ fn tls_phone(certs: &Certs, user: &str, tls: SocketAddr, wav: PathBuf) -> Baresi
             sip_trace: true,
             tls_ca: Some(certs.ca.clone()),
             srtp: true,
+            mwi: false,
         },
     )
     .expect("start baresip")

@@ -38,6 +38,51 @@ pub struct DeviceRecord {
     /// Whether the device may present identities other than its own (From,
     /// P-Asserted-Identity); otherwise a foreign one gets 403.
     pub present_any: bool,
+    /// The mailbox whose message-waiting lamp the device shows (`1001@default`); empty:
+    /// `<username>@default` ([`DeviceRecord::mailbox_key`]).
+    pub mailbox: String,
+    /// How the device learns it: `subscribe`, `unsolicited` or `off` ([`MwiMode`]).
+    pub mwi: String,
+}
+
+/// How a device learns its mailbox's message-waiting state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MwiMode {
+    /// It SUBSCRIBEs to `message-summary` (the default).
+    Subscribe,
+    /// NOTIFYs to its registered contacts after every registration and on every change, as
+    /// well as its subscriptions.
+    Unsolicited,
+    /// No message waiting (SUBSCRIBE refused).
+    Off,
+}
+
+impl MwiMode {
+    /// Reads `subscribe`, `unsolicited`, `off` (ASCII case-insensitive; empty: subscribe).
+    pub fn parse(s: &str) -> Option<MwiMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "subscribe" => Some(MwiMode::Subscribe),
+            "unsolicited" => Some(MwiMode::Unsolicited),
+            "off" | "no" => Some(MwiMode::Off),
+            _ => None,
+        }
+    }
+}
+
+impl DeviceRecord {
+    /// The mailbox key: `mailbox`, or `<username>@default`.
+    pub fn mailbox_key(&self) -> String {
+        if self.mailbox.trim().is_empty() {
+            format!("{}@default", self.username)
+        } else {
+            self.mailbox.trim().to_owned()
+        }
+    }
+
+    /// The MWI mode (an unreadable value reads as `subscribe`).
+    pub fn mwi_mode(&self) -> MwiMode {
+        MwiMode::parse(&self.mwi).unwrap_or(MwiMode::Subscribe)
+    }
 }
 
 impl DeviceRecord {
@@ -54,6 +99,8 @@ impl DeviceRecord {
             call_limit: 2,
             digest_algorithms: String::new(),
             present_any: false,
+            mailbox: String::new(),
+            mwi: "subscribe".into(),
         }
     }
 }
@@ -222,7 +269,7 @@ impl DeviceStore {
     pub async fn load_all(&self) -> Result<Vec<DeviceRecord>, DbError> {
         let rows = sqlx::query(
             "SELECT username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, \
-             digest_algorithms, present_any FROM devices ORDER BY username",
+             digest_algorithms, present_any, mailbox, mwi FROM devices ORDER BY username",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -239,6 +286,8 @@ impl DeviceStore {
                     call_limit: r.try_get("call_limit")?,
                     digest_algorithms: r.try_get("digest_algorithms")?,
                     present_any: r.try_get::<i64, _>("present_any")? != 0,
+                    mailbox: r.try_get("mailbox")?,
+                    mwi: r.try_get("mwi")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -248,12 +297,13 @@ impl DeviceStore {
     /// Insert or replace one device.
     pub async fn upsert(&self, d: &DeviceRecord) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT INTO devices (username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, digest_algorithms, present_any) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+            "INSERT INTO devices (username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, digest_algorithms, present_any, mailbox, mwi) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (username) DO UPDATE SET realm = excluded.realm, ha1_md5 = excluded.ha1_md5, \
              ha1_sha256 = excluded.ha1_sha256, display_name = excluded.display_name, site = excluded.site, \
              extension = excluded.extension, call_limit = excluded.call_limit, \
-             digest_algorithms = excluded.digest_algorithms, present_any = excluded.present_any",
+             digest_algorithms = excluded.digest_algorithms, present_any = excluded.present_any, \
+             mailbox = excluded.mailbox, mwi = excluded.mwi",
         )
         .bind(&d.username)
         .bind(&d.realm)
@@ -265,6 +315,8 @@ impl DeviceStore {
         .bind(d.call_limit)
         .bind(&d.digest_algorithms)
         .bind(i64::from(d.present_any))
+        .bind(&d.mailbox)
+        .bind(if d.mwi.is_empty() { "subscribe" } else { d.mwi.as_str() })
         .execute(&self.pool)
         .await?;
         Ok(())

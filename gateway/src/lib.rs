@@ -8,6 +8,7 @@
 pub mod b2bua;
 pub mod devices;
 pub mod dns;
+pub mod mwi;
 pub mod records;
 pub mod registrar;
 pub mod security;

@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 
 mod durable;
 mod fabric;
+
+mod mwi;
 mod security;
 mod shutdown;
 mod voicemail;
@@ -242,6 +244,12 @@ pub enum GatewayEvent {
         reason: &'static str,
         /// For `deadline`: how late it arrived (ms).
         late_ms: u64,
+    },
+    /// Message waiting: `MWI SUBSCRIBED <device> <mailbox>`, `MWI REFUSED …` (over the cap),
+    /// `MWI ENDED <code|timeout> <device> <mailbox>` (a NOTIFY's failure ended a subscription).
+    Mwi {
+        /// The line.
+        line: String,
     },
 }
 
@@ -570,7 +578,10 @@ impl Gateway {
             Arc::new(std::sync::Mutex::new(crate::security::Guard::new(scfg)));
         let overload = sip_core::overload::Overload::new(cfg.overload.clone());
         transports.set_overload_gate(overload.gate());
+
+        let mwi = mwi::MwiState::new(&cfg.realm, bus.as_ref());
         let core = Core {
+            mwi,
             guard: guard.clone(),
             durable: durable::Durable::start(records.clone(), cfg.node.clone()),
             shutdown: shutdown::ShutdownState::default(),
@@ -711,6 +722,8 @@ struct Core {
     fabric_calls: HashMap<b2bua::CallId, fabric::FabricCall>,
     /// Overload control (issue 16): measures the queueing delay, its gate refuses at ingress.
     overload: sip_core::overload::Overload,
+    /// Message waiting (`server/mwi.rs`).
+    mwi: mwi::MwiState,
 }
 
 /// Unix time, seconds (fabric signatures).
@@ -803,7 +816,10 @@ impl Core {
                     self.move_orphans();
 
                     self.overload.tick(Instant::now());
+
+                    self.mwi_tick();
                 }
+                Some(ev) = statebus::recv(&mut self.mwi.rx) => self.on_mwi_bus(ev),
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),
                 Some(c) = control.recv() => self.on_control(c),
@@ -1047,6 +1063,10 @@ impl Core {
                     let _ = self.tl.send_response(&key, rej.response(&request), now);
                     return;
                 }
+                if request.method == Method::Subscribe {
+                    self.on_subscribe(key, request, source, now);
+                    return;
+                }
                 let in_dialog = tx_tag(&request).is_some();
                 if in_dialog && request.method != Method::Register {
                     if !self
@@ -1090,6 +1110,9 @@ impl Core {
             }
             tx::Event::Response { key, response } => {
                 if response.status_code.code() >= 200 {
+                    if self.mwi_response(&key, Some(response.status_code.code())) {
+                        return;
+                    }
                     if let Some((aor, contact)) = self.qualifying.remove(&key) {
                         self.qualified(&aor, &contact, true);
                         return;
@@ -1106,6 +1129,9 @@ impl Core {
                 let _ = response;
             }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
+                if self.mwi_response(&key, None) {
+                    return;
+                }
                 if let Some((aor, contact)) = self.qualifying.remove(&key) {
                     self.qualified(&aor, &contact, false);
                     return;

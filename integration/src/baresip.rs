@@ -42,6 +42,10 @@ pub struct BaresipOptions {
     pub tls_ca: Option<PathBuf>,
     /// SRTP with SDES keys (`srtp.so`, account `mediaenc=srtp-mand`: `RTP/SAVP`, a=crypto).
     pub srtp: bool,
+    /// Message waiting: load `mwi.so` and set the account's `mwi=yes` (it SUBSCRIBEs to
+    /// `message-summary` after each successful REGISTER; NOTIFY bodies arrive as ctrl_tcp
+    /// `MWI_NOTIFY` events).
+    pub mwi: bool,
 }
 
 impl Default for BaresipOptions {
@@ -52,6 +56,7 @@ impl Default for BaresipOptions {
             sip_trace: false,
             tls_ca: None,
             srtp: false,
+            mwi: false,
         }
     }
 }
@@ -133,15 +138,19 @@ impl Baresip {
         if options.srtp {
             config.push_str("module\tsrtp.so\n");
         }
+        if options.mwi {
+            config.push_str("module_app\tmwi.so\n");
+        }
         std::fs::write(dir.path().join("config"), config)?;
         let mediaenc = if options.srtp {
             ";mediaenc=srtp-mand"
         } else {
             ""
         };
+        let mwi = if options.mwi { "yes" } else { "no" };
         let account = format!(
             "<sip:{user}@{registrar};transport={transport}>;auth_pass={password};answermode=auto;\
-             regint={regint};audio_codecs=PCMU,PCMA;medianat=;mwi=no{mediaenc}\n"
+             regint={regint};audio_codecs=PCMU,PCMA;medianat=;mwi={mwi}{mediaenc}\n"
         );
         std::fs::write(dir.path().join("accounts"), account)?;
         std::fs::write(dir.path().join("contacts"), "")?;

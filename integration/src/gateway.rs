@@ -40,6 +40,8 @@ pub struct GatewaySpec {
     /// Device database URL (`postgres://…`, `sqlite://…`); `None`: a SQLite file in the
     /// private directory.
     pub database: Option<String>,
+    /// More `devices add` arguments per device user (e.g. `--mwi unsolicited`).
+    pub device_args: Vec<(String, Vec<String>)>,
 }
 
 impl GatewaySpec {
@@ -61,6 +63,7 @@ impl GatewaySpec {
             node_extra: String::new(),
             extra: String::new(),
             database: None,
+            device_args: Vec::new(),
         }
     }
 }
@@ -202,7 +205,13 @@ t1_ms = 100
         );
         std::fs::write(&config, text).expect("write config");
         for (user, password) in &spec.devices {
-            devices_add(binary, &config, user, password);
+            let extra: Vec<&str> = spec
+                .device_args
+                .iter()
+                .filter(|(u, _)| u == user)
+                .flat_map(|(_, a)| a.iter().map(String::as_str))
+                .collect();
+            devices_add_with(binary, &config, user, password, &extra);
         }
         let (child, lines) = spawn(binary, &spec.command, &config, dir.path());
         let mut gw = GatewayProcess {
@@ -476,10 +485,16 @@ impl Drop for GatewayProcess {
 
 /// `callfabric devices add --config … --user … --password …`.
 pub fn devices_add(binary: &Path, config: &Path, user: &str, password: &str) {
+    devices_add_with(binary, config, user, password, &[]);
+}
+
+/// [`devices_add`] with more arguments (`--mailbox …`, `--mwi …`, `--extension …`).
+pub fn devices_add_with(binary: &Path, config: &Path, user: &str, password: &str, extra: &[&str]) {
     let out = Command::new(binary)
         .args(["devices", "add", "--config"])
         .arg(config)
         .args(["--user", user, "--password", password])
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .expect("run callfabric devices add");

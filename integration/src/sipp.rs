@@ -305,6 +305,11 @@ impl SippProcess {
         self.local_port
     }
 
+    /// Its message log (`-trace_msg`) so far, while it runs: to step a test in time with it.
+    pub fn messages_so_far(&self) -> String {
+        self.read("messages.log")
+    }
+
     /// True while SIPp has not exited.
     pub fn is_running(&mut self) -> bool {
         self.child

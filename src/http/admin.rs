@@ -411,6 +411,8 @@ pub(super) async fn devices(_: Admin, State(s): State<Sources>) -> Result<Json<V
             "name": d.display_name,
             "call_limit": d.call_limit,
             "digest": d.digest_algorithms,
+            "mailbox": d.mailbox_key(),
+            "mwi": d.mwi,
         }))
         .collect::<Vec<_>>())))
 }
@@ -425,6 +427,12 @@ pub(super) struct DeviceBody {
     name: String,
     #[serde(default)]
     digest: String,
+    /// The mailbox whose lamp the phone shows (`1001@default`); empty: `<user>@default`.
+    #[serde(default)]
+    mailbox: String,
+    /// `subscribe` (default), `unsolicited` or `off`.
+    #[serde(default)]
+    mwi: String,
 }
 
 fn device_record(b: &DeviceBody, realm: &str) -> Result<gateway::devices::DeviceRecord, String> {
@@ -455,7 +463,27 @@ fn device_record(b: &DeviceBody, realm: &str) -> Result<gateway::devices::Device
             return Err(format!("digest: unknown algorithm {t:?} (SHA-256, MD5)"));
         }
     }
+    if b.mailbox.len() > MAX_FIELD
+        || b.mailbox
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "mailbox {:?}: no white space, at most {MAX_FIELD} bytes",
+            b.mailbox
+        ));
+    }
+    let Some(mode) = gateway::devices::MwiMode::parse(&b.mwi) else {
+        return Err(format!("mwi {:?}: subscribe, unsolicited or off", b.mwi));
+    };
     let mut d = gateway::devices::DeviceRecord::with_password(&b.user, realm, &b.password);
+    d.mailbox = b.mailbox.clone();
+    d.mwi = match mode {
+        gateway::devices::MwiMode::Subscribe => "subscribe",
+        gateway::devices::MwiMode::Unsolicited => "unsolicited",
+        gateway::devices::MwiMode::Off => "off",
+    }
+    .into();
     d.extension = b.extension.clone();
     d.display_name = b.name.clone();
     d.digest_algorithms = b.digest.clone();
@@ -520,7 +548,17 @@ pub(super) async fn import_devices(
         ));
     };
     for c in &cols {
-        if !["user", "password", "extension", "name", "digest"].contains(&c.as_str()) {
+        if ![
+            "user",
+            "password",
+            "extension",
+            "name",
+            "digest",
+            "mailbox",
+            "mwi",
+        ]
+        .contains(&c.as_str())
+        {
             return Err(bad(format!("CSV line 1: unknown column {c:?}")));
         }
     }
@@ -547,6 +585,8 @@ pub(super) async fn import_devices(
             extension: (!ext.is_empty()).then_some(ext),
             name: get(col("name")),
             digest: get(col("digest")),
+            mailbox: get(col("mailbox")),
+            mwi: get(col("mwi")),
         };
         records
             .push(device_record(&b, &realm).map_err(|e| bad(format!("CSV line {}: {e}", i + 1)))?);

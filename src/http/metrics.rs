@@ -67,6 +67,7 @@ pub(super) async fn count_gateway_events(
             Ok(E::OfferRefused { .. }) => {
                 totals.offers_refused.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(E::Mwi { .. }) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
         }

@@ -3,6 +3,9 @@
 device name), as an Asterisk box sharing keys with the fabric. Exits 1 if any publish is
 refused (prints the error).
 
+A pair `mailbox:MAILBOX@CONTEXT=NEW/OLD` publishes a mailbox's counts instead, as res_xmpp's
+`xmpp_pubsub_publish_mwi` does (node message_waiting, item id MAILBOX@CONTEXT, NEWMSGS/OLDMSGS).
+
 usage: asterisk_publish.py HOST PORT JID PASSWORD SERVICE KEY=STATE...
 """
 import asyncio
@@ -14,6 +17,14 @@ import slixmpp
 
 HOST, PORT, JID, PASSWORD, SERVICE = sys.argv[1:6]
 PAIRS = [a.split("=", 1) for a in sys.argv[6:]]
+
+
+def mwi_xml(key, counts):
+    new, old = counts.split("/", 1)
+    return ("<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='message_waiting'>"
+            f"<item id={quoteattr(key)}><mailbox xmlns='http://asterisk.org' eid='00:11:22:33:44:55'>"
+            f"<NEWMSGS>{int(new)}</NEWMSGS><OLDMSGS>{int(old)}</OLDMSGS></mailbox>"
+            "</item></publish></pubsub>")
 
 
 def state_xml(key, state):
@@ -38,7 +49,10 @@ class Peer(slixmpp.ClientXMPP):
         try:
             for key, state in PAIRS:
                 iq = self.Iq(stype="set", sto=SERVICE)
-                iq.append(ET.fromstring(state_xml(key, state)))
+                if key.startswith("mailbox:"):
+                    iq.append(ET.fromstring(mwi_xml(key[len("mailbox:"):], state)))
+                else:
+                    iq.append(ET.fromstring(state_xml(key, state)))
                 await iq.send(timeout=10)
             print("PUBLISHED", flush=True)
         except Exception as e:  # report, never hang

@@ -346,9 +346,12 @@ impl Core {
             .partition(|(s, _, _)| *s <= seq);
         self.durable.held = keep;
         for (_, key, resp) in due {
+            let sent = resp.clone();
             if let Err(e) = self.tl.send_response(&key, resp, now) {
                 tracing::debug!(error = %e, "REGISTER response not sent");
             }
+            // After the 200 (queued first, so sent first): the phone's lamp again.
+            self.mwi_after_register(&sent);
         }
     }
 }
