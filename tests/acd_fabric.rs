@@ -248,6 +248,15 @@ fn queue_routing(kind: ServerKind, rtp: [&str; 2]) {
         &agent.wait().expect("agent"),
         "the agent answered four calls",
     );
+    // The moved callers heard music on hold from gw-a while they moved (callers 1 and 2 were
+    // answered by acd-1 before it died; caller 3 may have been, or retried unanswered).
+    let ended: Vec<_> = (0..4).map(|_| gw_a.call_ended(WAIT)).collect();
+    let with_music = ended.iter().filter(|c| c.num("a_moh") > 0).count();
+    assert!(
+        with_music >= 2,
+        "music on hold to the moved callers: {:?}",
+        ended.iter().map(|c| &c.line).collect::<Vec<_>>()
+    );
     for node in [&acd_1, &acd_2] {
         let log = std::fs::read_to_string(node.dir().join("queue_log")).unwrap_or_default();
         assert!(!log.contains("|ABANDON|"), "a caller was lost:\n{log}");

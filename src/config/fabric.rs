@@ -60,3 +60,57 @@ impl Loaded {
         Ok(Some(Arc::new(key)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Loaded;
+
+    fn load(text: &str, key_file: Option<&str>) -> anyhow::Result<Loaded> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("gw.toml");
+        std::fs::write(&p, text)?;
+        if let Some(k) = key_file {
+            std::fs::write(dir.path().join("fabric.key"), k)?;
+        }
+        // The directory must outlive the read of a secret_file: keep it.
+        let l = Loaded::read(&p);
+        std::mem::forget(dir);
+        l
+    }
+
+    #[test]
+    fn fabric_secrets_are_checked_and_errors_name_file_and_line() {
+        let base = "[node]\nname = \"gw-a\"\n\n[fabric]\n";
+        let err = |text: &str, key: Option<&str>| {
+            load(&format!("{base}{text}"), key)
+                .and_then(|l| l.fabric_key())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = err("secret = \"short\"\n", None);
+        assert!(
+            e.contains("gw.toml:5:") && e.contains("at least 16 bytes"),
+            "{e}"
+        );
+        let e = err("secret_file = \"missing.key\"\n", None);
+        assert!(e.contains("gw.toml:") && e.contains("cannot read"), "{e}");
+        let e = err("secret = \"0123456789abcdef\"\nmax_skew_secs = 0\n", None);
+        assert!(
+            e.contains("gw.toml:6:") && e.contains("max_skew_secs"),
+            "{e}"
+        );
+        let e = err("max_skew_secs = 10\n", None);
+        assert!(e.contains("needs secret"), "{e}");
+        let k = load(
+            &format!("{base}secret_file = \"fabric.key\"\n"),
+            Some("0123456789abcdef0123\n"),
+        )
+        .and_then(|l| l.fabric_key())
+        .expect("a key")
+        .expect("some key");
+        assert_eq!((k.name.as_str(), k.max_skew_secs), ("gw-a", 30));
+        let none = load("[node]\nname = \"x\"\n", None).and_then(|l| l.fabric_key());
+        assert!(none.expect("no section").is_none());
+    }
+}

@@ -834,3 +834,104 @@ fn early_media_183_is_relayed_with_the_relay_address_and_bridged() {
 }
 
 mod rfc;
+
+/// Issue 15: leg B of a confirmed call moves to another peer (its first one died): a new
+/// INVITE there (new dialog, the relay's B-side SDP, the extra headers, signed), music to the
+/// caller until its 2xx, which is ACKed and whose media replaces the music; leg A sees nothing.
+/// A failed move ends the call.
+#[test]
+fn leg_b_moves_to_another_peer_with_music_meanwhile() {
+    let key = std::sync::Arc::new(
+        crate::sip::trust::FabricKey::new(b"0123456789abcdef-fabric", "gw-a").expect("key"),
+    );
+    for fail in [false, true] {
+        let mut rig = Rig::new();
+        let (b_inv, _) = rig.answered();
+        rig.actions();
+        let id = rig.b2b.newest_call().expect("the call");
+        assert!(rig.b2b.is_answered(id));
+        let moved = rig.b2b.move_b(
+            id,
+            "sip:800@10.0.0.9:5072",
+            peer("10.0.0.9:5072"),
+            "X-CF-Join: joined=1700000000000;prio=0\r\n",
+            Some((key.clone(), 1_700_000_005)),
+            &mut rig.media,
+        );
+        assert!(moved);
+        assert_eq!(
+            rig.media.holds.last(),
+            Some(&(id, Side::B, true)),
+            "music to A"
+        );
+        let acts = rig.actions();
+        assert!(Rig::responses_to_a(&acts).is_empty(), "leg A sees nothing");
+        let (k, inv, dest) = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::Request { key, request, dest } => {
+                    Some((key.clone(), request.clone(), dest.addr))
+                }
+                _ => None,
+            })
+            .expect("a new INVITE");
+        assert_eq!(dest, "10.0.0.9:5072".parse().unwrap());
+        let t = text(&inv);
+        assert!(t.starts_with("INVITE sip:800@10.0.0.9:5072 SIP/2.0"), "{t}");
+        assert!(t.contains("X-CF-Join: joined=1700000000000;prio=0"), "{t}");
+        assert!(
+            t.contains("c=IN IP4 192.0.2.1") && t.contains("m=audio 20002 "),
+            "relay SDP: {t}"
+        );
+        let call_id = |r: &Request| {
+            text(r)
+                .lines()
+                .find(|l| l.starts_with("Call-ID:"))
+                .map(str::to_owned)
+        };
+        assert_ne!(call_id(&inv), call_id(&b_inv), "a new dialog");
+        let mut cache = crate::sip::trust::ReplayCache::default();
+        assert_eq!(
+            key.verify(&inv, 1_700_000_006, &mut cache).as_deref(),
+            Ok("gw-a"),
+            "signed"
+        );
+        assert!(!rig.b2b.is_answered(id), "moving");
+        if fail {
+            rig.b2b.on_timeout(&k, &mut rig.media, rig.now);
+            assert!(!rig.b2b.has_call(id), "a failed move ends the call");
+            let acts = rig.actions();
+            assert!(
+                acts.iter().any(
+                    |a| matches!(a, Action::CallEnded { reason, .. } if reason == "move-failed")
+                ),
+                "{acts:?}"
+            );
+            continue;
+        }
+        let ok = b_response(&inv, 200, "newtag", &sdp("10.0.0.9", 7000, "sendrecv"));
+        rig.b2b.on_response(&k, ok, &mut rig.media, rig.now);
+        let acts = rig.actions();
+        assert!(
+            Rig::responses_to_a(&acts).is_empty(),
+            "leg A still sees nothing"
+        );
+        assert!(
+            acts.iter().any(
+                |a| matches!(a, Action::Stateless { message: SipMessage::Request(r), dest }
+                if r.method == Method::Ack && dest.addr == "10.0.0.9:5072".parse().unwrap())
+            ),
+            "the 2xx is ACKed at the new peer: {acts:?}"
+        );
+        assert_eq!(
+            rig.media.remotes.last(),
+            Some(&(id, Side::B, "10.0.0.9:7000".parse().unwrap()))
+        );
+        assert_eq!(
+            rig.media.holds.last(),
+            Some(&(id, Side::B, false)),
+            "music off"
+        );
+        assert!(rig.b2b.is_answered(id), "moved");
+    }
+}
