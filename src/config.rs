@@ -798,7 +798,7 @@ impl Loaded {
             None => (20000, 29999),
             Some(r) => self.port_range("gateway", "rtp_ports", r)?,
         };
-        let mut trunks = Vec::new();
+        let mut trunks: Vec<gateway::server::TrunkConfig> = Vec::new();
         for (n, t) in g.trunk.iter().enumerate() {
             let (address, domain) = match t.address.parse::<std::net::SocketAddr>() {
                 Ok(a) => (a, None),
@@ -879,6 +879,22 @@ impl Loaded {
                     ))
                 }
             };
+            // The name a TLS peer's certificate must carry is kept per address: two TLS trunks
+            // to one address with different names would silently verify against one of them.
+            if let Some(name) = &tls {
+                if let Some(other) = trunks
+                    .iter()
+                    .find(|o| o.address == address && o.tls.as_ref().is_some_and(|n| n != name))
+                {
+                    return Err(anyhow!(
+                        "{}: trunk {:?}: tls_name {name:?} differs from trunk {:?}'s {:?} at the                          same address {address}: a peer's certificate is verified for one name",
+                        self.at_nth("gateway.trunk", n, "tls_name"),
+                        t.name,
+                        other.name,
+                        other.tls.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
             trunks.push(gateway::server::TrunkConfig {
                 name: t.name.clone(),
                 address,
@@ -1378,6 +1394,50 @@ mod tests {
         let g = l.gateway().unwrap();
         assert_eq!(g.dns_servers, ["127.0.0.1:5353".parse().unwrap()]);
         assert_eq!(g.trunks[0].domain, Some(("itsp.test".into(), None)));
+    }
+
+    /// Two TLS trunks to one address must expect the same certificate name.
+    #[test]
+    fn tls_trunks_at_one_address_share_their_certificate_name() {
+        let base = "[node]\nname = \"a\"\n\n[gateway]\nudp = [\"127.0.0.1:5060\"]\n\
+                    realm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in ["c.pem", "k.pem", "ca.pem"] {
+            std::fs::write(dir.path().join(f), "").expect("write");
+        }
+        let load = |text: &str| {
+            let p = dir.path().join("site-a.toml");
+            std::fs::write(&p, text)?;
+            Loaded::read(&p)
+        };
+        let trunk = |name: &str, tls_name: &str| {
+            format!(
+                "\n[[gateway.trunk]]\nname = \"{name}\"\naddress = \"192.0.2.7:5061\"\n\
+                 transport = \"tls\"\ntls_name = \"{tls_name}\"\n"
+            )
+        };
+        let tls = "\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n";
+        let same = format!(
+            "{base}{}{}{tls}",
+            trunk("a", "gw.test"),
+            trunk("b", "gw.test")
+        );
+        if let Err(e) = load(&same).and_then(|l| l.gateway()) {
+            panic!("{e:#}");
+        }
+        let other = format!(
+            "{base}{}{}{tls}",
+            trunk("a", "gw.test"),
+            trunk("b", "wrong.test")
+        );
+        let e = load(&other)
+            .and_then(|l| l.gateway())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("site-a.toml:19:") && e.contains("wrong.test") && e.contains("gw.test"),
+            "{e}"
+        );
     }
 
     #[test]
