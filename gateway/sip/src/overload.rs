@@ -358,6 +358,7 @@ impl Overload {
     }
 
     fn end_interval(&mut self, now: Instant) {
+        let was_shedding = self.shedding();
         // An interval without any message has no queue.
         self.standing = self.interval_min.take().unwrap_or(Duration::ZERO);
         if self.standing > self.cfg.target {
@@ -371,6 +372,18 @@ impl Overload {
         g.p.store((self.p * f64::from(ONE)) as u32, Relaxed);
         g.shedding.store(self.shedding(), Relaxed);
         g.hard.store(self.standing > self.cfg.hard_delay, Relaxed);
+        if self.shedding() != was_shedding {
+            let c = self.counters();
+            tracing::warn!(
+                shedding = self.shedding(),
+                standing_queue_ms = self.standing.as_millis() as u64,
+                admit_fraction = self.p,
+                rejected = c.rejected,
+                dropped_low = c.dropped_low,
+                dropped_retransmissions = c.dropped_retransmissions,
+                "SIP overload control"
+            );
+        }
     }
 
     /// For a request the core read: true (counted) when it must be dropped as a
