@@ -10,7 +10,8 @@
 //! byte) reaches the SMTP server. Then 1000 dials `*98`, enters the PIN by RFC 4733 events,
 //! hears the message (440 Hz at the caller), deletes it (`7`), and leaves (`*`): the bus goes
 //! to `new=0 old=1` (heard) and `new=0 old=0` (deleted), and the file is gone. Last, a call
-//! to 1001, which is not registered, goes straight to its mailbox (5001).
+//! to 1001, which is not registered, goes straight to its mailbox (5001), and 1001 opens it
+//! with its PIN sent by SIP INFO.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -54,6 +55,65 @@ fn uac_until_bye(dir: &Path) -> PathBuf {
 "#;
     let path = dir.join("call_uac_until_bye.xml");
     std::fs::write(&path, format!("{head}{tail}")).expect("write scenario");
+    path
+}
+
+/// `call_uac.xml` up to the ACK of the 200, then the keys `1` and `#` by SIP INFO
+/// (`application/dtmf-relay`), 12 s of listening, BYE.
+fn uac_info_pin(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(scenario("call_uac.xml")).expect("read call_uac.xml");
+    let head = text
+        .split("  <nop>")
+        .next()
+        .expect("call_uac.xml has a <nop>");
+    let request = |method: &str, seq: u32, body: &str| {
+        format!(
+            r#"  <send retrans="500">
+    <![CDATA[
+      {method} sip:[callee]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:[service]@[remote_ip]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[callee]@[remote_ip]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {seq} {method}
+      Max-Forwards: 70
+{body}
+    ]]>
+  </send>
+  <recv response="200"/>
+"#
+        )
+    };
+    let info = |seq: u32, key: &str| {
+        request(
+            "INFO",
+            seq,
+            &format!(
+                "      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      Signal={key}
+      Duration=160"
+            ),
+        )
+    };
+    let text = format!(
+        r#"{head}  <pause milliseconds="300"/>
+{}{}  <pause milliseconds="12000"/>
+{}  <Reference variables="m_line"/>
+</scenario>
+"#,
+        info(3, "1"),
+        info(4, "#"),
+        request(
+            "BYE",
+            5,
+            "      Content-Length: 0
+"
+        ),
+    );
+    let path = dir.join("call_uac_info_pin.xml");
+    std::fs::write(&path, text).expect("write scenario");
     path
 }
 
@@ -459,4 +519,22 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
         wav.display()
     );
     gw.seen_since(mark, "MWI 5001@default new=1 old=0", WAIT);
+
+    // 4. 1001 opens its mailbox with the PIN sent by SIP INFO (`application/dtmf-relay`): the
+    // message plays, so it is old now.
+    let mark = gw.mark();
+    let media = Media::new();
+    let opts = SippOpts {
+        keys: vec![
+            ("callee".into(), "*98".into()),
+            ("sdp_port".into(), media.port().to_string()),
+        ],
+        timeout: Duration::from_secs(60),
+        ..SippOpts::user("1001", "secret")
+    };
+    let mut sipp =
+        SippProcess::spawn(&uac_info_pin(dir.path()), Some(gw.udp), &opts).expect("start SIPp");
+    let out = sipp.wait().expect("SIPp outcome");
+    assert_passes(&gw, &out, "1001 with its PIN by SIP INFO");
+    gw.seen_since(mark, "MWI 5001@default new=0 old=1", WAIT);
 }
