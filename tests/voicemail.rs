@@ -8,9 +8,11 @@
 //! up. Then: the message's WAV holds the tone (Goertzel at 440 Hz over the file, 8 kHz mono);
 //! the bus shows `MWI 1000@default new=1 old=0`; an e-mail with that WAV attached (byte for
 //! byte) reaches the SMTP server. Then 1000 dials `*98`, enters the PIN by RFC 4733 events,
-//! hears the message (440 Hz at the caller), deletes it (`7`), and leaves (`*`): the bus goes
+//! hears the message (440 Hz at the caller), deletes it (`7`), records a new greeting (`5`, a
+//! 2 s 880 Hz tone, `#`: the greeting's WAV holds it) and leaves (`*`): the bus goes
 //! to `new=0 old=1` (heard) and `new=0 old=0` (deleted), and the file is gone. Last, a call
-//! to 1001, which is not registered, goes straight to its mailbox (5001).
+//! to 1001, which is not registered, goes straight to its mailbox (5001), and 1001 opens it
+//! with its PIN sent by SIP INFO.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -54,6 +56,65 @@ fn uac_until_bye(dir: &Path) -> PathBuf {
 "#;
     let path = dir.join("call_uac_until_bye.xml");
     std::fs::write(&path, format!("{head}{tail}")).expect("write scenario");
+    path
+}
+
+/// `call_uac.xml` up to the ACK of the 200, then the keys `1` and `#` by SIP INFO
+/// (`application/dtmf-relay`), 12 s of listening, BYE.
+fn uac_info_pin(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(scenario("call_uac.xml")).expect("read call_uac.xml");
+    let head = text
+        .split("  <nop>")
+        .next()
+        .expect("call_uac.xml has a <nop>");
+    let request = |method: &str, seq: u32, body: &str| {
+        format!(
+            r#"  <send retrans="500">
+    <![CDATA[
+      {method} sip:[callee]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:[service]@[remote_ip]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[callee]@[remote_ip]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {seq} {method}
+      Max-Forwards: 70
+{body}
+    ]]>
+  </send>
+  <recv response="200"/>
+"#
+        )
+    };
+    let info = |seq: u32, key: &str| {
+        request(
+            "INFO",
+            seq,
+            &format!(
+                "      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      Signal={key}
+      Duration=160"
+            ),
+        )
+    };
+    let text = format!(
+        r#"{head}  <pause milliseconds="300"/>
+{}{}  <pause milliseconds="12000"/>
+{}  <Reference variables="m_line"/>
+</scenario>
+"#,
+        info(3, "1"),
+        info(4, "#"),
+        request(
+            "BYE",
+            5,
+            "      Content-Length: 0
+"
+        ),
+    );
+    let path = dir.join("call_uac_info_pin.xml");
+    std::fs::write(&path, text).expect("write scenario");
     path
 }
 
@@ -129,10 +190,15 @@ impl Media {
 
     /// Waits until `done` holds for what was heard so far.
     fn until(&mut self, what: &str, done: impl Fn(&[i16]) -> bool) {
+        self.until_since(Instant::now() - Duration::from_secs(600), what, done)
+    }
+
+    /// Waits until `done` holds for what was heard since `from`.
+    fn until_since(&mut self, from: Instant, what: &str, done: impl Fn(&[i16]) -> bool) {
         let end = Instant::now() + WAIT;
         while Instant::now() < end {
             self.pump(Instant::now() + Duration::from_millis(50));
-            let all: Vec<i16> = self.heard_since(Instant::now() - Duration::from_secs(600));
+            let all: Vec<i16> = self.heard_since(from);
             if done(&all) {
                 return;
             }
@@ -143,7 +209,12 @@ impl Media {
     /// Waits for the beep (15 frames of 1 kHz) and then silence: voicemail sends nothing
     /// while it records.
     fn until_after_beep(&mut self) {
-        self.until("the beep", |a| tone_frames(a, 1000.0) >= 10);
+        self.until_after_beep_since(Instant::now() - Duration::from_secs(600));
+    }
+
+    /// [`until_after_beep`](Self::until_after_beep) for a beep heard after `from`.
+    fn until_after_beep_since(&mut self, from: Instant) {
+        self.until_since(from, "the beep", |a| tone_frames(a, 1000.0) >= 10);
         let end = Instant::now() + WAIT;
         while Instant::now() < end {
             self.pump(Instant::now() + Duration::from_millis(50));
@@ -173,7 +244,12 @@ impl Media {
 
     /// `ms` of a 440 Hz tone, paced at 20 ms.
     fn tone(&mut self, ms: u32) {
-        let alaw = Codec::Pcma.encode(&media::audio::prompts::tone(&[440.0], ms, 0.3));
+        self.tone_at(440.0, ms)
+    }
+
+    /// `ms` of a `freq` tone, paced at 20 ms.
+    fn tone_at(&mut self, freq: f64, ms: u32) {
+        let alaw = Codec::Pcma.encode(&media::audio::prompts::tone(&[freq], ms, 0.3));
         let start = Instant::now();
         for (i, chunk) in alaw.chunks(160).enumerate() {
             let ts = self.ts;
@@ -433,9 +509,36 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
         }
         // Delete it; then `*`: goodbye, and voicemail hangs up (SIPp waits for its BYE).
         m.key('7');
+        // "deleted", "no more messages", the main menu; then silence (a key is awaited).
+        let end = Instant::now() + WAIT;
+        while m
+            .heard
+            .last()
+            .is_none_or(|(t, _)| t.elapsed() < Duration::from_millis(1500))
+        {
+            assert!(Instant::now() < end, "the main menu did not end");
+            m.pump(Instant::now() + Duration::from_millis(50));
+        }
+        // A new greeting: `5`, the beep, 2 s of 880 Hz, `#`; then `*`: goodbye, BYE.
+        let from = Instant::now();
+        m.key('5');
+        m.until_after_beep_since(from);
+        m.tone_at(880.0, 2000);
+        m.key('#');
         m.pump(Instant::now() + Duration::from_millis(200));
         m.key('*');
     });
+    let greeting = line_since(&mut gw, mark, "the greeting", |l| {
+        l == "VOICEMAIL GREETING 1000"
+    });
+    assert!(!greeting.is_empty());
+    let g = gw.dir().join("vm/default/1000/greeting.wav");
+    let pcm = media::audio::wav::read_wav(&g).expect("the greeting's WAV");
+    let frames = tone_frames(&pcm, 880.0);
+    assert!(
+        (85..=105).contains(&frames),
+        "{frames} frames of 880 Hz in the greeting, not ~100"
+    );
     gw.seen_since(mark, "MWI 1000@default new=0 old=1", WAIT);
     gw.seen_since(mark, &format!("VOICEMAIL DELETED 1000 {id}"), WAIT);
     gw.seen_since(mark, "MWI 1000@default new=0 old=0", WAIT);
@@ -459,4 +562,22 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
         wav.display()
     );
     gw.seen_since(mark, "MWI 5001@default new=1 old=0", WAIT);
+
+    // 4. 1001 opens its mailbox with the PIN sent by SIP INFO (`application/dtmf-relay`): the
+    // message plays, so it is old now.
+    let mark = gw.mark();
+    let media = Media::new();
+    let opts = SippOpts {
+        keys: vec![
+            ("callee".into(), "*98".into()),
+            ("sdp_port".into(), media.port().to_string()),
+        ],
+        timeout: Duration::from_secs(60),
+        ..SippOpts::user("1001", "secret")
+    };
+    let mut sipp =
+        SippProcess::spawn(&uac_info_pin(dir.path()), Some(gw.udp), &opts).expect("start SIPp");
+    let out = sipp.wait().expect("SIPp outcome");
+    assert_passes(&gw, &out, "1001 with its PIN by SIP INFO");
+    gw.seen_since(mark, "MWI 5001@default new=0 old=1", WAIT);
 }

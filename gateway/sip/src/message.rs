@@ -1130,7 +1130,13 @@ fn validate(req: &Request, check_grammar: bool, extensions: &[&str]) -> Result<(
         let optional = headers.iter().any(|h| {
             matches!(h, Header::ContentDisposition(v) if grammar::disposition_optional(v.value()))
         });
-        if !optional && !SUPPORTED_CONTENT_TYPES.contains(&media.as_str()) {
+        // DTMF by SIP INFO (the fallback for phones without RFC 4733), relayed by the B2BUA.
+        let dtmf_info = req.method == Method::Info
+            && matches!(
+                media.as_str(),
+                "application/dtmf-relay" | "application/dtmf"
+            );
+        if !optional && !dtmf_info && !SUPPORTED_CONTENT_TYPES.contains(&media.as_str()) {
             return Err(
                 Rejection::new(415, format!("body type {media:?} is not supported")).with(
                     Header::Accept(rsip::headers::Accept::new(

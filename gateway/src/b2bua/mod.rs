@@ -28,6 +28,7 @@ pub mod devstate;
 mod divert;
 pub mod fork;
 pub mod hold;
+mod info;
 mod linked;
 mod moved;
 mod reliable;
@@ -1429,7 +1430,11 @@ impl B2bua {
                 self.end(id, reason, media, now);
             }
             Method::Invite | Method::Update => self.relay_offer(id, side, key, req, media, now),
-            Method::Options | Method::Info => self.reply(key, &req, 200),
+            Method::Options => self.reply(key, &req, 200),
+            Method::Info => {
+                self.reply(key, &req, 200);
+                self.relay_info(id, side, &req);
+            }
             _ => self.reply(key, &req, 501),
         }
         true
