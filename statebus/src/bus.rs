@@ -1,8 +1,9 @@
 //! The [`Bus`] trait: what gateways and ACD nodes see of the state fabric.
 
-use crate::{Change, DeviceState, Eid, Mwi, Snapshot, StateCache};
+use crate::waiting::WaitingTable;
+use crate::{Change, DeviceState, Eid, Mwi, Snapshot, StateCache, WaitingCaller};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// What a subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +50,26 @@ pub trait Bus: Send + Sync {
     /// The per-EID states of one device: which members publish it (an ACD finds the gateway
     /// that holds an agent's registration through this and the members' heartbeats).
     fn device_detail(&self, key: &str) -> Vec<(Eid, DeviceState)>;
+    /// Publish (or update) a caller waiting at this member ([`crate::waiting`]). A bus
+    /// without waiting records ignores it.
+    fn publish_waiting(&self, _caller: WaitingCaller) {}
+    /// Withdraw this member's record of a caller that left `queue`.
+    fn withdraw_waiting(&self, _queue: &str, _caller: &str) {}
+    /// Every waiting record known now: this member's and those of live members.
+    fn waiting(&self) -> Vec<WaitingCaller> {
+        Vec::new()
+    }
+    /// Ticks whenever [`Bus::waiting`] may have changed (a record, or a member's liveness);
+    /// `None` for a bus without waiting records.
+    fn waiting_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+    /// The publish → notify delay between members this bus bounds: an ACD node lets a new
+    /// caller wait this long before offering it an agent, so that an earlier caller at another
+    /// node is heard of first. Zero for a bus with no other members.
+    fn settle(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// Receive the next event, turning a lag into [`BusEvent::Lagged`]; `None` when the bus is gone.
@@ -65,6 +86,8 @@ pub async fn recv(rx: &mut broadcast::Receiver<BusEvent>) -> Option<BusEvent> {
 pub(crate) struct Core {
     cache: Mutex<StateCache>,
     events: broadcast::Sender<BusEvent>,
+    waiting: Mutex<WaitingTable>,
+    waiting_tick: watch::Sender<u64>,
 }
 
 impl Core {
@@ -73,6 +96,8 @@ impl Core {
         Arc::new(Core {
             cache: Mutex::new(cache),
             events,
+            waiting: Mutex::new(WaitingTable::new()),
+            waiting_tick: watch::channel(0).0,
         })
     }
 
@@ -98,5 +123,24 @@ impl Core {
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
         self.events.subscribe()
+    }
+
+    pub(crate) fn waiting(&self) -> MutexGuard<'_, WaitingTable> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell [`Bus::waiting_changes`] subscribers to read the records again.
+    pub(crate) fn waiting_changed(&self) {
+        self.waiting_tick.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn waiting_changes(&self) -> watch::Receiver<u64> {
+        self.waiting_tick.subscribe()
+    }
+
+    /// Every record: ours, and those of members not expired.
+    pub(crate) fn waiting_all(&self) -> Vec<WaitingCaller> {
+        let cache = self.cache();
+        self.waiting().all(|e| !cache.is_expired(e))
     }
 }

@@ -15,6 +15,7 @@ mod mwi;
 pub mod presence;
 pub mod servers;
 mod state;
+pub mod waiting;
 pub mod wire;
 pub mod xmpp;
 
@@ -24,4 +25,5 @@ pub use eid::{Eid, EidParseError};
 pub use local::LocalBus;
 pub use mwi::Mwi;
 pub use state::{Aggregate, DeviceState};
+pub use waiting::WaitingCaller;
 pub use xmpp::{TlsMode, XmppBus, XmppBusConfig, XmppBusError, XmppBusStats};

@@ -171,6 +171,13 @@ pub enum NodeEvent {
         /// The gateway it went to.
         gateway: SocketAddr,
     },
+    /// The callers waiting in a queue at every ACD node, as this node knows them, changed.
+    GlobalWaiting {
+        /// Queue name.
+        queue: String,
+        /// Callers waiting here and at other nodes.
+        total: usize,
+    },
 }
 
 /// One queue's figures, for supervisors and reports.
@@ -702,6 +709,42 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         }
     }
 
+    /// The wall clock in unix milliseconds.
+    fn wall_ms(&self) -> u64 {
+        let d = (self.wall)()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Take part in a global order across ACD nodes as fabric member `eid`; a new caller
+    /// waits `settle` before it may be offered (see [`Engine::set_fabric_eid`]).
+    pub fn set_fabric_eid(&mut self, eid: Eid, settle: Duration) {
+        self.engine.set_fabric_eid(eid, settle);
+    }
+
+    /// The next change of our waiting callers for the fabric.
+    pub fn poll_waiting(&mut self) -> Option<crate::engine::WaitingChange> {
+        self.engine.poll_waiting()
+    }
+
+    /// The callers waiting on the fabric now (every node's records; ours are ignored).
+    pub fn remote_waiting(&mut self, records: &[statebus::WaitingCaller], now: Instant) {
+        let before: Vec<(String, usize)> = self
+            .engine
+            .queue_names()
+            .map(|q| (q.to_owned(), self.engine.global_waiting(q)))
+            .collect();
+        self.engine.set_remote_waiting(self.t(now), records);
+        for (queue, was) in before {
+            let total = self.engine.global_waiting(&queue);
+            if total != was {
+                self.emit(Output::Event(NodeEvent::GlobalWaiting { queue, total }));
+            }
+        }
+        self.pump(now);
+    }
+
     fn log(&mut self, mut ev: QueueLogEvent) {
         ev.time = (self.wall)()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -850,6 +893,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         if confirm.is_none() {
             let mut join = Join::new(caller_id.clone(), queue.clone());
             join.caller_number = from_user;
+            // The caller's place in the global order across ACD nodes (`engine/global.rs`).
+            join.joined_ms = Some(self.wall_ms());
             if let Err(e) = self.engine.join(self.t(now), join) {
                 info!(%queue, error = %e, "caller not queued");
                 self.media.close(leg);
@@ -1394,8 +1439,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             if let Some(c) = self.callers.get_mut(&id) {
                 c.next_announce = every.map(|e| now + e);
             }
-            let waiting = self.engine.waiting_callers(&queue);
-            let Some(pos) = waiting.iter().position(|w| *w == cid).map(|p| p + 1) else {
+            // The place in the global order: callers waiting at other nodes count.
+            let Some(pos) = self.engine.global_position(&queue, &cid) else {
                 continue;
             };
             let holdtime = self

@@ -95,6 +95,9 @@ pub struct Join {
     pub raise_penalty: Option<i32>,
     /// Queue() timeout argument: maximum wait before EXITWITHTIMEOUT.
     pub max_wait: Option<Duration>,
+    /// Original join time, unix ms: the caller's place in a global order across ACD nodes
+    /// (now, or kept from the node it moved from). `None`: engine time.
+    pub joined_ms: Option<u64>,
 }
 
 impl Join {
@@ -110,6 +113,7 @@ impl Join {
             min_penalty: None,
             raise_penalty: None,
             max_wait: None,
+            joined_ms: None,
         }
     }
 }
