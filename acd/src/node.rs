@@ -179,7 +179,9 @@ impl AcdNode {
             None => None,
         };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let media = RelayMedia::new(relay, cfg.music, cfg.prompts, done_tx);
+        let mut media = RelayMedia::new(relay, cfg.music, cfg.prompts, done_tx);
+        let (dtmf_tx, dtmf_rx) = mpsc::unbounded_channel();
+        media.dtmf = Some(dtmf_tx);
         let now = Instant::now();
         let call_cfg = CallConfig {
             local,
@@ -248,7 +250,7 @@ impl AcdNode {
             changes: changes.clone(),
         };
         let (commands, cmd_rx) = mpsc::channel(16);
-        let task = tokio::spawn(node.run(events, bus_rx, cmd_rx, done_rx, waiting_rx));
+        let task = tokio::spawn(node.run(events, bus_rx, cmd_rx, done_rx, (waiting_rx, dtmf_rx)));
         Ok(AcdNode {
             local,
             events: node_events,
@@ -304,7 +306,10 @@ impl Node {
         mut bus_rx: broadcast::Receiver<BusEvent>,
         mut commands: mpsc::Receiver<Command>,
         mut media_done: mpsc::UnboundedReceiver<LegId>,
-        mut waiting: Option<tokio::sync::watch::Receiver<u64>>,
+        (mut waiting, mut dtmf): (
+            Option<tokio::sync::watch::Receiver<u64>>,
+            mpsc::UnboundedReceiver<(LegId, char)>,
+        ),
     ) {
         if waiting.is_some() {
             self.core
@@ -338,6 +343,7 @@ impl Node {
                     self.core.handle_timeout(now);
                 }
                 Some(leg) = media_done.recv() => self.core.announcement_done(leg, Instant::now()),
+                Some((leg, key)) = dtmf.recv() => self.core.dtmf(leg, key, Instant::now()),
                 changed = async { waiting.as_mut()?.changed().await.ok() }, if waiting.is_some() => {
                     match changed {
                         Some(()) => self.core.remote_waiting(&self.bus.waiting(), Instant::now()),

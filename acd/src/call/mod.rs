@@ -37,8 +37,12 @@
 
 mod admin;
 mod announce;
+mod callback;
+mod dtmf;
 mod late;
 mod shutdown;
+pub use callback::CALLBACK_KEY;
+pub use dtmf::Rfc4733;
 pub use admin::{CallState, LiveCall, PauseCodes};
 pub use late::MAX_ABANDONED;
 pub use shutdown::{FinishReport, BYE_WAIT_CAP};
@@ -126,6 +130,9 @@ pub trait Media {
     fn bridge(&mut self, a: LegId, b: LegId) -> bool;
     /// Closes the leg (and ends its media script, if any).
     fn close(&mut self, leg: LegId);
+    /// Report RFC 4733 DTMF keys received on `leg` (payload type `payload_type`) through
+    /// [`CallControl::dtmf`]. A relay without DTMF detection ignores it.
+    fn watch_dtmf(&mut self, _leg: LegId, _payload_type: u8) {}
 }
 
 /// The state fabric as call control sees it: who publishes a device, where members are.
@@ -344,6 +351,8 @@ struct CallerCall {
     from: String,
     /// Answered by us.
     since: Instant,
+    /// Waiting for a call back (`callback.rs`).
+    callback: Option<callback::Callback>,
 }
 
 struct AgentCall {
@@ -394,6 +403,10 @@ pub struct CallControl<M, F> {
     out: VecDeque<Output>,
     /// Graceful shutdown (`shutdown.rs`).
     shutdown: shutdown::Shutdown,
+    /// Callers waiting per queue at every node, as last reported (`NodeEvent::GlobalWaiting`).
+    global_waiting: HashMap<String, usize>,
+    /// Call backs' INVITE transactions → caller (`callback.rs`).
+    callback_keys: HashMap<TransactionKey, u64>,
 }
 
 impl<M: Media, F: Fabric> CallControl<M, F> {
@@ -431,6 +444,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             next_leg: 1,
             out: VecDeque::new(),
             shutdown: shutdown::Shutdown::default(),
+            global_waiting: HashMap::new(),
+            callback_keys: HashMap::new(),
         })
     }
 
@@ -730,19 +745,19 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
 
     /// The callers waiting on the fabric now (every node's records; ours are ignored).
     pub fn remote_waiting(&mut self, records: &[statebus::WaitingCaller], now: Instant) {
-        let before: Vec<(String, usize)> = self
+        self.engine.set_remote_waiting(self.t(now), records);
+        self.pump(now);
+        let totals: Vec<(String, usize)> = self
             .engine
             .queue_names()
             .map(|q| (q.to_owned(), self.engine.global_waiting(q)))
             .collect();
-        self.engine.set_remote_waiting(self.t(now), records);
-        for (queue, was) in before {
-            let total = self.engine.global_waiting(&queue);
-            if total != was {
+        for (queue, total) in totals {
+            if self.global_waiting.get(&queue) != Some(&total) {
+                self.global_waiting.insert(queue.clone(), total);
                 self.emit(Output::Event(NodeEvent::GlobalWaiting { queue, total }));
             }
         }
-        self.pump(now);
     }
 
     fn log(&mut self, mut ev: QueueLogEvent) {
@@ -790,9 +805,14 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     }
                 }
             }
-            tx::Event::Response { key, response } => self.on_agent_response(&key, response, now),
+            tx::Event::Response { key, response } => {
+                if !self.callback_response(&key, &response, now) {
+                    self.on_agent_response(&key, response, now)
+                }
+            }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
-                if let Some(offer) = self.by_client.remove(&key) {
+                if self.callback_timeout(&key, now) {
+                } else if let Some(offer) = self.by_client.remove(&key) {
                     self.agent_failed(offer, now);
                 }
             }
@@ -929,6 +949,17 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             .and_then(|c| Codec::from_payload_type(c.payload_type))
             .unwrap_or(Codec::Pcmu);
         self.emit(Output::Music { leg, codec });
+        if confirm.is_none() {
+            // A waiting caller may press a key (RFC 4733) to be called back.
+            let events = answer.media().first().and_then(|m| {
+                m.codecs()
+                    .into_iter()
+                    .find(|c| c.name.eq_ignore_ascii_case("telephone-event"))
+            });
+            if let Some(ev) = events {
+                self.media.watch_dtmf(leg, ev.payload_type);
+            }
+        }
         let mut hangup_at = None;
         if let Some(prompt) = &confirm {
             self.emit(Output::Announce {
@@ -968,6 +999,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 connected: None,
                 from: from_user_kept,
                 since: now,
+                callback: None,
             },
         );
     }
@@ -1295,6 +1327,13 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             return;
         };
         c.connected = Some(offer);
+        if c.callback.is_some() {
+            // Called back now that the agent answered (`callback.rs`).
+            if let Some(agent_leg) = self.agents.get(&offer).map(|a| a.leg) {
+                self.connect_callback(n, offer, agent_leg);
+            }
+            return;
+        }
         let leg = c.leg;
         self.emit(Output::StopMedia { leg });
         if let Some(a) = self.agents.get(&offer) {
@@ -1365,6 +1404,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 .remove(&(d.call_id.clone(), d.local_tag.clone()));
         }
         let caller = a.caller;
+        self.cancel_callback(caller);
         if let Some(cid) = self.callers.get(&caller).map(|c| c.id.clone()) {
             let _ = self
                 .engine
