@@ -78,7 +78,10 @@ members = ["PJSIP/2001"]
     };
     let n1 = node("acd-1", acd1, "800", rtp[0]);
     let n2 = node("acd-2", acd2, "801", rtp[1]);
-    Fabric { gw, nodes: [n1, n2] }
+    Fabric {
+        gw,
+        nodes: [n1, n2],
+    }
 }
 
 /// A caller at the gateway who waits silently until the ACD hangs up on it.
@@ -129,7 +132,10 @@ fn agent(gw: &mut GatewayProcess, calls: u32) -> SippProcess {
 fn fields(line: &str) -> (u64, String) {
     let body = line.trim_start_matches("QUEUELOG ");
     let p: Vec<&str> = body.split('|').collect();
-    (p[0].parse().unwrap_or(0), p.get(1).unwrap_or(&"").to_string())
+    (
+        p[0].parse().unwrap_or(0),
+        p.get(1).unwrap_or(&"").to_string(),
+    )
 }
 
 #[test]
@@ -166,7 +172,9 @@ fn global_order(kind: ServerKind, rtp: [&str; 2]) {
     }
     // Each node knows every caller of the queue, its own and the other node's.
     for n in nodes.iter_mut() {
-        n.wait_for(WAIT, "all callers known", |l| l == format!("WAITING support {N}"));
+        n.wait_for(WAIT, "all callers known", |l| {
+            l == format!("WAITING support {N}")
+        });
     }
 
     let mut phone = agent(&mut gw, N as u32);
@@ -236,21 +244,22 @@ fn a_callback_caller_is_called_back_at_its_place_and_connected() {
         },
     )
     .expect("start the caller");
-    let (_, first) = fields(&nodes[0].wait_for(WAIT, "ENTERQUEUE", |l| {
-        l.contains("|ENTERQUEUE|")
-    }));
+    let (_, first) = fields(&nodes[0].wait_for(WAIT, "ENTERQUEUE", |l| l.contains("|ENTERQUEUE|")));
     let req = nodes[0].wait_for(WAIT, "CALLBACKREQ", |l| l.contains("|CALLBACKREQ|"));
     assert!(
         req.ends_with(&format!("|{first}|support|NONE|CALLBACKREQ|1|1001"))
             || req.contains(&format!("|{first}|support|NONE|CALLBACKREQ|1|1001")),
         "{req}"
     );
-    assert_passes(&gw, &asking.wait().expect("caller"), "the caller hung up on");
+    assert_passes(
+        &gw,
+        &asking.wait().expect("caller"),
+        "the caller hung up on",
+    );
     // A caller at node 2 joins after it: second in line, behind the absent caller.
     let mut later = waiting_caller(&gw, "1002", "801");
-    let (_, second) = fields(&nodes[1].wait_for(WAIT, "ENTERQUEUE", |l| {
-        l.contains("|ENTERQUEUE|")
-    }));
+    let (_, second) =
+        fields(&nodes[1].wait_for(WAIT, "ENTERQUEUE", |l| l.contains("|ENTERQUEUE|")));
     nodes[1].wait_for(WAIT, "both callers known", |l| l == "WAITING support 2");
 
     // The agent comes: the called-back caller first (agent answers, then the caller is
@@ -272,7 +281,11 @@ fn a_callback_caller_is_called_back_at_its_place_and_connected() {
     assert_eq!(got, second, "node 2:\n{}", nodes[1].diag());
     assert!(t2 >= t1, "the later caller was answered first");
     assert_passes(&gw, &customer.wait().expect("customer"), "the call back");
-    assert_passes(&gw, &later.wait().expect("later caller"), "the later caller");
+    assert_passes(
+        &gw,
+        &later.wait().expect("later caller"),
+        "the later caller",
+    );
     assert_passes(&gw, &phone.wait().expect("agent"), "agent phone");
     // Connected: the call back and the agent's call both carried audio both ways (the
     // caller's audio, echoed by the agent's phone).
@@ -281,5 +294,9 @@ fn a_callback_caller_is_called_back_at_its_place_and_connected() {
         ended.push(gw.call_ended(WAIT).line);
     }
     let talking = ended.iter().filter(|l| media_both_ways(l, 20)).count();
-    assert!(talking >= 2, "calls with media both ways:\n{}", ended.join("\n"));
+    assert!(
+        talking >= 2,
+        "calls with media both ways:\n{}",
+        ended.join("\n")
+    );
 }

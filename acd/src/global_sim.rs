@@ -86,13 +86,38 @@ pub struct SimResult {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Arrive(usize),
-    Waiting { to: usize, item: WaitingMsg },
-    Device { to: usize, agent: usize, state: u8 },
-    OfferAtGateway { node: usize, offer: u64, agent: usize },
-    Outcome { node: usize, offer: u64, answered: bool },
-    Answer { node: usize, offer: u64, agent: usize },
-    Hangup { node: usize, caller: usize, agent: usize },
-    Cancel { offer: (usize, u64) },
+    Waiting {
+        to: usize,
+        item: WaitingMsg,
+    },
+    Device {
+        to: usize,
+        agent: usize,
+        state: u8,
+    },
+    OfferAtGateway {
+        node: usize,
+        offer: u64,
+        agent: usize,
+    },
+    Outcome {
+        node: usize,
+        offer: u64,
+        answered: bool,
+    },
+    Answer {
+        node: usize,
+        offer: u64,
+        agent: usize,
+    },
+    Hangup {
+        node: usize,
+        caller: usize,
+        agent: usize,
+    },
+    Cancel {
+        offer: (usize, u64),
+    },
     Tick(usize),
 }
 
@@ -119,7 +144,9 @@ struct Agent {
 /// Runs the simulation.
 pub fn run(p: &SimParams) -> SimResult {
     let mut rng = StdRng::seed_from_u64(p.seed);
-    let eids: Vec<Eid> = (0..p.nodes).map(|i| Eid([2, 0, 0, 0, 0, i as u8])).collect();
+    let eids: Vec<Eid> = (0..p.nodes)
+        .map(|i| Eid([2, 0, 0, 0, 0, i as u8]))
+        .collect();
     let mut q = QueueConfig::new("q");
     q.strategy = Strategy::LeastRecent;
     q.timeout = 15;
@@ -219,7 +246,13 @@ pub fn run(p: &SimParams) -> SimResult {
             Ev::Waiting { to, item } => {
                 match item {
                     WaitingMsg::Put(c, prio, ms, from) => {
-                        let w = WaitingCaller::new("q", &format!("c{c}"), prio, ms, eids[from as usize]);
+                        let w = WaitingCaller::new(
+                            "q",
+                            &format!("c{c}"),
+                            prio,
+                            ms,
+                            eids[from as usize],
+                        );
                         remote[to].insert(w.item_id(), w);
                     }
                     WaitingMsg::Gone(id) => {
@@ -238,7 +271,15 @@ pub fn run(p: &SimParams) -> SimResult {
                 let a = &mut agents[agent];
                 if a.busy.is_some() {
                     res.refused += 1;
-                    push(&mut evs, now + p.sip_delay, Ev::Outcome { node, offer, answered: false });
+                    push(
+                        &mut evs,
+                        now + p.sip_delay,
+                        Ev::Outcome {
+                            node,
+                            offer,
+                            answered: false,
+                        },
+                    );
                 } else {
                     if let Some(f) = a.free_since.take() {
                         res.free_to_offer.push(now.saturating_sub(f));
@@ -246,7 +287,15 @@ pub fn run(p: &SimParams) -> SimResult {
                     a.busy = Some((node, offer));
                     for to in 0..p.nodes {
                         let at = fabric(&mut rng, now, p.nodes, to);
-                        push(&mut evs, at, Ev::Device { to, agent, state: 1 });
+                        push(
+                            &mut evs,
+                            at,
+                            Ev::Device {
+                                to,
+                                agent,
+                                state: 1,
+                            },
+                        );
                     }
                     push(&mut evs, now + p.ring, Ev::Answer { node, offer, agent });
                 }
@@ -255,9 +304,25 @@ pub fn run(p: &SimParams) -> SimResult {
                 if agents[agent].busy == Some((node, offer)) {
                     for to in 0..p.nodes {
                         let at = fabric(&mut rng, now, p.nodes, to);
-                        push(&mut evs, at, Ev::Device { to, agent, state: 2 });
+                        push(
+                            &mut evs,
+                            at,
+                            Ev::Device {
+                                to,
+                                agent,
+                                state: 2,
+                            },
+                        );
                     }
-                    push(&mut evs, now + p.sip_delay, Ev::Outcome { node, offer, answered: true });
+                    push(
+                        &mut evs,
+                        now + p.sip_delay,
+                        Ev::Outcome {
+                            node,
+                            offer,
+                            answered: true,
+                        },
+                    );
                 }
             }
             Ev::Cancel { offer } => {
@@ -267,18 +332,34 @@ pub fn run(p: &SimParams) -> SimResult {
                         a.free_since = (waiting_now > 0).then_some(now);
                         for to in 0..p.nodes {
                             let at = fabric(&mut rng, now, p.nodes, to);
-                            push(&mut evs, at, Ev::Device { to, agent: i, state: 0 });
+                            push(
+                                &mut evs,
+                                at,
+                                Ev::Device {
+                                    to,
+                                    agent: i,
+                                    state: 0,
+                                },
+                            );
                         }
                     }
                 }
             }
-            Ev::Outcome { node, offer, answered } => {
+            Ev::Outcome {
+                node,
+                offer,
+                answered,
+            } => {
                 let outcome = if answered {
                     OfferOutcome::Answered
                 } else {
                     OfferOutcome::Busy
                 };
-                if engines[node].offer_outcome(now, OfferId(offer), outcome).is_err() && answered {
+                if engines[node]
+                    .offer_outcome(now, OfferId(offer), outcome)
+                    .is_err()
+                    && answered
+                {
                     // Cancelled meanwhile: the agent hangs up at once.
                     for (i, a) in agents.iter_mut().enumerate() {
                         if a.busy == Some((node, offer)) {
@@ -286,20 +367,41 @@ pub fn run(p: &SimParams) -> SimResult {
                             a.free_since = (waiting_now > 0).then_some(now);
                             for to in 0..p.nodes {
                                 let at = fabric(&mut rng, now, p.nodes, to);
-                                push(&mut evs, at, Ev::Device { to, agent: i, state: 0 });
+                                push(
+                                    &mut evs,
+                                    at,
+                                    Ev::Device {
+                                        to,
+                                        agent: i,
+                                        state: 0,
+                                    },
+                                );
                             }
                         }
                     }
                 }
                 touched.push(node);
             }
-            Ev::Hangup { node, caller, agent } => {
-                let _ = engines[node].call_completed(now, &format!("c{caller}"), CompletedBy::Agent);
+            Ev::Hangup {
+                node,
+                caller,
+                agent,
+            } => {
+                let _ =
+                    engines[node].call_completed(now, &format!("c{caller}"), CompletedBy::Agent);
                 agents[agent].busy = None;
                 agents[agent].free_since = (waiting_now > 0).then_some(now);
                 for to in 0..p.nodes {
                     let at = fabric(&mut rng, now, p.nodes, to);
-                    push(&mut evs, at, Ev::Device { to, agent, state: 0 });
+                    push(
+                        &mut evs,
+                        at,
+                        Ev::Device {
+                            to,
+                            agent,
+                            state: 0,
+                        },
+                    );
                 }
                 touched.push(node);
             }
@@ -315,12 +417,22 @@ pub fn run(p: &SimParams) -> SimResult {
                     Action::Offer { id, interface, .. } => {
                         let agent: usize = interface[5..].parse().unwrap_or(0);
                         offer_start.insert((n, id.0), now);
-                        push(&mut evs, now + p.sip_delay, Ev::OfferAtGateway { node: n, offer: id.0, agent });
+                        push(
+                            &mut evs,
+                            now + p.sip_delay,
+                            Ev::OfferAtGateway {
+                                node: n,
+                                offer: id.0,
+                                agent,
+                            },
+                        );
                     }
                     Action::CancelOffer { id, .. } => {
                         push(&mut evs, now + p.sip_delay, Ev::Cancel { offer: (n, id.0) });
                     }
-                    Action::Connect { caller, interface, .. } => {
+                    Action::Connect {
+                        caller, interface, ..
+                    } => {
                         let c = caller_idx(&caller);
                         let agent: usize = interface[5..].parse().unwrap_or(0);
                         let offer = agents[agent].busy.map(|b| b.1).unwrap_or(0);
@@ -328,8 +440,19 @@ pub fn run(p: &SimParams) -> SimResult {
                         res.connected += 1;
                         waiting_now = waiting_now.saturating_sub(1);
                         let (lo, hi) = p.talk;
-                        let talk = lo + Duration::from_micros(rng.random_range(0..=(hi - lo).as_micros() as u64));
-                        push(&mut evs, now + talk, Ev::Hangup { node: n, caller: c, agent });
+                        let talk = lo
+                            + Duration::from_micros(
+                                rng.random_range(0..=(hi - lo).as_micros() as u64),
+                            );
+                        push(
+                            &mut evs,
+                            now + talk,
+                            Ev::Hangup {
+                                node: n,
+                                caller: c,
+                                agent,
+                            },
+                        );
                     }
                     _ => {}
                 }
@@ -345,7 +468,14 @@ pub fn run(p: &SimParams) -> SimResult {
                 };
                 for to in (0..p.nodes).filter(|to| *to != n) {
                     let at = fabric(&mut rng, now, n, to);
-                    push(&mut evs, at, Ev::Waiting { to, item: msg.clone() });
+                    push(
+                        &mut evs,
+                        at,
+                        Ev::Waiting {
+                            to,
+                            item: msg.clone(),
+                        },
+                    );
                 }
             }
             if let Some(t) = engines[n].poll_timeout() {
@@ -367,8 +497,7 @@ pub fn run(p: &SimParams) -> SimResult {
             let (ti, ci) = served[i];
             let (tj, cj) = served[j];
             let (kj, ki) = (&key_of[cj], &key_of[ci]);
-            let known = kj.0 == ki.0
-                || Duration::from_millis(kj.1) + p.fabric_delay.1 <= ti;
+            let known = kj.0 == ki.0 || Duration::from_millis(kj.1) + p.fabric_delay.1 <= ti;
             if ti < tj && kj < ki && known {
                 res.inversions += 1;
             }
@@ -437,4 +566,3 @@ mod tests {
         assert_eq!(r.inversions, 0);
     }
 }
-

@@ -303,9 +303,11 @@ mod tests {
     }
 
     fn event(inner: &str) -> Element {
-        format!("<event xmlns='{NS_PUBSUB_EVENT}'><items node='{NODE_WAITING}'>{inner}</items></event>")
-            .parse()
-            .unwrap()
+        format!(
+            "<event xmlns='{NS_PUBSUB_EVENT}'><items node='{NODE_WAITING}'>{inner}</items></event>"
+        )
+        .parse()
+        .unwrap()
     }
 
     #[test]
@@ -326,7 +328,10 @@ mod tests {
         assert!(t.apply(eid(9), [decode_item(&item)]));
         assert!(!t.apply(eid(9), [decode_item(&item)]), "same record twice");
         assert_eq!(t.all(|_| true), vec![w.clone()]);
-        assert!(t.all(|e| e != eid(1)).is_empty(), "an expired member's records are hidden");
+        assert!(
+            t.all(|e| e != eid(1)).is_empty(),
+            "an expired member's records are hidden"
+        );
         let gone = tombstone(eid(1), "support", "gw-1<&>'x").unwrap();
         let gi = gone.children().next().unwrap().children().next().unwrap();
         assert_eq!(decode_item(gi), WaitingItem::Gone(w.item_id()));
@@ -340,13 +345,15 @@ mod tests {
         let items = decode_event(&event(ok)).unwrap();
         assert!(matches!(&items[0], WaitingItem::Put(w) if w.joined_ms == 5));
         let items = decode_event(&event("<retract id='02:00:00:00:00:01/q/c1'/>")).unwrap();
-        assert_eq!(items, vec![WaitingItem::Gone("02:00:00:00:00:01/q/c1".into())]);
+        assert_eq!(
+            items,
+            vec![WaitingItem::Gone("02:00:00:00:00:01/q/c1".into())]
+        );
         // Another node's event is not ours.
-        let other: Element = format!(
-            "<event xmlns='{NS_PUBSUB_EVENT}'><items node='device_state'/></event>"
-        )
-        .parse()
-        .unwrap();
+        let other: Element =
+            format!("<event xmlns='{NS_PUBSUB_EVENT}'><items node='device_state'/></event>")
+                .parse()
+                .unwrap();
         assert!(decode_event(&other).is_none());
         // An item whose id names another record, a bad eid, a huge caller, no joined.
         let long = "c".repeat(MAX_FIELD + 1);
@@ -365,9 +372,25 @@ mod tests {
     #[test]
     fn the_table_is_bounded_and_skips_own_records() {
         let mut t = WaitingTable::new();
-        assert!(!t.apply(eid(1), [WaitingItem::Put(WaitingCaller::new("q", "own", 0, 1, eid(1)))]));
-        let many = (0..MAX_RECORDS + 5)
-            .map(|i| WaitingItem::Put(WaitingCaller::new("q", &format!("c{i}"), 0, i as u64, eid(2))));
+        assert!(!t.apply(
+            eid(1),
+            [WaitingItem::Put(WaitingCaller::new(
+                "q",
+                "own",
+                0,
+                1,
+                eid(1)
+            ))]
+        ));
+        let many = (0..MAX_RECORDS + 5).map(|i| {
+            WaitingItem::Put(WaitingCaller::new(
+                "q",
+                &format!("c{i}"),
+                0,
+                i as u64,
+                eid(2),
+            ))
+        });
         t.apply(eid(1), many);
         assert_eq!(t.all(|_| true).len(), MAX_RECORDS);
         assert_eq!(t.dropped(), 5);

@@ -1317,11 +1317,7 @@ impl Worker {
                 for p in &m.payloads {
                     if let Some(items) = waiting::decode_event(p) {
                         trace!(?items, "waiting records");
-                        let changed = self
-                            .shared
-                            .core
-                            .waiting()
-                            .apply(self.cfg.eid, items);
+                        let changed = self.shared.core.waiting().apply(self.cfg.eid, items);
                         if changed {
                             self.shared.core.waiting_changed();
                         }
@@ -1607,10 +1603,12 @@ impl Worker {
                     };
                     let Ok(e) = e.parse::<Eid>() else { continue };
                     if let Ok(el) = waiting::tombstone(e, q, c) {
-                        self.publish(stream, Republish::Waiting(id.clone()), el).await;
+                        self.publish(stream, Republish::Waiting(id.clone()), el)
+                            .await;
                     }
                     if let Ok(el) = waiting::retract(&id) {
-                        self.iq(stream, Tag::Setup("retract", id), Req::Set(el)).await;
+                        self.iq(stream, Tag::Setup("retract", id), Req::Set(el))
+                            .await;
                     }
                 }
             }
@@ -1956,7 +1954,8 @@ impl Worker {
     /// After heartbeats are known: fetch the state nodes' items (collections: each leaf).
     async fn fetch_state(&mut self, stream: &StanzaStream) {
         if let Ok(el) = wire::items_request(NODE_WAITING) {
-            self.iq(stream, Tag::Fetch(NODE_WAITING), Req::Get(el)).await;
+            self.iq(stream, Tag::Fetch(NODE_WAITING), Req::Get(el))
+                .await;
         }
         for node in [wire::NODE_DEVICE_STATE, wire::NODE_MWI] {
             if self.cfg.layout == NodeLayout::Collections {

@@ -79,7 +79,12 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let (id, queue, number) = (c.id.clone(), c.queue.clone(), c.from.clone());
         let pos = self.engine.global_position(&queue, &id).unwrap_or(0);
         info!(caller = %id, %queue, pos, "callback requested: hanging up, the place is kept");
-        self.cb_log(&id, &queue, "CALLBACKREQ", vec![pos.to_string(), number.clone()]);
+        self.cb_log(
+            &id,
+            &queue,
+            "CALLBACKREQ",
+            vec![pos.to_string(), number.clone()],
+        );
         self.bye_caller(n);
         let Some(c) = self.callers.get_mut(&n) else {
             return;
@@ -150,9 +155,14 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let uri = format!("sip:{number}@{gateway}");
         let from = format!("<sip:acd@{}>", self.cfg.local);
         let extra = format!("{}: {x_offer}\r\n", sip_core::offer::HEADER);
-        let Some(req) =
-            self.out_of_dialog(Method::Invite, &uri, &from, &format!("<{uri}>"), &branch, &extra)
-        else {
+        let Some(req) = self.out_of_dialog(
+            Method::Invite,
+            &uri,
+            &from,
+            &format!("<{uri}>"),
+            &branch,
+            &extra,
+        ) else {
             self.media.close(leg);
             return self.callback_failed(n, "500");
         };
@@ -235,7 +245,10 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let (id, queue, number) = (
             c.id.clone(),
             c.queue.clone(),
-            c.callback.as_ref().map(|cb| cb.number.clone()).unwrap_or_default(),
+            c.callback
+                .as_ref()
+                .map(|cb| cb.number.clone())
+                .unwrap_or_default(),
         );
         self.by_leg.insert(leg, n);
         self.by_dialog

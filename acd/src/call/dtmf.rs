@@ -68,7 +68,11 @@ mod tests {
         assert_eq!(d.push(&event(101, 1000, 1, false)), Some('1'));
         assert_eq!(d.push(&event(101, 1000, 1, false)), None);
         for _ in 0..3 {
-            assert_eq!(d.push(&event(101, 1000, 1, true)), None, "end retransmissions");
+            assert_eq!(
+                d.push(&event(101, 1000, 1, true)),
+                None,
+                "end retransmissions"
+            );
         }
         assert_eq!(d.push(&event(101, 2000, 11, false)), Some('#'));
         assert_eq!(d.push(&event(101, 3000, 10, false)), Some('*'));

@@ -41,9 +41,9 @@ mod callback;
 mod dtmf;
 mod late;
 mod shutdown;
+pub use admin::{CallState, LiveCall, PauseCodes};
 pub use callback::CALLBACK_KEY;
 pub use dtmf::Rfc4733;
-pub use admin::{CallState, LiveCall, PauseCodes};
 pub use late::MAX_ABANDONED;
 pub use shutdown::{FinishReport, BYE_WAIT_CAP};
 #[cfg(test)]

@@ -18,8 +18,8 @@ mod types;
 
 pub use admin::{AgentView, ReloadReport, WaitingCaller, AUTO_PAUSE_REASON};
 pub use availability::{counts_as_present, penalty_in_range, state_available};
-pub use global::WaitingChange;
 pub use config::{AutoPause, EmptyConditions, EngineConfig, MemberConfig, QueueConfig, Strategy};
+pub use global::WaitingChange;
 pub use rules::{PenaltyRule, RuleValue};
 pub use strategy::Rng;
 pub use types::{
@@ -148,7 +148,6 @@ enum Timer {
     Expire { caller: CallerKey },
     Rule { caller: CallerKey, idx: usize },
     Wrap { queue: QueueId },
-    /// A caller's settle time in a global order is over (`global.rs`).
     Settle { queue: QueueId },
 }
 
@@ -600,7 +599,9 @@ impl Engine {
             // behind every caller of higher priority or of equal priority that joined no later.
             let behind = |c: &Caller| {
                 c.priority < j.priority
-                    || (j.joined_ms.is_some() && c.priority == j.priority && c.joined_ms > joined_ms)
+                    || (j.joined_ms.is_some()
+                        && c.priority == j.priority
+                        && c.joined_ms > joined_ms)
             };
             qu.callers
                 .iter()
@@ -643,7 +644,10 @@ impl Engine {
         }
         self.publish_waiting(ck);
         if !self.settle.is_zero() {
-            self.push_timer(self.now.saturating_add(self.settle), Timer::Settle { queue: q });
+            self.push_timer(
+                self.now.saturating_add(self.settle),
+                Timer::Settle { queue: q },
+            );
         }
         self.apply_rules(ck);
         self.dispatch(q);

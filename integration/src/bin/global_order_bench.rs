@@ -36,26 +36,26 @@ fn main() {
     );
     let scenarios: Vec<(&str, SimParams)> = vec![
         (
-            "2 nodes, LAN fabric 1-60 ms, busy queue",
+            "2 nodes, LAN fabric 1-60 ms, load 0.8",
             SimParams {
                 fabric_delay: lan,
-                mean_gap: Duration::from_millis(900),
+                mean_gap: Duration::from_millis(1500),
                 ..SimParams::default()
             },
         ),
         (
-            "2 nodes, LAN fabric, light load",
+            "2 nodes, LAN fabric, load 0.4",
             SimParams {
                 fabric_delay: lan,
-                mean_gap: Duration::from_millis(2500),
+                mean_gap: Duration::from_millis(3000),
                 ..SimParams::default()
             },
         ),
         (
-            "2 nodes, WAN fabric 40-150 ms",
+            "2 nodes, WAN fabric 40-150 ms, load 0.8",
             SimParams {
                 fabric_delay: wan,
-                mean_gap: Duration::from_millis(1200),
+                mean_gap: Duration::from_millis(1500),
                 ..SimParams::default()
             },
         ),
@@ -66,15 +66,26 @@ fn main() {
                 agents: 2,
                 priorities: 3,
                 fabric_delay: wan,
-                mean_gap: Duration::from_millis(600),
+                mean_gap: Duration::from_millis(800),
                 ..SimParams::default()
             },
         ),
         (
-            "2 nodes, WAN, NO settle time (control)",
+            "2 nodes, slow fabric 100-400 ms, settle 450 ms",
             SimParams {
-                fabric_delay: wan,
-                mean_gap: Duration::from_millis(1200),
+                fabric_delay: (Duration::from_millis(100), Duration::from_millis(400)),
+                mean_gap: Duration::from_millis(600),
+                talk: (Duration::from_millis(50), Duration::from_millis(300)),
+                settle: Duration::from_millis(450),
+                ..SimParams::default()
+            },
+        ),
+        (
+            "  same, NO settle time (control)",
+            SimParams {
+                fabric_delay: (Duration::from_millis(100), Duration::from_millis(400)),
+                mean_gap: Duration::from_millis(600),
+                talk: (Duration::from_millis(50), Duration::from_millis(300)),
                 settle: Duration::ZERO,
                 ..SimParams::default()
             },
@@ -117,16 +128,12 @@ fn main() {
                     callers,
                     seed,
                     fabric_delay: delay,
-                    mean_gap: Duration::from_millis(700),
+                    mean_gap: Duration::from_millis(1300),
                     ..SimParams::default()
                 });
                 all.extend(r.free_to_offer);
             }
-            let (a, b, c) = (
-                pct(&mut all, 0.5),
-                pct(&mut all, 0.99),
-                pct(&mut all, 1.0),
-            );
+            let (a, b, c) = (pct(&mut all, 0.5), pct(&mut all, 0.99), pct(&mut all, 1.0));
             println!(
                 "  {fabric:<14} queue on {nodes} node(s): n={:<6} p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
                 all.len(),
