@@ -74,7 +74,7 @@ fn main() {
             "2 nodes, slow fabric 100-400 ms, settle 450 ms",
             SimParams {
                 fabric_delay: (Duration::from_millis(100), Duration::from_millis(400)),
-                mean_gap: Duration::from_millis(600),
+                mean_gap: Duration::from_millis(1000),
                 talk: (Duration::from_millis(50), Duration::from_millis(300)),
                 settle: Duration::from_millis(450),
                 ..SimParams::default()
@@ -84,7 +84,7 @@ fn main() {
             "  same, NO settle time (control)",
             SimParams {
                 fabric_delay: (Duration::from_millis(100), Duration::from_millis(400)),
-                mean_gap: Duration::from_millis(600),
+                mean_gap: Duration::from_millis(1000),
                 talk: (Duration::from_millis(50), Duration::from_millis(300)),
                 settle: Duration::ZERO,
                 ..SimParams::default()
