@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use statebus::waiting::OrderKey;
 use statebus::{DeviceState, Eid, WaitingCaller};
 
 use crate::engine::WaitingChange;
@@ -202,7 +203,7 @@ pub fn run(p: &SimParams) -> SimResult {
     // Arrivals.
     let mut t = Duration::ZERO;
     let mut node_of = Vec::with_capacity(p.callers);
-    let mut key_of: Vec<(Reverse<i32>, u64, Eid, String)> = Vec::with_capacity(p.callers);
+    let mut key_of: Vec<OrderKey> = Vec::with_capacity(p.callers);
     for c in 0..p.callers {
         let u: f64 = rng.random_range(1e-9..1.0);
         t += Duration::from_secs_f64(-u.ln() * p.mean_gap.as_secs_f64());
@@ -494,7 +495,7 @@ pub fn run(p: &SimParams) -> SimResult {
         .filter_map(|(c, t)| t.map(|t| (t, c)))
         .collect();
     served.sort();
-    let mut later: std::collections::BTreeSet<(&(Reverse<i32>, u64, Eid, String), usize)> =
+    let mut later: std::collections::BTreeSet<(&OrderKey, usize)> =
         std::collections::BTreeSet::new();
     let mut i = served.len();
     while i > 0 {
