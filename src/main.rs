@@ -650,6 +650,9 @@ async fn run_gateway_or_acd(
                 Ok(acd::node::NodeEvent::OfferUnanswered { interface, gateway }) => {
                     println!("OFFER UNANSWERED {interface} {gateway}")
                 }
+                Ok(acd::node::NodeEvent::GlobalWaiting { queue, total }) => {
+                    println!("WAITING {queue} {total}")
+                }
                 Ok(acd::node::NodeEvent::Reach { gateway, reachable }) => {
                     println!("REACH {gateway} {}", if reachable { "up" } else { "down" })
                 }

@@ -182,7 +182,9 @@ impl AcdNode {
             None => None,
         };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let media = RelayMedia::new(relay, cfg.music, cfg.prompts, done_tx);
+        let mut media = RelayMedia::new(relay, cfg.music, cfg.prompts, done_tx);
+        let (dtmf_tx, dtmf_rx) = mpsc::unbounded_channel();
+        media.dtmf = Some(dtmf_tx);
         let now = Instant::now();
         // Gateways find this node's queue numbers in its heartbeat (`statebus::services`).
         let mut numbers: Vec<String> = cfg.numbers.keys().cloned().collect();
@@ -214,6 +216,12 @@ impl AcdNode {
         )?;
         core.set_fabric_key(cfg.fabric.clone());
         let bus_rx = bus.subscribe();
+        // One order across the ACD nodes of a queue (`engine/global.rs`).
+        let waiting_rx = bus.waiting_changes();
+        if waiting_rx.is_some() {
+            // A new caller waits out the fabric's propagation delay before it is offered.
+            core.set_fabric_eid(bus.eid(), bus.settle());
+        }
         let snapshot = bus.snapshot().devices;
         let heard: std::collections::HashSet<String> = snapshot
             .keys()
@@ -250,7 +258,7 @@ impl AcdNode {
             changes: changes.clone(),
         };
         let (commands, cmd_rx) = mpsc::channel(16);
-        let task = tokio::spawn(node.run(events, bus_rx, cmd_rx, done_rx));
+        let task = tokio::spawn(node.run(events, bus_rx, cmd_rx, done_rx, (waiting_rx, dtmf_rx)));
         Ok(AcdNode {
             local,
             events: node_events,
@@ -306,7 +314,15 @@ impl Node {
         mut bus_rx: broadcast::Receiver<BusEvent>,
         mut commands: mpsc::Receiver<Command>,
         mut media_done: mpsc::UnboundedReceiver<LegId>,
+        (mut waiting, mut dtmf): (
+            Option<tokio::sync::watch::Receiver<u64>>,
+            mpsc::UnboundedReceiver<(LegId, char)>,
+        ),
     ) {
+        if waiting.is_some() {
+            self.core
+                .remote_waiting(&self.bus.waiting(), Instant::now());
+        }
         loop {
             let wake = sipnet::earliest(self.tl.poll_timeout(), self.core.poll_timeout());
             tokio::select! {
@@ -335,6 +351,13 @@ impl Node {
                     self.core.handle_timeout(now);
                 }
                 Some(leg) = media_done.recv() => self.core.announcement_done(leg, Instant::now()),
+                Some((leg, key)) = dtmf.recv() => self.core.dtmf(leg, key, Instant::now()),
+                changed = async { waiting.as_mut()?.changed().await.ok() }, if waiting.is_some() => {
+                    match changed {
+                        Some(()) => self.core.remote_waiting(&self.bus.waiting(), Instant::now()),
+                        None => waiting = None,
+                    }
+                }
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Stats(reply) => {
                         let _ = reply.send(self.core.report());
@@ -368,6 +391,15 @@ impl Node {
             while let Some(ev) = self.tl.poll_event() {
                 progressed = true;
                 self.core.handle(ev, now);
+            }
+            while let Some(w) = self.core.poll_waiting() {
+                progressed = true;
+                match w {
+                    crate::engine::WaitingChange::Put(w) => self.bus.publish_waiting(w),
+                    crate::engine::WaitingChange::Gone { queue, caller } => {
+                        self.bus.withdraw_waiting(&queue, &caller)
+                    }
+                }
             }
             while let Some(out) = self.core.poll_output() {
                 progressed = true;

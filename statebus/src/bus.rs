@@ -1,8 +1,9 @@
 //! The [`Bus`] trait: what gateways and ACD nodes see of the state fabric.
 
-use crate::{Change, DeviceState, Eid, Mwi, QueueProvider, Snapshot, StateCache};
+use crate::waiting::WaitingTable;
+use crate::{Change, DeviceState, Eid, Mwi, QueueProvider, Snapshot, StateCache, WaitingCaller};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// What a subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,26 @@ pub trait Bus: Send + Sync {
     /// The live members that serve queue `number`: this process first if it does, then the
     /// others in EID order ([`crate::services::providers`]).
     fn queue_providers(&self, number: &str) -> Vec<QueueProvider>;
+    /// Publish (or update) a caller waiting at this member ([`crate::waiting`]). A bus
+    /// without waiting records ignores it.
+    fn publish_waiting(&self, _caller: WaitingCaller) {}
+    /// Withdraw this member's record of a caller that left `queue`.
+    fn withdraw_waiting(&self, _queue: &str, _caller: &str) {}
+    /// Every waiting record known now: this member's and those of live members.
+    fn waiting(&self) -> Vec<WaitingCaller> {
+        Vec::new()
+    }
+    /// Ticks whenever [`Bus::waiting`] may have changed (a record, or a member's liveness);
+    /// `None` for a bus without waiting records.
+    fn waiting_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+    /// The publish → notify delay between members this bus bounds: an ACD node lets a new
+    /// caller wait this long before offering it an agent, so that an earlier caller at another
+    /// node is heard of first. Zero for a bus with no other members.
+    fn settle(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// Receive the next event, turning a lag into [`BusEvent::Lagged`]; `None` when the bus is gone.
@@ -73,6 +94,8 @@ pub(crate) struct Core {
     events: broadcast::Sender<BusEvent>,
     /// The queue numbers this member advertises.
     queues: Mutex<Vec<String>>,
+    waiting: Mutex<WaitingTable>,
+    waiting_tick: watch::Sender<u64>,
 }
 
 impl Core {
@@ -82,6 +105,8 @@ impl Core {
             cache: Mutex::new(cache),
             events,
             queues: Mutex::new(Vec::new()),
+            waiting: Mutex::new(WaitingTable::new()),
+            waiting_tick: watch::channel(0).0,
         })
     }
 
@@ -132,5 +157,24 @@ impl Core {
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
         self.events.subscribe()
+    }
+
+    pub(crate) fn waiting(&self) -> MutexGuard<'_, WaitingTable> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell [`Bus::waiting_changes`] subscribers to read the records again.
+    pub(crate) fn waiting_changed(&self) {
+        self.waiting_tick.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn waiting_changes(&self) -> watch::Receiver<u64> {
+        self.waiting_tick.subscribe()
+    }
+
+    /// Every record: ours, and those of members not expired.
+    pub(crate) fn waiting_all(&self) -> Vec<WaitingCaller> {
+        let cache = self.cache();
+        self.waiting().all(|e| !cache.is_expired(e))
     }
 }

@@ -16,6 +16,7 @@ pub mod presence;
 pub mod servers;
 pub mod services;
 mod state;
+pub mod waiting;
 pub mod wire;
 pub mod xmpp;
 
@@ -26,4 +27,5 @@ pub use local::LocalBus;
 pub use mwi::Mwi;
 pub use services::QueueProvider;
 pub use state::{Aggregate, DeviceState};
+pub use waiting::WaitingCaller;
 pub use xmpp::{TlsMode, XmppBus, XmppBusConfig, XmppBusError, XmppBusStats};

@@ -1,10 +1,10 @@
 //! In-process bus for a single site with no XMPP server.
 
 use crate::bus::Core;
-use crate::{Bus, BusEvent, Change, DeviceState, Eid, Mwi, Snapshot, StateCache};
+use crate::{Bus, BusEvent, Change, DeviceState, Eid, Mwi, Snapshot, StateCache, WaitingCaller};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// A bus whose only member is this process: the aggregate is the local state.
 #[derive(Debug, Clone)]
@@ -71,6 +71,26 @@ impl Bus for LocalBus {
 
     fn queue_providers(&self, number: &str) -> Vec<crate::QueueProvider> {
         self.core.queue_providers(number)
+    }
+
+    fn publish_waiting(&self, caller: WaitingCaller) {
+        self.core.waiting().set_local(caller);
+        self.core.waiting_changed();
+    }
+
+    fn withdraw_waiting(&self, queue: &str, caller: &str) {
+        let gone = self.core.waiting().remove_local(self.eid, queue, caller);
+        if gone.is_some() {
+            self.core.waiting_changed();
+        }
+    }
+
+    fn waiting(&self) -> Vec<WaitingCaller> {
+        self.core.waiting_all()
+    }
+
+    fn waiting_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.core.waiting_changes())
     }
 }
 

@@ -92,7 +92,7 @@ pub struct BuildError {
     reason: String,
 }
 
-fn parse(xml: &str) -> Result<Element, BuildError> {
+pub(crate) fn parse(xml: &str) -> Result<Element, BuildError> {
     xml.parse().map_err(|e: minidom::Error| BuildError {
         xml: xml.to_string(),
         reason: e.to_string(),

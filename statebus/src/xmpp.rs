@@ -10,9 +10,11 @@ use crate::bus::Core;
 use crate::fill::FillWatch;
 use crate::guard::{Dropped, Guard};
 use crate::servers::{split_host_port, Rotation, SrvResolver, MAX_SERVERS};
+use crate::waiting::{self, NODE_WAITING};
 use crate::wire::{self, AccessModel, NodeKind, NodeLayout, WireItem};
 use crate::{
     Bus, BusEvent, BusStatus, Change, DeviceState, Eid, Heartbeat, Mwi, Snapshot, StateCache,
+    WaitingCaller,
 };
 use futures::stream::StreamExt;
 use minidom::Element;
@@ -734,6 +736,8 @@ struct Dirty {
     mwi: HashSet<String>,
     /// Non-cachable states: not in the cache, last value per key.
     volatile: HashMap<String, DeviceState>,
+    /// Waiting records (item ids) to publish, or to withdraw when no longer held.
+    waiting: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -1018,7 +1022,45 @@ impl Bus for XmppBus {
     fn queue_providers(&self, number: &str) -> Vec<crate::QueueProvider> {
         self.shared.core.queue_providers(number)
     }
+
+    fn publish_waiting(&self, caller: WaitingCaller) {
+        let id = self.shared.core.waiting().set_local(caller);
+        self.shared.core.waiting_changed();
+        self.mark(|d| {
+            d.waiting.insert(id);
+        });
+    }
+
+    fn withdraw_waiting(&self, queue: &str, caller: &str) {
+        let gone = self
+            .shared
+            .core
+            .waiting()
+            .remove_local(self.eid, queue, caller);
+        if let Some(id) = gone {
+            self.shared.core.waiting_changed();
+            self.mark(|d| {
+                d.waiting.insert(id);
+            });
+        }
+    }
+
+    fn waiting(&self) -> Vec<WaitingCaller> {
+        self.shared.core.waiting_all()
+    }
+
+    fn waiting_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.shared.core.waiting_changes())
+    }
+
+    fn settle(&self) -> Duration {
+        WAITING_SETTLE
+    }
 }
+
+/// [`Bus::settle`] over XMPP: above the publish → notify delay of a LAN fabric (a few ms) and
+/// of the 40 ms WAN lab (p99 under 150 ms, docs/BENCHMARKS.md).
+pub const WAITING_SETTLE: Duration = Duration::from_millis(200);
 
 /// What an IQ in flight was for.
 #[derive(Debug, Clone)]
@@ -1038,6 +1080,8 @@ enum Republish {
     Device(String),
     Mwi(String),
     Volatile,
+    /// A waiting record (item id): published again, or withdrawn again.
+    Waiting(String),
 }
 
 /// Dirty keys sent per pass of the event loop.
@@ -1156,6 +1200,9 @@ impl Worker {
                         if let Change::PeerExpired(eid) = c {
                             warn!(%eid, "fabric member silent past the TTL: its devices now read UNAVAILABLE");
                         }
+                    }
+                    if !changes.is_empty() {
+                        shared.core.waiting_changed();
                     }
                     shared.core.emit_all(changes);
                 }
@@ -1277,6 +1324,14 @@ impl Worker {
                 }
                 let mut healed = false;
                 for p in &m.payloads {
+                    if let Some(items) = waiting::decode_event(p) {
+                        trace!(?items, "waiting records");
+                        let changed = self.shared.core.waiting().apply(self.cfg.eid, items);
+                        if changed {
+                            self.shared.core.waiting_changed();
+                        }
+                        continue;
+                    }
                     let items = wire::decode_event(p);
                     trace!(id = ?m.id, payload = p.name(), ?items, "pubsub event");
                     healed |= self.apply(items, None);
@@ -1374,8 +1429,11 @@ impl Worker {
         } else {
             (NodeKind::Flat, [wire::NODE_DEVICE_STATE, wire::NODE_MWI])
         };
-        for node in [wire::NODE_HEARTBEAT].into_iter().chain(setup_nodes) {
-            let kind = if node == wire::NODE_HEARTBEAT {
+        for node in [wire::NODE_HEARTBEAT, NODE_WAITING]
+            .into_iter()
+            .chain(setup_nodes)
+        {
+            let kind = if node == wire::NODE_HEARTBEAT || node == NODE_WAITING {
                 NodeKind::Flat
             } else {
                 dev_kind
@@ -1407,7 +1465,7 @@ impl Worker {
                 self.iq(stream, Tag::Setup("unsubscribe", node.into()), Req::Set(el))
                     .await;
             }
-            let as_collection = coll && node != wire::NODE_HEARTBEAT;
+            let as_collection = coll && node != wire::NODE_HEARTBEAT && node != NODE_WAITING;
             if let Ok(el) = wire::subscribe(node, &bare, as_collection) {
                 self.iq(stream, Tag::Setup("subscribe", node.into()), Req::Set(el))
                     .await;
@@ -1424,6 +1482,7 @@ impl Worker {
             d.devices
                 .extend(cache.local_devices().into_iter().map(|(k, _)| k));
             d.mwi.extend(cache.local_mwi().into_iter().map(|m| m.key()));
+            d.waiting.extend(self.shared.core.waiting().local_ids());
         }
         self.set_online(true);
         // The heartbeat goes after the republished state (see `beat_pending`).
@@ -1488,6 +1547,9 @@ impl Worker {
             Tag::Publish(Republish::Mwi(k)) => {
                 d.mwi.insert(k.clone());
             }
+            Tag::Publish(Republish::Waiting(k)) => {
+                d.waiting.insert(k.clone());
+            }
             _ => {}
         }
     }
@@ -1506,7 +1568,7 @@ impl Worker {
             // depends on who else holds a key, and stale items of ours must be withdrawn first.
             return; // resumed by synced()
         }
-        let (devices, volatile, mwi, more) = {
+        let (devices, volatile, mwi, more, waiting_ids) = {
             let mut d = self.shared.dirty();
             let mut budget = FLUSH_BATCH;
             let take = |set: &mut HashSet<String>, budget: &mut usize| -> Vec<String> {
@@ -1517,6 +1579,7 @@ impl Worker {
                 *budget -= keys.len();
                 keys
             };
+            let waiting = take(&mut d.waiting, &mut budget);
             let devices = take(&mut d.devices, &mut budget);
             let mwi = take(&mut d.mwi, &mut budget);
             let vkeys: Vec<String> = d.volatile.keys().take(budget).cloned().collect();
@@ -1524,11 +1587,41 @@ impl Worker {
                 .into_iter()
                 .filter_map(|k| d.volatile.remove_entry(&k))
                 .collect();
-            let more = !d.devices.is_empty() || !d.mwi.is_empty() || !d.volatile.is_empty();
-            (devices, volatile, mwi, more)
+            let more = !d.devices.is_empty()
+                || !d.mwi.is_empty()
+                || !d.volatile.is_empty()
+                || !d.waiting.is_empty();
+            (devices, volatile, mwi, more, waiting)
         };
         let layout = self.cfg.layout;
         let eid = self.cfg.eid;
+        // Waiting records first: they order callers across ACD nodes.
+        for id in waiting_ids {
+            let held = self.shared.core.waiting().local(&id).cloned();
+            match held {
+                Some(w) => match waiting::publish(&w) {
+                    Ok(el) => self.publish(stream, Republish::Waiting(id), el).await,
+                    Err(e) => warn!(%e, "cannot encode a waiting record"),
+                },
+                None => {
+                    // Gone: a tombstone (every server notifies a publish), then a retraction.
+                    let mut parts = id.splitn(3, '/');
+                    let (Some(e), Some(q), Some(c)) = (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
+                    let Ok(e) = e.parse::<Eid>() else { continue };
+                    if let Ok(el) = waiting::tombstone(e, q, c) {
+                        self.publish(stream, Republish::Waiting(id.clone()), el)
+                            .await;
+                    }
+                    if let Ok(el) = waiting::retract(&id) {
+                        self.iq(stream, Tag::Setup("retract", id), Req::Set(el))
+                            .await;
+                    }
+                }
+            }
+        }
         for key in devices {
             let Some(state) = self.shared.core.cache().local_device(&key) else {
                 continue;
@@ -1763,6 +1856,32 @@ impl Worker {
                     }
                     self.fetch_state(stream).await;
                 }
+                Tag::Fetch(NODE_WAITING) if !stale => {
+                    if let Some(p) = payload {
+                        let items = waiting::decode_items_result(&p);
+                        let eid = self.cfg.eid;
+                        let mut mine = Vec::new();
+                        let changed = {
+                            let mut table = self.shared.core.waiting();
+                            for it in &items {
+                                if let waiting::WaitingItem::Put(w) = it {
+                                    // Left by an earlier run of ours: withdraw it.
+                                    if w.eid == eid && table.local(&w.item_id()).is_none() {
+                                        mine.push(w.item_id());
+                                    }
+                                }
+                            }
+                            let cleared = table.clear_remote();
+                            table.apply(eid, items) || cleared
+                        };
+                        if changed {
+                            self.shared.core.waiting_changed();
+                        }
+                        if !mine.is_empty() {
+                            self.shared.dirty().waiting.extend(mine);
+                        }
+                    }
+                }
                 Tag::Fetch(node) if !stale => {
                     if let Some(p) = payload {
                         let n: usize = p
@@ -1844,6 +1963,10 @@ impl Worker {
 
     /// After heartbeats are known: fetch the state nodes' items (collections: each leaf).
     async fn fetch_state(&mut self, stream: &StanzaStream) {
+        if let Ok(el) = wire::items_request(NODE_WAITING) {
+            self.iq(stream, Tag::Fetch(NODE_WAITING), Req::Get(el))
+                .await;
+        }
         for node in [wire::NODE_DEVICE_STATE, wire::NODE_MWI] {
             if self.cfg.layout == NodeLayout::Collections {
                 let el = Element::builder("query", "http://jabber.org/protocol/disco#items")
@@ -1933,6 +2056,12 @@ impl Worker {
             }
         }
         self.shared.stats().items_received += n;
+        if changes
+            .iter()
+            .any(|c| matches!(c, Change::PeerUp(_) | Change::PeerExpired(_)))
+        {
+            self.shared.core.waiting_changed();
+        }
         self.shared.core.emit_all(changes);
         healed
     }

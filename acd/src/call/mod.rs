@@ -37,10 +37,14 @@
 
 mod admin;
 mod announce;
+mod callback;
+mod dtmf;
 mod late;
 mod shutdown;
 mod trust;
 pub use admin::{CallState, LiveCall, PauseCodes};
+pub use callback::CALLBACK_KEY;
+pub use dtmf::Rfc4733;
 pub use late::MAX_ABANDONED;
 pub use shutdown::{FinishReport, BYE_WAIT_CAP};
 #[cfg(test)]
@@ -127,6 +131,9 @@ pub trait Media {
     fn bridge(&mut self, a: LegId, b: LegId) -> bool;
     /// Closes the leg (and ends its media script, if any).
     fn close(&mut self, leg: LegId);
+    /// Report RFC 4733 DTMF keys received on `leg` (payload type `payload_type`) through
+    /// [`CallControl::dtmf`]. A relay without DTMF detection ignores it.
+    fn watch_dtmf(&mut self, _leg: LegId, _payload_type: u8) {}
 }
 
 /// The state fabric as call control sees it: who publishes a device, where members are.
@@ -171,6 +178,13 @@ pub enum NodeEvent {
         interface: String,
         /// The gateway it went to.
         gateway: SocketAddr,
+    },
+    /// The callers waiting in a queue at every ACD node, as this node knows them, changed.
+    GlobalWaiting {
+        /// Queue name.
+        queue: String,
+        /// Callers waiting here and at other nodes.
+        total: usize,
     },
 }
 
@@ -338,6 +352,8 @@ struct CallerCall {
     from: String,
     /// Answered by us.
     since: Instant,
+    /// Waiting for a call back (`callback.rs`).
+    callback: Option<callback::Callback>,
 }
 
 struct AgentCall {
@@ -390,6 +406,10 @@ pub struct CallControl<M, F> {
     shutdown: shutdown::Shutdown,
     /// Fabric trust (`trust.rs`).
     trust: trust::Trust,
+    /// Callers waiting per queue at every node, as last reported (`NodeEvent::GlobalWaiting`).
+    global_waiting: HashMap<String, usize>,
+    /// Call backs' INVITE transactions → caller (`callback.rs`).
+    callback_keys: HashMap<TransactionKey, u64>,
 }
 
 impl<M: Media, F: Fabric> CallControl<M, F> {
@@ -428,6 +448,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             out: VecDeque::new(),
             shutdown: shutdown::Shutdown::default(),
             trust: trust::Trust::default(),
+            global_waiting: HashMap::new(),
+            callback_keys: HashMap::new(),
         })
     }
 
@@ -706,6 +728,42 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         }
     }
 
+    /// The wall clock in unix milliseconds.
+    fn wall_ms(&self) -> u64 {
+        let d = (self.wall)()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Take part in a global order across ACD nodes as fabric member `eid`; a new caller
+    /// waits `settle` before it may be offered (see [`Engine::set_fabric_eid`]).
+    pub fn set_fabric_eid(&mut self, eid: Eid, settle: Duration) {
+        self.engine.set_fabric_eid(eid, settle);
+    }
+
+    /// The next change of our waiting callers for the fabric.
+    pub fn poll_waiting(&mut self) -> Option<crate::engine::WaitingChange> {
+        self.engine.poll_waiting()
+    }
+
+    /// The callers waiting on the fabric now (every node's records; ours are ignored).
+    pub fn remote_waiting(&mut self, records: &[statebus::WaitingCaller], now: Instant) {
+        self.engine.set_remote_waiting(self.t(now), records);
+        self.pump(now);
+        let totals: Vec<(String, usize)> = self
+            .engine
+            .queue_names()
+            .map(|q| (q.to_owned(), self.engine.global_waiting(q)))
+            .collect();
+        for (queue, total) in totals {
+            if self.global_waiting.get(&queue) != Some(&total) {
+                self.global_waiting.insert(queue.clone(), total);
+                self.emit(Output::Event(NodeEvent::GlobalWaiting { queue, total }));
+            }
+        }
+    }
+
     fn log(&mut self, mut ev: QueueLogEvent) {
         ev.time = (self.wall)()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -751,9 +809,14 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     }
                 }
             }
-            tx::Event::Response { key, response } => self.on_agent_response(&key, response, now),
+            tx::Event::Response { key, response } => {
+                if !self.callback_response(&key, &response, now) {
+                    self.on_agent_response(&key, response, now)
+                }
+            }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
-                if let Some(offer) = self.by_client.remove(&key) {
+                if self.callback_timeout(&key, now) {
+                } else if let Some(offer) = self.by_client.remove(&key) {
                     self.agent_failed(offer, now);
                 }
             }
@@ -855,10 +918,14 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         if confirm.is_none() {
             let mut join = Join::new(caller_id.clone(), queue.clone());
             join.caller_number = from_user;
-            // A caller moved off a dead node keeps their place (signed `X-CF-Join`).
+            // The caller's place in the global order across ACD nodes (`engine/global.rs`).
+            join.joined_ms = Some(self.wall_ms());
+            // A caller moved off a dead node keeps their place (signed `X-CF-Join`), here and
+            // in the global order.
             if let Some(p) = place {
                 join.priority = p.priority;
                 join.joined_at = Some(self.joined_at(p, now));
+                join.joined_ms = Some(p.joined_ms);
                 info!(caller = %caller_id, %queue, joined_ms = p.joined_ms, priority = p.priority, "moved caller queued at their original place");
             }
             if let Err(e) = self.engine.join(self.t(now), join) {
@@ -898,6 +965,17 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             .and_then(|c| Codec::from_payload_type(c.payload_type))
             .unwrap_or(Codec::Pcmu);
         self.emit(Output::Music { leg, codec });
+        if confirm.is_none() {
+            // A waiting caller may press a key (RFC 4733) to be called back.
+            let events = answer.media().first().and_then(|m| {
+                m.codecs()
+                    .into_iter()
+                    .find(|c| c.name.eq_ignore_ascii_case("telephone-event"))
+            });
+            if let Some(ev) = events {
+                self.media.watch_dtmf(leg, ev.payload_type);
+            }
+        }
         let mut hangup_at = None;
         if let Some(prompt) = &confirm {
             self.emit(Output::Announce {
@@ -937,6 +1015,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 connected: None,
                 from: from_user_kept,
                 since: now,
+                callback: None,
             },
         );
     }
@@ -1265,6 +1344,13 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             return;
         };
         c.connected = Some(offer);
+        if c.callback.is_some() {
+            // Called back now that the agent answered (`callback.rs`).
+            if let Some(agent_leg) = self.agents.get(&offer).map(|a| a.leg) {
+                self.connect_callback(n, offer, agent_leg);
+            }
+            return;
+        }
         let leg = c.leg;
         self.emit(Output::StopMedia { leg });
         if let Some(a) = self.agents.get(&offer) {
@@ -1335,6 +1421,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 .remove(&(d.call_id.clone(), d.local_tag.clone()));
         }
         let caller = a.caller;
+        self.cancel_callback(caller);
         if let Some(cid) = self.callers.get(&caller).map(|c| c.id.clone()) {
             let _ = self
                 .engine
@@ -1409,8 +1496,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             if let Some(c) = self.callers.get_mut(&id) {
                 c.next_announce = every.map(|e| now + e);
             }
-            let waiting = self.engine.waiting_callers(&queue);
-            let Some(pos) = waiting.iter().position(|w| *w == cid).map(|p| p + 1) else {
+            // The place in the global order: callers waiting at other nodes count.
+            let Some(pos) = self.engine.global_position(&queue, &cid) else {
                 continue;
             };
             let holdtime = self

@@ -1549,3 +1549,96 @@ fn a_member_that_comes_up_is_probed_at_once_not_at_the_next_refresh() {
 }
 
 mod shutdown;
+
+/// The caller presses 1: hung up, its place kept; called back when an agent answered; bridged.
+#[test]
+fn callback_keeps_the_place_calls_back_once_the_agent_answered_and_bridges() {
+    let mut rig = Rig::new(config(vec![queue("support", &["PJSIP/2001"])]));
+    rig.state("PJSIP/2001", DeviceState::Unavailable);
+    let c = rig.caller("500", "1001");
+    let first = rig.log("ENTERQUEUE")[0].callid.clone();
+    let caller_leg = rig.core.media().open[0];
+    let now = rig.now;
+    rig.core.dtmf(caller_leg, '5', now);
+    rig.pump();
+    assert!(rig.log("CALLBACKREQ").is_empty(), "only the callback key");
+    rig.core.dtmf(caller_leg, '1', now);
+    rig.pump();
+    let req = rig.log("CALLBACKREQ");
+    assert_eq!(req.len(), 1);
+    assert_eq!(req[0].callid, first);
+    assert_eq!(req[0].data, ["1", "1001"], "global position, number");
+    assert_eq!(
+        rig.sent_in(Method::Bye, &call_id(&c.invite.headers)).len(),
+        1
+    );
+    assert!(rig.core.media().closed.contains(&caller_leg));
+    assert!(rig.log("ABANDON").is_empty(), "the place is kept");
+    // A second caller queues behind the absent one.
+    let _c2 = rig.caller("500", "1002");
+    assert_eq!(rig.core.engine().waiting_callers("support").len(), 2);
+    assert_eq!(
+        rig.core.engine().global_position("support", &first),
+        Some(1)
+    );
+
+    // The agent comes: offered the called-back caller first; it answers, hears music, and
+    // the caller is called back through its gateway.
+    rig.state("PJSIP/2001", DeviceState::NotInUse);
+    let (_, inv) = rig.offer_to("2001").expect("offer");
+    rig.agent_answers(&inv, 200, GW);
+    let connect = rig.log("CONNECT");
+    assert_eq!(connect.len(), 1);
+    assert_eq!(connect[0].callid, first);
+    let agent_leg = rig.core.media().open[2];
+    assert!(rig
+        .outs
+        .iter()
+        .any(|o| matches!(o, Output::Music { leg, .. } if *leg == agent_leg)));
+    let (to, back) = rig.offer_to("1001").expect("the call back");
+    assert_eq!(to, addr(GW), "through the gateway the call came from");
+    assert!(
+        rig.core.media().bridged.is_empty(),
+        "nothing bridged before it answers"
+    );
+    rig.agent_answers(&back, 200, GW);
+    assert_eq!(rig.sent_in(Method::Ack, &call_id(&back.headers)).len(), 1);
+    let back_leg = rig.core.media().open[3];
+    assert_eq!(rig.core.media().bridged, [(back_leg, agent_leg)]);
+    assert!(rig.outs.contains(&Output::StopMedia { leg: agent_leg }));
+    let cb = rig.log("CALLBACK");
+    assert_eq!(cb.len(), 1);
+    assert_eq!(cb[0].data, ["1001", "ANSWER"]);
+    // The agent hangs up: the called-back caller gets the BYE, the next caller is offered.
+    rig.agent_hangs_up(&inv);
+    assert_eq!(rig.sent_in(Method::Bye, &call_id(&back.headers)).len(), 1);
+    assert_eq!(rig.log("COMPLETEAGENT").len(), 1);
+    rig.state("PJSIP/2001", DeviceState::InUse);
+    rig.state("PJSIP/2001", DeviceState::NotInUse);
+    assert_eq!(rig.offers_to("2001"), 2, "the second caller's turn");
+}
+
+/// A call back refused: the agent is released, the caller's place is gone.
+#[test]
+fn a_refused_call_back_releases_the_agent() {
+    let mut rig = Rig::new(config(vec![queue("support", &["PJSIP/2001"])]));
+    rig.state("PJSIP/2001", DeviceState::Unavailable);
+    let _c = rig.caller("500", "1001");
+    let leg = rig.core.media().open[0];
+    let now = rig.now;
+    rig.core.dtmf(leg, '1', now);
+    rig.pump();
+    rig.state("PJSIP/2001", DeviceState::NotInUse);
+    let (_, inv) = rig.offer_to("2001").expect("offer");
+    rig.agent_answers(&inv, 200, GW);
+    let (_, back) = rig.offer_to("1001").expect("the call back");
+    rig.agent_answers(&back, 486, GW);
+    assert_eq!(rig.log("CALLBACK")[0].data, ["1001", "486"]);
+    assert_eq!(
+        rig.sent_in(Method::Bye, &call_id(&inv.headers)).len(),
+        1,
+        "agent released"
+    );
+    assert_eq!(rig.log("COMPLETECALLER").len(), 1);
+    assert!(rig.core.engine().waiting_callers("support").is_empty());
+}

@@ -11,6 +11,7 @@
 mod admin;
 mod availability;
 mod config;
+mod global;
 mod rules;
 mod strategy;
 mod types;
@@ -18,6 +19,7 @@ mod types;
 pub use admin::{AgentView, ReloadReport, WaitingCaller, AUTO_PAUSE_REASON};
 pub use availability::{counts_as_present, penalty_in_range, state_available};
 pub use config::{AutoPause, EmptyConditions, EngineConfig, MemberConfig, QueueConfig, Strategy};
+pub use global::WaitingChange;
 pub use rules::{PenaltyRule, RuleValue};
 pub use strategy::Rng;
 pub use types::{
@@ -117,6 +119,8 @@ struct Caller {
     queue: QueueId,
     priority: i32,
     joined: Time,
+    /// Original join time (unix ms; engine ms when the driver gave none): the global order.
+    joined_ms: u64,
     opos: usize,
     max_penalty: Option<i32>,
     min_penalty: Option<i32>,
@@ -144,6 +148,7 @@ enum Timer {
     Expire { caller: CallerKey },
     Rule { caller: CallerKey, idx: usize },
     Wrap { queue: QueueId },
+    Settle { queue: QueueId },
 }
 
 /// The queue engine. See the module documentation.
@@ -171,6 +176,14 @@ pub struct Engine {
     offers: HashMap<OfferId, (CallerKey, AgentId)>,
     /// Offer → the uniqueid of the agent's call, for CONNECT ([`Engine::set_bridged_channel`]).
     bridged: HashMap<OfferId, String>,
+    /// This node in a global order (`global.rs`); `None`: a queue of this node only.
+    fabric_eid: Option<statebus::Eid>,
+    /// Callers waiting at other nodes, per queue, in global order.
+    remote: HashMap<QueueId, Vec<statebus::waiting::OrderKey>>,
+    /// Changes of our waiting callers for the fabric.
+    waiting_out: VecDeque<WaitingChange>,
+    /// How long a new caller waits before it may be offered, in a global order (`global.rs`).
+    settle: Duration,
 }
 
 fn secs(s: u64) -> Duration {
@@ -203,6 +216,10 @@ impl Engine {
             next_offer: 1,
             offers: HashMap::new(),
             bridged: HashMap::new(),
+            fabric_eid: None,
+            remote: HashMap::new(),
+            waiting_out: VecDeque::new(),
+            settle: Duration::ZERO,
         };
         for q in &cfg.queues {
             e.add_queue(Duration::ZERO, q.clone())?;
@@ -575,15 +592,22 @@ impl Engine {
         self.next_caller += 1;
         // Behind every caller of higher priority, and of equal priority who joined no later.
         let joined = j.joined_at.map_or(self.now, |t| t.min(self.now));
+        let joined_ms = j
+            .joined_ms
+            .unwrap_or_else(|| u64::try_from(self.now.as_millis()).unwrap_or(u64::MAX));
         let pos = {
             let qu = &self.queues[q];
+            // With an original join time (a caller moved from another node keeps its place),
+            // behind every caller of higher priority or of equal priority that joined no later.
+            let behind = |c: &Caller| {
+                c.priority < j.priority
+                    || (c.priority == j.priority
+                        && (c.joined > joined
+                            || (j.joined_ms.is_some() && c.joined_ms > joined_ms)))
+            };
             qu.callers
                 .iter()
-                .position(|k| {
-                    self.callers.get(k).is_some_and(|c| {
-                        c.priority < j.priority || (c.priority == j.priority && c.joined > joined)
-                    })
-                })
+                .position(|k| self.callers.get(k).is_some_and(behind))
                 .unwrap_or(qu.callers.len())
         };
         self.queues[q].callers.insert(pos, ck);
@@ -596,6 +620,7 @@ impl Engine {
                 queue: q,
                 priority: j.priority,
                 joined,
+                joined_ms,
                 opos,
                 max_penalty: j.max_penalty,
                 min_penalty: j.min_penalty,
@@ -618,6 +643,13 @@ impl Engine {
         );
         if let Some(w) = j.max_wait {
             self.push_timer(self.now.saturating_add(w), Timer::Expire { caller: ck });
+        }
+        self.publish_waiting(ck);
+        if !self.settle.is_zero() {
+            self.push_timer(
+                self.now.saturating_add(self.settle),
+                Timer::Settle { queue: q },
+            );
         }
         self.apply_rules(ck);
         self.dispatch(q);
@@ -1079,7 +1111,7 @@ impl Engine {
                 .callers
                 .get(&caller)
                 .is_some_and(|c| c.next_rule == idx),
-            Timer::Wrap { queue } => queue < self.queues.len(),
+            Timer::Wrap { queue } | Timer::Settle { queue } => queue < self.queues.len(),
         }
     }
 
@@ -1142,7 +1174,7 @@ impl Engine {
                     self.dispatch(q);
                 }
             }
-            Timer::Wrap { queue } => self.dispatch(queue),
+            Timer::Wrap { queue } | Timer::Settle { queue } => self.dispatch(queue),
         }
     }
 
@@ -1319,6 +1351,8 @@ impl Engine {
         self.caller_by_id.remove(&c.id);
         let q = c.queue;
         self.queues[q].callers.retain(|k| *k != ck);
+        let qname = self.queues[q].cfg.name.clone();
+        self.withdraw_waiting(&qname, &c.id);
         self.agents[a].offering = None;
         self.agents[a].in_calls = self.agents[a].in_calls.saturating_add(1);
         let hold = self.now.saturating_sub(c.joined);
@@ -1400,6 +1434,7 @@ impl Engine {
         self.queues[q].callers.retain(|k| *k != ck);
         let wait = self.now.saturating_sub(c.joined).as_secs();
         let qname = self.queues[q].cfg.name.clone();
+        self.withdraw_waiting(&qname, &c.id);
         self.log(
             &c.id,
             &qname,
@@ -1477,16 +1512,20 @@ impl Engine {
         }
     }
 
-    /// Serve the callers of one queue whose turn it is (app_queue's `is_our_turn`).
+    /// Serve the callers of one queue whose turn it is (app_queue's `is_our_turn`), in the
+    /// global order when other nodes serve the queue too (`global.rs`: a remote caller takes
+    /// a turn like a local one).
     fn dispatch(&mut self, q: QueueId) {
         self.check_leave_empty(q);
+        let places = self.places(q);
         let cfg = &self.queues[q].cfg;
         if !cfg.autofill || cfg.strategy == Strategy::RingAll {
-            if let Some(&head) = self.queues[q].callers.first() {
-                if self
-                    .callers
-                    .get(&head)
-                    .is_some_and(|c| matches!(c.phase, Phase::Waiting))
+            if let Some(&global::Place::Local(head)) = places.first() {
+                if !self.settling(head)
+                    && self
+                        .callers
+                        .get(&head)
+                        .is_some_and(|c| matches!(c.phase, Phase::Waiting))
                 {
                     self.try_offer(head);
                 }
@@ -1496,9 +1535,19 @@ impl Engine {
         let mut avl = self.num_available(q);
         let mut idx = 0;
         let mut i = 0;
-        while idx < avl && i < self.queues[q].callers.len() {
-            let ck = self.queues[q].callers[i];
+        while idx < avl && i < places.len() {
+            let place = places[i];
             i += 1;
+            let global::Place::Local(ck) = place else {
+                // A caller ahead at another node: its turn, whoever serves it.
+                idx += 1;
+                continue;
+            };
+            if self.settling(ck) {
+                // Not offered yet, and nobody behind it jumps ahead.
+                idx += 1;
+                continue;
+            }
             match self.callers.get(&ck).map(|c| &c.phase) {
                 Some(Phase::Ringing { .. }) | None => continue,
                 Some(Phase::Retry) => idx += 1,

@@ -98,6 +98,10 @@ pub struct Join {
     /// When the caller originally joined (engine time, not after now): a caller moved from
     /// another node keeps their place among callers of the same priority. `None`: now.
     pub joined_at: Option<Time>,
+
+    /// Original join time, unix ms: the caller's place in a global order across ACD nodes
+    /// (now, or kept from the node it moved from). `None`: engine time.
+    pub joined_ms: Option<u64>,
 }
 
 impl Join {
@@ -114,6 +118,8 @@ impl Join {
             raise_penalty: None,
             max_wait: None,
             joined_at: None,
+
+            joined_ms: None,
         }
     }
 }

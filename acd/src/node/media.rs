@@ -30,6 +30,8 @@ pub(super) struct RelayMedia {
     prompts: audio::PromptSet,
     /// Where scripts report the end of an announcement.
     done: mpsc::UnboundedSender<LegId>,
+    /// Where DTMF keys are reported (`watch_dtmf`).
+    pub(super) dtmf: Option<mpsc::UnboundedSender<(LegId, char)>>,
 }
 
 impl RelayMedia {
@@ -46,6 +48,7 @@ impl RelayMedia {
             music: Arc::new(music),
             prompts,
             done,
+            dtmf: None,
         }
     }
 
@@ -129,6 +132,25 @@ impl Media for RelayMedia {
         if let Some(l) = self.legs.remove(&leg) {
             l.close();
         }
+    }
+
+    fn watch_dtmf(&mut self, leg: LegId, payload_type: u8) {
+        let (Some(l), Some(tx)) = (self.legs.get(&leg), self.dtmf.clone()) else {
+            return;
+        };
+        // A copy of each packet the leg receives, until the leg closes (the relay drops
+        // copies rather than wait for us).
+        let mut rx = l.subscribe();
+        tokio::spawn(async move {
+            let mut detector = crate::call::Rfc4733::new(payload_type);
+            while let Some(packet) = rx.recv().await {
+                if let Some(key) = detector.push(&packet) {
+                    if tx.send((leg, key)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
     }
 }
 
