@@ -5,6 +5,9 @@
 //! * [`stats`] (sans-IO): RFC 3550 A.1/A.3/A.8 sequence, loss and jitter.
 //! * [`latch`] (sans-IO): symmetric RTP latching for NAT'd phones, with the re-latch policy
 //!   that protects a running call from hijacking (see the module doc).
+//! * [`mixer`]: supervisor listen / whisper / barge (sans-IO [`mixer::Mixer`]: G.711 decode,
+//!   saturating sum per listener without its own audio, 20 ms frames, bounded jitter buffers;
+//!   [`mixer::Spy`] runs it over relay legs).
 //! * [`moh`]: music on hold for the held party (sans-IO hold plan + players on relay legs).
 //! * [`relay`] (tokio): [`MediaRelay`] hands out [`Leg`]s (one UDP socket pair and one task
 //!   each); [`bridge`] connects two legs so that what one hears the other sends; a leg also
@@ -17,6 +20,7 @@
 
 pub mod audio;
 pub mod latch;
+pub mod mixer;
 pub mod moh;
 pub mod ports;
 pub mod relay;
