@@ -10,6 +10,7 @@ use std::time::Duration;
 
 mod security;
 pub use security::check_device_credentials;
+mod spy;
 mod streams;
 pub use streams::TlsSection;
 
@@ -37,6 +38,8 @@ pub struct Config {
     pub tls: Option<TlsSection>,
     /// Agent presence for supervisors (an XEP-0114 component), in any mode with a bus.
     pub presence: Option<PresenceSection>,
+    /// Supervisors: listen / whisper / barge from the phone (`config/spy.rs`).
+    pub supervisors: Option<spy::SupervisorsSection>,
 }
 
 /// `[presence]`: agents and devices as JIDs of an external component.
@@ -930,6 +933,7 @@ impl Loaded {
             trunks,
             security: self.security()?,
             streams,
+            spy: self.spy()?,
             record_dir: match &g.record_dir {
                 None => None,
                 Some(d) => {

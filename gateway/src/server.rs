@@ -22,8 +22,10 @@ use tracing::{debug, info, warn};
 mod durable;
 mod security;
 mod shutdown;
+mod spy;
 pub use security::BanEntry;
 pub use shutdown::FinishReport;
+pub use spy::SpyConfig;
 
 /// Everything the gateway needs; built by the binary from its config file.
 #[derive(Debug, Clone)]
@@ -84,6 +86,8 @@ pub struct GatewayConfig {
     pub security: crate::security::SecurityConfig,
     /// TLS listeners and files; bounds and timeouts of TCP/TLS connections.
     pub streams: transport::StreamConfig,
+    /// Supervisor listen / whisper / barge: feature codes and who may use them.
+    pub spy: SpyConfig,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -589,6 +593,7 @@ impl Gateway {
             dns,
             records,
             refused: 0,
+            spies: spy::Spies::default(),
         };
         let tls = core.transports.tls_state();
         let task = tokio::spawn(core.run(events, control_rx));
@@ -684,6 +689,8 @@ struct Core {
     active: Arc<std::sync::atomic::AtomicUsize>,
     /// Authentication defence (`server/security.rs`).
     guard: security::SharedGuard,
+    /// Supervisors' calls (`server/spy.rs`).
+    spies: spy::Spies,
 }
 
 /// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
@@ -938,6 +945,7 @@ impl Core {
                 reason,
                 record,
             } => {
+                self.spy_call_ended(call);
                 let legs = self.media.closed.remove(&call);
                 let moh = self.media.moh_closed.remove(&call).unwrap_or_default();
                 info!(call = call.0, %reason, "call ended");
@@ -1004,6 +1012,9 @@ impl Core {
                 }
                 let in_dialog = tx_tag(&request).is_some();
                 if in_dialog && request.method != Method::Register {
+                    if self.spy_in_dialog(&key, &request, now) {
+                        return;
+                    }
                     if !self
                         .b2bua
                         .on_in_dialog(&key, request.clone(), &mut self.media, now)
@@ -1112,6 +1123,9 @@ impl Core {
             }
         };
         if self.refused_while_draining(&key, &req, now) {
+            return;
+        }
+        if self.spy_invite(&key, &req, &caller, &source, now) {
             return;
         }
         let mut target = self.route(&req, &source);

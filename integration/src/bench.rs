@@ -930,6 +930,7 @@ pub fn gateway_config(
             ..Default::default()
         },
         streams: Default::default(),
+        spy: Default::default(),
     }
 }
 
