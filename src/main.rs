@@ -194,6 +194,9 @@ fn main() -> Result<()> {
         let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         return rt.block_on(devices(cmd, &url, &realm));
     }
+    if let Some(path) = loaded.create_token_file()? {
+        println!("admin token written to {}", path.display());
+    }
     let http_listen = loaded.http()?;
     let api = ApiExtras {
         reload: {
