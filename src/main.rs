@@ -155,6 +155,9 @@ enum StatebusCmd {
     },
 }
 
+/// The trunk a site's gateway routes the ACD's numbers to (a queue reload adds new ones).
+pub(crate) const SITE_ACD_TRUNK: &str = "acd";
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     logging::init(cli.log_format);
@@ -282,7 +285,7 @@ fn main() -> Result<()> {
                 let acd = acd_cfg.ok_or_else(|| anyhow!("no acd configuration"))?;
                 // The gateway sends the queue numbers to the ACD and trusts it as a trunk.
                 gw.trunks.push(gateway::server::TrunkConfig {
-                    name: "acd".into(),
+                    name: SITE_ACD_TRUNK.into(),
                     address: acd.udp,
                     prefixes: acd
                         .numbers

@@ -234,6 +234,10 @@ pub enum GatewayEvent {
     },
 }
 
+/// Trunk name → dialled prefixes routed to it in addition to its configured ones, set at run
+/// time ([`Gateway::set_trunk_prefixes`]: a site's ACD numbers after a queue reload).
+type ExtraPrefixes = Arc<std::sync::RwLock<HashMap<String, Vec<String>>>>;
+
 /// The relay legs of the calls in progress, shared with the [`Gateway`] handle for queries.
 type CallLegs = Arc<std::sync::Mutex<HashMap<b2bua::CallId, (Leg, Leg)>>>;
 
@@ -449,6 +453,7 @@ pub struct Gateway {
     active: Arc<std::sync::atomic::AtomicUsize>,
     guard: security::SharedGuard,
     tls: Option<Arc<transport::TlsState>>,
+    extra_prefixes: ExtraPrefixes,
 }
 
 impl Gateway {
@@ -594,10 +599,13 @@ impl Gateway {
             records,
             refused: 0,
             spies: spy::Spies::default(),
+            extra_prefixes: ExtraPrefixes::default(),
         };
         let tls = core.transports.tls_state();
+        let extra_prefixes = core.extra_prefixes.clone();
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
+            extra_prefixes,
             tls,
             local,
             events: gw_events,
@@ -616,6 +624,16 @@ impl Gateway {
     /// connections already open keep theirs; on error the previous files stay in use).
     pub fn tls_state(&self) -> Option<Arc<transport::TlsState>> {
         self.tls.clone()
+    }
+
+    /// Routes the dialled prefixes `prefixes` to trunk `trunk` from now on, in addition to its
+    /// configured ones (replacing what an earlier call set; longest prefix wins as always).
+    pub fn set_trunk_prefixes(&self, trunk: &str, prefixes: Vec<String>) {
+        let prefixes = prefixes.into_iter().filter(|p| !p.is_empty()).collect();
+        self.extra_prefixes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(trunk.to_owned(), prefixes);
     }
 
     /// The calls in progress, in call order: parties and the relay's figures.
@@ -691,6 +709,8 @@ struct Core {
     guard: security::SharedGuard,
     /// Supervisors' calls (`server/spy.rs`).
     spies: spy::Spies,
+    /// Prefixes routed to trunks beside their configured ones (set through the handle).
+    extra_prefixes: ExtraPrefixes,
 }
 
 /// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
@@ -1276,14 +1296,22 @@ impl Core {
                 forks: contacts.collect(),
             };
         }
+        let extra = self
+            .extra_prefixes
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let trunk = self
             .cfg
             .trunks
             .iter()
-            .flat_map(|t| t.prefixes.iter().map(move |p| (t, p)))
+            .flat_map(|t| {
+                let more = extra.get(&t.name).into_iter().flatten();
+                t.prefixes.iter().chain(more).map(move |p| (t, p))
+            })
             .filter(|(_, p)| dialled.starts_with(p.as_str()))
             .max_by_key(|(_, p)| p.len())
             .map(|(t, _)| t);
+        drop(extra);
         if let Some(t) = trunk {
             let number = dialled.get(t.strip.min(dialled.len())..).unwrap_or("");
             let (local, kind) = self.trunk_transport(t, source.local);
