@@ -432,6 +432,18 @@ fn supervisor_listens_whispers_barges_and_others_are_refused() {
         &out,
         "barge: the supervisor gets a BYE when the call ends",
     );
+    let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("SPY ENDED") && l.contains("spied call ended")),
+        "the barge ends with the call\n{}",
+        gw.diag()
+    );
+    assert!(
+        !log.contains("no ACK for the 200"),
+        "every supervisor ACKed our 200\n{}",
+        gw.diag()
+    );
     let out = agent_sipp.wait().expect("agent outcome");
     assert_passes(&gw, &out, "the agent");
 }

@@ -784,6 +784,7 @@ impl Core {
                         self.persist(&aor);
                     }
                     self.register_outbound(None);
+                    self.spy_retransmit(Instant::now());
                     self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
                 }
                 _ = qualify.tick() => self.qualify_all(),
@@ -1102,6 +1103,7 @@ impl Core {
                 }
                 self.b2bua.on_timeout(&key, &mut self.media, now);
             }
+            tx::Event::Ack { request, .. } if self.spy_ack(&request) => {}
             tx::Event::Ack { request, .. } => self.b2bua.on_ack(&request, &mut self.media, now),
             tx::Event::Terminated { key } => self.b2bua.on_terminated(&key),
         }

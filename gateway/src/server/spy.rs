@@ -8,9 +8,10 @@
 //! call gets 480, an unknown one 404.
 //!
 //! The spied call never notices the supervisor leaving (its legs are bridged again); when the
-//! spied call ends, the supervisor gets a BYE. Limits: at most [`MAX_SPIES`] at once; the
-//! supervisor's call has no 2xx retransmission (a lost 200 is not repeated), no re-INVITE, no
-//! CDR, and does not count in the supervisor's device state.
+//! spied call ends, the supervisor gets a BYE. Our 200 is retransmitted (T1 doubling up to
+//! T2) until the supervisor's ACK; without an ACK in 64·T1 the session ends with a BYE
+//! (RFC 3261 §13.3.1.4). Limits: at most [`MAX_SPIES`] at once; the supervisor's call has no
+//! re-INVITE, no CDR, and does not count in the supervisor's device state.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -25,7 +26,7 @@ use crate::media::mixer::{Spy, SpyMode};
 use crate::media::Leg;
 use crate::sdp::SessionDescription;
 use crate::sip::dialog::{self, Dialog};
-use crate::sip::message;
+use crate::sip::message::{self, SipMessage};
 use crate::sip::transaction::TransactionKey;
 use crate::transport::Peer;
 
@@ -87,6 +88,8 @@ struct Session {
     call: b2bua::CallId,
     supervisor: String,
     device: String,
+    /// Our 200 until the ACK: the response, when to send it next, the interval, the deadline.
+    unacked: Option<(rsip::Response, Instant, std::time::Duration, Instant)>,
 }
 
 /// The supervisors' calls, by dialog (Call-ID, our tag).
@@ -214,6 +217,8 @@ impl Core {
         ok.headers
             .push(Header::Contact(rsip::headers::Contact::new(contact)));
         let ok = dialog::response_with_body(ok, answer.to_string().into_bytes(), "application/sdp");
+        let t1 = self.cfg.t1;
+        let unacked = Some((ok.clone(), now + t1, t1, now + t1 * 64));
         if let Err(e) = self.tl.send_response(key, ok, now) {
             warn!(error = %e, "supervisor's 200 not sent");
             return true;
@@ -230,9 +235,55 @@ impl Core {
                 call,
                 supervisor,
                 device,
+                unacked,
             },
         );
         true
+    }
+
+    /// An ACK outside any transaction: the supervisor's ACK for our 200 (`true`), else `false`.
+    pub(super) fn spy_ack(&mut self, ack: &Request) -> bool {
+        match self
+            .spies
+            .sessions
+            .values_mut()
+            .find(|s| s.dialog.matches(ack))
+        {
+            Some(s) => {
+                s.unacked = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Retransmits unacknowledged 200s that are due (T1 doubling, at most T2); a session
+    /// whose 200 got no ACK within 64·T1 ends with a BYE.
+    pub(super) fn spy_retransmit(&mut self, now: Instant) {
+        let t2 = std::time::Duration::from_secs(4);
+        let mut dead = Vec::new();
+        for (id, s) in self.spies.sessions.iter_mut() {
+            let Some((ok, next, interval, give_up)) = &mut s.unacked else {
+                continue;
+            };
+            if now >= *give_up {
+                dead.push(id.clone());
+                continue;
+            }
+            if now >= *next {
+                let k = s.peer.tx_transport();
+                self.tl
+                    .send_stateless(SipMessage::Response(ok.clone()), s.peer.clone(), k);
+                *interval = (*interval * 2).min(t2);
+                *next = now + *interval;
+            }
+        }
+        for id in dead {
+            if let Some(s) = self.spies.sessions.remove(&id) {
+                end(&s, "no ACK for the 200");
+                self.spy_bye(s, now);
+            }
+        }
     }
 
     /// A request inside a supervisor's call: handled here (`true`), else `false`.
@@ -278,21 +329,26 @@ impl Core {
             .collect();
         let now = Instant::now();
         for id in ids {
-            let Some(mut s) = self.spies.sessions.remove(&id) else {
+            let Some(s) = self.spies.sessions.remove(&id) else {
                 continue;
             };
             end(&s, "spied call ended");
-            let branch = format!("z9hG4bKcfspy{:016x}", rand::random::<u64>());
-            let via = format!(
-                "SIP/2.0/{} {};branch={branch};rport",
-                s.peer.transport.via_name(),
-                s.peer.local
-            );
-            let bye = s.dialog.request(Method::Bye, &via);
-            let k = s.peer.tx_transport();
-            if let Err(e) = self.tl.send_request(bye, k, s.peer.clone(), now) {
-                warn!(error = %e, "BYE to the supervisor not sent");
-            }
+            self.spy_bye(s, now);
+        }
+    }
+
+    /// Sends the supervisor a BYE.
+    fn spy_bye(&mut self, mut s: Session, now: Instant) {
+        let branch = format!("z9hG4bKcfspy{:016x}", rand::random::<u64>());
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            s.peer.transport.via_name(),
+            s.peer.local
+        );
+        let bye = s.dialog.request(Method::Bye, &via);
+        let k = s.peer.tx_transport();
+        if let Err(e) = self.tl.send_request(bye, k, s.peer.clone(), now) {
+            warn!(error = %e, "BYE to the supervisor not sent");
         }
     }
 }
