@@ -11,6 +11,7 @@ use std::time::Duration;
 mod fabric;
 mod security;
 pub use security::check_device_credentials;
+mod spy;
 mod streams;
 pub use streams::TlsSection;
 mod voicemail;
@@ -44,6 +45,9 @@ pub struct Config {
 
     /// The secret fabric members sign their SIP to each other with (`config/fabric.rs`).
     pub fabric: Option<fabric::FabricSection>,
+
+    /// Supervisors: listen / whisper / barge from the phone (`config/spy.rs`).
+    pub supervisors: Option<spy::SupervisorsSection>,
 }
 
 /// `[presence]`: agents and devices as JIDs of an external component.
@@ -95,6 +99,12 @@ pub struct HttpSection {
     pub token: Option<String>,
     /// A file holding the token (first line; relative to the config file).
     pub token_file: Option<String>,
+    /// With `token_file`: when the file does not exist, a node (not the CLI) writes a fresh
+    /// random token into it (mode 0600) as it starts; the CLI then reads it with `--config`.
+    #[serde(default)]
+    pub create_token_file: bool,
+    /// The name of an environment variable holding the token (instead of `token`/`token_file`).
+    pub token_env: Option<String>,
 }
 
 /// The validated `[http]` section.
@@ -967,6 +977,8 @@ impl Loaded {
             voicemail: None,
 
             overload: Default::default(),
+
+            spy: self.spy()?,
             record_dir: match &g.record_dir {
                 None => None,
                 Some(d) => {
@@ -1214,12 +1226,36 @@ impl Loaded {
                 )
             })?,
         };
+        if h.create_token_file && h.token_file.is_none() {
+            return Err(anyhow!(
+                "{}: create_token_file needs token_file",
+                self.at("http", "create_token_file")
+            ));
+        }
         let token = match (&h.token, &h.token_file) {
+            _ if h.token_env.is_some() && (h.token.is_some() || h.token_file.is_some()) => {
+                return Err(anyhow!(
+                    "{}: give one of token, token_file and token_env",
+                    self.at("http", "token_env")
+                ))
+            }
             (Some(_), Some(_)) => {
                 return Err(anyhow!(
                     "{}: give token or token_file, not both",
                     self.at("http", "token_file")
                 ))
+            }
+            (None, None) if h.token_env.is_some() => {
+                let name = h.token_env.as_deref().unwrap_or_default();
+                match std::env::var(name) {
+                    Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
+                    _ => {
+                        return Err(anyhow!(
+                        "{}: the environment variable {name} holding the admin token is not set",
+                        self.at("http", "token_env")
+                    ))
+                    }
+                }
             }
             (Some(t), None) => Some(t.trim().to_owned()),
             (None, Some(f)) => {
@@ -1242,6 +1278,8 @@ impl Loaded {
                         "http",
                         if h.token.is_some() {
                             "token"
+                        } else if h.token_env.is_some() {
+                            "token_env"
                         } else {
                             "token_file"
                         }
@@ -1256,6 +1294,42 @@ impl Loaded {
             ));
         }
         Ok(Some(Http { listen, token }))
+    }
+
+    /// `[http] create_token_file`: writes a random admin token (32 hex digits, mode 0600) into
+    /// `token_file` if that file does not exist yet; returns its path when it wrote one.
+    pub fn create_token_file(&self) -> Result<Option<PathBuf>> {
+        let Some(h) = &self.config.http else {
+            return Ok(None);
+        };
+        let (true, Some(f)) = (h.create_token_file, &h.token_file) else {
+            return Ok(None);
+        };
+        let path = self.path.parent().unwrap_or(Path::new(".")).join(f);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = match opts.open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(e) => {
+                return Err(anyhow!(
+                    "{}: cannot create token file {}: {e}",
+                    self.at("http", "token_file"),
+                    path.display()
+                ))
+            }
+        };
+        let token = format!("{:032x}\n", rand::random::<u128>());
+        std::io::Write::write_all(&mut file, token.as_bytes()).map_err(|e| {
+            anyhow!(
+                "{}: cannot write token file {}: {e}",
+                self.at("http", "token_file"),
+                path.display()
+            )
+        })?;
+        Ok(Some(path))
     }
 
     /// The queues and number plan of `[acd]` as they are in the file now (for a reload).
@@ -1610,6 +1684,30 @@ mod tests {
     }
 
     #[test]
+    fn a_created_token_file_is_random_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("site.toml");
+        std::fs::write(
+            &p,
+            "[node]\nname = \"a\"\n[http]\ntoken_file = \"admin.token\"\ncreate_token_file = true\n",
+        )
+        .unwrap();
+        let l = Loaded::read(&p).unwrap();
+        let written = l.create_token_file().unwrap().expect("written");
+        let token = l.http().unwrap().unwrap().token.expect("token");
+        assert_eq!(token.len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&written).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A second start keeps it.
+        assert_eq!(l.create_token_file().unwrap(), None);
+        assert_eq!(l.http().unwrap().unwrap().token, Some(token));
+    }
+
+    #[test]
     fn http_section_defaults_to_loopback_and_guards_the_token() {
         let h = load("[node]\nname = \"a\"\n[http]\n")
             .unwrap()
@@ -1628,6 +1726,15 @@ mod tests {
             ("listen = \"0.0.0.0:8088\"", "not a loopback address"),
             ("token = \"short\"", "at least 16 characters"),
             ("token_file = \"missing.token\"", "cannot read token file"),
+            (
+                "token_env = \"CALLFABRIC_TEST_UNSET_TOKEN\"",
+                "CALLFABRIC_TEST_UNSET_TOKEN",
+            ),
+            (
+                "token_env = \"X\"\ntoken = \"0123456789abcdef\"",
+                "one of token",
+            ),
+            ("create_token_file = true", "needs token_file"),
         ] {
             let e = load(&format!("[node]\nname = \"a\"\n[http]\n{line}\n"))
                 .unwrap()

@@ -168,6 +168,9 @@ enum StatebusCmd {
     },
 }
 
+/// The trunk a site's gateway routes the ACD's numbers to (a queue reload adds new ones).
+pub(crate) const SITE_ACD_TRUNK: &str = "acd";
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     logging::init(cli.log_format);
@@ -211,6 +214,9 @@ fn main() -> Result<()> {
         let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         let site = loaded.config.node.site.clone();
         return rt.block_on(devices(cmd, &url, &realm, &site));
+    }
+    if let Some(path) = loaded.create_token_file()? {
+        println!("admin token written to {}", path.display());
     }
     let http_listen = loaded.http()?;
     let api = ApiExtras {
@@ -299,7 +305,7 @@ fn main() -> Result<()> {
                 let _vm = voicemail::start(vm_cfg, &mut gw, bus.clone()).await?;
                 // The gateway sends the queue numbers to the ACD and trusts it as a trunk.
                 gw.trunks.push(gateway::server::TrunkConfig {
-                    name: "acd".into(),
+                    name: SITE_ACD_TRUNK.into(),
                     address: acd.udp,
                     prefixes: acd
                         .numbers

@@ -486,7 +486,7 @@ fn metrics_parse_and_move_with_activity() {
 /// Devices through the API: created, listed (without credentials), a CSV import checked whole
 /// before anything is written (a bad line is named, nothing stored), then imported; deleted.
 /// Queue reload: a member added to the config file is a member after `queue reload`
-/// (CONFIGRELOAD), without a restart.
+/// (CONFIGRELOAD), without a restart; a queue added with a new number takes calls on it.
 #[test]
 fn devices_and_queue_reload() {
     let mut gw = site(&["PJSIP/2001"], "");
@@ -581,24 +581,51 @@ fn devices_and_queue_reload() {
 
     let cfg = gw.dir().join("site-a.toml");
     let text = std::fs::read_to_string(&cfg).expect("config");
-    let changed = text.replace(
-        r#"members = ["PJSIP/2001"]"#,
-        r#"members = ["PJSIP/2001", "PJSIP/2002"]"#,
-    );
+    let changed = text
+        .replace(
+            r#"members = ["PJSIP/2001"]"#,
+            r#"members = ["PJSIP/2001", "PJSIP/2002"]
+
+[[acd.queue]]
+name = "sales"
+strategy = "linear"
+timeout = 5
+retry = 1
+members = ["PJSIP/2001"]"#,
+        )
+        .replace(
+            "\"800\" = \"support\"",
+            "\"800\" = \"support\"\n\"801\" = \"sales\"",
+        );
     assert_ne!(text, changed);
     std::fs::write(&cfg, changed).expect("write config");
     let out = cli(&mut gw, &["queue", "reload"]);
     assert!(out.contains("updated [\"support\"]"), "{out}");
+    assert!(out.contains("added [\"sales\"]"), "{out}");
     let r = queue_log(&mut gw, "|CONFIGRELOAD|");
     assert_eq!(fields(&r), "NONE|NONE|NONE|CONFIGRELOAD|");
     let floor = admin(&mut gw, "GET", "/admin/queues", None);
-    let members: Vec<&str> = floor["queues"][0]["agents"]
+    let support = floor["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["queue"] == "support")
+        .expect("support");
+    let members: Vec<&str> = support["agents"]
         .as_array()
         .expect("agents")
         .iter()
         .filter_map(|a| a["interface"].as_str())
         .collect();
     assert_eq!(members, ["PJSIP/2001", "PJSIP/2002"]);
+
+    // The new queue's number is routed to the ACD at once: a caller on 801 reaches its agent.
+    let mut agent = answered_by(&mut gw, "2001");
+    let out = run_scenario(&uac_scenario(gw.dir()), gw.udp, caller("1001", "801")).expect("sipp");
+    assert_passes(&gw, &out, "a caller on the reloaded queue's new number");
+    queue_log(&mut gw, "|sales|PJSIP/2001|CONNECT|");
+    let out = agent.wait().expect("agent outcome");
+    assert_passes(&gw, &out, "the agent of the new queue");
 }
 
 /// Autopause through the binary: with `autopause = "yes"` and `autopausebusy`, the agent whose

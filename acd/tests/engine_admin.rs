@@ -293,3 +293,87 @@ fn reload_reconciles_queues_and_static_members() {
     e.join(t(3), Join::new("c1", "q")).expect("join");
     assert_eq!(offers(&drain(&mut e)), ["PJSIP/b"]);
 }
+
+/// autopauseunavail: a phone that cannot take the call (Asterisk's CONGESTION) counts as a
+/// miss only with it, and busy does not stand in for it (app_queue's `rna()` on CONGESTION).
+#[test]
+fn autopause_unavailable_counts_only_with_autopauseunavail() {
+    let mut q = queue("q", Strategy::Linear, &["PJSIP/a", "PJSIP/b"]);
+    q.autopause = AutoPause::Yes;
+    q.autopausebusy = true;
+    let mut e = engine(vec![q.clone()]);
+    e.join(t(0), Join::new("c1", "q")).expect("join");
+    drain(&mut e);
+    let a = e.offer_of("PJSIP/a").expect("offer");
+    e.offer_outcome(t(1), a, OfferOutcome::Unavailable)
+        .expect("unavailable");
+    let acts = drain(&mut e);
+    assert!(
+        logs(&acts, "PAUSE").is_empty(),
+        "not without autopauseunavail"
+    );
+    assert_eq!(offers(&acts), ["PJSIP/b"], "the next member at once");
+
+    q.autopausebusy = false;
+    q.autopauseunavail = true;
+    let mut e = engine(vec![q]);
+    e.join(t(0), Join::new("c1", "q")).expect("join");
+    drain(&mut e);
+    let a = e.offer_of("PJSIP/a").expect("offer");
+    e.offer_outcome(t(1), a, OfferOutcome::Unavailable)
+        .expect("unavailable");
+    let l = lines(&drain(&mut e));
+    assert!(
+        l.contains(&"1|NONE|q|PJSIP/a|PAUSE|Auto-Pause".to_owned()),
+        "{l:?}"
+    );
+}
+
+/// autopausedelay: a miss within the delay after the member's last call ended does not count;
+/// the same miss later does (virtual time).
+#[test]
+fn autopausedelay_spares_a_member_just_after_a_call() {
+    let mut q = queue("q", Strategy::Linear, &["PJSIP/a", "PJSIP/b"]);
+    q.autopause = AutoPause::Yes;
+    q.autopausedelay = 30;
+    q.retry = 0;
+    let mut e = engine(vec![q]);
+    // a takes a call that ends at t=10.
+    e.join(t(0), Join::new("c1", "q")).expect("join");
+    drain(&mut e);
+    let a = e.offer_of("PJSIP/a").expect("offer");
+    e.offer_outcome(t(1), a, OfferOutcome::Answered)
+        .expect("answer");
+    drain(&mut e);
+    e.call_completed(t(10), "c1", acd::CompletedBy::Caller)
+        .expect("done");
+    drain(&mut e);
+    // 20 s later (inside the 30 s delay) a misses an offer: no pause.
+    e.join(t(30), Join::new("c2", "q")).expect("join");
+    drain(&mut e);
+    let a = e.offer_of("PJSIP/a").expect("offer");
+    e.offer_outcome(t(31), a, OfferOutcome::NoAnswer)
+        .expect("no answer");
+    let acts = drain(&mut e);
+    assert!(logs(&acts, "PAUSE").is_empty(), "within autopausedelay");
+    assert!(!e.member_stats("q", "PJSIP/a").expect("a").paused);
+    let b = e.offer_of("PJSIP/b").expect("b next");
+    e.offer_outcome(t(32), b, OfferOutcome::Answered)
+        .expect("b answers");
+    drain(&mut e);
+    e.call_completed(t(33), "c2", acd::CompletedBy::Caller)
+        .expect("done");
+    drain(&mut e);
+    // 40 s after a's call (past the delay): the miss counts.
+    e.join(t(50), Join::new("c3", "q")).expect("join");
+    drain(&mut e);
+    let a = e.offer_of("PJSIP/a").expect("offer");
+    e.offer_outcome(t(51), a, OfferOutcome::NoAnswer)
+        .expect("no answer");
+    let l = lines(&drain(&mut e));
+    assert!(
+        l.contains(&"51|NONE|q|PJSIP/a|PAUSE|Auto-Pause".to_owned()),
+        "{l:?}"
+    );
+    assert!(e.member_stats("q", "PJSIP/a").expect("a").paused);
+}

@@ -26,8 +26,11 @@ mod mwi;
 mod security;
 mod shutdown;
 mod voicemail;
+
+mod spy;
 pub use security::BanEntry;
 pub use shutdown::FinishReport;
+pub use spy::SpyConfig;
 
 /// Everything the gateway needs; built by the binary from its config file.
 #[derive(Debug, Clone)]
@@ -101,6 +104,9 @@ pub struct GatewayConfig {
 
     /// Overload control (issue 16): standing-queue target, Retry-After of its 503s.
     pub overload: sip_core::overload::Config,
+
+    /// Supervisor listen / whisper / barge: feature codes and who may use them.
+    pub spy: SpyConfig,
 }
 
 /// A static SIP peer: another site's gateway, a legacy PBX, an ITSP without registration.
@@ -252,6 +258,10 @@ pub enum GatewayEvent {
         line: String,
     },
 }
+
+/// Trunk name → dialled prefixes routed to it in addition to its configured ones, set at run
+/// time ([`Gateway::set_trunk_prefixes`]: a site's ACD numbers after a queue reload).
+type ExtraPrefixes = Arc<std::sync::RwLock<HashMap<String, Vec<String>>>>;
 
 /// The relay legs of the calls in progress, shared with the [`Gateway`] handle for queries.
 type CallLegs = Arc<std::sync::Mutex<HashMap<b2bua::CallId, (Leg, Leg)>>>;
@@ -468,6 +478,7 @@ pub struct Gateway {
     active: Arc<std::sync::atomic::AtomicUsize>,
     guard: security::SharedGuard,
     tls: Option<Arc<transport::TlsState>>,
+    extra_prefixes: ExtraPrefixes,
 }
 
 impl Gateway {
@@ -621,10 +632,15 @@ impl Gateway {
             fabric_calls: HashMap::new(),
 
             overload,
+
+            spies: spy::Spies::default(),
+            extra_prefixes: ExtraPrefixes::default(),
         };
         let tls = core.transports.tls_state();
+        let extra_prefixes = core.extra_prefixes.clone();
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
+            extra_prefixes,
             tls,
             local,
             events: gw_events,
@@ -643,6 +659,16 @@ impl Gateway {
     /// connections already open keep theirs; on error the previous files stay in use).
     pub fn tls_state(&self) -> Option<Arc<transport::TlsState>> {
         self.tls.clone()
+    }
+
+    /// Routes the dialled prefixes `prefixes` to trunk `trunk` from now on, in addition to its
+    /// configured ones (replacing what an earlier call set; longest prefix wins as always).
+    pub fn set_trunk_prefixes(&self, trunk: &str, prefixes: Vec<String>) {
+        let prefixes = prefixes.into_iter().filter(|p| !p.is_empty()).collect();
+        self.extra_prefixes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(trunk.to_owned(), prefixes);
     }
 
     /// The calls in progress, in call order: parties and the relay's figures.
@@ -724,6 +750,10 @@ struct Core {
     overload: sip_core::overload::Overload,
     /// Message waiting (`server/mwi.rs`).
     mwi: mwi::MwiState,
+    /// Supervisors' calls (`server/spy.rs`).
+    spies: spy::Spies,
+    /// Prefixes routed to trunks beside their configured ones (set through the handle).
+    extra_prefixes: ExtraPrefixes,
 }
 
 /// Unix time, seconds (fabric signatures).
@@ -809,6 +839,7 @@ impl Core {
                         self.persist(&aor);
                     }
                     self.register_outbound(None);
+                    self.spy_retransmit(Instant::now());
                     self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
                     // A flood that stopped still gets its "N similar suppressed" line.
                     crate::transport::loglimit::flush();
@@ -999,6 +1030,7 @@ impl Core {
                 reason,
                 record,
             } => {
+                self.spy_call_ended(call);
                 let legs = self.media.closed.remove(&call);
                 let moh = self.media.moh_closed.remove(&call).unwrap_or_default();
                 info!(call = call.0, %reason, "call ended");
@@ -1069,6 +1101,9 @@ impl Core {
                 }
                 let in_dialog = tx_tag(&request).is_some();
                 if in_dialog && request.method != Method::Register {
+                    if self.spy_in_dialog(&key, &request, now) {
+                        return;
+                    }
                     if !self
                         .b2bua
                         .on_in_dialog(&key, request.clone(), &mut self.media, now)
@@ -1142,6 +1177,7 @@ impl Core {
                 }
                 self.b2bua.on_timeout(&key, &mut self.media, now);
             }
+            tx::Event::Ack { request, .. } if self.spy_ack(&request) => {}
             tx::Event::Ack { request, .. } => self.b2bua.on_ack(&request, &mut self.media, now),
             tx::Event::Terminated { key } => self.b2bua.on_terminated(&key),
         }
@@ -1191,6 +1227,9 @@ impl Core {
             }
         };
         if self.refused_while_draining(&key, &req, now) {
+            return;
+        }
+        if self.spy_invite(&key, &req, &caller, &source, now) {
             return;
         }
         let mut target = self.route(&req, &source);
@@ -1362,14 +1401,22 @@ impl Core {
                 forks: contacts.collect(),
             };
         }
+        let extra = self
+            .extra_prefixes
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let trunk = self
             .cfg
             .trunks
             .iter()
-            .flat_map(|t| t.prefixes.iter().map(move |p| (t, p)))
+            .flat_map(|t| {
+                let more = extra.get(&t.name).into_iter().flatten();
+                t.prefixes.iter().chain(more).map(move |p| (t, p))
+            })
             .filter(|(_, p)| dialled.starts_with(p.as_str()))
             .max_by_key(|(_, p)| p.len())
             .map(|(t, _)| t);
+        drop(extra);
         if let Some(t) = trunk {
             let number = dialled.get(t.strip.min(dialled.len())..).unwrap_or("");
             let (local, kind) = self.trunk_transport(t, source.local);

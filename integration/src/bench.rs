@@ -935,6 +935,8 @@ pub fn gateway_config(
         voicemail: None,
 
         overload: Default::default(),
+
+        spy: Default::default(),
     }
 }
 

@@ -371,7 +371,14 @@ pub(super) async fn reload(_: Admin, State(s): State<Sources>) -> Result<Json<Va
         )
     })?;
     let (engine, numbers) = reader().map_err(|e| bad(format!("{e:#}")))?;
-    match run(&s, AdminOp::Reload { engine, numbers }).await? {
+    // In site mode the gateway routes the queue numbers to the ACD as the trunk "acd": numbers
+    // new in the file are routed from now on.
+    let routed: Vec<String> = numbers.keys().cloned().collect();
+    let reply = run(&s, AdminOp::Reload { engine, numbers }).await?;
+    if let Some(gw) = &s.gateway {
+        gw.set_trunk_prefixes(crate::SITE_ACD_TRUNK, routed);
+    }
+    match reply {
         AdminReply::Reloaded(r) => Ok(Json(json!({
             "added": r.added_queues,
             "updated": r.updated_queues,

@@ -1146,6 +1146,10 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             let outcome = if not_rung {
                 info!(code, "offer refused before ringing the agent");
                 OfferOutcome::Refused
+            } else if matches!(code, 404 | 408 | 410 | 480 | 484 | 500..=599) {
+                // Asterisk's CONGESTION (autopauseunavail), not BUSY (autopausebusy).
+                info!(code, "agent's phone could not take the offer");
+                OfferOutcome::Unavailable
             } else {
                 info!(code, "agent refused the offer");
                 OfferOutcome::Busy

@@ -4,6 +4,17 @@
 
 use std::time::Duration;
 
+/// How an offer was missed, for autopause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Missed {
+    /// Not answered in time (always counts).
+    NoAnswer,
+    /// Refused by the phone (counts with `autopausebusy`).
+    Busy,
+    /// Failed for want of the phone (counts with `autopauseunavail`).
+    Unavailable,
+}
+
 use statebus::DeviceState;
 
 use super::{
@@ -149,22 +160,35 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// An offer to `a` in queue `q` was missed (no answer, or refused as busy when the queue
-    /// counts that): after `autopause_after` in a row, the member is paused with app_queue's
-    /// reason `Auto-Pause`, in this queue (`autopause = yes`) or in all of its queues
-    /// (`all`, with PAUSEALL). No dispatch here: pausing never frees anyone, and the callers
-    /// dispatch after the offer's end anyway.
-    pub(super) fn missed_offer(&mut self, q: QueueId, a: AgentId, busy: bool) {
+    /// An offer to `a` in queue `q` was missed (no answer; refused as busy with
+    /// `autopausebusy`; failed for want of the phone with `autopauseunavail`): after
+    /// `autopause_after` in a row, the member is paused with app_queue's reason `Auto-Pause`,
+    /// in this queue (`autopause = yes`) or in all of its queues (`all`, with PAUSEALL). Within
+    /// `autopausedelay` seconds of the end of the member's last call in this queue a miss does
+    /// not count (app_queue's `rna()`: no autopause while `lastcall` is that recent). No
+    /// dispatch here: pausing never frees anyone, and the callers dispatch after the offer's
+    /// end anyway.
+    pub(super) fn missed_offer(&mut self, q: QueueId, a: AgentId, why: Missed) {
         let cfg = &self.queues[q].cfg;
-        if cfg.autopause == AutoPause::No || (busy && !cfg.autopausebusy) {
+        let counts = match why {
+            Missed::NoAnswer => true,
+            Missed::Busy => cfg.autopausebusy,
+            Missed::Unavailable => cfg.autopauseunavail,
+        };
+        if cfg.autopause == AutoPause::No || !counts {
             return;
         }
         let (mode, after) = (cfg.autopause, cfg.autopause_after.max(1));
+        let delay = Duration::from_secs(cfg.autopausedelay);
         let Some(mi) = self.queues[q].index.get(&a).copied() else {
             return;
         };
+        let now = self.now;
         let m = &mut self.queues[q].members[mi];
         if m.paused {
+            return;
+        }
+        if m.last_call.is_some_and(|l| now.saturating_sub(l) < delay) {
             return;
         }
         m.missed = m.missed.saturating_add(1);

@@ -391,6 +391,14 @@ pub struct QueueConfig {
     /// `autopausebusy`: a member whose phone refuses the offer (busy) counts as missed too.
     #[serde(default)]
     pub autopausebusy: bool,
+    /// `autopauseunavail`: a member whose phone cannot take the call (5xx, 404, 408, 410,
+    /// 480, 484: Asterisk's CONGESTION) counts as missed too.
+    #[serde(default)]
+    pub autopauseunavail: bool,
+    /// `autopausedelay`: a miss within this many seconds of the end of the member's last call
+    /// in the queue does not count (0: off).
+    #[serde(default)]
+    pub autopausedelay: u64,
     /// Static members.
     #[serde(default)]
     pub members: Vec<MemberConfig>,
@@ -436,6 +444,8 @@ impl QueueConfig {
             autopause: AutoPause::No,
             autopause_after: default_autopause_after(),
             autopausebusy: false,
+            autopauseunavail: false,
+            autopausedelay: 0,
             members: Vec::new(),
         }
     }

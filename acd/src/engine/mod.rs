@@ -27,6 +27,7 @@ pub use types::{
     QueueLogEvent, QueueStats, Time,
 };
 
+use admin::Missed;
 use statebus::DeviceState;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -689,15 +690,19 @@ impl Engine {
             OfferOutcome::NoAnswer => {
                 self.end_offer(ck, a, false, true);
                 if let Some(q) = self.callers.get(&ck).map(|c| c.queue) {
-                    self.missed_offer(q, a, false);
+                    self.missed_offer(q, a, Missed::NoAnswer);
                 }
                 self.end_round_if_idle(ck);
                 self.dispatch_agent(a);
             }
-            OfferOutcome::Busy => {
+            OfferOutcome::Busy | OfferOutcome::Unavailable => {
                 self.end_offer(ck, a, false, true);
                 if let Some(q) = self.callers.get(&ck).map(|c| c.queue) {
-                    self.missed_offer(q, a, true);
+                    let why = match outcome {
+                        OfferOutcome::Busy => Missed::Busy,
+                        _ => Missed::Unavailable,
+                    };
+                    self.missed_offer(q, a, why);
                 }
                 self.continue_after_busy(ck);
                 self.dispatch_agent(a);
@@ -1146,7 +1151,7 @@ impl Engine {
                 for a in &offered {
                     self.end_offer(caller, *a, true, true);
                     if let Some(q) = q {
-                        self.missed_offer(q, *a, false);
+                        self.missed_offer(q, *a, Missed::NoAnswer);
                     }
                 }
                 self.end_round_if_idle(caller);

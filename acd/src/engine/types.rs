@@ -136,6 +136,10 @@ pub enum OfferOutcome {
     /// and the next member is tried at once (in the same ring window), as app_queue does on
     /// BUSY/CONGESTION and on an outgoing channel that hangs up (`rna()` in all three).
     Busy,
+    /// The call to the phone failed after it was placed for want of the phone (5xx, 404, 408,
+    /// 410, 480, 484: Asterisk's CONGESTION): routed as [`OfferOutcome::Busy`], and counted for
+    /// autopause only with `autopauseunavail` (app_queue's `rna()` on CONGESTION).
+    Unavailable,
     /// The member could not be rung at all: its gateway refused the offer before ringing the
     /// phone (no reachable contact, already in a call with ringinuse off, deadline passed) or
     /// the call could not be placed. app_queue logs nothing when `ast_request`/`ast_call` fail

@@ -6,6 +6,10 @@
 //! * [`latch`] (sans-IO): symmetric RTP latching for NAT'd phones, with the re-latch policy
 //!   that protects a running call from hijacking (see the module doc).
 //! * [`dtmf`] (sans-IO): RFC 4733 telephone-event detection and SIP INFO DTMF bodies.
+
+//! * [`mixer`]: supervisor listen / whisper / barge (sans-IO [`mixer::Mixer`]: G.711 decode,
+//!   saturating sum per listener without its own audio, 20 ms frames, bounded jitter buffers;
+//!   [`mixer::Spy`] runs it over relay legs).
 //! * [`moh`]: music on hold for the held party (sans-IO hold plan + players on relay legs).
 //! * [`relay`] (tokio): [`MediaRelay`] hands out [`Leg`]s (one UDP socket pair and one task
 //!   each); [`bridge`] connects two legs so that what one hears the other sends; a leg also
@@ -19,6 +23,7 @@
 pub mod audio;
 pub mod dtmf;
 pub mod latch;
+pub mod mixer;
 pub mod moh;
 pub mod ports;
 pub mod relay;
