@@ -12,7 +12,8 @@
 //! 2 s 880 Hz tone, `#`: the greeting's WAV holds it) and leaves (`*`): the bus goes
 //! to `new=0 old=1` (heard) and `new=0 old=0` (deleted), and the file is gone. Last, a call
 //! to 1001, which is not registered, goes straight to its mailbox (5001), and 1001 opens it
-//! with its PIN sent by SIP INFO.
+//! with its PIN sent by SIP INFO. And a device that rings unanswered for its `no_answer_secs`
+//! is cancelled and its caller reaches its mailbox.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -416,7 +417,7 @@ fn line_since(
 fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
     let dir = tempfile::tempdir().expect("tempdir");
     let smtp = Smtp::start(dir.path());
-    let mut spec = GatewaySpec::new("vm", &["1000", "1001"]);
+    let mut spec = GatewaySpec::new("vm", &["1000", "1001", "1002"]);
     // The SIPp phones cannot answer OPTIONS outside their scenarios.
     spec.qualify_interval_secs = 600.0;
     spec.extra = format!(
@@ -424,7 +425,8 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
          [voicemail.smtp]\nserver = \"127.0.0.1:{port}\"\nfrom = \"voicemail@vm.example\"\n\
          [[voicemail.mailbox]]\ndevice = \"1000\"\npin = \"4321\"\nemail = \"owner@vm.example\"\n\
          no_answer_secs = 0\n\
-         [[voicemail.mailbox]]\ndevice = \"1001\"\nmailbox = \"5001\"\npin = \"1\"\n",
+         [[voicemail.mailbox]]\ndevice = \"1001\"\nmailbox = \"5001\"\npin = \"1\"\n\
+         [[voicemail.mailbox]]\ndevice = \"1002\"\npin = \"2\"\nno_answer_secs = 2\n",
         port = smtp.port,
         lo = 31000 + (std::process::id() % 50) * 20,
         hi = 31019 + (std::process::id() % 50) * 20,
@@ -580,4 +582,26 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
     let out = sipp.wait().expect("SIPp outcome");
     assert_passes(&gw, &out, "1001 with its PIN by SIP INFO");
     gw.seen_since(mark, "MWI 5001@default new=0 old=1", WAIT);
+
+    // 5. 1002 rings and nobody answers: after 2 s its phone gets a CANCEL (the SIPp UAS
+    // passes only then) and the caller reaches its mailbox (`#` skips the greeting).
+    let mut ringing = answering_phone(&mut gw, "1002", "call_uas_cancel.xml", 1);
+    let mark = gw.mark();
+    call(&mut gw, dir.path(), "1001", "1002", |m| {
+        m.until("the greeting", |a| !a.is_empty());
+        m.key('#');
+        m.until_after_beep();
+        m.tone(1000);
+        m.key('#');
+    });
+    let out = ringing.wait().expect("the ringing phone's SIPp");
+    assert_passes(
+        &gw,
+        &out,
+        "the ringing phone cancelled after no_answer_secs",
+    );
+    line_since(&mut gw, mark, "the deposit for 1002", |l| {
+        l.starts_with("VOICEMAIL DEPOSIT 1002 ")
+    });
+    gw.seen_since(mark, "MWI 1002@default new=1 old=0", WAIT);
 }
