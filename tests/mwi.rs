@@ -12,17 +12,22 @@
 //! phone of the same mailbox still gets the next change.
 
 mod fabric_common;
+mod voicemail_common;
 
 use fabric_common::{asterisk_publish, server, T};
 use integration::baresip::{Baresip, BaresipOptions};
 use integration::gateway::{GatewayProcess, GatewaySpec};
+use integration::phones::answering_phone;
 use integration::sipp::{run_scenario, SippOpts, SippProcess};
 use integration::site::Bus;
 use integration::{repo_root, wait_until, ServerKind, XmppServer};
 use statebus::Bus as _;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use std::time::Instant;
+use voicemail_common::{call, line_since, tone_frames};
 
 fn scenario(name: &str) -> PathBuf {
     repo_root().join("tests/sipp").join(name)
@@ -274,6 +279,277 @@ fn message_waiting(kind: ServerKind) {
     );
     assert!(!out.messages.contains("Voice-Message: 4/0"));
     phone.kill();
+}
+
+/// When `p`'s message log first holds `what` `n` times (polled every 2 ms), or `None` once
+/// `stop` is set.
+fn first_seen(p: &SippProcess, what: &str, n: usize, stop: &AtomicBool) -> Option<Instant> {
+    while !stop.load(Ordering::Relaxed) {
+        if p.messages_so_far().matches(what).count() >= n {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// `mwi_subscribe.xml` up to its first NOTIFY (with its REGISTER when `register`; without it a
+/// phone whose device is registered elsewhere only SUBSCRIBEs), then: answer every NOTIFY 200
+/// until 120 s without one (the test reads the log and ends SIPp).
+fn subscribe_and_answer(dir: &std::path::Path, register: bool) -> PathBuf {
+    let text =
+        std::fs::read_to_string(scenario("mwi_subscribe.xml")).expect("read mwi_subscribe.xml");
+    let first_notify = text.find("  <recv request=\"NOTIFY\">").expect("a NOTIFY");
+    let head = if register {
+        text[..first_notify].to_owned()
+    } else {
+        let first_send = text.find("  <send").expect("a send");
+        let subscribe = text.find("SUBSCRIBE sip:").expect("a SUBSCRIBE");
+        let send = text[..subscribe].rfind("  <send").expect("its send");
+        format!("{}{}", &text[..first_send], &text[send..first_notify])
+    };
+    let tail = r#"  <label id="loop"/>
+  <recv request="NOTIFY" timeout="120000" ontimeout="done"/>
+  <send next="loop">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:[service]@[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <label id="done"/>
+  <pause milliseconds="10"/>
+  <Reference variables="expires"/>
+</scenario>
+"#;
+    let path = dir.join(if register {
+        "mwi_subscribe_loop.xml"
+    } else {
+        "mwi_subscribe_only_loop.xml"
+    });
+    std::fs::write(&path, format!("{head}{tail}")).expect("write scenario");
+    path
+}
+
+/// Issue 14 across sites, through two real gateways on one XMPP fabric: voicemail at site B
+/// (`gw-b`; mailbox 1000@default, PIN 4321) takes a message for its busy device 1000; a phone
+/// at site A (`gw-a`, device 2000 `--mailbox 1000@default`, SIPp subscribed to
+/// message-summary) and the owner's phone at B (SIPp, SUBSCRIBE only: 1000's registration is
+/// the busy phone) both get `yes 1/0`; the owner retrieves the message with the PIN by RFC 4733
+/// and deletes it: both lamps go off. Prints the time from the message's end (the caller's `#`)
+/// to the NOTIFY at site A, and from the delete key (`7`) to the lamp off at A.
+fn voicemail_across_sites(kind: ServerKind) {
+    let xmpp = server(kind);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = Bus::new(5.0, &["gw-a", "gw-b"]);
+    let mut spec_b = GatewaySpec::new("gw-b", &["1000", "1001"]);
+    spec_b.statebus = bus.section(&xmpp, "gw-b");
+    spec_b.qualify_interval_secs = 600.0;
+    let lo =
+        33000 + (std::process::id() % 40) * 40 + if kind == ServerKind::Prosody { 0 } else { 20 };
+    spec_b.extra = format!(
+        "\n[voicemail]\ndir = \"vm\"\nmax_message_secs = 30\nrtp_ports = \"{lo}-{hi}\"\n\
+         [[voicemail.mailbox]]\ndevice = \"1000\"\npin = \"4321\"\nno_answer_secs = 0\n",
+        hi = lo + 19,
+    );
+    let mut spec_a = GatewaySpec::new("gw-a", &["2000"]);
+    spec_a.statebus = bus.section(&xmpp, "gw-a");
+    spec_a.qualify_interval_secs = 600.0;
+    spec_a.device_args = vec![(
+        "2000".into(),
+        vec!["--mailbox".into(), "1000@default".into()],
+    )];
+    let mut gw_b = GatewayProcess::start(&binary(), spec_b);
+    let mut gw_a = GatewayProcess::start(&binary(), spec_a);
+    gw_a.wait_for(T, "site B's heartbeat at site A", |l| {
+        l.starts_with("PEER ") && l.contains(" up site=gw-b ")
+    });
+    gw_b.wait_for(T, "site A's heartbeat at site B", |l| {
+        l.starts_with("PEER ") && l.contains(" up site=gw-a ")
+    });
+
+    // The lamps: 2000 at site A, the owner's phone at site B.
+    let (mark_a, mark_b) = (gw_a.mark(), gw_b.mark());
+    let lamp_a = SippProcess::spawn(
+        &subscribe_and_answer(dir.path(), true),
+        Some(gw_a.udp),
+        &SippOpts {
+            timeout: Duration::from_secs(180),
+            ..SippOpts::user("2000", "secret")
+        },
+    )
+    .expect("start the SIPp subscriber at site A");
+    // The owner's phone at B is busy: its calls are answered 486.
+    let _busy = answering_phone(&mut gw_b, "1000", "call_uas_busy.xml", 1);
+    let lamp_b = SippProcess::spawn(
+        &subscribe_and_answer(dir.path(), false),
+        Some(gw_b.udp),
+        &SippOpts {
+            timeout: Duration::from_secs(180),
+            ..SippOpts::user("1000", "secret")
+        },
+    )
+    .expect("start the SIPp subscriber at site B");
+    gw_a.seen_since(mark_a, "MWI SUBSCRIBED 2000 1000@default", T);
+    gw_b.seen_since(mark_b, "MWI SUBSCRIBED 1000 1000@default", T);
+    let count = |p: &SippProcess, what: &str| p.messages_so_far().matches(what).count();
+    wait_until(T, "the initial NOTIFYs", || {
+        count(&lamp_a, "NOTIFY sip:") >= 1 && count(&lamp_b, "NOTIFY sip:") >= 1
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", gw_a.diag(), gw_b.diag()));
+
+    // A caller at B reaches the busy 1000's mailbox and leaves 1.5 s of tone. The message
+    // ends with the first packet of its `#`; a watcher thread notes when site A's NOTIFY is in.
+    let mark_b = gw_b.mark();
+    let mut ended = None;
+    let stop = AtomicBool::new(false);
+    let lit_at = std::thread::scope(|s| {
+        let watch = s.spawn(|| first_seen(&lamp_a, "Voice-Message: 1/0 ", 1, &stop));
+        call(&mut gw_b, dir.path(), "1001", "1000", |m| {
+            m.until_after_beep();
+            m.tone(1500);
+            ended = Some(Instant::now());
+            m.key('#');
+        });
+        let seen = wait_until(T, "site A's NOTIFY yes 1/0", || watch.is_finished());
+        stop.store(true, Ordering::Relaxed);
+        let at = watch.join().expect("the watcher thread");
+        seen.ok().and(at)
+    });
+    let deposit = line_since(&mut gw_b, mark_b, "the deposit", |l| {
+        l.starts_with("VOICEMAIL DEPOSIT 1000 ")
+    });
+    let wav = PathBuf::from(deposit.split_whitespace().nth(4).expect("the WAV's path"));
+    let pcm = media::audio::wav::read_wav(&wav).expect("the message's WAV");
+    let frames = tone_frames(&pcm, 440.0);
+    assert!(
+        (65..=80).contains(&frames),
+        "{frames} frames of 440 Hz in {}, not ~75 (1.5 s)",
+        wav.display()
+    );
+    let lit_a = lit_at
+        .zip(ended)
+        .map(|(at, end)| at - end)
+        .unwrap_or_else(|| {
+            panic!(
+                "no NOTIFY yes 1/0 at site A within {T:?} of the message's end\n{}\n{}\n{}",
+                lamp_a.messages_so_far(),
+                gw_a.diag(),
+                gw_b.diag()
+            )
+        });
+    gw_a.seen_since(mark_a, "MWI 1000@default new=1 old=0", T);
+    wait_until(T, "the lamp of the owner's phone at B", || {
+        count(&lamp_b, "Voice-Message: 1/0 ") >= 1
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lamp_b.messages_so_far(), gw_b.diag()));
+
+    // The owner dials *98 at B, enters the PIN by RFC 4733, hears the message, deletes it.
+    let mark_b = gw_b.mark();
+    let off_before = count(&lamp_a, "Voice-Message: 0/0 ");
+    let mut deleted = None;
+    let stop = AtomicBool::new(false);
+    let off_at = std::thread::scope(|s| {
+        let watch = s.spawn(|| first_seen(&lamp_a, "Voice-Message: 0/0 ", off_before + 1, &stop));
+        call(&mut gw_b, dir.path(), "1000", "*98", |m| {
+            m.until("the password prompt", |a| a.len() >= 1600);
+            for k in "4321#".chars() {
+                m.key(k);
+            }
+            let from = Instant::now();
+            let end = from + Duration::from_secs(40);
+            loop {
+                m.pump(Instant::now() + Duration::from_millis(100));
+                let heard = m.heard_since(from);
+                let frames = tone_frames(&heard, 440.0);
+                let tail = &heard[heard.len().saturating_sub(800)..];
+                if frames >= 65 && tone_frames(tail, 440.0) == 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "the message was not heard: {frames} frames of 440 Hz"
+                );
+            }
+            deleted = Some(Instant::now());
+            m.key('7');
+            // "deleted", "no more messages", the main menu; then `*`: goodbye, BYE.
+            let end = Instant::now() + T;
+            while m
+                .heard
+                .last()
+                .is_none_or(|(t, _)| t.elapsed() < Duration::from_millis(1500))
+            {
+                assert!(Instant::now() < end, "the main menu did not end");
+                m.pump(Instant::now() + Duration::from_millis(50));
+            }
+            m.key('*');
+        });
+        let seen = wait_until(T, "site A's NOTIFY 0/0", || watch.is_finished());
+        stop.store(true, Ordering::Relaxed);
+        let at = watch.join().expect("the watcher thread");
+        seen.ok().and(at)
+    });
+    line_since(&mut gw_b, mark_b, "the delete", |l| {
+        l.starts_with("VOICEMAIL DELETED 1000 ")
+    });
+    let off_a = off_at
+        .zip(deleted)
+        .map(|(at, d)| at - d)
+        .unwrap_or_else(|| {
+            panic!(
+                "no NOTIFY 0/0 at site A after the delete\n{}\n{}\n{}",
+                lamp_a.messages_so_far(),
+                gw_a.diag(),
+                gw_b.diag()
+            )
+        });
+    assert!(!wav.exists(), "the deleted message's file is gone");
+    wait_until(T, "the lamp off at B", || {
+        bodies(&lamp_b.messages_so_far()).last().map(String::as_str)
+            == Some("Messages-Waiting: no Voice-Message: 0/0 (0/0)")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lamp_b.messages_so_far(), gw_b.diag()));
+
+    // Each lamp: off, on at 1/0, (off at 0/1 once heard,) off at 0/0.
+    for (site, lamp) in [("A", &lamp_a), ("B", &lamp_b)] {
+        let seen = bodies(&lamp.messages_so_far());
+        let on = seen
+            .iter()
+            .position(|b| b == "Messages-Waiting: yes Voice-Message: 1/0 (0/0)");
+        assert!(
+            seen.first().map(String::as_str)
+                == Some("Messages-Waiting: no Voice-Message: 0/0 (0/0)")
+                && on.is_some_and(|i| seen[..i].iter().all(|b| b == &seen[0])
+                    && seen[i + 1..]
+                        .iter()
+                        .all(|b| b.starts_with("Messages-Waiting: no ")))
+                && seen.last().map(String::as_str)
+                    == Some("Messages-Waiting: no Voice-Message: 0/0 (0/0)"),
+            "site {site}'s lamp: off, on at 1/0, off after the delete: {seen:?}"
+        );
+    }
+    println!(
+        "issue 14 ({kind:?}): message end (#) -> NOTIFY yes at site A: {} ms; delete key (7) -> NOTIFY 0/0 at site A: {} ms",
+        lit_a.as_millis(),
+        off_a.as_millis()
+    );
+}
+
+#[test]
+fn voicemail_at_site_b_lights_site_a_on_prosody() {
+    voicemail_across_sites(ServerKind::Prosody);
+}
+
+#[test]
+fn voicemail_at_site_b_lights_site_a_on_ejabberd() {
+    voicemail_across_sites(ServerKind::Ejabberd);
 }
 
 #[test]
