@@ -581,6 +581,11 @@ async fn run_gateway_or_acd(
     // SIGINT and SIGTERM are ours from here on: they start a graceful shutdown.
     let mut signals = Signals::new()?;
     let mut rx = bus.subscribe();
+    // Counts published before this subscription (voicemail's startup publish, items already
+    // heard from the fabric) are printed as they stand now.
+    for m in bus.snapshot().mwi.values() {
+        println!("MWI {} new={} old={}", m.key(), m.new, m.old);
+    }
     let gw = match cfg {
         Some(cfg) => Some(Arc::new(
             gateway::server::Gateway::start(cfg, bus.clone())

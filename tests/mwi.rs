@@ -374,6 +374,9 @@ fn voicemail_across_sites(kind: ServerKind) {
         l.starts_with("PEER ") && l.contains(" up site=gw-a ")
     });
 
+    // Voicemail published the mailbox's counts at startup (before the printer subscribed).
+    gw_b.seen_since(0, "MWI 1000@default new=0 old=0", T);
+
     // The lamps: 2000 at site A, the owner's phone at site B.
     let (mark_a, mark_b) = (gw_a.mark(), gw_b.mark());
     let lamp_a = SippProcess::spawn(
