@@ -11,7 +11,7 @@ use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord}
 use crate::sip::message::{self, Method, Request, SipMessage};
 use crate::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
 use crate::transport::{self, TransportConfig, TransportEvent, Transports};
-use crate::transport::{earliest, receive_overload, sleep_until, transmit, Peer};
+use crate::transport::{earliest, receive_overload, sleep_until, transmit, Peer, Screened};
 use statebus::{Bus, DeviceState};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -1090,50 +1090,13 @@ impl Core {
                 request,
                 source,
                 ..
-            } => {
-                if let Err(rej) = message::validate_request_with(&request, b2bua::EXTENSIONS) {
-                    let _ = self.tl.send_response(&key, rej.response(&request), now);
-                    return;
+            } => match crate::transport::screen(&request, b2bua::EXTENSIONS) {
+                Screened::Reject(r) => {
+                    let _ = self.tl.send_response(&key, r, now);
                 }
-                if request.method == Method::Subscribe {
-                    self.on_subscribe(key, request, source, now);
-                    return;
-                }
-                let in_dialog = tx_tag(&request).is_some();
-                if in_dialog && request.method != Method::Register {
-                    if self.spy_in_dialog(&key, &request, now) {
-                        return;
-                    }
-                    if !self
-                        .b2bua
-                        .on_in_dialog(&key, request.clone(), &mut self.media, now)
-                    {
-                        let code = if request.method == Method::Options {
-                            200
-                        } else {
-                            481
-                        };
-                        let r = message::response_for(&request, code, "");
-                        let _ = self.tl.send_response(&key, r, now);
-                    }
-                    return;
-                }
-                if request.method == Method::Invite {
-                    self.on_invite(key, request, source, now);
-                    return;
-                }
-                let resp = self.handle_request(&request, source.clone());
-                if request.method == Method::Register {
-                    self.auth_failures(&request, &source);
-                    if resp.status_code.code() == 401 {
-                        self.send_challenge(&key, resp, &source);
-                        return;
-                    }
-                    self.respond_register(key, &request, resp);
-                } else if let Err(e) = self.tl.send_response(&key, resp, now) {
-                    debug!(error = %e, "response not sent");
-                }
-            }
+                Screened::New => self.on_request(key, request, source, false, now),
+                Screened::InDialog => self.on_request(key, request, source, true, now),
+            },
             tx::Event::Cancel {
                 key,
                 invite,
@@ -1180,6 +1143,56 @@ impl Core {
             tx::Event::Ack { request, .. } if self.spy_ack(&request) => {}
             tx::Event::Ack { request, .. } => self.b2bua.on_ack(&request, &mut self.media, now),
             tx::Event::Terminated { key } => self.b2bua.on_terminated(&key),
+        }
+    }
+
+    /// A new request, screened ([`Screened`]): SUBSCRIBE to message waiting, in-dialog ones to
+    /// a supervisor's call or the B2BUA, INVITE to [`Core::on_invite`], REGISTER to the
+    /// registrar, OPTIONS answered.
+    fn on_request(
+        &mut self,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        in_dialog: bool,
+        now: Instant,
+    ) {
+        if request.method == Method::Subscribe {
+            self.on_subscribe(key, request, source, now);
+            return;
+        }
+        if in_dialog && request.method != Method::Register {
+            if self.spy_in_dialog(&key, &request, now) {
+                return;
+            }
+            if !self
+                .b2bua
+                .on_in_dialog(&key, request.clone(), &mut self.media, now)
+            {
+                let code = if request.method == Method::Options {
+                    200
+                } else {
+                    481
+                };
+                let r = message::response_for(&request, code, "");
+                let _ = self.tl.send_response(&key, r, now);
+            }
+            return;
+        }
+        if request.method == Method::Invite {
+            self.on_invite(key, request, source, now);
+            return;
+        }
+        let resp = self.handle_request(&request, source.clone());
+        if request.method == Method::Register {
+            self.auth_failures(&request, &source);
+            if resp.status_code.code() == 401 {
+                self.send_challenge(&key, resp, &source);
+                return;
+            }
+            self.respond_register(key, &request, resp);
+        } else if let Err(e) = self.tl.send_response(&key, resp, now) {
+            debug!(error = %e, "response not sent");
         }
     }
 
@@ -1677,16 +1690,6 @@ fn contact_dest(contact: &str, source: &Peer) -> Peer {
         addr: SocketAddr::new(ip, port),
         ..source.clone()
     }
-}
-
-/// The To tag of a request, if any.
-fn tx_tag(req: &Request) -> Option<String> {
-    crate::sip::transaction::parse::field_tag(
-        &req.headers,
-        crate::sip::transaction::parse::Field::To,
-    )
-    .ok()
-    .flatten()
 }
 
 fn rand_u64() -> u64 {
