@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
+mod cdr;
 mod config;
 mod durable;
 mod fabric;
@@ -476,7 +477,7 @@ impl Gateway {
             devices: cache_handle,
             qualifying: HashMap::new(),
             reachable: HashMap::new(),
-            linked_agents: LinkedAgents::default(),
+            linked_agents: cdr::LinkedAgents::default(),
             b2bua,
             media: RelayMedia {
                 relay,
@@ -604,7 +605,7 @@ struct Core {
     /// INVITEs refused before a call was set up (numbers their CDRs).
     refused: u64,
     /// Linked id → the agent device whose answered call with that linked id has ended.
-    linked_agents: LinkedAgents,
+    linked_agents: cdr::LinkedAgents,
     /// Durable registrations (`server/durable.rs`).
     durable: durable::Durable,
     /// Graceful shutdown (`server/shutdown.rs`).
@@ -633,35 +634,6 @@ fn unix_secs() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Linked id → agent device, for the caller's CDR when the agent's call ends first; bounded
-/// (the caller's call may be at another gateway and never claim its entry).
-#[derive(Default)]
-struct LinkedAgents {
-    map: HashMap<String, String>,
-    order: std::collections::VecDeque<String>,
-}
-
-impl LinkedAgents {
-    const MAX: usize = 4096;
-
-    fn insert(&mut self, linkedid: String, device: String) {
-        if self.map.insert(linkedid.clone(), device).is_none() {
-            self.order.push_back(linkedid);
-        }
-        while self.order.len() > Self::MAX {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
-    }
-
-    fn remove(&mut self, linkedid: &str) -> Option<String> {
-        let d = self.map.remove(linkedid)?;
-        self.order.retain(|l| l != linkedid);
-        Some(d)
-    }
 }
 
 impl Core {
@@ -763,64 +735,6 @@ impl Core {
             if !progressed {
                 break;
             }
-        }
-    }
-
-    fn cdr(
-        &self,
-        call: &str,
-        reason: &str,
-        r: &b2bua::CallRecord,
-        legs: Option<&(LegStats, LegStats)>,
-        agent: Option<String>,
-    ) -> crate::records::Cdr {
-        let end = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-        let disposition = match (r.billsec, reason) {
-            (Some(_), _) => "ANSWERED",
-            (None, "486" | "600") => "BUSY",
-            (None, "cancel" | "no-answer" | "408" | "480" | "487" | "603") => "NO ANSWER",
-            (None, _) => "FAILED",
-        };
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let (a, b) = match legs {
-            Some((a, b)) => (Some(a), Some(b)),
-            None => (None, None),
-        };
-        let uniqueid = if r.uniqueid.is_empty() {
-            format!("{}-{}-{call}", self.cfg.node, std::process::id())
-        } else {
-            r.uniqueid.clone()
-        };
-        crate::records::Cdr {
-            linkedid: if r.linkedid.is_empty() {
-                uniqueid.clone()
-            } else {
-                r.linkedid.clone()
-            },
-            agent,
-            uniqueid,
-            node: self.cfg.node.clone(),
-            start_time: secs(end.saturating_sub(r.duration)),
-            answer_time: r.billsec.map(|b| secs(end.saturating_sub(b))),
-            end_time: secs(end),
-            src: r.caller.clone(),
-            dst: r.dialled.clone(),
-            src_device: r.caller_device.clone(),
-            dst_device: r.callee_device.clone(),
-            presented: r.presented.clone(),
-            disposition: disposition.into(),
-            reason: reason.into(),
-            duration: secs(r.duration),
-            billsec: r.billsec.map_or(0, secs),
-            rtp_in_a: a.map_or(0, |s| n(s.rtp_packets_in)),
-            rtp_in_b: b.map_or(0, |s| n(s.rtp_packets_in)),
-            lost_a: a.map_or(0, |s| s.lost),
-            lost_b: b.map_or(0, |s| s.lost),
-            jitter_a_us: a.map_or(0, |s| (s.jitter_ms * 1000.0) as i64),
-            jitter_b_us: b.map_or(0, |s| (s.jitter_ms * 1000.0) as i64),
         }
     }
 
@@ -941,16 +855,6 @@ impl Core {
                 self.write_cdr(cdr);
             }
         }
-    }
-
-    /// Stores a CDR off the call path (a failed write is logged).
-    fn write_cdr(&mut self, cdr: crate::records::Cdr) {
-        let store = self.records.clone();
-        self.shutdown.writes.push(tokio::spawn(async move {
-            if let Err(e) = store.insert_cdr(&cdr).await {
-                warn!(error = %e, "CDR not written");
-            }
-        }));
     }
 
     fn on_tx_event(&mut self, ev: tx::Event<Peer>) {
