@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
+mod arbiter;
 mod cdr;
 mod config;
 mod durable;
@@ -1033,81 +1034,9 @@ impl Core {
                 self.b2bua.sign_next = self.cfg.fabric.clone().map(|k| (k, unix_secs()));
             }
         }
-        // The arbiter against double offering and ghost calls: an ACD's offer (X-CF-Offer)
-        // that arrives after its deadline is refused (480 + Reason: the ACD gave up, nobody
-        // may ring for it); with ringinuse=no it is refused (486, "try the next") while the
-        // agent's device is in any call, so two ACD nodes racing for one agent get one call.
-        let offer = req.headers.iter().find_map(|h| match h {
-            rsip::Header::Other(n, v) if n.trim().eq_ignore_ascii_case(crate::offer::HEADER) => {
-                Some(crate::offer::Offer::parse(v))
-            }
-            _ => None,
-        });
-        let device = match &target {
-            b2bua::Target::Device { device, .. } => device.clone(),
-            _ => String::new(),
-        };
-        let queue = offer
-            .as_ref()
-            .and_then(|o| o.as_ref().ok())
-            .and_then(|o| o.queue.clone());
-        let refused = match offer {
-            None => None,
-            Some(Err(e)) => {
-                info!(%device, error = %e, "offer refused");
-                Some((400, "bad-offer", 0, e.to_string()))
-            }
-            Some(Ok(o)) => {
-                let now_ms = u64::try_from(
-                    SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_millis(),
-                )
-                .unwrap_or(u64::MAX);
-                match o.deadline_ms {
-                    Some(d) if o.expired(now_ms) => {
-                        let late = now_ms - d;
-                        info!(%device, late_ms = late, "offer refused: it arrived after its deadline");
-                        Some((480, "deadline", late, "offer deadline passed".to_owned()))
-                    }
-                    _ if !o.ringinuse && !device.is_empty() && self.b2bua.calls_of(&device) > 0 => {
-                        info!(%device, "offer refused: the agent is already in a call");
-                        target = b2bua::Target::Reject(486);
-                        let _ = self.events.send(GatewayEvent::OfferRefused {
-                            device: device.clone(),
-                            reason: "in-use",
-                            late_ms: 0,
-                        });
-                        None
-                    }
-                    _ => None,
-                }
-            }
-        };
-        if let Some((code, reason, late_ms, text)) = refused {
-            let mut r = message::response_for(&req, code, "");
-            r.headers.push(rsip::Header::Other(
-                "Reason".into(),
-                format!(
-                    "SIP;cause={code};text=\"{}\"",
-                    text.replace(['"', '\\'], "'")
-                ),
-            ));
-            r.headers.push(rsip::Header::Other(
-                crate::offer::REFUSED_HEADER.into(),
-                reason.into(),
-            ));
-            if let Err(e) = self.tl.send_response(&key, r, now) {
-                debug!(error = %e, "response not sent");
-            }
-            let _ = self.events.send(GatewayEvent::OfferRefused {
-                device,
-                reason,
-                late_ms,
-            });
+        let Some(queue) = self.arbitrate_offer(&key, &req, &mut target, now) else {
             return;
-        }
+        };
         let divert = self.voicemail_route(&caller, &req, &mut target);
         let invite_key = key.clone();
         self.media.incoming_queue = queue;
