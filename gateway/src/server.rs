@@ -2,9 +2,9 @@
 //! cache (SQL) + the state bus. Registrations drive device state: NOT_INUSE while a contact is
 //! registered and answers OPTIONS qualify, UNAVAILABLE when none is.
 
-use crate::b2bua::{self, B2bua, Caller, MediaControl};
+use crate::b2bua::{self, B2bua, Caller};
 use crate::devices::{DeviceCache, DeviceStore};
-use crate::media::{self as relay, Leg, LegStats, MediaRelay, RelayConfig};
+use crate::media::{LegStats, MediaRelay, RelayConfig};
 use crate::registrar::client::{OutboundRegistration, OutboundState};
 use crate::registrar::digest::Algorithm;
 use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord};
@@ -24,6 +24,7 @@ mod cdr;
 mod config;
 mod durable;
 mod fabric;
+mod relay;
 
 mod mwi;
 mod security;
@@ -32,6 +33,8 @@ mod voicemail;
 
 mod spy;
 pub use config::{GatewayConfig, GatewayError, TrunkConfig};
+use relay::{CallLegs, CallParties, RelayMedia};
+pub use relay::{LiveCall, Parties};
 pub use security::BanEntry;
 pub use shutdown::FinishReport;
 pub use spy::SpyConfig;
@@ -136,205 +139,6 @@ pub enum GatewayEvent {
 /// time ([`Gateway::set_trunk_prefixes`]: a site's ACD numbers after a queue reload).
 type ExtraPrefixes = Arc<std::sync::RwLock<HashMap<String, Vec<String>>>>;
 
-/// The relay legs of the calls in progress, shared with the [`Gateway`] handle for queries.
-type CallLegs = Arc<std::sync::Mutex<HashMap<b2bua::CallId, (Leg, Leg)>>>;
-
-/// Who is in each call in progress, shared with the [`Gateway`] handle for queries.
-type CallParties = Arc<std::sync::Mutex<HashMap<b2bua::CallId, Parties>>>;
-
-/// Who is in a call, as the gateway routed it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Parties {
-    /// The caller's user part (From).
-    pub caller: String,
-    /// The number dialled (Request-URI user).
-    pub dialled: String,
-    /// Calling device, if one of ours.
-    pub caller_device: Option<String>,
-    /// Called device, if one of ours.
-    pub callee_device: Option<String>,
-}
-
-/// A call in progress: who is in it and the relay's figures for both legs.
-#[derive(Debug, Clone)]
-pub struct LiveCall {
-    /// Gateway-local call number.
-    pub call: u64,
-    /// Caller, number dialled, devices.
-    pub parties: Parties,
-    /// Caller-side leg.
-    pub a: LegStats,
-    /// Callee-side leg.
-    pub b: LegStats,
-}
-
-/// [`MediaControl`] on the RTP relay.
-struct RelayMedia {
-    relay: MediaRelay,
-    legs: CallLegs,
-    parties: CallParties,
-    /// Parties of the INVITE being handed to the B2BUA: stored under its call number when
-    /// the B2BUA opens media for it.
-    incoming: Option<Parties>,
-    record_dir: Option<std::path::PathBuf>,
-    /// Final figures of calls closed but not yet reported.
-    closed: HashMap<b2bua::CallId, (LegStats, LegStats)>,
-    /// Music on hold: the sources, the queue of the INVITE being handed to the B2BUA (its
-    /// `X-CF-Offer`), the device-key prefix (stripped to find a device's music), each call's
-    /// hold state and players.
-    moh_sources: Arc<crate::media::moh::MohSources>,
-    incoming_queue: Option<String>,
-    device_prefix: String,
-    moh: HashMap<b2bua::CallId, crate::media::moh::CallMoh>,
-    /// Music-on-hold packets of calls closed but not yet reported.
-    moh_closed: HashMap<b2bua::CallId, [u64; 2]>,
-}
-
-impl RelayMedia {
-    fn with<R>(&self, call: b2bua::CallId, f: impl FnOnce(&Leg, &Leg) -> R) -> Option<R> {
-        let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
-        legs.get(&call).map(|(a, b)| f(a, b))
-    }
-}
-
-impl MediaControl for RelayMedia {
-    fn open(&mut self, call: b2bua::CallId) -> Option<b2bua::MediaPorts> {
-        let a = match self.relay.leg_now() {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "no RTP ports for a call");
-                return None;
-            }
-        };
-        let b = match self.relay.leg_now() {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "no RTP ports for a call");
-                return None;
-            }
-        };
-        let ports = b2bua::MediaPorts {
-            a: a.local_rtp(),
-            b: b.local_rtp(),
-        };
-        if let Some(dir) = &self.record_dir {
-            for (leg, side) in [(&a, "caller"), (&b, "callee")] {
-                record(leg, dir.join(format!("call-{}-{side}.wav", call.0)));
-            }
-        }
-        self.legs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(call, (a, b));
-        let mut moh = crate::media::moh::CallMoh::default();
-        moh.queue = self.incoming_queue.take();
-        if let Some(p) = self.incoming.take() {
-            let user = |d: &Option<String>| {
-                d.as_deref()
-                    .map(|d| d.strip_prefix(self.device_prefix.as_str()).unwrap_or(d))
-                    .map(str::to_owned)
-            };
-            moh.devices = [user(&p.caller_device), user(&p.callee_device)];
-            self.parties
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(call, p);
-        }
-        self.moh.insert(call, moh);
-        Some(ports)
-    }
-
-    fn set_remote(
-        &mut self,
-        call: b2bua::CallId,
-        side: b2bua::Side,
-        rtp: SocketAddr,
-        rtcp: Option<SocketAddr>,
-    ) {
-        self.with(call, |a, b| match side {
-            b2bua::Side::A => a.set_remote(rtp, rtcp),
-            b2bua::Side::B => b.set_remote(rtp, rtcp),
-        });
-    }
-
-    fn bridge(&mut self, call: b2bua::CallId) {
-        if let Some(Err(e)) = self.with(call, relay::bridge) {
-            warn!(error = %e, "cannot bridge call media");
-        }
-    }
-
-    fn close(&mut self, call: b2bua::CallId) {
-        if let Some(mut moh) = self.moh.remove(&call) {
-            moh.stop();
-            self.moh_closed.insert(call, moh.packets());
-        }
-        let legs = self
-            .legs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&call);
-        self.parties
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&call);
-        if let Some((a, b)) = legs {
-            a.close();
-            b.close();
-            self.closed.insert(call, (a.stats(), b.stats()));
-        }
-    }
-
-    fn idle(&self, call: b2bua::CallId, now: Instant) -> Option<Duration> {
-        // Either phone falling silent ends the call (Asterisk's rtptimeout is per channel).
-        self.with(call, |a, b| a.idle_for(now).max(b.idle_for(now)))
-    }
-
-    fn hold(&mut self, call: b2bua::CallId, holder: b2bua::Side, holding: bool) {
-        let Some(moh) = self.moh.get_mut(&call) else {
-            return;
-        };
-        let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((a, b)) = legs.get(&call) else {
-            return;
-        };
-        let p = match holder {
-            b2bua::Side::A => 0,
-            b2bua::Side::B => 1,
-        };
-        moh.set_hold(p, holding, [a, b], &self.moh_sources, Instant::now());
-        info!(
-            call = call.0,
-            holding,
-            music_to_caller = moh.playing(0),
-            music_to_callee = moh.playing(1),
-            "hold"
-        );
-    }
-}
-
-/// Records what arrives on `leg` (decoded G.711, reordered, gaps filled) and writes it to
-/// `path` as 16-bit PCM WAV when the leg closes.
-fn record(leg: &Leg, path: std::path::PathBuf) {
-    let mut rx = leg.subscribe();
-    tokio::spawn(async move {
-        let mut rec = crate::audio::RtpRecorder::default();
-        while let Some(pkt) = rx.recv().await {
-            rec.push(&pkt);
-        }
-        let write = tokio::task::spawn_blocking(move || {
-            rec.finish_to_path(&path, crate::audio::WavEncoding::Pcm16)
-                .map_err(|e| (path, e))
-        });
-        match write.await {
-            Ok(Ok(())) => {}
-            Ok(Err((path, e))) => {
-                warn!(path = %path.display(), error = %e, "recording not written")
-            }
-            Err(e) => warn!(error = %e, "recording task failed"),
-        }
-    });
-}
-
 /// A running gateway.
 pub struct Gateway {
     /// The bound listeners.
@@ -395,8 +199,6 @@ impl Gateway {
             cfg.rtp_ports.0,
             cfg.rtp_ports.1,
         ))?;
-        let legs: CallLegs = Arc::default();
-        let parties: CallParties = Arc::default();
         let (gw_events, _) = tokio::sync::broadcast::channel(1024);
         let b2bua = B2bua::new(b2bua::Config {
             t1: cfg.t1,
@@ -430,7 +232,6 @@ impl Gateway {
                 })
                 .collect()
         };
-        let record_dir = cfg.record_dir.clone();
         let dns: TrunkDns = Arc::default();
         let mut dns_tasks = Vec::new();
         if cfg.trunks.iter().any(|t| t.domain.is_some()) {
@@ -448,8 +249,13 @@ impl Gateway {
                 }
             }
         }
-        let moh_sources = cfg.moh.clone();
-        let device_prefix = cfg.device_prefix.clone();
+        let media = RelayMedia::new(
+            relay,
+            cfg.record_dir.clone(),
+            cfg.moh.clone(),
+            cfg.device_prefix.clone(),
+        );
+        let (legs, parties) = (media.legs.clone(), media.parties.clone());
         let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // Trunks are never banned (their calls are not authenticated by digest anyway).
@@ -480,19 +286,7 @@ impl Gateway {
             reachable: HashMap::new(),
             linked_agents: cdr::LinkedAgents::default(),
             b2bua,
-            media: RelayMedia {
-                relay,
-                legs: legs.clone(),
-                parties: parties.clone(),
-                incoming: None,
-                closed: HashMap::new(),
-                record_dir,
-                moh_sources,
-                incoming_queue: None,
-                device_prefix,
-                moh: HashMap::new(),
-                moh_closed: HashMap::new(),
-            },
+            media,
             published: HashMap::new(),
             events: gw_events.clone(),
             outbound,
@@ -542,23 +336,6 @@ impl Gateway {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(trunk.to_owned(), prefixes);
-    }
-
-    /// The calls in progress, in call order: parties and the relay's figures.
-    pub fn calls(&self) -> Vec<LiveCall> {
-        let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
-        let parties = self.parties.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = legs
-            .iter()
-            .map(|(id, (a, b))| LiveCall {
-                call: id.0,
-                parties: parties.get(id).cloned().unwrap_or_default(),
-                a: a.stats(),
-                b: b.stats(),
-            })
-            .collect();
-        v.sort_by_key(|c| c.call);
-        v
     }
 
     /// Stop serving.
