@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 mod arbiter;
 mod cdr;
 mod config;
+mod dialplan;
 mod durable;
 mod fabric;
 mod relay;
@@ -32,47 +33,14 @@ mod shutdown;
 mod voicemail;
 
 mod spy;
+mod trunks;
 pub use config::{GatewayConfig, GatewayError, TrunkConfig};
 use relay::{CallLegs, CallParties, RelayMedia};
 pub use relay::{LiveCall, Parties};
 pub use security::BanEntry;
 pub use shutdown::FinishReport;
 pub use spy::SpyConfig;
-
-/// Resolved targets of the trunks named by a domain, by trunk name.
-type TrunkDns = Arc<std::sync::Mutex<HashMap<String, crate::dns::TrunkTargets>>>;
-
-/// Resolves trunk `name`'s `host` now and again when its TTL runs out (or, after a failure,
-/// with back-off), into `dns`.
-fn spawn_trunk_dns(
-    resolver: crate::dns::TrunkResolver,
-    name: String,
-    (host, port): (String, Option<u16>),
-    dns: TrunkDns,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let result = resolver.resolve(&host, port).await;
-            let now = Instant::now();
-            let next = {
-                let mut map = dns.lock().unwrap_or_else(|p| p.into_inner());
-                let t = map.entry(name.clone()).or_default();
-                match result {
-                    Ok((targets, ttl)) => {
-                        info!(trunk = %name, %host, ?targets, ttl_s = ttl.as_secs(), "trunk resolved");
-                        t.resolved(targets, ttl, now);
-                    }
-                    Err(e) => {
-                        warn!(trunk = %name, error = %e, "trunk not resolved; retrying");
-                        t.failed(now);
-                    }
-                }
-                t.next_resolution().unwrap_or(now + crate::dns::MIN_TTL)
-            };
-            tokio::time::sleep_until(next.into()).await;
-        }
-    })
-}
+use trunks::{spawn_trunk_dns, TrunkDns};
 
 /// The device table as the registrar's credential store.
 #[derive(Debug, Clone)]
@@ -759,11 +727,7 @@ impl Core {
         };
         let caller = if from_member {
             Caller::default()
-        } else if let Some(t) = self.cfg.trunks.iter().find(|t| {
-            (t.domain.is_none() && t.address == source.addr)
-                || t.inbound_from.contains(&source.addr.ip())
-                || (t.domain.is_some() && self.trunk_addrs(t).contains(&source.addr))
-        }) {
+        } else if let Some(t) = self.calling_trunk(&source) {
             debug!(trunk = %t.name, "call from a trunk");
             Caller::default()
         } else {
@@ -842,115 +806,6 @@ impl Core {
         self.b2bua.sign_next = None;
         if let Some((number, node)) = fabric_to {
             self.track_fabric_call(number, node);
-        }
-    }
-
-    /// Where trunk `t` is now: its address, or a domain trunk's resolved targets in RFC 3263
-    /// order (failed ones last; none before the first resolution).
-    fn trunk_addrs(&self, t: &TrunkConfig) -> Vec<SocketAddr> {
-        if t.domain.is_none() {
-            return vec![t.address];
-        }
-        let map = self.dns.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&t.name)
-            .map(|d| d.ordered(Instant::now()))
-            .unwrap_or_default()
-    }
-
-    fn route(&self, req: &Request, source: &Peer) -> b2bua::Target {
-        let dialled = req
-            .uri
-            .auth
-            .as_ref()
-            .map(|a| a.user.clone())
-            .unwrap_or_default();
-        if dialled.is_empty() {
-            return b2bua::Target::Reject(404);
-        }
-        let device = self
-            .cfg
-            .extensions
-            .get(&dialled)
-            .and_then(|u| self.devices.get(u))
-            .or_else(|| self.devices.get(&dialled))
-            .or_else(|| self.devices.by_extension(&dialled));
-        if let Some(d) = device {
-            // Forking: every contact that did not fail its qualify, the newest first.
-            let aor = format!("sip:{}@{}", d.username, self.cfg.realm);
-            let mut contacts =
-                self.reachable_contacts(&aor)
-                    .into_iter()
-                    .map(|b| b2bua::ForkTarget {
-                        contact: b.uri.clone(),
-                        dest: contact_dest(&b.uri, &b.source),
-                    });
-            let Some(first) = contacts.next() else {
-                return b2bua::Target::Reject(480);
-            };
-            return b2bua::Target::Device {
-                device: self.device_key(&aor),
-                contact: first.contact,
-                dest: first.dest,
-                limit: usize::try_from(d.call_limit.max(0)).unwrap_or(0),
-                forks: contacts.collect(),
-            };
-        }
-        let extra = self
-            .extra_prefixes
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let trunk = self
-            .cfg
-            .trunks
-            .iter()
-            .flat_map(|t| {
-                let more = extra.get(&t.name).into_iter().flatten();
-                t.prefixes.iter().chain(more).map(move |p| (t, p))
-            })
-            .filter(|(_, p)| dialled.starts_with(p.as_str()))
-            .max_by_key(|(_, p)| p.len())
-            .map(|(t, _)| t);
-        drop(extra);
-        if let Some(t) = trunk {
-            let number = dialled.get(t.strip.min(dialled.len())..).unwrap_or("");
-            let (local, kind) = self.trunk_transport(t, source.local);
-            let mut dests = self.trunk_addrs(t).into_iter().map(|addr| Peer {
-                addr,
-                transport: kind,
-                local,
-            });
-            let Some(dest) = dests.next() else {
-                info!(trunk = %t.name, "trunk not resolved (yet): 503");
-                return b2bua::Target::Reject(503);
-            };
-            return b2bua::Target::Peer {
-                credentials: t.credentials.clone(),
-                uri: format!("sip:{number}@{}", t.host()),
-                dest,
-                fallbacks: dests.collect(),
-            };
-        }
-        b2bua::Target::Reject(404)
-    }
-
-    /// The listener and transport a trunk is reached over: UDP, or TLS over a new (or the
-    /// existing) connection when the trunk is configured `tls`.
-    fn trunk_transport(
-        &self,
-        t: &TrunkConfig,
-        fallback: SocketAddr,
-    ) -> (SocketAddr, transport::Transport) {
-        let addrs = self.transports.local_addrs();
-        if t.tls.is_some() {
-            let local = addrs.tls.first().copied().unwrap_or(fallback);
-            // A connection id never issued: the transports open (or reuse) a TLS connection.
-            (
-                local,
-                transport::Transport::Tls(transport::ConnectionId(u64::MAX)),
-            )
-        } else {
-            let local = addrs.udp.first().copied().unwrap_or(fallback);
-            (local, transport::Transport::Udp)
         }
     }
 

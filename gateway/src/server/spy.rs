@@ -140,12 +140,7 @@ impl Core {
             return refuse(self, 503, "too many supervisor sessions");
         }
         let target = self
-            .cfg
-            .extensions
-            .get(ext)
-            .and_then(|u| self.devices.get(u))
-            .or_else(|| self.devices.get(ext))
-            .or_else(|| self.devices.by_extension(ext))
+            .device_for(ext)
             .map(|d| format!("{}{}", self.cfg.device_prefix, d.username));
         let Some(device) = target else {
             return refuse(self, 404, "no such extension");
