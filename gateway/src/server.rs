@@ -8,7 +8,7 @@ use crate::media::{LegStats, MediaRelay, RelayConfig};
 use crate::registrar::client::{OutboundRegistration, OutboundState};
 use crate::registrar::digest::Algorithm;
 use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord};
-use crate::sip::message::{self, Method, Request, SipMessage};
+use crate::sip::message::{self, Method, Request};
 use crate::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
 use crate::transport::{self, TransportConfig, TransportEvent, Transports};
 use crate::transport::{earliest, receive_overload, sleep_until, transmit, Peer, Screened};
@@ -28,6 +28,8 @@ mod fabric;
 mod relay;
 
 mod mwi;
+mod presence;
+mod qualify;
 mod security;
 mod shutdown;
 mod voicemail;
@@ -35,6 +37,8 @@ mod voicemail;
 mod spy;
 mod trunks;
 pub use config::{GatewayConfig, GatewayError, TrunkConfig};
+use presence::user_of;
+use qualify::contact_dest;
 use relay::{CallLegs, CallParties, RelayMedia};
 pub use relay::{LiveCall, Parties};
 pub use security::BanEntry;
@@ -60,12 +64,6 @@ impl Credentials for DeviceCredentials {
                 .collect(),
         })
     }
-}
-
-fn user_of(aor: &str) -> &str {
-    aor.split_once(':')
-        .map(|(_, r)| r.split('@').next().unwrap_or(r))
-        .unwrap_or(aor)
 }
 
 /// Something the gateway reports to its owner (the binary prints these).
@@ -250,12 +248,11 @@ impl Gateway {
             tl: TransactionLayer::new(tcfg),
             registrar,
             devices: cache_handle,
-            qualifying: HashMap::new(),
-            reachable: HashMap::new(),
+            qualify: qualify::Qualify::default(),
             linked_agents: cdr::LinkedAgents::default(),
             b2bua,
             media,
-            published: HashMap::new(),
+            published: presence::Published::default(),
             events: gw_events.clone(),
             outbound,
             registering: HashMap::new(),
@@ -328,15 +325,13 @@ struct Core {
     transports: Transports,
     tl: TransactionLayer<Peer>,
     registrar: Registrar<DeviceCredentials, Peer>,
-    /// OPTIONS in flight: transaction → AOR.
-    qualifying: HashMap<TransactionKey, (String, String)>,
-    /// AOR → contact → whether its last qualify was answered (absent: not qualified yet).
-    reachable: HashMap<String, HashMap<String, bool>>,
+    /// Qualify: OPTIONS in flight, whether each contact answered its last (`server/qualify.rs`).
+    qualify: qualify::Qualify,
     devices: DeviceCache,
     b2bua: B2bua,
     media: RelayMedia,
-    /// Device key → state last published.
-    published: HashMap<String, DeviceState>,
+    /// Device state last published, by device key (`server/presence.rs`).
+    published: presence::Published,
     events: tokio::sync::broadcast::Sender<GatewayEvent>,
     /// Our registrations at ITSPs: (trunk name, state machine).
     outbound: Vec<(String, OutboundRegistration)>,
@@ -394,7 +389,7 @@ impl Core {
         // devices in a shared table are that site's gateway's to announce.
         for user in self.devices.usernames_of_site(&self.cfg.site) {
             let key = format!("{}{user}", self.cfg.device_prefix);
-            self.published.insert(key.clone(), DeviceState::Unavailable);
+            self.published.set(&key, DeviceState::Unavailable);
             self.bus
                 .publish_device_state(&key, DeviceState::Unavailable);
         }
@@ -464,7 +459,7 @@ impl Core {
                 progressed = true;
                 match ev {
                     RegistrarEvent::Registered { aor } | RegistrarEvent::Unregistered { aor } => {
-                        self.reachable.remove(&aor);
+                        self.qualify.forget(&aor);
                         let key = self.device_key(&aor);
                         self.refresh_device(&key);
                     }
@@ -482,38 +477,6 @@ impl Core {
                 break;
             }
         }
-    }
-
-    fn device_key(&self, aor: &str) -> String {
-        format!("{}{}", self.cfg.device_prefix, user_of(aor))
-    }
-
-    /// Publishes a device's state if it changed: what its calls make it while it is in a call
-    /// (a phone can call without being registered); otherwise NOT_INUSE with a live, reachable
-    /// contact and UNAVAILABLE without.
-    fn refresh_device(&mut self, key: &str) {
-        let Some(user) = key.strip_prefix(self.cfg.device_prefix.as_str()) else {
-            return;
-        };
-        let aor = format!("sip:{user}@{}", self.cfg.realm);
-        let registered = self.registrar.is_registered(&aor);
-        let in_call = self.b2bua.calls_of(key) > 0;
-        let state = if in_call {
-            self.b2bua.device_state(key)
-        } else if !registered || self.reachable_contacts(&aor).is_empty() {
-            DeviceState::Unavailable
-        } else {
-            DeviceState::NotInUse
-        };
-        if self.published.get(key) == Some(&state) {
-            return;
-        }
-        if state == DeviceState::Unavailable && !self.published.contains_key(key) {
-            return; // never announced: nothing to withdraw
-        }
-        self.published.insert(key.to_owned(), state);
-        info!(%key, %state, "device state");
-        self.bus.publish_device_state(key, state);
     }
 
     fn on_b2bua_action(&mut self, a: b2bua::Action) {
@@ -632,7 +595,7 @@ impl Core {
                     if self.mwi_response(&key, Some(response.status_code.code())) {
                         return;
                     }
-                    if let Some((aor, contact)) = self.qualifying.remove(&key) {
+                    if let Some((aor, contact)) = self.qualify.answered(&key) {
                         self.qualified(&aor, &contact, true);
                         return;
                     }
@@ -651,7 +614,7 @@ impl Core {
                 if self.mwi_response(&key, None) {
                     return;
                 }
-                if let Some((aor, contact)) = self.qualifying.remove(&key) {
+                if let Some((aor, contact)) = self.qualify.answered(&key) {
                     self.qualified(&aor, &contact, false);
                     return;
                 }
@@ -911,123 +874,7 @@ impl Core {
         }
     }
 
-    /// The bindings of `aor` that did not fail their last qualify, the newest first.
-    fn reachable_contacts(&self, aor: &str) -> Vec<&crate::registrar::Binding<Peer>> {
-        let marks = self.reachable.get(aor);
-        self.registrar
-            .contacts(aor)
-            .iter()
-            .rev()
-            .filter(|b| marks.and_then(|m| m.get(&b.key)) != Some(&false))
-            .collect()
-    }
-
-    /// OPTIONS to every binding of every registered AOR.
-    fn qualify_all(&mut self) {
-        let mut todo = Vec::new();
-        for aor in self.registrar.location().aors() {
-            for b in self.registrar.contacts(aor) {
-                let pending = (aor.to_owned(), b.key.clone());
-                if !self.qualifying.values().any(|q| *q == pending) {
-                    todo.push((pending, b.uri.clone(), contact_dest(&b.uri, &b.source)));
-                }
-            }
-        }
-        for ((aor, contact), uri, dest) in todo {
-            let Some(req) = self.options_request(&aor, &uri, &dest) else {
-                continue;
-            };
-            let kind = dest.tx_transport();
-            match self.tl.send_request(req, kind, dest, Instant::now()) {
-                Ok(key) => {
-                    self.qualifying.insert(key, (aor, contact));
-                }
-                Err(e) => debug!(error = %e, "cannot qualify"),
-            }
-        }
-    }
-
-    fn options_request(&self, aor: &str, contact: &str, via: &Peer) -> Option<Request> {
-        let proto = via.transport.via_name();
-        let branch = format!("z9hG4bK{:016x}", rand_u64());
-        let tag = format!("{:08x}", rand_u64() as u32);
-        let text = format!(
-            "OPTIONS {contact} SIP/2.0\r\nVia: SIP/2.0/{proto} {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:qualify@{realm}>;tag={tag}\r\nTo: <{aor}>\r\n\
-             Call-ID: {callid}@{local_ip}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            local = via.local,
-            realm = self.cfg.realm,
-            callid = rand_u64(),
-            local_ip = via.local.ip(),
-        );
-        match message::parse(text.as_bytes()) {
-            Ok(SipMessage::Request(r)) => Some(r),
-            _ => None,
-        }
-    }
-
-    /// The qualify of binding `contact` (its key) of `aor` was answered (`ok`) or not.
-    fn qualified(&mut self, aor: &str, contact: &str, ok: bool) {
-        if !self.registrar.is_registered(aor) {
-            return;
-        }
-        if ok {
-            self.durable.verified(aor, contact);
-        }
-        let marks = self.reachable.entry(aor.to_owned()).or_default();
-        let before = marks.insert(contact.to_owned(), ok);
-        // Forget bindings that are gone.
-        let live: Vec<String> = self
-            .registrar
-            .contacts(aor)
-            .iter()
-            .map(|b| b.key.clone())
-            .collect();
-        marks.retain(|k, _| live.contains(k));
-        if before != Some(ok) {
-            if ok && before == Some(false) {
-                info!(%aor, %contact, "contact answers OPTIONS again");
-            } else if !ok {
-                warn!(%aor, %contact, "contact does not answer OPTIONS: not rung until it does");
-            }
-            let key = self.device_key(aor);
-            self.refresh_device(&key);
-        }
-    }
-
     async fn transmit(&mut self, t: tx::Transmit<Peer>) {
         transmit(&self.transports, &mut self.tl, t).await;
     }
-}
-
-/// Where to send a request for a registered contact. Over TCP: the phone's connection. Over
-/// UDP: the address in the Contact when it is the very IP the REGISTER came from (the phone
-/// is not behind a NAT and said where it listens), otherwise the REGISTER's source (a NAT'd
-/// phone is reachable only through the pinhole its REGISTER opened; RFC 3581 symmetry).
-fn contact_dest(contact: &str, source: &Peer) -> Peer {
-    if source.transport.is_reliable() {
-        return source.clone();
-    }
-    let Some(uri) = message::parse_uri(contact) else {
-        return source.clone();
-    };
-    let ip = match &uri.host_with_port.host {
-        rsip::Host::IpAddr(ip) => *ip,
-        rsip::Host::Domain(d) => match d.to_string().parse::<std::net::IpAddr>() {
-            Ok(ip) => ip,
-            Err(_) => return source.clone(),
-        },
-    };
-    if ip != source.addr.ip() {
-        return source.clone();
-    }
-    let port = uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060);
-    Peer {
-        addr: SocketAddr::new(ip, port),
-        ..source.clone()
-    }
-}
-
-fn rand_u64() -> u64 {
-    rand::random()
 }

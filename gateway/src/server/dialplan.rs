@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use tracing::info;
 
-use super::contact_dest;
+use super::qualify::contact_dest;
 use super::{Core, TrunkConfig};
 use crate::b2bua;
 use crate::devices::DeviceRecord;

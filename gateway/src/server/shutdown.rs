@@ -200,14 +200,9 @@ impl Core {
             self.transmit(t).await;
         }
         info!("shutdown: registrations stored");
-        let keys: Vec<String> = self
-            .published
-            .iter()
-            .filter(|(_, s)| **s != DeviceState::Unavailable)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = self.published.available();
         for k in &keys {
-            self.published.insert(k.clone(), DeviceState::Unavailable);
+            self.published.set(k, DeviceState::Unavailable);
             self.bus.publish_device_state(k, DeviceState::Unavailable);
         }
         info!(devices = keys.len(), "shutdown: device states withdrawn");
