@@ -5,7 +5,6 @@
 use crate::b2bua::{self, B2bua, Caller};
 use crate::devices::{DeviceCache, DeviceStore};
 use crate::media::{LegStats, MediaRelay, RelayConfig};
-use crate::registrar::client::{OutboundRegistration, OutboundState};
 use crate::registrar::digest::Algorithm;
 use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord};
 use crate::sip::message::{self, Method, Request};
@@ -14,7 +13,6 @@ use crate::transport::{self, TransportConfig, TransportEvent, Transports};
 use crate::transport::{earliest, receive_overload, sleep_until, transmit, Peer, Screened};
 use statebus::{Bus, DeviceState};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
@@ -28,6 +26,7 @@ mod fabric;
 mod relay;
 
 mod mwi;
+mod outbound;
 mod presence;
 mod qualify;
 mod security;
@@ -176,28 +175,8 @@ impl Gateway {
             min_se: cfg.session_min_se,
             ..b2bua::Config::default()
         });
-        let outbound = {
-            cfg.trunks
-                .iter()
-                .filter_map(|t| {
-                    let (domain, expires) = t.register.clone()?;
-                    let creds = t.credentials.clone()?;
-                    // A TLS trunk registers over TLS, with our TLS listener in the Contact.
-                    let tls = t.tls.is_some() && !local.tls.is_empty();
-                    let from = if tls { &local.tls } else { &local.udp };
-                    let reg = OutboundRegistration::new(
-                        &format!("sip:{}", t.host()),
-                        &domain,
-                        creds,
-                        from.first().copied()?,
-                        expires,
-                        Duration::from_secs(30).min(cfg.qualify_interval * 30),
-                        Instant::now(),
-                    );
-                    Some((t.name.clone(), if tls { reg.over_tls() } else { reg }))
-                })
-                .collect()
-        };
+        let outbound =
+            outbound::Outbound::new(&cfg.trunks, &local, cfg.qualify_interval, Instant::now());
         let dns: TrunkDns = Arc::default();
         let mut dns_tasks = Vec::new();
         if cfg.trunks.iter().any(|t| t.domain.is_some()) {
@@ -255,8 +234,6 @@ impl Gateway {
             published: presence::Published::default(),
             events: gw_events.clone(),
             outbound,
-            registering: HashMap::new(),
-            register_dest: HashMap::new(),
             dns,
             records,
             refused: 0,
@@ -334,11 +311,7 @@ struct Core {
     published: presence::Published,
     events: tokio::sync::broadcast::Sender<GatewayEvent>,
     /// Our registrations at ITSPs: (trunk name, state machine).
-    outbound: Vec<(String, OutboundRegistration)>,
-    /// REGISTERs in flight → index in `outbound`.
-    registering: HashMap<TransactionKey, usize>,
-    /// Where each outbound registration's last REGISTER went (a domain trunk's target).
-    register_dest: HashMap<usize, SocketAddr>,
+    outbound: outbound::Outbound,
     /// Resolved targets of trunks named by a domain.
     dns: TrunkDns,
     /// The database, for CDRs.
@@ -599,7 +572,7 @@ impl Core {
                         self.qualified(&aor, &contact, true);
                         return;
                     }
-                    if let Some(i) = self.registering.remove(&key) {
+                    if let Some(i) = self.outbound.take(&key) {
                         self.register_outbound(Some((i, Some(response))));
                         return;
                     }
@@ -618,7 +591,7 @@ impl Core {
                     self.qualified(&aor, &contact, false);
                     return;
                 }
-                if let Some(i) = self.registering.remove(&key) {
+                if let Some(i) = self.outbound.take(&key) {
                     self.register_outbound(Some((i, None)));
                     return;
                 }
@@ -783,94 +756,6 @@ impl Core {
                 .handle_request(req, source, SystemTime::now()),
             Method::Options => message::response_for(req, 200, "OK"),
             _ => message::response_for(req, 501, "Not Implemented"),
-        }
-    }
-
-    /// Drives the outbound registrations: `done` is the final response (or `None`: no answer)
-    /// of registration `i`'s REGISTER; then every due REGISTER is sent.
-    fn register_outbound(&mut self, done: Option<(usize, Option<message::Response>)>) {
-        let now = Instant::now();
-        let mut to_send = Vec::new();
-        if let Some((i, resp)) = done {
-            // RFC 3263 §4.3: a domain trunk's target that timed out or answered 503 is tried
-            // last from now on (for a while).
-            if resp.as_ref().is_none_or(|r| r.status_code.code() == 503) {
-                if let (Some(addr), Some((name, _))) =
-                    (self.register_dest.get(&i), self.outbound.get(i))
-                {
-                    let mut map = self.dns.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(t) = map.get_mut(name) {
-                        warn!(trunk = %name, %addr, "trunk target failed; trying the next");
-                        t.mark_down(*addr, now);
-                    }
-                }
-            }
-            if let Some((name, reg)) = self.outbound.get_mut(i) {
-                let retry = match &resp {
-                    Some(r) => reg.on_response(r, now),
-                    None => {
-                        reg.on_timeout(now);
-                        None
-                    }
-                };
-                match reg.state() {
-                    OutboundState::Registered(_) => info!(trunk = %name, "registered at the trunk"),
-                    OutboundState::Unregistered => warn!(
-                        trunk = %name,
-                        why = reg.last_failure().unwrap_or("?"),
-                        "registration at the trunk failed; retrying later"
-                    ),
-                    OutboundState::Pending => {}
-                }
-                if let Some(r) = retry {
-                    to_send.push((i, r));
-                }
-            }
-        }
-        for (i, (_, reg)) in self.outbound.iter_mut().enumerate() {
-            if let Some(r) = reg.poll_request(now) {
-                to_send.push((i, r));
-            }
-        }
-        for (i, req) in to_send {
-            let Some(t) = self
-                .outbound
-                .get(i)
-                .and_then(|(name, _)| self.cfg.trunks.iter().find(|t| &t.name == name))
-            else {
-                continue;
-            };
-            let Some(addr) = self.trunk_addrs(t).first().copied() else {
-                debug!(trunk = %t.name, "trunk not resolved yet: REGISTER postponed");
-                if let Some((_, reg)) = self.outbound.get_mut(i) {
-                    reg.on_timeout(now);
-                }
-                continue;
-            };
-            self.register_dest.insert(i, addr);
-            // Over the trunk's transport: UDP, or TLS (the existing connection or a new one).
-            let (local, transport) = self.trunk_transport(t, addr);
-            let dest = Peer {
-                addr,
-                transport,
-                local,
-            };
-            let kind = if transport.is_reliable() {
-                tx::Transport::Reliable
-            } else {
-                tx::Transport::Unreliable
-            };
-            match self.tl.send_request(req, kind, dest, now) {
-                Ok(key) => {
-                    self.registering.insert(key, i);
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot send REGISTER to the trunk");
-                    if let Some((_, reg)) = self.outbound.get_mut(i) {
-                        reg.on_timeout(now);
-                    }
-                }
-            }
         }
     }
 
