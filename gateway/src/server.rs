@@ -2,27 +2,30 @@
 //! cache (SQL) + the state bus. Registrations drive device state: NOT_INUSE while a contact is
 //! registered and answers OPTIONS qualify, UNAVAILABLE when none is.
 
-use crate::b2bua::{self, B2bua, Caller};
+use crate::b2bua::{self, B2bua};
 use crate::devices::{DeviceCache, DeviceStore};
 use crate::media::{LegStats, MediaRelay, RelayConfig};
 use crate::registrar::digest::Algorithm;
 use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord};
-use crate::sip::message::{self, Method, Request};
-use crate::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
+use crate::sip::message::Request;
+use crate::sip::transaction::{self as tx, TransactionLayer};
 use crate::transport::{self, TransportConfig, TransportEvent, Transports};
-use crate::transport::{earliest, receive_overload, sleep_until, transmit, Peer, Screened};
+use crate::transport::{earliest, receive_overload, sleep_until, transmit, Peer};
 use statebus::{Bus, DeviceState};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 mod arbiter;
+mod calls;
 mod cdr;
 mod config;
 mod dialplan;
+mod dispatch;
 mod durable;
 mod fabric;
+mod invite;
 mod relay;
 
 mod mwi;
@@ -449,313 +452,6 @@ impl Core {
             if !progressed {
                 break;
             }
-        }
-    }
-
-    fn on_b2bua_action(&mut self, a: b2bua::Action) {
-        let now = Instant::now();
-        match a {
-            b2bua::Action::Request { key, request, dest } => {
-                let k = dest.tx_transport();
-                match self.tl.send_request(request, k, dest, now) {
-                    Ok(got) if got == key => {}
-                    Ok(got) => warn!(%got, %key, "transaction key mismatch"),
-                    Err(e) => {
-                        warn!(error = %e, "cannot send a call request");
-                        self.b2bua.on_timeout(&key, &mut self.media, now);
-                    }
-                }
-            }
-            b2bua::Action::Respond { key, response } => {
-                if let Err(e) = self.tl.send_response(&key, response, now) {
-                    debug!(error = %e, "call response not sent");
-                }
-            }
-            b2bua::Action::Stateless { message, dest } => {
-                let k = dest.tx_transport();
-                self.tl.send_stateless(message, dest, k);
-            }
-            b2bua::Action::Cancel { key, dest } => match self.tl.build_cancel(&key) {
-                Ok(cancel) => {
-                    let k = dest.tx_transport();
-                    if let Err(e) = self.tl.send_request(cancel, k, dest, now) {
-                        debug!(error = %e, "CANCEL not sent");
-                    }
-                }
-                Err(e) => debug!(error = %e, "nothing to cancel"),
-            },
-            b2bua::Action::DeviceChanged(key) => self.refresh_device(&key),
-            b2bua::Action::TargetFailed(addr) => {
-                let mut map = self.dns.lock().unwrap_or_else(|p| p.into_inner());
-                for (name, t) in map.iter_mut().filter(|(_, t)| t.contains(&addr)) {
-                    warn!(trunk = %name, %addr, "trunk target failed an INVITE; tried last for now");
-                    t.mark_down(addr, now);
-                }
-            }
-            b2bua::Action::CallEnded {
-                call,
-                reason,
-                record,
-            } => {
-                self.spy_call_ended(call);
-                let legs = self.media.closed.remove(&call);
-                let moh = self.media.moh_closed.remove(&call).unwrap_or_default();
-                info!(call = call.0, %reason, "call ended");
-                // The agent who answered a caller through an ACD: its call is linked to the
-                // caller's (the offer's linkedid) and may end before or after it.
-                let agent = if record.linkedid == record.uniqueid {
-                    self.linked_agents
-                        .remove(&record.uniqueid)
-                        .or_else(|| self.b2bua.answered_device_linked_to(&record.uniqueid))
-                } else {
-                    if let (Some(_), Some(d)) = (record.billsec, &record.callee_device) {
-                        self.linked_agents
-                            .insert(record.linkedid.clone(), d.clone());
-                    }
-                    None
-                };
-                let cdr = self.cdr(&call.0.to_string(), &reason, &record, legs.as_ref(), agent);
-                self.write_cdr(cdr);
-                let _ = self.events.send(GatewayEvent::CallEnded {
-                    call: call.0,
-                    reason,
-                    a: legs.as_ref().map(|l| l.0.clone()),
-                    b: legs.map(|l| l.1),
-                    moh,
-                });
-            }
-            b2bua::Action::CallRefused { code, record } => {
-                self.refused += 1;
-                info!(%code, caller = %record.caller, dialled = %record.dialled, "call refused");
-                let cdr = self.cdr(
-                    &format!("r{}", self.refused),
-                    &code.to_string(),
-                    &record,
-                    None,
-                    None,
-                );
-                self.write_cdr(cdr);
-            }
-        }
-    }
-
-    fn on_tx_event(&mut self, ev: tx::Event<Peer>) {
-        let now = Instant::now();
-        match ev {
-            tx::Event::Request {
-                key,
-                request,
-                source,
-                ..
-            } => match crate::transport::screen(&request, b2bua::EXTENSIONS) {
-                Screened::Reject(r) => {
-                    let _ = self.tl.send_response(&key, r, now);
-                }
-                Screened::New => self.on_request(key, request, source, false, now),
-                Screened::InDialog => self.on_request(key, request, source, true, now),
-            },
-            tx::Event::Cancel {
-                key,
-                invite,
-                request,
-                ..
-            } => {
-                self.b2bua
-                    .on_cancel(&key, &request, &invite, &mut self.media);
-            }
-            tx::Event::Response { key, response } => {
-                if response.status_code.code() >= 200 {
-                    if self.mwi_response(&key, Some(response.status_code.code())) {
-                        return;
-                    }
-                    if let Some((aor, contact)) = self.qualify.answered(&key) {
-                        self.qualified(&aor, &contact, true);
-                        return;
-                    }
-                    if let Some(i) = self.outbound.take(&key) {
-                        self.register_outbound(Some((i, Some(response))));
-                        return;
-                    }
-                }
-                self.b2bua.on_response(&key, response, &mut self.media, now);
-            }
-            tx::Event::StrayResponse { response, .. } => {
-                // A 2xx retransmission after the INVITE transaction ended: the dialog re-ACKs.
-                let _ = response;
-            }
-            tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
-                if self.mwi_response(&key, None) {
-                    return;
-                }
-                if let Some((aor, contact)) = self.qualify.answered(&key) {
-                    self.qualified(&aor, &contact, false);
-                    return;
-                }
-                if let Some(i) = self.outbound.take(&key) {
-                    self.register_outbound(Some((i, None)));
-                    return;
-                }
-                self.b2bua.on_timeout(&key, &mut self.media, now);
-            }
-            tx::Event::Ack { request, .. } if self.spy_ack(&request) => {}
-            tx::Event::Ack { request, .. } => self.b2bua.on_ack(&request, &mut self.media, now),
-            tx::Event::Terminated { key } => self.b2bua.on_terminated(&key),
-        }
-    }
-
-    /// A new request, screened ([`Screened`]): SUBSCRIBE to message waiting, in-dialog ones to
-    /// a supervisor's call or the B2BUA, INVITE to [`Core::on_invite`], REGISTER to the
-    /// registrar, OPTIONS answered.
-    fn on_request(
-        &mut self,
-        key: TransactionKey,
-        request: Request,
-        source: Peer,
-        in_dialog: bool,
-        now: Instant,
-    ) {
-        if request.method == Method::Subscribe {
-            self.on_subscribe(key, request, source, now);
-            return;
-        }
-        if in_dialog && request.method != Method::Register {
-            if self.spy_in_dialog(&key, &request, now) {
-                return;
-            }
-            if !self
-                .b2bua
-                .on_in_dialog(&key, request.clone(), &mut self.media, now)
-            {
-                let code = if request.method == Method::Options {
-                    200
-                } else {
-                    481
-                };
-                let r = message::response_for(&request, code, "");
-                let _ = self.tl.send_response(&key, r, now);
-            }
-            return;
-        }
-        if request.method == Method::Invite {
-            self.on_invite(key, request, source, now);
-            return;
-        }
-        let resp = self.handle_request(&request, source.clone());
-        if request.method == Method::Register {
-            self.auth_failures(&request, &source);
-            if resp.status_code.code() == 401 {
-                self.send_challenge(&key, resp, &source);
-                return;
-            }
-            self.respond_register(key, &request, resp);
-        } else if let Err(e) = self.tl.send_response(&key, resp, now) {
-            debug!(error = %e, "response not sent");
-        }
-    }
-
-    /// A new INVITE: who calls (a trunk by source address, or a device by digest), and where
-    /// to (dial plan: extension → device, device name, trunk prefix).
-    fn on_invite(&mut self, key: TransactionKey, req: Request, source: Peer, now: Instant) {
-        let from_member = match self.fabric_check(&key, &req, &source, now) {
-            Some(false) => return,
-            Some(true) => true,
-            None => false,
-        };
-        let caller = if from_member {
-            Caller::default()
-        } else if let Some(t) = self.calling_trunk(&source) {
-            debug!(trunk = %t.name, "call from a trunk");
-            Caller::default()
-        } else {
-            let auth = self.registrar.authorize(&req, SystemTime::now());
-            self.auth_failures(&req, &source);
-            match auth {
-                Ok(user) => {
-                    if let Err(r) = self.check_identity(&req, &user, &source) {
-                        let _ = self.tl.send_response(&key, r, now);
-                        return;
-                    }
-                    let key = self.device_key(&user.aor);
-                    let limit = self
-                        .devices
-                        .get(user_of(&user.aor))
-                        .map_or(0, |d| usize::try_from(d.call_limit.max(0)).unwrap_or(0));
-                    Caller {
-                        device: Some(key),
-                        limit,
-                    }
-                }
-                Err(challenge) => {
-                    self.log_unsigned_offer(&req, &source);
-                    self.send_challenge(&key, challenge, &source);
-                    return;
-                }
-            }
-        };
-        if self.refused_while_draining(&key, &req, now) {
-            return;
-        }
-        if self.spy_invite(&key, &req, &caller, &source, now) {
-            return;
-        }
-        let mut target = self.route(&req, &source);
-        // A queue number a live ACD node advertises goes there (signed), ahead of a static
-        // trunk prefix; a device of that name still wins.
-        let mut fabric_to = None;
-        if !matches!(target, b2bua::Target::Device { .. }) {
-            if let Some(t) = self.fabric_route(&req, &source) {
-                if let b2bua::Target::Peer { dest, .. } = &t {
-                    fabric_to = Some((b2bua::dialled_user(&req), dest.addr));
-                }
-                target = t;
-                self.b2bua.sign_next = self.cfg.fabric.clone().map(|k| (k, unix_secs()));
-            }
-        }
-        let Some(queue) = self.arbitrate_offer(&key, &req, &mut target, now) else {
-            return;
-        };
-        let divert = self.voicemail_route(&caller, &req, &mut target);
-        let invite_key = key.clone();
-        self.media.incoming_queue = queue;
-        self.media.incoming = Some(Parties {
-            caller: b2bua::caller_user(&req),
-            dialled: b2bua::dialled_user(&req),
-            caller_device: caller.device.clone(),
-            callee_device: match &target {
-                b2bua::Target::Device { device, .. } => Some(device.clone()),
-                _ => None,
-            },
-        });
-        self.b2bua.on_invite(
-            key,
-            req,
-            source,
-            b2bua::Routed { caller, target },
-            &mut self.media,
-            now,
-        );
-        if let Some(d) = divert {
-            self.b2bua.set_divert(&invite_key, d, now);
-        }
-        self.media.incoming = None;
-        self.media.incoming_queue = None;
-        self.b2bua.sign_next = None;
-        if let Some((number, node)) = fabric_to {
-            self.track_fabric_call(number, node);
-        }
-    }
-
-    fn handle_request(&mut self, req: &Request, source: Peer) -> message::Response {
-        // The request comes straight from the parser: its header grammar is checked already.
-        if let Err(rej) = message::validate_parsed_request(req) {
-            return rej.response(req);
-        }
-        match req.method {
-            Method::Register => self
-                .registrar
-                .handle_request(req, source, SystemTime::now()),
-            Method::Options => message::response_for(req, 200, "OK"),
-            _ => message::response_for(req, 501, "Not Implemented"),
         }
     }
 
