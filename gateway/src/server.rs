@@ -10,7 +10,7 @@ use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord}
 use crate::sip::message::Request;
 use crate::sip::transaction::{self as tx, TransactionLayer};
 use crate::transport::{self, TransportConfig, TransportEvent, Transports};
-use crate::transport::{earliest, receive_overload, sleep_until, transmit, Peer};
+use crate::transport::{receive_overload, sleep_until, transmit, Peer};
 use statebus::{Bus, DeviceState};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ mod shutdown;
 mod voicemail;
 
 mod spy;
+mod timers;
 mod trunks;
 pub use config::{GatewayConfig, GatewayError, TrunkConfig};
 use presence::user_of;
@@ -247,6 +248,7 @@ impl Gateway {
 
             spies: spy::Spies::default(),
             extra_prefixes: ExtraPrefixes::default(),
+            housekeeping: timers::Housekeeping::new(Instant::now()),
         };
         let tls = core.transports.tls_state();
         let extra_prefixes = core.extra_prefixes.clone();
@@ -343,6 +345,8 @@ struct Core {
     spies: spy::Spies,
     /// Prefixes routed to trunks beside their configured ones (set through the handle).
     extra_prefixes: ExtraPrefixes,
+    /// When housekeeping last ran, whether traffic came since (`server/timers.rs`).
+    housekeeping: timers::Housekeeping,
 }
 
 /// Unix time, seconds (fabric signatures).
@@ -369,7 +373,6 @@ impl Core {
             self.bus
                 .publish_device_state(&key, DeviceState::Unavailable);
         }
-        let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
         let mut qualify = tokio::time::interval(self.cfg.qualify_interval);
         qualify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is now: qualify the restored contacts (nothing else is registered yet)
@@ -379,37 +382,20 @@ impl Core {
         qualify.tick().await;
         self.qualify_all();
         loop {
-            let sleep = sleep_until(earliest(self.tl.poll_timeout(), self.b2bua.poll_timeout()));
+            let sleep = sleep_until(self.next_wake());
             tokio::select! {
                 ev = events.recv() => match ev {
                     None => break,
                     Some(ev) if self.admitted(&ev) => {
+                        self.housekeeping.traffic = true;
                         let backlog = events.len();
                         receive_overload(&self.transports, &mut self.tl, &mut self.overload, backlog, ev).await
                     }
-                    Some(_) => {}
+                    Some(_) => self.housekeeping.traffic = true,
                 },
-                _ = sleep => {
-                    let now = Instant::now();
-                    self.tl.handle_timeout(now);
-                    self.b2bua.handle_timeout(&mut self.media, now);
-                }
-                _ = housekeeping.tick() => {
-                    for aor in self.registrar.expire(SystemTime::now()) {
-                        self.persist(&aor);
-                    }
-                    self.register_outbound(None);
-                    self.spy_retransmit(Instant::now());
-                    self.guard.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
-                    // A flood that stopped still gets its "N similar suppressed" line.
-                    crate::transport::loglimit::flush();
-
-                    self.move_orphans();
-
-                    self.overload.tick(Instant::now());
-
-                    self.mwi_tick();
-                }
+                _ = sleep => self.on_timers(),
+                // A line suppressed on another task: its summary is due later (`next_wake`).
+                _ = crate::transport::loglimit::suppressed() => {}
                 Some(ev) = statebus::recv(&mut self.mwi.rx) => self.on_mwi_bus(ev),
                 _ = qualify.tick() => self.qualify_all(),
                 Some(seq) = self.durable.committed.recv() => self.committed(seq),

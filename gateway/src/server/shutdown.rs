@@ -133,6 +133,11 @@ impl Core {
         }
     }
 
+    /// While finishing: when the wait for the BYEs ends ([`Core::shutdown_step`] then stops).
+    pub(super) fn shutdown_deadline(&self) -> Option<Instant> {
+        self.shutdown.finishing.as_ref().map(|f| f.deadline)
+    }
+
     /// While draining, a new INVITE gets 503 with Retry-After; true when it was refused.
     pub(super) fn refused_while_draining(
         &mut self,

@@ -252,6 +252,14 @@ impl Core {
         }
     }
 
+    /// When [`Core::spy_retransmit`] next has something to do: a 200 to retransmit or give up.
+    pub(super) fn spy_deadline(&self) -> Option<Instant> {
+        (self.spies.sessions.values())
+            .filter_map(|s| s.unacked.as_ref())
+            .map(|(_, next, _, give_up)| (*next).min(*give_up))
+            .min()
+    }
+
     /// Retransmits unacknowledged 200s that are due (T1 doubling, at most T2); a session
     /// whose 200 got no ACK within 64·T1 ends with a BYE.
     pub(super) fn spy_retransmit(&mut self, now: Instant) {
