@@ -14,11 +14,11 @@ use crate::transport::{self, Peer};
 
 /// The trunk a request from `source` comes from: a trunk's exact address (IP and port), one
 /// of its `inbound_from` IPs, or one of a domain trunk's resolved targets (`resolved`).
-pub(super) fn identify<'a>(
-    trunks: &'a [TrunkConfig],
+pub(super) fn identify(
+    trunks: &[TrunkConfig],
     source: SocketAddr,
     resolved: impl Fn(&TrunkConfig) -> Vec<SocketAddr>,
-) -> Option<&'a TrunkConfig> {
+) -> Option<&TrunkConfig> {
     trunks.iter().find(|t| {
         (t.domain.is_none() && t.address == source)
             || t.inbound_from.contains(&source.ip())
