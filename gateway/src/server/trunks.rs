@@ -79,6 +79,17 @@ impl Core {
             .unwrap_or_default()
     }
 
+    /// `addr` over UDP from our first UDP listener (`fallback` when we have none): a fabric
+    /// member, voicemail.
+    pub(super) fn udp_peer(&self, addr: SocketAddr, fallback: SocketAddr) -> Peer {
+        let local = self.transports.local_addrs().udp.first().copied();
+        Peer {
+            addr,
+            transport: transport::Transport::Udp,
+            local: local.unwrap_or(fallback),
+        }
+    }
+
     /// The listener and transport a trunk is reached over: UDP, or TLS over a new (or the
     /// existing) connection when the trunk is configured `tls`.
     pub(super) fn trunk_transport(

@@ -27,17 +27,7 @@ impl Core {
         if is_offer {
             return None;
         }
-        let dest = Peer {
-            addr: vm.address,
-            transport: transport::Transport::Udp,
-            local: self
-                .transports
-                .local_addrs()
-                .udp
-                .first()
-                .copied()
-                .unwrap_or(vm.address),
-        };
+        let dest = self.udp_peer(vm.address, vm.address);
         let to = |user: String| b2bua::Target::Peer {
             uri: format!("sip:{user}@{}", vm.address),
             dest: dest.clone(),
