@@ -381,6 +381,7 @@ impl Core {
         // once or an interval later, by chance.
         qualify.tick().await;
         self.qualify_all();
+        self.walk_deadlines();
         loop {
             let sleep = sleep_until(self.next_wake());
             tokio::select! {
@@ -396,10 +397,19 @@ impl Core {
                 _ = sleep => self.on_timers(),
                 // A line suppressed on another task: its summary is due later (`next_wake`).
                 _ = crate::transport::loglimit::suppressed() => {}
-                Some(ev) = statebus::recv(&mut self.mwi.rx) => self.on_mwi_bus(ev),
+                Some(ev) = statebus::recv(&mut self.mwi.rx) => {
+                    self.housekeeping.traffic = true;
+                    self.on_mwi_bus(ev)
+                }
                 _ = qualify.tick() => self.qualify_all(),
-                Some(seq) = self.durable.committed.recv() => self.committed(seq),
-                Some(c) = control.recv() => self.on_control(c),
+                Some(seq) = self.durable.committed.recv() => {
+                    self.housekeeping.traffic = true;
+                    self.committed(seq)
+                }
+                Some(c) = control.recv() => {
+                    self.housekeeping.traffic = true;
+                    self.on_control(c)
+                }
             }
             self.drain().await;
             if self.shutdown_step().await {

@@ -1,7 +1,10 @@
 //! The event loop's timers: it sleeps until the earliest deadline the cores and stores expose
 //! (the transaction layer's and the B2BUA's `poll_timeout`, the next registration expiry, the
 //! next outbound REGISTER, a supervisor's unacknowledged 200, the MWI notifier, a due log
-//! summary, the end of the shutdown's BYE wait) instead of ticking every 250 ms.
+//! summary, the end of the shutdown's BYE wait) instead of ticking every 250 ms. The
+//! registration expiry and the MWI deadline walk every binding and subscription: they are
+//! recomputed at each housekeeping run, which follows within [`POLL`] anything that woke the
+//! loop (as the 250 ms tick did), not at every iteration.
 //!
 //! Work without a deadline of its own (moving the calls of a dead ACD node, which depends on
 //! the bus's liveness view; ending the overload controller's idle intervals; forgetting
@@ -20,12 +23,18 @@ pub(super) const POLL: Duration = Duration::from_millis(250);
 /// Least time between two housekeeping runs (a deadline that stays due cannot spin the loop).
 pub(super) const MIN_GAP: Duration = Duration::from_millis(10);
 
-/// When housekeeping last ran and whether traffic came since.
+/// When housekeeping last ran, whether anything happened since, and the deadlines that cost
+/// a walk over every binding or subscription to compute.
 #[derive(Debug)]
 pub(super) struct Housekeeping {
     last: Instant,
-    /// A transport event arrived since the last run.
+    /// Something woke the loop since the last run (a transport event, the bus, a commit, the
+    /// handle): a REGISTER or SUBSCRIBE may have moved a deadline.
     pub(super) traffic: bool,
+    /// The next registration expiry and MWI deadline, computed at each run (and at start):
+    /// they are O(bindings) and O(subscriptions), too dear for every loop iteration; anything
+    /// that can move them sets `traffic`, so a run within [`POLL`] recomputes them.
+    walked: Option<Instant>,
 }
 
 impl Housekeeping {
@@ -33,6 +42,7 @@ impl Housekeeping {
         Self {
             last: now,
             traffic: false,
+            walked: None,
         }
     }
 
@@ -40,7 +50,10 @@ impl Housekeeping {
     /// when `poll`; never sooner than [`MIN_GAP`] after the last run; `None`: nothing to do.
     pub(super) fn due(&self, poll: bool, deadlines: &[Option<Instant>]) -> Option<Instant> {
         let polled = poll.then_some(self.last + POLL);
-        let at = deadlines.iter().copied().fold(polled, earliest)?;
+        let at = deadlines
+            .iter()
+            .copied()
+            .fold(earliest(polled, self.walked), earliest)?;
         Some(at.max(self.last + MIN_GAP))
     }
 
@@ -64,7 +77,6 @@ impl Core {
     }
 
     fn housekeeping_due(&self) -> Option<Instant> {
-        let (now, wall) = (Instant::now(), SystemTime::now());
         let overload = self.overload.shedding()
             || self.overload.admit_fraction() < 1.0
             || !self.overload.standing_queue().is_zero();
@@ -72,14 +84,19 @@ impl Core {
         self.housekeeping.due(
             poll,
             &[
-                (self.registrar.next_expiry()).map(|t| instant_of(t, now, wall)),
                 self.outbound.poll_timeout(),
                 self.spy_deadline(),
-                self.mwi_deadline(),
                 crate::transport::loglimit::next_flush(),
                 self.shutdown_deadline(),
             ],
         )
+    }
+
+    /// Recomputes the deadlines that walk every binding and subscription.
+    pub(super) fn walk_deadlines(&mut self) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let expiry = (self.registrar.next_expiry()).map(|t| instant_of(t, now, wall));
+        self.housekeeping.walked = earliest(expiry, self.mwi_deadline());
     }
 
     /// The loop woke for a deadline: the cores' timers, then housekeeping when it is due.
@@ -108,6 +125,7 @@ impl Core {
         self.move_orphans();
         self.overload.tick(now);
         self.mwi_tick();
+        self.walk_deadlines();
         self.housekeeping.ran(now);
     }
 }
@@ -120,6 +138,19 @@ mod tests {
     fn an_idle_gateway_sleeps() {
         let h = Housekeeping::new(Instant::now());
         assert_eq!(h.due(false, &[None, None]), None);
+    }
+
+    #[test]
+    fn walked_deadlines_count_until_the_next_walk() {
+        let t0 = Instant::now();
+        let mut h = Housekeeping::new(t0);
+        h.walked = Some(t0 + Duration::from_secs(30));
+        assert_eq!(h.due(false, &[]), h.walked);
+        assert_eq!(
+            h.due(false, &[Some(t0 + Duration::from_secs(40))]),
+            h.walked
+        );
+        assert_eq!(h.due(true, &[]), Some(t0 + POLL));
     }
 
     #[test]
