@@ -30,7 +30,7 @@ mod voicemail;
 mod spy;
 pub use security::BanEntry;
 pub use shutdown::FinishReport;
-pub use spy::SpyConfig;
+pub use spy::{SpyCalling, SpyConfig, SpyMode, SpyOrder, SpyRefused};
 
 /// Everything the gateway needs; built by the binary from its config file.
 #[derive(Debug, Clone)]
@@ -1157,6 +1157,9 @@ impl Core {
                         return;
                     }
                 }
+                if self.spy_api_response(&key, &response, now) {
+                    return;
+                }
                 self.b2bua.on_response(&key, response, &mut self.media, now);
             }
             tx::Event::StrayResponse { response, .. } => {
@@ -1164,7 +1167,7 @@ impl Core {
                 let _ = response;
             }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
-                if self.mwi_response(&key, None) {
+                if self.mwi_response(&key, None) || self.spy_api_failed(&key) {
                     return;
                 }
                 if let Some((aor, contact)) = self.qualifying.remove(&key) {

@@ -5,6 +5,7 @@
 
 mod admin;
 mod metrics;
+mod spy;
 mod status;
 mod wallboard;
 
@@ -34,6 +35,9 @@ pub struct Sources {
     pub reload: Option<Reloader>,
     /// The device database (URL, realm) for `/admin/devices`.
     pub devices: Option<(String, String)>,
+    /// This node's site (`[node] site`): the site of devices created through the API unless
+    /// they name one.
+    pub site: String,
     /// Counters fed by the gateway's events.
     pub metrics: Arc<metrics::Totals>,
 }
@@ -53,6 +57,7 @@ impl Sources {
             token: None,
             reload: None,
             devices: None,
+            site: String::new(),
             metrics: Arc::default(),
         }
     }
@@ -91,6 +96,7 @@ pub fn routes() -> Vec<(
             delete(admin::delete_device),
         ),
         ("post", "/admin/devices/import", post(admin::import_devices)),
+        ("post", "/admin/calls/{call}/spy", post(spy::spy)),
     ]
 }
 
