@@ -530,10 +530,10 @@ fn devices_and_queue_reload() {
     assert_eq!(dev("3001")["mwi"], "subscribe", "{list}");
     // Sites (issue 17) and supervisors (issue 13): a device made through the API belongs to
     // this node's site unless it names one; the supervisor flag is stored, as `devices add
-    // --supervisor` stores it.
+    // --supervisor` stores it. PUT is POST's alias.
     admin(
         &mut gw,
-        "POST",
+        "PUT",
         "/admin/devices",
         Some(json!({"user": "3006", "password": "pw", "site": "lyon", "supervisor": true})),
     );

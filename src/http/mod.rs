@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use statebus::Bus;
 
@@ -90,6 +90,7 @@ pub fn routes() -> Vec<(
         ("post", "/admin/reload", post(admin::reload)),
         ("get", "/admin/devices", get(admin::devices)),
         ("post", "/admin/devices", post(admin::put_device)),
+        ("put", "/admin/devices", put(admin::put_device)),
         (
             "delete",
             "/admin/devices/{user}",
