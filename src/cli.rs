@@ -1,5 +1,5 @@
 //! The operator CLI over the admin API (`callfabric queue show`, `callfabric agent pause …`,
-//! `callfabric member add …`, `callfabric calls`): an HTTP client (hyper) of the node named by
+//! `callfabric member add …`, `callfabric calls`, `callfabric call spy …`): an HTTP client (hyper) of the node named by
 //! `--config` (its `[http]` listen address and token) or by `--url` and `--token`.
 
 use std::path::PathBuf;
@@ -111,6 +111,28 @@ pub enum MemberCmd {
         penalty: i32,
         #[arg(long)]
         queue: Option<String>,
+        #[command(flatten)]
+        api: Api,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CallCmd {
+    /// A supervisor listens to, whispers to or barges into a gateway call: the gateway calls
+    /// the supervisor's phone and joins it to the call once answered.
+    Spy {
+        /// The gateway's call number (`callfabric calls`).
+        call: u64,
+        /// The supervisor's device (`2001`).
+        #[arg(long)]
+        supervisor: String,
+        /// `listen`, `whisper` (the agent hears the supervisor) or `barge` (both do).
+        #[arg(long, default_value = "listen")]
+        mode: String,
+        /// The agent's device, when it is the calling party of the call (default: the called
+        /// party hears a whisper).
+        #[arg(long)]
+        agent: Option<String>,
         #[command(flatten)]
         api: Api,
     },
@@ -351,6 +373,33 @@ pub fn calls(api: Api) -> Result<()> {
                 c["b"]["jitter_ms"].as_f64().unwrap_or(0.0),
             );
         }
+        Ok(())
+    })
+}
+
+pub fn call_cmd(cmd: CallCmd) -> Result<()> {
+    rt()?.block_on(async {
+        let CallCmd::Spy {
+            call: n,
+            supervisor,
+            mode,
+            agent,
+            api,
+        } = cmd;
+        let r = call(
+            &api,
+            "POST",
+            &format!("/admin/calls/{n}/spy"),
+            Some(json!({"supervisor": supervisor, "mode": mode, "agent": agent})),
+        )
+        .await?;
+        println!(
+            "calling {} at {} to {} call {}",
+            s(&r["supervisor"]),
+            s(&r["calling"]),
+            s(&r["mode"]),
+            r["call"]
+        );
         Ok(())
     })
 }

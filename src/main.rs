@@ -77,6 +77,11 @@ enum Cmd {
         #[command(flatten)]
         api: cli::Api,
     },
+    /// Act on a live call of a running node: a supervisor spies on it (admin API).
+    Call {
+        #[command(subcommand)]
+        cmd: cli::CallCmd,
+    },
 }
 
 // Parsed once per run: the size of the `Add` variant costs nothing worth a Box.
@@ -126,6 +131,10 @@ enum DevicesCmd {
         /// every registration and on every change) or `off`.
         #[arg(long, default_value = "subscribe")]
         mwi: String,
+        /// The device may listen to, whisper to and barge into calls (as if listed in
+        /// `[supervisors] devices`).
+        #[arg(long)]
+        supervisor: bool,
     },
     /// List the devices.
     List {
@@ -182,6 +191,7 @@ fn main() -> Result<()> {
         Cmd::Agent { cmd } => return cli::agent(cmd),
         Cmd::Member { cmd } => return cli::member(cmd),
         Cmd::Calls { api } => return cli::calls(api),
+        Cmd::Call { cmd } => return cli::call_cmd(cmd),
         cmd => Cli { cmd, ..cli },
     };
     // Config is read (and SSL_CERT_FILE possibly set) before the runtime starts any thread.
@@ -231,6 +241,7 @@ fn main() -> Result<()> {
             (Ok(url), Some(g)) => Some((url, g.realm.clone())),
             _ => None,
         },
+        site: loaded.config.node.site.clone(),
     };
     let shutdown = loaded.shutdown()?;
     let xmpp_cfg = match loaded.config.statebus.backend {
@@ -343,7 +354,8 @@ fn main() -> Result<()> {
             | Cmd::Queue { .. }
             | Cmd::Agent { .. }
             | Cmd::Member { .. }
-            | Cmd::Calls { .. } => Ok(()),
+            | Cmd::Calls { .. }
+            | Cmd::Call { .. } => Ok(()),
         };
         if let Some(p) = presence {
             p.shutdown().await;
@@ -363,9 +375,11 @@ fn config_path(cmd: &Cmd) -> &std::path::Path {
         | Cmd::Devices {
             cmd: DevicesCmd::Add { config, .. } | DevicesCmd::List { config },
         } => config,
-        Cmd::Queue { .. } | Cmd::Agent { .. } | Cmd::Member { .. } | Cmd::Calls { .. } => {
-            std::path::Path::new("")
-        }
+        Cmd::Queue { .. }
+        | Cmd::Agent { .. }
+        | Cmd::Member { .. }
+        | Cmd::Calls { .. }
+        | Cmd::Call { .. } => std::path::Path::new(""),
     }
 }
 
@@ -495,6 +509,7 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str, node_site: &str) -> R
 
             mailbox,
             mwi,
+            supervisor,
             ..
         } => {
             let password = password::read(
@@ -525,20 +540,22 @@ async fn devices(cmd: &DevicesCmd, url: &str, realm: &str, node_site: &str) -> R
             }
             d.mailbox = mailbox.clone();
             d.mwi = mwi.to_ascii_lowercase();
+            d.supervisor = *supervisor;
             store.upsert(&d).await?;
             println!("device {user} saved");
         }
         DevicesCmd::List { .. } => {
             for d in store.load_all().await? {
                 println!(
-                    "{} realm={} site={} extension={} name={:?} mailbox={} mwi={}",
+                    "{} realm={} site={} extension={} name={:?} mailbox={} mwi={} supervisor={}",
                     d.username,
                     d.realm,
                     d.site,
                     d.extension.as_deref().unwrap_or("-"),
                     d.display_name,
                     d.mailbox_key(),
-                    d.mwi
+                    d.mwi,
+                    d.supervisor
                 );
             }
         }
@@ -562,6 +579,8 @@ async fn run_gateway(
 struct ApiExtras {
     reload: Option<http::Reloader>,
     devices: Option<(String, String)>,
+    /// `[node] site`: devices created through the API belong to it unless they name one.
+    site: String,
 }
 
 type HttpSetup = (Option<config::Http>, ApiExtras);
@@ -637,6 +656,7 @@ async fn run_gateway_or_acd(
                 sources.token = h.token.map(Arc::from);
                 sources.reload = node.as_ref().and(extras.reload);
                 sources.devices = extras.devices;
+                sources.site = extras.site;
                 http::serve(listen, sources)
                     .await
                     .with_context(|| format!("status API on {listen}"))

@@ -37,6 +37,8 @@ fn site_with(members: &[&str], acd_extra: &str, queue_extra: &str) -> GatewayPro
     let acd_port = free_udp_port();
     let mut spec = GatewaySpec::new("site-a", &["1001", "1002", "2001", "2002"]);
     spec.command = "site".into();
+    // `devices add --supervisor` (issue 13): checked in `devices_and_queue_reload`.
+    spec.device_args = vec![("2002".into(), vec!["--supervisor".into()])];
     spec.qualify_interval_secs = 300.0;
     spec.extra = format!(
         r#"
@@ -526,6 +528,44 @@ fn devices_and_queue_reload() {
     assert_eq!(dev("3004")["mwi"], "unsolicited", "{list}");
     assert_eq!(dev("3001")["mailbox"], "3001@default", "{list}");
     assert_eq!(dev("3001")["mwi"], "subscribe", "{list}");
+    // Sites (issue 17) and supervisors (issue 13): a device made through the API belongs to
+    // this node's site unless it names one; the supervisor flag is stored, as `devices add
+    // --supervisor` stores it. PUT is POST's alias.
+    admin(
+        &mut gw,
+        "PUT",
+        "/admin/devices",
+        Some(json!({"user": "3006", "password": "pw", "site": "lyon", "supervisor": true})),
+    );
+    let list = admin(&mut gw, "GET", "/admin/devices", None);
+    let dev = |u: &str| {
+        list.as_array()
+            .and_then(|a| a.iter().find(|d| d["user"] == u).cloned())
+            .unwrap_or_else(|| panic!("no {u} in {list}"))
+    };
+    assert_eq!(dev("3001")["site"], "site-a", "{list}");
+    assert_eq!(dev("3001")["supervisor"], false, "{list}");
+    assert_eq!(dev("3006")["site"], "lyon", "{list}");
+    assert_eq!(dev("3006")["supervisor"], true, "{list}");
+    assert_eq!(
+        dev("2002")["supervisor"],
+        true,
+        "devices add --supervisor: {list}"
+    );
+    assert_eq!(dev("2001")["supervisor"], false, "{list}");
+    let (status, body) = http(
+        &mut gw,
+        "POST",
+        "/admin/devices/import",
+        Some(TOKEN),
+        Some("user,password,site,supervisor\n3007,pw,lyon,yes\n3008,pw,lyon,often\n"),
+        "text/csv",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("CSV line 3") && body.contains("supervisor"),
+        "{body}"
+    );
     let (status, body) = http(
         &mut gw,
         "POST",
@@ -567,6 +607,33 @@ fn devices_and_queue_reload() {
         u.contains(&"3002".to_owned()) && u.contains(&"3003".to_owned()),
         "{u:?}"
     );
+    let with_site = "user,password,site,supervisor\n3007,pw,lyon,yes\n3008,pw,,\n";
+    let (status, body) = http(
+        &mut gw,
+        "POST",
+        "/admin/devices/import",
+        Some(TOKEN),
+        Some(with_site),
+        "text/csv",
+    );
+    assert_eq!(status, 200, "{body}");
+    let list = admin(&mut gw, "GET", "/admin/devices", None);
+    let dev = |u: &str| {
+        list.as_array()
+            .and_then(|a| a.iter().find(|d| d["user"] == u).cloned())
+            .unwrap_or_else(|| panic!("no {u} in {list}"))
+    };
+    // A CSV without the columns (3002): this node's site, no supervisor.
+    assert_eq!(dev("3002")["site"], "site-a", "{list}");
+    assert_eq!(dev("3002")["supervisor"], false, "{list}");
+    assert_eq!(dev("3007")["site"], "lyon", "{list}");
+    assert_eq!(dev("3007")["supervisor"], true, "{list}");
+    assert_eq!(
+        dev("3008")["site"],
+        "",
+        "an empty site: every gateway's: {list}"
+    );
+    assert_eq!(dev("3008")["supervisor"], false, "{list}");
     admin(&mut gw, "DELETE", "/admin/devices/3001", None);
     assert!(!users(&mut gw).contains(&"3001".to_owned()));
     let (status, _) = http(

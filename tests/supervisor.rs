@@ -228,8 +228,29 @@ fn uac(dir: &Path, name: &str, port_file: &Path, pause_ms: u64, wait_bye: bool) 
 /// The agent 1002: `call_uas.xml` answering with `rtp_port` in its SDP and writing the
 /// gateway's port into `port_file`, registered by a second SIPp.
 fn agent_phone(gw: &mut GatewayProcess, rtp_port: u16, port_file: &Path) -> SippProcess {
-    let text = std::fs::read_to_string(scenario("call_uas.xml")).expect("read scenario");
+    uas_phone(gw, "1002", None, rtp_port, port_file)
+}
+
+/// Device `user`'s phone: `call_uas.xml` (or, with `hangup_ms`, `call_uas_hangup.xml` hanging
+/// up that long after the ACK) answering with `rtp_port` in its SDP and writing the gateway's
+/// port into `port_file`, registered by a second SIPp.
+fn uas_phone(
+    gw: &mut GatewayProcess,
+    user: &str,
+    hangup_ms: Option<u64>,
+    rtp_port: u16,
+    port_file: &Path,
+) -> SippProcess {
+    let base = match hangup_ms {
+        Some(_) => "call_uas_hangup.xml",
+        None => "call_uas.xml",
+    };
+    let text = std::fs::read_to_string(scenario(base)).expect("read scenario");
     let text = text
+        .replace(
+            r#"<pause milliseconds="1500"/>"#,
+            &format!(r#"<pause milliseconds="{}"/>"#, hangup_ms.unwrap_or(1500)),
+        )
         .replace(
             r#"assign_to="c_line"/>"#,
             &format!(
@@ -244,7 +265,7 @@ fn agent_phone(gw: &mut GatewayProcess, rtp_port: u16, port_file: &Path) -> Sipp
             "<Reference variables=\"c_line\"/>",
             "<Reference variables=\"c_line,m_line,gw_port\"/>",
         );
-    let path = gw.dir().join("agent_uas.xml");
+    let path = gw.dir().join(format!("uas-{user}.xml"));
     std::fs::write(&path, text).expect("write scenario");
     let sip_port = free_udp_port();
     let uas = SippProcess::spawn(
@@ -264,13 +285,81 @@ fn agent_phone(gw: &mut GatewayProcess, rtp_port: u16, port_file: &Path) -> Sipp
         gw.udp,
         SippOpts {
             keys: vec![("contact_port".into(), sip_port.to_string())],
-            ..SippOpts::user("1002", "secret")
+            ..SippOpts::user(user, "secret")
         },
     )
     .expect("run sipp");
-    assert_passes(gw, &reg, "registration of the agent");
-    gw.device("1002", "NOT_INUSE", STATE_TIMEOUT);
+    assert_passes(gw, &reg, &format!("registration of {user}"));
+    gw.device(user, "NOT_INUSE", STATE_TIMEOUT);
     uas
+}
+
+const TOKEN: &str = "spy-test-token-0123456789abcdef";
+
+/// The admin API's address (`http ready …`, maybe read already).
+fn http_addr(gw: &mut GatewayProcess) -> String {
+    gw.drain();
+    if let Some(a) = gw
+        .history
+        .iter()
+        .find_map(|l| l.strip_prefix("http ready "))
+    {
+        return a.trim().to_owned();
+    }
+    gw.wait_for(STATE_TIMEOUT, "the http ready line", |l| {
+        l.starts_with("http ready ")
+    })
+    .trim_start_matches("http ready ")
+    .to_owned()
+}
+
+/// One admin request with the token; (status, JSON body).
+fn admin(
+    gw: &mut GatewayProcess,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read as _, Write as _};
+    let addr = http_addr(gw);
+    let mut conn = std::net::TcpStream::connect(addr.as_str()).expect("connect to the API");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("response");
+    let status = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, v)
+}
+
+/// `callfabric call spy <call> --supervisor <sup> --mode <mode>` against the gateway's API:
+/// (exit success, stdout + stderr).
+fn cli_spy(gw: &mut GatewayProcess, call: u64, sup: &str, mode: &str) -> (bool, String) {
+    let url = format!("http://{}", http_addr(gw));
+    let out = std::process::Command::new(binary())
+        .args(["call", "spy", &call.to_string(), "--supervisor", sup])
+        .args(["--mode", mode, "--url", &url, "--token", TOKEN])
+        .output()
+        .expect("run the CLI");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// A supervisor call from 1003's party: `dial`, `pause_ms` in the call (or until the gateway's
@@ -314,19 +403,24 @@ fn check(party: &Party, who: &str, phase: &str, from: Instant, to: Instant, want
 #[test]
 fn supervisor_listens_whispers_barges_and_others_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = GatewaySpec::new("gw-spy", &["1001", "1002", "1003", "1004"]);
+    let mut spec = GatewaySpec::new("gw-spy", &["1001", "1002", "1003", "1004", "1005"]);
     // A SIPp UAS cannot answer OPTIONS outside its scenario.
     spec.qualify_interval_secs = 300.0;
-    spec.extra = "\n[supervisors]\ndevices = [\"1003\"]\n".into();
+    spec.extra = format!(
+        "\n[supervisors]\ndevices = [\"1003\"]\n\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+    );
     let mut gw = GatewayProcess::start(binary(), spec);
 
     let caller = Party::start(dir.path(), "caller", CALLER_HZ);
     let agent = Party::start(dir.path(), "agent", AGENT_HZ);
     let sup = Party::start(dir.path(), "supervisor", SUPERVISOR_HZ);
     let mut agent_sipp = agent_phone(&mut gw, agent.port, &agent.port_file);
+    // 1005: not a supervisor until its device flag is set through the admin API; its phone
+    // answers the gateway's call and hangs up after a phase.
+    let mut api_sup_sipp = uas_phone(&mut gw, "1005", Some(PHASE_MS), sup.port, &sup.port_file);
 
     // The call: long enough for every phase; the caller hangs up during the barge.
-    let call_ms = 24_000;
+    let call_ms = 32_000;
     let uac_path = uac(dir.path(), "caller", &caller.port_file, call_ms, false);
     let mut caller_sipp = SippProcess::spawn(
         &uac_path,
@@ -405,6 +499,80 @@ fn supervisor_listens_whispers_barges_and_others_are_refused() {
         [false, true, false],
     );
     check(&agent, "agent", "after whisper", a, b, [true, false, false]);
+
+    // The admin API (issue 13): the call by its number; a bad mode, an unknown call and a
+    // device that is not a supervisor are refused with a JSON error.
+    let (status, calls) = admin(&mut gw, "GET", "/admin/calls", None);
+    assert_eq!(status, 200, "{calls}");
+    let call = calls["gateway"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["callee_device"] == "PJSIP/1002"))
+        .and_then(|c| c["call"].as_u64())
+        .unwrap_or_else(|| panic!("the call 1001 -> 1002 in {calls}"));
+    let spy = |sup: &str, mode: &str| Some(serde_json::json!({"supervisor": sup, "mode": mode}));
+    let path = format!("/admin/calls/{call}/spy");
+    let (status, e) = admin(&mut gw, "POST", &path, spy("1003", "snoop"));
+    assert_eq!(status, 400, "a bad mode: {e}");
+    assert!(e["error"].as_str().unwrap_or("").contains("mode"), "{e}");
+    let (status, e) = admin(
+        &mut gw,
+        "POST",
+        &format!("/admin/calls/{}/spy", call + 1000),
+        spy("1003", "listen"),
+    );
+    assert_eq!(status, 404, "an unknown call: {e}");
+    let (status, e) = admin(&mut gw, "POST", &path, spy("1005", "listen"));
+    assert_eq!(status, 403, "1005 is no supervisor yet: {e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is not a supervisor"),
+        "{e}"
+    );
+    // Its device flag set through the admin API: a supervisor without a restart (the gateway
+    // reads the flag from its device cache, reloaded every 0.2 s here); `callfabric call spy`
+    // asks, the gateway calls 1005's phone.
+    let (status, e) = admin(
+        &mut gw,
+        "POST",
+        "/admin/devices",
+        Some(serde_json::json!({"user": "1005", "password": "secret", "supervisor": true})),
+    );
+    assert_eq!(status, 200, "{e}");
+    let _ = std::fs::remove_file(&sup.port_file);
+    let deadline = Instant::now() + STATE_TIMEOUT;
+    loop {
+        let (ok, out) = cli_spy(&mut gw, call, "1005", "listen");
+        if ok {
+            assert!(out.contains("calling 1005"), "{out}");
+            break;
+        }
+        assert!(out.contains("403"), "only the flag may be missing: {out}");
+        assert!(
+            Instant::now() < deadline,
+            "the supervisor flag never took effect: {out}"
+        );
+        std::thread::sleep(ms(100));
+    }
+    // Listen through the API: the supervisor hears both parties, nobody hears it.
+    let t = sup.answered(STATE_TIMEOUT);
+    let (a, b) = (t + ms(700), t + ms(PHASE_MS - 300));
+    while Instant::now() < b + ms(100) {
+        std::thread::sleep(ms(50));
+    }
+    check(&sup, "supervisor", "API listen", a, b, [true, true, false]);
+    check(&caller, "caller", "API listen", a, b, [false, true, false]);
+    check(&agent, "agent", "API listen", a, b, [true, false, false]);
+    let out = api_sup_sipp.wait().expect("API supervisor outcome");
+    assert_passes(&gw, &out, "the supervisor's phone called through the API");
+    let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("SPY STARTED") && l.contains("api") && l.contains("1005")),
+        "the API spy is logged\n{}",
+        gw.diag()
+    );
 
     // Barge: all three hear each other, until the caller hangs up; then the supervisor gets
     // a BYE.

@@ -43,6 +43,9 @@ pub struct DeviceRecord {
     pub mailbox: String,
     /// How the device learns it: `subscribe`, `unsolicited` or `off` ([`MwiMode`]).
     pub mwi: String,
+    /// Whether the device may listen to, whisper to and barge into calls (as if listed in
+    /// `[supervisors] devices`); read from the cache on every spy request.
+    pub supervisor: bool,
 }
 
 /// How a device learns its mailbox's message-waiting state.
@@ -101,6 +104,7 @@ impl DeviceRecord {
             present_any: false,
             mailbox: String::new(),
             mwi: "subscribe".into(),
+            supervisor: false,
         }
     }
 }
@@ -269,7 +273,7 @@ impl DeviceStore {
     pub async fn load_all(&self) -> Result<Vec<DeviceRecord>, DbError> {
         let rows = sqlx::query(
             "SELECT username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, \
-             digest_algorithms, present_any, mailbox, mwi FROM devices ORDER BY username",
+             digest_algorithms, present_any, mailbox, mwi, supervisor FROM devices ORDER BY username",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -288,6 +292,7 @@ impl DeviceStore {
                     present_any: r.try_get::<i64, _>("present_any")? != 0,
                     mailbox: r.try_get("mailbox")?,
                     mwi: r.try_get("mwi")?,
+                    supervisor: r.try_get::<i64, _>("supervisor")? != 0,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -297,13 +302,13 @@ impl DeviceStore {
     /// Insert or replace one device.
     pub async fn upsert(&self, d: &DeviceRecord) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT INTO devices (username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, digest_algorithms, present_any, mailbox, mwi) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+            "INSERT INTO devices (username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, digest_algorithms, present_any, mailbox, mwi, supervisor) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (username) DO UPDATE SET realm = excluded.realm, ha1_md5 = excluded.ha1_md5, \
              ha1_sha256 = excluded.ha1_sha256, display_name = excluded.display_name, site = excluded.site, \
              extension = excluded.extension, call_limit = excluded.call_limit, \
              digest_algorithms = excluded.digest_algorithms, present_any = excluded.present_any, \
-             mailbox = excluded.mailbox, mwi = excluded.mwi",
+             mailbox = excluded.mailbox, mwi = excluded.mwi, supervisor = excluded.supervisor",
         )
         .bind(&d.username)
         .bind(&d.realm)
@@ -317,6 +322,7 @@ impl DeviceStore {
         .bind(i64::from(d.present_any))
         .bind(&d.mailbox)
         .bind(if d.mwi.is_empty() { "subscribe" } else { d.mwi.as_str() })
+        .bind(i64::from(d.supervisor))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -46,7 +46,7 @@ use relay::{CallLegs, CallParties, RelayMedia};
 pub use relay::{LiveCall, Parties};
 pub use security::BanEntry;
 pub use shutdown::FinishReport;
-pub use spy::SpyConfig;
+pub use spy::{SpyCalling, SpyConfig, SpyMode, SpyOrder, SpyRefused};
 use trunks::{spawn_trunk_dns, TrunkDns};
 
 /// The device table as the registrar's credential store.

@@ -17,7 +17,7 @@ use super::Sources;
 use acd::node::{AdminOp, AdminReply, Floor};
 
 /// An error answer.
-pub(super) struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -420,6 +420,8 @@ pub(super) async fn devices(_: Admin, State(s): State<Sources>) -> Result<Json<V
             "digest": d.digest_algorithms,
             "mailbox": d.mailbox_key(),
             "mwi": d.mwi,
+            "site": d.site,
+            "supervisor": d.supervisor,
         }))
         .collect::<Vec<_>>())))
 }
@@ -440,9 +442,28 @@ pub(super) struct DeviceBody {
     /// `subscribe` (default), `unsolicited` or `off`.
     #[serde(default)]
     mwi: String,
+    /// The site whose gateway publishes the device's state (a table shared by sites); default:
+    /// this node's `[node] site`; `""`: every gateway's.
+    site: Option<String>,
+    /// May listen to, whisper to and barge into calls (issue 13).
+    #[serde(default)]
+    supervisor: bool,
 }
 
-fn device_record(b: &DeviceBody, realm: &str) -> Result<gateway::devices::DeviceRecord, String> {
+/// A CSV `supervisor` field: empty, `0`, `false`, `no` or `1`, `true`, `yes`.
+fn csv_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" => Some(false),
+        "1" | "true" | "yes" => Some(true),
+        _ => None,
+    }
+}
+
+fn device_record(
+    b: &DeviceBody,
+    realm: &str,
+    node_site: &str,
+) -> Result<gateway::devices::DeviceRecord, String> {
     let user_ok = !b.user.is_empty()
         && b.user.len() <= 64
         && b.user
@@ -480,6 +501,12 @@ fn device_record(b: &DeviceBody, realm: &str) -> Result<gateway::devices::Device
             b.mailbox
         ));
     }
+    let site = b.site.as_deref().unwrap_or(node_site);
+    if site.len() > MAX_FIELD || site.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "site {site:?}: no white space, at most {MAX_FIELD} bytes"
+        ));
+    }
     let Some(mode) = gateway::devices::MwiMode::parse(&b.mwi) else {
         return Err(format!("mwi {:?}: subscribe, unsolicited or off", b.mwi));
     };
@@ -494,6 +521,8 @@ fn device_record(b: &DeviceBody, realm: &str) -> Result<gateway::devices::Device
     d.extension = b.extension.clone();
     d.display_name = b.name.clone();
     d.digest_algorithms = b.digest.clone();
+    d.site = site.to_owned();
+    d.supervisor = b.supervisor;
     Ok(d)
 }
 
@@ -503,7 +532,7 @@ pub(super) async fn put_device(
     Json(b): Json<DeviceBody>,
 ) -> Result<Json<Value>, ApiError> {
     let (st, realm) = store(&s).await?;
-    let d = device_record(&b, &realm).map_err(bad)?;
+    let d = device_record(&b, &realm, &s.site).map_err(bad)?;
     st.upsert(&d).await.map_err(db_err)?;
     st.close().await;
     Ok(Json(json!({ "ok": true, "user": b.user })))
@@ -530,7 +559,8 @@ pub(super) async fn delete_device(
 const MAX_IMPORT: usize = 10_000;
 
 /// `text/csv` with a header line naming the columns: `user,password[,extension][,name]
-/// [,digest]`, in any order. Every line is checked before anything is written; an error names
+/// [,digest][,mailbox][,mwi][,site][,supervisor]`, in any order (without `site`: this node's
+/// site; without `supervisor`: not a supervisor). Every line is checked before anything is written; an error names
 /// its line.
 pub(super) async fn import_devices(
     _: Admin,
@@ -563,6 +593,8 @@ pub(super) async fn import_devices(
             "digest",
             "mailbox",
             "mwi",
+            "site",
+            "supervisor",
         ]
         .contains(&c.as_str())
         {
@@ -594,13 +626,82 @@ pub(super) async fn import_devices(
             digest: get(col("digest")),
             mailbox: get(col("mailbox")),
             mwi: get(col("mwi")),
+            // A CSV without a site column: this node's site (as the JSON API).
+            site: col("site").map(|c| f[c].to_owned()),
+            supervisor: csv_bool(&get(col("supervisor"))).ok_or_else(|| {
+                bad(format!(
+                    "CSV line {}: supervisor {:?}: true/false, yes/no, 1/0 or empty",
+                    i + 1,
+                    get(col("supervisor"))
+                ))
+            })?,
         };
-        records
-            .push(device_record(&b, &realm).map_err(|e| bad(format!("CSV line {}: {e}", i + 1)))?);
+        records.push(
+            device_record(&b, &realm, &s.site)
+                .map_err(|e| bad(format!("CSV line {}: {e}", i + 1)))?,
+        );
     }
     for d in &records {
         st.upsert(d).await.map_err(db_err)?;
     }
     st.close().await;
     Ok(Json(json!({ "ok": true, "imported": records.len() })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: Value) -> DeviceBody {
+        serde_json::from_value(json).expect("device body")
+    }
+
+    /// A device made through the API belongs to this node's site unless it names one, and
+    /// carries the supervisor flag.
+    #[test]
+    fn device_site_defaults_to_the_nodes_and_supervisor_is_kept() {
+        let d = device_record(
+            &body(json!({"user": "2001", "password": "pw"})),
+            "r",
+            "paris",
+        )
+        .expect("ok");
+        assert_eq!((d.site.as_str(), d.supervisor), ("paris", false));
+        let d = device_record(
+            &body(json!({"user": "2001", "password": "pw", "site": "lyon", "supervisor": true})),
+            "r",
+            "paris",
+        )
+        .expect("ok");
+        assert_eq!((d.site.as_str(), d.supervisor), ("lyon", true));
+        let d = device_record(
+            &body(json!({"user": "2001", "password": "pw", "site": ""})),
+            "r",
+            "paris",
+        )
+        .expect("ok");
+        assert_eq!(d.site, "", "an explicit empty site: every gateway's device");
+        let e = device_record(
+            &body(json!({"user": "2001", "password": "pw", "site": "a b"})),
+            "r",
+            "paris",
+        )
+        .expect_err("space");
+        assert!(e.contains("site \"a b\""), "{e}");
+    }
+
+    #[test]
+    fn csv_supervisor_fields() {
+        for (v, want) in [
+            ("", Some(false)),
+            ("0", Some(false)),
+            ("No", Some(false)),
+            ("1", Some(true)),
+            ("TRUE", Some(true)),
+            ("yes", Some(true)),
+            ("maybe", None),
+        ] {
+            assert_eq!(csv_bool(v), want, "{v:?}");
+        }
+    }
 }

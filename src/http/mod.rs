@@ -5,6 +5,7 @@
 
 mod admin;
 mod metrics;
+mod spy;
 mod status;
 mod wallboard;
 
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use statebus::Bus;
 
@@ -34,6 +35,9 @@ pub struct Sources {
     pub reload: Option<Reloader>,
     /// The device database (URL, realm) for `/admin/devices`.
     pub devices: Option<(String, String)>,
+    /// This node's site (`[node] site`): the site of devices created through the API unless
+    /// they name one.
+    pub site: String,
     /// Counters fed by the gateway's events.
     pub metrics: Arc<metrics::Totals>,
 }
@@ -53,6 +57,7 @@ impl Sources {
             token: None,
             reload: None,
             devices: None,
+            site: String::new(),
             metrics: Arc::default(),
         }
     }
@@ -85,12 +90,14 @@ pub fn routes() -> Vec<(
         ("post", "/admin/reload", post(admin::reload)),
         ("get", "/admin/devices", get(admin::devices)),
         ("post", "/admin/devices", post(admin::put_device)),
+        ("put", "/admin/devices", put(admin::put_device)),
         (
             "delete",
             "/admin/devices/{user}",
             delete(admin::delete_device),
         ),
         ("post", "/admin/devices/import", post(admin::import_devices)),
+        ("post", "/admin/calls/{call}/spy", post(spy::spy)),
     ]
 }
 

@@ -52,6 +52,9 @@ impl Core {
                         return;
                     }
                 }
+                if self.spy_api_response(&key, &response, now) {
+                    return;
+                }
                 self.b2bua.on_response(&key, response, &mut self.media, now);
             }
             tx::Event::StrayResponse { response, .. } => {
@@ -59,7 +62,7 @@ impl Core {
                 let _ = response;
             }
             tx::Event::Timeout { key } | tx::Event::TransportError { key } => {
-                if self.mwi_response(&key, None) {
+                if self.mwi_response(&key, None) || self.spy_api_failed(&key) {
                     return;
                 }
                 if let Some((aor, contact)) = self.qualify.answered(&key) {

@@ -32,6 +32,11 @@ pub(super) enum Control {
     Drain { until: Instant, retry_after: u32 },
     /// End every call, write every record, stop.
     Finish(oneshot::Sender<FinishReport>),
+    /// Call a supervisor's phone to spy on a call (`server/spy_api.rs`).
+    Spy(
+        super::SpyOrder,
+        oneshot::Sender<Result<super::SpyCalling, super::SpyRefused>>,
+    ),
 }
 
 /// What the finish did.
@@ -86,6 +91,9 @@ impl Gateway {
 impl Core {
     pub(super) fn on_control(&mut self, c: Control) {
         match c {
+            Control::Spy(order, reply) => {
+                let _ = reply.send(self.spy_api(order, Instant::now()));
+            }
             Control::Drain { until, retry_after } => {
                 let left = until.saturating_duration_since(Instant::now());
                 if self.shutdown.draining.is_none() {

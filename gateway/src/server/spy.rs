@@ -22,13 +22,18 @@ use tracing::{info, warn};
 
 use super::Core;
 use crate::b2bua::{self, Caller};
-use crate::media::mixer::{Spy, SpyMode};
+use crate::media::mixer::Spy;
 use crate::media::Leg;
 use crate::sdp::SessionDescription;
 use crate::sip::dialog::{self, Dialog};
 use crate::sip::message::{self, SipMessage};
 use crate::sip::transaction::TransactionKey;
 use crate::transport::Peer;
+
+// Spying started from the admin API (the gateway calls the supervisor's phone).
+#[path = "spy_api.rs"]
+mod api;
+pub use api::{SpyCalling, SpyMode, SpyOrder, SpyRefused};
 
 /// Supervisor sessions at once; more are refused with 503.
 pub const MAX_SPIES: usize = 64;
@@ -96,6 +101,8 @@ struct Session {
 #[derive(Default)]
 pub(super) struct Spies {
     sessions: HashMap<(String, String), Session>,
+    /// Supervisors' phones being called for the admin API.
+    dials: api::Dials,
 }
 
 impl Core {
@@ -133,7 +140,7 @@ impl Core {
             let _ = core.tl.send_response(key, r, now);
             true
         };
-        if supervisor.is_empty() || !self.cfg.spy.supervisors.contains(&supervisor) {
+        if supervisor.is_empty() || !self.is_supervisor(&supervisor) {
             return refuse(self, 403, "not a supervisor");
         }
         if self.spies.sessions.len() >= MAX_SPIES {
@@ -257,12 +264,14 @@ impl Core {
         (self.spies.sessions.values())
             .filter_map(|s| s.unacked.as_ref())
             .map(|(_, next, _, give_up)| (*next).min(*give_up))
+            .chain(self.spy_api_deadline())
             .min()
     }
 
     /// Retransmits unacknowledged 200s that are due (T1 doubling, at most T2); a session
     /// whose 200 got no ACK within 64·T1 ends with a BYE.
     pub(super) fn spy_retransmit(&mut self, now: Instant) {
+        self.spy_api_tick(now);
         let t2 = std::time::Duration::from_secs(4);
         let mut dead = Vec::new();
         for (id, s) in self.spies.sessions.iter_mut() {
@@ -323,6 +332,7 @@ impl Core {
 
     /// Call `call` ended: its supervisors get a BYE.
     pub(super) fn spy_call_ended(&mut self, call: b2bua::CallId) {
+        self.spy_api_call_ended(call);
         let ids: Vec<_> = self
             .spies
             .sessions
