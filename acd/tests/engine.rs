@@ -50,33 +50,32 @@ fn drain(e: &mut Engine) -> Vec<Action> {
     std::iter::from_fn(|| e.poll_action()).collect()
 }
 
+/// What `f` picks out of the actions, in order.
+fn pick<'a, T>(acts: &'a [Action], f: impl FnMut(&'a Action) -> Option<T>) -> Vec<T> {
+    acts.iter().filter_map(f).collect()
+}
+
 fn offers(acts: &[Action]) -> Vec<(String, String)> {
-    acts.iter()
-        .filter_map(|a| match a {
-            Action::Offer {
-                caller, interface, ..
-            } => Some((caller.clone(), interface.clone())),
-            _ => None,
-        })
-        .collect()
+    pick(acts, |a| match a {
+        Action::Offer {
+            caller, interface, ..
+        } => Some((caller.clone(), interface.clone())),
+        _ => None,
+    })
 }
 
 fn cancels(acts: &[Action]) -> Vec<String> {
-    acts.iter()
-        .filter_map(|a| match a {
-            Action::CancelOffer { interface, .. } => Some(interface.clone()),
-            _ => None,
-        })
-        .collect()
+    pick(acts, |a| match a {
+        Action::CancelOffer { interface, .. } => Some(interface.clone()),
+        _ => None,
+    })
 }
 
 fn logs<'a>(acts: &'a [Action], event: &str) -> Vec<&'a QueueLogEvent> {
-    acts.iter()
-        .filter_map(|a| match a {
-            Action::QueueLog(l) if l.event == event => Some(l),
-            _ => None,
-        })
-        .collect()
+    pick(acts, |a| match a {
+        Action::QueueLog(l) if l.event == event => Some(l),
+        _ => None,
+    })
 }
 
 /// Join, expect exactly one offer, answer it; returns the interface.
@@ -301,7 +300,7 @@ fn penalty_tiers_and_penaltymemberslimit() {
     )]);
     assert_eq!(call(&mut e, t(0), "1", "q"), "PJSIP/lo");
     let mut j = Join::new("2", "q");
-    j.max_penalty = Some(1);
+    j.penalties.max = Some(1);
     e.join(t(1), j).expect("join");
     assert!(offers(&drain(&mut e)).is_empty());
     // penaltymemberslimit = 2 with 2 members: penalties ignored, config order wins.
@@ -324,7 +323,7 @@ fn penalty_rule_raises_max_penalty_after_wait() {
     });
     e.device_state(t(0), "PJSIP/lo", DeviceState::InUse);
     let mut j = Join::new("c", "q");
-    j.max_penalty = Some(0);
+    j.penalties.max = Some(0);
     e.join(t(0), j).expect("join");
     assert!(offers(&drain(&mut e)).is_empty());
     assert_eq!(e.poll_timeout(), Some(t(30)));
@@ -1000,7 +999,7 @@ fn property_random_streams_keep_one_offer_per_member() {
                     let mut j = Join::new(format!("c{next_id}"), q);
                     j.priority = rng.below(3) as i32;
                     if rng.below(3) == 0 {
-                        j.max_penalty = Some(rng.below(3) as i32);
+                        j.penalties.max = Some(rng.below(3) as i32);
                         j.rule = Some("r".into());
                     }
                     if rng.below(3) == 0 {
@@ -1192,8 +1191,8 @@ fn raise_penalty_and_leavewhenempty_penalty_factor() {
         &["PJSIP/a,0", "PJSIP/b,3"],
     )]);
     let mut j = Join::new("c", "q");
-    j.min_penalty = Some(2);
-    j.raise_penalty = Some(2);
+    j.penalties.min = Some(2);
+    j.penalties.raise = Some(2);
     e.join(t(0), j).expect("join");
     assert_eq!(
         offers(&drain(&mut e))[0].1,
@@ -1206,7 +1205,7 @@ fn raise_penalty_and_leavewhenempty_penalty_factor() {
     let mut e = engine(vec![c]);
     e.device_state(t(0), "PJSIP/a", DeviceState::InUse);
     let mut j = Join::new("c", "q");
-    j.max_penalty = Some(1);
+    j.penalties.max = Some(1);
     e.join(t(0), j).expect("join");
     assert!(offers(&drain(&mut e)).is_empty());
     e.device_state(t(4), "PJSIP/a", DeviceState::Unavailable);
