@@ -927,6 +927,53 @@ fn config_loads_from_toml() {
     ));
 }
 
+#[test]
+fn members_load_as_a_queues_conf_line_or_a_table_with_defaults() {
+    #[derive(serde::Deserialize)]
+    struct Members {
+        members: Vec<MemberConfig>,
+    }
+    let m: Members = toml::from_str(
+        r#"members = [
+            "PJSIP/1000,1,Alice,Custom:1000,no,10,yes",
+            { interface = "PJSIP/1001" },
+            { interface = "PJSIP/1002", penalty = 2, name = "Bob", state_interface = "Custom:1002",
+              ringinuse = true, wrapuptime = 7, paused = true },
+        ]"#,
+    )
+    .expect("toml");
+    let full = |i: &str, s: &str| MemberConfig::new(i).state_interface(s).paused(true);
+    assert_eq!(
+        m.members,
+        [
+            full("PJSIP/1000", "Custom:1000")
+                .penalty(1)
+                .name("Alice")
+                .ringinuse(false)
+                .wrapuptime(10),
+            MemberConfig::new("PJSIP/1001"),
+            full("PJSIP/1002", "Custom:1002")
+                .penalty(2)
+                .name("Bob")
+                .ringinuse(true)
+                .wrapuptime(7),
+        ]
+    );
+    for bad in [
+        r#"members = ["PJSIP/1000,x"]"#,
+        r#"members = [{ penalty = 1 }]"#,
+        r#"members = [{ interface = "PJSIP/1000", penalty = "x" }]"#,
+    ] {
+        let e = toml::from_str::<Members>(bad).err();
+        assert!(e.is_some(), "{bad} accepted");
+    }
+    let e = toml::from_str::<Members>(r#"members = ["PJSIP/1000,x"]"#)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("bad penalty"), "{e}");
+}
+
 /// Random event streams: never two simultaneous offers for one member, never a panic, offers
 /// only for waiting callers.
 #[test]
