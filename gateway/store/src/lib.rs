@@ -69,7 +69,8 @@ pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
-/// The INSERT of a [`Record`], its parameters bound by [`Record::bind`].
+/// A statement with its parameters (the INSERT of a [`Record`], bound by [`Record::bind`], or
+/// a query for [`fetch`]).
 pub type Insert<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
 /// A row type stored in one table: how it is written and read back.
@@ -159,7 +160,17 @@ pub async fn select<T>(
     sql: &'static str,
     row: impl FnMut(&AnyRow) -> Result<T, sqlx::Error>,
 ) -> Result<Vec<T>, DbError> {
-    let rows = sqlx::query(sql).fetch_all(pool).await?;
+    fetch(pool, sqlx::query(sql), row).await
+}
+
+/// Runs `query` (its parameters bound) and maps every row with `row`, in the order the query
+/// gives.
+pub async fn fetch<T>(
+    pool: &AnyPool,
+    query: Insert<'_>,
+    row: impl FnMut(&AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, DbError> {
+    let rows = query.fetch_all(pool).await?;
     Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
 }
 
