@@ -8,24 +8,13 @@
 //! unknown. A database made before the split has the table from the gateway's migration and
 //! keeps its rows.
 
-use std::time::Duration;
+use sqlstore::{AnyPool, DbError};
+use sqlx::Row as _;
 
-use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row as _};
-
-/// Errors of the queue_log store.
+/// Errors of the queue_log store: the shared database errors, named as the queue_log's.
 #[derive(Debug, thiserror::Error)]
-pub enum QueueLogError {
-    /// Connecting or querying failed.
-    #[error("queue_log database: {0}")]
-    Sql(#[from] sqlx::Error),
-    /// The URL is neither `sqlite://` nor `postgres://`.
-    #[error("unsupported queue_log database URL {0:?}: use sqlite://PATH or postgres://…")]
-    Url(String),
-    /// Creating the table failed.
-    #[error("queue_log table: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-}
+#[error("queue_log {0}")]
+pub struct QueueLogError(#[from] pub DbError);
 
 /// One queue_log line, split as Asterisk's realtime table stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -44,6 +33,49 @@ pub struct QueueLogRow {
     pub data: Vec<String>,
 }
 
+impl sqlstore::Record for QueueLogRow {
+    const INSERT: &'static str = "INSERT INTO queue_log \
+        (time, callid, queuename, agent, event, data1, data2, data3, data4, data5) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    const SELECT: &'static str = "SELECT \
+        time, callid, queuename, agent, event, data1, data2, data3, data4, data5 \
+        FROM queue_log ORDER BY time";
+
+    fn bind<'q>(&self, q: sqlstore::Insert<'q>) -> sqlstore::Insert<'q> {
+        let q = (q.bind(self.time).bind(&self.callid).bind(&self.queuename))
+            .bind(&self.agent)
+            .bind(&self.event);
+        (0..5).fold(q, |q, i| {
+            q.bind(self.data.get(i).map_or("", String::as_str))
+        })
+    }
+
+    fn from_row(r: &sqlstore::AnyRow) -> Result<Self, sqlx::Error> {
+        let mut data = Vec::new();
+        for c in ["data1", "data2", "data3", "data4", "data5"] {
+            data.push(r.try_get::<String, _>(c)?);
+        }
+        while data.last().is_some_and(String::is_empty) {
+            data.pop();
+        }
+        Ok(QueueLogRow {
+            time: r.try_get("time")?,
+            callid: r.try_get("callid")?,
+            queuename: r.try_get("queuename")?,
+            agent: r.try_get("agent")?,
+            event: r.try_get("event")?,
+            data,
+        })
+    }
+}
+
+/// The ACD's migrations, tracked in `_acd_migrations`.
+fn migrator() -> sqlstore::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.dangerous_set_table_name("_acd_migrations");
+    migrator
+}
+
 /// The queue_log table, behind a connection pool.
 #[derive(Debug, Clone)]
 pub struct QueueLogStore {
@@ -54,73 +86,18 @@ impl QueueLogStore {
     /// Connects (`sqlite://path/to/file.db` creates the file; `postgres://…`) and creates the
     /// table if it is missing.
     pub async fn open(url: &str) -> Result<QueueLogStore, QueueLogError> {
-        sqlx::any::install_default_drivers();
-        let url = match url.split_once("://") {
-            Some(("sqlite", rest)) if !rest.contains('?') => format!("{url}?mode=rwc"),
-            Some(("sqlite" | "postgres" | "postgresql", _)) => url.to_owned(),
-            _ => return Err(QueueLogError::Url(url.to_owned())),
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&url)
-            .await?;
-        let mut migrator = sqlx::migrate!("./migrations");
-        migrator.dangerous_set_table_name("_acd_migrations");
-        migrator.run(&pool).await?;
+        let pool = sqlstore::open(url, 2, &migrator()).await?;
         Ok(QueueLogStore { pool })
     }
 
     /// Stores one queue_log line.
     pub async fn insert(&self, q: &QueueLogRow) -> Result<(), QueueLogError> {
-        let d = |i: usize| q.data.get(i).cloned().unwrap_or_default();
-        sqlx::query(
-            "INSERT INTO queue_log (time, callid, queuename, agent, event, data1, data2, data3, data4, data5) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(q.time)
-        .bind(&q.callid)
-        .bind(&q.queuename)
-        .bind(&q.agent)
-        .bind(&q.event)
-        .bind(d(0))
-        .bind(d(1))
-        .bind(d(2))
-        .bind(d(3))
-        .bind(d(4))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Ok(sqlstore::insert(&self.pool, q).await?)
     }
 
     /// queue_log rows, oldest first.
     pub async fn rows(&self) -> Result<Vec<QueueLogRow>, QueueLogError> {
-        let rows = sqlx::query(
-            "SELECT time, callid, queuename, agent, event, data1, data2, data3, data4, data5 \
-             FROM queue_log ORDER BY time",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let mut data = Vec::new();
-                for c in ["data1", "data2", "data3", "data4", "data5"] {
-                    data.push(r.try_get::<String, _>(c)?);
-                }
-                while data.last().is_some_and(String::is_empty) {
-                    data.pop();
-                }
-                Ok(QueueLogRow {
-                    time: r.try_get("time")?,
-                    callid: r.try_get("callid")?,
-                    queuename: r.try_get("queuename")?,
-                    agent: r.try_get("agent")?,
-                    event: r.try_get("event")?,
-                    data,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(QueueLogError::from)
+        Ok(sqlstore::all(&self.pool).await?)
     }
 }
 
@@ -130,10 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn queue_log_round_trip_on_sqlite() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("r.db").display());
-        let store = QueueLogStore::open(&url).await.expect("open");
-        let q = QueueLogRow {
+        let enter = QueueLogRow {
             time: 100,
             callid: "acd-1".into(),
             queuename: "support".into(),
@@ -141,11 +115,16 @@ mod tests {
             event: "ENTERQUEUE".into(),
             data: vec!["".into(), "1001".into(), "1".into()],
         };
-        store.insert(&q).await.expect("insert");
-        assert_eq!(store.rows().await.expect("read"), vec![q]);
-        // Opening again runs nothing twice and keeps the rows.
-        let again = QueueLogStore::open(&url).await.expect("reopen");
-        assert_eq!(again.rows().await.expect("read").len(), 1);
+        let connect = QueueLogRow {
+            time: 103,
+            agent: "PJSIP/2001".into(),
+            event: "CONNECT".into(),
+            data: ["3", "acd-1-2", "2", "x", "five"]
+                .map(String::from)
+                .to_vec(),
+            ..enter.clone()
+        };
+        sqlstore::assert_round_trip(&migrator(), &[enter, connect]).await;
     }
 
     #[tokio::test]

@@ -50,33 +50,32 @@ fn drain(e: &mut Engine) -> Vec<Action> {
     std::iter::from_fn(|| e.poll_action()).collect()
 }
 
+/// What `f` picks out of the actions, in order.
+fn pick<'a, T>(acts: &'a [Action], f: impl FnMut(&'a Action) -> Option<T>) -> Vec<T> {
+    acts.iter().filter_map(f).collect()
+}
+
 fn offers(acts: &[Action]) -> Vec<(String, String)> {
-    acts.iter()
-        .filter_map(|a| match a {
-            Action::Offer {
-                caller, interface, ..
-            } => Some((caller.clone(), interface.clone())),
-            _ => None,
-        })
-        .collect()
+    pick(acts, |a| match a {
+        Action::Offer {
+            caller, interface, ..
+        } => Some((caller.clone(), interface.clone())),
+        _ => None,
+    })
 }
 
 fn cancels(acts: &[Action]) -> Vec<String> {
-    acts.iter()
-        .filter_map(|a| match a {
-            Action::CancelOffer { interface, .. } => Some(interface.clone()),
-            _ => None,
-        })
-        .collect()
+    pick(acts, |a| match a {
+        Action::CancelOffer { interface, .. } => Some(interface.clone()),
+        _ => None,
+    })
 }
 
 fn logs<'a>(acts: &'a [Action], event: &str) -> Vec<&'a QueueLogEvent> {
-    acts.iter()
-        .filter_map(|a| match a {
-            Action::QueueLog(l) if l.event == event => Some(l),
-            _ => None,
-        })
-        .collect()
+    pick(acts, |a| match a {
+        Action::QueueLog(l) if l.event == event => Some(l),
+        _ => None,
+    })
 }
 
 /// Join, expect exactly one offer, answer it; returns the interface.
@@ -301,7 +300,7 @@ fn penalty_tiers_and_penaltymemberslimit() {
     )]);
     assert_eq!(call(&mut e, t(0), "1", "q"), "PJSIP/lo");
     let mut j = Join::new("2", "q");
-    j.max_penalty = Some(1);
+    j.penalties.max = Some(1);
     e.join(t(1), j).expect("join");
     assert!(offers(&drain(&mut e)).is_empty());
     // penaltymemberslimit = 2 with 2 members: penalties ignored, config order wins.
@@ -324,7 +323,7 @@ fn penalty_rule_raises_max_penalty_after_wait() {
     });
     e.device_state(t(0), "PJSIP/lo", DeviceState::InUse);
     let mut j = Join::new("c", "q");
-    j.max_penalty = Some(0);
+    j.penalties.max = Some(0);
     e.join(t(0), j).expect("join");
     assert!(offers(&drain(&mut e)).is_empty());
     assert_eq!(e.poll_timeout(), Some(t(30)));
@@ -928,6 +927,53 @@ fn config_loads_from_toml() {
     ));
 }
 
+#[test]
+fn members_load_as_a_queues_conf_line_or_a_table_with_defaults() {
+    #[derive(serde::Deserialize)]
+    struct Members {
+        members: Vec<MemberConfig>,
+    }
+    let m: Members = toml::from_str(
+        r#"members = [
+            "PJSIP/1000,1,Alice,Custom:1000,no,10,yes",
+            { interface = "PJSIP/1001" },
+            { interface = "PJSIP/1002", penalty = 2, name = "Bob", state_interface = "Custom:1002",
+              ringinuse = true, wrapuptime = 7, paused = true },
+        ]"#,
+    )
+    .expect("toml");
+    let full = |i: &str, s: &str| MemberConfig::new(i).state_interface(s).paused(true);
+    assert_eq!(
+        m.members,
+        [
+            full("PJSIP/1000", "Custom:1000")
+                .penalty(1)
+                .name("Alice")
+                .ringinuse(false)
+                .wrapuptime(10),
+            MemberConfig::new("PJSIP/1001"),
+            full("PJSIP/1002", "Custom:1002")
+                .penalty(2)
+                .name("Bob")
+                .ringinuse(true)
+                .wrapuptime(7),
+        ]
+    );
+    for bad in [
+        r#"members = ["PJSIP/1000,x"]"#,
+        r#"members = [{ penalty = 1 }]"#,
+        r#"members = [{ interface = "PJSIP/1000", penalty = "x" }]"#,
+    ] {
+        let e = toml::from_str::<Members>(bad).err();
+        assert!(e.is_some(), "{bad} accepted");
+    }
+    let e = toml::from_str::<Members>(r#"members = ["PJSIP/1000,x"]"#)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("bad penalty"), "{e}");
+}
+
 /// Random event streams: never two simultaneous offers for one member, never a panic, offers
 /// only for waiting callers.
 #[test]
@@ -1000,7 +1046,7 @@ fn property_random_streams_keep_one_offer_per_member() {
                     let mut j = Join::new(format!("c{next_id}"), q);
                     j.priority = rng.below(3) as i32;
                     if rng.below(3) == 0 {
-                        j.max_penalty = Some(rng.below(3) as i32);
+                        j.penalties.max = Some(rng.below(3) as i32);
                         j.rule = Some("r".into());
                     }
                     if rng.below(3) == 0 {
@@ -1192,8 +1238,8 @@ fn raise_penalty_and_leavewhenempty_penalty_factor() {
         &["PJSIP/a,0", "PJSIP/b,3"],
     )]);
     let mut j = Join::new("c", "q");
-    j.min_penalty = Some(2);
-    j.raise_penalty = Some(2);
+    j.penalties.min = Some(2);
+    j.penalties.raise = Some(2);
     e.join(t(0), j).expect("join");
     assert_eq!(
         offers(&drain(&mut e))[0].1,
@@ -1206,7 +1252,7 @@ fn raise_penalty_and_leavewhenempty_penalty_factor() {
     let mut e = engine(vec![c]);
     e.device_state(t(0), "PJSIP/a", DeviceState::InUse);
     let mut j = Join::new("c", "q");
-    j.max_penalty = Some(1);
+    j.penalties.max = Some(1);
     e.join(t(0), j).expect("join");
     assert!(offers(&drain(&mut e)).is_empty());
     e.device_state(t(4), "PJSIP/a", DeviceState::Unavailable);

@@ -5,7 +5,6 @@
 //! serving and the outage is logged loudly and exposed.
 
 use sha2::{Digest, Sha256};
-use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -186,52 +185,16 @@ pub fn check_password(password: &str) -> Result<(), CredentialError> {
     Ok(())
 }
 
-/// Creates the SQLite file `path` readable by its owner only (0600: HA1 is as good as the
-/// password for digest), if it does not exist; SQLite gives its journal and WAL files the
-/// database file's mode. An existing file readable by others is reported (not changed).
-fn create_private(path: &str) -> Result<(), DbError> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    if path.is_empty() || path == ":memory:" {
-        return Ok(());
-    }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if let Ok(m) = std::fs::metadata(path) {
-                if m.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(
-                        path,
-                        mode = format!("{:o}", m.permissions().mode() & 0o777),
-                        "the device database is readable by others: chmod 600 it"
-                    );
-                }
-            }
-            Ok(())
-        }
-        Err(e) => Err(DbError::Create(path.to_owned(), e)),
-    }
-}
+/// Database errors (shared with the ACD's queue_log store).
+pub use sqlstore::DbError;
 
-/// Database errors.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    /// The URL is not `sqlite:` or `postgres:`.
-    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
-    Url(String),
-    /// Connecting, migrating or querying failed.
-    #[error("database: {0}")]
-    Sql(#[from] sqlx::Error),
-    /// The SQLite file could not be created.
-    #[error("creating the database file {0}: {1}")]
-    Create(String, std::io::Error),
-    /// A migration failed.
-    #[error("database migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+/// The gateway's migrations (devices, registrations, CDRs, voicemail). A database migrated
+/// before the queue_log table moved to the ACD has applied 20261127000002_records.sql, which
+/// this set no longer holds.
+pub(crate) fn migrator() -> sqlstore::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
 }
 
 /// The device table, behind a connection pool.
@@ -243,60 +206,32 @@ pub struct DeviceStore {
 impl DeviceStore {
     /// Connect (`sqlite://path/to/file.db` creates the file; `postgres://…`) and migrate.
     pub async fn open(url: &str) -> Result<DeviceStore, DbError> {
-        sqlx::any::install_default_drivers();
-        let url = if let Some(path) = url.strip_prefix("sqlite://") {
-            create_private(path.split('?').next().unwrap_or(path))?;
-            if path.contains('?') {
-                url.to_string()
-            } else {
-                format!("sqlite://{path}?mode=rwc")
-            }
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            url.to_string()
-        } else {
-            return Err(DbError::Url(url.to_string()));
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&url)
-            .await?;
-        // A database migrated before the queue_log table moved to the ACD has applied
-        // 20261127000002_records.sql, which this set no longer holds.
-        let mut migrator = sqlx::migrate!("./migrations");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
+        let pool = sqlstore::open(url, 4, &migrator()).await?;
         Ok(DeviceStore { pool })
     }
 
     /// Every device.
     pub async fn load_all(&self) -> Result<Vec<DeviceRecord>, DbError> {
-        let rows = sqlx::query(
-            "SELECT username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, \
-             digest_algorithms, present_any, mailbox, mwi, supervisor FROM devices ORDER BY username",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeviceRecord {
-                    username: r.try_get("username")?,
-                    realm: r.try_get("realm")?,
-                    ha1_md5: r.try_get("ha1_md5")?,
-                    ha1_sha256: r.try_get("ha1_sha256")?,
-                    display_name: r.try_get("display_name")?,
-                    site: r.try_get("site")?,
-                    extension: r.try_get("extension")?,
-                    call_limit: r.try_get("call_limit")?,
-                    digest_algorithms: r.try_get("digest_algorithms")?,
-                    present_any: r.try_get::<i64, _>("present_any")? != 0,
-                    mailbox: r.try_get("mailbox")?,
-                    mwi: r.try_get("mwi")?,
-                    supervisor: r.try_get::<i64, _>("supervisor")? != 0,
-                })
+        let sql = "SELECT username, realm, ha1_md5, ha1_sha256, display_name, site, extension, call_limit, \
+                   digest_algorithms, present_any, mailbox, mwi, supervisor FROM devices ORDER BY username";
+        sqlstore::select(&self.pool, sql, |r| {
+            Ok(DeviceRecord {
+                username: r.try_get("username")?,
+                realm: r.try_get("realm")?,
+                ha1_md5: r.try_get("ha1_md5")?,
+                ha1_sha256: r.try_get("ha1_sha256")?,
+                display_name: r.try_get("display_name")?,
+                site: r.try_get("site")?,
+                extension: r.try_get("extension")?,
+                call_limit: r.try_get("call_limit")?,
+                digest_algorithms: r.try_get("digest_algorithms")?,
+                present_any: r.try_get::<i64, _>("present_any")? != 0,
+                mailbox: r.try_get("mailbox")?,
+                mwi: r.try_get("mwi")?,
+                supervisor: r.try_get::<i64, _>("supervisor")? != 0,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
+        })
+        .await
     }
 
     /// Insert or replace one device.
@@ -551,19 +486,6 @@ mod tests {
             check_password("abc\n"),
             Err(CredentialError::PasswordControl)
         );
-    }
-
-    #[test]
-    fn the_sqlite_file_is_created_private() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("d.db");
-        create_private(path.to_str().expect("utf-8 path")).expect("create");
-        let mode = std::fs::metadata(&path)
-            .expect("metadata")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -57,80 +57,79 @@ pub struct Cdr {
     pub jitter_b_us: i64,
 }
 
+impl sqlstore::Record for Cdr {
+    const INSERT: &'static str = "INSERT INTO cdr \
+        (uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, dst_device, \
+        disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, jitter_a_us, \
+        jitter_b_us, linkedid, agent, presented) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+        $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)";
+    const SELECT: &'static str = "SELECT \
+        uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, dst_device, \
+        disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, jitter_a_us, \
+        jitter_b_us, linkedid, agent, presented FROM cdr ORDER BY end_time, uniqueid";
+
+    fn bind<'q>(&self, q: sqlstore::Insert<'q>) -> sqlstore::Insert<'q> {
+        q.bind(&self.uniqueid)
+            .bind(&self.node)
+            .bind(self.start_time)
+            .bind(self.answer_time)
+            .bind(self.end_time)
+            .bind(&self.src)
+            .bind(&self.dst)
+            .bind(&self.src_device)
+            .bind(&self.dst_device)
+            .bind(&self.disposition)
+            .bind(&self.reason)
+            .bind(self.duration)
+            .bind(self.billsec)
+            .bind(self.rtp_in_a)
+            .bind(self.rtp_in_b)
+            .bind(self.lost_a)
+            .bind(self.lost_b)
+            .bind(self.jitter_a_us)
+            .bind(self.jitter_b_us)
+            .bind(&self.linkedid)
+            .bind(&self.agent)
+            .bind(&self.presented)
+    }
+
+    fn from_row(r: &sqlstore::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Cdr {
+            uniqueid: r.try_get("uniqueid")?,
+            linkedid: r.try_get("linkedid")?,
+            agent: r.try_get("agent")?,
+            presented: r.try_get("presented")?,
+            node: r.try_get("node")?,
+            start_time: r.try_get("start_time")?,
+            answer_time: r.try_get("answer_time")?,
+            end_time: r.try_get("end_time")?,
+            src: r.try_get("src")?,
+            dst: r.try_get("dst")?,
+            src_device: r.try_get("src_device")?,
+            dst_device: r.try_get("dst_device")?,
+            disposition: r.try_get("disposition")?,
+            reason: r.try_get("reason")?,
+            duration: r.try_get("duration")?,
+            billsec: r.try_get("billsec")?,
+            rtp_in_a: r.try_get("rtp_in_a")?,
+            rtp_in_b: r.try_get("rtp_in_b")?,
+            lost_a: r.try_get("lost_a")?,
+            lost_b: r.try_get("lost_b")?,
+            jitter_a_us: r.try_get("jitter_a_us")?,
+            jitter_b_us: r.try_get("jitter_b_us")?,
+        })
+    }
+}
+
 impl DeviceStore {
     /// Stores one CDR.
     pub async fn insert_cdr(&self, c: &Cdr) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO cdr (uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, \
-             dst_device, disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, \
-             jitter_a_us, jitter_b_us, linkedid, agent, presented) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-        )
-        .bind(&c.uniqueid)
-        .bind(&c.node)
-        .bind(c.start_time)
-        .bind(c.answer_time)
-        .bind(c.end_time)
-        .bind(&c.src)
-        .bind(&c.dst)
-        .bind(&c.src_device)
-        .bind(&c.dst_device)
-        .bind(&c.disposition)
-        .bind(&c.reason)
-        .bind(c.duration)
-        .bind(c.billsec)
-        .bind(c.rtp_in_a)
-        .bind(c.rtp_in_b)
-        .bind(c.lost_a)
-        .bind(c.lost_b)
-        .bind(c.jitter_a_us)
-        .bind(c.jitter_b_us)
-        .bind(&c.linkedid)
-        .bind(&c.agent)
-        .bind(&c.presented)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        sqlstore::insert(self.pool(), c).await
     }
 
     /// CDRs, oldest first.
     pub async fn cdrs(&self) -> Result<Vec<Cdr>, DbError> {
-        let rows = sqlx::query(
-            "SELECT uniqueid, node, start_time, answer_time, end_time, src, dst, src_device, dst_device, \
-             disposition, reason, duration, billsec, rtp_in_a, rtp_in_b, lost_a, lost_b, jitter_a_us, \
-             jitter_b_us, linkedid, agent, presented FROM cdr ORDER BY end_time, uniqueid",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Cdr {
-                    uniqueid: r.try_get("uniqueid")?,
-                    linkedid: r.try_get("linkedid")?,
-                    agent: r.try_get("agent")?,
-                    presented: r.try_get("presented")?,
-                    node: r.try_get("node")?,
-                    start_time: r.try_get("start_time")?,
-                    answer_time: r.try_get("answer_time")?,
-                    end_time: r.try_get("end_time")?,
-                    src: r.try_get("src")?,
-                    dst: r.try_get("dst")?,
-                    src_device: r.try_get("src_device")?,
-                    dst_device: r.try_get("dst_device")?,
-                    disposition: r.try_get("disposition")?,
-                    reason: r.try_get("reason")?,
-                    duration: r.try_get("duration")?,
-                    billsec: r.try_get("billsec")?,
-                    rtp_in_a: r.try_get("rtp_in_a")?,
-                    rtp_in_b: r.try_get("rtp_in_b")?,
-                    lost_a: r.try_get("lost_a")?,
-                    lost_b: r.try_get("lost_b")?,
-                    jitter_a_us: r.try_get("jitter_a_us")?,
-                    jitter_b_us: r.try_get("jitter_b_us")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
+        sqlstore::all(self.pool()).await
     }
 }
 
@@ -140,9 +139,6 @@ mod tests {
 
     #[tokio::test]
     async fn cdr_round_trip_on_sqlite() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("r.db").display());
-        let store = DeviceStore::open(&url).await.expect("open");
         let cdr = Cdr {
             uniqueid: "gw-a-1-7".into(),
             linkedid: "gw-a-1-5".into(),
@@ -167,7 +163,15 @@ mod tests {
             jitter_a_us: 1500,
             jitter_b_us: 900,
         };
-        store.insert_cdr(&cdr).await.expect("insert cdr");
-        assert_eq!(store.cdrs().await.expect("read"), vec![cdr]);
+        let unanswered = Cdr {
+            uniqueid: "gw-a-1-8".into(),
+            linkedid: "gw-a-1-8".into(),
+            agent: None,
+            answer_time: None,
+            end_time: 170,
+            disposition: "NO ANSWER".into(),
+            ..cdr.clone()
+        };
+        sqlstore::assert_round_trip(&crate::devices::migrator(), &[cdr, unanswered]).await;
     }
 }

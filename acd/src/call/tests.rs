@@ -1548,6 +1548,7 @@ fn a_member_that_comes_up_is_probed_at_once_not_at_the_next_refresh() {
     );
 }
 
+mod scenarios;
 mod shutdown;
 
 /// The caller presses 1: hung up, its place kept; called back when an agent answered; bridged.

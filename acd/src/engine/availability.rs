@@ -45,26 +45,6 @@ pub fn counts_as_present(
     !(in_wrapup && conditions.contains(EmptyConditions::WRAPUP))
 }
 
-/// The caller's penalty window applied to a member penalty (`calc_metric` /
-/// `get_member_status`): returns the effective penalty, or `None` when out of range.
-pub fn penalty_in_range(
-    penalty: i32,
-    max: Option<i32>,
-    min: Option<i32>,
-    raise: Option<i32>,
-) -> Option<i32> {
-    let mut p = penalty;
-    if let Some(r) = raise {
-        if p < r {
-            p = r;
-        }
-    }
-    if max.is_some_and(|m| p > m) || min.is_some_and(|m| p < m) {
-        return None;
-    }
-    Some(p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,9 +80,12 @@ mod tests {
         assert!(counts_as_present(inuse, Busy, false, false, false));
         let w = EmptyConditions::parse("wrapup", true).expect("wrapup");
         assert!(!counts_as_present(w, NotInUse, false, false, true));
-        assert_eq!(penalty_in_range(1, Some(3), None, Some(2)), Some(2));
-        assert_eq!(penalty_in_range(5, Some(3), None, None), None);
-        assert_eq!(penalty_in_range(0, None, Some(1), None), None);
+        use crate::engine::Penalties;
+        let window = |max, min, raise| Penalties { max, min, raise };
+        assert_eq!(window(Some(3), None, Some(2)).admit(1), Some(2));
+        assert_eq!(window(Some(3), None, None).admit(5), None);
+        assert_eq!(window(None, Some(1), None).admit(0), None);
+        assert_eq!(Penalties::default().admit(-4), Some(-4));
         assert_eq!(
             EmptyConditions::parse("yes", true).expect("yes"),
             EmptyConditions::NONE

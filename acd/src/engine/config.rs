@@ -162,24 +162,47 @@ impl TryFrom<String> for EmptyConditions {
 
 /// One member as configured: either the queues.conf string
 /// `interface[,penalty][,membername][,state_interface][,ringinuse][,wrapuptime][,paused]`
-/// or a structured table.
+/// or a structured table with these fields (only `interface` required).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "MemberConfigRepr")]
+// The derive makes the table form (`MemberConfig::deserialize`, an inherent fn); the trait
+// impl below takes either form.
+#[serde(remote = "Self")]
 pub struct MemberConfig {
     /// The interface offered calls, e.g. `PJSIP/1000`.
     pub interface: String,
     /// Penalty (default 0).
+    #[serde(default)]
     pub penalty: i32,
     /// Member name for queue_log (default: the interface).
+    #[serde(default)]
     pub name: Option<String>,
     /// Device watched for state (default: the interface).
+    #[serde(default)]
     pub state_interface: Option<String>,
     /// Per-member ringinuse override (default: the queue's).
+    #[serde(default)]
     pub ringinuse: Option<bool>,
     /// Per-member wrap-up time in seconds overriding the queue's when > 0.
+    #[serde(default)]
     pub wrapuptime: Option<u64>,
     /// Starts paused.
+    #[serde(default)]
     pub paused: bool,
+}
+
+impl<'de> Deserialize<'de> for MemberConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum MemberConfigRepr {
+            Line(String),
+            Table(#[serde(with = "MemberConfig")] MemberConfig),
+        }
+        match MemberConfigRepr::deserialize(d)? {
+            MemberConfigRepr::Line(s) => s.parse().map_err(serde::de::Error::custom),
+            MemberConfigRepr::Table(m) => Ok(m),
+        }
+    }
 }
 
 impl MemberConfig {
@@ -267,53 +290,6 @@ impl FromStr for MemberConfig {
             m.paused = parse_bool(p).ok_or_else(|| bad("paused"))?;
         }
         Ok(m)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum MemberConfigRepr {
-    Line(String),
-    Table {
-        interface: String,
-        #[serde(default)]
-        penalty: i32,
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default)]
-        state_interface: Option<String>,
-        #[serde(default)]
-        ringinuse: Option<bool>,
-        #[serde(default)]
-        wrapuptime: Option<u64>,
-        #[serde(default)]
-        paused: bool,
-    },
-}
-
-impl TryFrom<MemberConfigRepr> for MemberConfig {
-    type Error = EngineError;
-    fn try_from(r: MemberConfigRepr) -> Result<Self, Self::Error> {
-        match r {
-            MemberConfigRepr::Line(s) => s.parse(),
-            MemberConfigRepr::Table {
-                interface,
-                penalty,
-                name,
-                state_interface,
-                ringinuse,
-                wrapuptime,
-                paused,
-            } => Ok(MemberConfig {
-                interface,
-                penalty,
-                name,
-                state_interface,
-                ringinuse,
-                wrapuptime,
-                paused,
-            }),
-        }
     }
 }
 

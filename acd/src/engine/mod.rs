@@ -17,14 +17,14 @@ mod strategy;
 mod types;
 
 pub use admin::{AgentView, ReloadReport, WaitingCaller, AUTO_PAUSE_REASON};
-pub use availability::{counts_as_present, penalty_in_range, state_available};
+pub use availability::{counts_as_present, state_available};
 pub use config::{AutoPause, EmptyConditions, EngineConfig, MemberConfig, QueueConfig, Strategy};
 pub use global::WaitingChange;
 pub use rules::{PenaltyRule, RuleValue};
 pub use strategy::Rng;
 pub use types::{
     Action, CompletedBy, EngineError, ExitReason, Join, MemberStats, OfferId, OfferOutcome,
-    QueueLogEvent, QueueStats, Time,
+    Penalties, QueueLogEvent, QueueStats, Time,
 };
 
 use admin::Missed;
@@ -123,9 +123,7 @@ struct Caller {
     /// Original join time (unix ms; engine ms when the driver gave none): the global order.
     joined_ms: u64,
     opos: usize,
-    max_penalty: Option<i32>,
-    min_penalty: Option<i32>,
-    raise_penalty: Option<i32>,
+    penalties: Penalties,
     rules: Vec<PenaltyRule>,
     next_rule: usize,
     phase: Phase,
@@ -574,15 +572,7 @@ impl Engine {
         if cfg.maxlen > 0 && self.queues[q].callers.len() >= cfg.maxlen {
             return Err(EngineError::QueueFull(cfg.name.clone()));
         }
-        if !cfg.joinempty.is_empty()
-            && self.queue_empty(
-                q,
-                cfg.joinempty,
-                j.max_penalty,
-                j.min_penalty,
-                j.raise_penalty,
-            )
-        {
+        if !cfg.joinempty.is_empty() && self.queue_empty(q, cfg.joinempty, j.penalties) {
             return Err(EngineError::JoinEmpty(cfg.name.clone()));
         }
         let rule_name = j.rule.clone().or_else(|| cfg.defaultrule.clone());
@@ -623,9 +613,7 @@ impl Engine {
                 joined,
                 joined_ms,
                 opos,
-                max_penalty: j.max_penalty,
-                min_penalty: j.min_penalty,
-                raise_penalty: j.raise_penalty,
+                penalties: j.penalties,
                 rules,
                 next_rule: 0,
                 phase: Phase::Waiting,
@@ -1058,20 +1046,13 @@ impl Engine {
         n
     }
 
-    fn queue_empty(
-        &self,
-        q: QueueId,
-        conds: EmptyConditions,
-        max: Option<i32>,
-        min: Option<i32>,
-        raise: Option<i32>,
-    ) -> bool {
+    fn queue_empty(&self, q: QueueId, conds: EmptyConditions, penalties: Penalties) -> bool {
         let qu = &self.queues[q];
         !qu.members.iter().enumerate().any(|(mi, m)| {
             counts_as_present(
                 conds,
                 self.effective_state(m.agent),
-                penalty_in_range(m.penalty, max, min, raise).is_none(),
+                penalties.admit(m.penalty).is_none(),
                 m.paused,
                 self.in_wrapup(q, mi),
             )
@@ -1196,9 +1177,7 @@ impl Engine {
                 self.push_timer(due, Timer::Rule { caller: ck, idx });
                 return;
             }
-            c.max_penalty = r.max.apply(c.max_penalty);
-            c.min_penalty = r.min.apply(c.min_penalty);
-            c.raise_penalty = r.raise.apply(c.raise_penalty);
+            c.penalties.apply(&r);
             c.next_rule += 1;
         }
     }
@@ -1500,12 +1479,10 @@ impl Engine {
             if matches!(c.phase, Phase::Ringing { .. }) {
                 continue;
             }
-            let unlimited =
-                c.max_penalty.is_none() && c.min_penalty.is_none() && c.raise_penalty.is_none();
-            let empty = if unlimited {
-                *plain.get_or_insert_with(|| self.queue_empty(q, conds, None, None, None))
+            let empty = if c.penalties.is_unlimited() {
+                *plain.get_or_insert_with(|| self.queue_empty(q, conds, Penalties::default()))
             } else {
-                self.queue_empty(q, conds, c.max_penalty, c.min_penalty, c.raise_penalty)
+                self.queue_empty(q, conds, c.penalties)
             };
             if empty {
                 out.push(*ck);
@@ -1594,7 +1571,7 @@ impl Engine {
                 continue;
             }
             let penalty = if use_penalty {
-                match penalty_in_range(m.penalty, c.max_penalty, c.min_penalty, c.raise_penalty) {
+                match c.penalties.admit(m.penalty) {
                     Some(p) => p,
                     None => continue,
                 }

@@ -87,12 +87,8 @@ pub struct Join {
     pub priority: i32,
     /// Penalty rule name; defaults to the queue's `defaultrule`.
     pub rule: Option<String>,
-    /// QUEUE_MAX_PENALTY.
-    pub max_penalty: Option<i32>,
-    /// QUEUE_MIN_PENALTY.
-    pub min_penalty: Option<i32>,
-    /// QUEUE_RAISE_PENALTY.
-    pub raise_penalty: Option<i32>,
+    /// QUEUE_MAX_PENALTY, QUEUE_MIN_PENALTY, QUEUE_RAISE_PENALTY.
+    pub penalties: Penalties,
     /// Queue() timeout argument: maximum wait before EXITWITHTIMEOUT.
     pub max_wait: Option<Duration>,
     /// When the caller originally joined (engine time, not after now): a caller moved from
@@ -113,14 +109,49 @@ impl Join {
             caller_number: String::new(),
             priority: 0,
             rule: None,
-            max_penalty: None,
-            min_penalty: None,
-            raise_penalty: None,
+            penalties: Penalties::default(),
             max_wait: None,
             joined_at: None,
 
             joined_ms: None,
         }
+    }
+}
+
+/// A caller's penalty window (app_queue's QUEUE_MAX_PENALTY, QUEUE_MIN_PENALTY and
+/// QUEUE_RAISE_PENALTY): the members it may be offered, moved by penalty rules as it waits.
+/// All `None`: every member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Penalties {
+    /// Members of a higher penalty are not offered.
+    pub max: Option<i32>,
+    /// Members of a lower penalty are not offered.
+    pub min: Option<i32>,
+    /// A member penalty below it counts as it (before `max` and `min` are checked).
+    pub raise: Option<i32>,
+}
+
+impl Penalties {
+    /// No limit at all.
+    pub fn is_unlimited(&self) -> bool {
+        *self == Penalties::default()
+    }
+
+    /// A member's penalty seen through the window (`calc_metric` / `get_member_status`): the
+    /// effective penalty, or `None` when the member is out of range.
+    pub fn admit(&self, penalty: i32) -> Option<i32> {
+        let p = self.raise.map_or(penalty, |r| penalty.max(r));
+        if self.max.is_some_and(|m| p > m) || self.min.is_some_and(|m| p < m) {
+            return None;
+        }
+        Some(p)
+    }
+
+    /// The window after a penalty rule's change.
+    pub fn apply(&mut self, rule: &super::rules::PenaltyRule) {
+        self.max = rule.max.apply(self.max);
+        self.min = rule.min.apply(self.min);
+        self.raise = rule.raise.apply(self.raise);
     }
 }
 

@@ -95,35 +95,34 @@ impl Fork {
     }
 }
 
+/// What `f` picks out of the actions, in order.
+fn pick<T>(acts: &[Action], f: impl FnMut(&Action) -> Option<T>) -> Vec<T> {
+    acts.iter().filter_map(f).collect()
+}
+
 fn to_a(acts: &[Action]) -> Vec<u16> {
-    acts.iter()
-        .filter_map(|a| match a {
-            Action::Respond { response, .. } => Some(response.status_code.code()),
-            _ => None,
-        })
-        .collect()
+    pick(acts, |a| match a {
+        Action::Respond { response, .. } => Some(response.status_code.code()),
+        _ => None,
+    })
 }
 
 fn cancels(acts: &[Action]) -> Vec<TransactionKey> {
-    acts.iter()
-        .filter_map(|a| match a {
-            Action::Cancel { key, .. } => Some(key.clone()),
-            _ => None,
-        })
-        .collect()
+    pick(acts, |a| match a {
+        Action::Cancel { key, .. } => Some(key.clone()),
+        _ => None,
+    })
 }
 
 fn sent(acts: &[Action], method: Method) -> Vec<SocketAddr> {
-    acts.iter()
-        .filter_map(|a| match a {
-            Action::Request { request, dest, .. } if request.method == method => Some(dest.addr),
-            Action::Stateless {
-                message: SipMessage::Request(r),
-                dest,
-            } if r.method == method => Some(dest.addr),
-            _ => None,
-        })
-        .collect()
+    pick(acts, |a| match a {
+        Action::Request { request, dest, .. } if request.method == method => Some(dest.addr),
+        Action::Stateless {
+            message: SipMessage::Request(r),
+            dest,
+        } if r.method == method => Some(dest.addr),
+        _ => None,
+    })
 }
 
 fn header(r: &Request, f: Field) -> String {

@@ -95,28 +95,24 @@ impl DeviceStore {
             .bind(now_ms)
             .execute(self.pool())
             .await?;
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT aor, uri, params, expires_at, call_id, cseq, transport, source_addr, local_addr \
              FROM registrations WHERE node = $1 ORDER BY aor, expires_at",
         )
-        .bind(node)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredBinding {
-                    aor: r.try_get("aor")?,
-                    uri: r.try_get("uri")?,
-                    params: r.try_get("params")?,
-                    expires_at: from_unix_ms(r.try_get("expires_at")?),
-                    call_id: r.try_get("call_id")?,
-                    cseq: u32::try_from(r.try_get::<i64, _>("cseq")?).unwrap_or(0),
-                    transport: r.try_get("transport")?,
-                    source: r.try_get("source_addr")?,
-                    local: r.try_get("local_addr")?,
-                })
+        .bind(node);
+        sqlstore::fetch(self.pool(), query, |r| {
+            Ok(StoredBinding {
+                aor: r.try_get("aor")?,
+                uri: r.try_get("uri")?,
+                params: r.try_get("params")?,
+                expires_at: from_unix_ms(r.try_get("expires_at")?),
+                call_id: r.try_get("call_id")?,
+                cseq: u32::try_from(r.try_get::<i64, _>("cseq")?).unwrap_or(0),
+                transport: r.try_get("transport")?,
+                source: r.try_get("source_addr")?,
+                local: r.try_get("local_addr")?,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
+        })
+        .await
     }
 }

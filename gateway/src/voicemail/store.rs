@@ -113,29 +113,25 @@ impl MailboxStore {
 
     /// The mailbox's messages: new ones first, each folder oldest first.
     pub async fn list(&self, mailbox: &str) -> Result<Vec<Message>, StoreError> {
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT id, folder, caller, received_at, duration_ms, path FROM voicemail_messages \
              WHERE mailbox = $1 AND context = $2 ORDER BY received_at, id",
         )
         .bind(mailbox)
-        .bind(&self.context)
-        .fetch_all(self.db.pool())
-        .await?;
-        let mut v = rows
-            .iter()
-            .map(|r| {
-                Ok(Message {
-                    id: r.try_get("id")?,
-                    new: r.try_get::<String, _>("folder")? == "new",
-                    caller: r.try_get("caller")?,
-                    received_at: r.try_get("received_at")?,
-                    duration: Duration::from_millis(
-                        u64::try_from(r.try_get::<i64, _>("duration_ms")?).unwrap_or(0),
-                    ),
-                    path: self.dir.join(r.try_get::<String, _>("path")?),
-                })
+        .bind(&self.context);
+        let mut v = sqlstore::fetch(self.db.pool(), query, |r| {
+            Ok(Message {
+                id: r.try_get("id")?,
+                new: r.try_get::<String, _>("folder")? == "new",
+                caller: r.try_get("caller")?,
+                received_at: r.try_get("received_at")?,
+                duration: Duration::from_millis(
+                    u64::try_from(r.try_get::<i64, _>("duration_ms")?).unwrap_or(0),
+                ),
+                path: self.dir.join(r.try_get::<String, _>("path")?),
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        })
+        .await?;
         v.sort_by_key(|m| !m.new);
         Ok(v)
     }
@@ -236,5 +232,38 @@ impl MailboxStore {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io(dir.clone(), e))?;
         audio::wav::write_wav(&self.greeting_path(mailbox), samples, WavEncoding::Pcm16)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_are_listed_new_first_with_their_rows_and_files() {
+        let db = sqlstore::TempSqlite::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = MailboxStore::open(db.url(), dir.path(), "default", 10)
+            .await
+            .expect("open");
+        let first = store
+            .deposit("1001", "2001", &[0; 8000])
+            .await
+            .expect("first");
+        let second = store
+            .deposit("1001", "2002", &[0; 4000])
+            .await
+            .expect("second");
+        store.mark_old("1001", &first.id).await.expect("heard");
+        let listed = store.list("1001").await.expect("list");
+        let old_first = Message {
+            new: false,
+            ..first
+        };
+        assert_eq!(listed, [second, old_first], "new first, then old");
+        assert_eq!(listed[0].duration, Duration::from_millis(500));
+        assert!(listed.iter().all(|m| m.path.is_file()));
+        assert_eq!(store.counts("1001").await.expect("counts"), (1, 1));
+        assert!(store.list("1002").await.expect("other box").is_empty());
     }
 }
