@@ -166,7 +166,12 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             self.media.close(leg);
             return self.callback_failed(n, "500");
         };
-        let req = dialog::with_body(req, sdp_offer.to_string().into_bytes(), "application/sdp");
+        // Signed as offers are: a gateway of the fabric takes it without a trunk entry.
+        let req = self.sign(dialog::with_body(
+            req,
+            sdp_offer.to_string().into_bytes(),
+            "application/sdp",
+        ));
         info!(caller = %id, %number, %gateway, "calling the caller back");
         let peer = self.peer(gateway);
         let key = self.send(req.clone(), &branch, peer);
