@@ -1508,11 +1508,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 .queue_cfg(&queue)
                 .and_then(|q| q.announce_holdtime)
                 .unwrap_or(self.cfg.announce_holdtime)
-                .then(|| {
-                    self.engine
-                        .queue_stats(&queue)
-                        .map_or(0, |s| s.holdtime_weighted_secs)
-                });
+                .then(|| self.engine.estimated_wait(&queue, &cid).unwrap_or(0));
             let prompts = announce::position(pos, holdtime);
             debug!(caller = %cid, pos, "announcing position");
             self.emit(Output::Event(NodeEvent::Announced {
