@@ -1143,7 +1143,11 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     matches!(h, Header::Other(n, _)
                         if n.trim().eq_ignore_ascii_case(sip_core::offer::REFUSED_HEADER))
                 });
-            let outcome = if not_rung {
+            // The gateway's own 486: its arbiter, the agent in a call already (ringinuse=no).
+            let outcome = if not_rung && code == 486 {
+                info!(code, "offer refused: the agent is in a call already");
+                OfferOutcome::Taken
+            } else if not_rung {
                 info!(code, "offer refused before ringing the agent");
                 OfferOutcome::Refused
             } else if matches!(code, 404 | 408 | 410 | 480 | 484 | 500..=599) {

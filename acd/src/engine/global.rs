@@ -247,4 +247,50 @@ mod tests {
         assert_eq!(en.estimated_wait("q", "c2"), Some(10));
         assert_eq!(en.estimated_wait("q", "nobody"), None);
     }
+
+    fn offers(en: &mut Engine) -> Vec<crate::engine::OfferId> {
+        std::iter::from_fn(|| en.poll_action())
+            .filter_map(|a| match a {
+                Action::Offer { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An offer the arbiter refused because another node's caller took the agent: the caller
+    /// is offered as soon as the agent is free again, not a `retry` later; without word from
+    /// the fabric the agent is free again after 5 s.
+    #[test]
+    fn an_agent_taken_elsewhere_is_offered_when_free_not_after_retry() {
+        let mut q = QueueConfig::new("q");
+        q.ringinuse = false;
+        q.retry = 30;
+        q.members = vec![MemberConfig::new("SIP/a")];
+        let cfg = EngineConfig {
+            queues: vec![q],
+            ..EngineConfig::default()
+        };
+        let mut en = Engine::new(&cfg).expect("engine");
+        en.device_state(secs(0), "SIP/a", DeviceState::NotInUse);
+        en.join(secs(0), Join::new("c1", "q")).expect("join");
+        let first = offers(&mut en);
+        assert_eq!(first.len(), 1);
+        en.offer_outcome(secs(0), first[0], OfferOutcome::Taken)
+            .expect("taken");
+        assert!(offers(&mut en).is_empty(), "not offered again at once");
+        // The fabric catches up: in a call, then free 2 s later: offered then.
+        en.device_state(Duration::from_millis(10), "SIP/a", DeviceState::InUse);
+        assert!(offers(&mut en).is_empty());
+        en.device_state(secs(2), "SIP/a", DeviceState::NotInUse);
+        let again = offers(&mut en);
+        assert_eq!(again.len(), 1, "offered when free, not after retry (30 s)");
+
+        // Refused again, and the fabric says nothing more: free again after 5 s.
+        en.offer_outcome(secs(2), again[0], OfferOutcome::Taken)
+            .expect("taken");
+        en.handle_timeout(secs(6));
+        assert!(offers(&mut en).is_empty(), "still taken at 4 s");
+        en.handle_timeout(secs(7));
+        assert_eq!(offers(&mut en).len(), 1, "free again 5 s after the refusal");
+    }
 }
