@@ -424,7 +424,7 @@ mod live {
 
     /// `live [callers] [rounds]`: rounds of (one node, two nodes), interleaved.
     pub fn run(callers: usize, rounds: usize) -> anyhow::Result<()> {
-        anyhow::ensure!(callers >= 2 && callers <= 20, "callers: 2 to 20");
+        anyhow::ensure!((2..=20).contains(&callers), "callers: 2 to 20");
         anyhow::ensure!(
             Path::new(&callfabric_binary()).exists(),
             "build callfabric first"
