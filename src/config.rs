@@ -1155,6 +1155,7 @@ impl Loaded {
             a.offer_provisional_timeout_ms,
             800,
         )?;
+        self.check_callback_keys(&a.queue)?;
         let engine = acd::EngineConfig {
             queues: a.queue.clone(),
             rules: a.rules.clone(),
@@ -1349,6 +1350,7 @@ impl Loaded {
                 ));
             }
         }
+        self.check_callback_keys(&a.queue)?;
         let engine = acd::EngineConfig {
             queues: a.queue.clone(),
             rules: a.rules.clone(),
@@ -1357,6 +1359,20 @@ impl Loaded {
         };
         acd::Engine::new(&engine).map_err(|e| anyhow!("{}: {e}", self.at("acd", "queue")))?;
         Ok((engine, a.numbers.clone().into_iter().collect()))
+    }
+
+    /// Each queue's `callback_key` is one DTMF key (issue 15).
+    fn check_callback_keys(&self, queues: &[acd::QueueConfig]) -> Result<()> {
+        for (i, q) in queues.iter().enumerate() {
+            if let Some(k) = q.callback_key.filter(|k| !"0123456789*#".contains(*k)) {
+                return Err(anyhow!(
+                    "{}: callback_key = {k:?} in queue {:?} is not a DTMF key (0-9, *, #)",
+                    self.at_nth("acd.queue", i, "callback_key"),
+                    q.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `[shutdown]`: drain 0 to 86400 s (default 30), Retry-After 1 to 86400 s (default 60).
@@ -1468,6 +1484,36 @@ mod tests {
         let g = l.gateway().unwrap();
         assert_eq!(g.dns_servers, ["127.0.0.1:5353".parse().unwrap()]);
         assert_eq!(g.trunks[0].domain, Some(("itsp.test".into(), None)));
+    }
+
+    /// `callback_key`: one DTMF key per queue, default none (the node's `1`); errors name the
+    /// file and line.
+    #[test]
+    fn callback_keys_are_validated_with_file_and_line() {
+        let base = "[node]\nname = \"a\"\n\n[acd]\nudp = \"127.0.0.1:5070\"\n\n\
+                    [[acd.gateway]]\nname = \"gw\"\naddress = \"127.0.0.1:5060\"\n\n\
+                    [[acd.queue]]\nname = \"sales\"\n\n[[acd.queue]]\nname = \"support\"\n";
+        let l = load(&format!("{base}callback_key = \"#\"\n")).unwrap();
+        let (engine, _) = l.acd_queues().unwrap();
+        assert_eq!(engine.queues[0].callback_key, None);
+        assert_eq!(engine.queues[1].callback_key, Some('#'));
+        assert!(l.acd(None).is_ok(), "{:?}", l.acd(None).err());
+        let l = load(&format!("{base}callback_key = \"x\"\n")).unwrap();
+        for e in [
+            l.acd_queues().err().unwrap().to_string(),
+            l.acd(None).err().unwrap().to_string(),
+        ] {
+            assert!(
+                e.contains("site-a.toml:16:") && e.contains("'x'") && e.contains("support"),
+                "{e}"
+            );
+        }
+        // Not one character: refused by the parser, with the line.
+        let e = load(&format!("{base}callback_key = \"12\"\n"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("site-a.toml:16:"), "{e}");
     }
 
     /// Two TLS trunks to one address must expect the same certificate name.

@@ -27,7 +27,8 @@ struct Fabric {
     nodes: [GatewayProcess; 2],
 }
 
-fn fabric(xmpp: &XmppServer, rtp: [&str; 2]) -> Fabric {
+/// `queue_extra`: more lines of queue `support` (at both nodes).
+fn fabric(xmpp: &XmppServer, rtp: [&str; 2], queue_extra: &str) -> Fabric {
     let members = ["gw-a", "acd-1", "acd-2"];
     let bus = Bus::new(5.0, &members);
     let (acd1, acd2, gw_port) = (free_udp_port(), free_udp_port(), free_udp_port());
@@ -72,6 +73,7 @@ timeout = 10
 retry = 1
 ringinuse = false
 members = ["PJSIP/2001"]
+{queue_extra}
 "#
         );
         GatewayProcess::start(binary(), s)
@@ -152,7 +154,7 @@ fn global_order(kind: ServerKind, rtp: [&str; 2]) {
     const N: usize = 20;
     let xmpp = XmppServer::start(kind, &["gw-a", "acd-1", "acd-2"], "secret")
         .unwrap_or_else(|e| panic!("start {kind}: {e:#}"));
-    let Fabric { mut gw, mut nodes } = fabric(&xmpp, rtp);
+    let Fabric { mut gw, mut nodes } = fabric(&xmpp, rtp, "");
     // The agent is not registered yet: its phone reads UNAVAILABLE on both nodes.
     for n in nodes.iter_mut() {
         n.wait_for(WAIT, "2001 unavailable", |l| {
@@ -221,9 +223,46 @@ fn media_both_ways(line: &str, min: u64) -> bool {
 
 #[test]
 fn a_callback_caller_is_called_back_at_its_place_and_connected() {
-    let xmpp = XmppServer::start(ServerKind::Prosody, &["gw-a", "acd-1", "acd-2"], "secret")
-        .unwrap_or_else(|e| panic!("start Prosody: {e:#}"));
-    let Fabric { mut gw, mut nodes } = fabric(&xmpp, ["45000-45499", "45500-45999"]);
+    callback(ServerKind::Prosody, ["45000-45499", "45500-45999"], None);
+}
+
+/// On ejabberd, with the queue's `callback_key` set to `#` (the caller presses `#`).
+#[test]
+fn a_callback_caller_is_called_back_at_its_place_and_connected_on_ejabberd() {
+    callback(
+        ServerKind::Ejabberd,
+        ["48000-48499", "48500-48999"],
+        Some('#'),
+    );
+}
+
+/// The caller's scenario pressing `key` (RFC 4733, SIPp's pcap of that key).
+fn callback_scenario(dir: &Path, key: Option<char>) -> std::path::PathBuf {
+    let base = scenario("call_uac_callback.xml");
+    let Some(key) = key else {
+        return base;
+    };
+    let name = match key {
+        '#' => "pound".to_owned(),
+        '*' => "star".to_owned(),
+        k => k.to_string(),
+    };
+    let text = std::fs::read_to_string(&base).expect("read scenario");
+    assert!(text.contains("dtmf_2833_1.pcap"), "the scenario presses 1");
+    let path = dir.join("call_uac_callback.xml");
+    std::fs::write(
+        &path,
+        text.replace("dtmf_2833_1.pcap", &format!("dtmf_2833_{name}.pcap")),
+    )
+    .expect("write scenario");
+    path
+}
+
+fn callback(kind: ServerKind, rtp: [&str; 2], key: Option<char>) {
+    let xmpp = XmppServer::start(kind, &["gw-a", "acd-1", "acd-2"], "secret")
+        .unwrap_or_else(|e| panic!("start {kind}: {e:#}"));
+    let extra = key.map_or(String::new(), |k| format!("callback_key = \"{k}\""));
+    let Fabric { mut gw, mut nodes } = fabric(&xmpp, rtp, &extra);
     for n in nodes.iter_mut() {
         n.wait_for(WAIT, "2001 unavailable", |l| {
             l == "DEVICE PJSIP/2001 UNAVAILABLE"
@@ -232,9 +271,10 @@ fn a_callback_caller_is_called_back_at_its_place_and_connected() {
     // The caller's phone 1001 answers the call back and talks (plays audio).
     let mut customer =
         integration::phones::answering_phone(&mut gw, "1001", "call_uas_callback.xml", 1);
-    // 1001 calls the queue at node 1, presses 1 and is hung up on, its place kept.
+    // 1001 calls the queue at node 1, presses the callback key and is hung up on, its place
+    // kept.
     let mut asking = SippProcess::spawn(
-        &scenario("call_uac_callback.xml"),
+        &callback_scenario(gw.dir(), key),
         Some(gw.udp),
         &SippOpts {
             service: Some("1001".into()),

@@ -1,5 +1,5 @@
-//! Callback that keeps the place (issue 15): a waiting caller presses [`CALLBACK_KEY`]
-//! (RFC 4733 DTMF in its RTP, `dtmf.rs`), we hang up its call and it stays in the queue, its
+//! Callback that keeps the place (issue 15): a waiting caller presses its queue's
+//! `callback_key` ([`CALLBACK_KEY`] by default; RFC 4733 DTMF in its RTP, `dtmf.rs`), we hang up its call and it stays in the queue, its
 //! record on the fabric keeping its place in the global order. When its turn comes the engine
 //! offers an agent as for anyone; once the agent answers (CONNECT), the agent hears music on
 //! hold while we call the caller back through the gateway the call came from; when the caller
@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::{CallControl, Fabric, LegId, Media, Output, Party};
 use crate::engine::{CompletedBy, OfferId, QueueLogEvent};
 
-/// The key a waiting caller presses to be called back.
+/// The key a waiting caller presses to be called back, unless its queue sets `callback_key`.
 pub const CALLBACK_KEY: char = '1';
 
 /// A caller waiting for a call back.
@@ -54,7 +54,13 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let eligible = self.callers.get(&n).is_some_and(|c| {
             c.connected.is_none() && c.callback.is_none() && c.hangup_at.is_none()
         });
-        if key == CALLBACK_KEY && eligible {
+        let callback_key = self
+            .callers
+            .get(&n)
+            .and_then(|c| self.queue_cfg(&c.queue))
+            .and_then(|q| q.callback_key)
+            .unwrap_or(CALLBACK_KEY);
+        if key == callback_key && eligible {
             self.request_callback(n);
         }
         self.pump(now);
@@ -166,7 +172,12 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             self.media.close(leg);
             return self.callback_failed(n, "500");
         };
-        let req = dialog::with_body(req, sdp_offer.to_string().into_bytes(), "application/sdp");
+        // Signed as offers are: a gateway of the fabric takes it without a trunk entry.
+        let req = self.sign(dialog::with_body(
+            req,
+            sdp_offer.to_string().into_bytes(),
+            "application/sdp",
+        ));
         info!(caller = %id, %number, %gateway, "calling the caller back");
         let peer = self.peer(gateway);
         let key = self.send(req.clone(), &branch, peer);

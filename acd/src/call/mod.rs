@@ -1143,7 +1143,11 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     matches!(h, Header::Other(n, _)
                         if n.trim().eq_ignore_ascii_case(sip_core::offer::REFUSED_HEADER))
                 });
-            let outcome = if not_rung {
+            // The gateway's own 486: its arbiter, the agent in a call already (ringinuse=no).
+            let outcome = if not_rung && code == 486 {
+                info!(code, "offer refused before ringing the agent: in a call already");
+                OfferOutcome::Taken
+            } else if not_rung {
                 info!(code, "offer refused before ringing the agent");
                 OfferOutcome::Refused
             } else if matches!(code, 404 | 408 | 410 | 480 | 484 | 500..=599) {
@@ -1508,11 +1512,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 .queue_cfg(&queue)
                 .and_then(|q| q.announce_holdtime)
                 .unwrap_or(self.cfg.announce_holdtime)
-                .then(|| {
-                    self.engine
-                        .queue_stats(&queue)
-                        .map_or(0, |s| s.holdtime_weighted_secs)
-                });
+                .then(|| self.engine.estimated_wait(&queue, &cid).unwrap_or(0));
             let prompts = announce::position(pos, holdtime);
             debug!(caller = %cid, pos, "announcing position");
             self.emit(Output::Event(NodeEvent::Announced {

@@ -1619,6 +1619,27 @@ fn callback_keeps_the_place_calls_back_once_the_agent_answered_and_bridges() {
     assert_eq!(rig.offers_to("2001"), 2, "the second caller's turn");
 }
 
+/// A queue's `callback_key` replaces the default 1.
+#[test]
+fn the_queue_callback_key_replaces_the_default() {
+    let mut q = queue("support", &["PJSIP/2001"]);
+    q.callback_key = Some('#');
+    let mut rig = Rig::new(config(vec![q]));
+    rig.state("PJSIP/2001", DeviceState::Unavailable);
+    let _c = rig.caller("500", "1001");
+    let leg = rig.core.media().open[0];
+    let now = rig.now;
+    rig.core.dtmf(leg, '1', now);
+    rig.pump();
+    assert!(
+        rig.log("CALLBACKREQ").is_empty(),
+        "1 is not this queue's key"
+    );
+    rig.core.dtmf(leg, '#', now);
+    rig.pump();
+    assert_eq!(rig.log("CALLBACKREQ").len(), 1);
+}
+
 /// A call back refused: the agent is released, the caller's place is gone.
 #[test]
 fn a_refused_call_back_releases_the_agent() {

@@ -356,6 +356,10 @@ pub struct QueueConfig {
     /// `announce-holdtime`: include the estimated hold time (None: the node's default).
     #[serde(default)]
     pub announce_holdtime: Option<bool>,
+    /// The DTMF key a waiting caller presses to be called back at its place (issue 15); one
+    /// of `0`-`9`, `*`, `#` (None: `1`, [`crate::call::CALLBACK_KEY`]). Played by the node.
+    #[serde(default)]
+    pub callback_key: Option<char>,
     /// `autopause`: pause a member who misses offers (`no`, `yes`: in this queue, `all`: in
     /// all its queues; reason `Auto-Pause`, as app_queue).
     #[serde(default)]
@@ -417,6 +421,7 @@ impl QueueConfig {
             defaultrule: None,
             announce_frequency: None,
             announce_holdtime: None,
+            callback_key: None,
             autopause: AutoPause::No,
             autopause_after: default_autopause_after(),
             autopausebusy: false,

@@ -106,6 +106,16 @@ impl Engine {
             .map(|p| p + 1)
     }
 
+    /// The estimated wait of a waiting caller, in seconds, for `announce-holdtime`: the queue's
+    /// average hold time (app_queue's `holdtime`, a boxcar filter over answered callers' waits)
+    /// times the caller's place in the global order, so callers ahead of it at other nodes
+    /// count as its own node's do. `None` for a caller not waiting here.
+    pub fn estimated_wait(&self, queue: &str, caller: &str) -> Option<u64> {
+        let place = self.global_position(queue, caller)?;
+        let avg = self.queue_stats(queue)?.holdtime_weighted_secs;
+        Some(avg.saturating_mul(u64::try_from(place).unwrap_or(u64::MAX)))
+    }
+
     /// Callers waiting in the queue at every node (this one's and the remote ones it knows).
     pub fn global_waiting(&self, queue: &str) -> usize {
         let Ok(q) = self.qid(queue) else {
@@ -165,5 +175,122 @@ impl Engine {
                 caller: caller.to_owned(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use statebus::{DeviceState, Eid, WaitingCaller};
+
+    use crate::engine::{Action, EngineConfig, Join, MemberConfig, OfferOutcome, QueueConfig};
+    use crate::Engine;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    /// Position and estimated wait count the callers waiting at other nodes ahead of ours.
+    #[test]
+    fn position_and_estimated_wait_use_the_global_place() {
+        let mut q = QueueConfig::new("q");
+        q.ringinuse = false;
+        q.members = vec![MemberConfig::new("SIP/a")];
+        let cfg = EngineConfig {
+            queues: vec![q],
+            ..EngineConfig::default()
+        };
+        let mut en = Engine::new(&cfg).expect("engine");
+        let (ours, theirs) = (Eid([1; 6]), Eid([2; 6]));
+        en.set_fabric_eid(ours, Duration::ZERO);
+        // One caller answered after 40 s of waiting: average hold time 10 s (app_queue's
+        // filter: 0·3/4 + 40/4).
+        en.device_state(secs(0), "SIP/a", DeviceState::Unavailable);
+        let mut j = Join::new("c1", "q");
+        j.joined_ms = Some(1_000);
+        en.join(secs(0), j).expect("join");
+        while en.poll_action().is_some() {}
+        en.device_state(secs(40), "SIP/a", DeviceState::NotInUse);
+        let offer = std::iter::from_fn(|| en.poll_action())
+            .filter_map(|a| match a {
+                Action::Offer { id, .. } => Some(id),
+                _ => None,
+            })
+            .last()
+            .expect("offered");
+        en.offer_outcome(secs(40), offer, OfferOutcome::Answered)
+            .expect("answered");
+        en.device_state(secs(40), "SIP/a", DeviceState::InUse);
+        assert_eq!(
+            en.queue_stats("q").map(|s| s.holdtime_weighted_secs),
+            Some(10)
+        );
+
+        // Our caller c2 joined at 50 s; alone it is first: 10 s.
+        let mut j = Join::new("c2", "q");
+        j.joined_ms = Some(50_000);
+        en.join(secs(50), j).expect("join");
+        assert_eq!(en.global_position("q", "c2"), Some(1));
+        assert_eq!(en.estimated_wait("q", "c2"), Some(10));
+        // Two callers joined earlier at another node, one later: c2 is third, 30 s.
+        let remote: Vec<WaitingCaller> = [("r1", 20_000), ("r2", 30_000), ("r3", 60_000)]
+            .iter()
+            .map(|(id, ms)| WaitingCaller::new("q", id, 0, *ms, theirs))
+            .collect();
+        en.set_remote_waiting(secs(51), &remote);
+        assert_eq!(en.global_position("q", "c2"), Some(3));
+        assert_eq!(en.estimated_wait("q", "c2"), Some(30));
+        assert_eq!(en.global_waiting("q"), 4);
+        // They are answered there: c2 is first again.
+        en.set_remote_waiting(secs(52), &remote[2..]);
+        assert_eq!(en.estimated_wait("q", "c2"), Some(10));
+        assert_eq!(en.estimated_wait("q", "nobody"), None);
+    }
+
+    fn offers(en: &mut Engine) -> Vec<crate::engine::OfferId> {
+        std::iter::from_fn(|| en.poll_action())
+            .filter_map(|a| match a {
+                Action::Offer { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An offer the arbiter refused because another node's caller took the agent: the caller
+    /// is offered as soon as the agent is free again, not a `retry` later; without word from
+    /// the fabric the agent is free again after 5 s.
+    #[test]
+    fn an_agent_taken_elsewhere_is_offered_when_free_not_after_retry() {
+        let mut q = QueueConfig::new("q");
+        q.ringinuse = false;
+        q.retry = 30;
+        q.members = vec![MemberConfig::new("SIP/a")];
+        let cfg = EngineConfig {
+            queues: vec![q],
+            ..EngineConfig::default()
+        };
+        let mut en = Engine::new(&cfg).expect("engine");
+        en.device_state(secs(0), "SIP/a", DeviceState::NotInUse);
+        en.join(secs(0), Join::new("c1", "q")).expect("join");
+        let first = offers(&mut en);
+        assert_eq!(first.len(), 1);
+        en.offer_outcome(secs(0), first[0], OfferOutcome::Taken)
+            .expect("taken");
+        assert!(offers(&mut en).is_empty(), "not offered again at once");
+        // The fabric catches up: in a call, then free 2 s later: offered then.
+        en.device_state(Duration::from_millis(10), "SIP/a", DeviceState::InUse);
+        assert!(offers(&mut en).is_empty());
+        en.device_state(secs(2), "SIP/a", DeviceState::NotInUse);
+        let again = offers(&mut en);
+        assert_eq!(again.len(), 1, "offered when free, not after retry (30 s)");
+
+        // Refused again, and the fabric says nothing more: free again after 5 s.
+        en.offer_outcome(secs(2), again[0], OfferOutcome::Taken)
+            .expect("taken");
+        en.handle_timeout(secs(6));
+        assert!(offers(&mut en).is_empty(), "still taken at 4 s");
+        en.handle_timeout(secs(7));
+        assert_eq!(offers(&mut en).len(), 1, "free again 5 s after the refusal");
     }
 }

@@ -142,13 +142,37 @@ struct Active {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Ring { caller: CallerKey, gen: u64 },
-    Retry { caller: CallerKey, gen: u64 },
-    Expire { caller: CallerKey },
-    Rule { caller: CallerKey, idx: usize },
-    Wrap { queue: QueueId },
-    Settle { queue: QueueId },
+    Ring {
+        caller: CallerKey,
+        gen: u64,
+    },
+    Retry {
+        caller: CallerKey,
+        gen: u64,
+    },
+    Expire {
+        caller: CallerKey,
+    },
+    Rule {
+        caller: CallerKey,
+        idx: usize,
+    },
+    Wrap {
+        queue: QueueId,
+    },
+    Settle {
+        queue: QueueId,
+    },
+    /// The synthetic INUSE of an agent the arbiter refused (`OfferOutcome::Taken`) ends, unless
+    /// the fabric changed the device's state since.
+    Untaken {
+        device: usize,
+        since: Time,
+    },
 }
+
+/// How long an agent the arbiter refused reads INUSE without word from the fabric.
+const UNTAKEN_AFTER: Duration = Duration::from_secs(5);
 
 /// The queue engine. See the module documentation.
 #[derive(Debug)]
@@ -498,6 +522,12 @@ impl Engine {
         self.advance(now);
         let k = normalize_key(key);
         let d = self.device_for(&k);
+        self.set_device(d, state);
+    }
+
+    /// A device's state changed (from the fabric, or a synthetic INUSE ending): dispatch the
+    /// queues where its members became usable.
+    fn set_device(&mut self, d: usize, state: DeviceState) {
         if self.devices[d].state == state {
             return;
         }
@@ -699,6 +729,10 @@ impl Engine {
                 self.end_offer_as(ck, a, false, None);
                 self.continue_after_busy(ck);
                 self.dispatch_agent(a);
+            }
+            OfferOutcome::Taken => {
+                self.end_offer_as(ck, a, false, None);
+                self.taken(ck, a);
             }
         }
         Ok(())
@@ -1098,6 +1132,10 @@ impl Engine {
                 .get(&caller)
                 .is_some_and(|c| c.next_rule == idx),
             Timer::Wrap { queue } | Timer::Settle { queue } => queue < self.queues.len(),
+            Timer::Untaken { device, since } => self
+                .devices
+                .get(device)
+                .is_some_and(|d| d.since == since && d.state == DeviceState::InUse),
         }
     }
 
@@ -1161,6 +1199,7 @@ impl Engine {
                 }
             }
             Timer::Wrap { queue } | Timer::Settle { queue } => self.dispatch(queue),
+            Timer::Untaken { device, .. } => self.set_device(device, DeviceState::NotInUse),
         }
     }
 
@@ -1271,6 +1310,41 @@ impl Engine {
             return;
         }
         self.end_round_if_idle(ck);
+    }
+
+    /// The arbiter refused agent `a` (in a call already): it reads INUSE until its next device
+    /// state; the caller tries another member, else waits (no `retry`): the next device state
+    /// that frees a member dispatches the queue.
+    fn taken(&mut self, ck: CallerKey, a: usize) {
+        let d = self.agents[a].device;
+        if matches!(
+            self.devices[d].state,
+            DeviceState::NotInUse | DeviceState::Unknown
+        ) {
+            self.devices[d].state = DeviceState::InUse;
+            self.devices[d].since = self.now;
+            // Should the fabric never say (its NOT_INUSE came before the refusal), the member
+            // is free again after this bound.
+            let since = self.now;
+            self.push_timer(
+                since.saturating_add(UNTAKEN_AFTER),
+                Timer::Untaken { device: d, since },
+            );
+        }
+        let Some(c) = self.callers.get(&ck) else {
+            return;
+        };
+        let ringall = self.queues[c.queue].cfg.strategy == Strategy::RingAll;
+        let idle = matches!(&c.phase, Phase::Ringing { offered, .. } if offered.is_empty());
+        if !idle || (!ringall && self.try_offer(ck)) {
+            return;
+        }
+        if let Some(c) = self.callers.get_mut(&ck) {
+            c.gen += 1;
+            c.phase = Phase::Waiting;
+            let q = c.queue;
+            self.dispatch(q);
+        }
     }
 
     /// If the caller rings nobody any more, the attempt is over: wait `retry`.

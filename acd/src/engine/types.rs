@@ -176,6 +176,12 @@ pub enum OfferOutcome {
     /// the call could not be placed. app_queue logs nothing when `ast_request`/`ast_call` fail
     /// (`ring_entry`), so neither does the engine; the next member is tried at once.
     Refused,
+    /// Refused by the gateway's arbiter because the member is already in a call (`ringinuse`
+    /// off; a 486 with `X-CF-Refused`): another node's caller got it first, and its device state
+    /// here is stale. As [`OfferOutcome::Refused`], and the member reads INUSE until its next
+    /// device state, so the caller waits for that instead of `retry` (issue 15: a refused
+    /// offer cost a full `retry` once the agent was free again).
+    Taken,
 }
 
 /// Who ended a connected call.
