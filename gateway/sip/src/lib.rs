@@ -1,6 +1,7 @@
 //! SIP, sans-IO: the message model (on rsip), the RFC 3261 §17 transaction layer, dialogs,
 //! stream framing, Via routing, digest authentication and the `X-CF-Offer` header.
 
+pub mod builder;
 pub mod dialog;
 pub mod digest;
 pub mod framing;
