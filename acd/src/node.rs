@@ -192,7 +192,10 @@ impl AcdNode {
         bus.advertise_queues(&numbers);
         let call_cfg = CallConfig {
             local,
-            t1: cfg.t1,
+            timers: tx::Config {
+                t1: cfg.t1,
+                ..tx::Config::default()
+            },
             engine: cfg.engine,
             numbers: cfg.numbers,
             gateways: cfg.gateways.iter().map(|g| g.address).collect(),
@@ -206,6 +209,7 @@ impl AcdNode {
             caller_prefix: format!("acd-{}", std::process::id()),
             pause_codes: cfg.pause_codes,
         };
+        let timers = call_cfg.timers.clone();
         let mut core = CallControl::new(
             call_cfg,
             media,
@@ -242,10 +246,7 @@ impl AcdNode {
         let (active_tx, active) = tokio::sync::watch::channel(0);
         let (changes, _) = tokio::sync::watch::channel(0u64);
         let node = Node {
-            tl: TransactionLayer::new(tx::Config {
-                t1: cfg.t1,
-                ..tx::Config::default()
-            }),
+            tl: TransactionLayer::new(timers),
             core,
             bus,
             transports,

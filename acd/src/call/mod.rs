@@ -63,6 +63,7 @@ use sdp::{self, SessionDescription};
 use sip_core::dialog::{self, Dialog};
 use sip_core::message::{self, Method, Request, Response, SipMessage};
 use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
+use sip_core::ua::{UasEvent, UasInvite};
 use sipnet as transport;
 use sipnet::Peer;
 use statebus::{DeviceState, Eid};
@@ -87,8 +88,9 @@ pub const TARGETS_EVERY: Duration = Duration::from_secs(1);
 pub struct CallConfig {
     /// Our SIP address (Via, Contact).
     pub local: SocketAddr,
-    /// SIP T1 (2xx retransmission until the ACK).
-    pub t1: Duration,
+    /// The transaction layer's timers (T1, T2: 2xx retransmission until the ACK, 64·T1
+    /// deadlines); the node runs its transaction layer on the same.
+    pub timers: tx::Config,
     /// Queues, members, rules.
     pub engine: EngineConfig,
     /// Dialled number → queue name.
@@ -325,13 +327,10 @@ enum Party {
     Agent(OfferId),
 }
 
-/// A 2xx we retransmit until its ACK (§13.3.1.4).
+/// A 2xx we retransmit until its ACK (§13.3.1.4), through server transaction `key`.
 struct OkRetx {
     key: TransactionKey,
-    response: Response,
-    next: Instant,
-    interval: Duration,
-    deadline: Instant,
+    usage: UasInvite,
 }
 
 struct CallerCall {
@@ -507,7 +506,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         min(self.reach.poll_timeout());
         min(self.shutdown_timeout());
         for c in self.callers.values() {
-            min(c.ok.as_ref().map(|o| o.next.min(o.deadline)));
+            min(c.ok.as_ref().and_then(|o| o.usage.poll_timeout()));
             min(c.hangup_at);
             if c.connected.is_none() {
                 min(c.next_announce);
@@ -991,7 +990,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             .announce_every(&queue)
             .filter(|_| confirm.is_none())
             .map(|f| now + f);
-        let t1 = self.cfg.t1;
+        let usage = UasInvite::answered(ok, &self.cfg.timers, now);
         self.callers.insert(
             n,
             CallerCall {
@@ -1005,13 +1004,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 next_announce,
                 hangup_at,
                 queue,
-                ok: Some(OkRetx {
-                    key,
-                    response: ok,
-                    next: now + t1,
-                    interval: t1,
-                    deadline: now + t1 * 64,
-                }),
+                ok: Some(OkRetx { key, usage }),
                 connected: None,
                 from: from_user_kept,
                 since: now,
@@ -1321,7 +1314,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             return self.hangup_agent(id);
         }
         a.cancelled = true;
-        a.forget_at = Some(now + self.cfg.t1 * 64);
+        a.forget_at = Some(now + self.cfg.timers.t1_x64());
         let key = a.key.clone();
         if a.provisional {
             let dest = a.peer.clone();
@@ -1453,12 +1446,10 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let mut dead = Vec::new();
         for (id, c) in &mut self.callers {
             let Some(ok) = c.ok.as_mut() else { continue };
-            if now >= ok.deadline {
-                dead.push(*id);
-            } else if now >= ok.next {
-                resend.push((ok.key.clone(), ok.response.clone()));
-                ok.interval = (ok.interval * 2).min(Duration::from_secs(4));
-                ok.next = now + ok.interval;
+            match ok.usage.handle_timeout(now) {
+                Some(UasEvent::AckTimeout) => dead.push(*id),
+                Some(UasEvent::Retransmit(r)) => resend.push((ok.key.clone(), r)),
+                None => {}
             }
         }
         for (k, r) in resend {
@@ -1537,7 +1528,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 continue;
             };
             a.cancelled = true;
-            a.forget_at = Some(now + self.cfg.t1 * 64);
+            a.forget_at = Some(now + self.cfg.timers.t1_x64());
             let (key, gw, interface) = (a.key.clone(), a.peer.addr, a.interface.clone());
             self.emit(Output::Abandon { key });
             warn!(%interface, gateway = %gw, "no provisional response to the offer: next member");

@@ -112,7 +112,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 _ => None,
             })
             .collect();
-        let wait = self.cfg.t1.saturating_mul(64).min(BYE_WAIT_CAP);
+        let wait = self.cfg.timers.t1_x64().min(BYE_WAIT_CAP);
         let done = byes.is_empty();
         self.shutdown.finishing = Some(Finishing {
             byes,

@@ -179,7 +179,10 @@ fn queue(name: &str, members: &[&str]) -> QueueConfig {
 fn config(queues: Vec<QueueConfig>) -> CallConfig {
     CallConfig {
         local: addr(LOCAL),
-        t1: Duration::from_millis(500),
+        timers: TxConfig {
+            t1: Duration::from_millis(500),
+            ..TxConfig::default()
+        },
         engine: EngineConfig {
             queues,
             ..EngineConfig::default()
@@ -207,6 +210,7 @@ impl Rig {
         let wall0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let wall = Arc::new(Mutex::new(wall0));
         let w = wall.clone();
+        let timers = cfg.timers.clone();
         let core = CallControl::new(
             cfg,
             FakeMedia::default(),
@@ -218,10 +222,7 @@ impl Rig {
         .expect("core");
         let mut rig = Rig {
             core,
-            tl: TransactionLayer::new(TxConfig {
-                t1: Duration::from_millis(500),
-                ..TxConfig::default()
-            }),
+            tl: TransactionLayer::new(timers),
             now: start,
             start,
             wall,

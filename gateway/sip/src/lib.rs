@@ -11,4 +11,5 @@ pub mod overload;
 pub mod prack;
 pub mod transaction;
 pub mod trust;
+pub mod ua;
 pub mod via;

@@ -53,7 +53,8 @@ use crate::sdp::SessionDescription;
 use crate::sip::dialog::{self, Dialog, DialogState};
 use crate::sip::message::{self, response_with_tag, SipMessage};
 use crate::sip::transaction::parse::{self as tparse, Field};
-use crate::sip::transaction::TransactionKey;
+use crate::sip::transaction::{self as tx, TransactionKey};
+use crate::sip::ua::{UasEvent, UasInvite};
 use crate::transport::Peer;
 use devstate::{Channel, DeviceCalls};
 
@@ -335,15 +336,12 @@ struct Leg {
     timer: Option<timers::SessionTimer>,
 }
 
-/// A 2xx we retransmit until its ACK arrives (§13.3.1.4).
+/// A 2xx we retransmit until its ACK arrives (§13.3.1.4), through server transaction `key`.
 #[derive(Debug)]
 struct OkRetransmit {
     side: Side,
     key: TransactionKey,
-    response: Response,
-    next: Instant,
-    interval: Duration,
-    deadline: Instant,
+    usage: UasInvite,
 }
 
 /// A re-INVITE or UPDATE being relayed from `from` to the other side.
@@ -1065,18 +1063,15 @@ impl B2bua {
                     rel.stop();
                 }
             }
-            let deadline = now + self.cfg.t1 * 64;
+            let timers = tx_timers(&self.cfg);
             call.ok = Some(OkRetransmit {
                 side: Side::A,
                 key: key.clone(),
-                response: r.clone(),
-                next: if call.held_ok {
-                    deadline
+                usage: if call.held_ok {
+                    UasInvite::held(r.clone(), &timers, now)
                 } else {
-                    now + self.cfg.t1
+                    UasInvite::answered(r.clone(), &timers, now)
                 },
-                interval: self.cfg.t1,
-                deadline,
             });
             let (adev, bdev) = (call.a.device.clone(), call.b.device.clone());
             if !call.held_ok {
@@ -1489,10 +1484,7 @@ impl B2bua {
                 call.ok = Some(OkRetransmit {
                     side,
                     key: key.clone(),
-                    response: r.clone(),
-                    next: now + self.cfg.t1,
-                    interval: self.cfg.t1,
-                    deadline: now + self.cfg.t1 * 64,
+                    usage: UasInvite::answered(r.clone(), &tx_timers(&self.cfg), now),
                 });
             }
             self.respond(key, r);
@@ -1621,10 +1613,7 @@ impl B2bua {
             call.ok = Some(OkRetransmit {
                 side: p.from,
                 key: p.server_key.clone(),
-                response: r.clone(),
-                next: now + self.cfg.t1,
-                interval: self.cfg.t1,
-                deadline: now + self.cfg.t1 * 64,
+                usage: UasInvite::answered(r.clone(), &tx_timers(&self.cfg), now),
             });
         }
         self.respond(&p.server_key, r);
@@ -1732,7 +1721,7 @@ impl B2bua {
         let ok = self
             .calls
             .values()
-            .filter_map(|c| c.ok.as_ref().map(|o| o.next.min(o.deadline)))
+            .filter_map(|c| c.ok.as_ref().and_then(|o| o.usage.poll_timeout()))
             .min();
         [
             ok,
@@ -1755,13 +1744,13 @@ impl B2bua {
             let Some(ok) = call.ok.as_mut() else {
                 continue;
             };
-            if now >= ok.deadline {
-                dead.push(call.id);
-                call.ok = None;
-            } else if now >= ok.next {
-                resend.push((ok.key.clone(), ok.response.clone()));
-                ok.interval = (ok.interval * 2).min(self.cfg.t2);
-                ok.next = now + ok.interval;
+            match ok.usage.handle_timeout(now) {
+                Some(UasEvent::AckTimeout) => {
+                    dead.push(call.id);
+                    call.ok = None;
+                }
+                Some(UasEvent::Retransmit(r)) => resend.push((ok.key.clone(), r)),
+                None => {}
             }
         }
         for (key, r) in resend {
@@ -1789,6 +1778,15 @@ impl B2bua {
                 };
             }
         }
+    }
+}
+
+/// The transaction layer's timers the B2BUA's dialog usages run on.
+fn tx_timers(cfg: &Config) -> tx::Config {
+    tx::Config {
+        t1: cfg.t1,
+        t2: cfg.t2,
+        ..tx::Config::default()
     }
 }
 

@@ -120,10 +120,7 @@ impl B2bua {
         {
             call.held_ok = false;
             if let Some(ok) = call.ok.as_mut() {
-                ok.next = now + self.cfg.t1;
-                ok.interval = self.cfg.t1;
-                ok.deadline = now + self.cfg.t1 * 64;
-                out.push(ok.response.clone());
+                out.push(ok.usage.release(now));
             }
             if let Some(rel) = call.a_rel.as_mut() {
                 rel.stop();

@@ -18,6 +18,7 @@ use crate::sip::dialog::{self, Dialog};
 use crate::sip::message::{self, response_with_tag, Method, Request};
 use crate::sip::transaction::parse::{self as tparse, Field};
 use crate::sip::transaction::{self as tx, TransactionLayer};
+use crate::sip::ua::{UasEvent, UasInvite};
 use crate::transport::{self, earliest, receive, sleep_until, transmit, Peer, Transports};
 use rsip::headers::UntypedHeader as _;
 use statebus::{Bus, Mwi};
@@ -214,13 +215,11 @@ enum Input {
     Digit(char),
 }
 
-/// Our 2xx, retransmitted at T1 doubling (to T2) until its ACK (RFC 3261 §13.3.1.4).
+/// Our 2xx, retransmitted at T1 doubling (to T2) until its ACK (RFC 3261 §13.3.1.4),
+/// through server transaction `key`.
 struct Unacked {
     key: tx::TransactionKey,
-    response: message::Response,
-    next: Instant,
-    interval: std::time::Duration,
-    deadline: Instant,
+    usage: UasInvite,
 }
 
 struct Session {
@@ -273,26 +272,25 @@ impl Ua {
     fn ok_due(&self) -> Option<Instant> {
         self.sessions
             .values()
-            .filter_map(|s| s.ok.as_ref().map(|o| o.next.min(o.deadline)))
+            .filter_map(|s| s.ok.as_ref().and_then(|o| o.usage.poll_timeout()))
             .min()
     }
 
     /// Resends unacknowledged 2xx; a call whose ACK never came is hung up (BYE).
     fn retransmit(&mut self, now: Instant) {
-        let t2 = self.tl.config().t2;
         let mut resend = Vec::new();
         let mut dead = Vec::new();
         for (call_id, s) in self.sessions.iter_mut() {
             let Some(o) = s.ok.as_mut() else {
                 continue;
             };
-            if now >= o.deadline {
-                s.ok = None;
-                dead.push(call_id.clone());
-            } else if now >= o.next {
-                resend.push((o.key.clone(), o.response.clone()));
-                o.interval = (o.interval * 2).min(t2);
-                o.next = now + o.interval;
+            match o.usage.handle_timeout(now) {
+                Some(UasEvent::AckTimeout) => {
+                    s.ok = None;
+                    dead.push(call_id.clone());
+                }
+                Some(UasEvent::Retransmit(r)) => resend.push((o.key.clone(), r)),
+                None => {}
             }
         }
         for (key, r) in resend {
@@ -450,13 +448,9 @@ impl Ua {
             .push(rsip::Header::Contact(rsip::headers::Contact::new(contact)));
         let r = dialog::response_with_body(r, sdp.clone().into_bytes(), "application/sdp");
         self.respond(key, r.clone());
-        let (now, t1) = (Instant::now(), self.shared.cfg.t1);
         let ok = Some(Unacked {
             key: key.clone(),
-            response: r,
-            next: now + t1,
-            interval: t1,
-            deadline: now + t1 * 64,
+            usage: UasInvite::answered(r, self.tl.config(), Instant::now()),
         });
         let caller = crate::b2bua::caller_user(&req);
         info!(%mailbox, retrieval, %caller, "voicemail call answered");
