@@ -118,7 +118,7 @@ impl B2bua {
             self.by_dialog.remove(&(dlg.call_id, dlg.local_tag));
         }
         let callee = call.b.device.take();
-        let (via, branch) = via_for(&dest);
+        let (via, branch) = via_for(&mut self.rng, &dest);
         let mut invite = call.b_invite.clone();
         invite.uri = uri;
         invite.headers = invite

@@ -45,11 +45,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rsip::headers::{Allow, Contact, UntypedHeader};
+use rsip::headers::{Allow, Contact, Supported, UntypedHeader};
 use rsip::{Header, Method, Request, Response};
 
 use crate::registrar::client::{self, ClientCredentials};
 use crate::sdp::SessionDescription;
+use crate::sip::builder::{self, Local, RequestBuilder};
 use crate::sip::dialog::{self, Dialog, DialogState};
 use crate::sip::message::{self, response_with_tag, SipMessage};
 use crate::sip::transaction::parse::{self as tparse, Field};
@@ -57,6 +58,8 @@ use crate::sip::transaction::{self as tx, TransactionKey};
 use crate::sip::ua::{UasEvent, UasInvite};
 use crate::transport::Peer;
 use devstate::{Channel, DeviceCalls};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 /// A call's number, unique in this gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -446,6 +449,8 @@ pub struct B2bua {
     next_media_check: Option<Instant>,
     /// Diversions armed per call (`divert.rs`).
     diverts: HashMap<CallId, divert::Armed>,
+    /// The random source of tags, branches, Call-IDs (`sip_core::builder`).
+    rng: StdRng,
 
     /// Sign the next leg-B INVITE for a fabric member with this key at this unix time (set
     /// by the gateway just before [`B2bua::on_invite`], taken by it; `sip_core::trust`).
@@ -521,6 +526,7 @@ impl B2bua {
             next_id: 1,
             next_media_check: None,
             diverts: HashMap::new(),
+            rng: StdRng::from_os_rng(),
 
             sign_next: None,
         }
@@ -554,7 +560,13 @@ impl B2bua {
 
     fn rand(&mut self) -> u64 {
         // Tags, branches and Call-IDs must be unique and hard to guess.
-        rand::random()
+        self.rng.next_u64()
+    }
+
+    /// Tags, branches, Call-IDs and SDP session ids from this random source from now on (tests
+    /// make them deterministic; the default is seeded by the operating system).
+    pub fn set_rng(&mut self, rng: StdRng) {
+        self.rng = rng;
     }
 
     fn respond(&mut self, key: &TransactionKey, response: Response) {
@@ -726,40 +738,46 @@ impl B2bua {
                 )
             }
         };
-        let (via, branch) = via_for(&dest);
-        let b_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
-        let a_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
-        let call_id = format!("cf{:016x}@{}", self.rand(), dest.local.ip());
+        let local = local_for(&dest);
+        let (via, branch) = local.new_via(&mut self.rng);
+        let b_tag = local.tag(&mut self.rng);
+        let a_tag = local.tag(&mut self.rng);
+        let call_id = local.call_id(&mut self.rng);
         let uniqueid = format!("{}{}", self.cfg.uniqueid_prefix, id.0);
         let linkedid = linked_of(&req).unwrap_or_else(|| uniqueid.clone());
         let is_offer = offer_of(&req).is_some();
-        // A trunk (an ACD node, another site) learns the linked id; phones do not need it.
-        let linked_header = if callee.is_none() {
-            format!("{}: {linkedid}\r\n", crate::offer::LINKED_HEADER)
-        } else {
-            String::new()
-        };
-        let text = format!(
-            "INVITE {contact} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: {mf}\r\n\
-             From: {from};tag={b_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
-             Contact: {our}\r\nAllow: {ALLOW}\r\nSupported: 100rel, timer\r\n{timer}\
-             {linked_header}Content-Length: 0\r\n\r\n",
-            timer = timers::request_headers(&self.cfg),
-            mf = max_forwards - 1,
-            from = strip_tag(&from),
-            to = strip_tag(&to),
-            our = our_contact(&dest),
-        );
+        let built = builder::parse_uri(&contact).map(|uri| {
+            let mut b = RequestBuilder::new(Method::Invite, uri, via)
+                .max_forwards(max_forwards - 1)
+                .from(&strip_tag(&from), Some(&b_tag))
+                .to(&strip_tag(&to), None)
+                .call_id(call_id)
+                .contact(our_contact(&dest))
+                .header(Header::Allow(Allow::new(ALLOW)))
+                .header(Header::Supported(Supported::new("100rel, timer")));
+            for h in timers::request_headers(&self.cfg) {
+                b = b.header(h);
+            }
+            // A trunk (an ACD node, another site) learns the linked id; phones do not need it.
+            if callee.is_none() {
+                b = b.header(Header::Other(
+                    crate::offer::LINKED_HEADER.into(),
+                    linkedid.clone(),
+                ));
+            }
+            b.body(b_sdp.to_string().into_bytes(), "application/sdp")
+                .build()
+        });
         let signer = self.sign_next.take();
-        let b_invite = match message::parse(text.as_bytes()) {
-            Ok(SipMessage::Request(r)) => {
-                let mut r = dialog::with_body(r, b_sdp.to_string().into_bytes(), "application/sdp");
+        let b_invite = match built {
+            Ok(mut r) => {
                 if let Some((key, now_secs)) = &signer {
                     key.sign(&mut r, *now_secs);
                 }
                 r
             }
-            _ => {
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot build the INVITE to the callee");
                 media.close(id);
                 return self.reply(&key, &req, 500);
             }
@@ -970,7 +988,7 @@ impl B2bua {
         if code < 300 {
             // Answered: ACK B at once (we are its UAC).
             let ack = call.b.dialog.as_ref().map(|d| {
-                let (via, _) = via_for(&call.b.peer);
+                let (via, _) = via_for(&mut self.rng, &call.b.peer);
                 let seq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq);
                 d.ack(seq, &via)
             });
@@ -1106,7 +1124,7 @@ impl B2bua {
                     client::answer_challenge(&resp, "INVITE", &uri, &creds, &cnonce, 1)
                 {
                     let peer = call.b.peer.clone();
-                    let (via, branch) = via_for(&peer);
+                    let (via, branch) = via_for(&mut self.rng, &peer);
                     let Some(call) = self.calls.get_mut(&id) else {
                         return;
                     };
@@ -1257,7 +1275,7 @@ impl B2bua {
         let Some(peer) = call.b_fallbacks.pop_front() else {
             return false;
         };
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let mut retry = call.b_invite.clone();
         retry.headers = retry
             .headers
@@ -1507,7 +1525,7 @@ impl B2bua {
             hold::offer_to_held(&mut sdp);
         }
         let peer = leg.peer.clone();
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let Some(d) = leg.dialog.as_mut() else {
             self.reply(key, &req, 500);
             return;
@@ -1566,7 +1584,7 @@ impl B2bua {
             if let Some(d) = call.leg_mut(other).dialog.as_mut() {
                 d.on_response(Method::Invite, &resp);
                 let peer = call.leg(other).peer.clone();
-                let (via, _) = via_for(&peer);
+                let (via, _) = via_for(&mut self.rng, &peer);
                 if let Some(d) = call.leg(other).dialog.as_ref() {
                     let seq = d.local_seq;
                     self.actions.push_back(Action::Stateless {
@@ -1634,7 +1652,7 @@ impl B2bua {
             return;
         };
         let peer = call.leg(side).peer.clone();
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let Some(d) = call.leg_mut(side).dialog.as_mut() else {
             return;
         };
@@ -1790,16 +1808,18 @@ fn tx_timers(cfg: &Config) -> tx::Config {
     }
 }
 
-fn via_for(p: &Peer) -> (String, String) {
-    let branch = format!("z9hG4bKcf{:016x}", rand::random::<u64>());
-    (
-        format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            transport_name(p),
-            p.local
-        ),
-        branch,
-    )
+/// Where requests to `p` leave from (`cf` identifiers).
+fn local_for(p: &Peer) -> Local {
+    Local {
+        transport: transport_name(p),
+        addr: p.local,
+        prefix: "cf",
+    }
+}
+
+/// A fresh branch towards `p` and the Via value that carries it.
+fn via_for(rng: &mut StdRng, p: &Peer) -> (String, String) {
+    local_for(p).new_via(rng)
 }
 
 /// `sdp` with its first audio stream anchored on `relay` (other streams rejected: the relay

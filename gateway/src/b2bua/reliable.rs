@@ -48,7 +48,7 @@ impl B2bua {
         call.b_rseq = Some(rseq);
         let cseq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq);
         let peer = call.b.peer.clone();
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let Some(d) = call.b.dialog.as_mut() else {
             return true;
         };
