@@ -154,14 +154,14 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let branch = self.new_branch();
         let uri = format!("sip:{number}@{gateway}");
         let from = format!("<sip:acd@{}>", self.cfg.local);
-        let extra = format!("{}: {x_offer}\r\n", sip_core::offer::HEADER);
+        let extra = vec![super::offer_header(&x_offer)];
         let Some(req) = self.out_of_dialog(
             Method::Invite,
             &uri,
             &from,
             &format!("<{uri}>"),
             &branch,
-            &extra,
+            extra,
         ) else {
             self.media.close(leg);
             return self.callback_failed(n, "500");

@@ -60,6 +60,7 @@ use rand::RngCore;
 use rsip::headers::UntypedHeader;
 use rsip::Header;
 use sdp::{self, SessionDescription};
+use sip_core::builder::{self, Local, RequestBuilder};
 use sip_core::dialog::{self, Dialog};
 use sip_core::message::{self, Method, Request, Response, SipMessage};
 use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
@@ -74,6 +75,11 @@ use crate::engine::{
     OfferOutcome, QueueLogEvent, QueueStats, Time,
 };
 use crate::reach::{ReachConfig, ReachEvent, Reachability};
+
+/// The `X-CF-Offer` field of an offer INVITE.
+fn offer_header(offer: &sip_core::offer::Offer) -> Header {
+    Header::Other(sip_core::offer::HEADER.into(), offer.to_string())
+}
 
 /// How long a feature-code call waits for its confirmation prompt to end before hanging up
 /// anyway (the media script reports the end with [`CallControl::announcement_done`]).
@@ -680,12 +686,18 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         l
     }
 
+    /// Where our requests leave from (`acd` identifiers, `sip_core::builder`).
+    fn local(&self) -> Local {
+        Local::udp(self.cfg.local, "acd")
+    }
+
     fn new_branch(&mut self) -> String {
-        format!("z9hG4bKacd{:016x}", self.rand())
+        let local = self.local();
+        local.branch(&mut self.rng)
     }
 
     fn via(&self, branch: &str) -> String {
-        format!("SIP/2.0/UDP {};branch={branch};rport", self.cfg.local)
+        self.local().via(branch)
     }
 
     /// Sends `req` (its top Via carries `branch`) in a new client transaction.
@@ -699,8 +711,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         key
     }
 
-    /// A request outside any dialog, built in one place: `extra` headers (`Name: value`
-    /// lines, each ending in CRLF) after Contact.
+    /// A request outside any dialog, built by the one request builder: `extra` fields after
+    /// Contact. None when `uri` does not parse.
     #[allow(clippy::too_many_arguments)]
     fn out_of_dialog(
         &mut self,
@@ -709,22 +721,21 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         from: &str,
         to: &str,
         branch: &str,
-        extra: &str,
+        extra: Vec<Header>,
     ) -> Option<Request> {
-        let (tag, cid) = (self.rand() & 0xffff_ffff_ffff, self.rand());
-        let text = format!(
-            "{method} {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
-             From: {from};tag=acd{tag:012x}\r\nTo: {to}\r\n\
-             Call-ID: acd{cid:016x}@{ip}\r\nCSeq: 1 {method}\r\nContact: {contact}\r\n\
-             {extra}Content-Length: 0\r\n\r\n",
-            via = self.via(branch),
-            ip = self.cfg.local.ip(),
-            contact = self.contact(),
-        );
-        match message::parse(text.as_bytes()) {
-            Ok(SipMessage::Request(r)) => Some(r),
-            _ => None,
+        let local = self.local();
+        let tag = local.tag(&mut self.rng);
+        let call_id = local.call_id(&mut self.rng);
+        let uri = builder::parse_uri(uri).ok()?;
+        let mut b = RequestBuilder::new(method, uri, local.via(branch))
+            .from(from, Some(&tag))
+            .to(to, None)
+            .call_id(call_id)
+            .contact(self.contact());
+        for h in extra {
+            b = b.header(h);
         }
+        Some(b.build())
     }
 
     /// The wall clock in unix milliseconds.
@@ -940,7 +951,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 self.log_moved(&caller_id, &queue, p);
             }
         }
-        let tag = format!("acd{:012x}", self.rand() & 0xffff_ffff_ffff);
+        let local = self.local();
+        let tag = local.tag(&mut self.rng);
         let Ok(d) = Dialog::uas(&req, &tag, &self.contact()) else {
             // Not queued yet unless a queue call: take it back out.
             if confirm.is_none() {
@@ -1262,14 +1274,14 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         };
         let branch = self.new_branch();
         let uri = format!("sip:{user}@{gw}");
-        let extra = format!("{}: {x_offer}\r\n", sip_core::offer::HEADER);
+        let extra = vec![offer_header(&x_offer)];
         let Some(req) = self.out_of_dialog(
             Method::Invite,
             &uri,
             &from,
             &format!("<{uri}>"),
             &branch,
-            &extra,
+            extra,
         ) else {
             warn!(%interface, "cannot build the offer INVITE");
             self.media.close(leg);
@@ -1705,7 +1717,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     &from,
                     &format!("<{uri}>"),
                     &branch,
-                    "",
+                    Vec::new(),
                 ) else {
                     warn!(gateway = %to, "cannot build the keep-alive OPTIONS");
                     return;
