@@ -88,7 +88,7 @@ impl Local {
 
 /// A Via value: `SIP/2.0/<transport> <sent_by>;branch=<branch>;rport` (RFC 3581 asks for the
 /// port responses come back to).
-pub fn via(transport: &str, sent_by: SocketAddr, branch: &str) -> String {
+pub fn via(transport: &str, sent_by: impl std::fmt::Display, branch: &str) -> String {
     format!("SIP/2.0/{transport} {sent_by};branch={branch};rport")
 }
 
