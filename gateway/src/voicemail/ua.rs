@@ -14,12 +14,15 @@ use crate::audio::{self, Codec, PlayEnd, PlayerConfig, RtpPlayer, RtpRecorder, R
 use crate::media::dtmf::{self, DtmfDetector};
 use crate::media::{Leg, MediaRelay, RelayConfig};
 use crate::sdp::SessionDescription;
+use crate::sip::builder::Local;
 use crate::sip::dialog::{self, Dialog};
 use crate::sip::message::{self, response_with_tag, Method, Request};
 use crate::sip::transaction::parse::{self as tparse, Field};
 use crate::sip::transaction::{self as tx, TransactionLayer};
 use crate::sip::ua::{UasEvent, UasInvite};
 use crate::transport::{self, earliest, receive, sleep_until, transmit, Peer, Transports};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use rsip::headers::UntypedHeader as _;
 use statebus::{Bus, Mwi};
 use std::collections::HashMap;
@@ -185,6 +188,7 @@ impl Voicemail {
             sessions: HashMap::new(),
             shared,
             done_tx,
+            rng: StdRng::from_os_rng(),
         };
         let task = tokio::spawn(ua.run(events, done_rx));
         Ok(Voicemail {
@@ -239,9 +243,16 @@ struct Ua {
     sessions: HashMap<String, Session>,
     shared: Arc<Shared>,
     done_tx: mpsc::UnboundedSender<String>,
+    /// Tags and branches (`sip_core::builder`).
+    rng: StdRng,
 }
 
 impl Ua {
+    /// Where our requests leave from (`vm` identifiers).
+    fn builder_local(&self) -> Local {
+        Local::udp(self.local, "vm")
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::Receiver<transport::TransportEvent>,
@@ -436,7 +447,7 @@ impl Ua {
         if let Some(rtp) = offer.rtp_endpoint(0) {
             leg.set_remote(rtp, offer.rtcp_endpoint(0));
         }
-        let tag = format!("vm{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let tag = self.builder_local().tag(&mut self.rng);
         let contact = format!("<sip:voicemail@{}>", self.local);
         let Ok(dialog) = Dialog::uas(&req, &tag, &contact) else {
             leg.close();
@@ -486,11 +497,7 @@ impl Ua {
         let Some(mut s) = self.sessions.remove(call_id) else {
             return;
         };
-        let via = format!(
-            "SIP/2.0/UDP {};branch=z9hG4bKvm{:016x};rport",
-            self.local,
-            rand::random::<u64>()
-        );
+        let (via, _) = self.builder_local().new_via(&mut self.rng);
         let bye = s.dialog.request(Method::Bye, &via);
         if let Err(e) = self
             .tl
