@@ -25,7 +25,7 @@ use ::media::{MediaRelay, RelayConfig};
 use rand::SeedableRng;
 use sip_core::transaction::{self as tx, TransactionLayer};
 use sipnet::Peer;
-use sipnet::{TransportConfig, TransportEvent, Transports};
+use sipnet::{TransportEvent, Transports};
 use statebus::{Bus, BusEvent, Change};
 use tokio::sync::{broadcast, mpsc};
 use tracing::warn;
@@ -150,18 +150,7 @@ impl AcdNode {
     /// Binds the listener, loads the queues, feeds the engine the bus's current device states
     /// and starts serving.
     pub async fn start(cfg: NodeConfig, bus: Arc<dyn Bus>) -> Result<AcdNode, NodeError> {
-        let (transports, events) = Transports::bind(TransportConfig {
-            udp: vec![cfg.udp],
-            tcp: Vec::new(),
-            ..TransportConfig::default()
-        })
-        .await?;
-        let local = transports
-            .local_addrs()
-            .udp
-            .first()
-            .copied()
-            .unwrap_or(cfg.udp);
+        let (transports, events, local) = Transports::bind_udp(cfg.udp).await?;
         let relay = MediaRelay::per_core(RelayConfig::new(
             cfg.media_ip,
             cfg.media_ip,

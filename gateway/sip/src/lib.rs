@@ -9,6 +9,8 @@ pub mod message;
 pub mod offer;
 pub mod overload;
 pub mod prack;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub mod transaction;
 pub mod trust;
 pub mod ua;

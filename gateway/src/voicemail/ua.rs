@@ -135,18 +135,7 @@ impl Voicemail {
     ) -> Result<Voicemail, VoicemailError> {
         let store =
             MailboxStore::open(&cfg.database, &cfg.dir, &cfg.context, cfg.max_messages).await?;
-        let (transports, events) = Transports::bind(transport::TransportConfig {
-            udp: vec![cfg.listen],
-            tcp: Vec::new(),
-            ..transport::TransportConfig::default()
-        })
-        .await?;
-        let local = transports
-            .local_addrs()
-            .udp
-            .first()
-            .copied()
-            .unwrap_or(cfg.listen);
+        let (transports, events, local) = Transports::bind_udp(cfg.listen).await?;
         let relay = MediaRelay::new(RelayConfig::new(
             cfg.rtp_ip,
             cfg.rtp_ip,
