@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::{CallControl, Fabric, LegId, Media, Output, Party};
 use crate::engine::{CompletedBy, OfferId, QueueLogEvent};
+use sip_core::ua::ToSend;
 
 /// The key a waiting caller presses to be called back.
 pub const CALLBACK_KEY: char = '1';
@@ -225,7 +226,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         };
         let gateway = c.peer.addr;
         let dest = self.peer(gateway);
-        self.emit(Output::Stateless {
+        self.emit_sip(ToSend::Stateless {
             message: ack.into(),
             dest,
         });
@@ -325,7 +326,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let dest = self.peer(gateway);
         self.callback_keys.remove(&key);
         self.media.close(leg);
-        self.emit(Output::Cancel { key, dest });
+        self.emit_sip(ToSend::Cancel { key, dest });
     }
 }
 

@@ -62,9 +62,9 @@ use rsip::Header;
 use sdp::{self, SessionDescription};
 use sip_core::builder::{self, Local, RequestBuilder};
 use sip_core::dialog::{self, Dialog};
-use sip_core::message::{self, Method, Request, Response, SipMessage};
+use sip_core::message::{self, Method, Request, Response};
 use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
-use sip_core::ua::{UasEvent, UasInvite};
+use sip_core::ua::{ToSend, UasEvent, UasInvite};
 use sipnet as transport;
 use sipnet::Peer;
 use statebus::{DeviceState, Eid};
@@ -212,36 +212,8 @@ pub struct QueueReport {
 /// What the node must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Start a client transaction for `request` to `dest`; its key is `key`.
-    Request {
-        /// The key the request's branch gives.
-        key: TransactionKey,
-        /// The request.
-        request: Request,
-        /// Where to.
-        dest: Peer,
-    },
-    /// Respond through server transaction `key`.
-    Respond {
-        /// The server transaction.
-        key: TransactionKey,
-        /// The response.
-        response: Response,
-    },
-    /// Send outside any transaction (the ACK for a 2xx).
-    Stateless {
-        /// The message.
-        message: SipMessage,
-        /// Where to.
-        dest: Peer,
-    },
-    /// CANCEL the client INVITE transaction `key`.
-    Cancel {
-        /// The INVITE client transaction.
-        key: TransactionKey,
-        /// Where it went.
-        dest: Peer,
-    },
+    /// A SIP message for the transaction layer (the type the B2BUA's driver shares).
+    Sip(ToSend<Peer>),
     /// Stop retransmitting the client INVITE `key` (no provisional response: no CANCEL).
     Abandon {
         /// The INVITE client transaction.
@@ -287,35 +259,11 @@ pub fn apply<M: Media, F: Fabric>(
     now: Instant,
 ) -> Option<Output> {
     match out {
-        Output::Request { key, request, dest } => {
-            let kind = dest.tx_transport();
-            match tl.send_request(request, kind, dest, now) {
-                Ok(got) if got == key => {}
-                Ok(got) => warn!(%got, %key, "transaction key mismatch"),
-                Err(e) => {
-                    warn!(error = %e, "request not sent");
-                    core.request_failed(&key, now);
-                }
+        Output::Sip(send) => {
+            if let Err(key) = send.apply(tl, Peer::tx_transport, now) {
+                core.request_failed(&key, now);
             }
         }
-        Output::Respond { key, response } => {
-            if let Err(e) = tl.send_response(&key, response, now) {
-                debug!(error = %e, "response not sent");
-            }
-        }
-        Output::Stateless { message, dest } => {
-            let kind = dest.tx_transport();
-            tl.send_stateless(message, dest, kind);
-        }
-        Output::Cancel { key, dest } => match tl.build_cancel(&key) {
-            Ok(c) => {
-                let kind = dest.tx_transport();
-                if let Err(e) = tl.send_request(c, kind, dest, now) {
-                    debug!(error = %e, "CANCEL not sent");
-                }
-            }
-            Err(e) => debug!(error = %e, "nothing to cancel"),
-        },
         Output::Abandon { key } => {
             tl.abandon(&key);
         }
@@ -589,7 +537,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         }
     }
 
-    /// A request from [`Output::Request`] could not be sent.
+    /// A request from [`ToSend::Request`] could not be sent.
     pub fn request_failed(&mut self, key: &TransactionKey, now: Instant) {
         self.on_tx_event(tx::Event::Timeout { key: key.clone() }, now);
         self.pump(now);
@@ -656,8 +604,12 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         self.rng.next_u64()
     }
 
+    fn emit_sip(&mut self, send: ToSend<Peer>) {
+        self.emit(Output::Sip(send));
+    }
+
     fn respond(&mut self, key: &TransactionKey, response: Response) {
-        self.emit(Output::Respond {
+        self.emit_sip(ToSend::Respond {
             key: key.clone(),
             response,
         });
@@ -703,7 +655,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
     /// Sends `req` (its top Via carries `branch`) in a new client transaction.
     fn send(&mut self, req: Request, branch: &str, dest: Peer) -> TransactionKey {
         let key = TransactionKey::client(branch, req.method);
-        self.emit(Output::Request {
+        self.emit_sip(ToSend::Request {
             key: key.clone(),
             request: req,
             dest,
@@ -1078,7 +1030,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 a.provisional = true;
                 if a.cancelled {
                     let (key, dest) = (a.key.clone(), a.peer.clone());
-                    self.emit(Output::Cancel { key, dest });
+                    self.emit_sip(ToSend::Cancel { key, dest });
                 }
             }
             return;
@@ -1096,7 +1048,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             if let Some(d) = &a.dialog {
                 let ack = d.ack(1, &via);
                 let dest = a.peer.clone();
-                self.emit(Output::Stateless {
+                self.emit_sip(ToSend::Stateless {
                     message: ack.into(),
                     dest,
                 });
@@ -1330,7 +1282,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let key = a.key.clone();
         if a.provisional {
             let dest = a.peer.clone();
-            self.emit(Output::Cancel { key, dest });
+            self.emit_sip(ToSend::Cancel { key, dest });
         } else {
             // §9.1: no CANCEL before a provisional response. Stop retransmitting so the offer
             // cannot reach the agent later; a late 1xx is CANCELled, a late 2xx ACKed + BYE.
@@ -1725,7 +1677,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 // Sent once without a transaction (the next probe is its retransmission);
                 // its answer comes back as a stray response.
                 let dest = self.peer(to);
-                self.emit(Output::Stateless {
+                self.emit_sip(ToSend::Stateless {
                     message: req.into(),
                     dest,
                 });

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use rand::SeedableRng;
 use rsip::headers::{Contact, UntypedHeader};
 
+use sip_core::message::SipMessage;
 use sip_core::test_util::request;
 use sip_core::transaction::{Config as TxConfig, Transport as TxTransport};
 

@@ -8,15 +8,19 @@
 //! * [`UacInvite`]: the ACK for a 2xx to our INVITE (§13.2.2.4), built by the dialog with the
 //!   INVITE's CSeq number; a retransmitted 2xx gets the same ACK again.
 //!
-//! Both are driven like the other cores: `poll_timeout` says when, `handle_timeout(now)` runs
+//! [`ToSend`] is what a user-agent core asks of its driver (request, response, stateless
+//! message, CANCEL), and [`ToSend::apply`] hands it to the transaction layer.
+//!
+//! Both usages are driven like the other cores: `poll_timeout` says when, `handle_timeout(now)` runs
 //! what is due, and the owner sends what they return.
 
 use std::time::{Duration, Instant};
 
-use rsip::{Request, Response};
+use rsip::{Request, Response, SipMessage};
+use tracing::{debug, warn};
 
 use crate::dialog::Dialog;
-use crate::transaction::{self as tx, parse};
+use crate::transaction::{self as tx, parse, TransactionKey, TransactionLayer};
 
 /// What a [`UasInvite`] asks of its owner.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +139,87 @@ impl UacInvite {
         self.ack
             .get_or_insert_with(|| dialog.ack(self.seq, &via()))
             .clone()
+    }
+}
+
+/// A SIP message a user-agent core (the gateway's B2BUA, the ACD's call control) asks its
+/// driver to send; `P` is the destination (the network layer's `Peer`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToSend<P> {
+    /// Start a client transaction for `request` to `dest`; its key is `key`.
+    Request {
+        /// The key the request's branch gives.
+        key: TransactionKey,
+        /// The request.
+        request: Request,
+        /// Where to.
+        dest: P,
+    },
+    /// Respond through server transaction `key`.
+    Respond {
+        /// The server transaction.
+        key: TransactionKey,
+        /// The response.
+        response: Response,
+    },
+    /// Send outside any transaction (the ACK for a 2xx).
+    Stateless {
+        /// The message.
+        message: SipMessage,
+        /// Where to.
+        dest: P,
+    },
+    /// CANCEL the pending client INVITE transaction `key` (built from it).
+    Cancel {
+        /// The INVITE client transaction.
+        key: TransactionKey,
+        /// Where it went.
+        dest: P,
+    },
+}
+
+impl<P: Clone> ToSend<P> {
+    /// Hands this to the transaction layer; `transport` says how a destination is reached.
+    /// A request the layer refuses gives back its key (the core takes it as timed out);
+    /// responses and CANCELs that cannot go are only logged (their transaction is gone).
+    pub fn apply(
+        self,
+        tl: &mut TransactionLayer<P>,
+        transport: impl Fn(&P) -> tx::Transport,
+        now: Instant,
+    ) -> Result<(), TransactionKey> {
+        match self {
+            ToSend::Request { key, request, dest } => {
+                let kind = transport(&dest);
+                match tl.send_request(request, kind, dest, now) {
+                    Ok(got) if got == key => {}
+                    Ok(got) => warn!(%got, %key, "transaction key mismatch"),
+                    Err(e) => {
+                        warn!(error = %e, "request not sent");
+                        return Err(key);
+                    }
+                }
+            }
+            ToSend::Respond { key, response } => {
+                if let Err(e) = tl.send_response(&key, response, now) {
+                    debug!(error = %e, "response not sent");
+                }
+            }
+            ToSend::Stateless { message, dest } => {
+                let kind = transport(&dest);
+                tl.send_stateless(message, dest, kind);
+            }
+            ToSend::Cancel { key, dest } => match tl.build_cancel(&key) {
+                Ok(c) => {
+                    let kind = transport(&dest);
+                    if let Err(e) = tl.send_request(c, kind, dest, now) {
+                        debug!(error = %e, "CANCEL not sent");
+                    }
+                }
+                Err(e) => debug!(error = %e, "nothing to cancel"),
+            },
+        }
+        Ok(())
     }
 }
 
