@@ -64,7 +64,7 @@ use sip_core::builder::{self, Local, RequestBuilder};
 use sip_core::dialog::{self, Dialog};
 use sip_core::message::{self, Method, Request, Response};
 use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
-use sip_core::ua::{ToSend, UasEvent, UasInvite};
+use sip_core::ua::{ToSend, UacInvite, UasEvent, UasInvite};
 use sipnet as transport;
 use sipnet::Peer;
 use statebus::{DeviceState, Eid};
@@ -316,6 +316,8 @@ struct AgentCall {
     key: TransactionKey,
     peer: Peer,
     dialog: Option<Dialog>,
+    /// The ACK of the agent's 2xx (the same one for its retransmissions).
+    uac: UacInvite,
     leg: LegId,
     /// Any provisional response (100 included): the gateway has the offer.
     heard: bool,
@@ -1046,7 +1048,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 return;
             };
             if let Some(d) = &a.dialog {
-                let ack = d.ack(1, &via);
+                let ack = a.uac.ack(d, || via);
                 let dest = a.peer.clone();
                 self.emit_sip(ToSend::Stateless {
                     message: ack.into(),
@@ -1255,6 +1257,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             AgentCall {
                 caller: n,
                 interface: interface.to_owned(),
+                uac: UacInvite::new(&req),
                 invite: req,
                 key,
                 peer,

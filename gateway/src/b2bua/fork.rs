@@ -301,9 +301,9 @@ impl B2bua {
                     return;
                 };
                 let (via, _) = via_for(&mut self.rng, &br.peer);
-                let seq = tparse::cseq(&br.invite.headers).map_or(1, |c| c.seq);
+                let ack = UacInvite::new(&br.invite).ack(&d, || via);
                 self.actions.push_back(Action::Stateless {
-                    message: d.ack(seq, &via).into(),
+                    message: ack.into(),
                     dest: br.peer.clone(),
                 });
                 if br.byed.contains(&d.remote_tag) {

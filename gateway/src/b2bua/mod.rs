@@ -55,7 +55,7 @@ use crate::sip::dialog::{self, Dialog, DialogState};
 use crate::sip::message::{self, response_with_tag, SipMessage};
 use crate::sip::transaction::parse::{self as tparse, Field};
 use crate::sip::transaction::{self as tx, TransactionKey};
-use crate::sip::ua::{UasEvent, UasInvite};
+use crate::sip::ua::{UacInvite, UasEvent, UasInvite};
 use crate::transport::Peer;
 use devstate::{Channel, DeviceCalls};
 use rand::rngs::StdRng;
@@ -989,8 +989,7 @@ impl B2bua {
             // Answered: ACK B at once (we are its UAC).
             let ack = call.b.dialog.as_ref().map(|d| {
                 let (via, _) = via_for(&mut self.rng, &call.b.peer);
-                let seq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq);
-                d.ack(seq, &via)
+                UacInvite::new(&call.b_invite).ack(d, || via)
             });
             if let Some(ack) = ack {
                 self.actions.push_back(Action::Stateless {
