@@ -252,7 +252,11 @@ mod tests {
         let mut sent = Vec::new();
         let mut timeout = None;
         let mut now = t0;
+        let mut steps = 0;
         while now <= t0 + Duration::from_millis(until) {
+            // A usage that stays due without time passing would spin here: fail instead.
+            steps += 1;
+            assert!(steps < 10_000, "no progress at {now:?}");
             match u.poll_timeout() {
                 Some(t) if t <= now => {}
                 Some(t) => {
