@@ -1431,13 +1431,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
 
     /// Feature-code calls whose confirmation played.
     fn hangups_due(&mut self, now: Instant) {
-        let due: Vec<u64> = self
-            .callers
-            .iter()
-            .filter(|(_, c)| c.hangup_at.is_some_and(|t| now >= t))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        for id in sip_core::ua::due(&self.callers, now, |c| c.hangup_at) {
             self.bye_caller(id);
             self.forget_caller(id);
         }

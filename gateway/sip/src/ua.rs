@@ -142,6 +142,20 @@ impl UacInvite {
     }
 }
 
+/// The keys of `entries` whose instant (`at`; None: not armed) has come by `now`: the
+/// timers a core keeps as data, due.
+pub fn due<'a, K: Copy + 'a, V: 'a>(
+    entries: impl IntoIterator<Item = (&'a K, &'a V)>,
+    now: Instant,
+    at: impl Fn(&V) -> Option<Instant>,
+) -> Vec<K> {
+    entries
+        .into_iter()
+        .filter(|(_, v)| at(v).is_some_and(|t| now >= t))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 /// A SIP message a user-agent core (the gateway's B2BUA, the ACD's call control) asks its
 /// driver to send; `P` is the destination (the network layer's `Peer`).
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +335,19 @@ mod tests {
         // Never released: the ACK deadline still ends it.
         let mut v = UasInvite::held(ok(), &timers(), t0);
         assert_eq!(run(&mut v, t0, 10_000), (vec![], Some(6400)));
+    }
+
+    #[test]
+    fn due_keys_are_those_armed_at_or_before_now() {
+        let t0 = Instant::now();
+        let ms = |n| Some(t0 + Duration::from_millis(n));
+        let timers =
+            std::collections::BTreeMap::from([(1, ms(10)), (2, None), (3, ms(5)), (4, ms(11))]);
+        assert_eq!(
+            due(&timers, t0 + Duration::from_millis(10), |t| *t),
+            vec![1, 3]
+        );
+        assert!(due(&timers, t0, |t| *t).is_empty());
     }
 
     #[test]
