@@ -61,7 +61,7 @@ impl Local {
 
     /// A fresh RFC 3261 branch: `z9hG4bK<prefix><16 hex digits>`.
     pub fn branch(&self, rng: &mut (impl RngCore + ?Sized)) -> String {
-        format!("z9hG4bK{}{:016x}", self.prefix, rng.next_u64())
+        branch(rng, self.prefix)
     }
 
     /// A fresh tag: `<prefix><12 hex digits>`.
@@ -84,6 +84,11 @@ impl Local {
         let branch = self.branch(rng);
         (self.via(&branch), branch)
     }
+}
+
+/// A fresh RFC 3261 branch: `z9hG4bK<prefix><16 hex digits>`.
+pub fn branch(rng: &mut (impl RngCore + ?Sized), prefix: &str) -> String {
+    format!("z9hG4bK{prefix}{:016x}", rng.next_u64())
 }
 
 /// A Via value: `SIP/2.0/<transport> <sent_by>;branch=<branch>;rport` (RFC 3581 asks for the

@@ -705,7 +705,7 @@ fn build_notify<D: Clone>(
     routes: &[String],
     summary: &Summary,
 ) -> Option<Request> {
-    let branch = format!("z9hG4bK{:016x}", rng.next_u64());
+    let branch = builder::branch(rng, "");
     let via = builder::via(target.proto, &target.local, &branch);
     let req = RequestBuilder::new(Method::Notify, builder::parse_uri(uri).ok()?, via)
         .routes(routes.iter().cloned())
