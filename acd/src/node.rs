@@ -25,7 +25,7 @@ use ::media::{MediaRelay, RelayConfig};
 use rand::SeedableRng;
 use sip_core::transaction::{self as tx, TransactionLayer};
 use sipnet::Peer;
-use sipnet::{TransportConfig, TransportEvent, Transports};
+use sipnet::{TransportEvent, Transports};
 use statebus::{Bus, BusEvent, Change};
 use tokio::sync::{broadcast, mpsc};
 use tracing::warn;
@@ -150,18 +150,7 @@ impl AcdNode {
     /// Binds the listener, loads the queues, feeds the engine the bus's current device states
     /// and starts serving.
     pub async fn start(cfg: NodeConfig, bus: Arc<dyn Bus>) -> Result<AcdNode, NodeError> {
-        let (transports, events) = Transports::bind(TransportConfig {
-            udp: vec![cfg.udp],
-            tcp: Vec::new(),
-            ..TransportConfig::default()
-        })
-        .await?;
-        let local = transports
-            .local_addrs()
-            .udp
-            .first()
-            .copied()
-            .unwrap_or(cfg.udp);
+        let (transports, events, local) = Transports::bind_udp(cfg.udp).await?;
         let relay = MediaRelay::per_core(RelayConfig::new(
             cfg.media_ip,
             cfg.media_ip,
@@ -192,7 +181,10 @@ impl AcdNode {
         bus.advertise_queues(&numbers);
         let call_cfg = CallConfig {
             local,
-            t1: cfg.t1,
+            timers: tx::Config {
+                t1: cfg.t1,
+                ..tx::Config::default()
+            },
             engine: cfg.engine,
             numbers: cfg.numbers,
             gateways: cfg.gateways.iter().map(|g| g.address).collect(),
@@ -206,6 +198,7 @@ impl AcdNode {
             caller_prefix: format!("acd-{}", std::process::id()),
             pause_codes: cfg.pause_codes,
         };
+        let timers = call_cfg.timers.clone();
         let mut core = CallControl::new(
             call_cfg,
             media,
@@ -242,10 +235,7 @@ impl AcdNode {
         let (active_tx, active) = tokio::sync::watch::channel(0);
         let (changes, _) = tokio::sync::watch::channel(0u64);
         let node = Node {
-            tl: TransactionLayer::new(tx::Config {
-                t1: cfg.t1,
-                ..tx::Config::default()
-            }),
+            tl: TransactionLayer::new(timers),
             core,
             bus,
             transports,

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::{CallControl, Fabric, LegId, Media, Output, Party};
 use crate::engine::{CompletedBy, OfferId, QueueLogEvent};
+use sip_core::ua::ToSend;
 
 /// The key a waiting caller presses to be called back, unless its queue sets `callback_key`.
 pub const CALLBACK_KEY: char = '1';
@@ -160,14 +161,14 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let branch = self.new_branch();
         let uri = format!("sip:{number}@{gateway}");
         let from = format!("<sip:acd@{}>", self.cfg.local);
-        let extra = format!("{}: {x_offer}\r\n", sip_core::offer::HEADER);
+        let extra = vec![super::offer_header(&x_offer)];
         let Some(req) = self.out_of_dialog(
             Method::Invite,
             &uri,
             &from,
             &format!("<{uri}>"),
             &branch,
-            &extra,
+            extra,
         ) else {
             self.media.close(leg);
             return self.callback_failed(n, "500");
@@ -236,7 +237,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         };
         let gateway = c.peer.addr;
         let dest = self.peer(gateway);
-        self.emit(Output::Stateless {
+        self.emit_sip(ToSend::Stateless {
             message: ack.into(),
             dest,
         });
@@ -336,7 +337,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let dest = self.peer(gateway);
         self.callback_keys.remove(&key);
         self.media.close(leg);
-        self.emit(Output::Cancel { key, dest });
+        self.emit_sip(ToSend::Cancel { key, dest });
     }
 }
 

@@ -14,7 +14,8 @@ use sip_core::message::{Method, Request, Response};
 use sipnet::Peer;
 use tracing::warn;
 
-use super::{CallControl, Fabric, Media, Output};
+use super::{CallControl, Fabric, Media};
+use sip_core::ua::ToSend;
 
 /// Most abandoned offers remembered (the oldest is forgotten first).
 pub const MAX_ABANDONED: usize = 256;
@@ -117,7 +118,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let peer = e.peer.clone();
         let branch = self.new_branch();
         let ack = d.ack(1, &self.via(&branch));
-        self.emit(Output::Stateless {
+        self.emit_sip(ToSend::Stateless {
             message: ack.into(),
             dest: peer.clone(),
         });

@@ -60,9 +60,11 @@ use rand::RngCore;
 use rsip::headers::UntypedHeader;
 use rsip::Header;
 use sdp::{self, SessionDescription};
+use sip_core::builder::{self, Local, RequestBuilder};
 use sip_core::dialog::{self, Dialog};
-use sip_core::message::{self, Method, Request, Response, SipMessage};
+use sip_core::message::{self, Method, Request, Response};
 use sip_core::transaction::{self as tx, TransactionKey, TransactionLayer};
+use sip_core::ua::{ToSend, UacInvite, UasEvent, UasInvite};
 use sipnet as transport;
 use sipnet::Peer;
 use statebus::{DeviceState, Eid};
@@ -73,6 +75,11 @@ use crate::engine::{
     OfferOutcome, QueueLogEvent, QueueStats, Time,
 };
 use crate::reach::{ReachConfig, ReachEvent, Reachability};
+
+/// The `X-CF-Offer` field of an offer INVITE.
+fn offer_header(offer: &sip_core::offer::Offer) -> Header {
+    Header::Other(sip_core::offer::HEADER.into(), offer.to_string())
+}
 
 /// How long a feature-code call waits for its confirmation prompt to end before hanging up
 /// anyway (the media script reports the end with [`CallControl::announcement_done`]).
@@ -87,8 +94,9 @@ pub const TARGETS_EVERY: Duration = Duration::from_secs(1);
 pub struct CallConfig {
     /// Our SIP address (Via, Contact).
     pub local: SocketAddr,
-    /// SIP T1 (2xx retransmission until the ACK).
-    pub t1: Duration,
+    /// The transaction layer's timers (T1, T2: 2xx retransmission until the ACK, 64·T1
+    /// deadlines); the node runs its transaction layer on the same.
+    pub timers: tx::Config,
     /// Queues, members, rules.
     pub engine: EngineConfig,
     /// Dialled number → queue name.
@@ -204,36 +212,8 @@ pub struct QueueReport {
 /// What the node must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Start a client transaction for `request` to `dest`; its key is `key`.
-    Request {
-        /// The key the request's branch gives.
-        key: TransactionKey,
-        /// The request.
-        request: Request,
-        /// Where to.
-        dest: Peer,
-    },
-    /// Respond through server transaction `key`.
-    Respond {
-        /// The server transaction.
-        key: TransactionKey,
-        /// The response.
-        response: Response,
-    },
-    /// Send outside any transaction (the ACK for a 2xx).
-    Stateless {
-        /// The message.
-        message: SipMessage,
-        /// Where to.
-        dest: Peer,
-    },
-    /// CANCEL the client INVITE transaction `key`.
-    Cancel {
-        /// The INVITE client transaction.
-        key: TransactionKey,
-        /// Where it went.
-        dest: Peer,
-    },
+    /// A SIP message for the transaction layer (the type the B2BUA's driver shares).
+    Sip(ToSend<Peer>),
     /// Stop retransmitting the client INVITE `key` (no provisional response: no CANCEL).
     Abandon {
         /// The INVITE client transaction.
@@ -279,35 +259,11 @@ pub fn apply<M: Media, F: Fabric>(
     now: Instant,
 ) -> Option<Output> {
     match out {
-        Output::Request { key, request, dest } => {
-            let kind = dest.tx_transport();
-            match tl.send_request(request, kind, dest, now) {
-                Ok(got) if got == key => {}
-                Ok(got) => warn!(%got, %key, "transaction key mismatch"),
-                Err(e) => {
-                    warn!(error = %e, "request not sent");
-                    core.request_failed(&key, now);
-                }
+        Output::Sip(send) => {
+            if let Err(key) = send.apply(tl, Peer::tx_transport, now) {
+                core.request_failed(&key, now);
             }
         }
-        Output::Respond { key, response } => {
-            if let Err(e) = tl.send_response(&key, response, now) {
-                debug!(error = %e, "response not sent");
-            }
-        }
-        Output::Stateless { message, dest } => {
-            let kind = dest.tx_transport();
-            tl.send_stateless(message, dest, kind);
-        }
-        Output::Cancel { key, dest } => match tl.build_cancel(&key) {
-            Ok(c) => {
-                let kind = dest.tx_transport();
-                if let Err(e) = tl.send_request(c, kind, dest, now) {
-                    debug!(error = %e, "CANCEL not sent");
-                }
-            }
-            Err(e) => debug!(error = %e, "nothing to cancel"),
-        },
         Output::Abandon { key } => {
             tl.abandon(&key);
         }
@@ -325,13 +281,10 @@ enum Party {
     Agent(OfferId),
 }
 
-/// A 2xx we retransmit until its ACK (§13.3.1.4).
+/// A 2xx we retransmit until its ACK (§13.3.1.4), through server transaction `key`.
 struct OkRetx {
     key: TransactionKey,
-    response: Response,
-    next: Instant,
-    interval: Duration,
-    deadline: Instant,
+    usage: UasInvite,
 }
 
 struct CallerCall {
@@ -363,6 +316,8 @@ struct AgentCall {
     key: TransactionKey,
     peer: Peer,
     dialog: Option<Dialog>,
+    /// The ACK of the agent's 2xx (the same one for its retransmissions).
+    uac: UacInvite,
     leg: LegId,
     /// Any provisional response (100 included): the gateway has the offer.
     heard: bool,
@@ -507,7 +462,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         min(self.reach.poll_timeout());
         min(self.shutdown_timeout());
         for c in self.callers.values() {
-            min(c.ok.as_ref().map(|o| o.next.min(o.deadline)));
+            min(c.ok.as_ref().and_then(|o| o.usage.poll_timeout()));
             min(c.hangup_at);
             if c.connected.is_none() {
                 min(c.next_announce);
@@ -584,7 +539,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         }
     }
 
-    /// A request from [`Output::Request`] could not be sent.
+    /// A request from [`ToSend::Request`] could not be sent.
     pub fn request_failed(&mut self, key: &TransactionKey, now: Instant) {
         self.on_tx_event(tx::Event::Timeout { key: key.clone() }, now);
         self.pump(now);
@@ -651,8 +606,12 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         self.rng.next_u64()
     }
 
+    fn emit_sip(&mut self, send: ToSend<Peer>) {
+        self.emit(Output::Sip(send));
+    }
+
     fn respond(&mut self, key: &TransactionKey, response: Response) {
-        self.emit(Output::Respond {
+        self.emit_sip(ToSend::Respond {
             key: key.clone(),
             response,
         });
@@ -681,18 +640,24 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         l
     }
 
+    /// Where our requests leave from (`acd` identifiers, `sip_core::builder`).
+    fn local(&self) -> Local {
+        Local::udp(self.cfg.local, "acd")
+    }
+
     fn new_branch(&mut self) -> String {
-        format!("z9hG4bKacd{:016x}", self.rand())
+        let local = self.local();
+        local.branch(&mut self.rng)
     }
 
     fn via(&self, branch: &str) -> String {
-        format!("SIP/2.0/UDP {};branch={branch};rport", self.cfg.local)
+        self.local().via(branch)
     }
 
     /// Sends `req` (its top Via carries `branch`) in a new client transaction.
     fn send(&mut self, req: Request, branch: &str, dest: Peer) -> TransactionKey {
         let key = TransactionKey::client(branch, req.method);
-        self.emit(Output::Request {
+        self.emit_sip(ToSend::Request {
             key: key.clone(),
             request: req,
             dest,
@@ -700,8 +665,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         key
     }
 
-    /// A request outside any dialog, built in one place: `extra` headers (`Name: value`
-    /// lines, each ending in CRLF) after Contact.
+    /// A request outside any dialog, built by the one request builder: `extra` fields after
+    /// Contact. None when `uri` does not parse.
     #[allow(clippy::too_many_arguments)]
     fn out_of_dialog(
         &mut self,
@@ -710,22 +675,21 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         from: &str,
         to: &str,
         branch: &str,
-        extra: &str,
+        extra: Vec<Header>,
     ) -> Option<Request> {
-        let (tag, cid) = (self.rand() & 0xffff_ffff_ffff, self.rand());
-        let text = format!(
-            "{method} {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
-             From: {from};tag=acd{tag:012x}\r\nTo: {to}\r\n\
-             Call-ID: acd{cid:016x}@{ip}\r\nCSeq: 1 {method}\r\nContact: {contact}\r\n\
-             {extra}Content-Length: 0\r\n\r\n",
-            via = self.via(branch),
-            ip = self.cfg.local.ip(),
-            contact = self.contact(),
-        );
-        match message::parse(text.as_bytes()) {
-            Ok(SipMessage::Request(r)) => Some(r),
-            _ => None,
+        let local = self.local();
+        let tag = local.tag(&mut self.rng);
+        let call_id = local.call_id(&mut self.rng);
+        let uri = builder::parse_uri(uri).ok()?;
+        let mut b = RequestBuilder::new(method, uri, local.via(branch))
+            .from(from, Some(&tag))
+            .to(to, None)
+            .call_id(call_id)
+            .contact(self.contact());
+        for h in extra {
+            b = b.header(h);
         }
+        Some(b.build())
     }
 
     /// The wall clock in unix milliseconds.
@@ -941,7 +905,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 self.log_moved(&caller_id, &queue, p);
             }
         }
-        let tag = format!("acd{:012x}", self.rand() & 0xffff_ffff_ffff);
+        let local = self.local();
+        let tag = local.tag(&mut self.rng);
         let Ok(d) = Dialog::uas(&req, &tag, &self.contact()) else {
             // Not queued yet unless a queue call: take it back out.
             if confirm.is_none() {
@@ -991,7 +956,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             .announce_every(&queue)
             .filter(|_| confirm.is_none())
             .map(|f| now + f);
-        let t1 = self.cfg.t1;
+        let usage = UasInvite::answered(ok, &self.cfg.timers, now);
         self.callers.insert(
             n,
             CallerCall {
@@ -1005,13 +970,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 next_announce,
                 hangup_at,
                 queue,
-                ok: Some(OkRetx {
-                    key,
-                    response: ok,
-                    next: now + t1,
-                    interval: t1,
-                    deadline: now + t1 * 64,
-                }),
+                ok: Some(OkRetx { key, usage }),
                 connected: None,
                 from: from_user_kept,
                 since: now,
@@ -1073,7 +1032,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 a.provisional = true;
                 if a.cancelled {
                     let (key, dest) = (a.key.clone(), a.peer.clone());
-                    self.emit(Output::Cancel { key, dest });
+                    self.emit_sip(ToSend::Cancel { key, dest });
                 }
             }
             return;
@@ -1089,9 +1048,9 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 return;
             };
             if let Some(d) = &a.dialog {
-                let ack = d.ack(1, &via);
+                let ack = a.uac.ack(d, || via);
                 let dest = a.peer.clone();
-                self.emit(Output::Stateless {
+                self.emit_sip(ToSend::Stateless {
                     message: ack.into(),
                     dest,
                 });
@@ -1273,14 +1232,14 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         };
         let branch = self.new_branch();
         let uri = format!("sip:{user}@{gw}");
-        let extra = format!("{}: {x_offer}\r\n", sip_core::offer::HEADER);
+        let extra = vec![offer_header(&x_offer)];
         let Some(req) = self.out_of_dialog(
             Method::Invite,
             &uri,
             &from,
             &format!("<{uri}>"),
             &branch,
-            &extra,
+            extra,
         ) else {
             warn!(%interface, "cannot build the offer INVITE");
             self.media.close(leg);
@@ -1302,6 +1261,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             AgentCall {
                 caller: n,
                 interface: interface.to_owned(),
+                uac: UacInvite::new(&req),
                 invite: req,
                 key,
                 peer,
@@ -1325,11 +1285,11 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             return self.hangup_agent(id);
         }
         a.cancelled = true;
-        a.forget_at = Some(now + self.cfg.t1 * 64);
+        a.forget_at = Some(now + self.cfg.timers.t1_x64());
         let key = a.key.clone();
         if a.provisional {
             let dest = a.peer.clone();
-            self.emit(Output::Cancel { key, dest });
+            self.emit_sip(ToSend::Cancel { key, dest });
         } else {
             // §9.1: no CANCEL before a provisional response. Stop retransmitting so the offer
             // cannot reach the agent later; a late 1xx is CANCELled, a late 2xx ACKed + BYE.
@@ -1457,12 +1417,10 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         let mut dead = Vec::new();
         for (id, c) in &mut self.callers {
             let Some(ok) = c.ok.as_mut() else { continue };
-            if now >= ok.deadline {
-                dead.push(*id);
-            } else if now >= ok.next {
-                resend.push((ok.key.clone(), ok.response.clone()));
-                ok.interval = (ok.interval * 2).min(Duration::from_secs(4));
-                ok.next = now + ok.interval;
+            match ok.usage.handle_timeout(now) {
+                Some(UasEvent::AckTimeout) => dead.push(*id),
+                Some(UasEvent::Retransmit(r)) => resend.push((ok.key.clone(), r)),
+                None => {}
             }
         }
         for (k, r) in resend {
@@ -1477,13 +1435,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
 
     /// Feature-code calls whose confirmation played.
     fn hangups_due(&mut self, now: Instant) {
-        let due: Vec<u64> = self
-            .callers
-            .iter()
-            .filter(|(_, c)| c.hangup_at.is_some_and(|t| now >= t))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        for id in sip_core::ua::due(&self.callers, now, |c| c.hangup_at) {
             self.bye_caller(id);
             self.forget_caller(id);
         }
@@ -1537,7 +1489,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 continue;
             };
             a.cancelled = true;
-            a.forget_at = Some(now + self.cfg.t1 * 64);
+            a.forget_at = Some(now + self.cfg.timers.t1_x64());
             let (key, gw, interface) = (a.key.clone(), a.peer.addr, a.interface.clone());
             self.emit(Output::Abandon { key });
             warn!(%interface, gateway = %gw, "no provisional response to the offer: next member");
@@ -1714,7 +1666,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                     &from,
                     &format!("<{uri}>"),
                     &branch,
-                    "",
+                    Vec::new(),
                 ) else {
                     warn!(gateway = %to, "cannot build the keep-alive OPTIONS");
                     return;
@@ -1722,7 +1674,7 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 // Sent once without a transaction (the next probe is its retransmission);
                 // its answer comes back as a stray response.
                 let dest = self.peer(to);
-                self.emit(Output::Stateless {
+                self.emit_sip(ToSend::Stateless {
                     message: req.into(),
                     dest,
                 });

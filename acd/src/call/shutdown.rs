@@ -19,6 +19,7 @@ use sipnet::Peer;
 use tracing::{info, warn};
 
 use super::{CallControl, Fabric, Media, Output};
+use sip_core::ua::ToSend;
 
 /// Longest wait for the BYEs of the finish.
 pub const BYE_WAIT_CAP: Duration = Duration::from_secs(5);
@@ -106,13 +107,15 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         self.pump(now);
         let byes: HashSet<TransactionKey> = (self.out.iter().skip(first))
             .filter_map(|o| match o {
-                Output::Request { key, request, .. } if request.method == Method::Bye => {
+                Output::Sip(ToSend::Request { key, request, .. })
+                    if request.method == Method::Bye =>
+                {
                     Some(key.clone())
                 }
                 _ => None,
             })
             .collect();
-        let wait = self.cfg.t1.saturating_mul(64).min(BYE_WAIT_CAP);
+        let wait = self.cfg.timers.t1_x64().min(BYE_WAIT_CAP);
         let done = byes.is_empty();
         self.shutdown.finishing = Some(Finishing {
             byes,

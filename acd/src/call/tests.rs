@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
 use rsip::headers::{Contact, UntypedHeader};
-use sip_core::message::parse;
+
+use sip_core::message::SipMessage;
+use sip_core::test_util::request;
 use sip_core::transaction::{Config as TxConfig, Transport as TxTransport};
 
 use super::*;
@@ -71,22 +73,6 @@ fn sdp(ip: &str, port: u16) -> String {
         "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
     )
-}
-
-fn request(text: &str, body: &str) -> Request {
-    let text = text.replace('\n', "\r\n");
-    let full = if body.is_empty() {
-        format!("{text}Content-Length: 0\r\n\r\n")
-    } else {
-        format!(
-            "{text}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    match parse(full.as_bytes()) {
-        Ok(SipMessage::Request(r)) => r,
-        other => panic!("bad test request: {other:?}\n{full}"),
-    }
 }
 
 fn hval(headers: &rsip::Headers, pick: impl Fn(&Header) -> Option<String>) -> String {
@@ -179,7 +165,10 @@ fn queue(name: &str, members: &[&str]) -> QueueConfig {
 fn config(queues: Vec<QueueConfig>) -> CallConfig {
     CallConfig {
         local: addr(LOCAL),
-        t1: Duration::from_millis(500),
+        timers: TxConfig {
+            t1: Duration::from_millis(500),
+            ..TxConfig::default()
+        },
         engine: EngineConfig {
             queues,
             ..EngineConfig::default()
@@ -207,6 +196,7 @@ impl Rig {
         let wall0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let wall = Arc::new(Mutex::new(wall0));
         let w = wall.clone();
+        let timers = cfg.timers.clone();
         let core = CallControl::new(
             cfg,
             FakeMedia::default(),
@@ -218,10 +208,7 @@ impl Rig {
         .expect("core");
         let mut rig = Rig {
             core,
-            tl: TransactionLayer::new(TxConfig {
-                t1: Duration::from_millis(500),
-                ..TxConfig::default()
-            }),
+            tl: TransactionLayer::new(timers),
             now: start,
             start,
             wall,

@@ -8,11 +8,10 @@
 //! 2xx (§13.2.2.4) with loose or strict routing (§12.2.1.1). Where a request is sent (the
 //! phone's NAT'd source, a trunk address) is the caller's business.
 
-use rsip::headers::{
-    CSeq, CallId, Contact, ContentLength, ContentType, From, MaxForwards, Route, To, UntypedHeader,
-    Via,
-};
+use rsip::headers::{ContentLength, ContentType, UntypedHeader};
 use rsip::{Header, Headers, Method, Request, Response};
+
+use super::builder::RequestBuilder;
 
 use super::message::{self, Address};
 use super::transaction::parse::{self, Field};
@@ -292,27 +291,16 @@ impl Dialog {
             self.remote_target.clone()
         };
         let uri = message::parse_uri(&target).unwrap_or_default();
-        let mut headers = Headers::default();
-        headers.push(Header::Via(Via::new(via)));
-        headers.push(Header::MaxForwards(MaxForwards::new("70")));
-        for r in routes {
-            headers.push(Header::Route(Route::new(r)));
-        }
-        headers.push(Header::From(From::new(self.local_header.clone())));
-        headers.push(Header::To(To::new(self.remote_header.clone())));
-        headers.push(Header::CallId(CallId::new(self.call_id.clone())));
-        headers.push(Header::CSeq(CSeq::new(format!("{seq} {method}"))));
+        let mut b = RequestBuilder::new(method, uri, via)
+            .routes(routes)
+            .from(&self.local_header, None)
+            .to(&self.remote_header, None)
+            .call_id(self.call_id.clone())
+            .cseq(seq);
         if matches!(method, Method::Invite | Method::Update) && !self.local_contact.is_empty() {
-            headers.push(Header::Contact(Contact::new(self.local_contact.clone())));
+            b = b.contact(self.local_contact.clone());
         }
-        headers.push(Header::ContentLength(ContentLength::default()));
-        Request {
-            method,
-            uri,
-            version: rsip::Version::V2,
-            headers,
-            body: Vec::new(),
-        }
+        b.build()
     }
 }
 

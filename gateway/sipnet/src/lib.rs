@@ -599,6 +599,21 @@ impl Transports {
         ))
     }
 
+    /// One UDP listener on `addr`, everything else default (the ACD node, voicemail): the
+    /// transports, their events and the bound address (an ephemeral port resolved).
+    pub async fn bind_udp(
+        addr: SocketAddr,
+    ) -> io::Result<(Transports, mpsc::Receiver<TransportEvent>, SocketAddr)> {
+        let (t, rx) = Transports::bind(TransportConfig {
+            udp: vec![addr],
+            tcp: Vec::new(),
+            ..TransportConfig::default()
+        })
+        .await?;
+        let local = t.local_addrs().udp.first().copied().unwrap_or(addr);
+        Ok((t, rx, local))
+    }
+
     /// The bound addresses (ephemeral ports resolved).
     pub fn local_addrs(&self) -> &LocalAddrs {
         &self.local

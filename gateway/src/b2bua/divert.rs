@@ -52,13 +52,7 @@ impl B2bua {
 
     /// Diverts the calls whose no-answer deadline passed.
     pub(super) fn run_diverts(&mut self, now: Instant) {
-        let due: Vec<CallId> = self
-            .diverts
-            .iter()
-            .filter(|(_, a)| a.deadline.is_some_and(|d| now >= d))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        for id in crate::sip::ua::due(&self.diverts, now, |a| a.deadline) {
             if !self.divert(id, None, now) {
                 self.diverts.remove(&id);
             }
@@ -118,7 +112,7 @@ impl B2bua {
             self.by_dialog.remove(&(dlg.call_id, dlg.local_tag));
         }
         let callee = call.b.device.take();
-        let (via, branch) = via_for(&dest);
+        let (via, branch) = via_for(&mut self.rng, &dest);
         let mut invite = call.b_invite.clone();
         invite.uri = uri;
         invite.headers = invite

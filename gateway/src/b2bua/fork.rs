@@ -105,7 +105,7 @@ impl B2bua {
             let Some(uri) = message::parse_uri(&t.contact) else {
                 continue;
             };
-            let (via, branch) = via_for(&t.dest);
+            let (via, branch) = via_for(&mut self.rng, &t.dest);
             let mut invite = base.clone();
             invite.uri = uri;
             let headers: Vec<Header> = base
@@ -300,17 +300,17 @@ impl B2bua {
                 let Ok(mut d) = Dialog::uac(&br.invite, resp) else {
                     return;
                 };
-                let (via, _) = via_for(&br.peer);
-                let seq = tparse::cseq(&br.invite.headers).map_or(1, |c| c.seq);
+                let (via, _) = via_for(&mut self.rng, &br.peer);
+                let ack = UacInvite::new(&br.invite).ack(&d, || via);
                 self.actions.push_back(Action::Stateless {
-                    message: d.ack(seq, &via).into(),
+                    message: ack.into(),
                     dest: br.peer.clone(),
                 });
                 if br.byed.contains(&d.remote_tag) {
                     return;
                 }
                 br.byed.push(d.remote_tag.clone());
-                let (via, branch) = via_for(&br.peer);
+                let (via, branch) = via_for(&mut self.rng, &br.peer);
                 self.actions.push_back(Action::Request {
                     key: TransactionKey::client(&branch, Method::Bye),
                     request: d.request(Method::Bye, &via),

@@ -20,7 +20,7 @@ impl B2bua {
         };
         let other = side.other();
         let peer = call.leg(other).peer.clone();
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let Some(d) = call.leg_mut(other).dialog.as_mut() else {
             return;
         };

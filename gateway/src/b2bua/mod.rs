@@ -45,17 +45,21 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rsip::headers::{Allow, Contact, UntypedHeader};
+use rsip::headers::{Allow, Contact, Supported, UntypedHeader};
 use rsip::{Header, Method, Request, Response};
 
 use crate::registrar::client::{self, ClientCredentials};
 use crate::sdp::SessionDescription;
+use crate::sip::builder::{self, Local, RequestBuilder};
 use crate::sip::dialog::{self, Dialog, DialogState};
 use crate::sip::message::{self, response_with_tag, SipMessage};
 use crate::sip::transaction::parse::{self as tparse, Field};
-use crate::sip::transaction::TransactionKey;
+use crate::sip::transaction::{self as tx, TransactionKey};
+use crate::sip::ua::{UacInvite, UasEvent, UasInvite};
 use crate::transport::Peer;
 use devstate::{Channel, DeviceCalls};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 /// A call's number, unique in this gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -335,15 +339,12 @@ struct Leg {
     timer: Option<timers::SessionTimer>,
 }
 
-/// A 2xx we retransmit until its ACK arrives (§13.3.1.4).
+/// A 2xx we retransmit until its ACK arrives (§13.3.1.4), through server transaction `key`.
 #[derive(Debug)]
 struct OkRetransmit {
     side: Side,
     key: TransactionKey,
-    response: Response,
-    next: Instant,
-    interval: Duration,
-    deadline: Instant,
+    usage: UasInvite,
 }
 
 /// A re-INVITE or UPDATE being relayed from `from` to the other side.
@@ -448,6 +449,8 @@ pub struct B2bua {
     next_media_check: Option<Instant>,
     /// Diversions armed per call (`divert.rs`).
     diverts: HashMap<CallId, divert::Armed>,
+    /// The random source of tags, branches, Call-IDs (`sip_core::builder`).
+    rng: StdRng,
 
     /// Sign the next leg-B INVITE for a fabric member with this key at this unix time (set
     /// by the gateway just before [`B2bua::on_invite`], taken by it; `sip_core::trust`).
@@ -523,6 +526,7 @@ impl B2bua {
             next_id: 1,
             next_media_check: None,
             diverts: HashMap::new(),
+            rng: StdRng::from_os_rng(),
 
             sign_next: None,
         }
@@ -556,7 +560,13 @@ impl B2bua {
 
     fn rand(&mut self) -> u64 {
         // Tags, branches and Call-IDs must be unique and hard to guess.
-        rand::random()
+        self.rng.next_u64()
+    }
+
+    /// Tags, branches, Call-IDs and SDP session ids from this random source from now on (tests
+    /// make them deterministic; the default is seeded by the operating system).
+    pub fn set_rng(&mut self, rng: StdRng) {
+        self.rng = rng;
     }
 
     fn respond(&mut self, key: &TransactionKey, response: Response) {
@@ -728,40 +738,46 @@ impl B2bua {
                 )
             }
         };
-        let (via, branch) = via_for(&dest);
-        let b_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
-        let a_tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
-        let call_id = format!("cf{:016x}@{}", self.rand(), dest.local.ip());
+        let local = local_for(&dest);
+        let (via, branch) = local.new_via(&mut self.rng);
+        let b_tag = local.tag(&mut self.rng);
+        let a_tag = local.tag(&mut self.rng);
+        let call_id = local.call_id(&mut self.rng);
         let uniqueid = format!("{}{}", self.cfg.uniqueid_prefix, id.0);
         let linkedid = linked_of(&req).unwrap_or_else(|| uniqueid.clone());
         let is_offer = offer_of(&req).is_some();
-        // A trunk (an ACD node, another site) learns the linked id; phones do not need it.
-        let linked_header = if callee.is_none() {
-            format!("{}: {linkedid}\r\n", crate::offer::LINKED_HEADER)
-        } else {
-            String::new()
-        };
-        let text = format!(
-            "INVITE {contact} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: {mf}\r\n\
-             From: {from};tag={b_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
-             Contact: {our}\r\nAllow: {ALLOW}\r\nSupported: 100rel, timer\r\n{timer}\
-             {linked_header}Content-Length: 0\r\n\r\n",
-            timer = timers::request_headers(&self.cfg),
-            mf = max_forwards - 1,
-            from = strip_tag(&from),
-            to = strip_tag(&to),
-            our = our_contact(&dest),
-        );
+        let built = builder::parse_uri(&contact).map(|uri| {
+            let mut b = RequestBuilder::new(Method::Invite, uri, via)
+                .max_forwards(max_forwards - 1)
+                .from(&strip_tag(&from), Some(&b_tag))
+                .to(&strip_tag(&to), None)
+                .call_id(call_id)
+                .contact(our_contact(&dest))
+                .header(Header::Allow(Allow::new(ALLOW)))
+                .header(Header::Supported(Supported::new("100rel, timer")));
+            for h in timers::request_headers(&self.cfg) {
+                b = b.header(h);
+            }
+            // A trunk (an ACD node, another site) learns the linked id; phones do not need it.
+            if callee.is_none() {
+                b = b.header(Header::Other(
+                    crate::offer::LINKED_HEADER.into(),
+                    linkedid.clone(),
+                ));
+            }
+            b.body(b_sdp.to_string().into_bytes(), "application/sdp")
+                .build()
+        });
         let signer = self.sign_next.take();
-        let b_invite = match message::parse(text.as_bytes()) {
-            Ok(SipMessage::Request(r)) => {
-                let mut r = dialog::with_body(r, b_sdp.to_string().into_bytes(), "application/sdp");
+        let b_invite = match built {
+            Ok(mut r) => {
                 if let Some((key, now_secs)) = &signer {
                     key.sign(&mut r, *now_secs);
                 }
                 r
             }
-            _ => {
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot build the INVITE to the callee");
                 media.close(id);
                 return self.reply(&key, &req, 500);
             }
@@ -972,9 +988,8 @@ impl B2bua {
         if code < 300 {
             // Answered: ACK B at once (we are its UAC).
             let ack = call.b.dialog.as_ref().map(|d| {
-                let (via, _) = via_for(&call.b.peer);
-                let seq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq);
-                d.ack(seq, &via)
+                let (via, _) = via_for(&mut self.rng, &call.b.peer);
+                UacInvite::new(&call.b_invite).ack(d, || via)
             });
             if let Some(ack) = ack {
                 self.actions.push_back(Action::Stateless {
@@ -1065,18 +1080,15 @@ impl B2bua {
                     rel.stop();
                 }
             }
-            let deadline = now + self.cfg.t1 * 64;
+            let timers = tx_timers(&self.cfg);
             call.ok = Some(OkRetransmit {
                 side: Side::A,
                 key: key.clone(),
-                response: r.clone(),
-                next: if call.held_ok {
-                    deadline
+                usage: if call.held_ok {
+                    UasInvite::held(r.clone(), &timers, now)
                 } else {
-                    now + self.cfg.t1
+                    UasInvite::answered(r.clone(), &timers, now)
                 },
-                interval: self.cfg.t1,
-                deadline,
             });
             let (adev, bdev) = (call.a.device.clone(), call.b.device.clone());
             if !call.held_ok {
@@ -1111,7 +1123,7 @@ impl B2bua {
                     client::answer_challenge(&resp, "INVITE", &uri, &creds, &cnonce, 1)
                 {
                     let peer = call.b.peer.clone();
-                    let (via, branch) = via_for(&peer);
+                    let (via, branch) = via_for(&mut self.rng, &peer);
                     let Some(call) = self.calls.get_mut(&id) else {
                         return;
                     };
@@ -1262,7 +1274,7 @@ impl B2bua {
         let Some(peer) = call.b_fallbacks.pop_front() else {
             return false;
         };
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let mut retry = call.b_invite.clone();
         retry.headers = retry
             .headers
@@ -1489,10 +1501,7 @@ impl B2bua {
                 call.ok = Some(OkRetransmit {
                     side,
                     key: key.clone(),
-                    response: r.clone(),
-                    next: now + self.cfg.t1,
-                    interval: self.cfg.t1,
-                    deadline: now + self.cfg.t1 * 64,
+                    usage: UasInvite::answered(r.clone(), &tx_timers(&self.cfg), now),
                 });
             }
             self.respond(key, r);
@@ -1515,7 +1524,7 @@ impl B2bua {
             hold::offer_to_held(&mut sdp);
         }
         let peer = leg.peer.clone();
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let Some(d) = leg.dialog.as_mut() else {
             self.reply(key, &req, 500);
             return;
@@ -1574,7 +1583,7 @@ impl B2bua {
             if let Some(d) = call.leg_mut(other).dialog.as_mut() {
                 d.on_response(Method::Invite, &resp);
                 let peer = call.leg(other).peer.clone();
-                let (via, _) = via_for(&peer);
+                let (via, _) = via_for(&mut self.rng, &peer);
                 if let Some(d) = call.leg(other).dialog.as_ref() {
                     let seq = d.local_seq;
                     self.actions.push_back(Action::Stateless {
@@ -1621,10 +1630,7 @@ impl B2bua {
             call.ok = Some(OkRetransmit {
                 side: p.from,
                 key: p.server_key.clone(),
-                response: r.clone(),
-                next: now + self.cfg.t1,
-                interval: self.cfg.t1,
-                deadline: now + self.cfg.t1 * 64,
+                usage: UasInvite::answered(r.clone(), &tx_timers(&self.cfg), now),
             });
         }
         self.respond(&p.server_key, r);
@@ -1645,7 +1651,7 @@ impl B2bua {
             return;
         };
         let peer = call.leg(side).peer.clone();
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let Some(d) = call.leg_mut(side).dialog.as_mut() else {
             return;
         };
@@ -1732,7 +1738,7 @@ impl B2bua {
         let ok = self
             .calls
             .values()
-            .filter_map(|c| c.ok.as_ref().map(|o| o.next.min(o.deadline)))
+            .filter_map(|c| c.ok.as_ref().and_then(|o| o.usage.poll_timeout()))
             .min();
         [
             ok,
@@ -1755,13 +1761,13 @@ impl B2bua {
             let Some(ok) = call.ok.as_mut() else {
                 continue;
             };
-            if now >= ok.deadline {
-                dead.push(call.id);
-                call.ok = None;
-            } else if now >= ok.next {
-                resend.push((ok.key.clone(), ok.response.clone()));
-                ok.interval = (ok.interval * 2).min(self.cfg.t2);
-                ok.next = now + ok.interval;
+            match ok.usage.handle_timeout(now) {
+                Some(UasEvent::AckTimeout) => {
+                    dead.push(call.id);
+                    call.ok = None;
+                }
+                Some(UasEvent::Retransmit(r)) => resend.push((ok.key.clone(), r)),
+                None => {}
             }
         }
         for (key, r) in resend {
@@ -1792,16 +1798,27 @@ impl B2bua {
     }
 }
 
-fn via_for(p: &Peer) -> (String, String) {
-    let branch = format!("z9hG4bKcf{:016x}", rand::random::<u64>());
-    (
-        format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            transport_name(p),
-            p.local
-        ),
-        branch,
-    )
+/// The transaction layer's timers the B2BUA's dialog usages run on.
+fn tx_timers(cfg: &Config) -> tx::Config {
+    tx::Config {
+        t1: cfg.t1,
+        t2: cfg.t2,
+        ..tx::Config::default()
+    }
+}
+
+/// Where requests to `p` leave from (`cf` identifiers).
+fn local_for(p: &Peer) -> Local {
+    Local {
+        transport: transport_name(p),
+        addr: p.local,
+        prefix: "cf",
+    }
+}
+
+/// A fresh branch towards `p` and the Via value that carries it.
+fn via_for(rng: &mut StdRng, p: &Peer) -> (String, String) {
+    local_for(p).new_via(rng)
 }
 
 /// `sdp` with its first audio stream anchored on `relay` (other streams rejected: the relay

@@ -5,13 +5,16 @@
 //! relay until the new node answers. The old dialog is dropped without a BYE (its peer is dead).
 
 use super::{
-    our_contact, strip_tag, via_for, Action, B2bua, CallId, MediaControl, Phase, Side, ALLOW,
+    local_for, our_contact, strip_tag, Action, B2bua, CallId, MediaControl, Phase, Side, ALLOW,
 };
-use crate::sip::dialog;
-use crate::sip::message::{self, Method, SipMessage};
+use crate::sip::builder::{self, RequestBuilder};
+use crate::sip::message::{self, Method};
+use crate::sip::transaction::parse::{self as tparse, Field};
 use crate::sip::transaction::TransactionKey;
 use crate::sip::trust::FabricKey;
 use crate::transport::Peer;
+use rsip::headers::{Allow, Supported, UntypedHeader};
+use rsip::Header;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{info, warn};
@@ -49,45 +52,44 @@ impl B2bua {
         signer: Option<(Arc<FabricKey>, u64)>,
         media: &mut dyn MediaControl,
     ) -> bool {
-        let rand = self.rand();
-        let tag = format!("cf{:012x}", self.rand() & 0xffff_ffff_ffff);
+        let local = local_for(&dest);
+        let (via, branch) = local.new_via(&mut self.rng);
+        let tag = local.tag(&mut self.rng);
+        let call_id = local.call_id(&mut self.rng);
         let Some(call) = self.calls.get_mut(&id) else {
             return false;
         };
         if call.phase != Phase::Confirmed || call.moving {
             return false;
         }
-        let (Some(from), Some(to), Some(sdp)) = (
-            call.b_invite.headers.iter().find_map(|h| match h {
-                rsip::Header::From(f) => Some(rsip::headers::UntypedHeader::value(f).to_owned()),
-                _ => None,
-            }),
-            call.b_invite.headers.iter().find_map(|h| match h {
-                rsip::Header::To(t) => Some(rsip::headers::UntypedHeader::value(t).to_owned()),
-                _ => None,
-            }),
+        let (Ok(from), Ok(to), Some(sdp)) = (
+            tparse::value(&call.b_invite.headers, Field::From),
+            tparse::value(&call.b_invite.headers, Field::To),
             call.b.last_sdp.clone(),
         ) else {
             return false;
         };
-        let (via, branch) = via_for(&dest);
-        let call_id = format!("cf{rand:016x}@{}", dest.local.ip());
-        let text = format!(
-            "INVITE {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
-             From: {from};tag={tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
-             Contact: {our}\r\nAllow: {ALLOW}\r\nSupported: 100rel\r\n\
-             {linked}: {linkedid}\r\n{extra}Content-Length: 0\r\n\r\n",
-            from = strip_tag(&from),
-            to = strip_tag(&to),
-            our = our_contact(&dest),
-            linked = crate::offer::LINKED_HEADER,
-            linkedid = call.linkedid,
-        );
-        let Ok(SipMessage::Request(r)) = message::parse(text.as_bytes()) else {
+        let built = builder::parse_uri(uri).and_then(|uri| {
+            RequestBuilder::new(Method::Invite, uri, via)
+                .from(&strip_tag(from), Some(&tag))
+                .to(&strip_tag(to), None)
+                .call_id(call_id)
+                .contact(our_contact(&dest))
+                .header(Header::Allow(Allow::new(ALLOW)))
+                .header(Header::Supported(Supported::new("100rel")))
+                .header(Header::Other(
+                    crate::offer::LINKED_HEADER.into(),
+                    call.linkedid.clone(),
+                ))
+                .field_lines(extra)
+        });
+        let Ok(built) = built else {
             warn!(call = id.0, "cannot build the INVITE that moves the caller");
             return false;
         };
-        let mut invite = dialog::with_body(r, sdp.to_string().into_bytes(), "application/sdp");
+        let mut invite = built
+            .body(sdp.to_string().into_bytes(), "application/sdp")
+            .build();
         if let Some((key, now_secs)) = &signer {
             key.sign(&mut invite, *now_secs);
         }

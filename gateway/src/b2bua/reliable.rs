@@ -48,7 +48,7 @@ impl B2bua {
         call.b_rseq = Some(rseq);
         let cseq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq);
         let peer = call.b.peer.clone();
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let Some(d) = call.b.dialog.as_mut() else {
             return true;
         };
@@ -120,10 +120,7 @@ impl B2bua {
         {
             call.held_ok = false;
             if let Some(ok) = call.ok.as_mut() {
-                ok.next = now + self.cfg.t1;
-                ok.interval = self.cfg.t1;
-                ok.deadline = now + self.cfg.t1 * 64;
-                out.push(ok.response.clone());
+                out.push(ok.usage.release(now));
             }
             if let Some(rel) = call.a_rel.as_mut() {
                 rel.stop();

@@ -2,7 +2,8 @@
 //! glare, the missing ACK and the media timeout.
 
 use super::*;
-use crate::sip::message::{parse, serialize};
+use crate::sip::message::serialize;
+pub(super) use crate::sip::test_util::request;
 use crate::transport::Transport as Tp;
 use statebus::DeviceState;
 
@@ -63,22 +64,6 @@ pub(super) fn sdp(ip: &str, port: u16, dir: &str) -> String {
          m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
          a={dir}\r\n"
     )
-}
-
-pub(super) fn request(text: &str, body: &str) -> Request {
-    let text = text.replace('\n', "\r\n");
-    let full = if body.is_empty() {
-        format!("{text}Content-Length: 0\r\n\r\n")
-    } else {
-        format!(
-            "{text}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    match parse(full.as_bytes()) {
-        Ok(SipMessage::Request(r)) => r,
-        other => panic!("bad test request: {other:?}\n{full}"),
-    }
 }
 
 pub(super) fn invite_from_a() -> Request {

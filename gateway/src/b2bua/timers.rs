@@ -84,16 +84,18 @@ fn secs(d: Duration) -> u32 {
     d.as_secs().clamp(1, u32::MAX as u64) as u32
 }
 
-/// The session-timer lines of our INVITE to a callee (`Session-Expires`, `Min-SE`), each
-/// ending in CRLF; empty when timers are off.
-pub(super) fn request_headers(cfg: &Config) -> String {
+/// The session-timer fields of our INVITE to a callee (`Session-Expires`, `Min-SE`); none
+/// when timers are off.
+pub(super) fn request_headers(cfg: &Config) -> Vec<Header> {
     match cfg.session_expires {
-        Some(se) => format!(
-            "Session-Expires: {}\r\nMin-SE: {}\r\n",
-            secs(se).max(secs(cfg.min_se)),
-            secs(cfg.min_se)
-        ),
-        None => String::new(),
+        Some(se) => vec![
+            Header::Other(
+                "Session-Expires".into(),
+                secs(se).max(secs(cfg.min_se)).to_string(),
+            ),
+            Header::Other("Min-SE".into(), secs(cfg.min_se).to_string()),
+        ],
+        None => Vec::new(),
     }
 }
 
@@ -330,7 +332,7 @@ impl B2bua {
         };
         let leg = call.leg_mut(side);
         let peer = leg.peer.clone();
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let method = if leg.allows_update {
             Method::Update
         } else {
@@ -401,7 +403,7 @@ impl B2bua {
                 d.on_response(method, resp);
                 if method == Method::Invite {
                     let seq = tparse::cseq(&resp.headers).map_or(d.local_seq, |c| c.seq);
-                    let (via, _) = via_for(&peer);
+                    let (via, _) = via_for(&mut self.rng, &peer);
                     ack = Some(d.ack(seq, &via));
                 }
             }
@@ -454,7 +456,7 @@ impl B2bua {
             return false;
         };
         let peer = call.b.peer.clone();
-        let (via, branch) = via_for(&peer);
+        let (via, branch) = via_for(&mut self.rng, &peer);
         let seq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq) + 1;
         let mut headers: Vec<Header> = Vec::new();
         for h in call.b_invite.headers.iter() {

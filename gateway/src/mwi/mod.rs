@@ -15,8 +15,13 @@
 
 pub mod body;
 
-use crate::sip::message::{self, Request, Response, SipMessage};
+use crate::sip::builder::{self, RequestBuilder};
+use crate::sip::message::{self, Method, Request, Response};
 use body::{Counts, Summary};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use rsip::headers::{Event, UntypedHeader as _};
+use rsip::Header;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -147,6 +152,8 @@ pub struct MwiCore<D> {
     out: VecDeque<Notify<D>>,
     next_id: u64,
     stats: Stats,
+    /// Tags, Call-IDs and branches.
+    rng: StdRng,
 }
 
 /// How long a subscription's final NOTIFY may stay unanswered before it is dropped anyway
@@ -165,6 +172,7 @@ impl<D: Clone> MwiCore<D> {
             out: VecDeque::new(),
             next_id: 0,
             stats: Stats::default(),
+            rng: StdRng::from_os_rng(),
         }
     }
 
@@ -315,7 +323,7 @@ impl<D: Clone> MwiCore<D> {
         };
         if expires == 0 {
             // A fetch (RFC 6665 §4.4.3): one terminated NOTIFY with the state, no subscription.
-            let local_tag = random_tag();
+            let local_tag = random_tag(&mut self.rng);
             let r = self.accepted(req, &local_tag, 0, &target);
             let id = DialogId {
                 call_id,
@@ -363,7 +371,7 @@ impl<D: Clone> MwiCore<D> {
             );
             return r;
         }
-        let local_tag = random_tag();
+        let local_tag = random_tag(&mut self.rng);
         let r = self.accepted(req, &local_tag, expires, &target);
         let id = DialogId {
             call_id,
@@ -442,15 +450,24 @@ impl<D: Clone> MwiCore<D> {
         let summary = self.summary(mailbox);
         let user = mailbox.split('@').next().unwrap_or(mailbox);
         let id = self.next_notify_id();
-        let head = format!(
-            "From: <sip:{user}@{realm}>;tag={tag}\r\nTo: <{aor}>\r\nCall-ID: {call}@{host}\r\n\
-             CSeq: 1 NOTIFY\r\nSubscription-State: active\r\n",
+        let from = format!(
+            "<sip:{user}@{realm}>;tag={tag}",
             realm = self.cfg.realm,
-            tag = random_tag(),
-            call = random_tag(),
-            host = target.local,
+            tag = random_tag(&mut self.rng),
         );
-        if let Some(request) = build_notify(contact, &target, &head, &[], &summary) {
+        let (to, call_id) = (
+            format!("<{aor}>"),
+            format!("{}@{}", random_tag(&mut self.rng), target.local),
+        );
+        let head = NotifyHead {
+            from: &from,
+            to: &to,
+            call_id: &call_id,
+            cseq: 1,
+            state: "active",
+        };
+        let built = build_notify(&mut self.rng, contact, &target, head, &[], &summary);
+        if let Some(request) = built {
             self.in_flight.insert(id, Owner::Unsolicited);
             self.stats.notifies += 1;
             self.out.push_back(Notify {
@@ -609,11 +626,22 @@ impl<D: Clone> MwiCore<D> {
             return;
         };
         sub.cseq += 1;
-        let head = format!(
-            "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} NOTIFY\r\nSubscription-State: {state}\r\n",
-            sub.local, sub.remote, id.call_id, sub.cseq
+        let head = NotifyHead {
+            from: &sub.local,
+            to: &sub.remote,
+            call_id: &id.call_id,
+            cseq: sub.cseq,
+            state,
+        };
+        let built = build_notify(
+            &mut self.rng,
+            &sub.contact,
+            &sub.target,
+            head,
+            &sub.routes,
+            &summary,
         );
-        match build_notify(&sub.contact, &sub.target, &head, &sub.routes, &summary) {
+        match built {
             Some(request) => {
                 sub.in_flight = Some(nid);
                 self.in_flight.insert(nid, Owner::Sub(id.clone()));
@@ -659,34 +687,45 @@ fn our_contact(t: &Target<impl Clone>) -> String {
     }
 }
 
+/// The dialog fields of a NOTIFY.
+struct NotifyHead<'a> {
+    from: &'a str,
+    to: &'a str,
+    call_id: &'a str,
+    cseq: u32,
+    state: &'a str,
+}
+
+/// A NOTIFY, built by the one request builder; None when `uri` is not a URI we can send to.
 fn build_notify<D: Clone>(
+    rng: &mut StdRng,
     uri: &str,
     target: &Target<D>,
-    head: &str,
+    head: NotifyHead<'_>,
     routes: &[String],
     summary: &Summary,
 ) -> Option<Request> {
-    let body = summary.to_body();
-    let routes: String = routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
-    let text = format!(
-        "NOTIFY {uri} SIP/2.0\r\nVia: SIP/2.0/{proto} {local};branch=z9hG4bK{branch:016x};rport\r\n\
-         Max-Forwards: 70\r\n{routes}{head}Contact: {contact}\r\nEvent: {EVENT}\r\n\
-         Content-Type: {ct}\r\nContent-Length: {len}\r\n\r\n{body}",
-        proto = target.proto,
-        local = target.local,
-        branch = rand::random::<u64>(),
-        contact = our_contact(target),
-        ct = body::CONTENT_TYPE,
-        len = body.len(),
-    );
-    match message::parse(text.as_bytes()) {
-        Ok(SipMessage::Request(r)) => Some(r),
-        _ => None,
-    }
+    let branch = builder::branch(rng, "");
+    let via = builder::via(target.proto, &target.local, &branch);
+    let req = RequestBuilder::new(Method::Notify, builder::parse_uri(uri).ok()?, via)
+        .routes(routes.iter().cloned())
+        .from(head.from, None)
+        .to(head.to, None)
+        .call_id(head.call_id)
+        .cseq(head.cseq)
+        .contact(our_contact(target))
+        .header(Header::Event(Event::new(EVENT)))
+        .header(Header::Other(
+            "Subscription-State".into(),
+            head.state.to_owned(),
+        ))
+        .body(summary.to_body().into_bytes(), body::CONTENT_TYPE)
+        .build();
+    Some(req)
 }
 
-fn random_tag() -> String {
-    format!("{:016x}", rand::random::<u64>())
+fn random_tag(rng: &mut StdRng) -> String {
+    format!("{:016x}", rng.next_u64())
 }
 
 /// The `tag` parameter of a From/To value.

@@ -10,11 +10,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rsip::headers::UntypedHeader;
-use rsip::{Header, Request, Response};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use rsip::headers::{Expires, UntypedHeader, UserAgent};
+use rsip::{Header, Method, Request, Response};
 
 use super::digest::{self, Algorithm};
-use crate::sip::message::{self, SipMessage};
+use crate::sip::builder::{self, Local, RequestBuilder};
+use crate::sip::message;
 
 /// An account at a remote registrar / proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +138,8 @@ pub struct OutboundRegistration {
     last_failure: Option<String>,
     /// The Via transport: `UDP`, or `TLS` for a registration over a TLS connection.
     via: &'static str,
+    /// Tags, Call-ID, branches and cnonces.
+    rng: StdRng,
 }
 
 impl OutboundRegistration {
@@ -167,10 +172,24 @@ impl OutboundRegistration {
             nc: 0,
             last_failure: None,
             via: "UDP",
+            rng: StdRng::from_os_rng(),
         };
-        r.call_id = format!("cfreg{:016x}@{}", r.rand(), local.ip());
-        r.tag = format!("cf{:012x}", r.rand() & 0xffff_ffff_ffff);
+        r.new_ids();
         r
+    }
+
+    fn new_ids(&mut self) {
+        self.call_id = Local::udp(self.local, "cfreg").call_id(&mut self.rng);
+        self.tag = Local::udp(self.local, "cf").tag(&mut self.rng);
+    }
+
+    /// The same registration with ids (Call-ID, tags, branches, cnonces) from `rng` (tests
+    /// make them deterministic).
+    #[must_use]
+    pub fn with_rng(mut self, rng: StdRng) -> Self {
+        self.rng = rng;
+        self.new_ids();
+        self
     }
 
     /// The same registration over TLS (RFC 3261 §26.3.1; `local` is then our TLS listener):
@@ -185,7 +204,7 @@ impl OutboundRegistration {
     }
 
     fn rand(&mut self) -> u64 {
-        rand::random()
+        self.rng.next_u64()
     }
 
     /// Current state.
@@ -206,35 +225,29 @@ impl OutboundRegistration {
 
     fn register(&mut self, auth: Option<Header>) -> Option<Request> {
         self.cseq += 1;
-        let branch = format!("z9hG4bKcfr{:016x}", self.rand());
-        let text = format!(
-            "REGISTER {registrar} SIP/2.0\r\nVia: SIP/2.0/{via} {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <{aor}>;tag={tag}\r\nTo: <{aor}>\r\nCall-ID: {call_id}\r\n\
-             CSeq: {cseq} REGISTER\r\nContact: {contact}\r\nExpires: {expires}\r\n\
-             User-Agent: callfabric\r\nContent-Length: 0\r\n\r\n",
-            registrar = self.registrar,
-            via = self.via,
-            local = self.local,
-            aor = self.aor,
-            tag = self.tag,
-            call_id = self.call_id,
-            cseq = self.cseq,
-            contact = self.contact,
-            expires = self.expires,
-        );
-        let mut req = match message::parse(text.as_bytes()) {
-            Ok(SipMessage::Request(r)) => r,
-            _ => {
-                self.last_failure = Some("cannot build a REGISTER (bad registrar URI?)".into());
-                return None;
-            }
+        let local = Local {
+            transport: self.via,
+            addr: self.local,
+            prefix: "cfr",
         };
+        let (via, _) = local.new_via(&mut self.rng);
+        let Ok(uri) = builder::parse_uri(&self.registrar) else {
+            self.last_failure = Some("cannot build a REGISTER (bad registrar URI?)".into());
+            return None;
+        };
+        let aor = format!("<{}>", self.aor);
+        let mut b = RequestBuilder::new(Method::Register, uri, via)
+            .from(&aor, Some(&self.tag))
+            .to(&aor, None)
+            .call_id(self.call_id.clone())
+            .cseq(self.cseq)
+            .contact(self.contact.clone())
+            .header(Header::Expires(Expires::new(self.expires.to_string())))
+            .header(Header::UserAgent(UserAgent::new("callfabric")));
         if let Some(h) = auth {
-            let mut headers: Vec<Header> = req.headers.iter().cloned().collect();
-            let at = headers.len().saturating_sub(1);
-            headers.insert(at, h);
-            req.headers = headers.into();
+            b = b.header(h);
         }
+        let req = b.build();
         self.state = OutboundState::Pending;
         Some(req)
     }
@@ -489,7 +502,7 @@ mod tests {
             "INVITE sip:2002@192.0.2.7 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
                    From: <sip:2999@x>;tag=a\r\nTo: <sip:2002@x>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
                    Content-Length: 0\r\n\r\n";
-        let Ok(SipMessage::Request(req)) = message::parse(req.as_bytes()) else {
+        let Ok(message::SipMessage::Request(req)) = message::parse(req.as_bytes()) else {
             panic!("parses")
         };
         let mut r = message::response_for(&req, 407, "");

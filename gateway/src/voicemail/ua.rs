@@ -14,11 +14,15 @@ use crate::audio::{self, Codec, PlayEnd, PlayerConfig, RtpPlayer, RtpRecorder, R
 use crate::media::dtmf::{self, DtmfDetector};
 use crate::media::{Leg, MediaRelay, RelayConfig};
 use crate::sdp::SessionDescription;
+use crate::sip::builder::Local;
 use crate::sip::dialog::{self, Dialog};
 use crate::sip::message::{self, response_with_tag, Method, Request};
 use crate::sip::transaction::parse::{self as tparse, Field};
 use crate::sip::transaction::{self as tx, TransactionLayer};
+use crate::sip::ua::{UasEvent, UasInvite};
 use crate::transport::{self, earliest, receive, sleep_until, transmit, Peer, Transports};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use rsip::headers::UntypedHeader as _;
 use statebus::{Bus, Mwi};
 use std::collections::HashMap;
@@ -131,18 +135,7 @@ impl Voicemail {
     ) -> Result<Voicemail, VoicemailError> {
         let store =
             MailboxStore::open(&cfg.database, &cfg.dir, &cfg.context, cfg.max_messages).await?;
-        let (transports, events) = Transports::bind(transport::TransportConfig {
-            udp: vec![cfg.listen],
-            tcp: Vec::new(),
-            ..transport::TransportConfig::default()
-        })
-        .await?;
-        let local = transports
-            .local_addrs()
-            .udp
-            .first()
-            .copied()
-            .unwrap_or(cfg.listen);
+        let (transports, events, local) = Transports::bind_udp(cfg.listen).await?;
         let relay = MediaRelay::new(RelayConfig::new(
             cfg.rtp_ip,
             cfg.rtp_ip,
@@ -184,6 +177,7 @@ impl Voicemail {
             sessions: HashMap::new(),
             shared,
             done_tx,
+            rng: StdRng::from_os_rng(),
         };
         let task = tokio::spawn(ua.run(events, done_rx));
         Ok(Voicemail {
@@ -214,13 +208,11 @@ enum Input {
     Digit(char),
 }
 
-/// Our 2xx, retransmitted at T1 doubling (to T2) until its ACK (RFC 3261 §13.3.1.4).
+/// Our 2xx, retransmitted at T1 doubling (to T2) until its ACK (RFC 3261 §13.3.1.4),
+/// through server transaction `key`.
 struct Unacked {
     key: tx::TransactionKey,
-    response: message::Response,
-    next: Instant,
-    interval: std::time::Duration,
-    deadline: Instant,
+    usage: UasInvite,
 }
 
 struct Session {
@@ -240,9 +232,16 @@ struct Ua {
     sessions: HashMap<String, Session>,
     shared: Arc<Shared>,
     done_tx: mpsc::UnboundedSender<String>,
+    /// Tags and branches (`sip_core::builder`).
+    rng: StdRng,
 }
 
 impl Ua {
+    /// Where our requests leave from (`vm` identifiers).
+    fn builder_local(&self) -> Local {
+        Local::udp(self.local, "vm")
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::Receiver<transport::TransportEvent>,
@@ -273,26 +272,25 @@ impl Ua {
     fn ok_due(&self) -> Option<Instant> {
         self.sessions
             .values()
-            .filter_map(|s| s.ok.as_ref().map(|o| o.next.min(o.deadline)))
+            .filter_map(|s| s.ok.as_ref().and_then(|o| o.usage.poll_timeout()))
             .min()
     }
 
     /// Resends unacknowledged 2xx; a call whose ACK never came is hung up (BYE).
     fn retransmit(&mut self, now: Instant) {
-        let t2 = self.tl.config().t2;
         let mut resend = Vec::new();
         let mut dead = Vec::new();
         for (call_id, s) in self.sessions.iter_mut() {
             let Some(o) = s.ok.as_mut() else {
                 continue;
             };
-            if now >= o.deadline {
-                s.ok = None;
-                dead.push(call_id.clone());
-            } else if now >= o.next {
-                resend.push((o.key.clone(), o.response.clone()));
-                o.interval = (o.interval * 2).min(t2);
-                o.next = now + o.interval;
+            match o.usage.handle_timeout(now) {
+                Some(UasEvent::AckTimeout) => {
+                    s.ok = None;
+                    dead.push(call_id.clone());
+                }
+                Some(UasEvent::Retransmit(r)) => resend.push((o.key.clone(), r)),
+                None => {}
             }
         }
         for (key, r) in resend {
@@ -438,7 +436,7 @@ impl Ua {
         if let Some(rtp) = offer.rtp_endpoint(0) {
             leg.set_remote(rtp, offer.rtcp_endpoint(0));
         }
-        let tag = format!("vm{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let tag = self.builder_local().tag(&mut self.rng);
         let contact = format!("<sip:voicemail@{}>", self.local);
         let Ok(dialog) = Dialog::uas(&req, &tag, &contact) else {
             leg.close();
@@ -450,13 +448,9 @@ impl Ua {
             .push(rsip::Header::Contact(rsip::headers::Contact::new(contact)));
         let r = dialog::response_with_body(r, sdp.clone().into_bytes(), "application/sdp");
         self.respond(key, r.clone());
-        let (now, t1) = (Instant::now(), self.shared.cfg.t1);
         let ok = Some(Unacked {
             key: key.clone(),
-            response: r,
-            next: now + t1,
-            interval: t1,
-            deadline: now + t1 * 64,
+            usage: UasInvite::answered(r, self.tl.config(), Instant::now()),
         });
         let caller = crate::b2bua::caller_user(&req);
         info!(%mailbox, retrieval, %caller, "voicemail call answered");
@@ -492,11 +486,7 @@ impl Ua {
         let Some(mut s) = self.sessions.remove(call_id) else {
             return;
         };
-        let via = format!(
-            "SIP/2.0/UDP {};branch=z9hG4bKvm{:016x};rport",
-            self.local,
-            rand::random::<u64>()
-        );
+        let (via, _) = self.builder_local().new_via(&mut self.rng);
         let bye = s.dialog.request(Method::Bye, &via);
         if let Err(e) = self
             .tl

@@ -1,10 +1,11 @@
 //! Messages the transaction layer builds itself: the ACK for a non-2xx final response
 //! (§17.1.1.3), CANCEL (§9.1) and the 100 (Trying) of a server INVITE transaction (§17.2.1).
 
-use rsip::headers::{CSeq, ContentLength, MaxForwards, UntypedHeader, Via};
+use rsip::headers::{ContentLength, UntypedHeader};
 use rsip::{Header, Headers, Request, Response};
 
 use super::parse::{self, Field};
+use crate::builder::RequestBuilder;
 
 fn push_first(out: &mut Headers, from: &Headers, field: Field) {
     if let Some(h) = parse::first(from, field) {
@@ -12,50 +13,48 @@ fn push_first(out: &mut Headers, from: &Headers, field: Field) {
     }
 }
 
-/// Headers shared by ACK and CANCEL: a single Via (the request's top Via), the Route set,
-/// Max-Forwards, From, To (`to` if given), Call-ID, CSeq `<seq> <method>`.
+fn field(req: &Request, field: Field) -> &str {
+    parse::first(&req.headers, field)
+        .and_then(|h| parse::field_value(h, field))
+        .unwrap_or_default()
+}
+
+/// ACK and CANCEL, built by the one request builder: a single Via (the request's top Via),
+/// Max-Forwards, the Route set, From, To (`to` if given), Call-ID, CSeq `<seq> <method>`.
 fn hop_request(
     req: &Request,
     method: rsip::Method,
     top_via: &str,
     seq: u32,
-    to: Option<&Header>,
+    to: Option<&str>,
 ) -> Request {
-    let mut headers = Headers::default();
-    headers.push(Header::Via(Via::new(top_via)));
-    for h in req.headers.iter() {
-        if matches!(h, Header::Route(_)) {
-            headers.push(h.clone());
-        }
-    }
+    let routes = req.headers.iter().filter_map(|h| match h {
+        Header::Route(r) => Some(r.value().to_owned()),
+        _ => None,
+    });
     let max_forwards = req
         .headers
         .iter()
-        .find(|h| matches!(h, Header::MaxForwards(_)))
-        .cloned()
-        .unwrap_or_else(|| Header::MaxForwards(MaxForwards::default()));
-    headers.push(max_forwards);
-    push_first(&mut headers, &req.headers, Field::From);
-    match to {
-        Some(to) => headers.push(to.clone()),
-        None => push_first(&mut headers, &req.headers, Field::To),
-    }
-    push_first(&mut headers, &req.headers, Field::CallId);
-    headers.push(Header::CSeq(CSeq::new(format!("{seq} {method}"))));
-    headers.push(Header::ContentLength(ContentLength::default()));
-    Request {
-        method,
-        uri: req.uri.clone(),
-        version: rsip::Version::V2,
-        headers,
-        body: Vec::new(),
-    }
+        .find_map(|h| match h {
+            Header::MaxForwards(m) => Some(m.value()),
+            _ => None,
+        })
+        .unwrap_or("70");
+    RequestBuilder::new(method, req.uri.clone(), top_via)
+        .max_forwards_value(max_forwards)
+        .routes(routes.collect::<Vec<_>>())
+        .from(field(req, Field::From), None)
+        .to(to.unwrap_or_else(|| field(req, Field::To)), None)
+        .call_id(field(req, Field::CallId))
+        .cseq(seq)
+        .build()
 }
 
 /// The ACK for a non-2xx final response (§17.1.1.3): Request-URI, Call-ID, From, top Via and
 /// Route set of the INVITE, the To of the response (with its tag), CSeq number of the INVITE.
 pub(crate) fn ack(invite: &Request, response: &Response, top_via: &str, seq: u32) -> Request {
-    let to = parse::first(&response.headers, Field::To);
+    let to =
+        parse::first(&response.headers, Field::To).and_then(|h| parse::field_value(h, Field::To));
     hop_request(invite, rsip::Method::Ack, top_via, seq, to)
 }
 

@@ -1,0 +1,463 @@
+//! The one request builder: every SIP request the gateway, the ACD and the user agents send
+//! is assembled here as typed headers (never `format!`-ed text parsed back).
+//!
+//! [`Local`] says where we send from (transport, address) and the prefix of our random
+//! identifiers; with a random source passed in (`&mut impl RngCore`, so tests are
+//! deterministic) it makes branches ([`Local::branch`]), tags ([`Local::tag`]) and Call-IDs
+//! ([`Local::call_id`]). [`RequestBuilder`] orders the header fields the same way for every
+//! request: Via, Max-Forwards, Route…, From, To, Call-ID, CSeq, Contact, the extra fields,
+//! Content-Type, Content-Length. Out of dialog, [`RequestBuilder::out_of_dialog`] fills all of
+//! them from a [`Local`]; in a dialog, [`crate::dialog::Dialog`] fills them from its state;
+//! the transaction layer builds its ACK and CANCEL with it from the INVITE's fields.
+
+use std::net::SocketAddr;
+
+use rand::RngCore;
+use rsip::headers::{
+    CSeq, CallId, Contact, ContentLength, ContentType, From, MaxForwards, Route, To, UntypedHeader,
+    Via,
+};
+use rsip::{Header, Headers, Method, Request};
+
+use crate::message;
+use crate::transaction::TransactionKey;
+
+/// Why a request could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The Request-URI does not parse.
+    #[error("bad Request-URI {0:?}")]
+    Uri(String),
+    /// An extra header field does not parse.
+    #[error("bad header field {name}: {reason}")]
+    Header {
+        /// The field name.
+        name: String,
+        /// What rsip said.
+        reason: String,
+    },
+}
+
+/// Where our requests leave from, and the prefix of our random identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// The Via transport: `UDP`, `TCP`, `TLS`.
+    pub transport: &'static str,
+    /// Our sent-by address.
+    pub addr: SocketAddr,
+    /// Prefix of branches (after `z9hG4bK`), tags and Call-IDs, e.g. `cf`, `acd`.
+    pub prefix: &'static str,
+}
+
+impl Local {
+    /// Over UDP from `addr`.
+    pub fn udp(addr: SocketAddr, prefix: &'static str) -> Local {
+        Local {
+            transport: "UDP",
+            addr,
+            prefix,
+        }
+    }
+
+    /// A fresh RFC 3261 branch: `z9hG4bK<prefix><16 hex digits>`.
+    pub fn branch(&self, rng: &mut (impl RngCore + ?Sized)) -> String {
+        branch(rng, self.prefix)
+    }
+
+    /// A fresh tag: `<prefix><12 hex digits>`.
+    pub fn tag(&self, rng: &mut (impl RngCore + ?Sized)) -> String {
+        format!("{}{:012x}", self.prefix, rng.next_u64() & 0xffff_ffff_ffff)
+    }
+
+    /// A fresh Call-ID: `<prefix><16 hex digits>@<our IP>`.
+    pub fn call_id(&self, rng: &mut (impl RngCore + ?Sized)) -> String {
+        format!("{}{:016x}@{}", self.prefix, rng.next_u64(), self.addr.ip())
+    }
+
+    /// Our Via value with `branch`: `SIP/2.0/<transport> <addr>;branch=<branch>;rport`.
+    pub fn via(&self, branch: &str) -> String {
+        via(self.transport, self.addr, branch)
+    }
+
+    /// A fresh branch and the Via value that carries it.
+    pub fn new_via(&self, rng: &mut (impl RngCore + ?Sized)) -> (String, String) {
+        let branch = self.branch(rng);
+        (self.via(&branch), branch)
+    }
+}
+
+/// A fresh RFC 3261 branch: `z9hG4bK<prefix><16 hex digits>`.
+pub fn branch(rng: &mut (impl RngCore + ?Sized), prefix: &str) -> String {
+    format!("z9hG4bK{prefix}{:016x}", rng.next_u64())
+}
+
+/// A Via value: `SIP/2.0/<transport> <sent_by>;branch=<branch>;rport` (RFC 3581 asks for the
+/// port responses come back to).
+pub fn via(transport: &str, sent_by: impl std::fmt::Display, branch: &str) -> String {
+    format!("SIP/2.0/{transport} {sent_by};branch={branch};rport")
+}
+
+/// `value` (a From/To name-addr) with `;tag=<tag>` appended, or as it is when `tag` is None.
+fn tagged(value: &str, tag: Option<&str>) -> String {
+    match tag {
+        Some(t) => format!("{value};tag={t}"),
+        None => value.to_owned(),
+    }
+}
+
+/// One request, assembled field by field.
+#[derive(Debug, Clone)]
+pub struct RequestBuilder {
+    method: Method,
+    uri: rsip::Uri,
+    via: String,
+    max_forwards: String,
+    routes: Vec<String>,
+    from: String,
+    to: String,
+    call_id: String,
+    cseq: u32,
+    contact: Option<String>,
+    extra: Vec<Header>,
+    body: Vec<u8>,
+    content_type: Option<String>,
+}
+
+impl RequestBuilder {
+    /// A request for `uri` with `via` as its only Via value; From, To and Call-ID empty, CSeq
+    /// 1, Max-Forwards 70.
+    pub fn new(method: Method, uri: rsip::Uri, via: impl Into<String>) -> RequestBuilder {
+        RequestBuilder {
+            method,
+            uri,
+            via: via.into(),
+            max_forwards: "70".into(),
+            routes: Vec::new(),
+            from: String::new(),
+            to: String::new(),
+            call_id: String::new(),
+            cseq: 1,
+            contact: None,
+            extra: Vec::new(),
+            body: Vec::new(),
+            content_type: None,
+        }
+    }
+
+    /// A request outside any dialog from `local`: a fresh branch, From `from` with a fresh tag,
+    /// To `to` without one, a fresh Call-ID, CSeq 1, Max-Forwards 70.
+    pub fn out_of_dialog(
+        rng: &mut (impl RngCore + ?Sized),
+        local: &Local,
+        method: Method,
+        uri: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<RequestBuilder, BuildError> {
+        let uri = parse_uri(uri)?;
+        let (via, _) = local.new_via(rng);
+        let tag = local.tag(rng);
+        let call_id = local.call_id(rng);
+        Ok(RequestBuilder::new(method, uri, via)
+            .from(from, Some(&tag))
+            .to(to, None)
+            .call_id(call_id))
+    }
+
+    /// From: `value` with `;tag=<tag>`.
+    pub fn from(mut self, value: &str, tag: Option<&str>) -> Self {
+        self.from = tagged(value, tag);
+        self
+    }
+
+    /// To: `value` with `;tag=<tag>`.
+    pub fn to(mut self, value: &str, tag: Option<&str>) -> Self {
+        self.to = tagged(value, tag);
+        self
+    }
+
+    /// Call-ID.
+    pub fn call_id(mut self, call_id: impl Into<String>) -> Self {
+        self.call_id = call_id.into();
+        self
+    }
+
+    /// CSeq number (the method is the request's).
+    pub fn cseq(mut self, seq: u32) -> Self {
+        self.cseq = seq;
+        self
+    }
+
+    /// Max-Forwards, as a number.
+    pub fn max_forwards(mut self, hops: u32) -> Self {
+        self.max_forwards = hops.to_string();
+        self
+    }
+
+    /// Max-Forwards, as the value another request carried.
+    pub fn max_forwards_value(mut self, value: &str) -> Self {
+        self.max_forwards = value.to_owned();
+        self
+    }
+
+    /// Route values, in the order to send them.
+    pub fn routes(mut self, routes: impl IntoIterator<Item = String>) -> Self {
+        self.routes.extend(routes);
+        self
+    }
+
+    /// Contact value.
+    pub fn contact(mut self, value: impl Into<String>) -> Self {
+        self.contact = Some(value.into());
+        self
+    }
+
+    /// A ready header field, after Contact.
+    pub fn header(mut self, header: Header) -> Self {
+        self.extra.push(header);
+        self
+    }
+
+    /// A header field by name and value after Contact, as the same rsip variant parsing
+    /// `name: value` gives (so `Allow` is `Header::Allow`, `X-CF-Offer` is `Header::Other`).
+    pub fn field(mut self, name: &str, value: &str) -> Result<Self, BuildError> {
+        self.extra.push(header(name, value)?);
+        Ok(self)
+    }
+
+    /// Header fields given as `Name: value` lines (each ending in CRLF), for fields a caller
+    /// passes through as text; blank lines are skipped.
+    pub fn field_lines(mut self, lines: &str) -> Result<Self, BuildError> {
+        for line in lines.split("\r\n").filter(|l| !l.trim().is_empty()) {
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(BuildError::Header {
+                    name: line.to_owned(),
+                    reason: "no colon".into(),
+                });
+            };
+            self = self.field(name.trim(), value.trim())?;
+        }
+        Ok(self)
+    }
+
+    /// The body and its Content-Type (an empty body: no Content-Type).
+    pub fn body(mut self, body: Vec<u8>, content_type: &str) -> Self {
+        self.content_type = (!body.is_empty()).then(|| content_type.to_owned());
+        self.body = body;
+        self
+    }
+
+    /// The request.
+    pub fn build(self) -> Request {
+        let mut h: Vec<Header> = Vec::with_capacity(10 + self.routes.len() + self.extra.len());
+        h.push(Header::Via(Via::new(self.via)));
+        h.push(Header::MaxForwards(MaxForwards::new(self.max_forwards)));
+        h.extend(
+            self.routes
+                .into_iter()
+                .map(|r| Header::Route(Route::new(r))),
+        );
+        h.push(Header::From(From::new(self.from)));
+        h.push(Header::To(To::new(self.to)));
+        h.push(Header::CallId(CallId::new(self.call_id)));
+        h.push(Header::CSeq(CSeq::new(format!(
+            "{} {}",
+            self.cseq,
+            message::method_name(&self.method)
+        ))));
+        if let Some(c) = self.contact {
+            h.push(Header::Contact(Contact::new(c)));
+        }
+        h.extend(self.extra);
+        if let Some(ct) = self.content_type {
+            h.push(Header::ContentType(ContentType::new(ct)));
+        }
+        h.push(Header::ContentLength(ContentLength::new(
+            self.body.len().to_string(),
+        )));
+        Request {
+            method: self.method,
+            uri: self.uri,
+            version: rsip::Version::V2,
+            headers: Headers::from(h),
+            body: self.body,
+        }
+    }
+}
+
+/// A Request-URI.
+pub fn parse_uri(uri: &str) -> Result<rsip::Uri, BuildError> {
+    message::parse_uri(uri).ok_or_else(|| BuildError::Uri(uri.to_owned()))
+}
+
+/// A header field `name: value` as the rsip variant parsing it gives.
+pub fn header(name: &str, value: &str) -> Result<Header, BuildError> {
+    let tokenizer = rsip::headers::header::Tokenizer {
+        name: name.as_bytes(),
+        value: value.as_bytes(),
+    };
+    let parsed: Result<Header, rsip::Error> = tokenizer.try_into();
+    parsed.map_err(|e| BuildError::Header {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The client transaction key of a request we built (its top Via's branch), if it has one.
+pub fn client_key(req: &Request) -> Option<TransactionKey> {
+    let via = crate::transaction::parse::top_via(&req.headers).ok()?;
+    Some(TransactionKey::client(via.branch.as_deref()?, req.method))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{parse, serialize_request, SipMessage};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn local() -> Local {
+        Local::udp("192.0.2.1:5060".parse().unwrap(), "cf")
+    }
+
+    #[test]
+    fn same_seed_same_request_and_fields_in_order() {
+        let build = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            RequestBuilder::out_of_dialog(
+                &mut rng,
+                &local(),
+                Method::Invite,
+                "sip:2001@192.0.2.7",
+                "\"Alice\" <sip:1001@gw>",
+                "<sip:2001@gw>",
+            )
+            .unwrap()
+            .contact("<sip:callfabric@192.0.2.1:5060>")
+            .field("Allow", "INVITE, ACK, BYE")
+            .unwrap()
+            .field_lines("X-CF-Offer: queue=sales\r\n")
+            .unwrap()
+            .body(b"v=0\r\n".to_vec(), "application/sdp")
+            .build()
+        };
+        let a = String::from_utf8(serialize_request(&build(7))).unwrap();
+        assert_eq!(a, String::from_utf8(serialize_request(&build(7))).unwrap());
+        assert_ne!(a, String::from_utf8(serialize_request(&build(8))).unwrap());
+        let mut rng = StdRng::seed_from_u64(7);
+        let (branch, tag, cid) = (rng.next_u64(), rng.next_u64(), rng.next_u64());
+        let expected = format!(
+            "INVITE sip:2001@192.0.2.7 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKcf{branch:016x};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: \"Alice\" <sip:1001@gw>;tag=cf{tag:012x}\r\n\
+             To: <sip:2001@gw>\r\n\
+             Call-ID: cf{cid:016x}@192.0.2.1\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:callfabric@192.0.2.1:5060>\r\n\
+             Allow: INVITE, ACK, BYE\r\n\
+             X-CF-Offer: queue=sales\r\n\
+             Content-Type: application/sdp\r\n\
+             Content-Length: 5\r\n\r\nv=0\r\n",
+            tag = tag & 0xffff_ffff_ffff
+        );
+        assert_eq!(a, expected);
+    }
+
+    #[test]
+    fn built_request_parses_back_the_same_and_names_its_transaction() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let req = RequestBuilder::out_of_dialog(
+            &mut rng,
+            &Local {
+                transport: "TLS",
+                addr: "[2001:db8::1]:5061".parse().unwrap(),
+                prefix: "acd",
+            },
+            Method::Options,
+            "sip:gw.example.com;transport=tls",
+            "<sip:acd@example.com>",
+            "<sip:gw.example.com>",
+        )
+        .unwrap()
+        .cseq(42)
+        .max_forwards(0)
+        .routes(["<sip:p1;lr>".to_string(), "<sip:p2;lr>".to_string()])
+        .build();
+        let bytes = serialize_request(&req);
+        let Ok(SipMessage::Request(back)) = parse(&bytes) else {
+            panic!("does not parse: {}", String::from_utf8_lossy(&bytes));
+        };
+        assert_eq!(back, req);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains("Via: SIP/2.0/TLS [2001:db8::1]:5061;branch=z9hG4bKacd"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Route: <sip:p1;lr>\r\nRoute: <sip:p2;lr>\r\nFrom:"),
+            "{text}"
+        );
+        assert!(text.contains("CSeq: 42 OPTIONS\r\n"), "{text}");
+        assert!(text.contains("Max-Forwards: 0\r\n"), "{text}");
+        assert!(text.contains("Call-ID: acd"), "{text}");
+        assert!(text.contains("@2001:db8::1\r\n"), "{text}");
+        assert!(!text.contains("Content-Type"), "{text}");
+        let key = client_key(&req).unwrap();
+        let branch = crate::transaction::parse::top_via(&req.headers)
+            .unwrap()
+            .branch
+            .unwrap();
+        assert_eq!(key, TransactionKey::client(&branch, Method::Options));
+    }
+
+    #[test]
+    fn extra_fields_are_the_variant_parsing_gives_and_bad_input_is_an_error() {
+        assert!(matches!(
+            header("Allow", "INVITE").unwrap(),
+            Header::Allow(_)
+        ));
+        assert!(matches!(
+            header("X-CF-Offer", "queue=q").unwrap(),
+            Header::Other(..)
+        ));
+        assert!(
+            RequestBuilder::new(Method::Bye, parse_uri("sip:a@b").unwrap(), "v")
+                .field_lines("no colon here\r\n")
+                .is_err()
+        );
+        assert_eq!(
+            parse_uri("not a uri").unwrap_err(),
+            BuildError::Uri("not a uri".into())
+        );
+        let mut rng = StdRng::seed_from_u64(1);
+        assert!(RequestBuilder::out_of_dialog(
+            &mut rng,
+            &local(),
+            Method::Message,
+            "",
+            "<sip:a@b>",
+            "<sip:c@d>"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn ids_differ_each_call_and_carry_the_prefix() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let l = local();
+        let (b1, b2) = (l.branch(&mut rng), l.branch(&mut rng));
+        assert_ne!(b1, b2);
+        assert!(
+            b1.starts_with("z9hG4bKcf") && b1.len() == 7 + 2 + 16,
+            "{b1}"
+        );
+        let t = l.tag(&mut rng);
+        assert!(t.starts_with("cf") && t.len() == 14, "{t}");
+        assert!(l.call_id(&mut rng).ends_with("@192.0.2.1"));
+        assert_eq!(
+            l.via("z9hG4bKx"),
+            "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKx;rport"
+        );
+    }
+}
