@@ -1104,7 +1104,10 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 });
             // The gateway's own 486: its arbiter, the agent in a call already (ringinuse=no).
             let outcome = if not_rung && code == 486 {
-                info!(code, "offer refused before ringing the agent: in a call already");
+                info!(
+                    code,
+                    "offer refused before ringing the agent: in a call already"
+                );
                 OfferOutcome::Taken
             } else if not_rung {
                 info!(code, "offer refused before ringing the agent");
