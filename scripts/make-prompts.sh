@@ -1,5 +1,6 @@
 #!/bin/bash
-# Regenerates the ACD's voice prompts in acd/prompts/en/ (see acd/prompts/README.md).
+# Regenerates the shipped voice prompts: the ACD's in acd/prompts/en/ (see acd/prompts/README.md) and
+# the voicemail's in gateway/prompts/en/ (compiled into the gateway).
 #
 # The prompts are synthesised locally -- nothing is downloaded -- with espeak-ng (voice en-us,
 # 150 words/min) and converted with sox to what Asterisk's sounds are: 8 kHz, mono, 8-bit G.711
@@ -13,7 +14,7 @@
 # Idempotent and deterministic: every run overwrites the same files with the same bytes (for a given
 # espeak-ng and sox version); sox runs in repeatable mode (-R) and no random option is set.
 #
-# Usage: bash scripts/make-prompts.sh
+# Usage: bash scripts/make-prompts.sh [acd|voicemail]    (no argument: both sets)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,8 +22,8 @@ for tool in espeak-ng sox; do
   command -v "$tool" >/dev/null || { echo "make-prompts.sh: $tool not found (apt-get install -y espeak-ng sox)" >&2; exit 1; }
 done
 
-out=acd/prompts/en
-mkdir -p "$out/digits"
+which=${1:-all}
+case $which in acd | voicemail | all) ;; *) echo "usage: make-prompts.sh [acd|voicemail]" >&2; exit 2 ;; esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -39,32 +40,64 @@ say() {
   mv -f "$tmp/out.wav" "$out/$file"
 }
 
-# Numbers, named as Asterisk's digits/N.wav (used by say_number).
-words=(zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
-  fifteen sixteen seventeen eighteen nineteen twenty)
-for n in "${!words[@]}"; do
-  say "digits/$n.wav" "${words[$n]}"
-done
-tens=([30]=thirty [40]=forty [50]=fifty [60]=sixty [70]=seventy [80]=eighty [90]=ninety)
-for n in "${!tens[@]}"; do
-  say "digits/$n.wav" "${tens[$n]}"
-done
-say digits/hundred.wav "hundred"
-say digits/thousand.wav "thousand"
+# numbers [thousand]: the digits/N.wav Asterisk names (used by say_number) into $out.
+numbers() {
+  mkdir -p "$out/digits"
+  words=(zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
+    fifteen sixteen seventeen eighteen nineteen twenty)
+  for n in "${!words[@]}"; do
+    say "digits/$n.wav" "${words[$n]}"
+  done
+  tens=([30]=thirty [40]=forty [50]=fifty [60]=sixty [70]=seventy [80]=eighty [90]=ninety)
+  for n in "${!tens[@]}"; do
+    say "digits/$n.wav" "${tens[$n]}"
+  done
+  say digits/hundred.wav "hundred"
+  if [ "${1:-}" = thousand ]; then say digits/thousand.wav "thousand"; fi
+}
 
-# Queue position / hold-time announcements and agent prompts (Asterisk's sound names).
-say queue-youarenext.wav "You are now first in line."
-say queue-thereare.wav "You are caller number"
-say queue-callswaiting.wav "waiting to speak to an agent."
-say queue-holdtime.wav "The estimated hold time is currently"
-say queue-minutes.wav "minutes."
-say queue-lessthan.wav "less than"
-say queue-thankyou.wav "Thank you for your patience."
-say agent-loginok.wav "Agent logged in."
-say agent-loggedoff.wav "Agent logged off."
+if [ "$which" != voicemail ]; then
+  out=acd/prompts/en
+  numbers thousand
 
-# A 0.3 s 1 kHz tone with 10 ms fades (no clicks), at -3 dBFS.
-sox -R -n "${ulaw[@]}" "$tmp/out.wav" synth 0.3 sine 1000 fade 0.01 0.3 0.01 gain -n -3
-mv -f "$tmp/out.wav" "$out/beep.wav"
+  # Queue position / hold-time announcements and agent prompts (Asterisk's sound names).
+  say queue-youarenext.wav "You are now first in line."
+  say queue-thereare.wav "You are caller number"
+  say queue-callswaiting.wav "waiting to speak to an agent."
+  say queue-holdtime.wav "The estimated hold time is currently"
+  say queue-minutes.wav "minutes."
+  say queue-lessthan.wav "less than"
+  say queue-thankyou.wav "Thank you for your patience."
+  say agent-loginok.wav "Agent logged in."
+  say agent-loggedoff.wav "Agent logged off."
 
-echo "make-prompts.sh: $(find "$out" -name '*.wav' | wc -l) prompts in $out"
+  # A 0.3 s 1 kHz tone with 10 ms fades (no clicks), at -3 dBFS.
+  sox -R -n "${ulaw[@]}" "$tmp/out.wav" synth 0.3 sine 1000 fade 0.01 0.3 0.01 gain -n -3
+  mv -f "$tmp/out.wav" "$out/beep.wav"
+  echo "make-prompts.sh: $(find "$out" -name '*.wav' | wc -l) prompts in $out"
+fi
+
+if [ "$which" != acd ]; then
+  out=gateway/prompts/en
+  numbers
+
+  # Asterisk's voicemail sound names where one exists.
+  say vm-intro.wav "The person you are calling is not available. Please leave a message after the tone. When done, hang up."
+  say vm-password.wav "Please enter your password, followed by the pound key."
+  say vm-incorrect.wav "Login incorrect."
+  say vm-youhave.wav "You have"
+  say vm-INBOX.wav "new"
+  say vm-Old.wav "old"
+  say vm-and.wav "and"
+  say vm-messages.wav "messages."
+  say vm-message.wav "message."
+  say vm-msgopts.wav "To hear this message again, press 1. To delete it, press 7. To save it, press 9. For the next message, press pound."
+  say vm-mainmenu.wav "To hear your messages, press 1. To record your greeting, press 5. To hang up, press star."
+  say vm-deleted.wav "Message deleted."
+  say vm-saved.wav "Message saved."
+  say vm-nomore.wav "No more messages."
+  say vm-rec-greeting.wav "Record your greeting after the tone. Press pound when done."
+  say vm-greeting-saved.wav "Your greeting is saved."
+  say vm-goodbye.wav "Goodbye."
+  echo "make-prompts.sh: $(find "$out" -name '*.wav' | wc -l) prompts in $out"
+fi

@@ -247,39 +247,12 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
     // 2. The owner dials *98, enters the PIN, hears the message, deletes it.
     let mark = gw.mark();
     call(&mut gw, dir.path(), "1000", "*98", |m| {
-        // Keys are taken while "password" plays; the first packet gives the relay's address.
-        m.until("the password prompt", |a| a.len() >= 1600);
-        for k in "4321#".chars() {
-            m.key(k);
-        }
-        let from = Instant::now();
-        let end = from + Duration::from_secs(40);
+        m.login("4321");
         // Counts, then the message: wait until its 5 s of tone were heard and ended.
-        loop {
-            m.pump(Instant::now() + Duration::from_millis(100));
-            let heard = m.heard_since(from);
-            let frames = tone_frames(&heard, 440.0);
-            let tail = &heard[heard.len().saturating_sub(800)..];
-            if frames >= 225 && tone_frames(tail, 440.0) == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < end,
-                "the message was not heard: {frames} frames of 440 Hz"
-            );
-        }
-        // Delete it; then `*`: goodbye, and voicemail hangs up (SIPp waits for its BYE).
+        m.hear_message(440.0, 225);
+        // Delete it; "deleted", "no more messages", the main menu; then silence (a key is awaited).
         m.key('7');
-        // "deleted", "no more messages", the main menu; then silence (a key is awaited).
-        let end = Instant::now() + WAIT;
-        while m
-            .heard
-            .last()
-            .is_none_or(|(t, _)| t.elapsed() < Duration::from_millis(1500))
-        {
-            assert!(Instant::now() < end, "the main menu did not end");
-            m.pump(Instant::now() + Duration::from_millis(50));
-        }
+        m.until_quiet("the main menu", WAIT);
         // A new greeting: `5`, the beep, 2 s of 880 Hz, `#`; then `*`: goodbye, BYE.
         let from = Instant::now();
         m.key('5');

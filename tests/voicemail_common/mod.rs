@@ -203,6 +203,49 @@ impl Media {
         self.ts = self.ts.wrapping_add(1600);
     }
 
+    /// Retrieval login: waits for the password prompt (keys are taken while it plays; its first
+    /// packet gives the relay's address), then sends `pin` and `#` as RFC 4733 events.
+    pub fn login(&mut self, pin: &str) {
+        self.until("the password prompt", |a| a.len() >= 1600);
+        for k in pin.chars().chain(std::iter::once('#')) {
+            self.key(k);
+        }
+    }
+
+    /// Listens (up to 40 s) until a message of a `freq` tone was heard: at least `min_frames`
+    /// 20-ms frames of it since now, and ended (none in the last 100 ms).
+    pub fn hear_message(&mut self, freq: f64, min_frames: usize) {
+        let from = Instant::now();
+        let end = from + Duration::from_secs(40);
+        loop {
+            self.pump(Instant::now() + Duration::from_millis(100));
+            let heard = self.heard_since(from);
+            let frames = tone_frames(&heard, freq);
+            let tail = &heard[heard.len().saturating_sub(800)..];
+            if frames >= min_frames && tone_frames(tail, freq) == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the message was not heard: {frames} frames of {freq} Hz"
+            );
+        }
+    }
+
+    /// Waits (up to `wait`) until voicemail has been silent for 1.5 s: a menu ended and a key is
+    /// awaited.
+    pub fn until_quiet(&mut self, what: &str, wait: Duration) {
+        let end = Instant::now() + wait;
+        while self
+            .heard
+            .last()
+            .is_none_or(|(t, _)| t.elapsed() < Duration::from_millis(1500))
+        {
+            assert!(Instant::now() < end, "{what} did not end");
+            self.pump(Instant::now() + Duration::from_millis(50));
+        }
+    }
+
     /// All the audio heard since `from`.
     pub fn heard_since(&self, from: Instant) -> Vec<i16> {
         self.heard

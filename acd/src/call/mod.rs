@@ -783,11 +783,11 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
                 source,
                 ..
             } => {
-                if let Err(rej) = message::validate_request(&request) {
-                    let r = rej.response(&request);
-                    return self.respond(&key, r);
-                }
-                let tagged = to_tag(&request).is_some();
+                let tagged = match transport::screen(&request, message::SUPPORTED_EXTENSIONS) {
+                    transport::Screened::Reject(r) => return self.respond(&key, r),
+                    transport::Screened::New => false,
+                    transport::Screened::InDialog => true,
+                };
                 match (request.method, tagged) {
                     (Method::Invite, false) => self.on_caller(key, request, source, now),
                     (_, true) => self.on_in_dialog(key, request, now),

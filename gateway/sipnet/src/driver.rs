@@ -100,6 +100,33 @@ pub async fn receive_overload(
     receive(transports, tl, ev).await
 }
 
+/// What a user agent does with a new request the transaction layer delivered
+/// ([`tx::Event::Request`]): the first step of every UA's dispatch (the gateway, the ACD node),
+/// so that the checks and the dialog test are the same everywhere.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Screened {
+    /// Malformed, or requires an extension we lack: answer it with this response.
+    Reject(message::Response),
+    /// Outside any dialog: no To tag.
+    New,
+    /// Inside a dialog: a To tag.
+    InDialog,
+}
+
+/// Screens a new request: validated (RFC 3261 §8.2, `extensions` our supported option tags),
+/// then told apart by its To tag.
+pub fn screen(request: &message::Request, extensions: &[&str]) -> Screened {
+    if let Err(rej) = message::validate_request_with(request, extensions) {
+        return Screened::Reject(rej.response(request));
+    }
+    let tag = tx::parse::field_tag(&request.headers, tx::parse::Field::To);
+    if matches!(tag, Ok(Some(_))) {
+        Screened::InDialog
+    } else {
+        Screened::New
+    }
+}
+
 /// Most characters of wire-derived text in one log field.
 pub const LOG_TEXT_MAX: usize = 200;
 
@@ -185,6 +212,37 @@ pub async fn transmit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(text: &str) -> message::Request {
+        match message::parse(text.as_bytes()) {
+            Ok(SipMessage::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    const INVITE: &str = "INVITE sip:2001@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1\r\nMax-Forwards: 70\r\n\
+        From: <sip:1001@example.com>;tag=a\r\nTo: <sip:2001@example.com>TOTAG\r\n\
+        Call-ID: c1\r\nCSeq: 1 INVITE\r\nREQUIREContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn screening_tells_new_from_in_dialog_and_rejects_what_we_cannot_serve() {
+        let new = request(&INVITE.replace("TOTAG", "").replace("REQUIRE", ""));
+        assert_eq!(screen(&new, &[]), Screened::New);
+        let in_dialog = request(&INVITE.replace("TOTAG", ";tag=b").replace("REQUIRE", ""));
+        assert_eq!(screen(&in_dialog, &[]), Screened::InDialog);
+        // An extension we do not support: 420 (§8.2.2.3), whatever the To tag.
+        let timer = request(
+            &INVITE
+                .replace("TOTAG", ";tag=b")
+                .replace("REQUIRE", "Require: timer\r\n"),
+        );
+        match screen(&timer, &[]) {
+            Screened::Reject(r) => assert_eq!(r.status_code.code(), 420),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(screen(&timer, &["timer"]), Screened::InDialog);
+    }
 
     #[test]
     fn wire_text_is_escaped_and_cut() {

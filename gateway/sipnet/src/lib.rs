@@ -30,7 +30,9 @@ mod tcp;
 pub mod tls;
 mod udp;
 
-pub use driver::{earliest, receive, receive_overload, sleep_until, transmit, Peer};
+pub use driver::{
+    earliest, receive, receive_overload, screen, sleep_until, transmit, Peer, Screened,
+};
 pub use tls::{TlsConfig, TlsError, TlsState};
 
 use std::collections::HashMap;

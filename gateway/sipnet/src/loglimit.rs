@@ -214,13 +214,31 @@ fn emit(l: &mut LogLimiter, now: Instant) {
     }
 }
 
+/// Woken when the process-wide limiter suppresses a line (see [`suppressed`]).
+static SUPPRESSED: LazyLock<tokio::sync::Notify> = LazyLock::new(tokio::sync::Notify::new);
+
 /// The process-wide limiter: whether a line of `kind` from `source` may be logged now (the
 /// summaries that are due are logged first).
 pub fn allow(kind: &'static str, source: Option<IpAddr>) -> bool {
     let now = Instant::now();
     let mut l = global();
     emit(&mut l, now);
-    l.admit(kind, source, now)
+    let admitted = l.admit(kind, source, now);
+    if !admitted {
+        SUPPRESSED.notify_one();
+    }
+    admitted
+}
+
+/// When the process-wide limiter next has a summary due ([`flush`] then logs it).
+pub fn next_flush() -> Option<Instant> {
+    global().poll_timeout()
+}
+
+/// Resolves once a line was suppressed since the last time it resolved: an event loop that
+/// sleeps until [`next_flush`] re-reads it then (lines are suppressed on other tasks too).
+pub async fn suppressed() {
+    SUPPRESSED.notified().await
 }
 
 /// Logs the summaries that are due (call it periodically: a flood that stopped still gets

@@ -240,7 +240,7 @@ impl Core {
                     .iter()
                     .map(|b| b.key.clone())
                     .collect();
-                let marks = self.reachable.entry(aor.clone()).or_default();
+                let marks = self.qualify.marks.entry(aor.clone()).or_default();
                 for k in &keys {
                     marks.insert(k.clone(), false);
                 }
@@ -315,7 +315,7 @@ impl Core {
         if refreshed.is_empty() {
             return;
         }
-        if let Some(marks) = self.reachable.get_mut(aor) {
+        if let Some(marks) = self.qualify.marks.get_mut(aor) {
             for k in &refreshed {
                 if marks.get(k) == Some(&false) {
                     marks.remove(k);

@@ -84,17 +84,7 @@ impl Core {
     }
 
     fn member_peer(&self, addr: SocketAddr, fallback: SocketAddr) -> Peer {
-        Peer {
-            addr,
-            transport: crate::transport::Transport::Udp,
-            local: self
-                .transports
-                .local_addrs()
-                .udp
-                .first()
-                .copied()
-                .unwrap_or(fallback),
-        }
+        self.udp_peer(addr, fallback)
     }
 
     /// Where a queue number goes when a live fabric member advertises it ([`Self::providers`];

@@ -218,7 +218,12 @@ impl Core {
         self.flush_notifies(now);
     }
 
-    /// Expiry of subscriptions (called from the housekeeping tick).
+    /// When the notifier next has a subscription to expire or a NOTIFY to retry.
+    pub(super) fn mwi_deadline(&self) -> Option<Instant> {
+        self.mwi.core.poll_timeout()
+    }
+
+    /// Expiry of subscriptions (called from housekeeping when due, `timers.rs`).
     pub(super) fn mwi_tick(&mut self) {
         let now = Instant::now();
         if self.mwi.core.poll_timeout().is_some_and(|t| t <= now) {

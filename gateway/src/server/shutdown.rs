@@ -133,6 +133,11 @@ impl Core {
         }
     }
 
+    /// While finishing: when the wait for the BYEs ends ([`Core::shutdown_step`] then stops).
+    pub(super) fn shutdown_deadline(&self) -> Option<Instant> {
+        self.shutdown.finishing.as_ref().map(|f| f.deadline)
+    }
+
     /// While draining, a new INVITE gets 503 with Retry-After; true when it was refused.
     pub(super) fn refused_while_draining(
         &mut self,
@@ -200,14 +205,9 @@ impl Core {
             self.transmit(t).await;
         }
         info!("shutdown: registrations stored");
-        let keys: Vec<String> = self
-            .published
-            .iter()
-            .filter(|(_, s)| **s != DeviceState::Unavailable)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = self.published.available();
         for k in &keys {
-            self.published.insert(k.clone(), DeviceState::Unavailable);
+            self.published.set(k, DeviceState::Unavailable);
             self.bus.publish_device_state(k, DeviceState::Unavailable);
         }
         info!(devices = keys.len(), "shutdown: device states withdrawn");

@@ -140,12 +140,7 @@ impl Core {
             return refuse(self, 503, "too many supervisor sessions");
         }
         let target = self
-            .cfg
-            .extensions
-            .get(ext)
-            .and_then(|u| self.devices.get(u))
-            .or_else(|| self.devices.get(ext))
-            .or_else(|| self.devices.by_extension(ext))
+            .device_for(ext)
             .map(|d| format!("{}{}", self.cfg.device_prefix, d.username));
         let Some(device) = target else {
             return refuse(self, 404, "no such extension");
@@ -255,6 +250,14 @@ impl Core {
             }
             None => false,
         }
+    }
+
+    /// When [`Core::spy_retransmit`] next has something to do: a 200 to retransmit or give up.
+    pub(super) fn spy_deadline(&self) -> Option<Instant> {
+        (self.spies.sessions.values())
+            .filter_map(|s| s.unacked.as_ref())
+            .map(|(_, next, _, give_up)| (*next).min(*give_up))
+            .min()
     }
 
     /// Retransmits unacknowledged 200s that are due (T1 doubling, at most T2); a session

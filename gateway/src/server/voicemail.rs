@@ -9,13 +9,7 @@ use super::*;
 impl Core {
     /// The device user a Request-URI user names (dial plan, user name, extension).
     fn device_user(&self, dialled: &str) -> Option<String> {
-        self.cfg
-            .extensions
-            .get(dialled)
-            .and_then(|u| self.devices.get(u))
-            .or_else(|| self.devices.get(dialled))
-            .or_else(|| self.devices.by_extension(dialled))
-            .map(|d| d.username)
+        self.device_for(dialled).map(|d| d.username)
     }
 
     /// Rewrites `target` for voicemail where it applies; the diversion to arm once the call
@@ -33,17 +27,7 @@ impl Core {
         if is_offer {
             return None;
         }
-        let dest = Peer {
-            addr: vm.address,
-            transport: transport::Transport::Udp,
-            local: self
-                .transports
-                .local_addrs()
-                .udp
-                .first()
-                .copied()
-                .unwrap_or(vm.address),
-        };
+        let dest = self.udp_peer(vm.address, vm.address);
         let to = |user: String| b2bua::Target::Peer {
             uri: format!("sip:{user}@{}", vm.address),
             dest: dest.clone(),

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 /// Most calls in voicemail at once (more get 486).
 pub const MAX_SESSIONS: usize = 256;
 
-/// The shipped prompts (`gateway/prompts/en`, `scripts/make-vm-prompts.sh`), compiled in.
+/// The shipped prompts (`gateway/prompts/en`, `scripts/make-prompts.sh voicemail`), compiled in.
 macro_rules! prompts {
     ($($name:literal),* $(,)?) => {
         &[$(($name, include_bytes!(concat!("../../prompts/en/", $name, ".wav")) as &[u8])),*]

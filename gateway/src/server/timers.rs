@@ -1,0 +1,190 @@
+//! The event loop's timers: it sleeps until the earliest deadline the cores and stores expose
+//! (the transaction layer's and the B2BUA's `poll_timeout`, the next registration expiry, the
+//! next outbound REGISTER, a supervisor's unacknowledged 200, the MWI notifier, a due log
+//! summary, the end of the shutdown's BYE wait) instead of ticking every 250 ms. The
+//! registration expiry and the MWI deadline walk every binding and subscription: they are
+//! recomputed at each housekeeping run, which follows within [`POLL`] anything that woke the
+//! loop (as the 250 ms tick did), not at every iteration.
+//!
+//! Work without a deadline of its own (moving the calls of a dead ACD node, which depends on
+//! the bus's liveness view; ending the overload controller's idle intervals; forgetting
+//! lapsed security counters) is polled every [`POLL`] as before, but only while it can matter:
+//! traffic came since the last run, calls went through the fabric, or overload control is
+//! shedding or recovering. An idle gateway sleeps.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::Core;
+use crate::transport::earliest;
+
+/// How often work without a deadline is polled while it can matter.
+pub(super) const POLL: Duration = Duration::from_millis(250);
+
+/// Least time between two housekeeping runs (a deadline that stays due cannot spin the loop).
+pub(super) const MIN_GAP: Duration = Duration::from_millis(10);
+
+/// When housekeeping last ran, whether anything happened since, and the deadlines that cost
+/// a walk over every binding or subscription to compute.
+#[derive(Debug)]
+pub(super) struct Housekeeping {
+    last: Instant,
+    /// Something woke the loop since the last run (a transport event, the bus, a commit, the
+    /// handle): a REGISTER or SUBSCRIBE may have moved a deadline.
+    pub(super) traffic: bool,
+    /// The next registration expiry and MWI deadline, computed at each run (and at start):
+    /// they are O(bindings) and O(subscriptions), too dear for every loop iteration; anything
+    /// that can move them sets `traffic`, so a run within [`POLL`] recomputes them.
+    walked: Option<Instant>,
+}
+
+impl Housekeeping {
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            last: now,
+            traffic: false,
+            walked: None,
+        }
+    }
+
+    /// When housekeeping is due: the earliest of `deadlines`, or [`POLL`] after the last run
+    /// when `poll`; never sooner than [`MIN_GAP`] after the last run; `None`: nothing to do.
+    pub(super) fn due(&self, poll: bool, deadlines: &[Option<Instant>]) -> Option<Instant> {
+        let polled = poll.then_some(self.last + POLL);
+        let at = deadlines
+            .iter()
+            .copied()
+            .fold(earliest(polled, self.walked), earliest)?;
+        Some(at.max(self.last + MIN_GAP))
+    }
+
+    fn ran(&mut self, now: Instant) {
+        self.last = now;
+        self.traffic = false;
+    }
+}
+
+/// A wall-clock deadline `at` on the monotonic clock, `now` and `wall_now` being the same
+/// moment on both (past deadlines are due now).
+pub(super) fn instant_of(at: SystemTime, now: Instant, wall_now: SystemTime) -> Instant {
+    now + at.duration_since(wall_now).unwrap_or(Duration::ZERO)
+}
+
+impl Core {
+    /// When the loop must wake without a message.
+    pub(super) fn next_wake(&mut self) -> Option<Instant> {
+        let cores = earliest(self.tl.poll_timeout(), self.b2bua.poll_timeout());
+        earliest(cores, self.housekeeping_due())
+    }
+
+    fn housekeeping_due(&self) -> Option<Instant> {
+        let overload = self.overload.shedding()
+            || self.overload.admit_fraction() < 1.0
+            || !self.overload.standing_queue().is_zero();
+        let poll = self.housekeeping.traffic || !self.fabric_calls.is_empty() || overload;
+        self.housekeeping.due(
+            poll,
+            &[
+                self.outbound.poll_timeout(),
+                self.spy_deadline(),
+                crate::transport::loglimit::next_flush(),
+                self.shutdown_deadline(),
+            ],
+        )
+    }
+
+    /// Recomputes the deadlines that walk every binding and subscription.
+    pub(super) fn walk_deadlines(&mut self) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let expiry = (self.registrar.next_expiry()).map(|t| instant_of(t, now, wall));
+        self.housekeeping.walked = earliest(expiry, self.mwi_deadline());
+    }
+
+    /// The loop woke for a deadline: the cores' timers, then housekeeping when it is due.
+    pub(super) fn on_timers(&mut self) {
+        let now = Instant::now();
+        self.tl.handle_timeout(now);
+        self.b2bua.handle_timeout(&mut self.media, now);
+        if self.housekeeping_due().is_some_and(|t| t <= now) {
+            self.housekeeping(now);
+        }
+    }
+
+    /// Everything that is due, each step a no-op when nothing is.
+    fn housekeeping(&mut self, now: Instant) {
+        for aor in self.registrar.expire(SystemTime::now()) {
+            self.persist(&aor);
+        }
+        self.register_outbound(None);
+        self.spy_retransmit(now);
+        self.guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expire(now);
+        // A flood that stopped still gets its "N similar suppressed" line.
+        crate::transport::loglimit::flush();
+        self.move_orphans();
+        self.overload.tick(now);
+        self.mwi_tick();
+        self.walk_deadlines();
+        self.housekeeping.ran(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_gateway_sleeps() {
+        let h = Housekeeping::new(Instant::now());
+        assert_eq!(h.due(false, &[None, None]), None);
+    }
+
+    #[test]
+    fn walked_deadlines_count_until_the_next_walk() {
+        let t0 = Instant::now();
+        let mut h = Housekeeping::new(t0);
+        h.walked = Some(t0 + Duration::from_secs(30));
+        assert_eq!(h.due(false, &[]), h.walked);
+        assert_eq!(
+            h.due(false, &[Some(t0 + Duration::from_secs(40))]),
+            h.walked
+        );
+        assert_eq!(h.due(true, &[]), Some(t0 + POLL));
+    }
+
+    #[test]
+    fn the_earliest_deadline_wins_not_sooner_than_the_gap() {
+        let t0 = Instant::now();
+        let h = Housekeeping::new(t0);
+        let s = |ms| Some(t0 + Duration::from_millis(ms));
+        assert_eq!(h.due(false, &[s(3000), None, s(900)]), s(900));
+        // Polling: at most POLL after the last run.
+        assert_eq!(h.due(true, &[s(3000)]), s(250));
+        assert_eq!(h.due(true, &[s(100)]), s(100));
+        // A deadline already past (or one that stays due) waits for the gap.
+        assert_eq!(h.due(false, &[Some(t0)]), s(10));
+    }
+
+    #[test]
+    fn a_run_starts_the_next_poll_and_clears_the_traffic() {
+        let t0 = Instant::now();
+        let mut h = Housekeeping::new(t0);
+        h.traffic = true;
+        let t1 = t0 + Duration::from_secs(7);
+        h.ran(t1);
+        assert!(!h.traffic);
+        assert_eq!(h.due(true, &[]), Some(t1 + POLL));
+    }
+
+    #[test]
+    fn wall_clock_deadlines_map_to_the_monotonic_clock() {
+        let now = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_765_000_000);
+        assert_eq!(
+            instant_of(wall + Duration::from_millis(1500), now, wall),
+            now + Duration::from_millis(1500)
+        );
+        assert_eq!(instant_of(wall - Duration::from_secs(5), now, wall), now);
+    }
+}
