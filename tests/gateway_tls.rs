@@ -1,5 +1,6 @@
 //! The front door of the real binary (issue 12, part B): SIP over TLS with SRTP between two
-//! baresip phones, `sips:` refused over UDP, and a flood of idle and trickling TCP
+//! baresip phones (and the gateway's music on hold to a held SRTP phone, SRTP too), `sips:`
+//! refused over UDP, and a flood of idle and trickling TCP
 //! connections closed or refused while a phone keeps working. Certificates are made by the
 //! openssl CLI in a private directory (`integration::certs`).
 
@@ -182,6 +183,13 @@ fn baresip_registers_and_calls_over_tls_with_srtp() {
     // 3 s of audio each way, decrypted by each phone with the other's SDES key.
     wait_received(&b, 3 * u64::from(RATE));
     wait_received(&a, 3 * u64::from(RATE));
+    // The callee holds: the caller hears the gateway's music on hold, SRTP-protected with the
+    // key the caller receives with (the callee's), under the player's own SSRC. baresip counts
+    // a sender's packets (`rcvd`) only once its SRTP layer authenticated and decrypted them;
+    // plain RTP, as before issue 12's fix, is dropped there ("failed to decrypt").
+    let before = heard_from(&mut ca);
+    cb.command("hold", "").expect("hold");
+    let music = wait_new_sender(&mut ca, &before, 100, &gw);
     ca.command("hangup", "").expect("hangup");
     let ended = gw.call_ended(STATE_TIMEOUT);
     ca.event("CALL_CLOSED", STATE_TIMEOUT)
@@ -192,6 +200,16 @@ fn baresip_registers_and_calls_over_tls_with_srtp() {
         ended.num("a_in") >= 150 && ended.num("b_in") >= 150,
         "{}",
         ended.line
+    );
+    assert!(
+        ended.num("a_moh") >= music,
+        "the caller's {music} packets were the gateway's music: {}",
+        ended.line
+    );
+    assert!(
+        !a.log().contains("failed to decrypt"),
+        "the caller decrypted everything:\n{}",
+        a.log()
     );
     // Signalling went over TLS only, and each phone got the other's SDES key through the
     // gateway: baresip enables SRTP on a stream only with the remote a=crypto (without it, as
@@ -216,6 +234,58 @@ fn baresip_registers_and_calls_over_tls_with_srtp() {
         heard_by_a >= 20,
         "caller heard the callee's 600 Hz: {heard_by_a} windows"
     );
+}
+
+/// The senders (SSRC → packets received) in the phone's RTCP session, from `audio_debug`
+/// (`member 0x…: … rcvd=N`): packets count there only after baresip's SRTP layer accepted
+/// them.
+fn heard_from(ctrl: &mut Ctrl) -> std::collections::HashMap<String, u64> {
+    let r = ctrl.command("audio_debug", "").expect("audio_debug");
+    let text = r["data"].as_str().unwrap_or_default().to_owned();
+    let mut out = std::collections::HashMap::new();
+    let mut member = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("member ") {
+            member = rest.split(':').next().map(str::to_owned);
+        }
+        if let (Some(m), Some(n)) = (&member, line.split("rcvd=").nth(1)) {
+            if let Ok(n) = n.trim().parse::<u64>() {
+                out.insert(m.clone(), n);
+                member = None;
+            }
+        }
+    }
+    out
+}
+
+/// Waits until a sender not in `before` delivered at least `packets` packets to the phone;
+/// returns how many.
+fn wait_new_sender(
+    ctrl: &mut Ctrl,
+    before: &std::collections::HashMap<String, u64>,
+    packets: u64,
+    gw: &GatewayProcess,
+) -> u64 {
+    let deadline = Instant::now() + STATE_TIMEOUT;
+    loop {
+        let now = heard_from(ctrl);
+        let new = now
+            .iter()
+            .filter(|(m, _)| !before.contains_key(*m))
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0);
+        if new >= packets {
+            return new;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new sender with {packets} packets: before {before:?}, now {now:?}\n{}",
+            gw.diag()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// An OPTIONS to `uri` over UDP to `to`; the status code of the answer.

@@ -11,6 +11,8 @@
 //!   saturating sum per listener without its own audio, 20 ms frames, bounded jitter buffers;
 //!   [`mixer::Spy`] runs it over relay legs).
 //! * [`moh`]: music on hold for the held party (sans-IO hold plan + players on relay legs).
+//! * [`srtp`] (sans-IO): RFC 3711 protection of the audio the gateway injects into a leg whose
+//!   phone negotiated SDES keys (music on hold to an SRTP phone).
 //! * [`relay`] (tokio): [`MediaRelay`] hands out [`Leg`]s (one UDP socket pair and one task
 //!   each); [`bridge`] connects two legs so that what one hears the other sends; a leg also
 //!   takes injected packets ([`Leg::send_rtp`], prompts and music on hold) and feeds recorders
@@ -27,6 +29,7 @@ pub mod mixer;
 pub mod moh;
 pub mod ports;
 pub mod relay;
+pub mod srtp;
 pub mod stats;
 
 #[cfg(test)]
@@ -72,6 +75,10 @@ pub enum MediaError {
     /// A leg cannot be bridged with itself.
     #[error("cannot bridge a media leg with itself")]
     SelfBridge,
+    /// An injected packet could not be SRTP-protected (not RTP, the peer's SSRC, the key's
+    /// lifetime used up).
+    #[error(transparent)]
+    Srtp(#[from] srtp::SrtpError),
     /// A socket operation failed.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -35,6 +35,7 @@
 //! when its last handle is dropped. Its port pair goes back to the range when the last handle
 //! is dropped and its task has ended (the sockets are closed before the pair is released).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +50,7 @@ use tokio::sync::watch;
 
 use super::latch::{Latch, LatchVerdict, DEFAULT_RELATCH_SILENCE};
 use super::ports::PortAllocator;
+use super::srtp::{SdesKey, SrtpSender};
 use super::stats::{RtpStats, DEFAULT_CLOCK_RATE};
 use super::MediaError;
 
@@ -300,6 +302,8 @@ impl MediaRelay {
             clock_rate: AtomicU32::new(DEFAULT_CLOCK_RATE),
             closed: AtomicBool::new(false),
             c: Counters::default(),
+            srtp: Mutex::new(None),
+            last_ssrc: AtomicU64::new(0),
         });
         let (close_tx, close_rx) = watch::channel(false);
         match thread {
@@ -420,6 +424,11 @@ struct LegShared {
     clock_rate: AtomicU32,
     closed: AtomicBool,
     c: Counters,
+    /// SRTP for injected packets (the key this leg's phone receives with), and the peer leg
+    /// whose phone sends under the same key (its SSRC is refused).
+    srtp: Mutex<Option<(SrtpSender, Weak<LegShared>)>>,
+    /// SSRC + 1 of the last RTP packet accepted; 0: none yet.
+    last_ssrc: AtomicU64,
 }
 
 impl LegShared {
@@ -524,15 +533,46 @@ impl Leg {
             .store(clock_rate.max(1), Ordering::Relaxed);
     }
 
+    /// Protects what the gateway sends out of this leg ([`Leg::send_rtp`],
+    /// [`Leg::try_send_rtp`]) with `key` (the SDES key this leg's phone receives with), or no
+    /// longer (`None`). `peer`: the leg whose phone sends under that same key; its SSRC is
+    /// refused (no keystream reuse). Relayed packets are never touched.
+    pub fn set_srtp(&self, key: Option<&SdesKey>, peer: Option<&Leg>) {
+        let peer = peer.map_or_else(Weak::new, |p| Arc::downgrade(p.shared()));
+        *lock(&self.shared().srtp) = key.map(|k| (SrtpSender::new(k), peer));
+    }
+
+    /// Whether injected packets are SRTP-protected ([`Leg::set_srtp`]).
+    pub fn has_srtp(&self) -> bool {
+        lock(&self.shared().srtp).is_some()
+    }
+
+    /// `packet`, SRTP-protected if the leg has a key.
+    fn outgoing<'a>(&self, packet: &'a [u8]) -> Result<Cow<'a, [u8]>, MediaError> {
+        let mut srtp = lock(&self.shared().srtp);
+        let Some((sender, peer)) = srtp.as_mut() else {
+            return Ok(Cow::Borrowed(packet));
+        };
+        let peer_ssrc = peer
+            .upgrade()
+            .map(|p| p.last_ssrc.load(Ordering::Relaxed))
+            .filter(|s| *s != 0)
+            .map(|s| (s - 1) as u32);
+        sender.avoid_ssrc(peer_ssrc);
+        Ok(Cow::Owned(sender.protect(packet)?))
+    }
+
     /// Sends a raw RTP packet (e.g. a prompt or music on hold) out of this leg to its
-    /// destination. The packet is not checked; it counts in `rtp_packets_out`.
+    /// destination, SRTP-protected if the leg has a key ([`Leg::set_srtp`]). The packet is
+    /// not checked otherwise; it counts in `rtp_packets_out`.
     pub async fn send_rtp(&self, packet: &[u8]) -> Result<usize, MediaError> {
         let s = self.shared();
         if s.closed.load(Ordering::Acquire) {
             return Err(MediaError::Closed);
         }
         let dest = lock(&s.remote).rtp_dest.ok_or(MediaError::NoRemote)?;
-        let n = s.sockets.rtp.send_to(packet, dest).await?;
+        let packet = self.outgoing(packet)?;
+        let n = s.sockets.rtp.send_to(&packet, dest).await?;
         bump(&s.c.rtp_packets_out, 1);
         bump(&s.c.rtp_bytes_out, n as u64);
         Ok(n)
@@ -546,7 +586,8 @@ impl Leg {
             return Err(MediaError::Closed);
         }
         let dest = lock(&s.remote).rtp_dest.ok_or(MediaError::NoRemote)?;
-        let n = s.sockets.rtp_nowait.send_to(packet, dest)?;
+        let packet = self.outgoing(packet)?;
+        let n = s.sockets.rtp_nowait.send_to(&packet, dest)?;
         bump(&s.c.rtp_packets_out, 1);
         bump(&s.c.rtp_bytes_out, n as u64);
         Ok(n)
@@ -740,11 +781,12 @@ impl Task {
             }
             return;
         }
-        let (seq, ts, pt) = match RtpReader::new(pkt) {
+        let (seq, ts, pt, ssrc) = match RtpReader::new(pkt) {
             Ok(r) => (
                 u16::from(r.sequence_number()),
                 r.timestamp(),
                 r.payload_type(),
+                r.ssrc(),
             ),
             Err(_) => {
                 bump(&c.invalid_packets, 1);
@@ -756,6 +798,9 @@ impl Task {
         }
         bump(&c.rtp_packets_in, 1);
         bump(&c.rtp_bytes_in, pkt.len() as u64);
+        shared
+            .last_ssrc
+            .store(u64::from(ssrc) + 1, Ordering::Relaxed);
         let nanos = now.saturating_duration_since(shared.epoch).as_nanos();
         c.last_rtp.store(
             u64::try_from(nanos)

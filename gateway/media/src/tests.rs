@@ -640,3 +640,39 @@ async fn random_datagrams_never_panic() {
     .await;
     assert!(a.stats().invalid_packets > 0);
 }
+
+/// Injected packets into a leg with an SDES key go out SRTP-protected (the key this leg's
+/// phone receives with), relayed ones unchanged; a packet with the peer's SSRC is refused.
+#[tokio::test]
+async fn injected_rtp_is_srtp_on_a_keyed_leg_and_relayed_rtp_untouched() {
+    use crate::srtp::{SdesKey, SrtpSender, Suite};
+    let r = relay(22900, 22999);
+    let (a, b, pa, pb) = call(&r).await;
+    let key = SdesKey::new(1, Suite::AesCm128HmacSha1_80, [5; 16], [6; 14]);
+    assert!(!b.has_srtp());
+    b.set_srtp(Some(&key), Some(&a));
+    assert!(b.has_srtp());
+    // The peer's (ciphertext) packet crosses unchanged.
+    let relayed = rtp(0, 1, 160, &[0x33; 170]);
+    pa.send_to(&relayed, a.local_rtp()).await.unwrap();
+    assert_eq!(recv(&pb).await.0, relayed);
+    // Music on hold: protected exactly as an SRTP sender with that key does it.
+    let mut moh = rtp(0, 7, 1120, &[0xd5; 160]);
+    moh[8..12].copy_from_slice(&0x0bad_cafeu32.to_be_bytes());
+    let mut reference = SrtpSender::new(&key);
+    let want = reference.protect(&moh).unwrap();
+    assert_eq!(b.try_send_rtp(&moh).unwrap(), want.len());
+    assert_eq!(recv(&pb).await.0, want);
+    assert_ne!(want[12..172], moh[12..]);
+    // The peer phone's SSRC (0x11223344, under the same key) is refused: no keystream reuse.
+    assert!(matches!(
+        b.send_rtp(&rtp(0, 8, 1280, &[0xd5; 160])).await,
+        Err(MediaError::Srtp(crate::srtp::SrtpError::PeerSsrc(
+            0x1122_3344
+        )))
+    ));
+    // Without a key, plain again.
+    b.set_srtp(None, None);
+    b.send_rtp(&moh).await.unwrap();
+    assert_eq!(recv(&pb).await.0, moh);
+}

@@ -110,6 +110,11 @@ pub trait MediaControl {
     fn hold(&mut self, call: CallId, holder: Side, holding: bool) {
         let _ = (call, holder, holding);
     }
+    /// The SDES key side `side`'s phone receives SRTP with, for audio the gateway injects into
+    /// its leg (`srtp.rs`); `None`: plain RTP. Default: nothing.
+    fn srtp(&mut self, call: CallId, side: Side, key: Option<crate::media::srtp::SdesKey>) {
+        let _ = (call, side, key);
+    }
 }
 
 /// Where an INVITE goes, as resolved by the gateway (dial plan, registrar, trunks).
@@ -955,6 +960,9 @@ impl B2bua {
                 let keep = srtp::keys_may_pass(&call.a.peer, &call.b.peer);
                 anchored(&answer, call.ports.a, call.a.origin, keep)
             });
+            if let Some(sdp) = &a_sdp {
+                srtp::answer_crossed(media, id, Side::A, sdp, call.b.last_sdp.as_ref());
+            }
             if a_sdp.is_some() && !call.bridged {
                 call.bridged = true;
                 media.bridge(id);
@@ -1029,7 +1037,9 @@ impl B2bua {
                 (Some(answer), _) => {
                     call.a.origin.1 += 1;
                     let keep = srtp::keys_may_pass(&call.a.peer, &call.b.peer);
-                    Some(anchored(answer, call.ports.a, call.a.origin, keep))
+                    let sdp = anchored(answer, call.ports.a, call.a.origin, keep);
+                    srtp::answer_crossed(media, id, Side::A, &sdp, call.b.last_sdp.as_ref());
+                    Some(sdp)
                 }
                 (None, Some(early)) => Some(early.clone()),
                 (None, None) => None,
@@ -1626,6 +1636,14 @@ impl B2bua {
         let was = leg.holding;
         leg.holding = p.offer_holds;
         let device = leg.device.clone();
+        if let Some(sent) = call
+            .leg(p.from)
+            .last_sdp
+            .as_ref()
+            .filter(|_| answer.is_some())
+        {
+            srtp::answer_crossed(media, id, p.from, sent, call.leg(other).last_sdp.as_ref());
+        }
         if p.method == Method::Invite {
             call.ok = Some(OkRetransmit {
                 side: p.from,

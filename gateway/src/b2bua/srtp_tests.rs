@@ -2,6 +2,7 @@
 
 use super::tests::{b_response, invite_from_a, peer, response, FakeMedia};
 use super::*;
+use crate::media::srtp::SdesKey;
 use crate::transport::{ConnectionId, Transport as Tp};
 
 const KEY_A: &str =
@@ -27,13 +28,25 @@ fn leg(addr: &str, tls: bool) -> Peer {
 /// A (TLS or not) calls B (TLS or not) with SRTP keys; B answers with its own. Returns the
 /// body of B's INVITE and of A's 200.
 fn call(a_tls: bool, b_tls: bool) -> (String, String) {
+    let (to_b, to_a, _) = call_in(&mut FakeMedia::default(), a_tls, b_tls, KEY_A, KEY_B);
+    (to_b, to_a)
+}
+
+/// [`call`] on `media`, A offering `a_keys`, B answering `b_key`; the B2BUA is returned for
+/// further requests.
+fn call_in(
+    media: &mut dyn MediaControl,
+    a_tls: bool,
+    b_tls: bool,
+    a_keys: &str,
+    b_key: &str,
+) -> (String, String, B2bua) {
     let mut b2b = B2bua::new(Config::default());
-    let mut media = FakeMedia::default();
     let now = Instant::now();
     let mut inv = invite_from_a();
     inv = dialog::with_body(
         inv,
-        savp("10.0.0.1", 4000, KEY_A).into_bytes(),
+        savp("10.0.0.1", 4000, a_keys).into_bytes(),
         "application/sdp",
     );
     b2b.on_invite(
@@ -53,7 +66,7 @@ fn call(a_tls: bool, b_tls: bool) -> (String, String) {
                 forks: Vec::new(),
             },
         },
-        &mut media,
+        media,
         now,
     );
     let acts: Vec<Action> = std::iter::from_fn(|| b2b.poll_action()).collect();
@@ -64,14 +77,77 @@ fn call(a_tls: bool, b_tls: bool) -> (String, String) {
             _ => None,
         })
         .expect("an INVITE to B");
-    let ok = b_response(&b_inv, 200, "btag", &savp("10.0.0.2", 6000, KEY_B));
-    b2b.on_response(&key, ok, &mut media, now);
+    let ok = b_response(&b_inv, 200, "btag", &savp("10.0.0.2", 6000, b_key));
+    b2b.on_response(&key, ok, media, now);
     let acts: Vec<Action> = std::iter::from_fn(|| b2b.poll_action()).collect();
     let a_ok = response(&acts, 200).expect("200 to A");
     (
         String::from_utf8_lossy(&b_inv.body).into_owned(),
         String::from_utf8_lossy(&a_ok.body).into_owned(),
+        b2b,
     )
+}
+
+/// A fake relay that records the SDES keys the B2BUA hands it for injected audio.
+#[derive(Default)]
+struct KeyedMedia {
+    inner: FakeMedia,
+    keys: Vec<(Side, Option<SdesKey>)>,
+}
+
+impl MediaControl for KeyedMedia {
+    fn open(&mut self, call: CallId) -> Option<MediaPorts> {
+        self.inner.open(call)
+    }
+    fn set_remote(&mut self, call: CallId, side: Side, rtp: SocketAddr, rtcp: Option<SocketAddr>) {
+        self.inner.set_remote(call, side, rtp, rtcp)
+    }
+    fn bridge(&mut self, call: CallId) {
+        self.inner.bridge(call)
+    }
+    fn close(&mut self, call: CallId) {
+        self.inner.close(call)
+    }
+    fn idle(&self, call: CallId, now: Instant) -> Option<Duration> {
+        self.inner.idle(call, now)
+    }
+    fn srtp(&mut self, _: CallId, side: Side, key: Option<SdesKey>) {
+        self.keys.push((side, key));
+    }
+}
+
+fn sdes(line: &str) -> SdesKey {
+    SdesKey::parse(line.strip_prefix("a=crypto:").expect("a=crypto line")).expect("key")
+}
+
+/// Music on hold to an SRTP phone is protected with the key that phone receives with: A gets
+/// B's answer key; B gets the line of A's offer that B's answer chose (tag 2 here, the 32-bit
+/// tag suite), not A's first line.
+#[test]
+fn each_phone_gets_injected_audio_under_the_key_it_receives_with() {
+    const A2: &str =
+        "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk";
+    const B2: &str =
+        "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1ub3BxcnN0";
+    let mut media = KeyedMedia::default();
+    let (_, to_a, _) = call_in(&mut media, true, true, &format!("{KEY_A}\r\n{A2}"), B2);
+    assert!(to_a.contains(B2), "{to_a}");
+    assert_eq!(media.keys.len(), 2, "{:?}", media.keys);
+    assert!(
+        media.keys.contains(&(Side::A, Some(sdes(B2)))),
+        "{:?}",
+        media.keys
+    );
+    assert!(
+        media.keys.contains(&(Side::B, Some(sdes(A2)))),
+        "{:?}",
+        media.keys
+    );
+
+    // Keys removed (a leg not TLS): no key, plain RTP.
+    let mut media = KeyedMedia::default();
+    call_in(&mut media, true, false, KEY_A, KEY_B);
+    assert_eq!(media.keys, vec![(Side::A, None), (Side::B, None)]);
 }
 
 #[test]

@@ -215,6 +215,19 @@ impl MediaControl for RelayMedia {
             "hold"
         );
     }
+
+    fn srtp(
+        &mut self,
+        call: b2bua::CallId,
+        side: b2bua::Side,
+        key: Option<crate::media::srtp::SdesKey>,
+    ) {
+        // Music on hold to an SRTP phone: protected with the key that phone receives with.
+        self.with(call, |a, b| match side {
+            b2bua::Side::A => a.set_srtp(key.as_ref(), Some(b)),
+            b2bua::Side::B => b.set_srtp(key.as_ref(), Some(a)),
+        });
+    }
 }
 
 /// Records what arrives on `leg` (decoded G.711, reordered, gaps filled) and writes it to
