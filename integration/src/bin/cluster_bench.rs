@@ -14,8 +14,15 @@
 //!    with node 0 restarted (it rejoins) in between.
 //!
 //! ```text
-//! cargo run --release -p integration --bin cluster_bench -- [ROUND_TRIPS] [BURST] [ROUNDS] [FAILOVERS]
+//! cargo run --release -p integration --bin cluster_bench -- [ROUND_TRIPS] [BURST] [ROUNDS] [FAILOVERS] [SPLIT]
 //! ```
+//!
+//! With SPLIT = 1 the latency rounds also time each half of the bus on its own, against raw
+//! clients on the bus's own `device_state` node: "send side" = the bus publishes (node 0), a raw
+//! client subscribed on node 1 reads the notification; "receive side" = a raw client publishes
+//! a bus-format item (node 0), the bus on node 1 emits the change. Each half minus the raw
+//! floor is what that side of the bus adds. (The raw subscriber is one more subscriber of
+//! `device_state`, so SPLIT runs are not the figures of record.)
 
 use anyhow::{bail, Context, Result};
 use integration::bench;
@@ -32,7 +39,14 @@ const SVC: &str = "pubsub.fabric.test";
 const T: Duration = Duration::from_secs(60);
 const RAW_NODE: &str = "bench_raw";
 const USERS: &[&str] = &[
-    "raw-pub", "raw-sub", "bus-pub", "bus-sub", "fail-a", "observer",
+    "raw-pub",
+    "raw-sub",
+    "bus-pub",
+    "bus-sub",
+    "fail-a",
+    "observer",
+    "split-pub",
+    "split-sub",
 ];
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -118,6 +132,69 @@ impl Raw {
     }
 }
 
+/// Raw clients on the bus's own `device_state` node (SPLIT): one publishes bus-format items,
+/// one reads notifications.
+struct Split {
+    publisher: RawXmpp,
+    sub: RawXmpp,
+}
+
+impl Split {
+    fn start(n0: SocketAddr, n1: SocketAddr) -> Result<Split> {
+        let publisher = session(n0, "split-pub", "bench").context("split-pub session")?;
+        let mut sub = session(n1, "split-sub", "bench").context("split-sub session")?;
+        sub.iq(
+            "set",
+            Some(SVC),
+            &wire::subscribe_xml(
+                wire::NODE_DEVICE_STATE,
+                &format!("split-sub@{DOMAIN}"),
+                false,
+            ),
+        )
+        .context("split-sub subscribe")?;
+        Ok(Split { publisher, sub })
+    }
+
+    /// Waits until the raw subscriber has the notification of item `key`.
+    fn wait_item(&mut self, key: &str) -> Result<()> {
+        let want = format!("id='{key}'");
+        let want2 = format!("id=\"{key}\"");
+        self.sub.set_timeout(T);
+        loop {
+            let m = self
+                .sub
+                .read_element("message", |_| true)
+                .with_context(|| format!("split notification {key}"))?;
+            if m.contains(&want) || m.contains(&want2) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Publishes a bus-format item for `key` to `device_state`, in the name of the live
+    /// member bus-pub (EID ..:01: the subscriber counts items of live members only).
+    fn publish(&mut self, i: usize, key: &str) -> Result<()> {
+        let eid = Eid([2, 0, 0, 0, 0, 1]);
+        let iq = format!(
+            "<iq type='set' id='s{i}' to='{SVC}'>{}</iq>",
+            wire::publish_xml(
+                wire::NODE_DEVICE_STATE,
+                key,
+                &wire::device_state_xml(eid, DeviceState::InUse, true)
+            )
+        );
+        self.publisher.send(&iq)
+    }
+
+    /// Reads the publish result (after the timed part).
+    fn publish_result(&mut self) -> Result<()> {
+        self.publisher.set_timeout(T);
+        self.publisher.read_element("iq", |_| true)?;
+        Ok(())
+    }
+}
+
 fn bus_config(user: &str, eid: u8, servers: &[SocketAddr]) -> XmppBusConfig {
     let mut c = XmppBusConfig::new(
         &format!("{user}@{DOMAIN}"),
@@ -133,7 +210,9 @@ fn bus_config(user: &str, eid: u8, servers: &[SocketAddr]) -> XmppBusConfig {
     c.reconnect_max = Duration::from_secs(1);
     c.fabric_jids = USERS
         .iter()
-        .filter(|u| u.starts_with("bus") || **u == "fail-a" || **u == "observer")
+        .filter(|u| {
+            u.starts_with("bus") || **u == "fail-a" || **u == "observer" || **u == "split-pub"
+        })
         .map(|u| format!("{u}@{DOMAIN}"))
         .collect();
     c
@@ -180,6 +259,7 @@ fn main() -> Result<()> {
             .unwrap_or(default))
     };
     let (n, burst, rounds, failovers) = (arg(1, 500)?, arg(2, 1000)?, arg(3, 3)?, arg(4, 3)?);
+    let split_on = arg(5, 0)? != 0;
     if n == 0 || rounds == 0 {
         bail!("ROUND_TRIPS and ROUNDS must be > 0");
     }
@@ -228,21 +308,77 @@ fn main() -> Result<()> {
             anyhow::Ok(t0.elapsed())
         }))?
     };
+    let mut split = if split_on {
+        Some(Split::start(n0, n1)?)
+    } else {
+        None
+    };
+    // SPLIT, send side: the bus publishes a fresh key, the raw subscriber sees it.
+    let send_side = |i: usize, sp: &mut Split| {
+        let key = format!("PJSIP/ss{i}");
+        let t0 = Instant::now();
+        a.publish_device_state(&key, DeviceState::InUse);
+        sp.wait_item(&key)?;
+        anyhow::Ok(t0.elapsed())
+    };
+    // SPLIT, receive side: the raw publisher publishes a fresh key, the bus emits it.
+    let recv_side =
+        |i: usize, sp: &mut Split, rx: &mut tokio::sync::broadcast::Receiver<BusEvent>| {
+            let key = format!("PJSIP/sr{i}");
+            let t0 = Instant::now();
+            sp.publish(i, &key)?;
+            rt.block_on(wait_change(rx, &key, None))?;
+            let took = t0.elapsed();
+            sp.publish_result()?;
+            anyhow::Ok(took)
+        };
+    // SPLIT, both raw on the bus's node: the floor of that node.
+    let raw_ds = |i: usize, sp: &mut Split| {
+        let key = format!("PJSIP/sf{i}");
+        let t0 = Instant::now();
+        sp.publish(i, &key)?;
+        sp.wait_item(&key)?;
+        let took = t0.elapsed();
+        sp.publish_result()?;
+        anyhow::Ok(took)
+    };
     for i in 0..50 {
         raw.round_trip(i)?;
         bus_rt(i, &mut rx)?;
         in_rt(i)?;
+        if let Some(sp) = split.as_mut() {
+            send_side(i, sp)?;
+            recv_side(i, sp, &mut rx)?;
+            raw_ds(i, sp)?;
+        }
     }
     let (mut lr, mut lo, mut li) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ls, mut lv, mut lf) = (Vec::new(), Vec::new(), Vec::new());
+    let sides = if split.is_some() { 6 } else { 3 };
     let mut i = 50;
     for round in 0..rounds {
         let (r0, o0, i0) = (lr.len(), lo.len(), li.len());
         for k in 0..n {
-            for side in 0..3 {
-                match (side + k + round) % 3 {
+            for side in 0..sides {
+                match (side + k + round) % sides {
                     0 => lr.push(raw.round_trip(i)?),
                     1 => lo.push(bus_rt(i, &mut rx)?),
-                    _ => li.push(in_rt(i)?),
+                    2 => li.push(in_rt(i)?),
+                    3 => {
+                        if let Some(sp) = split.as_mut() {
+                            ls.push(send_side(i, sp)?);
+                        }
+                    }
+                    4 => {
+                        if let Some(sp) = split.as_mut() {
+                            lv.push(recv_side(i, sp, &mut rx)?);
+                        }
+                    }
+                    _ => {
+                        if let Some(sp) = split.as_mut() {
+                            lf.push(raw_ds(i, sp)?);
+                        }
+                    }
                 }
             }
             i += 1;
@@ -283,6 +419,24 @@ fn main() -> Result<()> {
         ms(percentile(&lo, 0.5)),
         ms(percentile(&lo, 0.99)),
     );
+    if split.is_some() {
+        ls.sort();
+        lv.sort();
+        lf.sort();
+        println!(
+            "SPLIT on device_state: raw -> raw p50 {:.3} p99 {:.3} ms; bus send side (bus -> raw) \
+             p50 {:.3} p99 {:.3} ms; bus receive side (raw -> bus) p50 {:.3} p99 {:.3} ms; \
+             (raw floor on its own node p50 {:.3} ms)",
+            ms(percentile(&lf, 0.5)),
+            ms(percentile(&lf, 0.99)),
+            ms(percentile(&ls, 0.5)),
+            ms(percentile(&ls, 0.99)),
+            ms(percentile(&lv, 0.5)),
+            ms(percentile(&lv, 0.99)),
+            ms(percentile(&lr, 0.5)),
+        );
+    }
+    drop(split);
     li.sort();
     println!(
         "LATENCY bus timed in its runtime: p50 {:.3} p99 {:.3} ms; ours/raw p50 {:.2}x p99 {:.2}x",
