@@ -249,6 +249,7 @@ impl Gateway {
             spies: spy::Spies::default(),
             extra_prefixes: ExtraPrefixes::default(),
             housekeeping: timers::Housekeeping::new(Instant::now()),
+            rng: rand::SeedableRng::from_os_rng(),
         };
         let tls = core.transports.tls_state();
         let extra_prefixes = core.extra_prefixes.clone();
@@ -347,6 +348,8 @@ struct Core {
     extra_prefixes: ExtraPrefixes,
     /// When housekeeping last ran, whether traffic came since (`server/timers.rs`).
     housekeeping: timers::Housekeeping,
+    /// The random source of the requests the core builds itself (branches, tags, Call-IDs).
+    rng: rand::rngs::StdRng,
 }
 
 /// Unix time, seconds (fabric signatures).

@@ -1729,10 +1729,7 @@ fn header<T>(req: &Request, f: impl Fn(&Header) -> Option<T>) -> Option<T> {
 }
 
 fn to_tag(req: &Request) -> Option<String> {
-    header(req, |h| match h {
-        Header::To(t) => message::parse_addresses(t.value(), false)
-            .and_then(|l| l.into_iter().next())
-            .and_then(|a| a.param("tag").flatten().map(str::to_owned)),
-        _ => None,
-    })
+    tx::parse::field_tag(&req.headers, tx::parse::Field::To)
+        .ok()
+        .flatten()
 }

@@ -225,21 +225,6 @@ impl RequestBuilder {
         Ok(self)
     }
 
-    /// Header fields given as `Name: value` lines (each ending in CRLF), for fields a caller
-    /// passes through as text; blank lines are skipped.
-    pub fn field_lines(mut self, lines: &str) -> Result<Self, BuildError> {
-        for line in lines.split("\r\n").filter(|l| !l.trim().is_empty()) {
-            let Some((name, value)) = line.split_once(':') else {
-                return Err(BuildError::Header {
-                    name: line.to_owned(),
-                    reason: "no colon".into(),
-                });
-            };
-            self = self.field(name.trim(), value.trim())?;
-        }
-        Ok(self)
-    }
-
     /// The body and its Content-Type (an empty body: no Content-Type).
     pub fn body(mut self, body: Vec<u8>, content_type: &str) -> Self {
         self.content_type = (!body.is_empty()).then(|| content_type.to_owned());
@@ -336,7 +321,7 @@ mod tests {
             .contact("<sip:callfabric@192.0.2.1:5060>")
             .field("Allow", "INVITE, ACK, BYE")
             .unwrap()
-            .field_lines("X-CF-Offer: queue=sales\r\n")
+            .field("X-CF-Offer", "queue=sales")
             .unwrap()
             .body(b"v=0\r\n".to_vec(), "application/sdp")
             .build()
@@ -421,11 +406,6 @@ mod tests {
             header("X-CF-Offer", "queue=q").unwrap(),
             Header::Other(..)
         ));
-        assert!(
-            RequestBuilder::new(Method::Bye, parse_uri("sip:a@b").unwrap(), "v")
-                .field_lines("no colon here\r\n")
-                .is_err()
-        );
         assert_eq!(
             parse_uri("not a uri").unwrap_err(),
             BuildError::Uri("not a uri".into())

@@ -106,6 +106,11 @@ impl JoinPlace {
         format!("joined={};prio={}", self.joined_ms, self.priority)
     }
 
+    /// The `X-CF-Join` header field carrying this place.
+    pub fn header(&self) -> rsip::Header {
+        rsip::Header::Other(JOIN_HEADER.into(), self.format())
+    }
+
     /// Reads a value made by [`format`](Self::format); `None` if malformed.
     pub fn parse(v: &str) -> Option<JoinPlace> {
         if v.len() > MAX_VALUE {

@@ -11,7 +11,7 @@ use crate::sip::builder::{self, RequestBuilder};
 use crate::sip::message::{self, Method};
 use crate::sip::transaction::parse::{self as tparse, Field};
 use crate::sip::transaction::TransactionKey;
-use crate::sip::trust::FabricKey;
+use crate::sip::trust::{FabricKey, JoinPlace};
 use crate::transport::Peer;
 use rsip::headers::{Allow, Supported, UntypedHeader};
 use rsip::Header;
@@ -40,7 +40,7 @@ impl B2bua {
     }
 
     /// Moves leg B of answered call `id` to `uri` at `dest`: a new INVITE (new dialog) with the
-    /// relay's B-side SDP and `extra` header lines (`Name: value\r\n`), signed with `signer`
+    /// relay's B-side SDP and the caller's place `join` (`X-CF-Join`), signed with `signer`
     /// (key, unix secs) if given; music on hold to the caller until the 2xx. A failure of the
     /// new INVITE ends the call (`move-failed`). Returns whether the INVITE went out.
     pub fn move_b(
@@ -48,7 +48,7 @@ impl B2bua {
         id: CallId,
         uri: &str,
         dest: Peer,
-        extra: &str,
+        join: Option<JoinPlace>,
         signer: Option<(Arc<FabricKey>, u64)>,
         media: &mut dyn MediaControl,
     ) -> bool {
@@ -69,8 +69,8 @@ impl B2bua {
         ) else {
             return false;
         };
-        let built = builder::parse_uri(uri).and_then(|uri| {
-            RequestBuilder::new(Method::Invite, uri, via)
+        let built = builder::parse_uri(uri).map(|uri| {
+            let b = RequestBuilder::new(Method::Invite, uri, via)
                 .from(&strip_tag(from), Some(&tag))
                 .to(&strip_tag(to), None)
                 .call_id(call_id)
@@ -80,8 +80,11 @@ impl B2bua {
                 .header(Header::Other(
                     crate::offer::LINKED_HEADER.into(),
                     call.linkedid.clone(),
-                ))
-                .field_lines(extra)
+                ));
+            match join {
+                Some(j) => b.header(j.header()),
+                None => b,
+            }
         });
         let Ok(built) = built else {
             warn!(call = id.0, "cannot build the INVITE that moves the caller");
@@ -163,7 +166,7 @@ impl B2bua {
         &mut self,
         id: CallId,
         dest: Peer,
-        join: Option<crate::sip::trust::JoinPlace>,
+        join: Option<JoinPlace>,
         now: Instant,
     ) -> bool {
         let Some(call) = self.calls.get_mut(&id) else {
@@ -177,9 +180,7 @@ impl B2bua {
             call.b_invite.headers.retain(
                 |h| !matches!(h, rsip::Header::Other(n, _) if n.eq_ignore_ascii_case(name)),
             );
-            call.b_invite
-                .headers
-                .push(rsip::Header::Other(name.into(), j.format()));
+            call.b_invite.headers.push(j.header());
         }
         call.b_fallbacks.retain(|p| p.addr != dest.addr);
         call.b_fallbacks.push_front(dest);

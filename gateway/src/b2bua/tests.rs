@@ -839,7 +839,10 @@ fn leg_b_moves_to_another_peer_with_music_meanwhile() {
             id,
             "sip:800@10.0.0.9:5072",
             peer("10.0.0.9:5072"),
-            "X-CF-Join: joined=1700000000000;prio=0\r\n",
+            Some(crate::sip::trust::JoinPlace {
+                joined_ms: 1_700_000_000_000,
+                priority: 0,
+            }),
             Some((key.clone(), 1_700_000_005)),
             &mut rig.media,
         );

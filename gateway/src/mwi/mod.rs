@@ -17,6 +17,7 @@ pub mod body;
 
 use crate::sip::builder::{self, RequestBuilder};
 use crate::sip::message::{self, Method, Request, Response};
+use crate::sip::transaction::parse as tparse;
 use body::{Counts, Summary};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -280,14 +281,14 @@ impl<D: Clone> MwiCore<D> {
         };
         let from = header(req, "From", Some("f")).unwrap_or_default();
         let to = header(req, "To", Some("t")).unwrap_or_default();
-        let Some(remote_tag) = tag_of(&from) else {
+        let Some(remote_tag) = tparse::tag(&from) else {
             return message::response_for(req, 400, "Missing From tag");
         };
         let contact = header(req, "Contact", Some("m"))
             .and_then(|c| message::parse_addresses(&c, true))
             .and_then(|l| l.into_iter().next())
             .map(|a| a.uri);
-        if let Some(local_tag) = tag_of(&to) {
+        if let Some(local_tag) = tparse::tag(&to) {
             // A refresh or an unsubscribe within the dialog.
             let id = DialogId {
                 call_id,
@@ -726,17 +727,6 @@ fn build_notify<D: Clone>(
 
 fn random_tag(rng: &mut StdRng) -> String {
     format!("{:016x}", rng.next_u64())
-}
-
-/// The `tag` parameter of a From/To value.
-fn tag_of(value: &str) -> Option<String> {
-    message::parse_addresses(value, false)?
-        .into_iter()
-        .next()?
-        .param("tag")
-        .flatten()
-        .map(str::to_owned)
-        .filter(|t| !t.is_empty())
 }
 
 /// Values of header `name` (or its compact form), in order; comma lists kept whole.

@@ -174,13 +174,12 @@ impl Core {
                 }
                 continue;
             }
-            let extra = format!("{}: {}\r\n", trust::JOIN_HEADER, place.format());
             let signer = self.cfg.fabric.clone().map(|k| (k, unix_secs()));
             if self.b2bua.move_b(
                 id,
                 &format!("sip:{number}@{next}"),
                 dest,
-                &extra,
+                Some(place),
                 signer,
                 &mut self.media,
             ) {

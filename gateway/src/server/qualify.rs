@@ -9,7 +9,8 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::Core;
-use crate::sip::message::{self, Request, SipMessage};
+use crate::sip::builder::{Local, RequestBuilder};
+use crate::sip::message::{self, Method, Request};
 use crate::sip::transaction::TransactionKey;
 use crate::transport::Peer;
 
@@ -101,22 +102,34 @@ impl Core {
         }
     }
 
-    pub(super) fn options_request(&self, aor: &str, contact: &str, via: &Peer) -> Option<Request> {
-        let proto = via.transport.via_name();
-        let branch = format!("z9hG4bK{:016x}", rand_u64());
-        let tag = format!("{:08x}", rand_u64() as u32);
-        let text = format!(
-            "OPTIONS {contact} SIP/2.0\r\nVia: SIP/2.0/{proto} {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:qualify@{realm}>;tag={tag}\r\nTo: <{aor}>\r\n\
-             Call-ID: {callid}@{local_ip}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            local = via.local,
-            realm = self.cfg.realm,
-            callid = rand_u64(),
-            local_ip = via.local.ip(),
-        );
-        match message::parse(text.as_bytes()) {
-            Ok(SipMessage::Request(r)) => Some(r),
-            _ => None,
+    /// The qualify OPTIONS for binding `contact` of `aor`, sent over `via` (out of dialog, from
+    /// the core's random source). `None`: the contact is not a URI.
+    pub(super) fn options_request(
+        &mut self,
+        aor: &str,
+        contact: &str,
+        via: &Peer,
+    ) -> Option<Request> {
+        let local = Local {
+            transport: via.transport.via_name(),
+            addr: via.local,
+            prefix: "cf",
+        };
+        let from = format!("<sip:qualify@{}>", self.cfg.realm);
+        let to = format!("<{aor}>");
+        match RequestBuilder::out_of_dialog(
+            &mut self.rng,
+            &local,
+            Method::Options,
+            contact,
+            &from,
+            &to,
+        ) {
+            Ok(b) => Some(b.build()),
+            Err(e) => {
+                debug!(error = %e, %contact, "cannot qualify");
+                None
+            }
         }
     }
 
@@ -174,10 +187,6 @@ pub(super) fn contact_dest(contact: &str, source: &Peer) -> Peer {
         addr: SocketAddr::new(ip, port),
         ..source.clone()
     }
-}
-
-fn rand_u64() -> u64 {
-    rand::random()
 }
 
 #[cfg(test)]

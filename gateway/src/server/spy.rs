@@ -25,9 +25,11 @@ use crate::b2bua::{self, Caller};
 use crate::media::mixer::Spy;
 use crate::media::Leg;
 use crate::sdp::SessionDescription;
+use crate::sip::builder::Local;
 use crate::sip::dialog::{self, Dialog};
 use crate::sip::message::{self, SipMessage};
 use crate::sip::transaction::TransactionKey;
+use crate::sip::ua::{UasEvent, UasInvite};
 use crate::transport::Peer;
 
 // Spying started from the admin API (the gateway calls the supervisor's phone).
@@ -93,8 +95,8 @@ struct Session {
     call: b2bua::CallId,
     supervisor: String,
     device: String,
-    /// Our 200 until the ACK: the response, when to send it next, the interval, the deadline.
-    unacked: Option<(rsip::Response, Instant, std::time::Duration, Instant)>,
+    /// Our 200 until the ACK (retransmitted T1 doubling up to T2, given up after 64·T1).
+    unacked: Option<UasInvite>,
 }
 
 /// The supervisors' calls, by dialog (Call-ID, our tag).
@@ -206,7 +208,7 @@ impl Core {
         if let Some(rtp) = offer.rtp_endpoint(0) {
             leg.set_remote(rtp, offer.rtcp_endpoint(0));
         }
-        let tag = format!("spy{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let tag = spy_local(source).tag(&mut self.rng);
         let contact = match source.transport.uri_param() {
             Some(t) => format!("<sip:callfabric@{};transport={t}>", source.local),
             None => format!("<sip:callfabric@{}>", source.local),
@@ -219,8 +221,7 @@ impl Core {
         ok.headers
             .push(Header::Contact(rsip::headers::Contact::new(contact)));
         let ok = dialog::response_with_body(ok, answer.to_string().into_bytes(), "application/sdp");
-        let t1 = self.cfg.t1;
-        let unacked = Some((ok.clone(), now + t1, t1, now + t1 * 64));
+        let unacked = Some(UasInvite::answered(ok.clone(), self.tl.config(), now));
         if let Err(e) = self.tl.send_response(key, ok, now) {
             warn!(error = %e, "supervisor's 200 not sent");
             return true;
@@ -262,8 +263,7 @@ impl Core {
     /// When [`Core::spy_retransmit`] next has something to do: a 200 to retransmit or give up.
     pub(super) fn spy_deadline(&self) -> Option<Instant> {
         (self.spies.sessions.values())
-            .filter_map(|s| s.unacked.as_ref())
-            .map(|(_, next, _, give_up)| (*next).min(*give_up))
+            .filter_map(|s| s.unacked.as_ref()?.poll_timeout())
             .chain(self.spy_api_deadline())
             .min()
     }
@@ -272,22 +272,16 @@ impl Core {
     /// whose 200 got no ACK within 64·T1 ends with a BYE.
     pub(super) fn spy_retransmit(&mut self, now: Instant) {
         self.spy_api_tick(now);
-        let t2 = std::time::Duration::from_secs(4);
         let mut dead = Vec::new();
         for (id, s) in self.spies.sessions.iter_mut() {
-            let Some((ok, next, interval, give_up)) = &mut s.unacked else {
-                continue;
-            };
-            if now >= *give_up {
-                dead.push(id.clone());
-                continue;
-            }
-            if now >= *next {
-                let k = s.peer.tx_transport();
-                self.tl
-                    .send_stateless(SipMessage::Response(ok.clone()), s.peer.clone(), k);
-                *interval = (*interval * 2).min(t2);
-                *next = now + *interval;
+            match s.unacked.as_mut().and_then(|u| u.handle_timeout(now)) {
+                Some(UasEvent::AckTimeout) => dead.push(id.clone()),
+                Some(UasEvent::Retransmit(ok)) => {
+                    let k = s.peer.tx_transport();
+                    self.tl
+                        .send_stateless(SipMessage::Response(ok), s.peer.clone(), k);
+                }
+                None => {}
             }
         }
         for id in dead {
@@ -352,17 +346,21 @@ impl Core {
 
     /// Sends the supervisor a BYE.
     fn spy_bye(&mut self, mut s: Session, now: Instant) {
-        let branch = format!("z9hG4bKcfspy{:016x}", rand::random::<u64>());
-        let via = format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            s.peer.transport.via_name(),
-            s.peer.local
-        );
+        let (via, _) = spy_local(&s.peer).new_via(&mut self.rng);
         let bye = s.dialog.request(Method::Bye, &via);
         let k = s.peer.tx_transport();
         if let Err(e) = self.tl.send_request(bye, k, s.peer.clone(), now) {
             warn!(error = %e, "BYE to the supervisor not sent");
         }
+    }
+}
+
+/// Where our requests to a supervisor leave from (the flow its requests came in on).
+fn spy_local(peer: &Peer) -> Local {
+    Local {
+        transport: peer.transport.via_name(),
+        addr: peer.local,
+        prefix: "cfspy",
     }
 }
 

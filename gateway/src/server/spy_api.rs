@@ -14,7 +14,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rsip::Request;
+use rand::rngs::StdRng;
+use rsip::{Method, Request};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
@@ -26,9 +27,11 @@ use crate::media::Leg;
 use crate::sdp::SessionDescription;
 use crate::server::shutdown::Control;
 use crate::server::{contact_dest, Core, Gateway};
+use crate::sip::builder::{self, RequestBuilder};
 use crate::sip::dialog::{self, Dialog};
-use crate::sip::message::{self, SipMessage};
+use crate::sip::message::SipMessage;
 use crate::sip::transaction::TransactionKey;
+use crate::sip::ua::UacInvite;
 use crate::transport::Peer;
 
 /// How long the supervisor's phone rings before the INVITE is cancelled.
@@ -147,13 +150,9 @@ impl Gateway {
     }
 }
 
-fn via(peer: &Peer) -> String {
-    format!(
-        "SIP/2.0/{} {};branch=z9hG4bKcfspy{:016x};rport",
-        peer.transport.via_name(),
-        peer.local,
-        rand::random::<u64>()
-    )
+/// A fresh Via for a request to the supervisor's phone at `peer`.
+fn via(rng: &mut StdRng, peer: &Peer) -> String {
+    super::spy_local(peer).new_via(rng).0
 }
 
 impl Core {
@@ -259,30 +258,36 @@ impl Core {
             &["PCMA", "PCMU", "telephone-event"],
             ("callfabric", rand::random::<u64>() >> 1, 1),
         );
-        let tag = format!("spy{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        let call_id = format!("spy{:016x}@{}", rand::random::<u64>(), dest.local.ip());
+        let local = super::spy_local(&dest);
+        let (via, _) = local.new_via(&mut self.rng);
+        let tag = local.tag(&mut self.rng);
+        let call_id = local.call_id(&mut self.rng);
         let our = match dest.transport.uri_param() {
             Some(t) => format!("<sip:callfabric@{};transport={t}>", dest.local),
             None => format!("<sip:callfabric@{}>", dest.local),
         };
-        let text = format!(
-            "INVITE {contact} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
-             From: \"{mode} call {n}\" <sip:spy@{realm}>;tag={tag}\r\nTo: <{aor}>\r\n\
-             Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {our}\r\n\
-             Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            via = via(&dest),
-            mode = order.mode.as_str(),
-            n = order.call,
-            realm = self.cfg.realm,
+        let from = format!(
+            "\"{} call {}\" <sip:spy@{}>",
+            order.mode.as_str(),
+            order.call,
+            self.cfg.realm
         );
-        let invite = match message::parse(text.as_bytes()) {
-            Ok(SipMessage::Request(r)) => {
-                dialog::with_body(r, offer.to_string().into_bytes(), "application/sdp")
-            }
-            _ => {
+        let built = builder::parse_uri(&contact).and_then(|uri| {
+            RequestBuilder::new(Method::Invite, uri, via)
+                .from(&from, Some(&tag))
+                .to(&format!("<{aor}>"), None)
+                .call_id(call_id.clone())
+                .contact(our)
+                .field("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")
+        });
+        let invite = match built {
+            Ok(b) => b
+                .body(offer.to_string().into_bytes(), "application/sdp")
+                .build(),
+            Err(e) => {
                 leg.close();
                 return Err(SpyRefused::Send(format!(
-                    "no valid INVITE to the contact {contact:?}"
+                    "no valid INVITE to the contact {contact:?}: {e}"
                 )));
             }
         };
@@ -361,7 +366,10 @@ impl Core {
             warn!(supervisor = %d.supervisor, "the supervisor's 2xx makes no dialog (no To tag)");
             return true;
         };
-        let ack: SipMessage = dlg.ack(1, &via(&d.dest)).into();
+        let rng = &mut self.rng;
+        let ack: SipMessage = UacInvite::new(&d.invite)
+            .ack(&dlg, || via(rng, &d.dest))
+            .into();
         let k = d.dest.tx_transport();
         self.tl.send_stateless(ack.clone(), d.dest.clone(), k);
         self.spies
@@ -386,7 +394,7 @@ impl Core {
         };
         if let Some(why) = gone {
             d.leg.close();
-            let bye = dlg.request(rsip::Method::Bye, &via(&d.dest));
+            let bye = dlg.request(Method::Bye, &via(&mut self.rng, &d.dest));
             if let Err(e) = self.tl.send_request(bye, k, d.dest.clone(), now) {
                 warn!(error = %e, "BYE to the supervisor not sent");
             }
