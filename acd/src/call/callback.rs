@@ -9,12 +9,12 @@
 //! COMPLETECALLER).
 
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use media::audio::Codec;
 use sdp::SessionDescription;
-use sip_core::dialog::{self, Dialog};
-use sip_core::message::{Method, Request, Response};
+use sip_core::dialog::Dialog;
+use sip_core::message::{Request, Response};
 use sip_core::transaction::TransactionKey;
 use tracing::{info, warn};
 
@@ -141,44 +141,15 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             warn!("no media port for a call back");
             return self.callback_failed(n, "503");
         };
-        let session = self.rand() >> 1;
-        let sdp_offer = sdp::offer(
-            local_rtp.ip(),
-            local_rtp.port(),
-            &[codec_name.as_str(), "telephone-event"],
-            ("callfabric-acd", session, 1),
-        );
-        let deadline = (self.wall)() + self.cfg.offer_provisional_timeout;
-        let x_offer = sip_core::offer::Offer {
-            queue: Some(queue),
-            ringinuse: true,
-            deadline_ms: deadline
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .ok()
-                .and_then(|d| u64::try_from(d.as_millis()).ok()),
-            linkedid: sip_core::offer::valid_id(&id).then(|| id.clone()),
-        };
-        let branch = self.new_branch();
         let uri = format!("sip:{number}@{gateway}");
         let from = format!("<sip:acd@{}>", self.cfg.local);
-        let extra = vec![super::offer_header(&x_offer)];
-        let Some(req) = self.out_of_dialog(
-            Method::Invite,
-            &uri,
-            &from,
-            &format!("<{uri}>"),
-            &branch,
-            extra,
-        ) else {
+        // Signed as offers are: a gateway of the fabric takes it without a trunk entry.
+        let Some((req, branch)) =
+            self.offer_invite(&uri, &from, local_rtp, &codec_name, queue, true, &id)
+        else {
             self.media.close(leg);
             return self.callback_failed(n, "500");
         };
-        // Signed as offers are: a gateway of the fabric takes it without a trunk entry.
-        let req = self.sign(dialog::with_body(
-            req,
-            sdp_offer.to_string().into_bytes(),
-            "application/sdp",
-        ));
         info!(caller = %id, %number, %gateway, "calling the caller back");
         let peer = self.peer(gateway);
         let key = self.send(req.clone(), &branch, peer);

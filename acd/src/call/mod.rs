@@ -692,6 +692,49 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         Some(b.build())
     }
 
+    /// The INVITE that offers a caller to an agent or calls a caller back, and the branch of
+    /// its top Via: our SDP offer on `local_rtp` (`codec` + telephone-event), the typed
+    /// `X-CF-Offer` (`queue`, `ringinuse`, the give-up deadline, `linked` as the linked id when
+    /// valid), signed for the fabric. None when `uri` does not parse.
+    #[allow(clippy::too_many_arguments)]
+    fn offer_invite(
+        &mut self,
+        uri: &str,
+        from: &str,
+        local_rtp: SocketAddr,
+        codec: &str,
+        queue: String,
+        ringinuse: bool,
+        linked: &str,
+    ) -> Option<(Request, String)> {
+        let session = self.rand() >> 1;
+        let sdp_offer = sdp::offer(
+            local_rtp.ip(),
+            local_rtp.port(),
+            &[codec, "telephone-event"],
+            ("callfabric-acd", session, 1),
+        );
+        let deadline = (self.wall)() + self.cfg.offer_provisional_timeout;
+        let x_offer = sip_core::offer::Offer {
+            queue: Some(queue),
+            ringinuse,
+            deadline_ms: deadline
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| u64::try_from(d.as_millis()).ok()),
+            linkedid: sip_core::offer::valid_id(linked).then(|| linked.to_owned()),
+        };
+        let branch = self.new_branch();
+        let extra = vec![offer_header(&x_offer)];
+        let to = format!("<{uri}>");
+        let req = self.out_of_dialog(Method::Invite, uri, from, &to, &branch, extra)?;
+        let body = sdp_offer.to_string().into_bytes();
+        Some((
+            self.sign(dialog::with_body(req, body, "application/sdp")),
+            branch,
+        ))
+    }
+
     /// The wall clock in unix milliseconds.
     fn wall_ms(&self) -> u64 {
         let d = (self.wall)()
@@ -1216,40 +1259,21 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             .and_then(|l| l.into_iter().next())
             .map(|a| format!("<{}>", a.uri))
             .unwrap_or_else(|| format!("<sip:acd@{}>", self.cfg.local));
-        let session = self.rand() >> 1;
-        let sdp_offer = sdp::offer(
-            local_rtp.ip(),
-            local_rtp.port(),
-            &[codec.as_str(), "telephone-event"],
-            ("callfabric-acd", session, 1),
-        );
-        let deadline = (self.wall)() + self.cfg.offer_provisional_timeout;
-        let x_offer = sip_core::offer::Offer {
-            queue: Some(queue.to_owned()),
-            ringinuse: self.ringinuse(queue, interface),
-            deadline_ms: deadline
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .ok()
-                .and_then(|d| u64::try_from(d.as_millis()).ok()),
-            linkedid: sip_core::offer::valid_id(caller).then(|| caller.to_owned()),
-        };
-        let branch = self.new_branch();
         let uri = format!("sip:{user}@{gw}");
-        let extra = vec![offer_header(&x_offer)];
-        let Some(req) = self.out_of_dialog(
-            Method::Invite,
+        let ringinuse = self.ringinuse(queue, interface);
+        let Some((req, branch)) = self.offer_invite(
             &uri,
             &from,
-            &format!("<{uri}>"),
-            &branch,
-            extra,
+            local_rtp,
+            &codec,
+            queue.to_owned(),
+            ringinuse,
+            caller,
         ) else {
             warn!(%interface, "cannot build the offer INVITE");
             self.media.close(leg);
             return self.not_placed(id, now);
         };
-        let req = dialog::with_body(req, sdp_offer.to_string().into_bytes(), "application/sdp");
-        let req = self.sign(req);
         let peer = self.peer(gw);
         info!(%interface, gateway = %gw, %queue, "offering a caller");
         let key = self.send(req.clone(), &branch, peer.clone());

@@ -322,55 +322,12 @@ impl<D: Clone> MwiCore<D> {
         let Some(contact) = contact else {
             return message::response_for(req, 400, "Missing Contact");
         };
-        if expires == 0 {
-            // A fetch (RFC 6665 §4.4.3): one terminated NOTIFY with the state, no subscription.
-            let local_tag = random_tag(&mut self.rng);
-            let r = self.accepted(req, &local_tag, 0, &target);
-            let id = DialogId {
-                call_id,
-                remote_tag,
-                local_tag: local_tag.clone(),
-            };
-            self.insert(
-                id.clone(),
-                device,
-                mailbox,
-                &to,
-                &local_tag,
-                from,
-                contact,
-                req,
-                target,
-                now,
-            );
-            self.end(&id, "timeout", now);
-            return r;
-        }
-        if self.subs.len() >= self.cfg.max_total {
-            self.stats.over_cap += 1;
-            let mut r = message::response_for(req, 503, "Service Unavailable");
-            push(&mut r, "Retry-After", "60");
-            return r;
-        }
-        let of_device = self
-            .subs
-            .values()
-            .filter(|s| s.device == device && s.ending.is_none())
-            .count();
-        if of_device >= self.cfg.max_per_device {
-            self.stats.over_cap += 1;
-            let mut r = message::response_for(req, 403, "");
-            r.status_code = rsip::StatusCode::Other(403, "Too Many Subscriptions".into());
-            push(
-                &mut r,
-                "Warning",
-                &format!(
-                    "399 {} \"at most {} message-summary subscriptions per device\"",
-                    self.cfg.realm.replace(['"', ' '], ""),
-                    self.cfg.max_per_device
-                ),
-            );
-            return r;
+        // A fetch (expires 0, RFC 6665 §4.4.3) is one terminated NOTIFY with the state and no
+        // subscription, so the caps do not apply to it.
+        if expires != 0 {
+            if let Some(r) = self.over_cap(req, device) {
+                return r;
+            }
         }
         let local_tag = random_tag(&mut self.rng);
         let r = self.accepted(req, &local_tag, expires, &target);
@@ -391,12 +348,47 @@ impl<D: Clone> MwiCore<D> {
             target,
             now,
         );
+        if expires == 0 {
+            self.end(&id, "timeout", now);
+            return r;
+        }
         if let Some(s) = self.subs.get_mut(&id) {
             s.expires_at = now + Duration::from_secs(u64::from(expires));
         }
         self.stats.subscribed += 1;
         self.notify(&id, now);
         r
+    }
+
+    /// The refusal of a new subscription over the total or the per-device cap (counted).
+    fn over_cap(&mut self, req: &Request, device: &str) -> Option<Response> {
+        if self.subs.len() >= self.cfg.max_total {
+            self.stats.over_cap += 1;
+            let mut r = message::response_for(req, 503, "Service Unavailable");
+            push(&mut r, "Retry-After", "60");
+            return Some(r);
+        }
+        let of_device = self
+            .subs
+            .values()
+            .filter(|s| s.device == device && s.ending.is_none())
+            .count();
+        if of_device >= self.cfg.max_per_device {
+            self.stats.over_cap += 1;
+            let mut r = message::response_for(req, 403, "");
+            r.status_code = rsip::StatusCode::Other(403, "Too Many Subscriptions".into());
+            push(
+                &mut r,
+                "Warning",
+                &format!(
+                    "399 {} \"at most {} message-summary subscriptions per device\"",
+                    self.cfg.realm.replace(['"', ' '], ""),
+                    self.cfg.max_per_device
+                ),
+            );
+            return Some(r);
+        }
+        None
     }
 
     #[allow(clippy::too_many_arguments)]
