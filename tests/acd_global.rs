@@ -168,8 +168,19 @@ fn global_order(kind: ServerKind, rtp: [&str; 2]) {
     for i in 0..N {
         let (node, dial) = if i % 2 == 0 { (0, "800") } else { (1, "801") };
         let user = (1001 + i / 2).to_string();
-        callers.push(waiting_caller(&gw, &user, dial));
-        let line = nodes[node].wait_for(WAIT, "ENTERQUEUE", |l| l.contains("|ENTERQUEUE|"));
+        let c = waiting_caller(&gw, &user, dial);
+        let line = nodes[node]
+            .try_wait_for(WAIT, |l| l.contains("|ENTERQUEUE|"))
+            .unwrap_or_else(|why| {
+                gw.drain();
+                panic!(
+                    "{why} waiting for caller {i} ({user} dialling {dial}) to be queued\n{}\n{}\n{}",
+                    nodes[node].diag(),
+                    gw.diag(),
+                    c.output_so_far()
+                )
+            });
+        callers.push(c);
         order.push((node, fields(&line).1));
     }
     // Each node knows every caller of the queue, its own and the other node's.

@@ -374,7 +374,7 @@ members = ["PJSIP/2001"]
     // The agent's phone answers one call at a time and hangs each up after 1.5 s: the offer
     // that got through, then the refused node's later one.
     let sip_port = free_udp_port();
-    let media_port = free_udp_port();
+    let media_port = integration::free_media_port();
     let mut phone = SippProcess::spawn(
         &scenario("call_uas_hangup.xml"),
         None,

@@ -514,7 +514,8 @@ impl LateLab {
             .expect("gateway B ready");
         // The phones, inside site B (SIPp on its loopback), registered at B.
         let phone = |user: &str, uas: &str| -> SippProcess {
-            let (sip_port, media_port) = (free_udp_port(), free_udp_port());
+            let sip_port = free_udp_port();
+            let media_port = integration::free_media_port_beside(sip_port);
             let uas = SippProcess::spawn(
                 &integration::phones::scenario(uas),
                 None,

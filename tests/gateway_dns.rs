@@ -125,7 +125,7 @@ fn call_goes_to_the_next_srv_target_after_a_503() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", gw.diag(), dns.diag()));
     let call = |gw: &GatewayProcess| {
-        let media_port = free_udp_port();
+        let media_port = integration::free_media_port();
         let out = run_scenario(
             &uac_scenario(gw.dir()),
             gw.udp,

@@ -44,7 +44,7 @@ fn register_contact(gw: &GatewayProcess, user: &str, port: u16) {
 /// OPTIONS outside its scenario: `-oocsf` is refused in server mode.)
 fn live_phone(gw: &mut GatewayProcess) -> SippProcess {
     let sip_port = free_udp_port();
-    let media_port = free_udp_port();
+    let media_port = integration::free_media_port();
     let uas = SippProcess::spawn(
         &scenario("call_uas.xml"),
         None,

@@ -95,7 +95,7 @@ fn held_phone(gw: &mut GatewayProcess, user: &str, rtp_port: u16) -> SippProcess
             local_port: Some(sip_port),
             calls: 1,
             timeout: Duration::from_secs(60),
-            extra_args: vec!["-mp".into(), free_udp_port().to_string()],
+            extra_args: vec!["-mp".into(), integration::free_media_port().to_string()],
             ..SippOpts::default()
         },
     )

@@ -50,7 +50,7 @@ fn caller_scenario(gw: &GatewayProcess, name: &str) -> PathBuf {
 /// the device reads NOT_INUSE.
 fn callee(gw: &mut GatewayProcess, uas: &str, keys: &[(&str, &str)]) -> SippProcess {
     let sip_port = free_udp_port();
-    let media_port = free_udp_port();
+    let media_port = integration::free_media_port();
     let phone = SippProcess::spawn(
         &scenario(uas),
         None,
@@ -140,7 +140,7 @@ fn late_offer_from_a_trunk_reaches_a_phone_with_media_both_ways() {
         )),
     );
     let mut phone = callee(&mut gw, "call_uas.xml", &[]);
-    let media = free_udp_port();
+    let media = integration::free_media_port();
     let opts = SippOpts {
         local_port: Some(trunk_port),
         keys: vec![

@@ -275,7 +275,7 @@ fn uas_phone(
             local_port: Some(sip_port),
             calls: 1,
             timeout: Duration::from_secs(90),
-            extra_args: vec!["-mp".into(), free_udp_port().to_string()],
+            extra_args: vec!["-mp".into(), integration::free_media_port().to_string()],
             ..SippOpts::default()
         },
     )

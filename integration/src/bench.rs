@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::{free_udp_port, require_binary};
+use crate::{free_media_port, free_udp_port, require_binary};
 
 /// Share of unclean events (failed calls, retransmissions, stray messages, the callee's
 /// failures; percent of the calls started) a step must stay under to count as clean.
@@ -242,20 +242,6 @@ pub fn settle(pid: u32, children: bool) -> bool {
         }
     }
     false
-}
-
-/// An even UDP port on 127.0.0.1 with the three ports above it free too (SIPp binds RTP, RTCP
-/// and the video pair from `-mp`).
-pub fn free_media_port() -> u16 {
-    loop {
-        let p = free_udp_port() & !1;
-        if !(1024..=65530).contains(&p) {
-            continue;
-        }
-        if (p..p + 4).all(|q| UdpSocket::bind((Ipv4Addr::LOCALHOST, q)).is_ok()) {
-            return p;
-        }
-    }
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.

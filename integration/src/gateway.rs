@@ -348,6 +348,19 @@ t1_ms = 100
         what: &str,
         pred: impl Fn(&str) -> bool,
     ) -> String {
+        match self.try_wait_for(timeout, pred) {
+            Ok(line) => line,
+            Err(why) => panic!("{why} waiting for {what}\n{}", self.diag()),
+        }
+    }
+
+    /// [`wait_for`](Self::wait_for) that returns why it gave up (timed out, or the gateway
+    /// closed its stdout) instead of panicking, for a test that adds its own diagnostics.
+    pub fn try_wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -355,21 +368,15 @@ t1_ms = 100
                 Ok(line) => {
                     self.history.push(line.clone());
                     if pred(line.trim()) {
-                        return line.trim().to_owned();
+                        return Ok(line.trim().to_owned());
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "timed out after {timeout:?} waiting for {what}\n{}",
-                        self.diag()
-                    )
+                    return Err(format!("timed out after {timeout:?}"))
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.try_wait();
-                    panic!(
-                        "gateway closed stdout ({status:?}) while waiting for {what}\n{}",
-                        self.diag()
-                    )
+                    return Err(format!("gateway closed stdout ({status:?})"));
                 }
             }
         }

@@ -89,12 +89,28 @@ pub fn free_udp_port() -> u16 {
     }
 }
 
-/// A free UDP port for a SIPp `-mp` whose media range (the port and the next three: audio and
-/// video, RTP and RTCP) stays clear of `sip_port`.
-pub fn free_media_port_beside(sip_port: u16) -> u16 {
+/// A free UDP port `p` for a SIPp `-mp`: SIPp binds `p..p+4` (audio and video, RTP and RTCP)
+/// and exits at once when one of them is taken, so all four are checked free (and claimed) here,
+/// not only the first (a caller whose `p+1` was an ACD's RTP port never dialled, seen in CI).
+pub fn free_media_port() -> u16 {
     loop {
         let p = free_udp_port();
-        if !(p..p.saturating_add(4)).contains(&sip_port) && p <= 65530 {
+        if p > 65530 {
+            continue;
+        }
+        let rest_free = (p + 1..p + 4)
+            .all(|q| UdpSocket::bind((Ipv4Addr::LOCALHOST, q)).is_ok() && claim(false, q));
+        if rest_free {
+            return p;
+        }
+    }
+}
+
+/// [`free_media_port`] whose range stays clear of `sip_port`.
+pub fn free_media_port_beside(sip_port: u16) -> u16 {
+    loop {
+        let p = free_media_port();
+        if !(p..p.saturating_add(4)).contains(&sip_port) {
             return p;
         }
     }

@@ -97,6 +97,6 @@ pub fn caller_ports(user: &str, dial: &str, sdp_port: u16, media_port: u16) -> S
 
 /// [`caller_ports`] with a fresh media port.
 pub fn caller(user: &str, dial: &str) -> SippOpts {
-    let port = free_udp_port();
+    let port = crate::free_media_port();
     caller_ports(user, dial, port, port)
 }

@@ -310,6 +310,15 @@ impl SippProcess {
         self.read("messages.log")
     }
 
+    /// Its console output and error log so far (for a test's diagnostics while it runs).
+    pub fn output_so_far(&self) -> String {
+        format!(
+            "--- SIPp output ---\n{}\n--- SIPp errors ---\n{}",
+            self.read("output.log"),
+            self.read("errors.log")
+        )
+    }
+
     /// True while SIPp has not exited.
     pub fn is_running(&mut self) -> bool {
         self.child
