@@ -14,8 +14,8 @@
 //! * Fabric trust refusals are answered and logged: an unsigned offer from a stranger is
 //!   challenged and logged, a forged signature gets 403 and is logged.
 //!
-//! The same files across the WAN lab (40 ms one way, 1 % loss; Prosody, gw-a and acd-1 in
-//! site A, gw-b, acd-2 and the agent in site B): twenty callers at both nodes answered in
+//! The same files across the WAN lab (40 ms one way, 1 % loss; the XMPP server, gw-a and acd-1
+//! in site A, gw-b, acd-2 and the agent in site B; once on Prosody, once on ejabberd): twenty callers at both nodes answered in
 //! global join order, the first of them called back at its place, then the failover above
 //! (see [`wan_lab_global_order_callback_and_failover_across_a_lossy_link`]).
 
@@ -502,7 +502,7 @@ fn unix() -> u64 {
 }
 
 /// Issue 15's scenarios across the WAN lab (`integration::wanlab`): 40 ms one way, 1 % loss
-/// each way. Site A holds Prosody, gw-a and acd-1; site B gw-b and acd-2, and the agent 2001
+/// each way. Site A holds the XMPP server, gw-a and acd-1; site B gw-b and acd-2, and the agent 2001
 /// (at gw-b). One lab, one XMPP server and one set of members for all three scenarios:
 ///
 /// * global order and callback: a callback caller at A first, then 19 callers alternately at
@@ -515,19 +515,25 @@ fn unix() -> u64 {
 /// Skipped (with the reason) where the lab cannot run (not root, no TUN).
 #[test]
 fn wan_lab_global_order_callback_and_failover_across_a_lossy_link() {
+    wan_lab(ServerKind::Prosody);
+}
+
+/// The same across the WAN lab with ejabberd in site A (each lab has namespaces of its own, so
+/// the two run side by side with the same ports).
+#[test]
+fn wan_lab_global_order_callback_and_failover_across_a_lossy_link_on_ejabberd() {
+    wan_lab(ServerKind::Ejabberd);
+}
+
+fn wan_lab(kind: ServerKind) {
     if let Some(why) = integration::wanlab::unavailable() {
         eprintln!("SKIPPED (WAN lab unavailable): {why}");
         return;
     }
     let lab = WanLab::start(WanSpec::new(40, 0.01)).expect("start the WAN lab");
     let xmpp = lab
-        .xmpp_server(
-            Site::A,
-            ServerKind::Prosody,
-            &["gw-a", "gw-b", "acd-1", "acd-2"],
-            "secret",
-        )
-        .unwrap_or_else(|e| panic!("Prosody in site A: {e:#}"));
+        .xmpp_server(Site::A, kind, &["gw-a", "gw-b", "acd-1", "acd-2"], "secret")
+        .unwrap_or_else(|e| panic!("{kind} in site A: {e:#}"));
     let place = Place { lab: Some(&lab) };
     let more_a: Vec<String> = (1006..=1011).map(|u| u.to_string()).collect();
     let more_b: Vec<String> = (2002..=2011).map(|u| u.to_string()).collect();
