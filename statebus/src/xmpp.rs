@@ -1823,6 +1823,17 @@ impl Worker {
                     }
                     Tag::Setup("unsubscribe", _) => {}
                     Tag::Ping => {}
+                    // A transient refusal (type `wait`, or a server-side failure such as
+                    // ejabberd's "Database failure" under load): the key's latest value is
+                    // published again after a pause, like a timed-out publish. Without this a
+                    // caller's join could be lost for good on one node (seen in CI).
+                    Tag::Publish(_) | Tag::Heartbeat if transient(&err) => {
+                        self.shared.stats().publish_errors += 1;
+                        warn!(?tag, condition = %cond, "publish failed for now: published again in 1 s");
+                        self.requeue(&tag);
+                        self.retry_at
+                            .get_or_insert(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
                     Tag::Publish(_) | Tag::Heartbeat => {
                         self.shared.stats().publish_errors += 1;
                         warn!(?tag, condition = %cond, "publish refused by the pubsub service");
@@ -2067,9 +2078,46 @@ impl Worker {
     }
 }
 
+/// A pubsub error worth retrying: the server says to wait (RFC 6120 §8.3.2 type `wait`), or
+/// it failed on its side (`internal-server-error`, `resource-constraint`,
+/// `remote-server-timeout`), as opposed to a refusal that would recur (`forbidden`, …).
+fn transient(err: &StanzaError) -> bool {
+    err.type_ == ErrorType::Wait
+        || matches!(
+            err.defined_condition,
+            DefinedCondition::InternalServerError
+                | DefinedCondition::ResourceConstraint
+                | DefinedCondition::RemoteServerTimeout
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_publish_is_retried_only_when_the_error_is_transient() {
+        let e = |t, c| StanzaError::new(t, c, "en", "x");
+        // ejabberd's answer under load: `<internal-server-error/>` "Database failure".
+        assert!(transient(&e(
+            ErrorType::Cancel,
+            DefinedCondition::InternalServerError
+        )));
+        assert!(transient(&e(ErrorType::Wait, DefinedCondition::Conflict)));
+        assert!(transient(&e(
+            ErrorType::Cancel,
+            DefinedCondition::ResourceConstraint
+        )));
+        assert!(!transient(&e(ErrorType::Auth, DefinedCondition::Forbidden)));
+        assert!(!transient(&e(
+            ErrorType::Cancel,
+            DefinedCondition::ItemNotFound
+        )));
+        assert!(!transient(&e(
+            ErrorType::Modify,
+            DefinedCondition::BadRequest
+        )));
+    }
 
     #[test]
     fn loopback_detection() {
