@@ -329,6 +329,111 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
+/// A session logged in with SASL PLAIN, bound to `resource`, with its initial presence sent
+/// (so that notifications to the bare JID reach it).
+pub fn bound_session(
+    addr: SocketAddr,
+    domain: &str,
+    user: &str,
+    password: &str,
+    resource: &str,
+    timeout: Duration,
+) -> anyhow::Result<RawXmpp> {
+    let mut c = RawXmpp::connect(addr, domain, timeout)?;
+    if !c.sasl_plain(domain, user, password)? {
+        bail!("login {user} refused");
+    }
+    c.iq(
+        "set",
+        None,
+        &format!(
+            "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind>"
+        ),
+    )?;
+    c.send("<presence/>")?;
+    Ok(c)
+}
+
+/// The raw XMPP floor of the benchmarks: one publisher and one subscriber session on a flat,
+/// open node of their own; a round publishes one device-state item (the Asterisk wire format)
+/// and times it until the subscriber holds the notification. What a fabric hop costs the
+/// server and two clients that do nothing else.
+pub struct Floor {
+    publisher: RawXmpp,
+    sub: RawXmpp,
+    svc: String,
+    node: String,
+    timeout: Duration,
+}
+
+impl Floor {
+    /// Creates `node` at `svc` from `publisher` and subscribes `sub` (whose bare JID is
+    /// `sub_jid`) to it.
+    pub fn new(
+        mut publisher: RawXmpp,
+        mut sub: RawXmpp,
+        svc: &str,
+        node: &str,
+        sub_jid: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Floor> {
+        use statebus::wire::{self, AccessModel, NodeKind};
+        let create = wire::create_node_xml(node, NodeKind::Flat, AccessModel::Open, 10_000);
+        publisher
+            .iq("set", Some(svc), &create)
+            .context("create the floor's node")?;
+        sub.iq("set", Some(svc), &wire::subscribe_xml(node, sub_jid, false))
+            .context("subscribe to the floor's node")?;
+        Ok(Floor {
+            publisher,
+            sub,
+            svc: svc.to_owned(),
+            node: node.to_owned(),
+            timeout,
+        })
+    }
+
+    /// The publisher's local address (to tell its TCP flow apart).
+    pub fn publisher_addr(&self) -> std::io::Result<SocketAddr> {
+        self.publisher.local_addr()
+    }
+
+    /// One round: publish item `PJSIP/{i % 100}` (InUse / NotInUse alternately), time it to
+    /// its notification, then read the publish result (not timed).
+    pub fn round_trip(&mut self, i: usize) -> anyhow::Result<Duration> {
+        use statebus::{wire, DeviceState, Eid};
+        let st = if i.is_multiple_of(2) {
+            DeviceState::InUse
+        } else {
+            DeviceState::NotInUse
+        };
+        let item = format!("PJSIP/{}", i % 100);
+        let eid = Eid([2, 0, 0, 0, 0, 0x99]);
+        let iq = format!(
+            "<iq type='set' id='floor{i}' to='{}'>{}</iq>",
+            self.svc,
+            wire::publish_xml(&self.node, &item, &wire::device_state_xml(eid, st, true))
+        );
+        let want = format!("id='{item}'");
+        let t0 = Instant::now();
+        self.publisher.send(&iq)?;
+        self.sub.set_timeout(self.timeout);
+        let m = self
+            .sub
+            .read_element("message", |_| true)
+            .with_context(|| format!("floor notification {i}"))?;
+        let took = t0.elapsed();
+        if !m.contains(&want) {
+            bail!("unexpected notification {m}");
+        }
+        self.publisher.set_timeout(self.timeout);
+        self.publisher
+            .read_element("iq", |_| true)
+            .with_context(|| format!("floor publish result {i}"))?;
+        Ok(took)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

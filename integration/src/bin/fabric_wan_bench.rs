@@ -21,10 +21,9 @@
 //! namespaces).
 
 use anyhow::{bail, Context, Result};
-use integration::raw_xmpp::RawXmpp;
+use integration::raw_xmpp::{self, Floor, RawXmpp};
 use integration::wanlab::{Site, TcpFlowStats, WanLab, WanSpec};
 use integration::{ServerKind, XmppServer};
-use statebus::wire::{self, AccessModel, NodeKind};
 use statebus::{Bus, BusEvent, Change, DeviceState, Eid, TlsMode, XmppBus, XmppBusConfig};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -48,87 +47,18 @@ fn ms(d: Duration) -> f64 {
 /// A raw session logged in and bound, created inside `site` (its socket lives there).
 fn raw_session(lab: &WanLab, site: Site, addr: SocketAddr, user: &str) -> Result<RawXmpp> {
     let user = user.to_owned();
-    lab.run_in(site, move || -> Result<RawXmpp> {
-        let mut c = RawXmpp::connect(addr, "fabric.test", T)?;
-        if !c.sasl_plain("fabric.test", &user, PASSWORD)? {
-            bail!("login {user} refused");
-        }
-        c.iq(
-            "set",
-            None,
-            "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>bench</resource></bind>",
-        )?;
-        c.send("<presence/>")?;
-        Ok(c)
+    lab.run_in(site, move || {
+        raw_xmpp::bound_session(addr, "fabric.test", &user, PASSWORD, "bench", T)
     })?
 }
 
-/// The raw floor's two sessions: publisher in B, subscriber in A, on node `bench_raw`.
-struct Raw {
-    publisher: RawXmpp,
-    sub: RawXmpp,
-    svc: String,
-    eid: Eid,
-}
-
-impl Raw {
-    fn new(lab: &WanLab, s: &XmppServer, addr: SocketAddr) -> Result<Raw> {
-        let svc = s.pubsub_service().to_string();
-        let mut publisher = raw_session(lab, Site::B, addr, "raw-pub").context("raw-pub")?;
-        let create = wire::create_node_xml("bench_raw", NodeKind::Flat, AccessModel::Open, 10_000);
-        publisher
-            .iq("set", Some(&svc), &create)
-            .context("create raw node")?;
-        let mut sub = raw_session(lab, Site::A, addr, "raw-sub").context("raw-sub")?;
-        sub.iq(
-            "set",
-            Some(&svc),
-            &wire::subscribe_xml("bench_raw", "raw-sub@fabric.test", false),
-        )
-        .context("raw-sub subscribe")?;
-        Ok(Raw {
-            publisher,
-            sub,
-            svc,
-            eid: Eid([2, 0, 0, 0, 0, 0x99]),
-        })
-    }
-
-    /// One publish (B) → notification (A) round.
-    fn round(&mut self, i: usize) -> Result<Duration> {
-        let st = if i.is_multiple_of(2) {
-            DeviceState::InUse
-        } else {
-            DeviceState::NotInUse
-        };
-        let item = format!("PJSIP/{}", i % 100);
-        let stanza = format!(
-            "<iq type='set' id='r{i}' to='{}'>{}</iq>",
-            self.svc,
-            wire::publish_xml(
-                "bench_raw",
-                &item,
-                &wire::device_state_xml(self.eid, st, true)
-            )
-        );
-        let want = format!("id='{item}'");
-        let t0 = Instant::now();
-        self.publisher.send(&stanza)?;
-        self.sub.set_timeout(T);
-        let m = self
-            .sub
-            .read_element("message", |_| true)
-            .with_context(|| format!("raw notification {i}"))?;
-        let took = t0.elapsed();
-        if !m.contains(&want) {
-            bail!("unexpected notification {m}");
-        }
-        self.publisher.set_timeout(T);
-        self.publisher
-            .read_element("iq", |_| true)
-            .with_context(|| format!("raw publish result {i}"))?;
-        Ok(took)
-    }
+/// The raw floor (`integration::raw_xmpp::Floor`): publisher in B, subscriber in A, on node
+/// `bench_raw`.
+fn raw_floor(lab: &WanLab, s: &XmppServer, addr: SocketAddr) -> Result<Floor> {
+    let svc = s.pubsub_service().to_string();
+    let publisher = raw_session(lab, Site::B, addr, "raw-pub").context("raw-pub")?;
+    let sub = raw_session(lab, Site::A, addr, "raw-sub").context("raw-sub")?;
+    Floor::new(publisher, sub, &svc, "bench_raw", "raw-sub@fabric.test", T)
 }
 
 fn bus_config(addr: SocketAddr, user: &str, eid: Eid, sm: bool) -> XmppBusConfig {
@@ -258,7 +188,7 @@ fn main() -> Result<()> {
         if sm { "on" } else { "off" }
     );
 
-    let mut raw = Raw::new(&lab, &s, addr)?;
+    let mut raw = raw_floor(&lab, &s, addr)?;
     let a = bus_in(
         &lab,
         Site::A,
@@ -280,7 +210,7 @@ fn main() -> Result<()> {
     })?;
     let mut rx = a.subscribe();
     let server_port = addr.port();
-    let raw_port = raw.publisher.local_addr()?.port();
+    let raw_port = raw.publisher_addr()?.port();
     // Bus B's connection: the other one from B to the server (looked up after the rounds, in
     // case it reconnected; counted from here).
     let flows_before = lab.tcp_flows();
@@ -289,7 +219,7 @@ fn main() -> Result<()> {
     let warm = 20;
     let (mut floor, mut ours) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..(n + warm) {
-        let r = raw.round(i)?;
+        let r = raw.round_trip(i)?;
         let key = format!("PJSIP/{}", i % 100);
         let st = match (i.is_multiple_of(2), b.device_state(&key)) {
             (true, Some(DeviceState::InUse)) | (false, Some(DeviceState::NotInUse)) => {

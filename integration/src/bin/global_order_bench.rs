@@ -10,7 +10,9 @@
 //! through the real processes instead: Prosody, a `callfabric gateway` and one or two
 //! `callfabric acd` nodes on loopback (build `callfabric` first, same profile); the agent's
 //! phone is a minimal UAS in this process, so the time from its BYE (the agent free) to the
-//! next INVITE at its socket is taken on one clock.
+//! next INVITE at its socket is taken on one clock. After each run, one fabric hop is
+//! measured on the same server (the raw floor, `integration::raw_xmpp::Floor`), for the
+//! target "two nodes ≤ 1.2 × one node + one hop".
 
 use std::time::Duration;
 
@@ -177,6 +179,7 @@ mod live {
     use integration::free_udp_port;
     use integration::gateway::{callfabric_binary, GatewayProcess, GatewaySpec};
     use integration::phones::{caller, scenario};
+    use integration::raw_xmpp::{bound_session, Floor};
     use integration::sipp::{run_scenario, SippOpts, SippProcess};
     use integration::site::Bus;
     use integration::xmpp_server::{ServerKind, XmppServer};
@@ -195,7 +198,11 @@ mod live {
 
     fn fabric(two: bool) -> anyhow::Result<Fabric> {
         let binary = callfabric_binary();
-        let xmpp = XmppServer::start(ServerKind::Prosody, &["gw-a", "acd-1", "acd-2"], "secret")?;
+        let xmpp = XmppServer::start(
+            ServerKind::Prosody,
+            &["gw-a", "acd-1", "acd-2", "raw-pub", "raw-sub"],
+            "secret",
+        )?;
         let bus = Bus::new(5.0, &["gw-a", "acd-1", "acd-2"]);
         let (acd1, acd2, gw_port) = (free_udp_port(), free_udp_port(), free_udp_port());
         let mut devices: Vec<String> = (1001..=1010).map(|u| u.to_string()).collect();
@@ -349,9 +356,41 @@ mod live {
         Ok(out)
     }
 
+    /// One fabric hop on the run's own server, measured right after it: the raw floor
+    /// (`integration::raw_xmpp::Floor`), 60 publish → notify rounds, the first 10 not kept.
+    fn hops(xmpp: &XmppServer) -> anyhow::Result<Vec<Duration>> {
+        let session = |user: &str| {
+            bound_session(
+                xmpp.c2s_addr(),
+                xmpp.domain(),
+                user,
+                "secret",
+                "bench",
+                WAIT,
+            )
+        };
+        let mut floor = Floor::new(
+            session("raw-pub")?,
+            session("raw-sub")?,
+            xmpp.pubsub_service(),
+            "bench_hop",
+            &format!("raw-sub@{}", xmpp.domain()),
+            WAIT,
+        )?;
+        let mut out = Vec::new();
+        for i in 0..60 {
+            let d = floor.round_trip(i)?;
+            if i >= 10 {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
     /// One run: `callers` callers queued alternately on 800 and 801 (one node, or two), the
-    /// agent registered last; the latencies of every offer after the first.
-    fn once(two: bool, callers: usize) -> anyhow::Result<Vec<Duration>> {
+    /// agent registered last; the latencies of every offer after the first, and the fabric
+    /// hops measured on the same server after it.
+    fn once(two: bool, callers: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
         let mut f = fabric(two)?;
         for n in f.nodes.iter_mut() {
             n.wait_for(WAIT, "2001 unavailable", |l| {
@@ -395,7 +434,7 @@ mod live {
         for mut s in sipps {
             let _ = s.wait();
         }
-        Ok(lat)
+        Ok((lat, hops(&f._xmpp)?))
     }
 
     fn ms(d: Duration) -> f64 {
@@ -433,11 +472,15 @@ mod live {
             "global_order_bench live: agent free (its BYE) -> next offer's INVITE at its phone; \
              {callers} callers per run, {rounds} rounds, talk {TALK:?}"
         );
-        let (mut one, mut two) = (Vec::new(), Vec::new());
+        let (mut one, mut two, mut hop) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..rounds {
             println!("round {}: load {}", r + 1, loadavg());
-            one.extend(once(false, callers)?);
-            two.extend(once(true, callers)?);
+            let (lat, h) = once(false, callers)?;
+            one.extend(lat);
+            hop.extend(h);
+            let (lat, h) = once(true, callers)?;
+            two.extend(lat);
+            hop.extend(h);
         }
         println!(
             "{:<34} {:>6} {:>9} {:>9} {:>9} {:>9}",
@@ -445,9 +488,12 @@ mod live {
         );
         let a = line("on one node", &mut one);
         let b = line("spread over two nodes", &mut two);
+        let h = line("one fabric hop (raw floor)", &mut hop);
+        let bound = 1.2 * a + h;
         println!(
-            "two / one (p50): {:.2}; load after: {}",
+            "two / one (p50): {:.2}; target two <= 1.2 x one + one hop = {bound:.1} ms: {}; load after: {}",
             b / a.max(1e-9),
+            if b <= bound { "met" } else { "NOT met" },
             loadavg()
         );
         Ok(())

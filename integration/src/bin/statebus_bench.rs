@@ -15,9 +15,9 @@
 
 use anyhow::{bail, Context, Result};
 use integration::bench;
-use integration::raw_xmpp::RawXmpp;
+use integration::raw_xmpp::{self, Floor, RawXmpp};
 use integration::{ServerKind, XmppServer};
-use statebus::wire::{self, AccessModel, NodeKind};
+use statebus::wire;
 use statebus::{Bus, BusEvent, Change, DeviceState, Eid, TlsMode, XmppBus, XmppBusConfig};
 use std::time::{Duration, Instant};
 
@@ -37,19 +37,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn session(s: &XmppServer, user: &str, resource: &str) -> Result<RawXmpp> {
-    let mut c = RawXmpp::connect(s.c2s_addr(), s.domain(), T)?;
-    if !c.sasl_plain(s.domain(), user, PASSWORD)? {
-        bail!("login {user} refused");
-    }
-    c.iq(
-        "set",
-        None,
-        &format!(
-            "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind>"
-        ),
-    )?;
-    c.send("<presence/>")?;
-    Ok(c)
+    raw_xmpp::bound_session(s.c2s_addr(), s.domain(), user, PASSWORD, resource, T)
 }
 
 const RAW_NODE: &str = "bench_raw";
@@ -69,60 +57,20 @@ fn raw_publish(svc: &str, i: usize, id: &str) -> String {
     )
 }
 
-/// The raw floor's two sessions: publish on one, the notification arrives on the other.
-struct Raw {
-    svc: String,
-    publisher: RawXmpp,
-    sub: RawXmpp,
-}
-
-impl Raw {
-    fn start(s: &XmppServer) -> Result<Raw> {
-        let svc = s.pubsub_service().to_string();
-        let mut publisher = session(s, "raw-pub", "bench").context("raw-pub session")?;
-        let create = wire::create_node_xml(RAW_NODE, NodeKind::Flat, AccessModel::Open, 10_000);
-        publisher
-            .iq("set", Some(&svc), &create)
-            .context("create raw node")?;
-        let mut sub = session(s, "raw-sub", "bench").context("raw-sub session")?;
-        sub.iq(
-            "set",
-            Some(&svc),
-            &wire::subscribe_xml(RAW_NODE, &format!("raw-sub@{}", s.domain()), false),
-        )
-        .context("raw-sub subscribe")?;
-        Ok(Raw {
-            svc,
-            publisher,
-            sub,
-        })
-    }
-
-    /// One round trip: publish key `i % 100`, wait for its notification (timed), then for the
-    /// publish result (not timed).
-    fn round_trip(&mut self, i: usize) -> Result<Duration> {
-        let item = format!("id='PJSIP/{}'", i % 100);
-        let t0 = Instant::now();
-        self.publisher
-            .send(&raw_publish(&self.svc, i % 100, &format!("l{i}")))?;
-        self.sub.set_timeout(T);
-        self.sub
-            .read_element("message", |_| true)
-            .with_context(|| format!("raw notification {i}"))
-            .and_then(|m| {
-                if m.contains(&item) {
-                    Ok(())
-                } else {
-                    bail!("unexpected notification {m}")
-                }
-            })?;
-        let took = t0.elapsed();
-        self.publisher.set_timeout(T);
-        self.publisher
-            .read_element("iq", |_| true)
-            .with_context(|| format!("raw publish result {i}"))?;
-        Ok(took)
-    }
+/// The raw floor (`integration::raw_xmpp::Floor`): publish on one session, the notification
+/// arrives on the other.
+fn floor(s: &XmppServer) -> Result<Floor> {
+    let publisher = session(s, "raw-pub", "bench").context("raw-pub session")?;
+    let sub = session(s, "raw-sub", "bench").context("raw-sub session")?;
+    let svc = s.pubsub_service().to_string();
+    Floor::new(
+        publisher,
+        sub,
+        &svc,
+        RAW_NODE,
+        &format!("raw-sub@{}", s.domain()),
+        T,
+    )
 }
 
 /// A burst of `burst` distinct keys from `first` up, pipelined with up to 256 IQs in flight
@@ -435,7 +383,7 @@ fn main() -> Result<()> {
     );
     let rt = tokio::runtime::Runtime::new()?;
     let rss0 = vm_rss_kb();
-    let mut raw = Raw::start(&s)?;
+    let mut raw = floor(&s)?;
     let mut ours = rt.block_on(Ours::start(&s))?;
     // Warm-up: 50 round trips each, not measured.
     for i in 0..50 {
