@@ -1164,6 +1164,7 @@ impl Loaded {
         };
         acd::Engine::new(&engine).map_err(|e| anyhow!("{}: {e}", self.at("acd", "queue")))?;
         Ok(acd::node::NodeConfig {
+            name: self.config.node.name.clone(),
             fabric: self.fabric_key()?,
             udp,
             media_ip,

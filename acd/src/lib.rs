@@ -7,6 +7,7 @@
 pub mod call;
 pub mod engine;
 pub mod global_sim;
+pub mod member_state;
 pub mod node;
 pub mod queue_log;
 pub mod reach;

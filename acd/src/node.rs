@@ -11,6 +11,7 @@
 
 mod admin;
 mod media;
+mod persist;
 mod shutdown;
 
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ pub struct GatewayRoute {
 /// Everything the node needs; built by the binary from its config file.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// The node's name: its rows in the `queue_member_state` table.
+    pub name: String,
     /// SIP listener (UDP).
     pub udp: SocketAddr,
     /// Address of the media endpoint (bound and put in SDP).
@@ -170,6 +173,12 @@ impl AcdNode {
             Some(url) => Some(crate::queue_log::QueueLogStore::open(url).await?),
             None => None,
         };
+        let member_store = records.as_ref().map(|r| {
+            (
+                crate::member_state::MemberStateStore::new(r),
+                cfg.name.clone(),
+            )
+        });
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut media = RelayMedia::new(relay, cfg.music, cfg.prompts, done_tx);
         let (dtmf_tx, dtmf_rx) = mpsc::unbounded_channel();
@@ -208,6 +217,9 @@ impl AcdNode {
             now,
         )?;
         core.set_fabric_key(cfg.fabric.clone());
+        if let Some((store, name)) = &member_store {
+            persist::restore(store, name, &mut core, now).await;
+        }
         let bus_rx = bus.subscribe();
         // One order across the ACD nodes of a queue (`engine/global.rs`).
         let waiting_rx = bus.waiting_changes();
@@ -246,6 +258,9 @@ impl AcdNode {
             writes: Vec::new(),
             finish_reply: None,
             changes: changes.clone(),
+            member_store,
+            members_dirty: false,
+            member_save: None,
         };
         let (commands, cmd_rx) = mpsc::channel(16);
         let task = tokio::spawn(node.run(events, bus_rx, cmd_rx, done_rx, (waiting_rx, dtmf_rx)));
@@ -295,6 +310,12 @@ struct Node {
     finish_reply: Option<tokio::sync::oneshot::Sender<FinishReport>>,
     /// Ticks when the floor may have changed (`admin.rs`).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Where the runtime member state goes, under this node's name (`persist.rs`).
+    member_store: Option<(crate::member_state::MemberStateStore, String)>,
+    /// The member state changed since the last write.
+    members_dirty: bool,
+    /// The last member state write (each awaits the one before).
+    member_save: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -367,6 +388,7 @@ impl Node {
                 },
             }
             self.drain().await;
+            self.save_members();
             if self.shutdown_step().await {
                 break;
             }
@@ -423,6 +445,7 @@ impl Node {
 
     fn queue_log(&mut self, ev: &QueueLogEvent) {
         let line = ev.line();
+        self.member_event(ev.event);
         if let Some(f) = self.log.as_mut() {
             if let Err(e) = writeln!(f, "{line}") {
                 warn!(error = %e, "cannot write queue_log");

@@ -70,7 +70,7 @@ impl sqlstore::Record for QueueLogRow {
 }
 
 /// The ACD's migrations, tracked in `_acd_migrations`.
-fn migrator() -> sqlstore::Migrator {
+pub(crate) fn migrator() -> sqlstore::Migrator {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.dangerous_set_table_name("_acd_migrations");
     migrator
@@ -88,6 +88,11 @@ impl QueueLogStore {
     pub async fn open(url: &str) -> Result<QueueLogStore, QueueLogError> {
         let pool = sqlstore::open(url, 2, &migrator()).await?;
         Ok(QueueLogStore { pool })
+    }
+
+    /// The pool (shared with the member state table).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Stores one queue_log line.

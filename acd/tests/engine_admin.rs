@@ -377,3 +377,67 @@ fn autopausedelay_spares_a_member_just_after_a_call() {
     );
     assert!(e.member_stats("q", "PJSIP/a").expect("a").paused);
 }
+
+/// Runtime member state survives a restart (persistentmembers): what `runtime_members` keeps
+/// (a pause with its reason, a dynamic member, a changed penalty; not an untouched static
+/// member) is re-applied by `restore_members` to an engine built from the configuration; a
+/// static member the configuration dropped and a queue it dropped are skipped and named. The
+/// paused member is not offered the next caller.
+#[test]
+fn runtime_members_restore_into_a_fresh_engine() {
+    let cfg = || {
+        vec![
+            queue("q", Strategy::Linear, &["PJSIP/a", "PJSIP/b", "PJSIP/c"]),
+            queue("r", Strategy::Linear, &["PJSIP/a"]),
+        ]
+    };
+    let mut e = engine(cfg());
+    e.pause(t(1), "PJSIP/a", Some("q"), "Lunch").expect("pause");
+    let mut dynamic = acd::MemberConfig::new("PJSIP/d");
+    dynamic.penalty = 2;
+    dynamic.state_interface = Some("Custom:d".into());
+    e.add_member(t(2), "q", dynamic).expect("add");
+    e.set_penalty(t(3), "PJSIP/c", Some("q"), 7)
+        .expect("penalty");
+    e.pause(t(4), "PJSIP/a", Some("r"), "Break")
+        .expect("pause r");
+    drain(&mut e);
+    let rows = e.runtime_members();
+    let keys: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.queue.as_str(), r.interface.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("q", "PJSIP/a"),
+            ("q", "PJSIP/c"),
+            ("q", "PJSIP/d"),
+            ("r", "PJSIP/a")
+        ],
+        "b is as configured"
+    );
+    assert_eq!(rows[2].state_interface.as_deref(), Some("custom:d"));
+
+    // Restart with c gone from the configuration and queue r gone.
+    let mut fresh = engine(vec![queue("q", Strategy::Linear, &["PJSIP/a", "PJSIP/b"])]);
+    let skipped = fresh.restore_members(t(0), &rows);
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped[0].contains("PJSIP/c") && skipped[0].contains("no longer a member"));
+    assert!(
+        skipped[1].contains("r: queue not configured"),
+        "{skipped:?}"
+    );
+    let v = fresh.agents("q");
+    assert_eq!(v.len(), 3);
+    assert_eq!(v[0].paused.as_ref().map(|p| p.0.as_str()), Some("Lunch"));
+    assert_eq!(v[1].paused, None);
+    assert!(v[2].dynamic && v[2].interface == "PJSIP/d" && v[2].penalty == 2);
+    fresh.device_state(t(0), "custom:d", DeviceState::NotInUse);
+    drain(&mut fresh);
+    fresh.join(t(1), Join::new("c1", "q")).expect("join");
+    assert_eq!(offers(&drain(&mut fresh)), ["PJSIP/b"], "a stays paused");
+    // What it keeps now is what it was given (less the skipped rows).
+    let again = fresh.runtime_members();
+    assert_eq!(again, vec![rows[0].clone(), rows[2].clone()]);
+}

@@ -133,6 +133,19 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         r
     }
 
+    /// Re-applies stored runtime member state (`Engine::restore_members`); returns what was
+    /// skipped and why.
+    pub fn restore_members(
+        &mut self,
+        rows: &[crate::engine::RuntimeMember],
+        now: Instant,
+    ) -> Vec<String> {
+        let skipped = self.engine.restore_members(self.t(now), rows);
+        self.sync_reachability(None, now);
+        self.pump(now);
+        skipped
+    }
+
     /// Applies a new queue configuration and number plan without a restart.
     pub fn reload(
         &mut self,

@@ -12,6 +12,7 @@ mod admin;
 mod availability;
 mod config;
 mod global;
+mod persist;
 mod rules;
 mod strategy;
 mod types;
@@ -20,6 +21,7 @@ pub use admin::{AgentView, ReloadReport, WaitingCaller, AUTO_PAUSE_REASON};
 pub use availability::{counts_as_present, state_available};
 pub use config::{AutoPause, EmptyConditions, EngineConfig, MemberConfig, QueueConfig, Strategy};
 pub use global::WaitingChange;
+pub use persist::RuntimeMember;
 pub use rules::{PenaltyRule, RuleValue};
 pub use strategy::Rng;
 pub use types::{

@@ -47,6 +47,9 @@ impl Node {
         for w in writes {
             let _ = w.await;
         }
+        if let Some(w) = self.member_save.take() {
+            let _ = w.await;
+        }
         if let Some(log) = self.log.as_mut() {
             let _ = std::io::Write::flush(log);
         }

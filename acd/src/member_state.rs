@@ -1,0 +1,158 @@
+//! The `queue_member_state` table: the node's runtime member state (dynamic members, pauses
+//! with their reason, penalties changed at run time), kept across a restart as Asterisk's
+//! `persistentmembers` does. One set of rows per ACD node name, so that several nodes can
+//! share one database; the node replaces its rows after every change and reads them back on
+//! start. Same database and migrations as the queue_log (`_acd_migrations`).
+
+use sqlstore::{AnyPool, DbError};
+use sqlx::Row as _;
+
+use crate::engine::RuntimeMember;
+
+/// Errors of the member state store.
+#[derive(Debug, thiserror::Error)]
+#[error("queue_member_state {0}")]
+pub struct MemberStateError(#[from] pub DbError);
+
+impl From<sqlx::Error> for MemberStateError {
+    fn from(e: sqlx::Error) -> Self {
+        MemberStateError(DbError::Sql(e))
+    }
+}
+
+/// The table, behind a connection pool.
+#[derive(Debug, Clone)]
+pub struct MemberStateStore {
+    pool: AnyPool,
+}
+
+const INSERT: &str = "INSERT INTO queue_member_state \
+    (node, queuename, interface, membername, state_interface, dynamic, penalty, paused, reason, \
+     wrapuptime, ringinuse) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+const SELECT: &str = "SELECT queuename, interface, membername, state_interface, dynamic, \
+    penalty, paused, reason, wrapuptime, ringinuse FROM queue_member_state \
+    WHERE node = $1 ORDER BY queuename, interface";
+
+fn from_row(r: &sqlstore::AnyRow) -> Result<RuntimeMember, sqlx::Error> {
+    let state_interface: String = r.try_get("state_interface")?;
+    let paused: i64 = r.try_get("paused")?;
+    let wrapuptime: i64 = r.try_get("wrapuptime")?;
+    let ringinuse: i64 = r.try_get("ringinuse")?;
+    Ok(RuntimeMember {
+        queue: r.try_get("queuename")?,
+        interface: r.try_get("interface")?,
+        name: r.try_get("membername")?,
+        state_interface: (!state_interface.is_empty()).then_some(state_interface),
+        dynamic: r.try_get::<i64, _>("dynamic")? != 0,
+        penalty: i32::try_from(r.try_get::<i64, _>("penalty")?).unwrap_or(0),
+        paused: (paused != 0).then(|| r.try_get("reason")).transpose()?,
+        wrapuptime: u64::try_from(wrapuptime).ok(),
+        ringinuse: (ringinuse >= 0).then_some(ringinuse != 0),
+    })
+}
+
+impl MemberStateStore {
+    /// Connects (`sqlite://…` creates the file; `postgres://…`) and creates the table if it is
+    /// missing.
+    pub async fn open(url: &str) -> Result<MemberStateStore, MemberStateError> {
+        let pool = sqlstore::open(url, 2, &crate::queue_log::migrator()).await?;
+        Ok(MemberStateStore { pool })
+    }
+
+    /// The table in the queue_log's database (same pool).
+    pub fn new(queue_log: &crate::queue_log::QueueLogStore) -> MemberStateStore {
+        MemberStateStore {
+            pool: queue_log.pool().clone(),
+        }
+    }
+
+    /// Replaces `node`'s rows with `rows`, in one transaction.
+    pub async fn save(&self, node: &str, rows: &[RuntimeMember]) -> Result<(), MemberStateError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM queue_member_state WHERE node = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        for m in rows {
+            sqlx::query(INSERT)
+                .bind(node)
+                .bind(&m.queue)
+                .bind(&m.interface)
+                .bind(&m.name)
+                .bind(m.state_interface.as_deref().unwrap_or(""))
+                .bind(i64::from(m.dynamic))
+                .bind(i64::from(m.penalty))
+                .bind(i64::from(m.paused.is_some()))
+                .bind(m.paused.as_deref().unwrap_or(""))
+                .bind(
+                    m.wrapuptime
+                        .and_then(|w| i64::try_from(w).ok())
+                        .unwrap_or(-1),
+                )
+                .bind(m.ringinuse.map_or(-1, i64::from))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// `node`'s rows, by queue then interface.
+    pub async fn load(&self, node: &str) -> Result<Vec<RuntimeMember>, MemberStateError> {
+        Ok(sqlstore::fetch(&self.pool, sqlx::query(SELECT).bind(node), from_row).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn member_state_round_trip_on_sqlite_per_node() {
+        let db = sqlstore::TempSqlite::new();
+        let store = MemberStateStore::open(db.url()).await.expect("open");
+        let paused = RuntimeMember {
+            queue: "support".into(),
+            interface: "PJSIP/2001".into(),
+            name: "Alice".into(),
+            state_interface: None,
+            dynamic: false,
+            penalty: 0,
+            paused: Some("Lunch".into()),
+            wrapuptime: None,
+            ringinuse: None,
+        };
+        let dynamic = RuntimeMember {
+            interface: "PJSIP/2003".into(),
+            name: "PJSIP/2003".into(),
+            state_interface: Some("custom:2003".into()),
+            dynamic: true,
+            penalty: 3,
+            paused: None,
+            wrapuptime: Some(5),
+            ringinuse: Some(false),
+            ..paused.clone()
+        };
+        store
+            .save("acd-a", &[paused.clone(), dynamic.clone()])
+            .await
+            .expect("save a");
+        store
+            .save("acd-b", &[dynamic.clone()])
+            .await
+            .expect("save b");
+        assert_eq!(
+            store.load("acd-a").await.expect("load a"),
+            vec![paused.clone(), dynamic.clone()]
+        );
+        // A save replaces this node's rows only.
+        store.save("acd-a", &[]).await.expect("save a empty");
+        assert_eq!(store.load("acd-a").await.expect("load a"), vec![]);
+        assert_eq!(store.load("acd-b").await.expect("load b"), vec![dynamic]);
+        // Reopening applies no migration twice and keeps the rows.
+        drop(store);
+        let again = MemberStateStore::open(db.url()).await.expect("reopen");
+        assert_eq!(again.load("acd-b").await.expect("load b").len(), 1);
+    }
+}
