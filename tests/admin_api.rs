@@ -73,8 +73,11 @@ token = "{TOKEN}"
 
 fn http_addr(gw: &mut GatewayProcess) -> String {
     gw.drain();
-    if let Some(a) = gw
-        .history
+    // The listener of the process now (port 0: a new one after a restart).
+    let since = (gw.history.iter())
+        .rposition(|l| l == "--- restart ---")
+        .map_or(0, |i| i + 1);
+    if let Some(a) = gw.history[since..]
         .iter()
         .find_map(|l| l.strip_prefix("http ready "))
     {
@@ -310,6 +313,102 @@ fn member_added_at_runtime_gets_a_call() {
         .filter_map(|a| a["interface"].as_str())
         .collect();
     assert_eq!(members, ["PJSIP/2001"]);
+}
+
+/// This node's rows of `queue_member_state` in the site database: (queue, interface,
+/// dynamic, penalty, paused, reason), by interface.
+fn member_state_rows(gw: &GatewayProcess) -> Vec<(String, String, i64, i64, i64, String)> {
+    let url = format!("sqlite://{}", gw.dir().join("site-a.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.expect("site database");
+        let rows: Vec<(String, String, i64, i64, i64, String)> = sqlx::query_as(
+            "SELECT queuename, interface, dynamic, penalty, paused, reason \
+             FROM queue_member_state WHERE node = 'site-a' ORDER BY interface",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("queue_member_state");
+        pool.close().await;
+        rows
+    })
+}
+
+/// Asterisk's persistentmembers: a pause with its reason (CLI), a member added at run time
+/// (API) and a penalty changed at run time (CLI) are in the database once done, and after the
+/// process is killed and started again `queue show` and the API still show them.
+#[test]
+fn pause_and_runtime_members_survive_a_restart() {
+    let mut gw = site(&["PJSIP/2001", "PJSIP/2002"], "");
+    cli(&mut gw, &["agent", "pause", "2001", "--reason", "Lunch"]);
+    admin(
+        &mut gw,
+        "POST",
+        "/admin/members",
+        Some(json!({"queue": "support", "interface": "PJSIP/1002", "penalty": 3})),
+    );
+    cli(&mut gw, &["member", "penalty", "PJSIP/2002", "4"]);
+    queue_log(&mut gw, "|PENALTY|4");
+    let want = |i: &str, d: i64, p: i64, paused: i64, r: &str| {
+        (
+            "support".to_owned(),
+            i.to_owned(),
+            d,
+            p,
+            paused,
+            r.to_owned(),
+        )
+    };
+    let stored = vec![
+        want("PJSIP/1002", 1, 3, 0, ""),
+        want("PJSIP/2001", 0, 0, 1, "Lunch"),
+        want("PJSIP/2002", 0, 4, 0, ""),
+    ];
+    // Written off the call path: wait for it before the kill.
+    let deadline = Instant::now() + WAIT;
+    while member_state_rows(&gw) != stored {
+        assert!(
+            Instant::now() < deadline,
+            "queue_member_state: {:?}",
+            member_state_rows(&gw)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gw.restart();
+    gw.wait_for(WAIT, "the acd ready line", |l| l.starts_with("acd ready"));
+    let show = cli(&mut gw, &["queue", "show"]);
+    assert!(
+        show.contains("      PJSIP/2001 (paused:Lunch was "),
+        "queue show:\n{show}"
+    );
+    let floor = admin(&mut gw, "GET", "/admin/queues", None);
+    let agents: Vec<(String, bool, String, i64, bool)> = floor["queues"][0]["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .map(|a| {
+            (
+                a["interface"].as_str().unwrap_or("").to_owned(),
+                a["paused"].as_bool().unwrap_or(false),
+                a["pause_reason"].as_str().unwrap_or("").to_owned(),
+                a["penalty"].as_i64().unwrap_or(-1),
+                a["dynamic"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        agents,
+        [
+            ("PJSIP/2001".into(), true, "Lunch".into(), 0, false),
+            ("PJSIP/2002".into(), false, String::new(), 4, false),
+            ("PJSIP/1002".into(), false, String::new(), 3, true),
+        ],
+        "{floor}"
+    );
 }
 
 /// Two callers wait (no agent registered): the waiting list has them in arrival order with

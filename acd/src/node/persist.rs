@@ -1,6 +1,6 @@
 //! Runtime member state across restarts (Asterisk's `persistentmembers`): after every
 //! queue_log line that changes it (PAUSE, UNPAUSE, ADDMEMBER, REMOVEMEMBER, PENALTY: from the
-//! admin API, the phone's feature codes or autopause) the node writes the engine's
+//! admin API, the phone's feature codes or autopause; CONFIGRELOAD) the node writes the engine's
 //! [`crate::engine::RuntimeMember`]s to `queue_member_state` under its name, off the call
 //! path, one write after the other; on start it reads them back and re-applies them to the
 //! engine built from the configuration.
@@ -13,8 +13,9 @@ use super::Node;
 use crate::call::{CallControl, Fabric, Media};
 use crate::member_state::MemberStateStore;
 
-/// queue_log events after which the member state is written.
-const CHANGES: [&str; 7] = [
+/// queue_log events after which the member state is written (a reload may set static
+/// members' penalties back to the config's).
+const CHANGES: [&str; 8] = [
     "PAUSE",
     "PAUSEALL",
     "UNPAUSE",
@@ -22,6 +23,7 @@ const CHANGES: [&str; 7] = [
     "ADDMEMBER",
     "REMOVEMEMBER",
     "PENALTY",
+    "CONFIGRELOAD",
 ];
 
 /// Reads `node`'s stored member state and re-applies it; rows the configuration no longer
