@@ -139,7 +139,7 @@ mod tests {
             .await
             .expect("save a");
         store
-            .save("acd-b", &[dynamic.clone()])
+            .save("acd-b", std::slice::from_ref(&dynamic))
             .await
             .expect("save b");
         assert_eq!(
