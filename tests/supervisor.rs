@@ -8,7 +8,9 @@
 //! into a file) and records what it hears. Who hears which tone is read with the Goertzel
 //! algorithm over windows of each phase: listen (`*2221002`), the call alone again, whisper
 //! (`*2231002`), a refused non-supervisor (403 with a reason, logged), then barge (`*2241002`)
-//! until the caller hangs up, when the supervisor gets a BYE.
+//! until the caller hangs up, when the supervisor gets a BYE. Through the admin API and the CLI
+//! (1005, made a supervisor by its device flag): listen, whisper and barge, audio checked the
+//! same way.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -133,15 +135,25 @@ impl Party {
     /// the powers for messages.
     fn tones(&self, from: Instant, to: Instant) -> ([bool; 3], String) {
         let heard = self.heard.lock().expect("lock");
-        let pcm: Vec<i16> = heard
+        let window: Vec<&(Instant, Vec<i16>)> = heard
             .iter()
             .filter(|(t, _)| *t >= from && *t < to)
-            .flat_map(|(_, p)| p.iter().copied())
             .collect();
+        let pcm: Vec<i16> = window.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        let gap = window
+            .windows(2)
+            .map(|w| w[1].0 - w[0].0)
+            .max()
+            .unwrap_or_default();
         assert!(
             pcm.len() >= 8000,
-            "under 1 s of audio in the window ({} samples)",
-            pcm.len()
+            "under 1 s of audio in the window ({} samples in {} packets, first {:?} last {:?} \
+             after the window's start, largest gap {gap:?}; {} packets heard in all)",
+            pcm.len(),
+            window.len(),
+            window.first().map(|(t, _)| *t - from),
+            window.last().map(|(t, _)| *t - from),
+            heard.len(),
         );
         let p = [CALLER_HZ, AGENT_HZ, SUPERVISOR_HZ].map(|f| goertzel(&pcm, f));
         (
@@ -228,16 +240,17 @@ fn uac(dir: &Path, name: &str, port_file: &Path, pause_ms: u64, wait_bye: bool) 
 /// The agent 1002: `call_uas.xml` answering with `rtp_port` in its SDP and writing the
 /// gateway's port into `port_file`, registered by a second SIPp.
 fn agent_phone(gw: &mut GatewayProcess, rtp_port: u16, port_file: &Path) -> SippProcess {
-    uas_phone(gw, "1002", None, rtp_port, port_file)
+    uas_phone(gw, "1002", None, 1, rtp_port, port_file)
 }
 
 /// Device `user`'s phone: `call_uas.xml` (or, with `hangup_ms`, `call_uas_hangup.xml` hanging
-/// up that long after the ACK) answering with `rtp_port` in its SDP and writing the gateway's
-/// port into `port_file`, registered by a second SIPp.
+/// up that long after the ACK) answering `calls` calls one after the other with `rtp_port` in
+/// its SDP and writing the gateway's port into `port_file`, registered by a second SIPp.
 fn uas_phone(
     gw: &mut GatewayProcess,
     user: &str,
     hangup_ms: Option<u64>,
+    calls: u32,
     rtp_port: u16,
     port_file: &Path,
 ) -> SippProcess {
@@ -273,7 +286,7 @@ fn uas_phone(
         None,
         &SippOpts {
             local_port: Some(sip_port),
-            calls: 1,
+            calls,
             timeout: Duration::from_secs(90),
             extra_args: vec!["-mp".into(), integration::free_media_port().to_string()],
             ..SippOpts::default()
@@ -416,11 +429,12 @@ fn supervisor_listens_whispers_barges_and_others_are_refused() {
     let sup = Party::start(dir.path(), "supervisor", SUPERVISOR_HZ);
     let mut agent_sipp = agent_phone(&mut gw, agent.port, &agent.port_file);
     // 1005: not a supervisor until its device flag is set through the admin API; its phone
-    // answers the gateway's call and hangs up after a phase.
-    let mut api_sup_sipp = uas_phone(&mut gw, "1005", Some(PHASE_MS), sup.port, &sup.port_file);
+    // answers the gateway's three calls (listen, whisper, barge through the API) and hangs up
+    // each after a phase.
+    let mut api_sup_sipp = uas_phone(&mut gw, "1005", Some(PHASE_MS), 3, sup.port, &sup.port_file);
 
     // The call: long enough for every phase; the caller hangs up during the barge.
-    let call_ms = 32_000;
+    let call_ms = 40_000;
     let uac_path = uac(dir.path(), "caller", &caller.port_file, call_ms, false);
     let mut caller_sipp = SippProcess::spawn(
         &uac_path,
@@ -564,8 +578,6 @@ fn supervisor_listens_whispers_barges_and_others_are_refused() {
     check(&sup, "supervisor", "API listen", a, b, [true, true, false]);
     check(&caller, "caller", "API listen", a, b, [false, true, false]);
     check(&agent, "agent", "API listen", a, b, [true, false, false]);
-    let out = api_sup_sipp.wait().expect("API supervisor outcome");
-    assert_passes(&gw, &out, "the supervisor's phone called through the API");
     let log = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert!(
         log.lines()
@@ -573,6 +585,66 @@ fn supervisor_listens_whispers_barges_and_others_are_refused() {
         "the API spy is logged\n{}",
         gw.diag()
     );
+    // Whisper (`POST /admin/calls/{call}/spy`) and barge (`callfabric call spy --mode barge`)
+    // through the API, each once 1005's previous session ended (its phone hung up): in whisper
+    // the agent hears the supervisor and the caller does not; in barge both do.
+    let ended = |gw: &GatewayProcess, n: usize| {
+        let deadline = Instant::now() + STATE_TIMEOUT;
+        loop {
+            let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+            let count = log
+                .lines()
+                .filter(|l| l.contains("SPY ENDED") && l.contains("1005") && l.contains("hung up"))
+                .count();
+            if count >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "1005's spy session {n} never ended\n{}",
+                gw.diag()
+            );
+            std::thread::sleep(ms(50));
+        }
+    };
+    let api_modes = [
+        ("whisper", [false, true, false], [true, false, true]),
+        ("barge", [false, true, true], [true, false, true]),
+    ];
+    for (n, (mode, caller_hears, agent_hears)) in api_modes.into_iter().enumerate() {
+        ended(&gw, n + 1);
+        let _ = std::fs::remove_file(&sup.port_file);
+        if mode == "whisper" {
+            let (status, e) = admin(&mut gw, "POST", &path, spy("1005", mode));
+            assert_eq!(status, 202, "API whisper: {e}");
+            assert_eq!(e["mode"], "whisper", "{e}");
+        } else {
+            let (ok, out) = cli_spy(&mut gw, call, "1005", mode);
+            assert!(ok && out.contains("calling 1005"), "API barge: {out}");
+        }
+        let t = sup.answered(STATE_TIMEOUT);
+        let (a, b) = (t + ms(700), t + ms(PHASE_MS - 300));
+        while Instant::now() < b + ms(100) {
+            std::thread::sleep(ms(50));
+        }
+        let phase = format!("API {mode}");
+        check(&sup, "supervisor", &phase, a, b, [true, true, false]);
+        check(&caller, "caller", &phase, a, b, caller_hears);
+        check(&agent, "agent", &phase, a, b, agent_hears);
+    }
+    let out = api_sup_sipp.wait().expect("API supervisor outcome");
+    assert_passes(&gw, &out, "the supervisor's phone called through the API");
+    let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+    for mode in ["whisper", "barge"] {
+        assert!(
+            log.lines().any(|l| l.contains("SPY STARTED")
+                && l.contains("api")
+                && l.contains("1005")
+                && l.contains(mode)),
+            "the API {mode} is logged\n{}",
+            gw.diag()
+        );
+    }
 
     // Barge: all three hear each other, until the caller hangs up; then the supervisor gets
     // a BYE.

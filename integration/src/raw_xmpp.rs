@@ -39,6 +39,51 @@ impl RawXmpp {
         Ok(conn)
     }
 
+    /// Connects as the XEP-0114 external component `jid` and logs in with `secret` (the
+    /// handshake: hex SHA-1 of the server's stream id and the secret). The stream is then
+    /// ready for stanzas in `jabber:component:accept` (a floor for the presence component).
+    pub fn component(
+        addr: SocketAddr,
+        jid: &str,
+        secret: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<RawXmpp> {
+        use sha1::Digest as _;
+        let deadline = Instant::now() + timeout;
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connect to {addr}"))?;
+        stream.set_nodelay(true).ok();
+        let mut conn = RawXmpp {
+            stream,
+            buf: String::new(),
+            pending: Vec::new(),
+            deadline,
+            features: String::new(),
+        };
+        conn.send(&format!(
+            "<?xml version='1.0'?><stream:stream to='{}' xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams'>",
+            escape(jid)
+        ))?;
+        let id = loop {
+            if let Some(start) = conn.buf.find("<stream:stream") {
+                if let Some(len) = conn.buf[start..].find('>') {
+                    let tag = conn.buf[start..start + len].to_string();
+                    conn.buf.drain(..start + len + 1);
+                    break attr_value(&tag, "id")
+                        .with_context(|| format!("no stream id in {tag}"))?;
+                }
+            }
+            conn.fill()?;
+        };
+        let digest = sha1::Sha1::digest(format!("{id}{secret}").as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        conn.send(&format!("<handshake>{hex}</handshake>"))?;
+        conn.read_element("handshake", |_| true)
+            .with_context(|| format!("component handshake as {jid}"))?;
+        Ok(conn)
+    }
+
     fn open_stream(&mut self, domain: &str) -> anyhow::Result<()> {
         self.send(&format!(
             "<?xml version='1.0'?><stream:stream to='{}' version='1.0' xml:lang='en' \
@@ -53,6 +98,11 @@ impl RawXmpp {
     /// The `<stream:features>…</stream:features>` element received last.
     pub fn features(&self) -> &str {
         &self.features
+    }
+
+    /// Another handle to the connection's socket (e.g. to write from a tokio task).
+    pub fn try_clone_stream(&self) -> std::io::Result<TcpStream> {
+        self.stream.try_clone()
     }
 
     /// The local address of the connection (e.g. to find it in `wanlab` flow counters).
@@ -264,6 +314,18 @@ fn next_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(1);
     format!("raw{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The value of attribute `name` in a start tag (either quote; not unescaped).
+fn attr_value(tag: &str, name: &str) -> Option<String> {
+    for q in ['\'', '"'] {
+        let key = format!(" {name}={q}");
+        if let Some(i) = tag.find(&key) {
+            let rest = &tag[i + key.len()..];
+            return rest.find(q).map(|end| rest[..end].to_string());
+        }
+    }
+    None
 }
 
 /// Does the start tag contain `name='value'` (either quote)?

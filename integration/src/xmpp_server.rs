@@ -296,6 +296,12 @@ impl XmppServer {
         "presence.fabric.test"
     }
 
+    /// A second component JID on [`Self::component_port`] with the same secret, for
+    /// benchmark floors (a raw client standing where the presence component stands).
+    pub fn floor_component_jid(&self) -> &str {
+        "floor.fabric.test"
+    }
+
     /// The XMPP domain, "fabric.test".
     pub fn domain(&self) -> &str {
         DOMAIN

@@ -511,6 +511,11 @@ impl<T> Guarded<T> {
         }
     }
 
+    /// The wrapped stream (writes pass through unchanged).
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     /// A stream read through `guard` (its own limits), drops counted in `drops`.
     pub(crate) fn with_guard(inner: T, guard: Guard, drops: Arc<DropLog>) -> Self {
         Guarded {

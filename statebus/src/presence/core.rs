@@ -7,6 +7,7 @@
 //! `probe` with the current presence (or `unsubscribed` to a non-subscriber), `unsubscribe`
 //! with `unavailable`; every change is sent to every subscriber of the contact.
 
+pub use super::out::{Out, Presence};
 use super::render::{next_tick, render, AgentInfo, Pause, Rendered};
 use super::store::Subscriptions;
 use super::AgentInput;
@@ -72,10 +73,6 @@ fn attr(b: ElementBuilder, name: &str, value: &str) -> ElementBuilder {
         Ok(n) => b.attr(n, value),
         Err(_) => b,
     }
-}
-
-fn child(name: &str, ns: &str, text: &str) -> Element {
-    Element::builder(name, ns).append(text).build()
 }
 
 impl Core {
@@ -151,31 +148,23 @@ impl Core {
         render(self.devices.get(node).copied(), self.agents.get(node), now)
     }
 
-    fn presence(&mut self, node: &str, to: &str, r: &Rendered) -> Element {
+    fn presence(&mut self, node: &str, to: &str, r: &Rendered) -> Out {
         self.stats.presences_sent += 1;
-        let from = format!("{}/{RESOURCE}", self.contact(node));
-        let mut b = attr(attr(builder("presence"), "from", &from), "to", to);
-        if !r.available {
-            b = attr(b, "type", "unavailable");
-        }
-        if let Some(s) = r.show.as_xml() {
-            b = b.append(child("show", NS, s));
-        }
-        b.append(child("status", NS, &r.status)).build()
+        Out::Presence(Presence {
+            from: format!("{}/{RESOURCE}", self.contact(node)),
+            to: to.to_string(),
+            kind: (!r.available).then_some("unavailable"),
+            show: r.show.as_xml(),
+            status: Some(r.status.clone()),
+        })
     }
 
-    fn typed(&self, node: &str, to: &str, ty: &str) -> Element {
-        let from = self.contact(node);
-        attr(
-            attr(attr(builder("presence"), "from", &from), "to", to),
-            "type",
-            ty,
-        )
-        .build()
+    fn typed(&self, node: &str, to: &str, ty: &'static str) -> Out {
+        self.typed_raw(&self.contact(node), to, ty)
     }
 
     /// Sends the contact's presence to its subscribers if it changed since last sent.
-    fn refresh(&mut self, node: &str, now: Instant, out: &mut Vec<Element>) {
+    fn refresh(&mut self, node: &str, now: Instant, out: &mut Vec<Out>) {
         let Some(subs) = self.subs.get(node) else {
             return;
         };
@@ -197,7 +186,7 @@ impl Core {
         &mut self,
         all: impl IntoIterator<Item = (String, DeviceState)>,
         now: Instant,
-    ) -> Vec<Element> {
+    ) -> Vec<Out> {
         let mut out = Vec::new();
         let mut touched = Vec::new();
         for (key, st) in all {
@@ -213,7 +202,7 @@ impl Core {
     }
 
     /// A device's aggregate changed on the bus.
-    pub fn device_changed(&mut self, key: &str, state: DeviceState, now: Instant) -> Vec<Element> {
+    pub fn device_changed(&mut self, key: &str, state: DeviceState, now: Instant) -> Vec<Out> {
         let mut out = Vec::new();
         if let Some(node) = self.node_of(key) {
             self.devices.insert(node.clone(), state);
@@ -223,7 +212,7 @@ impl Core {
     }
 
     /// Something the ACD side says about an agent.
-    pub fn agent(&mut self, input: AgentInput, now: Instant) -> Vec<Element> {
+    pub fn agent(&mut self, input: AgentInput, now: Instant) -> Vec<Out> {
         let mut out = Vec::new();
         let Some(node) = self.node_of(input.device()) else {
             self.stats.ignored += 1;
@@ -250,7 +239,7 @@ impl Core {
     }
 
     /// Connected (again): every subscriber gets every contact's current presence.
-    pub fn online(&mut self, now: Instant) -> Vec<Element> {
+    pub fn online(&mut self, now: Instant) -> Vec<Out> {
         self.sent.clear();
         let nodes: Vec<String> = self.subs.keys().cloned().collect();
         let mut out = Vec::new();
@@ -270,7 +259,7 @@ impl Core {
     }
 
     /// Time passed: refresh pause durations.
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Element> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Out> {
         let nodes: Vec<String> = self
             .agents
             .iter()
@@ -291,7 +280,7 @@ impl Core {
     }
 
     /// A stanza from the server.
-    pub fn handle_stanza(&mut self, el: &Element, now: Instant) -> Vec<Element> {
+    pub fn handle_stanza(&mut self, el: &Element, now: Instant) -> Vec<Out> {
         let mut out = Vec::new();
         if !el.has_ns(NS) {
             self.stats.ignored += 1;
@@ -305,7 +294,7 @@ impl Core {
         out
     }
 
-    fn on_presence(&mut self, el: &Element, now: Instant, out: &mut Vec<Element>) {
+    fn on_presence(&mut self, el: &Element, now: Instant, out: &mut Vec<Out>) {
         let (Some(from), Some(to)) = (
             el.attr("from").and_then(|f| f.parse::<Jid>().ok()),
             el.attr("to").and_then(|t| t.parse::<Jid>().ok()),
@@ -364,7 +353,9 @@ impl Core {
                     status: String::new(),
                 };
                 let mut p = self.presence(&node, &bare, &off);
-                p.remove_child("status", NS);
+                if let Out::Presence(p) = &mut p {
+                    p.status = None;
+                }
                 out.push(p);
             }
             Some("probe") => {
@@ -384,16 +375,17 @@ impl Core {
         }
     }
 
-    fn typed_raw(&self, from: &str, to: &str, ty: &str) -> Element {
-        attr(
-            attr(attr(builder("presence"), "from", from), "to", to),
-            "type",
-            ty,
-        )
-        .build()
+    fn typed_raw(&self, from: &str, to: &str, ty: &'static str) -> Out {
+        Out::Presence(Presence {
+            from: from.to_string(),
+            to: to.to_string(),
+            kind: Some(ty),
+            show: None,
+            status: None,
+        })
     }
 
-    fn on_iq(&mut self, el: &Element, out: &mut Vec<Element>) {
+    fn on_iq(&mut self, el: &Element, out: &mut Vec<Out>) {
         let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
             self.stats.ignored += 1;
             return;
@@ -412,7 +404,9 @@ impl Core {
         };
         let payload = el.children().next();
         match payload {
-            Some(p) if ty == "get" && p.is("ping", NS_PING) => out.push(reply("result").build()),
+            Some(p) if ty == "get" && p.is("ping", NS_PING) => {
+                out.push(Out::Stanza(reply("result").build()))
+            }
             Some(p) if ty == "get" && p.is("query", NS_DISCO_INFO) => {
                 let mut ident = Element::builder("identity", NS_DISCO_INFO);
                 for (k, v) in [
@@ -427,14 +421,14 @@ impl Core {
                     q = q
                         .append(attr(Element::builder("feature", NS_DISCO_INFO), "var", f).build());
                 }
-                out.push(reply("result").append(q.build()).build());
+                out.push(Out::Stanza(reply("result").append(q.build()).build()));
             }
             _ => {
                 let cond = Element::builder("service-unavailable", NS_STANZAS).build();
                 let err = attr(builder("error"), "type", "cancel")
                     .append(cond)
                     .build();
-                out.push(reply("error").append(err).build());
+                out.push(Out::Stanza(reply("error").append(err).build()));
             }
         }
     }
@@ -469,8 +463,9 @@ mod tests {
         Core::new("agents.test", "PJSIP/", Vec::new(), Subscriptions::new())
     }
 
-    fn status(el: &Element) -> String {
-        el.get_child("status", NS)
+    fn status(out: &Out) -> String {
+        out.to_element()
+            .get_child("status", NS)
             .map(|s| s.text())
             .unwrap_or_default()
     }
@@ -548,7 +543,7 @@ mod tests {
         );
         assert_eq!(status(&out[0]), "Paused: Lunch 0m");
         assert_eq!(
-            out[0].get_child("show", NS).map(|s| s.text()),
+            out[0].to_element().get_child("show", NS).map(|s| s.text()),
             Some("dnd".into())
         );
         let due = c.poll_timeout(t0).expect("a minute tick");
@@ -583,6 +578,7 @@ mod tests {
             t0,
         );
         assert!(out[0]
+            .to_element()
             .children()
             .next()
             .is_some_and(|q| q.children().count() >= 2));

@@ -93,6 +93,13 @@ impl<T> HeaderFix<T> {
     }
 }
 
+impl<T> HeaderFix<T> {
+    /// The wrapped stream (writes pass through unchanged).
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for HeaderFix<T> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -12,6 +12,7 @@
 mod component;
 pub mod core;
 pub mod header;
+pub mod out;
 pub mod render;
 pub mod store;
 
