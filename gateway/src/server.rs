@@ -125,6 +125,8 @@ pub struct Gateway {
     guard: security::SharedGuard,
     tls: Option<Arc<transport::TlsState>>,
     extra_prefixes: ExtraPrefixes,
+    /// Overload control's gate (its counts, whether it sheds).
+    overload: Arc<sip_core::overload::Gate>,
 }
 
 impl Gateway {
@@ -216,7 +218,8 @@ impl Gateway {
         let guard: security::SharedGuard =
             Arc::new(std::sync::Mutex::new(crate::security::Guard::new(scfg)));
         let overload = sip_core::overload::Overload::new(cfg.overload.clone());
-        transports.set_overload_gate(overload.gate());
+        let overload_gate = overload.gate();
+        transports.set_overload_gate(overload_gate.clone());
 
         let mwi = mwi::MwiState::new(&cfg.realm, bus.as_ref());
         let core = Core {
@@ -255,6 +258,7 @@ impl Gateway {
         let extra_prefixes = core.extra_prefixes.clone();
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
+            overload: overload_gate,
             extra_prefixes,
             tls,
             local,
@@ -284,6 +288,12 @@ impl Gateway {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(trunk.to_owned(), prefixes);
+    }
+
+    /// Overload control (issue 16): what it admitted, refused and dropped since start, and
+    /// whether it sheds now.
+    pub fn overload(&self) -> (sip_core::overload::Counters, bool) {
+        (self.overload.counters(), self.overload.shedding())
     }
 
     /// Stop serving.
