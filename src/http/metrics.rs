@@ -243,6 +243,24 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
         ] {
             ov.with_label_values(&[k]).inc_by(v);
         }
+        let tx = gw.transactions();
+        let txs = reg!(IntGaugeVec::new(
+            Opts::new(
+                "callfabric_gateway_sip_transactions",
+                "SIP transactions: live (parsed request kept), completed (non-INVITE server \
+                 transactions held compact until Timer J)"
+            ),
+            &["state"]
+        )?);
+        for (k, v) in [("live", tx.live), ("completed", tx.completed)] {
+            txs.with_label_values(&[k])
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+        reg!(IntGauge::new(
+            "callfabric_gateway_sip_completed_table_capacity",
+            "Entries the completed-transaction table holds before growing (it shrinks after a load)"
+        )?)
+        .set(i64::try_from(tx.completed_capacity).unwrap_or(i64::MAX));
         reg!(IntGauge::new(
             "callfabric_gateway_overload_shedding",
             "1 while SIP overload control sheds load"

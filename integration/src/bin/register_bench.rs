@@ -31,7 +31,7 @@
 
 use anyhow::{bail, Context, Result};
 use gateway::devices::{DeviceRecord, DeviceStore};
-use gateway::server::Gateway;
+use gateway::server::{Gateway, Transactions};
 use integration::bench::{self, Kamailio, SippStep, Step};
 use statebus::{Eid, LocalBus};
 use std::net::SocketAddr;
@@ -347,6 +347,8 @@ struct Sustained {
     step: Step,
     /// (PSS, VmRSS) kB before, highest during (sampled each second), right after, 40 s later.
     mem: [(u64, u64); 4],
+    /// The gateway's transactions at the same moments (the peak: when most were completed).
+    txs: Option<[Transactions; 4]>,
     phone: Option<Phone>,
 }
 
@@ -355,48 +357,58 @@ fn sustain_step(
     name: &'static str,
     target: SocketAddr,
     (pid, children): (u32, bool),
+    gw: Option<&Gateway>,
     rate: u32,
     secs: u32,
     inf: &[PathBuf],
     phone_inf: Option<&Path>,
     dir: &Path,
 ) -> Result<Sustained> {
+    let txs = || gw.map(Gateway::transactions).unwrap_or_default();
     let before = memory(pid, children);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak = (0, 0);
+    let tx_before = txs();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (s, peak, tx_peak, phone) = std::thread::scope(|scope| -> Result<_> {
+        let sampler = scope.spawn(|| {
+            let (mut peak, mut tx_peak) = ((0, 0), Transactions::default());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let (pss, rss) = memory(pid, children);
                 peak = (peak.0.max(pss), peak.1.max(rss));
+                let t = txs();
+                if t.completed >= tx_peak.completed {
+                    tx_peak = t;
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
-            peak
-        })
-    };
-    // The phone starts once the load has built up (10 s) and tries until 15 s before its end.
-    let phone = phone_inf.map(|inf| {
-        let (inf, dir) = (inf.to_path_buf(), dir.to_path_buf());
-        let give_up = Duration::from_secs(u64::from(secs).saturating_sub(25).max(5));
-        std::thread::spawn(move || phone(target, &inf, &dir, Duration::from_secs(10), give_up))
-    });
-    let s = step(name, target, (pid, children), rate, secs, inf, dir)?;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.join().unwrap_or((0, 0));
-    let phone = phone.map(|p| {
-        p.join().unwrap_or(Phone {
-            attempts: 0,
-            registered_after: None,
-        })
-    });
+            (peak, tx_peak)
+        });
+        // The phone starts once the load has built up (10 s) and tries until 15 s before its
+        // end.
+        let phone = phone_inf.map(|inf| {
+            let give_up = Duration::from_secs(u64::from(secs).saturating_sub(25).max(5));
+            scope.spawn(move || phone(target, inf, dir, Duration::from_secs(10), give_up))
+        });
+        let s = step(name, target, (pid, children), rate, secs, inf, dir);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (peak, tx_peak) = sampler.join().unwrap_or_default();
+        let phone = phone.map(|p| {
+            p.join().unwrap_or(Phone {
+                attempts: 0,
+                registered_after: None,
+            })
+        });
+        Ok((s?, peak, tx_peak, phone))
+    })?;
     let after = memory(pid, children);
+    let tx_after = txs();
     std::thread::sleep(Duration::from_secs(40));
     let later = memory(pid, children);
+    let tx_later = txs();
     Ok(Sustained {
         name,
         step: s,
         mem: [before, peak, after, later],
+        txs: gw.map(|_| [tx_before, tx_peak, tx_after, tx_later]),
         phone,
     })
 }
@@ -438,6 +450,22 @@ fn print_sustained(users: u32, r: &Sustained) {
             mb(a.1),
             mb(l.1),
             mb(status_kb("VmHWM:"))
+        );
+    }
+    if let Some(t) = &r.txs {
+        let f = |t: &Transactions| {
+            format!(
+                "{} live + {} completed (table capacity {})",
+                t.live, t.completed, t.completed_capacity
+            )
+        };
+        println!(
+            "  {}: transactions: {} before, {} at the peak, {} right after, {} 40 s later",
+            r.name,
+            f(&t[0]),
+            f(&t[1]),
+            f(&t[2]),
+            f(&t[3])
         );
     }
     if let Some(ph) = &r.phone {
@@ -503,6 +531,7 @@ fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
                     "callfabric",
                     gw_target,
                     (std::process::id(), false),
+                    Some(&gw),
                     r,
                     secs,
                     &inf,
@@ -514,6 +543,7 @@ fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
                     "kamailio",
                     kam.addr(),
                     (k_pid, true),
+                    None,
                     r,
                     secs,
                     &inf,
