@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod fabric;
+mod overload;
 mod security;
 pub use security::check_device_credentials;
 mod spy;
@@ -48,6 +49,9 @@ pub struct Config {
 
     /// Supervisors: listen / whisper / barge from the phone (`config/spy.rs`).
     pub supervisors: Option<spy::SupervisorsSection>,
+
+    /// SIP overload control of the gateway (`config/overload.rs`).
+    pub overload: Option<overload::OverloadSection>,
 }
 
 /// `[presence]`: agents and devices as JIDs of an external component.
@@ -976,7 +980,7 @@ impl Loaded {
             // Filled in by the binary once the voicemail user agent listens.
             voicemail: None,
 
-            overload: Default::default(),
+            overload: self.overload()?,
 
             spy: self.spy()?,
             record_dir: match &g.record_dir {
@@ -1794,6 +1798,50 @@ mod tests {
                 "{line}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn overload_section_is_validated_with_its_line() {
+        let d = load("[node]\nname = \"a\"\n").unwrap().overload().unwrap();
+        assert_eq!(d, sip_core::overload::Config::default());
+        let ok = load(
+            "[node]\nname = \"a\"\n[overload]\ntarget_ms = 50\nhard_delay_ms = 400\n\
+             min_admit = 0.1\nretry_after_secs = 7\ninterval_ms = 200\n",
+        )
+        .unwrap()
+        .overload()
+        .unwrap();
+        assert_eq!(ok.target, Duration::from_millis(50));
+        assert_eq!(ok.hard_delay, Duration::from_millis(400));
+        assert_eq!(ok.interval, Duration::from_millis(200));
+        assert_eq!(ok.min_admit, 0.1);
+        assert_eq!(ok.retry_after, 7);
+        for (line, msg) in [
+            ("target_ms = 0", "target_ms = 0"),
+            ("interval_ms = 600000", "interval_ms = 600000"),
+            ("min_admit = 0", "min_admit = 0"),
+            ("retry_after_secs = 0", "retry_after_secs = 0"),
+            (
+                "hard_delay_ms = 5",
+                "hard_delay_ms (5) must not be below target_ms (20)",
+            ),
+        ] {
+            let e = load(&format!("[node]\nname = \"a\"\n[overload]\n{line}\n"))
+                .unwrap()
+                .overload()
+                .err()
+                .unwrap_or_else(|| panic!("{line} accepted"))
+                .to_string();
+            assert!(
+                e.contains("site-a.toml:4:") && e.contains(msg),
+                "{line}: {e}"
+            );
+        }
+        let e = load("[node]\nname = \"a\"\n[overload]\ntarget = 3\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("site-a.toml:4:"), "{e}");
     }
 
     #[test]

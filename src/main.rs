@@ -1,5 +1,11 @@
 //! `callfabric`: the one command-line binary of the call-center fabric.
 
+/// mimalloc gives freed pages back to the OS: after a load peak (400,000 completed SIP
+/// transactions held for Timer J at 12,000 REGISTER/s) glibc's malloc kept the process's RSS at
+/// its peak although the tables had shrunk (issue 16; docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod config;
 mod http;

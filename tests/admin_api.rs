@@ -521,8 +521,8 @@ fn phone_pauses_with_a_reason_code() {
     assert_eq!(fields(&u), "NONE|support|PJSIP/2002|UNPAUSE|");
 }
 
-/// `/metrics` parses as Prometheus text; the reachable devices, the queue's joined counter
-/// and the calls ended move with a registration and a call.
+/// `/metrics` parses as Prometheus text; the reachable devices, the queue's joined counter,
+/// the calls ended and overload control's admissions move with a registration and a call.
 #[test]
 fn metrics_parse_and_move_with_activity() {
     let mut gw = site(&["PJSIP/2001"], "");
@@ -582,6 +582,25 @@ fn metrics_parse_and_move_with_activity() {
         .samples
         .iter()
         .any(|s| s.metric == "callfabric_rtp_jitter_ms_count"));
+    // Overload control counts the new requests it admitted (the REGISTERs, the INVITEs);
+    // nothing was shed on an idle gateway.
+    let overload = |action| {
+        value(
+            &after,
+            "callfabric_gateway_overload_total",
+            Some(("action", action)),
+        )
+    };
+    assert!(
+        overload("admitted") >= 2.0,
+        "admitted {}",
+        overload("admitted")
+    );
+    assert_eq!(overload("rejected_503"), 0.0);
+    assert_eq!(
+        value(&after, "callfabric_gateway_overload_shedding", None),
+        0.0
+    );
 }
 
 /// Devices through the API: created, listed (without credentials), a CSV import checked whole

@@ -47,6 +47,7 @@ pub use relay::{LiveCall, Parties};
 pub use security::BanEntry;
 pub use shutdown::FinishReport;
 pub use spy::{SpyCalling, SpyConfig, SpyMode, SpyOrder, SpyRefused};
+pub use timers::Transactions;
 use trunks::{spawn_trunk_dns, TrunkDns};
 
 /// The device table as the registrar's credential store.
@@ -125,6 +126,9 @@ pub struct Gateway {
     guard: security::SharedGuard,
     tls: Option<Arc<transport::TlsState>>,
     extra_prefixes: ExtraPrefixes,
+    /// Overload control's gate (its counts, whether it sheds).
+    overload: Arc<sip_core::overload::Gate>,
+    tx_stats: Arc<timers::TxStats>,
 }
 
 impl Gateway {
@@ -216,7 +220,8 @@ impl Gateway {
         let guard: security::SharedGuard =
             Arc::new(std::sync::Mutex::new(crate::security::Guard::new(scfg)));
         let overload = sip_core::overload::Overload::new(cfg.overload.clone());
-        transports.set_overload_gate(overload.gate());
+        let overload_gate = overload.gate();
+        transports.set_overload_gate(overload_gate.clone());
 
         let mwi = mwi::MwiState::new(&cfg.realm, bus.as_ref());
         let core = Core {
@@ -249,12 +254,16 @@ impl Gateway {
             spies: spy::Spies::default(),
             extra_prefixes: ExtraPrefixes::default(),
             housekeeping: timers::Housekeeping::new(Instant::now()),
+            tx_stats: Arc::default(),
             rng: rand::SeedableRng::from_os_rng(),
         };
         let tls = core.transports.tls_state();
         let extra_prefixes = core.extra_prefixes.clone();
+        let tx_stats = core.tx_stats.clone();
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
+            overload: overload_gate,
+            tx_stats,
             extra_prefixes,
             tls,
             local,
@@ -284,6 +293,18 @@ impl Gateway {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(trunk.to_owned(), prefixes);
+    }
+
+    /// Overload control (issue 16): what it admitted, refused and dropped since start, and
+    /// whether it sheds now.
+    pub fn overload(&self) -> (sip_core::overload::Counters, bool) {
+        (self.overload.counters(), self.overload.shedding())
+    }
+
+    /// The SIP transaction table's size (issue 16: the compact completed transactions and
+    /// their table's capacity, which shrinks after a load).
+    pub fn transactions(&self) -> Transactions {
+        self.tx_stats.read()
     }
 
     /// Stop serving.
@@ -348,6 +369,8 @@ struct Core {
     extra_prefixes: ExtraPrefixes,
     /// When housekeeping last ran, whether traffic came since (`server/timers.rs`).
     housekeeping: timers::Housekeeping,
+    /// The transaction table's size, for the handle.
+    tx_stats: Arc<timers::TxStats>,
     /// The random source of the requests the core builds itself (branches, tags, Call-IDs).
     rng: rand::rngs::StdRng,
 }

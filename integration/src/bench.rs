@@ -258,7 +258,7 @@ impl Drop for KillOnDrop {
 
 /// SIPp's common arguments for load: loopback, own SIP/control/media ports, a large socket
 /// buffer, no keyboard.
-fn sipp_base_args(scenario: &Path, port: u16) -> Vec<String> {
+pub fn sipp_base_args(scenario: &Path, port: u16) -> Vec<String> {
     let mut args = vec!["-sf".to_string(), scenario.display().to_string()];
     args.extend(["-t", "u1", "-i", "127.0.0.1", "-mi", "127.0.0.1"].map(String::from));
     args.extend(["-p".into(), port.to_string()]);

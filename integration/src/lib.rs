@@ -12,6 +12,11 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+/// The allocator of the `callfabric` binary, so that the benchmarks (which run the gateway and
+/// the ACD in-process) measure what ships.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod baresip;
 pub mod bench;
 pub mod certs;

@@ -1,8 +1,9 @@
 //! `GET /metrics`: Prometheus text exposition (the `prometheus` crate). Each scrape builds a
 //! registry from the current figures — gateway calls and RTP loss and jitter per live leg,
 //! devices by state (registered phones read as reachable states), the ACD's queues (callers,
-//! longest wait, agents by state, counters) and the state bus's health — plus totals counted
-//! from the gateway's call events since start (calls ended, RTP packets lost, jitter).
+//! longest wait, agents by state, counters), the state bus's health and the SIP overload
+//! control's counts — plus totals counted from the gateway's call events since start (calls
+//! ended, RTP packets lost, jitter).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -224,6 +225,47 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
         )?)
         .inc_by(t.offers_refused.load(Ordering::Relaxed));
         reg!(jitter_histogram(t)?);
+        // Overload control (issue 16).
+        let (c, shedding) = gw.overload();
+        let ov = reg!(IntCounterVec::new(
+            Opts::new(
+                "callfabric_gateway_overload_total",
+                "SIP overload control since start: new requests admitted, refused with 503, \
+                 low-value requests (OPTIONS) and retransmissions dropped"
+            ),
+            &["action"]
+        )?);
+        for (k, v) in [
+            ("admitted", c.admitted),
+            ("rejected_503", c.rejected),
+            ("dropped_low_value", c.dropped_low),
+            ("dropped_retransmission", c.dropped_retransmissions),
+        ] {
+            ov.with_label_values(&[k]).inc_by(v);
+        }
+        let tx = gw.transactions();
+        let txs = reg!(IntGaugeVec::new(
+            Opts::new(
+                "callfabric_gateway_sip_transactions",
+                "SIP transactions: live (parsed request kept), completed (non-INVITE server \
+                 transactions held compact until Timer J)"
+            ),
+            &["state"]
+        )?);
+        for (k, v) in [("live", tx.live), ("completed", tx.completed)] {
+            txs.with_label_values(&[k])
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+        reg!(IntGauge::new(
+            "callfabric_gateway_sip_completed_table_capacity",
+            "Entries the completed-transaction table holds before growing (it shrinks after a load)"
+        )?)
+        .set(i64::try_from(tx.completed_capacity).unwrap_or(i64::MAX));
+        reg!(IntGauge::new(
+            "callfabric_gateway_overload_shedding",
+            "1 while SIP overload control sheds load"
+        )?)
+        .set(i64::from(shedding));
     }
     let t = &s.metrics;
     reg!(IntGauge::new(

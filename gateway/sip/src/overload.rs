@@ -176,6 +176,9 @@ pub struct Gate {
     admitted: AtomicU64,
     rejected: AtomicU64,
     dropped_low: AtomicU64,
+    /// Counted by the core ([`Overload::drop_retransmission`]), kept here so that whoever
+    /// holds the gate reads every count.
+    dropped_retransmissions: AtomicU64,
 }
 
 impl Gate {
@@ -191,7 +194,24 @@ impl Gate {
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             dropped_low: AtomicU64::new(0),
+            dropped_retransmissions: AtomicU64::new(0),
         }
+    }
+
+    /// What the policy did so far (for metrics: the gate is shared with the process).
+    pub fn counters(&self) -> Counters {
+        Counters {
+            admitted: self.admitted.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            dropped_low: self.dropped_low.load(Relaxed),
+            dropped_retransmissions: self.dropped_retransmissions.load(Relaxed),
+        }
+    }
+
+    /// True while the core sheds (low-value messages dropped, new work admitted at a
+    /// fraction).
+    pub fn shedding(&self) -> bool {
+        self.shedding.load(Relaxed)
     }
 
     /// True when `source` is a light sender this interval and may be admitted as one.
@@ -286,7 +306,6 @@ pub struct Overload {
     standing: Duration,
     /// Admitted fraction of new work.
     p: f64,
-    dropped_retransmissions: u64,
 }
 
 impl Default for Overload {
@@ -304,7 +323,6 @@ impl Overload {
             interval_min: None,
             standing: Duration::ZERO,
             p: 1.0,
-            dropped_retransmissions: 0,
         }
     }
 
@@ -315,12 +333,7 @@ impl Overload {
 
     /// Counts so far (the gate's and the core's).
     pub fn counters(&self) -> Counters {
-        Counters {
-            admitted: self.gate.admitted.load(Relaxed),
-            rejected: self.gate.rejected.load(Relaxed),
-            dropped_low: self.gate.dropped_low.load(Relaxed),
-            dropped_retransmissions: self.dropped_retransmissions,
-        }
+        self.gate.counters()
     }
 
     /// The fraction of new work admitted now (1.0 without overload).
@@ -391,7 +404,7 @@ impl Overload {
     /// lookup) is asked only while shedding.
     pub fn drop_retransmission(&mut self, pending: impl FnOnce() -> bool) -> bool {
         if self.shedding() && pending() {
-            self.dropped_retransmissions += 1;
+            self.gate.dropped_retransmissions.fetch_add(1, Relaxed);
             return true;
         }
         false

@@ -718,6 +718,12 @@ impl<D: Clone> TransactionLayer<D> {
         )
     }
 
+    /// Completed non-INVITE server transactions held for Timer J (O(1), unlike
+    /// [`completed_footprint`](Self::completed_footprint)).
+    pub fn completed_footprint_len(&self) -> usize {
+        self.completed.len()
+    }
+
     /// Capacity (entries) of the completed-transaction table, to show it shrinks.
     pub fn completed_capacity(&self) -> usize {
         self.completed.capacity()

@@ -63,6 +63,45 @@ impl Housekeeping {
     }
 }
 
+/// The transaction table's size as the handle reads it ([`super::Gateway::transactions`]),
+/// published by the loop whenever timers fire (so also while Timer J empties the table after
+/// a load).
+#[derive(Debug, Default)]
+pub(super) struct TxStats {
+    live: std::sync::atomic::AtomicUsize,
+    completed: std::sync::atomic::AtomicUsize,
+    completed_capacity: std::sync::atomic::AtomicUsize,
+}
+
+/// SIP transactions of the gateway: live ones (with their parsed request), completed non-INVITE
+/// server transactions held compact for Timer J, and the capacity of the latter's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transactions {
+    pub live: usize,
+    pub completed: usize,
+    pub completed_capacity: usize,
+}
+
+impl TxStats {
+    fn publish(&self, tl: &sip_core::transaction::TransactionLayer<crate::transport::Peer>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let completed = tl.completed_footprint_len();
+        self.live.store(tl.len() - completed, Relaxed);
+        self.completed.store(completed, Relaxed);
+        self.completed_capacity
+            .store(tl.completed_capacity(), Relaxed);
+    }
+
+    pub(super) fn read(&self) -> Transactions {
+        use std::sync::atomic::Ordering::Relaxed;
+        Transactions {
+            live: self.live.load(Relaxed),
+            completed: self.completed.load(Relaxed),
+            completed_capacity: self.completed_capacity.load(Relaxed),
+        }
+    }
+}
+
 /// A wall-clock deadline `at` on the monotonic clock, `now` and `wall_now` being the same
 /// moment on both (past deadlines are due now).
 pub(super) fn instant_of(at: SystemTime, now: Instant, wall_now: SystemTime) -> Instant {
@@ -103,6 +142,7 @@ impl Core {
     pub(super) fn on_timers(&mut self) {
         let now = Instant::now();
         self.tl.handle_timeout(now);
+        self.tx_stats.publish(&self.tl);
         self.b2bua.handle_timeout(&mut self.media, now);
         if self.housekeeping_due().is_some_and(|t| t <= now) {
             self.housekeeping(now);

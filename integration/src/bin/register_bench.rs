@@ -14,12 +14,15 @@
 //! SIPp processes, which share the offered rate. A step is unclean at ≥ 0.1 % failed calls,
 //! retransmissions or unexpected messages, or when a SIPp exits other than 0/1.
 //!
-//! `register_bench --sustain RATE SECS` (issue 16) drives only the gateway: one SIPp step of
-//! SECS seconds at RATE REGISTER/s, the process's RSS sampled every second (before, highest
-//! during, right after, and 40 s later once Timer J has ended every transaction), the
-//! goodput (successful registrations per second), the failed ones (503s under overload), the
-//! retransmissions and the CPU per REGISTER. Offer twice the clean rate to see the overload
-//! control's goodput.
+//! `register_bench --sustain RATE SECS [--double]` (issue 16): one SIPp step of SECS seconds
+//! at RATE REGISTER/s against the gateway and one against Kamailio (the anchor, same run),
+//! each system's memory sampled every second (PSS; for the in-process gateway also VmRSS and
+//! VmHWM): before, highest during, right after, and 40 s later once Timer J has ended every
+//! transaction; the goodput (successful registrations per second), the failed ones (503s
+//! under overload), the retransmissions and the CPU per REGISTER. `--double` adds a step at
+//! twice RATE (order of the systems reversed) during which a phone (an account the load does
+//! not use) registers from its own port, retrying 2 s after each failure; it prints the
+//! goodput at 2x as a share of the goodput at RATE.
 //!
 //! `register_bench --profile CALLS RATE` drives only the gateway (the same accounts, one SIPp
 //! run of CALLS calls at RATE/s) and exits: run it under `valgrind --tool=callgrind` twice with
@@ -28,7 +31,7 @@
 
 use anyhow::{bail, Context, Result};
 use gateway::devices::{DeviceRecord, DeviceStore};
-use gateway::server::Gateway;
+use gateway::server::{Gateway, Transactions};
 use integration::bench::{self, Kamailio, SippStep, Step};
 use statebus::{Eid, LocalBus};
 use std::net::SocketAddr;
@@ -178,6 +181,8 @@ struct Args {
     rates: Vec<u32>,
     profile: Option<(u32, u32)>,
     sustain: Option<(u32, u32)>,
+    /// `--double`: with `--sustain`, a second step at twice the rate, with a phone.
+    double: bool,
 }
 
 fn parse_args(argv: &[String]) -> Result<Args> {
@@ -189,6 +194,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         rates: Vec::new(),
         profile: None,
         sustain: None,
+        double: false,
     };
     let mut it = argv.iter();
     let num = |it: &mut std::slice::Iter<'_, String>, what: &str| -> Result<u32> {
@@ -208,6 +214,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
                 let rate = num(&mut it, "--profile CALLS RATE")?;
                 a.profile = Some((calls, rate));
             }
+            "--double" => a.double = true,
             "--sustain" => {
                 let rate = num(&mut it, "--sustain RATE SECS")?;
                 let secs = num(&mut it, "--sustain RATE SECS")?;
@@ -253,71 +260,323 @@ fn profile(a: &Args, calls: u32, rate: u32) -> Result<()> {
     Ok(())
 }
 
-/// This process's resident set (VmRSS), kB.
-fn rss_kb() -> u64 {
+/// A `VmRSS:`/`VmHWM:` figure of this process's status, kB.
+fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
 }
 
-/// `--sustain RATE SECS`: see the module docs.
-fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let (gw, target) = rt.block_on(start_gateway(a.users, dir.path()))?;
-    let inf = injection_files(a.users, a.sipp, dir.path())?;
-    let before = rss_kb();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
+/// The legitimate phone of a sustained step: an account outside the load's injection files,
+/// registering (REGISTER → 401 → REGISTER → 200) from its own port while the load runs, and
+/// again `Retry-After` (2 s) after each failure, as phones do.
+struct Phone {
+    /// Attempts made, and seconds from the first attempt to the registration (if any).
+    attempts: u32,
+    registered_after: Option<f64>,
+}
+
+fn phone(target: SocketAddr, inf: &Path, dir: &Path, start: Duration, give_up: Duration) -> Phone {
+    let scenario = integration::repo_root().join("integration/sipp/register_load.xml");
+    std::thread::sleep(start);
+    let t0 = std::time::Instant::now();
+    let mut attempts = 0;
+    while t0.elapsed() < give_up {
+        attempts += 1;
+        let ok = (|| -> Result<bool> {
+            let mut args = bench::sipp_base_args(&scenario, integration::free_udp_port());
+            args.insert(2, target.to_string());
+            args.extend(["-inf".into(), inf.display().to_string()]);
+            args.extend(
+                [
+                    "-m",
+                    "1",
+                    "-r",
+                    "1",
+                    "-recv_timeout",
+                    "8000",
+                    "-timeout",
+                    "10s",
+                ]
+                .map(String::from),
+            );
+            let out = std::fs::File::create(dir.join(format!("phone-{attempts}.out")))?;
+            let status = std::process::Command::new(integration::require_binary("sipp")?)
+                .args(&args)
+                .current_dir(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(out)
+                .status()?;
+            Ok(status.success())
+        })()
+        .unwrap_or(false);
+        if ok {
+            return Phone {
+                attempts,
+                registered_after: Some(t0.elapsed().as_secs_f64()),
+            };
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Phone {
+        attempts,
+        registered_after: None,
+    }
+}
+
+/// Memory of a system under test, kB: PSS (shared pages counted once: Kamailio's workers and
+/// shared memory), and for the in-process gateway this process's VmRSS.
+fn memory(pid: u32, children: bool) -> (u64, u64) {
+    let rss = if pid == std::process::id() {
+        status_kb("VmRSS:")
+    } else {
+        0
+    };
+    (bench::pss_kb(pid, children), rss)
+}
+
+/// One sustained step of a system and what its memory did.
+struct Sustained {
+    name: &'static str,
+    step: Step,
+    /// (PSS, VmRSS) kB before, highest during (sampled each second), right after, 40 s later.
+    mem: [(u64, u64); 4],
+    /// The gateway's transactions at the same moments (the peak: when most were completed).
+    txs: Option<[Transactions; 4]>,
+    phone: Option<Phone>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sustain_step(
+    name: &'static str,
+    target: SocketAddr,
+    (pid, children): (u32, bool),
+    gw: Option<&Gateway>,
+    rate: u32,
+    secs: u32,
+    inf: &[PathBuf],
+    phone_inf: Option<&Path>,
+    dir: &Path,
+) -> Result<Sustained> {
+    let txs = || gw.map(Gateway::transactions).unwrap_or_default();
+    let before = memory(pid, children);
+    let tx_before = txs();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (s, peak, tx_peak, phone) = std::thread::scope(|scope| -> Result<_> {
+        let sampler = scope.spawn(|| {
+            let (mut peak, mut tx_peak) = ((0, 0), Transactions::default());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_kb());
+                let (pss, rss) = memory(pid, children);
+                peak = (peak.0.max(pss), peak.1.max(rss));
+                let t = txs();
+                if t.completed >= tx_peak.completed {
+                    tx_peak = t;
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
-            peak
-        })
-    };
-    let s = step(
-        "callfabric",
-        target,
-        (std::process::id(), false),
-        rate,
-        secs,
-        &inf,
-        dir.path(),
-    )?;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.join().unwrap_or(0);
-    let after = rss_kb();
+            (peak, tx_peak)
+        });
+        // The phone starts once the load has built up (10 s) and tries until 15 s before its
+        // end.
+        let phone = phone_inf.map(|inf| {
+            let give_up = Duration::from_secs(u64::from(secs).saturating_sub(25).max(5));
+            scope.spawn(move || phone(target, inf, dir, Duration::from_secs(10), give_up))
+        });
+        let s = step(name, target, (pid, children), rate, secs, inf, dir);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (peak, tx_peak) = sampler.join().unwrap_or_default();
+        let phone = phone.map(|p| {
+            p.join().unwrap_or(Phone {
+                attempts: 0,
+                registered_after: None,
+            })
+        });
+        Ok((s?, peak, tx_peak, phone))
+    })?;
+    let after = memory(pid, children);
+    let tx_after = txs();
     std::thread::sleep(Duration::from_secs(40));
-    let later = rss_kb();
-    bench::print_step(1, "callfabric", "REGISTERs", &s);
+    let later = memory(pid, children);
+    let tx_later = txs();
+    Ok(Sustained {
+        name,
+        step: s,
+        mem: [before, peak, after, later],
+        txs: gw.map(|_| [tx_before, tx_peak, tx_after, tx_later]),
+        phone,
+    })
+}
+
+fn print_sustained(users: u32, r: &Sustained) {
+    let s = &r.step;
+    bench::print_step(1, r.name, "REGISTERs", s);
     let cpu = s.sut_cpu.unwrap_or(0.0);
     println!(
-        "sustain: offered {rate}/s for {secs} s ({} accounts): goodput {:.0} registrations/s ({} ok, {} failed (503s under overload), {} retransmissions); CPU {:.0} µs per successful REGISTER, {:.2} cores; load {}",
-        a.users,
+        "  {}: offered {}/s for {:.0} s ({users} accounts): goodput {:.0} registrations/s ({} ok, {} failed, {} retransmissions, {} unexpected); CPU {:.0} µs per successful REGISTER pair, {:.2} cores; load {}",
+        r.name,
+        s.rate,
+        s.busy_secs,
         s.ok as f64 / s.busy_secs.max(0.001),
         s.ok,
         s.failed,
         s.retransmissions,
+        s.stray,
         cpu * 1e6 / s.ok.max(1) as f64,
         cpu / s.wall_secs.max(0.001),
+        s.load
+    );
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let [b, p, a, l] = r.mem;
+    println!(
+        "  {}: PSS {:.1} MB before, {:.1} MB highest during, {:.1} MB right after, {:.1} MB 40 s later",
+        r.name,
+        mb(b.0),
+        mb(p.0),
+        mb(a.0),
+        mb(l.0)
+    );
+    if b.1 > 0 {
+        println!(
+            "  {}: VmRSS {:.1} MB before, {:.1} MB highest during, {:.1} MB right after, {:.1} MB 40 s later (Timer J over); VmHWM {:.1} MB",
+            r.name,
+            mb(b.1),
+            mb(p.1),
+            mb(a.1),
+            mb(l.1),
+            mb(status_kb("VmHWM:"))
+        );
+    }
+    if let Some(t) = &r.txs {
+        let f = |t: &Transactions| {
+            format!(
+                "{} live + {} completed (table capacity {})",
+                t.live, t.completed, t.completed_capacity
+            )
+        };
+        println!(
+            "  {}: transactions: {} before, {} at the peak, {} right after, {} 40 s later",
+            r.name,
+            f(&t[0]),
+            f(&t[1]),
+            f(&t[2]),
+            f(&t[3])
+        );
+    }
+    if let Some(ph) = &r.phone {
+        match ph.registered_after {
+            Some(t) => println!(
+                "  {}: the phone registered after {t:.1} s, attempt {}",
+                r.name, ph.attempts
+            ),
+            None => println!(
+                "  {}: the phone did NOT register ({} attempts)",
+                r.name, ph.attempts
+            ),
+        }
+    }
+}
+
+/// `--sustain RATE SECS`: see the module docs.
+fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("register_bench-")
+        .tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    // One more account than the load uses: the phone's.
+    let phone_user = FIRST_USER + a.users;
+    let (gw, gw_target) = rt.block_on(start_gateway(a.users + 1, dir.path()))?;
+    let k_target = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
+    let kam = Kamailio::start(
+        &kamailio_cfg(k_target.port(), a.users + 1),
+        k_target,
+        dir.path(),
+    )?;
+    let k_pid = kam.pid().context("kamailio has no pid")?;
+    let inf = injection_files(a.users, a.sipp, dir.path())?;
+    let phone_inf = dir.path().join("phone.csv");
+    std::fs::write(
+        &phone_inf,
+        format!("SEQUENTIAL\n{phone_user};{}\n", password(phone_user)),
+    )?;
+    let mut rates = vec![rate];
+    if a.double {
+        rates.push(rate.saturating_mul(2));
+    }
+    println!(
+        "register_bench --sustain: {} accounts over {} SIPp processes, {secs} s per step at {rates:?} REGISTER/s, \
+         callfabric (in this process, SQLite) and kamailio (children={}) alternated; {} cores, load {}",
+        a.users,
+        a.sipp,
+        bench::cores(),
+        bench::cores(),
         bench::loadavg()
     );
+    let mut results = Vec::new();
+    for (i, &r) in rates.iter().enumerate() {
+        // The phone only at twice the rate (the overload step).
+        let ph = (i == 1).then_some(phone_inf.as_path());
+        let mut order = [0, 1];
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for sys in order {
+            let res = if sys == 0 {
+                sustain_step(
+                    "callfabric",
+                    gw_target,
+                    (std::process::id(), false),
+                    Some(&gw),
+                    r,
+                    secs,
+                    &inf,
+                    ph,
+                    dir.path(),
+                )?
+            } else {
+                sustain_step(
+                    "kamailio",
+                    kam.addr(),
+                    (k_pid, true),
+                    None,
+                    r,
+                    secs,
+                    &inf,
+                    ph,
+                    dir.path(),
+                )?
+            };
+            print_sustained(a.users, &res);
+            results.push((i, res));
+        }
+    }
+    if a.double {
+        for name in ["callfabric", "kamailio"] {
+            let good = |i| {
+                results
+                    .iter()
+                    .find(|(j, r)| *j == i && r.name == name)
+                    .map(|(_, r)| r.step.ok as f64 / r.step.busy_secs.max(0.001))
+                    .unwrap_or(0.0)
+            };
+            println!(
+                "{name}: goodput at {}/s offered = {:.0} % of goodput at {rate}/s",
+                rate.saturating_mul(2),
+                100.0 * good(1) / good(0).max(0.001)
+            );
+        }
+    }
+    let (c, _) = gw.overload();
     println!(
-        "RSS: {:.1} MB before, {:.1} MB highest during, {:.1} MB right after, {:.1} MB 40 s later (Timer J over)",
-        before as f64 / 1024.0,
-        peak as f64 / 1024.0,
-        after as f64 / 1024.0,
-        later as f64 / 1024.0
+        "callfabric overload control: {} admitted, {} refused (503), {} low-value dropped, {} retransmissions dropped",
+        c.admitted, c.rejected, c.dropped_low, c.dropped_retransmissions
     );
+    println!("load at the end: {}", bench::loadavg());
     gw.stop();
     Ok(())
 }
