@@ -137,6 +137,17 @@ pub struct LegStats {
     pub payload_types_seen: Vec<u8>,
 }
 
+/// The most relay threads a relay runs ([`MediaRelay::with_threads`] caps its argument).
+pub const MAX_RELAY_THREADS: usize = 256;
+
+/// One relay thread per core: [`std::thread::available_parallelism`], 1 if unknown (the
+/// default the binary applies to `rtp_threads`).
+pub fn relay_threads_per_core() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_RELAY_THREADS)
+}
+
 /// The RTP relay: hands out legs from a port range. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct MediaRelay {
@@ -145,7 +156,11 @@ pub struct MediaRelay {
 
 #[derive(Debug)]
 struct RelayInner {
+    /// Process-unique, so a leg of another relay is never placed by its thread index here.
+    id: u64,
     config: RelayConfig,
+    /// The port range and, under the same lock, the choice of a thread for a new leg (so two
+    /// legs opened at once see each other's count).
     ports: Arc<Mutex<PortAllocator>>,
     next_id: AtomicU64,
     /// The relay's own threads, each with a single-thread runtime, and the legs open on each
@@ -159,6 +174,38 @@ struct RelayThread {
     legs: Arc<AtomicUsize>,
 }
 
+/// One open leg counted on its thread, until dropped (when the leg's task ends, or when the
+/// leg could not be opened after all).
+#[derive(Debug)]
+struct ThreadSlot(Arc<AtomicUsize>);
+
+impl ThreadSlot {
+    fn take(legs: &Arc<AtomicUsize>) -> ThreadSlot {
+        legs.fetch_add(1, Ordering::Relaxed);
+        ThreadSlot(legs.clone())
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The thread for a new leg: `beside`'s (a leg of this relay on thread `beside`), else the
+/// one with the fewest open legs (the first of them on a tie). `None` without threads.
+fn pick_thread(loads: &[usize], beside: Option<usize>) -> Option<usize> {
+    beside.filter(|&i| i < loads.len()).or_else(|| {
+        loads
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, n)| *n)
+            .map(|(i, _)| i)
+    })
+}
+
+static NEXT_RELAY_ID: AtomicU64 = AtomicU64::new(1);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a few plain assignments: a panic cannot leave them half done.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -169,36 +216,45 @@ fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl MediaRelay {
-    /// A relay for `config`; errors when the port range holds no pair.
+    /// A relay for `config` whose legs run on the caller's runtime; errors when the port range
+    /// holds no pair.
     pub fn new(config: RelayConfig) -> Result<Self, MediaError> {
+        Self::build(config, Vec::new())
+    }
+
+    fn build(config: RelayConfig, threads: Vec<RelayThread>) -> Result<Self, MediaError> {
         let ports = PortAllocator::new(config.port_min, config.port_max)?;
         Ok(MediaRelay {
             inner: Arc::new(RelayInner {
+                id: NEXT_RELAY_ID.fetch_add(1, Ordering::Relaxed),
                 config,
                 ports: Arc::new(Mutex::new(ports)),
                 next_id: AtomicU64::new(1),
-                threads: Vec::new(),
+                threads,
             }),
         })
     }
 
-    /// [`MediaRelay::with_threads`] with one thread per core (issue 16: one thread
-    /// saturated at 1,000 streams).
+    /// [`MediaRelay::with_threads`] with one thread per core ([`relay_threads_per_core`];
+    /// issue 16: one thread saturated at 1,000 streams).
     pub fn per_core(config: RelayConfig) -> Result<Self, MediaError> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_threads(config, cores)
+        Self::with_threads(config, relay_threads_per_core())
     }
 
-    /// A relay whose legs run on `threads` dedicated threads (at least one), each with its
-    /// own single-thread tokio runtime, instead of the caller's runtime: every packet is
-    /// handled where it is received, without waking another worker thread. A new leg goes to
-    /// the thread with the fewest open legs, so streams spread over the threads; the two legs
-    /// of a bridge may run on different threads (a leg forwards by sending on its peer's
-    /// socket, which needs no hand-over). The threads live as long as the process.
+    /// A relay whose legs run on `threads` dedicated threads (1 to [`MAX_RELAY_THREADS`];
+    /// outside that, the nearest bound), each with its own single-thread tokio runtime,
+    /// instead of the caller's runtime: every packet is handled where it is received,
+    /// without waking another worker thread. A new leg goes to the thread with the fewest
+    /// open legs, so streams spread over the threads; [`MediaRelay::leg_pair`] and
+    /// [`MediaRelay::leg_beside`] put the legs of one stream on one thread, so a bridge's
+    /// packets never cross cores (its legs touch each other's sockets and counters on every
+    /// packet). Legs on different threads still bridge (a leg forwards by sending on its
+    /// peer's socket, which needs no hand-over). The threads live as long as the process.
     pub fn with_threads(config: RelayConfig, threads: usize) -> Result<Self, MediaError> {
-        let ports = PortAllocator::new(config.port_min, config.port_max)?;
+        // The port range first: a bad one must not leave threads behind.
+        PortAllocator::new(config.port_min, config.port_max)?;
         let mut all = Vec::new();
-        for i in 0..threads.max(1) {
+        for i in 0..threads.clamp(1, MAX_RELAY_THREADS) {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -211,14 +267,7 @@ impl MediaRelay {
                 legs: Arc::new(AtomicUsize::new(0)),
             });
         }
-        Ok(MediaRelay {
-            inner: Arc::new(RelayInner {
-                config,
-                ports: Arc::new(Mutex::new(ports)),
-                next_id: AtomicU64::new(1),
-                threads: all,
-            }),
-        })
+        Self::build(config, all)
     }
 
     /// Open legs on each of the relay's own threads (empty without own threads).
@@ -258,26 +307,64 @@ impl MediaRelay {
     }
 
     /// [`MediaRelay::leg`] for synchronous callers (binding does not wait); it must run where
-    /// a tokio runtime is current, else it fails with [`MediaError::NoRuntime`].
+    /// a tokio runtime is current or the relay has its own threads, else it fails with
+    /// [`MediaError::NoRuntime`]. On the least loaded of the relay's threads.
     pub fn leg_now(&self) -> Result<Leg, MediaError> {
-        // The least loaded of the relay's threads, or the caller's runtime.
-        let thread = self
-            .inner
-            .threads
-            .iter()
-            .min_by_key(|t| t.legs.load(Ordering::Relaxed));
-        let runtime = match thread {
-            Some(t) => t.runtime.clone(),
-            None => tokio::runtime::Handle::try_current().map_err(|_| MediaError::NoRuntime)?,
-        };
-        let _entered = runtime.enter();
+        self.open(None)
+    }
+
+    /// A leg on the same thread as `other` (the other leg of the stream it will be bridged
+    /// with), so the bridge's packets stay on one core; as [`MediaRelay::leg_now`] when
+    /// `other` is not a leg of this relay or the relay has no threads of its own.
+    pub fn leg_beside(&self, other: &Leg) -> Result<Leg, MediaError> {
+        self.open(Some(other))
+    }
+
+    /// The two legs of one stream (a call's caller and callee sides), on one thread: the
+    /// least loaded one.
+    pub fn leg_pair(&self) -> Result<(Leg, Leg), MediaError> {
+        let a = self.open(None)?;
+        let b = self.open(Some(&a))?;
+        Ok((a, b))
+    }
+
+    /// The relay thread `leg` runs on (an index below [`MediaRelay::legs_per_thread`]'s
+    /// length); `None` for a leg on the caller's runtime or of another relay.
+    pub fn thread_of(&self, leg: &Leg) -> Option<usize> {
+        let s = leg.shared();
+        s.thread.filter(|_| s.relay == self.inner.id)
+    }
+
+    fn open(&self, beside: Option<&Leg>) -> Result<Leg, MediaError> {
         let cfg = &self.inner.config;
         let ip = cfg.bind_ip;
-        let (port, (rtp, rtcp)) = lock(&self.inner.ports).allocate(|p| bind_pair(ip, p))?;
-        let lease = PortLease {
-            ports: self.inner.ports.clone(),
-            port,
+        let beside = beside.and_then(|l| self.thread_of(l));
+        let runtime = match self.inner.threads.is_empty() {
+            true => Some(tokio::runtime::Handle::try_current().map_err(|_| MediaError::NoRuntime)?),
+            false => None,
         };
+        // Sockets drop before the lease (declared after it), so the ports are closed before the
+        // pair is released on any error below.
+        let (thread, slot, lease, rtp, rtcp) = {
+            let mut ports = lock(&self.inner.ports);
+            // Chosen and counted under the lock: legs opened at once spread too.
+            let loads = self.legs_per_thread();
+            let thread = pick_thread(&loads, beside);
+            let slot = thread.map(|i| ThreadSlot::take(&self.inner.threads[i].legs));
+            let (port, (rtp, rtcp)) = ports.allocate(|p| bind_pair(ip, p))?;
+            let lease = PortLease {
+                ports: self.inner.ports.clone(),
+                port,
+            };
+            (thread, slot, lease, rtp, rtcp)
+        };
+        let runtime = match (thread, runtime) {
+            (Some(i), _) => self.inner.threads[i].runtime.clone(),
+            (None, Some(current)) => current,
+            (None, None) => return Err(MediaError::NoRuntime),
+        };
+        let _entered = runtime.enter();
+        let port = lease.port;
         let sockets = Sockets {
             rtp_nowait: rtp.try_clone()?,
             rtp: UdpSocket::from_std(rtp)?,
@@ -286,6 +373,8 @@ impl MediaRelay {
         };
         let shared = Arc::new(LegShared {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            relay: self.inner.id,
+            thread,
             local_rtp: SocketAddr::new(cfg.advertised_ip, port),
             local_rtcp: SocketAddr::new(cfg.advertised_ip, port.saturating_add(1)),
             sockets,
@@ -306,21 +395,13 @@ impl MediaRelay {
             last_ssrc: AtomicU64::new(0),
         });
         let (close_tx, close_rx) = watch::channel(false);
-        match thread {
-            Some(t) => {
-                let legs = t.legs.clone();
-                legs.fetch_add(1, Ordering::Relaxed);
-                let task = run(shared.clone(), close_rx);
-                runtime.spawn(async move {
-                    task.await;
-                    legs.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            None => {
-                runtime.spawn(run(shared.clone(), close_rx));
-            }
-        }
-        tracing::debug!(leg = shared.id, port, "media leg opened");
+        let task = run(shared.clone(), close_rx);
+        runtime.spawn(async move {
+            task.await;
+            // The leg no longer counts on its thread once its task has ended.
+            drop(slot);
+        });
+        tracing::debug!(leg = shared.id, port, ?thread, "media leg opened");
         Ok(Leg {
             inner: Arc::new(LegHandle {
                 shared,
@@ -405,6 +486,9 @@ struct Counters {
 #[derive(Debug)]
 struct LegShared {
     id: u64,
+    /// The relay that opened it ([`RelayInner::id`]) and the index of its thread there.
+    relay: u64,
+    thread: Option<usize>,
     local_rtp: SocketAddr,
     local_rtcp: SocketAddr,
     sockets: Sockets,
@@ -952,6 +1036,51 @@ impl Task {
             Err(e) => {
                 tracing::debug!(leg = shared.id, peer = peer.id, %dest, error = %e, "relay send failed");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::pick_thread;
+
+    #[test]
+    fn a_new_leg_goes_to_the_least_loaded_thread_the_first_on_a_tie() {
+        assert_eq!(
+            pick_thread(&[], None),
+            None,
+            "no threads: the caller's runtime"
+        );
+        assert_eq!(pick_thread(&[], Some(0)), None);
+        assert_eq!(pick_thread(&[0, 0, 0], None), Some(0));
+        assert_eq!(pick_thread(&[3, 1, 2], None), Some(1));
+        assert_eq!(pick_thread(&[2, 4, 2], None), Some(0));
+    }
+
+    #[test]
+    fn a_leg_beside_another_goes_to_its_thread_however_loaded() {
+        assert_eq!(pick_thread(&[9, 0], Some(0)), Some(0));
+        assert_eq!(pick_thread(&[0, 9], Some(1)), Some(1));
+        // An index this relay does not have (never happens: thread_of checks the relay).
+        assert_eq!(pick_thread(&[5, 0], Some(2)), Some(1));
+    }
+
+    /// Opening legs one after the other with the rule keeps the threads within one leg of
+    /// each other, and pairs (two legs on one thread) within one pair.
+    #[test]
+    fn pairs_spread_evenly() {
+        for threads in 1..=8 {
+            let mut loads = vec![0usize; threads];
+            for _ in 0..1000 {
+                let a = pick_thread(&loads, None).expect("a thread");
+                loads[a] += 1;
+                let b = pick_thread(&loads, Some(a)).expect("a thread");
+                assert_eq!(a, b);
+                loads[b] += 1;
+                let (min, max) = (loads.iter().min(), loads.iter().max());
+                assert!(max.zip(min).is_some_and(|(x, n)| x - n <= 2), "{loads:?}");
+            }
+            assert_eq!(loads.iter().sum::<usize>(), 2000);
         }
     }
 }
