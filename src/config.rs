@@ -10,6 +10,8 @@ use std::time::Duration;
 
 mod fabric;
 mod overload;
+
+mod relay_threads;
 mod security;
 pub use security::check_device_credentials;
 mod spy;
@@ -127,6 +129,8 @@ pub struct AcdSection {
     pub media_ip: Option<String>,
     /// RTP port range, `"30000-30999"`.
     pub rtp_ports: Option<String>,
+    /// Relay threads (default: one per core).
+    pub rtp_threads: Option<i64>,
     pub t1_ms: Option<u64>,
     /// SIP OPTIONS keep-alives to each gateway: one every this many ms, pipelined (default
     /// 100)…
@@ -226,6 +230,8 @@ pub struct GatewaySection {
     pub rtp_ip: Option<String>,
     /// RTP port range, `"20000-29999"`.
     pub rtp_ports: Option<String>,
+    /// Relay threads (default: one per core): a call's two legs share one, calls spread.
+    pub rtp_threads: Option<i64>,
     /// Hang up a call after this long without RTP (0: never).
     pub media_timeout_secs: Option<f64>,
     /// Session timers (RFC 4028): Session-Expires asked of callees and granted to callers
@@ -812,6 +818,7 @@ impl Loaded {
             None => (20000, 29999),
             Some(r) => self.port_range("gateway", "rtp_ports", r)?,
         };
+        let rtp_threads = self.rtp_threads("gateway", g.rtp_threads)?;
         let mut trunks: Vec<gateway::server::TrunkConfig> = Vec::new();
         for (n, t) in g.trunk.iter().enumerate() {
             let (address, domain) = match t.address.parse::<std::net::SocketAddr>() {
@@ -941,6 +948,7 @@ impl Loaded {
             node: self.config.node.name.clone(),
             rtp_ip,
             rtp_ports,
+            rtp_threads,
             media_timeout: match g.media_timeout_secs {
                 Some(0.0) => None,
                 v => Some(secs(v, "media_timeout_secs", 30.0)?),
@@ -1076,6 +1084,7 @@ impl Loaded {
             None => (30000, 39999),
             Some(r) => self.port_range("acd", "rtp_ports", r)?,
         };
+        let rtp_threads = self.rtp_threads("acd", a.rtp_threads)?;
         let mut gateways = Vec::new();
         for (n, g) in a.gateway.iter().enumerate() {
             let address = g.address.parse().map_err(|_| {
@@ -1173,6 +1182,7 @@ impl Loaded {
             udp,
             media_ip,
             rtp_ports,
+            rtp_threads,
             t1: self.t1("acd", a.t1_ms)?,
             engine,
             numbers: a.numbers.clone().into_iter().collect(),

@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub media_ip: IpAddr,
     /// RTP port range.
     pub rtp_ports: (u16, u16),
+    /// Relay threads (1 to `media::MAX_RELAY_THREADS`); a caller's and its agent's legs share
+    /// one. The binary's default: one per core (`media::relay_threads_per_core`).
+    pub rtp_threads: usize,
     /// SIP T1.
     pub t1: Duration,
     /// Queues, members, rules.
@@ -154,12 +157,10 @@ impl AcdNode {
     /// and starts serving.
     pub async fn start(cfg: NodeConfig, bus: Arc<dyn Bus>) -> Result<AcdNode, NodeError> {
         let (transports, events, local) = Transports::bind_udp(cfg.udp).await?;
-        let relay = MediaRelay::per_core(RelayConfig::new(
-            cfg.media_ip,
-            cfg.media_ip,
-            cfg.rtp_ports.0,
-            cfg.rtp_ports.1,
-        ))?;
+        let relay = MediaRelay::with_threads(
+            RelayConfig::new(cfg.media_ip, cfg.media_ip, cfg.rtp_ports.0, cfg.rtp_ports.1),
+            cfg.rtp_threads,
+        )?;
         let log = match &cfg.queue_log {
             Some(p) => Some(
                 std::fs::OpenOptions::new()

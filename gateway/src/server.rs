@@ -166,12 +166,10 @@ impl Gateway {
             t1: cfg.t1,
             ..tx::Config::default()
         };
-        let relay = MediaRelay::per_core(RelayConfig::new(
-            cfg.rtp_ip,
-            cfg.rtp_ip,
-            cfg.rtp_ports.0,
-            cfg.rtp_ports.1,
-        ))?;
+        let relay = MediaRelay::with_threads(
+            RelayConfig::new(cfg.rtp_ip, cfg.rtp_ip, cfg.rtp_ports.0, cfg.rtp_ports.1),
+            cfg.rtp_threads,
+        )?;
         let (gw_events, _) = tokio::sync::broadcast::channel(1024);
         let b2bua = B2bua::new(b2bua::Config {
             t1: cfg.t1,

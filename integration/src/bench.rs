@@ -904,6 +904,7 @@ pub fn gateway_config(
         node: "bench".into(),
         rtp_ip: udp.ip(),
         rtp_ports: (20000, 20999),
+        rtp_threads: media::relay_threads_per_core(),
         media_timeout: None,
         session_expires: None,
         session_min_se: std::time::Duration::from_secs(90),

@@ -137,7 +137,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             codec,
         });
         let leg = self.new_leg();
-        let Some(local_rtp) = self.media.open(leg) else {
+        // On the agent's relay thread: the two legs are bridged when the caller answers.
+        let Some(local_rtp) = self.media.open_beside(leg, agent_leg) else {
             warn!("no media port for a call back");
             return self.callback_failed(n, "503");
         };

@@ -133,6 +133,11 @@ pub struct LegId(pub u64);
 pub trait Media {
     /// Opens leg `leg`; the local RTP address to put in our SDP, `None` when no port is left.
     fn open(&mut self, leg: LegId) -> Option<SocketAddr>;
+    /// [`Media::open`] for a leg that will be bridged with `beside` (an agent's leg with its
+    /// caller's): a relay with several threads runs both on one.
+    fn open_beside(&mut self, leg: LegId, _beside: LegId) -> Option<SocketAddr> {
+        self.open(leg)
+    }
     /// Where the leg's far end receives RTP (and RTCP).
     fn set_remote(&mut self, leg: LegId, rtp: SocketAddr, rtcp: Option<SocketAddr>);
     /// Relays between two legs; false if it could not.
@@ -1242,7 +1247,12 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             .unwrap_or(interface)
             .to_owned();
         let leg = self.new_leg();
-        let Some(local_rtp) = self.media.open(leg) else {
+        // On the caller's relay thread: the two legs are bridged when the agent answers.
+        let opened = match self.callers.get(&n).map(|c| c.leg) {
+            Some(caller_leg) => self.media.open_beside(leg, caller_leg),
+            None => self.media.open(leg),
+        };
+        let Some(local_rtp) = opened else {
             warn!("no media port for an agent");
             return self.not_placed(id, now);
         };

@@ -30,6 +30,8 @@ struct FakeMedia {
     remotes: Vec<(LegId, SocketAddr)>,
     bridged: Vec<(LegId, LegId)>,
     exhausted: bool,
+    /// (leg, the leg it was opened beside).
+    beside: Vec<(LegId, LegId)>,
 }
 
 impl Media for FakeMedia {
@@ -40,6 +42,10 @@ impl Media for FakeMedia {
         self.open.push(leg);
         let port = 20000 + 2 * u16::try_from(leg.0).unwrap_or(0);
         Some(SocketAddr::new(addr(LOCAL).ip(), port))
+    }
+    fn open_beside(&mut self, leg: LegId, beside: LegId) -> Option<SocketAddr> {
+        self.beside.push((leg, beside));
+        self.open(leg)
     }
     fn set_remote(&mut self, leg: LegId, rtp: SocketAddr, _: Option<SocketAddr>) {
         self.remotes.push((leg, rtp));
@@ -670,6 +676,11 @@ fn offer_answer_and_bridge() {
     let media = rig.core.media();
     let (caller_leg, agent_leg) = (media.open[0], media.open[1]);
     assert_eq!(media.bridged, [(caller_leg, agent_leg)]);
+    assert_eq!(
+        media.beside,
+        [(agent_leg, caller_leg)],
+        "the agent's leg opened on the caller's relay thread"
+    );
     assert!(media.remotes.contains(&(agent_leg, addr("10.0.0.99:6000"))));
     assert!(rig.outs.contains(&Output::StopMedia { leg: caller_leg }));
     // A retransmitted 200 is ACKed again but connects nothing new.
@@ -1593,6 +1604,10 @@ fn callback_keeps_the_place_calls_back_once_the_agent_answered_and_bridges() {
     assert_eq!(rig.sent_in(Method::Ack, &call_id(&back.headers)).len(), 1);
     let back_leg = rig.core.media().open[3];
     assert_eq!(rig.core.media().bridged, [(back_leg, agent_leg)]);
+    assert!(
+        rig.core.media().beside.contains(&(back_leg, agent_leg)),
+        "the call-back leg opened on the agent's relay thread"
+    );
     assert!(rig.outs.contains(&Output::StopMedia { leg: agent_leg }));
     let cb = rig.log("CALLBACK");
     assert_eq!(cb.len(), 1);

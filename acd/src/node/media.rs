@@ -91,15 +91,13 @@ impl RelayMedia {
         }
     }
 
-    /// Stops the script of `leg` (dropping its sender ends it).
-    pub(super) fn stop(&mut self, leg: LegId) {
-        self.scripts.remove(&leg);
-    }
-}
-
-impl Media for RelayMedia {
-    fn open(&mut self, leg: LegId) -> Option<SocketAddr> {
-        match self.relay.leg_now() {
+    /// Opens `leg` on the relay, on `beside`'s relay thread if that leg is open.
+    fn open_on(&mut self, leg: LegId, beside: Option<LegId>) -> Option<SocketAddr> {
+        let opened = match beside.and_then(|b| self.legs.get(&b)) {
+            Some(other) => self.relay.leg_beside(other),
+            None => self.relay.leg_now(),
+        };
+        match opened {
             Ok(l) => {
                 let addr = l.local_rtp();
                 self.legs.insert(leg, l);
@@ -110,6 +108,21 @@ impl Media for RelayMedia {
                 None
             }
         }
+    }
+
+    /// Stops the script of `leg` (dropping its sender ends it).
+    pub(super) fn stop(&mut self, leg: LegId) {
+        self.scripts.remove(&leg);
+    }
+}
+
+impl Media for RelayMedia {
+    fn open(&mut self, leg: LegId) -> Option<SocketAddr> {
+        self.open_on(leg, None)
+    }
+
+    fn open_beside(&mut self, leg: LegId, beside: LegId) -> Option<SocketAddr> {
+        self.open_on(leg, Some(beside))
     }
 
     fn set_remote(&mut self, leg: LegId, rtp: SocketAddr, rtcp: Option<SocketAddr>) {

@@ -40,7 +40,8 @@ use std::io;
 pub use latch::{Latch, LatchVerdict, DEFAULT_RELATCH_SILENCE};
 pub use ports::PortAllocator;
 pub use relay::{
-    bridge, unbridge, Leg, LegStats, MediaRelay, RelayConfig, MAX_PACKET_SIZE, SUBSCRIBER_CAPACITY,
+    bridge, relay_threads_per_core, unbridge, Leg, LegStats, MediaRelay, RelayConfig,
+    MAX_PACKET_SIZE, MAX_RELAY_THREADS, SUBSCRIBER_CAPACITY,
 };
 pub use stats::{RtpStats, SeqVerdict, DEFAULT_CLOCK_RATE};
 

@@ -8,6 +8,10 @@
 //! out of B's socket to B's destination straight from A's task. Nothing is allocated and no
 //! lock is taken per packet in the steady state:
 //!
+//! * sockets are registered with the reactor for reading only and sends never wait (a full
+//!   send buffer drops the packet): registered for writing too, each packet sent came back as
+//!   a write-space event when the kernel freed it (1.8 epoll events per relayed packet
+//!   instead of 1.0, issue 16);
 //! * configuration shared with the handles (the SDP address, the bridge peer, the peer's
 //!   destination) sits behind mutexes, each paired with a generation counter; the task keeps
 //!   a copy and only locks when the counter moved (a `set_remote`, `bridge`, a re-latch);
@@ -44,7 +48,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use rtp_rs::RtpReader;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::watch;
 
@@ -137,6 +142,17 @@ pub struct LegStats {
     pub payload_types_seen: Vec<u8>,
 }
 
+/// The most relay threads a relay runs ([`MediaRelay::with_threads`] caps its argument).
+pub const MAX_RELAY_THREADS: usize = 256;
+
+/// One relay thread per core: [`std::thread::available_parallelism`], 1 if unknown (the
+/// default the binary applies to `rtp_threads`).
+pub fn relay_threads_per_core() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_RELAY_THREADS)
+}
+
 /// The RTP relay: hands out legs from a port range. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct MediaRelay {
@@ -145,7 +161,11 @@ pub struct MediaRelay {
 
 #[derive(Debug)]
 struct RelayInner {
+    /// Process-unique, so a leg of another relay is never placed by its thread index here.
+    id: u64,
     config: RelayConfig,
+    /// The port range and, under the same lock, the choice of a thread for a new leg (so two
+    /// legs opened at once see each other's count).
     ports: Arc<Mutex<PortAllocator>>,
     next_id: AtomicU64,
     /// The relay's own threads, each with a single-thread runtime, and the legs open on each
@@ -159,6 +179,38 @@ struct RelayThread {
     legs: Arc<AtomicUsize>,
 }
 
+/// One open leg counted on its thread, until dropped (when the leg's task ends, or when the
+/// leg could not be opened after all).
+#[derive(Debug)]
+struct ThreadSlot(Arc<AtomicUsize>);
+
+impl ThreadSlot {
+    fn take(legs: &Arc<AtomicUsize>) -> ThreadSlot {
+        legs.fetch_add(1, Ordering::Relaxed);
+        ThreadSlot(legs.clone())
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The thread for a new leg: `beside`'s (a leg of this relay on thread `beside`), else the
+/// one with the fewest open legs (the first of them on a tie). `None` without threads.
+fn pick_thread(loads: &[usize], beside: Option<usize>) -> Option<usize> {
+    beside.filter(|&i| i < loads.len()).or_else(|| {
+        loads
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, n)| *n)
+            .map(|(i, _)| i)
+    })
+}
+
+static NEXT_RELAY_ID: AtomicU64 = AtomicU64::new(1);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a few plain assignments: a panic cannot leave them half done.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -169,36 +221,45 @@ fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl MediaRelay {
-    /// A relay for `config`; errors when the port range holds no pair.
+    /// A relay for `config` whose legs run on the caller's runtime; errors when the port range
+    /// holds no pair.
     pub fn new(config: RelayConfig) -> Result<Self, MediaError> {
+        Self::build(config, Vec::new())
+    }
+
+    fn build(config: RelayConfig, threads: Vec<RelayThread>) -> Result<Self, MediaError> {
         let ports = PortAllocator::new(config.port_min, config.port_max)?;
         Ok(MediaRelay {
             inner: Arc::new(RelayInner {
+                id: NEXT_RELAY_ID.fetch_add(1, Ordering::Relaxed),
                 config,
                 ports: Arc::new(Mutex::new(ports)),
                 next_id: AtomicU64::new(1),
-                threads: Vec::new(),
+                threads,
             }),
         })
     }
 
-    /// [`MediaRelay::with_threads`] with one thread per core (issue 16: one thread
-    /// saturated at 1,000 streams).
+    /// [`MediaRelay::with_threads`] with one thread per core ([`relay_threads_per_core`];
+    /// issue 16: one thread saturated at 1,000 streams).
     pub fn per_core(config: RelayConfig) -> Result<Self, MediaError> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_threads(config, cores)
+        Self::with_threads(config, relay_threads_per_core())
     }
 
-    /// A relay whose legs run on `threads` dedicated threads (at least one), each with its
-    /// own single-thread tokio runtime, instead of the caller's runtime: every packet is
-    /// handled where it is received, without waking another worker thread. A new leg goes to
-    /// the thread with the fewest open legs, so streams spread over the threads; the two legs
-    /// of a bridge may run on different threads (a leg forwards by sending on its peer's
-    /// socket, which needs no hand-over). The threads live as long as the process.
+    /// A relay whose legs run on `threads` dedicated threads (1 to [`MAX_RELAY_THREADS`];
+    /// outside that, the nearest bound), each with its own single-thread tokio runtime,
+    /// instead of the caller's runtime: every packet is handled where it is received,
+    /// without waking another worker thread. A new leg goes to the thread with the fewest
+    /// open legs, so streams spread over the threads; [`MediaRelay::leg_pair`] and
+    /// [`MediaRelay::leg_beside`] put the legs of one stream on one thread, so a bridge's
+    /// packets never cross cores (its legs touch each other's sockets and counters on every
+    /// packet). Legs on different threads still bridge (a leg forwards by sending on its
+    /// peer's socket, which needs no hand-over). The threads live as long as the process.
     pub fn with_threads(config: RelayConfig, threads: usize) -> Result<Self, MediaError> {
-        let ports = PortAllocator::new(config.port_min, config.port_max)?;
+        // The port range first: a bad one must not leave threads behind.
+        PortAllocator::new(config.port_min, config.port_max)?;
         let mut all = Vec::new();
-        for i in 0..threads.max(1) {
+        for i in 0..threads.clamp(1, MAX_RELAY_THREADS) {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -211,14 +272,7 @@ impl MediaRelay {
                 legs: Arc::new(AtomicUsize::new(0)),
             });
         }
-        Ok(MediaRelay {
-            inner: Arc::new(RelayInner {
-                config,
-                ports: Arc::new(Mutex::new(ports)),
-                next_id: AtomicU64::new(1),
-                threads: all,
-            }),
-        })
+        Self::build(config, all)
     }
 
     /// Open legs on each of the relay's own threads (empty without own threads).
@@ -258,34 +312,73 @@ impl MediaRelay {
     }
 
     /// [`MediaRelay::leg`] for synchronous callers (binding does not wait); it must run where
-    /// a tokio runtime is current, else it fails with [`MediaError::NoRuntime`].
+    /// a tokio runtime is current or the relay has its own threads, else it fails with
+    /// [`MediaError::NoRuntime`]. On the least loaded of the relay's threads.
     pub fn leg_now(&self) -> Result<Leg, MediaError> {
-        // The least loaded of the relay's threads, or the caller's runtime.
-        let thread = self
-            .inner
-            .threads
-            .iter()
-            .min_by_key(|t| t.legs.load(Ordering::Relaxed));
-        let runtime = match thread {
-            Some(t) => t.runtime.clone(),
-            None => tokio::runtime::Handle::try_current().map_err(|_| MediaError::NoRuntime)?,
-        };
-        let _entered = runtime.enter();
+        self.open(None)
+    }
+
+    /// A leg on the same thread as `other` (the other leg of the stream it will be bridged
+    /// with), so the bridge's packets stay on one core; as [`MediaRelay::leg_now`] when
+    /// `other` is not a leg of this relay or the relay has no threads of its own.
+    pub fn leg_beside(&self, other: &Leg) -> Result<Leg, MediaError> {
+        self.open(Some(other))
+    }
+
+    /// The two legs of one stream (a call's caller and callee sides), on one thread: the
+    /// least loaded one.
+    pub fn leg_pair(&self) -> Result<(Leg, Leg), MediaError> {
+        let a = self.open(None)?;
+        let b = self.open(Some(&a))?;
+        Ok((a, b))
+    }
+
+    /// The relay thread `leg` runs on (an index below [`MediaRelay::legs_per_thread`]'s
+    /// length); `None` for a leg on the caller's runtime or of another relay.
+    pub fn thread_of(&self, leg: &Leg) -> Option<usize> {
+        let s = leg.shared();
+        s.thread.filter(|_| s.relay == self.inner.id)
+    }
+
+    fn open(&self, beside: Option<&Leg>) -> Result<Leg, MediaError> {
         let cfg = &self.inner.config;
         let ip = cfg.bind_ip;
-        let (port, (rtp, rtcp)) = lock(&self.inner.ports).allocate(|p| bind_pair(ip, p))?;
-        let lease = PortLease {
-            ports: self.inner.ports.clone(),
-            port,
+        let beside = beside.and_then(|l| self.thread_of(l));
+        let runtime = match self.inner.threads.is_empty() {
+            true => Some(tokio::runtime::Handle::try_current().map_err(|_| MediaError::NoRuntime)?),
+            false => None,
         };
+        // Sockets drop before the lease (declared after it), so the ports are closed before the
+        // pair is released on any error below.
+        let (thread, slot, lease, rtp, rtcp) = {
+            let mut ports = lock(&self.inner.ports);
+            // Chosen and counted under the lock: legs opened at once spread too.
+            let loads = self.legs_per_thread();
+            let thread = pick_thread(&loads, beside);
+            let slot = thread.map(|i| ThreadSlot::take(&self.inner.threads[i].legs));
+            let (port, (rtp, rtcp)) = ports.allocate(|p| bind_pair(ip, p))?;
+            let lease = PortLease {
+                ports: self.inner.ports.clone(),
+                port,
+            };
+            (thread, slot, lease, rtp, rtcp)
+        };
+        let runtime = match (thread, runtime) {
+            (Some(i), _) => self.inner.threads[i].runtime.clone(),
+            (None, Some(current)) => current,
+            (None, None) => return Err(MediaError::NoRuntime),
+        };
+        let _entered = runtime.enter();
+        let port = lease.port;
         let sockets = Sockets {
-            rtp_nowait: rtp.try_clone()?,
-            rtp: UdpSocket::from_std(rtp)?,
-            rtcp: UdpSocket::from_std(rtcp)?,
+            rtp: readable_only(rtp)?,
+            rtcp: readable_only(rtcp)?,
             _lease: lease,
         };
         let shared = Arc::new(LegShared {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            relay: self.inner.id,
+            thread,
             local_rtp: SocketAddr::new(cfg.advertised_ip, port),
             local_rtcp: SocketAddr::new(cfg.advertised_ip, port.saturating_add(1)),
             sockets,
@@ -306,21 +399,13 @@ impl MediaRelay {
             last_ssrc: AtomicU64::new(0),
         });
         let (close_tx, close_rx) = watch::channel(false);
-        match thread {
-            Some(t) => {
-                let legs = t.legs.clone();
-                legs.fetch_add(1, Ordering::Relaxed);
-                let task = run(shared.clone(), close_rx);
-                runtime.spawn(async move {
-                    task.await;
-                    legs.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            None => {
-                runtime.spawn(run(shared.clone(), close_rx));
-            }
-        }
-        tracing::debug!(leg = shared.id, port, "media leg opened");
+        let task = run(shared.clone(), close_rx);
+        runtime.spawn(async move {
+            task.await;
+            // The leg no longer counts on its thread once its task has ended.
+            drop(slot);
+        });
+        tracing::debug!(leg = shared.id, port, ?thread, "media leg opened");
         Ok(Leg {
             inner: Arc::new(LegHandle {
                 shared,
@@ -356,15 +441,39 @@ impl Drop for PortLease {
 }
 
 /// A leg's sockets; fields drop in order, so the ports are closed before the pair is released.
+///
+/// Non-blocking, registered with the reactor for reading only: sends are made at once and a
+/// full send buffer drops the packet. Registered for writing too (as `tokio::net::UdpSocket`
+/// is), every packet sent would come back as a write-space (EPOLLOUT) event when the kernel
+/// frees it, one more epoll event and reactor wake-up per relayed packet.
 #[derive(Debug)]
 struct Sockets {
-    /// The RTP socket again (same file description), non-blocking, for
-    /// [`Leg::try_send_rtp`]: tokio's `try_send_to` reports `WouldBlock` until the reactor has
-    /// seen the socket writable once, which would drop the first packets of a prompt.
-    rtp_nowait: std::net::UdpSocket,
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
+    rtp: AsyncFd<std::net::UdpSocket>,
+    rtcp: AsyncFd<std::net::UdpSocket>,
     _lease: PortLease,
+}
+
+/// `socket` registered with the current runtime's reactor for reading only.
+// `with_interest` is deprecated because a `T` whose `as_raw_fd` changes, or that closes its
+// descriptor while registered, breaks I/O safety; a `std::net::UdpSocket` owns its descriptor
+// and never changes it, which is what the replacement (`register_with_interest`) makes its
+// caller promise with `unsafe`, which this workspace forbids.
+#[allow(deprecated)]
+fn readable_only(socket: std::net::UdpSocket) -> io::Result<AsyncFd<std::net::UdpSocket>> {
+    AsyncFd::with_interest(socket, Interest::READABLE)
+}
+
+/// Receives one datagram from `fd`, waiting for the reactor when none is queued.
+async fn recv_from(
+    fd: &AsyncFd<std::net::UdpSocket>,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr)> {
+    loop {
+        let mut ready = fd.readable().await?;
+        if let Ok(r) = ready.try_io(|s| s.get_ref().recv_from(buf)) {
+            return r;
+        }
+    }
 }
 
 /// Where a leg sends, and what the peer's SDP said.
@@ -405,6 +514,9 @@ struct Counters {
 #[derive(Debug)]
 struct LegShared {
     id: u64,
+    /// The relay that opened it ([`RelayInner::id`]) and the index of its thread there.
+    relay: u64,
+    thread: Option<usize>,
     local_rtp: SocketAddr,
     local_rtcp: SocketAddr,
     sockets: Sockets,
@@ -564,18 +676,18 @@ impl Leg {
 
     /// Sends a raw RTP packet (e.g. a prompt or music on hold) out of this leg to its
     /// destination, SRTP-protected if the leg has a key ([`Leg::set_srtp`]). The packet is
-    /// not checked otherwise; it counts in `rtp_packets_out`.
+    /// not checked otherwise; it counts in `rtp_packets_out`. While the socket's send buffer
+    /// is full it retries every millisecond, for 50 ms at most (then `Io(WouldBlock)`).
     pub async fn send_rtp(&self, packet: &[u8]) -> Result<usize, MediaError> {
-        let s = self.shared();
-        if s.closed.load(Ordering::Acquire) {
-            return Err(MediaError::Closed);
+        for _ in 0..50 {
+            match self.try_send_rtp(packet) {
+                Err(MediaError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                r => return r,
+            }
         }
-        let dest = lock(&s.remote).rtp_dest.ok_or(MediaError::NoRemote)?;
-        let packet = self.outgoing(packet)?;
-        let n = s.sockets.rtp.send_to(&packet, dest).await?;
-        bump(&s.c.rtp_packets_out, 1);
-        bump(&s.c.rtp_bytes_out, n as u64);
-        Ok(n)
+        self.try_send_rtp(packet)
     }
 
     /// [`Leg::send_rtp`] without waiting, for pacing tasks (music on hold): when the socket
@@ -587,7 +699,7 @@ impl Leg {
         }
         let dest = lock(&s.remote).rtp_dest.ok_or(MediaError::NoRemote)?;
         let packet = self.outgoing(packet)?;
-        let n = s.sockets.rtp_nowait.send_to(&packet, dest)?;
+        let n = s.sockets.rtp.get_ref().send_to(&packet, dest)?;
         bump(&s.c.rtp_packets_out, 1);
         bump(&s.c.rtp_bytes_out, n as u64);
         Ok(n)
@@ -748,12 +860,12 @@ async fn run(shared: Arc<LegShared>, mut close: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = close.changed() => break,
-            r = shared.sockets.rtp.recv_from(&mut rtp_buf) => match r {
-                Ok((n, src)) => task.on_rtp_port(&shared, &rtp_buf[..n], src).await,
+            r = recv_from(&shared.sockets.rtp, &mut rtp_buf) => match r {
+                Ok((n, src)) => task.on_rtp_port(&shared, &rtp_buf[..n], src),
                 Err(e) => tracing::debug!(leg = shared.id, error = %e, "RTP receive error"),
             },
-            r = shared.sockets.rtcp.recv_from(&mut rtcp_buf) => match r {
-                Ok((n, src)) => task.on_rtcp_port(&shared, &rtcp_buf[..n], src).await,
+            r = recv_from(&shared.sockets.rtcp, &mut rtcp_buf) => match r {
+                Ok((n, src)) => task.on_rtcp_port(&shared, &rtcp_buf[..n], src),
                 Err(e) => tracing::debug!(leg = shared.id, error = %e, "RTCP receive error"),
             },
         }
@@ -765,7 +877,7 @@ async fn run(shared: Arc<LegShared>, mut close: watch::Receiver<bool>) {
 }
 
 impl Task {
-    async fn on_rtp_port(&mut self, shared: &LegShared, pkt: &[u8], src: SocketAddr) {
+    fn on_rtp_port(&mut self, shared: &LegShared, pkt: &[u8], src: SocketAddr) {
         let c = &shared.c;
         if pkt.len() > MAX_PACKET_SIZE {
             bump(&c.invalid_packets, 1);
@@ -777,7 +889,7 @@ impl Task {
             if self.accept(shared, Stream::Rtp, src, now) {
                 bump(&c.rtcp_packets_in, 1);
                 bump(&c.rtcp_bytes_in, pkt.len() as u64);
-                self.forward(shared, pkt, Stream::Rtp, true).await;
+                self.forward(shared, pkt, Stream::Rtp, true);
             }
             return;
         }
@@ -840,10 +952,10 @@ impl Task {
                 shared.has_subscribers.store(false, Ordering::Release);
             }
         }
-        self.forward(shared, pkt, Stream::Rtp, false).await;
+        self.forward(shared, pkt, Stream::Rtp, false);
     }
 
-    async fn on_rtcp_port(&mut self, shared: &LegShared, pkt: &[u8], src: SocketAddr) {
+    fn on_rtcp_port(&mut self, shared: &LegShared, pkt: &[u8], src: SocketAddr) {
         let c = &shared.c;
         if pkt.len() > MAX_PACKET_SIZE || !is_rtcp(pkt) {
             bump(&c.invalid_packets, 1);
@@ -852,7 +964,7 @@ impl Task {
         if self.accept(shared, Stream::Rtcp, src, Instant::now()) {
             bump(&c.rtcp_packets_in, 1);
             bump(&c.rtcp_bytes_in, pkt.len() as u64);
-            self.forward(shared, pkt, Stream::Rtcp, true).await;
+            self.forward(shared, pkt, Stream::Rtcp, true);
         }
     }
 
@@ -908,8 +1020,9 @@ impl Task {
         }
     }
 
-    /// Sends `pkt` out of the bridge peer's socket to the peer's destination, if bridged.
-    async fn forward(&mut self, shared: &LegShared, pkt: &[u8], stream: Stream, rtcp: bool) {
+    /// Sends `pkt` out of the bridge peer's socket to the peer's destination, if bridged. A
+    /// full send buffer drops it (never waits: the leg's later packets would wait behind it).
+    fn forward(&mut self, shared: &LegShared, pkt: &[u8], stream: Stream, rtcp: bool) {
         let gen = shared.peer_gen.load(Ordering::Acquire);
         if gen != self.peer_seen {
             let p = lock(&shared.peer);
@@ -939,7 +1052,7 @@ impl Task {
         let Some(dest) = dest else {
             return;
         };
-        match socket.send_to(pkt, dest).await {
+        match socket.get_ref().send_to(pkt, dest) {
             Ok(n) => {
                 let (packets, bytes) = if rtcp {
                     (&peer.c.rtcp_packets_out, &peer.c.rtcp_bytes_out)
@@ -952,6 +1065,51 @@ impl Task {
             Err(e) => {
                 tracing::debug!(leg = shared.id, peer = peer.id, %dest, error = %e, "relay send failed");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::pick_thread;
+
+    #[test]
+    fn a_new_leg_goes_to_the_least_loaded_thread_the_first_on_a_tie() {
+        assert_eq!(
+            pick_thread(&[], None),
+            None,
+            "no threads: the caller's runtime"
+        );
+        assert_eq!(pick_thread(&[], Some(0)), None);
+        assert_eq!(pick_thread(&[0, 0, 0], None), Some(0));
+        assert_eq!(pick_thread(&[3, 1, 2], None), Some(1));
+        assert_eq!(pick_thread(&[2, 4, 2], None), Some(0));
+    }
+
+    #[test]
+    fn a_leg_beside_another_goes_to_its_thread_however_loaded() {
+        assert_eq!(pick_thread(&[9, 0], Some(0)), Some(0));
+        assert_eq!(pick_thread(&[0, 9], Some(1)), Some(1));
+        // An index this relay does not have (never happens: thread_of checks the relay).
+        assert_eq!(pick_thread(&[5, 0], Some(2)), Some(1));
+    }
+
+    /// Opening legs one after the other with the rule keeps the threads within one leg of
+    /// each other, and pairs (two legs on one thread) within one pair.
+    #[test]
+    fn pairs_spread_evenly() {
+        for threads in 1..=8 {
+            let mut loads = vec![0usize; threads];
+            for _ in 0..1000 {
+                let a = pick_thread(&loads, None).expect("a thread");
+                loads[a] += 1;
+                let b = pick_thread(&loads, Some(a)).expect("a thread");
+                assert_eq!(a, b);
+                loads[b] += 1;
+                let (min, max) = (loads.iter().min(), loads.iter().max());
+                assert!(max.zip(min).is_some_and(|(x, n)| x - n <= 2), "{loads:?}");
+            }
+            assert_eq!(loads.iter().sum::<usize>(), 2000);
         }
     }
 }

@@ -556,6 +556,159 @@ fn relay_threads_spread_legs_and_bridge_across_them() {
     assert_eq!(before[grown], *before.iter().min().expect("two threads"));
 }
 
+/// Sends 20 packets each way through the bridge `a` ⇄ `b` and checks each arrives whole
+/// from the right leg.
+fn relay_both_ways(a: &Leg, b: &Leg) {
+    let pa = std::net::UdpSocket::bind("127.0.0.1:0").expect("phone a");
+    let pb = std::net::UdpSocket::bind("127.0.0.1:0").expect("phone b");
+    for p in [&pa, &pb] {
+        p.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+    }
+    a.set_remote(pa.local_addr().expect("addr"), None);
+    b.set_remote(pb.local_addr().expect("addr"), None);
+    bridge(a, b).expect("bridge");
+    let mut buf = [0u8; 2048];
+    for seq in 1..=20u8 {
+        let mut pkt = vec![0x80u8, 0, 0, seq, 0, 0, 0, 160, 0, 0, 0, 7];
+        pkt.extend(std::iter::repeat_n(0xd5, 160));
+        pa.send_to(&pkt, a.local_rtp()).expect("send a");
+        let (n, from) = pb.recv_from(&mut buf).expect("relayed a → b");
+        assert_eq!((&buf[..n], from), (&pkt[..], b.local_rtp()));
+        pkt[1] = 8;
+        pb.send_to(&pkt, b.local_rtp()).expect("send b");
+        let (n, from) = pa.recv_from(&mut buf).expect("relayed b → a");
+        assert_eq!((&buf[..n], from), (&pkt[..], a.local_rtp()));
+    }
+    // A send is counted just after it returns: the phone may read the packet first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let counts = || {
+        let (sa, sb) = (a.stats(), b.stats());
+        [
+            sa.rtp_packets_in,
+            sa.rtp_packets_out,
+            sb.rtp_packets_in,
+            sb.rtp_packets_out,
+        ]
+    };
+    while counts() != [20; 4] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counts {:?}",
+            counts()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (generously: the machine may be loaded) until the relay counts `want` legs.
+fn wait_legs(r: &MediaRelay, want: &[usize]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.legs_per_thread() != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "legs per thread {:?}, want {want:?}",
+            r.legs_per_thread()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Issue 16: a stream's two legs share a thread. `leg_pair` puts both on the least loaded
+/// thread, `leg_beside` puts a leg on its partner's thread however loaded that is, pairs
+/// spread evenly, and a pair relays both ways on its thread.
+#[test]
+fn a_streams_legs_share_a_thread_and_streams_spread_over_the_threads() {
+    let cfg = RelayConfig::new(LO, LO, 22800, 22899);
+    let r = MediaRelay::with_threads(cfg, 3).expect("relay");
+    let pairs: Vec<(Leg, Leg)> = (0..6)
+        .map(|i| r.leg_pair().unwrap_or_else(|e| panic!("pair {i}: {e}")))
+        .collect();
+    for (a, b) in &pairs {
+        let t = r.thread_of(a).expect("on a relay thread");
+        assert_eq!(
+            r.thread_of(b),
+            Some(t),
+            "both legs of a stream on one thread"
+        );
+    }
+    assert_eq!(r.legs_per_thread(), [4, 4, 4]);
+    // Round by round the pairs went to threads 0, 1, 2, 0, 1, 2.
+    let threads: Vec<_> = pairs.iter().filter_map(|(a, _)| r.thread_of(a)).collect();
+    assert_eq!(threads, [0, 1, 2, 0, 1, 2]);
+
+    // Beside a leg of the busiest thread: there, not on the least loaded one.
+    let extra = r.leg_now().expect("extra leg"); // thread 0: [5, 4, 4]
+    assert_eq!(r.thread_of(&extra), Some(0));
+    let partner = r.leg_beside(&extra).expect("partner");
+    assert_eq!(r.thread_of(&partner), Some(0));
+    assert_eq!(r.legs_per_thread(), [6, 4, 4]);
+    relay_both_ways(&extra, &partner);
+
+    // A leg of another relay places nothing here: the least loaded thread.
+    let other = MediaRelay::with_threads(RelayConfig::new(LO, LO, 23400, 23499), 3).expect("relay");
+    let foreign = other.leg_pair().expect("foreign pair").0;
+    assert_eq!(r.thread_of(&foreign), None);
+    let stranger = r.leg_beside(&foreign).expect("stranger");
+    assert_eq!(r.thread_of(&stranger), Some(1));
+    drop(stranger);
+    wait_legs(&r, &[6, 4, 4]);
+
+    // Closing thread 1's pairs: the next pair goes there.
+    let mut pairs = pairs;
+    for i in [4, 1] {
+        let (a, b) = pairs.remove(i);
+        a.close();
+        b.close();
+    }
+    wait_legs(&r, &[6, 0, 4]);
+    let (a, b) = r.leg_pair().expect("pair after closes");
+    assert_eq!((r.thread_of(&a), r.thread_of(&b)), (Some(1), Some(1)));
+    relay_both_ways(&a, &b);
+}
+
+/// Pairs opened from several threads at once: each pair on one thread, the threads
+/// balanced (the choice and the count are made under one lock), no port handed out twice,
+/// and every count back to zero once the legs are gone.
+#[test]
+fn pairs_opened_concurrently_stay_together_and_balanced() {
+    let cfg = RelayConfig::new(LO, LO, 23000, 23399);
+    let r = MediaRelay::with_threads(cfg, 4).expect("relay");
+    let pairs: Vec<(Leg, Leg)> = std::thread::scope(|s| {
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..20)
+                        .map(|_| r.leg_pair().expect("pair"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        openers
+            .into_iter()
+            .flat_map(|h| h.join().expect("opener"))
+            .collect()
+    });
+    let mut ports = std::collections::HashSet::new();
+    for (a, b) in &pairs {
+        assert_eq!(r.thread_of(a), r.thread_of(b));
+        assert!(ports.insert(a.local_rtp().port()) && ports.insert(b.local_rtp().port()));
+    }
+    // A leg_pair's second leg may land after other openers' first legs: the threads end
+    // within a few pairs of each other, not exactly even.
+    let loads = r.legs_per_thread();
+    assert_eq!(loads.iter().sum::<usize>(), 160, "{loads:?}");
+    let spread = loads
+        .iter()
+        .max()
+        .zip(loads.iter().min())
+        .map(|(x, n)| x - n);
+    assert!(spread.is_some_and(|d| d <= 8), "unbalanced: {loads:?}");
+    assert_eq!(r.ports_in_use(), 160);
+    drop(pairs);
+    wait_legs(&r, &[0, 0, 0, 0]);
+}
+
 #[tokio::test]
 async fn leg_now_works_inside_the_runtime() {
     let r = relay(22300, 22399);

@@ -52,6 +52,9 @@ pub struct GatewayConfig {
     pub rtp_ip: std::net::IpAddr,
     /// RTP port range (inclusive).
     pub rtp_ports: (u16, u16),
+    /// Relay threads (1 to `media::MAX_RELAY_THREADS`); a call's two legs share one, calls
+    /// spread over them. The binary's default: one per core (`media::relay_threads_per_core`).
+    pub rtp_threads: usize,
     /// Hang up calls after this long without RTP.
     pub media_timeout: Option<Duration>,
     /// Session timers (RFC 4028): the Session-Expires we ask for and grant (None: off).

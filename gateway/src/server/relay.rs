@@ -105,15 +105,9 @@ impl RelayMedia {
 
 impl MediaControl for RelayMedia {
     fn open(&mut self, call: b2bua::CallId) -> Option<b2bua::MediaPorts> {
-        let a = match self.relay.leg_now() {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "no RTP ports for a call");
-                return None;
-            }
-        };
-        let b = match self.relay.leg_now() {
-            Ok(l) => l,
+        // Both legs on one relay thread: the bridge's packets stay on one core.
+        let (a, b) = match self.relay.leg_pair() {
+            Ok(legs) => legs,
             Err(e) => {
                 warn!(error = %e, "no RTP ports for a call");
                 return None;
@@ -279,7 +273,9 @@ mod tests {
 
     fn media() -> RelayMedia {
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let relay = MediaRelay::new(RelayConfig::new(ip, ip, 47100, 47199)).expect("relay");
+        // Two relay threads, as on a 2-core machine.
+        let relay =
+            MediaRelay::with_threads(RelayConfig::new(ip, ip, 47100, 47199), 2).expect("relay");
         RelayMedia::new(relay, None, Arc::default(), "PJSIP/".into())
     }
 
@@ -324,6 +320,14 @@ mod tests {
         // A second call without parties still gets its legs.
         let other = m.open(b2bua::CallId(8)).expect("ports");
         assert!(![ports.a, ports.b].contains(&other.a));
+        // Each call's two legs on one relay thread, the calls on different threads.
+        let threads = |call| {
+            let legs = m.legs.lock().expect("legs");
+            let (a, b) = &legs[&b2bua::CallId(call)];
+            (m.relay.thread_of(a), m.relay.thread_of(b))
+        };
+        assert_eq!(threads(7), (Some(0), Some(0)));
+        assert_eq!(threads(8), (Some(1), Some(1)));
 
         m.close(call);
         assert!(!m.legs.lock().expect("legs").contains_key(&call));

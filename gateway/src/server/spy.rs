@@ -188,7 +188,8 @@ impl Core {
         let Some(offer) = offer else {
             return refuse(self, 488, "an SDP offer is needed");
         };
-        let leg = match self.media.relay.leg_now() {
+        // On the spied call's relay thread, with the legs it is mixed with.
+        let leg = match self.media.relay.leg_beside(&caller_leg) {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "no RTP ports for a supervisor");

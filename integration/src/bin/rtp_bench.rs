@@ -6,8 +6,14 @@
 //! ```text
 //! apt-get install -y rtpengine-daemon
 //! cargo build --release -p integration --bin rtp_bench
-//! ./target/release/rtp_bench [--secs S] [--warmup W] [--rounds R] [--no-rtpengine] N [N…]
+//! ./target/release/rtp_bench [--secs S] [--warmup W] [--rounds R] [--no-rtpengine]
+//!     [--relay-threads K] [--baseline OTHER_RTP_BENCH] N [N…]
 //! ```
+//!
+//! `--relay-threads K`: callfabric's relay runs K relay threads (default one per core, as the
+//! gateway's `rtp_threads`). `--baseline EXE`: another build of this bench (say, of an older
+//! commit) whose `--serve-relay` runs as a third system, `baseline`, in the same rounds, the
+//! order rotating with the others: a before/after comparison under the same machine state.
 //!
 //! Each stream is one direction: a sender socket sends 172-byte RTP (12-byte header, 160-byte
 //! PCMU payload, seq +1 and timestamp +160 per packet) every 20 ms to the system under test,
@@ -43,7 +49,8 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const PACKET_LEN: usize = 172;
 const PTIME: Duration = Duration::from_millis(20);
 /// Port ranges, below the kernel's ephemeral range (where the phones' sockets are bound).
-const OURS_PORTS: (u16, u16) = (10000, 19999);
+const OURS_PORTS: (u16, u16) = (10000, 14999);
+const BASELINE_PORTS: (u16, u16) = (15000, 19999);
 const RTPENGINE_PORTS: (u16, u16) = (20000, 32759);
 /// How long after the last send the relay CPU is sampled, and how long receivers then drain.
 const CPU_TAIL: Duration = Duration::from_millis(50);
@@ -145,13 +152,18 @@ fn loadavg() -> String {
 // ---------------------------------------------------------------------------------------------
 // callfabric's relay in a child process
 
-/// `rtp_bench --serve-relay PORT_MIN PORT_MAX`: a `MediaRelay` on 127.0.0.1 driven by lines on
-/// stdin: `pair SENDER RECEIVER` → `ok A_PORT B_PORT` (leg A's SDP address is the sender, leg
-/// B's the receiver, A and B bridged); `stats` → `stats RTP_IN RTP_OUT`; `clear` → `ok`;
-/// `quit` or EOF ends it.
+/// `rtp_bench --serve-relay PORT_MIN PORT_MAX [THREADS]`: a `MediaRelay` on 127.0.0.1 with
+/// THREADS relay threads (default: one per core) driven by lines on stdin: `pair SENDER
+/// RECEIVER` → `ok A_PORT B_PORT` (leg A's SDP address is the sender, leg B's the receiver, A
+/// and B bridged, both on one relay thread as the gateway opens a call's legs); `stats` →
+/// `stats RTP_IN RTP_OUT`; `clear` → `ok`; `quit` or EOF ends it.
 fn serve_relay(args: &[String]) -> Result<()> {
     let min: u16 = args.first().context("PORT_MIN")?.parse()?;
     let max: u16 = args.get(1).context("PORT_MAX")?.parse()?;
+    let threads: usize = match args.get(2) {
+        Some(t) => t.parse().context("THREADS")?,
+        None => media::relay_threads_per_core(),
+    };
     // Default: tokio's multi-thread runtime with one worker per core (as `#[tokio::main]`);
     // RTP_BENCH_RELAY_WORKERS=K overrides the worker count (an experiment knob).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -160,8 +172,9 @@ fn serve_relay(args: &[String]) -> Result<()> {
     }
     let rt = builder.enable_all().build()?;
     let _entered = rt.enter();
-    // The relay as the gateway runs it: one thread per core (issue 16).
-    let relay = MediaRelay::per_core(RelayConfig::new(LOOPBACK, LOOPBACK, min, max))?;
+    // The relay as the gateway runs it: `rtp_threads` threads, one per core by default.
+    let relay = MediaRelay::with_threads(RelayConfig::new(LOOPBACK, LOOPBACK, min, max), threads)?;
+    eprintln!("# callfabric relay: {threads} relay thread(s)");
     let mut legs: Vec<(Leg, Leg)> = Vec::new();
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {
@@ -171,8 +184,7 @@ fn serve_relay(args: &[String]) -> Result<()> {
             ["pair", sender, receiver] => {
                 let sender: SocketAddr = sender.parse()?;
                 let receiver: SocketAddr = receiver.parse()?;
-                let a = relay.leg_now()?;
-                let b = relay.leg_now()?;
+                let (a, b) = relay.leg_pair()?;
                 a.set_remote(sender, None);
                 b.set_remote(receiver, None);
                 bridge(&a, &b)?;
@@ -207,12 +219,22 @@ struct OursRelay {
 }
 
 impl OursRelay {
-    fn start() -> Result<Self> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .arg("--serve-relay")
-            .arg(OURS_PORTS.0.to_string())
-            .arg(OURS_PORTS.1.to_string())
+    /// `exe --serve-relay` on `ports`; `threads` is passed on when given (a build before
+    /// that argument ignores it).
+    fn start(
+        name: &'static str,
+        exe: &std::path::Path,
+        ports: (u16, u16),
+        threads: Option<usize>,
+    ) -> Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("--serve-relay")
+            .arg(ports.0.to_string())
+            .arg(ports.1.to_string());
+        if let Some(t) = threads {
+            cmd.arg(t.to_string());
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -223,10 +245,7 @@ impl OursRelay {
         Ok(OursRelay {
             stdin,
             stdout,
-            proc: ProcGuard {
-                name: "callfabric relay",
-                child,
-            },
+            proc: ProcGuard { name, child },
         })
     }
 
@@ -957,6 +976,8 @@ struct Args {
     rounds: u32,
     warmup: u32,
     rtpengine: bool,
+    relay_threads: Option<usize>,
+    baseline: Option<std::path::PathBuf>,
     ns: Vec<usize>,
 }
 
@@ -966,6 +987,8 @@ fn parse_args(args: &[String]) -> Result<Args> {
         rounds: 1,
         warmup: 1,
         rtpengine: true,
+        relay_threads: None,
+        baseline: None,
         ns: Vec::new(),
     };
     let mut it = args.iter();
@@ -975,6 +998,14 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--warmup" => a.warmup = it.next().context("--warmup W")?.parse()?,
             "--rounds" => a.rounds = it.next().context("--rounds R")?.parse()?,
             "--no-rtpengine" => a.rtpengine = false,
+            "--relay-threads" => {
+                let k: usize = it.next().context("--relay-threads K")?.parse()?;
+                if !(1..=media::MAX_RELAY_THREADS).contains(&k) {
+                    bail!("--relay-threads {k}: 1 to {}", media::MAX_RELAY_THREADS);
+                }
+                a.relay_threads = Some(k);
+            }
+            "--baseline" => a.baseline = Some(it.next().context("--baseline EXE")?.into()),
             n => {
                 a.ns.push(n.parse().with_context(|| format!("stream count {n}"))?)
             }
@@ -999,7 +1030,7 @@ fn run_ours(n: usize, args: &Args, ours: &mut OursRelay) -> Result<(RunResult, f
     let idle = idle_cpu_us_per_s(ours.proc.pid())?;
     let r = run_load(ps, args.secs, args.warmup, Some(ours.proc.pid()))?;
     let stats = ours.cmd("stats")?;
-    eprintln!("# callfabric relay {stats}");
+    eprintln!("# {} {stats}", ours.proc.name);
     ours.cmd("clear")?;
     Ok((r, idle))
 }
@@ -1032,28 +1063,42 @@ fn main() -> Result<()> {
         args.ns,
         loadavg()
     );
-    let mut ours = OursRelay::start()?;
+    let exe = std::env::current_exe()?;
+    let mut ours = OursRelay::start("callfabric", &exe, OURS_PORTS, args.relay_threads)?;
+    let mut baseline = match &args.baseline {
+        Some(b) => Some(OursRelay::start(
+            "baseline",
+            b,
+            BASELINE_PORTS,
+            args.relay_threads,
+        )?),
+        None => None,
+    };
     let mut rtpe = if args.rtpengine {
         Some(Rtpengine::start()?)
     } else {
         None
     };
+    // The systems in this run: 0 callfabric, 1 baseline, 2 rtpengine.
+    let present: Vec<usize> = [true, baseline.is_some(), rtpe.is_some()]
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.then_some(i))
+        .collect();
     let mut rows: Vec<Row> = Vec::new();
     for &n in &args.ns {
         // Pooled over rounds; the order of the systems rotates each round so that a change of
         // background load does not always fall on the same system. Each run carries its own
         // floor twins.
-        let mut acc: [Option<(RunResult, f64)>; 2] = [None, None];
-        let systems = if rtpe.is_some() { 2 } else { 1 };
+        let mut acc: [Option<(RunResult, f64)>; 3] = [None, None, None];
         for round in 0..args.rounds {
-            for k in 0..systems {
-                let sys = (k + round as usize) % systems;
-                let (r, idle) = match sys {
-                    0 => run_ours(n, &args, &mut ours)?,
-                    _ => match rtpe.as_mut() {
-                        Some(rtpe) => run_rtpengine(n, &args, rtpe)?,
-                        None => continue,
-                    },
+            for k in 0..present.len() {
+                let sys = present[(k + round as usize) % present.len()];
+                let (r, idle) = match (sys, baseline.as_mut(), rtpe.as_mut()) {
+                    (0, _, _) => run_ours(n, &args, &mut ours)?,
+                    (1, Some(b), _) => run_ours(n, &args, b)?,
+                    (2, _, Some(rtpe)) => run_rtpengine(n, &args, rtpe)?,
+                    _ => continue,
                 };
                 acc[sys] = Some(match acc[sys].take() {
                     Some((mut a, idle_sum)) => {
@@ -1065,11 +1110,17 @@ fn main() -> Result<()> {
             }
         }
         let rounds = f64::from(args.rounds);
-        for (sys, name) in ["callfabric", "rtpengine"].into_iter().enumerate() {
+        for (sys, name) in ["callfabric", "baseline", "rtpengine"]
+            .into_iter()
+            .enumerate()
+        {
             if let Some((r, idle_sum)) = &acc[sys] {
                 rows.push(row(name, n, r, tck, Some(idle_sum / rounds)));
             }
         }
+    }
+    if let Some(mut b) = baseline {
+        let _ = b.cmd("quit");
     }
     let _ = ours.cmd("quit");
     drop(ours);
@@ -1118,42 +1169,55 @@ fn print_table(rows: &[Row], args: &Args) {
     println!();
     let mut ns: Vec<usize> = rows.iter().map(|r| r.n).collect();
     ns.dedup();
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
     for n in ns {
         let get = |s: &str| rows.iter().find(|r| r.n == n && r.system == s);
-        let Some(ours) = get("callfabric") else {
-            continue;
-        };
-        let added99 = sub(ours.p99, ours.floor_p99);
-        let mut line = format!(
-            "N={n}: callfabric added p99 {} µs (target < 200: {})",
-            fmt(added99, 1),
-            pooled_verdict(added99, &ours.round_added_p99),
-        );
-        if let Some(rtpe) = get("rtpengine") {
-            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-                _ => None,
+        for name in ["callfabric", "baseline"] {
+            let Some(ours) = get(name) else {
+                continue;
             };
-            let r = ratio(ours.cpu_us, rtpe.cpu_us);
-            let rs = ratio(ours.cpu_sched_us, rtpe.cpu_sched_us);
-            let check = match r {
-                Some(v) if v <= 1.0 => "PASS",
-                Some(_) => "FAIL",
-                None => "n/a",
-            };
-            let added_rtpe = sub(rtpe.p99, rtpe.floor_p99);
-            line.push_str(&format!(
-                "; CPU/packet callfabric/rtpengine {}× (schedstat {}×) (target ≤ 1.0: {check}); rtpengine added p99 {} µs ({}); memory (PSS) {:.1} vs {:.1} MB = {}×",
-                fmt(r, 2),
-                fmt(rs, 2),
-                fmt(added_rtpe, 1),
-                pooled_verdict(added_rtpe, &rtpe.round_added_p99),
-                ours.mem_kb as f64 / 1024.0,
-                rtpe.mem_kb as f64 / 1024.0,
-                fmt(ratio(Some(ours.mem_kb as f64), Some(rtpe.mem_kb as f64)), 2)
-            ));
+            let added99 = sub(ours.p99, ours.floor_p99);
+            let mut line = format!(
+                "N={n}: {name} added p99 {} µs (target < 200: {})",
+                fmt(added99, 1),
+                pooled_verdict(added99, &ours.round_added_p99),
+            );
+            if let Some(rtpe) = get("rtpengine") {
+                let r = ratio(ours.cpu_us, rtpe.cpu_us);
+                let rs = ratio(ours.cpu_sched_us, rtpe.cpu_sched_us);
+                let check = match r {
+                    Some(v) if v <= 1.0 => "PASS",
+                    Some(_) => "FAIL",
+                    None => "n/a",
+                };
+                let added_rtpe = sub(rtpe.p99, rtpe.floor_p99);
+                line.push_str(&format!(
+                    "; CPU/packet {name}/rtpengine {}× (schedstat {}×) (target ≤ 1.0: {check}); rtpengine added p99 {} µs ({}); memory (PSS) {:.1} vs {:.1} MB = {}×",
+                    fmt(r, 2),
+                    fmt(rs, 2),
+                    fmt(added_rtpe, 1),
+                    pooled_verdict(added_rtpe, &rtpe.round_added_p99),
+                    ours.mem_kb as f64 / 1024.0,
+                    rtpe.mem_kb as f64 / 1024.0,
+                    fmt(ratio(Some(ours.mem_kb as f64), Some(rtpe.mem_kb as f64)), 2)
+                ));
+            }
+            println!("{line}");
         }
-        println!("{line}");
+        if let (Some(ours), Some(base)) = (get("callfabric"), get("baseline")) {
+            println!(
+                "N={n}: callfabric/baseline CPU/packet {}× (schedstat {}×), added p50 {} vs {} µs, added p99 {} vs {} µs",
+                fmt(ratio(ours.cpu_us, base.cpu_us), 2),
+                fmt(ratio(ours.cpu_sched_us, base.cpu_sched_us), 2),
+                fmt(sub(ours.p50, ours.floor_p50), 1),
+                fmt(sub(base.p50, base.floor_p50), 1),
+                fmt(sub(ours.p99, ours.floor_p99), 1),
+                fmt(sub(base.p99, base.floor_p99), 1),
+            );
+        }
     }
 }
 
