@@ -2,9 +2,10 @@
 //! (the transaction layer's and the B2BUA's `poll_timeout`, the next registration expiry, the
 //! next outbound REGISTER, a supervisor's unacknowledged 200, the MWI notifier, a due log
 //! summary, the end of the shutdown's BYE wait) instead of ticking every 250 ms. The
-//! registration expiry and the MWI deadline walk every binding and subscription: they are
-//! recomputed at each housekeeping run, which follows within [`POLL`] anything that woke the
-//! loop (as the 250 ms tick did), not at every iteration.
+//! registration expiry (read from the location service's expiry index, O(log n)) and the MWI
+//! deadline (a walk over every subscription) are recomputed at each housekeeping run, which
+//! follows within [`POLL`] anything that woke the loop (as the 250 ms tick did), not at every
+//! iteration.
 //!
 //! Work without a deadline of its own (moving the calls of a dead ACD node, which depends on
 //! the bus's liveness view; ending the overload controller's idle intervals; forgetting
@@ -23,8 +24,8 @@ pub(super) const POLL: Duration = Duration::from_millis(250);
 /// Least time between two housekeeping runs (a deadline that stays due cannot spin the loop).
 pub(super) const MIN_GAP: Duration = Duration::from_millis(10);
 
-/// When housekeeping last ran, whether anything happened since, and the deadlines that cost
-/// a walk over every binding or subscription to compute.
+/// When housekeeping last ran, whether anything happened since, and the deadlines computed
+/// at each run (the MWI one walks every subscription).
 #[derive(Debug)]
 pub(super) struct Housekeeping {
     last: Instant,
@@ -32,8 +33,8 @@ pub(super) struct Housekeeping {
     /// handle): a REGISTER or SUBSCRIBE may have moved a deadline.
     pub(super) traffic: bool,
     /// The next registration expiry and MWI deadline, computed at each run (and at start):
-    /// they are O(bindings) and O(subscriptions), too dear for every loop iteration; anything
-    /// that can move them sets `traffic`, so a run within [`POLL`] recomputes them.
+    /// the MWI one is O(subscriptions), too dear for every loop iteration; anything that can
+    /// move them sets `traffic`, so a run within [`POLL`] recomputes them.
     walked: Option<Instant>,
 }
 
@@ -92,7 +93,7 @@ impl Core {
         )
     }
 
-    /// Recomputes the deadlines that walk every binding and subscription.
+    /// Recomputes the registration expiry and the MWI deadline.
     pub(super) fn walk_deadlines(&mut self) {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let expiry = (self.registrar.next_expiry()).map(|t| instant_of(t, now, wall));
