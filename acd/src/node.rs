@@ -72,15 +72,11 @@ pub struct NodeConfig {
     pub music: Vec<i16>,
     /// Voice prompts (Asterisk names: `queue-thereare`, `digits/5`, `agent-loginok`, …).
     pub prompts: audio::PromptSet,
-    /// Announce position (and hold time) to waiting callers this often (None: never).
-    pub announce_frequency: Option<Duration>,
-    /// Include the estimated hold time in announcements.
-    pub announce_holdtime: bool,
-    /// Feature-code prefix for hot-desking: dial `<login_code><queue number>` to log the
-    /// calling device in as a dynamic member.
-    pub login_code: String,
-    /// Dial `<logout_code><queue number>` to log out.
-    pub logout_code: String,
+    /// Position (and hold-time) announcements to waiting callers, unless a queue says
+    /// otherwise.
+    pub announce: call::Announcements,
+    /// Feature codes for hot-desking.
+    pub hot_desk: call::HotDesk,
     /// SIP OPTIONS keep-alives to every gateway the node may offer through.
     pub reach: ReachConfig,
     /// An offer INVITE without a provisional response after this is given up (never
@@ -188,10 +184,8 @@ impl AcdNode {
             engine: cfg.engine,
             numbers: cfg.numbers,
             gateways: cfg.gateways.iter().map(|g| g.address).collect(),
-            announce_frequency: cfg.announce_frequency,
-            announce_holdtime: cfg.announce_holdtime,
-            login_code: cfg.login_code,
-            logout_code: cfg.logout_code,
+            announce: cfg.announce,
+            hot_desk: cfg.hot_desk,
             reach: cfg.reach,
             offer_provisional_timeout: cfg.offer_provisional_timeout,
             device_prefix: cfg.device_prefix,
