@@ -71,13 +71,9 @@ pub(super) fn instant_of(at: SystemTime, now: Instant, wall_now: SystemTime) -> 
 }
 
 impl Core {
-    /// When the loop must wake without a message.
-    pub(super) fn next_wake(&mut self) -> Option<Instant> {
-        let cores = earliest(self.tl.poll_timeout(), self.b2bua.poll_timeout());
-        earliest(cores, self.housekeeping_due())
-    }
-
-    fn housekeeping_due(&self) -> Option<Instant> {
+    /// When housekeeping is next due (the loop also waits for the transaction layer's and the
+    /// B2BUA's timers: `ua.rs`).
+    pub(super) fn housekeeping_due(&self) -> Option<Instant> {
         let overload = self.overload.shedding()
             || self.overload.admit_fraction() < 1.0
             || !self.overload.standing_queue().is_zero();
@@ -100,10 +96,9 @@ impl Core {
         self.housekeeping.walked = earliest(expiry, self.mwi_deadline());
     }
 
-    /// The loop woke for a deadline: the cores' timers, then housekeeping when it is due.
-    pub(super) fn on_timers(&mut self) {
-        let now = Instant::now();
-        self.tl.handle_timeout(now);
+    /// The loop woke for a deadline (the transaction layer's timers have run): the B2BUA's,
+    /// then housekeeping when it is due.
+    pub(super) fn on_timers(&mut self, now: Instant) {
         self.b2bua.handle_timeout(&mut self.media, now);
         if self.housekeeping_due().is_some_and(|t| t <= now) {
             self.housekeeping(now);
