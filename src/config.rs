@@ -1195,10 +1195,14 @@ impl Loaded {
             },
             music,
             prompts,
-            announce_frequency,
-            announce_holdtime: a.announce_holdtime.unwrap_or(true),
-            login_code: a.login_code.clone().unwrap_or_else(|| "*45".into()),
-            logout_code: a.logout_code.clone().unwrap_or_else(|| "*46".into()),
+            announce: acd::call::Announcements {
+                frequency: announce_frequency,
+                holdtime: a.announce_holdtime.unwrap_or(true),
+            },
+            hot_desk: acd::call::HotDesk {
+                login: a.login_code.clone().unwrap_or_else(|| "*45".into()),
+                logout: a.logout_code.clone().unwrap_or_else(|| "*46".into()),
+            },
             pause_codes: acd::call::PauseCodes {
                 pause: a.pause_code.clone().unwrap_or_else(|| "*47".into()),
                 unpause: a.unpause_code.clone().unwrap_or_else(|| "*48".into()),

@@ -331,8 +331,8 @@ fn main() -> Result<()> {
                         .keys()
                         .cloned()
                         .chain([
-                            acd.login_code.clone(),
-                            acd.logout_code.clone(),
+                            acd.hot_desk.login.clone(),
+                            acd.hot_desk.logout.clone(),
                             acd.pause_codes.pause.clone(),
                             acd.pause_codes.unpause.clone(),
                         ])

@@ -238,8 +238,8 @@ pub fn run(p: &SimParams) -> SimResult {
             Ev::Arrive(c) => {
                 let n = node_of[c];
                 let mut j = crate::Join::new(format!("c{c}"), "q");
-                j.priority = key_of[c].0 .0;
-                j.joined_ms = Some(key_of[c].1);
+                j.place.priority = key_of[c].0 .0;
+                j.place.joined_ms = Some(key_of[c].1);
                 waiting_now += 1;
                 let _ = engines[n].join(now, j);
                 touched.push(n);

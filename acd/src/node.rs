@@ -13,6 +13,7 @@ mod admin;
 mod media;
 mod persist;
 mod shutdown;
+mod ua;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -27,11 +28,11 @@ use rand::SeedableRng;
 use sip_core::transaction::{self as tx, TransactionLayer};
 use sipnet::Peer;
 use sipnet::{TransportEvent, Transports};
-use statebus::{Bus, BusEvent, Change};
+use statebus::Bus;
 use tokio::sync::{broadcast, mpsc};
 use tracing::warn;
 
-use crate::call::{self, CallConfig, CallControl, LegId, Output};
+use crate::call::{CallConfig, CallControl, Output};
 pub use crate::call::{NodeEvent, QueueReport};
 use crate::engine::{EngineConfig, EngineError, QueueLogEvent};
 use crate::reach::ReachConfig;
@@ -78,15 +79,11 @@ pub struct NodeConfig {
     pub music: Vec<i16>,
     /// Voice prompts (Asterisk names: `queue-thereare`, `digits/5`, `agent-loginok`, …).
     pub prompts: audio::PromptSet,
-    /// Announce position (and hold time) to waiting callers this often (None: never).
-    pub announce_frequency: Option<Duration>,
-    /// Include the estimated hold time in announcements.
-    pub announce_holdtime: bool,
-    /// Feature-code prefix for hot-desking: dial `<login_code><queue number>` to log the
-    /// calling device in as a dynamic member.
-    pub login_code: String,
-    /// Dial `<logout_code><queue number>` to log out.
-    pub logout_code: String,
+    /// Position (and hold-time) announcements to waiting callers, unless a queue says
+    /// otherwise.
+    pub announce: crate::call::Announcements,
+    /// Feature codes for hot-desking.
+    pub hot_desk: crate::call::HotDesk,
     /// SIP OPTIONS keep-alives to every gateway the node may offer through.
     pub reach: ReachConfig,
     /// An offer INVITE without a provisional response after this is given up (never
@@ -198,10 +195,8 @@ impl AcdNode {
             engine: cfg.engine,
             numbers: cfg.numbers,
             gateways: cfg.gateways.iter().map(|g| g.address).collect(),
-            announce_frequency: cfg.announce_frequency,
-            announce_holdtime: cfg.announce_holdtime,
-            login_code: cfg.login_code,
-            logout_code: cfg.logout_code,
+            announce: cfg.announce,
+            hot_desk: cfg.hot_desk,
             reach: cfg.reach,
             offer_provisional_timeout: cfg.offer_provisional_timeout,
             device_prefix: cfg.device_prefix,
@@ -247,6 +242,7 @@ impl AcdNode {
         let (node_events, _) = broadcast::channel(1024);
         let (active_tx, active) = tokio::sync::watch::channel(0);
         let (changes, _) = tokio::sync::watch::channel(0u64);
+        let (commands, cmd_rx) = mpsc::channel(16);
         let node = Node {
             tl: TransactionLayer::new(timers),
             core,
@@ -262,9 +258,15 @@ impl AcdNode {
             member_store,
             members_dirty: false,
             member_save: None,
+            inputs: ua::Inputs {
+                bus: bus_rx,
+                commands: cmd_rx,
+                media_done: done_rx,
+                dtmf: dtmf_rx,
+                waiting: waiting_rx,
+            },
         };
-        let (commands, cmd_rx) = mpsc::channel(16);
-        let task = tokio::spawn(node.run(events, bus_rx, cmd_rx, done_rx, (waiting_rx, dtmf_rx)));
+        let task = tokio::spawn(node.run(events));
         Ok(AcdNode {
             local,
             events: node_events,
@@ -317,117 +319,19 @@ struct Node {
     members_dirty: bool,
     /// The last member state write (each awaits the one before).
     member_save: Option<tokio::task::JoinHandle<()>>,
+    /// The node's inputs beside SIP (`ua.rs`).
+    inputs: ua::Inputs,
 }
 
 impl Node {
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<TransportEvent>,
-        mut bus_rx: broadcast::Receiver<BusEvent>,
-        mut commands: mpsc::Receiver<Command>,
-        mut media_done: mpsc::UnboundedReceiver<LegId>,
-        (mut waiting, mut dtmf): (
-            Option<tokio::sync::watch::Receiver<u64>>,
-            mpsc::UnboundedReceiver<(LegId, char)>,
-        ),
-    ) {
-        if waiting.is_some() {
+    /// Serves until the transports or the bus close or a graceful shutdown ends, on the one
+    /// event loop of SIP user agents (`sipnet::drive`, `ua.rs`).
+    async fn run(mut self, mut events: mpsc::Receiver<TransportEvent>) {
+        if self.inputs.waiting.is_some() {
             self.core
                 .remote_waiting(&self.bus.waiting(), Instant::now());
         }
-        loop {
-            let wake = sipnet::earliest(self.tl.poll_timeout(), self.core.poll_timeout());
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    None => break,
-                    Some(ev) => sipnet::receive(&self.transports, &mut self.tl, ev).await,
-                },
-                ev = statebus::recv(&mut bus_rx) => match ev {
-                    None => break,
-                    Some(BusEvent::Changed(Change::Device { key, state })) => {
-                        self.core.device_state(&key, state, Instant::now());
-                        self.changed();
-                    }
-                    Some(BusEvent::Changed(Change::PeerUp(_))) => {
-                        // A member that may announce a SIP address: keep it alive from now on.
-                        self.core.peer_up(Instant::now());
-                    }
-                    Some(BusEvent::Lagged(_)) => {
-                        self.core.resync(self.bus.snapshot().devices, Instant::now());
-                    }
-                    Some(_) => {}
-                },
-                _ = sipnet::sleep_until(wake) => {
-                    let now = Instant::now();
-                    self.tl.handle_timeout(now);
-                    self.core.handle_timeout(now);
-                }
-                Some(leg) = media_done.recv() => self.core.announcement_done(leg, Instant::now()),
-                Some((leg, key)) = dtmf.recv() => self.core.dtmf(leg, key, Instant::now()),
-                changed = async { waiting.as_mut()?.changed().await.ok() }, if waiting.is_some() => {
-                    match changed {
-                        Some(()) => self.core.remote_waiting(&self.bus.waiting(), Instant::now()),
-                        None => waiting = None,
-                    }
-                }
-                Some(cmd) = commands.recv() => match cmd {
-                    Command::Stats(reply) => {
-                        let _ = reply.send(self.core.report());
-                    }
-                    Command::Drain(retry_after) => self.core.drain(retry_after),
-                    Command::Finish(done) => {
-                        self.finish_reply = Some(done);
-                        self.core.finish(Instant::now());
-                    }
-                    Command::Admin(op, reply) => {
-                        let _ = reply.send(self.admin(op));
-                        self.changed();
-                    }
-                    Command::Floor(reply) => {
-                        let _ = reply.send(self.floor());
-                    }
-                },
-            }
-            self.drain().await;
-            self.save_members();
-            if self.shutdown_step().await {
-                break;
-            }
-        }
-    }
-
-    /// Until quiet: transaction events into the core, the core's outputs out, datagrams sent.
-    async fn drain(&mut self) {
-        loop {
-            let mut progressed = false;
-            let now = Instant::now();
-            while let Some(ev) = self.tl.poll_event() {
-                progressed = true;
-                self.core.handle(ev, now);
-            }
-            while let Some(w) = self.core.poll_waiting() {
-                progressed = true;
-                match w {
-                    crate::engine::WaitingChange::Put(w) => self.bus.publish_waiting(w),
-                    crate::engine::WaitingChange::Gone { queue, caller } => {
-                        self.bus.withdraw_waiting(&queue, &caller)
-                    }
-                }
-            }
-            while let Some(out) = self.core.poll_output() {
-                progressed = true;
-                if let Some(out) = call::apply(&mut self.tl, &mut self.core, out, now) {
-                    self.perform(out);
-                }
-            }
-            while let Some(t) = self.tl.poll_transmit() {
-                progressed = true;
-                sipnet::transmit(&self.transports, &mut self.tl, t).await;
-            }
-            if !progressed {
-                break;
-            }
-        }
+        sipnet::drive(&mut self, &mut events).await
     }
 
     fn perform(&mut self, out: Output) {

@@ -762,7 +762,7 @@ fn abandon_and_timeout_log_positions_and_wait() {
     e.join(t(0), Join::new("1", "q")).expect("join");
     e.join(t(1), Join::new("2", "q")).expect("join");
     let mut vip = Join::new("3", "q");
-    vip.priority = 5;
+    vip.place.priority = 5;
     assert_eq!(e.join(t(2), vip), Ok(1), "priority goes first");
     let mut w = Join::new("4", "q");
     w.max_wait = Some(t(30));
@@ -1044,7 +1044,7 @@ fn property_random_streams_keep_one_offer_per_member() {
                 0 | 1 => {
                     next_id += 1;
                     let mut j = Join::new(format!("c{next_id}"), q);
-                    j.priority = rng.below(3) as i32;
+                    j.place.priority = rng.below(3) as i32;
                     if rng.below(3) == 0 {
                         j.penalties.max = Some(rng.below(3) as i32);
                         j.rule = Some("r".into());
@@ -1265,7 +1265,7 @@ fn raise_penalty_and_leavewhenempty_penalty_factor() {
 }
 
 /// Issue 15: a caller moved from a dead node joins with their original join time
-/// (`Join::joined_at`) and takes their place among callers of the same priority; a join time
+/// (`Place::joined_at`) and takes their place among callers of the same priority; a join time
 /// from the future counts as now.
 #[test]
 fn a_moved_caller_keeps_their_original_place() {
@@ -1274,8 +1274,8 @@ fn a_moved_caller_keeps_their_original_place() {
     e.join(t(20), Join::new("b", "q")).expect("b");
     let moved = |id: &str, at: u64, prio: i32| {
         let mut j = Join::new(id, "q");
-        j.joined_at = Some(t(at));
-        j.priority = prio;
+        j.place.joined_at = Some(t(at));
+        j.place.priority = prio;
         j
     };
     e.join(t(30), moved("c", 5, 0)).expect("c");

@@ -217,7 +217,7 @@ fn waiting_list_in_position_order() {
     e.join(t(1), Join::new("c1", "q")).expect("join");
     e.join(t(2), Join::new("c2", "q")).expect("join");
     let mut vip = Join::new("c3", "q");
-    vip.priority = 5;
+    vip.place.priority = 5;
     e.join(t(3), vip).expect("join");
     e.handle_timeout(t(10));
     let w = e.waiting("q");

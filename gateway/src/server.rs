@@ -6,11 +6,11 @@ use crate::b2bua::{self, B2bua};
 use crate::devices::{DeviceCache, DeviceStore};
 use crate::media::{LegStats, MediaRelay, RelayConfig};
 use crate::registrar::digest::Algorithm;
-use crate::registrar::{self, Credentials, Registrar, RegistrarEvent, UserRecord};
+use crate::registrar::{self, Credentials, Registrar, UserRecord};
 use crate::sip::message::Request;
 use crate::sip::transaction::{self as tx, TransactionLayer};
 use crate::transport::{self, TransportConfig, TransportEvent, Transports};
-use crate::transport::{receive_overload, sleep_until, transmit, Peer};
+use crate::transport::{transmit, Peer};
 use statebus::{Bus, DeviceState};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +39,7 @@ mod voicemail;
 mod spy;
 mod timers;
 mod trunks;
+mod ua;
 pub use config::{GatewayConfig, GatewayError, TrunkConfig};
 use presence::user_of;
 use qualify::contact_dest;
@@ -385,7 +386,7 @@ impl Core {
     async fn run(
         mut self,
         mut events: tokio::sync::mpsc::Receiver<TransportEvent>,
-        mut control: tokio::sync::mpsc::UnboundedReceiver<shutdown::Control>,
+        control: tokio::sync::mpsc::UnboundedReceiver<shutdown::Control>,
     ) {
         self.restore_bindings().await;
         // Restart truth: until a device has a reachable contact it reads UNAVAILABLE, whatever
@@ -406,73 +407,12 @@ impl Core {
         qualify.tick().await;
         self.qualify_all();
         self.walk_deadlines();
-        loop {
-            let sleep = sleep_until(self.next_wake());
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    None => break,
-                    Some(ev) if self.admitted(&ev) => {
-                        self.housekeeping.traffic = true;
-                        let backlog = events.len();
-                        receive_overload(&self.transports, &mut self.tl, &mut self.overload, backlog, ev).await
-                    }
-                    Some(_) => self.housekeeping.traffic = true,
-                },
-                _ = sleep => self.on_timers(),
-                // A line suppressed on another task: its summary is due later (`next_wake`).
-                _ = crate::transport::loglimit::suppressed() => {}
-                Some(ev) = statebus::recv(&mut self.mwi.rx) => {
-                    self.housekeeping.traffic = true;
-                    self.on_mwi_bus(ev)
-                }
-                _ = qualify.tick() => self.qualify_all(),
-                Some(seq) = self.durable.committed.recv() => {
-                    self.housekeeping.traffic = true;
-                    self.committed(seq)
-                }
-                Some(c) = control.recv() => {
-                    self.housekeeping.traffic = true;
-                    self.on_control(c)
-                }
-            }
-            self.drain().await;
-            if self.shutdown_step().await {
-                info!("shutdown: gateway stopped");
-                break;
-            }
-        }
-    }
-
-    /// Process everything the transaction layer and the registrar produced.
-    async fn drain(&mut self) {
-        loop {
-            let mut progressed = false;
-            while let Some(ev) = self.tl.poll_event() {
-                progressed = true;
-                self.on_tx_event(ev);
-            }
-            while let Some(ev) = self.registrar.poll_event() {
-                progressed = true;
-                match ev {
-                    RegistrarEvent::Registered { aor } | RegistrarEvent::Unregistered { aor } => {
-                        self.qualify.forget(&aor);
-                        let key = self.device_key(&aor);
-                        self.refresh_device(&key);
-                    }
-                }
-            }
-            while let Some(a) = self.b2bua.poll_action() {
-                progressed = true;
-                self.on_b2bua_action(a);
-            }
-            while let Some(t) = self.tl.poll_transmit() {
-                progressed = true;
-                self.transmit(t).await;
-            }
-            if !progressed {
-                break;
-            }
-        }
+        let mut running = ua::Running {
+            core: self,
+            qualify,
+            control,
+        };
+        transport::drive(&mut running, &mut events).await
     }
 
     async fn transmit(&mut self, t: tx::Transmit<Peer>) {

@@ -11,6 +11,28 @@ use tracing::info;
 use super::{CallControl, Fabric, Feature, Media};
 use crate::engine::{EngineConfig, EngineError, MemberConfig, ReloadReport};
 
+/// Feature codes for hot-desking from the phone: `<login><queue number>` adds the calling
+/// device to that queue as a dynamic member, `<logout><queue number>` removes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HotDesk {
+    /// Login prefix (empty: none).
+    pub login: String,
+    /// Logout prefix (empty: none).
+    pub logout: String,
+}
+
+impl HotDesk {
+    /// A dialled `number` that is a hot-desking code: (login, the queue number after it).
+    pub fn parse<'a>(&self, number: &'a str) -> Option<(bool, &'a str)> {
+        let strip = |code: &str| number.strip_prefix(code).filter(|_| !code.is_empty());
+        match (strip(&self.login), strip(&self.logout)) {
+            (Some(rest), _) => Some((true, rest)),
+            (None, Some(rest)) => Some((false, rest)),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Feature codes for pausing from the phone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PauseCodes {

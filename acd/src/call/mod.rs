@@ -42,7 +42,8 @@ mod dtmf;
 mod late;
 mod shutdown;
 mod trust;
-pub use admin::{CallState, LiveCall, PauseCodes};
+pub use admin::{CallState, HotDesk, LiveCall, PauseCodes};
+pub use announce::Announcements;
 pub use callback::CALLBACK_KEY;
 pub use dtmf::Rfc4733;
 pub use late::MAX_ABANDONED;
@@ -72,7 +73,7 @@ use tracing::{debug, info, warn};
 
 use crate::engine::{
     Action, CompletedBy, Engine, EngineConfig, EngineError, Join, MemberStats, OfferId,
-    OfferOutcome, QueueLogEvent, QueueStats, Time,
+    OfferOutcome, Place, QueueLogEvent, QueueStats, Time,
 };
 use crate::reach::{ReachConfig, ReachEvent, Reachability};
 
@@ -104,14 +105,10 @@ pub struct CallConfig {
     /// Gateways' SIP addresses, in order of preference for agents no heartbeat places. Callers
     /// are accepted only from these.
     pub gateways: Vec<SocketAddr>,
-    /// Announce position (and hold time) this often, unless the queue says otherwise.
-    pub announce_frequency: Option<Duration>,
-    /// Include the estimated hold time in announcements, unless the queue says otherwise.
-    pub announce_holdtime: bool,
-    /// Hot-desking login prefix (empty: none).
-    pub login_code: String,
-    /// Hot-desking logout prefix (empty: none).
-    pub logout_code: String,
+    /// Position announcements, unless the queue says otherwise.
+    pub announce: Announcements,
+    /// Hot-desking feature codes.
+    pub hot_desk: HotDesk,
     /// OPTIONS keep-alives.
     pub reach: ReachConfig,
     /// An offer without a provisional response after this is given up; also its deadline.
@@ -930,16 +927,23 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         if confirm.is_none() {
             let mut join = Join::new(caller_id.clone(), queue.clone());
             join.caller_number = from_user;
-            // The caller's place in the global order across ACD nodes (`engine/global.rs`).
-            join.joined_ms = Some(self.wall_ms());
-            // A caller moved off a dead node keeps their place (signed `X-CF-Join`), here and
-            // in the global order.
-            if let Some(p) = place {
-                join.priority = p.priority;
-                join.joined_at = Some(self.joined_at(p, now));
-                join.joined_ms = Some(p.joined_ms);
-                info!(caller = %caller_id, %queue, joined_ms = p.joined_ms, priority = p.priority, "moved caller queued at their original place");
-            }
+            // The caller's place in the global order across ACD nodes (`engine/global.rs`):
+            // now, or, for a caller moved off a dead node (signed `X-CF-Join`), the original
+            // one, here and in the global order.
+            join.place = match place {
+                Some(p) => {
+                    info!(caller = %caller_id, %queue, joined_ms = p.joined_ms, priority = p.priority, "moved caller queued at their original place");
+                    Place {
+                        priority: p.priority,
+                        joined_at: Some(self.joined_at(p, now)),
+                        joined_ms: Some(p.joined_ms),
+                    }
+                }
+                None => Place {
+                    joined_ms: Some(self.wall_ms()),
+                    ..Place::default()
+                },
+            };
             if let Err(e) = self.engine.join(self.t(now), join) {
                 info!(%queue, error = %e, "caller not queued");
                 self.media.close(leg);
@@ -1497,10 +1501,8 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             let Some(pos) = self.engine.global_position(&queue, &cid) else {
                 continue;
             };
-            let holdtime = self
-                .queue_cfg(&queue)
-                .and_then(|q| q.announce_holdtime)
-                .unwrap_or(self.cfg.announce_holdtime)
+            let holdtime = (self.cfg.announce)
+                .holdtime(self.queue_cfg(&queue))
                 .then(|| self.engine.estimated_wait(&queue, &cid).unwrap_or(0));
             let prompts = announce::position(pos, holdtime);
             debug!(caller = %cid, pos, "announcing position");
@@ -1566,14 +1568,9 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
         self.cfg.engine.queues.iter().find(|q| q.name == queue)
     }
 
-    /// How often callers of `queue` hear their position: the queue's `announce_frequency`
-    /// (0: never), else the node's default.
+    /// How often callers of `queue` hear their position ([`Announcements::every`]).
     fn announce_every(&self, queue: &str) -> Option<Duration> {
-        match self.queue_cfg(queue).and_then(|q| q.announce_frequency) {
-            Some(0) => None,
-            Some(secs) => Some(Duration::from_secs(secs)),
-            None => self.cfg.announce_frequency,
-        }
+        self.cfg.announce.every(self.queue_cfg(queue))
     }
 
     fn ringinuse(&self, queue: &str, interface: &str) -> bool {
@@ -1587,21 +1584,13 @@ impl<M: Media, F: Fabric> CallControl<M, F> {
             .unwrap_or(q.ringinuse)
     }
 
-    /// `<login_code|logout_code><queue number>` from a phone: add or remove the calling
-    /// device as a dynamic member (hot-desking).
+    /// `<login|logout code><queue number>` from a phone: add or remove the calling device as
+    /// a dynamic member (hot-desking).
     fn feature_code(&mut self, number: &str, from_user: &str, now: Instant) -> Feature {
-        let strip = |code: &str| {
-            number
-                .strip_prefix(code)
-                .filter(|_| !code.is_empty())
-                .map(str::to_owned)
+        let Some((login, rest)) = self.cfg.hot_desk.parse(number) else {
+            return self.pause_code(number, from_user, now);
         };
-        let (login, rest) = match (strip(&self.cfg.login_code), strip(&self.cfg.logout_code)) {
-            (Some(rest), _) => (true, rest),
-            (None, Some(rest)) => (false, rest),
-            (None, None) => return self.pause_code(number, from_user, now),
-        };
-        let Some(queue) = self.cfg.numbers.get(&rest).cloned() else {
+        let Some(queue) = self.cfg.numbers.get(rest).cloned() else {
             return Feature::Refused(404);
         };
         if from_user.is_empty() {

@@ -184,10 +184,11 @@ fn config(queues: Vec<QueueConfig>) -> CallConfig {
             .map(|(n, q)| (n.to_owned(), q.to_owned()))
             .collect(),
         gateways: vec![addr(GW)],
-        announce_frequency: None,
-        announce_holdtime: false,
-        login_code: "*45".into(),
-        logout_code: "*46".into(),
+        announce: crate::call::Announcements::default(),
+        hot_desk: crate::call::HotDesk {
+            login: "*45".into(),
+            logout: "*46".into(),
+        },
         reach: ReachConfig::default(),
         offer_provisional_timeout: Duration::from_secs(2),
         device_prefix: "PJSIP/".into(),

@@ -208,7 +208,7 @@ mod tests {
         // filter: 0·3/4 + 40/4).
         en.device_state(secs(0), "SIP/a", DeviceState::Unavailable);
         let mut j = Join::new("c1", "q");
-        j.joined_ms = Some(1_000);
+        j.place.joined_ms = Some(1_000);
         en.join(secs(0), j).expect("join");
         while en.poll_action().is_some() {}
         en.device_state(secs(40), "SIP/a", DeviceState::NotInUse);
@@ -229,7 +229,7 @@ mod tests {
 
         // Our caller c2 joined at 50 s; alone it is first: 10 s.
         let mut j = Join::new("c2", "q");
-        j.joined_ms = Some(50_000);
+        j.place.joined_ms = Some(50_000);
         en.join(secs(50), j).expect("join");
         assert_eq!(en.global_position("q", "c2"), Some(1));
         assert_eq!(en.estimated_wait("q", "c2"), Some(10));

@@ -26,7 +26,7 @@ pub use rules::{PenaltyRule, RuleValue};
 pub use strategy::Rng;
 pub use types::{
     Action, CompletedBy, EngineError, ExitReason, Join, MemberStats, OfferId, OfferOutcome,
-    Penalties, QueueLogEvent, QueueStats, Time,
+    Penalties, Place, QueueLogEvent, QueueStats, Time,
 };
 
 use admin::Missed;
@@ -614,8 +614,9 @@ impl Engine {
         let ck = self.next_caller;
         self.next_caller += 1;
         // Behind every caller of higher priority, and of equal priority who joined no later.
-        let joined = j.joined_at.map_or(self.now, |t| t.min(self.now));
+        let joined = j.place.joined_at.map_or(self.now, |t| t.min(self.now));
         let joined_ms = j
+            .place
             .joined_ms
             .unwrap_or_else(|| u64::try_from(self.now.as_millis()).unwrap_or(u64::MAX));
         let pos = {
@@ -623,10 +624,10 @@ impl Engine {
             // With an original join time (a caller moved from another node keeps its place),
             // behind every caller of higher priority or of equal priority that joined no later.
             let behind = |c: &Caller| {
-                c.priority < j.priority
-                    || (c.priority == j.priority
+                c.priority < j.place.priority
+                    || (c.priority == j.place.priority
                         && (c.joined > joined
-                            || (j.joined_ms.is_some() && c.joined_ms > joined_ms)))
+                            || (j.place.joined_ms.is_some() && c.joined_ms > joined_ms)))
             };
             qu.callers
                 .iter()
@@ -641,7 +642,7 @@ impl Engine {
             Caller {
                 id: j.caller.clone(),
                 queue: q,
-                priority: j.priority,
+                priority: j.place.priority,
                 joined,
                 joined_ms,
                 opos,

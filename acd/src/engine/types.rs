@@ -83,21 +83,14 @@ pub struct Join {
     pub queue: String,
     /// Caller number, for ENTERQUEUE.
     pub caller_number: String,
-    /// QUEUE_PRIO: higher is served first.
-    pub priority: i32,
     /// Penalty rule name; defaults to the queue's `defaultrule`.
     pub rule: Option<String>,
     /// QUEUE_MAX_PENALTY, QUEUE_MIN_PENALTY, QUEUE_RAISE_PENALTY.
     pub penalties: Penalties,
     /// Queue() timeout argument: maximum wait before EXITWITHTIMEOUT.
     pub max_wait: Option<Duration>,
-    /// When the caller originally joined (engine time, not after now): a caller moved from
-    /// another node keeps their place among callers of the same priority. `None`: now.
-    pub joined_at: Option<Time>,
-
-    /// Original join time, unix ms: the caller's place in a global order across ACD nodes
-    /// (now, or kept from the node it moved from). `None`: engine time.
-    pub joined_ms: Option<u64>,
+    /// Where the caller stands among the queue's callers: priority, then join time.
+    pub place: Place,
 }
 
 impl Join {
@@ -107,15 +100,26 @@ impl Join {
             caller: caller.into(),
             queue: queue.into(),
             caller_number: String::new(),
-            priority: 0,
             rule: None,
             penalties: Penalties::default(),
             max_wait: None,
-            joined_at: None,
-
-            joined_ms: None,
+            place: Place::default(),
         }
     }
+}
+
+/// Where a joining caller stands among the callers of its queue (app_queue's order): higher
+/// priority first, then earlier join. Default: priority 0, joined now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Place {
+    /// QUEUE_PRIO: higher is served first.
+    pub priority: i32,
+    /// When the caller originally joined (engine time, not after now): a caller moved from
+    /// another node keeps their place among callers of the same priority. `None`: now.
+    pub joined_at: Option<Time>,
+    /// Original join time, unix ms: the caller's place in a global order across ACD nodes
+    /// (now, or kept from the node it moved from). `None`: engine time.
+    pub joined_ms: Option<u64>,
 }
 
 /// A caller's penalty window (app_queue's QUEUE_MAX_PENALTY, QUEUE_MIN_PENALTY and

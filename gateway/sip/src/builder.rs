@@ -270,6 +270,103 @@ impl RequestBuilder {
     }
 }
 
+/// A request we sent, again as a new client transaction: the INVITE after a 401/407 (RFC 3261
+/// §22.2) or a 422 (RFC 4028 §7.4) with [`Resend::next_cseq`], or to another target (a fork
+/// branch, a diversion, the next DNS target) with [`Resend::uri`] and [`Resend::contact`]. Its
+/// Via is replaced by ours with a new branch; every other field stays as it was, in order,
+/// except those [`Resend::without`] drops; [`Resend::header`] fields come after them.
+#[derive(Debug, Clone)]
+pub struct Resend {
+    request: Request,
+    via: String,
+    next_cseq: bool,
+    contact: Option<String>,
+    drop: Vec<fn(&Header) -> bool>,
+    extra: Vec<Header>,
+}
+
+impl Resend {
+    /// `original` with `via` (carrying the new transaction's branch) as its only Via.
+    pub fn new(original: &Request, via: impl Into<String>) -> Resend {
+        Resend {
+            request: original.clone(),
+            via: via.into(),
+            next_cseq: false,
+            contact: None,
+            drop: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// A new request of the same dialog or call (RFC 3261 §8.1.3.5): the CSeq number one
+    /// higher.
+    pub fn next_cseq(mut self) -> Self {
+        self.next_cseq = true;
+        self
+    }
+
+    /// Another Request-URI.
+    pub fn uri(mut self, uri: rsip::Uri) -> Self {
+        self.request.uri = uri;
+        self
+    }
+
+    /// Another Contact value (replacing the original's).
+    pub fn contact(mut self, value: impl Into<String>) -> Self {
+        self.contact = Some(value.into());
+        self
+    }
+
+    /// Drops the original's fields `which` matches (credentials answered to an earlier
+    /// challenge, a Session-Expires to replace).
+    pub fn without(mut self, which: fn(&Header) -> bool) -> Self {
+        self.drop.push(which);
+        self
+    }
+
+    /// A field after the original's.
+    pub fn header(mut self, header: Header) -> Self {
+        self.extra.push(header);
+        self
+    }
+
+    /// The request.
+    pub fn build(self) -> Request {
+        let Resend {
+            mut request,
+            via,
+            next_cseq,
+            contact,
+            drop,
+            extra,
+        } = self;
+        let seq = crate::transaction::parse::cseq(&request.headers).map_or(0, |c| c.seq);
+        let method = message::method_name(&request.method);
+        let mut via = Some(via);
+        let mut h: Vec<Header> = Vec::with_capacity(request.headers.iter().count() + extra.len());
+        for field in request.headers.iter() {
+            if drop.iter().any(|d| d(field)) {
+                continue;
+            }
+            match field {
+                // Ours replaces the first; a request we sent has no other.
+                Header::Via(_) => h.extend(via.take().map(|v| Header::Via(Via::new(v)))),
+                Header::CSeq(_) if next_cseq => h.push(Header::CSeq(CSeq::new(format!(
+                    "{} {method}",
+                    seq.saturating_add(1)
+                )))),
+                Header::Contact(_) if contact.is_some() => {
+                    h.extend(contact.clone().map(|c| Header::Contact(Contact::new(c))))
+                }
+                other => h.push(other.clone()),
+            }
+        }
+        h.extend(extra);
+        request.headers = Headers::from(h);
+        request
+    }
+}
+
 /// A Request-URI.
 pub fn parse_uri(uri: &str) -> Result<rsip::Uri, BuildError> {
     message::parse_uri(uri).ok_or_else(|| BuildError::Uri(uri.to_owned()))
@@ -439,5 +536,87 @@ mod tests {
             l.via("z9hG4bKx"),
             "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKx;rport"
         );
+    }
+
+    #[test]
+    fn a_resend_is_a_new_transaction_of_the_same_request() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let original = RequestBuilder::out_of_dialog(
+            &mut rng,
+            &local(),
+            Method::Invite,
+            "sip:2001@trunk.example.com",
+            "<sip:1001@example.com>",
+            "<sip:2001@trunk.example.com>",
+        )
+        .unwrap()
+        .cseq(41)
+        .contact("<sip:1001@192.0.2.1:5060>")
+        .field("Session-Expires", "90")
+        .unwrap()
+        .field("Authorization", "Digest username=\"old\"")
+        .unwrap()
+        .body(b"v=0\r\n".to_vec(), "application/sdp")
+        .build();
+        let (via, branch) = local().new_via(&mut rng);
+        let auth = header("Authorization", "Digest username=\"new\"").unwrap();
+        let retry = Resend::new(&original, via)
+            .next_cseq()
+            .without(|h| matches!(h, Header::Authorization(_)))
+            .without(
+                |h| matches!(h, Header::Other(n, _) if n.eq_ignore_ascii_case("session-expires")),
+            )
+            .header(auth.clone())
+            .build();
+        let text = String::from_utf8(serialize_request(&retry)).unwrap();
+        assert_eq!(
+            client_key(&retry),
+            Some(TransactionKey::client(&branch, Method::Invite))
+        );
+        assert_ne!(client_key(&retry), client_key(&original));
+        assert!(text.contains("CSeq: 42 INVITE\r\n"), "{text}");
+        assert_eq!(text.matches("Via:").count(), 1, "{text}");
+        assert!(!text.contains("Session-Expires"), "{text}");
+        assert!(!text.contains("username=\"old\""), "{text}");
+        assert_eq!(text.matches("Authorization:").count(), 1, "{text}");
+        assert!(
+            text.contains("Authorization: Digest username=\"new\"\r\n"),
+            "{text}"
+        );
+        // Everything else as it was, in order.
+        let kept = |r: &Request| -> Vec<Header> {
+            r.headers
+                .iter()
+                .filter(|h| {
+                    !matches!(
+                        h,
+                        Header::Via(_)
+                            | Header::CSeq(_)
+                            | Header::Authorization(_)
+                            | Header::Other(..)
+                    )
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(kept(&retry), kept(&original));
+        assert_eq!((&retry.uri, &retry.body), (&original.uri, &original.body));
+        // To another target: the same CSeq, another Request-URI and Contact.
+        let (via, _) = local().new_via(&mut rng);
+        let moved = Resend::new(&original, via)
+            .uri(parse_uri("sip:2001@192.0.2.9:5070").unwrap())
+            .contact("<sip:gw@192.0.2.1:5062>")
+            .build();
+        let text = String::from_utf8(serialize_request(&moved)).unwrap();
+        assert!(
+            text.starts_with("INVITE sip:2001@192.0.2.9:5070 SIP/2.0\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("CSeq: 41 INVITE\r\n"), "{text}");
+        assert!(
+            text.contains("Contact: <sip:gw@192.0.2.1:5062>\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Session-Expires: 90\r\n"), "{text}");
     }
 }

@@ -1,10 +1,14 @@
-//! The glue every SIP user agent of a process runs on (the gateway, the ACD node): where a
-//! message came from or goes to ([`Peer`]), transport events into the sans-IO transaction
-//! layer ([`receive`]), what it produces onto the wire ([`transmit`]), and the deadline helpers
-//! of an event loop ([`earliest`], [`sleep_until`]).
+//! The glue every SIP user agent of a process runs on (the gateway, the ACD node, voicemail):
+//! where a message came from or goes to ([`Peer`]), transport events into the sans-IO
+//! transaction layer ([`receive`]), what it produces onto the wire ([`transmit`]), the deadline
+//! helpers ([`earliest`], [`sleep_until`]) and the one event loop they all run on ([`drive`],
+//! with the [`UserAgent`] each implements).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
+
+use tokio::sync::mpsc;
 
 use sip_core::message::{self, SipMessage};
 use sip_core::overload::Overload;
@@ -205,6 +209,130 @@ pub async fn transmit(
         debug!(error = %e, dest = %t.dest.addr, "send failed");
         if let Some(key) = t.key {
             tl.transport_error(&key);
+        }
+    }
+}
+
+/// A SIP user agent as [`drive`] runs it: it owns its transports and transaction layer and
+/// the sans-IO cores above them; the loop feeds it messages, timers and its own inputs and
+/// drains what they produce.
+pub trait UserAgent: Send {
+    /// What the application's own inputs deliver (bus changes, commands, media events …).
+    type Input: Send;
+
+    /// The transports and the transaction layer.
+    fn sip(&mut self) -> (&Transports, &mut TransactionLayer<Peer>);
+
+    /// When the application's own timers are next due (the transaction layer's are the
+    /// loop's: both are waited for, whichever is earlier); `None`: none.
+    fn next_deadline(&mut self) -> Option<Instant>;
+
+    /// A deadline came: the application's timers at `now` (the transaction layer's have just
+    /// run).
+    fn on_timer(&mut self, now: Instant);
+
+    /// A transport event with `backlog` more queued behind it. By default it goes to the
+    /// transaction layer ([`receive`]); an application may screen or measure it first.
+    fn on_datagram(
+        &mut self,
+        ev: TransportEvent,
+        backlog: usize,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = backlog;
+        async move {
+            let (transports, tl) = self.sip();
+            receive(transports, tl, ev).await
+        }
+    }
+
+    /// The next of the application's own inputs; `None` stops the loop. It must be
+    /// cancel-safe: it is dropped whenever a message or a deadline comes first.
+    fn input(&mut self) -> impl Future<Output = Option<Self::Input>> + Send;
+
+    /// One of the application's inputs.
+    fn on_input(&mut self, input: Self::Input);
+
+    /// An event of the transaction layer (a request, a response, a timeout …) at `now`.
+    fn on_event(&mut self, ev: tx::Event<Peer>, now: Instant);
+
+    /// Hands on what the application's cores produced since (actions, requests to send …);
+    /// true if there was anything. Called until nothing is left, between the transaction
+    /// layer's events and its transmissions.
+    fn poll_outputs(&mut self, now: Instant) -> bool {
+        let _ = now;
+        false
+    }
+
+    /// After each turn of the loop: true stops it (a graceful shutdown that completed).
+    fn finished(&mut self) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
+}
+
+/// The event loop of a SIP user agent: waits for a transport event, the earliest deadline
+/// (the transaction layer's `poll_timeout` and [`UserAgent::next_deadline`]) or one of the
+/// application's inputs, handles it, then drains the transaction layer and the application
+/// until quiet (events in, outputs out, messages sent). Returns when the transports close,
+/// the application's inputs end, or it says it has [`UserAgent::finished`].
+pub async fn drive<U: UserAgent>(ua: &mut U, events: &mut mpsc::Receiver<TransportEvent>) {
+    loop {
+        let wake = earliest(ua.sip().1.poll_timeout(), ua.next_deadline());
+        let stop = tokio::select! {
+            ev = events.recv() => match ev {
+                None => true,
+                Some(ev) => {
+                    let backlog = events.len();
+                    ua.on_datagram(ev, backlog).await;
+                    false
+                }
+            },
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                ua.sip().1.handle_timeout(now);
+                ua.on_timer(now);
+                false
+            }
+            input = ua.input() => match input {
+                None => true,
+                Some(input) => {
+                    ua.on_input(input);
+                    false
+                }
+            },
+        };
+        if stop {
+            break;
+        }
+        drain(ua).await;
+        if ua.finished().await {
+            break;
+        }
+    }
+}
+
+/// Until quiet: the transaction layer's events into the application, its outputs out,
+/// messages sent.
+async fn drain<U: UserAgent>(ua: &mut U) {
+    loop {
+        let now = Instant::now();
+        let mut progressed = false;
+        while let Some(ev) = ua.sip().1.poll_event() {
+            progressed = true;
+            ua.on_event(ev, now);
+        }
+        while ua.poll_outputs(now) {
+            progressed = true;
+        }
+        loop {
+            let (transports, tl) = ua.sip();
+            let Some(t) = tl.poll_transmit() else {
+                break;
+            };
+            progressed = true;
+            transmit(transports, tl, t).await;
+        }
+        if !progressed {
+            break;
         }
     }
 }

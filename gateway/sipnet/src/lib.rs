@@ -31,7 +31,8 @@ pub mod tls;
 mod udp;
 
 pub use driver::{
-    earliest, receive, receive_overload, screen, sleep_until, transmit, Peer, Screened,
+    drive, earliest, receive, receive_overload, screen, sleep_until, transmit, Peer, Screened,
+    UserAgent,
 };
 pub use tls::{TlsConfig, TlsError, TlsState};
 

@@ -983,3 +983,140 @@ async fn tcp_send_does_not_wait_for_a_stalled_reader() {
         assert_eq!(call_id(&inc.message), format!("s{i}@example.com"));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The one event loop (`sipnet::drive`)
+// ---------------------------------------------------------------------------------------------
+
+/// A user agent that answers every request 200, has one timer and takes numbers as its own
+/// input (99: it has finished); it reports what happened on `log`.
+struct Echo {
+    transports: Transports,
+    tl: sip_core::transaction::TransactionLayer<sipnet::Peer>,
+    deadline: Option<std::time::Instant>,
+    fired: Vec<std::time::Instant>,
+    inputs: mpsc::UnboundedReceiver<u32>,
+    seen: Vec<u32>,
+    log: mpsc::UnboundedSender<String>,
+}
+
+impl sipnet::UserAgent for Echo {
+    type Input = u32;
+
+    fn sip(
+        &mut self,
+    ) -> (
+        &Transports,
+        &mut sip_core::transaction::TransactionLayer<sipnet::Peer>,
+    ) {
+        (&self.transports, &mut self.tl)
+    }
+
+    fn next_deadline(&mut self) -> Option<std::time::Instant> {
+        self.deadline
+    }
+
+    fn on_timer(&mut self, now: std::time::Instant) {
+        if self.deadline.is_some_and(|d| d <= now) {
+            self.deadline = None;
+            self.fired.push(now);
+            let _ = self.log.send("timer".into());
+        }
+    }
+
+    async fn input(&mut self) -> Option<u32> {
+        self.inputs.recv().await
+    }
+
+    fn on_input(&mut self, n: u32) {
+        self.seen.push(n);
+        let _ = self.log.send(format!("input {n}"));
+    }
+
+    fn on_event(
+        &mut self,
+        ev: sip_core::transaction::Event<sipnet::Peer>,
+        now: std::time::Instant,
+    ) {
+        if let sip_core::transaction::Event::Request { key, request, .. } = ev {
+            let id = call_id(&SipMessage::Request(request.clone()));
+            let _ = self.log.send(format!("request {id}"));
+            let ok = response_for(&request, 200, "OK");
+            self.tl.send_response(&key, ok, now).expect("answered");
+        }
+    }
+
+    async fn finished(&mut self) -> bool {
+        self.seen.last() == Some(&99)
+    }
+}
+
+#[tokio::test]
+async fn drive_answers_messages_runs_timers_and_inputs_and_stops_when_finished() {
+    let (transports, mut events, local) = Transports::bind_udp(addr("127.0.0.1:0"))
+        .await
+        .expect("bind");
+    let (input_tx, inputs) = mpsc::unbounded_channel();
+    let (log, mut log_rx) = mpsc::unbounded_channel();
+    let deadline = std::time::Instant::now() + Duration::from_millis(300);
+    let mut ua = Echo {
+        transports,
+        tl: sip_core::transaction::TransactionLayer::new(Default::default()),
+        deadline: Some(deadline),
+        fired: Vec::new(),
+        inputs,
+        seen: Vec::new(),
+        log,
+    };
+    let task = tokio::spawn(async move {
+        sipnet::drive(&mut ua, &mut events).await;
+        ua
+    });
+    // A request is handed to the UA, its answer goes out.
+    let phone = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let via = format!("SIP/2.0/UDP {}", phone.local_addr().expect("addr"));
+    phone
+        .send_to(&options("drv1", &via), local)
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = within(phone.recv_from(&mut buf)).await.expect("recv");
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
+    assert!(text.contains("Call-ID: drv1@example.com"), "{text}");
+    assert_eq!(
+        within(log_rx.recv()).await.as_deref(),
+        Some("request drv1@example.com")
+    );
+    // The UA's own timer fires at its deadline, once.
+    assert_eq!(within(log_rx.recv()).await.as_deref(), Some("timer"));
+    // Its own inputs reach it, in order; 99 finishes the loop.
+    for n in [7, 99] {
+        input_tx.send(n).expect("send");
+    }
+    assert_eq!(within(log_rx.recv()).await.as_deref(), Some("input 7"));
+    assert_eq!(within(log_rx.recv()).await.as_deref(), Some("input 99"));
+    let ua = within(task).await.expect("the loop ended");
+    assert_eq!(ua.seen, vec![7, 99]);
+    assert_eq!(ua.fired.len(), 1);
+    assert!(ua.fired[0] >= deadline);
+
+    // Its inputs ending ends the loop too.
+    let (transports, mut events, _) = Transports::bind_udp(addr("127.0.0.1:0"))
+        .await
+        .expect("bind");
+    let (input_tx, inputs) = mpsc::unbounded_channel();
+    let (log, _log_rx) = mpsc::unbounded_channel();
+    let mut ua = Echo {
+        transports,
+        tl: sip_core::transaction::TransactionLayer::new(Default::default()),
+        deadline: None,
+        fired: Vec::new(),
+        inputs,
+        seen: Vec::new(),
+        log,
+    };
+    drop(input_tx);
+    within(sipnet::drive(&mut ua, &mut events)).await;
+    assert!(ua.seen.is_empty() && ua.fired.is_empty());
+}

@@ -113,18 +113,10 @@ impl B2bua {
         }
         let callee = call.b.device.take();
         let (via, branch) = via_for(&mut self.rng, &dest);
-        let mut invite = call.b_invite.clone();
-        invite.uri = uri;
-        invite.headers = invite
-            .headers
-            .iter()
-            .map(|h| match h {
-                Header::Via(_) => Header::Via(rsip::headers::Via::new(via.clone())),
-                Header::Contact(_) => Header::Contact(Contact::new(our_contact(&dest))),
-                other => other.clone(),
-            })
-            .collect::<Vec<_>>()
-            .into();
+        let invite = Resend::new(&call.b_invite, via)
+            .uri(uri)
+            .contact(our_contact(&dest))
+            .build();
         let key = TransactionKey::client(&branch, Method::Invite);
         call.b.peer = dest.clone();
         call.b_invite = invite.clone();

@@ -106,18 +106,10 @@ impl B2bua {
                 continue;
             };
             let (via, branch) = via_for(&mut self.rng, &t.dest);
-            let mut invite = base.clone();
-            invite.uri = uri;
-            let headers: Vec<Header> = base
-                .headers
-                .iter()
-                .map(|h| match h {
-                    Header::Via(_) => Header::Via(rsip::headers::Via::new(via.clone())),
-                    Header::Contact(_) => Header::Contact(Contact::new(our_contact(&t.dest))),
-                    other => other.clone(),
-                })
-                .collect();
-            invite.headers = headers.into();
+            let mut invite = Resend::new(&base, via)
+                .uri(uri)
+                .contact(our_contact(&t.dest))
+                .build();
             // A branch that is not TLS gets no SDES keys (`srtp.rs`).
             if !t.dest.transport.is_secure() {
                 if let Some(mut sdp) = sdp_of(&invite.headers, &invite.body) {

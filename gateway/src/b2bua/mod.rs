@@ -50,7 +50,7 @@ use rsip::{Header, Method, Request, Response};
 
 use crate::registrar::client::{self, ClientCredentials};
 use crate::sdp::SessionDescription;
-use crate::sip::builder::{self, Local, RequestBuilder};
+use crate::sip::builder::{self, Local, RequestBuilder, Resend};
 use crate::sip::dialog::{self, Dialog, DialogState};
 use crate::sip::message::{self, response_with_tag, SipMessage};
 use crate::sip::transaction::parse::{self as tparse, Field};
@@ -1137,23 +1137,13 @@ impl B2bua {
                     let Some(call) = self.calls.get_mut(&id) else {
                         return;
                     };
-                    let seq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq) + 1;
-                    let mut headers: Vec<Header> = Vec::new();
-                    for h in call.b_invite.headers.iter() {
-                        match h {
-                            Header::Via(_) => {
-                                headers.push(Header::Via(rsip::headers::Via::new(via.clone())))
-                            }
-                            Header::CSeq(_) => headers.push(Header::CSeq(
-                                rsip::headers::CSeq::new(format!("{seq} INVITE")),
-                            )),
-                            Header::Authorization(_) | Header::ProxyAuthorization(_) => {}
-                            other => headers.push(other.clone()),
-                        }
-                    }
-                    headers.push(auth);
-                    let mut retry = call.b_invite.clone();
-                    retry.headers = headers.into();
+                    let retry = Resend::new(&call.b_invite, via)
+                        .next_cseq()
+                        .without(|h| {
+                            matches!(h, Header::Authorization(_) | Header::ProxyAuthorization(_))
+                        })
+                        .header(auth)
+                        .build();
                     let key = TransactionKey::client(&branch, Method::Invite);
                     call.b_invite = retry.clone();
                     call.b_invite_key = key.clone();
@@ -1285,16 +1275,7 @@ impl B2bua {
             return false;
         };
         let (via, branch) = via_for(&mut self.rng, &peer);
-        let mut retry = call.b_invite.clone();
-        retry.headers = retry
-            .headers
-            .iter()
-            .map(|h| match h {
-                Header::Via(_) => Header::Via(rsip::headers::Via::new(via.clone())),
-                other => other.clone(),
-            })
-            .collect::<Vec<_>>()
-            .into();
+        let mut retry = Resend::new(&call.b_invite, via).build();
         if let Some((k, t0)) = &call.signer {
             // The window is short: a retry after Timer B would be refused as stale.
             k.sign(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rsip::headers::UntypedHeader;
 use rsip::{Header, Headers, Method, Response};
 
-use super::{dialog, sdp_of, via_for, B2bua, CallId, Config, MediaControl, Phase, Side};
+use super::{dialog, sdp_of, via_for, B2bua, CallId, Config, MediaControl, Phase, Resend, Side};
 use crate::sip::prack;
 use crate::sip::transaction::parse as tparse;
 use crate::sip::transaction::TransactionKey;
@@ -457,24 +457,16 @@ impl B2bua {
         };
         let peer = call.b.peer.clone();
         let (via, branch) = via_for(&mut self.rng, &peer);
-        let seq = tparse::cseq(&call.b_invite.headers).map_or(1, |c| c.seq) + 1;
-        let mut headers: Vec<Header> = Vec::new();
-        for h in call.b_invite.headers.iter() {
-            match h {
-                Header::Via(_) => headers.push(Header::Via(rsip::headers::Via::new(via.clone()))),
-                Header::CSeq(_) => headers.push(Header::CSeq(rsip::headers::CSeq::new(format!(
-                    "{seq} INVITE"
-                )))),
-                Header::Other(n, _)
+        let retry = Resend::new(&call.b_invite, via)
+            .next_cseq()
+            .without(|h| {
+                matches!(h, Header::Other(n, _)
                     if n.trim().eq_ignore_ascii_case("session-expires")
-                        || n.trim().eq_ignore_ascii_case("min-se") => {}
-                other => headers.push(other.clone()),
-            }
-        }
-        headers.push(Header::Other("Session-Expires".into(), theirs.to_string()));
-        headers.push(min_se_header(theirs));
-        let mut retry = call.b_invite.clone();
-        retry.headers = headers.into();
+                        || n.trim().eq_ignore_ascii_case("min-se"))
+            })
+            .header(Header::Other("Session-Expires".into(), theirs.to_string()))
+            .header(min_se_header(theirs))
+            .build();
         let key = TransactionKey::client(&branch, Method::Invite);
         call.b_invite = retry.clone();
         call.b_invite_key = key.clone();

@@ -3,7 +3,7 @@
 //! canonical form). Never panics on any input.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 /// One contact binding of an address-of-record.
@@ -70,68 +70,128 @@ impl<S> Binding<S> {
     }
 }
 
-/// All bindings, by canonical address-of-record.
+/// All bindings, by canonical address-of-record, with an index of each AOR's earliest expiry
+/// so that the next expiry and the expired AORs are found in O(log n), not by walking every
+/// binding (the gateway asks at each housekeeping run).
 #[derive(Debug, Clone)]
 pub struct Location<S> {
-    aors: HashMap<String, Vec<Binding<S>>>,
+    aors: HashMap<String, Aor<S>>,
+    /// (earliest expiry of an AOR's bindings, the AOR's id) → the AOR: exactly one entry per
+    /// AOR of `aors`, kept exact by every change (no stale entries to skip).
+    due: BTreeMap<(SystemTime, u64), String>,
+    /// The id of the next AOR added (ids tell apart AORs that expire at the same instant).
+    next_id: u64,
+}
+
+/// The bindings of one AOR (never empty) and its key in [`Location::due`].
+#[derive(Debug, Clone)]
+struct Aor<S> {
+    bindings: Vec<Binding<S>>,
+    id: u64,
+    due: SystemTime,
 }
 
 impl<S> Default for Location<S> {
     fn default() -> Self {
         Location {
             aors: HashMap::new(),
+            due: BTreeMap::new(),
+            next_id: 0,
         }
     }
+}
+
+/// The earliest expiry of a non-empty binding list.
+fn earliest<S>(bindings: &[Binding<S>]) -> Option<SystemTime> {
+    bindings.iter().map(|b| b.expires_at).min()
 }
 
 impl<S> Location<S> {
     /// Bindings of a canonical AOR (empty if none).
     pub fn get(&self, aor: &str) -> &[Binding<S>] {
-        self.aors.get(aor).map(Vec::as_slice).unwrap_or(&[])
+        self.aors
+            .get(aor)
+            .map(|a| a.bindings.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Replaces the bindings of `aor`; an empty list removes the AOR.
     pub fn set(&mut self, aor: &str, bindings: Vec<Binding<S>>) {
-        if bindings.is_empty() {
-            self.aors.remove(aor);
-        } else {
-            self.aors.insert(aor.to_owned(), bindings);
+        let Some(due) = earliest(&bindings) else {
+            if let Some(old) = self.aors.remove(aor) {
+                self.due.remove(&(old.due, old.id));
+            }
+            return;
+        };
+        match self.aors.get_mut(aor) {
+            Some(a) => {
+                // Re-keyed: the AOR's name moves from the old entry to the new one.
+                let name = self.due.remove(&(a.due, a.id));
+                a.bindings = bindings;
+                a.due = due;
+                self.due
+                    .insert((due, a.id), name.unwrap_or_else(|| aor.to_owned()));
+            }
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.due.insert((due, id), aor.to_owned());
+                self.aors.insert(aor.to_owned(), Aor { bindings, id, due });
+            }
         }
     }
 
     /// Removes lapsed bindings of one AOR; true if that removed its last binding.
     pub fn expire_aor(&mut self, aor: &str, now: SystemTime) -> bool {
-        let Some(list) = self.aors.get_mut(aor) else {
+        let Some(a) = self.aors.get(aor) else {
             return false;
         };
-        list.retain(|b| b.expires_at > now);
-        if list.is_empty() {
-            self.aors.remove(aor);
-            true
-        } else {
-            false
+        if a.due > now {
+            return false;
         }
+        let name = self
+            .due
+            .remove(&(a.due, a.id))
+            .unwrap_or_else(|| aor.to_owned());
+        self.lapse(name, now).is_some()
     }
 
     /// Removes all lapsed bindings; returns the AORs (sorted) that lost their last binding.
     pub fn expire(&mut self, now: SystemTime) -> Vec<String> {
         let mut gone = Vec::new();
-        self.aors.retain(|aor, list| {
-            list.retain(|b| b.expires_at > now);
-            if list.is_empty() {
-                gone.push(aor.clone());
-                false
-            } else {
-                true
+        while let Some(entry) = self.due.first_entry() {
+            if entry.key().0 > now {
+                break;
             }
-        });
+            let aor = entry.remove();
+            gone.extend(self.lapse(aor, now));
+        }
         gone.sort();
         gone
     }
 
+    /// Drops the bindings of `aor` lapsed at `now`, its entry in `due` already removed: puts
+    /// the entry back under its new earliest expiry, or removes the AOR and returns it when
+    /// none is left.
+    fn lapse(&mut self, aor: String, now: SystemTime) -> Option<String> {
+        let a = self.aors.get_mut(&aor)?;
+        a.bindings.retain(|b| b.expires_at > now);
+        match earliest(&a.bindings) {
+            Some(due) => {
+                a.due = due;
+                self.due.insert((due, a.id), aor);
+                None
+            }
+            None => {
+                self.aors.remove(&aor);
+                Some(aor)
+            }
+        }
+    }
+
     /// The earliest binding expiry, for the caller's timer.
     pub fn next_expiry(&self) -> Option<SystemTime> {
-        self.aors.values().flatten().map(|b| b.expires_at).min()
+        self.due.first_key_value().map(|((t, _), _)| *t)
     }
 
     /// Registered AORs (canonical form), unsorted.
@@ -454,4 +514,143 @@ pub(crate) fn contact_key(uri: &str) -> String {
 pub(crate) fn add_secs(now: SystemTime, secs: u32) -> SystemTime {
     now.checked_add(Duration::from_secs(u64::from(secs)))
         .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_765_000_000)
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        t0() + Duration::from_secs(secs)
+    }
+
+    fn binding(n: u32, expires: u64) -> Binding<()> {
+        Binding::restored(
+            format!("sip:{n}@192.0.2.1"),
+            String::new(),
+            at(expires),
+            format!("c{n}"),
+            1,
+            (),
+        )
+    }
+
+    #[test]
+    fn the_next_expiry_follows_refreshes_shortenings_and_removals() {
+        let mut loc = Location::default();
+        assert_eq!(loc.next_expiry(), None);
+        loc.set("sip:a@x", vec![binding(1, 300), binding(2, 100)]);
+        loc.set("sip:b@x", vec![binding(3, 200)]);
+        assert_eq!(loc.next_expiry(), Some(at(100)));
+        // a's earliest binding refreshed: b's is next.
+        loc.set("sip:a@x", vec![binding(1, 300), binding(2, 400)]);
+        assert_eq!(loc.next_expiry(), Some(at(200)));
+        // b shortened below everything.
+        loc.set("sip:b@x", vec![binding(3, 50)]);
+        assert_eq!(loc.next_expiry(), Some(at(50)));
+        // Two AORs due at the same instant are both kept.
+        loc.set("sip:c@x", vec![binding(4, 50)]);
+        loc.set("sip:b@x", Vec::new());
+        assert_eq!(loc.next_expiry(), Some(at(50)));
+        assert!(loc.get("sip:b@x").is_empty());
+        loc.set("sip:c@x", Vec::new());
+        assert_eq!(loc.next_expiry(), Some(at(300)));
+        loc.set("sip:a@x", Vec::new());
+        assert_eq!(loc.next_expiry(), None);
+        assert_eq!(loc.aors().count(), 0);
+    }
+
+    #[test]
+    fn expiry_drops_only_lapsed_bindings_and_reports_emptied_aors_sorted() {
+        let mut loc = Location::default();
+        loc.set("sip:c@x", vec![binding(1, 100)]);
+        loc.set("sip:a@x", vec![binding(2, 100)]);
+        loc.set("sip:b@x", vec![binding(3, 100), binding(4, 500)]);
+        loc.set("sip:d@x", vec![binding(5, 900)]);
+        assert!(loc.expire(at(99)).is_empty());
+        assert_eq!(loc.aors().count(), 4);
+        // A binding lapses at its expiry instant, not after it.
+        assert_eq!(loc.expire(at(100)), vec!["sip:a@x", "sip:c@x"]);
+        assert_eq!(loc.get("sip:b@x").len(), 1);
+        assert_eq!(loc.next_expiry(), Some(at(500)));
+        // One AOR alone: nothing before its expiry, then emptied.
+        assert!(!loc.expire_aor("sip:b@x", at(499)));
+        assert!(!loc.expire_aor("sip:nobody@x", at(10_000)));
+        assert!(loc.expire_aor("sip:b@x", at(500)));
+        assert!(loc.get("sip:b@x").is_empty());
+        assert_eq!(loc.next_expiry(), Some(at(900)));
+        assert_eq!(loc.expire(at(10_000)), vec!["sip:d@x"]);
+        assert_eq!(loc.next_expiry(), None);
+    }
+
+    /// Random sets, removals and expiries in virtual time against a plain scan of every
+    /// binding (what `next_expiry` and `expire` did before the index).
+    #[test]
+    fn the_index_agrees_with_a_scan_of_every_binding() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let mut loc = Location::default();
+        let mut model: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut now = 0u64;
+        for step in 0..20_000 {
+            let aor = format!("sip:{}@x", rng.random_range(0..40));
+            match rng.random_range(0..10) {
+                0..=5 => {
+                    let n = rng.random_range(0..4);
+                    let exp: Vec<u64> = (0..n).map(|_| now + rng.random_range(0..600)).collect();
+                    let bindings = exp
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| binding(u32::try_from(i).unwrap_or(0), *e))
+                        .collect();
+                    loc.set(&aor, bindings);
+                    if exp.is_empty() {
+                        model.remove(&aor);
+                    } else {
+                        model.insert(aor.clone(), exp);
+                    }
+                }
+                6 => {
+                    let got = loc.expire_aor(&aor, at(now));
+                    let mut emptied = false;
+                    if let Some(list) = model.get_mut(&aor) {
+                        list.retain(|e| *e > now);
+                        emptied = list.is_empty();
+                    }
+                    if emptied {
+                        model.remove(&aor);
+                    }
+                    assert_eq!(got, emptied, "step {step}");
+                }
+                _ => {
+                    now += rng.random_range(0..120);
+                    let mut gone: Vec<String> = Vec::new();
+                    model.retain(|aor, list| {
+                        list.retain(|e| *e > now);
+                        if list.is_empty() {
+                            gone.push(aor.clone());
+                        }
+                        !list.is_empty()
+                    });
+                    gone.sort();
+                    assert_eq!(loc.expire(at(now)), gone, "step {step}");
+                }
+            }
+            let scan = model.values().flatten().min().map(|e| at(*e));
+            assert_eq!(loc.next_expiry(), scan, "step {step}");
+            assert_eq!(loc.aors().count(), model.len(), "step {step}");
+            assert_eq!(loc.due.len(), model.len(), "step {step}");
+            if let Some(list) = model.get(&aor) {
+                let mut got: Vec<SystemTime> = loc.get(&aor).iter().map(|b| b.expires_at).collect();
+                let mut want: Vec<SystemTime> = list.iter().map(|e| at(*e)).collect();
+                got.sort();
+                want.sort();
+                assert_eq!(got, want, "step {step}");
+            }
+        }
+    }
 }

@@ -2,9 +2,10 @@
 //! (the transaction layer's and the B2BUA's `poll_timeout`, the next registration expiry, the
 //! next outbound REGISTER, a supervisor's unacknowledged 200, the MWI notifier, a due log
 //! summary, the end of the shutdown's BYE wait) instead of ticking every 250 ms. The
-//! registration expiry and the MWI deadline walk every binding and subscription: they are
-//! recomputed at each housekeeping run, which follows within [`POLL`] anything that woke the
-//! loop (as the 250 ms tick did), not at every iteration.
+//! registration expiry (read from the location service's expiry index, O(log n)) and the MWI
+//! deadline (a walk over every subscription) are recomputed at each housekeeping run, which
+//! follows within [`POLL`] anything that woke the loop (as the 250 ms tick did), not at every
+//! iteration.
 //!
 //! Work without a deadline of its own (moving the calls of a dead ACD node, which depends on
 //! the bus's liveness view; ending the overload controller's idle intervals; forgetting
@@ -23,8 +24,8 @@ pub(super) const POLL: Duration = Duration::from_millis(250);
 /// Least time between two housekeeping runs (a deadline that stays due cannot spin the loop).
 pub(super) const MIN_GAP: Duration = Duration::from_millis(10);
 
-/// When housekeeping last ran, whether anything happened since, and the deadlines that cost
-/// a walk over every binding or subscription to compute.
+/// When housekeeping last ran, whether anything happened since, and the deadlines computed
+/// at each run (the MWI one walks every subscription).
 #[derive(Debug)]
 pub(super) struct Housekeeping {
     last: Instant,
@@ -32,8 +33,8 @@ pub(super) struct Housekeeping {
     /// handle): a REGISTER or SUBSCRIBE may have moved a deadline.
     pub(super) traffic: bool,
     /// The next registration expiry and MWI deadline, computed at each run (and at start):
-    /// they are O(bindings) and O(subscriptions), too dear for every loop iteration; anything
-    /// that can move them sets `traffic`, so a run within [`POLL`] recomputes them.
+    /// the MWI one is O(subscriptions), too dear for every loop iteration; anything that can
+    /// move them sets `traffic`, so a run within [`POLL`] recomputes them.
     walked: Option<Instant>,
 }
 
@@ -109,13 +110,9 @@ pub(super) fn instant_of(at: SystemTime, now: Instant, wall_now: SystemTime) -> 
 }
 
 impl Core {
-    /// When the loop must wake without a message.
-    pub(super) fn next_wake(&mut self) -> Option<Instant> {
-        let cores = earliest(self.tl.poll_timeout(), self.b2bua.poll_timeout());
-        earliest(cores, self.housekeeping_due())
-    }
-
-    fn housekeeping_due(&self) -> Option<Instant> {
+    /// When housekeeping is next due (the loop also waits for the transaction layer's and the
+    /// B2BUA's timers: `ua.rs`).
+    pub(super) fn housekeeping_due(&self) -> Option<Instant> {
         let overload = self.overload.shedding()
             || self.overload.admit_fraction() < 1.0
             || !self.overload.standing_queue().is_zero();
@@ -131,17 +128,16 @@ impl Core {
         )
     }
 
-    /// Recomputes the deadlines that walk every binding and subscription.
+    /// Recomputes the registration expiry and the MWI deadline.
     pub(super) fn walk_deadlines(&mut self) {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let expiry = (self.registrar.next_expiry()).map(|t| instant_of(t, now, wall));
         self.housekeeping.walked = earliest(expiry, self.mwi_deadline());
     }
 
-    /// The loop woke for a deadline: the cores' timers, then housekeeping when it is due.
-    pub(super) fn on_timers(&mut self) {
-        let now = Instant::now();
-        self.tl.handle_timeout(now);
+    /// The loop woke for a deadline (the transaction layer's timers have run): the B2BUA's,
+    /// then housekeeping when it is due.
+    pub(super) fn on_timers(&mut self, now: Instant) {
         self.tx_stats.publish(&self.tl);
         self.b2bua.handle_timeout(&mut self.media, now);
         if self.housekeeping_due().is_some_and(|t| t <= now) {

@@ -20,7 +20,7 @@ use crate::sip::message::{self, response_with_tag, Method, Request};
 use crate::sip::transaction::parse::{self as tparse, Field};
 use crate::sip::transaction::{self as tx, TransactionLayer};
 use crate::sip::ua::{UasEvent, UasInvite};
-use crate::transport::{self, earliest, receive, sleep_until, transmit, Peer, Transports};
+use crate::transport::{self, earliest, sleep_until, Peer, Transports};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rsip::headers::UntypedHeader as _;
@@ -177,9 +177,10 @@ impl Voicemail {
             sessions: HashMap::new(),
             shared,
             done_tx,
+            done_rx,
             rng: StdRng::from_os_rng(),
         };
-        let task = tokio::spawn(ua.run(events, done_rx));
+        let task = tokio::spawn(ua.run(events));
         Ok(Voicemail {
             local,
             events: ev_tx,
@@ -232,8 +233,41 @@ struct Ua {
     sessions: HashMap<String, Session>,
     shared: Arc<Shared>,
     done_tx: mpsc::UnboundedSender<String>,
+    /// Calls whose media script ended (their Call-IDs), to hang up.
+    done_rx: mpsc::UnboundedReceiver<String>,
     /// Tags and branches (`sip_core::builder`).
     rng: StdRng,
+}
+
+/// Voicemail's SIP side on the one event loop (`sipnet::drive`): its own timers are the
+/// unacknowledged 2xx, its own input the calls whose script ended.
+impl transport::UserAgent for Ua {
+    /// The Call-ID of a call to hang up.
+    type Input = String;
+
+    fn sip(&mut self) -> (&Transports, &mut TransactionLayer<Peer>) {
+        (&self.transports, &mut self.tl)
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        self.ok_due()
+    }
+
+    fn on_timer(&mut self, now: Instant) {
+        self.retransmit(now);
+    }
+
+    async fn input(&mut self) -> Option<String> {
+        self.done_rx.recv().await
+    }
+
+    fn on_input(&mut self, call_id: String) {
+        self.bye(&call_id);
+    }
+
+    fn on_event(&mut self, ev: tx::Event<Peer>, _now: Instant) {
+        Ua::on_event(self, ev);
+    }
 }
 
 impl Ua {
@@ -242,31 +276,8 @@ impl Ua {
         Local::udp(self.local, "vm")
     }
 
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<transport::TransportEvent>,
-        mut done: mpsc::UnboundedReceiver<String>,
-    ) {
-        loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    None => break,
-                    Some(ev) => receive(&self.transports, &mut self.tl, ev).await,
-                },
-                _ = sleep_until(earliest(self.tl.poll_timeout(), self.ok_due())) => {
-                    let now = Instant::now();
-                    self.tl.handle_timeout(now);
-                    self.retransmit(now);
-                }
-                Some(call_id) = done.recv() => self.bye(&call_id),
-            }
-            while let Some(ev) = self.tl.poll_event() {
-                self.on_event(ev);
-            }
-            while let Some(t) = self.tl.poll_transmit() {
-                transmit(&self.transports, &mut self.tl, t).await;
-            }
-        }
+    async fn run(mut self, mut events: mpsc::Receiver<transport::TransportEvent>) {
+        transport::drive(&mut self, &mut events).await
     }
 
     fn ok_due(&self) -> Option<Instant> {
