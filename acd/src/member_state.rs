@@ -7,7 +7,7 @@
 use sqlstore::{AnyPool, DbError};
 use sqlx::Row as _;
 
-use crate::engine::RuntimeMember;
+use crate::engine::{MemberConfig, RuntimeMember};
 
 /// Errors of the member state store.
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +41,17 @@ fn from_row(r: &sqlstore::AnyRow) -> Result<RuntimeMember, sqlx::Error> {
     let ringinuse: i64 = r.try_get("ringinuse")?;
     Ok(RuntimeMember {
         queue: r.try_get("queuename")?,
-        interface: r.try_get("interface")?,
-        name: r.try_get("membername")?,
-        state_interface: (!state_interface.is_empty()).then_some(state_interface),
+        member: MemberConfig {
+            interface: r.try_get("interface")?,
+            penalty: i32::try_from(r.try_get::<i64, _>("penalty")?).unwrap_or(0),
+            name: Some(r.try_get("membername")?),
+            state_interface: (!state_interface.is_empty()).then_some(state_interface),
+            ringinuse: (ringinuse >= 0).then_some(ringinuse != 0),
+            wrapuptime: u64::try_from(wrapuptime).ok(),
+            paused: false,
+        },
         dynamic: r.try_get::<i64, _>("dynamic")? != 0,
-        penalty: i32::try_from(r.try_get::<i64, _>("penalty")?).unwrap_or(0),
         paused: (paused != 0).then(|| r.try_get("reason")).transpose()?,
-        wrapuptime: u64::try_from(wrapuptime).ok(),
-        ringinuse: (ringinuse >= 0).then_some(ringinuse != 0),
     })
 }
 
@@ -74,17 +77,18 @@ impl MemberStateStore {
             .bind(node)
             .execute(&mut *tx)
             .await?;
-        for m in rows {
+        for r in rows {
+            let m = &r.member;
             sqlx::query(INSERT)
                 .bind(node)
-                .bind(&m.queue)
+                .bind(&r.queue)
                 .bind(&m.interface)
-                .bind(&m.name)
+                .bind(m.name.as_deref().unwrap_or(&m.interface))
                 .bind(m.state_interface.as_deref().unwrap_or(""))
-                .bind(i64::from(m.dynamic))
+                .bind(i64::from(r.dynamic))
                 .bind(i64::from(m.penalty))
-                .bind(i64::from(m.paused.is_some()))
-                .bind(m.paused.as_deref().unwrap_or(""))
+                .bind(i64::from(r.paused.is_some()))
+                .bind(r.paused.as_deref().unwrap_or(""))
                 .bind(
                     m.wrapuptime
                         .and_then(|w| i64::try_from(w).ok())
@@ -112,26 +116,24 @@ mod tests {
     async fn member_state_round_trip_on_sqlite_per_node() {
         let db = sqlstore::TempSqlite::new();
         let store = MemberStateStore::open(db.url()).await.expect("open");
+        let mut alice = MemberConfig::new("PJSIP/2001");
+        alice.name = Some("Alice".into());
         let paused = RuntimeMember {
             queue: "support".into(),
-            interface: "PJSIP/2001".into(),
-            name: "Alice".into(),
-            state_interface: None,
+            member: alice,
             dynamic: false,
-            penalty: 0,
             paused: Some("Lunch".into()),
-            wrapuptime: None,
-            ringinuse: None,
         };
+        let mut d = MemberConfig::new("PJSIP/2003");
+        d.name = Some("PJSIP/2003".into());
+        d.state_interface = Some("custom:2003".into());
+        d.penalty = 3;
+        d.wrapuptime = Some(5);
+        d.ringinuse = Some(false);
         let dynamic = RuntimeMember {
-            interface: "PJSIP/2003".into(),
-            name: "PJSIP/2003".into(),
-            state_interface: Some("custom:2003".into()),
+            member: d,
             dynamic: true,
-            penalty: 3,
             paused: None,
-            wrapuptime: Some(5),
-            ringinuse: Some(false),
             ..paused.clone()
         };
         store

@@ -405,7 +405,7 @@ fn runtime_members_restore_into_a_fresh_engine() {
     let rows = e.runtime_members();
     let keys: Vec<(&str, &str)> = rows
         .iter()
-        .map(|r| (r.queue.as_str(), r.interface.as_str()))
+        .map(|r| (r.queue.as_str(), r.member.interface.as_str()))
         .collect();
     assert_eq!(
         keys,
@@ -417,7 +417,7 @@ fn runtime_members_restore_into_a_fresh_engine() {
         ],
         "b is as configured"
     );
-    assert_eq!(rows[2].state_interface.as_deref(), Some("custom:d"));
+    assert_eq!(rows[2].member.state_interface.as_deref(), Some("custom:d"));
 
     // Restart with c gone from the configuration and queue r gone.
     let mut fresh = engine(vec![queue("q", Strategy::Linear, &["PJSIP/a", "PJSIP/b"])]);

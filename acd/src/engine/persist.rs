@@ -5,27 +5,18 @@
 
 use super::{normalize_key, Engine, MemberConfig, Time};
 
-/// One member's runtime state in one queue.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// One member's runtime state in one queue: the member as a configuration line would give it
+/// (its name always set, `paused` left false), whether it was added at run time, and its pause.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeMember {
     /// Queue.
     pub queue: String,
-    /// Interface (`PJSIP/2001`).
-    pub interface: String,
-    /// Member name.
-    pub name: String,
-    /// Device watched for state, when not the interface.
-    pub state_interface: Option<String>,
+    /// Interface, name, state interface, penalty, wrap-up and ringinuse as they are now.
+    pub member: MemberConfig,
     /// Added at run time (not from the configuration).
     pub dynamic: bool,
-    /// Penalty.
-    pub penalty: i32,
     /// Paused, with this reason.
     pub paused: Option<String>,
-    /// Per-member wrap-up time.
-    pub wrapuptime: Option<u64>,
-    /// Per-member ringinuse.
-    pub ringinuse: Option<bool>,
 }
 
 impl Engine {
@@ -57,14 +48,17 @@ impl Engine {
                     .map(|(k, _)| k.clone());
                 out.push(RuntimeMember {
                     queue: qu.cfg.name.clone(),
-                    interface: ag.interface.clone(),
-                    name: m.name.clone(),
-                    state_interface: dev_key.filter(|k| *k != normalize_key(&ag.interface)),
+                    member: MemberConfig {
+                        interface: ag.interface.clone(),
+                        penalty: m.penalty,
+                        name: Some(m.name.clone()),
+                        state_interface: dev_key.filter(|k| *k != normalize_key(&ag.interface)),
+                        ringinuse: m.ringinuse,
+                        wrapuptime: m.wrapuptime,
+                        paused: false,
+                    },
                     dynamic: m.dynamic,
-                    penalty: m.penalty,
                     paused: m.paused.then(|| m.reason.clone()),
-                    wrapuptime: m.wrapuptime,
-                    ringinuse: m.ringinuse,
                 });
             }
         }
@@ -78,51 +72,36 @@ impl Engine {
     pub fn restore_members(&mut self, now: Time, rows: &[RuntimeMember]) -> Vec<String> {
         let mut skipped = Vec::new();
         for r in rows {
-            let Ok(q) = self.qid(&r.queue) else {
-                skipped.push(format!(
-                    "{} in {}: queue not configured",
-                    r.interface, r.queue
-                ));
+            let (queue, interface) = (&r.queue, &r.member.interface);
+            let Ok(q) = self.qid(queue) else {
+                skipped.push(format!("{interface} in {queue}: queue not configured"));
                 continue;
             };
-            let member = self.membership(q, &r.interface).ok();
+            let member = self.membership(q, interface).ok();
             let result = match member {
                 None if !r.dynamic => {
                     skipped.push(format!(
-                        "{} in {}: no longer a member in the configuration",
-                        r.interface, r.queue
+                        "{interface} in {queue}: no longer a member in the configuration"
                     ));
                     continue;
                 }
-                None => self.add_member(
-                    now,
-                    &r.queue,
-                    MemberConfig {
-                        interface: r.interface.clone(),
-                        penalty: r.penalty,
-                        name: Some(r.name.clone()),
-                        state_interface: r.state_interface.clone(),
-                        ringinuse: r.ringinuse,
-                        wrapuptime: r.wrapuptime,
-                        paused: false,
-                    },
-                ),
-                Some((_, mi)) if self.queues[q].members[mi].penalty != r.penalty => {
-                    self.set_penalty(now, &r.interface, Some(&r.queue), r.penalty)
+                None => self.add_member(now, queue, r.member.clone()),
+                Some((_, mi)) if self.queues[q].members[mi].penalty != r.member.penalty => {
+                    self.set_penalty(now, interface, Some(queue), r.member.penalty)
                 }
                 Some(_) => Ok(()),
             };
             let paused = self
-                .membership(q, &r.interface)
+                .membership(q, interface)
                 .ok()
                 .is_some_and(|(_, mi)| self.queues[q].members[mi].paused);
             let result = result.and_then(|()| match &r.paused {
-                Some(reason) => self.pause(now, &r.interface, Some(&r.queue), reason),
-                None if paused => self.unpause(now, &r.interface, Some(&r.queue), ""),
+                Some(reason) => self.pause(now, interface, Some(queue), reason),
+                None if paused => self.unpause(now, interface, Some(queue), ""),
                 None => Ok(()),
             });
             if let Err(e) = result {
-                skipped.push(format!("{} in {}: {e}", r.interface, r.queue));
+                skipped.push(format!("{interface} in {queue}: {e}"));
             }
         }
         skipped
