@@ -24,19 +24,25 @@ impl RawXmpp {
     /// Connects, opens a client stream to `domain` and reads the stream features. `timeout`
     /// bounds the connect and every later exchange on this stream.
     pub fn connect(addr: SocketAddr, domain: &str, timeout: Duration) -> anyhow::Result<RawXmpp> {
+        let mut conn = RawXmpp::tcp(addr, timeout)?;
+        conn.open_stream(domain)?;
+        Ok(conn)
+    }
+
+    /// A TCP connection to `addr` (no delay), nothing sent yet; `timeout` bounds the connect
+    /// and every later exchange.
+    fn tcp(addr: SocketAddr, timeout: Duration) -> anyhow::Result<RawXmpp> {
         let deadline = Instant::now() + timeout;
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connect to {addr}"))?;
         stream.set_nodelay(true).ok();
-        let mut conn = RawXmpp {
+        Ok(RawXmpp {
             stream,
             buf: String::new(),
             pending: Vec::new(),
             deadline,
             features: String::new(),
-        };
-        conn.open_stream(domain)?;
-        Ok(conn)
+        })
     }
 
     /// Connects as the XEP-0114 external component `jid` and logs in with `secret` (the
@@ -49,17 +55,7 @@ impl RawXmpp {
         timeout: Duration,
     ) -> anyhow::Result<RawXmpp> {
         use sha1::Digest as _;
-        let deadline = Instant::now() + timeout;
-        let stream = TcpStream::connect_timeout(&addr, timeout)
-            .with_context(|| format!("connect to {addr}"))?;
-        stream.set_nodelay(true).ok();
-        let mut conn = RawXmpp {
-            stream,
-            buf: String::new(),
-            pending: Vec::new(),
-            deadline,
-            features: String::new(),
-        };
+        let mut conn = RawXmpp::tcp(addr, timeout)?;
         conn.send(&format!(
             "<?xml version='1.0'?><stream:stream to='{}' xmlns='jabber:component:accept' \
              xmlns:stream='http://etherx.jabber.org/streams'>",

@@ -63,19 +63,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn session(addr: SocketAddr, user: &str, resource: &str) -> Result<RawXmpp> {
-    let mut c = RawXmpp::connect(addr, DOMAIN, T)?;
-    if !c.sasl_plain(DOMAIN, user, PASSWORD)? {
-        bail!("login {user} refused");
-    }
-    c.iq(
-        "set",
-        None,
-        &format!(
-            "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind>"
-        ),
-    )?;
-    c.send("<presence/>")?;
-    Ok(c)
+    integration::raw_xmpp::bound_session(addr, DOMAIN, user, PASSWORD, resource, T)
 }
 
 /// The raw floor: publish on node 0, the notification arrives on node 1.

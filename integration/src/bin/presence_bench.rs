@@ -58,19 +58,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn session(s: &XmppServer, user: &str, resource: &str) -> Result<RawXmpp> {
-    let mut c = RawXmpp::connect(s.c2s_addr(), s.domain(), T)?;
-    if !c.sasl_plain(s.domain(), user, PASSWORD)? {
-        bail!("login {user} refused");
-    }
-    c.iq(
-        "set",
-        None,
-        &format!(
-            "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind>"
-        ),
-    )?;
-    c.send("<presence/>")?;
-    Ok(c)
+    integration::raw_xmpp::bound_session(s.c2s_addr(), s.domain(), user, PASSWORD, resource, T)
 }
 
 fn load() -> String {
