@@ -509,30 +509,7 @@ fn relay_threads_spread_legs_and_bridge_across_them() {
         .collect();
     assert_eq!(r.legs_per_thread(), [2, 2]);
     // Legs 0 and 1 went to different threads (each new leg to the least loaded one).
-    let (a, b) = (&legs[0], &legs[1]);
-    let pa = std::net::UdpSocket::bind("127.0.0.1:0").expect("phone a");
-    let pb = std::net::UdpSocket::bind("127.0.0.1:0").expect("phone b");
-    for p in [&pa, &pb] {
-        p.set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-    }
-    a.set_remote(pa.local_addr().expect("addr"), None);
-    b.set_remote(pb.local_addr().expect("addr"), None);
-    bridge(a, b).expect("bridge");
-    let mut buf = [0u8; 2048];
-    for seq in 1..=20u8 {
-        let mut pkt = vec![0x80u8, 0, 0, seq, 0, 0, 0, 160, 0, 0, 0, 7];
-        pkt.extend(std::iter::repeat_n(0xd5, 160));
-        pa.send_to(&pkt, a.local_rtp()).expect("send a");
-        let (n, from) = pb.recv_from(&mut buf).expect("relayed a → b");
-        assert_eq!((&buf[..n], from), (&pkt[..], b.local_rtp()));
-        pkt[1] = 8;
-        pb.send_to(&pkt, b.local_rtp()).expect("send b");
-        let (n, from) = pa.recv_from(&mut buf).expect("relayed b → a");
-        assert_eq!((&buf[..n], from), (&pkt[..], a.local_rtp()));
-    }
-    assert_eq!(a.stats().rtp_packets_in, 20);
-    assert_eq!(b.stats().rtp_packets_in, 20);
+    relay_both_ways(&legs[0], &legs[1]);
     // Closing legs 0 and 2 (one per thread... or both on one): the next leg goes where
     // fewer legs remain.
     let mut legs = legs;
