@@ -1430,6 +1430,8 @@ impl Loaded {
             E::BadServer(_) => "servers",
             E::Resolver(_) => "dns_servers",
             E::TtlTooShort { .. } => "liveness_ttl_secs",
+            // Not the config's fault: the system refused a thread.
+            E::Thread(_) => return anyhow!("{e}"),
         };
         anyhow!("{}: {e}", self.at("statebus", key))
     }

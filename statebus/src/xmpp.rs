@@ -105,6 +105,12 @@ pub struct XmppBusConfig {
     /// costs a request/ack pair per stanza, whose lost segments hold back the publishes behind
     /// them on a lossy link (measured: `fabric_wan_bench`, docs/BENCHMARKS.md).
     pub stream_management: bool,
+    /// Run the client (its stanza stream and the bus's own task) on a thread of its own, with
+    /// a single-threaded runtime, instead of on the caller's runtime. On by default: a publish
+    /// or a notification then crosses one thread boundary instead of hopping between the
+    /// caller's workers, and the fabric keeps its latency while the SIP core loads every
+    /// worker (measured: `cluster_bench`, docs/BENCHMARKS.md, issue 17).
+    pub dedicated_thread: bool,
 }
 
 impl XmppBusConfig {
@@ -133,6 +139,7 @@ impl XmppBusConfig {
             reconnect_initial: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(15),
             stream_management: false,
+            dedicated_thread: true,
         }
     }
 }
@@ -167,6 +174,9 @@ pub enum XmppBusError {
         /// configured interval
         interval: Duration,
     },
+    /// The bus's own thread or its runtime could not be started.
+    #[error("cannot start the XMPP bus thread: {0}")]
+    Thread(std::io::Error),
 }
 
 fn is_loopback_server(server: &str) -> bool {
@@ -772,11 +782,13 @@ pub struct XmppBus {
     shared: Arc<Shared>,
     online: watch::Receiver<bool>,
     stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
-    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Fires when the bus's task has ended.
+    done: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
 impl XmppBus {
-    /// Validate the config and start connecting in the background (needs a tokio runtime).
+    /// Validate the config and start connecting in the background: on a thread of its own
+    /// ([`XmppBusConfig::dedicated_thread`]), else on the caller's tokio runtime.
     pub fn start(cfg: XmppBusConfig) -> Result<XmppBus, XmppBusError> {
         let jid: Jid = cfg.jid.parse().map_err(|e: tokio_xmpp::jid::Error| {
             XmppBusError::Jid(cfg.jid.clone(), e.to_string())
@@ -836,37 +848,42 @@ impl XmppBus {
             max: cfg.reconnect_max,
         };
         let drops = Arc::new(DropLog::default());
-        let stream = match cfg.tls {
-            TlsMode::StartTls => StanzaStream::new(
-                reconnector(
-                    StartTlsConnector(FabricConnector {
-                        servers: servers.clone(),
-                        drops: drops.clone(),
-                    }),
-                    servers.clone(),
-                    jid.clone(),
-                    cfg.password.clone(),
-                    timeouts,
-                    backoff,
-                    cfg.stream_management,
+        // Built where it runs: the stream spawns its own task on the current runtime.
+        let make_stream = {
+            let (servers, drops, jid) = (servers.clone(), drops.clone(), jid.clone());
+            let (password, tls, sm) = (cfg.password.clone(), cfg.tls, cfg.stream_management);
+            move || match tls {
+                TlsMode::StartTls => StanzaStream::new(
+                    reconnector(
+                        StartTlsConnector(FabricConnector {
+                            servers: servers.clone(),
+                            drops: drops.clone(),
+                        }),
+                        servers.clone(),
+                        jid.clone(),
+                        password.clone(),
+                        timeouts,
+                        backoff,
+                        sm,
+                    ),
+                    QUEUE_DEPTH,
                 ),
-                QUEUE_DEPTH,
-            ),
-            TlsMode::Plaintext => StanzaStream::new(
-                reconnector(
-                    PlainConnector(FabricConnector {
-                        servers: servers.clone(),
-                        drops: drops.clone(),
-                    }),
-                    servers.clone(),
-                    jid.clone(),
-                    cfg.password.clone(),
-                    timeouts,
-                    backoff,
-                    cfg.stream_management,
+                TlsMode::Plaintext => StanzaStream::new(
+                    reconnector(
+                        PlainConnector(FabricConnector {
+                            servers: servers.clone(),
+                            drops: drops.clone(),
+                        }),
+                        servers.clone(),
+                        jid.clone(),
+                        password.clone(),
+                        timeouts,
+                        backoff,
+                        sm,
+                    ),
+                    QUEUE_DEPTH,
                 ),
-                QUEUE_DEPTH,
-            ),
+            }
         };
         let shared = Arc::new(Shared {
             core: Core::new(StateCache::new(cfg.eid, cfg.liveness_ttl)),
@@ -902,17 +919,39 @@ impl XmppBus {
             beat_pending: false,
         };
         let span = tracing::info_span!("xmppbus", jid = %jid.to_bare());
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            worker.run(stream, stop_rx),
-            span,
-        ));
+        let (done_tx, done) = oneshot::channel::<()>();
+        if worker.cfg.dedicated_thread {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(XmppBusError::Thread)?;
+            std::thread::Builder::new()
+                .name("xmppbus".into())
+                .spawn(move || {
+                    rt.block_on(tracing::Instrument::instrument(
+                        async move { worker.run(make_stream(), stop_rx).await },
+                        span,
+                    ));
+                    let _ = done_tx.send(());
+                })
+                .map_err(XmppBusError::Thread)?;
+        } else {
+            let stream = make_stream();
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    worker.run(stream, stop_rx).await;
+                    let _ = done_tx.send(());
+                },
+                span,
+            ));
+        }
         Ok(XmppBus {
             eid,
             servers,
             shared,
             online,
             stop: Arc::new(Mutex::new(Some(stop_tx))),
-            task: Arc::new(Mutex::new(Some(task))),
+            done: Arc::new(Mutex::new(Some(done))),
         })
     }
 
@@ -955,8 +994,8 @@ impl XmppBus {
         if let Some(s) = stop {
             let _ = s.send(());
         }
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = task {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = done {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }

@@ -15,8 +15,11 @@
 //!    with node 0 restarted (it rejoins) in between.
 //!
 //! ```text
-//! cargo run --release -p integration --bin cluster_bench -- [ROUND_TRIPS] [BURST] [ROUNDS] [FAILOVERS] [SPLIT]
+//! cargo run --release -p integration --bin cluster_bench -- [ROUND_TRIPS] [BURST] [ROUNDS] [FAILOVERS] [SPLIT] [SHARED]
 //! ```
+//!
+//! With SHARED = 1 the buses run on the bench's runtime (`dedicated_thread = false`) instead of
+//! on threads of their own (the default), for comparing the two.
 //!
 //! With SPLIT = 1 the latency rounds also time each half of the bus on its own, against raw
 //! clients on the bus's own `device_state` node: "send side" = the bus publishes (node 0), a raw
@@ -212,7 +215,7 @@ impl Split {
     }
 }
 
-fn bus_config(user: &str, eid: u8, servers: &[SocketAddr]) -> XmppBusConfig {
+fn bus_config(user: &str, eid: u8, servers: &[SocketAddr], shared: bool) -> XmppBusConfig {
     let mut c = XmppBusConfig::new(
         &format!("{user}@{DOMAIN}"),
         PASSWORD,
@@ -225,6 +228,7 @@ fn bus_config(user: &str, eid: u8, servers: &[SocketAddr]) -> XmppBusConfig {
     c.liveness_ttl = Duration::from_secs(5);
     c.reconnect_initial = Duration::from_millis(100);
     c.reconnect_max = Duration::from_secs(1);
+    c.dedicated_thread = !shared;
     c.fabric_jids = USERS
         .iter()
         .filter(|u| {
@@ -277,6 +281,7 @@ fn main() -> Result<()> {
     };
     let (n, burst, rounds, failovers) = (arg(1, 500)?, arg(2, 1000)?, arg(3, 3)?, arg(4, 3)?);
     let split_on = arg(5, 0)? != 0;
+    let shared = arg(6, 0)? != 0;
     if n == 0 || rounds == 0 {
         bail!("ROUND_TRIPS and ROUNDS must be > 0");
     }
@@ -285,15 +290,16 @@ fn main() -> Result<()> {
     let (n0, n1) = (cluster.c2s_addr(0), cluster.c2s_addr(1));
     println!(
         "ejabberd cluster of 2 (node 0 {n0}, node 1 {n1}) ready in {:.1} s; {rounds} rounds of {n} \
-         round trips per client (publisher on node 0, subscriber on node 1), interleaved; load {}",
+         round trips per client (publisher on node 0, subscriber on node 1), interleaved; buses {}; load {}",
         t_start.elapsed().as_secs_f64(),
+        if shared { "on the bench's runtime" } else { "on threads of their own" },
         bench::loadavg()
     );
     let rt = tokio::runtime::Runtime::new()?;
     let mut raw = Raw::start(n0, n1)?;
     let (a, b) = rt.block_on(async {
-        let a = start_bus(bus_config("bus-pub", 1, &[n0])).await?;
-        let b = start_bus(bus_config("bus-sub", 2, &[n1])).await?;
+        let a = start_bus(bus_config("bus-pub", 1, &[n0], shared)).await?;
+        let b = start_bus(bus_config("bus-sub", 2, &[n1], shared)).await?;
         anyhow::Ok((a, b))
     })?;
     let mut rx = b.subscribe();
@@ -518,8 +524,8 @@ fn main() -> Result<()> {
     let (mut online, mut converged) = (Vec::new(), Vec::new());
     for round in 0..failovers {
         let (fa, obs) = rt.block_on(async {
-            let fa = start_bus(bus_config("fail-a", 3, &[n0, n1])).await?;
-            let obs = start_bus(bus_config("observer", 4, &[n1])).await?;
+            let fa = start_bus(bus_config("fail-a", 3, &[n0, n1], shared)).await?;
+            let obs = start_bus(bus_config("observer", 4, &[n1], shared)).await?;
             anyhow::Ok((fa, obs))
         })?;
         if fa.server() != Some(n0.to_string()) {
