@@ -1463,6 +1463,24 @@ mod tests {
         Loaded::read(&p)
     }
 
+    /// Each `(line, msg)`: `base` + `line` loads, and `get` refuses it with an error that names
+    /// `at` (file:line) and contains `msg`.
+    fn refused_at<T>(
+        base: &str,
+        at: &str,
+        cases: &[(&str, &str)],
+        get: impl Fn(&Loaded) -> Result<T>,
+    ) {
+        for (line, msg) in cases {
+            let l = load(&format!("{base}{line}\n")).unwrap();
+            let e = match get(&l) {
+                Ok(_) => panic!("{line} accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(at) && e.contains(msg), "{line}: {e}");
+        }
+    }
+
     #[test]
     fn trunk_domains_and_dns_servers_are_validated() {
         assert_eq!(parse_domain("itsp.test"), Some(("itsp.test".into(), None)));
@@ -1698,27 +1716,21 @@ mod tests {
             .unwrap();
         assert_eq!(g.db_reload, Duration::from_millis(1));
         // Each rounds to a zero Duration (tokio::time::interval panics) or overflows a timer.
-        for (line, msg) in [
-            (
-                "qualify_interval_secs = 1e-12",
-                "qualify_interval_secs = 0.000000000001",
-            ),
-            ("db_reload_secs = 0.0000001", "db_reload_secs"),
-            ("media_timeout_secs = 1e-10", "media_timeout_secs"),
-            ("t1_ms = 0", "t1_ms = 0"),
-            ("t1_ms = 9223372036854775807", "t1_ms"),
-        ] {
-            let e = load(&format!("{base}{line}\n"))
-                .unwrap()
-                .gateway()
-                .err()
-                .unwrap_or_else(|| panic!("{line} accepted"))
-                .to_string();
-            assert!(
-                e.contains("site-a.toml:8:") && e.contains(msg),
-                "{line}: {e}"
-            );
-        }
+        refused_at(
+            &base,
+            "site-a.toml:8:",
+            &[
+                (
+                    "qualify_interval_secs = 1e-12",
+                    "qualify_interval_secs = 0.000000000001",
+                ),
+                ("db_reload_secs = 0.0000001", "db_reload_secs"),
+                ("media_timeout_secs = 1e-10", "media_timeout_secs"),
+                ("t1_ms = 0", "t1_ms = 0"),
+                ("t1_ms = 9223372036854775807", "t1_ms"),
+            ],
+            Loaded::gateway,
+        );
         let l = load("[node]\nname = \"a\"\n[statebus]\nbackend = \"xmpp\"\njid = \"a@b\"\npassword = \"x\"\npubsub_service = \"pubsub.b\"\nkeepalive_secs = 1e-300\n").unwrap();
         let e = l.xmpp_bus().err().unwrap().to_string();
         assert!(
@@ -1736,18 +1748,15 @@ mod tests {
             .gateway()
             .unwrap();
         assert_eq!(g.max_contacts, 3);
-        for bad in ["max_contacts = 0", "max_contacts = 17"] {
-            let e = load(&format!("{base}{bad}\n"))
-                .unwrap()
-                .gateway()
-                .err()
-                .unwrap_or_else(|| panic!("{bad} accepted"))
-                .to_string();
-            assert!(
-                e.contains("site-a.toml:8:") && e.contains("max_contacts"),
-                "{bad}: {e}"
-            );
-        }
+        refused_at(
+            &base,
+            "site-a.toml:8:",
+            &[
+                ("max_contacts = 0", "max_contacts"),
+                ("max_contacts = 17", "max_contacts"),
+            ],
+            Loaded::gateway,
+        );
     }
 
     #[test]
@@ -1789,31 +1798,25 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.token.as_deref(), Some("0123456789abcdef"));
-        for (line, msg) in [
-            ("listen = \"0.0.0.0:8088\"", "not a loopback address"),
-            ("token = \"short\"", "at least 16 characters"),
-            ("token_file = \"missing.token\"", "cannot read token file"),
-            (
-                "token_env = \"CALLFABRIC_TEST_UNSET_TOKEN\"",
-                "CALLFABRIC_TEST_UNSET_TOKEN",
-            ),
-            (
-                "token_env = \"X\"\ntoken = \"0123456789abcdef\"",
-                "one of token",
-            ),
-            ("create_token_file = true", "needs token_file"),
-        ] {
-            let e = load(&format!("[node]\nname = \"a\"\n[http]\n{line}\n"))
-                .unwrap()
-                .http()
-                .err()
-                .unwrap_or_else(|| panic!("{line} accepted"))
-                .to_string();
-            assert!(
-                e.contains("site-a.toml:4:") && e.contains(msg),
-                "{line}: {e}"
-            );
-        }
+        refused_at(
+            "[node]\nname = \"a\"\n[http]\n",
+            "site-a.toml:4:",
+            &[
+                ("listen = \"0.0.0.0:8088\"", "not a loopback address"),
+                ("token = \"short\"", "at least 16 characters"),
+                ("token_file = \"missing.token\"", "cannot read token file"),
+                (
+                    "token_env = \"CALLFABRIC_TEST_UNSET_TOKEN\"",
+                    "CALLFABRIC_TEST_UNSET_TOKEN",
+                ),
+                (
+                    "token_env = \"X\"\ntoken = \"0123456789abcdef\"",
+                    "one of token",
+                ),
+                ("create_token_file = true", "needs token_file"),
+            ],
+            Loaded::http,
+        );
     }
 
     #[test]
@@ -1832,27 +1835,21 @@ mod tests {
         assert_eq!(ok.interval, Duration::from_millis(200));
         assert_eq!(ok.min_admit, 0.1);
         assert_eq!(ok.retry_after, 7);
-        for (line, msg) in [
-            ("target_ms = 0", "target_ms = 0"),
-            ("interval_ms = 600000", "interval_ms = 600000"),
-            ("min_admit = 0", "min_admit = 0"),
-            ("retry_after_secs = 0", "retry_after_secs = 0"),
-            (
-                "hard_delay_ms = 5",
-                "hard_delay_ms (5) must not be below target_ms (20)",
-            ),
-        ] {
-            let e = load(&format!("[node]\nname = \"a\"\n[overload]\n{line}\n"))
-                .unwrap()
-                .overload()
-                .err()
-                .unwrap_or_else(|| panic!("{line} accepted"))
-                .to_string();
-            assert!(
-                e.contains("site-a.toml:4:") && e.contains(msg),
-                "{line}: {e}"
-            );
-        }
+        refused_at(
+            "[node]\nname = \"a\"\n[overload]\n",
+            "site-a.toml:4:",
+            &[
+                ("target_ms = 0", "target_ms = 0"),
+                ("interval_ms = 600000", "interval_ms = 600000"),
+                ("min_admit = 0", "min_admit = 0"),
+                ("retry_after_secs = 0", "retry_after_secs = 0"),
+                (
+                    "hard_delay_ms = 5",
+                    "hard_delay_ms (5) must not be below target_ms (20)",
+                ),
+            ],
+            Loaded::overload,
+        );
         let e = load("[node]\nname = \"a\"\n[overload]\ntarget = 3\n")
             .err()
             .unwrap()
@@ -1871,21 +1868,15 @@ mod tests {
             .unwrap();
         assert_eq!(ok.drain, Duration::from_millis(2500));
         assert_eq!(ok.retry_after, 5);
-        for (line, msg) in [
-            ("drain_secs = -1", "drain_secs = -1"),
-            ("retry_after_secs = 0", "retry_after_secs = 0"),
-        ] {
-            let e = load(&format!("[node]\nname = \"a\"\n[shutdown]\n{line}\n"))
-                .unwrap()
-                .shutdown()
-                .err()
-                .unwrap_or_else(|| panic!("{line} accepted"))
-                .to_string();
-            assert!(
-                e.contains("site-a.toml:4:") && e.contains(msg),
-                "{line}: {e}"
-            );
-        }
+        refused_at(
+            "[node]\nname = \"a\"\n[shutdown]\n",
+            "site-a.toml:4:",
+            &[
+                ("drain_secs = -1", "drain_secs = -1"),
+                ("retry_after_secs = 0", "retry_after_secs = 0"),
+            ],
+            Loaded::shutdown,
+        );
         let e = load("[node]\nname = \"a\"\n[shutdown]\ndrain = 3\n")
             .err()
             .unwrap()
