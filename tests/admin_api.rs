@@ -345,6 +345,7 @@ fn member_state_rows(gw: &GatewayProcess) -> Vec<(String, String, i64, i64, i64,
 fn pause_and_runtime_members_survive_a_restart() {
     let mut gw = site(&["PJSIP/2001", "PJSIP/2002"], "");
     cli(&mut gw, &["agent", "pause", "2001", "--reason", "Lunch"]);
+    let paused = Instant::now();
     admin(
         &mut gw,
         "POST",
@@ -378,6 +379,8 @@ fn pause_and_runtime_members_survive_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The pause has lasted a while before the restart; its clock must not start again.
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(paused.elapsed()));
     gw.restart();
     gw.wait_for(WAIT, "the acd ready line", |l| l.starts_with("acd ready"));
     let show = cli(&mut gw, &["queue", "show"]);
@@ -386,6 +389,13 @@ fn pause_and_runtime_members_survive_a_restart() {
         "queue show:\n{show}"
     );
     let floor = admin(&mut gw, "GET", "/admin/queues", None);
+    let lunch = floor["queues"][0]["agents"][0]["paused_secs"].as_u64();
+    let lower = paused.elapsed().as_secs().saturating_sub(3);
+    assert!(
+        lunch.is_some_and(|s| s >= 5 && s + 1 >= lower && s <= paused.elapsed().as_secs() + 1),
+        "paused_secs {lunch:?} after {:?}: {floor}",
+        paused.elapsed()
+    );
     let agents: Vec<(String, bool, String, i64, bool)> = floor["queues"][0]["agents"]
         .as_array()
         .expect("agents")

@@ -4,6 +4,8 @@
 //! share one database; the node replaces its rows after every change and reads them back on
 //! start. Same database and migrations as the queue_log (`_acd_migrations`).
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use sqlstore::{AnyPool, DbError};
 use sqlx::Row as _;
 
@@ -28,15 +30,22 @@ pub struct MemberStateStore {
 
 const INSERT: &str = "INSERT INTO queue_member_state \
     (node, queuename, interface, membername, state_interface, dynamic, penalty, paused, reason, \
-     wrapuptime, ringinuse) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+     wrapuptime, ringinuse, paused_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 const SELECT: &str = "SELECT queuename, interface, membername, state_interface, dynamic, \
-    penalty, paused, reason, wrapuptime, ringinuse FROM queue_member_state \
+    penalty, paused, reason, wrapuptime, ringinuse, paused_at FROM queue_member_state \
     WHERE node = $1 ORDER BY queuename, interface";
 
-fn from_row(r: &sqlstore::AnyRow) -> Result<RuntimeMember, sqlx::Error> {
+/// Seconds since the Unix epoch.
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn from_row(r: &sqlstore::AnyRow, now: i64) -> Result<RuntimeMember, sqlx::Error> {
     let state_interface: String = r.try_get("state_interface")?;
     let paused: i64 = r.try_get("paused")?;
+    let paused_at: i64 = r.try_get("paused_at")?;
     let wrapuptime: i64 = r.try_get("wrapuptime")?;
     let ringinuse: i64 = r.try_get("ringinuse")?;
     Ok(RuntimeMember {
@@ -52,6 +61,12 @@ fn from_row(r: &sqlstore::AnyRow) -> Result<RuntimeMember, sqlx::Error> {
         },
         dynamic: r.try_get::<i64, _>("dynamic")? != 0,
         paused: (paused != 0).then(|| r.try_get("reason")).transpose()?,
+        // A start in the future (a clock set back) counts as now.
+        paused_for: if paused != 0 && paused_at > 0 {
+            Duration::from_secs(u64::try_from(now.saturating_sub(paused_at)).unwrap_or(0))
+        } else {
+            Duration::ZERO
+        },
     })
 }
 
@@ -72,6 +87,7 @@ impl MemberStateStore {
 
     /// Replaces `node`'s rows with `rows`, in one transaction.
     pub async fn save(&self, node: &str, rows: &[RuntimeMember]) -> Result<(), MemberStateError> {
+        let now = unix_secs(SystemTime::now());
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM queue_member_state WHERE node = $1")
             .bind(node)
@@ -95,6 +111,11 @@ impl MemberStateStore {
                         .unwrap_or(-1),
                 )
                 .bind(m.ringinuse.map_or(-1, i64::from))
+                .bind(if r.paused.is_some() {
+                    now.saturating_sub(i64::try_from(r.paused_for.as_secs()).unwrap_or(0))
+                } else {
+                    0
+                })
                 .execute(&mut *tx)
                 .await?;
         }
@@ -104,7 +125,13 @@ impl MemberStateStore {
 
     /// `node`'s rows, by queue then interface.
     pub async fn load(&self, node: &str) -> Result<Vec<RuntimeMember>, MemberStateError> {
-        Ok(sqlstore::fetch(&self.pool, sqlx::query(SELECT).bind(node), from_row).await?)
+        let now = unix_secs(SystemTime::now());
+        Ok(
+            sqlstore::fetch(&self.pool, sqlx::query(SELECT).bind(node), |r| {
+                from_row(r, now)
+            })
+            .await?,
+        )
     }
 }
 
@@ -123,6 +150,7 @@ mod tests {
             member: alice,
             dynamic: false,
             paused: Some("Lunch".into()),
+            paused_for: Duration::from_secs(90),
         };
         let mut d = MemberConfig::new("PJSIP/2003");
         d.name = Some("PJSIP/2003".into());
@@ -134,6 +162,7 @@ mod tests {
             member: d,
             dynamic: true,
             paused: None,
+            paused_for: Duration::ZERO,
             ..paused.clone()
         };
         store
@@ -144,10 +173,16 @@ mod tests {
             .save("acd-b", std::slice::from_ref(&dynamic))
             .await
             .expect("save b");
-        assert_eq!(
-            store.load("acd-a").await.expect("load a"),
-            vec![paused.clone(), dynamic.clone()]
+        let mut back = store.load("acd-a").await.expect("load a");
+        // The pause's start is kept, not its length: read back a moment later it is as long
+        // or a second or two longer.
+        let took = back[0].paused_for;
+        assert!(
+            took >= Duration::from_secs(90) && took <= Duration::from_secs(92),
+            "{took:?}"
         );
+        back[0].paused_for = paused.paused_for;
+        assert_eq!(back, vec![paused.clone(), dynamic.clone()]);
         // A save replaces this node's rows only.
         store.save("acd-a", &[]).await.expect("save a empty");
         assert_eq!(store.load("acd-a").await.expect("load a"), vec![]);

@@ -431,13 +431,31 @@ fn runtime_members_restore_into_a_fresh_engine() {
     let v = fresh.agents("q");
     assert_eq!(v.len(), 3);
     assert_eq!(v[0].paused.as_ref().map(|p| p.0.as_str()), Some("Lunch"));
+    // Paused at t(1) and kept at t(4): the restored pause is 3 s old, not new.
+    assert_eq!(rows[0].paused_for, t(3));
+    assert_eq!(v[0].paused.as_ref().map(|p| p.1), Some(t(3)));
     assert_eq!(v[1].paused, None);
     assert!(v[2].dynamic && v[2].interface == "PJSIP/d" && v[2].penalty == 2);
     fresh.device_state(t(0), "custom:d", DeviceState::NotInUse);
     drain(&mut fresh);
     fresh.join(t(1), Join::new("c1", "q")).expect("join");
     assert_eq!(offers(&drain(&mut fresh)), ["PJSIP/b"], "a stays paused");
-    // What it keeps now is what it was given (less the skipped rows).
+    // What it keeps now is what it was given (less the skipped rows), the pause a second
+    // longer.
     let again = fresh.runtime_members();
-    assert_eq!(again, vec![rows[0].clone(), rows[2].clone()]);
+    let mut longer = rows[0].clone();
+    longer.paused_for = t(4);
+    assert_eq!(again, vec![longer, rows[2].clone()]);
+    assert_eq!(
+        fresh.agents("q")[0].paused.as_ref().map(|p| p.1),
+        Some(t(4))
+    );
+    // A new pause (another reason) starts a new clock.
+    fresh
+        .pause(t(1), "PJSIP/a", Some("q"), "Meeting")
+        .expect("pause again");
+    assert_eq!(
+        fresh.agents("q")[0].paused.as_ref().map(|p| p.1),
+        Some(t(0))
+    );
 }

@@ -123,12 +123,7 @@ impl Engine {
                     name: m.name.clone(),
                     state: self.effective_state(m.agent),
                     state_for: self.now.saturating_sub(dev.since),
-                    paused: m.paused.then(|| {
-                        (
-                            m.reason.clone(),
-                            self.now.saturating_sub(m.paused_since.unwrap_or(self.now)),
-                        )
-                    }),
+                    paused: m.paused.then(|| (m.reason.clone(), m.paused_for(self.now))),
                     ringing: ag.offering.is_some(),
                     wrapup: self.in_wrapup(q, mi),
                     available: self.member_available(q, mi),

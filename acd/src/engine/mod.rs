@@ -84,6 +84,9 @@ struct Member {
     reason: String,
     /// When the member was paused (engine time).
     paused_since: Option<Time>,
+    /// How long the pause had lasted before a restart (restored with it): counted in the
+    /// pause's duration; zero for a pause begun in this engine.
+    paused_before: Time,
     /// Offers missed in a row (autopause).
     missed: u32,
     ringinuse: Option<bool>,
@@ -93,6 +96,18 @@ struct Member {
     answered: u64,
     last_call: Option<Time>,
     talk_time: Duration,
+}
+
+impl Member {
+    /// How long the member has been paused at `now` (zero when not paused), a pause restored
+    /// after a restart counting from when it began.
+    fn paused_for(&self, now: Time) -> Time {
+        self.paused_since
+            .filter(|_| self.paused)
+            .map_or(Duration::ZERO, |since| {
+                now.saturating_sub(since) + self.paused_before
+            })
+    }
 }
 
 #[derive(Debug)]
@@ -939,6 +954,7 @@ impl Engine {
             paused: mc.paused,
             reason: String::new(),
             paused_since: mc.paused.then_some(self.now),
+            paused_before: Duration::ZERO,
             missed: 0,
             ringinuse: mc.ringinuse,
             wrapuptime: mc.wrapuptime,
@@ -1005,9 +1021,11 @@ impl Engine {
             let m = &mut self.queues[*q].members[*mi];
             if paused && (!m.paused || m.reason != reason) {
                 m.paused_since = Some(now);
+                m.paused_before = Duration::ZERO;
             }
             if !paused {
                 m.paused_since = None;
+                m.paused_before = Duration::ZERO;
                 m.missed = 0;
             }
             m.paused = paused;

@@ -17,6 +17,9 @@ pub struct RuntimeMember {
     pub dynamic: bool,
     /// Paused, with this reason.
     pub paused: Option<String>,
+    /// How long it has been paused (zero when not paused), so that a restart does not restart
+    /// the pause's clock.
+    pub paused_for: Time,
 }
 
 impl Engine {
@@ -59,6 +62,7 @@ impl Engine {
                     },
                     dynamic: m.dynamic,
                     paused: m.paused.then(|| m.reason.clone()),
+                    paused_for: m.paused_for(self.now),
                 });
             }
         }
@@ -102,6 +106,14 @@ impl Engine {
             });
             if let Err(e) = result {
                 skipped.push(format!("{interface} in {queue}: {e}"));
+                continue;
+            }
+            if r.paused.is_some() {
+                if let Ok((_, mi)) = self.membership(q, interface) {
+                    let m = &mut self.queues[q].members[mi];
+                    m.paused_since = Some(now);
+                    m.paused_before = r.paused_for;
+                }
             }
         }
         skipped
