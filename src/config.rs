@@ -1463,6 +1463,14 @@ mod tests {
         Loaded::read(&p)
     }
 
+    /// The error `get` gives for the config `text` (which must load).
+    fn error_of<T>(text: &str, get: impl Fn(&Loaded) -> Result<T>) -> String {
+        match get(&load(text).expect("loads")) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Each `(line, msg)`: `base` + `line` loads, and `get` refuses it with an error that names
     /// `at` (file:line) and contains `msg`.
     fn refused_at<T>(
@@ -1495,22 +1503,18 @@ mod tests {
         }
         let base = "[node]\nname = \"a\"\n\n[gateway]\nudp = [\"127.0.0.1:5060\"]\n\
                     realm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
-        let e = load(&format!("{base}dns_servers = [\"localhost\"]\n"))
-            .and_then(|l| l.gateway())
-            .err()
-            .unwrap()
-            .to_string();
+        let e = error_of(
+            &format!("{base}dns_servers = [\"localhost\"]\n"),
+            Loaded::gateway,
+        );
         assert!(
             e.contains("site-a.toml:8:") && e.contains("localhost"),
             "{e}"
         );
-        let e = load(&format!(
-            "{base}\n[[gateway.trunk]]\nname = \"t\"\naddress = \"bad host\"\n"
-        ))
-        .and_then(|l| l.gateway())
-        .err()
-        .unwrap()
-        .to_string();
+        let e = error_of(
+            &format!("{base}\n[[gateway.trunk]]\nname = \"t\"\naddress = \"bad host\"\n"),
+            Loaded::gateway,
+        );
         assert!(
             e.contains("site-a.toml:11:") && e.contains("bad host"),
             "{e}"
@@ -1603,33 +1607,26 @@ mod tests {
     fn music_on_hold_errors_name_file_and_line() {
         let base = "[node]\nname = \"a\"\n\n[gateway]\nudp = [\"127.0.0.1:5060\"]\n\
                     realm = \"r\"\ndatabase = \"sqlite://x.db\"\n";
-        let e = load(&format!("{base}music_on_hold = \"nope.wav\"\n"))
-            .and_then(|l| l.gateway())
-            .err()
-            .unwrap()
-            .to_string();
+        let e = error_of(
+            &format!("{base}music_on_hold = \"nope.wav\"\n"),
+            Loaded::gateway,
+        );
         assert!(
             e.contains("site-a.toml:8:") && e.contains("nope.wav"),
             "{e}"
         );
-        let e = load(&format!(
-            "{base}\n[gateway.music_on_hold_devices]\n\"2001\" = \"gone.wav\"\n"
-        ))
-        .and_then(|l| l.gateway())
-        .err()
-        .unwrap()
-        .to_string();
+        let e = error_of(
+            &format!("{base}\n[gateway.music_on_hold_devices]\n\"2001\" = \"gone.wav\"\n"),
+            Loaded::gateway,
+        );
         assert!(
             e.contains("site-a.toml:10:") && e.contains("gone.wav"),
             "{e}"
         );
-        let e = load(&format!(
-            "{base}\n[gateway.music_on_hold_queues]\nsales = \"gone.wav\"\n"
-        ))
-        .and_then(|l| l.gateway())
-        .err()
-        .unwrap()
-        .to_string();
+        let e = error_of(
+            &format!("{base}\n[gateway.music_on_hold_queues]\nsales = \"gone.wav\"\n"),
+            Loaded::gateway,
+        );
         assert!(
             e.contains("site-a.toml:10:") && e.contains("gone.wav"),
             "{e}"
@@ -1681,7 +1678,7 @@ mod tests {
             "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\n\
              [[gateway.trunk]]\nname = \"bad\"\naddress = \"no where\"\n"
         );
-        let e = load(&text).unwrap().gateway().err().unwrap().to_string();
+        let e = error_of(&text, Loaded::gateway);
         assert!(
             e.contains("site-a.toml:12:") && e.contains("\"bad\""),
             "{e}"
@@ -1690,7 +1687,7 @@ mod tests {
             "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\n\
              [[gateway.trunk]]\nname = \"b\"\naddress = \"192.0.2.2:5060\"\ninbound_from = [\"x\"]\n"
         );
-        let e = load(&text).unwrap().gateway().err().unwrap().to_string();
+        let e = error_of(&text, Loaded::gateway);
         assert!(
             e.contains("site-a.toml:13:") && e.contains("trunk \"b\""),
             "{e}"
@@ -1700,7 +1697,7 @@ mod tests {
             "{GATEWAY}[[gateway.trunk]]\nname = \"ok\"\naddress = \"192.0.2.1:5060\"\nusername = \"u\"\npassword = \"p\"\n\
              [[gateway.trunk]]\nname = \"c\"\naddress = \"192.0.2.2:5060\"\npassword = \"p\"\n"
         );
-        let e = load(&text).unwrap().gateway().err().unwrap().to_string();
+        let e = error_of(&text, Loaded::gateway);
         assert!(
             e.contains("site-a.toml:12:") && e.contains("go together"),
             "{e}"
@@ -1895,22 +1892,15 @@ mod tests {
             .presence()
             .unwrap()
             .is_none());
-        let e = load(&format!("{base}server = \"nohost\"\n"))
-            .and_then(|l| l.presence())
-            .err()
-            .unwrap()
-            .to_string();
+        let e = error_of(&format!("{base}server = \"nohost\"\n"), Loaded::presence);
         assert!(
             e.contains("site-a.toml:7:") && e.contains("host:port"),
             "{e}"
         );
-        let e = load(&format!(
-            "{base}server = \"127.0.0.1:5347\"\nkeepalive_secs = 0\n"
-        ))
-        .and_then(|l| l.presence())
-        .err()
-        .unwrap()
-        .to_string();
+        let e = error_of(
+            &format!("{base}server = \"127.0.0.1:5347\"\nkeepalive_secs = 0\n"),
+            Loaded::presence,
+        );
         assert!(e.contains("site-a.toml:8:"), "{e}");
         // an unreadable subscription store: the config line and the store's own line
         let dir = tempfile::tempdir().unwrap();
@@ -1963,36 +1953,26 @@ mod tests {
         assert_eq!(c.server, None);
         assert_eq!(c.servers, ["xmpp1.fabric.test:5222", "127.0.0.1:6222"]);
         // both forms at once, a bad address, a bad name server: errors naming the line
-        let e = load(&format!(
-            "{base}server = \"127.0.0.1:1\"\nservers = [\"127.0.0.1:2\"]\n"
-        ))
-        .unwrap()
-        .xmpp_bus()
-        .err()
-        .unwrap()
-        .to_string();
+        let e = error_of(
+            &format!("{base}server = \"127.0.0.1:1\"\nservers = [\"127.0.0.1:2\"]\n"),
+            Loaded::xmpp_bus,
+        );
         assert!(
             e.contains("site-a.toml:9:") && e.contains("not both"),
             "{e}"
         );
-        let e = load(&format!(
-            "{base}servers = [\"127.0.0.1:2\", \"no such:x\"]\n"
-        ))
-        .unwrap()
-        .xmpp_bus()
-        .err()
-        .unwrap()
-        .to_string();
+        let e = error_of(
+            &format!("{base}servers = [\"127.0.0.1:2\", \"no such:x\"]\n"),
+            Loaded::xmpp_bus,
+        );
         assert!(
             e.contains("site-a.toml:8:") && e.contains("no such:x"),
             "{e}"
         );
-        let e = load(&format!("{base}dns_servers = [\"dns.example\"]\n"))
-            .unwrap()
-            .xmpp_bus()
-            .err()
-            .unwrap()
-            .to_string();
+        let e = error_of(
+            &format!("{base}dns_servers = [\"dns.example\"]\n"),
+            Loaded::xmpp_bus,
+        );
         assert!(
             e.contains("site-a.toml:8:") && e.contains("dns.example"),
             "{e}"
