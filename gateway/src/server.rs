@@ -33,6 +33,7 @@ mod outbound;
 mod presence;
 mod qualify;
 mod security;
+mod shards;
 mod shutdown;
 mod voicemail;
 
@@ -222,6 +223,16 @@ impl Gateway {
         let overload_gate = overload.gate();
         transports.set_overload_gate(overload_gate.clone());
 
+        // Issue 16: out-of-dialog REGISTERs on `sip_shards` tasks (1: none, the core does all).
+        let shards = (cfg.sip_shards > 1).then(|| {
+            shards::Shards::start(
+                cfg.sip_shards,
+                &transports,
+                || registrar.authenticator(),
+                &guard,
+                tcfg.clone(),
+            )
+        });
         let mwi = mwi::MwiState::new(&cfg.realm, bus.as_ref());
         let core = Core {
             mwi,
@@ -249,6 +260,7 @@ impl Gateway {
             fabric_calls: HashMap::new(),
 
             overload,
+            shards,
 
             spies: spy::Spies::default(),
             extra_prefixes: ExtraPrefixes::default(),
@@ -360,6 +372,8 @@ struct Core {
     fabric_calls: HashMap<b2bua::CallId, fabric::FabricCall>,
     /// Overload control (issue 16): measures the queueing delay, its gate refuses at ingress.
     overload: sip_core::overload::Overload,
+    /// Register shards (`server/shards.rs`); `None`: `sip_shards = 1`.
+    shards: Option<shards::Shards>,
     /// Message waiting (`server/mwi.rs`).
     mwi: mwi::MwiState,
     /// Supervisors' calls (`server/spy.rs`).
