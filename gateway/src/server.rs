@@ -131,6 +131,8 @@ pub struct Gateway {
     /// Overload control's gate (its counts, whether it sheds).
     overload: Arc<sip_core::overload::Gate>,
     tx_stats: Arc<timers::TxStats>,
+    /// The register shards' transaction tables (issue 16).
+    shard_stats: Vec<Arc<timers::TxStats>>,
 }
 
 impl Gateway {
@@ -271,10 +273,12 @@ impl Gateway {
         let tls = core.transports.tls_state();
         let extra_prefixes = core.extra_prefixes.clone();
         let tx_stats = core.tx_stats.clone();
+        let shard_stats = (core.shards.as_ref()).map_or(Vec::new(), |s| s.stats.clone());
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             overload: overload_gate,
             tx_stats,
+            shard_stats,
             extra_prefixes,
             tls,
             local,
@@ -312,10 +316,17 @@ impl Gateway {
         (self.overload.counters(), self.overload.shedding())
     }
 
-    /// The SIP transaction table's size (issue 16: the compact completed transactions and
+    /// The SIP transaction tables' size, the core's and the register shards' (issue 16: the compact completed transactions and
     /// their table's capacity, which shrinks after a load).
     pub fn transactions(&self) -> Transactions {
-        self.tx_stats.read()
+        let mut t = self.tx_stats.read();
+        for s in &self.shard_stats {
+            let r = s.read();
+            t.live += r.live;
+            t.completed += r.completed;
+            t.completed_capacity += r.completed_capacity;
+        }
+        t
     }
 
     /// Stop serving.

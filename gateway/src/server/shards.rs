@@ -29,6 +29,7 @@
 //!
 //! `sip_shards = 1` runs no shard: exactly the unsharded path.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -36,6 +37,7 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 
 use super::security::{self, SharedGuard};
+use super::timers::TxStats;
 use super::DeviceCredentials;
 use crate::b2bua;
 use crate::registrar::{shard_of, Authenticator, Authorized};
@@ -76,6 +78,8 @@ pub(super) struct Shards {
     tasks: Vec<JoinHandle<()>>,
     /// Events dropped because a shard's queue was full.
     pub(super) dropped: u64,
+    /// Each shard's transaction table size, for the handle.
+    pub(super) stats: Vec<Arc<TxStats>>,
 }
 
 impl Shards {
@@ -96,11 +100,15 @@ impl Shards {
             sent,
             tasks: Vec::with_capacity(n),
             dropped: 0,
+            stats: Vec::with_capacity(n),
         };
         for index in 0..n {
             let (dtx, mut drx) = mpsc::channel(SHARD_QUEUE);
             let (rtx, replies) = mpsc::unbounded_channel();
+            let stats = Arc::new(TxStats::default());
+            shards.stats.push(stats.clone());
             let mut shard = Shard {
+                stats,
                 index,
                 transports: transports.clone(),
                 tl: TransactionLayer::new(tcfg.clone()),
@@ -252,6 +260,8 @@ struct Shard {
     sent: mpsc::UnboundedSender<Response>,
     /// 200 OKs queued to the transaction layer whose sending the core waits to hear of.
     unconfirmed: Vec<Response>,
+    /// The transaction table's size, published when its timers fire (as the core's).
+    stats: Arc<TxStats>,
 }
 
 impl Shard {
@@ -292,7 +302,9 @@ impl UserAgent for Shard {
         None
     }
 
-    fn on_timer(&mut self, _now: Instant) {}
+    fn on_timer(&mut self, _now: Instant) {
+        self.stats.publish(&self.tl);
+    }
 
     async fn input(&mut self) -> Option<Reply> {
         self.replies.recv().await
