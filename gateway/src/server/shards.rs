@@ -72,7 +72,7 @@ pub(super) struct Shards {
     datagrams: Vec<mpsc::Sender<TransportEvent>>,
     replies: Vec<mpsc::UnboundedSender<Reply>>,
     /// REGISTERs authenticated by a shard (read by the core's loop).
-    pub(super) authenticated: mpsc::UnboundedReceiver<Authenticated>,
+    pub(super) authenticated: mpsc::UnboundedReceiver<Box<Authenticated>>,
     /// 200 OKs a shard has put on the wire (those sent with `confirm`).
     pub(super) sent: mpsc::UnboundedReceiver<Response>,
     tasks: Vec<JoinHandle<()>>,
@@ -206,7 +206,7 @@ impl Drop for Shards {
 /// What a shard tells the core.
 pub(super) enum News {
     /// A REGISTER authenticated: the core binds it.
-    Authenticated(Authenticated),
+    Authenticated(Box<Authenticated>),
     /// A 200 OK sent with `confirm` is on the wire.
     Sent(Response),
 }
@@ -256,7 +256,7 @@ struct Shard {
     auth: Authenticator<DeviceCredentials>,
     guard: SharedGuard,
     replies: mpsc::UnboundedReceiver<Reply>,
-    to_core: mpsc::UnboundedSender<Authenticated>,
+    to_core: mpsc::UnboundedSender<Box<Authenticated>>,
     sent: mpsc::UnboundedSender<Response>,
     /// 200 OKs queued to the transaction layer whose sending the core waits to hear of.
     unconfirmed: Vec<Response>,
@@ -278,13 +278,13 @@ impl Shard {
         security::report_failures(&self.guard, &mut self.auth, &request, &source);
         match checked {
             Ok(authorized) => {
-                let _ = self.to_core.send(Authenticated {
+                let _ = self.to_core.send(Box::new(Authenticated {
                     shard: self.index,
                     key,
                     request,
                     authorized,
                     source,
-                });
+                }));
             }
             Err(resp) => security::send_challenge(&self.guard, &mut self.tl, &key, resp, &source),
         }
