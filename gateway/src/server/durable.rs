@@ -375,8 +375,9 @@ impl Core {
                 }
             }
             Responder::Shard(shard, key) => {
+                let confirm = then_mwi && self.mwi_after_register_wanted(&resp);
                 if let Some(shards) = &self.shards {
-                    shards.reply(shard, key, resp, then_mwi);
+                    shards.reply(shard, key, resp, confirm);
                 }
             }
         }
