@@ -232,6 +232,7 @@ impl Gateway {
                 &transports,
                 || registrar.authenticator(),
                 &guard,
+                &overload_gate,
                 tcfg.clone(),
             )
         });

@@ -44,6 +44,7 @@ use crate::registrar::{shard_of, Authenticator, Authorized};
 use crate::sip::message::{self, Method, Request, Response, SipMessage};
 use crate::sip::transaction::{self as tx, TransactionKey, TransactionLayer};
 use crate::transport::{self, Peer, Screened, TransportEvent, Transports, UserAgent};
+use sip_core::overload::Gate;
 
 /// Most transport events queued to one shard; more are dropped (and counted): the phone
 /// retransmits over UDP.
@@ -89,6 +90,7 @@ impl Shards {
         transports: &Transports,
         auth: impl Fn() -> Authenticator<DeviceCredentials>,
         guard: &SharedGuard,
+        gate: &Arc<Gate>,
         tcfg: tx::Config,
     ) -> Shards {
         let (to_core, authenticated) = mpsc::unbounded_channel();
@@ -114,6 +116,7 @@ impl Shards {
                 tl: TransactionLayer::new(tcfg.clone()),
                 auth: auth(),
                 guard: guard.clone(),
+                gate: gate.clone(),
                 replies,
                 to_core: to_core.clone(),
                 sent: sent_tx.clone(),
@@ -255,6 +258,9 @@ struct Shard {
     tl: TransactionLayer<Peer>,
     auth: Authenticator<DeviceCredentials>,
     guard: SharedGuard,
+    /// Overload control's gate: while it sheds, retransmissions of REGISTERs still in
+    /// progress are dropped here as the core drops its own.
+    gate: Arc<Gate>,
     replies: mpsc::UnboundedReceiver<Reply>,
     to_core: mpsc::UnboundedSender<Box<Authenticated>>,
     sent: mpsc::UnboundedSender<Response>,
@@ -300,6 +306,21 @@ impl UserAgent for Shard {
 
     fn next_deadline(&mut self) -> Option<Instant> {
         None
+    }
+
+    async fn on_datagram(&mut self, ev: TransportEvent, _backlog: usize) {
+        if let TransportEvent::Message(m) = &ev {
+            if let SipMessage::Request(req) = &m.message {
+                let tl = &self.tl;
+                if self
+                    .gate
+                    .drop_retransmission(|| tl.is_pending_retransmission(req))
+                {
+                    return;
+                }
+            }
+        }
+        transport::receive(&self.transports, &mut self.tl, ev).await
     }
 
     fn on_timer(&mut self, _now: Instant) {
