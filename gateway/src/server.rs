@@ -133,6 +133,8 @@ pub struct Gateway {
     tx_stats: Arc<timers::TxStats>,
     /// The register shards' transaction tables (issue 16).
     shard_stats: Vec<Arc<timers::TxStats>>,
+    /// REGISTERs dropped because a register shard's queue was full.
+    shard_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Gateway {
@@ -275,11 +277,13 @@ impl Gateway {
         let extra_prefixes = core.extra_prefixes.clone();
         let tx_stats = core.tx_stats.clone();
         let shard_stats = (core.shards.as_ref()).map_or(Vec::new(), |s| s.stats.clone());
+        let shard_dropped = (core.shards.as_ref()).map(|s| s.dropped.clone());
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             overload: overload_gate,
             tx_stats,
             shard_stats,
+            shard_dropped,
             extra_prefixes,
             tls,
             local,
@@ -328,6 +332,14 @@ impl Gateway {
             t.completed_capacity += r.completed_capacity;
         }
         t
+    }
+
+    /// Register shards (issue 16): how many run (1: none, the unsharded core), and the
+    /// REGISTERs dropped because a shard's queue was full.
+    pub fn register_shards(&self) -> (usize, u64) {
+        let dropped = (self.shard_dropped.as_ref())
+            .map_or(0, |d| d.load(std::sync::atomic::Ordering::Relaxed));
+        (self.shard_stats.len().max(1), dropped)
     }
 
     /// Stop serving.

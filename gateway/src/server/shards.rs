@@ -77,8 +77,8 @@ pub(super) struct Shards {
     /// 200 OKs a shard has put on the wire (those sent with `confirm`).
     pub(super) sent: mpsc::UnboundedReceiver<Response>,
     tasks: Vec<JoinHandle<()>>,
-    /// Events dropped because a shard's queue was full.
-    pub(super) dropped: u64,
+    /// Events dropped because a shard's queue was full (shared with the handle).
+    pub(super) dropped: Arc<std::sync::atomic::AtomicU64>,
     /// Each shard's transaction table size, for the handle.
     pub(super) stats: Vec<Arc<TxStats>>,
 }
@@ -101,7 +101,7 @@ impl Shards {
             authenticated,
             sent,
             tasks: Vec::with_capacity(n),
-            dropped: 0,
+            dropped: Arc::default(),
             stats: Vec::with_capacity(n),
         };
         for index in 0..n {
@@ -160,11 +160,11 @@ impl Shards {
             return;
         };
         if q.try_send(ev).is_err() {
-            self.dropped += 1;
+            let dropped = 1 + (self.dropped).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if transport::loglimit::allow("shard-full", None) {
                 tracing::warn!(
                     shard = index,
-                    dropped = self.dropped,
+                    dropped,
                     "register shard queue full: REGISTER dropped"
                 );
             }
