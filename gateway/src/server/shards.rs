@@ -188,13 +188,15 @@ impl Shards {
         }
     }
 
-    /// Stops the shards once they have sent what the core handed them (shutdown).
+    /// Stops the shards once they have sent what the core handed them (shutdown): their
+    /// reply channels close first, so each shard's loop ends only after it has sent every
+    /// reply queued before (a closed datagram channel would end it at once).
     pub(super) async fn close(&mut self) {
-        self.datagrams.clear();
         self.replies.clear();
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
         }
+        self.datagrams.clear();
     }
 }
 
