@@ -13,6 +13,7 @@ mod overload;
 
 mod relay_threads;
 mod security;
+mod sip_shards;
 pub use security::check_device_credentials;
 mod spy;
 mod streams;
@@ -232,6 +233,8 @@ pub struct GatewaySection {
     pub rtp_ports: Option<String>,
     /// Relay threads (default: one per core): a call's two legs share one, calls spread.
     pub rtp_threads: Option<i64>,
+    /// Register shards of the SIP core (default: one per core; 1: unsharded).
+    pub sip_shards: Option<i64>,
     /// Hang up a call after this long without RTP (0: never).
     pub media_timeout_secs: Option<f64>,
     /// Session timers (RFC 4028): Session-Expires asked of callees and granted to callers
@@ -819,6 +822,7 @@ impl Loaded {
             Some(r) => self.port_range("gateway", "rtp_ports", r)?,
         };
         let rtp_threads = self.rtp_threads("gateway", g.rtp_threads)?;
+        let sip_shards = self.sip_shards(g.sip_shards)?;
         let mut trunks: Vec<gateway::server::TrunkConfig> = Vec::new();
         for (n, t) in g.trunk.iter().enumerate() {
             let (address, domain) = match t.address.parse::<std::net::SocketAddr>() {
@@ -949,6 +953,7 @@ impl Loaded {
             rtp_ip,
             rtp_ports,
             rtp_threads,
+            sip_shards,
             media_timeout: match g.media_timeout_secs {
                 Some(0.0) => None,
                 v => Some(secs(v, "media_timeout_secs", 30.0)?),

@@ -592,6 +592,20 @@ fn metrics_parse_and_move_with_activity() {
         .samples
         .iter()
         .any(|s| s.metric == "callfabric_rtp_jitter_ms_count"));
+    // Register shards: the default, one per core (issue 16).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        value(&after, "callfabric_gateway_sip_shards", None),
+        cores as f64
+    );
+    assert_eq!(
+        value(
+            &after,
+            "callfabric_gateway_register_shard_dropped_total",
+            None
+        ),
+        0.0
+    );
     // Overload control counts the new requests it admitted (the REGISTERs, the INVITEs);
     // nothing was shed on an idle gateway.
     let overload = |action| {

@@ -41,8 +41,15 @@ impl std::ops::DerefMut for Gateway {
 }
 
 impl Gateway {
+    /// A gateway with 4 register shards (issue 16), whatever the machine's core count.
     fn start(digest_algorithms: &[&str]) -> Gateway {
+        Gateway::start_sharded(digest_algorithms, 4)
+    }
+
+    /// A gateway with `shards` register shards (1: the unsharded core).
+    fn start_sharded(digest_algorithms: &[&str], shards: usize) -> Gateway {
         let mut spec = GatewaySpec::new("gw-a", &["1000", "1001"]);
+        spec.sip_shards = Some(shards);
         spec.realm = "site-a".into();
         spec.digest_algorithms = digest_algorithms.iter().map(|a| (*a).to_owned()).collect();
         Gateway(GatewayProcess::start(&binary(), spec))
@@ -110,7 +117,17 @@ fn received_401_shapes(messages: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn register_md5_over_udp_and_tcp() {
-    let mut gw = Gateway::start(&["MD5"]);
+    register_md5_over_udp_and_tcp_with(4);
+}
+
+/// The same on the unsharded core (`sip_shards = 1`).
+#[test]
+fn register_md5_over_udp_and_tcp_unsharded() {
+    register_md5_over_udp_and_tcp_with(1);
+}
+
+fn register_md5_over_udp_and_tcp_with(shards: usize) {
+    let mut gw = Gateway::start_sharded(&["MD5"], shards);
 
     let out = gw.sipp(
         "register_ok.xml",
@@ -131,7 +148,17 @@ fn register_md5_over_udp_and_tcp() {
 
 #[test]
 fn wrong_password_and_unknown_user_get_the_same_401s() {
-    let mut gw = Gateway::start(&["MD5"]);
+    wrong_password_and_unknown_user_with(4);
+}
+
+/// The same on the unsharded core (`sip_shards = 1`).
+#[test]
+fn wrong_password_and_unknown_user_get_the_same_401s_unsharded() {
+    wrong_password_and_unknown_user_with(1);
+}
+
+fn wrong_password_and_unknown_user_with(shards: usize) {
+    let mut gw = Gateway::start_sharded(&["MD5"], shards);
 
     let wrong = gw.sipp(
         "register_wrong_password.xml",

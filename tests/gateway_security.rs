@@ -43,6 +43,9 @@ fn gateway_security(
     all.extend_from_slice(devices);
     let mut spec = GatewaySpec::new(name, &all);
     spec.digest_algorithms = algorithms.iter().map(|a| (*a).to_owned()).collect();
+    // Sharded whatever the machine's core count: failures counted, challenges rate-limited
+    // and bans applied for REGISTERs handled on the register shards (issue 16).
+    spec.sip_shards = Some(4);
     spec.extra = format!(
         "\n[security]\nmax_failures_per_source = {MAX_FAILURES}\nmax_failures_per_user = 50\n\
          window_secs = 120\nban_secs = 120\n{security}\n[http]\nlisten = \"127.0.0.1:0\"\n"

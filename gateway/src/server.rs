@@ -33,6 +33,7 @@ mod outbound;
 mod presence;
 mod qualify;
 mod security;
+mod shards;
 mod shutdown;
 mod voicemail;
 
@@ -130,6 +131,10 @@ pub struct Gateway {
     /// Overload control's gate (its counts, whether it sheds).
     overload: Arc<sip_core::overload::Gate>,
     tx_stats: Arc<timers::TxStats>,
+    /// The register shards' transaction tables (issue 16).
+    shard_stats: Vec<Arc<timers::TxStats>>,
+    /// REGISTERs dropped because a register shard's queue was full.
+    shard_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Gateway {
@@ -222,6 +227,17 @@ impl Gateway {
         let overload_gate = overload.gate();
         transports.set_overload_gate(overload_gate.clone());
 
+        // Issue 16: out-of-dialog REGISTERs on `sip_shards` tasks (1: none, the core does all).
+        let shards = (cfg.sip_shards > 1).then(|| {
+            shards::Shards::start(
+                cfg.sip_shards,
+                &transports,
+                || registrar.authenticator(),
+                &guard,
+                &overload_gate,
+                tcfg.clone(),
+            )
+        });
         let mwi = mwi::MwiState::new(&cfg.realm, bus.as_ref());
         let core = Core {
             mwi,
@@ -249,6 +265,7 @@ impl Gateway {
             fabric_calls: HashMap::new(),
 
             overload,
+            shards,
 
             spies: spy::Spies::default(),
             extra_prefixes: ExtraPrefixes::default(),
@@ -259,10 +276,14 @@ impl Gateway {
         let tls = core.transports.tls_state();
         let extra_prefixes = core.extra_prefixes.clone();
         let tx_stats = core.tx_stats.clone();
+        let shard_stats = (core.shards.as_ref()).map_or(Vec::new(), |s| s.stats.clone());
+        let shard_dropped = (core.shards.as_ref()).map(|s| s.dropped.clone());
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             overload: overload_gate,
             tx_stats,
+            shard_stats,
+            shard_dropped,
             extra_prefixes,
             tls,
             local,
@@ -300,10 +321,25 @@ impl Gateway {
         (self.overload.counters(), self.overload.shedding())
     }
 
-    /// The SIP transaction table's size (issue 16: the compact completed transactions and
+    /// The SIP transaction tables' size, the core's and the register shards' (issue 16: the compact completed transactions and
     /// their table's capacity, which shrinks after a load).
     pub fn transactions(&self) -> Transactions {
-        self.tx_stats.read()
+        let mut t = self.tx_stats.read();
+        for s in &self.shard_stats {
+            let r = s.read();
+            t.live += r.live;
+            t.completed += r.completed;
+            t.completed_capacity += r.completed_capacity;
+        }
+        t
+    }
+
+    /// Register shards (issue 16): how many run (1: none, the unsharded core), and the
+    /// REGISTERs dropped because a shard's queue was full.
+    pub fn register_shards(&self) -> (usize, u64) {
+        let dropped = (self.shard_dropped.as_ref())
+            .map_or(0, |d| d.load(std::sync::atomic::Ordering::Relaxed));
+        (self.shard_stats.len().max(1), dropped)
     }
 
     /// Stop serving.
@@ -360,6 +396,8 @@ struct Core {
     fabric_calls: HashMap<b2bua::CallId, fabric::FabricCall>,
     /// Overload control (issue 16): measures the queueing delay, its gate refuses at ingress.
     overload: sip_core::overload::Overload,
+    /// Register shards (`server/shards.rs`); `None`: `sip_shards = 1`.
+    shards: Option<shards::Shards>,
     /// Message waiting (`server/mwi.rs`).
     mwi: mwi::MwiState,
     /// Supervisors' calls (`server/spy.rs`).

@@ -1212,3 +1212,241 @@ fn invite_with_two_proxy_authorization_fields_is_authorized() {
     let user = reg.authorize(&invite(&extra), t0()).expect("authorized");
     assert_eq!(user.aor, AOR);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Register shards (issue 16): the authenticate phase on N authenticators routed by Call-ID,
+// the bind phase on the one registrar, must answer exactly as the unsharded registrar.
+// ---------------------------------------------------------------------------------------------
+
+const AOR_B: &str = "sip:1001@example.com";
+
+/// The registrar as the gateway runs it with `n` register shards: `n` = 1 is the unsharded
+/// path (`handle_request`); otherwise each REGISTER's authenticate phase runs on the
+/// authenticator its Call-ID routes to, the bind phase on the registrar.
+struct Sharded {
+    core: Reg,
+    shards: Vec<gateway::registrar::Authenticator<MemoryCredentials>>,
+    failures: Vec<(String, gateway::security::FailReason)>,
+}
+
+impl Sharded {
+    fn new(n: usize) -> Self {
+        let core = registrar();
+        let shards = if n > 1 {
+            (0..n).map(|_| core.authenticator()).collect()
+        } else {
+            Vec::new()
+        };
+        Sharded {
+            core,
+            shards,
+            failures: Vec::new(),
+        }
+    }
+
+    fn handle(&mut self, req: &Request, now: SystemTime) -> Response {
+        if self.shards.is_empty() {
+            let r = self.core.handle_request(req, phone(), now);
+            while let Some(f) = self.core.poll_auth_failure() {
+                self.failures.push((f.user, f.reason));
+            }
+            return r;
+        }
+        let call_id = req
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                Header::CallId(c) => Some(c.value().to_owned()),
+                _ => None,
+            })
+            .expect("Call-ID");
+        let i = gateway::registrar::shard_of(&call_id, self.shards.len());
+        let shard = &mut self.shards[i];
+        let r = match shard.check_register(req, now) {
+            Ok(authorized) => self.core.bind(req, &authorized, phone(), now),
+            Err(r) => r,
+        };
+        while let Some(f) = shard.poll_auth_failure() {
+            self.failures.push((f.user, f.reason));
+        }
+        r
+    }
+
+    /// Every AOR's bindings: (AOR, contact URI, expiry, Call-ID, CSeq), sorted.
+    fn location(&self) -> Vec<(String, String, SystemTime, String, u32)> {
+        let mut out: Vec<_> = self
+            .core
+            .location()
+            .aors()
+            .flat_map(|aor| {
+                self.core.location().get(aor).iter().map(move |b| {
+                    (
+                        aor.to_owned(),
+                        b.uri.clone(),
+                        b.expires_at,
+                        b.call_id.clone(),
+                        b.cseq,
+                    )
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// What one run of the sequence observed: per step the status, the Contact fields of the
+/// response, whether its challenges say stale, and the location after it; then the failures
+/// reported and the registrar's events.
+type Observed = (
+    Vec<(
+        u16,
+        Vec<String>,
+        bool,
+        Vec<(String, String, SystemTime, String, u32)>,
+    )>,
+    Vec<(String, gateway::security::FailReason)>,
+    Vec<RegistrarEvent>,
+);
+
+/// The sequence: two phones challenged in the same second on (with 4 shards) different
+/// shards, both authorized, a refresh, a replayed nonce-count (in the same and in another
+/// Call-ID), a wrong password, another
+/// user's AOR, an unregistration, and the other phone's expiry.
+fn register_sequence(n: usize) -> Observed {
+    let (call_a, call_b) = ("shard-a-1", "shard-b-7");
+    let mut reg = Sharded::new(n);
+    let mut steps = Vec::new();
+    let mut step = |reg: &mut Sharded, req: Request, now: SystemTime| {
+        let r = reg.handle(&req, now);
+        let stale = challenges(&r).iter().any(|c| c.contains("stale=true"));
+        let listed = contacts(&r).iter().map(|c| c.to_string()).collect();
+        steps.push((code(&r), listed, stale, reg.location()));
+        r
+    };
+    let t = t0();
+    let contact_a = "Contact: <sip:1000@10.0.0.7>\r\n";
+    let contact_b = "Contact: <sip:1001@10.0.0.8>;expires=120\r\n";
+    let ch_a = challenges(&step(&mut reg, register(call_a, 1, contact_a), t))[0].to_owned();
+    let ch_b =
+        challenges(&step(&mut reg, register_to(AOR_B, call_b, 1, contact_b), t))[0].to_owned();
+    let authed = |ch: &str, user: &str, pw: &str, nc: u32| {
+        format!("Authorization: {}\r\n", answer(ch, user, pw, nc, "cafe"))
+    };
+    let a = |cseq: u32, nc: u32, extra: &str| {
+        let auth = authed(&ch_a, "1000", "secret1000", nc);
+        register(call_a, cseq, &format!("{extra}{auth}"))
+    };
+    // Both authorized, in the same second.
+    step(&mut reg, a(2, 1, contact_a), t);
+    let b_ok = authed(&ch_b, "1001", "secret1001", 1);
+    step(
+        &mut reg,
+        register_to(AOR_B, call_b, 2, &format!("{contact_b}{b_ok}")),
+        t,
+    );
+    // A refresh a minute later; then the same nonce-count again (a replay).
+    step(&mut reg, a(3, 2, contact_a), t + secs(60));
+    step(&mut reg, a(4, 2, contact_a), t + secs(61));
+    // The same credentials replayed in another Call-ID (another shard's, with 4).
+    let replayed = authed(&ch_a, "1000", "secret1000", 2);
+    step(
+        &mut reg,
+        register(call_b, 9, &format!("{contact_a}{replayed}")),
+        t + secs(61),
+    );
+    // B with a wrong password; B claiming A's AOR.
+    let b_wrong = authed(&ch_b, "1001", "not-it", 2);
+    step(
+        &mut reg,
+        register_to(AOR_B, call_b, 3, &format!("{contact_b}{b_wrong}")),
+        t + secs(62),
+    );
+    let b_as_a = authed(&ch_b, "1001", "secret1001", 3);
+    step(
+        &mut reg,
+        register_to(AOR, call_b, 4, &format!("{contact_b}{b_as_a}")),
+        t + secs(63),
+    );
+    // A unregisters.
+    step(
+        &mut reg,
+        a(5, 3, "Contact: <sip:1000@10.0.0.7>;expires=0\r\n"),
+        t + secs(64),
+    );
+    // B's binding (120 s from t) expires.
+    let gone = reg.core.expire(t + secs(121));
+    assert_eq!(gone, vec![AOR_B.to_owned()]);
+    steps.push((0, Vec::new(), false, reg.location()));
+    let events = std::iter::from_fn(|| reg.core.poll_event()).collect();
+    (steps, reg.failures, events)
+}
+
+#[test]
+fn sharded_authentication_answers_as_the_unsharded_registrar() {
+    use gateway::registrar::shard_of;
+    use gateway::security::FailReason;
+    // The two phones' Call-IDs go to different shards of 4 (the routing is a fixed hash).
+    assert_ne!(shard_of("shard-a-1", 4), shard_of("shard-b-7", 4));
+    assert_eq!(shard_of(" shard-a-1 ", 4), shard_of("shard-a-1", 4));
+    let one = register_sequence(1);
+    let four = register_sequence(4);
+    // What the unsharded registrar does (the reference), step by step.
+    let codes: Vec<u16> = one.0.iter().map(|s| s.0).collect();
+    assert_eq!(codes, [401, 401, 200, 200, 200, 401, 401, 401, 403, 200, 0]);
+    let bound = |s: &(u16, Vec<String>, bool, Vec<_>)| {
+        s.3.iter()
+            .map(|b: &(String, String, SystemTime, String, u32)| b.0.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bound(&one.0[3]), [AOR, AOR_B]);
+    assert_eq!(bound(&one.0[9]), [AOR_B]);
+    assert!(one.0[10].3.is_empty());
+    let reasons: Vec<FailReason> = one.1.iter().map(|f| f.1).collect();
+    assert_eq!(
+        reasons,
+        [
+            FailReason::Replay,
+            FailReason::Replay,
+            FailReason::WrongPassword,
+            FailReason::WrongAor
+        ]
+    );
+    assert_eq!(
+        one.2,
+        vec![
+            registered(),
+            RegistrarEvent::Registered { aor: AOR_B.into() },
+            unregistered(),
+            RegistrarEvent::Unregistered { aor: AOR_B.into() },
+        ]
+    );
+    // Four shards: the same responses, locations, failures and events at every step.
+    for (i, (a, b)) in one.0.iter().zip(&four.0).enumerate() {
+        assert_eq!(a, b, "step {i}: unsharded vs 4 shards");
+    }
+    assert_eq!(one.0.len(), four.0.len());
+    assert_eq!(one.1, four.1);
+    assert_eq!(one.2, four.2);
+}
+
+#[test]
+fn nonces_are_unique_across_shards_and_a_count_is_a_replay_on_any_of_them() {
+    let core = registrar();
+    let mut s1 = core.authenticator();
+    let mut s2 = core.authenticator();
+    let now = t0();
+    // Challenges from two shards in the same second carry different nonces.
+    let c1 = challenges(&s1.challenge(&register("x", 1, ""), now, false))[0].to_owned();
+    let c2 = challenges(&s2.challenge(&register("y", 1, ""), now, false))[0].to_owned();
+    assert_ne!(param(&c1, "nonce"), param(&c2, "nonce"));
+    // A nonce-count accepted on one shard is a replay on another.
+    let req = |nc: u32| {
+        let auth = answer(&c1, "1000", "secret1000", nc, "abc");
+        register("x", 2, &format!("Authorization: {auth}\r\n"))
+    };
+    assert!(s1.check_register(&req(1), now).is_ok());
+    let replay = s2.check_register(&req(1), now).expect_err("replay");
+    assert_eq!(code(&replay), 401);
+    assert!(s2.check_register(&req(2), now).is_ok());
+}

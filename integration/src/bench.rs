@@ -905,6 +905,7 @@ pub fn gateway_config(
         rtp_ip: udp.ip(),
         rtp_ports: (20000, 20999),
         rtp_threads: media::relay_threads_per_core(),
+        sip_shards: 1,
         media_timeout: None,
         session_expires: None,
         session_min_se: std::time::Duration::from_secs(90),

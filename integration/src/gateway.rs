@@ -42,6 +42,9 @@ pub struct GatewaySpec {
     pub database: Option<String>,
     /// More `devices add` arguments per device user (e.g. `--mwi unsolicited`).
     pub device_args: Vec<(String, Vec<String>)>,
+    /// `sip_shards` (issue 16: register shards; 1 = the unsharded core); `None`: the
+    /// binary's default, one per core.
+    pub sip_shards: Option<usize>,
 }
 
 impl GatewaySpec {
@@ -64,6 +67,7 @@ impl GatewaySpec {
             extra: String::new(),
             database: None,
             device_args: Vec::new(),
+            sip_shards: None,
         }
     }
 }
@@ -190,6 +194,7 @@ digest_algorithms = [{algorithms}]
 db_reload_secs = 0.2
 qualify_interval_secs = {qualify}
 t1_ms = 100
+{shards}
 {extra}
 "#,
             name = spec.name,
@@ -199,6 +204,10 @@ t1_ms = 100
                 dir.path().join(format!("{}.db", spec.name)).display()
             )),
             extra = spec.extra,
+            shards = spec
+                .sip_shards
+                .map(|n| format!("sip_shards = {n}"))
+                .unwrap_or_default(),
             qualify = spec.qualify_interval_secs,
             node_extra = spec.node_extra,
             statebus = spec.statebus,

@@ -261,6 +261,17 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
             "Entries the completed-transaction table holds before growing (it shrinks after a load)"
         )?)
         .set(i64::try_from(tx.completed_capacity).unwrap_or(i64::MAX));
+        let (shards, shard_dropped) = gw.register_shards();
+        reg!(IntGauge::new(
+            "callfabric_gateway_sip_shards",
+            "Register shards of the SIP core (1: unsharded)"
+        )?)
+        .set(i64::try_from(shards).unwrap_or(i64::MAX));
+        reg!(IntCounter::new(
+            "callfabric_gateway_register_shard_dropped_total",
+            "REGISTERs dropped because a register shard's queue was full"
+        )?)
+        .inc_by(shard_dropped);
         reg!(IntGauge::new(
             "callfabric_gateway_overload_shedding",
             "1 while SIP overload control sheds load"

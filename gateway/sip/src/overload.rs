@@ -214,6 +214,18 @@ impl Gate {
         self.shedding.load(Relaxed)
     }
 
+    /// [`Overload::drop_retransmission`] for a task that reads requests beside the core (the
+    /// gateway's register shards): true (counted) while shedding when `pending` (its own
+    /// transaction layer's lookup, asked only then) says the request is a retransmission of
+    /// one still in progress.
+    pub fn drop_retransmission(&self, pending: impl FnOnce() -> bool) -> bool {
+        if self.shedding() && pending() {
+            self.dropped_retransmissions.fetch_add(1, Relaxed);
+            return true;
+        }
+        false
+    }
+
     /// True when `source` is a light sender this interval and may be admitted as one.
     fn light(&self, source: SocketAddr) -> bool {
         let epoch = self.epoch.load(Relaxed);

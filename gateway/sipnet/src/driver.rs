@@ -88,13 +88,7 @@ pub async fn receive_overload(
     ev: TransportEvent,
 ) {
     if let TransportEvent::Message(m) = &ev {
-        let now = Instant::now();
-        let waited = if backlog == 0 {
-            std::time::Duration::ZERO
-        } else {
-            now.saturating_duration_since(m.received)
-        };
-        overload.observe(now, waited);
+        overload.observe(Instant::now(), queue_wait(m, backlog));
         if let SipMessage::Request(req) = &m.message {
             if overload.drop_retransmission(|| tl.is_pending_retransmission(req)) {
                 return;
@@ -102,6 +96,16 @@ pub async fn receive_overload(
         }
     }
     receive(transports, tl, ev).await
+}
+
+/// How long `m` waited between its transport and the core, as overload control counts it:
+/// zero when it left the queue empty (`backlog` 0; see [`receive_overload`]).
+pub fn queue_wait(m: &crate::Incoming, backlog: usize) -> std::time::Duration {
+    if backlog == 0 {
+        std::time::Duration::ZERO
+    } else {
+        Instant::now().saturating_duration_since(m.received)
+    }
 }
 
 /// What a user agent does with a new request the transaction layer delivered

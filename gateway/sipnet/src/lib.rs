@@ -31,8 +31,8 @@ pub mod tls;
 mod udp;
 
 pub use driver::{
-    drive, earliest, receive, receive_overload, screen, sleep_until, transmit, Peer, Screened,
-    UserAgent,
+    drive, earliest, queue_wait, receive, receive_overload, screen, sleep_until, transmit, Peer,
+    Screened, UserAgent,
 };
 pub use tls::{TlsConfig, TlsError, TlsState};
 

@@ -43,6 +43,7 @@ const MAX_CREDENTIALS: usize = 8;
 pub mod client;
 pub mod credentials;
 pub use sip_core::digest;
+mod auth;
 pub mod location;
 pub mod store;
 
@@ -51,14 +52,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rsip::headers::UntypedHeader;
 
-use crate::sip::message::{method_name, response_for, Header, Method, Request, Response};
+use crate::sip::message::{response_for, Header, Request, Response};
 
+pub use auth::{shard_of, Authenticator, Authorized};
 pub use credentials::{Credentials, MemoryCredentials, UserRecord};
 pub use digest::Algorithm;
 pub use location::{canonical_aor, Binding, Location};
 
-use crate::security::FailReason;
-use digest::{DigestCredentials, NcError, NonceCounts, NonceKey, NonceStatus};
 use location::ContactSpec;
 
 /// Registrar settings.
@@ -136,75 +136,57 @@ pub enum RegistrarEvent {
 
 /// The registrar: authentication, location service, events. `C` is the credential store, `S`
 /// what the caller records as a binding's source (e.g. `(SocketAddr, Transport)`).
+///
+/// Its work is two phases (issue 16, the sharded SIP core): the **authenticate phase**
+/// ([`Authenticator::check_register`]: headers, digest, nonce-count, the AOR's owner) needs
+/// no mutable state but the nonce-count table, which every [`Authenticator`] of one registrar
+/// shares under a short lock, so any number of them can run on other tasks
+/// ([`Registrar::authenticator`]); the **bind phase** ([`Registrar::bind`]: the location
+/// service and its events) stays with the one owner of the registrar.
+/// [`Registrar::handle_request`] is the two in a row.
 #[derive(Debug)]
 pub struct Registrar<C, S> {
-    config: Config,
-    credentials: C,
+    auth: Authenticator<C>,
     location: Location<S>,
-    nonce_key: NonceKey,
-    nonce_counts: NonceCounts,
-    nonce_counter: u64,
     events: VecDeque<RegistrarEvent>,
-    failures: VecDeque<AuthFailure>,
-}
-
-/// Outcome of authenticating a request.
-enum Auth {
-    Ok(UserRecord),
-    Reply(Response),
 }
 
 impl<C: Credentials, S: Clone> Registrar<C, S> {
     /// A registrar with no bindings.
     pub fn new(config: Config, credentials: C) -> Self {
-        let nonce_counts = NonceCounts::new(config.max_tracked_nonces);
         Registrar {
-            nonce_key: NonceKey::new(&config.secret),
-            config,
-            credentials,
+            auth: Authenticator::new(config, credentials),
             location: Location::default(),
-            nonce_counts,
-            nonce_counter: 0,
             events: VecDeque::new(),
-            failures: VecDeque::new(),
         }
     }
 
     /// The next failed authentication, if any (at most one per request handled).
     pub fn poll_auth_failure(&mut self) -> Option<AuthFailure> {
-        self.failures.pop_front()
-    }
-
-    fn failed(&mut self, user: Option<&str>, reason: crate::security::FailReason) {
-        if self.failures.len() >= MAX_QUEUED_FAILURES {
-            self.failures.pop_front();
-        }
-        self.failures.push_back(AuthFailure {
-            user: user.unwrap_or("").to_owned(),
-            reason,
-        });
+        self.auth.poll_auth_failure()
     }
 
     /// Refuses (with `stale=true`) every nonce issued before `now`. Call it once at start-up:
     /// nonce-counts live in memory only, so nonces issued before a restart (with the same
     /// secret) could otherwise be replayed until they expire.
     pub fn reject_nonces_issued_before(&mut self, now: SystemTime) {
-        self.nonce_counts.forget_before(unix(now));
+        self.auth.counts().forget_before(unix(now));
     }
 
     /// The settings.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.auth.config
     }
 
     /// The credential store.
     pub fn credentials(&self) -> &C {
-        &self.credentials
+        &self.auth.credentials
     }
 
-    /// The credential store, to provision users.
+    /// The credential store, to provision users (authenticators made before by
+    /// [`Registrar::authenticator`] keep their own copy of a store that is not shared).
     pub fn credentials_mut(&mut self) -> &mut C {
-        &mut self.credentials
+        &mut self.auth.credentials
     }
 
     /// The location service (read-only).
@@ -231,7 +213,7 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
     /// decides what a restored binding means for device state (it is not qualified yet).
     pub fn restore(&mut self, aor: &str, mut bindings: Vec<Binding<S>>, now: SystemTime) {
         bindings.retain(|b| b.expires_at > now);
-        bindings.truncate(self.config.max_bindings_per_aor.max(1));
+        bindings.truncate(self.auth.config.max_bindings_per_aor.max(1));
         self.location.set(aor, bindings);
     }
 
@@ -253,64 +235,33 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             self.events
                 .push_back(RegistrarEvent::Unregistered { aor: aor.clone() });
         }
-        let before = unix(now).saturating_sub(self.config.nonce_lifetime.as_secs());
-        self.nonce_counts.prune(before);
+        let before = unix(now).saturating_sub(self.auth.config.nonce_lifetime.as_secs());
+        self.auth.counts().prune(before);
         gone
     }
 
     /// Handles one request (a REGISTER; anything else gets 405) from `source` at `now` and
-    /// returns the final response to send.
+    /// returns the final response to send: [`Authenticator::check_register`] then
+    /// [`Registrar::bind`].
     pub fn handle_request(&mut self, req: &Request, source: S, now: SystemTime) -> Response {
-        if req.method != Method::Register {
-            return with_headers(
-                response_for(req, 405, "Method Not Allowed"),
-                vec![Header::Allow(rsip::headers::Allow::new("REGISTER"))],
-            );
+        match self.auth.check_register(req, now) {
+            Ok(authorized) => self.bind(req, &authorized, source, now),
+            Err(r) => r,
         }
-        let (Some(call_id), Some(cseq), Some(to)) = (
-            first_value(req, |h| match h {
-                Header::CallId(v) => Some(v.value()),
-                _ => None,
-            }),
-            first_value(req, |h| match h {
-                Header::CSeq(v) => Some(v.value()),
-                _ => None,
-            })
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|n| n.parse::<u32>().ok()),
-            first_value(req, |h| match h {
-                Header::To(v) => Some(v.value()),
-                _ => None,
-            }),
-        ) else {
-            return response_for(req, 400, "Bad Request");
-        };
-        let call_id = call_id.trim().to_owned();
-        let Some(aor) = canonical_aor(to) else {
-            return response_for(req, 400, "Bad Request");
-        };
-        let user = match self.authenticate(req, now) {
-            Auth::Ok(user) => user,
-            Auth::Reply(r) => return r,
-        };
-        // A phone addresses the registrar by whatever host it was given (IP, port, domain):
-        // ownership is decided by the user part, and bindings are kept under the user's own
-        // canonical AOR.
-        let own = canonical_aor(&user.aor);
-        let user_of = |a: &str| {
-            a.split_once(':')
-                .map(|(_, r)| r.split('@').next().unwrap_or("").to_owned())
-        };
-        match own {
-            Some(own) if user_of(&own) == user_of(&aor) => {
-                self.register(req, &own, &call_id, cseq, source, now)
-            }
-            _ => {
-                let user = user_of(&user.aor).unwrap_or_default();
-                self.failed(Some(&user), crate::security::FailReason::WrongAor);
-                response_for(req, 403, "Forbidden")
-            }
-        }
+    }
+
+    /// The bind phase of a REGISTER that passed [`Authenticator::check_register`] (here or
+    /// on another task): updates the location service (RFC 3261 §10.3 steps 6–8) and returns
+    /// the final response (200 with the bindings, or 400/423/500/403 max contacts).
+    pub fn bind(
+        &mut self,
+        req: &Request,
+        authorized: &Authorized,
+        source: S,
+        now: SystemTime,
+    ) -> Response {
+        let Authorized { aor, call_id, cseq } = authorized;
+        self.register(req, aor, call_id, *cseq, source, now)
     }
 
     /// Digest authentication of a request other than REGISTER (an INVITE from a phone):
@@ -318,192 +269,29 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
     /// `Proxy-Authenticate` (RFC 3261 §22.3). Same nonces, replay protection and answers for
     /// unknown users and wrong passwords.
     pub fn authorize(&mut self, req: &Request, now: SystemTime) -> Result<UserRecord, Response> {
-        match self.authenticate(req, now) {
-            Auth::Ok(user) => Ok(user),
-            Auth::Reply(r) => Err(r),
-        }
+        self.auth.authorize(req, now)
     }
 
     /// A 401 (REGISTER) or 407 (other methods) with a fresh challenge for `req`, one per
     /// configured algorithm.
     pub fn challenge(&mut self, req: &Request, now: SystemTime, stale: bool) -> Response {
-        let proxy = req.method != Method::Register;
-        self.nonce_counter = self.nonce_counter.wrapping_add(1);
-        let (nonce, opaque) = self.nonce_key.issue(unix(now), self.nonce_counter);
-        let realm = digest::quote(&self.config.realm);
-        let stale = if stale { ", stale=true" } else { "" };
-        // The same challenge whoever is claimed (no enumeration): the configured list.
-        let algorithms = self.config.algorithms.clone();
-        let headers = algorithms
-            .into_iter()
-            .map(|alg| {
-                let value = format!(
-                    "Digest realm={realm}, qop=\"auth\", algorithm={}, nonce=\"{nonce}\", \
-                     opaque=\"{opaque}\"{stale}",
-                    alg.token()
-                );
-                if proxy {
-                    Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(value))
-                } else {
-                    Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(value))
-                }
-            })
-            .collect();
-        if proxy {
-            with_headers(
-                response_for(req, 407, "Proxy Authentication Required"),
-                headers,
-            )
-        } else {
-            with_headers(response_for(req, 401, "Unauthorized"), headers)
-        }
+        self.auth.challenge(req, now, stale)
     }
+}
 
-    fn authenticate(&mut self, req: &Request, now: SystemTime) -> Auth {
-        // The Authorization fields for our realm. RFC 3261 §22 allows several: the strongest
-        // algorithm we offer wins (SHA-256 before MD5), the others are ignored.
-        let mut malformed = false;
-        let mut ours: Vec<DigestCredentials> = Vec::new();
-        let proxy = req.method != Method::Register;
-        for h in req.headers.iter() {
-            let value = match h {
-                Header::Authorization(a) if !proxy => a.value(),
-                Header::ProxyAuthorization(a) if proxy => a.value(),
-                _ => continue,
-            };
-            match digest::parse_authorization(value) {
-                Ok(c) => {
-                    if c.realm.as_deref() == Some(self.config.realm.as_str()) {
-                        if ours.len() < MAX_CREDENTIALS {
-                            ours.push(c);
-                        }
-                    } else if c.realm.is_none() {
-                        malformed = true;
-                    }
-                }
-                Err(digest::AuthHeaderError::NotDigest) => {}
-                Err(_) => malformed = true,
-            }
-        }
-        let strength = |c: &DigestCredentials| {
-            let alg = match c.algorithm.as_deref() {
-                None => Some(Algorithm::Md5),
-                Some(t) => Algorithm::from_token(t),
-            };
-            match alg {
-                Some(a) if self.config.algorithms.contains(&a) => match a {
-                    Algorithm::Sha256 => 2,
-                    Algorithm::Md5 => 1,
-                },
-                _ => 0,
-            }
-        };
-        // The first of the strongest; one we cannot use is checked (and refused) only alone.
-        let best = ours
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, c)| (strength(c), std::cmp::Reverse(*i)))
-            .map(|(i, _)| i);
-        let c = match best {
-            Some(i) if strength(&ours[i]) > 0 || (ours.len() == 1 && !malformed) => {
-                ours.swap_remove(i)
-            }
-            Some(i) => {
-                let user = ours[i].username.clone();
-                self.failed(user.as_deref(), FailReason::Malformed);
-                return Auth::Reply(response_for(req, 400, "Bad Request"));
-            }
-            None if malformed => {
-                self.failed(None, FailReason::Malformed);
-                return Auth::Reply(response_for(req, 400, "Bad Request"));
-            }
-            None => return Auth::Reply(self.challenge(req, now, false)),
-        };
-        let (Some(username), Some(nonce), Some(uri), Some(resp), Some(cnonce), Some(nc), Some(qop)) = (
-            c.username.as_deref(),
-            c.nonce.as_deref(),
-            c.uri.as_deref(),
-            c.response.as_deref(),
-            c.cnonce.as_deref(),
-            c.nc.as_deref(),
-            c.qop.as_deref(),
-        ) else {
-            self.failed(c.username.as_deref(), FailReason::Malformed);
-            return Auth::Reply(response_for(req, 400, "Bad Request"));
-        };
-        let alg = match c.algorithm.as_deref() {
-            None => Some(Algorithm::Md5),
-            Some(t) => Algorithm::from_token(t),
-        };
-        let nc_value = (nc.len() == 8 && nc.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| u32::from_str_radix(nc, 16).ok())
-            .flatten();
-        let (Some(alg), Some(nc_value), true) = (alg, nc_value, qop.eq_ignore_ascii_case("auth"))
-        else {
-            self.failed(Some(username), FailReason::Malformed);
-            return Auth::Reply(response_for(req, 400, "Bad Request"));
-        };
-
-        let lifetime = self.config.nonce_lifetime.as_secs();
-        let (status, our_opaque) = self.nonce_key.check(nonce, unix(now), lifetime);
-        let (issued, our_opaque) = match (status, our_opaque) {
-            (NonceStatus::Fresh(t) | NonceStatus::Expired(t), Some(o)) => (t, o),
-            _ => {
-                self.failed(Some(username), FailReason::BadNonce);
-                return Auth::Reply(self.challenge(req, now, false));
-            }
-        };
-
-        // Same work whether or not the user exists: a dummy HA1 is always computed.
-        let record = self.credentials.lookup(username, &self.config.realm);
-        let dummy = digest::ha1(alg, username, &self.config.realm, "");
-        // The algorithm must be one this user is challenged with; otherwise it fails like a
-        // wrong password (same work, same answer).
-        let allowed = |r: &UserRecord| {
-            if r.algorithms.is_empty() {
-                self.config.algorithms.contains(&alg)
-            } else {
-                r.algorithms.contains(&alg)
-            }
-        };
-        let (known, ha1) = match &record {
-            Some(r) if r.ha1(alg).len() == alg.hex_len() && allowed(r) => {
-                (true, r.ha1(alg).to_ascii_lowercase())
-            }
-            _ => (false, dummy),
-        };
-        let ha2 = digest::ha2(alg, method_name(&req.method), uri);
-        let expected = digest::response(alg, &ha1, nonce, nc, cnonce, qop, &ha2);
-        let digest_ok = digest::ct_eq(expected.as_bytes(), resp.to_ascii_lowercase().as_bytes());
-        let opaque_ok = match c.opaque.as_deref() {
-            None => true,
-            Some(o) => digest::ct_eq(o.as_bytes(), our_opaque.as_bytes()),
-        };
-        let record = match record {
-            Some(r) if digest_ok & opaque_ok & known => r,
-            other => {
-                let reason = match (other.is_some(), opaque_ok) {
-                    (false, _) => FailReason::UnknownUser,
-                    (true, false) => FailReason::BadNonce,
-                    (true, true) => FailReason::WrongPassword,
-                };
-                self.failed(Some(username), reason);
-                return Auth::Reply(self.challenge(req, now, false));
-            }
-        };
-        if matches!(status, NonceStatus::Expired(_)) {
-            return Auth::Reply(self.challenge(req, now, true));
-        }
-        match self.nonce_counts.record(nonce, issued, nc_value) {
-            Ok(()) => Auth::Ok(record),
-            Err(NcError::Forgotten) => Auth::Reply(self.challenge(req, now, true)),
-            Err(NcError::Replay) => {
-                self.failed(Some(username), FailReason::Replay);
-                Auth::Reply(self.challenge(req, now, false))
-            }
-        }
+impl<C: Clone, S> Registrar<C, S> {
+    /// An authenticator for another task (a register shard of the SIP core): a copy of the
+    /// settings and the credential store (a shared store, like the gateway's device cache,
+    /// stays shared), the same nonce key, and the same nonce-count table and nonce counter
+    /// (shared, under a short lock and an atomic), so a nonce issued by any of them is
+    /// unique, accepted by all, and its nonce-counts are checked against one table wherever
+    /// they arrive: a replay is refused even on another shard or in an INVITE.
+    pub fn authenticator(&self) -> Authenticator<C> {
+        self.auth.share()
     }
+}
 
+impl<C: Credentials, S: Clone> Registrar<C, S> {
     fn register(
         &mut self,
         req: &Request,
@@ -566,16 +354,16 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
                 };
                 let e = expires
                     .or(expires_header)
-                    .unwrap_or(self.config.default_expires);
-                if e > 0 && e < self.config.min_expires {
+                    .unwrap_or(self.auth.config.default_expires);
+                if e > 0 && e < self.auth.config.min_expires {
                     return with_headers(
                         response_for(req, 423, "Interval Too Brief"),
                         vec![Header::MinExpires(rsip::headers::MinExpires::new(
-                            self.config.min_expires.to_string(),
+                            self.auth.config.min_expires.to_string(),
                         ))],
                     );
                 }
-                wanted.push((uri, params, e.min(self.config.max_expires)));
+                wanted.push((uri, params, e.min(self.auth.config.max_expires)));
             }
             for (uri, params, e) in wanted {
                 let key = location::contact_key(&uri);
@@ -600,8 +388,8 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
                     }
                     None if e == 0 => {}
                     None => {
-                        if bindings.len() >= self.config.max_bindings_per_aor {
-                            return too_many_contacts(req, &self.config);
+                        if bindings.len() >= self.auth.config.max_bindings_per_aor {
+                            return too_many_contacts(req, &self.auth.config);
                         }
                         bindings.push(Binding {
                             uri,

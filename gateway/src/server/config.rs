@@ -55,6 +55,10 @@ pub struct GatewayConfig {
     /// Relay threads (1 to `media::MAX_RELAY_THREADS`); a call's two legs share one, calls
     /// spread over them. The binary's default: one per core (`media::relay_threads_per_core`).
     pub rtp_threads: usize,
+    /// Register shards (issue 16): out-of-dialog REGISTERs are handled on this many tasks,
+    /// by Call-ID (`server/shards.rs`); 1: none, the core handles everything. The binary's
+    /// default: one per core.
+    pub sip_shards: usize,
     /// Hang up calls after this long without RTP.
     pub media_timeout: Option<Duration>,
     /// Session timers (RFC 4028): the Session-Expires we ask for and grant (None: off).

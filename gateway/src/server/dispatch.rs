@@ -125,7 +125,7 @@ impl Core {
                 self.send_challenge(&key, resp, &source);
                 return;
             }
-            self.respond_register(key, &request, resp);
+            self.respond_register(super::durable::Responder::Core(key), &request, resp);
         } else if let Err(e) = self.tl.send_response(&key, resp, now) {
             debug!(error = %e, "response not sent");
         }

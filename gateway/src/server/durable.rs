@@ -56,12 +56,22 @@ pub(super) enum WriteCmd {
     Flush(oneshot::Sender<()>),
 }
 
+/// Whose transaction answers a REGISTER: the core's, or a register shard's
+/// (`server/shards.rs`).
+#[derive(Debug, Clone)]
+pub(super) enum Responder {
+    /// The core's transaction layer.
+    Core(TransactionKey),
+    /// Shard `.0`'s.
+    Shard(usize, TransactionKey),
+}
+
 /// The core's half: sequence numbers, held 200 OKs, the channels.
 pub(super) struct Durable {
     pub(super) to_writer: mpsc::UnboundedSender<WriteCmd>,
     pub(super) committed: mpsc::UnboundedReceiver<u64>,
     next_seq: u64,
-    held: Vec<(u64, TransactionKey, Response)>,
+    held: Vec<(u64, Responder, Response)>,
     /// Restored AORs whose contact has not answered a qualify nor re-registered yet.
     pub(super) restored: HashMap<String, std::collections::HashSet<String>>,
 }
@@ -255,7 +265,7 @@ impl Core {
 
     /// A REGISTER was answered `resp`: when it succeeded, its AOR's bindings are stored and the
     /// 200 OK waits for the commit; anything else goes out at once.
-    pub(super) fn respond_register(&mut self, key: TransactionKey, req: &Request, resp: Response) {
+    pub(super) fn respond_register(&mut self, to: Responder, req: &Request, resp: Response) {
         let ok = resp.status_code.code() == 200;
         let aor = ok
             .then(|| {
@@ -271,9 +281,7 @@ impl Core {
                 crate::registrar::canonical_aor(&format!("sip:{user}@{}", self.cfg.realm))
             });
         let Some(aor) = aor else {
-            if let Err(e) = self.tl.send_response(&key, resp, Instant::now()) {
-                tracing::debug!(error = %e, "response not sent");
-            }
+            self.send_register_response(to, resp, false);
             return;
         };
         self.registered_again(&aor, req);
@@ -283,7 +291,7 @@ impl Core {
         let dev = self.device_key(&aor);
         self.refresh_device(&dev);
         let seq = self.persist(&aor);
-        self.durable.held.push((seq, key, resp));
+        self.durable.held.push((seq, to, resp));
     }
 
     /// The restored contacts of `aor` that this REGISTER just refreshed are back by
@@ -345,13 +353,33 @@ impl Core {
             .into_iter()
             .partition(|(s, _, _)| *s <= seq);
         self.durable.held = keep;
-        for (_, key, resp) in due {
-            let sent = resp.clone();
-            if let Err(e) = self.tl.send_response(&key, resp, now) {
-                tracing::debug!(error = %e, "REGISTER response not sent");
+        let _ = now;
+        for (_, to, resp) in due {
+            self.send_register_response(to, resp, true);
+        }
+    }
+
+    /// Sends a REGISTER's final response through its transaction; after a 200 (`then_mwi`),
+    /// the phone's message-waiting lamp again: queued after it on the core, or once its
+    /// shard reports it sent (`server/shards.rs`).
+    fn send_register_response(&mut self, to: Responder, resp: Response, then_mwi: bool) {
+        match to {
+            Responder::Core(key) => {
+                let sent = then_mwi.then(|| resp.clone());
+                if let Err(e) = self.tl.send_response(&key, resp, Instant::now()) {
+                    tracing::debug!(error = %e, "REGISTER response not sent");
+                }
+                // After the 200 (queued first, so sent first).
+                if let Some(sent) = sent {
+                    self.mwi_after_register(&sent);
+                }
             }
-            // After the 200 (queued first, so sent first): the phone's lamp again.
-            self.mwi_after_register(&sent);
+            Responder::Shard(shard, key) => {
+                let confirm = then_mwi && self.mwi_after_register_wanted(&resp);
+                if let Some(shards) = &self.shards {
+                    shards.reply(shard, key, resp, confirm);
+                }
+            }
         }
     }
 }

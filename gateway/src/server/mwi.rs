@@ -186,6 +186,26 @@ impl Core {
     /// A REGISTER's 200 went out: the phone gets the current state again (unsolicited to its
     /// contacts, or on each of its subscriptions), so a lamp survives a re-registration.
     pub(super) fn mwi_after_register(&mut self, resp: &Response) {
+        let Some((user, d)) = self.mwi_device(resp) else {
+            return;
+        };
+        let now = Instant::now();
+        if d.mwi_mode() == MwiMode::Unsolicited {
+            self.unsolicited(&user, &d.mailbox_key());
+        }
+        self.mwi.core.device_registered(&user, now);
+        self.flush_notifies(now);
+    }
+
+    /// Whether [`Core::mwi_after_register`] has anything to do after `resp` (a register
+    /// shard reports the 200 sent only then).
+    pub(super) fn mwi_after_register_wanted(&self, resp: &Response) -> bool {
+        self.mwi_device(resp).is_some()
+    }
+
+    /// The registered user and its device, when `resp` is a 200 with bindings for a device
+    /// with message waiting on.
+    fn mwi_device(&self, resp: &Response) -> Option<(String, crate::devices::DeviceRecord)> {
         let mut to = None;
         let mut bound = false;
         for h in resp.headers.iter() {
@@ -196,26 +216,14 @@ impl Core {
             }
         }
         if resp.status_code.code() != 200 || !bound {
-            return;
+            return None;
         }
-        let Some(user) = to
+        let user = to
             .and_then(|t| message::parse_addresses(&t, false))
             .and_then(|l| l.into_iter().next())
-            .map(|a| user_of(&a.uri).to_owned())
-        else {
-            return;
-        };
-        let Some(d) = self.devices.get(&user) else {
-            return;
-        };
-        let now = Instant::now();
-        match d.mwi_mode() {
-            MwiMode::Off => return,
-            MwiMode::Unsolicited => self.unsolicited(&user, &d.mailbox_key()),
-            MwiMode::Subscribe => {}
-        }
-        self.mwi.core.device_registered(&user, now);
-        self.flush_notifies(now);
+            .map(|a| user_of(&a.uri).to_owned())?;
+        let d = self.devices.get(&user)?;
+        (d.mwi_mode() != MwiMode::Off).then_some((user, d))
     }
 
     /// When the notifier next has a subscription to expire or a NOTIFY to retry.

@@ -7,7 +7,7 @@ use super::{Core, Gateway};
 use crate::registrar::UserRecord;
 use crate::security::{identity, Ban, FailReason, Guard, SecurityEvent};
 use crate::sip::message::{self, Request, Response, SipMessage};
-use crate::sip::transaction::TransactionKey;
+use crate::sip::transaction::{TransactionKey, TransactionLayer};
 use crate::transport::{Peer, TransportEvent};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,6 +71,77 @@ fn log(e: &SecurityEvent) {
     }
 }
 
+/// Logs and counts `failures` (of the request `req` from `source`) with the guard.
+fn report(
+    guard: &SharedGuard,
+    failures: impl Iterator<Item = crate::registrar::AuthFailure>,
+    req: &Request,
+    source: &Peer,
+) {
+    let method = message::method_name(&req.method).to_owned();
+    let now = Instant::now();
+    for f in failures {
+        let events = lock(guard).failed(
+            source.addr.ip(),
+            source.addr.port(),
+            &f.user,
+            &method,
+            f.reason,
+            now,
+        );
+        events.iter().for_each(log);
+    }
+}
+
+/// [`Core::auth_failures`] for a register shard's authenticator.
+pub(super) fn report_failures<C>(
+    guard: &SharedGuard,
+    auth: &mut crate::registrar::Authenticator<C>,
+    req: &Request,
+    source: &Peer,
+) {
+    report(
+        guard,
+        std::iter::from_fn(|| auth.poll_auth_failure()),
+        req,
+        source,
+    );
+}
+
+/// Sends a challenge (401/407) statelessly: once, through no transaction (the server
+/// transaction is ended, so nothing retransmits it), and only within the source's rate.
+/// Any other response goes through the transaction as usual. Shared by the core and the
+/// register shards (`server/shards.rs`).
+pub(super) fn send_challenge(
+    guard: &SharedGuard,
+    tl: &mut TransactionLayer<Peer>,
+    key: &TransactionKey,
+    resp: Response,
+    source: &Peer,
+) {
+    let code = resp.status_code.code();
+    if code != 401 && code != 407 {
+        if let Err(e) = tl.send_response(key, resp, Instant::now()) {
+            tracing::debug!(error = %e, "response not sent");
+        }
+        return;
+    }
+    if lock(guard).allow_challenge(source.addr.ip(), Instant::now()) {
+        tl.send_stateless(
+            SipMessage::Response(resp),
+            source.clone(),
+            source.tx_transport(),
+        );
+    } else if crate::transport::loglimit::allow("challenge-limit", Some(source.addr.ip())) {
+        warn!(source = %source.addr, "challenge not sent: the source is over its challenge rate");
+    }
+    tl.terminate(key);
+}
+
+fn lock(guard: &SharedGuard) -> std::sync::MutexGuard<'_, Guard> {
+    guard.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Core {
     fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
         self.guard.lock().unwrap_or_else(|p| p.into_inner())
@@ -88,45 +159,13 @@ impl Core {
     /// Logs and counts the failed authentications the registrar reported for the request
     /// `req` from `source` has just handled.
     pub(super) fn auth_failures(&mut self, req: &Request, source: &Peer) {
-        let method = message::method_name(&req.method).to_owned();
-        let now = Instant::now();
-        while let Some(f) = self.registrar.poll_auth_failure() {
-            let events = self.guard().failed(
-                source.addr.ip(),
-                source.addr.port(),
-                &f.user,
-                &method,
-                f.reason,
-                now,
-            );
-            events.iter().for_each(log);
-        }
+        let failures = std::iter::from_fn(|| self.registrar.poll_auth_failure());
+        report(&self.guard, failures, req, source);
     }
 
-    /// Sends a challenge (401/407) statelessly: once, through no transaction (the server
-    /// transaction is ended, so nothing retransmits it), and only within the source's rate.
-    /// Any other response goes through the transaction as usual.
+    /// Sends a challenge (401/407) statelessly: see [`send_challenge`].
     pub(super) fn send_challenge(&mut self, key: &TransactionKey, resp: Response, source: &Peer) {
-        let code = resp.status_code.code();
-        if code != 401 && code != 407 {
-            if let Err(e) = self.tl.send_response(key, resp, Instant::now()) {
-                tracing::debug!(error = %e, "response not sent");
-            }
-            return;
-        }
-        if self
-            .guard()
-            .allow_challenge(source.addr.ip(), Instant::now())
-        {
-            self.tl.send_stateless(
-                SipMessage::Response(resp),
-                source.clone(),
-                source.tx_transport(),
-            );
-        } else if crate::transport::loglimit::allow("challenge-limit", Some(source.addr.ip())) {
-            warn!(source = %source.addr, "challenge not sent: the source is over its challenge rate");
-        }
-        self.tl.terminate(key);
+        send_challenge(&self.guard, &mut self.tl, key, resp, source)
     }
 
     /// The identity check of an INVITE from authenticated `user`: `Err` with the 403 to send

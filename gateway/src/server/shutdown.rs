@@ -212,6 +212,9 @@ impl Core {
         while let Some(t) = self.tl.poll_transmit() {
             self.transmit(t).await;
         }
+        if let Some(shards) = self.shards.as_mut() {
+            shards.close().await;
+        }
         info!("shutdown: registrations stored");
         let keys = self.published.available();
         for k in &keys {

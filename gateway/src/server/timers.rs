@@ -84,7 +84,10 @@ pub struct Transactions {
 }
 
 impl TxStats {
-    fn publish(&self, tl: &sip_core::transaction::TransactionLayer<crate::transport::Peer>) {
+    pub(super) fn publish(
+        &self,
+        tl: &sip_core::transaction::TransactionLayer<crate::transport::Peer>,
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
         let completed = tl.completed_footprint_len();
         self.live.store(tl.len() - completed, Relaxed);

@@ -9,7 +9,7 @@ use statebus::BusEvent;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::{shutdown, Core};
+use super::{shards, shutdown, Core};
 use crate::registrar::RegistrarEvent;
 use crate::sip::transaction::{self as tx, TransactionLayer};
 use crate::transport::{earliest, receive_overload, Peer, TransportEvent, Transports, UserAgent};
@@ -35,6 +35,8 @@ pub(super) enum Input {
     Committed(u64),
     /// A control from the handle.
     Control(shutdown::Control),
+    /// A register shard's news (`server/shards.rs`).
+    Shard(shards::News),
 }
 
 impl UserAgent for Running {
@@ -59,6 +61,19 @@ impl UserAgent for Running {
         let core = &mut self.core;
         core.housekeeping.traffic = true;
         if core.admitted(&ev) {
+            // An out-of-dialog REGISTER goes to its register shard, its queueing delay noted.
+            if let Some(shards) = core.shards.as_mut() {
+                if let Some(i) = shards.route(&ev) {
+                    if let TransportEvent::Message(m) = &ev {
+                        core.overload.observe(
+                            std::time::Instant::now(),
+                            crate::transport::queue_wait(m, backlog),
+                        );
+                    }
+                    shards.dispatch(i, ev);
+                    return;
+                }
+            }
             let (transports, tl, overload) = (&core.transports, &mut core.tl, &mut core.overload);
             receive_overload(transports, tl, overload, backlog, ev).await
         }
@@ -72,6 +87,7 @@ impl UserAgent for Running {
             _ = self.qualify.tick() => Some(Input::Qualify),
             Some(seq) = core.durable.committed.recv() => Some(Input::Committed(seq)),
             Some(c) = self.control.recv() => Some(Input::Control(c)),
+            Some(n) = shards::news(&mut core.shards) => Some(Input::Shard(n)),
         }
     }
 
@@ -91,6 +107,10 @@ impl UserAgent for Running {
             Input::Control(c) => {
                 core.housekeeping.traffic = true;
                 core.on_control(c)
+            }
+            Input::Shard(n) => {
+                core.housekeeping.traffic = true;
+                core.on_shard(n)
             }
         }
     }

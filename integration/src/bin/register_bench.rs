@@ -14,6 +14,13 @@
 //! SIPp processes, which share the offered rate. A step is unclean at ≥ 0.1 % failed calls,
 //! retransmissions or unexpected messages, or when a SIPp exits other than 0/1.
 //!
+//! `--shards N` (issue 16): the gateway's register shards (`sip_shards`; `--profile` and
+//! `--sustain` run the gateway with N shards). Without it the
+//! gateway runs unsharded (1); with N > 1 the run has three systems, interleaved as above: the
+//! gateway with N shards, the gateway unsharded (both in this process, the idle one
+//! asleep), and Kamailio; each of the gateway's steps also prints its threads' CPU (from
+//! `/proc/self/task`), which shows the load spread over cores.
+//!
 //! `register_bench --sustain RATE SECS [--double]` (issue 16): one SIPp step of SECS seconds
 //! at RATE REGISTER/s against the gateway and one against Kamailio (the anchor, same run),
 //! each system's memory sampled every second (PSS; for the in-process gateway also VmRSS and
@@ -82,6 +89,7 @@ fn step(
         println!("  ({name} still busy 15 s after its previous step)");
     }
     let cpu0 = bench::cpu_secs(pid, children);
+    let threads0 = (pid == std::process::id()).then(thread_ticks);
     let mut s = bench::run_sipp_step(
         &SippStep {
             scenario: &scenario,
@@ -100,7 +108,58 @@ fn step(
         dir,
     )?;
     s.sut_cpu = Some(bench::cpu_secs(pid, children) - cpu0);
+    if let Some(t0) = threads0 {
+        print_thread_cpu(name, &t0, &thread_ticks(), secs);
+    }
     Ok(s)
+}
+
+/// CPU clock ticks (utime + stime) of each thread of this process, by thread id, with its
+/// name (`/proc/self/task/*/stat`).
+fn thread_ticks() -> std::collections::HashMap<u32, (String, u64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        // After the name: state is field 3; utime and stime are fields 14 and 15.
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let tid = e.file_name().to_string_lossy().parse().unwrap_or(0);
+        out.insert(tid, (name, ticks(11) + ticks(12)));
+    }
+    out
+}
+
+/// The threads that used at least 2 % of a core during a step of `secs` seconds, busiest
+/// first, in cores (clock ticks of 10 ms).
+fn print_thread_cpu(
+    name: &str,
+    before: &std::collections::HashMap<u32, (String, u64)>,
+    after: &std::collections::HashMap<u32, (String, u64)>,
+    secs: u32,
+) {
+    let mut busy: Vec<(String, f64)> = after
+        .iter()
+        .map(|(tid, (n, t))| {
+            let t0 = before.get(tid).map_or(0, |b| b.1);
+            (
+                n.clone(),
+                t.saturating_sub(t0) as f64 / 100.0 / f64::from(secs),
+            )
+        })
+        .filter(|(_, cores)| *cores >= 0.02)
+        .collect();
+    busy.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let cells: Vec<String> = busy.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
+    println!("    {name}: threads (cores): {}", cells.join(", "));
 }
 
 fn kamailio_cfg(port: u16, users: u32) -> String {
@@ -154,9 +213,21 @@ request_route {{
 /// The gateway in-process on SQLite with `users` accounts from 1000 up, each with its own
 /// password (MD5 offered: SIPp 3.6 only answers the first challenge and only computes MD5).
 async fn start_gateway(users: u32, dir: &Path) -> Result<(Gateway, SocketAddr)> {
+    start_gateway_sharded(users, dir, 1).await
+}
+
+/// [`start_gateway`] with `shards` register shards (its own database file).
+async fn start_gateway_sharded(
+    users: u32,
+    dir: &Path,
+    shards: usize,
+) -> Result<(Gateway, SocketAddr)> {
     let gw_port = integration::free_udp_port();
     let gw_target = SocketAddr::from(([127, 0, 0, 1], gw_port));
-    let db = format!("sqlite://{}", dir.join("bench.db").display());
+    let db = format!(
+        "sqlite://{}",
+        dir.join(format!("bench-{shards}.db")).display()
+    );
     let store = DeviceStore::open(&db).await?;
     for u in 0..users {
         let user = FIRST_USER + u;
@@ -168,7 +239,8 @@ async fn start_gateway(users: u32, dir: &Path) -> Result<(Gateway, SocketAddr)> 
             ))
             .await?;
     }
-    let cfg = integration::bench::gateway_config(gw_target, db.clone());
+    let mut cfg = integration::bench::gateway_config(gw_target, db.clone());
+    cfg.sip_shards = shards;
     let gw = Gateway::start(cfg, Arc::new(LocalBus::new(Eid([2, 0, 0, 0, 0, 9])))).await?;
     Ok((gw, gw_target))
 }
@@ -183,6 +255,8 @@ struct Args {
     sustain: Option<(u32, u32)>,
     /// `--double`: with `--sustain`, a second step at twice the rate, with a phone.
     double: bool,
+    /// `--shards N`: the gateway's register shards (1: unsharded only).
+    shards: usize,
 }
 
 fn parse_args(argv: &[String]) -> Result<Args> {
@@ -195,6 +269,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         profile: None,
         sustain: None,
         double: false,
+        shards: 1,
     };
     let mut it = argv.iter();
     let num = |it: &mut std::slice::Iter<'_, String>, what: &str| -> Result<u32> {
@@ -215,6 +290,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
                 a.profile = Some((calls, rate));
             }
             "--double" => a.double = true,
+            "--shards" => a.shards = num(&mut it, "--shards")? as usize,
             "--sustain" => {
                 let rate = num(&mut it, "--sustain RATE SECS")?;
                 let secs = num(&mut it, "--sustain RATE SECS")?;
@@ -226,8 +302,8 @@ fn parse_args(argv: &[String]) -> Result<Args> {
             ),
         }
     }
-    if a.users == 0 || a.secs == 0 || a.sipp == 0 || a.rounds == 0 {
-        bail!("--users, --secs, --sipp and --rounds must be > 0");
+    if a.users == 0 || a.secs == 0 || a.sipp == 0 || a.rounds == 0 || a.shards == 0 {
+        bail!("--users, --secs, --sipp, --rounds and --shards must be > 0");
     }
     if a.rates.is_empty() {
         a.rates = vec![2000, 4000, 6000, 8000, 10000, 12000, 14000];
@@ -239,7 +315,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
 fn profile(a: &Args, calls: u32, rate: u32) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
-    let (gw, target) = rt.block_on(start_gateway(a.users, dir.path()))?;
+    let (gw, target) = rt.block_on(start_gateway_sharded(a.users, dir.path(), a.shards))?;
     let inf = injection_files(a.users, 1, dir.path())?;
     // `secs` such that rate × secs = CALLS (CALLS a multiple of RATE).
     let secs = (calls / rate.max(1)).max(1);
@@ -490,7 +566,7 @@ fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     // One more account than the load uses: the phone's.
     let phone_user = FIRST_USER + a.users;
-    let (gw, gw_target) = rt.block_on(start_gateway(a.users + 1, dir.path()))?;
+    let (gw, gw_target) = rt.block_on(start_gateway_sharded(a.users + 1, dir.path(), a.shards))?;
     let k_target = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
     let kam = Kamailio::start(
         &kamailio_cfg(k_target.port(), a.users + 1),
@@ -608,7 +684,13 @@ fn main() -> Result<()> {
 
     // callfabric: the gateway in-process on SQLite.
     let rt = tokio::runtime::Runtime::new()?;
-    let (gw, gw_target) = rt.block_on(start_gateway(a.users, dir.path()))?;
+    let (gw, gw_target) = rt.block_on(start_gateway_sharded(a.users, dir.path(), a.shards))?;
+    // With shards, the unsharded gateway too (its own port and database), the same run.
+    let unsharded = if a.shards > 1 {
+        Some(rt.block_on(start_gateway(a.users, dir.path()))?)
+    } else {
+        None
+    };
     // Kamailio 5.6, the same accounts, one worker per core.
     let k_target = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
     let kam = Kamailio::start(
@@ -622,7 +704,13 @@ fn main() -> Result<()> {
         kam.addr(),
         bench::cores()
     );
-    let names = ["callfabric", "kamailio"];
+    let sharded_name = format!("callfabric-{}-shards", a.shards);
+    let names: Vec<&str> = if unsharded.is_some() {
+        vec![&sharded_name, "callfabric-unsharded", "kamailio"]
+    } else {
+        vec!["callfabric", "kamailio"]
+    };
+    let kam_sys = names.len() - 1;
     let runs = bench::interleaved_ramps(
         &names,
         "REGISTERs",
@@ -631,10 +719,14 @@ fn main() -> Result<()> {
         // Every step has fresh callers on fresh ports: nothing to wait for.
         Duration::ZERO,
         |sys, rate| {
-            if sys == 0 {
+            if sys != kam_sys {
+                let target = match (&unsharded, sys) {
+                    (Some((_, t)), 1) => *t,
+                    _ => gw_target,
+                };
                 step(
-                    "callfabric",
-                    gw_target,
+                    names[sys],
+                    target,
                     (std::process::id(), false),
                     rate,
                     a.secs,
@@ -658,6 +750,7 @@ fn main() -> Result<()> {
     let mem_theirs = bench::pss_kb(k_pid, true);
     gw.stop();
     drop(gw);
+    drop(unsharded);
     drop(rt);
     drop(kam);
     bench::summarize(&names, "REGISTER", &a.rates, &runs);

@@ -72,6 +72,7 @@ fn no_queue_admits_everything() {
         let m = request("INVITE", false, false, i);
         assert_eq!(gate.decide(&m, FLOOD), Verdict::Admit);
         assert!(!o.drop_retransmission(|| panic!("not looked up without overload")));
+        assert!(!gate.drop_retransmission(|| panic!("not looked up without overload")));
     }
     assert_eq!(o.counters().admitted, 10_000);
     assert!(!o.shedding());
@@ -99,6 +100,9 @@ fn a_standing_queue_sheds_low_value_first_then_refuses_new_work_but_never_essent
         "a retransmission of a request in progress"
     );
     assert!(!o.drop_retransmission(|| false));
+    // The same policy for a register shard's reader, through the gate, in the same count.
+    assert!(gate.drop_retransmission(|| true));
+    assert!(!gate.drop_retransmission(|| false));
     for m in ["BYE", "ACK", "CANCEL", "INVITE", "UPDATE"] {
         assert_eq!(
             from_flood(&gate, &request(m, true, false, 3)),
@@ -131,7 +135,7 @@ fn a_standing_queue_sheds_low_value_first_then_refuses_new_work_but_never_essent
             c.dropped_retransmissions,
             c.rejected as usize
         ),
-        (1, 1, rejected)
+        (1, 2, rejected)
     );
     // Far beyond the hard limit even credentials are refused.
     for i in 0..30u64 {
