@@ -13,7 +13,9 @@
 //! (successful calls per second), failed calls and CPU per call (the anchor's = Kamailio's
 //! processes + rtpengine's); then CPU per call (median over the rounds) beside the highest
 //! clean rates, whether each is the server's limit or the load generator's, the ratios, and
-//! both systems' memory (PSS: peak sampled every second, and after the run).
+//! both systems' memory (PSS: peak sampled every second during the system's own steps, and
+//! after the run). The gateway runs in the bench's process: its CPU is the process's minus the
+//! bench's own threads (the main thread driving the SIPps, the memory sampler).
 //!
 //! ```text
 //! cargo run --release -p integration --bin call_bench -- [--plain] [--users N] \
@@ -40,7 +42,7 @@ use integration::rtpengine::Rtpengine;
 use statebus::{Eid, LocalBus};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,6 +73,9 @@ struct Sut {
     uas_port: u16,
     /// Its processes, each with its direct children when true: CPU and memory are summed.
     procs: Vec<(u32, bool)>,
+    /// Threads of this process whose CPU is the harness's, not the system's (the gateway runs
+    /// in-process: the main thread driving the SIPps and the memory sampler are taken out).
+    exclude: Vec<u32>,
     /// The SIPp scenarios with this system's SDP check.
     uac: PathBuf,
     uas: PathBuf,
@@ -78,7 +83,13 @@ struct Sut {
 
 impl Sut {
     fn cpu(&self) -> f64 {
-        self.procs.iter().map(|&(p, c)| bench::cpu_secs(p, c)).sum()
+        let me = std::process::id();
+        let all: f64 = self.procs.iter().map(|&(p, c)| bench::cpu_secs(p, c)).sum();
+        all - self
+            .exclude
+            .iter()
+            .map(|&t| bench::thread_cpu_secs(me, t))
+            .sum::<f64>()
     }
 
     fn pss_kb(&self) -> u64 {
@@ -448,13 +459,15 @@ fn main() -> Result<()> {
     )?;
     let mut k_procs = vec![(k_pid, true)];
     k_procs.extend(rtpe.as_ref().map(|r| (r.pid(), false)));
-    let suts = [
+    let mut suts = [
         Sut {
             name: "callfabric",
             target: gw_target,
             uas_port: ours_uas,
             // In-process: this process (its children are the SIPps).
             procs: vec![(std::process::id(), false)],
+            // The main thread's id is the process id.
+            exclude: vec![std::process::id()],
             uac: gw_uac,
             uas: gw_uas,
         },
@@ -463,6 +476,7 @@ fn main() -> Result<()> {
             target: kam.addr(),
             uas_port: theirs_uas,
             procs: k_procs,
+            exclude: Vec::new(),
             uac: k_uac,
             uas: k_uas,
         },
@@ -488,15 +502,19 @@ fn main() -> Result<()> {
         preflight(sut, &inf, dir.path())?;
     }
 
-    // Peak memory of each system, sampled every second while the ramps run.
+    // Peak memory of each system, sampled every second during its own steps (`current`).
     let peaks: Arc<Mutex<[u64; 2]>> = Arc::default();
+    let current = Arc::new(AtomicUsize::new(usize::MAX));
     let done = Arc::new(AtomicBool::new(false));
     let procs: Vec<Vec<(u32, bool)>> = suts.iter().map(|s| s.procs.clone()).collect();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let sampler = {
-        let (peaks, done) = (peaks.clone(), done.clone());
+        let (peaks, current, done) = (peaks.clone(), current.clone(), done.clone());
         std::thread::spawn(move || {
+            let _ = tid_tx.send(bench::current_tid());
             while !done.load(Ordering::Relaxed) {
-                for (i, p) in procs.iter().enumerate() {
+                let i = current.load(Ordering::Relaxed);
+                if let Some(p) = procs.get(i) {
                     let kb: u64 = p.iter().map(|&(p, c)| bench::pss_kb(p, c)).sum();
                     let mut g = peaks.lock().unwrap_or_else(|e| e.into_inner());
                     g[i] = g[i].max(kb);
@@ -505,6 +523,8 @@ fn main() -> Result<()> {
             }
         })
     };
+    // Its CPU is the harness's, not the gateway's.
+    suts[0].exclude.push(tid_rx.recv()?);
     let names = [suts[0].name, suts[1].name];
     let runs = bench::interleaved_ramps(
         &names,
@@ -513,7 +533,12 @@ fn main() -> Result<()> {
         &a.rates,
         // Timer B/F (64 × T1 = 32 s) and a margin.
         Duration::from_secs(40),
-        |sys, rate| step(&suts[sys], rate, secs, hold, (&inf, trace), dir.path()),
+        |sys, rate| {
+            current.store(sys, Ordering::Relaxed);
+            let s = step(&suts[sys], rate, secs, hold, (&inf, trace), dir.path());
+            current.store(usize::MAX, Ordering::Relaxed);
+            s
+        },
     );
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
