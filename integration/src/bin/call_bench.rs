@@ -363,7 +363,7 @@ fn parse_args() -> Result<Args> {
 
 /// The SDP check is sound only if the SIPps' media ports (the kernel's ephemeral range) lie
 /// above both anchors' RTP ranges.
-fn check_ephemeral_range() -> Result<()> {
+fn check_ephemeral_range() -> Result<u16> {
     let f = "/proc/sys/net/ipv4/ip_local_port_range";
     let text = std::fs::read_to_string(f).with_context(|| f.to_string())?;
     let low: u16 = text
@@ -377,12 +377,28 @@ fn check_ephemeral_range() -> Result<()> {
             GW_RTP.0, GW_RTP.1, RTPE_RTP.0, RTPE_RTP.1
         );
     }
-    Ok(())
+    Ok(low)
+}
+
+/// Two ports for the callees, free now, above the anchors' RTP ranges and below the kernel's
+/// ephemeral range (from `ephemeral_low`): a callee's port is free between its steps, and one
+/// in the ephemeral range can be taken meanwhile by any process binding a socket (the next
+/// UAS then cannot bind, exits 254, and every call of the step fails: seen once here).
+fn callee_ports(ephemeral_low: u16) -> Result<(u16, u16)> {
+    let mut free = (RTPE_RTP.1.max(GW_RTP.1) + 1..ephemeral_low)
+        .filter(|&p| std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
+    match (free.next(), free.next()) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => bail!(
+            "no two free UDP ports between {} and {ephemeral_low} for the callees",
+            RTPE_RTP.1.max(GW_RTP.1) + 1
+        ),
+    }
 }
 
 fn main() -> Result<()> {
     let a = parse_args()?;
-    check_ephemeral_range()?;
+    let (ours_uas, theirs_uas) = callee_ports(check_ephemeral_range()?)?;
     let (secs, hold, rounds) = (a.secs, a.hold, a.rounds);
     let trace = std::env::var_os("CALL_BENCH_TRACE").is_some_and(|v| v == "1");
     let dir = tempfile::Builder::new().prefix("call_bench-").tempdir()?;
@@ -405,7 +421,6 @@ fn main() -> Result<()> {
 
     // callfabric: the gateway in-process; the UAC's loopback source is a trusted trunk (no
     // digest, like the proxy) and the dialled number routes by prefix to the UAS.
-    let ours_uas = integration::free_udp_port();
     let rt = tokio::runtime::Runtime::new()?;
     let gw_target = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
@@ -433,12 +448,6 @@ fn main() -> Result<()> {
         None
     } else {
         Some(Rtpengine::start(RTPE_RTP, Some(bench::cores()))?)
-    };
-    let theirs_uas = loop {
-        let p = integration::free_udp_port();
-        if p != ours_uas {
-            break p;
-        }
     };
     let k_target = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
     let kam = Kamailio::start(
