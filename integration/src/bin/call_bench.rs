@@ -19,8 +19,12 @@
 //!
 //! ```text
 //! cargo run --release -p integration --bin call_bench -- [--plain] [--users N] \
-//!     [SECONDS_PER_STEP] [HOLD_MS] [ROUNDS] [RATES…]
+//!     [--kamailio-children N] [SECONDS_PER_STEP] [HOLD_MS] [ROUNDS] [RATES…]
 //! ```
+//!
+//! `--kamailio-children N` overrides Kamailio's `children` (default: the cores): its workers
+//! wait for rtpengine's ng reply (offer, answer, delete: three round trips a call), so more
+//! workers than cores is a fair sensitivity check of the anchor.
 //!
 //! Each call: INVITE (SDP) → 100/180 → 200 (SDP) → ACK → HOLD_MS → BYE → 200, a new Call-ID per
 //! call, the caller the next of `--users` distinct From users (default 1000, `-inf`). **SDP
@@ -225,8 +229,12 @@ fn preflight(sut: &Sut, inf: &Path, dir: &Path) -> Result<()> {
 /// UAS; in-dialog requests (ACK, BYE) follow the route set (`loose_route`). With `rtpengine`
 /// (its ng address), the media is anchored there: offer on the INVITE, answer on a reply with
 /// SDP, delete on the BYE and when the INVITE fails.
-fn kamailio_cfg(port: u16, uas: SocketAddr, rtpengine: Option<SocketAddr>) -> String {
-    let children = bench::cores();
+fn kamailio_cfg(
+    port: u16,
+    uas: SocketAddr,
+    rtpengine: Option<SocketAddr>,
+    children: usize,
+) -> String {
     let flags = "replace-origin replace-session-connection";
     let (module, offer, on_reply, delete, routes) = match rtpengine {
         Some(ng) => (
@@ -314,12 +322,15 @@ struct Args {
     rates: Vec<u32>,
     plain: bool,
     users: u32,
+    /// Kamailio's `children` (default: the cores, its documented setting for UDP).
+    children: usize,
 }
 
 fn parse_args() -> Result<Args> {
     let mut pos = Vec::new();
     let mut plain = false;
     let mut users = 1000;
+    let mut children = bench::cores();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -330,6 +341,13 @@ fn parse_args() -> Result<Args> {
                     .context("--users needs a number")?
                     .parse()
                     .context("--users")?
+            }
+            "--kamailio-children" => {
+                children = it
+                    .next()
+                    .context("--kamailio-children needs a number")?
+                    .parse()
+                    .context("--kamailio-children")?
             }
             f if f.starts_with("--") => bail!("unknown flag {f}"),
             _ => pos.push(a),
@@ -354,9 +372,10 @@ fn parse_args() -> Result<Args> {
         },
         plain,
         users,
+        children,
     };
-    if a.secs == 0 || a.rounds == 0 || a.users == 0 {
-        bail!("SECONDS_PER_STEP, ROUNDS and --users must be > 0");
+    if a.secs == 0 || a.rounds == 0 || a.users == 0 || a.children == 0 {
+        bail!("SECONDS_PER_STEP, ROUNDS, --users and --kamailio-children must be > 0");
     }
     Ok(a)
 }
@@ -455,6 +474,7 @@ fn main() -> Result<()> {
             k_target.port(),
             SocketAddr::from(([127, 0, 0, 1], theirs_uas)),
             rtpe.as_ref().map(Rtpengine::ng_addr),
+            a.children,
         ),
         k_target,
         dir.path(),
@@ -494,7 +514,7 @@ fn main() -> Result<()> {
         "callfabric gateway on {gw_target} (in this process, RTP 127.0.0.1:{}-{}), callee on :{ours_uas}; {anchor}: kamailio (tm, record-routing, children={}, 256 MB shm) on {}{}, callee on :{theirs_uas}",
         GW_RTP.0,
         GW_RTP.1,
-        bench::cores(),
+        a.children,
         kam.addr(),
         match &rtpe {
             Some(r) => format!(
