@@ -361,3 +361,43 @@ impl Drop for Rtpengine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Bencode, Rtpengine};
+
+    #[test]
+    fn bencode_round_trips_an_ng_reply_and_refuses_truncation() {
+        let msg = Bencode::dict(&[
+            ("sdp", Bencode::s("v=0\r\nm=audio 20002 RTP/AVP 0\r\n")),
+            ("result", Bencode::s("ok")),
+            ("n", Bencode::Int(-3)),
+            ("l", Bencode::List(vec![Bencode::s("a"), Bencode::Int(7)])),
+        ]);
+        let mut wire = Vec::new();
+        msg.encode(&mut wire);
+        // Keys sorted, as bencode requires.
+        assert!(
+            wire.starts_with(b"d1:ll1:ai7ee1:ni-3e6:result2:ok3:sdp"),
+            "{wire:?}"
+        );
+        let mut pos = 0;
+        let back = Bencode::decode(&wire, &mut pos).expect("decodes");
+        assert_eq!(pos, wire.len());
+        assert_eq!(back.text("result").as_deref(), Some("ok"));
+        assert!(matches!(back.get("n"), Some(Bencode::Int(-3))));
+        let sdp = back.text("sdp").expect("sdp");
+        assert_eq!(
+            Rtpengine::sdp_addr(&format!("c=IN IP4 127.0.0.1\r\n{sdp}")).expect("addr"),
+            "127.0.0.1:20002".parse().expect("literal")
+        );
+        // Every truncation is an error, never a panic or a wrong value.
+        for cut in 0..wire.len() {
+            let mut pos = 0;
+            assert!(
+                Bencode::decode(&wire[..cut], &mut pos).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+}
