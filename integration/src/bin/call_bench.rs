@@ -101,7 +101,7 @@ impl Sut {
     }
 }
 
-/// Copies of the UAC and UAC scenarios with `port_re` as the SDP check (`ANCHOR_PORT_RE`).
+/// Copies of the UAC and UAS scenarios with `port_re` as the SDP check (`ANCHOR_PORT_RE`).
 fn scenarios(name: &str, port_re: &str, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let mut out = Vec::new();
     for side in ["uac", "uas"] {
