@@ -228,6 +228,20 @@ pub fn cpu_secs(pid: u32, children: bool) -> f64 {
         .sum();
     (own + children) as f64 / 100.0
 }
+/// CPU seconds (user + system) used so far by thread `tid` of process `pid` (0 when gone): to
+/// take a harness's own threads out of the CPU of a system run in the bench's process.
+pub fn thread_cpu_secs(pid: u32, tid: u32) -> f64 {
+    proc_stat(&format!("{pid}/task/{tid}")).map_or(0, |(_, t)| t) as f64 / 100.0
+}
+
+/// The calling thread's id (`/proc/thread-self`), 0 when unreadable.
+pub fn current_tid() -> u32 {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits (at most 15 s) until process `pid` (with its children when `children`) has used
 /// under 2 % of a core over a 250 ms window: the previous step's calls and retransmissions
 /// have drained, so they neither land in the next step's CPU nor reach its fresh SIPps as

@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod phones;
 pub mod postgres;
 pub mod raw_xmpp;
+pub mod rtpengine;
 pub mod sipp;
 pub mod site;
 pub mod wanlab;

@@ -1734,20 +1734,11 @@ impl B2bua {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let ok = self
-            .calls
-            .values()
-            .filter_map(|c| c.ok.as_ref().and_then(|o| o.usage.poll_timeout()))
-            .min();
-        [
-            ok,
-            self.next_media_check,
-            self.session_timers_due(),
-            self.divert_due(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let calls = self.calls.values().filter_map(Call::next_deadline).min();
+        [calls, self.next_media_check, self.divert_due()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Runs the timers due at `now`.

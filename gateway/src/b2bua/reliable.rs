@@ -134,14 +134,6 @@ impl B2bua {
         true
     }
 
-    /// When the next reliable retransmission is due.
-    pub(super) fn reliable_due(&self) -> Option<Instant> {
-        self.calls
-            .values()
-            .filter_map(|c| c.a_rel.as_ref().and_then(|r| r.poll_timeout()))
-            .min()
-    }
-
     /// Retransmits reliable provisional responses; gives up on a caller that never PRACKs.
     pub(super) fn run_reliable(&mut self, media: &mut dyn MediaControl, now: Instant) {
         let mut resend = Vec::new();

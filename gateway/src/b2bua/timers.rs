@@ -279,18 +279,23 @@ impl SessionTimer {
     }
 }
 
-impl B2bua {
-    /// The earliest session-timer or reliable-provisional deadline.
-    pub(super) fn session_timers_due(&self) -> Option<Instant> {
-        let legs = self
-            .calls
-            .values()
-            .flat_map(|c| [&c.a, &c.b])
+impl super::Call {
+    /// The call's earliest own deadline: the retransmission of its 200, either leg's session
+    /// timer, the retransmission of a reliable provisional. One function, so that
+    /// [`B2bua::poll_timeout`] walks the calls once at every wake-up, not once per kind of
+    /// deadline (three walks were 9 % of the gateway's CPU at 750 calls/s, perf).
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let ok = self.ok.as_ref().and_then(|o| o.usage.poll_timeout());
+        let legs = [&self.a, &self.b]
+            .into_iter()
             .filter_map(|l| l.timer.as_ref().map(SessionTimer::due))
             .min();
-        [legs, self.reliable_due()].into_iter().flatten().min()
+        let rel = self.a_rel.as_ref().and_then(|r| r.poll_timeout());
+        [ok, legs, rel].into_iter().flatten().min()
     }
+}
 
+impl B2bua {
     /// Sends the refreshes that are due and ends the calls whose session expired.
     pub(super) fn run_session_timers(&mut self, media: &mut dyn MediaControl, now: Instant) {
         self.run_reliable(media, now);

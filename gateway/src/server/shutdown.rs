@@ -54,8 +54,13 @@ pub struct FinishReport {
 pub(super) struct ShutdownState {
     /// Refusing new calls, with this Retry-After.
     draining: Option<u32>,
-    /// Pending CDR writes.
+    /// Pending CDR writes (finished ones pruned when the list has doubled, see `prune_at`).
     pub(super) writes: Vec<tokio::task::JoinHandle<()>>,
+    /// `writes` is pruned once it reaches this length: twice what was left by the last pruning
+    /// (at least 64), so the pruning costs O(1) per core step amortised. Pruning at every step
+    /// walked every pending write each time: 7 % of the gateway's CPU at 750 calls/s, with the
+    /// CDR writes queued behind SQLite (perf, `call_bench`).
+    prune_at: usize,
     finishing: Option<Finishing>,
 }
 
@@ -170,7 +175,10 @@ impl Core {
     /// the BYEs are done. True when the core must stop (the finish is complete).
     pub(super) async fn shutdown_step(&mut self) -> bool {
         self.active.store(self.b2bua.len(), Ordering::Relaxed);
-        self.shutdown.writes.retain(|h| !h.is_finished());
+        if self.shutdown.writes.len() >= self.shutdown.prune_at {
+            self.shutdown.writes.retain(|h| !h.is_finished());
+            self.shutdown.prune_at = (2 * self.shutdown.writes.len()).max(64);
+        }
         let Some(f) = self.shutdown.finishing.as_mut() else {
             return false;
         };
@@ -198,6 +206,7 @@ impl Core {
             );
         }
         // Calls may have ended by themselves meanwhile (their CallEnded actions are drained).
+        self.shutdown.writes.retain(|h| !h.is_finished());
         let writes = std::mem::take(&mut self.shutdown.writes);
         f.report.cdrs_written = writes.len();
         for w in writes {
