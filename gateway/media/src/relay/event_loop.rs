@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -98,6 +99,11 @@ fn token(id: u64, stream: Stream) -> Token {
     Token((id << 1) | usize::from(stream == Stream::Rtcp))
 }
 
+/// The leg id of a socket's token.
+fn leg_of(t: Token) -> u64 {
+    (t.0 >> 1) as u64
+}
+
 /// Starts a relay thread named `name`.
 pub(super) fn spawn(name: String) -> io::Result<LoopCtl> {
     let poll = Poll::new()?;
@@ -164,7 +170,17 @@ impl EventLoop {
             ready.append(&mut self.again);
             ready.extend(events.iter().map(|e| e.token()).filter(|t| *t != WAKE));
             for &t in &ready {
-                self.drain(t);
+                // A panic in one leg's packet handling (none is known: this is a net) ends
+                // that leg only, as it ended only its task on the tokio path.
+                let drained = std::panic::catch_unwind(AssertUnwindSafe(|| self.drain(t)));
+                if drained.is_err() {
+                    let id = leg_of(t);
+                    tracing::error!(
+                        leg = id,
+                        "relay thread: packet handling panicked; leg dropped"
+                    );
+                    self.remove(id);
+                }
             }
         }
         let ids: Vec<u64> = self.legs.keys().copied().collect();
@@ -220,7 +236,7 @@ impl EventLoop {
 
     /// Reads the socket of token `t` until it would block, [`BATCH`] datagrams at most.
     fn drain(&mut self, t: Token) {
-        let id = (t.0 >> 1) as u64;
+        let id = leg_of(t);
         let stream = match t.0 & 1 {
             0 => Stream::Rtp,
             _ => Stream::Rtcp,
@@ -323,7 +339,7 @@ mod tests {
     /// a new event: mio is edge-triggered).
     #[test]
     fn a_burst_on_many_legs_of_one_thread_all_arrives_in_order_per_stream() {
-        let r = MediaRelay::with_threads(RelayConfig::new(LO, LO, 24000, 24199), 1).expect("relay");
+        let r = MediaRelay::with_threads(RelayConfig::new(LO, LO, 24000, 24399), 1).expect("relay");
         let streams: Vec<Stream> = (0..40).map(|_| stream(&r)).collect();
         let _tap = streams[0].a.subscribe();
         let burst = BATCH as u16 + 8;
@@ -367,7 +383,7 @@ mod tests {
     /// its other streams.
     #[test]
     fn a_leg_closed_with_packets_queued_relays_none_of_them() {
-        let r = MediaRelay::with_threads(RelayConfig::new(LO, LO, 24200, 24299), 1).expect("relay");
+        let r = MediaRelay::with_threads(RelayConfig::new(LO, LO, 24400, 24499), 1).expect("relay");
         let s = stream(&r);
         let other = stream(&r);
         let mut tap = s.a.subscribe();
