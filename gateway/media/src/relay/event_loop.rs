@@ -133,6 +133,8 @@ pub(super) fn spawn(name: String) -> io::Result<LoopCtl> {
 struct Entry {
     shared: Arc<LegShared>,
     task: Task,
+    /// Whether the RTP, the RTCP socket is in [`EventLoop::again`].
+    again: [bool; 2],
     _slot: Option<ThreadSlot>,
 }
 
@@ -166,28 +168,41 @@ impl EventLoop {
             if !self.commands() {
                 break;
             }
-            ready.clear();
-            ready.append(&mut self.again);
-            ready.extend(events.iter().map(|e| e.token()).filter(|t| *t != WAKE));
-            for &t in &ready {
-                // A panic in one leg's packet handling (none is known: this is a net) ends
-                // that leg only, as it ended only its task on the tokio path.
-                let drained = std::panic::catch_unwind(AssertUnwindSafe(|| self.drain(t)));
-                if drained.is_err() {
-                    let id = leg_of(t);
-                    tracing::error!(
-                        leg = id,
-                        "relay thread: packet handling panicked; leg dropped"
-                    );
-                    self.remove(id);
-                }
-            }
+            self.turn(events.iter().map(|e| e.token()), &mut ready);
         }
         let ids: Vec<u64> = self.legs.keys().copied().collect();
         for id in ids {
             self.remove(id);
         }
         tracing::debug!("relay thread ended");
+    }
+
+    /// Reads the sockets left over from the last turn, then those of `events`. A socket is
+    /// read at most twice in a turn (left over, and announced again) and left over at most
+    /// once, so a flooded socket neither takes an ever larger share of the turn nor grows the
+    /// list.
+    fn turn(&mut self, events: impl Iterator<Item = Token>, ready: &mut Vec<Token>) {
+        ready.clear();
+        for t in self.again.drain(..) {
+            if let Some(e) = self.legs.get_mut(&leg_of(t)) {
+                e.again[t.0 & 1] = false;
+            }
+            ready.push(t);
+        }
+        ready.extend(events.filter(|t| *t != WAKE));
+        for &t in ready.iter() {
+            // A panic in one leg's packet handling (none is known: this is a net) ends that
+            // leg only, as it ended only its task on the tokio path.
+            let drained = std::panic::catch_unwind(AssertUnwindSafe(|| self.drain(t)));
+            if drained.is_err() {
+                let id = leg_of(t);
+                tracing::error!(
+                    leg = id,
+                    "relay thread: packet handling panicked; leg dropped"
+                );
+                self.remove(id);
+            }
+        }
     }
 
     /// Applies the queued commands; `false` once every handle on the thread is gone.
@@ -204,6 +219,7 @@ impl EventLoop {
                         Entry {
                             shared,
                             task,
+                            again: [true; 2],
                             _slot: slot,
                         },
                     );
@@ -241,7 +257,13 @@ impl EventLoop {
             0 => Stream::Rtp,
             _ => Stream::Rtcp,
         };
-        let Some(Entry { shared, task, .. }) = self.legs.get_mut(&id) else {
+        let Some(Entry {
+            shared,
+            task,
+            again,
+            ..
+        }) = self.legs.get_mut(&id)
+        else {
             return;
         };
         let socket = match stream {
@@ -264,7 +286,10 @@ impl EventLoop {
                 Err(e) => tracing::debug!(leg = id, error = %e, "RTP receive error"),
             }
         }
-        self.again.push(t);
+        if !again[t.0 & 1] {
+            again[t.0 & 1] = true;
+            self.again.push(t);
+        }
     }
 }
 
@@ -435,5 +460,86 @@ mod tests {
         wait_for("the thread started", || threads_named(name) == 1);
         drop(ctl);
         wait_for("the thread ended", || threads_named(name) == 0);
+    }
+
+    /// A leg built by hand, read by no thread, to drive an [`super::EventLoop`]'s turns.
+    fn bare_leg(id: u64, port: u16) -> std::sync::Arc<super::LegShared> {
+        use super::super::*;
+        let ports = Arc::new(Mutex::new(
+            PortAllocator::new(port, port + 99).expect("range"),
+        ));
+        let (port, (rtp, rtcp)) = lock(&ports).allocate(|p| bind_pair(LO, p)).expect("pair");
+        Arc::new(LegShared {
+            id,
+            relay: 0,
+            thread: None,
+            local_rtp: SocketAddr::new(LO, port),
+            local_rtcp: SocketAddr::new(LO, port + 1),
+            sockets: Sockets {
+                rtp: Sock::Loop(rtp),
+                rtcp: Sock::Loop(rtcp),
+                _lease: PortLease { ports, port },
+            },
+            strict: false,
+            silence: DEFAULT_RELATCH_SILENCE,
+            epoch: Instant::now(),
+            remote: Mutex::new(Remote::default()),
+            sdp_gen: AtomicU64::new(0),
+            dest_gen: AtomicU64::new(0),
+            peer: Mutex::new(Weak::new()),
+            peer_gen: AtomicU64::new(0),
+            subscribers: Mutex::new(Vec::new()),
+            has_subscribers: AtomicBool::new(false),
+            clock_rate: AtomicU32::new(DEFAULT_CLOCK_RATE),
+            closed: AtomicBool::new(false),
+            c: Counters::default(),
+            srtp: Mutex::new(None),
+            last_ssrc: AtomicU64::new(0),
+        })
+    }
+
+    /// A socket flooded faster than a turn's batch, and announced again every turn, is read
+    /// at most twice a turn and left over at most once (the list of left-over sockets does
+    /// not grow with the flood), and all of it is read.
+    #[test]
+    fn a_flooded_socket_is_left_over_once_per_turn() {
+        use super::{token, Entry, EventLoop, Stream, Task, WAKE};
+        let poll = mio::Poll::new().expect("poll");
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKE).expect("waker"));
+        let (_tx, rx) = std::sync::mpsc::channel();
+        let mut el = EventLoop {
+            _waker: waker,
+            poll,
+            rx,
+            legs: std::collections::HashMap::new(),
+            again: Vec::new(),
+            buf: vec![0; 2049].into_boxed_slice(),
+        };
+        let leg = bare_leg(1, 24600);
+        let task = Task::new(&leg);
+        let entry = Entry {
+            shared: leg.clone(),
+            task,
+            again: [false; 2],
+            _slot: None,
+        };
+        el.legs.insert(1, entry);
+        let flood = phone();
+        let sent = 4 * BATCH as u16;
+        for seq in 0..sent {
+            flood.send_to(&rtp(seq, 1), leg.local_rtp).expect("send");
+        }
+        let t = token(1, Stream::Rtp);
+        let mut ready = Vec::new();
+        for turn in 1..=6 {
+            el.turn(std::iter::once(t), &mut ready);
+            assert!(el.again.len() <= 1, "turn {turn}: left over {:?}", el.again);
+        }
+        assert!(el.again.is_empty(), "drained: nothing left over");
+        let read = leg
+            .c
+            .rtp_packets_in
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(read, u64::from(sent));
     }
 }
