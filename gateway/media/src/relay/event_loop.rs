@@ -2,8 +2,9 @@
 //! placed on the thread, instead of a tokio task per leg.
 //!
 //! Each turn waits in `epoll_wait` for up to [`EVENTS`] ready sockets and reads each one until
-//! it would block (at most [`BATCH`] datagrams per turn, so one flooded socket cannot starve
-//! the others: a socket left with data is read again in the next turn without waiting), handing
+//! it would block ([`BATCH`] datagrams per read, a socket read at most twice a turn, so one
+//! flooded socket cannot starve the others: a socket left with data is read again in the next
+//! turn without waiting, and is left over at most once), handing
 //! every datagram to the leg's [`Task`] — the same latching, statistics, taps and forwarding as
 //! on the tokio path — which sends it out of the partner leg's socket at once. One receive
 //! buffer per thread, allocated when the thread starts; no task, waker or allocation per packet.
