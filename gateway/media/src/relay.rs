@@ -1,14 +1,19 @@
-//! The relay on tokio: [`MediaRelay`] hands out [`Leg`]s; [`bridge`] connects two of them.
+//! The relay: [`MediaRelay`] hands out [`Leg`]s; [`bridge`] connects two of them.
 //!
 //! ## Per-packet path
 //!
-//! Each leg has one task that owns its receive buffers (allocated once, inside the task) and
-//! its sans-IO state: the RTP and RTCP [`Latch`]es and the [`RtpStats`]. A packet received on
-//! leg A is parsed in place, latched, counted (atomics only) and, when A is bridged to B, sent
-//! out of B's socket to B's destination straight from A's task. Nothing is allocated and no
-//! lock is taken per packet in the steady state:
+//! A relay with threads of its own ([`MediaRelay::with_threads`], what the gateway and the
+//! ACD run) reads every leg placed on a thread in that thread's one event loop
+//! (`event_loop.rs`: a `mio::Poll` over all their sockets, each ready socket drained in a
+//! batch; issue 16). A relay on the caller's runtime ([`MediaRelay::new`]) gives each leg a
+//! tokio task instead. Either way a leg's private state is its `Task`: the RTP and RTCP
+//! [`Latch`]es and the [`RtpStats`]. A packet received on leg A is parsed in place, latched,
+//! counted (atomics only) and, when A is bridged to B, sent out of B's socket to B's
+//! destination at once, wherever B runs (a stream's legs share a thread: `leg_pair`,
+//! `leg_beside`). Receive buffers are allocated once (per thread, or per task); nothing is
+//! allocated and no lock is taken per packet in the steady state:
 //!
-//! * sockets are registered with the reactor for reading only and sends never wait (a full
+//! * sockets are registered for reading only and sends never wait (a full
 //!   send buffer drops the packet): registered for writing too, each packet sent came back as
 //!   a write-space event when the kernel freed it (1.8 epoll events per relayed packet
 //!   instead of 1.0, issue 16);
@@ -37,7 +42,8 @@
 //!
 //! A leg closes when [`Leg::close`] is called (it stops relaying and injecting at once) or
 //! when its last handle is dropped. Its port pair goes back to the range when the last handle
-//! is dropped and its task has ended (the sockets are closed before the pair is released).
+//! is dropped and its task or thread has let it go (the sockets are closed before the pair is
+//! released).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -52,6 +58,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::watch;
+
+mod event_loop;
 
 use super::latch::{Latch, LatchVerdict, DEFAULT_RELATCH_SILENCE};
 use super::ports::PortAllocator;
@@ -168,14 +176,14 @@ struct RelayInner {
     /// legs opened at once see each other's count).
     ports: Arc<Mutex<PortAllocator>>,
     next_id: AtomicU64,
-    /// The relay's own threads, each with a single-thread runtime, and the legs open on each
+    /// The relay's own threads, each with its event loop, and the legs open on each
     /// ([`MediaRelay::with_threads`]); empty: the caller's runtime.
     threads: Vec<RelayThread>,
 }
 
 #[derive(Debug)]
 struct RelayThread {
-    runtime: tokio::runtime::Handle,
+    ctl: Arc<event_loop::LoopCtl>,
     legs: Arc<AtomicUsize>,
 }
 
@@ -247,28 +255,22 @@ impl MediaRelay {
     }
 
     /// A relay whose legs run on `threads` dedicated threads (1 to [`MAX_RELAY_THREADS`];
-    /// outside that, the nearest bound), each with its own single-thread tokio runtime,
-    /// instead of the caller's runtime: every packet is handled where it is received,
-    /// without waking another worker thread. A new leg goes to the thread with the fewest
+    /// outside that, the nearest bound), each running one event loop over the sockets of all
+    /// the legs placed on it, instead of a task per leg on the caller's runtime: every packet
+    /// is handled where it is received, without waking another thread. A new leg goes to the thread with the fewest
     /// open legs, so streams spread over the threads; [`MediaRelay::leg_pair`] and
     /// [`MediaRelay::leg_beside`] put the legs of one stream on one thread, so a bridge's
     /// packets never cross cores (its legs touch each other's sockets and counters on every
     /// packet). Legs on different threads still bridge (a leg forwards by sending on its
-    /// peer's socket, which needs no hand-over). The threads live as long as the process.
+    /// peer's socket, which needs no hand-over). A thread ends when the relay and every leg
+    /// placed on it are dropped.
     pub fn with_threads(config: RelayConfig, threads: usize) -> Result<Self, MediaError> {
         // The port range first: a bad one must not leave threads behind.
         PortAllocator::new(config.port_min, config.port_max)?;
         let mut all = Vec::new();
         for i in 0..threads.clamp(1, MAX_RELAY_THREADS) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let runtime = rt.handle().clone();
-            std::thread::Builder::new()
-                .name(format!("rtp-relay-{i}"))
-                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
             all.push(RelayThread {
-                runtime,
+                ctl: Arc::new(event_loop::spawn(format!("rtp-relay-{i}"))?),
                 legs: Arc::new(AtomicUsize::new(0)),
             });
         }
@@ -284,11 +286,11 @@ impl MediaRelay {
             .collect()
     }
 
-    /// A relay whose legs all run on one dedicated thread with its own single-thread tokio
-    /// runtime, instead of the caller's runtime. Every packet is then handled where it is
+    /// A relay whose legs all run on one dedicated thread ([`MediaRelay::with_threads`] with
+    /// one), instead of the caller's runtime. Every packet is then handled where it is
     /// received, without waking another worker thread (on the caller's multi-thread runtime
     /// about half the relay's CPU went to cross-worker wake-ups, measured with `perf`); the
-    /// signalling keeps the other cores. The thread lives as long as the process.
+    /// signalling keeps the other cores.
     pub fn with_own_thread(config: RelayConfig) -> Result<Self, MediaError> {
         Self::with_threads(config, 1)
     }
@@ -363,17 +365,22 @@ impl MediaRelay {
             };
             (thread, slot, lease, rtp, rtcp)
         };
-        let runtime = match (thread, runtime) {
-            (Some(i), _) => self.inner.threads[i].runtime.clone(),
-            (None, Some(current)) => current,
-            (None, None) => return Err(MediaError::NoRuntime),
-        };
-        let _entered = runtime.enter();
         let port = lease.port;
-        let sockets = Sockets {
-            rtp: readable_only(rtp)?,
-            rtcp: readable_only(rtcp)?,
-            _lease: lease,
+        let sockets = match (thread, &runtime) {
+            (Some(_), _) => Sockets {
+                rtp: Sock::Loop(rtp),
+                rtcp: Sock::Loop(rtcp),
+                _lease: lease,
+            },
+            (None, Some(current)) => {
+                let _entered = current.enter();
+                Sockets {
+                    rtp: Sock::Task(readable_only(rtp)?),
+                    rtcp: Sock::Task(readable_only(rtcp)?),
+                    _lease: lease,
+                }
+            }
+            (None, None) => return Err(MediaError::NoRuntime),
         };
         let shared = Arc::new(LegShared {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
@@ -398,19 +405,30 @@ impl MediaRelay {
             srtp: Mutex::new(None),
             last_ssrc: AtomicU64::new(0),
         });
-        let (close_tx, close_rx) = watch::channel(false);
-        let task = run(shared.clone(), close_rx);
-        runtime.spawn(async move {
-            task.await;
-            // The leg no longer counts on its thread once its task has ended.
-            drop(slot);
-        });
+        let close = match (thread, runtime) {
+            (Some(i), _) => {
+                // Registered here, so a failure is this call's error; then the thread's.
+                let ctl = &self.inner.threads[i].ctl;
+                ctl.register(&shared)?;
+                ctl.send(event_loop::Cmd::Add(shared.clone(), slot))
+                    .map_err(|_| io::Error::other("the relay thread has ended"))?;
+                Closer::Loop(ctl.clone())
+            }
+            (None, Some(runtime)) => {
+                let (close_tx, close_rx) = watch::channel(false);
+                let task = run(shared.clone(), close_rx);
+                runtime.spawn(async move {
+                    task.await;
+                    // The leg no longer counts on its thread once its task has ended.
+                    drop(slot);
+                });
+                Closer::Task(close_tx)
+            }
+            (None, None) => return Err(MediaError::NoRuntime),
+        };
         tracing::debug!(leg = shared.id, port, ?thread, "media leg opened");
         Ok(Leg {
-            inner: Arc::new(LegHandle {
-                shared,
-                close: close_tx,
-            }),
+            inner: Arc::new(LegHandle { shared, close }),
         })
     }
 }
@@ -442,15 +460,32 @@ impl Drop for PortLease {
 
 /// A leg's sockets; fields drop in order, so the ports are closed before the pair is released.
 ///
-/// Non-blocking, registered with the reactor for reading only: sends are made at once and a
-/// full send buffer drops the packet. Registered for writing too (as `tokio::net::UdpSocket`
-/// is), every packet sent would come back as a write-space (EPOLLOUT) event when the kernel
-/// frees it, one more epoll event and reactor wake-up per relayed packet.
+/// Non-blocking, registered with the reactor (or the relay thread's poll) for reading only:
+/// sends are made at once and a full send buffer drops the packet. Registered for writing too
+/// (as `tokio::net::UdpSocket` is), every packet sent would come back as a write-space
+/// (EPOLLOUT) event when the kernel frees it, one more epoll event and wake-up per relayed
+/// packet.
 #[derive(Debug)]
 struct Sockets {
-    rtp: AsyncFd<std::net::UdpSocket>,
-    rtcp: AsyncFd<std::net::UdpSocket>,
+    rtp: Sock,
+    rtcp: Sock,
     _lease: PortLease,
+}
+
+/// A leg socket: read by the leg's task on the caller's runtime, or by a relay thread's loop.
+#[derive(Debug)]
+enum Sock {
+    Task(AsyncFd<std::net::UdpSocket>),
+    Loop(std::net::UdpSocket),
+}
+
+impl Sock {
+    fn get(&self) -> &std::net::UdpSocket {
+        match self {
+            Sock::Task(fd) => fd.get_ref(),
+            Sock::Loop(s) => s,
+        }
+    }
 }
 
 /// `socket` registered with the current runtime's reactor for reading only.
@@ -577,8 +612,36 @@ pub struct Leg {
 #[derive(Debug)]
 struct LegHandle {
     shared: Arc<LegShared>,
-    /// Dropping it (last handle gone) or sending `true` stops the task.
-    close: watch::Sender<bool>,
+    close: Closer,
+}
+
+/// How a leg is stopped.
+#[derive(Debug)]
+enum Closer {
+    /// Its task: dropping the sender (last handle gone) or sending `true` stops it.
+    Task(watch::Sender<bool>),
+    /// Its relay thread: [`event_loop::Cmd::Remove`].
+    Loop(Arc<event_loop::LoopCtl>),
+}
+
+impl Closer {
+    fn close(&self, leg: u64) {
+        match self {
+            Closer::Task(tx) => {
+                tx.send_replace(true);
+            }
+            // Err: the thread has ended, nothing to stop.
+            Closer::Loop(ctl) => drop(ctl.send(event_loop::Cmd::Remove(leg))),
+        }
+    }
+}
+
+impl Drop for LegHandle {
+    fn drop(&mut self) {
+        if let Closer::Loop(_) = self.close {
+            self.close.close(self.shared.id);
+        }
+    }
 }
 
 impl fmt::Debug for Leg {
@@ -699,7 +762,7 @@ impl Leg {
         }
         let dest = lock(&s.remote).rtp_dest.ok_or(MediaError::NoRemote)?;
         let packet = self.outgoing(packet)?;
-        let n = s.sockets.rtp.get_ref().send_to(&packet, dest)?;
+        let n = s.sockets.rtp.get().send_to(&packet, dest)?;
         bump(&s.c.rtp_packets_out, 1);
         bump(&s.c.rtp_bytes_out, n as u64);
         Ok(n)
@@ -782,7 +845,7 @@ impl Leg {
         let s = self.shared();
         s.closed.store(true, Ordering::Release);
         s.unbridge();
-        self.inner.close.send_replace(true);
+        self.inner.close.close(s.id);
     }
 
     /// Whether [`Leg::close`] was called.
@@ -845,26 +908,23 @@ fn is_rtcp(pkt: &[u8]) -> bool {
     pkt.len() >= 8 && pkt[0] >> 6 == 2 && (192..=223).contains(&pkt[1])
 }
 
+/// A leg's task on the caller's runtime (a relay without threads of its own).
 async fn run(shared: Arc<LegShared>, mut close: watch::Receiver<bool>) {
-    let mut task = Task {
-        rtp_latch: Latch::new(shared.strict, shared.silence),
-        rtcp_latch: Latch::new(shared.strict, shared.silence),
-        sdp_seen: 0,
-        stats: RtpStats::new(shared.clock_rate.load(Ordering::Relaxed)),
-        peer_seen: 0,
-        peer: PeerCache::default(),
+    let (Sock::Task(rtp), Sock::Task(rtcp)) = (&shared.sockets.rtp, &shared.sockets.rtcp) else {
+        return;
     };
+    let mut task = Task::new(&shared);
     // One byte over the limit, so that an oversize datagram is seen (it is truncated).
     let mut rtp_buf = [0u8; MAX_PACKET_SIZE + 1];
     let mut rtcp_buf = [0u8; MAX_PACKET_SIZE + 1];
     loop {
         tokio::select! {
             _ = close.changed() => break,
-            r = recv_from(&shared.sockets.rtp, &mut rtp_buf) => match r {
+            r = recv_from(rtp, &mut rtp_buf) => match r {
                 Ok((n, src)) => task.on_rtp_port(&shared, &rtp_buf[..n], src),
                 Err(e) => tracing::debug!(leg = shared.id, error = %e, "RTP receive error"),
             },
-            r = recv_from(&shared.sockets.rtcp, &mut rtcp_buf) => match r {
+            r = recv_from(rtcp, &mut rtcp_buf) => match r {
                 Ok((n, src)) => task.on_rtcp_port(&shared, &rtcp_buf[..n], src),
                 Err(e) => tracing::debug!(leg = shared.id, error = %e, "RTCP receive error"),
             },
@@ -877,6 +937,17 @@ async fn run(shared: Arc<LegShared>, mut close: watch::Receiver<bool>) {
 }
 
 impl Task {
+    fn new(shared: &LegShared) -> Task {
+        Task {
+            rtp_latch: Latch::new(shared.strict, shared.silence),
+            rtcp_latch: Latch::new(shared.strict, shared.silence),
+            sdp_seen: 0,
+            stats: RtpStats::new(shared.clock_rate.load(Ordering::Relaxed)),
+            peer_seen: 0,
+            peer: PeerCache::default(),
+        }
+    }
+
     fn on_rtp_port(&mut self, shared: &LegShared, pkt: &[u8], src: SocketAddr) {
         let c = &shared.c;
         if pkt.len() > MAX_PACKET_SIZE {
@@ -1052,7 +1123,7 @@ impl Task {
         let Some(dest) = dest else {
             return;
         };
-        match socket.get_ref().send_to(pkt, dest) {
+        match socket.get().send_to(pkt, dest) {
             Ok(n) => {
                 let (packets, bytes) = if rtcp {
                     (&peer.c.rtcp_packets_out, &peer.c.rtcp_bytes_out)

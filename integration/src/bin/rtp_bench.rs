@@ -32,7 +32,8 @@
 //! * **rtpengine**: sender → rtpengine (offer/answer over ng) → receiver.
 //!
 //! CPU per packet = Δ(utime+stime) of the relay process over the measured window / packets
-//! received in it. "Added" latency = the system's percentile − its paired floor's percentile;
+//! received in it; wake-ups per packet likewise from its threads' voluntary context switches
+//! (each a sleep in `epoll_wait` ended by a ready socket). "Added" latency = the system's percentile − its paired floor's percentile;
 //! a negative one means the floor had the worse tail (a stall hit the floor, not the system):
 //! the sample is INVALID, never a pass, and one such round makes the figure pooled over the
 //! rounds INVALID too; the pooled figure passes only if every round does. Memory: the relay process's PSS with the streams set up.
@@ -112,16 +113,34 @@ fn cpu_ns_sched(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
+/// Voluntary context switches of the live threads of `pid`: how often they went to sleep
+/// (in `epoll_wait`, for a relay) and were woken again.
+fn wakeups(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Ok(s) = std::fs::read_to_string(entry?.path().join("status")) {
+            total += s
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
 #[derive(Clone, Copy)]
 struct CpuSample {
     ticks: u64,
     sched_ns: u64,
+    wakeups: u64,
 }
 
 fn cpu_sample(pid: u32) -> Result<CpuSample> {
     Ok(CpuSample {
         ticks: cpu_ticks(pid)?,
         sched_ns: cpu_ns_sched(pid)?,
+        wakeups: wakeups(pid)?,
     })
 }
 
@@ -312,8 +331,8 @@ struct RunResult {
     round_added_p99: Vec<f64>,
     /// PSS of the relay process (kB) with the streams set up.
     mem_kb: u64,
-    /// Δ clock ticks and Δ schedstat ns of the relay over the measured window.
-    cpu: Option<(u64, u64)>,
+    /// Δ clock ticks, Δ schedstat ns and Δ wake-ups of the relay over the measured window.
+    cpu: Option<(u64, u64, u64)>,
 }
 
 impl RunResult {
@@ -333,7 +352,7 @@ impl RunResult {
         self.round_added_p99.extend(other.round_added_p99);
         self.mem_kb = self.mem_kb.max(other.mem_kb);
         self.cpu = match (self.cpu, other.cpu) {
-            (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
+            (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1, a.2 + b.2)),
             _ => None,
         };
     }
@@ -491,6 +510,7 @@ fn run_load(phones: Vec<Phone>, secs: u32, warmup: u32, pid: Option<u32>) -> Res
             Some((
                 c1.ticks.saturating_sub(c0.ticks),
                 c1.sched_ns.saturating_sub(c0.sched_ns),
+                c1.wakeups.saturating_sub(c0.wakeups),
             ))
         }
         _ => None,
@@ -555,6 +575,8 @@ struct Row {
     loss_pct: f64,
     cpu_us: Option<f64>,
     cpu_sched_us: Option<f64>,
+    /// The relay's wake-ups (voluntary context switches) per packet.
+    wakeups: Option<f64>,
     p50: Option<f64>,
     p99: Option<f64>,
     /// The paired floor's (twins sent beside this system's streams, same runs).
@@ -583,12 +605,13 @@ fn row(system: &'static str, n: usize, r: &RunResult, tck: u64, idle: Option<f64
             Some(v / r.recv_measured as f64)
         }
     };
-    let (cpu_us, cpu_sched_us) = match r.cpu {
-        Some((ticks, ns)) => (
+    let (cpu_us, cpu_sched_us, wakeups) = match r.cpu {
+        Some((ticks, ns, w)) => (
             per_packet(ticks as f64 * 1e6 / tck as f64),
             per_packet(ns as f64 / 1000.0),
+            per_packet(w as f64),
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
     if r.wrong_stream > 0 {
         eprintln!(
@@ -612,6 +635,7 @@ fn row(system: &'static str, n: usize, r: &RunResult, tck: u64, idle: Option<f64
         loss_pct: loss(r.sent_measured, r.recv_measured),
         cpu_us,
         cpu_sched_us,
+        wakeups,
         p50: percentile(&r.lat_ns, 50.0),
         p99: percentile(&r.lat_ns, 99.0),
         floor_p50: percentile(&r.floor_lat_ns, 50.0),
@@ -836,9 +860,9 @@ fn print_table(rows: &[Row], args: &Args) {
         args.rounds, args.secs, args.warmup
     );
     println!(
-        "| system | N | pps | loss % | CPU µs/pkt | (schedstat) | p50 µs | p99 µs | paired floor p50 / p99 µs | added p50 µs | added p99 µs | added p99 per round µs | idle CPU µs/s | PSS MB | load |"
+        "| system | N | pps | loss % | CPU µs/pkt | (schedstat) | wake-ups/pkt | p50 µs | p99 µs | paired floor p50 / p99 µs | added p50 µs | added p99 µs | added p99 per round µs | idle CPU µs/s | PSS MB | load |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |");
     for r in rows {
         let rounds: Vec<String> = r
             .round_added_p99
@@ -846,13 +870,14 @@ fn print_table(rows: &[Row], args: &Args) {
             .map(|v| format!("{v:.0}"))
             .collect();
         println!(
-            "| {} | {} | {:.0} | {:.3} | {} | {} | {} | {} | {} / {} (loss {:.3} %) | {} | {} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {:.0} | {:.3} | {} | {} | {} | {} | {} | {} / {} (loss {:.3} %) | {} | {} | {} | {} | {:.1} | {} |",
             r.system,
             r.n,
             r.pps,
             r.loss_pct,
             fmt(r.cpu_us, 2),
             fmt(r.cpu_sched_us, 2),
+            fmt(r.wakeups, 2),
             fmt(r.p50, 1),
             fmt(r.p99, 1),
             fmt(r.floor_p50, 1),
