@@ -592,12 +592,8 @@ fn metrics_parse_and_move_with_activity() {
         .samples
         .iter()
         .any(|s| s.metric == "callfabric_rtp_jitter_ms_count"));
-    // Register shards: the default, one per core (issue 16).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(
-        value(&after, "callfabric_gateway_sip_shards", None),
-        cores as f64
-    );
+    // Register shards: the default, unsharded (issue 16).
+    assert_eq!(value(&after, "callfabric_gateway_sip_shards", None), 1.0);
     assert_eq!(
         value(
             &after,

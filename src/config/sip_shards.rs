@@ -8,11 +8,12 @@ use super::Loaded;
 pub const MAX_SIP_SHARDS: usize = 256;
 
 impl Loaded {
-    /// `sip_shards` in `[gateway]`: absent → one per core; otherwise 1 (unsharded) to
-    /// [`MAX_SIP_SHARDS`], or an error naming the file, line and key.
+    /// `sip_shards` in `[gateway]`: absent → 1 (unsharded: on two cores the shards gained no
+    /// rate and cost CPU, and a flood drew spurious 401s on them; see docs/BENCHMARKS.md);
+    /// otherwise 1 to [`MAX_SIP_SHARDS`], or an error naming the file, line and key.
     pub(super) fn sip_shards(&self, v: Option<i64>) -> Result<usize> {
         match v {
-            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            None => Ok(1),
             Some(n) => usize::try_from(n)
                 .ok()
                 .filter(|n| (1..=MAX_SIP_SHARDS).contains(n))
@@ -41,10 +42,9 @@ mod tests {
     }
 
     #[test]
-    fn sip_shards_default_to_one_per_core_and_are_checked() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    fn sip_shards_default_to_unsharded_and_are_checked() {
         let g = load("").and_then(|l| l.gateway()).expect("default");
-        assert_eq!(g.sip_shards, cores);
+        assert_eq!(g.sip_shards, 1);
         for (text, n) in [("sip_shards = 1\n", 1), ("sip_shards = 4\n", 4)] {
             let g = load(text).and_then(|l| l.gateway()).expect(text);
             assert_eq!(g.sip_shards, n);
