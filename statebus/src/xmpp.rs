@@ -852,37 +852,21 @@ impl XmppBus {
         let make_stream = {
             let (servers, drops, jid) = (servers.clone(), drops.clone(), jid.clone());
             let (password, tls, sm) = (cfg.password.clone(), cfg.tls, cfg.stream_management);
-            move || match tls {
-                TlsMode::StartTls => StanzaStream::new(
-                    reconnector(
-                        StartTlsConnector(FabricConnector {
-                            servers: servers.clone(),
-                            drops: drops.clone(),
-                        }),
-                        servers.clone(),
-                        jid.clone(),
-                        password.clone(),
-                        timeouts,
-                        backoff,
-                        sm,
-                    ),
-                    QUEUE_DEPTH,
-                ),
-                TlsMode::Plaintext => StanzaStream::new(
-                    reconnector(
-                        PlainConnector(FabricConnector {
-                            servers: servers.clone(),
-                            drops: drops.clone(),
-                        }),
-                        servers.clone(),
-                        jid.clone(),
-                        password.clone(),
-                        timeouts,
-                        backoff,
-                        sm,
-                    ),
-                    QUEUE_DEPTH,
-                ),
+            move || {
+                let fc = FabricConnector {
+                    servers: servers.clone(),
+                    drops: drops.clone(),
+                };
+                let (s, j, p) = (servers.clone(), jid.clone(), password.clone());
+                let r = match tls {
+                    TlsMode::StartTls => {
+                        reconnector(StartTlsConnector(fc), s, j, p, timeouts, backoff, sm)
+                    }
+                    TlsMode::Plaintext => {
+                        reconnector(PlainConnector(fc), s, j, p, timeouts, backoff, sm)
+                    }
+                };
+                StanzaStream::new(r, QUEUE_DEPTH)
             }
         };
         let shared = Arc::new(Shared {
