@@ -886,6 +886,73 @@ impl Drop for Kamailio {
     }
 }
 
+/// The legitimate phone of an overload step: an account outside the load's injection files,
+/// registering (REGISTER → 401 → REGISTER → 200) from its own port while the load runs, and
+/// again `Retry-After` (2 s) after each failure, as phones do.
+pub struct Phone {
+    /// Attempts made, and seconds from the first attempt to the registration (if any).
+    pub attempts: u32,
+    pub registered_after: Option<f64>,
+}
+
+/// Runs the [`Phone`] of `inf` (one "user;password" line) against `target`: waits `start`, then
+/// tries (SIPp, `register_load.xml`, its stderr in `dir`) until it registers or `give_up` has
+/// passed since the first attempt.
+pub fn phone(
+    target: SocketAddr,
+    inf: &Path,
+    dir: &Path,
+    start: Duration,
+    give_up: Duration,
+) -> Phone {
+    let scenario = crate::repo_root().join("integration/sipp/register_load.xml");
+    std::thread::sleep(start);
+    let t0 = std::time::Instant::now();
+    let mut attempts = 0;
+    while t0.elapsed() < give_up {
+        attempts += 1;
+        let ok = (|| -> anyhow::Result<bool> {
+            let mut args = sipp_base_args(&scenario, free_udp_port());
+            args.insert(2, target.to_string());
+            args.extend(["-inf".into(), inf.display().to_string()]);
+            args.extend(
+                [
+                    "-m",
+                    "1",
+                    "-r",
+                    "1",
+                    "-recv_timeout",
+                    "8000",
+                    "-timeout",
+                    "10s",
+                ]
+                .map(String::from),
+            );
+            let out = std::fs::File::create(dir.join(format!("phone-{attempts}.out")))?;
+            let status = std::process::Command::new(require_binary("sipp")?)
+                .args(&args)
+                .current_dir(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(out)
+                .status()?;
+            Ok(status.success())
+        })()
+        .unwrap_or(false);
+        if ok {
+            return Phone {
+                attempts,
+                registered_after: Some(t0.elapsed().as_secs_f64()),
+            };
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Phone {
+        attempts,
+        registered_after: None,
+    }
+}
+
 /// Cores of this machine: Kamailio's documented `children` setting for UDP (one worker per
 /// core).
 pub fn cores() -> usize {

@@ -22,6 +22,18 @@
 //!     [--kamailio-children N] [SECONDS_PER_STEP] [HOLD_MS] [ROUNDS] [RATES…]
 //! ```
 //!
+//! ```text
+//! call_bench --sustain RATE SECS [--double] [--users N] [HOLD_MS]
+//! ```
+//!
+//! **Sustained and overload** (issue 16): one step of SECS seconds at RATE calls/s against each
+//! system (alternated), each system's memory sampled every second; with `--double` a second
+//! step at twice RATE (the order reversed) during which a phone (an account of the gateway's
+//! device table that the load does not use) registers with the gateway from its own port,
+//! retrying 2 s after each failure (Kamailio here is a proxy, not a registrar: no phone). Give
+//! RATE = the gateway's capacity (the highest clean rate of a ramp): the summary prints each
+//! system's goodput at 2× RATE as a share of its goodput at RATE (issue 16 asks ≥ 90 %).
+//!
 //! `--kamailio-children N` overrides Kamailio's `children` (default: the cores): its workers
 //! wait for rtpengine's ng reply (offer, answer, delete: three round trips a call), so more
 //! workers than cores is a fair sensitivity check of the anchor.
@@ -68,6 +80,11 @@ const MAX_CALLS: u32 = 2400;
 
 /// First caller (From user) of the injection file.
 const FIRST_CALLER: u32 = 100_000;
+
+/// The phone of `--sustain --double`: an account of the gateway's device table that no caller
+/// of the load uses.
+const PHONE_USER: &str = "99999";
+const PHONE_PASSWORD: &str = "phone-99999-secret";
 
 /// A system under test.
 struct Sut {
@@ -225,6 +242,149 @@ fn preflight(sut: &Sut, inf: &Path, dir: &Path) -> Result<()> {
     )
 }
 
+/// One sustained step of a system: the step, its peak memory (PSS, sampled every second), and
+/// the phone's outcome when one registered during it.
+struct Sustained {
+    name: &'static str,
+    step: Step,
+    pss_peak_kb: u64,
+    phone: Option<bench::Phone>,
+}
+
+/// A step of `secs` at `rate` against `sut`; with `phone` (the registrar's address and the
+/// phone's injection file), a phone registers during it (from 10 s in, until 25 s before the
+/// end).
+fn sustain_step(
+    sut: &Sut,
+    (rate, secs): (u32, u32),
+    hold: Duration,
+    inf: &Path,
+    phone: Option<(SocketAddr, &Path)>,
+    dir: &Path,
+) -> Result<Sustained> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(sut.pss_kb());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            peak
+        });
+        let ph = phone.map(|(target, inf)| {
+            let give_up = Duration::from_secs(u64::from(secs).saturating_sub(25).max(5));
+            scope.spawn(move || bench::phone(target, inf, dir, Duration::from_secs(10), give_up))
+        });
+        let s = step(sut, rate, secs, hold, (inf, false), dir);
+        stop.store(true, Ordering::Relaxed);
+        let pss_peak_kb = sampler.join().unwrap_or(0);
+        let phone = ph.map(|p| {
+            p.join().unwrap_or(bench::Phone {
+                attempts: 0,
+                registered_after: None,
+            })
+        });
+        Ok(Sustained {
+            name: sut.name,
+            step: s?,
+            pss_peak_kb,
+            phone,
+        })
+    })
+}
+
+fn print_sustained(r: &Sustained) {
+    let s = &r.step;
+    bench::print_step(1, r.name, "calls", s);
+    let cpu = s.sut_cpu.unwrap_or(0.0);
+    println!(
+        "  {}: offered {}/s for {:.0} s: goodput {:.0} calls/s ({} ok, {} failed, {} retransmissions, {} unexpected, {} failed at the callee); CPU {:.0} µs per successful call, {:.2} cores; PSS peak {:.1} MB; load {}",
+        r.name,
+        s.rate,
+        s.busy_secs,
+        s.ok as f64 / s.busy_secs.max(0.001),
+        s.ok,
+        s.failed,
+        s.retransmissions,
+        s.stray,
+        s.callee_failed,
+        cpu * 1e6 / s.ok.max(1) as f64,
+        cpu / s.wall_secs.max(0.001),
+        r.pss_peak_kb as f64 / 1024.0,
+        s.load
+    );
+    if let Some(ph) = &r.phone {
+        match ph.registered_after {
+            Some(t) => println!(
+                "  {}: the phone registered {t:.1} s after its first attempt (attempt {})",
+                r.name, ph.attempts
+            ),
+            None => println!(
+                "  {}: the phone did NOT register ({} attempts)",
+                r.name, ph.attempts
+            ),
+        }
+    }
+}
+
+/// `--sustain RATE SECS [--double]`: see the module docs.
+fn sustain(
+    suts: &[Sut; 2],
+    (rate, secs): (u32, u32),
+    double: bool,
+    hold: Duration,
+    (inf, phone_inf): (&Path, &Path),
+    dir: &Path,
+) -> Result<()> {
+    let mut rates = vec![rate];
+    if double {
+        rates.push(rate.saturating_mul(2));
+    }
+    println!(
+        "call_bench --sustain: {secs} s per step at {rates:?} calls/s, hold {} ms, the systems alternated{}",
+        hold.as_millis(),
+        if double {
+            "; a phone registers with the gateway during its step at twice the rate"
+        } else {
+            ""
+        }
+    );
+    let mut results: Vec<(usize, Sustained)> = Vec::new();
+    for (i, &r) in rates.iter().enumerate() {
+        let mut order = [0, 1];
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for sys in order {
+            let sut = &suts[sys];
+            // The phone: the gateway (the registrar) at twice the rate.
+            let phone = (i == 1 && sys == 0).then_some((sut.target, phone_inf));
+            let res = sustain_step(sut, (r, secs), hold, inf, phone, dir)?;
+            print_sustained(&res);
+            results.push((i, res));
+        }
+    }
+    if double {
+        for sut in suts {
+            let good = |i| {
+                results
+                    .iter()
+                    .find(|(j, r)| *j == i && r.name == sut.name)
+                    .map(|(_, r)| r.step.ok as f64 / r.step.busy_secs.max(0.001))
+                    .unwrap_or(0.0)
+            };
+            println!(
+                "{}: goodput at {}/s offered = {:.0} % of its goodput at {rate}/s",
+                sut.name,
+                rate.saturating_mul(2),
+                100.0 * good(1) / good(0).max(0.001)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Kamailio 5.6 as a stateful proxy: record-routes the initial INVITE and relays it (tm) to the
 /// UAS; in-dialog requests (ACK, BYE) follow the route set (`loose_route`). With `rtpengine`
 /// (its ng address), the media is anchored there: offer on the INVITE, answer on a reply with
@@ -324,6 +484,10 @@ struct Args {
     users: u32,
     /// Kamailio's `children` (default: the cores, its documented setting for UDP).
     children: usize,
+    /// `--sustain RATE SECS`: see the module docs.
+    sustain: Option<(u32, u32)>,
+    /// `--double`: with `--sustain`, a step at twice RATE with a phone registering.
+    double: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -331,6 +495,8 @@ fn parse_args() -> Result<Args> {
     let mut plain = false;
     let mut users = 1000;
     let mut children = bench::cores();
+    let mut sustain = None;
+    let mut double = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -349,9 +515,33 @@ fn parse_args() -> Result<Args> {
                     .parse()
                     .context("--kamailio-children")?
             }
+            "--double" => double = true,
+            "--sustain" => {
+                let mut num = |what: &str| -> Result<u32> {
+                    it.next()
+                        .context("--sustain RATE SECS")?
+                        .parse()
+                        .with_context(|| format!("--sustain {what}"))
+                };
+                let rate = num("RATE")?;
+                let secs = num("SECS")?;
+                if rate == 0 || secs == 0 {
+                    bail!("--sustain RATE SECS: both > 0");
+                }
+                sustain = Some((rate, secs));
+            }
             f if f.starts_with("--") => bail!("unknown flag {f}"),
             _ => pos.push(a),
         }
+    }
+    if sustain.is_some() {
+        // `--sustain RATE SECS [HOLD_MS]`: the only positional argument is the hold.
+        if pos.len() > 1 {
+            bail!("--sustain RATE SECS takes one more argument at most: HOLD_MS");
+        }
+        pos.insert(0, "1".into());
+    } else if double {
+        bail!("--double needs --sustain RATE SECS");
     }
     let num = |i: usize, what: &str| -> Result<Option<u64>> {
         pos.get(i)
@@ -373,6 +563,8 @@ fn parse_args() -> Result<Args> {
         plain,
         users,
         children,
+        sustain,
+        double,
     };
     if a.secs == 0 || a.rounds == 0 || a.users == 0 || a.children == 0 {
         bail!("SECONDS_PER_STEP, ROUNDS, --users and --kamailio-children must be > 0");
@@ -444,6 +636,15 @@ fn main() -> Result<()> {
     let gw_target = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
     let gw = rt.block_on(async {
+        // The phone's account (`--sustain --double`).
+        gateway::devices::DeviceStore::open(&db)
+            .await?
+            .upsert(&gateway::devices::DeviceRecord::with_password(
+                PHONE_USER,
+                "bench",
+                PHONE_PASSWORD,
+            ))
+            .await?;
         let cfg = GatewayConfig {
             rtp_ports: GW_RTP,
             trunks: vec![TrunkConfig {
@@ -529,6 +730,26 @@ fn main() -> Result<()> {
     );
     for sut in &suts {
         preflight(sut, &inf, dir.path())?;
+    }
+    if let Some(rs) = a.sustain {
+        let phone_inf = dir.path().join("phone.csv");
+        std::fs::write(
+            &phone_inf,
+            format!("SEQUENTIAL\n{PHONE_USER};{PHONE_PASSWORD}\n"),
+        )?;
+        let res = sustain(&suts, rs, a.double, hold, (&inf, &phone_inf), dir.path());
+        let (c, _) = gw.overload();
+        println!(
+            "callfabric overload control: {} admitted, {} refused (503), {} low-value dropped, {} retransmissions dropped",
+            c.admitted, c.rejected, c.dropped_low, c.dropped_retransmissions
+        );
+        println!("load at the end: {}", bench::loadavg());
+        gw.stop();
+        drop(gw);
+        drop(rt);
+        drop(kam);
+        drop(rtpe);
+        return res;
     }
 
     // Peak memory of each system, sampled every second during its own steps (`current`).

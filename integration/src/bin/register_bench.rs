@@ -348,64 +348,6 @@ fn status_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The legitimate phone of a sustained step: an account outside the load's injection files,
-/// registering (REGISTER → 401 → REGISTER → 200) from its own port while the load runs, and
-/// again `Retry-After` (2 s) after each failure, as phones do.
-struct Phone {
-    /// Attempts made, and seconds from the first attempt to the registration (if any).
-    attempts: u32,
-    registered_after: Option<f64>,
-}
-
-fn phone(target: SocketAddr, inf: &Path, dir: &Path, start: Duration, give_up: Duration) -> Phone {
-    let scenario = integration::repo_root().join("integration/sipp/register_load.xml");
-    std::thread::sleep(start);
-    let t0 = std::time::Instant::now();
-    let mut attempts = 0;
-    while t0.elapsed() < give_up {
-        attempts += 1;
-        let ok = (|| -> Result<bool> {
-            let mut args = bench::sipp_base_args(&scenario, integration::free_udp_port());
-            args.insert(2, target.to_string());
-            args.extend(["-inf".into(), inf.display().to_string()]);
-            args.extend(
-                [
-                    "-m",
-                    "1",
-                    "-r",
-                    "1",
-                    "-recv_timeout",
-                    "8000",
-                    "-timeout",
-                    "10s",
-                ]
-                .map(String::from),
-            );
-            let out = std::fs::File::create(dir.join(format!("phone-{attempts}.out")))?;
-            let status = std::process::Command::new(integration::require_binary("sipp")?)
-                .args(&args)
-                .current_dir(dir)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(out)
-                .status()?;
-            Ok(status.success())
-        })()
-        .unwrap_or(false);
-        if ok {
-            return Phone {
-                attempts,
-                registered_after: Some(t0.elapsed().as_secs_f64()),
-            };
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    Phone {
-        attempts,
-        registered_after: None,
-    }
-}
-
 /// Memory of a system under test, kB: PSS (shared pages counted once: Kamailio's workers and
 /// shared memory), and for the in-process gateway this process's VmRSS.
 fn memory(pid: u32, children: bool) -> (u64, u64) {
@@ -425,7 +367,7 @@ struct Sustained {
     mem: [(u64, u64); 4],
     /// The gateway's transactions at the same moments (the peak: when most were completed).
     txs: Option<[Transactions; 4]>,
-    phone: Option<Phone>,
+    phone: Option<bench::Phone>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -462,13 +404,13 @@ fn sustain_step(
         // end.
         let phone = phone_inf.map(|inf| {
             let give_up = Duration::from_secs(u64::from(secs).saturating_sub(25).max(5));
-            scope.spawn(move || phone(target, inf, dir, Duration::from_secs(10), give_up))
+            scope.spawn(move || bench::phone(target, inf, dir, Duration::from_secs(10), give_up))
         });
         let s = step(name, target, (pid, children), rate, secs, inf, dir);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (peak, tx_peak) = sampler.join().unwrap_or_default();
         let phone = phone.map(|p| {
-            p.join().unwrap_or(Phone {
+            p.join().unwrap_or(bench::Phone {
                 attempts: 0,
                 registered_after: None,
             })
