@@ -224,7 +224,17 @@ pub struct TransportConfig {
     pub channel_capacity: usize,
     /// Timeout for opening an outgoing TCP connection.
     pub connect_timeout: Duration,
+    /// Receive buffer asked for each UDP listener (`SO_RCVBUF`, bytes; the kernel caps it at
+    /// `net.core.rmem_max` and books twice the value; 0 keeps the system's default). A burst
+    /// that outruns the reader waits there instead of being dropped by the kernel, which a
+    /// phone sees as a lost request and pays with a 500 ms retransmission.
+    pub udp_recv_buffer: usize,
 }
+
+/// The default [`TransportConfig::udp_recv_buffer`]: 1 MiB asked (2 MiB booked, about 2,000
+/// datagrams of a few hundred bytes), against Linux's default of 208 KiB. Kamailio's
+/// start-up probe asks up to 256 KiB (its `maxbuffer`).
+pub const UDP_RECV_BUFFER: usize = 1 << 20;
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -240,6 +250,7 @@ impl Default for TransportConfig {
             max_message_size: MAX_MESSAGE_SIZE,
             channel_capacity: 1024,
             connect_timeout: Duration::from_secs(10),
+            udp_recv_buffer: UDP_RECV_BUFFER,
         }
     }
 }
@@ -527,6 +538,27 @@ pub struct Transports {
     _stop: Arc<watch::Sender<()>>,
 }
 
+/// A UDP listener on `addr` with a receive buffer of `recv_buffer` bytes asked for (see
+/// [`TransportConfig::udp_recv_buffer`]); a refused size is logged and the listener keeps
+/// the system's default.
+fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if recv_buffer > 0 {
+        if let Err(e) = s.set_recv_buffer_size(recv_buffer) {
+            tracing::warn!(%addr, recv_buffer, error = %e, "UDP receive buffer refused; the system default stays");
+        }
+    }
+    let booked = s.recv_buffer_size().unwrap_or(0);
+    if recv_buffer > 0 && booked < recv_buffer {
+        tracing::info!(%addr, asked = recv_buffer, booked,
+            "UDP receive buffer capped by the kernel (sysctl net.core.rmem_max)");
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
 impl Transports {
     /// Binds every listener in `config` and starts their tasks (needs a tokio runtime).
     pub async fn bind(
@@ -539,7 +571,7 @@ impl Transports {
         let mut udp_sockets = Vec::new();
         let mut local = LocalAddrs::default();
         for addr in &config.udp {
-            let s = Arc::new(tokio::net::UdpSocket::bind(addr).await?);
+            let s = Arc::new(bind_udp(*addr, config.udp_recv_buffer)?);
             local.udp.push(s.local_addr()?);
             udp_sockets.push(s);
         }
@@ -822,5 +854,36 @@ async fn watch_tls_files(tls: Arc<TlsState>, mut shutdown: watch::Receiver<()>) 
                 tracing::warn!(error = %e, "TLS reload failed; the previous certificate stays")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod udp_buffer_tests {
+    use super::{bind_udp, UDP_RECV_BUFFER};
+
+    fn sysctl(name: &str) -> usize {
+        let path = format!("/proc/sys/net/core/{name}");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
+    fn booked(s: &tokio::net::UdpSocket) -> usize {
+        socket2::SockRef::from(s)
+            .recv_buffer_size()
+            .expect("SO_RCVBUF")
+    }
+
+    #[tokio::test]
+    async fn a_udp_listener_books_the_receive_buffer_it_asks_for_within_rmem_max() {
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        let sized = bind_udp(addr, UDP_RECV_BUFFER).expect("bind");
+        // Linux books twice what is asked, capped at rmem_max.
+        assert_eq!(booked(&sized), 2 * UDP_RECV_BUFFER.min(sysctl("rmem_max")));
+        assert!(booked(&sized) > sysctl("rmem_default"));
+        let default = bind_udp(addr, 0).expect("bind");
+        assert_eq!(booked(&default), sysctl("rmem_default"));
     }
 }
