@@ -62,6 +62,9 @@ pub struct Step {
     pub machine_busy: f64,
     /// `/proc/loadavg` (1, 5, 15 min) at the end of the step.
     pub load: String,
+    /// Datagrams the kernel dropped at the system's UDP port during the step (its receive
+    /// buffer was full: each one costs the sender a retransmission), when it could be read.
+    pub kernel_drops: Option<u64>,
 }
 
 impl Step {
@@ -160,6 +163,29 @@ fn machine_busy(a: (u64, u64), b: (u64, u64)) -> f64 {
         return 0.0;
     }
     b.0.saturating_sub(a.0) as f64 / all as f64
+}
+
+/// Datagrams dropped so far by the kernel at every UDP socket bound to `port` (IPv4 and IPv6,
+/// several sockets when a server shares its port: `SO_REUSEPORT`): the `drops` column of
+/// `/proc/net/udp` and `/proc/net/udp6`. `None` when neither file has a socket on the port.
+pub fn udp_drops(port: u16) -> Option<u64> {
+    let hex = format!(":{port:04X}");
+    let mut found = None;
+    for f in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(drops)) = (cols.get(1), cols.last()) else {
+                continue;
+            };
+            if local.ends_with(&hex) {
+                if let Ok(d) = drops.parse::<u64>() {
+                    *found.get_or_insert(0) += d;
+                }
+            }
+        }
+    }
+    found
 }
 
 /// `/proc/loadavg`'s three load averages.
@@ -421,6 +447,7 @@ pub fn run_sipp_step(step: &SippStep<'_>, label: &str, dir: &Path) -> anyhow::Re
     let k = callers.len() as u32;
     let total_calls = u64::from(step.rate) * u64::from(step.secs);
     let m0 = machine_jiffies();
+    let drops0 = udp_drops(step.target.port());
     let mut callee = match &step.callee {
         Some(c) => {
             let mut args = sipp_base_args(c.scenario, c.port);
@@ -516,6 +543,9 @@ pub fn run_sipp_step(step: &SippStep<'_>, label: &str, dir: &Path) -> anyhow::Re
         wall_secs: wall,
         machine_busy: machine_busy(m0, m1),
         load: loadavg(),
+        kernel_drops: drops0
+            .zip(udp_drops(step.target.port()))
+            .map(|(a, b)| b.saturating_sub(a)),
         ..Step::default()
     };
     let mut total = crate::sipp::SippStats::default();
@@ -558,8 +588,12 @@ pub fn print_step(round: u32, name: &str, unit: &str, s: &Step) {
         _ => String::new(),
     };
     let flags = s.flags();
+    let drops = match s.kernel_drops {
+        Some(d) if d > 0 => format!(", {d} datagrams dropped at its socket"),
+        _ => String::new(),
+    };
     println!(
-        "  r{round} {name:<11} {:>6} {unit}/s offered: {:>7} ok, {:.3} % unclean{}{}, {:>6.0}/s achieved{cpu}; load {}",
+        "  r{round} {name:<11} {:>6} {unit}/s offered: {:>7} ok, {:.3} % unclean{}{}, {:>6.0}/s achieved{cpu}{drops}; load {}",
         s.rate,
         s.ok,
         s.fail_pct(),
