@@ -38,7 +38,11 @@
 //! would only be absorbed by that transaction (never authenticated again), which nothing
 //! else would ever answer. With the 503 the transaction completes as any other (its copies
 //! get the 503 again until Timer J) and the phone retries after `Retry-After`, as it does
-//! after overload control's own 503s at ingress.
+//! after overload control's own 503s at ingress. The shards' confirmations that a 200 is on
+//! the wire (message waiting follows it) share that bound, with backpressure instead of a
+//! drop (a shard waits for room; the core never waits for a shard). The core's replies to a
+//! shard need no queue bound of their own: one per REGISTER the core took from the bounded
+//! queue (the 200s it holds for the durable commit are the durable writer's to bound).
 //!
 //! `sip_shards = 1` runs no shard: exactly the unsharded path.
 
@@ -93,8 +97,9 @@ pub(super) struct Shards {
     replies: Vec<mpsc::UnboundedSender<Reply>>,
     /// REGISTERs authenticated by a shard (read by the core's loop; bounded, [`CORE_QUEUE`]).
     pub(super) authenticated: mpsc::Receiver<Box<Authenticated>>,
-    /// 200 OKs a shard has put on the wire (those sent with `confirm`).
-    pub(super) sent: mpsc::UnboundedReceiver<Response>,
+    /// 200 OKs a shard has put on the wire (those sent with `confirm`; bounded,
+    /// [`CORE_QUEUE`]: a shard waits for room, see [`UserAgent::finished`] of its loop).
+    pub(super) sent: mpsc::Receiver<Response>,
     tasks: Vec<JoinHandle<()>>,
     /// Events dropped because a shard's queue was full (shared with the handle).
     pub(super) dropped: Arc<AtomicU64>,
@@ -116,7 +121,7 @@ impl Shards {
         tcfg: tx::Config,
     ) -> Shards {
         let (to_core, authenticated) = mpsc::channel(CORE_QUEUE);
-        let (sent_tx, sent) = mpsc::unbounded_channel();
+        let (sent_tx, sent) = mpsc::channel(CORE_QUEUE);
         let mut shards = Shards {
             datagrams: Vec::with_capacity(n),
             replies: Vec::with_capacity(n),
@@ -287,7 +292,7 @@ struct Shard {
     /// progress are dropped here as the core drops its own.
     gate: Arc<Gate>,
     replies: mpsc::UnboundedReceiver<Reply>,
-    sent: mpsc::UnboundedSender<Response>,
+    sent: mpsc::Sender<Response>,
     /// The transaction table's size, published when its timers fire (as the core's).
     stats: Arc<TxStats>,
     registers: Registers<DeviceCredentials>,
@@ -437,10 +442,14 @@ impl UserAgent for Shard {
     }
 
     /// After each turn (its transmissions done): the 200 OKs the core waits for are on the
-    /// wire.
+    /// wire. Their queue is bounded: when it is full the shard waits for the core to read
+    /// (nothing is lost; the core never waits for a shard, so this cannot deadlock), and
+    /// meanwhile its own transport queue fills and drops what does not fit (counted).
     async fn finished(&mut self) -> bool {
-        for r in self.registers.unconfirmed.drain(..) {
-            let _ = self.sent.send(r);
+        for r in std::mem::take(&mut self.registers.unconfirmed) {
+            if self.sent.send(r).await.is_err() {
+                break;
+            }
         }
         false
     }
