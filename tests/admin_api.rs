@@ -602,6 +602,20 @@ fn metrics_parse_and_move_with_activity() {
         ),
         0.0
     );
+    // Authenticated REGISTERs answered 503 because the shards' queue to the core was full:
+    // exported (also unsharded), none here.
+    assert!(after
+        .samples
+        .iter()
+        .any(|s| s.metric == "callfabric_gateway_register_core_queue_full_total"));
+    assert_eq!(
+        value(
+            &after,
+            "callfabric_gateway_register_core_queue_full_total",
+            None
+        ),
+        0.0
+    );
     // Overload control counts the new requests it admitted (the REGISTERs, the INVITEs);
     // nothing was shed on an idle gateway.
     let overload = |action| {

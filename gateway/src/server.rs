@@ -135,6 +135,7 @@ pub struct Gateway {
     shard_stats: Vec<Arc<timers::TxStats>>,
     /// REGISTERs dropped because a register shard's queue was full.
     shard_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
+    shard_core_full: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Gateway {
@@ -278,12 +279,14 @@ impl Gateway {
         let tx_stats = core.tx_stats.clone();
         let shard_stats = (core.shards.as_ref()).map_or(Vec::new(), |s| s.stats.clone());
         let shard_dropped = (core.shards.as_ref()).map(|s| s.dropped.clone());
+        let shard_core_full = (core.shards.as_ref()).map(|s| s.core_full.clone());
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             overload: overload_gate,
             tx_stats,
             shard_stats,
             shard_dropped,
+            shard_core_full,
             extra_prefixes,
             tls,
             local,
@@ -334,12 +337,19 @@ impl Gateway {
         t
     }
 
-    /// Register shards (issue 16): how many run (1: none, the unsharded core), and the
-    /// REGISTERs dropped because a shard's queue was full.
-    pub fn register_shards(&self) -> (usize, u64) {
-        let dropped = (self.shard_dropped.as_ref())
-            .map_or(0, |d| d.load(std::sync::atomic::Ordering::Relaxed));
-        (self.shard_stats.len().max(1), dropped)
+    /// Register shards (issue 16): how many run (1: none, the unsharded core), the
+    /// REGISTERs dropped because a shard's queue was full, and those a shard answered 503
+    /// because the queue to the core was full.
+    pub fn register_shards(&self) -> (usize, u64, u64) {
+        let load = |c: &Option<Arc<std::sync::atomic::AtomicU64>>| {
+            c.as_ref()
+                .map_or(0, |d| d.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        (
+            self.shard_stats.len().max(1),
+            load(&self.shard_dropped),
+            load(&self.shard_core_full),
+        )
     }
 
     /// Stop serving.

@@ -9,7 +9,7 @@ pub const MAX_SIP_SHARDS: usize = 256;
 
 impl Loaded {
     /// `sip_shards` in `[gateway]`: absent → 1 (unsharded: on two cores the shards gained no
-    /// rate and cost CPU, and a flood drew spurious 401s on them; see docs/BENCHMARKS.md);
+    /// rate and cost CPU; see docs/BENCHMARKS.md);
     /// otherwise 1 to [`MAX_SIP_SHARDS`], or an error naming the file, line and key.
     pub(super) fn sip_shards(&self, v: Option<i64>) -> Result<usize> {
         match v {

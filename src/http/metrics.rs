@@ -261,7 +261,7 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
             "Entries the completed-transaction table holds before growing (it shrinks after a load)"
         )?)
         .set(i64::try_from(tx.completed_capacity).unwrap_or(i64::MAX));
-        let (shards, shard_dropped) = gw.register_shards();
+        let (shards, shard_dropped, shard_core_full) = gw.register_shards();
         reg!(IntGauge::new(
             "callfabric_gateway_sip_shards",
             "Register shards of the SIP core (1: unsharded)"
@@ -272,6 +272,12 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
             "REGISTERs dropped because a register shard's queue was full"
         )?)
         .inc_by(shard_dropped);
+        reg!(IntCounter::new(
+            "callfabric_gateway_register_core_queue_full_total",
+            "REGISTERs a register shard authenticated and answered 503 because the shards' \
+             queue to the core was full"
+        )?)
+        .inc_by(shard_core_full);
         reg!(IntGauge::new(
             "callfabric_gateway_overload_shedding",
             "1 while SIP overload control sheds load"

@@ -208,6 +208,12 @@ impl Gate {
         }
     }
 
+    /// The `Retry-After` (seconds) of the gate's 503s, for a task that refuses work beside
+    /// the core (the gateway's register shards when the core's queue is full).
+    pub fn retry_after(&self) -> u32 {
+        self.retry_after
+    }
+
     /// True while the core sheds (low-value messages dropped, new work admitted at a
     /// fraction).
     pub fn shedding(&self) -> bool {

@@ -66,11 +66,15 @@ use tracing::{debug, trace};
 use completed::Completed;
 use key::{LegacyAckId, ServerIds};
 
+/// The RFC 3261 default of T1, which clients use whatever T1 this layer is configured with.
+pub const RFC_T1: Duration = Duration::from_millis(500);
+
 /// Timer values (RFC 3261 §17, Table 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// RTT estimate; A, E and G start at T1, B, F, H, J (and L, M) are 64·T1. Default 500 ms.
-    /// Raised to 1 ms if smaller.
+    /// RTT estimate; A, E and G start at T1, B, F, H (and L, M) are 64·T1, J is 64·T1 but
+    /// never below 64·[`RFC_T1`] ([`Config::timer_j`]). Default 500 ms. Raised to 1 ms if
+    /// smaller.
     pub t1: Duration,
     /// Cap of the non-INVITE request and INVITE response retransmit interval. Default 4 s.
     /// Raised to 1 ms if smaller.
@@ -109,9 +113,22 @@ impl Default for Config {
 }
 
 impl Config {
-    /// 64·T1: timers B, F, H, J, L, M.
+    /// 64·T1: timers B, F, H, L, M.
     pub fn t1_x64(&self) -> Duration {
         self.t1.saturating_mul(64)
+    }
+
+    /// Timer J over an unreliable transport: how long a completed non-INVITE server
+    /// transaction absorbs retransmissions of its request (re-sending its final response).
+    /// RFC 3261 makes it 64·T1 so that it outlives the client's retransmissions (Timer E, up
+    /// to Timer F = 64·T1 of the *client*). Clients (phones, SIPp) use the RFC's T1 of 500 ms
+    /// whatever ours is, so a T1 configured below that (a LAN, the tests' 100 ms) does not
+    /// shorten it: 64·max(T1, 500 ms). With a shorter J a retransmission that arrives after
+    /// it (its earlier copies and our final responses lost, as under a flood) would be a new
+    /// request: an authorized REGISTER authenticated again, its nonce-count a "replay"
+    /// (issue 16).
+    pub fn timer_j(&self) -> Duration {
+        self.t1.max(RFC_T1).saturating_mul(64)
     }
 
     fn sanitized(mut self) -> Self {
@@ -506,7 +523,7 @@ impl<D: Clone> Tx<D> {
                     return Ok(Flow::Continue);
                 }
                 self.set_state(State::Completed);
-                let j = self.unreliable_only(io.cfg.t1_x64());
+                let j = self.unreliable_only(io.cfg.timer_j());
                 if j.is_zero() || j > completed::MAX_LINGER || now.checked_add(j).is_none() {
                     return Ok(self.linger(io, now, j));
                 }
@@ -1225,7 +1242,7 @@ impl<D: Clone> TransactionLayer<D> {
             .as_ref()
             .map(crate::message::serialize_response)
             .unwrap_or_default();
-        let deadline = now + self.cfg.t1_x64();
+        let deadline = now + self.cfg.timer_j();
         debug!(key = %tx.key, "sip server transaction completed: compact until Timer J");
         self.completed.insert(
             tx.key,

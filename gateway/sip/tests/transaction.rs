@@ -242,6 +242,67 @@ fn custom_t2_caps_timer_e() {
     assert_eq!(offsets(&tx), [100, 300, 550, 800, 1050]);
 }
 
+/// Issue 16: with T1 configured below the RFC's 500 ms (the tests' gateways run 100 ms), a
+/// completed non-INVITE server transaction still absorbs the retransmissions of a client on
+/// the default T1: SIPp's fifth copy of a REGISTER, 7.5 s after the first, gets the final
+/// response again instead of becoming a new request (re-authenticated: a nonce-count
+/// "replay"). Timer J is 64·500 ms.
+#[test]
+fn custom_t1_does_not_shorten_timer_j_below_a_default_clients_retransmissions() {
+    let t0 = Instant::now();
+    let mut l = Layer::new(Config {
+        t1: ms(100),
+        ..Config::default()
+    });
+    let req = request("REGISTER", "z9hG4bKlatecopy");
+    l.on_message(req.clone().into(), uac(), UDP, t0).unwrap();
+    let key = the_request_key(&events(&mut l));
+    let ok = response_to(&req, 200, Some("s"));
+    let t_final = t0 + ms(200);
+    l.send_response(&key, ok.clone(), t_final).unwrap();
+    assert_eq!(status(&transmits(&mut l)[0].message), 200);
+    // The client's copies (T1 = 500 ms, T2 = 4 s): 0.5, 1.5, 3.5, 7.5, 11.5 … 31.5 s.
+    for at in [500, 1_500, 3_500, 7_500, 11_500, 31_500] {
+        let (_, ev) = run(&mut l, t0, t0 + ms(at));
+        assert!(
+            ev.is_empty(),
+            "the transaction ended before {at} ms: {ev:?}"
+        );
+        l.on_message(req.clone().into(), uac(), UDP, t0 + ms(at))
+            .unwrap();
+        assert!(
+            events(&mut l).is_empty(),
+            "the copy at {at} ms was a new request"
+        );
+        let again = transmits(&mut l);
+        assert_eq!(again.len(), 1, "no final response again at {at} ms");
+        assert_eq!(again[0].message, SipMessage::Response(ok.clone()));
+        assert!(again[0].retransmission);
+    }
+    // Timer J = 64·500 ms after the final response.
+    assert_eq!(
+        Config {
+            t1: ms(100),
+            ..Config::default()
+        }
+        .timer_j(),
+        ms(32_000)
+    );
+    let (_, ev) = run(&mut l, t0, t_final + ms(31_999));
+    assert!(ev.is_empty());
+    let (_, ev) = run(&mut l, t0, t_final + ms(32_000));
+    assert_eq!(ev, [(ms(32_200), Event::Terminated { key })]);
+    // A T1 above the RFC's still scales it.
+    assert_eq!(
+        Config {
+            t1: ms(1_000),
+            ..Config::default()
+        }
+        .timer_j(),
+        ms(64_000)
+    );
+}
+
 #[test]
 fn non_invite_client_proceeding_uses_t2_then_completes_with_timer_k() {
     let t0 = Instant::now();
