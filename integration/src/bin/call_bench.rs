@@ -618,13 +618,16 @@ fn main() -> Result<()> {
     } else {
         "kamailio+rtpengine"
     };
-    println!(
+    let ramp_header = a.sustain.is_none();
+    if ramp_header {
+        println!(
         "call_bench: {secs} s per step, {rounds} rounds, systems interleaved step by step, the order rotated, the first ramp counted; UDP, SIPp uac -> system -> SIPp uas (one per step): INVITE (SDP) -> 100/180 -> 200 (SDP) -> ACK -> {} ms -> BYE -> 200, a new Call-ID per call, {} distinct callers, at most {MAX_CALLS} calls in progress, the SDP both ways checked to point at the anchor; {} cores, load {}",
         hold.as_millis(),
         a.users,
         bench::cores(),
         bench::loadavg()
     );
+    }
     if trace {
         println!("working directory {}", dir.path().display());
     }
