@@ -88,3 +88,15 @@ async fn bindings_replaced_expired_dropped_per_node() {
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].source, "127.0.0.1:5009");
 }
+
+#[path = "support/big_batch.rs"]
+mod big_batch;
+
+/// A batch larger than one statement of each kind on SQLite (`tests/gateway_postgres.rs` runs
+/// the same on PostgreSQL).
+#[tokio::test]
+async fn a_batch_larger_than_one_chunk_reads_back_exactly() {
+    let db = sqlstore::TempSqlite::new();
+    let store = DeviceStore::open(db.url()).await.expect("open");
+    big_batch::round_trip(&store).await;
+}

@@ -46,37 +46,88 @@ fn from_unix_ms(ms: i64) -> SystemTime {
 /// by the given list (empty: the AOR has no binding any more).
 pub type BindingBatch = Vec<(String, Vec<StoredBinding>)>;
 
+/// Most AORs one `DELETE … aor IN (…)` names (one parameter each, plus the node).
+pub const DELETE_CHUNK: usize = 500;
+
+/// Most rows one multi-row `INSERT` writes (11 parameters each: 2,750 a statement, far below
+/// SQLite's 32,766 and PostgreSQL's 65,535 bound parameters).
+pub const INSERT_CHUNK: usize = 250;
+
+const COLUMNS: &str = "INSERT INTO registrations (node, aor, contact_key, uri, params, \
+                       expires_at, call_id, cseq, transport, source_addr, local_addr) VALUES ";
+
+/// `($first, $first+1, …)` for `n` parameters, appended to `sql`.
+fn placeholders(sql: &mut String, first: usize, n: usize) {
+    use std::fmt::Write as _;
+    sql.push('(');
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "${}", first + i);
+    }
+    sql.push(')');
+}
+
 impl DeviceStore {
     /// Replaces the stored bindings of each AOR in `batch` for `node`, in one transaction (one
-    /// commit, one fsync on SQLite, however many REGISTERs it covers).
+    /// commit, one fsync on SQLite, however many REGISTERs it covers). The batch is written in
+    /// a few statements: one `DELETE` per [`DELETE_CHUNK`] AORs, then one multi-row `INSERT`
+    /// per [`INSERT_CHUNK`] rows. An AOR named twice in `batch` gets its last set, as if the
+    /// sets were written one after the other.
     pub async fn save_bindings(&self, node: &str, batch: &BindingBatch) -> Result<(), DbError> {
+        // The last set of each AOR (the writer's batches name each AOR once; be exact anyway).
+        let mut last: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(batch.len());
+        for (i, (aor, _)) in batch.iter().enumerate() {
+            last.insert(aor.as_str(), i);
+        }
+        let sets: Vec<&(String, Vec<StoredBinding>)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, (aor, _))| last.get(aor.as_str()) == Some(i))
+            .map(|(_, set)| set)
+            .collect();
         let mut tx = self.pool().begin().await?;
-        for (aor, rows) in batch {
-            sqlx::query("DELETE FROM registrations WHERE node = $1 AND aor = $2")
-                .bind(node)
-                .bind(aor)
-                .execute(&mut *tx)
-                .await?;
-            for b in rows {
-                sqlx::query(
-                    "INSERT INTO registrations (node, aor, contact_key, uri, params, expires_at, \
-                     call_id, cseq, transport, source_addr, local_addr) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(node)
-                .bind(aor)
-                .bind(super::location::contact_key(&b.uri))
-                .bind(&b.uri)
-                .bind(&b.params)
-                .bind(unix_ms(b.expires_at))
-                .bind(&b.call_id)
-                .bind(i64::from(b.cseq))
-                .bind(&b.transport)
-                .bind(&b.source)
-                .bind(&b.local)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in sets.chunks(DELETE_CHUNK) {
+            let mut sql = String::from("DELETE FROM registrations WHERE node = $1 AND aor IN ");
+            placeholders(&mut sql, 2, chunk.len());
+            // Built of placeholders only: no value is ever spliced into the text.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(node);
+            for (aor, _) in chunk {
+                q = q.bind(aor.as_str());
             }
+            q.execute(&mut *tx).await?;
+        }
+        let rows: Vec<(&str, &StoredBinding)> = sets
+            .iter()
+            .flat_map(|(aor, list)| list.iter().map(move |b| (aor.as_str(), b)))
+            .collect();
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut sql = String::with_capacity(COLUMNS.len() + chunk.len() * 64);
+            sql.push_str(COLUMNS);
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                placeholders(&mut sql, 1 + i * 11, 11);
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (aor, b) in chunk {
+                q = q
+                    .bind(node)
+                    .bind(*aor)
+                    .bind(super::location::contact_key(&b.uri))
+                    .bind(b.uri.as_str())
+                    .bind(b.params.as_str())
+                    .bind(unix_ms(b.expires_at))
+                    .bind(b.call_id.as_str())
+                    .bind(i64::from(b.cseq))
+                    .bind(b.transport.as_str())
+                    .bind(b.source.as_str())
+                    .bind(b.local.as_str());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
