@@ -242,3 +242,21 @@ fn voicemail_store_on_postgres() {
         assert_eq!(store.counts("1000").await.expect("counts"), (1, 0));
     });
 }
+
+#[allow(dead_code)]
+#[path = "../gateway/tests/support/big_batch.rs"]
+mod big_batch;
+
+/// Durable registrations on PostgreSQL: a batch larger than one statement of each kind reads
+/// back exactly (the SQLite run is `gateway/tests/registrations_store.rs`).
+#[test]
+fn registration_batches_on_postgres() {
+    let pg = Postgres::start().expect("postgres");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = gateway::devices::DeviceStore::open(&pg.url())
+            .await
+            .expect("open the device store on PostgreSQL");
+        big_batch::round_trip(&store).await;
+    });
+}

@@ -201,13 +201,18 @@ pub(crate) fn migrator() -> sqlstore::Migrator {
 #[derive(Debug, Clone)]
 pub struct DeviceStore {
     pool: AnyPool,
+    /// A SQLite file (not PostgreSQL).
+    sqlite: bool,
 }
 
 impl DeviceStore {
     /// Connect (`sqlite://path/to/file.db` creates the file; `postgres://…`) and migrate.
     pub async fn open(url: &str) -> Result<DeviceStore, DbError> {
         let pool = sqlstore::open(url, 4, &migrator()).await?;
-        Ok(DeviceStore { pool })
+        Ok(DeviceStore {
+            pool,
+            sqlite: url.starts_with("sqlite:"),
+        })
     }
 
     /// Every device.
@@ -274,6 +279,11 @@ impl DeviceStore {
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// On SQLite (not PostgreSQL).
+    pub(crate) fn is_sqlite(&self) -> bool {
+        self.sqlite
     }
 
     /// Close the pool (further queries fail).

@@ -88,3 +88,62 @@ async fn bindings_replaced_expired_dropped_per_node() {
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].source, "127.0.0.1:5009");
 }
+
+#[path = "support/big_batch.rs"]
+mod big_batch;
+
+/// A batch larger than one statement of each kind on SQLite (`tests/gateway_postgres.rs` runs
+/// the same on PostgreSQL).
+#[tokio::test]
+async fn a_batch_larger_than_one_chunk_reads_back_exactly() {
+    let db = sqlstore::TempSqlite::new();
+    let store = DeviceStore::open(db.url()).await.expect("open");
+    big_batch::round_trip(&store).await;
+}
+
+/// A batch that fails half-way (two rows with one contact key: the primary key refuses the
+/// second) changes nothing, and leaves no transaction open behind it: the next batches are
+/// written at once (a connection returned to the pool inside a transaction would hold
+/// SQLite's write lock, and the next write on another connection would wait 5 s and fail).
+#[tokio::test]
+async fn a_failed_batch_changes_nothing_and_the_next_ones_are_written() {
+    let db = sqlstore::TempSqlite::new();
+    let store = DeviceStore::open(db.url()).await.expect("open");
+    let now = SystemTime::now();
+    let later = now + Duration::from_secs(3600);
+    let a = "sip:1000@site.example";
+    let b = "sip:1001@site.example";
+    store
+        .save_bindings("gw-a", &vec![(a.into(), vec![binding(a, 5001, later)])])
+        .await
+        .expect("save");
+    for round in 0..6u16 {
+        let bad = vec![
+            (b.into(), vec![binding(b, 5100 + round, later)]),
+            (
+                a.into(),
+                vec![binding(a, 5002, later), binding(a, 5002, later)],
+            ),
+        ];
+        assert!(
+            store.save_bindings("gw-a", &bad).await.is_err(),
+            "a duplicate contact key must fail"
+        );
+        let got = store.load_bindings("gw-a", now).await.expect("load");
+        let sources: Vec<&str> = got.iter().map(|g| g.source.as_str()).collect();
+        assert_eq!(sources, ["127.0.0.1:5001"], "nothing of the failed batch");
+        let t0 = std::time::Instant::now();
+        store
+            .save_bindings(
+                "gw-a",
+                &vec![(b.into(), vec![binding(b, 5200 + round, later)])],
+            )
+            .await
+            .expect("the next batch");
+        store
+            .save_bindings("gw-a", &vec![(b.into(), Vec::new())])
+            .await
+            .expect("and the one after");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+}

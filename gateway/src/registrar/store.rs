@@ -46,40 +46,157 @@ fn from_unix_ms(ms: i64) -> SystemTime {
 /// by the given list (empty: the AOR has no binding any more).
 pub type BindingBatch = Vec<(String, Vec<StoredBinding>)>;
 
+/// Most AORs one `DELETE … aor IN (…)` names (one parameter each, plus the node).
+pub const DELETE_CHUNK: usize = 500;
+
+/// Most rows one multi-row `INSERT` writes (10 parameters each plus the node: 2,501 a
+/// statement, far below SQLite's 32,766 and PostgreSQL's 65,535 bound parameters).
+pub const INSERT_CHUNK: usize = 250;
+
+/// `DELETE` of `n` AORs of node `$1`, the AORs from `$first`.
+fn delete_sql(sql: &mut String, first: usize, n: usize) {
+    sql.push_str("DELETE FROM registrations WHERE node = $1 AND aor IN (");
+    params(sql, first, n);
+    sql.push(')');
+}
+
+/// `INSERT` of `n` rows of node `$1`, each row's 10 other columns from `$first` on.
+fn insert_sql(sql: &mut String, first: usize, n: usize) {
+    sql.push_str(
+        "INSERT INTO registrations (node, aor, contact_key, uri, params, expires_at, call_id, \
+         cseq, transport, source_addr, local_addr) VALUES ",
+    );
+    for r in 0..n {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("($1, ");
+        params(sql, first + r * 10, 10);
+        sql.push(')');
+    }
+}
+
+/// `$first, $first+1, …` (`n` of them), appended to `sql`.
+fn params(sql: &mut String, first: usize, n: usize) {
+    use std::fmt::Write as _;
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "${}", first + i);
+    }
+}
+
+/// Binds a row's 10 columns after the node.
+fn bind_row<'q>(
+    q: sqlstore::Insert<'q>,
+    aor: &'q str,
+    b: &'q StoredBinding,
+) -> sqlstore::Insert<'q> {
+    q.bind(aor)
+        .bind(super::location::contact_key(&b.uri))
+        .bind(b.uri.as_str())
+        .bind(b.params.as_str())
+        .bind(unix_ms(b.expires_at))
+        .bind(b.call_id.as_str())
+        .bind(i64::from(b.cseq))
+        .bind(b.transport.as_str())
+        .bind(b.source.as_str())
+        .bind(b.local.as_str())
+}
+
 impl DeviceStore {
     /// Replaces the stored bindings of each AOR in `batch` for `node`, in one transaction (one
-    /// commit, one fsync on SQLite, however many REGISTERs it covers).
+    /// commit, one fsync on SQLite, however many REGISTERs it covers). The batch is written in
+    /// a few statements: one `DELETE` per [`DELETE_CHUNK`] AORs, then one multi-row `INSERT`
+    /// per [`INSERT_CHUNK`] rows. On SQLite a batch within one chunk of each (every batch
+    /// but the largest) goes to SQLite's thread as one script, `BEGIN IMMEDIATE; DELETE …;
+    /// INSERT …; COMMIT`: one round trip instead of four; should it fail, the connection is
+    /// closed (SQLite rolls back what the script began), never returned to the pool inside a
+    /// transaction. An AOR named twice in `batch` gets its last set, as if the sets were
+    /// written one after the other.
     pub async fn save_bindings(&self, node: &str, batch: &BindingBatch) -> Result<(), DbError> {
+        // The last set of each AOR (the writer's batches name each AOR once; be exact anyway).
+        let mut last: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(batch.len());
+        for (i, (aor, _)) in batch.iter().enumerate() {
+            last.insert(aor.as_str(), i);
+        }
+        let sets: Vec<&(String, Vec<StoredBinding>)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, (aor, _))| last.get(aor.as_str()) == Some(i))
+            .map(|(_, set)| set)
+            .collect();
+        let rows: Vec<(&str, &StoredBinding)> = sets
+            .iter()
+            .flat_map(|(aor, list)| list.iter().map(move |b| (aor.as_str(), b)))
+            .collect();
+        if sets.is_empty() {
+            return Ok(());
+        }
+        if self.is_sqlite() && sets.len() <= DELETE_CHUNK && rows.len() <= INSERT_CHUNK {
+            return self.save_in_one_script(node, &sets, &rows).await;
+        }
         let mut tx = self.pool().begin().await?;
-        for (aor, rows) in batch {
-            sqlx::query("DELETE FROM registrations WHERE node = $1 AND aor = $2")
-                .bind(node)
-                .bind(aor)
-                .execute(&mut *tx)
-                .await?;
-            for b in rows {
-                sqlx::query(
-                    "INSERT INTO registrations (node, aor, contact_key, uri, params, expires_at, \
-                     call_id, cseq, transport, source_addr, local_addr) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(node)
-                .bind(aor)
-                .bind(super::location::contact_key(&b.uri))
-                .bind(&b.uri)
-                .bind(&b.params)
-                .bind(unix_ms(b.expires_at))
-                .bind(&b.call_id)
-                .bind(i64::from(b.cseq))
-                .bind(&b.transport)
-                .bind(&b.source)
-                .bind(&b.local)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in sets.chunks(DELETE_CHUNK) {
+            let mut sql = String::with_capacity(64 + chunk.len() * 6);
+            delete_sql(&mut sql, 2, chunk.len());
+            // Built of placeholders only: no value is ever spliced into the text.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(node);
+            for (aor, _) in chunk {
+                q = q.bind(aor.as_str());
             }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut sql = String::with_capacity(160 + chunk.len() * 72);
+            insert_sql(&mut sql, 2, chunk.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(node);
+            for (aor, b) in chunk {
+                q = bind_row(q, aor, b);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// SQLite, one chunk of each: the transaction as one script, one round trip to SQLite's
+    /// thread. Parameters are numbered across the script (`$1` the node, then the AORs, then
+    /// the rows; at most 1 + 500 + 2,500, below SQLite's 32,766 per statement).
+    async fn save_in_one_script(
+        &self,
+        node: &str,
+        sets: &[&(String, Vec<StoredBinding>)],
+        rows: &[(&str, &StoredBinding)],
+    ) -> Result<(), DbError> {
+        let mut sql = String::with_capacity(256 + sets.len() * 6 + rows.len() * 72);
+        sql.push_str("BEGIN IMMEDIATE; ");
+        delete_sql(&mut sql, 2, sets.len());
+        if !rows.is_empty() {
+            sql.push_str("; ");
+            insert_sql(&mut sql, 2 + sets.len(), rows.len());
+        }
+        sql.push_str("; COMMIT");
+        // Built of placeholders only: no value is ever spliced into the text.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(node);
+        for (aor, _) in sets {
+            q = q.bind(aor.as_str());
+        }
+        for (aor, b) in rows {
+            q = bind_row(q, aor, b);
+        }
+        let mut conn = self.pool().acquire().await?;
+        match q.execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Wherever the script stopped, nothing of it stays: closing the connection
+                // rolls back an open transaction (the pool opens a new one when needed).
+                let _ = conn.close().await;
+                Err(e.into())
+            }
+        }
     }
 
     /// `node`'s bindings still valid at `now` (oldest AOR first); rows already past their

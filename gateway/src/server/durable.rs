@@ -6,7 +6,10 @@
 //! serialise the REGISTER path: the core hands the AOR's rows to a writer task and goes on;
 //! the writer commits everything that queued up meanwhile in one transaction (one fsync on
 //! SQLite however many REGISTERs it covers) and tells the core how far it got; the held 200s
-//! go out then. The cost per REGISTER is the commit latency (SQLite: one fsync, shared), not
+//! go out then. On SQLite the file runs in WAL mode with `synchronous=FULL` (`sqlstore::open`):
+//! the commit fsyncs the WAL before it returns, so the binding behind a 200 OK survives a
+//! power loss or OS crash as well as a `kill -9` (NORMAL would promise only the latter); on
+//! PostgreSQL it is the server's commit (its `synchronous_commit`). The cost per REGISTER is the commit latency (SQLite: one fsync, shared), not
 //! throughput. If the database fails, the 200 is sent anyway (the binding lives in memory; a
 //! restart loses it) and the failure is logged and counted: phones keep working through a
 //! database outage, as the device cache does.
