@@ -333,6 +333,7 @@ impl Gateway {
             t.live += r.live;
             t.completed += r.completed;
             t.completed_capacity += r.completed_capacity;
+            t.abandoned += r.abandoned;
         }
         t
     }
