@@ -43,6 +43,13 @@
 //! until Timer L. The TU (dialog layer) retransmits the 2xx and sends the ACK for 2xx itself
 //! (the latter with [`send_stateless`](TransactionLayer::send_stateless)).
 //!
+//! **Unanswered requests.** RFC 3261 gives a server transaction in Trying/Proceeding no timer:
+//! it waits for the TU. A non-INVITE one that gets no final response within
+//! [`Config::non_invite_abandon`] (64 s by default) is ended without sending anything, reported
+//! as [`Event::Terminated`] only, and counted ([`TransactionLayer::abandoned`]), so a request
+//! the TU lost cannot keep its transaction for ever. INVITE server transactions are left to the
+//! TU (a call may ring as long as its caller waits).
+//!
 //! **Errors.** Nothing from the wire panics: a message without a usable Via or CSeq (or, for an
 //! RFC 2543 request, Call-ID/From/To) is rejected with an [`Error`]; a response matching no
 //! transaction is handed to the TU as [`Event::StrayResponse`] (§18.1.2), an ACK matching none
