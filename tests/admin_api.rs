@@ -602,6 +602,28 @@ fn metrics_parse_and_move_with_activity() {
         ),
         0.0
     );
+    // REGISTER 200s not held for their commit (held ones at their bound): exported, none.
+    assert!(after
+        .samples
+        .iter()
+        .any(|s| s.metric == "callfabric_gateway_register_unheld_total"));
+    assert_eq!(
+        value(&after, "callfabric_gateway_register_unheld_total", None),
+        0.0
+    );
+    // Non-INVITE server transactions the gateway never answered (issue 16): exported, none.
+    assert!(after
+        .samples
+        .iter()
+        .any(|s| s.metric == "callfabric_gateway_sip_transactions_abandoned_total"));
+    assert_eq!(
+        value(
+            &after,
+            "callfabric_gateway_sip_transactions_abandoned_total",
+            None
+        ),
+        0.0
+    );
     // Authenticated REGISTERs answered 503 because the shards' queue to the core was full:
     // exported (also unsharded), none here.
     assert!(after

@@ -136,6 +136,8 @@ pub struct Gateway {
     /// REGISTERs dropped because a register shard's queue was full.
     shard_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
     shard_core_full: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// REGISTER 200s sent before their commit because the held ones were at their bound.
+    register_unheld: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Gateway {
@@ -280,6 +282,7 @@ impl Gateway {
         let shard_stats = (core.shards.as_ref()).map_or(Vec::new(), |s| s.stats.clone());
         let shard_dropped = (core.shards.as_ref()).map(|s| s.dropped.clone());
         let shard_core_full = (core.shards.as_ref()).map(|s| s.core_full.clone());
+        let register_unheld = core.durable.unheld.clone();
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             overload: overload_gate,
@@ -287,6 +290,7 @@ impl Gateway {
             shard_stats,
             shard_dropped,
             shard_core_full,
+            register_unheld,
             extra_prefixes,
             tls,
             local,
@@ -333,8 +337,16 @@ impl Gateway {
             t.live += r.live;
             t.completed += r.completed;
             t.completed_capacity += r.completed_capacity;
+            t.abandoned += r.abandoned;
         }
         t
+    }
+
+    /// REGISTER 200 OKs sent before their binding was committed because the 200s held for
+    /// the durable commit were at their bound (issue 16; `server/durable.rs`). Cumulative.
+    pub fn register_unheld(&self) -> u64 {
+        self.register_unheld
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Register shards (issue 16): how many run (1: none, the unsharded core), the

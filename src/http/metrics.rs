@@ -261,6 +261,18 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
             "Entries the completed-transaction table holds before growing (it shrinks after a load)"
         )?)
         .set(i64::try_from(tx.completed_capacity).unwrap_or(i64::MAX));
+        reg!(IntCounter::new(
+            "callfabric_gateway_sip_transactions_abandoned_total",
+            "Non-INVITE server transactions ended because the gateway sent no final response \
+             within 2·64·max(T1, 500 ms) (nothing sent; the client had given up)"
+        )?)
+        .inc_by(tx.abandoned);
+        reg!(IntCounter::new(
+            "callfabric_gateway_register_unheld_total",
+            "REGISTER 200 OKs sent before their binding was stored because the 200s held for \
+             the durable commit were at their bound (the database stalled)"
+        )?)
+        .inc_by(gw.register_unheld());
         let (shards, shard_dropped, shard_core_full) = gw.register_shards();
         reg!(IntGauge::new(
             "callfabric_gateway_sip_shards",

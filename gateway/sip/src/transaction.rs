@@ -43,6 +43,13 @@
 //! until Timer L. The TU (dialog layer) retransmits the 2xx and sends the ACK for 2xx itself
 //! (the latter with [`send_stateless`](TransactionLayer::send_stateless)).
 //!
+//! **Unanswered requests.** RFC 3261 gives a server transaction in Trying/Proceeding no timer:
+//! it waits for the TU. A non-INVITE one that gets no final response within
+//! [`Config::non_invite_abandon`] (64 s by default) is ended without sending anything, reported
+//! as [`Event::Terminated`] only, and counted ([`TransactionLayer::abandoned`]), so a request
+//! the TU lost cannot keep its transaction for ever. INVITE server transactions are left to the
+//! TU (a call may ring as long as its caller waits).
+//!
 //! **Errors.** Nothing from the wire panics: a message without a usable Via or CSeq (or, for an
 //! RFC 2543 request, Call-ID/From/To) is rejected with an [`Error`]; a response matching no
 //! transaction is handed to the TU as [`Event::StrayResponse`] (§18.1.2), an ACK matching none
@@ -129,6 +136,22 @@ impl Config {
     /// (issue 16).
     pub fn timer_j(&self) -> Duration {
         self.t1.max(RFC_T1).saturating_mul(64)
+    }
+
+    /// How long a non-INVITE server transaction may wait for the TU's final response (Trying
+    /// or Proceeding) before it is ended as abandoned: 2·64·max(T1, 500 ms), 64 s by default
+    /// (checked by a sweep every eighth of that, so it ends within 1.125 times the bound).
+    /// RFC 3261 gives those states no timer (the TU always answers); one the TU lost (a bug,
+    /// a dropped internal message) would live for ever. The client gives up at its Timer F,
+    /// 64·T1 of *its* T1 (32 s for the RFC's), so by then no response can matter; twice that
+    /// leaves a client with a T1 up to 1 s its whole Timer F. Nothing is sent (the client has
+    /// stopped listening); [`TransactionLayer::abandoned`] counts them.
+    ///
+    /// INVITE server transactions get no such bound: the gateway lets a call ring as long as
+    /// the caller waits (no Timer C of its own), so only the TU can end one (a final response,
+    /// the caller's CANCEL).
+    pub fn non_invite_abandon(&self) -> Duration {
+        self.timer_j().saturating_mul(2)
     }
 
     fn sanitized(mut self) -> Self {
@@ -339,6 +362,8 @@ struct Tx<D> {
     /// final response it sent (the ACK must carry it).
     legacy_ack: Option<LegacyAckId>,
     response_to_tag: Option<String>,
+    /// When the transaction was created (server: its request arrived).
+    created: Instant,
 }
 
 impl<D: Clone> Tx<D> {
@@ -384,6 +409,12 @@ impl<D: Clone> Tx<D> {
         } else {
             d
         }
+    }
+
+    /// A non-INVITE server transaction still waiting for the TU's final response.
+    fn unanswered(&self) -> bool {
+        self.kind == Kind::NonInviteServer
+            && matches!(self.state, State::Trying | State::Proceeding)
     }
 
     fn set_state(&mut self, state: State) {
@@ -643,6 +674,15 @@ pub struct TransactionLayer<D = SocketAddr> {
     heap: TimerHeap,
     transmits: VecDeque<Transmit<D>>,
     events: VecDeque<Event<D>>,
+    /// The next sweep for non-INVITE server transactions without a final response
+    /// ([`Config::non_invite_abandon`]); armed while one may be live. A sweep instead of a
+    /// timer per transaction: nearly all are answered within milliseconds, and a heap entry
+    /// each would stay until its deadline (issue 16's REGISTER rates: hundreds of thousands).
+    abandon_sweep: Option<Instant>,
+    /// Live non-INVITE server transactions in Trying or Proceeding (the sweep's work).
+    unanswered: usize,
+    /// Non-INVITE server transactions ended without a final response.
+    abandoned: u64,
 }
 
 impl<D: Clone> Default for TransactionLayer<D> {
@@ -665,6 +705,9 @@ impl<D: Clone> TransactionLayer<D> {
             heap: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            abandon_sweep: None,
+            unanswered: 0,
+            abandoned: 0,
         }
     }
 
@@ -677,6 +720,13 @@ impl<D: Clone> TransactionLayer<D> {
     /// waiting for Timer J).
     pub fn len(&self) -> usize {
         self.txs.len() + self.completed.len()
+    }
+
+    /// Non-INVITE server transactions ended because their TU sent no final response within
+    /// [`Config::non_invite_abandon`] (each reported only as [`Event::Terminated`]; nothing
+    /// was sent). Cumulative.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned
     }
 
     /// True when no transaction is live.
@@ -797,6 +847,7 @@ impl<D: Clone> TransactionLayer<D> {
             timers: [None; 4],
             legacy_ack: None,
             response_to_tag: None,
+            created: now,
         };
         let mut io = Io {
             cfg: &self.cfg,
@@ -853,7 +904,12 @@ impl<D: Clone> TransactionLayer<D> {
             transmits: &mut self.transmits,
             events: &mut self.events,
         };
-        match tx.send_response(&mut io, response, now)? {
+        let was_unanswered = tx.unanswered();
+        let flow = tx.send_response(&mut io, response, now)?;
+        if was_unanswered && !tx.unanswered() {
+            self.unanswered -= 1;
+        }
+        match flow {
             Flow::Terminate => self.terminate_id(id),
             Flow::Compact => self.compact(id, now),
             Flow::Continue => {}
@@ -1070,6 +1126,7 @@ impl<D: Clone> TransactionLayer<D> {
             timers: [None; 4],
             legacy_ack: None,
             response_to_tag: None,
+            created: now,
         };
         if invite {
             if let Some((ack_id, _)) = ids.legacy_ack() {
@@ -1113,6 +1170,12 @@ impl<D: Clone> TransactionLayer<D> {
                 Some(d) if d.is_zero() => tx.send_trying(&mut io),
                 Some(d) => tx.arm(&mut io, Slot::Trying, now, d),
                 None => {}
+            }
+        } else {
+            self.unanswered += 1;
+            // The first one since the table had none re-arms it (an old deadline is stale).
+            if self.unanswered == 1 || self.abandon_sweep.is_none() {
+                self.abandon_sweep = now.checked_add(abandon_sweep_interval(&self.cfg));
             }
         }
         self.index.insert(key, id);
@@ -1177,10 +1240,11 @@ impl<D: Clone> TransactionLayer<D> {
             }
             self.heap.pop();
         }
-        match (timer, self.completed.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let sweep = self.abandon_sweep.filter(|_| self.unanswered > 0);
+        [timer, self.completed.next_deadline(), sweep]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn is_live(&self, at: Instant, id: u64, slot: Slot) -> bool {
@@ -1227,7 +1291,38 @@ impl<D: Clone> TransactionLayer<D> {
         for (_, key) in expired {
             self.events.push_back(Event::Terminated { key });
         }
+        if self.abandon_sweep.is_some_and(|t| t <= now) {
+            self.sweep_abandoned(now);
+        }
         self.shrink();
+    }
+
+    /// Ends the non-INVITE server transactions whose TU sent no final response within
+    /// [`Config::non_invite_abandon`]; re-arms the sweep while others wait for one. Walks the
+    /// live table only (answered UDP transactions are compact entries elsewhere).
+    fn sweep_abandoned(&mut self, now: Instant) {
+        let bound = self.cfg.non_invite_abandon();
+        let mut gone = Vec::new();
+        if self.unanswered > 0 {
+            for tx in self.txs.values() {
+                if tx.unanswered() && now.saturating_duration_since(tx.created) >= bound {
+                    gone.push(tx.id);
+                }
+            }
+        }
+        for id in gone {
+            if let Some(tx) = self.txs.get(&id) {
+                debug!(key = %tx.key, state = ?tx.state,
+                    "sip server transaction abandoned: no final response from the TU");
+            }
+            self.abandoned += 1;
+            self.terminate_id(id);
+        }
+        self.abandon_sweep = if self.unanswered > 0 {
+            now.checked_add(abandon_sweep_interval(&self.cfg))
+        } else {
+            None
+        };
     }
 
     /// Turns live non-INVITE server transaction `id` (Completed, final response sent over an
@@ -1282,6 +1377,9 @@ impl<D: Clone> TransactionLayer<D> {
             return;
         };
         self.index.remove(&tx.key);
+        if tx.unanswered() {
+            self.unanswered -= 1;
+        }
         if let Some(ack_id) = &tx.legacy_ack {
             if let Some(keys) = self.legacy_acks.get_mut(ack_id) {
                 keys.retain(|k| *k != tx.key);
@@ -1293,6 +1391,12 @@ impl<D: Clone> TransactionLayer<D> {
         debug!(key = %tx.key, state = ?tx.state, "sip transaction terminated");
         self.events.push_back(Event::Terminated { key: tx.key });
     }
+}
+
+/// How often [`TransactionLayer::sweep_abandoned`] runs while a non-INVITE server transaction
+/// waits for its final response.
+fn abandon_sweep_interval(cfg: &Config) -> Duration {
+    (cfg.non_invite_abandon() / 8).max(Duration::from_millis(1))
 }
 
 fn check_cseq_method(request: &Request, cseq: &parse::CSeq) -> Result<(), Error> {

@@ -784,6 +784,110 @@ fn non_invite_server_resends_last_response_on_retransmission_until_timer_j() {
 }
 
 #[test]
+fn non_invite_server_never_answered_is_abandoned_after_the_bound_and_counted() {
+    let t0 = Instant::now();
+    let mut l = Layer::default();
+    // 2·64·max(T1, 500 ms), checked every 8 s.
+    assert_eq!(l.config().non_invite_abandon(), ms(64_000));
+    let opt = request("OPTIONS", "z9hG4bKlost1");
+    l.on_message(opt.clone().into(), uac(), UDP, t0).unwrap();
+    let k1 = the_request_key(&events(&mut l));
+    // A second one, answered only with a provisional (Proceeding), arrives 30 s later.
+    let msg = request("MESSAGE", "z9hG4bKlost2");
+    l.on_message(msg.clone().into(), uac(), UDP, t0 + ms(30_000))
+        .unwrap();
+    let k2 = the_request_key(&events(&mut l));
+    l.send_response(&k2, response_to(&msg, 100, None), t0 + ms(30_000))
+        .unwrap();
+    assert_eq!(transmits(&mut l).len(), 1);
+
+    // Before the bound: the client may still be retransmitting; nothing happens.
+    let (tx, ev) = run(&mut l, t0, t0 + ms(63_999));
+    assert!(tx.is_empty() && ev.is_empty());
+    assert_eq!(l.state(&k1), Some(State::Trying));
+    assert_eq!(l.abandoned(), 0);
+
+    // At the bound: gone, nothing sent (the client gave up at its Timer F), counted.
+    let (tx, ev) = run(&mut l, t0, t0 + ms(95_999));
+    assert!(tx.is_empty());
+    assert_eq!(ev, [(ms(64_000), Event::Terminated { key: k1.clone() })]);
+    assert_eq!(l.state(&k1), None);
+    assert_eq!(l.state(&k2), Some(State::Proceeding));
+    assert_eq!(l.abandoned(), 1);
+    assert_eq!(
+        l.send_response(&k1, response_to(&opt, 200, Some("s")), t0 + ms(65_000)),
+        Err(Error::UnknownTransaction(k1.clone()))
+    );
+
+    // The Proceeding one at the first sweep past its own bound (30 s + 64 s → 96 s).
+    let (tx, ev) = run(&mut l, t0, t0 + ms(200_000));
+    assert!(tx.is_empty());
+    assert_eq!(ev, [(ms(96_000), Event::Terminated { key: k2 })]);
+    assert_eq!(l.abandoned(), 2);
+    assert!(l.is_empty());
+    assert_eq!(l.poll_timeout(), None);
+}
+
+#[test]
+fn non_invite_server_answered_just_before_the_bound_behaves_as_before() {
+    let t0 = Instant::now();
+    let mut l = Layer::default();
+    let req = request("OPTIONS", "z9hG4bKlate");
+    l.on_message(req.clone().into(), uac(), UDP, t0).unwrap();
+    let key = the_request_key(&events(&mut l));
+    let (tx, ev) = run(&mut l, t0, t0 + ms(63_999));
+    assert!(tx.is_empty() && ev.is_empty());
+
+    let ok = response_to(&req, 200, Some("s"));
+    let t_final = t0 + ms(63_999);
+    l.send_response(&key, ok.clone(), t_final).unwrap();
+    assert_eq!(status(&transmits(&mut l)[0].message), 200);
+    assert_eq!(l.state(&key), Some(State::Completed));
+
+    // The sweep at 64 s finds nothing; Timer J (32 s) runs from the final response, and the
+    // final response answers retransmissions until then.
+    let (tx, ev) = run(&mut l, t0, t_final + ms(31_000));
+    assert!(tx.is_empty() && ev.is_empty());
+    l.on_message(req.clone().into(), uac(), UDP, t_final + ms(31_000))
+        .unwrap();
+    let again = transmits(&mut l);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message, SipMessage::Response(ok));
+    let (_, ev) = run(&mut l, t0, t_final + ms(40_000));
+    assert_eq!(ev, [(ms(95_999), Event::Terminated { key })]);
+    assert_eq!(l.abandoned(), 0);
+    assert!(l.is_empty());
+}
+
+#[test]
+fn invite_server_in_proceeding_is_not_abandoned_however_long_it_rings() {
+    // The gateway has no ring bound of its own (a call rings as long as the caller waits),
+    // so the layer never ends an INVITE server transaction the TU has not answered, even
+    // while the sweep runs for a lost non-INVITE beside it.
+    let t0 = Instant::now();
+    let mut l = Layer::default();
+    let inv = request("INVITE", "z9hG4bKring");
+    l.on_message(inv.clone().into(), uac(), UDP, t0).unwrap();
+    let ki = the_request_key(&events(&mut l));
+    let opt = request("OPTIONS", "z9hG4bKlost3");
+    l.on_message(opt.into(), uac(), UDP, t0).unwrap();
+    let ko = the_request_key(&events(&mut l));
+
+    let (tx, ev) = run(&mut l, t0, t0 + ms(600_000));
+    assert_eq!(offsets(&tx), [200]);
+    assert_eq!(status(&tx[0].1.message), 100);
+    assert_eq!(ev, [(ms(64_000), Event::Terminated { key: ko })]);
+    assert_eq!(l.state(&ki), Some(State::Proceeding));
+    assert_eq!(l.abandoned(), 1);
+
+    // Ten minutes on, the callee answers: the 2xx goes out as ever.
+    l.send_response(&ki, response_to(&inv, 200, Some("c")), t0 + ms(600_000))
+        .unwrap();
+    assert_eq!(status(&transmits(&mut l)[0].message), 200);
+    assert_eq!(l.state(&ki), Some(State::Accepted));
+}
+
+#[test]
 fn invite_server_sends_100_after_200ms_and_resends_last_provisional() {
     let t0 = Instant::now();
     let mut l = Layer::default();

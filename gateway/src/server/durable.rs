@@ -52,6 +52,13 @@ const GONE: ConnectionId = ConnectionId(u64::MAX);
 /// Most binding sets written in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// Most 200 OKs held for a commit (issue 16: depth, size and count bounded). The writer is
+/// behind by that many commits only when the database stalls (a fsync that does not return, a
+/// server that neither answers nor fails): at 5,000 REGISTER/s that is over 3 s of no commit.
+/// Past it a REGISTER's 200 goes out at once and its write is not queued (see
+/// [`Durable::hold`]); the held ones and the writer's queue stop growing with the rate.
+const MAX_HELD: usize = 16_384;
+
 pub(super) enum WriteCmd {
     /// The binding set of an AOR changed; `seq` numbers the write.
     Save(u64, String, Vec<StoredBinding>),
@@ -75,6 +82,11 @@ pub(super) struct Durable {
     pub(super) committed: mpsc::UnboundedReceiver<u64>,
     next_seq: u64,
     held: Vec<(u64, Responder, Response)>,
+    /// [`MAX_HELD`] (smaller in tests).
+    max_held: usize,
+    /// 200 OKs sent without waiting for a commit because `held` was full (shared with the
+    /// gateway's handle: `/metrics`).
+    pub(super) unheld: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Restored AORs whose contact has not answered a qualify nor re-registered yet.
     pub(super) restored: HashMap<String, std::collections::HashSet<String>>,
 }
@@ -134,8 +146,43 @@ impl Durable {
             committed,
             next_seq: 1,
             held: Vec::new(),
+            max_held: MAX_HELD,
+            unheld: Default::default(),
             restored: Default::default(),
         }
+    }
+
+    /// Queues `rows`, the binding set of `aor`, and holds `resp` until they are committed;
+    /// when [`MAX_HELD`] 200s are held already, neither: the response comes back to be sent
+    /// at once (counted, `unheld`), else `None`. The binding is in memory all the same and the AOR's next
+    /// write (its next REGISTER, or its expiry) stores it; a restart before that loses it, as
+    /// when the database fails. Not holding it without writing it would leave the writer's
+    /// queue unbounded; holding it without a bound would grow with the rate while the
+    /// database stalls.
+    fn hold(
+        &mut self,
+        aor: &str,
+        rows: Vec<StoredBinding>,
+        to: Responder,
+        resp: Response,
+    ) -> Option<(Responder, Response)> {
+        if self.held.len() >= self.max_held {
+            self.unheld
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Some((to, resp));
+        }
+        let seq = self.save(aor, rows);
+        self.held.push((seq, to, resp));
+        None
+    }
+
+    /// The held 200s the commit of everything up to `seq` releases, in the order held.
+    fn release(&mut self, seq: u64) -> Vec<(Responder, Response)> {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(s, _, _)| *s <= seq);
+        self.held = keep;
+        due.into_iter().map(|(_, to, resp)| (to, resp)).collect()
     }
 
     /// Queues the binding set of `aor`; returns its sequence number.
@@ -293,8 +340,16 @@ impl Core {
         // failing their qualify: a phone back on a new address after a restart).
         let dev = self.device_key(&aor);
         self.refresh_device(&dev);
-        let seq = self.persist(&aor);
-        self.durable.held.push((seq, to, resp));
+        let rows = self.stored_rows(&aor);
+        if let Some((to, resp)) = self.durable.hold(&aor, rows, to, resp) {
+            if transport::loglimit::allow("register-unheld", None) {
+                warn!(
+                    held = self.durable.held.len(),
+                    "registration commits are behind: 200 OK sent before its binding is stored"
+                );
+            }
+            self.send_register_response(to, resp, true);
+        }
     }
 
     /// The restored contacts of `aor` that this REGISTER just refreshed are back by
@@ -339,25 +394,23 @@ impl Core {
 
     /// Queues the current binding set of `aor` for storage.
     pub(super) fn persist(&mut self, aor: &str) -> u64 {
-        let rows = self
-            .registrar
+        let rows = self.stored_rows(aor);
+        self.durable.save(aor, rows)
+    }
+
+    /// The current binding set of `aor` as stored.
+    fn stored_rows(&self, aor: &str) -> Vec<StoredBinding> {
+        self.registrar
             .location()
             .get(aor)
             .iter()
             .map(|b| stored(aor, b))
-            .collect();
-        self.durable.save(aor, rows)
+            .collect()
     }
 
     /// The writer committed everything up to `seq`: the held 200 OKs go out.
     pub(super) fn committed(&mut self, seq: u64) {
-        let now = Instant::now();
-        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.durable.held)
-            .into_iter()
-            .partition(|(s, _, _)| *s <= seq);
-        self.durable.held = keep;
-        let _ = now;
-        for (_, to, resp) in due {
+        for (to, resp) in self.durable.release(seq) {
             self.send_register_response(to, resp, true);
         }
     }
@@ -384,5 +437,77 @@ impl Core {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn durable(max_held: usize) -> (Durable, mpsc::UnboundedReceiver<WriteCmd>) {
+        let (to_writer, writes) = mpsc::unbounded_channel();
+        let (_done, committed) = mpsc::unbounded_channel();
+        let d = Durable {
+            to_writer,
+            committed,
+            next_seq: 1,
+            held: Vec::new(),
+            max_held,
+            unheld: Default::default(),
+            restored: Default::default(),
+        };
+        (d, writes)
+    }
+
+    fn ok(n: u32) -> (Responder, Response) {
+        let key = TransactionKey::client(&format!("z9hG4bK{n}"), rsip::Method::Register);
+        let resp = Response {
+            status_code: 200.into(),
+            version: rsip::Version::V2,
+            headers: Default::default(),
+            body: Vec::new(),
+        };
+        (Responder::Core(key), resp)
+    }
+
+    fn key_of(r: &Responder) -> &TransactionKey {
+        match r {
+            Responder::Core(k) | Responder::Shard(_, k) => k,
+        }
+    }
+
+    #[test]
+    fn held_200s_are_bounded_and_the_overflow_is_sent_at_once_unwritten_and_counted() {
+        let (mut d, mut writes) = durable(2);
+        for n in 0..2 {
+            let (to, resp) = ok(n);
+            assert!(d.hold("sip:1000@x", Vec::new(), to, resp).is_none());
+        }
+        // Full: the third comes back to be sent now; its write is not queued.
+        let (to, resp) = ok(2);
+        let (back, _) = d
+            .hold("sip:1001@x", Vec::new(), to.clone(), resp)
+            .expect("held is full: the response comes back");
+        assert_eq!(key_of(&back), key_of(&to));
+        assert_eq!(d.unheld.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let mut queued = Vec::new();
+        while let Ok(WriteCmd::Save(seq, aor, _)) = writes.try_recv() {
+            queued.push((seq, aor));
+        }
+        assert_eq!(
+            queued,
+            [(1, "sip:1000@x".to_owned()), (2, "sip:1000@x".to_owned())]
+        );
+
+        // The commit of the first releases it; there is room again.
+        let out = d.release(1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(key_of(&out[0].0), key_of(&ok(0).0));
+        let (to, resp) = ok(3);
+        assert!(d.hold("sip:1001@x", Vec::new(), to, resp).is_none());
+        assert!(matches!(writes.try_recv(), Ok(WriteCmd::Save(3, _, _))));
+        assert_eq!(d.release(3).len(), 2);
+        assert!(d.held.is_empty());
+        assert_eq!(d.unheld.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

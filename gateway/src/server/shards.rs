@@ -41,8 +41,9 @@
 //! after overload control's own 503s at ingress. The shards' confirmations that a 200 is on
 //! the wire (message waiting follows it) share that bound, with backpressure instead of a
 //! drop (a shard waits for room; the core never waits for a shard). The core's replies to a
-//! shard need no queue bound of their own: one per REGISTER the core took from the bounded
-//! queue (the 200s it holds for the durable commit are the durable writer's to bound).
+//! shard need no queue bound of their own: at most one per REGISTER the core took from that
+//! shard through the bounded queue (see where the channel is created); the 200s it holds for
+//! the durable commit are bounded there (`durable.rs`, `MAX_HELD`).
 //!
 //! `sip_shards = 1` runs no shard: exactly the unsharded path.
 
@@ -134,6 +135,16 @@ impl Shards {
         };
         for index in 0..n {
             let (dtx, mut drx) = mpsc::channel(SHARD_QUEUE);
+            // Unbounded, and bounded by construction: the core sends this shard a `Reply` only
+            // for an `Authenticated` it took from *this shard* through `CORE_QUEUE`, once each:
+            // at once (anything but a 200 held for the commit) or when the commit releases a
+            // held 200 (`durable.rs`: at most `MAX_HELD` held, all shards together). So the
+            // replies waiting here never outnumber the REGISTERs this shard authenticated and
+            // has not answered yet, each of which cost its own loop a digest check; the loop
+            // takes replies in the same unbiased `select!` as its datagrams, so it drains
+            // them as fast as it creates them, plus the bursts a commit releases (≤ MAX_HELD)
+            // and what waited in CORE_QUEUE (≤ 4096). A bound with drops here would only lose
+            // answers to phones already bound (they would retry, authenticate and bind again).
             let (rtx, replies) = mpsc::unbounded_channel();
             let stats = Arc::new(TxStats::default());
             shards.stats.push(stats.clone());

@@ -72,15 +72,19 @@ pub(super) struct TxStats {
     live: std::sync::atomic::AtomicUsize,
     completed: std::sync::atomic::AtomicUsize,
     completed_capacity: std::sync::atomic::AtomicUsize,
+    abandoned: std::sync::atomic::AtomicU64,
 }
 
 /// SIP transactions of the gateway: live ones (with their parsed request), completed non-INVITE
-/// server transactions held compact for Timer J, and the capacity of the latter's table.
+/// server transactions held compact for Timer J, the capacity of the latter's table, and the
+/// non-INVITE server transactions ended because no final response came from the gateway
+/// (cumulative; `TransactionLayer::abandoned`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Transactions {
     pub live: usize,
     pub completed: usize,
     pub completed_capacity: usize,
+    pub abandoned: u64,
 }
 
 impl TxStats {
@@ -94,6 +98,7 @@ impl TxStats {
         self.completed.store(completed, Relaxed);
         self.completed_capacity
             .store(tl.completed_capacity(), Relaxed);
+        self.abandoned.store(tl.abandoned(), Relaxed);
     }
 
     pub(super) fn read(&self) -> Transactions {
@@ -102,6 +107,7 @@ impl TxStats {
             live: self.live.load(Relaxed),
             completed: self.completed.load(Relaxed),
             completed_capacity: self.completed_capacity.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
         }
     }
 }
@@ -172,6 +178,35 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_stats_count_abandoned_transactions() {
+        use sip_core::transaction::{Event, TransactionLayer, Transport};
+        let t0 = Instant::now();
+        let mut tl = TransactionLayer::<crate::transport::Peer>::default();
+        let peer = crate::transport::Peer {
+            addr: "192.0.2.9:5060".parse().expect("addr"),
+            transport: crate::transport::Transport::Udp,
+            local: "192.0.2.1:5060".parse().expect("addr"),
+        };
+        let req = sip_core::test_util::request(
+            "OPTIONS sip:gw@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKlost\n\
+             From: <sip:a@b>;tag=1\nTo: <sip:gw@192.0.2.1>\nCall-ID: lost\nCSeq: 1 OPTIONS\n",
+            "",
+        );
+        tl.on_message(req.into(), peer, Transport::Unreliable, t0)
+            .expect("accepted");
+        assert!(matches!(tl.poll_event(), Some(Event::Request { .. })));
+        let stats = TxStats::default();
+        stats.publish(&tl);
+        assert_eq!((stats.read().live, stats.read().abandoned), (1, 0));
+        // Never answered (a request the gateway lost): gone after the bound, counted.
+        while let Some(t) = tl.poll_timeout() {
+            tl.handle_timeout(t);
+        }
+        stats.publish(&tl);
+        assert_eq!((stats.read().live, stats.read().abandoned), (0, 1));
+    }
 
     #[test]
     fn an_idle_gateway_sleeps() {
