@@ -4,8 +4,8 @@
 //!
 //! A relay with threads of its own ([`MediaRelay::with_threads`], what the gateway and the
 //! ACD run) reads every leg placed on a thread in that thread's one event loop
-//! (`event_loop.rs`: a `mio::Poll` over all their sockets, each ready socket drained in a
-//! batch; issue 16). A relay on the caller's runtime ([`MediaRelay::new`]) gives each leg a
+//! (`event_loop.rs`: one level-triggered epoll instance over all their sockets, one datagram
+//! read per ready socket and turn, so no read ends in `EAGAIN`; issue 16). A relay on the caller's runtime ([`MediaRelay::new`]) gives each leg a
 //! tokio task instead. Either way a leg's private state is its `Task`: the RTP and RTCP
 //! [`Latch`]es and the [`RtpStats`]. A packet received on leg A is parsed in place, latched,
 //! counted (atomics only) and, when A is bridged to B, sent out of B's socket to B's

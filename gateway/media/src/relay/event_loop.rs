@@ -1,42 +1,51 @@
-//! A relay thread's event loop (issue 16): one `mio::Poll` over the sockets of every leg
+//! A relay thread's event loop (issue 16): one epoll instance over the sockets of every leg
 //! placed on the thread, instead of a tokio task per leg.
 //!
-//! Each turn waits in `epoll_wait` for up to [`EVENTS`] ready sockets and reads each one until
-//! it would block ([`BATCH`] datagrams per read, a socket read at most twice a turn, so one
-//! flooded socket cannot starve the others: a socket left with data is read again in the next
-//! turn without waiting, and is left over at most once), handing
-//! every datagram to the leg's [`Task`] — the same latching, statistics, taps and forwarding as
-//! on the tokio path — which sends it out of the partner leg's socket at once. One receive
-//! buffer per thread, allocated when the thread starts; no task, waker or allocation per packet.
+//! Each turn waits in `epoll_wait` for up to [`EVENTS`] ready sockets and reads **one**
+//! datagram from each, handing it to the leg's [`Task`] — the same latching, statistics, taps
+//! and forwarding as on the tokio path — which sends it out of the partner leg's socket at
+//! once. One receive buffer per thread, allocated when the thread starts; no task, waker or
+//! allocation per packet.
+//!
+//! The sockets are registered **level-triggered** (`nix`'s safe epoll; mio is edge-triggered
+//! only): a socket still holding datagrams after its read is announced again by the next
+//! `epoll_wait`, so a socket is never read until it would block. Edge-triggered, every relayed
+//! packet cost a second `recvfrom` that only returned `EAGAIN` (2 receives + 1 send per
+//! packet; now 1 + 1). The kernel re-checks a socket it announced once more in the next
+//! `epoll_wait` (a poll of the socket's queue, no system call), and puts a socket with data
+//! left at the back of its ready list, so a flooded socket gets one read a turn and the other
+//! ready sockets are read in the same turns: no socket starves the others, and nothing stays
+//! queued without an event (what arrived before a leg was taken over is announced too).
 //!
 //! A leg's sockets are registered (readable only, tokens from the leg's id) by
 //! `MediaRelay::open` on the caller's thread, so a failure is the caller's error; the loop then
-//! takes the leg over with [`Cmd::Add`] and reads it once at once (mio is edge-triggered: what
-//! arrived before is not announced again). [`Cmd::Remove`] (from `Leg::close` and the last
+//! takes the leg over with [`Cmd::Add`]. [`Cmd::Remove`] (from `Leg::close` and the last
 //! handle's drop) deregisters it, closes its subscriptions and drops the loop's reference, so
-//! its sockets close and its ports return once the handles are gone. The thread ends when its
-//! relay and every leg on it are dropped.
+//! its sockets close and its ports return once the handles are gone. A socket announced before
+//! its `Add` is read (its datagram relayed) once the `Add` is applied; one of a closed leg is
+//! deregistered at once (its `Remove` is on the way), so neither makes the loop spin. The
+//! thread ends when its relay and every leg on it are dropped.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{lock, LegShared, Stream, Task, ThreadSlot, MAX_PACKET_SIZE};
 
 /// Ready sockets taken per `epoll_wait`.
 const EVENTS: usize = 1024;
-/// Datagrams read from one socket per turn before the other ready sockets are served.
-const BATCH: usize = 32;
 /// The waker's token; legs' tokens are `id << 1 | stream` with ids counted from 1.
-const WAKE: Token = Token(usize::MAX);
+const WAKE: u64 = u64::MAX;
+/// How the legs' sockets are registered: readable, level-triggered (no `EPOLLET`).
+const LEG_INTEREST: EpollFlags = EpollFlags::EPOLLIN;
 
 /// What a relay thread is told by the handles.
 #[derive(Debug)]
@@ -50,25 +59,21 @@ pub(super) enum Cmd {
 /// The handles' side of one relay thread: held by the relay and by each leg placed on it.
 #[derive(Debug)]
 pub(super) struct LoopCtl {
-    registry: Registry,
+    epoll: Arc<Epoll>,
     tx: Option<Sender<Cmd>>,
-    /// Shared with the thread: closing its eventfd here would drop a wake-up not yet read.
-    waker: Arc<Waker>,
+    /// Shared with the thread, which reads it when it is announced.
+    waker: Arc<EventFd>,
 }
 
 impl LoopCtl {
-    /// Registers `leg`'s sockets with the thread's poll, readable only.
+    /// Registers `leg`'s sockets with the thread's epoll, readable only, level-triggered.
     pub(super) fn register(&self, leg: &LegShared) -> io::Result<()> {
         for (stream, socket) in [
             (Stream::Rtp, leg.sockets.rtp.get()),
             (Stream::Rtcp, leg.sockets.rtcp.get()),
         ] {
-            let fd = socket.as_raw_fd();
-            self.registry.register(
-                &mut SourceFd(&fd),
-                token(leg.id, stream),
-                Interest::READABLE,
-            )?;
+            self.epoll
+                .add(socket, EpollEvent::new(LEG_INTEREST, token(leg.id, stream)))?;
         }
         Ok(())
     }
@@ -79,7 +84,7 @@ impl LoopCtl {
             return Err(cmd);
         };
         tx.send(cmd).map_err(|e| e.0)?;
-        if let Err(e) = self.waker.wake() {
+        if let Err(e) = self.waker.write(1) {
             tracing::warn!(error = %e, "cannot wake a relay thread");
         }
         Ok(())
@@ -90,41 +95,40 @@ impl Drop for LoopCtl {
     /// The last handle gone: the channel closes and the thread, woken, sees it and ends.
     fn drop(&mut self) {
         drop(self.tx.take());
-        // An error here only means the thread is gone already.
-        let _ = self.waker.wake();
+        // An error here only means the counter is full: the thread has a wake-up to read.
+        let _ = self.waker.write(1);
     }
 }
 
-fn token(id: u64, stream: Stream) -> Token {
-    let id = usize::try_from(id).unwrap_or(usize::MAX >> 1);
-    Token((id << 1) | usize::from(stream == Stream::Rtcp))
+fn token(id: u64, stream: Stream) -> u64 {
+    // Ids are counted from 1 and never reach 2^63: no leg's token is WAKE.
+    (id << 1) | u64::from(stream == Stream::Rtcp)
 }
 
 /// The leg id of a socket's token.
-fn leg_of(t: Token) -> u64 {
-    (t.0 >> 1) as u64
+fn leg_of(t: u64) -> u64 {
+    t >> 1
+}
+
+/// The epoll instance and waker of a new relay thread.
+fn poller() -> io::Result<(Epoll, EventFd)> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let waker = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+    epoll.add(&waker, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+    Ok((epoll, waker))
 }
 
 /// Starts a relay thread named `name`.
 pub(super) fn spawn(name: String) -> io::Result<LoopCtl> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-    let registry = poll.registry().try_clone()?;
+    let (epoll, waker) = poller()?;
+    let (epoll, waker) = (Arc::new(epoll), Arc::new(waker));
     let (tx, rx) = mpsc::channel();
-    let _waker = waker.clone();
-    std::thread::Builder::new().name(name).spawn(move || {
-        EventLoop {
-            _waker,
-            poll,
-            rx,
-            legs: HashMap::new(),
-            again: Vec::new(),
-            buf: vec![0; MAX_PACKET_SIZE + 1].into_boxed_slice(),
-        }
-        .run()
-    })?;
+    let thread = EventLoop::new(epoll.clone(), waker.clone(), rx);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || thread.run())?;
     Ok(LoopCtl {
-        registry,
+        epoll,
         tx: Some(tx),
         waker,
     })
@@ -134,42 +138,53 @@ pub(super) fn spawn(name: String) -> io::Result<LoopCtl> {
 struct Entry {
     shared: Arc<LegShared>,
     task: Task,
-    /// Whether the RTP, the RTCP socket is in [`EventLoop::again`].
-    again: [bool; 2],
     _slot: Option<ThreadSlot>,
 }
 
 struct EventLoop {
-    _waker: Arc<Waker>,
-    poll: Poll,
+    epoll: Arc<Epoll>,
+    waker: Arc<EventFd>,
     rx: Receiver<Cmd>,
     legs: HashMap<u64, Entry>,
-    /// Sockets to read in the next turn without an event: their last turn ended at [`BATCH`]
-    /// (more may be queued), or their leg was just added.
-    again: Vec<Token>,
     /// One byte over the limit, so that an oversize datagram is seen (it is truncated).
     buf: Box<[u8]>,
 }
 
 impl EventLoop {
+    fn new(epoll: Arc<Epoll>, waker: Arc<EventFd>, rx: Receiver<Cmd>) -> EventLoop {
+        EventLoop {
+            epoll,
+            waker,
+            rx,
+            legs: HashMap::new(),
+            buf: vec![0; MAX_PACKET_SIZE + 1].into_boxed_slice(),
+        }
+    }
+
     fn run(mut self) {
-        let mut events = Events::with_capacity(EVENTS);
-        let mut ready: Vec<Token> = Vec::with_capacity(EVENTS);
+        let mut events = vec![EpollEvent::empty(); EVENTS];
         loop {
-            let timeout = (!self.again.is_empty()).then_some(Duration::ZERO);
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
                     // Never seen (EBADF, EFAULT, EINVAL cannot happen here); do not spin.
                     tracing::error!(error = %e, "relay thread: epoll_wait failed");
                     std::thread::sleep(Duration::from_millis(10));
+                    continue;
                 }
-                continue;
+            };
+            let ready = &events[..n];
+            if ready.iter().any(|e| e.data() == WAKE) {
+                // Level-triggered: read before the commands, so a command sent after this
+                // read is announced again. EAGAIN: another turn read it already.
+                let _ = self.waker.read();
             }
             // Commands first: a leg removed in this turn is not read in it.
             if !self.commands() {
                 break;
             }
-            self.turn(events.iter().map(|e| e.token()), &mut ready);
+            self.turn(ready.iter().map(EpollEvent::data));
         }
         let ids: Vec<u64> = self.legs.keys().copied().collect();
         for id in ids {
@@ -178,24 +193,13 @@ impl EventLoop {
         tracing::debug!("relay thread ended");
     }
 
-    /// Reads the sockets left over from the last turn, then those of `events`. A socket is
-    /// read at most twice in a turn (left over, and announced again) and left over at most
-    /// once, so a flooded socket neither takes an ever larger share of the turn nor grows the
-    /// list.
-    fn turn(&mut self, events: impl Iterator<Item = Token>, ready: &mut Vec<Token>) {
-        ready.clear();
-        for t in self.again.drain(..) {
-            if let Some(e) = self.legs.get_mut(&leg_of(t)) {
-                e.again[t.0 & 1] = false;
-            }
-            ready.push(t);
-        }
-        ready.extend(events.filter(|t| *t != WAKE));
-        for &t in ready.iter() {
+    /// Reads one datagram from each socket of `events`.
+    fn turn(&mut self, events: impl Iterator<Item = u64>) {
+        for t in events.filter(|t| *t != WAKE) {
             // A panic in one leg's packet handling (none is known: this is a net) ends that
             // leg only, as it ended only its task on the tokio path.
-            let drained = std::panic::catch_unwind(AssertUnwindSafe(|| self.drain(t)));
-            if drained.is_err() {
+            let read = std::panic::catch_unwind(AssertUnwindSafe(|| self.read(t)));
+            if read.is_err() {
                 let id = leg_of(t);
                 tracing::error!(
                     leg = id,
@@ -211,16 +215,12 @@ impl EventLoop {
         loop {
             match self.rx.try_recv() {
                 Ok(Cmd::Add(shared, slot)) => {
-                    let id = shared.id;
-                    self.again.push(token(id, Stream::Rtp));
-                    self.again.push(token(id, Stream::Rtcp));
                     let task = Task::new(&shared);
                     self.legs.insert(
-                        id,
+                        shared.id,
                         Entry {
                             shared,
                             task,
-                            again: [true; 2],
                             _slot: slot,
                         },
                     );
@@ -232,17 +232,24 @@ impl EventLoop {
         }
     }
 
+    /// Takes `leg`'s sockets out of the epoll instance (a no-op for one taken out already).
+    fn deregister(epoll: &Epoll, leg: &LegShared) {
+        for socket in [leg.sockets.rtp.get(), leg.sockets.rtcp.get()] {
+            match epoll.delete(socket) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => {
+                    tracing::debug!(leg = leg.id, error = %e, "relay thread: deregister failed");
+                }
+            }
+        }
+    }
+
     fn remove(&mut self, id: u64) {
         let Some(entry) = self.legs.remove(&id) else {
             return;
         };
         let s = &entry.shared;
-        for socket in [s.sockets.rtp.get(), s.sockets.rtcp.get()] {
-            let fd = socket.as_raw_fd();
-            if let Err(e) = self.poll.registry().deregister(&mut SourceFd(&fd)) {
-                tracing::debug!(leg = id, error = %e, "relay thread: deregister failed");
-            }
-        }
+        Self::deregister(&self.epoll, s);
         // Recorders see the end of the stream.
         lock(&s.subscribers).clear();
         s.has_subscribers.store(false, Ordering::Release);
@@ -251,45 +258,37 @@ impl EventLoop {
         // ports go once its handles are gone too.
     }
 
-    /// Reads the socket of token `t` until it would block, [`BATCH`] datagrams at most.
-    fn drain(&mut self, t: Token) {
+    /// Reads one datagram from the socket of token `t` (announced readable).
+    fn read(&mut self, t: u64) {
         let id = leg_of(t);
-        let stream = match t.0 & 1 {
+        let stream = match t & 1 {
             0 => Stream::Rtp,
             _ => Stream::Rtcp,
         };
-        let Some(Entry {
-            shared,
-            task,
-            again,
-            ..
-        }) = self.legs.get_mut(&id)
-        else {
+        // Not taken over yet (its Add is on the way): announced again in the next turn.
+        let Some(Entry { shared, task, .. }) = self.legs.get_mut(&id) else {
             return;
         };
+        // Closed: nothing more is relayed or tapped. Its Remove is on the way; out of the
+        // epoll instance now, so that its queued datagrams are not announced until then.
+        if shared.closed.load(Ordering::Acquire) {
+            Self::deregister(&self.epoll, shared);
+            return;
+        }
         let socket = match stream {
             Stream::Rtp => shared.sockets.rtp.get(),
             Stream::Rtcp => shared.sockets.rtcp.get(),
         };
-        for _ in 0..BATCH {
-            // Closed: nothing more is relayed or tapped (its Remove is on the way).
-            if shared.closed.load(Ordering::Acquire) {
-                return;
-            }
-            match socket.recv_from(&mut self.buf) {
-                Ok((n, src)) => match stream {
-                    Stream::Rtp => task.on_rtp_port(shared, &self.buf[..n], src),
-                    Stream::Rtcp => task.on_rtcp_port(shared, &self.buf[..n], src),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // An ICMP error reported on the socket (e.g. a port unreachable for an earlier
-                // send) or a signal: the datagrams behind it are still to be read.
-                Err(e) => tracing::debug!(leg = id, error = %e, "RTP receive error"),
-            }
-        }
-        if !again[t.0 & 1] {
-            again[t.0 & 1] = true;
-            self.again.push(t);
+        match socket.recv_from(&mut self.buf) {
+            Ok((n, src)) => match stream {
+                Stream::Rtp => task.on_rtp_port(shared, &self.buf[..n], src),
+                Stream::Rtcp => task.on_rtcp_port(shared, &self.buf[..n], src),
+            },
+            // Announced, then read by nobody else: not expected, and harmless.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // An error reported on the socket (e.g. an ICMP error) or a signal: the datagrams
+            // behind it keep the socket readable, so they are read in the next turns.
+            Err(e) => tracing::debug!(leg = id, error = %e, "RTP receive error"),
         }
     }
 }
@@ -300,7 +299,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::super::{bridge, lock, Leg, MediaRelay, RelayConfig};
-    use super::{spawn, BATCH};
+    use super::spawn;
 
     const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
     /// Generous: the machine may be loaded.
@@ -359,16 +358,15 @@ mod tests {
         guard
     }
 
-    /// Issue 16: one thread, 40 streams; while the thread is stalled every stream queues more
-    /// than a turn's batch, then all of it arrives, in order per stream, from the right leg,
-    /// and every leg counts it (a socket left with data after its batch is read again without
-    /// a new event: mio is edge-triggered).
+    /// Issue 16: one thread, 40 streams; while the thread is stalled every stream queues 40
+    /// datagrams, then all of it arrives, in order per stream, from the right leg, and every
+    /// leg counts it (a socket left with data after a turn's read is announced again).
     #[test]
     fn a_burst_on_many_legs_of_one_thread_all_arrives_in_order_per_stream() {
         let r = MediaRelay::with_threads(RelayConfig::new(LO, LO, 24000, 24399), 1).expect("relay");
         let streams: Vec<Stream> = (0..40).map(|_| stream(&r)).collect();
         let _tap = streams[0].a.subscribe();
-        let burst = BATCH as u16 + 8;
+        let burst = 40;
         {
             let _stalled = stall(&streams[0]);
             for (i, s) in streams.iter().enumerate() {
@@ -402,6 +400,39 @@ mod tests {
         drop(streams);
         wait_for("the ports back", || r.ports_in_use() == 0);
         assert_eq!(r.legs_per_thread(), [0]);
+    }
+
+    /// Issue 16: a burst on one leg, queued while the thread is stalled and followed by
+    /// nothing, is relayed in full and in order: no datagram waits in the socket for a later
+    /// packet (the loop reads one datagram per announcement and relies on the level-triggered
+    /// socket being announced again while it holds data).
+    #[test]
+    fn a_burst_on_one_leg_is_all_relayed_without_a_later_packet() {
+        let r = MediaRelay::with_threads(RelayConfig::new(LO, LO, 24800, 24899), 1).expect("relay");
+        let s = stream(&r);
+        let _tap = s.a.subscribe();
+        let burst: u16 = 100;
+        {
+            let _stalled = stall(&s);
+            for seq in 1..=burst {
+                s.tx.send_to(&rtp(seq, 1), s.a.local_rtp()).expect("send");
+            }
+        }
+        let mut buf = [0u8; 2048];
+        for seq in 0..=burst {
+            let (n, from) =
+                s.rx.recv_from(&mut buf)
+                    .unwrap_or_else(|e| panic!("packet {seq} of the burst: {e}"));
+            assert_eq!(
+                (&buf[..n], from),
+                (&rtp(seq, 1)[..], s.b.local_rtp()),
+                "packet {seq}"
+            );
+        }
+        let want = u64::from(burst) + 1;
+        wait_for("the counts", || {
+            (s.a.stats().rtp_packets_in, s.b.stats().rtp_packets_out) == (want, want)
+        });
     }
 
     /// A leg closed while packets wait in its socket relays and taps none of them, its tap
@@ -499,48 +530,67 @@ mod tests {
         })
     }
 
-    /// A socket flooded faster than a turn's batch, and announced again every turn, is read
-    /// at most twice a turn and left over at most once (the list of left-over sockets does
-    /// not grow with the flood), and all of it is read.
+    /// A flooded socket is read once a turn, and another socket announced with it is read in
+    /// the first turn (no starvation); the flooded one stays announced until all of it is read
+    /// (level-triggered: nothing is left without an event), then is no longer announced.
     #[test]
-    fn a_flooded_socket_is_left_over_once_per_turn() {
-        use super::{token, Entry, EventLoop, Stream, Task, WAKE};
-        let poll = mio::Poll::new().expect("poll");
-        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKE).expect("waker"));
+    fn a_flooded_socket_is_read_once_a_turn_beside_the_others() {
+        use super::{poller, token, Entry, EventLoop, Stream, Task, EVENTS, LEG_INTEREST};
+        use nix::sys::epoll::{EpollEvent, EpollTimeout};
+        use std::sync::atomic::Ordering::Relaxed;
+        let (epoll, waker) = poller().expect("poller");
         let (_tx, rx) = std::sync::mpsc::channel();
-        let mut el = EventLoop {
-            _waker: waker,
-            poll,
-            rx,
-            legs: std::collections::HashMap::new(),
-            again: Vec::new(),
-            buf: vec![0; 2049].into_boxed_slice(),
-        };
-        let leg = bare_leg(1, 24600);
-        let task = Task::new(&leg);
-        let entry = Entry {
-            shared: leg.clone(),
-            task,
-            again: [false; 2],
-            _slot: None,
-        };
-        el.legs.insert(1, entry);
-        let flood = phone();
-        let sent = 4 * BATCH as u16;
-        for seq in 0..sent {
-            flood.send_to(&rtp(seq, 1), leg.local_rtp).expect("send");
+        let mut el = EventLoop::new(epoll.into(), waker.into(), rx);
+        let legs = [bare_leg(1, 24600), bare_leg(2, 24700)];
+        for leg in &legs {
+            el.epoll
+                .add(
+                    leg.sockets.rtp.get(),
+                    EpollEvent::new(LEG_INTEREST, token(leg.id, Stream::Rtp)),
+                )
+                .expect("register");
+            let task = Task::new(leg);
+            el.legs.insert(
+                leg.id,
+                Entry {
+                    shared: leg.clone(),
+                    task,
+                    _slot: None,
+                },
+            );
         }
-        let t = token(1, Stream::Rtp);
-        let mut ready = Vec::new();
-        for turn in 1..=6 {
-            el.turn(std::iter::once(t), &mut ready);
-            assert!(el.again.len() <= 1, "turn {turn}: left over {:?}", el.again);
+        let phone = phone();
+        let flood: u64 = 64;
+        for seq in 0..flood {
+            phone
+                .send_to(&rtp(seq as u16, 1), legs[0].local_rtp)
+                .expect("send");
         }
-        assert!(el.again.is_empty(), "drained: nothing left over");
-        let read = leg
-            .c
-            .rtp_packets_in
-            .load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(read, u64::from(sent));
+        phone.send_to(&rtp(0, 2), legs[1].local_rtp).expect("send");
+        let read = |i: usize| legs[i].c.rtp_packets_in.load(Relaxed);
+        let mut events = vec![EpollEvent::empty(); EVENTS];
+        let mut turn = |el: &mut EventLoop| {
+            let n = el
+                .epoll
+                .wait(&mut events, EpollTimeout::ZERO)
+                .expect("wait");
+            el.turn(events[..n].iter().map(EpollEvent::data));
+            n
+        };
+        assert_eq!(turn(&mut el), 2, "both sockets announced");
+        assert_eq!(
+            (read(0), read(1)),
+            (1, 1),
+            "one datagram each in the first turn"
+        );
+        for t in 2..=flood {
+            assert_eq!(
+                turn(&mut el),
+                1,
+                "turn {t}: the flooded socket announced again"
+            );
+            assert_eq!((read(0), read(1)), (t, 1), "turn {t}");
+        }
+        assert_eq!(turn(&mut el), 0, "all read: nothing announced");
     }
 }
