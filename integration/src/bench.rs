@@ -929,6 +929,44 @@ pub struct Phone {
     pub registered_after: Option<f64>,
 }
 
+impl Phone {
+    /// Prints the phone's outcome under system `name`.
+    pub fn print(&self, name: &str) {
+        match self.registered_after {
+            Some(t) => println!(
+                "  {name}: the phone registered {t:.1} s after its first attempt (attempt {})",
+                self.attempts
+            ),
+            None => println!(
+                "  {name}: the phone did NOT register ({} attempts)",
+                self.attempts
+            ),
+        }
+    }
+}
+
+/// Starts, in `scope`, the [`Phone`] of an overload step of `secs` seconds against `target`:
+/// once the load has built up (10 s in) until 25 s before the step's end (at least 5 s of
+/// attempts). [`join_phone`] collects it.
+pub fn phone_during_step<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    target: SocketAddr,
+    inf: &'scope Path,
+    dir: &'scope Path,
+    secs: u32,
+) -> std::thread::ScopedJoinHandle<'scope, Phone> {
+    let give_up = Duration::from_secs(u64::from(secs).saturating_sub(25).max(5));
+    scope.spawn(move || phone(target, inf, dir, Duration::from_secs(10), give_up))
+}
+
+/// The outcome of a [`phone_during_step`] (a phone thread that panicked made no attempt).
+pub fn join_phone(handle: std::thread::ScopedJoinHandle<'_, Phone>) -> Phone {
+    handle.join().unwrap_or(Phone {
+        attempts: 0,
+        registered_after: None,
+    })
+}
+
 /// Runs the [`Phone`] of `inf` (one "user;password" line) against `target`: waits `start`, then
 /// tries (SIPp, `register_load.xml`, its stderr in `dir`) until it registers or `give_up` has
 /// passed since the first attempt.

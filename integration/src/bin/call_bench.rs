@@ -272,19 +272,11 @@ fn sustain_step(
             }
             peak
         });
-        let ph = phone.map(|(target, inf)| {
-            let give_up = Duration::from_secs(u64::from(secs).saturating_sub(25).max(5));
-            scope.spawn(move || bench::phone(target, inf, dir, Duration::from_secs(10), give_up))
-        });
+        let ph = phone.map(|(target, inf)| bench::phone_during_step(scope, target, inf, dir, secs));
         let s = step(sut, rate, secs, hold, (inf, false), dir);
         stop.store(true, Ordering::Relaxed);
         let pss_peak_kb = sampler.join().unwrap_or(0);
-        let phone = ph.map(|p| {
-            p.join().unwrap_or(bench::Phone {
-                attempts: 0,
-                registered_after: None,
-            })
-        });
+        let phone = ph.map(bench::join_phone);
         Ok(Sustained {
             name: sut.name,
             step: s?,
@@ -315,16 +307,7 @@ fn print_sustained(r: &Sustained) {
         s.load
     );
     if let Some(ph) = &r.phone {
-        match ph.registered_after {
-            Some(t) => println!(
-                "  {}: the phone registered {t:.1} s after its first attempt (attempt {})",
-                r.name, ph.attempts
-            ),
-            None => println!(
-                "  {}: the phone did NOT register ({} attempts)",
-                r.name, ph.attempts
-            ),
-        }
+        ph.print(r.name);
     }
 }
 

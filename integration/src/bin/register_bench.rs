@@ -400,21 +400,11 @@ fn sustain_step(
             }
             (peak, tx_peak)
         });
-        // The phone starts once the load has built up (10 s) and tries until 15 s before its
-        // end.
-        let phone = phone_inf.map(|inf| {
-            let give_up = Duration::from_secs(u64::from(secs).saturating_sub(25).max(5));
-            scope.spawn(move || bench::phone(target, inf, dir, Duration::from_secs(10), give_up))
-        });
+        let phone = phone_inf.map(|inf| bench::phone_during_step(scope, target, inf, dir, secs));
         let s = step(name, target, (pid, children), rate, secs, inf, dir);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (peak, tx_peak) = sampler.join().unwrap_or_default();
-        let phone = phone.map(|p| {
-            p.join().unwrap_or(bench::Phone {
-                attempts: 0,
-                registered_after: None,
-            })
-        });
+        let phone = phone.map(bench::join_phone);
         Ok((s?, peak, tx_peak, phone))
     })?;
     let after = memory(pid, children);
@@ -487,16 +477,7 @@ fn print_sustained(users: u32, r: &Sustained) {
         );
     }
     if let Some(ph) = &r.phone {
-        match ph.registered_after {
-            Some(t) => println!(
-                "  {}: the phone registered after {t:.1} s, attempt {}",
-                r.name, ph.attempts
-            ),
-            None => println!(
-                "  {}: the phone did NOT register ({} attempts)",
-                r.name, ph.attempts
-            ),
-        }
+        ph.print(r.name);
     }
 }
 
