@@ -221,7 +221,17 @@ fn serve_relay(args: &[String]) -> Result<()> {
                     a.close();
                     b.close();
                 }
-                writeln!(out, "ok")?;
+                // The relay threads drop a closed leg's sockets (and so give its port pair
+                // back) on their next turn: wait for that, or the next round's `pair`s find
+                // the range still held ("no free RTP/RTCP port pair" at N = 1000).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while relay.ports_in_use() > 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                match relay.ports_in_use() {
+                    0 => writeln!(out, "ok")?,
+                    n => writeln!(out, "error {n} port pairs still held 10 s after clear")?,
+                }
             }
             ["quit"] => break,
             other => writeln!(out, "error unknown command {other:?}")?,
