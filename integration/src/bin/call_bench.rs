@@ -349,21 +349,12 @@ fn sustain(
         }
     }
     if double {
-        for sut in suts {
-            let good = |i| {
-                results
-                    .iter()
-                    .find(|(j, r)| *j == i && r.name == sut.name)
-                    .map(|(_, r)| r.step.ok as f64 / r.step.busy_secs.max(0.001))
-                    .unwrap_or(0.0)
-            };
-            println!(
-                "{}: goodput at {}/s offered = {:.0} % of its goodput at {rate}/s",
-                sut.name,
-                rate.saturating_mul(2),
-                100.0 * good(1) / good(0).max(0.001)
-            );
-        }
+        let names: Vec<&str> = suts.iter().map(|s| s.name).collect();
+        bench::print_goodput_at_double(
+            &names,
+            rate,
+            results.iter().map(|(i, r)| (*i, r.name, &r.step)),
+        );
     }
     Ok(())
 }

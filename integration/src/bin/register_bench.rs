@@ -555,20 +555,11 @@ fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
         }
     }
     if a.double {
-        for name in ["callfabric", "kamailio"] {
-            let good = |i| {
-                results
-                    .iter()
-                    .find(|(j, r)| *j == i && r.name == name)
-                    .map(|(_, r)| r.step.ok as f64 / r.step.busy_secs.max(0.001))
-                    .unwrap_or(0.0)
-            };
-            println!(
-                "{name}: goodput at {}/s offered = {:.0} % of goodput at {rate}/s",
-                rate.saturating_mul(2),
-                100.0 * good(1) / good(0).max(0.001)
-            );
-        }
+        bench::print_goodput_at_double(
+            &["callfabric", "kamailio"],
+            rate,
+            results.iter().map(|(i, r)| (*i, r.name, &r.step)),
+        );
     }
     let (c, _) = gw.overload();
     println!(
