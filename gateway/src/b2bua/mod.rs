@@ -32,6 +32,7 @@ mod info;
 mod linked;
 mod moved;
 mod reliable;
+mod ring;
 mod shutdown;
 mod srtp;
 pub mod timers;
@@ -203,6 +204,19 @@ pub enum Action {
     /// A device's call-derived state may have changed; read it with
     /// [`B2bua::device_state`].
     DeviceChanged(String),
+    /// Give up the INVITE client transaction `key` while it has no provisional response:
+    /// no more retransmissions; Timer B still ends it and reports late responses
+    /// (`TransactionLayer::abandon`; Timer C, `ring.rs`).
+    Abandon {
+        /// The INVITE client transaction.
+        key: TransactionKey,
+    },
+    /// Destroy the INVITE client transaction `key` at once: it got no final response within
+    /// 64·T1 of our CANCEL (RFC 3261 §9.1; `TransactionLayer::terminate`).
+    Terminate {
+        /// The INVITE client transaction.
+        key: TransactionKey,
+    },
     /// A call ended (for logs / CDRs).
     CallEnded {
         /// The call.
@@ -291,7 +305,17 @@ pub struct Config {
     pub late_offer_codecs: Vec<String>,
     /// A call's uniqueid is this followed by its number (e.g. `gw-a-4711-`).
     pub uniqueid_prefix: String,
+    /// Timer C (RFC 3261 §16.6 step 11) of every INVITE sent to a callee: restarted by each
+    /// provisional response; when it fires the branch is CANCELled (or given up) and over as a
+    /// 408 (`ring.rs`). The RFC wants more than 3 minutes: 181 s by default.
+    pub timer_c: Duration,
+    /// Ring limit of calls to our devices: unanswered after this long, the caller gets 480
+    /// (None: none; Timer C still bounds each branch).
+    pub ring_timeout: Option<Duration>,
 }
+
+/// Timer C's default: RFC 3261 §16.6 step 11 says "greater than 3 minutes".
+pub const DEFAULT_TIMER_C: Duration = Duration::from_secs(181);
 
 impl Default for Config {
     fn default() -> Self {
@@ -306,6 +330,8 @@ impl Default for Config {
                 .map(String::from)
                 .to_vec(),
             uniqueid_prefix: String::new(),
+            timer_c: DEFAULT_TIMER_C,
+            ring_timeout: None,
         }
     }
 }
@@ -454,6 +480,8 @@ pub struct B2bua {
     next_media_check: Option<Instant>,
     /// Diversions armed per call (`divert.rs`).
     diverts: HashMap<CallId, divert::Armed>,
+    /// Timer C per callee-side INVITE, the ring limit per call (`ring.rs`).
+    ring: ring::RingTimers,
     /// The random source of tags, branches, Call-IDs (`sip_core::builder`).
     rng: StdRng,
 
@@ -531,6 +559,7 @@ impl B2bua {
             next_id: 1,
             next_media_check: None,
             diverts: HashMap::new(),
+            ring: ring::RingTimers::default(),
             rng: StdRng::from_os_rng(),
 
             sign_next: None,
@@ -854,12 +883,16 @@ impl B2bua {
         self.by_client.insert(b_key.clone(), (id, Side::B));
         self.by_server.insert(key, id);
         self.calls.insert(id, call);
+        self.arm_timer_c(&b_key, id, now);
+        if callee.is_some() {
+            self.arm_ring_limit(id, now);
+        }
         self.actions.push_back(Action::Request {
             key: b_key,
             request: b_invite,
             dest,
         });
-        self.fork_start(id, forks);
+        self.fork_start(id, forks, now);
     }
 
     /// A response for client transaction `key`.
@@ -871,6 +904,9 @@ impl B2bua {
         now: Instant,
     ) {
         let mut resp = resp;
+        if key.method() == Method::Invite {
+            self.timer_c_response(key, resp.status_code.code(), now);
+        }
         if self.fork_response(key, &mut resp) {
             return;
         }
@@ -1078,6 +1114,10 @@ impl B2bua {
             }
             call.phase = Phase::Answered;
             call.answered_at = Some(now);
+            self.disarm_ring_limit(id);
+            let Some(call) = self.calls.get_mut(&id) else {
+                return;
+            };
             let key = call.a_invite_key.clone();
             // RFC 3262 §3: no 2xx while a reliable 1xx with SDP waits for its PRACK (it goes
             // with that PRACK); otherwise reliable provisionals stop here.
@@ -1112,7 +1152,7 @@ impl B2bua {
         if code == 422 && call.phase == Phase::Calling && !call.cancel_pending && !call.b_422_tried
         {
             call.b_422_tried = true;
-            if self.retry_b_after_422(id, &resp) {
+            if self.retry_b_after_422(id, &resp, now) {
                 return;
             }
         }
@@ -1148,6 +1188,7 @@ impl B2bua {
                     call.b_invite = retry.clone();
                     call.b_invite_key = key.clone();
                     self.by_client.insert(key.clone(), (id, Side::B));
+                    self.arm_timer_c(&key, id, now);
                     self.actions.push_back(Action::Request {
                         key,
                         request: retry,
@@ -1190,6 +1231,7 @@ impl B2bua {
     /// A transaction ended: forget its mapping.
     pub fn on_terminated(&mut self, key: &TransactionKey) {
         self.fork_terminated(key);
+        self.timer_c_forget(key);
         self.by_client.remove(key);
         self.by_server.remove(key);
     }
@@ -1288,6 +1330,7 @@ impl B2bua {
         call.b_invite = retry.clone();
         call.b_invite_key = key.clone();
         self.by_client.insert(key.clone(), (id, Side::B));
+        self.arm_timer_c(&key, id, now);
         self.actions.push_back(Action::Request {
             key,
             request: retry,
@@ -1689,6 +1732,7 @@ impl B2bua {
             return;
         };
         call.phase = Phase::Ended;
+        self.disarm_ring_limit(id);
         self.fork_cancel(id, Some(&call.b_invite_key));
         media.close(id);
         self.by_server.remove(&call.a_invite_key);
@@ -1735,16 +1779,22 @@ impl B2bua {
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.calls.values().filter_map(Call::next_deadline).min();
-        [calls, self.next_media_check, self.divert_due()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            calls,
+            self.next_media_check,
+            self.divert_due(),
+            self.ring_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, media: &mut dyn MediaControl, now: Instant) {
         self.run_session_timers(media, now);
         self.run_diverts(now);
+        self.run_ring_timers(media, now);
         let mut dead = Vec::new();
         let mut resend = Vec::new();
         for call in self.calls.values_mut() {
@@ -1854,3 +1904,6 @@ mod srtp_tests;
 
 #[cfg(test)]
 mod divert_tests;
+
+#[cfg(test)]
+mod ring_tests;

@@ -450,7 +450,7 @@ impl B2bua {
 
     /// The callee answered our INVITE with 422: the INVITE again with its Min-SE (RFC 4028
     /// §7.4). False when it cannot be retried.
-    pub(super) fn retry_b_after_422(&mut self, id: CallId, resp: &Response) -> bool {
+    pub(super) fn retry_b_after_422(&mut self, id: CallId, resp: &Response, now: Instant) -> bool {
         let Some(theirs) = min_se(&resp.headers) else {
             return false;
         };
@@ -476,6 +476,7 @@ impl B2bua {
         call.b_invite = retry.clone();
         call.b_invite_key = key.clone();
         self.by_client.insert(key.clone(), (id, Side::B));
+        self.arm_timer_c(&key, id, now);
         self.actions.push_back(super::Action::Request {
             key,
             request: retry,
