@@ -7,7 +7,8 @@
 //! it answers with [`Action`]s (send a request in a new client transaction, respond through a
 //! server transaction, send an ACK, cancel, device changed) and asks the [`MediaControl`] it is
 //! given for relay ports. No sockets, no tokio, no clock: its timers (2xx retransmission until
-//! the ACK, the ACK deadline, the media-timeout sweep) are tested in virtual time.
+//! the ACK, the ACK deadline, the media-timeout sweep, Timer C and the ring limit of `ring.rs`)
+//! are tested in virtual time.
 //!
 //! What it does (RFC 3261 §13–15, RFC 3264, RFC 3311): 100/180/183/200/ACK relayed with each
 //! side's own tags, Call-ID and CSeq; early media (183 with SDP); CANCEL before the answer
@@ -19,7 +20,8 @@
 //! sides; a per-device call limit (486 when reached, the device reads BUSY).
 //!
 //! Late offer (an INVITE without SDP), 100rel/PRACK (`reliable.rs`) and session timers
-//! (`timers.rs`) on both legs: see those files. A call to a device rings all its reachable
+//! (`timers.rs`) on both legs: see those files. Every INVITE to a callee is bounded in time by
+//! Timer C, a call to a device optionally by a ring limit (`ring.rs`). A call to a device rings all its reachable
 //! contacts in parallel ([`fork`]).
 //!
 //! Not yet: redirects (3xx become 480).

@@ -99,9 +99,19 @@ pub(super) struct BranchTimer {
     call: CallId,
     /// A provisional response (100 included) came: a CANCEL may be sent (§9.1).
     responded: bool,
-    /// Timer C fired (or the ring limit ended the call) and the branch was CANCELled: the
-    /// deadline now is the end of §9.1's 64·T1 wait for its final response.
-    cancelled: bool,
+    state: Branch,
+}
+
+/// Where a branch's Timer C is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Branch {
+    /// Running: the deadline is Timer C's.
+    Running,
+    /// Given up before any response (no deadline: Timer B ends the transaction); a late
+    /// provisional response gets it CANCELled (`stray`), then it is `Cancelled`.
+    Abandoned,
+    /// CANCELled by us: the deadline is the end of §9.1's 64·T1 wait for its final response.
+    Cancelled,
 }
 
 /// The timers of this module: Timer C per branch, the ring limit per call.
@@ -140,7 +150,7 @@ impl B2bua {
             BranchTimer {
                 call: id,
                 responded: false,
-                cancelled: false,
+                state: Branch::Running,
             },
         );
         self.ring
@@ -169,10 +179,19 @@ impl B2bua {
         match code {
             100..=199 => {
                 t.responded = true;
-                if code > 100 && !t.cancelled {
-                    self.ring
-                        .branch_due
-                        .set(key.clone(), now + self.cfg.timer_c);
+                match t.state {
+                    Branch::Running if code > 100 => {
+                        self.ring
+                            .branch_due
+                            .set(key.clone(), now + self.cfg.timer_c);
+                    }
+                    // A late provisional to an INVITE given up: CANCELled (`stray`), then
+                    // destroyed if no final response follows (a 100 alone stops Timer B).
+                    Branch::Abandoned => {
+                        let call = t.call;
+                        self.wait_after_cancel(key, call, now);
+                    }
+                    _ => {}
                 }
             }
             _ => self.timer_c_forget(key),
@@ -199,7 +218,7 @@ impl B2bua {
             let Some(t) = self.ring.branches.remove(&key) else {
                 continue;
             };
-            if t.cancelled {
+            if t.state != Branch::Running {
                 // §9.1: no final response within 64·T1 of our CANCEL.
                 self.actions.push_back(Action::Terminate { key });
                 continue;
@@ -227,7 +246,7 @@ impl B2bua {
                 if responded {
                     self.cancel_once(key, id, now);
                 } else {
-                    self.actions.push_back(Action::Abandon { key: key.clone() });
+                    self.abandon(key, id);
                 }
                 return;
             };
@@ -252,8 +271,23 @@ impl B2bua {
         } else if responded {
             self.cancel_once(key, id, now);
         } else {
-            self.actions.push_back(Action::Abandon { key: key.clone() });
+            self.abandon(key, id);
         }
+    }
+
+    /// No more retransmissions of INVITE `key` (no provisional yet, so no CANCEL: §9.1);
+    /// Timer B ends it.
+    fn abandon(&mut self, key: &TransactionKey, id: CallId) {
+        self.actions.push_back(Action::Abandon { key: key.clone() });
+        self.ring.branch_due.remove(key);
+        self.ring.branches.insert(
+            key.clone(),
+            BranchTimer {
+                call: id,
+                responded: false,
+                state: Branch::Abandoned,
+            },
+        );
     }
 
     /// Sends a CANCEL for INVITE `key` (unless one is queued already) and arms §9.1's wait.
@@ -282,7 +316,7 @@ impl B2bua {
             BranchTimer {
                 call: id,
                 responded: true,
-                cancelled: true,
+                state: Branch::Cancelled,
             },
         );
         self.ring

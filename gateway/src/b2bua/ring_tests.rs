@@ -250,10 +250,34 @@ fn timer_c_before_any_response_gives_the_branch_up_as_a_408_like_timer_b() {
         "{acts:?}"
     );
     assert_eq!(to_a(&acts), vec![408]);
-    // A 180 after all: CANCELled at once.
+    // A 180 after all: CANCELled at once, and destroyed if its final response never comes.
     let acts = rig.respond(PHONE, 180, 6);
-    assert_eq!(cancels(&acts), vec![key]);
+    assert_eq!(cancels(&acts), vec![key.clone()]);
     assert!(to_a(&acts).is_empty());
+    let wait = Config::default().t1 * 64;
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(6) + wait));
+    assert_eq!(rig.at(secs(6) + wait), vec![Action::Terminate { key }]);
+    assert_eq!(rig.b2b.timer_c_fired(), 1);
+}
+
+#[test]
+fn a_given_up_branch_that_only_says_100_is_destroyed_after_64_t1() {
+    // A 100 stops Timer B in the transaction layer: without this the INVITE would stay.
+    let cfg = Config {
+        timer_c: secs(5),
+        ..Config::default()
+    };
+    let (mut rig, _) = Rig::call(cfg, device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    rig.at(secs(5));
+    assert_eq!(
+        rig.b2b.poll_timeout(),
+        None,
+        "abandoned: Timer B's to end it"
+    );
+    rig.respond(PHONE, 100, 7);
+    let wait = Config::default().t1 * 64;
+    assert_eq!(rig.at(secs(7) + wait), vec![Action::Terminate { key }]);
 }
 
 #[test]
@@ -358,6 +382,10 @@ fn ring_limit_cancels_the_phones_and_gives_the_caller_480() {
     assert!(acts
         .iter()
         .any(|a| matches!(a, Action::Request { request, .. } if request.method == Method::Bye)));
+    // The silent branch was given up: its Timer C does not fire later (Timer B ends it).
+    let acts = rig.at(C + secs(1));
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(rig.b2b.timer_c_fired(), 0);
 }
 
 #[test]
