@@ -28,6 +28,7 @@
 
 pub mod devstate;
 mod divert;
+mod due;
 pub mod fork;
 pub mod hold;
 mod info;
@@ -484,6 +485,8 @@ pub struct B2bua {
     diverts: HashMap<CallId, divert::Armed>,
     /// Timer C per callee-side INVITE, the ring limit per call (`ring.rs`).
     ring: ring::RingTimers,
+    /// Each call's earliest own deadline ([`Call::next_deadline`]), in time order (`due.rs`).
+    call_due: ring::Deadlines<CallId>,
     /// The random source of tags, branches, Call-IDs (`sip_core::builder`).
     rng: StdRng,
 
@@ -562,6 +565,7 @@ impl B2bua {
             next_media_check: None,
             diverts: HashMap::new(),
             ring: ring::RingTimers::default(),
+            call_due: ring::Deadlines::default(),
             rng: StdRng::from_os_rng(),
 
             sign_next: None,
@@ -661,7 +665,7 @@ impl B2bua {
 
     /// A new INVITE (no To tag) arrived from `source` in server transaction `key`; `routed`
     /// is who calls and where to, as the gateway resolved it.
-    pub fn on_invite(
+    fn invite_inner(
         &mut self,
         key: TransactionKey,
         req: Request,
@@ -898,7 +902,7 @@ impl B2bua {
     }
 
     /// A response for client transaction `key`.
-    pub fn on_response(
+    fn response_inner(
         &mut self,
         key: &TransactionKey,
         resp: Response,
@@ -1239,7 +1243,7 @@ impl B2bua {
     }
 
     /// Client transaction `key` timed out or hit a transport error.
-    pub fn on_timeout(&mut self, key: &TransactionKey, media: &mut dyn MediaControl, now: Instant) {
+    fn timeout_inner(&mut self, key: &TransactionKey, media: &mut dyn MediaControl, now: Instant) {
         if self.fork_timeout(key, media, now) {
             return;
         }
@@ -1342,7 +1346,7 @@ impl B2bua {
     }
 
     /// A CANCEL (answered 200 by us here) for INVITE server transaction `invite`.
-    pub fn on_cancel(
+    fn cancel_inner(
         &mut self,
         key: &TransactionKey,
         cancel: &Request,
@@ -1386,7 +1390,7 @@ impl B2bua {
     }
 
     /// An ACK outside a transaction (for a 2xx).
-    pub fn on_ack(&mut self, req: &Request, media: &mut dyn MediaControl, now: Instant) {
+    fn ack_inner(&mut self, req: &Request, media: &mut dyn MediaControl, now: Instant) {
         let Some((id, side)) = self.dialog_of(req) else {
             return;
         };
@@ -1433,7 +1437,7 @@ impl B2bua {
 
     /// A request inside a dialog (To tag set), in server transaction `key`. Returns false if
     /// it matches no dialog (answer 481).
-    pub fn on_in_dialog(
+    fn in_dialog_inner(
         &mut self,
         key: &TransactionKey,
         req: Request,
@@ -1710,7 +1714,13 @@ impl B2bua {
     }
 
     /// Hangs up both sides of a call (BYE to each confirmed side).
-    pub fn hangup(&mut self, id: CallId, reason: &str, media: &mut dyn MediaControl, now: Instant) {
+    fn hangup_inner(
+        &mut self,
+        id: CallId,
+        reason: &str,
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
@@ -1735,6 +1745,7 @@ impl B2bua {
         };
         call.phase = Phase::Ended;
         self.disarm_ring_limit(id);
+        self.call_due.remove(&id);
         self.fork_cancel(id, Some(&call.b_invite_key));
         media.close(id);
         self.by_server.remove(&call.a_invite_key);
@@ -1780,7 +1791,15 @@ impl B2bua {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let calls = self.calls.values().filter_map(Call::next_deadline).min();
+        let calls = self.call_due.first();
+        #[cfg(debug_assertions)]
+        {
+            let walked = self.calls.values().filter_map(Call::next_deadline).min();
+            debug_assert_eq!(
+                calls, walked,
+                "the per-call deadline index is stale (`due.rs`)"
+            );
+        }
         [
             calls,
             self.next_media_check,
@@ -1792,14 +1811,17 @@ impl B2bua {
         .min()
     }
 
-    /// Runs the timers due at `now`.
-    pub fn handle_timeout(&mut self, media: &mut dyn MediaControl, now: Instant) {
-        self.run_session_timers(media, now);
+    /// Runs the timers due at `now`; `due`: the calls whose own deadline passed (`due.rs`).
+    fn timers_inner(&mut self, due: &[CallId], media: &mut dyn MediaControl, now: Instant) {
+        self.run_session_timers(due, media, now);
         self.run_diverts(now);
         self.run_ring_timers(media, now);
         let mut dead = Vec::new();
         let mut resend = Vec::new();
-        for call in self.calls.values_mut() {
+        for id in due {
+            let Some(call) = self.calls.get_mut(id) else {
+                continue;
+            };
             let Some(ok) = call.ok.as_mut() else {
                 continue;
             };

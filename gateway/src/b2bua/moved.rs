@@ -44,7 +44,7 @@ impl B2bua {
     /// (key, unix secs) if given; music on hold to the caller until the 2xx. A failure of the
     /// new INVITE ends the call (`move-failed`). Returns whether the INVITE went out.
     #[allow(clippy::too_many_arguments)] // the call, where to, how to sign, the driver's media and time
-    pub fn move_b(
+    pub(super) fn move_b_inner(
         &mut self,
         id: CallId,
         uri: &str,
@@ -165,7 +165,7 @@ impl B2bua {
     /// Call `id` is still calling a peer that died (no final answer): its INVITE goes to the
     /// next target now (`dest` first, with the caller's place `join`), as after a timeout;
     /// whether it went.
-    pub fn retarget(
+    pub(super) fn retarget_inner(
         &mut self,
         id: CallId,
         dest: Peer,

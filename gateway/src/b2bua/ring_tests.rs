@@ -445,3 +445,24 @@ fn a_call_diverted_on_busy_is_not_cut_by_the_ring_limit() {
     assert!(!to_a(&acts).contains(&480), "{acts:?}");
     assert_eq!((rig.b2b.len(), rig.b2b.ring_timeouts()), (1, 0));
 }
+
+#[test]
+fn a_calls_own_deadlines_are_indexed_and_leave_with_it() {
+    // `due.rs`: the 200's retransmission (T1) and ACK wait (64·T1) come from the index, which
+    // forgets the call when it ends.
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    assert_eq!(
+        rig.b2b.calls_due_len(),
+        0,
+        "nothing of its own while it rings"
+    );
+    let acts = rig.respond(PHONE, 200, 5);
+    assert_eq!(to_a(&acts), vec![200]);
+    assert_eq!(rig.b2b.calls_due_len(), 1);
+    let t1 = Config::default().t1;
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(5) + t1));
+    assert_eq!(to_a(&rig.at(secs(5) + t1)), vec![200], "retransmitted");
+    let acts = rig.at(secs(5) + t1 * 64);
+    assert_eq!(ended(&acts).as_deref(), Some("no-ack"), "{acts:?}");
+    assert_eq!((rig.b2b.len(), rig.b2b.calls_due_len()), (0, 0));
+}

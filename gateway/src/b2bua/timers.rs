@@ -297,11 +297,19 @@ impl super::Call {
 
 impl B2bua {
     /// Sends the refreshes that are due and ends the calls whose session expired.
-    pub(super) fn run_session_timers(&mut self, media: &mut dyn MediaControl, now: Instant) {
-        self.run_reliable(media, now);
+    pub(super) fn run_session_timers(
+        &mut self,
+        due: &[CallId],
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) {
+        self.run_reliable(due, media, now);
         let mut expired = Vec::new();
         let mut refresh = Vec::new();
-        for c in self.calls.values_mut() {
+        for id in due {
+            let Some(c) = self.calls.get_mut(id) else {
+                continue;
+            };
             let busy = c.phase != Phase::Confirmed || c.pending.is_some() || c.ok.is_some();
             for side in [Side::A, Side::B] {
                 let Some(t) = c.leg_mut(side).timer.as_mut() else {
