@@ -223,9 +223,10 @@ impl B2bua {
                 self.actions.push_back(Action::Terminate { key });
                 continue;
             }
-            self.ring.fired += 1;
-            tracing::info!(call = t.call.0, key = %key, responded = t.responded, "Timer C fired");
-            self.give_up_branch(t.call, &key, t.responded, now);
+            if self.give_up_branch(t.call, &key, t.responded, now) {
+                self.ring.fired += 1;
+                tracing::info!(call = t.call.0, key = %key, responded = t.responded, "Timer C fired");
+            }
             // The branch is over as a 408: the same path as Timer B's timeout.
             self.on_timeout(&key, media, now);
         }
@@ -238,7 +239,16 @@ impl B2bua {
     /// final response), else no more retransmissions. The branch is kept (as a cancelled fork
     /// branch, done with 408) so that its late responses are handled as a cancelled branch's:
     /// a 1xx CANCELled, a 2xx ACKed and BYEd, a final one absorbed.
-    fn give_up_branch(&mut self, id: CallId, key: &TransactionKey, responded: bool, now: Instant) {
+    /// Returns false when the branch was CANCELled already (by the caller's CANCEL or
+    /// another branch's answer): then it only gets the 64·T1 wait, and Timer C does not count
+    /// it as ended by itself.
+    fn give_up_branch(
+        &mut self,
+        id: CallId,
+        key: &TransactionKey,
+        responded: bool,
+        now: Instant,
+    ) -> bool {
         if !self.forks.contains_key(key) {
             let Some(call) = self.calls.get(&id).filter(|c| c.b_invite_key == *key) else {
                 // Not the call's INVITE any more (diverted, moved, or the call is over):
@@ -248,7 +258,7 @@ impl B2bua {
                 } else {
                     self.abandon(key, id);
                 }
-                return;
+                return true;
             };
             let mut br = fork::Branch::new(id, call.b_invite.clone(), call.b.peer.clone());
             // A caller's CANCEL already went to a primary that rang (`on_cancel`).
@@ -259,7 +269,7 @@ impl B2bua {
             self.forks.insert(key.clone(), br);
         }
         let Some(br) = self.forks.get_mut(key) else {
-            return;
+            return true;
         };
         let already = br.cancelled && br.provisional;
         br.cancelled = true;
@@ -273,6 +283,7 @@ impl B2bua {
         } else {
             self.abandon(key, id);
         }
+        !already
     }
 
     /// No more retransmissions of INVITE `key` (no provisional yet, so no CANCEL: §9.1);

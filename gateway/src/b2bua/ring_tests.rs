@@ -360,6 +360,11 @@ CSeq: 1 CANCEL
     assert!(cancels(&acts).is_empty(), "no second CANCEL: {acts:?}");
     assert!(to_a(&acts).into_iter().all(|c| c == 200), "{acts:?}");
     assert_eq!(rig.b2b.len(), 0, "the call is over");
+    assert_eq!(
+        rig.b2b.timer_c_fired(),
+        0,
+        "the caller's CANCEL ended that branch"
+    );
 }
 
 #[test]
