@@ -237,6 +237,12 @@ pub struct GatewaySection {
     pub sip_shards: Option<i64>,
     /// Hang up a call after this long without RTP (0: never).
     pub media_timeout_secs: Option<f64>,
+    /// Timer C of every INVITE the B2BUA sends to a callee, restarted by each provisional
+    /// response (RFC 3261 §16.6 step 11; default 181: "greater than 3 minutes").
+    pub timer_c_secs: Option<f64>,
+    /// Ring limit of calls to this site's devices: unanswered after this long, the caller
+    /// gets 480 (0 or absent: none).
+    pub ring_timeout_secs: Option<f64>,
     /// Session timers (RFC 4028): Session-Expires asked of callees and granted to callers
     /// (0: no session timers; default 1800).
     pub session_expires_secs: Option<f64>,
@@ -957,6 +963,15 @@ impl Loaded {
             media_timeout: match g.media_timeout_secs {
                 Some(0.0) => None,
                 v => Some(secs(v, "media_timeout_secs", 30.0)?),
+            },
+            timer_c: secs(
+                g.timer_c_secs,
+                "timer_c_secs",
+                gateway::b2bua::DEFAULT_TIMER_C.as_secs_f64(),
+            )?,
+            ring_timeout: match g.ring_timeout_secs {
+                None | Some(0.0) => None,
+                v => Some(secs(v, "ring_timeout_secs", 0.0)?),
             },
             session_expires: match g.session_expires_secs {
                 Some(0.0) => None,
@@ -1738,6 +1753,41 @@ mod tests {
         assert!(
             e.contains("site-a.toml:8") && e.contains("keepalive_secs"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn timer_c_and_ring_timeout_are_configurable_and_checked_with_their_line() {
+        let base = format!("{GATEWAY}min_expires = 60\n");
+        let g = load(&base).unwrap().gateway().unwrap();
+        assert_eq!(
+            (g.timer_c, g.ring_timeout),
+            (Duration::from_secs(181), None),
+            "defaults: Timer C over 3 minutes, no ring limit"
+        );
+        let g = load(&format!("{base}timer_c_secs = 3\nring_timeout_secs = 25\n"))
+            .unwrap()
+            .gateway()
+            .unwrap();
+        assert_eq!(
+            (g.timer_c, g.ring_timeout),
+            (Duration::from_secs(3), Some(Duration::from_secs(25)))
+        );
+        let g = load(&format!("{base}ring_timeout_secs = 0\n"))
+            .unwrap()
+            .gateway()
+            .unwrap();
+        assert_eq!(g.ring_timeout, None, "0: no ring limit");
+        refused_at(
+            &base,
+            "site-a.toml:8:",
+            &[
+                ("timer_c_secs = 0", "timer_c_secs"),
+                ("timer_c_secs = -1", "timer_c_secs"),
+                ("ring_timeout_secs = -5", "ring_timeout_secs"),
+                ("ring_timeout_secs = 1e9", "ring_timeout_secs"),
+            ],
+            Loaded::gateway,
         );
     }
 

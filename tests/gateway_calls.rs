@@ -496,3 +496,93 @@ fn silent_call_is_hung_up_on_both_sides_after_the_media_timeout() {
         "hung up after {after:?}"
     );
 }
+
+/// `call_uac_unanswered.xml` expecting a 180 then final response `code`, written into the
+/// gateway's directory.
+fn unanswered_scenario(gw: &GatewayProcess, code: &str) -> PathBuf {
+    let text = std::fs::read_to_string(scenario("call_uac_unanswered.xml")).expect("read scenario");
+    let path = gw.dir().join(format!("call_uac_unanswered_{code}.xml"));
+    std::fs::write(&path, text.replace("@CODE@", code)).expect("write scenario");
+    path
+}
+
+/// The value of counter `name` on the gateway's `/metrics` (its `[http]` listener).
+fn counter(gw: &mut GatewayProcess, name: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    gw.drain();
+    let ready = |l: &str| l.trim().starts_with("http ready ");
+    let line = match gw.history.iter().find(|l| ready(l)) {
+        Some(l) => l.clone(),
+        None => gw.wait_for(STATE_TIMEOUT, "the http ready line", ready),
+    };
+    let addr = line.trim().trim_start_matches("http ready ").to_owned();
+    let mut conn = std::net::TcpStream::connect(addr.as_str()).expect("connect to /metrics");
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("response");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+}
+
+/// Issue 16: a phone that sends 180 and then nothing. With `timer_c_secs = 3` the gateway
+/// CANCELs it 3 s after its 180 (the SIPp callee answers the CANCEL 200 and the INVITE 487)
+/// and the caller gets 408 within the bound; with `ring_timeout_secs = 2` (and the default
+/// Timer C) the caller gets 480 after 2 s. Each is counted on `/metrics`.
+#[test]
+fn a_phone_that_rings_forever_is_cancelled_by_timer_c_or_the_ring_limit() {
+    for (extra, code, reason, bound, metric) in [
+        (
+            "timer_c_secs = 3\n",
+            "408",
+            "no-answer",
+            3.0,
+            "callfabric_gateway_invite_timer_c_total",
+        ),
+        (
+            "ring_timeout_secs = 2\n",
+            "480",
+            "ring-timeout",
+            2.0,
+            "callfabric_gateway_ring_timeouts_total",
+        ),
+    ] {
+        let mut s = spec("gw-a");
+        s.extra =
+            format!("{extra}[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"a-token-for-the-tests\"\n");
+        let mut gw = GatewayProcess::start(binary(), s);
+        let mut uas = callee(&mut gw, "1002", "call_uas_cancel.xml");
+        let started = std::time::Instant::now();
+        let out = run_scenario(
+            &unanswered_scenario(&gw, code),
+            gw.udp,
+            SippOpts {
+                keys: vec![("callee".into(), "1002".into())],
+                ..SippOpts::user("1001", "secret")
+            },
+        )
+        .expect("run sipp");
+        let took = started.elapsed().as_secs_f64();
+        eprintln!("{code} to the caller {took:.2} s after its first INVITE");
+        assert_passes(&gw, &out, &format!("caller hears 180, then gets {code}"));
+        let out = uas.wait().expect("callee outcome");
+        assert_passes(&gw, &out, "callee rang, got the CANCEL, answered 200 + 487");
+        // SIPp's run includes its registration-free start, the 407 round and a 300 ms
+        // timewait: the final response came after the bound and well before twice it.
+        assert!(
+            took >= bound && took < bound + 3.0,
+            "{code} after {took:.1} s, bound {bound} s"
+        );
+        let ended = gw.call_ended(STATE_TIMEOUT);
+        assert_eq!(ended.reason, reason, "{}", ended.line);
+        assert_eq!(counter(&mut gw, metric), 1.0, "{metric}");
+        let ringing = (gw.history.iter())
+            .position(|l| l.trim() == "DEVICE PJSIP/1002 RINGING")
+            .expect("the phone rang");
+        gw.seen_since(ringing, "DEVICE PJSIP/1002 NOT_INUSE", STATE_TIMEOUT);
+    }
+}

@@ -131,6 +131,7 @@ pub struct Gateway {
     /// Overload control's gate (its counts, whether it sheds).
     overload: Arc<sip_core::overload::Gate>,
     tx_stats: Arc<timers::TxStats>,
+    ring_stats: Arc<calls::RingStats>,
     /// The register shards' transaction tables (issue 16).
     shard_stats: Vec<Arc<timers::TxStats>>,
     /// REGISTERs dropped because a register shard's queue was full.
@@ -188,6 +189,8 @@ impl Gateway {
             uniqueid_prefix: format!("{}-{}-", cfg.node, std::process::id()),
             session_expires: cfg.session_expires,
             min_se: cfg.session_min_se,
+            timer_c: cfg.timer_c,
+            ring_timeout: cfg.ring_timeout,
             ..b2bua::Config::default()
         });
         let outbound =
@@ -274,11 +277,13 @@ impl Gateway {
             extra_prefixes: ExtraPrefixes::default(),
             housekeeping: timers::Housekeeping::new(Instant::now()),
             tx_stats: Arc::default(),
+            ring_stats: Arc::default(),
             rng: rand::SeedableRng::from_os_rng(),
         };
         let tls = core.transports.tls_state();
         let extra_prefixes = core.extra_prefixes.clone();
         let tx_stats = core.tx_stats.clone();
+        let ring_stats = core.ring_stats.clone();
         let shard_stats = (core.shards.as_ref()).map_or(Vec::new(), |s| s.stats.clone());
         let shard_dropped = (core.shards.as_ref()).map(|s| s.dropped.clone());
         let shard_core_full = (core.shards.as_ref()).map(|s| s.core_full.clone());
@@ -287,6 +292,7 @@ impl Gateway {
         Ok(Gateway {
             overload: overload_gate,
             tx_stats,
+            ring_stats,
             shard_stats,
             shard_dropped,
             shard_core_full,
@@ -340,6 +346,12 @@ impl Gateway {
             t.abandoned += r.abandoned;
         }
         t
+    }
+
+    /// Callee-side INVITEs ended by time since start (issue 16, `b2bua/ring.rs`): branches
+    /// Timer C ended (CANCELled or given up), calls the ring limit ended with 480.
+    pub fn invite_timeouts(&self) -> (u64, u64) {
+        self.ring_stats.read()
     }
 
     /// REGISTER 200 OKs sent before their binding was committed because the 200s held for
@@ -430,6 +442,8 @@ struct Core {
     housekeeping: timers::Housekeeping,
     /// The transaction table's size, for the handle.
     tx_stats: Arc<timers::TxStats>,
+    /// INVITE branches and calls ended by Timer C / the ring limit, for the handle.
+    ring_stats: Arc<calls::RingStats>,
     /// The random source of the requests the core builds itself (branches, tags, Call-IDs).
     rng: rand::rngs::StdRng,
 }

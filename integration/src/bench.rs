@@ -1084,6 +1084,8 @@ pub fn gateway_config(
         rtp_threads: media::relay_threads_per_core(),
         sip_shards: 1,
         media_timeout: None,
+        timer_c: gateway::b2bua::DEFAULT_TIMER_C,
+        ring_timeout: None,
         session_expires: None,
         session_min_se: std::time::Duration::from_secs(90),
         extensions: Default::default(),

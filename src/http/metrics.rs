@@ -273,6 +273,20 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
              the durable commit were at their bound (the database stalled)"
         )?)
         .inc_by(gw.register_unheld());
+        let (timer_c, ring_timeouts) = gw.invite_timeouts();
+        reg!(IntCounter::new(
+            "callfabric_gateway_invite_timer_c_total",
+            "INVITE branches to callees ended by Timer C (RFC 3261 §16.6 step 11: no final \
+             response within timer_c_secs of the INVITE or of the last provisional): CANCELled, \
+             or given up before any provisional"
+        )?)
+        .inc_by(timer_c);
+        reg!(IntCounter::new(
+            "callfabric_gateway_ring_timeouts_total",
+            "Calls to this gateway's devices unanswered within ring_timeout_secs: callees \
+             CANCELled, 480 to the caller"
+        )?)
+        .inc_by(ring_timeouts);
         let (shards, shard_dropped, shard_core_full) = gw.register_shards();
         reg!(IntGauge::new(
             "callfabric_gateway_sip_shards",

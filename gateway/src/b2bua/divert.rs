@@ -127,6 +127,8 @@ impl B2bua {
         call.b_422_tried = false;
         call.b_rseq = None;
         self.by_client.insert(key.clone(), (id, Side::B));
+        self.arm_timer_c(&key, id, now);
+        self.disarm_ring_limit(id);
         if let Some(dev) = callee {
             if self.devices.remove(&dev, id) {
                 self.actions.push_back(Action::DeviceChanged(dev));
@@ -137,7 +139,6 @@ impl B2bua {
             request: invite,
             dest,
         });
-        let _ = now;
         true
     }
 }

@@ -37,23 +37,23 @@ pub struct ForkTarget {
 /// One branch of a forked leg B.
 #[derive(Debug)]
 pub(super) struct Branch {
-    call: CallId,
-    invite: Request,
-    peer: Peer,
+    pub(super) call: CallId,
+    pub(super) invite: Request,
+    pub(super) peer: Peer,
     /// A provisional response (101–199) came.
-    provisional: bool,
+    pub(super) provisional: bool,
     /// We want this branch gone (CANCEL sent, or to be sent at its first 1xx).
-    cancelled: bool,
+    pub(super) cancelled: bool,
     /// This branch's 2xx won the call.
-    answered: bool,
+    pub(super) answered: bool,
     /// Its final outcome: the status received, or 408 for a timeout (`received` false).
-    done: Option<(u16, Option<Response>)>,
+    pub(super) done: Option<(u16, Option<Response>)>,
     /// To tags of stray 2xx already BYEd.
-    byed: Vec<String>,
+    pub(super) byed: Vec<String>,
 }
 
 impl Branch {
-    fn new(call: CallId, invite: Request, peer: Peer) -> Self {
+    pub(super) fn new(call: CallId, invite: Request, peer: Peer) -> Self {
         Branch {
             call,
             invite,
@@ -88,7 +88,7 @@ pub fn best_final(finals: &[(u16, bool)]) -> Option<usize> {
 impl B2bua {
     /// Sends the INVITEs of the further branches of call `id`, whose primary INVITE
     /// (`b_invite`) was just sent.
-    pub(super) fn fork_start(&mut self, id: CallId, extra: Vec<ForkTarget>) {
+    pub(super) fn fork_start(&mut self, id: CallId, extra: Vec<ForkTarget>, now: Instant) {
         if extra.is_empty() {
             return;
         }
@@ -130,6 +130,7 @@ impl B2bua {
         self.forks.insert(pkey, Branch::new(id, base, ppeer));
         for (key, invite, dest) in out {
             self.by_client.insert(key.clone(), (id, Side::B));
+            self.arm_timer_c(&key, id, now);
             self.forks
                 .insert(key.clone(), Branch::new(id, invite.clone(), dest.clone()));
             self.actions.push_back(Action::Request {
@@ -227,6 +228,11 @@ impl B2bua {
             self.stray(key, resp);
             return true;
         }
+        if br.cancelled {
+            // Given up while the call still rings elsewhere (Timer C, `ring.rs`).
+            self.stray(key, resp);
+            return true;
+        }
         let Some(br) = self.forks.get_mut(key) else {
             return false;
         };
@@ -309,7 +315,11 @@ impl B2bua {
                     dest: br.peer.clone(),
                 });
             }
-            _ => br.done = Some((code, Some(resp.clone()))),
+            _ => {
+                // A branch given up as a 408 (Timer C) keeps that outcome: its 487 tells
+                // the caller nothing.
+                br.done.get_or_insert((code, Some(resp.clone())));
+            }
         }
     }
 

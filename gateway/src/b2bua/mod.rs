@@ -7,7 +7,8 @@
 //! it answers with [`Action`]s (send a request in a new client transaction, respond through a
 //! server transaction, send an ACK, cancel, device changed) and asks the [`MediaControl`] it is
 //! given for relay ports. No sockets, no tokio, no clock: its timers (2xx retransmission until
-//! the ACK, the ACK deadline, the media-timeout sweep) are tested in virtual time.
+//! the ACK, the ACK deadline, the media-timeout sweep, Timer C and the ring limit of `ring.rs`)
+//! are tested in virtual time.
 //!
 //! What it does (RFC 3261 §13–15, RFC 3264, RFC 3311): 100/180/183/200/ACK relayed with each
 //! side's own tags, Call-ID and CSeq; early media (183 with SDP); CANCEL before the answer
@@ -19,19 +20,22 @@
 //! sides; a per-device call limit (486 when reached, the device reads BUSY).
 //!
 //! Late offer (an INVITE without SDP), 100rel/PRACK (`reliable.rs`) and session timers
-//! (`timers.rs`) on both legs: see those files. A call to a device rings all its reachable
+//! (`timers.rs`) on both legs: see those files. Every INVITE to a callee is bounded in time by
+//! Timer C, a call to a device optionally by a ring limit (`ring.rs`). A call to a device rings all its reachable
 //! contacts in parallel ([`fork`]).
 //!
 //! Not yet: redirects (3xx become 480).
 
 pub mod devstate;
 mod divert;
+mod due;
 pub mod fork;
 pub mod hold;
 mod info;
 mod linked;
 mod moved;
 mod reliable;
+mod ring;
 mod shutdown;
 mod srtp;
 pub mod timers;
@@ -203,6 +207,19 @@ pub enum Action {
     /// A device's call-derived state may have changed; read it with
     /// [`B2bua::device_state`].
     DeviceChanged(String),
+    /// Give up the INVITE client transaction `key` while it has no provisional response:
+    /// no more retransmissions; Timer B still ends it and reports late responses
+    /// (`TransactionLayer::abandon`; Timer C, `ring.rs`).
+    Abandon {
+        /// The INVITE client transaction.
+        key: TransactionKey,
+    },
+    /// Destroy the INVITE client transaction `key` at once: it got no final response within
+    /// 64·T1 of our CANCEL (RFC 3261 §9.1; `TransactionLayer::terminate`).
+    Terminate {
+        /// The INVITE client transaction.
+        key: TransactionKey,
+    },
     /// A call ended (for logs / CDRs).
     CallEnded {
         /// The call.
@@ -291,7 +308,17 @@ pub struct Config {
     pub late_offer_codecs: Vec<String>,
     /// A call's uniqueid is this followed by its number (e.g. `gw-a-4711-`).
     pub uniqueid_prefix: String,
+    /// Timer C (RFC 3261 §16.6 step 11) of every INVITE sent to a callee: restarted by each
+    /// provisional response; when it fires the branch is CANCELled (or given up) and over as a
+    /// 408 (`ring.rs`). The RFC wants more than 3 minutes: 181 s by default.
+    pub timer_c: Duration,
+    /// Ring limit of calls to our devices: unanswered after this long, the caller gets 480
+    /// (None: none; Timer C still bounds each branch).
+    pub ring_timeout: Option<Duration>,
 }
+
+/// Timer C's default: RFC 3261 §16.6 step 11 says "greater than 3 minutes".
+pub const DEFAULT_TIMER_C: Duration = Duration::from_secs(181);
 
 impl Default for Config {
     fn default() -> Self {
@@ -306,6 +333,8 @@ impl Default for Config {
                 .map(String::from)
                 .to_vec(),
             uniqueid_prefix: String::new(),
+            timer_c: DEFAULT_TIMER_C,
+            ring_timeout: None,
         }
     }
 }
@@ -454,6 +483,10 @@ pub struct B2bua {
     next_media_check: Option<Instant>,
     /// Diversions armed per call (`divert.rs`).
     diverts: HashMap<CallId, divert::Armed>,
+    /// Timer C per callee-side INVITE, the ring limit per call (`ring.rs`).
+    ring: ring::RingTimers,
+    /// Each call's earliest own deadline ([`Call::next_deadline`]), in time order (`due.rs`).
+    call_due: ring::Deadlines<CallId>,
     /// The random source of tags, branches, Call-IDs (`sip_core::builder`).
     rng: StdRng,
 
@@ -531,6 +564,8 @@ impl B2bua {
             next_id: 1,
             next_media_check: None,
             diverts: HashMap::new(),
+            ring: ring::RingTimers::default(),
+            call_due: ring::Deadlines::default(),
             rng: StdRng::from_os_rng(),
 
             sign_next: None,
@@ -630,7 +665,7 @@ impl B2bua {
 
     /// A new INVITE (no To tag) arrived from `source` in server transaction `key`; `routed`
     /// is who calls and where to, as the gateway resolved it.
-    pub fn on_invite(
+    fn invite_inner(
         &mut self,
         key: TransactionKey,
         req: Request,
@@ -854,16 +889,20 @@ impl B2bua {
         self.by_client.insert(b_key.clone(), (id, Side::B));
         self.by_server.insert(key, id);
         self.calls.insert(id, call);
+        self.arm_timer_c(&b_key, id, now);
+        if callee.is_some() {
+            self.arm_ring_limit(id, now);
+        }
         self.actions.push_back(Action::Request {
             key: b_key,
             request: b_invite,
             dest,
         });
-        self.fork_start(id, forks);
+        self.fork_start(id, forks, now);
     }
 
     /// A response for client transaction `key`.
-    pub fn on_response(
+    fn response_inner(
         &mut self,
         key: &TransactionKey,
         resp: Response,
@@ -871,6 +910,9 @@ impl B2bua {
         now: Instant,
     ) {
         let mut resp = resp;
+        if key.method() == Method::Invite {
+            self.timer_c_response(key, resp.status_code.code(), now);
+        }
         if self.fork_response(key, &mut resp) {
             return;
         }
@@ -1078,6 +1120,10 @@ impl B2bua {
             }
             call.phase = Phase::Answered;
             call.answered_at = Some(now);
+            self.disarm_ring_limit(id);
+            let Some(call) = self.calls.get_mut(&id) else {
+                return;
+            };
             let key = call.a_invite_key.clone();
             // RFC 3262 §3: no 2xx while a reliable 1xx with SDP waits for its PRACK (it goes
             // with that PRACK); otherwise reliable provisionals stop here.
@@ -1112,7 +1158,7 @@ impl B2bua {
         if code == 422 && call.phase == Phase::Calling && !call.cancel_pending && !call.b_422_tried
         {
             call.b_422_tried = true;
-            if self.retry_b_after_422(id, &resp) {
+            if self.retry_b_after_422(id, &resp, now) {
                 return;
             }
         }
@@ -1148,6 +1194,7 @@ impl B2bua {
                     call.b_invite = retry.clone();
                     call.b_invite_key = key.clone();
                     self.by_client.insert(key.clone(), (id, Side::B));
+                    self.arm_timer_c(&key, id, now);
                     self.actions.push_back(Action::Request {
                         key,
                         request: retry,
@@ -1190,12 +1237,13 @@ impl B2bua {
     /// A transaction ended: forget its mapping.
     pub fn on_terminated(&mut self, key: &TransactionKey) {
         self.fork_terminated(key);
+        self.timer_c_forget(key);
         self.by_client.remove(key);
         self.by_server.remove(key);
     }
 
     /// Client transaction `key` timed out or hit a transport error.
-    pub fn on_timeout(&mut self, key: &TransactionKey, media: &mut dyn MediaControl, now: Instant) {
+    fn timeout_inner(&mut self, key: &TransactionKey, media: &mut dyn MediaControl, now: Instant) {
         if self.fork_timeout(key, media, now) {
             return;
         }
@@ -1288,6 +1336,7 @@ impl B2bua {
         call.b_invite = retry.clone();
         call.b_invite_key = key.clone();
         self.by_client.insert(key.clone(), (id, Side::B));
+        self.arm_timer_c(&key, id, now);
         self.actions.push_back(Action::Request {
             key,
             request: retry,
@@ -1297,7 +1346,7 @@ impl B2bua {
     }
 
     /// A CANCEL (answered 200 by us here) for INVITE server transaction `invite`.
-    pub fn on_cancel(
+    fn cancel_inner(
         &mut self,
         key: &TransactionKey,
         cancel: &Request,
@@ -1341,7 +1390,7 @@ impl B2bua {
     }
 
     /// An ACK outside a transaction (for a 2xx).
-    pub fn on_ack(&mut self, req: &Request, media: &mut dyn MediaControl, now: Instant) {
+    fn ack_inner(&mut self, req: &Request, media: &mut dyn MediaControl, now: Instant) {
         let Some((id, side)) = self.dialog_of(req) else {
             return;
         };
@@ -1388,7 +1437,7 @@ impl B2bua {
 
     /// A request inside a dialog (To tag set), in server transaction `key`. Returns false if
     /// it matches no dialog (answer 481).
-    pub fn on_in_dialog(
+    fn in_dialog_inner(
         &mut self,
         key: &TransactionKey,
         req: Request,
@@ -1665,7 +1714,13 @@ impl B2bua {
     }
 
     /// Hangs up both sides of a call (BYE to each confirmed side).
-    pub fn hangup(&mut self, id: CallId, reason: &str, media: &mut dyn MediaControl, now: Instant) {
+    fn hangup_inner(
+        &mut self,
+        id: CallId,
+        reason: &str,
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
@@ -1689,6 +1744,8 @@ impl B2bua {
             return;
         };
         call.phase = Phase::Ended;
+        self.disarm_ring_limit(id);
+        self.call_due.remove(&id);
         self.fork_cancel(id, Some(&call.b_invite_key));
         media.close(id);
         self.by_server.remove(&call.a_invite_key);
@@ -1734,20 +1791,37 @@ impl B2bua {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let calls = self.calls.values().filter_map(Call::next_deadline).min();
-        [calls, self.next_media_check, self.divert_due()]
-            .into_iter()
-            .flatten()
-            .min()
+        let calls = self.call_due.first();
+        #[cfg(debug_assertions)]
+        {
+            let walked = self.calls.values().filter_map(Call::next_deadline).min();
+            debug_assert_eq!(
+                calls, walked,
+                "the per-call deadline index is stale (`due.rs`)"
+            );
+        }
+        [
+            calls,
+            self.next_media_check,
+            self.divert_due(),
+            self.ring_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Runs the timers due at `now`.
-    pub fn handle_timeout(&mut self, media: &mut dyn MediaControl, now: Instant) {
-        self.run_session_timers(media, now);
+    /// Runs the timers due at `now`; `due`: the calls whose own deadline passed (`due.rs`).
+    fn timers_inner(&mut self, due: &[CallId], media: &mut dyn MediaControl, now: Instant) {
+        self.run_session_timers(due, media, now);
         self.run_diverts(now);
+        self.run_ring_timers(media, now);
         let mut dead = Vec::new();
         let mut resend = Vec::new();
-        for call in self.calls.values_mut() {
+        for id in due {
+            let Some(call) = self.calls.get_mut(id) else {
+                continue;
+            };
             let Some(ok) = call.ok.as_mut() else {
                 continue;
             };
@@ -1854,3 +1928,6 @@ mod srtp_tests;
 
 #[cfg(test)]
 mod divert_tests;
+
+#[cfg(test)]
+mod ring_tests;

@@ -43,7 +43,8 @@ impl B2bua {
     /// relay's B-side SDP and the caller's place `join` (`X-CF-Join`), signed with `signer`
     /// (key, unix secs) if given; music on hold to the caller until the 2xx. A failure of the
     /// new INVITE ends the call (`move-failed`). Returns whether the INVITE went out.
-    pub fn move_b(
+    #[allow(clippy::too_many_arguments)] // the call, where to, how to sign, the driver's media and time
+    pub(super) fn move_b_inner(
         &mut self,
         id: CallId,
         uri: &str,
@@ -51,6 +52,7 @@ impl B2bua {
         join: Option<JoinPlace>,
         signer: Option<(Arc<FabricKey>, u64)>,
         media: &mut dyn MediaControl,
+        now: Instant,
     ) -> bool {
         let local = local_for(&dest);
         let (via, branch) = local.new_via(&mut self.rng);
@@ -111,6 +113,7 @@ impl B2bua {
         call.moving = true;
         call.signer = signer;
         self.by_client.insert(key.clone(), (id, Side::B));
+        self.arm_timer_c(&key, id, now);
         self.actions.push_back(Action::Request {
             key,
             request: invite,
@@ -162,7 +165,7 @@ impl B2bua {
     /// Call `id` is still calling a peer that died (no final answer): its INVITE goes to the
     /// next target now (`dest` first, with the caller's place `join`), as after a timeout;
     /// whether it went.
-    pub fn retarget(
+    pub(super) fn retarget_inner(
         &mut self,
         id: CallId,
         dest: Peer,

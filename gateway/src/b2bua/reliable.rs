@@ -73,6 +73,24 @@ impl B2bua {
 
     /// A PRACK from the caller (its early dialog with us has no `Dialog` yet). False when it
     /// belongs to no call (answer 481).
+    /// The call whose caller's PRACK `req` is (its early dialog: Call-ID and our tag).
+    pub(super) fn prack_call(&self, req: &Request) -> Option<CallId> {
+        let (Ok(call_id), Ok(Some(to_tag))) = (
+            tparse::value(&req.headers, Field::CallId),
+            tparse::field_tag(&req.headers, Field::To),
+        ) else {
+            return None;
+        };
+        self.calls
+            .values()
+            .find(|c| {
+                c.a_rel.is_some()
+                    && c.a_tag == to_tag
+                    && tparse::value(&c.a_invite.headers, Field::CallId).ok() == Some(call_id)
+            })
+            .map(|c| c.id)
+    }
+
     pub(super) fn on_prack(
         &mut self,
         key: &TransactionKey,
@@ -80,18 +98,7 @@ impl B2bua {
         _media: &mut dyn MediaControl,
         now: Instant,
     ) -> bool {
-        let (Ok(call_id), Ok(Some(to_tag))) = (
-            tparse::value(&req.headers, Field::CallId),
-            tparse::field_tag(&req.headers, Field::To),
-        ) else {
-            return false;
-        };
-        let found = self.calls.values().find(|c| {
-            c.a_rel.is_some()
-                && c.a_tag == to_tag
-                && tparse::value(&c.a_invite.headers, Field::CallId).ok() == Some(call_id)
-        });
-        let Some(id) = found.map(|c| c.id) else {
+        let Some(id) = self.prack_call(req) else {
             return false;
         };
         let Some(call) = self.calls.get_mut(&id) else {
@@ -135,10 +142,18 @@ impl B2bua {
     }
 
     /// Retransmits reliable provisional responses; gives up on a caller that never PRACKs.
-    pub(super) fn run_reliable(&mut self, media: &mut dyn MediaControl, now: Instant) {
+    pub(super) fn run_reliable(
+        &mut self,
+        due: &[CallId],
+        media: &mut dyn MediaControl,
+        now: Instant,
+    ) {
         let mut resend = Vec::new();
         let mut failed = Vec::new();
-        for c in self.calls.values_mut() {
+        for id in due {
+            let Some(c) = self.calls.get_mut(id) else {
+                continue;
+            };
             let Some(rel) = c.a_rel.as_mut() else {
                 continue;
             };

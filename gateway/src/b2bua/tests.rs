@@ -845,6 +845,7 @@ fn leg_b_moves_to_another_peer_with_music_meanwhile() {
             }),
             Some((key.clone(), 1_700_000_005)),
             &mut rig.media,
+            rig.now,
         );
         assert!(moved);
         assert_eq!(

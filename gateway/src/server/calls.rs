@@ -2,12 +2,33 @@
 //! transaction layer, device-state changes to presence, failed trunk targets to their DNS
 //! state, and the end of a call: its CDR (`cdr.rs`) and its [`GatewayEvent::CallEnded`].
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
 use super::{Core, GatewayEvent};
 use crate::b2bua;
+
+/// Callee-side INVITEs ended by time (issue 16), as the handle reads them: branches Timer C
+/// ended and calls the ring limit ended (`b2bua/ring.rs`), published by the loop after the
+/// B2BUA's timers ran (the only place either happens).
+#[derive(Debug, Default)]
+pub(super) struct RingStats {
+    timer_c: AtomicU64,
+    ring_timeouts: AtomicU64,
+}
+
+impl RingStats {
+    pub(super) fn publish(&self, b2bua: &b2bua::B2bua) {
+        self.timer_c.store(b2bua.timer_c_fired(), Relaxed);
+        self.ring_timeouts.store(b2bua.ring_timeouts(), Relaxed);
+    }
+
+    pub(super) fn read(&self) -> (u64, u64) {
+        (self.timer_c.load(Relaxed), self.ring_timeouts.load(Relaxed))
+    }
+}
 
 impl Core {
     pub(super) fn on_b2bua_action(&mut self, a: b2bua::Action) {
@@ -21,6 +42,8 @@ impl Core {
                     Err(e) => {
                         warn!(error = %e, "cannot send a call request");
                         self.b2bua.on_timeout(&key, &mut self.media, now);
+                        // No transaction exists to end later: forget its timers now.
+                        self.b2bua.on_terminated(&key);
                     }
                 }
             }
@@ -42,6 +65,12 @@ impl Core {
                 }
                 Err(e) => debug!(error = %e, "nothing to cancel"),
             },
+            b2bua::Action::Abandon { key } => {
+                self.tl.abandon(&key);
+            }
+            b2bua::Action::Terminate { key } => {
+                self.tl.terminate(&key);
+            }
             b2bua::Action::DeviceChanged(key) => self.refresh_device(&key),
             b2bua::Action::TargetFailed(addr) => {
                 let mut map = self.dns.lock().unwrap_or_else(|p| p.into_inner());

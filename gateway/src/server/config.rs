@@ -61,6 +61,11 @@ pub struct GatewayConfig {
     pub sip_shards: usize,
     /// Hang up calls after this long without RTP.
     pub media_timeout: Option<Duration>,
+    /// Timer C of every INVITE the B2BUA sends to a callee (RFC 3261 §16.6 step 11; default
+    /// [`crate::b2bua::DEFAULT_TIMER_C`], 181 s).
+    pub timer_c: Duration,
+    /// Ring limit of calls to this site's devices (480 to the caller when it passes; None: none).
+    pub ring_timeout: Option<Duration>,
     /// Session timers (RFC 4028): the Session-Expires we ask for and grant (None: off).
     pub session_expires: Option<Duration>,
     /// Session timers: our Min-SE (a smaller Session-Expires gets 422).

@@ -182,6 +182,7 @@ impl Core {
                 Some(place),
                 signer,
                 &mut self.media,
+                std::time::Instant::now(),
             ) {
                 info!(call = id.0, %number, from = %old, to = %next, joined_ms = place.joined_ms,
                     "FABRIC MOVE the caller's ACD node died: moved to a live node with their original join time");

@@ -149,6 +149,7 @@ impl Core {
     pub(super) fn on_timers(&mut self, now: Instant) {
         self.tx_stats.publish(&self.tl);
         self.b2bua.handle_timeout(&mut self.media, now);
+        self.ring_stats.publish(&self.b2bua);
         if self.housekeeping_due().is_some_and(|t| t <= now) {
             self.housekeeping(now);
         }

@@ -1,0 +1,473 @@
+//! Timer C and the ring limit (`ring.rs`) in virtual time, with the fake relay.
+
+use super::ring::Deadlines;
+use super::tests::{b_response, invite_from_a, peer, request, sdp, FakeMedia};
+use super::*;
+
+const PHONE: &str = "10.0.0.2:5070";
+const OTHER: &str = "10.0.0.3:5070";
+const C: Duration = Duration::from_secs(181);
+
+struct Rig {
+    b2b: B2bua,
+    media: FakeMedia,
+    t0: Instant,
+    a_key: TransactionKey,
+    /// (destination, INVITE, key) of every INVITE sent to a callee, in order.
+    invites: Vec<(SocketAddr, Request, TransactionKey)>,
+}
+
+fn config(ring_timeout: Option<Duration>) -> Config {
+    Config {
+        ring_timeout,
+        ..Config::default()
+    }
+}
+
+fn device(contacts: &[&str]) -> Target {
+    Target::Device {
+        device: "PJSIP/1002".into(),
+        contact: format!("sip:1002@{}", contacts[0]),
+        dest: peer(contacts[0]),
+        limit: 0,
+        forks: contacts[1..]
+            .iter()
+            .map(|a| ForkTarget {
+                contact: format!("sip:1002@{a}"),
+                dest: peer(a),
+            })
+            .collect(),
+    }
+}
+
+impl Rig {
+    fn call(cfg: Config, target: Target) -> (Rig, Vec<Action>) {
+        let mut rig = Rig {
+            b2b: B2bua::new(cfg),
+            media: FakeMedia::default(),
+            t0: Instant::now(),
+            a_key: TransactionKey::client("z9hG4bKa1", Method::Invite),
+            invites: Vec::new(),
+        };
+        rig.b2b.on_invite(
+            rig.a_key.clone(),
+            invite_from_a(),
+            peer("10.0.0.1:5060"),
+            Routed {
+                caller: Caller::default(),
+                target,
+            },
+            &mut rig.media,
+            rig.t0,
+        );
+        let acts = rig.actions();
+        (rig, acts)
+    }
+
+    /// Every action since the last call; INVITEs to callees are remembered.
+    fn actions(&mut self) -> Vec<Action> {
+        let acts: Vec<Action> = std::iter::from_fn(|| self.b2b.poll_action()).collect();
+        for a in &acts {
+            if let Action::Request { key, request, dest } = a {
+                if request.method == Method::Invite {
+                    self.invites.push((dest.addr, request.clone(), key.clone()));
+                }
+            }
+        }
+        acts
+    }
+
+    fn invite_to(&self, addr: &str) -> (Request, TransactionKey) {
+        let addr: SocketAddr = addr.parse().expect("addr");
+        self.invites
+            .iter()
+            .rev()
+            .find(|(a, _, _)| *a == addr)
+            .map(|(_, r, k)| (r.clone(), k.clone()))
+            .expect("an INVITE to this address")
+    }
+
+    /// The callee at `addr` answers its latest INVITE with `code`, `secs` after the start.
+    fn respond(&mut self, addr: &str, code: u16, secs: u64) -> Vec<Action> {
+        let (inv, key) = self.invite_to(addr);
+        let body = if code == 200 {
+            sdp("10.0.0.2", 6000, "sendrecv")
+        } else {
+            String::new()
+        };
+        let resp = b_response(&inv, code, "phone", &body);
+        let now = self.t0 + Duration::from_secs(secs);
+        self.b2b.on_response(&key, resp, &mut self.media, now);
+        self.actions()
+    }
+
+    fn at(&mut self, after: Duration) -> Vec<Action> {
+        self.b2b.handle_timeout(&mut self.media, self.t0 + after);
+        self.actions()
+    }
+}
+
+fn cancels(acts: &[Action]) -> Vec<TransactionKey> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Cancel { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn to_a(acts: &[Action]) -> Vec<u16> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Respond { response, .. } => Some(response.status_code.code()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ended(acts: &[Action]) -> Option<String> {
+    acts.iter().find_map(|a| match a {
+        Action::CallEnded { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[test]
+fn deadlines_come_out_in_time_order_and_move_with_their_key() {
+    let t0 = Instant::now();
+    let mut d: Deadlines<u32> = Deadlines::default();
+    d.set(1, t0 + secs(5));
+    d.set(2, t0 + secs(3));
+    d.set(3, t0 + secs(3));
+    assert_eq!(d.first(), Some(t0 + secs(3)));
+    d.set(2, t0 + secs(9)); // moved: its old slot is gone
+    assert!(d.remove(&3));
+    assert!(!d.remove(&3));
+    assert_eq!(d.first(), Some(t0 + secs(5)));
+    assert_eq!(d.pop_due(t0 + secs(4)), None);
+    assert_eq!(d.pop_due(t0 + secs(9)), Some(1));
+    assert_eq!(d.pop_due(t0 + secs(9)), Some(2));
+    assert_eq!((d.pop_due(t0 + secs(99)), d.len()), (None, 0));
+}
+
+#[test]
+fn timer_c_cancels_a_phone_that_rings_and_never_answers_and_the_caller_gets_408() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    assert_eq!(
+        rig.b2b.poll_timeout(),
+        Some(rig.t0 + C),
+        "armed at the INVITE"
+    );
+    assert_eq!(to_a(&rig.respond(PHONE, 180, 10)), vec![180]);
+    assert_eq!(
+        rig.b2b.poll_timeout(),
+        Some(rig.t0 + secs(10) + C),
+        "restarted by the 180"
+    );
+    let acts = rig.at(secs(10) + C - secs(1));
+    assert!(
+        cancels(&acts).is_empty() && to_a(&acts).is_empty(),
+        "{acts:?}"
+    );
+    let acts = rig.at(secs(10) + C);
+    assert_eq!(cancels(&acts), vec![key.clone()], "the branch is CANCELled");
+    assert_eq!(to_a(&acts), vec![408], "the caller gets 408");
+    assert_eq!(ended(&acts).as_deref(), Some("no-answer"));
+    assert_eq!((rig.b2b.len(), rig.b2b.timer_c_fired()), (0, 1));
+    assert_eq!(rig.b2b.calls_of("PJSIP/1002"), 0);
+    // Its 487 is absorbed; nothing is left armed.
+    let acts = rig.respond(PHONE, 487, 200);
+    assert!(to_a(&acts).is_empty(), "{acts:?}");
+    rig.b2b.on_terminated(&key);
+    assert_eq!(rig.b2b.ring_timers_len(), (0, 0));
+    assert_eq!(rig.b2b.poll_timeout(), None);
+}
+
+#[test]
+fn every_provisional_restarts_timer_c() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    rig.respond(PHONE, 180, 0);
+    rig.respond(PHONE, 183, 150);
+    let acts = rig.at(C + secs(10));
+    assert!(cancels(&acts).is_empty(), "the 183 restarted it: {acts:?}");
+    assert_eq!(rig.b2b.len(), 1);
+    let acts = rig.at(secs(150) + C);
+    assert_eq!(cancels(&acts).len(), 1);
+    assert_eq!(to_a(&acts), vec![408]);
+}
+
+#[test]
+fn a_2xx_crossing_the_timer_c_cancel_is_acked_and_byed() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    rig.respond(PHONE, 180, 0);
+    let acts = rig.at(C);
+    assert_eq!(to_a(&acts), vec![408]);
+    let acts = rig.respond(PHONE, 200, 182);
+    let ack = acts.iter().any(|a| {
+        matches!(a, Action::Stateless { message: SipMessage::Request(r), .. } if r.method == Method::Ack)
+    });
+    let bye = acts
+        .iter()
+        .any(|a| matches!(a, Action::Request { request, .. } if request.method == Method::Bye));
+    assert!(ack && bye, "ACK and BYE to the late answer: {acts:?}");
+    assert!(to_a(&acts).is_empty(), "the caller is gone: {acts:?}");
+}
+
+#[test]
+fn a_cancel_without_final_response_ends_the_transaction_after_64_t1() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 180, 0);
+    rig.at(C);
+    let wait = Config::default().t1 * 64;
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + C + wait));
+    let acts = rig.at(C + wait - secs(1));
+    assert!(acts.is_empty(), "{acts:?}");
+    let acts = rig.at(C + wait);
+    assert_eq!(acts, vec![Action::Terminate { key }]);
+    assert_eq!(rig.b2b.timer_c_fired(), 1, "counted once");
+}
+
+#[test]
+fn timer_c_before_any_response_gives_the_branch_up_as_a_408_like_timer_b() {
+    // Timer C shorter than Timer B (64·T1 = 32 s): the branch is over as a 408 and its
+    // INVITE no longer retransmitted; no CANCEL before a provisional (§9.1).
+    let cfg = Config {
+        timer_c: secs(5),
+        ..Config::default()
+    };
+    let (mut rig, _) = Rig::call(cfg, device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    let acts = rig.at(secs(5));
+    assert!(cancels(&acts).is_empty(), "{acts:?}");
+    assert!(
+        acts.contains(&Action::Abandon { key: key.clone() }),
+        "{acts:?}"
+    );
+    assert_eq!(to_a(&acts), vec![408]);
+    // A 180 after all: CANCELled at once, and destroyed if its final response never comes.
+    let acts = rig.respond(PHONE, 180, 6);
+    assert_eq!(cancels(&acts), vec![key.clone()]);
+    assert!(to_a(&acts).is_empty());
+    let wait = Config::default().t1 * 64;
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(6) + wait));
+    assert_eq!(rig.at(secs(6) + wait), vec![Action::Terminate { key }]);
+    assert_eq!(rig.b2b.timer_c_fired(), 1);
+}
+
+#[test]
+fn a_given_up_branch_that_only_says_100_is_destroyed_after_64_t1() {
+    // A 100 stops Timer B in the transaction layer: without this the INVITE would stay.
+    let cfg = Config {
+        timer_c: secs(5),
+        ..Config::default()
+    };
+    let (mut rig, _) = Rig::call(cfg, device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    rig.at(secs(5));
+    assert_eq!(
+        rig.b2b.poll_timeout(),
+        None,
+        "abandoned: Timer B's to end it"
+    );
+    rig.respond(PHONE, 100, 7);
+    let wait = Config::default().t1 * 64;
+    assert_eq!(rig.at(secs(7) + wait), vec![Action::Terminate { key }]);
+}
+
+#[test]
+fn timer_c_of_one_fork_branch_leaves_the_other_ringing() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE, OTHER]));
+    let (_, stuck) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 180, 0);
+    rig.respond(OTHER, 180, 100);
+    let acts = rig.at(C);
+    assert_eq!(cancels(&acts), vec![stuck], "only the stuck branch");
+    assert!(to_a(&acts).is_empty(), "the caller still waits: {acts:?}");
+    assert_eq!(rig.b2b.len(), 1);
+    // Its late 200 is ACKed and BYEd; the live branch then wins.
+    let acts = rig.respond(PHONE, 200, 182);
+    assert!(to_a(&acts).is_empty(), "{acts:?}");
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Request { request, .. } if request.method == Method::Bye)));
+    let acts = rig.respond(OTHER, 200, 183);
+    assert_eq!(to_a(&acts), vec![200]);
+}
+
+#[test]
+fn every_fork_branch_ended_by_timer_c_gives_408() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE, OTHER]));
+    rig.respond(PHONE, 180, 0);
+    rig.respond(OTHER, 180, 0);
+    let acts = rig.at(C);
+    assert_eq!(cancels(&acts).len(), 2, "{acts:?}");
+    assert_eq!(to_a(&acts), vec![408]);
+    assert_eq!(rig.b2b.timer_c_fired(), 2, "counted per branch");
+}
+
+#[test]
+fn timer_c_diverts_to_voicemail_when_no_answer_diversion_is_armed() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let divert = Divert {
+        uri: "sip:vm-1002@127.0.0.1:5070".into(),
+        dest: peer("127.0.0.1:5070"),
+        on_busy: true,
+        no_answer: Some(secs(600)),
+    };
+    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    let (_, key) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 180, 0);
+    let acts = rig.at(C);
+    assert_eq!(cancels(&acts), vec![key]);
+    assert!(to_a(&acts).is_empty(), "no 408: {acts:?}");
+    let (vm, _) = rig.invite_to("127.0.0.1:5070");
+    assert_eq!(vm.uri.to_string(), "sip:vm-1002@127.0.0.1:5070");
+    // Voicemail's INVITE has a Timer C of its own (beside the phone's 64·T1 CANCEL wait).
+    assert_eq!(rig.b2b.ring_timers_len(), (2, 0));
+    let acts = rig.at(C + C);
+    assert_eq!(cancels(&acts).len(), 0, "voicemail sent no provisional");
+    assert_eq!(to_a(&acts), vec![408]);
+}
+
+#[test]
+fn timer_c_ends_a_cancelled_call_whose_callee_never_answers_the_cancel() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    rig.respond(PHONE, 180, 0);
+    let cancel = request(
+        "CANCEL sip:1002@gw SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa1
+Max-Forwards: 70
+From: \"Alice\" <sip:1001@gw>;tag=atag
+To: <sip:1002@gw>
+Call-ID: a-call@10.0.0.1
+CSeq: 1 CANCEL
+",
+        "",
+    );
+    let ckey = TransactionKey::client("z9hG4bKc1", Method::Cancel);
+    rig.b2b
+        .on_cancel(&ckey, &cancel, &rig.a_key.clone(), &mut rig.media);
+    let acts = rig.actions();
+    assert_eq!(cancels(&acts).len(), 1);
+    assert_eq!(rig.b2b.len(), 1, "waits for the callee's 487");
+    let acts = rig.at(C);
+    assert!(cancels(&acts).is_empty(), "no second CANCEL: {acts:?}");
+    assert!(to_a(&acts).into_iter().all(|c| c == 200), "{acts:?}");
+    assert_eq!(rig.b2b.len(), 0, "the call is over");
+    assert_eq!(
+        rig.b2b.timer_c_fired(),
+        0,
+        "the caller's CANCEL ended that branch"
+    );
+}
+
+#[test]
+fn ring_limit_cancels_the_phones_and_gives_the_caller_480() {
+    let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE, OTHER]));
+    let (_, silent) = rig.invite_to(OTHER);
+    rig.respond(PHONE, 180, 1);
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(20)));
+    assert!(rig.at(secs(19)).is_empty());
+    let acts = rig.at(secs(20));
+    let (_, ringing) = rig.invite_to(PHONE);
+    assert_eq!(cancels(&acts), vec![ringing], "{acts:?}");
+    assert!(acts.contains(&Action::Abandon { key: silent }), "{acts:?}");
+    assert_eq!(to_a(&acts), vec![480]);
+    assert_eq!(ended(&acts).as_deref(), Some("ring-timeout"));
+    assert_eq!((rig.b2b.ring_timeouts(), rig.b2b.timer_c_fired()), (1, 0));
+    assert_eq!(rig.b2b.calls_of("PJSIP/1002"), 0);
+    // The ringing phone's 200 across the CANCEL: ACK + BYE.
+    let acts = rig.respond(PHONE, 200, 21);
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Request { request, .. } if request.method == Method::Bye)));
+    // The silent branch was given up: its Timer C does not fire later (Timer B ends it).
+    let acts = rig.at(C + secs(1));
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(rig.b2b.timer_c_fired(), 0);
+}
+
+#[test]
+fn ring_limit_stops_at_the_answer_and_is_not_for_trunks() {
+    let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE]));
+    rig.respond(PHONE, 180, 1);
+    rig.respond(PHONE, 200, 5);
+    assert_eq!(rig.b2b.ring_timers_len(), (0, 0), "both stopped by the 200");
+    let acts = rig.at(secs(20));
+    assert!(!to_a(&acts).contains(&480), "{acts:?}");
+    assert_eq!(rig.b2b.ring_timeouts(), 0);
+    let trunk = Target::Peer {
+        uri: "sip:555@10.0.0.9:5060".into(),
+        dest: peer("10.0.0.9:5060"),
+        credentials: None,
+        fallbacks: Vec::new(),
+    };
+    let (rig, _) = Rig::call(config(Some(secs(20))), trunk);
+    assert_eq!(rig.b2b.ring_timers_len(), (1, 0), "Timer C only");
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + C));
+}
+
+#[test]
+fn ring_limit_goes_to_voicemail_when_a_no_answer_diversion_is_armed() {
+    let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE]));
+    let divert = Divert {
+        uri: "sip:vm-1002@127.0.0.1:5070".into(),
+        dest: peer("127.0.0.1:5070"),
+        on_busy: true,
+        no_answer: Some(secs(30)),
+    };
+    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    rig.respond(PHONE, 180, 1);
+    let acts = rig.at(secs(20));
+    assert!(to_a(&acts).is_empty(), "{acts:?}");
+    assert_eq!(cancels(&acts).len(), 1);
+    rig.invite_to("127.0.0.1:5070");
+    assert_eq!(rig.b2b.ring_timeouts(), 0);
+    // Voicemail rings on without the ring limit.
+    assert!(to_a(&rig.at(secs(40))).is_empty());
+}
+
+#[test]
+fn a_call_diverted_on_busy_is_not_cut_by_the_ring_limit() {
+    let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE]));
+    let divert = Divert {
+        uri: "sip:vm-1002@127.0.0.1:5070".into(),
+        dest: peer("127.0.0.1:5070"),
+        on_busy: true,
+        no_answer: None,
+    };
+    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    rig.respond(PHONE, 486, 5);
+    rig.invite_to("127.0.0.1:5070");
+    rig.respond("127.0.0.1:5070", 180, 6);
+    let acts = rig.at(secs(20));
+    assert!(!to_a(&acts).contains(&480), "{acts:?}");
+    assert_eq!((rig.b2b.len(), rig.b2b.ring_timeouts()), (1, 0));
+}
+
+#[test]
+fn a_calls_own_deadlines_are_indexed_and_leave_with_it() {
+    // `due.rs`: the 200's retransmission (T1) and ACK wait (64·T1) come from the index, which
+    // forgets the call when it ends.
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    assert_eq!(
+        rig.b2b.calls_due_len(),
+        0,
+        "nothing of its own while it rings"
+    );
+    let acts = rig.respond(PHONE, 200, 5);
+    assert_eq!(to_a(&acts), vec![200]);
+    assert_eq!(rig.b2b.calls_due_len(), 1);
+    let t1 = Config::default().t1;
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(5) + t1));
+    assert_eq!(to_a(&rig.at(secs(5) + t1)), vec![200], "retransmitted");
+    let acts = rig.at(secs(5) + t1 * 64);
+    assert_eq!(ended(&acts).as_deref(), Some("no-ack"), "{acts:?}");
+    assert_eq!((rig.b2b.len(), rig.b2b.calls_due_len()), (0, 0));
+}
