@@ -1,7 +1,8 @@
 //! Durable registrations: the location service's bindings in the device database
 //! (`registrations` table, SQLite or PostgreSQL), one row per contact, owned by the gateway node
 //! that accepted it. The gateway writes an AOR's whole binding set whenever a REGISTER changed
-//! it (group-committed; see `server/durable.rs`) and reads its own rows back on start, dropping
+//! it (group-committed; a mere refresh written behind within a second: see `server/durable.rs`)
+//! and reads its own rows back on start, dropping
 //! those past their absolute expiry.
 
 use crate::devices::{DbError, DeviceStore};
