@@ -598,13 +598,14 @@ impl Core {
     fn send_register_response(&mut self, to: Responder, resp: Response, then_mwi: bool) {
         match to {
             Responder::Core(key) => {
-                let sent = then_mwi.then(|| resp.clone());
+                // Read before the 200 is handed over (no copy of it kept), acted on after it.
+                let mwi = then_mwi.then(|| self.mwi_device(&resp)).flatten();
                 if let Err(e) = self.tl.send_response(&key, resp, Instant::now()) {
                     tracing::debug!(error = %e, "REGISTER response not sent");
                 }
                 // After the 200 (queued first, so sent first).
-                if let Some(sent) = sent {
-                    self.mwi_after_register(&sent);
+                if let Some((user, d)) = mwi {
+                    self.mwi_registered(&user, &d);
                 }
             }
             Responder::Shard(shard, key) => {
