@@ -172,8 +172,10 @@ impl Durable {
         let (done, committed) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut failures = 0u64;
+            // Kept across batches with its capacity: a second's refreshes written behind are
+            // one batch of up to as many AORs, and growing the map for each was measurable.
+            let mut pending: HashMap<String, Vec<StoredBinding>> = HashMap::new();
             while let Some(first) = rx.recv().await {
-                let mut pending: HashMap<String, Vec<StoredBinding>> = HashMap::new();
                 let mut flushes = Vec::new();
                 let mut last = 0;
                 let mut next = Some(first);
@@ -190,7 +192,7 @@ impl Durable {
                     }
                 }
                 if !pending.is_empty() {
-                    let batch: BindingBatch = pending.into_iter().collect();
+                    let batch: BindingBatch = pending.drain().collect();
                     if let Err(e) = store.save_bindings(&node, &batch).await {
                         failures += 1;
                         warn!(error = %e, aors = batch.len(), failures,
