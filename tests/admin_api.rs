@@ -611,6 +611,20 @@ fn metrics_parse_and_move_with_activity() {
         value(&after, "callfabric_gateway_register_unheld_total", None),
         0.0
     );
+    // REGISTER refreshes written as changes (those waiting to be written behind at their
+    // bound): exported, none.
+    assert!(after
+        .samples
+        .iter()
+        .any(|s| s.metric == "callfabric_gateway_register_behind_full_total"));
+    assert_eq!(
+        value(
+            &after,
+            "callfabric_gateway_register_behind_full_total",
+            None
+        ),
+        0.0
+    );
     // Non-INVITE server transactions the gateway never answered (issue 16): exported, none.
     assert!(after
         .samples

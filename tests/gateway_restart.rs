@@ -13,7 +13,7 @@ use integration::baresip::{AudioSource, Baresip, BaresipOptions};
 use integration::free_udp_port;
 use integration::gateway::{GatewayProcess, GatewaySpec};
 use integration::phones::{assert_passes, caller, scenario, uac_scenario};
-use integration::sipp::run_scenario;
+use integration::sipp::{run_scenario, SippOpts};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -296,4 +296,67 @@ fn tcp_phone_is_reached_over_a_new_connection_after_a_restart() {
         "the phone did not register again\n{}",
         p2001.log()
     );
+}
+
+/// Refreshes written behind (issue 16, `server/durable.rs`): a REGISTER that adds the binding is
+/// stored before its 200 OK; a refresh (same contact from the same address and port, later
+/// expiry) is stored within about a second (`WRITE_BEHIND`, 1 s); after a `kill -9` the first
+/// REGISTER of the restored binding is stored before its 200 OK again; a refresh answered just
+/// before a SIGTERM is stored by the shutdown.
+#[test]
+fn a_refresh_is_stored_behind_within_a_second_and_by_the_shutdown() {
+    let mut gw = GatewayProcess::start(binary(), GatewaySpec::new("site-r", &["1001"]));
+    let (port, contact_port) = (free_udp_port(), free_udp_port());
+    let register = |gw: &GatewayProcess, what: &str| {
+        let opts = SippOpts {
+            keys: vec![("contact_port".into(), contact_port.to_string())],
+            local_port: Some(port),
+            ..SippOpts::user("1001", "secret")
+        };
+        let out = run_scenario(&scenario("register_contact.xml"), gw.udp, opts).expect("sipp");
+        assert_passes(gw, &out, what);
+        std::time::Instant::now()
+    };
+    // The expiry stored for 1001, polled until it is later than `after` (or `WAIT` passed).
+    let expiry_after = |gw: &GatewayProcess, after: i64| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let rows = stored(gw);
+            let e = rows.first().map_or(0, |r| r.3);
+            if e > after || std::time::Instant::now() > deadline {
+                assert_eq!(rows.len(), 1, "{rows:?}");
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    register(&gw, "first registration");
+    // A change: committed before the 200 OK, so there without waiting.
+    let first = stored(&gw);
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // A refresh: answered at once, stored behind, within the interval (plus a commit, on a
+    // loaded machine).
+    let answered = register(&gw, "refresh");
+    let refreshed = expiry_after(&gw, first[0].3);
+    let took = answered.elapsed();
+    assert!(refreshed > first[0].3, "the refresh was never stored");
+    assert!(
+        took < Duration::from_secs(3),
+        "the refresh was stored after {took:?}"
+    );
+
+    // Restored after a kill -9: the first REGISTER is stored before its 200 OK.
+    gw.restart();
+    register(&gw, "refresh after the restart");
+    let again = stored(&gw);
+    assert!(again[0].3 > refreshed, "{again:?} vs {refreshed}");
+
+    // A refresh, then SIGTERM at once: the shutdown stores it.
+    register(&gw, "refresh before the shutdown");
+    gw.signal("TERM");
+    assert!(gw.wait_exit(WAIT).is_some(), "{}", gw.diag());
+    let last = stored(&gw);
+    assert!(last[0].3 > again[0].3, "{last:?} vs {again:?}");
 }

@@ -139,6 +139,8 @@ pub struct Gateway {
     shard_core_full: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// REGISTER 200s sent before their commit because the held ones were at their bound.
     register_unheld: Arc<std::sync::atomic::AtomicU64>,
+    /// REGISTER refreshes written as changes because the ones waiting were at their bound.
+    register_behind_full: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Gateway {
@@ -288,6 +290,7 @@ impl Gateway {
         let shard_dropped = (core.shards.as_ref()).map(|s| s.dropped.clone());
         let shard_core_full = (core.shards.as_ref()).map(|s| s.core_full.clone());
         let register_unheld = core.durable.unheld.clone();
+        let register_behind_full = core.durable.behind_full.clone();
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             overload: overload_gate,
@@ -297,6 +300,7 @@ impl Gateway {
             shard_dropped,
             shard_core_full,
             register_unheld,
+            register_behind_full,
             extra_prefixes,
             tls,
             local,
@@ -358,6 +362,14 @@ impl Gateway {
     /// the durable commit were at their bound (issue 16; `server/durable.rs`). Cumulative.
     pub fn register_unheld(&self) -> u64 {
         self.register_unheld
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// REGISTER refreshes written (and their 200s held) as changes are, because the AORs
+    /// whose refresh waits to be written behind were at their bound (issue 16;
+    /// `server/durable.rs`, `MAX_BEHIND`). Cumulative.
+    pub fn register_behind_full(&self) -> u64 {
+        self.register_behind_full
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

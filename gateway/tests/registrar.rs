@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gateway::registrar::digest::{self, Algorithm};
-use gateway::registrar::{Config, MemoryCredentials, Registrar, RegistrarEvent, UserRecord};
+use gateway::registrar::{
+    Change, Config, MemoryCredentials, Registrar, RegistrarEvent, UserRecord,
+};
 use rsip::headers::UntypedHeader;
 use sip_core::message::{parse, serialize_response, Header, Request, Response, SipMessage};
 
@@ -787,6 +789,26 @@ impl Phone {
         reg.handle_request(&req, from, now)
     }
 
+    /// Like [`Phone::send_from`], with what a 200 did to the binding set.
+    fn change(
+        &mut self,
+        reg: &mut Reg,
+        extra: &str,
+        now: SystemTime,
+        from: SocketAddr,
+    ) -> (u16, Change) {
+        self.nc += 1;
+        self.cseq += 1;
+        let auth = answer(&self.challenge, "1000", "secret1000", self.nc, "abc");
+        let req = register(
+            &self.call_id,
+            self.cseq,
+            &format!("{extra}Authorization: {auth}\r\n"),
+        );
+        let (resp, change) = reg.handle_register(&req, from, now);
+        (code(&resp), change)
+    }
+
     /// Like [`Phone::send`] but with Contact values inserted as they are, past the parser
     /// (which already refuses some of them).
     fn send_raw(
@@ -811,6 +833,106 @@ impl Phone {
         req.headers = headers.into();
         reg.handle_request(&req, phone(), now)
     }
+}
+
+/// What a 200 did to the binding set, as durable registrations read it (`Change`): later
+/// expiries on the same contacts from the same source, whatever the Call-ID, are a refresh;
+/// anything the stored rows must show (a contact added or removed, lapsed ones dropped, a
+/// changed URI, parameters or source, a shorter expiry) is a change.
+#[test]
+fn a_refresh_is_told_from_a_change_of_the_binding_set() {
+    let mut reg = registrar();
+    let src = phone();
+    let one = "Contact: <sip:1000@10.0.0.7>;+sip.instance=\"<urn:uuid:1>\"\r\nExpires: 300\r\n";
+    let mut p = Phone::new(&mut reg, "c1", t0());
+    assert_eq!(p.change(&mut reg, one, t0(), src), (200, Change::Set));
+    // Same contact, later expiry: a refresh; also under a new Call-ID, and at the same expiry.
+    assert_eq!(
+        p.change(&mut reg, one, t0() + secs(60), src),
+        (200, Change::Refresh)
+    );
+    let mut q = Phone::new(&mut reg, "c2", t0() + secs(100));
+    assert_eq!(
+        q.change(&mut reg, one, t0() + secs(100), src),
+        (200, Change::Refresh)
+    );
+    assert_eq!(
+        q.change(&mut reg, one, t0() + secs(100), src),
+        (200, Change::Refresh)
+    );
+    // A query lists and changes nothing.
+    assert_eq!(
+        q.change(&mut reg, "", t0() + secs(110), src),
+        (200, Change::Refresh)
+    );
+    // A shorter expiry than stored: a change (t0+400 → t0+320).
+    let short = "Contact: <sip:1000@10.0.0.7>;+sip.instance=\"<urn:uuid:1>\"\r\nExpires: 200\r\n";
+    assert_eq!(
+        q.change(&mut reg, short, t0() + secs(120), src),
+        (200, Change::Set)
+    );
+    // Another source, other parameters: changes.
+    let moved: SocketAddr = "203.0.113.9:1024".parse().expect("address");
+    assert_eq!(
+        q.change(&mut reg, one, t0() + secs(130), moved),
+        (200, Change::Set)
+    );
+    assert_eq!(
+        q.change(&mut reg, one, t0() + secs(131), moved),
+        (200, Change::Refresh)
+    );
+    let other = "Contact: <sip:1000@10.0.0.7>;+sip.instance=\"<urn:uuid:2>\"\r\nExpires: 300\r\n";
+    assert_eq!(
+        q.change(&mut reg, other, t0() + secs(140), moved),
+        (200, Change::Set)
+    );
+    // A second contact is a change; refreshing both, not.
+    let two = "Contact: <sip:1000@10.0.0.7>;+sip.instance=\"<urn:uuid:2>\", <sip:1000@10.0.0.8>\r\nExpires: 300\r\n";
+    assert_eq!(
+        q.change(&mut reg, two, t0() + secs(150), moved),
+        (200, Change::Set)
+    );
+    assert_eq!(
+        q.change(&mut reg, two, t0() + secs(160), moved),
+        (200, Change::Refresh)
+    );
+    // One removed by expires=0: a change.
+    let gone = "Contact: <sip:1000@10.0.0.8>;expires=0\r\n";
+    assert_eq!(
+        q.change(&mut reg, gone, t0() + secs(170), moved),
+        (200, Change::Set)
+    );
+    assert_eq!(reg.contacts(AOR).len(), 1);
+    // A contact that lapsed before this REGISTER is dropped first: a change, though the
+    // REGISTER itself only refreshes the other one.
+    let brief = "Contact: <sip:1000@10.0.0.9>;expires=60\r\n";
+    assert_eq!(
+        q.change(&mut reg, brief, t0() + secs(180), moved),
+        (200, Change::Set)
+    );
+    assert_eq!(reg.contacts(AOR).len(), 2);
+    assert_eq!(
+        q.change(&mut reg, other, t0() + secs(241), moved),
+        (200, Change::Set)
+    );
+    assert_eq!(reg.contacts(AOR).len(), 1);
+    // A refused REGISTER (423) is no refresh.
+    let too_brief = "Contact: <sip:1000@10.0.0.7>\r\nExpires: 10\r\n";
+    assert_eq!(
+        q.change(&mut reg, too_brief, t0() + secs(250), moved),
+        (423, Change::Set)
+    );
+    // `*` removes everything: a change.
+    assert_eq!(
+        q.change(
+            &mut reg,
+            "Contact: *\r\nExpires: 0\r\n",
+            t0() + secs(260),
+            moved
+        ),
+        (200, Change::Set)
+    );
+    assert!(!reg.is_registered(AOR));
 }
 
 #[test]

@@ -287,6 +287,12 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
              CANCELled, 480 to the caller"
         )?)
         .inc_by(ring_timeouts);
+        reg!(IntCounter::new(
+            "callfabric_gateway_register_behind_full_total",
+            "REGISTER refreshes stored before their 200 OK (as a change is) because the AORs \
+             whose refresh waits to be written behind were at their bound"
+        )?)
+        .inc_by(gw.register_behind_full());
         let (shards, shard_dropped, shard_core_full) = gw.register_shards();
         reg!(IntGauge::new(
             "callfabric_gateway_sip_shards",

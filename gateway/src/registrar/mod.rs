@@ -119,6 +119,21 @@ pub struct AuthFailure {
 /// Most failures queued between two drains (one request queues at most one).
 const MAX_QUEUED_FAILURES: usize = 16;
 
+/// What a REGISTER answered 200 did to its AOR's binding set, for whoever stores the set
+/// (durable registrations, `server/durable.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The set changed: a contact added or removed (also `*`, `expires=0`, or lapsed ones
+    /// dropped first), or a contact's URI, parameters or source changed, or its expiry got
+    /// shorter.
+    Set,
+    /// Only later expiries (and the Call-ID/CSeq that carried them) on the same contacts, from
+    /// the same sources: what a phone's periodic re-registration does. A binding stored with
+    /// its earlier expiry still restores it correctly. Also a REGISTER that lists nothing
+    /// (a query).
+    Refresh,
+}
+
 /// Device-state news for the gateway to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistrarEvent {
@@ -151,7 +166,7 @@ pub struct Registrar<C, S> {
     events: VecDeque<RegistrarEvent>,
 }
 
-impl<C: Credentials, S: Clone> Registrar<C, S> {
+impl<C: Credentials, S: Clone + PartialEq> Registrar<C, S> {
     /// A registrar with no bindings.
     pub fn new(config: Config, credentials: C) -> Self {
         Registrar {
@@ -244,9 +259,20 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
     /// returns the final response to send: [`Authenticator::check_register`] then
     /// [`Registrar::bind`].
     pub fn handle_request(&mut self, req: &Request, source: S, now: SystemTime) -> Response {
+        self.handle_register(req, source, now).0
+    }
+
+    /// [`Registrar::handle_request`], with what a 200 did to the binding set (see
+    /// [`Change`]; [`Change::Set`] with any other response).
+    pub fn handle_register(
+        &mut self,
+        req: &Request,
+        source: S,
+        now: SystemTime,
+    ) -> (Response, Change) {
         match self.auth.check_register(req, now) {
-            Ok(authorized) => self.bind(req, &authorized, source, now),
-            Err(r) => r,
+            Ok(authorized) => self.bind_change(req, &authorized, source, now),
+            Err(r) => (r, Change::Set),
         }
     }
 
@@ -260,6 +286,18 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         source: S,
         now: SystemTime,
     ) -> Response {
+        self.bind_change(req, authorized, source, now).0
+    }
+
+    /// [`Registrar::bind`], with what a 200 did to the binding set (see [`Change`];
+    /// [`Change::Set`] with any other response).
+    pub fn bind_change(
+        &mut self,
+        req: &Request,
+        authorized: &Authorized,
+        source: S,
+        now: SystemTime,
+    ) -> (Response, Change) {
         let Authorized { aor, call_id, cseq } = authorized;
         self.register(req, aor, call_id, *cseq, source, now)
     }
@@ -291,7 +329,7 @@ impl<C: Clone, S> Registrar<C, S> {
     }
 }
 
-impl<C: Credentials, S: Clone> Registrar<C, S> {
+impl<C: Credentials, S: Clone + PartialEq> Registrar<C, S> {
     fn register(
         &mut self,
         req: &Request,
@@ -300,7 +338,8 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
         cseq: u32,
         source: S,
         now: SystemTime,
-    ) -> Response {
+    ) -> (Response, Change) {
+        let refused = |r: Response| (r, Change::Set);
         let expires_header = match first_value(req, |h| match h {
             Header::Expires(v) => Some(v.value()),
             _ => None,
@@ -308,7 +347,7 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             None => None,
             Some(v) => match location::delta_seconds(v) {
                 Some(n) => Some(n),
-                None => return response_for(req, 400, "Bad Request"),
+                None => return refused(response_for(req, 400, "Bad Request")),
             },
         };
         let contact_values = req.headers.iter().filter_map(|h| match h {
@@ -316,30 +355,37 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             _ => None,
         });
         let Ok(contacts) = location::parse_contacts(contact_values) else {
-            return response_for(req, 400, "Bad Request");
+            return refused(response_for(req, 400, "Bad Request"));
         };
 
-        // Bindings that lapsed before this request are gone first.
+        // Bindings that lapsed before this request are gone first (a change of the set).
+        let before = self.location.get(aor).len();
         if self.location.expire_aor(aor, now) {
             self.events.push_back(RegistrarEvent::Unregistered {
                 aor: aor.to_owned(),
             });
         }
         let had_bindings = !self.location.get(aor).is_empty();
+        let mut change = if self.location.get(aor).len() == before {
+            Change::Refresh
+        } else {
+            Change::Set
+        };
         let mut bindings: Vec<Binding<S>> = self.location.get(aor).to_vec();
 
         if contacts.contains(&ContactSpec::Star) {
             if contacts.len() != 1 || expires_header != Some(0) {
-                return response_for(req, 400, "Bad Request");
+                return refused(response_for(req, 400, "Bad Request"));
             }
             // §10.3 step 6: an equal Call-ID with a CSeq not higher aborts the whole request.
             if bindings
                 .iter()
                 .any(|b| b.call_id == call_id && cseq <= b.cseq)
             {
-                return response_for(req, 500, "Server Internal Error");
+                return refused(response_for(req, 500, "Server Internal Error"));
             }
             bindings.clear();
+            change = Change::Set;
         } else {
             // Requested expiries, checked before anything changes (all or nothing).
             let mut wanted = Vec::with_capacity(contacts.len());
@@ -356,12 +402,12 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
                     .or(expires_header)
                     .unwrap_or(self.auth.config.default_expires);
                 if e > 0 && e < self.auth.config.min_expires {
-                    return with_headers(
+                    return refused(with_headers(
                         response_for(req, 423, "Interval Too Brief"),
                         vec![Header::MinExpires(rsip::headers::MinExpires::new(
                             self.auth.config.min_expires.to_string(),
                         ))],
-                    );
+                    ));
                 }
                 wanted.push((uri, params, e.min(self.auth.config.max_expires)));
             }
@@ -373,15 +419,26 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
                             continue;
                         };
                         if b.call_id == call_id && cseq <= b.cseq {
-                            return response_for(req, 500, "Server Internal Error");
+                            return refused(response_for(req, 500, "Server Internal Error"));
                         }
                         if e == 0 {
                             bindings.remove(i);
+                            change = Change::Set;
                         } else {
+                            let expires_at = location::add_secs(now, e);
+                            if b.uri != uri
+                                || b.params != params
+                                || b.source != source
+                                || expires_at < b.expires_at
+                            {
+                                change = Change::Set;
+                            }
                             b.uri = uri;
                             b.params = params;
-                            b.expires_at = location::add_secs(now, e);
-                            b.call_id = call_id.to_owned();
+                            b.expires_at = expires_at;
+                            if b.call_id != call_id {
+                                b.call_id = call_id.to_owned();
+                            }
                             b.cseq = cseq;
                             b.source = source.clone();
                         }
@@ -389,8 +446,9 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
                     None if e == 0 => {}
                     None => {
                         if bindings.len() >= self.auth.config.max_bindings_per_aor {
-                            return too_many_contacts(req, &self.auth.config);
+                            return refused(too_many_contacts(req, &self.auth.config));
                         }
+                        change = Change::Set;
                         bindings.push(Binding {
                             uri,
                             params,
@@ -420,7 +478,7 @@ impl<C: Credentials, S: Clone> Registrar<C, S> {
             }),
             _ => {}
         }
-        with_headers(response_for(req, 200, "OK"), listed)
+        (with_headers(response_for(req, 200, "OK"), listed), change)
     }
 }
 

@@ -9,6 +9,7 @@ use tracing::debug;
 
 use super::Core;
 use crate::b2bua;
+use crate::registrar::Change;
 use crate::sip::message::{self, Method, Request};
 use crate::sip::transaction::{self as tx, TransactionKey};
 use crate::transport::{Peer, Screened};
@@ -118,30 +119,37 @@ impl Core {
             self.on_invite(key, request, source, now);
             return;
         }
-        let resp = self.handle_request(&request, source.clone());
+        let (resp, change) = self.handle_request(&request, source.clone());
         if request.method == Method::Register {
             self.auth_failures(&request, &source);
             if resp.status_code.code() == 401 {
                 self.send_challenge(&key, resp, &source);
                 return;
             }
-            self.respond_register(super::durable::Responder::Core(key), &request, resp);
+            self.respond_register(super::durable::Responder::Core(key), &request, resp, change);
         } else if let Err(e) = self.tl.send_response(&key, resp, now) {
             debug!(error = %e, "response not sent");
         }
     }
 
-    pub(super) fn handle_request(&mut self, req: &Request, source: Peer) -> message::Response {
+    /// The response to an out-of-dialog request other than INVITE, and for a REGISTER what a
+    /// 200 did to the binding set (`Change::Set` for anything else).
+    pub(super) fn handle_request(
+        &mut self,
+        req: &Request,
+        source: Peer,
+    ) -> (message::Response, Change) {
         // The request comes straight from the parser: its header grammar is checked already.
         if let Err(rej) = message::validate_parsed_request(req) {
-            return rej.response(req);
+            return (rej.response(req), Change::Set);
         }
         match req.method {
-            Method::Register => self
-                .registrar
-                .handle_request(req, source, SystemTime::now()),
-            Method::Options => message::response_for(req, 200, "OK"),
-            _ => message::response_for(req, 501, "Not Implemented"),
+            Method::Register => (self.registrar).handle_register(req, source, SystemTime::now()),
+            Method::Options => (message::response_for(req, 200, "OK"), Change::Set),
+            _ => (
+                message::response_for(req, 501, "Not Implemented"),
+                Change::Set,
+            ),
         }
     }
 }

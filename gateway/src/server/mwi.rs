@@ -186,14 +186,19 @@ impl Core {
     /// A REGISTER's 200 went out: the phone gets the current state again (unsolicited to its
     /// contacts, or on each of its subscriptions), so a lamp survives a re-registration.
     pub(super) fn mwi_after_register(&mut self, resp: &Response) {
-        let Some((user, d)) = self.mwi_device(resp) else {
-            return;
-        };
+        if let Some((user, d)) = self.mwi_device(resp) {
+            self.mwi_registered(&user, &d);
+        }
+    }
+
+    /// [`Core::mwi_after_register`] for `user`'s device `d`, read from the 200 before it
+    /// went out ([`Core::mwi_device`]).
+    pub(super) fn mwi_registered(&mut self, user: &str, d: &crate::devices::DeviceRecord) {
         let now = Instant::now();
         if d.mwi_mode() == MwiMode::Unsolicited {
-            self.unsolicited(&user, &d.mailbox_key());
+            self.unsolicited(user, &d.mailbox_key());
         }
-        self.mwi.core.device_registered(&user, now);
+        self.mwi.core.device_registered(user, now);
         self.flush_notifies(now);
     }
 
@@ -205,7 +210,10 @@ impl Core {
 
     /// The registered user and its device, when `resp` is a 200 with bindings for a device
     /// with message waiting on.
-    fn mwi_device(&self, resp: &Response) -> Option<(String, crate::devices::DeviceRecord)> {
+    pub(super) fn mwi_device(
+        &self,
+        resp: &Response,
+    ) -> Option<(String, crate::devices::DeviceRecord)> {
         let mut to = None;
         let mut bound = false;
         for h in resp.headers.iter() {

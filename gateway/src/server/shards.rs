@@ -279,7 +279,7 @@ impl super::Core {
     pub(super) fn on_shard(&mut self, news: News) {
         match news {
             News::Authenticated(a) => {
-                let resp = self.registrar.bind(
+                let (resp, change) = self.registrar.bind_change(
                     &a.request,
                     &a.authorized,
                     a.source.clone(),
@@ -289,6 +289,7 @@ impl super::Core {
                     super::durable::Responder::Shard(a.shard, a.key),
                     &a.request,
                     resp,
+                    change,
                 );
             }
             News::Sent(resp) => self.mwi_after_register(&resp),

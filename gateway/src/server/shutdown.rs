@@ -213,7 +213,8 @@ impl Core {
             let _ = w.await;
         }
         info!(pending = f.report.cdrs_written, "shutdown: CDRs written");
-        self.durable.flush().await;
+        // With the refreshes written behind: none waits any more.
+        self.flush_registrations().await;
         // REGISTERs whose 200 OK waited for that commit get it now.
         while let Ok(seq) = self.durable.committed.try_recv() {
             self.committed(seq);

@@ -133,6 +133,7 @@ impl Core {
                 self.spy_deadline(),
                 crate::transport::loglimit::next_flush(),
                 self.shutdown_deadline(),
+                self.durable.behind_due(),
             ],
         )
     }
@@ -160,6 +161,7 @@ impl Core {
         for aor in self.registrar.expire(SystemTime::now()) {
             self.persist(&aor);
         }
+        self.write_behind(now);
         self.register_outbound(None);
         self.spy_retransmit(now);
         self.guard
