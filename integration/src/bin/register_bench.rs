@@ -572,6 +572,11 @@ fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // The in-process gateway's log (e.g. CALLFABRIC_LOG=warn: overload, security events).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("CALLFABRIC_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let a = parse_args(&argv)?;
     if let Some((calls, rate)) = a.profile {
