@@ -1192,6 +1192,33 @@ impl B2bua {
         self.fork_terminated(key);
         self.by_client.remove(key);
         self.by_server.remove(key);
+        self.shrink_tables();
+    }
+
+    /// Entries the call tables have room for (calls, client and server transaction keys,
+    /// dialogs): what they take whatever they hold.
+    pub fn table_capacity(&self) -> usize {
+        self.calls.capacity()
+            + self.by_client.capacity()
+            + self.by_server.capacity()
+            + self.by_dialog.capacity()
+    }
+
+    /// Gives memory back once a call table is mostly empty after a peak (issue 16: they grow
+    /// to the peak's calls and client transactions, mapped until Timer M/K, and a `HashMap`
+    /// never shrinks by itself). O(1) unless it shrinks; a table shrinks to twice its entries,
+    /// so it shrinks again only after losing three quarters of them.
+    fn shrink_tables(&mut self) {
+        fn shrink<K: Eq + std::hash::Hash, V>(m: &mut HashMap<K, V>) {
+            const MIN: usize = 256;
+            if m.capacity() > MIN && m.len() < m.capacity() / 4 {
+                m.shrink_to((m.len() * 2).max(MIN));
+            }
+        }
+        shrink(&mut self.calls);
+        shrink(&mut self.by_client);
+        shrink(&mut self.by_server);
+        shrink(&mut self.by_dialog);
     }
 
     /// Client transaction `key` timed out or hit a transport error.
@@ -1724,6 +1751,7 @@ impl B2bua {
             reason: reason.to_owned(),
             record,
         });
+        self.shrink_tables();
     }
 
     fn arm_media_check(&mut self, now: Instant) {
