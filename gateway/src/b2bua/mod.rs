@@ -437,7 +437,8 @@ impl Call {
 /// The B2BUA.
 pub struct B2bua {
     cfg: Config,
-    calls: HashMap<CallId, Call>,
+    /// Boxed: a `Call` is ~3 KB, so the table's slots (and its rehash) stay a pointer each.
+    calls: HashMap<CallId, Box<Call>>,
     /// Client transactions (INVITE to B, re-INVITE/UPDATE/BYE/CANCEL) → call.
     by_client: HashMap<TransactionKey, (CallId, Side)>,
     /// Server INVITE transactions of leg A → call.
@@ -853,7 +854,7 @@ impl B2bua {
         self.set_channel(&callee, id, Channel::Ringing);
         self.by_client.insert(b_key.clone(), (id, Side::B));
         self.by_server.insert(key, id);
-        self.calls.insert(id, call);
+        self.calls.insert(id, Box::new(call));
         self.actions.push_back(Action::Request {
             key: b_key,
             request: b_invite,
@@ -1762,7 +1763,7 @@ impl B2bua {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let calls = self.calls.values().filter_map(Call::next_deadline).min();
+        let calls = self.calls.values().filter_map(|c| c.next_deadline()).min();
         [calls, self.next_media_check, self.divert_due()]
             .into_iter()
             .flatten()
