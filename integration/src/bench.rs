@@ -1049,6 +1049,21 @@ pub fn phone(
     }
 }
 
+/// The tokio runtime an in-process gateway runs on: tokio's default (a worker per core), or
+/// `BENCH_WORKER_THREADS=N` workers, to see what depends on tasks moving between threads (e.g.
+/// memory an allocator keeps for the thread that allocated it).
+pub fn gateway_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("BENCH_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        b.worker_threads(n);
+    }
+    Ok(b.enable_all().build()?)
+}
+
 /// Cores of this machine: Kamailio's documented `children` setting for UDP (one worker per
 /// core).
 pub fn cores() -> usize {

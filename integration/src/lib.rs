@@ -13,7 +13,9 @@
 //! ```
 
 /// The allocator of the `callfabric` binary, so that the benchmarks (which run the gateway and
-/// the ACD in-process) measure what ships.
+/// the ACD in-process) measure what ships. The `system-alloc` feature leaves the system's
+/// malloc in place, for heap profilers that hook it (`heaptrack`, valgrind's massif).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

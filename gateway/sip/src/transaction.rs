@@ -339,29 +339,49 @@ struct Io<'a, D> {
     events: &'a mut VecDeque<Event<D>>,
 }
 
+/// The request that created a transaction and its top Via value (for ACK and CANCEL).
+struct Origin {
+    request: Request,
+    top_via: String,
+}
+
+/// A live transaction. Held boxed in the layer's table (issue 16: the table's slots are a
+/// pointer each, not the whole struct, so a table grown for a peak of INVITE transactions
+/// lingering in Timer L/M costs 16 bytes per slot, and its rehash copies pointers).
+///
+/// What it keeps shrinks with its state: once it lingers (Timer D, I, K, L, M: it only absorbs
+/// retransmissions and passes 2xx/ACK to the TU) it drops the request (`origin`); an INVITE
+/// server transaction keeps its final response only while Timer G may re-send it (Completed):
+/// Accepted keeps a fingerprint of its 2xx, Confirmed nothing. At 2,000 calls/s every call
+/// leaves two INVITE transactions in Timer L/M for 32 s, 128,000 of them.
 struct Tx<D> {
     id: u64,
     key: TransactionKey,
     kind: Kind,
     state: State,
     transport: Transport,
-    peer: D,
-    /// The request that created the transaction.
-    request: Request,
-    /// Its top Via value and CSeq number (for ACK and CANCEL).
-    top_via: String,
+    /// A response was sent (server) at some point; kept when `last_response` is dropped.
+    responded: bool,
     seq: u32,
-    /// Server: the last response sent (re-sent on request retransmissions).
-    last_response: Option<Response>,
+    peer: D,
+    /// The request that created the transaction and its top Via, until the transaction
+    /// lingers (see above); `None` after.
+    origin: Option<Box<Origin>>,
+    /// Server: the last response sent (re-sent on request retransmissions; an INVITE server
+    /// transaction drops it once it is Accepted or Confirmed: nothing re-sends it then).
+    last_response: Option<Box<Response>>,
+    /// INVITE server, Accepted: a fingerprint of the last 2xx sent through it, to tell the
+    /// TU's retransmission of that 2xx ([`Transmit::retransmission`]) from a new one.
+    accepted_2xx: Option<u64>,
     /// Client INVITE: the ACK generated for the non-2xx final response.
-    ack: Option<Request>,
+    ack: Option<Box<Request>>,
     /// Current retransmission interval (A, E, G).
     interval: Duration,
     timers: [Option<Instant>; 4],
     /// Server INVITE of an RFC 2543 peer: its entry in the ACK index, and the To tag of the
     /// final response it sent (the ACK must carry it).
-    legacy_ack: Option<LegacyAckId>,
-    response_to_tag: Option<String>,
+    legacy_ack: Option<Box<LegacyAckId>>,
+    response_to_tag: Option<Box<str>>,
     /// When the transaction was created (server: its request arrived).
     created: Instant,
 }
@@ -398,8 +418,20 @@ impl<D: Clone> Tx<D> {
         if after.is_zero() {
             return Flow::Terminate;
         }
+        // Nothing re-sends the request or builds an ACK or CANCEL from it from now on.
+        self.origin = None;
         self.arm(io, Slot::Linger, now, after);
         Flow::Continue
+    }
+
+    fn request(&self) -> Option<&Request> {
+        self.origin.as_deref().map(|o| &o.request)
+    }
+
+    /// Records a response sent by this server transaction.
+    fn sent(&mut self, response: Response) {
+        self.responded = true;
+        self.last_response = Some(Box::new(response));
     }
 
     /// D/I/J/K: T on unreliable transports, zero on reliable ones.
@@ -464,9 +496,11 @@ impl<D: Clone> Tx<D> {
                     let m = io.cfg.t1_x64();
                     return self.linger(io, now, m);
                 }
-                let ack = build::ack(&self.request, &response, &self.top_via, self.seq);
-                self.transmit(io, ack.clone().into(), false);
-                self.ack = Some(ack);
+                if let Some(o) = self.origin.as_deref() {
+                    let ack = build::ack(&o.request, &response, &o.top_via, self.seq);
+                    self.transmit(io, ack.clone().into(), false);
+                    self.ack = Some(Box::new(ack));
+                }
                 self.set_state(State::Completed);
                 self.report(io, response);
                 let d = self.unreliable_only(io.cfg.timer_d);
@@ -478,7 +512,7 @@ impl<D: Clone> Tx<D> {
             }
             (Kind::InviteClient, State::Completed) if code >= 300 => {
                 if let Some(ack) = &self.ack {
-                    self.transmit(io, ack.clone().into(), true);
+                    self.transmit(io, (**ack).clone().into(), true);
                 }
                 Flow::Continue
             }
@@ -496,7 +530,7 @@ impl<D: Clone> Tx<D> {
         // yet), Confirmed and Accepted absorb.
         let resend = matches!(self.state, State::Proceeding | State::Completed);
         match &self.last_response {
-            Some(r) if resend => self.transmit(io, r.clone().into(), true),
+            Some(r) if resend => self.transmit(io, (**r).clone().into(), true),
             _ => trace!(key = %self.key, state = ?self.state, "request retransmission absorbed"),
         }
     }
@@ -513,6 +547,8 @@ impl<D: Clone> Tx<D> {
         match self.state {
             State::Completed => {
                 self.set_state(State::Confirmed);
+                // Confirmed absorbs: the final response is never re-sent.
+                self.last_response = None;
                 let i = self.unreliable_only(io.cfg.t4);
                 self.linger(io, now, i)
             }
@@ -548,7 +584,7 @@ impl<D: Clone> Tx<D> {
         match (self.kind, self.state) {
             (Kind::NonInviteServer, State::Trying | State::Proceeding) => {
                 self.transmit(io, response.clone().into(), false);
-                self.last_response = Some(response);
+                self.sent(response);
                 if provisional {
                     self.set_state(State::Proceeding);
                     return Ok(Flow::Continue);
@@ -563,12 +599,14 @@ impl<D: Clone> Tx<D> {
             (Kind::InviteServer, State::Proceeding) => {
                 self.disarm(Slot::Trying);
                 self.transmit(io, response.clone().into(), false);
-                if !provisional {
+                // Only an RFC 2543 peer's ACK is matched by it.
+                if !provisional && self.legacy_ack.is_some() {
                     self.response_to_tag = parse::field_tag(&response.headers, parse::Field::To)
                         .ok()
-                        .flatten();
+                        .flatten()
+                        .map(String::into_boxed_str);
                 }
-                self.last_response = Some(response);
+                self.sent(response);
                 if provisional {
                     return Ok(Flow::Continue);
                 }
@@ -577,10 +615,16 @@ impl<D: Clone> Tx<D> {
                         return Ok(Flow::Terminate);
                     }
                     self.set_state(State::Accepted);
+                    // Accepted absorbs INVITE retransmissions without re-sending (the TU
+                    // retransmits its 2xx itself): a fingerprint of it is all that is kept.
+                    self.accepted_2xx = self.last_response.take().map(|r| fingerprint(&r));
                     let l = io.cfg.t1_x64();
                     return Ok(self.linger(io, now, l));
                 }
                 self.set_state(State::Completed);
+                // From here only the final response is re-sent (Timer G), never built from
+                // the request.
+                self.origin = None;
                 if !self.transport.is_reliable() {
                     self.interval = io.cfg.t1;
                     self.arm(io, Slot::Retransmit, now, io.cfg.t1);
@@ -589,9 +633,10 @@ impl<D: Clone> Tx<D> {
                 Ok(Flow::Continue)
             }
             (Kind::InviteServer, State::Accepted) if (200..300).contains(&code) => {
-                let again = self.last_response.as_ref() == Some(&response);
-                self.transmit(io, response.clone().into(), again);
-                self.last_response = Some(response);
+                let print = fingerprint(&response);
+                let again = self.accepted_2xx == Some(print);
+                self.transmit(io, response.into(), again);
+                self.accepted_2xx = Some(print);
                 Ok(Flow::Continue)
             }
             _ => Err(invalid),
@@ -602,22 +647,34 @@ impl<D: Clone> Tx<D> {
         match slot {
             Slot::Retransmit => {
                 let message: SipMessage = match (self.kind, self.state) {
-                    (Kind::NonInviteClient, State::Trying) => {
-                        self.interval = self.interval.saturating_mul(2).min(io.cfg.t2);
-                        self.request.clone().into()
-                    }
-                    (Kind::NonInviteClient, State::Proceeding) => {
-                        self.interval = io.cfg.t2;
-                        self.request.clone().into()
-                    }
-                    (Kind::InviteClient, State::Calling) => {
-                        self.interval = self.interval.saturating_mul(2);
-                        self.request.clone().into()
-                    }
+                    (Kind::NonInviteClient, State::Trying) => match self.request() {
+                        Some(r) => {
+                            let r = r.clone().into();
+                            self.interval = self.interval.saturating_mul(2).min(io.cfg.t2);
+                            r
+                        }
+                        None => return Flow::Continue,
+                    },
+                    (Kind::NonInviteClient, State::Proceeding) => match self.request() {
+                        Some(r) => {
+                            let r = r.clone().into();
+                            self.interval = io.cfg.t2;
+                            r
+                        }
+                        None => return Flow::Continue,
+                    },
+                    (Kind::InviteClient, State::Calling) => match self.request() {
+                        Some(r) => {
+                            let r = r.clone().into();
+                            self.interval = self.interval.saturating_mul(2);
+                            r
+                        }
+                        None => return Flow::Continue,
+                    },
                     (Kind::InviteServer, State::Completed) => match &self.last_response {
                         Some(r) => {
                             self.interval = self.interval.saturating_mul(2).min(io.cfg.t2);
-                            r.clone().into()
+                            (**r).clone().into()
                         }
                         None => return Flow::Continue,
                     },
@@ -645,7 +702,7 @@ impl<D: Clone> Tx<D> {
             Slot::Trying => {
                 if self.kind == Kind::InviteServer
                     && self.state == State::Proceeding
-                    && self.last_response.is_none()
+                    && !self.responded
                 {
                     self.send_trying(io);
                 }
@@ -655,9 +712,12 @@ impl<D: Clone> Tx<D> {
     }
 
     fn send_trying(&mut self, io: &mut Io<'_, D>) {
-        let trying = build::trying(&self.request);
+        let Some(request) = self.request() else {
+            return;
+        };
+        let trying = build::trying(request);
         self.transmit(io, trying.clone().into(), false);
-        self.last_response = Some(trying);
+        self.sent(trying);
     }
 }
 
@@ -665,7 +725,7 @@ impl<D: Clone> Tx<D> {
 pub struct TransactionLayer<D = SocketAddr> {
     cfg: Config,
     next_id: u64,
-    txs: HashMap<u64, Tx<D>>,
+    txs: HashMap<u64, Box<Tx<D>>>,
     index: HashMap<TransactionKey, u64>,
     /// Completed non-INVITE server transactions over UDP, until Timer J.
     completed: Completed<D>,
@@ -748,11 +808,12 @@ impl<D: Clone> TransactionLayer<D> {
             .or_else(|| self.completed.get(key).map(|_| Kind::NonInviteServer))
     }
 
-    /// The request that created a live transaction. A non-INVITE server transaction that
-    /// sent its final response over UDP no longer keeps it (only the encoded response, to
-    /// answer retransmissions): `None`.
+    /// The request that created a live transaction, while the transaction may still need it:
+    /// `None` once it lingers (Timer D, I, K, L, M: after a final response, an INVITE's 2xx
+    /// included) and for a non-INVITE server transaction that sent its final response over
+    /// UDP (it keeps only the encoded response, to answer retransmissions).
     pub fn request(&self, key: &TransactionKey) -> Option<&Request> {
-        self.tx(key).map(|t| &t.request)
+        self.tx(key).and_then(Tx::request)
     }
 
     /// True when `request` retransmits a request whose server transaction has not sent a
@@ -797,7 +858,10 @@ impl<D: Clone> TransactionLayer<D> {
     }
 
     fn tx(&self, key: &TransactionKey) -> Option<&Tx<D>> {
-        self.index.get(key).and_then(|id| self.txs.get(id))
+        self.index
+            .get(key)
+            .and_then(|id| self.txs.get(id))
+            .map(|t| &**t)
     }
 
     /// Starts a client transaction for `request` (anything but ACK), sent to `dest`.
@@ -837,11 +901,15 @@ impl<D: Clone> TransactionLayer<D> {
             kind,
             state,
             transport,
+            responded: false,
             peer: dest,
-            request,
-            top_via: via.raw,
+            origin: Some(Box::new(Origin {
+                request,
+                top_via: via.raw,
+            })),
             seq: cseq.seq,
             last_response: None,
+            accepted_2xx: None,
             ack: None,
             interval: self.cfg.t1,
             timers: [None; 4],
@@ -855,7 +923,9 @@ impl<D: Clone> TransactionLayer<D> {
             transmits: &mut self.transmits,
             events: &mut self.events,
         };
-        tx.transmit(&mut io, tx.request.clone().into(), false);
+        if let Some(r) = tx.request() {
+            tx.transmit(&mut io, r.clone().into(), false);
+        }
         let (t1, t1_x64) = (io.cfg.t1, io.cfg.t1_x64());
         if !transport.is_reliable() {
             tx.arm(&mut io, Slot::Retransmit, now, t1);
@@ -863,7 +933,7 @@ impl<D: Clone> TransactionLayer<D> {
         tx.arm(&mut io, Slot::Timeout, now, t1_x64);
         debug!(key = %key, ?state, "sip client transaction");
         self.index.insert(key.clone(), id);
-        self.txs.insert(id, tx);
+        self.txs.insert(id, Box::new(tx));
         Ok(key)
     }
 
@@ -927,7 +997,10 @@ impl<D: Clone> TransactionLayer<D> {
                 if tx.kind == Kind::InviteClient
                     && matches!(tx.state, State::Calling | State::Proceeding) =>
             {
-                Ok(build::cancel(&tx.request, &tx.top_via, tx.seq))
+                match tx.origin.as_deref() {
+                    Some(o) => Ok(build::cancel(&o.request, &o.top_via, tx.seq)),
+                    None => Err(Error::NotCancellable(key.clone())),
+                }
             }
             _ => Err(Error::NotCancellable(key.clone())),
         }
@@ -1056,7 +1129,7 @@ impl<D: Clone> TransactionLayer<D> {
                     .filter_map(|k| self.index.get(k).copied())
                     .find(|id| {
                         self.txs.get(id).is_some_and(|t| {
-                            t.last_response.is_some() && t.response_to_tag.as_deref() == ack_to_tag
+                            t.responded && t.response_to_tag.as_deref() == ack_to_tag
                         })
                     }),
             };
@@ -1116,11 +1189,15 @@ impl<D: Clone> TransactionLayer<D> {
             kind,
             state,
             transport,
+            responded: false,
             peer: source.clone(),
-            request: request.clone(),
-            top_via: via.raw,
+            origin: Some(Box::new(Origin {
+                request: request.clone(),
+                top_via: via.raw,
+            })),
             seq: cseq.seq,
             last_response: None,
+            accepted_2xx: None,
             ack: None,
             interval: io.cfg.t1,
             timers: [None; 4],
@@ -1134,7 +1211,7 @@ impl<D: Clone> TransactionLayer<D> {
                     .entry(ack_id.clone())
                     .or_default()
                     .push(key.clone());
-                tx.legacy_ack = Some(ack_id);
+                tx.legacy_ack = Some(Box::new(ack_id));
             }
         }
         debug!(key = %key, ?state, "sip server transaction");
@@ -1179,7 +1256,7 @@ impl<D: Clone> TransactionLayer<D> {
             }
         }
         self.index.insert(key, id);
-        self.txs.insert(id, tx);
+        self.txs.insert(id, Box::new(tx));
         Ok(())
     }
 
@@ -1334,7 +1411,7 @@ impl<D: Clone> TransactionLayer<D> {
         self.index.remove(&tx.key);
         let response = tx
             .last_response
-            .as_ref()
+            .as_deref()
             .map(crate::message::serialize_response)
             .unwrap_or_default();
         let deadline = now + self.cfg.timer_j();
@@ -1380,7 +1457,7 @@ impl<D: Clone> TransactionLayer<D> {
         if tx.unanswered() {
             self.unanswered -= 1;
         }
-        if let Some(ack_id) = &tx.legacy_ack {
+        if let Some(ack_id) = tx.legacy_ack.as_deref() {
             if let Some(keys) = self.legacy_acks.get_mut(ack_id) {
                 keys.retain(|k| *k != tx.key);
                 if keys.is_empty() {
@@ -1391,6 +1468,30 @@ impl<D: Clone> TransactionLayer<D> {
         debug!(key = %tx.key, state = ?tx.state, "sip transaction terminated");
         self.events.push_back(Event::Terminated { key: tx.key });
     }
+}
+
+/// A 64-bit fingerprint of a response (start line, headers, body): equal for a retransmitted
+/// 2xx, different for another one but by a hash collision (it only sets
+/// [`Transmit::retransmission`]).
+fn fingerprint(response: &Response) -> u64 {
+    use std::fmt::Write as _;
+    use std::hash::Hasher as _;
+    struct Sink(std::collections::hash_map::DefaultHasher);
+    impl std::fmt::Write for Sink {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.write(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut sink = Sink(std::collections::hash_map::DefaultHasher::new());
+    // Writing to the hasher cannot fail.
+    let _ = write!(
+        sink,
+        "{} {}\r\n{}\r\n",
+        response.version, response.status_code, response.headers
+    );
+    sink.0.write(&response.body);
+    sink.0.finish()
 }
 
 /// How often [`TransactionLayer::sweep_abandoned`] runs while a non-INVITE server transaction

@@ -1622,6 +1622,7 @@ fn simulate(seed: u64, scenario: Scenario, loss: u64) -> Outcome {
     let mut answer_at: Option<Instant> = None;
     // The UAS TU's own 2xx retransmission (RFC 3261 §13.3.1.4), and the UAC TU's ACK.
     let mut retx_2xx: Option<(Instant, Duration)> = None;
+    let mut sent_2xx: Option<Response> = None;
     let mut ack_2xx: Option<Request> = None;
     let deadline = t0 + Duration::from_secs(300);
     let give_up = t0 + Duration::from_secs(100);
@@ -1774,6 +1775,9 @@ fn simulate(seed: u64, scenario: Scenario, loss: u64) -> Outcome {
                 final_code,
                 Some("uas"),
             );
+            // The TU keeps its 2xx to retransmit it (the transaction drops the request once
+            // it is Accepted).
+            sent_2xx = Some(resp.clone());
             b.send_response(&key, resp, now).expect("UAS answers");
             if scenario == Scenario::InviteAccepted {
                 retx_2xx = Some((now + ms(500), ms(500)));
@@ -1786,8 +1790,7 @@ fn simulate(seed: u64, scenario: Scenario, loss: u64) -> Outcome {
                 if out.uas_2xx_acked || b.state(&key).is_none() {
                     retx_2xx = None;
                 } else {
-                    let resp =
-                        response_to(b.request(&key).expect("UAS transaction"), 200, Some("uas"));
+                    let resp = sent_2xx.clone().expect("the 2xx sent");
                     b.send_response(&key, resp, now)
                         .expect("UAS retransmits 2xx");
                     let interval = (interval * 2).min(ms(4_000));

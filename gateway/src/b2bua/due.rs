@@ -15,7 +15,7 @@ use super::*;
 impl B2bua {
     /// Re-reads call `id`'s earliest deadline into the index (gone: removed).
     fn reindex(&mut self, id: CallId) {
-        match self.calls.get(&id).and_then(Call::next_deadline) {
+        match self.calls.get(&id).and_then(|c| c.next_deadline()) {
             Some(t) => self.call_due.set(id, t),
             None => {
                 self.call_due.remove(&id);

@@ -466,7 +466,8 @@ impl Call {
 /// The B2BUA.
 pub struct B2bua {
     cfg: Config,
-    calls: HashMap<CallId, Call>,
+    /// Boxed: a `Call` is ~3 KB, so the table's slots (and its rehash) stay a pointer each.
+    calls: HashMap<CallId, Box<Call>>,
     /// Client transactions (INVITE to B, re-INVITE/UPDATE/BYE/CANCEL) → call.
     by_client: HashMap<TransactionKey, (CallId, Side)>,
     /// Server INVITE transactions of leg A → call.
@@ -888,7 +889,7 @@ impl B2bua {
         self.set_channel(&callee, id, Channel::Ringing);
         self.by_client.insert(b_key.clone(), (id, Side::B));
         self.by_server.insert(key, id);
-        self.calls.insert(id, call);
+        self.calls.insert(id, Box::new(call));
         self.arm_timer_c(&b_key, id, now);
         if callee.is_some() {
             self.arm_ring_limit(id, now);
@@ -1240,6 +1241,33 @@ impl B2bua {
         self.timer_c_forget(key);
         self.by_client.remove(key);
         self.by_server.remove(key);
+        self.shrink_tables();
+    }
+
+    /// Entries the call tables have room for (calls, client and server transaction keys,
+    /// dialogs): what they take whatever they hold.
+    pub fn table_capacity(&self) -> usize {
+        self.calls.capacity()
+            + self.by_client.capacity()
+            + self.by_server.capacity()
+            + self.by_dialog.capacity()
+    }
+
+    /// Gives memory back once a call table is mostly empty after a peak (issue 16: they grow
+    /// to the peak's calls and client transactions, mapped until Timer M/K, and a `HashMap`
+    /// never shrinks by itself). O(1) unless it shrinks; a table shrinks to twice its entries,
+    /// so it shrinks again only after losing three quarters of them.
+    fn shrink_tables(&mut self) {
+        fn shrink<K: Eq + std::hash::Hash, V>(m: &mut HashMap<K, V>) {
+            const MIN: usize = 256;
+            if m.capacity() > MIN && m.len() < m.capacity() / 4 {
+                m.shrink_to((m.len() * 2).max(MIN));
+            }
+        }
+        shrink(&mut self.calls);
+        shrink(&mut self.by_client);
+        shrink(&mut self.by_server);
+        shrink(&mut self.by_dialog);
     }
 
     /// Client transaction `key` timed out or hit a transport error.
@@ -1781,6 +1809,7 @@ impl B2bua {
             reason: reason.to_owned(),
             record,
         });
+        self.shrink_tables();
     }
 
     fn arm_media_check(&mut self, now: Instant) {
@@ -1794,7 +1823,7 @@ impl B2bua {
         let calls = self.call_due.first();
         #[cfg(debug_assertions)]
         {
-            let walked = self.calls.values().filter_map(Call::next_deadline).min();
+            let walked = self.calls.values().filter_map(|c| c.next_deadline()).min();
             debug_assert_eq!(
                 calls, walked,
                 "the per-call deadline index is stale (`due.rs`)"

@@ -924,3 +924,39 @@ fn leg_b_moves_to_another_peer_with_music_meanwhile() {
         assert!(rig.b2b.is_answered(id), "moved");
     }
 }
+
+#[test]
+fn call_tables_give_their_memory_back_after_a_peak() {
+    let mut rig = Rig::new();
+    let idle = rig.b2b.table_capacity();
+    // A peak of 4,000 calls ringing at once (each: a call, its dialog with A, B's INVITE key).
+    let calls: Vec<(Request, TransactionKey)> = (0..4_000).map(|_| rig.call(0)).collect();
+    rig.actions();
+    let peak = rig.b2b.table_capacity();
+    assert!(peak >= 3 * 4_000, "{peak} entries of room at the peak");
+    // All refused by B: the calls end; B's INVITE transactions end later (their Timer D).
+    for (inv, key) in &calls {
+        rig.b2b.on_response(
+            key,
+            b_response(inv, 486, "btag", ""),
+            &mut rig.media,
+            rig.now,
+        );
+    }
+    assert!(Rig::responses_to_a(&rig.actions())
+        .iter()
+        .all(|&c| c == 486));
+    assert!(rig.b2b.is_empty());
+    for (_, key) in &calls {
+        rig.b2b.on_terminated(key);
+    }
+    let after = rig.b2b.table_capacity();
+    assert!(
+        // Four tables shrunk to their minimum of 256 entries (hashbrown rounds it up to 448).
+        after <= 4 * 448 && after * 10 < peak,
+        "room for {after} entries left after the peak ({peak} at the peak, {idle} idle)"
+    );
+    // And the next call goes through as before.
+    rig.answered();
+    assert_eq!(rig.b2b.len(), 1);
+}

@@ -486,7 +486,7 @@ fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("register_bench-")
         .tempdir()?;
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = bench::gateway_runtime()?;
     // One more account than the load uses: the phone's.
     let phone_user = FIRST_USER + a.users;
     let (gw, gw_target) = rt.block_on(start_gateway_sharded(a.users + 1, dir.path(), a.shards))?;
