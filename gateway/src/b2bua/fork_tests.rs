@@ -2,7 +2,9 @@
 //! the first answer wins, the others cancelled or BYEd, the best final response when all fail.
 
 use super::fork::best_final;
-use super::tests::{a_ack, b_response, invite_from_a, peer, request, response, sdp, FakeMedia};
+use super::tests::{
+    a_ack, b_response, cancel_from_a, invite_from_a, peer, request, response, sdp, FakeMedia,
+};
 use super::*;
 use statebus::DeviceState;
 
@@ -258,17 +260,7 @@ fn caller_cancel_cancels_every_ringing_branch() {
     assert_eq!(f.branches.len(), 3);
     f.respond(LIVE, 180, "a");
     f.respond(DEAD, 180, "b");
-    let cancel = request(
-        "CANCEL sip:1002@gw SIP/2.0
-Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa1
-Max-Forwards: 70
-From: \"Alice\" <sip:1001@gw>;tag=atag
-To: <sip:1002@gw>
-Call-ID: a-call@10.0.0.1
-CSeq: 1 CANCEL
-",
-        "",
-    );
+    let cancel = cancel_from_a();
     let ck = TransactionKey::client("z9hG4bKa1", Method::Cancel);
     let a_key = f.a_key.clone();
     f.b2b.on_cancel(&ck, &cancel, &a_key, &mut f.media);

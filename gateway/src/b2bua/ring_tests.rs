@@ -1,7 +1,7 @@
 //! Timer C and the ring limit (`ring.rs`) in virtual time, with the fake relay.
 
 use super::ring::Deadlines;
-use super::tests::{b_response, invite_from_a, peer, request, sdp, FakeMedia};
+use super::tests::{b_response, cancel_from_a, invite_from_a, peer, sdp, FakeMedia};
 use super::*;
 
 const PHONE: &str = "10.0.0.2:5070";
@@ -339,17 +339,7 @@ fn timer_c_diverts_to_voicemail_when_no_answer_diversion_is_armed() {
 fn timer_c_ends_a_cancelled_call_whose_callee_never_answers_the_cancel() {
     let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
     rig.respond(PHONE, 180, 0);
-    let cancel = request(
-        "CANCEL sip:1002@gw SIP/2.0
-Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa1
-Max-Forwards: 70
-From: \"Alice\" <sip:1001@gw>;tag=atag
-To: <sip:1002@gw>
-Call-ID: a-call@10.0.0.1
-CSeq: 1 CANCEL
-",
-        "",
-    );
+    let cancel = cancel_from_a();
     let ckey = TransactionKey::client("z9hG4bKc1", Method::Cancel);
     rig.b2b
         .on_cancel(&ckey, &cancel, &rig.a_key.clone(), &mut rig.media);

@@ -81,6 +81,21 @@ Contact: <sip:1001@10.0.0.1:5060>
     )
 }
 
+/// The caller's CANCEL of [`invite_from_a`].
+pub(super) fn cancel_from_a() -> Request {
+    request(
+        "CANCEL sip:1002@gw SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa1
+Max-Forwards: 70
+From: \"Alice\" <sip:1001@gw>;tag=atag
+To: <sip:1002@gw>
+Call-ID: a-call@10.0.0.1
+CSeq: 1 CANCEL
+",
+        "",
+    )
+}
+
 /// A response from B to the request B received (tags and headers mirrored).
 pub(super) fn b_response(req: &Request, code: u16, tag: &str, body: &str) -> Response {
     let mut r = message::response_with_tag(req, code, "", tag);
@@ -324,17 +339,7 @@ fn basic_call_anchors_media_and_tracks_device_state() {
 fn cancel_before_answer_gives_487_and_cancels_b_after_its_provisional() {
     let mut rig = Rig::new();
     let (b_inv, b_key) = rig.call(0);
-    let cancel = request(
-        "CANCEL sip:1002@gw SIP/2.0
-Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa1
-Max-Forwards: 70
-From: \"Alice\" <sip:1001@gw>;tag=atag
-To: <sip:1002@gw>
-Call-ID: a-call@10.0.0.1
-CSeq: 1 CANCEL
-",
-        "",
-    );
+    let cancel = cancel_from_a();
     let ck = TransactionKey::client("z9hG4bKa1", Method::Cancel);
     let a_key = rig.a_key.clone();
     rig.b2b.on_cancel(&ck, &cancel, &a_key, &mut rig.media);
