@@ -830,22 +830,28 @@ fn assemble(start: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
 
 /// Appends the header fields (each written straight into `out`), the empty line and the body.
 fn assemble_into(mut out: Vec<u8>, headers: &Headers, body: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
     out.extend_from_slice(b"\r\n");
     for h in headers.iter() {
-        let start = out.len();
-        let _ = write!(out, "{h}");
-        // A CR or LF set by code must not split the message.
-        for b in &mut out[start..] {
-            if *b == b'\r' || *b == b'\n' {
-                *b = b' ';
-            }
-        }
+        write_header_line(&mut out, h);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
+}
+
+/// Appends header field `h` as [`serialize_request`] and [`serialize_response`] write it,
+/// without its CRLF.
+pub fn write_header_line(out: &mut Vec<u8>, h: &Header) {
+    use std::io::Write as _;
+    let start = out.len();
+    let _ = write!(out, "{h}");
+    // A CR or LF set by code must not split the message.
+    for b in &mut out[start..] {
+        if *b == b'\r' || *b == b'\n' {
+            *b = b' ';
+        }
+    }
 }
 
 /// A Request-URI as text. rsip's `Display` writes `scheme://` for every non-SIP scheme and

@@ -57,6 +57,7 @@
 
 mod build;
 mod completed;
+mod delta;
 mod key;
 pub mod parse;
 
@@ -591,7 +592,12 @@ impl<D: Clone> Tx<D> {
                 }
                 self.set_state(State::Completed);
                 let j = self.unreliable_only(io.cfg.timer_j());
-                if j.is_zero() || j > completed::MAX_LINGER || now.checked_add(j).is_none() {
+                if j.is_zero()
+                    || j > completed::MAX_LINGER
+                    || now.checked_add(j).is_none()
+                    || !Completed::<D>::takes(&self.key)
+                    || self.origin.is_none()
+                {
                     return Ok(self.linger(io, now, j));
                 }
                 Ok(Flow::Compact)
@@ -743,6 +749,9 @@ pub struct TransactionLayer<D = SocketAddr> {
     unanswered: usize,
     /// Non-INVITE server transactions ended without a final response.
     abandoned: u64,
+    /// Requests that matched a completed transaction with other header fields than its
+    /// request's, so got no response from it.
+    mismatched_retransmissions: u64,
 }
 
 impl<D: Clone> Default for TransactionLayer<D> {
@@ -768,6 +777,7 @@ impl<D: Clone> TransactionLayer<D> {
             abandon_sweep: None,
             unanswered: 0,
             abandoned: 0,
+            mismatched_retransmissions: 0,
         }
     }
 
@@ -780,6 +790,13 @@ impl<D: Clone> TransactionLayer<D> {
     /// waiting for Timer J).
     pub fn len(&self) -> usize {
         self.txs.len() + self.completed.len()
+    }
+
+    /// Requests that matched a completed non-INVITE server transaction but whose header
+    /// fields differ from those of its request (not a retransmission of it, §17.2.3 allows
+    /// only identical ones), so were dropped. Cumulative.
+    pub fn mismatched_retransmissions(&self) -> u64 {
+        self.mismatched_retransmissions
     }
 
     /// Non-INVITE server transactions ended because their TU sent no final response within
@@ -798,14 +815,16 @@ impl<D: Clone> TransactionLayer<D> {
     pub fn state(&self, key: &TransactionKey) -> Option<State> {
         self.tx(key)
             .map(|t| t.state)
-            .or_else(|| self.completed.get(key).map(|_| State::Completed))
+            .or_else(|| self.completed.contains(key).then_some(State::Completed))
     }
 
     /// The kind of a live transaction.
     pub fn kind(&self, key: &TransactionKey) -> Option<Kind> {
-        self.tx(key)
-            .map(|t| t.kind)
-            .or_else(|| self.completed.get(key).map(|_| Kind::NonInviteServer))
+        self.tx(key).map(|t| t.kind).or_else(|| {
+            self.completed
+                .contains(key)
+                .then_some(Kind::NonInviteServer)
+        })
     }
 
     /// The request that created a live transaction, while the transaction may still need it:
@@ -840,10 +859,7 @@ impl<D: Clone> TransactionLayer<D> {
     /// Completed non-INVITE server transactions held for Timer J, and the bytes they take
     /// (table slots, queue, each one's key and encoded response on the heap).
     pub fn completed_footprint(&self) -> (usize, usize) {
-        (
-            self.completed.len(),
-            self.completed.footprint(TransactionKey::heap_bytes),
-        )
+        (self.completed.len(), self.completed.footprint())
     }
 
     /// Completed non-INVITE server transactions held for Timer J (O(1), unlike
@@ -957,7 +973,7 @@ impl<D: Clone> TransactionLayer<D> {
             return Err(Error::InvalidStatus(code));
         }
         let Some(id) = self.index.get(key).copied() else {
-            if self.completed.get(key).is_some() {
+            if self.completed.contains(key) {
                 return Err(Error::InvalidState {
                     state: State::Completed,
                     status: code,
@@ -1160,19 +1176,33 @@ impl<D: Clone> TransactionLayer<D> {
             tx.on_retransmission(&mut io);
             return Ok(());
         }
-        if let Some(a) = self.completed.get(&key) {
-            // §17.2.2 Completed: the final response again, re-read from its bytes.
-            match crate::message::parse(&a.response) {
-                Ok(message) => io.transmits.push_back(Transmit {
-                    key: Some(key),
-                    dest: a.peer.clone(),
-                    transport: a.transport,
-                    message,
-                    retransmission: true,
-                }),
-                Err(e) => debug!(key = %key, error = %e, "stored final response unreadable"),
+        match self.completed.reply(&key, &request) {
+            // §17.2.2 Completed: the final response again, rebuilt from what was kept.
+            Some(completed::Reply::Again {
+                bytes,
+                peer,
+                transport,
+            }) => {
+                match crate::message::parse(&bytes) {
+                    Ok(message) => io.transmits.push_back(Transmit {
+                        key: Some(key),
+                        dest: peer,
+                        transport,
+                        message,
+                        retransmission: true,
+                    }),
+                    Err(e) => debug!(key = %key, error = %e, "stored final response unreadable"),
+                }
+                return Ok(());
             }
-            return Ok(());
+            Some(completed::Reply::Mismatch) => {
+                // Same transaction, other header fields: not a retransmission of the request
+                // the response answered, so it is not answered with that response.
+                self.mismatched_retransmissions += 1;
+                debug!(key = %key, "request matches a completed transaction but differs from its request: dropped");
+                return Ok(());
+            }
+            None => {}
         }
 
         let invite = request.method == Method::Invite;
@@ -1265,13 +1295,13 @@ impl<D: Clone> TransactionLayer<D> {
     /// Returns false if the transaction no longer exists.
     pub fn transport_error(&mut self, key: &TransactionKey) -> bool {
         let Some(id) = self.index.get(key).copied() else {
-            let Some(a) = self.completed.remove(key) else {
+            let Some(removed) = self.completed.remove(key) else {
                 return false;
             };
             debug!(key = %key, "sip transaction transport error");
             self.events
                 .push_back(Event::TransportError { key: key.clone() });
-            self.events.push_back(Event::Terminated { key: a.key });
+            self.events.push_back(Event::Terminated { key: removed });
             return true;
         };
         debug!(key = %key, "sip transaction transport error");
@@ -1286,10 +1316,10 @@ impl<D: Clone> TransactionLayer<D> {
     /// shutdown. Returns false if it no longer exists.
     pub fn terminate(&mut self, key: &TransactionKey) -> bool {
         let Some(id) = self.index.get(key).copied() else {
-            let Some(a) = self.completed.remove(key) else {
+            let Some(removed) = self.completed.remove(key) else {
                 return false;
             };
-            self.events.push_back(Event::Terminated { key: a.key });
+            self.events.push_back(Event::Terminated { key: removed });
             return true;
         };
         self.terminate_id(id);
@@ -1409,20 +1439,25 @@ impl<D: Clone> TransactionLayer<D> {
             return;
         };
         self.index.remove(&tx.key);
-        let response = tx
-            .last_response
-            .as_deref()
-            .map(crate::message::serialize_response)
-            .unwrap_or_default();
+        let (Some(request), Some(response)) = (tx.request(), tx.last_response.as_deref()) else {
+            debug_assert!(
+                false,
+                "a completed transaction without its request or response"
+            );
+            return;
+        };
+        let response = crate::message::serialize_response(response);
         let deadline = now + self.cfg.timer_j();
         debug!(key = %tx.key, "sip server transaction completed: compact until Timer J");
-        self.completed.insert(
-            tx.key,
-            response.into_boxed_slice(),
-            tx.peer,
+        let kept = self.completed.insert(
+            &tx.key,
+            request,
+            &response,
+            tx.peer.clone(),
             tx.transport,
             deadline,
         );
+        debug_assert!(kept, "send_response compacts only what the table takes");
     }
 
     /// Gives memory back once the live tables are mostly empty (no ratchet after a peak).

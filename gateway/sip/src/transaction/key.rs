@@ -111,6 +111,22 @@ impl TransactionKey {
         }
     }
 
+    /// The server key of an RFC 3261 request: `branch` (lower-cased) and `sent_by` of its top
+    /// Via, and its method (INVITE for an ACK).
+    pub(crate) fn server_branch(method: rsip::Method, branch: &str, sent_by: &str) -> Self {
+        Self {
+            role: Role::Server,
+            method,
+            id: KeyId::branch(branch, sent_by),
+        }
+    }
+
+    /// (role, method, branch, sent-by) of a key matched by branch; `None` for RFC 2543 keys.
+    pub(crate) fn branch_parts(&self) -> Option<(Role, rsip::Method, &str, &str)> {
+        let (branch, sent_by) = self.id.parts()?;
+        Some((self.role, self.method, branch, sent_by))
+    }
+
     /// Client or server side.
     pub fn role(&self) -> Role {
         self.role
@@ -137,21 +153,6 @@ impl TransactionKey {
         match &self.id {
             KeyId::Branch { .. } => self.id.parts().map(|(b, _)| b),
             KeyId::Rfc2543(_) => None,
-        }
-    }
-
-    /// Bytes this key holds on the heap (for memory accounting).
-    pub(crate) fn heap_bytes(&self) -> usize {
-        match &self.id {
-            KeyId::Branch { both, .. } => both.len(),
-            KeyId::Rfc2543(l) => {
-                std::mem::size_of::<LegacyId>()
-                    + l.request_uri.capacity()
-                    + l.from_tag.as_ref().map_or(0, String::capacity)
-                    + l.to_tag.as_ref().map_or(0, String::capacity)
-                    + l.call_id.capacity()
-                    + l.top_via.capacity()
-            }
         }
     }
 
