@@ -84,23 +84,16 @@ impl B2bua {
             return false;
         };
         let dest = armed.divert.dest;
-        // The phone's branches still going are cancelled and forgotten.
-        self.fork_cancel(id, None);
+        // The phone's branches still going are cancelled (each CANCEL destroyed after 64·T1
+        // without a final response, `ring.rs`) and forgotten.
+        self.fork_cancel(id, None, now);
         self.fork_forget(id);
-        let Some(call) = self.calls.get_mut(&id) else {
+        let Some(call) = self.calls.get(&id) else {
             return false;
         };
-        let ringing = code.is_none() && call.b_provisional;
-        if ringing
-            && !self
-                .actions
-                .iter()
-                .any(|a| matches!(a, Action::Cancel { key, .. } if *key == call.b_invite_key))
-        {
-            self.actions.push_back(Action::Cancel {
-                key: call.b_invite_key.clone(),
-                dest: call.b.peer.clone(),
-            });
+        if code.is_none() && call.b_provisional {
+            let (key, dest) = (call.b_invite_key.clone(), call.b.peer.clone());
+            self.send_cancel(&key, dest, id, now);
         }
         self.by_client.retain(|k, (cid, side)| {
             !(*cid == id && *side == Side::B && k.method() == Method::Invite)

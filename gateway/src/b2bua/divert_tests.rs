@@ -151,3 +151,44 @@ fn busy_without_busy_diversion_fails_back_to_the_caller() {
     assert!(response(&acts, 486).is_some(), "{acts:?}");
     assert!(to_voicemail(&acts).is_none());
 }
+
+#[test]
+fn a_phone_that_never_answers_the_diversion_cancel_is_destroyed_after_64_t1() {
+    let (mut rig, inv, key) = Rig::call(vm_divert(true, Some(Duration::from_secs(5))));
+    let t0 = rig.now;
+    rig.b2b
+        .on_response(&key, b_response(&inv, 180, "phone", ""), &mut rig.media, t0);
+    rig.b2b
+        .handle_timeout(&mut rig.media, t0 + Duration::from_secs(5));
+    let acts = rig.actions();
+    let (vm_key, vm_inv) = to_voicemail(&acts).expect("an INVITE to voicemail");
+    rig.b2b.on_response(
+        &vm_key,
+        b_response(&vm_inv, 180, "vm", ""),
+        &mut rig.media,
+        t0 + Duration::from_secs(5),
+    );
+    rig.actions();
+    let wait = Config::default().t1 * 64;
+    let end = t0 + Duration::from_secs(5) + wait;
+    rig.b2b
+        .handle_timeout(&mut rig.media, end - Duration::from_millis(1));
+    assert!(
+        !rig.actions()
+            .contains(&Action::Terminate { key: key.clone() }),
+        "not before 64·T1"
+    );
+    rig.b2b.handle_timeout(&mut rig.media, end);
+    let acts = rig.actions();
+    assert!(
+        acts.contains(&Action::Terminate { key: key.clone() }),
+        "§9.1: destroyed 64·T1 after its CANCEL: {acts:?}"
+    );
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::Respond { .. } | Action::CallEnded { .. })),
+        "the caller still hears voicemail ring: {acts:?}"
+    );
+    assert_eq!(rig.b2b.len(), 1);
+}

@@ -161,8 +161,16 @@ impl B2bua {
         self.forks.retain(|_, b| b.call != id);
     }
 
-    /// Cancels every branch of call `id` but `except` that is still going.
-    pub(super) fn fork_cancel(&mut self, id: CallId, except: Option<&TransactionKey>) {
+    /// Cancels every branch of call `id` but `except` that is still going: a CANCEL (and
+    /// §9.1's 64·T1 wait for its final response, `ring.rs`) to those that sent a provisional
+    /// response, the others at their first one (`stray`).
+    pub(super) fn fork_cancel(
+        &mut self,
+        id: CallId,
+        except: Option<&TransactionKey>,
+        now: Instant,
+    ) {
+        let mut cancel = Vec::new();
         for (key, br) in self.forks.iter_mut() {
             if br.call != id
                 || Some(key) == except
@@ -174,11 +182,11 @@ impl B2bua {
             }
             br.cancelled = true;
             if br.provisional {
-                self.actions.push_back(Action::Cancel {
-                    key: key.clone(),
-                    dest: br.peer.clone(),
-                });
+                cancel.push((key.clone(), br.peer.clone()));
             }
+        }
+        for (key, dest) in cancel {
+            self.send_cancel(&key, dest, id, now);
         }
     }
 
@@ -214,7 +222,12 @@ impl B2bua {
     /// A response to a forked INVITE. Returns true when handled here; false when the ordinary
     /// leg-B code must run with `resp` (the primary's, or the best final response once every
     /// branch failed).
-    pub(super) fn fork_response(&mut self, key: &TransactionKey, resp: &mut Response) -> bool {
+    pub(super) fn fork_response(
+        &mut self,
+        key: &TransactionKey,
+        resp: &mut Response,
+        now: Instant,
+    ) -> bool {
         let code = resp.status_code.code();
         let Some(br) = self.forks.get(key) else {
             return false;
@@ -225,12 +238,12 @@ impl B2bua {
             if primary {
                 return false; // the ordinary code ACKs, CANCELs, BYEs the primary
             }
-            self.stray(key, resp);
+            self.stray(key, resp, now);
             return true;
         }
         if br.cancelled {
             // Given up while the call still rings elsewhere (Timer C, `ring.rs`).
-            self.stray(key, resp);
+            self.stray(key, resp, now);
             return true;
         }
         let Some(br) = self.forks.get_mut(key) else {
@@ -252,7 +265,7 @@ impl B2bua {
             200..=299 => {
                 br.answered = true;
                 self.promote(id, key);
-                self.fork_cancel(id, Some(key));
+                self.fork_cancel(id, Some(key), now);
                 false
             }
             _ => {
@@ -276,7 +289,7 @@ impl B2bua {
 
     /// A response for a branch of a call that was answered by another branch, cancelled or
     /// ended: CANCEL it at its first 1xx, ACK and BYE a 2xx (§13.2.2.4).
-    fn stray(&mut self, key: &TransactionKey, resp: &Response) {
+    fn stray(&mut self, key: &TransactionKey, resp: &Response, now: Instant) {
         let code = resp.status_code.code();
         let Some(br) = self.forks.get_mut(key) else {
             return;
@@ -287,10 +300,8 @@ impl B2bua {
                 if !br.provisional {
                     br.provisional = true;
                     br.cancelled = true;
-                    self.actions.push_back(Action::Cancel {
-                        key: key.clone(),
-                        dest: br.peer.clone(),
-                    });
+                    let (id, dest) = (br.call, br.peer.clone());
+                    self.send_cancel(key, dest, id, now);
                 }
             }
             200..=299 => {

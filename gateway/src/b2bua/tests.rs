@@ -342,7 +342,8 @@ fn cancel_before_answer_gives_487_and_cancels_b_after_its_provisional() {
     let cancel = cancel_from_a();
     let ck = TransactionKey::client("z9hG4bKa1", Method::Cancel);
     let a_key = rig.a_key.clone();
-    rig.b2b.on_cancel(&ck, &cancel, &a_key, &mut rig.media);
+    rig.b2b
+        .on_cancel(&ck, &cancel, &a_key, &mut rig.media, rig.now);
     let acts = rig.actions();
     assert_eq!(Rig::responses_to_a(&acts), vec![200, 487]);
     assert!(
