@@ -50,6 +50,8 @@ pub(super) struct Branch {
     pub(super) done: Option<(u16, Option<Response>)>,
     /// To tags of stray 2xx already BYEd.
     pub(super) byed: Vec<String>,
+    /// The call went elsewhere (diverted): this branch's outcome no longer counts for it.
+    pub(super) left: bool,
 }
 
 impl Branch {
@@ -63,6 +65,7 @@ impl Branch {
             answered: false,
             done: None,
             byed: Vec::new(),
+            left: false,
         }
     }
 }
@@ -156,9 +159,14 @@ impl B2bua {
         call.b.dialog = None;
     }
 
-    /// Forgets every branch of call `id` (its leg B goes elsewhere: `divert.rs`).
-    pub(super) fn fork_forget(&mut self, id: CallId) {
-        self.forks.retain(|_, b| b.call != id);
+    /// Every branch of call `id` leaves it (its leg B goes elsewhere: `divert.rs`): each is
+    /// kept, cancelled, until its transaction ends, and its outcome no longer counts for the
+    /// call.
+    pub(super) fn fork_leave(&mut self, id: CallId) {
+        for br in self.forks.values_mut().filter(|b| b.call == id) {
+            br.cancelled = true;
+            br.left = true;
+        }
     }
 
     /// Cancels every branch of call `id` but `except` that is still going: a CANCEL (and
@@ -196,7 +204,7 @@ impl B2bua {
         let finals: Vec<&(u16, Option<Response>)> = self
             .forks
             .values()
-            .filter(|b| b.call == id)
+            .filter(|b| b.call == id && !b.left)
             .filter_map(|b| b.done.as_ref())
             .collect();
         let codes: Vec<(u16, bool)> = finals.iter().map(|(c, r)| (*c, r.is_some())).collect();

@@ -349,6 +349,18 @@ fn terminated(acts: &[Action]) -> Vec<TransactionKey> {
         .collect()
 }
 
+fn has(acts: &[Action], method: Method, to: &str) -> bool {
+    let to: SocketAddr = to.parse().expect("addr");
+    acts.iter().any(|a| match a {
+        Action::Request { request, dest, .. } => request.method == method && dest.addr == to,
+        Action::Stateless {
+            message: SipMessage::Request(request),
+            dest,
+        } => request.method == method && dest.addr == to,
+        _ => false,
+    })
+}
+
 impl Rig {
     /// The caller CANCELs its INVITE `secs` after the start.
     fn cancel_from_a(&mut self, after: Duration) -> Vec<Action> {
@@ -492,6 +504,60 @@ fn a_cancel_at_shutdown_is_destroyed_after_64_t1_too() {
     assert_eq!(terminated(&rig.at(secs(5) + wait())), vec![key.clone()]);
     rig.b2b.on_terminated(&key);
     assert_eq!(rig.b2b.leftovers(), [0; 10]);
+}
+
+#[test]
+fn a_2xx_crossing_a_ring_limit_diversion_cancel_is_acked_and_byed_and_voicemail_keeps_the_caller() {
+    let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE]));
+    let divert = Divert {
+        uri: "sip:vm-1002@127.0.0.1:5070".into(),
+        dest: peer("127.0.0.1:5070"),
+        on_busy: true,
+        no_answer: Some(secs(30)),
+    };
+    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    let (_, key) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 180, 1);
+    let acts = rig.at(secs(20));
+    assert_eq!(cancels(&acts), vec![key.clone()]);
+    assert!(has(&acts, Method::Invite, "127.0.0.1:5070"), "{acts:?}");
+    let acts = rig.respond(PHONE, 200, 20);
+    assert!(has(&acts, Method::Ack, PHONE), "ACKed: {acts:?}");
+    assert!(has(&acts, Method::Bye, PHONE), "and BYEd: {acts:?}");
+    assert!(
+        to_a(&acts).is_empty(),
+        "the caller hears nothing of it: {acts:?}"
+    );
+    let acts = rig.respond("127.0.0.1:5070", 200, 21);
+    assert_eq!(to_a(&acts), vec![200], "voicemail answers the caller");
+    assert_eq!(rig.b2b.len(), 1);
+    rig.b2b.on_terminated(&key);
+    assert_eq!(rig.b2b.ring_timers_len(), (0, 0));
+}
+
+#[test]
+fn a_2xx_crossing_a_timer_c_diversion_cancel_is_acked_and_byed_and_voicemail_keeps_the_caller() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let divert = Divert {
+        uri: "sip:vm-1002@127.0.0.1:5070".into(),
+        dest: peer("127.0.0.1:5070"),
+        on_busy: true,
+        no_answer: Some(secs(600)),
+    };
+    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    rig.respond(PHONE, 180, 0);
+    let acts = rig.at(C);
+    assert!(has(&acts, Method::Invite, "127.0.0.1:5070"), "{acts:?}");
+    let acts = rig.respond(PHONE, 200, 182);
+    assert!(
+        has(&acts, Method::Ack, PHONE) && has(&acts, Method::Bye, PHONE),
+        "{acts:?}"
+    );
+    assert!(to_a(&acts).is_empty(), "{acts:?}");
+    // Voicemail fails: the caller gets its failure, the phone's 200 does not count.
+    let acts = rig.respond("127.0.0.1:5070", 503, 183);
+    assert_eq!(to_a(&acts), vec![503], "{acts:?}");
+    assert_eq!(rig.b2b.len(), 0);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use statebus::DeviceState;
 pub(super) struct FakeMedia {
     open: Vec<CallId>,
     pub(super) closed: Vec<CallId>,
-    remotes: Vec<(CallId, Side, SocketAddr)>,
+    pub(super) remotes: Vec<(CallId, Side, SocketAddr)>,
     bridged: Vec<CallId>,
     idle: Duration,
     exhausted: bool,
