@@ -206,6 +206,7 @@ impl B2bua {
             .values()
             .filter(|b| b.call == id && !b.left)
             .filter_map(|b| b.done.as_ref())
+            .filter(|(code, _)| *code >= 300)
             .collect();
         let codes: Vec<(u16, bool)> = finals.iter().map(|(c, r)| (*c, r.is_some())).collect();
         best_final(&codes).and_then(|i| finals.get(i).map(|(c, r)| (*c, r.clone())))
@@ -313,7 +314,9 @@ impl B2bua {
                 }
             }
             200..=299 => {
-                br.done = Some((code, None));
+                // Over, but never the call's answer: a branch given up as a 408 (Timer C)
+                // keeps that outcome.
+                br.done.get_or_insert((code, None));
                 let Ok(mut d) = Dialog::uac(&br.invite, resp) else {
                     return;
                 };

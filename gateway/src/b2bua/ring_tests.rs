@@ -664,3 +664,17 @@ fn a_calls_own_deadlines_are_indexed_and_leave_with_it() {
     assert_eq!(ended(&acts).as_deref(), Some("no-ack"), "{acts:?}");
     assert_eq!((rig.b2b.len(), rig.b2b.calls_due_len()), (0, 0));
 }
+
+#[test]
+fn a_2xx_across_a_timer_c_cancel_never_counts_as_the_calls_answer() {
+    // The stuck branch's late 200 is ACKed and BYEd; when the other branch then fails, the
+    // caller gets that failure, not a 200 made out of it.
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE, OTHER]));
+    rig.respond(PHONE, 180, 0);
+    rig.respond(OTHER, 180, 100);
+    rig.at(C);
+    rig.respond(PHONE, 200, 182);
+    let acts = rig.respond(OTHER, 486, 183);
+    assert_eq!(to_a(&acts), vec![486], "{acts:?}");
+    assert_eq!(rig.b2b.len(), 0);
+}
