@@ -13,7 +13,8 @@
 //! to `new=0 old=1` (heard) and `new=0 old=0` (deleted), and the file is gone. Last, a call
 //! to 1001, which is not registered, goes straight to its mailbox (5001), and 1001 opens it
 //! with its PIN sent by SIP INFO. And a device that rings unanswered for its `no_answer_secs`
-//! is cancelled and its caller reaches its mailbox.
+//! is cancelled and its caller reaches its mailbox; one whose answer crosses that CANCEL is
+//! ACKed and hung up (BYE) while its caller stays with the mailbox.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -176,7 +177,7 @@ for i, part in enumerate(m.walk()):
 fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
     let dir = tempfile::tempdir().expect("tempdir");
     let smtp = Smtp::start(dir.path());
-    let mut spec = GatewaySpec::new("vm", &["1000", "1001", "1002"]);
+    let mut spec = GatewaySpec::new("vm", &["1000", "1001", "1002", "1003"]);
     // The SIPp phones cannot answer OPTIONS outside their scenarios.
     spec.qualify_interval_secs = 600.0;
     spec.extra = format!(
@@ -185,7 +186,8 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
          [[voicemail.mailbox]]\ndevice = \"1000\"\npin = \"4321\"\nemail = \"owner@vm.example\"\n\
          no_answer_secs = 0\n\
          [[voicemail.mailbox]]\ndevice = \"1001\"\nmailbox = \"5001\"\npin = \"1\"\n\
-         [[voicemail.mailbox]]\ndevice = \"1002\"\npin = \"2\"\nno_answer_secs = 2\n",
+         [[voicemail.mailbox]]\ndevice = \"1002\"\npin = \"2\"\nno_answer_secs = 2\n\
+         [[voicemail.mailbox]]\ndevice = \"1003\"\npin = \"3\"\nno_answer_secs = 2\n",
         port = smtp.port,
         lo = 31000 + (std::process::id() % 50) * 20,
         hi = 31019 + (std::process::id() % 50) * 20,
@@ -336,4 +338,27 @@ fn busy_device_to_mailbox_then_retrieval_with_pin_by_rfc4733() {
         l.starts_with("VOICEMAIL DEPOSIT 1002 ")
     });
     gw.seen_since(mark, "MWI 1002@default new=1 old=0", WAIT);
+
+    // 6. 1003 rings, and answers just as the gateway CANCELs it for the mailbox (its 200
+    // crosses the CANCEL): the gateway ACKs that 200 and hangs it up with a BYE (the SIPp UAS
+    // passes only then), and the caller stays with the mailbox.
+    let mut crossing = answering_phone(&mut gw, "1003", "call_uas_answer_cancel.xml", 1);
+    let mark = gw.mark();
+    call(&mut gw, dir.path(), "1001", "1003", |m| {
+        m.until("the greeting", |a| !a.is_empty());
+        m.key('#');
+        m.until_after_beep();
+        m.tone(1000);
+        m.key('#');
+    });
+    let out = crossing.wait().expect("the crossing phone's SIPp");
+    assert_passes(
+        &gw,
+        &out,
+        "the phone whose 200 crossed the CANCEL is ACKed and BYEd",
+    );
+    line_since(&mut gw, mark, "the deposit for 1003", |l| {
+        l.starts_with("VOICEMAIL DEPOSIT 1003 ")
+    });
+    gw.seen_since(mark, "MWI 1003@default new=1 old=0", WAIT);
 }

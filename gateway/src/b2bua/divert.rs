@@ -7,8 +7,10 @@
 //! The caller keeps its dialog and media path; the callee device leaves the call (its state
 //! stops counting it).
 //!
-//! A cancelled phone's late responses are absorbed (its transaction keys are unmapped); one
-//! that answers 2xx across the CANCEL is left to its own 2xx timeout (not ACKed).
+//! A cancelled phone's branches stay as cancelled fork branches until their transactions end:
+//! a late 1xx is CANCELled, a 2xx that crosses the CANCEL is ACKed and BYEd (RFC 3261
+//! §13.2.2.4), a final response absorbed; a CANCEL that gets no final response within 64·T1
+//! ends its transaction (§9.1, `ring.rs`). The caller stays with the divert target.
 
 use super::*;
 
@@ -84,24 +86,26 @@ impl B2bua {
             return false;
         };
         let dest = armed.divert.dest;
-        // The phone's branches still going are cancelled and forgotten.
-        self.fork_cancel(id, None);
-        self.fork_forget(id);
-        let Some(call) = self.calls.get_mut(&id) else {
+        // The phone's branches still going are cancelled (each CANCEL destroyed after 64·T1
+        // without a final response, `ring.rs`) and kept as cancelled fork branches until
+        // their transactions end, so that their late responses are handled as such
+        // (`fork::stray`): a 1xx CANCELled, a 2xx across the CANCEL ACKed and BYEd, a final
+        // response absorbed. A primary that never forked becomes one such branch here.
+        self.fork_cancel(id, None, now);
+        let Some(call) = self.calls.get(&id) else {
             return false;
         };
-        let ringing = code.is_none() && call.b_provisional;
-        if ringing
-            && !self
-                .actions
-                .iter()
-                .any(|a| matches!(a, Action::Cancel { key, .. } if *key == call.b_invite_key))
-        {
-            self.actions.push_back(Action::Cancel {
-                key: call.b_invite_key.clone(),
-                dest: call.b.peer.clone(),
-            });
+        let primary = call.b_invite_key.clone();
+        if code.is_none() && !self.forks.contains_key(&primary) {
+            let mut br = fork::Branch::new(id, call.b_invite.clone(), call.b.peer.clone());
+            br.provisional = call.b_provisional;
+            if call.b_provisional {
+                let dest = call.b.peer.clone();
+                self.send_cancel(&primary, dest, id, now);
+            }
+            self.forks.insert(primary, br);
         }
+        self.fork_leave(id);
         self.by_client.retain(|k, (cid, side)| {
             !(*cid == id && *side == Side::B && k.method() == Method::Invite)
         });

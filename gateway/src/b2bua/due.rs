@@ -78,9 +78,10 @@ impl B2bua {
         cancel: &Request,
         invite: &TransactionKey,
         media: &mut dyn MediaControl,
+        now: Instant,
     ) {
         let id = self.by_server.get(invite).copied();
-        self.cancel_inner(key, cancel, invite, media);
+        self.cancel_inner(key, cancel, invite, media, now);
         if let Some(id) = id {
             self.reindex(id);
         }
@@ -175,5 +176,24 @@ impl B2bua {
     /// Calls in the deadline index (tests).
     pub(super) fn calls_due_len(&self) -> usize {
         self.call_due.len()
+    }
+
+    /// What every table still holds (tests: nothing may leak once calls and transactions are
+    /// over): calls, client keys, server keys, dialogs, fork branches, Timer C entries, Timer C
+    /// and ring-limit deadlines, diversions, call deadlines.
+    pub(super) fn leftovers(&self) -> [usize; 10] {
+        let (branch_due, ring_limits) = self.ring_timers_len();
+        [
+            self.calls.len(),
+            self.by_client.len(),
+            self.by_server.len(),
+            self.by_dialog.len(),
+            self.forks.len(),
+            self.ring_branches_len(),
+            branch_due,
+            ring_limits,
+            self.diverts.len(),
+            self.call_due.len(),
+        ]
     }
 }

@@ -50,6 +50,8 @@ pub(super) struct Branch {
     pub(super) done: Option<(u16, Option<Response>)>,
     /// To tags of stray 2xx already BYEd.
     pub(super) byed: Vec<String>,
+    /// The call went elsewhere (diverted): this branch's outcome no longer counts for it.
+    pub(super) left: bool,
 }
 
 impl Branch {
@@ -63,6 +65,7 @@ impl Branch {
             answered: false,
             done: None,
             byed: Vec::new(),
+            left: false,
         }
     }
 }
@@ -156,13 +159,26 @@ impl B2bua {
         call.b.dialog = None;
     }
 
-    /// Forgets every branch of call `id` (its leg B goes elsewhere: `divert.rs`).
-    pub(super) fn fork_forget(&mut self, id: CallId) {
-        self.forks.retain(|_, b| b.call != id);
+    /// Every branch of call `id` leaves it (its leg B goes elsewhere: `divert.rs`): each is
+    /// kept, cancelled, until its transaction ends, and its outcome no longer counts for the
+    /// call.
+    pub(super) fn fork_leave(&mut self, id: CallId) {
+        for br in self.forks.values_mut().filter(|b| b.call == id) {
+            br.cancelled = true;
+            br.left = true;
+        }
     }
 
-    /// Cancels every branch of call `id` but `except` that is still going.
-    pub(super) fn fork_cancel(&mut self, id: CallId, except: Option<&TransactionKey>) {
+    /// Cancels every branch of call `id` but `except` that is still going: a CANCEL (and
+    /// §9.1's 64·T1 wait for its final response, `ring.rs`) to those that sent a provisional
+    /// response, the others at their first one (`stray`).
+    pub(super) fn fork_cancel(
+        &mut self,
+        id: CallId,
+        except: Option<&TransactionKey>,
+        now: Instant,
+    ) {
+        let mut cancel = Vec::new();
         for (key, br) in self.forks.iter_mut() {
             if br.call != id
                 || Some(key) == except
@@ -174,11 +190,11 @@ impl B2bua {
             }
             br.cancelled = true;
             if br.provisional {
-                self.actions.push_back(Action::Cancel {
-                    key: key.clone(),
-                    dest: br.peer.clone(),
-                });
+                cancel.push((key.clone(), br.peer.clone()));
             }
+        }
+        for (key, dest) in cancel {
+            self.send_cancel(&key, dest, id, now);
         }
     }
 
@@ -188,8 +204,9 @@ impl B2bua {
         let finals: Vec<&(u16, Option<Response>)> = self
             .forks
             .values()
-            .filter(|b| b.call == id)
+            .filter(|b| b.call == id && !b.left)
             .filter_map(|b| b.done.as_ref())
+            .filter(|(code, _)| *code >= 300)
             .collect();
         let codes: Vec<(u16, bool)> = finals.iter().map(|(c, r)| (*c, r.is_some())).collect();
         best_final(&codes).and_then(|i| finals.get(i).map(|(c, r)| (*c, r.clone())))
@@ -214,7 +231,12 @@ impl B2bua {
     /// A response to a forked INVITE. Returns true when handled here; false when the ordinary
     /// leg-B code must run with `resp` (the primary's, or the best final response once every
     /// branch failed).
-    pub(super) fn fork_response(&mut self, key: &TransactionKey, resp: &mut Response) -> bool {
+    pub(super) fn fork_response(
+        &mut self,
+        key: &TransactionKey,
+        resp: &mut Response,
+        now: Instant,
+    ) -> bool {
         let code = resp.status_code.code();
         let Some(br) = self.forks.get(key) else {
             return false;
@@ -225,12 +247,12 @@ impl B2bua {
             if primary {
                 return false; // the ordinary code ACKs, CANCELs, BYEs the primary
             }
-            self.stray(key, resp);
+            self.stray(key, resp, now);
             return true;
         }
         if br.cancelled {
             // Given up while the call still rings elsewhere (Timer C, `ring.rs`).
-            self.stray(key, resp);
+            self.stray(key, resp, now);
             return true;
         }
         let Some(br) = self.forks.get_mut(key) else {
@@ -252,7 +274,7 @@ impl B2bua {
             200..=299 => {
                 br.answered = true;
                 self.promote(id, key);
-                self.fork_cancel(id, Some(key));
+                self.fork_cancel(id, Some(key), now);
                 false
             }
             _ => {
@@ -276,7 +298,7 @@ impl B2bua {
 
     /// A response for a branch of a call that was answered by another branch, cancelled or
     /// ended: CANCEL it at its first 1xx, ACK and BYE a 2xx (§13.2.2.4).
-    fn stray(&mut self, key: &TransactionKey, resp: &Response) {
+    fn stray(&mut self, key: &TransactionKey, resp: &Response, now: Instant) {
         let code = resp.status_code.code();
         let Some(br) = self.forks.get_mut(key) else {
             return;
@@ -287,14 +309,14 @@ impl B2bua {
                 if !br.provisional {
                     br.provisional = true;
                     br.cancelled = true;
-                    self.actions.push_back(Action::Cancel {
-                        key: key.clone(),
-                        dest: br.peer.clone(),
-                    });
+                    let (id, dest) = (br.call, br.peer.clone());
+                    self.send_cancel(key, dest, id, now);
                 }
             }
             200..=299 => {
-                br.done = Some((code, None));
+                // Over, but never the call's answer: a branch given up as a 408 (Timer C)
+                // keeps that outcome.
+                br.done.get_or_insert((code, None));
                 let Ok(mut d) = Dialog::uac(&br.invite, resp) else {
                     return;
                 };

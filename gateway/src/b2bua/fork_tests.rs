@@ -263,7 +263,7 @@ fn caller_cancel_cancels_every_ringing_branch() {
     let cancel = cancel_from_a();
     let ck = TransactionKey::client("z9hG4bKa1", Method::Cancel);
     let a_key = f.a_key.clone();
-    f.b2b.on_cancel(&ck, &cancel, &a_key, &mut f.media);
+    f.b2b.on_cancel(&ck, &cancel, &a_key, &mut f.media, f.now);
     let acts = f.actions();
     assert_eq!(to_a(&acts), vec![200, 487]);
     let mut got = cancels(&acts);

@@ -914,7 +914,7 @@ impl B2bua {
         if key.method() == Method::Invite {
             self.timer_c_response(key, resp.status_code.code(), now);
         }
-        if self.fork_response(key, &mut resp) {
+        if self.fork_response(key, &mut resp, now) {
             return;
         }
         let Some(&(id, side)) = self.by_client.get(key) else {
@@ -987,7 +987,7 @@ impl B2bua {
             if call.cancel_pending {
                 if first {
                     let (key, dest) = (call.b_invite_key.clone(), call.b.peer.clone());
-                    self.actions.push_back(Action::Cancel { key, dest });
+                    self.send_cancel(&key, dest, id, now);
                 }
                 return;
             }
@@ -1305,12 +1305,17 @@ impl B2bua {
             return;
         };
         if call.b_invite_key == *key && call.phase == Phase::Calling {
-            if !call.cancel_pending {
+            // A caller who CANCELled got its 487 then; the callee never answered our CANCEL
+            // (§9.1, `ring.rs`).
+            let reason = if call.cancel_pending {
+                "cancel"
+            } else {
                 let r = response_with_tag(&call.a_invite, 408, "", &call.a_tag);
                 let k = call.a_invite_key.clone();
                 self.respond(&k, r);
-            }
-            self.end(id, "no-answer", media, now);
+                "no-answer"
+            };
+            self.end(id, reason, media, now);
         } else if call.pending.as_ref().is_some_and(|p| p.client_key == *key) {
             // The other side never answered the re-INVITE/UPDATE: tell the offerer and end
             // the call (§14.1: a UAC whose re-INVITE times out hangs up).
@@ -1380,6 +1385,7 @@ impl B2bua {
         cancel: &Request,
         invite: &TransactionKey,
         media: &mut dyn MediaControl,
+        now: Instant,
     ) {
         self.reply(key, cancel, 200);
         let Some(&id) = self.by_server.get(invite) else {
@@ -1404,9 +1410,10 @@ impl B2bua {
         );
         let devs: Vec<Option<String>> = vec![call.a.device.clone(), call.b.device.clone()];
         self.respond(&a_key, r);
-        self.fork_cancel(id, Some(&b_key));
+        self.fork_cancel(id, Some(&b_key), now);
         if provisional {
-            self.actions.push_back(Action::Cancel { key: b_key, dest });
+            // Not answered within 64·T1: destroyed, and the call ends (`ring.rs`).
+            self.send_cancel(&b_key, dest, id, now);
         }
         // Device states: the callee stops ringing at once.
         for d in devs.into_iter().flatten() {
@@ -1500,7 +1507,7 @@ impl B2bua {
                 } else if let Some(c) = call {
                     if other == Side::B && c.b_provisional {
                         let (k, dest) = (c.b_invite_key.clone(), c.b.peer.clone());
-                        self.actions.push_back(Action::Cancel { key: k, dest });
+                        self.send_cancel(&k, dest, id, now);
                     }
                 }
                 let reason = match side {
@@ -1774,7 +1781,7 @@ impl B2bua {
         call.phase = Phase::Ended;
         self.disarm_ring_limit(id);
         self.call_due.remove(&id);
-        self.fork_cancel(id, Some(&call.b_invite_key));
+        self.fork_cancel(id, Some(&call.b_invite_key), now);
         media.close(id);
         self.by_server.remove(&call.a_invite_key);
         // Client keys stay mapped until their transactions end (late responses are absorbed).

@@ -198,8 +198,7 @@ impl B2bua {
                 );
                 self.respond(&a_key, r);
                 if provisional {
-                    self.actions
-                        .push_back(super::Action::Cancel { key: b_key, dest });
+                    self.send_cancel(&b_key, dest, id, now);
                 } else {
                     self.end(id, "no-prack", media, now);
                 }

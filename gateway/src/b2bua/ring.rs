@@ -24,6 +24,13 @@
 //! CANCELled (or given up), the caller gets `480 Temporarily Unavailable` (what Asterisk's Dial
 //! gives on NOANSWER); a no-answer diversion to voicemail takes it instead when one is armed.
 //!
+//! **Every CANCEL** the B2BUA sends (the caller's CANCEL relayed, fork losers, Timer C, the
+//! ring limit, a diversion, a missing PRACK, a caller's BYE before the callee answered,
+//! shutdown) goes through [`B2bua::send_cancel`], which arms §9.1's wait in place of Timer C:
+//! no final response within 64·T1 of the CANCEL and the INVITE transaction is destroyed
+//! ([`Action::Terminate`]) and the branch is over as a timeout (a call the caller CANCELled,
+//! which only waited for that branch's final response, ends then, reason `cancel`).
+//!
 //! Both are counted ([`B2bua::timer_c_fired`], [`B2bua::ring_timeouts`]). Their deadlines are
 //! kept in time order ([`Deadlines`]): the earliest is read without walking the calls.
 
@@ -143,6 +150,13 @@ impl B2bua {
         (self.ring.branch_due.len(), self.ring.calls.len())
     }
 
+    /// Callee-side INVITEs this module tracks (Timer C running, given up or CANCELled), for
+    /// tests.
+    #[cfg(test)]
+    pub(super) fn ring_branches_len(&self) -> usize {
+        self.ring.branches.len()
+    }
+
     /// Callee-side INVITE `key` of call `id` was just sent: Timer C starts.
     pub(super) fn arm_timer_c(&mut self, key: &TransactionKey, id: CallId, now: Instant) {
         self.ring.branches.insert(
@@ -219,8 +233,12 @@ impl B2bua {
                 continue;
             };
             if t.state != Branch::Running {
-                // §9.1: no final response within 64·T1 of our CANCEL.
-                self.actions.push_back(Action::Terminate { key });
+                // §9.1: no final response within 64·T1 of our CANCEL: the transaction is
+                // destroyed, and the branch is over as a timeout (a call that only waited for
+                // it, the caller's CANCEL answered 487 long ago, ends now).
+                self.actions
+                    .push_back(Action::Terminate { key: key.clone() });
+                self.on_timeout(&key, media, now);
                 continue;
             }
             if self.give_up_branch(t.call, &key, t.responded, now) {
@@ -261,7 +279,8 @@ impl B2bua {
                 return true;
             };
             let mut br = fork::Branch::new(id, call.b_invite.clone(), call.b.peer.clone());
-            // A caller's CANCEL already went to a primary that rang (`on_cancel`).
+            // A caller's CANCEL already went to a primary that rang (`on_cancel`; its wait
+            // replaced Timer C then, so this is defensive).
             if call.cancel_pending && call.b_provisional {
                 br.provisional = true;
                 br.cancelled = true;
@@ -301,18 +320,36 @@ impl B2bua {
         );
     }
 
-    /// Sends a CANCEL for INVITE `key` (unless one is queued already) and arms §9.1's wait.
+    /// Sends a CANCEL for INVITE `key` of call `id` to where it went and arms §9.1's wait.
     fn cancel_once(&mut self, key: &TransactionKey, id: CallId, now: Instant) {
-        let queued = self
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::Cancel { key: k, .. } if k == key));
         let dest = self
             .forks
             .get(key)
             .map(|b| b.peer.clone())
             .or_else(|| self.calls.get(&id).map(|c| c.b.peer.clone()));
-        if let (false, Some(dest)) = (queued, dest) {
+        match dest {
+            Some(dest) => self.send_cancel(key, dest, id, now),
+            None => self.wait_after_cancel(key, id, now),
+        }
+    }
+
+    /// Sends a CANCEL for INVITE `key` of call `id` to `dest` (unless one is queued already)
+    /// and arms §9.1's wait: if no final response comes within 64·T1 the transaction is
+    /// destroyed ([`Action::Terminate`]) and the branch is over as a timeout. Every CANCEL the
+    /// B2BUA sends goes through here (the caller's CANCEL, fork losers, Timer C, the ring
+    /// limit, a diversion, a missing PRACK, a BYE before the answer, shutdown).
+    pub(super) fn send_cancel(
+        &mut self,
+        key: &TransactionKey,
+        dest: Peer,
+        id: CallId,
+        now: Instant,
+    ) {
+        let queued = self
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Cancel { key: k, .. } if k == key));
+        if !queued {
             self.actions.push_back(Action::Cancel {
                 key: key.clone(),
                 dest,

@@ -335,26 +335,229 @@ fn timer_c_diverts_to_voicemail_when_no_answer_diversion_is_armed() {
     assert_eq!(to_a(&acts), vec![408]);
 }
 
+/// 64·T1 with the default T1: §9.1's wait for the final response to our CANCEL.
+fn wait() -> Duration {
+    Config::default().t1 * 64
+}
+
+fn terminated(acts: &[Action]) -> Vec<TransactionKey> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Terminate { key } => Some(key.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has(acts: &[Action], method: Method, to: &str) -> bool {
+    let to: SocketAddr = to.parse().expect("addr");
+    acts.iter().any(|a| match a {
+        Action::Request { request, dest, .. } => request.method == method && dest.addr == to,
+        Action::Stateless {
+            message: SipMessage::Request(request),
+            dest,
+        } => request.method == method && dest.addr == to,
+        _ => false,
+    })
+}
+
+impl Rig {
+    /// The caller CANCELs its INVITE `secs` after the start.
+    fn cancel_from_a(&mut self, after: Duration) -> Vec<Action> {
+        let ckey = TransactionKey::client("z9hG4bKc1", Method::Cancel);
+        let a_key = self.a_key.clone();
+        self.b2b.on_cancel(
+            &ckey,
+            &cancel_from_a(),
+            &a_key,
+            &mut self.media,
+            self.t0 + after,
+        );
+        self.actions()
+    }
+}
+
 #[test]
-fn timer_c_ends_a_cancelled_call_whose_callee_never_answers_the_cancel() {
+fn a_callee_that_never_answers_the_callers_cancel_is_destroyed_after_64_t1() {
     let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
     rig.respond(PHONE, 180, 0);
-    let cancel = cancel_from_a();
-    let ckey = TransactionKey::client("z9hG4bKc1", Method::Cancel);
-    rig.b2b
-        .on_cancel(&ckey, &cancel, &rig.a_key.clone(), &mut rig.media);
-    let acts = rig.actions();
-    assert_eq!(cancels(&acts).len(), 1);
+    let acts = rig.cancel_from_a(secs(10));
+    assert_eq!(to_a(&acts), vec![200, 487], "{acts:?}");
+    assert_eq!(cancels(&acts), vec![key.clone()]);
     assert_eq!(rig.b2b.len(), 1, "waits for the callee's 487");
-    let acts = rig.at(C);
-    assert!(cancels(&acts).is_empty(), "no second CANCEL: {acts:?}");
-    assert!(to_a(&acts).into_iter().all(|c| c == 200), "{acts:?}");
+    assert_eq!(rig.b2b.calls_of("PJSIP/1002"), 0, "no longer ringing");
+    // §9.1: the CANCEL's wait replaces Timer C.
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(10) + wait()));
+    let acts = rig.at(secs(10) + wait() - Duration::from_millis(1));
+    assert!(acts.is_empty(), "{acts:?}");
+    let acts = rig.at(secs(10) + wait());
+    assert_eq!(terminated(&acts), vec![key.clone()], "{acts:?}");
+    assert!(to_a(&acts).is_empty(), "the caller had its 487: {acts:?}");
+    assert!(cancels(&acts).is_empty(), "{acts:?}");
+    assert_eq!(ended(&acts).as_deref(), Some("cancel"));
     assert_eq!(rig.b2b.len(), 0, "the call is over");
-    assert_eq!(
-        rig.b2b.timer_c_fired(),
-        0,
-        "the caller's CANCEL ended that branch"
+    assert_eq!(rig.b2b.timer_c_fired(), 0, "not Timer C's doing");
+    // The transaction layer reports the end of the destroyed transaction; nothing is left.
+    rig.b2b.on_terminated(&key);
+    assert_eq!(rig.b2b.leftovers(), [0; 10]);
+    assert_eq!(rig.b2b.poll_timeout(), None);
+    assert!(rig.at(C + secs(10)).is_empty());
+}
+
+#[test]
+fn a_callee_that_rings_only_after_the_callers_cancel_is_cancelled_then_and_waited_64_t1() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    let acts = rig.cancel_from_a(secs(1));
+    assert!(
+        cancels(&acts).is_empty(),
+        "no CANCEL before a 1xx: {acts:?}"
     );
+    let acts = rig.respond(PHONE, 180, 3);
+    assert_eq!(cancels(&acts), vec![key.clone()]);
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(3) + wait()));
+    let acts = rig.at(secs(3) + wait());
+    assert_eq!(terminated(&acts), vec![key.clone()]);
+    assert_eq!(ended(&acts).as_deref(), Some("cancel"));
+    rig.b2b.on_terminated(&key);
+    assert_eq!(rig.b2b.leftovers(), [0; 10]);
+}
+
+#[test]
+fn a_callee_that_said_only_100_before_the_callers_cancel_is_bounded_by_timer_c() {
+    // No CANCEL for a 100 alone (as before); Timer C does it, then §9.1's wait.
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 100, 0);
+    assert!(cancels(&rig.cancel_from_a(secs(1))).is_empty());
+    let acts = rig.at(C);
+    assert_eq!(cancels(&acts), vec![key.clone()], "{acts:?}");
+    assert_eq!(ended(&acts).as_deref(), Some("cancel"));
+    assert!(to_a(&acts).is_empty(), "the caller had its 487: {acts:?}");
+    assert_eq!(terminated(&rig.at(C + wait())), vec![key.clone()]);
+    rig.b2b.on_terminated(&key);
+    assert_eq!(rig.b2b.leftovers(), [0; 10]);
+}
+
+#[test]
+fn every_fork_branch_the_caller_cancelled_is_destroyed_after_64_t1() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE, OTHER]));
+    let ((_, one), (_, two)) = (rig.invite_to(PHONE), rig.invite_to(OTHER));
+    rig.respond(PHONE, 180, 0);
+    rig.respond(OTHER, 180, 1);
+    let acts = rig.cancel_from_a(secs(5));
+    assert_eq!(cancels(&acts).len(), 2, "{acts:?}");
+    // One branch answers its CANCEL, the other never does.
+    let acts = rig.respond(OTHER, 487, 6);
+    assert!(to_a(&acts).is_empty(), "{acts:?}");
+    assert_eq!(
+        rig.b2b.len(),
+        1,
+        "the primary still owes its final response"
+    );
+    let acts = rig.at(secs(5) + wait());
+    assert_eq!(terminated(&acts), vec![one.clone()], "{acts:?}");
+    assert_eq!(ended(&acts).as_deref(), Some("cancel"));
+    assert!(to_a(&acts).is_empty(), "{acts:?}");
+    for k in [&one, &two] {
+        rig.b2b.on_terminated(k);
+    }
+    assert_eq!(rig.b2b.leftovers(), [0; 10]);
+}
+
+#[test]
+fn a_fork_loser_that_never_answers_its_cancel_is_destroyed_after_64_t1() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE, OTHER]));
+    let (_, loser) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 180, 0);
+    rig.respond(OTHER, 180, 0);
+    let acts = rig.respond(OTHER, 200, 5);
+    assert_eq!(to_a(&acts), vec![200]);
+    assert_eq!(cancels(&acts), vec![loser.clone()]);
+    let ok = super::tests::response(&acts, 200).expect("the 200");
+    rig.b2b
+        .on_ack(&super::tests::a_ack(&ok), &mut rig.media, rig.t0 + secs(5));
+    let acts = rig.at(secs(5) + wait());
+    assert_eq!(terminated(&acts), vec![loser.clone()], "{acts:?}");
+    assert!(
+        ended(&acts).is_none(),
+        "the answered call goes on: {acts:?}"
+    );
+    assert_eq!(rig.b2b.len(), 1);
+    assert_eq!(rig.b2b.ring_timers_len(), (0, 0), "no Timer C left behind");
+}
+
+#[test]
+fn a_cancel_at_shutdown_is_destroyed_after_64_t1_too() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 180, 0);
+    rig.b2b
+        .end_all("shutdown", 5, &mut rig.media, rig.t0 + secs(5));
+    let acts = rig.actions();
+    assert_eq!(
+        (to_a(&acts), cancels(&acts)),
+        (vec![503], vec![key.clone()])
+    );
+    assert_eq!(rig.b2b.len(), 0);
+    assert_eq!(terminated(&rig.at(secs(5) + wait())), vec![key.clone()]);
+    rig.b2b.on_terminated(&key);
+    assert_eq!(rig.b2b.leftovers(), [0; 10]);
+}
+
+#[test]
+fn a_2xx_crossing_a_ring_limit_diversion_cancel_is_acked_and_byed_and_voicemail_keeps_the_caller() {
+    let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE]));
+    let divert = Divert {
+        uri: "sip:vm-1002@127.0.0.1:5070".into(),
+        dest: peer("127.0.0.1:5070"),
+        on_busy: true,
+        no_answer: Some(secs(30)),
+    };
+    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    let (_, key) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 180, 1);
+    let acts = rig.at(secs(20));
+    assert_eq!(cancels(&acts), vec![key.clone()]);
+    assert!(has(&acts, Method::Invite, "127.0.0.1:5070"), "{acts:?}");
+    let acts = rig.respond(PHONE, 200, 20);
+    assert!(has(&acts, Method::Ack, PHONE), "ACKed: {acts:?}");
+    assert!(has(&acts, Method::Bye, PHONE), "and BYEd: {acts:?}");
+    assert!(
+        to_a(&acts).is_empty(),
+        "the caller hears nothing of it: {acts:?}"
+    );
+    let acts = rig.respond("127.0.0.1:5070", 200, 21);
+    assert_eq!(to_a(&acts), vec![200], "voicemail answers the caller");
+    assert_eq!(rig.b2b.len(), 1);
+    rig.b2b.on_terminated(&key);
+    assert_eq!(rig.b2b.ring_timers_len(), (0, 0));
+}
+
+#[test]
+fn a_2xx_crossing_a_timer_c_diversion_cancel_is_acked_and_byed_and_voicemail_keeps_the_caller() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let divert = Divert {
+        uri: "sip:vm-1002@127.0.0.1:5070".into(),
+        dest: peer("127.0.0.1:5070"),
+        on_busy: true,
+        no_answer: Some(secs(600)),
+    };
+    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    rig.respond(PHONE, 180, 0);
+    let acts = rig.at(C);
+    assert!(has(&acts, Method::Invite, "127.0.0.1:5070"), "{acts:?}");
+    let acts = rig.respond(PHONE, 200, 182);
+    assert!(
+        has(&acts, Method::Ack, PHONE) && has(&acts, Method::Bye, PHONE),
+        "{acts:?}"
+    );
+    assert!(to_a(&acts).is_empty(), "{acts:?}");
+    // Voicemail fails: the caller gets its failure, the phone's 200 does not count.
+    let acts = rig.respond("127.0.0.1:5070", 503, 183);
+    assert_eq!(to_a(&acts), vec![503], "{acts:?}");
+    assert_eq!(rig.b2b.len(), 0);
 }
 
 #[test]
@@ -460,4 +663,18 @@ fn a_calls_own_deadlines_are_indexed_and_leave_with_it() {
     let acts = rig.at(secs(5) + t1 * 64);
     assert_eq!(ended(&acts).as_deref(), Some("no-ack"), "{acts:?}");
     assert_eq!((rig.b2b.len(), rig.b2b.calls_due_len()), (0, 0));
+}
+
+#[test]
+fn a_2xx_across_a_timer_c_cancel_never_counts_as_the_calls_answer() {
+    // The stuck branch's late 200 is ACKed and BYEd; when the other branch then fails, the
+    // caller gets that failure, not a 200 made out of it.
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE, OTHER]));
+    rig.respond(PHONE, 180, 0);
+    rig.respond(OTHER, 180, 100);
+    rig.at(C);
+    rig.respond(PHONE, 200, 182);
+    let acts = rig.respond(OTHER, 486, 183);
+    assert_eq!(to_a(&acts), vec![486], "{acts:?}");
+    assert_eq!(rig.b2b.len(), 0);
 }

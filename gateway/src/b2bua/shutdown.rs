@@ -5,7 +5,7 @@ use std::time::Instant;
 use rsip::headers::UntypedHeader as _;
 use rsip::Header;
 
-use super::{Action, B2bua, MediaControl, Phase};
+use super::{B2bua, MediaControl, Phase};
 use crate::sip::message::response_with_tag;
 
 impl B2bua {
@@ -37,7 +37,7 @@ impl B2bua {
                     .then(|| (call.b_invite_key.clone(), call.b.peer.clone()));
                 self.respond(&a_key, r);
                 if let Some((key, dest)) = cancel {
-                    self.actions.push_back(Action::Cancel { key, dest });
+                    self.send_cancel(&key, dest, *id, now);
                 }
                 self.end(*id, reason, media, now);
             } else {

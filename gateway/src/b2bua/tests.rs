@@ -11,7 +11,7 @@ use statebus::DeviceState;
 pub(super) struct FakeMedia {
     open: Vec<CallId>,
     pub(super) closed: Vec<CallId>,
-    remotes: Vec<(CallId, Side, SocketAddr)>,
+    pub(super) remotes: Vec<(CallId, Side, SocketAddr)>,
     bridged: Vec<CallId>,
     idle: Duration,
     exhausted: bool,
@@ -342,7 +342,8 @@ fn cancel_before_answer_gives_487_and_cancels_b_after_its_provisional() {
     let cancel = cancel_from_a();
     let ck = TransactionKey::client("z9hG4bKa1", Method::Cancel);
     let a_key = rig.a_key.clone();
-    rig.b2b.on_cancel(&ck, &cancel, &a_key, &mut rig.media);
+    rig.b2b
+        .on_cancel(&ck, &cancel, &a_key, &mut rig.media, rig.now);
     let acts = rig.actions();
     assert_eq!(Rig::responses_to_a(&acts), vec![200, 487]);
     assert!(

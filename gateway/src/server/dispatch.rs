@@ -37,7 +37,7 @@ impl Core {
                 ..
             } => {
                 self.b2bua
-                    .on_cancel(&key, &request, &invite, &mut self.media);
+                    .on_cancel(&key, &request, &invite, &mut self.media, now);
             }
             tx::Event::Response { key, response } => {
                 if response.status_code.code() >= 200 {
