@@ -639,3 +639,116 @@ fn overload_with(shards: usize) {
         out.failed
     );
 }
+
+/// A REGISTER over UDP as a phone's transaction layer sends it (and would retransmit it).
+fn raw_register(
+    gw: &std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    branch: &str,
+    call_id: &str,
+    cseq: u32,
+    auth: &str,
+) -> String {
+    format!(
+        "REGISTER sip:{gw} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:1000@site-a>;tag=retx{cseq}\r\n\
+         To: <sip:1000@site-a>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:1000@{local}>\r\n\
+         Expires: 120\r\n\
+         {auth}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The digest `Authorization` line answering `challenge` (a 401's text) for user 1000.
+fn authorization(challenge: &str, gw: &std::net::SocketAddr, nc: u32) -> String {
+    use sip_core::digest::{ha1, ha2, response, Algorithm};
+    let www = challenge
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+        .expect("a challenge");
+    let param = |name: &str| {
+        let at = www.find(&format!("{name}=\"")).expect(name) + name.len() + 2;
+        www[at..].split('"').next().expect("quoted").to_owned()
+    };
+    let (realm, nonce) = (param("realm"), param("nonce"));
+    let uri = format!("sip:{gw}");
+    let nc = format!("{nc:08x}");
+    let h1 = ha1(Algorithm::Md5, "1000", &realm, "secret");
+    let h2 = ha2(Algorithm::Md5, "REGISTER", &uri);
+    let r = response(Algorithm::Md5, &h1, &nonce, &nc, "c0ffee", "auth", &h2);
+    format!(
+        "Authorization: Digest username=\"1000\", realm=\"{realm}\", nonce=\"{nonce}\", \
+         uri=\"{uri}\", response=\"{r}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\"\r\n"
+    )
+}
+
+/// Issue 16: a completed REGISTER transaction keeps its 200 OK as a delta of its request. A
+/// true retransmission (the same bytes) gets the very same 200 back, from the transaction: a
+/// new transaction would see a spent nonce-count and refuse it. A request with the same branch
+/// but other header fields is not a retransmission of it and gets nothing.
+#[test]
+fn a_retransmitted_register_gets_the_same_200_and_a_changed_copy_gets_none() {
+    for shards in [4, 1] {
+        let gw = Gateway::start_sharded(&["MD5"], shards);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let local = sock.local_addr().expect("local");
+        // The next response within `timeout` (the gateway's qualify OPTIONS are skipped).
+        let recv = |timeout: Duration| -> Option<String> {
+            let deadline = Instant::now() + timeout;
+            let mut buf = [0u8; 8192];
+            loop {
+                let left = deadline.checked_duration_since(Instant::now())?;
+                sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .expect("timeout");
+                let n = sock.recv(&mut buf).ok()?;
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text.starts_with("SIP/2.0 ") {
+                    return Some(text);
+                }
+            }
+        };
+        let send = |text: &str| {
+            sock.send_to(text.as_bytes(), gw.udp).expect("send");
+        };
+        send(&raw_register(
+            &gw.udp,
+            local,
+            "z9hG4bK-retx-1",
+            "retx-call@test",
+            1,
+            "",
+        ));
+        let challenge = recv(Duration::from_secs(5)).expect("401");
+        assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+
+        let authed = raw_register(
+            &gw.udp,
+            local,
+            "z9hG4bK-retx-2",
+            "retx-call@test",
+            2,
+            &authorization(&challenge, &gw.udp, 1),
+        );
+        send(&authed);
+        let ok = recv(Duration::from_secs(5)).expect("200");
+        assert!(ok.starts_with("SIP/2.0 200"), "{ok}\n{}", gw.diag());
+        // The retransmission: byte for byte the same request, byte for byte the same 200.
+        send(&authed);
+        let again = recv(Duration::from_secs(5)).expect("the 200 again");
+        assert_eq!(again, ok, "shards={shards}");
+
+        // Same branch and sent-by (so the same transaction), another From tag: dropped. (Not
+        // another Call-ID: on register shards that is another shard, hence a new transaction.)
+        send(&authed.replace(";tag=retx2", ";tag=other"));
+        assert_eq!(recv(Duration::from_millis(1500)), None, "shards={shards}");
+        // The true retransmission is still answered after that.
+        send(&authed);
+        assert_eq!(recv(Duration::from_secs(5)).as_deref(), Some(ok.as_str()));
+    }
+}

@@ -348,6 +348,7 @@ impl Gateway {
             t.completed += r.completed;
             t.completed_capacity += r.completed_capacity;
             t.abandoned += r.abandoned;
+            t.mismatched += r.mismatched;
         }
         t
     }

@@ -268,6 +268,12 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
         )?)
         .inc_by(tx.abandoned);
         reg!(IntCounter::new(
+            "callfabric_gateway_sip_retransmissions_mismatched_total",
+            "Requests that matched a completed transaction (branch, sent-by, method) but whose \
+             header fields differ from its request's: not a retransmission, so not answered"
+        )?)
+        .inc_by(tx.mismatched);
+        reg!(IntCounter::new(
             "callfabric_gateway_register_unheld_total",
             "REGISTER 200 OKs sent before their binding was stored because the 200s held for \
              the durable commit were at their bound (the database stalled)"

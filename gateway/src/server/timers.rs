@@ -73,18 +73,22 @@ pub(super) struct TxStats {
     completed: std::sync::atomic::AtomicUsize,
     completed_capacity: std::sync::atomic::AtomicUsize,
     abandoned: std::sync::atomic::AtomicU64,
+    mismatched: std::sync::atomic::AtomicU64,
 }
 
 /// SIP transactions of the gateway: live ones (with their parsed request), completed non-INVITE
 /// server transactions held compact for Timer J, the capacity of the latter's table, and the
 /// non-INVITE server transactions ended because no final response came from the gateway
-/// (cumulative; `TransactionLayer::abandoned`).
+/// (cumulative; `TransactionLayer::abandoned`), and the requests that matched a completed
+/// transaction with other header fields than its request's, so got no response from it
+/// (cumulative; `TransactionLayer::mismatched_retransmissions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Transactions {
     pub live: usize,
     pub completed: usize,
     pub completed_capacity: usize,
     pub abandoned: u64,
+    pub mismatched: u64,
 }
 
 impl TxStats {
@@ -99,6 +103,8 @@ impl TxStats {
         self.completed_capacity
             .store(tl.completed_capacity(), Relaxed);
         self.abandoned.store(tl.abandoned(), Relaxed);
+        self.mismatched
+            .store(tl.mismatched_retransmissions(), Relaxed);
     }
 
     pub(super) fn read(&self) -> Transactions {
@@ -108,6 +114,7 @@ impl TxStats {
             completed: self.completed.load(Relaxed),
             completed_capacity: self.completed_capacity.load(Relaxed),
             abandoned: self.abandoned.load(Relaxed),
+            mismatched: self.mismatched.load(Relaxed),
         }
     }
 }
