@@ -830,3 +830,141 @@ fn a_2xx_across_a_timer_c_cancel_never_counts_as_the_calls_answer() {
     assert_eq!(to_a(&acts), vec![486], "{acts:?}");
     assert_eq!(rig.b2b.len(), 0);
 }
+
+const NODE: &str = "10.0.0.8:5060";
+const NEXT: &str = "10.0.0.9:5060";
+
+fn cancel_dests(acts: &[Action]) -> Vec<(TransactionKey, SocketAddr)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Cancel { key, dest } => Some((key.clone(), dest.addr)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ack_to(acts: &[Action], to: &str) -> Option<Request> {
+    let to: SocketAddr = to.parse().expect("addr");
+    acts.iter().find_map(|a| match a {
+        Action::Stateless {
+            message: SipMessage::Request(r),
+            dest,
+        } if r.method == Method::Ack && dest.addr == to => Some(r.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn retarget_cancels_the_old_target_once_it_responded_and_its_late_answers_stay_away() {
+    // The fabric thinks the ACD node died and sends the INVITE to the next one (`retarget`).
+    // A node that said 100 or 180 is CANCELled (§9.1: if it is alive after all, it stops
+    // offering the caller); one that said nothing is CANCELled at its first response. Its
+    // final response (487, or a 2xx: ACKed and BYEd) never reaches the caller, who gets the
+    // next node's ringing and answer, in a dialog with the next node.
+    for first in [Some(100), Some(180), None] {
+        let (mut rig, _) = Rig::call(config(None), trunk(NODE, &[]));
+        let (_, old) = rig.invite_to(NODE);
+        if let Some(code) = first {
+            let acts = rig.respond_as(NODE, code, 0, "node1");
+            assert_eq!(to_a(&acts).len(), usize::from(code > 100), "{acts:?}");
+        }
+        let id = rig.b2b.newest_call().expect("the call");
+        assert!(rig.b2b.retarget(id, peer(NEXT), None, rig.t0 + secs(5)));
+        let acts = rig.actions();
+        assert!(has(&acts, Method::Invite, NEXT), "{acts:?}");
+        assert!(to_a(&acts).is_empty(), "{acts:?}");
+        let (_, new) = rig.invite_to(NEXT);
+        assert_ne!(old, new);
+        if first.is_some() {
+            assert_eq!(
+                cancel_dests(&acts),
+                vec![(old.clone(), NODE.parse().unwrap())]
+            );
+        } else {
+            assert!(
+                cancels(&acts).is_empty(),
+                "nothing came: no CANCEL yet: {acts:?}"
+            );
+            let acts = rig.respond_as(NODE, 180, 6, "node1");
+            assert_eq!(
+                cancel_dests(&acts),
+                vec![(old.clone(), NODE.parse().unwrap())]
+            );
+            assert!(to_a(&acts).is_empty(), "{acts:?}");
+        }
+        // The old node's answer across the CANCEL: ACKed and BYEd, the caller hears nothing.
+        let acts = rig.respond_as(NODE, 200, 7, "node1");
+        assert!(ack_to(&acts, NODE).is_some(), "{acts:?}");
+        assert!(has(&acts, Method::Bye, NODE), "{acts:?}");
+        assert!(to_a(&acts).is_empty(), "{acts:?}");
+        assert_eq!(rig.b2b.len(), 1, "the caller still waits for the next node");
+        // The next node rings and answers: its own dialog.
+        assert_eq!(to_a(&rig.respond_as(NEXT, 180, 8, "node2")), vec![180]);
+        let acts = rig.respond_as(NEXT, 200, 9, "node2");
+        assert_eq!(to_a(&acts), vec![200], "{acts:?}");
+        let ack = ack_to(&acts, NEXT).expect("the next node's 200 ACKed");
+        let field = |name: &str| {
+            ack.headers
+                .iter()
+                .map(|h| h.to_string())
+                .find(|h| h.starts_with(&format!("{name}:")))
+                .and_then(|h| h.split_once(": ").map(|(_, v)| v.to_owned()))
+                .expect("header")
+        };
+        assert!(field("To").contains("tag=node2"), "{}", field("To"));
+        assert!(cancels(&acts).is_empty(), "{acts:?}");
+        // The dialog is the next node's: its BYE is ours, with the old node's tag it is not.
+        let bye = |tag: &str| {
+            super::tests::request(
+                &format!(
+                    "BYE sip:callfabric@192.0.2.1:5060 SIP/2.0
+Via: SIP/2.0/UDP {NEXT};branch=z9hG4bKbye{tag}
+Max-Forwards: 70
+From: <sip:555@pstn.test>;tag={tag}
+To: {}
+Call-ID: {}
+CSeq: 1 BYE
+",
+                    field("From"),
+                    field("Call-ID"),
+                ),
+                "",
+            )
+        };
+        assert!(rig.b2b.owns(&bye("node2")));
+        assert!(!rig.b2b.owns(&bye("node1")));
+        rig.b2b.on_terminated(&old);
+        assert_eq!(
+            rig.b2b.ring_timers_len(),
+            (0, 0),
+            "nothing armed for either INVITE"
+        );
+        assert_eq!(rig.b2b.leftovers()[4], 0, "the old branch is forgotten");
+    }
+}
+
+#[test]
+fn retarget_absorbs_the_old_targets_487_and_cancels_nothing_at_the_next() {
+    let (mut rig, _) = Rig::call(config(None), trunk(NODE, &[]));
+    let (_, old) = rig.invite_to(NODE);
+    rig.respond_as(NODE, 100, 0, "node1");
+    let id = rig.b2b.newest_call().expect("the call");
+    assert!(rig.b2b.retarget(id, peer(NEXT), None, rig.t0 + secs(5)));
+    rig.actions();
+    let acts = rig.respond_as(NODE, 487, 6, "node1");
+    assert!(acts.is_empty(), "absorbed: {acts:?}");
+    rig.b2b.on_terminated(&old);
+    // The caller CANCELs before the next node said anything: no CANCEL there yet.
+    let acts = rig.cancel_from_a(secs(7));
+    assert_eq!(to_a(&acts), vec![200, 487]);
+    assert!(cancels(&acts).is_empty(), "{acts:?}");
+    let (_, new) = rig.invite_to(NEXT);
+    assert_eq!(
+        cancels(&rig.respond_as(NEXT, 100, 8, "node2")),
+        vec![new.clone()]
+    );
+    let acts = rig.respond_as(NEXT, 487, 9, "node2");
+    assert_eq!(ended(&acts).as_deref(), Some("cancel"));
+    rig.b2b.on_terminated(&new);
+    assert_eq!(rig.b2b.leftovers(), [0; 10]);
+}
