@@ -282,6 +282,50 @@ fn cancel_while_ringing_gives_487_and_frees_the_callee() {
     gw.seen_since(mark, "DEVICE PJSIP/1002 NOT_INUSE", STATE_TIMEOUT);
 }
 
+/// A callee that says 100 Trying and nothing more, and a caller that CANCELs: RFC 3261 §9.1
+/// allows the CANCEL after any provisional response, a 100 included, so the gateway CANCELs
+/// the callee at once (its scenario fails if no CANCEL comes within 5 s; before, it came only
+/// at Timer C, 181 s), the caller gets 487 and the callee's 487 ends the call.
+#[test]
+fn cancel_after_only_100_trying_cancels_the_callee_at_once() {
+    let mut gw = GatewayProcess::start(binary(), spec("gw-a"));
+    let mut uas = callee(&mut gw, "1002", "call_uas_trying_cancel.xml");
+    let media_port = free_udp_port();
+    let started = std::time::Instant::now();
+    let out = run_scenario(
+        &scenario("call_uac_cancel_trying.xml"),
+        gw.udp,
+        caller_ports("1001", "1002", media_port, media_port),
+    )
+    .expect("run sipp");
+    assert_passes(
+        &gw,
+        &out,
+        "caller cancels after 100: 200 for the CANCEL, 487 for the INVITE",
+    );
+    let out = uas.wait().expect("callee outcome");
+    assert_passes(
+        &gw,
+        &out,
+        "callee said 100, got the CANCEL, answered 487, got the ACK",
+    );
+    let ended = gw.call_ended(STATE_TIMEOUT);
+    let took = started.elapsed();
+    eprintln!(
+        "call ended {:.2} s after the caller's first INVITE",
+        took.as_secs_f64()
+    );
+    assert_eq!(ended.reason, "cancel", "{}", ended.line);
+    assert!(took < Duration::from_secs(5), "ended after {took:?}");
+    gw.seen_since(0, "DEVICE PJSIP/1002 RINGING", STATE_TIMEOUT);
+    let mark = gw
+        .history
+        .iter()
+        .position(|l| l.trim() == "DEVICE PJSIP/1002 RINGING")
+        .unwrap_or(0);
+    gw.seen_since(mark, "DEVICE PJSIP/1002 NOT_INUSE", STATE_TIMEOUT);
+}
+
 #[test]
 fn busy_callee_gives_486_to_the_caller() {
     let mut gw = GatewayProcess::start(binary(), spec("gw-a"));

@@ -99,7 +99,8 @@ impl B2bua {
         if code.is_none() && !self.forks.contains_key(&primary) {
             let mut br = fork::Branch::new(id, call.b_invite.clone(), call.b.peer.clone());
             br.provisional = call.b_provisional;
-            if call.b_provisional {
+            br.responded = call.b_responded;
+            if call.b_responded {
                 let dest = call.b.peer.clone();
                 self.send_cancel(&primary, dest, id, now);
             }
@@ -126,6 +127,7 @@ impl B2bua {
         call.b_invite = invite.clone();
         call.b_invite_key = key.clone();
         call.b_provisional = false;
+        call.b_responded = false;
         call.b_fallbacks.clear();
         call.b_auth_tried = false;
         call.b_422_tried = false;

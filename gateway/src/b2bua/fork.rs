@@ -8,8 +8,8 @@
 //! * the first branch with a provisional response (180/183) becomes the primary if the primary
 //!   has none yet, so the caller hears the ringing and early media of a live phone;
 //! * the first 2xx wins: its branch becomes the primary and every other branch is cancelled
-//!   (a CANCEL to those that sent a provisional response; one that has not is cancelled as soon
-//!   as its first 1xx arrives, §9.1); a 2xx from another branch after that is ACKed and BYEd
+//!   (a CANCEL to those that sent a provisional response, a 100 included; one that has not is
+//!   cancelled as soon as its first one arrives, §9.1); a 2xx from another branch after that is ACKed and BYEd
 //!   (§13.2.2.4);
 //! * a branch that fails (final ≥ 300 or a timeout) is dropped; while another is still ringing
 //!   the caller hears nothing of it. When every branch has failed, the caller gets the best
@@ -42,7 +42,10 @@ pub(super) struct Branch {
     pub(super) peer: Peer,
     /// A provisional response (101–199) came.
     pub(super) provisional: bool,
-    /// We want this branch gone (CANCEL sent, or to be sent at its first 1xx).
+    /// Any provisional response (100 included) came: a CANCEL may go (§9.1). With
+    /// `cancelled`: the CANCEL is out.
+    pub(super) responded: bool,
+    /// We want this branch gone (CANCEL sent, or to be sent at its first response).
     pub(super) cancelled: bool,
     /// This branch's 2xx won the call.
     pub(super) answered: bool,
@@ -61,6 +64,7 @@ impl Branch {
             invite,
             peer,
             provisional: false,
+            responded: false,
             cancelled: false,
             answered: false,
             done: None,
@@ -156,6 +160,7 @@ impl B2bua {
         call.b_invite_key = key.clone();
         call.b.peer = br.peer.clone();
         call.b_provisional = br.provisional;
+        call.b_responded = br.responded;
         call.b.dialog = None;
     }
 
@@ -171,7 +176,7 @@ impl B2bua {
 
     /// Cancels every branch of call `id` but `except` that is still going: a CANCEL (and
     /// §9.1's 64·T1 wait for its final response, `ring.rs`) to those that sent a provisional
-    /// response, the others at their first one (`stray`).
+    /// response (a 100 is one), the others at their first one (`stray`).
     pub(super) fn fork_cancel(
         &mut self,
         id: CallId,
@@ -189,7 +194,7 @@ impl B2bua {
                 continue;
             }
             br.cancelled = true;
-            if br.provisional {
+            if br.responded {
                 cancel.push((key.clone(), br.peer.clone()));
             }
         }
@@ -258,6 +263,9 @@ impl B2bua {
         let Some(br) = self.forks.get_mut(key) else {
             return false;
         };
+        if code < 200 {
+            br.responded = true;
+        }
         match code {
             100 => !primary,
             101..=199 => {
@@ -297,17 +305,18 @@ impl B2bua {
     }
 
     /// A response for a branch of a call that was answered by another branch, cancelled or
-    /// ended: CANCEL it at its first 1xx, ACK and BYE a 2xx (§13.2.2.4).
+    /// ended: CANCEL it at its first provisional response (a 100 is one, §9.1), ACK and BYE a
+    /// 2xx (§13.2.2.4).
     fn stray(&mut self, key: &TransactionKey, resp: &Response, now: Instant) {
         let code = resp.status_code.code();
         let Some(br) = self.forks.get_mut(key) else {
             return;
         };
         match code {
-            100 => {}
-            101..=199 => {
-                if !br.provisional {
-                    br.provisional = true;
+            100..=199 => {
+                br.provisional |= code > 100;
+                if !br.responded {
+                    br.responded = true;
                     br.cancelled = true;
                     let (id, dest) = (br.call, br.peer.clone());
                     self.send_cancel(key, dest, id, now);

@@ -403,7 +403,12 @@ struct Call {
     a_tag: String,
     b_invite_key: TransactionKey,
     b_invite: Request,
+    /// Leg B's INVITE got a provisional response 101–199 (the caller may be ringing; no RFC
+    /// 3263 failover after it; a forked branch's 180 no longer takes over as the primary).
     b_provisional: bool,
+    /// Leg B's INVITE got any provisional response, 100 included: RFC 3261 §9.1 allows a
+    /// CANCEL from then on (`ring.rs`).
+    b_responded: bool,
     /// Leg B is being moved to another peer (`moved.rs`).
     moving: bool,
     /// Leg B's INVITE was signed for the fabric with this key at this unix time (renewed on
@@ -857,6 +862,7 @@ impl B2bua {
             b_invite_key: b_key.clone(),
             b_invite: b_invite.clone(),
             b_provisional: false,
+            b_responded: false,
             moving: false,
             signer,
             b_credentials,
@@ -955,6 +961,13 @@ impl B2bua {
             return;
         };
         if code == 100 {
+            // A 100 alone says nothing to the caller, but it allows the CANCEL the caller
+            // asked for (§9.1): sent now, not at a later 1xx that may never come.
+            let first = !std::mem::replace(&mut call.b_responded, true);
+            if first && call.cancel_pending {
+                let (key, dest) = (call.b_invite_key.clone(), call.b.peer.clone());
+                self.send_cancel(&key, dest, id, now);
+            }
             return;
         }
         // Dialog with B (early on a tagged 1xx, confirmed on 2xx).
@@ -982,8 +995,9 @@ impl B2bua {
             return;
         };
         if code < 200 {
-            let first = !call.b_provisional;
+            let first = !call.b_responded;
             call.b_provisional = true;
+            call.b_responded = true;
             if call.cancel_pending {
                 if first {
                     let (key, dest) = (call.b_invite_key.clone(), call.b.peer.clone());
@@ -1343,8 +1357,9 @@ impl B2bua {
     }
 
     /// Sends leg B's INVITE to the next fallback target (same request, new branch; a fabric
-    /// signature renewed); whether there was one.
-    fn retry_target(&mut self, id: CallId, now: Instant) -> bool {
+    /// signature renewed); whether there was one. What leg B heard from the previous target
+    /// (its provisional responses, early dialog, RSeq) is forgotten.
+    pub(super) fn retry_target(&mut self, id: CallId, now: Instant) -> bool {
         let Some(call) = self.calls.get_mut(&id) else {
             return false;
         };
@@ -1368,6 +1383,12 @@ impl B2bua {
         call.b.peer = peer.clone();
         call.b_invite = retry.clone();
         call.b_invite_key = key.clone();
+        call.b_provisional = false;
+        call.b_responded = false;
+        call.b_rseq = None;
+        if let Some(d) = call.b.dialog.take() {
+            self.by_dialog.remove(&(d.call_id, d.local_tag));
+        }
         self.by_client.insert(key.clone(), (id, Side::B));
         self.arm_timer_c(&key, id, now);
         self.actions.push_back(Action::Request {
@@ -1403,16 +1424,17 @@ impl B2bua {
         }
         let r = response_with_tag(&call.a_invite, 487, "", &call.a_tag);
         let a_key = call.a_invite_key.clone();
-        let (b_key, dest, provisional) = (
+        let (b_key, dest, responded) = (
             call.b_invite_key.clone(),
             call.b.peer.clone(),
-            call.b_provisional,
+            call.b_responded,
         );
         let devs: Vec<Option<String>> = vec![call.a.device.clone(), call.b.device.clone()];
         self.respond(&a_key, r);
         self.fork_cancel(id, Some(&b_key), now);
-        if provisional {
-            // Not answered within 64·T1: destroyed, and the call ends (`ring.rs`).
+        if responded {
+            // A provisional response (a 100 is one) came: CANCEL now (§9.1); not answered
+            // within 64·T1, destroyed, and the call ends (`ring.rs`). Else at the first one.
             self.send_cancel(&b_key, dest, id, now);
         }
         // Device states: the callee stops ringing at once.
@@ -1505,7 +1527,7 @@ impl B2bua {
                 if other_confirmed {
                     self.bye(id, other);
                 } else if let Some(c) = call {
-                    if other == Side::B && c.b_provisional {
+                    if other == Side::B && c.b_responded {
                         let (k, dest) = (c.b_invite_key.clone(), c.b.peer.clone());
                         self.send_cancel(&k, dest, id, now);
                     }

@@ -4,6 +4,7 @@
 //! path are untouched (the relay anchors both legs), and the caller hears music on hold from the
 //! relay until the new node answers. The old dialog is dropped without a BYE (its peer is dead).
 
+use super::fork::Branch;
 use super::{
     local_for, our_contact, strip_tag, Action, B2bua, CallId, MediaControl, Phase, Side, ALLOW,
 };
@@ -109,6 +110,7 @@ impl B2bua {
         call.b_invite = invite.clone();
         call.b_invite_key = key.clone();
         call.b_provisional = false;
+        call.b_responded = false;
         call.b_fallbacks.clear();
         call.moving = true;
         call.signer = signer;
@@ -164,7 +166,11 @@ impl B2bua {
 
     /// Call `id` is still calling a peer that died (no final answer): its INVITE goes to the
     /// next target now (`dest` first, with the caller's place `join`), as after a timeout;
-    /// whether it went.
+    /// whether it went. The old INVITE is cancelled as a diversion's is (`divert.rs`): a
+    /// CANCEL now if it had a provisional response (a 100 included; §9.1: a peer thought dead
+    /// but alive stops offering the caller), else at its first one; it is kept as a cancelled
+    /// fork branch that left the call until its transaction ends, so a 2xx across the CANCEL
+    /// is ACKed and BYEd and its final response absorbed (`fork::stray`).
     pub(super) fn retarget_inner(
         &mut self,
         id: CallId,
@@ -188,10 +194,24 @@ impl B2bua {
         call.b_fallbacks.retain(|p| p.addr != dest.addr);
         call.b_fallbacks.push_front(dest);
         let old = call.b_invite_key.clone();
+        let mut leg = Branch::new(id, call.b_invite.clone(), call.b.peer.clone());
+        leg.provisional = call.b_provisional;
+        leg.responded = call.b_responded;
         if !self.retry_target(id, now) {
             return false;
         }
         self.by_client.remove(&old);
+        // Every branch of the old target goes: CANCELled now or at its first response.
+        self.fork_cancel(id, None, now);
+        if !self.forks.contains_key(&old) {
+            leg.cancelled = true;
+            if leg.responded {
+                let dest = leg.peer.clone();
+                self.send_cancel(&old, dest, id, now);
+            }
+            self.forks.insert(old, leg);
+        }
+        self.fork_leave(id);
         true
     }
 

@@ -191,13 +191,13 @@ impl B2bua {
             }
             Phase::Calling if !call.cancel_pending => {
                 call.cancel_pending = true;
-                let (b_key, dest, provisional) = (
+                let (b_key, dest, responded) = (
                     call.b_invite_key.clone(),
                     call.b.peer.clone(),
-                    call.b_provisional,
+                    call.b_responded,
                 );
                 self.respond(&a_key, r);
-                if provisional {
+                if responded {
                     self.send_cancel(&b_key, dest, id, now);
                 } else {
                     self.end(id, "no-prack", media, now);

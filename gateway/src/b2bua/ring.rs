@@ -11,7 +11,8 @@
 //!   for any cancelled fork branch (`fork.rs`, `stray`); if no final response comes within
 //!   64·T1 of the CANCEL the transaction is destroyed (§9.1, [`Action::Terminate`]);
 //! * with no response at all it is given up ([`Action::Abandon`]: no more retransmissions;
-//!   Timer B ends the transaction, a late 1xx is CANCELled, a late 2xx ACKed and BYEd).
+//!   Timer B ends the transaction, a late 1xx (100 included) is CANCELled, a late 2xx ACKed
+//!   and BYEd).
 //!
 //! Either way the branch then counts as a 408 through the very path Timer B's timeout takes
 //! ([`B2bua::on_timeout`]): the next branch, the next trunk target, the no-answer diversion to
@@ -26,7 +27,10 @@
 //!
 //! **Every CANCEL** the B2BUA sends (the caller's CANCEL relayed, fork losers, Timer C, the
 //! ring limit, a diversion, a missing PRACK, a caller's BYE before the callee answered,
-//! shutdown) goes through [`B2bua::send_cancel`], which arms §9.1's wait in place of Timer C:
+//! shutdown) goes through [`B2bua::send_cancel`]. It goes as soon as the INVITE has had any
+//! provisional response, a 100 included (§9.1; `b_responded`, `fork::Branch::responded`):
+//! before one, it waits for the first (Timer C gives the branch up if none comes). It arms
+//! §9.1's wait in place of Timer C:
 //! no final response within 64·T1 of the CANCEL and the INVITE transaction is destroyed
 //! ([`Action::Terminate`]) and the branch is over as a timeout (a call the caller CANCELled,
 //! which only waited for that branch's final response, ends then, reason `cancel`).
@@ -281,8 +285,8 @@ impl B2bua {
             let mut br = fork::Branch::new(id, call.b_invite.clone(), call.b.peer.clone());
             // A caller's CANCEL already went to a primary that rang (`on_cancel`; its wait
             // replaced Timer C then, so this is defensive).
-            if call.cancel_pending && call.b_provisional {
-                br.provisional = true;
+            if call.cancel_pending && call.b_responded {
+                br.responded = true;
                 br.cancelled = true;
             }
             self.forks.insert(key.clone(), br);
@@ -290,9 +294,9 @@ impl B2bua {
         let Some(br) = self.forks.get_mut(key) else {
             return true;
         };
-        let already = br.cancelled && br.provisional;
+        let already = br.cancelled && br.responded;
         br.cancelled = true;
-        br.provisional |= responded;
+        br.responded |= responded;
         br.done.get_or_insert((408, None));
         if already {
             // Its CANCEL is out; wait 64·T1 for the final response, then destroy it.
@@ -392,16 +396,15 @@ impl B2bua {
             .forks
             .iter()
             .filter(|(_, b)| b.call == id && b.done.is_none() && !b.cancelled)
-            .map(|(k, b)| (k.clone(), b.provisional))
+            .map(|(k, b)| (k.clone(), b.responded))
             .collect();
         if !self.forks.contains_key(&primary) {
-            going.push((primary, call.b_provisional));
+            going.push((primary, call.b_responded));
         }
         let r = response_with_tag(&call.a_invite, 480, "", &call.a_tag);
         let a_key = call.a_invite_key.clone();
-        for (key, provisional) in going {
-            let responded =
-                provisional || self.ring.branches.get(&key).is_some_and(|t| t.responded);
+        for (key, responded) in going {
+            let responded = responded || self.ring.branches.get(&key).is_some_and(|t| t.responded);
             self.give_up_branch(id, &key, responded, now);
         }
         self.ring.ring_timeouts += 1;

@@ -89,13 +89,18 @@ impl Rig {
 
     /// The callee at `addr` answers its latest INVITE with `code`, `secs` after the start.
     fn respond(&mut self, addr: &str, code: u16, secs: u64) -> Vec<Action> {
+        self.respond_as(addr, code, secs, "phone")
+    }
+
+    /// As [`Rig::respond`], with To tag `tag`.
+    fn respond_as(&mut self, addr: &str, code: u16, secs: u64, tag: &str) -> Vec<Action> {
         let (inv, key) = self.invite_to(addr);
         let body = if code == 200 {
             sdp("10.0.0.2", 6000, "sendrecv")
         } else {
             String::new()
         };
-        let resp = b_response(&inv, code, "phone", &body);
+        let resp = b_response(&inv, code, tag, &body);
         let now = self.t0 + Duration::from_secs(secs);
         self.b2b.on_response(&key, resp, &mut self.media, now);
         self.actions()
@@ -275,7 +280,12 @@ fn a_given_up_branch_that_only_says_100_is_destroyed_after_64_t1() {
         None,
         "abandoned: Timer B's to end it"
     );
-    rig.respond(PHONE, 100, 7);
+    let acts = rig.respond(PHONE, 100, 7);
+    assert_eq!(
+        cancels(&acts),
+        vec![key.clone()],
+        "a 100 allows the CANCEL: {acts:?}"
+    );
     let wait = Config::default().t1 * 64;
     assert_eq!(rig.at(secs(7) + wait), vec![Action::Terminate { key }]);
 }
@@ -425,19 +435,161 @@ fn a_callee_that_rings_only_after_the_callers_cancel_is_cancelled_then_and_waite
 }
 
 #[test]
-fn a_callee_that_said_only_100_before_the_callers_cancel_is_bounded_by_timer_c() {
-    // No CANCEL for a 100 alone (as before); Timer C does it, then §9.1's wait.
+fn a_callee_that_said_only_100_is_cancelled_at_the_callers_cancel() {
+    // §9.1 forbids a CANCEL only before any provisional response; a 100 is one. Either the
+    // callee answers the CANCEL (487, absorbed: the caller had its own) or it never does
+    // (destroyed after 64·T1, not at Timer C).
+    for answers in [true, false] {
+        let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+        let (_, key) = rig.invite_to(PHONE);
+        let acts = rig.respond(PHONE, 100, 0);
+        assert!(to_a(&acts).is_empty(), "a 100 is not relayed: {acts:?}");
+        let acts = rig.cancel_from_a(secs(1));
+        assert_eq!(to_a(&acts), vec![200, 487], "{acts:?}");
+        assert_eq!(cancels(&acts), vec![key.clone()], "CANCELled at once");
+        assert_eq!(rig.b2b.calls_of("PJSIP/1002"), 0, "no longer ringing");
+        assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(1) + wait()));
+        let acts = if answers {
+            rig.respond(PHONE, 487, 2)
+        } else {
+            assert!(rig
+                .at(secs(1) + wait() - Duration::from_millis(1))
+                .is_empty());
+            let acts = rig.at(secs(1) + wait());
+            assert_eq!(terminated(&acts), vec![key.clone()], "{acts:?}");
+            acts
+        };
+        assert!(to_a(&acts).is_empty(), "the caller had its 487: {acts:?}");
+        assert!(cancels(&acts).is_empty(), "{acts:?}");
+        assert_eq!(ended(&acts).as_deref(), Some("cancel"), "{acts:?}");
+        assert_eq!(rig.b2b.len(), 0);
+        assert_eq!(rig.b2b.timer_c_fired(), 0, "not Timer C's doing");
+        rig.b2b.on_terminated(&key);
+        assert_eq!(rig.b2b.leftovers(), [0; 10]);
+        assert_eq!(rig.b2b.poll_timeout(), None);
+    }
+}
+
+#[test]
+fn a_100_after_the_callers_cancel_gets_the_cancel_then_and_only_once() {
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    let acts = rig.cancel_from_a(secs(1));
+    assert!(cancels(&acts).is_empty(), "nothing came yet: {acts:?}");
+    let acts = rig.respond(PHONE, 100, 2);
+    assert_eq!(cancels(&acts), vec![key.clone()], "{acts:?}");
+    assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(2) + wait()));
+    let acts = rig.respond(PHONE, 180, 3);
+    assert!(
+        cancels(&acts).is_empty() && to_a(&acts).is_empty(),
+        "{acts:?}"
+    );
+    let acts = rig.respond(PHONE, 487, 4);
+    assert_eq!(ended(&acts).as_deref(), Some("cancel"));
+    rig.b2b.on_terminated(&key);
+    assert_eq!(rig.b2b.leftovers(), [0; 10]);
+}
+
+#[test]
+fn a_fork_branch_that_said_only_100_is_cancelled_at_once() {
+    // Another branch answers: the loser that said only 100 gets its CANCEL with the answer.
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE, OTHER]));
+    let (_, loser) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 100, 0);
+    let acts = rig.respond(OTHER, 180, 1);
+    assert_eq!(
+        to_a(&acts),
+        vec![180],
+        "the ringing branch is heard: {acts:?}"
+    );
+    let acts = rig.respond(OTHER, 200, 5);
+    assert_eq!(to_a(&acts), vec![200]);
+    assert_eq!(cancels(&acts), vec![loser.clone()], "{acts:?}");
+    let acts = rig.respond(PHONE, 487, 6);
+    assert!(to_a(&acts).is_empty(), "{acts:?}");
+    // The caller CANCELs: a branch that rang and one that said only 100 are both CANCELled;
+    // one that said nothing gets it at its first response, a 100 included.
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE, OTHER, "10.0.0.4:5070"]));
+    let ((_, one), (_, two), (_, three)) = (
+        rig.invite_to(PHONE),
+        rig.invite_to(OTHER),
+        rig.invite_to("10.0.0.4:5070"),
+    );
+    rig.respond(PHONE, 180, 0);
+    rig.respond(OTHER, 100, 0);
+    let mut got = cancels(&rig.cancel_from_a(secs(1)));
+    got.sort_by_key(|k| k.to_string());
+    let mut want = vec![one.clone(), two.clone()];
+    want.sort_by_key(|k| k.to_string());
+    assert_eq!(got, want);
+    let acts = rig.respond("10.0.0.4:5070", 100, 2);
+    assert_eq!(cancels(&acts), vec![three.clone()], "{acts:?}");
+    assert!(cancels(&rig.respond("10.0.0.4:5070", 180, 3)).is_empty());
+    rig.respond(OTHER, 487, 4);
+    rig.respond("10.0.0.4:5070", 487, 4);
+    let acts = rig.respond(PHONE, 487, 4);
+    assert_eq!(ended(&acts).as_deref(), Some("cancel"), "{acts:?}");
+    for k in [&one, &two, &three] {
+        rig.b2b.on_terminated(k);
+    }
+    assert_eq!(rig.b2b.leftovers(), [0; 10]);
+}
+
+#[test]
+fn timer_c_the_ring_limit_and_shutdown_cancel_a_callee_that_said_only_100() {
+    // Timer C.
     let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
     let (_, key) = rig.invite_to(PHONE);
     rig.respond(PHONE, 100, 0);
-    assert!(cancels(&rig.cancel_from_a(secs(1))).is_empty());
     let acts = rig.at(C);
     assert_eq!(cancels(&acts), vec![key.clone()], "{acts:?}");
-    assert_eq!(ended(&acts).as_deref(), Some("cancel"));
-    assert!(to_a(&acts).is_empty(), "the caller had its 487: {acts:?}");
-    assert_eq!(terminated(&rig.at(C + wait())), vec![key.clone()]);
+    assert_eq!(to_a(&acts), vec![408]);
+    // The ring limit.
+    let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 100, 0);
+    let acts = rig.at(secs(20));
+    assert_eq!(cancels(&acts), vec![key.clone()], "{acts:?}");
+    assert_eq!(to_a(&acts), vec![480]);
+    // Shutdown.
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
+    let (_, key) = rig.invite_to(PHONE);
+    rig.respond(PHONE, 100, 0);
+    rig.b2b
+        .end_all("shutdown", 5, &mut rig.media, rig.t0 + secs(5));
+    let acts = rig.actions();
+    assert_eq!(
+        (to_a(&acts), cancels(&acts)),
+        (vec![503], vec![key.clone()])
+    );
+    assert_eq!(terminated(&rig.at(secs(5) + wait())), vec![key.clone()]);
     rig.b2b.on_terminated(&key);
     assert_eq!(rig.b2b.leftovers(), [0; 10]);
+}
+
+fn trunk(dest: &str, fallbacks: &[&str]) -> Target {
+    Target::Peer {
+        uri: "sip:555@pstn.test".into(),
+        dest: peer(dest),
+        credentials: None,
+        fallbacks: fallbacks.iter().map(|a| peer(a)).collect(),
+    }
+}
+
+#[test]
+fn a_100_then_503_still_fails_over_and_the_next_target_is_cancelled_only_once_it_responds() {
+    // A 100 allows the CANCEL but is no provisional for RFC 3263 failover (as before).
+    let (mut rig, _) = Rig::call(config(None), trunk("10.0.0.5:5060", &["10.0.0.6:5060"]));
+    rig.respond("10.0.0.5:5060", 100, 0);
+    let acts = rig.respond("10.0.0.5:5060", 503, 1);
+    assert!(has(&acts, Method::Invite, "10.0.0.6:5060"), "{acts:?}");
+    assert!(to_a(&acts).is_empty(), "{acts:?}");
+    // What the first target said does not count for the second.
+    let acts = rig.cancel_from_a(secs(2));
+    assert!(cancels(&acts).is_empty(), "{acts:?}");
+    let (_, key) = rig.invite_to("10.0.0.6:5060");
+    let acts = rig.respond("10.0.0.6:5060", 100, 3);
+    assert_eq!(cancels(&acts), vec![key], "{acts:?}");
 }
 
 #[test]
@@ -677,4 +829,142 @@ fn a_2xx_across_a_timer_c_cancel_never_counts_as_the_calls_answer() {
     let acts = rig.respond(OTHER, 486, 183);
     assert_eq!(to_a(&acts), vec![486], "{acts:?}");
     assert_eq!(rig.b2b.len(), 0);
+}
+
+const NODE: &str = "10.0.0.8:5060";
+const NEXT: &str = "10.0.0.9:5060";
+
+fn cancel_dests(acts: &[Action]) -> Vec<(TransactionKey, SocketAddr)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Cancel { key, dest } => Some((key.clone(), dest.addr)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ack_to(acts: &[Action], to: &str) -> Option<Request> {
+    let to: SocketAddr = to.parse().expect("addr");
+    acts.iter().find_map(|a| match a {
+        Action::Stateless {
+            message: SipMessage::Request(r),
+            dest,
+        } if r.method == Method::Ack && dest.addr == to => Some(r.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn retarget_cancels_the_old_target_once_it_responded_and_its_late_answers_stay_away() {
+    // The fabric thinks the ACD node died and sends the INVITE to the next one (`retarget`).
+    // A node that said 100 or 180 is CANCELled (§9.1: if it is alive after all, it stops
+    // offering the caller); one that said nothing is CANCELled at its first response. Its
+    // final response (487, or a 2xx: ACKed and BYEd) never reaches the caller, who gets the
+    // next node's ringing and answer, in a dialog with the next node.
+    for first in [Some(100), Some(180), None] {
+        let (mut rig, _) = Rig::call(config(None), trunk(NODE, &[]));
+        let (_, old) = rig.invite_to(NODE);
+        if let Some(code) = first {
+            let acts = rig.respond_as(NODE, code, 0, "node1");
+            assert_eq!(to_a(&acts).len(), usize::from(code > 100), "{acts:?}");
+        }
+        let id = rig.b2b.newest_call().expect("the call");
+        assert!(rig.b2b.retarget(id, peer(NEXT), None, rig.t0 + secs(5)));
+        let acts = rig.actions();
+        assert!(has(&acts, Method::Invite, NEXT), "{acts:?}");
+        assert!(to_a(&acts).is_empty(), "{acts:?}");
+        let (_, new) = rig.invite_to(NEXT);
+        assert_ne!(old, new);
+        if first.is_some() {
+            assert_eq!(
+                cancel_dests(&acts),
+                vec![(old.clone(), NODE.parse().unwrap())]
+            );
+        } else {
+            assert!(
+                cancels(&acts).is_empty(),
+                "nothing came: no CANCEL yet: {acts:?}"
+            );
+            let acts = rig.respond_as(NODE, 180, 6, "node1");
+            assert_eq!(
+                cancel_dests(&acts),
+                vec![(old.clone(), NODE.parse().unwrap())]
+            );
+            assert!(to_a(&acts).is_empty(), "{acts:?}");
+        }
+        // The old node's answer across the CANCEL: ACKed and BYEd, the caller hears nothing.
+        let acts = rig.respond_as(NODE, 200, 7, "node1");
+        assert!(ack_to(&acts, NODE).is_some(), "{acts:?}");
+        assert!(has(&acts, Method::Bye, NODE), "{acts:?}");
+        assert!(to_a(&acts).is_empty(), "{acts:?}");
+        assert_eq!(rig.b2b.len(), 1, "the caller still waits for the next node");
+        // The next node rings and answers: its own dialog.
+        assert_eq!(to_a(&rig.respond_as(NEXT, 180, 8, "node2")), vec![180]);
+        let acts = rig.respond_as(NEXT, 200, 9, "node2");
+        assert_eq!(to_a(&acts), vec![200], "{acts:?}");
+        let ack = ack_to(&acts, NEXT).expect("the next node's 200 ACKed");
+        let field = |name: &str| {
+            ack.headers
+                .iter()
+                .map(|h| h.to_string())
+                .find(|h| h.starts_with(&format!("{name}:")))
+                .and_then(|h| h.split_once(": ").map(|(_, v)| v.to_owned()))
+                .expect("header")
+        };
+        assert!(field("To").contains("tag=node2"), "{}", field("To"));
+        assert!(cancels(&acts).is_empty(), "{acts:?}");
+        // The dialog is the next node's: its BYE is ours, with the old node's tag it is not.
+        let bye = |tag: &str| {
+            super::tests::request(
+                &format!(
+                    "BYE sip:callfabric@192.0.2.1:5060 SIP/2.0
+Via: SIP/2.0/UDP {NEXT};branch=z9hG4bKbye{tag}
+Max-Forwards: 70
+From: <sip:555@pstn.test>;tag={tag}
+To: {}
+Call-ID: {}
+CSeq: 1 BYE
+",
+                    field("From"),
+                    field("Call-ID"),
+                ),
+                "",
+            )
+        };
+        assert!(rig.b2b.owns(&bye("node2")));
+        assert!(!rig.b2b.owns(&bye("node1")));
+        rig.b2b.on_terminated(&old);
+        assert_eq!(
+            rig.b2b.ring_timers_len(),
+            (0, 0),
+            "nothing armed for either INVITE"
+        );
+        assert_eq!(rig.b2b.leftovers()[4], 0, "the old branch is forgotten");
+    }
+}
+
+#[test]
+fn retarget_absorbs_the_old_targets_487_and_cancels_nothing_at_the_next() {
+    let (mut rig, _) = Rig::call(config(None), trunk(NODE, &[]));
+    let (_, old) = rig.invite_to(NODE);
+    rig.respond_as(NODE, 100, 0, "node1");
+    let id = rig.b2b.newest_call().expect("the call");
+    assert!(rig.b2b.retarget(id, peer(NEXT), None, rig.t0 + secs(5)));
+    rig.actions();
+    let acts = rig.respond_as(NODE, 487, 6, "node1");
+    assert!(acts.is_empty(), "absorbed: {acts:?}");
+    rig.b2b.on_terminated(&old);
+    // The caller CANCELs before the next node said anything: no CANCEL there yet.
+    let acts = rig.cancel_from_a(secs(7));
+    assert_eq!(to_a(&acts), vec![200, 487]);
+    assert!(cancels(&acts).is_empty(), "{acts:?}");
+    let (_, new) = rig.invite_to(NEXT);
+    assert_eq!(
+        cancels(&rig.respond_as(NEXT, 100, 8, "node2")),
+        vec![new.clone()]
+    );
+    let acts = rig.respond_as(NEXT, 487, 9, "node2");
+    assert_eq!(ended(&acts).as_deref(), Some("cancel"));
+    rig.b2b.on_terminated(&new);
+    assert_eq!(rig.b2b.leftovers(), [0; 10]);
 }

@@ -11,7 +11,7 @@ use crate::sip::message::response_with_tag;
 impl B2bua {
     /// Ends every call (the drain time of a shutdown is over): BYE to each confirmed side; a
     /// caller still waiting for an answer gets `503` with `Retry-After: retry_after` and its
-    /// callee a CANCEL (once it sent a provisional response). Each call ends with `reason`
+    /// callee a CANCEL (once it sent a provisional response, a 100 included). Each call ends with `reason`
     /// ([`Action::CallEnded`], so its CDR is written). Returns how many calls were ended.
     pub fn end_all(
         &mut self,
@@ -33,7 +33,7 @@ impl B2bua {
                         retry_after.to_string(),
                     )));
                 let a_key = call.a_invite_key.clone();
-                let cancel = (!call.cancel_pending && call.b_provisional)
+                let cancel = (!call.cancel_pending && call.b_responded)
                     .then(|| (call.b_invite_key.clone(), call.b.peer.clone()));
                 self.respond(&a_key, r);
                 if let Some((key, dest)) = cancel {
