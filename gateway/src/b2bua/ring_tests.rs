@@ -324,13 +324,7 @@ fn every_fork_branch_ended_by_timer_c_gives_408() {
 #[test]
 fn timer_c_diverts_to_voicemail_when_no_answer_diversion_is_armed() {
     let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
-    let divert = Divert {
-        uri: "sip:vm-1002@127.0.0.1:5070".into(),
-        dest: peer("127.0.0.1:5070"),
-        on_busy: true,
-        no_answer: Some(secs(600)),
-    };
-    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    rig.divert_to_voicemail(Some(secs(600)));
     let (_, key) = rig.invite_to(PHONE);
     rig.respond(PHONE, 180, 0);
     let acts = rig.at(C);
@@ -373,6 +367,17 @@ fn has(acts: &[Action], method: Method, to: &str) -> bool {
 
 impl Rig {
     /// The caller CANCELs its INVITE `secs` after the start.
+    /// Arms a diversion to voicemail (127.0.0.1:5070) on busy and after `no_answer`.
+    fn divert_to_voicemail(&mut self, no_answer: Option<Duration>) {
+        let divert = Divert {
+            uri: "sip:vm-1002@127.0.0.1:5070".into(),
+            dest: peer("127.0.0.1:5070"),
+            on_busy: true,
+            no_answer,
+        };
+        self.b2b.set_divert(&self.a_key, divert, self.t0);
+    }
+
     fn cancel_from_a(&mut self, after: Duration) -> Vec<Action> {
         let ckey = TransactionKey::client("z9hG4bKc1", Method::Cancel);
         let a_key = self.a_key.clone();
@@ -661,13 +666,7 @@ fn a_cancel_at_shutdown_is_destroyed_after_64_t1_too() {
 #[test]
 fn a_2xx_crossing_a_ring_limit_diversion_cancel_is_acked_and_byed_and_voicemail_keeps_the_caller() {
     let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE]));
-    let divert = Divert {
-        uri: "sip:vm-1002@127.0.0.1:5070".into(),
-        dest: peer("127.0.0.1:5070"),
-        on_busy: true,
-        no_answer: Some(secs(30)),
-    };
-    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    rig.divert_to_voicemail(Some(secs(30)));
     let (_, key) = rig.invite_to(PHONE);
     rig.respond(PHONE, 180, 1);
     let acts = rig.at(secs(20));
@@ -690,13 +689,7 @@ fn a_2xx_crossing_a_ring_limit_diversion_cancel_is_acked_and_byed_and_voicemail_
 #[test]
 fn a_2xx_crossing_a_timer_c_diversion_cancel_is_acked_and_byed_and_voicemail_keeps_the_caller() {
     let (mut rig, _) = Rig::call(config(None), device(&[PHONE]));
-    let divert = Divert {
-        uri: "sip:vm-1002@127.0.0.1:5070".into(),
-        dest: peer("127.0.0.1:5070"),
-        on_busy: true,
-        no_answer: Some(secs(600)),
-    };
-    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    rig.divert_to_voicemail(Some(secs(600)));
     rig.respond(PHONE, 180, 0);
     let acts = rig.at(C);
     assert!(has(&acts, Method::Invite, "127.0.0.1:5070"), "{acts:?}");
@@ -761,13 +754,7 @@ fn ring_limit_stops_at_the_answer_and_is_not_for_trunks() {
 #[test]
 fn ring_limit_goes_to_voicemail_when_a_no_answer_diversion_is_armed() {
     let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE]));
-    let divert = Divert {
-        uri: "sip:vm-1002@127.0.0.1:5070".into(),
-        dest: peer("127.0.0.1:5070"),
-        on_busy: true,
-        no_answer: Some(secs(30)),
-    };
-    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    rig.divert_to_voicemail(Some(secs(30)));
     rig.respond(PHONE, 180, 1);
     let acts = rig.at(secs(20));
     assert!(to_a(&acts).is_empty(), "{acts:?}");
@@ -781,13 +768,7 @@ fn ring_limit_goes_to_voicemail_when_a_no_answer_diversion_is_armed() {
 #[test]
 fn a_call_diverted_on_busy_is_not_cut_by_the_ring_limit() {
     let (mut rig, _) = Rig::call(config(Some(secs(20))), device(&[PHONE]));
-    let divert = Divert {
-        uri: "sip:vm-1002@127.0.0.1:5070".into(),
-        dest: peer("127.0.0.1:5070"),
-        on_busy: true,
-        no_answer: None,
-    };
-    rig.b2b.set_divert(&rig.a_key, divert, rig.t0);
+    rig.divert_to_voicemail(None);
     rig.respond(PHONE, 486, 5);
     rig.invite_to("127.0.0.1:5070");
     rig.respond("127.0.0.1:5070", 180, 6);
