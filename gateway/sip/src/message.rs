@@ -1025,6 +1025,12 @@ pub fn validate_parsed_request(req: &Request) -> Result<(), Rejection> {
     validate(req, false, SUPPORTED_EXTENSIONS)
 }
 
+/// [`validate_parsed_request`] for a UAS that also supports the option tags `extensions`
+/// ([`validate_request_with`] without the header grammar [`parse`] already enforced).
+pub fn validate_parsed_request_with(req: &Request, extensions: &[&str]) -> Result<(), Rejection> {
+    validate(req, false, extensions)
+}
+
 fn validate(req: &Request, check_grammar: bool, extensions: &[&str]) -> Result<(), Rejection> {
     let headers = &req.headers;
     for (name, is) in SINGLE {
@@ -1082,26 +1088,7 @@ fn validate(req: &Request, check_grammar: bool, extensions: &[&str]) -> Result<(
         }
     }
 
-    if req.method != Method::Cancel {
-        let mut unsupported: Vec<&str> = Vec::new();
-        for h in headers.iter() {
-            if let Header::Require(v) = h {
-                for tag in grammar::token_list(v.value(), true).unwrap_or_default() {
-                    let known = extensions.iter().any(|s| s.eq_ignore_ascii_case(tag));
-                    if !known && !unsupported.contains(&tag) {
-                        unsupported.push(tag);
-                    }
-                }
-            }
-        }
-        if !unsupported.is_empty() {
-            let list = unsupported.join(", ");
-            return Err(
-                Rejection::new(420, format!("unsupported extensions: {list}"))
-                    .with(Header::Unsupported(rsip::headers::Unsupported::new(list))),
-            );
-        }
-    }
+    check_require(req, extensions)?;
 
     for h in headers.iter() {
         if let Header::ContentEncoding(v) = h {
@@ -1178,6 +1165,35 @@ fn validate(req: &Request, check_grammar: bool, extensions: &[&str]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The `Require` check of [`validate_request`] alone (§8.2.2.3: 420 with `Unsupported` when a
+/// required option tag is not among `extensions`; CANCEL and ACK are never refused for it).
+/// For a request that passed [`validate_request_with`] under other `extensions`, this is the
+/// one check whose outcome can differ.
+pub fn check_require(req: &Request, extensions: &[&str]) -> Result<(), Rejection> {
+    if matches!(req.method, Method::Cancel | Method::Ack) {
+        return Ok(());
+    }
+    let mut unsupported: Vec<&str> = Vec::new();
+    for h in req.headers.iter() {
+        if let Header::Require(v) = h {
+            for tag in grammar::token_list(v.value(), true).unwrap_or_default() {
+                let known = extensions.iter().any(|s| s.eq_ignore_ascii_case(tag));
+                if !known && !unsupported.contains(&tag) {
+                    unsupported.push(tag);
+                }
+            }
+        }
+    }
+    if unsupported.is_empty() {
+        return Ok(());
+    }
+    let list = unsupported.join(", ");
+    Err(
+        Rejection::new(420, format!("unsupported extensions: {list}"))
+            .with(Header::Unsupported(rsip::headers::Unsupported::new(list))),
+    )
 }
 
 /// The checks a UAC makes on a received response (§8.1.3.3): exactly one Via value, the
