@@ -61,12 +61,15 @@ impl<S> Binding<S> {
 
     /// The value of a `Contact` header field listing this binding at `now`.
     pub fn contact_value(&self, now: SystemTime) -> String {
-        format!(
-            "<{}>{};expires={}",
-            self.uri,
-            self.params,
-            self.remaining(now)
-        )
+        let expires = self.remaining(now).to_string();
+        let mut s = String::with_capacity(self.uri.len() + self.params.len() + expires.len() + 11);
+        s.push('<');
+        s.push_str(&self.uri);
+        s.push('>');
+        s.push_str(&self.params);
+        s.push_str(";expires=");
+        s.push_str(&expires);
+        s
     }
 }
 
@@ -522,16 +525,26 @@ pub fn canonical_aor(value: &str) -> Option<String> {
 pub(crate) fn contact_key(uri: &str) -> String {
     match uri.split_once(':') {
         Some((scheme, rest)) => {
+            // One allocation: scheme and host lower-cased (ASCII), the user part unescaped.
             let (user, host) = match rest.rsplit_once('@') {
-                Some((u, h)) => (format!("{}@", unescape(u)), h),
-                None => (String::new(), rest),
+                Some((u, h)) => (Some(unescape(u)), h),
+                None => (None, rest),
             };
-            format!(
-                "{}:{}{}",
-                scheme.to_ascii_lowercase(),
-                user,
-                unescape(host).to_ascii_lowercase()
-            )
+            let host = unescape(host);
+            let mut key = String::with_capacity(uri.len() + 1);
+            key.push_str(scheme);
+            key.make_ascii_lowercase();
+            key.push(':');
+            if let Some(user) = user {
+                key.push_str(&user);
+                key.push('@');
+            }
+            let host_at = key.len();
+            key.push_str(&host);
+            if let Some(h) = key.get_mut(host_at..) {
+                h.make_ascii_lowercase();
+            }
+            key
         }
         None => uri.to_ascii_lowercase(),
     }

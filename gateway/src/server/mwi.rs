@@ -171,7 +171,7 @@ impl Core {
     }
 
     fn unsolicited(&mut self, user: &str, mailbox: &str) {
-        let aor = format!("sip:{user}@{}", self.cfg.realm);
+        let aor = super::presence::realm_aor(user, &self.cfg.realm);
         let contacts: Vec<(String, Peer)> = self
             .registrar
             .contacts(&aor)

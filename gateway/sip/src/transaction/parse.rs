@@ -176,11 +176,15 @@ pub fn top_via(headers: &Headers) -> Result<TopVia, Error> {
         Some((s, p)) => (s, p),
         None => (rest, ""),
     };
-    let sent_by: String = sent_by
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_ascii_lowercase();
+    // One allocation: white space dropped, ASCII letters lower-cased.
+    let mut lowered = String::with_capacity(sent_by.len());
+    lowered.extend(
+        sent_by
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .map(|c| c.to_ascii_lowercase()),
+    );
+    let sent_by = lowered;
     let is_token = |c: char| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c);
     if transport.is_empty() || !transport.chars().all(is_token) || sent_by.is_empty() {
         return Err(malformed());
