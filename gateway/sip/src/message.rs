@@ -1604,6 +1604,27 @@ mod grammar {
         TOKEN.has(c)
     }
 
+    /// `port` reads what `str::parse::<u16>` reads.
+    #[cfg(test)]
+    #[test]
+    fn ports_parse_as_u16_does() {
+        for text in [
+            "",
+            "0",
+            "5060",
+            "00080",
+            "65535",
+            "65536",
+            "99999",
+            "000000000080",
+            "7x",
+        ] {
+            let mut c = Cur::new(text);
+            let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+            assert_eq!(port(&mut c).ok(), digits.parse::<u16>().ok(), "{text:?}");
+        }
+    }
+
     /// The byte classes are the sets they replaced.
     #[cfg(test)]
     #[test]
@@ -1828,9 +1849,15 @@ mod grammar {
 
     fn port(c: &mut Cur<'_>) -> GResult<u16> {
         let digits = c.take_while(|b| b.is_ascii_digit());
-        digits
-            .parse::<u16>()
-            .map_err(|_| format!("{digits:?} is not a port"))
+        // What `digits.parse::<u16>()` reads (ASCII digits only here), without its generality.
+        let value = (!digits.is_empty())
+            .then(|| {
+                digits.bytes().try_fold(0u16, |n, d| {
+                    n.checked_mul(10)?.checked_add(u16::from(d - b'0'))
+                })
+            })
+            .flatten();
+        value.ok_or_else(|| format!("{digits:?} is not a port"))
     }
 
     #[derive(Debug)]
@@ -2067,8 +2094,12 @@ mod grammar {
     /// Control characters may appear only escaped in a quoted-pair (intmeth's To).
     fn no_controls(value: &str) -> GResult<()> {
         let b = value.as_bytes();
-        // Nearly every value has no control character at all: one plain pass says so.
-        if !b.iter().any(|&c| (c < 0x20 && c != b'\t') || c == 0x7f) {
+        // Nearly every value has no control character at all: one plain pass says so (no
+        // early exit, so that it runs a vector at a time).
+        let control = b.iter().fold(false, |any, &c| {
+            any | ((c < 0x20) & (c != b'\t')) | (c == 0x7f)
+        });
+        if !control {
             return Ok(());
         }
         let (mut in_quotes, mut i) = (false, 0);

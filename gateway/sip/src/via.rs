@@ -73,6 +73,9 @@ pub fn top_via(headers: &Headers) -> Option<TopVia> {
 fn first_value(value: &str) -> (&str, Option<&str>) {
     let mut quoted = false;
     let mut escaped = false;
+    if memchr::memchr(b',', value.as_bytes()).is_none() {
+        return (value.trim(), None);
+    }
     // Bytes, not chars: the delimiters are ASCII, which never occurs inside a UTF-8 sequence.
     for (i, c) in value.bytes().enumerate() {
         if escaped {
@@ -181,6 +184,15 @@ trait ViaView {
     fn port(&self) -> Option<u16>;
     fn is_tls(&self) -> bool;
     fn param(&self, name: &str) -> Option<Option<&str>>;
+
+    /// `received`, `maddr` and `rport`, as [`ViaView::param`] reads each.
+    fn route_params(&self) -> [Option<Option<&str>>; 3] {
+        [
+            self.param("received"),
+            self.param("maddr"),
+            self.param("rport"),
+        ]
+    }
 }
 
 impl ViaView for TopVia {
@@ -212,6 +224,19 @@ impl ViaView for Parm<'_> {
         self.params()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
+    }
+
+    /// One pass over the parameters instead of three.
+    fn route_params(&self) -> [Option<Option<&str>>; 3] {
+        let mut found = [None; 3];
+        for (n, v) in self.params() {
+            for (slot, name) in found.iter_mut().zip(["received", "maddr", "rport"]) {
+                if slot.is_none() && n.eq_ignore_ascii_case(name) {
+                    *slot = Some(v);
+                }
+            }
+        }
+        found
     }
 }
 
@@ -324,7 +349,8 @@ pub fn route_headers(headers: &Headers, reliable: bool) -> Option<ResponseRoute>
 
 fn route_of(via: &impl ViaView, reliable: bool) -> ResponseRoute {
     let port = via.port().unwrap_or(if via.is_tls() { 5061 } else { 5060 });
-    let received = via.param("received").flatten().and_then(|r| {
+    let [received, maddr, rport] = via.route_params();
+    let received = received.flatten().and_then(|r| {
         r.trim_matches(|c| c == '[' || c == ']')
             .parse::<IpAddr>()
             .ok()
@@ -343,12 +369,9 @@ fn route_of(via: &impl ViaView, reliable: bool) -> ResponseRoute {
             destination: default,
         };
     }
-    let destination = if let Some(maddr) = via.param("maddr").flatten() {
+    let destination = if let Some(maddr) = maddr.flatten() {
         to_host(maddr, port)
-    } else if let Some(Some(rport)) = via
-        .param("rport")
-        .map(|v| v.and_then(|p| p.parse::<u16>().ok()))
-    {
+    } else if let Some(Some(rport)) = rport.map(|v| v.and_then(|p| p.parse::<u16>().ok())) {
         match received {
             Some(ip) => Destination::Addr(SocketAddr::new(ip, rport)),
             None => to_host(via.host(), rport),
