@@ -1629,10 +1629,14 @@ mod grammar {
     #[cfg(test)]
     #[test]
     fn classes_are_the_grammar_sets() {
-        let alnum_or =
-            |set: &'static [u8]| move |c: u8| c.is_ascii_alphanumeric() || set.contains(&c);
-        let unreserved = |c: u8| alnum_or(b"-_.!~*'()")(c);
-        let cases: [(&Class, Box<dyn Fn(u8) -> bool>); 7] = [
+        fn alnum_or(set: &'static [u8]) -> impl Fn(u8) -> bool {
+            move |c: u8| c.is_ascii_alphanumeric() || set.contains(&c)
+        }
+        fn unreserved(c: u8) -> bool {
+            alnum_or(b"-_.!~*'()")(c)
+        }
+        type Set = Box<dyn Fn(u8) -> bool>;
+        let cases: [(&Class, Set); 7] = [
             (&TOKEN, Box::new(alnum_or(b"-.!%*_+`'~"))),
             (
                 &URIC,
