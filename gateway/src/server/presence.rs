@@ -84,8 +84,13 @@ impl Core {
         };
         let aor = realm_aor(user, &self.cfg.realm);
         let in_call = (self.b2bua.calls_of(key) > 0).then(|| self.b2bua.device_state(key));
-        let reachable =
-            self.registrar.is_registered(&aor) && !self.reachable_contacts(&aor).is_empty();
+        // A reachable contact is a binding, so this is "registered with a reachable contact"
+        // (one look-up, nothing collected).
+        let reachable = self
+            .registrar
+            .contacts(&aor)
+            .iter()
+            .any(|b| !self.qualify.failed(&aor, &b.key));
         let state = state(in_call, reachable);
         if !self.published.change(key, state) {
             return;
