@@ -53,16 +53,37 @@ impl Algorithm {
             Algorithm::Md5 => to_hex(&md5::compute(data).0),
         }
     }
+
+    /// `H(parts joined by ":")` as lowercase hex, the parts fed to the hash as they are
+    /// (no joined copy).
+    fn hash_joined(self, parts: &[&str]) -> String {
+        let pieces = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| [if i == 0 { &b""[..] } else { b":" }, p.as_bytes()]);
+        match self {
+            Algorithm::Sha256 => {
+                let mut h = Sha256::new();
+                pieces.for_each(|p| h.update(p));
+                to_hex(&h.finalize())
+            }
+            Algorithm::Md5 => {
+                let mut h = md5::Context::new();
+                pieces.for_each(|p| h.consume(p));
+                to_hex(&h.finalize().0)
+            }
+        }
+    }
 }
 
 /// `H(username ":" realm ":" password)`: what a credential store keeps instead of the password.
 pub fn ha1(alg: Algorithm, username: &str, realm: &str, password: &str) -> String {
-    alg.hash_hex(format!("{username}:{realm}:{password}").as_bytes())
+    alg.hash_joined(&[username, realm, password])
 }
 
 /// `H(method ":" digest-uri)` for `qop=auth`.
 pub fn ha2(alg: Algorithm, method: &str, uri: &str) -> String {
-    alg.hash_hex(format!("{method}:{uri}").as_bytes())
+    alg.hash_joined(&[method, uri])
 }
 
 /// The request-digest for `qop=auth`:
@@ -76,7 +97,7 @@ pub fn response(
     qop: &str,
     ha2: &str,
 ) -> String {
-    alg.hash_hex(format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}").as_bytes())
+    alg.hash_joined(&[ha1, nonce, nc, cnonce, qop, ha2])
 }
 
 /// Constant-time equality (time depends only on the lengths).

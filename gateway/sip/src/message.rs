@@ -591,46 +591,61 @@ fn header_fields(head: &[u8]) -> Result<Vec<Field<'_>>, ParseErrorKind> {
     if head.is_empty() {
         return Ok(fields);
     }
-    for (n, raw) in split_crlf(head).into_iter().enumerate() {
-        let line =
-            std::str::from_utf8(raw).map_err(|_| bad(format!("line {} is not UTF-8", n + 1)))?;
-        if raw.iter().any(|&b| b == b'\r' || b == b'\n') {
+    // Lines end at ASCII CRLFs, so every line of a UTF-8 block is UTF-8: one check for the
+    // block; a block that is not is checked line by line, to name the first line that is not.
+    let text = std::str::from_utf8(head).ok();
+    let mut start = 0;
+    for n in 0.. {
+        let end = find(&head[start..], b"\r\n").map_or(head.len(), |i| start + i);
+        let raw = &head[start..end];
+        let line = match text.and_then(|t| t.get(start..end)) {
+            Some(line) => line,
+            None => {
+                std::str::from_utf8(raw).map_err(|_| bad(format!("line {} is not UTF-8", n + 1)))?
+            }
+        };
+        let last = end == head.len();
+        start = (end + 2).min(head.len());
+        if memchr::memchr2(b'\r', b'\n', raw).is_some() {
             return Err(bad(format!("bare CR or LF in line {}", n + 1)));
         }
         if line.starts_with([' ', '\t']) {
-            let Some(last) = fields.last_mut() else {
+            let Some(last_field) = fields.last_mut() else {
                 return Err(bad("continuation line before the first header".into()));
             };
             let cont = trim_wsp(line);
             if !cont.is_empty() {
-                let value = last.value.to_mut();
+                let value = last_field.value.to_mut();
                 if !value.is_empty() {
                     value.push(' ');
                 }
                 value.push_str(cont);
             }
-            continue;
+        } else {
+            let Some(colon) = memchr::memchr(b':', raw) else {
+                return Err(bad(format!("line {} has no colon", n + 1)));
+            };
+            let (name, value) = (
+                line.get(..colon).unwrap_or(""),
+                line.get(colon + 1..).unwrap_or(""),
+            );
+            let name = name.trim_end_matches([' ', '\t']);
+            if name.is_empty() || !name.bytes().all(grammar::is_token) {
+                return Err(bad(format!("{name:?} is not a header name")));
+            }
+            if fields.len() == MAX_HEADER_FIELDS {
+                return Err(bad(format!("more than {MAX_HEADER_FIELDS} header fields")));
+            }
+            let name = expand_compact(name).unwrap_or(name);
+            fields.push(Field {
+                lname: known_lname(name),
+                name,
+                value: Cow::Borrowed(trim_wsp(value)),
+            });
         }
-        let Some(colon) = raw.iter().position(|&b| b == b':') else {
-            return Err(bad(format!("line {} has no colon", n + 1)));
-        };
-        let (name, value) = (
-            line.get(..colon).unwrap_or(""),
-            line.get(colon + 1..).unwrap_or(""),
-        );
-        let name = name.trim_end_matches([' ', '\t']);
-        if name.is_empty() || !name.bytes().all(grammar::is_token) {
-            return Err(bad(format!("{name:?} is not a header name")));
+        if last {
+            break;
         }
-        if fields.len() == MAX_HEADER_FIELDS {
-            return Err(bad(format!("more than {MAX_HEADER_FIELDS} header fields")));
-        }
-        let name = expand_compact(name).unwrap_or(name);
-        fields.push(Field {
-            lname: known_lname(name),
-            name,
-            value: Cow::Borrowed(trim_wsp(value)),
-        });
     }
     Ok(fields)
 }
@@ -810,16 +825,36 @@ pub fn serialize_request(req: &Request) -> Vec<u8> {
 
 /// [`serialize`] for a response.
 pub fn serialize_response(resp: &Response) -> Vec<u8> {
-    use std::io::Write as _;
     let code = resp.status_code.code();
     let mut out = Vec::with_capacity(512);
-    // rsip::Version's Display is "SIP/2.0" for V2.
-    let _ = write!(out, "{} {code} ", resp.version);
+    // What rsip::Version's Display writes.
+    out.extend_from_slice(match resp.version {
+        rsip::Version::V1 => b"SIP/1.0 ",
+        rsip::Version::V2 => b"SIP/2.0 ",
+    });
+    push_decimal(&mut out, code);
+    out.push(b' ');
     match &resp.status_code {
         StatusCode::Other(_, reason) => out.extend_from_slice(sanitize_reason(reason).as_bytes()),
         _ => out.extend_from_slice(reason_phrase(code).unwrap_or("").as_bytes()),
     }
     assemble_into(out, &resp.headers, &resp.body)
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn assemble(start: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
@@ -840,16 +875,77 @@ fn assemble_into(mut out: Vec<u8>, headers: &Headers, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The name and value of header field `h` exactly as rsip's `Display` writes them
+/// (`name: value`), without the formatting machinery: the serialiser writes every field of
+/// every message, the transaction layer hashes and compares them.
+pub fn header_parts(h: &Header) -> (&str, &str) {
+    match h {
+        Header::Other(name, value) => (name.as_str(), value.as_str()),
+        Header::Accept(h) => ("Accept", h.value()),
+        Header::AcceptEncoding(h) => ("Accept-Encoding", h.value()),
+        Header::AcceptLanguage(h) => ("Accept-Language", h.value()),
+        Header::AlertInfo(h) => ("Alert-Info", h.value()),
+        Header::Allow(h) => ("Allow", h.value()),
+        Header::AuthenticationInfo(h) => ("Authentication-Info", h.value()),
+        Header::Authorization(h) => ("Authorization", h.value()),
+        Header::CSeq(h) => ("CSeq", h.value()),
+        Header::CallId(h) => ("Call-ID", h.value()),
+        Header::CallInfo(h) => ("Call-Info", h.value()),
+        Header::Contact(h) => ("Contact", h.value()),
+        Header::ContentDisposition(h) => ("Content-Disposition", h.value()),
+        Header::ContentEncoding(h) => ("Content-Encoding", h.value()),
+        Header::ContentLanguage(h) => ("Content-Language", h.value()),
+        Header::ContentLength(h) => ("Content-Length", h.value()),
+        Header::ContentType(h) => ("Content-Type", h.value()),
+        Header::Date(h) => ("Date", h.value()),
+        Header::ErrorInfo(h) => ("Error-Info", h.value()),
+        Header::Event(h) => ("Event", h.value()),
+        Header::Expires(h) => ("Expires", h.value()),
+        Header::From(h) => ("From", h.value()),
+        Header::InReplyTo(h) => ("In-Reply-To", h.value()),
+        Header::MaxForwards(h) => ("Max-Forwards", h.value()),
+        Header::MimeVersion(h) => ("Mime-Version", h.value()),
+        Header::MinExpires(h) => ("Min-Expires", h.value()),
+        Header::Organization(h) => ("Organization", h.value()),
+        Header::Priority(h) => ("Priority", h.value()),
+        Header::ProxyAuthenticate(h) => ("Proxy-Authenticate", h.value()),
+        Header::ProxyAuthorization(h) => ("Proxy-Authorization", h.value()),
+        Header::ProxyRequire(h) => ("Proxy-Require", h.value()),
+        Header::RecordRoute(h) => ("Record-Route", h.value()),
+        Header::ReplyTo(h) => ("Reply-To", h.value()),
+        Header::Require(h) => ("Require", h.value()),
+        Header::RetryAfter(h) => ("Retry-After", h.value()),
+        Header::Route(h) => ("Route", h.value()),
+        Header::Server(h) => ("Server", h.value()),
+        Header::Subject(h) => ("Subject", h.value()),
+        Header::SubscriptionState(h) => ("Subscription-State", h.value()),
+        Header::Supported(h) => ("Supported", h.value()),
+        Header::Timestamp(h) => ("Timestamp", h.value()),
+        Header::To(h) => ("To", h.value()),
+        Header::Unsupported(h) => ("Unsupported", h.value()),
+        Header::UserAgent(h) => ("User-Agent", h.value()),
+        Header::Via(h) => ("Via", h.value()),
+        Header::Warning(h) => ("Warning", h.value()),
+        Header::WwwAuthenticate(h) => ("WWW-Authenticate", h.value()),
+    }
+}
+
 /// Appends header field `h` as [`serialize_request`] and [`serialize_response`] write it,
 /// without its CRLF.
 pub fn write_header_line(out: &mut Vec<u8>, h: &Header) {
-    use std::io::Write as _;
     let start = out.len();
-    let _ = write!(out, "{h}");
+    let (name, value) = header_parts(h);
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     // A CR or LF set by code must not split the message.
-    for b in &mut out[start..] {
-        if *b == b'\r' || *b == b'\n' {
-            *b = b' ';
+    if let Some(line) = out.get_mut(start..) {
+        if memchr::memchr2(b'\r', b'\n', line).is_some() {
+            for b in line {
+                if *b == b'\r' || *b == b'\n' {
+                    *b = b' ';
+                }
+            }
         }
     }
 }
@@ -1025,6 +1121,12 @@ pub fn validate_parsed_request(req: &Request) -> Result<(), Rejection> {
     validate(req, false, SUPPORTED_EXTENSIONS)
 }
 
+/// [`validate_parsed_request`] for a UAS that also supports the option tags `extensions`
+/// ([`validate_request_with`] without the header grammar [`parse`] already enforced).
+pub fn validate_parsed_request_with(req: &Request, extensions: &[&str]) -> Result<(), Rejection> {
+    validate(req, false, extensions)
+}
+
 fn validate(req: &Request, check_grammar: bool, extensions: &[&str]) -> Result<(), Rejection> {
     let headers = &req.headers;
     for (name, is) in SINGLE {
@@ -1070,10 +1172,20 @@ fn validate(req: &Request, check_grammar: bool, extensions: &[&str]) -> Result<(
             Header::To(v) => Some(v.value()),
             _ => None,
         });
-        let aor_ok = to
-            .and_then(|v| grammar::name_addrs(v, false, false).ok())
-            .and_then(|list| list.into_iter().next())
-            .is_some_and(|na| na.is_sip());
+        // The To field's grammar, URI included, is checked already (by `parse`, or above):
+        // only its scheme is read here.
+        let how = grammar::Addresses {
+            uris: false,
+            params: false,
+            ..grammar::Addresses::ONE
+        };
+        let mut sip = None;
+        let aor_ok = to.is_some_and(|v| {
+            grammar::walk_name_addrs(v, how, |na| {
+                sip.get_or_insert(na.sip);
+            })
+            .is_ok()
+        }) && sip == Some(true);
         if !aor_ok {
             return Err(Rejection::new(
                 400,
@@ -1082,26 +1194,7 @@ fn validate(req: &Request, check_grammar: bool, extensions: &[&str]) -> Result<(
         }
     }
 
-    if req.method != Method::Cancel {
-        let mut unsupported: Vec<&str> = Vec::new();
-        for h in headers.iter() {
-            if let Header::Require(v) = h {
-                for tag in grammar::token_list(v.value(), true).unwrap_or_default() {
-                    let known = extensions.iter().any(|s| s.eq_ignore_ascii_case(tag));
-                    if !known && !unsupported.contains(&tag) {
-                        unsupported.push(tag);
-                    }
-                }
-            }
-        }
-        if !unsupported.is_empty() {
-            let list = unsupported.join(", ");
-            return Err(
-                Rejection::new(420, format!("unsupported extensions: {list}"))
-                    .with(Header::Unsupported(rsip::headers::Unsupported::new(list))),
-            );
-        }
-    }
+    check_require(req, extensions)?;
 
     for h in headers.iter() {
         if let Header::ContentEncoding(v) = h {
@@ -1178,6 +1271,35 @@ fn validate(req: &Request, check_grammar: bool, extensions: &[&str]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The `Require` check of [`validate_request`] alone (§8.2.2.3: 420 with `Unsupported` when a
+/// required option tag is not among `extensions`; CANCEL and ACK are never refused for it).
+/// For a request that passed [`validate_request_with`] under other `extensions`, this is the
+/// one check whose outcome can differ.
+pub fn check_require(req: &Request, extensions: &[&str]) -> Result<(), Rejection> {
+    if matches!(req.method, Method::Cancel | Method::Ack) {
+        return Ok(());
+    }
+    let mut unsupported: Vec<&str> = Vec::new();
+    for h in req.headers.iter() {
+        if let Header::Require(v) = h {
+            for tag in grammar::token_list(v.value(), true).unwrap_or_default() {
+                let known = extensions.iter().any(|s| s.eq_ignore_ascii_case(tag));
+                if !known && !unsupported.contains(&tag) {
+                    unsupported.push(tag);
+                }
+            }
+        }
+    }
+    if unsupported.is_empty() {
+        return Ok(());
+    }
+    let list = unsupported.join(", ");
+    Err(
+        Rejection::new(420, format!("unsupported extensions: {list}"))
+            .with(Header::Unsupported(rsip::headers::Unsupported::new(list))),
+    )
 }
 
 /// The checks a UAC makes on a received response (§8.1.3.3): exactly one Via value, the
@@ -1305,7 +1427,11 @@ fn build_reply(
                     Some(t) if !t.is_empty() && t.bytes().all(grammar::is_token) => t.to_owned(),
                     _ => derived_tag(headers),
                 };
-                format!("{value};tag={tag}")
+                let mut tagged = String::with_capacity(value.len() + 5 + tag.len());
+                tagged.push_str(value);
+                tagged.push_str(";tag=");
+                tagged.push_str(&tag);
+                tagged
             }
             _ => value.to_owned(),
         };
@@ -1351,29 +1477,38 @@ fn derived_tag(headers: &Headers) -> String {
             Header::CallId(_) | Header::From(_) | Header::CSeq(_) | Header::Via(_)
         )
     }) {
-        // The field's text hashed as it is written, without building it as a String.
+        // The field's text hashed as it is written (`name: value`), without building it.
+        let (name, value) = header_parts(h);
         let mut fnv = Fnv(hash);
-        let _ = write!(fnv, "{h}");
+        name.bytes()
+            .chain(*b": ")
+            .chain(value.bytes())
+            .for_each(|b| fnv.feed(b));
         fnv.feed(0);
         hash = fnv.0;
     }
-    format!("cf{hash:016x}")
+    hash_tag(hash)
 }
 
-/// FNV-1a as a `fmt::Write` sink.
+/// `cf` and the hash in 16 lowercase hex digits (`format!("cf{hash:016x}")`, without the
+/// formatting machinery).
+fn hash_tag(hash: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut tag = String::with_capacity(18);
+    tag.push_str("cf");
+    for shift in (0..16).rev() {
+        tag.push(char::from(HEX[((hash >> (shift * 4)) & 0xf) as usize]));
+    }
+    tag
+}
+
+/// FNV-1a.
 struct Fnv(u64);
 
 impl Fnv {
     fn feed(&mut self, b: u8) {
         self.0 ^= u64::from(b);
         self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-    }
-}
-
-impl std::fmt::Write for Fnv {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        s.bytes().for_each(|b| self.feed(b));
-        Ok(())
     }
 }
 
@@ -1414,12 +1549,122 @@ mod grammar {
 
     pub(super) type GResult<T> = Result<T, String>;
 
-    pub(super) fn is_token(c: u8) -> bool {
-        c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    /// A byte class as a table: ASCII letters and digits plus `extra` (one lookup per byte
+    /// instead of a scan of `extra`: the grammar tests every byte of every field).
+    pub(super) struct Class([bool; 256]);
+
+    impl Class {
+        const fn new(extra: &[u8]) -> Self {
+            let mut t = [false; 256];
+            let mut c = 0;
+            while c < 256 {
+                t[c] = (c as u8).is_ascii_alphanumeric();
+                c += 1;
+            }
+            let mut i = 0;
+            while i < extra.len() {
+                t[extra[i] as usize] = true;
+                i += 1;
+            }
+            Self(t)
+        }
+
+        pub(super) fn has(&self, c: u8) -> bool {
+            self.0[usize::from(c)]
+        }
     }
 
-    fn is_unreserved(c: u8) -> bool {
-        c.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&c)
+    const UNRESERVED: &[u8] = b"-_.!~*'()";
+
+    /// Concatenates two byte strings at compile time (`N` = their total length).
+    const fn cat<const N: usize>(a: &[u8], b: &[u8]) -> [u8; N] {
+        assert!(N == a.len() + b.len());
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < a.len() {
+            out[i] = a[i];
+            i += 1;
+        }
+        while i < N {
+            out[i] = b[i - a.len()];
+            i += 1;
+        }
+        out
+    }
+
+    static TOKEN: Class = Class::new(b"-.!%*_+`'~");
+    static URIC: Class = Class::new(&cat::<22>(UNRESERVED, b";/?:@&=+$,%[]"));
+    static USER: Class = Class::new(&cat::<18>(UNRESERVED, b"%&=+$,;?/"));
+    static PASSWORD: Class = Class::new(&cat::<15>(UNRESERVED, b"%&=+$,"));
+    static PARAMCHAR: Class = Class::new(&cat::<17>(UNRESERVED, b"[]/:&+$%"));
+    static HNVCHAR: Class = Class::new(&cat::<17>(UNRESERVED, b"[]/?:+$%"));
+    static WORD: Class = Class::new(b"-.!%*_+`'~()<>:\\\"/[]?{}");
+
+    pub(super) fn is_token(c: u8) -> bool {
+        TOKEN.has(c)
+    }
+
+    /// `port` reads what `str::parse::<u16>` reads.
+    #[cfg(test)]
+    #[test]
+    fn ports_parse_as_u16_does() {
+        for text in [
+            "",
+            "0",
+            "5060",
+            "00080",
+            "65535",
+            "65536",
+            "99999",
+            "000000000080",
+            "7x",
+        ] {
+            let mut c = Cur::new(text);
+            let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+            assert_eq!(port(&mut c).ok(), digits.parse::<u16>().ok(), "{text:?}");
+        }
+    }
+
+    /// The byte classes are the sets they replaced.
+    #[cfg(test)]
+    #[test]
+    fn classes_are_the_grammar_sets() {
+        fn alnum_or(set: &'static [u8]) -> impl Fn(u8) -> bool {
+            move |c: u8| c.is_ascii_alphanumeric() || set.contains(&c)
+        }
+        fn unreserved(c: u8) -> bool {
+            alnum_or(b"-_.!~*'()")(c)
+        }
+        type Set = Box<dyn Fn(u8) -> bool>;
+        let cases: [(&Class, Set); 7] = [
+            (&TOKEN, Box::new(alnum_or(b"-.!%*_+`'~"))),
+            (
+                &URIC,
+                Box::new(move |c| unreserved(c) || b";/?:@&=+$,%[]".contains(&c)),
+            ),
+            (
+                &USER,
+                Box::new(move |c| unreserved(c) || b"%&=+$,;?/".contains(&c)),
+            ),
+            (
+                &PASSWORD,
+                Box::new(move |c| unreserved(c) || b"%&=+$,".contains(&c)),
+            ),
+            (
+                &PARAMCHAR,
+                Box::new(move |c| unreserved(c) || b"[]/:&+$%".contains(&c)),
+            ),
+            (
+                &HNVCHAR,
+                Box::new(move |c| unreserved(c) || b"[]/?:+$%".contains(&c)),
+            ),
+            (&WORD, Box::new(alnum_or(b"-.!%*_+`'~()<>:\\\"/[]?{}"))),
+        ];
+        for (n, (class, set)) in cases.iter().enumerate() {
+            for c in 0..=255u8 {
+                assert_eq!(class.has(c), set(c), "class {n}, byte {c:#04x}");
+            }
+        }
     }
 
     fn is_wsp(c: u8) -> bool {
@@ -1608,9 +1853,15 @@ mod grammar {
 
     fn port(c: &mut Cur<'_>) -> GResult<u16> {
         let digits = c.take_while(|b| b.is_ascii_digit());
-        digits
-            .parse::<u16>()
-            .map_err(|_| format!("{digits:?} is not a port"))
+        // What `digits.parse::<u16>()` reads (ASCII digits only here), without its generality.
+        let value = (!digits.is_empty())
+            .then(|| {
+                digits.bytes().try_fold(0u16, |n, d| {
+                    n.checked_mul(10)?.checked_add(u16::from(d - b'0'))
+                })
+            })
+            .flatten();
+        value.ok_or_else(|| format!("{digits:?} is not a port"))
     }
 
     #[derive(Debug)]
@@ -1638,9 +1889,9 @@ mod grammar {
     }
 
     pub(super) fn uri(s: &str, allow_headers: bool) -> GResult<Uri<'_>> {
-        let (scheme, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("{s:?} has no scheme"))?;
+        let colon =
+            memchr::memchr(b':', s.as_bytes()).ok_or_else(|| format!("{s:?} has no scheme"))?;
+        let (scheme, rest) = (&s[..colon], &s[colon + 1..]);
         if !valid_scheme(scheme) {
             return Err(format!("{scheme:?} is not a URI scheme"));
         }
@@ -1648,7 +1899,7 @@ mod grammar {
         if secure || scheme.eq_ignore_ascii_case("sip") {
             return sip_uri(secure, rest, allow_headers).map(Uri::Sip);
         }
-        let uric = |c: u8| is_unreserved(c) || b";/?:@&=+$,%[]".contains(&c);
+        let uric = |c: u8| URIC.has(c);
         if rest.is_empty() || !rest.bytes().all(uric) || !escapes_ok(rest) {
             return Err(format!("{s:?} is not an absolute URI"));
         }
@@ -1656,21 +1907,21 @@ mod grammar {
     }
 
     fn sip_uri(secure: bool, rest: &str, allow_headers: bool) -> GResult<SipUri<'_>> {
-        let (userinfo, hostpart) = match rest.split_once('@') {
-            Some((u, h)) => (Some(u), h),
+        let (userinfo, hostpart) = match memchr::memchr(b'@', rest.as_bytes()) {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
         let (mut user, mut password) = (None, None);
         if let Some(ui) = userinfo {
-            let (u, p) = match ui.split_once(':') {
-                Some((u, p)) => (u, Some(p)),
+            let (u, p) = match memchr::memchr(b':', ui.as_bytes()) {
+                Some(colon) => (&ui[..colon], Some(&ui[colon + 1..])),
                 None => (ui, None),
             };
-            let user_ok = |c: u8| is_unreserved(c) || b"%&=+$,;?/".contains(&c);
+            let user_ok = |c: u8| USER.has(c);
             if u.is_empty() || !u.bytes().all(user_ok) || !escapes_ok(u) {
                 return Err(format!("{u:?} is not a SIP URI user"));
             }
-            let pw_ok = |c: u8| is_unreserved(c) || b"%&=+$,".contains(&c);
+            let pw_ok = |c: u8| PASSWORD.has(c);
             if let Some(p) = p {
                 if !p.bytes().all(pw_ok) || !escapes_ok(p) {
                     return Err("bad SIP URI password".into());
@@ -1686,7 +1937,7 @@ mod grammar {
         } else {
             None
         };
-        let paramchar = |b: u8| is_unreserved(b) || b"[]/:&+$%".contains(&b);
+        let paramchar = |b: u8| PARAMCHAR.has(b);
         let mut params = Vec::new();
         while c.eat(b';') {
             let name = c.take_while(paramchar);
@@ -1709,7 +1960,7 @@ mod grammar {
             if !allow_headers {
                 return Err("URI headers (?…) are not allowed here".into());
             }
-            let hchar = |b: u8| is_unreserved(b) || b"[]/?:+$%".contains(&b);
+            let hchar = |b: u8| HNVCHAR.has(b);
             loop {
                 let name = c.take_while(hchar);
                 if name.is_empty() || !escapes_ok(name) || !c.eat(b'=') {
@@ -1808,13 +2059,24 @@ mod grammar {
                 }
                 Ok(())
             }
-            "to" | "from" | "reply-to" => name_addrs(value, false, false).map(drop),
-            "contact" => name_addrs(value, true, true).map(drop),
+            "to" | "from" | "reply-to" => walk_name_addrs(value, CHECK_ONE, drop),
+            "contact" => walk_name_addrs(
+                value,
+                Addresses {
+                    multi: true,
+                    star: true,
+                    ..CHECK_ONE
+                },
+                drop,
+            ),
             "route" | "record-route" => {
-                if name_addrs(value, true, false)?
-                    .iter()
-                    .all(|na| na.bracketed)
-                {
+                let mut bracketed = true;
+                let how = Addresses {
+                    multi: true,
+                    ..CHECK_ONE
+                };
+                walk_name_addrs(value, how, |na| bracketed &= na.bracketed)?;
+                if bracketed {
                     Ok(())
                 } else {
                     Err("route entries are name-addr (<…>)".into())
@@ -1836,6 +2098,14 @@ mod grammar {
     /// Control characters may appear only escaped in a quoted-pair (intmeth's To).
     fn no_controls(value: &str) -> GResult<()> {
         let b = value.as_bytes();
+        // Nearly every value has no control character at all: one plain pass says so (no
+        // early exit, so that it runs a vector at a time).
+        let control = b.iter().fold(false, |any, &c| {
+            any | ((c < 0x20) & (c != b'\t')) | (c == 0x7f)
+        });
+        if !control {
+            return Ok(());
+        }
         let (mut in_quotes, mut i) = (false, 0);
         while let Some(&c) = b.get(i) {
             match c {
@@ -1878,11 +2148,7 @@ mod grammar {
 
     /// `Call-ID: word ["@" word]`.
     fn call_id(value: &str) -> GResult<()> {
-        let word = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-.!%*_+`'~()<>:\\\"/[]?{}".contains(&c))
-        };
+        let word = |s: &str| !s.is_empty() && s.bytes().all(|c| WORD.has(c));
         let ok = match value.split_once('@') {
             Some((a, b)) => word(a) && word(b),
             None => word(value),
@@ -1944,8 +2210,9 @@ mod grammar {
         Ok(out)
     }
 
-    /// `SEMI token [EQUAL (token / host / quoted-string)]`, repeated.
-    fn generic_params<'a>(c: &mut Cur<'a>) -> GResult<Vec<(&'a str, Option<&'a str>)>> {
+    /// `SEMI token [EQUAL (token / host / quoted-string)]`, repeated; the parameters are
+    /// returned if `keep` (else only checked, without allocating).
+    fn generic_params<'a>(c: &mut Cur<'a>, keep: bool) -> GResult<Vec<(&'a str, Option<&'a str>)>> {
         let mut out = Vec::new();
         while c.sep(b';') {
             let name = c.expect_token("a parameter name")?;
@@ -1958,7 +2225,9 @@ mod grammar {
             } else {
                 None
             };
-            out.push((name, value));
+            if keep {
+                out.push((name, value));
+            }
         }
         Ok(out)
     }
@@ -1979,7 +2248,7 @@ mod grammar {
             return Err(format!("media type {t:?} without a subtype"));
         }
         let s = c.expect_token("a media subtype")?;
-        generic_params(c)?;
+        generic_params(c, false)?;
         Ok((t, s))
     }
 
@@ -1988,7 +2257,7 @@ mod grammar {
         let mut c = Cur::new(value);
         c.ws();
         c.token().is_some()
-            && generic_params(&mut c).is_ok_and(|params| {
+            && generic_params(&mut c, true).is_ok_and(|params| {
                 params.iter().any(|(n, v)| {
                     n.eq_ignore_ascii_case("handling")
                         && v.is_some_and(|v| v.eq_ignore_ascii_case("optional"))
@@ -2044,7 +2313,7 @@ mod grammar {
             if c.sep(b':') {
                 port(&mut c)?;
             }
-            generic_params(&mut c)?;
+            generic_params(&mut c, false)?;
             out.push(ViaParm { protocol, version });
             if !c.sep(b',') {
                 break;
@@ -2059,13 +2328,43 @@ mod grammar {
     pub(super) struct NameAddr<'a> {
         pub(super) uri: &'a str,
         pub(super) bracketed: bool,
+        /// A `sip:` or `sips:` URI.
+        pub(super) sip: bool,
+        /// Empty unless asked for ([`Addresses::params`]).
         pub(super) params: Vec<(&'a str, Option<&'a str>)>,
     }
 
-    impl NameAddr<'_> {
-        pub(super) fn is_sip(&self) -> bool {
-            matches!(uri(self.uri, true), Ok(Uri::Sip(_)))
-        }
+    /// How [`walk_name_addrs`] reads an address list.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Addresses {
+        /// Comma-separated.
+        pub(super) multi: bool,
+        /// `*` allowed.
+        pub(super) star: bool,
+        /// Each URI checked with the URI grammar; without, only the list's structure is
+        /// (for a value already checked whole: `sip` then comes from the scheme, which is what
+        /// the URI grammar decides it by).
+        pub(super) uris: bool,
+        /// [`NameAddr::params`] filled.
+        pub(super) params: bool,
+    }
+
+    /// A single address, fully checked, nothing kept (a syntax check).
+    const CHECK_ONE: Addresses = Addresses {
+        multi: false,
+        star: false,
+        uris: true,
+        params: false,
+    };
+
+    impl Addresses {
+        /// A single address, fully checked, its parameters kept.
+        pub(super) const ONE: Self = Self {
+            multi: false,
+            star: false,
+            uris: true,
+            params: true,
+        };
     }
 
     /// `(name-addr / addr-spec) *(SEMI param)`, comma-separated when `multi`, `*` when `star`.
@@ -2074,24 +2373,47 @@ mod grammar {
     /// brackets (RFC 4475 §3.1.2.14); a display name is a quoted-string or tokens (§3.1.2.15);
     /// an unbracketed URI must not contain `?`, `;` or `,` (§3.1.2.13).
     pub(super) fn name_addrs(value: &str, multi: bool, star: bool) -> GResult<Vec<NameAddr<'_>>> {
-        if star && value.trim_matches([' ', '\t']) == "*" {
-            return Ok(Vec::new());
+        let mut out = Vec::new();
+        let how = Addresses {
+            multi,
+            star,
+            ..Addresses::ONE
+        };
+        walk_name_addrs(value, how, |na| out.push(na))?;
+        Ok(out)
+    }
+
+    /// [`name_addrs`] handing each address to `each` instead of collecting them (`how`: what
+    /// is checked and kept).
+    pub(super) fn walk_name_addrs<'a>(
+        value: &'a str,
+        how: Addresses,
+        mut each: impl FnMut(NameAddr<'a>),
+    ) -> GResult<()> {
+        if how.star && value.trim_matches([' ', '\t']) == "*" {
+            return Ok(());
         }
         let mut c = Cur::new(value);
-        let mut out = Vec::new();
         loop {
             c.ws();
-            out.push(name_addr(&mut c)?);
-            if !(multi && c.sep(b',')) {
+            each(name_addr(&mut c, how)?);
+            if !(how.multi && c.sep(b',')) {
                 break;
             }
         }
         c.ws();
-        c.done("the address")?;
-        Ok(out)
+        c.done("the address")
     }
 
-    fn name_addr<'a>(c: &mut Cur<'a>) -> GResult<NameAddr<'a>> {
+    /// Whether a URI's scheme (the text before its first colon) is `sip` or `sips`.
+    fn sip_scheme(u: &str) -> bool {
+        memchr::memchr(b':', u.as_bytes()).is_some_and(|i| {
+            let scheme = &u[..i];
+            scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")
+        })
+    }
+
+    fn name_addr<'a>(c: &mut Cur<'a>, how: Addresses) -> GResult<NameAddr<'a>> {
         let bracketed = match c.peek() {
             Some(b'"') => {
                 c.quoted_string()?;
@@ -2122,8 +2444,7 @@ mod grammar {
             if !c.eat(b'>') {
                 return Err("whitespace or an unterminated <URI>".into());
             }
-            uri(u, true)?;
-            u
+            (u, true)
         } else {
             let start = c.i;
             while c
@@ -2136,13 +2457,19 @@ mod grammar {
             if u.contains('?') {
                 return Err("a URI containing ? must be enclosed in <>".into());
             }
-            uri(u, false)?;
-            u
+            (u, false)
         };
-        let params = generic_params(c)?;
+        let (uri_text, allow_headers) = uri_text;
+        let sip = if how.uris {
+            matches!(uri(uri_text, allow_headers)?, Uri::Sip(_))
+        } else {
+            sip_scheme(uri_text)
+        };
+        let params = generic_params(c, how.params)?;
         Ok(NameAddr {
             uri: uri_text,
             bracketed,
+            sip,
             params,
         })
     }
@@ -2151,6 +2478,89 @@ mod grammar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_tags_are_sixteen_hex_digits() {
+        for hash in [
+            0,
+            1,
+            0xabc,
+            u64::MAX,
+            0x0123_4567_89ab_cdef,
+            0xcbf2_9ce4_8422_2325,
+        ] {
+            assert_eq!(hash_tag(hash), format!("cf{hash:016x}"));
+        }
+    }
+
+    /// `header_parts` names every header variant as rsip's `Display` does, so the serialiser
+    /// writes what it wrote when it used `Display`.
+    #[test]
+    fn header_parts_are_what_display_writes() {
+        const V: &str = "a value; x=\"y\"";
+        let all = [
+            Header::Accept(rsip::headers::Accept::new(V)),
+            Header::AcceptEncoding(rsip::headers::AcceptEncoding::new(V)),
+            Header::AcceptLanguage(rsip::headers::AcceptLanguage::new(V)),
+            Header::AlertInfo(rsip::headers::AlertInfo::new(V)),
+            Header::Allow(rsip::headers::Allow::new(V)),
+            Header::AuthenticationInfo(rsip::headers::AuthenticationInfo::new(V)),
+            Header::Authorization(rsip::headers::Authorization::new(V)),
+            Header::CSeq(rsip::headers::CSeq::new(V)),
+            Header::CallId(rsip::headers::CallId::new(V)),
+            Header::CallInfo(rsip::headers::CallInfo::new(V)),
+            Header::Contact(rsip::headers::Contact::new(V)),
+            Header::ContentDisposition(rsip::headers::ContentDisposition::new(V)),
+            Header::ContentEncoding(rsip::headers::ContentEncoding::new(V)),
+            Header::ContentLanguage(rsip::headers::ContentLanguage::new(V)),
+            Header::ContentLength(rsip::headers::ContentLength::new(V)),
+            Header::ContentType(rsip::headers::ContentType::new(V)),
+            Header::Date(rsip::headers::Date::new(V)),
+            Header::ErrorInfo(rsip::headers::ErrorInfo::new(V)),
+            Header::Event(rsip::headers::Event::new(V)),
+            Header::Expires(rsip::headers::Expires::new(V)),
+            Header::From(rsip::headers::From::new(V)),
+            Header::InReplyTo(rsip::headers::InReplyTo::new(V)),
+            Header::MaxForwards(rsip::headers::MaxForwards::new(V)),
+            Header::MimeVersion(rsip::headers::MimeVersion::new(V)),
+            Header::MinExpires(rsip::headers::MinExpires::new(V)),
+            Header::Organization(rsip::headers::Organization::new(V)),
+            Header::Priority(rsip::headers::Priority::new(V)),
+            Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(V)),
+            Header::ProxyAuthorization(rsip::headers::ProxyAuthorization::new(V)),
+            Header::ProxyRequire(rsip::headers::ProxyRequire::new(V)),
+            Header::RecordRoute(rsip::headers::RecordRoute::new(V)),
+            Header::ReplyTo(rsip::headers::ReplyTo::new(V)),
+            Header::Require(rsip::headers::Require::new(V)),
+            Header::RetryAfter(rsip::headers::RetryAfter::new(V)),
+            Header::Route(rsip::headers::Route::new(V)),
+            Header::Server(rsip::headers::Server::new(V)),
+            Header::Subject(rsip::headers::Subject::new(V)),
+            Header::SubscriptionState(rsip::headers::SubscriptionState::new(V)),
+            Header::Supported(rsip::headers::Supported::new(V)),
+            Header::Timestamp(rsip::headers::Timestamp::new(V)),
+            Header::To(rsip::headers::To::new(V)),
+            Header::Unsupported(rsip::headers::Unsupported::new(V)),
+            Header::UserAgent(rsip::headers::UserAgent::new(V)),
+            Header::Via(rsip::headers::Via::new(V)),
+            Header::Warning(rsip::headers::Warning::new(V)),
+            Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(V)),
+            Header::Other("X-Whatever".into(), V.into()),
+        ];
+        for h in all {
+            let (name, value) = header_parts(&h);
+            assert_eq!(format!("{name}: {value}"), h.to_string());
+            let mut line = Vec::new();
+            write_header_line(&mut line, &h);
+            assert_eq!(line, h.to_string().into_bytes());
+        }
+        let mut line = Vec::new();
+        write_header_line(
+            &mut line,
+            &Header::Subject(rsip::headers::Subject::new("a\r\nX: b")),
+        );
+        assert_eq!(line, b"Subject: a  X: b");
+    }
 
     const OPTIONS: &[u8] = b"OPTIONS sip:u@example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\nTo: <sip:u@example.com>\r\n\

@@ -73,6 +73,9 @@ pub fn top_via(headers: &Headers) -> Option<TopVia> {
 fn first_value(value: &str) -> (&str, Option<&str>) {
     let mut quoted = false;
     let mut escaped = false;
+    if memchr::memchr(b',', value.as_bytes()).is_none() {
+        return (value.trim(), None);
+    }
     // Bytes, not chars: the delimiters are ASCII, which never occurs inside a UTF-8 sequence.
     for (i, c) in value.bytes().enumerate() {
         if escaped {
@@ -90,6 +93,47 @@ fn first_value(value: &str) -> (&str, Option<&str>) {
 }
 
 fn parse_via_parm(s: &str) -> Option<TopVia> {
+    split_via_parm(s).map(|p| p.to_owned())
+}
+
+/// A via-parm split in place: what [`TopVia`] holds, borrowed (no allocation: this runs on
+/// every request received and every response sent).
+struct Parm<'a> {
+    /// As written (not upper-cased).
+    transport: &'a str,
+    host: &'a str,
+    port: Option<u16>,
+    /// The text after the first `;`, every parameter checked non-empty.
+    params: &'a str,
+}
+
+impl<'a> Parm<'a> {
+    /// The parameters in order: names and values trimmed.
+    fn params(&self) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
+        let any = !self.params.trim().is_empty();
+        self.params.split(';').filter(move |_| any).map(|p| {
+            let p = p.trim();
+            match p.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (p, None),
+            }
+        })
+    }
+
+    fn to_owned(&self) -> TopVia {
+        TopVia {
+            transport: self.transport.to_ascii_uppercase(),
+            host: self.host.to_owned(),
+            port: self.port,
+            params: self
+                .params()
+                .map(|(n, v)| (n.to_owned(), v.map(str::to_owned)))
+                .collect(),
+        }
+    }
+}
+
+fn split_via_parm(s: &str) -> Option<Parm<'_>> {
     // sent-protocol: SIP / 2.0 / transport (LWS allowed around the slashes)
     let mut parts = s.splitn(3, '/');
     let name = parts.next()?.trim();
@@ -99,7 +143,7 @@ fn parse_via_parm(s: &str) -> Option<TopVia> {
         return None;
     }
     let t_end = rest.find(|c: char| c.is_whitespace())?;
-    let transport = rest[..t_end].to_ascii_uppercase();
+    let transport = &rest[..t_end];
     let rest = rest[t_end..].trim_start();
     let (sent_by, params) = match rest.find(';') {
         Some(p) => (rest[..p].trim(), &rest[p + 1..]),
@@ -113,35 +157,87 @@ fn parse_via_parm(s: &str) -> Option<TopVia> {
             None if after.is_empty() => None,
             None => return None,
         };
-        (v6[..end].to_owned(), port)
+        (&v6[..end], port)
     } else {
         match sent_by.split_once(':') {
-            Some((h, p)) => (h.trim().to_owned(), Some(p.trim().parse().ok()?)),
-            None => (sent_by.to_owned(), None),
+            Some((h, p)) => (h.trim(), Some(p.trim().parse().ok()?)),
+            None => (sent_by, None),
         }
     };
     if host.is_empty() || transport.is_empty() {
         return None;
     }
-    let mut out = Vec::new();
-    if !params.trim().is_empty() {
-        for p in params.split(';') {
-            let p = p.trim();
-            if p.is_empty() {
-                return None;
-            }
-            match p.split_once('=') {
-                Some((n, v)) => out.push((n.trim().to_owned(), Some(v.trim().to_owned()))),
-                None => out.push((p.to_owned(), None)),
-            }
-        }
+    if !params.trim().is_empty() && params.split(';').any(|p| p.trim().is_empty()) {
+        return None;
     }
-    Some(TopVia {
+    Some(Parm {
         transport,
         host,
         port,
-        params: out,
+        params,
     })
+}
+
+/// What [`response_route`] reads of a via-parm.
+trait ViaView {
+    fn host(&self) -> &str;
+    fn port(&self) -> Option<u16>;
+    fn is_tls(&self) -> bool;
+    fn param(&self, name: &str) -> Option<Option<&str>>;
+
+    /// `received`, `maddr` and `rport`, as [`ViaView::param`] reads each.
+    fn route_params(&self) -> [Option<Option<&str>>; 3] {
+        [
+            self.param("received"),
+            self.param("maddr"),
+            self.param("rport"),
+        ]
+    }
+}
+
+impl ViaView for TopVia {
+    fn host(&self) -> &str {
+        &self.host
+    }
+    fn port(&self) -> Option<u16> {
+        self.port
+    }
+    fn is_tls(&self) -> bool {
+        self.transport.eq_ignore_ascii_case("TLS")
+    }
+    fn param(&self, name: &str) -> Option<Option<&str>> {
+        TopVia::param(self, name)
+    }
+}
+
+impl ViaView for Parm<'_> {
+    fn host(&self) -> &str {
+        self.host
+    }
+    fn port(&self) -> Option<u16> {
+        self.port
+    }
+    fn is_tls(&self) -> bool {
+        self.transport.eq_ignore_ascii_case("TLS")
+    }
+    fn param(&self, name: &str) -> Option<Option<&str>> {
+        self.params()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// One pass over the parameters instead of three.
+    fn route_params(&self) -> [Option<Option<&str>>; 3] {
+        let mut found = [None; 3];
+        for (n, v) in self.params() {
+            for (slot, name) in found.iter_mut().zip(["received", "maddr", "rport"]) {
+                if slot.is_none() && n.eq_ignore_ascii_case(name) {
+                    *slot = Some(v);
+                }
+            }
+        }
+        found
+    }
 }
 
 fn host_ip(host: &str) -> Option<IpAddr> {
@@ -161,14 +257,26 @@ pub fn stamp_received(headers: &mut Headers, source: SocketAddr) -> bool {
     let Some(Header::Via(via)) = headers.iter_mut().nth(idx) else {
         return false;
     };
-    let value = via.value().to_owned();
-    let (first, rest) = first_value(&value);
-    let Some(mut top) = parse_via_parm(first) else {
-        return false;
-    };
     let ip = source.ip().to_canonical();
+    // Read in place; copied only when something is to change (rarely: a phone behind NAT).
+    let (mut top, rest, empty_rport, differs) = {
+        let (first, rest) = first_value(via.value());
+        let Some(parm) = split_via_parm(first) else {
+            return false;
+        };
+        let empty_rport = parm.param("rport") == Some(None);
+        let differs = host_ip(parm.host).map(|h| h.to_canonical()) != Some(ip);
+        if !empty_rport && !differs {
+            return false;
+        }
+        (
+            parm.to_owned(),
+            rest.map(str::to_owned),
+            empty_rport,
+            differs,
+        )
+    };
     let mut changed = false;
-    let empty_rport = top.param("rport") == Some(None);
     if empty_rport {
         for (n, v) in top.params.iter_mut() {
             if n.eq_ignore_ascii_case("rport") && v.is_none() {
@@ -178,7 +286,6 @@ pub fn stamp_received(headers: &mut Headers, source: SocketAddr) -> bool {
         }
         changed = true;
     }
-    let differs = host_ip(&top.host).map(|h| h.to_canonical()) != Some(ip);
     if differs || empty_rport {
         let ip_text = ip.to_string();
         match top
@@ -195,7 +302,7 @@ pub fn stamp_received(headers: &mut Headers, source: SocketAddr) -> bool {
         let mut new = top.render();
         if let Some(rest) = rest {
             new.push_str(", ");
-            new.push_str(rest);
+            new.push_str(&rest);
         }
         via.replace(new);
     }
@@ -227,8 +334,23 @@ pub struct ResponseRoute {
 /// the `received` IP at that port; `received` → that IP at the sent-by port; else the sent-by
 /// host and port. The port defaults to 5060 (5061 for TLS).
 pub fn response_route(via: &TopVia, reliable: bool) -> ResponseRoute {
-    let port = via.port.unwrap_or_else(|| via.default_port());
-    let received = via.param("received").flatten().and_then(|r| {
+    route_of(via, reliable)
+}
+
+/// [`response_route`] of the top Via of `headers` (`None` when there is none or it does not
+/// parse, as [`top_via`]), read in place.
+pub fn route_headers(headers: &Headers, reliable: bool) -> Option<ResponseRoute> {
+    let value = headers.iter().find_map(|h| match h {
+        Header::Via(v) => Some(v.value()),
+        _ => None,
+    })?;
+    split_via_parm(first_value(value).0).map(|p| route_of(&p, reliable))
+}
+
+fn route_of(via: &impl ViaView, reliable: bool) -> ResponseRoute {
+    let port = via.port().unwrap_or(if via.is_tls() { 5061 } else { 5060 });
+    let [received, maddr, rport] = via.route_params();
+    let received = received.flatten().and_then(|r| {
         r.trim_matches(|c| c == '[' || c == ']')
             .parse::<IpAddr>()
             .ok()
@@ -239,7 +361,7 @@ pub fn response_route(via: &TopVia, reliable: bool) -> ResponseRoute {
     };
     let default = match received {
         Some(ip) => Destination::Addr(SocketAddr::new(ip, port)),
-        None => to_host(&via.host, port),
+        None => to_host(via.host(), port),
     };
     if reliable {
         return ResponseRoute {
@@ -247,15 +369,12 @@ pub fn response_route(via: &TopVia, reliable: bool) -> ResponseRoute {
             destination: default,
         };
     }
-    let destination = if let Some(maddr) = via.param("maddr").flatten() {
+    let destination = if let Some(maddr) = maddr.flatten() {
         to_host(maddr, port)
-    } else if let Some(Some(rport)) = via
-        .param("rport")
-        .map(|v| v.and_then(|p| p.parse::<u16>().ok()))
-    {
+    } else if let Some(Some(rport)) = rport.map(|v| v.and_then(|p| p.parse::<u16>().ok())) {
         match received {
             Some(ip) => Destination::Addr(SocketAddr::new(ip, rport)),
-            None => to_host(&via.host, rport),
+            None => to_host(via.host(), rport),
         }
     } else {
         default

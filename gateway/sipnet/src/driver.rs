@@ -123,8 +123,14 @@ pub enum Screened {
 
 /// Screens a new request: validated (RFC 3261 §8.2, `extensions` our supported option tags),
 /// then told apart by its To tag.
+///
+/// The request is one the transaction layer delivered, so it came off the wire through
+/// [`message::parse`] (its top Via perhaps stamped with `received`/`rport`), which checked the
+/// header grammar of every field: that is not checked a second time
+/// ([`message::validate_parsed_request_with`]); every other check of
+/// [`message::validate_request_with`] is made.
 pub fn screen(request: &message::Request, extensions: &[&str]) -> Screened {
-    if let Err(rej) = message::validate_request_with(request, extensions) {
+    if let Err(rej) = message::validate_parsed_request_with(request, extensions) {
         return Screened::Reject(rej.response(request));
     }
     let tag = tx::parse::field_tag(&request.headers, tx::parse::Field::To);

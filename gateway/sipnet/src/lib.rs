@@ -797,10 +797,9 @@ impl Transports {
         transport: Transport,
         local: SocketAddr,
     ) -> io::Result<Option<ConnectionId>> {
-        let Some(top) = via::top_via(&response.headers) else {
+        let Some(route) = via::route_headers(&response.headers, transport.is_reliable()) else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no usable Via"));
         };
-        let route = via::response_route(&top, transport.is_reliable());
         let addr = match route.destination {
             via::Destination::Addr(a) => Some(a),
             via::Destination::Host(..) => None,

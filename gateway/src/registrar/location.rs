@@ -61,12 +61,15 @@ impl<S> Binding<S> {
 
     /// The value of a `Contact` header field listing this binding at `now`.
     pub fn contact_value(&self, now: SystemTime) -> String {
-        format!(
-            "<{}>{};expires={}",
-            self.uri,
-            self.params,
-            self.remaining(now)
-        )
+        let expires = self.remaining(now).to_string();
+        let mut s = String::with_capacity(self.uri.len() + self.params.len() + expires.len() + 11);
+        s.push('<');
+        s.push_str(&self.uri);
+        s.push('>');
+        s.push_str(&self.params);
+        s.push_str(";expires=");
+        s.push_str(&expires);
+        s
     }
 }
 
@@ -270,17 +273,19 @@ pub(crate) fn split_list(value: &str) -> Result<Vec<&str>, &'static str> {
 }
 
 /// Splits one name-addr / addr-spec (with parameters) into the URI and the parameter string.
+///
+/// Byte scans: every delimiter is ASCII, which never occurs inside a UTF-8 sequence.
 pub(crate) fn split_name_addr(value: &str) -> Result<(&str, &str), &'static str> {
     let v = value.trim();
     let mut q = QuoteState::default();
     let mut lt = None;
-    for (i, c) in v.char_indices() {
-        if q.skip(c) {
+    for (i, &c) in v.as_bytes().iter().enumerate() {
+        if q.skip(char::from(c)) {
             continue;
         }
-        if c == '"' {
+        if c == b'"' {
             q.in_quote = true;
-        } else if c == '<' {
+        } else if c == b'<' {
             lt = Some(i);
             break;
         }
@@ -289,7 +294,7 @@ pub(crate) fn split_name_addr(value: &str) -> Result<(&str, &str), &'static str>
     let (uri, rest) = match lt {
         Some(lt) => {
             let after = v.get(lt + 1..).unwrap_or("");
-            let gt = after.find('>').ok_or("missing '>'")?;
+            let gt = memchr::memchr(b'>', after.as_bytes()).ok_or("missing '>'")?;
             (
                 after.get(..gt).unwrap_or("").trim(),
                 after.get(gt + 1..).unwrap_or("").trim(),
@@ -299,7 +304,7 @@ pub(crate) fn split_name_addr(value: &str) -> Result<(&str, &str), &'static str>
             if in_quote || v.starts_with('"') {
                 return Err("display name without <URI>");
             }
-            match v.find(';') {
+            match memchr::memchr(b';', v.as_bytes()) {
                 Some(p) => (
                     v.get(..p).unwrap_or("").trim(),
                     v.get(p..).unwrap_or("").trim(),
@@ -308,16 +313,27 @@ pub(crate) fn split_name_addr(value: &str) -> Result<(&str, &str), &'static str>
             }
         }
     };
-    let scheme_ok = uri
-        .split_once(':')
-        .is_some_and(|(s, r)| !s.is_empty() && !r.is_empty() && s.bytes().all(is_scheme));
-    if !scheme_ok || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let scheme_ok = memchr::memchr(b':', uri.as_bytes()).is_some_and(|i| {
+        let (s, r) = (&uri.as_bytes()[..i], &uri.as_bytes()[i + 1..]);
+        !s.is_empty() && !r.is_empty() && s.iter().copied().all(is_scheme)
+    });
+    if !scheme_ok || has_space_or_control(uri) {
         return Err("bad URI");
     }
     if !rest.is_empty() && !rest.starts_with(';') {
         return Err("junk after URI");
     }
     Ok((uri, rest))
+}
+
+/// Whether `s` holds a white-space or control character (Unicode's definitions).
+fn has_space_or_control(s: &str) -> bool {
+    if s.is_ascii() {
+        // The ASCII white space and controls: 0x00–0x20 and DEL.
+        s.bytes().any(|c| c <= b' ' || c == 0x7f)
+    } else {
+        s.chars().any(|c| c.is_whitespace() || c.is_control())
+    }
 }
 
 fn is_scheme(c: u8) -> bool {
@@ -466,27 +482,41 @@ fn unescape(s: &str) -> Cow<'_, str> {
 /// Accepts a bare URI or a name-addr.
 pub fn canonical_aor(value: &str) -> Option<String> {
     let (uri, _) = split_name_addr(value).ok()?;
-    let (scheme, rest) = uri.split_once(':')?;
-    let rest = rest.split([';', '?']).next().unwrap_or("");
-    let (user, hostport) = match rest.rsplit_once('@') {
-        Some((userinfo, hp)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            (Some(unescape(user)), hp)
+    // Byte scans at ASCII delimiters (this runs several times per REGISTER).
+    let colon = memchr::memchr(b':', uri.as_bytes())?;
+    let (scheme, rest) = (&uri[..colon], &uri[colon + 1..]);
+    let rest = match memchr::memchr2(b';', b'?', rest.as_bytes()) {
+        Some(end) => &rest[..end],
+        None => rest,
+    };
+    let (user, hostport) = match memchr::memrchr(b'@', rest.as_bytes()) {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = match memchr::memchr(b':', userinfo.as_bytes()) {
+                Some(end) => &userinfo[..end],
+                None => userinfo,
+            };
+            (Some(unescape(user)), &rest[at + 1..])
         }
         None => (None, rest),
     };
     if hostport.is_empty() {
         return None;
     }
-    // One allocation: this runs several times per REGISTER.
+    // One allocation; only ASCII letters change case.
     let mut out = String::with_capacity(uri.len());
-    out.extend(scheme.chars().map(|c| c.to_ascii_lowercase()));
+    out.push_str(scheme);
+    out.make_ascii_lowercase();
     out.push(':');
     if let Some(u) = user.filter(|u| !u.is_empty()) {
         out.push_str(&u);
         out.push('@');
     }
-    out.extend(hostport.chars().map(|c| c.to_ascii_lowercase()));
+    let host_at = out.len();
+    out.push_str(hostport);
+    if let Some(host) = out.get_mut(host_at..) {
+        host.make_ascii_lowercase();
+    }
     Some(out)
 }
 
@@ -495,16 +525,26 @@ pub fn canonical_aor(value: &str) -> Option<String> {
 pub(crate) fn contact_key(uri: &str) -> String {
     match uri.split_once(':') {
         Some((scheme, rest)) => {
+            // One allocation: scheme and host lower-cased (ASCII), the user part unescaped.
             let (user, host) = match rest.rsplit_once('@') {
-                Some((u, h)) => (format!("{}@", unescape(u)), h),
-                None => (String::new(), rest),
+                Some((u, h)) => (Some(unescape(u)), h),
+                None => (None, rest),
             };
-            format!(
-                "{}:{}{}",
-                scheme.to_ascii_lowercase(),
-                user,
-                unescape(host).to_ascii_lowercase()
-            )
+            let host = unescape(host);
+            let mut key = String::with_capacity(uri.len() + 1);
+            key.push_str(scheme);
+            key.make_ascii_lowercase();
+            key.push(':');
+            if let Some(user) = user {
+                key.push_str(&user);
+                key.push('@');
+            }
+            let host_at = key.len();
+            key.push_str(&host);
+            if let Some(h) = key.get_mut(host_at..) {
+                h.make_ascii_lowercase();
+            }
+            key
         }
         None => uri.to_ascii_lowercase(),
     }

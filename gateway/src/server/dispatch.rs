@@ -139,8 +139,14 @@ impl Core {
         req: &Request,
         source: Peer,
     ) -> (message::Response, Change) {
-        // The request comes straight from the parser: its header grammar is checked already.
-        if let Err(rej) = message::validate_parsed_request(req) {
+        // The request passed `screen` (every check of `validate_parsed_request`, with the
+        // B2BUA's option tags): what is left is `Require`, for which these methods support none.
+        let checked = message::check_require(req, message::SUPPORTED_EXTENSIONS);
+        debug_assert_eq!(
+            checked.as_ref().err(),
+            message::validate_parsed_request(req).err().as_ref()
+        );
+        if let Err(rej) = checked {
             return (rej.response(req), Change::Set);
         }
         match req.method {

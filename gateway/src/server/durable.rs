@@ -494,7 +494,8 @@ impl Core {
             .and_then(crate::registrar::canonical_aor)
             .map(|to| super::user_of(&to).to_owned())
             .and_then(|user| {
-                crate::registrar::canonical_aor(&format!("sip:{user}@{}", self.cfg.realm))
+                let aor = super::presence::realm_aor(&user, &self.cfg.realm);
+                crate::registrar::canonical_aor(&aor)
             });
         let Some(aor) = aor else {
             self.send_register_response(to, resp, false);

@@ -171,7 +171,7 @@ impl Core {
     }
 
     fn unsolicited(&mut self, user: &str, mailbox: &str) {
-        let aor = format!("sip:{user}@{}", self.cfg.realm);
+        let aor = super::presence::realm_aor(user, &self.cfg.realm);
         let contacts: Vec<(String, Peer)> = self
             .registrar
             .contacts(&aor)
@@ -218,7 +218,7 @@ impl Core {
         let mut bound = false;
         for h in resp.headers.iter() {
             match h {
-                rsip::Header::To(v) => to = Some(rsip::headers::UntypedHeader::value(v).to_owned()),
+                rsip::Header::To(v) => to = Some(rsip::headers::UntypedHeader::value(v)),
                 rsip::Header::Contact(_) => bound = true,
                 _ => {}
             }
@@ -227,7 +227,7 @@ impl Core {
             return None;
         }
         let user = to
-            .and_then(|t| message::parse_addresses(&t, false))
+            .and_then(|t| message::parse_addresses(t, false))
             .and_then(|l| l.into_iter().next())
             .map(|a| user_of(&a.uri).to_owned())?;
         let d = self.devices.get(&user)?;

@@ -19,6 +19,17 @@ pub(super) fn state(in_call: Option<DeviceState>, reachable: bool) -> DeviceStat
     }
 }
 
+/// `sip:<user>@<realm>` (the AOR of a user of this registrar), built without `format!`: it runs
+/// several times per REGISTER.
+pub(super) fn realm_aor(user: &str, realm: &str) -> String {
+    let mut aor = String::with_capacity(5 + user.len() + realm.len());
+    aor.push_str("sip:");
+    aor.push_str(user);
+    aor.push('@');
+    aor.push_str(realm);
+    aor
+}
+
 /// The user part of an AOR (`sip:2001@example.com` → `2001`).
 pub(super) fn user_of(aor: &str) -> &str {
     aor.split_once(':')
@@ -71,10 +82,15 @@ impl Core {
         let Some(user) = key.strip_prefix(self.cfg.device_prefix.as_str()) else {
             return;
         };
-        let aor = format!("sip:{user}@{}", self.cfg.realm);
+        let aor = realm_aor(user, &self.cfg.realm);
         let in_call = (self.b2bua.calls_of(key) > 0).then(|| self.b2bua.device_state(key));
-        let reachable =
-            self.registrar.is_registered(&aor) && !self.reachable_contacts(&aor).is_empty();
+        // A reachable contact is a binding, so this is "registered with a reachable contact"
+        // (one look-up, nothing collected).
+        let reachable = self
+            .registrar
+            .contacts(&aor)
+            .iter()
+            .any(|b| !self.qualify.failed(&aor, &b.key));
         let state = state(in_call, reachable);
         if !self.published.change(key, state) {
             return;

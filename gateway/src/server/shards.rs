@@ -340,7 +340,13 @@ impl<C: Credentials> Registers<C> {
             let _ = self.tl.send_response(&key, r, now);
             return;
         }
-        if let Err(rej) = message::validate_parsed_request(&request) {
+        // `screen` made every other check of `validate_parsed_request`.
+        let checked = message::check_require(&request, message::SUPPORTED_EXTENSIONS);
+        debug_assert_eq!(
+            checked.as_ref().err(),
+            message::validate_parsed_request(&request).err().as_ref()
+        );
+        if let Err(rej) = checked {
             let _ = self.tl.send_response(&key, rej.response(&request), now);
             return;
         }

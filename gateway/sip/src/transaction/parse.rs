@@ -88,6 +88,10 @@ fn split_top_level(s: &str, delim: char) -> (&str, Option<&str>) {
     let mut angle = false;
     // Bytes, not chars: the delimiters are ASCII, which never occurs inside a UTF-8 sequence.
     let delim = u8::try_from(delim).ok().filter(u8::is_ascii);
+    // Most values hold no delimiter at all: nothing to split.
+    if delim.is_some_and(|d| memchr::memchr(d, s.as_bytes()).is_none()) {
+        return (s, None);
+    }
     for (i, c) in s.bytes().enumerate() {
         if in_quotes {
             if escaped {
@@ -176,11 +180,15 @@ pub fn top_via(headers: &Headers) -> Result<TopVia, Error> {
         Some((s, p)) => (s, p),
         None => (rest, ""),
     };
-    let sent_by: String = sent_by
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_ascii_lowercase();
+    // One allocation: white space dropped, ASCII letters lower-cased.
+    let mut lowered = String::with_capacity(sent_by.len());
+    lowered.extend(
+        sent_by
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .map(|c| c.to_ascii_lowercase()),
+    );
+    let sent_by = lowered;
     let is_token = |c: char| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c);
     if transport.is_empty() || !transport.chars().all(is_token) || sent_by.is_empty() {
         return Err(malformed());
@@ -213,14 +221,36 @@ pub fn cseq(headers: &Headers) -> Result<CSeq, Error> {
         .next()
         .and_then(|s| s.parse::<u32>().ok())
         .ok_or_else(malformed)?;
-    let method = parts
-        .next()
-        .and_then(|m| m.parse::<rsip::Method>().ok())
-        .ok_or_else(malformed)?;
+    let method = parts.next().and_then(method_named).ok_or_else(malformed)?;
     if parts.next().is_some() {
         return Err(malformed());
     }
     Ok(CSeq { seq, method })
+}
+
+/// The method named `token`, read as rsip's `FromStr` reads it (ASCII case-insensitively,
+/// white space trimmed) without its per-method trimming.
+fn method_named(token: &str) -> Option<rsip::Method> {
+    use rsip::Method as M;
+    const ALL: [M; 14] = [
+        M::Ack,
+        M::Bye,
+        M::Cancel,
+        M::Info,
+        M::Invite,
+        M::Message,
+        M::Notify,
+        M::Options,
+        M::PRack,
+        M::Publish,
+        M::Refer,
+        M::Register,
+        M::Subscribe,
+        M::Update,
+    ];
+    let token = token.trim();
+    ALL.into_iter()
+        .find(|m| crate::message::method_name(m).eq_ignore_ascii_case(token))
 }
 
 /// The `tag` parameter of a From or To value (`name-addr` or `addr-spec`), if any.
@@ -299,6 +329,20 @@ mod tests {
         assert_eq!(tag("<sip:a@b>"), None);
         assert_eq!(tag("<sip:a@b;tag=inuri>"), None);
         assert_eq!(tag("\"unterminated <sip:a@b>;tag=x"), None);
+    }
+
+    #[test]
+    fn methods_are_read_as_rsip_reads_them() {
+        for token in [
+            "REGISTER", "register", "PRACK", "PRack", " invite ", "INVITEX", "", "publish",
+        ] {
+            assert_eq!(
+                method_named(token),
+                token.parse::<rsip::Method>().ok(),
+                "{token:?}"
+            );
+        }
+        assert_eq!(rsip::Method::all().len(), 14);
     }
 
     #[test]
