@@ -229,7 +229,7 @@ fn a_cancel_without_final_response_ends_the_transaction_after_64_t1() {
     let (_, key) = rig.invite_to(PHONE);
     rig.respond(PHONE, 180, 0);
     rig.at(C);
-    let wait = Config::default().t1 * 64;
+    let wait = wait();
     assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + C + wait));
     let acts = rig.at(C + wait - secs(1));
     assert!(acts.is_empty(), "{acts:?}");
@@ -259,7 +259,7 @@ fn timer_c_before_any_response_gives_the_branch_up_as_a_408_like_timer_b() {
     let acts = rig.respond(PHONE, 180, 6);
     assert_eq!(cancels(&acts), vec![key.clone()]);
     assert!(to_a(&acts).is_empty());
-    let wait = Config::default().t1 * 64;
+    let wait = wait();
     assert_eq!(rig.b2b.poll_timeout(), Some(rig.t0 + secs(6) + wait));
     assert_eq!(rig.at(secs(6) + wait), vec![Action::Terminate { key }]);
     assert_eq!(rig.b2b.timer_c_fired(), 1);
@@ -286,7 +286,7 @@ fn a_given_up_branch_that_only_says_100_is_destroyed_after_64_t1() {
         vec![key.clone()],
         "a 100 allows the CANCEL: {acts:?}"
     );
-    let wait = Config::default().t1 * 64;
+    let wait = wait();
     assert_eq!(rig.at(secs(7) + wait), vec![Action::Terminate { key }]);
 }
 
