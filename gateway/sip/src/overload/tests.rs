@@ -392,3 +392,92 @@ fn without_the_policy_the_same_load_collapses() {
     assert!(o.worst_wait > Duration::from_secs(1));
     assert!(o.goodput < 0.9 * 2_000.0, "goodput {:.0}/s", o.goodput);
 }
+
+#[test]
+fn just_above_capacity_goodput_stays_at_capacity() {
+    // Capacity 2,000/s. A blind cut of the admitted fraction by 0.95 every interval with a
+    // standing queue, through a credit that admitted every second request for any fraction in
+    // [0.5, 1), gave 1,756/s (88 %) at 2,100/s offered and 1,444/s (72 %) at 2,300/s.
+    for offered in [2_100, 2_300, 2_600, 3_000, 6_000] {
+        let o = simulate(offered, Duration::from_micros(500), 40, true);
+        eprintln!("offered {offered}/s: {o:?}");
+        assert!(
+            o.goodput >= 0.97 * 2_000.0,
+            "offered {offered}/s: goodput {:.0}/s",
+            o.goodput
+        );
+        assert!(
+            o.worst_wait < Duration::from_millis(100),
+            "offered {offered}/s: a message waited {:?}",
+            o.worst_wait
+        );
+    }
+}
+
+#[test]
+fn the_admission_credit_admits_the_fraction_it_is_given() {
+    for p in [1.0, 0.95, 0.9, 0.75, 0.5, 0.49, 0.3, 0.02] {
+        let p_fixed = (p * f64::from(ONE)) as u32;
+        let mut credit = 0;
+        let mut admitted = 0u32;
+        for _ in 0..10_000 {
+            let (c, admit) = admit_credit(credit, p_fixed);
+            assert!(c < ONE);
+            credit = c;
+            admitted += u32::from(admit);
+        }
+        let want = p * 10_000.0;
+        assert!(
+            (f64::from(admitted) - want).abs() <= 2.0,
+            "p = {p}: {admitted} of 10,000 admitted"
+        );
+    }
+}
+
+#[test]
+fn a_standing_queue_scales_new_work_to_what_the_core_reads_and_holds_while_it_drains() {
+    let t0 = Instant::now();
+    let mut o = Overload::default();
+    let gate = o.gate();
+    // Interval 1: 1,000 new requests let in, the core read 500 of them, each after 50 ms.
+    for i in 0..1_000u64 {
+        assert_eq!(
+            from_flood(&gate, &request("REGISTER", false, false, i)),
+            Verdict::Admit
+        );
+    }
+    for i in 0..500u64 {
+        o.observe(
+            t0 + Duration::from_micros(i * 190),
+            Duration::from_millis(50),
+        );
+    }
+    o.observe(t0 + Duration::from_millis(100), Duration::from_millis(50));
+    // 0.85 (the queue is above twice the target) × 500 read / 1,000 let in.
+    let p = o.admit_fraction();
+    assert!((p - 0.425).abs() < 0.01, "{p}");
+    assert!(o.shedding());
+    // Interval 2: the queue still stands but drains (fewer let in than read): p holds.
+    let admitted = (0..200u64)
+        .filter(|i| {
+            from_flood(&gate, &request("REGISTER", false, false, 2_000 + i)) == Verdict::Admit
+        })
+        .count();
+    assert!(
+        (80..=90).contains(&admitted),
+        "{admitted} of 200 at p = {p}"
+    );
+    for i in 0..400u64 {
+        o.observe(
+            t0 + Duration::from_millis(100) + Duration::from_micros(i * 240),
+            Duration::from_millis(30),
+        );
+    }
+    o.observe(t0 + Duration::from_millis(200), Duration::from_millis(30));
+    assert_eq!(o.admit_fraction(), p);
+    // Interval 3 (opened by that last read, whose wait counts in it): the queue gone, the
+    // fraction grows again.
+    o.observe(t0 + Duration::from_millis(250), Duration::ZERO);
+    o.observe(t0 + Duration::from_millis(300), Duration::ZERO);
+    assert!(o.admit_fraction() > p);
+}
