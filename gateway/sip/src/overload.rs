@@ -516,7 +516,10 @@ impl Overload {
             return self.p.max(floor);
         }
         let admitted = new_admitted as f64 / new_seen as f64;
-        (admitted * capacity / let_in as f64).clamp(floor, self.p.max(floor))
+        let matched = admitted * capacity / let_in as f64;
+        // At most the blind cut per interval: what the core reads also falls when the machine
+        // starves it for a moment, and what comes in rises with clients' retransmissions.
+        matched.clamp(self.p * margin, self.p).max(floor)
     }
 
     /// For a request the core read: true (counted) when it must be dropped as a
