@@ -450,7 +450,7 @@ fn a_standing_queue_cuts_new_work_by_what_the_core_reads_at_most_by_the_margin_a
         next += n;
         admitted
     };
-    let mut read = |o: &mut Overload, from_ms: u64, n: u64, wait: Duration| {
+    let read = |o: &mut Overload, from_ms: u64, n: u64, wait: Duration| {
         for i in 0..n {
             o.observe(
                 t0 + Duration::from_millis(from_ms) + Duration::from_micros(i * 90),
