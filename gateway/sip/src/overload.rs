@@ -194,6 +194,7 @@ pub struct Gate {
     /// New requests seen and admitted (class New): what `p` acts on.
     new_seen: AtomicU64,
     new_admitted: AtomicU64,
+    full_refusals: AtomicU64,
 }
 
 impl Gate {
@@ -213,6 +214,7 @@ impl Gate {
             let_in: AtomicU64::new(0),
             new_seen: AtomicU64::new(0),
             new_admitted: AtomicU64::new(0),
+            full_refusals: AtomicU64::new(0),
         }
     }
 
@@ -282,6 +284,38 @@ impl Gate {
             return true;
         }
         false
+    }
+
+    /// Decides about a message that arrives while the core's queue is full (its transport
+    /// would otherwise stop reading and let the kernel drop whatever comes next, unseen and
+    /// uncounted): new work is refused with 503 and low-value messages are dropped whatever
+    /// the admitted fraction; everything else waits for room.
+    pub fn decide_full(&self, message: &SipMessage) -> Verdict {
+        match Class::of(message) {
+            Class::New => {
+                self.new_seen.fetch_add(1, Relaxed);
+                self.rejected.fetch_add(1, Relaxed);
+                self.full_refusals.fetch_add(1, Relaxed);
+                Verdict::Reject {
+                    retry_after: self.retry_after,
+                }
+            }
+            Class::Low => {
+                self.dropped_low.fetch_add(1, Relaxed);
+                self.full_refusals.fetch_add(1, Relaxed);
+                Verdict::Drop
+            }
+            Class::Essential | Class::Authorized => {
+                self.let_in.fetch_add(1, Relaxed);
+                Verdict::Admit
+            }
+        }
+    }
+
+    /// Messages refused or dropped because the core's queue was full ([`Gate::decide_full`]),
+    /// also counted in [`Counters::rejected`] and [`Counters::dropped_low`].
+    pub fn full_refusals(&self) -> u64 {
+        self.full_refusals.load(Relaxed)
     }
 
     /// Decides about a message from `source` as it arrives.

@@ -48,7 +48,14 @@ pub(super) async fn run(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
             bump(&shared.counters.udp_bad, 1);
         }
         if let (TransportEvent::Message(m), Some(gate)) = (&event, shared.gate.get()) {
-            match gate.decide(&m.message, source) {
+            // A full queue: refuse new work here rather than stop reading, which would leave
+            // the socket to the kernel's silent drops (each a 500 ms retransmission).
+            let verdict = if shared.events.capacity() == 0 {
+                gate.decide_full(&m.message)
+            } else {
+                gate.decide(&m.message, source)
+            };
+            match verdict {
                 Verdict::Admit => {}
                 Verdict::Drop => continue,
                 Verdict::Reject { retry_after } => {

@@ -1120,3 +1120,70 @@ async fn drive_answers_messages_runs_timers_and_inputs_and_stops_when_finished()
     within(sipnet::drive(&mut ua, &mut events)).await;
     assert!(ua.seen.is_empty() && ua.fired.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Overload at ingress
+// ---------------------------------------------------------------------------------------------
+
+fn udp_request(method: &str, id: &str, to_tag: bool) -> Vec<u8> {
+    let tag = if to_tag { ";tag=t1" } else { "" };
+    format!(
+        "{method} sip:example.com SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK{id}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:1000@example.com>;tag=f{id}\r\n\
+         To: <sip:1000@example.com>{tag}\r\n\
+         Call-ID: {id}@example.com\r\n\
+         CSeq: 1 {method}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_new_work_at_the_socket_instead_of_leaving_it_to_the_kernel() {
+    let (t, mut rx) = start(TransportConfig {
+        channel_capacity: 2,
+        ..loopback_config()
+    })
+    .await;
+    let overload = sip_core::overload::Overload::default();
+    let gate = overload.gate();
+    t.set_overload_gate(gate.clone());
+    let gw = t.local_addrs().udp[0];
+    let phone = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    // The core reads nothing: two REGISTERs fill its queue.
+    for i in 0..2 {
+        let m = udp_request("REGISTER", &format!("q{i}"), false);
+        phone.send_to(&m, gw).await.expect("send");
+    }
+    wait_until(|| rx.len() == 2).await;
+    // The next new requests are answered 503 + Retry-After at once, an OPTIONS is dropped.
+    phone
+        .send_to(&udp_request("OPTIONS", "o1", false), gw)
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 4096];
+    for i in 2..5 {
+        let m = udp_request("REGISTER", &format!("q{i}"), false);
+        phone.send_to(&m, gw).await.expect("send");
+        let (n, _) = within(phone.recv_from(&mut buf)).await.expect("a 503");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(text.starts_with("SIP/2.0 503 "), "{text}");
+        assert!(text.contains(&format!("q{i}@example.com")), "{text}");
+        assert!(text.contains("Retry-After: 2"), "{text}");
+    }
+    // An in-dialog request is never refused: it waits for room and arrives.
+    phone
+        .send_to(&udp_request("BYE", "b1", true), gw)
+        .await
+        .expect("send");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(call_id(&next_incoming(&mut rx).await.message));
+    }
+    assert_eq!(ids, ["q0@example.com", "q1@example.com", "b1@example.com"]);
+    assert_eq!(gate.full_refusals(), 4);
+    let c = gate.counters();
+    assert_eq!((c.rejected, c.dropped_low), (3, 1));
+}
