@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --release -p integration --bin register_bench -- \
-//!     [--users 1000] [--secs 5] [--sipp 2] [--rounds 3] [RATES…]
+//!     [--users 1000] [--secs 5] [--sipp 2] [--rounds 3] [--kamailio-maxbuffer BYTES] [RATES…]
 //! ```
 //!
 //! Each call registers the next account of an injection file (`-inf`, "user;password", each
@@ -162,8 +162,13 @@ fn print_thread_cpu(
     println!("    {name}: threads (cores): {}", cells.join(", "));
 }
 
-fn kamailio_cfg(port: u16, users: u32) -> String {
+/// Kamailio's configuration. `maxbuffer`: its core parameter of that name (the largest UDP
+/// receive buffer its start-up probe asks for; Kamailio's default is 256 KiB, the gateway asks
+/// 1 MiB): `--kamailio-maxbuffer BYTES` gives it the gateway's buffer, so that neither wins
+/// by a socket the other lacks.
+fn kamailio_cfg(port: u16, users: u32, maxbuffer: Option<u32>) -> String {
     let children = bench::cores();
+    let maxbuffer = maxbuffer.map_or(String::new(), |b| format!("maxbuffer={b}\n"));
     let last = FIRST_USER + users;
     format!(
         r#"#!KAMAILIO
@@ -171,7 +176,7 @@ debug=0
 log_stderror=yes
 fork=yes
 children={children}
-disable_tcp=yes
+{maxbuffer}disable_tcp=yes
 auto_aliases=no
 dns=no
 rev_dns=no
@@ -257,6 +262,8 @@ struct Args {
     double: bool,
     /// `--shards N`: the gateway's register shards (1: unsharded only).
     shards: usize,
+    /// `--kamailio-maxbuffer BYTES`: Kamailio's `maxbuffer` (see [`kamailio_cfg`]).
+    kamailio_maxbuffer: Option<u32>,
 }
 
 fn parse_args(argv: &[String]) -> Result<Args> {
@@ -270,6 +277,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         sustain: None,
         double: false,
         shards: 1,
+        kamailio_maxbuffer: None,
     };
     let mut it = argv.iter();
     let num = |it: &mut std::slice::Iter<'_, String>, what: &str| -> Result<u32> {
@@ -291,6 +299,9 @@ fn parse_args(argv: &[String]) -> Result<Args> {
             }
             "--double" => a.double = true,
             "--shards" => a.shards = num(&mut it, "--shards")? as usize,
+            "--kamailio-maxbuffer" => {
+                a.kamailio_maxbuffer = Some(num(&mut it, "--kamailio-maxbuffer BYTES")?)
+            }
             "--sustain" => {
                 let rate = num(&mut it, "--sustain RATE SECS")?;
                 let secs = num(&mut it, "--sustain RATE SECS")?;
@@ -492,7 +503,7 @@ fn sustain(a: &Args, rate: u32, secs: u32) -> Result<()> {
     let (gw, gw_target) = rt.block_on(start_gateway_sharded(a.users + 1, dir.path(), a.shards))?;
     let k_target = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
     let kam = Kamailio::start(
-        &kamailio_cfg(k_target.port(), a.users + 1),
+        &kamailio_cfg(k_target.port(), a.users + 1, a.kamailio_maxbuffer),
         k_target,
         dir.path(),
     )?;
@@ -613,7 +624,7 @@ fn main() -> Result<()> {
     // Kamailio 5.6, the same accounts, one worker per core.
     let k_target = SocketAddr::from(([127, 0, 0, 1], integration::free_udp_port()));
     let kam = Kamailio::start(
-        &kamailio_cfg(k_target.port(), a.users),
+        &kamailio_cfg(k_target.port(), a.users, a.kamailio_maxbuffer),
         k_target,
         dir.path(),
     )?;
