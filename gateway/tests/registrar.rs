@@ -95,6 +95,7 @@ fn param(challenge: &str, name: &str) -> String {
         _ => None,
     }
     .unwrap_or_default()
+    .into_owned()
 }
 
 /// The client side: credentials answering `challenge`.
@@ -623,7 +624,7 @@ fn a_user_may_register_only_its_own_aor() {
 /// one without a realm, makes the request malformed only when no usable value is there (other
 /// realms and schemes are ignored); the checked value's fields are the valid answer's (hex and
 /// tokens compared without case, as the registrar does; `opaque` may be left out).
-fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials) -> bool {
+fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials<'_>) -> bool {
     let mut ours = Vec::new();
     for v in values {
         match digest::parse_authorization(v) {
@@ -631,7 +632,7 @@ fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials) 
             _ => {}
         }
     }
-    let strength = |c: &digest::DigestCredentials| match c.algorithm.as_deref() {
+    let strength = |c: &digest::DigestCredentials<'_>| match c.algorithm.as_deref() {
         None => 1,
         Some(a) if a.eq_ignore_ascii_case("SHA-256") => 2,
         Some(a) if a.eq_ignore_ascii_case("MD5") => 1,
@@ -647,10 +648,12 @@ fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials) 
     let Some(c) = ours.iter().find(|c| strength(c) == top) else {
         return false;
     };
-    let same_ci = |a: &Option<String>, b: &Option<String>| match (a, b) {
-        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-        (a, b) => a == b,
-    };
+    let same_ci =
+        |a: &Option<std::borrow::Cow<'_, str>>, b: &Option<std::borrow::Cow<'_, str>>| match (a, b)
+        {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            (a, b) => a == b,
+        };
     c.username == good.username
         && c.nonce == good.nonce
         && c.uri == good.uri
