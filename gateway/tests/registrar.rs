@@ -255,6 +255,15 @@ fn challenge_offers_sha256_then_md5() {
     assert_eq!(ch.len(), 2);
     for (c, alg) in ch.iter().zip(["SHA-256", "MD5"]) {
         assert!(c.starts_with("Digest "), "{c}");
+        // The value byte for byte (what the format! it was built with wrote).
+        let (nonce, opaque) = (param(c, "nonce"), param(c, "opaque"));
+        assert_eq!(
+            *c,
+            format!(
+                "Digest realm=\"{REALM}\", qop=\"auth\", algorithm={alg}, nonce=\"{nonce}\", \
+                 opaque=\"{opaque}\""
+            )
+        );
         assert_eq!(param(c, "algorithm"), alg);
         assert_eq!(param(c, "qop"), "auth");
         assert_eq!(param(c, "realm"), REALM);
@@ -420,6 +429,16 @@ fn expired_nonce_with_right_digest_gets_stale_true() {
     let ch2 = challenges(&resp);
     assert_eq!(ch2.len(), 2);
     assert!(ch2.iter().all(|c| c.contains("stale=true")), "{ch2:?}");
+    for c in &ch2 {
+        let (alg, nonce, opaque) = (param(c, "algorithm"), param(c, "nonce"), param(c, "opaque"));
+        assert_eq!(
+            *c,
+            format!(
+                "Digest realm=\"{REALM}\", qop=\"auth\", algorithm={alg}, nonce=\"{nonce}\", \
+                 opaque=\"{opaque}\", stale=true"
+            )
+        );
+    }
     assert_ne!(param(ch2[0], "nonce"), param(&ch, "nonce"));
 
     // The same stale nonce with a wrong password: not stale, just rejected.

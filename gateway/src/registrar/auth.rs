@@ -217,15 +217,30 @@ impl<C: Credentials> Authenticator<C> {
         let realm = digest::quote(&self.config.realm);
         let stale = if stale { ", stale=true" } else { "" };
         // The same challenge whoever is claimed (no enumeration): the configured list.
-        let algorithms = self.config.algorithms.clone();
-        let headers = algorithms
-            .into_iter()
+        let headers = self
+            .config
+            .algorithms
+            .iter()
             .map(|alg| {
-                let value = format!(
-                    "Digest realm={realm}, qop=\"auth\", algorithm={}, nonce=\"{nonce}\", \
-                     opaque=\"{opaque}\"{stale}",
-                    alg.token()
+                // `Digest realm=…, qop="auth", algorithm=…, nonce="…", opaque="…"[, stale=true]`
+                // (push_str: format! costs more than the rest of the value).
+                let mut value = String::with_capacity(
+                    112 + realm.len() + nonce.len() + opaque.len() + stale.len(),
                 );
+                for part in [
+                    "Digest realm=",
+                    &realm,
+                    ", qop=\"auth\", algorithm=",
+                    alg.token(),
+                    ", nonce=\"",
+                    &nonce,
+                    "\", opaque=\"",
+                    &opaque,
+                    "\"",
+                    stale,
+                ] {
+                    value.push_str(part);
+                }
                 if proxy {
                     Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(value))
                 } else {
