@@ -132,9 +132,9 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 }
 
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
-    let mut s = Vec::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.extend_from_slice(&hex_pair(b));
+    let mut s = vec![0u8; bytes.len() * 2];
+    for (o, &b) in s.chunks_exact_mut(2).zip(bytes) {
+        o.copy_from_slice(&hex_pair(b));
     }
     // Only ASCII hex digits were written.
     String::from_utf8(s).unwrap_or_default()
@@ -720,6 +720,15 @@ mod tests {
         assert_eq!(t.record(after, 1), Err(NcError::Replay));
         assert_eq!(t.record(before, 5), Err(NcError::Replay));
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(to_hex(&[]), "");
+        assert_eq!(to_hex(&[0, 0x0f, 0xa0, 0xff, 0x5c]), "000fa0ff5c");
+        let all: Vec<u8> = (0..=255).collect();
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(to_hex(&all), expected);
     }
 
     #[test]
