@@ -62,7 +62,7 @@ impl Credentials for DeviceCredentials {
         (d.realm == realm).then(|| UserRecord {
             ha1_md5: d.ha1_md5,
             ha1_sha256: d.ha1_sha256,
-            aor: format!("sip:{user}@{realm}"),
+            aor: presence::realm_aor(user, realm),
             algorithms: d
                 .digest_algorithms
                 .split(',')

@@ -95,6 +95,7 @@ fn param(challenge: &str, name: &str) -> String {
         _ => None,
     }
     .unwrap_or_default()
+    .into_owned()
 }
 
 /// The client side: credentials answering `challenge`.
@@ -254,6 +255,15 @@ fn challenge_offers_sha256_then_md5() {
     assert_eq!(ch.len(), 2);
     for (c, alg) in ch.iter().zip(["SHA-256", "MD5"]) {
         assert!(c.starts_with("Digest "), "{c}");
+        // The value byte for byte (what the format! it was built with wrote).
+        let (nonce, opaque) = (param(c, "nonce"), param(c, "opaque"));
+        assert_eq!(
+            *c,
+            format!(
+                "Digest realm=\"{REALM}\", qop=\"auth\", algorithm={alg}, nonce=\"{nonce}\", \
+                 opaque=\"{opaque}\""
+            )
+        );
         assert_eq!(param(c, "algorithm"), alg);
         assert_eq!(param(c, "qop"), "auth");
         assert_eq!(param(c, "realm"), REALM);
@@ -419,6 +429,16 @@ fn expired_nonce_with_right_digest_gets_stale_true() {
     let ch2 = challenges(&resp);
     assert_eq!(ch2.len(), 2);
     assert!(ch2.iter().all(|c| c.contains("stale=true")), "{ch2:?}");
+    for c in &ch2 {
+        let (alg, nonce, opaque) = (param(c, "algorithm"), param(c, "nonce"), param(c, "opaque"));
+        assert_eq!(
+            *c,
+            format!(
+                "Digest realm=\"{REALM}\", qop=\"auth\", algorithm={alg}, nonce=\"{nonce}\", \
+                 opaque=\"{opaque}\", stale=true"
+            )
+        );
+    }
     assert_ne!(param(ch2[0], "nonce"), param(&ch, "nonce"));
 
     // The same stale nonce with a wrong password: not stale, just rejected.
@@ -623,7 +643,7 @@ fn a_user_may_register_only_its_own_aor() {
 /// one without a realm, makes the request malformed only when no usable value is there (other
 /// realms and schemes are ignored); the checked value's fields are the valid answer's (hex and
 /// tokens compared without case, as the registrar does; `opaque` may be left out).
-fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials) -> bool {
+fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials<'_>) -> bool {
     let mut ours = Vec::new();
     for v in values {
         match digest::parse_authorization(v) {
@@ -631,7 +651,7 @@ fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials) 
             _ => {}
         }
     }
-    let strength = |c: &digest::DigestCredentials| match c.algorithm.as_deref() {
+    let strength = |c: &digest::DigestCredentials<'_>| match c.algorithm.as_deref() {
         None => 1,
         Some(a) if a.eq_ignore_ascii_case("SHA-256") => 2,
         Some(a) if a.eq_ignore_ascii_case("MD5") => 1,
@@ -647,10 +667,12 @@ fn credentials_still_valid(values: &[String], good: &digest::DigestCredentials) 
     let Some(c) = ours.iter().find(|c| strength(c) == top) else {
         return false;
     };
-    let same_ci = |a: &Option<String>, b: &Option<String>| match (a, b) {
-        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-        (a, b) => a == b,
-    };
+    let same_ci =
+        |a: &Option<std::borrow::Cow<'_, str>>, b: &Option<std::borrow::Cow<'_, str>>| match (a, b)
+        {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            (a, b) => a == b,
+        };
     c.username == good.username
         && c.nonce == good.nonce
         && c.uri == good.uri

@@ -3,7 +3,8 @@
 //!
 //! Everything here is pure and never panics on any input.
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac as _};
@@ -131,43 +132,62 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 }
 
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 15)]));
+    let mut s = vec![0u8; bytes.len() * 2];
+    for (o, &b) in s.chunks_exact_mut(2).zip(bytes) {
+        o.copy_from_slice(&hex_pair(b));
     }
-    s
+    // Only ASCII hex digits were written.
+    String::from_utf8(s).unwrap_or_default()
+}
+
+fn hex_pair(b: u8) -> [u8; 2] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]
+}
+
+/// Constant-time equality of `expected` (lowercase) and `given` read case-insensitively for
+/// ASCII letters: as [`ct_eq`] of `expected` and `given` lowercased, without the copy (time
+/// depends only on the lengths).
+pub fn ct_eq_lowercase(expected: &[u8], given: &[u8]) -> bool {
+    let mut diff = u8::from(expected.len() != given.len());
+    let n = expected.len().max(given.len());
+    for i in 0..n {
+        let x = expected.get(i).copied().unwrap_or(0);
+        let y = given.get(i).map_or(0xff, u8::to_ascii_lowercase);
+        diff |= x ^ y;
+    }
+    diff == 0
 }
 
 // ---------------------------------------------------------------------------------------------
 // Authorization header
 // ---------------------------------------------------------------------------------------------
 
-/// The Digest credentials of one `Authorization` header field (RFC 3261 §25 `dig-resp`).
-/// Fields absent from the header are `None`.
+/// The Digest credentials of one `Authorization` header field (RFC 3261 §25 `dig-resp`),
+/// borrowed from the field's text (a quoted value with escapes is unescaped into its own
+/// string). Fields absent from the header are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DigestCredentials {
+pub struct DigestCredentials<'a> {
     /// `username`.
-    pub username: Option<String>,
+    pub username: Option<Cow<'a, str>>,
     /// `realm`.
-    pub realm: Option<String>,
+    pub realm: Option<Cow<'a, str>>,
     /// `nonce`.
-    pub nonce: Option<String>,
+    pub nonce: Option<Cow<'a, str>>,
     /// `uri` (digest-uri).
-    pub uri: Option<String>,
+    pub uri: Option<Cow<'a, str>>,
     /// `response` (request-digest).
-    pub response: Option<String>,
+    pub response: Option<Cow<'a, str>>,
     /// `algorithm` (absent means MD5).
-    pub algorithm: Option<String>,
+    pub algorithm: Option<Cow<'a, str>>,
     /// `cnonce`.
-    pub cnonce: Option<String>,
+    pub cnonce: Option<Cow<'a, str>>,
     /// `opaque`.
-    pub opaque: Option<String>,
+    pub opaque: Option<Cow<'a, str>>,
     /// `qop` (message-qop).
-    pub qop: Option<String>,
+    pub qop: Option<Cow<'a, str>>,
     /// `nc` (nonce-count, 8 hex digits).
-    pub nc: Option<String>,
+    pub nc: Option<Cow<'a, str>>,
 }
 
 /// Why an `Authorization` header field could not be read.
@@ -190,7 +210,7 @@ const MAX_AUTH_PARAMS: usize = 64;
 /// Parses an `Authorization` (or `Proxy-Authorization`) value: `Digest` then comma-separated
 /// `name=value` pairs in any order, names case-insensitive, values tokens or quoted strings with
 /// `\` escapes. Unknown parameters are ignored. Never panics.
-pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthHeaderError> {
+pub fn parse_authorization(value: &str) -> Result<DigestCredentials<'_>, AuthHeaderError> {
     let b = value.as_bytes();
     let mut i = skip_lws(b, 0);
     let start = i;
@@ -239,9 +259,9 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthHeaderE
         let val = if b.get(i) == Some(&b'"') {
             i += 1;
             // Fast path: no escapes, the value is the text up to the closing quote.
-            let end = b[i..].iter().position(|&c| c == b'"' || c == b'\\');
+            let end = memchr::memchr2(b'"', b'\\', &b[i..]);
             if let Some(n) = end.filter(|&n| b.get(i + n) == Some(&b'"')) {
-                let v = value.get(i..i + n).unwrap_or("").to_owned();
+                let v = Cow::Borrowed(value.get(i..i + n).unwrap_or(""));
                 i += n + 1;
                 v
             } else {
@@ -268,7 +288,7 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthHeaderE
                         }
                     }
                 }
-                String::from_utf8_lossy(&out).into_owned()
+                Cow::Owned(String::from_utf8_lossy(&out).into_owned())
             }
         } else {
             let vs = i;
@@ -278,7 +298,7 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthHeaderE
             if vs == i {
                 return Err(AuthHeaderError::Malformed("expected parameter value"));
             }
-            value.get(vs..i).unwrap_or("").to_owned()
+            Cow::Borrowed(value.get(vs..i).unwrap_or(""))
         };
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         let slot = if is("username") {
@@ -340,8 +360,24 @@ fn skip_lws(b: &[u8], mut i: usize) -> usize {
 }
 
 pub fn is_token(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    TOKEN[usize::from(c)]
 }
+
+/// RFC 3261 `token` bytes: alphanumerics and `-.!%*_+`'~`.
+const TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        c += 1;
+    }
+    t
+};
 
 // ---------------------------------------------------------------------------------------------
 // Nonces
@@ -409,26 +445,85 @@ impl NonceKey {
         now_unix: u64,
         lifetime_secs: u64,
     ) -> (NonceStatus, Option<String>) {
+        match self.verify(nonce, now_unix, lifetime_secs) {
+            Some(v) => (v.status, Some(v.opaque().to_owned())),
+            None => (NonceStatus::Invalid, None),
+        }
+    }
+
+    /// Checks a nonce this key issued: `None` if it is not one of ours (or forged), else its
+    /// status, its counter and its opaque, without allocating.
+    pub fn verify(&self, nonce: &str, now_unix: u64, lifetime_secs: u64) -> Option<VerifiedNonce> {
         let mut raw = [0u8; 16 + NONCE_MAC_LEN];
         if !from_hex_into(nonce, &mut raw) {
-            return (NonceStatus::Invalid, None);
+            return None;
         }
         let (body, tag) = raw.split_at(16);
         let mac = self.mac(body);
         if !ct_eq(tag, &mac[..NONCE_MAC_LEN]) {
-            return (NonceStatus::Invalid, None);
+            return None;
         }
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&body[..8]);
         let issued = u64::from_be_bytes(ts);
+        ts.copy_from_slice(&body[8..16]);
+        let counter = u64::from_be_bytes(ts);
         let status = if now_unix > issued.saturating_add(lifetime_secs) {
             NonceStatus::Expired(issued)
         } else {
             NonceStatus::Fresh(issued)
         };
-        let opaque = to_hex(&mac[NONCE_MAC_LEN..NONCE_MAC_LEN + OPAQUE_LEN]);
-        (status, Some(opaque))
+        let mut opaque = [0u8; 2 * OPAQUE_LEN];
+        for (o, &b) in opaque
+            .chunks_exact_mut(2)
+            .zip(&mac[NONCE_MAC_LEN..NONCE_MAC_LEN + OPAQUE_LEN])
+        {
+            o.copy_from_slice(&hex_pair(b));
+        }
+        Some(VerifiedNonce {
+            status,
+            issued,
+            counter,
+            opaque,
+        })
     }
+}
+
+/// A nonce [`NonceKey::verify`] found to be ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedNonce {
+    /// Fresh or expired (never [`NonceStatus::Invalid`]).
+    pub status: NonceStatus,
+    /// The unix second it was issued at.
+    pub issued: u64,
+    /// The counter it was issued with.
+    pub counter: u64,
+    opaque: [u8; 2 * OPAQUE_LEN],
+}
+
+impl VerifiedNonce {
+    /// The opaque issued with it (lowercase hex).
+    pub fn opaque(&self) -> &str {
+        std::str::from_utf8(&self.opaque).unwrap_or("")
+    }
+
+    /// What identifies it in a [`NonceCounts`] table: its issue time and counter (the rest of
+    /// the nonce is their MAC, so two nonces with the same pair are the same nonce).
+    pub fn id(&self) -> NonceId {
+        NonceId {
+            issued: self.issued,
+            counter: self.counter,
+        }
+    }
+}
+
+/// A nonce as [`NonceCounts`] keys it: issue time, then counter (ordered by issue time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NonceId {
+    /// The unix second it was issued at.
+    pub issued: u64,
+    /// The counter it was issued with.
+    pub counter: u64,
 }
 
 /// [`NonceKey::issue`]'s nonce, keyed with `secret`.
@@ -476,12 +571,12 @@ pub enum NcError {
 ///
 /// When the table is full, the entry with the oldest nonce is dropped and every nonce issued
 /// no later than it is from then on treated as stale ([`NcError::Forgotten`]): forgetting a
-/// nonce never re-opens it to replays. Entries are also kept ordered by issue time, so finding
-/// the oldest costs O(log n), not a scan of the table on every new nonce.
+/// nonce never re-opens it to replays. A nonce is keyed by its issue time and counter
+/// ([`NonceId`], what its MAC covers), in one ordered map: finding a nonce and the oldest one
+/// cost O(log n), with no string kept or hashed.
 #[derive(Debug, Clone)]
 pub struct NonceCounts {
-    map: HashMap<String, (u64, u32)>,
-    by_issued: BTreeSet<(u64, String)>,
+    map: BTreeMap<NonceId, u32>,
     cap: usize,
     floor: u64,
 }
@@ -490,8 +585,7 @@ impl NonceCounts {
     /// A table holding at most `cap` nonces (at least 1).
     pub fn new(cap: usize) -> Self {
         NonceCounts {
-            map: HashMap::new(),
-            by_issued: BTreeSet::new(),
+            map: BTreeMap::new(),
             cap: cap.max(1),
             floor: 0,
         }
@@ -507,29 +601,27 @@ impl NonceCounts {
         self.map.is_empty()
     }
 
-    /// Accepts `nc` for `nonce` (issued at `issued`) if it is higher than any seen before.
-    pub fn record(&mut self, nonce: &str, issued: u64, nc: u32) -> Result<(), NcError> {
-        if issued < self.floor {
+    /// Accepts `nc` for `nonce` if it is higher than any seen before.
+    pub fn record(&mut self, nonce: NonceId, nc: u32) -> Result<(), NcError> {
+        if nonce.issued < self.floor {
             return Err(NcError::Forgotten);
         }
-        if let Some(entry) = self.map.get_mut(nonce) {
-            if nc <= entry.1 {
+        if let Some(seen) = self.map.get_mut(&nonce) {
+            if nc <= *seen {
                 return Err(NcError::Replay);
             }
-            entry.1 = nc;
+            *seen = nc;
             return Ok(());
         }
         if self.map.len() >= self.cap {
-            if let Some((ts, key)) = self.by_issued.pop_first() {
-                self.map.remove(&key);
-                self.floor = self.floor.max(ts.saturating_add(1));
+            if let Some((oldest, _)) = self.map.pop_first() {
+                self.floor = self.floor.max(oldest.issued.saturating_add(1));
             }
-            if issued < self.floor {
+            if nonce.issued < self.floor {
                 return Err(NcError::Forgotten);
             }
         }
-        self.map.insert(nonce.to_owned(), (issued, nc));
-        self.by_issued.insert((issued, nonce.to_owned()));
+        self.map.insert(nonce, nc);
         Ok(())
     }
 
@@ -541,10 +633,10 @@ impl NonceCounts {
 
     /// Drops nonces issued before `before` (they are expired anyway).
     pub fn prune(&mut self, before: u64) {
-        let kept = self.by_issued.split_off(&(before, String::new()));
-        for (_, key) in std::mem::replace(&mut self.by_issued, kept) {
-            self.map.remove(&key);
-        }
+        self.map = self.map.split_off(&NonceId {
+            issued: before,
+            counter: 0,
+        });
     }
 }
 
@@ -563,6 +655,22 @@ mod tests {
             (NonceStatus::Fresh(1000), Some(opaque.clone()))
         );
         assert_eq!(key.check(&nonce, 1301, 300).0, NonceStatus::Expired(1000));
+        let v = key.verify(&nonce, 1000, 300);
+        assert_eq!(
+            v.map(|v| (v.status, v.id(), v.opaque().to_owned())),
+            Some((
+                NonceStatus::Fresh(1000),
+                NonceId {
+                    issued: 1000,
+                    counter: 7
+                },
+                opaque.clone()
+            ))
+        );
+        assert_eq!(
+            NonceKey::new(b"another secret!!").verify(&nonce, 1000, 300),
+            None
+        );
         let other = NonceKey::new(b"another secret!!");
         assert_eq!(other.check(&nonce, 1000, 300), (NonceStatus::Invalid, None));
         let mut forged = nonce.into_bytes();
@@ -578,19 +686,66 @@ mod tests {
 
     #[test]
     fn eviction_drops_the_oldest_and_makes_its_second_stale() {
+        let id = |issued, counter| NonceId { issued, counter };
+        let (a, b, c) = (id(10, 2), id(20, 1), id(30, 3));
         let mut t = NonceCounts::new(2);
-        assert_eq!(t.record("b", 20, 1), Ok(()));
-        assert_eq!(t.record("a", 10, 1), Ok(()));
-        assert_eq!(t.record("c", 30, 1), Ok(()));
+        assert_eq!(t.record(b, 1), Ok(()));
+        assert_eq!(t.record(a, 1), Ok(()));
+        assert_eq!(t.record(c, 1), Ok(()));
         assert_eq!(t.len(), 2);
-        assert_eq!(t.record("a", 10, 2), Err(NcError::Forgotten));
-        assert_eq!(t.record("b", 20, 1), Err(NcError::Replay));
-        assert_eq!(t.record("b", 20, 2), Ok(()));
+        assert_eq!(t.record(a, 2), Err(NcError::Forgotten));
+        assert_eq!(t.record(b, 1), Err(NcError::Replay));
+        assert_eq!(t.record(b, 2), Ok(()));
         t.prune(25);
         assert_eq!(t.len(), 1);
         t.forget_before(31);
         assert!(t.is_empty());
-        assert_eq!(t.record("c", 30, 2), Err(NcError::Forgotten));
+        assert_eq!(t.record(c, 2), Err(NcError::Forgotten));
+    }
+
+    #[test]
+    fn one_counter_issued_at_two_times_is_two_nonces() {
+        // A restarted registrar counts from 0 again with the same secret: the nonce of its
+        // counter 1 is another nonce than the one issued with counter 1 before the restart.
+        let key = NonceKey::new(b"0123456789abcdef");
+        let (before, _) = key.issue(1000, 1);
+        let (after, _) = key.issue(1100, 1);
+        let id = |n: &str| key.verify(n, 1100, 300).map(|v| v.id());
+        let (Some(before), Some(after)) = (id(&before), id(&after)) else {
+            panic!("both nonces verify");
+        };
+        let mut t = NonceCounts::new(8);
+        assert_eq!(t.record(before, 5), Ok(()));
+        assert_eq!(t.record(after, 1), Ok(()));
+        assert_eq!(t.record(after, 1), Err(NcError::Replay));
+        assert_eq!(t.record(before, 5), Err(NcError::Replay));
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(to_hex(&[]), "");
+        assert_eq!(to_hex(&[0, 0x0f, 0xa0, 0xff, 0x5c]), "000fa0ff5c");
+        let all: Vec<u8> = (0..=255).collect();
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(to_hex(&all), expected);
+    }
+
+    #[test]
+    fn lowercase_compare_reads_the_given_side_case_insensitively() {
+        assert!(ct_eq_lowercase(b"0a1b", b"0A1b"));
+        assert!(!ct_eq_lowercase(b"0a1b", b"0a1c"));
+        assert!(!ct_eq_lowercase(b"0a1b", b"0a1"));
+        assert!(!ct_eq_lowercase(b"0a1", b"0a1b"));
+        assert!(ct_eq_lowercase(b"", b""));
+    }
+
+    #[test]
+    fn token_table_is_the_rfc_token_set() {
+        for c in 0..=255u8 {
+            let rfc = c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c);
+            assert_eq!(is_token(c), rfc, "{c}");
+        }
     }
 
     #[test]

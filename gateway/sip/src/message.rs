@@ -1382,6 +1382,18 @@ pub fn parse_addresses(value: &str, multi: bool) -> Option<Vec<Address>> {
     })
 }
 
+/// The URI of a header value holding one address, checked as [`parse_addresses`] checks it
+/// (`parse_addresses(value, false)`'s one address's `uri`), without building the address.
+pub fn address_uri(value: &str) -> Option<&str> {
+    let mut uri = None;
+    let how = grammar::Addresses {
+        params: false,
+        ..grammar::Addresses::ONE
+    };
+    grammar::walk_name_addrs(value, how, |na| uri = Some(na.uri)).ok()?;
+    uri
+}
+
 /// A URI (`sip:`/`sips:` or another scheme, kept opaque) as rsip's [`rsip::Uri`], checked with
 /// the Request-URI grammar: for building requests to a Contact or a configured peer.
 pub fn parse_uri(s: &str) -> Option<rsip::Uri> {
@@ -2478,6 +2490,34 @@ mod grammar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_uri_is_the_uri_parse_addresses_reads() {
+        for v in [
+            "<sip:1000@example.com>",
+            "<sip:1000@example.com>;tag=abc",
+            "\"A B\" <sip:1000@example.com;transport=udp>;tag=x;expires=3",
+            "A B <sips:u@[2001:db8::1]:5061>",
+            "sip:1000@example.com;tag=1",
+            "tel:+123",
+            "<sip:a@b>, <sip:c@d>",
+            "sip:a@b?x=y",
+            "<sip:a@b",
+            "\"unterminated <sip:a@b>",
+            "<sip:a@b>;=x",
+            "<sip:a@b>;tag=\"q\"",
+            "",
+            "*",
+            "<sip:a b@c>",
+        ] {
+            let parsed = parse_addresses(v, false).and_then(|l| l.into_iter().next());
+            assert_eq!(
+                address_uri(v),
+                parsed.as_ref().map(|a| a.uri.as_str()),
+                "{v:?}"
+            );
+        }
+    }
 
     #[test]
     fn hash_tags_are_sixteen_hex_digits() {

@@ -9,6 +9,7 @@
 //! nonce key and the credential store are copies (the gateway's device cache is itself a
 //! shared handle).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -216,15 +217,30 @@ impl<C: Credentials> Authenticator<C> {
         let realm = digest::quote(&self.config.realm);
         let stale = if stale { ", stale=true" } else { "" };
         // The same challenge whoever is claimed (no enumeration): the configured list.
-        let algorithms = self.config.algorithms.clone();
-        let headers = algorithms
-            .into_iter()
+        let headers = self
+            .config
+            .algorithms
+            .iter()
             .map(|alg| {
-                let value = format!(
-                    "Digest realm={realm}, qop=\"auth\", algorithm={}, nonce=\"{nonce}\", \
-                     opaque=\"{opaque}\"{stale}",
-                    alg.token()
+                // `Digest realm=…, qop="auth", algorithm=…, nonce="…", opaque="…"[, stale=true]`
+                // (push_str: format! costs more than the rest of the value).
+                let mut value = String::with_capacity(
+                    112 + realm.len() + nonce.len() + opaque.len() + stale.len(),
                 );
+                for part in [
+                    "Digest realm=",
+                    &realm,
+                    ", qop=\"auth\", algorithm=",
+                    alg.token(),
+                    ", nonce=\"",
+                    &nonce,
+                    "\", opaque=\"",
+                    &opaque,
+                    "\"",
+                    stale,
+                ] {
+                    value.push_str(part);
+                }
                 if proxy {
                     Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(value))
                 } else {
@@ -246,7 +262,7 @@ impl<C: Credentials> Authenticator<C> {
         // The Authorization fields for our realm. RFC 3261 §22 allows several: the strongest
         // algorithm we offer wins (SHA-256 before MD5), the others are ignored.
         let mut malformed = false;
-        let mut ours: Vec<DigestCredentials> = Vec::new();
+        let mut ours: Vec<DigestCredentials<'_>> = Vec::new();
         let proxy = req.method != Method::Register;
         for h in req.headers.iter() {
             let value = match h {
@@ -268,7 +284,7 @@ impl<C: Credentials> Authenticator<C> {
                 Err(_) => malformed = true,
             }
         }
-        let strength = |c: &DigestCredentials| {
+        let strength = |c: &DigestCredentials<'_>| {
             let alg = match c.algorithm.as_deref() {
                 None => Some(Algorithm::Md5),
                 Some(t) => Algorithm::from_token(t),
@@ -328,14 +344,11 @@ impl<C: Credentials> Authenticator<C> {
         };
 
         let lifetime = self.config.nonce_lifetime.as_secs();
-        let (status, our_opaque) = self.nonce_key.check(nonce, unix(now), lifetime);
-        let (issued, our_opaque) = match (status, our_opaque) {
-            (NonceStatus::Fresh(t) | NonceStatus::Expired(t), Some(o)) => (t, o),
-            _ => {
-                self.failed(Some(username), FailReason::BadNonce);
-                return Auth::Reply(self.challenge(req, now, false));
-            }
+        let Some(verified) = self.nonce_key.verify(nonce, unix(now), lifetime) else {
+            self.failed(Some(username), FailReason::BadNonce);
+            return Auth::Reply(self.challenge(req, now, false));
         };
+        let status = verified.status;
 
         // Same work whether or not the user exists: a dummy HA1 is always computed.
         let record = self.credentials.lookup(username, &self.config.realm);
@@ -351,16 +364,22 @@ impl<C: Credentials> Authenticator<C> {
         };
         let (known, ha1) = match &record {
             Some(r) if r.ha1(alg).len() == alg.hex_len() && allowed(r) => {
-                (true, r.ha1(alg).to_ascii_lowercase())
+                let stored = r.ha1(alg);
+                let lower = if stored.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(stored.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(stored)
+                };
+                (true, lower)
             }
-            _ => (false, dummy),
+            _ => (false, Cow::Owned(dummy)),
         };
         let ha2 = digest::ha2(alg, method_name(&req.method), uri);
         let expected = digest::response(alg, &ha1, nonce, nc, cnonce, qop, &ha2);
-        let digest_ok = digest::ct_eq(expected.as_bytes(), resp.to_ascii_lowercase().as_bytes());
+        let digest_ok = digest::ct_eq_lowercase(expected.as_bytes(), resp.as_bytes());
         let opaque_ok = match c.opaque.as_deref() {
             None => true,
-            Some(o) => digest::ct_eq(o.as_bytes(), our_opaque.as_bytes()),
+            Some(o) => digest::ct_eq(o.as_bytes(), verified.opaque().as_bytes()),
         };
         let record = match record {
             Some(r) if digest_ok & opaque_ok & known => r,
@@ -377,7 +396,7 @@ impl<C: Credentials> Authenticator<C> {
         if matches!(status, NonceStatus::Expired(_)) {
             return Auth::Reply(self.challenge(req, now, true));
         }
-        let recorded = self.counts().record(nonce, issued, nc_value);
+        let recorded = self.counts().record(verified.id(), nc_value);
         match recorded {
             Ok(()) => Auth::Ok(record),
             Err(NcError::Forgotten) => Auth::Reply(self.challenge(req, now, true)),

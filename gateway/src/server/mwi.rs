@@ -227,9 +227,8 @@ impl Core {
             return None;
         }
         let user = to
-            .and_then(|t| message::parse_addresses(t, false))
-            .and_then(|l| l.into_iter().next())
-            .map(|a| user_of(&a.uri).to_owned())?;
+            .and_then(message::address_uri)
+            .map(|uri| user_of(uri).to_owned())?;
         let d = self.devices.get(&user)?;
         (d.mwi_mode() != MwiMode::Off).then_some((user, d))
     }

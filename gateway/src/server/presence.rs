@@ -72,7 +72,11 @@ impl Published {
 
 impl Core {
     pub(super) fn device_key(&self, aor: &str) -> String {
-        format!("{}{}", self.cfg.device_prefix, user_of(aor))
+        let user = user_of(aor);
+        let mut key = String::with_capacity(self.cfg.device_prefix.len() + user.len());
+        key.push_str(&self.cfg.device_prefix);
+        key.push_str(user);
+        key
     }
 
     /// Publishes a device's state if it changed: what its calls make it while it is in a call

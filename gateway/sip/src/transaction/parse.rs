@@ -169,6 +169,102 @@ pub fn top_via(headers: &Headers) -> Result<TopVia, Error> {
     let all = value(headers, Field::Via)?;
     let (raw, _) = split_top_level(all, ',');
     let raw = raw.trim();
+    if raw.is_ascii() {
+        top_via_ascii(raw)
+    } else {
+        top_via_chars(raw)
+    }
+}
+
+/// `char::is_whitespace` of an ASCII byte.
+fn is_ascii_ws(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
+}
+
+fn is_token(b: u8) -> bool {
+    crate::digest::is_token(b)
+}
+
+/// [`top_via_chars`] of an ASCII value, by bytes (for ASCII text `char::is_whitespace` is
+/// [`is_ascii_ws`]): this runs on every request and response received.
+fn top_via_ascii(raw: &str) -> Result<TopVia, Error> {
+    let malformed = || Error::MalformedHeader("Via");
+    let slash = memchr::memchr(b'/', raw.as_bytes()).ok_or_else(malformed)?;
+    let rest = &raw[slash + 1..];
+    let slash = memchr::memchr(b'/', rest.as_bytes()).ok_or_else(malformed)?;
+    let rest = &rest[slash + 1..];
+    let start = rest
+        .bytes()
+        .position(|b| !is_ascii_ws(b))
+        .unwrap_or(rest.len());
+    let rest = &rest[start..];
+    let end = rest.bytes().position(is_ascii_ws).ok_or_else(malformed)?;
+    let (transport, rest) = rest.split_at(end);
+    let (sent_by, params_str) = match memchr::memchr(b';', rest.as_bytes()) {
+        Some(p) => (&rest[..p], &rest[p + 1..]),
+        None => (rest, ""),
+    };
+    let sent_by = trim_ascii(sent_by);
+    let sent_by = if sent_by.bytes().any(is_ascii_ws) {
+        let lowered: Vec<u8> = sent_by
+            .bytes()
+            .filter(|&b| !is_ascii_ws(b))
+            .map(|b| b.to_ascii_lowercase())
+            .collect();
+        String::from_utf8(lowered).map_err(|_| malformed())?
+    } else {
+        sent_by.to_ascii_lowercase()
+    };
+    if transport.is_empty() || !transport.bytes().all(is_token) || sent_by.is_empty() {
+        return Err(malformed());
+    }
+    let branch = params_ascii(params_str)
+        .find(|(n, _)| n.eq_ignore_ascii_case("branch"))
+        .and_then(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    Ok(TopVia {
+        raw: raw.to_owned(),
+        transport: transport.to_owned(),
+        sent_by,
+        branch,
+    })
+}
+
+/// `str::trim` of ASCII text.
+fn trim_ascii(s: &str) -> &str {
+    let start = s.bytes().position(|b| !is_ascii_ws(b)).unwrap_or(s.len());
+    let s = &s[start..];
+    let end = s
+        .bytes()
+        .rposition(|b| !is_ascii_ws(b))
+        .map_or(0, |i| i + 1);
+    &s[..end]
+}
+
+/// [`params`] of ASCII text, trimmed by bytes (the same result).
+fn params_ascii(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    s.split(';').filter_map(|p| {
+        let p = trim_ascii(p);
+        if p.is_empty() {
+            return None;
+        }
+        Some(match memchr::memchr(b'=', p.as_bytes()) {
+            Some(eq) => {
+                let v = trim_ascii(&p[eq + 1..]);
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                (trim_ascii(&p[..eq]), Some(v))
+            }
+            None => (p, None),
+        })
+    })
+}
+
+/// The top Via of any text (the reference [`top_via_ascii`] is tested against).
+fn top_via_chars(raw: &str) -> Result<TopVia, Error> {
     let malformed = || Error::MalformedHeader("Via");
     // sent-protocol: protocol-name SLASH protocol-version SLASH transport (LWS allowed).
     let (_name, rest) = raw.split_once('/').ok_or_else(malformed)?;
@@ -303,6 +399,43 @@ mod tests {
             assert!(top_via(&h).is_err(), "{bad:?}");
         }
         assert_eq!(top_via(&hdrs(&[])), Err(Error::MissingHeader("Via")));
+    }
+
+    /// The byte-wise read of an ASCII top Via is the char-wise one.
+    #[test]
+    fn ascii_top_via_is_the_char_top_via() {
+        let mut cases: Vec<String> = vec![
+            "".into(),
+            "SIP/2.0/UDP 192.0.2.7:5061;branch=z9hG4bK-1;rport".into(),
+            "SIP / 2.0 / UDP  Host.Example.com : 5070 ;received=1.2.3.4; BRANCH=z9hG4bKabc".into(),
+            "SIP/2.0/UDP [::1]:5060".into(),
+            "SIP/2.0/UDP h;branch=\"q\"".into(),
+            "SIP/2.0/UDP h;branch=".into(),
+            "SIP/2.0/UDP h;branch".into(),
+            "SIP/2.0/UDP h;;branch=a".into(),
+            "SIP/2.0/U(P h".into(),
+            "SIP/2.0/UDP ;branch=x".into(),
+            "SIP/2.0/UDP".into(),
+            "SIP/2.0".into(),
+            "x/y/ UDP\x0bHOST\x0c:\r1".into(),
+            "a/b/c/d e".into(),
+            "SIP/2.0/UDP h ; a = \" q \" ; b=\" ;c= ;=d; ;\x0bbranch\x0c=x".into(),
+            "SIP/2.0/UDP h;branch=\"\"".into(),
+            "SIP/2.0/UDP\x0bh".into(),
+        ];
+        for ws in [" ", "\t", "\r", "\n", "\x0b", "\x0c"] {
+            cases.push(format!(
+                "SIP{ws}/{ws}2.0{ws}/{ws}TCP{ws}H{ws}:{ws}1{ws};{ws}Branch{ws}={ws}b{ws}"
+            ));
+        }
+        for c in &cases {
+            assert!(c.is_ascii());
+            assert_eq!(top_via_ascii(c), top_via_chars(c), "{c:?}");
+            let ours: Vec<_> = params_ascii(c).collect();
+            let theirs: Vec<_> = params(c).collect();
+            assert_eq!(ours, theirs, "{c:?}");
+        }
+        assert!(top_via_ascii(&cases[1]).is_ok());
     }
 
     #[test]
