@@ -949,3 +949,34 @@ fn retarget_absorbs_the_old_targets_487_and_cancels_nothing_at_the_next() {
     rig.b2b.on_terminated(&new);
     assert_eq!(rig.b2b.leftovers(), [0; 10]);
 }
+
+#[test]
+fn a_branch_cancelled_already_is_not_cancelled_again_at_shutdown() {
+    // Timer C gives up the stuck fork branch (CANCEL, §9.1's wait); the drain then ends the
+    // call: the other branch gets its CANCEL, the stuck one no second CANCEL and no new wait.
+    let (mut rig, _) = Rig::call(config(None), device(&[PHONE, OTHER]));
+    let (_, stuck) = rig.invite_to(PHONE);
+    let (_, live) = rig.invite_to(OTHER);
+    rig.respond(PHONE, 180, 0);
+    rig.respond(OTHER, 180, 100);
+    let acts = rig.at(C);
+    assert_eq!(cancels(&acts), vec![stuck.clone()]);
+    let due = rig.b2b.poll_timeout();
+    assert_eq!(due, Some(rig.t0 + C + wait()), "the stuck branch's wait");
+    let n = rig
+        .b2b
+        .end_all("shutdown", 5, &mut rig.media, rig.t0 + C + secs(1));
+    assert_eq!(n, 1);
+    let acts = rig.actions();
+    let sent = cancels(&acts);
+    assert!(
+        !sent.contains(&stuck),
+        "a second CANCEL to the stuck branch: {acts:?}"
+    );
+    assert_eq!(sent, vec![live], "{acts:?}");
+    assert_eq!(
+        rig.b2b.poll_timeout(),
+        Some(rig.t0 + C + wait()),
+        "the first CANCEL's wait stands"
+    );
+}
