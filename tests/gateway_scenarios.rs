@@ -87,7 +87,7 @@ fn api(gw: &mut GatewayProcess, path: &str) -> serde_json::Value {
 /// One message of a SIPp `-trace_msg` log.
 #[derive(Debug)]
 struct Traced {
-    /// Seconds since midnight (the log's wall clock).
+    /// Seconds since the epoch (the log's wall clock).
     at: f64,
     received: bool,
     /// The SIP message.
@@ -116,13 +116,14 @@ fn traced(log: &str) -> Vec<Traced> {
     {
         let mut lines = block.lines();
         let stamp = lines.next().unwrap_or("").trim();
-        let Some(time) = stamp.split_whitespace().nth(1) else {
+        let mut fields = stamp.split_whitespace();
+        let (Some(date), Some(time)) = (fields.next(), fields.next()) else {
             continue;
         };
-        let mut hms = time.split(':').map(|v| v.parse::<f64>().unwrap_or(0.0));
-        let at = hms.next().unwrap_or(0.0) * 3600.0
-            + hms.next().unwrap_or(0.0) * 60.0
-            + hms.next().unwrap_or(0.0);
+        // The date too: an interval across midnight is not a day negative.
+        let Some(at) = integration::clock::epoch_secs(date, time) else {
+            continue;
+        };
         let Some(kind) = lines.next() else { continue };
         let received = kind.contains("received");
         let text = lines

@@ -48,22 +48,7 @@ fn state_changed_at(stderr: &Path, key: &str, state: &str) -> Option<f64> {
     // 2026-12-06T22:01:28.968703Z
     let ts = line.split_whitespace().next()?;
     let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
-    let d: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').filter_map(|x| x.parse().ok()).collect();
-    if d.len() != 3 || t.len() != 3 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m, day) = (if d[1] <= 2 { d[0] - 1 } else { d[0] }, d[1], d[2]);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
-    let frac: f64 = format!("0.{frac}").parse().ok()?;
-    Some(secs as f64 * 1000.0 + frac * 1000.0)
+    Some(integration::clock::epoch_secs(date, time)? * 1000.0)
 }
 
 /// The first update the page recorded (arrival time, epoch ms) at or after `since` showing

@@ -23,6 +23,7 @@ pub mod baresip;
 pub mod bench;
 pub mod certs;
 pub mod chromium;
+pub mod clock;
 pub mod dns;
 pub mod ejabberd_cluster;
 pub mod gateway;
