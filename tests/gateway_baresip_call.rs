@@ -22,6 +22,9 @@ const CALLEE_HZ: f64 = 600.0;
 const TALK_SAMPLES: u64 = 3 * RATE as u64;
 /// How long they talk after the resume.
 const TALK_AFTER_RESUME: Duration = Duration::from_secs(2);
+/// How long the caller holds: long enough for music on hold to reach the callee however
+/// loaded the machine (resuming at once raced the first MoH packet: a CI run saw `b_moh=0`).
+const HOLD_FOR: Duration = Duration::from_secs(1);
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
@@ -201,6 +204,7 @@ fn two_baresip_phones_talk_through_the_relay_and_hold() {
     // Hold and resume from the caller: re-INVITE sendonly, then sendrecv.
     ca.command("hold", "").expect("hold");
     gw.device("2001", "ONHOLD", STATE_TIMEOUT);
+    std::thread::sleep(HOLD_FOR);
     ca.command("resume", "").expect("resume");
     gw.device("2001", "INUSE", STATE_TIMEOUT);
     // They talk on for a while after the resume. (baresip 1.0's `sndfile` dumps stop growing
