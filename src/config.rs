@@ -132,6 +132,10 @@ pub struct AcdSection {
     pub rtp_ports: Option<String>,
     /// Relay threads (default: one per core).
     pub rtp_threads: Option<i64>,
+    /// Relay threads at this `SCHED_FIFO` priority, 1 to 99 (default: ordinary priority).
+    pub rtp_realtime_priority: Option<i64>,
+    /// Under load, one relay turn at most every this many µs, 0 to 1000 (default 200; 0: none).
+    pub rtp_coalesce_us: Option<i64>,
     pub t1_ms: Option<u64>,
     /// SIP OPTIONS keep-alives to each gateway: one every this many ms, pipelined (default
     /// 100)…
@@ -233,6 +237,10 @@ pub struct GatewaySection {
     pub rtp_ports: Option<String>,
     /// Relay threads (default: one per core): a call's two legs share one, calls spread.
     pub rtp_threads: Option<i64>,
+    /// Relay threads at this `SCHED_FIFO` priority, 1 to 99 (default: ordinary priority).
+    pub rtp_realtime_priority: Option<i64>,
+    /// Under load, one relay turn at most every this many µs, 0 to 1000 (default 200; 0: none).
+    pub rtp_coalesce_us: Option<i64>,
     /// Register shards of the SIP core (default: one per core; 1: unsharded).
     pub sip_shards: Option<i64>,
     /// Hang up a call after this long without RTP (0: never).
@@ -828,6 +836,8 @@ impl Loaded {
             Some(r) => self.port_range("gateway", "rtp_ports", r)?,
         };
         let rtp_threads = self.rtp_threads("gateway", g.rtp_threads)?;
+        let rtp_scheduling =
+            self.rtp_scheduling("gateway", g.rtp_realtime_priority, g.rtp_coalesce_us)?;
         let sip_shards = self.sip_shards(g.sip_shards)?;
         let mut trunks: Vec<gateway::server::TrunkConfig> = Vec::new();
         for (n, t) in g.trunk.iter().enumerate() {
@@ -959,6 +969,7 @@ impl Loaded {
             rtp_ip,
             rtp_ports,
             rtp_threads,
+            rtp_scheduling,
             sip_shards,
             media_timeout: match g.media_timeout_secs {
                 Some(0.0) => None,
@@ -1105,6 +1116,8 @@ impl Loaded {
             Some(r) => self.port_range("acd", "rtp_ports", r)?,
         };
         let rtp_threads = self.rtp_threads("acd", a.rtp_threads)?;
+        let rtp_scheduling =
+            self.rtp_scheduling("acd", a.rtp_realtime_priority, a.rtp_coalesce_us)?;
         let mut gateways = Vec::new();
         for (n, g) in a.gateway.iter().enumerate() {
             let address = g.address.parse().map_err(|_| {
@@ -1203,6 +1216,7 @@ impl Loaded {
             media_ip,
             rtp_ports,
             rtp_threads,
+            rtp_scheduling,
             t1: self.t1("acd", a.t1_ms)?,
             engine,
             numbers: a.numbers.clone().into_iter().collect(),

@@ -63,6 +63,8 @@ pub struct NodeConfig {
     /// Relay threads (1 to `media::MAX_RELAY_THREADS`); a caller's and its agent's legs share
     /// one. The binary's default: one per core (`media::relay_threads_per_core`).
     pub rtp_threads: usize,
+    /// How the relay threads are scheduled (see `media::RelayScheduling`).
+    pub rtp_scheduling: ::media::RelayScheduling,
     /// SIP T1.
     pub t1: Duration,
     /// Queues, members, rules.
@@ -154,10 +156,10 @@ impl AcdNode {
     /// and starts serving.
     pub async fn start(cfg: NodeConfig, bus: Arc<dyn Bus>) -> Result<AcdNode, NodeError> {
         let (transports, events, local) = Transports::bind_udp(cfg.udp).await?;
-        let relay = MediaRelay::with_threads(
-            RelayConfig::new(cfg.media_ip, cfg.media_ip, cfg.rtp_ports.0, cfg.rtp_ports.1),
-            cfg.rtp_threads,
-        )?;
+        let mut relay_cfg =
+            RelayConfig::new(cfg.media_ip, cfg.media_ip, cfg.rtp_ports.0, cfg.rtp_ports.1);
+        relay_cfg.scheduling = cfg.rtp_scheduling;
+        let relay = MediaRelay::with_threads(relay_cfg, cfg.rtp_threads)?;
         let log = match &cfg.queue_log {
             Some(p) => Some(
                 std::fs::OpenOptions::new()

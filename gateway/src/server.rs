@@ -178,10 +178,10 @@ impl Gateway {
             t1: cfg.t1,
             ..tx::Config::default()
         };
-        let relay = MediaRelay::with_threads(
-            RelayConfig::new(cfg.rtp_ip, cfg.rtp_ip, cfg.rtp_ports.0, cfg.rtp_ports.1),
-            cfg.rtp_threads,
-        )?;
+        let mut relay_cfg =
+            RelayConfig::new(cfg.rtp_ip, cfg.rtp_ip, cfg.rtp_ports.0, cfg.rtp_ports.1);
+        relay_cfg.scheduling = cfg.rtp_scheduling;
+        let relay = MediaRelay::with_threads(relay_cfg, cfg.rtp_threads)?;
         let (gw_events, _) = tokio::sync::broadcast::channel(1024);
         let b2bua = B2bua::new(b2bua::Config {
             t1: cfg.t1,

@@ -1097,6 +1097,10 @@ pub fn gateway_config(
         rtp_ip: udp.ip(),
         rtp_ports: (20000, 20999),
         rtp_threads: media::relay_threads_per_core(),
+        rtp_scheduling: media::RelayScheduling {
+            realtime_priority: None,
+            coalesce: std::time::Duration::from_micros(200),
+        },
         sip_shards: 1,
         media_timeout: None,
         timer_c: gateway::b2bua::DEFAULT_TIMER_C,

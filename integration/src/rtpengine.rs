@@ -153,6 +153,11 @@ impl Rtpengine {
     /// threads (rtpengine's default, one per core, when `None`); returns once it answers an ng
     /// `ping`.
     pub fn start(ports: (u16, u16), threads: Option<usize>) -> Result<Self> {
+        Self::start_with(ports, threads, &[])
+    }
+
+    /// As [`Rtpengine::start`], with further command-line options (e.g. `--scheduling=fifo`).
+    pub fn start_with(ports: (u16, u16), threads: Option<usize>, extra: &[String]) -> Result<Self> {
         let bin = crate::find_binary("rtpengine")
             .context("rtpengine not found: apt-get install -y rtpengine-daemon")?;
         let dir = tempfile::Builder::new().prefix("rtpengine-").tempdir()?;
@@ -176,6 +181,7 @@ impl Rtpengine {
         if let Some(n) = threads {
             cmd.arg(format!("--num-threads={n}"));
         }
+        cmd.args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

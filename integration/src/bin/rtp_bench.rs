@@ -7,13 +7,20 @@
 //! apt-get install -y rtpengine-daemon
 //! cargo build --release -p integration --bin rtp_bench
 //! ./target/release/rtp_bench [--secs S] [--warmup W] [--rounds R] [--no-rtpengine]
-//!     [--relay-threads K] [--baseline OTHER_RTP_BENCH] N [N…]
+//!     [--relay-threads K] [--relay-fifo P] [--relay-coalesce-us U]
+//!     [--baseline OTHER_RTP_BENCH [--baseline-fifo P] [--baseline-coalesce-us U]]
+//!     [--rtpengine-opt OPTION]… N [N…]
 //! ```
 //!
 //! `--relay-threads K`: callfabric's relay runs K relay threads (default one per core, as the
-//! gateway's `rtp_threads`). `--baseline EXE`: another build of this bench (say, of an older
-//! commit) whose `--serve-relay` runs as a third system, `baseline`, in the same rounds, the
-//! order rotating with the others: a before/after comparison under the same machine state.
+//! gateway's `rtp_threads`). `--relay-fifo P` / `--relay-coalesce-us U`: its threads'
+//! scheduling, as the gateway's `rtp_realtime_priority` / `rtp_coalesce_us` (default: the
+//! gateway's defaults, ordinary priority and 200 µs). `--baseline EXE`: another build of this
+//! bench (say, of an older commit) whose `--serve-relay` runs as a third system, `baseline`, in
+//! the same rounds, the order rotating with the others: a before/after comparison under the
+//! same machine state (`--baseline-fifo` / `--baseline-coalesce-us` for its scheduling; a
+//! build older than these options ignores them). `--rtpengine-opt OPTION` passes an option to
+//! rtpengine (e.g. `--scheduling=fifo`, then `--priority=P`).
 //!
 //! Each stream is one direction: a sender socket sends 172-byte RTP (12-byte header, 160-byte
 //! PCMU payload, seq +1 and timestamp +160 per packet) every 20 ms to the system under test,
@@ -182,10 +189,26 @@ fn loadavg() -> String {
 fn serve_relay(args: &[String]) -> Result<()> {
     let min: u16 = args.first().context("PORT_MIN")?.parse()?;
     let max: u16 = args.get(1).context("PORT_MAX")?.parse()?;
-    let threads: usize = match args.get(2) {
+    let threads: usize = match args.get(2).map(String::as_str) {
+        Some("-") | None => media::relay_threads_per_core(),
         Some(t) => t.parse().context("THREADS")?,
-        None => media::relay_threads_per_core(),
     };
+    // Scheduling as the gateway's defaults (`rtp_coalesce_us` 200, ordinary priority), or as
+    // the `fifo=P` and `coalesce-us=U` words after THREADS say.
+    let mut config = RelayConfig::new(LOOPBACK, LOOPBACK, min, max);
+    config.scheduling.coalesce = std::time::Duration::from_micros(200);
+    for word in args.iter().skip(3) {
+        match word.split_once('=') {
+            Some(("fifo", p)) => {
+                config.scheduling.realtime_priority = Some(p.parse().context("fifo=P")?)
+            }
+            Some(("coalesce-us", u)) => {
+                config.scheduling.coalesce =
+                    std::time::Duration::from_micros(u.parse().context("coalesce-us=U")?)
+            }
+            _ => bail!("serve-relay: unknown option {word}"),
+        }
+    }
     // Default: tokio's multi-thread runtime with one worker per core (as `#[tokio::main]`);
     // RTP_BENCH_RELAY_WORKERS=K overrides the worker count (an experiment knob).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -195,8 +218,9 @@ fn serve_relay(args: &[String]) -> Result<()> {
     let rt = builder.enable_all().build()?;
     let _entered = rt.enter();
     // The relay as the gateway runs it: `rtp_threads` threads, one per core by default.
-    let relay = MediaRelay::with_threads(RelayConfig::new(LOOPBACK, LOOPBACK, min, max), threads)?;
-    eprintln!("# callfabric relay: {threads} relay thread(s)");
+    let sched = config.scheduling;
+    let relay = MediaRelay::with_threads(config, threads)?;
+    eprintln!("# callfabric relay: {threads} relay thread(s), {sched:?}");
     let mut legs: Vec<(Leg, Leg)> = Vec::new();
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {
@@ -258,14 +282,18 @@ impl OursRelay {
         exe: &std::path::Path,
         ports: (u16, u16),
         threads: Option<usize>,
+        sched: &[String],
     ) -> Result<Self> {
         let mut cmd = Command::new(exe);
         cmd.arg("--serve-relay")
             .arg(ports.0.to_string())
             .arg(ports.1.to_string());
-        if let Some(t) = threads {
-            cmd.arg(t.to_string());
-        }
+        match threads {
+            Some(t) => cmd.arg(t.to_string()),
+            None if !sched.is_empty() => cmd.arg("-"),
+            None => &mut cmd,
+        };
+        cmd.args(sched);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -714,6 +742,11 @@ struct Args {
     rtpengine: bool,
     relay_threads: Option<usize>,
     baseline: Option<std::path::PathBuf>,
+    /// `fifo=P` / `coalesce-us=U` for callfabric's relay, and for the baseline's.
+    sched: Vec<String>,
+    baseline_sched: Vec<String>,
+    /// Further rtpengine options (`--rtpengine-opt`), e.g. `--scheduling=fifo`.
+    rtpengine_opts: Vec<String>,
     ns: Vec<usize>,
 }
 
@@ -725,6 +758,9 @@ fn parse_args(args: &[String]) -> Result<Args> {
         rtpengine: true,
         relay_threads: None,
         baseline: None,
+        sched: Vec::new(),
+        baseline_sched: Vec::new(),
+        rtpengine_opts: Vec::new(),
         ns: Vec::new(),
     };
     let mut it = args.iter();
@@ -742,6 +778,23 @@ fn parse_args(args: &[String]) -> Result<Args> {
                 a.relay_threads = Some(k);
             }
             "--baseline" => a.baseline = Some(it.next().context("--baseline EXE")?.into()),
+            "--relay-fifo" => a
+                .sched
+                .push(format!("fifo={}", num(it.next(), "--relay-fifo P")?)),
+            "--relay-coalesce-us" => a.sched.push(format!(
+                "coalesce-us={}",
+                num(it.next(), "--relay-coalesce-us U")?
+            )),
+            "--baseline-fifo" => a
+                .baseline_sched
+                .push(format!("fifo={}", num(it.next(), "--baseline-fifo P")?)),
+            "--baseline-coalesce-us" => a.baseline_sched.push(format!(
+                "coalesce-us={}",
+                num(it.next(), "--baseline-coalesce-us U")?
+            )),
+            "--rtpengine-opt" => a
+                .rtpengine_opts
+                .push(it.next().context("--rtpengine-opt OPTION")?.clone()),
             n => {
                 a.ns.push(n.parse().with_context(|| format!("stream count {n}"))?)
             }
@@ -754,6 +807,13 @@ fn parse_args(args: &[String]) -> Result<Args> {
         bail!("--secs and --rounds must be > 0");
     }
     Ok(a)
+}
+
+/// A number argument of an option.
+fn num(v: Option<&String>, what: &str) -> Result<u64> {
+    v.context(what.to_owned())?
+        .parse()
+        .with_context(|| what.to_owned())
 }
 
 /// callfabric's relay (child process): sender → leg A ⇄ leg B → receiver.
@@ -800,18 +860,29 @@ fn main() -> Result<()> {
         loadavg()
     );
     let exe = std::env::current_exe()?;
-    let mut ours = OursRelay::start("callfabric", &exe, OURS_PORTS, args.relay_threads)?;
+    let mut ours = OursRelay::start(
+        "callfabric",
+        &exe,
+        OURS_PORTS,
+        args.relay_threads,
+        &args.sched,
+    )?;
     let mut baseline = match &args.baseline {
         Some(b) => Some(OursRelay::start(
             "baseline",
             b,
             BASELINE_PORTS,
             args.relay_threads,
+            &args.baseline_sched,
         )?),
         None => None,
     };
     let mut rtpe = if args.rtpengine {
-        Some(Rtpengine::start(RTPENGINE_PORTS, None)?)
+        Some(Rtpengine::start_with(
+            RTPENGINE_PORTS,
+            None,
+            &args.rtpengine_opts,
+        )?)
     } else {
         None
     };

@@ -32,13 +32,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::{lock, LegShared, Stream, Task, ThreadSlot, MAX_PACKET_SIZE};
+use super::{lock, LegShared, RelayScheduling, Stream, Task, ThreadSlot, MAX_PACKET_SIZE};
 
 /// Ready sockets taken per `epoll_wait`.
 const EVENTS: usize = 1024;
@@ -118,20 +118,74 @@ fn poller() -> io::Result<(Epoll, EventFd)> {
     Ok((epoll, waker))
 }
 
-/// Starts a relay thread named `name`.
-pub(super) fn spawn(name: String) -> io::Result<LoopCtl> {
+/// Starts a relay thread named `name`, scheduled as `sched` says, and returns once it is: a
+/// real-time priority the system refuses (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low) is
+/// logged and the thread runs at the ordinary priority.
+pub(super) fn spawn(name: String, sched: RelayScheduling) -> io::Result<LoopCtl> {
     let (epoll, waker) = poller()?;
     let (epoll, waker) = (Arc::new(epoll), Arc::new(waker));
     let (tx, rx) = mpsc::channel();
-    let thread = EventLoop::new(epoll.clone(), waker.clone(), rx);
+    let mut thread = EventLoop::new(epoll.clone(), waker.clone(), rx);
+    thread.coalesce = sched.coalesce;
+    let (started_tx, started) = mpsc::sync_channel(1);
     std::thread::Builder::new()
-        .name(name)
-        .spawn(move || thread.run())?;
+        .name(name.clone())
+        .spawn(move || {
+            thread.realtime = match realtime(sched.realtime_priority) {
+                Ok(on) => on,
+                Err(e) => {
+                    tracing::warn!(
+                        thread = %name,
+                        priority = sched.realtime_priority,
+                        error = %e,
+                        "relay thread: real-time priority refused (needs CAP_SYS_NICE or an \
+                         RLIMIT_RTPRIO as high); running at the ordinary priority"
+                    );
+                    false
+                }
+            };
+            if !sched.coalesce.is_zero() {
+                // Sleeps of a fraction of a millisecond: no 50 µs of timer slack on top.
+                if let Err(e) = nix::sys::prctl::set_timerslack(1_000) {
+                    tracing::debug!(error = %e, "relay thread: timer slack unchanged");
+                }
+            }
+            let _ = started_tx.send(());
+            thread.run();
+        })?;
+    // The thread sends before it runs its loop; an error means it died before (a panic).
+    started
+        .recv()
+        .map_err(|_| io::Error::other("relay thread ended at its start"))?;
     Ok(LoopCtl {
         epoll,
         tx: Some(tx),
         waker,
     })
+}
+
+/// Gives the calling thread `SCHED_FIFO` at `priority`, if one is asked for; whether it runs
+/// real-time now.
+fn realtime(priority: Option<u8>) -> io::Result<bool> {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
+        ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+    };
+    let Some(p) = priority else {
+        return Ok(false);
+    };
+    let value = ThreadPriorityValue::try_from(p)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Crossplatform(value),
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    )
+    .map_err(|e| match e {
+        thread_priority::Error::OS(code) => io::Error::from_raw_os_error(code),
+        other => io::Error::other(other.to_string()),
+    })?;
+    Ok(true)
 }
 
 /// A leg the thread relays: its shared state and its private per-packet state.
@@ -148,7 +202,17 @@ struct EventLoop {
     legs: HashMap<u64, Entry>,
     /// One byte over the limit, so that an oversize datagram is seen (it is truncated).
     buf: Box<[u8]>,
+    /// [`RelayScheduling::coalesce`].
+    coalesce: Duration,
+    /// Running `SCHED_FIFO`: a turn longer than [`RT_TURN_CAP`] is followed by a sleep as long.
+    realtime: bool,
 }
+
+/// A real-time relay thread never takes more than about half its core: after a turn longer
+/// than this (a flood: ordinary turns take tens of µs) it sleeps as long as the turn took, so
+/// signalling on that core is never starved; the packets it leaves wait in their sockets (and
+/// past the sockets' buffers are dropped and counted by the kernel).
+const RT_TURN_CAP: Duration = Duration::from_millis(1);
 
 impl EventLoop {
     fn new(epoll: Arc<Epoll>, waker: Arc<EventFd>, rx: Receiver<Cmd>) -> EventLoop {
@@ -158,13 +222,30 @@ impl EventLoop {
             rx,
             legs: HashMap::new(),
             buf: vec![0; MAX_PACKET_SIZE + 1].into_boxed_slice(),
+            coalesce: Duration::ZERO,
+            realtime: false,
         }
     }
 
     fn run(mut self) {
         let mut events = vec![EpollEvent::empty(); EVENTS];
+        // When the last turn with work began, and whether traffic is dense enough to coalesce.
+        let mut last_turn: Option<Instant> = None;
+        let mut dense = false;
         loop {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            let timeout = if dense {
+                if let Some(at) = last_turn {
+                    let due = at + self.coalesce;
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                }
+                EpollTimeout::ZERO
+            } else {
+                EpollTimeout::NONE
+            };
+            let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -174,6 +255,19 @@ impl EventLoop {
                     continue;
                 }
             };
+            let began = Instant::now();
+            if !self.coalesce.is_zero() {
+                if n == 0 {
+                    // Nothing came while it slept: wait for the next packet.
+                    dense = false;
+                    continue;
+                }
+                // Dense: this turn came less than two coalescing periods after the last one,
+                // so the next packet is likely within one: sleep for it instead of waking.
+                dense = last_turn
+                    .is_some_and(|t| began.saturating_duration_since(t) < 2 * self.coalesce);
+                last_turn = Some(began);
+            }
             let ready = &events[..n];
             if ready.iter().any(|e| e.data() == WAKE) {
                 // Level-triggered: read before the commands, so a command sent after this
@@ -185,6 +279,12 @@ impl EventLoop {
                 break;
             }
             self.turn(ready.iter().map(EpollEvent::data));
+            if self.realtime {
+                let took = began.elapsed();
+                if took > RT_TURN_CAP {
+                    std::thread::sleep(took);
+                }
+            }
         }
         let ids: Vec<u64> = self.legs.keys().copied().collect();
         for id in ids {
@@ -488,7 +588,7 @@ mod tests {
     #[test]
     fn a_relay_thread_ends_with_its_last_handle() {
         let name = "rtp-relay-end"; // unique: no other test names a thread so
-        let ctl = spawn(name.to_owned()).expect("thread");
+        let ctl = spawn(name.to_owned(), Default::default()).expect("thread");
         wait_for("the thread started", || threads_named(name) == 1);
         drop(ctl);
         wait_for("the thread ended", || threads_named(name) == 0);
