@@ -134,7 +134,8 @@ pub struct AcdSection {
     pub rtp_threads: Option<i64>,
     /// Relay threads at this `SCHED_FIFO` priority, 1 to 99 (default: ordinary priority).
     pub rtp_realtime_priority: Option<i64>,
-    /// Under load, one relay turn at most every this many µs, 0 to 1000 (default 200; 0: none).
+    /// Real-time relay threads: under load one turn at most every this many µs, 0 to 1000
+    /// (default 200; 0: none).
     pub rtp_coalesce_us: Option<i64>,
     pub t1_ms: Option<u64>,
     /// SIP OPTIONS keep-alives to each gateway: one every this many ms, pipelined (default
@@ -239,7 +240,8 @@ pub struct GatewaySection {
     pub rtp_threads: Option<i64>,
     /// Relay threads at this `SCHED_FIFO` priority, 1 to 99 (default: ordinary priority).
     pub rtp_realtime_priority: Option<i64>,
-    /// Under load, one relay turn at most every this many µs, 0 to 1000 (default 200; 0: none).
+    /// Real-time relay threads: under load one turn at most every this many µs, 0 to 1000
+    /// (default 200; 0: none).
     pub rtp_coalesce_us: Option<i64>,
     /// Register shards of the SIP core (default: one per core; 1: unsharded).
     pub sip_shards: Option<i64>,

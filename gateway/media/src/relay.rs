@@ -93,17 +93,19 @@ pub struct RelayConfig {
 }
 
 /// How the relay threads are scheduled (issue 16). The default leaves them to the kernel's
-/// ordinary scheduler, with one wake-up per packet when the machine is idle.
+/// ordinary scheduler, with up to one wake-up per packet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayScheduling {
     /// `SCHED_FIFO` at this priority (1 to 99): a relay thread runs as soon as a packet
     /// arrives, before any ordinary thread on its core (signalling included). Needs
     /// `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of at least this; refused otherwise.
     pub realtime_priority: Option<u8>,
-    /// Under load, one turn of the loop at most every `coalesce`: a thread whose previous
-    /// turn was less than twice this ago sleeps until this after it, then takes everything
-    /// ready, so dense traffic costs one wake-up per turn, not per packet, and a packet waits
-    /// at most this much more. Zero: never.
+    /// Real-time threads only: under load, one turn of the loop at most every `coalesce`: a
+    /// thread whose previous turn was less than twice this ago sleeps until this after it,
+    /// then takes everything ready, so dense traffic costs one wake-up per turn, not per
+    /// packet, and a packet waits at most this much more. Zero: never. Ignored at the
+    /// ordinary priority (also when the real-time priority is refused): a sleeping ordinary
+    /// thread gives its core away and on a busy host gets it back milliseconds later.
     pub coalesce: Duration,
 }
 

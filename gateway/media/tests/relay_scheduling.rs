@@ -1,7 +1,8 @@
 //! The relay threads' scheduling (`media::RelayScheduling`): a real-time priority is applied
 //! when the system allows it and refused (logged, ordinary priority) when it does not; with
-//! coalescing on, every packet of a dense stream is still relayed, in order. In a process of
-//! its own (an integration test), so the only relay threads it sees are its own.
+//! coalescing on (real-time threads only), every packet of a dense stream is still relayed,
+//! in order. In a process of its own (an integration test), so the only relay threads it sees
+//! are its own.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};

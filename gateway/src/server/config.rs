@@ -56,7 +56,7 @@ pub struct GatewayConfig {
     /// spread over them. The binary's default: one per core (`media::relay_threads_per_core`).
     pub rtp_threads: usize,
     /// How the relay threads are scheduled (real-time priority, coalescing under load). The
-    /// binary's default: ordinary priority, coalescing of 200 µs.
+    /// binary's default: ordinary priority (coalescing, for real-time threads only, 200 µs).
     pub rtp_scheduling: media::RelayScheduling,
     /// Register shards (issue 16): out-of-dialog REGISTERs are handled on this many tasks,
     /// by Call-ID (`server/shards.rs`); 1: none, the core handles everything. The binary's

@@ -15,12 +15,12 @@
 //! `--relay-threads K`: callfabric's relay runs K relay threads (default one per core, as the
 //! gateway's `rtp_threads`). `--relay-fifo P` / `--relay-coalesce-us U`: its threads'
 //! scheduling, as the gateway's `rtp_realtime_priority` / `rtp_coalesce_us` (default: the
-//! gateway's defaults, ordinary priority and 200 µs). `--baseline EXE`: another build of this
-//! bench (say, of an older commit) whose `--serve-relay` runs as a third system, `baseline`, in
-//! the same rounds, the order rotating with the others: a before/after comparison under the
-//! same machine state (`--baseline-fifo` / `--baseline-coalesce-us` for its scheduling; a
-//! build older than these options ignores them). `--rtpengine-opt OPTION` passes an option to
-//! rtpengine (e.g. `--scheduling=fifo`, then `--priority=P`).
+//! gateway's defaults: ordinary priority, and 200 µs for real-time threads). `--baseline EXE`:
+//! another build of this bench (say, of an older commit) whose `--serve-relay` runs as a third
+//! system, `baseline`, in the same rounds, the order rotating with the others: a before/after
+//! comparison under the same machine state (`--baseline-fifo` / `--baseline-coalesce-us` for
+//! its scheduling; a build older than these options ignores them). `--rtpengine-opt OPTION`
+//! passes an option to rtpengine (e.g. `--scheduling=fifo`, then `--priority=P`).
 //!
 //! Each stream is one direction: a sender socket sends 172-byte RTP (12-byte header, 160-byte
 //! PCMU payload, seq +1 and timestamp +160 per packet) every 20 ms to the system under test,
@@ -193,8 +193,8 @@ fn serve_relay(args: &[String]) -> Result<()> {
         Some("-") | None => media::relay_threads_per_core(),
         Some(t) => t.parse().context("THREADS")?,
     };
-    // Scheduling as the gateway's defaults (`rtp_coalesce_us` 200, ordinary priority), or as
-    // the `fifo=P` and `coalesce-us=U` words after THREADS say.
+    // Scheduling as the gateway's defaults (ordinary priority; `rtp_coalesce_us` 200, which
+    // real-time threads only use), or as the `fifo=P` and `coalesce-us=U` words say.
     let mut config = RelayConfig::new(LOOPBACK, LOOPBACK, min, max);
     config.scheduling.coalesce = std::time::Duration::from_micros(200);
     for word in args.iter().skip(3) {

@@ -126,7 +126,6 @@ pub(super) fn spawn(name: String, sched: RelayScheduling) -> io::Result<LoopCtl>
     let (epoll, waker) = (Arc::new(epoll), Arc::new(waker));
     let (tx, rx) = mpsc::channel();
     let mut thread = EventLoop::new(epoll.clone(), waker.clone(), rx);
-    thread.coalesce = sched.coalesce;
     let (started_tx, started) = mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name(name.clone())
@@ -144,7 +143,12 @@ pub(super) fn spawn(name: String, sched: RelayScheduling) -> io::Result<LoopCtl>
                     false
                 }
             };
-            if !sched.coalesce.is_zero() {
+            // Coalescing only when real-time: an ordinary thread that sleeps gives its core
+            // away and, on a busy host, waits milliseconds to get it back (docs/BENCHMARKS.md).
+            if thread.realtime {
+                thread.coalesce = sched.coalesce;
+            }
+            if !thread.coalesce.is_zero() {
                 // Sleeps of a fraction of a millisecond: no 50 µs of timer slack on top.
                 if let Err(e) = nix::sys::prctl::set_timerslack(1_000) {
                     tracing::debug!(error = %e, "relay thread: timer slack unchanged");
