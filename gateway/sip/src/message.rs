@@ -206,6 +206,20 @@ pub struct Discard(pub String);
 /// (§18.3); without Content-Length everything after the header block is the body. Missing
 /// mandatory headers are not a parse error (RFC 4475 §3.3.1): see [`validate_request`].
 pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
+    let parsed = parse_message(bytes);
+    // Every parse of the unit tests is also a differential test against the old parse path.
+    #[cfg(test)]
+    differential::check(bytes, &parsed);
+    parsed
+}
+
+#[cfg(test)]
+mod differential;
+#[cfg(test)]
+mod reference;
+
+/// [`parse`].
+fn parse_message(bytes: &[u8]) -> Result<SipMessage, ParseError> {
     if bytes.len() > MAX_MESSAGE_SIZE {
         // Answer 513 if the head alone is within the limit and sound.
         let kind = ParseErrorKind::TooLarge(bytes.len());
