@@ -253,38 +253,45 @@ fn parse_message(bytes: &[u8]) -> Result<SipMessage, ParseError> {
         Ok(f) => f,
         Err(e) => return Err(fail(e.clone())),
     };
+    // The grammar of every field, keeping what the checks after it need: the first CSeq
+    // method that differs from the request's, and whether all Content-Length values agree.
+    let request_method = match start_line {
+        StartLine::Request { method, .. } => Some(*method),
+        StartLine::Response { .. } => None,
+    };
+    let mut cseq_mismatch = None;
+    let (mut length, mut lengths_differ) = (None, false);
     for f in fields {
-        if let Err(detail) = grammar::check_field(f.lname, &f.value) {
-            return Err(fail(ParseErrorKind::Header {
-                name: f.name.to_owned(),
-                detail,
-            }));
-        }
-    }
-    if let StartLine::Request { method, .. } = start_line {
-        for f in fields.iter().filter(|f| f.lname == "cseq") {
-            if let Ok((_, cseq_method)) = grammar::cseq(&f.value) {
-                if cseq_method != method {
-                    return Err(fail(ParseErrorKind::CSeqMismatch {
-                        method: method.clone(),
-                        cseq: cseq_method.to_owned(),
-                    }));
+        match grammar::check_field_read(f.lname, &f.value) {
+            Err(detail) => {
+                return Err(fail(ParseErrorKind::Header {
+                    name: f.name.to_owned(),
+                    detail,
+                }))
+            }
+            Ok(grammar::Read::CSeqMethod(m)) => {
+                if cseq_mismatch.is_none() && request_method.is_some_and(|r| r != m) {
+                    cseq_mismatch = Some(m);
                 }
             }
+            Ok(grammar::Read::ContentLength(n)) => match length {
+                None => length = Some(n),
+                Some(first) => lengths_differ |= first != n,
+            },
+            Ok(grammar::Read::Nothing) => {}
         }
+    }
+    if let (Some(method), Some(cseq)) = (request_method, cseq_mismatch) {
+        return Err(fail(ParseErrorKind::CSeqMismatch {
+            method: method.to_owned(),
+            cseq: cseq.to_owned(),
+        }));
     }
 
     // Framing (§18.3): one Content-Length value frames the body; conflicting values leave the
     // body untouched for validate_request to refuse (RFC 4475 §3.3.9).
-    let mut lengths: Vec<u32> = fields
-        .iter()
-        .filter(|f| f.lname == "content-length")
-        .filter_map(|f| grammar::number(&f.value, u32::MAX).ok())
-        .collect();
-    lengths.sort_unstable();
-    lengths.dedup();
     let mut body = body;
-    if let [declared] = lengths[..] {
+    if let (Some(declared), false) = (length, lengths_differ) {
         match body.get(..declared as usize) {
             Some(framed) => body = framed,
             None => {
@@ -302,7 +309,7 @@ fn parse_message(bytes: &[u8]) -> Result<SipMessage, ParseError> {
     let method = match start_line {
         StartLine::Request { method, .. } => match known_method(method) {
             Some(m) => Some(m),
-            None => return Err(fail(ParseErrorKind::UnknownMethod(method.clone()))),
+            None => return Err(fail(ParseErrorKind::UnknownMethod((*method).to_owned()))),
         },
         StartLine::Response { .. } => None,
     };
@@ -323,7 +330,7 @@ fn parse_message(bytes: &[u8]) -> Result<SipMessage, ParseError> {
         })),
         (StartLine::Response { code, reason }, _) => Ok(SipMessage::Response(Response {
             version: rsip::Version::V2,
-            status_code: status_code(code, &reason),
+            status_code: status_code(code, reason),
             headers,
             body: body.to_vec(),
         })),
@@ -355,13 +362,18 @@ fn split_message(bytes: &[u8]) -> Result<Parts<'_>, ParseErrorKind> {
     if let Some(body) = rest.strip_prefix(b"\r\n") {
         return Ok((start, &[], body));
     }
-    match find(rest, b"\r\n\r\n") {
+    match END_OF_HEAD.find(rest) {
         Some(end) => Ok((start, &rest[..end], &rest[end + 4..])),
         None => Err(ParseErrorKind::HeaderLine(
             "header block not terminated by an empty line".into(),
         )),
     }
 }
+
+/// The empty line after the header block, searched for with one searcher built once (memchr to
+/// each CR called the search once per header line).
+static END_OF_HEAD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     // Every needle here starts with CR: memchr to each CR (a one-shot memmem::find builds a
@@ -371,9 +383,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 #[derive(Debug, Clone)]
-enum StartLine {
-    Request { method: String, uri: rsip::Uri },
-    Response { code: u16, reason: String },
+enum StartLine<'a> {
+    Request { method: &'a str, uri: rsip::Uri },
+    Response { code: u16, reason: &'a str },
 }
 
 /// One header field after unfolding, name with compact forms expanded. Borrowed from the
@@ -454,7 +466,7 @@ fn known_lname(name: &str) -> &'static str {
 /// Everything known about a message's head, each part with its own error.
 struct Head<'a> {
     is_request: bool,
-    start: Result<StartLine, ParseErrorKind>,
+    start: Result<StartLine<'a>, ParseErrorKind>,
     fields: Result<Vec<Field<'a>>, ParseErrorKind>,
     headers: Result<Headers, ParseErrorKind>,
     /// When header lines are not UTF-8: the other fields' headers, to answer 400 from.
@@ -462,7 +474,7 @@ struct Head<'a> {
 }
 
 impl<'a> Head<'a> {
-    fn analyse(start: &[u8], head: &'a [u8]) -> Self {
+    fn analyse(start: &'a [u8], head: &'a [u8]) -> Self {
         let is_request = !start
             .get(..4)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"));
@@ -559,7 +571,7 @@ fn salvage_utf8(head: &[u8]) -> Option<Headers> {
     rsip_headers(&fields).ok()
 }
 
-fn parse_start_line(line: &[u8], is_request: bool) -> Result<StartLine, ParseErrorKind> {
+fn parse_start_line(line: &[u8], is_request: bool) -> Result<StartLine<'_>, ParseErrorKind> {
     let bad = |m: &str| ParseErrorKind::StartLine(m.into());
     let line = std::str::from_utf8(line).map_err(|_| bad("not UTF-8"))?;
     if let Some(c) = line
@@ -582,10 +594,7 @@ fn parse_start_line(line: &[u8], is_request: bool) -> Result<StartLine, ParseErr
         }
         check_version(version)?;
         let uri = grammar::request_uri(uri).map_err(ParseErrorKind::RequestUri)?;
-        Ok(StartLine::Request {
-            method: method.to_owned(),
-            uri,
-        })
+        Ok(StartLine::Request { method, uri })
     } else {
         let mut parts = line.splitn(3, ' ');
         let version = parts.next().unwrap_or("");
@@ -600,14 +609,14 @@ fn parse_start_line(line: &[u8], is_request: bool) -> Result<StartLine, ParseErr
             Ok(n) if valid && (100..=699).contains(&n) => n,
             _ => return Err(ParseErrorKind::StatusCode(code.to_owned())),
         };
-        Ok(StartLine::Response {
-            code,
-            reason: reason.to_owned(),
-        })
+        Ok(StartLine::Response { code, reason })
     }
 }
 
 fn check_version(version: &str) -> Result<(), ParseErrorKind> {
+    if version == "SIP/2.0" {
+        return Ok(()); // nearly every message: well-formed and 2.0
+    }
     let rest = version
         .get(..4)
         .filter(|p| p.eq_ignore_ascii_case("SIP/"))
@@ -2151,7 +2160,33 @@ mod grammar {
     /// The syntax check of one header field by (lower-case) name; unknown names pass.
     /// Every value is also checked for control characters outside quoted-pairs.
     pub(super) fn check_field(lname: &str, value: &str) -> GResult<()> {
+        check_field_read(lname, value).map(drop)
+    }
+
+    /// What [`check_field_read`] read from a field that passed, for the checks after the
+    /// grammar (CSeq method, framing).
+    pub(super) enum Read<'v> {
+        /// A CSeq's method.
+        CSeqMethod(&'v str),
+        /// A Content-Length's number.
+        ContentLength(u32),
+        /// Any other field.
+        Nothing,
+    }
+
+    /// [`check_field`], keeping the CSeq method or the Content-Length it read.
+    pub(super) fn check_field_read<'v>(lname: &str, value: &'v str) -> GResult<Read<'v>> {
         no_controls(value)?;
+        match lname {
+            "cseq" => return cseq(value).map(|(_, m)| Read::CSeqMethod(m)),
+            "content-length" => return number(value, u32::MAX).map(Read::ContentLength),
+            _ => {}
+        }
+        check_other_field(lname, value).map(|()| Read::Nothing)
+    }
+
+    /// [`check_field`] for the fields other than CSeq and Content-Length, controls checked.
+    fn check_other_field(lname: &str, value: &str) -> GResult<()> {
         match lname {
             "via" => {
                 for parm in via(value)? {
@@ -2188,9 +2223,7 @@ mod grammar {
                 }
             }
             "call-id" => call_id(value),
-            "cseq" => cseq(value).map(drop),
             "max-forwards" => number(value, 255).map(drop),
-            "content-length" => number(value, u32::MAX).map(drop),
             "date" => date(value),
             "require" | "proxy-require" | "content-encoding" => token_list(value, false).map(drop),
             "supported" | "unsupported" => token_list(value, true).map(drop),
