@@ -1855,9 +1855,13 @@ mod grammar {
         /// Only ASCII predicates, so the slice ends on a char boundary.
         fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a str {
             let start = self.i;
-            while self.peek().is_some_and(|c| c.is_ascii() && f(c)) {
-                self.i += 1;
-            }
+            // A scan of the rest (the position is stored once, not per byte).
+            let rest = self.s.as_bytes().get(start..).unwrap_or_default();
+            let n = rest
+                .iter()
+                .position(|&c| !(c.is_ascii() && f(c)))
+                .unwrap_or(rest.len());
+            self.i = start + n;
             self.s.get(start..self.i).unwrap_or("")
         }
 
@@ -1934,20 +1938,22 @@ mod grammar {
         if h.is_empty() {
             return false;
         }
-        if h.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            let (mut groups, mut len) = (1, 0);
-            for b in h.bytes() {
-                if b == b'.' {
-                    if !(1..=3).contains(&len) {
-                        return false;
-                    }
-                    groups += 1;
-                    len = 0;
-                } else {
-                    len += 1;
-                }
+        // Digits and dots only: an IPv4address (groups checked in the same pass).
+        let (mut groups, mut len, mut groups_ok, mut ipv4) = (1u32, 0u32, true, true);
+        for b in h.bytes() {
+            if b == b'.' {
+                groups_ok &= (1..=3).contains(&len);
+                groups += 1;
+                len = 0;
+            } else if b.is_ascii_digit() {
+                len += 1;
+            } else {
+                ipv4 = false;
+                break;
             }
-            return groups == 4 && (1..=3).contains(&len);
+        }
+        if ipv4 {
+            return groups_ok && groups == 4 && (1..=3).contains(&len);
         }
         let h = h.strip_suffix('.').unwrap_or(h).as_bytes();
         // Every label: non-empty, alphanumeric at both ends.

@@ -274,3 +274,42 @@ fn typical_messages_parse_as_before() {
         exercise(s.as_bytes(), 0);
     }
 }
+
+/// `valid_hostname` against the reference on every string of up to six bytes over an alphabet
+/// of each kind of byte it tells apart, and of up to nine over digits, dots and a letter.
+#[test]
+fn hostnames_are_judged_as_before() {
+    let mut text = Vec::new();
+    fn each(text: &mut Vec<u8>, alphabet: &[u8], left: usize) {
+        let s = std::str::from_utf8(text).expect("ASCII");
+        assert_eq!(
+            grammar::valid_hostname(s),
+            reference::grammar::valid_hostname(s),
+            "{s:?}"
+        );
+        if left > 0 {
+            for &b in alphabet {
+                text.push(b);
+                each(text, alphabet, left - 1);
+                text.pop();
+            }
+        }
+    }
+    each(&mut text, b"a1-.Z0:", 6);
+    // Long enough for four groups of digits.
+    each(&mut text, b"1.a", 9);
+    for s in [
+        "1.2.3.4",
+        "255.255.255.255",
+        "1234.1.1.1",
+        "1.2.3.4.",
+        "a.b.c.d1",
+        "1.2.3.a",
+    ] {
+        assert_eq!(
+            grammar::valid_hostname(s),
+            reference::grammar::valid_hostname(s),
+            "{s:?}"
+        );
+    }
+}
