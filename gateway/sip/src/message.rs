@@ -581,14 +581,16 @@ fn parse_start_line(line: &[u8], is_request: bool) -> Result<StartLine<'_>, Pars
         return Err(bad(&format!("control character {c:#04x}")));
     }
     if is_request {
-        let mut parts = line.split(' ');
-        let (Some(method), Some(uri), Some(version), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // Exactly two SPs (what `split(' ')` into three parts is, without its searcher).
+        let first = grammar::find_byte(line, b' ');
+        let second = first.and_then(|i| Some(i + 1 + grammar::find_byte(&line[i + 1..], b' ')?));
+        let third = second.and_then(|j| grammar::find_byte(&line[j + 1..], b' '));
+        let (Some(i), Some(j), None) = (first, second, third) else {
             return Err(bad(
                 "a request line is Method SP Request-URI SP SIP-Version, single spaces",
             ));
         };
+        let (method, uri, version) = (&line[..i], &line[i + 1..j], &line[j + 1..]);
         if method.is_empty() || !method.bytes().all(grammar::is_token) {
             return Err(bad("method is not a token"));
         }
@@ -1785,6 +1787,12 @@ mod grammar {
         c == b' ' || c == b'\t'
     }
 
+    /// The first `b` in `s`, by a plain scan: URIs and words are a few dozen bytes, where a
+    /// call of `memchr` costs more than the scan.
+    pub(super) fn find_byte(s: &str, b: u8) -> Option<usize> {
+        s.as_bytes().iter().position(|&c| c == b)
+    }
+
     /// `%` must start `%HH`.
     fn escapes_ok(s: &str) -> bool {
         let b = s.as_bytes();
@@ -2009,8 +2017,7 @@ mod grammar {
     }
 
     pub(super) fn uri(s: &str, allow_headers: bool) -> GResult<Uri<'_>> {
-        let colon =
-            memchr::memchr(b':', s.as_bytes()).ok_or_else(|| format!("{s:?} has no scheme"))?;
+        let colon = find_byte(s, b':').ok_or_else(|| format!("{s:?} has no scheme"))?;
         let (scheme, rest) = (&s[..colon], &s[colon + 1..]);
         if !valid_scheme(scheme) {
             return Err(format!("{scheme:?} is not a URI scheme"));
@@ -2027,13 +2034,13 @@ mod grammar {
     }
 
     fn sip_uri(secure: bool, rest: &str, allow_headers: bool) -> GResult<SipUri<'_>> {
-        let (userinfo, hostpart) = match memchr::memchr(b'@', rest.as_bytes()) {
+        let (userinfo, hostpart) = match find_byte(rest, b'@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
         let (mut user, mut password) = (None, None);
         if let Some(ui) = userinfo {
-            let (u, p) = match memchr::memchr(b':', ui.as_bytes()) {
+            let (u, p) = match find_byte(ui, b':') {
                 Some(colon) => (&ui[..colon], Some(&ui[colon + 1..])),
                 None => (ui, None),
             };
@@ -2293,8 +2300,8 @@ mod grammar {
     /// `Call-ID: word ["@" word]`.
     fn call_id(value: &str) -> GResult<()> {
         let word = |s: &str| !s.is_empty() && s.bytes().all(|c| WORD.has(c));
-        let ok = match value.split_once('@') {
-            Some((a, b)) => word(a) && word(b),
+        let ok = match find_byte(value, b'@') {
+            Some(at) => word(&value[..at]) && word(&value[at + 1..]),
             None => word(value),
         };
         if ok {
