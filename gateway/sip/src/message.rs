@@ -218,7 +218,8 @@ mod differential;
 #[cfg(test)]
 mod reference;
 
-/// [`parse`].
+/// The work of [`parse`] (which, in unit tests, also runs the reference parse of
+/// `message/reference.rs` on the same bytes and requires the same result).
 fn parse_message(bytes: &[u8]) -> Result<SipMessage, ParseError> {
     if bytes.len() > MAX_MESSAGE_SIZE {
         // Answer 513 if the head alone is within the limit and sound.
