@@ -60,7 +60,7 @@ pub struct GatewayConfig {
     pub rtp_scheduling: media::RelayScheduling,
     /// Register shards (issue 16): out-of-dialog REGISTERs are handled on this many tasks,
     /// by Call-ID (`server/shards.rs`); 1: none, the core handles everything. The binary's
-    /// default: one per core.
+    /// default: 1 (`[gateway] sip_shards`).
     pub sip_shards: usize,
     /// Hang up calls after this long without RTP.
     pub media_timeout: Option<Duration>,
