@@ -197,7 +197,13 @@ struct Entry {
     shared: Arc<LegShared>,
     task: Task,
     _slot: Option<ThreadSlot>,
+    /// The turn in which each socket (RTP, RTCP) was last read ([`EventLoop::turns`]).
+    read_in: [u64; 2],
 }
+
+/// Datagrams read from a socket in one turn when it was announced in the previous turn too and
+/// the thread coalesces (see [`EventLoop::read`]).
+const BURST: usize = 16;
 
 struct EventLoop {
     epoll: Arc<Epoll>,
@@ -210,6 +216,8 @@ struct EventLoop {
     coalesce: Duration,
     /// Running `SCHED_FIFO`: its share of the core is capped ([`DutyCycle`]).
     realtime: bool,
+    /// Turns taken, counted from 1.
+    turns: u64,
 }
 
 /// A real-time relay thread's busy time per [`DutyCycle::WINDOW`] is capped at
@@ -267,6 +275,7 @@ impl EventLoop {
             buf: vec![0; MAX_PACKET_SIZE + 1].into_boxed_slice(),
             coalesce: Duration::ZERO,
             realtime: false,
+            turns: 0,
         }
     }
 
@@ -336,8 +345,10 @@ impl EventLoop {
         tracing::debug!("relay thread ended");
     }
 
-    /// Reads one datagram from each socket of `events`.
+    /// Reads one datagram from each socket of `events` (more from a flooded one when
+    /// coalescing: [`EventLoop::read`]).
     fn turn(&mut self, events: impl Iterator<Item = u64>) {
+        self.turns += 1;
         for t in events.filter(|t| *t != WAKE) {
             // A panic in one leg's packet handling (none is known: this is a net) ends that
             // leg only, as it ended only its task on the tokio path.
@@ -365,6 +376,7 @@ impl EventLoop {
                             shared,
                             task,
                             _slot: slot,
+                            read_in: [0; 2],
                         },
                     );
                 }
@@ -401,7 +413,14 @@ impl EventLoop {
         // ports go once its handles are gone too.
     }
 
-    /// Reads one datagram from the socket of token `t` (announced readable).
+    /// Reads one datagram from the socket of token `t` (announced readable); when the thread
+    /// coalesces and the socket was read in the previous turn too, up to [`BURST`], until it
+    /// would block. A coalescing thread takes a turn every period (200 µs by default), so one
+    /// datagram a turn would cap a socket at 5,000 a second: a flood would then fill the
+    /// socket's buffer, the kernel would drop the phone's packets with the flood's, and after
+    /// the latch's re-latch silence (2 s) the flooder's source would take the stream over.
+    /// An ordinary voice socket (50 packets a second) is never announced in two turns in a
+    /// row, so it keeps its one read and no read ends in `EAGAIN`.
     fn read(&mut self, t: u64) {
         let id = leg_of(t);
         let stream = match t & 1 {
@@ -409,7 +428,13 @@ impl EventLoop {
             _ => Stream::Rtcp,
         };
         // Not taken over yet (its Add is on the way): announced again in the next turn.
-        let Some(Entry { shared, task, .. }) = self.legs.get_mut(&id) else {
+        let Some(Entry {
+            shared,
+            task,
+            read_in,
+            ..
+        }) = self.legs.get_mut(&id)
+        else {
             return;
         };
         // Closed: nothing more is relayed or tapped. Its Remove is on the way; out of the
@@ -418,20 +443,32 @@ impl EventLoop {
             Self::deregister(&self.epoll, shared);
             return;
         }
+        let slot = &mut read_in[usize::from(stream == Stream::Rtcp)];
+        let reads = if !self.coalesce.is_zero() && *slot != 0 && *slot + 1 == self.turns {
+            BURST
+        } else {
+            1
+        };
+        *slot = self.turns;
         let socket = match stream {
             Stream::Rtp => shared.sockets.rtp.get(),
             Stream::Rtcp => shared.sockets.rtcp.get(),
         };
-        match socket.recv_from(&mut self.buf) {
-            Ok((n, src)) => match stream {
-                Stream::Rtp => task.on_rtp_port(shared, &self.buf[..n], src),
-                Stream::Rtcp => task.on_rtcp_port(shared, &self.buf[..n], src),
-            },
-            // Announced, then read by nobody else: not expected, and harmless.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // An error reported on the socket (e.g. an ICMP error) or a signal: the datagrams
-            // behind it keep the socket readable, so they are read in the next turns.
-            Err(e) => tracing::debug!(leg = id, error = %e, "RTP receive error"),
+        for _ in 0..reads {
+            match socket.recv_from(&mut self.buf) {
+                Ok((n, src)) => match stream {
+                    Stream::Rtp => task.on_rtp_port(shared, &self.buf[..n], src),
+                    Stream::Rtcp => task.on_rtcp_port(shared, &self.buf[..n], src),
+                },
+                // Announced, then read by nobody else, or all read: harmless.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // An error reported on the socket (e.g. an ICMP error) or a signal: the
+                // datagrams behind it keep the socket readable, so they are read next.
+                Err(e) => {
+                    tracing::debug!(leg = id, error = %e, "RTP receive error");
+                    return;
+                }
+            }
         }
     }
 }
@@ -729,19 +766,14 @@ mod tests {
         })
     }
 
-    /// A flooded socket is read once a turn, and another socket announced with it is read in
-    /// the first turn (no starvation); the flooded one stays announced until all of it is read
-    /// (level-triggered: nothing is left without an event), then is no longer announced.
-    #[test]
-    fn a_flooded_socket_is_read_once_a_turn_beside_the_others() {
-        use super::{poller, token, Entry, EventLoop, Stream, Task, EVENTS, LEG_INTEREST};
-        use nix::sys::epoll::{EpollEvent, EpollTimeout};
-        use std::sync::atomic::Ordering::Relaxed;
+    /// An event loop (no thread: the test drives its turns) over the RTP sockets of `legs`.
+    fn loop_over(legs: &[std::sync::Arc<super::LegShared>]) -> super::EventLoop {
+        use super::{poller, token, Entry, EventLoop, Stream, Task, LEG_INTEREST};
+        use nix::sys::epoll::EpollEvent;
         let (epoll, waker) = poller().expect("poller");
         let (_tx, rx) = std::sync::mpsc::channel();
         let mut el = EventLoop::new(epoll.into(), waker.into(), rx);
-        let legs = [bare_leg(1, 24600), bare_leg(2, 24700)];
-        for leg in &legs {
+        for leg in legs {
             el.epoll
                 .add(
                     leg.sockets.rtp.get(),
@@ -755,9 +787,33 @@ mod tests {
                     shared: leg.clone(),
                     task,
                     _slot: None,
+                    read_in: [0; 2],
                 },
             );
         }
+        el
+    }
+
+    /// One turn of `el` over what is ready now; the number of sockets announced.
+    fn one_turn(el: &mut super::EventLoop) -> usize {
+        use nix::sys::epoll::{EpollEvent, EpollTimeout};
+        let mut events = vec![EpollEvent::empty(); super::EVENTS];
+        let n = el
+            .epoll
+            .wait(&mut events, EpollTimeout::ZERO)
+            .expect("wait");
+        el.turn(events[..n].iter().map(EpollEvent::data));
+        n
+    }
+
+    /// A flooded socket is read once a turn, and another socket announced with it is read in
+    /// the first turn (no starvation); the flooded one stays announced until all of it is read
+    /// (level-triggered: nothing is left without an event), then is no longer announced.
+    #[test]
+    fn a_flooded_socket_is_read_once_a_turn_beside_the_others() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let legs = [bare_leg(1, 24600), bare_leg(2, 24700)];
+        let mut el = loop_over(&legs);
         let phone = phone();
         let flood: u64 = 64;
         for seq in 0..flood {
@@ -767,15 +823,7 @@ mod tests {
         }
         phone.send_to(&rtp(0, 2), legs[1].local_rtp).expect("send");
         let read = |i: usize| legs[i].c.rtp_packets_in.load(Relaxed);
-        let mut events = vec![EpollEvent::empty(); EVENTS];
-        let mut turn = |el: &mut EventLoop| {
-            let n = el
-                .epoll
-                .wait(&mut events, EpollTimeout::ZERO)
-                .expect("wait");
-            el.turn(events[..n].iter().map(EpollEvent::data));
-            n
-        };
+        let turn = one_turn;
         assert_eq!(turn(&mut el), 2, "both sockets announced");
         assert_eq!(
             (read(0), read(1)),
@@ -791,5 +839,43 @@ mod tests {
             assert_eq!((read(0), read(1)), (t, 1), "turn {t}");
         }
         assert_eq!(turn(&mut el), 0, "all read: nothing announced");
+    }
+
+    /// Coalescing (a turn per period), a socket announced in two turns in a row is read up to
+    /// BURST datagrams a turn, until it would block; one announced once is read once. So a
+    /// flood is read at BURST per period, not 1, and the phone's packets queued among the
+    /// flood's are not left to the kernel's drops (which would let the flooder's source
+    /// re-latch the stream after the re-latch silence).
+    #[test]
+    fn coalescing_a_socket_announced_turn_after_turn_is_read_in_bursts() {
+        use super::BURST;
+        use std::sync::atomic::Ordering::Relaxed;
+        let legs = [bare_leg(1, 24800), bare_leg(2, 24900)];
+        let mut el = loop_over(&legs);
+        el.coalesce = Duration::from_micros(200);
+        let phone = phone();
+        let flood = 3 * BURST as u64 + 5;
+        for seq in 0..flood {
+            phone
+                .send_to(&rtp(seq as u16, 1), legs[0].local_rtp)
+                .expect("send");
+        }
+        phone.send_to(&rtp(0, 2), legs[1].local_rtp).expect("send");
+        let read = |i: usize| legs[i].c.rtp_packets_in.load(Relaxed);
+        assert_eq!(one_turn(&mut el), 2, "both announced");
+        assert_eq!((read(0), read(1)), (1, 1), "one each: not read last turn");
+        let b = BURST as u64;
+        for (turn, want) in [(2, 1 + b), (3, 1 + 2 * b), (4, 1 + 3 * b), (5, flood)] {
+            assert_eq!(one_turn(&mut el), 1, "turn {turn}");
+            assert_eq!((read(0), read(1)), (want, 1), "turn {turn}");
+        }
+        assert_eq!(one_turn(&mut el), 0, "all read");
+        // Quiet for a turn, then one datagram: read once again, not in a burst.
+        phone.send_to(&rtp(99, 1), legs[0].local_rtp).expect("send");
+        phone
+            .send_to(&rtp(100, 1), legs[0].local_rtp)
+            .expect("send");
+        assert_eq!(one_turn(&mut el), 1);
+        assert_eq!(read(0), flood + 1, "one read after a quiet turn");
     }
 }
