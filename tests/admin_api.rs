@@ -594,6 +594,28 @@ fn metrics_parse_and_move_with_activity() {
         .any(|s| s.metric == "callfabric_rtp_jitter_ms_count"));
     // Register shards: the default, unsharded (issue 16).
     assert_eq!(value(&after, "callfabric_gateway_sip_shards", None), 1.0);
+    // The relay's threads: one per core, ordinary priority (no rtp_realtime_priority).
+    let cores = media::relay_threads_per_core() as f64;
+    assert_eq!(
+        value(
+            &after,
+            "callfabric_rtp_relay_threads",
+            Some(("scheduling", "ordinary"))
+        ),
+        cores
+    );
+    assert_eq!(
+        value(
+            &after,
+            "callfabric_rtp_relay_threads",
+            Some(("scheduling", "realtime"))
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&after, "callfabric_rtp_relay_busy_cap_sleeps_total", None),
+        0.0
+    );
     assert_eq!(
         value(
             &after,

@@ -130,6 +130,8 @@ pub struct Gateway {
     extra_prefixes: ExtraPrefixes,
     /// Overload control's gate (its counts, whether it sheds).
     overload: Arc<sip_core::overload::Gate>,
+    /// The RTP relay (a handle), for its threads' report.
+    relay: MediaRelay,
     tx_stats: Arc<timers::TxStats>,
     ring_stats: Arc<calls::RingStats>,
     /// The register shards' transaction tables (issue 16).
@@ -214,6 +216,7 @@ impl Gateway {
                 }
             }
         }
+        let relay_handle = relay.clone();
         let media = RelayMedia::new(
             relay,
             cfg.record_dir.clone(),
@@ -294,6 +297,7 @@ impl Gateway {
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             overload: overload_gate,
+            relay: relay_handle,
             tx_stats,
             ring_stats,
             shard_stats,
@@ -330,6 +334,11 @@ impl Gateway {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(trunk.to_owned(), prefixes);
+    }
+
+    /// The RTP relay's threads: real-time or ordinary, and their busy-cap sleeps.
+    pub fn relay_threads(&self) -> media::RelayThreadsReport {
+        self.relay.threads_report()
     }
 
     /// Overload control (issue 16): what it admitted, refused and dropped since start, and

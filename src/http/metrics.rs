@@ -225,6 +225,27 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
         )?)
         .inc_by(t.offers_refused.load(Ordering::Relaxed));
         reg!(jitter_histogram(t)?);
+        // The RTP relay's threads (issue 16): whether `rtp_realtime_priority` took.
+        let rt = gw.relay_threads();
+        let threads = reg!(IntGaugeVec::new(
+            Opts::new(
+                "callfabric_rtp_relay_threads",
+                "The gateway's RTP relay threads by scheduling: realtime (SCHED_FIFO, \
+                 rtp_realtime_priority granted) or ordinary"
+            ),
+            &["scheduling"]
+        )?);
+        for (k, v) in [("realtime", rt.realtime), ("ordinary", rt.ordinary)] {
+            threads
+                .with_label_values(&[k])
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+        reg!(IntCounter::new(
+            "callfabric_rtp_relay_busy_cap_sleeps_total",
+            "Times one of the gateway's real-time relay threads reached its busy cap (7.5 ms \
+             of 10) and slept: a flood, or more streams than its core relays"
+        )?)
+        .inc_by(rt.duty_sleeps);
         // Overload control (issue 16).
         let (c, shedding) = gw.overload();
         let ov = reg!(IntCounterVec::new(

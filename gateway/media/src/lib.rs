@@ -41,7 +41,7 @@ pub use latch::{Latch, LatchVerdict, DEFAULT_RELATCH_SILENCE};
 pub use ports::PortAllocator;
 pub use relay::{
     bridge, relay_threads_per_core, unbridge, Leg, LegStats, MediaRelay, RelayConfig,
-    RelayScheduling, MAX_PACKET_SIZE, MAX_RELAY_THREADS, SUBSCRIBER_CAPACITY,
+    RelayScheduling, RelayThreadsReport, MAX_PACKET_SIZE, MAX_RELAY_THREADS, SUBSCRIBER_CAPACITY,
 };
 pub use stats::{RtpStats, SeqVerdict, DEFAULT_CLOCK_RATE};
 

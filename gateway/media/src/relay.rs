@@ -205,6 +205,19 @@ struct RelayInner {
 struct RelayThread {
     ctl: Arc<event_loop::LoopCtl>,
     legs: Arc<AtomicUsize>,
+    state: Arc<event_loop::ThreadState>,
+}
+
+/// How a relay's own threads run ([`MediaRelay::threads_report`]), for the operator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayThreadsReport {
+    /// Threads running `SCHED_FIFO` ([`RelayScheduling::realtime_priority`] granted).
+    pub realtime: usize,
+    /// Threads at the ordinary priority (none asked for, or refused).
+    pub ordinary: usize,
+    /// Times a real-time thread reached its busy cap and slept (a flood, or more streams than
+    /// the core relays), since start.
+    pub duty_sleeps: u64,
 }
 
 /// One open leg counted on its thread, until dropped (when the leg's task ends, or when the
@@ -289,15 +302,33 @@ impl MediaRelay {
         PortAllocator::new(config.port_min, config.port_max)?;
         let mut all = Vec::new();
         for i in 0..threads.clamp(1, MAX_RELAY_THREADS) {
+            let state = Arc::new(event_loop::ThreadState::default());
             all.push(RelayThread {
                 ctl: Arc::new(event_loop::spawn(
                     format!("rtp-relay-{i}"),
                     config.scheduling,
+                    state.clone(),
                 )?),
                 legs: Arc::new(AtomicUsize::new(0)),
+                state,
             });
         }
         Self::build(config, all)
+    }
+
+    /// How the relay's own threads run: real-time or not, and how often a real-time one hit
+    /// its busy cap (all zero without own threads).
+    pub fn threads_report(&self) -> RelayThreadsReport {
+        let mut r = RelayThreadsReport::default();
+        for t in &self.inner.threads {
+            if t.state.realtime.load(Ordering::Relaxed) {
+                r.realtime += 1;
+            } else {
+                r.ordinary += 1;
+            }
+            r.duty_sleeps += t.state.duty_sleeps.load(Ordering::Relaxed);
+        }
+        r
     }
 
     /// Open legs on each of the relay's own threads (empty without own threads).

@@ -87,16 +87,20 @@ async fn realtime_priority_when_allowed_and_every_packet_relayed_in_order_when_c
     assert_eq!(ours.len(), 2, "two relay threads: {ours:?}");
     const SCHED_OTHER: u32 = 0;
     const SCHED_FIFO: u32 = 1;
+    let report = relay.threads_report();
     if may_run_realtime() {
         for t in &ours {
             assert_eq!((t.1, t.2), (SCHED_FIFO, 7), "thread {t:?}");
         }
+        assert_eq!((report.realtime, report.ordinary), (2, 0), "{report:?}");
     } else {
         // Refused: logged, and the relay runs at the ordinary priority.
         for t in &ours {
             assert_eq!((t.1, t.2), (SCHED_OTHER, 0), "thread {t:?}");
         }
+        assert_eq!((report.realtime, report.ordinary), (0, 2), "{report:?}");
     }
+    assert_eq!(report.duty_sleeps, 0, "no flood here");
 
     // A dense stream (a packet every 0.5 ms, ten times a coalescing period's worth) through a
     // bridged pair: all of it arrives, in order.

@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,10 +118,23 @@ fn poller() -> io::Result<(Epoll, EventFd)> {
     Ok((epoll, waker))
 }
 
+/// What a relay thread tells its relay about itself ([`super::RelayThreadsReport`]).
+#[derive(Debug, Default)]
+pub(super) struct ThreadState {
+    /// Running `SCHED_FIFO`.
+    pub(super) realtime: AtomicBool,
+    /// Sleeps at the busy cap ([`DutyCycle`]).
+    pub(super) duty_sleeps: AtomicU64,
+}
+
 /// Starts a relay thread named `name`, scheduled as `sched` says, and returns once it is: a
 /// real-time priority the system refuses (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low) is
 /// logged and the thread runs at the ordinary priority.
-pub(super) fn spawn(name: String, sched: RelayScheduling) -> io::Result<LoopCtl> {
+pub(super) fn spawn(
+    name: String,
+    sched: RelayScheduling,
+    state: Arc<ThreadState>,
+) -> io::Result<LoopCtl> {
     let (epoll, waker) = poller()?;
     let (epoll, waker) = (Arc::new(epoll), Arc::new(waker));
     let (tx, rx) = mpsc::channel();
@@ -148,6 +161,8 @@ pub(super) fn spawn(name: String, sched: RelayScheduling) -> io::Result<LoopCtl>
             if thread.realtime {
                 thread.coalesce = sched.coalesce;
             }
+            state.realtime.store(thread.realtime, Ordering::Relaxed);
+            thread.state = state;
             if !thread.coalesce.is_zero() {
                 // Sleeps of a fraction of a millisecond: no 50 µs of timer slack on top.
                 if let Err(e) = nix::sys::prctl::set_timerslack(1_000) {
@@ -218,6 +233,8 @@ struct EventLoop {
     realtime: bool,
     /// Turns taken, counted from 1.
     turns: u64,
+    /// Shared with the relay's handles.
+    state: Arc<ThreadState>,
 }
 
 /// A real-time relay thread's busy time per [`DutyCycle::WINDOW`] is capped at
@@ -276,6 +293,7 @@ impl EventLoop {
             coalesce: Duration::ZERO,
             realtime: false,
             turns: 0,
+            state: Arc::default(),
         }
     }
 
@@ -334,6 +352,7 @@ impl EventLoop {
             self.turn(ready.iter().map(EpollEvent::data));
             if self.realtime {
                 if let Some(rest) = duty.after_turn(began, Instant::now()) {
+                    self.state.duty_sleeps.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(rest);
                 }
             }
@@ -724,7 +743,7 @@ mod tests {
     #[test]
     fn a_relay_thread_ends_with_its_last_handle() {
         let name = "rtp-relay-end"; // unique: no other test names a thread so
-        let ctl = spawn(name.to_owned(), Default::default()).expect("thread");
+        let ctl = spawn(name.to_owned(), Default::default(), Default::default()).expect("thread");
         wait_for("the thread started", || threads_named(name) == 1);
         drop(ctl);
         wait_for("the thread ended", || threads_named(name) == 0);
