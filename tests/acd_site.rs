@@ -70,34 +70,9 @@ listen = "127.0.0.1:0"
     gw
 }
 
-/// `GET path` on the site's status API (address from its `http ready` line), as JSON.
+/// `GET path` on the status API, as JSON.
 fn api(gw: &mut GatewayProcess, path: &str) -> serde_json::Value {
-    use std::io::{Read as _, Write as _};
-    gw.drain();
-    let addr = match gw
-        .history
-        .iter()
-        .find_map(|l| l.strip_prefix("http ready "))
-    {
-        Some(a) => a.trim().to_owned(),
-        None => gw
-            .wait_for(WAIT, "the http ready line", |l| {
-                l.starts_with("http ready ")
-            })
-            .trim_start_matches("http ready ")
-            .to_owned(),
-    };
-    let mut conn = std::net::TcpStream::connect(addr.as_str()).expect("connect to the status API");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    conn.read_to_string(&mut text).expect("response");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    gw.api(path, WAIT)
 }
 
 /// An agent phone (answers one call, echoes RTP) registered as `user`; waits until it reads

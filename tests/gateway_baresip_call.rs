@@ -22,9 +22,6 @@ const CALLEE_HZ: f64 = 600.0;
 const TALK_SAMPLES: u64 = 3 * RATE as u64;
 /// How long they talk after the resume.
 const TALK_AFTER_RESUME: Duration = Duration::from_secs(2);
-/// How long the caller holds: long enough for music on hold to reach the callee however
-/// loaded the machine (resuming at once raced the first MoH packet: a CI run saw `b_moh=0`).
-const HOLD_FOR: Duration = Duration::from_secs(1);
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
@@ -174,6 +171,7 @@ fn two_baresip_phones_talk_through_the_relay_and_hold() {
     let mut spec = GatewaySpec::new("gw-a", &["2001", "2002"]);
     // baresip answers OPTIONS; a slow qualify keeps the SIP trace readable.
     spec.qualify_interval_secs = 30.0;
+    spec.extra = "\n[http]\nlisten = \"127.0.0.1:0\"\n".into();
     let mut gw = GatewayProcess::start(binary(), spec);
     let dir = tempfile::tempdir().expect("tempdir");
 
@@ -204,7 +202,19 @@ fn two_baresip_phones_talk_through_the_relay_and_hold() {
     // Hold and resume from the caller: re-INVITE sendonly, then sendrecv.
     ca.command("hold", "").expect("hold");
     gw.device("2001", "ONHOLD", STATE_TIMEOUT);
-    std::thread::sleep(HOLD_FOR);
+    // Resume once music on hold reaches the callee (resuming at once raced the first MoH
+    // packet: a CI run saw `b_moh=0`). While held the legs are unbridged, so what the relay
+    // sends the callee now is the music: 25 more packets (0.5 s) on `GET /calls`.
+    let b_out = |gw: &mut GatewayProcess| {
+        gw.api("/calls", STATE_TIMEOUT)[0]["b"]["rtp_packets_out"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let held_at = b_out(&mut gw);
+    integration::wait_until(STATE_TIMEOUT, "music on hold to the callee", || {
+        b_out(&mut gw) >= held_at + 25
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.diag()));
     ca.command("resume", "").expect("resume");
     gw.device("2001", "INUSE", STATE_TIMEOUT);
     // They talk on for a while after the resume. (baresip 1.0's `sndfile` dumps stop growing

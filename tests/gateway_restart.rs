@@ -21,35 +21,9 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_callfabric"))
 }
 
-/// `GET path` on the site's status API, as JSON.
+/// `GET path` on the status API, as JSON.
 fn api(gw: &mut GatewayProcess, path: &str) -> serde_json::Value {
-    use std::io::{Read as _, Write as _};
-    gw.drain();
-    let addr = match gw
-        .history
-        .iter()
-        .rev()
-        .take_while(|l| *l != "--- restart ---")
-        .find_map(|l| l.strip_prefix("http ready "))
-    {
-        Some(a) => a.trim().to_owned(),
-        None => gw
-            .wait_for(WAIT, "the http ready line", |l| {
-                l.starts_with("http ready ")
-            })
-            .trim_start_matches("http ready ")
-            .to_owned(),
-    };
-    let mut conn = std::net::TcpStream::connect(addr.as_str()).expect("connect to the status API");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    conn.read_to_string(&mut text).expect("response");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    gw.api(path, WAIT)
 }
 
 /// Whether member `iface` of the first queue is available, per `/queues`.

@@ -51,37 +51,9 @@ fn rejected_scenario(gw: &GatewayProcess, code: &str) -> PathBuf {
     path
 }
 
-/// `GET path` on the gateway's status API (address from its `http ready` line since the last
-/// restart), as JSON.
+/// `GET path` on the status API, as JSON.
 fn api(gw: &mut GatewayProcess, path: &str) -> serde_json::Value {
-    use std::io::{Read as _, Write as _};
-    gw.drain();
-    let addr = match gw
-        .history
-        .iter()
-        .rev()
-        .take_while(|l| *l != "--- restart ---")
-        .find_map(|l| l.trim().strip_prefix("http ready "))
-    {
-        Some(a) => a.trim().to_owned(),
-        None => gw
-            .wait_for(STATE_TIMEOUT, "the http ready line", |l| {
-                l.starts_with("http ready ")
-            })
-            .trim_start_matches("http ready ")
-            .to_owned(),
-    };
-    let mut conn = std::net::TcpStream::connect(addr.as_str()).expect("connect to the status API");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    conn.read_to_string(&mut text).expect("response");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    gw.api(path, STATE_TIMEOUT)
 }
 
 /// One message of a SIPp `-trace_msg` log.

@@ -407,6 +407,41 @@ t1_ms = 100
         self.wait_for(timeout, &format!("`{want}`"), |l| l == want);
     }
 
+    /// `GET path` on the status API (its address from the `http ready` line printed since the
+    /// last restart, waited for up to `timeout`), as JSON; panics unless it answers 200 with
+    /// JSON.
+    pub fn api(&mut self, path: &str, timeout: Duration) -> serde_json::Value {
+        use std::io::{Read as _, Write as _};
+        self.drain();
+        let addr = match self
+            .history
+            .iter()
+            .rev()
+            .take_while(|l| *l != "--- restart ---")
+            .find_map(|l| l.trim().strip_prefix("http ready "))
+        {
+            Some(a) => a.trim().to_owned(),
+            None => self
+                .wait_for(timeout, "the http ready line", |l| {
+                    l.starts_with("http ready ")
+                })
+                .trim_start_matches("http ready ")
+                .to_owned(),
+        };
+        let mut conn =
+            std::net::TcpStream::connect(addr.as_str()).expect("connect to the status API");
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("response");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
     /// Waits for `DEVICE PJSIP/<user> <state>`.
     pub fn device(&mut self, user: &str, state: &str, timeout: Duration) -> Instant {
         let want = format!("DEVICE PJSIP/{user} {state}");
