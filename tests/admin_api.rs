@@ -693,6 +693,34 @@ fn metrics_parse_and_move_with_activity() {
         value(&after, "callfabric_gateway_overload_shedding", None),
         0.0
     );
+    // Datagrams dropped before the core: a garbage one is counted as unparsable (a datagram
+    // cannot exceed the default size limit, 64 KiB); the kernel dropped nothing at an idle
+    // listener's socket.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    udp.send_to(b"GARBAGE / SIP/2.0\r\n\r\n", gw.udp)
+        .expect("send");
+    let dropped = |m: &prometheus_parse::Scrape, reason| {
+        value(
+            m,
+            "callfabric_gateway_sip_datagrams_dropped_total",
+            Some(("reason", reason)),
+        )
+    };
+    let was = dropped(&after, "unparsable");
+    let deadline = Instant::now() + WAIT;
+    let last = loop {
+        let m = scrape(&mut gw);
+        if dropped(&m, "unparsable") > was {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the garbage datagram was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(dropped(&last, "oversize"), 0.0);
+    assert_eq!(dropped(&last, "socket_full"), 0.0);
 }
 
 /// Devices through the API: created, listed (without credentials), a CSV import checked whole

@@ -130,6 +130,8 @@ pub struct Gateway {
     extra_prefixes: ExtraPrefixes,
     /// Overload control's gate (its counts, whether it sheds).
     overload: Arc<sip_core::overload::Gate>,
+    /// The SIP transports' counters.
+    transport_stats: transport::StatsHandle,
     /// The RTP relay (a handle), for its threads' report.
     relay: MediaRelay,
     tx_stats: Arc<timers::TxStats>,
@@ -286,6 +288,7 @@ impl Gateway {
             rng: rand::SeedableRng::from_os_rng(),
         };
         let tls = core.transports.tls_state();
+        let transport_stats = core.transports.stats_handle();
         let extra_prefixes = core.extra_prefixes.clone();
         let tx_stats = core.tx_stats.clone();
         let ring_stats = core.ring_stats.clone();
@@ -297,6 +300,7 @@ impl Gateway {
         let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
             overload: overload_gate,
+            transport_stats,
             relay: relay_handle,
             tx_stats,
             ring_stats,
@@ -345,6 +349,12 @@ impl Gateway {
     /// whether it sheds now.
     pub fn overload(&self) -> (sip_core::overload::Counters, bool) {
         (self.overload.counters(), self.overload.shedding())
+    }
+
+    /// The SIP transports' counters: datagrams dropped (oversize, unparsable, by the kernel at
+    /// a full socket), stream connections and their failures.
+    pub fn transport_stats(&self) -> transport::Stats {
+        self.transport_stats.read()
     }
 
     /// The SIP transaction tables' size, the core's and the register shards' (issue 16: the compact completed transactions and

@@ -264,6 +264,23 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
         ] {
             ov.with_label_values(&[k]).inc_by(v);
         }
+        // The SIP transports: what was dropped before the core saw it.
+        let ts = gw.transport_stats();
+        let dropped = reg!(IntCounterVec::new(
+            Opts::new(
+                "callfabric_gateway_sip_datagrams_dropped_total",
+                "SIP datagrams dropped before the core: oversize, unparsable (answered 400 when \
+                 a request), or by the kernel at a listener's full receive buffer (SO_RXQ_OVFL)"
+            ),
+            &["reason"]
+        )?);
+        for (k, v) in [
+            ("oversize", ts.udp_too_large),
+            ("unparsable", ts.udp_bad),
+            ("socket_full", ts.udp_kernel_drops),
+        ] {
+            dropped.with_label_values(&[k]).inc_by(v);
+        }
         let tx = gw.transactions();
         let txs = reg!(IntGaugeVec::new(
             Opts::new(

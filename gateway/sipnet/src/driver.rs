@@ -98,14 +98,18 @@ pub async fn receive_overload(
     receive(transports, tl, ev).await
 }
 
-/// How long `m` waited between its transport and the core, as overload control counts it:
-/// zero when it left the queue empty (`backlog` 0; see [`receive_overload`]).
+/// How long `m` waited before the core read it, as overload control counts it: its wait in
+/// the kernel's socket ([`crate::Incoming::socket_wait`], which has its own rule) plus its
+/// wait between its transport and the core, the latter zero when it left the queue empty
+/// (`backlog` 0; see [`receive_overload`]). Both count: a listener that falls behind leaves
+/// the core's queue empty while the socket's fills.
 pub fn queue_wait(m: &crate::Incoming, backlog: usize) -> std::time::Duration {
-    if backlog == 0 {
+    let queued = if backlog == 0 {
         std::time::Duration::ZERO
     } else {
         Instant::now().saturating_duration_since(m.received)
-    }
+    };
+    m.socket_wait + queued
 }
 
 /// What a user agent does with a new request the transaction layer delivered

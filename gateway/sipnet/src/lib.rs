@@ -122,6 +122,11 @@ pub struct Incoming {
     pub local: SocketAddr,
     /// When the transport read it (the core's queueing delay is measured from here).
     pub received: std::time::Instant,
+    /// How long it waited in the kernel's socket buffer before the transport read it (UDP,
+    /// from the kernel's `SO_TIMESTAMPNS` stamp), counted only when the listener read it
+    /// behind another datagram without the socket going empty in between; zero otherwise and
+    /// on streams. Overload control adds it to the core's queueing delay ([`queue_wait`]).
+    pub socket_wait: std::time::Duration,
 }
 
 /// Why a message was rejected.
@@ -306,6 +311,9 @@ pub struct Stats {
     pub udp_too_large: u64,
     /// UDP datagrams that did not parse.
     pub udp_bad: u64,
+    /// UDP datagrams the kernel dropped at the listeners' sockets because their receive
+    /// buffers were full (`SO_RXQ_OVFL`, learnt with the next datagram read).
+    pub udp_kernel_drops: u64,
     /// TCP messages that did not frame or parse.
     pub tcp_bad: u64,
     /// Garbage bytes skipped on TCP streams.
@@ -336,6 +344,7 @@ pub struct Stats {
 struct Counters {
     udp_too_large: AtomicU64,
     udp_bad: AtomicU64,
+    udp_kernel_drops: AtomicU64,
     tcp_bad: AtomicU64,
     tcp_garbage_bytes: AtomicU64,
     pings: AtomicU64,
@@ -381,7 +390,7 @@ struct Slots {
 struct Shared {
     config: TransportConfig,
     events: mpsc::Sender<TransportEvent>,
-    counters: Counters,
+    counters: Arc<Counters>,
     conns: Mutex<Table>,
     next_id: AtomicU64,
     shutdown: watch::Receiver<()>,
@@ -457,6 +466,7 @@ fn decode(
     source: SocketAddr,
     transport: Transport,
     local: SocketAddr,
+    socket_wait: std::time::Duration,
 ) -> TransportEvent {
     match message::parse(bytes) {
         Ok(mut msg) => {
@@ -482,6 +492,7 @@ fn decode(
                 transport,
                 local,
                 received: std::time::Instant::now(),
+                socket_wait,
             })
         }
         Err(e) => TransportEvent::BadMessage(BadMessage {
@@ -601,7 +612,7 @@ impl Transports {
         let shared = Arc::new(Shared {
             config,
             events,
-            counters: Counters::default(),
+            counters: Arc::default(),
             conns: Mutex::new(Table::default()),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -661,11 +672,28 @@ impl Transports {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
+        self.stats_handle().read()
+    }
+
+    /// A handle on the counters that does not keep the sockets open (for metrics).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.shared.counters.clone())
+    }
+}
+
+/// Reads the transports' counters ([`Transports::stats_handle`]).
+#[derive(Debug, Clone)]
+pub struct StatsHandle(Arc<Counters>);
+
+impl StatsHandle {
+    /// A snapshot of the counters.
+    pub fn read(&self) -> Stats {
+        let c = &self.0;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             udp_too_large: g(&c.udp_too_large),
             udp_bad: g(&c.udp_bad),
+            udp_kernel_drops: g(&c.udp_kernel_drops),
             tcp_bad: g(&c.tcp_bad),
             tcp_garbage_bytes: g(&c.tcp_garbage_bytes),
             pings: g(&c.pings),
@@ -680,7 +708,9 @@ impl Transports {
             sips_refused: g(&c.sips_refused),
         }
     }
+}
 
+impl Transports {
     /// The live TLS configuration, if any (a handle that does not keep the sockets open).
     pub fn tls_state(&self) -> Option<Arc<TlsState>> {
         self.shared.tls.clone()

@@ -338,7 +338,7 @@ async fn reader<S: AsyncRead>(
                     let event = match frame {
                         Frame::Message(bytes) => {
                             delivered = true;
-                            let ev = decode(&bytes, peer, transport, local);
+                            let ev = decode(&bytes, peer, transport, local, std::time::Duration::ZERO);
                             super::note_refusal(shared, &ev);
                             if matches!(ev, TransportEvent::BadMessage(_)) {
                                 bump(&shared.counters.tcp_bad, 1);
