@@ -984,6 +984,79 @@ async fn tcp_send_does_not_wait_for_a_stalled_reader() {
     }
 }
 
+/// Issue 16: a datagram that waited in the socket behind others while the listener was held
+/// up carries that wait (`socket_wait`, from the kernel's stamp), and overload control counts
+/// it even when the core's queue is empty; the first datagram after the listener woke does
+/// not (its wait was the listener's wake-up, not a queue).
+#[tokio::test]
+async fn udp_socket_wait_is_what_a_datagram_waited_behind_others() {
+    // One event slot: the listener stalls on the full channel while datagrams pile up.
+    let (t, mut rx) = start(TransportConfig {
+        channel_capacity: 1,
+        ..loopback_config()
+    })
+    .await;
+    let gw = t.local_addrs().udp[0];
+    let phone = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    for i in 0..6 {
+        let m = options(&format!("w{i}"), "SIP/2.0/UDP 127.0.0.1");
+        phone.send_to(&m, gw).await.expect("send");
+    }
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(next_incoming(&mut rx).await);
+    }
+    let ids: Vec<String> = got.iter().map(|m| call_id(&m.message)).collect();
+    let want: Vec<String> = (0..6).map(|i| format!("w{i}@example.com")).collect();
+    assert_eq!(ids, want);
+    let ms = Duration::from_millis;
+    // The first was read as soon as the listener woke.
+    assert_eq!(got[0].socket_wait, Duration::ZERO);
+    // The last ones were read only once the consumer took events, 120 ms later.
+    for m in &got[3..] {
+        assert!(m.socket_wait >= ms(100), "{:?}", m.socket_wait);
+        assert!(m.socket_wait < ms(1000), "{:?}", m.socket_wait);
+        // The core read each with nothing queued behind it: only the socket's wait counts.
+        assert_eq!(sipnet::queue_wait(m, 0), m.socket_wait);
+        assert!(sipnet::queue_wait(m, 1) >= m.socket_wait);
+    }
+    assert_eq!(t.stats().udp_kernel_drops, 0);
+}
+
+/// The kernel's drops at a full listener socket are counted (`SO_RXQ_OVFL`), learnt with the
+/// next datagram read.
+#[tokio::test]
+async fn udp_kernel_drops_at_a_full_socket_are_counted() {
+    let (t, mut rx) = start(TransportConfig {
+        channel_capacity: 1,
+        // The smallest buffer the kernel books (about 4.6 kB): a few datagrams.
+        udp_recv_buffer: 1,
+        ..loopback_config()
+    })
+    .await;
+    let gw = t.local_addrs().udp[0];
+    let phone = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    for i in 0..40 {
+        let m = options(&format!("k{i}"), "SIP/2.0/UDP 127.0.0.1");
+        phone.send_to(&m, gw).await.expect("send");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut read = 0u64;
+    while let Ok(Some(_)) = timeout(Duration::from_millis(300), rx.recv()).await {
+        read += 1;
+    }
+    assert!(read < 40, "the buffer held every datagram: {read}");
+    // One more datagram brings the count.
+    phone
+        .send_to(&options("last", "SIP/2.0/UDP 127.0.0.1"), gw)
+        .await
+        .expect("send");
+    let last = next_incoming(&mut rx).await;
+    assert_eq!(call_id(&last.message), "last@example.com");
+    assert_eq!(t.stats().udp_kernel_drops, 40 - read);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The one event loop (`sipnet::drive`)
 // ---------------------------------------------------------------------------------------------
