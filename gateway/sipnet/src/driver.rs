@@ -98,18 +98,21 @@ pub async fn receive_overload(
     receive(transports, tl, ev).await
 }
 
-/// How long `m` waited before the core read it, as overload control counts it: its wait in
-/// the kernel's socket ([`crate::Incoming::socket_wait`], which has its own rule) plus its
-/// wait between its transport and the core, the latter zero when it left the queue empty
-/// (`backlog` 0; see [`receive_overload`]). Both count: a listener that falls behind leaves
-/// the core's queue empty while the socket's fills.
+/// How long `m` waited before the core read it, as overload control counts it: its wait
+/// between its transport and the core when it left others queued behind it (`backlog` > 0);
+/// when it left the queue empty, its wait in the kernel's socket
+/// ([`crate::Incoming::socket_wait`], which has its own rule) and nothing for the core's
+/// queue (see [`receive_overload`]). A core that falls behind keeps its queue full and its
+/// listener blocked, the socket filling behind both: the core's wait measures that
+/// overload, and adding the socket's would count it twice. A listener that falls behind
+/// (its own CPU, a flood of datagrams it must read and parse) leaves the core's queue empty
+/// while the socket's fills: only the socket's wait shows it.
 pub fn queue_wait(m: &crate::Incoming, backlog: usize) -> std::time::Duration {
-    let queued = if backlog == 0 {
-        std::time::Duration::ZERO
+    if backlog == 0 {
+        m.socket_wait
     } else {
         Instant::now().saturating_duration_since(m.received)
-    };
-    m.socket_wait + queued
+    }
 }
 
 /// What a user agent does with a new request the transaction layer delivered

@@ -125,7 +125,8 @@ pub struct Incoming {
     /// How long it waited in the kernel's socket buffer before the transport read it (UDP,
     /// from the kernel's `SO_TIMESTAMPNS` stamp), counted only when the listener read it
     /// behind another datagram without the socket going empty in between; zero otherwise and
-    /// on streams. Overload control adds it to the core's queueing delay ([`queue_wait`]).
+    /// on streams. Overload control counts it when the message left the core's queue empty
+    /// ([`queue_wait`]).
     pub socket_wait: std::time::Duration,
 }
 
