@@ -8,6 +8,9 @@
 //! core's queue empty, overload control sees no wait, and the kernel drops at the tail of a
 //! full buffer, silently, each drop a client's 500 ms retransmission (issue 16). The second is
 //! counted ([`crate::Stats::udp_kernel_drops`]).
+//!
+//! The kernel stamps arrivals only once some socket asked for stamps, switching on from a
+//! deferred work item: datagrams read before that are stamped when read and show no wait.
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -237,6 +240,9 @@ fn overloaded(req: &rsip::Request, retry_after: u32) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// Time for the kernel's deferred switch to arrival stamps (`net_enable_timestamp`).
+    const STAMPS_ON: Duration = Duration::from_millis(100);
+
     #[test]
     fn a_socket_wait_is_never_negative_nor_longer_than_its_bound() {
         let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -274,6 +280,9 @@ mod tests {
             .set_recv_buffer_size(1)
             .expect("SO_RCVBUF");
         assert!(enable_stamps(&rx), "SO_TIMESTAMPNS on Linux");
+        // The first socket to ask turns the kernel's arrival stamps on from a deferred work
+        // item (until then a datagram is stamped when it is read): let it run.
+        tokio::time::sleep(STAMPS_ON).await;
         let tx = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let to = rx.local_addr().expect("addr");
         let payload = vec![b'x'; 600];

@@ -997,6 +997,9 @@ async fn udp_socket_wait_is_what_a_datagram_waited_behind_others() {
     })
     .await;
     let gw = t.local_addrs().udp[0];
+    // The first socket to ask turns the kernel's arrival stamps on from a deferred work item
+    // (until then a datagram is stamped when it is read): let it run.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let phone = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     for i in 0..6 {
         let m = options(&format!("w{i}"), "SIP/2.0/UDP 127.0.0.1");
