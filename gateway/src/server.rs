@@ -35,7 +35,6 @@ mod qualify;
 mod security;
 mod shards;
 mod shutdown;
-mod sip_thread;
 mod voicemail;
 
 mod spy;
@@ -131,8 +130,6 @@ pub struct Gateway {
     extra_prefixes: ExtraPrefixes,
     /// Overload control's gate (its counts, whether it sheds).
     overload: Arc<sip_core::overload::Gate>,
-    /// The core's and the listeners' thread; dropped after `stop` (fields drop after `Drop`).
-    _sip_thread: sip_thread::SipThread,
     /// The SIP transports' counters.
     transport_stats: transport::StatsHandle,
     /// The RTP relay (a handle), for its threads' report.
@@ -165,13 +162,7 @@ impl Gateway {
             ..TransportConfig::default()
         };
         cfg.streams.apply(&mut tcfg);
-        // The listeners and the core on their own thread (`sip_thread.rs`).
-        let sip_thread = sip_thread::SipThread::start("sip-core")?;
-        let (transports, events) = sip_thread
-            .handle()
-            .spawn(Transports::bind(tcfg))
-            .await
-            .map_err(std::io::Error::other)??;
+        let (transports, events) = Transports::bind(tcfg).await?;
         for t in &cfg.trunks {
             if let Some(name) = t.tls.as_deref().filter(|n| !n.is_empty()) {
                 transports.set_tls_name(t.address, name);
@@ -306,9 +297,8 @@ impl Gateway {
         let shard_core_full = (core.shards.as_ref()).map(|s| s.core_full.clone());
         let register_unheld = core.durable.unheld.clone();
         let register_behind_full = core.durable.behind_full.clone();
-        let task = sip_thread.handle().spawn(core.run(events, control_rx));
+        let task = tokio::spawn(core.run(events, control_rx));
         Ok(Gateway {
-            _sip_thread: sip_thread,
             overload: overload_gate,
             transport_stats,
             relay: relay_handle,
