@@ -721,6 +721,22 @@ fn metrics_parse_and_move_with_activity() {
     };
     assert_eq!(dropped(&last, "oversize"), 0.0);
     assert_eq!(dropped(&last, "socket_full"), 0.0);
+    // The ACD node's listener has its own counts: none dropped.
+    for reason in ["oversize", "unparsable", "socket_full"] {
+        assert_eq!(
+            value(
+                &last,
+                "callfabric_acd_sip_datagrams_dropped_total",
+                Some(("reason", reason))
+            ),
+            0.0,
+            "{reason}"
+        );
+    }
+    assert!(last
+        .samples
+        .iter()
+        .any(|s| s.metric == "callfabric_acd_sip_datagrams_dropped_total"));
 }
 
 /// Devices through the API: created, listed (without credentials), a CSV import checked whole

@@ -149,6 +149,8 @@ pub struct AcdNode {
     active: tokio::sync::watch::Receiver<usize>,
     /// Ticks when the floor may have changed.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The SIP listener's counters.
+    transport_stats: sipnet::StatsHandle,
 }
 
 impl AcdNode {
@@ -241,6 +243,7 @@ impl AcdNode {
                 }
             }
         }
+        let transport_stats = transports.stats_handle();
         let (node_events, _) = broadcast::channel(1024);
         let (active_tx, active) = tokio::sync::watch::channel(0);
         let (changes, _) = tokio::sync::watch::channel(0u64);
@@ -276,7 +279,14 @@ impl AcdNode {
             task,
             active,
             changes,
+            transport_stats,
         })
+    }
+
+    /// The SIP listener's counters: datagrams dropped (oversize, unparsable, by the kernel at
+    /// its full socket).
+    pub fn transport_stats(&self) -> sipnet::Stats {
+        self.transport_stats.read()
     }
 
     /// Per-queue and per-member statistics, now (`None` if the node stopped).

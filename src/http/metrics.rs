@@ -435,6 +435,24 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
         )?)
         .set(f.calls.len() as i64);
     }
+    if let Some(n) = &s.acd {
+        let ts = n.transport_stats();
+        let dropped = reg!(IntCounterVec::new(
+            Opts::new(
+                "callfabric_acd_sip_datagrams_dropped_total",
+                "SIP datagrams the ACD node dropped before its core: oversize, unparsable, or by \
+                 the kernel at its listener's full receive buffer (SO_RXQ_OVFL)"
+            ),
+            &["reason"]
+        )?);
+        for (k, v) in [
+            ("oversize", ts.udp_too_large),
+            ("unparsable", ts.udp_bad),
+            ("socket_full", ts.udp_kernel_drops),
+        ] {
+            dropped.with_label_values(&[k]).inc_by(v);
+        }
+    }
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
