@@ -265,7 +265,6 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
             ov.with_label_values(&[k]).inc_by(v);
         }
         // The SIP transports: what was dropped before the core saw it.
-        let ts = gw.transport_stats();
         let dropped = reg!(IntCounterVec::new(
             Opts::new(
                 "callfabric_gateway_sip_datagrams_dropped_total",
@@ -274,13 +273,7 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
             ),
             &["reason"]
         )?);
-        for (k, v) in [
-            ("oversize", ts.udp_too_large),
-            ("unparsable", ts.udp_bad),
-            ("socket_full", ts.udp_kernel_drops),
-        ] {
-            dropped.with_label_values(&[k]).inc_by(v);
-        }
+        count_drops(&dropped, &gw.transport_stats());
         let tx = gw.transactions();
         let txs = reg!(IntGaugeVec::new(
             Opts::new(
@@ -436,7 +429,6 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
         .set(f.calls.len() as i64);
     }
     if let Some(n) = &s.acd {
-        let ts = n.transport_stats();
         let dropped = reg!(IntCounterVec::new(
             Opts::new(
                 "callfabric_acd_sip_datagrams_dropped_total",
@@ -445,17 +437,22 @@ fn gather(s: &Sources, floor: Option<&acd::node::Floor>) -> prometheus::Result<S
             ),
             &["reason"]
         )?);
-        for (k, v) in [
-            ("oversize", ts.udp_too_large),
-            ("unparsable", ts.udp_bad),
-            ("socket_full", ts.udp_kernel_drops),
-        ] {
-            dropped.with_label_values(&[k]).inc_by(v);
-        }
+        count_drops(&dropped, &n.transport_stats());
     }
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A listener's datagrams dropped before its core, by reason (gateway and ACD node alike).
+fn count_drops(dropped: &IntCounterVec, ts: &gateway::transport::Stats) {
+    for (k, v) in [
+        ("oversize", ts.udp_too_large),
+        ("unparsable", ts.udp_bad),
+        ("socket_full", ts.udp_kernel_drops),
+    ] {
+        dropped.with_label_values(&[k]).inc_by(v);
+    }
 }
 
 /// One word for a member's state (wallboard and metrics).
